@@ -1,0 +1,131 @@
+//! Benchmarks: Federator's replicated write path against a 3-member etcd cluster, both
+//! driven by the same client harness on the same machine in the same run.
+//!
+//! The figures are printed, never asserted: [`run_raft`] measures, [`report`] lays the
+//! two systems side by side with the ratio Federator/etcd and the targets.
+//!
+//! - [`target`]: the [`KvTarget`](target::KvTarget) interface and its Federator and etcd
+//!   implementations (process groups plus client connections).
+//! - [`load`]: the closed-loop load generator (throughput, p50/p99 latency).
+//! - [`failover`]: the SIGKILL-the-leader trial loop (kill → next acknowledged write).
+//! - [`report`]: the text table and the markdown section for `BENCHMARKS.md`.
+//! - [`progress`]: progress bars and phase summaries on stderr.
+
+pub mod failover;
+pub mod load;
+pub mod progress;
+pub mod report;
+pub mod target;
+
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+
+use self::load::LoadSpec;
+use self::progress::Progress;
+use self::report::{RaftReport, SystemFigures};
+use self::target::{EtcdTarget, FederatorTarget, KvTarget};
+
+/// Replicas (members) in each group under test.
+pub const GROUP_SIZE: u64 = 3;
+/// Time allowed for a group to start, elect a leader, or recover after a restart.
+const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A system under test.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum System {
+    /// Federator replicas (`federator server`), writes through the admin API's `Put`.
+    Federator,
+    /// etcd 3.4 members (`/usr/bin/etcd`), writes through the KV API's `Put`.
+    Etcd,
+}
+
+impl System {
+    /// Display name.
+    #[must_use]
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Federator => "Federator",
+            Self::Etcd => "etcd",
+        }
+    }
+}
+
+/// What `bench raft` measures and for how long.
+#[derive(Clone, Debug)]
+pub struct RaftBenchConfig {
+    /// Concurrent client counts, one load phase each.
+    pub clients: Vec<usize>,
+    /// Measured time of each load phase.
+    pub duration: Duration,
+    /// Unmeasured time at the start of each load phase.
+    pub warmup: Duration,
+    /// Leader-failover trials per system.
+    pub trials: usize,
+    /// Bytes per written value.
+    pub value_size: usize,
+    /// Systems to run, one after the other.
+    pub systems: Vec<System>,
+}
+
+/// Runs every configured system, one after the other, each in a fresh group that is
+/// torn down (every process killed) before the next one starts.
+///
+/// # Errors
+/// A group did not start or did not recover; the error names the system and step.
+pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::Result<RaftReport> {
+    let mut systems = Vec::new();
+    for system in &config.systems {
+        let figures = match system {
+            System::Federator => {
+                let step = progress.step(format!("starting {GROUP_SIZE} Federator replicas"));
+                let mut target = FederatorTarget::start(GROUP_SIZE).await?;
+                step.finish_and_clear();
+                measure(&mut target, config, progress).await
+            }
+            System::Etcd => {
+                let step = progress.step(format!("starting {GROUP_SIZE} etcd members"));
+                let mut target = EtcdTarget::start(GROUP_SIZE)?;
+                target.wait_healthy(HEALTHY_TIMEOUT).await?;
+                step.finish_and_clear();
+                measure(&mut target, config, progress).await
+            }
+        };
+        systems.push(figures.with_context(|| format!("benchmarking {}", system.name()))?);
+    }
+    Ok(RaftReport { config: config.clone(), systems })
+}
+
+/// Load phases (one per client count), then failover trials, against one group.
+async fn measure<T: KvTarget>(
+    target: &mut T,
+    config: &RaftBenchConfig,
+    progress: &Progress,
+) -> anyhow::Result<SystemFigures> {
+    let name = target.name();
+    let mut phases = Vec::new();
+    for clients in &config.clients {
+        let spec = LoadSpec {
+            clients: *clients,
+            warmup: config.warmup,
+            duration: config.duration,
+            value_size: config.value_size,
+            prefix: format!("bench/load-{clients}"),
+        };
+        let phase = load::phase(target, &spec, progress).await?;
+        progress.println(format!("{name:>9} {}", phase.summary()));
+        phases.push(phase);
+    }
+    let failover = failover::trials(target, config.trials, config.value_size, progress).await?;
+    progress.println(format!("{name:>9} {}", failover.summary()));
+    Ok(SystemFigures { system: name, phases, failover })
+}
+
+/// Waits until `target` is healthy and returns its leader, naming the system on failure.
+async fn healthy_leader<T: KvTarget>(target: &mut T) -> anyhow::Result<u64> {
+    let started = Instant::now();
+    target
+        .wait_healthy(HEALTHY_TIMEOUT)
+        .await
+        .with_context(|| format!("{} not healthy after {:?}", target.name(), started.elapsed()))
+}

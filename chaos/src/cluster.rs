@@ -1,0 +1,591 @@
+//! A [`Federation`] of real `federator server`
+//! processes on loopback, with certificates, free ports, the CLI, admin clients and
+//! bounded waits. Every process is killed when the [`Federation`] is dropped.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use federator::cli::{Connection, ConnectionArgs};
+use federator_proto::admin::admin_client::AdminClient;
+use federator_proto::admin::{self as pb, ReplicaStatus};
+use tonic::transport::Channel;
+
+/// The `federator` binary: `$FEDERATOR_BIN`, or the workspace's debug build. The test
+/// command (`tests/run.sh`) builds it first; if it is missing it is built here once.
+///
+/// # Panics
+/// The binary is missing and cannot be built.
+pub fn federator_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(bin) = std::env::var_os("FEDERATOR_BIN") {
+            return PathBuf::from(bin);
+        }
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let target = std::env::var_os("CARGO_TARGET_DIR")
+            .map_or_else(|| workspace.join("target"), PathBuf::from);
+        let bin = target.join("debug").join("federator");
+        if !bin.exists() {
+            let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+                .args(["build", "--quiet", "-p", "federator", "--bin", "federator"])
+                .current_dir(&workspace)
+                .status()
+                .expect("cargo runs");
+            assert!(status.success(), "building the federator binary failed");
+        }
+        bin
+    })
+    .clone()
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; the kernel will not hand it out
+/// again soon).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
+///
+/// # Errors
+/// The condition did not hold in time; the message names `what`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// One replica process and its addresses.
+#[derive(Debug)]
+pub struct ReplicaProcess {
+    /// Replica id.
+    pub id: u64,
+    /// Raft transport address.
+    pub raft_addr: String,
+    /// API address.
+    pub api_addr: String,
+    /// Metrics address.
+    pub metrics_addr: String,
+    /// Data directory.
+    pub data_dir: PathBuf,
+    /// Where stdout and stderr go.
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl ReplicaProcess {
+    /// The process id, while running.
+    #[must_use]
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+}
+
+/// A federation of replica processes in a temporary directory.
+pub struct Federation {
+    dir: tempfile::TempDir,
+    /// Certificates directory (`federator certs init`).
+    pub certs: PathBuf,
+    /// The federation's trust domain.
+    pub trust_domain: String,
+    replicas: BTreeMap<u64, ReplicaProcess>,
+    /// Extra flags for every replica (e.g. raft tuning through a config file).
+    pub extra_config: String,
+}
+
+impl Federation {
+    /// A new federation with certificates for replicas 1..=`max_replicas`.
+    ///
+    /// # Errors
+    /// The certificates could not be created.
+    pub fn new(max_replicas: u64) -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("federator-e2e-").tempdir()?;
+        let certs = dir.path().join("certs");
+        let trust_domain = "federation.test".to_string();
+        let out = Command::new(federator_bin())
+            .args(["certs", "init"])
+            .arg(&certs)
+            .args(["--trust-domain", &trust_domain, "--replicas", &max_replicas.to_string()])
+            .output()?;
+        if !out.status.success() {
+            bail!("certs init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(Self { dir, certs, trust_domain, replicas: BTreeMap::new(), extra_config: String::new() })
+    }
+
+    /// Root of the temporary directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Replica `id`.
+    ///
+    /// # Panics
+    /// No such replica was started.
+    #[must_use]
+    pub fn replica(&self, id: u64) -> &ReplicaProcess {
+        &self.replicas[&id]
+    }
+
+    /// Ids of every replica started so far.
+    #[must_use]
+    pub fn ids(&self) -> Vec<u64> {
+        self.replicas.keys().copied().collect()
+    }
+
+    /// Starts replica `id` for the first time (new ports and data directory), using
+    /// certificate files `cert_name` (normally `replica-ID`).
+    ///
+    /// # Errors
+    /// The process could not be spawned.
+    pub fn start(&mut self, id: u64, bootstrap: bool) -> anyhow::Result<()> {
+        self.start_with_certs(id, bootstrap, &self.certs.clone(), &format!("replica-{id}"))
+    }
+
+    /// Starts replica `id` with the certificate `name` from `certs`.
+    ///
+    /// # Errors
+    /// The process could not be spawned.
+    pub fn start_with_certs(&mut self, id: u64, bootstrap: bool, certs: &Path, name: &str) -> anyhow::Result<()> {
+        let data_dir = self.dir.path().join(format!("replica-{id}"));
+        std::fs::create_dir_all(&data_dir)?;
+        let config = data_dir.join("server.toml");
+        let raft_addr = format!("127.0.0.1:{}", free_port());
+        let api_addr = format!("127.0.0.1:{}", free_port());
+        let metrics_addr = format!("127.0.0.1:{}", free_port());
+        std::fs::write(
+            &config,
+            format!(
+                "id = {id}\ntrust_domain = \"{td}\"\ndata_dir = \"{data}\"\n\n[listen]\nraft = \"{raft_addr}\"\napi = \"{api_addr}\"\nmetrics = \"{metrics_addr}\"\n\n[tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{name}.pem\"\nkey = \"{certs}/{name}.key\"\n\n[raft]\nbootstrap = {bootstrap}\n{extra}\n",
+                td = self.trust_domain,
+                data = data_dir.display(),
+                certs = certs.display(),
+                extra = self.extra_config,
+            ),
+        )?;
+        let log = data_dir.join("server.log");
+        let mut process = ReplicaProcess { id, raft_addr, api_addr, metrics_addr, data_dir, log, child: None };
+        spawn(&mut process)?;
+        self.replicas.insert(id, process);
+        Ok(())
+    }
+
+    /// Restarts a stopped replica with the same ports and data directory.
+    ///
+    /// # Errors
+    /// It is still running, or could not be spawned.
+    pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let process = self.replicas.get_mut(&id).context("no such replica")?;
+        if process.child.is_some() {
+            bail!("replica {id} is still running");
+        }
+        spawn(process)
+    }
+
+    /// SIGKILLs replica `id` and reaps it.
+    pub fn kill(&mut self, id: u64) {
+        if let Some(mut child) = self.replicas.get_mut(&id).and_then(|p| p.child.take()) {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGKILLs every replica at once (all signals sent before any is reaped).
+    pub fn kill_all(&mut self) {
+        let mut children: Vec<Child> = self.replicas.values_mut().filter_map(|p| p.child.take()).collect();
+        for child in &mut children {
+            let _ = child.kill();
+        }
+        for child in &mut children {
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether replica `id`'s process has exited (it is reaped if so).
+    pub fn has_exited(&mut self, id: u64) -> bool {
+        let Some(process) = self.replicas.get_mut(&id) else { return true };
+        match process.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(_))) | None => {
+                process.child = None;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// The log of replica `id`, for failure messages.
+    #[must_use]
+    pub fn log_of(&self, id: u64) -> String {
+        self.replicas.get(&id).and_then(|p| std::fs::read_to_string(&p.log).ok()).unwrap_or_default()
+    }
+
+    /// Connection arguments reaching the given replicas' APIs with the admin identity.
+    #[must_use]
+    pub fn connection_args(&self, ids: &[u64]) -> ConnectionArgs {
+        ConnectionArgs {
+            endpoints: ids.iter().filter_map(|id| self.replicas.get(id)).map(|p| p.api_addr.clone()).collect(),
+            ca: Some(self.certs.join("ca.pem")),
+            cert: Some(self.certs.join("admin.pem")),
+            key: Some(self.certs.join("admin.key")),
+        }
+    }
+
+    /// An admin connection to the given replicas.
+    ///
+    /// # Errors
+    /// The admin certificate could not be loaded.
+    pub fn connection(&self, ids: &[u64]) -> anyhow::Result<Connection> {
+        Connection::new(&self.connection_args(ids))
+    }
+
+    /// An admin client of replica `id`.
+    ///
+    /// # Errors
+    /// It cannot be reached.
+    pub async fn admin(&self, id: u64) -> anyhow::Result<AdminClient<Channel>> {
+        let connection = self.connection(&[id])?;
+        connection.admin(&self.replica(id).api_addr).await
+    }
+
+    /// Status of replica `id`, if it answers.
+    pub async fn status(&self, id: u64) -> Option<ReplicaStatus> {
+        let mut client = self.admin(id).await.ok()?;
+        client.status(pb::StatusRequest {}).await.ok().map(tonic::Response::into_inner)
+    }
+
+    /// Runs the `federator` CLI against `ids` (all running replicas when empty).
+    ///
+    /// # Errors
+    /// The process could not be run.
+    pub fn cli(&self, ids: &[u64], args: &[&str]) -> anyhow::Result<Output> {
+        let ids = if ids.is_empty() { self.ids() } else { ids.to_vec() };
+        let conn = self.connection_args(&ids);
+        let output = Command::new(federator_bin())
+            .args(args)
+            .env("FEDERATOR_ENDPOINTS", conn.endpoints.join(","))
+            .env("FEDERATOR_CA", self.certs.join("ca.pem"))
+            .env("FEDERATOR_CERT", self.certs.join("admin.pem"))
+            .env("FEDERATOR_KEY", self.certs.join("admin.key"))
+            .stdin(Stdio::null())
+            .output()?;
+        Ok(output)
+    }
+
+    /// Runs the CLI and fails unless it exits 0; returns stdout.
+    ///
+    /// # Errors
+    /// Non-zero exit; the error holds stderr.
+    pub fn cli_ok(&self, ids: &[u64], args: &[&str]) -> anyhow::Result<String> {
+        let out = self.cli(ids, args)?;
+        if !out.status.success() {
+            bail!(
+                "`federator {}` failed ({}):\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Waits until some replica among `ids` leads and every one of them knows it;
+    /// returns the leader's id.
+    ///
+    /// # Errors
+    /// No agreed leader within `timeout`.
+    pub async fn wait_for_leader(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<u64> {
+        eventually("an agreed leader", timeout, || async {
+            let mut leader = None;
+            for id in ids {
+                let s = self.status(*id).await?;
+                if !s.has_leader {
+                    return None;
+                }
+                match leader {
+                    None => leader = Some(s.leader_id),
+                    Some(l) if l != s.leader_id => return None,
+                    Some(_) => {}
+                }
+            }
+            let leader = leader?;
+            ids.contains(&leader).then_some(leader)
+        })
+        .await
+    }
+
+    /// Forms a group of `ids` through the CLI: `raft init` on the first, then
+    /// `raft add-member` for each other one.
+    ///
+    /// # Errors
+    /// A CLI step failed.
+    pub async fn form_group(&self, ids: &[u64]) -> anyhow::Result<()> {
+        let first = ids[0];
+        self.wait_for_api(first).await?;
+        self.cli_ok(&[first], &["raft", "init"])?;
+        self.wait_for_leader(&[first], Duration::from_secs(20)).await?;
+        for id in &ids[1..] {
+            self.wait_for_api(*id).await?;
+            let addr = self.replica(*id).raft_addr.clone();
+            self.cli_ok(&[first], &["raft", "add-member", &id.to_string(), &addr])?;
+        }
+        self.wait_for_leader(ids, Duration::from_secs(30)).await?;
+        Ok(())
+    }
+
+    /// Waits until replica `id` answers its admin API.
+    ///
+    /// # Errors
+    /// It does not answer within 30 s.
+    pub async fn wait_for_api(&self, id: u64) -> anyhow::Result<()> {
+        eventually(&format!("replica {id} to answer"), Duration::from_secs(30), || async {
+            self.status(id).await.map(|_| ())
+        })
+        .await
+        .with_context(|| format!("replica {id} log:\n{}", tail(&self.log_of(id), 40)))
+    }
+
+    /// Waits until every replica in `ids` has applied the same index with the same state
+    /// digest; returns (index, digest).
+    ///
+    /// # Errors
+    /// They did not converge in time.
+    pub async fn wait_for_convergence(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<(u64, String)> {
+        eventually("replicas to converge on one digest at one index", timeout, || async {
+            let mut seen: Option<(u64, String)> = None;
+            for id in ids {
+                let mut client = self.admin(*id).await.ok()?;
+                let d = client.digest(pb::DigestRequest {}).await.ok()?.into_inner();
+                match &seen {
+                    None => seen = Some((d.applied_index, d.digest)),
+                    Some((index, digest)) if *index == d.applied_index && *digest == d.digest => {}
+                    Some(_) => return None,
+                }
+            }
+            seen
+        })
+        .await
+    }
+
+    /// Fetches `/metrics` of replica `id` over plain HTTP/1.1.
+    ///
+    /// # Errors
+    /// The endpoint did not answer.
+    pub async fn metrics(&self, id: u64) -> anyhow::Result<String> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let addr = &self.replica(id).metrics_addr;
+        let mut stream = tokio::net::TcpStream::connect(addr).await?;
+        stream
+            .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .await?;
+        let mut body = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body)).await??;
+        Ok(body)
+    }
+}
+
+impl Drop for Federation {
+    fn drop(&mut self) {
+        self.kill_all();
+        if std::thread::panicking() {
+            for (id, process) in &self.replicas {
+                eprintln!("--- replica {id} log (last 60 lines) ---\n{}", tail(&std::fs::read_to_string(&process.log).unwrap_or_default(), 60));
+            }
+        }
+    }
+}
+
+fn spawn(process: &mut ReplicaProcess) -> anyhow::Result<()> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
+    let child = Command::new(federator_bin())
+        .args(["server", "--config"])
+        .arg(process.data_dir.join("server.toml"))
+        .env("RUST_LOG", std::env::var("FEDERATOR_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("spawn federator server")?;
+    process.child = Some(child);
+    Ok(())
+}
+
+/// The last `lines` lines of `text`.
+#[must_use]
+pub fn tail(text: &str, lines: usize) -> String {
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Writes acknowledged by the federation during a [`write_load`].
+#[derive(Debug, Default)]
+pub struct LoadResult {
+    /// Acknowledged (key, value) pairs.
+    pub acked: Vec<(String, String)>,
+    /// Writes whose outcome is unknown (timeout or connection lost mid-call).
+    pub indeterminate: usize,
+}
+
+/// Runs `clients` concurrent writers of distinct keys under `prefix`, each rotating over
+/// `endpoints` on failure, until `stop` turns true (or 50,000 writes per client).
+pub async fn write_load(
+    connection: Connection,
+    clients: usize,
+    prefix: &str,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> LoadResult {
+    let tasks = (0..clients).map(|c| {
+        let connection = connection.clone();
+        let stop = stop.clone();
+        let prefix = prefix.to_string();
+        tokio::spawn(async move {
+            let mut result = LoadResult::default();
+            let endpoints = connection.endpoints().to_vec();
+            let mut at = c % endpoints.len();
+            let mut client = None;
+            for i in 0..50_000u64 {
+                if *stop.borrow() {
+                    break;
+                }
+                if client.is_none() {
+                    match connection.admin(&endpoints[at]).await {
+                        Ok(c) => client = Some(c),
+                        Err(_) => {
+                            at = (at + 1) % endpoints.len();
+                            tokio::time::sleep(Duration::from_millis(50)).await;
+                            continue;
+                        }
+                    }
+                }
+                let Some(admin) = client.as_mut() else { continue };
+                let key = format!("{prefix}/c{c}/{i}");
+                let value = format!("v{i}");
+                let call = admin.put(pb::PutRequest { key: key.clone(), value: value.clone().into_bytes() });
+                match tokio::time::timeout(Duration::from_secs(5), call).await {
+                    Ok(Ok(_)) => result.acked.push((key, value)),
+                    Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
+                        panic!("write refused as invalid: {status}")
+                    }
+                    _ => {
+                        result.indeterminate += 1;
+                        client = None;
+                        at = (at + 1) % endpoints.len();
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+            result
+        })
+    });
+    let mut total = LoadResult::default();
+    for r in futures::future::join_all(tasks).await.into_iter().flatten() {
+        total.acked.extend(r.acked);
+        total.indeterminate += r.indeterminate;
+    }
+    total
+}
+
+impl Federation {
+    /// Every probe under `prefix` as replica `id` has applied it (stale read).
+    ///
+    /// # Errors
+    /// The replica did not answer.
+    pub async fn probes(&self, id: u64, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
+        let mut client = self.admin(id).await?;
+        let list = client
+            .list_probes(pb::ListProbesRequest { prefix: prefix.to_string(), consistency: pb::Consistency::Stale.into() })
+            .await?
+            .into_inner();
+        Ok(list.entries.into_iter().map(|e| (e.key, String::from_utf8_lossy(&e.value).into_owned())).collect())
+    }
+
+    /// Asserts every acknowledged write is on replica `id` with its value.
+    ///
+    /// # Errors
+    /// A write is missing or has another value.
+    pub async fn assert_has_all(&self, id: u64, prefix: &str, acked: &[(String, String)]) -> anyhow::Result<()> {
+        let stored = self.probes(id, prefix).await?;
+        let missing: Vec<&String> =
+            acked.iter().filter(|(k, v)| stored.get(k) != Some(v)).map(|(k, _)| k).collect();
+        if !missing.is_empty() {
+            bail!(
+                "replica {id} lacks {} of {} acknowledged writes, e.g. {:?}",
+                missing.len(),
+                acked.len(),
+                &missing[..missing.len().min(5)]
+            );
+        }
+        Ok(())
+    }
+}
+
+/// Sends a harmless raft Vote RPC (term 0) to `raft_addr` as a raw peer that trusts the
+/// CA in `trust/ca.pem`: with no client certificate (`None`), or with certificate `name`
+/// from directory `certs`. Returns the error text when the call is refused at any layer.
+///
+/// # Errors
+/// The handshake or the call was refused.
+pub async fn raw_raft_vote(raft_addr: &str, trust: &Path, identity: Option<(&Path, &str)>) -> Result<(), String> {
+    use federator_proto::raft as rpb;
+    use rustls_pki_types::pem::PemObject as _;
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = match identity {
+        Some((certs, name)) => {
+            let files = federator::identity::TlsFiles {
+                ca: trust.join("ca.pem"),
+                cert: certs.join(format!("{name}.pem")),
+                key: certs.join(format!("{name}.key")),
+            };
+            files.load().map_err(|e| e.to_string())?.client_config().map_err(|e| e.to_string())?
+        }
+        None => {
+            let mut roots = rustls::RootCertStore::empty();
+            let ca = rustls_pki_types::CertificateDer::pem_file_iter(trust.join("ca.pem"))
+                .map_err(|e| e.to_string())?;
+            for cert in ca {
+                roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+            }
+            let mut config = rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .map_err(|e| e.to_string())?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"h2".to_vec()];
+            std::sync::Arc::new(config)
+        }
+    };
+    let channel = tonic::transport::Endpoint::from_shared(format!("https://{raft_addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(5))
+        .connect_with_connector(federator_raft::tls::connector(config))
+        .await
+        .map_err(|e| format!("connect: {e:?}"))?;
+    let mut client = rpb::raft_service_client::RaftServiceClient::new(channel);
+    let request = rpb::VoteRequest {
+        vote: Some(rpb::Vote { leader_id: Some(rpb::LeaderId { term: 0, node_id: 99 }), committed: false }),
+        last_log_id: None,
+    };
+    client.vote(request).await.map(|_| ()).map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+}

@@ -1,0 +1,178 @@
+//! Connecting the CLI to replicas' admin APIs: the local admin socket, or mTLS with an
+//! admin certificate.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use federator_proto::admin::admin_client::AdminClient;
+use federator_proto::admin::{ReplicaStatus, StatusRequest};
+use hyper_util::rt::TokioIo;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::identity::TlsFiles;
+
+/// How to reach the federation (global flags).
+#[derive(Clone, Debug, clap::Args)]
+pub struct ConnectionArgs {
+    /// Replicas to talk to: `unix:///path/admin.sock` or API addresses `host:port`,
+    /// comma-separated.
+    #[arg(long, global = true, env = "FEDERATOR_ENDPOINTS", value_delimiter = ',')]
+    pub endpoints: Vec<String>,
+    /// CA certificate (PEM) that replicas' certificates chain to.
+    #[arg(long, global = true, env = "FEDERATOR_CA")]
+    pub ca: Option<PathBuf>,
+    /// Admin certificate (PEM).
+    #[arg(long, global = true, env = "FEDERATOR_CERT")]
+    pub cert: Option<PathBuf>,
+    /// Admin private key (PEM).
+    #[arg(long, global = true, env = "FEDERATOR_KEY")]
+    pub key: Option<PathBuf>,
+}
+
+/// An admin connection factory built from [`ConnectionArgs`].
+#[derive(Clone)]
+pub struct Connection {
+    endpoints: Vec<String>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+}
+
+impl std::fmt::Debug for Connection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Connection").field("endpoints", &self.endpoints).finish_non_exhaustive()
+    }
+}
+
+/// Time allowed to connect to one replica.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Time allowed for one admin call (adding a replica waits for it to catch up).
+const CALL_TIMEOUT: Duration = Duration::from_secs(150);
+
+// === impl Connection ===
+
+impl Connection {
+    /// Checks the flags and loads the admin certificate if one is given.
+    ///
+    /// # Errors
+    /// No endpoint, or unusable certificate files.
+    pub fn new(args: &ConnectionArgs) -> anyhow::Result<Self> {
+        let endpoints: Vec<String> =
+            args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        if endpoints.is_empty() {
+            bail!(
+                "no federator endpoint: pass --endpoints (or set FEDERATOR_ENDPOINTS) to a replica's \
+                 admin socket (unix:///DATA_DIR/admin.sock) or API address (host:port)"
+            );
+        }
+        let tls = match (&args.ca, &args.cert, &args.key) {
+            (Some(ca), Some(cert), Some(key)) => {
+                let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+                Some(files.load()?.client_config()?)
+            }
+            (None, None, None) => None,
+            _ => bail!("--ca, --cert and --key go together (FEDERATOR_CA, FEDERATOR_CERT, FEDERATOR_KEY)"),
+        };
+        Ok(Self { endpoints, tls })
+    }
+
+    /// The configured endpoints.
+    #[must_use]
+    pub fn endpoints(&self) -> &[String] {
+        &self.endpoints
+    }
+
+    /// Connects to one endpoint (`unix://` socket or `host:port` over mTLS).
+    ///
+    /// # Errors
+    /// The endpoint is malformed or unreachable, or mTLS is needed and no certificate
+    /// was given.
+    pub async fn admin(&self, endpoint: &str) -> anyhow::Result<AdminClient<Channel>> {
+        let channel = if let Some(path) = endpoint.strip_prefix("unix://") {
+            let path = PathBuf::from(path);
+            Endpoint::from_static("http://admin.socket")
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(CALL_TIMEOUT)
+                .connect_with_connector(tower::service_fn(move |_| {
+                    let path = path.clone();
+                    async move {
+                        let stream = tokio::net::UnixStream::connect(path).await?;
+                        Ok::<_, std::io::Error>(TokioIo::new(stream))
+                    }
+                }))
+                .await
+                .with_context(|| format!("cannot connect to admin socket {endpoint}"))?
+        } else {
+            let Some(tls) = self.tls.clone() else {
+                bail!(
+                    "endpoint {endpoint} needs an admin certificate: pass --ca, --cert and --key \
+                     (or use the replica's unix:// admin socket)"
+                );
+            };
+            let address = endpoint.trim_start_matches("https://");
+            Endpoint::from_shared(format!("https://{address}"))
+                .with_context(|| format!("endpoint {endpoint:?} is not host:port"))?
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(CALL_TIMEOUT)
+                .connect_with_connector(federator_raft::tls::connector(tls))
+                .await
+                .with_context(|| format!("cannot connect to {endpoint}"))?
+        };
+        Ok(AdminClient::new(channel).max_decoding_message_size(64 << 20))
+    }
+
+    /// Status of the first endpoint that answers, with the endpoint used.
+    ///
+    /// # Errors
+    /// No endpoint answered; the error lists why for each.
+    pub async fn first_status(&self) -> anyhow::Result<(String, ReplicaStatus)> {
+        let mut failures = Vec::new();
+        for endpoint in &self.endpoints {
+            match self.status_of(endpoint).await {
+                Ok(status) => return Ok((endpoint.clone(), status)),
+                Err(error) => failures.push(format!("{endpoint}: {error:#}")),
+            }
+        }
+        bail!("no replica answered:\n  {}", failures.join("\n  "))
+    }
+
+    /// Status of one endpoint.
+    ///
+    /// # Errors
+    /// It did not answer.
+    pub async fn status_of(&self, endpoint: &str) -> anyhow::Result<ReplicaStatus> {
+        let mut client = self.admin(endpoint).await?;
+        Ok(client.status(StatusRequest {}).await.map_err(status_error)?.into_inner())
+    }
+
+    /// A client of the current leader: asks the endpoints who leads and connects to the
+    /// leader's registered API address (or an endpoint that is the leader).
+    ///
+    /// # Errors
+    /// No leader is known, or it cannot be reached.
+    pub async fn leader(&self) -> anyhow::Result<AdminClient<Channel>> {
+        let (endpoint, status) = self.first_status().await?;
+        if !status.has_leader {
+            bail!("replica {} knows no leader (election in progress or no quorum)", status.id);
+        }
+        if status.leader_id == status.id {
+            return self.admin(&endpoint).await;
+        }
+        let leader_api = status
+            .voters
+            .iter()
+            .chain(&status.learners)
+            .find(|m| m.id == status.leader_id)
+            .map(|m| m.api_addr.clone())
+            .filter(|a| !a.is_empty());
+        match leader_api {
+            Some(addr) => self.admin(&addr).await,
+            None => bail!("the leader, replica {}, has not registered its API address yet", status.leader_id),
+        }
+    }
+}
+
+/// Turns a gRPC status into an error whose text is the server's message.
+pub fn status_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+}

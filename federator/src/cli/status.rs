@@ -1,0 +1,236 @@
+//! `federator status` and `federator raft status`: every replica's view of the group.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use federator_proto::admin::{ReplicaStatus, Role};
+use serde::Serialize;
+
+use super::client::{Connection, ConnectionArgs};
+use super::output::{OutputFormat, print, table};
+
+/// Show every replica of the federation.
+#[derive(Debug, clap::Args)]
+pub struct StatusArgs {}
+
+/// One replica as the operator sees it.
+#[derive(Debug, Serialize)]
+pub struct ReplicaRow {
+    /// Replica id.
+    pub id: u64,
+    /// Voter or learner.
+    pub membership: &'static str,
+    /// Raft transport address.
+    pub raft_addr: String,
+    /// API address, if registered.
+    pub api_addr: String,
+    /// Whether it answered.
+    pub reachable: bool,
+    /// Why it did not answer.
+    pub error: Option<String>,
+    /// Process id.
+    pub pid: Option<u32>,
+    /// Role.
+    pub role: Option<String>,
+    /// Term.
+    pub term: Option<u64>,
+    /// Last log index.
+    pub last_log_index: Option<u64>,
+    /// Commit index (leader: quorum match; follower: applied).
+    pub commit_index: Option<u64>,
+    /// Applied index.
+    pub applied_index: Option<u64>,
+    /// Entries behind the leader's last log index.
+    pub lag: Option<u64>,
+    /// Index covered by the snapshot.
+    pub snapshot_index: Option<u64>,
+    /// Index up to which the log was purged.
+    pub purged_index: Option<u64>,
+    /// State digest (hex SHA-256) and the index it was taken at.
+    pub state_digest: Option<String>,
+    /// Applied index of the digest.
+    pub digest_index: Option<u64>,
+}
+
+/// The whole group as seen by the operator.
+#[derive(Debug, Serialize)]
+pub struct GroupView {
+    /// The leader, if any replica knows one.
+    pub leader: Option<u64>,
+    /// Highest term seen.
+    pub term: u64,
+    /// Voters that answered / voters.
+    pub voters_up: usize,
+    /// Voters in the membership.
+    pub voters: usize,
+    /// Whether a quorum of voters answered.
+    pub quorum: bool,
+    /// Every replica.
+    pub replicas: Vec<ReplicaRow>,
+}
+
+/// Runs `federator status`.
+pub async fn run(_args: StatusArgs, args: &ConnectionArgs, out: OutputFormat) -> anyhow::Result<ExitCode> {
+    let connection = Connection::new(args)?;
+    print_replicas(&connection, out, false).await
+}
+
+/// Collects every replica's status, starting from the first endpoint that answers.
+///
+/// # Errors
+/// No endpoint answered.
+pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
+    let (first_endpoint, first) = connection.first_status().await?;
+    let members: Vec<(u64, &'static str, String, String)> = first
+        .voters
+        .iter()
+        .map(|m| (m.id, "voter", m.addr.clone(), m.api_addr.clone()))
+        .chain(first.learners.iter().map(|m| (m.id, "learner", m.addr.clone(), m.api_addr.clone())))
+        .collect();
+    let lookups = members.iter().map(|(id, _, _, api)| {
+        let connection = connection.clone();
+        let endpoint = if *id == first.id { first_endpoint.clone() } else { api.clone() };
+        async move {
+            if endpoint.is_empty() {
+                return Err(anyhow::anyhow!("API address not registered yet"));
+            }
+            match tokio::time::timeout(Duration::from_secs(3), connection.status_of(&endpoint)).await {
+                Ok(result) => result,
+                Err(_) => Err(anyhow::anyhow!("no answer within 3s")),
+            }
+        }
+    });
+    let statuses: Vec<anyhow::Result<ReplicaStatus>> = futures::future::join_all(lookups).await;
+    let leader_last_log = statuses
+        .iter()
+        .flatten()
+        .find(|s| s.role() == Role::Leader)
+        .map(|s| s.last_log_index);
+    let mut view = GroupView {
+        leader: statuses.iter().flatten().find(|s| s.role() == Role::Leader).map(|s| s.id),
+        term: statuses.iter().flatten().map(|s| s.term).max().unwrap_or(first.term),
+        voters_up: 0,
+        voters: first.voters.len(),
+        quorum: false,
+        replicas: Vec::new(),
+    };
+    for ((id, membership, raft_addr, api_addr), status) in members.into_iter().zip(statuses) {
+        let row = match status {
+            Ok(s) => {
+                if membership == "voter" {
+                    view.voters_up += 1;
+                }
+                ReplicaRow {
+                    id,
+                    membership,
+                    raft_addr,
+                    api_addr: s.api_addr.clone(),
+                    reachable: true,
+                    error: None,
+                    pid: Some(s.pid),
+                    role: Some(role_name(s.role()).to_string()),
+                    term: Some(s.term),
+                    last_log_index: Some(s.last_log_index),
+                    commit_index: Some(s.commit_index),
+                    applied_index: Some(s.applied_index),
+                    lag: leader_last_log.map(|l| l.saturating_sub(s.applied_index)),
+                    snapshot_index: Some(s.snapshot_index),
+                    purged_index: Some(s.purged_index),
+                    state_digest: Some(s.state_digest.clone()),
+                    digest_index: Some(s.digest_index),
+                }
+            }
+            Err(error) => ReplicaRow {
+                id,
+                membership,
+                raft_addr,
+                api_addr,
+                reachable: false,
+                error: Some(format!("{error:#}")),
+                pid: None,
+                role: None,
+                term: None,
+                last_log_index: None,
+                commit_index: None,
+                applied_index: None,
+                lag: None,
+                snapshot_index: None,
+                purged_index: None,
+                state_digest: None,
+                digest_index: None,
+            },
+        };
+        view.replicas.push(row);
+    }
+    view.quorum = view.voters > 0 && view.voters_up > view.voters / 2;
+    Ok(view)
+}
+
+/// Prints the group, with raft details when `detailed`. Exits non-zero without quorum.
+///
+/// # Errors
+/// No endpoint answered.
+pub async fn print_replicas(connection: &Connection, out: OutputFormat, detailed: bool) -> anyhow::Result<ExitCode> {
+    let view = collect(connection).await?;
+    print(out, &view, |v| {
+        let leader = v.leader.map_or_else(|| "none".to_string(), |l| l.to_string());
+        println!(
+            "leader: {leader}  term: {}  voters up: {}/{}  quorum: {}",
+            v.term,
+            v.voters_up,
+            v.voters,
+            if v.quorum { "yes" } else { "NO" }
+        );
+        let mut header = vec!["ID", "ROLE", "RAFT ADDR", "API ADDR", "PID", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LAG"];
+        if detailed {
+            header.extend(["SNAPSHOT", "PURGED", "DIGEST@INDEX"]);
+        }
+        let mut t = table(&header);
+        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+        for r in &v.replicas {
+            let role = match (&r.role, r.membership) {
+                (Some(role), _) => role.clone(),
+                (None, m) => format!("{m} (unreachable)"),
+            };
+            let mut row = vec![
+                r.id.to_string(),
+                role,
+                r.raft_addr.clone(),
+                r.api_addr.clone(),
+                r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+                opt(r.term),
+                opt(r.last_log_index),
+                opt(r.commit_index),
+                opt(r.applied_index),
+                opt(r.lag),
+            ];
+            if detailed {
+                row.push(opt(r.snapshot_index));
+                row.push(opt(r.purged_index));
+                row.push(r.state_digest.as_ref().map_or_else(
+                    || "-".to_string(),
+                    |d| format!("{}@{}", &d[..d.len().min(12)], opt(r.digest_index)),
+                ));
+            }
+            t.add_row(row);
+        }
+        println!("{t}");
+        for r in v.replicas.iter().filter(|r| !r.reachable) {
+            println!("replica {}: {}", r.id, r.error.as_deref().unwrap_or("unreachable"));
+        }
+    })?;
+    Ok(if view.quorum { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Lower-case role name.
+#[must_use]
+pub fn role_name(role: Role) -> &'static str {
+    match role {
+        Role::Leader => "leader",
+        Role::Follower => "follower",
+        Role::Candidate => "candidate",
+        Role::Learner => "learner",
+        Role::Shutdown => "shutdown",
+        Role::Unspecified => "unknown",
+    }
+}

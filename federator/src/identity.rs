@@ -1,0 +1,130 @@
+//! Identities of the federation itself: its CA, the replicas' and operators' X.509
+//! certificates, their SPIFFE IDs, and the rustls configurations built from them.
+
+mod ca;
+mod tls;
+
+pub use ca::{FederationCa, IssuedCertificate};
+pub use tls::{TlsFiles, TlsMaterial, peer_spiffe_id};
+
+/// Errors of identity handling.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityError {
+    /// A certificate or key file could not be read.
+    #[error("{field}: cannot read {path}: {source}")]
+    Read {
+        /// Setting that named the file.
+        field: &'static str,
+        /// The path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A PEM file did not hold what it should.
+    #[error("{field}: {path}: {problem}")]
+    Pem {
+        /// Setting that named the file.
+        field: &'static str,
+        /// The path.
+        path: String,
+        /// What was wrong.
+        problem: String,
+    },
+    /// Certificate generation failed.
+    #[error("generating a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// rustls refused the material.
+    #[error("TLS configuration: {0}")]
+    Tls(String),
+    /// A name is not a valid SPIFFE trust domain.
+    #[error("trust domain {name:?}: {rule}")]
+    TrustDomain {
+        /// The name given.
+        name: String,
+        /// The rule it broke.
+        rule: &'static str,
+    },
+}
+
+/// SPIFFE ID of replica `id` in the federation's trust domain `td`.
+#[must_use]
+pub fn replica_spiffe_id(td: &str, id: u64) -> String {
+    format!("spiffe://{td}/federator/replica/{id}")
+}
+
+/// SPIFFE ID of the federation's administrators.
+#[must_use]
+pub fn admin_spiffe_id(td: &str) -> String {
+    format!("spiffe://{td}/federator/admin")
+}
+
+/// Whether `spiffe_id` names a replica of the federation `td`.
+#[must_use]
+pub fn is_replica_spiffe_id(td: &str, spiffe_id: &str) -> bool {
+    spiffe_id
+        .strip_prefix(&format!("spiffe://{td}/federator/replica/"))
+        .is_some_and(|rest| !rest.is_empty() && rest.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Checks a trust domain name against the SPIFFE ID specification: 1 to 255 characters of
+/// lower-case letters, digits, dots, dashes and underscores.
+///
+/// # Errors
+/// The name breaks a rule; the error says which.
+pub fn validate_trust_domain(name: &str) -> Result<(), IdentityError> {
+    let fail = |rule| Err(IdentityError::TrustDomain { name: name.to_string(), rule });
+    if name.is_empty() {
+        return fail("must not be empty");
+    }
+    if name.len() > 255 {
+        return fail("must be at most 255 characters");
+    }
+    if name.bytes().any(|b| b.is_ascii_uppercase()) {
+        return fail("must be lower case");
+    }
+    if name.contains('%') {
+        return fail("must not be percent-encoded");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
+        return fail("may only hold the characters a-z 0-9 . _ -");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[test]
+    fn replica_ids_are_recognized() {
+        assert!(is_replica_spiffe_id("fed.local", "spiffe://fed.local/federator/replica/3"));
+        assert!(!is_replica_spiffe_id("fed.local", "spiffe://fed.local/federator/admin"));
+        assert!(!is_replica_spiffe_id("fed.local", "spiffe://other/federator/replica/3"));
+        assert!(!is_replica_spiffe_id("fed.local", "spiffe://fed.local/federator/replica/"));
+        assert!(!is_replica_spiffe_id("fed.local", "spiffe://fed.local/federator/replica/3/x"));
+    }
+
+    #[test]
+    fn trust_domain_rules() {
+        assert!(validate_trust_domain("cluster-a.example_1").is_ok());
+        for bad in ["", "Upper.example", "a%2eb", "a/b", "a b", "ü.example"] {
+            assert!(validate_trust_domain(bad).is_err(), "{bad:?} must be refused");
+        }
+        assert!(validate_trust_domain(&"a".repeat(256)).is_err());
+    }
+
+    proptest! {
+        #[test]
+        fn trust_domain_validation_never_panics(name in "\\PC{0,80}") {
+            let _ = validate_trust_domain(&name);
+        }
+
+        #[test]
+        fn valid_alphabet_is_accepted(name in "[a-z0-9._-]{1,255}") {
+            prop_assert!(validate_trust_domain(&name).is_ok());
+        }
+    }
+}

@@ -1,0 +1,226 @@
+//! One federator replica: its consensus core, the replica transport, the API server
+//! (admin and health, over mTLS and the local admin socket), and Prometheus metrics.
+
+mod admin;
+mod health;
+mod metrics_http;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use federator_proto::admin::admin_server::AdminServer;
+use federator_raft::network::client::TransportOptions;
+use federator_raft::metrics::ConsensusMetrics;
+use federator_raft::{Replica, ReplicaConfig};
+use prometheus_client::registry::Registry;
+use tokio::sync::watch;
+
+pub use admin::AdminService;
+
+use crate::config::ServerConfig;
+use crate::identity::{self, peer_spiffe_id};
+use crate::state::{Command, FederationState};
+
+/// The replica type of a federator server.
+pub type FederationReplica = Replica<FederationState>;
+
+/// Errors that stop a replica.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServerError {
+    /// Certificates could not be loaded.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// The consensus layer failed.
+    #[error(transparent)]
+    Replica(#[from] federator_raft::ReplicaError),
+    /// A listener could not be bound.
+    #[error("{what}: cannot listen on {addr}: {source}")]
+    Bind {
+        /// Which listener.
+        what: &'static str,
+        /// Address.
+        addr: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// A server task failed.
+    #[error("{0} server failed: {1}")]
+    Serve(&'static str, String),
+}
+
+/// Runs one replica until `shutdown` resolves, then stops it cleanly.
+///
+/// # Errors
+/// Start-up failed (certificates, storage, listeners) or a server failed.
+pub async fn run(
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let started = Instant::now();
+    let material = config.tls.load()?;
+    let server_tls = material.server_config()?;
+    let client_tls = material.client_config()?;
+
+    let mut registry = Registry::default();
+    let consensus_metrics = ConsensusMetrics::default();
+    consensus_metrics.register(registry.sub_registry_with_prefix("federator"));
+    metrics_http::register_build_info(&mut registry, config.id);
+
+    let mut replica_config =
+        ReplicaConfig::new(config.id, config.advertise_raft.clone(), config.data_dir.clone());
+    replica_config.heartbeat_interval = config.heartbeat;
+    replica_config.election_timeout_min = config.election_timeout.0;
+    replica_config.election_timeout_max = config.election_timeout.1;
+    replica_config.snapshot_after_entries = config.snapshot_after_entries;
+    replica_config.keep_entries_after_snapshot = config.keep_entries_after_snapshot;
+    replica_config.transport = TransportOptions::default();
+    let replica =
+        Replica::open(replica_config, FederationState::default(), client_tls, consensus_metrics)
+            .await?;
+    tracing::info!(replica = config.id, raft = %config.advertise_raft, api = %config.advertise_api, "replica opened");
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    // Replica transport: only certificates of this federation's replicas may speak raft.
+    let raft_listener = bind("listen.raft", config.listen_raft).await?;
+    let td = config.trust_domain.clone();
+    let peer_policy: federator_raft::network::server::PeerPolicy = Arc::new(move |cert| {
+        peer_spiffe_id(cert).is_some_and(|id| identity::is_replica_spiffe_id(&td, &id))
+    });
+    let transport = {
+        let replica = replica.clone();
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move {
+            replica.serve_transport(raft_listener, server_tls.clone(), Some(peer_policy), stop).await
+        })
+    };
+
+    if config.bootstrap && !replica.is_initialized().await? {
+        tracing::info!(replica = config.id, "bootstrapping a one-replica group");
+        replica.initialize(Default::default()).await?;
+    }
+
+    let admin = AdminService::new(replica.clone(), &config, started);
+    let (health_reporter, health_service) = tonic_health::server::health_reporter();
+    health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
+    tokio::spawn(health::report(
+        replica.clone(),
+        health_reporter,
+        config.max_lag_entries,
+        stopped(stop_rx.clone()),
+    ));
+    tokio::spawn(register_api_address(replica.clone(), config.clone(), stopped(stop_rx.clone())));
+
+    let api_listener = bind("listen.api", config.listen_api).await?;
+    let api_tls = material.server_config()?;
+    let api = {
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service.clone())
+            .add_service(AdminServer::new(admin.clone()).max_decoding_message_size(16 << 20));
+        let incoming = federator_raft::tls::incoming(api_listener, api_tls);
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop).await })
+    };
+    let socket = {
+        let path = config.admin_socket.clone();
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path).map_err(|source| ServerError::Bind {
+            what: "listen.admin_socket",
+            addr: path.display().to_string(),
+            source,
+        })?;
+        restrict_socket(&path);
+        let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+        let router = tonic::transport::Server::builder()
+            .add_service(health_service)
+            .add_service(AdminServer::new(admin));
+        let stop = stopped(stop_rx.clone());
+        tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop).await })
+    };
+    let metrics = match config.listen_metrics {
+        Some(addr) => {
+            let listener = bind("listen.metrics", addr).await?;
+            Some(tokio::spawn(metrics_http::serve(listener, registry, stopped(stop_rx.clone()))))
+        }
+        None => None,
+    };
+    tracing::info!(replica = config.id, "serving");
+
+    shutdown.await;
+    tracing::info!(replica = config.id, "shutting down");
+    let _ = stop_tx.send(true);
+    let _ = api.await;
+    let _ = socket.await;
+    if let Some(metrics) = metrics {
+        let _ = metrics.await;
+    }
+    let _ = transport.await;
+    replica.shutdown().await?;
+    let _ = std::fs::remove_file(&config.admin_socket);
+    Ok(())
+}
+
+async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
+}
+
+/// Only the owner may use the admin socket: it grants full admin rights.
+fn restrict_socket(path: &std::path::Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    if let Err(error) = std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)) {
+        tracing::warn!(%error, path = %path.display(), "cannot restrict the admin socket");
+    }
+}
+
+/// Keeps this replica's API address registered in the federation state, so that agents
+/// and operators can find every replica from any one of them.
+async fn register_api_address(
+    replica: FederationReplica,
+    config: ServerConfig,
+    stop: impl Future<Output = ()>,
+) {
+    let work = async {
+        let mut metrics = replica.metrics();
+        loop {
+            let (has_leader, is_member) = {
+                let m = metrics.borrow_and_update();
+                let is_member = m.membership_config.membership().get_node(&config.id).is_some();
+                (m.current_leader.is_some(), is_member)
+            };
+            let registered = replica.state().read(|s| {
+                s.replicas.get(&config.id).is_some_and(|r| {
+                    r.api_addr == config.advertise_api && r.raft_addr == config.advertise_raft
+                })
+            });
+            if has_leader && is_member && !registered {
+                let command = Command::RegisterReplica {
+                    id: config.id,
+                    raft_addr: config.advertise_raft.clone(),
+                    api_addr: config.advertise_api.clone(),
+                };
+                match replica.write(command.encode()).await {
+                    Ok(outcome) => {
+                        tracing::info!(replica = config.id, index = outcome.index, "API address registered");
+                    }
+                    Err(error) => tracing::debug!(%error, "API address not registered yet"),
+                }
+            }
+            // Re-check on every metrics change, and at least every few seconds in case a
+            // snapshot install replaced the state.
+            let _ = tokio::time::timeout(Duration::from_secs(3), metrics.changed()).await;
+        }
+    };
+    tokio::select! {
+        () = work => {}
+        () = stop => {}
+    }
+}

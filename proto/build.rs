@@ -1,0 +1,17 @@
+//! Compiles the `.proto` files under `proto/` into Rust with tonic-prost-build.
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let protos = [
+        "proto/federator/raft/v1/raft.proto",
+        "proto/federator/admin/v1/admin.proto",
+        "proto/federator/federation/v1/federation.proto",
+    ];
+    for proto in &protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&protos, &["proto"])?;
+    Ok(())
+}

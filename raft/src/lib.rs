@@ -1,0 +1,33 @@
+//! Consensus plumbing for Federator.
+//!
+//! This crate runs one replica of a Raft group on [openraft] 0.9 (`storage-v2`): a durable
+//! log and vote store on [redb], state-machine snapshots, an mTLS gRPC transport between
+//! replicas, online membership changes, write forwarding and linearizable reads.
+//!
+//! It is generic over the application's state machine ([`StateMachine`]): commands and
+//! responses are opaque bytes here, so nothing in this crate knows what the federation
+//! stores.
+//!
+//! | module | job |
+//! |---|---|
+//! | [`types`] | the openraft type configuration and error aliases |
+//! | [`log_store`] | durable log, vote and committed index on redb |
+//! | [`state_machine`] | the application trait, apply, snapshot build/install/persist |
+//! | [`convert`] | openraft types ⇄ protobuf messages, one file per type family |
+//! | [`network`] | gRPC client (pooled, timeouts, backoff) and server of the replica transport |
+//! | [`tls`] | mTLS connection plumbing for the transport |
+//! | [`replica`] | one replica: open, serve, write, read, membership |
+//! | [`metrics`] | Prometheus metrics of the consensus layer |
+
+pub mod convert;
+pub mod log_store;
+pub mod metrics;
+pub mod network;
+pub mod replica;
+pub mod state_machine;
+pub mod tls;
+pub mod types;
+
+pub use replica::{Consistency, Replica, ReplicaConfig, ReplicaError, WriteOutcome};
+pub use state_machine::StateMachine;
+pub use types::{Command, CommandResponse, NodeId, TypeConfig};

@@ -1,0 +1,691 @@
+//! Durable Raft log, vote and committed index on redb.
+//!
+//! Entries live in one table keyed by log index, each value the postcard encoding of the
+//! [`Entry`]; the vote, the committed log id and the last purged log id live in a second,
+//! small table. Every write is one redb transaction committed with
+//! [`Durability::Immediate`], so whatever this store reports written survives a crash.
+//!
+//! redb blocks on disk IO, so every transaction runs on tokio's blocking pool and the
+//! async methods only wait for it.
+
+use std::fmt::Debug;
+use std::ops::{Bound, RangeBounds};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use openraft::storage::{LogFlushed, RaftLogReader, RaftLogStorage};
+use openraft::{OptionalSend, RaftLogId as _, StorageIOError};
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::metrics::ConsensusMetrics;
+use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
+
+/// Log entries by index; values are postcard-encoded [`Entry`]s.
+const LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("raft_log");
+
+/// Vote, committed and last purged log id, by name; values are postcard-encoded.
+const LOG_META: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_log_meta");
+
+/// [`LOG_META`] key of the vote.
+const VOTE_KEY: &str = "vote";
+/// [`LOG_META`] key of the committed log id.
+const COMMITTED_KEY: &str = "committed";
+/// [`LOG_META`] key of the last purged log id.
+const LAST_PURGED_KEY: &str = "last_purged";
+
+/// Opens (creating if needed) the replica's redb database file.
+///
+/// The parent directory is created if missing. The returned handle is meant to be shared
+/// by [`LogStore`] and [`crate::state_machine::StateMachineStore`].
+///
+/// # Errors
+/// The directory cannot be created, or redb cannot open or create the file (for example
+/// another process holds it open, or it is not a redb database).
+#[expect(
+    clippy::result_large_err,
+    reason = "openraft's storage API speaks StorageError; callers pass it on unchanged"
+)]
+pub fn open_database(path: &Path) -> Result<Arc<Database>, StorageError> {
+    let to_storage = |error: LogStoreError| StorageError::from(StorageIOError::read(&error));
+    if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|source| {
+            to_storage(LogStoreError::CreateDir {
+                path: dir.to_path_buf(),
+                source,
+            })
+        })?;
+    }
+    let db = Database::create(path).map_err(|source| {
+        to_storage(LogStoreError::Open {
+            path: path.to_path_buf(),
+            source,
+        })
+    })?;
+    Ok(Arc::new(db))
+}
+
+/// What went wrong in the log store; wrapped into openraft's [`StorageError`] with the
+/// subject (logs, vote, store) and verb (read, write) of the failed operation.
+#[derive(Debug, thiserror::Error)]
+enum LogStoreError {
+    /// The directory of the database file could not be created.
+    #[error("cannot create the raft database directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+
+    /// redb could not open or create the database file.
+    #[error("cannot open the raft database {path}: {source}")]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// Why.
+        source: redb::DatabaseError,
+    },
+
+    /// A redb transaction failed part way.
+    #[error("raft log database failed to {op}: {source}")]
+    Database {
+        /// What the store was doing.
+        op: &'static str,
+        /// redb's error.
+        source: redb::Error,
+    },
+
+    /// A log entry could not be encoded.
+    #[error("cannot encode the log entry at index {index}: {source}")]
+    EncodeEntry {
+        /// Index of the entry.
+        index: u64,
+        /// postcard's error.
+        source: postcard::Error,
+    },
+
+    /// A stored log entry could not be decoded.
+    #[error("cannot decode the stored log entry at index {index}: {source}")]
+    DecodeEntry {
+        /// Index (table key) of the entry.
+        index: u64,
+        /// postcard's error.
+        source: postcard::Error,
+    },
+
+    /// A stored entry carries another index than the key it is stored under.
+    #[error("the log entry stored at index {key} carries log id {log_id}")]
+    MisplacedEntry {
+        /// The table key.
+        key: u64,
+        /// The log id inside the entry.
+        log_id: LogId,
+    },
+
+    /// A metadata value (vote, committed, last purged) could not be encoded.
+    #[error("cannot encode the raft log metadata `{key}`: {source}")]
+    EncodeMeta {
+        /// Metadata key.
+        key: &'static str,
+        /// postcard's error.
+        source: postcard::Error,
+    },
+
+    /// A stored metadata value could not be decoded.
+    #[error("cannot decode the stored raft log metadata `{key}`: {source}")]
+    DecodeMeta {
+        /// Metadata key.
+        key: &'static str,
+        /// postcard's error.
+        source: postcard::Error,
+    },
+
+    /// The blocking task running the transaction panicked or was cancelled.
+    #[error("raft log storage task did not finish: {source}")]
+    Task {
+        /// tokio's error.
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Attaches what the store was doing to a redb error.
+trait DuringOp<T> {
+    /// Maps the error to [`LogStoreError::Database`] with `op` as the operation.
+    fn during(self, op: &'static str) -> Result<T, LogStoreError>;
+}
+
+impl<T, E: Into<redb::Error>> DuringOp<T> for Result<T, E> {
+    fn during(self, op: &'static str) -> Result<T, LogStoreError> {
+        self.map_err(|error| LogStoreError::Database {
+            op,
+            source: error.into(),
+        })
+    }
+}
+
+/// Runs `f` on tokio's blocking pool and waits for it.
+async fn blocking<T, F>(f: F) -> Result<T, LogStoreError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, LogStoreError> + Send + 'static,
+{
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|source| LogStoreError::Task { source })?
+}
+
+/// Durable Raft log + vote + committed index on redb.
+///
+/// Clones share the database; a clone is also the log reader handed to replication tasks,
+/// which read concurrently with the single writer (redb's MVCC keeps them consistent).
+#[derive(Clone)]
+pub struct LogStore {
+    /// The replica's database, shared with the state machine store.
+    db: Arc<Database>,
+    /// Where append latency and batch sizes are observed.
+    metrics: ConsensusMetrics,
+}
+
+// === impl LogStore ===
+
+impl LogStore {
+    /// Opens the log store on `db`, creating its tables if this is a new database.
+    ///
+    /// # Errors
+    /// The tables cannot be created (IO error, or a table of the same name with other
+    /// types exists).
+    #[expect(
+        clippy::result_large_err,
+        reason = "openraft's storage API speaks StorageError; callers pass it on unchanged"
+    )]
+    pub fn new(db: Arc<Database>, metrics: ConsensusMetrics) -> Result<Self, StorageError> {
+        write_txn(&db, "create the log tables", |txn| {
+            txn.open_table(LOG).during("create the log table")?;
+            txn.open_table(LOG_META)
+                .during("create the log metadata table")?;
+            Ok(())
+        })
+        .map_err(|error| StorageIOError::write_logs(&error))?;
+        Ok(Self { db, metrics })
+    }
+
+    /// Reads the metadata value under `key` on the blocking pool.
+    async fn read_meta<T>(&self, key: &'static str) -> Result<Option<T>, LogStoreError>
+    where
+        T: DeserializeOwned + Send + 'static,
+    {
+        let db = self.db.clone();
+        blocking(move || {
+            let txn = db.begin_read().during("begin a read transaction")?;
+            let table = txn
+                .open_table(LOG_META)
+                .during("open the log metadata table")?;
+            get_meta(&table, key)
+        })
+        .await
+    }
+
+    /// Durably writes `value` under metadata `key` on the blocking pool.
+    async fn write_meta<T>(&self, key: &'static str, value: &T) -> Result<(), LogStoreError>
+    where
+        T: Serialize,
+    {
+        let bytes = encode_meta(key, value)?;
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, "write log metadata", |txn| {
+                let mut table = txn
+                    .open_table(LOG_META)
+                    .during("open the log metadata table")?;
+                table
+                    .insert(key, bytes.as_slice())
+                    .during("write log metadata")?;
+                Ok(())
+            })
+        })
+        .await
+    }
+
+    /// Writes `entries` in one durable transaction on the blocking pool; returns how many.
+    async fn write_entries(&self, entries: Vec<Entry>) -> Result<usize, LogStoreError> {
+        let encoded = entries
+            .iter()
+            .map(|entry| {
+                let index = entry.get_log_id().index;
+                postcard::to_allocvec(entry)
+                    .map(|bytes| (index, bytes))
+                    .map_err(|source| LogStoreError::EncodeEntry { index, source })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let count = encoded.len();
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, "append log entries", |txn| {
+                let mut table = txn.open_table(LOG).during("open the log table")?;
+                for (index, bytes) in &encoded {
+                    table
+                        .insert(*index, bytes.as_slice())
+                        .during("append log entries")?;
+                }
+                Ok(())
+            })
+        })
+        .await?;
+        Ok(count)
+    }
+}
+
+impl RaftLogReader<TypeConfig> for LogStore {
+    async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
+        &mut self,
+        range: RB,
+    ) -> Result<Vec<Entry>, StorageError> {
+        let Some((start, end)) = index_span(&range) else {
+            return Ok(Vec::new());
+        };
+        let db = self.db.clone();
+        let entries = blocking(move || {
+            let txn = db.begin_read().during("begin a read transaction")?;
+            let table = txn.open_table(LOG).during("open the log table")?;
+            let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+            let mut entries = Vec::new();
+            for item in table
+                .range((Bound::Included(start), upper))
+                .during("read log entries")?
+            {
+                let (key, value) = item.during("read log entries")?;
+                entries.push(decode_entry(key.value(), value.value())?);
+            }
+            Ok(entries)
+        })
+        .await
+        .map_err(|error| StorageIOError::read_logs(&error))?;
+        Ok(entries)
+    }
+}
+
+impl RaftLogStorage<TypeConfig> for LogStore {
+    type LogReader = Self;
+
+    async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let db = self.db.clone();
+        let state = blocking(move || {
+            let txn = db.begin_read().during("begin a read transaction")?;
+            let meta = txn
+                .open_table(LOG_META)
+                .during("open the log metadata table")?;
+            let last_purged_log_id: Option<LogId> = get_meta(&meta, LAST_PURGED_KEY)?;
+            let log = txn.open_table(LOG).during("open the log table")?;
+            let last = match log.last().during("read the last log entry")? {
+                Some((key, value)) => Some(*decode_entry(key.value(), value.value())?.get_log_id()),
+                None => None,
+            };
+            Ok(LogState {
+                last_log_id: last.or(last_purged_log_id),
+                last_purged_log_id,
+            })
+        })
+        .await
+        .map_err(|error| StorageIOError::read_logs(&error))?;
+        Ok(state)
+    }
+
+    async fn get_log_reader(&mut self) -> Self::LogReader {
+        self.clone()
+    }
+
+    async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        self.write_meta(VOTE_KEY, vote)
+            .await
+            .map_err(|error| StorageIOError::write_vote(&error))?;
+        Ok(())
+    }
+
+    async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
+        let vote = self
+            .read_meta(VOTE_KEY)
+            .await
+            .map_err(|error| StorageIOError::read_vote(&error))?;
+        Ok(vote)
+    }
+
+    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        self.write_meta(COMMITTED_KEY, &committed)
+            .await
+            .map_err(|error| StorageIOError::write(&error))?;
+        Ok(())
+    }
+
+    async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
+        let committed: Option<Option<LogId>> = self
+            .read_meta(COMMITTED_KEY)
+            .await
+            .map_err(|error| StorageIOError::read(&error))?;
+        Ok(committed.flatten())
+    }
+
+    /// Writes all `entries` in one durable transaction, reports the flush to `callback`,
+    /// then returns: the entries are readable as soon as this returns, as openraft needs.
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let started = Instant::now();
+        match self.write_entries(entries.into_iter().collect()).await {
+            Ok(count) => {
+                self.metrics
+                    .append_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.append_batch_entries.observe(count as f64);
+                callback.log_io_completed(Ok(()));
+                Ok(())
+            }
+            Err(error) => {
+                tracing::error!(%error, "raft log append failed");
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                Err(StorageIOError::write_logs(&error).into())
+            }
+        }
+    }
+
+    async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let db = self.db.clone();
+        blocking(move || {
+            write_txn(&db, "truncate the log", |txn| {
+                let mut table = txn.open_table(LOG).during("open the log table")?;
+                table
+                    .retain_in(log_id.index.., |_, _| false)
+                    .during("truncate the log")?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|error| StorageIOError::write_logs(&error))?;
+        Ok(())
+    }
+
+    async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        let purged = encode_meta(LAST_PURGED_KEY, &log_id)
+            .map_err(|error| StorageIOError::write_logs(&error))?;
+        let db = self.db.clone();
+        blocking(move || {
+            // The last purged id is recorded in the same transaction that deletes the
+            // entries, so a crash never leaves a purged prefix without its marker.
+            write_txn(&db, "purge the log", |txn| {
+                let mut meta = txn
+                    .open_table(LOG_META)
+                    .during("open the log metadata table")?;
+                let recorded: Option<LogId> = get_meta(&meta, LAST_PURGED_KEY)?;
+                if recorded.is_none_or(|recorded| recorded < log_id) {
+                    meta.insert(LAST_PURGED_KEY, purged.as_slice())
+                        .during("record the last purged log id")?;
+                }
+                let mut table = txn.open_table(LOG).during("open the log table")?;
+                table
+                    .retain_in(..=log_id.index, |_, _| false)
+                    .during("purge the log")?;
+                Ok(())
+            })
+        })
+        .await
+        .map_err(|error| StorageIOError::write_logs(&error))?;
+        Ok(())
+    }
+}
+
+/// Runs `f` in a write transaction committed with [`Durability::Immediate`]; an error of
+/// `f` aborts the transaction.
+fn write_txn<T>(
+    db: &Database,
+    op: &'static str,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<T, LogStoreError>,
+) -> Result<T, LogStoreError> {
+    let mut txn = db.begin_write().during(op)?;
+    txn.set_durability(Durability::Immediate).during(op)?;
+    let out = f(&txn)?;
+    txn.commit().during(op)?;
+    Ok(out)
+}
+
+/// Reads and decodes the metadata value under `key`.
+fn get_meta<T: DeserializeOwned>(
+    table: &impl redb::ReadableTable<&'static str, &'static [u8]>,
+    key: &'static str,
+) -> Result<Option<T>, LogStoreError> {
+    let Some(value) = table.get(key).during("read log metadata")? else {
+        return Ok(None);
+    };
+    postcard::from_bytes(value.value())
+        .map(Some)
+        .map_err(|source| LogStoreError::DecodeMeta { key, source })
+}
+
+/// Encodes a metadata value.
+fn encode_meta<T: Serialize + ?Sized>(
+    key: &'static str,
+    value: &T,
+) -> Result<Vec<u8>, LogStoreError> {
+    postcard::to_allocvec(value).map_err(|source| LogStoreError::EncodeMeta { key, source })
+}
+
+/// Decodes the entry stored under `key` and checks it belongs there.
+fn decode_entry(key: u64, bytes: &[u8]) -> Result<Entry, LogStoreError> {
+    let entry: Entry = postcard::from_bytes(bytes)
+        .map_err(|source| LogStoreError::DecodeEntry { index: key, source })?;
+    if entry.get_log_id().index != key {
+        return Err(LogStoreError::MisplacedEntry {
+            key,
+            log_id: *entry.get_log_id(),
+        });
+    }
+    Ok(entry)
+}
+
+/// The indexes `range` covers as `[start, end)` (`end` `None` for unbounded), or `None`
+/// when it covers nothing.
+fn index_span(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
+    let start = match range.start_bound() {
+        Bound::Included(&start) => start,
+        Bound::Excluded(&start) => start.checked_add(1)?,
+        Bound::Unbounded => 0,
+    };
+    let end = match range.end_bound() {
+        // `..=u64::MAX` is the same as unbounded.
+        Bound::Included(&end) => end.checked_add(1),
+        Bound::Excluded(&end) => Some(end),
+        Bound::Unbounded => None,
+    };
+    match end {
+        Some(end) if end <= start => None,
+        _ => Some((start, end)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::storage::RaftLogStorageExt as _;
+    use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader as _};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::types::Command;
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 0), index)
+    }
+
+    fn normal(term: u64, index: u64, data: &[u8]) -> Entry {
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Normal(Command(data.to_vec())),
+        }
+    }
+
+    /// The Prometheus text exposition of `metrics`.
+    fn exposition(metrics: &ConsensusMetrics) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+        text
+    }
+
+    fn open(dir: &TempDir) -> LogStore {
+        let db = open_database(&dir.path().join("raft.redb")).expect("open database");
+        LogStore::new(db, ConsensusMetrics::default()).expect("open log store")
+    }
+
+    #[tokio::test]
+    async fn reopen_after_append_returns_all_entries_and_vote() {
+        let dir = TempDir::new().expect("tempdir");
+        let entries: Vec<Entry> = (1..=5)
+            .map(|i| normal(1, i, format!("k{i}=v").as_bytes()))
+            .collect();
+        {
+            let mut store = open(&dir);
+            store.save_vote(&Vote::new(3, 7)).await.expect("save vote");
+            store
+                .blocking_append(entries[..2].to_vec())
+                .await
+                .expect("append");
+            store
+                .blocking_append(entries[2..].to_vec())
+                .await
+                .expect("append");
+            store
+                .save_committed(Some(log_id(1, 4)))
+                .await
+                .expect("save committed");
+        }
+
+        let mut store = open(&dir);
+        let got = store.try_get_log_entries(..).await.expect("read");
+        assert_eq!(got, entries);
+        assert_eq!(
+            store.read_vote().await.expect("vote"),
+            Some(Vote::new(3, 7))
+        );
+        assert_eq!(
+            store.read_committed().await.expect("committed"),
+            Some(log_id(1, 4))
+        );
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(1, 5)));
+        assert_eq!(state.last_purged_log_id, None);
+    }
+
+    #[tokio::test]
+    async fn purge_then_reopen_keeps_last_purged() {
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let mut store = open(&dir);
+            let entries: Vec<Entry> = (1..=6).map(|i| normal(2, i, b"a=b")).collect();
+            store.blocking_append(entries).await.expect("append");
+            store.purge(log_id(2, 3)).await.expect("purge");
+        }
+
+        let mut store = open(&dir);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 3)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 6)));
+        let indexes: Vec<u64> = store
+            .try_get_log_entries(0..100)
+            .await
+            .expect("read")
+            .iter()
+            .map(|e| e.log_id.index)
+            .collect();
+        assert_eq!(indexes, vec![4, 5, 6]);
+
+        store.purge(log_id(2, 6)).await.expect("purge all");
+        drop(store);
+        let mut store = open(&dir);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 6)));
+        assert_eq!(
+            state.last_log_id,
+            Some(log_id(2, 6)),
+            "empty log reports the last purged id"
+        );
+    }
+
+    #[tokio::test]
+    async fn truncate_removes_the_suffix_durably() {
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let mut store = open(&dir);
+            let entries: Vec<Entry> = (1..=6).map(|i| normal(1, i, b"a=b")).collect();
+            store.blocking_append(entries).await.expect("append");
+            store.truncate(log_id(1, 4)).await.expect("truncate");
+        }
+        let mut store = open(&dir);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_log_id, Some(log_id(1, 3)));
+        assert_eq!(
+            store.try_get_log_entries(4..).await.expect("read"),
+            Vec::<Entry>::new()
+        );
+    }
+
+    #[tokio::test]
+    async fn append_records_latency_and_batch_size() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let entries: Vec<Entry> = (1..=3).map(|i| normal(1, i, b"a=b")).collect();
+        store.blocking_append(entries).await.expect("append");
+        let text = exposition(&store.metrics);
+        assert!(
+            text.contains("raft_append_batch_entries_count 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("raft_append_batch_entries_sum 3.0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("raft_append_duration_seconds_count 1\n"),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn undecodable_entry_is_a_read_error_not_a_panic() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        write_txn(&store.db, "corrupt", |txn| {
+            let mut table = txn.open_table(LOG).during("open")?;
+            table
+                .insert(1, [0xff_u8, 0xff, 0xff].as_slice())
+                .during("insert")?;
+            Ok(())
+        })
+        .expect("write garbage");
+        let error = store
+            .try_get_log_entries(..)
+            .await
+            .expect_err("garbage must not decode");
+        assert!(error.to_string().contains("index 1"), "{error}");
+    }
+
+    #[test]
+    fn index_span_handles_every_bound() {
+        assert_eq!(index_span(&(3..3)), None);
+        assert_eq!(index_span(&(Bound::Included(5), Bound::Excluded(3))), None);
+        assert_eq!(index_span(&(3..7)), Some((3, Some(7))));
+        assert_eq!(index_span(&(3..=7)), Some((3, Some(8))));
+        assert_eq!(index_span(&(..)), Some((0, None)));
+        assert_eq!(index_span(&(0..=u64::MAX)), Some((0, None)));
+        assert_eq!(
+            index_span(&(Bound::Excluded(u64::MAX), Bound::Unbounded)),
+            None
+        );
+    }
+}

@@ -1,0 +1,94 @@
+//! Prometheus metrics of the consensus layer.
+//!
+//! Gauges are refreshed from openraft's metrics watch by [`crate::replica`]; the latency
+//! histograms are observed where the work happens (log append in [`crate::log_store`],
+//! apply in [`crate::state_machine`]).
+
+
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Metrics of one replica's consensus layer. Cheap to clone: every field is shared.
+#[derive(Clone, Debug)]
+pub struct ConsensusMetrics {
+    /// Current term.
+    pub term: Gauge,
+    /// Times the known leader changed (including to "none").
+    pub leader_changes: Counter,
+    /// 1 while this replica is the leader.
+    pub is_leader: Gauge,
+    /// Index of the last log entry known committed.
+    pub commit_index: Gauge,
+    /// Index of the last entry applied to the state machine.
+    pub applied_index: Gauge,
+    /// Index of the last entry in the log.
+    pub last_log_index: Gauge,
+    /// Index covered by the current snapshot.
+    pub snapshot_index: Gauge,
+    /// Seconds to make a batch of entries durable (one redb transaction).
+    pub append_seconds: Histogram,
+    /// Entries per durable append.
+    pub append_batch_entries: Histogram,
+    /// Seconds to apply one batch of committed entries to the state machine.
+    pub apply_seconds: Histogram,
+    /// Snapshots built by this replica.
+    pub snapshots_built: Counter,
+    /// Snapshots installed from a leader.
+    pub snapshots_installed: Counter,
+    /// Writes this replica forwarded to the leader.
+    pub forwarded_writes: Counter,
+}
+
+impl Default for ConsensusMetrics {
+    fn default() -> Self {
+        Self {
+            term: Gauge::default(),
+            leader_changes: Counter::default(),
+            is_leader: Gauge::default(),
+            commit_index: Gauge::default(),
+            applied_index: Gauge::default(),
+            last_log_index: Gauge::default(),
+            snapshot_index: Gauge::default(),
+            append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
+            append_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            apply_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
+            snapshots_built: Counter::default(),
+            snapshots_installed: Counter::default(),
+            forwarded_writes: Counter::default(),
+        }
+    }
+}
+
+impl ConsensusMetrics {
+    /// Registers every metric under the `raft_` prefix of `registry`.
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("raft");
+        r.register("term", "Current Raft term", self.term.clone());
+        r.register("leader_changes", "Times the known leader changed", self.leader_changes.clone());
+        r.register("is_leader", "1 while this replica leads", self.is_leader.clone());
+        r.register("commit_index", "Last committed log index", self.commit_index.clone());
+        r.register("applied_index", "Last applied log index", self.applied_index.clone());
+        r.register("last_log_index", "Last log index", self.last_log_index.clone());
+        r.register("snapshot_index", "Log index covered by the snapshot", self.snapshot_index.clone());
+        r.register(
+            "append_duration_seconds",
+            "Time to make a batch of log entries durable",
+            self.append_seconds.clone(),
+        );
+        r.register(
+            "append_batch_entries",
+            "Log entries per durable append",
+            self.append_batch_entries.clone(),
+        );
+        r.register(
+            "apply_duration_seconds",
+            "Time to apply a batch of committed entries",
+            self.apply_seconds.clone(),
+        );
+        r.register("snapshots_built", "Snapshots built", self.snapshots_built.clone());
+        r.register("snapshots_installed", "Snapshots installed from a leader", self.snapshots_installed.clone());
+        r.register("forwarded_writes", "Writes forwarded to the leader", self.forwarded_writes.clone());
+    }
+}

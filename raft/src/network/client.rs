@@ -1,0 +1,585 @@
+//! The sending side of the replica transport: openraft's [`RaftNetworkFactory`] and
+//! [`RaftNetwork`], and write/read forwarding to the leader.
+//!
+//! Every peer address gets one lazily connected tonic [`Channel`], cached in the
+//! [`Network`] and shared by all its clones and by every [`PeerClient`] it makes, so
+//! heartbeats, replication, snapshots and forwarded writes to one peer share one HTTP/2
+//! connection.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use federator_proto::raft as pb;
+use federator_proto::raft::raft_service_client::RaftServiceClient;
+use openraft::error::{
+    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout,
+    Unreachable,
+};
+use openraft::network::{Backoff, RPCOption, RPCTypes};
+use openraft::raft::{InstallSnapshotRequest, InstallSnapshotResponse};
+use openraft::{OptionalSend, RaftNetwork, RaftNetworkFactory};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Request, Status};
+
+use super::MAX_MESSAGE_BYTES;
+use crate::convert::{FromProto, IntoProto};
+use crate::metrics::ConsensusMetrics;
+use crate::tls::TlsConnector;
+use crate::types::typ::{
+    AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
+};
+use crate::types::{LogId, Node, NodeId, Snapshot, TypeConfig, Vote};
+
+/// First delay of the backoff after a peer was unreachable.
+const BACKOFF_INITIAL: Duration = Duration::from_millis(50);
+
+/// Longest delay of the backoff after a peer was unreachable.
+const BACKOFF_MAX: Duration = Duration::from_millis(1000);
+
+/// HTTP/2 ping interval on peer connections, to notice a dead peer on an idle connection.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Time a peer gets to answer an HTTP/2 ping before the connection is dropped.
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Timeouts and sizes of the sending side of the transport.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransportOptions {
+    /// Limit on establishing a connection (TCP and TLS handshake).
+    pub connect_timeout: Duration,
+    /// Limit on one RPC; openraft's own per-RPC deadline applies too, whichever is shorter.
+    /// For a snapshot it bounds each stalled chunk and the wait for the final answer.
+    pub rpc_timeout: Duration,
+    /// Size of the data in each snapshot chunk.
+    pub snapshot_chunk_bytes: usize,
+}
+
+/// openraft's network factory over the mTLS gRPC transport. Cheap to clone: clones share
+/// the connection pool.
+#[derive(Clone)]
+pub struct Network {
+    /// State shared by clones and by the peer clients.
+    shared: Arc<Shared>,
+}
+
+/// What a [`Network`] and its [`PeerClient`]s share.
+struct Shared {
+    /// Makes the TLS connections of every channel.
+    connector: TlsConnector,
+    /// Timeouts and sizes.
+    options: TransportOptions,
+    /// Where forwarded writes are counted.
+    metrics: ConsensusMetrics,
+    /// One channel per peer address.
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// openraft's client of one peer replica, made by [`Network::new_client`].
+pub struct PeerClient {
+    /// The peer's replica id.
+    target: NodeId,
+    /// The peer's transport address.
+    addr: String,
+    /// The gRPC client on the pooled channel, or why there is none (a bad address).
+    client: Result<RaftServiceClient<Channel>, ClientError>,
+    /// Timeouts and sizes.
+    options: TransportOptions,
+}
+
+/// Why an RPC to a peer failed, before it is mapped onto openraft's error types.
+#[derive(Clone, Debug, thiserror::Error)]
+enum ClientError {
+    /// The peer's address does not make a URI.
+    #[error("transport address {addr:?} of replica is invalid: {reason}")]
+    InvalidAddress {
+        /// The address as configured.
+        addr: String,
+        /// Why it is invalid.
+        reason: String,
+    },
+    /// The peer (or the connection to it) answered with a gRPC error.
+    #[error("{rpc} to replica {target} at {addr} failed: {code:?}: {message}")]
+    Status {
+        /// The RPC.
+        rpc: RPCTypes,
+        /// The peer's replica id.
+        target: NodeId,
+        /// The peer's address.
+        addr: String,
+        /// gRPC status code.
+        code: Code,
+        /// gRPC status message.
+        message: String,
+    },
+    /// The peer answered with a message that does not convert.
+    #[error("{rpc} to replica {target} at {addr}: malformed response: {reason}")]
+    MalformedResponse {
+        /// The RPC.
+        rpc: RPCTypes,
+        /// The peer's replica id.
+        target: NodeId,
+        /// The peer's address.
+        addr: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// openraft asked for the chunk-by-chunk snapshot RPC, which this transport replaces.
+    #[error("chunked install_snapshot is not used by this transport; full_snapshot streams snapshots")]
+    ChunkedSnapshotUnsupported,
+}
+
+/// How an RPC failed, in the terms openraft distinguishes.
+enum Failure {
+    /// No answer within the deadline.
+    Timeout(Duration),
+    /// Could not reach the peer: openraft should back off.
+    Unreachable(ClientError),
+    /// Failed on the way: openraft may retry at once.
+    Network(ClientError),
+}
+
+// === impl TransportOptions ===
+
+impl Default for TransportOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(1),
+            rpc_timeout: Duration::from_secs(2),
+            snapshot_chunk_bytes: 1024 * 1024,
+        }
+    }
+}
+
+// === impl Network ===
+
+impl Network {
+    /// A network that dials peers with `client_tls` (ALPN `h2` is added) and counts
+    /// forwarded writes in `metrics`.
+    pub fn new(
+        client_tls: Arc<rustls::ClientConfig>,
+        options: TransportOptions,
+        metrics: ConsensusMetrics,
+    ) -> Self {
+        Self {
+            shared: Arc::new(Shared {
+                connector: TlsConnector::new(client_tls),
+                options,
+                metrics,
+                channels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The options this network was made with.
+    pub fn options(&self) -> &TransportOptions {
+        &self.shared.options
+    }
+
+    /// Forwards a client write to the leader at `leader_addr` and returns the log id it
+    /// was committed at and the state machine's response.
+    ///
+    /// # Errors
+    /// The gRPC status of the failure; `FailedPrecondition` with `x-leader-id` /
+    /// `x-leader-addr` metadata when that replica is not the leader (any more).
+    pub async fn forward_write(
+        &self,
+        leader_addr: &str,
+        command: Vec<u8>,
+    ) -> Result<(LogId, Vec<u8>), Status> {
+        self.shared.metrics.forwarded_writes.inc();
+        let mut client = self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let request = self.unary_request(pb::ForwardWriteRequest { command });
+        let response = bounded(self.shared.options.rpc_timeout, client.forward_write(request)).await?;
+        let response = response.into_inner();
+        let log_id = response
+            .log_id
+            .ok_or_else(|| Status::internal("leader answered ForwardWrite without ForwardWriteResponse.log_id"))
+            .and_then(|id| {
+                LogId::from_proto(id)
+                    .map_err(|e| Status::internal(format!("leader answered ForwardWrite with a malformed log id: {e}")))
+            })?;
+        Ok((log_id, response.response))
+    }
+
+    /// Asks the leader at `leader_addr` for the log id a linearizable read must wait for,
+    /// confirmed by the leader with a quorum (`None`: the log is empty).
+    ///
+    /// # Errors
+    /// The gRPC status of the failure; `FailedPrecondition` with `x-leader-id` /
+    /// `x-leader-addr` metadata when that replica is not the leader (any more).
+    pub async fn read_index(&self, leader_addr: &str) -> Result<Option<LogId>, Status> {
+        let mut client = self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let request = self.unary_request(pb::ReadIndexRequest {});
+        let response = bounded(self.shared.options.rpc_timeout, client.read_index(request)).await?;
+        FromProto::from_proto(response.into_inner().read_log_id).map_err(|e| {
+            Status::internal(format!("leader answered ReadIndex with a malformed log id: {e}"))
+        })
+    }
+
+    /// A request carrying the RPC timeout as its gRPC deadline.
+    fn unary_request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request.set_timeout(self.shared.options.rpc_timeout);
+        request
+    }
+
+    /// A gRPC client on the pooled channel of `addr`.
+    fn client(&self, addr: &str) -> Result<RaftServiceClient<Channel>, ClientError> {
+        let channel = self.channel(addr)?;
+        Ok(RaftServiceClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES))
+    }
+
+    /// The pooled channel of `addr`, created (unconnected) on first use.
+    fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
+        let mut channels = self.shared.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let uri = if addr.contains("://") { addr.to_string() } else { format!("https://{addr}") };
+        let endpoint = Endpoint::from_shared(uri)
+            .map_err(|e| ClientError::InvalidAddress { addr: addr.to_string(), reason: e.to_string() })?
+            .connect_timeout(self.shared.options.connect_timeout)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true);
+        let channel = endpoint.connect_with_connector_lazy(self.shared.connector.clone());
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+}
+
+impl fmt::Debug for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let peers = self.shared.channels.lock().map(|c| c.len()).unwrap_or_default();
+        f.debug_struct("Network")
+            .field("options", &self.shared.options)
+            .field("peers", &peers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerClient;
+
+    async fn new_client(&mut self, target: NodeId, node: &Node) -> PeerClient {
+        let client = self.client(&node.addr);
+        if let Err(error) = &client {
+            tracing::warn!(%error, target, "cannot make a transport client for replica");
+        }
+        PeerClient {
+            target,
+            addr: node.addr.clone(),
+            client,
+            options: self.shared.options.clone(),
+        }
+    }
+}
+
+// === impl PeerClient ===
+
+impl PeerClient {
+    /// The peer's replica id.
+    pub fn target(&self) -> NodeId {
+        self.target
+    }
+
+    /// The peer's transport address.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// The deadline of one unary RPC: openraft's soft TTL or the RPC timeout, whichever
+    /// is shorter, so the call gives up cleanly before openraft drops it.
+    fn deadline(&self, option: &RPCOption) -> Duration {
+        option.soft_ttl().min(self.options.rpc_timeout)
+    }
+
+    /// A clone of the gRPC client, or an unreachable failure for a bad address.
+    fn grpc(&self) -> Result<RaftServiceClient<Channel>, Failure> {
+        self.client.clone().map_err(Failure::Unreachable)
+    }
+
+    /// Classifies a gRPC status of `rpc`.
+    fn failure(&self, rpc: RPCTypes, status: &Status) -> Failure {
+        let error = ClientError::Status {
+            rpc,
+            target: self.target,
+            addr: self.addr.clone(),
+            code: status.code(),
+            message: status.message().to_string(),
+        };
+        match status.code() {
+            // Connection refused, TLS handshake failed, peer shutting down, or the peer
+            // refused our identity: retrying at once would not help.
+            Code::Unavailable | Code::PermissionDenied | Code::Unauthenticated => {
+                Failure::Unreachable(error)
+            }
+            Code::DeadlineExceeded => Failure::Timeout(self.options.rpc_timeout),
+            _ => Failure::Network(error),
+        }
+    }
+
+    /// A failure for a response that does not convert.
+    fn malformed(&self, rpc: RPCTypes, error: &crate::convert::ConvertError) -> Failure {
+        Failure::Network(ClientError::MalformedResponse {
+            rpc,
+            target: self.target,
+            addr: self.addr.clone(),
+            reason: error.to_string(),
+        })
+    }
+
+    /// Sends the snapshot as one client stream and waits for the peer's answer.
+    async fn stream_snapshot(
+        &self,
+        vote: Vote,
+        snapshot: Snapshot,
+        stall_timeout: Duration,
+    ) -> Result<SnapshotResponse, Failure> {
+        let mut client = self.grpc()?;
+        let Snapshot { meta, snapshot: data } = snapshot;
+        let data = data.into_inner();
+        let chunk_bytes = self.options.snapshot_chunk_bytes.max(1);
+        tracing::debug!(
+            target = self.target,
+            bytes = data.len(),
+            snapshot_id = %meta.snapshot_id,
+            "streaming snapshot"
+        );
+
+        // One chunk in the queue: memory stays at the snapshot plus a couple of chunks.
+        let (tx, rx) = tokio::sync::mpsc::channel::<pb::SnapshotChunk>(1);
+        let producer = async move {
+            let mut header = Some((vote.into_proto(), meta.into_proto()));
+            // An empty snapshot is still one chunk: the header.
+            let count = data.len().div_ceil(chunk_bytes).max(1);
+            for i in 0..count {
+                let piece = &data[i * chunk_bytes..((i + 1) * chunk_bytes).min(data.len())];
+                let (vote, meta) = header.take().unzip();
+                let chunk = pb::SnapshotChunk { vote, meta, data: piece.to_vec() };
+                send_chunk(&tx, chunk, stall_timeout).await?;
+            }
+            Ok(())
+        };
+
+        let mut call = pin!(client.install_snapshot(Request::new(ReceiverStream::new(rx))));
+        let mut producer = pin!(producer);
+        let answered = tokio::select! {
+            // The peer may answer before the end, e.g. to refuse a stale vote at once.
+            answered = &mut call => Some(answered),
+            sent = &mut producer => {
+                match sent {
+                    Ok(()) => None,
+                    // The stream ended early or stalled: the call tells why, if it can.
+                    Err(ChunkStop::ReceiverGone) => None,
+                    Err(ChunkStop::Stalled) => return Err(Failure::Timeout(stall_timeout)),
+                }
+            }
+        };
+        let answered = match answered {
+            Some(answered) => answered,
+            None => match tokio::time::timeout(stall_timeout, &mut call).await {
+                Ok(answered) => answered,
+                Err(_) => return Err(Failure::Timeout(stall_timeout)),
+            },
+        };
+        let response = answered.map_err(|status| self.failure(RPCTypes::InstallSnapshot, &status))?;
+        SnapshotResponse::from_proto(response.into_inner())
+            .map_err(|e| self.malformed(RPCTypes::InstallSnapshot, &e))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerClient {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let sender = rpc.vote.leader_id.node_id;
+        let deadline = self.deadline(&option);
+        let result = async {
+            let mut client = self.grpc()?;
+            let mut request = Request::new(rpc.into_proto());
+            request.set_timeout(deadline);
+            let response = match tokio::time::timeout(deadline, client.append_entries(request)).await {
+                Err(_) => return Err(Failure::Timeout(deadline)),
+                Ok(answered) => answered.map_err(|s| self.failure(RPCTypes::AppendEntries, &s))?,
+            };
+            AppendEntriesResponse::from_proto(response.into_inner())
+                .map_err(|e| self.malformed(RPCTypes::AppendEntries, &e))
+        }
+        .await;
+        result.map_err(|f| f.into_rpc_error(RPCTypes::AppendEntries, sender, self.target))
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest,
+        option: RPCOption,
+    ) -> Result<VoteResponse, RPCError<NodeId, Node, RaftError<NodeId>>> {
+        let sender = rpc.vote.leader_id.node_id;
+        let deadline = self.deadline(&option);
+        let result = async {
+            let mut client = self.grpc()?;
+            let mut request = Request::new(rpc.into_proto());
+            request.set_timeout(deadline);
+            let response = match tokio::time::timeout(deadline, client.vote(request)).await {
+                Err(_) => return Err(Failure::Timeout(deadline)),
+                Ok(answered) => answered.map_err(|s| self.failure(RPCTypes::Vote, &s))?,
+            };
+            VoteResponse::from_proto(response.into_inner()).map_err(|e| self.malformed(RPCTypes::Vote, &e))
+        }
+        .await;
+        result.map_err(|f| f.into_rpc_error(RPCTypes::Vote, sender, self.target))
+    }
+
+    /// Not used: [`RaftNetwork::full_snapshot`] is overridden to stream whole snapshots,
+    /// so openraft never sends chunks through this method.
+    async fn install_snapshot(
+        &mut self,
+        _rpc: InstallSnapshotRequest<TypeConfig>,
+        _option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, Node, RaftError<NodeId, openraft::error::InstallSnapshotError>>,
+    > {
+        Err(RPCError::Network(NetworkError::new(&ClientError::ChunkedSnapshotUnsupported)))
+    }
+
+    async fn full_snapshot(
+        &mut self,
+        vote: Vote,
+        snapshot: Snapshot,
+        cancel: impl Future<Output = ReplicationClosed> + OptionalSend + 'static,
+        option: RPCOption,
+    ) -> Result<SnapshotResponse, StreamingError<TypeConfig, Fatal<NodeId>>> {
+        let sender = vote.leader_id.node_id;
+        // openraft's TTL here is meant for one chunk; a whole stream may take longer, so
+        // it bounds each stalled chunk and the final answer instead of the whole call.
+        let stall_timeout = option.hard_ttl().max(self.options.rpc_timeout);
+        tokio::select! {
+            biased;
+            closed = cancel => Err(StreamingError::Closed(closed)),
+            sent = self.stream_snapshot(vote, snapshot, stall_timeout) => {
+                sent.map_err(|f| f.into_streaming_error(sender, self.target))
+            }
+        }
+    }
+
+    fn backoff(&self) -> Backoff {
+        Backoff::new(backoff_delays())
+    }
+}
+
+// === impl Failure ===
+
+impl Failure {
+    /// The openraft error of a unary RPC.
+    fn into_rpc_error<E: std::error::Error>(
+        self,
+        action: RPCTypes,
+        sender: NodeId,
+        target: NodeId,
+    ) -> RPCError<NodeId, Node, E> {
+        match self {
+            Failure::Timeout(timeout) => {
+                RPCError::Timeout(Timeout { action, id: sender, target, timeout })
+            }
+            Failure::Unreachable(error) => RPCError::Unreachable(Unreachable::new(&error)),
+            Failure::Network(error) => RPCError::Network(NetworkError::new(&error)),
+        }
+    }
+
+    /// The openraft error of a snapshot stream.
+    fn into_streaming_error(
+        self,
+        sender: NodeId,
+        target: NodeId,
+    ) -> StreamingError<TypeConfig, Fatal<NodeId>> {
+        match self {
+            Failure::Timeout(timeout) => StreamingError::Timeout(Timeout {
+                action: RPCTypes::InstallSnapshot,
+                id: sender,
+                target,
+                timeout,
+            }),
+            Failure::Unreachable(error) => StreamingError::Unreachable(Unreachable::new(&error)),
+            Failure::Network(error) => StreamingError::Network(NetworkError::new(&error)),
+        }
+    }
+}
+
+/// Why the snapshot producer stopped early.
+enum ChunkStop {
+    /// The call ended (answered or failed) and dropped the stream.
+    ReceiverGone,
+    /// The peer took no chunk within the stall timeout.
+    Stalled,
+}
+
+/// Queues one snapshot chunk, giving up if the stream does not move for `stall_timeout`.
+async fn send_chunk(
+    tx: &tokio::sync::mpsc::Sender<pb::SnapshotChunk>,
+    chunk: pb::SnapshotChunk,
+    stall_timeout: Duration,
+) -> Result<(), ChunkStop> {
+    match tokio::time::timeout(stall_timeout, tx.send(chunk)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(ChunkStop::ReceiverGone),
+        Err(_) => Err(ChunkStop::Stalled),
+    }
+}
+
+/// Runs a unary call with a client-side deadline (the server sees it as `grpc-timeout`).
+async fn bounded<T>(
+    deadline: Duration,
+    call: impl Future<Output = Result<tonic::Response<T>, Status>>,
+) -> Result<tonic::Response<T>, Status> {
+    tokio::time::timeout(deadline, call)
+        .await
+        .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer within {deadline:?}"))))
+}
+
+/// Delays between attempts to reach an unreachable peer: exponential from
+/// [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`], each jittered.
+fn backoff_delays() -> impl Iterator<Item = Duration> + Send + 'static {
+    std::iter::successors(Some(BACKOFF_INITIAL), |delay| Some((*delay * 2).min(BACKOFF_MAX)))
+        .map(jitter)
+}
+
+/// Spreads `delay` over `[delay/2, delay]` so peers do not retry in lockstep.
+fn jitter(delay: Duration) -> Duration {
+    let half = delay / 2;
+    half + half.mul_f64(rand::random::<f64>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_up_to_the_cap() {
+        let delays: Vec<Duration> = backoff_delays().take(12).collect();
+        let bases = [50, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000, 1000, 1000];
+        for (delay, base) in delays.iter().zip(bases) {
+            let base = Duration::from_millis(base);
+            assert!(*delay >= base / 2 && *delay <= base, "{delay:?} outside [{:?}, {base:?}]", base / 2);
+        }
+    }
+
+    #[test]
+    fn default_options_are_the_documented_ones() {
+        let options = TransportOptions::default();
+        assert_eq!(options.connect_timeout, Duration::from_secs(1));
+        assert_eq!(options.rpc_timeout, Duration::from_secs(2));
+        assert_eq!(options.snapshot_chunk_bytes, 1 << 20);
+    }
+}

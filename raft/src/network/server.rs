@@ -1,0 +1,426 @@
+//! The receiving side of the replica transport: [`RaftTransportService`] hands peers'
+//! RPCs to openraft, and [`serve`] runs it over mTLS.
+
+use std::fmt;
+use std::future::Future;
+use std::io::Cursor;
+use std::sync::Arc;
+
+use federator_proto::raft as pb;
+use federator_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
+use futures::{Stream, StreamExt as _};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use rustls_pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tonic::metadata::MetadataValue;
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, MAX_MESSAGE_BYTES, TransportError};
+use crate::convert::{ConvertError, FromProto, IntoProto};
+use crate::tls;
+use crate::types::typ::{AppendEntriesRequest, VoteRequest};
+use crate::types::{Command, Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
+
+/// Decides whether a peer, by the end-entity certificate it presented, may call the
+/// transport. Runs after the TLS layer verified the certificate.
+pub type PeerPolicy = Arc<dyn Fn(&CertificateDer<'_>) -> bool + Send + Sync>;
+
+/// Default limit on the size of a received snapshot.
+pub const DEFAULT_MAX_SNAPSHOT_BYTES: usize = 1024 * 1024 * 1024;
+
+/// The gRPC service of the replica transport, backed by this replica's openraft handle.
+///
+/// The [`PeerPolicy`] is enforced by the server [`RaftTransportService::into_server`]
+/// builds (and so by [`serve`]).
+#[derive(Clone)]
+pub struct RaftTransportService {
+    /// This replica's raft.
+    raft: Raft,
+    /// Which verified peers may call; `None`: all.
+    peer_policy: Option<PeerPolicy>,
+    /// Largest snapshot accepted from a peer.
+    max_snapshot_bytes: usize,
+}
+
+/// A tonic interceptor that refuses requests whose peer certificate fails a
+/// [`PeerPolicy`] with `PermissionDenied`. Without a policy it lets everything through.
+#[derive(Clone, Default)]
+pub struct PeerAuthorization {
+    /// The policy; `None`: no restriction.
+    policy: Option<PeerPolicy>,
+}
+
+/// The gRPC server of a [`RaftService`] with its [`PeerAuthorization`].
+pub type AuthorizedRaftServer<S> = InterceptedService<RaftServiceServer<S>, PeerAuthorization>;
+
+/// Serves `service` on `listener` with mTLS (`server_tls`) until `shutdown` resolves,
+/// enforcing the service's peer policy.
+///
+/// # Errors
+/// The server failed.
+pub async fn serve(
+    listener: TcpListener,
+    server_tls: Arc<rustls::ServerConfig>,
+    service: RaftTransportService,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), TransportError> {
+    let policy = service.peer_policy.clone();
+    serve_service(listener, server_tls, service, policy, shutdown).await
+}
+
+/// Serves any implementation of the transport's gRPC service on `listener` with mTLS
+/// (`server_tls`) and `policy` until `shutdown` resolves. [`serve`] is this with
+/// [`RaftTransportService`]; other implementations are for tests and tools.
+///
+/// # Errors
+/// The server failed.
+pub async fn serve_service<S: RaftService>(
+    listener: TcpListener,
+    server_tls: Arc<rustls::ServerConfig>,
+    service: S,
+    policy: Option<PeerPolicy>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), TransportError> {
+    let local_addr = listener.local_addr().ok();
+    tracing::info!(?local_addr, "serving the replica transport");
+    Server::builder()
+        .http2_keepalive_interval(Some(std::time::Duration::from_secs(10)))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_secs(5)))
+        .add_service(authorized_server(service, policy))
+        .serve_with_incoming_shutdown(tls::incoming(listener, server_tls), shutdown)
+        .await
+        .map_err(TransportError::Serve)
+}
+
+/// `service` as a gRPC server with raised message limits, behind `policy`.
+fn authorized_server<S: RaftService>(
+    service: S,
+    policy: Option<PeerPolicy>,
+) -> AuthorizedRaftServer<S> {
+    let server = RaftServiceServer::new(service)
+        .max_decoding_message_size(MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(MAX_MESSAGE_BYTES);
+    InterceptedService::new(server, PeerAuthorization { policy })
+}
+
+// === impl RaftTransportService ===
+
+impl RaftTransportService {
+    /// A service handing RPCs to `raft`, open to every peer the TLS layer accepts, taking
+    /// snapshots up to [`DEFAULT_MAX_SNAPSHOT_BYTES`].
+    pub fn new(raft: Raft) -> Self {
+        Self { raft, peer_policy: None, max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES }
+    }
+
+    /// Restricts callers to peers whose certificate passes `policy`.
+    #[must_use]
+    pub fn with_peer_policy(mut self, policy: PeerPolicy) -> Self {
+        self.peer_policy = Some(policy);
+        self
+    }
+
+    /// Refuses snapshots larger than `max_snapshot_bytes`.
+    #[must_use]
+    pub fn with_max_snapshot_bytes(mut self, max_snapshot_bytes: usize) -> Self {
+        self.max_snapshot_bytes = max_snapshot_bytes;
+        self
+    }
+
+    /// This service as a gRPC server with raised message limits, behind its peer policy;
+    /// for mounting on a tonic router of one's own.
+    pub fn into_server(self) -> AuthorizedRaftServer<Self> {
+        let policy = self.peer_policy.clone();
+        authorized_server(self, policy)
+    }
+}
+
+impl fmt::Debug for RaftTransportService {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RaftTransportService")
+            .field("peer_policy", &self.peer_policy.is_some())
+            .field("max_snapshot_bytes", &self.max_snapshot_bytes)
+            .finish_non_exhaustive()
+    }
+}
+
+#[tonic::async_trait]
+impl RaftService for RaftTransportService {
+    async fn append_entries(
+        &self,
+        request: Request<pb::AppendEntriesRequest>,
+    ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let rpc = AppendEntriesRequest::from_proto(request.into_inner())?;
+        let response = self.raft.append_entries(rpc).await.map_err(|e| stopped(&e))?;
+        Ok(Response::new(response.into_proto()))
+    }
+
+    async fn vote(
+        &self,
+        request: Request<pb::VoteRequest>,
+    ) -> Result<Response<pb::VoteResponse>, Status> {
+        let rpc = VoteRequest::from_proto(request.into_inner())?;
+        let response = self.raft.vote(rpc).await.map_err(|e| stopped(&e))?;
+        Ok(Response::new(response.into_proto()))
+    }
+
+    async fn install_snapshot(
+        &self,
+        request: Request<Streaming<pb::SnapshotChunk>>,
+    ) -> Result<Response<pb::SnapshotResponse>, Status> {
+        let remote_addr = tls::connect_info(&request).and_then(|info| info.remote_addr);
+        let mut chunks = request.into_inner();
+        let (vote, meta, first) = receive_header(&mut chunks).await?;
+        // Refuse a stale leader before it sends the whole snapshot, as openraft's own
+        // chunked transport does; the answer carries our vote, which demotes it.
+        let my_vote = self.raft.metrics().borrow().vote;
+        if vote < my_vote {
+            tracing::info!(%vote, %my_vote, ?remote_addr, "refusing a snapshot from a stale leader");
+            return Ok(Response::new(pb::SnapshotResponse { vote: Some(my_vote.into_proto()) }));
+        }
+        let data = receive_data(first, &mut chunks, self.max_snapshot_bytes).await?;
+        tracing::info!(
+            %vote,
+            snapshot_id = %meta.snapshot_id,
+            bytes = data.len(),
+            ?remote_addr,
+            "received a snapshot"
+        );
+        let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
+        let response = self
+            .raft
+            .install_full_snapshot(vote, snapshot)
+            .await
+            .map_err(|e| stopped(&e))?;
+        Ok(Response::new(response.into_proto()))
+    }
+
+    async fn forward_write(
+        &self,
+        request: Request<pb::ForwardWriteRequest>,
+    ) -> Result<Response<pb::ForwardWriteResponse>, Status> {
+        let command = Command(request.into_inner().command);
+        match self.raft.client_write(command).await {
+            Ok(written) => Ok(Response::new(pb::ForwardWriteResponse {
+                log_id: Some(written.log_id.into_proto()),
+                response: written.data.0,
+            })),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(not_leader(&forward))
+            }
+            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
+                Err(Status::internal(format!("write failed: {error}")))
+            }
+            Err(RaftError::Fatal(fatal)) => Err(stopped(&fatal)),
+        }
+    }
+
+    async fn read_index(
+        &self,
+        _request: Request<pb::ReadIndexRequest>,
+    ) -> Result<Response<pb::ReadIndexResponse>, Status> {
+        match self.raft.get_read_log_id().await {
+            Ok((read_log_id, _applied)) => {
+                Ok(Response::new(pb::ReadIndexResponse { read_log_id: read_log_id.into_proto() }))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
+                Err(not_leader(&forward))
+            }
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                Err(Status::unavailable(format!("leadership not confirmed: {error}")))
+            }
+            Err(RaftError::Fatal(fatal)) => Err(stopped(&fatal)),
+        }
+    }
+}
+
+// === impl PeerAuthorization ===
+
+impl PeerAuthorization {
+    /// An interceptor enforcing `policy` (`None`: no restriction).
+    pub fn new(policy: Option<PeerPolicy>) -> Self {
+        Self { policy }
+    }
+}
+
+impl fmt::Debug for PeerAuthorization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PeerAuthorization").field("policy", &self.policy.is_some()).finish()
+    }
+}
+
+impl Interceptor for PeerAuthorization {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(policy) = &self.policy else {
+            return Ok(request);
+        };
+        let info = tls::connect_info(&request);
+        let remote_addr = info.and_then(|info| info.remote_addr);
+        match info.and_then(|info| info.peer_certificate.as_ref()) {
+            Some(certificate) if policy(certificate.der()) => Ok(request),
+            Some(_) => {
+                tracing::warn!(?remote_addr, "peer certificate refused by the transport's peer policy");
+                Err(Status::permission_denied(
+                    "peer certificate is not allowed to call the replica transport",
+                ))
+            }
+            None => {
+                tracing::warn!(?remote_addr, "transport request without a peer certificate");
+                Err(Status::permission_denied(
+                    "the replica transport requires a client certificate",
+                ))
+            }
+        }
+    }
+}
+
+// === snapshot reception ===
+
+/// Reads the first chunk of a snapshot stream, which must carry the vote and the meta.
+/// Returns them with the first chunk's data.
+async fn receive_header<S>(chunks: &mut S) -> Result<(Vote, SnapshotMeta, Vec<u8>), Status>
+where
+    S: Stream<Item = Result<pb::SnapshotChunk, Status>> + Unpin,
+{
+    let first = chunks
+        .next()
+        .await
+        .ok_or_else(|| Status::invalid_argument("snapshot stream ended before its first chunk"))??;
+    let vote = first.vote.ok_or(ConvertError::Missing { message: "SnapshotChunk", field: "vote" })?;
+    let meta = first.meta.ok_or(ConvertError::Missing { message: "SnapshotChunk", field: "meta" })?;
+    Ok((Vote::from_proto(vote)?, SnapshotMeta::from_proto(meta)?, first.data))
+}
+
+/// Appends the data of the remaining chunks to `data`, refusing more than `max_bytes` in
+/// all.
+async fn receive_data<S>(mut data: Vec<u8>, chunks: &mut S, max_bytes: usize) -> Result<Vec<u8>, Status>
+where
+    S: Stream<Item = Result<pb::SnapshotChunk, Status>> + Unpin,
+{
+    let too_large = || Status::resource_exhausted(format!("snapshot exceeds the limit of {max_bytes} bytes"));
+    if data.len() > max_bytes {
+        return Err(too_large());
+    }
+    while let Some(chunk) = chunks.next().await {
+        let chunk = chunk?;
+        if data.len().saturating_add(chunk.data.len()) > max_bytes {
+            return Err(too_large());
+        }
+        data.extend_from_slice(&chunk.data);
+    }
+    Ok(data)
+}
+
+// === errors ===
+
+/// The status of a request this replica cannot serve because its raft core stopped.
+fn stopped(error: &impl fmt::Display) -> Status {
+    Status::unavailable(format!("raft core stopped: {error}"))
+}
+
+/// The status of a request only the leader serves, naming the leader if known, with
+/// `x-leader-id` / `x-leader-addr` metadata.
+fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
+    let message = match (forward.leader_id, &forward.leader_node) {
+        (Some(id), Some(node)) => format!("not the leader; the leader is replica {id} at {}", node.addr),
+        (Some(id), None) => format!("not the leader; the leader is replica {id}"),
+        (None, _) => "not the leader; no leader is known".to_string(),
+    };
+    let mut status = Status::failed_precondition(message);
+    if let Some(id) = forward.leader_id {
+        status.metadata_mut().insert(LEADER_ID_METADATA, MetadataValue::from(id));
+    }
+    if let Some(node) = &forward.leader_node {
+        if let Ok(addr) = MetadataValue::try_from(node.addr.as_str()) {
+            status.metadata_mut().insert(LEADER_ADDR_METADATA, addr);
+        }
+    }
+    status
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::types::{Membership, StoredMembership};
+
+    fn meta() -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: None,
+            last_membership: StoredMembership::new(
+                None,
+                Membership::new(vec![[1].into()], BTreeMap::from([(1, Node::new("a:1"))])),
+            ),
+            snapshot_id: "s-1".to_string(),
+        }
+    }
+
+    fn chunk(header: bool, data: &[u8]) -> Result<pb::SnapshotChunk, Status> {
+        Ok(pb::SnapshotChunk {
+            vote: header.then(|| Vote::new_committed(2, 1).into_proto()),
+            meta: header.then(|| meta().into_proto()),
+            data: data.to_vec(),
+        })
+    }
+
+    async fn receive(
+        chunks: Vec<Result<pb::SnapshotChunk, Status>>,
+        max_bytes: usize,
+    ) -> Result<(Vote, SnapshotMeta, Vec<u8>), Status> {
+        let mut chunks = futures::stream::iter(chunks);
+        let (vote, meta, first) = receive_header(&mut chunks).await?;
+        let data = receive_data(first, &mut chunks, max_bytes).await?;
+        Ok((vote, meta, data))
+    }
+
+    #[tokio::test]
+    async fn snapshot_chunks_are_assembled_in_order() {
+        let chunks = vec![chunk(true, b"ab"), chunk(false, b"cd"), chunk(false, b""), chunk(false, b"e")];
+        let (vote, meta, data) = receive(chunks, 5).await.expect("within the limit");
+        assert_eq!(vote, Vote::new_committed(2, 1));
+        assert_eq!(meta, self::meta());
+        assert_eq!(data, b"abcde");
+    }
+
+    #[tokio::test]
+    async fn snapshot_over_the_limit_is_refused() {
+        let chunks = vec![chunk(true, b"ab"), chunk(false, b"cd"), chunk(false, b"ef")];
+        let status = receive(chunks, 5).await.expect_err("6 bytes exceed 5");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+        let status = receive(vec![chunk(true, b"abcdef")], 5).await.expect_err("first chunk too big");
+        assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+    }
+
+    #[tokio::test]
+    async fn snapshot_stream_without_header_is_refused() {
+        let status = receive(vec![], 5).await.expect_err("no chunk");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        let status = receive(vec![chunk(false, b"ab")], 5).await.expect_err("no header");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "SnapshotChunk.vote is missing");
+    }
+
+    #[tokio::test]
+    async fn snapshot_stream_error_is_passed_on() {
+        let chunks = vec![chunk(true, b"ab"), Err(Status::cancelled("peer went away"))];
+        let status = receive(chunks, 5).await.expect_err("stream failed");
+        assert_eq!(status.code(), tonic::Code::Cancelled);
+    }
+
+    #[test]
+    fn not_leader_names_the_leader_in_message_and_metadata() {
+        let status = not_leader(&ForwardToLeader::new(3, Node::new("10.0.0.3:7000")));
+        assert_eq!(status.code(), tonic::Code::FailedPrecondition);
+        assert!(status.message().contains("replica 3 at 10.0.0.3:7000"), "{}", status.message());
+        let metadata = status.metadata();
+        assert_eq!(metadata.get(LEADER_ID_METADATA).and_then(|v| v.to_str().ok()), Some("3"));
+        assert_eq!(metadata.get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()), Some("10.0.0.3:7000"));
+
+        let status = not_leader(&ForwardToLeader::empty());
+        assert_eq!(status.message(), "not the leader; no leader is known");
+        assert!(status.metadata().get(LEADER_ID_METADATA).is_none());
+    }
+}

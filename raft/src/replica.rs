@@ -1,0 +1,644 @@
+//! One replica of the group: opens its durable storage, runs openraft, serves the
+//! replica transport, and offers the application writes (forwarded to the leader when
+//! this replica does not lead), linearizable or stale reads, and membership changes.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use openraft::error::{ClientWriteError, RaftError};
+use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use tokio::sync::watch;
+
+use crate::log_store::{LogStore, open_database};
+use crate::metrics::ConsensusMetrics;
+use crate::network::client::{Network, TransportOptions};
+use crate::network::server::{PeerPolicy, RaftTransportService};
+use crate::state_machine::{StateMachine, StateMachineStore};
+use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
+
+/// Time a new replica has to acknowledge its first replication message.
+const CATCH_UP_FIRST_CONTACT: Duration = Duration::from_secs(10);
+/// Time a new replica has to catch up with the leader's log.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How fresh a read must be.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Consistency {
+    /// Confirmed with the leader and a quorum, and served once this replica has applied
+    /// everything committed before the read started.
+    #[default]
+    Linearizable,
+    /// Whatever this replica has applied, without asking anyone.
+    Stale,
+}
+
+/// Settings of one replica.
+#[derive(Clone, Debug)]
+pub struct ReplicaConfig {
+    /// This replica's id, unique in the group.
+    pub id: NodeId,
+    /// Address other replicas reach this replica's transport at (`host:port`).
+    pub raft_addr: String,
+    /// Directory of the durable log, vote and snapshots.
+    pub data_dir: PathBuf,
+    /// Leader heartbeat period.
+    pub heartbeat_interval: Duration,
+    /// Lower bound of the randomized election timeout.
+    pub election_timeout_min: Duration,
+    /// Upper bound of the randomized election timeout.
+    pub election_timeout_max: Duration,
+    /// Build a snapshot after this many entries were applied since the last one.
+    pub snapshot_after_entries: u64,
+    /// Entries kept in the log behind a snapshot, so slow followers need no snapshot.
+    pub keep_entries_after_snapshot: u64,
+    /// Entries per AppendEntries message at most.
+    pub max_entries_per_append: u64,
+    /// Transport timeouts and chunk size.
+    pub transport: TransportOptions,
+    /// How many times a write is retried when the leader changes under it.
+    pub write_retries: u32,
+}
+
+impl ReplicaConfig {
+    /// Defaults for a replica with the given id, address and data directory.
+    #[must_use]
+    pub fn new(id: NodeId, raft_addr: impl Into<String>, data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            id,
+            raft_addr: raft_addr.into(),
+            data_dir: data_dir.into(),
+            heartbeat_interval: Duration::from_millis(50),
+            election_timeout_min: Duration::from_millis(200),
+            election_timeout_max: Duration::from_millis(400),
+            snapshot_after_entries: 20_000,
+            keep_entries_after_snapshot: 1_000,
+            max_entries_per_append: 512,
+            transport: TransportOptions::default(),
+            write_retries: 5,
+        }
+    }
+
+    fn openraft_config(&self) -> Result<openraft::Config, ReplicaError> {
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        let config = openraft::Config {
+            cluster_name: "federator".to_string(),
+            heartbeat_interval: millis(self.heartbeat_interval),
+            election_timeout_min: millis(self.election_timeout_min),
+            election_timeout_max: millis(self.election_timeout_max),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
+            max_payload_entries: self.max_entries_per_append,
+            install_snapshot_timeout: millis(self.transport.rpc_timeout).max(1_000) * 10,
+            ..openraft::Config::default()
+        };
+        config.validate().map_err(|e| ReplicaError::Config(e.to_string()))
+    }
+}
+
+/// What a committed write returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WriteOutcome {
+    /// Log index the command was committed at.
+    pub index: u64,
+    /// The state machine's response.
+    pub response: Vec<u8>,
+}
+
+/// Errors of replica operations.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReplicaError {
+    /// The raft settings are inconsistent.
+    #[error("invalid raft settings: {0}")]
+    Config(String),
+    /// The durable store could not be opened or read.
+    #[error("storage: {0}")]
+    Storage(String),
+    /// No leader is known right now (election in progress, or no quorum).
+    #[error("no leader is known; the group may be electing or without quorum")]
+    NoLeader,
+    /// The operation must run on the leader, and this replica is not it.
+    #[error("replica {this} is not the leader; the leader is {leader_id} at {leader_addr}")]
+    NotLeader {
+        /// This replica.
+        this: NodeId,
+        /// The leader this replica knows.
+        leader_id: NodeId,
+        /// The leader's transport address.
+        leader_addr: String,
+    },
+    /// The group has not been initialized yet.
+    #[error("the replica group is not initialized; run `federator raft init` on one replica")]
+    NotInitialized,
+    /// Forwarding to the leader failed.
+    #[error("forwarding to leader {leader_id} at {leader_addr} failed: {message}")]
+    Forward {
+        /// Leader id.
+        leader_id: NodeId,
+        /// Leader address.
+        leader_addr: String,
+        /// Transport error.
+        message: String,
+    },
+    /// The membership change was refused.
+    #[error("membership change refused: {0}")]
+    Membership(String),
+    /// Timed out waiting for the group.
+    #[error("timed out after {0:?} waiting for {1}")]
+    Timeout(Duration, &'static str),
+    /// The replica is shutting down or its raft core stopped.
+    #[error("the replica is shutting down: {0}")]
+    Stopped(String),
+    /// Any other raft error.
+    #[error("raft: {0}")]
+    Raft(String),
+}
+
+/// One running replica of the group.
+pub struct Replica<S: StateMachine> {
+    id: NodeId,
+    raft_addr: String,
+    raft: Raft,
+    state: StateMachineStore<S>,
+    network: Network,
+    metrics: ConsensusMetrics,
+    write_retries: u32,
+}
+
+impl<S: StateMachine> Clone for Replica<S> {
+    fn clone(&self) -> Self {
+        Self {
+            id: self.id,
+            raft_addr: self.raft_addr.clone(),
+            raft: self.raft.clone(),
+            state: self.state.clone(),
+            network: self.network.clone(),
+            metrics: self.metrics.clone(),
+            write_retries: self.write_retries,
+        }
+    }
+}
+
+// === impl Replica ===
+
+impl<S: StateMachine> Replica<S> {
+    /// Opens the replica's storage under `config.data_dir` (recovering log, vote and the
+    /// last snapshot), and starts its raft core. The transport is served separately by
+    /// [`Replica::serve_transport`].
+    ///
+    /// # Errors
+    /// Invalid settings, or storage that cannot be opened.
+    pub async fn open(
+        config: ReplicaConfig,
+        state_machine: S,
+        client_tls: Arc<rustls::ClientConfig>,
+        metrics: ConsensusMetrics,
+    ) -> Result<Self, ReplicaError> {
+        let raft_config = Arc::new(config.openraft_config()?);
+        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
+            ReplicaError::Storage(format!("create {}: {e}", config.data_dir.display()))
+        })?;
+        let db = open_database(&config.data_dir.join("raft.redb"))
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let log = LogStore::new(db.clone(), metrics.clone())
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let state = StateMachineStore::open(db, state_machine, metrics.clone())
+            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let network = Network::new(client_tls, config.transport.clone(), metrics.clone());
+        let raft = Raft::new(config.id, raft_config, network.clone(), log, state.clone())
+            .await
+            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let replica = Self {
+            id: config.id,
+            raft_addr: config.raft_addr,
+            raft,
+            state,
+            network,
+            metrics,
+            write_retries: config.write_retries,
+        };
+        replica.spawn_metrics_refresher();
+        Ok(replica)
+    }
+
+    /// This replica's id.
+    #[must_use]
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    /// This replica's transport address.
+    #[must_use]
+    pub fn raft_addr(&self) -> &str {
+        &self.raft_addr
+    }
+
+    /// The openraft handle, for status and tests.
+    #[must_use]
+    pub fn raft(&self) -> &Raft {
+        &self.raft
+    }
+
+    /// The consensus metrics of this replica.
+    #[must_use]
+    pub fn consensus_metrics(&self) -> &ConsensusMetrics {
+        &self.metrics
+    }
+
+    /// A watch of openraft's metrics (role, term, indexes, membership, replication).
+    #[must_use]
+    pub fn metrics(&self) -> watch::Receiver<RaftMetrics> {
+        self.raft.metrics()
+    }
+
+    /// The applied state, without any freshness guarantee.
+    #[must_use]
+    pub fn state(&self) -> &StateMachineStore<S> {
+        &self.state
+    }
+
+    /// Serves the replica transport on `listener` with mTLS until `shutdown` resolves.
+    /// Peers must present a certificate `server_tls` accepts; `peer_policy`, when given,
+    /// further restricts which certificates may send raft RPCs.
+    ///
+    /// # Errors
+    /// The server failed.
+    pub async fn serve_transport(
+        &self,
+        listener: tokio::net::TcpListener,
+        server_tls: Arc<rustls::ServerConfig>,
+        peer_policy: Option<PeerPolicy>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ReplicaError> {
+        let mut service = RaftTransportService::new(self.raft.clone());
+        if let Some(policy) = peer_policy {
+            service = service.with_peer_policy(policy);
+        }
+        crate::network::server::serve(listener, server_tls, service, shutdown)
+            .await
+            .map_err(|e| ReplicaError::Raft(format!("transport server: {e}")))
+    }
+
+    /// Initializes a new group with `members` (id → transport address) as its voters;
+    /// an empty map means this replica alone.
+    ///
+    /// # Errors
+    /// The group is already initialized, or this replica is not among the members.
+    pub async fn initialize(&self, members: BTreeMap<NodeId, String>) -> Result<(), ReplicaError> {
+        let members: BTreeMap<NodeId, Node> = if members.is_empty() {
+            BTreeMap::from([(self.id, Node::new(self.raft_addr.clone()))])
+        } else {
+            members.into_iter().map(|(id, addr)| (id, Node::new(addr))).collect()
+        };
+        self.raft.initialize(members).await.map_err(|e| match e {
+            RaftError::APIError(e) => ReplicaError::Membership(e.to_string()),
+            RaftError::Fatal(e) => ReplicaError::Stopped(e.to_string()),
+        })
+    }
+
+    /// Whether this replica has a log (was initialized or joined a group).
+    ///
+    /// # Errors
+    /// The raft core stopped.
+    pub async fn is_initialized(&self) -> Result<bool, ReplicaError> {
+        self.raft.is_initialized().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
+    }
+
+    /// Proposes `command`, on this replica if it leads or forwarded to the leader, and
+    /// waits until it is committed and applied. Retries when the leader changes.
+    ///
+    /// # Errors
+    /// No leader could be reached within the retries; the outcome of the command is then
+    /// unknown (it may still commit).
+    #[tracing::instrument(level = "debug", skip_all, fields(replica = self.id, bytes = command.len()))]
+    pub async fn write(&self, command: Vec<u8>) -> Result<WriteOutcome, ReplicaError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.raft.client_write(Command(command.clone())).await {
+                Ok(response) => {
+                    return Ok(WriteOutcome {
+                        index: response.log_id.index,
+                        response: response.data.0,
+                    });
+                }
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    match (forward.leader_id, forward.leader_node) {
+                        (Some(leader_id), Some(node)) if leader_id != self.id => {
+                            self.metrics.forwarded_writes.inc();
+                            match self.network.forward_write(&node.addr, command.clone()).await {
+                                Ok((log_id, response)) => {
+                                    return Ok(WriteOutcome { index: log_id.index, response });
+                                }
+                                Err(status) => ReplicaError::Forward {
+                                    leader_id,
+                                    leader_addr: node.addr,
+                                    message: status.message().to_string(),
+                                },
+                            }
+                        }
+                        _ => ReplicaError::NoLeader,
+                    }
+                }
+                Err(RaftError::APIError(e)) => return Err(ReplicaError::Raft(e.to_string())),
+                Err(RaftError::Fatal(e)) => return Err(ReplicaError::Stopped(e.to_string())),
+            };
+            if attempt > self.write_retries {
+                return Err(error);
+            }
+            tracing::debug!(%error, attempt, "write not accepted yet, retrying");
+            self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+    }
+
+    /// Runs `read` on the state at the requested consistency and returns its result with
+    /// the applied index it was served at.
+    ///
+    /// # Errors
+    /// A linearizable read could not be confirmed with the leader.
+    pub async fn read<R>(
+        &self,
+        consistency: Consistency,
+        read: impl FnOnce(&S) -> R,
+    ) -> Result<(R, u64), ReplicaError> {
+        if consistency == Consistency::Linearizable {
+            let read_index = self.read_index().await?;
+            if let Some(index) = read_index {
+                self.raft
+                    .wait(Some(Duration::from_secs(10)))
+                    .applied_index_at_least(Some(index), "linearizable read")
+                    .await
+                    .map_err(|_| {
+                        ReplicaError::Timeout(Duration::from_secs(10), "apply to reach read index")
+                    })?;
+            }
+        }
+        let value = self.state.read(read);
+        // Informational: the index is read after the state, so it may be a little newer.
+        let applied = self.state.applied().map_or(0, |l| l.index);
+        Ok((value, applied))
+    }
+
+    /// The log index a linearizable read must wait for, confirmed by the leader with a
+    /// quorum (asked over the transport when this replica does not lead).
+    ///
+    /// # Errors
+    /// No leader could confirm within the retries.
+    pub async fn read_index(&self) -> Result<Option<u64>, ReplicaError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.raft.get_read_log_id().await {
+                Ok((read_log_id, _applied)) => return Ok(read_log_id.map(|id| id.index)),
+                Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
+                    forward,
+                ))) => match (forward.leader_id, forward.leader_node) {
+                    (Some(leader_id), Some(node)) if leader_id != self.id => {
+                        match self.network.read_index(&node.addr).await {
+                            Ok(log_id) => return Ok(log_id.map(|id| id.index)),
+                            Err(status) => ReplicaError::Forward {
+                                leader_id,
+                                leader_addr: node.addr,
+                                message: status.message().to_string(),
+                            },
+                        }
+                    }
+                    _ => ReplicaError::NoLeader,
+                },
+                Err(RaftError::APIError(e)) => ReplicaError::Raft(e.to_string()),
+                Err(RaftError::Fatal(e)) => return Err(ReplicaError::Stopped(e.to_string())),
+            };
+            if attempt > self.write_retries {
+                return Err(error);
+            }
+            self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+    }
+
+    /// Waits up to `timeout` for any leader to be known.
+    async fn wait_for_leader(&self, timeout: Duration) {
+        let mut metrics = self.raft.metrics();
+        let _ = tokio::time::timeout(timeout, async {
+            loop {
+                if metrics.borrow_and_update().current_leader.is_some() {
+                    // Give a just-elected leader a moment to commit its first entry.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    return;
+                }
+                if metrics.changed().await.is_err() {
+                    return;
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Adds replica `id` at transport address `addr`: first as a learner that receives
+    /// the log (or a snapshot), then — unless `learner_only` — promotes it to voter once
+    /// it has caught up. Must run on the leader.
+    ///
+    /// # Errors
+    /// This replica does not lead, or the change was refused.
+    pub async fn add_member(
+        &self,
+        id: NodeId,
+        addr: String,
+        learner_only: bool,
+    ) -> Result<u64, ReplicaError> {
+        self.ensure_leader()?;
+        let already_member =
+            self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
+        let response = self
+            .raft
+            .add_learner(id, Node::new(addr.clone()), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        if let Err(error) = self.wait_for_catch_up(id, response.log_id.index).await {
+            if !already_member {
+                // Do not leave an unreachable learner behind for the leader to chase.
+                let _ = self
+                    .raft
+                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                    .await;
+            }
+            return Err(ReplicaError::Membership(format!(
+                "replica {id} at {addr} {error}; check that it runs, that the leader can reach \
+                 it, and that it holds a certificate of the federation's CA{}",
+                if already_member { "" } else { " (it was removed again)" }
+            )));
+        }
+        if learner_only {
+            return Ok(response.log_id.index);
+        }
+        let response = self
+            .raft
+            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        Ok(response.log_id.index)
+    }
+
+    /// Waits until learner `id` has replicated up to `index`: fails if it shows no
+    /// progress at all within [`CATCH_UP_FIRST_CONTACT`], or has not caught up within
+    /// [`CATCH_UP_TIMEOUT`].
+    async fn wait_for_catch_up(&self, id: NodeId, index: u64) -> Result<(), String> {
+        let matched = |m: &RaftMetrics| {
+            m.replication.as_ref().and_then(|r| r.get(&id).copied()).flatten().map(|l| l.index)
+        };
+        self.raft
+            .wait(Some(CATCH_UP_FIRST_CONTACT))
+            .metrics(|m| matched(m).is_some(), "learner's first acknowledgement")
+            .await
+            .map_err(|_| format!("did not answer within {CATCH_UP_FIRST_CONTACT:?}"))?;
+        self.raft
+            .wait(Some(CATCH_UP_TIMEOUT))
+            .metrics(|m| matched(m).is_some_and(|i| i >= index), "learner to catch up")
+            .await
+            .map_err(|_| format!("did not catch up to index {index} within {CATCH_UP_TIMEOUT:?}"))?;
+        Ok(())
+    }
+
+    /// Removes replica `id` from the group (as voter and learner). Must run on the leader.
+    ///
+    /// # Errors
+    /// This replica does not lead, the id is unknown, or the change was refused.
+    pub async fn remove_member(&self, id: NodeId) -> Result<u64, ReplicaError> {
+        self.ensure_leader()?;
+        let membership = self.raft.metrics().borrow().membership_config.clone();
+        let is_voter = membership.membership().voter_ids().any(|v| v == id);
+        let is_learner = membership.membership().learner_ids().any(|v| v == id);
+        if !is_voter && !is_learner {
+            return Err(ReplicaError::Membership(format!("replica {id} is not a member")));
+        }
+        let mut index = 0;
+        if is_voter {
+            let response = self
+                .raft
+                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| self.membership_error(e))?;
+            index = response.log_id.index;
+        }
+        let still_node = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .get_node(&id)
+            .is_some();
+        if still_node {
+            let response = self
+                .raft
+                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
+                .await
+                .map_err(|e| self.membership_error(e))?;
+            index = response.log_id.index;
+        }
+        Ok(index)
+    }
+
+    fn ensure_leader(&self) -> Result<(), ReplicaError> {
+        let metrics = self.raft.metrics().borrow().clone();
+        if metrics.state == ServerState::Leader {
+            return Ok(());
+        }
+        match metrics.current_leader {
+            Some(leader_id) => {
+                let leader_addr = metrics
+                    .membership_config
+                    .membership()
+                    .get_node(&leader_id)
+                    .map(|n| n.addr.clone())
+                    .unwrap_or_default();
+                Err(ReplicaError::NotLeader { this: self.id, leader_id, leader_addr })
+            }
+            None => Err(ReplicaError::NoLeader),
+        }
+    }
+
+    fn membership_error(
+        &self,
+        error: RaftError<NodeId, openraft::error::ClientWriteError<NodeId, Node>>,
+    ) -> ReplicaError {
+        match error {
+            RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
+                match (forward.leader_id, forward.leader_node) {
+                    (Some(leader_id), Some(node)) => ReplicaError::NotLeader {
+                        this: self.id,
+                        leader_id,
+                        leader_addr: node.addr,
+                    },
+                    _ => ReplicaError::NoLeader,
+                }
+            }
+            RaftError::APIError(e) => ReplicaError::Membership(e.to_string()),
+            RaftError::Fatal(e) => ReplicaError::Stopped(e.to_string()),
+        }
+    }
+
+    /// Builds a snapshot now and, with `purge`, purges the log it covers. Returns the
+    /// index the snapshot covers.
+    ///
+    /// # Errors
+    /// The raft core stopped, or no snapshot appeared in time.
+    pub async fn snapshot_now(&self, purge: bool) -> Result<u64, ReplicaError> {
+        let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        self.raft.trigger().snapshot().await.map_err(|e| ReplicaError::Stopped(e.to_string()))?;
+        let metrics = self
+            .raft
+            .wait(Some(Duration::from_secs(60)))
+            .metrics(
+                |m| m.snapshot.is_some_and(|s| s.index >= applied),
+                "snapshot to cover the applied index",
+            )
+            .await
+            .map_err(|_| ReplicaError::Timeout(Duration::from_secs(60), "snapshot"))?;
+        let index = metrics.snapshot.map_or(0, |s| s.index);
+        if purge {
+            self.raft.trigger().purge_log(index).await.map_err(|e| ReplicaError::Stopped(e.to_string()))?;
+        }
+        Ok(index)
+    }
+
+    /// Stops the raft core.
+    ///
+    /// # Errors
+    /// The core task failed.
+    pub async fn shutdown(&self) -> Result<(), ReplicaError> {
+        self.raft.shutdown().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
+    }
+
+    /// Keeps the Prometheus gauges in step with openraft's metrics.
+    fn spawn_metrics_refresher(&self) {
+        let mut watch = self.raft.metrics();
+        let metrics = self.metrics.clone();
+        let id = self.id;
+        tokio::spawn(async move {
+            let mut last_leader: Option<Option<NodeId>> = None;
+            loop {
+                let m = watch.borrow_and_update().clone();
+                let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                metrics.term.set(gauge(m.current_term));
+                metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
+                metrics.last_log_index.set(gauge(m.last_log_index.unwrap_or(0)));
+                metrics.applied_index.set(gauge(m.last_applied.map_or(0, |l| l.index)));
+                metrics.snapshot_index.set(gauge(m.snapshot.map_or(0, |l| l.index)));
+                // A follower's commit index is not in openraft's metrics; applied trails it
+                // by at most one apply batch, so it stands in for it here.
+                metrics.commit_index.set(gauge(m.last_applied.map_or(0, |l| l.index)));
+                if last_leader.is_some_and(|l| l != m.current_leader) {
+                    metrics.leader_changes.inc();
+                    tracing::info!(replica = id, leader = ?m.current_leader, term = m.current_term, "leader changed");
+                }
+                last_leader = Some(m.current_leader);
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}

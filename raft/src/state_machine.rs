@@ -1,0 +1,722 @@
+//! The application's state machine and its openraft storage: apply, snapshot build,
+//! transfer, install and persistence.
+
+use std::io::Cursor;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
+use openraft::{EntryPayload, OptionalSend, StorageIOError};
+use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+
+use crate::metrics::ConsensusMetrics;
+use crate::types::{
+    CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
+    TypeConfig,
+};
+
+/// A deterministic replicated state machine supplied by the application.
+///
+/// Every replica applies the same committed commands in the same order; `apply` must
+/// therefore depend only on the state and the command (take time from the command,
+/// never from the clock).
+pub trait StateMachine: Send + Sync + 'static {
+    /// Applies one committed command at `log_index` and returns the response for the
+    /// client that proposed it. An invalid command is answered with an error response;
+    /// it must never panic.
+    fn apply(&mut self, log_index: u64, command: &[u8]) -> Vec<u8>;
+
+    /// Canonical encoding of the whole state, used for snapshots and the digest.
+    fn snapshot(&self) -> Vec<u8>;
+
+    /// Replaces the whole state with a decoded snapshot.
+    ///
+    /// # Errors
+    /// The snapshot does not decode; the message says why.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+
+    /// SHA-256 of the canonical encoding: equal states have equal digests.
+    fn digest(&self) -> [u8; 32] {
+        use sha2::Digest as _;
+        sha2::Sha256::digest(self.snapshot()).into()
+    }
+}
+
+/// The current snapshot: its metadata under [`SNAPSHOT_META_KEY`] (postcard) and its data
+/// (the state machine's own encoding) under [`SNAPSHOT_DATA_KEY`].
+const SNAPSHOT: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_snapshot");
+
+/// [`SNAPSHOT`] key of the snapshot metadata.
+const SNAPSHOT_META_KEY: &str = "meta";
+/// [`SNAPSHOT`] key of the snapshot data.
+const SNAPSHOT_DATA_KEY: &str = "data";
+
+/// What went wrong in the state machine store; wrapped into openraft's [`StorageError`]
+/// with the subject (snapshot, state machine) and verb of the failed operation.
+#[derive(Debug, thiserror::Error)]
+enum SnapshotStoreError {
+    /// A redb transaction failed part way.
+    #[error("snapshot database failed to {op}: {source}")]
+    Database {
+        /// What the store was doing.
+        op: &'static str,
+        /// redb's error.
+        source: redb::Error,
+    },
+
+    /// Snapshot metadata could not be encoded.
+    #[error("cannot encode the metadata of snapshot {snapshot_id}: {source}")]
+    EncodeMeta {
+        /// Id of the snapshot.
+        snapshot_id: String,
+        /// postcard's error.
+        source: postcard::Error,
+    },
+
+    /// The stored snapshot metadata could not be decoded.
+    #[error("cannot decode the stored snapshot metadata: {source}")]
+    DecodeMeta {
+        /// postcard's error.
+        source: postcard::Error,
+    },
+
+    /// Snapshot metadata is stored without its data.
+    #[error("snapshot {snapshot_id} has metadata but no data in the database")]
+    MissingData {
+        /// Id of the snapshot.
+        snapshot_id: String,
+    },
+
+    /// The state machine rejected the snapshot data.
+    #[error("state machine cannot restore snapshot {snapshot_id}: {reason}")]
+    Restore {
+        /// Id of the snapshot.
+        snapshot_id: String,
+        /// The state machine's explanation.
+        reason: String,
+    },
+
+    /// The blocking task running the transaction panicked or was cancelled.
+    #[error("snapshot storage task did not finish: {source}")]
+    Task {
+        /// tokio's error.
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Attaches what the store was doing to a redb error.
+trait DuringOp<T> {
+    /// Maps the error to [`SnapshotStoreError::Database`] with `op` as the operation.
+    fn during(self, op: &'static str) -> Result<T, SnapshotStoreError>;
+}
+
+impl<T, E: Into<redb::Error>> DuringOp<T> for Result<T, E> {
+    fn during(self, op: &'static str) -> Result<T, SnapshotStoreError> {
+        self.map_err(|error| SnapshotStoreError::Database {
+            op,
+            source: error.into(),
+        })
+    }
+}
+
+/// The state machine with what openraft needs to know of it, all behind one lock so they
+/// always agree.
+struct Applied<S> {
+    /// The application's state.
+    sm: S,
+    /// Id of the last entry applied to `sm`.
+    last_applied: Option<LogId>,
+    /// The last membership applied to `sm`.
+    last_membership: StoredMembership,
+}
+
+/// Shared part of a [`StateMachineStore`].
+struct Shared<S> {
+    /// The replica's database, shared with the log store; holds the current snapshot.
+    db: Arc<Database>,
+    /// The in-memory state.
+    applied: RwLock<Applied<S>>,
+    /// Suffix of snapshot ids; starts at the wall clock in milliseconds so ids stay unique
+    /// across restarts.
+    snapshot_seq: AtomicU64,
+    /// Where apply latency and snapshot counts are observed.
+    metrics: ConsensusMetrics,
+}
+
+/// The application's state machine as openraft storage: applies committed entries in
+/// memory and persists snapshots in redb.
+///
+/// The state is rebuilt on restart from the persisted snapshot, then openraft re-applies
+/// the committed log after it. Clones share the state.
+pub struct StateMachineStore<S: StateMachine> {
+    /// The state, its database and metrics.
+    shared: Arc<Shared<S>>,
+}
+
+impl<S: StateMachine> Clone for StateMachineStore<S> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: Arc::clone(&self.shared),
+        }
+    }
+}
+
+// === impl StateMachineStore ===
+
+impl<S: StateMachine> StateMachineStore<S> {
+    /// Opens the store: loads the persisted snapshot (if any) from `db` and restores `sm` from it.
+    ///
+    /// This does blocking IO; call it before serving, not on a busy async worker.
+    ///
+    /// # Errors
+    /// The snapshot table cannot be created or read, the stored snapshot does not decode,
+    /// or `sm` rejects the stored snapshot data.
+    #[expect(
+        clippy::result_large_err,
+        reason = "openraft's storage API speaks StorageError; callers pass it on unchanged"
+    )]
+    pub fn open(db: Arc<Database>, sm: S, metrics: ConsensusMetrics) -> Result<Self, StorageError> {
+        let read_error = |error: SnapshotStoreError| StorageIOError::read_snapshot(None, &error);
+        write_txn(&db, "create the snapshot table", |txn| {
+            txn.open_table(SNAPSHOT)
+                .during("create the snapshot table")?;
+            Ok(())
+        })
+        .map_err(read_error)?;
+
+        let mut applied = Applied {
+            sm,
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+        };
+        if let Some((meta, data)) = load_snapshot(&db).map_err(read_error)? {
+            restore(&mut applied.sm, &meta, &data)
+                .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
+            tracing::info!(
+                snapshot_id = %meta.snapshot_id,
+                last_log_id = ?meta.last_log_id,
+                "restored state machine from snapshot"
+            );
+            applied.last_applied = meta.last_log_id;
+            applied.last_membership = meta.last_membership;
+        }
+
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                applied: RwLock::new(applied),
+                snapshot_seq: AtomicU64::new(u64::try_from(now_ms).unwrap_or(u64::MAX)),
+                metrics,
+            }),
+        })
+    }
+
+    /// Runs `f` on the state under a read lock.
+    pub fn read<R>(&self, f: impl FnOnce(&S) -> R) -> R {
+        f(&self.lock_read().sm)
+    }
+
+    /// Runs `f` on the state under a read lock and returns its result with the index of
+    /// the last applied entry (0 before any), taken under the same lock.
+    pub fn read_with_applied<R>(&self, f: impl FnOnce(&S) -> R) -> (R, u64) {
+        let applied = self.lock_read();
+        let index = applied.last_applied.map_or(0, |id| id.index);
+        (f(&applied.sm), index)
+    }
+
+    /// Last applied log id.
+    pub fn applied(&self) -> Option<LogId> {
+        self.lock_read().last_applied
+    }
+
+    /// (applied log id, sm digest) taken under one lock so they are consistent.
+    pub fn digest(&self) -> (Option<LogId>, [u8; 32]) {
+        let applied = self.lock_read();
+        (applied.last_applied, applied.sm.digest())
+    }
+
+    /// Read access to the state. A panic of another holder does not make the state
+    /// unreadable: `StateMachine::apply` must not panic, and if it did, failing every
+    /// later read would not help.
+    fn lock_read(&self) -> RwLockReadGuard<'_, Applied<S>> {
+        self.shared
+            .applied
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Write access to the state; see [`Self::lock_read`] about poisoning.
+    fn lock_write(&self) -> RwLockWriteGuard<'_, Applied<S>> {
+        self.shared
+            .applied
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Durably stores `meta` and `data` as the current snapshot unless the stored one is
+    /// newer; returns whether it was stored.
+    async fn persist(
+        &self,
+        meta: &SnapshotMeta,
+        data: Vec<u8>,
+    ) -> Result<bool, SnapshotStoreError> {
+        let meta_bytes =
+            postcard::to_allocvec(meta).map_err(|source| SnapshotStoreError::EncodeMeta {
+                snapshot_id: meta.snapshot_id.clone(),
+                source,
+            })?;
+        let last_log_id = meta.last_log_id;
+        let db = Arc::clone(&self.shared.db);
+        tokio::task::spawn_blocking(move || {
+            write_txn(&db, "store the snapshot", |txn| {
+                let mut table = txn.open_table(SNAPSHOT).during("open the snapshot table")?;
+                // A snapshot built from an older state can finish after a newer one was
+                // installed; the newer one stays.
+                if let Some(stored) = table
+                    .get(SNAPSHOT_META_KEY)
+                    .during("read the snapshot metadata")?
+                {
+                    let stored: SnapshotMeta = postcard::from_bytes(stored.value())
+                        .map_err(|source| SnapshotStoreError::DecodeMeta { source })?;
+                    if stored.last_log_id > last_log_id {
+                        return Ok(false);
+                    }
+                }
+                table
+                    .insert(SNAPSHOT_META_KEY, meta_bytes.as_slice())
+                    .during("store the snapshot metadata")?;
+                table
+                    .insert(SNAPSHOT_DATA_KEY, data.as_slice())
+                    .during("store the snapshot data")?;
+                Ok(true)
+            })
+        })
+        .await
+        .map_err(|source| SnapshotStoreError::Task { source })?
+    }
+}
+
+impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
+    type SnapshotBuilder = Self;
+
+    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), StorageError> {
+        let applied = self.lock_read();
+        Ok((applied.last_applied, applied.last_membership.clone()))
+    }
+
+    async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
+    where
+        I: IntoIterator<Item = Entry> + OptionalSend,
+        I::IntoIter: OptionalSend,
+    {
+        let started = Instant::now();
+        let mut responses = Vec::new();
+        {
+            let mut applied = self.lock_write();
+            for entry in entries {
+                let response = match entry.payload {
+                    EntryPayload::Blank => CommandResponse::default(),
+                    EntryPayload::Normal(command) => {
+                        CommandResponse(applied.sm.apply(entry.log_id.index, &command.0))
+                    }
+                    EntryPayload::Membership(membership) => {
+                        applied.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        CommandResponse::default()
+                    }
+                };
+                applied.last_applied = Some(entry.log_id);
+                responses.push(response);
+            }
+        }
+        self.shared
+            .metrics
+            .apply_seconds
+            .observe(started.elapsed().as_secs_f64());
+        Ok(responses)
+    }
+
+    async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
+        self.clone()
+    }
+
+    async fn begin_receiving_snapshot(&mut self) -> Result<Box<Cursor<Vec<u8>>>, StorageError> {
+        Ok(Box::new(Cursor::new(Vec::new())))
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        meta: &SnapshotMeta,
+        snapshot: Box<Cursor<Vec<u8>>>,
+    ) -> Result<(), StorageError> {
+        let data = snapshot.into_inner();
+        // Restore first: a snapshot the state machine rejects must not become the one a
+        // restart loads.
+        {
+            let mut applied = self.lock_write();
+            restore(&mut applied.sm, meta, &data)
+                .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+            applied.last_applied = meta.last_log_id;
+            applied.last_membership = meta.last_membership.clone();
+        }
+        self.persist(meta, data)
+            .await
+            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        self.shared.metrics.snapshots_installed.inc();
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            last_log_id = ?meta.last_log_id,
+            "installed snapshot"
+        );
+        Ok(())
+    }
+
+    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
+        let db = Arc::clone(&self.shared.db);
+        let loaded = tokio::task::spawn_blocking(move || load_snapshot(&db))
+            .await
+            .map_err(|source| SnapshotStoreError::Task { source })
+            .and_then(|loaded| loaded)
+            .map_err(|error| StorageIOError::read_snapshot(None, &error))?;
+        Ok(loaded.map(|(meta, data)| Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        }))
+    }
+}
+
+impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
+    async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
+        let (data, last_log_id, last_membership) = {
+            let applied = self.lock_read();
+            (
+                applied.sm.snapshot(),
+                applied.last_applied,
+                applied.last_membership.clone(),
+            )
+        };
+        let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
+        let snapshot_id = match last_log_id {
+            Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
+            None => format!("none-{seq}"),
+        };
+        let meta = SnapshotMeta {
+            last_log_id,
+            last_membership,
+            snapshot_id,
+        };
+        let stored = self
+            .persist(&meta, data.clone())
+            .await
+            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        self.shared.metrics.snapshots_built.inc();
+        tracing::info!(
+            snapshot_id = %meta.snapshot_id,
+            bytes = data.len(),
+            stored,
+            "built snapshot"
+        );
+        Ok(Snapshot {
+            meta,
+            snapshot: Box::new(Cursor::new(data)),
+        })
+    }
+}
+
+/// Replaces the state of `sm` with snapshot `data`.
+fn restore<S: StateMachine>(
+    sm: &mut S,
+    meta: &SnapshotMeta,
+    data: &[u8],
+) -> Result<(), SnapshotStoreError> {
+    sm.restore(data)
+        .map_err(|reason| SnapshotStoreError::Restore {
+            snapshot_id: meta.snapshot_id.clone(),
+            reason,
+        })
+}
+
+/// Reads the current snapshot, if one is stored.
+fn load_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotStoreError> {
+    let txn = db.begin_read().during("begin a read transaction")?;
+    let table = txn.open_table(SNAPSHOT).during("open the snapshot table")?;
+    let Some(meta) = table
+        .get(SNAPSHOT_META_KEY)
+        .during("read the snapshot metadata")?
+    else {
+        return Ok(None);
+    };
+    let meta: SnapshotMeta = postcard::from_bytes(meta.value())
+        .map_err(|source| SnapshotStoreError::DecodeMeta { source })?;
+    let Some(data) = table
+        .get(SNAPSHOT_DATA_KEY)
+        .during("read the snapshot data")?
+    else {
+        return Err(SnapshotStoreError::MissingData {
+            snapshot_id: meta.snapshot_id,
+        });
+    };
+    let data = data.value().to_vec();
+    Ok(Some((meta, data)))
+}
+
+/// Runs `f` in a write transaction committed with [`Durability::Immediate`]; an error of
+/// `f` aborts the transaction.
+fn write_txn<T>(
+    db: &Database,
+    op: &'static str,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<T, SnapshotStoreError>,
+) -> Result<T, SnapshotStoreError> {
+    let mut txn = db.begin_write().during(op)?;
+    txn.set_durability(Durability::Immediate).during(op)?;
+    let out = f(&txn)?;
+    txn.commit().during(op)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use openraft::{CommittedLeaderId, Membership};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::log_store::open_database;
+    use crate::types::Command;
+
+    /// A key-value map whose commands are `key=value` bytes.
+    #[derive(Default, Clone, Debug, PartialEq, Eq)]
+    struct Kv(BTreeMap<String, String>);
+
+    impl StateMachine for Kv {
+        fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
+            let Some((key, value)) = std::str::from_utf8(command)
+                .ok()
+                .and_then(|c| c.split_once('='))
+            else {
+                return b"error".to_vec();
+            };
+            self.0
+                .insert(key.to_owned(), value.to_owned())
+                .unwrap_or_default()
+                .into_bytes()
+        }
+
+        fn snapshot(&self) -> Vec<u8> {
+            postcard::to_allocvec(&self.0).expect("encode")
+        }
+
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+            self.0 = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+            Ok(())
+        }
+    }
+
+    fn log_id(term: u64, index: u64) -> LogId {
+        LogId::new(CommittedLeaderId::new(term, 0), index)
+    }
+
+    fn normal(term: u64, index: u64, data: &str) -> Entry {
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Normal(Command(data.as_bytes().to_vec())),
+        }
+    }
+
+    fn membership(term: u64, index: u64, voters: &[u64]) -> Entry {
+        let voters: BTreeSet<u64> = voters.iter().copied().collect();
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Membership(Membership::new(vec![voters], None)),
+        }
+    }
+
+    fn db(dir: &TempDir) -> Arc<Database> {
+        open_database(&dir.path().join("raft.redb")).expect("open database")
+    }
+
+    fn open(dir: &TempDir) -> StateMachineStore<Kv> {
+        StateMachineStore::open(db(dir), Kv::default(), ConsensusMetrics::default())
+            .expect("open state machine store")
+    }
+
+    #[tokio::test]
+    async fn apply_answers_each_entry_and_tracks_applied_and_membership() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let responses = store
+            .apply([
+                Entry {
+                    log_id: log_id(1, 1),
+                    payload: EntryPayload::Blank,
+                },
+                membership(1, 2, &[1, 2, 3]),
+                normal(1, 3, "a=1"),
+                normal(1, 4, "a=2"),
+                normal(1, 5, "garbage"),
+            ])
+            .await
+            .expect("apply");
+        let bodies: Vec<&[u8]> = responses.iter().map(|r| r.0.as_slice()).collect();
+        assert_eq!(bodies, [&b""[..], b"", b"", b"1", b"error"]);
+        assert_eq!(store.applied(), Some(log_id(1, 5)));
+        assert_eq!(store.read_with_applied(|kv| kv.0.len()), (1, 5));
+        let (applied, last_membership) = store.applied_state().await.expect("applied state");
+        assert_eq!(applied, Some(log_id(1, 5)));
+        assert_eq!(last_membership.log_id(), &Some(log_id(1, 2)));
+        assert_eq!(
+            store.read(|kv| kv.0.get("a").cloned()),
+            Some("2".to_owned())
+        );
+        let mut registry = prometheus_client::registry::Registry::default();
+        store.shared.metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+        assert!(
+            text.contains("raft_apply_duration_seconds_count 1\n"),
+            "{text}"
+        );
+
+        let (digest_applied, digest) = store.digest();
+        assert_eq!(digest_applied, Some(log_id(1, 5)));
+        assert_eq!(digest, store.read(StateMachine::digest));
+    }
+
+    #[tokio::test]
+    async fn snapshot_is_persisted_and_restored_on_reopen() {
+        let dir = TempDir::new().expect("tempdir");
+        let (state, applied, built) = {
+            let mut store = open(&dir);
+            store
+                .apply([
+                    membership(1, 1, &[1]),
+                    normal(1, 2, "a=1"),
+                    normal(2, 3, "b=2"),
+                ])
+                .await
+                .expect("apply");
+            let built = store.build_snapshot().await.expect("build snapshot");
+            assert_eq!(store.shared.metrics.snapshots_built.get(), 1);
+            assert!(
+                built.meta.snapshot_id.starts_with("2-3-"),
+                "{}",
+                built.meta.snapshot_id
+            );
+            (store.read(Kv::clone), store.applied(), built)
+        };
+
+        let mut store = open(&dir);
+        assert_eq!(store.read(Kv::clone), state);
+        assert_eq!(store.applied(), applied);
+        let (_, last_membership) = store.applied_state().await.expect("applied state");
+        assert_eq!(last_membership, built.meta.last_membership);
+        let current = store
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta, built.meta);
+        assert_eq!(current.snapshot.into_inner(), built.snapshot.into_inner());
+    }
+
+    #[tokio::test]
+    async fn installed_snapshot_replaces_state_and_survives_reopen() {
+        let leader_dir = TempDir::new().expect("tempdir");
+        let mut leader = open(&leader_dir);
+        leader
+            .apply([membership(1, 1, &[1, 2]), normal(1, 2, "x=9")])
+            .await
+            .expect("apply");
+        let snapshot = leader.build_snapshot().await.expect("build");
+
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let mut follower = open(&dir);
+            follower
+                .apply([normal(1, 1, "stale=1")])
+                .await
+                .expect("apply");
+            let mut received = follower.begin_receiving_snapshot().await.expect("begin");
+            *received = *snapshot.snapshot;
+            follower
+                .install_snapshot(&snapshot.meta, received)
+                .await
+                .expect("install");
+            assert_eq!(follower.read(Kv::clone), leader.read(Kv::clone));
+            assert_eq!(follower.shared.metrics.snapshots_installed.get(), 1);
+        }
+        let follower = open(&dir);
+        assert_eq!(follower.read(Kv::clone), leader.read(Kv::clone));
+        assert_eq!(follower.digest(), leader.digest());
+    }
+
+    #[tokio::test]
+    async fn older_snapshot_does_not_replace_a_newer_one() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let meta = |index, id: &str| SnapshotMeta {
+            last_log_id: Some(log_id(1, index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: id.to_owned(),
+        };
+        assert!(
+            store
+                .persist(&meta(5, "new"), b"new".to_vec())
+                .await
+                .expect("persist")
+        );
+        assert!(
+            !store
+                .persist(&meta(4, "old"), b"old".to_vec())
+                .await
+                .expect("persist")
+        );
+        let current = store
+            .get_current_snapshot()
+            .await
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!(current.meta.snapshot_id, "new");
+        assert_eq!(current.snapshot.into_inner(), b"new");
+    }
+
+    #[tokio::test]
+    async fn undecodable_snapshot_is_an_error_not_a_panic() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        store.apply([normal(1, 1, "a=1")]).await.expect("apply");
+        let meta = SnapshotMeta {
+            last_log_id: Some(log_id(1, 9)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: "1-9-corrupt".to_owned(),
+        };
+
+        let error = store
+            .install_snapshot(&meta, Box::new(Cursor::new(vec![0xff; 3])))
+            .await
+            .expect_err("garbage must not install");
+        assert!(error.to_string().contains("1-9-corrupt"), "{error}");
+        assert_eq!(
+            store.applied(),
+            Some(log_id(1, 1)),
+            "a rejected snapshot changes nothing"
+        );
+        assert!(store.get_current_snapshot().await.expect("read").is_none());
+
+        // A corrupt snapshot already on disk makes open fail instead of panicking.
+        store
+            .persist(&meta, vec![0xff; 3])
+            .await
+            .expect("persist garbage");
+        drop(store);
+        let reopened =
+            StateMachineStore::open(db(&dir), Kv::default(), ConsensusMetrics::default());
+        let error = reopened.err().expect("garbage must not restore");
+        assert!(error.to_string().contains("1-9-corrupt"), "{error}");
+    }
+}

@@ -1,0 +1,63 @@
+//! openraft's storage conformance suite against the redb log store and the state machine
+//! store, each build on a fresh database in its own temporary directory.
+
+use std::collections::BTreeMap;
+
+use federator_raft::StateMachine;
+use federator_raft::log_store::{LogStore, open_database};
+use federator_raft::metrics::ConsensusMetrics;
+use federator_raft::state_machine::StateMachineStore;
+use federator_raft::types::{StorageError, TypeConfig};
+use openraft::testing::{StoreBuilder, Suite};
+use tempfile::TempDir;
+
+/// A key-value map whose commands are `key=value` bytes.
+#[derive(Default)]
+struct KvState {
+    /// The map.
+    entries: BTreeMap<String, String>,
+}
+
+impl StateMachine for KvState {
+    fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
+        let Some((key, value)) = std::str::from_utf8(command)
+            .ok()
+            .and_then(|c| c.split_once('='))
+        else {
+            return b"error: command is not key=value".to_vec();
+        };
+        self.entries
+            .insert(key.to_owned(), value.to_owned())
+            .unwrap_or_default()
+            .into_bytes()
+    }
+
+    fn snapshot(&self) -> Vec<u8> {
+        postcard::to_allocvec(&self.entries).unwrap_or_default()
+    }
+
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
+        self.entries = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+        Ok(())
+    }
+}
+
+/// Builds both stores on one fresh database; the [`TempDir`] guard removes it.
+struct RedbStoreBuilder;
+
+impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<KvState>, TempDir> for RedbStoreBuilder {
+    async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore<KvState>), StorageError> {
+        let dir = TempDir::new().map_err(|e| openraft::StorageIOError::write(&e))?;
+        let db = open_database(&dir.path().join("raft.redb"))?;
+        let metrics = ConsensusMetrics::default();
+        let log = LogStore::new(db.clone(), metrics.clone())?;
+        let sm = StateMachineStore::open(db, KvState::default(), metrics)?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn redb_stores_pass_the_openraft_storage_suite() -> anyhow::Result<()> {
+    Suite::test_all(RedbStoreBuilder)?;
+    Ok(())
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# The test command: set-up, lint, build, unit and end-to-end tests, benchmark smoke.
+# `.ci/run` calls exactly this. Real replicas, real etcd and real TLS on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash deploy/local/setup.sh
+
+step() { printf '\n== %s\n' "$*" >&2; }
+
+step "format"
+cargo fmt --all -- --check
+
+step "lint"
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --all-targets --locked
+
+step "tests (unit, storage conformance, transport, end-to-end)"
+# The end-to-end tests start several replica processes each; two at a time fit 2 cores.
+RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
+summary=$(grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f, i}')
+
+step "benchmark smoke (figures are not checked here; see BENCHMARKS.md)"
+if [ -z "${SKIP_BENCH_SMOKE:-}" ]; then
+  cargo run --locked -q -p federator-chaos -- bench raft --smoke
+fi
+
+printf '\n%s\n' "$summary"
