@@ -16,8 +16,8 @@ use federator_proto::admin::admin_client::AdminClient;
 use federator_proto::admin::{self as pb, ReplicaStatus};
 use tonic::transport::Channel;
 
-/// The `federator` binary: `$FEDERATOR_BIN`, or the workspace's debug build. The test
-/// command (`tests/run.sh`) builds it first; if it is missing it is built here once.
+/// The `federator` binary: `$FEDERATOR_BIN`, or the workspace's debug build, brought up
+/// to date once per test process (a no-op when `tests/run.sh` has just built it).
 ///
 /// # Panics
 /// The binary is missing and cannot be built.
@@ -34,7 +34,7 @@ pub fn federator_bin() -> PathBuf {
         let target = std::env::var_os("CARGO_TARGET_DIR")
             .map_or_else(|| workspace.join("target"), PathBuf::from);
         let bin = target.join("debug").join("federator");
-        if !bin.exists() {
+        {
             let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
                 .args(["build", "--quiet", "-p", "federator", "--bin", "federator"])
                 .current_dir(&workspace)

@@ -51,6 +51,14 @@ pub enum EtcdError {
         /// What the last probe saw.
         detail: String,
     },
+    /// A member's `/metrics` could not be fetched.
+    #[error("etcd member {member} /metrics: {source}")]
+    Metrics {
+        /// Member id (1-based).
+        member: u64,
+        /// Why the fetch failed.
+        source: std::io::Error,
+    },
     /// No member with this id was started.
     #[error("no etcd member {0}")]
     NoSuchMember(u64),
@@ -131,7 +139,9 @@ impl EtcdCluster {
     /// # Errors
     /// The directory could not be created or a process could not be spawned.
     pub fn start(size: u64) -> Result<Self, EtcdError> {
-        let dir = tempfile::Builder::new().prefix("federator-etcd-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("federator-etcd-")
+            .tempdir()?;
         let mut members = BTreeMap::new();
         for id in 1..=size {
             let data_dir = dir.path().join(format!("m{id}"));
@@ -154,11 +164,16 @@ impl EtcdCluster {
             .map(|m| format!("{}={}", m.name, m.peer_url))
             .collect::<Vec<_>>()
             .join(",");
-        let token = dir
-            .path()
-            .file_name()
-            .map_or_else(|| "federator-etcd".into(), |n| n.to_string_lossy().into_owned());
-        let mut cluster = Self { dir, initial_cluster, token, members };
+        let token = dir.path().file_name().map_or_else(
+            || "federator-etcd".into(),
+            |n| n.to_string_lossy().into_owned(),
+        );
+        let mut cluster = Self {
+            dir,
+            initial_cluster,
+            token,
+            members,
+        };
         for id in 1..=size {
             cluster.spawn(id)?;
         }
@@ -188,7 +203,11 @@ impl EtcdCluster {
     /// Client URLs of the members that are running.
     #[must_use]
     pub fn client_urls(&self) -> Vec<String> {
-        self.members.values().filter(|m| m.is_running()).map(|m| m.client_url.clone()).collect()
+        self.members
+            .values()
+            .filter(|m| m.is_running())
+            .map(|m| m.client_url.clone())
+            .collect()
     }
 
     /// A client of the given members (all running members when empty). Connecting is
@@ -212,7 +231,10 @@ impl EtcdCluster {
     /// Status of member `id` as it reports it, if it answers within two seconds.
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {
         let mut client = self.client(&[id]).await.ok()?;
-        tokio::time::timeout(STATUS_TIMEOUT, client.status()).await.ok()?.ok()
+        tokio::time::timeout(STATUS_TIMEOUT, client.status())
+            .await
+            .ok()?
+            .ok()
     }
 
     /// Waits until every running member answers, all name the same leader, and that
@@ -229,7 +251,10 @@ impl EtcdCluster {
                 Err(detail) => detail,
             };
             if Instant::now() > deadline {
-                return Err(EtcdError::Unhealthy { after: timeout, detail });
+                return Err(EtcdError::Unhealthy {
+                    after: timeout,
+                    detail,
+                });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -237,11 +262,18 @@ impl EtcdCluster {
 
     /// One health probe: the agreed leader, or what is missing.
     async fn probe(&self) -> Result<u64, String> {
-        let running: Vec<u64> =
-            self.members.values().filter(|m| m.is_running()).map(|m| m.id).collect();
+        let running: Vec<u64> = self
+            .members
+            .values()
+            .filter(|m| m.is_running())
+            .map(|m| m.id)
+            .collect();
         let mut leader = None;
         for id in running {
-            let status = self.status(id).await.ok_or_else(|| format!("member {id} does not answer"))?;
+            let status = self
+                .status(id)
+                .await
+                .ok_or_else(|| format!("member {id} does not answer"))?;
             if let (Some(member), Some(header)) = (self.members.get(&id), status.header()) {
                 let _ = member.raft_id.set(header.member_id());
             }
@@ -278,6 +310,32 @@ impl EtcdCluster {
         term
     }
 
+    /// Fetches `/metrics` of member `id` (served on its client URL) over plain HTTP/1.1.
+    ///
+    /// # Errors
+    /// The member did not answer within five seconds.
+    pub async fn metrics(&self, id: u64) -> Result<String, EtcdError> {
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        let url = &self.member(id)?.client_url;
+        let addr = url.trim_start_matches("http://");
+        let fetch = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream
+                .write_all(
+                    format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                        .as_bytes(),
+                )
+                .await?;
+            let mut body = String::new();
+            stream.read_to_string(&mut body).await?;
+            Ok::<_, std::io::Error>(body)
+        };
+        tokio::time::timeout(Duration::from_secs(5), fetch)
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            .map_err(|source| EtcdError::Metrics { member: id, source })
+    }
+
     /// SIGKILLs member `id` and reaps it.
     pub fn kill(&mut self, id: u64) {
         if let Some(mut child) = self.members.get_mut(&id).and_then(|m| m.child.take()) {
@@ -288,8 +346,11 @@ impl EtcdCluster {
 
     /// SIGKILLs every member at once (all signals sent before any is reaped).
     pub fn kill_all(&mut self) {
-        let mut children: Vec<Child> =
-            self.members.values_mut().filter_map(|m| m.child.take()).collect();
+        let mut children: Vec<Child> = self
+            .members
+            .values_mut()
+            .filter_map(|m| m.child.take())
+            .collect();
         for child in &mut children {
             let _ = child.kill();
         }
@@ -312,7 +373,10 @@ impl EtcdCluster {
     /// The log of member `id`, for failure messages.
     #[must_use]
     pub fn log_of(&self, id: u64) -> String {
-        self.members.get(&id).and_then(|m| std::fs::read_to_string(&m.log).ok()).unwrap_or_default()
+        self.members
+            .get(&id)
+            .and_then(|m| std::fs::read_to_string(&m.log).ok())
+            .unwrap_or_default()
     }
 
     /// Fails if a member that should run has exited (it is reaped).
@@ -323,15 +387,28 @@ impl EtcdCluster {
                 _ => continue,
             };
             member.child = None;
-            let log = tail(&std::fs::read_to_string(&member.log).unwrap_or_default(), 30);
-            return Err(EtcdError::Exited { member: member.id, status: exited, log });
+            let log = tail(
+                &std::fs::read_to_string(&member.log).unwrap_or_default(),
+                30,
+            );
+            return Err(EtcdError::Exited {
+                member: member.id,
+                status: exited,
+                log,
+            });
         }
         Ok(())
     }
 
     fn spawn(&mut self, id: u64) -> Result<(), EtcdError> {
-        let member = self.members.get_mut(&id).ok_or(EtcdError::NoSuchMember(id))?;
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&member.log)?;
+        let member = self
+            .members
+            .get_mut(&id)
+            .ok_or(EtcdError::NoSuchMember(id))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&member.log)?;
         let bin = etcd_bin();
         let mut command = Command::new(&bin);
         command
@@ -357,7 +434,11 @@ impl EtcdCluster {
                 command.env_remove(name);
             }
         }
-        let child = command.spawn().map_err(|source| EtcdError::Spawn { bin, member: id, source })?;
+        let child = command.spawn().map_err(|source| EtcdError::Spawn {
+            bin,
+            member: id,
+            source,
+        })?;
         member.child = Some(child);
         Ok(())
     }
@@ -368,7 +449,10 @@ impl Drop for EtcdCluster {
         self.kill_all();
         if std::thread::panicking() {
             for id in self.members.keys() {
-                eprintln!("--- etcd member {id} log (last 40 lines) ---\n{}", tail(&self.log_of(*id), 40));
+                eprintln!(
+                    "--- etcd member {id} log (last 40 lines) ---\n{}",
+                    tail(&self.log_of(*id), 40)
+                );
             }
         }
     }
@@ -385,17 +469,31 @@ mod tests {
             return;
         }
         let mut etcd = EtcdCluster::start(3).expect("etcd starts");
-        let leader = etcd.wait_healthy(Duration::from_secs(30)).await.expect("healthy");
+        let leader = etcd
+            .wait_healthy(Duration::from_secs(30))
+            .await
+            .expect("healthy");
         let mut client = etcd.client(&[]).await.expect("client");
         client.put("k", "v", None).await.expect("put");
 
         etcd.kill(leader);
-        let next = etcd.wait_healthy(Duration::from_secs(30)).await.expect("healthy again");
+        let next = etcd
+            .wait_healthy(Duration::from_secs(30))
+            .await
+            .expect("healthy again");
         assert_ne!(next, leader);
 
         etcd.restart(leader).expect("restart");
-        etcd.wait_healthy(Duration::from_secs(30)).await.expect("healthy with all three");
-        let value = etcd.client(&[leader]).await.expect("client").get("k", None).await.expect("get");
+        etcd.wait_healthy(Duration::from_secs(30))
+            .await
+            .expect("healthy with all three");
+        let value = etcd
+            .client(&[leader])
+            .await
+            .expect("client")
+            .get("k", None)
+            .await
+            .expect("get");
         assert_eq!(value.kvs()[0].value(), b"v");
     }
 }

@@ -1,6 +1,8 @@
 //! Fault-injection harness and benchmarks for Federator.
 //!
 //! Everything here runs real processes on loopback: [`cluster`] starts and stops
-//! federator replicas; the benchmarks reuse it with faults off.
+//! federator replicas, [`etcd`] etcd members; [`bench`] reuses both with faults off.
 
+pub mod bench;
 pub mod cluster;
+pub mod etcd;

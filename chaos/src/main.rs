@@ -1,1 +1,202 @@
-fn main() {}
+//! `federator-chaos`: benchmarks (and, later, fault-injection runs) against real
+//! processes on loopback. Figures go to stdout, progress to stderr.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+use federator_chaos::bench::progress::Progress;
+use federator_chaos::bench::report::{Machine, write_markdown};
+use federator_chaos::bench::{RaftBenchConfig, System, run_raft};
+
+/// Fault injection and benchmarks against real Federator (and etcd) processes on loopback.
+#[derive(Debug, Parser)]
+#[command(name = "federator-chaos", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Benchmarks: figures are printed, never asserted.
+    #[command(subcommand)]
+    Bench(Bench),
+}
+
+#[derive(Debug, Subcommand)]
+enum Bench {
+    /// Write throughput, p50/p99 latency and leader failover of a 3-replica Federator
+    /// group and a 3-member etcd cluster, side by side.
+    Raft(RaftArgs),
+}
+
+#[derive(Debug, Args)]
+struct RaftArgs {
+    /// Concurrent client counts, one load phase each.
+    #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
+    clients: Vec<usize>,
+    /// Measured time per load phase (e.g. 10s, 500ms, 1m).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Unmeasured warm-up before each load phase [default: a fifth of --duration, at most 2s].
+    #[arg(long, value_parser = parse_duration)]
+    warmup: Option<Duration>,
+    /// Leader-failover trials per system.
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Systems to run, in this order.
+    #[arg(
+        long,
+        value_enum,
+        value_delimiter = ',',
+        default_value = "federator,etcd"
+    )]
+    systems: Vec<System>,
+    /// A quick run that keeps the benchmark from rotting (CI): clients 1,16, 1s phases,
+    /// 2 failover trials. Overrides --clients, --duration, --warmup and --trials.
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the results as a markdown section into FILE (replacing the section a
+    /// previous run wrote there).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+impl RaftArgs {
+    fn config(&self) -> anyhow::Result<RaftBenchConfig> {
+        let mut config = RaftBenchConfig {
+            clients: self.clients.clone(),
+            duration: self.duration,
+            warmup: self
+                .warmup
+                .unwrap_or_else(|| (self.duration / 5).min(Duration::from_secs(2))),
+            trials: self.trials,
+            value_size: self.value_size,
+            systems: self.systems.clone(),
+        };
+        if self.smoke {
+            config.clients = vec![1, 16];
+            config.duration = Duration::from_secs(1);
+            config.warmup = Duration::from_millis(300);
+            config.trials = 2;
+        }
+        if config.clients.is_empty() || config.clients.contains(&0) {
+            anyhow::bail!("--clients needs one or more positive counts");
+        }
+        if config.duration.is_zero() {
+            anyhow::bail!("--duration must be positive");
+        }
+        Ok(config)
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Bench(Bench::Raft(args)) => {
+            // Dropping the run on ctrl-c drops the process groups, which kills them.
+            tokio::select! {
+                result = bench_raft(&args) => result,
+                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; every started process was killed"),
+            }
+        }
+    }
+}
+
+async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let progress = Progress::new();
+    let report = run_raft(&config, &progress).await?;
+    println!("{}", report.text_table());
+    if let Some(path) = &args.markdown {
+        let section = report.markdown_section(&Machine::detect(), &command_line(), &now());
+        write_markdown(path, &section).with_context(|| format!("writing {}", path.display()))?;
+        progress.println(format!("wrote the results into {}", path.display()));
+    }
+    Ok(())
+}
+
+/// How this run was started, as a command to copy.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let profile = if cfg!(debug_assertions) {
+        ""
+    } else {
+        " --release"
+    };
+    let env = std::env::var("FEDERATOR_BIN")
+        .map(|bin| format!("FEDERATOR_BIN={bin} "))
+        .unwrap_or_default();
+    format!(
+        "{env}cargo run -p federator-chaos{profile} -- {}",
+        args.join(" ")
+    )
+}
+
+/// The current time in UTC, as `date` prints it.
+fn now() -> String {
+    std::process::Command::new("date")
+        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "(date unknown)".into())
+}
+
+/// Parses `10s`, `500ms`, `1.5s`, `2m`.
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
+    let seconds = match unit {
+        "ms" => number / 1e3,
+        "s" | "" => number,
+        "m" => number * 60.0,
+        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("ten").is_err());
+        assert!(parse_duration("3h").is_err());
+    }
+
+    #[test]
+    fn smoke_overrides_the_long_settings() {
+        let cli = Cli::parse_from([
+            "federator-chaos",
+            "bench",
+            "raft",
+            "--smoke",
+            "--duration",
+            "30s",
+        ]);
+        let Command::Bench(Bench::Raft(args)) = cli.command;
+        let config = args.config().expect("valid");
+        assert_eq!(config.clients, vec![1, 16]);
+        assert_eq!(config.trials, 2);
+        assert_eq!(config.duration, Duration::from_secs(1));
+    }
+}

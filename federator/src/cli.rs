@@ -3,6 +3,7 @@
 
 mod certs;
 mod client;
+mod dev;
 mod output;
 mod probe;
 mod raft;
@@ -40,6 +41,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Commands {
+    /// Run a whole federation on loopback with a live status view (start here).
+    Dev(dev::DevArgs),
     /// Run one federator replica.
     Server(server::ServerArgs),
     /// Inspect and change the replica group (status, init, add-member, remove-member).
@@ -79,6 +82,7 @@ pub fn main() -> ExitCode {
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let out = cli.output;
     match cli.command {
+        Commands::Dev(args) => dev::run(args).await,
         Commands::Server(args) => server::run(args).await,
         Commands::Raft(command) => raft::run(command, &cli.connection, out).await,
         Commands::Status(args) => status::run(args, &cli.connection, out).await,

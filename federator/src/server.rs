@@ -210,6 +210,12 @@ async fn register_api_address(
                 match replica.write(command.encode()).await {
                     Ok(outcome) => {
                         tracing::info!(replica = config.id, index = outcome.index, "API address registered");
+                        // Let the local state catch up before checking it again.
+                        let _ = replica
+                            .raft()
+                            .wait(Some(Duration::from_secs(5)))
+                            .applied_index_at_least(Some(outcome.index), "registration applied")
+                            .await;
                     }
                     Err(error) => tracing::debug!(%error, "API address not registered yet"),
                 }

@@ -64,7 +64,11 @@ pub fn from_proto<T: FromProto<P>, P>(proto: P) -> Result<T, ConvertError> {
 }
 
 /// Returns the value of a required message field or the error naming it.
-fn required<T>(value: Option<T>, message: &'static str, field: &'static str) -> Result<T, ConvertError> {
+fn required<T>(
+    value: Option<T>,
+    message: &'static str,
+    field: &'static str,
+) -> Result<T, ConvertError> {
     value.ok_or(ConvertError::Missing { message, field })
 }
 
@@ -102,7 +106,10 @@ mod tests {
 
     #[test]
     fn missing_field_message_names_message_and_field() {
-        let error = ConvertError::Missing { message: "AppendEntriesRequest", field: "vote" };
+        let error = ConvertError::Missing {
+            message: "AppendEntriesRequest",
+            field: "vote",
+        };
         assert_eq!(error.to_string(), "AppendEntriesRequest.vote is missing");
         let status = tonic::Status::from(error);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -376,10 +376,7 @@ impl<S: StateMachine> Replica<S> {
                     })?;
             }
         }
-        let value = self.state.read(read);
-        // Informational: the index is read after the state, so it may be a little newer.
-        let applied = self.state.applied().map_or(0, |l| l.index);
-        Ok((value, applied))
+        Ok(self.state.read_with_applied(read))
     }
 
     /// The log index a linearizable read must wait for, confirmed by the leader with a

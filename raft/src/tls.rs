@@ -297,10 +297,10 @@ impl Stream for TlsIncoming {
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         let this = self.get_mut();
         loop {
-            if let Some(pause) = &mut this.accept_pause {
-                if pause.as_mut().poll(cx).is_ready() {
-                    this.accept_pause = None;
-                }
+            if let Some(pause) = &mut this.accept_pause
+                && pause.as_mut().poll(cx).is_ready()
+            {
+                this.accept_pause = None;
             }
             // Accept everything ready; each polled `Pending` registers our waker.
             while this.accept_pause.is_none() && this.handshakes.len() < MAX_PENDING_HANDSHAKES {
@@ -351,9 +351,14 @@ impl TlsConnector {
         &self,
         uri: &http::Uri,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
-        let host = uri.host().ok_or_else(|| TlsError::MissingHost { uri: uri.to_string() })?;
+        let host = uri.host().ok_or_else(|| TlsError::MissingHost {
+            uri: uri.to_string(),
+        })?;
         // IPv6 literals keep their brackets in a URI's host.
-        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
         let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
             Some("http") => 80,
             _ => 443,
@@ -362,7 +367,11 @@ impl TlsConnector {
             .map_err(|_| TlsError::InvalidServerName { host: host.clone() })?;
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|source| TlsError::Connect { host: host.clone(), port, source })?;
+            .map_err(|source| TlsError::Connect {
+                host: host.clone(),
+                port,
+                source,
+            })?;
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, %host, port, "failed to set TCP_NODELAY");
         }

@@ -35,7 +35,11 @@ pub enum PutError {
 pub trait KvConn: Clone + Send + Sync + 'static {
     /// Writes `value` at `key` and waits for the store's acknowledgement (committed by a
     /// quorum and made durable).
-    fn put(&mut self, key: String, value: Vec<u8>) -> impl Future<Output = Result<(), PutError>> + Send;
+    fn put(
+        &mut self,
+        key: String,
+        value: Vec<u8>,
+    ) -> impl Future<Output = Result<(), PutError>> + Send;
 }
 
 /// A replicated key-value store: a group of processes on loopback that can be
@@ -54,7 +58,10 @@ pub trait KvTarget: Send + Sync {
     fn connect(&self, id: u64) -> impl Future<Output = anyhow::Result<Self::Conn>> + Send;
 
     /// Waits until every running member answers and all agree on a leader; returns it.
-    fn wait_healthy(&mut self, timeout: Duration) -> impl Future<Output = anyhow::Result<u64>> + Send;
+    fn wait_healthy(
+        &mut self,
+        timeout: Duration,
+    ) -> impl Future<Output = anyhow::Result<u64>> + Send;
 
     /// The highest raft term any running member reports.
     fn term(&self) -> impl Future<Output = anyhow::Result<u64>> + Send;
@@ -78,7 +85,11 @@ pub trait KvTarget: Send + Sync {
 ///
 /// # Errors
 /// A member could not be connected to.
-pub async fn pool<T: KvTarget>(target: &T, members: &[u64], count: usize) -> anyhow::Result<Vec<T::Conn>> {
+pub async fn pool<T: KvTarget>(
+    target: &T,
+    members: &[u64],
+    count: usize,
+) -> anyhow::Result<Vec<T::Conn>> {
     let mut conns = Vec::with_capacity(count);
     for member in members.iter().cycle().take(count) {
         conns.push(
@@ -121,7 +132,11 @@ impl FederatorTarget {
     }
 
     fn running(&self) -> Vec<u64> {
-        self.federation.ids().into_iter().filter(|id| self.federation.replica(*id).pid().is_some()).collect()
+        self.federation
+            .ids()
+            .into_iter()
+            .filter(|id| self.federation.replica(*id).pid().is_some())
+            .collect()
     }
 }
 
@@ -131,10 +146,14 @@ pub struct FederatorConn(AdminClient<Channel>);
 
 impl KvConn for FederatorConn {
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), PutError> {
-        self.0.put(pb::PutRequest { key, value }).await.map(|_| ()).map_err(|status| PutError::Failed {
-            system: "Federator",
-            message: format!("{:?}: {}", status.code(), status.message()),
-        })
+        self.0
+            .put(pb::PutRequest { key, value })
+            .await
+            .map(|_| ())
+            .map_err(|status| PutError::Failed {
+                system: "Federator",
+                message: format!("{:?}: {}", status.code(), status.message()),
+            })
     }
 }
 
@@ -199,7 +218,12 @@ fn counter(exposition: &str, name: &str) -> Option<u64> {
     exposition.lines().find_map(|line| {
         let value = line.strip_prefix(name)?.strip_prefix(' ')?;
         // Counters are exposed as integers or floats ("3" or "3.0").
-        value.split_whitespace().next()?.parse::<f64>().ok().map(|v| v as u64)
+        value
+            .split_whitespace()
+            .next()?
+            .parse::<f64>()
+            .ok()
+            .map(|v| v as u64)
     })
 }
 
@@ -217,7 +241,9 @@ impl EtcdTarget {
     /// # Errors
     /// A member could not be spawned.
     pub fn start(members: u64) -> anyhow::Result<Self> {
-        Ok(Self { cluster: EtcdCluster::start(members)? })
+        Ok(Self {
+            cluster: EtcdCluster::start(members)?,
+        })
     }
 }
 
@@ -231,7 +257,10 @@ impl KvConn for EtcdConn {
             .put(key, value, None)
             .await
             .map(|_| ())
-            .map_err(|error| PutError::Failed { system: "etcd", message: error.to_string() })
+            .map_err(|error| PutError::Failed {
+                system: "etcd",
+                message: error.to_string(),
+            })
     }
 }
 
@@ -255,11 +284,22 @@ impl KvTarget for EtcdTarget {
     }
 
     async fn term(&self) -> anyhow::Result<u64> {
-        self.cluster.term().await.context("no etcd member answered its status")
+        self.cluster
+            .term()
+            .await
+            .context("no etcd member answered its status")
     }
 
     async fn leader_changes(&self) -> Option<u64> {
-        None
+        let mut total = 0;
+        for id in self.cluster.ids() {
+            if !self.cluster.member(id).ok()?.is_running() {
+                continue;
+            }
+            let text = self.cluster.metrics(id).await.ok()?;
+            total += counter(&text, "etcd_server_leader_changes_seen_total")?;
+        }
+        Some(total)
     }
 
     fn kill(&mut self, id: u64) {

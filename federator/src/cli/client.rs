@@ -88,6 +88,15 @@ impl Connection {
     /// The endpoint is malformed or unreachable, or mTLS is needed and no certificate
     /// was given.
     pub async fn admin(&self, endpoint: &str) -> anyhow::Result<AdminClient<Channel>> {
+        Ok(AdminClient::new(self.channel(endpoint).await?).max_decoding_message_size(64 << 20))
+    }
+
+    /// A gRPC channel to one endpoint, for any service the replica serves there (admin,
+    /// health).
+    ///
+    /// # Errors
+    /// As [`Connection::admin`].
+    pub async fn channel(&self, endpoint: &str) -> anyhow::Result<Channel> {
         let channel = if let Some(path) = endpoint.strip_prefix("unix://") {
             let path = PathBuf::from(path);
             Endpoint::from_static("http://admin.socket")
@@ -118,7 +127,7 @@ impl Connection {
                 .await
                 .with_context(|| format!("cannot connect to {endpoint}"))?
         };
-        Ok(AdminClient::new(channel).max_decoding_message_size(64 << 20))
+        Ok(channel)
     }
 
     /// Status of the first endpoint that answers, with the endpoint used.

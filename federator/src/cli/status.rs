@@ -172,54 +172,58 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
 /// No endpoint answered.
 pub async fn print_replicas(connection: &Connection, out: OutputFormat, detailed: bool) -> anyhow::Result<ExitCode> {
     let view = collect(connection).await?;
-    print(out, &view, |v| {
-        let leader = v.leader.map_or_else(|| "none".to_string(), |l| l.to_string());
-        println!(
-            "leader: {leader}  term: {}  voters up: {}/{}  quorum: {}",
-            v.term,
-            v.voters_up,
-            v.voters,
-            if v.quorum { "yes" } else { "NO" }
-        );
-        let mut header = vec!["ID", "ROLE", "RAFT ADDR", "API ADDR", "PID", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LAG"];
-        if detailed {
-            header.extend(["SNAPSHOT", "PURGED", "DIGEST@INDEX"]);
-        }
-        let mut t = table(&header);
-        let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
-        for r in &v.replicas {
-            let role = match (&r.role, r.membership) {
-                (Some(role), _) => role.clone(),
-                (None, m) => format!("{m} (unreachable)"),
-            };
-            let mut row = vec![
-                r.id.to_string(),
-                role,
-                r.raft_addr.clone(),
-                r.api_addr.clone(),
-                r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
-                opt(r.term),
-                opt(r.last_log_index),
-                opt(r.commit_index),
-                opt(r.applied_index),
-                opt(r.lag),
-            ];
-            if detailed {
-                row.push(opt(r.snapshot_index));
-                row.push(opt(r.purged_index));
-                row.push(r.state_digest.as_ref().map_or_else(
-                    || "-".to_string(),
-                    |d| format!("{}@{}", &d[..d.len().min(12)], opt(r.digest_index)),
-                ));
-            }
-            t.add_row(row);
-        }
-        println!("{t}");
-        for r in v.replicas.iter().filter(|r| !r.reachable) {
-            println!("replica {}: {}", r.id, r.error.as_deref().unwrap_or("unreachable"));
-        }
-    })?;
+    print(out, &view, |v| print_view_table(v, detailed))?;
     Ok(if view.quorum { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// Prints the group as a summary line and a table of replicas (with raft details when
+/// `detailed`).
+pub fn print_view_table(v: &GroupView, detailed: bool) {
+    let leader = v.leader.map_or_else(|| "none".to_string(), |l| l.to_string());
+    println!(
+        "leader: {leader}  term: {}  voters up: {}/{}  quorum: {}",
+        v.term,
+        v.voters_up,
+        v.voters,
+        if v.quorum { "yes" } else { "NO" }
+    );
+    let mut header = vec!["ID", "ROLE", "RAFT ADDR", "API ADDR", "PID", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LAG"];
+    if detailed {
+        header.extend(["SNAPSHOT", "PURGED", "DIGEST@INDEX"]);
+    }
+    let mut t = table(&header);
+    let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
+    for r in &v.replicas {
+        let role = match (&r.role, r.membership) {
+            (Some(role), _) => role.clone(),
+            (None, m) => format!("{m} (unreachable)"),
+        };
+        let mut row = vec![
+            r.id.to_string(),
+            role,
+            r.raft_addr.clone(),
+            r.api_addr.clone(),
+            r.pid.map_or_else(|| "-".to_string(), |p| p.to_string()),
+            opt(r.term),
+            opt(r.last_log_index),
+            opt(r.commit_index),
+            opt(r.applied_index),
+            opt(r.lag),
+        ];
+        if detailed {
+            row.push(opt(r.snapshot_index));
+            row.push(opt(r.purged_index));
+            row.push(r.state_digest.as_ref().map_or_else(
+                || "-".to_string(),
+                |d| format!("{}@{}", &d[..d.len().min(12)], opt(r.digest_index)),
+            ));
+        }
+        t.add_row(row);
+    }
+    println!("{t}");
+    for r in v.replicas.iter().filter(|r| !r.reachable) {
+        println!("replica {}: {}", r.id, r.error.as_deref().unwrap_or("unreachable"));
+    }
 }
 
 /// Lower-case role name.

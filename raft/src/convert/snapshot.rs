@@ -32,13 +32,19 @@ impl FromProto<pb::SnapshotMeta> for SnapshotMeta {
 
 impl IntoProto<pb::SnapshotResponse> for SnapshotResponse {
     fn into_proto(self) -> pb::SnapshotResponse {
-        pb::SnapshotResponse { vote: Some(self.vote.into_proto()) }
+        pb::SnapshotResponse {
+            vote: Some(self.vote.into_proto()),
+        }
     }
 }
 
 impl FromProto<pb::SnapshotResponse> for SnapshotResponse {
     fn from_proto(proto: pb::SnapshotResponse) -> Result<Self, ConvertError> {
-        Ok(SnapshotResponse::new(Vote::from_proto(required(proto.vote, "SnapshotResponse", "vote")?)?))
+        Ok(SnapshotResponse::new(Vote::from_proto(required(
+            proto.vote,
+            "SnapshotResponse",
+            "vote",
+        )?)?))
     }
 }
 
@@ -55,7 +61,10 @@ mod tests {
         for membership in representative_memberships() {
             for (last_log_id, membership_log_id) in [
                 (None, None),
-                (Some(LogId::new(CommittedLeaderId::new(3, 1), 50)), Some(LogId::new(CommittedLeaderId::new(2, 1), 12))),
+                (
+                    Some(LogId::new(CommittedLeaderId::new(3, 1), 50)),
+                    Some(LogId::new(CommittedLeaderId::new(2, 1), 12)),
+                ),
             ] {
                 let meta = SnapshotMeta {
                     last_log_id,

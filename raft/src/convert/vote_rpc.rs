@@ -52,7 +52,11 @@ mod tests {
     use crate::types::LogId;
 
     fn last_log_ids() -> [Option<LogId>; 3] {
-        [None, Some(LogId::new(CommittedLeaderId::new(1, 1), 0)), Some(LogId::new(CommittedLeaderId::new(6, 3), 1234))]
+        [
+            None,
+            Some(LogId::new(CommittedLeaderId::new(1, 1), 0)),
+            Some(LogId::new(CommittedLeaderId::new(6, 3), 1234)),
+        ]
     }
 
     #[test]
@@ -71,7 +75,11 @@ mod tests {
     fn vote_response_round_trips() {
         for last_log_id in last_log_ids() {
             for vote_granted in [false, true] {
-                let response = VoteResponse { vote: Vote::new_committed(7, 3), vote_granted, last_log_id };
+                let response = VoteResponse {
+                    vote: Vote::new_committed(7, 3),
+                    vote_granted,
+                    last_log_id,
+                };
                 let back = VoteResponse::from_proto(response.clone().into_proto())
                     .expect("a converted response converts back");
                 assert_eq!(back, response);
@@ -87,7 +95,8 @@ mod tests {
 
     #[test]
     fn vote_response_without_vote_is_rejected() {
-        let error = VoteResponse::from_proto(pb::VoteResponse::default()).expect_err("needs a vote");
+        let error =
+            VoteResponse::from_proto(pb::VoteResponse::default()).expect_err("needs a vote");
         assert_eq!(error.to_string(), "VoteResponse.vote is missing");
     }
 }

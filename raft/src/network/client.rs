@@ -129,7 +129,9 @@ enum ClientError {
         reason: String,
     },
     /// openraft asked for the chunk-by-chunk snapshot RPC, which this transport replaces.
-    #[error("chunked install_snapshot is not used by this transport; full_snapshot streams snapshots")]
+    #[error(
+        "chunked install_snapshot is not used by this transport; full_snapshot streams snapshots"
+    )]
     ChunkedSnapshotUnsupported,
 }
 
@@ -192,16 +194,27 @@ impl Network {
         command: Vec<u8>,
     ) -> Result<(LogId, Vec<u8>), Status> {
         self.shared.metrics.forwarded_writes.inc();
-        let mut client = self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut client = self
+            .client(leader_addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let request = self.unary_request(pb::ForwardWriteRequest { command });
-        let response = bounded(self.shared.options.rpc_timeout, client.forward_write(request)).await?;
+        let response = bounded(
+            self.shared.options.rpc_timeout,
+            client.forward_write(request),
+        )
+        .await?;
         let response = response.into_inner();
         let log_id = response
             .log_id
-            .ok_or_else(|| Status::internal("leader answered ForwardWrite without ForwardWriteResponse.log_id"))
+            .ok_or_else(|| {
+                Status::internal("leader answered ForwardWrite without ForwardWriteResponse.log_id")
+            })
             .and_then(|id| {
-                LogId::from_proto(id)
-                    .map_err(|e| Status::internal(format!("leader answered ForwardWrite with a malformed log id: {e}")))
+                LogId::from_proto(id).map_err(|e| {
+                    Status::internal(format!(
+                        "leader answered ForwardWrite with a malformed log id: {e}"
+                    ))
+                })
             })?;
         Ok((log_id, response.response))
     }
@@ -213,11 +226,15 @@ impl Network {
     /// The gRPC status of the failure; `FailedPrecondition` with `x-leader-id` /
     /// `x-leader-addr` metadata when that replica is not the leader (any more).
     pub async fn read_index(&self, leader_addr: &str) -> Result<Option<LogId>, Status> {
-        let mut client = self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut client = self
+            .client(leader_addr)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let request = self.unary_request(pb::ReadIndexRequest {});
         let response = bounded(self.shared.options.rpc_timeout, client.read_index(request)).await?;
         FromProto::from_proto(response.into_inner().read_log_id).map_err(|e| {
-            Status::internal(format!("leader answered ReadIndex with a malformed log id: {e}"))
+            Status::internal(format!(
+                "leader answered ReadIndex with a malformed log id: {e}"
+            ))
         })
     }
 
@@ -238,13 +255,24 @@ impl Network {
 
     /// The pooled channel of `addr`, created (unconnected) on first use.
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
-        let mut channels = self.shared.channels.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut channels = self
+            .shared
+            .channels
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let uri = if addr.contains("://") { addr.to_string() } else { format!("https://{addr}") };
+        let uri = if addr.contains("://") {
+            addr.to_string()
+        } else {
+            format!("https://{addr}")
+        };
         let endpoint = Endpoint::from_shared(uri)
-            .map_err(|e| ClientError::InvalidAddress { addr: addr.to_string(), reason: e.to_string() })?
+            .map_err(|e| ClientError::InvalidAddress {
+                addr: addr.to_string(),
+                reason: e.to_string(),
+            })?
             .connect_timeout(self.shared.options.connect_timeout)
             .tcp_nodelay(true)
             .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
@@ -258,7 +286,12 @@ impl Network {
 
 impl fmt::Debug for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let peers = self.shared.channels.lock().map(|c| c.len()).unwrap_or_default();
+        let peers = self
+            .shared
+            .channels
+            .lock()
+            .map(|c| c.len())
+            .unwrap_or_default();
         f.debug_struct("Network")
             .field("options", &self.shared.options)
             .field("peers", &peers)
@@ -323,6 +356,11 @@ impl PeerClient {
                 Failure::Unreachable(error)
             }
             Code::DeadlineExceeded => Failure::Timeout(self.options.rpc_timeout),
+            // The connection broke, e.g. because the server refused our certificate: with
+            // TLS 1.3 it does so after our side of the handshake completed, so the refusal
+            // surfaces as an IO error of the first request. Reconnecting at once would
+            // likely fail the same way.
+            _ if connection_failed(status) => Failure::Unreachable(error),
             _ => Failure::Network(error),
         }
     }
@@ -345,11 +383,18 @@ impl PeerClient {
         stall_timeout: Duration,
     ) -> Result<SnapshotResponse, Failure> {
         let mut client = self.grpc()?;
-        let Snapshot { meta, snapshot: data } = snapshot;
+        let Snapshot {
+            meta,
+            snapshot: data,
+        } = snapshot;
         let data = data.into_inner();
-        let chunk_bytes = self.options.snapshot_chunk_bytes.max(1);
+        // A chunk must fit in one gRPC message, with room for the header.
+        let chunk_bytes = self
+            .options
+            .snapshot_chunk_bytes
+            .clamp(1, MAX_MESSAGE_BYTES / 2);
         tracing::debug!(
-            target = self.target,
+            peer = self.target,
             bytes = data.len(),
             snapshot_id = %meta.snapshot_id,
             "streaming snapshot"
@@ -364,7 +409,11 @@ impl PeerClient {
             for i in 0..count {
                 let piece = &data[i * chunk_bytes..((i + 1) * chunk_bytes).min(data.len())];
                 let (vote, meta) = header.take().unzip();
-                let chunk = pb::SnapshotChunk { vote, meta, data: piece.to_vec() };
+                let chunk = pb::SnapshotChunk {
+                    vote,
+                    meta,
+                    data: piece.to_vec(),
+                };
                 send_chunk(&tx, chunk, stall_timeout).await?;
             }
             Ok(())
@@ -391,7 +440,8 @@ impl PeerClient {
                 Err(_) => return Err(Failure::Timeout(stall_timeout)),
             },
         };
-        let response = answered.map_err(|status| self.failure(RPCTypes::InstallSnapshot, &status))?;
+        let response =
+            answered.map_err(|status| self.failure(RPCTypes::InstallSnapshot, &status))?;
         SnapshotResponse::from_proto(response.into_inner())
             .map_err(|e| self.malformed(RPCTypes::InstallSnapshot, &e))
     }
@@ -409,7 +459,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
             let mut client = self.grpc()?;
             let mut request = Request::new(rpc.into_proto());
             request.set_timeout(deadline);
-            let response = match tokio::time::timeout(deadline, client.append_entries(request)).await {
+            let response = match tokio::time::timeout(deadline, client.append_entries(request))
+                .await
+            {
                 Err(_) => return Err(Failure::Timeout(deadline)),
                 Ok(answered) => answered.map_err(|s| self.failure(RPCTypes::AppendEntries, &s))?,
             };
@@ -435,7 +487,8 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 Err(_) => return Err(Failure::Timeout(deadline)),
                 Ok(answered) => answered.map_err(|s| self.failure(RPCTypes::Vote, &s))?,
             };
-            VoteResponse::from_proto(response.into_inner()).map_err(|e| self.malformed(RPCTypes::Vote, &e))
+            VoteResponse::from_proto(response.into_inner())
+                .map_err(|e| self.malformed(RPCTypes::Vote, &e))
         }
         .await;
         result.map_err(|f| f.into_rpc_error(RPCTypes::Vote, sender, self.target))
@@ -451,7 +504,9 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, openraft::error::InstallSnapshotError>>,
     > {
-        Err(RPCError::Network(NetworkError::new(&ClientError::ChunkedSnapshotUnsupported)))
+        Err(RPCError::Network(NetworkError::new(
+            &ClientError::ChunkedSnapshotUnsupported,
+        )))
     }
 
     async fn full_snapshot(
@@ -490,9 +545,12 @@ impl Failure {
         target: NodeId,
     ) -> RPCError<NodeId, Node, E> {
         match self {
-            Failure::Timeout(timeout) => {
-                RPCError::Timeout(Timeout { action, id: sender, target, timeout })
-            }
+            Failure::Timeout(timeout) => RPCError::Timeout(Timeout {
+                action,
+                id: sender,
+                target,
+                timeout,
+            }),
             Failure::Unreachable(error) => RPCError::Unreachable(Unreachable::new(&error)),
             Failure::Network(error) => RPCError::Network(NetworkError::new(&error)),
         }
@@ -538,6 +596,19 @@ async fn send_chunk(
     }
 }
 
+/// Whether `status` was caused by the connection failing underneath the call: an IO or
+/// TLS error in its sources (a TLS alert refusing our certificate, a reset, an EOF).
+fn connection_failed(status: &Status) -> bool {
+    let mut next: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = next {
+        if error.is::<std::io::Error>() || error.is::<rustls::Error>() {
+            return true;
+        }
+        next = error.source();
+    }
+    false
+}
+
 /// Runs a unary call with a client-side deadline (the server sees it as `grpc-timeout`).
 async fn bounded<T>(
     deadline: Duration,
@@ -545,14 +616,20 @@ async fn bounded<T>(
 ) -> Result<tonic::Response<T>, Status> {
     tokio::time::timeout(deadline, call)
         .await
-        .unwrap_or_else(|_| Err(Status::deadline_exceeded(format!("no answer within {deadline:?}"))))
+        .unwrap_or_else(|_| {
+            Err(Status::deadline_exceeded(format!(
+                "no answer within {deadline:?}"
+            )))
+        })
 }
 
 /// Delays between attempts to reach an unreachable peer: exponential from
 /// [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`], each jittered.
 fn backoff_delays() -> impl Iterator<Item = Duration> + Send + 'static {
-    std::iter::successors(Some(BACKOFF_INITIAL), |delay| Some((*delay * 2).min(BACKOFF_MAX)))
-        .map(jitter)
+    std::iter::successors(Some(BACKOFF_INITIAL), |delay| {
+        Some((*delay * 2).min(BACKOFF_MAX))
+    })
+    .map(jitter)
 }
 
 /// Spreads `delay` over `[delay/2, delay]` so peers do not retry in lockstep.
@@ -568,10 +645,16 @@ mod tests {
     #[test]
     fn backoff_grows_exponentially_with_jitter_up_to_the_cap() {
         let delays: Vec<Duration> = backoff_delays().take(12).collect();
-        let bases = [50, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000, 1000, 1000];
+        let bases = [
+            50, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000, 1000, 1000,
+        ];
         for (delay, base) in delays.iter().zip(bases) {
             let base = Duration::from_millis(base);
-            assert!(*delay >= base / 2 && *delay <= base, "{delay:?} outside [{:?}, {base:?}]", base / 2);
+            assert!(
+                *delay >= base / 2 && *delay <= base,
+                "{delay:?} outside [{:?}, {base:?}]",
+                base / 2
+            );
         }
     }
 

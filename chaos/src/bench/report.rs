@@ -1,0 +1,502 @@
+//! The figures of a `bench raft` run, side by side: a text table for the terminal and a
+//! markdown section for `BENCHMARKS.md`, each with the ratio Federator/etcd and the
+//! issue's targets (shown as met or missed, never asserted).
+
+use std::fmt::Write as _;
+use std::path::Path;
+use std::time::Duration;
+
+use super::RaftBenchConfig;
+use super::failover::{FailoverFigures, PROBE_PERIOD};
+use super::load::{CONNECTIONS_PER_MEMBER, PhaseFigures};
+
+/// Marks the start of the section this benchmark owns in a markdown file.
+const SECTION_BEGIN: &str =
+    "<!-- bench raft: begin (written by `federator-chaos bench raft --markdown`) -->";
+/// Marks its end.
+const SECTION_END: &str = "<!-- bench raft: end -->";
+
+/// Everything measured against one system.
+#[derive(Clone, Debug)]
+pub struct SystemFigures {
+    /// Display name (`Federator`, `etcd`).
+    pub system: &'static str,
+    /// One load phase per client count, in the configured order.
+    pub phases: Vec<PhaseFigures>,
+    /// The failover trials.
+    pub failover: FailoverFigures,
+}
+
+impl SystemFigures {
+    fn phase(&self, clients: usize) -> Option<&PhaseFigures> {
+        self.phases.iter().find(|p| p.clients == clients)
+    }
+
+    fn elections(&self) -> u64 {
+        self.phases.iter().map(|p| p.elections).sum()
+    }
+
+    fn leader_changes(&self) -> Option<u64> {
+        self.phases.iter().map(|p| p.leader_changes).sum()
+    }
+}
+
+/// The figures of one run of `bench raft`.
+#[derive(Clone, Debug)]
+pub struct RaftReport {
+    /// What was asked for.
+    pub config: RaftBenchConfig,
+    /// One entry per system, in the order they ran.
+    pub systems: Vec<SystemFigures>,
+}
+
+/// A target of the issue, judged on one row.
+#[derive(Clone, Copy, Debug)]
+enum Target {
+    /// Federator/etcd at least this.
+    RatioAtLeast(f64),
+    /// Federator/etcd at most this.
+    RatioAtMost(f64),
+    /// Federator's own value at most this.
+    AtMost(f64),
+}
+
+/// One figure for both systems.
+#[derive(Clone, Debug)]
+struct Row {
+    figure: String,
+    federator: Option<f64>,
+    etcd: Option<f64>,
+    decimals: usize,
+    target: Option<Target>,
+}
+
+impl Row {
+    fn new(
+        figure: impl Into<String>,
+        federator: Option<f64>,
+        etcd: Option<f64>,
+        decimals: usize,
+    ) -> Self {
+        Self {
+            figure: figure.into(),
+            federator,
+            etcd,
+            decimals,
+            target: None,
+        }
+    }
+
+    fn with_target(mut self, target: Target) -> Self {
+        self.target = Some(target);
+        self
+    }
+
+    fn ratio(&self) -> Option<f64> {
+        match (self.federator, self.etcd) {
+            (Some(f), Some(e)) if e > 0.0 => Some(f / e),
+            _ => None,
+        }
+    }
+
+    fn cells(&self) -> [String; 5] {
+        let value = |v: Option<f64>| {
+            v.map_or_else(|| "-".to_string(), |v| format!("{v:.*}", self.decimals))
+        };
+        let target = self.target.map_or_else(String::new, |target| {
+            let (text, met) = match target {
+                Target::RatioAtLeast(r) => (format!("≥ {r}×"), self.ratio().map(|x| x >= r)),
+                Target::RatioAtMost(r) => (format!("≤ {r}×"), self.ratio().map(|x| x <= r)),
+                Target::AtMost(v) => (format!("≤ {v}"), self.federator.map(|x| x <= v)),
+            };
+            match met {
+                Some(true) => format!("{text}: met"),
+                Some(false) => format!("{text}: MISSED"),
+                None => format!("{text}: n/a"),
+            }
+        });
+        [
+            self.figure.clone(),
+            value(self.federator),
+            value(self.etcd),
+            self.ratio()
+                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}×")),
+            target,
+        ]
+    }
+}
+
+const HEADER: [&str; 5] = ["figure", "Federator", "etcd", "Federator/etcd", "target"];
+
+// === impl RaftReport ===
+
+impl RaftReport {
+    fn system(&self, name: &str) -> Option<&SystemFigures> {
+        self.systems.iter().find(|s| s.system == name)
+    }
+
+    fn rows(&self) -> Vec<Row> {
+        let fed = self.system("Federator");
+        let etcd = self.system("etcd");
+        let both = |f: &dyn Fn(&SystemFigures) -> Option<f64>| (fed.and_then(f), etcd.and_then(f));
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let mut rows = Vec::new();
+        for clients in &self.config.clients {
+            let clients = *clients;
+            let noun = if clients == 1 { "client" } else { "clients" };
+            let (f, e) = both(&|s| s.phase(clients).map(|p| p.run.throughput()));
+            let mut row = Row::new(format!("throughput, {clients} {noun} (writes/s)"), f, e, 0);
+            if clients == 256 {
+                row = row.with_target(Target::RatioAtLeast(5.0));
+            }
+            rows.push(row);
+            let (f, e) = both(&|s| {
+                s.phase(clients)
+                    .and_then(|p| p.run.percentile(0.50))
+                    .map(ms)
+            });
+            let mut row = Row::new(format!("p50 latency, {clients} {noun} (ms)"), f, e, 2);
+            if clients == 1 {
+                row = row.with_target(Target::RatioAtMost(0.5));
+            }
+            rows.push(row);
+            let (f, e) = both(&|s| {
+                s.phase(clients)
+                    .and_then(|p| p.run.percentile(0.99))
+                    .map(ms)
+            });
+            let mut row = Row::new(format!("p99 latency, {clients} {noun} (ms)"), f, e, 2);
+            if clients == 256 {
+                row = row.with_target(Target::RatioAtMost(1.0));
+            }
+            rows.push(row);
+            let (f, e) = both(&|s| s.phase(clients).map(|p| p.run.errors as f64));
+            if f.unwrap_or(0.0) + e.unwrap_or(0.0) > 0.0 {
+                rows.push(Row::new(
+                    format!("failed writes, {clients} {noun}"),
+                    f,
+                    e,
+                    0,
+                ));
+            }
+        }
+        let (f, e) = both(&|s| s.failover.median().map(ms));
+        rows.push(
+            Row::new(
+                format!("failover median, {} trials (ms)", self.config.trials),
+                f,
+                e,
+                0,
+            )
+            .with_target(Target::AtMost(500.0)),
+        );
+        let (f, e) = both(&|s| s.failover.range().map(|(lo, _)| ms(lo)));
+        rows.push(Row::new("failover min (ms)", f, e, 0));
+        let (f, e) = both(&|s| s.failover.range().map(|(_, hi)| ms(hi)));
+        rows.push(Row::new("failover max (ms)", f, e, 0));
+        let (f, e) = both(&|s| Some(s.failover.failed() as f64));
+        if f.unwrap_or(0.0) + e.unwrap_or(0.0) > 0.0 {
+            rows.push(Row::new("failover trials with no write in 30 s", f, e, 0));
+        }
+        let (f, e) = both(&|s| Some(s.elections() as f64));
+        rows.push(
+            Row::new("elections under load (term increase)", f, e, 0)
+                .with_target(Target::AtMost(0.0)),
+        );
+        let (f, e) = both(&|s| s.leader_changes().map(|c| c as f64));
+        rows.push(Row::new(
+            "leader changes seen under load (sum of members' counters)",
+            f,
+            e,
+            0,
+        ));
+        rows
+    }
+
+    /// The figures as an aligned text table.
+    #[must_use]
+    pub fn text_table(&self) -> String {
+        let rows: Vec<[String; 5]> = self.rows().iter().map(Row::cells).collect();
+        let mut widths = HEADER.map(|h| h.chars().count());
+        for row in &rows {
+            for (width, cell) in widths.iter_mut().zip(row) {
+                *width = (*width).max(cell.chars().count());
+            }
+        }
+        let mut out = String::new();
+        let header = HEADER.map(str::to_string);
+        for row in std::iter::once(&header).chain(&rows) {
+            for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+                let pad = width - cell.chars().count();
+                if i == 0 || i == 4 {
+                    let _ = write!(out, "{cell}{}", " ".repeat(pad));
+                } else {
+                    let _ = write!(out, "{}{cell}", " ".repeat(pad));
+                }
+                out.push_str(if i == 4 { "\n" } else { "  " });
+            }
+        }
+        out.lines()
+            .map(str::trim_end)
+            .collect::<Vec<_>>()
+            .join("\n")
+            + "\n"
+    }
+
+    /// The figures as a markdown table.
+    #[must_use]
+    pub fn markdown_table(&self) -> String {
+        let mut out = format!("| {} |\n|---|--:|--:|--:|---|\n", HEADER.join(" | "));
+        for row in self.rows() {
+            let _ = writeln!(out, "| {} |", row.cells().join(" | "));
+        }
+        out
+    }
+
+    /// The markdown section for `BENCHMARKS.md`: machine, command, date, table, the
+    /// individual failover trials and how the figures were taken.
+    #[must_use]
+    pub fn markdown_section(&self, machine: &Machine, command: &str, date: &str) -> String {
+        let c = &self.config;
+        let mut out = String::new();
+        let _ = writeln!(out, "{SECTION_BEGIN}");
+        let _ = writeln!(out, "## Raft writes: Federator vs etcd 3.4\n");
+        let _ = writeln!(
+            out,
+            "Measured {date}, both systems one after the other in the same run:\n"
+        );
+        let _ = writeln!(out, "```sh\n{command}\n```\n");
+        let _ = writeln!(out, "Machine: {machine}\n");
+        out.push_str(&self.markdown_table());
+        out.push('\n');
+        for system in &self.systems {
+            let trials: Vec<String> = system
+                .failover
+                .trials
+                .iter()
+                .map(|t| {
+                    t.outage.map_or_else(
+                        || "none".into(),
+                        |d| format!("{:.0}", d.as_secs_f64() * 1e3),
+                    )
+                })
+                .collect();
+            let _ = writeln!(
+                out,
+                "- {} failover trials (ms, in order): {}",
+                system.system,
+                trials.join(", ")
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nHow: 3 members of each system on 127.0.0.1. Closed-loop clients ({clients}), each \
+             writing distinct keys one after the other with {value} B values; {warmup:?} warm-up, \
+             then {duration:?} measured per client count. Clients share min(clients, {pool}) \
+             connections spread round-robin over the members, leader first (so one client talks \
+             to the leader); followers forward writes to the leader. Every write is acknowledged \
+             only once committed by a quorum and fsync'd (Federator: redb commit; etcd: WAL fsync, \
+             its default). Federator is written through the admin `Put` over mTLS with its default \
+             raft timing (heartbeat 50 ms, election timeout 200–400 ms); etcd through the KV \
+             `Put` over plain HTTP/2 with its defaults (heartbeat 100 ms, election timeout \
+             1000 ms). Failover: a writer issues one put every {period:?}, round-robin over one \
+             connection per member; the leader is SIGKILLed and the time is from the process \
+             being reaped to the first acknowledgement of a put issued after it; the killed \
+             member is restarted and the group healthy again before the next trial. Elections \
+             under load are the raft term's increase over the load phases. Ratios are \
+             Federator/etcd; targets are the issue's and are reported, not asserted.",
+            clients = c
+                .clients
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", "),
+            value = c.value_size,
+            warmup = c.warmup,
+            duration = c.duration,
+            pool = super::GROUP_SIZE as usize * CONNECTIONS_PER_MEMBER,
+            period = PROBE_PERIOD,
+        );
+        let _ = writeln!(out, "{SECTION_END}");
+        out
+    }
+}
+
+/// Writes `section` into the markdown file at `path`: replaces this benchmark's previous
+/// section if there is one, appends otherwise, creates the file if needed.
+///
+/// # Errors
+/// The file could not be read or written.
+pub fn write_markdown(path: &Path, section: &str) -> std::io::Result<()> {
+    let existing = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
+        Err(error) => return Err(error),
+    };
+    let updated = match (existing.find(SECTION_BEGIN), existing.find(SECTION_END)) {
+        (Some(begin), Some(end)) if begin < end => {
+            let after = end + SECTION_END.len();
+            let after = existing[after..]
+                .strip_prefix('\n')
+                .map_or(after, |_| after + 1);
+            format!("{}{section}{}", &existing[..begin], &existing[after..])
+        }
+        _ => format!("{}\n{section}", existing.trim_end().to_string() + "\n"),
+    };
+    std::fs::write(path, updated)
+}
+
+/// The machine a benchmark ran on.
+#[derive(Clone, Debug, Default)]
+pub struct Machine {
+    /// CPU model (`/proc/cpuinfo`).
+    pub cpu: String,
+    /// Logical CPUs available to this process.
+    pub cpus: usize,
+    /// Total memory (`/proc/meminfo`).
+    pub memory: String,
+    /// Kernel release.
+    pub kernel: String,
+    /// `etcd --version`, first line.
+    pub etcd: String,
+    /// Build profile of this binary.
+    pub profile: &'static str,
+}
+
+impl Machine {
+    /// Reads what it can from `/proc` and `etcd --version`; unknown parts stay empty.
+    #[must_use]
+    pub fn detect() -> Self {
+        let read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+        let field = |text: &str, name: &str| {
+            text.lines()
+                .find(|l| l.starts_with(name))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+                .unwrap_or_default()
+        };
+        let memory = field(&read("/proc/meminfo"), "MemTotal")
+            .trim_end_matches(" kB")
+            .parse::<u64>()
+            .map(|kb| format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0))
+            .unwrap_or_default();
+        let etcd = std::process::Command::new(crate::etcd::etcd_bin())
+            .arg("--version")
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .unwrap_or_default();
+        Self {
+            cpu: field(&read("/proc/cpuinfo"), "model name"),
+            cpus: std::thread::available_parallelism().map_or(0, usize::from),
+            memory,
+            kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            etcd,
+            profile: if cfg!(debug_assertions) {
+                "debug"
+            } else {
+                "release"
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} × {}, {} RAM, Linux {}; {}; load generator built {}",
+            self.cpus, self.cpu, self.memory, self.kernel, self.etcd, self.profile
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::System;
+    use super::super::failover::FailoverTrial;
+    use super::super::load::LoadRun;
+    use super::*;
+
+    fn system(name: &'static str, millis: u64, ops: u64, failover_ms: u64) -> SystemFigures {
+        let run = LoadRun {
+            ops,
+            window: Duration::from_secs(1),
+            latencies: vec![Duration::from_millis(millis); 10],
+            ..LoadRun::default()
+        };
+        let phases = [1, 256]
+            .into_iter()
+            .map(|clients| PhaseFigures {
+                clients,
+                connections: 1,
+                run: run.clone(),
+                elections: 0,
+                leader_changes: Some(0),
+            })
+            .collect();
+        let trials = (0..3)
+            .map(|_| FailoverTrial {
+                killed: 1,
+                outage: Some(Duration::from_millis(failover_ms)),
+            })
+            .collect();
+        SystemFigures {
+            system: name,
+            phases,
+            failover: FailoverFigures { trials },
+        }
+    }
+
+    fn report() -> RaftReport {
+        RaftReport {
+            config: RaftBenchConfig {
+                clients: vec![1, 256],
+                duration: Duration::from_secs(1),
+                warmup: Duration::from_millis(100),
+                trials: 3,
+                value_size: 256,
+                systems: vec![System::Federator, System::Etcd],
+            },
+            systems: vec![
+                system("Federator", 1, 6000, 300),
+                system("etcd", 4, 1000, 1500),
+            ],
+        }
+    }
+
+    #[test]
+    fn table_shows_ratios_and_judges_targets() {
+        let table = report().text_table();
+        assert!(table.contains("6.00×"), "{table}");
+        assert!(table.contains("≥ 5×: met"), "{table}");
+        assert!(table.contains("≤ 0.5×: met"), "{table}");
+        assert!(table.contains("≤ 500: met"), "{table}");
+        assert!(table.contains("0.20×"), "{table}");
+    }
+
+    #[test]
+    fn markdown_section_replaces_its_previous_version_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("BENCHMARKS.md");
+        std::fs::write(&path, "# Benchmarks\n\nOther section.\n").expect("write");
+        let section = report().markdown_section(&Machine::default(), "bench raft", "today");
+        write_markdown(&path, &section).expect("first write");
+        write_markdown(&path, &section).expect("second write");
+        let text = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(text.matches(SECTION_BEGIN).count(), 1, "{text}");
+        assert!(
+            text.starts_with("# Benchmarks\n\nOther section.\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| p50 latency, 1 client (ms) | 1.00 | 4.00 | 0.25× | ≤ 0.5×: met |"),
+            "{text}"
+        );
+    }
+}

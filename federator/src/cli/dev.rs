@@ -1,0 +1,350 @@
+//! `federator dev`: a whole federation on loopback — replicas as separate child processes —
+//! with progress while starting, then a live status view. Ctrl-C stops everything.
+
+use std::io::IsTerminal as _;
+use std::path::{Path, PathBuf};
+use std::process::{ExitCode, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use federator_proto::admin as pb;
+use indicatif::{ProgressBar, ProgressStyle};
+use tokio::process::{Child, Command};
+
+use super::client::{Connection, ConnectionArgs};
+use super::status;
+
+/// Run a local federation on loopback: N replicas as child processes, a live status view.
+///
+/// Without --dir the state lives in a temporary directory removed on exit. With --dir it
+/// is kept (a second run resumes it) and DIR/env holds the variables that point the
+/// other `federator` commands at it: `source DIR/env && federator status`.
+#[derive(Debug, clap::Args)]
+pub struct DevArgs {
+    /// Keep state here and write DIR/env for the other commands.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Number of replicas (3 or 5 tolerate 1 or 2 failures).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+    replicas: u64,
+    /// Restart a replica that died (e.g. one you killed), after this many seconds; 0
+    /// leaves it down.
+    #[arg(long, default_value_t = 5)]
+    restart_after: u64,
+    /// Refresh period of the status view, in seconds.
+    #[arg(long, default_value_t = 1)]
+    refresh: u64,
+}
+
+struct DevReplica {
+    id: u64,
+    dir: PathBuf,
+    raft_addr: String,
+    api_addr: String,
+    child: Option<Child>,
+    died_at: Option<Instant>,
+}
+
+/// Runs `federator dev` until Ctrl-C.
+pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
+    let (root, _temp) = match &args.dir {
+        Some(dir) => (super::expand_home(dir.clone()), None),
+        None => {
+            let temp = tempfile::Builder::new().prefix("federator-dev-").tempdir()?;
+            (temp.path().to_path_buf(), Some(temp))
+        }
+    };
+    std::fs::create_dir_all(&root).with_context(|| format!("create {}", root.display()))?;
+    let root = root.canonicalize()?;
+    let exe = std::env::current_exe().context("locate the federator binary")?;
+    let progress = Progress::new();
+
+    progress.step("certificates");
+    let certs = root.join("certs");
+    if !certs.join("ca.key").exists() {
+        let out = std::process::Command::new(&exe)
+            .args(["certs", "init"])
+            .arg(&certs)
+            .args(["--replicas", &args.replicas.to_string(), "-o", "json"])
+            .output()?;
+        if !out.status.success() {
+            bail!("certs init: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    progress.step("starting replicas");
+    let mut replicas = Vec::new();
+    for id in 1..=args.replicas {
+        let mut replica = prepare_replica(&root, &certs, id)?;
+        replica.child = Some(spawn(&exe, &replica)?);
+        replicas.push(replica);
+    }
+    let env = write_env(&root, &certs, &replicas)?;
+    let connection = Connection::new(&ConnectionArgs {
+        endpoints: replicas.iter().map(|r| r.api_addr.clone()).collect(),
+        ca: Some(certs.join("ca.pem")),
+        cert: Some(certs.join("admin.pem")),
+        key: Some(certs.join("admin.key")),
+    })?;
+
+    let outcome = tokio::select! {
+        result = form_group(&connection, &replicas, &progress) => result,
+        () = super::server::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(error) = outcome {
+        progress.finish();
+        stop_all(&mut replicas).await;
+        return Err(error.context(format!("replica logs are in {}/replica-*/server.log", root.display())));
+    }
+    progress.finish();
+
+    let interactive = std::io::stdout().is_terminal();
+    let refresh = Duration::from_secs(args.refresh.max(1));
+    let mut ticker = tokio::time::interval(refresh);
+    loop {
+        tokio::select! {
+            () = super::server::shutdown_signal() => break,
+            _ = ticker.tick() => {}
+        }
+        supervise(&exe, &mut replicas, args.restart_after);
+        let view = status::collect(&connection).await;
+        render(interactive, &root, &env, &replicas, view.as_ref().map_err(ToString::to_string));
+    }
+    eprintln!("\nstopping {} replicas…", replicas.len());
+    stop_all(&mut replicas).await;
+    if args.dir.is_some() {
+        eprintln!("state kept in {}; run `federator dev --dir {}` to resume", root.display(), root.display());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reuses DIR/replica-N/server.toml if present (same ports), else writes one with free
+/// loopback ports.
+fn prepare_replica(root: &Path, certs: &Path, id: u64) -> anyhow::Result<DevReplica> {
+    let dir = root.join(format!("replica-{id}"));
+    std::fs::create_dir_all(&dir)?;
+    let config = dir.join("server.toml");
+    if !config.exists() {
+        let raft = free_port()?;
+        let api = free_port()?;
+        let metrics = free_port()?;
+        std::fs::write(
+            &config,
+            format!(
+                "# Written by `federator dev`.\nid = {id}\ndata_dir = \"data\"\n\n[listen]\nraft = \"127.0.0.1:{raft}\"\napi = \"127.0.0.1:{api}\"\nmetrics = \"127.0.0.1:{metrics}\"\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{id}.pem\"\nkey = \"{c}/replica-{id}.key\"\n",
+                c = certs.display()
+            ),
+        )?;
+    }
+    let parsed = crate::config::ServerConfig::load(Some(&config), &crate::config::ServerOverrides::default())?;
+    Ok(DevReplica {
+        id,
+        dir,
+        raft_addr: parsed.advertise_raft,
+        api_addr: parsed.advertise_api,
+        child: None,
+        died_at: None,
+    })
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn spawn(exe: &Path, replica: &DevReplica) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(replica.dir.join("server.log"))?;
+    Command::new(exe)
+        .args(["server", "--config"])
+        .arg(replica.dir.join("server.toml"))
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("start replica {}", replica.id))
+}
+
+fn write_env(root: &Path, certs: &Path, replicas: &[DevReplica]) -> anyhow::Result<PathBuf> {
+    let path = root.join("env");
+    let endpoints: Vec<&str> = replicas.iter().map(|r| r.api_addr.as_str()).collect();
+    std::fs::write(
+        &path,
+        format!(
+            "# Source this file to point `federator` at the dev federation.\nexport FEDERATOR_ENDPOINTS={}\nexport FEDERATOR_CA={}\nexport FEDERATOR_CERT={}\nexport FEDERATOR_KEY={}\n",
+            endpoints.join(","),
+            certs.join("ca.pem").display(),
+            certs.join("admin.pem").display(),
+            certs.join("admin.key").display(),
+        ),
+    )?;
+    Ok(path)
+}
+
+/// Initializes the group on replica 1 unless it already has a log, then adds the others.
+async fn form_group(connection: &Connection, replicas: &[DevReplica], progress: &Progress) -> anyhow::Result<()> {
+    progress.step("waiting for replicas to answer");
+    for replica in replicas {
+        wait(&format!("replica {} to answer", replica.id), Duration::from_secs(30), || async {
+            connection.status_of(&replica.api_addr).await.ok()
+        })
+        .await?;
+    }
+    let first = connection.status_of(&replicas[0].api_addr).await?;
+    if first.last_log_index == 0 {
+        progress.step("forming the group");
+        connection
+            .admin(&replicas[0].api_addr)
+            .await?
+            .initialize(pb::InitializeRequest { members: Vec::new() })
+            .await
+            .map_err(super::client::status_error)?;
+    }
+    progress.step("electing a leader");
+    wait("a leader", Duration::from_secs(30), || async {
+        connection.status_of(&replicas[0].api_addr).await.ok().filter(|s| s.has_leader)
+    })
+    .await?;
+    for replica in &replicas[1..] {
+        let status = connection.first_status().await?.1;
+        let known = status.voters.iter().any(|m| m.id == replica.id);
+        if !known {
+            progress.step(&format!("adding replica {}", replica.id));
+            let mut leader = connection.leader().await?;
+            leader
+                .add_member(pb::AddMemberRequest { id: replica.id, addr: replica.raft_addr.clone(), learner_only: false })
+                .await
+                .map_err(super::client::status_error)?;
+        }
+    }
+    progress.step("waiting for every replica to be healthy");
+    wait("every replica to know the leader", Duration::from_secs(30), || async {
+        let view = status::collect(connection).await.ok()?;
+        (view.quorum && view.replicas.iter().all(|r| r.reachable && r.lag.is_some_and(|l| l < 10))).then_some(())
+    })
+    .await
+}
+
+async fn wait<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Ok(value);
+        }
+        if Instant::now() > deadline {
+            bail!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Notices dead replicas and restarts them after `restart_after` seconds.
+fn supervise(exe: &Path, replicas: &mut [DevReplica], restart_after: u64) {
+    for replica in replicas.iter_mut() {
+        if let Some(child) = replica.child.as_mut() {
+            if let Ok(Some(_)) = child.try_wait() {
+                replica.child = None;
+                replica.died_at = Some(Instant::now());
+            }
+        }
+        let due = replica.died_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(restart_after));
+        if replica.child.is_none() && restart_after > 0 && due {
+            match spawn(exe, replica) {
+                Ok(child) => {
+                    replica.child = Some(child);
+                    replica.died_at = None;
+                }
+                Err(error) => tracing::warn!(%error, replica = replica.id, "restart failed"),
+            }
+        }
+    }
+}
+
+fn render(
+    interactive: bool,
+    root: &Path,
+    env: &Path,
+    replicas: &[DevReplica],
+    view: Result<&status::GroupView, String>,
+) {
+    if interactive {
+        // Clear the screen and home the cursor.
+        print!("\x1b[2J\x1b[H");
+    }
+    println!("federator dev — {} replicas on loopback, state in {}", replicas.len(), root.display());
+    match view {
+        Ok(view) => {
+            status::print_view_table(view, false);
+            let down: Vec<String> = replicas
+                .iter()
+                .filter(|r| r.child.is_none())
+                .map(|r| format!("replica {} is down{}", r.id, r.died_at.map_or(String::new(), |t| format!(" ({}s)", t.elapsed().as_secs()))))
+                .collect();
+            if !down.is_empty() {
+                println!("{}", down.join("; "));
+            }
+            let leader_pid = view
+                .leader
+                .and_then(|l| view.replicas.iter().find(|r| r.id == l))
+                .and_then(|r| r.pid);
+            println!("\ntry next (in another terminal):");
+            println!("  source {}", env.display());
+            println!("  federator status                      # what you see here");
+            println!("  federator probe put hello world       # a replicated write");
+            if let Some(pid) = leader_pid {
+                println!("  kill -9 {pid}                         # kill the leader; watch the failover");
+            }
+            println!("  federator raft status -o json         # every replica's indexes and digest");
+        }
+        Err(error) => println!("no replica answered: {error}"),
+    }
+    println!("\nCtrl-C stops everything.");
+}
+
+async fn stop_all(replicas: &mut [DevReplica]) {
+    for replica in replicas.iter_mut() {
+        if let Some(child) = replica.child.as_mut() {
+            if let Some(pid) = child.id() {
+                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+            }
+        }
+    }
+    for replica in replicas.iter_mut() {
+        if let Some(mut child) = replica.child.take() {
+            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
+                let _ = child.kill().await;
+            }
+        }
+    }
+}
+
+/// Start-up progress on stderr.
+struct Progress {
+    bar: ProgressBar,
+    started: Instant,
+}
+
+impl Progress {
+    fn new() -> Self {
+        let bar = ProgressBar::new_spinner();
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.enable_steady_tick(Duration::from_millis(120));
+        Self { bar, started: Instant::now() }
+    }
+
+    fn step(&self, message: &str) {
+        self.bar.set_message(message.to_string());
+        if !std::io::stderr().is_terminal() {
+            eprintln!("[{:>5.1}s] {message}", self.started.elapsed().as_secs_f64());
+        }
+    }
+
+    fn finish(&self) {
+        self.bar.finish_and_clear();
+        eprintln!("ready in {:.1}s", self.started.elapsed().as_secs_f64());
+    }
+}
