@@ -50,7 +50,10 @@ pub fn federator_bin() -> PathBuf {
 /// A free TCP port on 127.0.0.1 (bound and released; the kernel will not hand it out
 /// again soon).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
@@ -118,18 +121,34 @@ impl Federation {
     /// # Errors
     /// The certificates could not be created.
     pub fn new(max_replicas: u64) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new().prefix("federator-e2e-").tempdir()?;
+        let dir = tempfile::Builder::new()
+            .prefix("federator-e2e-")
+            .tempdir()?;
         let certs = dir.path().join("certs");
         let trust_domain = "federation.test".to_string();
         let out = Command::new(federator_bin())
             .args(["certs", "init"])
             .arg(&certs)
-            .args(["--trust-domain", &trust_domain, "--replicas", &max_replicas.to_string()])
+            .args([
+                "--trust-domain",
+                &trust_domain,
+                "--replicas",
+                &max_replicas.to_string(),
+            ])
             .output()?;
         if !out.status.success() {
-            bail!("certs init failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "certs init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
-        Ok(Self { dir, certs, trust_domain, replicas: BTreeMap::new(), extra_config: String::new() })
+        Ok(Self {
+            dir,
+            certs,
+            trust_domain,
+            replicas: BTreeMap::new(),
+            extra_config: String::new(),
+        })
     }
 
     /// Root of the temporary directory.
@@ -166,7 +185,13 @@ impl Federation {
     ///
     /// # Errors
     /// The process could not be spawned.
-    pub fn start_with_certs(&mut self, id: u64, bootstrap: bool, certs: &Path, name: &str) -> anyhow::Result<()> {
+    pub fn start_with_certs(
+        &mut self,
+        id: u64,
+        bootstrap: bool,
+        certs: &Path,
+        name: &str,
+    ) -> anyhow::Result<()> {
         let data_dir = self.dir.path().join(format!("replica-{id}"));
         std::fs::create_dir_all(&data_dir)?;
         let config = data_dir.join("server.toml");
@@ -184,7 +209,15 @@ impl Federation {
             ),
         )?;
         let log = data_dir.join("server.log");
-        let mut process = ReplicaProcess { id, raft_addr, api_addr, metrics_addr, data_dir, log, child: None };
+        let mut process = ReplicaProcess {
+            id,
+            raft_addr,
+            api_addr,
+            metrics_addr,
+            data_dir,
+            log,
+            child: None,
+        };
         spawn(&mut process)?;
         self.replicas.insert(id, process);
         Ok(())
@@ -212,7 +245,11 @@ impl Federation {
 
     /// SIGKILLs every replica at once (all signals sent before any is reaped).
     pub fn kill_all(&mut self) {
-        let mut children: Vec<Child> = self.replicas.values_mut().filter_map(|p| p.child.take()).collect();
+        let mut children: Vec<Child> = self
+            .replicas
+            .values_mut()
+            .filter_map(|p| p.child.take())
+            .collect();
         for child in &mut children {
             let _ = child.kill();
         }
@@ -223,7 +260,9 @@ impl Federation {
 
     /// Whether replica `id`'s process has exited (it is reaped if so).
     pub fn has_exited(&mut self, id: u64) -> bool {
-        let Some(process) = self.replicas.get_mut(&id) else { return true };
+        let Some(process) = self.replicas.get_mut(&id) else {
+            return true;
+        };
         match process.child.as_mut().map(Child::try_wait) {
             Some(Ok(Some(_))) | None => {
                 process.child = None;
@@ -236,14 +275,21 @@ impl Federation {
     /// The log of replica `id`, for failure messages.
     #[must_use]
     pub fn log_of(&self, id: u64) -> String {
-        self.replicas.get(&id).and_then(|p| std::fs::read_to_string(&p.log).ok()).unwrap_or_default()
+        self.replicas
+            .get(&id)
+            .and_then(|p| std::fs::read_to_string(&p.log).ok())
+            .unwrap_or_default()
     }
 
     /// Connection arguments reaching the given replicas' APIs with the admin identity.
     #[must_use]
     pub fn connection_args(&self, ids: &[u64]) -> ConnectionArgs {
         ConnectionArgs {
-            endpoints: ids.iter().filter_map(|id| self.replicas.get(id)).map(|p| p.api_addr.clone()).collect(),
+            endpoints: ids
+                .iter()
+                .filter_map(|id| self.replicas.get(id))
+                .map(|p| p.api_addr.clone())
+                .collect(),
             ca: Some(self.certs.join("ca.pem")),
             cert: Some(self.certs.join("admin.pem")),
             key: Some(self.certs.join("admin.key")),
@@ -270,7 +316,11 @@ impl Federation {
     /// Status of replica `id`, if it answers.
     pub async fn status(&self, id: u64) -> Option<ReplicaStatus> {
         let mut client = self.admin(id).await.ok()?;
-        client.status(pb::StatusRequest {}).await.ok().map(tonic::Response::into_inner)
+        client
+            .status(pb::StatusRequest {})
+            .await
+            .ok()
+            .map(tonic::Response::into_inner)
     }
 
     /// Runs the `federator` CLI against `ids` (all running replicas when empty).
@@ -278,7 +328,11 @@ impl Federation {
     /// # Errors
     /// The process could not be run.
     pub fn cli(&self, ids: &[u64], args: &[&str]) -> anyhow::Result<Output> {
-        let ids = if ids.is_empty() { self.ids() } else { ids.to_vec() };
+        let ids = if ids.is_empty() {
+            self.ids()
+        } else {
+            ids.to_vec()
+        };
         let conn = self.connection_args(&ids);
         let output = Command::new(federator_bin())
             .args(args)
@@ -343,7 +397,8 @@ impl Federation {
         let first = ids[0];
         self.wait_for_api(first).await?;
         self.cli_ok(&[first], &["raft", "init"])?;
-        self.wait_for_leader(&[first], Duration::from_secs(20)).await?;
+        self.wait_for_leader(&[first], Duration::from_secs(20))
+            .await?;
         for id in &ids[1..] {
             self.wait_for_api(*id).await?;
             let addr = self.replica(*id).raft_addr.clone();
@@ -358,9 +413,11 @@ impl Federation {
     /// # Errors
     /// It does not answer within 30 s.
     pub async fn wait_for_api(&self, id: u64) -> anyhow::Result<()> {
-        eventually(&format!("replica {id} to answer"), Duration::from_secs(30), || async {
-            self.status(id).await.map(|_| ())
-        })
+        eventually(
+            &format!("replica {id} to answer"),
+            Duration::from_secs(30),
+            || async { self.status(id).await.map(|_| ()) },
+        )
         .await
         .with_context(|| format!("replica {id} log:\n{}", tail(&self.log_of(id), 40)))
     }
@@ -370,20 +427,29 @@ impl Federation {
     ///
     /// # Errors
     /// They did not converge in time.
-    pub async fn wait_for_convergence(&self, ids: &[u64], timeout: Duration) -> anyhow::Result<(u64, String)> {
-        eventually("replicas to converge on one digest at one index", timeout, || async {
-            let mut seen: Option<(u64, String)> = None;
-            for id in ids {
-                let mut client = self.admin(*id).await.ok()?;
-                let d = client.digest(pb::DigestRequest {}).await.ok()?.into_inner();
-                match &seen {
-                    None => seen = Some((d.applied_index, d.digest)),
-                    Some((index, digest)) if *index == d.applied_index && *digest == d.digest => {}
-                    Some(_) => return None,
+    pub async fn wait_for_convergence(
+        &self,
+        ids: &[u64],
+        timeout: Duration,
+    ) -> anyhow::Result<(u64, String)> {
+        eventually(
+            "replicas to converge on one digest at one index",
+            timeout,
+            || async {
+                let mut seen: Option<(u64, String)> = None;
+                for id in ids {
+                    let mut client = self.admin(*id).await.ok()?;
+                    let d = client.digest(pb::DigestRequest {}).await.ok()?.into_inner();
+                    match &seen {
+                        None => seen = Some((d.applied_index, d.digest)),
+                        Some((index, digest))
+                            if *index == d.applied_index && *digest == d.digest => {}
+                        Some(_) => return None,
+                    }
                 }
-            }
-            seen
-        })
+                seen
+            },
+        )
         .await
     }
 
@@ -396,7 +462,10 @@ impl Federation {
         let addr = &self.replica(id).metrics_addr;
         let mut stream = tokio::net::TcpStream::connect(addr).await?;
         stream
-            .write_all(format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes())
+            .write_all(
+                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                    .as_bytes(),
+            )
             .await?;
         let mut body = String::new();
         tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body)).await??;
@@ -409,18 +478,30 @@ impl Drop for Federation {
         self.kill_all();
         if std::thread::panicking() {
             for (id, process) in &self.replicas {
-                eprintln!("--- replica {id} log (last 60 lines) ---\n{}", tail(&std::fs::read_to_string(&process.log).unwrap_or_default(), 60));
+                eprintln!(
+                    "--- replica {id} log (last 60 lines) ---\n{}",
+                    tail(
+                        &std::fs::read_to_string(&process.log).unwrap_or_default(),
+                        60
+                    )
+                );
             }
         }
     }
 }
 
 fn spawn(process: &mut ReplicaProcess) -> anyhow::Result<()> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&process.log)?;
     let child = Command::new(federator_bin())
         .args(["server", "--config"])
         .arg(process.data_dir.join("server.toml"))
-        .env("RUST_LOG", std::env::var("FEDERATOR_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("FEDERATOR_TEST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -477,10 +558,15 @@ pub async fn write_load(
                         }
                     }
                 }
-                let Some(admin) = client.as_mut() else { continue };
+                let Some(admin) = client.as_mut() else {
+                    continue;
+                };
                 let key = format!("{prefix}/c{c}/{i}");
                 let value = format!("v{i}");
-                let call = admin.put(pb::PutRequest { key: key.clone(), value: value.clone().into_bytes() });
+                let call = admin.put(pb::PutRequest {
+                    key: key.clone(),
+                    value: value.clone().into_bytes(),
+                });
                 match tokio::time::timeout(Duration::from_secs(5), call).await {
                     Ok(Ok(_)) => result.acked.push((key, value)),
                     Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
@@ -513,20 +599,35 @@ impl Federation {
     pub async fn probes(&self, id: u64, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
         let mut client = self.admin(id).await?;
         let list = client
-            .list_probes(pb::ListProbesRequest { prefix: prefix.to_string(), consistency: pb::Consistency::Stale.into() })
+            .list_probes(pb::ListProbesRequest {
+                prefix: prefix.to_string(),
+                consistency: pb::Consistency::Stale.into(),
+            })
             .await?
             .into_inner();
-        Ok(list.entries.into_iter().map(|e| (e.key, String::from_utf8_lossy(&e.value).into_owned())).collect())
+        Ok(list
+            .entries
+            .into_iter()
+            .map(|e| (e.key, String::from_utf8_lossy(&e.value).into_owned()))
+            .collect())
     }
 
     /// Asserts every acknowledged write is on replica `id` with its value.
     ///
     /// # Errors
     /// A write is missing or has another value.
-    pub async fn assert_has_all(&self, id: u64, prefix: &str, acked: &[(String, String)]) -> anyhow::Result<()> {
+    pub async fn assert_has_all(
+        &self,
+        id: u64,
+        prefix: &str,
+        acked: &[(String, String)],
+    ) -> anyhow::Result<()> {
         let stored = self.probes(id, prefix).await?;
-        let missing: Vec<&String> =
-            acked.iter().filter(|(k, v)| stored.get(k) != Some(v)).map(|(k, _)| k).collect();
+        let missing: Vec<&String> = acked
+            .iter()
+            .filter(|(k, v)| stored.get(k) != Some(v))
+            .map(|(k, _)| k)
+            .collect();
         if !missing.is_empty() {
             bail!(
                 "replica {id} lacks {} of {} acknowledged writes, e.g. {:?}",
@@ -545,7 +646,11 @@ impl Federation {
 ///
 /// # Errors
 /// The handshake or the call was refused.
-pub async fn raw_raft_vote(raft_addr: &str, trust: &Path, identity: Option<(&Path, &str)>) -> Result<(), String> {
+pub async fn raw_raft_vote(
+    raft_addr: &str,
+    trust: &Path,
+    identity: Option<(&Path, &str)>,
+) -> Result<(), String> {
     use federator_proto::raft as rpb;
     use rustls_pki_types::pem::PemObject as _;
 
@@ -557,14 +662,20 @@ pub async fn raw_raft_vote(raft_addr: &str, trust: &Path, identity: Option<(&Pat
                 cert: certs.join(format!("{name}.pem")),
                 key: certs.join(format!("{name}.key")),
             };
-            files.load().map_err(|e| e.to_string())?.client_config().map_err(|e| e.to_string())?
+            files
+                .load()
+                .map_err(|e| e.to_string())?
+                .client_config()
+                .map_err(|e| e.to_string())?
         }
         None => {
             let mut roots = rustls::RootCertStore::empty();
             let ca = rustls_pki_types::CertificateDer::pem_file_iter(trust.join("ca.pem"))
                 .map_err(|e| e.to_string())?;
             for cert in ca {
-                roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                roots
+                    .add(cert.map_err(|e| e.to_string())?)
+                    .map_err(|e| e.to_string())?;
             }
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -584,8 +695,18 @@ pub async fn raw_raft_vote(raft_addr: &str, trust: &Path, identity: Option<(&Pat
         .map_err(|e| format!("connect: {e:?}"))?;
     let mut client = rpb::raft_service_client::RaftServiceClient::new(channel);
     let request = rpb::VoteRequest {
-        vote: Some(rpb::Vote { leader_id: Some(rpb::LeaderId { term: 0, node_id: 99 }), committed: false }),
+        vote: Some(rpb::Vote {
+            leader_id: Some(rpb::LeaderId {
+                term: 0,
+                node_id: 99,
+            }),
+            committed: false,
+        }),
         last_log_id: None,
     };
-    client.vote(request).await.map(|_| ()).map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    client
+        .vote(request)
+        .await
+        .map(|_| ())
+        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
 }

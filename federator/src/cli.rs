@@ -26,7 +26,12 @@ pub use output::OutputFormat;
 /// or API addresses (`127.0.0.1:7101,127.0.0.1:7102`) with an admin certificate
 /// (--ca/--cert/--key, as written by `federator certs init`).
 #[derive(Debug, Parser)]
-#[command(name = "federator", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "federator",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -63,7 +68,10 @@ enum Commands {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Commands::Server(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -97,7 +105,9 @@ fn init_tracing(server: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if server { "info,openraft=warn" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     if std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
         builder.json().with_current_span(true).init();
     } else {

@@ -252,11 +252,15 @@ impl ServerConfig {
             .unwrap_or_else(|| "federation.local".to_string());
         crate::identity::validate_trust_domain(&trust_domain)
             .map_err(|e| invalid("trust_domain", &trust_domain, &e.to_string()))?;
-        let data_dir = o.data_dir.clone().or(file.data_dir.map(rel)).ok_or(ConfigError::Missing {
-            field: "data_dir",
-            env: "FEDERATOR_DATA_DIR",
-            flag: "data-dir",
-        })?;
+        let data_dir =
+            o.data_dir
+                .clone()
+                .or(file.data_dir.map(rel))
+                .ok_or(ConfigError::Missing {
+                    field: "data_dir",
+                    env: "FEDERATOR_DATA_DIR",
+                    flag: "data-dir",
+                })?;
         let listen_raft = parse_addr(
             "listen.raft",
             o.listen_raft.clone().or(file.listen.raft),
@@ -282,18 +286,48 @@ impl ServerConfig {
                     .map_err(|e| invalid("listen.metrics", &s, &format!("not host:port ({e})")))?,
             ),
         };
-        let admin_socket =
-            file.listen.admin_socket.map(rel).unwrap_or_else(|| data_dir.join("admin.sock"));
-        let advertise_raft = file.advertise.raft.unwrap_or_else(|| listen_raft.to_string());
+        let admin_socket = file
+            .listen
+            .admin_socket
+            .map(rel)
+            .unwrap_or_else(|| data_dir.join("admin.sock"));
+        let advertise_raft = file
+            .advertise
+            .raft
+            .unwrap_or_else(|| listen_raft.to_string());
         let advertise_api = file.advertise.api.unwrap_or_else(|| listen_api.to_string());
-        let file_tls = file.tls.map(|t| TlsFiles { ca: rel(t.ca), cert: rel(t.cert), key: rel(t.key) });
+        let file_tls = file.tls.map(|t| TlsFiles {
+            ca: rel(t.ca),
+            cert: rel(t.cert),
+            key: rel(t.key),
+        });
         let tls_path = |field, env, flag, over: &Option<PathBuf>, from_file: Option<PathBuf>| {
-            over.clone().or(from_file).ok_or(ConfigError::Missing { field, env, flag })
+            over.clone()
+                .or(from_file)
+                .ok_or(ConfigError::Missing { field, env, flag })
         };
         let tls = TlsFiles {
-            ca: tls_path("tls.ca", "FEDERATOR_TLS_CA", "tls-ca", &o.tls_ca, file_tls.as_ref().map(|t| t.ca.clone()))?,
-            cert: tls_path("tls.cert", "FEDERATOR_TLS_CERT", "tls-cert", &o.tls_cert, file_tls.as_ref().map(|t| t.cert.clone()))?,
-            key: tls_path("tls.key", "FEDERATOR_TLS_KEY", "tls-key", &o.tls_key, file_tls.as_ref().map(|t| t.key.clone()))?,
+            ca: tls_path(
+                "tls.ca",
+                "FEDERATOR_TLS_CA",
+                "tls-ca",
+                &o.tls_ca,
+                file_tls.as_ref().map(|t| t.ca.clone()),
+            )?,
+            cert: tls_path(
+                "tls.cert",
+                "FEDERATOR_TLS_CERT",
+                "tls-cert",
+                &o.tls_cert,
+                file_tls.as_ref().map(|t| t.cert.clone()),
+            )?,
+            key: tls_path(
+                "tls.key",
+                "FEDERATOR_TLS_KEY",
+                "tls-key",
+                &o.tls_key,
+                file_tls.as_ref().map(|t| t.key.clone()),
+            )?,
         };
         let raft = file.raft;
         let heartbeat = Duration::from_millis(raft.heartbeat_ms.unwrap_or(50));
@@ -318,7 +352,11 @@ impl ServerConfig {
         }
         let snapshot_after_entries = raft.snapshot_after_entries.unwrap_or(20_000);
         if snapshot_after_entries == 0 {
-            return Err(invalid("raft.snapshot_after_entries", "0", "must be positive"));
+            return Err(invalid(
+                "raft.snapshot_after_entries",
+                "0",
+                "must be positive",
+            ));
         }
         Ok(Self {
             id,
@@ -342,7 +380,11 @@ impl ServerConfig {
 }
 
 fn invalid(field: &'static str, value: &str, rule: &str) -> ConfigError {
-    ConfigError::Invalid { field, value: value.to_string(), rule: rule.to_string() }
+    ConfigError::Invalid {
+        field,
+        value: value.to_string(),
+        rule: rule.to_string(),
+    }
 }
 
 fn parse_addr(
@@ -351,7 +393,9 @@ fn parse_addr(
     (env, flag): (&'static str, &'static str),
 ) -> Result<SocketAddr, ConfigError> {
     let value = value.ok_or(ConfigError::Missing { field, env, flag })?;
-    value.parse().map_err(|e| invalid(field, &value, &format!("not an IP:port address ({e})")))
+    value
+        .parse()
+        .map_err(|e| invalid(field, &value, &format!("not an IP:port address ({e})")))
 }
 
 #[cfg(test)]
@@ -387,14 +431,21 @@ mod tests {
         assert_eq!(config.id, 2);
         assert_eq!(config.data_dir, Path::new("/etc/federator/data/2"));
         assert_eq!(config.tls.ca, Path::new("/etc/federator/certs/ca.pem"));
-        assert_eq!(config.admin_socket, Path::new("/etc/federator/data/2/admin.sock"));
+        assert_eq!(
+            config.admin_socket,
+            Path::new("/etc/federator/data/2/admin.sock")
+        );
         assert_eq!(config.advertise_raft, "127.0.0.1:7002");
         assert_eq!(config.heartbeat, Duration::from_millis(40));
     }
 
     #[test]
     fn overrides_win_over_the_file() {
-        let o = ServerOverrides { id: Some(7), listen_raft: Some("127.0.0.1:9999".into()), ..Default::default() };
+        let o = ServerOverrides {
+            id: Some(7),
+            listen_raft: Some("127.0.0.1:9999".into()),
+            ..Default::default()
+        };
         let config = load(GOOD, &o).expect("loads");
         assert_eq!(config.id, 7);
         assert_eq!(config.listen_raft.port(), 9999);
@@ -402,26 +453,47 @@ mod tests {
 
     #[test]
     fn unknown_setting_is_named() {
-        let err = load(&format!("{GOOD}\nelection_timeout = 3"), &ServerOverrides::default())
-            .expect_err("must fail");
+        let err = load(
+            &format!("{GOOD}\nelection_timeout = 3"),
+            &ServerOverrides::default(),
+        )
+        .expect_err("must fail");
         assert!(err.to_string().contains("election_timeout"), "{err}");
     }
 
     #[test]
     fn missing_and_invalid_settings_are_named() {
         let err = load("", &ServerOverrides::default()).expect_err("must fail");
-        assert!(err.to_string().contains("`id`") && err.to_string().contains("FEDERATOR_ID"), "{err}");
-        let err = load(&GOOD.replace("127.0.0.1:7102", "localhost"), &ServerOverrides::default())
-            .expect_err("must fail");
+        assert!(
+            err.to_string().contains("`id`") && err.to_string().contains("FEDERATOR_ID"),
+            "{err}"
+        );
+        let err = load(
+            &GOOD.replace("127.0.0.1:7102", "localhost"),
+            &ServerOverrides::default(),
+        )
+        .expect_err("must fail");
         assert!(err.to_string().contains("listen.api"), "{err}");
-        let err = load(&GOOD.replace("heartbeat_ms = 40", "heartbeat_ms = 400"), &ServerOverrides::default())
-            .expect_err("must fail");
-        assert!(err.to_string().contains("raft.election_timeout_min_ms"), "{err}");
-        let err = load(&GOOD.replace("fed.example", "Fed.Example"), &ServerOverrides::default())
-            .expect_err("must fail");
+        let err = load(
+            &GOOD.replace("heartbeat_ms = 40", "heartbeat_ms = 400"),
+            &ServerOverrides::default(),
+        )
+        .expect_err("must fail");
+        assert!(
+            err.to_string().contains("raft.election_timeout_min_ms"),
+            "{err}"
+        );
+        let err = load(
+            &GOOD.replace("fed.example", "Fed.Example"),
+            &ServerOverrides::default(),
+        )
+        .expect_err("must fail");
         assert!(err.to_string().contains("trust_domain"), "{err}");
-        let err = load(&GOOD.replace("id = 2", "id = \"two\""), &ServerOverrides::default())
-            .expect_err("must fail");
+        let err = load(
+            &GOOD.replace("id = 2", "id = \"two\""),
+            &ServerOverrides::default(),
+        )
+        .expect_err("must fail");
         assert!(err.to_string().contains("id"), "{err}");
     }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use federator_proto::admin::admin_server::AdminServer;
-use federator_raft::network::client::TransportOptions;
 use federator_raft::metrics::ConsensusMetrics;
+use federator_raft::network::client::TransportOptions;
 use federator_raft::{Replica, ReplicaConfig};
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -68,17 +68,24 @@ pub async fn run(
     consensus_metrics.register(registry.sub_registry_with_prefix("federator"));
     metrics_http::register_build_info(&mut registry, config.id);
 
-    let mut replica_config =
-        ReplicaConfig::new(config.id, config.advertise_raft.clone(), config.data_dir.clone());
+    let mut replica_config = ReplicaConfig::new(
+        config.id,
+        config.advertise_raft.clone(),
+        config.data_dir.clone(),
+    );
     replica_config.heartbeat_interval = config.heartbeat;
     replica_config.election_timeout_min = config.election_timeout.0;
     replica_config.election_timeout_max = config.election_timeout.1;
     replica_config.snapshot_after_entries = config.snapshot_after_entries;
     replica_config.keep_entries_after_snapshot = config.keep_entries_after_snapshot;
     replica_config.transport = TransportOptions::default();
-    let replica =
-        Replica::open(replica_config, FederationState::default(), client_tls, consensus_metrics)
-            .await?;
+    let replica = Replica::open(
+        replica_config,
+        FederationState::default(),
+        client_tls,
+        consensus_metrics,
+    )
+    .await?;
     tracing::info!(replica = config.id, raft = %config.advertise_raft, api = %config.advertise_api, "replica opened");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -96,7 +103,9 @@ pub async fn run(
         let replica = replica.clone();
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move {
-            replica.serve_transport(raft_listener, server_tls.clone(), Some(peer_policy), stop).await
+            replica
+                .serve_transport(raft_listener, server_tls.clone(), Some(peer_policy), stop)
+                .await
         })
     };
 
@@ -107,14 +116,20 @@ pub async fn run(
 
     let admin = AdminService::new(replica.clone(), &config, started);
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
+    health_reporter
+        .set_not_serving::<AdminServer<AdminService>>()
+        .await;
     tokio::spawn(health::report(
         replica.clone(),
         health_reporter,
         config.max_lag_entries,
         stopped(stop_rx.clone()),
     ));
-    tokio::spawn(register_api_address(replica.clone(), config.clone(), stopped(stop_rx.clone())));
+    tokio::spawn(register_api_address(
+        replica.clone(),
+        config.clone(),
+        stopped(stop_rx.clone()),
+    ));
 
     let api_listener = bind("listen.api", config.listen_api).await?;
     let api_tls = material.server_config()?;
@@ -129,11 +144,12 @@ pub async fn run(
     let socket = {
         let path = config.admin_socket.clone();
         let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path).map_err(|source| ServerError::Bind {
-            what: "listen.admin_socket",
-            addr: path.display().to_string(),
-            source,
-        })?;
+        let listener =
+            tokio::net::UnixListener::bind(&path).map_err(|source| ServerError::Bind {
+                what: "listen.admin_socket",
+                addr: path.display().to_string(),
+                source,
+            })?;
         restrict_socket(&path);
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let router = tonic::transport::Server::builder()
@@ -145,7 +161,11 @@ pub async fn run(
     let metrics = match config.listen_metrics {
         Some(addr) => {
             let listener = bind("listen.metrics", addr).await?;
-            Some(tokio::spawn(metrics_http::serve(listener, registry, stopped(stop_rx.clone()))))
+            Some(tokio::spawn(metrics_http::serve(
+                listener,
+                registry,
+                stopped(stop_rx.clone()),
+            )))
         }
         None => None,
     };
@@ -165,12 +185,17 @@ pub async fn run(
     Ok(())
 }
 
-async fn bind(what: &'static str, addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
-        what,
-        addr: addr.to_string(),
-        source,
-    })
+async fn bind(
+    what: &'static str,
+    addr: std::net::SocketAddr,
+) -> Result<tokio::net::TcpListener, ServerError> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServerError::Bind {
+            what,
+            addr: addr.to_string(),
+            source,
+        })
 }
 
 /// Only the owner may use the admin socket: it grants full admin rights.
@@ -193,7 +218,11 @@ async fn register_api_address(
         loop {
             let (has_leader, is_member) = {
                 let m = metrics.borrow_and_update();
-                let is_member = m.membership_config.membership().get_node(&config.id).is_some();
+                let is_member = m
+                    .membership_config
+                    .membership()
+                    .get_node(&config.id)
+                    .is_some();
                 (m.current_leader.is_some(), is_member)
             };
             let registered = replica.state().read(|s| {
@@ -209,7 +238,11 @@ async fn register_api_address(
                 };
                 match replica.write(command.encode()).await {
                     Ok(outcome) => {
-                        tracing::info!(replica = config.id, index = outcome.index, "API address registered");
+                        tracing::info!(
+                            replica = config.id,
+                            index = outcome.index,
+                            "API address registered"
+                        );
                         // Let the local state catch up before checking it again.
                         let _ = replica
                             .raft()

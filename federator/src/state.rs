@@ -12,7 +12,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 pub use command::{
-    Applied, Command, CommandError, CommandResult, decode_result as command_result, validate_probe_key,
+    Applied, Command, CommandError, CommandResult, decode_result as command_result,
+    validate_probe_key,
 };
 
 /// Format version of the snapshot encoding; bumped on incompatible changes.
@@ -55,13 +56,21 @@ impl FederationState {
     /// Applies a decoded command at `index`.
     pub fn apply_command(&mut self, index: u64, command: Command) -> CommandResult {
         match command {
-            Command::RegisterReplica { id, raft_addr, api_addr } => {
+            Command::RegisterReplica {
+                id,
+                raft_addr,
+                api_addr,
+            } => {
                 if id == 0 {
                     return Err(CommandError::invalid("id", "replica id must be positive"));
                 }
                 self.replicas.insert(
                     id,
-                    ReplicaRecord { raft_addr, api_addr, registered_at_index: index },
+                    ReplicaRecord {
+                        raft_addr,
+                        api_addr,
+                        registered_at_index: index,
+                    },
                 );
                 Ok(Applied::Done)
             }
@@ -79,7 +88,9 @@ impl FederationState {
                 entry.value = value;
                 entry.version += 1;
                 entry.modified_index = index;
-                Ok(Applied::Probe { version: entry.version })
+                Ok(Applied::Probe {
+                    version: entry.version,
+                })
             }
         }
     }
@@ -129,15 +140,25 @@ mod tests {
     use super::*;
 
     fn put(state: &mut FederationState, index: u64, key: &str, value: &[u8]) -> CommandResult {
-        let bytes = Command::PutProbe { key: key.into(), value: value.to_vec() }.encode();
+        let bytes = Command::PutProbe {
+            key: key.into(),
+            value: value.to_vec(),
+        }
+        .encode();
         command::decode_result(&state.apply(index, &bytes)).expect("result decodes")
     }
 
     #[test]
     fn probe_versions_count_writes() {
         let mut state = FederationState::default();
-        assert_eq!(put(&mut state, 1, "a", b"1"), Ok(Applied::Probe { version: 1 }));
-        assert_eq!(put(&mut state, 2, "a", b"2"), Ok(Applied::Probe { version: 2 }));
+        assert_eq!(
+            put(&mut state, 1, "a", b"1"),
+            Ok(Applied::Probe { version: 1 })
+        );
+        assert_eq!(
+            put(&mut state, 2, "a", b"2"),
+            Ok(Applied::Probe { version: 2 })
+        );
         assert_eq!(state.probes["a"].modified_index, 2);
     }
 

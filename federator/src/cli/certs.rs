@@ -10,7 +10,9 @@ use anyhow::{Context as _, bail};
 use serde::Serialize;
 
 use super::output::{OutputFormat, print};
-use crate::identity::{FederationCa, IssuedCertificate, admin_spiffe_id, replica_spiffe_id, validate_trust_domain};
+use crate::identity::{
+    FederationCa, IssuedCertificate, admin_spiffe_id, replica_spiffe_id, validate_trust_domain,
+};
 
 /// Create the federation's CA and certificates.
 #[derive(Debug, clap::Subcommand)]
@@ -73,17 +75,32 @@ struct Written {
 /// Runs a `certs` subcommand.
 pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode> {
     let written = match command {
-        CertsCommand::Init { dir, trust_domain, replicas, ips, dns, days, force } => {
+        CertsCommand::Init {
+            dir,
+            trust_domain,
+            replicas,
+            ips,
+            dns,
+            days,
+            force,
+        } => {
             validate_trust_domain(&trust_domain)?;
             if replicas == 0 {
                 bail!("--replicas must be at least 1");
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             if dir.join("ca.key").exists() && !force {
-                bail!("{} already holds a CA (ca.key); pass --force to replace it", dir.display());
+                bail!(
+                    "{} already holds a CA (ca.key); pass --force to replace it",
+                    dir.display()
+                );
             }
             let validity = days_to_duration(days);
-            let ca = FederationCa::generate(&trust_domain, &format!("Federator CA {trust_domain}"), validity)?;
+            let ca = FederationCa::generate(
+                &trust_domain,
+                &format!("Federator CA {trust_domain}"),
+                validity,
+            )?;
             write_private(&dir.join("ca.key"), &ca.key_pem())?;
             std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
             let mut written = vec![Written {
@@ -101,16 +118,34 @@ pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode>
             written.push(save(&dir, "admin", &spiffe_id, &issued)?);
             written
         }
-        CertsCommand::Issue { dir, replica, admin, trust_domain, ips, dns, days } => {
+        CertsCommand::Issue {
+            dir,
+            replica,
+            admin,
+            trust_domain,
+            ips,
+            dns,
+            days,
+        } => {
             validate_trust_domain(&trust_domain)?;
             let ca = FederationCa::from_pem(
-                &std::fs::read_to_string(dir.join("ca.pem")).with_context(|| format!("read {}/ca.pem", dir.display()))?,
-                &std::fs::read_to_string(dir.join("ca.key")).with_context(|| format!("read {}/ca.key", dir.display()))?,
+                &std::fs::read_to_string(dir.join("ca.pem"))
+                    .with_context(|| format!("read {}/ca.pem", dir.display()))?,
+                &std::fs::read_to_string(dir.join("ca.key"))
+                    .with_context(|| format!("read {}/ca.key", dir.display()))?,
             )?;
             let (name, spiffe_id, ips) = match (replica, admin) {
-                (Some(id), false) if id > 0 => (format!("replica-{id}"), replica_spiffe_id(&trust_domain, id), ips),
+                (Some(id), false) if id > 0 => (
+                    format!("replica-{id}"),
+                    replica_spiffe_id(&trust_domain, id),
+                    ips,
+                ),
                 (Some(_), false) => bail!("--replica must be a positive id"),
-                _ => ("admin".to_string(), admin_spiffe_id(&trust_domain), Vec::new()),
+                _ => (
+                    "admin".to_string(),
+                    admin_spiffe_id(&trust_domain),
+                    Vec::new(),
+                ),
             };
             let issued = ca.issue(&spiffe_id, &ips, &dns, days_to_duration(days))?;
             vec![save(&dir, &name, &spiffe_id, &issued)?]
@@ -119,7 +154,11 @@ pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode>
     print(out, &written, |w| {
         let mut t = super::output::table(&["SPIFFE ID", "CERTIFICATE", "KEY"]);
         for item in w {
-            t.add_row(vec![item.spiffe_id.clone(), item.cert.display().to_string(), item.key.display().to_string()]);
+            t.add_row(vec![
+                item.spiffe_id.clone(),
+                item.cert.display().to_string(),
+                item.key.display().to_string(),
+            ]);
         }
         println!("{t}");
     })?;
@@ -130,12 +169,21 @@ fn days_to_duration(days: u64) -> Duration {
     Duration::from_secs(days.saturating_mul(86_400))
 }
 
-fn save(dir: &Path, name: &str, spiffe_id: &str, issued: &IssuedCertificate) -> anyhow::Result<Written> {
+fn save(
+    dir: &Path,
+    name: &str,
+    spiffe_id: &str,
+    issued: &IssuedCertificate,
+) -> anyhow::Result<Written> {
     let cert = dir.join(format!("{name}.pem"));
     let key = dir.join(format!("{name}.key"));
     std::fs::write(&cert, &issued.cert_pem).with_context(|| format!("write {}", cert.display()))?;
     write_private(&key, &issued.key_pem)?;
-    Ok(Written { spiffe_id: spiffe_id.to_string(), cert, key })
+    Ok(Written {
+        spiffe_id: spiffe_id.to_string(),
+        cert,
+        key,
+    })
 }
 
 /// Writes a private key readable by the owner only.
@@ -149,6 +197,7 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
-    file.write_all(contents.as_bytes()).with_context(|| format!("write {}", path.display()))?;
+    file.write_all(contents.as_bytes())
+        .with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }

@@ -18,7 +18,12 @@ use crate::identity::TlsFiles;
 pub struct ConnectionArgs {
     /// Replicas to talk to: `unix:///path/admin.sock` or API addresses `host:port`,
     /// comma-separated.
-    #[arg(long, global = true, env = "FEDERATOR_ENDPOINTS", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "FEDERATOR_ENDPOINTS",
+        value_delimiter = ','
+    )]
     pub endpoints: Vec<String>,
     /// CA certificate (PEM) that replicas' certificates chain to.
     #[arg(long, global = true, env = "FEDERATOR_CA")]
@@ -40,7 +45,9 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection").field("endpoints", &self.endpoints).finish_non_exhaustive()
+        f.debug_struct("Connection")
+            .field("endpoints", &self.endpoints)
+            .finish_non_exhaustive()
     }
 }
 
@@ -57,8 +64,12 @@ impl Connection {
     /// # Errors
     /// No endpoint, or unusable certificate files.
     pub fn new(args: &ConnectionArgs) -> anyhow::Result<Self> {
-        let endpoints: Vec<String> =
-            args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        let endpoints: Vec<String> = args
+            .endpoints
+            .iter()
+            .map(|e| e.trim().to_string())
+            .filter(|e| !e.is_empty())
+            .collect();
         if endpoints.is_empty() {
             bail!(
                 "no federator endpoint: pass --endpoints (or set FEDERATOR_ENDPOINTS) to a replica's \
@@ -67,11 +78,17 @@ impl Connection {
         }
         let tls = match (&args.ca, &args.cert, &args.key) {
             (Some(ca), Some(cert), Some(key)) => {
-                let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
+                let files = TlsFiles {
+                    ca: ca.clone(),
+                    cert: cert.clone(),
+                    key: key.clone(),
+                };
                 Some(files.load()?.client_config()?)
             }
             (None, None, None) => None,
-            _ => bail!("--ca, --cert and --key go together (FEDERATOR_CA, FEDERATOR_CERT, FEDERATOR_KEY)"),
+            _ => bail!(
+                "--ca, --cert and --key go together (FEDERATOR_CA, FEDERATOR_CERT, FEDERATOR_KEY)"
+            ),
         };
         Ok(Self { endpoints, tls })
     }
@@ -151,7 +168,11 @@ impl Connection {
     /// It did not answer.
     pub async fn status_of(&self, endpoint: &str) -> anyhow::Result<ReplicaStatus> {
         let mut client = self.admin(endpoint).await?;
-        Ok(client.status(StatusRequest {}).await.map_err(status_error)?.into_inner())
+        Ok(client
+            .status(StatusRequest {})
+            .await
+            .map_err(status_error)?
+            .into_inner())
     }
 
     /// A client of the current leader: asks the endpoints who leads and connects to the
@@ -162,7 +183,10 @@ impl Connection {
     pub async fn leader(&self) -> anyhow::Result<AdminClient<Channel>> {
         let (endpoint, status) = self.first_status().await?;
         if !status.has_leader {
-            bail!("replica {} knows no leader (election in progress or no quorum)", status.id);
+            bail!(
+                "replica {} knows no leader (election in progress or no quorum)",
+                status.id
+            );
         }
         if status.leader_id == status.id {
             return self.admin(&endpoint).await;
@@ -176,7 +200,10 @@ impl Connection {
             .filter(|a| !a.is_empty());
         match leader_api {
             Some(addr) => self.admin(&addr).await,
-            None => bail!("the leader, replica {}, has not registered its API address yet", status.leader_id),
+            None => bail!(
+                "the leader, replica {}, has not registered its API address yet",
+                status.leader_id
+            ),
         }
     }
 }

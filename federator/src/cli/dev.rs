@@ -50,7 +50,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let (root, _temp) = match &args.dir {
         Some(dir) => (super::expand_home(dir.clone()), None),
         None => {
-            let temp = tempfile::Builder::new().prefix("federator-dev-").tempdir()?;
+            let temp = tempfile::Builder::new()
+                .prefix("federator-dev-")
+                .tempdir()?;
             (temp.path().to_path_buf(), Some(temp))
         }
     };
@@ -94,7 +96,10 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Err(error) = outcome {
         progress.finish();
         stop_all(&mut replicas).await;
-        return Err(error.context(format!("replica logs are in {}/replica-*/server.log", root.display())));
+        return Err(error.context(format!(
+            "replica logs are in {}/replica-*/server.log",
+            root.display()
+        )));
     }
     progress.finish();
 
@@ -108,12 +113,22 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         supervise(&exe, &mut replicas, args.restart_after);
         let view = status::collect(&connection).await;
-        render(interactive, &root, &env, &replicas, view.as_ref().map_err(ToString::to_string));
+        render(
+            interactive,
+            &root,
+            &env,
+            &replicas,
+            view.as_ref().map_err(ToString::to_string),
+        );
     }
     eprintln!("\nstopping {} replicas…", replicas.len());
     stop_all(&mut replicas).await;
     if args.dir.is_some() {
-        eprintln!("state kept in {}; run `federator dev --dir {}` to resume", root.display(), root.display());
+        eprintln!(
+            "state kept in {}; run `federator dev --dir {}` to resume",
+            root.display(),
+            root.display()
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -136,7 +151,10 @@ fn prepare_replica(root: &Path, certs: &Path, id: u64) -> anyhow::Result<DevRepl
             ),
         )?;
     }
-    let parsed = crate::config::ServerConfig::load(Some(&config), &crate::config::ServerOverrides::default())?;
+    let parsed = crate::config::ServerConfig::load(
+        Some(&config),
+        &crate::config::ServerOverrides::default(),
+    )?;
     Ok(DevReplica {
         id,
         dir,
@@ -148,15 +166,23 @@ fn prepare_replica(root: &Path, certs: &Path, id: u64) -> anyhow::Result<DevRepl
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn spawn(exe: &Path, replica: &DevReplica) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(replica.dir.join("server.log"))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(replica.dir.join("server.log"))?;
     Command::new(exe)
         .args(["server", "--config"])
         .arg(replica.dir.join("server.toml"))
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+        .env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -182,12 +208,18 @@ fn write_env(root: &Path, certs: &Path, replicas: &[DevReplica]) -> anyhow::Resu
 }
 
 /// Initializes the group on replica 1 unless it already has a log, then adds the others.
-async fn form_group(connection: &Connection, replicas: &[DevReplica], progress: &Progress) -> anyhow::Result<()> {
+async fn form_group(
+    connection: &Connection,
+    replicas: &[DevReplica],
+    progress: &Progress,
+) -> anyhow::Result<()> {
     progress.step("waiting for replicas to answer");
     for replica in replicas {
-        wait(&format!("replica {} to answer", replica.id), Duration::from_secs(30), || async {
-            connection.status_of(&replica.api_addr).await.ok()
-        })
+        wait(
+            &format!("replica {} to answer", replica.id),
+            Duration::from_secs(30),
+            || async { connection.status_of(&replica.api_addr).await.ok() },
+        )
         .await?;
     }
     let first = connection.status_of(&replicas[0].api_addr).await?;
@@ -196,13 +228,19 @@ async fn form_group(connection: &Connection, replicas: &[DevReplica], progress: 
         connection
             .admin(&replicas[0].api_addr)
             .await?
-            .initialize(pb::InitializeRequest { members: Vec::new() })
+            .initialize(pb::InitializeRequest {
+                members: Vec::new(),
+            })
             .await
             .map_err(super::client::status_error)?;
     }
     progress.step("electing a leader");
     wait("a leader", Duration::from_secs(30), || async {
-        connection.status_of(&replicas[0].api_addr).await.ok().filter(|s| s.has_leader)
+        connection
+            .status_of(&replicas[0].api_addr)
+            .await
+            .ok()
+            .filter(|s| s.has_leader)
     })
     .await?;
     for replica in &replicas[1..] {
@@ -212,16 +250,29 @@ async fn form_group(connection: &Connection, replicas: &[DevReplica], progress: 
             progress.step(&format!("adding replica {}", replica.id));
             let mut leader = connection.leader().await?;
             leader
-                .add_member(pb::AddMemberRequest { id: replica.id, addr: replica.raft_addr.clone(), learner_only: false })
+                .add_member(pb::AddMemberRequest {
+                    id: replica.id,
+                    addr: replica.raft_addr.clone(),
+                    learner_only: false,
+                })
                 .await
                 .map_err(super::client::status_error)?;
         }
     }
     progress.step("waiting for every replica to be healthy");
-    wait("every replica to know the leader", Duration::from_secs(30), || async {
-        let view = status::collect(connection).await.ok()?;
-        (view.quorum && view.replicas.iter().all(|r| r.reachable && r.lag.is_some_and(|l| l < 10))).then_some(())
-    })
+    wait(
+        "every replica to know the leader",
+        Duration::from_secs(30),
+        || async {
+            let view = status::collect(connection).await.ok()?;
+            (view.quorum
+                && view
+                    .replicas
+                    .iter()
+                    .all(|r| r.reachable && r.lag.is_some_and(|l| l < 10)))
+            .then_some(())
+        },
+    )
     .await
 }
 
@@ -245,13 +296,15 @@ where
 /// Notices dead replicas and restarts them after `restart_after` seconds.
 fn supervise(exe: &Path, replicas: &mut [DevReplica], restart_after: u64) {
     for replica in replicas.iter_mut() {
-        if let Some(child) = replica.child.as_mut() {
-            if let Ok(Some(_)) = child.try_wait() {
-                replica.child = None;
-                replica.died_at = Some(Instant::now());
-            }
+        if let Some(child) = replica.child.as_mut()
+            && let Ok(Some(_)) = child.try_wait()
+        {
+            replica.child = None;
+            replica.died_at = Some(Instant::now());
         }
-        let due = replica.died_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(restart_after));
+        let due = replica
+            .died_at
+            .is_some_and(|t| t.elapsed() >= Duration::from_secs(restart_after));
         if replica.child.is_none() && restart_after > 0 && due {
             match spawn(exe, replica) {
                 Ok(child) => {
@@ -275,14 +328,25 @@ fn render(
         // Clear the screen and home the cursor.
         print!("\x1b[2J\x1b[H");
     }
-    println!("federator dev — {} replicas on loopback, state in {}", replicas.len(), root.display());
+    println!(
+        "federator dev — {} replicas on loopback, state in {}",
+        replicas.len(),
+        root.display()
+    );
     match view {
         Ok(view) => {
             status::print_view_table(view, false);
             let down: Vec<String> = replicas
                 .iter()
                 .filter(|r| r.child.is_none())
-                .map(|r| format!("replica {} is down{}", r.id, r.died_at.map_or(String::new(), |t| format!(" ({}s)", t.elapsed().as_secs()))))
+                .map(|r| {
+                    format!(
+                        "replica {} is down{}",
+                        r.id,
+                        r.died_at
+                            .map_or(String::new(), |t| format!(" ({}s)", t.elapsed().as_secs()))
+                    )
+                })
                 .collect();
             if !down.is_empty() {
                 println!("{}", down.join("; "));
@@ -296,9 +360,13 @@ fn render(
             println!("  federator status                      # what you see here");
             println!("  federator probe put hello world       # a replicated write");
             if let Some(pid) = leader_pid {
-                println!("  kill -9 {pid}                         # kill the leader; watch the failover");
+                println!(
+                    "  kill -9 {pid}                         # kill the leader; watch the failover"
+                );
             }
-            println!("  federator raft status -o json         # every replica's indexes and digest");
+            println!(
+                "  federator raft status -o json         # every replica's indexes and digest"
+            );
         }
         Err(error) => println!("no replica answered: {error}"),
     }
@@ -306,18 +374,21 @@ fn render(
 }
 
 async fn stop_all(replicas: &mut [DevReplica]) {
-    for replica in replicas.iter_mut() {
-        if let Some(child) = replica.child.as_mut() {
-            if let Some(pid) = child.id() {
-                let _ = std::process::Command::new("kill").args(["-TERM", &pid.to_string()]).status();
-            }
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+    // SIGTERM every replica first so they stop together, then reap (SIGKILL stragglers).
+    for child in replicas.iter().filter_map(|r| r.child.as_ref()) {
+        if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+            let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
     for replica in replicas.iter_mut() {
-        if let Some(mut child) = replica.child.take() {
-            if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
-                let _ = child.kill().await;
-            }
+        if let Some(mut child) = replica.child.take()
+            && tokio::time::timeout(Duration::from_secs(5), child.wait())
+                .await
+                .is_err()
+        {
+            let _ = child.kill().await;
         }
     }
 }
@@ -331,9 +402,15 @@ struct Progress {
 impl Progress {
     fn new() -> Self {
         let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg} ({elapsed})").unwrap_or_else(|_| ProgressStyle::default_spinner()));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
         bar.enable_steady_tick(Duration::from_millis(120));
-        Self { bar, started: Instant::now() }
+        Self {
+            bar,
+            started: Instant::now(),
+        }
     }
 
     fn step(&self, message: &str) {

@@ -16,7 +16,11 @@ pub enum OutputFormat {
 }
 
 /// Prints `value` as JSON or YAML, or calls `table` to print it for humans.
-pub fn print<T: Serialize>(format: OutputFormat, value: &T, table: impl FnOnce(&T)) -> anyhow::Result<()> {
+pub fn print<T: Serialize>(
+    format: OutputFormat,
+    value: &T,
+    table: impl FnOnce(&T),
+) -> anyhow::Result<()> {
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
         OutputFormat::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),

@@ -48,16 +48,28 @@ struct ProbeView {
 }
 
 /// Runs a `probe` subcommand.
-pub async fn run(command: ProbeCommand, args: &ConnectionArgs, out: OutputFormat) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    command: ProbeCommand,
+    args: &ConnectionArgs,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     let connection = Connection::new(args)?;
     let mut client = connection.admin(&connection.endpoints()[0]).await?;
     let consistency = |stale: bool| {
-        if stale { pb::Consistency::Stale } else { pb::Consistency::Linearizable }.into()
+        if stale {
+            pb::Consistency::Stale
+        } else {
+            pb::Consistency::Linearizable
+        }
+        .into()
     };
     match command {
         ProbeCommand::Put { key, value } => {
             let r = client
-                .put(pb::PutRequest { key: key.clone(), value: value.into_bytes() })
+                .put(pb::PutRequest {
+                    key: key.clone(),
+                    value: value.into_bytes(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -67,14 +79,28 @@ pub async fn run(command: ProbeCommand, args: &ConnectionArgs, out: OutputFormat
                 index: u64,
                 version: u64,
             }
-            print(out, &Put { key, index: r.index, version: r.version }, |p| {
-                println!("{} written at log index {} (version {})", p.key, p.index, p.version);
-            })?;
+            print(
+                out,
+                &Put {
+                    key,
+                    index: r.index,
+                    version: r.version,
+                },
+                |p| {
+                    println!(
+                        "{} written at log index {} (version {})",
+                        p.key, p.index, p.version
+                    );
+                },
+            )?;
             Ok(ExitCode::SUCCESS)
         }
         ProbeCommand::Get { key, stale } => {
             let r = client
-                .get(pb::GetRequest { key: key.clone(), consistency: consistency(stale) })
+                .get(pb::GetRequest {
+                    key: key.clone(),
+                    consistency: consistency(stale),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -82,20 +108,31 @@ pub async fn run(command: ProbeCommand, args: &ConnectionArgs, out: OutputFormat
                 eprintln!("{key}: not found (applied index {})", r.applied_index);
                 return Ok(ExitCode::FAILURE);
             }
-            let view = ProbeView { key, value: String::from_utf8_lossy(&r.value).into_owned(), version: r.version };
+            let view = ProbeView {
+                key,
+                value: String::from_utf8_lossy(&r.value).into_owned(),
+                version: r.version,
+            };
             print(out, &view, |v| println!("{}", v.value))?;
             Ok(ExitCode::SUCCESS)
         }
         ProbeCommand::List { prefix, stale } => {
             let r = client
-                .list_probes(pb::ListProbesRequest { prefix, consistency: consistency(stale) })
+                .list_probes(pb::ListProbesRequest {
+                    prefix,
+                    consistency: consistency(stale),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
             let views: Vec<ProbeView> = r
                 .entries
                 .into_iter()
-                .map(|e| ProbeView { key: e.key, value: String::from_utf8_lossy(&e.value).into_owned(), version: e.version })
+                .map(|e| ProbeView {
+                    key: e.key,
+                    value: String::from_utf8_lossy(&e.value).into_owned(),
+                    version: e.version,
+                })
                 .collect();
             print(out, &views, |vs| {
                 let mut t = table(&["KEY", "VERSION", "VALUE"]);

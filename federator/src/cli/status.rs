@@ -70,7 +70,11 @@ pub struct GroupView {
 }
 
 /// Runs `federator status`.
-pub async fn run(_args: StatusArgs, args: &ConnectionArgs, out: OutputFormat) -> anyhow::Result<ExitCode> {
+pub async fn run(
+    _args: StatusArgs,
+    args: &ConnectionArgs,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     let connection = Connection::new(args)?;
     print_replicas(&connection, out, false).await
 }
@@ -85,16 +89,27 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
         .voters
         .iter()
         .map(|m| (m.id, "voter", m.addr.clone(), m.api_addr.clone()))
-        .chain(first.learners.iter().map(|m| (m.id, "learner", m.addr.clone(), m.api_addr.clone())))
+        .chain(
+            first
+                .learners
+                .iter()
+                .map(|m| (m.id, "learner", m.addr.clone(), m.api_addr.clone())),
+        )
         .collect();
     let lookups = members.iter().map(|(id, _, _, api)| {
         let connection = connection.clone();
-        let endpoint = if *id == first.id { first_endpoint.clone() } else { api.clone() };
+        let endpoint = if *id == first.id {
+            first_endpoint.clone()
+        } else {
+            api.clone()
+        };
         async move {
             if endpoint.is_empty() {
                 return Err(anyhow::anyhow!("API address not registered yet"));
             }
-            match tokio::time::timeout(Duration::from_secs(3), connection.status_of(&endpoint)).await {
+            match tokio::time::timeout(Duration::from_secs(3), connection.status_of(&endpoint))
+                .await
+            {
                 Ok(result) => result,
                 Err(_) => Err(anyhow::anyhow!("no answer within 3s")),
             }
@@ -107,8 +122,17 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
         .find(|s| s.role() == Role::Leader)
         .map(|s| s.last_log_index);
     let mut view = GroupView {
-        leader: statuses.iter().flatten().find(|s| s.role() == Role::Leader).map(|s| s.id),
-        term: statuses.iter().flatten().map(|s| s.term).max().unwrap_or(first.term),
+        leader: statuses
+            .iter()
+            .flatten()
+            .find(|s| s.role() == Role::Leader)
+            .map(|s| s.id),
+        term: statuses
+            .iter()
+            .flatten()
+            .map(|s| s.term)
+            .max()
+            .unwrap_or(first.term),
         voters_up: 0,
         voters: first.voters.len(),
         quorum: false,
@@ -170,16 +194,26 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
 ///
 /// # Errors
 /// No endpoint answered.
-pub async fn print_replicas(connection: &Connection, out: OutputFormat, detailed: bool) -> anyhow::Result<ExitCode> {
+pub async fn print_replicas(
+    connection: &Connection,
+    out: OutputFormat,
+    detailed: bool,
+) -> anyhow::Result<ExitCode> {
     let view = collect(connection).await?;
     print(out, &view, |v| print_view_table(v, detailed))?;
-    Ok(if view.quorum { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if view.quorum {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// Prints the group as a summary line and a table of replicas (with raft details when
 /// `detailed`).
 pub fn print_view_table(v: &GroupView, detailed: bool) {
-    let leader = v.leader.map_or_else(|| "none".to_string(), |l| l.to_string());
+    let leader = v
+        .leader
+        .map_or_else(|| "none".to_string(), |l| l.to_string());
     println!(
         "leader: {leader}  term: {}  voters up: {}/{}  quorum: {}",
         v.term,
@@ -187,7 +221,18 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
         v.voters,
         if v.quorum { "yes" } else { "NO" }
     );
-    let mut header = vec!["ID", "ROLE", "RAFT ADDR", "API ADDR", "PID", "TERM", "LAST LOG", "COMMIT", "APPLIED", "LAG"];
+    let mut header = vec![
+        "ID",
+        "ROLE",
+        "RAFT ADDR",
+        "API ADDR",
+        "PID",
+        "TERM",
+        "LAST LOG",
+        "COMMIT",
+        "APPLIED",
+        "LAG",
+    ];
     if detailed {
         header.extend(["SNAPSHOT", "PURGED", "DIGEST@INDEX"]);
     }
@@ -222,7 +267,11 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
     }
     println!("{t}");
     for r in v.replicas.iter().filter(|r| !r.reachable) {
-        println!("replica {}: {}", r.id, r.error.as_deref().unwrap_or("unreachable"));
+        println!(
+            "replica {}: {}",
+            r.id,
+            r.error.as_deref().unwrap_or("unreachable")
+        );
     }
 }
 

@@ -4,8 +4,8 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose,
-    IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
 };
 
 use super::IdentityError;
@@ -38,7 +38,11 @@ impl FederationCa {
     ///
     /// # Errors
     /// Key or certificate generation failed.
-    pub fn generate(td: &str, common_name: &str, validity: Duration) -> Result<Self, IdentityError> {
+    pub fn generate(
+        td: &str,
+        common_name: &str,
+        validity: Duration,
+    ) -> Result<Self, IdentityError> {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, common_name);
@@ -50,12 +54,14 @@ impl FederationCa {
             KeyUsagePurpose::CrlSign,
             KeyUsagePurpose::DigitalSignature,
         ];
-        params.subject_alt_names =
-            vec![SanType::URI(format!("spiffe://{td}").try_into()?)];
+        params.subject_alt_names = vec![SanType::URI(format!("spiffe://{td}").try_into()?)];
         set_validity(&mut params, validity);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
+        Ok(Self {
+            cert_pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        })
     }
 
     /// Loads a CA from its certificate and key, both PEM.
@@ -65,7 +71,10 @@ impl FederationCa {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, IdentityError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(Self { cert_pem: cert_pem.to_string(), issuer })
+        Ok(Self {
+            cert_pem: cert_pem.to_string(),
+            issuer,
+        })
     }
 
     /// The CA certificate, PEM.
@@ -97,10 +106,14 @@ impl FederationCa {
         dn.push(DnType::CommonName, spiffe_id);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages =
-            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
-        params.extended_key_usages =
-            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
         let mut sans = vec![SanType::URI(spiffe_id.try_into()?)];
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         for name in dns_names {
@@ -111,7 +124,10 @@ impl FederationCa {
         set_validity(&mut params, validity);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+        Ok(IssuedCertificate {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
     }
 }
 
@@ -129,8 +145,8 @@ mod tests {
 
     #[test]
     fn issued_certificate_carries_its_spiffe_id() {
-        let ca = FederationCa::generate("fed.test", "test CA", Duration::from_secs(3600))
-            .expect("ca");
+        let ca =
+            FederationCa::generate("fed.test", "test CA", Duration::from_secs(3600)).expect("ca");
         let leaf = ca
             .issue(
                 "spiffe://fed.test/federator/replica/1",
@@ -147,7 +163,12 @@ mod tests {
         );
         let reloaded = FederationCa::from_pem(ca.cert_pem(), &ca.key_pem()).expect("reload");
         reloaded
-            .issue("spiffe://fed.test/federator/admin", &[], &[], Duration::from_secs(60))
+            .issue(
+                "spiffe://fed.test/federator/admin",
+                &[],
+                &[],
+                Duration::from_secs(60),
+            )
             .expect("reloaded CA issues");
     }
 }

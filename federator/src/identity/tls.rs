@@ -63,7 +63,10 @@ fn read_file(field: &'static str, path: &Path) -> Result<Vec<u8>, IdentityError>
     })
 }
 
-fn read_certs(field: &'static str, path: &Path) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+fn read_certs(
+    field: &'static str,
+    path: &Path,
+) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let pem = read_file(field, path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -92,7 +95,9 @@ impl TlsMaterial {
     fn roots(&self) -> Result<RootCertStore, IdentityError> {
         let mut roots = RootCertStore::empty();
         for cert in &self.ca {
-            roots.add(cert.clone()).map_err(|e| IdentityError::Tls(format!("CA certificate: {e}")))?;
+            roots
+                .add(cert.clone())
+                .map_err(|e| IdentityError::Tls(format!("CA certificate: {e}")))?;
         }
         Ok(roots)
     }
@@ -139,10 +144,14 @@ impl TlsMaterial {
 pub fn peer_spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    let mut uris = san.value.general_names.iter().filter_map(|name| match name {
-        GeneralName::URI(uri) => Some(*uri),
-        _ => None,
-    });
+    let mut uris = san
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        });
     let first = uris.next()?;
     if uris.next().is_some() || !first.starts_with("spiffe://") {
         return None;

@@ -44,7 +44,11 @@ impl AdminService {
 
     /// Refuses callers that are neither on the admin socket nor the admin identity.
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if request.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some() {
+        if request
+            .extensions()
+            .get::<tonic::transport::server::UdsConnectInfo>()
+            .is_some()
+        {
             return Ok(());
         }
         let peer = request
@@ -74,7 +78,10 @@ impl AdminService {
         let member = |id: u64, addr: &str| pb::MemberAddr {
             id,
             addr: addr.to_string(),
-            api_addr: replicas.get(&id).map(|r| r.api_addr.clone()).unwrap_or_default(),
+            api_addr: replicas
+                .get(&id)
+                .map(|r| r.api_addr.clone())
+                .unwrap_or_default(),
         };
         let voters: Vec<_> = membership
             .voter_ids()
@@ -94,7 +101,11 @@ impl AdminService {
         let matched: BTreeMap<u64, u64> = m
             .replication
             .as_ref()
-            .map(|r| r.iter().map(|(id, log)| (*id, log.map_or(0, |l| l.index))).collect())
+            .map(|r| {
+                r.iter()
+                    .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
+                    .collect()
+            })
             .unwrap_or_default();
         let applied = m.last_applied.map_or(0, |l| l.index);
         pb::ReplicaStatus {
@@ -134,8 +145,10 @@ fn quorum_index(matched: &BTreeMap<u64, u64>, voters: Vec<u64>, fallback: u64) -
     if voters.is_empty() {
         return fallback;
     }
-    let mut indexes: Vec<u64> =
-        voters.iter().map(|id| matched.get(id).copied().unwrap_or(0)).collect();
+    let mut indexes: Vec<u64> = voters
+        .iter()
+        .map(|id| matched.get(id).copied().unwrap_or(0))
+        .collect();
     indexes.sort_unstable_by(|a, b| b.cmp(a));
     indexes[voters.len() / 2]
 }
@@ -143,7 +156,11 @@ fn quorum_index(matched: &BTreeMap<u64, u64>, voters: Vec<u64>, fallback: u64) -
 /// Maps a replica error to the gRPC status an operator should see.
 pub fn replica_status(error: ReplicaError) -> Status {
     match error {
-        ReplicaError::NotLeader { leader_id, ref leader_addr, .. } => {
+        ReplicaError::NotLeader {
+            leader_id,
+            ref leader_addr,
+            ..
+        } => {
             let mut status = Status::failed_precondition(error.to_string());
             if let Ok(v) = leader_id.to_string().parse() {
                 status.metadata_mut().insert("x-leader-id", v);
@@ -153,7 +170,9 @@ pub fn replica_status(error: ReplicaError) -> Status {
             }
             status
         }
-        ReplicaError::NoLeader | ReplicaError::Forward { .. } => Status::unavailable(error.to_string()),
+        ReplicaError::NoLeader | ReplicaError::Forward { .. } => {
+            Status::unavailable(error.to_string())
+        }
         ReplicaError::NotInitialized => Status::failed_precondition(error.to_string()),
         ReplicaError::Timeout(..) => Status::deadline_exceeded(error.to_string()),
         ReplicaError::Membership(_) | ReplicaError::Config(_) => {
@@ -179,7 +198,10 @@ fn consistency(value: i32) -> Consistency {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
-    async fn status(&self, request: Request<pb::StatusRequest>) -> Result<Response<pb::ReplicaStatus>, Status> {
+    async fn status(
+        &self,
+        request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::ReplicaStatus>, Status> {
         self.authorize(&request)?;
         Ok(Response::new(self.status()))
     }
@@ -189,8 +211,16 @@ impl Admin for AdminService {
         request: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::InitializeResponse>, Status> {
         self.authorize(&request)?;
-        let members = request.into_inner().members.into_iter().map(|m| (m.id, m.addr)).collect();
-        self.replica.initialize(members).await.map_err(replica_status)?;
+        let members = request
+            .into_inner()
+            .members
+            .into_iter()
+            .map(|m| (m.id, m.addr))
+            .collect();
+        self.replica
+            .initialize(members)
+            .await
+            .map_err(replica_status)?;
         Ok(Response::new(pb::InitializeResponse {}))
     }
 
@@ -204,9 +234,16 @@ impl Admin for AdminService {
             return Err(Status::invalid_argument("id: must be a positive integer"));
         }
         if r.addr.parse::<std::net::SocketAddr>().is_err() {
-            return Err(Status::invalid_argument(format!("addr: {:?} is not an IP:port address", r.addr)));
+            return Err(Status::invalid_argument(format!(
+                "addr: {:?} is not an IP:port address",
+                r.addr
+            )));
         }
-        let index = self.replica.add_member(r.id, r.addr, r.learner_only).await.map_err(replica_status)?;
+        let index = self
+            .replica
+            .add_member(r.id, r.addr, r.learner_only)
+            .await
+            .map_err(replica_status)?;
         Ok(Response::new(self.membership_response(index)))
     }
 
@@ -216,42 +253,74 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         self.authorize(&request)?;
         let id = request.into_inner().id;
-        let index = self.replica.remove_member(id).await.map_err(replica_status)?;
-        if let Err(error) = self.replica.write(Command::UnregisterReplica { id }.encode()).await {
+        let index = self
+            .replica
+            .remove_member(id)
+            .await
+            .map_err(replica_status)?;
+        if let Err(error) = self
+            .replica
+            .write(Command::UnregisterReplica { id }.encode())
+            .await
+        {
             tracing::warn!(%error, replica = id, "removed replica stays registered");
         }
         Ok(Response::new(self.membership_response(index)))
     }
 
-    async fn put(&self, request: Request<pb::PutRequest>) -> Result<Response<pb::PutResponse>, Status> {
+    async fn put(
+        &self,
+        request: Request<pb::PutRequest>,
+    ) -> Result<Response<pb::PutResponse>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
         crate::state::validate_probe_key(&r.key).map_err(command_status)?;
         let outcome = self
             .replica
-            .write(Command::PutProbe { key: r.key, value: r.value }.encode())
+            .write(
+                Command::PutProbe {
+                    key: r.key,
+                    value: r.value,
+                }
+                .encode(),
+            )
             .await
             .map_err(replica_status)?;
         match command_result(&outcome.response).map_err(command_status)? {
-            Ok(Applied::Probe { version }) => {
-                Ok(Response::new(pb::PutResponse { index: outcome.index, version }))
-            }
+            Ok(Applied::Probe { version }) => Ok(Response::new(pb::PutResponse {
+                index: outcome.index,
+                version,
+            })),
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(error) => Err(command_status(error)),
         }
     }
 
-    async fn get(&self, request: Request<pb::GetRequest>) -> Result<Response<pb::GetResponse>, Status> {
+    async fn get(
+        &self,
+        request: Request<pb::GetRequest>,
+    ) -> Result<Response<pb::GetResponse>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
         let (value, applied_index) = self
             .replica
-            .read(consistency(r.consistency), |s| s.probes.get(&r.key).cloned())
+            .read(consistency(r.consistency), |s| {
+                s.probes.get(&r.key).cloned()
+            })
             .await
             .map_err(replica_status)?;
         Ok(Response::new(match value {
-            Some(v) => pb::GetResponse { found: true, value: v.value, version: v.version, applied_index },
-            None => pb::GetResponse { found: false, applied_index, ..Default::default() },
+            Some(v) => pb::GetResponse {
+                found: true,
+                value: v.value,
+                version: v.version,
+                applied_index,
+            },
+            None => pb::GetResponse {
+                found: false,
+                applied_index,
+                ..Default::default()
+            },
         }))
     }
 
@@ -267,15 +336,25 @@ impl Admin for AdminService {
                 s.probes
                     .range(r.prefix.clone()..)
                     .take_while(|(k, _)| k.starts_with(&r.prefix))
-                    .map(|(k, v)| pb::ProbeEntry { key: k.clone(), value: v.value.clone(), version: v.version })
+                    .map(|(k, v)| pb::ProbeEntry {
+                        key: k.clone(),
+                        value: v.value.clone(),
+                        version: v.version,
+                    })
                     .collect()
             })
             .await
             .map_err(replica_status)?;
-        Ok(Response::new(pb::ListProbesResponse { entries, applied_index }))
+        Ok(Response::new(pb::ListProbesResponse {
+            entries,
+            applied_index,
+        }))
     }
 
-    async fn digest(&self, request: Request<pb::DigestRequest>) -> Result<Response<pb::DigestResponse>, Status> {
+    async fn digest(
+        &self,
+        request: Request<pb::DigestRequest>,
+    ) -> Result<Response<pb::DigestResponse>, Status> {
         self.authorize(&request)?;
         let (applied, digest) = self.replica.state().digest();
         Ok(Response::new(pb::DigestResponse {
@@ -290,15 +369,25 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
         self.authorize(&request)?;
         let purge = request.into_inner().purge;
-        let snapshot_index = self.replica.snapshot_now(purge).await.map_err(replica_status)?;
-        Ok(Response::new(pb::TriggerSnapshotResponse { snapshot_index }))
+        let snapshot_index = self
+            .replica
+            .snapshot_now(purge)
+            .await
+            .map_err(replica_status)?;
+        Ok(Response::new(pb::TriggerSnapshotResponse {
+            snapshot_index,
+        }))
     }
 }
 
 impl AdminService {
     fn membership_response(&self, log_index: u64) -> pb::MembershipResponse {
         let status = self.status();
-        pb::MembershipResponse { voters: status.voters, learners: status.learners, log_index }
+        pb::MembershipResponse {
+            voters: status.voters,
+            learners: status.learners,
+            log_index,
+        }
     }
 }
 

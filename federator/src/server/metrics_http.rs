@@ -28,7 +28,11 @@ pub fn register_build_info(registry: &mut Registry, replica: u64) {
             replica: replica.to_string(),
         })
         .set(1);
-    registry.register("federator_build_info", "Build of this federator replica", family);
+    registry.register(
+        "federator_build_info",
+        "Build of this federator replica",
+        family,
+    );
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` resolves.
@@ -46,7 +50,10 @@ pub async fn serve(
                 let mut body = String::new();
                 match prometheus_client::encoding::text::encode(&mut body, &registry) {
                     Ok(()) => (
-                        [(CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")],
+                        [(
+                            CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
                         body,
                     )
                         .into_response(),
@@ -59,5 +66,7 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
+    axum::serve(listener, app)
+        .with_graceful_shutdown(stop)
+        .await
 }

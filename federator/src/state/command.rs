@@ -66,7 +66,10 @@ pub enum CommandError {
 impl CommandError {
     /// An invalid-field refusal.
     pub fn invalid(field: &str, rule: &str) -> Self {
-        Self::Invalid { field: field.to_string(), rule: rule.to_string() }
+        Self::Invalid {
+            field: field.to_string(),
+            rule: rule.to_string(),
+        }
     }
 }
 
@@ -101,7 +104,10 @@ pub fn validate_probe_key(key: &str) -> Result<(), CommandError> {
         return Err(CommandError::invalid("key", "must be 1 to 256 characters"));
     }
     if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(CommandError::invalid("key", "must be printable ASCII without spaces"));
+        return Err(CommandError::invalid(
+            "key",
+            "must be printable ASCII without spaces",
+        ));
     }
     Ok(())
 }
