@@ -93,10 +93,7 @@ pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::
         };
         systems.push(figures.with_context(|| format!("benchmarking {}", system.name()))?);
     }
-    Ok(RaftReport {
-        config: config.clone(),
-        systems,
-    })
+    Ok(RaftReport { config: config.clone(), systems })
 }
 
 /// Load phases (one per client count), then failover trials, against one group.
@@ -121,21 +118,14 @@ async fn measure<T: KvTarget>(
     }
     let failover = failover::trials(target, config.trials, config.value_size, progress).await?;
     progress.println(format!("{name:>9} {}", failover.summary()));
-    Ok(SystemFigures {
-        system: name,
-        phases,
-        failover,
-    })
+    Ok(SystemFigures { system: name, phases, failover })
 }
 
 /// Waits until `target` is healthy and returns its leader, naming the system on failure.
 async fn healthy_leader<T: KvTarget>(target: &mut T) -> anyhow::Result<u64> {
     let started = Instant::now();
-    target.wait_healthy(HEALTHY_TIMEOUT).await.with_context(|| {
-        format!(
-            "{} not healthy after {:?}",
-            target.name(),
-            started.elapsed()
-        )
-    })
+    target
+        .wait_healthy(HEALTHY_TIMEOUT)
+        .await
+        .with_context(|| format!("{} not healthy after {:?}", target.name(), started.elapsed()))
 }

@@ -121,26 +121,16 @@ impl Federation {
     /// # Errors
     /// The certificates could not be created.
     pub fn new(max_replicas: u64) -> anyhow::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("federator-e2e-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("federator-e2e-").tempdir()?;
         let certs = dir.path().join("certs");
         let trust_domain = "federation.test".to_string();
         let out = Command::new(federator_bin())
             .args(["certs", "init"])
             .arg(&certs)
-            .args([
-                "--trust-domain",
-                &trust_domain,
-                "--replicas",
-                &max_replicas.to_string(),
-            ])
+            .args(["--trust-domain", &trust_domain, "--replicas", &max_replicas.to_string()])
             .output()?;
         if !out.status.success() {
-            bail!(
-                "certs init failed: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("certs init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
         Ok(Self {
             dir,
@@ -209,15 +199,8 @@ impl Federation {
             ),
         )?;
         let log = data_dir.join("server.log");
-        let mut process = ReplicaProcess {
-            id,
-            raft_addr,
-            api_addr,
-            metrics_addr,
-            data_dir,
-            log,
-            child: None,
-        };
+        let mut process =
+            ReplicaProcess { id, raft_addr, api_addr, metrics_addr, data_dir, log, child: None };
         spawn(&mut process)?;
         self.replicas.insert(id, process);
         Ok(())
@@ -245,11 +228,8 @@ impl Federation {
 
     /// SIGKILLs every replica at once (all signals sent before any is reaped).
     pub fn kill_all(&mut self) {
-        let mut children: Vec<Child> = self
-            .replicas
-            .values_mut()
-            .filter_map(|p| p.child.take())
-            .collect();
+        let mut children: Vec<Child> =
+            self.replicas.values_mut().filter_map(|p| p.child.take()).collect();
         for child in &mut children {
             let _ = child.kill();
         }
@@ -316,11 +296,7 @@ impl Federation {
     /// Status of replica `id`, if it answers.
     pub async fn status(&self, id: u64) -> Option<ReplicaStatus> {
         let mut client = self.admin(id).await.ok()?;
-        client
-            .status(pb::StatusRequest {})
-            .await
-            .ok()
-            .map(tonic::Response::into_inner)
+        client.status(pb::StatusRequest {}).await.ok().map(tonic::Response::into_inner)
     }
 
     /// Runs the `federator` CLI against `ids` (all running replicas when empty).
@@ -328,11 +304,7 @@ impl Federation {
     /// # Errors
     /// The process could not be run.
     pub fn cli(&self, ids: &[u64], args: &[&str]) -> anyhow::Result<Output> {
-        let ids = if ids.is_empty() {
-            self.ids()
-        } else {
-            ids.to_vec()
-        };
+        let ids = if ids.is_empty() { self.ids() } else { ids.to_vec() };
         let conn = self.connection_args(&ids);
         let output = Command::new(federator_bin())
             .args(args)
@@ -397,8 +369,7 @@ impl Federation {
         let first = ids[0];
         self.wait_for_api(first).await?;
         self.cli_ok(&[first], &["raft", "init"])?;
-        self.wait_for_leader(&[first], Duration::from_secs(20))
-            .await?;
+        self.wait_for_leader(&[first], Duration::from_secs(20)).await?;
         for id in &ids[1..] {
             self.wait_for_api(*id).await?;
             let addr = self.replica(*id).raft_addr.clone();
@@ -413,11 +384,9 @@ impl Federation {
     /// # Errors
     /// It does not answer within 30 s.
     pub async fn wait_for_api(&self, id: u64) -> anyhow::Result<()> {
-        eventually(
-            &format!("replica {id} to answer"),
-            Duration::from_secs(30),
-            || async { self.status(id).await.map(|_| ()) },
-        )
+        eventually(&format!("replica {id} to answer"), Duration::from_secs(30), || async {
+            self.status(id).await.map(|_| ())
+        })
         .await
         .with_context(|| format!("replica {id} log:\n{}", tail(&self.log_of(id), 40)))
     }
@@ -432,24 +401,19 @@ impl Federation {
         ids: &[u64],
         timeout: Duration,
     ) -> anyhow::Result<(u64, String)> {
-        eventually(
-            "replicas to converge on one digest at one index",
-            timeout,
-            || async {
-                let mut seen: Option<(u64, String)> = None;
-                for id in ids {
-                    let mut client = self.admin(*id).await.ok()?;
-                    let d = client.digest(pb::DigestRequest {}).await.ok()?.into_inner();
-                    match &seen {
-                        None => seen = Some((d.applied_index, d.digest)),
-                        Some((index, digest))
-                            if *index == d.applied_index && *digest == d.digest => {}
-                        Some(_) => return None,
-                    }
+        eventually("replicas to converge on one digest at one index", timeout, || async {
+            let mut seen: Option<(u64, String)> = None;
+            for id in ids {
+                let mut client = self.admin(*id).await.ok()?;
+                let d = client.digest(pb::DigestRequest {}).await.ok()?.into_inner();
+                match &seen {
+                    None => seen = Some((d.applied_index, d.digest)),
+                    Some((index, digest)) if *index == d.applied_index && *digest == d.digest => {}
+                    Some(_) => return None,
                 }
-                seen
-            },
-        )
+            }
+            seen
+        })
         .await
     }
 
@@ -480,10 +444,7 @@ impl Drop for Federation {
             for (id, process) in &self.replicas {
                 eprintln!(
                     "--- replica {id} log (last 60 lines) ---\n{}",
-                    tail(
-                        &std::fs::read_to_string(&process.log).unwrap_or_default(),
-                        60
-                    )
+                    tail(&std::fs::read_to_string(&process.log).unwrap_or_default(), 60)
                 );
             }
         }
@@ -491,10 +452,7 @@ impl Drop for Federation {
 }
 
 fn spawn(process: &mut ReplicaProcess) -> anyhow::Result<()> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&process.log)?;
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
     let child = Command::new(federator_bin())
         .args(["server", "--config"])
         .arg(process.data_dir.join("server.toml"))
@@ -563,10 +521,8 @@ pub async fn write_load(
                 };
                 let key = format!("{prefix}/c{c}/{i}");
                 let value = format!("v{i}");
-                let call = admin.put(pb::PutRequest {
-                    key: key.clone(),
-                    value: value.clone().into_bytes(),
-                });
+                let call = admin
+                    .put(pb::PutRequest { key: key.clone(), value: value.clone().into_bytes() });
                 match tokio::time::timeout(Duration::from_secs(5), call).await {
                     Ok(Ok(_)) => result.acked.push((key, value)),
                     Ok(Err(status)) if status.code() == tonic::Code::InvalidArgument => {
@@ -623,11 +579,8 @@ impl Federation {
         acked: &[(String, String)],
     ) -> anyhow::Result<()> {
         let stored = self.probes(id, prefix).await?;
-        let missing: Vec<&String> = acked
-            .iter()
-            .filter(|(k, v)| stored.get(k) != Some(v))
-            .map(|(k, _)| k)
-            .collect();
+        let missing: Vec<&String> =
+            acked.iter().filter(|(k, v)| stored.get(k) != Some(v)).map(|(k, _)| k).collect();
         if !missing.is_empty() {
             bail!(
                 "replica {id} lacks {} of {} acknowledged writes, e.g. {:?}",
@@ -662,20 +615,14 @@ pub async fn raw_raft_vote(
                 cert: certs.join(format!("{name}.pem")),
                 key: certs.join(format!("{name}.key")),
             };
-            files
-                .load()
-                .map_err(|e| e.to_string())?
-                .client_config()
-                .map_err(|e| e.to_string())?
+            files.load().map_err(|e| e.to_string())?.client_config().map_err(|e| e.to_string())?
         }
         None => {
             let mut roots = rustls::RootCertStore::empty();
             let ca = rustls_pki_types::CertificateDer::pem_file_iter(trust.join("ca.pem"))
                 .map_err(|e| e.to_string())?;
             for cert in ca {
-                roots
-                    .add(cert.map_err(|e| e.to_string())?)
-                    .map_err(|e| e.to_string())?;
+                roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
             }
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
@@ -696,10 +643,7 @@ pub async fn raw_raft_vote(
     let mut client = rpb::raft_service_client::RaftServiceClient::new(channel);
     let request = rpb::VoteRequest {
         vote: Some(rpb::Vote {
-            leader_id: Some(rpb::LeaderId {
-                term: 0,
-                node_id: 99,
-            }),
+            leader_id: Some(rpb::LeaderId { term: 0, node_id: 99 }),
             committed: false,
         }),
         last_log_id: None,
@@ -709,4 +653,43 @@ pub async fn raw_raft_vote(
         .await
         .map(|_| ())
         .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+}
+
+/// `GET path` over HTTPS from 127.0.0.1:`port`, trusting only `ca_pem`; the body of a
+/// 200 answer.
+///
+/// # Errors
+/// The handshake failed, or the answer was not 200.
+pub async fn https_get(port: u16, ca_pem: &str, path: &str) -> anyhow::Result<String> {
+    use rustls_pki_types::pem::PemObject as _;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+    let mut tls =
+        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await??;
+    tls.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await?;
+    let mut response = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response)).await??;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 200") {
+        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_string())
 }

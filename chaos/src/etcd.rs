@@ -139,9 +139,7 @@ impl EtcdCluster {
     /// # Errors
     /// The directory could not be created or a process could not be spawned.
     pub fn start(size: u64) -> Result<Self, EtcdError> {
-        let dir = tempfile::Builder::new()
-            .prefix("federator-etcd-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("federator-etcd-").tempdir()?;
         let mut members = BTreeMap::new();
         for id in 1..=size {
             let data_dir = dir.path().join(format!("m{id}"));
@@ -164,16 +162,11 @@ impl EtcdCluster {
             .map(|m| format!("{}={}", m.name, m.peer_url))
             .collect::<Vec<_>>()
             .join(",");
-        let token = dir.path().file_name().map_or_else(
-            || "federator-etcd".into(),
-            |n| n.to_string_lossy().into_owned(),
-        );
-        let mut cluster = Self {
-            dir,
-            initial_cluster,
-            token,
-            members,
-        };
+        let token = dir
+            .path()
+            .file_name()
+            .map_or_else(|| "federator-etcd".into(), |n| n.to_string_lossy().into_owned());
+        let mut cluster = Self { dir, initial_cluster, token, members };
         for id in 1..=size {
             cluster.spawn(id)?;
         }
@@ -203,11 +196,7 @@ impl EtcdCluster {
     /// Client URLs of the members that are running.
     #[must_use]
     pub fn client_urls(&self) -> Vec<String> {
-        self.members
-            .values()
-            .filter(|m| m.is_running())
-            .map(|m| m.client_url.clone())
-            .collect()
+        self.members.values().filter(|m| m.is_running()).map(|m| m.client_url.clone()).collect()
     }
 
     /// A client of the given members (all running members when empty). Connecting is
@@ -231,10 +220,7 @@ impl EtcdCluster {
     /// Status of member `id` as it reports it, if it answers within two seconds.
     pub async fn status(&self, id: u64) -> Option<StatusResponse> {
         let mut client = self.client(&[id]).await.ok()?;
-        tokio::time::timeout(STATUS_TIMEOUT, client.status())
-            .await
-            .ok()?
-            .ok()
+        tokio::time::timeout(STATUS_TIMEOUT, client.status()).await.ok()?.ok()
     }
 
     /// Waits until every running member answers, all name the same leader, and that
@@ -251,10 +237,7 @@ impl EtcdCluster {
                 Err(detail) => detail,
             };
             if Instant::now() > deadline {
-                return Err(EtcdError::Unhealthy {
-                    after: timeout,
-                    detail,
-                });
+                return Err(EtcdError::Unhealthy { after: timeout, detail });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -262,18 +245,12 @@ impl EtcdCluster {
 
     /// One health probe: the agreed leader, or what is missing.
     async fn probe(&self) -> Result<u64, String> {
-        let running: Vec<u64> = self
-            .members
-            .values()
-            .filter(|m| m.is_running())
-            .map(|m| m.id)
-            .collect();
+        let running: Vec<u64> =
+            self.members.values().filter(|m| m.is_running()).map(|m| m.id).collect();
         let mut leader = None;
         for id in running {
-            let status = self
-                .status(id)
-                .await
-                .ok_or_else(|| format!("member {id} does not answer"))?;
+            let status =
+                self.status(id).await.ok_or_else(|| format!("member {id} does not answer"))?;
             if let (Some(member), Some(header)) = (self.members.get(&id), status.header()) {
                 let _ = member.raft_id.set(header.member_id());
             }
@@ -310,7 +287,8 @@ impl EtcdCluster {
         term
     }
 
-    /// Fetches `/metrics` of member `id` (served on its client URL) over plain HTTP/1.1.
+    /// Fetches `/metrics` of member `id` (served on its client URL) over plain HTTP/1.0,
+    /// so that the body comes whole rather than in chunks.
     ///
     /// # Errors
     /// The member did not answer within five seconds.
@@ -321,10 +299,7 @@ impl EtcdCluster {
         let fetch = async {
             let mut stream = tokio::net::TcpStream::connect(addr).await?;
             stream
-                .write_all(
-                    format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                        .as_bytes(),
-                )
+                .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
                 .await?;
             let mut body = String::new();
             stream.read_to_string(&mut body).await?;
@@ -346,11 +321,8 @@ impl EtcdCluster {
 
     /// SIGKILLs every member at once (all signals sent before any is reaped).
     pub fn kill_all(&mut self) {
-        let mut children: Vec<Child> = self
-            .members
-            .values_mut()
-            .filter_map(|m| m.child.take())
-            .collect();
+        let mut children: Vec<Child> =
+            self.members.values_mut().filter_map(|m| m.child.take()).collect();
         for child in &mut children {
             let _ = child.kill();
         }
@@ -373,10 +345,7 @@ impl EtcdCluster {
     /// The log of member `id`, for failure messages.
     #[must_use]
     pub fn log_of(&self, id: u64) -> String {
-        self.members
-            .get(&id)
-            .and_then(|m| std::fs::read_to_string(&m.log).ok())
-            .unwrap_or_default()
+        self.members.get(&id).and_then(|m| std::fs::read_to_string(&m.log).ok()).unwrap_or_default()
     }
 
     /// Fails if a member that should run has exited (it is reaped).
@@ -387,28 +356,15 @@ impl EtcdCluster {
                 _ => continue,
             };
             member.child = None;
-            let log = tail(
-                &std::fs::read_to_string(&member.log).unwrap_or_default(),
-                30,
-            );
-            return Err(EtcdError::Exited {
-                member: member.id,
-                status: exited,
-                log,
-            });
+            let log = tail(&std::fs::read_to_string(&member.log).unwrap_or_default(), 30);
+            return Err(EtcdError::Exited { member: member.id, status: exited, log });
         }
         Ok(())
     }
 
     fn spawn(&mut self, id: u64) -> Result<(), EtcdError> {
-        let member = self
-            .members
-            .get_mut(&id)
-            .ok_or(EtcdError::NoSuchMember(id))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&member.log)?;
+        let member = self.members.get_mut(&id).ok_or(EtcdError::NoSuchMember(id))?;
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&member.log)?;
         let bin = etcd_bin();
         let mut command = Command::new(&bin);
         command
@@ -434,11 +390,8 @@ impl EtcdCluster {
                 command.env_remove(name);
             }
         }
-        let child = command.spawn().map_err(|source| EtcdError::Spawn {
-            bin,
-            member: id,
-            source,
-        })?;
+        let child =
+            command.spawn().map_err(|source| EtcdError::Spawn { bin, member: id, source })?;
         member.child = Some(child);
         Ok(())
     }
@@ -469,31 +422,20 @@ mod tests {
             return;
         }
         let mut etcd = EtcdCluster::start(3).expect("etcd starts");
-        let leader = etcd
-            .wait_healthy(Duration::from_secs(30))
-            .await
-            .expect("healthy");
+        let leader = etcd.wait_healthy(Duration::from_secs(30)).await.expect("healthy");
+        let metrics = etcd.metrics(leader).await.expect("metrics");
+        assert!(metrics.contains("\netcd_server_leader_changes_seen_total 1\n"), "{metrics}");
         let mut client = etcd.client(&[]).await.expect("client");
         client.put("k", "v", None).await.expect("put");
 
         etcd.kill(leader);
-        let next = etcd
-            .wait_healthy(Duration::from_secs(30))
-            .await
-            .expect("healthy again");
+        let next = etcd.wait_healthy(Duration::from_secs(30)).await.expect("healthy again");
         assert_ne!(next, leader);
 
         etcd.restart(leader).expect("restart");
-        etcd.wait_healthy(Duration::from_secs(30))
-            .await
-            .expect("healthy with all three");
-        let value = etcd
-            .client(&[leader])
-            .await
-            .expect("client")
-            .get("k", None)
-            .await
-            .expect("get");
+        etcd.wait_healthy(Duration::from_secs(30)).await.expect("healthy with all three");
+        let value =
+            etcd.client(&[leader]).await.expect("client").get("k", None).await.expect("get");
         assert_eq!(value.kvs()[0].value(), b"v");
     }
 }

@@ -6,3 +6,4 @@
 pub mod bench;
 pub mod cluster;
 pub mod etcd;
+pub mod member;

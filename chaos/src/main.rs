@@ -50,12 +50,7 @@ struct RaftArgs {
     #[arg(long, default_value_t = 256)]
     value_size: usize,
     /// Systems to run, in this order.
-    #[arg(
-        long,
-        value_enum,
-        value_delimiter = ',',
-        default_value = "federator,etcd"
-    )]
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
     systems: Vec<System>,
     /// A quick run that keeps the benchmark from rotting (CI): clients 1,16, 1s phases,
     /// 2 failover trials. Overrides --clients, --duration, --warmup and --trials.
@@ -72,9 +67,7 @@ impl RaftArgs {
         let mut config = RaftBenchConfig {
             clients: self.clients.clone(),
             duration: self.duration,
-            warmup: self
-                .warmup
-                .unwrap_or_else(|| (self.duration / 5).min(Duration::from_secs(2))),
+            warmup: self.warmup.unwrap_or_else(|| (self.duration / 5).min(Duration::from_secs(2))),
             trials: self.trials,
             value_size: self.value_size,
             systems: self.systems.clone(),
@@ -98,24 +91,30 @@ impl RaftArgs {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Bench(Bench::Raft(args)) => {
-            // Dropping the run on ctrl-c drops the process groups, which kills them.
-            tokio::select! {
-                result = bench_raft(&args) => result,
-                _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted; every started process was killed"),
-            }
+    let run = async {
+        match &cli.command {
+            Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
         }
-    }
+    };
+    // On ctrl-c the run is dropped, and with it the process groups, which kills them.
+    let outcome = tokio::select! {
+        result = run => Some(result),
+        _ = tokio::signal::ctrl_c() => None,
+    };
+    outcome.unwrap_or_else(|| {
+        eprintln!("interrupted; every process the run started was killed");
+        std::process::exit(130)
+    })
 }
 
 async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
     let config = args.config()?;
+    let machine = Machine::detect();
     let progress = Progress::new();
     let report = run_raft(&config, &progress).await?;
     println!("{}", report.text_table());
     if let Some(path) = &args.markdown {
-        let section = report.markdown_section(&Machine::detect(), &command_line(), &now());
+        let section = report.markdown_section(&machine, &command_line(), &now());
         write_markdown(path, &section).with_context(|| format!("writing {}", path.display()))?;
         progress.println(format!("wrote the results into {}", path.display()));
     }
@@ -125,18 +124,11 @@ async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
 /// How this run was started, as a command to copy.
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let profile = if cfg!(debug_assertions) {
-        ""
-    } else {
-        " --release"
-    };
+    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
     let env = std::env::var("FEDERATOR_BIN")
         .map(|bin| format!("FEDERATOR_BIN={bin} "))
         .unwrap_or_default();
-    format!(
-        "{env}cargo run -p federator-chaos{profile} -- {}",
-        args.join(" ")
-    )
+    format!("{env}cargo run -p federator-chaos{profile} -- {}", args.join(" "))
 }
 
 /// The current time in UTC, as `date` prints it.
@@ -153,13 +145,10 @@ fn now() -> String {
 /// Parses `10s`, `500ms`, `1.5s`, `2m`.
 fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
+    let number: f64 =
+        number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
     let seconds = match unit {
         "ms" => number / 1e3,
         "s" | "" => number,
@@ -185,15 +174,9 @@ mod tests {
 
     #[test]
     fn smoke_overrides_the_long_settings() {
-        let cli = Cli::parse_from([
-            "federator-chaos",
-            "bench",
-            "raft",
-            "--smoke",
-            "--duration",
-            "30s",
-        ]);
-        let Command::Bench(Bench::Raft(args)) = cli.command;
+        let cli =
+            Cli::parse_from(["federator-chaos", "bench", "raft", "--smoke", "--duration", "30s"]);
+        let Command::Bench(Bench::Raft(args)) = &cli.command;
         let config = args.config().expect("valid");
         assert_eq!(config.clients, vec![1, 16]);
         assert_eq!(config.trials, 2);

@@ -9,6 +9,7 @@ mod probe;
 mod raft;
 mod server;
 mod status;
+mod trust;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,12 +27,7 @@ pub use output::OutputFormat;
 /// or API addresses (`127.0.0.1:7101,127.0.0.1:7102`) with an admin certificate
 /// (--ca/--cert/--key, as written by `federator certs init`).
 #[derive(Debug, Parser)]
-#[command(
-    name = "federator",
-    version,
-    propagate_version = true,
-    max_term_width = 100
-)]
+#[command(name = "federator", version, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -55,6 +51,17 @@ enum Commands {
     Raft(raft::RaftCommand),
     /// Show every replica of the federation: role, term, indexes, lag.
     Status(status::StatusArgs),
+    /// Create single-use join tokens for clusters.
+    #[command(subcommand)]
+    Token(trust::TokenCommand),
+    /// List, show and remove member clusters.
+    #[command(subcommand)]
+    Cluster(trust::ClusterCommand),
+    /// Show federated trust bundles and who has applied them.
+    #[command(subcommand)]
+    Bundle(trust::BundleCommand),
+    /// The audit trail of accepted and refused federation writes.
+    Audit(trust::AuditArgs),
     /// Create the federation's CA and certificates for replicas and operators.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -68,10 +75,7 @@ enum Commands {
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_tracing(matches!(cli.command, Commands::Server(_)));
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("error: cannot start the async runtime: {error}");
@@ -94,6 +98,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Server(args) => server::run(args).await,
         Commands::Raft(command) => raft::run(command, &cli.connection, out).await,
         Commands::Status(args) => status::run(args, &cli.connection, out).await,
+        Commands::Token(command) => trust::run_token(command, &cli.connection, out).await,
+        Commands::Cluster(command) => trust::run_cluster(command, &cli.connection, out).await,
+        Commands::Bundle(command) => trust::run_bundle(command, &cli.connection, out).await,
+        Commands::Audit(args) => trust::run_audit(args, &cli.connection, out).await,
         Commands::Certs(command) => certs::run(command, out),
         Commands::Probe(command) => probe::run(command, &cli.connection, out).await,
     }
@@ -105,9 +113,7 @@ fn init_tracing(server: bool) {
     use tracing_subscriber::EnvFilter;
     let default = if server { "info,openraft=warn" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     if std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
         builder.json().with_current_span(true).init();
     } else {

@@ -77,6 +77,39 @@ pub struct ServerFile {
     /// Health reporting.
     #[serde(default)]
     pub health: HealthFile,
+    /// SPIFFE bundle endpoint.
+    #[serde(default)]
+    pub bundle_endpoint: BundleEndpointFile,
+}
+
+/// `[bundle_endpoint]` section: the SPIFFE bundle endpoint, under either profile.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleEndpointFile {
+    /// `https_spiffe` profile listen address.
+    pub listen_spiffe: Option<String>,
+    /// Certificate for `https_spiffe` (default: the replica's own `tls.cert`).
+    pub spiffe_cert: Option<PathBuf>,
+    /// Key for `https_spiffe` (default: the replica's own `tls.key`).
+    pub spiffe_key: Option<PathBuf>,
+    /// `https_web` profile listen address.
+    pub listen_web: Option<String>,
+    /// Web PKI certificate chain for `https_web` (required with `listen_web`).
+    pub web_cert: Option<PathBuf>,
+    /// Key for `https_web`.
+    pub web_key: Option<PathBuf>,
+}
+
+/// A resolved bundle endpoint: address, and certificate files (`None`: the replica's).
+pub type BundleEndpoint = Option<(SocketAddr, Option<TlsFiles>)>;
+
+/// Resolved `[bundle_endpoint]`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BundleEndpointConfig {
+    /// `https_spiffe` profile.
+    pub spiffe: BundleEndpoint,
+    /// `https_web` profile.
+    pub web: BundleEndpoint,
 }
 
 /// `[listen]` section.
@@ -189,6 +222,8 @@ pub struct ServerConfig {
     pub keep_entries_after_snapshot: u64,
     /// Health lag bound.
     pub max_lag_entries: u64,
+    /// SPIFFE bundle endpoints.
+    pub bundle_endpoint: BundleEndpointConfig,
 }
 
 // === impl ServerConfig ===
@@ -253,14 +288,11 @@ impl ServerConfig {
         crate::identity::validate_trust_domain(&trust_domain)
             .map_err(|e| invalid("trust_domain", &trust_domain, &e.to_string()))?;
         let data_dir =
-            o.data_dir
-                .clone()
-                .or(file.data_dir.map(rel))
-                .ok_or(ConfigError::Missing {
-                    field: "data_dir",
-                    env: "FEDERATOR_DATA_DIR",
-                    flag: "data-dir",
-                })?;
+            o.data_dir.clone().or(file.data_dir.map(rel)).ok_or(ConfigError::Missing {
+                field: "data_dir",
+                env: "FEDERATOR_DATA_DIR",
+                flag: "data-dir",
+            })?;
         let listen_raft = parse_addr(
             "listen.raft",
             o.listen_raft.clone().or(file.listen.raft),
@@ -286,25 +318,14 @@ impl ServerConfig {
                     .map_err(|e| invalid("listen.metrics", &s, &format!("not host:port ({e})")))?,
             ),
         };
-        let admin_socket = file
-            .listen
-            .admin_socket
-            .map(rel)
-            .unwrap_or_else(|| data_dir.join("admin.sock"));
-        let advertise_raft = file
-            .advertise
-            .raft
-            .unwrap_or_else(|| listen_raft.to_string());
+        let admin_socket =
+            file.listen.admin_socket.map(rel).unwrap_or_else(|| data_dir.join("admin.sock"));
+        let advertise_raft = file.advertise.raft.unwrap_or_else(|| listen_raft.to_string());
         let advertise_api = file.advertise.api.unwrap_or_else(|| listen_api.to_string());
-        let file_tls = file.tls.map(|t| TlsFiles {
-            ca: rel(t.ca),
-            cert: rel(t.cert),
-            key: rel(t.key),
-        });
+        let file_tls =
+            file.tls.map(|t| TlsFiles { ca: rel(t.ca), cert: rel(t.cert), key: rel(t.key) });
         let tls_path = |field, env, flag, over: &Option<PathBuf>, from_file: Option<PathBuf>| {
-            over.clone()
-                .or(from_file)
-                .ok_or(ConfigError::Missing { field, env, flag })
+            over.clone().or(from_file).ok_or(ConfigError::Missing { field, env, flag })
         };
         let tls = TlsFiles {
             ca: tls_path(
@@ -329,6 +350,7 @@ impl ServerConfig {
                 file_tls.as_ref().map(|t| t.key.clone()),
             )?,
         };
+        let bundle_endpoint = resolve_bundle_endpoint(file.bundle_endpoint, &tls, &rel)?;
         let raft = file.raft;
         let heartbeat = Duration::from_millis(raft.heartbeat_ms.unwrap_or(50));
         let min = Duration::from_millis(raft.election_timeout_min_ms.unwrap_or(200));
@@ -352,11 +374,7 @@ impl ServerConfig {
         }
         let snapshot_after_entries = raft.snapshot_after_entries.unwrap_or(20_000);
         if snapshot_after_entries == 0 {
-            return Err(invalid(
-                "raft.snapshot_after_entries",
-                "0",
-                "must be positive",
-            ));
+            return Err(invalid("raft.snapshot_after_entries", "0", "must be positive"));
         }
         Ok(Self {
             id,
@@ -375,16 +393,66 @@ impl ServerConfig {
             snapshot_after_entries,
             keep_entries_after_snapshot: raft.keep_entries_after_snapshot.unwrap_or(1_000),
             max_lag_entries: file.health.max_lag_entries.unwrap_or(1_000),
+            bundle_endpoint,
         })
     }
 }
 
+fn resolve_bundle_endpoint(
+    file: BundleEndpointFile,
+    tls: &TlsFiles,
+    rel: &impl Fn(PathBuf) -> PathBuf,
+) -> Result<BundleEndpointConfig, ConfigError> {
+    let addr =
+        |field: &'static str, value: Option<String>| -> Result<Option<SocketAddr>, ConfigError> {
+            match value {
+                None => Ok(None),
+                Some(s) if s.is_empty() => Ok(None),
+                Some(s) => s
+                    .parse()
+                    .map(Some)
+                    .map_err(|e| invalid(field, &s, &format!("not an IP:port address ({e})"))),
+            }
+        };
+    let spiffe = match addr("bundle_endpoint.listen_spiffe", file.listen_spiffe)? {
+        None => None,
+        Some(a) => {
+            let files = match (file.spiffe_cert, file.spiffe_key) {
+                (None, None) => None,
+                (Some(cert), Some(key)) => {
+                    Some(TlsFiles { ca: tls.ca.clone(), cert: rel(cert), key: rel(key) })
+                }
+                _ => {
+                    return Err(invalid(
+                        "bundle_endpoint.spiffe_key",
+                        "",
+                        "spiffe_cert and spiffe_key go together",
+                    ));
+                }
+            };
+            Some((a, files))
+        }
+    };
+    let web = match addr("bundle_endpoint.listen_web", file.listen_web)? {
+        None => None,
+        Some(a) => match (file.web_cert, file.web_key) {
+            (Some(cert), Some(key)) => {
+                Some((a, Some(TlsFiles { ca: tls.ca.clone(), cert: rel(cert), key: rel(key) })))
+            }
+            _ => {
+                return Err(ConfigError::Missing {
+                    field: "bundle_endpoint.web_cert and web_key",
+                    env: "(file only)",
+                    flag: "config",
+                });
+            }
+        },
+    };
+    Ok(BundleEndpointConfig { spiffe, web })
+}
+
 fn invalid(field: &'static str, value: &str, rule: &str) -> ConfigError {
-    ConfigError::Invalid {
-        field,
-        value: value.to_string(),
-        rule: rule.to_string(),
-    }
+    ConfigError::Invalid { field, value: value.to_string(), rule: rule.to_string() }
 }
 
 fn parse_addr(
@@ -393,9 +461,7 @@ fn parse_addr(
     (env, flag): (&'static str, &'static str),
 ) -> Result<SocketAddr, ConfigError> {
     let value = value.ok_or(ConfigError::Missing { field, env, flag })?;
-    value
-        .parse()
-        .map_err(|e| invalid(field, &value, &format!("not an IP:port address ({e})")))
+    value.parse().map_err(|e| invalid(field, &value, &format!("not an IP:port address ({e})")))
 }
 
 #[cfg(test)]
@@ -431,10 +497,7 @@ mod tests {
         assert_eq!(config.id, 2);
         assert_eq!(config.data_dir, Path::new("/etc/federator/data/2"));
         assert_eq!(config.tls.ca, Path::new("/etc/federator/certs/ca.pem"));
-        assert_eq!(
-            config.admin_socket,
-            Path::new("/etc/federator/data/2/admin.sock")
-        );
+        assert_eq!(config.admin_socket, Path::new("/etc/federator/data/2/admin.sock"));
         assert_eq!(config.advertise_raft, "127.0.0.1:7002");
         assert_eq!(config.heartbeat, Duration::from_millis(40));
     }
@@ -453,11 +516,8 @@ mod tests {
 
     #[test]
     fn unknown_setting_is_named() {
-        let err = load(
-            &format!("{GOOD}\nelection_timeout = 3"),
-            &ServerOverrides::default(),
-        )
-        .expect_err("must fail");
+        let err = load(&format!("{GOOD}\nelection_timeout = 3"), &ServerOverrides::default())
+            .expect_err("must fail");
         assert!(err.to_string().contains("election_timeout"), "{err}");
     }
 
@@ -468,32 +528,20 @@ mod tests {
             err.to_string().contains("`id`") && err.to_string().contains("FEDERATOR_ID"),
             "{err}"
         );
-        let err = load(
-            &GOOD.replace("127.0.0.1:7102", "localhost"),
-            &ServerOverrides::default(),
-        )
-        .expect_err("must fail");
+        let err = load(&GOOD.replace("127.0.0.1:7102", "localhost"), &ServerOverrides::default())
+            .expect_err("must fail");
         assert!(err.to_string().contains("listen.api"), "{err}");
         let err = load(
             &GOOD.replace("heartbeat_ms = 40", "heartbeat_ms = 400"),
             &ServerOverrides::default(),
         )
         .expect_err("must fail");
-        assert!(
-            err.to_string().contains("raft.election_timeout_min_ms"),
-            "{err}"
-        );
-        let err = load(
-            &GOOD.replace("fed.example", "Fed.Example"),
-            &ServerOverrides::default(),
-        )
-        .expect_err("must fail");
+        assert!(err.to_string().contains("raft.election_timeout_min_ms"), "{err}");
+        let err = load(&GOOD.replace("fed.example", "Fed.Example"), &ServerOverrides::default())
+            .expect_err("must fail");
         assert!(err.to_string().contains("trust_domain"), "{err}");
-        let err = load(
-            &GOOD.replace("id = 2", "id = \"two\""),
-            &ServerOverrides::default(),
-        )
-        .expect_err("must fail");
+        let err = load(&GOOD.replace("id = 2", "id = \"two\""), &ServerOverrides::default())
+            .expect_err("must fail");
         assert!(err.to_string().contains("id"), "{err}");
     }
 

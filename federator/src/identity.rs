@@ -2,10 +2,17 @@
 //! certificates, their SPIFFE IDs, and the rustls configurations built from them.
 
 mod ca;
+mod svid;
 mod tls;
 
 pub use ca::{FederationCa, IssuedCertificate};
-pub use tls::{TlsFiles, TlsMaterial, peer_spiffe_id};
+pub use svid::{
+    DeferredClientVerifier, MAX_CHAIN_LEN, MAX_SPIFFE_ID_LEN, SpiffeId, SpiffeIdError,
+    SpiffeServerVerifier, SvidError, agent_api_server_config, agent_client_config,
+    federation_server_verifier, svid_identity, verify_client_svid,
+    verify_client_svid_by_trust_domain, verify_server_svid,
+};
+pub use tls::{TlsFiles, TlsMaterial, certificates_to_pem, peer_spiffe_id};
 
 /// Errors of identity handling.
 #[derive(Debug, thiserror::Error)]
@@ -73,12 +80,7 @@ pub fn is_replica_spiffe_id(td: &str, spiffe_id: &str) -> bool {
 /// # Errors
 /// The name breaks a rule; the error says which.
 pub fn validate_trust_domain(name: &str) -> Result<(), IdentityError> {
-    let fail = |rule| {
-        Err(IdentityError::TrustDomain {
-            name: name.to_string(),
-            rule,
-        })
-    };
+    let fail = |rule| Err(IdentityError::TrustDomain { name: name.to_string(), rule });
     if name.is_empty() {
         return fail("must not be empty");
     }
@@ -91,10 +93,7 @@ pub fn validate_trust_domain(name: &str) -> Result<(), IdentityError> {
     if name.contains('%') {
         return fail("must not be percent-encoded");
     }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b))
-    {
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
         return fail("may only hold the characters a-z 0-9 . _ -");
     }
     Ok(())
@@ -108,36 +107,18 @@ mod tests {
 
     #[test]
     fn replica_ids_are_recognized() {
-        assert!(is_replica_spiffe_id(
-            "fed.local",
-            "spiffe://fed.local/federator/replica/3"
-        ));
-        assert!(!is_replica_spiffe_id(
-            "fed.local",
-            "spiffe://fed.local/federator/admin"
-        ));
-        assert!(!is_replica_spiffe_id(
-            "fed.local",
-            "spiffe://other/federator/replica/3"
-        ));
-        assert!(!is_replica_spiffe_id(
-            "fed.local",
-            "spiffe://fed.local/federator/replica/"
-        ));
-        assert!(!is_replica_spiffe_id(
-            "fed.local",
-            "spiffe://fed.local/federator/replica/3/x"
-        ));
+        assert!(is_replica_spiffe_id("fed.local", "spiffe://fed.local/federator/replica/3"));
+        assert!(!is_replica_spiffe_id("fed.local", "spiffe://fed.local/federator/admin"));
+        assert!(!is_replica_spiffe_id("fed.local", "spiffe://other/federator/replica/3"));
+        assert!(!is_replica_spiffe_id("fed.local", "spiffe://fed.local/federator/replica/"));
+        assert!(!is_replica_spiffe_id("fed.local", "spiffe://fed.local/federator/replica/3/x"));
     }
 
     #[test]
     fn trust_domain_rules() {
         assert!(validate_trust_domain("cluster-a.example_1").is_ok());
         for bad in ["", "Upper.example", "a%2eb", "a/b", "a b", "ü.example"] {
-            assert!(
-                validate_trust_domain(bad).is_err(),
-                "{bad:?} must be refused"
-            );
+            assert!(validate_trust_domain(bad).is_err(), "{bad:?} must be refused");
         }
         assert!(validate_trust_domain(&"a".repeat(256)).is_err());
     }

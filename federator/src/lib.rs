@@ -4,13 +4,17 @@
 //! | module | job |
 //! |---|---|
 //! | [`state`] | the replicated federation state and its commands |
+//! | [`bundle`] | SPIFFE trust bundles: strict parsing, validation, canonical form |
 //! | [`identity`] | the federation's CA, certificates, SPIFFE IDs and rustls configs |
+//! | [`token`] | join tokens: the single-use secret and how to reach the federation |
 //! | [`config`] | replica settings: file, environment, flags |
 //! | [`server`] | one replica: consensus, API servers, health, metrics |
 //! | [`cli`] | the `federator` command line |
 
+pub mod bundle;
 pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod server;
 pub mod state;
+pub mod token;

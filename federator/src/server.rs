@@ -2,6 +2,8 @@
 //! (admin and health, over mTLS and the local admin socket), and Prometheus metrics.
 
 mod admin;
+mod bundle_endpoint;
+mod federation;
 mod health;
 mod metrics_http;
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use federator_proto::admin::admin_server::AdminServer;
+use federator_proto::federation::federation_server::FederationServer;
 use federator_raft::metrics::ConsensusMetrics;
 use federator_raft::network::client::TransportOptions;
 use federator_raft::{Replica, ReplicaConfig};
@@ -17,6 +20,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 pub use admin::AdminService;
+pub use federation::{FederationService, unix_now};
 
 use crate::config::ServerConfig;
 use crate::identity::{self, peer_spiffe_id};
@@ -68,24 +72,17 @@ pub async fn run(
     consensus_metrics.register(registry.sub_registry_with_prefix("federator"));
     metrics_http::register_build_info(&mut registry, config.id);
 
-    let mut replica_config = ReplicaConfig::new(
-        config.id,
-        config.advertise_raft.clone(),
-        config.data_dir.clone(),
-    );
+    let mut replica_config =
+        ReplicaConfig::new(config.id, config.advertise_raft.clone(), config.data_dir.clone());
     replica_config.heartbeat_interval = config.heartbeat;
     replica_config.election_timeout_min = config.election_timeout.0;
     replica_config.election_timeout_max = config.election_timeout.1;
     replica_config.snapshot_after_entries = config.snapshot_after_entries;
     replica_config.keep_entries_after_snapshot = config.keep_entries_after_snapshot;
     replica_config.transport = TransportOptions::default();
-    let replica = Replica::open(
-        replica_config,
-        FederationState::default(),
-        client_tls,
-        consensus_metrics,
-    )
-    .await?;
+    let replica =
+        Replica::open(replica_config, FederationState::default(), client_tls, consensus_metrics)
+            .await?;
     tracing::info!(replica = config.id, raft = %config.advertise_raft, api = %config.advertise_api, "replica opened");
 
     let (stop_tx, stop_rx) = watch::channel(false);
@@ -114,29 +111,28 @@ pub async fn run(
         replica.initialize(Default::default()).await?;
     }
 
-    let admin = AdminService::new(replica.clone(), &config, started);
+    let ca_roots: Vec<Vec<u8>> = material.ca.iter().map(|c| c.as_ref().to_vec()).collect();
+    let admin = AdminService::new(replica.clone(), &config, ca_roots, started);
+    let federation = FederationService::new(replica.clone());
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
-    health_reporter
-        .set_not_serving::<AdminServer<AdminService>>()
-        .await;
+    health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
     tokio::spawn(health::report(
         replica.clone(),
         health_reporter,
         config.max_lag_entries,
         stopped(stop_rx.clone()),
     ));
-    tokio::spawn(register_api_address(
-        replica.clone(),
-        config.clone(),
-        stopped(stop_rx.clone()),
-    ));
+    tokio::spawn(register_api_address(replica.clone(), config.clone(), stopped(stop_rx.clone())));
 
     let api_listener = bind("listen.api", config.listen_api).await?;
-    let api_tls = material.server_config()?;
+    // Agents present SVIDs of their own trust domains: the handshake proves possession
+    // of the key, and each request verifies the chain against the right bundle.
+    let api_tls = material.server_config_deferring_client_trust()?;
     let api = {
         let router = tonic::transport::Server::builder()
             .add_service(health_service.clone())
-            .add_service(AdminServer::new(admin.clone()).max_decoding_message_size(16 << 20));
+            .add_service(AdminServer::new(admin.clone()).max_decoding_message_size(16 << 20))
+            .add_service(FederationServer::new(federation).max_decoding_message_size(4 << 20));
         let incoming = federator_raft::tls::incoming(api_listener, api_tls);
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop).await })
@@ -158,14 +154,12 @@ pub async fn run(
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop).await })
     };
+    let bundle_endpoints =
+        bundle_endpoint::spawn_all(&config, &material, replica.clone(), &stop_rx).await?;
     let metrics = match config.listen_metrics {
         Some(addr) => {
             let listener = bind("listen.metrics", addr).await?;
-            Some(tokio::spawn(metrics_http::serve(
-                listener,
-                registry,
-                stopped(stop_rx.clone()),
-            )))
+            Some(tokio::spawn(metrics_http::serve(listener, registry, stopped(stop_rx.clone()))))
         }
         None => None,
     };
@@ -179,6 +173,9 @@ pub async fn run(
     if let Some(metrics) = metrics {
         let _ = metrics.await;
     }
+    for endpoint in bundle_endpoints {
+        let _ = endpoint.await;
+    }
     let _ = transport.await;
     replica.shutdown().await?;
     let _ = std::fs::remove_file(&config.admin_socket);
@@ -189,13 +186,11 @@ async fn bind(
     what: &'static str,
     addr: std::net::SocketAddr,
 ) -> Result<tokio::net::TcpListener, ServerError> {
-    tokio::net::TcpListener::bind(addr)
-        .await
-        .map_err(|source| ServerError::Bind {
-            what,
-            addr: addr.to_string(),
-            source,
-        })
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| ServerError::Bind {
+        what,
+        addr: addr.to_string(),
+        source,
+    })
 }
 
 /// Only the owner may use the admin socket: it grants full admin rights.
@@ -218,11 +213,7 @@ async fn register_api_address(
         loop {
             let (has_leader, is_member) = {
                 let m = metrics.borrow_and_update();
-                let is_member = m
-                    .membership_config
-                    .membership()
-                    .get_node(&config.id)
-                    .is_some();
+                let is_member = m.membership_config.membership().get_node(&config.id).is_some();
                 (m.current_leader.is_some(), is_member)
             };
             let registered = replica.state().read(|s| {

@@ -5,16 +5,22 @@
 //! state is kept in ordered maps so that its encoding — the snapshot and the digest — is
 //! identical on every replica at the same applied index.
 
+mod audit;
 mod command;
+mod events;
+mod trust;
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+pub use audit::{AUDIT_CAPACITY, AuditEvent, AuditTrail};
 pub use command::{
     Applied, Command, CommandError, CommandResult, decode_result as command_result,
     validate_probe_key,
 };
+pub use events::{Change, ChangeKind, ChangeLog, EVENT_WINDOW};
+pub use trust::{BundleAck, Member, StoredBundle, TokenRecord};
 
 /// Format version of the snapshot encoding; bumped on incompatible changes.
 const SNAPSHOT_FORMAT: u8 = 1;
@@ -48,6 +54,16 @@ pub struct FederationState {
     pub replicas: BTreeMap<u64, ReplicaRecord>,
     /// Diagnostic probe keyspace written by `check`, benchmarks and the chaos harness.
     pub probes: BTreeMap<String, ProbeValue>,
+    /// Member clusters by name.
+    pub members: BTreeMap<String, Member>,
+    /// Trust bundles by trust domain (one per member).
+    pub bundles: BTreeMap<String, StoredBundle>,
+    /// Join tokens by the hash of their secret.
+    pub tokens: BTreeMap<String, TokenRecord>,
+    /// Accepted and refused writes.
+    pub audit: AuditTrail,
+    /// Revisions and recent changes, for watchers.
+    pub changes: ChangeLog,
 }
 
 // === impl FederationState ===
@@ -56,22 +72,12 @@ impl FederationState {
     /// Applies a decoded command at `index`.
     pub fn apply_command(&mut self, index: u64, command: Command) -> CommandResult {
         match command {
-            Command::RegisterReplica {
-                id,
-                raft_addr,
-                api_addr,
-            } => {
+            Command::RegisterReplica { id, raft_addr, api_addr } => {
                 if id == 0 {
                     return Err(CommandError::invalid("id", "replica id must be positive"));
                 }
-                self.replicas.insert(
-                    id,
-                    ReplicaRecord {
-                        raft_addr,
-                        api_addr,
-                        registered_at_index: index,
-                    },
-                );
+                self.replicas
+                    .insert(id, ReplicaRecord { raft_addr, api_addr, registered_at_index: index });
                 Ok(Applied::Done)
             }
             Command::UnregisterReplica { id } => {
@@ -88,9 +94,54 @@ impl FederationState {
                 entry.value = value;
                 entry.version += 1;
                 entry.modified_index = index;
-                Ok(Applied::Probe {
-                    version: entry.version,
-                })
+                Ok(Applied::Probe { version: entry.version })
+            }
+            Command::CreateToken { secret_hash, cluster, trust_domain, expires_at, now } => {
+                let target = format!("{cluster} ({trust_domain})");
+                let result =
+                    self.apply_create_token(secret_hash, cluster, trust_domain, expires_at, now);
+                self.audit.record(AuditEvent {
+                    seq: 0,
+                    at: now,
+                    index,
+                    actor: "admin".into(),
+                    action: "create_token".into(),
+                    target,
+                    refused: result.as_ref().err().map(ToString::to_string),
+                });
+                result
+            }
+            Command::Join { secret_hash, cluster, trust_domain, agent_id, bundle_json, now } => {
+                self.apply_join(
+                    index,
+                    &secret_hash,
+                    cluster,
+                    trust_domain,
+                    agent_id,
+                    &bundle_json,
+                    now,
+                )
+            }
+            Command::PublishBundle { cluster, bundle_json, agent_chain, force, now } => {
+                self.apply_publish_bundle(index, &cluster, &bundle_json, &agent_chain, force, now)
+            }
+            Command::RemoveMember { cluster, actor, now } => {
+                self.apply_remove_member(index, &cluster, actor, now)
+            }
+            Command::AckBundle { cluster, trust_domain, sequence, now } => {
+                self.apply_ack(&cluster, &trust_domain, sequence, now)
+            }
+            Command::RecordRefusal { actor, action, target, reason, now } => {
+                self.audit.record(AuditEvent {
+                    seq: 0,
+                    at: now,
+                    index,
+                    actor,
+                    action,
+                    target,
+                    refused: Some(reason),
+                });
+                Ok(Applied::Done)
             }
         }
     }
@@ -140,25 +191,15 @@ mod tests {
     use super::*;
 
     fn put(state: &mut FederationState, index: u64, key: &str, value: &[u8]) -> CommandResult {
-        let bytes = Command::PutProbe {
-            key: key.into(),
-            value: value.to_vec(),
-        }
-        .encode();
+        let bytes = Command::PutProbe { key: key.into(), value: value.to_vec() }.encode();
         command::decode_result(&state.apply(index, &bytes)).expect("result decodes")
     }
 
     #[test]
     fn probe_versions_count_writes() {
         let mut state = FederationState::default();
-        assert_eq!(
-            put(&mut state, 1, "a", b"1"),
-            Ok(Applied::Probe { version: 1 })
-        );
-        assert_eq!(
-            put(&mut state, 2, "a", b"2"),
-            Ok(Applied::Probe { version: 2 })
-        );
+        assert_eq!(put(&mut state, 1, "a", b"1"), Ok(Applied::Probe { version: 1 }));
+        assert_eq!(put(&mut state, 2, "a", b"2"), Ok(Applied::Probe { version: 2 }));
         assert_eq!(state.probes["a"].modified_index, 2);
     }
 

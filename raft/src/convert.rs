@@ -106,10 +106,7 @@ mod tests {
 
     #[test]
     fn missing_field_message_names_message_and_field() {
-        let error = ConvertError::Missing {
-            message: "AppendEntriesRequest",
-            field: "vote",
-        };
+        let error = ConvertError::Missing { message: "AppendEntriesRequest", field: "vote" };
         assert_eq!(error.to_string(), "AppendEntriesRequest.vote is missing");
         let status = tonic::Status::from(error);
         assert_eq!(status.code(), tonic::Code::InvalidArgument);

@@ -52,18 +52,11 @@ pub fn open_database(path: &Path) -> Result<Arc<Database>, StorageError> {
     let to_storage = |error: LogStoreError| StorageError::from(StorageIOError::read(&error));
     if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|source| {
-            to_storage(LogStoreError::CreateDir {
-                path: dir.to_path_buf(),
-                source,
-            })
+            to_storage(LogStoreError::CreateDir { path: dir.to_path_buf(), source })
         })?;
     }
-    let db = Database::create(path).map_err(|source| {
-        to_storage(LogStoreError::Open {
-            path: path.to_path_buf(),
-            source,
-        })
-    })?;
+    let db = Database::create(path)
+        .map_err(|source| to_storage(LogStoreError::Open { path: path.to_path_buf(), source }))?;
     Ok(Arc::new(db))
 }
 
@@ -159,10 +152,7 @@ trait DuringOp<T> {
 
 impl<T, E: Into<redb::Error>> DuringOp<T> for Result<T, E> {
     fn during(self, op: &'static str) -> Result<T, LogStoreError> {
-        self.map_err(|error| LogStoreError::Database {
-            op,
-            source: error.into(),
-        })
+        self.map_err(|error| LogStoreError::Database { op, source: error.into() })
     }
 }
 
@@ -172,9 +162,7 @@ where
     T: Send + 'static,
     F: FnOnce() -> Result<T, LogStoreError> + Send + 'static,
 {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|source| LogStoreError::Task { source })?
+    tokio::task::spawn_blocking(f).await.map_err(|source| LogStoreError::Task { source })?
 }
 
 /// Durable Raft log + vote + committed index on redb.
@@ -204,8 +192,7 @@ impl LogStore {
     pub fn new(db: Arc<Database>, metrics: ConsensusMetrics) -> Result<Self, StorageError> {
         write_txn(&db, "create the log tables", |txn| {
             txn.open_table(LOG).during("create the log table")?;
-            txn.open_table(LOG_META)
-                .during("create the log metadata table")?;
+            txn.open_table(LOG_META).during("create the log metadata table")?;
             Ok(())
         })
         .map_err(|error| StorageIOError::write_logs(&error))?;
@@ -220,9 +207,7 @@ impl LogStore {
         let db = self.db.clone();
         blocking(move || {
             let txn = db.begin_read().during("begin a read transaction")?;
-            let table = txn
-                .open_table(LOG_META)
-                .during("open the log metadata table")?;
+            let table = txn.open_table(LOG_META).during("open the log metadata table")?;
             get_meta(&table, key)
         })
         .await
@@ -237,12 +222,8 @@ impl LogStore {
         let db = self.db.clone();
         blocking(move || {
             write_txn(&db, "write log metadata", |txn| {
-                let mut table = txn
-                    .open_table(LOG_META)
-                    .during("open the log metadata table")?;
-                table
-                    .insert(key, bytes.as_slice())
-                    .during("write log metadata")?;
+                let mut table = txn.open_table(LOG_META).during("open the log metadata table")?;
+                table.insert(key, bytes.as_slice()).during("write log metadata")?;
                 Ok(())
             })
         })
@@ -266,9 +247,7 @@ impl LogStore {
             write_txn(&db, "append log entries", |txn| {
                 let mut table = txn.open_table(LOG).during("open the log table")?;
                 for (index, bytes) in &encoded {
-                    table
-                        .insert(*index, bytes.as_slice())
-                        .during("append log entries")?;
+                    table.insert(*index, bytes.as_slice()).during("append log entries")?;
                 }
                 Ok(())
             })
@@ -292,10 +271,7 @@ impl RaftLogReader<TypeConfig> for LogStore {
             let table = txn.open_table(LOG).during("open the log table")?;
             let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
             let mut entries = Vec::new();
-            for item in table
-                .range((Bound::Included(start), upper))
-                .during("read log entries")?
-            {
+            for item in table.range((Bound::Included(start), upper)).during("read log entries")? {
                 let (key, value) = item.during("read log entries")?;
                 entries.push(decode_entry(key.value(), value.value())?);
             }
@@ -314,19 +290,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let db = self.db.clone();
         let state = blocking(move || {
             let txn = db.begin_read().during("begin a read transaction")?;
-            let meta = txn
-                .open_table(LOG_META)
-                .during("open the log metadata table")?;
+            let meta = txn.open_table(LOG_META).during("open the log metadata table")?;
             let last_purged_log_id: Option<LogId> = get_meta(&meta, LAST_PURGED_KEY)?;
             let log = txn.open_table(LOG).during("open the log table")?;
             let last = match log.last().during("read the last log entry")? {
                 Some((key, value)) => Some(*decode_entry(key.value(), value.value())?.get_log_id()),
                 None => None,
             };
-            Ok(LogState {
-                last_log_id: last.or(last_purged_log_id),
-                last_purged_log_id,
-            })
+            Ok(LogState { last_log_id: last.or(last_purged_log_id), last_purged_log_id })
         })
         .await
         .map_err(|error| StorageIOError::read_logs(&error))?;
@@ -345,10 +316,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let vote = self
-            .read_meta(VOTE_KEY)
-            .await
-            .map_err(|error| StorageIOError::read_vote(&error))?;
+        let vote =
+            self.read_meta(VOTE_KEY).await.map_err(|error| StorageIOError::read_vote(&error))?;
         Ok(vote)
     }
 
@@ -360,10 +329,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn read_committed(&mut self) -> Result<Option<LogId>, StorageError> {
-        let committed: Option<Option<LogId>> = self
-            .read_meta(COMMITTED_KEY)
-            .await
-            .map_err(|error| StorageIOError::read(&error))?;
+        let committed: Option<Option<LogId>> =
+            self.read_meta(COMMITTED_KEY).await.map_err(|error| StorageIOError::read(&error))?;
         Ok(committed.flatten())
     }
 
@@ -381,9 +348,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let started = Instant::now();
         match self.write_entries(entries.into_iter().collect()).await {
             Ok(count) => {
-                self.metrics
-                    .append_seconds
-                    .observe(started.elapsed().as_secs_f64());
+                self.metrics.append_seconds.observe(started.elapsed().as_secs_f64());
                 self.metrics.append_batch_entries.observe(count as f64);
                 callback.log_io_completed(Ok(()));
                 Ok(())
@@ -401,9 +366,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         blocking(move || {
             write_txn(&db, "truncate the log", |txn| {
                 let mut table = txn.open_table(LOG).during("open the log table")?;
-                table
-                    .retain_in(log_id.index.., |_, _| false)
-                    .during("truncate the log")?;
+                table.retain_in(log_id.index.., |_, _| false).during("truncate the log")?;
                 Ok(())
             })
         })
@@ -420,18 +383,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             // The last purged id is recorded in the same transaction that deletes the
             // entries, so a crash never leaves a purged prefix without its marker.
             write_txn(&db, "purge the log", |txn| {
-                let mut meta = txn
-                    .open_table(LOG_META)
-                    .during("open the log metadata table")?;
+                let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
                 let recorded: Option<LogId> = get_meta(&meta, LAST_PURGED_KEY)?;
                 if recorded.is_none_or(|recorded| recorded < log_id) {
                     meta.insert(LAST_PURGED_KEY, purged.as_slice())
                         .during("record the last purged log id")?;
                 }
                 let mut table = txn.open_table(LOG).during("open the log table")?;
-                table
-                    .retain_in(..=log_id.index, |_, _| false)
-                    .during("purge the log")?;
+                table.retain_in(..=log_id.index, |_, _| false).during("purge the log")?;
                 Ok(())
             })
         })
@@ -481,10 +440,7 @@ fn decode_entry(key: u64, bytes: &[u8]) -> Result<Entry, LogStoreError> {
     let entry: Entry = postcard::from_bytes(bytes)
         .map_err(|source| LogStoreError::DecodeEntry { index: key, source })?;
     if entry.get_log_id().index != key {
-        return Err(LogStoreError::MisplacedEntry {
-            key,
-            log_id: *entry.get_log_id(),
-        });
+        return Err(LogStoreError::MisplacedEntry { key, log_id: *entry.get_log_id() });
     }
     Ok(entry)
 }
@@ -523,10 +479,7 @@ mod tests {
     }
 
     fn normal(term: u64, index: u64, data: &[u8]) -> Entry {
-        Entry {
-            log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Command(data.to_vec())),
-        }
+        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Command(data.to_vec())) }
     }
 
     /// The Prometheus text exposition of `metrics`.
@@ -546,37 +499,21 @@ mod tests {
     #[tokio::test]
     async fn reopen_after_append_returns_all_entries_and_vote() {
         let dir = TempDir::new().expect("tempdir");
-        let entries: Vec<Entry> = (1..=5)
-            .map(|i| normal(1, i, format!("k{i}=v").as_bytes()))
-            .collect();
+        let entries: Vec<Entry> =
+            (1..=5).map(|i| normal(1, i, format!("k{i}=v").as_bytes())).collect();
         {
             let mut store = open(&dir);
             store.save_vote(&Vote::new(3, 7)).await.expect("save vote");
-            store
-                .blocking_append(entries[..2].to_vec())
-                .await
-                .expect("append");
-            store
-                .blocking_append(entries[2..].to_vec())
-                .await
-                .expect("append");
-            store
-                .save_committed(Some(log_id(1, 4)))
-                .await
-                .expect("save committed");
+            store.blocking_append(entries[..2].to_vec()).await.expect("append");
+            store.blocking_append(entries[2..].to_vec()).await.expect("append");
+            store.save_committed(Some(log_id(1, 4))).await.expect("save committed");
         }
 
         let mut store = open(&dir);
         let got = store.try_get_log_entries(..).await.expect("read");
         assert_eq!(got, entries);
-        assert_eq!(
-            store.read_vote().await.expect("vote"),
-            Some(Vote::new(3, 7))
-        );
-        assert_eq!(
-            store.read_committed().await.expect("committed"),
-            Some(log_id(1, 4))
-        );
+        assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new(3, 7)));
+        assert_eq!(store.read_committed().await.expect("committed"), Some(log_id(1, 4)));
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id, Some(log_id(1, 5)));
         assert_eq!(state.last_purged_log_id, None);
@@ -610,11 +547,7 @@ mod tests {
         let mut store = open(&dir);
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 6)));
-        assert_eq!(
-            state.last_log_id,
-            Some(log_id(2, 6)),
-            "empty log reports the last purged id"
-        );
+        assert_eq!(state.last_log_id, Some(log_id(2, 6)), "empty log reports the last purged id");
     }
 
     #[tokio::test]
@@ -629,10 +562,7 @@ mod tests {
         let mut store = open(&dir);
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_log_id, Some(log_id(1, 3)));
-        assert_eq!(
-            store.try_get_log_entries(4..).await.expect("read"),
-            Vec::<Entry>::new()
-        );
+        assert_eq!(store.try_get_log_entries(4..).await.expect("read"), Vec::<Entry>::new());
     }
 
     #[tokio::test]
@@ -642,18 +572,9 @@ mod tests {
         let entries: Vec<Entry> = (1..=3).map(|i| normal(1, i, b"a=b")).collect();
         store.blocking_append(entries).await.expect("append");
         let text = exposition(&store.metrics);
-        assert!(
-            text.contains("raft_append_batch_entries_count 1\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("raft_append_batch_entries_sum 3.0\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains("raft_append_duration_seconds_count 1\n"),
-            "{text}"
-        );
+        assert!(text.contains("raft_append_batch_entries_count 1\n"), "{text}");
+        assert!(text.contains("raft_append_batch_entries_sum 3.0\n"), "{text}");
+        assert!(text.contains("raft_append_duration_seconds_count 1\n"), "{text}");
     }
 
     #[tokio::test]
@@ -662,16 +583,11 @@ mod tests {
         let mut store = open(&dir);
         write_txn(&store.db, "corrupt", |txn| {
             let mut table = txn.open_table(LOG).during("open")?;
-            table
-                .insert(1, [0xff_u8, 0xff, 0xff].as_slice())
-                .during("insert")?;
+            table.insert(1, [0xff_u8, 0xff, 0xff].as_slice()).during("insert")?;
             Ok(())
         })
         .expect("write garbage");
-        let error = store
-            .try_get_log_entries(..)
-            .await
-            .expect_err("garbage must not decode");
+        let error = store.try_get_log_entries(..).await.expect_err("garbage must not decode");
         assert!(error.to_string().contains("index 1"), "{error}");
     }
 
@@ -683,9 +599,6 @@ mod tests {
         assert_eq!(index_span(&(3..=7)), Some((3, Some(8))));
         assert_eq!(index_span(&(..)), Some((0, None)));
         assert_eq!(index_span(&(0..=u64::MAX)), Some((0, None)));
-        assert_eq!(
-            index_span(&(Bound::Excluded(u64::MAX), Bound::Unbounded)),
-            None
-        );
+        assert_eq!(index_span(&(Bound::Excluded(u64::MAX), Bound::Unbounded)), None);
     }
 }

@@ -65,31 +65,11 @@ impl ConsensusMetrics {
     pub fn register(&self, registry: &mut Registry) {
         let r = registry.sub_registry_with_prefix("raft");
         r.register("term", "Current Raft term", self.term.clone());
-        r.register(
-            "leader_changes",
-            "Times the known leader changed",
-            self.leader_changes.clone(),
-        );
-        r.register(
-            "is_leader",
-            "1 while this replica leads",
-            self.is_leader.clone(),
-        );
-        r.register(
-            "commit_index",
-            "Last committed log index",
-            self.commit_index.clone(),
-        );
-        r.register(
-            "applied_index",
-            "Last applied log index",
-            self.applied_index.clone(),
-        );
-        r.register(
-            "last_log_index",
-            "Last log index",
-            self.last_log_index.clone(),
-        );
+        r.register("leader_changes", "Times the known leader changed", self.leader_changes.clone());
+        r.register("is_leader", "1 while this replica leads", self.is_leader.clone());
+        r.register("commit_index", "Last committed log index", self.commit_index.clone());
+        r.register("applied_index", "Last applied log index", self.applied_index.clone());
+        r.register("last_log_index", "Last log index", self.last_log_index.clone());
         r.register(
             "snapshot_index",
             "Log index covered by the snapshot",
@@ -110,11 +90,7 @@ impl ConsensusMetrics {
             "Time to apply a batch of committed entries",
             self.apply_seconds.clone(),
         );
-        r.register(
-            "snapshots_built",
-            "Snapshots built",
-            self.snapshots_built.clone(),
-        );
+        r.register("snapshots_built", "Snapshots built", self.snapshots_built.clone());
         r.register(
             "snapshots_installed",
             "Snapshots installed from a leader",

@@ -94,9 +94,7 @@ impl ReplicaConfig {
             install_snapshot_timeout: millis(self.transport.rpc_timeout).max(1_000) * 10,
             ..openraft::Config::default()
         };
-        config
-            .validate()
-            .map_err(|e| ReplicaError::Config(e.to_string()))
+        config.validate().map_err(|e| ReplicaError::Config(e.to_string()))
     }
 }
 
@@ -293,10 +291,7 @@ impl<S: StateMachine> Replica<S> {
         let members: BTreeMap<NodeId, Node> = if members.is_empty() {
             BTreeMap::from([(self.id, Node::new(self.raft_addr.clone()))])
         } else {
-            members
-                .into_iter()
-                .map(|(id, addr)| (id, Node::new(addr)))
-                .collect()
+            members.into_iter().map(|(id, addr)| (id, Node::new(addr))).collect()
         };
         self.raft.initialize(members).await.map_err(|e| match e {
             RaftError::APIError(e) => ReplicaError::Membership(e.to_string()),
@@ -309,10 +304,7 @@ impl<S: StateMachine> Replica<S> {
     /// # Errors
     /// The raft core stopped.
     pub async fn is_initialized(&self) -> Result<bool, ReplicaError> {
-        self.raft
-            .is_initialized()
-            .await
-            .map_err(|e| ReplicaError::Stopped(e.to_string()))
+        self.raft.is_initialized().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
     }
 
     /// Proposes `command`, on this replica if it leads or forwarded to the leader, and
@@ -336,16 +328,9 @@ impl<S: StateMachine> Replica<S> {
                 Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                     match (forward.leader_id, forward.leader_node) {
                         (Some(leader_id), Some(node)) if leader_id != self.id => {
-                            match self
-                                .network
-                                .forward_write(&node.addr, command.clone())
-                                .await
-                            {
+                            match self.network.forward_write(&node.addr, command.clone()).await {
                                 Ok((log_id, response)) => {
-                                    return Ok(WriteOutcome {
-                                        index: log_id.index,
-                                        response,
-                                    });
+                                    return Ok(WriteOutcome { index: log_id.index, response });
                                 }
                                 Err(status) => ReplicaError::Forward {
                                     leader_id,
@@ -364,8 +349,7 @@ impl<S: StateMachine> Replica<S> {
                 return Err(error);
             }
             tracing::debug!(%error, attempt, "write not accepted yet, retrying");
-            self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt)))
-                .await;
+            self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt))).await;
         }
     }
 
@@ -426,8 +410,7 @@ impl<S: StateMachine> Replica<S> {
             if attempt > self.write_retries {
                 return Err(error);
             }
-            self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt)))
-                .await;
+            self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt))).await;
         }
     }
 
@@ -462,14 +445,8 @@ impl<S: StateMachine> Replica<S> {
         learner_only: bool,
     ) -> Result<u64, ReplicaError> {
         self.ensure_leader()?;
-        let already_member = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
+        let already_member =
+            self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
         let response = self
             .raft
             .add_learner(id, Node::new(addr.clone()), false)
@@ -486,11 +463,7 @@ impl<S: StateMachine> Replica<S> {
             return Err(ReplicaError::Membership(format!(
                 "replica {id} at {addr} {error}; check that it runs, that the leader can reach \
                  it, and that it holds a certificate of the federation's CA{}",
-                if already_member {
-                    ""
-                } else {
-                    " (it was removed again)"
-                }
+                if already_member { "" } else { " (it was removed again)" }
             )));
         }
         if learner_only {
@@ -509,11 +482,7 @@ impl<S: StateMachine> Replica<S> {
     /// [`CATCH_UP_TIMEOUT`].
     async fn wait_for_catch_up(&self, id: NodeId, index: u64) -> Result<(), String> {
         let matched = |m: &RaftMetrics| {
-            m.replication
-                .as_ref()
-                .and_then(|r| r.get(&id).copied())
-                .flatten()
-                .map(|l| l.index)
+            m.replication.as_ref().and_then(|r| r.get(&id).copied()).flatten().map(|l| l.index)
         };
         self.raft
             .wait(Some(CATCH_UP_FIRST_CONTACT))
@@ -522,10 +491,7 @@ impl<S: StateMachine> Replica<S> {
             .map_err(|_| format!("did not answer within {CATCH_UP_FIRST_CONTACT:?}"))?;
         self.raft
             .wait(Some(CATCH_UP_TIMEOUT))
-            .metrics(
-                |m| matched(m).is_some_and(|i| i >= index),
-                "learner to catch up",
-            )
+            .metrics(|m| matched(m).is_some_and(|i| i >= index), "learner to catch up")
             .await
             .map_err(|_| {
                 format!("did not catch up to index {index} within {CATCH_UP_TIMEOUT:?}")
@@ -543,9 +509,7 @@ impl<S: StateMachine> Replica<S> {
         let is_voter = membership.membership().voter_ids().any(|v| v == id);
         let is_learner = membership.membership().learner_ids().any(|v| v == id);
         if !is_voter && !is_learner {
-            return Err(ReplicaError::Membership(format!(
-                "replica {id} is not a member"
-            )));
+            return Err(ReplicaError::Membership(format!("replica {id} is not a member")));
         }
         let mut index = 0;
         if is_voter {
@@ -556,14 +520,8 @@ impl<S: StateMachine> Replica<S> {
                 .map_err(|e| self.membership_error(e))?;
             index = response.log_id.index;
         }
-        let still_node = self
-            .raft
-            .metrics()
-            .borrow()
-            .membership_config
-            .membership()
-            .get_node(&id)
-            .is_some();
+        let still_node =
+            self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
         if still_node {
             let response = self
                 .raft
@@ -588,11 +546,7 @@ impl<S: StateMachine> Replica<S> {
                     .get_node(&leader_id)
                     .map(|n| n.addr.clone())
                     .unwrap_or_default();
-                Err(ReplicaError::NotLeader {
-                    this: self.id,
-                    leader_id,
-                    leader_addr,
-                })
+                Err(ReplicaError::NotLeader { this: self.id, leader_id, leader_addr })
             }
             None => Err(ReplicaError::NoLeader),
         }
@@ -605,11 +559,9 @@ impl<S: StateMachine> Replica<S> {
         match error {
             RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
                 match (forward.leader_id, forward.leader_node) {
-                    (Some(leader_id), Some(node)) => ReplicaError::NotLeader {
-                        this: self.id,
-                        leader_id,
-                        leader_addr: node.addr,
-                    },
+                    (Some(leader_id), Some(node)) => {
+                        ReplicaError::NotLeader { this: self.id, leader_id, leader_addr: node.addr }
+                    }
                     _ => ReplicaError::NoLeader,
                 }
             }
@@ -624,17 +576,8 @@ impl<S: StateMachine> Replica<S> {
     /// # Errors
     /// The raft core stopped, or no snapshot appeared in time.
     pub async fn snapshot_now(&self, purge: bool) -> Result<u64, ReplicaError> {
-        let applied = self
-            .raft
-            .metrics()
-            .borrow()
-            .last_applied
-            .map_or(0, |l| l.index);
-        self.raft
-            .trigger()
-            .snapshot()
-            .await
-            .map_err(|e| ReplicaError::Stopped(e.to_string()))?;
+        let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
+        self.raft.trigger().snapshot().await.map_err(|e| ReplicaError::Stopped(e.to_string()))?;
         let metrics = self
             .raft
             .wait(Some(Duration::from_secs(60)))
@@ -660,10 +603,7 @@ impl<S: StateMachine> Replica<S> {
     /// # Errors
     /// The core task failed.
     pub async fn shutdown(&self) -> Result<(), ReplicaError> {
-        self.raft
-            .shutdown()
-            .await
-            .map_err(|e| ReplicaError::Stopped(e.to_string()))
+        self.raft.shutdown().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
     }
 
     /// Keeps the Prometheus gauges in step with openraft's metrics.
@@ -677,23 +617,13 @@ impl<S: StateMachine> Replica<S> {
                 let m = watch.borrow_and_update().clone();
                 let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
                 metrics.term.set(gauge(m.current_term));
-                metrics
-                    .is_leader
-                    .set(i64::from(m.state == ServerState::Leader));
-                metrics
-                    .last_log_index
-                    .set(gauge(m.last_log_index.unwrap_or(0)));
-                metrics
-                    .applied_index
-                    .set(gauge(m.last_applied.map_or(0, |l| l.index)));
-                metrics
-                    .snapshot_index
-                    .set(gauge(m.snapshot.map_or(0, |l| l.index)));
+                metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
+                metrics.last_log_index.set(gauge(m.last_log_index.unwrap_or(0)));
+                metrics.applied_index.set(gauge(m.last_applied.map_or(0, |l| l.index)));
+                metrics.snapshot_index.set(gauge(m.snapshot.map_or(0, |l| l.index)));
                 // A follower's commit index is not in openraft's metrics; applied trails it
                 // by at most one apply batch, so it stands in for it here.
-                metrics
-                    .commit_index
-                    .set(gauge(m.last_applied.map_or(0, |l| l.index)));
+                metrics.commit_index.set(gauge(m.last_applied.map_or(0, |l| l.index)));
                 if last_leader.is_some_and(|l| l != m.current_leader) {
                     metrics.leader_changes.inc();
                     tracing::info!(replica = id, leader = ?m.current_leader, term = m.current_term, "leader changed");

@@ -113,10 +113,7 @@ trait DuringOp<T> {
 
 impl<T, E: Into<redb::Error>> DuringOp<T> for Result<T, E> {
     fn during(self, op: &'static str) -> Result<T, SnapshotStoreError> {
-        self.map_err(|error| SnapshotStoreError::Database {
-            op,
-            source: error.into(),
-        })
+        self.map_err(|error| SnapshotStoreError::Database { op, source: error.into() })
     }
 }
 
@@ -156,9 +153,7 @@ pub struct StateMachineStore<S: StateMachine> {
 
 impl<S: StateMachine> Clone for StateMachineStore<S> {
     fn clone(&self) -> Self {
-        Self {
-            shared: Arc::clone(&self.shared),
-        }
+        Self { shared: Arc::clone(&self.shared) }
     }
 }
 
@@ -179,17 +174,13 @@ impl<S: StateMachine> StateMachineStore<S> {
     pub fn open(db: Arc<Database>, sm: S, metrics: ConsensusMetrics) -> Result<Self, StorageError> {
         let read_error = |error: SnapshotStoreError| StorageIOError::read_snapshot(None, &error);
         write_txn(&db, "create the snapshot table", |txn| {
-            txn.open_table(SNAPSHOT)
-                .during("create the snapshot table")?;
+            txn.open_table(SNAPSHOT).during("create the snapshot table")?;
             Ok(())
         })
         .map_err(read_error)?;
 
-        let mut applied = Applied {
-            sm,
-            last_applied: None,
-            last_membership: StoredMembership::default(),
-        };
+        let mut applied =
+            Applied { sm, last_applied: None, last_membership: StoredMembership::default() };
         if let Some((meta, data)) = load_snapshot(&db).map_err(read_error)? {
             restore(&mut applied.sm, &meta, &data)
                 .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
@@ -202,9 +193,7 @@ impl<S: StateMachine> StateMachineStore<S> {
             applied.last_membership = meta.last_membership;
         }
 
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
+        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
@@ -243,18 +232,12 @@ impl<S: StateMachine> StateMachineStore<S> {
     /// unreadable: `StateMachine::apply` must not panic, and if it did, failing every
     /// later read would not help.
     fn lock_read(&self) -> RwLockReadGuard<'_, Applied<S>> {
-        self.shared
-            .applied
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.applied.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Write access to the state; see [`Self::lock_read`] about poisoning.
     fn lock_write(&self) -> RwLockWriteGuard<'_, Applied<S>> {
-        self.shared
-            .applied
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.applied.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Durably stores `meta` and `data` as the current snapshot unless the stored one is
@@ -264,11 +247,9 @@ impl<S: StateMachine> StateMachineStore<S> {
         meta: &SnapshotMeta,
         data: Vec<u8>,
     ) -> Result<bool, SnapshotStoreError> {
-        let meta_bytes =
-            postcard::to_allocvec(meta).map_err(|source| SnapshotStoreError::EncodeMeta {
-                snapshot_id: meta.snapshot_id.clone(),
-                source,
-            })?;
+        let meta_bytes = postcard::to_allocvec(meta).map_err(|source| {
+            SnapshotStoreError::EncodeMeta { snapshot_id: meta.snapshot_id.clone(), source }
+        })?;
         let last_log_id = meta.last_log_id;
         let db = Arc::clone(&self.shared.db);
         tokio::task::spawn_blocking(move || {
@@ -276,9 +257,8 @@ impl<S: StateMachine> StateMachineStore<S> {
                 let mut table = txn.open_table(SNAPSHOT).during("open the snapshot table")?;
                 // A snapshot built from an older state can finish after a newer one was
                 // installed; the newer one stays.
-                if let Some(stored) = table
-                    .get(SNAPSHOT_META_KEY)
-                    .during("read the snapshot metadata")?
+                if let Some(stored) =
+                    table.get(SNAPSHOT_META_KEY).during("read the snapshot metadata")?
                 {
                     let stored: SnapshotMeta = postcard::from_bytes(stored.value())
                         .map_err(|source| SnapshotStoreError::DecodeMeta { source })?;
@@ -333,10 +313,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 responses.push(response);
             }
         }
-        self.shared
-            .metrics
-            .apply_seconds
-            .observe(started.elapsed().as_secs_f64());
+        self.shared.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         Ok(responses)
     }
 
@@ -382,10 +359,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             .map_err(|source| SnapshotStoreError::Task { source })
             .and_then(|loaded| loaded)
             .map_err(|error| StorageIOError::read_snapshot(None, &error))?;
-        Ok(loaded.map(|(meta, data)| Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        }))
+        Ok(loaded.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
     }
 }
 
@@ -393,22 +367,14 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         let (data, last_log_id, last_membership) = {
             let applied = self.lock_read();
-            (
-                applied.sm.snapshot(),
-                applied.last_applied,
-                applied.last_membership.clone(),
-            )
+            (applied.sm.snapshot(), applied.last_applied, applied.last_membership.clone())
         };
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_log_id {
             Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
             None => format!("none-{seq}"),
         };
-        let meta = SnapshotMeta {
-            last_log_id,
-            last_membership,
-            snapshot_id,
-        };
+        let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
         let stored = self
             .persist(&meta, data.clone())
             .await
@@ -420,10 +386,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             stored,
             "built snapshot"
         );
-        Ok(Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        })
+        Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
     }
 }
 
@@ -433,32 +396,23 @@ fn restore<S: StateMachine>(
     meta: &SnapshotMeta,
     data: &[u8],
 ) -> Result<(), SnapshotStoreError> {
-    sm.restore(data)
-        .map_err(|reason| SnapshotStoreError::Restore {
-            snapshot_id: meta.snapshot_id.clone(),
-            reason,
-        })
+    sm.restore(data).map_err(|reason| SnapshotStoreError::Restore {
+        snapshot_id: meta.snapshot_id.clone(),
+        reason,
+    })
 }
 
 /// Reads the current snapshot, if one is stored.
 fn load_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotStoreError> {
     let txn = db.begin_read().during("begin a read transaction")?;
     let table = txn.open_table(SNAPSHOT).during("open the snapshot table")?;
-    let Some(meta) = table
-        .get(SNAPSHOT_META_KEY)
-        .during("read the snapshot metadata")?
-    else {
+    let Some(meta) = table.get(SNAPSHOT_META_KEY).during("read the snapshot metadata")? else {
         return Ok(None);
     };
     let meta: SnapshotMeta = postcard::from_bytes(meta.value())
         .map_err(|source| SnapshotStoreError::DecodeMeta { source })?;
-    let Some(data) = table
-        .get(SNAPSHOT_DATA_KEY)
-        .during("read the snapshot data")?
-    else {
-        return Err(SnapshotStoreError::MissingData {
-            snapshot_id: meta.snapshot_id,
-        });
+    let Some(data) = table.get(SNAPSHOT_DATA_KEY).during("read the snapshot data")? else {
+        return Err(SnapshotStoreError::MissingData { snapshot_id: meta.snapshot_id });
     };
     let data = data.value().to_vec();
     Ok(Some((meta, data)))
@@ -495,16 +449,12 @@ mod tests {
 
     impl StateMachine for Kv {
         fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
-            let Some((key, value)) = std::str::from_utf8(command)
-                .ok()
-                .and_then(|c| c.split_once('='))
+            let Some((key, value)) =
+                std::str::from_utf8(command).ok().and_then(|c| c.split_once('='))
             else {
                 return b"error".to_vec();
             };
-            self.0
-                .insert(key.to_owned(), value.to_owned())
-                .unwrap_or_default()
-                .into_bytes()
+            self.0.insert(key.to_owned(), value.to_owned()).unwrap_or_default().into_bytes()
         }
 
         fn snapshot(&self) -> Vec<u8> {
@@ -551,10 +501,7 @@ mod tests {
         let mut store = open(&dir);
         let responses = store
             .apply([
-                Entry {
-                    log_id: log_id(1, 1),
-                    payload: EntryPayload::Blank,
-                },
+                Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank },
                 membership(1, 2, &[1, 2, 3]),
                 normal(1, 3, "a=1"),
                 normal(1, 4, "a=2"),
@@ -569,18 +516,12 @@ mod tests {
         let (applied, last_membership) = store.applied_state().await.expect("applied state");
         assert_eq!(applied, Some(log_id(1, 5)));
         assert_eq!(last_membership.log_id(), &Some(log_id(1, 2)));
-        assert_eq!(
-            store.read(|kv| kv.0.get("a").cloned()),
-            Some("2".to_owned())
-        );
+        assert_eq!(store.read(|kv| kv.0.get("a").cloned()), Some("2".to_owned()));
         let mut registry = prometheus_client::registry::Registry::default();
         store.shared.metrics.register(&mut registry);
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
-        assert!(
-            text.contains("raft_apply_duration_seconds_count 1\n"),
-            "{text}"
-        );
+        assert!(text.contains("raft_apply_duration_seconds_count 1\n"), "{text}");
 
         let (digest_applied, digest) = store.digest();
         assert_eq!(digest_applied, Some(log_id(1, 5)));
@@ -593,20 +534,12 @@ mod tests {
         let (state, applied, built) = {
             let mut store = open(&dir);
             store
-                .apply([
-                    membership(1, 1, &[1]),
-                    normal(1, 2, "a=1"),
-                    normal(2, 3, "b=2"),
-                ])
+                .apply([membership(1, 1, &[1]), normal(1, 2, "a=1"), normal(2, 3, "b=2")])
                 .await
                 .expect("apply");
             let built = store.build_snapshot().await.expect("build snapshot");
             assert_eq!(store.shared.metrics.snapshots_built.get(), 1);
-            assert!(
-                built.meta.snapshot_id.starts_with("2-3-"),
-                "{}",
-                built.meta.snapshot_id
-            );
+            assert!(built.meta.snapshot_id.starts_with("2-3-"), "{}", built.meta.snapshot_id);
             (store.read(Kv::clone), store.applied(), built)
         };
 
@@ -615,11 +548,7 @@ mod tests {
         assert_eq!(store.applied(), applied);
         let (_, last_membership) = store.applied_state().await.expect("applied state");
         assert_eq!(last_membership, built.meta.last_membership);
-        let current = store
-            .get_current_snapshot()
-            .await
-            .expect("read")
-            .expect("a snapshot");
+        let current = store.get_current_snapshot().await.expect("read").expect("a snapshot");
         assert_eq!(current.meta, built.meta);
         assert_eq!(current.snapshot.into_inner(), built.snapshot.into_inner());
     }
@@ -628,25 +557,16 @@ mod tests {
     async fn installed_snapshot_replaces_state_and_survives_reopen() {
         let leader_dir = TempDir::new().expect("tempdir");
         let mut leader = open(&leader_dir);
-        leader
-            .apply([membership(1, 1, &[1, 2]), normal(1, 2, "x=9")])
-            .await
-            .expect("apply");
+        leader.apply([membership(1, 1, &[1, 2]), normal(1, 2, "x=9")]).await.expect("apply");
         let snapshot = leader.build_snapshot().await.expect("build");
 
         let dir = TempDir::new().expect("tempdir");
         {
             let mut follower = open(&dir);
-            follower
-                .apply([normal(1, 1, "stale=1")])
-                .await
-                .expect("apply");
+            follower.apply([normal(1, 1, "stale=1")]).await.expect("apply");
             let mut received = follower.begin_receiving_snapshot().await.expect("begin");
             *received = *snapshot.snapshot;
-            follower
-                .install_snapshot(&snapshot.meta, received)
-                .await
-                .expect("install");
+            follower.install_snapshot(&snapshot.meta, received).await.expect("install");
             assert_eq!(follower.read(Kv::clone), leader.read(Kv::clone));
             assert_eq!(follower.shared.metrics.snapshots_installed.get(), 1);
         }
@@ -664,23 +584,9 @@ mod tests {
             last_membership: StoredMembership::default(),
             snapshot_id: id.to_owned(),
         };
-        assert!(
-            store
-                .persist(&meta(5, "new"), b"new".to_vec())
-                .await
-                .expect("persist")
-        );
-        assert!(
-            !store
-                .persist(&meta(4, "old"), b"old".to_vec())
-                .await
-                .expect("persist")
-        );
-        let current = store
-            .get_current_snapshot()
-            .await
-            .expect("read")
-            .expect("a snapshot");
+        assert!(store.persist(&meta(5, "new"), b"new".to_vec()).await.expect("persist"));
+        assert!(!store.persist(&meta(4, "old"), b"old".to_vec()).await.expect("persist"));
+        let current = store.get_current_snapshot().await.expect("read").expect("a snapshot");
         assert_eq!(current.meta.snapshot_id, "new");
         assert_eq!(current.snapshot.into_inner(), b"new");
     }
@@ -701,18 +607,11 @@ mod tests {
             .await
             .expect_err("garbage must not install");
         assert!(error.to_string().contains("1-9-corrupt"), "{error}");
-        assert_eq!(
-            store.applied(),
-            Some(log_id(1, 1)),
-            "a rejected snapshot changes nothing"
-        );
+        assert_eq!(store.applied(), Some(log_id(1, 1)), "a rejected snapshot changes nothing");
         assert!(store.get_current_snapshot().await.expect("read").is_none());
 
         // A corrupt snapshot already on disk makes open fail instead of panicking.
-        store
-            .persist(&meta, vec![0xff; 3])
-            .await
-            .expect("persist garbage");
+        store.persist(&meta, vec![0xff; 3]).await.expect("persist garbage");
         drop(store);
         let reopened =
             StateMachineStore::open(db(&dir), Kv::default(), ConsensusMetrics::default());

@@ -1,9 +1,9 @@
 //! mTLS connection plumbing of the replica transport.
 //!
 //! The server side is [`incoming`]: a stream of handshaken connections for tonic's
-//! `serve_with_incoming*`, each carrying a [`TlsConnectInfo`] (remote address and the
-//! peer's end-entity certificate) that tonic puts into every request's extensions. The
-//! client side is [`TlsConnector`], a connector for
+//! `serve_with_incoming*`, each carrying a [`TlsConnectInfo`] (remote address, the
+//! peer's end-entity certificate and its whole chain) that tonic puts into every request's
+//! extensions. The client side is [`TlsConnector`], a connector for
 //! [`tonic::transport::Endpoint::connect_with_connector`].
 //!
 //! Both sides negotiate ALPN `h2`. Which certificates are trusted is entirely the
@@ -89,6 +89,10 @@ pub struct TlsConnectInfo {
     pub local_addr: Option<SocketAddr>,
     /// The peer's end-entity certificate; `None` if the server config did not ask for one.
     pub peer_certificate: Option<PeerCertificate>,
+    /// The whole chain the peer presented, end-entity first, then intermediates as sent;
+    /// empty if it presented none. Kept for verifiers that defer chain validation to the
+    /// request (the trusted roots depend on who the peer claims to be).
+    pub peer_chain: Arc<[CertificateDer<'static>]>,
 }
 
 /// The [`TlsConnectInfo`] of the connection `request` arrived on, if it came over a
@@ -100,6 +104,12 @@ pub fn connect_info<T>(request: &tonic::Request<T>) -> Option<&TlsConnectInfo> {
 /// The certificate the peer that sent `request` presented, if any.
 pub fn peer_certificate<T>(request: &tonic::Request<T>) -> Option<&PeerCertificate> {
     connect_info(request).and_then(|info| info.peer_certificate.as_ref())
+}
+
+/// The whole certificate chain the peer that sent `request` presented (end-entity first);
+/// empty if none, or if the request did not come over a [`TlsConn`].
+pub fn peer_chain<T>(request: &tonic::Request<T>) -> &[CertificateDer<'static>] {
+    connect_info(request).map_or(&[], |info| &info.peer_chain)
 }
 
 /// An accepted, handshaken server-side TLS connection.
@@ -275,16 +285,19 @@ impl TlsIncoming {
                     return None;
                 }
             };
-            let peer_certificate = stream
+            let peer_chain: Arc<[CertificateDer<'static>]> = stream
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|chain| chain.first())
-                .map(|cert| PeerCertificate(Arc::new(cert.clone().into_owned())));
+                .map(|chain| chain.iter().map(|cert| cert.clone().into_owned()).collect())
+                .unwrap_or_default();
+            let peer_certificate =
+                peer_chain.first().map(|cert| PeerCertificate(Arc::new(cert.clone())));
             let info = TlsConnectInfo {
                 remote_addr: Some(remote_addr),
                 local_addr,
                 peer_certificate,
+                peer_chain,
             };
             Some(TlsConn { stream, info })
         }));
@@ -351,14 +364,9 @@ impl TlsConnector {
         &self,
         uri: &http::Uri,
     ) -> Result<tokio_rustls::client::TlsStream<TcpStream>, TlsError> {
-        let host = uri.host().ok_or_else(|| TlsError::MissingHost {
-            uri: uri.to_string(),
-        })?;
+        let host = uri.host().ok_or_else(|| TlsError::MissingHost { uri: uri.to_string() })?;
         // IPv6 literals keep their brackets in a URI's host.
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
+        let host = host.trim_start_matches('[').trim_end_matches(']').to_string();
         let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
             Some("http") => 80,
             _ => 443,
@@ -367,11 +375,7 @@ impl TlsConnector {
             .map_err(|_| TlsError::InvalidServerName { host: host.clone() })?;
         let tcp = TcpStream::connect((host.as_str(), port))
             .await
-            .map_err(|source| TlsError::Connect {
-                host: host.clone(),
-                port,
-                source,
-            })?;
+            .map_err(|source| TlsError::Connect { host: host.clone(), port, source })?;
         if let Err(error) = tcp.set_nodelay(true) {
             tracing::debug!(%error, %host, port, "failed to set TCP_NODELAY");
         }

@@ -20,16 +20,11 @@ struct KvState {
 
 impl StateMachine for KvState {
     fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
-        let Some((key, value)) = std::str::from_utf8(command)
-            .ok()
-            .and_then(|c| c.split_once('='))
+        let Some((key, value)) = std::str::from_utf8(command).ok().and_then(|c| c.split_once('='))
         else {
             return b"error: command is not key=value".to_vec();
         };
-        self.entries
-            .insert(key.to_owned(), value.to_owned())
-            .unwrap_or_default()
-            .into_bytes()
+        self.entries.insert(key.to_owned(), value.to_owned()).unwrap_or_default().into_bytes()
     }
 
     fn snapshot(&self) -> Vec<u8> {

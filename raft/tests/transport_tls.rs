@@ -64,15 +64,8 @@ impl TestCa {
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.distinguished_name.push(DnType::CommonName, name);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let cert = params
-            .self_signed(&key)
-            .expect("self-sign CA")
-            .der()
-            .clone();
-        Self {
-            cert,
-            issuer: Issuer::new(params, key),
-        }
+        let cert = params.self_signed(&key).expect("self-sign CA").der().clone();
+        Self { cert, issuer: Issuer::new(params, key) }
     }
 
     /// A leaf for 127.0.0.1 usable as server and client certificate.
@@ -81,19 +74,10 @@ impl TestCa {
         let mut params = CertificateParams::new(Vec::<String>::new()).expect("leaf params");
         params.distinguished_name.push(DnType::CommonName, name);
         params.subject_alt_names = vec![SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST))];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let cert = params
-            .signed_by(&key, &self.issuer)
-            .expect("sign leaf")
-            .der()
-            .clone();
-        Leaf {
-            cert,
-            key: key.serialize_der(),
-        }
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).expect("sign leaf").der().clone();
+        Leaf { cert, key: key.serialize_der() }
     }
 
     fn roots(&self) -> Arc<RootCertStore> {
@@ -164,13 +148,9 @@ impl StubRaft {
     fn record<T>(&self, request: &Request<T>) -> Result<(), Status> {
         let info = tls::connect_info(request).ok_or_else(|| Status::internal("no TLS info"))?;
         if info.peer_certificate.is_none() {
-            return Err(Status::internal(
-                "no peer certificate in the request extensions",
-            ));
+            return Err(Status::internal("no peer certificate in the request extensions"));
         }
-        let addr = info
-            .remote_addr
-            .ok_or_else(|| Status::internal("no remote address"))?;
+        let addr = info.remote_addr.ok_or_else(|| Status::internal("no remote address"))?;
         self.seen.lock().expect("seen lock").remote_addrs.push(addr);
         Ok(())
     }
@@ -227,11 +207,7 @@ impl RaftService for StubRaft {
             }
             chunks.push((chunk.vote.is_some(), chunk.meta.is_some(), chunk.data));
         }
-        self.seen
-            .lock()
-            .expect("seen lock")
-            .snapshot_streams
-            .push(chunks);
+        self.seen.lock().expect("seen lock").snapshot_streams.push(chunks);
         Ok(Response::new(pb::SnapshotResponse { vote }))
     }
 
@@ -253,9 +229,7 @@ impl RaftService for StubRaft {
         request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         self.record(&request)?;
-        Ok(Response::new(pb::ReadIndexResponse {
-            read_log_id: Some(log_id(7).into_proto()),
-        }))
+        Ok(Response::new(pb::ReadIndexResponse { read_log_id: Some(log_id(7).into_proto()) }))
     }
 }
 
@@ -286,14 +260,7 @@ impl Pki {
         let member = ca1.leaf("replica-2");
         let outsider = ca1.leaf("outsider");
         let stranger = ca2.leaf("replica-2");
-        Self {
-            ca1,
-            ca2,
-            server,
-            member,
-            outsider,
-            stranger,
-        }
+        Self { ca1, ca2, server, member, outsider, stranger }
     }
 
     /// A policy that admits only the server's and the member's certificates.
@@ -319,20 +286,10 @@ async fn start_server(pki: &Pki) -> Server {
     let stub = StubRaft::default();
     let (shutdown, stop) = oneshot::channel::<()>();
     let config = server_tls(&pki.ca1, &pki.server);
-    tokio::spawn(serve_service(
-        listener,
-        config,
-        stub.clone(),
-        Some(pki.policy()),
-        async move {
-            let _ = stop.await;
-        },
-    ));
-    Server {
-        addr,
-        stub,
-        _shutdown: shutdown,
-    }
+    tokio::spawn(serve_service(listener, config, stub.clone(), Some(pki.policy()), async move {
+        let _ = stop.await;
+    }));
+    Server { addr, stub, _shutdown: shutdown }
 }
 
 fn network(client_tls: Arc<rustls::ClientConfig>, metrics: &ConsensusMetrics) -> Network {
@@ -345,16 +302,11 @@ fn network(client_tls: Arc<rustls::ClientConfig>, metrics: &ConsensusMetrics) ->
 }
 
 async fn peer(network: &mut Network, target: NodeId, addr: SocketAddr) -> PeerClient {
-    network
-        .new_client(target, &Node::new(addr.to_string()))
-        .await
+    network.new_client(target, &Node::new(addr.to_string())).await
 }
 
 fn vote_request() -> VoteRequest {
-    VoteRequest {
-        vote: Vote::new(4, 2),
-        last_log_id: Some(log_id(5)),
-    }
+    VoteRequest { vote: Vote::new(4, 2), last_log_id: Some(log_id(5)) }
 }
 
 fn rpc_option() -> RPCOption {
@@ -371,42 +323,24 @@ async fn member_with_ca1_certificate_is_served_over_one_connection() {
     let mut network = network(client_tls(&pki.ca1, Some(&pki.member)), &metrics);
     let mut client = peer(&mut network, 1, server.addr).await;
 
-    let first = client
-        .vote(vote_request(), rpc_option())
-        .await
-        .expect("first vote");
+    let first = client.vote(vote_request(), rpc_option()).await.expect("first vote");
     assert!(first.vote_granted);
     assert_eq!(first.vote, Vote::new(4, 2));
     assert_eq!(first.last_log_id, Some(log_id(5)));
-    client
-        .vote(vote_request(), rpc_option())
-        .await
-        .expect("second vote");
+    client.vote(vote_request(), rpc_option()).await.expect("second vote");
 
     // A second client of the same factory, and the forwarding calls, share the channel.
     let mut again = peer(&mut network, 1, server.addr).await;
-    again
-        .vote(vote_request(), rpc_option())
-        .await
-        .expect("vote from another client");
+    again.vote(vote_request(), rpc_option()).await.expect("vote from another client");
     let addr = server.addr.to_string();
-    assert_eq!(
-        network.read_index(&addr).await.expect("read index"),
-        Some(log_id(7))
-    );
-    let (written_at, response) = network
-        .forward_write(&addr, b"abc".to_vec())
-        .await
-        .expect("forward write");
+    assert_eq!(network.read_index(&addr).await.expect("read index"), Some(log_id(7)));
+    let (written_at, response) =
+        network.forward_write(&addr, b"abc".to_vec()).await.expect("forward write");
     assert_eq!((written_at, response), (log_id(9), b"cba".to_vec()));
     assert_eq!(metrics.forwarded_writes.get(), 1);
 
     assert_eq!(server.stub.requests(), 5);
-    assert_eq!(
-        server.stub.connections(),
-        1,
-        "every call must reuse the one connection"
-    );
+    assert_eq!(server.stub.connections(), 1, "every call must reuse the one connection");
 }
 
 #[tokio::test]
@@ -416,18 +350,9 @@ async fn client_without_certificate_is_refused() {
     let mut network = network(client_tls(&pki.ca1, None), &ConsensusMetrics::default());
     let mut client = peer(&mut network, 1, server.addr).await;
 
-    let error = client
-        .vote(vote_request(), rpc_option())
-        .await
-        .expect_err("no client certificate");
-    assert!(
-        matches!(error, RPCError::Unreachable(_)),
-        "refusal should back off: {error}"
-    );
-    let status = network
-        .read_index(&server.addr.to_string())
-        .await
-        .expect_err("refused");
+    let error = client.vote(vote_request(), rpc_option()).await.expect_err("no client certificate");
+    assert!(matches!(error, RPCError::Unreachable(_)), "refusal should back off: {error}");
+    let status = network.read_index(&server.addr.to_string()).await.expect_err("refused");
     assert_ne!(status.code(), Code::Ok);
     assert_eq!(server.stub.requests(), 0);
 }
@@ -437,24 +362,13 @@ async fn client_with_certificate_from_another_ca_is_refused() {
     let pki = Pki::new();
     let server = start_server(&pki).await;
     // The client trusts the server; the server does not trust the client's CA2.
-    let mut network = network(
-        client_tls(&pki.ca1, Some(&pki.stranger)),
-        &ConsensusMetrics::default(),
-    );
+    let mut network =
+        network(client_tls(&pki.ca1, Some(&pki.stranger)), &ConsensusMetrics::default());
     let mut client = peer(&mut network, 1, server.addr).await;
 
-    let error = client
-        .vote(vote_request(), rpc_option())
-        .await
-        .expect_err("CA2 certificate");
-    assert!(
-        matches!(error, RPCError::Unreachable(_)),
-        "refusal should back off: {error}"
-    );
-    let status = network
-        .read_index(&server.addr.to_string())
-        .await
-        .expect_err("refused");
+    let error = client.vote(vote_request(), rpc_option()).await.expect_err("CA2 certificate");
+    assert!(matches!(error, RPCError::Unreachable(_)), "refusal should back off: {error}");
+    let status = network.read_index(&server.addr.to_string()).await.expect_err("refused");
     assert_ne!(status.code(), Code::Ok);
     assert_eq!(server.stub.requests(), 0);
 }
@@ -463,25 +377,14 @@ async fn client_with_certificate_from_another_ca_is_refused() {
 async fn client_passing_ca1_but_failing_the_peer_policy_gets_permission_denied() {
     let pki = Pki::new();
     let server = start_server(&pki).await;
-    let mut network = network(
-        client_tls(&pki.ca1, Some(&pki.outsider)),
-        &ConsensusMetrics::default(),
-    );
+    let mut network =
+        network(client_tls(&pki.ca1, Some(&pki.outsider)), &ConsensusMetrics::default());
 
-    let status = network
-        .read_index(&server.addr.to_string())
-        .await
-        .expect_err("outsider");
+    let status = network.read_index(&server.addr.to_string()).await.expect_err("outsider");
     assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
     let mut client = peer(&mut network, 1, server.addr).await;
-    let error = client
-        .vote(vote_request(), rpc_option())
-        .await
-        .expect_err("outsider vote");
-    assert!(
-        matches!(error, RPCError::Unreachable(_)),
-        "refusal should back off: {error}"
-    );
+    let error = client.vote(vote_request(), rpc_option()).await.expect_err("outsider vote");
+    assert!(matches!(error, RPCError::Unreachable(_)), "refusal should back off: {error}");
     assert_eq!(server.stub.requests(), 0);
 }
 
@@ -490,16 +393,11 @@ async fn client_that_does_not_trust_the_server_is_unreachable() {
     let pki = Pki::new();
     let server = start_server(&pki).await;
     // Only CA2 trusted: the server's CA1 certificate fails the client's handshake.
-    let mut network = network(
-        client_tls(&pki.ca2, Some(&pki.member)),
-        &ConsensusMetrics::default(),
-    );
+    let mut network =
+        network(client_tls(&pki.ca2, Some(&pki.member)), &ConsensusMetrics::default());
     let mut client = peer(&mut network, 1, server.addr).await;
 
-    let error = client
-        .vote(vote_request(), rpc_option())
-        .await
-        .expect_err("untrusted server");
+    let error = client.vote(vote_request(), rpc_option()).await.expect_err("untrusted server");
     assert!(matches!(error, RPCError::Unreachable(_)), "{error}");
     assert_eq!(server.stub.requests(), 0);
 }
@@ -510,16 +408,11 @@ async fn closed_port_is_unreachable() {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     drop(listener);
-    let mut network = network(
-        client_tls(&pki.ca1, Some(&pki.member)),
-        &ConsensusMetrics::default(),
-    );
+    let mut network =
+        network(client_tls(&pki.ca1, Some(&pki.member)), &ConsensusMetrics::default());
     let mut client = peer(&mut network, 1, addr).await;
 
-    let error = client
-        .vote(vote_request(), rpc_option())
-        .await
-        .expect_err("nothing listens");
+    let error = client.vote(vote_request(), rpc_option()).await.expect_err("nothing listens");
     assert!(matches!(error, RPCError::Unreachable(_)), "{error}");
 }
 
@@ -528,22 +421,16 @@ async fn stalled_handshake_does_not_hold_up_other_connections() {
     let pki = Pki::new();
     let server = start_server(&pki).await;
     // A peer that connects and never says a word.
-    let _silent = tokio::net::TcpStream::connect(server.addr)
-        .await
-        .expect("connect");
+    let _silent = tokio::net::TcpStream::connect(server.addr).await.expect("connect");
     tokio::time::sleep(Duration::from_millis(50)).await;
 
-    let mut network = network(
-        client_tls(&pki.ca1, Some(&pki.member)),
-        &ConsensusMetrics::default(),
-    );
+    let mut network =
+        network(client_tls(&pki.ca1, Some(&pki.member)), &ConsensusMetrics::default());
     let mut client = peer(&mut network, 1, server.addr).await;
-    let answered = tokio::time::timeout(
-        Duration::from_secs(3),
-        client.vote(vote_request(), rpc_option()),
-    )
-    .await
-    .expect("a silent peer must not block the accept loop");
+    let answered =
+        tokio::time::timeout(Duration::from_secs(3), client.vote(vote_request(), rpc_option()))
+            .await
+            .expect("a silent peer must not block the accept loop");
     answered.expect("vote");
 }
 
@@ -558,20 +445,15 @@ fn snapshot(bytes: usize) -> Snapshot {
         snapshot_id: "3-1-40".to_string(),
     };
     let data: Vec<u8> = (0..bytes).map(|i| (i % 251) as u8).collect();
-    Snapshot {
-        meta,
-        snapshot: Box::new(std::io::Cursor::new(data)),
-    }
+    Snapshot { meta, snapshot: Box::new(std::io::Cursor::new(data)) }
 }
 
 #[tokio::test]
 async fn full_snapshot_streams_chunks_with_the_header_first() {
     let pki = Pki::new();
     let server = start_server(&pki).await;
-    let mut network = network(
-        client_tls(&pki.ca1, Some(&pki.member)),
-        &ConsensusMetrics::default(),
-    );
+    let mut network =
+        network(client_tls(&pki.ca1, Some(&pki.member)), &ConsensusMetrics::default());
     let mut client = peer(&mut network, 1, server.addr).await;
 
     let vote = Vote::new_committed(3, 1);
@@ -586,22 +468,13 @@ async fn full_snapshot_streams_chunks_with_the_header_first() {
 
     let seen = server.stub.seen.lock().expect("seen lock");
     let [chunks] = seen.snapshot_streams.as_slice() else {
-        panic!(
-            "expected one snapshot stream, saw {}",
-            seen.snapshot_streams.len()
-        );
+        panic!("expected one snapshot stream, saw {}", seen.snapshot_streams.len());
     };
     let sizes: Vec<usize> = chunks.iter().map(|(_, _, data)| data.len()).collect();
     assert_eq!(sizes, [1000, 1000, 1000, 500]);
     let headers: Vec<(bool, bool)> = chunks.iter().map(|(v, m, _)| (*v, *m)).collect();
-    assert_eq!(
-        headers,
-        [(true, true), (false, false), (false, false), (false, false)]
-    );
-    let data: Vec<u8> = chunks
-        .iter()
-        .flat_map(|(_, _, data)| data.clone())
-        .collect();
+    assert_eq!(headers, [(true, true), (false, false), (false, false), (false, false)]);
+    let data: Vec<u8> = chunks.iter().flat_map(|(_, _, data)| data.clone()).collect();
     assert_eq!(data, expected_data);
     // The meta survives the trip (checked through the conversion the server uses).
     let meta_back = SnapshotMeta::from_proto(expected_meta.clone().into_proto()).expect("meta");
@@ -612,19 +485,12 @@ async fn full_snapshot_streams_chunks_with_the_header_first() {
 async fn empty_snapshot_is_one_header_chunk() {
     let pki = Pki::new();
     let server = start_server(&pki).await;
-    let mut network = network(
-        client_tls(&pki.ca1, Some(&pki.member)),
-        &ConsensusMetrics::default(),
-    );
+    let mut network =
+        network(client_tls(&pki.ca1, Some(&pki.member)), &ConsensusMetrics::default());
     let mut client = peer(&mut network, 1, server.addr).await;
 
     client
-        .full_snapshot(
-            Vote::new_committed(3, 1),
-            snapshot(0),
-            std::future::pending(),
-            rpc_option(),
-        )
+        .full_snapshot(Vote::new_committed(3, 1), snapshot(0), std::future::pending(), rpc_option())
         .await
         .expect("snapshot sent");
     let seen = server.stub.seen.lock().expect("seen lock");
@@ -635,20 +501,13 @@ async fn empty_snapshot_is_one_header_chunk() {
 async fn cancelled_snapshot_reports_closed() {
     let pki = Pki::new();
     let server = start_server(&pki).await;
-    let mut network = network(
-        client_tls(&pki.ca1, Some(&pki.member)),
-        &ConsensusMetrics::default(),
-    );
+    let mut network =
+        network(client_tls(&pki.ca1, Some(&pki.member)), &ConsensusMetrics::default());
     let mut client = peer(&mut network, 1, server.addr).await;
 
     let cancel = async { ReplicationClosed::new("replication stopped") };
     let error = client
-        .full_snapshot(
-            Vote::new_committed(3, 1),
-            snapshot(3500),
-            cancel,
-            rpc_option(),
-        )
+        .full_snapshot(Vote::new_committed(3, 1), snapshot(3500), cancel, rpc_option())
         .await
         .expect_err("cancelled");
     assert!(matches!(error, StreamingError::Closed(_)), "{error}");
@@ -665,16 +524,11 @@ struct KvState {
 
 impl StateMachine for KvState {
     fn apply(&mut self, _log_index: u64, command: &[u8]) -> Vec<u8> {
-        let Some((key, value)) = std::str::from_utf8(command)
-            .ok()
-            .and_then(|c| c.split_once('='))
+        let Some((key, value)) = std::str::from_utf8(command).ok().and_then(|c| c.split_once('='))
         else {
             return b"error: command is not key=value".to_vec();
         };
-        self.entries
-            .insert(key.to_owned(), value.to_owned())
-            .unwrap_or_default()
-            .into_bytes()
+        self.entries.insert(key.to_owned(), value.to_owned()).unwrap_or_default().into_bytes()
     }
 
     fn snapshot(&self) -> Vec<u8> {
@@ -710,19 +564,14 @@ struct Group {
 impl Group {
     fn new(ids: &[NodeId]) -> Self {
         let pki = Pki::new();
-        let identities = ids
-            .iter()
-            .map(|id| (*id, pki.ca1.leaf(&format!("replica-{id}"))))
-            .collect();
+        let identities =
+            ids.iter().map(|id| (*id, pki.ca1.leaf(&format!("replica-{id}")))).collect();
         Self { pki, identities }
     }
 
     fn policy(&self) -> PeerPolicy {
-        let allowed: Vec<CertificateDer<'static>> = self
-            .identities
-            .values()
-            .map(|leaf| leaf.cert.clone())
-            .collect();
+        let allowed: Vec<CertificateDer<'static>> =
+            self.identities.values().map(|leaf| leaf.cert.clone()).collect();
         Arc::new(move |cert: &CertificateDer<'_>| {
             allowed.iter().any(|a| a.as_ref() == cert.as_ref())
         })
@@ -756,11 +605,8 @@ impl Group {
             // Small, so a snapshot takes several chunks.
             snapshot_chunk_bytes: 64,
         };
-        let network = Network::new(
-            client_tls(&self.pki.ca1, Some(identity)),
-            options,
-            metrics.clone(),
-        );
+        let network =
+            Network::new(client_tls(&self.pki.ca1, Some(identity)), options, metrics.clone());
         let raft = Raft::new(id, Arc::new(config), network.clone(), log, state.clone())
             .await
             .expect("start raft");
@@ -769,24 +615,10 @@ impl Group {
         let addr = listener.local_addr().expect("local addr").to_string();
         let service = RaftTransportService::new(raft.clone()).with_peer_policy(self.policy());
         let (shutdown, stop) = oneshot::channel::<()>();
-        tokio::spawn(serve(
-            listener,
-            server_tls(&self.pki.ca1, identity),
-            service,
-            async move {
-                let _ = stop.await;
-            },
-        ));
-        Replica {
-            id,
-            addr,
-            raft,
-            network,
-            state,
-            metrics,
-            _shutdown: shutdown,
-            _dir: dir,
-        }
+        tokio::spawn(serve(listener, server_tls(&self.pki.ca1, identity), service, async move {
+            let _ = stop.await;
+        }));
+        Replica { id, addr, raft, network, state, metrics, _shutdown: shutdown, _dir: dir }
     }
 }
 
@@ -821,21 +653,12 @@ async fn replicas_elect_replicate_and_forward_over_mtls() {
     for id in [1, 2, 3] {
         replicas.push(group.start(id).await);
     }
-    let members: BTreeMap<NodeId, Node> = replicas
-        .iter()
-        .map(|r| (r.id, Node::new(r.addr.clone())))
-        .collect();
-    replicas[0]
-        .raft
-        .initialize(members)
-        .await
-        .expect("initialize");
+    let members: BTreeMap<NodeId, Node> =
+        replicas.iter().map(|r| (r.id, Node::new(r.addr.clone()))).collect();
+    replicas[0].raft.initialize(members).await.expect("initialize");
 
     let leader_id = replicas[0].wait_for_leader().await;
-    let leader = replicas
-        .iter()
-        .find(|r| r.id == leader_id)
-        .expect("leader is a replica");
+    let leader = replicas.iter().find(|r| r.id == leader_id).expect("leader is a replica");
     let followers: Vec<&Replica> = replicas.iter().filter(|r| r.id != leader_id).collect();
     let follower = followers[0];
 
@@ -849,23 +672,13 @@ async fn replicas_elect_replicate_and_forward_over_mtls() {
     assert_eq!(follower.metrics.forwarded_writes.get(), 1);
 
     // The leader confirms a read index covering the write.
-    let read_at = follower
-        .network
-        .read_index(&leader.addr)
-        .await
-        .expect("read index");
-    assert!(
-        read_at.is_some_and(|id| id.index >= written_at.index),
-        "{read_at:?} < {written_at}"
-    );
+    let read_at = follower.network.read_index(&leader.addr).await.expect("read index");
+    assert!(read_at.is_some_and(|id| id.index >= written_at.index), "{read_at:?} < {written_at}");
 
     // Replicated to everyone.
     for replica in &replicas {
         replica.wait_applied(written_at.index).await;
-        assert_eq!(
-            replica.entries().get("colour").map(String::as_str),
-            Some("blue")
-        );
+        assert_eq!(replica.entries().get("colour").map(String::as_str), Some("blue"));
     }
 
     // A follower refuses leader-only requests, naming the leader.
@@ -877,24 +690,14 @@ async fn replicas_elect_replicate_and_forward_over_mtls() {
         .expect_err("not the leader");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
     assert_eq!(
-        status
-            .metadata()
-            .get("x-leader-id")
-            .and_then(|v| v.to_str().ok()),
+        status.metadata().get("x-leader-id").and_then(|v| v.to_str().ok()),
         Some(leader_id.to_string().as_str())
     );
     assert_eq!(
-        status
-            .metadata()
-            .get("x-leader-addr")
-            .and_then(|v| v.to_str().ok()),
+        status.metadata().get("x-leader-addr").and_then(|v| v.to_str().ok()),
         Some(leader.addr.as_str())
     );
-    let status = follower
-        .network
-        .read_index(&other.addr)
-        .await
-        .expect_err("not the leader");
+    let status = follower.network.read_index(&other.addr).await.expect_err("not the leader");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
 }
 
@@ -920,27 +723,14 @@ async fn lagging_learner_catches_up_by_streamed_snapshot() {
     }
     // Snapshot everything and drop the log behind it: a new replica can only catch up
     // from the snapshot.
-    leader
-        .raft
-        .trigger()
-        .snapshot()
-        .await
-        .expect("trigger snapshot");
+    leader.raft.trigger().snapshot().await.expect("trigger snapshot");
     leader
         .raft
         .wait(Some(Duration::from_secs(10)))
-        .metrics(
-            |m| m.snapshot.is_some_and(|s| s.index >= last),
-            "snapshot built",
-        )
+        .metrics(|m| m.snapshot.is_some_and(|s| s.index >= last), "snapshot built")
         .await
         .expect("snapshot built");
-    leader
-        .raft
-        .trigger()
-        .purge_log(last)
-        .await
-        .expect("purge log");
+    leader.raft.trigger().purge_log(last).await.expect("purge log");
     leader
         .raft
         .wait(Some(Duration::from_secs(10)))
@@ -949,18 +739,10 @@ async fn lagging_learner_catches_up_by_streamed_snapshot() {
         .expect("log purged");
 
     let learner = group.start(2).await;
-    leader
-        .raft
-        .add_learner(2, Node::new(learner.addr.clone()), true)
-        .await
-        .expect("add learner");
+    leader.raft.add_learner(2, Node::new(learner.addr.clone()), true).await.expect("add learner");
     learner.wait_applied(last).await;
 
-    assert_eq!(
-        learner.metrics.snapshots_installed.get(),
-        1,
-        "caught up by snapshot"
-    );
+    assert_eq!(learner.metrics.snapshots_installed.get(), 1, "caught up by snapshot");
     assert_eq!(learner.entries(), leader.entries());
     assert_eq!(learner.entries().len(), 30);
 }

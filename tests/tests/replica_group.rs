@@ -23,11 +23,9 @@ async fn three_replicas_form_a_group_from_nothing_through_the_cli() -> anyhow::R
     assert_eq!(health(&fed, 1).await?, ServingStatus::NotServing);
     fed.form_group(&[1, 2, 3]).await?;
     for id in 1..=3 {
-        eventually(
-            &format!("replica {id} to report SERVING"),
-            Duration::from_secs(10),
-            || async { (health(&fed, id).await.ok()? == ServingStatus::Serving).then_some(()) },
-        )
+        eventually(&format!("replica {id} to report SERVING"), Duration::from_secs(10), || async {
+            (health(&fed, id).await.ok()? == ServingStatus::Serving).then_some(())
+        })
         .await?;
     }
 
@@ -37,39 +35,18 @@ async fn three_replicas_form_a_group_from_nothing_through_the_cli() -> anyhow::R
     assert_eq!(status["voters_up"], 3, "{status:#}");
     assert_eq!(status["quorum"], true);
     let replicas = status["replicas"].as_array().expect("replicas");
-    assert_eq!(
-        replicas.iter().filter(|r| r["role"] == "leader").count(),
-        1,
-        "{status:#}"
-    );
-    assert!(
-        replicas.iter().all(|r| r["pid"].as_u64().is_some()),
-        "{status:#}"
-    );
+    assert_eq!(replicas.iter().filter(|r| r["role"] == "leader").count(), 1, "{status:#}");
+    assert!(replicas.iter().all(|r| r["pid"].as_u64().is_some()), "{status:#}");
 
     // A write through a follower is forwarded; a linearizable read on another sees it.
-    let leader = fed
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
-        .await?;
-    let follower = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
-    let other = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader && *id != follower)
-        .expect("another");
+    let leader = fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
+    let follower = [1, 2, 3].into_iter().find(|id| *id != leader).expect("a follower");
+    let other = [1, 2, 3].into_iter().find(|id| *id != leader && *id != follower).expect("another");
     fed.cli_ok(&[follower], &["probe", "put", "greeting", "hello"])?;
-    assert_eq!(
-        fed.cli_ok(&[other], &["probe", "get", "greeting"])?.trim(),
-        "hello"
-    );
+    assert_eq!(fed.cli_ok(&[other], &["probe", "get", "greeting"])?.trim(), "hello");
 
     let table = fed.cli_ok(&[], &["raft", "status"])?;
-    assert!(
-        table.contains("leader") && table.contains("follower"),
-        "{table}"
-    );
+    assert!(table.contains("leader") && table.contains("follower"), "{table}");
     let yaml = fed.cli_ok(&[], &["raft", "status", "-o", "yaml"])?;
     assert!(yaml.contains("quorum: true"), "{yaml}");
 
@@ -84,26 +61,16 @@ async fn three_replicas_form_a_group_from_nothing_through_the_cli() -> anyhow::R
         "federator_raft_append_duration_seconds_bucket",
         "federator_raft_apply_duration_seconds_bucket",
     ] {
-        assert!(
-            metrics.contains(name),
-            "{name} missing from /metrics:\n{metrics}"
-        );
+        assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
     Ok(())
 }
 
 /// The replica's overall gRPC health (service "").
 async fn health(fed: &Federation, id: u64) -> anyhow::Result<ServingStatus> {
-    let channel = fed
-        .connection(&[id])?
-        .channel(&fed.replica(id).api_addr)
-        .await?;
+    let channel = fed.connection(&[id])?.channel(&fed.replica(id).api_addr).await?;
     let mut client = HealthClient::new(channel);
-    let response = client
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await?;
+    let response = client.check(HealthCheckRequest { service: String::new() }).await?;
     Ok(response.into_inner().status())
 }
 
@@ -116,12 +83,7 @@ async fn five_replica_group_grows_and_shrinks_under_load() -> anyhow::Result<()>
     fed.form_group(&[1, 2, 3]).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let load = tokio::spawn(write_load(
-        fed.connection(&[1, 2, 3, 4, 5])?,
-        4,
-        PREFIX,
-        stop_rx,
-    ));
+    let load = tokio::spawn(write_load(fed.connection(&[1, 2, 3, 4, 5])?, 4, PREFIX, stop_rx));
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     for id in [4u64, 5] {
@@ -132,18 +94,14 @@ async fn five_replica_group_grows_and_shrinks_under_load() -> anyhow::Result<()>
     assert_eq!(status.voters.len(), 5, "{status:?}");
 
     // Shrink to 3, removing the current leader among others.
-    let leader = fed
-        .wait_for_leader(&[1, 2, 3, 4, 5], Duration::from_secs(10))
-        .await?;
+    let leader = fed.wait_for_leader(&[1, 2, 3, 4, 5], Duration::from_secs(10)).await?;
     let mut remaining = vec![1u64, 2, 3, 4, 5];
     for id in [leader, if leader == 1 { 2 } else { 1 }] {
         fed.cli_ok(&remaining, &["raft", "remove-member", &id.to_string()])?;
         remaining.retain(|r| *r != id);
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let new_leader = fed
-        .wait_for_leader(&remaining, Duration::from_secs(20))
-        .await?;
+    let new_leader = fed.wait_for_leader(&remaining, Duration::from_secs(20)).await?;
     assert!(remaining.contains(&new_leader));
     let status = fed.status(new_leader).await.expect("status");
     assert_eq!(status.voters.len(), 3, "{status:?}");
@@ -151,21 +109,12 @@ async fn five_replica_group_grows_and_shrinks_under_load() -> anyhow::Result<()>
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop_tx.send(true)?;
     let result = load.await?;
-    assert!(
-        result.acked.len() > 20,
-        "too few writes acknowledged: {}",
-        result.acked.len()
-    );
-    fed.wait_for_convergence(&remaining, Duration::from_secs(30))
-        .await?;
+    assert!(result.acked.len() > 20, "too few writes acknowledged: {}", result.acked.len());
+    fed.wait_for_convergence(&remaining, Duration::from_secs(30)).await?;
     for id in &remaining {
         fed.assert_has_all(*id, PREFIX, &result.acked).await?;
     }
-    eprintln!(
-        "acknowledged {} writes, {} indeterminate",
-        result.acked.len(),
-        result.indeterminate
-    );
+    eprintln!("acknowledged {} writes, {} indeterminate", result.acked.len(), result.indeterminate);
     Ok(())
 }
 
@@ -176,43 +125,30 @@ async fn leader_kill_loses_no_acknowledged_write() -> anyhow::Result<()> {
         fed.start(id, false)?;
     }
     fed.form_group(&[1, 2, 3]).await?;
-    let leader = fed
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
-        .await?;
+    let leader = fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(write_load(fed.connection(&[1, 2, 3])?, 8, PREFIX, stop_rx));
     tokio::time::sleep(Duration::from_millis(1500)).await;
     fed.kill(leader);
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
-    let new_leader = fed
-        .wait_for_leader(&survivors, Duration::from_secs(20))
-        .await?;
+    let new_leader = fed.wait_for_leader(&survivors, Duration::from_secs(20)).await?;
     assert_ne!(new_leader, leader);
     tokio::time::sleep(Duration::from_millis(1500)).await;
     stop_tx.send(true)?;
     let result = load.await?;
-    assert!(
-        result.acked.len() > 20,
-        "too few writes acknowledged: {}",
-        result.acked.len()
-    );
+    assert!(result.acked.len() > 20, "too few writes acknowledged: {}", result.acked.len());
 
     for id in &survivors {
         fed.assert_has_all(*id, PREFIX, &result.acked).await?;
     }
     fed.restart(leader)?;
     fed.wait_for_api(leader).await?;
-    fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30))
-        .await?;
+    fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30)).await?;
     for id in [1, 2, 3] {
         fed.assert_has_all(id, PREFIX, &result.acked).await?;
     }
-    eprintln!(
-        "acknowledged {} writes, {} indeterminate",
-        result.acked.len(),
-        result.indeterminate
-    );
+    eprintln!("acknowledged {} writes, {} indeterminate", result.acked.len(), result.indeterminate);
     Ok(())
 }
 
@@ -230,19 +166,13 @@ async fn all_replicas_killed_at_once_lose_nothing_acknowledged() -> anyhow::Resu
     fed.kill_all();
     stop_tx.send(true)?;
     let result = load.await?;
-    assert!(
-        result.acked.len() > 20,
-        "too few writes acknowledged: {}",
-        result.acked.len()
-    );
+    assert!(result.acked.len() > 20, "too few writes acknowledged: {}", result.acked.len());
 
     for id in 1..=3 {
         fed.restart(id)?;
     }
-    fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(30))
-        .await?;
-    fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30))
-        .await?;
+    fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await?;
+    fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30)).await?;
     for id in 1..=3 {
         fed.assert_has_all(id, PREFIX, &result.acked).await?;
     }
@@ -263,13 +193,8 @@ async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow
         fed.start(id, false)?;
     }
     fed.form_group(&[1, 2, 3]).await?;
-    let leader = fed
-        .wait_for_leader(&[1, 2, 3], Duration::from_secs(10))
-        .await?;
-    let down = [1, 2, 3]
-        .into_iter()
-        .find(|id| *id != leader)
-        .expect("a follower");
+    let leader = fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
+    let down = [1, 2, 3].into_iter().find(|id| *id != leader).expect("a follower");
     fed.kill(down);
 
     let up: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != down).collect();
@@ -283,17 +208,15 @@ async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow
     }
     // The leader postpones a purge while a replication request covering the purged range
     // is in flight to the down follower; it happens between retries.
-    let leader_status = eventually(
-        "the leader to purge its log",
-        Duration::from_secs(30),
-        || async { fed.status(leader).await.filter(|s| s.purged_index > 0) },
-    )
-    .await?;
+    let leader_status =
+        eventually("the leader to purge its log", Duration::from_secs(30), || async {
+            fed.status(leader).await.filter(|s| s.purged_index > 0)
+        })
+        .await?;
 
     fed.restart(down)?;
     fed.wait_for_api(down).await?;
-    fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30))
-        .await?;
+    fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30)).await?;
     fed.assert_has_all(down, PREFIX, &result.acked).await?;
     let status = fed.status(down).await.expect("status");
     assert!(
@@ -302,9 +225,10 @@ async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow
     );
     let metrics = fed.metrics(down).await?;
     assert!(
-        metrics.lines().any(
-            |l| l.starts_with("federator_raft_snapshots_installed_total ") && !l.ends_with(" 0")
-        ),
+        metrics
+            .lines()
+            .any(|l| l.starts_with("federator_raft_snapshots_installed_total ")
+                && !l.ends_with(" 0")),
         "no snapshot install counted:\n{metrics}"
     );
     Ok(())
@@ -334,10 +258,7 @@ async fn peer_without_a_federation_certificate_can_neither_join_nor_send_raft_rp
     // The rogue replica never received the log.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rogue_status = fed.status(4).await;
-    assert!(
-        rogue_status.as_ref().is_none_or(|s| s.last_log_index == 0),
-        "{rogue_status:?}"
-    );
+    assert!(rogue_status.as_ref().is_none_or(|s| s.last_log_index == 0), "{rogue_status:?}");
     let log = fed.log_of(4);
     assert!(!log.contains("API address registered"), "{log}");
 
@@ -353,27 +274,14 @@ async fn peer_without_a_federation_certificate_can_neither_join_nor_send_raft_rp
     let refused =
         federator_tests::raw_raft_vote(&target, &fed.certs, Some((&fed.certs, "admin"))).await;
     let status = refused.expect_err("the admin identity may not send raft RPCs");
-    assert!(
-        status.contains("PermissionDenied") || status.contains("permission"),
-        "{status}"
-    );
+    assert!(status.contains("PermissionDenied") || status.contains("permission"), "{status}");
     let accepted =
         federator_tests::raw_raft_vote(&target, &fed.certs, Some((&fed.certs, "replica-3"))).await;
-    assert!(
-        accepted.is_ok(),
-        "a federation replica certificate is accepted: {accepted:?}"
-    );
+    assert!(accepted.is_ok(), "a federation replica certificate is accepted: {accepted:?}");
 
     // The group is unaffected.
-    let leader = fed
-        .wait_for_leader(&[1, 2], Duration::from_secs(10))
-        .await?;
+    let leader = fed.wait_for_leader(&[1, 2], Duration::from_secs(10)).await?;
     let mut client = fed.admin(leader).await?;
-    client
-        .put(pb::PutRequest {
-            key: "still".into(),
-            value: b"fine".to_vec(),
-        })
-        .await?;
+    client.put(pb::PutRequest { key: "still".into(), value: b"fine".to_vec() }).await?;
     Ok(())
 }

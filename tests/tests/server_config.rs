@@ -15,10 +15,7 @@ fn start_with(config: &str, extra: &[&str]) -> (bool, String) {
         .env_remove("FEDERATOR_ID")
         .output()
         .expect("run federator");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
 fn tempfile_dir() -> std::path::PathBuf {
@@ -32,9 +29,7 @@ fn tempfile_dir() -> std::path::PathBuf {
 }
 
 fn rand_suffix() -> u128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos())
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos())
 }
 
 const BASE: &str = r#"
@@ -53,10 +48,7 @@ key = "missing/replica-1.key"
 fn missing_id_is_named_with_its_env_and_flag() {
     let (ok, err) = start_with(&BASE.replace("id = 1", ""), &[]);
     assert!(!ok);
-    assert!(
-        err.contains("`id`") && err.contains("FEDERATOR_ID") && err.contains("--id"),
-        "{err}"
-    );
+    assert!(err.contains("`id`") && err.contains("FEDERATOR_ID") && err.contains("--id"), "{err}");
 }
 
 #[test]
@@ -70,18 +62,12 @@ fn unknown_setting_is_named() {
 fn bad_address_is_named() {
     let (ok, err) = start_with(BASE, &["--listen-api", "localhost:7101"]);
     assert!(!ok);
-    assert!(
-        err.contains("listen.api") && err.contains("localhost:7101"),
-        "{err}"
-    );
+    assert!(err.contains("listen.api") && err.contains("localhost:7101"), "{err}");
 }
 
 #[test]
 fn missing_certificate_file_is_named() {
     let (ok, err) = start_with(BASE, &[]);
     assert!(!ok);
-    assert!(
-        err.contains("ca") && err.contains("missing/ca.pem"),
-        "{err}"
-    );
+    assert!(err.contains("ca") && err.contains("missing/ca.pem"), "{err}");
 }

@@ -129,12 +129,7 @@ async fn one_trial<T: KvTarget>(
     tokio::time::sleep(SETTLE).await;
     let mut conns = Vec::new();
     for id in leader_first(target.ids(), leader) {
-        conns.push(
-            target
-                .connect(id)
-                .await
-                .with_context(|| format!("connecting to member {id}"))?,
-        );
+        conns.push(target.connect(id).await.with_context(|| format!("connecting to member {id}"))?);
     }
     let mut writer = Writer::start(conns, format!("bench/failover-{trial}"), value_size);
     for _ in 0..STEADY_ACKS {
@@ -159,10 +154,7 @@ async fn one_trial<T: KvTarget>(
 
     target.restart(leader)?;
     super::healthy_leader(target).await?;
-    Ok(FailoverTrial {
-        killed: leader,
-        outage,
-    })
+    Ok(FailoverTrial { killed: leader, outage })
 }
 
 /// An acknowledged put of the [`Writer`].
@@ -195,10 +187,7 @@ impl Writer {
                     if let Ok(Ok(())) =
                         tokio::time::timeout(PROBE_TIMEOUT, conn.put(key, value)).await
                     {
-                        let _ = tx.send(Ack {
-                            issued,
-                            acked: Instant::now(),
-                        });
+                        let _ = tx.send(Ack { issued, acked: Instant::now() });
                     }
                 });
                 while puts.try_join_next().is_some() {}
@@ -223,10 +212,7 @@ mod tests {
         FailoverFigures {
             trials: outages
                 .iter()
-                .map(|o| FailoverTrial {
-                    killed: 1,
-                    outage: o.map(Duration::from_millis),
-                })
+                .map(|o| FailoverTrial { killed: 1, outage: o.map(Duration::from_millis) })
                 .collect(),
         }
     }
@@ -250,9 +236,6 @@ mod tests {
         assert_eq!(f.median(), Some(Duration::from_millis(300)));
         assert_eq!(f.failed(), 1);
         assert_eq!(figures(&[Some(100), None, None]).median(), None);
-        assert_eq!(
-            f.range(),
-            Some((Duration::from_millis(100), Duration::from_millis(300)))
-        );
+        assert_eq!(f.range(), Some((Duration::from_millis(100), Duration::from_millis(300))));
     }
 }

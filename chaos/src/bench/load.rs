@@ -52,11 +52,7 @@ impl LoadRun {
     /// Acknowledged puts per second over the window.
     #[must_use]
     pub fn throughput(&self) -> f64 {
-        if self.window.is_zero() {
-            0.0
-        } else {
-            self.ops as f64 / self.window.as_secs_f64()
-        }
+        if self.window.is_zero() { 0.0 } else { self.ops as f64 / self.window.as_secs_f64() }
     }
 
     /// The `q` quantile (0 < q ≤ 1) of latency, by nearest rank.
@@ -66,9 +62,7 @@ impl LoadRun {
             return None;
         }
         let rank = (q * self.latencies.len() as f64).ceil() as usize;
-        self.latencies
-            .get(rank.clamp(1, self.latencies.len()) - 1)
-            .copied()
+        self.latencies.get(rank.clamp(1, self.latencies.len()) - 1).copied()
     }
 
     fn merge(&mut self, other: Self) {
@@ -93,7 +87,7 @@ pub struct PhaseFigures {
     /// Raft term increase over the phase (warm-up included): elections under load.
     pub elections: u64,
     /// Increase of the store's own leader-change counter summed over members, when it
-    /// has one (Federator: `raft_leader_changes_total`; etcd:
+    /// has one (Federator: `federator_raft_leader_changes_total`; etcd:
     /// `etcd_server_leader_changes_seen_total`).
     pub leader_changes: Option<u64>,
 }
@@ -103,13 +97,12 @@ impl PhaseFigures {
     #[must_use]
     pub fn summary(&self) -> String {
         let ms = |d: Option<Duration>| {
-            d.map_or_else(
-                || "-".into(),
-                |d| format!("{:.2} ms", d.as_secs_f64() * 1e3),
-            )
+            d.map_or_else(|| "-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
         };
+        let first_error =
+            self.run.first_error.as_ref().map(|e| format!(" (first: {e})")).unwrap_or_default();
         format!(
-            "{:>3} clients: {:>8.0} ops/s, p50 {}, p99 {}, {} errors, {} elections",
+            "{:>3} clients: {:>8.0} ops/s, p50 {}, p99 {}, {} errors{first_error}, {} elections",
             self.clients,
             self.run.throughput(),
             ms(self.run.percentile(0.50)),
@@ -133,10 +126,7 @@ pub async fn phase<T: KvTarget>(
 ) -> anyhow::Result<PhaseFigures> {
     let leader = super::healthy_leader(target).await?;
     let members = leader_first(target.ids(), leader);
-    let connections = spec
-        .clients
-        .min(members.len() * CONNECTIONS_PER_MEMBER)
-        .max(1);
+    let connections = spec.clients.min(members.len() * CONNECTIONS_PER_MEMBER).max(1);
     let conns = target::pool(target, &members, connections).await?;
     let term_before = target.term().await?;
     let changes_before = target.leader_changes().await;
@@ -172,9 +162,7 @@ pub async fn phase<T: KvTarget>(
         connections,
         run,
         elections: term_after.saturating_sub(term_before),
-        leader_changes: changes_before
-            .zip(changes_after)
-            .map(|(b, a)| a.saturating_sub(b)),
+        leader_changes: changes_before.zip(changes_after).map(|(b, a)| a.saturating_sub(b)),
     })
 }
 
@@ -196,10 +184,7 @@ pub async fn closed_loop<C: KvConn>(
     spec: &LoadSpec,
     acked: &Arc<AtomicU64>,
 ) -> LoadRun {
-    assert!(
-        !conns.is_empty(),
-        "a load phase needs at least one connection"
-    );
+    assert!(!conns.is_empty(), "a load phase needs at least one connection");
     let measure_from = Instant::now() + spec.warmup;
     let until = measure_from + spec.duration;
     let value = vec![b'v'; spec.value_size];
@@ -243,18 +228,13 @@ pub async fn closed_loop<C: KvConn>(
             run
         })
     });
-    let mut total = LoadRun {
-        window: spec.duration,
-        ..LoadRun::default()
-    };
+    let mut total = LoadRun { window: spec.duration, ..LoadRun::default() };
     for result in futures::future::join_all(clients.collect::<Vec<_>>()).await {
         match result {
             Ok(run) => total.merge(run),
             Err(error) => {
                 total.errors += 1;
-                total
-                    .first_error
-                    .get_or_insert_with(|| format!("client task failed: {error}"));
+                total.first_error.get_or_insert_with(|| format!("client task failed: {error}"));
             }
         }
     }
@@ -284,10 +264,7 @@ mod tests {
         assert_eq!(run.percentile(0.50), Some(Duration::from_millis(50)));
         assert_eq!(run.percentile(0.99), Some(Duration::from_millis(99)));
         assert_eq!(run.percentile(1.0), Some(Duration::from_millis(100)));
-        assert_eq!(
-            run_of(&[7]).percentile(0.99),
-            Some(Duration::from_millis(7))
-        );
+        assert_eq!(run_of(&[7]).percentile(0.99), Some(Duration::from_millis(7)));
         assert_eq!(LoadRun::default().percentile(0.5), None);
     }
 
@@ -324,10 +301,7 @@ mod tests {
         let acked = Arc::new(AtomicU64::new(0));
         let run = closed_loop(&[OneMillisecondStore], &spec, &acked).await;
         assert_eq!(run.errors, 0);
-        assert!(
-            run.ops > 0 && run.ops < acked.load(Ordering::Relaxed),
-            "{run:?}"
-        );
+        assert!(run.ops > 0 && run.ops < acked.load(Ordering::Relaxed), "{run:?}");
         assert_eq!(run.latencies.len() as u64, run.ops);
     }
 }

@@ -28,15 +28,9 @@ impl Progress {
     #[must_use]
     pub fn new() -> Self {
         let plain = !std::io::stderr().is_terminal();
-        let target = if plain {
-            ProgressDrawTarget::hidden()
-        } else {
-            ProgressDrawTarget::stderr()
-        };
-        Self {
-            bars: MultiProgress::with_draw_target(target),
-            plain,
-        }
+        let target =
+            if plain { ProgressDrawTarget::hidden() } else { ProgressDrawTarget::stderr() };
+        Self { bars: MultiProgress::with_draw_target(target), plain }
     }
 
     /// A spinner for a step of unknown length.
@@ -54,9 +48,8 @@ impl Progress {
     #[must_use]
     pub fn load_bar(&self, system: &str, spec: &LoadSpec) -> ProgressBar {
         let total = spec.warmup + spec.duration;
-        let bar = self.bars.add(ProgressBar::new(
-            u64::try_from(total.as_millis()).unwrap_or(u64::MAX),
-        ));
+        let bar =
+            self.bars.add(ProgressBar::new(u64::try_from(total.as_millis()).unwrap_or(u64::MAX)));
         bar.set_style(style("{prefix:>24} [{bar:30}] {elapsed:>4} {msg}"));
         bar.set_prefix(format!("{system} {} clients", spec.clients));
         bar

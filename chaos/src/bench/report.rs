@@ -78,13 +78,7 @@ impl Row {
         etcd: Option<f64>,
         decimals: usize,
     ) -> Self {
-        Self {
-            figure: figure.into(),
-            federator,
-            etcd,
-            decimals,
-            target: None,
-        }
+        Self { figure: figure.into(), federator, etcd, decimals, target: None }
     }
 
     fn with_target(mut self, target: Target) -> Self {
@@ -119,8 +113,7 @@ impl Row {
             self.figure.clone(),
             value(self.federator),
             value(self.etcd),
-            self.ratio()
-                .map_or_else(|| "-".to_string(), |r| format!("{r:.2}×")),
+            self.ratio().map_or_else(|| "-".to_string(), |r| format!("{r:.2}×")),
             target,
         ]
     }
@@ -150,21 +143,13 @@ impl RaftReport {
                 row = row.with_target(Target::RatioAtLeast(5.0));
             }
             rows.push(row);
-            let (f, e) = both(&|s| {
-                s.phase(clients)
-                    .and_then(|p| p.run.percentile(0.50))
-                    .map(ms)
-            });
+            let (f, e) = both(&|s| s.phase(clients).and_then(|p| p.run.percentile(0.50)).map(ms));
             let mut row = Row::new(format!("p50 latency, {clients} {noun} (ms)"), f, e, 2);
             if clients == 1 {
                 row = row.with_target(Target::RatioAtMost(0.5));
             }
             rows.push(row);
-            let (f, e) = both(&|s| {
-                s.phase(clients)
-                    .and_then(|p| p.run.percentile(0.99))
-                    .map(ms)
-            });
+            let (f, e) = both(&|s| s.phase(clients).and_then(|p| p.run.percentile(0.99)).map(ms));
             let mut row = Row::new(format!("p99 latency, {clients} {noun} (ms)"), f, e, 2);
             if clients == 256 {
                 row = row.with_target(Target::RatioAtMost(1.0));
@@ -172,23 +157,13 @@ impl RaftReport {
             rows.push(row);
             let (f, e) = both(&|s| s.phase(clients).map(|p| p.run.errors as f64));
             if f.unwrap_or(0.0) + e.unwrap_or(0.0) > 0.0 {
-                rows.push(Row::new(
-                    format!("failed writes, {clients} {noun}"),
-                    f,
-                    e,
-                    0,
-                ));
+                rows.push(Row::new(format!("failed writes, {clients} {noun}"), f, e, 0));
             }
         }
         let (f, e) = both(&|s| s.failover.median().map(ms));
         rows.push(
-            Row::new(
-                format!("failover median, {} trials (ms)", self.config.trials),
-                f,
-                e,
-                0,
-            )
-            .with_target(Target::AtMost(500.0)),
+            Row::new(format!("failover median, {} trials (ms)", self.config.trials), f, e, 0)
+                .with_target(Target::AtMost(500.0)),
         );
         let (f, e) = both(&|s| s.failover.range().map(|(lo, _)| ms(lo)));
         rows.push(Row::new("failover min (ms)", f, e, 0));
@@ -204,12 +179,7 @@ impl RaftReport {
                 .with_target(Target::AtMost(0.0)),
         );
         let (f, e) = both(&|s| s.leader_changes().map(|c| c as f64));
-        rows.push(Row::new(
-            "leader changes seen under load (sum of members' counters)",
-            f,
-            e,
-            0,
-        ));
+        rows.push(Row::new("leader changes seen under load (sum of members' counters)", f, e, 0));
         rows
     }
 
@@ -236,11 +206,7 @@ impl RaftReport {
                 out.push_str(if i == 4 { "\n" } else { "  " });
             }
         }
-        out.lines()
-            .map(str::trim_end)
-            .collect::<Vec<_>>()
-            .join("\n")
-            + "\n"
+        out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
     }
 
     /// The figures as a markdown table.
@@ -261,10 +227,8 @@ impl RaftReport {
         let mut out = String::new();
         let _ = writeln!(out, "{SECTION_BEGIN}");
         let _ = writeln!(out, "## Raft writes: Federator vs etcd 3.4\n");
-        let _ = writeln!(
-            out,
-            "Measured {date}, both systems one after the other in the same run:\n"
-        );
+        let _ =
+            writeln!(out, "Measured {date}, both systems one after the other in the same run:\n");
         let _ = writeln!(out, "```sh\n{command}\n```\n");
         let _ = writeln!(out, "Machine: {machine}\n");
         out.push_str(&self.markdown_table());
@@ -275,10 +239,8 @@ impl RaftReport {
                 .trials
                 .iter()
                 .map(|t| {
-                    t.outage.map_or_else(
-                        || "none".into(),
-                        |d| format!("{:.0}", d.as_secs_f64() * 1e3),
-                    )
+                    t.outage
+                        .map_or_else(|| "none".into(), |d| format!("{:.0}", d.as_secs_f64() * 1e3))
                 })
                 .collect();
             let _ = writeln!(
@@ -305,12 +267,7 @@ impl RaftReport {
              member is restarted and the group healthy again before the next trial. Elections \
              under load are the raft term's increase over the load phases. Ratios are \
              Federator/etcd; targets are the issue's and are reported, not asserted.",
-            clients = c
-                .clients
-                .iter()
-                .map(ToString::to_string)
-                .collect::<Vec<_>>()
-                .join(", "),
+            clients = c.clients.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             value = c.value_size,
             warmup = c.warmup,
             duration = c.duration,
@@ -336,9 +293,7 @@ pub fn write_markdown(path: &Path, section: &str) -> std::io::Result<()> {
     let updated = match (existing.find(SECTION_BEGIN), existing.find(SECTION_END)) {
         (Some(begin), Some(end)) if begin < end => {
             let after = end + SECTION_END.len();
-            let after = existing[after..]
-                .strip_prefix('\n')
-                .map_or(after, |_| after + 1);
+            let after = existing[after..].strip_prefix('\n').map_or(after, |_| after + 1);
             format!("{}{section}{}", &existing[..begin], &existing[after..])
         }
         _ => format!("{}\n{section}", existing.trim_end().to_string() + "\n"),
@@ -361,6 +316,8 @@ pub struct Machine {
     pub etcd: String,
     /// Build profile of this binary.
     pub profile: &'static str,
+    /// `/proc/loadavg` when detected: other work on the machine skews every figure.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -384,11 +341,7 @@ impl Machine {
             .arg("--version")
             .output()
             .map(|o| {
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
+                String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string()
             })
             .unwrap_or_default();
         Self {
@@ -397,11 +350,12 @@ impl Machine {
             memory,
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
             etcd,
-            profile: if cfg!(debug_assertions) {
-                "debug"
-            } else {
-                "release"
-            },
+            profile: if cfg!(debug_assertions) { "debug" } else { "release" },
+            load_average: read("/proc/loadavg")
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
         }
     }
 }
@@ -410,8 +364,15 @@ impl std::fmt::Display for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} × {}, {} RAM, Linux {}; {}; load generator built {}",
-            self.cpus, self.cpu, self.memory, self.kernel, self.etcd, self.profile
+            "{} × {}, {} RAM, Linux {}; {}; load generator built {}; load average \
+             before the run {}",
+            self.cpus,
+            self.cpu,
+            self.memory,
+            self.kernel,
+            self.etcd,
+            self.profile,
+            self.load_average
         )
     }
 }
@@ -441,16 +402,9 @@ mod tests {
             })
             .collect();
         let trials = (0..3)
-            .map(|_| FailoverTrial {
-                killed: 1,
-                outage: Some(Duration::from_millis(failover_ms)),
-            })
+            .map(|_| FailoverTrial { killed: 1, outage: Some(Duration::from_millis(failover_ms)) })
             .collect();
-        SystemFigures {
-            system: name,
-            phases,
-            failover: FailoverFigures { trials },
-        }
+        SystemFigures { system: name, phases, failover: FailoverFigures { trials } }
     }
 
     fn report() -> RaftReport {
@@ -463,10 +417,7 @@ mod tests {
                 value_size: 256,
                 systems: vec![System::Federator, System::Etcd],
             },
-            systems: vec![
-                system("Federator", 1, 6000, 300),
-                system("etcd", 4, 1000, 1500),
-            ],
+            systems: vec![system("Federator", 1, 6000, 300), system("etcd", 4, 1000, 1500)],
         }
     }
 
@@ -490,10 +441,7 @@ mod tests {
         write_markdown(&path, &section).expect("second write");
         let text = std::fs::read_to_string(&path).expect("read");
         assert_eq!(text.matches(SECTION_BEGIN).count(), 1, "{text}");
-        assert!(
-            text.starts_with("# Benchmarks\n\nOther section.\n"),
-            "{text}"
-        );
+        assert!(text.starts_with("# Benchmarks\n\nOther section.\n"), "{text}");
         assert!(
             text.contains("| p50 latency, 1 client (ms) | 1.00 | 4.00 | 0.25× | ≤ 0.5×: met |"),
             "{text}"

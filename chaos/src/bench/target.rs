@@ -146,14 +146,12 @@ pub struct FederatorConn(AdminClient<Channel>);
 
 impl KvConn for FederatorConn {
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), PutError> {
-        self.0
-            .put(pb::PutRequest { key, value })
-            .await
-            .map(|_| ())
-            .map_err(|status| PutError::Failed {
+        self.0.put(pb::PutRequest { key, value }).await.map(|_| ()).map_err(|status| {
+            PutError::Failed {
                 system: "Federator",
                 message: format!("{:?}: {}", status.code(), status.message()),
-            })
+            }
+        })
     }
 }
 
@@ -199,7 +197,8 @@ impl KvTarget for FederatorTarget {
         let mut total = 0;
         for id in self.running() {
             let text = self.federation.metrics(id).await.ok()?;
-            total += counter(&text, "raft_leader_changes_total")?;
+            total += counter(&text, "federator_raft_leader_changes_total")
+                .or_else(|| counter(&text, "raft_leader_changes_total"))?;
         }
         Some(total)
     }
@@ -218,12 +217,7 @@ fn counter(exposition: &str, name: &str) -> Option<u64> {
     exposition.lines().find_map(|line| {
         let value = line.strip_prefix(name)?.strip_prefix(' ')?;
         // Counters are exposed as integers or floats ("3" or "3.0").
-        value
-            .split_whitespace()
-            .next()?
-            .parse::<f64>()
-            .ok()
-            .map(|v| v as u64)
+        value.split_whitespace().next()?.parse::<f64>().ok().map(|v| v as u64)
     })
 }
 
@@ -241,9 +235,7 @@ impl EtcdTarget {
     /// # Errors
     /// A member could not be spawned.
     pub fn start(members: u64) -> anyhow::Result<Self> {
-        Ok(Self {
-            cluster: EtcdCluster::start(members)?,
-        })
+        Ok(Self { cluster: EtcdCluster::start(members)? })
     }
 }
 
@@ -257,10 +249,7 @@ impl KvConn for EtcdConn {
             .put(key, value, None)
             .await
             .map(|_| ())
-            .map_err(|error| PutError::Failed {
-                system: "etcd",
-                message: error.to_string(),
-            })
+            .map_err(|error| PutError::Failed { system: "etcd", message: error.to_string() })
     }
 }
 
@@ -284,10 +273,7 @@ impl KvTarget for EtcdTarget {
     }
 
     async fn term(&self) -> anyhow::Result<u64> {
-        self.cluster
-            .term()
-            .await
-            .context("no etcd member answered its status")
+        self.cluster.term().await.context("no etcd member answered its status")
     }
 
     async fn leader_changes(&self) -> Option<u64> {

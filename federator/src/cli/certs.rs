@@ -75,25 +75,14 @@ struct Written {
 /// Runs a `certs` subcommand.
 pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode> {
     let written = match command {
-        CertsCommand::Init {
-            dir,
-            trust_domain,
-            replicas,
-            ips,
-            dns,
-            days,
-            force,
-        } => {
+        CertsCommand::Init { dir, trust_domain, replicas, ips, dns, days, force } => {
             validate_trust_domain(&trust_domain)?;
             if replicas == 0 {
                 bail!("--replicas must be at least 1");
             }
             std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
             if dir.join("ca.key").exists() && !force {
-                bail!(
-                    "{} already holds a CA (ca.key); pass --force to replace it",
-                    dir.display()
-                );
+                bail!("{} already holds a CA (ca.key); pass --force to replace it", dir.display());
             }
             let validity = days_to_duration(days);
             let ca = FederationCa::generate(
@@ -118,15 +107,7 @@ pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode>
             written.push(save(&dir, "admin", &spiffe_id, &issued)?);
             written
         }
-        CertsCommand::Issue {
-            dir,
-            replica,
-            admin,
-            trust_domain,
-            ips,
-            dns,
-            days,
-        } => {
+        CertsCommand::Issue { dir, replica, admin, trust_domain, ips, dns, days } => {
             validate_trust_domain(&trust_domain)?;
             let ca = FederationCa::from_pem(
                 &std::fs::read_to_string(dir.join("ca.pem"))
@@ -135,17 +116,11 @@ pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode>
                     .with_context(|| format!("read {}/ca.key", dir.display()))?,
             )?;
             let (name, spiffe_id, ips) = match (replica, admin) {
-                (Some(id), false) if id > 0 => (
-                    format!("replica-{id}"),
-                    replica_spiffe_id(&trust_domain, id),
-                    ips,
-                ),
+                (Some(id), false) if id > 0 => {
+                    (format!("replica-{id}"), replica_spiffe_id(&trust_domain, id), ips)
+                }
                 (Some(_), false) => bail!("--replica must be a positive id"),
-                _ => (
-                    "admin".to_string(),
-                    admin_spiffe_id(&trust_domain),
-                    Vec::new(),
-                ),
+                _ => ("admin".to_string(), admin_spiffe_id(&trust_domain), Vec::new()),
             };
             let issued = ca.issue(&spiffe_id, &ips, &dns, days_to_duration(days))?;
             vec![save(&dir, &name, &spiffe_id, &issued)?]
@@ -179,11 +154,7 @@ fn save(
     let key = dir.join(format!("{name}.key"));
     std::fs::write(&cert, &issued.cert_pem).with_context(|| format!("write {}", cert.display()))?;
     write_private(&key, &issued.key_pem)?;
-    Ok(Written {
-        spiffe_id: spiffe_id.to_string(),
-        cert,
-        key,
-    })
+    Ok(Written { spiffe_id: spiffe_id.to_string(), cert, key })
 }
 
 /// Writes a private key readable by the owner only.
@@ -197,7 +168,6 @@ fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("write {}", path.display()))?;
-    file.write_all(contents.as_bytes())
-        .with_context(|| format!("write {}", path.display()))?;
+    file.write_all(contents.as_bytes()).with_context(|| format!("write {}", path.display()))?;
     Ok(())
 }

@@ -18,12 +18,7 @@ use crate::identity::TlsFiles;
 pub struct ConnectionArgs {
     /// Replicas to talk to: `unix:///path/admin.sock` or API addresses `host:port`,
     /// comma-separated.
-    #[arg(
-        long,
-        global = true,
-        env = "FEDERATOR_ENDPOINTS",
-        value_delimiter = ','
-    )]
+    #[arg(long, global = true, env = "FEDERATOR_ENDPOINTS", value_delimiter = ',')]
     pub endpoints: Vec<String>,
     /// CA certificate (PEM) that replicas' certificates chain to.
     #[arg(long, global = true, env = "FEDERATOR_CA")]
@@ -45,9 +40,7 @@ pub struct Connection {
 
 impl std::fmt::Debug for Connection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Connection")
-            .field("endpoints", &self.endpoints)
-            .finish_non_exhaustive()
+        f.debug_struct("Connection").field("endpoints", &self.endpoints).finish_non_exhaustive()
     }
 }
 
@@ -64,12 +57,8 @@ impl Connection {
     /// # Errors
     /// No endpoint, or unusable certificate files.
     pub fn new(args: &ConnectionArgs) -> anyhow::Result<Self> {
-        let endpoints: Vec<String> = args
-            .endpoints
-            .iter()
-            .map(|e| e.trim().to_string())
-            .filter(|e| !e.is_empty())
-            .collect();
+        let endpoints: Vec<String> =
+            args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
         if endpoints.is_empty() {
             bail!(
                 "no federator endpoint: pass --endpoints (or set FEDERATOR_ENDPOINTS) to a replica's \
@@ -78,11 +67,7 @@ impl Connection {
         }
         let tls = match (&args.ca, &args.cert, &args.key) {
             (Some(ca), Some(cert), Some(key)) => {
-                let files = TlsFiles {
-                    ca: ca.clone(),
-                    cert: cert.clone(),
-                    key: key.clone(),
-                };
+                let files = TlsFiles { ca: ca.clone(), cert: cert.clone(), key: key.clone() };
                 Some(files.load()?.client_config()?)
             }
             (None, None, None) => None,
@@ -168,11 +153,7 @@ impl Connection {
     /// It did not answer.
     pub async fn status_of(&self, endpoint: &str) -> anyhow::Result<ReplicaStatus> {
         let mut client = self.admin(endpoint).await?;
-        Ok(client
-            .status(StatusRequest {})
-            .await
-            .map_err(status_error)?
-            .into_inner())
+        Ok(client.status(StatusRequest {}).await.map_err(status_error)?.into_inner())
     }
 
     /// A client of the current leader: asks the endpoints who leads and connects to the
@@ -183,10 +164,7 @@ impl Connection {
     pub async fn leader(&self) -> anyhow::Result<AdminClient<Channel>> {
         let (endpoint, status) = self.first_status().await?;
         if !status.has_leader {
-            bail!(
-                "replica {} knows no leader (election in progress or no quorum)",
-                status.id
-            );
+            bail!("replica {} knows no leader (election in progress or no quorum)", status.id);
         }
         if status.leader_id == status.id {
             return self.admin(&endpoint).await;

@@ -50,9 +50,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let (root, _temp) = match &args.dir {
         Some(dir) => (super::expand_home(dir.clone()), None),
         None => {
-            let temp = tempfile::Builder::new()
-                .prefix("federator-dev-")
-                .tempdir()?;
+            let temp = tempfile::Builder::new().prefix("federator-dev-").tempdir()?;
             (temp.path().to_path_buf(), Some(temp))
         }
     };
@@ -96,10 +94,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     if let Err(error) = outcome {
         progress.finish();
         stop_all(&mut replicas).await;
-        return Err(error.context(format!(
-            "replica logs are in {}/replica-*/server.log",
-            root.display()
-        )));
+        return Err(
+            error.context(format!("replica logs are in {}/replica-*/server.log", root.display()))
+        );
     }
     progress.finish();
 
@@ -113,13 +110,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         supervise(&exe, &mut replicas, args.restart_after);
         let view = status::collect(&connection).await;
-        render(
-            interactive,
-            &root,
-            &env,
-            &replicas,
-            view.as_ref().map_err(ToString::to_string),
-        );
+        render(interactive, &root, &env, &replicas, view.as_ref().map_err(ToString::to_string));
     }
     eprintln!("\nstopping {} replicas…", replicas.len());
     stop_all(&mut replicas).await;
@@ -166,9 +157,7 @@ fn prepare_replica(root: &Path, certs: &Path, id: u64) -> anyhow::Result<DevRepl
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
 fn spawn(exe: &Path, replica: &DevReplica) -> anyhow::Result<Child> {
@@ -179,10 +168,7 @@ fn spawn(exe: &Path, replica: &DevReplica) -> anyhow::Result<Child> {
     Command::new(exe)
         .args(["server", "--config"])
         .arg(replica.dir.join("server.toml"))
-        .env(
-            "RUST_LOG",
-            std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()),
-        )
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
@@ -215,11 +201,9 @@ async fn form_group(
 ) -> anyhow::Result<()> {
     progress.step("waiting for replicas to answer");
     for replica in replicas {
-        wait(
-            &format!("replica {} to answer", replica.id),
-            Duration::from_secs(30),
-            || async { connection.status_of(&replica.api_addr).await.ok() },
-        )
+        wait(&format!("replica {} to answer", replica.id), Duration::from_secs(30), || async {
+            connection.status_of(&replica.api_addr).await.ok()
+        })
         .await?;
     }
     let first = connection.status_of(&replicas[0].api_addr).await?;
@@ -228,19 +212,13 @@ async fn form_group(
         connection
             .admin(&replicas[0].api_addr)
             .await?
-            .initialize(pb::InitializeRequest {
-                members: Vec::new(),
-            })
+            .initialize(pb::InitializeRequest { members: Vec::new() })
             .await
             .map_err(super::client::status_error)?;
     }
     progress.step("electing a leader");
     wait("a leader", Duration::from_secs(30), || async {
-        connection
-            .status_of(&replicas[0].api_addr)
-            .await
-            .ok()
-            .filter(|s| s.has_leader)
+        connection.status_of(&replicas[0].api_addr).await.ok().filter(|s| s.has_leader)
     })
     .await?;
     for replica in &replicas[1..] {
@@ -260,19 +238,11 @@ async fn form_group(
         }
     }
     progress.step("waiting for every replica to be healthy");
-    wait(
-        "every replica to know the leader",
-        Duration::from_secs(30),
-        || async {
-            let view = status::collect(connection).await.ok()?;
-            (view.quorum
-                && view
-                    .replicas
-                    .iter()
-                    .all(|r| r.reachable && r.lag.is_some_and(|l| l < 10)))
+    wait("every replica to know the leader", Duration::from_secs(30), || async {
+        let view = status::collect(connection).await.ok()?;
+        (view.quorum && view.replicas.iter().all(|r| r.reachable && r.lag.is_some_and(|l| l < 10)))
             .then_some(())
-        },
-    )
+    })
     .await
 }
 
@@ -302,9 +272,8 @@ fn supervise(exe: &Path, replicas: &mut [DevReplica], restart_after: u64) {
             replica.child = None;
             replica.died_at = Some(Instant::now());
         }
-        let due = replica
-            .died_at
-            .is_some_and(|t| t.elapsed() >= Duration::from_secs(restart_after));
+        let due =
+            replica.died_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(restart_after));
         if replica.child.is_none() && restart_after > 0 && due {
             match spawn(exe, replica) {
                 Ok(child) => {
@@ -384,9 +353,7 @@ async fn stop_all(replicas: &mut [DevReplica]) {
     }
     for replica in replicas.iter_mut() {
         if let Some(mut child) = replica.child.take()
-            && tokio::time::timeout(Duration::from_secs(5), child.wait())
-                .await
-                .is_err()
+            && tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err()
         {
             let _ = child.kill().await;
         }
@@ -407,10 +374,7 @@ impl Progress {
                 .unwrap_or_else(|_| ProgressStyle::default_spinner()),
         );
         bar.enable_steady_tick(Duration::from_millis(120));
-        Self {
-            bar,
-            started: Instant::now(),
-        }
+        Self { bar, started: Instant::now() }
     }
 
     fn step(&self, message: &str) {

@@ -56,20 +56,12 @@ pub async fn run(
     let connection = Connection::new(args)?;
     let mut client = connection.admin(&connection.endpoints()[0]).await?;
     let consistency = |stale: bool| {
-        if stale {
-            pb::Consistency::Stale
-        } else {
-            pb::Consistency::Linearizable
-        }
-        .into()
+        if stale { pb::Consistency::Stale } else { pb::Consistency::Linearizable }.into()
     };
     match command {
         ProbeCommand::Put { key, value } => {
             let r = client
-                .put(pb::PutRequest {
-                    key: key.clone(),
-                    value: value.into_bytes(),
-                })
+                .put(pb::PutRequest { key: key.clone(), value: value.into_bytes() })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -79,28 +71,14 @@ pub async fn run(
                 index: u64,
                 version: u64,
             }
-            print(
-                out,
-                &Put {
-                    key,
-                    index: r.index,
-                    version: r.version,
-                },
-                |p| {
-                    println!(
-                        "{} written at log index {} (version {})",
-                        p.key, p.index, p.version
-                    );
-                },
-            )?;
+            print(out, &Put { key, index: r.index, version: r.version }, |p| {
+                println!("{} written at log index {} (version {})", p.key, p.index, p.version);
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         ProbeCommand::Get { key, stale } => {
             let r = client
-                .get(pb::GetRequest {
-                    key: key.clone(),
-                    consistency: consistency(stale),
-                })
+                .get(pb::GetRequest { key: key.clone(), consistency: consistency(stale) })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -118,10 +96,7 @@ pub async fn run(
         }
         ProbeCommand::List { prefix, stale } => {
             let r = client
-                .list_probes(pb::ListProbesRequest {
-                    prefix,
-                    consistency: consistency(stale),
-                })
+                .list_probes(pb::ListProbesRequest { prefix, consistency: consistency(stale) })
                 .await
                 .map_err(status_error)?
                 .into_inner();

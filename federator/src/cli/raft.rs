@@ -51,25 +51,16 @@ pub async fn run(
     match command {
         RaftCommand::Status => status::print_replicas(&connection, out, true).await,
         RaftCommand::Init { members } => {
-            let members = members
-                .iter()
-                .map(|m| parse_member(m))
-                .collect::<anyhow::Result<Vec<_>>>()?;
+            let members =
+                members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<Vec<_>>>()?;
             let endpoint = &connection.endpoints()[0];
             let mut client = connection.admin(endpoint).await?;
-            client
-                .initialize(pb::InitializeRequest { members })
-                .await
-                .map_err(status_error)?;
+            client.initialize(pb::InitializeRequest { members }).await.map_err(status_error)?;
             eprintln!("initialized the group on {endpoint}");
             Ok(ExitCode::SUCCESS)
         }
         RaftCommand::AddMember { id, addr, learner } => {
-            let request = pb::AddMemberRequest {
-                id,
-                addr,
-                learner_only: learner,
-            };
+            let request = pb::AddMemberRequest { id, addr, learner_only: learner };
             let response = on_leader(&connection, |mut client| {
                 let request = request.clone();
                 async move { client.add_member(request).await }
@@ -92,10 +83,7 @@ pub async fn run(
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            eprintln!(
-                "snapshot at index {} written; log purged up to it",
-                response.snapshot_index
-            );
+            eprintln!("snapshot at index {} written; log purged up to it", response.snapshot_index);
             Ok(ExitCode::SUCCESS)
         }
     }
@@ -142,17 +130,12 @@ fn parse_member(text: &str) -> anyhow::Result<pb::MemberAddr> {
     let Some((id, addr)) = text.split_once('=') else {
         bail!("--member {text:?}: expected ID=HOST:PORT");
     };
-    let id: u64 = id
-        .parse()
-        .with_context(|| format!("--member {text:?}: id {id:?} is not a number"))?;
+    let id: u64 =
+        id.parse().with_context(|| format!("--member {text:?}: id {id:?} is not a number"))?;
     if id == 0 {
         bail!("--member {text:?}: id must be positive");
     }
-    Ok(pb::MemberAddr {
-        id,
-        addr: addr.to_string(),
-        api_addr: String::new(),
-    })
+    Ok(pb::MemberAddr { id, addr: addr.to_string(), api_addr: String::new() })
 }
 
 #[derive(serde::Serialize)]
@@ -168,16 +151,8 @@ fn print_membership(
 ) -> anyhow::Result<ExitCode> {
     let view = MembershipView {
         log_index: response.log_index,
-        voters: response
-            .voters
-            .iter()
-            .map(|m| (m.id, m.addr.clone()))
-            .collect(),
-        learners: response
-            .learners
-            .iter()
-            .map(|m| (m.id, m.addr.clone()))
-            .collect(),
+        voters: response.voters.iter().map(|m| (m.id, m.addr.clone())).collect(),
+        learners: response.learners.iter().map(|m| (m.id, m.addr.clone())).collect(),
     };
     print(out, &view, |v| {
         let mut table = super::output::table(&["ID", "ROLE", "RAFT ADDR"]);

@@ -64,9 +64,7 @@ pub async fn run(args: ServerArgs) -> anyhow::Result<ExitCode> {
         bootstrap: args.bootstrap.then_some(true),
     };
     let config = ServerConfig::load(args.config.as_deref(), &overrides)?;
-    crate::server::run(config, shutdown_signal())
-        .await
-        .context("replica stopped")?;
+    crate::server::run(config, shutdown_signal()).await.context("replica stopped")?;
     Ok(ExitCode::SUCCESS)
 }
 

@@ -89,20 +89,11 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
         .voters
         .iter()
         .map(|m| (m.id, "voter", m.addr.clone(), m.api_addr.clone()))
-        .chain(
-            first
-                .learners
-                .iter()
-                .map(|m| (m.id, "learner", m.addr.clone(), m.api_addr.clone())),
-        )
+        .chain(first.learners.iter().map(|m| (m.id, "learner", m.addr.clone(), m.api_addr.clone())))
         .collect();
     let lookups = members.iter().map(|(id, _, _, api)| {
         let connection = connection.clone();
-        let endpoint = if *id == first.id {
-            first_endpoint.clone()
-        } else {
-            api.clone()
-        };
+        let endpoint = if *id == first.id { first_endpoint.clone() } else { api.clone() };
         async move {
             if endpoint.is_empty() {
                 return Err(anyhow::anyhow!("API address not registered yet"));
@@ -116,23 +107,11 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
         }
     });
     let statuses: Vec<anyhow::Result<ReplicaStatus>> = futures::future::join_all(lookups).await;
-    let leader_last_log = statuses
-        .iter()
-        .flatten()
-        .find(|s| s.role() == Role::Leader)
-        .map(|s| s.last_log_index);
+    let leader_last_log =
+        statuses.iter().flatten().find(|s| s.role() == Role::Leader).map(|s| s.last_log_index);
     let mut view = GroupView {
-        leader: statuses
-            .iter()
-            .flatten()
-            .find(|s| s.role() == Role::Leader)
-            .map(|s| s.id),
-        term: statuses
-            .iter()
-            .flatten()
-            .map(|s| s.term)
-            .max()
-            .unwrap_or(first.term),
+        leader: statuses.iter().flatten().find(|s| s.role() == Role::Leader).map(|s| s.id),
+        term: statuses.iter().flatten().map(|s| s.term).max().unwrap_or(first.term),
         voters_up: 0,
         voters: first.voters.len(),
         quorum: false,
@@ -201,19 +180,13 @@ pub async fn print_replicas(
 ) -> anyhow::Result<ExitCode> {
     let view = collect(connection).await?;
     print(out, &view, |v| print_view_table(v, detailed))?;
-    Ok(if view.quorum {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if view.quorum { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
 /// Prints the group as a summary line and a table of replicas (with raft details when
 /// `detailed`).
 pub fn print_view_table(v: &GroupView, detailed: bool) {
-    let leader = v
-        .leader
-        .map_or_else(|| "none".to_string(), |l| l.to_string());
+    let leader = v.leader.map_or_else(|| "none".to_string(), |l| l.to_string());
     println!(
         "leader: {leader}  term: {}  voters up: {}/{}  quorum: {}",
         v.term,
@@ -267,11 +240,7 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
     }
     println!("{t}");
     for r in v.replicas.iter().filter(|r| !r.reachable) {
-        println!(
-            "replica {}: {}",
-            r.id,
-            r.error.as_deref().unwrap_or("unreachable")
-        );
+        println!("replica {}: {}", r.id, r.error.as_deref().unwrap_or("unreachable"));
     }
 }
 

@@ -58,10 +58,7 @@ impl FederationCa {
         set_validity(&mut params, validity);
         let key = KeyPair::generate()?;
         let cert = params.self_signed(&key)?;
-        Ok(Self {
-            cert_pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-        })
+        Ok(Self { cert_pem: cert.pem(), issuer: Issuer::new(params, key) })
     }
 
     /// Loads a CA from its certificate and key, both PEM.
@@ -71,10 +68,7 @@ impl FederationCa {
     pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, IdentityError> {
         let key = KeyPair::from_pem(key_pem)?;
         let issuer = Issuer::from_ca_cert_pem(cert_pem, key)?;
-        Ok(Self {
-            cert_pem: cert_pem.to_string(),
-            issuer,
-        })
+        Ok(Self { cert_pem: cert_pem.to_string(), issuer })
     }
 
     /// The CA certificate, PEM.
@@ -106,14 +100,10 @@ impl FederationCa {
         dn.push(DnType::CommonName, spiffe_id);
         params.distinguished_name = dn;
         params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
+        params.key_usages =
+            vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+        params.extended_key_usages =
+            vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
         let mut sans = vec![SanType::URI(spiffe_id.try_into()?)];
         sans.extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
         for name in dns_names {
@@ -124,10 +114,7 @@ impl FederationCa {
         set_validity(&mut params, validity);
         let key = KeyPair::generate()?;
         let cert = params.signed_by(&key, &self.issuer)?;
-        Ok(IssuedCertificate {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-        })
+        Ok(IssuedCertificate { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
     }
 }
 
@@ -157,18 +144,10 @@ mod tests {
             .expect("leaf");
         let der = rustls_pki_types::pem::PemObject::from_pem_slice(leaf.cert_pem.as_bytes())
             .expect("pem");
-        assert_eq!(
-            peer_spiffe_id(&der).as_deref(),
-            Some("spiffe://fed.test/federator/replica/1")
-        );
+        assert_eq!(peer_spiffe_id(&der).as_deref(), Some("spiffe://fed.test/federator/replica/1"));
         let reloaded = FederationCa::from_pem(ca.cert_pem(), &ca.key_pem()).expect("reload");
         reloaded
-            .issue(
-                "spiffe://fed.test/federator/admin",
-                &[],
-                &[],
-                Duration::from_secs(60),
-            )
+            .issue("spiffe://fed.test/federator/admin", &[], &[], Duration::from_secs(60))
             .expect("reloaded CA issues");
     }
 }

@@ -68,12 +68,13 @@ fn read_certs(
     path: &Path,
 ) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
     let pem = read_file(field, path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| IdentityError::Pem {
-            field,
-            path: path.display().to_string(),
-            problem: format!("invalid PEM: {e}"),
+    let certs =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(|e| {
+            IdentityError::Pem {
+                field,
+                path: path.display().to_string(),
+                problem: format!("invalid PEM: {e}"),
+            }
         })?;
     if certs.is_empty() {
         return Err(IdentityError::Pem {
@@ -122,6 +123,41 @@ impl TlsMaterial {
         Ok(Arc::new(config))
     }
 
+    /// A server configuration that requires a client certificate and proof of its key,
+    /// but leaves trust in the chain to each request (see
+    /// [`super::DeferredClientVerifier`]): agents of many trust domains share the port.
+    ///
+    /// # Errors
+    /// rustls refused the material.
+    pub fn server_config_deferring_client_trust(
+        &self,
+    ) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| IdentityError::Tls(e.to_string()))?
+            .with_client_cert_verifier(Arc::new(super::DeferredClientVerifier::new()))
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| IdentityError::Tls(format!("certificate and key: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        Ok(Arc::new(config))
+    }
+
+    /// A server configuration without client authentication (the public SPIFFE bundle
+    /// endpoint), speaking HTTP/1.1 and HTTP/2.
+    ///
+    /// # Errors
+    /// rustls refused the material.
+    pub fn public_server_config(&self) -> Result<Arc<rustls::ServerConfig>, IdentityError> {
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| IdentityError::Tls(e.to_string()))?
+            .with_no_client_auth()
+            .with_single_cert(self.chain.clone(), self.key.clone_key())
+            .map_err(|e| IdentityError::Tls(format!("certificate and key: {e}")))?;
+        config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    }
+
     /// A client configuration that trusts the CA and presents this certificate.
     ///
     /// # Errors
@@ -144,17 +180,30 @@ impl TlsMaterial {
 pub fn peer_spiffe_id(cert: &CertificateDer<'_>) -> Option<String> {
     let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
     let san = parsed.subject_alternative_name().ok()??;
-    let mut uris = san
-        .value
-        .general_names
-        .iter()
-        .filter_map(|name| match name {
-            GeneralName::URI(uri) => Some(*uri),
-            _ => None,
-        });
+    let mut uris = san.value.general_names.iter().filter_map(|name| match name {
+        GeneralName::URI(uri) => Some(*uri),
+        _ => None,
+    });
     let first = uris.next()?;
     if uris.next().is_some() || !first.starts_with("spiffe://") {
         return None;
     }
     Some(first.to_string())
+}
+
+/// Encodes DER certificates as PEM `CERTIFICATE` blocks.
+#[must_use]
+pub fn certificates_to_pem<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+    use base64::Engine as _;
+    let mut out = String::new();
+    for der in ders {
+        let encoded = base64::engine::general_purpose::STANDARD.encode(der);
+        out.push_str("-----BEGIN CERTIFICATE-----\n");
+        for line in encoded.as_bytes().chunks(64) {
+            out.push_str(&String::from_utf8_lossy(line));
+            out.push('\n');
+        }
+        out.push_str("-----END CERTIFICATE-----\n");
+    }
+    out
 }

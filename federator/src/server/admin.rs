@@ -14,13 +14,15 @@ use tonic::{Request, Response, Status};
 
 use super::FederationReplica;
 use crate::config::ServerConfig;
-use crate::identity::{admin_spiffe_id, peer_spiffe_id};
-use crate::state::{Applied, Command, CommandError, command_result};
+use crate::identity::{admin_spiffe_id, verify_client_svid};
+use crate::state::{Applied, Command, CommandError, FederationState, Member, command_result};
 
 /// Admin API handler of one replica.
 #[derive(Clone)]
 pub struct AdminService {
     replica: FederationReplica,
+    federation_ca: std::path::PathBuf,
+    ca_roots: std::sync::Arc<Vec<Vec<u8>>>,
     admin_id: String,
     raft_addr: String,
     api_addr: String,
@@ -31,9 +33,16 @@ pub struct AdminService {
 impl AdminService {
     /// A handler serving `replica`.
     #[must_use]
-    pub fn new(replica: FederationReplica, config: &ServerConfig, started: Instant) -> Self {
+    pub fn new(
+        replica: FederationReplica,
+        config: &ServerConfig,
+        ca_roots: Vec<Vec<u8>>,
+        started: Instant,
+    ) -> Self {
         Self {
+            ca_roots: std::sync::Arc::new(ca_roots),
             replica,
+            federation_ca: config.tls.ca.clone(),
             admin_id: admin_spiffe_id(&config.trust_domain),
             raft_addr: config.advertise_raft.clone(),
             api_addr: config.advertise_api.clone(),
@@ -42,29 +51,36 @@ impl AdminService {
         }
     }
 
-    /// Refuses callers that are neither on the admin socket nor the admin identity.
+    /// Refuses callers that are neither on the admin socket nor the admin identity. The
+    /// API port defers certificate trust to the request (agents are verified against
+    /// their own trust domain's bundle), so here the chain is verified against the
+    /// federation CA.
     fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if request
-            .extensions()
-            .get::<tonic::transport::server::UdsConnectInfo>()
-            .is_some()
-        {
+        if request.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some() {
             return Ok(());
         }
-        let peer = request
-            .extensions()
-            .get::<federator_raft::tls::TlsConnectInfo>()
-            .and_then(|info| info.peer_certificate.as_ref())
-            .and_then(|cert| peer_spiffe_id(cert.der()));
-        match peer {
-            Some(id) if id == self.admin_id => Ok(()),
-            Some(id) => Err(Status::permission_denied(format!(
+        let chain: Vec<Vec<u8>> = federator_raft::tls::connect_info(request)
+            .map(|info| info.peer_chain.iter().map(|c| c.as_ref().to_vec()).collect())
+            .unwrap_or_default();
+        if chain.is_empty() {
+            return Err(Status::unauthenticated(
+                "admin API: a client certificate with the admin SPIFFE ID is required",
+            ));
+        }
+        let roots: Vec<&[u8]> = self.ca_roots.iter().map(Vec::as_slice).collect();
+        let id =
+            verify_client_svid(&chain, &roots, super::federation::unix_now()).map_err(|e| {
+                Status::permission_denied(format!(
+                    "admin API: the client certificate is not the federation's: {e}"
+                ))
+            })?;
+        if id.to_string() == self.admin_id {
+            Ok(())
+        } else {
+            Err(Status::permission_denied(format!(
                 "admin API: caller {id} is not the admin identity {}",
                 self.admin_id
-            ))),
-            None => Err(Status::unauthenticated(
-                "admin API: a client certificate with the admin SPIFFE ID is required",
-            )),
+            )))
         }
     }
 
@@ -78,10 +94,7 @@ impl AdminService {
         let member = |id: u64, addr: &str| pb::MemberAddr {
             id,
             addr: addr.to_string(),
-            api_addr: replicas
-                .get(&id)
-                .map(|r| r.api_addr.clone())
-                .unwrap_or_default(),
+            api_addr: replicas.get(&id).map(|r| r.api_addr.clone()).unwrap_or_default(),
         };
         let voters: Vec<_> = membership
             .voter_ids()
@@ -101,11 +114,7 @@ impl AdminService {
         let matched: BTreeMap<u64, u64> = m
             .replication
             .as_ref()
-            .map(|r| {
-                r.iter()
-                    .map(|(id, log)| (*id, log.map_or(0, |l| l.index)))
-                    .collect()
-            })
+            .map(|r| r.iter().map(|(id, log)| (*id, log.map_or(0, |l| l.index))).collect())
             .unwrap_or_default();
         let applied = m.last_applied.map_or(0, |l| l.index);
         pb::ReplicaStatus {
@@ -145,10 +154,8 @@ fn quorum_index(matched: &BTreeMap<u64, u64>, voters: Vec<u64>, fallback: u64) -
     if voters.is_empty() {
         return fallback;
     }
-    let mut indexes: Vec<u64> = voters
-        .iter()
-        .map(|id| matched.get(id).copied().unwrap_or(0))
-        .collect();
+    let mut indexes: Vec<u64> =
+        voters.iter().map(|id| matched.get(id).copied().unwrap_or(0)).collect();
     indexes.sort_unstable_by(|a, b| b.cmp(a));
     indexes[voters.len() / 2]
 }
@@ -156,11 +163,7 @@ fn quorum_index(matched: &BTreeMap<u64, u64>, voters: Vec<u64>, fallback: u64) -
 /// Maps a replica error to the gRPC status an operator should see.
 pub fn replica_status(error: ReplicaError) -> Status {
     match error {
-        ReplicaError::NotLeader {
-            leader_id,
-            ref leader_addr,
-            ..
-        } => {
+        ReplicaError::NotLeader { leader_id, ref leader_addr, .. } => {
             let mut status = Status::failed_precondition(error.to_string());
             if let Ok(v) = leader_id.to_string().parse() {
                 status.metadata_mut().insert("x-leader-id", v);
@@ -182,10 +185,17 @@ pub fn replica_status(error: ReplicaError) -> Status {
     }
 }
 
-fn command_status(error: CommandError) -> Status {
+/// Maps a state-machine refusal to the gRPC status the caller sees.
+pub fn command_status(error: CommandError) -> Status {
+    let message = error.to_string();
     match error {
-        CommandError::Invalid { .. } => Status::invalid_argument(error.to_string()),
-        _ => Status::internal(error.to_string()),
+        CommandError::Invalid { .. } | CommandError::Bundle(_) => Status::invalid_argument(message),
+        CommandError::PermissionDenied(_) | CommandError::Token(_) => {
+            Status::permission_denied(message)
+        }
+        CommandError::NotFound(_) => Status::not_found(message),
+        CommandError::AlreadyExists(_) => Status::already_exists(message),
+        _ => Status::internal(message),
     }
 }
 
@@ -211,16 +221,8 @@ impl Admin for AdminService {
         request: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::InitializeResponse>, Status> {
         self.authorize(&request)?;
-        let members = request
-            .into_inner()
-            .members
-            .into_iter()
-            .map(|m| (m.id, m.addr))
-            .collect();
-        self.replica
-            .initialize(members)
-            .await
-            .map_err(replica_status)?;
+        let members = request.into_inner().members.into_iter().map(|m| (m.id, m.addr)).collect();
+        self.replica.initialize(members).await.map_err(replica_status)?;
         Ok(Response::new(pb::InitializeResponse {}))
     }
 
@@ -239,11 +241,8 @@ impl Admin for AdminService {
                 r.addr
             )));
         }
-        let index = self
-            .replica
-            .add_member(r.id, r.addr, r.learner_only)
-            .await
-            .map_err(replica_status)?;
+        let index =
+            self.replica.add_member(r.id, r.addr, r.learner_only).await.map_err(replica_status)?;
         Ok(Response::new(self.membership_response(index)))
     }
 
@@ -253,16 +252,8 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         self.authorize(&request)?;
         let id = request.into_inner().id;
-        let index = self
-            .replica
-            .remove_member(id)
-            .await
-            .map_err(replica_status)?;
-        if let Err(error) = self
-            .replica
-            .write(Command::UnregisterReplica { id }.encode())
-            .await
-        {
+        let index = self.replica.remove_member(id).await.map_err(replica_status)?;
+        if let Err(error) = self.replica.write(Command::UnregisterReplica { id }.encode()).await {
             tracing::warn!(%error, replica = id, "removed replica stays registered");
         }
         Ok(Response::new(self.membership_response(index)))
@@ -277,20 +268,13 @@ impl Admin for AdminService {
         crate::state::validate_probe_key(&r.key).map_err(command_status)?;
         let outcome = self
             .replica
-            .write(
-                Command::PutProbe {
-                    key: r.key,
-                    value: r.value,
-                }
-                .encode(),
-            )
+            .write(Command::PutProbe { key: r.key, value: r.value }.encode())
             .await
             .map_err(replica_status)?;
         match command_result(&outcome.response).map_err(command_status)? {
-            Ok(Applied::Probe { version }) => Ok(Response::new(pb::PutResponse {
-                index: outcome.index,
-                version,
-            })),
+            Ok(Applied::Probe { version }) => {
+                Ok(Response::new(pb::PutResponse { index: outcome.index, version }))
+            }
             Ok(other) => Err(Status::internal(format!("unexpected result {other:?}"))),
             Err(error) => Err(command_status(error)),
         }
@@ -304,23 +288,14 @@ impl Admin for AdminService {
         let r = request.into_inner();
         let (value, applied_index) = self
             .replica
-            .read(consistency(r.consistency), |s| {
-                s.probes.get(&r.key).cloned()
-            })
+            .read(consistency(r.consistency), |s| s.probes.get(&r.key).cloned())
             .await
             .map_err(replica_status)?;
         Ok(Response::new(match value {
-            Some(v) => pb::GetResponse {
-                found: true,
-                value: v.value,
-                version: v.version,
-                applied_index,
-            },
-            None => pb::GetResponse {
-                found: false,
-                applied_index,
-                ..Default::default()
-            },
+            Some(v) => {
+                pb::GetResponse { found: true, value: v.value, version: v.version, applied_index }
+            }
+            None => pb::GetResponse { found: false, applied_index, ..Default::default() },
         }))
     }
 
@@ -345,10 +320,7 @@ impl Admin for AdminService {
             })
             .await
             .map_err(replica_status)?;
-        Ok(Response::new(pb::ListProbesResponse {
-            entries,
-            applied_index,
-        }))
+        Ok(Response::new(pb::ListProbesResponse { entries, applied_index }))
     }
 
     async fn digest(
@@ -369,25 +341,250 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::TriggerSnapshotResponse>, Status> {
         self.authorize(&request)?;
         let purge = request.into_inner().purge;
-        let snapshot_index = self
+        let snapshot_index = self.replica.snapshot_now(purge).await.map_err(replica_status)?;
+        Ok(Response::new(pb::TriggerSnapshotResponse { snapshot_index }))
+    }
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        crate::token::validate_cluster_name(&r.cluster)
+            .map_err(|e| Status::invalid_argument(format!("cluster: {e}")))?;
+        crate::identity::validate_trust_domain(&r.trust_domain)
+            .map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
+        let ttl = if r.ttl_seconds == 0 { 3600 } else { r.ttl_seconds };
+        if ttl > MAX_TOKEN_TTL_SECS {
+            return Err(Status::invalid_argument(format!(
+                "ttl: at most {} days",
+                MAX_TOKEN_TTL_SECS / 86_400
+            )));
+        }
+        let (endpoints, member) = self.replica.state().read(|s| {
+            (
+                s.replicas.values().map(|r| r.api_addr.clone()).collect::<Vec<_>>(),
+                s.members.contains_key(&r.cluster),
+            )
+        });
+        if member {
+            return Err(Status::already_exists(format!(
+                "cluster {} is already a member; remove it first",
+                r.cluster
+            )));
+        }
+        let ca_pem = std::fs::read_to_string(&self.federation_ca).map_err(|e| {
+            Status::internal(format!(
+                "reading the federation CA {}: {e}",
+                self.federation_ca.display()
+            ))
+        })?;
+        let now = super::federation::unix_now();
+        let expires_at = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX / 2));
+        let token = crate::token::JoinToken::generate(
+            r.cluster.clone(),
+            r.trust_domain.clone(),
+            endpoints.clone(),
+            ca_pem,
+            expires_at,
+        );
+        self.propose(Command::CreateToken {
+            secret_hash: token.secret_hash(),
+            cluster: r.cluster,
+            trust_domain: r.trust_domain,
+            expires_at,
+            now,
+        })
+        .await?;
+        Ok(Response::new(pb::CreateTokenResponse { token: token.encode(), expires_at, endpoints }))
+    }
+
+    async fn list_clusters(
+        &self,
+        request: Request<pb::ListClustersRequest>,
+    ) -> Result<Response<pb::ListClustersResponse>, Status> {
+        self.authorize(&request)?;
+        let c = consistency(request.into_inner().consistency);
+        let ((clusters, revision), _) = self
             .replica
-            .snapshot_now(purge)
+            .read(c, |s| {
+                (s.members.values().map(|m| cluster_view(s, m)).collect(), s.changes.revision())
+            })
             .await
             .map_err(replica_status)?;
-        Ok(Response::new(pb::TriggerSnapshotResponse {
-            snapshot_index,
+        Ok(Response::new(pb::ListClustersResponse { clusters, revision }))
+    }
+
+    async fn get_cluster(
+        &self,
+        request: Request<pb::GetClusterRequest>,
+    ) -> Result<Response<pb::Cluster>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let (cluster, _) = self
+            .replica
+            .read(consistency(r.consistency), |s| {
+                s.members.get(&r.name).map(|m| cluster_view(s, m))
+            })
+            .await
+            .map_err(replica_status)?;
+        cluster
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("cluster {} is not a member", r.name)))
+    }
+
+    async fn remove_cluster(
+        &self,
+        request: Request<pb::RemoveClusterRequest>,
+    ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
+        self.authorize(&request)?;
+        let name = request.into_inner().name;
+        let applied = self
+            .propose(Command::RemoveMember {
+                cluster: name,
+                actor: "admin".into(),
+                now: super::federation::unix_now(),
+            })
+            .await?;
+        let revision = match applied {
+            Applied::Revision { revision } => revision,
+            _ => 0,
+        };
+        Ok(Response::new(pb::RemoveClusterResponse { revision }))
+    }
+
+    async fn get_bundle(
+        &self,
+        request: Request<pb::GetBundleRequest>,
+    ) -> Result<Response<pb::GetBundleResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let format = pb::BundleFormat::try_from(r.format).unwrap_or(pb::BundleFormat::Spiffe);
+        let (found, _) = self
+            .replica
+            .read(consistency(r.consistency), |s| s.bundles.get(&r.trust_domain).cloned())
+            .await
+            .map_err(replica_status)?;
+        let stored = found.ok_or_else(|| {
+            Status::not_found(format!("no bundle for trust domain {}", r.trust_domain))
+        })?;
+        let document = match format {
+            pb::BundleFormat::Pem => stored.bundle.to_pem(),
+            pb::BundleFormat::Spiffe => stored.bundle.to_spiffe_json(),
+        };
+        Ok(Response::new(pb::GetBundleResponse {
+            trust_domain: r.trust_domain,
+            sequence: stored.bundle.sequence,
+            digest: stored.digest,
+            document,
+            updated_at: stored.updated_at,
+            refresh_hint_seconds: stored.bundle.refresh_hint_secs.unwrap_or(0),
         }))
+    }
+
+    async fn bundle_status(
+        &self,
+        request: Request<pb::BundleStatusRequest>,
+    ) -> Result<Response<pb::BundleStatusResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let (status, _) = self
+            .replica
+            .read(consistency(r.consistency), |s| bundle_status(s, &r.trust_domain))
+            .await
+            .map_err(replica_status)?;
+        status.map(Response::new).ok_or_else(|| {
+            Status::not_found(format!("no bundle for trust domain {}", r.trust_domain))
+        })
+    }
+
+    async fn list_audit(
+        &self,
+        request: Request<pb::ListAuditRequest>,
+    ) -> Result<Response<pb::ListAuditResponse>, Status> {
+        self.authorize(&request)?;
+        let limit = match request.into_inner().limit {
+            0 => 100,
+            n => usize::try_from(n).unwrap_or(usize::MAX),
+        };
+        let (events, _) = self
+            .replica
+            .read(Consistency::Linearizable, |s| s.audit.newest(limit))
+            .await
+            .map_err(replica_status)?;
+        let events = events
+            .into_iter()
+            .map(|e| pb::AuditEvent {
+                seq: e.seq,
+                at: e.at,
+                index: e.index,
+                actor: e.actor,
+                action: e.action,
+                target: e.target,
+                accepted: e.refused.is_none(),
+                reason: e.refused.unwrap_or_default(),
+            })
+            .collect();
+        Ok(Response::new(pb::ListAuditResponse { events }))
     }
 }
 
+/// Longest validity of a join token.
+const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
+
+fn cluster_view(s: &FederationState, m: &Member) -> pb::Cluster {
+    let bundle = s.bundles.get(&m.trust_domain);
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    pb::Cluster {
+        name: m.cluster.clone(),
+        trust_domain: m.trust_domain.clone(),
+        agent_id: m.agent_id.clone(),
+        joined_at: m.joined_at,
+        bundle_sequence: bundle.map_or(0, |b| b.bundle.sequence),
+        bundle_digest: bundle.map(|b| b.digest.clone()).unwrap_or_default(),
+        bundle_updated_at: bundle.map_or(0, |b| b.updated_at),
+        x509_authorities: bundle.map_or(0, |b| count(b.bundle.x509_authorities.len())),
+        jwt_authorities: bundle.map_or(0, |b| count(b.bundle.jwt_authorities.len())),
+    }
+}
+
+/// Which members applied which sequence of `td`'s bundle, and whether all have the newest.
+fn bundle_status(s: &FederationState, td: &str) -> Option<pb::BundleStatusResponse> {
+    let stored = s.bundles.get(td)?;
+    let owner = s.member_by_trust_domain(td).map(|m| m.cluster.clone()).unwrap_or_default();
+    let members: Vec<pb::MemberAck> = s
+        .members
+        .values()
+        .filter(|m| m.cluster != owner)
+        .map(|m| {
+            let ack = stored.acks.get(&m.cluster);
+            pb::MemberAck {
+                cluster: m.cluster.clone(),
+                applied_sequence: ack.map_or(0, |a| a.sequence),
+                applied_at: ack.map_or(0, |a| a.at),
+            }
+        })
+        .collect();
+    let complete = members.iter().all(|m| m.applied_sequence >= stored.bundle.sequence);
+    Some(pb::BundleStatusResponse {
+        trust_domain: td.to_string(),
+        owner,
+        sequence: stored.bundle.sequence,
+        updated_at: stored.updated_at,
+        members,
+        complete,
+    })
+}
+
 impl AdminService {
+    async fn propose(&self, command: Command) -> Result<Applied, Status> {
+        let outcome = self.replica.write(command.encode()).await.map_err(replica_status)?;
+        command_result(&outcome.response).map_err(command_status)?.map_err(command_status)
+    }
+
     fn membership_response(&self, log_index: u64) -> pb::MembershipResponse {
         let status = self.status();
-        pb::MembershipResponse {
-            voters: status.voters,
-            learners: status.learners,
-            log_index,
-        }
+        pb::MembershipResponse { voters: status.voters, learners: status.learners, log_index }
     }
 }
 

@@ -24,23 +24,13 @@ pub async fn report(
         loop {
             let now_serving = evaluate(&replica, max_lag_entries).await;
             if serving != Some(now_serving) {
-                tracing::info!(
-                    replica = replica.id(),
-                    serving = now_serving,
-                    "health changed"
-                );
+                tracing::info!(replica = replica.id(), serving = now_serving, "health changed");
                 if now_serving {
                     reporter.set_serving::<AdminServer<AdminService>>().await;
-                    reporter
-                        .set_service_status("", tonic_health::ServingStatus::Serving)
-                        .await;
+                    reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
                 } else {
-                    reporter
-                        .set_not_serving::<AdminServer<AdminService>>()
-                        .await;
-                    reporter
-                        .set_service_status("", tonic_health::ServingStatus::NotServing)
-                        .await;
+                    reporter.set_not_serving::<AdminServer<AdminService>>().await;
+                    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
                 }
                 serving = Some(now_serving);
             }
@@ -56,10 +46,7 @@ pub async fn report(
 async fn evaluate(replica: &FederationReplica, max_lag_entries: u64) -> bool {
     let (has_leader, applied) = {
         let m = replica.metrics().borrow().clone();
-        (
-            m.current_leader.is_some(),
-            m.last_applied.map_or(0, |l| l.index),
-        )
+        (m.current_leader.is_some(), m.last_applied.map_or(0, |l| l.index))
     };
     if !has_leader {
         return false;

@@ -28,11 +28,7 @@ pub fn register_build_info(registry: &mut Registry, replica: u64) {
             replica: replica.to_string(),
         })
         .set(1);
-    registry.register(
-        "federator_build_info",
-        "Build of this federator replica",
-        family,
-    );
+    registry.register("federator_build_info", "Build of this federator replica", family);
 }
 
 /// Serves `GET /metrics` on `listener` until `stop` resolves.
@@ -66,7 +62,5 @@ pub async fn serve(
             }
         }),
     );
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
+    axum::serve(listener, app).with_graceful_shutdown(stop).await
 }

@@ -1,6 +1,12 @@
 //! Commands of the federation log and their results, with their wire encoding.
+//!
+//! Every command carries the time it was proposed at (`now`, unix seconds, from the
+//! proposing replica's clock), so that applying it — including certificate validity
+//! checks — gives the same result on every replica.
 
 use serde::{Deserialize, Serialize};
+
+use crate::bundle::BundleError;
 
 /// Longest probe key accepted.
 const MAX_PROBE_KEY: usize = 256;
@@ -30,6 +36,82 @@ pub enum Command {
         /// Value.
         value: Vec<u8>,
     },
+    /// Records a single-use join token (only its hash).
+    CreateToken {
+        /// Hex SHA-256 of the token's secret.
+        secret_hash: String,
+        /// Cluster the token admits.
+        cluster: String,
+        /// Trust domain bound to that cluster.
+        trust_domain: String,
+        /// Expiry, unix seconds.
+        expires_at: i64,
+        /// Proposal time.
+        now: i64,
+    },
+    /// A cluster joins with a token and its first bundle.
+    Join {
+        /// Hash of the presented token's secret.
+        secret_hash: String,
+        /// Cluster named by the token.
+        cluster: String,
+        /// Trust domain named by the token.
+        trust_domain: String,
+        /// SPIFFE ID of the joining agent (verified against `bundle_json`).
+        agent_id: String,
+        /// The cluster's SPIFFE bundle document.
+        bundle_json: Vec<u8>,
+        /// Proposal time.
+        now: i64,
+    },
+    /// A member publishes a new bundle of its own trust domain.
+    PublishBundle {
+        /// The member (from its authenticated identity, never from the request).
+        cluster: String,
+        /// The SPIFFE bundle document.
+        bundle_json: Vec<u8>,
+        /// The publishing agent's SVID chain (leaf first), to refuse a bundle that would
+        /// lock the agent out.
+        agent_chain: Vec<Vec<u8>>,
+        /// Publish even if the bundle no longer certifies `agent_chain`.
+        force: bool,
+        /// Proposal time.
+        now: i64,
+    },
+    /// An operator removes a member: its bundle and exports disappear.
+    RemoveMember {
+        /// The member.
+        cluster: String,
+        /// Who asked.
+        actor: String,
+        /// Proposal time.
+        now: i64,
+    },
+    /// A member has applied `sequence` of `trust_domain`'s bundle in all its sinks.
+    AckBundle {
+        /// The acknowledging member.
+        cluster: String,
+        /// The foreign trust domain.
+        trust_domain: String,
+        /// The sequence applied.
+        sequence: u64,
+        /// Proposal time.
+        now: i64,
+    },
+    /// A refusal decided before the log (authentication, authorization), recorded in the
+    /// audit trail.
+    RecordRefusal {
+        /// Who tried.
+        actor: String,
+        /// What they tried.
+        action: String,
+        /// On what.
+        target: String,
+        /// Why it was refused.
+        reason: String,
+        /// Proposal time.
+        now: i64,
+    },
 }
 
 /// What an accepted command did.
@@ -42,6 +124,18 @@ pub enum Applied {
     Probe {
         /// Version after the write.
         version: u64,
+    },
+    /// The state changed at this revision.
+    Revision {
+        /// The new revision.
+        revision: u64,
+    },
+    /// A bundle was stored.
+    Bundle {
+        /// Its sequence.
+        sequence: u64,
+        /// The new revision.
+        revision: u64,
     },
 }
 
@@ -61,15 +155,27 @@ pub enum CommandError {
         /// The rule it broke.
         rule: String,
     },
+    /// The bundle failed validation.
+    #[error("bundle: {0}")]
+    Bundle(BundleError),
+    /// The caller may not do this.
+    #[error("permission denied: {0}")]
+    PermissionDenied(String),
+    /// The join token is unknown, used, expired or for another cluster.
+    #[error("join token refused: {0}")]
+    Token(String),
+    /// Something named does not exist.
+    #[error("{0} not found")]
+    NotFound(String),
+    /// Something named exists already.
+    #[error("{0}")]
+    AlreadyExists(String),
 }
 
 impl CommandError {
     /// An invalid-field refusal.
     pub fn invalid(field: &str, rule: &str) -> Self {
-        Self::Invalid {
-            field: field.to_string(),
-            rule: rule.to_string(),
-        }
+        Self::Invalid { field: field.to_string(), rule: rule.to_string() }
     }
 }
 
@@ -104,10 +210,7 @@ pub fn validate_probe_key(key: &str) -> Result<(), CommandError> {
         return Err(CommandError::invalid("key", "must be 1 to 256 characters"));
     }
     if !key.bytes().all(|b| b.is_ascii_graphic()) {
-        return Err(CommandError::invalid(
-            "key",
-            "must be printable ASCII without spaces",
-        ));
+        return Err(CommandError::invalid("key", "must be printable ASCII without spaces"));
     }
     Ok(())
 }

@@ -12,11 +12,7 @@ impl IntoProto<pb::AppendEntriesRequest> for AppendEntriesRequest {
         pb::AppendEntriesRequest {
             vote: Some(self.vote.into_proto()),
             prev_log_id: self.prev_log_id.into_proto(),
-            entries: self
-                .entries
-                .into_iter()
-                .map(IntoProto::into_proto)
-                .collect(),
+            entries: self.entries.into_iter().map(IntoProto::into_proto).collect(),
             leader_commit: self.leader_commit.into_proto(),
         }
     }
@@ -27,11 +23,7 @@ impl FromProto<pb::AppendEntriesRequest> for AppendEntriesRequest {
         Ok(AppendEntriesRequest {
             vote: Vote::from_proto(required(proto.vote, "AppendEntriesRequest", "vote")?)?,
             prev_log_id: FromProto::from_proto(proto.prev_log_id)?,
-            entries: proto
-                .entries
-                .into_iter()
-                .map(Entry::from_proto)
-                .collect::<Result<_, _>>()?,
+            entries: proto.entries.into_iter().map(Entry::from_proto).collect::<Result<_, _>>()?,
             leader_commit: FromProto::from_proto(proto.leader_commit)?,
         })
     }
@@ -42,33 +34,25 @@ impl IntoProto<pb::AppendEntriesResponse> for AppendEntriesResponse {
         let result = match self {
             AppendEntriesResponse::Success => Outcome::Success(pb::Blank {}),
             AppendEntriesResponse::PartialSuccess(matching) => {
-                Outcome::PartialSuccess(pb::PartialSuccess {
-                    matching: matching.into_proto(),
-                })
+                Outcome::PartialSuccess(pb::PartialSuccess { matching: matching.into_proto() })
             }
             AppendEntriesResponse::Conflict => Outcome::Conflict(Conflict {}),
             AppendEntriesResponse::HigherVote(vote) => Outcome::HigherVote(vote.into_proto()),
         };
-        pb::AppendEntriesResponse {
-            result: Some(result),
-        }
+        pb::AppendEntriesResponse { result: Some(result) }
     }
 }
 
 impl FromProto<pb::AppendEntriesResponse> for AppendEntriesResponse {
     fn from_proto(proto: pb::AppendEntriesResponse) -> Result<Self, ConvertError> {
-        Ok(
-            match required(proto.result, "AppendEntriesResponse", "result")? {
-                Outcome::Success(pb::Blank {}) => AppendEntriesResponse::Success,
-                Outcome::PartialSuccess(partial) => {
-                    AppendEntriesResponse::PartialSuccess(FromProto::from_proto(partial.matching)?)
-                }
-                Outcome::Conflict(Conflict {}) => AppendEntriesResponse::Conflict,
-                Outcome::HigherVote(vote) => {
-                    AppendEntriesResponse::HigherVote(Vote::from_proto(vote)?)
-                }
-            },
-        )
+        Ok(match required(proto.result, "AppendEntriesResponse", "result")? {
+            Outcome::Success(pb::Blank {}) => AppendEntriesResponse::Success,
+            Outcome::PartialSuccess(partial) => {
+                AppendEntriesResponse::PartialSuccess(FromProto::from_proto(partial.matching)?)
+            }
+            Outcome::Conflict(Conflict {}) => AppendEntriesResponse::Conflict,
+            Outcome::HigherVote(vote) => AppendEntriesResponse::HigherVote(Vote::from_proto(vote)?),
+        })
     }
 }
 
@@ -130,10 +114,7 @@ mod tests {
 
         let mut rng = StdRng::seed_from_u64(0x5eed);
         let random_log_id = |rng: &mut StdRng| {
-            LogId::new(
-                CommittedLeaderId::new(rng.random(), rng.random()),
-                rng.random(),
-            )
+            LogId::new(CommittedLeaderId::new(rng.random(), rng.random()), rng.random())
         };
         for _ in 0..500 {
             let vote = if rng.random() {
@@ -167,18 +148,10 @@ mod tests {
                             EntryPayload::Membership(Membership::new(configs, nodes))
                         }
                     };
-                    Entry {
-                        log_id: random_log_id(&mut rng),
-                        payload,
-                    }
+                    Entry { log_id: random_log_id(&mut rng), payload }
                 })
                 .collect();
-            let request = AppendEntriesRequest {
-                vote,
-                prev_log_id,
-                entries,
-                leader_commit,
-            };
+            let request = AppendEntriesRequest { vote, prev_log_id, entries, leader_commit };
             let back = AppendEntriesRequest::from_proto(request.clone().into_proto())
                 .expect("a converted request converts back");
             assert_eq!(back.vote, request.vote);

@@ -14,10 +14,7 @@ impl IntoProto<pb::Entry> for Entry {
             EntryPayload::Normal(Command(bytes)) => Payload::Command(bytes),
             EntryPayload::Membership(membership) => Payload::Membership(membership.into_proto()),
         };
-        pb::Entry {
-            log_id: Some(self.log_id.into_proto()),
-            payload: Some(payload),
-        }
+        pb::Entry { log_id: Some(self.log_id.into_proto()), payload: Some(payload) }
     }
 }
 
@@ -46,18 +43,9 @@ pub(crate) mod tests {
     pub(crate) fn representative_entries() -> Vec<Entry> {
         let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
         let mut entries = vec![
-            Entry {
-                log_id: log_id(1, 1),
-                payload: EntryPayload::Blank,
-            },
-            Entry {
-                log_id: log_id(1, 2),
-                payload: EntryPayload::Normal(Command(vec![])),
-            },
-            Entry {
-                log_id: log_id(2, 3),
-                payload: EntryPayload::Normal(Command(vec![0, 1, 255])),
-            },
+            Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank },
+            Entry { log_id: log_id(1, 2), payload: EntryPayload::Normal(Command(vec![])) },
+            Entry { log_id: log_id(2, 3), payload: EntryPayload::Normal(Command(vec![0, 1, 255])) },
             Entry {
                 log_id: log_id(u64::MAX, u64::MAX),
                 payload: EntryPayload::Normal(Command(vec![7; 4096])),
@@ -83,22 +71,17 @@ pub(crate) mod tests {
 
     #[test]
     fn entry_without_log_id_is_rejected() {
-        let error = Entry::from_proto(pb::Entry {
-            log_id: None,
-            payload: Some(Payload::Command(vec![1])),
-        })
-        .expect_err("an entry needs a log id");
+        let error =
+            Entry::from_proto(pb::Entry { log_id: None, payload: Some(Payload::Command(vec![1])) })
+                .expect_err("an entry needs a log id");
         assert_eq!(error.to_string(), "Entry.log_id is missing");
     }
 
     #[test]
     fn entry_without_payload_is_rejected() {
         let log_id = LogId::new(CommittedLeaderId::new(1, 1), 1).into_proto();
-        let error = Entry::from_proto(pb::Entry {
-            log_id: Some(log_id),
-            payload: None,
-        })
-        .expect_err("an entry needs a payload");
+        let error = Entry::from_proto(pb::Entry { log_id: Some(log_id), payload: None })
+            .expect_err("an entry needs a payload");
         assert_eq!(error.to_string(), "Entry.payload is missing");
     }
 }

@@ -8,10 +8,7 @@ use crate::types::{LogId, NodeId};
 
 impl IntoProto<pb::LogId> for LogId {
     fn into_proto(self) -> pb::LogId {
-        pb::LogId {
-            leader_id: Some(self.leader_id.into_proto()),
-            index: self.index,
-        }
+        pb::LogId { leader_id: Some(self.leader_id.into_proto()), index: self.index }
     }
 }
 
@@ -29,12 +26,9 @@ mod tests {
 
     #[test]
     fn log_id_round_trips() {
-        for (term, node, index) in [
-            (0, 0, 0),
-            (1, 1, 1),
-            (3, 2, 17),
-            (u64::MAX, u64::MAX, u64::MAX),
-        ] {
+        for (term, node, index) in
+            [(0, 0, 0), (1, 1, 1), (3, 2, 17), (u64::MAX, u64::MAX, u64::MAX)]
+        {
             let id = LogId::new(CommittedLeaderId::new(term, node), index);
             let back =
                 LogId::from_proto(id.into_proto()).expect("a converted log id converts back");
@@ -53,11 +47,8 @@ mod tests {
 
     #[test]
     fn log_id_without_leader_id_is_rejected() {
-        let error = LogId::from_proto(pb::LogId {
-            leader_id: None,
-            index: 5,
-        })
-        .expect_err("a log id needs a leader id");
+        let error = LogId::from_proto(pb::LogId { leader_id: None, index: 5 })
+            .expect_err("a log id needs a leader id");
         assert_eq!(error.to_string(), "LogId.leader_id is missing");
     }
 }

@@ -24,25 +24,17 @@ impl IntoProto<pb::Membership> for Membership {
         let configs = self
             .get_joint_config()
             .iter()
-            .map(|config| pb::VoterSet {
-                ids: config.iter().copied().collect(),
-            })
+            .map(|config| pb::VoterSet { ids: config.iter().copied().collect() })
             .collect();
-        let nodes = self
-            .nodes()
-            .map(|(id, node)| (*id, node.clone().into_proto()))
-            .collect();
+        let nodes = self.nodes().map(|(id, node)| (*id, node.clone().into_proto())).collect();
         pb::Membership { configs, nodes }
     }
 }
 
 impl FromProto<pb::Membership> for Membership {
     fn from_proto(proto: pb::Membership) -> Result<Self, ConvertError> {
-        let configs: Vec<BTreeSet<NodeId>> = proto
-            .configs
-            .into_iter()
-            .map(|voters| voters.ids.into_iter().collect())
-            .collect();
+        let configs: Vec<BTreeSet<NodeId>> =
+            proto.configs.into_iter().map(|voters| voters.ids.into_iter().collect()).collect();
         let nodes = proto
             .nodes
             .into_iter()
@@ -73,11 +65,8 @@ impl IntoProto<pb::StoredMembership> for StoredMembership {
 impl FromProto<pb::StoredMembership> for StoredMembership {
     fn from_proto(proto: pb::StoredMembership) -> Result<Self, ConvertError> {
         let log_id: Option<LogId> = FromProto::from_proto(proto.log_id)?;
-        let membership = Membership::from_proto(required(
-            proto.membership,
-            "StoredMembership",
-            "membership",
-        )?)?;
+        let membership =
+            Membership::from_proto(required(proto.membership, "StoredMembership", "membership")?)?;
         Ok(StoredMembership::new(log_id, membership))
     }
 }
@@ -94,11 +83,8 @@ pub(crate) mod tests {
 
     /// Memberships worth round-tripping: empty, one voter, uniform, joint, with learners.
     pub(crate) fn representative_memberships() -> Vec<Membership> {
-        let nodes = |ids: &[NodeId]| {
-            ids.iter()
-                .map(|id| (*id, node(*id)))
-                .collect::<BTreeMap<_, _>>()
-        };
+        let nodes =
+            |ids: &[NodeId]| ids.iter().map(|id| (*id, node(*id))).collect::<BTreeMap<_, _>>();
         vec![
             Membership::new(vec![], BTreeMap::<NodeId, Node>::new()),
             Membership::new(vec![BTreeSet::from([1])], nodes(&[1])),
@@ -115,12 +101,7 @@ pub(crate) mod tests {
 
     #[test]
     fn node_round_trips() {
-        for addr in [
-            "",
-            "10.0.0.1:7000",
-            "[::1]:7000",
-            "replica-2.federator.svc:7000",
-        ] {
+        for addr in ["", "10.0.0.1:7000", "[::1]:7000", "replica-2.federator.svc:7000"] {
             let node = Node::new(addr);
             assert_eq!(Node::from_proto(node.clone().into_proto()), Ok(node));
         }
@@ -158,19 +139,14 @@ pub(crate) mod tests {
             nodes: [(1, pb::Node { addr: "a:1".into() })].into_iter().collect(),
         };
         let error = Membership::from_proto(proto).expect_err("voter 2 has no address");
-        assert_eq!(
-            error.to_string(),
-            "Membership.nodes is invalid: voter 2 has no node entry"
-        );
+        assert_eq!(error.to_string(), "Membership.nodes is invalid: voter 2 has no node entry");
     }
 
     #[test]
     fn stored_membership_without_membership_is_rejected() {
-        let error = StoredMembership::from_proto(pb::StoredMembership {
-            log_id: None,
-            membership: None,
-        })
-        .expect_err("a stored membership needs its membership");
+        let error =
+            StoredMembership::from_proto(pb::StoredMembership { log_id: None, membership: None })
+                .expect_err("a stored membership needs its membership");
         assert_eq!(error.to_string(), "StoredMembership.membership is missing");
     }
 }

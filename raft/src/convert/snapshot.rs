@@ -32,9 +32,7 @@ impl FromProto<pb::SnapshotMeta> for SnapshotMeta {
 
 impl IntoProto<pb::SnapshotResponse> for SnapshotResponse {
     fn into_proto(self) -> pb::SnapshotResponse {
-        pb::SnapshotResponse {
-            vote: Some(self.vote.into_proto()),
-        }
+        pb::SnapshotResponse { vote: Some(self.vote.into_proto()) }
     }
 }
 

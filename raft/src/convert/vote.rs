@@ -8,10 +8,7 @@ use crate::types::{NodeId, Vote};
 
 impl IntoProto<pb::LeaderId> for LeaderId<NodeId> {
     fn into_proto(self) -> pb::LeaderId {
-        pb::LeaderId {
-            term: self.term,
-            node_id: self.node_id,
-        }
+        pb::LeaderId { term: self.term, node_id: self.node_id }
     }
 }
 
@@ -23,20 +20,14 @@ impl FromProto<pb::LeaderId> for LeaderId<NodeId> {
 
 impl IntoProto<pb::Vote> for Vote {
     fn into_proto(self) -> pb::Vote {
-        pb::Vote {
-            leader_id: Some(self.leader_id.into_proto()),
-            committed: self.committed,
-        }
+        pb::Vote { leader_id: Some(self.leader_id.into_proto()), committed: self.committed }
     }
 }
 
 impl FromProto<pb::Vote> for Vote {
     fn from_proto(proto: pb::Vote) -> Result<Self, ConvertError> {
         let leader_id = LeaderId::from_proto(required(proto.leader_id, "Vote", "leader_id")?)?;
-        Ok(Vote {
-            leader_id,
-            committed: proto.committed,
-        })
+        Ok(Vote { leader_id, committed: proto.committed })
     }
 }
 
@@ -61,11 +52,8 @@ mod tests {
 
     #[test]
     fn vote_without_leader_id_is_rejected() {
-        let error = Vote::from_proto(pb::Vote {
-            leader_id: None,
-            committed: true,
-        })
-        .expect_err("a vote needs a leader id");
+        let error = Vote::from_proto(pb::Vote { leader_id: None, committed: true })
+            .expect_err("a vote needs a leader id");
         assert_eq!(error.to_string(), "Vote.leader_id is missing");
     }
 }

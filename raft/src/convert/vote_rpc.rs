@@ -75,11 +75,8 @@ mod tests {
     fn vote_response_round_trips() {
         for last_log_id in last_log_ids() {
             for vote_granted in [false, true] {
-                let response = VoteResponse {
-                    vote: Vote::new_committed(7, 3),
-                    vote_granted,
-                    last_log_id,
-                };
+                let response =
+                    VoteResponse { vote: Vote::new_committed(7, 3), vote_granted, last_log_id };
                 let back = VoteResponse::from_proto(response.clone().into_proto())
                     .expect("a converted response converts back");
                 assert_eq!(back, response);

@@ -194,15 +194,11 @@ impl Network {
         command: Vec<u8>,
     ) -> Result<(LogId, Vec<u8>), Status> {
         self.shared.metrics.forwarded_writes.inc();
-        let mut client = self
-            .client(leader_addr)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut client =
+            self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let request = self.unary_request(pb::ForwardWriteRequest { command });
-        let response = bounded(
-            self.shared.options.rpc_timeout,
-            client.forward_write(request),
-        )
-        .await?;
+        let response =
+            bounded(self.shared.options.rpc_timeout, client.forward_write(request)).await?;
         let response = response.into_inner();
         let log_id = response
             .log_id
@@ -226,15 +222,12 @@ impl Network {
     /// The gRPC status of the failure; `FailedPrecondition` with `x-leader-id` /
     /// `x-leader-addr` metadata when that replica is not the leader (any more).
     pub async fn read_index(&self, leader_addr: &str) -> Result<Option<LogId>, Status> {
-        let mut client = self
-            .client(leader_addr)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let mut client =
+            self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let request = self.unary_request(pb::ReadIndexRequest {});
         let response = bounded(self.shared.options.rpc_timeout, client.read_index(request)).await?;
         FromProto::from_proto(response.into_inner().read_log_id).map_err(|e| {
-            Status::internal(format!(
-                "leader answered ReadIndex with a malformed log id: {e}"
-            ))
+            Status::internal(format!("leader answered ReadIndex with a malformed log id: {e}"))
         })
     }
 
@@ -255,19 +248,11 @@ impl Network {
 
     /// The pooled channel of `addr`, created (unconnected) on first use.
     fn channel(&self, addr: &str) -> Result<Channel, ClientError> {
-        let mut channels = self
-            .shared
-            .channels
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut channels = self.shared.channels.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let uri = if addr.contains("://") {
-            addr.to_string()
-        } else {
-            format!("https://{addr}")
-        };
+        let uri = if addr.contains("://") { addr.to_string() } else { format!("https://{addr}") };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| ClientError::InvalidAddress {
                 addr: addr.to_string(),
@@ -286,12 +271,7 @@ impl Network {
 
 impl fmt::Debug for Network {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let peers = self
-            .shared
-            .channels
-            .lock()
-            .map(|c| c.len())
-            .unwrap_or_default();
+        let peers = self.shared.channels.lock().map(|c| c.len()).unwrap_or_default();
         f.debug_struct("Network")
             .field("options", &self.shared.options)
             .field("peers", &peers)
@@ -307,12 +287,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
         if let Err(error) = &client {
             tracing::warn!(%error, target, "cannot make a transport client for replica");
         }
-        PeerClient {
-            target,
-            addr: node.addr.clone(),
-            client,
-            options: self.shared.options.clone(),
-        }
+        PeerClient { target, addr: node.addr.clone(), client, options: self.shared.options.clone() }
     }
 }
 
@@ -383,16 +358,10 @@ impl PeerClient {
         stall_timeout: Duration,
     ) -> Result<SnapshotResponse, Failure> {
         let mut client = self.grpc()?;
-        let Snapshot {
-            meta,
-            snapshot: data,
-        } = snapshot;
+        let Snapshot { meta, snapshot: data } = snapshot;
         let data = data.into_inner();
         // A chunk must fit in one gRPC message, with room for the header.
-        let chunk_bytes = self
-            .options
-            .snapshot_chunk_bytes
-            .clamp(1, MAX_MESSAGE_BYTES / 2);
+        let chunk_bytes = self.options.snapshot_chunk_bytes.clamp(1, MAX_MESSAGE_BYTES / 2);
         tracing::debug!(
             peer = self.target,
             bytes = data.len(),
@@ -409,11 +378,7 @@ impl PeerClient {
             for i in 0..count {
                 let piece = &data[i * chunk_bytes..((i + 1) * chunk_bytes).min(data.len())];
                 let (vote, meta) = header.take().unzip();
-                let chunk = pb::SnapshotChunk {
-                    vote,
-                    meta,
-                    data: piece.to_vec(),
-                };
+                let chunk = pb::SnapshotChunk { vote, meta, data: piece.to_vec() };
                 send_chunk(&tx, chunk, stall_timeout).await?;
             }
             Ok(())
@@ -504,9 +469,7 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Node, RaftError<NodeId, openraft::error::InstallSnapshotError>>,
     > {
-        Err(RPCError::Network(NetworkError::new(
-            &ClientError::ChunkedSnapshotUnsupported,
-        )))
+        Err(RPCError::Network(NetworkError::new(&ClientError::ChunkedSnapshotUnsupported)))
     }
 
     async fn full_snapshot(
@@ -545,12 +508,9 @@ impl Failure {
         target: NodeId,
     ) -> RPCError<NodeId, Node, E> {
         match self {
-            Failure::Timeout(timeout) => RPCError::Timeout(Timeout {
-                action,
-                id: sender,
-                target,
-                timeout,
-            }),
+            Failure::Timeout(timeout) => {
+                RPCError::Timeout(Timeout { action, id: sender, target, timeout })
+            }
             Failure::Unreachable(error) => RPCError::Unreachable(Unreachable::new(&error)),
             Failure::Network(error) => RPCError::Network(NetworkError::new(&error)),
         }
@@ -614,22 +574,16 @@ async fn bounded<T>(
     deadline: Duration,
     call: impl Future<Output = Result<tonic::Response<T>, Status>>,
 ) -> Result<tonic::Response<T>, Status> {
-    tokio::time::timeout(deadline, call)
-        .await
-        .unwrap_or_else(|_| {
-            Err(Status::deadline_exceeded(format!(
-                "no answer within {deadline:?}"
-            )))
-        })
+    tokio::time::timeout(deadline, call).await.unwrap_or_else(|_| {
+        Err(Status::deadline_exceeded(format!("no answer within {deadline:?}")))
+    })
 }
 
 /// Delays between attempts to reach an unreachable peer: exponential from
 /// [`BACKOFF_INITIAL`] to [`BACKOFF_MAX`], each jittered.
 fn backoff_delays() -> impl Iterator<Item = Duration> + Send + 'static {
-    std::iter::successors(Some(BACKOFF_INITIAL), |delay| {
-        Some((*delay * 2).min(BACKOFF_MAX))
-    })
-    .map(jitter)
+    std::iter::successors(Some(BACKOFF_INITIAL), |delay| Some((*delay * 2).min(BACKOFF_MAX)))
+        .map(jitter)
 }
 
 /// Spreads `delay` over `[delay/2, delay]` so peers do not retry in lockstep.
@@ -645,9 +599,7 @@ mod tests {
     #[test]
     fn backoff_grows_exponentially_with_jitter_up_to_the_cap() {
         let delays: Vec<Duration> = backoff_delays().take(12).collect();
-        let bases = [
-            50, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000, 1000, 1000,
-        ];
+        let bases = [50, 100, 200, 400, 800, 1000, 1000, 1000, 1000, 1000, 1000, 1000];
         for (delay, base) in delays.iter().zip(bases) {
             let base = Duration::from_millis(base);
             assert!(

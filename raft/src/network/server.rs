@@ -112,11 +112,7 @@ impl RaftTransportService {
     /// A service handing RPCs to `raft`, open to every peer the TLS layer accepts, taking
     /// snapshots up to [`DEFAULT_MAX_SNAPSHOT_BYTES`].
     pub fn new(raft: Raft) -> Self {
-        Self {
-            raft,
-            peer_policy: None,
-            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
-        }
+        Self { raft, peer_policy: None, max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES }
     }
 
     /// Restricts callers to peers whose certificate passes `policy`.
@@ -157,11 +153,7 @@ impl RaftService for RaftTransportService {
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
         let rpc = AppendEntriesRequest::from_proto(request.into_inner())?;
-        let response = self
-            .raft
-            .append_entries(rpc)
-            .await
-            .map_err(|e| stopped(&e))?;
+        let response = self.raft.append_entries(rpc).await.map_err(|e| stopped(&e))?;
         Ok(Response::new(response.into_proto()))
     }
 
@@ -186,9 +178,7 @@ impl RaftService for RaftTransportService {
         let my_vote = self.raft.metrics().borrow().vote;
         if vote < my_vote {
             tracing::info!(%vote, %my_vote, ?remote_addr, "refusing a snapshot from a stale leader");
-            return Ok(Response::new(pb::SnapshotResponse {
-                vote: Some(my_vote.into_proto()),
-            }));
+            return Ok(Response::new(pb::SnapshotResponse { vote: Some(my_vote.into_proto()) }));
         }
         let data = receive_data(first, &mut chunks, self.max_snapshot_bytes).await?;
         tracing::info!(
@@ -198,15 +188,9 @@ impl RaftService for RaftTransportService {
             ?remote_addr,
             "received a snapshot"
         );
-        let snapshot = Snapshot {
-            meta,
-            snapshot: Box::new(Cursor::new(data)),
-        };
-        let response = self
-            .raft
-            .install_full_snapshot(vote, snapshot)
-            .await
-            .map_err(|e| stopped(&e))?;
+        let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
+        let response =
+            self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| stopped(&e))?;
         Ok(Response::new(response.into_proto()))
     }
 
@@ -235,15 +219,15 @@ impl RaftService for RaftTransportService {
         _request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => Ok(Response::new(pb::ReadIndexResponse {
-                read_log_id: read_log_id.into_proto(),
-            })),
+            Ok((read_log_id, _applied)) => {
+                Ok(Response::new(pb::ReadIndexResponse { read_log_id: read_log_id.into_proto() }))
+            }
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                 Err(not_leader(&forward))
             }
-            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => Err(
-                Status::unavailable(format!("leadership not confirmed: {error}")),
-            ),
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(error))) => {
+                Err(Status::unavailable(format!("leadership not confirmed: {error}")))
+            }
             Err(RaftError::Fatal(fatal)) => Err(stopped(&fatal)),
         }
     }
@@ -260,9 +244,7 @@ impl PeerAuthorization {
 
 impl fmt::Debug for PeerAuthorization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("PeerAuthorization")
-            .field("policy", &self.policy.is_some())
-            .finish()
+        f.debug_struct("PeerAuthorization").field("policy", &self.policy.is_some()).finish()
     }
 }
 
@@ -305,19 +287,11 @@ where
     let first = chunks.next().await.ok_or_else(|| {
         Status::invalid_argument("snapshot stream ended before its first chunk")
     })??;
-    let vote = first.vote.ok_or(ConvertError::Missing {
-        message: "SnapshotChunk",
-        field: "vote",
-    })?;
-    let meta = first.meta.ok_or(ConvertError::Missing {
-        message: "SnapshotChunk",
-        field: "meta",
-    })?;
-    Ok((
-        Vote::from_proto(vote)?,
-        SnapshotMeta::from_proto(meta)?,
-        first.data,
-    ))
+    let vote =
+        first.vote.ok_or(ConvertError::Missing { message: "SnapshotChunk", field: "vote" })?;
+    let meta =
+        first.meta.ok_or(ConvertError::Missing { message: "SnapshotChunk", field: "meta" })?;
+    Ok((Vote::from_proto(vote)?, SnapshotMeta::from_proto(meta)?, first.data))
 }
 
 /// Appends the data of the remaining chunks to `data`, refusing more than `max_bytes` in
@@ -356,18 +330,15 @@ fn stopped(error: &impl fmt::Display) -> Status {
 /// `x-leader-id` / `x-leader-addr` metadata.
 fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
     let message = match (forward.leader_id, &forward.leader_node) {
-        (Some(id), Some(node)) => format!(
-            "not the leader; the leader is replica {id} at {}",
-            node.addr
-        ),
+        (Some(id), Some(node)) => {
+            format!("not the leader; the leader is replica {id} at {}", node.addr)
+        }
         (Some(id), None) => format!("not the leader; the leader is replica {id}"),
         (None, _) => "not the leader; no leader is known".to_string(),
     };
     let mut status = Status::failed_precondition(message);
     if let Some(id) = forward.leader_id {
-        status
-            .metadata_mut()
-            .insert(LEADER_ID_METADATA, MetadataValue::from(id));
+        status.metadata_mut().insert(LEADER_ID_METADATA, MetadataValue::from(id));
     }
     if let Some(node) = &forward.leader_node
         && let Ok(addr) = MetadataValue::try_from(node.addr.as_str())
@@ -415,12 +386,8 @@ mod tests {
 
     #[tokio::test]
     async fn snapshot_chunks_are_assembled_in_order() {
-        let chunks = vec![
-            chunk(true, b"ab"),
-            chunk(false, b"cd"),
-            chunk(false, b""),
-            chunk(false, b"e"),
-        ];
+        let chunks =
+            vec![chunk(true, b"ab"), chunk(false, b"cd"), chunk(false, b""), chunk(false, b"e")];
         let (vote, meta, data) = receive(chunks, 5).await.expect("within the limit");
         assert_eq!(vote, Vote::new_committed(2, 1));
         assert_eq!(meta, self::meta());
@@ -432,9 +399,8 @@ mod tests {
         let chunks = vec![chunk(true, b"ab"), chunk(false, b"cd"), chunk(false, b"ef")];
         let status = receive(chunks, 5).await.expect_err("6 bytes exceed 5");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
-        let status = receive(vec![chunk(true, b"abcdef")], 5)
-            .await
-            .expect_err("first chunk too big");
+        let status =
+            receive(vec![chunk(true, b"abcdef")], 5).await.expect_err("first chunk too big");
         assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     }
 
@@ -442,9 +408,7 @@ mod tests {
     async fn snapshot_stream_without_header_is_refused() {
         let status = receive(vec![], 5).await.expect_err("no chunk");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
-        let status = receive(vec![chunk(false, b"ab")], 5)
-            .await
-            .expect_err("no header");
+        let status = receive(vec![chunk(false, b"ab")], 5).await.expect_err("no header");
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert_eq!(status.message(), "SnapshotChunk.vote is missing");
     }
@@ -460,22 +424,11 @@ mod tests {
     fn not_leader_names_the_leader_in_message_and_metadata() {
         let status = not_leader(&ForwardToLeader::new(3, Node::new("10.0.0.3:7000")));
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-        assert!(
-            status.message().contains("replica 3 at 10.0.0.3:7000"),
-            "{}",
-            status.message()
-        );
+        assert!(status.message().contains("replica 3 at 10.0.0.3:7000"), "{}", status.message());
         let metadata = status.metadata();
+        assert_eq!(metadata.get(LEADER_ID_METADATA).and_then(|v| v.to_str().ok()), Some("3"));
         assert_eq!(
-            metadata
-                .get(LEADER_ID_METADATA)
-                .and_then(|v| v.to_str().ok()),
-            Some("3")
-        );
-        assert_eq!(
-            metadata
-                .get(LEADER_ADDR_METADATA)
-                .and_then(|v| v.to_str().ok()),
+            metadata.get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()),
             Some("10.0.0.3:7000")
         );
 

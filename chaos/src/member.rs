@@ -1,0 +1,215 @@
+//! A stand-in for a member cluster in tests and chaos runs: its own CA and trust domain,
+//! an agent SVID, SPIFFE bundles (with CA rotation), and a federation API client that
+//! authenticates with the agent's SVID.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use federator::identity::{FederationCa, IssuedCertificate};
+use federator_proto::federation as pb;
+use federator_proto::federation::federation_client::FederationClient;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tonic::transport::{Channel, Endpoint};
+
+/// Validity of generated certificates.
+const VALIDITY: Duration = Duration::from_secs(86_400);
+
+/// A member cluster: trust domain, CAs (more than one during a rotation), agent SVID.
+pub struct MemberCluster {
+    /// Cluster name.
+    pub name: String,
+    /// Trust domain.
+    pub trust_domain: String,
+    /// CAs in the current bundle, oldest first.
+    cas: Vec<FederationCa>,
+    /// The agent's SVID, issued by the newest CA that signs.
+    agent: IssuedCertificate,
+    /// Sequence of the last bundle built.
+    pub sequence: u64,
+}
+
+impl MemberCluster {
+    /// A new cluster with one CA and an agent SVID `spiffe://<td>/federator-agent`.
+    ///
+    /// # Errors
+    /// Certificate generation failed.
+    pub fn new(name: &str, trust_domain: &str) -> anyhow::Result<Self> {
+        let ca = FederationCa::generate(trust_domain, &format!("{name} CA"), VALIDITY)?;
+        let agent = ca.issue(&Self::agent_id_of(trust_domain), &[], &[], VALIDITY)?;
+        Ok(Self {
+            name: name.into(),
+            trust_domain: trust_domain.into(),
+            cas: vec![ca],
+            agent,
+            sequence: 0,
+        })
+    }
+
+    /// The agent's SPIFFE ID in `trust_domain`.
+    #[must_use]
+    pub fn agent_id_of(trust_domain: &str) -> String {
+        format!("spiffe://{trust_domain}/federator-agent")
+    }
+
+    /// The agent's SPIFFE ID.
+    #[must_use]
+    pub fn agent_id(&self) -> String {
+        Self::agent_id_of(&self.trust_domain)
+    }
+
+    /// The CA certificates of the current bundle, PEM.
+    #[must_use]
+    pub fn ca_pem(&self) -> String {
+        self.cas.iter().map(FederationCa::cert_pem).collect()
+    }
+
+    /// The next SPIFFE bundle document (sequence + 1) holding the current CAs.
+    ///
+    /// # Errors
+    /// The bundle could not be built.
+    pub fn next_bundle(&mut self) -> anyhow::Result<String> {
+        self.sequence += 1;
+        self.bundle_at(self.sequence)
+    }
+
+    /// A SPIFFE bundle document with the current CAs at `sequence`.
+    ///
+    /// # Errors
+    /// The bundle could not be built.
+    pub fn bundle_at(&self, sequence: u64) -> anyhow::Result<String> {
+        let policy = federator::bundle::ValidationPolicy::at(federator::server::unix_now());
+        let bundle = federator::bundle::parse_pem_bundle(
+            &self.trust_domain,
+            self.ca_pem().as_bytes(),
+            sequence,
+            Some(300),
+            &policy,
+        )
+        .map_err(|e| anyhow::anyhow!("building the bundle of {}: {e}", self.trust_domain))?;
+        Ok(bundle.to_spiffe_json())
+    }
+
+    /// Rotation step 1: add a new CA beside the old one (the agent keeps its SVID).
+    ///
+    /// # Errors
+    /// Certificate generation failed.
+    pub fn add_ca(&mut self) -> anyhow::Result<()> {
+        let n = self.cas.len() + 1;
+        self.cas.push(FederationCa::generate(
+            &self.trust_domain,
+            &format!("{} CA {n}", self.name),
+            VALIDITY,
+        )?);
+        Ok(())
+    }
+
+    /// Rotation step 2: the agent gets an SVID from the newest CA, and the older CAs leave
+    /// the bundle.
+    ///
+    /// # Errors
+    /// Certificate generation failed.
+    pub fn retire_old_cas(&mut self) -> anyhow::Result<()> {
+        let newest = self.cas.pop().context("no CA")?;
+        self.agent = newest.issue(&self.agent_id(), &[], &[], VALIDITY)?;
+        self.cas = vec![newest];
+        Ok(())
+    }
+
+    /// An SVID for `spiffe_id` issued by this cluster's newest CA (for tests that need a
+    /// second workload or a forged identity).
+    ///
+    /// # Errors
+    /// Certificate generation failed.
+    pub fn issue(&self, spiffe_id: &str) -> anyhow::Result<IssuedCertificate> {
+        let ca = self.cas.last().context("no CA")?;
+        Ok(ca.issue(spiffe_id, &[], &[], VALIDITY)?)
+    }
+
+    /// The agent's SVID.
+    #[must_use]
+    pub fn agent_svid(&self) -> &IssuedCertificate {
+        &self.agent
+    }
+
+    /// A federation client that presents the agent's SVID to `api_addr`, trusting
+    /// `federation_ca_pem` for the server.
+    ///
+    /// # Errors
+    /// The connection failed.
+    pub async fn client(
+        &self,
+        api_addr: &str,
+        federation_ca_pem: &str,
+    ) -> anyhow::Result<FederationClient<Channel>> {
+        connect_as(api_addr, federation_ca_pem, Some(&self.agent)).await
+    }
+}
+
+/// A federation client presenting `svid` (or no certificate) to `api_addr`.
+///
+/// # Errors
+/// The connection failed.
+pub async fn connect_as(
+    api_addr: &str,
+    federation_ca_pem: &str,
+    svid: Option<&IssuedCertificate>,
+) -> anyhow::Result<FederationClient<Channel>> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(federation_ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots);
+    let mut config = match svid {
+        Some(svid) => {
+            let chain: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(svid.cert_pem.as_bytes())
+                    .collect::<Result<_, _>>()?;
+            let key = PrivateKeyDer::from_pem_slice(svid.key_pem.as_bytes())?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let channel = Endpoint::from_shared(format!("https://{api_addr}"))?
+        .connect_timeout(Duration::from_secs(2))
+        .timeout(Duration::from_secs(30))
+        .connect_with_connector(federator_raft::tls::connector(Arc::new(config)))
+        .await
+        .with_context(|| format!("connect to {api_addr}"))?;
+    Ok(FederationClient::new(channel))
+}
+
+/// A `JoinRequest` for `token` with `bundle_json`.
+#[must_use]
+pub fn join_request(token: &str, trust_domain: &str, bundle_json: String) -> pb::JoinRequest {
+    pb::JoinRequest {
+        token: token.to_string(),
+        bundle: Some(pb::TrustBundle {
+            trust_domain: trust_domain.to_string(),
+            spiffe_bundle_json: bundle_json,
+            sequence: 0,
+        }),
+    }
+}
+
+/// A `PublishBundleRequest`.
+#[must_use]
+pub fn publish_request(
+    trust_domain: &str,
+    bundle_json: String,
+    force: bool,
+) -> pb::PublishBundleRequest {
+    pb::PublishBundleRequest {
+        bundle: Some(pb::TrustBundle {
+            trust_domain: trust_domain.to_string(),
+            spiffe_bundle_json: bundle_json,
+            sequence: 0,
+        }),
+        force,
+    }
+}

@@ -1,0 +1,475 @@
+//! `federator token`, `cluster`, `bundle` and `audit`: joining clusters and watching their
+//! trust bundles propagate.
+
+use std::process::ExitCode;
+
+use anyhow::bail;
+use federator_proto::admin as pb;
+use serde::Serialize;
+
+use super::client::{Connection, ConnectionArgs, status_error};
+use super::output::{OutputFormat, print, table};
+
+/// Create join tokens for clusters.
+#[derive(Debug, clap::Subcommand)]
+pub enum TokenCommand {
+    /// Create a single-use join token. It carries the replicas' addresses and the
+    /// federation's CA, so the agent needs nothing else; it is stored only as a hash.
+    Create {
+        /// Cluster name (DNS label, unique in the federation).
+        #[arg(long)]
+        cluster: String,
+        /// The cluster's SPIFFE trust domain; bound to the cluster at join.
+        #[arg(long)]
+        trust_domain: String,
+        /// Validity, e.g. 30m, 1h, 2d (at most 30d).
+        #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
+        ttl: u64,
+    },
+}
+
+/// Inspect and remove member clusters.
+#[derive(Debug, clap::Subcommand)]
+pub enum ClusterCommand {
+    /// Every member cluster with its trust domain, agent and bundle.
+    List,
+    /// One member cluster.
+    Show {
+        /// Cluster name.
+        name: String,
+    },
+    /// Remove a cluster: its bundle disappears from every member, its streams close,
+    /// and its agent can no longer connect.
+    Remove {
+        /// Cluster name.
+        name: String,
+    },
+}
+
+/// Inspect federated trust bundles.
+#[derive(Debug, clap::Subcommand)]
+pub enum BundleCommand {
+    /// Every member's bundle: trust domain, sequence, digest.
+    List,
+    /// One trust domain's bundle.
+    Show {
+        /// Trust domain.
+        trust_domain: String,
+        /// Document format.
+        #[arg(long, value_enum, default_value_t = BundleFormatArg::Spiffe)]
+        format: BundleFormatArg,
+    },
+    /// Which members have applied which sequence: when every member has the newest, it
+    /// is safe to sign with the new key.
+    Status {
+        /// Trust domain.
+        trust_domain: String,
+    },
+}
+
+/// Bundle document format.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum BundleFormatArg {
+    /// SPIFFE bundle (JWKS) JSON.
+    Spiffe,
+    /// PEM X.509 authorities.
+    Pem,
+}
+
+/// Parses `90`, `90s`, `30m`, `1h`, `2d` into seconds.
+///
+/// # Errors
+/// Not a positive duration of that form.
+pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (digits, unit) =
+        text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let value: u64 =
+        digits.parse().map_err(|_| format!("{text:?} is not a duration like 30m, 1h or 2d"))?;
+    let factor = match unit {
+        "" | "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
+    };
+    match value.checked_mul(factor) {
+        Some(0) => Err("must be positive".into()),
+        Some(secs) => Ok(secs),
+        None => Err(format!("{text:?} is too long")),
+    }
+}
+
+#[derive(Serialize)]
+struct TokenView {
+    token: String,
+    cluster: String,
+    trust_domain: String,
+    expires_at: i64,
+    endpoints: Vec<String>,
+}
+
+/// Runs `federator token`.
+pub async fn run_token(
+    command: TokenCommand,
+    args: &ConnectionArgs,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let connection = Connection::new(args)?;
+    let TokenCommand::Create { cluster, trust_domain, ttl } = command;
+    let mut leader = connection.leader().await?;
+    let r = leader
+        .create_token(pb::CreateTokenRequest {
+            cluster: cluster.clone(),
+            trust_domain: trust_domain.clone(),
+            ttl_seconds: ttl,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let view = TokenView {
+        token: r.token,
+        cluster,
+        trust_domain,
+        expires_at: r.expires_at,
+        endpoints: r.endpoints,
+    };
+    print(out, &view, |v| {
+        println!("{}", v.token);
+        eprintln!(
+            "single-use token for cluster {} ({}), valid until {} (unix); give it to that cluster's agent",
+            v.cluster, v.trust_domain, v.expires_at
+        );
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct ClusterView {
+    name: String,
+    trust_domain: String,
+    agent_id: String,
+    joined_at: i64,
+    bundle_sequence: u64,
+    bundle_digest: String,
+    bundle_updated_at: i64,
+    x509_authorities: u32,
+    jwt_authorities: u32,
+}
+
+impl From<pb::Cluster> for ClusterView {
+    fn from(c: pb::Cluster) -> Self {
+        Self {
+            name: c.name,
+            trust_domain: c.trust_domain,
+            agent_id: c.agent_id,
+            joined_at: c.joined_at,
+            bundle_sequence: c.bundle_sequence,
+            bundle_digest: c.bundle_digest,
+            bundle_updated_at: c.bundle_updated_at,
+            x509_authorities: c.x509_authorities,
+            jwt_authorities: c.jwt_authorities,
+        }
+    }
+}
+
+fn cluster_table(clusters: &[ClusterView]) {
+    let mut t = table(&["CLUSTER", "TRUST DOMAIN", "AGENT", "SEQUENCE", "X509", "JWT", "DIGEST"]);
+    for c in clusters {
+        t.add_row(vec![
+            c.name.clone(),
+            c.trust_domain.clone(),
+            c.agent_id.clone(),
+            c.bundle_sequence.to_string(),
+            c.x509_authorities.to_string(),
+            c.jwt_authorities.to_string(),
+            c.bundle_digest.chars().take(12).collect(),
+        ]);
+    }
+    println!("{t}");
+}
+
+/// Runs `federator cluster`.
+pub async fn run_cluster(
+    command: ClusterCommand,
+    args: &ConnectionArgs,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let connection = Connection::new(args)?;
+    let mut client = connection.admin(&connection.endpoints()[0]).await?;
+    match command {
+        ClusterCommand::List => {
+            let r = client
+                .list_clusters(pb::ListClustersRequest::default())
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let views: Vec<ClusterView> = r.clusters.into_iter().map(Into::into).collect();
+            print(out, &views, |v| cluster_table(v))?;
+        }
+        ClusterCommand::Show { name } => {
+            let r = client
+                .get_cluster(pb::GetClusterRequest { name, consistency: 0 })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let view = ClusterView::from(r);
+            print(out, &view, |v| cluster_table(std::slice::from_ref(v)))?;
+        }
+        ClusterCommand::Remove { name } => {
+            let r = client
+                .remove_cluster(pb::RemoveClusterRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            eprintln!("cluster {name} removed at revision {}", r.revision);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(Serialize)]
+struct BundleStatusView {
+    trust_domain: String,
+    owner: String,
+    sequence: u64,
+    updated_at: i64,
+    complete: bool,
+    members: Vec<MemberAckView>,
+}
+
+#[derive(Serialize)]
+struct MemberAckView {
+    cluster: String,
+    applied_sequence: u64,
+    applied_at: i64,
+    current: bool,
+}
+
+/// Runs `federator bundle`.
+pub async fn run_bundle(
+    command: BundleCommand,
+    args: &ConnectionArgs,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let connection = Connection::new(args)?;
+    let mut client = connection.admin(&connection.endpoints()[0]).await?;
+    match command {
+        BundleCommand::List => {
+            let r = client
+                .list_clusters(pb::ListClustersRequest::default())
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            #[derive(Serialize)]
+            struct Row {
+                trust_domain: String,
+                cluster: String,
+                sequence: u64,
+                digest: String,
+                updated_at: i64,
+            }
+            let rows: Vec<Row> = r
+                .clusters
+                .into_iter()
+                .map(|c| Row {
+                    trust_domain: c.trust_domain,
+                    cluster: c.name,
+                    sequence: c.bundle_sequence,
+                    digest: c.bundle_digest,
+                    updated_at: c.bundle_updated_at,
+                })
+                .collect();
+            print(out, &rows, |rows| {
+                let mut t =
+                    table(&["TRUST DOMAIN", "CLUSTER", "SEQUENCE", "DIGEST", "UPDATED (UNIX)"]);
+                for r in rows {
+                    t.add_row(vec![
+                        r.trust_domain.clone(),
+                        r.cluster.clone(),
+                        r.sequence.to_string(),
+                        r.digest.chars().take(12).collect(),
+                        r.updated_at.to_string(),
+                    ]);
+                }
+                println!("{t}");
+            })?;
+        }
+        BundleCommand::Show { trust_domain, format } => {
+            let format = match format {
+                BundleFormatArg::Spiffe => pb::BundleFormat::Spiffe,
+                BundleFormatArg::Pem => pb::BundleFormat::Pem,
+            };
+            let r = client
+                .get_bundle(pb::GetBundleRequest {
+                    trust_domain,
+                    format: format.into(),
+                    consistency: 0,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            match out {
+                OutputFormat::Table => print!("{}", r.document.trim_end().to_string() + "\n"),
+                _ => {
+                    #[derive(Serialize)]
+                    struct Doc {
+                        trust_domain: String,
+                        sequence: u64,
+                        digest: String,
+                        updated_at: i64,
+                        refresh_hint_seconds: u64,
+                        document: String,
+                    }
+                    let doc = Doc {
+                        trust_domain: r.trust_domain,
+                        sequence: r.sequence,
+                        digest: r.digest,
+                        updated_at: r.updated_at,
+                        refresh_hint_seconds: r.refresh_hint_seconds,
+                        document: r.document,
+                    };
+                    print(out, &doc, |_| {})?;
+                }
+            }
+        }
+        BundleCommand::Status { trust_domain } => {
+            let r = client
+                .bundle_status(pb::BundleStatusRequest { trust_domain, consistency: 0 })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let view = BundleStatusView {
+                trust_domain: r.trust_domain,
+                owner: r.owner,
+                sequence: r.sequence,
+                updated_at: r.updated_at,
+                complete: r.complete,
+                members: r
+                    .members
+                    .into_iter()
+                    .map(|m| MemberAckView {
+                        current: m.applied_sequence >= r.sequence,
+                        cluster: m.cluster,
+                        applied_sequence: m.applied_sequence,
+                        applied_at: m.applied_at,
+                    })
+                    .collect(),
+            };
+            print(out, &view, |v| {
+                println!(
+                    "bundle of {} (cluster {}): sequence {}",
+                    v.trust_domain, v.owner, v.sequence
+                );
+                let mut t = table(&["MEMBER", "APPLIED SEQUENCE", "APPLIED AT (UNIX)", "CURRENT"]);
+                for m in &v.members {
+                    t.add_row(vec![
+                        m.cluster.clone(),
+                        m.applied_sequence.to_string(),
+                        if m.applied_at == 0 { "-".into() } else { m.applied_at.to_string() },
+                        if m.current { "yes".into() } else { "NO".into() },
+                    ]);
+                }
+                println!("{t}");
+                if v.complete {
+                    println!(
+                        "every member has applied sequence {}: safe to sign with the new key",
+                        v.sequence
+                    );
+                } else {
+                    let behind = v.members.iter().filter(|m| !m.current).count();
+                    println!(
+                        "{behind} member(s) have not applied sequence {} yet: keep signing with the old key",
+                        v.sequence
+                    );
+                }
+            })?;
+            if !view.complete {
+                return Ok(ExitCode::from(2));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Show the audit trail of accepted and refused federation writes.
+#[derive(Debug, clap::Args)]
+pub struct AuditArgs {
+    /// How many of the newest events.
+    #[arg(long, default_value_t = 50)]
+    limit: u32,
+}
+
+/// Runs `federator audit`.
+pub async fn run_audit(
+    args: AuditArgs,
+    conn: &ConnectionArgs,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    if args.limit == 0 {
+        bail!("--limit must be positive");
+    }
+    let connection = Connection::new(conn)?;
+    let mut client = connection.admin(&connection.endpoints()[0]).await?;
+    let r = client
+        .list_audit(pb::ListAuditRequest { limit: args.limit })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    #[derive(Serialize)]
+    struct Row {
+        seq: u64,
+        at: i64,
+        index: u64,
+        actor: String,
+        action: String,
+        target: String,
+        accepted: bool,
+        reason: String,
+    }
+    let rows: Vec<Row> = r
+        .events
+        .into_iter()
+        .map(|e| Row {
+            seq: e.seq,
+            at: e.at,
+            index: e.index,
+            actor: e.actor,
+            action: e.action,
+            target: e.target,
+            accepted: e.accepted,
+            reason: e.reason,
+        })
+        .collect();
+    print(out, &rows, |rows| {
+        let mut t = table(&["SEQ", "AT (UNIX)", "ACTOR", "ACTION", "TARGET", "OUTCOME"]);
+        for r in rows {
+            t.add_row(vec![
+                r.seq.to_string(),
+                r.at.to_string(),
+                r.actor.clone(),
+                r.action.clone(),
+                r.target.clone(),
+                if r.accepted { "accepted".into() } else { format!("REFUSED: {}", r.reason) },
+            ]);
+        }
+        println!("{t}");
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration_secs("90"), Ok(90));
+        assert_eq!(parse_duration_secs("30m"), Ok(1800));
+        assert_eq!(parse_duration_secs("1h"), Ok(3600));
+        assert_eq!(parse_duration_secs("2d"), Ok(172_800));
+        for bad in ["", "h", "1w", "0", "-1h", "1.5h", "99999999999999999999d"] {
+            assert!(parse_duration_secs(bad).is_err(), "{bad:?}");
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! The agent-facing federation API (`federator.federation.v1.Federation`).
+//!
+//! Every call is authenticated by the caller's X.509-SVID, verified against the bundle
+//! the federation holds for the SVID's own trust domain — never a pooled root store —
+//! and the SPIFFE ID must be the member's registered agent. Join is the exception: the
+//! SVID is verified against the bundle presented with the token, and the token decides
+//! which cluster and trust domain the caller becomes.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use federator_proto::federation as pb;
+use federator_proto::federation::federation_server::Federation;
+use tokio::sync::mpsc;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use super::FederationReplica;
+use super::admin::{command_status, replica_status};
+use crate::bundle::{ValidationPolicy, parse_spiffe_bundle};
+use crate::identity::{SpiffeId, svid_identity, verify_client_svid};
+use crate::state::{Applied, ChangeKind, Command, FederationState, Member, command_result};
+use crate::token::JoinToken;
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// How often a watch re-checks the caller's membership when nothing changes.
+const WATCH_RECHECK: Duration = Duration::from_secs(1);
+
+/// The federation API handler of one replica.
+#[derive(Clone)]
+pub struct FederationService {
+    replica: FederationReplica,
+    refusals: Arc<Mutex<HashMap<String, Instant>>>,
+}
+
+/// An authenticated member caller.
+struct MemberCaller {
+    member: Member,
+    chain: Vec<Vec<u8>>,
+}
+
+impl FederationService {
+    /// A handler serving `replica`.
+    #[must_use]
+    pub fn new(replica: FederationReplica) -> Self {
+        Self { replica, refusals: Arc::new(Mutex::new(HashMap::new())) }
+    }
+
+    /// The caller's certificate chain (leaf first) and SPIFFE ID, unverified.
+    fn caller<T>(request: &Request<T>) -> Result<(Vec<Vec<u8>>, SpiffeId), Status> {
+        let chain: Vec<Vec<u8>> = federator_raft::tls::connect_info(request)
+            .map(|info| info.peer_chain.iter().map(|c| c.as_ref().to_vec()).collect())
+            .unwrap_or_default();
+        let leaf = chain
+            .first()
+            .ok_or_else(|| Status::unauthenticated("a client X.509-SVID is required"))?;
+        let id = svid_identity(leaf)
+            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+        Ok((chain, id))
+    }
+
+    /// Authenticates a member: its SVID must verify against the stored bundle of its own
+    /// trust domain and be the member's registered agent identity.
+    fn authenticate<T>(&self, request: &Request<T>, action: &str) -> Result<MemberCaller, Status> {
+        let (chain, id) = Self::caller(request)?;
+        let td = id.trust_domain.clone();
+        let found = self.replica.state().read(|s| {
+            let member = s.member_by_trust_domain(&td).cloned();
+            let roots: Vec<Vec<u8>> = s
+                .bundles
+                .get(&td)
+                .map(|b| b.bundle.x509_roots_der().iter().map(|r| r.to_vec()).collect())
+                .unwrap_or_default();
+            (member, roots)
+        });
+        let (Some(member), roots) = found else {
+            let reason = format!("trust domain {td} is not a member of the federation");
+            self.record_refusal(&id.to_string(), action, &td, &reason);
+            return Err(Status::permission_denied(reason));
+        };
+        let roots: Vec<&[u8]> = roots.iter().map(Vec::as_slice).collect();
+        if let Err(error) = verify_client_svid(&chain, &roots, unix_now()) {
+            let reason = format!("SVID {id} does not verify against the bundle of {td}: {error}");
+            self.record_refusal(&id.to_string(), action, &td, &reason);
+            return Err(Status::permission_denied(reason));
+        }
+        if id.to_string() != member.agent_id {
+            let reason = format!(
+                "{id} is not the agent of cluster {} ({})",
+                member.cluster, member.agent_id
+            );
+            self.record_refusal(&id.to_string(), action, &td, &reason);
+            return Err(Status::permission_denied(reason));
+        }
+        Ok(MemberCaller { member, chain })
+    }
+
+    /// Records a refusal decided before the log in the replicated audit trail, at most
+    /// once per second per actor so that a misbehaving caller cannot flood the log.
+    fn record_refusal(&self, actor: &str, action: &str, target: &str, reason: &str) {
+        tracing::warn!(target: "audit", actor, action, target_name = target, reason, "refused");
+        {
+            let Ok(mut last) = self.refusals.lock() else { return };
+            let now = Instant::now();
+            if last.get(actor).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1)) {
+                return;
+            }
+            if last.len() > 10_000 {
+                last.clear();
+            }
+            last.insert(actor.to_string(), now);
+        }
+        let command = Command::RecordRefusal {
+            actor: actor.to_string(),
+            action: action.to_string(),
+            target: target.to_string(),
+            reason: reason.to_string(),
+            now: unix_now(),
+        };
+        let replica = self.replica.clone();
+        tokio::spawn(async move {
+            if let Err(error) = replica.write(command.encode()).await {
+                tracing::debug!(%error, "refusal not recorded in the audit trail");
+            }
+        });
+    }
+
+    async fn propose(&self, command: Command) -> Result<Applied, Status> {
+        let outcome = self.replica.write(command.encode()).await.map_err(replica_status)?;
+        command_result(&outcome.response).map_err(command_status)?.map_err(command_status)
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Federation for FederationService {
+    #[tracing::instrument(skip_all, fields(cluster, trust_domain))]
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let (chain, id) = Self::caller(&request)?;
+        let r = request.into_inner();
+        let token = JoinToken::decode(&r.token)
+            .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
+        let span = tracing::Span::current();
+        span.record("cluster", token.cluster.as_str());
+        span.record("trust_domain", token.trust_domain.as_str());
+        if id.trust_domain != token.trust_domain {
+            let reason = format!(
+                "the caller's SVID {id} is not in the token's trust domain {}",
+                token.trust_domain
+            );
+            self.record_refusal(&id.to_string(), "join", &token.trust_domain, &reason);
+            return Err(Status::permission_denied(reason));
+        }
+        let bundle = r.bundle.ok_or_else(|| Status::invalid_argument("bundle: required"))?;
+        if !bundle.trust_domain.is_empty() && bundle.trust_domain != token.trust_domain {
+            return Err(Status::permission_denied(format!(
+                "bundle.trust_domain {} is not the token's trust domain {}",
+                bundle.trust_domain, token.trust_domain
+            )));
+        }
+        let now = unix_now();
+        let parsed = parse_spiffe_bundle(
+            &token.trust_domain,
+            bundle.spiffe_bundle_json.as_bytes(),
+            &ValidationPolicy::at(now),
+        )
+        .map_err(|e| Status::invalid_argument(format!("bundle: {e}")))?;
+        let roots = parsed.x509_roots_der();
+        verify_client_svid(&chain, &roots, now).map_err(|e| {
+            Status::permission_denied(format!(
+                "proof of possession: the caller's SVID does not chain to the presented bundle: {e}"
+            ))
+        })?;
+        let applied = self
+            .propose(Command::Join {
+                secret_hash: token.secret_hash(),
+                cluster: token.cluster.clone(),
+                trust_domain: token.trust_domain.clone(),
+                agent_id: id.to_string(),
+                bundle_json: bundle.spiffe_bundle_json.into_bytes(),
+                now,
+            })
+            .await?;
+        let revision = match applied {
+            Applied::Bundle { revision, .. } | Applied::Revision { revision } => revision,
+            _ => 0,
+        };
+        tracing::info!(agent = %id, revision, "cluster joined");
+        Ok(Response::new(pb::JoinResponse {
+            cluster: token.cluster,
+            trust_domain: token.trust_domain,
+            agent_id: id.to_string(),
+            revision,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(cluster, trust_domain))]
+    async fn publish_bundle(
+        &self,
+        request: Request<pb::PublishBundleRequest>,
+    ) -> Result<Response<pb::PublishBundleResponse>, Status> {
+        let caller = self.authenticate(&request, "publish_bundle")?;
+        let span = tracing::Span::current();
+        span.record("cluster", caller.member.cluster.as_str());
+        span.record("trust_domain", caller.member.trust_domain.as_str());
+        let r = request.into_inner();
+        let bundle = r.bundle.ok_or_else(|| Status::invalid_argument("bundle: required"))?;
+        if !bundle.trust_domain.is_empty() && bundle.trust_domain != caller.member.trust_domain {
+            let reason = format!(
+                "cluster {} may publish only the bundle of its own trust domain {}, not {}",
+                caller.member.cluster, caller.member.trust_domain, bundle.trust_domain
+            );
+            self.record_refusal(
+                &caller.member.cluster,
+                "publish_bundle",
+                &bundle.trust_domain,
+                &reason,
+            );
+            return Err(Status::permission_denied(reason));
+        }
+        let applied = self
+            .propose(Command::PublishBundle {
+                cluster: caller.member.cluster.clone(),
+                bundle_json: bundle.spiffe_bundle_json.into_bytes(),
+                agent_chain: caller.chain,
+                force: r.force,
+                now: unix_now(),
+            })
+            .await?;
+        match applied {
+            Applied::Bundle { sequence, revision } => {
+                tracing::info!(sequence, revision, "bundle published");
+                Ok(Response::new(pb::PublishBundleResponse { sequence, revision }))
+            }
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    type WatchStream = WatchStream;
+
+    #[tracing::instrument(skip_all, fields(cluster, trust_domain))]
+    async fn watch(
+        &self,
+        request: Request<pb::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = self.authenticate(&request, "watch")?;
+        let span = tracing::Span::current();
+        span.record("cluster", caller.member.cluster.as_str());
+        span.record("trust_domain", caller.member.trust_domain.as_str());
+        let after = request.into_inner().after_revision;
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(serve_watch(self.replica.clone(), caller.member, after, tx));
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn ack(
+        &self,
+        request: Request<pb::AckRequest>,
+    ) -> Result<Response<pb::AckResponse>, Status> {
+        let caller = self.authenticate(&request, "ack")?;
+        let r = request.into_inner();
+        self.propose(Command::AckBundle {
+            cluster: caller.member.cluster,
+            trust_domain: r.trust_domain,
+            sequence: r.sequence,
+            now: unix_now(),
+        })
+        .await?;
+        Ok(Response::new(pb::AckResponse {}))
+    }
+}
+
+/// What one wake-up of a watch has to send.
+enum WatchBatch {
+    /// The member was removed: close the stream.
+    Removed,
+    /// Events to send, and the revision they bring the watcher to.
+    Events(Vec<pb::WatchEvent>, u64),
+}
+
+/// Streams bundle changes to one member from revision `after`, until the member is
+/// removed or the watcher goes away.
+async fn serve_watch(
+    replica: FederationReplica,
+    member: Member,
+    after: u64,
+    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
+) {
+    let mut applied = replica.metrics();
+    let mut sent = after;
+    let mut first = true;
+    loop {
+        let batch = replica.state().read(|s| next_batch(s, &member, sent, first));
+        first = false;
+        match batch {
+            WatchBatch::Removed => {
+                let _ = tx
+                    .send(Err(Status::permission_denied(format!(
+                        "cluster {} was removed from the federation",
+                        member.cluster
+                    ))))
+                    .await;
+                return;
+            }
+            WatchBatch::Events(events, revision) => {
+                for event in events {
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                sent = revision;
+            }
+        }
+        tokio::select! {
+            changed = applied.changed() => if changed.is_err() { return },
+            () = tokio::time::sleep(WATCH_RECHECK) => {}
+            () = tx.closed() => return,
+        }
+    }
+}
+
+/// Computes what a watcher at revision `sent` must receive next, from one consistent
+/// view of the state. Each bundle version is sent once, at the revision that created it.
+fn next_batch(s: &FederationState, member: &Member, sent: u64, first: bool) -> WatchBatch {
+    if s.members.get(&member.cluster).is_none_or(|m| m.agent_id != member.agent_id) {
+        return WatchBatch::Removed;
+    }
+    let revision = s.changes.revision();
+    let put = |td: &str, revision: u64| -> Option<pb::WatchEvent> {
+        s.bundles.get(td).map(|b| pb::WatchEvent {
+            revision,
+            event: Some(pb::watch_event::Event::BundlePut(pb::TrustBundle {
+                trust_domain: td.to_string(),
+                spiffe_bundle_json: b.bundle.to_spiffe_json(),
+                sequence: b.bundle.sequence,
+            })),
+        })
+    };
+    let snapshot = |resync: bool| {
+        let mut events = Vec::new();
+        if resync {
+            events.push(pb::WatchEvent {
+                revision,
+                event: Some(pb::watch_event::Event::Resync(true)),
+            });
+        }
+        events.extend(s.bundles.iter().filter_map(|(td, b)| put(td, b.revision)));
+        events.push(pb::WatchEvent {
+            revision,
+            event: Some(pb::watch_event::Event::SnapshotEnd(pb::SnapshotEnd {})),
+        });
+        WatchBatch::Events(events, revision)
+    };
+    if first && sent == 0 {
+        return snapshot(false);
+    }
+    if sent > revision {
+        // The watcher saw a newer revision on another replica; this one must catch up
+        // first — never send it anything older.
+        return WatchBatch::Events(Vec::new(), sent);
+    }
+    let Some(changes) = s.changes.since(sent) else {
+        return snapshot(true);
+    };
+    let mut events = Vec::new();
+    for change in changes {
+        match change.kind {
+            ChangeKind::BundlePut { trust_domain } => {
+                if s.bundles.get(&trust_domain).is_some_and(|b| b.revision == change.revision) {
+                    events.extend(put(&trust_domain, change.revision));
+                }
+            }
+            ChangeKind::BundleRemoved { trust_domain } => events.push(pb::WatchEvent {
+                revision: change.revision,
+                event: Some(pb::watch_event::Event::BundleRemoved(pb::BundleRemoved {
+                    trust_domain,
+                })),
+            }),
+        }
+    }
+    WatchBatch::Events(events, revision)
+}

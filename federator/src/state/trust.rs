@@ -1,0 +1,614 @@
+//! The trust part of the federation state: members, their trust bundles, join tokens and
+//! acknowledgements, and the rules that apply commands to them.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::audit::AuditEvent;
+use super::events::ChangeKind;
+use super::{Applied, CommandError, CommandResult, FederationState};
+use crate::bundle::{TrustBundle, ValidationPolicy, parse_spiffe_bundle};
+
+/// How long a used or expired token is kept (to answer "already used" rather than
+/// "unknown"), in seconds.
+const TOKEN_RETENTION_SECS: i64 = 7 * 86_400;
+
+/// A member cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Cluster name (DNS label), unique in the federation.
+    pub cluster: String,
+    /// The cluster's trust domain, bound at join.
+    pub trust_domain: String,
+    /// SPIFFE ID of the cluster's agent.
+    pub agent_id: String,
+    /// When it joined (unix seconds).
+    pub joined_at: i64,
+    /// Log index of the join.
+    pub joined_index: u64,
+}
+
+/// A member's bundle as stored, with who has applied which sequence of it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredBundle {
+    /// The validated bundle.
+    pub bundle: TrustBundle,
+    /// Hex SHA-256 of its SPIFFE encoding.
+    pub digest: String,
+    /// When it was published (unix seconds).
+    pub updated_at: i64,
+    /// Revision of the publication.
+    pub revision: u64,
+    /// Per member cluster: the newest sequence it has applied.
+    pub acks: BTreeMap<String, BundleAck>,
+}
+
+/// A member's acknowledgement of a foreign bundle.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleAck {
+    /// Sequence applied.
+    pub sequence: u64,
+    /// When (unix seconds).
+    pub at: i64,
+}
+
+/// A join token as stored: only the hash of its secret.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TokenRecord {
+    /// Cluster it admits.
+    pub cluster: String,
+    /// Trust domain it binds.
+    pub trust_domain: String,
+    /// Expiry (unix seconds).
+    pub expires_at: i64,
+    /// When it was created.
+    pub created_at: i64,
+    /// When it was used, if it was.
+    pub used_at: Option<i64>,
+}
+
+// === impl FederationState ===
+
+impl FederationState {
+    /// The member whose trust domain is `td`.
+    #[must_use]
+    pub fn member_by_trust_domain(&self, td: &str) -> Option<&Member> {
+        self.members.values().find(|m| m.trust_domain == td)
+    }
+
+    pub(super) fn apply_create_token(
+        &mut self,
+        secret_hash: String,
+        cluster: String,
+        trust_domain: String,
+        expires_at: i64,
+        now: i64,
+    ) -> CommandResult {
+        crate::token::validate_cluster_name(&cluster)
+            .map_err(|e| CommandError::invalid("cluster", &e.to_string()))?;
+        crate::identity::validate_trust_domain(&trust_domain)
+            .map_err(|e| CommandError::invalid("trust_domain", &e.to_string()))?;
+        if expires_at <= now {
+            return Err(CommandError::invalid("ttl", "must be positive"));
+        }
+        if self.tokens.contains_key(&secret_hash) {
+            return Err(CommandError::AlreadyExists("a token with this secret exists".into()));
+        }
+        self.tokens
+            .retain(|_, t| t.expires_at.max(t.used_at.unwrap_or(0)) + TOKEN_RETENTION_SECS > now);
+        self.tokens.insert(
+            secret_hash,
+            TokenRecord { cluster, trust_domain, expires_at, created_at: now, used_at: None },
+        );
+        Ok(Applied::Done)
+    }
+
+    #[expect(clippy::too_many_arguments, reason = "the fields of one command")]
+    pub(super) fn apply_join(
+        &mut self,
+        index: u64,
+        secret_hash: &str,
+        cluster: String,
+        trust_domain: String,
+        agent_id: String,
+        bundle_json: &[u8],
+        now: i64,
+    ) -> CommandResult {
+        let result =
+            self.try_join(secret_hash, &cluster, &trust_domain, &agent_id, bundle_json, now);
+        let refused = result.as_ref().err().map(ToString::to_string);
+        self.audit.record(AuditEvent {
+            seq: 0,
+            at: now,
+            index,
+            actor: cluster.clone(),
+            action: "join".into(),
+            target: trust_domain.clone(),
+            refused,
+        });
+        let bundle = result?;
+        if let Some(token) = self.tokens.get_mut(secret_hash) {
+            token.used_at = Some(now);
+        }
+        self.members.insert(
+            cluster.clone(),
+            Member {
+                cluster,
+                trust_domain: trust_domain.clone(),
+                agent_id,
+                joined_at: now,
+                joined_index: index,
+            },
+        );
+        let revision =
+            self.changes.push(ChangeKind::BundlePut { trust_domain: trust_domain.clone() });
+        let sequence = bundle.sequence;
+        self.bundles.insert(
+            trust_domain,
+            StoredBundle {
+                digest: bundle.digest(),
+                bundle,
+                updated_at: now,
+                revision,
+                acks: BTreeMap::new(),
+            },
+        );
+        Ok(Applied::Bundle { sequence, revision })
+    }
+
+    fn try_join(
+        &self,
+        secret_hash: &str,
+        cluster: &str,
+        trust_domain: &str,
+        agent_id: &str,
+        bundle_json: &[u8],
+        now: i64,
+    ) -> Result<TrustBundle, CommandError> {
+        let token = self
+            .tokens
+            .get(secret_hash)
+            .ok_or_else(|| CommandError::Token("unknown token".into()))?;
+        if let Some(used_at) = token.used_at {
+            return Err(CommandError::Token(format!(
+                "already used at {used_at}; tokens are single-use"
+            )));
+        }
+        if token.expires_at <= now {
+            return Err(CommandError::Token(format!("expired at {}", token.expires_at)));
+        }
+        if token.cluster != cluster || token.trust_domain != trust_domain {
+            return Err(CommandError::Token(format!(
+                "issued for cluster {} with trust domain {}, not {cluster} with {trust_domain}",
+                token.cluster, token.trust_domain
+            )));
+        }
+        if self.members.contains_key(cluster) {
+            return Err(CommandError::AlreadyExists(format!(
+                "cluster {cluster} is already a member; remove it first"
+            )));
+        }
+        if let Some(other) = self.member_by_trust_domain(trust_domain) {
+            return Err(CommandError::AlreadyExists(format!(
+                "trust domain {trust_domain} is already bound to cluster {}",
+                other.cluster
+            )));
+        }
+        if !agent_id.starts_with(&format!("spiffe://{trust_domain}/")) {
+            return Err(CommandError::PermissionDenied(format!(
+                "agent {agent_id} is not in trust domain {trust_domain}"
+            )));
+        }
+        let bundle = parse_spiffe_bundle(trust_domain, bundle_json, &ValidationPolicy::at(now))
+            .map_err(CommandError::Bundle)?;
+        self.check_keys_unique(&bundle)?;
+        Ok(bundle)
+    }
+
+    /// Refuses a bundle holding a key that another trust domain's bundle holds.
+    fn check_keys_unique(&self, bundle: &TrustBundle) -> Result<(), CommandError> {
+        for (td, stored) in &self.bundles {
+            if *td == bundle.trust_domain {
+                continue;
+            }
+            for fingerprint in bundle.fingerprints() {
+                if stored.bundle.fingerprints().any(|f| f == fingerprint) {
+                    return Err(CommandError::Bundle(crate::bundle::BundleError::Invalid {
+                        field: "keys".into(),
+                        rule: format!(
+                            "key {fingerprint} is already in the bundle of trust domain {td}"
+                        ),
+                    }));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) fn apply_publish_bundle(
+        &mut self,
+        index: u64,
+        cluster: &str,
+        bundle_json: &[u8],
+        agent_chain: &[Vec<u8>],
+        force: bool,
+        now: i64,
+    ) -> CommandResult {
+        let td = self.members.get(cluster).map(|m| m.trust_domain.clone());
+        let result = self.try_publish(cluster, td.as_deref(), bundle_json, agent_chain, force, now);
+        self.audit.record(AuditEvent {
+            seq: 0,
+            at: now,
+            index,
+            actor: cluster.to_string(),
+            action: if force { "publish_bundle (forced)" } else { "publish_bundle" }.into(),
+            target: td.clone().unwrap_or_default(),
+            refused: result.as_ref().err().map(ToString::to_string),
+        });
+        let bundle = result?;
+        let td = bundle.trust_domain.clone();
+        let revision = self.changes.push(ChangeKind::BundlePut { trust_domain: td.clone() });
+        let sequence = bundle.sequence;
+        let acks = self.bundles.remove(&td).map(|b| b.acks).unwrap_or_default();
+        self.bundles.insert(
+            td,
+            StoredBundle { digest: bundle.digest(), bundle, updated_at: now, revision, acks },
+        );
+        Ok(Applied::Bundle { sequence, revision })
+    }
+
+    fn try_publish(
+        &self,
+        cluster: &str,
+        td: Option<&str>,
+        bundle_json: &[u8],
+        agent_chain: &[Vec<u8>],
+        force: bool,
+        now: i64,
+    ) -> Result<TrustBundle, CommandError> {
+        let td =
+            td.ok_or_else(|| CommandError::PermissionDenied(format!("{cluster} is not a member")))?;
+        let bundle = parse_spiffe_bundle(td, bundle_json, &ValidationPolicy::at(now))
+            .map_err(CommandError::Bundle)?;
+        if let Some(stored) = self.bundles.get(td)
+            && bundle.sequence <= stored.bundle.sequence
+        {
+            return Err(CommandError::Bundle(crate::bundle::BundleError::Invalid {
+                field: "spiffe_sequence".into(),
+                rule: format!(
+                    "{} is not greater than the stored sequence {} (replay)",
+                    bundle.sequence, stored.bundle.sequence
+                ),
+            }));
+        }
+        self.check_keys_unique(&bundle)?;
+        if !force && !agent_chain.is_empty() {
+            let roots = bundle.x509_roots_der();
+            if let Err(error) = crate::identity::verify_client_svid(agent_chain, &roots, now) {
+                return Err(CommandError::Bundle(crate::bundle::BundleError::Invalid {
+                    field: "keys".into(),
+                    rule: format!(
+                        "the new bundle no longer certifies the publishing agent's own SVID ({error}); \
+                         it would lock the agent out — publish with force to do it anyway"
+                    ),
+                }));
+            }
+        }
+        Ok(bundle)
+    }
+
+    pub(super) fn apply_remove_member(
+        &mut self,
+        index: u64,
+        cluster: &str,
+        actor: String,
+        now: i64,
+    ) -> CommandResult {
+        let Some(member) = self.members.remove(cluster) else {
+            self.audit.record(AuditEvent {
+                seq: 0,
+                at: now,
+                index,
+                actor,
+                action: "remove_member".into(),
+                target: cluster.to_string(),
+                refused: Some("not a member".into()),
+            });
+            return Err(CommandError::NotFound(format!("cluster {cluster}")));
+        };
+        self.bundles.remove(&member.trust_domain);
+        for bundle in self.bundles.values_mut() {
+            bundle.acks.remove(cluster);
+        }
+        self.tokens.retain(|_, t| t.cluster != cluster || t.used_at.is_some());
+        self.audit.record(AuditEvent {
+            seq: 0,
+            at: now,
+            index,
+            actor,
+            action: "remove_member".into(),
+            target: cluster.to_string(),
+            refused: None,
+        });
+        let revision =
+            self.changes.push(ChangeKind::BundleRemoved { trust_domain: member.trust_domain });
+        Ok(Applied::Revision { revision })
+    }
+
+    pub(super) fn apply_ack(
+        &mut self,
+        cluster: &str,
+        td: &str,
+        sequence: u64,
+        now: i64,
+    ) -> CommandResult {
+        if !self.members.contains_key(cluster) {
+            return Err(CommandError::PermissionDenied(format!("{cluster} is not a member")));
+        }
+        let stored = self
+            .bundles
+            .get_mut(td)
+            .ok_or_else(|| CommandError::NotFound(format!("bundle of {td}")))?;
+        if sequence > stored.bundle.sequence {
+            return Err(CommandError::invalid(
+                "sequence",
+                &format!("{sequence} is newer than the stored sequence {}", stored.bundle.sequence),
+            ));
+        }
+        let ack =
+            stored.acks.entry(cluster.to_string()).or_insert(BundleAck { sequence: 0, at: now });
+        // Acknowledgements only move forward: a late, older ack must not hide a newer one.
+        if sequence >= ack.sequence {
+            *ack = BundleAck { sequence, at: now };
+        }
+        Ok(Applied::Done)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::identity::FederationCa;
+    use crate::state::{Command, command_result};
+
+    const NOW: i64 = 1_900_000_000;
+
+    struct Cluster {
+        ca: FederationCa,
+        td: String,
+    }
+
+    impl Cluster {
+        fn new(td: &str) -> Self {
+            let ca =
+                FederationCa::generate(td, td, Duration::from_secs(10 * 365 * 86_400)).expect("ca");
+            Self { ca, td: td.into() }
+        }
+
+        fn bundle(&self, sequence: u64) -> Vec<u8> {
+            let policy = ValidationPolicy::at(crate::server::unix_now());
+            crate::bundle::parse_pem_bundle(
+                &self.td,
+                self.ca.cert_pem().as_bytes(),
+                sequence,
+                None,
+                &policy,
+            )
+            .expect("bundle")
+            .to_spiffe_json()
+            .into_bytes()
+        }
+
+        fn agent_chain(&self) -> Vec<Vec<u8>> {
+            let svid = self
+                .ca
+                .issue(&format!("spiffe://{}/agent", self.td), &[], &[], Duration::from_secs(3600))
+                .expect("svid");
+            use rustls_pki_types::pem::PemObject as _;
+            vec![
+                rustls_pki_types::CertificateDer::from_pem_slice(svid.cert_pem.as_bytes())
+                    .expect("pem")
+                    .to_vec(),
+            ]
+        }
+    }
+
+    fn apply(state: &mut FederationState, index: u64, command: Command) -> CommandResult {
+        let bytes = <FederationState as federator_raft::StateMachine>::apply(
+            state,
+            index,
+            &command.encode(),
+        );
+        command_result(&bytes).expect("decodes")
+    }
+
+    fn now() -> i64 {
+        crate::server::unix_now()
+    }
+
+    fn joined(clusters: &[(&str, &Cluster)]) -> FederationState {
+        let mut state = FederationState::default();
+        for (i, (name, c)) in clusters.iter().enumerate() {
+            let hash = format!("hash-{name}");
+            let index = u64::try_from(i).expect("small") * 2 + 1;
+            apply(
+                &mut state,
+                index,
+                Command::CreateToken {
+                    secret_hash: hash.clone(),
+                    cluster: (*name).into(),
+                    trust_domain: c.td.clone(),
+                    expires_at: now() + 3600,
+                    now: now(),
+                },
+            )
+            .expect("token");
+            apply(
+                &mut state,
+                index + 1,
+                Command::Join {
+                    secret_hash: hash,
+                    cluster: (*name).into(),
+                    trust_domain: c.td.clone(),
+                    agent_id: format!("spiffe://{}/agent", c.td),
+                    bundle_json: c.bundle(1),
+                    now: now(),
+                },
+            )
+            .expect("join");
+        }
+        state
+    }
+
+    #[test]
+    fn a_key_of_another_trust_domain_is_refused() {
+        let a = Cluster::new("a.test");
+        let b = Cluster::new("b.test");
+        let mut state = joined(&[("a", &a), ("b", &b)]);
+        // Plant A's key in B's stored bundle, as if B had published it.
+        let mut planted = state.bundles["a.test"].bundle.clone();
+        planted.trust_domain = "b.test".into();
+        state.bundles.get_mut("b.test").expect("b").bundle = planted;
+        let before = state.clone();
+        let err = apply(
+            &mut state,
+            10,
+            Command::PublishBundle {
+                cluster: "a".into(),
+                bundle_json: a.bundle(2),
+                agent_chain: a.agent_chain(),
+                force: false,
+                now: now(),
+            },
+        )
+        .expect_err("refused");
+        assert!(err.to_string().contains("already in the bundle of trust domain b.test"), "{err}");
+        assert_eq!(state.bundles, before.bundles, "nothing committed");
+        assert_eq!(state.audit.newest(1)[0].refused.as_deref(), Some(err.to_string().as_str()));
+    }
+
+    #[test]
+    fn sequence_must_increase_and_time_comes_from_the_command() {
+        let a = Cluster::new("a.test");
+        let mut state = joined(&[("a", &a)]);
+        let publish = |sequence, now| Command::PublishBundle {
+            cluster: "a".into(),
+            bundle_json: a.bundle(sequence),
+            agent_chain: a.agent_chain(),
+            force: false,
+            now,
+        };
+        let err = apply(&mut state, 5, publish(1, now())).expect_err("replay");
+        assert!(err.to_string().contains("spiffe_sequence"), "{err}");
+        assert_eq!(
+            apply(&mut state, 6, publish(2, now())),
+            Ok(Applied::Bundle { sequence: 2, revision: 2 })
+        );
+        // Far in the future the CA has expired: the same bytes are refused, deterministically.
+        let err = apply(&mut state, 7, publish(3, NOW * 2)).expect_err("expired");
+        assert!(err.to_string().contains("expired"), "{err}");
+    }
+
+    #[test]
+    fn tokens_are_single_use_scoped_and_expiring() {
+        let a = Cluster::new("a.test");
+        let mut state = FederationState::default();
+        let token = |hash: &str, expires_at| Command::CreateToken {
+            secret_hash: hash.into(),
+            cluster: "a".into(),
+            trust_domain: "a.test".into(),
+            expires_at,
+            now: now(),
+        };
+        let join = |hash: &str, cluster: &str, now| Command::Join {
+            secret_hash: hash.into(),
+            cluster: cluster.into(),
+            trust_domain: "a.test".into(),
+            agent_id: "spiffe://a.test/agent".into(),
+            bundle_json: a.bundle(1),
+            now,
+        };
+        apply(&mut state, 1, token("t1", now() + 60)).expect("token");
+        apply(&mut state, 2, token("t2", now() + 60)).expect("token");
+        let err = apply(&mut state, 3, join("t1", "other", now())).expect_err("wrong cluster");
+        assert!(matches!(err, CommandError::Token(_)), "{err}");
+        let err = apply(&mut state, 4, join("t1", "a", now() + 61)).expect_err("expired");
+        assert!(err.to_string().contains("expired"), "{err}");
+        let err = apply(&mut state, 5, join("nope", "a", now())).expect_err("unknown");
+        assert!(err.to_string().contains("unknown"), "{err}");
+        assert!(state.members.is_empty());
+        apply(&mut state, 6, join("t1", "a", now())).expect("join");
+        let err = apply(&mut state, 7, join("t1", "a", now())).expect_err("reuse");
+        assert!(err.to_string().contains("already used"), "{err}");
+        let err = apply(&mut state, 8, join("t2", "a", now())).expect_err("already a member");
+        assert!(matches!(err, CommandError::AlreadyExists(_)), "{err}");
+    }
+
+    #[test]
+    fn removal_drops_bundle_acks_and_emits_a_change() {
+        let a = Cluster::new("a.test");
+        let b = Cluster::new("b.test");
+        let mut state = joined(&[("a", &a), ("b", &b)]);
+        apply(
+            &mut state,
+            10,
+            Command::AckBundle {
+                cluster: "a".into(),
+                trust_domain: "b.test".into(),
+                sequence: 1,
+                now: now(),
+            },
+        )
+        .expect("ack");
+        assert_eq!(state.bundles["b.test"].acks["a"].sequence, 1);
+        let revision = state.changes.revision();
+        apply(
+            &mut state,
+            11,
+            Command::RemoveMember { cluster: "a".into(), actor: "admin".into(), now: now() },
+        )
+        .expect("remove");
+        assert!(!state.bundles.contains_key("a.test"));
+        assert!(state.bundles["b.test"].acks.is_empty());
+        let changes = state.changes.since(revision).expect("kept");
+        assert_eq!(
+            changes[0].kind,
+            crate::state::ChangeKind::BundleRemoved { trust_domain: "a.test".into() }
+        );
+        let err = apply(
+            &mut state,
+            12,
+            Command::AckBundle {
+                cluster: "a".into(),
+                trust_domain: "b.test".into(),
+                sequence: 1,
+                now: now(),
+            },
+        )
+        .expect_err("removed members cannot ack");
+        assert!(matches!(err, CommandError::PermissionDenied(_)), "{err}");
+    }
+
+    #[test]
+    fn a_bundle_that_locks_the_agent_out_needs_force() {
+        let a = Cluster::new("a.test");
+        let mut state = joined(&[("a", &a)]);
+        let other = Cluster::new("a.test");
+        let publish = |force| Command::PublishBundle {
+            cluster: "a".into(),
+            bundle_json: other.bundle(5),
+            agent_chain: a.agent_chain(),
+            force,
+            now: now(),
+        };
+        let err = apply(&mut state, 5, publish(false)).expect_err("lock-out");
+        assert!(err.to_string().contains("lock the agent out"), "{err}");
+        assert_eq!(
+            apply(&mut state, 6, publish(true)),
+            Ok(Applied::Bundle { sequence: 5, revision: 2 })
+        );
+    }
+}

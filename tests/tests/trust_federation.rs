@@ -1,0 +1,538 @@
+//! Trust federation end to end: clusters join with single-use tokens, publish bundles
+//! that are validated and authorized per trust domain, watch each other's bundles,
+//! acknowledge rotations, get removed, and read bundles from the SPIFFE bundle endpoint.
+
+use std::time::Duration;
+
+use federator_proto::federation as pb;
+use federator_tests::member::{MemberCluster, connect_as, join_request, publish_request};
+use federator_tests::{Federation, eventually};
+use tonic::Code;
+
+/// A 3-replica federation, formed.
+async fn federation(extra_config: &str) -> anyhow::Result<Federation> {
+    let mut fed = Federation::new(3)?;
+    fed.extra_config = extra_config.to_string();
+    for id in 1..=3 {
+        fed.start(id, false)?;
+    }
+    fed.form_group(&[1, 2, 3]).await?;
+    Ok(fed)
+}
+
+fn token(fed: &Federation, cluster: &str, td: &str, ttl: &str) -> anyhow::Result<String> {
+    let out = fed.cli_ok(
+        &[],
+        &[
+            "token",
+            "create",
+            "--cluster",
+            cluster,
+            "--trust-domain",
+            td,
+            "--ttl",
+            ttl,
+            "-o",
+            "json",
+        ],
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(v["token"].as_str().expect("token").to_string())
+}
+
+fn ca_pem(fed: &Federation) -> String {
+    std::fs::read_to_string(fed.certs.join("ca.pem")).expect("federation CA")
+}
+
+/// Joins `member` through replica `via`.
+async fn join(
+    fed: &Federation,
+    member: &mut MemberCluster,
+    via: u64,
+) -> anyhow::Result<pb::JoinResponse> {
+    let token = token(fed, &member.name, &member.trust_domain, "1h")?;
+    let bundle = member.next_bundle()?;
+    let mut client = member.client(&fed.replica(via).api_addr, &ca_pem(fed)).await?;
+    Ok(client.join(join_request(&token, &member.trust_domain, bundle)).await?.into_inner())
+}
+
+fn clusters(fed: &Federation) -> anyhow::Result<serde_json::Value> {
+    Ok(serde_json::from_str(&fed.cli_ok(&[], &["cluster", "list", "-o", "json"])?)?)
+}
+
+fn audit(fed: &Federation) -> anyhow::Result<Vec<serde_json::Value>> {
+    let v: serde_json::Value =
+        serde_json::from_str(&fed.cli_ok(&[], &["audit", "--limit", "200", "-o", "json"])?)?;
+    Ok(v.as_array().cloned().unwrap_or_default())
+}
+
+/// Reads watch events until `until` holds for the collected events (bounded).
+async fn watch_until(
+    stream: &mut tonic::Streaming<pb::WatchEvent>,
+    seen: &mut Vec<pb::WatchEvent>,
+    until: impl Fn(&[pb::WatchEvent]) -> bool,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !until(seen) {
+        let next = tokio::time::timeout_at(deadline, stream.message()).await??;
+        match next {
+            Some(event) => seen.push(event),
+            None => anyhow::bail!("watch ended early after {seen:?}"),
+        }
+    }
+    Ok(())
+}
+
+fn bundle_put(event: &pb::WatchEvent) -> Option<&pb::TrustBundle> {
+    match &event.event {
+        Some(pb::watch_event::Event::BundlePut(b)) => Some(b),
+        _ => None,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clusters_join_with_tokens_and_watch_each_others_bundles() -> anyhow::Result<()> {
+    let fed = federation("").await?;
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    let mut b = MemberCluster::new("cluster-b", "b.example")?;
+    let joined = join(&fed, &mut a, 1).await?;
+    assert_eq!(joined.trust_domain, "a.example");
+    assert_eq!(joined.agent_id, a.agent_id());
+    join(&fed, &mut b, 2).await?;
+
+    let list = clusters(&fed)?;
+    let names: Vec<&str> =
+        list.as_array().expect("array").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["cluster-a", "cluster-b"]);
+
+    // B's watch (served by replica 3) holds A's bundle; then A rotates and B sees it.
+    let mut client_b = b.client(&fed.replica(3).api_addr, &ca_pem(&fed)).await?;
+    let mut stream = client_b.watch(pb::WatchRequest { after_revision: 0 }).await?.into_inner();
+    let mut seen = Vec::new();
+    watch_until(&mut stream, &mut seen, |s| {
+        s.iter().any(|e| matches!(e.event, Some(pb::watch_event::Event::SnapshotEnd(_))))
+    })
+    .await?;
+    assert!(
+        seen.iter()
+            .filter_map(bundle_put)
+            .any(|b| b.trust_domain == "a.example" && b.sequence == 1),
+        "{seen:?}"
+    );
+
+    a.add_ca()?;
+    let rotated = a.next_bundle()?;
+    let mut client_a = a.client(&fed.replica(2).api_addr, &ca_pem(&fed)).await?;
+    let published =
+        client_a.publish_bundle(publish_request("a.example", rotated, false)).await?.into_inner();
+    assert_eq!(published.sequence, 2);
+    watch_until(&mut stream, &mut seen, |s| {
+        s.iter().filter_map(bundle_put).any(|b| b.trust_domain == "a.example" && b.sequence == 2)
+    })
+    .await?;
+    let revisions: Vec<u64> = seen.iter().map(|e| e.revision).collect();
+    assert!(revisions.windows(2).all(|w| w[0] <= w[1]), "revisions went back: {revisions:?}");
+
+    // The PEM view holds both of A's CAs.
+    let pem = fed.cli_ok(&[], &["bundle", "show", "a.example", "--format", "pem"])?;
+    assert_eq!(pem.matches("BEGIN CERTIFICATE").count(), 2, "{pem}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_expired_unknown_and_foreign_tokens_are_refused() -> anyhow::Result<()> {
+    let fed = federation("").await?;
+    let ca = ca_pem(&fed);
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    let mut b = MemberCluster::new("cluster-b", "b.example")?;
+
+    // Reuse: the first join succeeds, the second with the same token is refused.
+    let token_a = token(&fed, "cluster-a", "a.example", "1h")?;
+    let bundle = a.next_bundle()?;
+    let mut client_a = a.client(&fed.replica(1).api_addr, &ca).await?;
+    client_a.join(join_request(&token_a, "a.example", bundle.clone())).await?;
+    let err = client_a.join(join_request(&token_a, "a.example", bundle)).await.expect_err("reuse");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("already used"), "{err}");
+
+    // A token for cluster-b presented by A's agent (another trust domain) is refused.
+    let token_b = token(&fed, "cluster-b", "b.example", "1h")?;
+    let err = client_a
+        .join(join_request(&token_b, "b.example", b.bundle_at(1)?))
+        .await
+        .expect_err("foreign");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+
+    // Expired.
+    let mut c = MemberCluster::new("cluster-c", "c.example")?;
+    let token_c = token(&fed, "cluster-c", "c.example", "1s")?;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let mut client_c = c.client(&fed.replica(2).api_addr, &ca).await?;
+    let err = client_c
+        .join(join_request(&token_c, "c.example", c.next_bundle()?))
+        .await
+        .expect_err("expired");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("expired"), "{err}");
+
+    // Unknown (well-formed, never created) and malformed.
+    let forged = federator::token::JoinToken::generate(
+        "cluster-c",
+        "c.example",
+        vec![fed.replica(1).api_addr.clone()],
+        ca.clone(),
+        i64::MAX / 4,
+    );
+    let err = client_c
+        .join(join_request(&forged.encode(), "c.example", c.bundle_at(1)?))
+        .await
+        .expect_err("unknown");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("unknown"), "{err}");
+    let err = client_c
+        .join(join_request("fedjoin1.not-a-token", "c.example", c.bundle_at(1)?))
+        .await
+        .expect_err("garbage");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+
+    // Nothing was committed for the refused joins.
+    let list = clusters(&fed)?;
+    assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
+    let refused = audit(&fed)?
+        .into_iter()
+        .filter(|e| e["accepted"] == false && e["action"] == "join")
+        .count();
+    assert!(refused >= 2, "refused joins are audited");
+    let _ = &mut b;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_domain_writes_and_foreign_svids_are_refused() -> anyhow::Result<()> {
+    let fed = federation("").await?;
+    let ca = ca_pem(&fed);
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    let mut b = MemberCluster::new("cluster-b", "b.example")?;
+    join(&fed, &mut a, 1).await?;
+    join(&fed, &mut b, 1).await?;
+    let b_before = fed.cli_ok(&[], &["bundle", "show", "b.example", "-o", "json"])?;
+
+    // A publishes for B's trust domain.
+    let mut client_a = a.client(&fed.replica(1).api_addr, &ca).await?;
+    let err = client_a
+        .publish_bundle(publish_request("b.example", b.bundle_at(5)?, false))
+        .await
+        .expect_err("cross-domain");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+
+    // An SVID claiming A's trust domain but signed by B's CA.
+    let forged = b.issue(&a.agent_id())?;
+    let mut forged_client = connect_as(&fed.replica(2).api_addr, &ca, Some(&forged)).await?;
+    let err = forged_client
+        .publish_bundle(publish_request("a.example", a.bundle_at(7)?, false))
+        .await
+        .expect_err("forged");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    let err = forged_client
+        .watch(pb::WatchRequest { after_revision: 0 })
+        .await
+        .expect_err("forged watch");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+
+    // A workload of A that is not A's registered agent.
+    let workload = a.issue("spiffe://a.example/ns/default/sa/web")?;
+    let mut workload_client = connect_as(&fed.replica(3).api_addr, &ca, Some(&workload)).await?;
+    let err = workload_client
+        .publish_bundle(publish_request("a.example", a.bundle_at(8)?, false))
+        .await
+        .expect_err("not the agent");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+
+    // No certificate at all: the handshake or the call is refused.
+    match connect_as(&fed.replica(1).api_addr, &ca, None).await {
+        Err(_) => {}
+        Ok(mut anonymous) => {
+            let err = anonymous
+                .watch(pb::WatchRequest { after_revision: 0 })
+                .await
+                .expect_err("anonymous");
+            // TLS 1.3 finishes the client's side of the handshake before the server
+            // refuses it, so the refusal surfaces as a closed connection on the first call.
+            assert!(
+                matches!(
+                    err.code(),
+                    Code::Unauthenticated | Code::Unavailable | Code::Unknown | Code::Cancelled
+                ),
+                "{err}"
+            );
+        }
+    }
+
+    // Nothing committed: B's bundle is unchanged, A's too; the refusals are audited.
+    assert_eq!(fed.cli_ok(&[], &["bundle", "show", "b.example", "-o", "json"])?, b_before);
+    let a_now: serde_json::Value =
+        serde_json::from_str(&fed.cli_ok(&[], &["bundle", "show", "a.example", "-o", "json"])?)?;
+    assert_eq!(a_now["sequence"], 1);
+    eventually("refusals in the audit trail", Duration::from_secs(10), || async {
+        let refused: Vec<_> =
+            audit(&fed).ok()?.into_iter().filter(|e| e["accepted"] == false).collect();
+        (refused.len() >= 2).then_some(())
+    })
+    .await?;
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_bundles_are_refused_with_nothing_committed() -> anyhow::Result<()> {
+    let fed = federation("").await?;
+    let ca = ca_pem(&fed);
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    let mut b = MemberCluster::new("cluster-b", "b.example")?;
+    join(&fed, &mut a, 1).await?;
+    join(&fed, &mut b, 2).await?;
+    let mut client_a = a.client(&fed.replica(3).api_addr, &ca).await?;
+
+    let cases: Vec<(&str, String, &str)> = vec![
+        ("replayed sequence", a.bundle_at(1)?, "spiffe_sequence"),
+        ("duplicate member", a.bundle_at(9)?.replacen('{', "{\"keys\":[],", 1), "keys"),
+        ("empty keys", r#"{"keys":[],"spiffe_sequence":10}"#.to_string(), "keys"),
+        ("not JSON", "{not json".to_string(), ""),
+        ("unknown use", a.bundle_at(11)?.replace("x509-svid", "x509-whatever"), "use"),
+    ];
+    for (what, document, field) in cases {
+        let err = client_a
+            .publish_bundle(publish_request("a.example", document, false))
+            .await
+            .expect_err(what);
+        assert_eq!(err.code(), Code::InvalidArgument, "{what}: {err}");
+        assert!(err.message().contains(field), "{what}: the error must name {field:?}: {err}");
+    }
+
+    // A key already in B's bundle.
+    let mut mixed: serde_json::Value = serde_json::from_str(&a.bundle_at(20)?)?;
+    let theirs: serde_json::Value = serde_json::from_str(&b.bundle_at(1)?)?;
+    let keys = mixed["keys"].as_array_mut().expect("keys");
+    keys.extend(theirs["keys"].as_array().expect("keys").iter().cloned());
+    let err = client_a
+        .publish_bundle(publish_request("a.example", mixed.to_string(), false))
+        .await
+        .expect_err("stolen key");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("b.example"), "{err}");
+    let stolen = MemberCluster::new("cluster-a", "a.example")?;
+
+    // A bundle that no longer certifies the agent's own SVID: refused unless forced.
+    let lockout = stolen.bundle_at(30)?;
+    let err = client_a
+        .publish_bundle(publish_request("a.example", lockout.clone(), false))
+        .await
+        .expect_err("lock-out");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    assert!(err.message().contains("lock"), "{err}");
+
+    let status: serde_json::Value =
+        serde_json::from_str(&fed.cli_ok(&[], &["bundle", "show", "a.example", "-o", "json"])?)?;
+    assert_eq!(status["sequence"], 1, "nothing committed: {status}");
+    let forced =
+        client_a.publish_bundle(publish_request("a.example", lockout, true)).await?.into_inner();
+    assert_eq!(forced.sequence, 30);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removal_closes_streams_and_stops_reconnects() -> anyhow::Result<()> {
+    let fed = federation("").await?;
+    let ca = ca_pem(&fed);
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    let mut b = MemberCluster::new("cluster-b", "b.example")?;
+    join(&fed, &mut a, 1).await?;
+    join(&fed, &mut b, 1).await?;
+
+    let mut client_a = a.client(&fed.replica(2).api_addr, &ca).await?;
+    let mut stream_a = client_a.watch(pb::WatchRequest { after_revision: 0 }).await?.into_inner();
+    let mut client_b = b.client(&fed.replica(3).api_addr, &ca).await?;
+    let mut stream_b = client_b.watch(pb::WatchRequest { after_revision: 0 }).await?.into_inner();
+    let mut seen_b = Vec::new();
+    watch_until(&mut stream_b, &mut seen_b, |s| {
+        s.iter().any(|e| matches!(e.event, Some(pb::watch_event::Event::SnapshotEnd(_))))
+    })
+    .await?;
+
+    fed.cli_ok(&[], &["cluster", "remove", "cluster-a"])?;
+
+    // A's stream ends with PermissionDenied.
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stream_a.message().await {
+                Ok(Some(_)) => {}
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await?;
+    let status = ended.expect("the stream must end with an error");
+    assert_eq!(status.code(), Code::PermissionDenied, "{status}");
+
+    // B sees A's bundle go.
+    watch_until(&mut stream_b, &mut seen_b, |s| {
+        s.iter().any(|e| matches!(&e.event, Some(pb::watch_event::Event::BundleRemoved(r)) if r.trust_domain == "a.example"))
+    })
+    .await?;
+
+    // A can no longer watch or publish, through any replica.
+    for id in 1..=3 {
+        let mut client = a.client(&fed.replica(id).api_addr, &ca).await?;
+        let err = client.watch(pb::WatchRequest { after_revision: 0 }).await.expect_err("removed");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+        let err = client
+            .publish_bundle(publish_request("a.example", a.next_bundle()?, false))
+            .await
+            .expect_err("removed");
+        assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    }
+    assert!(fed.cli(&[], &["bundle", "show", "a.example"])?.status.code() != Some(0));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_is_visible_in_bundle_status_member_by_member() -> anyhow::Result<()> {
+    let fed = federation("").await?;
+    let ca = ca_pem(&fed);
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    let mut b = MemberCluster::new("cluster-b", "b.example")?;
+    let mut c = MemberCluster::new("cluster-c", "c.example")?;
+    for (m, via) in [(&mut a, 1), (&mut b, 2), (&mut c, 3)] {
+        join(&fed, m, via).await?;
+    }
+    let status = |fed: &Federation| -> anyhow::Result<serde_json::Value> {
+        let out = fed.cli(&[], &["bundle", "status", "a.example", "-o", "json"])?;
+        Ok(serde_json::from_str(&String::from_utf8_lossy(&out.stdout))?)
+    };
+    let applied = |s: &serde_json::Value, cluster: &str| -> u64 {
+        s["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["cluster"] == cluster))
+            .and_then(|m| m["applied_sequence"].as_u64())
+            .unwrap_or(99)
+    };
+    let mut client_a = a.client(&fed.replica(1).api_addr, &ca).await?;
+    let mut client_b = b.client(&fed.replica(2).api_addr, &ca).await?;
+    let mut client_c = c.client(&fed.replica(3).api_addr, &ca).await?;
+
+    // Step 1: old and new CA together.
+    a.add_ca()?;
+    client_a.publish_bundle(publish_request("a.example", a.next_bundle()?, false)).await?;
+    let s = status(&fed)?;
+    assert_eq!(s["sequence"], 2);
+    assert_eq!(s["complete"], false);
+    client_b.ack(pb::AckRequest { trust_domain: "a.example".into(), sequence: 2 }).await?;
+    let s = status(&fed)?;
+    assert_eq!(
+        (applied(&s, "cluster-b"), applied(&s, "cluster-c"), s["complete"].as_bool()),
+        (2, 0, Some(false)),
+        "{s}"
+    );
+    client_c.ack(pb::AckRequest { trust_domain: "a.example".into(), sequence: 2 }).await?;
+    let s = status(&fed)?;
+    assert_eq!(s["complete"], true, "{s}");
+    let table = fed.cli(&[], &["bundle", "status", "a.example"])?;
+    assert!(String::from_utf8_lossy(&table.stdout).contains("safe to sign with the new key"));
+
+    // Step 2: only the new CA; the agent first takes an SVID of the new CA.
+    a.retire_old_cas()?;
+    let mut client_a = a.client(&fed.replica(2).api_addr, &ca).await?;
+    client_a.publish_bundle(publish_request("a.example", a.next_bundle()?, false)).await?;
+    let s = status(&fed)?;
+    assert_eq!(
+        (s["sequence"].as_u64(), applied(&s, "cluster-b"), s["complete"].as_bool()),
+        (Some(3), 2, Some(false)),
+        "{s}"
+    );
+    // An acknowledgement of a sequence that does not exist yet is refused.
+    let err = client_b
+        .ack(pb::AckRequest { trust_domain: "a.example".into(), sequence: 4 })
+        .await
+        .expect_err("future ack");
+    assert_eq!(err.code(), Code::InvalidArgument, "{err}");
+    for client in [&mut client_b, &mut client_c] {
+        client.ack(pb::AckRequest { trust_domain: "a.example".into(), sequence: 3 }).await?;
+    }
+    assert_eq!(status(&fed)?["complete"], true);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::Result<()> {
+    // A web PKI certificate for the https_web profile, from a CA that is not the federation's.
+    let web_dir = tempfile_dir();
+    let web_ca = federator::identity::FederationCa::generate(
+        "web.invalid",
+        "web CA",
+        Duration::from_secs(3600),
+    )?;
+    let web = web_ca.issue(
+        "spiffe://web.invalid/bundle-endpoint",
+        &["127.0.0.1".parse()?],
+        &["localhost".to_string()],
+        Duration::from_secs(3600),
+    )?;
+    std::fs::write(web_dir.join("web.pem"), &web.cert_pem)?;
+    std::fs::write(web_dir.join("web.key"), &web.key_pem)?;
+    let spiffe_port = federator_tests::free_port();
+    let web_port = federator_tests::free_port();
+    // Only replica 1 serves the endpoint here (each replica needs its own ports).
+    let mut fed = Federation::new(3)?;
+    fed.start(2, false)?;
+    fed.start(3, false)?;
+    fed.extra_config = format!(
+        "\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{spiffe_port}\"\nlisten_web = \"127.0.0.1:{web_port}\"\nweb_cert = \"{}\"\nweb_key = \"{}\"\n",
+        web_dir.join("web.pem").display(),
+        web_dir.join("web.key").display()
+    );
+    fed.start(1, false)?;
+    fed.form_group(&[1, 2, 3]).await?;
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    a.add_ca()?;
+    join(&fed, &mut a, 2).await?;
+    let stored: serde_json::Value =
+        serde_json::from_str(&fed.cli_ok(&[], &["bundle", "show", "a.example", "-o", "json"])?)?;
+
+    let fed_ca = std::fs::read_to_string(fed.certs.join("ca.pem"))?;
+    let spiffe_body =
+        federator_tests::https_get(spiffe_port, &fed_ca, "/bundles/a.example").await?;
+    let web_body =
+        federator_tests::https_get(web_port, web_ca.cert_pem(), "/bundles/a.example")
+            .await?;
+    for (profile, body) in [("https_spiffe", &spiffe_body), ("https_web", &web_body)] {
+        let policy = federator::bundle::ValidationPolicy::at(federator::server::unix_now());
+        let parsed = federator::bundle::parse_spiffe_bundle("a.example", body.as_bytes(), &policy)
+            .map_err(|e| anyhow::anyhow!("{profile}: {e}: {body}"))?;
+        assert_eq!(
+            parsed.to_spiffe_json(),
+            stored["document"].as_str().expect("document"),
+            "{profile}"
+        );
+        assert_eq!(parsed.sequence, 1, "{profile}");
+        assert_eq!(parsed.refresh_hint_secs, Some(300), "{profile}");
+        assert_eq!(parsed.x509_authorities.len(), 2, "{profile}");
+    }
+    // The federation's own bundle and the list of trust domains are served too.
+    let list = federator_tests::https_get(spiffe_port, &fed_ca, "/bundles").await?;
+    assert!(list.contains("a.example") && list.contains(&fed.trust_domain), "{list}");
+    let missing = federator_tests::https_get(spiffe_port, &fed_ca, "/bundles/nope.example").await;
+    assert!(missing.is_err(), "an unknown trust domain is a 404");
+    Ok(())
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!(
+        "federator-web-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos())
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    dir
+}
