@@ -156,6 +156,19 @@ pub async fn connect_as(
     federation_ca_pem: &str,
     svid: Option<&IssuedCertificate>,
 ) -> anyhow::Result<FederationClient<Channel>> {
+    Ok(FederationClient::new(channel_as(api_addr, federation_ca_pem, svid).await?))
+}
+
+/// A gRPC channel to `api_addr` presenting `svid` (or no certificate), trusting
+/// `federation_ca_pem` for the server.
+///
+/// # Errors
+/// The connection failed.
+pub async fn channel_as(
+    api_addr: &str,
+    federation_ca_pem: &str,
+    svid: Option<&IssuedCertificate>,
+) -> anyhow::Result<Channel> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(federation_ca_pem.as_bytes()) {
@@ -181,7 +194,7 @@ pub async fn connect_as(
         .connect_with_connector(federator_raft::tls::connector(Arc::new(config)))
         .await
         .with_context(|| format!("connect to {api_addr}"))?;
-    Ok(FederationClient::new(channel))
+    Ok(channel)
 }
 
 /// A `JoinRequest` for `token` with `bundle_json`.

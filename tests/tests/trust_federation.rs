@@ -502,8 +502,7 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
     let spiffe_body =
         federator_tests::https_get(spiffe_port, &fed_ca, "/bundles/a.example").await?;
     let web_body =
-        federator_tests::https_get(web_port, web_ca.cert_pem(), "/bundles/a.example")
-            .await?;
+        federator_tests::https_get(web_port, web_ca.cert_pem(), "/bundles/a.example").await?;
     for (profile, body) in [("https_spiffe", &spiffe_body), ("https_web", &web_body)] {
         let policy = federator::bundle::ValidationPolicy::at(federator::server::unix_now());
         let parsed = federator::bundle::parse_spiffe_bundle("a.example", body.as_bytes(), &policy)
@@ -535,4 +534,53 @@ fn tempfile_dir() -> std::path::PathBuf {
     ));
     std::fs::create_dir_all(&dir).expect("temp dir");
     dir
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_without_the_admin_identity_are_refused() -> anyhow::Result<()> {
+    use federator_proto::admin as apb;
+    use federator_proto::admin::admin_client::AdminClient;
+
+    let fed = federation("").await?;
+    let ca = ca_pem(&fed);
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    join(&fed, &mut a, 1).await?;
+    let api = fed.replica(1).api_addr.clone();
+
+    // A member's agent, a replica's own certificate, and a foreign CA's certificate that
+    // claims the admin SPIFFE ID.
+    let replica = federator::identity::IssuedCertificate {
+        cert_pem: std::fs::read_to_string(fed.certs.join("replica-2.pem"))?,
+        key_pem: std::fs::read_to_string(fed.certs.join("replica-2.key"))?,
+    };
+    let impostor_ca = federator::identity::FederationCa::generate(
+        &fed.trust_domain,
+        "impostor",
+        Duration::from_secs(3600),
+    )?;
+    let impostor = impostor_ca.issue(
+        &federator::identity::admin_spiffe_id(&fed.trust_domain),
+        &[],
+        &[],
+        Duration::from_secs(3600),
+    )?;
+    for (who, svid) in [("agent", a.agent_svid()), ("replica", &replica), ("impostor", &impostor)] {
+        let channel = federator_tests::member::channel_as(&api, &ca, Some(svid)).await?;
+        let mut admin = AdminClient::new(channel);
+        let err = admin.list_clusters(apb::ListClustersRequest::default()).await.expect_err(who);
+        assert_eq!(err.code(), Code::PermissionDenied, "{who}: {err}");
+        let err = admin
+            .create_token(apb::CreateTokenRequest {
+                cluster: "evil".into(),
+                trust_domain: "evil.example".into(),
+                ttl_seconds: 60,
+            })
+            .await
+            .expect_err(who);
+        assert_eq!(err.code(), Code::PermissionDenied, "{who}: {err}");
+    }
+    // The admin identity itself is served.
+    let list = clusters(&fed)?;
+    assert_eq!(list.as_array().map(Vec::len), Some(1));
+    Ok(())
 }
