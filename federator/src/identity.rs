@@ -2,10 +2,12 @@
 //! certificates, their SPIFFE IDs, and the rustls configurations built from them.
 
 mod ca;
+mod reload;
 mod svid;
 mod tls;
 
 pub use ca::{FederationCa, IssuedCertificate};
+pub use reload::CertifiedIdentity;
 pub use svid::{
     DeferredClientVerifier, MAX_CHAIN_LEN, MAX_SPIFFE_ID_LEN, SpiffeId, SpiffeIdError,
     SpiffeServerVerifier, SvidError, agent_api_server_config, agent_client_config,

@@ -26,6 +26,9 @@ use crate::config::ServerConfig;
 use crate::identity::{self, peer_spiffe_id};
 use crate::state::{Command, FederationState};
 
+/// How often certificate files are checked for changes.
+const CERTIFICATE_CHECK_PERIOD: Duration = Duration::from_secs(5);
+
 /// The replica type of a federator server.
 pub type FederationReplica = Replica<FederationState>;
 
@@ -64,6 +67,7 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let started = Instant::now();
     let material = config.tls.load()?;
+    material.identity.watch(CERTIFICATE_CHECK_PERIOD);
     let server_tls = material.server_config()?;
     let client_tls = material.client_config()?;
 

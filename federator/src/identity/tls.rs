@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use rustls::RootCertStore;
 use rustls::server::WebPkiClientVerifier;
+use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use x509_parser::extensions::GeneralName;
 
 use super::IdentityError;
+use super::reload::CertifiedIdentity;
 
 /// Paths of a CA bundle, a certificate chain and its private key (all PEM).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
@@ -28,10 +29,9 @@ pub struct TlsFiles {
 pub struct TlsMaterial {
     /// Trusted CA certificates.
     pub ca: Vec<CertificateDer<'static>>,
-    /// Own chain, leaf first.
-    pub chain: Vec<CertificateDer<'static>>,
-    /// Own key.
-    pub key: PrivateKeyDer<'static>,
+    /// Own certificate and key; every configuration built from this material serves the
+    /// current pair, which follows the files when loaded from them.
+    pub identity: Arc<CertifiedIdentity>,
 }
 
 // === impl TlsFiles ===
@@ -44,14 +44,8 @@ impl TlsFiles {
     /// A file is missing, unreadable or holds no usable PEM.
     pub fn load(&self) -> Result<TlsMaterial, IdentityError> {
         let ca = read_certs("ca", &self.ca)?;
-        let chain = read_certs("cert", &self.cert)?;
-        let pem = read_file("key", &self.key)?;
-        let key = PrivateKeyDer::from_pem_slice(&pem).map_err(|e| IdentityError::Pem {
-            field: "key",
-            path: self.key.display().to_string(),
-            problem: format!("no private key found ({e})"),
-        })?;
-        Ok(TlsMaterial { ca, chain, key })
+        let identity = CertifiedIdentity::from_files(self.cert.clone(), self.key.clone())?;
+        Ok(TlsMaterial { ca, identity: Arc::new(identity) })
     }
 }
 
@@ -117,8 +111,7 @@ impl TlsMaterial {
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError::Tls(e.to_string()))?
             .with_client_cert_verifier(verifier)
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| IdentityError::Tls(format!("certificate and key: {e}")))?;
+            .with_cert_resolver(self.identity.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
@@ -136,8 +129,7 @@ impl TlsMaterial {
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError::Tls(e.to_string()))?
             .with_client_cert_verifier(Arc::new(super::DeferredClientVerifier::new()))
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| IdentityError::Tls(format!("certificate and key: {e}")))?;
+            .with_cert_resolver(self.identity.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }
@@ -152,8 +144,7 @@ impl TlsMaterial {
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError::Tls(e.to_string()))?
             .with_no_client_auth()
-            .with_single_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| IdentityError::Tls(format!("certificate and key: {e}")))?;
+            .with_cert_resolver(self.identity.clone());
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(config))
     }
@@ -167,8 +158,7 @@ impl TlsMaterial {
             .with_safe_default_protocol_versions()
             .map_err(|e| IdentityError::Tls(e.to_string()))?
             .with_root_certificates(self.roots()?)
-            .with_client_auth_cert(self.chain.clone(), self.key.clone_key())
-            .map_err(|e| IdentityError::Tls(format!("certificate and key: {e}")))?;
+            .with_client_cert_resolver(self.identity.clone());
         config.alpn_protocols = vec![b"h2".to_vec()];
         Ok(Arc::new(config))
     }

@@ -63,12 +63,12 @@ fn serving_material(
     own: &TlsMaterial,
 ) -> Result<TlsMaterial, ServerError> {
     match files {
-        Some(files) => Ok(files.load()?),
-        None => Ok(TlsMaterial {
-            ca: own.ca.clone(),
-            chain: own.chain.clone(),
-            key: own.key.clone_key(),
-        }),
+        Some(files) => {
+            let material = files.load()?;
+            material.identity.watch(super::CERTIFICATE_CHECK_PERIOD);
+            Ok(material)
+        }
+        None => Ok(TlsMaterial { ca: own.ca.clone(), identity: own.identity.clone() }),
     }
 }
 
