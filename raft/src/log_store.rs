@@ -142,6 +142,13 @@ enum LogStoreError {
         /// tokio's error.
         source: tokio::task::JoinError,
     },
+
+    /// The group-commit thread could not be started.
+    #[error("cannot start the raft log flush thread: {source}")]
+    Thread {
+        /// The OS error.
+        source: std::io::Error,
+    },
 }
 
 /// Attaches what the store was doing to a redb error.
@@ -173,8 +180,92 @@ where
 pub struct LogStore {
     /// The replica's database, shared with the state machine store.
     db: Arc<Database>,
-    /// Where append latency and batch sizes are observed.
+    /// Makes appended entries durable in groups (see [`GroupCommit`]); observes append
+    /// latency and batch sizes.
+    flusher: Arc<GroupCommit>,
+}
+
+/// An append waiting for the next durable commit.
+struct PendingFlush {
+    callback: LogFlushed<TypeConfig>,
+    started: Instant,
+    entries: usize,
+}
+
+/// Group commit: appends are committed without fsync (visible to readers at once, as
+/// openraft needs), and a dedicated thread makes everything committed so far durable with
+/// one fsync'd commit, then reports every append it covered as flushed — in order. Under
+/// load one fsync covers many appends; alone, an append waits for exactly one fsync.
+struct GroupCommit {
+    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<PendingFlush>>>,
+    /// The flush thread, joined on drop so the database is closed when the store is.
+    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Where append latency (until durable) and batch sizes are observed.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "read by tests; the thread has its own handle")
+    )]
     metrics: ConsensusMetrics,
+}
+
+impl Drop for GroupCommit {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after it has flushed what it holds.
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl GroupCommit {
+    fn start(db: Arc<Database>, metrics: ConsensusMetrics) -> Result<Arc<Self>, LogStoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<PendingFlush>();
+        let observed = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-flush".into())
+            .spawn(move || {
+                // Ends when every LogStore clone (and so every sender) is gone.
+                while let Ok(first) = rx.recv() {
+                    let mut batch = vec![first];
+                    batch.extend(rx.try_iter());
+                    let result = write_txn(&db, "flush the log", |_| Ok(()));
+                    for pending in batch {
+                        match &result {
+                            Ok(()) => {
+                                observed
+                                    .append_seconds
+                                    .observe(pending.started.elapsed().as_secs_f64());
+                                observed.append_batch_entries.observe(pending.entries as f64);
+                                pending.callback.log_io_completed(Ok(()));
+                            }
+                            Err(error) => {
+                                tracing::error!(%error, "raft log flush failed");
+                                pending.callback.log_io_completed(Err(std::io::Error::other(
+                                    error.to_string(),
+                                )));
+                            }
+                        }
+                    }
+                }
+            })
+            .map_err(|source| LogStoreError::Thread { source })?;
+        Ok(Arc::new(Self {
+            queue: std::sync::Mutex::new(Some(tx)),
+            thread: std::sync::Mutex::new(Some(thread)),
+            metrics,
+        }))
+    }
+
+    fn enqueue(&self, pending: PendingFlush) -> Result<(), PendingFlush> {
+        let Ok(queue) = self.queue.lock() else { return Err(pending) };
+        match queue.as_ref() {
+            Some(queue) => queue.send(pending).map_err(|e| e.0),
+            None => Err(pending),
+        }
+    }
 }
 
 // === impl LogStore ===
@@ -196,7 +287,9 @@ impl LogStore {
             Ok(())
         })
         .map_err(|error| StorageIOError::write_logs(&error))?;
-        Ok(Self { db, metrics })
+        let flusher = GroupCommit::start(db.clone(), metrics.clone())
+            .map_err(|error| StorageIOError::write_logs(&error))?;
+        Ok(Self { db, flusher })
     }
 
     /// Reads the metadata value under `key` on the blocking pool.
@@ -218,10 +311,23 @@ impl LogStore {
     where
         T: Serialize,
     {
+        self.write_meta_with(key, value, Durability::Immediate).await
+    }
+
+    /// Writes `value` under metadata `key` with the given durability.
+    async fn write_meta_with<T>(
+        &self,
+        key: &'static str,
+        value: &T,
+        durability: Durability,
+    ) -> Result<(), LogStoreError>
+    where
+        T: Serialize,
+    {
         let bytes = encode_meta(key, value)?;
         let db = self.db.clone();
         blocking(move || {
-            write_txn(&db, "write log metadata", |txn| {
+            write_txn_with(&db, "write log metadata", durability, |txn| {
                 let mut table = txn.open_table(LOG_META).during("open the log metadata table")?;
                 table.insert(key, bytes.as_slice()).during("write log metadata")?;
                 Ok(())
@@ -230,7 +336,8 @@ impl LogStore {
         .await
     }
 
-    /// Writes `entries` in one durable transaction on the blocking pool; returns how many.
+    /// Writes `entries` in one transaction on the blocking pool, committed without fsync
+    /// (the group commit makes it durable); returns how many.
     async fn write_entries(&self, entries: Vec<Entry>) -> Result<usize, LogStoreError> {
         let encoded = entries
             .iter()
@@ -244,7 +351,7 @@ impl LogStore {
         let count = encoded.len();
         let db = self.db.clone();
         blocking(move || {
-            write_txn(&db, "append log entries", |txn| {
+            write_txn_with(&db, "append log entries", Durability::None, |txn| {
                 let mut table = txn.open_table(LOG).during("open the log table")?;
                 for (index, bytes) in &encoded {
                     table.insert(*index, bytes.as_slice()).during("append log entries")?;
@@ -321,8 +428,10 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(vote)
     }
 
+    /// The committed index is a hint for a faster restart (openraft re-derives it), so it
+    /// rides along with the next durable commit instead of costing an fsync of its own.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta(COMMITTED_KEY, &committed)
+        self.write_meta_with(COMMITTED_KEY, &committed, Durability::None)
             .await
             .map_err(|error| StorageIOError::write(&error))?;
         Ok(())
@@ -334,8 +443,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
-    /// Writes all `entries` in one durable transaction, reports the flush to `callback`,
-    /// then returns: the entries are readable as soon as this returns, as openraft needs.
+    /// Writes all `entries` in one transaction — readable as soon as this returns, as
+    /// openraft needs — and hands `callback` to the group commit, which reports the flush
+    /// once the entries are durable.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -348,9 +458,17 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         let started = Instant::now();
         match self.write_entries(entries.into_iter().collect()).await {
             Ok(count) => {
-                self.metrics.append_seconds.observe(started.elapsed().as_secs_f64());
-                self.metrics.append_batch_entries.observe(count as f64);
-                callback.log_io_completed(Ok(()));
+                if let Err(pending) =
+                    self.flusher.enqueue(PendingFlush { callback, started, entries: count })
+                {
+                    pending
+                        .callback
+                        .log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
+                    return Err(StorageIOError::write_logs(&std::io::Error::other(
+                        "the log flusher stopped",
+                    ))
+                    .into());
+                }
                 Ok(())
             }
             Err(error) => {
@@ -401,14 +519,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 }
 
 /// Runs `f` in a write transaction committed with [`Durability::Immediate`]; an error of
-/// `f` aborts the transaction.
+/// `f` aborts the transaction. A durable commit also makes every earlier non-durable
+/// commit durable.
 fn write_txn<T>(
     db: &Database,
     op: &'static str,
     f: impl FnOnce(&redb::WriteTransaction) -> Result<T, LogStoreError>,
 ) -> Result<T, LogStoreError> {
+    write_txn_with(db, op, Durability::Immediate, f)
+}
+
+/// Runs `f` in a write transaction committed with `durability`.
+fn write_txn_with<T>(
+    db: &Database,
+    op: &'static str,
+    durability: Durability,
+    f: impl FnOnce(&redb::WriteTransaction) -> Result<T, LogStoreError>,
+) -> Result<T, LogStoreError> {
     let mut txn = db.begin_write().during(op)?;
-    txn.set_durability(Durability::Immediate).during(op)?;
+    txn.set_durability(durability).during(op)?;
     let out = f(&txn)?;
     txn.commit().during(op)?;
     Ok(out)
@@ -571,7 +700,7 @@ mod tests {
         let mut store = open(&dir);
         let entries: Vec<Entry> = (1..=3).map(|i| normal(1, i, b"a=b")).collect();
         store.blocking_append(entries).await.expect("append");
-        let text = exposition(&store.metrics);
+        let text = exposition(&store.flusher.metrics);
         assert!(text.contains("raft_append_batch_entries_count 1\n"), "{text}");
         assert!(text.contains("raft_append_batch_entries_sum 3.0\n"), "{text}");
         assert!(text.contains("raft_append_duration_seconds_count 1\n"), "{text}");

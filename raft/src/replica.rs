@@ -21,6 +21,8 @@ use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
 
 /// Time a new replica has to acknowledge its first replication message.
 const CATCH_UP_FIRST_CONTACT: Duration = Duration::from_secs(10);
+/// Time a membership change has to commit.
+const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a new replica has to catch up with the leader's log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -455,10 +457,7 @@ impl<S: StateMachine> Replica<S> {
         if let Err(error) = self.wait_for_catch_up(id, response.log_id.index).await {
             if !already_member {
                 // Do not leave an unreachable learner behind for the leader to chase.
-                let _ = self
-                    .raft
-                    .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                    .await;
+                let _ = self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await;
             }
             return Err(ReplicaError::Membership(format!(
                 "replica {id} at {addr} {error}; check that it runs, that the leader can reach \
@@ -469,12 +468,26 @@ impl<S: StateMachine> Replica<S> {
         if learner_only {
             return Ok(response.log_id.index);
         }
-        let response = self
-            .raft
-            .change_membership(ChangeMembers::AddVoterIds(BTreeSet::from([id])), false)
-            .await
-            .map_err(|e| self.membership_error(e))?;
-        Ok(response.log_id.index)
+        self.change(ChangeMembers::AddVoterIds(BTreeSet::from([id]))).await
+    }
+
+    /// Commits one membership change, bounded in time: a change that cannot reach a
+    /// quorum (or a leader that steps down mid-change) is reported, never waited on
+    /// forever. Returns the log index of the change.
+    async fn change(&self, change: ChangeMembers<NodeId, Node>) -> Result<u64, ReplicaError> {
+        match tokio::time::timeout(
+            MEMBERSHIP_CHANGE_TIMEOUT,
+            self.raft.change_membership(change, false),
+        )
+        .await
+        {
+            Ok(Ok(response)) => Ok(response.log_id.index),
+            Ok(Err(error)) => Err(self.membership_error(error)),
+            Err(_) => Err(ReplicaError::Timeout(
+                MEMBERSHIP_CHANGE_TIMEOUT,
+                "the membership change to commit",
+            )),
+        }
     }
 
     /// Waits until learner `id` has replicated up to `index`: fails if it shows no
@@ -513,22 +526,12 @@ impl<S: StateMachine> Replica<S> {
         }
         let mut index = 0;
         if is_voter {
-            let response = self
-                .raft
-                .change_membership(ChangeMembers::RemoveVoters(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| self.membership_error(e))?;
-            index = response.log_id.index;
+            index = self.change(ChangeMembers::RemoveVoters(BTreeSet::from([id]))).await?;
         }
         let still_node =
             self.raft.metrics().borrow().membership_config.membership().get_node(&id).is_some();
         if still_node {
-            let response = self
-                .raft
-                .change_membership(ChangeMembers::RemoveNodes(BTreeSet::from([id])), false)
-                .await
-                .map_err(|e| self.membership_error(e))?;
-            index = response.log_id.index;
+            index = self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await?;
         }
         Ok(index)
     }

@@ -230,7 +230,7 @@ impl RaftReport {
         let _ =
             writeln!(out, "Measured {date}, both systems one after the other in the same run:\n");
         let _ = writeln!(out, "```sh\n{command}\n```\n");
-        let _ = writeln!(out, "Machine: {machine}\n");
+        let _ = writeln!(out, "{}\n", wrap(&format!("Machine: {machine}"), 90));
         out.push_str(&self.markdown_table());
         out.push('\n');
         for system in &self.systems {
@@ -250,16 +250,15 @@ impl RaftReport {
                 trials.join(", ")
             );
         }
-        let _ = writeln!(
-            out,
-            "\nHow: 3 members of each system on 127.0.0.1. Closed-loop clients ({clients}), each \
+        let how = format!(
+            "How: 3 members of each system on 127.0.0.1. Closed-loop clients ({clients}), each \
              writing distinct keys one after the other with {value} B values; {warmup:?} warm-up, \
              then {duration:?} measured per client count. Clients share min(clients, {pool}) \
              connections spread round-robin over the members, leader first (so one client talks \
              to the leader); followers forward writes to the leader. Every write is acknowledged \
              only once committed by a quorum and fsync'd (Federator: redb commit; etcd: WAL fsync, \
              its default). Federator is written through the admin `Put` over mTLS with its default \
-             raft timing (heartbeat 50 ms, election timeout 200–400 ms); etcd through the KV \
+             raft timing (heartbeat 50 ms, election timeout 200–400 ms when this was written); etcd through the KV \
              `Put` over plain HTTP/2 with its defaults (heartbeat 100 ms, election timeout \
              1000 ms). Failover: a writer issues one put every {period:?}, round-robin over one \
              connection per member; the leader is SIGKILLed and the time is from the process \
@@ -274,6 +273,7 @@ impl RaftReport {
             pool = super::GROUP_SIZE as usize * CONNECTIONS_PER_MEMBER,
             period = PROBE_PERIOD,
         );
+        let _ = writeln!(out, "\n{}", wrap(&how, 90));
         let _ = writeln!(out, "{SECTION_END}");
         out
     }
@@ -304,7 +304,7 @@ pub fn write_markdown(path: &Path, section: &str) -> std::io::Result<()> {
 /// The machine a benchmark ran on.
 #[derive(Clone, Debug, Default)]
 pub struct Machine {
-    /// CPU model (`/proc/cpuinfo`).
+    /// CPU model and clock (`/proc/cpuinfo`), marked when it is a virtual machine's.
     pub cpu: String,
     /// Logical CPUs available to this process.
     pub cpus: usize,
@@ -312,6 +312,8 @@ pub struct Machine {
     pub memory: String,
     /// Kernel release.
     pub kernel: String,
+    /// Device and file system of the temporary directory, where both systems fsync.
+    pub disk: String,
     /// `etcd --version`, first line.
     pub etcd: String,
     /// Build profile of this binary.
@@ -332,6 +334,14 @@ impl Machine {
                 .map(|(_, v)| v.trim().to_string())
                 .unwrap_or_default()
         };
+        let cpuinfo = read("/proc/cpuinfo");
+        let mut cpu = field(&cpuinfo, "model name");
+        if let Ok(mhz) = field(&cpuinfo, "cpu MHz").parse::<f64>() {
+            let _ = write!(cpu, " @ {:.2} GHz", mhz / 1000.0);
+        }
+        if field(&cpuinfo, "flags").split_whitespace().any(|f| f == "hypervisor") {
+            cpu.push_str(" (virtual machine)");
+        }
         let memory = field(&read("/proc/meminfo"), "MemTotal")
             .trim_end_matches(" kB")
             .parse::<u64>()
@@ -345,10 +355,11 @@ impl Machine {
             })
             .unwrap_or_default();
         Self {
-            cpu: field(&read("/proc/cpuinfo"), "model name"),
+            cpu,
             cpus: std::thread::available_parallelism().map_or(0, usize::from),
             memory,
             kernel: read("/proc/sys/kernel/osrelease").trim().to_string(),
+            disk: mount_of(&read("/proc/mounts"), &std::env::temp_dir()),
             etcd,
             profile: if cfg!(debug_assertions) { "debug" } else { "release" },
             load_average: read("/proc/loadavg")
@@ -360,21 +371,55 @@ impl Machine {
     }
 }
 
+/// "DEVICE FSTYPE" of the mount holding `path`, from a `/proc/mounts` listing.
+fn mount_of(mounts: &str, path: &Path) -> String {
+    mounts
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let (device, point, fstype) = (fields.next()?, fields.next()?, fields.next()?);
+            path.starts_with(point).then(|| (point.len(), format!("{device} {fstype}")))
+        })
+        .max_by_key(|(len, _)| *len)
+        .map(|(_, mount)| mount)
+        .unwrap_or_default()
+}
+
 impl std::fmt::Display for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} × {}, {} RAM, Linux {}; {}; load generator built {}; load average \
-             before the run {}",
+            "{} × {}, {} RAM, Linux {}, temporary directories on {}; {}; load generator \
+             built {}; load average before the run {}",
             self.cpus,
             self.cpu,
             self.memory,
             self.kernel,
+            self.disk,
             self.etcd,
             self.profile,
             self.load_average
         )
     }
+}
+
+/// `text` broken into lines of at most `width` characters (longer words stand alone).
+fn wrap(text: &str, width: usize) -> String {
+    let mut out = String::new();
+    let mut line_len = 0;
+    for word in text.split_whitespace() {
+        let len = word.chars().count();
+        if line_len > 0 && line_len + 1 + len > width {
+            out.push('\n');
+            line_len = 0;
+        } else if line_len > 0 {
+            out.push(' ');
+            line_len += 1;
+        }
+        out.push_str(word);
+        line_len += len;
+    }
+    out
 }
 
 #[cfg(test)]
@@ -446,5 +491,18 @@ mod tests {
             text.contains("| p50 latency, 1 client (ms) | 1.00 | 4.00 | 0.25× | ≤ 0.5×: met |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn text_is_wrapped_at_word_boundaries() {
+        assert_eq!(wrap("aa bb cc dd", 5), "aa bb\ncc dd");
+        assert_eq!(wrap("a verylongword b", 4), "a\nverylongword\nb");
+    }
+
+    #[test]
+    fn temporary_directory_mount_is_the_longest_matching_mount_point() {
+        let mounts = "/dev/vda / ext4 rw 0 0\ntmpfs /tmp tmpfs rw 0 0\ntmpfs /tmpx tmpfs rw 0 0\n";
+        assert_eq!(mount_of(mounts, Path::new("/tmp")), "tmpfs tmpfs");
+        assert_eq!(mount_of(mounts, Path::new("/var/tmp")), "/dev/vda ext4");
     }
 }
