@@ -113,6 +113,9 @@ pub struct Federation {
     replicas: BTreeMap<u64, ReplicaProcess>,
     /// Extra flags for every replica (e.g. raft tuning through a config file).
     pub extra_config: String,
+    /// Print the tail of every replica's log when dropped (tests: the harness shows it
+    /// only for failing tests); benchmarks turn it off.
+    pub show_logs_on_drop: bool,
 }
 
 impl Federation {
@@ -138,6 +141,7 @@ impl Federation {
             trust_domain,
             replicas: BTreeMap::new(),
             extra_config: String::new(),
+            show_logs_on_drop: true,
         })
     }
 
@@ -442,7 +446,7 @@ impl Drop for Federation {
         self.kill_all();
         // The test harness shows this only for failing tests (it captures their output),
         // including those that fail by returning an error rather than panicking.
-        {
+        if self.show_logs_on_drop {
             for (id, process) in &self.replicas {
                 eprintln!(
                     "--- replica {id} log (last 60 lines) ---\n{}",

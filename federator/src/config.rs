@@ -352,9 +352,9 @@ impl ServerConfig {
         };
         let bundle_endpoint = resolve_bundle_endpoint(file.bundle_endpoint, &tls, &rel)?;
         let raft = file.raft;
-        let heartbeat = Duration::from_millis(raft.heartbeat_ms.unwrap_or(50));
-        let min = Duration::from_millis(raft.election_timeout_min_ms.unwrap_or(200));
-        let max = Duration::from_millis(raft.election_timeout_max_ms.unwrap_or(400));
+        let heartbeat = Duration::from_millis(raft.heartbeat_ms.unwrap_or(40));
+        let min = Duration::from_millis(raft.election_timeout_min_ms.unwrap_or(120));
+        let max = Duration::from_millis(raft.election_timeout_max_ms.unwrap_or(240));
         if heartbeat.is_zero() {
             return Err(invalid("raft.heartbeat_ms", "0", "must be positive"));
         }

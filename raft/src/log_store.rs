@@ -8,10 +8,11 @@
 //! redb blocks on disk IO, so every transaction runs on tokio's blocking pool and the
 //! async methods only wait for it.
 
+use std::collections::BTreeMap;
 use std::fmt::Debug;
 use std::ops::{Bound, RangeBounds};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use openraft::storage::{LogFlushed, RaftLogReader, RaftLogStorage};
@@ -143,6 +144,17 @@ enum LogStoreError {
         source: tokio::task::JoinError,
     },
 
+    /// The writer thread stopped (the store is being dropped).
+    #[error("the raft log writer stopped")]
+    WriterStopped,
+
+    /// The writer's transaction failed.
+    #[error("the raft log writer failed: {message}")]
+    Flush {
+        /// The writer's error.
+        message: String,
+    },
+
     /// The group-commit thread could not be started.
     #[error("cannot start the raft log flush thread: {source}")]
     Thread {
@@ -176,30 +188,40 @@ where
 ///
 /// Clones share the database; a clone is also the log reader handed to replication tasks,
 /// which read concurrently with the single writer (redb's MVCC keeps them consistent).
+///
+/// Appends do not wait for the disk: they enter an in-memory queue, readable at once as
+/// openraft needs, and a dedicated writer thread writes everything queued so far in one
+/// fsync'd transaction, then reports each append as flushed, in order. Under load one
+/// fsync covers many appends; alone, an append waits for exactly one.
 #[derive(Clone)]
 pub struct LogStore {
     /// The replica's database, shared with the state machine store.
     db: Arc<Database>,
-    /// Makes appended entries durable in groups (see [`GroupCommit`]); observes append
-    /// latency and batch sizes.
-    flusher: Arc<GroupCommit>,
+    /// Entries appended but not yet written to `db`, by index.
+    pending: Arc<RwLock<BTreeMap<u64, Entry>>>,
+    /// The group-commit writer.
+    writer: Arc<Writer>,
 }
 
-/// An append waiting for the next durable commit.
-struct PendingFlush {
-    callback: LogFlushed<TypeConfig>,
-    started: Instant,
-    entries: usize,
+/// Work for the writer thread, done in queue order.
+enum WriterOp {
+    /// Write these entries durably, then report `callback`.
+    Append {
+        /// (index, log id, postcard encoding) of each entry.
+        entries: Vec<(u64, LogId, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+        started: Instant,
+    },
+    /// Answer once everything queued before is written.
+    Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
 }
 
-/// Group commit: appends are committed without fsync (visible to readers at once, as
-/// openraft needs), and a dedicated thread makes everything committed so far durable with
-/// one fsync'd commit, then reports every append it covered as flushed — in order. Under
-/// load one fsync covers many appends; alone, an append waits for exactly one fsync.
-struct GroupCommit {
-    queue: std::sync::Mutex<Option<std::sync::mpsc::Sender<PendingFlush>>>,
-    /// The flush thread, joined on drop so the database is closed when the store is.
-    thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+/// The group-commit writer: a thread that drains the queue, writes every queued append
+/// in one durable transaction, and only then reports them flushed.
+struct Writer {
+    queue: Mutex<Option<std::sync::mpsc::Sender<WriterOp>>>,
+    /// Joined on drop, so the database is closed when the store is.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
     /// Where append latency (until durable) and batch sizes are observed.
     #[cfg_attr(
         not(test),
@@ -208,9 +230,9 @@ struct GroupCommit {
     metrics: ConsensusMetrics,
 }
 
-impl Drop for GroupCommit {
+impl Drop for Writer {
     fn drop(&mut self) {
-        // Closing the queue ends the thread after it has flushed what it holds.
+        // Closing the queue ends the thread after it has written what it holds.
         if let Ok(mut queue) = self.queue.lock() {
             queue.take();
         }
@@ -220,50 +242,104 @@ impl Drop for GroupCommit {
     }
 }
 
-impl GroupCommit {
-    fn start(db: Arc<Database>, metrics: ConsensusMetrics) -> Result<Arc<Self>, LogStoreError> {
-        let (tx, rx) = std::sync::mpsc::channel::<PendingFlush>();
+impl Writer {
+    fn start(
+        db: Arc<Database>,
+        pending: Arc<RwLock<BTreeMap<u64, Entry>>>,
+        metrics: ConsensusMetrics,
+    ) -> Result<Arc<Self>, LogStoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<WriterOp>();
         let observed = metrics.clone();
         let thread = std::thread::Builder::new()
-            .name("raft-log-flush".into())
+            .name("raft-log-writer".into())
             .spawn(move || {
                 // Ends when every LogStore clone (and so every sender) is gone.
                 while let Ok(first) = rx.recv() {
                     let mut batch = vec![first];
                     batch.extend(rx.try_iter());
-                    let result = write_txn(&db, "flush the log", |_| Ok(()));
-                    for pending in batch {
-                        match &result {
-                            Ok(()) => {
-                                observed
-                                    .append_seconds
-                                    .observe(pending.started.elapsed().as_secs_f64());
-                                observed.append_batch_entries.observe(pending.entries as f64);
-                                pending.callback.log_io_completed(Ok(()));
-                            }
-                            Err(error) => {
-                                tracing::error!(%error, "raft log flush failed");
-                                pending.callback.log_io_completed(Err(std::io::Error::other(
-                                    error.to_string(),
-                                )));
-                            }
-                        }
-                    }
+                    write_batch(&db, &pending, &observed, batch);
                 }
             })
             .map_err(|source| LogStoreError::Thread { source })?;
         Ok(Arc::new(Self {
-            queue: std::sync::Mutex::new(Some(tx)),
-            thread: std::sync::Mutex::new(Some(thread)),
+            queue: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
             metrics,
         }))
     }
 
-    fn enqueue(&self, pending: PendingFlush) -> Result<(), PendingFlush> {
-        let Ok(queue) = self.queue.lock() else { return Err(pending) };
+    fn enqueue(&self, op: WriterOp) -> Result<(), WriterOp> {
+        let Ok(queue) = self.queue.lock() else { return Err(op) };
         match queue.as_ref() {
-            Some(queue) => queue.send(pending).map_err(|e| e.0),
-            None => Err(pending),
+            Some(queue) => queue.send(op).map_err(|e| e.0),
+            None => Err(op),
+        }
+    }
+
+    /// Waits until everything queued so far is written.
+    async fn barrier(&self) -> Result<(), LogStoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.enqueue(WriterOp::Barrier(tx)).is_err() {
+            return Err(LogStoreError::WriterStopped);
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(message)) => Err(LogStoreError::Flush { message }),
+            Err(_) => Err(LogStoreError::WriterStopped),
+        }
+    }
+}
+
+/// Writes one batch of queued work: every append in one durable transaction; then drops
+/// the written entries from `pending` and answers callbacks and barriers, in order.
+fn write_batch(
+    db: &Database,
+    pending: &RwLock<BTreeMap<u64, Entry>>,
+    metrics: &ConsensusMetrics,
+    batch: Vec<WriterOp>,
+) {
+    let result = write_txn(db, "append log entries", |txn| {
+        let mut table = txn.open_table(LOG).during("open the log table")?;
+        for op in &batch {
+            if let WriterOp::Append { entries, .. } = op {
+                for (index, _, bytes) in entries {
+                    table.insert(*index, bytes.as_slice()).during("append log entries")?;
+                }
+            }
+        }
+        Ok(())
+    });
+    if result.is_ok() {
+        // Written entries are readable from redb now; drop them from memory unless a
+        // newer entry took their index meanwhile.
+        let mut pending = match pending.write() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        for op in &batch {
+            if let WriterOp::Append { entries, .. } = op {
+                for (index, log_id, _) in entries {
+                    if pending.get(index).is_some_and(|e| e.get_log_id() == log_id) {
+                        pending.remove(index);
+                    }
+                }
+            }
+        }
+    }
+    for op in batch {
+        match (op, &result) {
+            (WriterOp::Append { entries, callback, started }, Ok(())) => {
+                metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+                metrics.append_batch_entries.observe(entries.len() as f64);
+                callback.log_io_completed(Ok(()));
+            }
+            (WriterOp::Append { callback, .. }, Err(error)) => {
+                tracing::error!(%error, "raft log append failed");
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+            }
+            (WriterOp::Barrier(tx), result) => {
+                let _ = tx.send(result.as_ref().copied().map_err(ToString::to_string));
+            }
         }
     }
 }
@@ -287,9 +363,10 @@ impl LogStore {
             Ok(())
         })
         .map_err(|error| StorageIOError::write_logs(&error))?;
-        let flusher = GroupCommit::start(db.clone(), metrics.clone())
+        let pending = Arc::new(RwLock::new(BTreeMap::new()));
+        let writer = Writer::start(db.clone(), pending.clone(), metrics)
             .map_err(|error| StorageIOError::write_logs(&error))?;
-        Ok(Self { db, flusher })
+        Ok(Self { db, pending, writer })
     }
 
     /// Reads the metadata value under `key` on the blocking pool.
@@ -336,31 +413,14 @@ impl LogStore {
         .await
     }
 
-    /// Writes `entries` in one transaction on the blocking pool, committed without fsync
-    /// (the group commit makes it durable); returns how many.
-    async fn write_entries(&self, entries: Vec<Entry>) -> Result<usize, LogStoreError> {
-        let encoded = entries
-            .iter()
-            .map(|entry| {
-                let index = entry.get_log_id().index;
-                postcard::to_allocvec(entry)
-                    .map(|bytes| (index, bytes))
-                    .map_err(|source| LogStoreError::EncodeEntry { index, source })
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        let count = encoded.len();
-        let db = self.db.clone();
-        blocking(move || {
-            write_txn_with(&db, "append log entries", Durability::None, |txn| {
-                let mut table = txn.open_table(LOG).during("open the log table")?;
-                for (index, bytes) in &encoded {
-                    table.insert(*index, bytes.as_slice()).during("append log entries")?;
-                }
-                Ok(())
-            })
-        })
-        .await?;
-        Ok(count)
+    /// Entries in `start..end` that are queued but not yet written, oldest first.
+    fn pending_in(&self, start: u64, end: Option<u64>) -> Vec<Entry> {
+        let pending = match self.pending.read() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
+        pending.range((Bound::Included(start), upper)).map(|(_, e)| e.clone()).collect()
     }
 }
 
@@ -372,8 +432,11 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some((start, end)) = index_span(&range) else {
             return Ok(Vec::new());
         };
+        // Queued entries first: the writer drops them from memory only after they are
+        // readable from redb, so one of the two reads sees every entry.
+        let queued = self.pending_in(start, end);
         let db = self.db.clone();
-        let entries = blocking(move || {
+        let written = blocking(move || {
             let txn = db.begin_read().during("begin a read transaction")?;
             let table = txn.open_table(LOG).during("open the log table")?;
             let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
@@ -386,7 +449,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         })
         .await
         .map_err(|error| StorageIOError::read_logs(&error))?;
-        Ok(entries)
+        let mut merged: BTreeMap<u64, Entry> =
+            written.into_iter().map(|e| (e.get_log_id().index, e)).collect();
+        merged.extend(queued.into_iter().map(|e| (e.get_log_id().index, e)));
+        Ok(merged.into_values().collect())
     }
 }
 
@@ -394,6 +460,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
+        let queued_last = self.pending_in(0, None).last().map(|e| *e.get_log_id());
         let db = self.db.clone();
         let state = blocking(move || {
             let txn = db.begin_read().during("begin a read transaction")?;
@@ -408,7 +475,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|error| StorageIOError::read_logs(&error))?;
-        Ok(state)
+        Ok(LogState { last_log_id: queued_last.max(state.last_log_id), ..state })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -443,9 +510,8 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(committed.flatten())
     }
 
-    /// Writes all `entries` in one transaction — readable as soon as this returns, as
-    /// openraft needs — and hands `callback` to the group commit, which reports the flush
-    /// once the entries are durable.
+    /// Queues `entries` for the writer — readable as soon as this returns, as openraft
+    /// needs — which reports the flush to `callback` once they are durable.
     async fn append<I>(
         &mut self,
         entries: I,
@@ -456,30 +522,41 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         I::IntoIter: OptionalSend,
     {
         let started = Instant::now();
-        match self.write_entries(entries.into_iter().collect()).await {
-            Ok(count) => {
-                if let Err(pending) =
-                    self.flusher.enqueue(PendingFlush { callback, started, entries: count })
-                {
-                    pending
-                        .callback
-                        .log_io_completed(Err(std::io::Error::other("the log flusher stopped")));
-                    return Err(StorageIOError::write_logs(&std::io::Error::other(
-                        "the log flusher stopped",
-                    ))
-                    .into());
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let mut encoded = Vec::with_capacity(entries.len());
+        for entry in &entries {
+            let log_id = *entry.get_log_id();
+            match postcard::to_allocvec(entry) {
+                Ok(bytes) => encoded.push((log_id.index, log_id, bytes)),
+                Err(source) => {
+                    let error = LogStoreError::EncodeEntry { index: log_id.index, source };
+                    callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                    return Err(StorageIOError::write_logs(&error).into());
                 }
-                Ok(())
-            }
-            Err(error) => {
-                tracing::error!(%error, "raft log append failed");
-                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
-                Err(StorageIOError::write_logs(&error).into())
             }
         }
+        {
+            let mut pending = match self.pending.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            pending.extend(entries.into_iter().map(|e| (e.get_log_id().index, e)));
+        }
+        if let Err(op) =
+            self.writer.enqueue(WriterOp::Append { entries: encoded, callback, started })
+        {
+            let error = LogStoreError::WriterStopped;
+            if let WriterOp::Append { callback, .. } = op {
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+            }
+            return Err(StorageIOError::write_logs(&error).into());
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        // Queued appends first, so that none lands after the truncation.
+        self.writer.barrier().await.map_err(|error| StorageIOError::write_logs(&error))?;
         let db = self.db.clone();
         blocking(move || {
             write_txn(&db, "truncate the log", |txn| {
@@ -494,6 +571,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
+        self.writer.barrier().await.map_err(|error| StorageIOError::write_logs(&error))?;
         let purged = encode_meta(LAST_PURGED_KEY, &log_id)
             .map_err(|error| StorageIOError::write_logs(&error))?;
         let db = self.db.clone();
@@ -700,7 +778,7 @@ mod tests {
         let mut store = open(&dir);
         let entries: Vec<Entry> = (1..=3).map(|i| normal(1, i, b"a=b")).collect();
         store.blocking_append(entries).await.expect("append");
-        let text = exposition(&store.flusher.metrics);
+        let text = exposition(&store.writer.metrics);
         assert!(text.contains("raft_append_batch_entries_count 1\n"), "{text}");
         assert!(text.contains("raft_append_batch_entries_sum 3.0\n"), "{text}");
         assert!(text.contains("raft_append_duration_seconds_count 1\n"), "{text}");

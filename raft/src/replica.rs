@@ -21,6 +21,8 @@ use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
 
 /// Time a new replica has to acknowledge its first replication message.
 const CATCH_UP_FIRST_CONTACT: Duration = Duration::from_secs(10);
+/// Time one write attempt has to commit.
+const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Time a membership change has to commit.
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a new replica has to catch up with the leader's log.
@@ -72,9 +74,9 @@ impl ReplicaConfig {
             id,
             raft_addr: raft_addr.into(),
             data_dir: data_dir.into(),
-            heartbeat_interval: Duration::from_millis(50),
-            election_timeout_min: Duration::from_millis(200),
-            election_timeout_max: Duration::from_millis(400),
+            heartbeat_interval: Duration::from_millis(40),
+            election_timeout_min: Duration::from_millis(120),
+            election_timeout_max: Duration::from_millis(240),
             snapshot_after_entries: 20_000,
             keep_entries_after_snapshot: 1_000,
             max_entries_per_append: 512,
@@ -320,7 +322,16 @@ impl<S: StateMachine> Replica<S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.raft.client_write(Command(command.clone())).await {
+            let proposed = tokio::time::timeout(
+                WRITE_ATTEMPT_TIMEOUT,
+                self.raft.client_write(Command(command.clone())),
+            );
+            let Ok(proposed) = proposed.await else {
+                // Not committed in time (no quorum, or this replica leads a group it was
+                // removed from): the outcome is unknown; let the caller decide.
+                return Err(ReplicaError::Timeout(WRITE_ATTEMPT_TIMEOUT, "the write to commit"));
+            };
+            let error = match proposed {
                 Ok(response) => {
                     return Ok(WriteOutcome {
                         index: response.log_id.index,

@@ -351,7 +351,9 @@ impl Machine {
             .arg("--version")
             .output()
             .map(|o| {
-                String::from_utf8_lossy(&o.stdout).lines().next().unwrap_or_default().to_string()
+                let text = String::from_utf8_lossy(&o.stdout);
+                let first = text.lines().next().unwrap_or_default();
+                first.replace("etcd Version: ", "etcd ")
             })
             .unwrap_or_default();
         Self {

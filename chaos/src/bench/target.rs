@@ -117,6 +117,7 @@ impl FederatorTarget {
     /// A replica did not start or the group did not form.
     pub async fn start(replicas: u64) -> anyhow::Result<Self> {
         let mut federation = Federation::new(replicas)?;
+        federation.show_logs_on_drop = false;
         let ids: Vec<u64> = (1..=replicas).collect();
         for id in &ids {
             federation.start(*id, false)?;

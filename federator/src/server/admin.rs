@@ -23,6 +23,9 @@ pub struct AdminService {
     replica: FederationReplica,
     federation_ca: std::path::PathBuf,
     ca_roots: std::sync::Arc<Vec<Vec<u8>>>,
+    /// Admin chains verified recently (SHA-256 of the chain → when), so that a busy
+    /// operator connection does not pay a signature check per call.
+    verified: std::sync::Arc<std::sync::Mutex<std::collections::HashMap<[u8; 32], Instant>>>,
     admin_id: String,
     raft_addr: String,
     api_addr: String,
@@ -41,6 +44,7 @@ impl AdminService {
     ) -> Self {
         Self {
             ca_roots: std::sync::Arc::new(ca_roots),
+            verified: std::sync::Arc::default(),
             replica,
             federation_ca: config.tls.ca.clone(),
             admin_id: admin_spiffe_id(&config.trust_domain),
@@ -67,6 +71,23 @@ impl AdminService {
                 "admin API: a client certificate with the admin SPIFFE ID is required",
             ));
         }
+        let fingerprint: [u8; 32] = {
+            use sha2::Digest as _;
+            let mut hasher = sha2::Sha256::new();
+            for cert in &chain {
+                hasher.update(cert);
+            }
+            hasher.finalize().into()
+        };
+        let cached = self
+            .verified
+            .lock()
+            .ok()
+            .and_then(|v| v.get(&fingerprint).copied())
+            .is_some_and(|at| at.elapsed() < ADMIN_VERIFICATION_TTL);
+        if cached {
+            return Ok(());
+        }
         let roots: Vec<&[u8]> = self.ca_roots.iter().map(Vec::as_slice).collect();
         let id =
             verify_client_svid(&chain, &roots, super::federation::unix_now()).map_err(|e| {
@@ -75,6 +96,12 @@ impl AdminService {
                 ))
             })?;
         if id.to_string() == self.admin_id {
+            if let Ok(mut verified) = self.verified.lock() {
+                if verified.len() > 1024 {
+                    verified.clear();
+                }
+                verified.insert(fingerprint, Instant::now());
+            }
             Ok(())
         } else {
             Err(Status::permission_denied(format!(
@@ -252,10 +279,13 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::MembershipResponse>, Status> {
         self.authorize(&request)?;
         let id = request.into_inner().id;
-        let index = self.replica.remove_member(id).await.map_err(replica_status)?;
+        // Unregister while the replica is still a member: once removed, a replica that led
+        // the group can no longer commit anything. Readers also filter the registry by the
+        // current membership, so a stale registration is harmless.
         if let Err(error) = self.replica.write(Command::UnregisterReplica { id }.encode()).await {
-            tracing::warn!(%error, replica = id, "removed replica stays registered");
+            tracing::warn!(%error, replica = id, "replica stays registered");
         }
+        let index = self.replica.remove_member(id).await.map_err(replica_status)?;
         Ok(Response::new(self.membership_response(index)))
     }
 
@@ -361,9 +391,17 @@ impl Admin for AdminService {
                 MAX_TOKEN_TTL_SECS / 86_400
             )));
         }
+        let members: std::collections::BTreeSet<u64> = {
+            let m = self.replica.metrics().borrow().membership_config.clone();
+            m.membership().nodes().map(|(id, _)| *id).collect()
+        };
         let (endpoints, member) = self.replica.state().read(|s| {
             (
-                s.replicas.values().map(|r| r.api_addr.clone()).collect::<Vec<_>>(),
+                s.replicas
+                    .iter()
+                    .filter(|(id, _)| members.contains(id))
+                    .map(|(_, r)| r.api_addr.clone())
+                    .collect::<Vec<_>>(),
                 s.members.contains_key(&r.cluster),
             )
         });
@@ -528,6 +566,10 @@ impl Admin for AdminService {
         Ok(Response::new(pb::ListAuditResponse { events }))
     }
 }
+
+/// How long a verified admin chain is trusted without verifying it again (expiry is
+/// still noticed within this time).
+const ADMIN_VERIFICATION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Longest validity of a join token.
 const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
