@@ -100,15 +100,14 @@ impl FederationState {
                 let target = format!("{cluster} ({trust_domain})");
                 let result =
                     self.apply_create_token(secret_hash, cluster, trust_domain, expires_at, now);
-                self.audit.record(AuditEvent {
-                    seq: 0,
-                    at: now,
+                self.audit.record(AuditEvent::new(
+                    now,
                     index,
-                    actor: "admin".into(),
-                    action: "create_token".into(),
+                    "admin",
+                    "create_token",
                     target,
-                    refused: result.as_ref().err().map(ToString::to_string),
-                });
+                    result.as_ref().err().map(ToString::to_string),
+                ));
                 result
             }
             Command::Join { secret_hash, cluster, trust_domain, agent_id, bundle_json, now } => {
@@ -132,15 +131,7 @@ impl FederationState {
                 self.apply_ack(&cluster, &trust_domain, sequence, now)
             }
             Command::RecordRefusal { actor, action, target, reason, now } => {
-                self.audit.record(AuditEvent {
-                    seq: 0,
-                    at: now,
-                    index,
-                    actor,
-                    action,
-                    target,
-                    refused: Some(reason),
-                });
+                self.audit.record(AuditEvent::new(now, index, actor, action, target, Some(reason)));
                 Ok(Applied::Done)
             }
         }

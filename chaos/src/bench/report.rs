@@ -258,7 +258,7 @@ impl RaftReport {
              to the leader); followers forward writes to the leader. Every write is acknowledged \
              only once committed by a quorum and fsync'd (Federator: redb commit; etcd: WAL fsync, \
              its default). Federator is written through the admin `Put` over mTLS with its default \
-             raft timing (heartbeat 50 ms, election timeout 200–400 ms when this was written); etcd through the KV \
+             raft timing (heartbeat 40 ms, election timeout 120–240 ms); etcd through the KV \
              `Put` over plain HTTP/2 with its defaults (heartbeat 100 ms, election timeout \
              1000 ms). Failover: a writer issues one put every {period:?}, round-robin over one \
              connection per member; the leader is SIGKILLed and the time is from the process \

@@ -132,6 +132,21 @@ impl Connection {
         Ok(channel)
     }
 
+    /// A client of the first endpoint that accepts a connection, in the order given.
+    ///
+    /// # Errors
+    /// No endpoint accepted; the error lists why for each.
+    pub async fn any_admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        let mut failures = Vec::new();
+        for endpoint in &self.endpoints {
+            match self.admin(endpoint).await {
+                Ok(client) => return Ok(client),
+                Err(error) => failures.push(format!("{endpoint}: {error:#}")),
+            }
+        }
+        bail!("no replica accepted a connection:\n  {}", failures.join("\n  "))
+    }
+
     /// Status of the first endpoint that answers, with the endpoint used.
     ///
     /// # Errors

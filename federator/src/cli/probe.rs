@@ -54,7 +54,7 @@ pub async fn run(
     out: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let connection = Connection::new(args)?;
-    let mut client = connection.admin(&connection.endpoints()[0]).await?;
+    let mut client = connection.any_admin().await?;
     let consistency = |stale: bool| {
         if stale { pb::Consistency::Stale } else { pb::Consistency::Linearizable }.into()
     };

@@ -196,7 +196,7 @@ pub async fn run_cluster(
     out: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let connection = Connection::new(args)?;
-    let mut client = connection.admin(&connection.endpoints()[0]).await?;
+    let mut client = connection.any_admin().await?;
     match command {
         ClusterCommand::List => {
             let r = client
@@ -253,7 +253,7 @@ pub async fn run_bundle(
     out: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let connection = Connection::new(args)?;
-    let mut client = connection.admin(&connection.endpoints()[0]).await?;
+    let mut client = connection.any_admin().await?;
     match command {
         BundleCommand::List => {
             let r = client
@@ -410,7 +410,7 @@ pub async fn run_audit(
         bail!("--limit must be positive");
     }
     let connection = Connection::new(conn)?;
-    let mut client = connection.admin(&connection.endpoints()[0]).await?;
+    let mut client = connection.any_admin().await?;
     let r = client
         .list_audit(pb::ListAuditRequest { limit: args.limit })
         .await

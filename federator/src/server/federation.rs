@@ -140,6 +140,13 @@ impl FederationService {
     }
 }
 
+/// Fills the request span's `cluster` and `trust_domain` fields once the caller is known.
+fn record_member(cluster: &str, trust_domain: &str) {
+    let span = tracing::Span::current();
+    span.record("cluster", cluster);
+    span.record("trust_domain", trust_domain);
+}
+
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
@@ -153,9 +160,7 @@ impl Federation for FederationService {
         let r = request.into_inner();
         let token = JoinToken::decode(&r.token)
             .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
-        let span = tracing::Span::current();
-        span.record("cluster", token.cluster.as_str());
-        span.record("trust_domain", token.trust_domain.as_str());
+        record_member(&token.cluster, &token.trust_domain);
         if id.trust_domain != token.trust_domain {
             let reason = format!(
                 "the caller's SVID {id} is not in the token's trust domain {}",
@@ -213,9 +218,7 @@ impl Federation for FederationService {
         request: Request<pb::PublishBundleRequest>,
     ) -> Result<Response<pb::PublishBundleResponse>, Status> {
         let caller = self.authenticate(&request, "publish_bundle")?;
-        let span = tracing::Span::current();
-        span.record("cluster", caller.member.cluster.as_str());
-        span.record("trust_domain", caller.member.trust_domain.as_str());
+        record_member(&caller.member.cluster, &caller.member.trust_domain);
         let r = request.into_inner();
         let bundle = r.bundle.ok_or_else(|| Status::invalid_argument("bundle: required"))?;
         if !bundle.trust_domain.is_empty() && bundle.trust_domain != caller.member.trust_domain {
@@ -257,20 +260,20 @@ impl Federation for FederationService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = self.authenticate(&request, "watch")?;
-        let span = tracing::Span::current();
-        span.record("cluster", caller.member.cluster.as_str());
-        span.record("trust_domain", caller.member.trust_domain.as_str());
+        record_member(&caller.member.cluster, &caller.member.trust_domain);
         let after = request.into_inner().after_revision;
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(serve_watch(self.replica.clone(), caller.member, after, tx));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
+    #[tracing::instrument(skip_all, fields(cluster, trust_domain))]
     async fn ack(
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
         let caller = self.authenticate(&request, "ack")?;
+        record_member(&caller.member.cluster, &caller.member.trust_domain);
         let r = request.into_inner();
         self.propose(Command::AckBundle {
             cluster: caller.member.cluster,

@@ -26,6 +26,29 @@ pub struct AuditEvent {
     pub refused: Option<String>,
 }
 
+impl AuditEvent {
+    /// An event to record; `refused` is `None` when the write was accepted.
+    #[must_use]
+    pub fn new(
+        at: i64,
+        index: u64,
+        actor: impl Into<String>,
+        action: impl Into<String>,
+        target: impl Into<String>,
+        refused: Option<String>,
+    ) -> Self {
+        Self {
+            seq: 0,
+            at,
+            index,
+            actor: actor.into(),
+            action: action.into(),
+            target: target.into(),
+            refused,
+        }
+    }
+}
+
 /// A bounded trail of audit events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditTrail {

@@ -118,15 +118,14 @@ impl FederationState {
         let result =
             self.try_join(secret_hash, &cluster, &trust_domain, &agent_id, bundle_json, now);
         let refused = result.as_ref().err().map(ToString::to_string);
-        self.audit.record(AuditEvent {
-            seq: 0,
-            at: now,
+        self.audit.record(AuditEvent::new(
+            now,
             index,
-            actor: cluster.clone(),
-            action: "join".into(),
-            target: trust_domain.clone(),
+            cluster.clone(),
+            "join",
+            trust_domain.clone(),
             refused,
-        });
+        ));
         let bundle = result?;
         if let Some(token) = self.tokens.get_mut(secret_hash) {
             token.used_at = Some(now);
@@ -237,15 +236,14 @@ impl FederationState {
     ) -> CommandResult {
         let td = self.members.get(cluster).map(|m| m.trust_domain.clone());
         let result = self.try_publish(cluster, td.as_deref(), bundle_json, agent_chain, force, now);
-        self.audit.record(AuditEvent {
-            seq: 0,
-            at: now,
+        self.audit.record(AuditEvent::new(
+            now,
             index,
-            actor: cluster.to_string(),
-            action: if force { "publish_bundle (forced)" } else { "publish_bundle" }.into(),
-            target: td.clone().unwrap_or_default(),
-            refused: result.as_ref().err().map(ToString::to_string),
-        });
+            cluster.to_string(),
+            if force { "publish_bundle (forced)" } else { "publish_bundle" },
+            td.clone().unwrap_or_default(),
+            result.as_ref().err().map(ToString::to_string),
+        ));
         let bundle = result?;
         let td = bundle.trust_domain.clone();
         let revision = self.changes.push(ChangeKind::BundlePut { trust_domain: td.clone() });
@@ -306,15 +304,14 @@ impl FederationState {
         now: i64,
     ) -> CommandResult {
         let Some(member) = self.members.remove(cluster) else {
-            self.audit.record(AuditEvent {
-                seq: 0,
-                at: now,
+            self.audit.record(AuditEvent::new(
+                now,
                 index,
                 actor,
-                action: "remove_member".into(),
-                target: cluster.to_string(),
-                refused: Some("not a member".into()),
-            });
+                "remove_member",
+                cluster.to_string(),
+                Some("not a member".into()),
+            ));
             return Err(CommandError::NotFound(format!("cluster {cluster}")));
         };
         self.bundles.remove(&member.trust_domain);
@@ -322,15 +319,14 @@ impl FederationState {
             bundle.acks.remove(cluster);
         }
         self.tokens.retain(|_, t| t.cluster != cluster || t.used_at.is_some());
-        self.audit.record(AuditEvent {
-            seq: 0,
-            at: now,
+        self.audit.record(AuditEvent::new(
+            now,
             index,
             actor,
-            action: "remove_member".into(),
-            target: cluster.to_string(),
-            refused: None,
-        });
+            "remove_member",
+            cluster.to_string(),
+            None,
+        ));
         let revision =
             self.changes.push(ChangeKind::BundleRemoved { trust_domain: member.trust_domain });
         Ok(Applied::Revision { revision })
