@@ -426,6 +426,8 @@ async fn rotation_is_visible_in_bundle_status_member_by_member() -> anyhow::Resu
     let s = status(&fed)?;
     assert_eq!(s["sequence"], 2);
     assert_eq!(s["complete"], false);
+    let list = clusters(&fed)?;
+    assert_eq!(list[0]["status"], "rotating (0/2 members applied sequence 2)", "{list}");
     client_b.ack(pb::AckRequest { trust_domain: "a.example".into(), sequence: 2 }).await?;
     let s = status(&fed)?;
     assert_eq!(
@@ -436,6 +438,8 @@ async fn rotation_is_visible_in_bundle_status_member_by_member() -> anyhow::Resu
     client_c.ack(pb::AckRequest { trust_domain: "a.example".into(), sequence: 2 }).await?;
     let s = status(&fed)?;
     assert_eq!(s["complete"], true, "{s}");
+    let list = clusters(&fed)?;
+    assert_eq!(list[0]["status"], "active", "{list}");
     let table = fed.cli(&[], &["bundle", "status", "a.example"])?;
     assert!(String::from_utf8_lossy(&table.stdout).contains("safe to sign with the new key"));
 

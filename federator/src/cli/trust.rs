@@ -155,6 +155,7 @@ struct ClusterView {
     bundle_updated_at: i64,
     x509_authorities: u32,
     jwt_authorities: u32,
+    status: String,
 }
 
 impl From<pb::Cluster> for ClusterView {
@@ -169,12 +170,14 @@ impl From<pb::Cluster> for ClusterView {
             bundle_updated_at: c.bundle_updated_at,
             x509_authorities: c.x509_authorities,
             jwt_authorities: c.jwt_authorities,
+            status: c.status,
         }
     }
 }
 
 fn cluster_table(clusters: &[ClusterView]) {
-    let mut t = table(&["CLUSTER", "TRUST DOMAIN", "AGENT", "SEQUENCE", "X509", "JWT", "DIGEST"]);
+    let mut t =
+        table(&["CLUSTER", "TRUST DOMAIN", "AGENT", "SEQUENCE", "X509", "JWT", "DIGEST", "STATUS"]);
     for c in clusters {
         t.add_row(vec![
             c.name.clone(),
@@ -184,6 +187,7 @@ fn cluster_table(clusters: &[ClusterView]) {
             c.x509_authorities.to_string(),
             c.jwt_authorities.to_string(),
             c.bundle_digest.chars().take(12).collect(),
+            c.status.clone(),
         ]);
     }
     println!("{t}");

@@ -576,6 +576,17 @@ const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
 
 fn cluster_view(s: &FederationState, m: &Member) -> pb::Cluster {
     let bundle = s.bundles.get(&m.trust_domain);
+    let status = match bundle_status(s, &m.trust_domain) {
+        Some(b) if !b.complete => {
+            let applied = b.members.iter().filter(|a| a.applied_sequence >= b.sequence).count();
+            format!(
+                "rotating ({applied}/{} members applied sequence {})",
+                b.members.len(),
+                b.sequence
+            )
+        }
+        _ => "active".to_string(),
+    };
     let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
     pb::Cluster {
         name: m.cluster.clone(),
@@ -587,6 +598,7 @@ fn cluster_view(s: &FederationState, m: &Member) -> pb::Cluster {
         bundle_updated_at: bundle.map_or(0, |b| b.updated_at),
         x509_authorities: bundle.map_or(0, |b| count(b.bundle.x509_authorities.len())),
         jwt_authorities: bundle.map_or(0, |b| count(b.bundle.jwt_authorities.len())),
+        status,
     }
 }
 
