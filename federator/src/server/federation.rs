@@ -39,7 +39,40 @@ const WATCH_RECHECK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct FederationService {
     replica: FederationReplica,
-    refusals: Arc<Mutex<HashMap<String, Instant>>>,
+    refusals: Arc<Mutex<RefusalLimiter>>,
+}
+
+/// Bounds how many refusals reach the replicated audit trail: at most one per second per
+/// actor, and at most [`RefusalLimiter::PER_SECOND`] in all (an attacker can make up
+/// SPIFFE IDs). Every refusal is still logged.
+#[derive(Debug, Default)]
+struct RefusalLimiter {
+    last_by_actor: HashMap<String, Instant>,
+    window: Option<(Instant, u32)>,
+}
+
+impl RefusalLimiter {
+    const PER_SECOND: u32 = 20;
+
+    fn admit(&mut self, actor: &str, now: Instant) -> bool {
+        let second = Duration::from_secs(1);
+        if self.last_by_actor.get(actor).is_some_and(|t| now.duration_since(*t) < second) {
+            return false;
+        }
+        let (start, count) = match self.window {
+            Some((start, count)) if now.duration_since(start) < second => (start, count),
+            _ => (now, 0),
+        };
+        if count >= Self::PER_SECOND {
+            return false;
+        }
+        self.window = Some((start, count + 1));
+        if self.last_by_actor.len() > 10_000 {
+            self.last_by_actor.clear();
+        }
+        self.last_by_actor.insert(actor.to_string(), now);
+        true
+    }
 }
 
 /// An authenticated member caller.
@@ -52,7 +85,7 @@ impl FederationService {
     /// A handler serving `replica`.
     #[must_use]
     pub fn new(replica: FederationReplica) -> Self {
-        Self { replica, refusals: Arc::new(Mutex::new(HashMap::new())) }
+        Self { replica, refusals: Arc::default() }
     }
 
     /// The caller's certificate chain (leaf first) and SPIFFE ID, unverified.
@@ -108,16 +141,8 @@ impl FederationService {
     /// once per second per actor so that a misbehaving caller cannot flood the log.
     fn record_refusal(&self, actor: &str, action: &str, target: &str, reason: &str) {
         tracing::warn!(target: "audit", actor, action, target_name = target, reason, "refused");
-        {
-            let Ok(mut last) = self.refusals.lock() else { return };
-            let now = Instant::now();
-            if last.get(actor).is_some_and(|t| now.duration_since(*t) < Duration::from_secs(1)) {
-                return;
-            }
-            if last.len() > 10_000 {
-                last.clear();
-            }
-            last.insert(actor.to_string(), now);
+        if !self.refusals.lock().is_ok_and(|mut limiter| limiter.admit(actor, Instant::now())) {
+            return;
         }
         let command = Command::RecordRefusal {
             actor: actor.to_string(),
@@ -395,4 +420,22 @@ fn next_batch(s: &FederationState, member: &Member, sent: u64, first: bool) -> W
         }
     }
     WatchBatch::Events(events, revision)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_limited_per_actor_and_in_all() {
+        let mut limiter = RefusalLimiter::default();
+        let t0 = Instant::now();
+        assert!(limiter.admit("a", t0));
+        assert!(!limiter.admit("a", t0), "one per second per actor");
+        let admitted = (0..100).filter(|i| limiter.admit(&format!("made-up-{i}"), t0)).count();
+        assert_eq!(admitted, usize::try_from(RefusalLimiter::PER_SECOND).expect("small") - 1);
+        let later = t0 + Duration::from_millis(1100);
+        assert!(limiter.admit("a", later));
+        assert!(limiter.admit("fresh", later));
+    }
 }
