@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -47,13 +46,12 @@ pub fn federator_bin() -> PathBuf {
     .clone()
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; the kernel will not hand it out
-/// again soon).
+/// A free TCP port on 127.0.0.1 for a server (see [`federator::config::free_local_port`]).
+///
+/// # Panics
+/// No free port was found.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
+    federator::config::free_local_port().expect("a free port on 127.0.0.1")
 }
 
 /// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.

@@ -157,7 +157,7 @@ fn prepare_replica(root: &Path, certs: &Path, id: u64) -> anyhow::Result<DevRepl
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(crate::config::free_local_port()?)
 }
 
 fn spawn(exe: &Path, replica: &DevReplica) -> anyhow::Result<Child> {
