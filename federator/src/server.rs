@@ -169,10 +169,23 @@ pub async fn run(
     };
     tracing::info!(replica = config.id, "serving");
 
-    shutdown.await;
-    tracing::info!(replica = config.id, "shutting down");
+    // Run until asked to stop, or until the API or the transport server fails: a replica
+    // that can no longer serve must not linger as a half-working process.
+    let mut api = api;
+    let mut transport = transport;
+    let failure = tokio::select! {
+        () = shutdown => None,
+        result = &mut api => Some(task_failure("api", result)),
+        result = &mut transport => Some(task_failure("raft transport", result)),
+    };
+    match &failure {
+        None => tracing::info!(replica = config.id, "shutting down"),
+        Some(error) => tracing::error!(replica = config.id, %error, "shutting down"),
+    }
     let _ = stop_tx.send(true);
-    let _ = api.await;
+    if failure.is_none() {
+        let _ = api.await;
+    }
     let _ = socket.await;
     if let Some(metrics) = metrics {
         let _ = metrics.await;
@@ -180,10 +193,25 @@ pub async fn run(
     for endpoint in bundle_endpoints {
         let _ = endpoint.await;
     }
-    let _ = transport.await;
+    if failure.is_none() {
+        let _ = transport.await;
+    }
     replica.shutdown().await?;
     let _ = std::fs::remove_file(&config.admin_socket);
-    Ok(())
+    failure.map_or(Ok(()), Err)
+}
+
+/// Why a server task that should run until shutdown ended.
+fn task_failure<E: std::fmt::Display>(
+    what: &'static str,
+    result: Result<Result<(), E>, tokio::task::JoinError>,
+) -> ServerError {
+    let message = match result {
+        Ok(Ok(())) => "stopped unexpectedly".to_string(),
+        Ok(Err(error)) => error.to_string(),
+        Err(error) => error.to_string(),
+    };
+    ServerError::Serve(what, message)
 }
 
 async fn bind(
