@@ -427,7 +427,7 @@ mod tests {
         JoinToken::generate(
             "cluster-a",
             "cluster-a.example",
-            vec!["replica-1.fed.example:8443".to_string(), "10.0.0.2:8443".to_string()],
+            vec!["replica-1.fed.example:8443".to_string(), "127.0.0.12:8443".to_string()],
             CA.cert_pem(),
             1_900_000_000,
         )
@@ -607,7 +607,7 @@ mod tests {
         let good = [
             "replica-1.fed.example:8443",
             "localhost:1",
-            "10.0.0.1:65535",
+            "127.0.0.11:65535",
             "[::1]:8443",
             "[2001:db8::1]:443",
         ];

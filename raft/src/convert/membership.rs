@@ -101,7 +101,7 @@ pub(crate) mod tests {
 
     #[test]
     fn node_round_trips() {
-        for addr in ["", "10.0.0.1:7000", "[::1]:7000", "replica-2.federator.svc:7000"] {
+        for addr in ["", "127.0.0.11:7000", "[::1]:7000", "replica-2.federator.svc:7000"] {
             let node = Node::new(addr);
             assert_eq!(Node::from_proto(node.clone().into_proto()), Ok(node));
         }

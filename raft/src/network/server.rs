@@ -422,14 +422,14 @@ mod tests {
 
     #[test]
     fn not_leader_names_the_leader_in_message_and_metadata() {
-        let status = not_leader(&ForwardToLeader::new(3, Node::new("10.0.0.3:7000")));
+        let status = not_leader(&ForwardToLeader::new(3, Node::new("127.0.0.13:7000")));
         assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-        assert!(status.message().contains("replica 3 at 10.0.0.3:7000"), "{}", status.message());
+        assert!(status.message().contains("replica 3 at 127.0.0.13:7000"), "{}", status.message());
         let metadata = status.metadata();
         assert_eq!(metadata.get(LEADER_ID_METADATA).and_then(|v| v.to_str().ok()), Some("3"));
         assert_eq!(
             metadata.get(LEADER_ADDR_METADATA).and_then(|v| v.to_str().ok()),
-            Some("10.0.0.3:7000")
+            Some("127.0.0.13:7000")
         );
 
         let status = not_leader(&ForwardToLeader::empty());
