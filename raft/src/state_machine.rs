@@ -139,6 +139,9 @@ struct Shared<S> {
     snapshot_seq: AtomicU64,
     /// Where apply latency and snapshot counts are observed.
     metrics: ConsensusMetrics,
+    /// The last digest computed and the applied log id it was computed at: equal applied
+    /// log ids mean equal states, so status polling does not re-encode an unchanged state.
+    digest_cache: std::sync::Mutex<Option<(Option<LogId>, [u8; 32])>>,
 }
 
 /// The application's state machine as openraft storage: applies committed entries in
@@ -200,6 +203,7 @@ impl<S: StateMachine> StateMachineStore<S> {
                 applied: RwLock::new(applied),
                 snapshot_seq: AtomicU64::new(u64::try_from(now_ms).unwrap_or(u64::MAX)),
                 metrics,
+                digest_cache: std::sync::Mutex::new(None),
             }),
         })
     }
@@ -225,7 +229,16 @@ impl<S: StateMachine> StateMachineStore<S> {
     /// (applied log id, sm digest) taken under one lock so they are consistent.
     pub fn digest(&self) -> (Option<LogId>, [u8; 32]) {
         let applied = self.lock_read();
-        (applied.last_applied, applied.sm.digest())
+        let at = applied.last_applied;
+        let mut cache = self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        match *cache {
+            Some((cached_at, digest)) if cached_at == at => (at, digest),
+            _ => {
+                let digest = applied.sm.digest();
+                *cache = Some((at, digest));
+                (at, digest)
+            }
+        }
     }
 
     /// Read access to the state. A panic of another holder does not make the state

@@ -63,9 +63,7 @@ impl AdminService {
         if request.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some() {
             return Ok(());
         }
-        let chain: Vec<Vec<u8>> = federator_raft::tls::connect_info(request)
-            .map(|info| info.peer_chain.iter().map(|c| c.as_ref().to_vec()).collect())
-            .unwrap_or_default();
+        let chain = federator_raft::tls::peer_chain(request);
         if chain.is_empty() {
             return Err(Status::unauthenticated(
                 "admin API: a client certificate with the admin SPIFFE ID is required",
@@ -74,7 +72,7 @@ impl AdminService {
         let fingerprint: [u8; 32] = {
             use sha2::Digest as _;
             let mut hasher = sha2::Sha256::new();
-            for cert in &chain {
+            for cert in chain {
                 hasher.update(cert);
             }
             hasher.finalize().into()
@@ -89,12 +87,11 @@ impl AdminService {
             return Ok(());
         }
         let roots: Vec<&[u8]> = self.ca_roots.iter().map(Vec::as_slice).collect();
-        let id =
-            verify_client_svid(&chain, &roots, super::federation::unix_now()).map_err(|e| {
-                Status::permission_denied(format!(
-                    "admin API: the client certificate is not the federation's: {e}"
-                ))
-            })?;
+        let id = verify_client_svid(chain, &roots, super::federation::unix_now()).map_err(|e| {
+            Status::permission_denied(format!(
+                "admin API: the client certificate is not the federation's: {e}"
+            ))
+        })?;
         if id.to_string() == self.admin_id {
             if let Ok(mut verified) = self.verified.lock() {
                 if verified.len() > 1024 {

@@ -90,9 +90,8 @@ impl FederationService {
 
     /// The caller's certificate chain (leaf first) and SPIFFE ID, unverified.
     fn caller<T>(request: &Request<T>) -> Result<(Vec<Vec<u8>>, SpiffeId), Status> {
-        let chain: Vec<Vec<u8>> = federator_raft::tls::connect_info(request)
-            .map(|info| info.peer_chain.iter().map(|c| c.as_ref().to_vec()).collect())
-            .unwrap_or_default();
+        let chain: Vec<Vec<u8>> =
+            federator_raft::tls::peer_chain(request).iter().map(|c| c.to_vec()).collect();
         let leaf = chain
             .first()
             .ok_or_else(|| Status::unauthenticated("a client X.509-SVID is required"))?;
