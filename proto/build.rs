@@ -9,9 +9,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for proto in &protos {
         println!("cargo:rerun-if-changed={proto}");
     }
+    // The admin API reuses the federation API's service messages. Compiled first: it
+    // also writes the federation file, which the second run below overwrites whole.
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&protos, &["proto"])?;
+        .extern_path(".federator.federation.v1", "crate::federation")
+        .compile_protos(&[protos[1]], &["proto"])?;
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&[protos[0], protos[2]], &["proto"])?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! | module | job |
 //! |---|---|
 //! | [`state`] | the replicated federation state and its commands |
+//! | [`service`] | exported services and the imports built from them (KEP-1645) |
 //! | [`bundle`] | SPIFFE trust bundles: strict parsing, validation, canonical form |
 //! | [`identity`] | the federation's CA, certificates, SPIFFE IDs and rustls configs |
 //! | [`token`] | join tokens: the single-use secret and how to reach the federation |
@@ -16,5 +17,6 @@ pub mod cli;
 pub mod config;
 pub mod identity;
 pub mod server;
+pub mod service;
 pub mod state;
 pub mod token;

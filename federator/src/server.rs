@@ -5,6 +5,7 @@ mod admin;
 mod bundle_endpoint;
 mod federation;
 mod health;
+mod leases;
 mod metrics_http;
 
 use std::future::Future;
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 
 pub use admin::AdminService;
 pub use federation::{FederationService, unix_now};
+pub use leases::{EXPIRY_CHECK, LeaderRequest, LeaderResponse, Lessor};
 
 use crate::config::ServerConfig;
 use crate::identity::{self, peer_spiffe_id};
@@ -93,6 +95,12 @@ pub async fn run(
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+
+    // Member leases: the leader keeps their deadlines; keep-alives reach it from any
+    // replica as leader calls.
+    let lessor = Lessor::new(replica.clone());
+    replica.set_leader_handler(Arc::new(leases::LessorHandler(Arc::clone(&lessor))))?;
+    tokio::spawn(lessor.run(stopped(stop_rx.clone())));
 
     // Replica transport: only certificates of this federation's replicas may speak raft.
     let raft_listener = bind("listen.raft", config.listen_raft).await?;

@@ -8,6 +8,9 @@
 mod audit;
 mod command;
 mod events;
+mod services;
+#[cfg(test)]
+pub(crate) mod test_support;
 mod trust;
 
 use std::collections::BTreeMap;
@@ -20,10 +23,11 @@ pub use command::{
     validate_probe_key,
 };
 pub use events::{Change, ChangeKind, ChangeLog, EVENT_WINDOW};
+pub use services::{ExportRecord, Lease, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, ServiceRecord};
 pub use trust::{BundleAck, Member, StoredBundle, TokenRecord};
 
 /// Format version of the snapshot encoding; bumped on incompatible changes.
-const SNAPSHOT_FORMAT: u8 = 1;
+const SNAPSHOT_FORMAT: u8 = 2;
 
 /// A replica's registration: where agents and operators reach its API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -60,6 +64,10 @@ pub struct FederationState {
     pub bundles: BTreeMap<String, StoredBundle>,
     /// Join tokens by the hash of their secret.
     pub tokens: BTreeMap<String, TokenRecord>,
+    /// Exported services by namespace/name.
+    pub services: BTreeMap<crate::service::ServiceKey, ServiceRecord>,
+    /// Members' liveness leases by cluster.
+    pub leases: BTreeMap<String, Lease>,
     /// Accepted and refused writes.
     pub audit: AuditTrail,
     /// Revisions and recent changes, for watchers.
@@ -129,6 +137,21 @@ impl FederationState {
             }
             Command::AckBundle { cluster, trust_domain, sequence, now } => {
                 self.apply_ack(&cluster, &trust_domain, sequence, now)
+            }
+            Command::ExportService { cluster, export, now } => {
+                self.apply_export(index, &cluster, export, now)
+            }
+            Command::UnexportService { cluster, key, now } => {
+                self.apply_unexport(index, &cluster, &key, now)
+            }
+            Command::GrantLease { cluster, ttl_secs, locality, now } => {
+                self.apply_grant_lease(index, &cluster, ttl_secs, locality, now)
+            }
+            Command::RevokeLease { cluster, lease_id, now } => {
+                self.apply_end_lease(index, &cluster, lease_id, true, now)
+            }
+            Command::ExpireLease { cluster, lease_id, now } => {
+                self.apply_end_lease(index, &cluster, lease_id, false, now)
             }
             Command::RecordRefusal { actor, action, target, reason, now } => {
                 self.audit.record(AuditEvent::new(now, index, actor, action, target, Some(reason)));

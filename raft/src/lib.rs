@@ -2,7 +2,8 @@
 //!
 //! This crate runs one replica of a Raft group on [openraft] 0.9 (`storage-v2`): a durable
 //! log and vote store on [redb], state-machine snapshots, an mTLS gRPC transport between
-//! replicas, online membership changes, write forwarding and linearizable reads.
+//! replicas, online membership changes, write forwarding, linearizable reads, and leader
+//! calls (opaque requests served by the leader's in-memory logic, outside the log).
 //!
 //! It is generic over the application's state machine ([`StateMachine`]): commands and
 //! responses are opaque bytes here, so nothing in this crate knows what the federation
@@ -16,10 +17,12 @@
 //! | [`convert`] | openraft types ⇄ protobuf messages, one file per type family |
 //! | [`network`] | gRPC client (pooled, timeouts, backoff) and server of the replica transport |
 //! | [`tls`] | mTLS connection plumbing for the transport |
-//! | [`replica`] | one replica: open, serve, write, read, membership |
+//! | [`replica`] | one replica: open, serve, write, read, membership, leader calls |
+//! | [`leader_call`] | the application's handler of leader calls and the slot it is installed in |
 //! | [`metrics`] | Prometheus metrics of the consensus layer |
 
 pub mod convert;
+pub mod leader_call;
 pub mod log_store;
 pub mod metrics;
 pub mod network;
@@ -28,6 +31,7 @@ pub mod state_machine;
 pub mod tls;
 pub mod types;
 
+pub use leader_call::{AlreadyInstalled, LeaderHandler, LeaderHandlerSlot};
 pub use replica::{Consistency, Replica, ReplicaConfig, ReplicaError, WriteOutcome};
 pub use state_machine::StateMachine;
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};

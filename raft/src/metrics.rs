@@ -38,6 +38,8 @@ pub struct ConsensusMetrics {
     pub snapshots_installed: Counter,
     /// Writes this replica forwarded to the leader.
     pub forwarded_writes: Counter,
+    /// Leader calls this replica forwarded to the leader.
+    pub forwarded_leader_calls: Counter,
 }
 
 impl Default for ConsensusMetrics {
@@ -56,6 +58,7 @@ impl Default for ConsensusMetrics {
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
             forwarded_writes: Counter::default(),
+            forwarded_leader_calls: Counter::default(),
         }
     }
 }
@@ -100,6 +103,11 @@ impl ConsensusMetrics {
             "forwarded_writes",
             "Writes forwarded to the leader",
             self.forwarded_writes.clone(),
+        );
+        r.register(
+            "forwarded_leader_calls",
+            "Leader calls forwarded to the leader",
+            self.forwarded_leader_calls.clone(),
         );
     }
 }

@@ -1,6 +1,7 @@
 //! One replica of the group: opens its durable storage, runs openraft, serves the
 //! replica transport, and offers the application writes (forwarded to the leader when
-//! this replica does not lead), linearizable or stale reads, and membership changes.
+//! this replica does not lead), linearizable or stale reads, membership changes, and
+//! leader calls (served by the leader's [`LeaderHandler`], forwarded like writes).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
@@ -11,7 +12,9 @@ use std::time::Duration;
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use tokio::sync::watch;
+use tonic::Code;
 
+use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
 use crate::log_store::{LogStore, open_database};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::{Network, TransportOptions};
@@ -159,6 +162,38 @@ pub enum ReplicaError {
     /// Any other raft error.
     #[error("raft: {0}")]
     Raft(String),
+    /// A leader call reached the leader, but it has no [`LeaderHandler`] installed (or,
+    /// when forwarded, runs a version without leader calls).
+    #[error(
+        "replica {replica} leads but has no leader handler installed; the application must \
+         install one on every replica with `set_leader_handler`"
+    )]
+    NoLeaderHandler {
+        /// The leader that could not handle the call.
+        replica: NodeId,
+    },
+    /// [`Replica::set_leader_handler`] was called when a handler was installed already.
+    #[error("a leader handler is already installed on this replica")]
+    LeaderHandlerAlreadySet,
+    /// This replica leads, and its [`LeaderHandler`] failed (panicked) on the call.
+    #[error("leader call failed: {0}")]
+    LeaderHandler(String),
+}
+
+/// The leader as one replica's metrics know it.
+enum KnownLeader {
+    /// This replica leads.
+    This,
+    /// Another replica leads.
+    Other {
+        /// Its id.
+        leader_id: NodeId,
+        /// Its transport address.
+        leader_addr: String,
+    },
+    /// No leader is known (or its address is not), or this replica is named leader but is
+    /// not in the leader state yet.
+    Unknown,
 }
 
 /// One running replica of the group.
@@ -170,6 +205,7 @@ pub struct Replica<S: StateMachine> {
     network: Network,
     metrics: ConsensusMetrics,
     write_retries: u32,
+    leader_handler: LeaderHandlerSlot,
 }
 
 impl<S: StateMachine> Clone for Replica<S> {
@@ -182,6 +218,7 @@ impl<S: StateMachine> Clone for Replica<S> {
             network: self.network.clone(),
             metrics: self.metrics.clone(),
             write_retries: self.write_retries,
+            leader_handler: self.leader_handler.clone(),
         }
     }
 }
@@ -223,6 +260,7 @@ impl<S: StateMachine> Replica<S> {
             network,
             metrics,
             write_retries: config.write_retries,
+            leader_handler: LeaderHandlerSlot::new(),
         };
         replica.spawn_metrics_refresher();
         Ok(replica)
@@ -266,7 +304,8 @@ impl<S: StateMachine> Replica<S> {
 
     /// Serves the replica transport on `listener` with mTLS until `shutdown` resolves.
     /// Peers must present a certificate `server_tls` accepts; `peer_policy`, when given,
-    /// further restricts which certificates may send raft RPCs.
+    /// further restricts which certificates may send raft RPCs. Leader calls are served
+    /// with this replica's [`LeaderHandler`], whether it is installed before or after.
     ///
     /// # Errors
     /// The server failed.
@@ -277,13 +316,107 @@ impl<S: StateMachine> Replica<S> {
         peer_policy: Option<PeerPolicy>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ReplicaError> {
-        let mut service = RaftTransportService::new(self.raft.clone());
+        let mut service = RaftTransportService::new(self.raft.clone())
+            .with_leader_handler(self.leader_handler.clone());
         if let Some(policy) = peer_policy {
             service = service.with_peer_policy(policy);
         }
         crate::network::server::serve(listener, server_tls, service, shutdown)
             .await
             .map_err(|e| ReplicaError::Raft(format!("transport server: {e}")))
+    }
+
+    /// Installs the application's handler of leader calls: while this replica leads, it
+    /// answers [`Replica::call_leader`] made here or on any other replica. Install it on
+    /// every replica, since any may become the leader; it may be installed before or after
+    /// [`Replica::serve_transport`]. Only the first call installs a handler.
+    ///
+    /// # Errors
+    /// [`ReplicaError::LeaderHandlerAlreadySet`] when a handler is installed already; that
+    /// one stays and `handler` is dropped.
+    pub fn set_leader_handler(&self, handler: Arc<dyn LeaderHandler>) -> Result<(), ReplicaError> {
+        self.leader_handler.install(handler).map_err(|_| ReplicaError::LeaderHandlerAlreadySet)
+    }
+
+    /// The slot of this replica's leader handler, for serving leader calls from a
+    /// [`RaftTransportService`] of one's own
+    /// ([`RaftTransportService::with_leader_handler`]).
+    #[must_use]
+    pub fn leader_handler_slot(&self) -> &LeaderHandlerSlot {
+        &self.leader_handler
+    }
+
+    /// Has the leader's [`LeaderHandler`] handle `request` and returns its response,
+    /// without going through the log: runs the handler here if this replica leads (by its
+    /// own metrics), else forwards the call to the leader it knows, retrying like
+    /// [`Replica::write`] when no leader is known or the leader changes.
+    ///
+    /// A local call is not bounded in time; each forwarded attempt is bounded by the
+    /// transport's RPC timeout. "Leads" is this replica's own view: a deposed leader that
+    /// has not noticed yet may still handle a call, and a call may be handled more than
+    /// once (a forwarded attempt that timed out may have run), so handlers must tolerate
+    /// both.
+    ///
+    /// # Errors
+    /// [`ReplicaError::NoLeaderHandler`] when the leader has no handler installed (this
+    /// replica's own, when it leads, is checked at once; a forwarded call is retried first);
+    /// [`ReplicaError::LeaderHandler`] when this replica leads and its handler panicked;
+    /// [`ReplicaError::NoLeader`] or [`ReplicaError::Forward`] when no leader could be
+    /// reached within the retries.
+    #[tracing::instrument(level = "debug", skip_all, fields(replica = self.id, bytes = request.len()))]
+    pub async fn call_leader(&self, request: Vec<u8>) -> Result<Vec<u8>, ReplicaError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let error = match self.known_leader() {
+                KnownLeader::This => {
+                    let handler = self
+                        .leader_handler
+                        .get()
+                        .ok_or(ReplicaError::NoLeaderHandler { replica: self.id })?;
+                    return leader_call::run(&handler, request)
+                        .await
+                        .map_err(ReplicaError::LeaderHandler);
+                }
+                KnownLeader::Other { leader_id, leader_addr } => {
+                    match self.network.leader_call(&leader_addr, request.clone()).await {
+                        Ok(response) => return Ok(response),
+                        Err(status) if status.code() == Code::Unimplemented => {
+                            ReplicaError::NoLeaderHandler { replica: leader_id }
+                        }
+                        Err(status) => ReplicaError::Forward {
+                            leader_id,
+                            leader_addr,
+                            message: status.message().to_string(),
+                        },
+                    }
+                }
+                KnownLeader::Unknown => ReplicaError::NoLeader,
+            };
+            if attempt > self.write_retries {
+                return Err(error);
+            }
+            tracing::debug!(%error, attempt, "leader call not accepted yet, retrying");
+            self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+    }
+
+    /// The leader as this replica's metrics know it.
+    fn known_leader(&self) -> KnownLeader {
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        match metrics.current_leader {
+            Some(id) if id == self.id && metrics.state == ServerState::Leader => KnownLeader::This,
+            Some(id) if id != self.id => {
+                match metrics.membership_config.membership().get_node(&id) {
+                    Some(node) => {
+                        KnownLeader::Other { leader_id: id, leader_addr: node.addr.clone() }
+                    }
+                    None => KnownLeader::Unknown,
+                }
+            }
+            _ => KnownLeader::Unknown,
+        }
     }
 
     /// Initializes a new group with `members` (id → transport address) as its voters;

@@ -231,6 +231,16 @@ impl RaftService for StubRaft {
         self.record(&request)?;
         Ok(Response::new(pb::ReadIndexResponse { read_log_id: Some(log_id(7).into_proto()) }))
     }
+
+    async fn leader_call(
+        &self,
+        request: Request<pb::LeaderCallRequest>,
+    ) -> Result<Response<pb::LeaderCallResponse>, Status> {
+        self.record(&request)?;
+        let mut response = b"stub:".to_vec();
+        response.extend(request.into_inner().request);
+        Ok(Response::new(pb::LeaderCallResponse { response }))
+    }
 }
 
 // === harness ===
@@ -338,8 +348,11 @@ async fn member_with_ca1_certificate_is_served_over_one_connection() {
         network.forward_write(&addr, b"abc".to_vec()).await.expect("forward write");
     assert_eq!((written_at, response), (log_id(9), b"cba".to_vec()));
     assert_eq!(metrics.forwarded_writes.get(), 1);
+    let answered = network.leader_call(&addr, b"ping".to_vec()).await.expect("leader call");
+    assert_eq!(answered, b"stub:ping");
+    assert_eq!(metrics.forwarded_leader_calls.get(), 1);
 
-    assert_eq!(server.stub.requests(), 5);
+    assert_eq!(server.stub.requests(), 6);
     assert_eq!(server.stub.connections(), 1, "every call must reuse the one connection");
 }
 

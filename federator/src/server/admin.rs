@@ -3,6 +3,8 @@
 //! Callers on the local unix socket are trusted by file permission; callers over mTLS
 //! must present the federation's admin identity.
 
+mod services;
+
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -15,6 +17,7 @@ use tonic::{Request, Response, Status};
 use super::FederationReplica;
 use crate::config::ServerConfig;
 use crate::identity::{admin_spiffe_id, verify_client_svid};
+use crate::service::ServiceKey;
 use crate::state::{Applied, Command, CommandError, FederationState, Member, command_result};
 
 /// Admin API handler of one replica.
@@ -440,10 +443,14 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListClustersResponse>, Status> {
         self.authorize(&request)?;
         let c = consistency(request.into_inner().consistency);
+        let ages = services::lease_ages(&self.replica).await;
         let ((clusters, revision), _) = self
             .replica
             .read(c, |s| {
-                (s.members.values().map(|m| cluster_view(s, m)).collect(), s.changes.revision())
+                (
+                    s.members.values().map(|m| cluster_view(s, m, &ages)).collect(),
+                    s.changes.revision(),
+                )
             })
             .await
             .map_err(replica_status)?;
@@ -456,10 +463,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Cluster>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
+        let ages = services::lease_ages(&self.replica).await;
         let (cluster, _) = self
             .replica
             .read(consistency(r.consistency), |s| {
-                s.members.get(&r.name).map(|m| cluster_view(s, m))
+                s.members.get(&r.name).map(|m| cluster_view(s, m, &ages))
             })
             .await
             .map_err(replica_status)?;
@@ -562,6 +570,59 @@ impl Admin for AdminService {
             .collect();
         Ok(Response::new(pb::ListAuditResponse { events }))
     }
+
+    async fn list_services(
+        &self,
+        request: Request<pb::ListServicesRequest>,
+    ) -> Result<Response<pb::ListServicesResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let ((services, revision), _) = self
+            .replica
+            .read(consistency(r.consistency), |s| {
+                (services::list_services(s, &r.cluster), s.changes.revision())
+            })
+            .await
+            .map_err(replica_status)?;
+        Ok(Response::new(pb::ListServicesResponse { services, revision }))
+    }
+
+    async fn get_service(
+        &self,
+        request: Request<pb::GetServiceRequest>,
+    ) -> Result<Response<pb::Service>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let key = ServiceKey::new(r.namespace, r.name);
+        key.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let (service, _) = self
+            .replica
+            .read(consistency(r.consistency), |s| {
+                s.services.get(&key).map(|record| services::service_view(s, &key, record))
+            })
+            .await
+            .map_err(replica_status)?;
+        service
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("no cluster exports service {key}")))
+    }
+
+    async fn list_imports(
+        &self,
+        request: Request<pb::ListImportsRequest>,
+    ) -> Result<Response<pb::ListImportsResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let ages = services::lease_ages(&self.replica).await;
+        let (imports, _) = self
+            .replica
+            .read(consistency(r.consistency), |s| services::list_imports(s, &r.cluster, &ages))
+            .await
+            .map_err(replica_status)?;
+        imports
+            .map(Response::new)
+            .ok_or_else(|| Status::not_found(format!("cluster {} is not a member", r.cluster)))
+    }
 }
 
 /// How long a verified admin chain is trusted without verifying it again (expiry is
@@ -571,7 +632,7 @@ const ADMIN_VERIFICATION_TTL: std::time::Duration = std::time::Duration::from_se
 /// Longest validity of a join token.
 const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
 
-fn cluster_view(s: &FederationState, m: &Member) -> pb::Cluster {
+fn cluster_view(s: &FederationState, m: &Member, ages: &services::LeaseAges) -> pb::Cluster {
     let bundle = s.bundles.get(&m.trust_domain);
     let status = match bundle_status(s, &m.trust_domain) {
         Some(b) if !b.complete => {
@@ -596,6 +657,8 @@ fn cluster_view(s: &FederationState, m: &Member) -> pb::Cluster {
         x509_authorities: bundle.map_or(0, |b| count(b.bundle.x509_authorities.len())),
         jwt_authorities: bundle.map_or(0, |b| count(b.bundle.jwt_authorities.len())),
         status,
+        lease: Some(services::lease_info(s, &m.cluster, ages)),
+        exports: count(s.services.values().filter(|r| r.exports.contains_key(&m.cluster)).count()),
     }
 }
 

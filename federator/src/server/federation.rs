@@ -20,8 +20,10 @@ use tonic::{Request, Response, Status};
 
 use super::FederationReplica;
 use super::admin::{command_status, replica_status};
+use super::leases::{LeaderRequest, LeaderResponse, call_leader};
 use crate::bundle::{ValidationPolicy, parse_spiffe_bundle};
 use crate::identity::{SpiffeId, svid_identity, verify_client_svid};
+use crate::service::{ServiceKey, condition_to_proto, export_from_proto, import_to_proto};
 use crate::state::{Applied, ChangeKind, Command, FederationState, Member, command_result};
 use crate::token::JoinToken;
 
@@ -308,6 +310,141 @@ impl Federation for FederationService {
         .await?;
         Ok(Response::new(pb::AckResponse {}))
     }
+
+    #[tracing::instrument(skip_all, fields(cluster, trust_domain, service))]
+    async fn export_service(
+        &self,
+        request: Request<pb::ExportServiceRequest>,
+    ) -> Result<Response<pb::ExportServiceResponse>, Status> {
+        let caller = self.authenticate(&request, "export_service")?;
+        record_member(&caller.member.cluster, &caller.member.trust_domain);
+        let message = request
+            .into_inner()
+            .export
+            .ok_or_else(|| Status::invalid_argument("export: required"))?;
+        let export = export_from_proto(message)
+            .map_err(|e| Status::invalid_argument(format!("export.{e}")))?;
+        tracing::Span::current().record("service", export.key.to_string());
+        if export.claims_foreign_identity(&caller.member.trust_domain) {
+            let reason = format!(
+                "cluster {} may export only workloads of its own trust domain {}; {} names \
+                 another trust domain's SPIFFE ID",
+                caller.member.cluster, caller.member.trust_domain, export.key
+            );
+            self.record_refusal(
+                &caller.member.cluster,
+                "export_service",
+                &export.key.to_string(),
+                &reason,
+            );
+            return Err(Status::permission_denied(reason));
+        }
+        let applied = self
+            .propose(Command::ExportService {
+                cluster: caller.member.cluster,
+                export,
+                now: unix_now(),
+            })
+            .await?;
+        match applied {
+            Applied::Export { revision, generation, conditions } => {
+                tracing::info!(revision, generation, "service exported");
+                Ok(Response::new(pb::ExportServiceResponse {
+                    revision,
+                    generation,
+                    conditions: conditions.iter().map(condition_to_proto).collect(),
+                }))
+            }
+            other => Err(Status::internal(format!("unexpected result {other:?}"))),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(cluster, trust_domain, service))]
+    async fn unexport_service(
+        &self,
+        request: Request<pb::UnexportServiceRequest>,
+    ) -> Result<Response<pb::UnexportServiceResponse>, Status> {
+        let caller = self.authenticate(&request, "unexport_service")?;
+        record_member(&caller.member.cluster, &caller.member.trust_domain);
+        let r = request.into_inner();
+        let key = ServiceKey::new(r.namespace, r.name);
+        key.validate().map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::Span::current().record("service", key.to_string());
+        let applied = self
+            .propose(Command::UnexportService {
+                cluster: caller.member.cluster,
+                key,
+                now: unix_now(),
+            })
+            .await?;
+        let Applied::Revision { revision } = applied else {
+            return Err(Status::internal(format!("unexpected result {applied:?}")));
+        };
+        tracing::info!(revision, "service unexported");
+        Ok(Response::new(pb::UnexportServiceResponse { revision }))
+    }
+
+    #[tracing::instrument(skip_all, fields(cluster, trust_domain))]
+    async fn grant_lease(
+        &self,
+        request: Request<pb::GrantLeaseRequest>,
+    ) -> Result<Response<pb::GrantLeaseResponse>, Status> {
+        let caller = self.authenticate(&request, "grant_lease")?;
+        record_member(&caller.member.cluster, &caller.member.trust_domain);
+        let r = request.into_inner();
+        let applied = self
+            .propose(Command::GrantLease {
+                cluster: caller.member.cluster,
+                ttl_secs: r.ttl_seconds,
+                locality: crate::service::Locality { region: r.region, zone: r.zone },
+                now: unix_now(),
+            })
+            .await?;
+        let Applied::Lease { id, ttl_secs } = applied else {
+            return Err(Status::internal(format!("unexpected result {applied:?}")));
+        };
+        tracing::info!(lease_id = id, ttl_secs, "lease granted");
+        Ok(Response::new(pb::GrantLeaseResponse { lease_id: id, ttl_seconds: ttl_secs }))
+    }
+
+    #[tracing::instrument(level = "debug", skip_all, fields(cluster, trust_domain))]
+    async fn keep_alive(
+        &self,
+        request: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let caller = self.authenticate(&request, "keep_alive")?;
+        record_member(&caller.member.cluster, &caller.member.trust_domain);
+        let lease_id = request.into_inner().lease_id;
+        let answer = call_leader(
+            &self.replica,
+            &LeaderRequest::KeepAlive { cluster: caller.member.cluster, lease_id },
+        )
+        .await
+        .map_err(Status::unavailable)?;
+        match answer {
+            LeaderResponse::KeptAlive { ttl_secs } => {
+                Ok(Response::new(pb::KeepAliveResponse { ttl_seconds: ttl_secs }))
+            }
+            LeaderResponse::NotLive(reason) => Err(Status::not_found(reason)),
+            other => Err(Status::internal(format!("unexpected leader answer {other:?}"))),
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(cluster, trust_domain))]
+    async fn revoke_lease(
+        &self,
+        request: Request<pb::RevokeLeaseRequest>,
+    ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
+        let caller = self.authenticate(&request, "revoke_lease")?;
+        record_member(&caller.member.cluster, &caller.member.trust_domain);
+        self.propose(Command::RevokeLease {
+            cluster: caller.member.cluster,
+            lease_id: request.into_inner().lease_id,
+            now: unix_now(),
+        })
+        .await?;
+        Ok(Response::new(pb::RevokeLeaseResponse {}))
+    }
 }
 
 /// What one wake-up of a watch has to send.
@@ -360,70 +497,212 @@ async fn serve_watch(
 }
 
 /// Computes what a watcher at revision `sent` must receive next, from one consistent
-/// view of the state. Each bundle version is sent once, at the revision that created it.
+/// view of the state. Each bundle or import version is sent once, at the revision that
+/// made it; every batch ends with a `Checkpoint` (or `SnapshotEnd`) at the state's
+/// revision, the revision to resume after.
 fn next_batch(s: &FederationState, member: &Member, sent: u64, first: bool) -> WatchBatch {
     if s.members.get(&member.cluster).is_none_or(|m| m.agent_id != member.agent_id) {
         return WatchBatch::Removed;
     }
     let revision = s.changes.revision();
-    let put = |td: &str, revision: u64| -> Option<pb::WatchEvent> {
-        s.bundles.get(td).map(|b| pb::WatchEvent {
-            revision,
-            event: Some(pb::watch_event::Event::BundlePut(pb::TrustBundle {
-                trust_domain: td.to_string(),
-                spiffe_bundle_json: b.bundle.to_spiffe_json(),
-                sequence: b.bundle.sequence,
-            })),
+    let event = |revision: u64, event: pb::watch_event::Event| pb::WatchEvent {
+        revision,
+        event: Some(event),
+    };
+    let bundle_put = |td: &str, revision: u64| -> Option<pb::WatchEvent> {
+        s.bundles.get(td).map(|b| {
+            event(
+                revision,
+                pb::watch_event::Event::BundlePut(pb::TrustBundle {
+                    trust_domain: td.to_string(),
+                    spiffe_bundle_json: b.bundle.to_spiffe_json(),
+                    sequence: b.bundle.sequence,
+                }),
+            )
         })
+    };
+    let import_removed = |key: &ServiceKey, revision: u64| {
+        event(
+            revision,
+            pb::watch_event::Event::ImportRemoved(pb::ImportRemoved {
+                namespace: key.namespace.clone(),
+                name: key.name.clone(),
+            }),
+        )
     };
     let snapshot = |resync: bool| {
         let mut events = Vec::new();
         if resync {
-            events.push(pb::WatchEvent {
-                revision,
-                event: Some(pb::watch_event::Event::Resync(true)),
-            });
+            events.push(event(revision, pb::watch_event::Event::Resync(true)));
         }
-        events.extend(s.bundles.iter().filter_map(|(td, b)| put(td, b.revision)));
-        events.push(pb::WatchEvent {
-            revision,
-            event: Some(pb::watch_event::Event::SnapshotEnd(pb::SnapshotEnd {})),
-        });
+        events.extend(s.bundles.iter().filter_map(|(td, b)| bundle_put(td, b.revision)));
+        events.extend(s.imports_for(&member.cluster).iter().map(|import| {
+            event(import.revision, pb::watch_event::Event::ImportPut(import_to_proto(import)))
+        }));
+        events.push(event(revision, pb::watch_event::Event::SnapshotEnd(pb::SnapshotEnd {})));
         WatchBatch::Events(events, revision)
     };
     if first && sent == 0 {
         return snapshot(false);
     }
-    if sent > revision {
-        // The watcher saw a newer revision on another replica; this one must catch up
-        // first — never send it anything older.
+    if sent >= revision {
+        // Nothing new — or the watcher saw a newer revision on another replica, and this
+        // one must catch up first: never send it anything older.
         return WatchBatch::Events(Vec::new(), sent);
     }
     let Some(changes) = s.changes.since(sent) else {
         return snapshot(true);
     };
     let mut events = Vec::new();
-    for change in changes {
-        match change.kind {
+    for (i, change) in changes.iter().enumerate() {
+        match &change.kind {
             ChangeKind::BundlePut { trust_domain } => {
-                if s.bundles.get(&trust_domain).is_some_and(|b| b.revision == change.revision) {
-                    events.extend(put(&trust_domain, change.revision));
+                if s.bundles.get(trust_domain).is_some_and(|b| b.revision == change.revision) {
+                    events.extend(bundle_put(trust_domain, change.revision));
                 }
             }
-            ChangeKind::BundleRemoved { trust_domain } => events.push(pb::WatchEvent {
-                revision: change.revision,
-                event: Some(pb::watch_event::Event::BundleRemoved(pb::BundleRemoved {
-                    trust_domain,
-                })),
-            }),
+            ChangeKind::BundleRemoved { trust_domain } => events.push(event(
+                change.revision,
+                pb::watch_event::Event::BundleRemoved(pb::BundleRemoved {
+                    trust_domain: trust_domain.clone(),
+                }),
+            )),
+            ChangeKind::ServiceChanged { key } => match s.services.get(key) {
+                Some(record) if record.revision == change.revision => {
+                    events.push(match s.import_for(&member.cluster, key) {
+                        Some(import) => event(
+                            change.revision,
+                            pb::watch_event::Event::ImportPut(import_to_proto(&import)),
+                        ),
+                        None => import_removed(key, change.revision),
+                    });
+                }
+                Some(_) => {}
+                None => {
+                    // Gone now: say so once, at the last change of it.
+                    let later = changes[i + 1..].iter().any(
+                        |c| matches!(&c.kind, ChangeKind::ServiceChanged { key: k } if k == key),
+                    );
+                    if !later {
+                        events.push(import_removed(key, change.revision));
+                    }
+                }
+            },
         }
     }
+    events.push(event(revision, pb::watch_event::Event::Checkpoint(pb::Checkpoint {})));
     WatchBatch::Events(events, revision)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use crate::service::{Endpoint, ExportMode, ExportScope, ServiceExport, ServicePort};
+    use crate::state::test_support::{Cluster, apply, joined, now};
+
+    fn export(td: &str, name: &str) -> Command {
+        Command::ExportService {
+            cluster: td.trim_end_matches(".test").into(),
+            export: ServiceExport {
+                key: ServiceKey::new("ns", name),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    port: 80,
+                    protocol: crate::service::Protocol::Tcp,
+                    app_protocol: String::new(),
+                }],
+                endpoints: vec![Endpoint {
+                    address: std::net::Ipv4Addr::LOCALHOST.into(),
+                    ports: Vec::new(),
+                    zone: String::new(),
+                    region: String::new(),
+                    weight: 1,
+                    ready: true,
+                }],
+                identities: vec![format!("spiffe://{td}/w")],
+                scope: ExportScope::AllMembers,
+                mode: ExportMode::Direct,
+            },
+            now: now(),
+        }
+    }
+
+    fn events(batch: WatchBatch) -> (Vec<(u64, &'static str, String)>, u64) {
+        let WatchBatch::Events(events, revision) = batch else { panic!("removed") };
+        let events = events
+            .into_iter()
+            .map(|e| {
+                let (kind, name) = match e.event.expect("event") {
+                    pb::watch_event::Event::BundlePut(b) => ("bundle", b.trust_domain),
+                    pb::watch_event::Event::BundleRemoved(b) => ("bundle-", b.trust_domain),
+                    pb::watch_event::Event::ImportPut(i) => ("import", i.name),
+                    pb::watch_event::Event::ImportRemoved(i) => ("import-", i.name),
+                    pb::watch_event::Event::Resync(_) => ("resync", String::new()),
+                    pb::watch_event::Event::SnapshotEnd(_) => ("end", String::new()),
+                    pb::watch_event::Event::Checkpoint(_) => ("checkpoint", String::new()),
+                };
+                (e.revision, kind, name)
+            })
+            .collect();
+        (events, revision)
+    }
+
+    #[test]
+    fn a_watch_snapshots_then_resumes_without_gap_or_duplicate() {
+        let (a, b) = (Cluster::new("a.test"), Cluster::new("b.test"));
+        let mut s = joined(&[("a", &a), ("b", &b)]);
+        apply(&mut s, 10, export("a.test", "one")).expect("export");
+        let member = s.members["b"].clone();
+        let (snapshot, at) = events(next_batch(&s, &member, 0, true));
+        let kinds: Vec<&str> = snapshot.iter().map(|e| e.1).collect();
+        assert_eq!(kinds, vec!["bundle", "bundle", "import", "end"]);
+        assert_eq!(at, s.changes.revision());
+        // Two changes to "two" and one to "one" after the snapshot; "two" is then removed.
+        apply(&mut s, 11, export("a.test", "two")).expect("export");
+        apply(&mut s, 12, export("a.test", "one")).expect("update");
+        let (batch, at2) = events(next_batch(&s, &member, at, false));
+        assert_eq!(
+            batch.iter().map(|e| (e.1, e.2.as_str())).collect::<Vec<_>>(),
+            vec![("import", "two"), ("import", "one"), ("checkpoint", "")]
+        );
+        assert!(batch.windows(2).all(|w| w[0].0 <= w[1].0), "revisions never go back: {batch:?}");
+        apply(&mut s, 13, export("a.test", "two")).expect("update");
+        apply(
+            &mut s,
+            14,
+            Command::UnexportService {
+                cluster: "a".into(),
+                key: ServiceKey::new("ns", "two"),
+                now: now(),
+            },
+        )
+        .expect("unexport");
+        // Resuming from the middle: the update of "two" is superseded by its removal,
+        // which is said once.
+        let (batch, _) = events(next_batch(&s, &member, at2, false));
+        assert_eq!(
+            batch.iter().map(|e| (e.1, e.2.as_str())).collect::<Vec<_>>(),
+            vec![("import-", "two"), ("checkpoint", "")]
+        );
+        // A watcher ahead of this replica gets nothing older.
+        let (ahead, at3) = events(next_batch(&s, &member, s.changes.revision() + 5, false));
+        assert!(ahead.is_empty());
+        assert_eq!(at3, s.changes.revision() + 5);
+    }
+
+    #[test]
+    fn a_compacted_revision_gets_an_explicit_resync() {
+        let (a, b) = (Cluster::new("a.test"), Cluster::new("b.test"));
+        let mut s = joined(&[("a", &a), ("b", &b)]);
+        for i in 0..crate::state::EVENT_WINDOW as u64 + 5 {
+            apply(&mut s, 10 + i, export("a.test", "one")).expect("export");
+        }
+        let member = s.members["b"].clone();
+        let (batch, _) = events(next_batch(&s, &member, 1, false));
+        assert_eq!(batch.first().map(|e| e.1), Some("resync"));
+        assert_eq!(batch.last().map(|e| e.1), Some("end"));
+    }
 
     #[test]
     fn refusals_are_limited_per_actor_and_in_all() {

@@ -98,6 +98,53 @@ pub enum Command {
         /// Proposal time.
         now: i64,
     },
+    /// A member exports a service, or updates its export.
+    ExportService {
+        /// The member (from its authenticated identity).
+        cluster: String,
+        /// The export.
+        export: crate::service::ServiceExport,
+        /// Proposal time.
+        now: i64,
+    },
+    /// A member withdraws its export of a service.
+    UnexportService {
+        /// The member.
+        cluster: String,
+        /// The service.
+        key: crate::service::ServiceKey,
+        /// Proposal time.
+        now: i64,
+    },
+    /// A member's agent takes a liveness lease (replacing any it held).
+    GrantLease {
+        /// The member.
+        cluster: String,
+        /// Time to live without a keep-alive, seconds.
+        ttl_secs: u32,
+        /// Where the member runs, for ordering its imports.
+        locality: crate::service::Locality,
+        /// Proposal time.
+        now: i64,
+    },
+    /// A member's agent gives its lease up (a clean shutdown).
+    RevokeLease {
+        /// The member.
+        cluster: String,
+        /// The lease.
+        lease_id: u64,
+        /// Proposal time.
+        now: i64,
+    },
+    /// The leader saw no keep-alive within the lease's TTL.
+    ExpireLease {
+        /// The member.
+        cluster: String,
+        /// The lease.
+        lease_id: u64,
+        /// Proposal time.
+        now: i64,
+    },
     /// A refusal decided before the log (authentication, authorization), recorded in the
     /// audit trail.
     RecordRefusal {
@@ -129,6 +176,22 @@ pub enum Applied {
     Revision {
         /// The new revision.
         revision: u64,
+    },
+    /// A service export was stored.
+    Export {
+        /// The new revision.
+        revision: u64,
+        /// The export's generation.
+        generation: u64,
+        /// The service's conditions after the export.
+        conditions: Vec<crate::service::Condition>,
+    },
+    /// A lease was granted.
+    Lease {
+        /// Lease id.
+        id: u64,
+        /// Its TTL in seconds.
+        ttl_secs: u32,
     },
     /// A bundle was stored.
     Bundle {

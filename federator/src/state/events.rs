@@ -22,9 +22,15 @@ pub enum ChangeKind {
         /// The trust domain.
         trust_domain: String,
     },
+    /// A service's exports, or the liveness of one of its exporters, changed: every
+    /// consumer's import of it may have changed.
+    ServiceChanged {
+        /// The service.
+        key: crate::service::ServiceKey,
+    },
 }
 
-/// A change at a revision.
+/// A change at a revision (one command's changes share a revision).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Change {
     /// Revision of the change.
@@ -49,12 +55,28 @@ impl ChangeLog {
 
     /// Records a change at the next revision and returns it.
     pub fn push(&mut self, kind: ChangeKind) -> u64 {
+        self.push_all(vec![kind])
+    }
+
+    /// Records `kinds` together at the next revision and returns it. The window drops
+    /// whole revisions only, so a resuming watcher never gets half of one.
+    pub fn push_all(&mut self, kinds: Vec<ChangeKind>) -> u64 {
         self.revision += 1;
-        self.window.push_back(Change { revision: self.revision, kind });
+        let revision = self.revision;
+        self.window.extend(kinds.into_iter().map(|kind| Change { revision, kind }));
         while self.window.len() > EVENT_WINDOW {
-            self.window.pop_front();
+            let Some(dropped) = self.window.pop_front() else { break };
+            while self.window.front().is_some_and(|c| c.revision == dropped.revision) {
+                self.window.pop_front();
+            }
         }
-        self.revision
+        revision
+    }
+
+    /// Oldest revision a watcher can resume after without a resync.
+    #[must_use]
+    pub fn oldest_resumable(&self) -> u64 {
+        self.window.front().map_or(self.revision, |c| c.revision - 1)
     }
 
     /// Changes after `revision`, or `None` when some of them are no longer kept (the
@@ -90,6 +112,17 @@ mod tests {
         assert_eq!(since.iter().map(|c| c.revision).collect::<Vec<_>>(), vec![3, 4, 5]);
         assert_eq!(log.since(5), Some(Vec::new()));
         assert_eq!(log.since(9), Some(Vec::new()));
+    }
+
+    #[test]
+    fn the_window_drops_whole_revisions() {
+        let mut log = ChangeLog::default();
+        log.push_all((0..EVENT_WINDOW - 1).map(|_| put("a")).collect());
+        log.push_all(vec![put("b"), put("c")]);
+        // The first revision no longer fits whole: it is gone entirely.
+        assert!(log.since(0).is_none());
+        assert_eq!(log.since(1).map(|c| c.len()), Some(2));
+        assert_eq!(log.oldest_resumable(), 1);
     }
 
     #[test]

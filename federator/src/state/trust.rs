@@ -319,6 +319,8 @@ impl FederationState {
             bundle.acks.remove(cluster);
         }
         self.tokens.retain(|_, t| t.cluster != cluster || t.used_at.is_some());
+        let services = self.drop_exports_of(cluster);
+        self.leases.remove(cluster);
         self.audit.record(AuditEvent::new(
             now,
             index,
@@ -327,8 +329,15 @@ impl FederationState {
             cluster.to_string(),
             None,
         ));
-        let revision =
-            self.changes.push(ChangeKind::BundleRemoved { trust_domain: member.trust_domain });
+        let mut changes = vec![ChangeKind::BundleRemoved { trust_domain: member.trust_domain }];
+        changes.extend(services.iter().map(|key| ChangeKind::ServiceChanged { key: key.clone() }));
+        let revision = self.changes.push_all(changes);
+        for key in &services {
+            if let Some(record) = self.services.get_mut(key) {
+                record.revision = revision;
+            }
+        }
+        self.drop_empty_services();
         Ok(Applied::Revision { revision })
     }
 
@@ -364,100 +373,11 @@ impl FederationState {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
-    use crate::identity::FederationCa;
-    use crate::state::{Command, command_result};
+    use crate::state::Command;
+    use crate::state::test_support::{Cluster, apply, joined, now};
 
     const NOW: i64 = 1_900_000_000;
-
-    struct Cluster {
-        ca: FederationCa,
-        td: String,
-    }
-
-    impl Cluster {
-        fn new(td: &str) -> Self {
-            let ca =
-                FederationCa::generate(td, td, Duration::from_secs(10 * 365 * 86_400)).expect("ca");
-            Self { ca, td: td.into() }
-        }
-
-        fn bundle(&self, sequence: u64) -> Vec<u8> {
-            let policy = ValidationPolicy::at(crate::server::unix_now());
-            crate::bundle::parse_pem_bundle(
-                &self.td,
-                self.ca.cert_pem().as_bytes(),
-                sequence,
-                None,
-                &policy,
-            )
-            .expect("bundle")
-            .to_spiffe_json()
-            .into_bytes()
-        }
-
-        fn agent_chain(&self) -> Vec<Vec<u8>> {
-            let svid = self
-                .ca
-                .issue(&format!("spiffe://{}/agent", self.td), &[], &[], Duration::from_secs(3600))
-                .expect("svid");
-            use rustls_pki_types::pem::PemObject as _;
-            vec![
-                rustls_pki_types::CertificateDer::from_pem_slice(svid.cert_pem.as_bytes())
-                    .expect("pem")
-                    .to_vec(),
-            ]
-        }
-    }
-
-    fn apply(state: &mut FederationState, index: u64, command: Command) -> CommandResult {
-        let bytes = <FederationState as federator_raft::StateMachine>::apply(
-            state,
-            index,
-            &command.encode(),
-        );
-        command_result(&bytes).expect("decodes")
-    }
-
-    fn now() -> i64 {
-        crate::server::unix_now()
-    }
-
-    fn joined(clusters: &[(&str, &Cluster)]) -> FederationState {
-        let mut state = FederationState::default();
-        for (i, (name, c)) in clusters.iter().enumerate() {
-            let hash = format!("hash-{name}");
-            let index = u64::try_from(i).expect("small") * 2 + 1;
-            apply(
-                &mut state,
-                index,
-                Command::CreateToken {
-                    secret_hash: hash.clone(),
-                    cluster: (*name).into(),
-                    trust_domain: c.td.clone(),
-                    expires_at: now() + 3600,
-                    now: now(),
-                },
-            )
-            .expect("token");
-            apply(
-                &mut state,
-                index + 1,
-                Command::Join {
-                    secret_hash: hash,
-                    cluster: (*name).into(),
-                    trust_domain: c.td.clone(),
-                    agent_id: format!("spiffe://{}/agent", c.td),
-                    bundle_json: c.bundle(1),
-                    now: now(),
-                },
-            )
-            .expect("join");
-        }
-        state
-    }
 
     #[test]
     fn a_key_of_another_trust_domain_is_refused() {

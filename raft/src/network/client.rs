@@ -1,10 +1,10 @@
 //! The sending side of the replica transport: openraft's [`RaftNetworkFactory`] and
-//! [`RaftNetwork`], and write/read forwarding to the leader.
+//! [`RaftNetwork`], and write/read/leader-call forwarding to the leader.
 //!
 //! Every peer address gets one lazily connected tonic [`Channel`], cached in the
 //! [`Network`] and shared by all its clones and by every [`PeerClient`] it makes, so
-//! heartbeats, replication, snapshots and forwarded writes to one peer share one HTTP/2
-//! connection.
+//! heartbeats, replication, snapshots, forwarded writes and leader calls to one peer share
+//! one HTTP/2 connection.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -73,7 +73,7 @@ struct Shared {
     connector: TlsConnector,
     /// Timeouts and sizes.
     options: TransportOptions,
-    /// Where forwarded writes are counted.
+    /// Where forwarded writes and leader calls are counted.
     metrics: ConsensusMetrics,
     /// One channel per peer address.
     channels: Mutex<HashMap<String, Channel>>,
@@ -161,7 +161,7 @@ impl Default for TransportOptions {
 
 impl Network {
     /// A network that dials peers with `client_tls` (ALPN `h2` is added) and counts
-    /// forwarded writes in `metrics`.
+    /// forwarded writes and leader calls in `metrics`.
     pub fn new(
         client_tls: Arc<rustls::ClientConfig>,
         options: TransportOptions,
@@ -229,6 +229,27 @@ impl Network {
         FromProto::from_proto(response.into_inner().read_log_id).map_err(|e| {
             Status::internal(format!("leader answered ReadIndex with a malformed log id: {e}"))
         })
+    }
+
+    /// Sends a leader call to the leader at `leader_addr` and returns its handler's
+    /// response.
+    ///
+    /// # Errors
+    /// The gRPC status of the failure; `FailedPrecondition` with `x-leader-id` /
+    /// `x-leader-addr` metadata when that replica is not the leader (any more),
+    /// `Unimplemented` when it has no leader handler installed.
+    pub async fn leader_call(
+        &self,
+        leader_addr: &str,
+        request: Vec<u8>,
+    ) -> Result<Vec<u8>, Status> {
+        self.shared.metrics.forwarded_leader_calls.inc();
+        let mut client =
+            self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let request = self.unary_request(pb::LeaderCallRequest { request });
+        let response =
+            bounded(self.shared.options.rpc_timeout, client.leader_call(request)).await?;
+        Ok(response.into_inner().response)
     }
 
     /// A request carrying the RPC timeout as its gRPC deadline.

@@ -1,5 +1,6 @@
 //! The receiving side of the replica transport: [`RaftTransportService`] hands peers'
-//! RPCs to openraft, and [`serve`] runs it over mTLS.
+//! RPCs to openraft (and leader calls to the application's [`LeaderHandler`]), and
+//! [`serve`] runs it over mTLS.
 
 use std::fmt;
 use std::future::Future;
@@ -9,6 +10,7 @@ use std::sync::Arc;
 use federator_proto::raft as pb;
 use federator_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use futures::{Stream, StreamExt as _};
+use openraft::ServerState;
 use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
@@ -20,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, MAX_MESSAGE_BYTES, TransportError};
 use crate::convert::{ConvertError, FromProto, IntoProto};
+use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
 use crate::tls;
 use crate::types::typ::{AppendEntriesRequest, VoteRequest};
 use crate::types::{Command, Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
@@ -43,6 +46,8 @@ pub struct RaftTransportService {
     peer_policy: Option<PeerPolicy>,
     /// Largest snapshot accepted from a peer.
     max_snapshot_bytes: usize,
+    /// The application's handler of leader calls, once installed.
+    leader_handler: LeaderHandlerSlot,
 }
 
 /// A tonic interceptor that refuses requests whose peer certificate fails a
@@ -110,9 +115,16 @@ fn authorized_server<S: RaftService>(
 
 impl RaftTransportService {
     /// A service handing RPCs to `raft`, open to every peer the TLS layer accepts, taking
-    /// snapshots up to [`DEFAULT_MAX_SNAPSHOT_BYTES`].
+    /// snapshots up to [`DEFAULT_MAX_SNAPSHOT_BYTES`], answering leader calls with
+    /// `Unimplemented` until given a slot with a handler
+    /// ([`RaftTransportService::with_leader_handler`]).
     pub fn new(raft: Raft) -> Self {
-        Self { raft, peer_policy: None, max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES }
+        Self {
+            raft,
+            peer_policy: None,
+            max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
+            leader_handler: LeaderHandlerSlot::new(),
+        }
     }
 
     /// Restricts callers to peers whose certificate passes `policy`.
@@ -129,6 +141,39 @@ impl RaftTransportService {
         self
     }
 
+    /// Serves leader calls with the handler installed in `slot` (now or later), while this
+    /// replica leads. [`Replica::serve_transport`](crate::Replica::serve_transport) passes
+    /// the replica's own slot.
+    #[must_use]
+    pub fn with_leader_handler(mut self, slot: LeaderHandlerSlot) -> Self {
+        self.leader_handler = slot;
+        self
+    }
+
+    /// Refuses, naming the leader if known, unless this replica is the leader by its own
+    /// metrics.
+    fn ensure_leader(&self) -> Result<(), Status> {
+        let forward = {
+            let metrics = self.raft.metrics();
+            let metrics = metrics.borrow();
+            if metrics.state == ServerState::Leader && metrics.current_leader == Some(metrics.id) {
+                return Ok(());
+            }
+            let leader_id = metrics.current_leader.filter(|id| *id != metrics.id);
+            let leader_node = leader_id
+                .and_then(|id| metrics.membership_config.membership().get_node(&id).cloned());
+            ForwardToLeader { leader_id, leader_node }
+        };
+        Err(not_leader(&forward))
+    }
+
+    /// The installed leader handler, or `Unimplemented`.
+    fn leader_handler(&self) -> Result<Arc<dyn LeaderHandler>, Status> {
+        self.leader_handler
+            .get()
+            .ok_or_else(|| Status::unimplemented("this replica has no leader handler installed"))
+    }
+
     /// This service as a gRPC server with raised message limits, behind its peer policy;
     /// for mounting on a tonic router of one's own.
     pub fn into_server(self) -> AuthorizedRaftServer<Self> {
@@ -142,6 +187,7 @@ impl fmt::Debug for RaftTransportService {
         f.debug_struct("RaftTransportService")
             .field("peer_policy", &self.peer_policy.is_some())
             .field("max_snapshot_bytes", &self.max_snapshot_bytes)
+            .field("leader_handler", &self.leader_handler.is_installed())
             .finish_non_exhaustive()
     }
 }
@@ -230,6 +276,18 @@ impl RaftService for RaftTransportService {
             }
             Err(RaftError::Fatal(fatal)) => Err(stopped(&fatal)),
         }
+    }
+
+    async fn leader_call(
+        &self,
+        request: Request<pb::LeaderCallRequest>,
+    ) -> Result<Response<pb::LeaderCallResponse>, Status> {
+        self.ensure_leader()?;
+        let handler = self.leader_handler()?;
+        let response = leader_call::run(&handler, request.into_inner().request)
+            .await
+            .map_err(Status::internal)?;
+        Ok(Response::new(pb::LeaderCallResponse { response }))
     }
 }
 

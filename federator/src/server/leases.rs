@@ -1,0 +1,276 @@
+//! The leader's lessor: member leases kept alive without writing to the log.
+//!
+//! As in etcd, granting, revoking and expiring a lease are log commands, and keep-alives
+//! are not: any replica forwards an agent's keep-alive to the leader (a raft "leader
+//! call"), which moves the lease's deadline in memory. When a deadline passes, the leader
+//! proposes [`Command::ExpireLease`]. A newly elected leader knows no deadlines, so it
+//! gives every live lease a full TTL from its election: a leader change never expires a
+//! member that keeps its lease alive.
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use serde::{Deserialize, Serialize};
+
+use super::FederationReplica;
+use crate::state::Command;
+
+/// How often the leader looks for expired leases: an expired member is marked not ready
+/// within its TTL plus this.
+pub const EXPIRY_CHECK: Duration = Duration::from_millis(200);
+
+/// A request for the leader's lessor.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaderRequest {
+    /// Keep `cluster`'s lease `lease_id` alive.
+    KeepAlive {
+        /// The member.
+        cluster: String,
+        /// Its lease.
+        lease_id: u64,
+    },
+    /// How long ago each lease was last kept alive.
+    LeaseAges,
+}
+
+/// The lessor's answer.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaderResponse {
+    /// The lease lives for `ttl_secs` more seconds.
+    KeptAlive {
+        /// Its TTL.
+        ttl_secs: u32,
+    },
+    /// The lease is not live (expired, revoked, replaced or unknown): grant a new one.
+    NotLive(String),
+    /// Per cluster: lease id and milliseconds since its last keep-alive (`None`: none
+    /// since this leader was elected).
+    Ages(BTreeMap<String, (u64, Option<u64>)>),
+    /// The request did not decode.
+    Invalid(String),
+}
+
+impl LeaderRequest {
+    /// Encodes the request.
+    #[must_use]
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_stdvec(self).unwrap_or_default()
+    }
+}
+
+impl LeaderResponse {
+    /// Decodes a response.
+    ///
+    /// # Errors
+    /// The bytes are not a response of this build.
+    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        postcard::from_bytes(bytes).map_err(|e| format!("leader response does not decode: {e}"))
+    }
+}
+
+/// One live lease's deadline on the leader.
+#[derive(Clone, Copy, Debug)]
+struct Deadline {
+    lease_id: u64,
+    expires: Instant,
+    last_keepalive: Option<Instant>,
+    expiring: bool,
+}
+
+/// The lessor of one replica; active only while it leads.
+pub struct Lessor {
+    replica: FederationReplica,
+    deadlines: Mutex<HashMap<String, Deadline>>,
+    led_term: Mutex<Option<u64>>,
+}
+
+impl Lessor {
+    /// A lessor for `replica`.
+    #[must_use]
+    pub fn new(replica: FederationReplica) -> Arc<Self> {
+        Arc::new(Self { replica, deadlines: Mutex::default(), led_term: Mutex::default() })
+    }
+
+    fn deadlines(&self) -> std::sync::MutexGuard<'_, HashMap<String, Deadline>> {
+        self.deadlines.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The term this replica leads in, if it leads.
+    fn leading_term(&self) -> Option<u64> {
+        let metrics = self.replica.metrics();
+        let m = metrics.borrow();
+        (m.state == ServerState::Leader && m.current_leader == Some(self.replica.id()))
+            .then_some(m.current_term)
+    }
+
+    /// Answers a request on the leader.
+    fn handle_request(&self, request: &[u8]) -> LeaderResponse {
+        let request: LeaderRequest = match postcard::from_bytes(request) {
+            Ok(request) => request,
+            Err(error) => return LeaderResponse::Invalid(error.to_string()),
+        };
+        match request {
+            LeaderRequest::KeepAlive { cluster, lease_id } => self.keep_alive(&cluster, lease_id),
+            LeaderRequest::LeaseAges => {
+                let now = Instant::now();
+                LeaderResponse::Ages(
+                    self.deadlines()
+                        .iter()
+                        .map(|(cluster, d)| {
+                            let age = d.last_keepalive.map(|t| {
+                                u64::try_from(now.duration_since(t).as_millis()).unwrap_or(u64::MAX)
+                            });
+                            (cluster.clone(), (d.lease_id, age))
+                        })
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    fn keep_alive(&self, cluster: &str, lease_id: u64) -> LeaderResponse {
+        let lease = self.replica.state().read(|s| s.leases.get(cluster).cloned());
+        let Some(lease) = lease.filter(|l| l.id == lease_id) else {
+            return LeaderResponse::NotLive(format!(
+                "lease {lease_id} of cluster {cluster} is not the member's lease; grant a new one"
+            ));
+        };
+        if !lease.is_live() {
+            return LeaderResponse::NotLive(format!(
+                "lease {lease_id} of cluster {cluster} has expired; grant a new one"
+            ));
+        }
+        let now = Instant::now();
+        let mut deadlines = self.deadlines();
+        let deadline = deadlines.entry(cluster.to_string()).or_insert(Deadline {
+            lease_id,
+            expires: now,
+            last_keepalive: None,
+            expiring: false,
+        });
+        if deadline.expiring {
+            return LeaderResponse::NotLive(format!(
+                "lease {lease_id} of cluster {cluster} is expiring; grant a new one"
+            ));
+        }
+        *deadline = Deadline {
+            lease_id,
+            expires: now + Duration::from_secs(u64::from(lease.ttl_secs)),
+            last_keepalive: Some(now),
+            expiring: false,
+        };
+        LeaderResponse::KeptAlive { ttl_secs: lease.ttl_secs }
+    }
+
+    /// Checks deadlines every [`EXPIRY_CHECK`] until `shutdown` resolves.
+    pub async fn run(self: Arc<Self>, shutdown: impl Future<Output = ()> + Send) {
+        tokio::pin!(shutdown);
+        let mut tick = tokio::time::interval(EXPIRY_CHECK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => return,
+                _ = tick.tick() => self.check(),
+            }
+        }
+    }
+
+    /// One pass: follow leadership, learn new leases, expire the overdue ones.
+    fn check(self: &Arc<Self>) {
+        let term = self.leading_term();
+        {
+            let mut led = self.led_term.lock().unwrap_or_else(PoisonError::into_inner);
+            if term != *led {
+                // Lost or (re)gained leadership: forget every deadline; a new leader
+                // extends every live lease by a full TTL from now.
+                self.deadlines().clear();
+                if let Some(term) = term {
+                    tracing::info!(term, "leading: every live lease gets a full TTL");
+                }
+                *led = term;
+            }
+        }
+        if term.is_none() {
+            return;
+        }
+        let live: Vec<(String, u64, u32)> = self.replica.state().read(|s| {
+            s.leases
+                .iter()
+                .filter(|(_, l)| l.is_live())
+                .map(|(c, l)| (c.clone(), l.id, l.ttl_secs))
+                .collect()
+        });
+        let now = Instant::now();
+        let mut overdue = Vec::new();
+        {
+            let mut deadlines = self.deadlines();
+            deadlines.retain(|cluster, d| {
+                live.iter().any(|(c, id, _)| c == cluster && *id == d.lease_id)
+            });
+            for (cluster, lease_id, ttl_secs) in live {
+                let deadline = deadlines.entry(cluster.clone()).or_insert(Deadline {
+                    lease_id,
+                    expires: now + Duration::from_secs(u64::from(ttl_secs)),
+                    last_keepalive: None,
+                    expiring: false,
+                });
+                if deadline.expires <= now && !deadline.expiring {
+                    deadline.expiring = true;
+                    overdue.push((cluster, lease_id));
+                }
+            }
+        }
+        for (cluster, lease_id) in overdue {
+            let lessor = Arc::clone(self);
+            tokio::spawn(async move { lessor.expire(cluster, lease_id).await });
+        }
+    }
+
+    async fn expire(&self, cluster: String, lease_id: u64) {
+        if self.leading_term().is_none() {
+            return;
+        }
+        tracing::warn!(cluster = %cluster, lease_id, "lease expired: marking the member's endpoints not ready");
+        let command =
+            Command::ExpireLease { cluster: cluster.clone(), lease_id, now: super::unix_now() };
+        // Proposed on this replica only, never forwarded: a deposed leader's expiry must
+        // not reach the new leader, which has just given every lease a full TTL.
+        let proposed = tokio::time::timeout(
+            Duration::from_secs(10),
+            self.replica.raft().client_write(federator_raft::Command(command.encode())),
+        )
+        .await;
+        if !matches!(proposed, Ok(Ok(_))) {
+            tracing::warn!(cluster = %cluster, "lease expiry not committed; will retry while leading");
+            if let Some(d) = self.deadlines().get_mut(&cluster) {
+                d.expiring = false;
+            }
+        }
+    }
+}
+
+/// The lessor as the raft crate's leader-call handler.
+pub struct LessorHandler(pub Arc<Lessor>);
+
+impl federator_raft::LeaderHandler for LessorHandler {
+    fn handle(&self, request: Vec<u8>) -> Pin<Box<dyn Future<Output = Vec<u8>> + Send + 'static>> {
+        let response = self.0.handle_request(&request);
+        Box::pin(async move { postcard::to_stdvec(&response).unwrap_or_default() })
+    }
+}
+
+/// Sends `request` to the leader's lessor, from any replica.
+///
+/// # Errors
+/// No leader could be reached, or its answer does not decode.
+pub async fn call_leader(
+    replica: &FederationReplica,
+    request: &LeaderRequest,
+) -> Result<LeaderResponse, String> {
+    let bytes = replica.call_leader(request.encode()).await.map_err(|e| e.to_string())?;
+    LeaderResponse::decode(&bytes)
+}

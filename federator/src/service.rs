@@ -1,0 +1,713 @@
+//! Exported services and the imports built from them, following the Kubernetes
+//! Multi-Cluster Services API (KEP-1645).
+//!
+//! A member cluster *exports* a service: its ports, its endpoints, the SPIFFE IDs its
+//! workloads run as, who may import it (every member or an allowlist) and how it is
+//! reached (its endpoints directly, or the cluster's east-west gateway). Every consuming
+//! cluster gets one *import* per namespace/name that merges the endpoints of every
+//! exporting cluster; when exporters disagree on a port, the oldest export's definition
+//! wins and the service carries a `Conflict` condition every exporter sees.
+//!
+//! Everything here is plain data and pure functions, so that the state machine applies it
+//! identically on every replica.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::identity::SpiffeId;
+
+mod convert;
+
+pub use convert::{
+    condition_to_proto, export_from_proto, export_to_proto, import_from_proto, import_to_proto,
+    port_to_proto,
+};
+
+/// Most ports one service may declare.
+pub const MAX_PORTS: usize = 64;
+/// Most endpoints one cluster may export for one service.
+pub const MAX_ENDPOINTS: usize = 10_000;
+/// Most SPIFFE IDs one export may name.
+pub const MAX_IDENTITIES: usize = 64;
+/// Most clusters in a scope allowlist.
+pub const MAX_SCOPE_CLUSTERS: usize = 1_000;
+/// Largest endpoint weight (Envoy's load-balancing weights are 1..=2^32-1; meshes use
+/// small ones).
+pub const MAX_WEIGHT: u32 = 1_000_000;
+/// The domain imported services are named under.
+pub const CLUSTERSET_DOMAIN: &str = "svc.clusterset.local";
+
+/// Why an export was refused; names the field that broke a rule.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {rule}")]
+pub struct ExportError {
+    /// The offending field, with its index (`endpoints[3].address`).
+    pub field: String,
+    /// The rule it broke.
+    pub rule: String,
+}
+
+fn invalid(field: impl Into<String>, rule: impl Into<String>) -> ExportError {
+    ExportError { field: field.into(), rule: rule.into() }
+}
+
+/// A service's name in the clusterset: namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceKey {
+    /// Namespace (DNS label).
+    pub namespace: String,
+    /// Name (DNS label).
+    pub name: String,
+}
+
+impl ServiceKey {
+    /// A key from its parts (not validated).
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+
+    /// Parses `NS/NAME`.
+    ///
+    /// # Errors
+    /// Not of that form, or a part is not a DNS label.
+    pub fn parse(text: &str) -> Result<Self, ExportError> {
+        let (namespace, name) = text
+            .split_once('/')
+            .ok_or_else(|| invalid("service", format!("{text:?} is not NAMESPACE/NAME")))?;
+        let key = Self::new(namespace, name);
+        key.validate()?;
+        Ok(key)
+    }
+
+    /// Checks both parts are DNS labels (RFC 1123, at most 63 characters).
+    ///
+    /// # Errors
+    /// The part that is not.
+    pub fn validate(&self) -> Result<(), ExportError> {
+        validate_label("namespace", &self.namespace)?;
+        validate_label("name", &self.name)
+    }
+
+    /// The name consumers resolve: `NAME.NS.svc.clusterset.local`.
+    #[must_use]
+    pub fn hostname(&self) -> String {
+        format!("{}.{}.{CLUSTERSET_DOMAIN}", self.name, self.namespace)
+    }
+}
+
+impl fmt::Display for ServiceKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// A transport protocol of a port.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+pub enum Protocol {
+    /// TCP (the default).
+    #[default]
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+}
+
+impl Protocol {
+    /// Parses `TCP`, `UDP` or `SCTP` (any case); empty means TCP.
+    ///
+    /// # Errors
+    /// Any other name.
+    pub fn parse(field: &str, text: &str) -> Result<Self, ExportError> {
+        match text.to_ascii_uppercase().as_str() {
+            "" | "TCP" => Ok(Self::Tcp),
+            "UDP" => Ok(Self::Udp),
+            "SCTP" => Ok(Self::Sctp),
+            _ => Err(invalid(field, format!("{text:?} is not TCP, UDP or SCTP"))),
+        }
+    }
+
+    /// The protocol's name as Kubernetes spells it.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "TCP",
+            Self::Udp => "UDP",
+            Self::Sctp => "SCTP",
+        }
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A port of a service.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServicePort {
+    /// Name (IANA service name style; may be empty when the service has one port).
+    pub name: String,
+    /// Port number.
+    pub port: u16,
+    /// Transport protocol.
+    pub protocol: Protocol,
+    /// Application protocol (`http`, `h2c`, `grpc`…), empty when not given.
+    pub app_protocol: String,
+}
+
+impl fmt::Display for ServicePort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if !self.name.is_empty() {
+            write!(f, "{}=", self.name)?;
+        }
+        write!(f, "{}/{}", self.port, self.protocol)?;
+        if !self.app_protocol.is_empty() {
+            write!(f, " ({})", self.app_protocol)?;
+        }
+        Ok(())
+    }
+}
+
+/// The port an endpoint serves a service port on, when it differs from the service's.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct EndpointPort {
+    /// The service port's name.
+    pub name: String,
+    /// The endpoint's port number.
+    pub port: u16,
+}
+
+/// One endpoint of an exported service.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    /// Its IP address.
+    pub address: IpAddr,
+    /// Ports that differ from the service ports (empty: the service ports).
+    pub ports: Vec<EndpointPort>,
+    /// Availability zone (may be empty).
+    pub zone: String,
+    /// Region (may be empty).
+    pub region: String,
+    /// Load-balancing weight, 1 or more.
+    pub weight: u32,
+    /// Whether the exporting cluster reports it ready.
+    pub ready: bool,
+}
+
+/// Who may import a service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExportScope {
+    /// Every member of the federation.
+    #[default]
+    AllMembers,
+    /// Only these clusters.
+    Clusters(BTreeSet<String>),
+}
+
+impl ExportScope {
+    /// Whether `cluster` may import under this scope.
+    #[must_use]
+    pub fn admits(&self, cluster: &str) -> bool {
+        match self {
+            Self::AllMembers => true,
+            Self::Clusters(clusters) => clusters.contains(cluster),
+        }
+    }
+}
+
+/// How other clusters reach an exported service.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ExportMode {
+    /// Straight to the endpoints (flat network between clusters).
+    #[default]
+    Direct,
+    /// Through the exporting cluster's east-west gateway.
+    Gateway {
+        /// The gateway's address.
+        address: IpAddr,
+        /// The gateway's port.
+        port: u16,
+    },
+}
+
+/// A service as one cluster exports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceExport {
+    /// Namespace and name.
+    pub key: ServiceKey,
+    /// Ports.
+    pub ports: Vec<ServicePort>,
+    /// Endpoints.
+    pub endpoints: Vec<Endpoint>,
+    /// SPIFFE IDs the service's workloads run as; all in the exporter's trust domain.
+    pub identities: Vec<String>,
+    /// Who may import it.
+    pub scope: ExportScope,
+    /// How it is reached.
+    pub mode: ExportMode,
+}
+
+impl ServiceExport {
+    /// Checks every field; `trust_domain` is the exporting member's own (bound at join,
+    /// never taken from the request).
+    ///
+    /// # Errors
+    /// The first field that breaks a rule.
+    pub fn validate(&self, trust_domain: &str) -> Result<(), ExportError> {
+        self.key.validate()?;
+        self.validate_ports()?;
+        self.validate_endpoints()?;
+        self.validate_identities(trust_domain)?;
+        if let ExportScope::Clusters(clusters) = &self.scope {
+            if clusters.is_empty() {
+                return Err(invalid(
+                    "scope.clusters",
+                    "an allowlist needs at least one cluster (omit it to export to every member)",
+                ));
+            }
+            if clusters.len() > MAX_SCOPE_CLUSTERS {
+                return Err(invalid(
+                    "scope.clusters",
+                    format!("at most {MAX_SCOPE_CLUSTERS} clusters"),
+                ));
+            }
+            for (i, cluster) in clusters.iter().enumerate() {
+                crate::token::validate_cluster_name(cluster)
+                    .map_err(|e| invalid(format!("scope.clusters[{i}]"), e.to_string()))?;
+            }
+        }
+        if let ExportMode::Gateway { address, port } = &self.mode {
+            validate_address("mode.gateway.address", *address)?;
+            if *port == 0 {
+                return Err(invalid("mode.gateway.port", "must be 1 to 65535"));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_ports(&self) -> Result<(), ExportError> {
+        if self.ports.is_empty() {
+            return Err(invalid("ports", "a service needs at least one port"));
+        }
+        if self.ports.len() > MAX_PORTS {
+            return Err(invalid("ports", format!("at most {MAX_PORTS} ports")));
+        }
+        let mut names = BTreeSet::new();
+        let mut numbers = BTreeSet::new();
+        for (i, port) in self.ports.iter().enumerate() {
+            let field = |f: &str| format!("ports[{i}].{f}");
+            if port.name.is_empty() {
+                if self.ports.len() > 1 {
+                    return Err(invalid(
+                        field("name"),
+                        "required when a service has several ports",
+                    ));
+                }
+            } else {
+                validate_label(&field("name"), &port.name)?;
+            }
+            if port.port == 0 {
+                return Err(invalid(field("port"), "must be 1 to 65535"));
+            }
+            if port.app_protocol.len() > 63
+                || !port.app_protocol.bytes().all(|b| b.is_ascii_graphic())
+            {
+                return Err(invalid(field("app_protocol"), "at most 63 printable characters"));
+            }
+            if !names.insert(port.name.as_str()) {
+                return Err(invalid(field("name"), format!("{:?} is declared twice", port.name)));
+            }
+            if !numbers.insert((port.port, port.protocol)) {
+                return Err(invalid(
+                    field("port"),
+                    format!("{}/{} is declared twice", port.port, port.protocol),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_endpoints(&self) -> Result<(), ExportError> {
+        if self.endpoints.len() > MAX_ENDPOINTS {
+            return Err(invalid("endpoints", format!("at most {MAX_ENDPOINTS} endpoints")));
+        }
+        let mut addresses = BTreeSet::new();
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            let field = |f: &str| format!("endpoints[{i}].{f}");
+            validate_address(&field("address"), endpoint.address)?;
+            if !addresses.insert(endpoint.address) {
+                return Err(invalid(
+                    field("address"),
+                    format!("{} is listed twice", endpoint.address),
+                ));
+            }
+            validate_locality(&field("zone"), &endpoint.zone)?;
+            validate_locality(&field("region"), &endpoint.region)?;
+            if endpoint.weight == 0 || endpoint.weight > MAX_WEIGHT {
+                return Err(invalid(field("weight"), format!("must be 1 to {MAX_WEIGHT}")));
+            }
+            for (j, port) in endpoint.ports.iter().enumerate() {
+                if !self.ports.iter().any(|p| p.name == port.name) {
+                    return Err(invalid(
+                        format!("endpoints[{i}].ports[{j}].name"),
+                        format!("{:?} is not a port of the service", port.name),
+                    ));
+                }
+                if port.port == 0 {
+                    return Err(invalid(
+                        format!("endpoints[{i}].ports[{j}].port"),
+                        "must be 1 to 65535",
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn validate_identities(&self, trust_domain: &str) -> Result<(), ExportError> {
+        if self.identities.is_empty() {
+            return Err(invalid(
+                "identities",
+                "name at least one SPIFFE ID the service's workloads run as",
+            ));
+        }
+        if self.identities.len() > MAX_IDENTITIES {
+            return Err(invalid("identities", format!("at most {MAX_IDENTITIES} SPIFFE IDs")));
+        }
+        let mut seen = BTreeSet::new();
+        for (i, text) in self.identities.iter().enumerate() {
+            let field = format!("identities[{i}]");
+            let id = SpiffeId::parse(text).map_err(|e| invalid(&field, e.to_string()))?;
+            if id.trust_domain != trust_domain {
+                return Err(invalid(
+                    field,
+                    format!("{text} is outside the exporting member's trust domain {trust_domain}"),
+                ));
+            }
+            if !seen.insert(text.as_str()) {
+                return Err(invalid(field, format!("{text} is listed twice")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Whether an identity claim is the reason `validate` failed: such exports are a
+    /// permission problem (a member claiming another domain's workloads), not a typo.
+    #[must_use]
+    pub fn claims_foreign_identity(&self, trust_domain: &str) -> bool {
+        self.identities
+            .iter()
+            .any(|id| SpiffeId::parse(id).is_ok_and(|id| id.trust_domain != trust_domain))
+    }
+}
+
+/// Checks an RFC 1123 label: 1 to 63 of `[a-z0-9-]`, starting and ending alphanumeric.
+///
+/// # Errors
+/// Names the field and the rule.
+pub fn validate_label(field: &str, value: &str) -> Result<(), ExportError> {
+    let ok = !value.is_empty()
+        && value.len() <= 63
+        && value.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !value.starts_with('-')
+        && !value.ends_with('-');
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            field,
+            format!(
+                "{value:?} must be 1 to 63 lower-case letters, digits or '-', starting and ending \
+                 with a letter or digit"
+            ),
+        ))
+    }
+}
+
+fn validate_address(field: &str, address: IpAddr) -> Result<(), ExportError> {
+    if address.is_unspecified() || address.is_multicast() {
+        return Err(invalid(field, format!("{address} is not a unicast address")));
+    }
+    if let IpAddr::V4(v4) = address
+        && v4.is_broadcast()
+    {
+        return Err(invalid(field, format!("{address} is not a unicast address")));
+    }
+    Ok(())
+}
+
+fn validate_locality(field: &str, value: &str) -> Result<(), ExportError> {
+    if value.len() > 63 || !value.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(invalid(field, "at most 63 printable characters without spaces"));
+    }
+    Ok(())
+}
+
+/// A condition of a service, as KEP-1645 puts on its `ServiceExport`s.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Condition {
+    /// `Conflict`.
+    pub kind: String,
+    /// The exporting clusters whose definition lost.
+    pub clusters: Vec<String>,
+    /// What conflicts, for people.
+    pub message: String,
+}
+
+/// The oldest exporter's view of the ports, and the conflicts with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MergedPorts {
+    /// The union of all exports' ports; on conflict, the oldest export's definition.
+    pub ports: Vec<ServicePort>,
+    /// A `Conflict` condition when some exporter disagrees.
+    pub conflict: Option<Condition>,
+}
+
+/// Merges the ports of the exports of one service, given oldest first (by the log index
+/// of their first export). A port conflicts when another export defines the same name
+/// differently, or the same number and protocol under another name.
+pub fn merge_ports<'a>(
+    exports: impl IntoIterator<Item = (&'a str, &'a [ServicePort])>,
+) -> MergedPorts {
+    let mut merged: Vec<ServicePort> = Vec::new();
+    let mut owner: Vec<&str> = Vec::new();
+    let mut losers = Vec::new();
+    let mut details = Vec::new();
+    for (cluster, ports) in exports {
+        let mut lost = false;
+        for port in ports {
+            let clash = merged.iter().position(|m| {
+                m.name == port.name || (m.port == port.port && m.protocol == port.protocol)
+            });
+            match clash {
+                Some(i) if merged[i] == *port => {}
+                Some(i) => {
+                    lost = true;
+                    details.push(format!(
+                        "cluster {cluster} defines port {port}, the oldest export (cluster {}) \
+                         defines {}",
+                        owner[i], merged[i]
+                    ));
+                }
+                None => {
+                    merged.push(port.clone());
+                    owner.push(cluster);
+                }
+            }
+        }
+        if lost {
+            losers.push(cluster.to_string());
+        }
+    }
+    let conflict = (!losers.is_empty()).then(|| Condition {
+        kind: "Conflict".into(),
+        clusters: losers,
+        message: format!("conflicting port definitions: {}", details.join("; ")),
+    });
+    MergedPorts { ports: merged, conflict }
+}
+
+/// A cluster's locality, for ordering endpoints.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Locality {
+    /// Region.
+    pub region: String,
+    /// Zone.
+    pub zone: String,
+}
+
+/// Failover priority of an endpoint seen from `consumer`: 0 in the same zone, 1 in the
+/// same region, 2 anywhere else (Envoy's priorities: lower is preferred).
+#[must_use]
+pub fn locality_priority(consumer: &Locality, region: &str, zone: &str) -> u32 {
+    let same_region = !consumer.region.is_empty() && consumer.region == region;
+    if same_region && !consumer.zone.is_empty() && consumer.zone == zone {
+        0
+    } else if same_region {
+        1
+    } else {
+        2
+    }
+}
+
+/// An endpoint as a consumer sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportEndpoint {
+    /// Address to connect to (the endpoint's, or the gateway's).
+    pub address: IpAddr,
+    /// Ports that differ from the import's ports (empty: the import's ports; for a
+    /// gateway, every port maps to the gateway port).
+    pub ports: Vec<EndpointPort>,
+    /// Zone.
+    pub zone: String,
+    /// Region.
+    pub region: String,
+    /// Weight.
+    pub weight: u32,
+    /// Ready: the exporter reports it ready and the exporter's lease is live.
+    pub ready: bool,
+    /// Failover priority from the consumer's locality (0 = same zone).
+    pub priority: u32,
+}
+
+/// The endpoints one cluster contributes to an import.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportedCluster {
+    /// The exporting cluster.
+    pub cluster: String,
+    /// Its trust domain (whose bundle verifies its workloads).
+    pub trust_domain: String,
+    /// Whether its lease is live.
+    pub live: bool,
+    /// Through its gateway rather than directly.
+    pub via_gateway: bool,
+    /// Its endpoints, ordered by priority then address.
+    pub endpoints: Vec<ImportEndpoint>,
+}
+
+/// A service as one consuming cluster imports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceImport {
+    /// Namespace and name.
+    pub key: ServiceKey,
+    /// `NAME.NS.svc.clusterset.local`.
+    pub hostname: String,
+    /// Merged ports.
+    pub ports: Vec<ServicePort>,
+    /// The SPIFFE IDs a consumer should accept from this service's endpoints.
+    pub identities: Vec<String>,
+    /// Per exporting cluster.
+    pub clusters: Vec<ImportedCluster>,
+    /// Conditions (a `Conflict` when exporters disagree).
+    pub conditions: Vec<Condition>,
+    /// Revision of the last change to the service.
+    pub revision: u64,
+}
+
+impl ServiceImport {
+    /// Ready endpoints over all clusters.
+    #[must_use]
+    pub fn ready_endpoints(&self) -> usize {
+        self.clusters.iter().flat_map(|c| &c.endpoints).filter(|e| e.ready).count()
+    }
+
+    /// Endpoints over all clusters.
+    #[must_use]
+    pub fn total_endpoints(&self) -> usize {
+        self.clusters.iter().map(|c| c.endpoints.len()).sum()
+    }
+}
+
+/// What one exporter contributes to an import, as the state machine holds it.
+#[derive(Clone, Copy, Debug)]
+pub struct ExporterView<'a> {
+    /// Cluster.
+    pub cluster: &'a str,
+    /// Its trust domain.
+    pub trust_domain: &'a str,
+    /// Whether its lease is live.
+    pub live: bool,
+    /// Its export.
+    pub export: &'a ServiceExport,
+}
+
+/// Builds the import `consumer` sees of one service from its exporters, oldest first.
+/// `None` when no exporter's scope admits the consumer.
+#[must_use]
+pub fn build_import(
+    key: &ServiceKey,
+    revision: u64,
+    consumer: &str,
+    consumer_locality: &Locality,
+    exporters: &[ExporterView<'_>],
+) -> Option<ServiceImport> {
+    let merged = merge_ports(exporters.iter().map(|e| (e.cluster, e.export.ports.as_slice())));
+    let admitted: Vec<&ExporterView<'_>> =
+        exporters.iter().filter(|e| e.export.scope.admits(consumer)).collect();
+    if admitted.is_empty() {
+        return None;
+    }
+    let mut identities = BTreeSet::new();
+    let mut clusters = Vec::with_capacity(admitted.len());
+    for exporter in admitted {
+        identities.extend(exporter.export.identities.iter().cloned());
+        let export = exporter.export;
+        let mut endpoints: Vec<ImportEndpoint> = match export.mode {
+            ExportMode::Direct => export
+                .endpoints
+                .iter()
+                .map(|e| ImportEndpoint {
+                    address: e.address,
+                    ports: e.ports.clone(),
+                    zone: e.zone.clone(),
+                    region: e.region.clone(),
+                    weight: e.weight,
+                    ready: e.ready && exporter.live,
+                    priority: locality_priority(consumer_locality, &e.region, &e.zone),
+                })
+                .collect(),
+            ExportMode::Gateway { address, port } => {
+                let (zone, region) = export
+                    .endpoints
+                    .first()
+                    .map(|e| (e.zone.clone(), e.region.clone()))
+                    .unwrap_or_default();
+                let ready_count = export.endpoints.iter().filter(|e| e.ready).count();
+                vec![ImportEndpoint {
+                    address,
+                    ports: merged
+                        .ports
+                        .iter()
+                        .map(|p| EndpointPort { name: p.name.clone(), port })
+                        .collect(),
+                    priority: locality_priority(consumer_locality, &region, &zone),
+                    zone,
+                    region,
+                    weight: u32::try_from(ready_count.max(1)).unwrap_or(u32::MAX),
+                    ready: ready_count > 0 && exporter.live,
+                }]
+            }
+        };
+        endpoints.sort_by_key(|e| (e.priority, e.address));
+        clusters.push(ImportedCluster {
+            cluster: exporter.cluster.to_string(),
+            trust_domain: exporter.trust_domain.to_string(),
+            live: exporter.live,
+            via_gateway: matches!(export.mode, ExportMode::Gateway { .. }),
+            endpoints,
+        });
+    }
+    // Nearest clusters first, so that a reader sees the failover order.
+    clusters.sort_by_key(|c| {
+        (c.endpoints.iter().map(|e| e.priority).min().unwrap_or(u32::MAX), c.cluster.clone())
+    });
+    Some(ServiceImport {
+        key: key.clone(),
+        hostname: key.hostname(),
+        ports: merged.ports,
+        identities: identities.into_iter().collect(),
+        clusters,
+        conditions: merged.conflict.into_iter().collect(),
+        revision,
+    })
+}
+
+/// A scope from an allowlist of clusters (empty: every member).
+#[must_use]
+pub fn scope_from_clusters(clusters: &[String]) -> ExportScope {
+    if clusters.is_empty() {
+        ExportScope::AllMembers
+    } else {
+        ExportScope::Clusters(clusters.iter().cloned().collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,93 @@
+//! Helpers for the state machine's unit tests: member clusters with their own CA, and
+//! commands applied through the encoded log path.
+
+use std::time::Duration;
+
+use super::{CommandResult, FederationState};
+use crate::bundle::ValidationPolicy;
+use crate::identity::FederationCa;
+use crate::state::{Command, command_result};
+
+pub struct Cluster {
+    pub ca: FederationCa,
+    pub td: String,
+}
+
+impl Cluster {
+    pub fn new(td: &str) -> Self {
+        let ca =
+            FederationCa::generate(td, td, Duration::from_secs(10 * 365 * 86_400)).expect("ca");
+        Self { ca, td: td.into() }
+    }
+
+    pub fn bundle(&self, sequence: u64) -> Vec<u8> {
+        let policy = ValidationPolicy::at(crate::server::unix_now());
+        crate::bundle::parse_pem_bundle(
+            &self.td,
+            self.ca.cert_pem().as_bytes(),
+            sequence,
+            None,
+            &policy,
+        )
+        .expect("bundle")
+        .to_spiffe_json()
+        .into_bytes()
+    }
+
+    pub fn agent_chain(&self) -> Vec<Vec<u8>> {
+        let svid = self
+            .ca
+            .issue(&format!("spiffe://{}/agent", self.td), &[], &[], Duration::from_secs(3600))
+            .expect("svid");
+        use rustls_pki_types::pem::PemObject as _;
+        vec![
+            rustls_pki_types::CertificateDer::from_pem_slice(svid.cert_pem.as_bytes())
+                .expect("pem")
+                .to_vec(),
+        ]
+    }
+}
+
+pub fn apply(state: &mut FederationState, index: u64, command: Command) -> CommandResult {
+    let bytes =
+        <FederationState as federator_raft::StateMachine>::apply(state, index, &command.encode());
+    command_result(&bytes).expect("decodes")
+}
+
+pub fn now() -> i64 {
+    crate::server::unix_now()
+}
+
+pub fn joined(clusters: &[(&str, &Cluster)]) -> FederationState {
+    let mut state = FederationState::default();
+    for (i, (name, c)) in clusters.iter().enumerate() {
+        let hash = format!("hash-{name}");
+        let index = u64::try_from(i).expect("small") * 2 + 1;
+        apply(
+            &mut state,
+            index,
+            Command::CreateToken {
+                secret_hash: hash.clone(),
+                cluster: (*name).into(),
+                trust_domain: c.td.clone(),
+                expires_at: now() + 3600,
+                now: now(),
+            },
+        )
+        .expect("token");
+        apply(
+            &mut state,
+            index + 1,
+            Command::Join {
+                secret_hash: hash,
+                cluster: (*name).into(),
+                trust_domain: c.td.clone(),
+                agent_id: format!("spiffe://{}/agent", c.td),
+                bundle_json: c.bundle(1),
+                now: now(),
+            },
+        )
+        .expect("join");
+    }
+    state
+}
