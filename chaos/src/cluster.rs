@@ -337,6 +337,77 @@ impl Federation {
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
+    /// A federation of `n` replicas started with `extra_config` and formed into a group.
+    ///
+    /// # Errors
+    /// A replica did not start or the group did not form.
+    pub async fn formed(n: u64, extra_config: &str) -> anyhow::Result<Self> {
+        let mut fed = Self::new(n)?;
+        fed.extra_config = extra_config.to_string();
+        let ids: Vec<u64> = (1..=n).collect();
+        for id in &ids {
+            fed.start(*id, false)?;
+        }
+        fed.form_group(&ids).await?;
+        Ok(fed)
+    }
+
+    /// The federation CA certificate (PEM), which agents trust for the API.
+    ///
+    /// # Panics
+    /// The certificate files were removed.
+    #[must_use]
+    pub fn ca_pem(&self) -> String {
+        std::fs::read_to_string(self.certs.join("ca.pem")).expect("the federation CA file")
+    }
+
+    /// A join token for `cluster` in `trust_domain`, valid for `ttl` (`1h`, `30s`…),
+    /// made with the CLI.
+    ///
+    /// # Errors
+    /// The CLI failed.
+    pub fn token(&self, cluster: &str, trust_domain: &str, ttl: &str) -> anyhow::Result<String> {
+        let out = self.cli_ok(
+            &[],
+            &[
+                "token",
+                "create",
+                "--cluster",
+                cluster,
+                "--trust-domain",
+                trust_domain,
+                "--ttl",
+                ttl,
+                "-o",
+                "json",
+            ],
+        )?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        v["token"].as_str().map(str::to_string).context("token create printed no token")
+    }
+
+    /// The newest audit events, as `federator audit -o json` prints them.
+    ///
+    /// # Errors
+    /// The CLI failed.
+    pub fn audit(&self) -> anyhow::Result<Vec<serde_json::Value>> {
+        let out = self.cli_ok(&[], &["audit", "--limit", "200", "-o", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v.as_array().cloned().unwrap_or_default())
+    }
+
+    /// Runs the CLI with `-o json` appended and parses its output.
+    ///
+    /// # Errors
+    /// The CLI failed or printed something else than JSON.
+    pub fn cli_json(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let mut args = args.to_vec();
+        args.extend(["-o", "json"]);
+        let out = self.cli_ok(&[], &args)?;
+        serde_json::from_str(&out)
+            .with_context(|| format!("`federator {}` printed {out}", args.join(" ")))
+    }
+
     /// Waits until some replica among `ids` leads and every one of them knows it;
     /// returns the leader's id.
     ///

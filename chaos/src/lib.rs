@@ -7,3 +7,4 @@ pub mod bench;
 pub mod cluster;
 pub mod etcd;
 pub mod member;
+pub mod watcher;

@@ -133,6 +133,58 @@ impl MemberCluster {
         &self.agent
     }
 
+    /// Joins `fed` through replica `via` with a fresh token and the next bundle.
+    ///
+    /// # Errors
+    /// The token could not be made or the join was refused.
+    pub async fn join(
+        &mut self,
+        fed: &crate::cluster::Federation,
+        via: u64,
+    ) -> anyhow::Result<pb::JoinResponse> {
+        let token = fed.token(&self.name, &self.trust_domain, "1h")?;
+        let bundle = self.next_bundle()?;
+        let mut client = self.client(&fed.replica(via).api_addr, &fed.ca_pem()).await?;
+        let request = join_request(&token, &self.trust_domain, bundle);
+        Ok(client.join(request).await.context("join")?.into_inner())
+    }
+
+    /// The SPIFFE ID this cluster's workload `name` in namespace `ns` runs as.
+    #[must_use]
+    pub fn workload_id(&self, ns: &str, name: &str) -> String {
+        format!("spiffe://{}/ns/{ns}/sa/{name}", self.trust_domain)
+    }
+
+    /// An export of `ns/name` with one `http` port and ready endpoints at `addresses`,
+    /// run as this cluster's workload identity, to every member.
+    #[must_use]
+    pub fn export(&self, ns: &str, name: &str, port: u32, addresses: &[&str]) -> pb::ServiceExport {
+        pb::ServiceExport {
+            namespace: ns.into(),
+            name: name.into(),
+            ports: vec![pb::ServicePort {
+                name: "http".into(),
+                port,
+                protocol: "TCP".into(),
+                app_protocol: "http".into(),
+            }],
+            endpoints: addresses
+                .iter()
+                .map(|a| pb::Endpoint {
+                    address: (*a).into(),
+                    ports: Vec::new(),
+                    zone: "zone-1".into(),
+                    region: "region-1".into(),
+                    weight: 1,
+                    ready: true,
+                })
+                .collect(),
+            identities: vec![self.workload_id(ns, name)],
+            scope_clusters: Vec::new(),
+            gateway: None,
+        }
+    }
+
     /// A federation client that presents the agent's SVID to `api_addr`, trusting
     /// `federation_ca_pem` for the server.
     ///
@@ -224,5 +276,48 @@ pub fn publish_request(
             sequence: 0,
         }),
         force,
+    }
+}
+
+/// Keeps a lease alive from a task of its own, every `interval`, until dropped or
+/// stopped. Keep-alive failures (an election, a replica down) are counted, not fatal;
+/// a `NotFound` answer (the lease expired) stops it.
+pub struct LeaseKeeper {
+    task: tokio::task::JoinHandle<()>,
+    /// Keep-alives answered / failed so far.
+    pub counts: Arc<std::sync::Mutex<(u64, u64)>>,
+}
+
+impl LeaseKeeper {
+    /// Starts keeping `lease_id` alive through `client`.
+    #[must_use]
+    pub fn start(mut client: FederationClient<Channel>, lease_id: u64, interval: Duration) -> Self {
+        let counts = Arc::new(std::sync::Mutex::new((0, 0)));
+        let shared = Arc::clone(&counts);
+        let task = tokio::spawn(async move {
+            loop {
+                let answer = client.keep_alive(pb::KeepAliveRequest { lease_id }).await;
+                let expired = matches!(&answer, Err(s) if s.code() == tonic::Code::NotFound);
+                if let Ok(mut c) = shared.lock() {
+                    if answer.is_ok() { c.0 += 1 } else { c.1 += 1 }
+                }
+                if expired {
+                    return;
+                }
+                tokio::time::sleep(interval).await;
+            }
+        });
+        Self { task, counts }
+    }
+
+    /// Stops keeping the lease alive.
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for LeaseKeeper {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }

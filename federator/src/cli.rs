@@ -8,6 +8,7 @@ mod output;
 mod probe;
 mod raft;
 mod server;
+mod services;
 mod status;
 mod trust;
 
@@ -60,6 +61,44 @@ enum Commands {
     /// Show federated trust bundles and who has applied them.
     #[command(subcommand)]
     Bundle(trust::BundleCommand),
+    /// Services member clusters export to the clusterset: who exports them, their
+    /// merged ports, ready endpoints and conflicts (list, show).
+    ///
+    /// A member cluster *exports* a Kubernetes service to share it with the other members:
+    /// its ports, its endpoints, the SPIFFE IDs its workloads run as, which members may
+    /// import it (every member, or an allowlist: SCOPE) and how it is reached (its
+    /// endpoints directly, or the cluster's east-west gateway: MODE). Every cluster that
+    /// exports the same NAMESPACE/NAME contributes to one service of the clusterset, named
+    /// as in the Kubernetes Multi-Cluster Services API (KEP-1645):
+    /// `NAME.NAMESPACE.svc.clusterset.local`.
+    ///
+    /// Exporters must agree on the service's ports. When they do not, the oldest export's
+    /// port definition wins: the merged ports keep its definition of every clashing port,
+    /// and the service carries a `Conflict` condition naming the clusters whose definition
+    /// lost (CONFLICTING: yes) and what each defined. Their endpoints are still imported,
+    /// under the winning definition; fix the losing clusters' services to clear the
+    /// condition.
+    ///
+    /// An export's endpoints count as ready only while its cluster's lease is live (see
+    /// `federator cluster list`).
+    #[command(subcommand)]
+    Service(services::ServiceCommand),
+    /// What a member cluster imports: each service's exporters merged, in failover order
+    /// (list).
+    ///
+    /// An *import* is what one consuming cluster receives for a service of the clusterset
+    /// (KEP-1645's ServiceImport, `NAME.NAMESPACE.svc.clusterset.local`): the merged ports,
+    /// the SPIFFE IDs to accept, and the endpoints of every exporting cluster whose scope
+    /// admits the consumer. An endpoint is ready when its cluster reports it ready and
+    /// that cluster's lease is live. Endpoints are ordered by failover priority from the
+    /// consumer's locality (its lease's region/zone): 0 same zone, 1 same region,
+    /// 2 elsewhere. A cluster exporting through its gateway contributes one endpoint, the
+    /// gateway.
+    ///
+    /// A `Conflict` condition means exporters disagree on ports; the oldest export's port
+    /// definition wins (see `federator service show`).
+    #[command(subcommand)]
+    Import(services::ImportCommand),
     /// The audit trail of accepted and refused federation writes.
     Audit(trust::AuditArgs),
     /// Create the federation's CA and certificates for replicas and operators.
@@ -101,6 +140,8 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Token(command) => trust::run_token(command, &cli.connection, out).await,
         Commands::Cluster(command) => trust::run_cluster(command, &cli.connection, out).await,
         Commands::Bundle(command) => trust::run_bundle(command, &cli.connection, out).await,
+        Commands::Service(command) => services::run_service(command, &cli.connection, out).await,
+        Commands::Import(command) => services::run_import(command, &cli.connection, out).await,
         Commands::Audit(args) => trust::run_audit(args, &cli.connection, out).await,
         Commands::Certs(command) => certs::run(command, out),
         Commands::Probe(command) => probe::run(command, &cli.connection, out).await,
@@ -147,8 +188,19 @@ mod tests {
             &["federator", "raft", "status", "-o", "yaml"],
             &["federator", "probe", "get", "k", "-o", "json"],
             &["federator", "probe", "put", "--key", "admin.key", "k", "v"],
+            &["federator", "service", "list", "--cluster", "a", "--stale", "-o", "yaml"],
+            &["federator", "service", "show", "shop/cart", "-o", "json"],
+            &["federator", "import", "list", "--cluster", "a", "-o", "json"],
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
+    }
+
+    #[test]
+    fn service_and_import_arguments_are_checked() {
+        let error = Cli::try_parse_from(["federator", "service", "show", "cart"])
+            .expect_err("no namespace");
+        assert!(error.to_string().contains("is not NAMESPACE/NAME"), "{error}");
+        Cli::try_parse_from(["federator", "import", "list"]).expect_err("--cluster is required");
     }
 }

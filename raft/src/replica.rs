@@ -26,6 +26,8 @@ use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
 const CATCH_UP_FIRST_CONTACT: Duration = Duration::from_secs(10);
 /// Time one write attempt has to commit.
 const WRITE_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a forwarded write waits to be applied on the replica that forwarded it.
+const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 /// Time a membership change has to commit.
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a new replica has to catch up with the leader's log.
@@ -476,6 +478,9 @@ impl<S: StateMachine> Replica<S> {
                         (Some(leader_id), Some(node)) if leader_id != self.id => {
                             match self.network.forward_write(&node.addr, command.clone()).await {
                                 Ok((log_id, response)) => {
+                                    // Read your writes: once acknowledged here, the write
+                                    // is visible in this replica's state too.
+                                    self.wait_applied(log_id.index).await;
                                     return Ok(WriteOutcome { index: log_id.index, response });
                                 }
                                 Err(status) => ReplicaError::Forward {
@@ -557,6 +562,19 @@ impl<S: StateMachine> Replica<S> {
                 return Err(error);
             }
             self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+    }
+
+    /// Waits (bounded) until this replica has applied `index`. The write is committed
+    /// either way; a replica that lags more than the bound answers anyway.
+    async fn wait_applied(&self, index: u64) {
+        let waited = self
+            .raft
+            .wait(Some(READ_YOUR_WRITES_TIMEOUT))
+            .applied_index_at_least(Some(index), "a forwarded write to apply here")
+            .await;
+        if waited.is_err() {
+            tracing::debug!(index, "forwarded write not applied here in time; answering anyway");
         }
     }
 

@@ -2,4 +2,4 @@
 //! crate (`federator_chaos::cluster`), which the chaos suite and the benchmarks share.
 
 pub use federator_chaos::cluster::*;
-pub use federator_chaos::member;
+pub use federator_chaos::{member, watcher};

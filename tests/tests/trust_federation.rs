@@ -9,61 +9,8 @@ use federator_tests::member::{MemberCluster, connect_as, join_request, publish_r
 use federator_tests::{Federation, eventually};
 use tonic::Code;
 
-/// A 3-replica federation, formed.
-async fn federation(extra_config: &str) -> anyhow::Result<Federation> {
-    let mut fed = Federation::new(3)?;
-    fed.extra_config = extra_config.to_string();
-    for id in 1..=3 {
-        fed.start(id, false)?;
-    }
-    fed.form_group(&[1, 2, 3]).await?;
-    Ok(fed)
-}
-
-fn token(fed: &Federation, cluster: &str, td: &str, ttl: &str) -> anyhow::Result<String> {
-    let out = fed.cli_ok(
-        &[],
-        &[
-            "token",
-            "create",
-            "--cluster",
-            cluster,
-            "--trust-domain",
-            td,
-            "--ttl",
-            ttl,
-            "-o",
-            "json",
-        ],
-    )?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v["token"].as_str().expect("token").to_string())
-}
-
-fn ca_pem(fed: &Federation) -> String {
-    std::fs::read_to_string(fed.certs.join("ca.pem")).expect("federation CA")
-}
-
-/// Joins `member` through replica `via`.
-async fn join(
-    fed: &Federation,
-    member: &mut MemberCluster,
-    via: u64,
-) -> anyhow::Result<pb::JoinResponse> {
-    let token = token(fed, &member.name, &member.trust_domain, "1h")?;
-    let bundle = member.next_bundle()?;
-    let mut client = member.client(&fed.replica(via).api_addr, &ca_pem(fed)).await?;
-    Ok(client.join(join_request(&token, &member.trust_domain, bundle)).await?.into_inner())
-}
-
 fn clusters(fed: &Federation) -> anyhow::Result<serde_json::Value> {
     Ok(serde_json::from_str(&fed.cli_ok(&[], &["cluster", "list", "-o", "json"])?)?)
-}
-
-fn audit(fed: &Federation) -> anyhow::Result<Vec<serde_json::Value>> {
-    let v: serde_json::Value =
-        serde_json::from_str(&fed.cli_ok(&[], &["audit", "--limit", "200", "-o", "json"])?)?;
-    Ok(v.as_array().cloned().unwrap_or_default())
 }
 
 /// Reads watch events until `until` holds for the collected events (bounded).
@@ -92,13 +39,13 @@ fn bundle_put(event: &pb::WatchEvent) -> Option<&pb::TrustBundle> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn clusters_join_with_tokens_and_watch_each_others_bundles() -> anyhow::Result<()> {
-    let fed = federation("").await?;
+    let fed = Federation::formed(3, "").await?;
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
     let mut b = MemberCluster::new("cluster-b", "b.example")?;
-    let joined = join(&fed, &mut a, 1).await?;
+    let joined = a.join(&fed, 1).await?;
     assert_eq!(joined.trust_domain, "a.example");
     assert_eq!(joined.agent_id, a.agent_id());
-    join(&fed, &mut b, 2).await?;
+    b.join(&fed, 2).await?;
 
     let list = clusters(&fed)?;
     let names: Vec<&str> =
@@ -106,7 +53,7 @@ async fn clusters_join_with_tokens_and_watch_each_others_bundles() -> anyhow::Re
     assert_eq!(names, ["cluster-a", "cluster-b"]);
 
     // B's watch (served by replica 3) holds A's bundle; then A rotates and B sees it.
-    let mut client_b = b.client(&fed.replica(3).api_addr, &ca_pem(&fed)).await?;
+    let mut client_b = b.client(&fed.replica(3).api_addr, &fed.ca_pem()).await?;
     let mut stream = client_b.watch(pb::WatchRequest { after_revision: 0 }).await?.into_inner();
     let mut seen = Vec::new();
     watch_until(&mut stream, &mut seen, |s| {
@@ -122,7 +69,7 @@ async fn clusters_join_with_tokens_and_watch_each_others_bundles() -> anyhow::Re
 
     a.add_ca()?;
     let rotated = a.next_bundle()?;
-    let mut client_a = a.client(&fed.replica(2).api_addr, &ca_pem(&fed)).await?;
+    let mut client_a = a.client(&fed.replica(2).api_addr, &fed.ca_pem()).await?;
     let published =
         client_a.publish_bundle(publish_request("a.example", rotated, false)).await?.into_inner();
     assert_eq!(published.sequence, 2);
@@ -141,13 +88,13 @@ async fn clusters_join_with_tokens_and_watch_each_others_bundles() -> anyhow::Re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reused_expired_unknown_and_foreign_tokens_are_refused() -> anyhow::Result<()> {
-    let fed = federation("").await?;
-    let ca = ca_pem(&fed);
+    let fed = Federation::formed(3, "").await?;
+    let ca = fed.ca_pem();
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
     let mut b = MemberCluster::new("cluster-b", "b.example")?;
 
     // Reuse: the first join succeeds, the second with the same token is refused.
-    let token_a = token(&fed, "cluster-a", "a.example", "1h")?;
+    let token_a = fed.token("cluster-a", "a.example", "1h")?;
     let bundle = a.next_bundle()?;
     let mut client_a = a.client(&fed.replica(1).api_addr, &ca).await?;
     client_a.join(join_request(&token_a, "a.example", bundle.clone())).await?;
@@ -156,7 +103,7 @@ async fn reused_expired_unknown_and_foreign_tokens_are_refused() -> anyhow::Resu
     assert!(err.message().contains("already used"), "{err}");
 
     // A token for cluster-b presented by A's agent (another trust domain) is refused.
-    let token_b = token(&fed, "cluster-b", "b.example", "1h")?;
+    let token_b = fed.token("cluster-b", "b.example", "1h")?;
     let err = client_a
         .join(join_request(&token_b, "b.example", b.bundle_at(1)?))
         .await
@@ -165,7 +112,7 @@ async fn reused_expired_unknown_and_foreign_tokens_are_refused() -> anyhow::Resu
 
     // Expired.
     let mut c = MemberCluster::new("cluster-c", "c.example")?;
-    let token_c = token(&fed, "cluster-c", "c.example", "1s")?;
+    let token_c = fed.token("cluster-c", "c.example", "1s")?;
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let mut client_c = c.client(&fed.replica(2).api_addr, &ca).await?;
     let err = client_c
@@ -198,7 +145,8 @@ async fn reused_expired_unknown_and_foreign_tokens_are_refused() -> anyhow::Resu
     // Nothing was committed for the refused joins.
     let list = clusters(&fed)?;
     assert_eq!(list.as_array().map(Vec::len), Some(1), "{list}");
-    let refused = audit(&fed)?
+    let refused = fed
+        .audit()?
         .into_iter()
         .filter(|e| e["accepted"] == false && e["action"] == "join")
         .count();
@@ -209,12 +157,12 @@ async fn reused_expired_unknown_and_foreign_tokens_are_refused() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_domain_writes_and_foreign_svids_are_refused() -> anyhow::Result<()> {
-    let fed = federation("").await?;
-    let ca = ca_pem(&fed);
+    let fed = Federation::formed(3, "").await?;
+    let ca = fed.ca_pem();
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
     let mut b = MemberCluster::new("cluster-b", "b.example")?;
-    join(&fed, &mut a, 1).await?;
-    join(&fed, &mut b, 1).await?;
+    a.join(&fed, 1).await?;
+    b.join(&fed, 1).await?;
     let b_before = fed.cli_ok(&[], &["bundle", "show", "b.example", "-o", "json"])?;
 
     // A publishes for B's trust domain.
@@ -275,7 +223,7 @@ async fn cross_domain_writes_and_foreign_svids_are_refused() -> anyhow::Result<(
     assert_eq!(a_now["sequence"], 1);
     eventually("refusals in the audit trail", Duration::from_secs(10), || async {
         let refused: Vec<_> =
-            audit(&fed).ok()?.into_iter().filter(|e| e["accepted"] == false).collect();
+            fed.audit().ok()?.into_iter().filter(|e| e["accepted"] == false).collect();
         (refused.len() >= 2).then_some(())
     })
     .await?;
@@ -284,12 +232,12 @@ async fn cross_domain_writes_and_foreign_svids_are_refused() -> anyhow::Result<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn invalid_bundles_are_refused_with_nothing_committed() -> anyhow::Result<()> {
-    let fed = federation("").await?;
-    let ca = ca_pem(&fed);
+    let fed = Federation::formed(3, "").await?;
+    let ca = fed.ca_pem();
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
     let mut b = MemberCluster::new("cluster-b", "b.example")?;
-    join(&fed, &mut a, 1).await?;
-    join(&fed, &mut b, 2).await?;
+    a.join(&fed, 1).await?;
+    b.join(&fed, 2).await?;
     let mut client_a = a.client(&fed.replica(3).api_addr, &ca).await?;
 
     let cases: Vec<(&str, String, &str)> = vec![
@@ -341,12 +289,12 @@ async fn invalid_bundles_are_refused_with_nothing_committed() -> anyhow::Result<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn removal_closes_streams_and_stops_reconnects() -> anyhow::Result<()> {
-    let fed = federation("").await?;
-    let ca = ca_pem(&fed);
+    let fed = Federation::formed(3, "").await?;
+    let ca = fed.ca_pem();
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
     let mut b = MemberCluster::new("cluster-b", "b.example")?;
-    join(&fed, &mut a, 1).await?;
-    join(&fed, &mut b, 1).await?;
+    a.join(&fed, 1).await?;
+    b.join(&fed, 1).await?;
 
     let mut client_a = a.client(&fed.replica(2).api_addr, &ca).await?;
     let mut stream_a = client_a.watch(pb::WatchRequest { after_revision: 0 }).await?.into_inner();
@@ -397,13 +345,13 @@ async fn removal_closes_streams_and_stops_reconnects() -> anyhow::Result<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_is_visible_in_bundle_status_member_by_member() -> anyhow::Result<()> {
-    let fed = federation("").await?;
-    let ca = ca_pem(&fed);
+    let fed = Federation::formed(3, "").await?;
+    let ca = fed.ca_pem();
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
     let mut b = MemberCluster::new("cluster-b", "b.example")?;
     let mut c = MemberCluster::new("cluster-c", "c.example")?;
     for (m, via) in [(&mut a, 1), (&mut b, 2), (&mut c, 3)] {
-        join(&fed, m, via).await?;
+        m.join(&fed, via).await?;
     }
     let status = |fed: &Federation| -> anyhow::Result<serde_json::Value> {
         let out = fed.cli(&[], &["bundle", "status", "a.example", "-o", "json"])?;
@@ -498,7 +446,7 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
     fed.form_group(&[1, 2, 3]).await?;
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
     a.add_ca()?;
-    join(&fed, &mut a, 2).await?;
+    a.join(&fed, 2).await?;
     let stored: serde_json::Value =
         serde_json::from_str(&fed.cli_ok(&[], &["bundle", "show", "a.example", "-o", "json"])?)?;
 
@@ -545,10 +493,10 @@ async fn admin_calls_without_the_admin_identity_are_refused() -> anyhow::Result<
     use federator_proto::admin as apb;
     use federator_proto::admin::admin_client::AdminClient;
 
-    let fed = federation("").await?;
-    let ca = ca_pem(&fed);
+    let fed = Federation::formed(3, "").await?;
+    let ca = fed.ca_pem();
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
-    join(&fed, &mut a, 1).await?;
+    a.join(&fed, 1).await?;
     let api = fed.replica(1).api_addr.clone();
 
     // A member's agent, a replica's own certificate, and a foreign CA's certificate that

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
 use super::output::{OutputFormat, print, table};
+use super::services::{LeaseView, unix_now};
 
 /// Create join tokens for clusters.
 #[derive(Debug, clap::Subcommand)]
@@ -156,6 +157,8 @@ struct ClusterView {
     x509_authorities: u32,
     jwt_authorities: u32,
     status: String,
+    lease: Option<LeaseView>,
+    exports: u32,
 }
 
 impl From<pb::Cluster> for ClusterView {
@@ -171,13 +174,26 @@ impl From<pb::Cluster> for ClusterView {
             x509_authorities: c.x509_authorities,
             jwt_authorities: c.jwt_authorities,
             status: c.status,
+            lease: c.lease.map(Into::into),
+            exports: c.exports,
         }
     }
 }
 
 fn cluster_table(clusters: &[ClusterView]) {
-    let mut t =
-        table(&["CLUSTER", "TRUST DOMAIN", "AGENT", "SEQUENCE", "X509", "JWT", "DIGEST", "STATUS"]);
+    let mut t = table(&[
+        "CLUSTER",
+        "TRUST DOMAIN",
+        "AGENT",
+        "SEQUENCE",
+        "X509",
+        "JWT",
+        "DIGEST",
+        "STATUS",
+        "LEASE",
+        "EXPORTS",
+    ]);
+    let now = unix_now();
     for c in clusters {
         t.add_row(vec![
             c.name.clone(),
@@ -188,6 +204,8 @@ fn cluster_table(clusters: &[ClusterView]) {
             c.jwt_authorities.to_string(),
             c.bundle_digest.chars().take(12).collect(),
             c.status.clone(),
+            c.lease.as_ref().map_or_else(|| "-".into(), |l| l.cell(now)),
+            c.exports.to_string(),
         ]);
     }
     println!("{t}");

@@ -104,8 +104,30 @@ impl FederationService {
 
     /// Authenticates a member: its SVID must verify against the stored bundle of its own
     /// trust domain and be the member's registered agent identity.
-    fn authenticate<T>(&self, request: &Request<T>, action: &str) -> Result<MemberCaller, Status> {
+    /// A trust domain this replica does not know yet (a member that just joined through
+    /// another replica) is looked up again once this replica has caught up with the
+    /// leader, so that a fresh member is never refused for a replica's lag.
+    async fn authenticate<T>(
+        &self,
+        request: &Request<T>,
+        action: &str,
+    ) -> Result<MemberCaller, Status> {
         let (chain, id) = Self::caller(request)?;
+        let known =
+            self.replica.state().read(|s| s.member_by_trust_domain(&id.trust_domain).is_some());
+        if !known {
+            // Bounded by the replica's own timeouts; on failure the local state decides.
+            let _ = self.replica.read(federator_raft::Consistency::Linearizable, |_| ()).await;
+        }
+        self.authenticate_locally(chain, id, action)
+    }
+
+    fn authenticate_locally(
+        &self,
+        chain: Vec<Vec<u8>>,
+        id: SpiffeId,
+        action: &str,
+    ) -> Result<MemberCaller, Status> {
         let td = id.trust_domain.clone();
         let found = self.replica.state().read(|s| {
             let member = s.member_by_trust_domain(&td).cloned();
@@ -243,7 +265,7 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::PublishBundleRequest>,
     ) -> Result<Response<pb::PublishBundleResponse>, Status> {
-        let caller = self.authenticate(&request, "publish_bundle")?;
+        let caller = self.authenticate(&request, "publish_bundle").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let r = request.into_inner();
         let bundle = r.bundle.ok_or_else(|| Status::invalid_argument("bundle: required"))?;
@@ -285,7 +307,7 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
-        let caller = self.authenticate(&request, "watch")?;
+        let caller = self.authenticate(&request, "watch").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let after = request.into_inner().after_revision;
         let (tx, rx) = mpsc::channel(256);
@@ -298,7 +320,7 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::AckRequest>,
     ) -> Result<Response<pb::AckResponse>, Status> {
-        let caller = self.authenticate(&request, "ack")?;
+        let caller = self.authenticate(&request, "ack").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let r = request.into_inner();
         self.propose(Command::AckBundle {
@@ -316,7 +338,7 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::ExportServiceRequest>,
     ) -> Result<Response<pb::ExportServiceResponse>, Status> {
-        let caller = self.authenticate(&request, "export_service")?;
+        let caller = self.authenticate(&request, "export_service").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let message = request
             .into_inner()
@@ -364,7 +386,7 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::UnexportServiceRequest>,
     ) -> Result<Response<pb::UnexportServiceResponse>, Status> {
-        let caller = self.authenticate(&request, "unexport_service")?;
+        let caller = self.authenticate(&request, "unexport_service").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let r = request.into_inner();
         let key = ServiceKey::new(r.namespace, r.name);
@@ -389,7 +411,7 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::GrantLeaseRequest>,
     ) -> Result<Response<pb::GrantLeaseResponse>, Status> {
-        let caller = self.authenticate(&request, "grant_lease")?;
+        let caller = self.authenticate(&request, "grant_lease").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let r = request.into_inner();
         let applied = self
@@ -412,7 +434,7 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::KeepAliveRequest>,
     ) -> Result<Response<pb::KeepAliveResponse>, Status> {
-        let caller = self.authenticate(&request, "keep_alive")?;
+        let caller = self.authenticate(&request, "keep_alive").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let lease_id = request.into_inner().lease_id;
         let answer = call_leader(
@@ -435,7 +457,7 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::RevokeLeaseRequest>,
     ) -> Result<Response<pb::RevokeLeaseResponse>, Status> {
-        let caller = self.authenticate(&request, "revoke_lease")?;
+        let caller = self.authenticate(&request, "revoke_lease").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         self.propose(Command::RevokeLease {
             cluster: caller.member.cluster,
