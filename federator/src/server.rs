@@ -4,6 +4,7 @@
 mod admin;
 mod bundle_endpoint;
 mod federation;
+mod federation_metrics;
 mod health;
 mod leases;
 mod metrics_http;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 pub use admin::AdminService;
 pub use federation::{FederationService, unix_now};
+pub use federation_metrics::FederationMetrics;
 pub use leases::{EXPIRY_CHECK, LeaderRequest, LeaderResponse, Lessor};
 
 use crate::config::ServerConfig;
@@ -77,6 +79,8 @@ pub async fn run(
     let consensus_metrics = ConsensusMetrics::default();
     consensus_metrics.register(registry.sub_registry_with_prefix("federator"));
     metrics_http::register_build_info(&mut registry, config.id);
+    let federation_metrics = FederationMetrics::default();
+    federation_metrics.register(registry.sub_registry_with_prefix("federator"));
 
     let mut replica_config =
         ReplicaConfig::new(config.id, config.advertise_raft.clone(), config.data_dir.clone());
@@ -98,7 +102,7 @@ pub async fn run(
 
     // Member leases: the leader keeps their deadlines; keep-alives reach it from any
     // replica as leader calls.
-    let lessor = Lessor::new(replica.clone());
+    let lessor = Lessor::new(replica.clone(), federation_metrics.clone());
     replica.set_leader_handler(Arc::new(leases::LessorHandler(Arc::clone(&lessor))))?;
     tokio::spawn(lessor.run(stopped(stop_rx.clone())));
 
@@ -125,7 +129,8 @@ pub async fn run(
 
     let ca_roots: Vec<Vec<u8>> = material.ca.iter().map(|c| c.as_ref().to_vec()).collect();
     let admin = AdminService::new(replica.clone(), &config, ca_roots, started);
-    let federation = FederationService::new(replica.clone());
+    let federation = FederationService::new(replica.clone(), federation_metrics.clone());
+    tokio::spawn(federation_metrics.refresh(replica.clone(), stopped(stop_rx.clone())));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
     tokio::spawn(health::report(

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use federator_proto::federation as pb;
 use federator_proto::federation::federation_client::FederationClient;
-use federator_tests::Federation;
+use federator_tests::{Federation, eventually};
 use federator_tests::member::{LeaseKeeper, MemberCluster};
 use federator_tests::watcher::WatchView;
 use tonic::Code;
@@ -183,6 +183,21 @@ async fn exports_merge_into_imports_with_scopes_and_conflicts() -> anyhow::Resul
 
     assert!(view_b.violations.is_empty(), "{:?}", view_b.violations);
     assert!(view_c.violations.is_empty(), "{:?}", view_c.violations);
+
+    // Operators see it in the metrics: B's stream on replica 3, the exports held.
+    let metrics = fed.metrics(3).await?;
+    let value = |name: &str| {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(name).and_then(|v| v.trim().parse::<f64>().ok()))
+    };
+    assert_eq!(value("federator_watch_streams "), Some(1.0), "{metrics}");
+    assert!(value("federator_watch_events_total ").is_some_and(|v| v > 0.0), "{metrics}");
+    eventually("the state gauges to refresh", WAIT, || async {
+        let m = fed.metrics(3).await.ok()?;
+        m.lines().any(|l| l == "federator_exports 1").then_some(())
+    })
+    .await?;
     Ok(())
 }
 

@@ -41,6 +41,7 @@ const WATCH_RECHECK: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct FederationService {
     replica: FederationReplica,
+    metrics: super::FederationMetrics,
     refusals: Arc<Mutex<RefusalLimiter>>,
 }
 
@@ -86,8 +87,8 @@ struct MemberCaller {
 impl FederationService {
     /// A handler serving `replica`.
     #[must_use]
-    pub fn new(replica: FederationReplica) -> Self {
-        Self { replica, refusals: Arc::default() }
+    pub fn new(replica: FederationReplica, metrics: super::FederationMetrics) -> Self {
+        Self { replica, metrics, refusals: Arc::default() }
     }
 
     /// The caller's certificate chain (leaf first) and SPIFFE ID, unverified.
@@ -311,7 +312,13 @@ impl Federation for FederationService {
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let after = request.into_inner().after_revision;
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(serve_watch(self.replica.clone(), caller.member, after, tx));
+        tokio::spawn(serve_watch(
+            self.replica.clone(),
+            self.metrics.clone(),
+            caller.member,
+            after,
+            tx,
+        ));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
     }
 
@@ -481,10 +488,20 @@ enum WatchBatch {
 /// removed or the watcher goes away.
 async fn serve_watch(
     replica: FederationReplica,
+    metrics: super::FederationMetrics,
     member: Member,
     after: u64,
     tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
 ) {
+    /// Counts the stream as open for as long as it lives.
+    struct Open(prometheus_client::metrics::gauge::Gauge);
+    impl Drop for Open {
+        fn drop(&mut self) {
+            self.0.dec();
+        }
+    }
+    metrics.watch_streams.inc();
+    let _open = Open(metrics.watch_streams.clone());
     let mut applied = replica.metrics();
     let mut sent = after;
     let mut first = true;
@@ -502,6 +519,13 @@ async fn serve_watch(
                 return;
             }
             WatchBatch::Events(events, revision) => {
+                if matches!(
+                    events.first().and_then(|e| e.event.as_ref()),
+                    Some(pb::watch_event::Event::Resync(_))
+                ) {
+                    metrics.watch_resyncs.inc();
+                }
+                metrics.watch_events.inc_by(u64::try_from(events.len()).unwrap_or(0));
                 for event in events {
                     if tx.send(Ok(event)).await.is_err() {
                         return;

@@ -84,6 +84,7 @@ struct Deadline {
 /// The lessor of one replica; active only while it leads.
 pub struct Lessor {
     replica: FederationReplica,
+    metrics: super::FederationMetrics,
     deadlines: Mutex<HashMap<String, Deadline>>,
     led_term: Mutex<Option<u64>>,
 }
@@ -91,8 +92,8 @@ pub struct Lessor {
 impl Lessor {
     /// A lessor for `replica`.
     #[must_use]
-    pub fn new(replica: FederationReplica) -> Arc<Self> {
-        Arc::new(Self { replica, deadlines: Mutex::default(), led_term: Mutex::default() })
+    pub fn new(replica: FederationReplica, metrics: super::FederationMetrics) -> Arc<Self> {
+        Arc::new(Self { replica, metrics, deadlines: Mutex::default(), led_term: Mutex::default() })
     }
 
     fn deadlines(&self) -> std::sync::MutexGuard<'_, HashMap<String, Deadline>> {
@@ -163,6 +164,7 @@ impl Lessor {
             last_keepalive: Some(now),
             expiring: false,
         };
+        self.metrics.keepalives.inc();
         LeaderResponse::KeptAlive { ttl_secs: lease.ttl_secs }
     }
 
@@ -244,7 +246,9 @@ impl Lessor {
             self.replica.raft().client_write(federator_raft::Command(command.encode())),
         )
         .await;
-        if !matches!(proposed, Ok(Ok(_))) {
+        if matches!(proposed, Ok(Ok(_))) {
+            self.metrics.lease_expirations.inc();
+        } else {
             tracing::warn!(cluster = %cluster, "lease expiry not committed; will retry while leading");
             if let Some(d) = self.deadlines().get_mut(&cluster) {
                 d.expiring = false;
