@@ -3,6 +3,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`agent`] | the cluster agent: sources, sinks, static stability |
 //! | [`state`] | the replicated federation state and its commands |
 //! | [`service`] | exported services and the imports built from them (KEP-1645) |
 //! | [`bundle`] | SPIFFE trust bundles: strict parsing, validation, canonical form |
@@ -12,6 +13,7 @@
 //! | [`server`] | one replica: consensus, API servers, health, metrics |
 //! | [`cli`] | the `federator` command line |
 
+pub mod agent;
 pub mod bundle;
 pub mod cli;
 pub mod config;
