@@ -25,6 +25,7 @@ summary=$(grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i
 step "benchmark smoke (figures are not checked here; see BENCHMARKS.md)"
 if [ -z "${SKIP_BENCH_SMOKE:-}" ]; then
   cargo run --locked -q -p federator-chaos -- bench raft --smoke
+  cargo run --locked -q -p federator-chaos -- bench propagation --smoke
 fi
 
 printf '\n%s\n' "$summary"

@@ -10,10 +10,13 @@
 //! - [`failover`]: the SIGKILL-the-leader trial loop (kill → next acknowledged write).
 //! - [`report`]: the text table and the markdown section for `BENCHMARKS.md`.
 //! - [`progress`]: progress bars and phase summaries on stderr.
+//! - [`propagation`]: `bench propagation`, watch propagation latency to many watchers and
+//!   memory per stored endpoint and per watch stream, Federator against etcd.
 
 pub mod failover;
 pub mod load;
 pub mod progress;
+pub mod propagation;
 pub mod report;
 pub mod target;
 
@@ -29,7 +32,7 @@ use self::target::{EtcdTarget, FederatorTarget, KvTarget};
 /// Replicas (members) in each group under test.
 pub const GROUP_SIZE: u64 = 3;
 /// Time allowed for a group to start, elect a leader, or recover after a restart.
-const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A system under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]

@@ -3,6 +3,7 @@
 //! Everything here runs real processes on loopback: [`cluster`] starts and stops
 //! federator replicas, [`etcd`] etcd members; [`bench`] reuses both with faults off.
 
+pub mod agent;
 pub mod bench;
 pub mod cluster;
 pub mod etcd;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use federator_chaos::bench::progress::Progress;
-use federator_chaos::bench::report::{Machine, write_markdown};
+use federator_chaos::bench::propagation::report::{SECTION_BEGIN, SECTION_END};
+use federator_chaos::bench::propagation::{PropagationConfig, run_propagation};
+use federator_chaos::bench::report::{Machine, write_markdown, write_markdown_section};
 use federator_chaos::bench::{RaftBenchConfig, System, run_raft};
 
 /// Fault injection and benchmarks against real Federator (and etcd) processes on loopback.
@@ -30,6 +32,10 @@ enum Bench {
     /// Write throughput, p50/p99 latency and leader failover of a 3-replica Federator
     /// group and a 3-member etcd cluster, side by side.
     Raft(RaftArgs),
+    /// Watch propagation latency to many watchers, memory per stored endpoint and per
+    /// idle watch stream, of a 3-replica Federator group and a 3-member etcd cluster,
+    /// side by side.
+    Propagation(PropagationArgs),
 }
 
 #[derive(Debug, Args)]
@@ -88,12 +94,80 @@ impl RaftArgs {
     }
 }
 
+#[derive(Debug, Args)]
+struct PropagationArgs {
+    /// Concurrent watcher counts, one propagation phase each.
+    #[arg(long, value_delimiter = ',', default_value = "100,1000")]
+    watchers: Vec<usize>,
+    /// Changes the publisher makes per phase.
+    #[arg(long, default_value_t = 100)]
+    changes: u64,
+    /// Time between two changes (e.g. 50ms).
+    #[arg(long, default_value = "50ms", value_parser = parse_duration)]
+    interval: Duration,
+    /// Endpoint counts at which memory is read (loaded cumulatively in one run).
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    endpoints: Vec<usize>,
+    /// Idle watch streams opened for the memory per stream.
+    #[arg(long, default_value_t = 1000)]
+    streams: usize,
+    /// Systems to run, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
+    systems: Vec<System>,
+    /// A quick run that keeps the benchmark from rotting (CI): 10 watchers, 10 changes,
+    /// 10,000 endpoints, 100 idle streams, short pauses. Overrides --watchers, --changes,
+    /// --endpoints and --streams.
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the results as a markdown section into FILE (replacing the section a
+    /// previous run wrote there).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+impl PropagationArgs {
+    fn config(&self) -> anyhow::Result<PropagationConfig> {
+        let mut config = PropagationConfig {
+            watchers: self.watchers.clone(),
+            changes: self.changes,
+            interval: self.interval,
+            endpoints: self.endpoints.clone(),
+            streams: self.streams,
+            settle: Duration::from_secs(2),
+            cpu_window: Duration::from_secs(3),
+            systems: self.systems.clone(),
+        };
+        if self.smoke {
+            config.watchers = vec![10];
+            config.changes = 10;
+            config.endpoints = vec![10_000];
+            config.streams = 100;
+            config.settle = Duration::from_millis(300);
+            config.cpu_window = Duration::from_millis(500);
+        }
+        if config.watchers.is_empty() || config.watchers.contains(&0) {
+            anyhow::bail!("--watchers needs one or more positive counts");
+        }
+        if config.changes == 0 || config.changes > 1_000_000 {
+            anyhow::bail!("--changes must be 1 to 1,000,000 (it is an endpoint weight)");
+        }
+        if config.endpoints.is_empty() || config.endpoints.contains(&0) {
+            anyhow::bail!("--endpoints needs one or more positive counts");
+        }
+        if config.streams == 0 {
+            anyhow::bail!("--streams must be positive");
+        }
+        Ok(config)
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let run = async {
         match &cli.command {
             Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
+            Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
         }
     };
     // On ctrl-c the run is dropped, and with it the process groups, which kills them.
@@ -116,6 +190,21 @@ async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
     if let Some(path) = &args.markdown {
         let section = report.markdown_section(&machine, &command_line(), &now());
         write_markdown(path, &section).with_context(|| format!("writing {}", path.display()))?;
+        progress.println(format!("wrote the results into {}", path.display()));
+    }
+    Ok(())
+}
+
+async fn bench_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
+    let config = args.config()?;
+    let machine = Machine::detect();
+    let progress = Progress::new();
+    let report = run_propagation(&config, &progress).await?;
+    println!("{}", report.text());
+    if let Some(path) = &args.markdown {
+        let section = report.markdown_section(&machine, &command_line(), &now());
+        write_markdown_section(path, SECTION_BEGIN, SECTION_END, &section)
+            .with_context(|| format!("writing {}", path.display()))?;
         progress.println(format!("wrote the results into {}", path.display()));
     }
     Ok(())
@@ -176,10 +265,55 @@ mod tests {
     fn smoke_overrides_the_long_settings() {
         let cli =
             Cli::parse_from(["federator-chaos", "bench", "raft", "--smoke", "--duration", "30s"]);
-        let Command::Bench(Bench::Raft(args)) = &cli.command;
+        let Command::Bench(Bench::Raft(args)) = &cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
         let config = args.config().expect("valid");
         assert_eq!(config.clients, vec![1, 16]);
         assert_eq!(config.trials, 2);
         assert_eq!(config.duration, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn propagation_defaults_and_smoke() {
+        let cli = Cli::parse_from(["federator-chaos", "bench", "propagation"]);
+        let Command::Bench(Bench::Propagation(args)) = &cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        let config = args.config().expect("valid");
+        assert_eq!(config.watchers, vec![100, 1000]);
+        assert_eq!(config.changes, 100);
+        assert_eq!(config.interval, Duration::from_millis(50));
+        assert_eq!(config.endpoints, vec![100_000, 1_000_000]);
+        assert_eq!(config.streams, 1000);
+        assert_eq!(config.systems, vec![System::Federator, System::Etcd]);
+
+        let cli = Cli::parse_from([
+            "federator-chaos",
+            "bench",
+            "propagation",
+            "--smoke",
+            "--watchers",
+            "5000",
+            "--systems",
+            "etcd",
+        ]);
+        let Command::Bench(Bench::Propagation(args)) = &cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        let config = args.config().expect("valid");
+        assert_eq!(config.watchers, vec![10]);
+        assert_eq!(config.changes, 10);
+        assert_eq!(config.endpoints, vec![10_000]);
+        assert_eq!(config.systems, vec![System::Etcd]);
+    }
+
+    #[test]
+    fn propagation_refuses_empty_counts() {
+        let cli = Cli::parse_from(["federator-chaos", "bench", "propagation", "--watchers", "0"]);
+        let Command::Bench(Bench::Propagation(args)) = &cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        assert!(args.config().is_err());
     }
 }

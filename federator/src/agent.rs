@@ -4,8 +4,15 @@
 //! (files, etcd keys, Envoy SDS/EDS) — and keeps serving them from disk while no replica
 //! is reachable.
 
+pub mod config;
+pub mod runtime;
 pub mod sinks;
 pub mod sources;
+pub mod status;
+pub mod store;
 pub mod view;
 
+pub use config::AgentConfig;
+pub use runtime::run;
+pub use status::AgentStatus;
 pub use view::{AgentView, ExportSet, Sink, SinkError, SinkFuture, SourceProblem};

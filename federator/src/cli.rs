@@ -1,6 +1,7 @@
 //! The `federator` command line: one binary, noun-verb commands, `-o table|json|yaml`
 //! on every read.
 
+mod agent;
 mod certs;
 mod client;
 mod dev;
@@ -47,6 +48,8 @@ enum Commands {
     Dev(dev::DevArgs),
     /// Run one federator replica.
     Server(server::ServerArgs),
+    /// Run a member cluster's agent (`--config agent.toml`), or show its status.
+    Agent(agent::AgentArgs),
     /// Inspect and change the replica group (status, init, add-member, remove-member).
     #[command(subcommand)]
     Raft(raft::RaftCommand),
@@ -113,7 +116,7 @@ enum Commands {
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Commands::Server(_)));
+    init_tracing(matches!(cli.command, Commands::Server(_) | Commands::Agent(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -135,6 +138,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Commands::Dev(args) => dev::run(args).await,
         Commands::Server(args) => server::run(args).await,
+        Commands::Agent(args) => agent::run(args, out).await,
         Commands::Raft(command) => raft::run(command, &cli.connection, out).await,
         Commands::Status(args) => status::run(args, &cli.connection, out).await,
         Commands::Token(command) => trust::run_token(command, &cli.connection, out).await,

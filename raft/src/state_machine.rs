@@ -142,6 +142,9 @@ struct Shared<S> {
     /// The last digest computed and the applied log id it was computed at: equal applied
     /// log ids mean equal states, so status polling does not re-encode an unchanged state.
     digest_cache: std::sync::Mutex<Option<(Option<LogId>, [u8; 32])>>,
+    /// The index of the last applied entry, for readers that wait for the state to move
+    /// (a cheaper signal than openraft's metrics, which change on every core-loop turn).
+    applied_index: tokio::sync::watch::Sender<u64>,
 }
 
 /// The application's state machine as openraft storage: applies committed entries in
@@ -197,6 +200,8 @@ impl<S: StateMachine> StateMachineStore<S> {
         }
 
         let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let (applied_index, _) =
+            tokio::sync::watch::channel(applied.last_applied.map_or(0, |id| id.index));
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
@@ -204,8 +209,16 @@ impl<S: StateMachine> StateMachineStore<S> {
                 snapshot_seq: AtomicU64::new(u64::try_from(now_ms).unwrap_or(u64::MAX)),
                 metrics,
                 digest_cache: std::sync::Mutex::new(None),
+                applied_index,
             }),
         })
+    }
+
+    /// A receiver that changes whenever entries are applied or a snapshot is installed;
+    /// its value is the last applied index.
+    #[must_use]
+    pub fn subscribe_applied(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.shared.applied_index.subscribe()
     }
 
     /// Runs `f` on the state under a read lock.
@@ -325,6 +338,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 applied.last_applied = Some(entry.log_id);
                 responses.push(response);
             }
+            let index = applied.last_applied.map_or(0, |id| id.index);
+            self.shared.applied_index.send_replace(index);
         }
         self.shared.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
         Ok(responses)
@@ -352,6 +367,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
             applied.last_applied = meta.last_log_id;
             applied.last_membership = meta.last_membership.clone();
+            self.shared.applied_index.send_replace(meta.last_log_id.map_or(0, |id| id.index));
         }
         self.persist(meta, data)
             .await

@@ -64,6 +64,16 @@ impl Progress {
         bar
     }
 
+    /// A bar over `len` items of some step (changes published, streams opened,
+    /// endpoints loaded).
+    #[must_use]
+    pub fn count_bar(&self, prefix: String, len: u64) -> ProgressBar {
+        let bar = self.bars.add(ProgressBar::new(len));
+        bar.set_style(style("{prefix:>32} [{bar:30}] {pos}/{len} {elapsed:>4} {msg}"));
+        bar.set_prefix(prefix);
+        bar
+    }
+
     /// Prints a line above the bars (or plainly when there are none).
     pub fn println(&self, line: impl AsRef<str>) {
         if self.plain {

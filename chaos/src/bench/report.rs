@@ -285,16 +285,32 @@ impl RaftReport {
 /// # Errors
 /// The file could not be read or written.
 pub fn write_markdown(path: &Path, section: &str) -> std::io::Result<()> {
+    write_markdown_section(path, SECTION_BEGIN, SECTION_END, section)
+}
+
+/// Writes `section` into the markdown file at `path`: replaces the text from the line
+/// `begin` through the line `end` (a previous version of the section, which `section`
+/// must begin and end with) if there is one, appends otherwise, creates the file if
+/// needed.
+///
+/// # Errors
+/// The file could not be read or written.
+pub fn write_markdown_section(
+    path: &Path,
+    begin: &str,
+    end: &str,
+    section: &str,
+) -> std::io::Result<()> {
     let existing = match std::fs::read_to_string(path) {
         Ok(text) => text,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => "# Benchmarks\n".to_string(),
         Err(error) => return Err(error),
     };
-    let updated = match (existing.find(SECTION_BEGIN), existing.find(SECTION_END)) {
-        (Some(begin), Some(end)) if begin < end => {
-            let after = end + SECTION_END.len();
+    let updated = match (existing.find(begin), existing.find(end)) {
+        (Some(begin_at), Some(end_at)) if begin_at < end_at => {
+            let after = end_at + end.len();
             let after = existing[after..].strip_prefix('\n').map_or(after, |_| after + 1);
-            format!("{}{section}{}", &existing[..begin], &existing[after..])
+            format!("{}{section}{}", &existing[..begin_at], &existing[after..])
         }
         _ => format!("{}\n{section}", existing.trim_end().to_string() + "\n"),
     };
@@ -406,7 +422,8 @@ impl std::fmt::Display for Machine {
 }
 
 /// `text` broken into lines of at most `width` characters (longer words stand alone).
-fn wrap(text: &str, width: usize) -> String {
+#[must_use]
+pub fn wrap(text: &str, width: usize) -> String {
     let mut out = String::new();
     let mut line_len = 0;
     for word in text.split_whitespace() {

@@ -42,6 +42,8 @@ const WATCH_RECHECK: Duration = Duration::from_secs(1);
 pub struct FederationService {
     replica: FederationReplica,
     metrics: super::FederationMetrics,
+    /// The state's revision, moving only when it changes: what watches wait on.
+    revisions: tokio::sync::watch::Receiver<u64>,
     refusals: Arc<Mutex<RefusalLimiter>>,
 }
 
@@ -88,7 +90,8 @@ impl FederationService {
     /// A handler serving `replica`.
     #[must_use]
     pub fn new(replica: FederationReplica, metrics: super::FederationMetrics) -> Self {
-        Self { replica, metrics, refusals: Arc::default() }
+        let revisions = revision_watch(&replica);
+        Self { replica, metrics, revisions, refusals: Arc::default() }
     }
 
     /// The caller's certificate chain (leaf first) and SPIFFE ID, unverified.
@@ -314,6 +317,7 @@ impl Federation for FederationService {
         let (tx, rx) = mpsc::channel(256);
         tokio::spawn(serve_watch(
             self.replica.clone(),
+            self.revisions.clone(),
             self.metrics.clone(),
             caller.member,
             after,
@@ -488,6 +492,7 @@ enum WatchBatch {
 /// removed or the watcher goes away.
 async fn serve_watch(
     replica: FederationReplica,
+    mut revisions: tokio::sync::watch::Receiver<u64>,
     metrics: super::FederationMetrics,
     member: Member,
     after: u64,
@@ -502,7 +507,8 @@ async fn serve_watch(
     }
     metrics.watch_streams.inc();
     let _open = Open(metrics.watch_streams.clone());
-    let mut applied = replica.metrics();
+    // Wake only when the federation's revision moves (or on the recheck timer), not on
+    // every turn of the raft core.
     let mut sent = after;
     let mut first = true;
     loop {
@@ -535,11 +541,33 @@ async fn serve_watch(
             }
         }
         tokio::select! {
-            changed = applied.changed() => if changed.is_err() { return },
+            changed = revisions.changed() => if changed.is_err() { return },
             () = tokio::time::sleep(WATCH_RECHECK) => {}
             () = tx.closed() => return,
         }
     }
+}
+
+/// A receiver of the federation state's revision, shared by every watch of a replica:
+/// one task follows applied entries and publishes the revision only when it moves.
+fn revision_watch(replica: &FederationReplica) -> tokio::sync::watch::Receiver<u64> {
+    let state = replica.state().clone();
+    let mut applied = state.subscribe_applied();
+    let (tx, rx) = tokio::sync::watch::channel(state.read(|s| s.changes.revision()));
+    tokio::spawn(async move {
+        while applied.changed().await.is_ok() {
+            let revision = state.read(|s| s.changes.revision());
+            tx.send_if_modified(|current| {
+                let moved = *current != revision;
+                *current = revision;
+                moved
+            });
+            if tx.is_closed() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// Computes what a watcher at revision `sent` must receive next, from one consistent

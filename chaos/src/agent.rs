@@ -1,0 +1,188 @@
+//! A member cluster's agent as a real `federator agent` process: its SVID and bundle
+//! files (from a [`MemberCluster`]), its config, its state directory and sinks, started,
+//! killed and restarted like a replica. Killed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use federator::agent::AgentStatus;
+
+use crate::cluster::{Federation, eventually, federator_bin, free_port, tail};
+use crate::member::MemberCluster;
+
+/// What an agent is configured with.
+#[derive(Clone, Debug, Default)]
+pub struct AgentOptions {
+    /// The cluster's etcd: exports are read from `/federator/exports/` there and
+    /// bundles and imports written under `/federator/bundles/` and `/federator/imports/`.
+    pub etcd_endpoints: Vec<String>,
+    /// Serve Envoy SDS/EDS on a free loopback port.
+    pub xds: bool,
+    /// Lease TTL in seconds (default 10).
+    pub lease_ttl_seconds: Option<u32>,
+    /// Region and zone of the cluster.
+    pub locality: Option<(String, String)>,
+}
+
+/// One agent process and its files.
+pub struct AgentProcess {
+    /// The cluster it serves: CAs, agent SVID, bundles.
+    pub member: MemberCluster,
+    /// Its working directory.
+    pub dir: PathBuf,
+    /// The xDS server address, when serving one.
+    pub xds_addr: Option<String>,
+    child: Option<Child>,
+}
+
+impl AgentProcess {
+    /// Writes the agent's files and config for `member`, with a join token from `fed`.
+    ///
+    /// # Errors
+    /// A file could not be written or the token not made.
+    pub fn new(
+        fed: &Federation,
+        member: MemberCluster,
+        options: &AgentOptions,
+    ) -> anyhow::Result<Self> {
+        let dir = fed.dir().join(format!("agent-{}", member.name));
+        std::fs::create_dir_all(&dir)?;
+        let token = fed.token(&member.name, &member.trust_domain, "1h")?;
+        std::fs::write(dir.join("join-token"), token)?;
+        let xds_addr = options.xds.then(|| format!("127.0.0.1:{}", free_port()));
+        let (region, zone) = options.locality.clone().unwrap_or_default();
+        let mut config = format!(
+            "state_dir = \"{state}\"\ntoken_file = \"{dir}/join-token\"\n\n[svid]\ncert = \"{dir}/agent.pem\"\nkey = \"{dir}/agent.key\"\n\n[bundle]\nkind = \"file\"\npath = \"{dir}/bundle.pem\"\nformat = \"pem\"\n\n[lease]\nttl_seconds = {ttl}\nregion = \"{region}\"\nzone = \"{zone}\"\n\n[sinks.files]\ndir = \"{dir}/out\"\n",
+            state = dir.join("state").display(),
+            dir = dir.display(),
+            ttl = options.lease_ttl_seconds.unwrap_or(10),
+        );
+        if !options.etcd_endpoints.is_empty() {
+            let endpoints = options
+                .etcd_endpoints
+                .iter()
+                .map(|e| format!("\"{e}\""))
+                .collect::<Vec<_>>()
+                .join(", ");
+            config.push_str(&format!(
+                "\n[sinks.etcd]\nendpoints = [{endpoints}]\n\n[exports]\netcd_endpoints = [{endpoints}]\netcd_prefix = \"/federator/exports/\"\n"
+            ));
+        }
+        if let Some(addr) = &xds_addr {
+            config.push_str(&format!("\n[sinks.xds]\nlisten = \"{addr}\"\n"));
+        }
+        std::fs::write(dir.join("agent.toml"), config)?;
+        let agent = Self { member, dir, xds_addr, child: None };
+        agent.write_identity()?;
+        agent.write_bundle()?;
+        Ok(agent)
+    }
+
+    /// Writes the agent's SVID files from the member's current SVID.
+    ///
+    /// # Errors
+    /// A file could not be written.
+    pub fn write_identity(&self) -> anyhow::Result<()> {
+        let svid = self.member.agent_svid();
+        std::fs::write(self.dir.join("agent.pem"), &svid.cert_pem)?;
+        std::fs::write(self.dir.join("agent.key"), &svid.key_pem)?;
+        Ok(())
+    }
+
+    /// Writes the cluster's bundle file (its current CAs, PEM).
+    ///
+    /// # Errors
+    /// The file could not be written.
+    pub fn write_bundle(&self) -> anyhow::Result<()> {
+        let path = self.dir.join("bundle.pem");
+        let tmp = self.dir.join("bundle.pem.tmp");
+        std::fs::write(&tmp, self.member.ca_pem())?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// Path of a file under the agent's files sink.
+    #[must_use]
+    pub fn out(&self, relative: &str) -> PathBuf {
+        self.dir.join("out").join(relative)
+    }
+
+    /// The agent's state directory.
+    #[must_use]
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    /// Starts (or restarts) the agent process.
+    ///
+    /// # Errors
+    /// It is running already, or could not be spawned.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "agent {} is running", self.member.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("agent.log"))?;
+        let child = Command::new(federator_bin())
+            .args(["agent", "--config"])
+            .arg(self.dir.join("agent.toml"))
+            .env("RUST_LOG", "info,federator=debug")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("spawn federator agent")?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// SIGKILLs the agent.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// The status the agent last wrote.
+    #[must_use]
+    pub fn status(&self) -> Option<AgentStatus> {
+        let text = std::fs::read_to_string(self.state_dir().join("status.json")).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
+    /// Waits until the agent's status satisfies `check`.
+    ///
+    /// # Errors
+    /// It did not within `timeout`; the error carries the agent's log.
+    pub async fn wait_status(
+        &self,
+        what: &str,
+        timeout: Duration,
+        check: impl Fn(&AgentStatus) -> bool,
+    ) -> anyhow::Result<AgentStatus> {
+        eventually(what, timeout, || async { self.status().filter(|s| check(s)) })
+            .await
+            .with_context(|| format!("agent {} log:\n{}", self.member.name, tail(&self.log(), 40)))
+    }
+
+    /// The agent's log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's working directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}

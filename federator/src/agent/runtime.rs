@@ -1,0 +1,862 @@
+//! The agent's main loop.
+//!
+//! At start-up the agent serves the view it applied last (from its state directory) into
+//! every sink before any replica answers. Then, for as long as it runs, it holds one
+//! session with one replica at a time — moving to the next replica on failure, with
+//! jittered exponential backoff — and in that session:
+//! 1. joins (first run only) with the token and the cluster's own bundle;
+//! 2. takes a member lease and keeps it alive (keep-alives do not write to the log);
+//! 3. publishes the own bundle when its source changes, and the exports its sources give
+//!    (taking back those they no longer give);
+//! 4. watches from the revision it applied, so a reconnect resumes without a resync;
+//!    every checkpoint is applied to all sinks, saved, and then each foreign bundle
+//!    sequence that every sink holds is acknowledged.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use federator_proto::federation as pb;
+use federator_proto::federation::federation_client::FederationClient;
+use federator_proto::federation::watch_event::Event;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject as _;
+use sha2::Digest as _;
+use tokio::sync::watch;
+use tonic::Code;
+use tonic::transport::{Channel, Endpoint};
+
+use super::config::AgentConfig;
+use super::sinks::etcd::{DEFAULT_BUNDLE_PREFIX, DEFAULT_IMPORT_PREFIX, EtcdSink};
+use super::sinks::files::FileSink;
+use super::sinks::xds::XdsServer;
+use super::sources::bundle::{BundleState, watch_bundle};
+use super::status::{AgentStatus, LeaseStatus, SinkStatus, now_ms};
+use super::store::{Membership, Published, Store};
+use super::view::{AgentView, ExportSet, Sink};
+use crate::bundle::{TrustBundle, ValidationPolicy, parse_spiffe_bundle};
+use crate::identity::CertifiedIdentity;
+use crate::service::{ServiceKey, export_to_proto, import_from_proto};
+use crate::token::JoinToken;
+
+/// How often sources are polled for changes.
+const SOURCE_POLL: Duration = Duration::from_secs(1);
+/// How often the status file is written.
+const STATUS_PERIOD: Duration = Duration::from_secs(1);
+/// Longest wait between connection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How often a failed sink is retried.
+const SINK_RETRY: Duration = Duration::from_secs(2);
+
+/// Runs the agent until `shutdown` resolves.
+///
+/// # Errors
+/// Start-up failed: the state directory, the SVID files, a sink that cannot start, or a
+/// first run without a token.
+pub async fn run(
+    config: AgentConfig,
+    shutdown: impl Future<Output = ()> + Send,
+) -> anyhow::Result<()> {
+    let store = Store::open(&config.file.state_dir)
+        .with_context(|| format!("state_dir {}", config.file.state_dir.display()))?;
+    let identity = Arc::new(
+        CertifiedIdentity::from_files(config.file.svid.cert.clone(), config.file.svid.key.clone())
+            .context("svid")?,
+    );
+    identity.watch(SOURCE_POLL);
+    let membership = store.membership()?;
+    let token = match (&membership, &config.token) {
+        (Some(_), _) => None,
+        (None, Some(text)) => Some(JoinToken::decode(text).context("join token")?),
+        (None, None) => bail!(
+            "this agent has not joined yet: give a join token (--token, FEDERATOR_JOIN_TOKEN \
+             or token_file) from `federator token create`"
+        ),
+    };
+    let trust_domain = membership
+        .as_ref()
+        .map(|m| m.trust_domain.clone())
+        .or_else(|| token.as_ref().map(|t| t.trust_domain.clone()))
+        .unwrap_or_default();
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }
+    };
+    let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
+    if let Some(files) = &config.file.sinks.files {
+        sinks.push(Arc::new(FileSink::new(files.dir.clone())));
+    }
+    if let Some(etcd) = &config.file.sinks.etcd {
+        let sink = EtcdSink::connect(
+            etcd.endpoints.clone(),
+            etcd.bundle_prefix.clone().unwrap_or_else(|| DEFAULT_BUNDLE_PREFIX.into()),
+            etcd.import_prefix.clone().unwrap_or_else(|| DEFAULT_IMPORT_PREFIX.into()),
+        )
+        .await
+        .context("sinks.etcd")?;
+        sinks.push(Arc::new(sink));
+    }
+    if let Some(xds) = &config.file.sinks.xds {
+        let listener = tokio::net::TcpListener::bind(xds.listen)
+            .await
+            .with_context(|| format!("sinks.xds.listen {}", xds.listen))?;
+        let server = XdsServer::new();
+        sinks.push(Arc::new(server.sink()));
+        let stop = stopped();
+        tokio::spawn(async move {
+            if let Err(error) = server.serve(listener, stop).await {
+                tracing::error!(%error, "the xDS server failed");
+            }
+        });
+    }
+
+    let bundle_rx = watch_bundle(config.file.bundle.clone(), trust_domain.clone(), SOURCE_POLL);
+    let exports_rx = export_sources(&config, &trust_domain).await;
+    let view = store.view()?.unwrap_or_default();
+    let published = store.published()?;
+    let mut agent = Agent {
+        config,
+        store,
+        identity,
+        sinks,
+        membership,
+        token,
+        view,
+        published,
+        status: AgentStatus { pid: std::process::id(), ..AgentStatus::default() },
+        lease: None,
+        sinks_dirty: true,
+    };
+    if let Some(m) = &agent.membership {
+        agent.status.cluster.clone_from(&m.cluster);
+        agent.status.trust_domain.clone_from(&m.trust_domain);
+    }
+    // Static stability: serve what was applied before, before asking anyone.
+    agent.apply_sinks().await;
+    agent.write_status();
+
+    tokio::pin!(shutdown);
+    let result = tokio::select! {
+        () = &mut shutdown => Ok(()),
+        result = agent.run_sessions(bundle_rx, exports_rx) => result,
+    };
+    let _ = stop_tx.send(true);
+    agent.status.connected_replica = None;
+    agent.write_status();
+    result
+}
+
+/// Merges the configured export sources into one receiver (empty when none is set).
+async fn export_sources(config: &AgentConfig, trust_domain: &str) -> watch::Receiver<ExportSet> {
+    let mut inputs = Vec::new();
+    if let Some(prefix) = &config.file.exports.etcd_prefix {
+        inputs.push(
+            super::sources::etcd_exports::watch_etcd_exports(
+                config.file.exports.etcd_endpoints.clone(),
+                prefix.clone(),
+                trust_domain.to_string(),
+            )
+            .await,
+        );
+    }
+    if let Some(path) = &config.file.exports.file {
+        inputs.push(super::sources::file_exports::watch_export_file(
+            path.clone(),
+            trust_domain.to_string(),
+            SOURCE_POLL,
+        ));
+    }
+    let (tx, rx) = watch::channel(ExportSet::default());
+    if inputs.is_empty() {
+        // Keep the sender alive so that the receiver never reports a closed channel.
+        tokio::spawn(async move { tx.closed().await });
+        return rx;
+    }
+    tokio::spawn(async move {
+        loop {
+            let merged =
+                merge_export_sets(inputs.iter_mut().map(|r| r.borrow_and_update().clone()));
+            if tx.send(merged).is_err() {
+                return;
+            }
+            let changes = inputs.iter_mut().map(|r| Box::pin(r.changed()));
+            let (changed, _, _) = futures::future::select_all(changes).await;
+            if changed.is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// Merges export sets; the first source wins a service both name (the other is reported).
+fn merge_export_sets(sets: impl Iterator<Item = ExportSet>) -> ExportSet {
+    let mut merged = ExportSet::default();
+    for set in sets {
+        merged.problems.extend(set.problems);
+        for (key, export) in set.exports {
+            match merged.exports.entry(key) {
+                std::collections::btree_map::Entry::Occupied(taken) => {
+                    merged.problems.push(super::view::SourceProblem {
+                        location: taken.key().to_string(),
+                        message: "exported by two sources; the first one (etcd) wins".into(),
+                    });
+                }
+                std::collections::btree_map::Entry::Vacant(free) => {
+                    free.insert(export);
+                }
+            }
+        }
+    }
+    merged
+}
+
+/// A held member lease.
+#[derive(Clone, Copy, Debug)]
+struct HeldLease {
+    id: u64,
+    ttl_secs: u32,
+}
+
+/// The agent's working state.
+struct Agent {
+    config: AgentConfig,
+    store: Store,
+    identity: Arc<CertifiedIdentity>,
+    sinks: Vec<Arc<dyn Sink>>,
+    membership: Option<Membership>,
+    token: Option<JoinToken>,
+    /// The applied view (saved, in every healthy sink).
+    view: AgentView,
+    published: Published,
+    status: AgentStatus,
+    lease: Option<HeldLease>,
+    /// Some sink has not applied `view` yet.
+    sinks_dirty: bool,
+}
+
+/// How a session ended without an error.
+enum SessionEnd {
+    /// The watch stream ended; reconnect.
+    StreamEnded,
+    /// The agent's SVID changed: reconnect to present the new one.
+    IdentityChanged,
+}
+
+impl Agent {
+    /// Replica addresses to try, in order.
+    fn endpoints(&self) -> Vec<String> {
+        if !self.config.file.endpoints.is_empty() {
+            return self.config.file.endpoints.clone();
+        }
+        self.membership
+            .as_ref()
+            .map(|m| m.endpoints.clone())
+            .or_else(|| self.token.as_ref().map(|t| t.endpoints.clone()))
+            .unwrap_or_default()
+    }
+
+    fn federation_ca_pem(&self) -> anyhow::Result<String> {
+        if let Some(path) = &self.config.file.federation_ca {
+            return std::fs::read_to_string(path)
+                .with_context(|| format!("federation_ca {}", path.display()));
+        }
+        self.membership
+            .as_ref()
+            .map(|m| m.federation_ca_pem.clone())
+            .or_else(|| self.token.as_ref().map(|t| t.federation_ca_pem.clone()))
+            .ok_or_else(|| anyhow!("no federation CA: set federation_ca or join with a token"))
+    }
+
+    /// Sessions, one replica at a time, forever.
+    async fn run_sessions(
+        &mut self,
+        mut bundle_rx: watch::Receiver<BundleState>,
+        mut exports_rx: watch::Receiver<ExportSet>,
+    ) -> anyhow::Result<()> {
+        let mut failures: u32 = 0;
+        let mut next = 0usize;
+        loop {
+            let endpoints = self.endpoints();
+            if endpoints.is_empty() {
+                bail!("no federation endpoints: set `endpoints` in the config");
+            }
+            let addr = endpoints[next % endpoints.len()].clone();
+            let outcome = self.session(&addr, &mut bundle_rx, &mut exports_rx).await;
+            self.status.connected_replica = None;
+            self.status.connected_since_ms = None;
+            match outcome {
+                Ok(SessionEnd::StreamEnded) => {
+                    tracing::info!(replica = %addr, "watch ended; reconnecting");
+                    failures = 0;
+                }
+                Ok(SessionEnd::IdentityChanged) => {
+                    tracing::info!(replica = %addr, "the agent's SVID changed; reconnecting");
+                    self.write_status();
+                    // Same replica, at once: nothing failed.
+                    continue;
+                }
+                Err(error) => {
+                    tracing::warn!(replica = %addr, error = %format!("{error:#}"), "session failed");
+                    self.status.last_error = Some(format!("{addr}: {error:#}"));
+                    failures = failures.saturating_add(1);
+                }
+            }
+            self.write_status();
+            next += 1;
+            tokio::time::sleep(backoff(failures)).await;
+        }
+    }
+
+    async fn connect(&self, addr: &str) -> anyhow::Result<FederationClient<Channel>> {
+        let ca_pem = self.federation_ca_pem()?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+            roots.add(cert.context("federation CA")?).context("federation CA")?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(self.identity.clone());
+        tls.alpn_protocols = vec![b"h2".to_vec()];
+        let channel = Endpoint::from_shared(format!("https://{addr}"))?
+            .connect_timeout(CONNECT_TIMEOUT)
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(5))
+            .keep_alive_timeout(Duration::from_secs(5))
+            .connect_with_connector(federator_raft::tls::connector(Arc::new(tls)))
+            .await
+            .with_context(|| format!("connect to {addr}"))?;
+        Ok(FederationClient::new(channel).max_decoding_message_size(64 << 20))
+    }
+
+    /// One session with the replica at `addr`.
+    async fn session(
+        &mut self,
+        addr: &str,
+        bundle_rx: &mut watch::Receiver<BundleState>,
+        exports_rx: &mut watch::Receiver<ExportSet>,
+    ) -> anyhow::Result<SessionEnd> {
+        let identity = self.identity.current();
+        let mut client = self.connect(addr).await?;
+        if self.membership.is_none() {
+            self.join(&mut client, bundle_rx).await?;
+        }
+        self.status.connections += 1;
+        self.status.connected_replica = Some(addr.to_string());
+        self.status.connected_since_ms = Some(now_ms());
+        self.status.last_error = None;
+        tracing::info!(replica = %addr, revision = self.view.revision, "connected");
+
+        if self.lease.is_none() {
+            self.grant_lease(&mut client).await?;
+        }
+        self.publish_bundle(&mut client, &bundle_rx.borrow_and_update().clone()).await?;
+        self.sync_exports(&mut client, &exports_rx.borrow_and_update().clone()).await?;
+
+        let mut stream = client
+            .watch(pb::WatchRequest { after_revision: self.view.revision })
+            .await
+            .context("watch")?
+            .into_inner();
+        let mut working = self.view.clone();
+        let keepalive_every =
+            Duration::from_millis(u64::from(self.lease.map_or(10, |l| l.ttl_secs)) * 1000 / 3);
+        let mut keepalive = tokio::time::interval(keepalive_every);
+        let mut status_tick = tokio::time::interval(STATUS_PERIOD);
+        let mut sink_retry = tokio::time::interval(SINK_RETRY);
+        loop {
+            tokio::select! {
+                message = stream.message() => {
+                    let Some(event) = message.context("watch stream")? else {
+                        return Ok(SessionEnd::StreamEnded);
+                    };
+                    self.on_event(&mut client, &mut working, event).await?;
+                }
+                changed = bundle_rx.changed() => {
+                    if changed.is_ok() {
+                        let state = bundle_rx.borrow_and_update().clone();
+                        self.publish_bundle(&mut client, &state).await?;
+                    }
+                }
+                changed = exports_rx.changed() => {
+                    if changed.is_ok() {
+                        let set = exports_rx.borrow_and_update().clone();
+                        self.sync_exports(&mut client, &set).await?;
+                    }
+                }
+                _ = keepalive.tick() => self.keep_alive(&mut client).await?,
+                _ = sink_retry.tick() => {
+                    if self.sinks_dirty {
+                        self.apply_sinks().await;
+                        self.acknowledge(&mut client).await;
+                    }
+                }
+                _ = status_tick.tick() => {
+                    self.write_status();
+                    if !Arc::ptr_eq(&identity, &self.identity.current()) {
+                        return Ok(SessionEnd::IdentityChanged);
+                    }
+                }
+            }
+        }
+    }
+
+    async fn join(
+        &mut self,
+        client: &mut FederationClient<Channel>,
+        bundle_rx: &mut watch::Receiver<BundleState>,
+    ) -> anyhow::Result<()> {
+        let token = self.token.clone().ok_or_else(|| anyhow!("no join token"))?;
+        let bundle = wait_for_bundle(bundle_rx).await?;
+        let response = client
+            .join(pb::JoinRequest {
+                token: token.encode(),
+                bundle: Some(pb::TrustBundle {
+                    trust_domain: token.trust_domain.clone(),
+                    spiffe_bundle_json: bundle.to_spiffe_json(),
+                    sequence: bundle.sequence,
+                }),
+            })
+            .await
+            .context("join")?
+            .into_inner();
+        let membership = Membership {
+            cluster: response.cluster,
+            trust_domain: response.trust_domain,
+            agent_id: response.agent_id,
+            endpoints: token.endpoints.clone(),
+            federation_ca_pem: token.federation_ca_pem.clone(),
+            joined_at: now_ms() / 1000,
+        };
+        self.store.save_membership(&membership)?;
+        self.published.bundle_digest = Some(authorities_digest(&bundle));
+        self.store.save_published(&self.published)?;
+        tracing::info!(cluster = %membership.cluster, trust_domain = %membership.trust_domain, "joined the federation");
+        self.status.cluster.clone_from(&membership.cluster);
+        self.status.trust_domain.clone_from(&membership.trust_domain);
+        self.membership = Some(membership);
+        self.token = None;
+        Ok(())
+    }
+
+    async fn grant_lease(&mut self, client: &mut FederationClient<Channel>) -> anyhow::Result<()> {
+        let lease = &self.config.file.lease;
+        let granted = client
+            .grant_lease(pb::GrantLeaseRequest {
+                ttl_seconds: u32::try_from(self.config.lease_ttl.as_secs()).unwrap_or(10),
+                region: lease.region.clone(),
+                zone: lease.zone.clone(),
+            })
+            .await
+            .context("grant lease")?
+            .into_inner();
+        tracing::info!(lease_id = granted.lease_id, ttl = granted.ttl_seconds, "lease granted");
+        self.lease = Some(HeldLease { id: granted.lease_id, ttl_secs: granted.ttl_seconds });
+        self.status.lease = Some(LeaseStatus {
+            id: granted.lease_id,
+            ttl_seconds: granted.ttl_seconds,
+            last_keepalive_ms: Some(now_ms()),
+            failed_keepalives: 0,
+        });
+        Ok(())
+    }
+
+    async fn keep_alive(&mut self, client: &mut FederationClient<Channel>) -> anyhow::Result<()> {
+        let Some(lease) = self.lease else { return self.grant_lease(client).await };
+        match client.keep_alive(pb::KeepAliveRequest { lease_id: lease.id }).await {
+            Ok(_) => {
+                if let Some(status) = &mut self.status.lease {
+                    status.last_keepalive_ms = Some(now_ms());
+                    status.failed_keepalives = 0;
+                }
+                Ok(())
+            }
+            Err(status) if status.code() == Code::NotFound => {
+                tracing::warn!(
+                    lease_id = lease.id,
+                    reason = status.message(),
+                    "lease lost; granting a new one"
+                );
+                self.grant_lease(client).await
+            }
+            Err(status) => {
+                if let Some(lease) = &mut self.status.lease {
+                    lease.failed_keepalives += 1;
+                }
+                // A keep-alive that fails (an election) is retried at the next tick; the
+                // session ends only when the watch does.
+                tracing::debug!(error = %status, "keep-alive failed");
+                Ok(())
+            }
+        }
+    }
+
+    async fn publish_bundle(
+        &mut self,
+        client: &mut FederationClient<Channel>,
+        state: &BundleState,
+    ) -> anyhow::Result<()> {
+        self.status.bundle.problem.clone_from(&state.problem);
+        let Some(bundle) = &state.bundle else { return Ok(()) };
+        self.status.bundle.sequence = Some(bundle.sequence);
+        if self.view.own_bundle.as_ref() != Some(bundle) {
+            self.view.own_bundle = Some(bundle.clone());
+            self.sinks_dirty = true;
+        }
+        let digest = authorities_digest(bundle);
+        if self.published.bundle_digest.as_deref() == Some(digest.as_str()) {
+            self.status.bundle.published_sequence = Some(bundle.sequence);
+            return Ok(());
+        }
+        let request = pb::PublishBundleRequest {
+            bundle: Some(pb::TrustBundle {
+                trust_domain: bundle.trust_domain.clone(),
+                spiffe_bundle_json: bundle.to_spiffe_json(),
+                sequence: bundle.sequence,
+            }),
+            force: false,
+        };
+        match client.publish_bundle(request).await {
+            Ok(response) => {
+                tracing::info!(sequence = response.get_ref().sequence, "bundle published");
+            }
+            // Already there (a restart after publishing): the federation has it.
+            Err(status)
+                if status.code() == Code::InvalidArgument
+                    && status.message().contains("not greater than the stored sequence") =>
+            {
+                tracing::debug!("bundle already published");
+            }
+            Err(status) if status.code() == Code::InvalidArgument => {
+                // The source gives a bundle the federation refuses: report, keep going.
+                self.status.bundle.problem = Some(super::view::SourceProblem {
+                    location: "bundle".into(),
+                    message: format!("the federation refused it: {}", status.message()),
+                });
+                return Ok(());
+            }
+            Err(status) => return Err(anyhow!(status).context("publish bundle")),
+        }
+        self.published.bundle_digest = Some(digest);
+        self.status.bundle.published_sequence = Some(bundle.sequence);
+        self.store.save_published(&self.published)?;
+        Ok(())
+    }
+
+    async fn sync_exports(
+        &mut self,
+        client: &mut FederationClient<Channel>,
+        set: &ExportSet,
+    ) -> anyhow::Result<()> {
+        self.status.exports.exports = set.exports.len();
+        self.status.exports.problems.clone_from(&set.problems);
+        for (key, export) in &set.exports {
+            let digest = export_digest(export);
+            let name = key.to_string();
+            if self.published.exports.get(&name) == Some(&digest) {
+                continue;
+            }
+            let request = pb::ExportServiceRequest { export: Some(export_to_proto(export)) };
+            match client.export_service(request).await {
+                Ok(_) => {
+                    tracing::info!(service = %name, "exported");
+                    self.published.exports.insert(name, digest);
+                }
+                Err(status)
+                    if matches!(status.code(), Code::InvalidArgument | Code::PermissionDenied) =>
+                {
+                    tracing::warn!(service = %name, error = %status.message(), "export refused");
+                    self.status.exports.problems.push(super::view::SourceProblem {
+                        location: name,
+                        message: format!("the federation refused it: {}", status.message()),
+                    });
+                }
+                Err(status) => return Err(anyhow!(status).context("export")),
+            }
+        }
+        // A source that cannot be read (etcd down, the file missing) says nothing about
+        // what is exported: withdraw nothing until every source reads again.
+        let sources_down: Vec<&str> = set
+            .problems
+            .iter()
+            .filter(|p| self.is_source_location(&p.location))
+            .map(|p| p.location.as_str())
+            .collect();
+        if !sources_down.is_empty() {
+            tracing::debug!(?sources_down, "an export source is unreadable; withdrawing nothing");
+            self.status.exports.published = self.published.exports.len();
+            return Ok(());
+        }
+        let gone: Vec<String> = self
+            .published
+            .exports
+            .keys()
+            .filter(|name| !ServiceKey::parse(name).is_ok_and(|k| set.exports.contains_key(&k)))
+            .cloned()
+            .collect();
+        for name in gone {
+            let Ok(key) = ServiceKey::parse(&name) else {
+                self.published.exports.remove(&name);
+                continue;
+            };
+            let request = pb::UnexportServiceRequest { namespace: key.namespace, name: key.name };
+            match client.unexport_service(request).await {
+                Ok(_) => {}
+                // Already gone (the federation removed it, or an earlier try did).
+                Err(status) if status.code() == Code::NotFound => {}
+                Err(status) => return Err(anyhow!(status).context("unexport")),
+            }
+            tracing::info!(service = %name, "unexported");
+            self.published.exports.remove(&name);
+        }
+        self.status.exports.published = self.published.exports.len();
+        self.store.save_published(&self.published)?;
+        Ok(())
+    }
+
+    /// Whether a problem's location is a whole export source (not one document of it).
+    fn is_source_location(&self, location: &str) -> bool {
+        let exports = &self.config.file.exports;
+        exports.etcd_prefix.as_deref() == Some(location)
+            || exports.file.as_ref().is_some_and(|f| f.as_os_str() == location)
+    }
+
+    /// Applies one watch event to the working view; a checkpoint makes it the view.
+    async fn on_event(
+        &mut self,
+        client: &mut FederationClient<Channel>,
+        working: &mut AgentView,
+        event: pb::WatchEvent,
+    ) -> anyhow::Result<()> {
+        let revision = event.revision;
+        self.status.received_revision = self.status.received_revision.max(revision);
+        let own_td = self.membership.as_ref().map(|m| m.trust_domain.clone()).unwrap_or_default();
+        match event.event {
+            Some(Event::BundlePut(b)) if b.trust_domain != own_td => {
+                match parse_spiffe_bundle(
+                    &b.trust_domain,
+                    b.spiffe_bundle_json.as_bytes(),
+                    &ValidationPolicy::at(now_ms() / 1000),
+                ) {
+                    Ok(bundle) => {
+                        working.bundles.insert(b.trust_domain, bundle);
+                    }
+                    Err(error) => tracing::warn!(
+                        trust_domain = %b.trust_domain,
+                        %error,
+                        "a federated bundle does not validate here; keeping the last good one"
+                    ),
+                }
+            }
+            // The own bundle comes from the cluster's own source, not from the federation.
+            Some(Event::BundlePut(_)) => {}
+            Some(Event::BundleRemoved(b)) => {
+                working.bundles.remove(&b.trust_domain);
+            }
+            Some(Event::ImportPut(i)) => match import_from_proto(i, revision) {
+                Ok(import) => {
+                    working.imports.insert(import.key.clone(), import);
+                }
+                Err(error) => tracing::warn!(%error, "an import does not parse; skipped"),
+            },
+            Some(Event::ImportRemoved(i)) => {
+                working.imports.remove(&ServiceKey::new(i.namespace, i.name));
+            }
+            Some(Event::Resync(_)) => {
+                tracing::warn!(revision, "the federation asked for a full resync");
+                self.status.resyncs += 1;
+                working.bundles.clear();
+                working.imports.clear();
+            }
+            Some(Event::SnapshotEnd(_) | Event::Checkpoint(_)) => {
+                working.revision = revision;
+                self.commit(client, working).await?;
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// Makes `working` the applied view: saved, written to every sink, acknowledged.
+    async fn commit(
+        &mut self,
+        client: &mut FederationClient<Channel>,
+        working: &AgentView,
+    ) -> anyhow::Result<()> {
+        let own_bundle = self.view.own_bundle.clone();
+        let membership = self.membership.clone();
+        self.view = working.clone();
+        self.view.own_bundle = own_bundle;
+        if let Some(m) = &membership {
+            self.view.cluster.clone_from(&m.cluster);
+            self.view.trust_domain.clone_from(&m.trust_domain);
+        }
+        self.store.save_view(&self.view)?;
+        self.status.applied_revision = self.view.revision;
+        self.status.bundles =
+            self.view.bundles.iter().map(|(td, b)| (td.clone(), b.sequence)).collect();
+        self.status.imports = self.view.imports.len();
+        self.sinks_dirty = true;
+        self.apply_sinks().await;
+        self.acknowledge(client).await;
+        Ok(())
+    }
+
+    /// Writes the view to every sink; records each one's health.
+    async fn apply_sinks(&mut self) {
+        let mut all_ok = true;
+        for sink in &self.sinks {
+            let result = sink.apply(&self.view).await;
+            let entry = self.status.sinks.entry(sink.name().to_string()).or_default();
+            match result {
+                Ok(()) => {
+                    *entry = SinkStatus {
+                        healthy: true,
+                        applied_revision: self.view.revision,
+                        error: None,
+                    };
+                }
+                Err(error) => {
+                    all_ok = false;
+                    tracing::warn!(sink = sink.name(), %error, "sink failed; will retry");
+                    entry.healthy = false;
+                    entry.error = Some(error.to_string());
+                }
+            }
+        }
+        self.sinks_dirty = !all_ok;
+    }
+
+    /// Acknowledges every federated bundle sequence that every sink holds.
+    async fn acknowledge(&mut self, client: &mut FederationClient<Channel>) {
+        if self.sinks_dirty {
+            return;
+        }
+        let pending: Vec<(String, u64)> = self
+            .view
+            .bundles
+            .iter()
+            .filter(|(td, b)| self.published.acked.get(*td).is_none_or(|s| *s < b.sequence))
+            .map(|(td, b)| (td.clone(), b.sequence))
+            .collect();
+        let mut changed = false;
+        for (td, sequence) in pending {
+            let request = pb::AckRequest { trust_domain: td.clone(), sequence };
+            match client.ack(request).await {
+                Ok(_) => {
+                    tracing::info!(trust_domain = %td, sequence, "acknowledged");
+                    self.published.acked.insert(td, sequence);
+                    changed = true;
+                }
+                Err(error) => tracing::debug!(trust_domain = %td, %error, "ack not accepted yet"),
+            }
+        }
+        self.published.acked.retain(|td, _| self.view.bundles.contains_key(td));
+        if changed && let Err(error) = self.store.save_published(&self.published) {
+            tracing::warn!(%error, "cannot save what was acknowledged");
+        }
+    }
+
+    fn write_status(&mut self) {
+        self.status.written_at_ms = now_ms();
+        let path = self.store.status_path();
+        match serde_json::to_vec_pretty(&self.status) {
+            Ok(bytes) => {
+                if let Err(error) = super::store::write_atomic(&path, &bytes) {
+                    tracing::debug!(%error, "cannot write the status file");
+                }
+            }
+            Err(error) => tracing::debug!(%error, "cannot encode the status"),
+        }
+    }
+}
+
+/// Waits for the own bundle source to give a bundle (the join needs one).
+async fn wait_for_bundle(rx: &mut watch::Receiver<BundleState>) -> anyhow::Result<TrustBundle> {
+    loop {
+        let state = rx.borrow_and_update().clone();
+        if let Some(bundle) = state.bundle {
+            return Ok(bundle);
+        }
+        if let Some(problem) = &state.problem {
+            tracing::warn!(location = %problem.location, problem = %problem.message, "waiting for the cluster's bundle");
+        }
+        rx.changed().await.context("the bundle source stopped")?;
+    }
+}
+
+/// Digest of a bundle's authorities: what decides whether it must be published again
+/// (a restarted agent numbers the same PEM certificates anew, which is no rotation).
+fn authorities_digest(bundle: &TrustBundle) -> String {
+    let x509: Vec<&[u8]> = bundle.x509_authorities.iter().map(|a| a.der.as_slice()).collect();
+    let jwt: Vec<&str> = bundle.jwt_authorities.iter().map(|a| a.jwk_json.as_str()).collect();
+    let bytes = postcard::to_stdvec(&(x509, jwt)).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Digest of an export, to publish only what changed.
+fn export_digest(export: &crate::service::ServiceExport) -> String {
+    let bytes = postcard::to_stdvec(export).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// Jittered exponential backoff: 100 ms doubling to [`MAX_BACKOFF`], ± 50 %.
+fn backoff(failures: u32) -> Duration {
+    if failures == 0 {
+        return Duration::from_millis(100);
+    }
+    let base = Duration::from_millis(100).saturating_mul(1u32 << failures.min(8)).min(MAX_BACKOFF);
+    let jitter = rand::random_range(0.5..1.5);
+    base.mul_f64(jitter)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_jittered_and_bounded() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        for failures in 1..20 {
+            let b = backoff(failures);
+            assert!(b >= Duration::from_millis(100), "{b:?}");
+            assert!(b <= MAX_BACKOFF.mul_f64(1.5), "{b:?}");
+        }
+    }
+
+    #[test]
+    fn the_first_source_wins_a_service_both_export() {
+        let key = ServiceKey::new("ns", "a");
+        let export = |port| crate::service::ServiceExport {
+            key: key.clone(),
+            ports: vec![crate::service::ServicePort {
+                name: "http".into(),
+                port,
+                protocol: crate::service::Protocol::Tcp,
+                app_protocol: String::new(),
+            }],
+            endpoints: Vec::new(),
+            identities: Vec::new(),
+            scope: crate::service::ExportScope::AllMembers,
+            mode: crate::service::ExportMode::Direct,
+        };
+        let one =
+            ExportSet { exports: BTreeMap::from([(key.clone(), export(80))]), problems: vec![] };
+        let two =
+            ExportSet { exports: BTreeMap::from([(key.clone(), export(81))]), problems: vec![] };
+        let merged = merge_export_sets([one, two].into_iter());
+        assert_eq!(merged.exports[&key].ports[0].port, 80);
+        assert_eq!(merged.problems.len(), 1);
+    }
+}

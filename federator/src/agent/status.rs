@@ -1,0 +1,111 @@
+//! What `federator agent status` shows: the agent writes it to its state directory every
+//! second, so that the command works without any port or socket.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::view::SourceProblem;
+
+/// The agent's status, as written to `status.json`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    /// Agent process id.
+    pub pid: u32,
+    /// When this status was written (unix milliseconds).
+    pub written_at_ms: i64,
+    /// The cluster, once joined.
+    pub cluster: String,
+    /// Its trust domain.
+    pub trust_domain: String,
+    /// The replica it talks to, if connected.
+    pub connected_replica: Option<String>,
+    /// Since when (unix milliseconds).
+    pub connected_since_ms: Option<i64>,
+    /// Why the last connection ended or failed.
+    pub last_error: Option<String>,
+    /// Connections made since start.
+    pub connections: u64,
+    /// Revision of the applied view.
+    pub applied_revision: u64,
+    /// Highest revision received from the federation (the applied one lags it while a
+    /// batch is being applied).
+    pub received_revision: u64,
+    /// The member lease.
+    pub lease: Option<LeaseStatus>,
+    /// Per sink: health and what it applied.
+    pub sinks: BTreeMap<String, SinkStatus>,
+    /// The own bundle source.
+    pub bundle: BundleSourceStatus,
+    /// Export sources.
+    pub exports: ExportSourceStatus,
+    /// Federated bundles held: trust domain → sequence.
+    pub bundles: BTreeMap<String, u64>,
+    /// Imports held.
+    pub imports: usize,
+    /// Full resyncs the federation asked for.
+    pub resyncs: u64,
+}
+
+/// The member lease.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaseStatus {
+    /// Lease id.
+    pub id: u64,
+    /// TTL in seconds.
+    pub ttl_seconds: u32,
+    /// Last answered keep-alive (unix milliseconds).
+    pub last_keepalive_ms: Option<i64>,
+    /// Keep-alives that failed since the last answered one.
+    pub failed_keepalives: u64,
+}
+
+/// One sink.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SinkStatus {
+    /// Whether the last apply succeeded.
+    pub healthy: bool,
+    /// Revision of the view it holds.
+    pub applied_revision: u64,
+    /// The last error, if the last apply failed.
+    pub error: Option<String>,
+}
+
+/// The own bundle source.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BundleSourceStatus {
+    /// Sequence of the bundle the source gives.
+    pub sequence: Option<u64>,
+    /// Sequence published to the federation.
+    pub published_sequence: Option<u64>,
+    /// A problem with the source, if any.
+    pub problem: Option<SourceProblem>,
+}
+
+/// The export sources.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExportSourceStatus {
+    /// Valid exports the sources give.
+    pub exports: usize,
+    /// Exports published to the federation.
+    pub published: usize,
+    /// Documents skipped, with why.
+    pub problems: Vec<SourceProblem>,
+}
+
+impl AgentStatus {
+    /// Whether the status is older than `max_age_ms` at `now_ms` (the agent is not
+    /// running, or is stuck).
+    #[must_use]
+    pub fn is_stale(&self, now_ms: i64, max_age_ms: i64) -> bool {
+        now_ms - self.written_at_ms > max_age_ms
+    }
+}
+
+/// Unix time in milliseconds.
+#[must_use]
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}

@@ -1,0 +1,182 @@
+//! The agent's state directory: its membership (from the join), the view it applied
+//! (served again at start-up, before any replica answers), what it published, and its
+//! status for `federator agent status`. Every file is written atomically.
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::view::AgentView;
+
+/// What the join established; kept so that later runs reconnect without a token.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Membership {
+    /// The cluster's name.
+    pub cluster: String,
+    /// Its trust domain.
+    pub trust_domain: String,
+    /// The agent's SPIFFE ID the federation registered.
+    pub agent_id: String,
+    /// Replica API addresses.
+    pub endpoints: Vec<String>,
+    /// The federation CA, PEM.
+    pub federation_ca_pem: String,
+    /// When it joined (unix seconds).
+    pub joined_at: i64,
+}
+
+/// What the agent has told the federation, so that a restarted agent neither repeats it
+/// nor forgets to take back what its sources no longer say.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Published {
+    /// Digest of the own bundle last published.
+    pub bundle_digest: Option<String>,
+    /// Exports published: `ns/name` → digest of the export.
+    pub exports: BTreeMap<String, String>,
+    /// Foreign bundles acknowledged: trust domain → sequence.
+    pub acked: BTreeMap<String, u64>,
+}
+
+/// The state directory.
+#[derive(Clone, Debug)]
+pub struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// The store in `dir`, created if missing (owner-only).
+    ///
+    /// # Errors
+    /// The directory cannot be created.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self { dir: dir.to_path_buf() })
+    }
+
+    /// The directory.
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The membership, if this agent has joined.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed.
+    pub fn membership(&self) -> std::io::Result<Option<Membership>> {
+        self.read("membership.json")
+    }
+
+    /// Records the membership.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save_membership(&self, membership: &Membership) -> std::io::Result<()> {
+        self.write("membership.json", membership)
+    }
+
+    /// The view applied last, if any.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed.
+    pub fn view(&self) -> std::io::Result<Option<AgentView>> {
+        self.read("view.json")
+    }
+
+    /// Records the applied view.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save_view(&self, view: &AgentView) -> std::io::Result<()> {
+        self.write("view.json", view)
+    }
+
+    /// What was published.
+    ///
+    /// # Errors
+    /// The file exists but cannot be read or parsed.
+    pub fn published(&self) -> std::io::Result<Published> {
+        Ok(self.read("published.json")?.unwrap_or_default())
+    }
+
+    /// Records what was published.
+    ///
+    /// # Errors
+    /// The file cannot be written.
+    pub fn save_published(&self, published: &Published) -> std::io::Result<()> {
+        self.write("published.json", published)
+    }
+
+    /// Path of the status file.
+    #[must_use]
+    pub fn status_path(&self) -> PathBuf {
+        self.dir.join("status.json")
+    }
+
+    fn read<T: DeserializeOwned>(&self, name: &str) -> std::io::Result<Option<T>> {
+        let path = self.dir.join(name);
+        match std::fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("{} does not parse: {e}", path.display()),
+                )
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn write<T: Serialize>(&self, name: &str, value: &T) -> std::io::Result<()> {
+        let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
+        write_atomic(&self.dir.join(name), &bytes)
+    }
+}
+
+/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
+/// renamed over `path`, and the directory synced.
+///
+/// # Errors
+/// Any I/O error.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error)?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn files_round_trip_and_missing_ones_are_none() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let store = Store::open(&dir.path().join("state")).expect("open");
+        assert_eq!(store.membership().expect("read"), None);
+        assert_eq!(store.published().expect("read"), Published::default());
+        let membership = Membership {
+            cluster: "a".into(),
+            trust_domain: "a.test".into(),
+            agent_id: "spiffe://a.test/agent".into(),
+            endpoints: vec!["127.0.0.1:1".into()],
+            federation_ca_pem: "pem".into(),
+            joined_at: 1,
+        };
+        store.save_membership(&membership).expect("save");
+        assert_eq!(store.membership().expect("read"), Some(membership));
+        let view = AgentView { revision: 7, ..AgentView::default() };
+        store.save_view(&view).expect("save");
+        assert_eq!(store.view().expect("read").map(|v| v.revision), Some(7));
+        std::fs::write(store.dir().join("view.json"), b"{not json").expect("corrupt");
+        let err = store.view().expect_err("corrupt");
+        assert!(err.to_string().contains("view.json"), "{err}");
+    }
+}

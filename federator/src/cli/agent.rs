@@ -1,0 +1,221 @@
+//! `federator agent`: run a member cluster's agent, or show its status.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+
+use super::output::{self, OutputFormat};
+use crate::agent::status::{AgentStatus, now_ms};
+use crate::agent::{AgentConfig, store::Store};
+
+/// Run the agent of a member cluster, or show its status.
+///
+/// The agent joins the federation once (with a token from `federator token create`),
+/// then publishes the cluster's bundle and exports, keeps the cluster's member lease
+/// alive, and writes every other member's bundles and this cluster's imports into its
+/// sinks: files, etcd keys, and an Envoy SDS/EDS server. It keeps what it applied in its
+/// state directory and goes on serving it while no replica is reachable.
+#[derive(Debug, clap::Args)]
+#[command(args_conflicts_with_subcommands = true)]
+pub struct AgentArgs {
+    #[command(subcommand)]
+    command: Option<AgentCommand>,
+    /// Config file (TOML); see deploy/local/agent.toml for every setting.
+    #[arg(long, short = 'c', env = "FEDERATOR_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Join token for the first run (also FEDERATOR_JOIN_TOKEN or `token_file`).
+    #[arg(long)]
+    token: Option<String>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum AgentCommand {
+    /// Show a running agent's status: the replica it talks to, the revision it applied
+    /// and how far it lags, its lease, and the health of every sink and source.
+    Status(StatusArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct StatusArgs {
+    /// The agent's state directory (`state_dir` in its config).
+    #[arg(long, env = "FEDERATOR_AGENT_STATE_DIR")]
+    state_dir: PathBuf,
+}
+
+/// A status older than this means the agent is not running.
+const STALE_MS: i64 = 5_000;
+
+/// Runs the agent until SIGINT or SIGTERM, or prints its status.
+pub async fn run(args: AgentArgs, out: OutputFormat) -> anyhow::Result<ExitCode> {
+    match args.command {
+        Some(AgentCommand::Status(status)) => show_status(&status.state_dir, out),
+        None => {
+            let path = args.config.context("--config is required to run the agent")?;
+            let config = AgentConfig::load(&path, args.token)?;
+            crate::agent::run(config, super::server::shutdown_signal()).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn show_status(state_dir: &std::path::Path, out: OutputFormat) -> anyhow::Result<ExitCode> {
+    let store = Store::open(state_dir)?;
+    let path = store.status_path();
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("no agent status at {} (has the agent run?)", path.display()))?;
+    let status: AgentStatus = serde_json::from_str(&text)
+        .with_context(|| format!("{} does not parse", path.display()))?;
+    let stale = status.is_stale(now_ms(), STALE_MS);
+    output::print(out, &status, |s| print!("{}", render(s, now_ms())))?;
+    let unhealthy = stale || is_unhealthy(&status);
+    Ok(if unhealthy { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+}
+
+fn is_unhealthy(status: &AgentStatus) -> bool {
+    status.connected_replica.is_none() || status.sinks.values().any(|s| !s.healthy)
+}
+
+fn ago(now_ms: i64, at_ms: i64) -> String {
+    let ms = (now_ms - at_ms).max(0);
+    if ms < 10_000 {
+        format!("{:.1}s ago", f64::from(u32::try_from(ms).unwrap_or(u32::MAX)) / 1000.0)
+    } else {
+        format!("{}s ago", ms / 1000)
+    }
+}
+
+/// The status for people: one line per concern, `√` or `×` first.
+fn render(s: &AgentStatus, now: i64) -> String {
+    let mark = |ok: bool| if ok { "√" } else { "×" };
+    let mut text = String::new();
+    let stale = s.is_stale(now, STALE_MS);
+    text.push_str(&format!(
+        "{} agent pid {} for cluster {} ({}), status written {}{}\n",
+        mark(!stale),
+        s.pid,
+        if s.cluster.is_empty() { "(not joined)" } else { &s.cluster },
+        s.trust_domain,
+        ago(now, s.written_at_ms),
+        if stale { " — the agent is not running or stuck" } else { "" }
+    ));
+    match (&s.connected_replica, s.connected_since_ms) {
+        (Some(replica), since) => text.push_str(&format!(
+            "√ connected to {replica} since {} ({} connections)\n",
+            since.map_or_else(|| "?".into(), |t| ago(now, t)),
+            s.connections
+        )),
+        (None, _) => text.push_str(&format!(
+            "× not connected{} — serving the last applied view (revision {})\n",
+            s.last_error.as_ref().map_or_else(String::new, |e| format!(": {e}")),
+            s.applied_revision
+        )),
+    }
+    text.push_str(&format!(
+        "{} revision {} applied, {} received (lag {}), {} resyncs\n",
+        mark(s.applied_revision >= s.received_revision),
+        s.applied_revision,
+        s.received_revision,
+        s.received_revision.saturating_sub(s.applied_revision),
+        s.resyncs
+    ));
+    match &s.lease {
+        Some(lease) => text.push_str(&format!(
+            "{} lease {} (ttl {}s), last keep-alive {}{}\n",
+            mark(lease.failed_keepalives == 0),
+            lease.id,
+            lease.ttl_seconds,
+            lease.last_keepalive_ms.map_or_else(|| "never".into(), |t| ago(now, t)),
+            if lease.failed_keepalives > 0 {
+                format!(", {} failed since", lease.failed_keepalives)
+            } else {
+                String::new()
+            }
+        )),
+        None => text.push_str("× no lease: this cluster's endpoints are not ready anywhere\n"),
+    }
+    for (name, sink) in &s.sinks {
+        text.push_str(&format!(
+            "{} sink {name}: revision {}{}\n",
+            mark(sink.healthy),
+            sink.applied_revision,
+            sink.error.as_ref().map_or_else(String::new, |e| format!(", failing: {e}"))
+        ));
+    }
+    let bundle = &s.bundle;
+    text.push_str(&format!(
+        "{} own bundle: sequence {}, published {}{}\n",
+        mark(bundle.problem.is_none() && bundle.sequence == bundle.published_sequence),
+        bundle.sequence.map_or_else(|| "-".into(), |v| v.to_string()),
+        bundle.published_sequence.map_or_else(|| "-".into(), |v| v.to_string()),
+        bundle
+            .problem
+            .as_ref()
+            .map_or_else(String::new, |p| format!("; {}: {}", p.location, p.message))
+    ));
+    text.push_str(&format!(
+        "{} exports: {} from sources, {} published, {} problems\n",
+        mark(s.exports.problems.is_empty()),
+        s.exports.exports,
+        s.exports.published,
+        s.exports.problems.len()
+    ));
+    for problem in &s.exports.problems {
+        text.push_str(&format!("    ‼ {}: {}\n", problem.location, problem.message));
+    }
+    text.push_str(&format!(
+        "  federated bundles: {}; imports: {}\n",
+        if s.bundles.is_empty() {
+            "none".to_string()
+        } else {
+            s.bundles.iter().map(|(td, seq)| format!("{td}#{seq}")).collect::<Vec<_>>().join(", ")
+        },
+        s.imports
+    ));
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::agent::status::{LeaseStatus, SinkStatus};
+    use crate::agent::view::SourceProblem;
+
+    #[test]
+    fn status_lines_say_what_is_wrong() {
+        let mut s = AgentStatus {
+            pid: 42,
+            written_at_ms: 10_000,
+            cluster: "a".into(),
+            trust_domain: "a.test".into(),
+            applied_revision: 7,
+            received_revision: 9,
+            lease: Some(LeaseStatus {
+                id: 3,
+                ttl_seconds: 10,
+                last_keepalive_ms: Some(9_000),
+                failed_keepalives: 0,
+            }),
+            ..AgentStatus::default()
+        };
+        s.sinks.insert(
+            "etcd".into(),
+            SinkStatus { healthy: false, applied_revision: 5, error: Some("refused".into()) },
+        );
+        s.exports.problems.push(SourceProblem {
+            location: "/federator/exports/ns/bad".into(),
+            message: "ports: required".into(),
+        });
+        let text = render(&s, 11_000);
+        assert!(
+            text.contains("× not connected — serving the last applied view (revision 7)"),
+            "{text}"
+        );
+        assert!(text.contains("lag 2"), "{text}");
+        assert!(text.contains("√ lease 3 (ttl 10s), last keep-alive 2.0s ago"), "{text}");
+        assert!(text.contains("× sink etcd: revision 5, failing: refused"), "{text}");
+        assert!(text.contains("‼ /federator/exports/ns/bad: ports: required"), "{text}");
+        assert!(render(&s, 60_000).contains("not running or stuck"));
+        assert!(is_unhealthy(&s));
+    }
+}
