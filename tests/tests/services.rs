@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use federator_proto::federation as pb;
 use federator_proto::federation::federation_client::FederationClient;
-use federator_tests::{Federation, eventually};
 use federator_tests::member::{LeaseKeeper, MemberCluster};
 use federator_tests::watcher::WatchView;
+use federator_tests::{Federation, eventually};
 use tonic::Code;
 use tonic::transport::Channel;
 

@@ -187,26 +187,7 @@ impl RaftReport {
     #[must_use]
     pub fn text_table(&self) -> String {
         let rows: Vec<[String; 5]> = self.rows().iter().map(Row::cells).collect();
-        let mut widths = HEADER.map(|h| h.chars().count());
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        let header = HEADER.map(str::to_string);
-        for row in std::iter::once(&header).chain(&rows) {
-            for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-                let pad = width - cell.chars().count();
-                if i == 0 || i == 4 {
-                    let _ = write!(out, "{cell}{}", " ".repeat(pad));
-                } else {
-                    let _ = write!(out, "{}{cell}", " ".repeat(pad));
-                }
-                out.push_str(if i == 4 { "\n" } else { "  " });
-            }
-        }
-        out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
+        aligned_table(HEADER, &rows)
     }
 
     /// The figures as a markdown table.
@@ -439,6 +420,32 @@ pub fn wrap(text: &str, width: usize) -> String {
         line_len += len;
     }
     out
+}
+
+/// Lays out a five-column figures table: the first and last columns left-aligned, the
+/// figures right-aligned, trailing spaces trimmed.
+#[must_use]
+pub fn aligned_table(header: [&str; 5], rows: &[[String; 5]]) -> String {
+    let mut widths = header.map(|h| h.chars().count());
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let header = header.map(str::to_string);
+    for row in std::iter::once(&header).chain(rows) {
+        for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
+            let pad = width - cell.chars().count();
+            if i == 0 || i == 4 {
+                let _ = write!(out, "{cell}{}", " ".repeat(pad));
+            } else {
+                let _ = write!(out, "{}{cell}", " ".repeat(pad));
+            }
+            out.push_str(if i == 4 { "\n" } else { "  " });
+        }
+    }
+    out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n"
 }
 
 #[cfg(test)]

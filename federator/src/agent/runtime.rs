@@ -771,7 +771,7 @@ impl Agent {
         let path = self.store.status_path();
         match serde_json::to_vec_pretty(&self.status) {
             Ok(bytes) => {
-                if let Err(error) = super::store::write_atomic(&path, &bytes) {
+                if let Err(error) = super::store::write_atomic(&path, &bytes, 0o644) {
                     tracing::debug!(%error, "cannot write the status file");
                 }
             }

@@ -134,18 +134,23 @@ impl Store {
 
     fn write<T: Serialize>(&self, name: &str, value: &T) -> std::io::Result<()> {
         let bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;
-        write_atomic(&self.dir.join(name), &bytes)
+        write_atomic(&self.dir.join(name), &bytes, 0o600)
     }
 }
 
-/// Writes `bytes` to `path` atomically: a temporary file in the same directory, synced,
-/// renamed over `path`, and the directory synced.
+/// Writes `bytes` to `path` atomically with permissions `mode`: a temporary file in the
+/// same directory, synced, renamed over `path`, and the directory synced.
 ///
 /// # Errors
 /// Any I/O error.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".federator-")
+        .suffix(".tmp")
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;

@@ -76,13 +76,9 @@ fn is_unhealthy(status: &AgentStatus) -> bool {
     status.connected_replica.is_none() || status.sinks.values().any(|s| !s.healthy)
 }
 
+/// How long before `now_ms` the instant `at_ms` was.
 fn ago(now_ms: i64, at_ms: i64) -> String {
-    let ms = (now_ms - at_ms).max(0);
-    if ms < 10_000 {
-        format!("{:.1}s ago", f64::from(u32::try_from(ms).unwrap_or(u32::MAX)) / 1000.0)
-    } else {
-        format!("{}s ago", ms / 1000)
-    }
+    super::services::ms_ago(u64::try_from(now_ms - at_ms).unwrap_or(0))
 }
 
 /// The status for people: one line per concern, `√` or `×` first.

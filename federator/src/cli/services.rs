@@ -774,15 +774,16 @@ mod tests {
         let a = export(
             "a",
             vec![port("http", 80, ""), port("grpc", 9090, "TCP")],
-            vec![endpoint("10.0.0.1", true), endpoint("10.0.0.2", false)],
+            vec![endpoint("127.0.10.1", true), endpoint("127.0.10.2", false)],
         );
-        let mut b = export("b", vec![port("http", 8080, "TCP")], vec![endpoint("10.1.0.1", true)]);
+        let mut b =
+            export("b", vec![port("http", 8080, "TCP")], vec![endpoint("127.0.11.1", true)]);
         b.generation = 3;
         b.updated_at = NOW - 190;
         b.live = false;
         b.conflicting = true;
         if let Some(e) = b.export.as_mut() {
-            e.gateway = Some(fpb::Gateway { address: "fd00::1".into(), port: 15443 });
+            e.gateway = Some(fpb::Gateway { address: "::1".into(), port: 15443 });
             e.scope_clusters = vec!["c".into()];
         }
         pb::Service {
@@ -821,8 +822,8 @@ mod tests {
                     live: true,
                     via_gateway: false,
                     endpoints: vec![
-                        import_endpoint("10.1.0.1", true, 0),
-                        import_endpoint("10.1.0.2", true, 0),
+                        import_endpoint("127.0.11.1", true, 0),
+                        import_endpoint("127.0.11.2", true, 0),
                     ],
                 },
                 fpb::ImportedCluster {
@@ -896,7 +897,7 @@ mod tests {
                 "3",
                 "1/1",
                 "expired",
-                "gateway [fd00::1]:15443",
+                "gateway [::1]:15443",
                 "c",
                 "spiffe://b.example.org/ns/shop/sa/cart",
                 "yes",
@@ -1001,7 +1002,7 @@ mod tests {
     fn views_serialize_with_proto_field_names() {
         let json = serde_json::to_value(conflicted_service()).expect("serializes");
         assert_eq!(json["conditions"][0]["type"], "Conflict");
-        assert_eq!(json["exports"][1]["gateway"], "[fd00::1]:15443");
+        assert_eq!(json["exports"][1]["gateway"], "[::1]:15443");
         assert_eq!(json["exports"][0]["ports"][0]["protocol"], "TCP");
     }
 }

@@ -76,6 +76,8 @@ pub struct Lease {
     pub granted_at: i64,
     /// When it expired or was revoked, if it did.
     pub ended_at: Option<i64>,
+    /// Whether the member revoked it (rather than the leader expiring it).
+    pub revoked: bool,
     /// The member's locality, declared at grant, for ordering its imports.
     pub locality: Locality,
 }
@@ -303,7 +305,14 @@ impl FederationState {
         let locality_changed = self.leases.get(cluster).is_some_and(|l| l.locality != locality);
         self.leases.insert(
             cluster.to_string(),
-            Lease { id: index, ttl_secs, granted_at: now, ended_at: None, locality },
+            Lease {
+                id: index,
+                ttl_secs,
+                granted_at: now,
+                ended_at: None,
+                revoked: false,
+                locality,
+            },
         );
         if !was_live {
             self.audit.record(AuditEvent::new(
@@ -347,6 +356,7 @@ impl FederationState {
             return Ok(Applied::Done);
         }
         lease.ended_at = Some(now);
+        lease.revoked = revoked;
         self.audit.record(AuditEvent::new(
             now,
             index,

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::memory::{ENDPOINTS_PER_EXPORT, RssChange};
 use super::watch::percentile;
 use super::{CONNECTIONS_PER_MEMBER, GRACE, PropagationConfig, SystemPropagation};
-use crate::bench::report::{Machine, wrap};
+use crate::bench::report::{Machine, aligned_table, wrap};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 pub const SECTION_BEGIN: &str =
@@ -296,26 +296,7 @@ impl PropagationReport {
     #[must_use]
     pub fn text(&self) -> String {
         let rows: Vec<[String; 5]> = self.rows().iter().map(Row::cells).collect();
-        let mut widths = HEADER.map(|h| h.chars().count());
-        for row in &rows {
-            for (width, cell) in widths.iter_mut().zip(row) {
-                *width = (*width).max(cell.chars().count());
-            }
-        }
-        let mut out = String::new();
-        let header = HEADER.map(str::to_string);
-        for row in std::iter::once(&header).chain(&rows) {
-            for (i, (cell, width)) in row.iter().zip(widths).enumerate() {
-                let pad = width - cell.chars().count();
-                if i == 0 || i == 4 {
-                    let _ = write!(out, "{cell}{}", " ".repeat(pad));
-                } else {
-                    let _ = write!(out, "{}{cell}", " ".repeat(pad));
-                }
-                out.push_str(if i == 4 { "\n" } else { "  " });
-            }
-        }
-        let mut out = out.lines().map(str::trim_end).collect::<Vec<_>>().join("\n") + "\n";
+        let mut out = aligned_table(HEADER, &rows);
         for line in self.details() {
             let _ = writeln!(out, "- {line}");
         }

@@ -34,14 +34,10 @@ pub fn lease_info(s: &FederationState, cluster: &str, ages: &LeaseAges) -> pb::L
     let Some(lease) = s.leases.get(cluster) else {
         return pb::LeaseInfo { state: "none".into(), last_keepalive_ms: -1, ..Default::default() };
     };
-    let state = match lease.ended_at {
-        None => "live",
-        Some(_) => {
-            let revoked = s.audit.newest(crate::state::AUDIT_CAPACITY).iter().any(|e| {
-                e.action == "revoke_lease" && e.target == format!("{cluster} lease {}", lease.id)
-            });
-            if revoked { "revoked" } else { "expired" }
-        }
+    let state = match (lease.ended_at, lease.revoked) {
+        (None, _) => "live",
+        (Some(_), true) => "revoked",
+        (Some(_), false) => "expired",
     };
     let age = ages
         .get(cluster)
