@@ -3,6 +3,7 @@
 
 mod agent;
 mod certs;
+mod check;
 mod client;
 mod dev;
 mod output;
@@ -55,6 +56,9 @@ enum Commands {
     Raft(raft::RaftCommand),
     /// Show every replica of the federation: role, term, indexes, lag.
     Status(status::StatusArgs),
+    /// Check the federation's health: quorum, leader, lag, certificate expiry, member
+    /// leases, bundle propagation, local agents; non-zero exit on failure.
+    Check(check::CheckArgs),
     /// Create single-use join tokens for clusters.
     #[command(subcommand)]
     Token(trust::TokenCommand),
@@ -141,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Agent(args) => agent::run(args, out).await,
         Commands::Raft(command) => raft::run(command, &cli.connection, out).await,
         Commands::Status(args) => status::run(args, &cli.connection, out).await,
+        Commands::Check(args) => check::run(args, &cli.connection, out).await,
         Commands::Token(command) => trust::run_token(command, &cli.connection, out).await,
         Commands::Cluster(command) => trust::run_cluster(command, &cli.connection, out).await,
         Commands::Bundle(command) => trust::run_bundle(command, &cli.connection, out).await,

@@ -84,6 +84,12 @@ impl Connection {
         &self.endpoints
     }
 
+    /// The client TLS configuration, when an admin certificate was given.
+    #[must_use]
+    pub fn tls_config(&self) -> Option<Arc<rustls::ClientConfig>> {
+        self.tls.clone()
+    }
+
     /// Connects to one endpoint (`unix://` socket or `host:port` over mTLS).
     ///
     /// # Errors

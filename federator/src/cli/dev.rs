@@ -1,5 +1,8 @@
-//! `federator dev`: a whole federation on loopback — replicas as separate child processes —
+//! `federator dev`: a whole federation on loopback — replicas and member-cluster agents as
+//! separate child processes, each cluster with its own CA and an exported demo service —
 //! with progress while starting, then a live status view. Ctrl-C stops everything.
+
+mod clusters;
 
 use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
@@ -14,7 +17,20 @@ use tokio::process::{Child, Command};
 use super::client::{Connection, ConnectionArgs};
 use super::status;
 
-/// Run a local federation on loopback: N replicas as child processes, a live status view.
+/// Run a local federation on loopback: N replicas and M member clusters as child
+/// processes, with a live status view.
+///
+/// Each member cluster has its own CA and trust domain (`cluster-a.federator.test`, ...),
+/// a `federator agent` that joins with a token, keeps a lease, publishes its bundle and
+/// exports, and writes what it imports to DIR/clusters/NAME/out (and serves it to Envoy
+/// over xDS); and a demo HTTP service `demo/echo` that every cluster exports, so each
+/// imports `echo.demo.svc.clusterset.local` with the others' endpoints.
+///
+/// Try: kill the leader's pid (a new leader within a second or two); kill an agent's pid
+/// (its lease expires, its endpoints turn not ready everywhere, dev restarts it); `touch
+/// DIR/clusters/cluster-a/rotate` (a CA rotation: old and new CA together until every
+/// member applied them, then the new one only); edit DIR/clusters/NAME/exports.json
+/// (exports follow).
 ///
 /// Without --dir the state lives in a temporary directory removed on exit. With --dir it
 /// is kept (a second run resumes it) and DIR/env holds the variables that point the
@@ -27,6 +43,9 @@ pub struct DevArgs {
     /// Number of replicas (3 or 5 tolerate 1 or 2 failures).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
     replicas: u64,
+    /// Number of member clusters, each with its own CA, agent and demo service.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=8))]
+    clusters: u8,
     /// Restart a replica that died (e.g. one you killed), after this many seconds; 0
     /// leaves it down.
     #[arg(long, default_value_t = 5)]
@@ -93,9 +112,21 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     };
     if let Err(error) = outcome {
         progress.finish();
-        stop_all(&mut replicas).await;
+        stop_all(&mut replicas, &mut []).await;
         return Err(
             error.context(format!("replica logs are in {}/replica-*/server.log", root.display()))
+        );
+    }
+    let mut members = Vec::new();
+    let started = tokio::select! {
+        result = start_clusters(&exe, &root, &certs, &connection, args.clusters, &progress, &mut members) => result,
+        () = super::server::shutdown_signal() => Err(anyhow::anyhow!("interrupted")),
+    };
+    if let Err(error) = started {
+        progress.finish();
+        stop_all(&mut replicas, &mut members).await;
+        return Err(
+            error.context(format!("agent logs are in {}/clusters/*/agent.log", root.display()))
         );
     }
     progress.finish();
@@ -103,17 +134,36 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let interactive = std::io::stdout().is_terminal();
     let refresh = Duration::from_secs(args.refresh.max(1));
     let mut ticker = tokio::time::interval(refresh);
+    let mut events: Vec<String> = Vec::new();
     loop {
         tokio::select! {
             () = super::server::shutdown_signal() => break,
             _ = ticker.tick() => {}
         }
         supervise(&exe, &mut replicas, args.restart_after);
+        supervise_agents(&exe, &mut members, args.restart_after);
+        for member in &mut members {
+            match member.advance_rotation(&connection).await {
+                Ok(Some(line)) => events.push(line),
+                Ok(None) => {}
+                Err(error) => events.push(format!("{}: rotation: {error:#}", member.name)),
+            }
+        }
+        let keep = events.len().saturating_sub(5);
+        events.drain(..keep);
         let view = status::collect(&connection).await;
-        render(interactive, &root, &env, &replicas, view.as_ref().map_err(ToString::to_string));
+        let clusters = list_clusters(&connection).await;
+        let screen = Screen {
+            root: &root,
+            env: &env,
+            replicas: &replicas,
+            members: &members,
+            events: &events,
+        };
+        render(interactive, &screen, view.as_ref().map_err(ToString::to_string), &clusters);
     }
-    eprintln!("\nstopping {} replicas…", replicas.len());
-    stop_all(&mut replicas).await;
+    eprintln!("\nstopping {} replicas and {} agents…", replicas.len(), members.len());
+    stop_all(&mut replicas, &mut members).await;
     if args.dir.is_some() {
         eprintln!(
             "state kept in {}; run `federator dev --dir {}` to resume",
@@ -286,20 +336,30 @@ fn supervise(exe: &Path, replicas: &mut [DevReplica], restart_after: u64) {
     }
 }
 
+/// What the status view shows besides the replica group.
+struct Screen<'a> {
+    root: &'a Path,
+    env: &'a Path,
+    replicas: &'a [DevReplica],
+    members: &'a [clusters::DevCluster],
+    events: &'a [String],
+}
+
 fn render(
     interactive: bool,
-    root: &Path,
-    env: &Path,
-    replicas: &[DevReplica],
+    screen: &Screen<'_>,
     view: Result<&status::GroupView, String>,
+    clusters: &[pb::Cluster],
 ) {
+    let Screen { root, env, replicas, members, events } = *screen;
     if interactive {
         // Clear the screen and home the cursor.
         print!("\x1b[2J\x1b[H");
     }
     println!(
-        "federator dev — {} replicas on loopback, state in {}",
+        "federator dev — {} replicas and {} member clusters on loopback, state in {}",
         replicas.len(),
+        members.len(),
         root.display()
     );
     match view {
@@ -320,43 +380,210 @@ fn render(
             if !down.is_empty() {
                 println!("{}", down.join("; "));
             }
+            if !members.is_empty() {
+                println!("\n{}", members_table(members, clusters));
+            }
+            for event in events {
+                println!("{event}");
+            }
             let leader_pid = view
                 .leader
                 .and_then(|l| view.replicas.iter().find(|r| r.id == l))
                 .and_then(|r| r.pid);
-            println!("\ntry next (in another terminal):");
-            println!("  source {}", env.display());
-            println!("  federator status                      # what you see here");
-            println!("  federator probe put hello world       # a replicated write");
+            let mut tips: Vec<(String, String)> = vec![
+                (format!("source {}", env.display()), String::new()),
+                ("federator status".into(), "the replica group".into()),
+            ];
             if let Some(pid) = leader_pid {
-                println!(
-                    "  kill -9 {pid}                         # kill the leader; watch the failover"
-                );
+                tips.push((format!("kill -9 {pid}"), "kill the leader; watch the failover".into()));
             }
-            println!(
-                "  federator raft status -o json         # every replica's indexes and digest"
-            );
+            if let Some(first) = members.first() {
+                if let Some(pid) = first.pid() {
+                    tips.push((
+                        format!("kill -9 {pid}"),
+                        format!(
+                            "kill {}'s agent: its lease expires, its endpoints turn not ready",
+                            first.name
+                        ),
+                    ));
+                }
+                tips.push((
+                    format!("touch {}", first.dir.join("rotate").display()),
+                    format!("rotate {}'s CA", first.name),
+                ));
+                tips.push((
+                    "federator cluster list".into(),
+                    "members, leases, bundle rotations".into(),
+                ));
+                if let Some(other) = members.get(1) {
+                    tips.push((
+                        format!("federator import list --cluster {}", other.name),
+                        format!("what {} imports, in failover order", other.name),
+                    ));
+                }
+                tips.push((
+                    format!(
+                        "federator check --agent-state-dir {}",
+                        first.dir.join("state").display()
+                    ),
+                    "everything an operator must see".into(),
+                ));
+            } else {
+                tips.push(("federator probe put hello world".into(), "a replicated write".into()));
+            }
+            let width = tips.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
+            println!("\ntry next (in another terminal):");
+            for (command, why) in tips {
+                if why.is_empty() {
+                    println!("  {command}");
+                } else {
+                    println!("  {command:width$}  # {why}");
+                }
+            }
         }
         Err(error) => println!("no replica answered: {error}"),
     }
     println!("\nCtrl-C stops everything.");
 }
 
-async fn stop_all(replicas: &mut [DevReplica]) {
+/// One row per member cluster: its agent, lease, bundle and what it imports.
+fn members_table(members: &[clusters::DevCluster], clusters: &[pb::Cluster]) -> comfy_table::Table {
+    let mut t = super::output::table(&[
+        "CLUSTER",
+        "TRUST DOMAIN",
+        "AGENT PID",
+        "CONNECTED TO",
+        "LEASE",
+        "BUNDLE",
+        "IMPORTS",
+        "SINKS",
+        "ENVOY XDS",
+    ]);
+    for member in members {
+        let cluster = clusters.iter().find(|c| c.name == member.name);
+        let status = member.status();
+        let lease = cluster
+            .and_then(|c| c.lease.as_ref())
+            .map_or_else(|| "-".to_string(), |l| format!("{} {}", l.id, l.state));
+        let bundle = cluster.map_or_else(
+            || "(not joined)".to_string(),
+            |c| format!("seq {} — {}", c.bundle_sequence, c.status),
+        );
+        let sinks = status.as_ref().map_or_else(
+            || "-".to_string(),
+            |s| {
+                let failing = s.sinks.values().filter(|k| !k.healthy).count();
+                if failing == 0 {
+                    format!("{} ok", s.sinks.len())
+                } else {
+                    format!("{failing} failing")
+                }
+            },
+        );
+        t.add_row(vec![
+            member.name.clone(),
+            member.trust_domain.clone(),
+            member.pid().map_or_else(|| "down".to_string(), |p| p.to_string()),
+            status.as_ref().and_then(|s| s.connected_replica.clone()).unwrap_or_else(|| "-".into()),
+            lease,
+            bundle,
+            status.as_ref().map_or_else(|| "-".to_string(), |s| s.imports.to_string()),
+            sinks,
+            format!("127.0.0.1:{}", member.xds_port),
+        ]);
+    }
+    t
+}
+
+/// Member clusters as the federation sees them (empty when it does not answer).
+async fn list_clusters(connection: &Connection) -> Vec<pb::Cluster> {
+    let Ok(mut admin) = connection.any_admin().await else { return Vec::new() };
+    let request = pb::ListClustersRequest { consistency: pb::Consistency::Stale.into() };
+    admin.list_clusters(request).await.map(|r| r.into_inner().clusters).unwrap_or_default()
+}
+
+/// Prepares and starts every member cluster: CA, agent, demo service; waits until every
+/// agent has joined and connected.
+async fn start_clusters(
+    exe: &Path,
+    root: &Path,
+    certs: &Path,
+    connection: &Connection,
+    count: u8,
+    progress: &Progress,
+    members: &mut Vec<clusters::DevCluster>,
+) -> anyhow::Result<()> {
+    for index in 0..usize::from(count) {
+        let mut member =
+            clusters::DevCluster::prepare(root, index, connection, &certs.join("ca.pem")).await?;
+        progress.step(&format!("starting {} ({})", member.name, member.trust_domain));
+        let (name, port) = (member.name.clone(), member.echo_port);
+        tokio::spawn(async move {
+            if let Err(error) = clusters::serve_echo(name, port).await {
+                tracing::warn!(error = %format!("{error:#}"), "demo service stopped");
+            }
+        });
+        member.spawn(exe)?;
+        members.push(member);
+    }
+    for member in members.iter() {
+        progress.step(&format!("waiting for {} to join and connect", member.name));
+        wait(
+            &format!("the agent of {} to connect", member.name),
+            Duration::from_secs(60),
+            || async {
+                member.status().filter(|s| s.connected_replica.is_some() && s.lease.is_some())
+            },
+        )
+        .await?;
+    }
+    Ok(())
+}
+
+/// Notices dead agents and restarts them after `restart_after` seconds.
+fn supervise_agents(exe: &Path, members: &mut [clusters::DevCluster], restart_after: u64) {
+    for member in members.iter_mut() {
+        if let Some(child) = member.child.as_mut()
+            && let Ok(Some(_)) = child.try_wait()
+        {
+            member.child = None;
+            member.died_at = Some(Instant::now());
+        }
+        let due = member.died_at.is_some_and(|t| t.elapsed() >= Duration::from_secs(restart_after));
+        if member.child.is_none()
+            && restart_after > 0
+            && due
+            && let Err(error) = member.spawn(exe)
+        {
+            tracing::warn!(%error, cluster = %member.name, "agent restart failed");
+        }
+    }
+}
+
+async fn stop_all(replicas: &mut [DevReplica], members: &mut [clusters::DevCluster]) {
     use nix::sys::signal::{Signal, kill};
     use nix::unistd::Pid;
-    // SIGTERM every replica first so they stop together, then reap (SIGKILL stragglers).
-    for child in replicas.iter().filter_map(|r| r.child.as_ref()) {
+    // SIGTERM every process first so they stop together, then reap (SIGKILL stragglers).
+    let children = members
+        .iter_mut()
+        .filter_map(|m| m.child.as_mut())
+        .chain(replicas.iter_mut().filter_map(|r| r.child.as_mut()));
+    let mut all: Vec<&mut Child> = children.collect();
+    for child in &all {
         if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
             let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
         }
     }
-    for replica in replicas.iter_mut() {
-        if let Some(mut child) = replica.child.take()
-            && tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err()
-        {
+    for child in &mut all {
+        if tokio::time::timeout(Duration::from_secs(5), child.wait()).await.is_err() {
             let _ = child.kill().await;
         }
+    }
+    for member in members.iter_mut() {
+        member.child = None;
+    }
+    for replica in replicas.iter_mut() {
+        replica.child = None;
     }
 }
 

@@ -1,0 +1,704 @@
+//! `federator check`: what an operator must see, as grouped `√`/`‼`/`×` lines with a hint
+//! for every problem, and a non-zero exit when something has failed.
+//!
+//! Groups: the replica group (quorum, leader, lag), certificates (the operator's CA and
+//! certificate files, every replica's serving certificate, every member's CAs), members
+//! (lease freshness), bundles (propagation of the newest sequence to every member) and,
+//! when asked, local agents (status file, connection, sinks, export problems).
+//!
+//! `‼` (warning) does not fail the check: a certificate that expires soon, an unreachable
+//! minority replica, a rotation still propagating. `×` does.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use federator_proto::admin as pb;
+use serde::Serialize;
+
+use super::client::{Connection, ConnectionArgs, status_error};
+use super::output::{OutputFormat, print};
+use super::status::{self, GroupView};
+use crate::agent::AgentStatus;
+use crate::bundle::{ValidationPolicy, parse_spiffe_bundle};
+
+/// Check the federation's health: quorum, leader, replica lag, certificate expiry, member
+/// leases, bundle propagation and (with --agent-state-dir) local agents.
+///
+/// Every line starts with `√` (fine), `‼` (look at it soon) or `×` (broken; a hint
+/// follows). The exit status is non-zero when any line is `×`, so the command fits a
+/// cron job, a readiness gate or a CI step:
+///
+///   federator check --wait 60s && echo healthy
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// Keep checking until every check passes, for at most this long (`30s`, `5m`);
+    /// prints the last result either way.
+    #[arg(long, value_parser = super::trust::parse_duration_secs)]
+    wait: Option<u64>,
+    /// Also check the agent whose state directory is DIR (repeatable).
+    #[arg(long = "agent-state-dir", value_name = "DIR")]
+    agent_state_dirs: Vec<PathBuf>,
+    /// Warn about certificates that expire within this many days.
+    #[arg(long, default_value_t = 30)]
+    expiry_warning_days: u64,
+    /// A replica more than this many log entries behind the leader fails.
+    #[arg(long, default_value_t = 1000)]
+    max_lag: u64,
+    /// A bundle sequence not yet applied by every member after this long fails (`10m`);
+    /// younger rotations are warnings.
+    #[arg(long, default_value = "10m", value_parser = super::trust::parse_duration_secs)]
+    propagation_timeout: u64,
+}
+
+/// How a check came out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Fine.
+    Pass,
+    /// Works, but needs attention soon.
+    Warn,
+    /// Broken.
+    Fail,
+}
+
+impl Outcome {
+    fn mark(self) -> &'static str {
+        match self {
+            Self::Pass => "√",
+            Self::Warn => "‼",
+            Self::Fail => "×",
+        }
+    }
+}
+
+/// One line of the report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Check {
+    /// `replicas`, `certificates`, `members`, `bundles` or `agents`.
+    pub group: &'static str,
+    /// The outcome.
+    pub outcome: Outcome,
+    /// What was found.
+    pub detail: String,
+    /// What to do about it (for warnings and failures).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hint: Option<String>,
+}
+
+/// The whole report.
+#[derive(Debug, Serialize)]
+pub struct Report {
+    /// No check failed.
+    pub ok: bool,
+    /// Checks passed, warned, failed.
+    pub passed: usize,
+    /// Warnings.
+    pub warnings: usize,
+    /// Failures.
+    pub failed: usize,
+    /// Every check, grouped in order.
+    pub checks: Vec<Check>,
+}
+
+/// The order groups are printed in.
+const GROUPS: [&str; 5] = ["replicas", "certificates", "members", "bundles", "agents"];
+
+/// A status file older than this means the agent is not running (it writes every second).
+const AGENT_STALE_MS: i64 = 10_000;
+
+/// Collects checks.
+#[derive(Default)]
+struct Checks(Vec<Check>);
+
+impl Checks {
+    fn add(&mut self, group: &'static str, outcome: Outcome, detail: String, hint: Option<&str>) {
+        self.0.push(Check { group, outcome, detail, hint: hint.map(str::to_string) });
+    }
+    fn pass(&mut self, group: &'static str, detail: String) {
+        self.add(group, Outcome::Pass, detail, None);
+    }
+    fn warn(&mut self, group: &'static str, detail: String, hint: &str) {
+        self.add(group, Outcome::Warn, detail, Some(hint));
+    }
+    fn fail(&mut self, group: &'static str, detail: String, hint: &str) {
+        self.add(group, Outcome::Fail, detail, Some(hint));
+    }
+}
+
+/// Runs `federator check`.
+///
+/// # Errors
+/// Only when the report cannot be printed; an unreachable federation is a failed check.
+pub async fn run(
+    args: CheckArgs,
+    connection_args: &ConnectionArgs,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let deadline = args.wait.map(|w| tokio::time::Instant::now() + Duration::from_secs(w));
+    let report = loop {
+        let report = check_once(&args, connection_args).await;
+        match deadline {
+            Some(deadline) if !report.ok && tokio::time::Instant::now() < deadline => {
+                if out == OutputFormat::Table {
+                    let failing: Vec<&str> = report
+                        .checks
+                        .iter()
+                        .filter(|c| c.outcome == Outcome::Fail)
+                        .map(|c| c.detail.as_str())
+                        .collect();
+                    eprintln!("waiting: {}", failing.join("; "));
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            _ => break report,
+        }
+    };
+    print(out, &report, |r| print!("{}", render(r)))?;
+    Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+}
+
+/// One round of every check.
+async fn check_once(args: &CheckArgs, connection_args: &ConnectionArgs) -> Report {
+    let mut checks = Checks::default();
+    let now = crate::server::unix_now();
+    match Connection::new(connection_args) {
+        Ok(connection) => check_federation(args, &connection, now, &mut checks).await,
+        Err(error) => checks.fail(
+            "replicas",
+            format!("cannot reach the federation: {error:#}"),
+            "pass --endpoints and --ca/--cert/--key (or source the env file of `federator dev --dir`)",
+        ),
+    }
+    check_cert_files(args, connection_args, now, &mut checks);
+    for dir in &args.agent_state_dirs {
+        check_agent(dir, crate::agent::status::now_ms(), &mut checks);
+    }
+    report(checks.0)
+}
+
+fn report(mut checks: Vec<Check>) -> Report {
+    checks.sort_by_key(|c| GROUPS.iter().position(|g| *g == c.group).unwrap_or(GROUPS.len()));
+    let count = |o: Outcome| checks.iter().filter(|c| c.outcome == o).count();
+    let (passed, warnings, failed) =
+        (count(Outcome::Pass), count(Outcome::Warn), count(Outcome::Fail));
+    Report { ok: failed == 0, passed, warnings, failed, checks }
+}
+
+/// The report for people.
+fn render(report: &Report) -> String {
+    let mut text = String::new();
+    let mut group = "";
+    for check in &report.checks {
+        if check.group != group {
+            group = check.group;
+            text.push_str(group);
+            text.push('\n');
+        }
+        text.push_str(&format!("  {} {}\n", check.outcome.mark(), check.detail));
+        if let Some(hint) = &check.hint {
+            text.push_str(&format!("      hint: {hint}\n"));
+        }
+    }
+    text.push_str(&format!(
+        "{}: {} passed, {} warning{}, {} failed\n",
+        if report.ok { "healthy" } else { "UNHEALTHY" },
+        report.passed,
+        report.warnings,
+        if report.warnings == 1 { "" } else { "s" },
+        report.failed
+    ));
+    text
+}
+
+// === the replica group ===
+
+async fn check_federation(
+    args: &CheckArgs,
+    connection: &Connection,
+    now: i64,
+    checks: &mut Checks,
+) {
+    let view = match status::collect(connection).await {
+        Ok(view) => view,
+        Err(error) => {
+            checks.fail(
+                "replicas",
+                format!("no replica answers: {error:#}"),
+                "start the replicas (`federator server --config ...`) or fix --endpoints",
+            );
+            return;
+        }
+    };
+    check_group(args, &view, checks);
+    check_replica_certs(args, connection, &view, now, checks).await;
+    if view.leader.is_none() {
+        // Member and bundle reads are linearizable: they need a leader.
+        return;
+    }
+    let mut admin = match connection.leader().await {
+        Ok(admin) => admin,
+        Err(error) => {
+            checks.fail(
+                "members",
+                format!("cannot reach the leader: {error:#}"),
+                "check the leader's log",
+            );
+            return;
+        }
+    };
+    let clusters = match admin.list_clusters(pb::ListClustersRequest::default()).await {
+        Ok(r) => r.into_inner().clusters,
+        Err(status) => {
+            checks.fail(
+                "members",
+                format!("cannot list member clusters: {}", status_error(status)),
+                "check the leader's log",
+            );
+            return;
+        }
+    };
+    check_members(&clusters, now, checks);
+    for cluster in &clusters {
+        check_bundle(args, &mut admin, cluster, clusters.len(), now, checks).await;
+    }
+}
+
+fn check_group(args: &CheckArgs, view: &GroupView, checks: &mut Checks) {
+    let unreachable: Vec<String> = view
+        .replicas
+        .iter()
+        .filter(|r| !r.reachable)
+        .map(|r| format!("{} ({})", r.id, r.error.as_deref().unwrap_or("unreachable")))
+        .collect();
+    let quorum = format!("quorum: {}/{} voters answer", view.voters_up, view.voters);
+    if !view.quorum {
+        checks.fail(
+            "replicas",
+            quorum,
+            "no writes and no linearizable reads until a majority is back: restart the replicas that are down",
+        );
+    } else if view.voters_up < view.voters {
+        checks.warn(
+            "replicas",
+            quorum,
+            "one more failure may cost the quorum: restart the replicas that are down",
+        );
+    } else {
+        checks.pass("replicas", quorum);
+    }
+    for replica in &unreachable {
+        checks.warn(
+            "replicas",
+            format!("replica {replica}"),
+            "look at its log, restart it; `federator raft status` shows the group",
+        );
+    }
+    match view.leader {
+        Some(leader) => checks.pass("replicas", format!("leader: replica {leader}, term {}", view.term)),
+        None => checks.fail(
+            "replicas",
+            format!("no leader (term {})", view.term),
+            "an election is under way or there is no quorum; if it persists, check the replicas' clocks and network",
+        ),
+    }
+    let lagging: Vec<String> = view
+        .replicas
+        .iter()
+        .filter(|r| r.lag.is_some_and(|l| l > args.max_lag))
+        .map(|r| format!("replica {} is {} entries behind", r.id, r.lag.unwrap_or(0)))
+        .collect();
+    let max_lag = view.replicas.iter().filter_map(|r| r.lag).max().unwrap_or(0);
+    if lagging.is_empty() {
+        if view.leader.is_some() {
+            checks.pass("replicas", format!("replication lag: at most {max_lag} entries"));
+        }
+    } else {
+        checks.fail(
+            "replicas",
+            lagging.join(", "),
+            "a replica that does not catch up gets a snapshot; check its disk and network (`federator raft status`)",
+        );
+    }
+}
+
+// === certificates ===
+
+/// Checks one certificate's expiry.
+fn check_expiry(
+    args: &CheckArgs,
+    what: &str,
+    not_after: i64,
+    now: i64,
+    hint: &str,
+    checks: &mut Checks,
+) {
+    let left = not_after - now;
+    let days = left / 86_400;
+    if left <= 0 {
+        checks.fail("certificates", format!("{what} expired {} days ago", -days), hint);
+    } else if u64::try_from(days).unwrap_or(0) < args.expiry_warning_days {
+        checks.warn("certificates", format!("{what} expires in {}", human_duration(left)), hint);
+    } else {
+        checks.pass("certificates", format!("{what} valid for {days} more days"));
+    }
+}
+
+fn human_duration(secs: i64) -> String {
+    match secs {
+        s if s >= 2 * 86_400 => format!("{} days", s / 86_400),
+        s if s >= 3600 => format!("{} hours", s / 3600),
+        s => format!("{} minutes", s.max(0) / 60),
+    }
+}
+
+/// Expiry (unix seconds) of the first certificate of a PEM file.
+fn pem_file_not_after(path: &std::path::Path) -> anyhow::Result<i64> {
+    use rustls_pki_types::CertificateDer;
+    use rustls_pki_types::pem::PemObject as _;
+    let text = std::fs::read(path)?;
+    let der = CertificateDer::pem_slice_iter(&text)
+        .next()
+        .ok_or_else(|| anyhow::anyhow!("no CERTIFICATE block"))??;
+    der_not_after(&der)
+}
+
+fn der_not_after(der: &[u8]) -> anyhow::Result<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("not an X.509 certificate: {e}"))?;
+    Ok(cert.validity().not_after.timestamp())
+}
+
+fn check_cert_files(
+    args: &CheckArgs,
+    connection_args: &ConnectionArgs,
+    now: i64,
+    checks: &mut Checks,
+) {
+    let files = [
+        (
+            &connection_args.ca,
+            "federation CA",
+            "renew the CA (`federator certs`) and roll it to every replica and agent before it expires",
+        ),
+        (
+            &connection_args.cert,
+            "admin certificate",
+            "issue a new admin certificate with `federator certs`",
+        ),
+    ];
+    for (path, what, hint) in files {
+        let Some(path) = path else { continue };
+        let what = format!("{what} ({})", path.display());
+        match pem_file_not_after(path) {
+            Ok(not_after) => check_expiry(args, &what, not_after, now, hint, checks),
+            Err(error) => checks.fail("certificates", format!("{what}: {error:#}"), hint),
+        }
+    }
+}
+
+/// Every reachable replica's serving certificate, from a TLS handshake with it.
+async fn check_replica_certs(
+    args: &CheckArgs,
+    connection: &Connection,
+    view: &GroupView,
+    now: i64,
+    checks: &mut Checks,
+) {
+    let Some(tls) = connection.tls_config() else { return };
+    let connector = federator_raft::tls::connector(tls);
+    for replica in view.replicas.iter().filter(|r| r.reachable && !r.api_addr.is_empty()) {
+        let what = format!("replica {} certificate", replica.id);
+        let hint = "issue a new replica certificate (`federator certs`); replicas reload it without a restart";
+        let result = async {
+            let uri: http::Uri = format!("https://{}", replica.api_addr).parse()?;
+            let stream =
+                tokio::time::timeout(Duration::from_secs(3), connector.connect(&uri)).await??;
+            let leaf = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .ok_or_else(|| anyhow::anyhow!("no certificate presented"))?;
+            der_not_after(leaf)
+        }
+        .await;
+        match result {
+            Ok(not_after) => check_expiry(args, &what, not_after, now, hint, checks),
+            Err(error) => checks.warn("certificates", format!("{what}: {error:#}"), hint),
+        }
+    }
+}
+
+// === members and bundles ===
+
+fn check_members(clusters: &[pb::Cluster], now: i64, checks: &mut Checks) {
+    if clusters.is_empty() {
+        checks.warn(
+            "members",
+            "no member cluster has joined".into(),
+            "create a join token (`federator token create CLUSTER --trust-domain TD`) and start that cluster's agent",
+        );
+        return;
+    }
+    for cluster in clusters {
+        let name = &cluster.name;
+        match &cluster.lease {
+            Some(lease) if lease.state == "live" => {
+                let heard = u64::try_from(lease.last_keepalive_ms)
+                    .map_or_else(|_| "unknown".into(), super::services::ms_ago);
+                checks.pass(
+                    "members",
+                    format!("{name}: lease {} live (ttl {}s), last keep-alive {heard}", lease.id, lease.ttl_seconds),
+                );
+            }
+            Some(lease) => checks.fail(
+                "members",
+                format!(
+                    "{name}: lease {} {}{}; its endpoints are not ready anywhere",
+                    lease.id,
+                    lease.state,
+                    if lease.ended_at > 0 {
+                        format!(" {} ago", human_duration(now - lease.ended_at))
+                    } else {
+                        String::new()
+                    }
+                ),
+                "the cluster's agent is down or cannot reach any replica: `federator agent status --state-dir ...` on that cluster",
+            ),
+            None => checks.warn(
+                "members",
+                format!("{name}: no lease (its agent never took one)"),
+                "start the cluster's agent; until it holds a lease its exports are not ready",
+            ),
+        }
+    }
+}
+
+async fn check_bundle(
+    args: &CheckArgs,
+    admin: &mut federator_proto::admin::admin_client::AdminClient<tonic::transport::Channel>,
+    cluster: &pb::Cluster,
+    members: usize,
+    now: i64,
+    checks: &mut Checks,
+) {
+    let td = &cluster.trust_domain;
+    let request = pb::BundleStatusRequest { trust_domain: td.clone(), ..Default::default() };
+    match admin.bundle_status(request).await {
+        Ok(status) => {
+            let status = status.into_inner();
+            let behind: Vec<String> = status
+                .members
+                .iter()
+                .filter(|m| m.applied_sequence < status.sequence)
+                .map(|m| m.cluster.clone())
+                .collect();
+            let applied = status.members.len() - behind.len();
+            let age = now - status.updated_at;
+            if status.complete || members <= 1 {
+                checks.pass(
+                    "bundles",
+                    format!("{td}: sequence {} applied by every member", status.sequence),
+                );
+            } else {
+                let detail = format!(
+                    "{td}: sequence {} applied by {applied}/{} members for {} (waiting: {})",
+                    status.sequence,
+                    status.members.len(),
+                    human_duration(age),
+                    behind.join(", ")
+                );
+                let hint = "do not sign with the new key yet; check those clusters' agents (sinks, acks) with `federator agent status`";
+                if age > i64::try_from(args.propagation_timeout).unwrap_or(i64::MAX) {
+                    checks.fail("bundles", detail, hint);
+                } else {
+                    checks.warn("bundles", detail, hint);
+                }
+            }
+        }
+        Err(status) => checks.fail(
+            "bundles",
+            format!("{td}: cannot read its propagation: {}", status_error(status)),
+            "check the leader's log",
+        ),
+    }
+    // The member's CAs: a federated CA that expires breaks every cross-cluster call.
+    let request = pb::GetBundleRequest { trust_domain: td.clone(), ..Default::default() };
+    let Ok(bundle) = admin.get_bundle(request).await else { return };
+    let bundle = bundle.into_inner();
+    // Validated as of when the federation accepted it: a CA that expired since must still
+    // parse, to be reported.
+    let policy = ValidationPolicy::at(bundle.updated_at);
+    let Ok(parsed) = parse_spiffe_bundle(td, bundle.document.as_bytes(), &policy) else {
+        return;
+    };
+    if let Some(not_after) = parsed.x509_authorities.iter().map(|a| a.not_after).max() {
+        check_expiry(
+            args,
+            &format!("{td} CA (newest of {})", parsed.x509_authorities.len()),
+            not_after,
+            now,
+            "the member must rotate its CA: add the new CA to its bundle, wait for every member to apply it, then sign with it",
+            checks,
+        );
+    }
+}
+
+// === agents ===
+
+fn check_agent(dir: &std::path::Path, now_ms: i64, checks: &mut Checks) {
+    let path = dir.join("status.json");
+    let status: AgentStatus = match std::fs::read_to_string(&path)
+        .map_err(anyhow::Error::from)
+        .and_then(|text| serde_json::from_str(&text).map_err(Into::into))
+    {
+        Ok(status) => status,
+        Err(error) => {
+            checks.fail(
+                "agents",
+                format!("agent at {}: no status ({error})", dir.display()),
+                "is the agent running with this state_dir?",
+            );
+            return;
+        }
+    };
+    for check in agent_checks(&status, now_ms) {
+        checks.0.push(check);
+    }
+}
+
+/// The checks of one agent's status.
+fn agent_checks(s: &AgentStatus, now_ms: i64) -> Vec<Check> {
+    let mut checks = Checks::default();
+    let who = if s.cluster.is_empty() {
+        "agent (not joined)".to_string()
+    } else {
+        format!("agent of {}", s.cluster)
+    };
+    if s.is_stale(now_ms, AGENT_STALE_MS) {
+        checks.fail(
+            "agents",
+            format!("{who}: status not written for {}s", (now_ms - s.written_at_ms) / 1000),
+            "the agent is not running or stuck: its sinks serve the last applied view; restart it",
+        );
+        return checks.0;
+    }
+    match &s.connected_replica {
+        Some(replica) => checks.pass("agents", format!("{who}: connected to {replica}, revision {}", s.applied_revision)),
+        None => checks.fail(
+            "agents",
+            format!(
+                "{who}: not connected{}",
+                s.last_error.as_ref().map_or_else(String::new, |e| format!(" ({e})"))
+            ),
+            "it serves the last applied view; check that it can reach a replica and that its SVID is valid",
+        ),
+    }
+    for (name, sink) in &s.sinks {
+        if sink.healthy {
+            checks.pass(
+                "agents",
+                format!("{who}: sink {name} holds revision {}", sink.applied_revision),
+            );
+        } else {
+            checks.fail(
+                "agents",
+                format!("{who}: sink {name} failing: {}", sink.error.as_deref().unwrap_or("unknown error")),
+                "fix the sink's target (directory permissions, etcd reachability); the agent retries on its own",
+            );
+        }
+    }
+    for problem in &s.exports.problems {
+        checks.warn(
+            "agents",
+            format!("{who}: export {} skipped: {}", problem.location, problem.message),
+            "fix the export document; the other exports are unaffected",
+        );
+    }
+    if let Some(problem) = &s.bundle.problem {
+        checks.warn(
+            "agents",
+            format!("{who}: own bundle source: {}", problem.message),
+            "the last good bundle stays published; fix the source",
+        );
+    }
+    checks.0
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::agent::status::SinkStatus;
+
+    fn args() -> CheckArgs {
+        CheckArgs {
+            wait: None,
+            agent_state_dirs: Vec::new(),
+            expiry_warning_days: 30,
+            max_lag: 1000,
+            propagation_timeout: 600,
+        }
+    }
+
+    #[test]
+    fn expiry_is_pass_warn_or_fail() {
+        let mut checks = Checks::default();
+        let now = 1_000_000_000;
+        check_expiry(&args(), "ca", now + 90 * 86_400, now, "renew", &mut checks);
+        check_expiry(&args(), "ca", now + 5 * 86_400, now, "renew", &mut checks);
+        check_expiry(&args(), "ca", now - 86_400, now, "renew", &mut checks);
+        let outcomes: Vec<Outcome> = checks.0.iter().map(|c| c.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Pass, Outcome::Warn, Outcome::Fail]);
+        assert!(checks.0[1].detail.contains("5 days"), "{:?}", checks.0[1]);
+        assert_eq!(checks.0[2].hint.as_deref(), Some("renew"));
+    }
+
+    #[test]
+    fn the_report_fails_only_on_failures_and_groups_in_order() {
+        let mut checks = Checks::default();
+        checks.warn("bundles", "rotating".into(), "wait");
+        checks.pass("replicas", "quorum".into());
+        let r = report(checks.0.clone());
+        assert!(r.ok);
+        assert_eq!(r.checks[0].group, "replicas");
+        checks.fail("members", "lease expired".into(), "restart the agent");
+        let r = report(checks.0);
+        assert!(!r.ok);
+        let text = render(&r);
+        assert!(text.contains("× lease expired\n      hint: restart the agent"), "{text}");
+        assert!(text.contains("UNHEALTHY: 1 passed, 1 warning, 1 failed"), "{text}");
+        assert!(text.find("replicas").unwrap_or(usize::MAX) < text.find("members").unwrap_or(0));
+    }
+
+    #[test]
+    fn agent_checks_name_stale_disconnected_and_failing_sinks() {
+        let now = 1_700_000_000_000;
+        let mut s = AgentStatus {
+            cluster: "a".into(),
+            written_at_ms: now - 500,
+            connected_replica: Some("127.0.0.1:7101".into()),
+            applied_revision: 9,
+            ..AgentStatus::default()
+        };
+        s.sinks = BTreeMap::from([
+            ("files".to_string(), SinkStatus { healthy: true, applied_revision: 9, error: None }),
+            (
+                "etcd".to_string(),
+                SinkStatus { healthy: false, applied_revision: 7, error: Some("refused".into()) },
+            ),
+        ]);
+        let checks = agent_checks(&s, now);
+        assert_eq!(checks.iter().filter(|c| c.outcome == Outcome::Fail).count(), 1);
+        assert!(checks.iter().any(|c| c.detail.contains("sink etcd failing: refused")));
+        s.connected_replica = None;
+        assert!(agent_checks(&s, now).iter().any(|c| c.detail.contains("not connected")));
+        s.written_at_ms = now - 60_000;
+        let stale = agent_checks(&s, now);
+        assert_eq!(stale.len(), 1);
+        assert!(stale[0].detail.contains("status not written for 60s"), "{:?}", stale[0]);
+    }
+}

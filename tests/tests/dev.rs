@@ -1,0 +1,210 @@
+//! `federator dev`, the README's first command, end to end: it starts replicas and member
+//! clusters (agents, CAs, a demo service) as child processes, every cluster imports the
+//! others' demo service, a CA rotation started by touching a file completes (old and new
+//! CA together until every member applied them, then the new one only), a killed agent is
+//! restarted, and SIGTERM stops every process it started.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use federator_chaos::cluster::{eventually, federator_bin, tail};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The `federator dev` process; killed (with its process group's children reaped by dev
+/// itself on SIGTERM) when dropped.
+struct Dev {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+}
+
+impl Dev {
+    fn env(&self) -> anyhow::Result<Vec<(String, String)>> {
+        let text = std::fs::read_to_string(self.dir.path().join("env"))?;
+        Ok(text
+            .lines()
+            .filter_map(|l| l.strip_prefix("export "))
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect())
+    }
+
+    /// Runs a `federator` command against the dev federation (via its env file).
+    fn cli(&self, args: &[&str]) -> anyhow::Result<serde_json::Value> {
+        let out = Command::new(federator_bin())
+            .args(args)
+            .args(["-o", "json"])
+            .envs(self.env()?)
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "`federator {}`: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    fn agent_pid(&self, cluster: &str) -> Option<u32> {
+        let path = self.dir.path().join(format!("clusters/{cluster}/state/status.json"));
+        let status: serde_json::Value = serde_json::from_slice(&std::fs::read(path).ok()?).ok()?;
+        status["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
+    }
+
+    fn output(&self) -> String {
+        let out = std::fs::read_to_string(self.dir.path().join("dev.out")).unwrap_or_default();
+        let err = std::fs::read_to_string(self.dir.path().join("dev.err")).unwrap_or_default();
+        format!("stdout (tail):\n{}\nstderr:\n{}", tail(&out, 30), tail(&err, 30))
+    }
+}
+
+impl Drop for Dev {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie (exited, not yet reaped) counts as gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat.rsplit(')').next().is_some_and(|rest| rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn authorities(bundle: &serde_json::Value) -> usize {
+    bundle["document"]
+        .as_str()
+        .and_then(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .and_then(|d| d["keys"].as_array().map(Vec::len))
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn dev_runs_a_whole_federation_with_member_clusters() -> anyhow::Result<()> {
+    let dir = tempfile::Builder::new().prefix("federator-dev-e2e-").tempdir()?;
+    let stdout = std::fs::File::create(dir.path().join("dev.out"))?;
+    let stderr = std::fs::File::create(dir.path().join("dev.err"))?;
+    let child = Command::new(federator_bin())
+        .args(["dev", "--dir"])
+        .arg(dir.path())
+        .args(["--restart-after", "1"])
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()?;
+    let mut dev = Dev { child, dir };
+    let result = scenario(&mut dev).await;
+    result.map_err(|e| e.context(dev.output()))
+}
+
+async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
+    eventually("dev to be ready", WAIT, || async {
+        std::fs::read_to_string(dev.dir.path().join("dev.err"))
+            .ok()
+            .filter(|e| e.contains("ready in"))
+    })
+    .await?;
+
+    // Both clusters joined and hold live leases; each imports the other's demo service.
+    let clusters = dev.cli(&["cluster", "list"])?;
+    let names: Vec<&str> =
+        clusters.as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["cluster-a", "cluster-b"], "{clusters}");
+    for cluster in ["cluster-a", "cluster-b"] {
+        eventually(&format!("{cluster} imports demo/echo from both clusters"), WAIT, || async {
+            let imports = dev.cli(&["import", "list", "--cluster", cluster]).ok()?;
+            let echo = imports["imports"]
+                .as_array()?
+                .iter()
+                .find(|i| i["name"] == "echo" && i["namespace"] == "demo")?
+                .clone();
+            (echo["clusters"].as_array()?.len() == 2).then_some(())
+        })
+        .await?;
+    }
+    let imports_file = dev.dir.path().join("clusters/cluster-b/out/imports.json");
+    let imports: serde_json::Value = serde_json::from_slice(&std::fs::read(&imports_file)?)?;
+    assert_eq!(imports[0]["hostname"], "echo.demo.svc.clusterset.local", "{imports}");
+
+    // The demo service answers on the endpoint cluster-b imports from cluster-a.
+    let a_port = imports[0]["ports"][0]["port"].as_u64().unwrap_or(0);
+    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", u16::try_from(a_port)?)).await?;
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    stream.write_all(b"GET / HTTP/1.1\r\nhost: echo\r\n\r\n").await?;
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await??;
+    assert!(answer.contains("hello from cluster-"), "{answer}");
+
+    // A CA rotation, started by a file.
+    let td = "cluster-a.federator.test";
+    let before = dev.cli(&["bundle", "show", td])?;
+    assert_eq!(authorities(&before), 1, "{before}");
+    std::fs::write(dev.dir.path().join("clusters/cluster-a/rotate"), b"")?;
+    eventually("cluster-a's bundle holds old and new CA", WAIT, || async {
+        dev.cli(&["bundle", "show", td]).ok().filter(|b| authorities(b) == 2)
+    })
+    .await?;
+    let after = eventually("the rotation completes: only the new CA", WAIT, || async {
+        dev.cli(&["bundle", "show", td])
+            .ok()
+            .filter(|b| authorities(b) == 1 && b["sequence"] != before["sequence"])
+    })
+    .await?;
+    assert_ne!(after["document"], before["document"]);
+    let status = dev.cli(&["bundle", "status", td])?;
+    eventually("cluster-b applies the new CA", WAIT, || async {
+        dev.cli(&["bundle", "status", td]).ok().filter(|s| s["complete"] == true)
+    })
+    .await
+    .map_err(|e| e.context(format!("{status}")))?;
+    // The agent reconnects with its SVID of the new CA: its lease stays live.
+    eventually("cluster-a's agent holds a live lease after the rotation", WAIT, || async {
+        let clusters = dev.cli(&["cluster", "list"]).ok()?;
+        let a = clusters.as_array()?.iter().find(|c| c["name"] == "cluster-a")?.clone();
+        (a["lease"]["state"] == "live" && a["status"] == "active").then_some(())
+    })
+    .await?;
+
+    // A killed agent is restarted by dev.
+    let pid = dev.agent_pid("cluster-b").ok_or_else(|| anyhow::anyhow!("no agent pid"))?;
+    Command::new("kill").args(["-9", &pid.to_string()]).status()?;
+    eventually("dev restarts cluster-b's agent", WAIT, || async {
+        dev.agent_pid("cluster-b").filter(|p| *p != pid && alive(*p))
+    })
+    .await?;
+
+    // SIGTERM stops every process dev started.
+    let mut pids: Vec<u32> =
+        ["cluster-a", "cluster-b"].iter().filter_map(|c| dev.agent_pid(c)).collect();
+    let status = dev.cli(&["status"])?;
+    pids.extend(
+        status["replicas"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["pid"].as_u64())
+            .filter_map(|p| u32::try_from(p).ok()),
+    );
+    assert_eq!(pids.len(), 5, "{pids:?}");
+    Command::new("kill").args(["-TERM", &dev.child.id().to_string()]).status()?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if let Some(status) = dev.child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "dev did not exit within 30s of SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(exited.success(), "{exited}");
+    for pid in pids {
+        assert!(!alive(pid), "process {pid} outlived dev");
+    }
+    assert!(Path::new(&dev.dir.path().join("env")).exists());
+    Ok(())
+}
