@@ -6,7 +6,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "proto/federator/admin/v1/admin.proto",
         "proto/federator/federation/v1/federation.proto",
     ];
-    for proto in &protos {
+    let spiffe_workload = "proto/spiffe/workload/workload.proto";
+    for proto in protos.iter().chain([&spiffe_workload]) {
         println!("cargo:rerun-if-changed={proto}");
     }
     // The admin API reuses the federation API's service messages. Compiled first: it
@@ -20,5 +21,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .build_server(true)
         .build_client(true)
         .compile_protos(&[protos[0], protos[2]], &["proto"])?;
+    // The SPIFFE Workload API has no package: prost writes it to `_.rs`.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .compile_protos(&[spiffe_workload], &["proto"])?;
     Ok(())
 }

@@ -24,6 +24,8 @@ pub struct AgentOptions {
     pub lease_ttl_seconds: Option<u32>,
     /// Region and zone of the cluster.
     pub locality: Option<(String, String)>,
+    /// Serve Prometheus metrics on a free loopback port.
+    pub metrics: bool,
 }
 
 /// One agent process and its files.
@@ -34,6 +36,10 @@ pub struct AgentProcess {
     pub dir: PathBuf,
     /// The xDS server address, when serving one.
     pub xds_addr: Option<String>,
+    /// The Prometheus `/metrics` address, when serving one.
+    pub metrics_addr: Option<String>,
+    /// The static exports file, when it has one.
+    pub exports_file: Option<PathBuf>,
     child: Option<Child>,
 }
 
@@ -70,11 +76,16 @@ impl AgentProcess {
                 "\n[sinks.etcd]\nendpoints = [{endpoints}]\n\n[exports]\netcd_endpoints = [{endpoints}]\netcd_prefix = \"/federator/exports/\"\n"
             ));
         }
+        let metrics_addr = options.metrics.then(|| format!("127.0.0.1:{}", free_port()));
+        if let Some(addr) = &metrics_addr {
+            // A top-level key: it must come before the first table.
+            config.insert_str(0, &format!("listen_metrics = \"{addr}\"\n"));
+        }
         if let Some(addr) = &xds_addr {
             config.push_str(&format!("\n[sinks.xds]\nlisten = \"{addr}\"\n"));
         }
         std::fs::write(dir.join("agent.toml"), config)?;
-        let agent = Self { member, dir, xds_addr, child: None };
+        let agent = Self { member, dir, xds_addr, metrics_addr, exports_file: None, child: None };
         agent.write_identity()?;
         agent.write_bundle()?;
         Ok(agent)
@@ -99,6 +110,43 @@ impl AgentProcess {
         let path = self.dir.join("bundle.pem");
         let tmp = self.dir.join("bundle.pem.tmp");
         std::fs::write(&tmp, self.member.ca_pem())?;
+        std::fs::rename(tmp, path)?;
+        Ok(())
+    }
+
+    /// Gives the agent a static exports file, `exports.json` in its directory (`[exports]
+    /// file`, see `federator::agent::sources::export_doc`), holding `exports`, a
+    /// `{"exports": [...]}` document. Before [`AgentProcess::start`]; later changes go
+    /// through [`AgentProcess::write_exports`].
+    ///
+    /// # Errors
+    /// It is running, or a file could not be written.
+    pub fn use_exports_file(&mut self, exports: &serde_json::Value) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "agent {} is running", self.member.name);
+        let path = self.dir.join("exports.json");
+        let config_path = self.dir.join("agent.toml");
+        let mut config = std::fs::read_to_string(&config_path)?;
+        let line = format!("file = \"{}\"\n", path.display());
+        if config.contains("\n[exports]\n") {
+            config = config.replacen("\n[exports]\n", &format!("\n[exports]\n{line}"), 1);
+        } else {
+            config.push_str(&format!("\n[exports]\n{line}"));
+        }
+        std::fs::write(config_path, config)?;
+        self.exports_file = Some(path);
+        self.write_exports(exports)
+    }
+
+    /// Replaces the static exports file (atomically) with `exports`, a
+    /// `{"exports": [...]}` document; the agent reads it within a second.
+    ///
+    /// # Errors
+    /// The agent has no exports file ([`AgentProcess::use_exports_file`]), or it could
+    /// not be written.
+    pub fn write_exports(&self, exports: &serde_json::Value) -> anyhow::Result<()> {
+        let path = self.exports_file.as_deref().context("the agent has no exports file")?;
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(exports)?)?;
         std::fs::rename(tmp, path)?;
         Ok(())
     }
@@ -172,6 +220,15 @@ impl AgentProcess {
     #[must_use]
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("agent.log")).unwrap_or_default()
+    }
+
+    /// The agent's Prometheus metrics (it must have been started with `metrics`).
+    ///
+    /// # Errors
+    /// No metrics endpoint, or it did not answer.
+    pub async fn metrics(&self) -> anyhow::Result<String> {
+        let addr = self.metrics_addr.as_deref().context("the agent serves no metrics")?;
+        crate::cluster::http_get_metrics(addr).await
     }
 
     /// The agent's working directory.

@@ -495,19 +495,26 @@ impl Federation {
     /// # Errors
     /// The endpoint did not answer.
     pub async fn metrics(&self, id: u64) -> anyhow::Result<String> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        let addr = &self.replica(id).metrics_addr;
-        let mut stream = tokio::net::TcpStream::connect(addr).await?;
-        stream
-            .write_all(
-                format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
-                    .as_bytes(),
-            )
-            .await?;
-        let mut body = String::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body)).await??;
-        Ok(body)
+        http_get_metrics(&self.replica(id).metrics_addr).await
     }
+}
+
+/// `GET /metrics` from a plain-HTTP Prometheus endpoint at `addr`.
+///
+/// # Errors
+/// The endpoint did not answer within five seconds.
+pub async fn http_get_metrics(addr: &str) -> anyhow::Result<String> {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    stream
+        .write_all(
+            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )
+        .await?;
+    let mut body = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body)).await??;
+    Ok(body)
 }
 
 impl Drop for Federation {

@@ -6,6 +6,8 @@
 pub mod agent;
 pub mod bench;
 pub mod cluster;
+pub mod envoy;
 pub mod etcd;
 pub mod member;
 pub mod watcher;
+pub mod workload_api;

@@ -5,6 +5,7 @@
 //! is reachable.
 
 pub mod config;
+pub mod metrics;
 pub mod runtime;
 pub mod sinks;
 pub mod sources;

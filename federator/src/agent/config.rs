@@ -3,13 +3,17 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::sources::bundle::BundleSourceConfig;
+use super::sources::workload_api::{ENDPOINT_SOCKET_ENV, FIRST_SVID_TIMEOUT, WorkloadApiAddress};
 use crate::config::ConfigError;
+use crate::identity::{CertifiedIdentity, IdentityError};
 use crate::state::{MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
+use crate::token::JoinToken;
 
 /// `agent.toml` as written.
 #[derive(Clone, Debug, Deserialize)]
@@ -24,8 +28,9 @@ pub struct AgentFile {
     pub endpoints: Vec<String>,
     /// The federation CA (PEM file); default: the one in the join token.
     pub federation_ca: Option<PathBuf>,
-    /// The agent's own X.509-SVID, reloaded when the files change.
-    pub svid: SvidFiles,
+    /// The agent's own X.509-SVID: files reloaded when they change, or the Workload API.
+    #[serde(default)]
+    pub svid: SvidConfig,
     /// This cluster's own trust bundle.
     pub bundle: BundleSourceConfig,
     /// What the cluster exports.
@@ -41,14 +46,82 @@ pub struct AgentFile {
     pub listen_metrics: Option<SocketAddr>,
 }
 
-/// The agent's SVID files (PEM).
-#[derive(Clone, Debug, Deserialize)]
+/// The agent's own X.509-SVID (`[svid]`), in exactly one of two forms:
+///
+/// ```toml
+/// [svid]
+/// cert = "/etc/federator/agent.pem"   # PEM files, re-read when they change
+/// key = "/etc/federator/agent.key"
+/// ```
+/// ```toml
+/// [svid]
+/// workload_api = "unix:///run/spire/agent.sock"   # the SPIFFE Workload API
+/// ```
+///
+/// [`AgentConfig::parse`] checks the form and resolves it into [`AgentConfig::svid`].
+#[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SvidFiles {
-    /// Certificate chain, leaf first.
-    pub cert: PathBuf,
-    /// Private key.
-    pub key: PathBuf,
+pub struct SvidConfig {
+    /// Certificate chain file (PEM), leaf first; with `key`.
+    pub cert: Option<PathBuf>,
+    /// Private key file (PEM); with `cert`.
+    pub key: Option<PathBuf>,
+    /// The Workload API's address: `unix:///path/to/socket`, a plain path, or
+    /// `tcp://127.0.0.1:PORT`.
+    pub workload_api: Option<String>,
+}
+
+/// Where the agent's SVID comes from, as checked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SvidSource {
+    /// PEM files, re-read when they change.
+    Files {
+        /// Certificate chain, leaf first.
+        cert: PathBuf,
+        /// Private key.
+        key: PathBuf,
+    },
+    /// The SPIFFE Workload API, followed.
+    WorkloadApi(WorkloadApiAddress),
+}
+
+impl SvidConfig {
+    /// The form given, checked; relative paths are taken relative to `base`.
+    ///
+    /// # Errors
+    /// Both forms or neither, half of the files form, or an address that does not parse.
+    fn source(&self, base: &Path) -> Result<SvidSource, ConfigError> {
+        let invalid = |field, value: String, rule: &str| ConfigError::Invalid {
+            field,
+            value,
+            rule: rule.to_string(),
+        };
+        match (&self.cert, &self.key, &self.workload_api) {
+            (Some(cert), Some(key), None) => {
+                Ok(SvidSource::Files { cert: base.join(cert), key: base.join(key) })
+            }
+            (None, None, Some(text)) => WorkloadApiAddress::parse(text)
+                .map(|address| SvidSource::WorkloadApi(address.relative_to(base)))
+                .map_err(|rule| invalid("svid.workload_api", text.clone(), &rule)),
+            (None, None, None) => Err(invalid(
+                "svid",
+                String::new(),
+                "give the agent's SVID: cert and key (PEM files), or workload_api (the SPIFFE \
+                 Workload API's socket)",
+            )),
+            (_, _, Some(text)) => Err(invalid(
+                "svid",
+                text.clone(),
+                "give either cert and key, or workload_api, not both",
+            )),
+            (Some(cert), None, None) => {
+                Err(invalid("svid.key", cert.display().to_string(), "required with svid.cert"))
+            }
+            (None, Some(key), None) => {
+                Err(invalid("svid.cert", key.display().to_string(), "required with svid.key"))
+            }
+        }
+    }
 }
 
 /// Export sources; both may be set.
@@ -129,8 +202,6 @@ impl AgentFile {
         fix(&mut self.state_dir);
         self.token_file.as_mut().map(fix);
         self.federation_ca.as_mut().map(fix);
-        fix(&mut self.svid.cert);
-        fix(&mut self.svid.key);
         if let BundleSourceConfig::File { path, .. } = &mut self.bundle {
             fix(path);
         }
@@ -150,6 +221,8 @@ pub struct AgentConfig {
     pub token: Option<String>,
     /// Lease TTL.
     pub lease_ttl: Duration,
+    /// Where the agent's SVID comes from (`[svid]`, checked).
+    pub svid: SvidSource,
 }
 
 impl AgentConfig {
@@ -173,7 +246,21 @@ impl AgentConfig {
             path: path.display().to_string(),
             message: e.to_string(),
         })?;
-        file.resolve_paths(path.parent().unwrap_or_else(|| Path::new(".")));
+        let base = path.parent().unwrap_or_else(|| Path::new("."));
+        file.resolve_paths(base);
+        let svid = file.svid.source(base)?;
+        if let BundleSourceConfig::WorkloadApi { socket } = &mut file.bundle {
+            // The address in the file (relative to it), else SPIFFE_ENDPOINT_SOCKET's.
+            let env = std::env::var(ENDPOINT_SOCKET_ENV).ok();
+            let address = WorkloadApiAddress::configured_or_env(socket.as_deref(), env.as_deref())
+                .map_err(|rule| ConfigError::Invalid {
+                    field: "bundle.socket",
+                    value: socket.clone().unwrap_or_default(),
+                    rule,
+                })?;
+            let address = if socket.is_some() { address.relative_to(base) } else { address };
+            *socket = Some(address.to_string());
+        }
         let token = match token.or_else(|| std::env::var("FEDERATOR_JOIN_TOKEN").ok()) {
             Some(token) => Some(token),
             None => match &file.token_file {
@@ -214,7 +301,42 @@ impl AgentConfig {
                 rule: "name at least one etcd endpoint".into(),
             });
         }
-        Ok(Self { file, token, lease_ttl: Duration::from_secs(u64::from(ttl)) })
+        Ok(Self { file, token, lease_ttl: Duration::from_secs(u64::from(ttl)), svid })
+    }
+
+    /// Starts the agent's own identity ([`Self::svid`]): loads the files and re-reads them
+    /// every `poll` when they change, or connects to the Workload API and waits for the
+    /// first SVID (at most [`FIRST_SVID_TIMEOUT`]), preferring one of the agent's trust
+    /// domain: `trust_domain` (the membership's) or else the join token's.
+    ///
+    /// # Errors
+    /// The files do not load, or no SVID came from the Workload API in time (the error
+    /// names `svid.workload_api`).
+    pub async fn start_identity(
+        &self,
+        trust_domain: Option<&str>,
+        poll: Duration,
+    ) -> Result<Arc<CertifiedIdentity>, IdentityError> {
+        let identity = match &self.svid {
+            SvidSource::Files { cert, key } => {
+                CertifiedIdentity::from_files(cert.clone(), key.clone())?
+            }
+            SvidSource::WorkloadApi(address) => {
+                let trust_domain = trust_domain.map(str::to_string).or_else(|| {
+                    let token = JoinToken::decode(self.token.as_deref()?).ok()?;
+                    Some(token.trust_domain)
+                });
+                CertifiedIdentity::from_workload_api(
+                    address.clone(),
+                    trust_domain,
+                    FIRST_SVID_TIMEOUT,
+                )
+                .await?
+            }
+        };
+        let identity = Arc::new(identity);
+        identity.watch(poll);
+        Ok(identity)
     }
 }
 
@@ -252,9 +374,19 @@ listen = "127.0.0.1:18000"
         let config = parse(GOOD).expect("parses");
         assert_eq!(config.lease_ttl, Duration::from_secs(5));
         assert_eq!(config.token.as_deref(), Some("t"));
-        assert_eq!(config.file.svid.cert, Path::new("agent.pem"), "relative to the file's dir");
+        assert_eq!(
+            config.svid,
+            SvidSource::Files { cert: "agent.pem".into(), key: "agent.key".into() },
+            "relative to the file's dir"
+        );
         let nested = AgentConfig::parse(GOOD, Path::new("/etc/fed/agent.toml"), None).expect("ok");
-        assert_eq!(nested.file.svid.key, Path::new("/etc/fed/agent.key"));
+        assert_eq!(
+            nested.svid,
+            SvidSource::Files {
+                cert: "/etc/fed/agent.pem".into(),
+                key: "/etc/fed/agent.key".into()
+            }
+        );
         assert_eq!(nested.file.state_dir, Path::new("/tmp/agent"), "absolute stays");
         assert!(config.file.sinks.etcd.is_none());
     }
@@ -271,5 +403,119 @@ listen = "127.0.0.1:18000"
         let err = parse(&GOOD.replace("[svid]\ncert = \"agent.pem\"\nkey = \"agent.key\"\n", ""))
             .expect_err("svid");
         assert!(err.to_string().contains("svid"), "{err}");
+    }
+
+    const FILES: &str = "[svid]\ncert = \"agent.pem\"\nkey = \"agent.key\"\n";
+
+    fn with_svid(svid: &str) -> String {
+        GOOD.replace(FILES, svid)
+    }
+
+    #[test]
+    fn the_svid_may_come_from_the_workload_api() {
+        let config = parse(&with_svid("[svid]\nworkload_api = \"unix:///run/spire/agent.sock\"\n"))
+            .expect("parses");
+        assert_eq!(
+            config.svid,
+            SvidSource::WorkloadApi(WorkloadApiAddress::Unix("/run/spire/agent.sock".into()))
+        );
+        let relative = AgentConfig::parse(
+            &with_svid("[svid]\nworkload_api = \"spire/agent.sock\"\n"),
+            Path::new("/etc/fed/agent.toml"),
+            None,
+        )
+        .expect("parses");
+        assert_eq!(
+            relative.svid,
+            SvidSource::WorkloadApi(WorkloadApiAddress::Unix("/etc/fed/spire/agent.sock".into()))
+        );
+    }
+
+    #[test]
+    fn exactly_one_svid_form_is_accepted() {
+        for (svid, field, rule) in [
+            (
+                "[svid]\ncert = \"a.pem\"\nkey = \"a.key\"\nworkload_api = \"/run/a.sock\"\n",
+                "`svid`",
+                "not both",
+            ),
+            ("[svid]\nkey = \"a.key\"\nworkload_api = \"/run/a.sock\"\n", "`svid`", "not both"),
+            ("", "`svid`", "cert and key (PEM files), or workload_api"),
+            ("[svid]\n", "`svid`", "cert and key (PEM files), or workload_api"),
+            ("[svid]\ncert = \"a.pem\"\n", "`svid.key`", "required with svid.cert"),
+            ("[svid]\nkey = \"a.key\"\n", "`svid.cert`", "required with svid.key"),
+            (
+                "[svid]\nworkload_api = \"http://127.0.0.1:8081\"\n",
+                "`svid.workload_api`",
+                "unsupported scheme",
+            ),
+            ("[svid]\nworkload_api = \"unix://spire/a.sock\"\n", "`svid.workload_api`", "no host"),
+        ] {
+            let err = parse(&with_svid(svid)).expect_err(svid).to_string();
+            assert!(err.contains(field) && err.contains(rule), "{svid:?}: {err}");
+        }
+        let err = parse(&with_svid("[svid]\ncert = \"a.pem\"\nkey = \"a.key\"\nsocket = \"x\"\n"))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("socket"), "{err}");
+    }
+
+    const FILE_BUNDLE: &str =
+        "[bundle]\nkind = \"file\"\npath = \"bundle.pem\"\nformat = \"pem\"\n";
+
+    fn with_bundle(bundle: &str) -> String {
+        GOOD.replace(FILE_BUNDLE, bundle)
+    }
+
+    #[test]
+    fn the_bundle_may_come_from_the_workload_api() {
+        let config = parse(&with_bundle(
+            "[bundle]\nkind = \"workload_api\"\nsocket = \"unix:/run/spire/agent.sock\"\n",
+        ))
+        .expect("parses");
+        assert_eq!(
+            config.file.bundle,
+            BundleSourceConfig::WorkloadApi { socket: Some("unix:///run/spire/agent.sock".into()) }
+        );
+        let relative = AgentConfig::parse(
+            &with_bundle("[bundle]\nkind = \"workload_api\"\nsocket = \"agent.sock\"\n"),
+            Path::new("/etc/fed/agent.toml"),
+            None,
+        )
+        .expect("parses");
+        assert_eq!(
+            relative.file.bundle,
+            BundleSourceConfig::WorkloadApi { socket: Some("unix:///etc/fed/agent.sock".into()) }
+        );
+
+        let err = parse(&with_bundle(
+            "[bundle]\nkind = \"workload_api\"\nsocket = \"https://spire:8081\"\n",
+        ))
+        .expect_err("scheme")
+        .to_string();
+        assert!(err.contains("`bundle.socket`") && err.contains("unsupported scheme"), "{err}");
+        let err = parse(&with_bundle("[bundle]\nkind = \"workload_api\"\npath = \"x\"\n"))
+            .expect_err("unknown key");
+        assert!(err.to_string().contains("path"), "{err}");
+
+        // No socket: SPIFFE_ENDPOINT_SOCKET's (tests cannot set the environment; this
+        // checks the case where it is not set).
+        let no_socket = parse(&with_bundle("[bundle]\nkind = \"workload_api\"\n"));
+        match std::env::var(ENDPOINT_SOCKET_ENV) {
+            Err(_) => {
+                let err = no_socket.expect_err("no socket").to_string();
+                assert!(
+                    err.contains("`bundle.socket`") && err.contains(ENDPOINT_SOCKET_ENV),
+                    "{err}"
+                );
+            }
+            Ok(_) => {
+                if let Ok(config) = no_socket {
+                    let BundleSourceConfig::WorkloadApi { socket } = config.file.bundle else {
+                        panic!("not the Workload API: {:?}", config.file.bundle)
+                    };
+                    assert!(socket.is_some(), "filled in from the environment");
+                }
+            }
+        }
     }
 }

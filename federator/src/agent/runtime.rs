@@ -11,6 +11,9 @@
 //! 4. watches from the revision it applied, so a reconnect resumes without a resync;
 //!    every checkpoint is applied to all sinks, saved, and then each foreign bundle
 //!    sequence that every sink holds is acknowledged.
+//!
+//! With `listen_metrics` set it serves Prometheus metrics (see [`super::metrics`]),
+//! among them how long each change took from the replica to every sink.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -28,11 +31,12 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::AgentConfig;
+use super::metrics::{AgentMetrics, ChangeKind, Propagation, import_sources};
 use super::sinks::etcd::{DEFAULT_BUNDLE_PREFIX, DEFAULT_IMPORT_PREFIX, EtcdSink};
 use super::sinks::files::FileSink;
 use super::sinks::xds::XdsServer;
 use super::sources::bundle::{BundleState, watch_bundle};
-use super::status::{AgentStatus, LeaseStatus, SinkStatus, now_ms};
+use super::status::{AgentStatus, LeaseStatus, PropagationStatus, SinkStatus, now_ms};
 use super::store::{Membership, Published, Store};
 use super::view::{AgentView, ExportSet, Sink};
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_spiffe_bundle};
@@ -50,6 +54,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often a failed sink is retried.
 const SINK_RETRY: Duration = Duration::from_secs(2);
+/// Most changes kept waiting for every sink to hold them (for the propagation metric);
+/// beyond, while a sink keeps failing, further changes are not measured.
+const MAX_PENDING_PROPAGATION: usize = 4096;
 
 /// Runs the agent until `shutdown` resolves.
 ///
@@ -62,11 +69,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.file.state_dir)
         .with_context(|| format!("state_dir {}", config.file.state_dir.display()))?;
-    let identity = Arc::new(
-        CertifiedIdentity::from_files(config.file.svid.cert.clone(), config.file.svid.key.clone())
-            .context("svid")?,
-    );
-    identity.watch(SOURCE_POLL);
+    let identity = config
+        .start_identity(store.membership()?.as_ref().map(|m| m.trust_domain.as_str()), SOURCE_POLL)
+        .await
+        .context("svid")?;
     let membership = store.membership()?;
     let token = match (&membership, &config.token) {
         (Some(_), _) => None,
@@ -116,6 +122,19 @@ pub async fn run(
             }
         });
     }
+    let metrics = AgentMetrics::default();
+    if let Some(addr) = config.file.listen_metrics {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("listen_metrics {addr}"))?;
+        let registry = metrics.registry();
+        let stop = stopped();
+        tokio::spawn(async move {
+            if let Err(error) = super::metrics::serve(listener, registry, stop).await {
+                tracing::error!(%error, "the metrics server failed");
+            }
+        });
+    }
 
     let bundle_rx = watch_bundle(config.file.bundle.clone(), trust_domain.clone(), SOURCE_POLL);
     let exports_rx = export_sources(&config, &trust_domain).await;
@@ -133,11 +152,20 @@ pub async fn run(
         status: AgentStatus { pid: std::process::id(), ..AgentStatus::default() },
         lease: None,
         sinks_dirty: true,
+        metrics,
+        batch_changes: Vec::new(),
+        pending_changes: Vec::new(),
     };
     if let Some(m) = &agent.membership {
         agent.status.cluster.clone_from(&m.cluster);
         agent.status.trust_domain.clone_from(&m.trust_domain);
     }
+    // The saved view is what is served until a replica answers: the status says so.
+    agent.status.applied_revision = agent.view.revision;
+    agent.status.received_revision = agent.view.revision;
+    agent.status.bundles =
+        agent.view.bundles.iter().map(|(td, b)| (td.clone(), b.sequence)).collect();
+    agent.status.imports = agent.view.imports.len();
     // Static stability: serve what was applied before, before asking anyone.
     agent.apply_sinks().await;
     agent.write_status();
@@ -240,6 +268,11 @@ struct Agent {
     lease: Option<HeldLease>,
     /// Some sink has not applied `view` yet.
     sinks_dirty: bool,
+    metrics: AgentMetrics,
+    /// Changes received in the batch being worked on (up to the next checkpoint).
+    batch_changes: Vec<Propagation>,
+    /// Changes committed that not every sink holds yet.
+    pending_changes: Vec<Propagation>,
 }
 
 /// How a session ended without an error.
@@ -306,6 +339,7 @@ impl Agent {
                 Err(error) => {
                     tracing::warn!(replica = %addr, error = %format!("{error:#}"), "session failed");
                     self.status.last_error = Some(format!("{addr}: {error:#}"));
+                    self.metrics.session_failures.inc();
                     failures = failures.saturating_add(1);
                 }
             }
@@ -351,16 +385,20 @@ impl Agent {
             self.join(&mut client, bundle_rx).await?;
         }
         self.status.connections += 1;
+        self.metrics.connections.inc();
         self.status.connected_replica = Some(addr.to_string());
         self.status.connected_since_ms = Some(now_ms());
         self.status.last_error = None;
         tracing::info!(replica = %addr, revision = self.view.revision, "connected");
 
+        self.publish_bundle(&mut client, &bundle_rx.borrow_and_update().clone()).await?;
+        // Exports before the lease: a restarted agent's lease makes the exports the
+        // federation still holds from before ready again, so they must be current first
+        // (an endpoint that was ready before the crash may not be yet).
+        self.sync_exports(&mut client, &exports_rx.borrow_and_update().clone()).await?;
         if self.lease.is_none() {
             self.grant_lease(&mut client).await?;
         }
-        self.publish_bundle(&mut client, &bundle_rx.borrow_and_update().clone()).await?;
-        self.sync_exports(&mut client, &exports_rx.borrow_and_update().clone()).await?;
 
         let mut stream = client
             .watch(pb::WatchRequest { after_revision: self.view.revision })
@@ -368,6 +406,7 @@ impl Agent {
             .context("watch")?
             .into_inner();
         let mut working = self.view.clone();
+        self.batch_changes.clear();
         let keepalive_every =
             Duration::from_millis(u64::from(self.lease.map_or(10, |l| l.ttl_secs)) * 1000 / 3);
         let mut keepalive = tokio::time::interval(keepalive_every);
@@ -407,6 +446,7 @@ impl Agent {
                     }
                 }
             }
+            self.metrics.mirror(&self.status);
         }
     }
 
@@ -492,6 +532,7 @@ impl Agent {
                 if let Some(lease) = &mut self.status.lease {
                     lease.failed_keepalives += 1;
                 }
+                self.metrics.keepalive_failures.inc();
                 // A keep-alive that fails (an election) is retried at the next tick; the
                 // session ends only when the watch does.
                 tracing::debug!(error = %status, "keep-alive failed");
@@ -638,6 +679,7 @@ impl Agent {
         event: pb::WatchEvent,
     ) -> anyhow::Result<()> {
         let revision = event.revision;
+        let applied_at_ms = event.applied_at_ms;
         self.status.received_revision = self.status.received_revision.max(revision);
         let own_td = self.membership.as_ref().map(|m| m.trust_domain.clone()).unwrap_or_default();
         match event.event {
@@ -648,6 +690,10 @@ impl Agent {
                     &ValidationPolicy::at(now_ms() / 1000),
                 ) {
                     Ok(bundle) => {
+                        // An unchanged re-put (same sequence and content) propagates nothing.
+                        if working.bundles.get(&b.trust_domain) != Some(&bundle) {
+                            self.note_change(ChangeKind::Bundle, &b.trust_domain, applied_at_ms);
+                        }
                         working.bundles.insert(b.trust_domain, bundle);
                     }
                     Err(error) => tracing::warn!(
@@ -660,20 +706,30 @@ impl Agent {
             // The own bundle comes from the cluster's own source, not from the federation.
             Some(Event::BundlePut(_)) => {}
             Some(Event::BundleRemoved(b)) => {
-                working.bundles.remove(&b.trust_domain);
+                let removed = working.bundles.remove(&b.trust_domain);
+                if removed.is_some() {
+                    self.note_change(ChangeKind::Bundle, &b.trust_domain, applied_at_ms);
+                }
             }
             Some(Event::ImportPut(i)) => match import_from_proto(i, revision) {
                 Ok(import) => {
+                    for td in import_sources(working.imports.get(&import.key), Some(&import)) {
+                        self.note_change(ChangeKind::Import, &td, applied_at_ms);
+                    }
                     working.imports.insert(import.key.clone(), import);
                 }
                 Err(error) => tracing::warn!(%error, "an import does not parse; skipped"),
             },
             Some(Event::ImportRemoved(i)) => {
-                working.imports.remove(&ServiceKey::new(i.namespace, i.name));
+                let old = working.imports.remove(&ServiceKey::new(i.namespace, i.name));
+                for td in import_sources(old.as_ref(), None) {
+                    self.note_change(ChangeKind::Import, &td, applied_at_ms);
+                }
             }
             Some(Event::Resync(_)) => {
                 tracing::warn!(revision, "the federation asked for a full resync");
                 self.status.resyncs += 1;
+                self.metrics.resyncs.inc();
                 working.bundles.clear();
                 working.imports.clear();
             }
@@ -684,6 +740,19 @@ impl Agent {
             None => {}
         }
         Ok(())
+    }
+
+    /// Remembers a change of the working batch, to measure its propagation once every
+    /// sink holds it; changes the replica cannot date (`applied_at_ms` 0) are skipped.
+    fn note_change(&mut self, kind: ChangeKind, source_trust_domain: &str, applied_at_ms: i64) {
+        if applied_at_ms <= 0 {
+            return;
+        }
+        self.batch_changes.push(Propagation {
+            kind,
+            source_trust_domain: source_trust_domain.to_string(),
+            applied_at_ms,
+        });
     }
 
     /// Makes `working` the applied view: saved, written to every sink, acknowledged.
@@ -705,6 +774,9 @@ impl Agent {
         self.status.bundles =
             self.view.bundles.iter().map(|(td, b)| (td.clone(), b.sequence)).collect();
         self.status.imports = self.view.imports.len();
+        let room = MAX_PENDING_PROPAGATION.saturating_sub(self.pending_changes.len());
+        let batch = std::mem::take(&mut self.batch_changes);
+        self.pending_changes.extend(batch.into_iter().take(room));
         self.sinks_dirty = true;
         self.apply_sinks().await;
         self.acknowledge(client).await;
@@ -716,6 +788,7 @@ impl Agent {
         let mut all_ok = true;
         for sink in &self.sinks {
             let result = sink.apply(&self.view).await;
+            self.metrics.sink_applied(sink.name(), result.is_ok());
             let entry = self.status.sinks.entry(sink.name().to_string()).or_default();
             match result {
                 Ok(()) => {
@@ -734,6 +807,30 @@ impl Agent {
             }
         }
         self.sinks_dirty = !all_ok;
+        if all_ok {
+            self.observe_propagation();
+        }
+        self.metrics.mirror(&self.status);
+    }
+
+    /// Every sink holds the view: the committed changes have propagated.
+    fn observe_propagation(&mut self) {
+        let now = now_ms();
+        for change in std::mem::take(&mut self.pending_changes) {
+            let seconds = self.metrics.observe_propagation(&change, now);
+            tracing::debug!(
+                kind = change.kind.as_str(),
+                source_trust_domain = %change.source_trust_domain,
+                seconds,
+                "propagated"
+            );
+            self.status.last_propagation = Some(PropagationStatus {
+                kind: change.kind.as_str().to_string(),
+                source_trust_domain: change.source_trust_domain,
+                millis: now.saturating_sub(change.applied_at_ms).max(0),
+                at_ms: now,
+            });
+        }
     }
 
     /// Acknowledges every federated bundle sequence that every sink holds.
@@ -755,6 +852,7 @@ impl Agent {
                 Ok(_) => {
                     tracing::info!(trust_domain = %td, sequence, "acknowledged");
                     self.published.acked.insert(td, sequence);
+                    self.metrics.acks.inc();
                     changed = true;
                 }
                 Err(error) => tracing::debug!(trust_domain = %td, %error, "ack not accepted yet"),
@@ -767,6 +865,7 @@ impl Agent {
     }
 
     fn write_status(&mut self) {
+        self.metrics.mirror(&self.status);
         self.status.written_at_ms = now_ms();
         let path = self.store.status_path();
         match serde_json::to_vec_pretty(&self.status) {

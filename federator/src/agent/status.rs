@@ -45,6 +45,22 @@ pub struct AgentStatus {
     pub imports: usize,
     /// Full resyncs the federation asked for.
     pub resyncs: u64,
+    /// The last change whose propagation was measured.
+    #[serde(default)]
+    pub last_propagation: Option<PropagationStatus>,
+}
+
+/// One measured propagation: from the replica applying a change to every sink holding it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PropagationStatus {
+    /// `bundle` or `import`.
+    pub kind: String,
+    /// The trust domain the change came from.
+    pub source_trust_domain: String,
+    /// How long it took, in milliseconds.
+    pub millis: i64,
+    /// When every sink held it (unix milliseconds).
+    pub at_ms: i64,
 }
 
 /// The member lease.

@@ -177,9 +177,30 @@ mod tests {
         };
         store.save_membership(&membership).expect("save");
         assert_eq!(store.membership().expect("read"), Some(membership));
-        let view = AgentView { revision: 7, ..AgentView::default() };
+        // A view with an import: its map is keyed by a struct, which JSON cannot key by.
+        let key = crate::service::ServiceKey::new("shop", "cart");
+        let import = crate::service::ServiceImport {
+            key: key.clone(),
+            hostname: key.hostname(),
+            ports: Vec::new(),
+            identities: vec!["spiffe://b.test/ns/shop/sa/cart".into()],
+            clusters: vec![crate::service::ImportedCluster {
+                cluster: "b".into(),
+                trust_domain: "b.test".into(),
+                live: true,
+                via_gateway: false,
+                endpoints: Vec::new(),
+            }],
+            conditions: Vec::new(),
+            revision: 6,
+        };
+        let view = AgentView {
+            revision: 7,
+            imports: [(key, import)].into_iter().collect(),
+            ..AgentView::default()
+        };
         store.save_view(&view).expect("save");
-        assert_eq!(store.view().expect("read").map(|v| v.revision), Some(7));
+        assert_eq!(store.view().expect("read"), Some(view));
         std::fs::write(store.dir().join("view.json"), b"{not json").expect("corrupt");
         let err = store.view().expect_err("corrupt");
         assert!(err.to_string().contains("view.json"), "{err}");

@@ -24,8 +24,33 @@ pub struct AgentView {
     pub own_bundle: Option<TrustBundle>,
     /// Every other member's bundle, by trust domain (the federated bundles).
     pub bundles: BTreeMap<String, TrustBundle>,
-    /// Every import of this cluster, by namespace/name.
+    /// Every import of this cluster, by namespace/name (saved as a list: JSON object keys
+    /// must be strings).
+    #[serde(with = "imports_as_list")]
     pub imports: BTreeMap<ServiceKey, ServiceImport>,
+}
+
+/// The imports map as a JSON array of imports (each names its service).
+mod imports_as_list {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize as _, Deserializer, Serializer};
+
+    use crate::service::{ServiceImport, ServiceKey};
+
+    pub fn serialize<S: Serializer>(
+        imports: &BTreeMap<ServiceKey, ServiceImport>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(imports.values())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<BTreeMap<ServiceKey, ServiceImport>, D::Error> {
+        let list = Vec::<ServiceImport>::deserialize(deserializer)?;
+        Ok(list.into_iter().map(|import| (import.key.clone(), import)).collect())
+    }
 }
 
 impl AgentView {

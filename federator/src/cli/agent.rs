@@ -168,6 +168,15 @@ fn render(s: &AgentStatus, now: i64) -> String {
         },
         s.imports
     ));
+    if let Some(p) = &s.last_propagation {
+        text.push_str(&format!(
+            "  propagation: last {} ms from {} ({}, {})\n",
+            p.millis,
+            p.source_trust_domain,
+            p.kind,
+            ago(now, p.at_ms)
+        ));
+    }
     text
 }
 
@@ -213,5 +222,14 @@ mod tests {
         assert!(text.contains("‼ /federator/exports/ns/bad: ports: required"), "{text}");
         assert!(render(&s, 60_000).contains("not running or stuck"));
         assert!(is_unhealthy(&s));
+        assert!(!text.contains("propagation"), "{text}");
+        s.last_propagation = Some(crate::agent::status::PropagationStatus {
+            kind: "bundle".into(),
+            source_trust_domain: "b.test".into(),
+            millis: 42,
+            at_ms: 10_000,
+        });
+        let text = render(&s, 11_000);
+        assert!(text.contains("propagation: last 42 ms from b.test (bundle, 1.0s ago)"), "{text}");
     }
 }

@@ -2,6 +2,9 @@
 //! configuration hand out the current certificate and key, and a watcher re-reads the
 //! files when they change (cert-manager, SPIRE or an operator rotating them), without a
 //! restart and without dropping connections.
+//!
+//! Or that follow the SPIFFE Workload API ([`CertifiedIdentity::from_workload_api`]): the
+//! SVID is taken from its `FetchX509SVID` stream as each rotation is pushed.
 
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -12,18 +15,31 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{mpsc, watch};
 
 use super::IdentityError;
+use crate::agent::sources::workload_api::{Svid, WorkloadApiAddress, follow_svid};
 
 /// The files an identity was loaded from, and when they last changed.
 #[derive(Debug)]
-struct Source {
+struct FileSource {
     cert: PathBuf,
     key: PathBuf,
     modified: RwLock<(Option<SystemTime>, Option<SystemTime>)>,
 }
 
-/// A certificate chain and key, swapped in place when its files change.
+/// Where a changing identity comes from.
+#[derive(Debug)]
+enum Source {
+    /// PEM files, re-read when they change.
+    Files(FileSource),
+    /// The Workload API: a task keeps this channel's value the current SVID (and ends
+    /// when the identity, holding the receiver, is dropped).
+    WorkloadApi(watch::Receiver<Arc<CertifiedKey>>),
+}
+
+/// A certificate chain and key, swapped in place when its files change (or the Workload
+/// API pushes a new one).
 #[derive(Debug)]
 pub struct CertifiedIdentity {
     current: RwLock<Arc<CertifiedKey>>,
@@ -51,13 +67,69 @@ impl CertifiedIdentity {
         let (chain, private) = read_pair(&cert, &key)?;
         Ok(Self {
             current: RwLock::new(Arc::new(certified(chain, private)?)),
-            source: Some(Source { cert, key, modified: RwLock::new(modified) }),
+            source: Some(Source::Files(FileSource { cert, key, modified: RwLock::new(modified) })),
         })
+    }
+
+    /// An identity from the SPIFFE Workload API at `address`: the X.509-SVID of
+    /// `trust_domain` in its `FetchX509SVID` stream (or the first one when none is, or no
+    /// trust domain is given), kept current as the API pushes rotations: an SVID with
+    /// another certificate chain replaces the current one (so [`Self::current`] returns a
+    /// new `Arc`); one whose key does not match keeps the current one. When the stream
+    /// fails the current SVID stays in service while the client reconnects with backoff.
+    ///
+    /// Waits for the first SVID at most `first_within`. Needs a tokio runtime; the client
+    /// stops when the identity is dropped.
+    ///
+    /// # Errors
+    /// No usable SVID came within `first_within` (the error, for the setting
+    /// `svid.workload_api`, says what went wrong last).
+    pub async fn from_workload_api(
+        address: WorkloadApiAddress,
+        trust_domain: Option<String>,
+        first_within: Duration,
+    ) -> Result<Self, IdentityError> {
+        let location = address.to_string();
+        let mut updates = follow_svid(address, trust_domain);
+        let deadline = tokio::time::Instant::now() + first_within;
+        let mut last_problem = "no answer".to_string();
+        let first = loop {
+            let update = match tokio::time::timeout_at(deadline, updates.recv()).await {
+                Ok(Some(update)) => update,
+                Ok(None) | Err(_) => break None,
+            };
+            match update.and_then(|svid| certified_svid(svid).map_err(|e| e.to_string())) {
+                Ok(key) => break Some(key),
+                Err(problem) => last_problem = problem,
+            }
+        };
+        let Some(first) = first else {
+            return Err(IdentityError::Read {
+                field: "svid.workload_api",
+                path: location,
+                source: std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("no usable X.509-SVID within {first_within:?}; last: {last_problem}"),
+                ),
+            });
+        };
+        let first = Arc::new(first);
+        tracing::info!(
+            workload_api = %location,
+            spiffe_id = leaf_spiffe_id(&first).as_deref().unwrap_or("?"),
+            "SVID from the Workload API"
+        );
+        let (tx, rx) = watch::channel(first.clone());
+        tokio::spawn(keep_current(updates, tx, location));
+        Ok(Self { current: RwLock::new(first), source: Some(Source::WorkloadApi(rx)) })
     }
 
     /// The current certificate and key.
     #[must_use]
     pub fn current(&self) -> Arc<CertifiedKey> {
+        if let Some(Source::WorkloadApi(current)) = &self.source {
+            return current.borrow().clone();
+        }
         match self.current.read() {
             Ok(guard) => guard.clone(),
             Err(poisoned) => poisoned.into_inner().clone(),
@@ -68,7 +140,7 @@ impl CertifiedIdentity {
     /// load (say, the certificate was replaced and the key not yet) keeps the old one in
     /// service; the next change is tried again. Returns whether the identity changed.
     pub fn reload_if_changed(&self) -> bool {
-        let Some(source) = &self.source else { return false };
+        let Some(Source::Files(source)) = &self.source else { return false };
         let now = (mtime(&source.cert), mtime(&source.key));
         let Ok(mut seen) = source.modified.write() else { return false };
         if *seen == now {
@@ -91,8 +163,10 @@ impl CertifiedIdentity {
     }
 
     /// Checks the files every `period` until the process ends (needs a tokio runtime).
+    /// Nothing to do for a fixed identity or one from the Workload API (which follows
+    /// it from the start).
     pub fn watch(self: &Arc<Self>, period: Duration) {
-        if self.source.is_none() {
+        if !matches!(self.source, Some(Source::Files(_))) {
             return;
         }
         let this = Arc::downgrade(self);
@@ -124,6 +198,58 @@ impl ResolvesClientCert for CertifiedIdentity {
     fn has_certs(&self) -> bool {
         true
     }
+}
+
+/// Keeps `tx` the current SVID from `updates` until every receiver is dropped.
+async fn keep_current(
+    mut updates: mpsc::Receiver<Result<Svid, String>>,
+    tx: watch::Sender<Arc<CertifiedKey>>,
+    location: String,
+) {
+    loop {
+        let update = tokio::select! {
+            () = tx.closed() => return,
+            update = updates.recv() => update,
+        };
+        match update {
+            None => return,
+            Some(Ok(svid)) => {
+                let spiffe_id = svid.spiffe_id.clone();
+                match certified_svid(svid) {
+                    Ok(key) => {
+                        let changed = tx.borrow().cert != key.cert;
+                        if changed {
+                            tracing::info!(workload_api = %location, %spiffe_id, "SVID rotated");
+                            tx.send_replace(Arc::new(key));
+                        }
+                    }
+                    Err(error) => tracing::warn!(
+                        workload_api = %location,
+                        %spiffe_id,
+                        %error,
+                        "the Workload API's SVID does not load; keeping the current one"
+                    ),
+                }
+            }
+            // The follower logged it; the current SVID stays in service.
+            Some(Err(_problem)) => {}
+        }
+    }
+}
+
+/// The rustls form of an SVID from the Workload API.
+fn certified_svid(svid: Svid) -> Result<CertifiedKey, IdentityError> {
+    certified(svid.chain, svid.key).map_err(|e| match e {
+        IdentityError::Tls(problem) => {
+            IdentityError::Tls(format!("X.509-SVID {}: {problem}", svid.spiffe_id))
+        }
+        other => other,
+    })
+}
+
+/// The SPIFFE ID of `key`'s leaf, for logs.
+fn leaf_spiffe_id(key: &CertifiedKey) -> Option<String> {
+    key.end_entity_cert().ok().and_then(|leaf| super::peer_spiffe_id(leaf))
 }
 
 fn mtime(path: &std::path::Path) -> Option<SystemTime> {

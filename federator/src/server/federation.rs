@@ -6,7 +6,7 @@
 //! SVID is verified against the bundle presented with the token, and the token decides
 //! which cluster and trust domain the caller becomes.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -34,8 +34,18 @@ pub fn unix_now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Unix time now, in milliseconds.
+fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// How often a watch re-checks the caller's membership when nothing changes.
 const WATCH_RECHECK: Duration = Duration::from_secs(1);
+
+/// How many revisions the record of apply times remembers (16 bytes each).
+const REVISION_TIMES: usize = 65_536;
 
 /// The federation API handler of one replica.
 #[derive(Clone)]
@@ -44,6 +54,8 @@ pub struct FederationService {
     metrics: super::FederationMetrics,
     /// The state's revision, moving only when it changes: what watches wait on.
     revisions: tokio::sync::watch::Receiver<u64>,
+    /// When this replica saw each recent revision applied (`WatchEvent.applied_at_ms`).
+    times: RevisionTimes,
     refusals: Arc<Mutex<RefusalLimiter>>,
 }
 
@@ -90,8 +102,9 @@ impl FederationService {
     /// A handler serving `replica`.
     #[must_use]
     pub fn new(replica: FederationReplica, metrics: super::FederationMetrics) -> Self {
-        let revisions = revision_watch(&replica);
-        Self { replica, metrics, revisions, refusals: Arc::default() }
+        let times = RevisionTimes::default();
+        let revisions = revision_watch(&replica, times.clone());
+        Self { replica, metrics, revisions, times, refusals: Arc::default() }
     }
 
     /// The caller's certificate chain (leaf first) and SPIFFE ID, unverified.
@@ -318,6 +331,7 @@ impl Federation for FederationService {
         tokio::spawn(serve_watch(
             self.replica.clone(),
             self.revisions.clone(),
+            self.times.clone(),
             self.metrics.clone(),
             caller.member,
             after,
@@ -493,6 +507,7 @@ enum WatchBatch {
 async fn serve_watch(
     replica: FederationReplica,
     mut revisions: tokio::sync::watch::Receiver<u64>,
+    times: RevisionTimes,
     metrics: super::FederationMetrics,
     member: Member,
     after: u64,
@@ -512,8 +527,12 @@ async fn serve_watch(
     let mut sent = after;
     let mut first = true;
     loop {
-        let batch = replica.state().read(|s| next_batch(s, &member, sent, first));
+        let (batch, applied) =
+            replica.state().read(|s| (next_batch(s, &member, sent, first), s.changes.revision()));
         first = false;
+        // Reading the state is an observation of its revision too (the recorder task may
+        // not have woken yet): the earliest observation wins.
+        times.observe(applied, unix_now_ms());
         match batch {
             WatchBatch::Removed => {
                 let _ = tx
@@ -524,7 +543,8 @@ async fn serve_watch(
                     .await;
                 return;
             }
-            WatchBatch::Events(events, revision) => {
+            WatchBatch::Events(mut events, revision) => {
+                times.stamp(&mut events);
                 if matches!(
                     events.first().and_then(|e| e.event.as_ref()),
                     Some(pb::watch_event::Event::Resync(_))
@@ -549,14 +569,22 @@ async fn serve_watch(
 }
 
 /// A receiver of the federation state's revision, shared by every watch of a replica:
-/// one task follows applied entries and publishes the revision only when it moves.
-fn revision_watch(replica: &FederationReplica) -> tokio::sync::watch::Receiver<u64> {
+/// one task follows applied entries and publishes the revision only when it moves. It
+/// also records in `times` when it first saw each revision (before waking the watches,
+/// so that they find it); revisions at or below the one applied at start are unknown.
+fn revision_watch(
+    replica: &FederationReplica,
+    times: RevisionTimes,
+) -> tokio::sync::watch::Receiver<u64> {
     let state = replica.state().clone();
     let mut applied = state.subscribe_applied();
-    let (tx, rx) = tokio::sync::watch::channel(state.read(|s| s.changes.revision()));
+    let initial = state.read(|s| s.changes.revision());
+    times.start_after(initial);
+    let (tx, rx) = tokio::sync::watch::channel(initial);
     tokio::spawn(async move {
         while applied.changed().await.is_ok() {
             let revision = state.read(|s| s.changes.revision());
+            times.observe(revision, unix_now_ms());
             tx.send_if_modified(|current| {
                 let moved = *current != revision;
                 *current = revision;
@@ -568,6 +596,102 @@ fn revision_watch(replica: &FederationReplica) -> tokio::sync::watch::Receiver<u
         }
     });
     rx
+}
+
+/// When this replica first saw each recent revision applied, in unix milliseconds: an
+/// in-memory record kept beside the replicated state (never in it — it differs between
+/// replicas), bounded to [`REVISION_TIMES`] revisions. Cheap to clone (shared).
+///
+/// Several revisions applied between two observations share the time of the observation
+/// that found them: a revision's time is that of the first entry at or above it. The
+/// record knows nothing of revisions applied before it started (the state the replica
+/// opened with) or forgotten since; a snapshot installed from the leader counts as
+/// applied when it was installed.
+#[derive(Clone, Debug, Default)]
+struct RevisionTimes(Arc<Mutex<RevisionRecord>>);
+
+impl RevisionTimes {
+    fn with<R>(&self, f: impl FnOnce(&mut RevisionRecord) -> R) -> R {
+        let mut record = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut record)
+    }
+
+    /// Revisions up to `revision` were applied before recording began: unknown.
+    fn start_after(&self, revision: u64) {
+        self.with(|r| r.floor = r.floor.max(revision));
+    }
+
+    /// The state was seen at `revision` at `at_ms`.
+    fn observe(&self, revision: u64, at_ms: i64) {
+        self.with(|r| r.observe(revision, at_ms));
+    }
+
+    /// Fills `applied_at_ms` of a watch batch; a snapshot's events keep 0.
+    fn stamp(&self, events: &mut [pb::WatchEvent]) {
+        let snapshot = events.iter().any(|e| {
+            matches!(
+                e.event,
+                Some(pb::watch_event::Event::SnapshotEnd(_) | pb::watch_event::Event::Resync(_))
+            )
+        });
+        if snapshot || events.is_empty() {
+            return;
+        }
+        self.with(|r| {
+            for event in events {
+                event.applied_at_ms = r.applied_at(event.revision);
+            }
+        });
+    }
+}
+
+/// The data of [`RevisionTimes`].
+#[derive(Debug)]
+struct RevisionRecord {
+    /// Revisions at or below this one are unknown.
+    floor: u64,
+    /// `(revision, unix ms)`, both increasing.
+    entries: VecDeque<(u64, i64)>,
+    /// Most entries kept.
+    capacity: usize,
+}
+
+impl Default for RevisionRecord {
+    fn default() -> Self {
+        Self::with_capacity(REVISION_TIMES)
+    }
+}
+
+impl RevisionRecord {
+    fn with_capacity(capacity: usize) -> Self {
+        Self { floor: 0, entries: VecDeque::new(), capacity: capacity.max(1) }
+    }
+
+    /// Records that the state was at `revision` at `at_ms`, unless that is already known;
+    /// forgets the oldest entry when full.
+    fn observe(&mut self, revision: u64, at_ms: i64) {
+        let last = self.entries.back().map_or(self.floor, |e| e.0);
+        if revision <= last {
+            return;
+        }
+        // The wall clock may step back: times never decrease along revisions.
+        let at_ms = self.entries.back().map_or(at_ms, |e| e.1.max(at_ms));
+        if self.entries.len() >= self.capacity
+            && let Some((forgotten, _)) = self.entries.pop_front()
+        {
+            self.floor = forgotten;
+        }
+        self.entries.push_back((revision, at_ms));
+    }
+
+    /// When `revision` was first seen applied, 0 if unknown.
+    fn applied_at(&self, revision: u64) -> i64 {
+        if revision <= self.floor {
+            return 0;
+        }
+        let i = self.entries.partition_point(|e| e.0 < revision);
+        self.entries.get(i).map_or(0, |e| e.1)
+    }
 }
 
 /// Computes what a watcher at revision `sent` must receive next, from one consistent
@@ -582,6 +706,7 @@ fn next_batch(s: &FederationState, member: &Member, sent: u64, first: bool) -> W
     let event = |revision: u64, event: pb::watch_event::Event| pb::WatchEvent {
         revision,
         event: Some(event),
+        applied_at_ms: 0,
     };
     let bundle_put = |td: &str, revision: u64| -> Option<pb::WatchEvent> {
         s.bundles.get(td).map(|b| {
@@ -776,6 +901,54 @@ mod tests {
         let (batch, _) = events(next_batch(&s, &member, 1, false));
         assert_eq!(batch.first().map(|e| e.1), Some("resync"));
         assert_eq!(batch.last().map(|e| e.1), Some("end"));
+    }
+
+    #[test]
+    fn the_revision_record_is_bounded_and_answers_the_first_entry_at_or_above() {
+        let mut record = RevisionRecord::with_capacity(4);
+        record.floor = 10;
+        // Known before recording began, or not seen yet: unknown.
+        assert_eq!(record.applied_at(10), 0);
+        assert_eq!(record.applied_at(11), 0);
+        record.observe(13, 1_000); // 11, 12 and 13 were applied between two looks
+        record.observe(13, 5_000); // seen again: the first look wins
+        record.observe(12, 6_000); // older: ignored
+        record.observe(14, 900); // the clock stepped back: never earlier than 13
+        assert_eq!(record.applied_at(10), 0);
+        assert_eq!((record.applied_at(11), record.applied_at(12)), (1_000, 1_000));
+        assert_eq!((record.applied_at(13), record.applied_at(14)), (1_000, 1_000));
+        assert_eq!(record.applied_at(15), 0);
+        for (i, revision) in (20..30).enumerate() {
+            record.observe(revision, 2_000 + i64::try_from(i).expect("small"));
+        }
+        assert_eq!(record.entries.len(), 4, "bounded");
+        assert_eq!(record.floor, 25, "the forgotten revisions are unknown");
+        assert_eq!(record.applied_at(25), 0);
+        assert_eq!(record.applied_at(26), 2_006);
+        assert_eq!(record.applied_at(29), 2_009);
+        assert_eq!(record.applied_at(30), 0);
+    }
+
+    #[test]
+    fn watch_events_carry_when_the_replica_applied_them_but_a_snapshot_does_not() {
+        let (a, b) = (Cluster::new("a.test"), Cluster::new("b.test"));
+        let mut s = joined(&[("a", &a), ("b", &b)]);
+        let times = RevisionTimes::default();
+        times.start_after(s.changes.revision());
+        let member = s.members["b"].clone();
+        let WatchBatch::Events(mut snapshot, at) = next_batch(&s, &member, 0, true) else {
+            panic!("removed")
+        };
+        apply(&mut s, 10, export("a.test", "one")).expect("export");
+        times.observe(s.changes.revision(), 1_234);
+        times.stamp(&mut snapshot);
+        assert!(snapshot.iter().all(|e| e.applied_at_ms == 0), "{snapshot:?}");
+        let WatchBatch::Events(mut batch, _) = next_batch(&s, &member, at, false) else {
+            panic!("removed")
+        };
+        times.stamp(&mut batch);
+        assert_eq!(batch.len(), 2, "{batch:?}");
+        assert!(batch.iter().all(|e| e.applied_at_ms == 1_234), "{batch:?}");
     }
 
     #[test]

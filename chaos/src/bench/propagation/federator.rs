@@ -331,6 +331,7 @@ mod tests {
                 }],
                 ..Default::default()
             })),
+            applied_at_ms: 0,
         }
     }
 
@@ -340,8 +341,11 @@ mod tests {
         assert_eq!(marker(&import_put("bench", "svc", &[1])), Some(0));
         assert_eq!(marker(&import_put("bench", "other", &[43])), None);
         assert_eq!(marker(&import_put("bench", "svc", &[])), None);
-        let checkpoint =
-            pb::WatchEvent { revision: 7, event: Some(Event::Checkpoint(pb::Checkpoint {})) };
+        let checkpoint = pb::WatchEvent {
+            event: Some(Event::Checkpoint(pb::Checkpoint {})),
+            revision: 7,
+            applied_at_ms: 0,
+        };
         assert_eq!(marker(&checkpoint), None);
     }
 

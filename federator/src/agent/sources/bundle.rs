@@ -1,5 +1,6 @@
 //! The cluster's own trust bundle, as its CA publishes it: a file (PEM CA certificates, or
-//! a SPIFFE bundle document) or an etcd key, followed as it changes.
+//! a SPIFFE bundle document), an etcd key, or the SPIFFE Workload API, followed as it
+//! changes.
 //!
 //! Every new content is validated like the federation validates bundles
 //! ([`parse_pem_bundle`] / [`parse_spiffe_bundle`] at the current time). An invalid or
@@ -19,6 +20,17 @@
 //!
 //! An etcd key holds either form: a document starting with `{` is a SPIFFE bundle, anything
 //! else PEM.
+//!
+//! The Workload API ([`super::workload_api`]) gives the X.509 authorities of the trust
+//! domain, numbered exactly like a PEM file: they are read as the PEM of the same
+//! certificates, in the server's order. So the first bundle gets the clock, a message
+//! with other authorities (a rotation adds or removes a CA) the next number, and a message
+//! with the same ones (a reconnection, a change of another trust domain's bundle) none. A
+//! restarted agent numbers the same authorities anew from the clock, but their authorities
+//! digest is the one it published, so it publishes nothing. When the stream fails the
+//! last good bundle stays in service with a problem until the client, reconnecting with
+//! backoff, reads the API again; an invalid bundle is validated again every poll, like a
+//! file's.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,8 +40,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::etcd_exports::{Change, Range, RangeEvent, follow};
+use super::workload_api::{ENDPOINT_SOCKET_ENV, WorkloadApiAddress, follow_bundle};
 use crate::agent::view::SourceProblem;
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_pem_bundle, parse_spiffe_bundle};
+use crate::identity::certificates_to_pem;
 
 /// Shortest poll period (a zero period would spin).
 const MIN_POLL: Duration = Duration::from_millis(10);
@@ -48,6 +62,11 @@ const MIN_POLL: Duration = Duration::from_millis(10);
 /// endpoints = ["127.0.0.1:2379"]
 /// key = "/spire/bundle"
 /// ```
+/// ```toml
+/// [bundle]
+/// kind = "workload_api"
+/// socket = "unix:///run/spire/agent.sock"   # default: $SPIFFE_ENDPOINT_SOCKET
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
 pub enum BundleSourceConfig {
@@ -64,6 +83,15 @@ pub enum BundleSourceConfig {
         endpoints: Vec<String>,
         /// The key.
         key: String,
+    },
+    /// The SPIFFE Workload API (say, SPIRE's agent socket): the bundle of the trust
+    /// domain in its X.509 bundles stream, followed.
+    #[serde(rename = "workload_api")]
+    WorkloadApi {
+        /// Its address: `unix:///path/to/socket`, a plain path, or
+        /// `tcp://127.0.0.1:PORT` ([`WorkloadApiAddress::parse`]). When absent, the value
+        /// of `SPIFFE_ENDPOINT_SOCKET` (the agent's configuration fills it in at load).
+        socket: Option<String>,
     },
 }
 
@@ -88,9 +116,10 @@ pub struct BundleState {
 }
 
 /// Follows the own bundle of `trust_domain` from `config`; a file is checked every `poll`
-/// (an etcd key is watched). For a file the receiver's first value is the file as read
-/// now; for etcd it has no bundle and a "not read yet" problem until etcd answers. The
-/// task ends when every receiver is dropped. Needs a tokio runtime.
+/// (an etcd key is watched, the Workload API's stream followed). For a file the receiver's
+/// first value is the file as read now; for etcd and the Workload API it has no bundle
+/// and a "not read yet" problem until they answer. The task ends when every receiver is
+/// dropped. Needs a tokio runtime.
 #[must_use]
 pub fn watch_bundle(
     config: BundleSourceConfig,
@@ -109,6 +138,9 @@ fn spawn_watch(
     match config {
         BundleSourceConfig::File { path, format } => watch_file(path, format, trust_domain, poll),
         BundleSourceConfig::Etcd { endpoints, key } => watch_etcd(endpoints, key, trust_domain),
+        BundleSourceConfig::WorkloadApi { socket } => {
+            watch_workload_api(socket, trust_domain, poll)
+        }
     }
 }
 
@@ -187,6 +219,64 @@ fn watch_etcd(
             publish(&tx, &reader.state);
         })
         .await;
+    });
+    (rx, task)
+}
+
+fn watch_workload_api(
+    socket: Option<String>,
+    trust_domain: String,
+    poll: Duration,
+) -> (watch::Receiver<BundleState>, tokio::task::JoinHandle<()>) {
+    let address = WorkloadApiAddress::configured_or_env(
+        socket.as_deref(),
+        std::env::var(ENDPOINT_SOCKET_ENV).ok().as_deref(),
+    );
+    let location = match (&address, &socket) {
+        (Ok(address), _) => address.to_string(),
+        (Err(_), Some(text)) => text.clone(),
+        (Err(_), None) => ENDPOINT_SOCKET_ENV.to_string(),
+    };
+    let mut reader = BundleReader::new(trust_domain.clone(), location.clone());
+    let message = match &address {
+        Ok(_) => "not read yet".to_string(),
+        Err(rule) => format!("bundle.socket: {rule}"),
+    };
+    reader.state.problem = Some(SourceProblem { location, message });
+    let (tx, rx) = watch::channel(reader.state.clone());
+    let poll = poll.max(MIN_POLL);
+    let task = tokio::spawn(async move {
+        let Ok(address) = address else { return tx.closed().await };
+        let mut updates = follow_bundle(address, trust_domain);
+        // The last content read when it did not validate, to validate again every poll
+        // (a CA that is not valid yet will be).
+        let mut invalid: Option<Vec<u8>> = None;
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                update = updates.recv() => match update {
+                    None => return,
+                    Some(Ok(authorities)) => {
+                        let pem = certificates_to_pem(authorities.iter().map(Vec::as_slice));
+                        reader.update(Ok(pem.clone().into_bytes()), BundleFileFormat::Pem, unix_now());
+                        invalid = reader.state.problem.is_some().then(|| pem.into_bytes());
+                    }
+                    Some(Err(problem)) => {
+                        invalid = None;
+                        reader.unreachable(&problem);
+                    }
+                },
+                () = tokio::time::sleep(poll), if invalid.is_some() => {
+                    if let Some(content) = &invalid {
+                        reader.update(Ok(content.clone()), BundleFileFormat::Pem, unix_now());
+                    }
+                    if reader.state.problem.is_none() {
+                        invalid = None;
+                    }
+                }
+            }
+            publish(&tx, &reader.state);
+        }
     });
     (rx, task)
 }

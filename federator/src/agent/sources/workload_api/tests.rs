@@ -1,0 +1,601 @@
+//! Tests of the Workload API sources against a real gRPC server on a Unix socket: the
+//! test server of the chaos harness (the same file, compiled here), which refuses requests
+//! without the security header like SPIRE and pushes rotations to open streams.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use rustls_pki_types::pem::PemObject as _;
+use tokio::sync::watch;
+
+use super::*;
+use crate::agent::sources::bundle::{BundleSourceConfig, BundleState, watch_bundle};
+use crate::identity::{CertifiedIdentity, FederationCa, peer_spiffe_id};
+
+#[allow(dead_code, reason = "the chaos harness uses more of the server than these tests")]
+#[path = "../../../../../chaos/src/workload_api.rs"]
+mod server;
+
+use server::{WorkloadApiServer, with_federated_bundle, x509_svid, x509_svid_response};
+
+const TD: &str = "a.example";
+const AGENT: &str = "spiffe://a.example/federator/agent";
+const HOUR: Duration = Duration::from_secs(3600);
+/// Bound of every wait for something the server pushed or a reconnection.
+const WAIT: Duration = Duration::from_secs(15);
+const POLL: Duration = Duration::from_millis(20);
+
+fn ca(td: &str) -> FederationCa {
+    FederationCa::generate(td, &format!("{td} CA"), HOUR).expect("CA")
+}
+
+/// An SVID entry for `id` issued by `issuer`, with `bundle` as its trust domain's bundle.
+fn svid(
+    issuer: &FederationCa,
+    id: &str,
+    bundle: &[&FederationCa],
+) -> federator_proto::spiffe_workload::X509svid {
+    let leaf = issuer.issue(id, &[], &[], HOUR).expect("leaf");
+    let pems: Vec<&str> = bundle.iter().map(|ca| ca.cert_pem()).collect();
+    x509_svid(id, &leaf.cert_pem, &leaf.key_pem, &pems).expect("svid")
+}
+
+fn der(ca: &FederationCa) -> Vec<u8> {
+    rustls_pki_types::CertificateDer::from_pem_slice(ca.cert_pem().as_bytes())
+        .expect("CA PEM")
+        .to_vec()
+}
+
+fn bundle_source(server: &WorkloadApiServer) -> watch::Receiver<BundleState> {
+    watch_bundle(
+        BundleSourceConfig::WorkloadApi { socket: Some(server.address()) },
+        TD.into(),
+        POLL,
+    )
+}
+
+async fn wait_state(
+    rx: &mut watch::Receiver<BundleState>,
+    what: &str,
+    mut until: impl FnMut(&BundleState) -> bool,
+) -> BundleState {
+    let waited = tokio::time::timeout(WAIT, rx.wait_for(|s| until(s)))
+        .await
+        .map(|state| state.expect("the source runs").clone());
+    match waited {
+        Ok(state) => state,
+        Err(_) => panic!("timed out waiting for {what}; last: {:?}", *rx.borrow()),
+    }
+}
+
+fn authorities(state: &BundleState) -> Vec<Vec<u8>> {
+    state
+        .bundle
+        .as_ref()
+        .map(|b| b.x509_authorities.iter().map(|a| a.der.clone()).collect())
+        .unwrap_or_default()
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+}
+
+// === addresses ===
+
+#[test]
+fn addresses_parse_in_every_accepted_form() {
+    let unix = |p: &str| Ok(WorkloadApiAddress::Unix(PathBuf::from(p)));
+    let tcp = |a: &str| Ok(WorkloadApiAddress::Tcp(a.parse().expect("socket address")));
+    for (text, expected) in [
+        ("unix:///run/spire/agent.sock", unix("/run/spire/agent.sock")),
+        ("unix:/run/spire/agent.sock", unix("/run/spire/agent.sock")),
+        ("/run/spire/agent.sock", unix("/run/spire/agent.sock")),
+        ("agent.sock", unix("agent.sock")),
+        ("./a:b", unix("./a:b")),
+        ("tcp://127.0.0.1:8081", tcp("127.0.0.1:8081")),
+        ("tcp:127.0.0.1:8081", tcp("127.0.0.1:8081")),
+        ("tcp://127.0.0.1:8081/", tcp("127.0.0.1:8081")),
+        ("tcp://[::1]:8081", tcp("[::1]:8081")),
+    ] {
+        assert_eq!(WorkloadApiAddress::parse(text), expected, "{text}");
+    }
+}
+
+#[test]
+fn bad_addresses_are_refused_with_the_rule() {
+    for (text, rule) in [
+        ("", "is empty"),
+        ("unix://host/run/agent.sock", "takes no host"),
+        ("unix:run/agent.sock", "absolute path"),
+        ("unix:", "absolute path"),
+        ("unix:///", "names no socket"),
+        ("unix:///run/a.sock?x=1", "no query"),
+        ("unix:///run/a.sock#f", "no query"),
+        ("unix:///run/a%20b.sock", "percent-encoding"),
+        ("tcp://localhost:8081", "IP address"),
+        ("tcp://127.0.0.1", "IP address"),
+        ("tcp://127.0.0.1:0", "port other than 0"),
+        ("tcp://10.1.2.3:8081", "loopback"),
+        ("tcp://[2001:db8::1]:8081", "loopback"),
+        ("http://127.0.0.1:8081", "unsupported scheme \"http\""),
+        ("https://spire.example/agent", "unsupported scheme \"https\""),
+        ("dns:///spire:8081", "unsupported scheme \"dns\""),
+        ("file:///run/agent.sock", "unsupported scheme \"file\""),
+        ("a:b", "unsupported scheme \"a\""),
+    ] {
+        let error = WorkloadApiAddress::parse(text).expect_err(text);
+        assert!(error.contains(rule), "{text}: {rule:?} not in {error:?}");
+    }
+}
+
+#[test]
+fn an_address_defaults_to_the_environment_s() {
+    let parsed = WorkloadApiAddress::configured_or_env(None, Some("unix:///run/a.sock"));
+    assert_eq!(parsed, Ok(WorkloadApiAddress::Unix("/run/a.sock".into())));
+    let configured =
+        WorkloadApiAddress::configured_or_env(Some("/run/b.sock"), Some("unix:///run/a.sock"));
+    assert_eq!(configured, Ok(WorkloadApiAddress::Unix("/run/b.sock".into())), "the file wins");
+    let error = WorkloadApiAddress::configured_or_env(None, None).expect_err("neither");
+    assert!(error.contains("SPIFFE_ENDPOINT_SOCKET is not set"), "{error}");
+    let error = WorkloadApiAddress::configured_or_env(None, Some("http://x")).expect_err("bad");
+    assert!(
+        error.starts_with("SPIFFE_ENDPOINT_SOCKET=\"http://x\": unsupported scheme"),
+        "{error}"
+    );
+}
+
+#[test]
+fn relative_paths_are_taken_relative_to_a_base() {
+    let base = Path::new("/etc/federator");
+    let relative = WorkloadApiAddress::parse("run/agent.sock").expect("path");
+    assert_eq!(
+        relative.relative_to(base),
+        WorkloadApiAddress::Unix("/etc/federator/run/agent.sock".into())
+    );
+    let absolute = WorkloadApiAddress::parse("unix:///run/agent.sock").expect("uri");
+    assert_eq!(absolute.clone().relative_to(base), absolute);
+}
+
+#[test]
+fn a_path_that_no_unix_uri_holds_prints_as_a_path() {
+    for text in ["/%", "/run/a?b.sock", "/run/a#b.sock", "/", "agent.sock"] {
+        let address = WorkloadApiAddress::parse(text).expect(text);
+        assert_eq!(address.to_string(), text);
+    }
+}
+
+/// A path segment: letters, digits and `._-`.
+fn segment() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9._-]{1,12}"
+}
+
+proptest! {
+    #[test]
+    fn the_three_unix_forms_are_one_address(segments in prop::collection::vec(segment(), 1..5)) {
+        let path = format!("/{}", segments.join("/"));
+        let expected = WorkloadApiAddress::Unix(PathBuf::from(&path));
+        prop_assert_eq!(WorkloadApiAddress::parse(&format!("unix://{path}")), Ok(expected.clone()));
+        prop_assert_eq!(WorkloadApiAddress::parse(&format!("unix:{path}")), Ok(expected.clone()));
+        prop_assert_eq!(WorkloadApiAddress::parse(&path), Ok(expected.clone()));
+        prop_assert_eq!(expected.to_string(), format!("unix://{path}"));
+    }
+
+    #[test]
+    fn loopback_tcp_addresses_round_trip(port in 1u16.., v6 in any::<bool>()) {
+        let text = if v6 { format!("tcp://[::1]:{port}") } else { format!("tcp://127.0.0.1:{port}") };
+        let address = WorkloadApiAddress::parse(&text).expect("loopback");
+        prop_assert_eq!(address.to_string(), text);
+    }
+
+    #[test]
+    fn every_address_parsed_prints_back_to_itself(text in "\\PC{0,40}") {
+        if let Ok(address) = WorkloadApiAddress::parse(&text) {
+            prop_assert_eq!(WorkloadApiAddress::parse(&address.to_string()), Ok(address));
+        }
+    }
+
+    #[test]
+    fn other_schemes_are_refused(
+        scheme in "(http|https|grpc|dns|file|vsock|npipe|[a-z][a-z0-9+.-]{0,8})",
+        rest in "[a-zA-Z0-9/.:]{0,20}",
+    ) {
+        prop_assume!(scheme != "unix" && scheme != "tcp");
+        let text = format!("{scheme}:{rest}");
+        let error = WorkloadApiAddress::parse(&text).expect_err("refused");
+        prop_assert!(error.contains("unsupported scheme"), "{}", error);
+    }
+}
+
+// === the test server ===
+
+#[tokio::test]
+async fn the_server_refuses_a_request_without_the_security_header() {
+    use federator_proto::spiffe_workload::X509svidRequest;
+    use federator_proto::spiffe_workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
+
+    let authority = ca(TD);
+    let server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
+        &authority,
+        AGENT,
+        &[&authority],
+    )]))
+    .await
+    .expect("server");
+    let socket = server.socket_path().to_path_buf();
+    let channel = tonic::transport::Endpoint::from_static("http://workload-api.socket")
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await
+        .expect("channel");
+    let mut raw = SpiffeWorkloadApiClient::new(channel);
+    let refused = raw.fetch_x509svid(X509svidRequest {}).await.expect_err("no header");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(server.refused(), 1);
+
+    let mut request = tonic::Request::new(X509svidRequest {});
+    request.metadata_mut().insert(server::SECURITY_HEADER, "true".parse().expect("value"));
+    let mut stream = raw.fetch_x509svid(request).await.expect("with the header").into_inner();
+    let message = stream.message().await.expect("a message").expect("not the end");
+    assert_eq!(message.svids[0].spiffe_id, AGENT);
+}
+
+// === the bundle source ===
+
+#[tokio::test]
+async fn the_bundle_follows_rotations_and_outlives_the_server() {
+    let old = ca(TD);
+    let mut server =
+        WorkloadApiServer::start_with(x509_svid_response(vec![svid(&old, AGENT, &[&old])]))
+            .await
+            .expect("server");
+    let before = unix_now();
+    let mut rx = bundle_source(&server);
+    let initial = rx.borrow().clone();
+    assert_eq!(initial.bundle, None);
+    assert_eq!(initial.problem.as_ref().map(|p| p.message.as_str()), Some("not read yet"));
+
+    // The first bundle: numbered from the clock, like a PEM file's.
+    let first = wait_state(&mut rx, "the first bundle", |s| s.bundle.is_some()).await;
+    assert_eq!(first.problem, None);
+    assert_eq!(authorities(&first), vec![der(&old)]);
+    let first_sequence = first.bundle.as_ref().expect("bundle").sequence;
+    assert!((before..=unix_now()).contains(&first_sequence), "{first_sequence}");
+
+    // A rotation adds a CA: a new sequence, new authorities.
+    let new = ca(TD);
+    server.push(x509_svid_response(vec![svid(&old, AGENT, &[&old, &new])]));
+    let rotated = wait_state(&mut rx, "the rotated bundle", |s| authorities(s).len() == 2).await;
+    let rotated_bundle = rotated.bundle.clone().expect("bundle");
+    assert_eq!(authorities(&rotated), vec![der(&old), der(&new)]);
+    assert!(rotated_bundle.sequence > first_sequence);
+    assert_eq!(rotated.problem, None);
+
+    // A message with the same authorities (another trust domain's bundle changed): no
+    // new bundle.
+    let other = ca("b.example");
+    let same = with_federated_bundle(
+        x509_svid_response(vec![svid(&old, AGENT, &[&old, &new])]),
+        "b.example",
+        &[other.cert_pem()],
+    )
+    .expect("federated");
+    let opened = server.streams_opened();
+    server.push(same);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(rx.borrow().bundle.as_ref(), Some(&rotated_bundle));
+    assert_eq!(server.streams_opened(), opened, "still the same stream");
+
+    // The server goes away: the bundle stays, with a problem.
+    server.stop().await;
+    let gone = wait_state(&mut rx, "a problem", |s| s.problem.is_some()).await;
+    assert_eq!(gone.bundle.as_ref(), Some(&rotated_bundle));
+    let problem = gone.problem.expect("problem");
+    assert_eq!(problem.location, server.address());
+    assert!(problem.message.contains("Workload API"), "{problem:?}");
+
+    // It comes back: the client reconnects, same bundle, same sequence (no rotation).
+    server.restart().expect("restart");
+    let back = wait_state(&mut rx, "the reconnection", |s| s.problem.is_none()).await;
+    assert_eq!(back.bundle.as_ref(), Some(&rotated_bundle));
+    assert!(server.streams_opened() > opened);
+
+    // And follows the next rotation (the old CA removed).
+    server.push(x509_svid_response(vec![svid(&new, AGENT, &[&new])]));
+    let after = wait_state(&mut rx, "the CA removed", |s| authorities(s).len() == 1).await;
+    assert_eq!(authorities(&after), vec![der(&new)]);
+    assert!(after.bundle.expect("bundle").sequence > rotated_bundle.sequence);
+
+    // A restarted agent numbers anew from the clock, but reads the same authorities:
+    // their digest, which the runtime compares, is unchanged, so it publishes nothing.
+    let mut restarted = bundle_source(&server);
+    let again = wait_state(&mut restarted, "a second source", |s| s.bundle.is_some()).await;
+    assert_eq!(authorities(&again), vec![der(&new)]);
+}
+
+#[tokio::test]
+async fn a_socket_without_a_server_is_a_problem_until_one_serves_it() {
+    let authority = ca(TD);
+    let mut server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
+        &authority,
+        AGENT,
+        &[&authority],
+    )]))
+    .await
+    .expect("server");
+    server.stop().await;
+    let mut rx = bundle_source(&server);
+    let down = wait_state(&mut rx, "a connection problem", |s| {
+        s.problem.as_ref().is_some_and(|p| p.message.contains("cannot connect"))
+    })
+    .await;
+    assert_eq!(down.bundle, None);
+
+    server.restart().expect("restart");
+    let up = wait_state(&mut rx, "the bundle", |s| s.bundle.is_some()).await;
+    assert_eq!(up.problem, None);
+    assert_eq!(authorities(&up), vec![der(&authority)]);
+}
+
+#[tokio::test]
+async fn fetch_x509_svid_gives_the_bundle_where_fetch_x509_bundles_is_missing() {
+    let authority = ca(TD);
+    let server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
+        &authority,
+        AGENT,
+        &[&authority],
+    )]))
+    .await
+    .expect("server");
+    server.set_bundles_unimplemented(true);
+    let mut rx = bundle_source(&server);
+    let state = wait_state(&mut rx, "the bundle", |s| s.bundle.is_some()).await;
+    assert_eq!(authorities(&state), vec![der(&authority)]);
+}
+
+#[tokio::test]
+async fn no_bundle_of_the_trust_domain_is_a_problem() {
+    let other = ca("b.example");
+    let server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
+        &other,
+        "spiffe://b.example/workload",
+        &[&other],
+    )]))
+    .await
+    .expect("server");
+    let mut rx = bundle_source(&server);
+    let state = wait_state(&mut rx, "the problem", |s| {
+        s.problem.as_ref().is_some_and(|p| p.message != "not read yet")
+    })
+    .await;
+    assert_eq!(state.bundle, None);
+    let message = state.problem.expect("problem").message;
+    assert!(
+        message.contains("no bundle of trust domain a.example (it gives those of: b.example)"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_socket_setting_is_a_lasting_problem() {
+    let mut rx = watch_bundle(
+        BundleSourceConfig::WorkloadApi { socket: Some("http://127.0.0.1:1".into()) },
+        TD.into(),
+        POLL,
+    );
+    let state = rx.borrow_and_update().clone();
+    let problem = state.problem.expect("problem");
+    assert!(problem.message.starts_with("bundle.socket: unsupported scheme"), "{problem:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), rx.changed()).await.is_err(),
+        "nothing else happens"
+    );
+}
+
+// === the SVID source ===
+
+/// Completes a TLS handshake, in memory, in which `identity` is the client certificate and
+/// the server requires one chaining to `ca`; returns the SPIFFE ID the server saw.
+async fn client_identity_seen_by_a_server(
+    identity: Arc<CertifiedIdentity>,
+    ca: &FederationCa,
+) -> Option<String> {
+    use rustls::pki_types::ServerName;
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from(der(ca))).expect("root");
+    let roots = Arc::new(roots);
+    let server_leaf =
+        ca.issue("spiffe://a.example/server", &[], &["server.test".into()], HOUR).expect("leaf");
+    let server_chain =
+        vec![CertificateDer::from_pem_slice(server_leaf.cert_pem.as_bytes()).expect("server cert")];
+    let server_key = PrivateKeyDer::from_pem_slice(server_leaf.key_pem.as_bytes()).expect("key");
+    let client_verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        roots.clone(),
+        provider.clone(),
+    )
+    .build()
+    .expect("client verifier");
+    let server_config = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_client_cert_verifier(client_verifier)
+        .with_single_cert(server_chain, server_key)
+        .expect("server config");
+    let client_config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_client_cert_resolver(identity);
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(client_config));
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(server_config));
+    let name = ServerName::try_from("server.test").expect("name");
+    let (client, server) =
+        tokio::join!(connector.connect(name, client_io), acceptor.accept(server_io));
+    client.expect("client handshake");
+    let server = server.expect("server handshake");
+    let leaf = server.get_ref().1.peer_certificates()?.first()?.clone();
+    peer_spiffe_id(&leaf)
+}
+
+fn leaf_id(identity: &CertifiedIdentity) -> Option<String> {
+    peer_spiffe_id(identity.current().end_entity_cert().ok()?)
+}
+
+/// Waits until `identity`'s leaf is `id`.
+async fn wait_leaf(identity: &CertifiedIdentity, id: &str) {
+    let waited = tokio::time::timeout(WAIT, async {
+        while leaf_id(identity).as_deref() != Some(id) {
+            tokio::time::sleep(POLL).await;
+        }
+    })
+    .await;
+    assert!(waited.is_ok(), "still {:?}, not {id}", leaf_id(identity));
+}
+
+async fn from_server(server: &WorkloadApiServer, td: Option<&str>) -> Arc<CertifiedIdentity> {
+    let address = WorkloadApiAddress::parse(&server.address()).expect("address");
+    Arc::new(
+        CertifiedIdentity::from_workload_api(address, td.map(str::to_string), WAIT)
+            .await
+            .expect("an SVID"),
+    )
+}
+
+#[tokio::test]
+async fn the_svid_serves_rustls_and_follows_pushed_rotations() {
+    let authority = ca(TD);
+    let mut server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
+        &authority,
+        AGENT,
+        &[&authority],
+    )]))
+    .await
+    .expect("server");
+    let identity = from_server(&server, Some(TD)).await;
+    assert_eq!(leaf_id(&identity).as_deref(), Some(AGENT));
+    assert!(identity.current().keys_match().is_ok());
+    assert_eq!(
+        client_identity_seen_by_a_server(identity.clone(), &authority).await.as_deref(),
+        Some(AGENT)
+    );
+
+    // A pushed SVID replaces it: a new `Arc` (the runtime reconnects on that).
+    let first = identity.current();
+    let rotated_id = "spiffe://a.example/federator/agent-rotated";
+    server.push(x509_svid_response(vec![svid(&authority, rotated_id, &[&authority])]));
+    wait_leaf(&identity, rotated_id).await;
+    assert!(!Arc::ptr_eq(&first, &identity.current()));
+    assert_eq!(
+        client_identity_seen_by_a_server(identity.clone(), &authority).await.as_deref(),
+        Some(rotated_id)
+    );
+
+    // The same SVID again (a bundle changed): the same `Arc`.
+    let current = identity.current();
+    let mut same = server.current().expect("a response");
+    same =
+        with_federated_bundle(same, "b.example", &[ca("b.example").cert_pem()]).expect("federated");
+    server.push(same);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(Arc::ptr_eq(&current, &identity.current()));
+
+    // The server goes away: the SVID stays; it comes back with a new one: taken.
+    server.stop().await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(Arc::ptr_eq(&current, &identity.current()));
+    let third = "spiffe://a.example/federator/agent-third";
+    server.push(x509_svid_response(vec![svid(&authority, third, &[&authority])]));
+    server.restart().expect("restart");
+    wait_leaf(&identity, third).await;
+}
+
+#[tokio::test]
+async fn the_svid_of_the_agent_s_trust_domain_is_preferred() {
+    let own = ca(TD);
+    let other = ca("b.example");
+    let other_id = "spiffe://b.example/workload";
+    let server = WorkloadApiServer::start_with(x509_svid_response(vec![
+        svid(&other, other_id, &[&other]),
+        svid(&own, AGENT, &[&own]),
+    ]))
+    .await
+    .expect("server");
+    let preferred = from_server(&server, Some(TD)).await;
+    assert_eq!(leaf_id(&preferred).as_deref(), Some(AGENT));
+    let first = from_server(&server, None).await;
+    assert_eq!(leaf_id(&first).as_deref(), Some(other_id), "no trust domain: the first");
+    let unknown = from_server(&server, Some("c.example")).await;
+    assert_eq!(leaf_id(&unknown).as_deref(), Some(other_id), "none of it: the first");
+}
+
+#[tokio::test]
+async fn the_first_svid_is_awaited_within_a_bound() {
+    let authority = ca(TD);
+    let server = WorkloadApiServer::start().await.expect("server");
+    let address = WorkloadApiAddress::parse(&server.address()).expect("address");
+
+    // Nothing within the bound: an error naming the setting and the socket.
+    let error = CertifiedIdentity::from_workload_api(
+        address.clone(),
+        Some(TD.into()),
+        Duration::from_millis(300),
+    )
+    .await
+    .expect_err("no SVID yet");
+    let message = error.to_string();
+    assert!(message.starts_with("svid.workload_api: "), "{message}");
+    assert!(message.contains(&server.address()), "{message}");
+    assert!(message.contains("no usable X.509-SVID within 300ms"), "{message}");
+
+    // The SVID comes a moment after the start: awaited.
+    let push = svid(&authority, AGENT, &[&authority]);
+    let identity = {
+        let waiting = CertifiedIdentity::from_workload_api(address, Some(TD.into()), WAIT);
+        let pushing = async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            server.push(x509_svid_response(vec![push]));
+        };
+        tokio::join!(waiting, pushing).0.expect("the SVID")
+    };
+    assert_eq!(leaf_id(&identity).as_deref(), Some(AGENT));
+}
+
+#[tokio::test]
+async fn no_server_is_an_error_that_says_why() {
+    let dir = tempfile::tempdir().expect("dir");
+    let address = WorkloadApiAddress::Unix(dir.path().join("none.sock"));
+    let error = CertifiedIdentity::from_workload_api(address, None, Duration::from_millis(300))
+        .await
+        .expect_err("no server");
+    let message = error.to_string();
+    assert!(message.contains("svid.workload_api"), "{message}");
+    assert!(message.contains("cannot connect"), "{message}");
+}
+
+#[tokio::test]
+async fn a_tcp_address_is_dialled_on_loopback() {
+    // Bind and drop a listener: a loopback port with (very likely) no one behind it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut rx = watch_bundle(
+        BundleSourceConfig::WorkloadApi { socket: Some(format!("tcp://127.0.0.1:{port}")) },
+        TD.into(),
+        POLL,
+    );
+    let state = wait_state(&mut rx, "a connection problem", |s| {
+        s.problem.as_ref().is_some_and(|p| p.message.contains("cannot connect"))
+    })
+    .await;
+    assert_eq!(state.problem.expect("problem").location, format!("tcp://127.0.0.1:{port}"));
+}

@@ -1,0 +1,404 @@
+//! The member-cluster agent end to end: two clusters, each with its own etcd and its own
+//! `federator agent` process, joined to a real 3-replica federation, all on loopback.
+//!
+//! - A rotates its CA: B's files and etcd keys hold the new bundle and B acknowledges it.
+//! - A service written into A's etcd export prefix appears in B's etcd import prefix, in
+//!   B's imports file and in B's Envoy EDS; deleting the document removes it everywhere.
+//! - A malformed export document is reported (status, metrics) and the others still sync.
+//! - Every replica killed: B's sinks keep serving what they held; replicas restarted: B
+//!   resumes from its revision (no resync) and catches up with what changed meanwhile.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::Node;
+use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_client::EndpointDiscoveryServiceClient;
+use federator_chaos::agent::{AgentOptions, AgentProcess};
+use federator_chaos::cluster::{Federation, eventually};
+use federator_chaos::etcd::EtcdCluster;
+use federator_chaos::member::MemberCluster;
+use prost::Message as _;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Bound of every wait on propagation (typically well under a second).
+const WAIT: Duration = Duration::from_secs(30);
+/// Lease TTL of the agents.
+const LEASE_TTL: u32 = 5;
+const CART_HOST: &str = "cart.shop.svc.clusterset.local";
+
+/// One member cluster: its etcd and its agent.
+struct Cluster {
+    etcd: EtcdCluster,
+    agent: AgentProcess,
+}
+
+impl Cluster {
+    async fn start(fed: &Federation, name: &str, td: &str, region: &str) -> anyhow::Result<Self> {
+        let mut etcd = EtcdCluster::start(1)?;
+        etcd.wait_healthy(WAIT).await?;
+        let member = MemberCluster::new(name, td)?;
+        let options = AgentOptions {
+            etcd_endpoints: etcd.client_urls(),
+            xds: true,
+            lease_ttl_seconds: Some(LEASE_TTL),
+            locality: Some((region.into(), format!("{region}-a"))),
+            metrics: true,
+        };
+        let mut agent = AgentProcess::new(fed, member, &options)?;
+        agent.start()?;
+        Ok(Self { etcd, agent })
+    }
+
+    async fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
+        let mut client = self.etcd.client(&[]).await?;
+        tokio::time::timeout(WAIT, client.put(key, value, None)).await??;
+        Ok(())
+    }
+
+    async fn delete(&self, key: &str) -> anyhow::Result<()> {
+        let mut client = self.etcd.client(&[]).await?;
+        tokio::time::timeout(WAIT, client.delete(key, None)).await??;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> anyhow::Result<Option<String>> {
+        let mut client = self.etcd.client(&[]).await?;
+        let response = tokio::time::timeout(WAIT, client.get(key, None)).await??;
+        Ok(response.kvs().first().map(|kv| String::from_utf8_lossy(kv.value()).into_owned()))
+    }
+
+    /// The endpoint addresses B's Envoy would get for `cluster_name` (`None`: no such
+    /// resource, the server sends nothing for it).
+    async fn eds(&self, cluster_name: &str) -> anyhow::Result<Option<Vec<String>>> {
+        let addr = self.agent.xds_addr.clone().ok_or_else(|| anyhow::anyhow!("no xDS"))?;
+        let cla = fetch_load_assignment(&addr, cluster_name).await?;
+        Ok(cla.map(|cla| endpoint_addresses(&cla)))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        // Shown only for a failing test (the harness captures the output of passing ones).
+        eprintln!(
+            "--- agent {} log (last 60 lines) ---\n{}",
+            self.agent.member.name,
+            federator_chaos::cluster::tail(&self.agent.log(), 60)
+        );
+    }
+}
+
+/// One state-of-the-world EDS request as Envoy makes it; the first response, if any
+/// arrives within a second.
+async fn fetch_load_assignment(
+    addr: &str,
+    cluster_name: &str,
+) -> anyhow::Result<Option<ClusterLoadAssignment>> {
+    let mut client = tokio::time::timeout(
+        Duration::from_secs(5),
+        EndpointDiscoveryServiceClient::connect(format!("http://{addr}")),
+    )
+    .await??;
+    let request = DiscoveryRequest {
+        type_url: "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment".into(),
+        resource_names: vec![cluster_name.into()],
+        node: Some(Node { id: "sidecar~127.0.0.1~agent-e2e".into(), ..Default::default() }),
+        ..Default::default()
+    };
+    // The request stream stays open while the response is awaited: closing it would end
+    // the xDS stream.
+    let (tx, rx) = tokio::sync::mpsc::channel(1);
+    tx.send(request).await?;
+    let mut stream = client.stream_endpoints(ReceiverStream::new(rx)).await?.into_inner();
+    let Ok(response) = tokio::time::timeout(Duration::from_secs(1), stream.message()).await else {
+        return Ok(None);
+    };
+    drop(tx);
+    let Some(response) = response? else { return Ok(None) };
+    response
+        .resources
+        .iter()
+        .map(|any| ClusterLoadAssignment::decode(any.value.as_slice()))
+        .find(|cla| cla.as_ref().is_ok_and(|c| c.cluster_name == cluster_name))
+        .transpose()
+        .map_err(Into::into)
+}
+
+fn endpoint_addresses(cla: &ClusterLoadAssignment) -> Vec<String> {
+    let mut out = Vec::new();
+    for locality in &cla.endpoints {
+        for lb in &locality.lb_endpoints {
+            let Some(HostIdentifier::Endpoint(endpoint)) = &lb.host_identifier else { continue };
+            if let Some(AddressKind::SocketAddress(socket)) =
+                endpoint.address.as_ref().and_then(|a| a.address.as_ref())
+            {
+                out.push(socket.address.clone());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// An export document of cluster A (trust domain `a.example`) with endpoints at
+/// `addresses`.
+fn export_doc(addresses: &[&str]) -> String {
+    let endpoints: Vec<serde_json::Value> = addresses
+        .iter()
+        .map(|a| serde_json::json!({"address": a, "zone": "z1", "region": "r1"}))
+        .collect();
+    serde_json::json!({
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": endpoints,
+        "identities": ["spiffe://a.example/ns/shop/sa/cart"],
+    })
+    .to_string()
+}
+
+/// The sequence cluster `cluster` has applied of `td`'s bundle, per the federation.
+fn applied_sequence(fed: &Federation, td: &str, cluster: &str) -> anyhow::Result<Option<u64>> {
+    let status = fed.cli_json(&["bundle", "status", td])?;
+    Ok(status["members"]
+        .as_array()
+        .and_then(|m| m.iter().find(|m| m["cluster"] == cluster))
+        .and_then(|m| m["applied_sequence"].as_u64()))
+}
+
+/// The value of an unlabelled sample `name` in a Prometheus exposition.
+fn sample(metrics: &str, name: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        rest.trim().parse().ok()
+    })
+}
+
+#[tokio::test]
+async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> anyhow::Result<()> {
+    let mut fed = Federation::formed(3, "").await?;
+    let mut a = Cluster::start(&fed, "cluster-a", "a.example", "r1").await?;
+    let mut b = Cluster::start(&fed, "cluster-b", "b.example", "r2").await?;
+    for cluster in [&a, &b] {
+        cluster
+            .agent
+            .wait_status("joined and connected", WAIT, |s| {
+                !s.cluster.is_empty() && s.connected_replica.is_some() && s.lease.is_some()
+            })
+            .await?;
+    }
+
+    // == Bundles: B holds A's, in files and etcd keys, and acknowledges it. ==
+    let first = b
+        .agent
+        .wait_status("B holds A's bundle", WAIT, |s| s.bundles.contains_key("a.example"))
+        .await?
+        .bundles["a.example"];
+    let a_ca = a.agent.member.ca_pem();
+    let pem = std::fs::read_to_string(b.agent.out("bundles/a.example.pem"))?;
+    assert_eq!(pem.trim(), a_ca.trim(), "B's PEM file holds A's CA");
+    let key = b.get("/federator/bundles/a.example").await?.expect("B's etcd key of A's bundle");
+    assert!(key.contains("\"keys\""), "a SPIFFE bundle (JWKS): {key}");
+    eventually("B acknowledges A's first bundle", WAIT, || async {
+        applied_sequence(&fed, "a.example", "cluster-b").ok().flatten().filter(|s| *s == first)
+    })
+    .await?;
+
+    // A rotates: old and new CA together.
+    a.agent.member.add_ca()?;
+    a.agent.write_bundle()?;
+    let both = a.agent.member.ca_pem();
+    let status = b
+        .agent
+        .wait_status("B holds A's rotated bundle", WAIT, |s| {
+            s.bundles.get("a.example").is_some_and(|seq| *seq > first)
+        })
+        .await?;
+    let rotated = status.bundles["a.example"];
+    eventually("B's files hold the new bundle", WAIT, || async {
+        std::fs::read_to_string(b.agent.out("bundles/a.example.pem"))
+            .ok()
+            .filter(|pem| pem.trim() == both.trim())
+    })
+    .await?;
+    let jwks = b.get("/federator/bundles/a.example").await?.expect("etcd key");
+    let set: serde_json::Value = serde_json::from_str(&jwks)?;
+    assert_eq!(set["keys"].as_array().map(Vec::len), Some(2), "two CAs in B's etcd key: {set}");
+    let bundles_json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.agent.out("bundles.json"))?)?;
+    assert_eq!(bundles_json["a.example"]["keys"].as_array().map(Vec::len), Some(2));
+    eventually("B acknowledges A's rotated bundle", WAIT, || async {
+        applied_sequence(&fed, "a.example", "cluster-b").ok().flatten().filter(|s| *s == rotated)
+    })
+    .await?;
+    // And A, symmetrically, holds B's bundle.
+    a.agent
+        .wait_status("A holds B's bundle", WAIT, |s| s.bundles.contains_key("b.example"))
+        .await?;
+
+    // == Services: A's etcd export prefix → B's imports (etcd, file, EDS). ==
+    a.put("/federator/exports/shop/cart", &export_doc(&["127.0.0.11", "127.0.0.12"])).await?;
+    a.put("/federator/exports/shop/broken", "{\"ports\": [{\"port\": \"eighty\"}]").await?;
+    a.put("/federator/exports/shop/ledger", &export_doc(&["127.0.0.21"])).await?;
+    let import = eventually("B's etcd import of shop/cart", WAIT, || async {
+        b.get("/federator/imports/shop/cart").await.ok().flatten()
+    })
+    .await?;
+    let import: serde_json::Value = serde_json::from_str(&import)?;
+    assert_eq!(import["hostname"], CART_HOST);
+    assert_eq!(import["clusters"][0]["cluster"], "cluster-a", "{import}");
+    assert_eq!(import["clusters"][0]["trustDomain"], "a.example", "{import}");
+    eventually("B's import of shop/ledger (beside the broken document)", WAIT, || async {
+        b.get("/federator/imports/shop/ledger").await.ok().flatten()
+    })
+    .await?;
+    let eds = eventually("B's EDS serves cart", WAIT, || async {
+        b.eds(CART_HOST).await.ok().flatten().filter(|e| !e.is_empty())
+    })
+    .await?;
+    assert_eq!(eds, ["127.0.0.11", "127.0.0.12"]);
+    let imports_file: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(b.agent.out("imports.json"))?)?;
+    let names: Vec<&str> =
+        imports_file.as_array().into_iter().flatten().filter_map(|i| i["name"].as_str()).collect();
+    assert_eq!(names, ["cart", "ledger"], "{imports_file}");
+
+    // The broken document is reported by A's agent, and nothing named `broken` is exported.
+    let status = a
+        .agent
+        .wait_status("A reports the broken document", WAIT, |s| {
+            s.exports.problems.iter().any(|p| p.location.contains("shop/broken"))
+        })
+        .await?;
+    let problem = status.exports.problems.iter().find(|p| p.location.contains("shop/broken"));
+    assert!(problem.is_some_and(|p| p.message.contains("ports")), "{problem:?}");
+    assert_eq!(status.exports.exports, 2, "{status:?}");
+    assert!(b.get("/federator/imports/shop/broken").await?.is_none());
+    let shown = std::process::Command::new(federator_chaos::cluster::federator_bin())
+        .args(["agent", "status", "--state-dir"])
+        .arg(a.agent.state_dir())
+        .output()?;
+    let shown = String::from_utf8_lossy(&shown.stdout);
+    assert!(shown.contains("shop/broken"), "`agent status` names the broken document:\n{shown}");
+
+    // `federator check` sees a healthy federation and both agents; the broken document
+    // is a warning, not a failure.
+    let a_state = a.agent.state_dir();
+    let b_state = b.agent.state_dir();
+    let check_args = |extra: &[&str]| -> Vec<String> {
+        let mut args: Vec<String> = vec!["check".into()];
+        for dir in [&a_state, &b_state] {
+            args.push("--agent-state-dir".into());
+            args.push(dir.display().to_string());
+        }
+        args.extend(extra.iter().map(|s| (*s).to_string()));
+        args
+    };
+    let args = check_args(&["--wait", "20s"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = fed.cli_ok(&[], &args)?;
+    for line in [
+        "√ quorum: 3/3 voters answer",
+        "√ cluster-a: lease",
+        "√ a.example: sequence",
+        "‼ agent of cluster-a: export /federator/exports/shop/broken skipped",
+        "healthy:",
+    ] {
+        assert!(report.contains(line), "`federator check` lacks {line:?}:\n{report}");
+    }
+
+    // Deleting the document withdraws the export everywhere in B.
+    a.delete("/federator/exports/shop/ledger").await?;
+    eventually("B's etcd import of shop/ledger is gone", WAIT, || async {
+        b.get("/federator/imports/shop/ledger").await.ok().and_then(|v| v.is_none().then_some(()))
+    })
+    .await?;
+    eventually("B's EDS no longer serves ledger", WAIT, || async {
+        b.eds("ledger.shop.svc.clusterset.local").await.ok().and_then(|e| e.is_none().then_some(()))
+    })
+    .await?;
+
+    // == Static stability: every replica down, B keeps serving what it held. ==
+    let before =
+        b.agent.wait_status("B applied ledger's removal", WAIT, |s| s.imports == 1).await?;
+    fed.kill_all();
+    b.agent
+        .wait_status("B notices that no replica answers", WAIT, |s| s.connected_replica.is_none())
+        .await?;
+    // `federator check` fails, naming the lost quorum and B's lost connection.
+    let args = check_args(&["-o", "json"]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = fed.cli(&[1, 2, 3], &args)?;
+    assert!(!out.status.success(), "check must fail with every replica down");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    assert_eq!(report["ok"], false, "{report}");
+    let failed: Vec<&str> = report["checks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["outcome"] == "fail")
+        .filter_map(|c| c["detail"].as_str())
+        .collect();
+    assert!(failed.iter().any(|d| d.contains("no replica answers")), "{failed:?}");
+    assert!(failed.iter().any(|d| d.contains("agent of cluster-b: not connected")), "{failed:?}");
+    // A change made while the federation is down waits in A's etcd.
+    a.put("/federator/exports/shop/ledger", &export_doc(&["127.0.0.22"])).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(b.eds(CART_HOST).await?, Some(vec!["127.0.0.11".into(), "127.0.0.12".into()]));
+    assert!(b.get("/federator/imports/shop/cart").await?.is_some());
+    assert_eq!(
+        std::fs::read_to_string(b.agent.out("bundles/a.example.pem"))?.trim(),
+        both.trim(),
+        "B's files still hold A's bundle"
+    );
+    let down = b.agent.status().expect("status");
+    assert_eq!(down.applied_revision, before.applied_revision);
+    assert!(down.sinks.values().all(|s| s.healthy), "{:?}", down.sinks);
+
+    // A restarted agent serves the saved view before any replica answers.
+    b.agent.kill();
+    b.delete("/federator/imports/shop/cart").await?;
+    b.agent.start()?;
+    eventually("restarted B rewrites its sinks from disk", WAIT, || async {
+        b.get("/federator/imports/shop/cart").await.ok().flatten()
+    })
+    .await?;
+    assert_eq!(b.agent.status().map(|s| s.applied_revision), Some(before.applied_revision));
+
+    // == Replicas back: B resumes from its revision and catches up. ==
+    for id in fed.ids() {
+        fed.restart(id)?;
+    }
+    fed.wait_for_leader(&fed.ids(), WAIT).await?;
+    eventually("B imports ledger again, at its new address", WAIT, || async {
+        b.eds("ledger.shop.svc.clusterset.local")
+            .await
+            .ok()
+            .flatten()
+            .filter(|e| e.as_slice() == ["127.0.0.22"])
+    })
+    .await?;
+    let after = b
+        .agent
+        .wait_status("B connected again, past its saved revision", WAIT, |s| {
+            s.connected_replica.is_some() && s.applied_revision > before.applied_revision
+        })
+        .await?;
+    assert_eq!(
+        after.resyncs, 0,
+        "B resumed from revision {} without a resync",
+        before.applied_revision
+    );
+
+    // The agents' metrics tell the same story.
+    let metrics = b.agent.metrics().await?;
+    assert_eq!(sample(&metrics, "federator_agent_connected"), Some(1.0), "{metrics}");
+    assert_eq!(sample(&metrics, "federator_agent_resyncs_total"), Some(0.0), "{metrics}");
+    assert!(
+        metrics.contains("federator_agent_propagation_seconds_count{kind=\"import\",source_trust_domain=\"a.example\"}"),
+        "{metrics}"
+    );
+    let metrics = a.agent.metrics().await?;
+    assert_eq!(sample(&metrics, "federator_agent_export_source_problems"), Some(1.0), "{metrics}");
+    Ok(())
+}
