@@ -26,6 +26,9 @@ pub struct AgentOptions {
     pub locality: Option<(String, String)>,
     /// Serve Prometheus metrics on a free loopback port.
     pub metrics: bool,
+    /// Take the SVID and the own bundle from this SPIFFE Workload API address (for
+    /// example [`crate::workload_api::WorkloadApiServer::address`]) instead of files.
+    pub workload_api: Option<String>,
 }
 
 /// One agent process and its files.
@@ -59,8 +62,17 @@ impl AgentProcess {
         std::fs::write(dir.join("join-token"), token)?;
         let xds_addr = options.xds.then(|| format!("127.0.0.1:{}", free_port()));
         let (region, zone) = options.locality.clone().unwrap_or_default();
+        let identity = match &options.workload_api {
+            Some(socket) => format!(
+                "[svid]\nworkload_api = \"{socket}\"\n\n[bundle]\nkind = \"workload_api\"\nsocket = \"{socket}\"\n"
+            ),
+            None => format!(
+                "[svid]\ncert = \"{dir}/agent.pem\"\nkey = \"{dir}/agent.key\"\n\n[bundle]\nkind = \"file\"\npath = \"{dir}/bundle.pem\"\nformat = \"pem\"\n",
+                dir = dir.display()
+            ),
+        };
         let mut config = format!(
-            "state_dir = \"{state}\"\ntoken_file = \"{dir}/join-token\"\n\n[svid]\ncert = \"{dir}/agent.pem\"\nkey = \"{dir}/agent.key\"\n\n[bundle]\nkind = \"file\"\npath = \"{dir}/bundle.pem\"\nformat = \"pem\"\n\n[lease]\nttl_seconds = {ttl}\nregion = \"{region}\"\nzone = \"{zone}\"\n\n[sinks.files]\ndir = \"{dir}/out\"\n",
+            "state_dir = \"{state}\"\ntoken_file = \"{dir}/join-token\"\n\n{identity}\n[lease]\nttl_seconds = {ttl}\nregion = \"{region}\"\nzone = \"{zone}\"\n\n[sinks.files]\ndir = \"{dir}/out\"\n",
             state = dir.join("state").display(),
             dir = dir.display(),
             ttl = options.lease_ttl_seconds.unwrap_or(10),

@@ -1,7 +1,9 @@
 //! The member-cluster agent end to end: two clusters, each with its own etcd and its own
 //! `federator agent` process, joined to a real 3-replica federation, all on loopback.
 //!
-//! - A rotates its CA: B's files and etcd keys hold the new bundle and B acknowledges it.
+//! - A's agent reads its SVID and bundle from the SPIFFE Workload API (a real gRPC server
+//!   on a Unix socket), B's from files. A rotates its CA through the Workload API: B's
+//!   files and etcd keys hold the new bundle and B acknowledges it.
 //! - A service written into A's etcd export prefix appears in B's etcd import prefix, in
 //!   B's imports file and in B's Envoy EDS; deleting the document removes it everywhere.
 //! - A malformed export document is reported (status, metrics) and the others still sync.
@@ -20,6 +22,8 @@ use federator_chaos::agent::{AgentOptions, AgentProcess};
 use federator_chaos::cluster::{Federation, eventually};
 use federator_chaos::etcd::EtcdCluster;
 use federator_chaos::member::MemberCluster;
+use federator_chaos::workload_api::{WorkloadApiServer, x509_svid, x509_svid_response};
+use federator_proto::spiffe_workload::X509svidResponse;
 use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
 
@@ -29,27 +33,54 @@ const WAIT: Duration = Duration::from_secs(30);
 const LEASE_TTL: u32 = 5;
 const CART_HOST: &str = "cart.shop.svc.clusterset.local";
 
-/// One member cluster: its etcd and its agent.
+/// One member cluster: its etcd, its agent and, when the agent reads its SVID and bundle
+/// from the SPIFFE Workload API rather than files, the Workload API server (SPIRE's
+/// agent socket).
 struct Cluster {
     etcd: EtcdCluster,
     agent: AgentProcess,
+    workload_api: Option<WorkloadApiServer>,
 }
 
 impl Cluster {
-    async fn start(fed: &Federation, name: &str, td: &str, region: &str) -> anyhow::Result<Self> {
+    async fn start(
+        fed: &Federation,
+        name: &str,
+        td: &str,
+        region: &str,
+        with_workload_api: bool,
+    ) -> anyhow::Result<Self> {
         let mut etcd = EtcdCluster::start(1)?;
         etcd.wait_healthy(WAIT).await?;
         let member = MemberCluster::new(name, td)?;
+        let workload_api = if with_workload_api {
+            Some(WorkloadApiServer::start_with(workload_response(&member)?).await?)
+        } else {
+            None
+        };
         let options = AgentOptions {
             etcd_endpoints: etcd.client_urls(),
             xds: true,
             lease_ttl_seconds: Some(LEASE_TTL),
             locality: Some((region.into(), format!("{region}-a"))),
             metrics: true,
+            workload_api: workload_api.as_ref().map(WorkloadApiServer::address),
         };
         let mut agent = AgentProcess::new(fed, member, &options)?;
         agent.start()?;
-        Ok(Self { etcd, agent })
+        Ok(Self { etcd, agent, workload_api })
+    }
+
+    /// Gives the agent the member's current CAs as its bundle (and its current SVID):
+    /// through the Workload API when it uses one, else its files.
+    fn publish_bundle(&self) -> anyhow::Result<()> {
+        match &self.workload_api {
+            Some(server) => {
+                server.push(workload_response(&self.agent.member)?);
+                Ok(())
+            }
+            None => self.agent.write_bundle(),
+        }
     }
 
     async fn put(&self, key: &str, value: &str) -> anyhow::Result<()> {
@@ -88,6 +119,14 @@ impl Drop for Cluster {
             federator_chaos::cluster::tail(&self.agent.log(), 60)
         );
     }
+}
+
+/// What the Workload API gives `member`'s agent: its SVID and its trust domain's CAs.
+fn workload_response(member: &MemberCluster) -> anyhow::Result<X509svidResponse> {
+    let svid = member.agent_svid();
+    let entry = x509_svid(&member.agent_id(), &svid.cert_pem, &svid.key_pem, &[&member.ca_pem()])
+        .map_err(anyhow::Error::msg)?;
+    Ok(x509_svid_response(vec![entry]))
 }
 
 /// One state-of-the-world EDS request as Envoy makes it; the first response, if any
@@ -177,8 +216,9 @@ fn sample(metrics: &str, name: &str) -> Option<f64> {
 #[tokio::test]
 async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> anyhow::Result<()> {
     let mut fed = Federation::formed(3, "").await?;
-    let mut a = Cluster::start(&fed, "cluster-a", "a.example", "r1").await?;
-    let mut b = Cluster::start(&fed, "cluster-b", "b.example", "r2").await?;
+    // A's agent takes its SVID and its bundle from a Workload API server, B's from files.
+    let mut a = Cluster::start(&fed, "cluster-a", "a.example", "r1", true).await?;
+    let mut b = Cluster::start(&fed, "cluster-b", "b.example", "r2", false).await?;
     for cluster in [&a, &b] {
         cluster
             .agent
@@ -206,7 +246,7 @@ async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> an
 
     // A rotates: old and new CA together.
     a.agent.member.add_ca()?;
-    a.agent.write_bundle()?;
+    a.publish_bundle()?;
     let both = a.agent.member.ca_pem();
     let status = b
         .agent
