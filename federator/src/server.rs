@@ -7,7 +7,7 @@ mod federation;
 mod federation_metrics;
 mod health;
 mod leases;
-mod metrics_http;
+pub(crate) mod metrics_http;
 
 use std::future::Future;
 use std::sync::Arc;

@@ -14,13 +14,7 @@
 //! resync, or a revision the replica no longer remembers) are not observed.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
-use std::sync::Arc;
 
-use axum::Router;
-use axum::http::header::CONTENT_TYPE;
-use axum::response::IntoResponse;
-use axum::routing::get;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -287,42 +281,9 @@ pub fn import_sources(
         .collect()
 }
 
-/// Serves `GET /metrics` from `registry` on `listener` until `stop` resolves.
-///
-/// # Errors
-/// The listener failed.
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    registry: Registry,
-    stop: impl Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    let registry = Arc::new(registry);
-    let app = Router::new().route(
-        "/metrics",
-        get(move || {
-            let registry = registry.clone();
-            async move {
-                let mut body = String::new();
-                match prometheus_client::encoding::text::encode(&mut body, &registry) {
-                    Ok(()) => (
-                        [(
-                            CONTENT_TYPE,
-                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                        )],
-                        body,
-                    )
-                        .into_response(),
-                    Err(error) => (
-                        axum::http::StatusCode::INTERNAL_SERVER_ERROR,
-                        format!("encoding metrics: {error}"),
-                    )
-                        .into_response(),
-                }
-            }
-        }),
-    );
-    axum::serve(listener, app).with_graceful_shutdown(stop).await
-}
+/// Serves `GET /metrics` from a registry on a listener until stopped: the replica's
+/// server, shared.
+pub use crate::server::metrics_http::serve;
 
 #[cfg(test)]
 mod tests {
