@@ -7,7 +7,7 @@
 //! end with `UNAVAILABLE`, the socket is removed) and [`WorkloadApiServer::restart`] brings
 //! it back on the same socket with the last response.
 //!
-//! ```ignore
+//! ```text
 //! let mut server = WorkloadApiServer::start().await?;
 //! server.push(x509_svid_response(vec![x509_svid(id, &leaf.cert_pem, &leaf.key_pem, &[ca])?]));
 //! // agent.toml: [svid] workload_api = server.address(); [bundle] socket = server.address()
