@@ -14,6 +14,14 @@ cargo fmt --all -- --check
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+step "deployment files (Kubernetes schemas, chart values schemas)"
+# pip --user installs put scripts here.
+export PATH="$PATH:$HOME/.local/bin"
+kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+for chart in deploy/helm/*/; do
+  check-jsonschema --schemafile "$chart/values.schema.json" "$chart/values.yaml"
+done
+
 step "build"
 cargo build --workspace --all-targets --locked
 

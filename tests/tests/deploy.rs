@@ -1,0 +1,80 @@
+//! The shipped deployment files hold settings the real parsers accept: the `server.toml`
+//! template of `deploy/kubernetes/federator.yaml` (with the substitutions each pod makes),
+//! the `agent.toml` of `deploy/kubernetes/federator-agent.yaml`, the examples in
+//! `deploy/local/`, and the configuration the systemd units name. (The manifests'
+//! Kubernetes schemas are checked by `tests/run.sh` with kubernetes-validate; the charts'
+//! `values.yaml` against their `values.schema.json`.)
+
+use std::path::{Path, PathBuf};
+
+use federator::agent::AgentConfig;
+use federator::config::{ServerConfig, ServerOverrides};
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// `data.<key>` of the ConfigMaps in a multi-document manifest.
+fn config_map_entry(manifest: &str, key: &str) -> String {
+    let text = std::fs::read_to_string(repo().join(manifest)).expect(manifest);
+    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+        let value =
+            <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document).expect("yaml");
+        if value["kind"] == "ConfigMap"
+            && let Some(entry) = value["data"][key].as_str()
+        {
+            return entry.to_string();
+        }
+    }
+    panic!("{manifest}: no ConfigMap with data.{key}");
+}
+
+#[test]
+fn the_kubernetes_replica_config_loads_for_every_pod() {
+    let template = config_map_entry("deploy/kubernetes/federator.yaml", "server.toml.in");
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (ordinal, host) in [(0, "federator-0"), (2, "federator-2")] {
+        let id = ordinal + 1;
+        let host = format!("{host}.federator-headless.federator.svc.cluster.local");
+        let text = template
+            .replace("REPLICA_ID", &id.to_string())
+            .replace("POD_HOST", &host)
+            .replace("CERT_FILE", &format!("/etc/federator/tls/replica-{id}.pem"))
+            .replace("KEY_FILE", &format!("/etc/federator/tls/replica-{id}.key"));
+        let path = dir.path().join(format!("server-{id}.toml"));
+        std::fs::write(&path, text).expect("write");
+        let config = ServerConfig::load(Some(&path), &ServerOverrides::default())
+            .unwrap_or_else(|e| panic!("replica {id}: {e}"));
+        assert_eq!(config.id, id);
+        assert_eq!(config.advertise_raft, format!("{host}:7001"));
+        assert_eq!(config.advertise_api, format!("{host}:7101"));
+    }
+}
+
+#[test]
+fn the_kubernetes_agent_config_loads() {
+    let text = config_map_entry("deploy/kubernetes/federator-agent.yaml", "agent.toml");
+    let path = Path::new("/etc/federator/config/agent.toml");
+    AgentConfig::parse(&text, path, Some("fedjoin1.placeholder".into()))
+        .unwrap_or_else(|e| panic!("deploy/kubernetes/federator-agent.yaml agent.toml: {e}"));
+}
+
+#[test]
+fn the_local_examples_load() {
+    let server = repo().join("deploy/local/server.toml");
+    ServerConfig::load(Some(&server), &ServerOverrides::default())
+        .expect("deploy/local/server.toml");
+    let agent = repo().join("deploy/local/agent.toml");
+    AgentConfig::load(&agent, Some("fedjoin1.placeholder".into()))
+        .expect("deploy/local/agent.toml");
+}
+
+#[test]
+fn the_systemd_units_name_the_shipped_binary_and_configs() {
+    for unit in ["federator.service", "federator-agent.service"] {
+        let text = std::fs::read_to_string(repo().join("deploy/systemd").join(unit)).expect(unit);
+        let exec = text.lines().find(|l| l.starts_with("ExecStart=")).expect("ExecStart");
+        assert!(exec.contains("/usr/local/bin/federator "), "{unit}: {exec}");
+        assert!(exec.contains("--config /etc/federator/"), "{unit}: {exec}");
+    }
+}
