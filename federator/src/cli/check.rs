@@ -321,6 +321,47 @@ fn check_group(args: &CheckArgs, view: &GroupView, checks: &mut Checks) {
             "a replica that does not catch up gets a snapshot; check its disk and network (`federator raft status`)",
         );
     }
+    check_digests(view, checks);
+}
+
+/// Replicas that report a state digest at the same applied index must report the same
+/// one: the state machine is deterministic, so a difference means a replica's state is
+/// corrupt.
+fn check_digests(view: &GroupView, checks: &mut Checks) {
+    let mut by_index: std::collections::BTreeMap<u64, Vec<(u64, &str)>> =
+        std::collections::BTreeMap::new();
+    for r in &view.replicas {
+        if let (Some(digest), Some(index)) = (r.state_digest.as_deref(), r.digest_index)
+            && !digest.is_empty()
+        {
+            by_index.entry(index).or_default().push((r.id, digest));
+        }
+    }
+    let compared: Vec<(u64, &Vec<(u64, &str)>)> =
+        by_index.iter().filter(|(_, rs)| rs.len() > 1).map(|(i, rs)| (*i, rs)).collect();
+    let diverged: Vec<String> = compared
+        .iter()
+        .filter(|(_, rs)| rs.iter().any(|(_, d)| *d != rs[0].1))
+        .map(|(index, rs)| {
+            let parts: Vec<String> = rs
+                .iter()
+                .map(|(id, d)| format!("replica {id} {}", &d[..d.len().min(12)]))
+                .collect();
+            format!("at index {index}: {}", parts.join(", "))
+        })
+        .collect();
+    if !diverged.is_empty() {
+        checks.fail(
+            "replicas",
+            format!("state digests differ {}", diverged.join("; ")),
+            "a replica's state is corrupt: stop it, move its data directory away and add it back empty (it gets a snapshot)",
+        );
+    } else if let Some((index, rs)) = compared.last() {
+        checks.pass(
+            "replicas",
+            format!("state digests agree ({} replicas at index {index})", rs.len()),
+        );
+    }
 }
 
 // === certificates ===
@@ -672,6 +713,51 @@ mod tests {
         assert!(text.contains("× lease expired\n      hint: restart the agent"), "{text}");
         assert!(text.contains("UNHEALTHY: 1 passed, 1 warning, 1 failed"), "{text}");
         assert!(text.find("replicas").unwrap_or(usize::MAX) < text.find("members").unwrap_or(0));
+    }
+
+    #[test]
+    fn digests_that_differ_at_one_index_fail() {
+        let row = |id: u64, digest: &str, index: u64| status::ReplicaRow {
+            id,
+            membership: "voter",
+            raft_addr: String::new(),
+            api_addr: String::new(),
+            reachable: true,
+            error: None,
+            pid: None,
+            role: None,
+            term: None,
+            last_log_index: None,
+            commit_index: None,
+            applied_index: None,
+            lag: Some(0),
+            snapshot_index: None,
+            purged_index: None,
+            state_digest: Some(digest.into()),
+            digest_index: Some(index),
+        };
+        let view = |rows| GroupView {
+            leader: Some(1),
+            term: 2,
+            voters_up: 3,
+            voters: 3,
+            quorum: true,
+            replicas: rows,
+        };
+        let mut checks = Checks::default();
+        check_digests(
+            &view(vec![row(1, "aaaa", 7), row(2, "aaaa", 7), row(3, "bbbb", 6)]),
+            &mut checks,
+        );
+        assert_eq!(checks.0.len(), 1);
+        assert_eq!(checks.0[0].outcome, Outcome::Pass, "{:?}", checks.0);
+        let mut checks = Checks::default();
+        check_digests(
+            &view(vec![row(1, "aaaa", 7), row(2, "cccc", 7), row(3, "aaaa", 7)]),
+            &mut checks,
+        );
+        assert_eq!(checks.0[0].outcome, Outcome::Fail);
+        assert!(checks.0[0].detail.contains("replica 2 cccc"), "{:?}", checks.0[0]);
     }
 
     #[test]
