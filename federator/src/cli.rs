@@ -46,6 +46,23 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Commands {
     /// Run a whole federation on loopback with a live status view (start here).
+    ///
+    /// Starts, as child processes on 127.0.0.1, N replicas and M member clusters. Each
+    /// member cluster has its own CA and trust domain (`cluster-a.federator.test`, ...), a
+    /// `federator agent` that joins with a token, keeps a lease, publishes its bundle and
+    /// exports, and writes what it imports to DIR/clusters/NAME/out (and serves it to Envoy
+    /// over xDS); and a demo HTTP service `demo/echo` that every cluster exports, so each
+    /// imports `echo.demo.svc.clusterset.local` with the others' endpoints.
+    ///
+    /// Try: kill the leader's pid (a new leader within a second or two); kill an agent's
+    /// pid (its lease expires, its endpoints turn not ready everywhere, dev restarts it);
+    /// `touch DIR/clusters/cluster-a/rotate` (a CA rotation: old and new CA together until
+    /// every member applied them, then the new one only); edit
+    /// DIR/clusters/NAME/exports.json (exports follow).
+    ///
+    /// Without --dir the state lives in a temporary directory removed on exit. With --dir
+    /// it is kept (a second run resumes it) and DIR/env holds the variables that point the
+    /// other `federator` commands at it: `source DIR/env && federator status`.
     Dev(dev::DevArgs),
     /// Run one federator replica.
     Server(server::ServerArgs),
@@ -58,6 +75,20 @@ enum Commands {
     Status(status::StatusArgs),
     /// Check the federation's health: quorum, leader, lag, certificate expiry, member
     /// leases, bundle propagation, local agents; non-zero exit on failure.
+    ///
+    /// Every line starts with `√` (fine), `‼` (works, look at it soon: a certificate that
+    /// expires within --expiry-warning-days, an unreachable minority replica, a rotation
+    /// still propagating) or `×` (broken), and each `‼`/`×` line has a hint. The exit
+    /// status is non-zero when any line is `×`, so the command fits a cron job, a
+    /// readiness gate or a CI step:
+    ///
+    ///   federator check --wait 60s --agent-state-dir /var/lib/federator-agent && echo healthy
+    ///
+    /// Groups: replicas (quorum, leader, replication lag, state digests that agree),
+    /// certificates (--ca and --cert files, every replica's serving certificate, every
+    /// member's newest CA), members (lease freshness), bundles (the newest sequence of
+    /// every trust domain applied by every member), agents (with --agent-state-dir: a
+    /// fresh status file, the connection, every sink, skipped export documents).
     Check(check::CheckArgs),
     /// Create single-use join tokens for clusters.
     #[command(subcommand)]

@@ -22,14 +22,7 @@ use super::status::{self, GroupView};
 use crate::agent::AgentStatus;
 use crate::bundle::{ValidationPolicy, parse_spiffe_bundle};
 
-/// Check the federation's health: quorum, leader, replica lag, certificate expiry, member
-/// leases, bundle propagation and (with --agent-state-dir) local agents.
-///
-/// Every line starts with `√` (fine), `‼` (look at it soon) or `×` (broken; a hint
-/// follows). The exit status is non-zero when any line is `×`, so the command fits a
-/// cron job, a readiness gate or a CI step:
-///
-///   federator check --wait 60s && echo healthy
+/// `federator check`'s flags (its help text is on the subcommand in `cli.rs`).
 #[derive(Debug, clap::Args)]
 pub struct CheckArgs {
     /// Keep checking until every check passes, for at most this long (`30s`, `5m`);

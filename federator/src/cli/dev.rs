@@ -17,24 +17,7 @@ use tokio::process::{Child, Command};
 use super::client::{Connection, ConnectionArgs};
 use super::status;
 
-/// Run a local federation on loopback: N replicas and M member clusters as child
-/// processes, with a live status view.
-///
-/// Each member cluster has its own CA and trust domain (`cluster-a.federator.test`, ...),
-/// a `federator agent` that joins with a token, keeps a lease, publishes its bundle and
-/// exports, and writes what it imports to DIR/clusters/NAME/out (and serves it to Envoy
-/// over xDS); and a demo HTTP service `demo/echo` that every cluster exports, so each
-/// imports `echo.demo.svc.clusterset.local` with the others' endpoints.
-///
-/// Try: kill the leader's pid (a new leader within a second or two); kill an agent's pid
-/// (its lease expires, its endpoints turn not ready everywhere, dev restarts it); `touch
-/// DIR/clusters/cluster-a/rotate` (a CA rotation: old and new CA together until every
-/// member applied them, then the new one only); edit DIR/clusters/NAME/exports.json
-/// (exports follow).
-///
-/// Without --dir the state lives in a temporary directory removed on exit. With --dir it
-/// is kept (a second run resumes it) and DIR/env holds the variables that point the
-/// other `federator` commands at it: `source DIR/env && federator status`.
+/// `federator dev`'s flags (its help text is on the subcommand in `cli.rs`).
 #[derive(Debug, clap::Args)]
 pub struct DevArgs {
     /// Keep state here and write DIR/env for the other commands.
