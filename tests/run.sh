@@ -15,11 +15,10 @@ step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "deployment files (Kubernetes schemas, chart values schemas)"
-# pip --user installs put scripts here.
-export PATH="$PATH:$HOME/.local/bin"
-kubernetes-validate --strict --quiet deploy/kubernetes/*.yaml
+# Through the interpreter setup.sh installed them for (its scripts may not be on PATH).
+python3 -m kubernetes_validate --strict --quiet deploy/kubernetes/*.yaml
 for chart in deploy/helm/*/; do
-  check-jsonschema --schemafile "$chart/values.schema.json" "$chart/values.yaml"
+  python3 -m check_jsonschema --schemafile "$chart/values.schema.json" "$chart/values.yaml"
 done
 
 step "build"

@@ -51,12 +51,11 @@ if [ -z "$(envoy_version)" ]; then
 fi
 # Validators of the deployment files (tests/run.sh): Kubernetes schemas and the charts'
 # values schemas, offline.
-if ! command -v kubernetes-validate >/dev/null 2>&1 || ! command -v check-jsonschema >/dev/null 2>&1; then
+if ! python3 -c 'import kubernetes_validate, check_jsonschema' >/dev/null 2>&1; then
   echo "setup: installing kubernetes-validate and check-jsonschema (pip)" >&2
   python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore kubernetes-validate check-jsonschema 2>/dev/null ||
     python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --user --break-system-packages kubernetes-validate check-jsonschema ||
     echo "setup: ERROR: could not install the manifest validators; the deploy check will fail" >&2
-  hash -r
 fi
 envoy="$(envoy_version || true)"
 echo "setup: protoc $(protoc --version | cut -d' ' -f2), etcd $(etcd --version | head -1 | cut -d' ' -f3), envoy ${envoy:-MISSING}, $(cargo --version)" >&2
