@@ -711,23 +711,18 @@ mod tests {
     #[test]
     fn digests_that_differ_at_one_index_fail() {
         let row = |id: u64, digest: &str, index: u64| status::ReplicaRow {
-            id,
-            membership: "voter",
-            raft_addr: String::new(),
-            api_addr: String::new(),
             reachable: true,
             error: None,
-            pid: None,
-            role: None,
-            term: None,
-            last_log_index: None,
-            commit_index: None,
-            applied_index: None,
             lag: Some(0),
-            snapshot_index: None,
-            purged_index: None,
             state_digest: Some(digest.into()),
             digest_index: Some(index),
+            ..status::ReplicaRow::unreachable(
+                id,
+                "voter",
+                String::new(),
+                String::new(),
+                String::new(),
+            )
         };
         let view = |rows| GroupView {
             leader: Some(1),

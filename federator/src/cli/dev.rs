@@ -194,20 +194,35 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn spawn(exe: &Path, replica: &DevReplica) -> anyhow::Result<Child> {
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(replica.dir.join("server.log"))?;
-    Command::new(exe)
-        .args(["server", "--config"])
-        .arg(replica.dir.join("server.toml"))
-        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,openraft=warn".into()))
+    spawn_child(
+        exe,
+        "server",
+        &replica.dir.join("server.toml"),
+        &replica.dir.join("server.log"),
+        "info,openraft=warn",
+    )
+    .with_context(|| format!("start replica {}", replica.id))
+}
+
+/// Starts `federator SUBCOMMAND --config CONFIG` with its output appended to `log`,
+/// `RUST_LOG` from the environment or `default_log`, killed if dev drops it.
+fn spawn_child(
+    exe: &Path,
+    subcommand: &str,
+    config: &Path,
+    log: &Path,
+    default_log: &str,
+) -> anyhow::Result<Child> {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(log)?;
+    Ok(Command::new(exe)
+        .args([subcommand, "--config"])
+        .arg(config)
+        .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| default_log.into()))
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log)
         .kill_on_drop(true)
-        .spawn()
-        .with_context(|| format!("start replica {}", replica.id))
+        .spawn()?)
 }
 
 fn write_env(root: &Path, certs: &Path, replicas: &[DevReplica]) -> anyhow::Result<PathBuf> {

@@ -52,6 +52,38 @@ pub struct ReplicaRow {
     pub digest_index: Option<u64>,
 }
 
+impl ReplicaRow {
+    /// A replica that did not answer: only what the membership says of it.
+    #[must_use]
+    pub fn unreachable(
+        id: u64,
+        membership: &'static str,
+        raft_addr: String,
+        api_addr: String,
+        error: String,
+    ) -> Self {
+        Self {
+            id,
+            membership,
+            raft_addr,
+            api_addr,
+            reachable: false,
+            error: Some(error),
+            pid: None,
+            role: None,
+            term: None,
+            last_log_index: None,
+            commit_index: None,
+            applied_index: None,
+            lag: None,
+            snapshot_index: None,
+            purged_index: None,
+            state_digest: None,
+            digest_index: None,
+        }
+    }
+}
+
 /// The whole group as seen by the operator.
 #[derive(Debug, Serialize)]
 pub struct GroupView {
@@ -143,25 +175,9 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
                     digest_index: Some(s.digest_index),
                 }
             }
-            Err(error) => ReplicaRow {
-                id,
-                membership,
-                raft_addr,
-                api_addr,
-                reachable: false,
-                error: Some(format!("{error:#}")),
-                pid: None,
-                role: None,
-                term: None,
-                last_log_index: None,
-                commit_index: None,
-                applied_index: None,
-                lag: None,
-                snapshot_index: None,
-                purged_index: None,
-                state_digest: None,
-                digest_index: None,
-            },
+            Err(error) => {
+                ReplicaRow::unreachable(id, membership, raft_addr, api_addr, format!("{error:#}"))
+            }
         };
         view.replicas.push(row);
     }

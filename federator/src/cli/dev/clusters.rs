@@ -8,14 +8,13 @@
 //! rotation protocol, visible in the status view.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use federator_proto::admin as pb;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use super::super::client::{Connection, status_error};
 use crate::agent::AgentStatus;
@@ -190,20 +189,14 @@ impl DevCluster {
 
     /// Starts the agent.
     pub fn spawn(&mut self, exe: &Path) -> anyhow::Result<()> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join("agent.log"))?;
-        let child = Command::new(exe)
-            .args(["agent", "--config"])
-            .arg(self.dir.join("agent.toml"))
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("start the agent of {}", self.name))?;
+        let child = super::spawn_child(
+            exe,
+            "agent",
+            &self.dir.join("agent.toml"),
+            &self.dir.join("agent.log"),
+            "info",
+        )
+        .with_context(|| format!("start the agent of {}", self.name))?;
         self.child = Some(child);
         self.died_at = None;
         Ok(())

@@ -116,7 +116,7 @@ fn bad_addresses_are_refused_with_the_rule() {
         ("tcp://localhost:8081", "IP address"),
         ("tcp://127.0.0.1", "IP address"),
         ("tcp://127.0.0.1:0", "port other than 0"),
-        ("tcp://10.1.2.3:8081", "loopback"),
+        ("tcp://192.0.2.1:8081", "loopback"),
         ("tcp://[2001:db8::1]:8081", "loopback"),
         ("http://127.0.0.1:8081", "unsupported scheme \"http\""),
         ("https://spire.example/agent", "unsupported scheme \"https\""),
@@ -209,19 +209,21 @@ proptest! {
 
 // === the test server ===
 
+/// A Workload API server giving one SVID `id` issued by `authority`, with that
+/// authority as its bundle.
+async fn serve_one(authority: &FederationCa, id: &str) -> WorkloadApiServer {
+    WorkloadApiServer::start_with(x509_svid_response(vec![svid(authority, id, &[authority])]))
+        .await
+        .expect("server")
+}
+
 #[tokio::test]
 async fn the_server_refuses_a_request_without_the_security_header() {
     use federator_proto::spiffe_workload::X509svidRequest;
     use federator_proto::spiffe_workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 
     let authority = ca(TD);
-    let server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
-        &authority,
-        AGENT,
-        &[&authority],
-    )]))
-    .await
-    .expect("server");
+    let server = serve_one(&authority, AGENT).await;
     let socket = server.socket_path().to_path_buf();
     let channel = tonic::transport::Endpoint::from_static("http://workload-api.socket")
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
@@ -251,10 +253,7 @@ async fn the_server_refuses_a_request_without_the_security_header() {
 #[tokio::test]
 async fn the_bundle_follows_rotations_and_outlives_the_server() {
     let old = ca(TD);
-    let mut server =
-        WorkloadApiServer::start_with(x509_svid_response(vec![svid(&old, AGENT, &[&old])]))
-            .await
-            .expect("server");
+    let mut server = serve_one(&old, AGENT).await;
     let before = unix_now();
     let mut rx = bundle_source(&server);
     let initial = rx.borrow().clone();
@@ -322,13 +321,7 @@ async fn the_bundle_follows_rotations_and_outlives_the_server() {
 #[tokio::test]
 async fn a_socket_without_a_server_is_a_problem_until_one_serves_it() {
     let authority = ca(TD);
-    let mut server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
-        &authority,
-        AGENT,
-        &[&authority],
-    )]))
-    .await
-    .expect("server");
+    let mut server = serve_one(&authority, AGENT).await;
     server.stop().await;
     let mut rx = bundle_source(&server);
     let down = wait_state(&mut rx, "a connection problem", |s| {
@@ -346,13 +339,7 @@ async fn a_socket_without_a_server_is_a_problem_until_one_serves_it() {
 #[tokio::test]
 async fn fetch_x509_svid_gives_the_bundle_where_fetch_x509_bundles_is_missing() {
     let authority = ca(TD);
-    let server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
-        &authority,
-        AGENT,
-        &[&authority],
-    )]))
-    .await
-    .expect("server");
+    let server = serve_one(&authority, AGENT).await;
     server.set_bundles_unimplemented(true);
     let mut rx = bundle_source(&server);
     let state = wait_state(&mut rx, "the bundle", |s| s.bundle.is_some()).await;
@@ -362,13 +349,7 @@ async fn fetch_x509_svid_gives_the_bundle_where_fetch_x509_bundles_is_missing() 
 #[tokio::test]
 async fn no_bundle_of_the_trust_domain_is_a_problem() {
     let other = ca("b.example");
-    let server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
-        &other,
-        "spiffe://b.example/workload",
-        &[&other],
-    )]))
-    .await
-    .expect("server");
+    let server = serve_one(&other, "spiffe://b.example/workload").await;
     let mut rx = bundle_source(&server);
     let state = wait_state(&mut rx, "the problem", |s| {
         s.problem.as_ref().is_some_and(|p| p.message != "not read yet")
@@ -473,13 +454,7 @@ async fn from_server(server: &WorkloadApiServer, td: Option<&str>) -> Arc<Certif
 #[tokio::test]
 async fn the_svid_serves_rustls_and_follows_pushed_rotations() {
     let authority = ca(TD);
-    let mut server = WorkloadApiServer::start_with(x509_svid_response(vec![svid(
-        &authority,
-        AGENT,
-        &[&authority],
-    )]))
-    .await
-    .expect("server");
+    let mut server = serve_one(&authority, AGENT).await;
     let identity = from_server(&server, Some(TD)).await;
     assert_eq!(leaf_id(&identity).as_deref(), Some(AGENT));
     assert!(identity.current().keys_match().is_ok());
