@@ -11,6 +11,7 @@ mod probe;
 mod raft;
 mod server;
 mod services;
+mod snapshot;
 mod status;
 mod trust;
 
@@ -139,6 +140,10 @@ enum Commands {
     Import(services::ImportCommand),
     /// The audit trail of accepted and refused federation writes.
     Audit(trust::AuditArgs),
+    /// Back up the federation's state to a file, check a backup, or restore one into a
+    /// new group (save, status, restore).
+    #[command(subcommand)]
+    Snapshot(snapshot::SnapshotCommand),
     /// Create the federation's CA and certificates for replicas and operators.
     #[command(subcommand)]
     Certs(certs::CertsCommand),
@@ -183,6 +188,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Service(command) => services::run_service(command, &cli.connection, out).await,
         Commands::Import(command) => services::run_import(command, &cli.connection, out).await,
         Commands::Audit(args) => trust::run_audit(args, &cli.connection, out).await,
+        Commands::Snapshot(command) => snapshot::run(command, &cli.connection, out).await,
         Commands::Certs(command) => certs::run(command, out),
         Commands::Probe(command) => probe::run(command, &cli.connection, out).await,
     }

@@ -10,6 +10,7 @@
 //! | [`identity`] | the federation's CA, certificates, SPIFFE IDs and rustls configs |
 //! | [`token`] | join tokens: the single-use secret and how to reach the federation |
 //! | [`config`] | replica settings: file, environment, flags |
+//! | [`snapshot_file`] | the backup file `federator snapshot save` writes |
 //! | [`server`] | one replica: consensus, API servers, health, metrics |
 //! | [`cli`] | the `federator` command line |
 
@@ -20,5 +21,6 @@ pub mod config;
 pub mod identity;
 pub mod server;
 pub mod service;
+pub mod snapshot_file;
 pub mod state;
 pub mod token;

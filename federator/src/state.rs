@@ -8,6 +8,7 @@
 mod audit;
 mod command;
 mod events;
+mod restore;
 mod services;
 #[cfg(test)]
 pub(crate) mod test_support;
@@ -23,11 +24,16 @@ pub use command::{
     validate_probe_key,
 };
 pub use events::{Change, ChangeKind, ChangeLog, EVENT_WINDOW};
+pub use restore::{MAX_RESTORE_BYTES, MAX_RESTORE_CHUNK, RestoreSummary, StagedRestore};
 pub use services::{ExportRecord, Lease, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, ServiceRecord};
 pub use trust::{BundleAck, Member, StoredBundle, TokenRecord};
 
-/// Format version of the snapshot encoding; bumped on incompatible changes.
-const SNAPSHOT_FORMAT: u8 = 2;
+/// Format version of the snapshot encoding; bumped on incompatible changes. Format 3 is
+/// format 2's encoding followed by the staged restore; format 2 is still read.
+const SNAPSHOT_FORMAT: u8 = 3;
+
+/// The snapshot format before the staged restore was added.
+const SNAPSHOT_FORMAT_2: u8 = 2;
 
 /// A replica's registration: where agents and operators reach its API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -72,6 +78,10 @@ pub struct FederationState {
     pub audit: AuditTrail,
     /// Revisions and recent changes, for watchers.
     pub changes: ChangeLog,
+    /// A restore being staged through the log (encoded after the rest, see
+    /// [`SNAPSHOT_FORMAT`]).
+    #[serde(skip)]
+    pub restore: Option<StagedRestore>,
 }
 
 // === impl FederationState ===
@@ -157,7 +167,32 @@ impl FederationState {
                 self.audit.record(AuditEvent::new(now, index, actor, action, target, Some(reason)));
                 Ok(Applied::Done)
             }
+            Command::RestoreBegin { id, size, sha256 } => {
+                self.apply_restore_begin(index, id, size, sha256)
+            }
+            Command::RestoreChunk { id, offset, data } => {
+                self.apply_restore_chunk(id, offset, &data)
+            }
+            Command::RestoreCommit { id, force, now } => {
+                self.apply_restore_commit(index, id, force, now)
+            }
         }
+    }
+}
+
+impl FederationState {
+    /// The snapshot encoding: format, state, then `staged`.
+    fn encode(&self, staged: Option<&StagedRestore>) -> Vec<u8> {
+        let mut out = vec![SNAPSHOT_FORMAT];
+        // Encoding ordered maps of plain data cannot fail; an empty tail would be caught
+        // by `restore` on every replica alike.
+        if let Ok(body) = postcard::to_stdvec(self) {
+            out.extend_from_slice(&body);
+        }
+        if let Ok(staged) = postcard::to_stdvec(&staged) {
+            out.extend_from_slice(&staged);
+        }
+        out
     }
 }
 
@@ -171,13 +206,7 @@ impl federator_raft::StateMachine for FederationState {
     }
 
     fn snapshot(&self) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_FORMAT];
-        // Encoding ordered maps of plain data cannot fail; an empty tail would be caught
-        // by `restore` on every replica alike.
-        if let Ok(body) = postcard::to_stdvec(self) {
-            out.extend_from_slice(&body);
-        }
-        out
+        self.encode(self.restore.as_ref())
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
@@ -187,6 +216,15 @@ impl federator_raft::StateMachine for FederationState {
                 Ok(())
             }
             Some((&SNAPSHOT_FORMAT, body)) => {
+                let undecodable =
+                    |e: postcard::Error| format!("federation snapshot does not decode: {e}");
+                let (mut state, staged): (Self, _) =
+                    postcard::take_from_bytes(body).map_err(undecodable)?;
+                state.restore = postcard::from_bytes(staged).map_err(undecodable)?;
+                *self = state;
+                Ok(())
+            }
+            Some((&SNAPSHOT_FORMAT_2, body)) => {
                 *self = postcard::from_bytes(body)
                     .map_err(|e| format!("federation snapshot does not decode: {e}"))?;
                 Ok(())

@@ -3,6 +3,7 @@
 //! Callers on the local unix socket are trusted by file permission; callers over mTLS
 //! must present the federation's admin identity.
 
+mod backup;
 mod services;
 
 use std::collections::BTreeMap;
@@ -235,6 +236,25 @@ fn consistency(value: i32) -> Consistency {
 
 #[tonic::async_trait]
 impl Admin for AdminService {
+    type SaveSnapshotStream = backup::SnapshotStream;
+
+    async fn save_snapshot(
+        &self,
+        request: Request<pb::SaveSnapshotRequest>,
+    ) -> Result<Response<Self::SaveSnapshotStream>, Status> {
+        self.authorize(&request)?;
+        let consistency = consistency(request.into_inner().consistency);
+        backup::save(&self.replica, consistency).await.map(Response::new)
+    }
+
+    async fn restore_snapshot(
+        &self,
+        request: Request<tonic::Streaming<pb::RestoreSnapshotRequest>>,
+    ) -> Result<Response<pb::RestoreSnapshotResponse>, Status> {
+        self.authorize(&request)?;
+        backup::restore(&self.replica, request.into_inner()).await.map(Response::new)
+    }
+
     async fn status(
         &self,
         request: Request<pb::StatusRequest>,

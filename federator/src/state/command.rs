@@ -159,6 +159,33 @@ pub enum Command {
         /// Proposal time.
         now: i64,
     },
+    /// An operator starts restoring a saved snapshot (replacing a restore in progress).
+    RestoreBegin {
+        /// Names this restore in its chunks and commit.
+        id: u64,
+        /// Size of the whole snapshot.
+        size: u64,
+        /// Hex SHA-256 of the whole snapshot.
+        sha256: String,
+    },
+    /// The next bytes of a restore.
+    RestoreChunk {
+        /// The restore.
+        id: u64,
+        /// Where the bytes go: the number of bytes staged before them.
+        offset: u64,
+        /// The bytes.
+        data: Vec<u8>,
+    },
+    /// Checks the staged snapshot and replaces the federation's state with it.
+    RestoreCommit {
+        /// The restore.
+        id: u64,
+        /// Replace a federation that already has members, services or tokens.
+        force: bool,
+        /// Proposal time.
+        now: i64,
+    },
 }
 
 /// What an accepted command did.
@@ -200,6 +227,8 @@ pub enum Applied {
         /// The new revision.
         revision: u64,
     },
+    /// A snapshot was restored.
+    Restored(super::RestoreSummary),
 }
 
 /// Why the state machine refused a command. Refusals are deterministic: every replica

@@ -53,6 +53,12 @@ impl ChangeLog {
         self.revision
     }
 
+    /// A log at `revision` that keeps no change: every watcher behind it resyncs.
+    #[must_use]
+    pub fn starting_at(revision: u64) -> Self {
+        Self { revision, window: VecDeque::new() }
+    }
+
     /// Records a change at the next revision and returns it.
     pub fn push(&mut self, kind: ChangeKind) -> u64 {
         self.push_all(vec![kind])

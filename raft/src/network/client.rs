@@ -15,9 +15,10 @@ use std::time::Duration;
 
 use federator_proto::raft as pb;
 use federator_proto::raft::raft_service_client::RaftServiceClient;
+use openraft::AnyError;
 use openraft::error::{
-    Fatal, NetworkError, RPCError, RaftError, ReplicationClosed, StreamingError, Timeout,
-    Unreachable,
+    Fatal, NetworkError, PayloadTooLarge, RPCError, RaftError, ReplicationClosed, StreamingError,
+    Timeout, Unreachable,
 };
 use openraft::network::{Backoff, RPCOption, RPCTypes};
 use openraft::raft::{InstallSnapshotRequest, InstallSnapshotResponse};
@@ -143,6 +144,34 @@ enum Failure {
     Unreachable(ClientError),
     /// Failed on the way: openraft may retry at once.
     Network(ClientError),
+    /// The AppendEntries message would exceed the transport's message limit; this many
+    /// leading entries fit (at least one).
+    TooLarge(u64),
+}
+
+/// Largest AppendEntries message sent, leaving room under [`MAX_MESSAGE_BYTES`] for
+/// framing and metadata.
+const APPEND_BUDGET_BYTES: usize = MAX_MESSAGE_BYTES - 1024 * 1024;
+
+/// `None` when `request` fits in `budget` bytes; otherwise how many of its leading
+/// entries do (at least one: a single entry larger than the budget is still tried, and
+/// refused by the peer, rather than never sent).
+fn entries_within(request: &pb::AppendEntriesRequest, budget: usize) -> Option<u64> {
+    use prost::Message as _;
+    if request.encoded_len() <= budget || request.entries.len() <= 1 {
+        return None;
+    }
+    let mut used = 64;
+    let fit = request
+        .entries
+        .iter()
+        .take_while(|entry| {
+            // Field tag, length prefix and the entry.
+            used += entry.encoded_len() + 8;
+            used <= budget
+        })
+        .count();
+    Some(u64::try_from(fit.max(1)).unwrap_or(u64::MAX))
 }
 
 // === impl TransportOptions ===
@@ -443,7 +472,11 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let deadline = self.deadline(&option);
         let result = async {
             let mut client = self.grpc()?;
-            let mut request = Request::new(rpc.into_proto());
+            let proto = rpc.into_proto();
+            if let Some(fit) = entries_within(&proto, APPEND_BUDGET_BYTES) {
+                return Err(Failure::TooLarge(fit));
+            }
+            let mut request = Request::new(proto);
             request.set_timeout(deadline);
             let response = match tokio::time::timeout(deadline, client.append_entries(request))
                 .await
@@ -534,6 +567,9 @@ impl Failure {
             }
             Failure::Unreachable(error) => RPCError::Unreachable(Unreachable::new(&error)),
             Failure::Network(error) => RPCError::Network(NetworkError::new(&error)),
+            Failure::TooLarge(entries) => {
+                RPCError::PayloadTooLarge(PayloadTooLarge::new_entries_hint(entries))
+            }
         }
     }
 
@@ -552,6 +588,9 @@ impl Failure {
             }),
             Failure::Unreachable(error) => StreamingError::Unreachable(Unreachable::new(&error)),
             Failure::Network(error) => StreamingError::Network(NetworkError::new(&error)),
+            Failure::TooLarge(_) => StreamingError::Network(NetworkError::new(&AnyError::error(
+                "snapshot chunk exceeds the transport's message limit",
+            ))),
         }
     }
 }
@@ -637,5 +676,22 @@ mod tests {
         assert_eq!(options.connect_timeout, Duration::from_secs(1));
         assert_eq!(options.rpc_timeout, Duration::from_secs(2));
         assert_eq!(options.snapshot_chunk_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn an_append_over_the_budget_names_how_many_entries_fit() {
+        let entry = |bytes: usize| pb::Entry {
+            log_id: None,
+            payload: Some(pb::entry::Payload::Command(vec![7; bytes])),
+        };
+        let request = |sizes: &[usize]| pb::AppendEntriesRequest {
+            entries: sizes.iter().map(|&n| entry(n)).collect(),
+            ..Default::default()
+        };
+        assert_eq!(entries_within(&request(&[100, 100]), 1000), None);
+        assert_eq!(entries_within(&request(&[400, 400, 400]), 1000), Some(2));
+        // One entry over the budget is still sent (the peer refuses it); two are split.
+        assert_eq!(entries_within(&request(&[5000]), 1000), None);
+        assert_eq!(entries_within(&request(&[5000, 10]), 1000), Some(1));
     }
 }

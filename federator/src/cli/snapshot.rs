@@ -1,0 +1,302 @@
+//! `federator snapshot`: back up the federation's state, check a backup, restore it.
+
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use federator_proto::admin as pb;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sha2::Digest as _;
+
+use super::client::{Connection, ConnectionArgs, status_error};
+use super::output::{OutputFormat, print};
+use crate::snapshot_file::{self, SnapshotHeader};
+
+/// Bytes per message of a restore stream.
+const CHUNK_BYTES: usize = 1 << 20;
+
+/// Back up the whole federation state to a file, check a file, or restore one.
+#[derive(Debug, clap::Subcommand)]
+pub enum SnapshotCommand {
+    /// Save the federation's state to FILE, read at a linearizable point.
+    ///
+    /// The file holds members, trust bundles, join tokens (hashed), exported services,
+    /// leases and the audit trail — everything but the replica group itself. It is
+    /// written to a temporary file beside FILE, checked against the size and SHA-256 the
+    /// replica sent, synced, and only then renamed to FILE.
+    ///
+    ///   federator snapshot save /backup/federation-$(date +%F).snap
+    Save {
+        /// Where to write the snapshot.
+        file: PathBuf,
+        /// Read whatever the replica has applied, without confirming with the leader
+        /// (works without a quorum; may miss the newest writes).
+        #[arg(long)]
+        stale: bool,
+    },
+    /// Check a snapshot file (header, size, checksum, that the state decodes) and show
+    /// what it holds. Needs no replica.
+    Status {
+        /// The snapshot file.
+        file: PathBuf,
+    },
+    /// Restore FILE into the federation: members, bundles, tokens, services, leases and
+    /// the audit trail are replaced by the file's.
+    ///
+    /// Disaster recovery: start new replicas, form a group (`federator raft init`), then
+    /// restore into it. The new group keeps its own replicas; watch revisions continue
+    /// above the saved ones, so agents that reconnect resynchronise from a full snapshot
+    /// and never see a revision go back. Members' leases get a full TTL from the new
+    /// leader: agents that keep them alive stay ready, the others expire.
+    ///
+    /// The file is checked before anything is sent. Its bytes go through the log in 1 MiB
+    /// entries and replace the state in one command, on every replica at the same index.
+    /// A federation that already has members, services or join tokens is not overwritten
+    /// unless --force is given.
+    ///
+    ///   federator raft init --member 1=10.0.0.1:7001 --member 2=... --member 3=...
+    ///   federator snapshot restore /backup/federation-2026-12-01.snap
+    Restore {
+        /// The snapshot file.
+        file: PathBuf,
+        /// Replace the members, services and tokens the federation already holds.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// What `save` and `status` print for a file.
+#[derive(Debug, Serialize)]
+struct FileReport<'a> {
+    file: String,
+    #[serde(flatten)]
+    header: &'a SnapshotHeader,
+}
+
+/// What `restore` prints.
+#[derive(Debug, Serialize)]
+struct RestoreReport {
+    file: String,
+    applied_index: u64,
+    revision: u64,
+    members: u64,
+    bundles: u64,
+    services: u64,
+    replaced_members: u64,
+}
+
+/// Runs a `snapshot` subcommand.
+pub async fn run(
+    command: SnapshotCommand,
+    args: &ConnectionArgs,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    match command {
+        SnapshotCommand::Save { file, stale } => {
+            let connection = Connection::new(args)?;
+            let header = save(&connection, &file, stale).await?;
+            print_file(out, &file, &header, "saved")?;
+        }
+        SnapshotCommand::Status { file } => {
+            let snapshot = snapshot_file::read_path(&file)
+                .with_context(|| format!("snapshot file {}", file.display()))?;
+            print_file(out, &file, &snapshot.header, "checked")?;
+        }
+        SnapshotCommand::Restore { file, force } => {
+            let connection = Connection::new(args)?;
+            let response = restore(&connection, &file, force).await?;
+            let report = RestoreReport {
+                file: file.display().to_string(),
+                applied_index: response.applied_index,
+                revision: response.revision,
+                members: response.members,
+                bundles: response.bundles,
+                services: response.services,
+                replaced_members: response.replaced_members,
+            };
+            print(out, &report, |r| {
+                println!(
+                    "restored {}: {} members, {} bundles, {} services at log index {}; \
+                     watchers continue from revision {} (they resynchronise)",
+                    r.file, r.members, r.bundles, r.services, r.applied_index, r.revision
+                );
+                if r.replaced_members > 0 {
+                    println!("replaced {} members the federation held before", r.replaced_members);
+                }
+            })?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_file(
+    out: OutputFormat,
+    file: &Path,
+    header: &SnapshotHeader,
+    verb: &str,
+) -> anyhow::Result<()> {
+    let report = FileReport { file: file.display().to_string(), header };
+    print(out, &report, |r| {
+        let h = r.header;
+        println!(
+            "{verb} {}: {} members, {} bundles, {} services, {} endpoints",
+            r.file, h.members, h.bundles, h.services, h.endpoints
+        );
+        println!(
+            "  state of log index {} (revision {}) from replica {}, federator {}, saved at {}",
+            h.applied_index,
+            h.revision,
+            h.replica_id,
+            h.version,
+            humanize_time(h.created_at)
+        );
+        println!("  {} bytes, sha256 {}", h.size, h.sha256);
+    })
+}
+
+fn humanize_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// A byte progress bar on stderr (hidden when stderr is not a terminal).
+fn progress(total: u64, what: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    bar.set_style(
+        ProgressStyle::with_template("{msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar())
+            .progress_chars("=> "),
+    );
+    bar.set_message(what.to_string());
+    bar
+}
+
+/// Streams the state from a replica into `file`, checked and synced before the rename.
+async fn save(connection: &Connection, file: &Path, stale: bool) -> anyhow::Result<SnapshotHeader> {
+    let consistency =
+        if stale { pb::Consistency::Stale } else { pb::Consistency::Linearizable } as i32;
+    let mut client = connection.any_admin().await?;
+    let mut stream = client
+        .save_snapshot(pb::SaveSnapshotRequest { consistency })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let first = stream
+        .message()
+        .await
+        .map_err(status_error)?
+        .context("the replica sent an empty snapshot stream")?;
+    let info =
+        first.info.context("the replica's snapshot stream does not start with its header")?;
+    let header = SnapshotHeader {
+        applied_index: info.applied_index,
+        revision: info.revision,
+        size: info.size,
+        sha256: info.sha256,
+        members: info.members,
+        bundles: info.bundles,
+        services: info.services,
+        endpoints: info.endpoints,
+        replica_id: info.replica_id,
+        created_at: info.created_at,
+        version: info.version,
+    };
+    header.validate().context("the replica's snapshot header")?;
+
+    let dir = match file.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    };
+    let mut temp = tempfile::Builder::new()
+        .prefix(".federator-snapshot")
+        .tempfile_in(dir)
+        .with_context(|| format!("creating a temporary file in {}", dir.display()))?;
+    let mut out = std::io::BufWriter::new(temp.as_file_mut());
+    snapshot_file::write_header(&mut out, &header)?;
+    let bar = progress(header.size, "saving");
+    let mut hasher = sha2::Sha256::new();
+    let mut written = 0u64;
+    let mut chunk = first.data;
+    loop {
+        written += chunk.len() as u64;
+        if written > header.size {
+            bail!("the replica sent more than the {} bytes it announced", header.size);
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk).with_context(|| format!("writing {}", file.display()))?;
+        bar.set_position(written);
+        match stream.message().await.map_err(status_error)? {
+            Some(next) => chunk = next.data,
+            None => break,
+        }
+    }
+    bar.finish_and_clear();
+    if written != header.size {
+        bail!("the snapshot stream ended after {written} of {} bytes", header.size);
+    }
+    if hex::encode(hasher.finalize()) != header.sha256 {
+        bail!("the received state does not match the SHA-256 the replica announced");
+    }
+    out.flush()?;
+    drop(out);
+    temp.as_file().sync_all()?;
+    temp.persist(file).with_context(|| format!("renaming the snapshot to {}", file.display()))?;
+    if let Ok(dir) = std::fs::File::open(dir) {
+        // The rename itself is durable once the directory is synced.
+        let _ = dir.sync_all();
+    }
+    Ok(header)
+}
+
+/// Checks `file` and streams it to the leader, which stages and commits it.
+async fn restore(
+    connection: &Connection,
+    file: &Path,
+    force: bool,
+) -> anyhow::Result<pb::RestoreSnapshotResponse> {
+    let snapshot = snapshot_file::read_path(file)
+        .with_context(|| format!("snapshot file {}", file.display()))?;
+    let header = snapshot.header;
+    eprintln!(
+        "restoring {}: {} members, {} bundles, {} services, {} bytes (log index {} of the saved group)",
+        file.display(),
+        header.members,
+        header.bundles,
+        header.services,
+        header.size,
+        header.applied_index
+    );
+    let bar = progress(header.size, "restoring");
+    let data = bytes::Bytes::from(snapshot.data);
+    let chunks = data.len().div_ceil(CHUNK_BYTES);
+    let messages = {
+        let bar = bar.clone();
+        let sha256 = header.sha256.clone();
+        let size = header.size;
+        futures::stream::iter((0..chunks).map(move |i| {
+            let end = ((i + 1) * CHUNK_BYTES).min(data.len());
+            bar.set_position(end as u64);
+            let first = i == 0;
+            pb::RestoreSnapshotRequest {
+                size: if first { size } else { 0 },
+                sha256: if first { sha256.clone() } else { String::new() },
+                force: first && force,
+                data: data.slice(i * CHUNK_BYTES..end).to_vec(),
+            }
+        }))
+    };
+    let mut client = connection.leader().await?;
+    let response = client.restore_snapshot(messages).await;
+    bar.finish_and_clear();
+    match response {
+        Ok(response) => Ok(response.into_inner()),
+        Err(status) if status.code() == tonic::Code::AlreadyExists => {
+            bail!("{}\nhint: pass --force to replace it with the file's state", status.message())
+        }
+        Err(status) => Err(status_error(status)),
+    }
+}
