@@ -2,6 +2,7 @@
 //! overridden by command-line flags. A wrong or missing setting stops start-up with a
 //! message that names it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -152,6 +153,10 @@ pub struct RaftFile {
     pub snapshot_after_entries: Option<u64>,
     /// Entries kept behind a snapshot.
     pub keep_entries_after_snapshot: Option<u64>,
+    /// Peers reached through another address (a local proxy, a NAT, the chaos suite's
+    /// fault proxies): `"ADVERTISED" = "DIALLED"`, both HOST:PORT.
+    #[serde(default)]
+    pub dial: BTreeMap<String, String>,
 }
 
 /// `[health]` section.
@@ -220,6 +225,8 @@ pub struct ServerConfig {
     pub snapshot_after_entries: u64,
     /// Entries kept behind a snapshot.
     pub keep_entries_after_snapshot: u64,
+    /// Peer addresses dialled through other addresses.
+    pub dial: BTreeMap<String, String>,
     /// Health lag bound.
     pub max_lag_entries: u64,
     /// SPIFFE bundle endpoints.
@@ -372,6 +379,17 @@ impl ServerConfig {
                 "must be greater than raft.election_timeout_min_ms",
             ));
         }
+        for (advertised, dialled) in &raft.dial {
+            for addr in [advertised, dialled] {
+                if addr.parse::<SocketAddr>().is_err() {
+                    return Err(invalid(
+                        "raft.dial",
+                        &format!("{advertised} = {dialled}"),
+                        "both sides must be HOST:PORT socket addresses",
+                    ));
+                }
+            }
+        }
         let snapshot_after_entries = raft.snapshot_after_entries.unwrap_or(20_000);
         if snapshot_after_entries == 0 {
             return Err(invalid("raft.snapshot_after_entries", "0", "must be positive"));
@@ -392,6 +410,7 @@ impl ServerConfig {
             election_timeout: (min, max),
             snapshot_after_entries,
             keep_entries_after_snapshot: raft.keep_entries_after_snapshot.unwrap_or(1_000),
+            dial: raft.dial,
             max_lag_entries: file.health.max_lag_entries.unwrap_or(1_000),
             bundle_endpoint,
         })
@@ -573,6 +592,18 @@ mod tests {
         let err = load(&GOOD.replace("id = 2", "id = \"two\""), &ServerOverrides::default())
             .expect_err("must fail");
         assert!(err.to_string().contains("id"), "{err}");
+        let dial = "heartbeat_ms = 40\ndial = { \"127.0.0.1:7001\" = \"proxy\" }";
+        let err = load(&GOOD.replace("heartbeat_ms = 40", dial), &ServerOverrides::default())
+            .expect_err("must fail");
+        assert!(err.to_string().contains("raft.dial"), "{err}");
+    }
+
+    #[test]
+    fn peers_can_be_dialled_through_other_addresses() {
+        let dial = "heartbeat_ms = 40\ndial = { \"127.0.0.1:7001\" = \"127.0.0.1:9001\" }";
+        let config = load(&GOOD.replace("heartbeat_ms = 40", dial), &ServerOverrides::default())
+            .expect("loads");
+        assert_eq!(config.dial["127.0.0.1:7001"], "127.0.0.1:9001");
     }
 
     proptest! {

@@ -89,7 +89,8 @@ pub async fn run(
     replica_config.election_timeout_max = config.election_timeout.1;
     replica_config.snapshot_after_entries = config.snapshot_after_entries;
     replica_config.keep_entries_after_snapshot = config.keep_entries_after_snapshot;
-    replica_config.transport = TransportOptions::default();
+    replica_config.transport =
+        TransportOptions { dial_overrides: config.dial.clone(), ..TransportOptions::default() };
     let replica =
         Replica::open(replica_config, FederationState::default(), client_tls, consensus_metrics)
             .await?;

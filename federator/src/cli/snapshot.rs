@@ -56,7 +56,7 @@ pub enum SnapshotCommand {
     /// A federation that already has members, services or join tokens is not overwritten
     /// unless --force is given.
     ///
-    ///   federator raft init --member 1=10.0.0.1:7001 --member 2=... --member 3=...
+    ///   federator raft init --member 1=192.0.2.1:7001 --member 2=... --member 3=...
     ///   federator snapshot restore /backup/federation-2026-12-01.snap
     Restore {
         /// The snapshot file.

@@ -58,6 +58,9 @@ pub struct TransportOptions {
     pub rpc_timeout: Duration,
     /// Size of the data in each snapshot chunk.
     pub snapshot_chunk_bytes: usize,
+    /// Peer addresses reached through another address (a local proxy, a NAT): a peer
+    /// advertised at a key is dialled at its value.
+    pub dial_overrides: std::collections::BTreeMap<String, String>,
 }
 
 /// openraft's network factory over the mTLS gRPC transport. Cheap to clone: clones share
@@ -182,6 +185,7 @@ impl Default for TransportOptions {
             connect_timeout: Duration::from_secs(1),
             rpc_timeout: Duration::from_secs(2),
             snapshot_chunk_bytes: 1024 * 1024,
+            dial_overrides: std::collections::BTreeMap::new(),
         }
     }
 }
@@ -302,7 +306,8 @@ impl Network {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let uri = if addr.contains("://") { addr.to_string() } else { format!("https://{addr}") };
+        let dial = self.shared.options.dial_overrides.get(addr).map_or(addr, String::as_str);
+        let uri = if dial.contains("://") { dial.to_string() } else { format!("https://{dial}") };
         let endpoint = Endpoint::from_shared(uri)
             .map_err(|e| ClientError::InvalidAddress {
                 addr: addr.to_string(),
