@@ -29,10 +29,15 @@ step "tests (unit, storage conformance, transport, end-to-end)"
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
 summary=$(grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f, i}')
 
+step "chaos: the short set of fault scenarios, histories checked (JUnit in target/chaos-junit.xml)"
+cargo run --locked -q -p federator-chaos -- run --short --seed "${CHAOS_SEED:-42}" \
+  --format junit --out target/chaos-junit.xml
+chaos_summary=$(grep -o 'tests="[0-9]*" failures="[0-9]*"' target/chaos-junit.xml)
+
 step "benchmark smoke (figures are not checked here; see BENCHMARKS.md)"
 if [ -z "${SKIP_BENCH_SMOKE:-}" ]; then
   cargo run --locked -q -p federator-chaos -- bench raft --smoke
   cargo run --locked -q -p federator-chaos -- bench propagation --smoke
 fi
 
-printf '\n%s\n' "$summary"
+printf '\n%s; chaos scenarios: %s\n' "$summary" "$chaos_summary"

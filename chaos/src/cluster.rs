@@ -111,6 +111,10 @@ pub struct Federation {
     replicas: BTreeMap<u64, ReplicaProcess>,
     /// Extra flags for every replica (e.g. raft tuning through a config file).
     pub extra_config: String,
+    /// Extra `[raft]` settings of single replicas (the chaos suite's `dial` overrides).
+    pub replica_config: BTreeMap<u64, String>,
+    /// Transport addresses chosen before their replica starts ([`Federation::plan_raft_addr`]).
+    planned_raft: BTreeMap<u64, String>,
     /// Print the tail of every replica's log when dropped (tests: the harness shows it
     /// only for failing tests); benchmarks turn it off.
     pub show_logs_on_drop: bool,
@@ -139,8 +143,39 @@ impl Federation {
             trust_domain,
             replicas: BTreeMap::new(),
             extra_config: String::new(),
+            replica_config: BTreeMap::new(),
+            planned_raft: BTreeMap::new(),
             show_logs_on_drop: true,
         })
+    }
+
+    /// The transport address replica `id` will listen on, chosen now so that proxies
+    /// and other replicas' settings can name it before it starts.
+    pub fn plan_raft_addr(&mut self, id: u64) -> String {
+        self.planned_raft.entry(id).or_insert_with(|| format!("127.0.0.1:{}", free_port())).clone()
+    }
+
+    /// Keeps the directory (data, logs, certificates) after the federation is dropped,
+    /// for a failed run to be examined; returns where it is.
+    pub fn keep_dir(&mut self) -> PathBuf {
+        self.dir.disable_cleanup(true);
+        self.dir.path().to_path_buf()
+    }
+
+    /// SIGSTOPs replica `id` (it keeps its sockets but answers nothing).
+    pub fn pause(&self, id: u64) {
+        self.signal(id, "-STOP");
+    }
+
+    /// SIGCONTs a paused replica.
+    pub fn resume(&self, id: u64) {
+        self.signal(id, "-CONT");
+    }
+
+    fn signal(&self, id: u64, signal: &str) {
+        if let Some(pid) = self.replicas.get(&id).and_then(ReplicaProcess::pid) {
+            let _ = Command::new("kill").args([signal, &pid.to_string()]).status();
+        }
     }
 
     /// Root of the temporary directory.
@@ -187,17 +222,18 @@ impl Federation {
         let data_dir = self.dir.path().join(format!("replica-{id}"));
         std::fs::create_dir_all(&data_dir)?;
         let config = data_dir.join("server.toml");
-        let raft_addr = format!("127.0.0.1:{}", free_port());
+        let raft_addr = self.plan_raft_addr(id);
         let api_addr = format!("127.0.0.1:{}", free_port());
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         std::fs::write(
             &config,
             format!(
-                "id = {id}\ntrust_domain = \"{td}\"\ndata_dir = \"{data}\"\n\n[listen]\nraft = \"{raft_addr}\"\napi = \"{api_addr}\"\nmetrics = \"{metrics_addr}\"\n\n[tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{name}.pem\"\nkey = \"{certs}/{name}.key\"\n\n[raft]\nbootstrap = {bootstrap}\n{extra}\n",
+                "id = {id}\ntrust_domain = \"{td}\"\ndata_dir = \"{data}\"\n\n[listen]\nraft = \"{raft_addr}\"\napi = \"{api_addr}\"\nmetrics = \"{metrics_addr}\"\n\n[tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{name}.pem\"\nkey = \"{certs}/{name}.key\"\n\n[raft]\nbootstrap = {bootstrap}\n{extra}\n{own}\n",
                 td = self.trust_domain,
                 data = data_dir.display(),
                 certs = certs.display(),
                 extra = self.extra_config,
+                own = self.replica_config.get(&id).map_or("", String::as_str),
             ),
         )?;
         let log = data_dir.join("server.log");

@@ -5,9 +5,12 @@
 
 pub mod agent;
 pub mod bench;
+pub mod check;
 pub mod cluster;
 pub mod envoy;
 pub mod etcd;
 pub mod member;
+pub mod proxy;
+pub mod run;
 pub mod watcher;
 pub mod workload_api;

@@ -11,6 +11,7 @@ use federator_chaos::bench::propagation::report::{SECTION_BEGIN, SECTION_END};
 use federator_chaos::bench::propagation::{PropagationConfig, run_propagation};
 use federator_chaos::bench::report::{Machine, write_markdown, write_markdown_section};
 use federator_chaos::bench::{RaftBenchConfig, System, run_raft};
+use federator_chaos::run;
 
 /// Fault injection and benchmarks against real Federator (and etcd) processes on loopback.
 #[derive(Debug, Parser)]
@@ -25,6 +26,60 @@ enum Command {
     /// Benchmarks: figures are printed, never asserted.
     #[command(subcommand)]
     Bench(Bench),
+    /// The fault scenarios `run` knows, with what each injects.
+    List,
+    /// Run fault scenarios against a real federation on loopback and check the history.
+    ///
+    /// Each run starts the replicas with a fault proxy on every replica link, three
+    /// member clusters rotating bundles (one of them also trying to publish for another's
+    /// trust domain), register clients writing and linearizably reading probe keys, and
+    /// watchers; injects the scenario's faults until --duration is over; heals
+    /// everything, waits for the replicas to agree; then checks: per-key
+    /// linearizability, no acknowledged write lost, watch revisions in order with no gap
+    /// or duplicate across resumes, sequences never going back, one leader per term,
+    /// equal digests at equal index, no cross-domain write committed.
+    ///
+    /// Exit status 1 when any run broke a promise; its history and data directories
+    /// are kept (the path is printed).
+    ///
+    ///   federator-chaos run kill-leader --seed 7 --duration 60s
+    ///   federator-chaos run --short --format junit --out chaos.xml
+    Run(RunArgs),
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// Scenario names (see `list`); `all` runs every one.
+    scenarios: Vec<String>,
+    /// The short set CI runs: kill-leader, partition-leader, pause-leader, latency with
+    /// 15 s each.
+    #[arg(long)]
+    short: bool,
+    /// Seed of every random choice; a failing run names it [default: from the clock].
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Time under faults per scenario (e.g. 30s, 5m).
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Replicas per run [default: the scenario's, 3].
+    #[arg(long, default_value_t = 0)]
+    replicas: u64,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: ReportFormat,
+    /// Write the report to FILE instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<PathBuf>,
+    /// Also keep every run's history (JSON) in DIR, passing or not.
+    #[arg(long, value_name = "DIR")]
+    keep_dir: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+enum ReportFormat {
+    Text,
+    Json,
+    Junit,
 }
 
 #[derive(Debug, Subcommand)]
@@ -168,6 +223,13 @@ async fn main() -> anyhow::Result<()> {
         match &cli.command {
             Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
             Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
+            Command::List => {
+                for s in run::SCENARIOS {
+                    println!("{:<20} {}", s.name, s.about);
+                }
+                Ok(())
+            }
+            Command::Run(args) => chaos_run(args).await,
         }
     };
     // On ctrl-c the run is dropped, and with it the process groups, which kills them.
@@ -179,6 +241,70 @@ async fn main() -> anyhow::Result<()> {
         eprintln!("interrupted; every process the run started was killed");
         std::process::exit(130)
     })
+}
+
+async fn chaos_run(args: &RunArgs) -> anyhow::Result<()> {
+    let names: Vec<String> = if args.short {
+        run::SHORT.iter().map(ToString::to_string).collect()
+    } else if args.scenarios.iter().any(|s| s == "all") {
+        run::SCENARIOS.iter().map(|s| s.name.to_string()).collect()
+    } else {
+        args.scenarios.clone()
+    };
+    if names.is_empty() {
+        anyhow::bail!("name a scenario (see `federator-chaos list`), `all`, or pass --short");
+    }
+    let scenarios = names
+        .iter()
+        .map(|n| {
+            run::find(n)
+                .with_context(|| format!("no scenario {n:?}; `federator-chaos list` shows them"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_secs())
+    });
+    let duration = if args.short { Duration::from_secs(15) } else { args.duration };
+    let progress = Progress::new();
+    let mut reports = Vec::new();
+    for scenario in scenarios {
+        let config = run::RunConfig {
+            seed,
+            duration,
+            replicas: args.replicas,
+            keep_dir: args.keep_dir.clone(),
+            workload: run::workload::WorkloadConfig::default(),
+        };
+        let step = progress.step(format!("{} (seed {seed})", scenario.name));
+        let report = run::run(scenario, &config, &|m: &str| {
+            step.set_message(format!("{}: {m}", scenario.name))
+        })
+        .await?;
+        step.finish_and_clear();
+        progress.println(report.text());
+        reports.push(report);
+    }
+    let rendered = match args.format {
+        ReportFormat::Text => reports.iter().map(run::report::RunReport::text).collect::<String>(),
+        ReportFormat::Json => serde_json::to_string_pretty(&reports)?,
+        ReportFormat::Junit => run::report::junit(&reports),
+    };
+    match &args.out {
+        Some(path) => {
+            std::fs::write(path, rendered).with_context(|| format!("writing {}", path.display()))?
+        }
+        None if matches!(args.format, ReportFormat::Text) => {}
+        None => println!("{rendered}"),
+    }
+    let failed: Vec<&str> =
+        reports.iter().filter(|r| !r.passed()).map(|r| r.scenario.as_str()).collect();
+    if !failed.is_empty() {
+        eprintln!("broken promises in: {} (seed {seed})", failed.join(", "));
+        std::process::exit(1);
+    }
+    Ok(())
 }
 
 async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {

@@ -1,0 +1,430 @@
+//! `federator-chaos run`: named fault scenarios against a real federation on loopback.
+//!
+//! A run starts N replicas with a fault proxy on every replica-to-replica link
+//! ([`topology`]), joins three member clusters and starts the [`workload`]: register
+//! clients, bundle rotations, watchers, an adversary and a status sampler. The
+//! scenario's nemesis then injects one fault after another — each held for a while,
+//! then healed — until the duration is over. Afterwards every fault is healed, every
+//! replica restarted, and the run waits for all replicas to agree on one digest at one
+//! applied index (the time it takes is reported). The checkers of [`crate::check`] then
+//! hold the recorded history against the promises of `SECURITY.md`.
+//!
+//! The result is a [`report::RunReport`]: fault timeline, operation counts, failover
+//! gaps (fault → first acknowledged write invoked after it), violations; in text, JSON or JUnit XML. A
+//! failing run keeps its history and the replicas' data directories.
+
+pub mod report;
+pub mod topology;
+pub mod workload;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng as _, SeedableRng as _};
+
+use self::report::{Counts, RunReport, TimelineEvent};
+use self::topology::Topology;
+use self::workload::{Clock, Workload, WorkloadConfig};
+use crate::check::{self, Inputs};
+use crate::proxy::{Faults, Latency};
+
+/// The faults a scenario injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Nemesis {
+    /// SIGKILL the leader, restart it after the hold.
+    KillLeader,
+    /// SIGKILL a follower, restart it after the hold.
+    KillFollower,
+    /// SIGKILL a majority at once, restart them after the hold.
+    KillMajority,
+    /// SIGKILL every replica at once, restart them all.
+    KillAll,
+    /// SIGSTOP the leader, SIGCONT it after the hold.
+    PauseLeader,
+    /// Cut the leader off from every other replica.
+    PartitionLeader,
+    /// Cut a random minority off.
+    PartitionMinority,
+    /// The leader hears nobody but still reaches everyone.
+    AsymmetricLeader,
+    /// 75 ± 50 ms on every link, and dropped connections.
+    LatencyAndDrops,
+    /// Stall every link of one replica, then cap bandwidth everywhere.
+    StallsAndBandwidth,
+    /// Each fault above in turn, chosen by the seed.
+    Mixed,
+}
+
+/// A named scenario.
+#[derive(Clone, Copy, Debug)]
+pub struct Scenario {
+    /// Its name on the command line.
+    pub name: &'static str,
+    /// What it does.
+    pub about: &'static str,
+    /// Replicas in the group.
+    pub replicas: u64,
+    /// The faults.
+    pub nemesis: Nemesis,
+    /// How long a fault is held before it is healed.
+    pub hold: Duration,
+    /// Quiet time between faults.
+    pub quiet: Duration,
+}
+
+/// Every scenario, in `list` order.
+pub const SCENARIOS: &[Scenario] = &[
+    scenario("kill-leader", "SIGKILL the leader under load, restart it", Nemesis::KillLeader),
+    scenario("kill-follower", "SIGKILL a follower under load, restart it", Nemesis::KillFollower),
+    scenario(
+        "kill-majority",
+        "SIGKILL a majority at once (no quorum), restart them",
+        Nemesis::KillMajority,
+    ),
+    scenario("kill-all", "SIGKILL every replica at once, restart them all", Nemesis::KillAll),
+    scenario("pause-leader", "SIGSTOP the leader, SIGCONT it", Nemesis::PauseLeader),
+    scenario(
+        "partition-leader",
+        "isolate the leader from every other replica",
+        Nemesis::PartitionLeader,
+    ),
+    scenario(
+        "partition-minority",
+        "cut a random minority of replicas off",
+        Nemesis::PartitionMinority,
+    ),
+    scenario(
+        "asymmetric-leader",
+        "the leader reaches everyone but hears nobody",
+        Nemesis::AsymmetricLeader,
+    ),
+    scenario(
+        "latency",
+        "75 ± 50 ms on every replica link, connections dropped at random",
+        Nemesis::LatencyAndDrops,
+    ),
+    scenario(
+        "stalls-bandwidth",
+        "stall every link of one replica, then 64 KiB/s on every link",
+        Nemesis::StallsAndBandwidth,
+    ),
+    scenario("mixed", "every fault above in an order chosen by the seed", Nemesis::Mixed),
+];
+
+const fn scenario(name: &'static str, about: &'static str, nemesis: Nemesis) -> Scenario {
+    Scenario {
+        name,
+        about,
+        replicas: 3,
+        nemesis,
+        hold: Duration::from_millis(2_500),
+        quiet: Duration::from_millis(2_000),
+    }
+}
+
+/// Scenarios `run --short` runs (CI).
+pub const SHORT: &[&str] = &["kill-leader", "partition-leader", "pause-leader", "latency"];
+
+/// The scenario called `name`.
+#[must_use]
+pub fn find(name: &str) -> Option<&'static Scenario> {
+    SCENARIOS.iter().find(|s| s.name == name)
+}
+
+/// Settings of one run.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    /// Seed of every random choice (faults, workload).
+    pub seed: u64,
+    /// Time under faults.
+    pub duration: Duration,
+    /// Replicas (0: the scenario's own).
+    pub replicas: u64,
+    /// Where failing runs keep their history and data.
+    pub keep_dir: Option<PathBuf>,
+    /// The workload.
+    pub workload: WorkloadConfig,
+}
+
+/// Runs `scenario` and checks what happened.
+///
+/// # Errors
+/// The federation could not be started, or did not converge after healing (reported as
+/// an error, with the directories kept).
+pub async fn run(
+    scenario: &Scenario,
+    config: &RunConfig,
+    progress: &dyn Fn(&str),
+) -> anyhow::Result<RunReport> {
+    let started = Instant::now();
+    let replicas = if config.replicas == 0 { scenario.replicas } else { config.replicas };
+    progress(&format!("starting {replicas} replicas with a fault proxy on every link"));
+    let mut topo = Topology::start(replicas, config.seed).await?;
+    let clock = Clock::start();
+    progress("joining members and starting the workload");
+    let workload = Workload::start(&topo, config.workload, config.seed, clock).await?;
+
+    let mut rng = StdRng::seed_from_u64(config.seed);
+    let mut timeline = Vec::new();
+    let deadline = Instant::now() + config.duration;
+    let mut round = 0usize;
+    while Instant::now() + scenario.hold < deadline {
+        tokio::time::sleep(scenario.quiet).await;
+        let nemesis = match scenario.nemesis {
+            Nemesis::Mixed => MIXED[rng.random_range(0..MIXED.len())],
+            other => other,
+        };
+        round += 1;
+        let injected = inject(&mut topo, nemesis, &mut rng).await;
+        let at = clock.now();
+        progress(&format!("fault {round}: {}", injected.what));
+        timeline.push(TimelineEvent { at_ms: at / 1_000_000, what: injected.what.clone() });
+        hold(&topo, nemesis, scenario.hold, &mut rng).await;
+        heal(&mut topo, &injected)?;
+        timeline.push(TimelineEvent {
+            at_ms: clock.now() / 1_000_000,
+            what: format!("healed: {}", injected.what),
+        });
+    }
+    tokio::time::sleep(scenario.quiet).await;
+    progress("stopping the workload");
+    let shared = workload.stop().await;
+
+    progress("waiting for every replica to agree");
+    let healed_at = Instant::now();
+    topo.heal();
+    for &id in &topo.ids.clone() {
+        if topo.fed.has_exited(id) {
+            topo.fed.restart(id)?;
+        }
+    }
+    let converged = topo.fed.wait_for_convergence(&topo.ids, Duration::from_secs(60)).await;
+    let converge_ms = converged.as_ref().ok().map(|_| millis(healed_at.elapsed()));
+    let finals = workload::final_states(&topo, config.workload.keys).await.unwrap_or_default();
+
+    let recorded =
+        std::mem::take(&mut *shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+    let counts = Counts::of(&recorded);
+    let gaps = failover_gaps(&recorded.history, &timeline);
+    let committed = recorded.published.clone();
+    let watchers: BTreeSet<u32> = recorded.watch_events.iter().map(|e| e.watcher).collect();
+    let inputs = Inputs {
+        history: recorded.history,
+        final_states: finals,
+        watch_events: recorded.watch_events,
+        watch_committed: watchers.into_iter().map(|w| (w, committed.clone())).collect(),
+        digests: recorded.digests,
+        leaders: recorded.leaders,
+        sequences: recorded.sequences,
+        cross_domain: recorded.cross_domain,
+        linearizability: check::linearizability::Config::default(),
+    };
+    progress("checking the history");
+    let mut checked = check::check_all(&inputs);
+    if let Err(error) = &converged {
+        checked.violations.push(check::Violation::new(
+            check::ViolationKind::DigestMismatch,
+            format!("replicas did not converge within 60 s after healing: {error:#}"),
+        ));
+    }
+    let mut report = RunReport {
+        scenario: scenario.name.to_string(),
+        seed: config.seed,
+        replicas,
+        duration_ms: millis(started.elapsed()),
+        timeline,
+        counts,
+        failover_gaps_ms: gaps,
+        converge_ms,
+        violations: checked.violations,
+        inconclusive: checked.inconclusive,
+        kept: None,
+    };
+    if !report.violations.is_empty() {
+        let dir = topo.fed.keep_dir();
+        let history = dir.join("history.json");
+        std::fs::write(&history, serde_json::to_vec(&inputs)?)?;
+        report.kept = Some(dir);
+    }
+    if let Some(keep) = &config.keep_dir {
+        std::fs::create_dir_all(keep)?;
+        std::fs::write(
+            keep.join(format!("{}-{}-history.json", scenario.name, config.seed)),
+            serde_json::to_vec(&inputs)?,
+        )?;
+    }
+    Ok(report)
+}
+
+/// The faults [`Nemesis::Mixed`] picks from.
+const MIXED: &[Nemesis] = &[
+    Nemesis::KillLeader,
+    Nemesis::KillFollower,
+    Nemesis::KillMajority,
+    Nemesis::KillAll,
+    Nemesis::PauseLeader,
+    Nemesis::PartitionLeader,
+    Nemesis::PartitionMinority,
+    Nemesis::AsymmetricLeader,
+    Nemesis::LatencyAndDrops,
+    Nemesis::StallsAndBandwidth,
+];
+
+/// What was done, to undo it.
+struct Injected {
+    what: String,
+    killed: Vec<u64>,
+    paused: Vec<u64>,
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The current leader, if one is agreed within a few seconds.
+async fn leader(topo: &Topology) -> Option<u64> {
+    let alive: Vec<u64> = topo.ids.clone();
+    topo.fed.wait_for_leader(&alive, Duration::from_secs(5)).await.ok()
+}
+
+async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Injected {
+    let mut injected = Injected { what: String::new(), killed: Vec::new(), paused: Vec::new() };
+    let ids = topo.ids.clone();
+    let leader = leader(topo).await;
+    let random_other = |rng: &mut StdRng, not: Option<u64>| {
+        let others: Vec<u64> = ids.iter().copied().filter(|id| Some(*id) != not).collect();
+        others[rng.random_range(0..others.len())]
+    };
+    match nemesis {
+        Nemesis::KillLeader | Nemesis::KillFollower => {
+            let victim = if nemesis == Nemesis::KillLeader {
+                leader.unwrap_or(ids[0])
+            } else {
+                random_other(rng, leader)
+            };
+            topo.fed.kill(victim);
+            injected.killed.push(victim);
+            injected.what = format!("SIGKILL replica {victim} ({})", role(leader, victim));
+        }
+        Nemesis::KillMajority => {
+            let mut victims = ids.clone();
+            while victims.len() > ids.len() / 2 + 1 {
+                victims.remove(rng.random_range(0..victims.len()));
+            }
+            for &victim in &victims {
+                topo.fed.kill(victim);
+            }
+            injected.what = format!("SIGKILL replicas {victims:?} (a majority)");
+            injected.killed = victims;
+        }
+        Nemesis::KillAll => {
+            topo.fed.kill_all();
+            injected.killed = ids.clone();
+            injected.what = "SIGKILL every replica".into();
+        }
+        Nemesis::PauseLeader => {
+            let victim = leader.unwrap_or(ids[0]);
+            topo.fed.pause(victim);
+            injected.paused.push(victim);
+            injected.what = format!("SIGSTOP replica {victim} ({})", role(leader, victim));
+        }
+        Nemesis::PartitionLeader => {
+            let victim = leader.unwrap_or(ids[0]);
+            topo.partition(&BTreeSet::from([victim]));
+            injected.what = format!("partition: replica {victim} (leader) alone");
+        }
+        Nemesis::PartitionMinority => {
+            let mut side = BTreeSet::new();
+            while side.len() < (ids.len() - 1) / 2 {
+                side.insert(ids[rng.random_range(0..ids.len())]);
+            }
+            topo.partition(&side);
+            injected.what = format!("partition: minority {side:?} cut off");
+        }
+        Nemesis::AsymmetricLeader => {
+            let victim = leader.unwrap_or(ids[0]);
+            topo.deafen(victim);
+            injected.what = format!("asymmetric: replica {victim} (leader) hears nobody");
+        }
+        Nemesis::LatencyAndDrops => {
+            let latency =
+                Latency { mean: Duration::from_millis(75), jitter: Duration::from_millis(50) };
+            topo.all_links(Faults { latency: Some(latency), ..Faults::default() });
+            injected.what = "75 ± 50 ms on every link, connections dropped at random".into();
+        }
+        Nemesis::StallsAndBandwidth => {
+            let victim = random_other(rng, None);
+            for ((from, to), proxy) in &topo.links {
+                if *from == victim || *to == victim {
+                    proxy.set_faults(Faults { stall: true, ..Faults::default() });
+                }
+            }
+            injected.what =
+                format!("every link of replica {victim} stalled, then 64 KiB/s everywhere");
+        }
+        Nemesis::Mixed => unreachable!("resolved before injecting"),
+    }
+    injected
+}
+
+/// Holds a fault; some faults evolve while held.
+async fn hold(topo: &Topology, nemesis: Nemesis, hold: Duration, rng: &mut StdRng) {
+    match nemesis {
+        Nemesis::LatencyAndDrops => {
+            let end = Instant::now() + hold;
+            while Instant::now() < end {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                let ids = &topo.ids;
+                topo.drop_connections(Some(ids[rng.random_range(0..ids.len())]));
+            }
+        }
+        Nemesis::StallsAndBandwidth => {
+            tokio::time::sleep(hold / 2).await;
+            topo.all_links(Faults { bandwidth: Some(64 * 1024), ..Faults::default() });
+            tokio::time::sleep(hold / 2).await;
+        }
+        _ => tokio::time::sleep(hold).await,
+    }
+}
+
+fn heal(topo: &mut Topology, injected: &Injected) -> anyhow::Result<()> {
+    topo.heal();
+    for &id in &injected.paused {
+        topo.fed.resume(id);
+    }
+    for &id in &injected.killed {
+        topo.fed.restart(id)?;
+    }
+    Ok(())
+}
+
+fn role(leader: Option<u64>, id: u64) -> &'static str {
+    match leader {
+        Some(l) if l == id => "leader",
+        Some(_) => "follower",
+        None => "no agreed leader",
+    }
+}
+
+/// Per fault: milliseconds from its injection until a write invoked after it is
+/// acknowledged (writes in flight at the fault do not count).
+fn failover_gaps(history: &check::history::History, timeline: &[TimelineEvent]) -> Vec<u64> {
+    let writes: Vec<(u64, u64)> = history
+        .ops
+        .iter()
+        .filter(|op| matches!(op.kind, check::history::OpKind::Write { .. }))
+        .filter_map(|op| Some((op.invoke, op.acked_at()?)))
+        .collect();
+    timeline
+        .iter()
+        .filter(|e| !e.what.starts_with("healed"))
+        .filter_map(|e| {
+            let at = e.at_ms * 1_000_000;
+            let first =
+                writes.iter().filter(|(invoke, _)| *invoke >= at).map(|(_, ack)| *ack).min()?;
+            Some((first - at) / 1_000_000)
+        })
+        .collect()
+}

@@ -1,0 +1,107 @@
+//! A federation whose every replica-to-replica link runs through a fault proxy.
+//!
+//! Replica `i` reaches replica `j` through its own proxy `(i, j)` (the replicas' `dial`
+//! setting), so a link can be cut, slowed or made flaky in one direction without
+//! touching the others: `(i, j)` carries the connections `i` opens to `j`, requests
+//! client-to-server and answers server-to-client.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use anyhow::Context as _;
+
+use crate::cluster::Federation;
+use crate::proxy::{Blackhole, Faults, Proxy};
+
+/// The federation and its link proxies.
+pub struct Topology {
+    /// The replicas.
+    pub fed: Federation,
+    /// Proxy of each directed link (from, to).
+    pub links: BTreeMap<(u64, u64), Proxy>,
+    /// Replica ids.
+    pub ids: Vec<u64>,
+}
+
+impl Topology {
+    /// Starts `replicas` replicas with a proxy on every link and forms the group.
+    ///
+    /// # Errors
+    /// A replica or proxy did not start, or the group did not form.
+    pub async fn start(replicas: u64, seed: u64) -> anyhow::Result<Self> {
+        let ids: Vec<u64> = (1..=replicas).collect();
+        let mut fed = Federation::new(replicas)?;
+        fed.show_logs_on_drop = false;
+        let addrs: BTreeMap<u64, String> =
+            ids.iter().map(|&id| (id, fed.plan_raft_addr(id))).collect();
+        let mut links = BTreeMap::new();
+        for &from in &ids {
+            let mut dial = String::from("dial = {");
+            for &to in &ids {
+                if from == to {
+                    continue;
+                }
+                let target: SocketAddr = addrs[&to].parse().context("a planned address")?;
+                let proxy = Proxy::start(target, seed ^ (from << 32 | to))?;
+                let _ = write!(dial, " \"{}\" = \"{}\",", addrs[&to], proxy.addr());
+                links.insert((from, to), proxy);
+            }
+            dial.pop();
+            dial.push_str(" }");
+            fed.replica_config.insert(from, dial);
+        }
+        for &id in &ids {
+            fed.start(id, false)?;
+        }
+        fed.form_group(&ids).await?;
+        Ok(Self { fed, links, ids })
+    }
+
+    /// Cuts every link between `side` and the other replicas, both ways.
+    pub fn partition(&self, side: &BTreeSet<u64>) {
+        for ((from, to), proxy) in &self.links {
+            if side.contains(from) != side.contains(to) {
+                proxy.set_faults(Faults { blackhole: Blackhole::BOTH, ..proxy.faults() });
+            }
+        }
+    }
+
+    /// `deaf` hears nobody: requests to it and answers to its own requests are dropped,
+    /// while what it sends still arrives.
+    pub fn deafen(&self, deaf: u64) {
+        for ((from, to), proxy) in &self.links {
+            let blackhole = if *to == deaf {
+                Blackhole { c2s: true, s2c: false }
+            } else if *from == deaf {
+                Blackhole { c2s: false, s2c: true }
+            } else {
+                continue;
+            };
+            proxy.set_faults(Faults { blackhole, ..proxy.faults() });
+        }
+    }
+
+    /// Applies `faults` to every link.
+    pub fn all_links(&self, faults: Faults) {
+        for proxy in self.links.values() {
+            proxy.set_faults(faults);
+        }
+    }
+
+    /// Drops every open connection of the links touching `id` (or all, with `None`).
+    pub fn drop_connections(&self, id: Option<u64>) {
+        for ((from, to), proxy) in &self.links {
+            if id.is_none_or(|id| id == *from || id == *to) {
+                proxy.drop_connections();
+            }
+        }
+    }
+
+    /// Heals every link.
+    pub fn heal(&self) {
+        for proxy in self.links.values() {
+            proxy.heal();
+        }
+    }
+}
