@@ -13,6 +13,7 @@ cargo fmt --all -- --check
 
 step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo clippy -p federator-raft --all-targets --features failpoints --locked -- -D warnings
 
 step "deployment files (Kubernetes schemas, chart values schemas)"
 # Through the interpreter setup.sh installed them for (its scripts may not be on PATH).
@@ -27,6 +28,8 @@ cargo build --workspace --all-targets --locked
 step "tests (unit, storage conformance, transport, end-to-end)"
 # The end-to-end tests start several replica processes each; two at a time fit 2 cores.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt
+step "storage faults (federator-raft with the failpoints feature)"
+cargo test -p federator-raft --features failpoints --test storage_faults --locked 2>&1 | tee -a target/test-output.txt
 summary=$(grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f, i}')
 
 step "chaos: the short set of fault scenarios, histories checked (JUnit in target/chaos-junit.xml)"

@@ -22,6 +22,7 @@
 //! | [`metrics`] | Prometheus metrics of the consensus layer |
 
 pub mod convert;
+pub mod failpoints;
 pub mod leader_call;
 pub mod log_store;
 pub mod metrics;

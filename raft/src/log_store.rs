@@ -21,6 +21,7 @@ use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, Tabl
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+use crate::failpoints::Point;
 use crate::metrics::ConsensusMetrics;
 use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 
@@ -58,13 +59,23 @@ pub fn open_database(path: &Path) -> Result<Arc<Database>, StorageError> {
     }
     let db = Database::create(path)
         .map_err(|source| to_storage(LogStoreError::Open { path: path.to_path_buf(), source }))?;
-    Ok(Arc::new(db))
+    let db = Arc::new(db);
+    #[cfg(feature = "failpoints")]
+    crate::failpoints::register(&db, path);
+    Ok(db)
 }
 
 /// What went wrong in the log store; wrapped into openraft's [`StorageError`] with the
 /// subject (logs, vote, store) and verb (read, write) of the failed operation.
 #[derive(Debug, thiserror::Error)]
 enum LogStoreError {
+    /// A fault injected for a test (feature `failpoints`).
+    #[cfg(feature = "failpoints")]
+    #[error("{source}")]
+    Injected {
+        /// The injected error.
+        source: std::io::Error,
+    },
     /// The directory of the database file could not be created.
     #[error("cannot create the raft database directory {path}: {source}")]
     CreateDir {
@@ -298,16 +309,19 @@ fn write_batch(
     metrics: &ConsensusMetrics,
     batch: Vec<WriterOp>,
 ) {
-    let result = write_txn(db, "append log entries", |txn| {
-        let mut table = txn.open_table(LOG).during("open the log table")?;
-        for op in &batch {
-            if let WriterOp::Append { entries, .. } = op {
-                for (index, _, bytes) in entries {
-                    table.insert(*index, bytes.as_slice()).during("append log entries")?;
+    let result = injected(db, Point::LogAppend).and_then(|()| {
+        write_txn(db, "append log entries", |txn| {
+            let mut table = txn.open_table(LOG).during("open the log table")?;
+            for op in &batch {
+                if let WriterOp::Append { entries, .. } = op {
+                    for (index, _, bytes) in entries {
+                        table.insert(*index, bytes.as_slice()).during("append log entries")?;
+                    }
                 }
             }
-        }
-        Ok(())
+            // An error here drops the transaction: nothing of the batch is written.
+            injected(db, Point::LogCommit)
+        })
     });
     if result.is_ok() {
         // Written entries are readable from redb now; drop them from memory unless a
@@ -483,6 +497,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
+        injected(&self.db, Point::VoteSave).map_err(|error| StorageIOError::write_vote(&error))?;
         self.write_meta(VOTE_KEY, vote)
             .await
             .map_err(|error| StorageIOError::write_vote(&error))?;
@@ -594,6 +609,19 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         .map_err(|error| StorageIOError::write_logs(&error))?;
         Ok(())
     }
+}
+
+/// A storage fault injected at `point` (feature `failpoints`), else `Ok`.
+#[cfg_attr(
+    not(feature = "failpoints"),
+    expect(clippy::unnecessary_wraps, reason = "a fault can only be injected with the feature")
+)]
+fn injected(db: &Database, point: Point) -> Result<(), LogStoreError> {
+    #[cfg(feature = "failpoints")]
+    crate::failpoints::check(db, point).map_err(|source| LogStoreError::Injected { source })?;
+    #[cfg(not(feature = "failpoints"))]
+    let _ = (db, point);
+    Ok(())
 }
 
 /// Runs `f` in a write transaction committed with [`Durability::Immediate`]; an error of

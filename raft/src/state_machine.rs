@@ -56,6 +56,14 @@ const SNAPSHOT_DATA_KEY: &str = "data";
 /// with the subject (snapshot, state machine) and verb of the failed operation.
 #[derive(Debug, thiserror::Error)]
 enum SnapshotStoreError {
+    /// A fault injected for a test (feature `failpoints`).
+    #[cfg(feature = "failpoints")]
+    #[error("{source}")]
+    Injected {
+        /// The injected error.
+        source: std::io::Error,
+    },
+
     /// A redb transaction failed part way.
     #[error("snapshot database failed to {op}: {source}")]
     Database {
@@ -277,6 +285,9 @@ impl<S: StateMachine> StateMachineStore<S> {
             SnapshotStoreError::EncodeMeta { snapshot_id: meta.snapshot_id.clone(), source }
         })?;
         let last_log_id = meta.last_log_id;
+        #[cfg(feature = "failpoints")]
+        crate::failpoints::check(&self.shared.db, crate::failpoints::Point::SnapshotStore)
+            .map_err(|source| SnapshotStoreError::Injected { source })?;
         let db = Arc::clone(&self.shared.db);
         tokio::task::spawn_blocking(move || {
             write_txn(&db, "store the snapshot", |txn| {

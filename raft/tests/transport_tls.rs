@@ -307,6 +307,7 @@ fn network(client_tls: Arc<rustls::ClientConfig>, metrics: &ConsensusMetrics) ->
         connect_timeout: Duration::from_secs(2),
         rpc_timeout: Duration::from_secs(5),
         snapshot_chunk_bytes: 1000,
+        ..TransportOptions::default()
     };
     Network::new(client_tls, options, metrics.clone())
 }
@@ -617,6 +618,7 @@ impl Group {
             rpc_timeout: Duration::from_secs(2),
             // Small, so a snapshot takes several chunks.
             snapshot_chunk_bytes: 64,
+            ..TransportOptions::default()
         };
         let network =
             Network::new(client_tls(&self.pki.ca1, Some(identity)), options, metrics.clone());
