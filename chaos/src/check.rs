@@ -50,6 +50,11 @@ pub enum ViolationKind {
     SequenceRegression,
     /// A write claiming another trust domain was committed.
     CrossDomainCommit,
+    /// A dead member's endpoints were still reported ready past its lease TTL (plus a
+    /// margin), or turned ready again while it was down.
+    StaleMemberReady,
+    /// A restarted member's endpoints were not ready again within the bound.
+    MemberNotRecovered,
 }
 
 impl fmt::Display for ViolationKind {
@@ -64,6 +69,8 @@ impl fmt::Display for ViolationKind {
             Self::TwoLeaders => "two-leaders",
             Self::SequenceRegression => "sequence-regression",
             Self::CrossDomainCommit => "cross-domain-commit",
+            Self::StaleMemberReady => "stale-member-ready",
+            Self::MemberNotRecovered => "member-not-recovered",
         })
     }
 }

@@ -115,6 +115,8 @@ pub struct Federation {
     pub replica_config: BTreeMap<u64, String>,
     /// Transport addresses chosen before their replica starts ([`Federation::plan_raft_addr`]).
     planned_raft: BTreeMap<u64, String>,
+    /// API addresses chosen before their replica starts ([`Federation::plan_api_addr`]).
+    planned_api: BTreeMap<u64, String>,
     /// Print the tail of every replica's log when dropped (tests: the harness shows it
     /// only for failing tests); benchmarks turn it off.
     pub show_logs_on_drop: bool,
@@ -145,6 +147,7 @@ impl Federation {
             extra_config: String::new(),
             replica_config: BTreeMap::new(),
             planned_raft: BTreeMap::new(),
+            planned_api: BTreeMap::new(),
             show_logs_on_drop: true,
         })
     }
@@ -153,6 +156,46 @@ impl Federation {
     /// and other replicas' settings can name it before it starts.
     pub fn plan_raft_addr(&mut self, id: u64) -> String {
         self.planned_raft.entry(id).or_insert_with(|| format!("127.0.0.1:{}", free_port())).clone()
+    }
+
+    /// The API address replica `id` will listen on, chosen now so that clients can name
+    /// it before it starts; a replica started again from nothing (after
+    /// [`Federation::wipe`]) keeps it. Without a plan every start picks a new port.
+    pub fn plan_api_addr(&mut self, id: u64) -> String {
+        self.planned_api.entry(id).or_insert_with(|| format!("127.0.0.1:{}", free_port())).clone()
+    }
+
+    /// SIGKILLs replica `id` and deletes everything in its data directory but its config
+    /// and its log: [`Federation::restart`] then starts it from nothing, on the same
+    /// addresses (as a replica removed from the group and wiped before it is re-added).
+    ///
+    /// # Errors
+    /// No such replica, or a file could not be removed.
+    pub fn wipe(&mut self, id: u64) -> anyhow::Result<()> {
+        self.kill(id);
+        let process = self.replicas.get(&id).context("no such replica")?;
+        for entry in std::fs::read_dir(&process.data_dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            if name == "server.toml" || name == "server.log" {
+                continue;
+            }
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let mut log = std::fs::OpenOptions::new().append(true).open(&process.log)?;
+        std::io::Write::write_all(&mut log, b"\n===== data directory wiped =====\n\n")?;
+        Ok(())
+    }
+
+    /// Whether replica `id` has been started (it may have exited since).
+    #[must_use]
+    pub fn has_started(&self, id: u64) -> bool {
+        self.replicas.contains_key(&id)
     }
 
     /// Keeps the directory (data, logs, certificates) after the federation is dropped,
@@ -223,7 +266,11 @@ impl Federation {
         std::fs::create_dir_all(&data_dir)?;
         let config = data_dir.join("server.toml");
         let raft_addr = self.plan_raft_addr(id);
-        let api_addr = format!("127.0.0.1:{}", free_port());
+        let api_addr = self
+            .planned_api
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| format!("127.0.0.1:{}", free_port()));
         let metrics_addr = format!("127.0.0.1:{}", free_port());
         std::fs::write(
             &config,
@@ -353,6 +400,44 @@ impl Federation {
             .stdin(Stdio::null())
             .output()?;
         Ok(output)
+    }
+
+    /// Runs the CLI against `ids` like [`Federation::cli_ok`], without blocking the
+    /// runtime, killed after `timeout`; returns stdout.
+    ///
+    /// # Errors
+    /// It could not be run, timed out, or exited non-zero (the error holds stderr).
+    pub async fn cli_ok_within(
+        &self,
+        ids: &[u64],
+        args: &[&str],
+        timeout: Duration,
+    ) -> anyhow::Result<String> {
+        let conn = self.connection_args(ids);
+        let child = tokio::process::Command::new(federator_bin())
+            .args(args)
+            .env("FEDERATOR_ENDPOINTS", conn.endpoints.join(","))
+            .env("FEDERATOR_CA", self.certs.join("ca.pem"))
+            .env("FEDERATOR_CERT", self.certs.join("admin.pem"))
+            .env("FEDERATOR_KEY", self.certs.join("admin.key"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()?;
+        let out = tokio::time::timeout(timeout, child.wait_with_output()).await.with_context(
+            || format!("`federator {}` timed out after {timeout:?}", args.join(" ")),
+        )??;
+        if !out.status.success() {
+            bail!(
+                "`federator {}` failed ({}):\n{}{}",
+                args.join(" "),
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// Runs the CLI and fails unless it exits 0; returns stdout.

@@ -9,10 +9,18 @@
 //! applied index (the time it takes is reported). The checkers of [`crate::check`] then
 //! hold the recorded history against the promises of `SECURITY.md`.
 //!
+//! Two scenarios change something else than replica faults: `membership-change` grows
+//! and shrinks the group ([`membership`]; the checks then hold over the voters at the
+//! end), and `member-down` kills a whole member cluster — a real agent and its etcd —
+//! and checks that its endpoints turn not ready and ready again in bounded time
+//! ([`member_down`], with the times measured in the report).
+//!
 //! The result is a [`report::RunReport`]: fault timeline, operation counts, failover
 //! gaps (fault → first acknowledged write invoked after it), violations; in text, JSON or JUnit XML. A
 //! failing run keeps its history and the replicas' data directories.
 
+pub mod member_down;
+pub mod membership;
 pub mod report;
 pub mod topology;
 pub mod workload;
@@ -24,6 +32,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 
+use self::member_down::MemberDown;
 use self::report::{Counts, RunReport, TimelineEvent};
 use self::topology::Topology;
 use self::workload::{Clock, Workload, WorkloadConfig};
@@ -55,6 +64,12 @@ pub enum Nemesis {
     StallsAndBandwidth,
     /// Each fault above in turn, chosen by the seed.
     Mixed,
+    /// Grow the group by a spare replica, then remove a random follower (killed and
+    /// wiped; it may be added back later from nothing), and so on.
+    MembershipChange,
+    /// A whole member cluster (a real agent and its own etcd) SIGKILLed, then restarted;
+    /// its endpoints must turn not ready, then ready again, in bounded time.
+    MemberDown,
 }
 
 /// A named scenario.
@@ -66,6 +81,8 @@ pub struct Scenario {
     pub about: &'static str,
     /// Replicas in the group.
     pub replicas: u64,
+    /// Spare replicas: planned with their proxies, started only when added.
+    pub spares: u64,
     /// The faults.
     pub nemesis: Nemesis,
     /// How long a fault is held before it is healed.
@@ -111,6 +128,22 @@ pub const SCENARIOS: &[Scenario] = &[
         Nemesis::StallsAndBandwidth,
     ),
     scenario("mixed", "every fault above in an order chosen by the seed", Nemesis::Mixed),
+    Scenario {
+        spares: 1,
+        ..scenario(
+            "membership-change",
+            "add a 4th replica, remove a random follower (killed, wiped, re-added later), repeat",
+            Nemesis::MembershipChange,
+        )
+    },
+    Scenario {
+        hold: member_down::HOLD,
+        ..scenario(
+            "member-down",
+            "SIGKILL a member cluster's agent and etcd: endpoints not ready, then ready again",
+            Nemesis::MemberDown,
+        )
+    },
 ];
 
 const fn scenario(name: &'static str, about: &'static str, nemesis: Nemesis) -> Scenario {
@@ -118,6 +151,7 @@ const fn scenario(name: &'static str, about: &'static str, nemesis: Nemesis) -> 
         name,
         about,
         replicas: 3,
+        spares: 0,
         nemesis,
         hold: Duration::from_millis(2_500),
         quiet: Duration::from_millis(2_000),
@@ -161,10 +195,15 @@ pub async fn run(
     let started = Instant::now();
     let replicas = if config.replicas == 0 { scenario.replicas } else { config.replicas };
     progress(&format!("starting {replicas} replicas with a fault proxy on every link"));
-    let mut topo = Topology::start(replicas, config.seed).await?;
+    let mut topo = Topology::start(replicas, scenario.spares, config.seed).await?;
     let clock = Clock::start();
     progress("joining members and starting the workload");
     let workload = Workload::start(&topo, config.workload, config.seed, clock).await?;
+    let mut member_down = None;
+    if scenario.nemesis == Nemesis::MemberDown {
+        progress("starting member cluster c: an agent with its own etcd");
+        member_down = Some(MemberDown::start(&topo).await?);
+    }
 
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut timeline = Vec::new();
@@ -172,6 +211,24 @@ pub async fn run(
     let mut round = 0usize;
     while Instant::now() + scenario.hold < deadline {
         tokio::time::sleep(scenario.quiet).await;
+        match (scenario.nemesis, member_down.as_mut()) {
+            (Nemesis::MembershipChange, _) => {
+                round += 1;
+                let at = clock.now();
+                let what = membership::step(&mut topo, &mut rng).await;
+                progress(&format!("change {round}: {what}"));
+                timeline.push(TimelineEvent { at_ms: at / 1_000_000, what });
+                tokio::time::sleep(scenario.hold).await;
+                continue;
+            }
+            (Nemesis::MemberDown, Some(member)) => {
+                round += 1;
+                progress(&format!("fault {round}: member c down"));
+                member.round(&topo, clock, &mut timeline).await?;
+                continue;
+            }
+            _ => {}
+        }
         let nemesis = match scenario.nemesis {
             Nemesis::Mixed => MIXED[rng.random_range(0..MIXED.len())],
             other => other,
@@ -195,6 +252,8 @@ pub async fn run(
     progress("waiting for every replica to agree");
     let healed_at = Instant::now();
     topo.heal();
+    // Only the current voters: a replica removed by a membership change is gone (killed
+    // and wiped), and one added is checked like the others.
     for &id in &topo.ids.clone() {
         if topo.fed.has_exited(id) {
             topo.fed.restart(id)?;
@@ -223,6 +282,17 @@ pub async fn run(
     };
     progress("checking the history");
     let mut checked = check::check_all(&inputs);
+    if scenario.nemesis == Nemesis::MembershipChange
+        && let Some(note) = membership::check_voters(&topo).await
+    {
+        checked.inconclusive.push(note);
+    }
+    let mut measurements = Vec::new();
+    if let Some(member) = member_down.as_mut() {
+        measurements = std::mem::take(&mut member.measurements);
+        checked.violations.append(&mut member.violations);
+        checked.inconclusive.append(&mut member.inconclusive);
+    }
     if let Err(error) = &converged {
         checked.violations.push(check::Violation::new(
             check::ViolationKind::DigestMismatch,
@@ -238,6 +308,7 @@ pub async fn run(
         counts,
         failover_gaps_ms: gaps,
         converge_ms,
+        measurements,
         violations: checked.violations,
         inconclusive: checked.inconclusive,
         kept: None,
@@ -364,7 +435,9 @@ async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Inje
             injected.what =
                 format!("every link of replica {victim} stalled, then 64 KiB/s everywhere");
         }
-        Nemesis::Mixed => unreachable!("resolved before injecting"),
+        Nemesis::Mixed | Nemesis::MembershipChange | Nemesis::MemberDown => {
+            unreachable!("resolved or run before injecting")
+        }
     }
     injected
 }
@@ -409,7 +482,8 @@ fn role(leader: Option<u64>, id: u64) -> &'static str {
 }
 
 /// Per fault: milliseconds from its injection until a write invoked after it is
-/// acknowledged (writes in flight at the fault do not count).
+/// acknowledged (writes in flight at the fault do not count). Timeline lines starting
+/// with `healed` or `observed` are not faults.
 fn failover_gaps(history: &check::history::History, timeline: &[TimelineEvent]) -> Vec<u64> {
     let writes: Vec<(u64, u64)> = history
         .ops
@@ -419,7 +493,7 @@ fn failover_gaps(history: &check::history::History, timeline: &[TimelineEvent]) 
         .collect();
     timeline
         .iter()
-        .filter(|e| !e.what.starts_with("healed"))
+        .filter(|e| !e.what.starts_with("healed") && !e.what.starts_with("observed"))
         .filter_map(|e| {
             let at = e.at_ms * 1_000_000;
             let first =
@@ -427,4 +501,50 @@ fn failover_gaps(history: &check::history::History, timeline: &[TimelineEvent]) 
             Some((first - at) / 1_000_000)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_membership_and_member_scenarios_are_listed_but_neither_short_nor_mixed() {
+        let change = find("membership-change").expect("listed");
+        assert_eq!(
+            (change.nemesis, change.replicas, change.spares),
+            (Nemesis::MembershipChange, 3, 1)
+        );
+        let down = find("member-down").expect("listed");
+        assert_eq!(down.nemesis, Nemesis::MemberDown);
+        assert!(
+            down.hold
+                > Duration::from_secs(u64::from(member_down::LEASE_TTL))
+                    + member_down::NOT_READY_MARGIN
+        );
+        for name in ["membership-change", "member-down"] {
+            assert!(!SHORT.contains(&name), "{name}");
+        }
+        assert!(
+            !MIXED.contains(&Nemesis::MembershipChange) && !MIXED.contains(&Nemesis::MemberDown)
+        );
+    }
+
+    #[test]
+    fn observations_in_the_timeline_are_not_faults() {
+        let mut history = check::history::History::default();
+        let id = history.invoke(
+            check::history::Process(0),
+            "k".to_string(),
+            check::history::OpKind::Write { value: 1 },
+            3_000_000_000,
+        );
+        history.complete(id, 3_100_000_000, check::history::Outcome::Ok { read_value: None });
+        let event = |at_ms: u64, what: &str| TimelineEvent { at_ms, what: what.into() };
+        let timeline = [
+            event(2_000, "SIGKILL member c: its agent and its etcd"),
+            event(2_500, "observed: member c not ready (500 ms after the kill)"),
+            event(2_900, "healed: restarted member c's etcd and agent"),
+        ];
+        assert_eq!(failover_gaps(&history, &timeline), vec![1_100]);
+    }
 }

@@ -702,21 +702,32 @@ mod tests {
             .iter()
             .filter_map(|op| match (op.kind, op.outcome, op.complete) {
                 (_, Outcome::Failed, _) => None,
-                (OpKind::Write { value }, Outcome::Ok { .. }, Some(at)) => Some((op.invoke, Some(at), true, Some(value))),
+                (OpKind::Write { value }, Outcome::Ok { .. }, Some(at)) => {
+                    Some((op.invoke, Some(at), true, Some(value)))
+                }
                 (OpKind::Write { value }, _, _) => Some((op.invoke, None, true, Some(value))),
-                (OpKind::Read, Outcome::Ok { read_value }, Some(at)) => Some((op.invoke, Some(at), false, read_value)),
+                (OpKind::Read, Outcome::Ok { read_value }, Some(at)) => {
+                    Some((op.invoke, Some(at), false, read_value))
+                }
                 (OpKind::Read, _, _) => None,
             })
             .collect();
-        fn search(calls: &[(u64, Option<u64>, bool, Option<u64>)], done: u32, value: Option<u64>) -> bool {
+        fn search(
+            calls: &[(u64, Option<u64>, bool, Option<u64>)],
+            done: u32,
+            value: Option<u64>,
+        ) -> bool {
             let pending = |i: usize| done & (1 << i) == 0;
             if (0..calls.len()).all(|i| !pending(i) || calls[i].1.is_none()) {
                 return true;
             }
             (0..calls.len()).filter(|&i| pending(i)).any(|i| {
                 let (invoke, _, write, v) = calls[i];
-                let blocked = (0..calls.len()).any(|j| j != i && pending(j) && calls[j].1.is_some_and(|d| d < invoke));
-                !blocked && (write || v == value) && search(calls, done | 1 << i, if write { v } else { value })
+                let blocked = (0..calls.len())
+                    .any(|j| j != i && pending(j) && calls[j].1.is_some_and(|d| d < invoke));
+                !blocked
+                    && (write || v == value)
+                    && search(calls, done | 1 << i, if write { v } else { value })
             })
         }
         search(&calls, 0, None)
@@ -724,20 +735,22 @@ mod tests {
 
     /// Small arbitrary histories on one key: values 1–3, reads of 0 read absent.
     fn arbitrary() -> impl Strategy<Value = History> {
-        prop::collection::vec((any::<bool>(), 0_u64..=3, 0_u64..20, 0_u64..20, 0_u8..4), 1..=8).prop_map(|ops| {
-            let mut history = History::default();
-            for (i, (write, value, invoke, length, outcome)) in ops.into_iter().enumerate() {
-                let kind = if write { OpKind::Write { value: value.max(1) } } else { OpKind::Read };
-                let id = history.invoke(Process(i as u32), "k", kind, invoke);
-                let outcome = match outcome {
-                    0 => Outcome::Indeterminate,
-                    1 => Outcome::Failed,
-                    _ => Outcome::Ok { read_value: (!write && value > 0).then_some(value) },
-                };
-                history.complete(id, invoke + length, outcome);
-            }
-            history
-        })
+        prop::collection::vec((any::<bool>(), 0_u64..=3, 0_u64..20, 0_u64..20, 0_u8..4), 1..=8)
+            .prop_map(|ops| {
+                let mut history = History::default();
+                for (i, (write, value, invoke, length, outcome)) in ops.into_iter().enumerate() {
+                    let kind =
+                        if write { OpKind::Write { value: value.max(1) } } else { OpKind::Read };
+                    let id = history.invoke(Process(i as u32), "k", kind, invoke);
+                    let outcome = match outcome {
+                        0 => Outcome::Indeterminate,
+                        1 => Outcome::Failed,
+                        _ => Outcome::Ok { read_value: (!write && value > 0).then_some(value) },
+                    };
+                    history.complete(id, invoke + length, outcome);
+                }
+                history
+            })
     }
 
     proptest! {

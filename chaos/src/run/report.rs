@@ -19,6 +19,16 @@ pub struct TimelineEvent {
     pub what: String,
 }
 
+/// A named time a scenario measured (e.g. how long a dead member's endpoints stayed
+/// ready).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Measurement {
+    /// What was measured.
+    pub name: String,
+    /// Milliseconds.
+    pub ms: u64,
+}
+
 /// How many operations of each kind ended how.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct Counts {
@@ -92,6 +102,9 @@ pub struct RunReport {
     pub failover_gaps_ms: Vec<u64>,
     /// Milliseconds from healing everything to every replica agreeing.
     pub converge_ms: Option<u64>,
+    /// Times the scenario measured, if it measures any.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub measurements: Vec<Measurement>,
     /// Broken promises.
     pub violations: Vec<Violation>,
     /// Checks that could not decide.
@@ -157,6 +170,12 @@ impl RunReport {
             }
             None => {
                 let _ = writeln!(out, "  did not converge after healing");
+            }
+        }
+        if !self.measurements.is_empty() {
+            let _ = writeln!(out, "  measurements:");
+            for m in &self.measurements {
+                let _ = writeln!(out, "    {:>7} ms  {}", m.ms, m.name);
             }
         }
         let _ = writeln!(out, "  timeline:");
@@ -247,6 +266,7 @@ mod tests {
             counts: Counts { writes_ok: 10, ..Counts::default() },
             failover_gaps_ms: vec![300, 100, 200],
             converge_ms: Some(40),
+            measurements: vec![Measurement { name: "c down → not ready".into(), ms: 4_213 }],
             violations,
             inconclusive: Vec::new(),
             kept: None,
@@ -259,6 +279,17 @@ mod tests {
         assert!(text.starts_with("PASS kill-leader (seed 7, 3 replicas, 12.3 s)"), "{text}");
         assert!(text.contains("median 200 ms, max 300 ms over 3"), "{text}");
         assert!(text.contains("2000 ms  SIGKILL replica 1 (leader)"), "{text}");
+        assert!(text.contains("4213 ms  c down → not ready"), "{text}");
+    }
+
+    #[test]
+    fn json_has_measurements_only_when_there_are_some() {
+        let json = serde_json::to_value(report(Vec::new())).expect("serializes");
+        assert_eq!(json["measurements"][0]["ms"], 4_213, "{json}");
+        let mut none = report(Vec::new());
+        none.measurements.clear();
+        let json = serde_json::to_value(none).expect("serializes");
+        assert!(json.get("measurements").is_none(), "{json}");
     }
 
     #[test]

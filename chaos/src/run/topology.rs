@@ -4,6 +4,9 @@
 //! setting), so a link can be cut, slowed or made flaky in one direction without
 //! touching the others: `(i, j)` carries the connections `i` opens to `j`, requests
 //! client-to-server and answers server-to-client.
+//!
+//! Spare replicas (for membership changes) get their proxies, `dial` settings and
+//! addresses up front but are neither started nor in the group until added.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -20,25 +23,36 @@ pub struct Topology {
     pub fed: Federation,
     /// Proxy of each directed link (from, to).
     pub links: BTreeMap<(u64, u64), Proxy>,
-    /// Replica ids.
+    /// The current voters: the replicas the group holds (faults pick from them, the
+    /// run waits for them to agree and checks their final states).
     pub ids: Vec<u64>,
+    /// Replicas with proxies and addresses that are not in the group now.
+    pub spares: Vec<u64>,
+    /// API address of every replica, voter or spare (planned before any starts, kept
+    /// across wipes).
+    pub api_addrs: BTreeMap<u64, String>,
 }
 
 impl Topology {
-    /// Starts `replicas` replicas with a proxy on every link and forms the group.
+    /// Starts `replicas` replicas with a proxy on every link and forms the group; plans
+    /// `spares` more (ids after the replicas') with their proxies, not started.
     ///
     /// # Errors
     /// A replica or proxy did not start, or the group did not form.
-    pub async fn start(replicas: u64, seed: u64) -> anyhow::Result<Self> {
+    pub async fn start(replicas: u64, spares: u64, seed: u64) -> anyhow::Result<Self> {
         let ids: Vec<u64> = (1..=replicas).collect();
-        let mut fed = Federation::new(replicas)?;
+        let spare_ids: Vec<u64> = (replicas + 1..=replicas + spares).collect();
+        let all: Vec<u64> = (1..=replicas + spares).collect();
+        let mut fed = Federation::new(replicas + spares)?;
         fed.show_logs_on_drop = false;
         let addrs: BTreeMap<u64, String> =
-            ids.iter().map(|&id| (id, fed.plan_raft_addr(id))).collect();
+            all.iter().map(|&id| (id, fed.plan_raft_addr(id))).collect();
+        let api_addrs: BTreeMap<u64, String> =
+            all.iter().map(|&id| (id, fed.plan_api_addr(id))).collect();
         let mut links = BTreeMap::new();
-        for &from in &ids {
+        for &from in &all {
             let mut dial = String::from("dial = {");
-            for &to in &ids {
+            for &to in &all {
                 if from == to {
                     continue;
                 }
@@ -55,7 +69,13 @@ impl Topology {
             fed.start(id, false)?;
         }
         fed.form_group(&ids).await?;
-        Ok(Self { fed, links, ids })
+        Ok(Self { fed, links, ids, spares: spare_ids, api_addrs })
+    }
+
+    /// Every replica id, voters and spares.
+    #[must_use]
+    pub fn all_ids(&self) -> Vec<u64> {
+        self.api_addrs.keys().copied().collect()
     }
 
     /// Cuts every link between `side` and the other replicas, both ways.

@@ -135,8 +135,8 @@ impl Workload {
         let shared = Shared::default();
         let (stop, stopped) = watch::channel(false);
         let mut tasks = JoinSet::new();
-        let apis: Vec<String> =
-            topo.ids.iter().map(|&id| topo.fed.replica(id).api_addr.clone()).collect();
+        // Every replica's, spares' too: a membership change brings them into the group.
+        let apis: Vec<String> = topo.api_addrs.values().cloned().collect();
         let ca_pem = topo.fed.ca_pem();
 
         let mut members = Vec::new();
@@ -458,7 +458,7 @@ async fn sampler(
     }
 }
 
-/// Final values of every register key on every replica, read once they agree.
+/// Final values of every register key on every current voter, read once they agree.
 ///
 /// # Errors
 /// A replica did not answer.

@@ -1,0 +1,352 @@
+//! The `member-down` nemesis: a whole member cluster goes down and comes back.
+//!
+//! Member cluster `c` runs a real `federator agent` with its own single-node etcd, a
+//! short lease TTL, and one service exported through its etcd export prefix. A round
+//! SIGKILLs the agent and the etcd together, holds, and restarts both. The promises held
+//! against what the other members see (`ListImports` of the admin API, linearizable):
+//!
+//! - while `c` is down, its endpoints are reported not ready within its lease TTL plus
+//!   [`NOT_READY_MARGIN`], and they stay not ready until it comes back;
+//! - after the restart the agent reconnects, takes a new lease, and `c`'s endpoints are
+//!   ready again within [`READY_WITHIN`].
+//!
+//! Broken promises are reported as [`ViolationKind::StaleMemberReady`] and
+//! [`ViolationKind::MemberNotRecovered`]; the measured times go into the report.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use federator_proto::admin as admin_pb;
+use federator_proto::admin::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+use super::report::{Measurement, TimelineEvent};
+use super::topology::Topology;
+use super::workload::Clock;
+use crate::agent::{AgentOptions, AgentProcess};
+use crate::check::{Violation, ViolationKind};
+use crate::cluster::tail;
+use crate::etcd::EtcdCluster;
+use crate::member::MemberCluster;
+
+/// Lease TTL of `c`'s agent, seconds.
+pub const LEASE_TTL: u32 = 3;
+/// How long past its lease TTL a dead member's endpoints may still be reported ready.
+pub const NOT_READY_MARGIN: Duration = Duration::from_secs(3);
+/// Bound from the restart to `c`'s endpoints being ready again.
+pub const READY_WITHIN: Duration = Duration::from_secs(15);
+/// How long `c` stays down: past the not-ready bound, to see it hold.
+pub const HOLD: Duration = Duration::from_secs(LEASE_TTL as u64 + 4);
+
+const CLUSTER: &str = "c";
+const TRUST_DOMAIN: &str = "c.chaos.test";
+const NAMESPACE: &str = "shop";
+const SERVICE: &str = "c-echo";
+/// The members whose imports are read: the watching observer first.
+const CONSUMERS: &[&str] = &["observer", "a", "b"];
+/// Bound of one admin call.
+const CALL: Duration = Duration::from_secs(2);
+const POLL: Duration = Duration::from_millis(100);
+/// Bound of start-up waits (etcd healthy, agent joined).
+const SETUP: Duration = Duration::from_secs(30);
+
+/// Member cluster `c` and what its rounds found.
+pub struct MemberDown {
+    etcd: EtcdCluster,
+    agent: AgentProcess,
+    admins: BTreeMap<u64, AdminClient<Channel>>,
+    polls: usize,
+    rounds: usize,
+    /// Times measured, per round.
+    pub measurements: Vec<Measurement>,
+    /// Broken promises.
+    pub violations: Vec<Violation>,
+    /// What could not be decided (no replica answered).
+    pub inconclusive: Vec<String>,
+}
+
+impl MemberDown {
+    /// Starts `c`'s etcd and agent (after the workload's members joined: the observer
+    /// must be a member to have imports), exports `shop/c-echo` through the etcd prefix
+    /// and waits until the observer sees it ready.
+    ///
+    /// # Errors
+    /// etcd or the agent did not start, or the export never turned ready.
+    pub async fn start(topo: &Topology) -> anyhow::Result<Self> {
+        let mut etcd = EtcdCluster::start(1)?;
+        etcd.wait_healthy(SETUP).await?;
+        let member = MemberCluster::new(CLUSTER, TRUST_DOMAIN)?;
+        let options = AgentOptions {
+            etcd_endpoints: etcd.client_urls(),
+            lease_ttl_seconds: Some(LEASE_TTL),
+            locality: Some(("region-c".into(), "zone-c".into())),
+            ..AgentOptions::default()
+        };
+        let mut agent = AgentProcess::new(&topo.fed, member, &options)?;
+        let document = serde_json::json!({
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"address": "127.0.0.31", "zone": "zone-c", "region": "region-c", "ready": true},
+                {"address": "127.0.0.32", "zone": "zone-c", "region": "region-c", "ready": true},
+            ],
+            "identities": [format!("spiffe://{TRUST_DOMAIN}/ns/{NAMESPACE}/sa/{SERVICE}")],
+        });
+        let mut client = etcd.client(&[]).await?;
+        let key = format!("/federator/exports/{NAMESPACE}/{SERVICE}");
+        tokio::time::timeout(CALL * 5, client.put(key, document.to_string(), None)).await??;
+        agent.start()?;
+        agent
+            .wait_status("member c to join, take a lease and export", SETUP, |s| {
+                s.lease.is_some() && s.exports.published == 1
+            })
+            .await?;
+        let mut this = Self {
+            etcd,
+            agent,
+            admins: BTreeMap::new(),
+            polls: 0,
+            rounds: 0,
+            measurements: Vec::new(),
+            violations: Vec::new(),
+            inconclusive: Vec::new(),
+        };
+        let deadline = Instant::now() + READY_WITHIN;
+        while this.ready(topo, CONSUMERS[0]).await != Some(true) {
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "member c's export never turned ready for the observer; agent log:\n{}",
+                tail(&this.agent.log(), 30)
+            );
+            tokio::time::sleep(POLL).await;
+        }
+        Ok(this)
+    }
+
+    /// One round: SIGKILL `c`'s agent and etcd, hold for [`HOLD`] watching its endpoints
+    /// turn not ready, restart both and wait until they are ready again.
+    ///
+    /// # Errors
+    /// etcd or the agent could not be spawned again.
+    pub async fn round(
+        &mut self,
+        topo: &Topology,
+        clock: Clock,
+        timeline: &mut Vec<TimelineEvent>,
+    ) -> anyhow::Result<()> {
+        self.rounds += 1;
+        let round = self.rounds;
+        let old_lease = self.agent.status().and_then(|s| s.lease).map(|l| l.id);
+
+        // == Down. ==
+        let killed = Instant::now();
+        self.agent.kill();
+        self.etcd.kill_all();
+        push(timeline, clock, "SIGKILL member c: its agent and its etcd".into());
+        let bound = Duration::from_secs(u64::from(LEASE_TTL)) + NOT_READY_MARGIN;
+        let mut not_ready_at: Option<Duration> = None;
+        let mut answered = false;
+        let mut flapped = false;
+        while killed.elapsed() < HOLD {
+            let ready = self.ready(topo, CONSUMERS[0]).await;
+            let at = killed.elapsed();
+            match (ready, not_ready_at) {
+                (Some(false), None) => {
+                    not_ready_at = Some(at);
+                    push(
+                        timeline,
+                        clock,
+                        format!("observed: member c not ready ({} ms after the kill)", ms(at)),
+                    );
+                }
+                (Some(true), Some(since)) if !flapped => {
+                    flapped = true;
+                    self.violations.push(Violation::new(
+                        ViolationKind::StaleMemberReady,
+                        format!(
+                            "round {round}: member c, down for {} ms, was reported ready again \
+                             to the observer after being not ready from {} ms",
+                            ms(at),
+                            ms(since)
+                        ),
+                    ));
+                }
+                _ => {}
+            }
+            answered |= ready.is_some();
+            tokio::time::sleep(POLL).await;
+        }
+        match not_ready_at {
+            Some(at) => {
+                self.measure(format!("round {round}: c down → not ready in the observer's import (lease TTL {LEASE_TTL} s)"), at);
+                if at > bound {
+                    self.violations.push(Violation::new(
+                        ViolationKind::StaleMemberReady,
+                        format!(
+                            "round {round}: member c's endpoints were still reported ready {} ms \
+                             after it died (lease TTL {LEASE_TTL} s + {} s allowed)",
+                            ms(at),
+                            NOT_READY_MARGIN.as_secs()
+                        ),
+                    ));
+                }
+            }
+            None if answered => self.violations.push(Violation::new(
+                ViolationKind::StaleMemberReady,
+                format!(
+                    "round {round}: member c's endpoints were still reported ready {} ms after \
+                     it died (lease TTL {LEASE_TTL} s + {} s allowed)",
+                    ms(killed.elapsed()),
+                    NOT_READY_MARGIN.as_secs()
+                ),
+            )),
+            None => self.inconclusive.push(format!(
+                "round {round}: no replica answered ListImports while member c was down"
+            )),
+        }
+        // Every member, through every replica, sees it not ready by now.
+        for &consumer in CONSUMERS {
+            for &via in &topo.ids {
+                if self.ready_via(topo, consumer, via).await == Some(true) {
+                    self.violations.push(Violation::new(
+                        ViolationKind::StaleMemberReady,
+                        format!(
+                            "round {round}: replica {via} reports member c's endpoints ready to \
+                             {consumer} {} ms after c died",
+                            ms(killed.elapsed())
+                        ),
+                    ));
+                }
+            }
+        }
+
+        // == Back. ==
+        let restarted = Instant::now();
+        let restarted_wall = wall_ms();
+        self.etcd.restart(1)?;
+        self.agent.start()?;
+        push(timeline, clock, "healed: restarted member c's etcd and agent".into());
+        let mut leased_at = None;
+        let mut ready_at = None;
+        while restarted.elapsed() < READY_WITHIN && (leased_at.is_none() || ready_at.is_none()) {
+            if leased_at.is_none() {
+                let status = self.agent.status().filter(|s| {
+                    s.written_at_ms >= restarted_wall
+                        && s.connected_replica.is_some()
+                        && s.lease.as_ref().is_some_and(|l| Some(l.id) != old_lease)
+                });
+                if status.is_some() {
+                    leased_at = Some(restarted.elapsed());
+                }
+            }
+            if ready_at.is_none() && self.ready(topo, CONSUMERS[0]).await == Some(true) {
+                let at = restarted.elapsed();
+                ready_at = Some(at);
+                push(
+                    timeline,
+                    clock,
+                    format!("observed: member c ready again ({} ms after the restart)", ms(at)),
+                );
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        match leased_at {
+            Some(at) => self.measure(
+                format!("round {round}: c restart → agent status: reconnected with a new lease"),
+                at,
+            ),
+            None => self.violations.push(Violation::new(
+                ViolationKind::MemberNotRecovered,
+                format!(
+                    "round {round}: member c's agent did not reconnect with a new lease within \
+                     {} s of its restart; status {:?}; agent log:\n{}",
+                    READY_WITHIN.as_secs(),
+                    self.agent.status(),
+                    tail(&self.agent.log(), 15)
+                ),
+            )),
+        }
+        match ready_at {
+            Some(at) => self
+                .measure(format!("round {round}: c restart → ready in the observer's import"), at),
+            None => self.violations.push(Violation::new(
+                ViolationKind::MemberNotRecovered,
+                format!(
+                    "round {round}: member c's endpoints were not ready again within {} s of its \
+                     restart",
+                    READY_WITHIN.as_secs()
+                ),
+            )),
+        }
+        Ok(())
+    }
+
+    fn measure(&mut self, name: String, at: Duration) {
+        self.measurements.push(Measurement { name, ms: ms(at) });
+    }
+
+    /// Whether `consumer` sees any of `c`'s endpoints ready, read through the next voter
+    /// in turn (others are tried when it does not answer); `None` when none answers.
+    async fn ready(&mut self, topo: &Topology, consumer: &str) -> Option<bool> {
+        let ids = topo.ids.clone();
+        for i in 0..ids.len() {
+            let via = ids[(self.polls + i) % ids.len()];
+            if let Some(ready) = self.ready_via(topo, consumer, via).await {
+                self.polls += 1;
+                return Some(ready);
+            }
+        }
+        self.polls += 1;
+        None
+    }
+
+    /// Whether `consumer` sees any of `c`'s endpoints ready, per a linearizable
+    /// `ListImports` on replica `via`.
+    async fn ready_via(&mut self, topo: &Topology, consumer: &str, via: u64) -> Option<bool> {
+        let read = tokio::time::timeout(CALL, async {
+            let mut admin = match self.admins.get(&via) {
+                Some(admin) => admin.clone(),
+                None => {
+                    let admin = topo.fed.admin(via).await.ok()?;
+                    self.admins.insert(via, admin.clone());
+                    admin
+                }
+            };
+            let request = admin_pb::ListImportsRequest {
+                cluster: consumer.into(),
+                consistency: admin_pb::Consistency::Linearizable.into(),
+            };
+            admin.list_imports(request).await.ok().map(tonic::Response::into_inner)
+        })
+        .await
+        .ok()
+        .flatten();
+        let Some(listed) = read else {
+            self.admins.remove(&via);
+            return None;
+        };
+        Some(
+            listed
+                .imports
+                .iter()
+                .filter(|i| i.namespace == NAMESPACE && i.name == SERVICE)
+                .flat_map(|i| &i.clusters)
+                .filter(|c| c.cluster == CLUSTER)
+                .flat_map(|c| &c.endpoints)
+                .any(|e| e.ready),
+        )
+    }
+}
+
+fn push(timeline: &mut Vec<TimelineEvent>, clock: Clock, what: String) {
+    timeline.push(TimelineEvent { at_ms: clock.now() / 1_000_000, what });
+}
+
+fn ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
