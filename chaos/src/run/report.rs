@@ -46,6 +46,10 @@ pub struct Counts {
     pub publishes_ok: u64,
     /// Bundle rotations that erred or timed out.
     pub publishes_failed: u64,
+    /// Exports and unexports acknowledged.
+    pub exports_ok: u64,
+    /// Exports and unexports that erred or timed out.
+    pub exports_failed: u64,
     /// Watch events received (outside snapshots).
     pub watch_events: u64,
     /// Watch streams resumed after breaking.
@@ -63,6 +67,8 @@ impl Counts {
         let mut counts = Self {
             publishes_ok: recorded.publishes.0,
             publishes_failed: recorded.publishes.1,
+            exports_ok: recorded.exports.0,
+            exports_failed: recorded.exports.1,
             watch_events: recorded.watch_events.len() as u64,
             watch_resumes: recorded.resumes,
             cross_domain_attempts: recorded.cross_domain.len() as u64,
@@ -137,7 +143,7 @@ impl RunReport {
         let _ = writeln!(
             out,
             "  operations: writes {} ok / {} not sent / {} indeterminate, reads {} ok / {} failed, \
-             rotations {} ok / {} failed, watch events {} ({} resumes), cross-domain attempts {} (all refused: {})",
+             rotations {} ok / {} failed, exports {} ok / {} failed, watch events {} ({} resumes), cross-domain attempts {} (all refused: {})",
             c.writes_ok,
             c.writes_failed,
             c.writes_indeterminate,
@@ -145,6 +151,8 @@ impl RunReport {
             c.reads_failed,
             c.publishes_ok,
             c.publishes_failed,
+            c.exports_ok,
+            c.exports_failed,
             c.watch_events,
             c.watch_resumes,
             c.cross_domain_attempts,

@@ -60,10 +60,13 @@ pub struct Recorded {
     pub history: History,
     /// Watch events in received order.
     pub watch_events: Vec<WatchEvent>,
-    /// Acknowledged bundle publishes: revision → the watch key they changed.
+    /// Acknowledged bundle publishes, exports and unexports: revision → the watch key
+    /// they changed.
     pub published: BTreeMap<u64, String>,
     /// Bundle publishes acknowledged / failed.
     pub publishes: (u64, u64),
+    /// Exports and unexports acknowledged / failed.
+    pub exports: (u64, u64),
     /// Watch streams resumed after breaking.
     pub resumes: u64,
     /// Sequences watchers saw.
@@ -321,7 +324,27 @@ async fn rotations(
                 None => recorded.publishes.1 += 1,
             }
         }
+        churn_exports(&member, api, &ca_pem, &mut rng, &shared).await;
         if adversary && rng.random_bool(0.3) {
+            attempt += 1;
+            // Exports a service run by b's workloads: must be refused.
+            let mut export = member.export(CHURN_NAMESPACE, "stolen", 80, &["127.0.0.99"]);
+            export.identities = vec!["spiffe://b.chaos.test/ns/shop/sa/cart".into()];
+            let committed = tokio::time::timeout(OP_TIMEOUT, async {
+                let mut client = member.client(api, &ca_pem).await.ok()?;
+                let request = pb::ExportServiceRequest { export: Some(export) };
+                Some(client.export_service(request).await.is_ok())
+            })
+            .await
+            .ok()
+            .flatten();
+            if let Some(committed) = committed {
+                lock(&shared).cross_domain.push(CrossDomainAttempt {
+                    op: OpId(attempt),
+                    trust_domain_claimed: "b.chaos.test (export identities)".into(),
+                    committed,
+                });
+            }
             attempt += 1;
             let Ok(bundle) = member.bundle_at(1_000_000 + attempt) else { continue };
             let committed = tokio::time::timeout(OP_TIMEOUT, async {
@@ -341,6 +364,63 @@ async fn rotations(
                 });
             }
         }
+    }
+}
+
+/// Namespace of the services the members export and unexport.
+const CHURN_NAMESPACE: &str = "chaos";
+
+/// Watch key of the import of `namespace/name`.
+fn import_key(namespace: &str, name: &str) -> String {
+    format!("import/{namespace}/{name}")
+}
+
+/// Exports `member`'s service with 1 to 3 new endpoints, or withdraws it; records the
+/// acknowledged change's revision under the import's watch key.
+async fn churn_exports(
+    member: &MemberCluster,
+    api: &str,
+    ca_pem: &str,
+    rng: &mut StdRng,
+    shared: &Shared,
+) {
+    let name = format!("svc-{}", member.name);
+    let export = rng.random_bool(0.7);
+    let addresses: Vec<String> = (0..rng.random_range(1..=3))
+        .map(|_| format!("127.0.{}.{}", rng.random_range(1..=254), rng.random_range(1..=254)))
+        .collect();
+    let revision = tokio::time::timeout(OP_TIMEOUT, async {
+        let mut client = member.client(api, ca_pem).await.ok()?;
+        if export {
+            let refs: Vec<&str> = addresses.iter().map(String::as_str).collect();
+            let request = pb::ExportServiceRequest {
+                export: Some(member.export(CHURN_NAMESPACE, &name, 8080, &refs)),
+            };
+            client.export_service(request).await.ok().map(|r| r.into_inner().revision)
+        } else {
+            let request = pb::UnexportServiceRequest {
+                namespace: CHURN_NAMESPACE.into(),
+                name: name.clone(),
+            };
+            match client.unexport_service(request).await {
+                Ok(response) => Some(response.into_inner().revision),
+                // Not exported: refused, nothing changed.
+                Err(status) if status.code() == tonic::Code::NotFound => Some(0),
+                Err(_) => None,
+            }
+        }
+    })
+    .await
+    .ok()
+    .flatten();
+    let mut recorded = lock(shared);
+    match revision {
+        Some(0) => {}
+        Some(revision) => {
+            recorded.exports.0 += 1;
+            recorded.published.insert(revision, import_key(CHURN_NAMESPACE, &name));
+        }
+        None => recorded.exports.1 += 1,
     }
 }
 
@@ -405,6 +485,20 @@ async fn watcher(
                         });
                         resumed = false;
                     }
+                }
+                Some(
+                    pb::watch_event::Event::ImportPut(pb::ServiceImport {
+                        namespace, name, ..
+                    })
+                    | pb::watch_event::Event::ImportRemoved(pb::ImportRemoved { namespace, name }),
+                ) if !in_snapshot => {
+                    lock(&shared).watch_events.push(WatchEvent {
+                        watcher: identity,
+                        revision: event.revision,
+                        key: import_key(&namespace, &name),
+                        resumed,
+                    });
+                    resumed = false;
                 }
                 Some(pb::watch_event::Event::Resync(_)) => {
                     identity += 100;
