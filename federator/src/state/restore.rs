@@ -189,6 +189,8 @@ impl FederationState {
             return Err(CommandError::invalid("snapshot", &reason));
         }
         if self.holds_federation_data() && !force {
+            // The bytes are not kept: a forced retry streams them again.
+            self.restore = None;
             return Err(CommandError::AlreadyExists(format!(
                 "the federation already holds {} members, {} services and {} join tokens; \
                  restore into a new group, or force it to replace them",
@@ -289,9 +291,8 @@ mod tests {
         let refused = restore_all(&mut running, &bytes, false);
         assert!(matches!(refused, Err(CommandError::AlreadyExists(_))), "{refused:?}");
         assert!(running.members.contains_key("b"));
-        // The staged bytes stay: the operator may retry with force.
-        apply(&mut running, 20_000, Command::RestoreCommit { id: 7, force: true, now: 2 })
-            .expect("forced");
+        assert!(running.restore.is_none(), "refused bytes are not kept");
+        restore_all(&mut running, &bytes, true).expect("forced");
         assert!(running.members.contains_key("a") && !running.members.contains_key("b"));
     }
 
