@@ -41,6 +41,7 @@ step "benchmark smoke (figures are not checked here; see BENCHMARKS.md)"
 if [ -z "${SKIP_BENCH_SMOKE:-}" ]; then
   cargo run --locked -q -p federator-chaos -- bench raft --smoke
   cargo run --locked -q -p federator-chaos -- bench propagation --smoke
+  cargo run --locked -q -p federator-chaos -- bench snapshot --smoke
 fi
 
 printf '\n%s; chaos scenarios: %s\n' "$summary" "$chaos_summary"

@@ -12,12 +12,15 @@
 //! - [`progress`]: progress bars and phase summaries on stderr.
 //! - [`propagation`]: `bench propagation`, watch propagation latency to many watchers and
 //!   memory per stored endpoint and per watch stream, Federator against etcd.
+//! - [`snapshot`]: `bench snapshot`, snapshot save, restore and follower install on the
+//!   same data, Federator against etcd.
 
 pub mod failover;
 pub mod load;
 pub mod progress;
 pub mod propagation;
 pub mod report;
+pub mod snapshot;
 pub mod target;
 
 use std::time::{Duration, Instant};

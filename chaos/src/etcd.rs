@@ -119,6 +119,8 @@ pub struct EtcdCluster {
     /// `--initial-cluster-token`, unique per cluster so stray peers cannot join.
     token: String,
     members: BTreeMap<u64, EtcdMember>,
+    /// Extra flags for every member ([`EtcdCluster::start_with_flags`]).
+    flags: Vec<String>,
 }
 
 impl std::fmt::Debug for EtcdCluster {
@@ -139,6 +141,15 @@ impl EtcdCluster {
     /// # Errors
     /// The directory could not be created or a process could not be spawned.
     pub fn start(size: u64) -> Result<Self, EtcdError> {
+        Self::start_with_flags(size, &[])
+    }
+
+    /// Like [`EtcdCluster::start`], with `flags` added to every member's command line
+    /// (e.g. `--snapshot-count 1000`).
+    ///
+    /// # Errors
+    /// The directory could not be created or a process could not be spawned.
+    pub fn start_with_flags(size: u64, flags: &[String]) -> Result<Self, EtcdError> {
         let dir = tempfile::Builder::new().prefix("federator-etcd-").tempdir()?;
         let mut members = BTreeMap::new();
         for id in 1..=size {
@@ -166,7 +177,7 @@ impl EtcdCluster {
             .path()
             .file_name()
             .map_or_else(|| "federator-etcd".into(), |n| n.to_string_lossy().into_owned());
-        let mut cluster = Self { dir, initial_cluster, token, members };
+        let mut cluster = Self { dir, initial_cluster, token, members, flags: flags.to_vec() };
         for id in 1..=size {
             cluster.spawn(id)?;
         }
@@ -381,6 +392,7 @@ impl EtcdCluster {
             // Ignored once the data directory holds a member: restarts rejoin as before.
             .args(["--initial-cluster-state", "new"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log);

@@ -10,6 +10,7 @@ use federator_chaos::bench::progress::Progress;
 use federator_chaos::bench::propagation::report::{SECTION_BEGIN, SECTION_END};
 use federator_chaos::bench::propagation::{PropagationConfig, run_propagation};
 use federator_chaos::bench::report::{Machine, write_markdown, write_markdown_section};
+use federator_chaos::bench::snapshot::{SnapshotConfig, run_snapshot};
 use federator_chaos::bench::{RaftBenchConfig, System, run_raft};
 use federator_chaos::run;
 
@@ -91,6 +92,57 @@ enum Bench {
     /// idle watch stream, of a 3-replica Federator group and a 3-member etcd cluster,
     /// side by side.
     Propagation(PropagationArgs),
+    /// Snapshot save, restore and follower install on the same data (keys of a fixed
+    /// size loaded into both), of a 3-replica Federator group and a 3-member etcd
+    /// cluster, side by side.
+    Snapshot(SnapshotArgs),
+}
+
+#[derive(Debug, Args)]
+struct SnapshotArgs {
+    /// Keys loaded into each system.
+    #[arg(long, default_value_t = 100_000)]
+    keys: usize,
+    /// Bytes per value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Trials per figure (the median is reported).
+    #[arg(long, default_value_t = 3)]
+    trials: usize,
+    /// Writes in flight while loading.
+    #[arg(long, default_value_t = 64)]
+    in_flight: usize,
+    /// Systems to run, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
+    systems: Vec<System>,
+    /// A quick run that keeps the benchmark from rotting (CI): 2,000 keys, 1 trial.
+    /// Overrides --keys and --trials.
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the results as a markdown section into FILE (replacing the section a
+    /// previous run wrote there).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+impl SnapshotArgs {
+    fn config(&self) -> anyhow::Result<SnapshotConfig> {
+        let mut config = SnapshotConfig {
+            keys: self.keys,
+            value_size: self.value_size,
+            trials: self.trials,
+            in_flight: self.in_flight,
+            systems: self.systems.clone(),
+        };
+        if self.smoke {
+            config.keys = 2_000;
+            config.trials = 1;
+        }
+        if config.keys == 0 || config.trials == 0 || config.in_flight == 0 {
+            anyhow::bail!("--keys, --trials and --in-flight must be positive");
+        }
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -223,6 +275,7 @@ async fn main() -> anyhow::Result<()> {
         match &cli.command {
             Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
             Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
+            Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
             Command::List => {
                 for s in run::SCENARIOS {
                     println!("{:<20} {}", s.name, s.about);
@@ -326,6 +379,22 @@ async fn bench_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let progress = Progress::new();
     let report = run_propagation(&config, &progress).await?;
+    println!("{}", report.text());
+    if let Some(path) = &args.markdown {
+        let section = report.markdown_section(&machine, &command_line(), &now());
+        write_markdown_section(path, SECTION_BEGIN, SECTION_END, &section)
+            .with_context(|| format!("writing {}", path.display()))?;
+        progress.println(format!("wrote the results into {}", path.display()));
+    }
+    Ok(())
+}
+
+async fn bench_snapshot(args: &SnapshotArgs) -> anyhow::Result<()> {
+    use federator_chaos::bench::snapshot::report::{SECTION_BEGIN, SECTION_END};
+    let config = args.config()?;
+    let machine = Machine::detect();
+    let progress = Progress::new();
+    let report = run_snapshot(&config, &progress).await?;
     println!("{}", report.text());
     if let Some(path) = &args.markdown {
         let section = report.markdown_section(&machine, &command_line(), &now());

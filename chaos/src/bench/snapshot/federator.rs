@@ -1,0 +1,211 @@
+//! The Federator side of `bench snapshot`: a group loaded through the admin `Put`,
+//! `federator snapshot save`, a follower added behind a purged log, and
+//! `federator snapshot restore` into new groups.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context as _, bail};
+use federator_proto::admin as pb;
+use federator_proto::admin::admin_client::AdminClient;
+use tonic::transport::Channel;
+
+use super::{
+    CATCH_UP_TIMEOUT, CLI_TIMEOUT, CONNECTIONS_PER_MEMBER, Install, InstallTrial, SnapshotConfig,
+    SystemSnapshot, key, load, poll, run_command, value,
+};
+use crate::bench::progress::Progress;
+use crate::bench::{GROUP_SIZE, HEALTHY_TIMEOUT};
+use crate::cluster::{Federation, federator_bin};
+
+/// Entries the replicas keep behind a snapshot, so that a purge leaves a new follower
+/// nothing to replicate from but the snapshot.
+pub const KEEP_ENTRIES: u64 = 10;
+
+/// Loads a group, then saves, installs on new followers and restores, `trials` times each.
+///
+/// # Errors
+/// A group did not form, the load failed, or a save or restore failed.
+pub async fn measure(
+    config: &SnapshotConfig,
+    progress: &Progress,
+) -> anyhow::Result<SystemSnapshot> {
+    let step = progress.step(format!("starting {GROUP_SIZE} Federator replicas"));
+    // Certificates for the group and for one new follower per install trial.
+    let mut fed = Federation::new(GROUP_SIZE + config.trials as u64)?;
+    fed.show_logs_on_drop = false;
+    fed.extra_config = format!("keep_entries_after_snapshot = {KEEP_ENTRIES}");
+    let ids: Vec<u64> = (1..=GROUP_SIZE).collect();
+    for id in &ids {
+        fed.start(*id, false)?;
+    }
+    fed.form_group(&ids).await?;
+    step.finish_and_clear();
+
+    let mut conns = Vec::new();
+    for id in ids.iter().cycle().take(ids.len() * CONNECTIONS_PER_MEMBER) {
+        conns.push(fed.admin(*id).await.with_context(|| format!("connecting to replica {id}"))?);
+    }
+    let put = |mut conn: AdminClient<Channel>, key: String, value: Vec<u8>| async move {
+        conn.put(pb::PutRequest { key, value })
+            .await
+            .map(|_| ())
+            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    };
+    let load_time = load("Federator", conns, config, progress, put).await?;
+    fed.wait_for_convergence(&ids, HEALTHY_TIMEOUT).await?;
+
+    // Save.
+    let leader = fed.wait_for_leader(&ids, HEALTHY_TIMEOUT).await?;
+    let file = fed.dir().join("bench.snap");
+    let file_arg = file.to_str().context("a UTF-8 temporary path")?.to_string();
+    let mut save = Vec::new();
+    let step = progress.step(format!("Federator: {} × snapshot save", config.trials));
+    for _ in 0..config.trials {
+        let _ = std::fs::remove_file(&file);
+        let started = Instant::now();
+        cli(&fed, &[leader], &["snapshot", "save", &file_arg]).await?;
+        save.push(started.elapsed());
+    }
+    step.finish_and_clear();
+    let file_size = std::fs::metadata(&file)?.len();
+
+    // Follower install.
+    let step = progress.step(format!("Federator: {} × follower install", config.trials));
+    let mut trials = Vec::new();
+    let mut install = None;
+    for trial in 0..config.trials {
+        match install_trial(&mut fed, GROUP_SIZE + 1 + trial as u64).await {
+            Ok(t) => trials.push(t),
+            Err(error) => {
+                install = Some(Install::NotMeasured(format!("trial {}: {error:#}", trial + 1)));
+                break;
+            }
+        }
+    }
+    step.finish_and_clear();
+    let install = install.unwrap_or(Install::Measured(trials));
+
+    // Restore, with the loaded group gone (its directory, holding the file, stays).
+    fed.kill_all();
+    let step = progress.step(format!("Federator: {} × snapshot restore", config.trials));
+    let mut restore = Vec::new();
+    for _ in 0..config.trials {
+        restore.push(restore_trial(&file, config).await?);
+    }
+    step.finish_and_clear();
+    drop(fed);
+    Ok(SystemSnapshot { system: "Federator", load: load_time, save, file_size, restore, install })
+}
+
+/// Purges the leader's log behind a snapshot, starts replica `id`, adds it, and times
+/// from its process start until it has applied what the leader has; then removes it.
+///
+/// # Errors
+/// A step failed or did not finish in time.
+pub async fn install_trial(fed: &mut Federation, id: u64) -> anyhow::Result<InstallTrial> {
+    let group: Vec<u64> = (1..=GROUP_SIZE).collect();
+    let leader = fed.wait_for_leader(&group, HEALTHY_TIMEOUT).await?;
+    fed.admin(leader)
+        .await?
+        .trigger_snapshot(pb::TriggerSnapshotRequest { purge: true })
+        .await
+        .context("TriggerSnapshot { purge: true } on the leader")?;
+
+    let started = Instant::now();
+    fed.start(id, false)?;
+    poll(&format!("replica {id} to answer"), HEALTHY_TIMEOUT, || async {
+        fed.status(id).await.map(|_| ())
+    })
+    .await?;
+    let addr = fed.replica(id).raft_addr.clone();
+    cli(fed, &group, &["raft", "add-member", &id.to_string(), &addr]).await?;
+    let caught_up = poll("the new replica to apply what the leader has", CATCH_UP_TIMEOUT, || {
+        let fed = &*fed;
+        async move {
+            let leader = fed.status(leader).await?;
+            let new = fed.status(id).await?;
+            (new.applied_index >= leader.applied_index).then_some(new)
+        }
+    })
+    .await?;
+    let time = started.elapsed();
+
+    cli(fed, &group, &["raft", "remove-member", &id.to_string()]).await?;
+    fed.kill(id);
+    fed.wait_for_leader(&group, HEALTHY_TIMEOUT).await?;
+    Ok(InstallTrial { time, via_snapshot: Some(caught_up.snapshot_index > 0), serving: None })
+}
+
+/// Forms a new 3-replica group (not timed), then times `federator snapshot restore FILE`
+/// until every replica has applied the restore with the same state digest; checks the
+/// last key is there.
+///
+/// # Errors
+/// A step failed or did not finish in time, or the last key is missing.
+pub async fn restore_trial(file: &Path, config: &SnapshotConfig) -> anyhow::Result<Duration> {
+    let mut fed = Federation::new(GROUP_SIZE)?;
+    fed.show_logs_on_drop = false;
+    let ids: Vec<u64> = (1..=GROUP_SIZE).collect();
+    for id in &ids {
+        fed.start(*id, false)?;
+    }
+    fed.form_group(&ids).await?;
+    let file_arg = file.to_str().context("a UTF-8 temporary path")?;
+
+    let started = Instant::now();
+    let out = cli(&fed, &ids, &["snapshot", "restore", file_arg, "-o", "json"]).await?;
+    let out: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .context("`federator snapshot restore -o json` printed no JSON")?;
+    let restored_at = out["applied_index"].as_u64().context("no applied_index in the output")?;
+    poll("every replica to converge after the restore", CATCH_UP_TIMEOUT, || {
+        let fed = &fed;
+        let ids = &ids;
+        async move {
+            let mut seen: Option<(u64, String)> = None;
+            for id in ids {
+                let mut client = fed.admin(*id).await.ok()?;
+                let d = client.digest(pb::DigestRequest {}).await.ok()?.into_inner();
+                if d.applied_index < restored_at {
+                    return None;
+                }
+                match &seen {
+                    None => seen = Some((d.applied_index, d.digest)),
+                    Some((index, digest)) if *index == d.applied_index && *digest == d.digest => {}
+                    Some(_) => return None,
+                }
+            }
+            seen
+        }
+    })
+    .await?;
+    let time = started.elapsed();
+
+    let last = config.keys.saturating_sub(1);
+    for id in &ids {
+        let got = fed
+            .admin(*id)
+            .await?
+            .get(pb::GetRequest { key: key(last), consistency: pb::Consistency::Stale.into() })
+            .await?
+            .into_inner();
+        if !got.found || got.value != value(last, config.value_size) {
+            bail!("replica {id} lacks {} after the restore", key(last));
+        }
+    }
+    Ok(time)
+}
+
+/// Runs the `federator` CLI against `ids` with the admin identity (the connection
+/// arguments [`Federation::cli`] uses), bounded in time.
+async fn cli(fed: &Federation, ids: &[u64], args: &[&str]) -> anyhow::Result<std::process::Output> {
+    let conn = fed.connection_args(ids);
+    let mut command = tokio::process::Command::new(federator_bin());
+    command
+        .args(args)
+        .env("FEDERATOR_ENDPOINTS", conn.endpoints.join(","))
+        .env("FEDERATOR_CA", fed.certs.join("ca.pem"))
+        .env("FEDERATOR_CERT", fed.certs.join("admin.pem"))
+        .env("FEDERATOR_KEY", fed.certs.join("admin.key"));
+    run_command(command, CLI_TIMEOUT).await
+}
