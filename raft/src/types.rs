@@ -13,11 +13,11 @@ pub type Node = openraft::BasicNode;
 
 /// An application command: opaque bytes the application's state machine decodes.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(pub Vec<u8>);
+pub struct Command(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 /// What the application's state machine answered for a command.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResponse(pub Vec<u8>);
+pub struct CommandResponse(#[serde(with = "serde_bytes")] pub Vec<u8>);
 
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -105,4 +105,22 @@ pub mod typ {
     pub type VoteResponse = openraft::raft::VoteResponse<NodeId>;
     /// Snapshot install response.
     pub type SnapshotResponse = openraft::raft::SnapshotResponse<NodeId>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn commands_encode_as_before_their_bytes_were_serialized_in_one_piece() {
+        // Logs written when `Command` held a plain `Vec<u8>` (a sequence of u8) must read
+        // the same: postcard encodes bytes and a u8 sequence alike.
+        #[derive(Serialize)]
+        struct Before(Vec<u8>);
+        let bytes: Vec<u8> = (0..=255).chain(0..44).collect();
+        let now = postcard::to_stdvec(&Command(bytes.clone())).expect("encodes");
+        assert_eq!(now, postcard::to_stdvec(&Before(bytes.clone())).expect("encodes"));
+        let back: Command = postcard::from_bytes(&now).expect("decodes");
+        assert_eq!(back.0, bytes);
+    }
 }

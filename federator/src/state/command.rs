@@ -175,6 +175,7 @@ pub enum Command {
         /// Where the bytes go: the number of bytes staged before them.
         offset: u64,
         /// The bytes.
+        #[serde(with = "serde_bytes")]
         data: Vec<u8>,
     },
     /// Checks the staged snapshot and replaces the federation's state with it.

@@ -39,6 +39,7 @@ pub struct StagedRestore {
     /// Hex SHA-256 of the whole snapshot.
     pub sha256: String,
     /// The bytes staged so far.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
     /// Log index of the [`super::Command::RestoreBegin`].
     pub begun_at_index: u64,
