@@ -55,6 +55,9 @@ pub enum ViolationKind {
     StaleMemberReady,
     /// A restarted member's endpoints were not ready again within the bound.
     MemberNotRecovered,
+    /// After healing, a member's agent did not catch up with the federation in bounded
+    /// time (revision, bundles, imports, or its own published bundle).
+    AgentNotConverged,
 }
 
 impl fmt::Display for ViolationKind {
@@ -71,6 +74,7 @@ impl fmt::Display for ViolationKind {
             Self::CrossDomainCommit => "cross-domain-commit",
             Self::StaleMemberReady => "stale-member-ready",
             Self::MemberNotRecovered => "member-not-recovered",
+            Self::AgentNotConverged => "agent-not-converged",
         })
     }
 }

@@ -1,13 +1,16 @@
 //! `federator-chaos run`: named fault scenarios against a real federation on loopback.
 //!
 //! A run starts N replicas with a fault proxy on every replica-to-replica link
-//! ([`topology`]), joins three member clusters and starts the [`workload`]: register
+//! ([`topology`]), joins three member clusters and starts the [`workload`]; member
+//! cluster `c` — a real agent with its own etcd — comes up beside it, its links to every
+//! replica and to its etcd through proxies too ([`member_down`]). The workload: register
 //! clients, bundle rotations, watchers, an adversary and a status sampler. The
 //! scenario's nemesis then injects one fault after another — each held for a while,
 //! then healed — until the duration is over. Afterwards every fault is healed, every
 //! replica restarted, and the run waits for all replicas to agree on one digest at one
 //! applied index (the time it takes is reported). The checkers of [`crate::check`] then
-//! hold the recorded history against the promises of `SECURITY.md`.
+//! hold the recorded history against the promises of `SECURITY.md`, and `c`'s agent must
+//! have caught up with the federation ([`member_down::MemberDown::check_converged`]).
 //!
 //! Two scenarios change something else than replica faults: `membership-change` grows
 //! and shrinks the group ([`membership`]; the checks then hold over the voters at the
@@ -199,11 +202,8 @@ pub async fn run(
     let clock = Clock::start();
     progress("joining members and starting the workload");
     let workload = Workload::start(&topo, config.workload, config.seed, clock).await?;
-    let mut member_down = None;
-    if scenario.nemesis == Nemesis::MemberDown {
-        progress("starting member cluster c: an agent with its own etcd");
-        member_down = Some(MemberDown::start(&topo).await?);
-    }
+    progress("starting member cluster c: an agent with its own etcd, both through proxies");
+    let mut member = MemberDown::start(&mut topo, config.seed).await?;
 
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut timeline = Vec::new();
@@ -211,8 +211,8 @@ pub async fn run(
     let mut round = 0usize;
     while Instant::now() + scenario.hold < deadline {
         tokio::time::sleep(scenario.quiet).await;
-        match (scenario.nemesis, member_down.as_mut()) {
-            (Nemesis::MembershipChange, _) => {
+        match scenario.nemesis {
+            Nemesis::MembershipChange => {
                 round += 1;
                 let at = clock.now();
                 let what = membership::step(&mut topo, &mut rng).await;
@@ -221,7 +221,7 @@ pub async fn run(
                 tokio::time::sleep(scenario.hold).await;
                 continue;
             }
-            (Nemesis::MemberDown, Some(member)) => {
+            Nemesis::MemberDown => {
                 round += 1;
                 progress(&format!("fault {round}: member c down"));
                 member.round(&topo, clock, &mut timeline).await?;
@@ -287,12 +287,13 @@ pub async fn run(
     {
         checked.inconclusive.push(note);
     }
-    let mut measurements = Vec::new();
-    if let Some(member) = member_down.as_mut() {
-        measurements = std::mem::take(&mut member.measurements);
-        checked.violations.append(&mut member.violations);
-        checked.inconclusive.append(&mut member.inconclusive);
+    if converged.is_ok() {
+        progress("checking that member c's agent converged");
+        member.check_converged(&topo).await;
     }
+    let measurements = std::mem::take(&mut member.measurements);
+    checked.violations.append(&mut member.violations);
+    checked.inconclusive.append(&mut member.inconclusive);
     if let Err(error) = &converged {
         checked.violations.push(check::Violation::new(
             check::ViolationKind::DigestMismatch,
@@ -427,11 +428,7 @@ async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Inje
         }
         Nemesis::StallsAndBandwidth => {
             let victim = random_other(rng, None);
-            for ((from, to), proxy) in &topo.links {
-                if *from == victim || *to == victim {
-                    proxy.set_faults(Faults { stall: true, ..Faults::default() });
-                }
-            }
+            topo.stall(victim);
             injected.what =
                 format!("every link of replica {victim} stalled, then 64 KiB/s everywhere");
         }

@@ -12,10 +12,16 @@
 //!
 //! Broken promises are reported as [`ViolationKind::StaleMemberReady`] and
 //! [`ViolationKind::MemberNotRecovered`]; the measured times go into the report.
+//!
+//! `c` runs in every scenario, not only in `member-down`: its agent reaches the replicas
+//! and its etcd through the [`Topology`]'s proxies, so the link faults hit it too. After
+//! healing, [`MemberDown::check_converged`] holds that it caught up with the federation
+//! (else [`ViolationKind::AgentNotConverged`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+use federator::agent::sinks::files::ImportDocument;
 use federator_proto::admin as admin_pb;
 use federator_proto::admin::admin_client::AdminClient;
 use tonic::transport::Channel;
@@ -49,6 +55,10 @@ const CALL: Duration = Duration::from_secs(2);
 const POLL: Duration = Duration::from_millis(100);
 /// Bound of start-up waits (etcd healthy, agent joined).
 const SETUP: Duration = Duration::from_secs(30);
+/// Bound from the federation's convergence to `c`'s agent holding its state.
+pub const AGENT_CONVERGE_WITHIN: Duration = Duration::from_secs(20);
+/// The members that rotate bundles and export services (the workload's).
+const PEERS: &[&str] = &["a", "b", "observer"];
 
 /// Member cluster `c` and what its rounds found.
 pub struct MemberDown {
@@ -72,17 +82,27 @@ impl MemberDown {
     ///
     /// # Errors
     /// etcd or the agent did not start, or the export never turned ready.
-    pub async fn start(topo: &Topology) -> anyhow::Result<Self> {
+    pub async fn start(topo: &mut Topology, seed: u64) -> anyhow::Result<Self> {
         let mut etcd = EtcdCluster::start(1)?;
         etcd.wait_healthy(SETUP).await?;
+        let mut etcd_endpoints = Vec::new();
+        for url in etcd.client_urls() {
+            etcd_endpoints.push(topo.link_etcd(&url, seed)?);
+        }
         let member = MemberCluster::new(CLUSTER, TRUST_DOMAIN)?;
         let options = AgentOptions {
-            etcd_endpoints: etcd.client_urls(),
+            etcd_endpoints,
             lease_ttl_seconds: Some(LEASE_TTL),
             locality: Some(("region-c".into(), "zone-c".into())),
             ..AgentOptions::default()
         };
         let mut agent = AgentProcess::new(&topo.fed, member, &options)?;
+        // Every replica through the topology's proxies (a top-level key: first).
+        let endpoints: Vec<String> =
+            topo.agent_endpoints().iter().map(|e| format!("\"{e}\"")).collect();
+        let config_path = agent.dir.join("agent.toml");
+        let config = std::fs::read_to_string(&config_path)?;
+        std::fs::write(&config_path, format!("endpoints = [{}]\n{config}", endpoints.join(", ")))?;
         let document = serde_json::json!({
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": [
@@ -280,6 +300,194 @@ impl MemberDown {
         Ok(())
     }
 
+    /// After healing and convergence: within [`AGENT_CONVERGE_WITHIN`], `c`'s agent is
+    /// connected and has applied the federation's revision (as read when the check
+    /// starts), holds every other member's newest bundle, its files sink holds the
+    /// imports the federation has for `c` (those of the services `a` and `b` export
+    /// included), and the federation holds the bundle `c`'s agent published.
+    pub async fn check_converged(&mut self, topo: &Topology) {
+        let started = Instant::now();
+        let mut target = None;
+        let mut last = String::from("no replica answered");
+        while started.elapsed() < AGENT_CONVERGE_WITHIN {
+            match self.federation_view(topo).await {
+                Some(view) => {
+                    let revision = *target.get_or_insert(view.revision);
+                    match self.agent_mismatch(&view, revision) {
+                        None => {
+                            self.measure(
+                                "federation converged → member c's agent converged".into(),
+                                started.elapsed(),
+                            );
+                            return;
+                        }
+                        Some(why) => last = why,
+                    }
+                }
+                None => last = "no replica answered the federation's view".into(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        if target.is_none() {
+            self.inconclusive.push(format!("member c's agent not checked: {last}"));
+            return;
+        }
+        self.violations.push(Violation::new(
+            ViolationKind::AgentNotConverged,
+            format!(
+                "member c's agent did not converge within {} s after the federation did: {last}; \
+                 status {:?}; agent log:\n{}",
+                AGENT_CONVERGE_WITHIN.as_secs(),
+                self.agent.status(),
+                tail(&self.agent.log(), 15)
+            ),
+        ));
+    }
+
+    /// What the federation holds for `c`, read linearizably through one voter.
+    async fn federation_view(&mut self, topo: &Topology) -> Option<FederationView> {
+        for &via in &topo.ids.clone() {
+            let read = tokio::time::timeout(CALL * 3, async {
+                let mut admin = topo.fed.admin(via).await.ok()?;
+                let linearizable = || admin_pb::Consistency::Linearizable.into();
+                let imports = admin
+                    .list_imports(admin_pb::ListImportsRequest {
+                        cluster: CLUSTER.into(),
+                        consistency: linearizable(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                let mut view = FederationView {
+                    revision: imports.revision,
+                    imports: imports
+                        .imports
+                        .iter()
+                        .map(|i| {
+                            let clusters = i.clusters.iter().map(|c| c.cluster.clone()).collect();
+                            ((i.namespace.clone(), i.name.clone()), clusters)
+                        })
+                        .collect(),
+                    exported: BTreeMap::new(),
+                    bundles: BTreeMap::new(),
+                    own_bundle: None,
+                };
+                for peer in ["a", "b"] {
+                    let services = admin
+                        .list_services(admin_pb::ListServicesRequest {
+                            cluster: peer.into(),
+                            consistency: linearizable(),
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    view.revision = view.revision.max(services.revision);
+                    for service in services.services {
+                        view.exported.insert((service.namespace, service.name), peer);
+                    }
+                }
+                for peer in PEERS {
+                    let trust_domain = format!("{peer}.chaos.test");
+                    let bundle = admin
+                        .get_bundle(admin_pb::GetBundleRequest {
+                            trust_domain: trust_domain.clone(),
+                            format: admin_pb::BundleFormat::Pem.into(),
+                            consistency: linearizable(),
+                        })
+                        .await
+                        .ok()?
+                        .into_inner();
+                    view.bundles.insert(trust_domain, bundle.sequence);
+                }
+                let own = admin
+                    .get_bundle(admin_pb::GetBundleRequest {
+                        trust_domain: TRUST_DOMAIN.into(),
+                        format: admin_pb::BundleFormat::Pem.into(),
+                        consistency: linearizable(),
+                    })
+                    .await
+                    .ok()?
+                    .into_inner();
+                view.own_bundle = Some((own.sequence, pem_bodies(&own.document)));
+                Some(view)
+            })
+            .await
+            .ok()
+            .flatten();
+            if read.is_some() {
+                return read;
+            }
+        }
+        None
+    }
+
+    /// Why `c`'s agent does not hold `view` (applied at least `revision`), if it does not.
+    fn agent_mismatch(&self, view: &FederationView, revision: u64) -> Option<String> {
+        let Some(status) = self.agent.status() else {
+            return Some("the agent wrote no status".into());
+        };
+        if status.connected_replica.is_none() {
+            return Some(format!("not connected (last error {:?})", status.last_error));
+        }
+        if status.applied_revision < revision {
+            return Some(format!(
+                "applied revision {} < the federation's {revision}",
+                status.applied_revision
+            ));
+        }
+        for (trust_domain, sequence) in &view.bundles {
+            let held = status.bundles.get(trust_domain);
+            if held != Some(sequence) {
+                return Some(format!(
+                    "holds {trust_domain}'s bundle at sequence {held:?}, the federation at \
+                     {sequence}"
+                ));
+            }
+        }
+        let Some((sequence, federation_pem)) = &view.own_bundle else {
+            return Some("no own bundle read".into());
+        };
+        // A restarted agent reads its unchanged CAs at a new sequence and publishes
+        // nothing (same authorities): the federation keeps the older sequence.
+        if status.bundle.published_sequence.is_none_or(|published| published < *sequence) {
+            return Some(format!(
+                "c's bundle: the federation holds sequence {sequence}, the agent published {:?}",
+                status.bundle.published_sequence
+            ));
+        }
+        if *federation_pem != pem_bodies(&self.agent.member.ca_pem()) {
+            return Some(format!(
+                "c's bundle in the federation (sequence {sequence}) is not c's CAs"
+            ));
+        }
+        let imports = match std::fs::read_to_string(self.agent.out("imports.json")) {
+            Ok(text) => match serde_json::from_str::<Vec<ImportDocument>>(&text) {
+                Ok(imports) => imports,
+                Err(error) => return Some(format!("imports.json unreadable: {error}")),
+            },
+            Err(error) => return Some(format!("imports.json unreadable: {error}")),
+        };
+        let held: BTreeMap<(String, String), BTreeSet<String>> = imports
+            .into_iter()
+            .map(|i| ((i.namespace, i.name), i.clusters.into_iter().map(|c| c.cluster).collect()))
+            .collect();
+        for (service, peer) in &view.exported {
+            if !held.get(service).is_some_and(|clusters| clusters.contains(*peer)) {
+                return Some(format!(
+                    "its files sink does not import {}/{} from {peer}, which exports it",
+                    service.0, service.1
+                ));
+            }
+        }
+        if held != view.imports {
+            return Some(format!(
+                "its files sink imports {held:?}, the federation has {:?} for c",
+                view.imports
+            ));
+        }
+        None
+    }
+
     fn measure(&mut self, name: String, at: Duration) {
         self.measurements.push(Measurement { name, ms: ms(at) });
     }
@@ -337,6 +545,36 @@ impl MemberDown {
     }
 }
 
+/// What the federation holds that `c`'s agent must mirror.
+struct FederationView {
+    /// The highest revision the reads answered at.
+    revision: u64,
+    /// `c`'s imports: (namespace, name) → exporting clusters.
+    imports: BTreeMap<(String, String), BTreeSet<String>>,
+    /// Services `a` and `b` export → the exporter.
+    exported: BTreeMap<(String, String), &'static str>,
+    /// Every other member's bundle sequence.
+    bundles: BTreeMap<String, u64>,
+    /// `c`'s bundle: sequence and certificates.
+    own_bundle: Option<(u64, BTreeSet<String>)>,
+}
+
+/// The base64 bodies of the PEM blocks in `pem`, whitespace removed.
+fn pem_bodies(pem: &str) -> BTreeSet<String> {
+    let mut bodies = BTreeSet::new();
+    let mut current: Option<String> = None;
+    for line in pem.lines().map(str::trim) {
+        if line.starts_with("-----BEGIN") {
+            current = Some(String::new());
+        } else if line.starts_with("-----END") {
+            bodies.extend(current.take());
+        } else if let Some(body) = current.as_mut() {
+            body.push_str(line);
+        }
+    }
+    bodies
+}
+
 fn push(timeline: &mut Vec<TimelineEvent>, clock: Clock, what: String) {
     timeline.push(TimelineEvent { at_ms: clock.now() / 1_000_000, what });
 }
@@ -349,4 +587,20 @@ fn wall_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pem_bodies_ignore_line_breaks_and_order() {
+        let one = "-----BEGIN CERTIFICATE-----\nAAAA\nBBBB\n-----END CERTIFICATE-----\n\
+                   -----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n";
+        let other = "-----BEGIN CERTIFICATE-----\nCCCC\n-----END CERTIFICATE-----\n\
+                     -----BEGIN CERTIFICATE-----\nAAAABBBB\n-----END CERTIFICATE-----";
+        assert_eq!(pem_bodies(one), pem_bodies(other));
+        assert_eq!(pem_bodies(one).len(), 2);
+        assert_ne!(pem_bodies(one), pem_bodies("-----BEGIN X-----\nAAAA\n-----END X-----"));
+    }
 }

@@ -7,6 +7,14 @@
 //!
 //! Spare replicas (for membership changes) get their proxies, `dial` settings and
 //! addresses up front but are neither started nor in the group until added.
+//!
+//! The member cluster's agent ([`super::member_down`]) reaches every replica's API
+//! through a proxy of its own ([`Topology::agent_links`], TLS passing through untouched)
+//! and its etcd through another ([`Topology::etcd_link`]). Faults treat the agent's link
+//! to a replica like a link of that replica: cutting a replica off also cuts the agent's
+//! link to it (the agent stands on the other side, with the majority), a deaf replica
+//! does not hear the agent either, and latency, bandwidth caps and dropped connections
+//! hit every link, the etcd link included.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -31,6 +39,11 @@ pub struct Topology {
     /// API address of every replica, voter or spare (planned before any starts, kept
     /// across wipes).
     pub api_addrs: BTreeMap<u64, String>,
+    /// Proxy of the member agent's link to each replica's API (voters and spares).
+    pub agent_links: BTreeMap<u64, Proxy>,
+    /// Proxy of the member agent's link to its etcd, once that runs
+    /// ([`Topology::link_etcd`]).
+    pub etcd_link: Option<Proxy>,
 }
 
 impl Topology {
@@ -65,11 +78,48 @@ impl Topology {
             dial.push_str(" }");
             fed.replica_config.insert(from, dial);
         }
+        let mut agent_links = BTreeMap::new();
+        for &to in &all {
+            let target: SocketAddr = api_addrs[&to].parse().context("a planned API address")?;
+            agent_links.insert(to, Proxy::start(target, seed ^ (AGENT_LINK << 32 | to))?);
+        }
         for &id in &ids {
             fed.start(id, false)?;
         }
         fed.form_group(&ids).await?;
-        Ok(Self { fed, links, ids, spares: spare_ids, api_addrs })
+        Ok(Self { fed, links, ids, spares: spare_ids, api_addrs, agent_links, etcd_link: None })
+    }
+
+    /// The member agent's federation endpoints: its proxies to every replica's API, in
+    /// replica order.
+    #[must_use]
+    pub fn agent_endpoints(&self) -> Vec<String> {
+        self.agent_links.values().map(|p| p.addr().to_string()).collect()
+    }
+
+    /// Puts a proxy between the member agent and its etcd at `url` (`http://host:port`);
+    /// returns the URL the agent is to use instead.
+    ///
+    /// # Errors
+    /// `url` is no `http://` socket address, or the proxy did not start.
+    pub fn link_etcd(&mut self, url: &str, seed: u64) -> anyhow::Result<String> {
+        let target: SocketAddr = url
+            .strip_prefix("http://")
+            .unwrap_or(url)
+            .parse()
+            .with_context(|| format!("etcd client URL {url}"))?;
+        let proxy = Proxy::start(target, seed ^ (ETCD_LINK << 32))?;
+        let proxied = format!("http://{}", proxy.addr());
+        self.etcd_link = Some(proxy);
+        Ok(proxied)
+    }
+
+    /// The member agent's links: to each replica (with its id), then to its etcd.
+    fn member_links(&self) -> impl Iterator<Item = (Option<u64>, &Proxy)> {
+        self.agent_links
+            .iter()
+            .map(|(id, proxy)| (Some(*id), proxy))
+            .chain(self.etcd_link.iter().map(|proxy| (None, proxy)))
     }
 
     /// Every replica id, voters and spares.
@@ -82,6 +132,11 @@ impl Topology {
     pub fn partition(&self, side: &BTreeSet<u64>) {
         for ((from, to), proxy) in &self.links {
             if side.contains(from) != side.contains(to) {
+                proxy.set_faults(Faults { blackhole: Blackhole::BOTH, ..proxy.faults() });
+            }
+        }
+        for (to, proxy) in &self.agent_links {
+            if side.contains(to) {
                 proxy.set_faults(Faults { blackhole: Blackhole::BOTH, ..proxy.faults() });
             }
         }
@@ -100,11 +155,31 @@ impl Topology {
             };
             proxy.set_faults(Faults { blackhole, ..proxy.faults() });
         }
+        if let Some(proxy) = self.agent_links.get(&deaf) {
+            let blackhole = Blackhole { c2s: true, s2c: false };
+            proxy.set_faults(Faults { blackhole, ..proxy.faults() });
+        }
+    }
+
+    /// Stalls every link of `victim`, the member agent's link to it included.
+    pub fn stall(&self, victim: u64) {
+        let stalled = Faults { stall: true, ..Faults::default() };
+        for ((from, to), proxy) in &self.links {
+            if *from == victim || *to == victim {
+                proxy.set_faults(stalled);
+            }
+        }
+        if let Some(proxy) = self.agent_links.get(&victim) {
+            proxy.set_faults(stalled);
+        }
     }
 
     /// Applies `faults` to every link.
     pub fn all_links(&self, faults: Faults) {
         for proxy in self.links.values() {
+            proxy.set_faults(faults);
+        }
+        for (_, proxy) in self.member_links() {
             proxy.set_faults(faults);
         }
     }
@@ -116,6 +191,11 @@ impl Topology {
                 proxy.drop_connections();
             }
         }
+        for (to, proxy) in self.member_links() {
+            if id.is_none() || (to.is_some() && to == id) {
+                proxy.drop_connections();
+            }
+        }
     }
 
     /// Heals every link.
@@ -123,5 +203,12 @@ impl Topology {
         for proxy in self.links.values() {
             proxy.heal();
         }
+        for (_, proxy) in self.member_links() {
+            proxy.heal();
+        }
     }
 }
+
+/// Seed tags of the member agent's proxies (the replicas' links use small ids).
+const AGENT_LINK: u64 = 0xA6E7;
+const ETCD_LINK: u64 = 0xE7CD;
