@@ -479,6 +479,7 @@ impl Agent {
         };
         self.store.save_membership(&membership)?;
         self.published.bundle_digest = Some(authorities_digest(&bundle));
+        self.published.bundle_sequence = Some(bundle.sequence);
         self.store.save_published(&self.published)?;
         tracing::info!(cluster = %membership.cluster, trust_domain = %membership.trust_domain, "joined the federation");
         self.status.cluster.clone_from(&membership.cluster);
@@ -555,7 +556,9 @@ impl Agent {
         }
         let digest = authorities_digest(bundle);
         if self.published.bundle_digest.as_deref() == Some(digest.as_str()) {
-            self.status.bundle.published_sequence = Some(bundle.sequence);
+            // The federation holds these authorities at the sequence it accepted then.
+            self.status.bundle.published_sequence =
+                self.published.bundle_sequence.or(Some(bundle.sequence));
             return Ok(());
         }
         let request = pb::PublishBundleRequest {
@@ -566,9 +569,11 @@ impl Agent {
             }),
             force: false,
         };
+        let mut accepted = bundle.sequence;
         match client.publish_bundle(request).await {
             Ok(response) => {
-                tracing::info!(sequence = response.get_ref().sequence, "bundle published");
+                accepted = response.get_ref().sequence;
+                tracing::info!(sequence = accepted, "bundle published");
             }
             // Already there (a restart after publishing): the federation has it.
             Err(status)
@@ -588,7 +593,8 @@ impl Agent {
             Err(status) => return Err(anyhow!(status).context("publish bundle")),
         }
         self.published.bundle_digest = Some(digest);
-        self.status.bundle.published_sequence = Some(bundle.sequence);
+        self.published.bundle_sequence = Some(accepted);
+        self.status.bundle.published_sequence = Some(accepted);
         self.store.save_published(&self.published)?;
         Ok(())
     }

@@ -34,6 +34,10 @@ pub struct Membership {
 pub struct Published {
     /// Digest of the own bundle last published.
     pub bundle_digest: Option<String>,
+    /// The sequence the federation accepted for it (a bundle re-read with the same
+    /// authorities gets a new local sequence but is not published again).
+    #[serde(default)]
+    pub bundle_sequence: Option<u64>,
     /// Exports published: `ns/name` → digest of the export.
     pub exports: BTreeMap<String, String>,
     /// Foreign bundles acknowledged: trust domain → sequence.
