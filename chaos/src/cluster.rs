@@ -46,6 +46,20 @@ pub fn federator_bin() -> PathBuf {
     .clone()
 }
 
+/// The CLI's stdout when it exited 0, else an error with its status and output.
+fn cli_stdout(args: &[&str], out: &Output) -> anyhow::Result<String> {
+    if !out.status.success() {
+        bail!(
+            "`federator {}` failed ({}):\n{}{}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
 /// A free TCP port on 127.0.0.1 for a server (see [`federator::config::free_local_port`]).
 ///
 /// # Panics
@@ -58,7 +72,24 @@ pub fn free_port() -> u16 {
 ///
 /// # Errors
 /// The condition did not hold in time; the message names `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    eventually_every(what, timeout, Duration::from_millis(100), check).await
+}
+
+/// Polls `check` every `interval` until it returns `Some`, for at most `timeout`.
+///
+/// # Errors
+/// The condition did not hold in time; the message names `what`.
+pub async fn eventually_every<T, F, Fut>(
+    what: &str,
+    timeout: Duration,
+    interval: Duration,
+    mut check: F,
+) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
@@ -71,7 +102,7 @@ where
         if Instant::now() > deadline {
             bail!("timed out after {timeout:?} waiting for {what}");
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(interval).await;
     }
 }
 
@@ -428,16 +459,7 @@ impl Federation {
         let out = tokio::time::timeout(timeout, child.wait_with_output()).await.with_context(
             || format!("`federator {}` timed out after {timeout:?}", args.join(" ")),
         )??;
-        if !out.status.success() {
-            bail!(
-                "`federator {}` failed ({}):\n{}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        cli_stdout(args, &out)
     }
 
     /// Runs the CLI and fails unless it exits 0; returns stdout.
@@ -446,16 +468,7 @@ impl Federation {
     /// Non-zero exit; the error holds stderr.
     pub fn cli_ok(&self, ids: &[u64], args: &[&str]) -> anyhow::Result<String> {
         let out = self.cli(ids, args)?;
-        if !out.status.success() {
-            bail!(
-                "`federator {}` failed ({}):\n{}{}",
-                args.join(" "),
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        cli_stdout(args, &out)
     }
 
     /// A federation of `n` replicas started with `extra_config` and formed into a group.

@@ -243,25 +243,12 @@ where
 ///
 /// # Errors
 /// It did not within `timeout`; the message names `what`.
-pub(crate) async fn poll<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
+pub(crate) async fn poll<T, F, Fut>(what: &str, timeout: Duration, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(POLL).await;
-    }
+    crate::cluster::eventually_every(what, timeout, POLL, check).await
 }
 
 /// Runs `command` to completion (killed after `timeout`); fails unless it exits 0.
