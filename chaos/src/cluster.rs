@@ -421,16 +421,23 @@ impl Federation {
     /// The process could not be run.
     pub fn cli(&self, ids: &[u64], args: &[&str]) -> anyhow::Result<Output> {
         let ids = if ids.is_empty() { self.ids() } else { ids.to_vec() };
-        let conn = self.connection_args(&ids);
         let output = Command::new(federator_bin())
             .args(args)
-            .env("FEDERATOR_ENDPOINTS", conn.endpoints.join(","))
-            .env("FEDERATOR_CA", self.certs.join("ca.pem"))
-            .env("FEDERATOR_CERT", self.certs.join("admin.pem"))
-            .env("FEDERATOR_KEY", self.certs.join("admin.key"))
+            .envs(self.cli_env(&ids))
             .stdin(Stdio::null())
             .output()?;
         Ok(output)
+    }
+
+    /// The environment that points the CLI at replicas `ids` with the admin identity.
+    fn cli_env(&self, ids: &[u64]) -> [(&'static str, std::ffi::OsString); 4] {
+        let conn = self.connection_args(ids);
+        [
+            ("FEDERATOR_ENDPOINTS", conn.endpoints.join(",").into()),
+            ("FEDERATOR_CA", self.certs.join("ca.pem").into()),
+            ("FEDERATOR_CERT", self.certs.join("admin.pem").into()),
+            ("FEDERATOR_KEY", self.certs.join("admin.key").into()),
+        ]
     }
 
     /// Runs the CLI against `ids` like [`Federation::cli_ok`], without blocking the
@@ -444,13 +451,9 @@ impl Federation {
         args: &[&str],
         timeout: Duration,
     ) -> anyhow::Result<String> {
-        let conn = self.connection_args(ids);
         let child = tokio::process::Command::new(federator_bin())
             .args(args)
-            .env("FEDERATOR_ENDPOINTS", conn.endpoints.join(","))
-            .env("FEDERATOR_CA", self.certs.join("ca.pem"))
-            .env("FEDERATOR_CERT", self.certs.join("admin.pem"))
-            .env("FEDERATOR_KEY", self.certs.join("admin.key"))
+            .envs(self.cli_env(ids))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -357,8 +357,7 @@ fn millis(d: Duration) -> u64 {
 
 /// The current leader, if one is agreed within a few seconds.
 async fn leader(topo: &Topology) -> Option<u64> {
-    let alive: Vec<u64> = topo.ids.clone();
-    topo.fed.wait_for_leader(&alive, Duration::from_secs(5)).await.ok()
+    topo.fed.wait_for_leader(&topo.ids, Duration::from_secs(5)).await.ok()
 }
 
 async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Injected {

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use federator_proto::admin as admin_pb;
 use federator_proto::admin::admin_client::AdminClient;
 use federator_proto::federation as pb;
+use federator_proto::federation::federation_client::FederationClient;
 use rand::rngs::StdRng;
 use rand::{Rng as _, SeedableRng as _};
 use tokio::sync::watch;
@@ -330,40 +331,56 @@ async fn rotations(
             // Exports a service run by b's workloads: must be refused.
             let mut export = member.export(CHURN_NAMESPACE, "stolen", 80, &["127.0.0.99"]);
             export.identities = vec!["spiffe://b.chaos.test/ns/shop/sa/cart".into()];
-            let committed = tokio::time::timeout(OP_TIMEOUT, async {
-                let mut client = member.client(api, &ca_pem).await.ok()?;
-                let request = pb::ExportServiceRequest { export: Some(export) };
-                Some(client.export_service(request).await.is_ok())
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(committed) = committed {
-                lock(&shared).cross_domain.push(CrossDomainAttempt {
-                    op: OpId(attempt),
-                    trust_domain_claimed: "b.chaos.test (export identities)".into(),
-                    committed,
-                });
-            }
+            let request = pb::ExportServiceRequest { export: Some(export) };
+            let committed = attempt_as(&member, api, &ca_pem, |mut client| async move {
+                client.export_service(request).await.is_ok()
+            });
+            record_cross_domain(
+                &shared,
+                attempt,
+                "b.chaos.test (export identities)",
+                committed.await,
+            );
             attempt += 1;
             let Ok(bundle) = member.bundle_at(1_000_000 + attempt) else { continue };
-            let committed = tokio::time::timeout(OP_TIMEOUT, async {
-                let mut client = member.client(api, &ca_pem).await.ok()?;
-                // Claims b's trust domain with a's own CA.
-                let request = publish_request("b.chaos.test", bundle, true);
-                Some(client.publish_bundle(request).await.is_ok())
-            })
-            .await
-            .ok()
-            .flatten();
-            if let Some(committed) = committed {
-                lock(&shared).cross_domain.push(CrossDomainAttempt {
-                    op: OpId(attempt),
-                    trust_domain_claimed: "b.chaos.test".into(),
-                    committed,
-                });
-            }
+            // Claims b's trust domain with a's own CA.
+            let request = publish_request("b.chaos.test", bundle, true);
+            let committed = attempt_as(&member, api, &ca_pem, |mut client| async move {
+                client.publish_bundle(request).await.is_ok()
+            });
+            record_cross_domain(&shared, attempt, "b.chaos.test", committed.await);
         }
+    }
+}
+
+/// Runs `call` with a client of `member` through `api`, bounded in time; `None` when it
+/// could not connect or did not finish.
+async fn attempt_as<F, Fut>(
+    member: &MemberCluster,
+    api: &str,
+    ca_pem: &str,
+    call: F,
+) -> Option<bool>
+where
+    F: FnOnce(FederationClient<Channel>) -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    tokio::time::timeout(OP_TIMEOUT, async {
+        Some(call(member.client(api, ca_pem).await.ok()?).await)
+    })
+    .await
+    .ok()
+    .flatten()
+}
+
+/// Records a cross-domain attempt whose outcome is known (`Some(committed)`).
+fn record_cross_domain(shared: &Shared, attempt: u64, claimed: &str, committed: Option<bool>) {
+    if let Some(committed) = committed {
+        lock(shared).cross_domain.push(CrossDomainAttempt {
+            op: OpId(attempt),
+            trust_domain_claimed: claimed.into(),
+            committed,
+        });
     }
 }
 

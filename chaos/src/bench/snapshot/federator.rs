@@ -12,11 +12,11 @@ use tonic::transport::Channel;
 
 use super::{
     CATCH_UP_TIMEOUT, CLI_TIMEOUT, CONNECTIONS_PER_MEMBER, Install, InstallTrial, SnapshotConfig,
-    SystemSnapshot, key, load, poll, run_command, value,
+    SystemSnapshot, key, load, poll, value,
 };
 use crate::bench::progress::Progress;
 use crate::bench::{GROUP_SIZE, HEALTHY_TIMEOUT};
-use crate::cluster::{Federation, federator_bin};
+use crate::cluster::Federation;
 
 /// Entries the replicas keep behind a snapshot, so that a purge leaves a new follower
 /// nothing to replicate from but the snapshot.
@@ -64,7 +64,7 @@ pub async fn measure(
     for _ in 0..config.trials {
         let _ = std::fs::remove_file(&file);
         let started = Instant::now();
-        cli(&fed, &[leader], &["snapshot", "save", &file_arg]).await?;
+        fed.cli_ok_within(&[leader], &["snapshot", "save", &file_arg], CLI_TIMEOUT).await?;
         save.push(started.elapsed());
     }
     step.finish_and_clear();
@@ -119,7 +119,7 @@ pub async fn install_trial(fed: &mut Federation, id: u64) -> anyhow::Result<Inst
     })
     .await?;
     let addr = fed.replica(id).raft_addr.clone();
-    cli(fed, &group, &["raft", "add-member", &id.to_string(), &addr]).await?;
+    fed.cli_ok_within(&group, &["raft", "add-member", &id.to_string(), &addr], CLI_TIMEOUT).await?;
     let caught_up = poll("the new replica to apply what the leader has", CATCH_UP_TIMEOUT, || {
         let fed = &*fed;
         async move {
@@ -131,7 +131,7 @@ pub async fn install_trial(fed: &mut Federation, id: u64) -> anyhow::Result<Inst
     .await?;
     let time = started.elapsed();
 
-    cli(fed, &group, &["raft", "remove-member", &id.to_string()]).await?;
+    fed.cli_ok_within(&group, &["raft", "remove-member", &id.to_string()], CLI_TIMEOUT).await?;
     fed.kill(id);
     fed.wait_for_leader(&group, HEALTHY_TIMEOUT).await?;
     Ok(InstallTrial { time, via_snapshot: Some(caught_up.snapshot_index > 0), serving: None })
@@ -154,8 +154,10 @@ pub async fn restore_trial(file: &Path, config: &SnapshotConfig) -> anyhow::Resu
     let file_arg = file.to_str().context("a UTF-8 temporary path")?;
 
     let started = Instant::now();
-    let out = cli(&fed, &ids, &["snapshot", "restore", file_arg, "-o", "json"]).await?;
-    let out: serde_json::Value = serde_json::from_slice(&out.stdout)
+    let out = fed
+        .cli_ok_within(&ids, &["snapshot", "restore", file_arg, "-o", "json"], CLI_TIMEOUT)
+        .await?;
+    let out: serde_json::Value = serde_json::from_str(&out)
         .context("`federator snapshot restore -o json` printed no JSON")?;
     let restored_at = out["applied_index"].as_u64().context("no applied_index in the output")?;
     poll("every replica to converge after the restore", CATCH_UP_TIMEOUT, || {
@@ -194,18 +196,4 @@ pub async fn restore_trial(file: &Path, config: &SnapshotConfig) -> anyhow::Resu
         }
     }
     Ok(time)
-}
-
-/// Runs the `federator` CLI against `ids` with the admin identity (the connection
-/// arguments [`Federation::cli`] uses), bounded in time.
-async fn cli(fed: &Federation, ids: &[u64], args: &[&str]) -> anyhow::Result<std::process::Output> {
-    let conn = fed.connection_args(ids);
-    let mut command = tokio::process::Command::new(federator_bin());
-    command
-        .args(args)
-        .env("FEDERATOR_ENDPOINTS", conn.endpoints.join(","))
-        .env("FEDERATOR_CA", fed.certs.join("ca.pem"))
-        .env("FEDERATOR_CERT", fed.certs.join("admin.pem"))
-        .env("FEDERATOR_KEY", fed.certs.join("admin.key"));
-    run_command(command, CLI_TIMEOUT).await
 }

@@ -85,12 +85,15 @@ pub async fn restore(
         return Err(Status::invalid_argument("sha256: must be 64 hex digits"));
     }
     let id: u64 = rand::random();
-    let span = tracing::info_span!("restore", restore_id = id, bytes = size);
-    let _entered = span.enter();
-    tracing::info!(force, "restoring a snapshot: staging its bytes through the log");
-    propose(replica, Command::RestoreBegin { id, size, sha256: sha256.clone() }).await?;
+    tracing::info!(
+        restore_id = id,
+        bytes = size,
+        force,
+        "restoring a snapshot: staging its bytes through the log"
+    );
+    // The commit checks the staged bytes against `sha256`.
+    propose(replica, Command::RestoreBegin { id, size, sha256 }).await?;
 
-    let mut hasher = sha2::Sha256::new();
     let mut offset = 0u64;
     let mut pending = first.data;
     loop {
@@ -109,7 +112,6 @@ pub async fn restore(
                     "data: more than the announced size of {size} bytes"
                 )));
             }
-            hasher.update(&data);
             let len = data.len() as u64;
             propose(replica, Command::RestoreChunk { id, offset, data }).await?;
             offset += len;
@@ -123,17 +125,13 @@ pub async fn restore(
             "data: the stream ended after {offset} of {size} bytes"
         )));
     }
-    if hex::encode(hasher.finalize()) != sha256 {
-        return Err(Status::invalid_argument(
-            "sha256: the streamed bytes do not match it (corrupted on the way?)",
-        ));
-    }
     let now = crate::server::unix_now();
     let (index, applied) = propose(replica, Command::RestoreCommit { id, force, now }).await?;
     let Applied::Restored(summary) = applied else {
         return Err(Status::internal(format!("restore answered {applied:?}")));
     };
     tracing::info!(
+        restore_id = id,
         index,
         members = summary.members,
         services = summary.services,
