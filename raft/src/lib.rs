@@ -18,6 +18,7 @@
 //! | [`network`] | gRPC client (pooled, timeouts, backoff) and server of the replica transport |
 //! | [`tls`] | mTLS connection plumbing for the transport |
 //! | [`replica`] | one replica: open, serve, write, read, membership, leader calls |
+//! | `proposer` | batching: writes that wait together share one log entry |
 //! | [`leader_call`] | the application's handler of leader calls and the slot it is installed in |
 //! | [`metrics`] | Prometheus metrics of the consensus layer |
 
@@ -27,6 +28,7 @@ pub mod leader_call;
 pub mod log_store;
 pub mod metrics;
 pub mod network;
+pub(crate) mod proposer;
 pub mod replica;
 pub mod state_machine;
 pub mod tls;

@@ -37,6 +37,11 @@ const VOTE_KEY: &str = "vote";
 const COMMITTED_KEY: &str = "committed";
 /// [`LOG_META`] key of the last purged log id.
 const LAST_PURGED_KEY: &str = "last_purged";
+/// [`LOG_META`] key of the encoding of stored entries ([`ENTRY_FORMAT`]).
+const ENTRY_FORMAT_KEY: &str = "entry_format";
+/// Normal entries hold a batch of commands. Format 1 (no [`ENTRY_FORMAT_KEY`]) held one
+/// command each; such a log is rewritten to this format when the store opens it.
+const ENTRY_FORMAT: u32 = 2;
 
 /// Opens (creating if needed) the replica's redb database file.
 ///
@@ -119,6 +124,16 @@ enum LogStoreError {
         index: u64,
         /// postcard's error.
         source: postcard::Error,
+    },
+
+    /// The log was written in an entry format this version does not know.
+    #[error(
+        "the raft log is in entry format {found}, written by a newer federator; this \
+         version reads formats 1 and {ENTRY_FORMAT}"
+    )]
+    UnknownFormat {
+        /// The stored format.
+        found: u32,
     },
 
     /// A stored entry carries another index than the key it is stored under.
@@ -225,6 +240,8 @@ enum WriterOp {
     },
     /// Answer once everything queued before is written.
     Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
+    /// Record this committed log id (postcard) with the next transaction; nobody waits.
+    Committed(Vec<u8>),
 }
 
 /// The group-commit writer: a thread that drains the queue, writes every queued append
@@ -303,21 +320,37 @@ impl Writer {
 
 /// Writes one batch of queued work: every append in one durable transaction; then drops
 /// the written entries from `pending` and answers callbacks and barriers, in order.
+/// A batch of committed-index hints alone is written without an fsync of its own: the
+/// hint only speeds up a restart, and the next durable commit makes it durable.
 fn write_batch(
     db: &Database,
     pending: &RwLock<BTreeMap<u64, Entry>>,
     metrics: &ConsensusMetrics,
     batch: Vec<WriterOp>,
 ) {
+    let durability = if batch.iter().all(|op| matches!(op, WriterOp::Committed(_))) {
+        Durability::None
+    } else {
+        Durability::Immediate
+    };
     let result = injected(db, Point::LogAppend).and_then(|()| {
-        write_txn(db, "append log entries", |txn| {
+        write_txn_with(db, "append log entries", durability, |txn| {
             let mut table = txn.open_table(LOG).during("open the log table")?;
+            let mut committed = None;
             for op in &batch {
-                if let WriterOp::Append { entries, .. } = op {
-                    for (index, _, bytes) in entries {
-                        table.insert(*index, bytes.as_slice()).during("append log entries")?;
+                match op {
+                    WriterOp::Append { entries, .. } => {
+                        for (index, _, bytes) in entries {
+                            table.insert(*index, bytes.as_slice()).during("append log entries")?;
+                        }
                     }
+                    WriterOp::Committed(bytes) => committed = Some(bytes),
+                    WriterOp::Barrier(_) => {}
                 }
+            }
+            if let Some(bytes) = committed {
+                let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
+                meta.insert(COMMITTED_KEY, bytes.as_slice()).during("record the committed id")?;
             }
             // An error here drops the transaction: nothing of the batch is written.
             injected(db, Point::LogCommit)
@@ -340,11 +373,22 @@ fn write_batch(
             }
         }
     }
+    if result.is_ok() {
+        let written: usize = batch
+            .iter()
+            .map(|op| match op {
+                WriterOp::Append { entries, .. } => entries.len(),
+                WriterOp::Barrier(_) | WriterOp::Committed(_) => 0,
+            })
+            .sum();
+        if written > 0 {
+            metrics.append_batch_entries.observe(written as f64);
+        }
+    }
     for op in batch {
         match (op, &result) {
-            (WriterOp::Append { entries, callback, started }, Ok(())) => {
+            (WriterOp::Append { callback, started, .. }, Ok(())) => {
                 metrics.append_seconds.observe(started.elapsed().as_secs_f64());
-                metrics.append_batch_entries.observe(entries.len() as f64);
                 callback.log_io_completed(Ok(()));
             }
             (WriterOp::Append { callback, .. }, Err(error)) => {
@@ -353,6 +397,11 @@ fn write_batch(
             }
             (WriterOp::Barrier(tx), result) => {
                 let _ = tx.send(result.as_ref().copied().map_err(ToString::to_string));
+            }
+            (WriterOp::Committed(_), Ok(())) => {}
+            (WriterOp::Committed(_), Err(error)) => {
+                // Only a hint: a failed write is retried with the next commit.
+                tracing::warn!(%error, "cannot record the committed log id");
             }
         }
     }
@@ -372,8 +421,15 @@ impl LogStore {
     )]
     pub fn new(db: Arc<Database>, metrics: ConsensusMetrics) -> Result<Self, StorageError> {
         write_txn(&db, "create the log tables", |txn| {
-            txn.open_table(LOG).during("create the log table")?;
-            txn.open_table(LOG_META).during("create the log metadata table")?;
+            let mut log = txn.open_table(LOG).during("create the log table")?;
+            let mut meta = txn.open_table(LOG_META).during("create the log metadata table")?;
+            match get_meta::<u32>(&meta, ENTRY_FORMAT_KEY)? {
+                Some(ENTRY_FORMAT) => return Ok(()),
+                Some(found) => return Err(LogStoreError::UnknownFormat { found }),
+                None => format_1::rewrite(&mut log)?,
+            }
+            let format = encode_meta(ENTRY_FORMAT_KEY, &ENTRY_FORMAT)?;
+            meta.insert(ENTRY_FORMAT_KEY, format.as_slice()).during("record the entry format")?;
             Ok(())
         })
         .map_err(|error| StorageIOError::write_logs(&error))?;
@@ -511,11 +567,14 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// The committed index is a hint for a faster restart (openraft re-derives it), so it
-    /// rides along with the next durable commit instead of costing an fsync of its own.
+    /// is queued for the writer, which records it with the next transaction: raft core
+    /// neither waits for an fsync nor for a redb write lock the writer holds.
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
-        self.write_meta_with(COMMITTED_KEY, &committed, Durability::None)
-            .await
+        let bytes = encode_meta(COMMITTED_KEY, &committed)
             .map_err(|error| StorageIOError::write(&error))?;
+        if self.writer.enqueue(WriterOp::Committed(bytes)).is_err() {
+            return Err(StorageIOError::write(&LogStoreError::WriterStopped).into());
+        }
         Ok(())
     }
 
@@ -680,6 +739,58 @@ fn decode_entry(key: u64, bytes: &[u8]) -> Result<Entry, LogStoreError> {
     Ok(entry)
 }
 
+/// Entries as format 1 stored them: a normal entry held exactly one command.
+mod format_1 {
+    use openraft::EntryPayload;
+    use serde::Deserialize;
+
+    use super::{DuringOp as _, LogStoreError};
+    use crate::types::{Command, LogId, Membership};
+
+    /// openraft's `Entry` with format 1's payload; postcard encodes struct fields and enum
+    /// variants by position, so these decode what format 1 wrote.
+    #[derive(Deserialize)]
+    struct Entry {
+        log_id: LogId,
+        payload: Payload,
+    }
+
+    #[derive(Deserialize)]
+    enum Payload {
+        Blank,
+        Normal(#[serde(with = "serde_bytes")] Vec<u8>),
+        Membership(Membership),
+    }
+
+    /// Re-encodes every entry of `log` from format 1 to the current format (a normal
+    /// entry becomes a batch of its one command), in the caller's transaction.
+    pub(super) fn rewrite(log: &mut redb::Table<'_, u64, &[u8]>) -> Result<(), LogStoreError> {
+        let mut rewritten = Vec::new();
+        for item in redb::ReadableTable::iter(log).during("read the format 1 log")? {
+            let (key, value) = item.during("read the format 1 log")?;
+            let index = key.value();
+            let old: Entry = postcard::from_bytes(value.value())
+                .map_err(|source| LogStoreError::DecodeEntry { index, source })?;
+            let payload = match old.payload {
+                Payload::Blank => EntryPayload::Blank,
+                Payload::Normal(command) => EntryPayload::Normal(Command::single(command)),
+                Payload::Membership(membership) => EntryPayload::Membership(membership),
+            };
+            let entry = crate::types::Entry { log_id: old.log_id, payload };
+            let bytes = postcard::to_allocvec(&entry)
+                .map_err(|source| LogStoreError::EncodeEntry { index, source })?;
+            rewritten.push((index, bytes));
+        }
+        if !rewritten.is_empty() {
+            tracing::info!(entries = rewritten.len(), "rewriting the raft log to entry format 2");
+        }
+        for (index, bytes) in rewritten {
+            log.insert(index, bytes.as_slice()).during("rewrite the log")?;
+        }
+        Ok(())
+    }
+}
+
 /// The indexes `range` covers as `[start, end)` (`end` `None` for unbounded), or `None`
 /// when it covers nothing.
 fn index_span(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
@@ -714,7 +825,10 @@ mod tests {
     }
 
     fn normal(term: u64, index: u64, data: &[u8]) -> Entry {
-        Entry { log_id: log_id(term, index), payload: EntryPayload::Normal(Command(data.to_vec())) }
+        Entry {
+            log_id: log_id(term, index),
+            payload: EntryPayload::Normal(Command::single(data.to_vec())),
+        }
     }
 
     /// The Prometheus text exposition of `metrics`.
@@ -729,6 +843,76 @@ mod tests {
     fn open(dir: &TempDir) -> LogStore {
         let db = open_database(&dir.path().join("raft.redb")).expect("open database");
         LogStore::new(db, ConsensusMetrics::default()).expect("open log store")
+    }
+
+    #[tokio::test]
+    async fn a_format_1_log_is_rewritten_to_command_batches_on_open() {
+        // What format 1 wrote: openraft's entry with a normal payload of one byte string.
+        #[derive(Serialize)]
+        struct OldEntry {
+            log_id: LogId,
+            payload: OldPayload,
+        }
+        #[derive(Serialize)]
+        enum OldPayload {
+            Blank,
+            Normal(#[serde(with = "serde_bytes")] Vec<u8>),
+            Membership(crate::types::Membership),
+        }
+        let membership = crate::types::Membership::new(vec![[1, 2, 3].into()], None);
+        let old = [
+            OldEntry { log_id: log_id(1, 1), payload: OldPayload::Blank },
+            OldEntry { log_id: log_id(1, 2), payload: OldPayload::Membership(membership.clone()) },
+            OldEntry { log_id: log_id(1, 3), payload: OldPayload::Normal(b"a=1".to_vec()) },
+            OldEntry { log_id: log_id(2, 4), payload: OldPayload::Normal(Vec::new()) },
+        ];
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let db = open_database(&dir.path().join("raft.redb")).expect("open database");
+            write_txn(&db, "write a format 1 log", |txn| {
+                let mut log = txn.open_table(LOG).during("open")?;
+                for entry in &old {
+                    let bytes = postcard::to_allocvec(entry).expect("encode");
+                    log.insert(entry.log_id.index, bytes.as_slice()).during("insert")?;
+                }
+                txn.open_table(LOG_META).during("open")?;
+                Ok(())
+            })
+            .expect("format 1 log written");
+        }
+        let expected = vec![
+            Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank },
+            Entry { log_id: log_id(1, 2), payload: EntryPayload::Membership(membership) },
+            normal(1, 3, b"a=1"),
+            normal(2, 4, b""),
+        ];
+        let mut store = open(&dir);
+        assert_eq!(store.try_get_log_entries(..).await.expect("read"), expected);
+        drop(store);
+        // Rewritten once: opening again reads the same entries.
+        let mut store = open(&dir);
+        assert_eq!(store.try_get_log_entries(..).await.expect("read"), expected);
+    }
+
+    #[tokio::test]
+    async fn a_log_of_an_unknown_entry_format_is_refused() {
+        let dir = TempDir::new().expect("tempdir");
+        drop(open(&dir));
+        let db = open_database(&dir.path().join("raft.redb")).expect("open database");
+        write_txn(&db, "claim format 9", |txn| {
+            let mut meta = txn.open_table(LOG_META).during("open")?;
+            let nine = encode_meta(ENTRY_FORMAT_KEY, &9u32)?;
+            meta.insert(ENTRY_FORMAT_KEY, nine.as_slice()).during("insert")?;
+            Ok(())
+        })
+        .expect("written");
+        let Err(error) = LogStore::new(db, ConsensusMetrics::default()) else {
+            panic!("a log of format 9 must not open");
+        };
+        assert!(
+            error.to_string().contains("entry format 9, written by a newer federator"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -30,6 +30,8 @@ pub struct ConsensusMetrics {
     pub append_seconds: Histogram,
     /// Entries per durable append.
     pub append_batch_entries: Histogram,
+    /// Commands per proposed log entry (writes batched into one entry).
+    pub proposal_commands: Histogram,
     /// Seconds to apply one batch of committed entries to the state machine.
     pub apply_seconds: Histogram,
     /// Snapshots built by this replica.
@@ -54,6 +56,7 @@ impl Default for ConsensusMetrics {
             snapshot_index: Gauge::default(),
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             append_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            proposal_commands: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             apply_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
@@ -87,6 +90,11 @@ impl ConsensusMetrics {
             "append_batch_entries",
             "Log entries per durable append",
             self.append_batch_entries.clone(),
+        );
+        r.register(
+            "proposal_commands",
+            "Client commands per proposed log entry",
+            self.proposal_commands.clone(),
         );
         r.register(
             "apply_duration_seconds",

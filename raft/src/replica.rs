@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
+use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 use tonic::Code;
 
@@ -19,6 +20,7 @@ use crate::log_store::{LogStore, open_database};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::{Network, TransportOptions};
 use crate::network::server::{PeerPolicy, RaftTransportService};
+use crate::proposer::{ProposeError, Proposer};
 use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
 
@@ -208,6 +210,7 @@ pub struct Replica<S: StateMachine> {
     metrics: ConsensusMetrics,
     write_retries: u32,
     leader_handler: LeaderHandlerSlot,
+    proposer: Proposer,
 }
 
 impl<S: StateMachine> Clone for Replica<S> {
@@ -221,6 +224,7 @@ impl<S: StateMachine> Clone for Replica<S> {
             metrics: self.metrics.clone(),
             write_retries: self.write_retries,
             leader_handler: self.leader_handler.clone(),
+            proposer: self.proposer.clone(),
         }
     }
 }
@@ -254,6 +258,8 @@ impl<S: StateMachine> Replica<S> {
         let raft = Raft::new(config.id, raft_config, network.clone(), log, state.clone())
             .await
             .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+        let proposer =
+            Proposer::start(raft.clone(), config.id, Some(network.clone()), metrics.clone());
         let replica = Self {
             id: config.id,
             raft_addr: config.raft_addr,
@@ -263,6 +269,7 @@ impl<S: StateMachine> Replica<S> {
             metrics,
             write_retries: config.write_retries,
             leader_handler: LeaderHandlerSlot::new(),
+            proposer,
         };
         replica.spawn_metrics_refresher();
         Ok(replica)
@@ -319,7 +326,8 @@ impl<S: StateMachine> Replica<S> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ReplicaError> {
         let mut service = RaftTransportService::new(self.raft.clone())
-            .with_leader_handler(self.leader_handler.clone());
+            .with_leader_handler(self.leader_handler.clone())
+            .with_proposer(self.proposer.clone());
         if let Some(policy) = peer_policy {
             service = service.with_peer_policy(policy);
         }
@@ -457,50 +465,89 @@ impl<S: StateMachine> Replica<S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let proposed = tokio::time::timeout(
-                WRITE_ATTEMPT_TIMEOUT,
-                self.raft.client_write(Command(command.clone())),
-            );
+            let proposed =
+                tokio::time::timeout(WRITE_ATTEMPT_TIMEOUT, self.proposer.propose(command.clone()));
             let Ok(proposed) = proposed.await else {
                 // Not committed in time (no quorum, or this replica leads a group it was
                 // removed from): the outcome is unknown; let the caller decide.
                 return Err(ReplicaError::Timeout(WRITE_ATTEMPT_TIMEOUT, "the write to commit"));
             };
             let error = match proposed {
-                Ok(response) => {
+                Ok(proposed) => {
+                    if proposed.forwarded {
+                        // Read your writes: once acknowledged here, the write is visible
+                        // in this replica's state too.
+                        self.wait_applied(proposed.log_id.index).await;
+                    }
                     return Ok(WriteOutcome {
-                        index: response.log_id.index,
-                        response: response.data.0,
+                        index: proposed.log_id.index,
+                        response: proposed.responses.into_iter().next().unwrap_or_default(),
                     });
                 }
-                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                Err(ProposeError::ForwardToLeader(forward)) => {
                     match (forward.leader_id, forward.leader_node) {
-                        (Some(leader_id), Some(node)) if leader_id != self.id => {
-                            match self.network.forward_write(&node.addr, command.clone()).await {
-                                Ok((log_id, response)) => {
-                                    // Read your writes: once acknowledged here, the write
-                                    // is visible in this replica's state too.
-                                    self.wait_applied(log_id.index).await;
-                                    return Ok(WriteOutcome { index: log_id.index, response });
-                                }
-                                Err(status) => ReplicaError::Forward {
-                                    leader_id,
-                                    leader_addr: node.addr,
-                                    message: status.message().to_string(),
-                                },
-                            }
-                        }
+                        (Some(leader_id), Some(node)) => ReplicaError::NotLeader {
+                            this: self.id,
+                            leader_id,
+                            leader_addr: node.addr,
+                        },
                         _ => ReplicaError::NoLeader,
                     }
                 }
-                Err(RaftError::APIError(e)) => return Err(ReplicaError::Raft(e.to_string())),
-                Err(RaftError::Fatal(e)) => return Err(ReplicaError::Stopped(e.to_string())),
+                Err(ProposeError::Forward { leader_id, leader_addr, message }) => {
+                    ReplicaError::Forward { leader_id, leader_addr, message }
+                }
+                Err(ProposeError::Refused(e)) => return Err(ReplicaError::Raft(e)),
+                Err(ProposeError::Stopped(e)) => return Err(ReplicaError::Stopped(e)),
             };
             if attempt > self.write_retries {
                 return Err(error);
             }
             tracing::debug!(%error, attempt, "write not accepted yet, retrying");
             self.wait_for_leader(Duration::from_millis(50 * u64::from(attempt))).await;
+        }
+    }
+
+    /// Proposes `command` on this replica only — never forwarded, never batched, never
+    /// retried — and waits until it is committed and applied. For writes only the
+    /// current leader may make (a deposed leader's write must fail rather than reach its
+    /// successor).
+    ///
+    /// # Errors
+    /// This replica does not lead, raft refused the write, or it did not commit within
+    /// `timeout` (its outcome is then unknown).
+    pub async fn propose_here(
+        &self,
+        command: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<WriteOutcome, ReplicaError> {
+        let written =
+            tokio::time::timeout(timeout, self.raft.client_write(Command::single(command)))
+                .await
+                .map_err(|_| ReplicaError::Timeout(timeout, "the write to commit"))?;
+        match written {
+            Ok(written) => Ok(WriteOutcome {
+                index: written.log_id.index,
+                response: written
+                    .data
+                    .0
+                    .into_iter()
+                    .next()
+                    .map(ByteBuf::into_vec)
+                    .unwrap_or_default(),
+            }),
+            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                match (forward.leader_id, forward.leader_node) {
+                    (Some(leader_id), Some(node)) => Err(ReplicaError::NotLeader {
+                        this: self.id,
+                        leader_id,
+                        leader_addr: node.addr,
+                    }),
+                    _ => Err(ReplicaError::NoLeader),
+                }
+            }
+            Err(RaftError::APIError(e)) => Err(ReplicaError::Raft(e.to_string())),
+            Err(RaftError::Fatal(e)) => Err(ReplicaError::Stopped(e.to_string())),
         }
     }
 

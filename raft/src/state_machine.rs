@@ -9,6 +9,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
 use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde_bytes::ByteBuf;
 
 use crate::metrics::ConsensusMetrics;
 use crate::types::{
@@ -337,9 +338,12 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             for entry in entries {
                 let response = match entry.payload {
                     EntryPayload::Blank => CommandResponse::default(),
-                    EntryPayload::Normal(command) => {
-                        CommandResponse(applied.sm.apply(entry.log_id.index, &command.0))
-                    }
+                    EntryPayload::Normal(command) => CommandResponse(
+                        command
+                            .commands()
+                            .map(|c| ByteBuf::from(applied.sm.apply(entry.log_id.index, c)))
+                            .collect(),
+                    ),
                     EntryPayload::Membership(membership) => {
                         applied.last_membership =
                             StoredMembership::new(Some(entry.log_id), membership);
@@ -514,7 +518,7 @@ mod tests {
     fn normal(term: u64, index: u64, data: &str) -> Entry {
         Entry {
             log_id: log_id(term, index),
-            payload: EntryPayload::Normal(Command(data.as_bytes().to_vec())),
+            payload: EntryPayload::Normal(Command::single(data.as_bytes().to_vec())),
         }
     }
 
@@ -546,17 +550,29 @@ mod tests {
                 normal(1, 3, "a=1"),
                 normal(1, 4, "a=2"),
                 normal(1, 5, "garbage"),
+                Entry {
+                    log_id: log_id(1, 6),
+                    payload: EntryPayload::Normal(Command(vec![
+                        ByteBuf::from(b"a=3".to_vec()),
+                        ByteBuf::from(b"b=1".to_vec()),
+                    ])),
+                },
             ])
             .await
             .expect("apply");
-        let bodies: Vec<&[u8]> = responses.iter().map(|r| r.0.as_slice()).collect();
-        assert_eq!(bodies, [&b""[..], b"", b"", b"1", b"error"]);
-        assert_eq!(store.applied(), Some(log_id(1, 5)));
-        assert_eq!(store.read_with_applied(|kv| kv.0.len()), (1, 5));
+        let bodies: Vec<Vec<&[u8]>> =
+            responses.iter().map(|r| r.0.iter().map(|b| b.as_slice()).collect()).collect();
+        let none: Vec<&[u8]> = Vec::new();
+        assert_eq!(
+            bodies,
+            [none.clone(), none, vec![&b""[..]], vec![b"1"], vec![b"error"], vec![b"2", b""]]
+        );
+        assert_eq!(store.applied(), Some(log_id(1, 6)));
+        assert_eq!(store.read_with_applied(|kv| kv.0.len()), (2, 6));
         let (applied, last_membership) = store.applied_state().await.expect("applied state");
-        assert_eq!(applied, Some(log_id(1, 5)));
+        assert_eq!(applied, Some(log_id(1, 6)));
         assert_eq!(last_membership.log_id(), &Some(log_id(1, 2)));
-        assert_eq!(store.read(|kv| kv.0.get("a").cloned()), Some("2".to_owned()));
+        assert_eq!(store.read(|kv| kv.0.get("a").cloned()), Some("3".to_owned()));
         let mut registry = prometheus_client::registry::Registry::default();
         store.shared.metrics.register(&mut registry);
         let mut text = String::new();
@@ -564,7 +580,7 @@ mod tests {
         assert!(text.contains("raft_apply_duration_seconds_count 1\n"), "{text}");
 
         let (digest_applied, digest) = store.digest();
-        assert_eq!(digest_applied, Some(log_id(1, 5)));
+        assert_eq!(digest_applied, Some(log_id(1, 6)));
         assert_eq!(digest, store.read(StateMachine::digest));
     }
 

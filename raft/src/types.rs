@@ -4,6 +4,7 @@ use std::fmt;
 use std::io::Cursor;
 
 use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
 
 /// Replica id: a positive integer chosen by the operator, unique within the group.
 pub type NodeId = u64;
@@ -11,29 +12,51 @@ pub type NodeId = u64;
 /// What other replicas know of a replica: its transport address.
 pub type Node = openraft::BasicNode;
 
-/// An application command: opaque bytes the application's state machine decodes.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Command(#[serde(with = "serde_bytes")] pub Vec<u8>);
-
-/// What the application's state machine answered for a command.
+/// The payload of a normal log entry: one or more application commands, each opaque
+/// bytes the application's state machine decodes. Writes proposed together share one
+/// entry (see [`crate::proposer`]) and are applied in order at its index.
 #[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CommandResponse(#[serde(with = "serde_bytes")] pub Vec<u8>);
+pub struct Command(pub Vec<ByteBuf>);
+
+/// What the application's state machine answered for each command of an entry, in order.
+#[derive(Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommandResponse(pub Vec<ByteBuf>);
+
+impl Command {
+    /// An entry payload of the single command `bytes`.
+    #[must_use]
+    pub fn single(bytes: Vec<u8>) -> Self {
+        Self(vec![ByteBuf::from(bytes)])
+    }
+
+    /// The commands, in the order they are applied.
+    pub fn commands(&self) -> impl ExactSizeIterator<Item = &[u8]> {
+        self.0.iter().map(|c| c.as_slice())
+    }
+
+    /// Bytes of all commands together.
+    #[must_use]
+    pub fn len_bytes(&self) -> usize {
+        self.0.iter().map(|c| c.len()).sum()
+    }
+}
 
 impl fmt::Debug for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Command({} bytes)", self.0.len())
+        write!(f, "Command({} commands, {} bytes)", self.0.len(), self.len_bytes())
     }
 }
 
 impl fmt::Display for Command {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "command of {} bytes", self.0.len())
+        write!(f, "{} commands of {} bytes", self.0.len(), self.len_bytes())
     }
 }
 
 impl fmt::Debug for CommandResponse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CommandResponse({} bytes)", self.0.len())
+        let bytes: usize = self.0.iter().map(|r| r.len()).sum();
+        write!(f, "CommandResponse({} responses, {bytes} bytes)", self.0.len())
     }
 }
 
@@ -112,15 +135,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn commands_encode_as_before_their_bytes_were_serialized_in_one_piece() {
-        // Logs written when `Command` held a plain `Vec<u8>` (a sequence of u8) must read
-        // the same: postcard encodes bytes and a u8 sequence alike.
+    fn a_command_batch_encodes_as_a_sequence_of_byte_strings() {
+        // The log store's format 2 depends on this layout (format 1 held one byte string).
         #[derive(Serialize)]
-        struct Before(Vec<u8>);
-        let bytes: Vec<u8> = (0..=255).chain(0..44).collect();
-        let now = postcard::to_stdvec(&Command(bytes.clone())).expect("encodes");
-        assert_eq!(now, postcard::to_stdvec(&Before(bytes.clone())).expect("encodes"));
-        let back: Command = postcard::from_bytes(&now).expect("decodes");
-        assert_eq!(back.0, bytes);
+        struct Layout(Vec<ByteBuf>);
+        let commands =
+            vec![ByteBuf::from(vec![1, 2, 3]), ByteBuf::from((0..=255).collect::<Vec<u8>>())];
+        let encoded = postcard::to_stdvec(&Command(commands.clone())).expect("encodes");
+        assert_eq!(encoded, postcard::to_stdvec(&Layout(commands.clone())).expect("encodes"));
+        assert_eq!(&encoded[..5], &[2, 3, 1, 2, 3]);
+        let back: Command = postcard::from_bytes(&encoded).expect("decodes");
+        assert_eq!(back.commands().collect::<Vec<_>>(), [&[1, 2, 3][..], &commands[1][..]]);
+        assert_eq!(back.len_bytes(), 259);
     }
 }

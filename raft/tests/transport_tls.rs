@@ -216,11 +216,18 @@ impl RaftService for StubRaft {
         request: Request<pb::ForwardWriteRequest>,
     ) -> Result<Response<pb::ForwardWriteResponse>, Status> {
         self.record(&request)?;
-        let mut response = request.into_inner().command;
-        response.reverse();
+        let responses = request
+            .into_inner()
+            .commands
+            .into_iter()
+            .map(|mut command| {
+                command.reverse();
+                command
+            })
+            .collect();
         Ok(Response::new(pb::ForwardWriteResponse {
             log_id: Some(log_id(9).into_proto()),
-            response,
+            responses,
         }))
     }
 
@@ -345,10 +352,12 @@ async fn member_with_ca1_certificate_is_served_over_one_connection() {
     again.vote(vote_request(), rpc_option()).await.expect("vote from another client");
     let addr = server.addr.to_string();
     assert_eq!(network.read_index(&addr).await.expect("read index"), Some(log_id(7)));
-    let (written_at, response) =
-        network.forward_write(&addr, b"abc".to_vec()).await.expect("forward write");
-    assert_eq!((written_at, response), (log_id(9), b"cba".to_vec()));
-    assert_eq!(metrics.forwarded_writes.get(), 1);
+    let (written_at, responses) = network
+        .forward_write(&addr, vec![b"abc".to_vec(), b"de".to_vec()])
+        .await
+        .expect("forward write");
+    assert_eq!((written_at, responses), (log_id(9), vec![b"cba".to_vec(), b"ed".to_vec()]));
+    assert_eq!(metrics.forwarded_writes.get(), 2);
     let answered = network.leader_call(&addr, b"ping".to_vec()).await.expect("leader call");
     assert_eq!(answered, b"stub:ping");
     assert_eq!(metrics.forwarded_leader_calls.get(), 1);
@@ -677,14 +686,14 @@ async fn replicas_elect_replicate_and_forward_over_mtls() {
     let followers: Vec<&Replica> = replicas.iter().filter(|r| r.id != leader_id).collect();
     let follower = followers[0];
 
-    // A follower forwards a write to the leader over the transport.
+    // A follower forwards writes to the leader over the transport, in one entry.
     let (written_at, previous) = follower
         .network
-        .forward_write(&leader.addr, b"colour=blue".to_vec())
+        .forward_write(&leader.addr, vec![b"colour=red".to_vec(), b"colour=blue".to_vec()])
         .await
         .expect("forwarded write");
-    assert_eq!(previous, b"");
-    assert_eq!(follower.metrics.forwarded_writes.get(), 1);
+    assert_eq!(previous, [&b""[..], b"red"]);
+    assert_eq!(follower.metrics.forwarded_writes.get(), 2);
 
     // The leader confirms a read index covering the write.
     let read_at = follower.network.read_index(&leader.addr).await.expect("read index");
@@ -700,7 +709,7 @@ async fn replicas_elect_replicate_and_forward_over_mtls() {
     let other = followers[1];
     let status = follower
         .network
-        .forward_write(&other.addr, b"colour=red".to_vec())
+        .forward_write(&other.addr, vec![b"colour=red".to_vec()])
         .await
         .expect_err("not the leader");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
@@ -731,7 +740,7 @@ async fn lagging_learner_catches_up_by_streamed_snapshot() {
     for i in 0..30 {
         let written = leader
             .raft
-            .client_write(Command(format!("key-{i}=value-{i}").into_bytes()))
+            .client_write(Command::single(format!("key-{i}=value-{i}").into_bytes()))
             .await
             .expect("write");
         last = written.log_id.index;

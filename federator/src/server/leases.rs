@@ -241,12 +241,8 @@ impl Lessor {
             Command::ExpireLease { cluster: cluster.clone(), lease_id, now: super::unix_now() };
         // Proposed on this replica only, never forwarded: a deposed leader's expiry must
         // not reach the new leader, which has just given every lease a full TTL.
-        let proposed = tokio::time::timeout(
-            Duration::from_secs(10),
-            self.replica.raft().client_write(federator_raft::Command(command.encode())),
-        )
-        .await;
-        if matches!(proposed, Ok(Ok(_))) {
+        let proposed = self.replica.propose_here(command.encode(), Duration::from_secs(10)).await;
+        if proposed.is_ok() {
             self.metrics.lease_expirations.inc();
         } else {
             tracing::warn!(cluster = %cluster, "lease expiry not committed; will retry while leading");

@@ -302,17 +302,15 @@ impl FederationState {
             }
         }
         let was_live = self.is_live(cluster);
-        let locality_changed = self.leases.get(cluster).is_some_and(|l| l.locality != locality);
+        let previous = self.leases.get(cluster);
+        let locality_changed = previous.is_some_and(|l| l.locality != locality);
+        // The log index names the lease; grants batched into one entry share an index,
+        // so a cluster's ids also stay above its previous lease's: a holder of an older
+        // lease can never end or renew a newer one.
+        let id = previous.map_or(index, |l| index.max(l.id + 1));
         self.leases.insert(
             cluster.to_string(),
-            Lease {
-                id: index,
-                ttl_secs,
-                granted_at: now,
-                ended_at: None,
-                revoked: false,
-                locality,
-            },
+            Lease { id, ttl_secs, granted_at: now, ended_at: None, revoked: false, locality },
         );
         if !was_live {
             self.audit.record(AuditEvent::new(
@@ -320,7 +318,7 @@ impl FederationState {
                 index,
                 cluster.to_string(),
                 "grant_lease",
-                format!("lease {index}, ttl {ttl_secs}s"),
+                format!("lease {id}, ttl {ttl_secs}s"),
                 None,
             ));
         }
@@ -336,7 +334,7 @@ impl FederationState {
         if !keys.is_empty() {
             self.touch_services(&keys);
         }
-        Ok(Applied::Lease { id: index, ttl_secs })
+        Ok(Applied::Lease { id, ttl_secs })
     }
 
     /// Ends `cluster`'s lease `lease_id` (`revoked`: by the member; otherwise expired by
@@ -532,6 +530,28 @@ mod tests {
         assert!(s.import_for("b", &key()).is_some());
         assert!(s.import_for("c", &key()).is_none());
         assert!(s.imports_for("c").is_empty());
+    }
+
+    #[test]
+    fn grants_in_one_entry_get_distinct_lease_ids() {
+        // Batched writes share a log index; a cluster's lease ids still never repeat, so
+        // the holder of the first grant cannot end the second.
+        let (a, b, _) = three();
+        let mut s = joined(&[("a", &a), ("b", &b)]);
+        let first = grant(&mut s, 20, "a");
+        let second = grant(&mut s, 20, "a");
+        let other = grant(&mut s, 20, "b");
+        assert_eq!((first, second, other), (20, 21, 20));
+        let err = apply(
+            &mut s,
+            21,
+            Command::ExpireLease { cluster: "a".into(), lease_id: first, now: now() },
+        )
+        .expect_err("the first lease was replaced");
+        assert!(matches!(err, CommandError::NotFound(_)));
+        // A later grant at a lower-looking index stays above the previous id too.
+        assert_eq!(grant(&mut s, 21, "a"), 22);
+        assert_eq!(grant(&mut s, 30, "a"), 30);
     }
 
     #[test]

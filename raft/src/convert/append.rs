@@ -129,8 +129,15 @@ mod tests {
                     let payload = match rng.random_range(0..3) {
                         0 => EntryPayload::Blank,
                         1 => {
-                            let len = rng.random_range(0..64);
-                            EntryPayload::Normal(Command((0..len).map(|_| rng.random()).collect()))
+                            let commands = (0..rng.random_range(0..4))
+                                .map(|_| {
+                                    let len = rng.random_range(0..64);
+                                    serde_bytes::ByteBuf::from(
+                                        (0..len).map(|_| rng.random()).collect::<Vec<u8>>(),
+                                    )
+                                })
+                                .collect();
+                            EntryPayload::Normal(Command(commands))
                         }
                         _ => {
                             let ids: Vec<u64> = (0..rng.random_range(1..7))

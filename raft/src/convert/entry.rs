@@ -3,6 +3,7 @@
 use federator_proto::raft as pb;
 use federator_proto::raft::entry::Payload;
 use openraft::EntryPayload;
+use serde_bytes::ByteBuf;
 
 use super::{ConvertError, FromProto, IntoProto, required};
 use crate::types::{Command, Entry, LogId, Membership};
@@ -11,7 +12,15 @@ impl IntoProto<pb::Entry> for Entry {
     fn into_proto(self) -> pb::Entry {
         let payload = match self.payload {
             EntryPayload::Blank => Payload::Blank(pb::Blank {}),
-            EntryPayload::Normal(Command(bytes)) => Payload::Command(bytes),
+            EntryPayload::Normal(Command(mut commands)) => {
+                if commands.len() == 1 {
+                    Payload::Command(commands.pop().map(ByteBuf::into_vec).unwrap_or_default())
+                } else {
+                    Payload::Commands(pb::CommandBatch {
+                        commands: commands.into_iter().map(ByteBuf::into_vec).collect(),
+                    })
+                }
+            }
             EntryPayload::Membership(membership) => Payload::Membership(membership.into_proto()),
         };
         pb::Entry { log_id: Some(self.log_id.into_proto()), payload: Some(payload) }
@@ -23,7 +32,10 @@ impl FromProto<pb::Entry> for Entry {
         let log_id = LogId::from_proto(required(proto.log_id, "Entry", "log_id")?)?;
         let payload = match required(proto.payload, "Entry", "payload")? {
             Payload::Blank(pb::Blank {}) => EntryPayload::Blank,
-            Payload::Command(bytes) => EntryPayload::Normal(Command(bytes)),
+            Payload::Command(bytes) => EntryPayload::Normal(Command::single(bytes)),
+            Payload::Commands(batch) => EntryPayload::Normal(Command(
+                batch.commands.into_iter().map(ByteBuf::from).collect(),
+            )),
             Payload::Membership(membership) => {
                 EntryPayload::Membership(Membership::from_proto(membership)?)
             }
@@ -44,11 +56,29 @@ pub(crate) mod tests {
         let log_id = |term, index| LogId::new(CommittedLeaderId::new(term, 1), index);
         let mut entries = vec![
             Entry { log_id: log_id(1, 1), payload: EntryPayload::Blank },
-            Entry { log_id: log_id(1, 2), payload: EntryPayload::Normal(Command(vec![])) },
-            Entry { log_id: log_id(2, 3), payload: EntryPayload::Normal(Command(vec![0, 1, 255])) },
+            Entry { log_id: log_id(1, 2), payload: EntryPayload::Normal(Command::single(vec![])) },
+            Entry {
+                log_id: log_id(2, 3),
+                payload: EntryPayload::Normal(Command::single(vec![0, 1, 255])),
+            },
             Entry {
                 log_id: log_id(u64::MAX, u64::MAX),
-                payload: EntryPayload::Normal(Command(vec![7; 4096])),
+                payload: EntryPayload::Normal(Command::single(vec![7; 4096])),
+            },
+            // Batches: none, two (one of them empty), many.
+            Entry { log_id: log_id(4, 4), payload: EntryPayload::Normal(Command(vec![])) },
+            Entry {
+                log_id: log_id(4, 5),
+                payload: EntryPayload::Normal(Command(vec![
+                    ByteBuf::from(vec![1]),
+                    ByteBuf::from(vec![]),
+                ])),
+            },
+            Entry {
+                log_id: log_id(4, 6),
+                payload: EntryPayload::Normal(Command(
+                    (0..300u16).map(|i| ByteBuf::from(i.to_be_bytes().to_vec())).collect(),
+                )),
             },
         ];
         for (i, membership) in representative_memberships().into_iter().enumerate() {

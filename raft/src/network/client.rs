@@ -215,8 +215,9 @@ impl Network {
         &self.shared.options
     }
 
-    /// Forwards a client write to the leader at `leader_addr` and returns the log id it
-    /// was committed at and the state machine's response.
+    /// Forwards client writes to the leader at `leader_addr`, which proposes them in one
+    /// entry, and returns the log id they were committed at and the state machine's
+    /// response to each, in order.
     ///
     /// # Errors
     /// The gRPC status of the failure; `FailedPrecondition` with `x-leader-id` /
@@ -224,12 +225,13 @@ impl Network {
     pub async fn forward_write(
         &self,
         leader_addr: &str,
-        command: Vec<u8>,
-    ) -> Result<(LogId, Vec<u8>), Status> {
-        self.shared.metrics.forwarded_writes.inc();
+        commands: Vec<Vec<u8>>,
+    ) -> Result<(LogId, Vec<Vec<u8>>), Status> {
+        self.shared.metrics.forwarded_writes.inc_by(commands.len() as u64);
         let mut client =
             self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let request = self.unary_request(pb::ForwardWriteRequest { command });
+        let sent = commands.len();
+        let request = self.unary_request(pb::ForwardWriteRequest { commands });
         let response =
             bounded(self.shared.options.rpc_timeout, client.forward_write(request)).await?;
         let response = response.into_inner();
@@ -245,7 +247,13 @@ impl Network {
                     ))
                 })
             })?;
-        Ok((log_id, response.response))
+        if response.responses.len() != sent {
+            return Err(Status::internal(format!(
+                "leader answered ForwardWrite with {} responses for {sent} commands",
+                response.responses.len()
+            )));
+        }
+        Ok((log_id, response.responses))
     }
 
     /// Asks the leader at `leader_addr` for the log id a linearizable read must wait for,

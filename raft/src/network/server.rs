@@ -11,7 +11,7 @@ use federator_proto::raft as pb;
 use federator_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use futures::{Stream, StreamExt as _};
 use openraft::ServerState;
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
 use rustls_pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataValue;
@@ -23,9 +23,11 @@ use tonic::{Request, Response, Status, Streaming};
 use super::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, MAX_MESSAGE_BYTES, TransportError};
 use crate::convert::{ConvertError, FromProto, IntoProto};
 use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
+use crate::metrics::ConsensusMetrics;
+use crate::proposer::{ProposeError, Proposer};
 use crate::tls;
 use crate::types::typ::{AppendEntriesRequest, VoteRequest};
-use crate::types::{Command, Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
+use crate::types::{Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
 
 /// Decides whether a peer, by the end-entity certificate it presented, may call the
 /// transport. Runs after the TLS layer verified the certificate.
@@ -48,6 +50,8 @@ pub struct RaftTransportService {
     max_snapshot_bytes: usize,
     /// The application's handler of leader calls, once installed.
     leader_handler: LeaderHandlerSlot,
+    /// Where forwarded writes are proposed (batched with this replica's own writes).
+    proposer: Proposer,
 }
 
 /// A tonic interceptor that refuses requests whose peer certificate fails a
@@ -117,14 +121,29 @@ impl RaftTransportService {
     /// A service handing RPCs to `raft`, open to every peer the TLS layer accepts, taking
     /// snapshots up to [`DEFAULT_MAX_SNAPSHOT_BYTES`], answering leader calls with
     /// `Unimplemented` until given a slot with a handler
-    /// ([`RaftTransportService::with_leader_handler`]).
+    /// ([`RaftTransportService::with_leader_handler`]). Must be called within a tokio
+    /// runtime (forwarded writes are batched by a task of its own).
     pub fn new(raft: Raft) -> Self {
         Self {
+            proposer: Proposer::start(
+                raft.clone(),
+                raft.metrics().borrow().id,
+                None,
+                ConsensusMetrics::default(),
+            ),
             raft,
             peer_policy: None,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             leader_handler: LeaderHandlerSlot::new(),
         }
+    }
+
+    /// Proposes forwarded writes through `proposer`, in the same entries as the
+    /// replica's own writes.
+    #[must_use]
+    pub(crate) fn with_proposer(mut self, proposer: Proposer) -> Self {
+        self.proposer = proposer;
+        self
     }
 
     /// Restricts callers to peers whose certificate passes `policy`.
@@ -244,19 +263,16 @@ impl RaftService for RaftTransportService {
         &self,
         request: Request<pb::ForwardWriteRequest>,
     ) -> Result<Response<pb::ForwardWriteResponse>, Status> {
-        let command = Command(request.into_inner().command);
-        match self.raft.client_write(command).await {
+        match self.proposer.propose_forwarded(request.into_inner().commands).await {
             Ok(written) => Ok(Response::new(pb::ForwardWriteResponse {
                 log_id: Some(written.log_id.into_proto()),
-                response: written.data.0,
+                responses: written.responses,
             })),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                Err(not_leader(&forward))
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(error))) => {
+            Err(ProposeError::ForwardToLeader(forward)) => Err(not_leader(&forward)),
+            Err(ProposeError::Refused(error) | ProposeError::Forward { message: error, .. }) => {
                 Err(Status::internal(format!("write failed: {error}")))
             }
-            Err(RaftError::Fatal(fatal)) => Err(stopped(&fatal)),
+            Err(ProposeError::Stopped(error)) => Err(stopped(&error)),
         }
     }
 

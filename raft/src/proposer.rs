@@ -1,0 +1,295 @@
+//! Proposal batching: writes that wait together share one log entry, and one forward.
+//!
+//! openraft 0.9 makes every client write an entry of its own, and its core waits for each
+//! entry to be durable before it takes the next message (`append_to_log` awaits the log
+//! flush). One entry per write would cap the group at one fsync per write however many
+//! clients wait. The proposer queues writes and hands raft core everything queued as one
+//! entry (a [`Command`] is a batch) while earlier proposals are still in flight; the
+//! state machine applies the commands in order at the entry's index and each writer gets
+//! its own response. A write alone waits for nothing but its own entry.
+//!
+//! On a follower the same batch goes to the leader in one `ForwardWrite` RPC, which the
+//! leader proposes as one unit of its own next entry. Writes that arrived forwarded are
+//! never forwarded again: a replica that does not lead answers them with the leader it
+//! knows, and the follower that sent them retries.
+//!
+//! A batch shares its fate: committed, every command is applied; refused (this replica
+//! does not lead, or stopped leading), every writer gets the refusal and retries or
+//! forwards on its own.
+
+use std::sync::Arc;
+
+use openraft::ServerState;
+use openraft::error::{ClientWriteError, ForwardToLeader};
+use serde_bytes::ByteBuf;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+
+use crate::metrics::ConsensusMetrics;
+use crate::network::client::Network;
+use crate::types::{Command, LogId, Node, NodeId, Raft};
+
+/// Commands per proposal at most.
+const MAX_COMMANDS: usize = 1024;
+/// Bytes of commands per proposal at most; a larger write is proposed alone.
+const MAX_BYTES: usize = 4 << 20;
+/// Proposals (or forwards) in flight at once: while one is made durable and replicated,
+/// the next is already appended behind it, and what arrives meanwhile waits to be the
+/// one after.
+const IN_FLIGHT: usize = 2;
+/// Writes waiting for a proposal; more wait for room (back-pressure on callers).
+const QUEUE: usize = 8192;
+
+/// What committed writes returned.
+#[derive(Debug)]
+pub(crate) struct Proposed {
+    /// The entry the commands were committed in.
+    pub log_id: LogId,
+    /// The state machine's response to each command, in order.
+    pub responses: Vec<Vec<u8>>,
+    /// Committed through the leader rather than proposed by this replica: it may not be
+    /// applied here yet.
+    pub forwarded: bool,
+}
+
+/// Why writes did not commit.
+#[derive(Clone, Debug)]
+pub(crate) enum ProposeError {
+    /// This replica does not lead and did not forward; the leader, when known.
+    ForwardToLeader(ForwardToLeader<NodeId, Node>),
+    /// Forwarding to the leader failed; the outcome is unknown.
+    Forward {
+        /// The leader the writes were sent to.
+        leader_id: NodeId,
+        /// Its transport address.
+        leader_addr: String,
+        /// What failed.
+        message: String,
+    },
+    /// Raft refused the write.
+    Refused(String),
+    /// Raft core or the proposer stopped; the outcome is unknown.
+    Stopped(String),
+}
+
+/// A handle to one replica's proposal queue; clones share it.
+#[derive(Clone)]
+pub(crate) struct Proposer {
+    queue: mpsc::Sender<Queued>,
+}
+
+/// Writes waiting for a proposal, kept together in one entry.
+struct Queued {
+    commands: Vec<Vec<u8>>,
+    /// Whether this replica may forward them to the leader (false for writes that
+    /// arrived forwarded).
+    forwardable: bool,
+    reply: oneshot::Sender<Result<Proposed, ProposeError>>,
+}
+
+/// Where a batch goes.
+struct Route {
+    raft: Raft,
+    id: NodeId,
+    /// Forwards to the leader; `None`: never forward.
+    network: Option<Network>,
+}
+
+impl Proposer {
+    /// Starts the proposal loop of replica `id` on the current tokio runtime; with a
+    /// `network` it forwards to the leader when another replica leads. The loop ends
+    /// when the last handle is dropped.
+    pub(crate) fn start(
+        raft: Raft,
+        id: NodeId,
+        network: Option<Network>,
+        metrics: ConsensusMetrics,
+    ) -> Self {
+        let (queue, queued) = mpsc::channel(QUEUE);
+        tokio::spawn(run(Arc::new(Route { raft, id, network }), queued, metrics));
+        Self { queue }
+    }
+
+    /// Proposes `command` with whatever else waits, on this replica if it leads or
+    /// forwarded to the leader, and waits until it is committed (or refused).
+    pub(crate) async fn propose(&self, command: Vec<u8>) -> Result<Proposed, ProposeError> {
+        self.submit(vec![command], true).await
+    }
+
+    /// Proposes forwarded `commands` together in this replica's next entry, never
+    /// forwarding them again.
+    pub(crate) async fn propose_forwarded(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> Result<Proposed, ProposeError> {
+        self.submit(commands, false).await
+    }
+
+    async fn submit(
+        &self,
+        commands: Vec<Vec<u8>>,
+        forwardable: bool,
+    ) -> Result<Proposed, ProposeError> {
+        let stopped = || ProposeError::Stopped("the replica's proposal queue stopped".into());
+        let (reply, answer) = oneshot::channel();
+        self.queue.send(Queued { commands, forwardable, reply }).await.map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
+    }
+}
+
+/// Takes what is queued, up to the limits, whenever fewer than [`IN_FLIGHT`] batches are
+/// in flight, and proposes or forwards it as one batch.
+async fn run(route: Arc<Route>, mut queued: mpsc::Receiver<Queued>, metrics: ConsensusMetrics) {
+    let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
+    let mut carried: Option<Queued> = None;
+    loop {
+        let first = match carried.take() {
+            Some(first) => first,
+            None => match queued.recv().await {
+                Some(first) => first,
+                None => return,
+            },
+        };
+        // Wait for room first: what arrives meanwhile joins this batch.
+        let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        let mut commands = first.commands.len();
+        let mut bytes = size(&first);
+        let mut batch = vec![first];
+        while commands < MAX_COMMANDS {
+            let Ok(next) = queued.try_recv() else { break };
+            if bytes + size(&next) > MAX_BYTES || commands + next.commands.len() > MAX_COMMANDS {
+                carried = Some(next);
+                break;
+            }
+            commands += next.commands.len();
+            bytes += size(&next);
+            batch.push(next);
+        }
+        metrics.proposal_commands.observe(commands as f64);
+        route.dispatch(batch, permit).await;
+    }
+}
+
+fn size(queued: &Queued) -> usize {
+    queued.commands.iter().map(Vec::len).sum()
+}
+
+impl Route {
+    /// Forwards `batch` when another replica is known to lead, else proposes it here.
+    /// `permit` is held until the batch is answered.
+    async fn dispatch(self: &Arc<Self>, mut batch: Vec<Queued>, permit: OwnedSemaphorePermit) {
+        if let Some(leader) = self.other_leader() {
+            let route = Arc::clone(self);
+            tokio::spawn(async move {
+                route.forward(batch, leader).await;
+                drop(permit);
+            });
+            return;
+        }
+        let counts: Vec<usize> = batch.iter().map(|q| q.commands.len()).collect();
+        let entry = Command(
+            batch
+                .iter_mut()
+                .flat_map(|q| std::mem::take(&mut q.commands))
+                .map(ByteBuf::from)
+                .collect(),
+        );
+        let receiver = match self.raft.client_write_ff(entry).await {
+            Ok(receiver) => receiver,
+            Err(fatal) => {
+                answer(batch, &counts, Err(ProposeError::Stopped(fatal.to_string())), false);
+                return;
+            }
+        };
+        tokio::spawn(async move {
+            let outcome = match receiver.await {
+                Ok(Ok(written)) => Ok((
+                    written.log_id,
+                    written.data.0.into_iter().map(ByteBuf::into_vec).collect(),
+                )),
+                // Raft core knows another leader the metrics did not show yet: the
+                // writers retry, and their next batch is forwarded.
+                Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
+                    Err(ProposeError::ForwardToLeader(forward))
+                }
+                Ok(Err(error)) => Err(ProposeError::Refused(error.to_string())),
+                Err(_) => Err(ProposeError::Stopped(
+                    "raft core dropped the proposal; its outcome is unknown".into(),
+                )),
+            };
+            drop(permit);
+            answer(batch, &counts, outcome, false);
+        });
+    }
+
+    /// The leader, when this replica can forward to it and it is another replica.
+    fn other_leader(&self) -> Option<(NodeId, String)> {
+        self.network.as_ref()?;
+        let metrics = self.raft.metrics();
+        let metrics = metrics.borrow();
+        match metrics.current_leader {
+            Some(id) if id != self.id && metrics.state != ServerState::Leader => {
+                let node = metrics.membership_config.membership().get_node(&id)?;
+                Some((id, node.addr.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// Sends the forwardable writes of `batch` to `leader` in one RPC; the others
+    /// (writes that arrived forwarded) are answered with the leader to retry at.
+    async fn forward(&self, batch: Vec<Queued>, (leader_id, leader_addr): (NodeId, String)) {
+        let Some(network) = &self.network else { return };
+        let (mut batch, kept): (Vec<_>, Vec<_>) = batch.into_iter().partition(|q| q.forwardable);
+        if !kept.is_empty() {
+            let forward = ForwardToLeader {
+                leader_id: Some(leader_id),
+                leader_node: Some(Node::new(leader_addr.clone())),
+            };
+            let counts: Vec<_> = kept.iter().map(|q| q.commands.len()).collect();
+            answer(kept, &counts, Err(ProposeError::ForwardToLeader(forward)), false);
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let counts: Vec<_> = batch.iter().map(|q| q.commands.len()).collect();
+        let commands = batch.iter_mut().flat_map(|q| std::mem::take(&mut q.commands)).collect();
+        let outcome = network.forward_write(&leader_addr, commands).await.map_err(|status| {
+            ProposeError::Forward { leader_id, leader_addr, message: status.message().to_string() }
+        });
+        answer(batch, &counts, outcome, true);
+    }
+}
+
+/// Gives each writer its share of the responses (`counts[i]` for `batch[i]`), or every
+/// writer the batch's error. `forwarded`: the leader committed them.
+fn answer(
+    batch: Vec<Queued>,
+    counts: &[usize],
+    outcome: Result<(LogId, Vec<Vec<u8>>), ProposeError>,
+    forwarded: bool,
+) {
+    let expected: usize = counts.iter().sum();
+    let outcome = match outcome {
+        Ok((log_id, responses)) if responses.len() != expected => {
+            Err(ProposeError::Stopped(format!(
+                "entry {log_id} answered {} responses for {expected} commands",
+                responses.len()
+            )))
+        }
+        other => other,
+    };
+    match outcome {
+        Ok((log_id, responses)) => {
+            let mut responses = responses.into_iter();
+            for (queued, &count) in batch.into_iter().zip(counts) {
+                let responses = responses.by_ref().take(count).collect();
+                let _ = queued.reply.send(Ok(Proposed { log_id, responses, forwarded }));
+            }
+        }
+        Err(error) => {
+            for queued in batch {
+                let _ = queued.reply.send(Err(error.clone()));
+            }
+        }
+    }
+}
