@@ -30,8 +30,9 @@ use crate::types::{Command, LogId, Node, NodeId, Raft};
 
 /// Commands per proposal at most.
 const MAX_COMMANDS: usize = 1024;
-/// Bytes of commands per proposal at most; a larger write is proposed alone.
-const MAX_BYTES: usize = 4 << 20;
+/// Bytes of commands per proposal at most; a larger write is proposed alone. Entries
+/// stay within what one AppendEntries carries in openraft's short RPC timeout.
+const MAX_BYTES: usize = 1 << 20;
 /// Proposals (or forwards) in flight at once: while one is made durable and replicated,
 /// the next is already appended behind it, and what arrives meanwhile waits to be the
 /// one after.

@@ -152,9 +152,12 @@ enum Failure {
     TooLarge(u64),
 }
 
-/// Largest AppendEntries message sent, leaving room under [`MAX_MESSAGE_BYTES`] for
-/// framing and metadata.
-const APPEND_BUDGET_BYTES: usize = MAX_MESSAGE_BYTES - 1024 * 1024;
+/// Largest AppendEntries message sent with more than one entry. openraft 0.9 gives
+/// every AppendEntries the heartbeat interval (tens of milliseconds) to be sent, made
+/// durable and answered, catch-up included: a larger message would time out again and
+/// again and a lagging follower would never catch up. A single larger entry is still
+/// sent alone (the transport takes up to [`MAX_MESSAGE_BYTES`]).
+const APPEND_BUDGET_BYTES: usize = 1024 * 1024;
 
 /// `None` when `request` fits in `budget` bytes; otherwise how many of its leading
 /// entries do (at least one: a single entry larger than the budget is still tried, and
