@@ -39,9 +39,8 @@ chaos_summary=$(grep -o 'tests="[0-9]*" failures="[0-9]*"' target/chaos-junit.xm
 
 step "benchmark smoke (figures are not checked here; see BENCHMARKS.md)"
 if [ -z "${SKIP_BENCH_SMOKE:-}" ]; then
-  cargo run --locked -q -p federator-chaos -- bench raft --smoke
-  cargo run --locked -q -p federator-chaos -- bench propagation --smoke
-  cargo run --locked -q -p federator-chaos -- bench snapshot --smoke
+  # Every benchmark, its markdown section and the raft latency plot (into target/).
+  cargo run --locked -q -p federator-chaos -- bench all --smoke --markdown target/bench-smoke.md
 fi
 
 printf '\n%s; chaos scenarios: %s\n' "$summary" "$chaos_summary"

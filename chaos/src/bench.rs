@@ -9,6 +9,7 @@
 //! - [`load`]: the closed-loop load generator (throughput, p50/p99 latency).
 //! - [`failover`]: the SIGKILL-the-leader trial loop (kill → next acknowledged write).
 //! - [`report`]: the text table and the markdown section for `BENCHMARKS.md`.
+//! - [`plot`]: SVG plots of latency distributions for `BENCHMARKS.md`.
 //! - [`progress`]: progress bars and phase summaries on stderr.
 //! - [`propagation`]: `bench propagation`, watch propagation latency to many watchers and
 //!   memory per stored endpoint and per watch stream, Federator against etcd.
@@ -17,6 +18,7 @@
 
 pub mod failover;
 pub mod load;
+pub mod plot;
 pub mod progress;
 pub mod propagation;
 pub mod report;

@@ -96,6 +96,22 @@ enum Bench {
     /// size loaded into both), of a 3-replica Federator group and a 3-member etcd
     /// cluster, side by side.
     Snapshot(SnapshotArgs),
+    /// Every benchmark in turn, each with its defaults and side by side with etcd: raft
+    /// (1, 16, 64, 256 and 1,000 clients), propagation, snapshot. With --markdown each
+    /// writes its section (and raft its latency plot) into FILE.
+    ///
+    ///   FEDERATOR_BIN=target/release/federator federator-chaos bench all --markdown BENCHMARKS.md
+    All(AllArgs),
+}
+
+#[derive(Debug, Args)]
+struct AllArgs {
+    /// Each benchmark's quick smoke run instead of its full one.
+    #[arg(long)]
+    smoke: bool,
+    /// Write every benchmark's section into FILE (replacing what a previous run wrote).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +292,7 @@ async fn main() -> anyhow::Result<()> {
             Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
             Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
             Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
+            Command::Bench(Bench::All(args)) => bench_all(args).await,
             Command::List => {
                 for s in run::SCENARIOS {
                     println!("{:<20} {}", s.name, s.about);
@@ -367,12 +384,66 @@ async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
     let report = run_raft(&config, &progress).await?;
     println!("{}", report.text_table());
     if let Some(path) = &args.markdown {
-        let section = report.markdown_section(&machine, &command_line(), &now());
+        // The plot goes beside the markdown file, linked by a relative path.
+        let dir = path.parent().unwrap_or_else(|| std::path::Path::new(""));
+        let plot = dir.join(RAFT_PLOT);
+        if let Some(parent) = plot.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("creating {}", parent.display()))?;
+        }
+        std::fs::write(&plot, report.latency_plot())
+            .with_context(|| format!("writing {}", plot.display()))?;
+        let section = report.markdown_section(&machine, &command_line(), &now(), Some(RAFT_PLOT));
         write_markdown(path, &section).with_context(|| format!("writing {}", path.display()))?;
-        progress.println(format!("wrote the results into {}", path.display()));
+        progress.println(format!(
+            "wrote the results into {} and the latency plot into {}",
+            path.display(),
+            plot.display()
+        ));
     }
     Ok(())
 }
+
+/// Runs `bench raft`, `bench propagation` and `bench snapshot` one after the other, each
+/// parsed from its own command line so it gets exactly its defaults.
+async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
+    for argv in all_command_lines(args) {
+        eprintln!("== {}", argv[1..].join(" "));
+        let cli = Cli::try_parse_from(&argv).context("building the benchmark's command line")?;
+        let outcome = match &cli.command {
+            Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
+            Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
+            Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
+            _ => unreachable!("only benchmarks are listed"),
+        };
+        outcome.with_context(|| argv[1..].join(" "))?;
+    }
+    Ok(())
+}
+
+/// The command lines `bench all` runs.
+fn all_command_lines(args: &AllArgs) -> Vec<Vec<String>> {
+    let benchmarks: [&[&str]; 3] =
+        [&["raft", "--clients", "1,16,64,256,1000"], &["propagation"], &["snapshot"]];
+    benchmarks
+        .iter()
+        .map(|bench| {
+            let mut argv = vec!["federator-chaos".to_string(), "bench".to_string()];
+            argv.extend(bench.iter().map(ToString::to_string));
+            if args.smoke {
+                argv.push("--smoke".into());
+            }
+            if let Some(path) = &args.markdown {
+                argv.push("--markdown".into());
+                argv.push(path.display().to_string());
+            }
+            argv
+        })
+        .collect()
+}
+
+/// Where `bench raft --markdown FILE` puts its latency plot, relative to FILE's directory.
+const RAFT_PLOT: &str = "chaos/results/raft-latency.svg";
 
 async fn bench_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
     let config = args.config()?;
@@ -445,6 +516,33 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn bench_all_runs_each_benchmark_with_its_own_defaults() {
+        let cli = Cli::try_parse_from([
+            "federator-chaos",
+            "bench",
+            "all",
+            "--smoke",
+            "--markdown",
+            "B.md",
+        ])
+        .expect("parses");
+        let Command::Bench(Bench::All(args)) = &cli.command else { panic!("{cli:?}") };
+        let lines = all_command_lines(args);
+        assert_eq!(lines.len(), 3);
+        for argv in &lines {
+            assert_eq!(&argv[argv.len() - 3..], ["--smoke", "--markdown", "B.md"], "{argv:?}");
+            let parsed = Cli::try_parse_from(argv).expect("each command line parses");
+            assert!(matches!(parsed.command, Command::Bench(_)));
+        }
+        let Command::Bench(Bench::Raft(raft)) =
+            Cli::try_parse_from(&lines[0]).expect("raft").command
+        else {
+            panic!("raft first")
+        };
+        assert_eq!(raft.clients, [1, 16, 64, 256, 1000]);
+    }
 
     #[test]
     fn durations_parse_with_units() {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::RaftBenchConfig;
 use super::failover::{FailoverFigures, PROBE_PERIOD};
 use super::load::{CONNECTIONS_PER_MEMBER, PhaseFigures};
+use super::plot::{Series, latency_cdf_svg};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 const SECTION_BEGIN: &str =
@@ -200,10 +201,43 @@ impl RaftReport {
         out
     }
 
-    /// The markdown section for `BENCHMARKS.md`: machine, command, date, table, the
-    /// individual failover trials and how the figures were taken.
+    /// The cumulative latency distribution of every load phase of every system, as SVG
+    /// (Federator solid, etcd dashed, one colour per client count).
     #[must_use]
-    pub fn markdown_section(&self, machine: &Machine, command: &str, date: &str) -> String {
+    pub fn latency_plot(&self) -> String {
+        let series: Vec<Series> = self
+            .systems
+            .iter()
+            .enumerate()
+            .flat_map(|(s, system)| {
+                system.phases.iter().enumerate().map(move |(p, phase)| Series {
+                    label: format!(
+                        "{}, {} client{}",
+                        system.system,
+                        phase.clients,
+                        if phase.clients == 1 { "" } else { "s" }
+                    ),
+                    latencies: phase.run.latencies.clone(),
+                    colour: p,
+                    dashed: s > 0,
+                })
+            })
+            .collect();
+        let names: Vec<&str> = self.systems.iter().map(|s| s.system).collect();
+        latency_cdf_svg(&format!("Write latency: {}", names.join(" vs ")), &series)
+    }
+
+    /// The markdown section for `BENCHMARKS.md`: machine, command, date, table, the
+    /// latency plot at `plot` (a path relative to the markdown file) when there is one,
+    /// the individual failover trials and how the figures were taken.
+    #[must_use]
+    pub fn markdown_section(
+        &self,
+        machine: &Machine,
+        command: &str,
+        date: &str,
+        plot: Option<&str>,
+    ) -> String {
         let c = &self.config;
         let mut out = String::new();
         let _ = writeln!(out, "{SECTION_BEGIN}");
@@ -214,6 +248,9 @@ impl RaftReport {
         let _ = writeln!(out, "{}\n", wrap(&format!("Machine: {machine}"), 90));
         out.push_str(&self.markdown_table());
         out.push('\n');
+        if let Some(plot) = plot {
+            let _ = writeln!(out, "![Cumulative write latency per client count]({plot})\n");
+        }
         for system in &self.systems {
             let trials: Vec<String> = system
                 .failover
@@ -507,7 +544,9 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("BENCHMARKS.md");
         std::fs::write(&path, "# Benchmarks\n\nOther section.\n").expect("write");
-        let section = report().markdown_section(&Machine::default(), "bench raft", "today");
+        let section =
+            report().markdown_section(&Machine::default(), "bench raft", "today", Some("p.svg"));
+        assert!(section.contains("](p.svg)"), "{section}");
         write_markdown(&path, &section).expect("first write");
         write_markdown(&path, &section).expect("second write");
         let text = std::fs::read_to_string(&path).expect("read");
