@@ -126,13 +126,10 @@ pub fn latency_cdf_svg(title: &str, series: &[Series]) -> String {
     for (i, (s, ms)) in series.iter().enumerate() {
         let colour = COLOURS[s.colour % COLOURS.len()];
         let dash = if s.dashed { r#" stroke-dasharray="6 4""# } else { "" };
-        let step = (ms.len() / POINTS).max(1);
         let mut points = String::new();
-        for (rank, value) in
-            ms.iter().enumerate().step_by(step).chain([(ms.len() - 1, &ms[ms.len() - 1])])
-        {
+        for rank in ranks_to_draw(ms.len()) {
             let fraction = (rank + 1) as f64 / ms.len() as f64;
-            let _ = write!(points, "{:.1},{:.1} ", x(*value), y(fraction));
+            let _ = write!(points, "{:.1},{:.1} ", x(ms[rank]), y(fraction));
         }
         let _ = writeln!(
             out,
@@ -152,6 +149,21 @@ pub fn latency_cdf_svg(title: &str, series: &[Series]) -> String {
     }
     out.push_str("</svg>\n");
     out
+}
+
+/// The ranks (0-based, ascending, distinct) of `n` sorted samples to draw: evenly spaced
+/// on the tail scale, so the slowest writes get as many points as the median, and always
+/// the last one.
+fn ranks_to_draw(n: usize) -> Vec<usize> {
+    let mut ranks: Vec<usize> = (0..=POINTS)
+        .map(|k| {
+            let fraction = 1.0 - 10f64.powf(-(k as f64) / POINTS as f64 * TAIL_DECADES);
+            ((fraction * n as f64).ceil() as usize).clamp(1, n) - 1
+        })
+        .chain([n - 1])
+        .collect();
+    ranks.dedup();
+    ranks
 }
 
 /// `0.01`, `0.1`, `1`, `10`, `100`, `1000` … as tick text.
@@ -214,6 +226,20 @@ mod tests {
         let svg = latency_cdf_svg("many", &[series("a", &many, 0, false)]);
         let points = svg.split("points=\"").nth(1).expect("points").split('"').next().expect("end");
         let count = points.split(' ').count();
-        assert!((POINTS..=POINTS + 2).contains(&count), "{count} points");
+        assert!((POINTS / 2..=POINTS + 2).contains(&count), "{count} points");
+    }
+
+    #[test]
+    fn drawn_ranks_are_distinct_ascending_and_end_with_the_slowest() {
+        for n in [1, 2, 7, 1_000, 123_457] {
+            let ranks = ranks_to_draw(n);
+            assert_eq!(ranks.first(), Some(&0), "n = {n}");
+            assert_eq!(ranks.last(), Some(&(n - 1)), "n = {n}");
+            assert!(ranks.windows(2).all(|w| w[0] < w[1]), "n = {n}");
+        }
+        // The slowest 1 % gets about a third of the points.
+        let ranks = ranks_to_draw(100_000);
+        let tail = ranks.iter().filter(|r| **r >= 99_000).count();
+        assert!(tail > POINTS / 4, "{tail} points in the last 1 %");
     }
 }
