@@ -484,16 +484,9 @@ impl<S: StateMachine> Replica<S> {
                         response: proposed.responses.into_iter().next().unwrap_or_default(),
                     });
                 }
-                Err(ProposeError::ForwardToLeader(forward)) => {
-                    match (forward.leader_id, forward.leader_node) {
-                        (Some(leader_id), Some(node)) => ReplicaError::NotLeader {
-                            this: self.id,
-                            leader_id,
-                            leader_addr: node.addr,
-                        },
-                        _ => ReplicaError::NoLeader,
-                    }
-                }
+                // Not proposed anywhere (this replica's core, or the replica it forwarded
+                // to, does not lead): retry once the leader is known again.
+                Err(ProposeError::ForwardToLeader(_)) => ReplicaError::NoLeader,
                 Err(ProposeError::Forward { leader_id, leader_addr, message }) => {
                     ReplicaError::Forward { leader_id, leader_addr, message }
                 }
