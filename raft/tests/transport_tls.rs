@@ -723,6 +723,11 @@ async fn replicas_elect_replicate_and_forward_over_mtls() {
     );
     let status = follower.network.read_index(&other.addr).await.expect_err("not the leader");
     assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    // A forward of nothing is refused, naming the field.
+    let status =
+        follower.network.forward_write(&leader.addr, Vec::new()).await.expect_err("nothing");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("ForwardWriteRequest.commands"), "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

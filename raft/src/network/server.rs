@@ -263,7 +263,11 @@ impl RaftService for RaftTransportService {
         &self,
         request: Request<pb::ForwardWriteRequest>,
     ) -> Result<Response<pb::ForwardWriteResponse>, Status> {
-        match self.proposer.propose_forwarded(request.into_inner().commands).await {
+        let commands = request.into_inner().commands;
+        if commands.is_empty() {
+            return Err(Status::invalid_argument("ForwardWriteRequest.commands is empty"));
+        }
+        match self.proposer.propose_forwarded(commands).await {
             Ok(written) => Ok(Response::new(pb::ForwardWriteResponse {
                 log_id: Some(written.log_id.into_proto()),
                 responses: written.responses,
