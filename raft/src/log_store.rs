@@ -458,23 +458,10 @@ impl LogStore {
     where
         T: Serialize,
     {
-        self.write_meta_with(key, value, Durability::Immediate).await
-    }
-
-    /// Writes `value` under metadata `key` with the given durability.
-    async fn write_meta_with<T>(
-        &self,
-        key: &'static str,
-        value: &T,
-        durability: Durability,
-    ) -> Result<(), LogStoreError>
-    where
-        T: Serialize,
-    {
         let bytes = encode_meta(key, value)?;
         let db = self.db.clone();
         blocking(move || {
-            write_txn_with(&db, "write log metadata", durability, |txn| {
+            write_txn(&db, "write log metadata", |txn| {
                 let mut table = txn.open_table(LOG_META).during("open the log metadata table")?;
                 table.insert(key, bytes.as_slice()).during("write log metadata")?;
                 Ok(())

@@ -19,13 +19,13 @@
 
 use std::sync::Arc;
 
-use openraft::ServerState;
 use openraft::error::{ClientWriteError, ForwardToLeader};
 use serde_bytes::ByteBuf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::Network;
+use crate::replica::{KnownLeader, known_leader};
 use crate::types::{Command, LogId, Node, NodeId, Raft};
 
 /// Commands per proposal at most.
@@ -225,14 +225,9 @@ impl Route {
     /// The leader, when this replica can forward to it and it is another replica.
     fn other_leader(&self) -> Option<(NodeId, String)> {
         self.network.as_ref()?;
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        match metrics.current_leader {
-            Some(id) if id != self.id && metrics.state != ServerState::Leader => {
-                let node = metrics.membership_config.membership().get_node(&id)?;
-                Some((id, node.addr.clone()))
-            }
-            _ => None,
+        match known_leader(&self.raft, self.id) {
+            KnownLeader::Other { leader_id, leader_addr } => Some((leader_id, leader_addr)),
+            KnownLeader::This | KnownLeader::Unknown => None,
         }
     }
 

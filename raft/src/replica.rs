@@ -185,7 +185,7 @@ pub enum ReplicaError {
 }
 
 /// The leader as one replica's metrics know it.
-enum KnownLeader {
+pub(crate) enum KnownLeader {
     /// This replica leads.
     This,
     /// Another replica leads.
@@ -198,6 +198,24 @@ enum KnownLeader {
     /// No leader is known (or its address is not), or this replica is named leader but is
     /// not in the leader state yet.
     Unknown,
+}
+
+/// The leader as replica `id`'s raft metrics know it.
+pub(crate) fn known_leader(raft: &Raft, id: NodeId) -> KnownLeader {
+    let metrics = raft.metrics();
+    let metrics = metrics.borrow();
+    match metrics.current_leader {
+        Some(leader) if leader == id && metrics.state == ServerState::Leader => KnownLeader::This,
+        Some(leader) if leader != id => {
+            match metrics.membership_config.membership().get_node(&leader) {
+                Some(node) => {
+                    KnownLeader::Other { leader_id: leader, leader_addr: node.addr.clone() }
+                }
+                None => KnownLeader::Unknown,
+            }
+        }
+        _ => KnownLeader::Unknown,
+    }
 }
 
 /// One running replica of the group.
@@ -413,20 +431,7 @@ impl<S: StateMachine> Replica<S> {
 
     /// The leader as this replica's metrics know it.
     fn known_leader(&self) -> KnownLeader {
-        let metrics = self.raft.metrics();
-        let metrics = metrics.borrow();
-        match metrics.current_leader {
-            Some(id) if id == self.id && metrics.state == ServerState::Leader => KnownLeader::This,
-            Some(id) if id != self.id => {
-                match metrics.membership_config.membership().get_node(&id) {
-                    Some(node) => {
-                        KnownLeader::Other { leader_id: id, leader_addr: node.addr.clone() }
-                    }
-                    None => KnownLeader::Unknown,
-                }
-            }
-            _ => KnownLeader::Unknown,
-        }
+        known_leader(&self.raft, self.id)
     }
 
     /// Initializes a new group with `members` (id → transport address) as its voters;
