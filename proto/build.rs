@@ -20,7 +20,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
-        .compile_protos(&[protos[0], protos[2]], &["proto"])?;
+        .compile_protos(&[protos[0]], &["proto"])?;
+    // The federation API's long-lived watch streams get a small encoding buffer
+    // (`crate::codec`); the replica transport keeps tonic's default for its big messages.
+    tonic_prost_build::configure()
+        .build_server(true)
+        .build_client(true)
+        .codec_path("crate::codec::SmallBufferCodec")
+        .compile_protos(&[protos[2]], &["proto"])?;
     // The SPIFFE Workload API has no package: prost writes it to `_.rs`.
     tonic_prost_build::configure()
         .build_server(true)

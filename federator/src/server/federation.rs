@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 
 use federator_proto::federation as pb;
 use federator_proto::federation::federation_server::Federation;
-use tokio::sync::mpsc;
 use tokio_stream::Stream;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::FederationReplica;
@@ -51,11 +49,10 @@ const REVISION_TIMES: usize = 65_536;
 #[derive(Clone)]
 pub struct FederationService {
     replica: FederationReplica,
-    metrics: super::FederationMetrics,
     /// The state's revision, moving only when it changes: what watches wait on.
     revisions: tokio::sync::watch::Receiver<u64>,
-    /// When this replica saw each recent revision applied (`WatchEvent.applied_at_ms`).
-    times: RevisionTimes,
+    /// What every watch stream of this replica shares.
+    watches: Arc<WatchShared>,
     refusals: Arc<Mutex<RefusalLimiter>>,
 }
 
@@ -104,7 +101,8 @@ impl FederationService {
     pub fn new(replica: FederationReplica, metrics: super::FederationMetrics) -> Self {
         let times = RevisionTimes::default();
         let revisions = revision_watch(&replica, times.clone());
-        Self { replica, metrics, revisions, times, refusals: Arc::default() }
+        let watches = Arc::new(WatchShared { replica: replica.clone(), times, metrics });
+        Self { replica, revisions, watches, refusals: Arc::default() }
     }
 
     /// The caller's certificate chain (leaf first) and SPIFFE ID, unverified.
@@ -327,17 +325,12 @@ impl Federation for FederationService {
         let caller = self.authenticate(&request, "watch").await?;
         record_member(&caller.member.cluster, &caller.member.trust_domain);
         let after = request.into_inner().after_revision;
-        let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(serve_watch(
-            self.replica.clone(),
+        Ok(Response::new(watch_stream(
+            self.watches.clone(),
             self.revisions.clone(),
-            self.times.clone(),
-            self.metrics.clone(),
             caller.member,
             after,
-            tx,
-        ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        )))
     }
 
     #[tracing::instrument(skip_all, fields(cluster, trust_domain))]
@@ -502,70 +495,136 @@ enum WatchBatch {
     Events(Vec<pb::WatchEvent>, u64),
 }
 
-/// Streams bundle changes to one member from revision `after`, until the member is
-/// removed or the watcher goes away.
-async fn serve_watch(
+/// What every watch stream of a replica shares (one allocation, not one per stream).
+struct WatchShared {
     replica: FederationReplica,
-    mut revisions: tokio::sync::watch::Receiver<u64>,
     times: RevisionTimes,
     metrics: super::FederationMetrics,
+}
+
+/// One member's watch: what it has been sent and what is left to send. Counted in
+/// `federation_watch_streams` for as long as it lives.
+struct WatchCursor {
+    shared: Arc<WatchShared>,
+    revisions: tokio::sync::watch::Receiver<u64>,
     member: Member,
-    after: u64,
-    tx: mpsc::Sender<Result<pb::WatchEvent, Status>>,
-) {
-    /// Counts the stream as open for as long as it lives.
-    struct Open(prometheus_client::metrics::gauge::Gauge);
-    impl Drop for Open {
-        fn drop(&mut self) {
-            self.0.dec();
-        }
+    /// The revision the watcher has been brought to.
+    sent: u64,
+    /// No batch computed yet (the first is the snapshot, or the resume from `sent`).
+    first: bool,
+    /// The member was removed; the stream ends once its error is sent.
+    ended: bool,
+    /// Encoded bytes handed to tonic since the stream last returned `Pending`.
+    unflushed: usize,
+    /// Events of the current batch not yet handed to the stream.
+    pending: std::vec::IntoIter<pb::WatchEvent>,
+}
+
+impl Drop for WatchCursor {
+    fn drop(&mut self) {
+        self.shared.metrics.watch_streams.dec();
     }
-    metrics.watch_streams.inc();
-    let _open = Open(metrics.watch_streams.clone());
-    // Wake only when the federation's revision moves (or on the recheck timer), not on
-    // every turn of the raft core.
-    let mut sent = after;
-    let mut first = true;
-    loop {
-        let (batch, applied) =
-            replica.state().read(|s| (next_batch(s, &member, sent, first), s.changes.revision()));
-        first = false;
+}
+
+/// Encoded bytes a watch hands to tonic before it lets tonic send them (by returning
+/// `Pending` once). tonic encodes everything a stream has ready into one buffer that it
+/// keeps for the life of the stream: without this pause a snapshot of many events would
+/// leave every idle watch holding a buffer the size of its snapshot.
+const WATCH_FLUSH_BYTES: usize = federator_proto::codec::ENCODE_BUFFER;
+
+/// The gRPC message prefix: compression flag and length.
+const GRPC_PREFIX: usize = 5;
+
+impl WatchCursor {
+    /// Computes the next batch from one consistent view of the state.
+    fn refill(&mut self) -> Option<Status> {
+        let shared = &*self.shared;
+        let (batch, applied) = shared
+            .replica
+            .state()
+            .read(|s| (next_batch(s, &self.member, self.sent, self.first), s.changes.revision()));
+        self.first = false;
         // Reading the state is an observation of its revision too (the recorder task may
         // not have woken yet): the earliest observation wins.
-        times.observe(applied, unix_now_ms());
+        shared.times.observe(applied, unix_now_ms());
         match batch {
             WatchBatch::Removed => {
-                let _ = tx
-                    .send(Err(Status::permission_denied(format!(
-                        "cluster {} was removed from the federation",
-                        member.cluster
-                    ))))
-                    .await;
-                return;
+                self.ended = true;
+                Some(Status::permission_denied(format!(
+                    "cluster {} was removed from the federation",
+                    self.member.cluster
+                )))
             }
             WatchBatch::Events(mut events, revision) => {
-                times.stamp(&mut events);
+                shared.times.stamp(&mut events);
                 if matches!(
                     events.first().and_then(|e| e.event.as_ref()),
                     Some(pb::watch_event::Event::Resync(_))
                 ) {
-                    metrics.watch_resyncs.inc();
+                    shared.metrics.watch_resyncs.inc();
                 }
-                metrics.watch_events.inc_by(u64::try_from(events.len()).unwrap_or(0));
-                for event in events {
-                    if tx.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-                sent = revision;
+                shared.metrics.watch_events.inc_by(u64::try_from(events.len()).unwrap_or(0));
+                self.pending = events.into_iter();
+                self.sent = revision;
+                None
             }
         }
-        tokio::select! {
-            changed = revisions.changed() => if changed.is_err() { return },
-            () = tokio::time::sleep(WATCH_RECHECK) => {}
-            () = tx.closed() => return,
-        }
     }
+}
+
+/// Streams bundle changes to one member from revision `after`, until the member is
+/// removed or the watcher goes away.
+///
+/// The stream computes its next batch when tonic polls it, after the federation's
+/// revision moved (or on the membership recheck timer): an idle watch is this state and
+/// a registration in the shared revision watch, with no task or channel of its own.
+fn watch_stream(
+    shared: Arc<WatchShared>,
+    revisions: tokio::sync::watch::Receiver<u64>,
+    member: Member,
+    after: u64,
+) -> WatchStream {
+    shared.metrics.watch_streams.inc();
+    let cursor = WatchCursor {
+        shared,
+        revisions,
+        member,
+        sent: after,
+        first: true,
+        ended: false,
+        unflushed: 0,
+        pending: Vec::new().into_iter(),
+    };
+    Box::pin(futures::stream::unfold(cursor, |mut cursor| async move {
+        loop {
+            if let Some(event) = cursor.pending.next() {
+                let size = prost::Message::encoded_len(&event) + GRPC_PREFIX;
+                if cursor.unflushed > 0 && cursor.unflushed + size > WATCH_FLUSH_BYTES {
+                    tokio::task::yield_now().await;
+                    cursor.unflushed = 0;
+                }
+                cursor.unflushed += size;
+                return Some((Ok(event), cursor));
+            }
+            // The batch is sent: free its vector rather than keep it for the idle time.
+            cursor.pending = Vec::new().into_iter();
+            cursor.unflushed = 0;
+            if cursor.ended {
+                return None;
+            }
+            if !cursor.first {
+                // Wake only when the federation's revision moves (or on the recheck
+                // timer), not on every turn of the raft core.
+                tokio::select! {
+                    changed = cursor.revisions.changed() => if changed.is_err() { return None },
+                    () = tokio::time::sleep(WATCH_RECHECK) => {}
+                }
+            }
+            if let Some(status) = cursor.refill() {
+                return Some((Err(status), cursor));
+            }
+        }
+    }))
 }
 
 /// A receiver of the federation state's revision, shared by every watch of a replica:
