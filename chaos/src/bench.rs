@@ -22,6 +22,7 @@ pub mod plot;
 pub mod progress;
 pub mod propagation;
 pub mod report;
+pub mod scale;
 pub mod snapshot;
 pub mod target;
 

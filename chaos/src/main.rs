@@ -10,6 +10,7 @@ use federator_chaos::bench::progress::Progress;
 use federator_chaos::bench::propagation::report::{SECTION_BEGIN, SECTION_END};
 use federator_chaos::bench::propagation::{PropagationConfig, run_propagation};
 use federator_chaos::bench::report::{Machine, write_markdown, write_markdown_section};
+use federator_chaos::bench::scale::{Level, ScaleConfig, run_scale};
 use federator_chaos::bench::snapshot::{SnapshotConfig, run_snapshot};
 use federator_chaos::bench::{RaftBenchConfig, System, run_raft};
 use federator_chaos::run;
@@ -96,12 +97,76 @@ enum Bench {
     /// size loaded into both), of a 3-replica Federator group and a 3-member etcd
     /// cluster, side by side.
     Snapshot(SnapshotArgs),
+    /// How write throughput and propagation latency change as the federation grows:
+    /// one Federator group grown from 10 to 1,000 member clusters and from 10,000 to
+    /// 1,000,000 endpoints, measured at each level (Federator only: the comparison is
+    /// with its own first level).
+    ///
+    ///   FEDERATOR_BIN=target/release/federator federator-chaos bench scale --markdown BENCHMARKS.md
+    Scale(ScaleArgs),
     /// Every benchmark in turn, each with its defaults and side by side with etcd: raft
-    /// (1, 16, 64, 256 and 1,000 clients), propagation, snapshot. With --markdown each
-    /// writes its section (and raft its latency plot) into FILE.
+    /// (1, 16, 64, 256 and 1,000 clients), propagation, snapshot, then scale (Federator
+    /// only). With --markdown each writes its section (and raft its latency plot) into
+    /// FILE.
     ///
     ///   FEDERATOR_BIN=target/release/federator federator-chaos bench all --markdown BENCHMARKS.md
     All(AllArgs),
+}
+
+#[derive(Debug, Args)]
+struct ScaleArgs {
+    /// The federation's sizes, growing, as MEMBERS:ENDPOINTS.
+    #[arg(long, value_delimiter = ',', default_value = "10:10000,100:100000,1000:1000000")]
+    levels: Vec<Level>,
+    /// Closed-loop writers of each level's throughput phase.
+    #[arg(long, default_value_t = 64)]
+    clients: usize,
+    /// Measured window of each throughput phase (after a 1 s warm-up).
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Watch streams of each propagation phase; each first receives every import of the
+    /// federation.
+    #[arg(long, default_value_t = 10)]
+    watchers: usize,
+    /// Changes the publisher makes in each propagation phase.
+    #[arg(long, default_value_t = 50)]
+    changes: u64,
+    /// Time between two changes.
+    #[arg(long, default_value = "20ms", value_parser = parse_duration)]
+    interval: Duration,
+    /// A quick run that keeps the benchmark from rotting (CI): levels 2:200 and 4:400,
+    /// 8 clients for 1 s, 2 watchers, 5 changes. Overrides the other settings.
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the results as a markdown section into FILE (replacing the section a
+    /// previous run wrote there).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+impl ScaleArgs {
+    fn config(&self) -> anyhow::Result<ScaleConfig> {
+        let mut config = ScaleConfig {
+            levels: self.levels.clone(),
+            clients: self.clients,
+            warmup: Duration::from_secs(1),
+            duration: self.duration,
+            watchers: self.watchers,
+            changes: self.changes,
+            interval: self.interval,
+        };
+        if self.smoke {
+            config.levels =
+                vec![Level { members: 2, endpoints: 200 }, Level { members: 4, endpoints: 400 }];
+            config.clients = 8;
+            config.warmup = Duration::from_millis(200);
+            config.duration = Duration::from_secs(1);
+            config.watchers = 2;
+            config.changes = 5;
+        }
+        config.validate()?;
+        Ok(config)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -292,6 +357,7 @@ async fn main() -> anyhow::Result<()> {
             Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
             Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
             Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
+            Command::Bench(Bench::Scale(args)) => bench_scale(args).await,
             Command::Bench(Bench::All(args)) => bench_all(args).await,
             Command::List => {
                 for s in run::SCENARIOS {
@@ -404,7 +470,7 @@ async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `bench raft`, `bench propagation` and `bench snapshot` one after the other, each
+/// Runs `bench raft`, `bench propagation`, `bench snapshot` and `bench scale` one after the other, each
 /// parsed from its own command line so it gets exactly its defaults.
 async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
     for argv in all_command_lines(args) {
@@ -414,6 +480,7 @@ async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
             Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
             Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
             Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
+            Command::Bench(Bench::Scale(args)) => bench_scale(args).await,
             _ => unreachable!("only benchmarks are listed"),
         };
         outcome.with_context(|| argv[1..].join(" "))?;
@@ -423,8 +490,8 @@ async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
 
 /// The command lines `bench all` runs.
 fn all_command_lines(args: &AllArgs) -> Vec<Vec<String>> {
-    let benchmarks: [&[&str]; 3] =
-        [&["raft", "--clients", "1,16,64,256,1000"], &["propagation"], &["snapshot"]];
+    let benchmarks: [&[&str]; 4] =
+        [&["raft", "--clients", "1,16,64,256,1000"], &["propagation"], &["snapshot"], &["scale"]];
     benchmarks
         .iter()
         .map(|bench| {
@@ -466,6 +533,22 @@ async fn bench_snapshot(args: &SnapshotArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let progress = Progress::new();
     let report = run_snapshot(&config, &progress).await?;
+    println!("{}", report.text());
+    if let Some(path) = &args.markdown {
+        let section = report.markdown_section(&machine, &command_line(), &now());
+        write_markdown_section(path, SECTION_BEGIN, SECTION_END, &section)
+            .with_context(|| format!("writing {}", path.display()))?;
+        progress.println(format!("wrote the results into {}", path.display()));
+    }
+    Ok(())
+}
+
+async fn bench_scale(args: &ScaleArgs) -> anyhow::Result<()> {
+    use federator_chaos::bench::scale::report::{SECTION_BEGIN, SECTION_END};
+    let config = args.config()?;
+    let machine = Machine::detect();
+    let progress = Progress::new();
+    let report = run_scale(&config, &progress).await?;
     println!("{}", report.text());
     if let Some(path) = &args.markdown {
         let section = report.markdown_section(&machine, &command_line(), &now());
@@ -530,7 +613,7 @@ mod tests {
         .expect("parses");
         let Command::Bench(Bench::All(args)) = &cli.command else { panic!("{cli:?}") };
         let lines = all_command_lines(args);
-        assert_eq!(lines.len(), 3);
+        assert_eq!(lines.len(), 4);
         for argv in &lines {
             assert_eq!(&argv[argv.len() - 3..], ["--smoke", "--markdown", "B.md"], "{argv:?}");
             let parsed = Cli::try_parse_from(argv).expect("each command line parses");

@@ -133,24 +133,7 @@ pub async fn phase<T: KvTarget>(
 
     let acked = Arc::new(AtomicU64::new(0));
     let bar = progress.load_bar(target.name(), spec);
-    let ticker = tokio::spawn({
-        let bar = bar.clone();
-        let acked = acked.clone();
-        let total = spec.warmup + spec.duration;
-        async move {
-            let started = Instant::now();
-            let mut last = (started, 0);
-            loop {
-                tokio::time::sleep(Duration::from_millis(250)).await;
-                let now = Instant::now();
-                let count = acked.load(Ordering::Relaxed);
-                let rate = (count - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
-                last = (now, count);
-                bar.set_position(now.duration_since(started).min(total).as_millis() as u64);
-                bar.set_message(format!("{rate:>8.0} ops/s"));
-            }
-        }
-    });
+    let ticker = progress_ticker(&bar, &acked, spec.warmup + spec.duration);
     let run = closed_loop(&conns, spec, &acked).await;
     ticker.abort();
     bar.finish_and_clear();
@@ -163,6 +146,30 @@ pub async fn phase<T: KvTarget>(
         run,
         elections: term_after.saturating_sub(term_before),
         leader_changes: changes_before.zip(changes_after).map(|(b, a)| a.saturating_sub(b)),
+    })
+}
+
+/// Moves `bar` through a load phase of length `total` every 250 ms, showing the rate of
+/// acknowledgements counted in `acked`. Abort the task when the phase ends.
+pub fn progress_ticker(
+    bar: &indicatif::ProgressBar,
+    acked: &Arc<AtomicU64>,
+    total: Duration,
+) -> tokio::task::JoinHandle<()> {
+    let bar = bar.clone();
+    let acked = acked.clone();
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut last = (started, 0);
+        loop {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            let now = Instant::now();
+            let count = acked.load(Ordering::Relaxed);
+            let rate = (count - last.1) as f64 / now.duration_since(last.0).as_secs_f64();
+            last = (now, count);
+            bar.set_position(now.duration_since(started).min(total).as_millis() as u64);
+            bar.set_message(format!("{rate:>8.0} ops/s"));
+        }
     })
 }
 

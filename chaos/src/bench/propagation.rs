@@ -276,7 +276,7 @@ async fn stream_memory<T: WatchTarget>(
 /// One propagation phase: `watchers` streams opened, then the changes published, then
 /// every watcher's receipts collected (stragglers stopped [`GRACE`] after the last
 /// change).
-async fn latency_phase<T: WatchTarget>(
+pub async fn latency_phase<T: WatchTarget>(
     target: &mut T,
     watchers: usize,
     config: &PropagationConfig,

@@ -44,7 +44,7 @@ async fn joined(
 }
 
 /// A live lease for the member of `client`, so its endpoints are imported as ready.
-async fn grant_lease(client: &mut FederationClient<Channel>) -> anyhow::Result<()> {
+pub async fn grant_lease(client: &mut FederationClient<Channel>) -> anyhow::Result<()> {
     client
         .grant_lease(pb::GrantLeaseRequest {
             ttl_seconds: LEASE_TTL_SECONDS,
@@ -109,6 +109,18 @@ impl FederatorWatch {
         let mut this = Self { fed, leader, publisher, export, clients };
         this.write(0).await.map_err(|e| anyhow::anyhow!("initial export: {e}"))?;
         Ok(this)
+    }
+
+    /// The group.
+    #[must_use]
+    pub fn federation(&self) -> &Federation {
+        &self.fed
+    }
+
+    /// The replica that led when the group formed (the publisher's).
+    #[must_use]
+    pub fn leader(&self) -> u64 {
+        self.leader
     }
 }
 
