@@ -517,14 +517,13 @@ async fn bench_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let progress = Progress::new();
     let report = run_propagation(&config, &progress).await?;
-    println!("{}", report.text());
-    if let Some(path) = &args.markdown {
-        let section = report.markdown_section(&machine, &command_line(), &now());
-        write_markdown_section(path, SECTION_BEGIN, SECTION_END, &section)
-            .with_context(|| format!("writing {}", path.display()))?;
-        progress.println(format!("wrote the results into {}", path.display()));
-    }
-    Ok(())
+    finish(
+        &progress,
+        &report.text(),
+        args.markdown.as_deref(),
+        (SECTION_BEGIN, SECTION_END),
+        |c, d| report.markdown_section(&machine, c, d),
+    )
 }
 
 async fn bench_snapshot(args: &SnapshotArgs) -> anyhow::Result<()> {
@@ -533,14 +532,13 @@ async fn bench_snapshot(args: &SnapshotArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let progress = Progress::new();
     let report = run_snapshot(&config, &progress).await?;
-    println!("{}", report.text());
-    if let Some(path) = &args.markdown {
-        let section = report.markdown_section(&machine, &command_line(), &now());
-        write_markdown_section(path, SECTION_BEGIN, SECTION_END, &section)
-            .with_context(|| format!("writing {}", path.display()))?;
-        progress.println(format!("wrote the results into {}", path.display()));
-    }
-    Ok(())
+    finish(
+        &progress,
+        &report.text(),
+        args.markdown.as_deref(),
+        (SECTION_BEGIN, SECTION_END),
+        |c, d| report.markdown_section(&machine, c, d),
+    )
 }
 
 async fn bench_scale(args: &ScaleArgs) -> anyhow::Result<()> {
@@ -549,10 +547,28 @@ async fn bench_scale(args: &ScaleArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let progress = Progress::new();
     let report = run_scale(&config, &progress).await?;
-    println!("{}", report.text());
-    if let Some(path) = &args.markdown {
-        let section = report.markdown_section(&machine, &command_line(), &now());
-        write_markdown_section(path, SECTION_BEGIN, SECTION_END, &section)
+    finish(
+        &progress,
+        &report.text(),
+        args.markdown.as_deref(),
+        (SECTION_BEGIN, SECTION_END),
+        |c, d| report.markdown_section(&machine, c, d),
+    )
+}
+
+/// Prints a benchmark's report and, with `--markdown FILE`, writes its section (built
+/// by `section` from this run's command line and date) between `markers` in FILE.
+fn finish(
+    progress: &Progress,
+    text: &str,
+    markdown: Option<&std::path::Path>,
+    markers: (&str, &str),
+    section: impl FnOnce(&str, &str) -> String,
+) -> anyhow::Result<()> {
+    println!("{text}");
+    if let Some(path) = markdown {
+        let section = section(&command_line(), &now());
+        write_markdown_section(path, markers.0, markers.1, &section)
             .with_context(|| format!("writing {}", path.display()))?;
         progress.println(format!("wrote the results into {}", path.display()));
     }

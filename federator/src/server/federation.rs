@@ -503,7 +503,7 @@ struct WatchShared {
 }
 
 /// One member's watch: what it has been sent and what is left to send. Counted in
-/// `federation_watch_streams` for as long as it lives.
+/// `federator_watch_streams` for as long as it lives.
 struct WatchCursor {
     shared: Arc<WatchShared>,
     revisions: tokio::sync::watch::Receiver<u64>,
