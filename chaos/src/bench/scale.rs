@@ -355,14 +355,7 @@ async fn join_and_export(
     let bundle = member.next_bundle()?;
     let mut client = member.client(api, ca_pem).await?;
     client.join(join_request(token, trust_domain, bundle)).await.context("join")?;
-    client
-        .grant_lease(pb::GrantLeaseRequest {
-            ttl_seconds: TTL_SECONDS,
-            region: "region-1".into(),
-            zone: "zone-1".into(),
-        })
-        .await
-        .context("lease")?;
+    grant_lease(&mut client).await?;
     let numbers: Vec<usize> = endpoints.collect();
     for (s, chunk) in numbers.chunks(ENDPOINTS_PER_EXPORT).enumerate() {
         let addresses: Vec<String> = chunk.iter().map(|n| endpoint_address(*n)).collect();
