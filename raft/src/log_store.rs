@@ -219,12 +219,21 @@ where
 /// openraft needs, and a dedicated writer thread writes everything queued so far in one
 /// fsync'd transaction, then reports each append as flushed, in order. Under load one
 /// fsync covers many appends; alone, an append waits for exactly one.
+///
+/// Purges do not wait either: openraft awaits `purge` inside its core loop, so a purge
+/// that deleted thousands of entries there would stop heartbeats for as long as the
+/// deletion took (long enough, under load, for the followers to elect a new leader). A
+/// purge takes effect for readers at once (entries up to it are no longer returned) and
+/// the writer deletes them after the appends queued before it are durable.
 #[derive(Clone)]
 pub struct LogStore {
     /// The replica's database, shared with the state machine store.
     db: Arc<Database>,
     /// Entries appended but not yet written to `db`, by index.
     pending: Arc<RwLock<BTreeMap<u64, Entry>>>,
+    /// The last purged log id as readers see it: ahead of `db` until the writer has
+    /// deleted the entries.
+    purged: Arc<RwLock<Option<LogId>>>,
     /// The group-commit writer.
     writer: Arc<Writer>,
 }
@@ -242,6 +251,9 @@ enum WriterOp {
     Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Record this committed log id (postcard) with the next transaction; nobody waits.
     Committed(Vec<u8>),
+    /// Delete the entries up to this log id, once the batch it came with is durable, and
+    /// record it as the last purged (postcard encoding alongside); nobody waits.
+    Purge(LogId, Vec<u8>),
 }
 
 /// The group-commit writer: a thread that drains the queue, writes every queued append
@@ -287,6 +299,10 @@ impl Writer {
                     batch.extend(rx.try_iter());
                     write_batch(&db, &pending, &observed, batch);
                 }
+                // Make the last non-durable writes (committed hint, purge) durable.
+                if let Err(error) = write_txn(&db, "close the log", |_| Ok(())) {
+                    tracing::warn!(%error, "cannot make the last log writes durable");
+                }
             })
             .map_err(|source| LogStoreError::Thread { source })?;
         Ok(Arc::new(Self {
@@ -328,11 +344,12 @@ fn write_batch(
     metrics: &ConsensusMetrics,
     batch: Vec<WriterOp>,
 ) {
-    let durability = if batch.iter().all(|op| matches!(op, WriterOp::Committed(_))) {
-        Durability::None
-    } else {
-        Durability::Immediate
-    };
+    let durability =
+        if batch.iter().all(|op| matches!(op, WriterOp::Committed(_) | WriterOp::Purge(..))) {
+            Durability::None
+        } else {
+            Durability::Immediate
+        };
     let result = injected(db, Point::LogAppend).and_then(|()| {
         write_txn_with(db, "append log entries", durability, |txn| {
             let mut table = txn.open_table(LOG).during("open the log table")?;
@@ -345,7 +362,7 @@ fn write_batch(
                         }
                     }
                     WriterOp::Committed(bytes) => committed = Some(bytes),
-                    WriterOp::Barrier(_) => {}
+                    WriterOp::Barrier(_) | WriterOp::Purge(..) => {}
                 }
             }
             if let Some(bytes) = committed {
@@ -378,13 +395,14 @@ fn write_batch(
             .iter()
             .map(|op| match op {
                 WriterOp::Append { entries, .. } => entries.len(),
-                WriterOp::Barrier(_) | WriterOp::Committed(_) => 0,
+                WriterOp::Barrier(_) | WriterOp::Committed(_) | WriterOp::Purge(..) => 0,
             })
             .sum();
         if written > 0 {
             metrics.append_batch_entries.observe(written as f64);
         }
     }
+    let mut purge = None;
     for op in batch {
         match (op, &result) {
             (WriterOp::Append { callback, started, .. }, Ok(())) => {
@@ -403,8 +421,48 @@ fn write_batch(
                 // Only a hint: a failed write is retried with the next commit.
                 tracing::warn!(%error, "cannot record the committed log id");
             }
+            (WriterOp::Purge(log_id, marker), _) => {
+                if purge.as_ref().is_none_or(|(last, _)| *last < log_id) {
+                    purge = Some((log_id, marker));
+                }
+            }
         }
     }
+    // After the callbacks, so that appends are not held up by the deletion; a later
+    // batch's durable commit makes it durable (until then a crash keeps the entries and
+    // the older marker, which agree).
+    if let Some((log_id, marker)) = purge {
+        let started = Instant::now();
+        match delete_purged(db, log_id, &marker, Durability::None) {
+            Ok(()) => tracing::debug!(
+                upto = log_id.index,
+                elapsed = ?started.elapsed(),
+                "purged the log"
+            ),
+            // Readers skip purged entries anyway; the next purge deletes these too.
+            Err(error) => tracing::warn!(%error, upto = log_id.index, "cannot purge the log"),
+        }
+    }
+}
+
+/// Deletes the entries up to `log_id` and records it (`marker`, its encoding) as the last
+/// purged, in one transaction, so a crash never leaves a purged prefix without its marker.
+fn delete_purged(
+    db: &Database,
+    log_id: LogId,
+    marker: &[u8],
+    durability: Durability,
+) -> Result<(), LogStoreError> {
+    write_txn_with(db, "purge the log", durability, |txn| {
+        let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
+        let recorded: Option<LogId> = get_meta(&meta, LAST_PURGED_KEY)?;
+        if recorded.is_none_or(|recorded| recorded < log_id) {
+            meta.insert(LAST_PURGED_KEY, marker).during("record the last purged log id")?;
+        }
+        let mut table = txn.open_table(LOG).during("open the log table")?;
+        table.retain_in(..=log_id.index, |_, _| false).during("purge the log")?;
+        Ok(())
+    })
 }
 
 // === impl LogStore ===
@@ -436,7 +494,7 @@ impl LogStore {
         let pending = Arc::new(RwLock::new(BTreeMap::new()));
         let writer = Writer::start(db.clone(), pending.clone(), metrics)
             .map_err(|error| StorageIOError::write_logs(&error))?;
-        Ok(Self { db, pending, writer })
+        Ok(Self { db, pending, purged: Arc::new(RwLock::new(None)), writer })
     }
 
     /// Reads the metadata value under `key` on the blocking pool.
@@ -468,6 +526,15 @@ impl LogStore {
             })
         })
         .await
+    }
+
+    /// The last purged log id readers must respect (the writer may not have deleted up
+    /// to it yet).
+    fn purged_in_memory(&self) -> Option<LogId> {
+        match self.purged.read() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        }
     }
 
     /// Entries in `start..end` that are queued but not yet written, oldest first.
@@ -509,6 +576,10 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let mut merged: BTreeMap<u64, Entry> =
             written.into_iter().map(|e| (e.get_log_id().index, e)).collect();
         merged.extend(queued.into_iter().map(|e| (e.get_log_id().index, e)));
+        // Purged entries the writer has not deleted yet.
+        if let Some(purged) = self.purged_in_memory() {
+            merged = merged.split_off(&(purged.index + 1));
+        }
         Ok(merged.into_values().collect())
     }
 }
@@ -532,7 +603,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         })
         .await
         .map_err(|error| StorageIOError::read_logs(&error))?;
-        Ok(LogState { last_log_id: queued_last.max(state.last_log_id), ..state })
+        let last_purged_log_id = self.purged_in_memory().max(state.last_purged_log_id);
+        Ok(LogState {
+            last_log_id: queued_last.max(state.last_log_id).max(last_purged_log_id),
+            last_purged_log_id,
+        })
     }
 
     async fn get_log_reader(&mut self) -> Self::LogReader {
@@ -631,28 +706,20 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// Takes effect for readers at once and is queued for the writer (see [`LogStore`]).
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        self.writer.barrier().await.map_err(|error| StorageIOError::write_logs(&error))?;
-        let purged = encode_meta(LAST_PURGED_KEY, &log_id)
+        let marker = encode_meta(LAST_PURGED_KEY, &log_id)
             .map_err(|error| StorageIOError::write_logs(&error))?;
-        let db = self.db.clone();
-        blocking(move || {
-            // The last purged id is recorded in the same transaction that deletes the
-            // entries, so a crash never leaves a purged prefix without its marker.
-            write_txn(&db, "purge the log", |txn| {
-                let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
-                let recorded: Option<LogId> = get_meta(&meta, LAST_PURGED_KEY)?;
-                if recorded.is_none_or(|recorded| recorded < log_id) {
-                    meta.insert(LAST_PURGED_KEY, purged.as_slice())
-                        .during("record the last purged log id")?;
-                }
-                let mut table = txn.open_table(LOG).during("open the log table")?;
-                table.retain_in(..=log_id.index, |_, _| false).during("purge the log")?;
-                Ok(())
-            })
-        })
-        .await
-        .map_err(|error| StorageIOError::write_logs(&error))?;
+        {
+            let mut purged = match self.purged.write() {
+                Ok(guard) => guard,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            *purged = (*purged).max(Some(log_id));
+        }
+        if self.writer.enqueue(WriterOp::Purge(log_id, marker)).is_err() {
+            return Err(StorageIOError::write_logs(&LogStoreError::WriterStopped).into());
+        }
         Ok(())
     }
 }
@@ -800,6 +867,8 @@ fn index_span(range: &impl RangeBounds<u64>) -> Option<(u64, Option<u64>)> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use openraft::storage::RaftLogStorageExt as _;
     use openraft::{CommittedLeaderId, EntryPayload, RaftLogReader as _};
     use tempfile::TempDir;
@@ -954,6 +1023,36 @@ mod tests {
         let state = store.get_log_state().await.expect("state");
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 6)));
         assert_eq!(state.last_log_id, Some(log_id(2, 6)), "empty log reports the last purged id");
+    }
+
+    #[tokio::test]
+    async fn a_purge_hides_entries_at_once_without_waiting_for_the_disk() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let entries: Vec<Entry> = (1..=6).map(|i| normal(2, i, b"a=b")).collect();
+        store.blocking_append(entries).await.expect("append");
+        // Hold redb's write lock: the writer cannot delete anything until it is released,
+        // yet the purge (awaited inside openraft's core loop) must return.
+        let held = store.db.begin_write().expect("write transaction");
+        tokio::time::timeout(Duration::from_secs(10), store.purge(log_id(2, 3)))
+            .await
+            .expect("the purge returns while the writer is blocked")
+            .expect("purge");
+        let indexes =
+            |entries: Vec<Entry>| -> Vec<u64> { entries.iter().map(|e| e.log_id.index).collect() };
+        let read: Vec<u64> = indexes(store.try_get_log_entries(0..100).await.expect("read"));
+        assert_eq!(read, vec![4, 5, 6], "purged entries are hidden before they are deleted");
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 3)));
+        assert_eq!(state.last_log_id, Some(log_id(2, 6)));
+        drop(held);
+        drop(store);
+
+        let mut store = open(&dir);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(2, 3)), "deleted and recorded on close");
+        let read: Vec<u64> = indexes(store.try_get_log_entries(0..100).await.expect("read"));
+        assert_eq!(read, vec![4, 5, 6]);
     }
 
     #[tokio::test]
