@@ -3,8 +3,10 @@
 
 use std::io::Cursor;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, PoisonError};
+
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use openraft::storage::{RaftSnapshotBuilder, RaftStateMachine};
 use openraft::{EntryPayload, OptionalSend, StorageIOError};
@@ -137,6 +139,9 @@ struct Applied<S> {
     last_membership: StoredMembership,
 }
 
+/// A state digest: the applied log id it was computed at, the digest, and when.
+type CachedDigest = (Option<LogId>, [u8; 32], Instant);
+
 /// Shared part of a [`StateMachineStore`].
 struct Shared<S> {
     /// The replica's database, shared with the log store; holds the current snapshot.
@@ -148,9 +153,10 @@ struct Shared<S> {
     snapshot_seq: AtomicU64,
     /// Where apply latency and snapshot counts are observed.
     metrics: ConsensusMetrics,
-    /// The last digest computed and the applied log id it was computed at: equal applied
-    /// log ids mean equal states, so status polling does not re-encode an unchanged state.
-    digest_cache: std::sync::Mutex<Option<(Option<LogId>, [u8; 32])>>,
+    /// The last digest computed, the applied log id it was computed at and when: equal
+    /// applied log ids mean equal states, so status polling does not re-encode an
+    /// unchanged state.
+    digest_cache: std::sync::Mutex<Option<CachedDigest>>,
     /// The index of the last applied entry, for readers that wait for the state to move
     /// (a cheaper signal than openraft's metrics, which change on every core-loop turn).
     applied_index: tokio::sync::watch::Sender<u64>,
@@ -250,29 +256,78 @@ impl<S: StateMachine> StateMachineStore<S> {
 
     /// (applied log id, sm digest) taken under one lock so they are consistent.
     pub fn digest(&self) -> (Option<LogId>, [u8; 32]) {
+        self.digest_within(Duration::ZERO)
+    }
+
+    /// Like [`Self::digest`], but a digest computed less than `max_age` ago may be
+    /// returned (with the older applied log id it was computed at) instead of encoding
+    /// the state again: for status polling, which under write load would otherwise
+    /// encode the whole state on every call.
+    pub fn digest_within(&self, max_age: Duration) -> (Option<LogId>, [u8; 32]) {
+        let mut cache = self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, digest, computed)) = *cache
+            && computed.elapsed() < max_age
+        {
+            return (at, digest);
+        }
         let applied = self.lock_read();
         let at = applied.last_applied;
-        let mut cache = self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner);
         match *cache {
-            Some((cached_at, digest)) if cached_at == at => (at, digest),
+            Some((cached_at, digest, _)) if cached_at == at => (at, digest),
             _ => {
                 let digest = applied.sm.digest();
-                *cache = Some((at, digest));
+                *cache = Some((at, digest, Instant::now()));
                 (at, digest)
             }
         }
     }
 
-    /// Read access to the state. A panic of another holder does not make the state
-    /// unreadable: `StateMachine::apply` must not panic, and if it did, failing every
-    /// later read would not help.
+    /// Read access to the state. Taken even while a writer waits (`read_recursive`): the
+    /// readers run on the runtime's workers (status, metrics, lease and watch loops), and
+    /// with a writer-first lock every one of them would wait for as long as a snapshot
+    /// build holds the state to encode it, leaving no worker for the transport and the
+    /// raft core. Readers hold the lock briefly; the snapshot encoding that holds it long
+    /// runs on the blocking pool, as does `apply`, the only writer besides an install.
     fn lock_read(&self) -> RwLockReadGuard<'_, Applied<S>> {
-        self.shared.applied.read().unwrap_or_else(PoisonError::into_inner)
+        self.shared.applied.read_recursive()
     }
 
-    /// Write access to the state; see [`Self::lock_read`] about poisoning.
+    /// Write access to the state. (The lock does not poison: `StateMachine::apply` must
+    /// not panic, and if it did, failing every later read would not help.)
     fn lock_write(&self) -> RwLockWriteGuard<'_, Applied<S>> {
-        self.shared.applied.write().unwrap_or_else(PoisonError::into_inner)
+        self.shared.applied.write()
+    }
+
+    /// Applies `entries` in order and returns a response per entry; blocks while a reader
+    /// holds the state.
+    fn apply_now(&self, entries: Vec<Entry>) -> Vec<CommandResponse> {
+        let started = Instant::now();
+        let mut responses = Vec::new();
+        {
+            let mut applied = self.lock_write();
+            for entry in entries {
+                let response = match entry.payload {
+                    EntryPayload::Blank => CommandResponse::default(),
+                    EntryPayload::Normal(command) => CommandResponse(
+                        command
+                            .commands()
+                            .map(|c| ByteBuf::from(applied.sm.apply(entry.log_id.index, c)))
+                            .collect(),
+                    ),
+                    EntryPayload::Membership(membership) => {
+                        applied.last_membership =
+                            StoredMembership::new(Some(entry.log_id), membership);
+                        CommandResponse::default()
+                    }
+                };
+                applied.last_applied = Some(entry.log_id);
+                responses.push(response);
+            }
+            let index = applied.last_applied.map_or(0, |id| id.index);
+            self.shared.applied_index.send_replace(index);
+        }
+        self.shared.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+        responses
     }
 
     /// Durably stores `meta` and `data` as the current snapshot unless the stored one is
@@ -326,38 +381,20 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
+    /// Applies on tokio's blocking pool: the state machine's work, and the wait for the
+    /// state's write lock while a snapshot or a digest encodes the state, must not hold
+    /// one of the runtime's workers — the transport and the raft core run there, and a
+    /// runtime with every worker waiting misses heartbeats long enough for an election.
     async fn apply<I>(&mut self, entries: I) -> Result<Vec<CommandResponse>, StorageError>
     where
         I: IntoIterator<Item = Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let started = Instant::now();
-        let mut responses = Vec::new();
-        {
-            let mut applied = self.lock_write();
-            for entry in entries {
-                let response = match entry.payload {
-                    EntryPayload::Blank => CommandResponse::default(),
-                    EntryPayload::Normal(command) => CommandResponse(
-                        command
-                            .commands()
-                            .map(|c| ByteBuf::from(applied.sm.apply(entry.log_id.index, c)))
-                            .collect(),
-                    ),
-                    EntryPayload::Membership(membership) => {
-                        applied.last_membership =
-                            StoredMembership::new(Some(entry.log_id), membership);
-                        CommandResponse::default()
-                    }
-                };
-                applied.last_applied = Some(entry.log_id);
-                responses.push(response);
-            }
-            let index = applied.last_applied.map_or(0, |id| id.index);
-            self.shared.applied_index.send_replace(index);
-        }
-        self.shared.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
-        Ok(responses)
+        let entries: Vec<Entry> = entries.into_iter().collect();
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.apply_now(entries))
+            .await
+            .map_err(|error| StorageIOError::write_state_machine(&error).into())
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -375,15 +412,24 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     ) -> Result<(), StorageError> {
         let data = snapshot.into_inner();
         // Restore first: a snapshot the state machine rejects must not become the one a
-        // restart loads.
-        {
-            let mut applied = self.lock_write();
-            restore(&mut applied.sm, meta, &data)
-                .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
-            applied.last_applied = meta.last_log_id;
-            applied.last_membership = meta.last_membership.clone();
-            self.shared.applied_index.send_replace(meta.last_log_id.map_or(0, |id| id.index));
-        }
+        // restart loads. Decoding a large snapshot takes a while: on the blocking pool.
+        let store = self.clone();
+        let installing = meta.clone();
+        let data = tokio::task::spawn_blocking(move || {
+            let mut applied = store.lock_write();
+            restore(&mut applied.sm, &installing, &data)?;
+            applied.last_applied = installing.last_log_id;
+            applied.last_membership = installing.last_membership.clone();
+            store
+                .shared
+                .applied_index
+                .send_replace(installing.last_log_id.map_or(0, |id| id.index));
+            Ok::<_, SnapshotStoreError>(data)
+        })
+        .await
+        .map_err(|source| SnapshotStoreError::Task { source })
+        .and_then(|restored| restored)
+        .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
         self.persist(meta, data)
             .await
             .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
@@ -409,10 +455,14 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
 
 impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
-        let (data, last_log_id, last_membership) = {
-            let applied = self.lock_read();
+        // Encoding a large state takes a while: on the blocking pool, not a runtime worker.
+        let store = self.clone();
+        let (data, last_log_id, last_membership) = tokio::task::spawn_blocking(move || {
+            let applied = store.lock_read();
             (applied.sm.snapshot(), applied.last_applied, applied.last_membership.clone())
-        };
+        })
+        .await
+        .map_err(|error| StorageIOError::read_state_machine(&error))?;
         let seq = self.shared.snapshot_seq.fetch_add(1, Ordering::Relaxed);
         let snapshot_id = match last_log_id {
             Some(id) => format!("{}-{}-{seq}", id.leader_id.term, id.index),
