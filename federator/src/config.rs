@@ -149,7 +149,8 @@ pub struct RaftFile {
     pub election_timeout_min_ms: Option<u64>,
     /// Election timeout upper bound, milliseconds.
     pub election_timeout_max_ms: Option<u64>,
-    /// Snapshot after this many applied entries.
+    /// Snapshot after this many applied entries (plus id mod 8 sixteenths of it, so the
+    /// replicas of a group do not all snapshot at the same index).
     pub snapshot_after_entries: Option<u64>,
     /// Entries kept behind a snapshot.
     pub keep_entries_after_snapshot: Option<u64>,
@@ -359,9 +360,11 @@ impl ServerConfig {
         };
         let bundle_endpoint = resolve_bundle_endpoint(file.bundle_endpoint, &tls, &rel)?;
         let raft = file.raft;
-        let heartbeat = Duration::from_millis(raft.heartbeat_ms.unwrap_or(40));
-        let min = Duration::from_millis(raft.election_timeout_min_ms.unwrap_or(120));
-        let max = Duration::from_millis(raft.election_timeout_max_ms.unwrap_or(240));
+        let heartbeat =
+            raft.heartbeat_ms.map_or(federator_raft::DEFAULT_HEARTBEAT, Duration::from_millis);
+        let (default_min, default_max) = federator_raft::DEFAULT_ELECTION_TIMEOUT;
+        let min = raft.election_timeout_min_ms.map_or(default_min, Duration::from_millis);
+        let max = raft.election_timeout_max_ms.map_or(default_max, Duration::from_millis);
         if heartbeat.is_zero() {
             return Err(invalid("raft.heartbeat_ms", "0", "must be positive"));
         }

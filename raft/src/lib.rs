@@ -35,6 +35,9 @@ pub mod tls;
 pub mod types;
 
 pub use leader_call::{AlreadyInstalled, LeaderHandler, LeaderHandlerSlot};
-pub use replica::{Consistency, Replica, ReplicaConfig, ReplicaError, WriteOutcome};
+pub use replica::{
+    Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, Replica, ReplicaConfig, ReplicaError,
+    WriteOutcome,
+};
 pub use state_machine::StateMachine;
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};

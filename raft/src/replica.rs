@@ -47,6 +47,16 @@ pub enum Consistency {
 }
 
 /// Settings of one replica.
+/// Default leader heartbeat period. openraft 0.9 also uses it as the deadline of every
+/// AppendEntries call (three quarters of it, for the call itself) and ticks its timers
+/// every one and a half of it.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(40);
+/// Default election timeout range. A follower campaigns after hearing nothing from the
+/// leader for the upper bound (the leader's lease) plus its own random timeout in the
+/// range: 360–480 ms with these values, plus up to one timer tick.
+pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
+    (Duration::from_millis(120), Duration::from_millis(240));
+
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     /// This replica's id, unique in the group.
@@ -61,7 +71,8 @@ pub struct ReplicaConfig {
     pub election_timeout_min: Duration,
     /// Upper bound of the randomized election timeout.
     pub election_timeout_max: Duration,
-    /// Build a snapshot after this many entries were applied since the last one.
+    /// Build a snapshot after this many entries were applied since the last one, plus a
+    /// share of it that depends on the replica's id (see [`Self::snapshot_interval`]).
     pub snapshot_after_entries: u64,
     /// Entries kept in the log behind a snapshot, so slow followers need no snapshot.
     pub keep_entries_after_snapshot: u64,
@@ -81,15 +92,26 @@ impl ReplicaConfig {
             id,
             raft_addr: raft_addr.into(),
             data_dir: data_dir.into(),
-            heartbeat_interval: Duration::from_millis(40),
-            election_timeout_min: Duration::from_millis(120),
-            election_timeout_max: Duration::from_millis(240),
+            heartbeat_interval: DEFAULT_HEARTBEAT,
+            election_timeout_min: DEFAULT_ELECTION_TIMEOUT.0,
+            election_timeout_max: DEFAULT_ELECTION_TIMEOUT.1,
             snapshot_after_entries: 20_000,
             keep_entries_after_snapshot: 1_000,
             max_entries_per_append: 512,
             transport: TransportOptions::default(),
             write_retries: 5,
         }
+    }
+
+    /// Entries applied between two snapshots of this replica: `snapshot_after_entries`
+    /// plus (id mod 8) sixteenths of it. Replicas of one group thereby snapshot at
+    /// different indexes: building and storing a snapshot costs a replica CPU and disk
+    /// for a moment, and if every replica paid it at the same index the whole quorum
+    /// would stall at once (under full load, long enough for an election).
+    #[must_use]
+    pub fn snapshot_interval(&self) -> u64 {
+        let base = self.snapshot_after_entries.max(1);
+        base.saturating_add(base / 16 * (self.id % 8))
     }
 
     fn openraft_config(&self) -> Result<openraft::Config, ReplicaError> {
@@ -99,7 +121,7 @@ impl ReplicaConfig {
             heartbeat_interval: millis(self.heartbeat_interval),
             election_timeout_min: millis(self.election_timeout_min),
             election_timeout_max: millis(self.election_timeout_max),
-            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_after_entries),
+            snapshot_policy: SnapshotPolicy::LogsSinceLast(self.snapshot_interval()),
             max_in_snapshot_log_to_keep: self.keep_entries_after_snapshot,
             max_payload_entries: self.max_entries_per_append,
             install_snapshot_timeout: millis(self.transport.rpc_timeout).max(1_000) * 10,
@@ -844,5 +866,24 @@ impl<S: StateMachine> Replica<S> {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_of_one_group_snapshot_at_different_intervals() {
+        let interval = |id| {
+            let mut config = ReplicaConfig::new(id, "127.0.0.1:1", "/tmp/unused");
+            config.snapshot_after_entries = 20_000;
+            config.snapshot_interval()
+        };
+        assert_eq!([interval(1), interval(2), interval(3)], [21_250, 22_500, 23_750]);
+        assert_eq!(interval(8), 20_000, "the spread repeats every 8 ids");
+        let mut tiny = ReplicaConfig::new(3, "127.0.0.1:1", "/tmp/unused");
+        tiny.snapshot_after_entries = 0;
+        assert_eq!(tiny.snapshot_interval(), 1, "never zero");
     }
 }
