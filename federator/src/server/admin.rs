@@ -117,7 +117,9 @@ impl AdminService {
         let membership = m.membership_config.membership();
         let (replicas, (digest_index, digest)) = {
             let state = self.replica.state();
-            (state.read(|s| s.replicas.clone()), state.digest())
+            // At most one encoding of the whole state per second however often status is
+            // polled; the digest comes with the index it was computed at.
+            (state.read(|s| s.replicas.clone()), state.digest_within(STATUS_DIGEST_MAX_AGE))
         };
         let member = |id: u64, addr: &str| pb::MemberAddr {
             id,
@@ -648,6 +650,9 @@ impl Admin for AdminService {
 /// How long a verified admin chain is trusted without verifying it again (expiry is
 /// still noticed within this time).
 const ADMIN_VERIFICATION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How old the state digest in a status answer may be (see `digest_within`).
+const STATUS_DIGEST_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest validity of a join token.
 const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
