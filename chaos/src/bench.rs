@@ -15,6 +15,9 @@
 //!   memory per stored endpoint and per watch stream, Federator against etcd.
 //! - [`snapshot`]: `bench snapshot`, snapshot save, restore and follower install on the
 //!   same data, Federator against etcd.
+//! - [`scale`]: `bench scale`, how throughput and propagation change as one Federator
+//!   group grows from 10 to 1,000 member clusters.
+//! - [`soak`]: `bench soak`, elections under sustained full load, Federator against etcd.
 
 pub mod failover;
 pub mod load;
@@ -24,6 +27,7 @@ pub mod propagation;
 pub mod report;
 pub mod scale;
 pub mod snapshot;
+pub mod soak;
 pub mod target;
 
 use std::time::{Duration, Instant};
@@ -120,6 +124,7 @@ async fn measure<T: KvTarget>(
             duration: config.duration,
             value_size: config.value_size,
             prefix: format!("bench/load-{clients}"),
+            keys_per_client: None,
         };
         let phase = load::phase(target, &spec, progress).await?;
         progress.println(format!("{name:>9} {}", phase.summary()));

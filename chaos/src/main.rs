@@ -12,6 +12,7 @@ use federator_chaos::bench::propagation::{PropagationConfig, run_propagation};
 use federator_chaos::bench::report::{Machine, write_markdown, write_markdown_section};
 use federator_chaos::bench::scale::{Level, ScaleConfig, run_scale};
 use federator_chaos::bench::snapshot::{SnapshotConfig, run_snapshot};
+use federator_chaos::bench::soak::{SoakConfig, run_soak};
 use federator_chaos::bench::{RaftBenchConfig, System, run_raft};
 use federator_chaos::run;
 
@@ -104,10 +105,18 @@ enum Bench {
     ///
     ///   FEDERATOR_BIN=target/release/federator federator-chaos bench scale --markdown BENCHMARKS.md
     Scale(ScaleArgs),
+    /// Spurious elections under sustained full load: 1,000 closed-loop writers for 10
+    /// minutes against a 3-replica Federator group and a 3-member etcd cluster, side by
+    /// side, with the raft term sampled every second (nothing is killed: every term
+    /// increase is an election the load caused).
+    ///
+    ///   FEDERATOR_BIN=target/release/federator federator-chaos bench soak --markdown BENCHMARKS.md
+    ///   federator-chaos bench soak --systems federator --duration 2m
+    Soak(SoakArgs),
     /// Every benchmark in turn, each with its defaults and side by side with etcd: raft
-    /// (1, 16, 64, 256 and 1,000 clients), propagation, snapshot, then scale (Federator
-    /// only). With --markdown each writes its section (and raft its latency plot) into
-    /// FILE.
+    /// (1, 16, 64, 256 and 1,000 clients, 20 failover trials), propagation, snapshot,
+    /// scale (Federator only), then soak (10 minutes per system). With --markdown each
+    /// writes its section (and raft its latency plot) into FILE.
     ///
     ///   FEDERATOR_BIN=target/release/federator federator-chaos bench all --markdown BENCHMARKS.md
     All(AllArgs),
@@ -163,6 +172,59 @@ impl ScaleArgs {
             config.duration = Duration::from_secs(1);
             config.watchers = 2;
             config.changes = 5;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+struct SoakArgs {
+    /// Concurrent closed-loop writers.
+    #[arg(long, default_value_t = 1000)]
+    clients: usize,
+    /// Measured time under load (e.g. 10m, 90s), after a 2 s warm-up.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    duration: Duration,
+    /// Distinct keys over all writers; each overwrites its share in turn, so the stored
+    /// state stays bounded.
+    #[arg(long, default_value_t = 100_000)]
+    keys: u64,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// Time between two readings of the raft term and the acknowledgement count.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    sample_every: Duration,
+    /// Systems to run, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
+    systems: Vec<System>,
+    /// A quick run that keeps the benchmark from rotting (CI): 64 writers for 3 s,
+    /// sampled every 500 ms. Overrides --clients, --duration and --sample-every.
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the results as a markdown section into FILE (replacing the section a
+    /// previous run wrote there).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+impl SoakArgs {
+    fn config(&self) -> anyhow::Result<SoakConfig> {
+        let mut config = SoakConfig {
+            clients: self.clients,
+            warmup: Duration::from_secs(2),
+            duration: self.duration,
+            value_size: self.value_size,
+            keys: self.keys,
+            sample_every: self.sample_every,
+            systems: self.systems.clone(),
+        };
+        if self.smoke {
+            config.clients = 64;
+            config.warmup = Duration::from_millis(500);
+            config.duration = Duration::from_secs(3);
+            config.sample_every = Duration::from_millis(500);
         }
         config.validate()?;
         Ok(config)
@@ -358,6 +420,7 @@ async fn main() -> anyhow::Result<()> {
             Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
             Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
             Command::Bench(Bench::Scale(args)) => bench_scale(args).await,
+            Command::Bench(Bench::Soak(args)) => bench_soak(args).await,
             Command::Bench(Bench::All(args)) => bench_all(args).await,
             Command::List => {
                 for s in run::SCENARIOS {
@@ -470,8 +533,9 @@ async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `bench raft`, `bench propagation`, `bench snapshot` and `bench scale` one after the other, each
-/// parsed from its own command line so it gets exactly its defaults.
+/// Runs `bench raft`, `bench propagation`, `bench snapshot`, `bench scale` and `bench soak`
+/// one after the other, each parsed from its own command line so it gets exactly its
+/// defaults.
 async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
     for argv in all_command_lines(args) {
         eprintln!("== {}", argv[1..].join(" "));
@@ -481,6 +545,7 @@ async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
             Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
             Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
             Command::Bench(Bench::Scale(args)) => bench_scale(args).await,
+            Command::Bench(Bench::Soak(args)) => bench_soak(args).await,
             _ => unreachable!("only benchmarks are listed"),
         };
         outcome.with_context(|| argv[1..].join(" "))?;
@@ -490,8 +555,13 @@ async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
 
 /// The command lines `bench all` runs.
 fn all_command_lines(args: &AllArgs) -> Vec<Vec<String>> {
-    let benchmarks: [&[&str]; 4] =
-        [&["raft", "--clients", "1,16,64,256,1000"], &["propagation"], &["snapshot"], &["scale"]];
+    let benchmarks: [&[&str]; 5] = [
+        &["raft", "--clients", "1,16,64,256,1000", "--trials", "20"],
+        &["propagation"],
+        &["snapshot"],
+        &["scale"],
+        &["soak"],
+    ];
     benchmarks
         .iter()
         .map(|bench| {
@@ -547,6 +617,21 @@ async fn bench_scale(args: &ScaleArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let progress = Progress::new();
     let report = run_scale(&config, &progress).await?;
+    finish(
+        &progress,
+        &report.text(),
+        args.markdown.as_deref(),
+        (SECTION_BEGIN, SECTION_END),
+        |c, d| report.markdown_section(&machine, c, d),
+    )
+}
+
+async fn bench_soak(args: &SoakArgs) -> anyhow::Result<()> {
+    use federator_chaos::bench::soak::report::{SECTION_BEGIN, SECTION_END};
+    let config = args.config()?;
+    let machine = Machine::detect();
+    let progress = Progress::new();
+    let report = run_soak(&config, &progress).await?;
     finish(
         &progress,
         &report.text(),
@@ -629,7 +714,7 @@ mod tests {
         .expect("parses");
         let Command::Bench(Bench::All(args)) = &cli.command else { panic!("{cli:?}") };
         let lines = all_command_lines(args);
-        assert_eq!(lines.len(), 4);
+        assert_eq!(lines.len(), 5);
         for argv in &lines {
             assert_eq!(&argv[argv.len() - 3..], ["--smoke", "--markdown", "B.md"], "{argv:?}");
             let parsed = Cli::try_parse_from(argv).expect("each command line parses");
@@ -641,6 +726,7 @@ mod tests {
             panic!("raft first")
         };
         assert_eq!(raft.clients, [1, 16, 64, 256, 1000]);
+        assert_eq!(raft.trials, 20);
     }
 
     #[test]

@@ -31,6 +31,10 @@ pub struct LoadSpec {
     pub value_size: usize,
     /// Key prefix; client `c` writes `PREFIX/cC/0`, `PREFIX/cC/1`, …
     pub prefix: String,
+    /// Distinct keys per client: `None` writes a new key every time; `Some(k)` cycles
+    /// through `PREFIX/cC/0` … `PREFIX/cC/{k-1}`, overwriting, so a long run keeps the
+    /// stored state bounded.
+    pub keys_per_client: Option<u64>,
 }
 
 /// What the clients saw in the measured window.
@@ -195,6 +199,7 @@ pub async fn closed_loop<C: KvConn>(
     let measure_from = Instant::now() + spec.warmup;
     let until = measure_from + spec.duration;
     let value = vec![b'v'; spec.value_size];
+    let keys_per_client = spec.keys_per_client.filter(|k| *k > 0);
     let clients = (0..spec.clients).map(|c| {
         let mut conn = conns[c % conns.len()].clone();
         let prefix = format!("{}/c{c}", spec.prefix);
@@ -207,9 +212,10 @@ pub async fn closed_loop<C: KvConn>(
                 if began >= until {
                     break;
                 }
+                let key = keys_per_client.map_or(i, |k| i % k);
                 let outcome = tokio::time::timeout(
                     CALL_TIMEOUT,
-                    conn.put(format!("{prefix}/{i}"), value.clone()),
+                    conn.put(format!("{prefix}/{key}"), value.clone()),
                 )
                 .await
                 .unwrap_or(Err(PutError::Timeout(CALL_TIMEOUT)));
@@ -304,6 +310,7 @@ mod tests {
             duration: Duration::from_millis(200),
             value_size: 8,
             prefix: "t".into(),
+            keys_per_client: None,
         };
         let acked = Arc::new(AtomicU64::new(0));
         let run = closed_loop(&[OneMillisecondStore], &spec, &acked).await;

@@ -240,6 +240,7 @@ pub async fn run_scale(config: &ScaleConfig, progress: &Progress) -> anyhow::Res
             duration: config.duration,
             value_size: 0,
             prefix: "load".into(),
+            keys_per_client: None,
         };
         let bar = progress.load_bar(&format!("Federator at {} members", level.members), &spec);
         let acked = Arc::new(AtomicU64::new(0));
