@@ -91,22 +91,37 @@ pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::
     for system in &config.systems {
         let figures = match system {
             System::Federator => {
-                let step = progress.step(format!("starting {GROUP_SIZE} Federator replicas"));
-                let mut target = FederatorTarget::start(GROUP_SIZE).await?;
-                step.finish_and_clear();
-                measure(&mut target, config, progress).await
+                measure(&mut start_federator(progress).await?, config, progress).await
             }
-            System::Etcd => {
-                let step = progress.step(format!("starting {GROUP_SIZE} etcd members"));
-                let mut target = EtcdTarget::start(GROUP_SIZE)?;
-                target.wait_healthy(HEALTHY_TIMEOUT).await?;
-                step.finish_and_clear();
-                measure(&mut target, config, progress).await
-            }
+            System::Etcd => measure(&mut start_etcd(progress).await?, config, progress).await,
         };
         systems.push(figures.with_context(|| format!("benchmarking {}", system.name()))?);
     }
     Ok(RaftReport { config: config.clone(), systems })
+}
+
+/// Starts a [`GROUP_SIZE`]-replica Federator group, showing the step.
+///
+/// # Errors
+/// A replica did not start or the group did not form.
+pub(crate) async fn start_federator(progress: &Progress) -> anyhow::Result<FederatorTarget> {
+    let step = progress.step(format!("starting {GROUP_SIZE} Federator replicas"));
+    let target = FederatorTarget::start(GROUP_SIZE).await?;
+    step.finish_and_clear();
+    Ok(target)
+}
+
+/// Starts a [`GROUP_SIZE`]-member etcd cluster and waits until it is healthy, showing
+/// the step.
+///
+/// # Errors
+/// A member did not start or the cluster elected no leader in time.
+pub(crate) async fn start_etcd(progress: &Progress) -> anyhow::Result<EtcdTarget> {
+    let step = progress.step(format!("starting {GROUP_SIZE} etcd members"));
+    let mut target = EtcdTarget::start(GROUP_SIZE)?;
+    target.wait_healthy(HEALTHY_TIMEOUT).await?;
+    step.finish_and_clear();
+    Ok(target)
 }
 
 /// Load phases (one per client count), then failover trials, against one group.

@@ -243,12 +243,14 @@ impl RaftReport {
     ) -> String {
         let c = &self.config;
         let mut out = String::new();
-        let _ = writeln!(out, "{SECTION_BEGIN}");
-        let _ = writeln!(out, "## Raft writes: Federator vs etcd 3.4\n");
-        let _ =
-            writeln!(out, "Measured {date}, both systems one after the other in the same run:\n");
-        let _ = writeln!(out, "```sh\n{command}\n```\n");
-        let _ = writeln!(out, "{}\n", wrap(&format!("Machine: {machine}"), 90));
+        out.push_str(&section_head(
+            SECTION_BEGIN,
+            "Raft writes: Federator vs etcd 3.4",
+            date,
+            "both systems one after the other in the same run",
+            command,
+            machine,
+        ));
         out.push_str(&self.markdown_table());
         out.push('\n');
         if let Some(plot) = plot {
@@ -301,6 +303,24 @@ impl RaftReport {
         let _ = writeln!(out, "{SECTION_END}");
         out
     }
+}
+
+/// The opening of a benchmark's markdown section: its `begin` marker, `title`, when and
+/// how it was `measured` ("both systems one after the other in the same run"), the
+/// command and the machine.
+#[must_use]
+pub fn section_head(
+    begin: &str,
+    title: &str,
+    date: &str,
+    measured: &str,
+    command: &str,
+    machine: &Machine,
+) -> String {
+    format!(
+        "{begin}\n## {title}\n\nMeasured {date}, {measured}:\n\n```sh\n{command}\n```\n\n{}\n\n",
+        wrap(&format!("Machine: {machine}"), 90)
+    )
 }
 
 /// `rows` as a markdown table under [`HEADER`].

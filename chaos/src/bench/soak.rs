@@ -17,8 +17,8 @@ use anyhow::Context as _;
 
 use super::load::{self, LoadRun, LoadSpec, closed_loop, leader_first, progress_ticker};
 use super::progress::Progress;
-use super::target::{self, EtcdTarget, FederatorTarget, KvTarget};
-use super::{GROUP_SIZE, HEALTHY_TIMEOUT, System};
+use super::target::{self, KvTarget};
+use super::{System, start_etcd, start_federator};
 
 /// What `bench soak` runs.
 #[derive(Clone, Debug)]
@@ -184,18 +184,9 @@ pub async fn run_soak(config: &SoakConfig, progress: &Progress) -> anyhow::Resul
     for system in &config.systems {
         let figures = match system {
             System::Federator => {
-                let step = progress.step(format!("starting {GROUP_SIZE} Federator replicas"));
-                let mut target = FederatorTarget::start(GROUP_SIZE).await?;
-                step.finish_and_clear();
-                soak(&mut target, config, progress).await
+                soak(&mut start_federator(progress).await?, config, progress).await
             }
-            System::Etcd => {
-                let step = progress.step(format!("starting {GROUP_SIZE} etcd members"));
-                let mut target = EtcdTarget::start(GROUP_SIZE)?;
-                target.wait_healthy(HEALTHY_TIMEOUT).await?;
-                step.finish_and_clear();
-                soak(&mut target, config, progress).await
-            }
+            System::Etcd => soak(&mut start_etcd(progress).await?, config, progress).await,
         };
         let figures = figures.with_context(|| format!("soaking {}", system.name()))?;
         progress.println(format!("{:>9} {}", figures.system, figures.summary(config.warmup)));

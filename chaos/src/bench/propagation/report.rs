@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::memory::{ENDPOINTS_PER_EXPORT, RssChange};
 use super::watch::percentile;
 use super::{CONNECTIONS_PER_MEMBER, GRACE, PropagationConfig, SystemPropagation};
-use crate::bench::report::{Machine, aligned_table, wrap};
+use crate::bench::report::{Machine, aligned_table, section_head, wrap};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 pub const SECTION_BEGIN: &str =
@@ -391,12 +391,14 @@ impl PropagationReport {
     pub fn markdown_section(&self, machine: &Machine, command: &str, date: &str) -> String {
         let c = &self.config;
         let mut out = String::new();
-        let _ = writeln!(out, "{SECTION_BEGIN}");
-        let _ = writeln!(out, "## Propagation and memory: Federator vs etcd 3.4\n");
-        let _ =
-            writeln!(out, "Measured {date}, both systems one after the other in the same run:\n");
-        let _ = writeln!(out, "```sh\n{command}\n```\n");
-        let _ = writeln!(out, "{}\n", wrap(&format!("Machine: {machine}"), 90));
+        out.push_str(&section_head(
+            SECTION_BEGIN,
+            "Propagation and memory: Federator vs etcd 3.4",
+            date,
+            "both systems one after the other in the same run",
+            command,
+            machine,
+        ));
         out.push_str(&self.markdown_table());
         out.push('\n');
         for line in self.details() {

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{BENCH_MEMBERS, ENDPOINTS_PER_EXPORT, JOIN_CONCURRENCY, LevelFigures, ScaleReport};
-use crate::bench::report::{Machine, wrap};
+use crate::bench::report::{Machine, section_head, wrap};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 pub const SECTION_BEGIN: &str =
@@ -158,11 +158,14 @@ impl ScaleReport {
     pub fn markdown_section(&self, machine: &Machine, command: &str, date: &str) -> String {
         let c = &self.config;
         let mut out = String::new();
-        let _ = writeln!(out, "{SECTION_BEGIN}");
-        let _ = writeln!(out, "## Scale: 10 → 1,000 member clusters, 10k → 1M endpoints\n");
-        let _ = writeln!(out, "Measured {date}, one group grown level by level:\n");
-        let _ = writeln!(out, "```sh\n{command}\n```\n");
-        let _ = writeln!(out, "{}\n", wrap(&format!("Machine: {machine}"), 90));
+        out.push_str(&section_head(
+            SECTION_BEGIN,
+            "Scale: 10 → 1,000 member clusters, 10k → 1M endpoints",
+            date,
+            "one group grown level by level",
+            command,
+            machine,
+        ));
         out.push_str(&self.table());
         out.push('\n');
         for line in self.verdicts() {

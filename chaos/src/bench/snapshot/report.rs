@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{Install, SnapshotConfig, SystemSnapshot, median};
-use crate::bench::report::{Machine, aligned_table, wrap};
+use crate::bench::report::{Machine, aligned_table, section_head, wrap};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 pub const SECTION_BEGIN: &str =
@@ -243,15 +243,14 @@ impl SnapshotReport {
     #[must_use]
     pub fn markdown_section(&self, machine: &Machine, command: &str, date: &str) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "{SECTION_BEGIN}");
-        let _ = writeln!(
-            out,
-            "## Snapshots: save, restore, follower install — Federator vs etcd 3.4\n"
-        );
-        let _ =
-            writeln!(out, "Measured {date}, both systems one after the other in the same run:\n");
-        let _ = writeln!(out, "```sh\n{command}\n```\n");
-        let _ = writeln!(out, "{}\n", wrap(&format!("Machine: {machine}"), 90));
+        out.push_str(&section_head(
+            SECTION_BEGIN,
+            "Snapshots: save, restore, follower install — Federator vs etcd 3.4",
+            date,
+            "both systems one after the other in the same run",
+            command,
+            machine,
+        ));
         let _ = writeln!(out, "| {} |\n|---|--:|--:|--:|---|", HEADER.join(" | "));
         for row in self.rows() {
             let _ = writeln!(out, "| {} |", row.cells().join(" | "));

@@ -9,7 +9,9 @@ use std::time::Duration;
 use super::{SoakFigures, SoakReport};
 use crate::bench::GROUP_SIZE;
 use crate::bench::load::CONNECTIONS_PER_MEMBER;
-use crate::bench::report::{HEADER, Machine, Row, Target, aligned_table, markdown_rows, wrap};
+use crate::bench::report::{
+    HEADER, Machine, Row, Target, aligned_table, markdown_rows, section_head, wrap,
+};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 pub const SECTION_BEGIN: &str =
@@ -117,12 +119,14 @@ impl SoakReport {
     pub fn markdown_section(&self, machine: &Machine, command: &str, date: &str) -> String {
         let c = &self.config;
         let mut out = String::new();
-        let _ = writeln!(out, "{SECTION_BEGIN}");
-        let _ = writeln!(out, "## Elections under sustained full load: Federator vs etcd 3.4\n");
-        let _ =
-            writeln!(out, "Measured {date}, both systems one after the other in the same run:\n");
-        let _ = writeln!(out, "```sh\n{command}\n```\n");
-        let _ = writeln!(out, "{}\n", wrap(&format!("Machine: {machine}"), 90));
+        out.push_str(&section_head(
+            SECTION_BEGIN,
+            "Elections under sustained full load: Federator vs etcd 3.4",
+            date,
+            "both systems one after the other in the same run",
+            command,
+            machine,
+        ));
         out.push_str(&markdown_rows(&self.rows()));
         out.push('\n');
         for line in self.term_change_lines() {
