@@ -46,7 +46,6 @@ pub enum Consistency {
     Stale,
 }
 
-/// Settings of one replica.
 /// Default leader heartbeat period. openraft 0.9 also uses it as the deadline of every
 /// AppendEntries call (three quarters of it, for the call itself) and ticks its timers
 /// every one and a half of it.
@@ -57,6 +56,7 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(40);
 pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(120), Duration::from_millis(240));
 
+/// Settings of one replica.
 #[derive(Clone, Debug)]
 pub struct ReplicaConfig {
     /// This replica's id, unique in the group.
