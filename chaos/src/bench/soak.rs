@@ -11,7 +11,7 @@ pub mod report;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context as _;
 
@@ -234,8 +234,8 @@ async fn soak<T: KvTarget>(
         connections,
         run,
         term_before,
-        // A member that answered a sample with a higher term than the last reading
-        // (a restart of the reading member is not part of a soak, but be safe).
+        // The highest term seen at all: a member that answered a sample may not answer
+        // the final reading.
         term_after: samples.iter().filter_map(|s| s.term).fold(term_after, u64::max),
         leader_changes: changes_before.zip(changes_after).map(|(b, a)| a.saturating_sub(b)),
         samples,
@@ -250,19 +250,18 @@ async fn sample<T: KvTarget>(
     total: Duration,
     every: Duration,
 ) -> Vec<Sample> {
-    let started = Instant::now();
+    let started = tokio::time::Instant::now();
     let mut samples = Vec::new();
-    let mut next = tokio::time::Instant::from_std(started);
-    loop {
+    for n in 0u32.. {
         let at = started.elapsed();
         let acked = acked.load(Ordering::Relaxed);
         let term = target.term().await.ok();
         samples.push(Sample { at, acked, term });
-        next += every;
-        if next.duration_since(tokio::time::Instant::from_std(started)) > total {
+        let next = every * (n + 1);
+        if next > total {
             break;
         }
-        tokio::time::sleep_until(next).await;
+        tokio::time::sleep_until(started + next).await;
     }
     samples
 }
