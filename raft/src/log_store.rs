@@ -2,8 +2,9 @@
 //!
 //! Entries live in one table keyed by log index, each value the postcard encoding of the
 //! [`Entry`]; the vote, the committed log id and the last purged log id live in a second,
-//! small table. Every write is one redb transaction committed with
-//! [`Durability::Immediate`], so whatever this store reports written survives a crash.
+//! small table. Appends, the vote and truncations are redb transactions committed with
+//! [`Durability::Immediate`], so whatever this store reports written survives a crash;
+//! the committed-index hint and purge steps ride on the next such commit.
 //!
 //! redb blocks on disk IO, so every transaction runs on tokio's blocking pool and the
 //! async methods only wait for it.
@@ -145,6 +146,13 @@ enum LogStoreError {
         log_id: LogId,
     },
 
+    /// An entry just listed by a read of the log table was gone when read again.
+    #[error("the log entry at index {index} vanished while the log was purged")]
+    MissingEntry {
+        /// Index of the entry.
+        index: u64,
+    },
+
     /// A metadata value (vote, committed, last purged) could not be encoded.
     #[error("cannot encode the raft log metadata `{key}`: {source}")]
     EncodeMeta {
@@ -224,7 +232,10 @@ where
 /// that deleted thousands of entries there would stop heartbeats for as long as the
 /// deletion took (long enough, under load, for the followers to elect a new leader). A
 /// purge takes effect for readers at once (entries up to it are no longer returned) and
-/// the writer deletes them after the appends queued before it are durable.
+/// the writer deletes them in steps of at most [`PURGE_STEP_ENTRIES`] entries or about
+/// [`PURGE_STEP_BYTES`] between batches of appends. Deleting a whole snapshot's worth at
+/// once (~20,000 entries, a gigabyte under full load) held the writer — and with it every
+/// append, which openraft's core awaits — for about a second.
 #[derive(Clone)]
 pub struct LogStore {
     /// The replica's database, shared with the state machine store.
@@ -251,9 +262,9 @@ enum WriterOp {
     Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
     /// Record this committed log id (postcard) with the next transaction; nobody waits.
     Committed(Vec<u8>),
-    /// Delete the entries up to this log id, once the batch it came with is durable, and
-    /// record it as the last purged (postcard encoding alongside); nobody waits.
-    Purge(LogId, Vec<u8>),
+    /// Delete the entries up to this log id, in steps between later batches, and record
+    /// it as the last purged; nobody waits.
+    Purge(LogId),
 }
 
 /// The group-commit writer: a thread that drains the queue, writes every queued append
@@ -293,13 +304,37 @@ impl Writer {
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
             .spawn(move || {
+                // The purge not finished yet: the writer deletes a step of it after each
+                // batch, and while the queue is empty.
+                let mut purge: Option<LogId> = None;
                 // Ends when every LogStore clone (and so every sender) is gone.
-                while let Ok(first) = rx.recv() {
-                    let mut batch = vec![first];
-                    batch.extend(rx.try_iter());
-                    write_batch(&db, &pending, &observed, batch);
+                loop {
+                    let first = if purge.is_some() {
+                        match rx.try_recv() {
+                            Ok(op) => Some(op),
+                            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                        }
+                    } else {
+                        match rx.recv() {
+                            Ok(op) => Some(op),
+                            Err(std::sync::mpsc::RecvError) => break,
+                        }
+                    };
+                    if let Some(first) = first {
+                        let mut batch = vec![first];
+                        batch.extend(rx.try_iter());
+                        purge = purge.max(write_batch(&db, &pending, &observed, batch));
+                    }
+                    if let Some(upto) = purge {
+                        purge = purge_step(&db, upto);
+                    }
                 }
-                // Make the last non-durable writes (committed hint, purge) durable.
+                // Finish the purge (bounded by the log's length) and make the last
+                // non-durable writes (committed hint, purge) durable.
+                while let Some(upto) = purge {
+                    purge = purge_step(&db, upto);
+                }
                 if let Err(error) = write_txn(&db, "close the log", |_| Ok(())) {
                     tracing::warn!(%error, "cannot make the last log writes durable");
                 }
@@ -338,12 +373,13 @@ impl Writer {
 /// the written entries from `pending` and answers callbacks and barriers, in order.
 /// A batch of committed-index hints alone is written without an fsync of its own: the
 /// hint only speeds up a restart, and the next durable commit makes it durable.
+/// Returns the newest purge the batch asks for (the caller deletes it in steps).
 fn write_batch(
     db: &Database,
     pending: &RwLock<BTreeMap<u64, Entry>>,
     metrics: &ConsensusMetrics,
     batch: Vec<WriterOp>,
-) {
+) -> Option<LogId> {
     let durability =
         if batch.iter().all(|op| matches!(op, WriterOp::Committed(_) | WriterOp::Purge(..))) {
             Durability::None
@@ -421,48 +457,75 @@ fn write_batch(
                 // Only a hint: a failed write is retried with the next commit.
                 tracing::warn!(%error, "cannot record the committed log id");
             }
-            (WriterOp::Purge(log_id, marker), _) => {
-                if purge.as_ref().is_none_or(|(last, _)| *last < log_id) {
-                    purge = Some((log_id, marker));
-                }
-            }
+            (WriterOp::Purge(log_id), _) => purge = purge.max(Some(log_id)),
         }
     }
-    // After the callbacks, so that appends are not held up by the deletion; a later
-    // batch's durable commit makes it durable (until then a crash keeps the entries and
-    // the older marker, which agree).
-    if let Some((log_id, marker)) = purge {
-        let started = Instant::now();
-        match delete_purged(db, log_id, &marker, Durability::None) {
-            Ok(()) => tracing::debug!(
-                upto = log_id.index,
-                elapsed = ?started.elapsed(),
-                "purged the log"
-            ),
-            // Readers skip purged entries anyway; the next purge deletes these too.
-            Err(error) => tracing::warn!(%error, upto = log_id.index, "cannot purge the log"),
-        }
-    }
+    purge
 }
 
-/// Deletes the entries up to `log_id` and records it (`marker`, its encoding) as the last
-/// purged, in one transaction, so a crash never leaves a purged prefix without its marker.
-fn delete_purged(
-    db: &Database,
-    log_id: LogId,
-    marker: &[u8],
-    durability: Durability,
-) -> Result<(), LogStoreError> {
-    write_txn_with(db, "purge the log", durability, |txn| {
+/// Most entries one purge step deletes (see [`LogStore`]).
+const PURGE_STEP_ENTRIES: usize = 64;
+/// Bytes of entries after which a purge step stops (it deletes at least one entry).
+const PURGE_STEP_BYTES: usize = 4 << 20;
+
+/// One step of a purge up to `upto`: deletes the oldest entries, at most
+/// [`PURGE_STEP_ENTRIES`] or until [`PURGE_STEP_BYTES`], and records the last one deleted
+/// (`upto` itself once none is left up to it) as the last purged, in one transaction, so a
+/// crash never leaves a deleted prefix without its marker. The transaction is not made
+/// durable on its own: the next append's fsync does that, and a crash before it keeps the
+/// entries and the older marker, which agree.
+///
+/// Returns `upto` while entries up to it remain, `None` once the purge is done (or failed:
+/// readers skip purged entries anyway, and the next purge deletes these too).
+fn purge_step(db: &Database, upto: LogId) -> Option<LogId> {
+    let started = Instant::now();
+    let result = write_txn_with(db, "purge the log", Durability::None, |txn| {
+        let mut table = txn.open_table(LOG).during("open the log table")?;
+        let (mut last, mut count, mut bytes, mut more) = (None, 0, 0, false);
+        for item in table.range(..=upto.index).during("read log entries")? {
+            let (key, value) = item.during("read log entries")?;
+            if count == PURGE_STEP_ENTRIES || bytes >= PURGE_STEP_BYTES {
+                more = true;
+                break;
+            }
+            (last, count, bytes) = (Some(key.value()), count + 1, bytes + value.value().len());
+        }
+        let marker = match last {
+            Some(index) if more => {
+                let value = table.get(index).during("read log entries")?;
+                let value = value.ok_or(LogStoreError::MissingEntry { index })?;
+                *decode_entry(index, value.value())?.get_log_id()
+            }
+            _ => upto,
+        };
+        if let Some(index) = last {
+            table.retain_in(..=index, |_, _| false).during("purge the log")?;
+        }
         let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
         let recorded: Option<LogId> = get_meta(&meta, LAST_PURGED_KEY)?;
-        if recorded.is_none_or(|recorded| recorded < log_id) {
-            meta.insert(LAST_PURGED_KEY, marker).during("record the last purged log id")?;
+        if recorded.is_none_or(|recorded| recorded < marker) {
+            let bytes = encode_meta(LAST_PURGED_KEY, &marker)?;
+            meta.insert(LAST_PURGED_KEY, bytes.as_slice())
+                .during("record the last purged log id")?;
         }
-        let mut table = txn.open_table(LOG).during("open the log table")?;
-        table.retain_in(..=log_id.index, |_, _| false).during("purge the log")?;
-        Ok(())
-    })
+        Ok((count, marker, more))
+    });
+    match result {
+        Ok((count, marker, more)) => {
+            tracing::debug!(
+                upto = upto.index,
+                purged = marker.index,
+                entries = count,
+                elapsed = ?started.elapsed(),
+                "purged a step of the log"
+            );
+            more.then_some(upto)
+        }
+        Err(error) => {
+            tracing::warn!(%error, upto = upto.index, "cannot purge the log");
+            None
+        }
+    }
 }
 
 // === impl LogStore ===
@@ -708,8 +771,6 @@ impl RaftLogStorage<TypeConfig> for LogStore {
 
     /// Takes effect for readers at once and is queued for the writer (see [`LogStore`]).
     async fn purge(&mut self, log_id: LogId) -> Result<(), StorageError> {
-        let marker = encode_meta(LAST_PURGED_KEY, &log_id)
-            .map_err(|error| StorageIOError::write_logs(&error))?;
         {
             let mut purged = match self.purged.write() {
                 Ok(guard) => guard,
@@ -717,7 +778,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             *purged = (*purged).max(Some(log_id));
         }
-        if self.writer.enqueue(WriterOp::Purge(log_id, marker)).is_err() {
+        if self.writer.enqueue(WriterOp::Purge(log_id)).is_err() {
             return Err(StorageIOError::write_logs(&LogStoreError::WriterStopped).into());
         }
         Ok(())
@@ -1053,6 +1114,75 @@ mod tests {
         assert_eq!(state.last_purged_log_id, Some(log_id(2, 3)), "deleted and recorded on close");
         let read: Vec<u64> = indexes(store.try_get_log_entries(0..100).await.expect("read"));
         assert_eq!(read, vec![4, 5, 6]);
+    }
+
+    #[tokio::test]
+    async fn a_long_purge_is_deleted_in_steps_each_recording_how_far_it_got() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let entries: Vec<Entry> = (1..=200).map(|i| normal(2, i, b"a=b")).collect();
+        store.blocking_append(entries).await.expect("append");
+        let marker = |db: &Database| -> Option<LogId> {
+            let txn = db.begin_read().expect("read");
+            get_meta(&txn.open_table(LOG_META).expect("meta"), LAST_PURGED_KEY).expect("marker")
+        };
+        let first = |db: &Database| -> Option<u64> {
+            let txn = db.begin_read().expect("read");
+            let table = txn.open_table(LOG).expect("log");
+            table.first().expect("first").map(|(key, _)| key.value())
+        };
+        let upto = log_id(2, 150);
+        assert_eq!(purge_step(&store.db, upto), Some(upto), "more than one step's worth");
+        assert_eq!(first(&store.db), Some(PURGE_STEP_ENTRIES as u64 + 1));
+        assert_eq!(
+            marker(&store.db),
+            Some(log_id(2, PURGE_STEP_ENTRIES as u64)),
+            "a crash now keeps the marker and the entries after it in agreement"
+        );
+        let mut steps = 1;
+        loop {
+            steps += 1;
+            if purge_step(&store.db, upto).is_none() {
+                break;
+            }
+            assert!(steps < 10, "a purge of 150 entries ends");
+        }
+        assert_eq!(steps, 3, "64 + 64 + 22 entries");
+        assert_eq!(first(&store.db), Some(151));
+        assert_eq!(marker(&store.db), Some(upto));
+        assert_eq!(purge_step(&store.db, upto), None, "nothing left: done at once");
+
+        // Large entries: a step stops once it has deleted PURGE_STEP_BYTES.
+        let big = vec![b'x'; PURGE_STEP_BYTES / 2 + 1];
+        let entries: Vec<Entry> = (201..=206).map(|i| normal(2, i, &big)).collect();
+        store.blocking_append(entries).await.expect("append");
+        assert_eq!(purge_step(&store.db, log_id(2, 206)), Some(log_id(2, 206)));
+        assert_eq!(first(&store.db), Some(203), "two entries of over half the budget each");
+    }
+
+    #[tokio::test]
+    async fn the_writer_finishes_a_long_purge_and_a_reopen_sees_it_all() {
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let mut store = open(&dir);
+            let entries: Vec<Entry> = (1..=300).map(|i| normal(3, i, b"k=v")).collect();
+            store.blocking_append(entries).await.expect("append");
+            store.purge(log_id(3, 290)).await.expect("purge");
+            // Appends go on while the writer deletes in steps.
+            store.blocking_append(vec![normal(3, 301, b"k=w")]).await.expect("append");
+            let read = store.try_get_log_entries(0..1000).await.expect("read");
+            assert_eq!(read.first().map(|e| e.log_id.index), Some(291));
+            assert_eq!(read.len(), 11);
+        }
+        let mut store = open(&dir);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(3, 290)));
+        assert_eq!(state.last_log_id, Some(log_id(3, 301)));
+        let read = store.try_get_log_entries(0..1000).await.expect("read");
+        assert_eq!(
+            read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            (291..=301).collect::<Vec<_>>()
+        );
     }
 
     #[tokio::test]
