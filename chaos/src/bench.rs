@@ -93,7 +93,7 @@ pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::
             System::Federator => {
                 measure(&mut start_federator(progress).await?, config, progress).await
             }
-            System::Etcd => measure(&mut start_etcd(progress).await?, config, progress).await,
+            System::Etcd => measure(&mut start_etcd(progress, &[]).await?, config, progress).await,
         };
         systems.push(figures.with_context(|| format!("benchmarking {}", system.name()))?);
     }
@@ -111,14 +111,17 @@ pub(crate) async fn start_federator(progress: &Progress) -> anyhow::Result<Feder
     Ok(target)
 }
 
-/// Starts a [`GROUP_SIZE`]-member etcd cluster and waits until it is healthy, showing
-/// the step.
+/// Starts a [`GROUP_SIZE`]-member etcd cluster (with `flags` added to every member's
+/// command line) and waits until it is healthy, showing the step.
 ///
 /// # Errors
 /// A member did not start or the cluster elected no leader in time.
-pub(crate) async fn start_etcd(progress: &Progress) -> anyhow::Result<EtcdTarget> {
+pub(crate) async fn start_etcd(
+    progress: &Progress,
+    flags: &[String],
+) -> anyhow::Result<EtcdTarget> {
     let step = progress.step(format!("starting {GROUP_SIZE} etcd members"));
-    let mut target = EtcdTarget::start(GROUP_SIZE)?;
+    let mut target = EtcdTarget::start_with_flags(GROUP_SIZE, flags)?;
     target.wait_healthy(HEALTHY_TIMEOUT).await?;
     step.finish_and_clear();
     Ok(target)

@@ -173,6 +173,18 @@ pub struct SoakReport {
     pub systems: Vec<SoakFigures>,
 }
 
+/// etcd's members compact their history every minute (keeping the last minute) and may
+/// grow to 8 GiB, as a long-running etcd is configured: with the defaults (no compaction,
+/// 2 GB quota) ten minutes of overwrites fill the quota with old revisions and etcd
+/// refuses every later write.
+fn etcd_flags() -> Vec<String> {
+    ["--auto-compaction-mode=periodic", "--auto-compaction-retention=1m"]
+        .into_iter()
+        .map(String::from)
+        .chain([format!("--quota-backend-bytes={}", 8_u64 << 30)])
+        .collect()
+}
+
 /// Runs the soak against every configured system, one after the other, each in a fresh
 /// group torn down before the next starts.
 ///
@@ -186,7 +198,9 @@ pub async fn run_soak(config: &SoakConfig, progress: &Progress) -> anyhow::Resul
             System::Federator => {
                 soak(&mut start_federator(progress).await?, config, progress).await
             }
-            System::Etcd => soak(&mut start_etcd(progress).await?, config, progress).await,
+            System::Etcd => {
+                soak(&mut start_etcd(progress, &etcd_flags()).await?, config, progress).await
+            }
         };
         let figures = figures.with_context(|| format!("soaking {}", system.name()))?;
         progress.println(format!("{:>9} {}", figures.system, figures.summary(config.warmup)));

@@ -238,7 +238,15 @@ impl EtcdTarget {
     /// # Errors
     /// A member could not be spawned.
     pub fn start(members: u64) -> anyhow::Result<Self> {
-        Ok(Self { cluster: EtcdCluster::start(members)? })
+        Self::start_with_flags(members, &[])
+    }
+
+    /// Like [`EtcdTarget::start`], with `flags` added to every member's command line.
+    ///
+    /// # Errors
+    /// A member could not be spawned.
+    pub fn start_with_flags(members: u64, flags: &[String]) -> anyhow::Result<Self> {
+        Ok(Self { cluster: EtcdCluster::start_with_flags(members, flags)? })
     }
 }
 

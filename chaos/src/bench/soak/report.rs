@@ -139,7 +139,9 @@ impl SoakReport {
              keys in turn ({keys} keys in all) with {value} B values, so the stored state \
              stays bounded however long the run; every write acknowledged once committed by a \
              quorum and fsync'd, as in the raft benchmark (Federator through the admin `Put` \
-             with its default raft timing, etcd through the KV `Put` with its defaults). \
+             with its default raft timing, etcd through the KV `Put` with its defaults except \
+             that it compacts its history every minute and may grow to 8 GiB, so that old \
+             revisions do not fill its 2 GB default quota). \
              {warmup:?} warm-up, then {duration} measured. Every {every:?} a sampler reads the \
              highest raft term any member reports and the acknowledgements so far; elections \
              are the term's increase from before the clients start to after they stop (warm-up \
