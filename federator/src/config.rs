@@ -551,7 +551,12 @@ mod tests {
         assert_eq!(config.tls.ca, Path::new("/etc/federator/certs/ca.pem"));
         assert_eq!(config.admin_socket, Path::new("/etc/federator/data/2/admin.sock"));
         assert_eq!(config.advertise_raft, "127.0.0.1:7002");
-        assert_eq!(config.heartbeat, Duration::from_millis(40));
+        assert_eq!(config.heartbeat, Duration::from_millis(40), "the file's value");
+        assert_eq!(
+            config.election_timeout,
+            federator_raft::DEFAULT_ELECTION_TIMEOUT,
+            "not in the file: the default"
+        );
     }
 
     #[test]

@@ -49,12 +49,16 @@ pub enum Consistency {
 /// Default leader heartbeat period. openraft 0.9 also uses it as the deadline of every
 /// AppendEntries call (three quarters of it, for the call itself) and ticks its timers
 /// every one and a half of it.
-pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(40);
+///
+/// Sized for replicas on one network (loopback, a LAN, one cloud region): with it and
+/// [`DEFAULT_ELECTION_TIMEOUT`] a 10-minute soak at 1,000 writers on 2 cores sees no
+/// election (`federator-chaos bench soak`); raise both for round trips of tens of ms.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(25);
 /// Default election timeout range. A follower campaigns after hearing nothing from the
 /// leader for the upper bound (the leader's lease) plus its own random timeout in the
-/// range: 360–480 ms with these values, plus up to one timer tick.
+/// range: 240–320 ms with these values, plus up to one timer tick.
 pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
-    (Duration::from_millis(120), Duration::from_millis(240));
+    (Duration::from_millis(80), Duration::from_millis(160));
 
 /// Settings of one replica.
 #[derive(Clone, Debug)]
