@@ -128,8 +128,11 @@ impl SoakReport {
             machine,
         ));
         out.push_str(&markdown_rows(&self.rows()));
-        out.push('\n');
-        for line in self.term_change_lines() {
+        let lines = self.term_change_lines();
+        if !lines.is_empty() {
+            out.push('\n');
+        }
+        for line in lines {
             let _ = writeln!(out, "- {line}");
         }
         let how = format!(
