@@ -236,17 +236,102 @@ where
 /// [`PURGE_STEP_BYTES`] between batches of appends. Deleting a whole snapshot's worth at
 /// once (~20,000 entries, a gigabyte under full load) held the writer — and with it every
 /// append, which openraft's core awaits — for about a second.
+///
+/// The newest written entries stay in memory too (up to [`RECENT_BYTES`]): replication
+/// reads what was just appended, and reading it from memory saves a trip to the blocking
+/// pool, a redb read and a decode per AppendEntries.
 #[derive(Clone)]
 pub struct LogStore {
     /// The replica's database, shared with the state machine store.
     db: Arc<Database>,
-    /// Entries appended but not yet written to `db`, by index.
-    pending: Arc<RwLock<BTreeMap<u64, Entry>>>,
+    /// The log's tail in memory (see [`Tail`]).
+    tail: Arc<RwLock<Tail>>,
     /// The last purged log id as readers see it: ahead of `db` until the writer has
     /// deleted the entries.
     purged: Arc<RwLock<Option<LogId>>>,
     /// The group-commit writer.
     writer: Arc<Writer>,
+}
+
+/// Encoded bytes of written entries kept in memory for readers (see [`LogStore`]).
+const RECENT_BYTES: usize = 8 << 20;
+
+/// The log's tail in memory: the entries appended but not yet written, and the newest
+/// written ones. Together they are the log from the first of them on, with no gap: entries
+/// move from `pending` to `recent` in index order once written, `recent` loses only its
+/// oldest, and a truncation drops the same suffix from both and from redb.
+#[derive(Default)]
+struct Tail {
+    /// Appended, not yet written to redb, by index.
+    pending: BTreeMap<u64, Entry>,
+    /// Written to redb as well, by index, with their encoded size.
+    recent: BTreeMap<u64, (Entry, usize)>,
+    /// Sum of the sizes in `recent`.
+    recent_bytes: usize,
+}
+
+impl Tail {
+    /// The entries in `start..end` if the tail holds all the log has there, else `None`
+    /// (the caller reads redb).
+    fn entries(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
+        let first = match (self.recent.first_key_value(), self.pending.first_key_value()) {
+            (Some((r, _)), Some((p, _))) => (*r).min(*p),
+            (Some((r, _)), None) => *r,
+            (None, Some((p, _))) => *p,
+            (None, None) => return None,
+        };
+        if start < first {
+            return None;
+        }
+        let range = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
+        let mut entries: BTreeMap<u64, Entry> =
+            self.recent.range(range).map(|(i, (e, _))| (*i, e.clone())).collect();
+        // A pending entry is newer than a written one at its index.
+        entries.extend(self.pending.range(range).map(|(i, e)| (*i, e.clone())));
+        Some(entries.into_values().collect())
+    }
+
+    /// Moves a written entry from `pending` to `recent`, unless a newer entry took its
+    /// index meanwhile; then drops the oldest written entries beyond [`RECENT_BYTES`].
+    fn written(&mut self, index: u64, log_id: &LogId, size: usize) {
+        if self.pending.get(&index).is_some_and(|e| e.get_log_id() == log_id)
+            && let Some(entry) = self.pending.remove(&index)
+        {
+            if let Some((_, old)) = self.recent.insert(index, (entry, size)) {
+                self.recent_bytes -= old;
+            }
+            self.recent_bytes += size;
+        }
+        while self.recent_bytes > RECENT_BYTES
+            && let Some((_, (_, size))) = self.recent.pop_first()
+        {
+            self.recent_bytes -= size;
+        }
+    }
+
+    /// Drops every entry from `index` on.
+    fn truncate(&mut self, index: u64) {
+        self.pending.split_off(&index);
+        for (_, (_, size)) in self.recent.split_off(&index) {
+            self.recent_bytes -= size;
+        }
+    }
+
+    /// Drops written entries up to `index`.
+    fn purge(&mut self, index: u64) {
+        let kept = self.recent.split_off(&(index.saturating_add(1)));
+        for (_, (_, size)) in std::mem::replace(&mut self.recent, kept) {
+            self.recent_bytes -= size;
+        }
+    }
+}
+
+/// Write access to the tail (the lock does not poison: nothing panics while holding it).
+fn lock_tail(tail: &RwLock<Tail>) -> std::sync::RwLockWriteGuard<'_, Tail> {
+    match tail.write() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
 }
 
 /// Work for the writer thread, done in queue order.
@@ -296,7 +381,7 @@ impl Drop for Writer {
 impl Writer {
     fn start(
         db: Arc<Database>,
-        pending: Arc<RwLock<BTreeMap<u64, Entry>>>,
+        tail: Arc<RwLock<Tail>>,
         metrics: ConsensusMetrics,
     ) -> Result<Arc<Self>, LogStoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<WriterOp>();
@@ -324,7 +409,7 @@ impl Writer {
                     if let Some(first) = first {
                         let mut batch = vec![first];
                         batch.extend(rx.try_iter());
-                        purge = purge.max(write_batch(&db, &pending, &observed, batch));
+                        purge = purge.max(write_batch(&db, &tail, &observed, batch));
                     }
                     if let Some(upto) = purge {
                         purge = purge_step(&db, upto);
@@ -370,13 +455,14 @@ impl Writer {
 }
 
 /// Writes one batch of queued work: every append in one durable transaction; then drops
-/// the written entries from `pending` and answers callbacks and barriers, in order.
+/// the written entries from the pending ones of `tail` to its recent ones and answers
+/// callbacks and barriers, in order.
 /// A batch of committed-index hints alone is written without an fsync of its own: the
 /// hint only speeds up a restart, and the next durable commit makes it durable.
 /// Returns the newest purge the batch asks for (the caller deletes it in steps).
 fn write_batch(
     db: &Database,
-    pending: &RwLock<BTreeMap<u64, Entry>>,
+    tail: &RwLock<Tail>,
     metrics: &ConsensusMetrics,
     batch: Vec<WriterOp>,
 ) -> Option<LogId> {
@@ -410,18 +496,12 @@ fn write_batch(
         })
     });
     if result.is_ok() {
-        // Written entries are readable from redb now; drop them from memory unless a
-        // newer entry took their index meanwhile.
-        let mut pending = match pending.write() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        // Written entries are readable from redb now.
+        let mut tail = lock_tail(tail);
         for op in &batch {
             if let WriterOp::Append { entries, .. } = op {
-                for (index, log_id, _) in entries {
-                    if pending.get(index).is_some_and(|e| e.get_log_id() == log_id) {
-                        pending.remove(index);
-                    }
+                for (index, log_id, bytes) in entries {
+                    tail.written(*index, log_id, bytes.len());
                 }
             }
         }
@@ -554,10 +634,10 @@ impl LogStore {
             Ok(())
         })
         .map_err(|error| StorageIOError::write_logs(&error))?;
-        let pending = Arc::new(RwLock::new(BTreeMap::new()));
-        let writer = Writer::start(db.clone(), pending.clone(), metrics)
+        let tail = Arc::new(RwLock::new(Tail::default()));
+        let writer = Writer::start(db.clone(), tail.clone(), metrics)
             .map_err(|error| StorageIOError::write_logs(&error))?;
-        Ok(Self { db, pending, purged: Arc::new(RwLock::new(None)), writer })
+        Ok(Self { db, tail, purged: Arc::new(RwLock::new(None)), writer })
     }
 
     /// Reads the metadata value under `key` on the blocking pool.
@@ -600,14 +680,19 @@ impl LogStore {
         }
     }
 
-    /// Entries in `start..end` that are queued but not yet written, oldest first.
-    fn pending_in(&self, start: u64, end: Option<u64>) -> Vec<Entry> {
-        let pending = match self.pending.read() {
+    /// Read access to the tail.
+    fn read_tail(&self) -> std::sync::RwLockReadGuard<'_, Tail> {
+        match self.tail.read() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
-        };
+        }
+    }
+
+    /// Entries in `start..end` that are queued but not yet written, oldest first.
+    fn pending_in(&self, start: u64, end: Option<u64>) -> Vec<Entry> {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
-        pending.range((Bound::Included(start), upper)).map(|(_, e)| e.clone()).collect()
+        let tail = self.read_tail();
+        tail.pending.range((Bound::Included(start), upper)).map(|(_, e)| e.clone()).collect()
     }
 }
 
@@ -619,8 +704,16 @@ impl RaftLogReader<TypeConfig> for LogStore {
         let Some((start, end)) = index_span(&range) else {
             return Ok(Vec::new());
         };
-        // Queued entries first: the writer drops them from memory only after they are
-        // readable from redb, so one of the two reads sees every entry.
+        // Replication reads what was just appended: usually all in memory.
+        let in_memory = self.read_tail().entries(start, end);
+        if let Some(mut entries) = in_memory {
+            if let Some(purged) = self.purged_in_memory() {
+                entries.retain(|e| e.get_log_id().index > purged.index);
+            }
+            return Ok(entries);
+        }
+        // Queued entries first: the writer moves them out of `pending` only after they
+        // are readable from redb, so one of the two reads sees every entry.
         let queued = self.pending_in(start, end);
         let db = self.db.clone();
         let written = blocking(move || {
@@ -734,13 +827,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
-        {
-            let mut pending = match self.pending.write() {
-                Ok(guard) => guard,
-                Err(poisoned) => poisoned.into_inner(),
-            };
-            pending.extend(entries.into_iter().map(|e| (e.get_log_id().index, e)));
-        }
+        lock_tail(&self.tail)
+            .pending
+            .extend(entries.into_iter().map(|e| (e.get_log_id().index, e)));
         if let Err(op) =
             self.writer.enqueue(WriterOp::Append { entries: encoded, callback, started })
         {
@@ -756,6 +845,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         // Queued appends first, so that none lands after the truncation.
         self.writer.barrier().await.map_err(|error| StorageIOError::write_logs(&error))?;
+        lock_tail(&self.tail).truncate(log_id.index);
         let db = self.db.clone();
         blocking(move || {
             write_txn(&db, "truncate the log", |txn| {
@@ -778,6 +868,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             };
             *purged = (*purged).max(Some(log_id));
         }
+        lock_tail(&self.tail).purge(log_id.index);
         if self.writer.enqueue(WriterOp::Purge(log_id)).is_err() {
             return Err(StorageIOError::write_logs(&LogStoreError::WriterStopped).into());
         }
@@ -1183,6 +1274,55 @@ mod tests {
             read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
             (291..=301).collect::<Vec<_>>()
         );
+    }
+
+    #[test]
+    fn the_tail_keeps_the_newest_written_entries_and_no_gap() {
+        let mut tail = Tail::default();
+        assert_eq!(tail.entries(1, None), None, "empty: read redb");
+        for i in 1..=4 {
+            tail.pending.insert(i, normal(1, i, b"x"));
+        }
+        tail.written(1, &log_id(1, 1), RECENT_BYTES / 2);
+        tail.written(2, &log_id(1, 2), RECENT_BYTES / 2);
+        let indexes = |entries: Option<Vec<Entry>>| {
+            entries.map(|e| e.iter().map(|e| e.log_id.index).collect::<Vec<_>>())
+        };
+        assert_eq!(indexes(tail.entries(1, None)), Some(vec![1, 2, 3, 4]));
+        assert_eq!(indexes(tail.entries(2, Some(4))), Some(vec![2, 3]));
+        // Over the budget: the oldest written entry leaves; reads before it go to redb.
+        tail.written(3, &log_id(1, 3), 1);
+        assert_eq!(tail.recent_bytes, RECENT_BYTES / 2 + 1);
+        assert_eq!(tail.entries(1, None), None);
+        assert_eq!(indexes(tail.entries(2, None)), Some(vec![2, 3, 4]));
+        assert_eq!(indexes(tail.entries(9, None)), Some(vec![]), "nothing beyond the log");
+        // A newer entry at a written index (after a truncation) is not replaced.
+        tail.truncate(3);
+        assert_eq!(tail.recent_bytes, RECENT_BYTES / 2);
+        tail.pending.insert(3, normal(2, 3, b"y"));
+        tail.written(3, &log_id(1, 3), 1);
+        assert_eq!(tail.entries(3, None).expect("in memory")[0].log_id, log_id(2, 3));
+        tail.purge(2);
+        assert_eq!(tail.recent_bytes, 0);
+        assert_eq!(indexes(tail.entries(3, None)), Some(vec![3]));
+    }
+
+    #[tokio::test]
+    async fn reads_from_memory_agree_with_redb_across_truncate_and_purge() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let entries: Vec<Entry> = (1..=8).map(|i| normal(1, i, b"a=b")).collect();
+        store.blocking_append(entries).await.expect("append");
+        store.truncate(log_id(1, 6)).await.expect("truncate");
+        store.blocking_append(vec![normal(2, 6, b"c=d")]).await.expect("append");
+        store.purge(log_id(1, 2)).await.expect("purge");
+        let from_memory = store.try_get_log_entries(3..).await.expect("read");
+        let ids: Vec<LogId> = from_memory.iter().map(|e| e.log_id).collect();
+        assert_eq!(ids, vec![log_id(1, 3), log_id(1, 4), log_id(1, 5), log_id(2, 6)]);
+        drop(store);
+        // The same from redb alone.
+        let mut store = open(&dir);
+        assert_eq!(store.try_get_log_entries(3..).await.expect("read"), from_memory);
     }
 
     #[tokio::test]
