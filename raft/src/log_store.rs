@@ -274,13 +274,9 @@ impl Tail {
     /// The entries in `start..end` if the tail holds all the log has there, else `None`
     /// (the caller reads redb).
     fn entries(&self, start: u64, end: Option<u64>) -> Option<Vec<Entry>> {
-        let first = match (self.recent.first_key_value(), self.pending.first_key_value()) {
-            (Some((r, _)), Some((p, _))) => (*r).min(*p),
-            (Some((r, _)), None) => *r,
-            (None, Some((p, _))) => *p,
-            (None, None) => return None,
-        };
-        if start < first {
+        let first =
+            self.recent.keys().next().into_iter().chain(self.pending.keys().next()).min()?;
+        if start < *first {
             return None;
         }
         let range = (Bound::Included(start), end.map_or(Bound::Unbounded, Bound::Excluded));
@@ -319,9 +315,10 @@ impl Tail {
 
     /// Drops written entries up to `index`.
     fn purge(&mut self, index: u64) {
-        let kept = self.recent.split_off(&(index.saturating_add(1)));
-        for (_, (_, size)) in std::mem::replace(&mut self.recent, kept) {
-            self.recent_bytes -= size;
+        while let Some(oldest) = self.recent.first_entry()
+            && *oldest.key() <= index
+        {
+            self.recent_bytes -= oldest.remove().1;
         }
     }
 }
@@ -744,7 +741,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     type LogReader = Self;
 
     async fn get_log_state(&mut self) -> Result<LogState, StorageError> {
-        let queued_last = self.pending_in(0, None).last().map(|e| *e.get_log_id());
+        let queued_last = self.read_tail().pending.values().next_back().map(|e| *e.get_log_id());
         let db = self.db.clone();
         let state = blocking(move || {
             let txn = db.begin_read().during("begin a read transaction")?;

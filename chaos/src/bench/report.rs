@@ -126,6 +126,11 @@ impl Row {
     }
 }
 
+/// A duration in milliseconds, for the reports' tables.
+pub(crate) fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
+
 pub(crate) const HEADER: [&str; 5] = ["figure", "Federator", "etcd", "Federator/etcd", "target"];
 
 // === impl RaftReport ===
@@ -139,7 +144,6 @@ impl RaftReport {
         let fed = self.system("Federator");
         let etcd = self.system("etcd");
         let both = |f: &dyn Fn(&SystemFigures) -> Option<f64>| (fed.and_then(f), etcd.and_then(f));
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let mut rows = Vec::new();
         for clients in &self.config.clients {
             let clients = *clients;

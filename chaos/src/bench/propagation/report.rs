@@ -4,12 +4,11 @@
 //! missed, never asserted.
 
 use std::fmt::Write as _;
-use std::time::Duration;
 
 use super::memory::{ENDPOINTS_PER_EXPORT, RssChange};
 use super::watch::percentile;
 use super::{CONNECTIONS_PER_MEMBER, GRACE, PropagationConfig, SystemPropagation};
-use crate::bench::report::{Machine, aligned_table, section_head, wrap};
+use crate::bench::report::{Machine, aligned_table, ms, section_head, wrap};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 pub const SECTION_BEGIN: &str =
@@ -135,10 +134,6 @@ fn number(value: f64, decimals: usize) -> String {
         Some(frac) => format!("{sign}{grouped}.{frac}"),
         None => format!("{sign}{grouped}"),
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn mib(bytes: i64) -> String {
@@ -456,6 +451,7 @@ mod tests {
     use super::super::watch::{LatencyPhase, Publication, Tally};
     use super::*;
     use crate::bench::report::write_markdown_section;
+    use std::time::Duration;
 
     fn rss(mib: u64) -> Rss {
         Rss { total: mib << 20, anon: mib << 20, file: 0 }

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{Install, SnapshotConfig, SystemSnapshot, median};
-use crate::bench::report::{Machine, aligned_table, section_head, wrap};
+use crate::bench::report::{Machine, aligned_table, ms, section_head, wrap};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 pub const SECTION_BEGIN: &str =
@@ -83,10 +83,6 @@ impl Row {
             target,
         ]
     }
-}
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
 }
 
 fn list(trials: impl IntoIterator<Item = Duration>) -> String {

@@ -10,7 +10,7 @@ use super::{SoakFigures, SoakReport};
 use crate::bench::GROUP_SIZE;
 use crate::bench::load::CONNECTIONS_PER_MEMBER;
 use crate::bench::report::{
-    HEADER, Machine, Row, Target, aligned_table, markdown_rows, section_head, wrap,
+    HEADER, Machine, Row, Target, aligned_table, markdown_rows, ms, section_head, wrap,
 };
 
 /// Marks the start of the section this benchmark owns in a markdown file.
@@ -18,10 +18,6 @@ pub const SECTION_BEGIN: &str =
     "<!-- bench soak: begin (written by `federator-chaos bench soak --markdown`) -->";
 /// Marks its end.
 pub const SECTION_END: &str = "<!-- bench soak: end -->";
-
-fn ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1e3
-}
 
 /// `500 ms`, `90 s` or `10 min` for a window length.
 fn span(d: Duration) -> String {
