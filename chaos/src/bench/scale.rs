@@ -22,7 +22,7 @@
 pub mod report;
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
@@ -36,7 +36,7 @@ use super::System;
 use super::load::{LoadRun, LoadSpec, closed_loop, progress_ticker};
 use super::progress::Progress;
 use super::propagation::federator::{FederatorWatch, grant_lease};
-use super::propagation::memory::{Rss, endpoint_address};
+use super::propagation::memory::{CpuMeter, Rss, endpoint_address};
 use super::propagation::watch::{LatencyPhase, WatchTarget as _};
 use super::propagation::{CONNECTIONS_PER_MEMBER, PropagationConfig, latency_phase};
 use super::target::{KvConn, PutError};
@@ -152,6 +152,10 @@ pub struct LevelFigures {
     pub propagation: LatencyPhase,
     /// The leader's resident memory after the phases (bytes).
     pub leader_rss: Option<u64>,
+    /// CPU time of the three replicas together per write acknowledged in the throughput
+    /// phase (warm-up included in both), in microseconds: a figure the machine's noise moves
+    /// less than throughput, showing whether each write costs more in a larger federation.
+    pub cpu_per_write_us: Option<f64>,
 }
 
 /// The figures of one run of `bench scale`.
@@ -245,7 +249,9 @@ pub async fn run_scale(config: &ScaleConfig, progress: &Progress) -> anyhow::Res
         let bar = progress.load_bar(&format!("Federator at {} members", level.members), &spec);
         let acked = Arc::new(AtomicU64::new(0));
         let ticker = progress_ticker(&bar, &acked, spec.warmup + spec.duration);
+        let cpu = CpuMeter::start(&target.processes()).context("reading the replicas' CPU")?;
         let writes = closed_loop(&conns, &spec, &acked).await;
+        let cpu_per_write_us = cpu_per_write(&cpu, acked.load(Ordering::Relaxed));
         ticker.abort();
         bar.finish_and_clear();
         let propagation = latency_phase(&mut target, config.watchers, &propagation, progress)
@@ -257,11 +263,25 @@ pub async fn run_scale(config: &ScaleConfig, progress: &Progress) -> anyhow::Res
             .find(|p| p.leader)
             .and_then(|p| Rss::of(p.pid).ok())
             .map(|r| r.total);
-        let figures = LevelFigures { level: *level, load_time, writes, propagation, leader_rss };
+        let figures = LevelFigures {
+            level: *level,
+            load_time,
+            writes,
+            propagation,
+            leader_rss,
+            cpu_per_write_us,
+        };
         progress.println(report::level_summary(&figures));
         levels.push(figures);
     }
     Ok(ScaleReport { config: config.clone(), levels })
+}
+
+/// The replicas' CPU since `meter` started, in microseconds per acknowledged write; `None`
+/// when nothing was acknowledged or a replica is gone.
+fn cpu_per_write(meter: &CpuMeter, acked: u64) -> Option<f64> {
+    let seconds = meter.cpu_seconds().ok()?;
+    (acked > 0).then(|| seconds * 1e6 / acked as f64)
 }
 
 /// Joins the load member through the leader, grants it a lease and connects it to every

@@ -122,9 +122,17 @@ impl CpuMeter {
     /// # Errors
     /// A process is gone.
     pub fn cores(&self) -> anyhow::Result<f64> {
-        let ticks = Self::total(&self.processes)?.saturating_sub(self.ticks);
         let seconds = self.started.elapsed().as_secs_f64();
-        Ok(ticks as f64 / ticks_per_second() / seconds.max(1e-3))
+        Ok(self.cpu_seconds()? / seconds.max(1e-3))
+    }
+
+    /// CPU time used since the start, in seconds (all processes together).
+    ///
+    /// # Errors
+    /// A process is gone.
+    pub fn cpu_seconds(&self) -> anyhow::Result<f64> {
+        let ticks = Self::total(&self.processes)?.saturating_sub(self.ticks);
+        Ok(ticks as f64 / ticks_per_second())
     }
 }
 

@@ -41,7 +41,7 @@ pub fn level_summary(f: &LevelFigures) -> String {
     format!(
         "Federator at {} members, {} endpoints (loaded in {:.1} s): {:.0} writes/s, p50 {} ms, \
          p99 {} ms, {} errors; propagation to {} watchers p50 {} ms, p99 {} ms, {} missed; \
-         snapshot to each watcher in {:.1} s; leader RSS {}",
+         snapshot to each watcher in {:.1} s; leader RSS {}; replicas' CPU {} µs per write",
         thousands(f.level.members),
         thousands(f.level.endpoints),
         f.load_time.as_secs_f64(),
@@ -55,6 +55,7 @@ pub fn level_summary(f: &LevelFigures) -> String {
         f.propagation.tally.missed,
         f.propagation.open_time.as_secs_f64(),
         f.leader_rss.map_or_else(|| "-".into(), |b| format!("{:.0} MiB", b as f64 / 1_048_576.0)),
+        f.cpu_per_write_us.map_or_else(|| "-".into(), |us| format!("{us:.0}")),
     )
 }
 
@@ -63,6 +64,13 @@ impl ScaleReport {
     fn throughput_ratio(&self, i: usize) -> Option<f64> {
         let first = self.levels.first()?.writes.throughput();
         let this = self.levels.get(i)?.writes.throughput();
+        (first > 0.0).then(|| this / first)
+    }
+
+    /// Replicas' CPU per write of level `i` over the first level's.
+    fn cpu_ratio(&self, i: usize) -> Option<f64> {
+        let first = self.levels.first()?.cpu_per_write_us?;
+        let this = self.levels.get(i)?.cpu_per_write_us?;
         (first > 0.0).then(|| this / first)
     }
 
@@ -78,13 +86,14 @@ impl ScaleReport {
     pub fn table(&self) -> String {
         let mut out = String::from(
             "| members | endpoints | load (s) | writes/s | vs first | write p50 (ms) | write p99 \
-             (ms) | propagation p50 (ms) | propagation p99 (ms) | vs first | missed | leader \
-             RSS (MiB) |\n|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
+             (ms) | CPU per write (µs) | vs first | propagation p50 (ms) | propagation p99 \
+             (ms) | vs first | missed | leader RSS (MiB) |\n\
+             |--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|\n",
         );
         for (i, f) in self.levels.iter().enumerate() {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.1} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 thousands(f.level.members),
                 thousands(f.level.endpoints),
                 f.load_time.as_secs_f64(),
@@ -93,6 +102,8 @@ impl ScaleReport {
                     .map_or_else(|| "-".into(), |r| format!("{:.0} %", r * 100.0)),
                 ms(f.writes.percentile(0.5)),
                 ms(f.writes.percentile(0.99)),
+                f.cpu_per_write_us.map_or_else(|| "-".into(), |us| format!("{us:.0}")),
+                self.cpu_ratio(i).map_or_else(|| "-".into(), |r| format!("{r:.2}×")),
                 ms(f.propagation.latency(0.5)),
                 ms(f.propagation.latency(0.99)),
                 self.p99_ratio(i).map_or_else(|| "-".into(), |r| format!("{r:.2}×")),
@@ -118,6 +129,7 @@ impl ScaleReport {
         };
         let throughput = self.throughput_ratio(last);
         let p99 = self.p99_ratio(last);
+        let cpu = self.cpu_ratio(last);
         // A last level faster than the first (noise, or a warmer machine) is no loss.
         let loss = |r: f64| {
             if r > 1.0 {
@@ -138,6 +150,11 @@ impl ScaleReport {
                  {})",
                 p99.map_or_else(|| "-".into(), |r| format!("{r:.2}×")),
                 judge(p99.map(|r| r <= TARGET_P99_GROWTH)),
+            ),
+            format!(
+                "replicas' CPU per write, first level to last: {} (not a target; it tells a \
+                 write that costs more in a larger federation from a noisier machine)",
+                cpu.map_or_else(|| "-".into(), |r| format!("{r:.2}×")),
             ),
         ]
     }
@@ -195,7 +212,9 @@ impl ScaleReport {
              over the replicas receive their snapshot (every import of the federation), then \
              the publisher makes {changes} changes to `bench/svc`, one every {interval:?}; \
              latency of a (change, watcher) pair = received − issued, as in the propagation \
-             benchmark. Leader RSS is read after both phases. `vs first` compares with the \
+             benchmark. CPU per write: the user + system time of the three replicas over \
+             the throughput phase, warm-up included, divided by the writes acknowledged in \
+             it. Leader RSS is read after both phases. `vs first` compares with the \
              first level; the targets (throughput loss ≤ 20 %, propagation p99 ≤ 2× from \
              the smallest federation to the largest) are reported, not asserted.",
             clients = c.clients,
@@ -234,6 +253,7 @@ mod tests {
                 ..LatencyPhase::default()
             },
             leader_rss: Some(64 << 20),
+            cpu_per_write_us: Some(ops as f64 / 10.0),
         }
     }
 
@@ -261,9 +281,11 @@ mod tests {
         let table = r.table();
         assert!(table.contains("| 1,000 | 1,000,000 |"), "{table}");
         assert!(table.contains("| 90 % |"), "{table}");
+        assert!(table.contains("| 70 | 0.70× |"), "CPU per write and its ratio: {table}");
+        assert!(verdicts[2].contains("0.70×"), "{verdicts:?}");
 
         let r = report(vec![level(10, 1_000, 10), level(1_000, 850, 19)]);
-        assert!(r.verdicts().iter().all(|v| v.contains(": met")), "{:?}", r.verdicts());
+        assert!(r.verdicts()[..2].iter().all(|v| v.contains(": met")), "{:?}", r.verdicts());
 
         let r = report(vec![level(10, 1_000, 10), level(1_000, 1_100, 12)]);
         let verdicts = r.verdicts();
@@ -275,6 +297,10 @@ mod tests {
     fn one_level_has_nothing_to_compare() {
         let r = report(vec![level(10, 1_000, 10)]);
         assert_eq!(r.verdicts().len(), 1);
+        let mut unmeasured = level(1_000, 900, 10);
+        unmeasured.cpu_per_write_us = None;
+        let r = report(vec![level(10, 1_000, 10), unmeasured]);
+        assert!(r.verdicts()[2].contains(": -"), "{:?}", r.verdicts());
         let section = r.markdown_section(&Machine::default(), "bench scale", "today");
         assert!(section.starts_with(SECTION_BEGIN) && section.trim_end().ends_with(SECTION_END));
     }
