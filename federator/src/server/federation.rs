@@ -7,6 +7,7 @@
 //! which cluster and trust domain the caller becomes.
 
 use std::collections::{HashMap, VecDeque};
+use std::ops::Bound;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -22,7 +23,7 @@ use super::leases::{LeaderRequest, LeaderResponse, call_leader};
 use crate::bundle::{ValidationPolicy, parse_spiffe_bundle};
 use crate::identity::{SpiffeId, svid_identity, verify_client_svid};
 use crate::service::{ServiceKey, condition_to_proto, export_from_proto, import_to_proto};
-use crate::state::{Applied, ChangeKind, Command, FederationState, Member, command_result};
+use crate::state::{Applied, Change, ChangeKind, Command, FederationState, Member, command_result};
 use crate::token::JoinToken;
 
 /// Unix time now, in seconds.
@@ -491,8 +492,156 @@ impl Federation for FederationService {
 enum WatchBatch {
     /// The member was removed: close the stream.
     Removed,
-    /// Events to send, and the revision they bring the watcher to.
-    Events(Vec<pb::WatchEvent>, u64),
+    /// Events to send; `snapshot` when they are (a piece of) a snapshot, whose events
+    /// carry no apply time.
+    Events { events: Vec<pb::WatchEvent>, snapshot: bool },
+}
+
+/// Encoded bytes of imports that one piece of a watch snapshot reads under one hold of
+/// the state's read lock: a snapshot of a large federation is read a piece at a time, as
+/// the watcher takes it, so applying entries never waits behind a whole snapshot and a
+/// replica never holds one in memory per new watcher.
+const SNAPSHOT_PIECE_BYTES: usize = 64 * 1024;
+
+/// Where a watch is: what the watcher has been sent and what it gets next.
+#[derive(Debug)]
+struct WatchPosition {
+    /// The revision the watcher has been brought to (a snapshot in progress has not
+    /// brought it anywhere yet).
+    sent: u64,
+    /// Nothing computed yet (the first batch is the snapshot, or the resume from `sent`).
+    first: bool,
+    /// A snapshot being sent piece by piece.
+    snapshot: Option<SnapshotProgress>,
+    /// [`SNAPSHOT_PIECE_BYTES`], smaller in tests.
+    piece_bytes: usize,
+}
+
+/// A snapshot sent in pieces. Each piece holds the imports of the services after the
+/// previous piece's last key, read at the state's revision then; bundles come with the
+/// first piece. The last piece also sends what changed, since it was read, in a piece
+/// already sent — which the change log says — and then `SnapshotEnd` at the revision of
+/// that last read, so the watcher ends with the state at that revision: each version of
+/// an import sent once, as in a snapshot read all at once.
+#[derive(Debug)]
+struct SnapshotProgress {
+    /// The snapshot replaces what the watcher holds: it starts with `Resync`.
+    resync: bool,
+    /// The revision the first piece (and the bundles) was read at.
+    began: Option<u64>,
+    /// The pieces sent: each one's last service key and the revision it was read at.
+    pieces: Vec<(ServiceKey, u64)>,
+}
+
+impl SnapshotProgress {
+    fn new(resync: bool) -> Self {
+        Self { resync, began: None, pieces: Vec::new() }
+    }
+}
+
+impl WatchPosition {
+    fn new(after: u64) -> Self {
+        Self { sent: after, first: true, snapshot: None, piece_bytes: SNAPSHOT_PIECE_BYTES }
+    }
+
+    /// Whether the watch has nothing to send until the revision moves.
+    fn waits(&self) -> bool {
+        !self.first && self.snapshot.is_none()
+    }
+
+    /// Computes the next batch from one consistent view of the state. Each bundle or
+    /// import version is sent once, at the revision that made it; every batch that ends a
+    /// step ends with a `Checkpoint` (or `SnapshotEnd`) at the state's revision, the
+    /// revision to resume after.
+    fn next(&mut self, s: &FederationState, member: &Member) -> WatchBatch {
+        if s.members.get(&member.cluster).is_none_or(|m| m.agent_id != member.agent_id) {
+            return WatchBatch::Removed;
+        }
+        let first = std::mem::replace(&mut self.first, false);
+        if self.snapshot.is_none() {
+            let revision = s.changes.revision();
+            if first && self.sent == 0 {
+                self.snapshot = Some(SnapshotProgress::new(false));
+            } else if self.sent >= revision {
+                // Nothing new — or the watcher saw a newer revision on another replica,
+                // and this one must catch up first: never send it anything older.
+                return WatchBatch::Events { events: Vec::new(), snapshot: false };
+            } else if let Some(changes) = s.changes.since(self.sent) {
+                let mut events = change_events(s, member, &changes, |_| true);
+                events.push(watch_event(
+                    revision,
+                    pb::watch_event::Event::Checkpoint(pb::Checkpoint {}),
+                ));
+                self.sent = revision;
+                return WatchBatch::Events { events, snapshot: false };
+            } else {
+                self.snapshot = Some(SnapshotProgress::new(true));
+            }
+        }
+        self.snapshot_piece(s, member)
+    }
+
+    /// The next piece of the snapshot in progress.
+    fn snapshot_piece(&mut self, s: &FederationState, member: &Member) -> WatchBatch {
+        let Some(progress) = self.snapshot.as_mut() else {
+            return WatchBatch::Events { events: Vec::new(), snapshot: false };
+        };
+        let revision = s.changes.revision();
+        let mut events = Vec::new();
+        let began = *progress.began.get_or_insert_with(|| {
+            if progress.resync {
+                events.push(watch_event(revision, pb::watch_event::Event::Resync(true)));
+            }
+            events.extend(s.bundles.keys().filter_map(|td| bundle_put(s, td, None)));
+            revision
+        });
+        let after = progress.pieces.last().map(|(key, _)| key.clone());
+        let services = match &after {
+            Some(key) => s.services.range((Bound::Excluded(key), Bound::Unbounded)),
+            None => s.services.range::<ServiceKey, _>(..),
+        };
+        let mut bytes = 0;
+        let mut last = None;
+        for (key, _) in services {
+            if bytes >= self.piece_bytes {
+                // More services follow: they go in the next piece.
+                if let Some(last) = last {
+                    progress.pieces.push((last, revision));
+                }
+                return WatchBatch::Events { events, snapshot: true };
+            }
+            if let Some(import) = s.import_for(&member.cluster, key) {
+                let (revision, import) = (import.revision, import_to_proto(&import));
+                bytes += prost::Message::encoded_len(&import);
+                events.push(watch_event(revision, pb::watch_event::Event::ImportPut(import)));
+            }
+            last = Some(key.clone());
+        }
+        // The last piece: what changed since in the pieces already sent, then the end.
+        if began < revision {
+            let Some(changes) = s.changes.since(began) else {
+                // The change log no longer reaches back to the first piece: start over,
+                // telling the watcher to drop what it got.
+                self.snapshot = Some(SnapshotProgress::new(true));
+                return WatchBatch::Events { events: Vec::new(), snapshot: true };
+            };
+            let pieces = &progress.pieces;
+            let read_at = |change: &Change| match &change.kind {
+                ChangeKind::BundlePut { .. } | ChangeKind::BundleRemoved { .. } => Some(began),
+                ChangeKind::ServiceChanged { key } => {
+                    // Services after the last piece were read just now.
+                    pieces.get(pieces.partition_point(|(last, _)| last < key)).map(|p| p.1)
+                }
+            };
+            events.extend(change_events(s, member, &changes, |change| {
+                read_at(change).is_some_and(|read| change.revision > read)
+            }));
+        }
+        events.push(watch_event(revision, pb::watch_event::Event::SnapshotEnd(pb::SnapshotEnd {})));
+        self.sent = revision;
+        self.snapshot = None;
+        WatchBatch::Events { events, snapshot: true }
+    }
 }
 
 /// What every watch stream of a replica shares (one allocation, not one per stream).
@@ -508,10 +657,8 @@ struct WatchCursor {
     shared: Arc<WatchShared>,
     revisions: tokio::sync::watch::Receiver<u64>,
     member: Member,
-    /// The revision the watcher has been brought to.
-    sent: u64,
-    /// No batch computed yet (the first is the snapshot, or the resume from `sent`).
-    first: bool,
+    /// What the watcher has been sent.
+    position: WatchPosition,
     /// The member was removed; the stream ends once its error is sent.
     ended: bool,
     /// Encoded bytes handed to tonic since the stream last returned `Pending`.
@@ -539,11 +686,9 @@ impl WatchCursor {
     /// Computes the next batch from one consistent view of the state.
     fn refill(&mut self) -> Option<Status> {
         let shared = &*self.shared;
-        let (batch, applied) = shared
-            .replica
-            .state()
-            .read(|s| (next_batch(s, &self.member, self.sent, self.first), s.changes.revision()));
-        self.first = false;
+        let (position, member) = (&mut self.position, &self.member);
+        let (batch, applied) =
+            shared.replica.state().read(|s| (position.next(s, member), s.changes.revision()));
         // Reading the state is an observation of its revision too (the recorder task may
         // not have woken yet): the earliest observation wins.
         shared.times.observe(applied, unix_now_ms());
@@ -555,8 +700,10 @@ impl WatchCursor {
                     self.member.cluster
                 )))
             }
-            WatchBatch::Events(mut events, revision) => {
-                shared.times.stamp(&mut events);
+            WatchBatch::Events { mut events, snapshot } => {
+                if !snapshot {
+                    shared.times.stamp(&mut events);
+                }
                 if matches!(
                     events.first().and_then(|e| e.event.as_ref()),
                     Some(pb::watch_event::Event::Resync(_))
@@ -565,7 +712,6 @@ impl WatchCursor {
                 }
                 shared.metrics.watch_events.inc_by(u64::try_from(events.len()).unwrap_or(0));
                 self.pending = events.into_iter();
-                self.sent = revision;
                 None
             }
         }
@@ -589,8 +735,7 @@ fn watch_stream(
         shared,
         revisions,
         member,
-        sent: after,
-        first: true,
+        position: WatchPosition::new(after),
         ended: false,
         unflushed: 0,
         pending: Vec::new().into_iter(),
@@ -612,7 +757,7 @@ fn watch_stream(
             if cursor.ended {
                 return None;
             }
-            if !cursor.first {
+            if cursor.position.waits() {
                 // Wake only when the federation's revision moves (or on the recheck
                 // timer), not on every turn of the raft core.
                 tokio::select! {
@@ -753,34 +898,36 @@ impl RevisionRecord {
     }
 }
 
-/// Computes what a watcher at revision `sent` must receive next, from one consistent
-/// view of the state. Each bundle or import version is sent once, at the revision that
-/// made it; every batch ends with a `Checkpoint` (or `SnapshotEnd`) at the state's
-/// revision, the revision to resume after.
-fn next_batch(s: &FederationState, member: &Member, sent: u64, first: bool) -> WatchBatch {
-    if s.members.get(&member.cluster).is_none_or(|m| m.agent_id != member.agent_id) {
-        return WatchBatch::Removed;
-    }
-    let revision = s.changes.revision();
-    let event = |revision: u64, event: pb::watch_event::Event| pb::WatchEvent {
-        revision,
-        event: Some(event),
-        applied_at_ms: 0,
-    };
-    let bundle_put = |td: &str, revision: u64| -> Option<pb::WatchEvent> {
-        s.bundles.get(td).map(|b| {
-            event(
-                revision,
-                pb::watch_event::Event::BundlePut(pb::TrustBundle {
-                    trust_domain: td.to_string(),
-                    spiffe_bundle_json: b.bundle.to_spiffe_json(),
-                    sequence: b.bundle.sequence,
-                }),
-            )
-        })
-    };
+fn watch_event(revision: u64, event: pb::watch_event::Event) -> pb::WatchEvent {
+    pb::WatchEvent { revision, event: Some(event), applied_at_ms: 0 }
+}
+
+/// The bundle of `td` as an event, at `revision` or else at the bundle's own revision.
+fn bundle_put(s: &FederationState, td: &str, revision: Option<u64>) -> Option<pb::WatchEvent> {
+    s.bundles.get(td).map(|b| {
+        watch_event(
+            revision.unwrap_or(b.revision),
+            pb::watch_event::Event::BundlePut(pb::TrustBundle {
+                trust_domain: td.to_string(),
+                spiffe_bundle_json: b.bundle.to_spiffe_json(),
+                sequence: b.bundle.sequence,
+            }),
+        )
+    })
+}
+
+/// The events that bring a watcher from before `changes` to the state's revision, for
+/// the changes `keep` accepts: each bundle or import version once, at the revision that
+/// made it (a version replaced later in `changes` is skipped: the later change sends
+/// what is current).
+fn change_events(
+    s: &FederationState,
+    member: &Member,
+    changes: &[Change],
+    keep: impl Fn(&Change) -> bool,
+) -> Vec<pb::WatchEvent> {
     let import_removed = |key: &ServiceKey, revision: u64| {
-        event(
+        watch_event(
             revision,
             pb::watch_event::Event::ImportRemoved(pb::ImportRemoved {
                 namespace: key.namespace.clone(),
@@ -788,38 +935,18 @@ fn next_batch(s: &FederationState, member: &Member, sent: u64, first: bool) -> W
             }),
         )
     };
-    let snapshot = |resync: bool| {
-        let mut events = Vec::new();
-        if resync {
-            events.push(event(revision, pb::watch_event::Event::Resync(true)));
-        }
-        events.extend(s.bundles.iter().filter_map(|(td, b)| bundle_put(td, b.revision)));
-        events.extend(s.imports_for(&member.cluster).iter().map(|import| {
-            event(import.revision, pb::watch_event::Event::ImportPut(import_to_proto(import)))
-        }));
-        events.push(event(revision, pb::watch_event::Event::SnapshotEnd(pb::SnapshotEnd {})));
-        WatchBatch::Events(events, revision)
-    };
-    if first && sent == 0 {
-        return snapshot(false);
-    }
-    if sent >= revision {
-        // Nothing new — or the watcher saw a newer revision on another replica, and this
-        // one must catch up first: never send it anything older.
-        return WatchBatch::Events(Vec::new(), sent);
-    }
-    let Some(changes) = s.changes.since(sent) else {
-        return snapshot(true);
-    };
     let mut events = Vec::new();
     for (i, change) in changes.iter().enumerate() {
+        if !keep(change) {
+            continue;
+        }
         match &change.kind {
             ChangeKind::BundlePut { trust_domain } => {
                 if s.bundles.get(trust_domain).is_some_and(|b| b.revision == change.revision) {
-                    events.extend(bundle_put(trust_domain, change.revision));
+                    events.extend(bundle_put(s, trust_domain, Some(change.revision)));
                 }
             }
-            ChangeKind::BundleRemoved { trust_domain } => events.push(event(
+            ChangeKind::BundleRemoved { trust_domain } => events.push(watch_event(
                 change.revision,
                 pb::watch_event::Event::BundleRemoved(pb::BundleRemoved {
                     trust_domain: trust_domain.clone(),
@@ -828,7 +955,7 @@ fn next_batch(s: &FederationState, member: &Member, sent: u64, first: bool) -> W
             ChangeKind::ServiceChanged { key } => match s.services.get(key) {
                 Some(record) if record.revision == change.revision => {
                     events.push(match s.import_for(&member.cluster, key) {
-                        Some(import) => event(
+                        Some(import) => watch_event(
                             change.revision,
                             pb::watch_event::Event::ImportPut(import_to_proto(&import)),
                         ),
@@ -848,8 +975,7 @@ fn next_batch(s: &FederationState, member: &Member, sent: u64, first: bool) -> W
             },
         }
     }
-    events.push(event(revision, pb::watch_event::Event::Checkpoint(pb::Checkpoint {})));
-    WatchBatch::Events(events, revision)
+    events
 }
 
 #[cfg(test)]
@@ -858,6 +984,7 @@ mod tests {
 
     use crate::service::{Endpoint, ExportMode, ExportScope, ServiceExport, ServicePort};
     use crate::state::test_support::{Cluster, apply, joined, now};
+    use proptest::prelude::*;
 
     fn export(td: &str, name: &str) -> Command {
         Command::ExportService {
@@ -886,24 +1013,57 @@ mod tests {
         }
     }
 
-    fn events(batch: WatchBatch) -> (Vec<(u64, &'static str, String)>, u64) {
-        let WatchBatch::Events(events, revision) = batch else { panic!("removed") };
-        let events = events
-            .into_iter()
-            .map(|e| {
-                let (kind, name) = match e.event.expect("event") {
-                    pb::watch_event::Event::BundlePut(b) => ("bundle", b.trust_domain),
-                    pb::watch_event::Event::BundleRemoved(b) => ("bundle-", b.trust_domain),
-                    pb::watch_event::Event::ImportPut(i) => ("import", i.name),
-                    pb::watch_event::Event::ImportRemoved(i) => ("import-", i.name),
-                    pb::watch_event::Event::Resync(_) => ("resync", String::new()),
-                    pb::watch_event::Event::SnapshotEnd(_) => ("end", String::new()),
-                    pb::watch_event::Event::Checkpoint(_) => ("checkpoint", String::new()),
-                };
-                (e.revision, kind, name)
-            })
-            .collect();
-        (events, revision)
+    type Described = (u64, &'static str, String);
+
+    fn describe(e: pb::WatchEvent) -> Described {
+        let (kind, name) = match e.event.expect("event") {
+            pb::watch_event::Event::BundlePut(b) => ("bundle", b.trust_domain),
+            pb::watch_event::Event::BundleRemoved(b) => ("bundle-", b.trust_domain),
+            pb::watch_event::Event::ImportPut(i) => ("import", i.name),
+            pb::watch_event::Event::ImportRemoved(i) => ("import-", i.name),
+            pb::watch_event::Event::Resync(_) => ("resync", String::new()),
+            pb::watch_event::Event::SnapshotEnd(_) => ("end", String::new()),
+            pb::watch_event::Event::Checkpoint(_) => ("checkpoint", String::new()),
+        };
+        (e.revision, kind, name)
+    }
+
+    /// One wake-up's batch.
+    fn piece(s: &FederationState, member: &Member, position: &mut WatchPosition) -> Vec<Described> {
+        let WatchBatch::Events { events, .. } = position.next(s, member) else { panic!("removed") };
+        events.into_iter().map(describe).collect()
+    }
+
+    /// Every batch until the watch waits again (all of a snapshot's pieces), and the
+    /// revision it reached.
+    fn step(
+        s: &FederationState,
+        member: &Member,
+        position: &mut WatchPosition,
+    ) -> (Vec<Described>, u64) {
+        let mut out = piece(s, member, position);
+        for _ in 0..100_000 {
+            if position.waits() {
+                return (out, position.sent);
+            }
+            out.extend(piece(s, member, position));
+        }
+        panic!("a snapshot never ended")
+    }
+
+    /// A watch that has been sent everything up to `sent`.
+    fn resumed(sent: u64) -> WatchPosition {
+        WatchPosition { first: false, ..WatchPosition::new(sent) }
+    }
+
+    fn step_from(
+        s: &FederationState,
+        member: &Member,
+        sent: u64,
+        first: bool,
+    ) -> (Vec<Described>, u64) {
+        let mut position = if first { WatchPosition::new(sent) } else { resumed(sent) };
+        step(s, member, &mut position)
     }
 
     #[test]
@@ -912,14 +1072,14 @@ mod tests {
         let mut s = joined(&[("a", &a), ("b", &b)]);
         apply(&mut s, 10, export("a.test", "one")).expect("export");
         let member = s.members["b"].clone();
-        let (snapshot, at) = events(next_batch(&s, &member, 0, true));
+        let (snapshot, at) = step_from(&s, &member, 0, true);
         let kinds: Vec<&str> = snapshot.iter().map(|e| e.1).collect();
         assert_eq!(kinds, vec!["bundle", "bundle", "import", "end"]);
         assert_eq!(at, s.changes.revision());
         // Two changes to "two" and one to "one" after the snapshot; "two" is then removed.
         apply(&mut s, 11, export("a.test", "two")).expect("export");
         apply(&mut s, 12, export("a.test", "one")).expect("update");
-        let (batch, at2) = events(next_batch(&s, &member, at, false));
+        let (batch, at2) = step_from(&s, &member, at, false);
         assert_eq!(
             batch.iter().map(|e| (e.1, e.2.as_str())).collect::<Vec<_>>(),
             vec![("import", "two"), ("import", "one"), ("checkpoint", "")]
@@ -938,15 +1098,188 @@ mod tests {
         .expect("unexport");
         // Resuming from the middle: the update of "two" is superseded by its removal,
         // which is said once.
-        let (batch, _) = events(next_batch(&s, &member, at2, false));
+        let (batch, _) = step_from(&s, &member, at2, false);
         assert_eq!(
             batch.iter().map(|e| (e.1, e.2.as_str())).collect::<Vec<_>>(),
             vec![("import-", "two"), ("checkpoint", "")]
         );
         // A watcher ahead of this replica gets nothing older.
-        let (ahead, at3) = events(next_batch(&s, &member, s.changes.revision() + 5, false));
+        let (ahead, at3) = step_from(&s, &member, s.changes.revision() + 5, false);
         assert!(ahead.is_empty());
         assert_eq!(at3, s.changes.revision() + 5);
+    }
+
+    /// What a watcher holds after `events`: imports by name, at their revision.
+    fn replay(view: &mut std::collections::BTreeMap<String, u64>, events: &[Described]) {
+        for (revision, kind, name) in events {
+            match *kind {
+                "import" => {
+                    view.insert(name.clone(), *revision);
+                }
+                "import-" => {
+                    view.remove(name);
+                }
+                "resync" => view.clear(),
+                _ => {}
+            }
+        }
+    }
+
+    fn imports_of(s: &FederationState, member: &Member) -> std::collections::BTreeMap<String, u64> {
+        s.imports_for(&member.cluster).into_iter().map(|i| (i.key.name, i.revision)).collect()
+    }
+
+    /// No import version sent twice since the last resync.
+    fn assert_each_version_once(events: &[Described]) {
+        let since_resync = events.iter().rposition(|e| e.1 == "resync").map_or(0, |i| i + 1);
+        let mut seen = std::collections::HashSet::new();
+        for e in &events[since_resync..] {
+            if e.1.starts_with("import") {
+                assert!(seen.insert(e.clone()), "sent twice: {e:?} in {events:?}");
+            }
+        }
+    }
+
+    fn unexport(name: &str) -> Command {
+        Command::UnexportService {
+            cluster: "a".into(),
+            key: ServiceKey::new("ns", name),
+            now: now(),
+        }
+    }
+
+    /// A federation where cluster a exports `services` services `s00`, `s01`, … and b
+    /// watches.
+    fn exporting(services: usize) -> (FederationState, Member, u64) {
+        let (a, b) = (Cluster::new("a.test"), Cluster::new("b.test"));
+        let mut s = joined(&[("a", &a), ("b", &b)]);
+        let mut index = 10;
+        for i in 0..services {
+            apply(&mut s, index, export("a.test", &format!("s{i:02}"))).expect("export");
+            index += 1;
+        }
+        let member = s.members["b"].clone();
+        (s, member, index)
+    }
+
+    #[test]
+    fn a_snapshot_in_pieces_ends_at_the_state_it_reached_with_each_version_once() {
+        let (mut s, member, mut index) = exporting(40);
+        let mut next = |s: &mut FederationState, command: Command| {
+            index += 1;
+            let _ = apply(s, index, command);
+        };
+        // One import per piece.
+        let mut position = WatchPosition { piece_bytes: 1, ..WatchPosition::new(0) };
+        let mut events = Vec::new();
+        for _ in 0..5 {
+            events.extend(piece(&s, &member, &mut position));
+        }
+        assert!(!position.waits(), "still in the snapshot");
+        assert_eq!(
+            events.iter().filter(|e| e.1 == "import").map(|e| e.2.as_str()).collect::<Vec<_>>(),
+            ["s00", "s01", "s02", "s03", "s04"]
+        );
+        next(&mut s, export("a.test", "s02")); // sent: sent again, changed
+        next(&mut s, unexport("s03")); // sent: removed
+        next(&mut s, unexport("s20")); // not sent yet: never mentioned
+        next(&mut s, export("a.test", "s25")); // not sent yet: sent once, changed
+        next(&mut s, export("a.test", "s02a")); // new, among the sent ones
+        next(&mut s, export("a.test", "s99")); // new, after them
+        let (rest, at) = step(&s, &member, &mut position);
+        events.extend(rest);
+        assert_eq!(at, s.changes.revision());
+        assert_eq!(events.last().map(|e| (e.0, e.1)), Some((at, "end")));
+        assert!(!events.iter().any(|e| e.2 == "s20"), "{events:?}");
+        assert_each_version_once(&events);
+        let mut view = std::collections::BTreeMap::new();
+        replay(&mut view, &events);
+        assert_eq!(view, imports_of(&s, &member));
+        // And the watch goes on from there like any other.
+        next(&mut s, export("a.test", "s00"));
+        let (batch, _) = step(&s, &member, &mut position);
+        assert_eq!(batch.iter().map(|e| e.1).collect::<Vec<_>>(), ["import", "checkpoint"]);
+    }
+
+    #[test]
+    fn a_snapshot_the_change_log_outran_starts_over_with_a_resync() {
+        let (mut s, member, mut index) = exporting(10);
+        let mut position = WatchPosition { piece_bytes: 1, ..WatchPosition::new(0) };
+        let mut events = piece(&s, &member, &mut position);
+        for _ in 0..crate::state::EVENT_WINDOW + 5 {
+            index += 1;
+            apply(&mut s, index, export("a.test", "s01")).expect("export");
+        }
+        let (rest, _) = step(&s, &member, &mut position);
+        events.extend(rest);
+        assert_eq!(events.iter().filter(|e| e.1 == "resync").count(), 1, "{events:?}");
+        assert_each_version_once(&events);
+        let mut view = std::collections::BTreeMap::new();
+        replay(&mut view, &events);
+        assert_eq!(view, imports_of(&s, &member));
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Piece,
+        Export(u8),
+        Unexport(u8),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![3 => Just(Op::Piece), 2 => (0u8..30).prop_map(Op::Export), 1 => (0u8..30).prop_map(Op::Unexport)]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(64))]
+
+        /// Whatever changes land between a snapshot's pieces, the watcher ends with the
+        /// state at the snapshot's end, each import version sent once, and resumes from
+        /// there without a gap.
+        #[test]
+        fn snapshot_pieces_and_changes_in_any_order_end_at_the_state(
+            ops in proptest::collection::vec(op(), 0..60),
+            piece_bytes in 1usize..2_000,
+            resume_after_first in any::<bool>(),
+        ) {
+            let (mut s, member, mut index) = exporting(20);
+            let mut position = WatchPosition { piece_bytes, ..WatchPosition::new(0) };
+            let mut events = Vec::new();
+            let mut view = std::collections::BTreeMap::new();
+            for op in ops {
+                index += 1;
+                match op {
+                    Op::Piece => {
+                        let batch = piece(&s, &member, &mut position);
+                        if position.waits() {
+                            // A step ended: the watcher holds the state it reached.
+                            events.extend(batch);
+                            assert_each_version_once(&events);
+                            replay(&mut view, &events);
+                            events.clear();
+                            prop_assert_eq!(&view, &imports_of(&s, &member));
+                        } else {
+                            events.extend(batch);
+                        }
+                    }
+                    Op::Export(i) => {
+                        let _ = apply(&mut s, index, export("a.test", &format!("s{i:02}")));
+                    }
+                    Op::Unexport(i) => {
+                        let _ = apply(&mut s, index, unexport(&format!("s{i:02}")));
+                    }
+                }
+                if resume_after_first && position.waits() && position.sent > 0 {
+                    // Resuming on another replica from where it got to changes nothing.
+                    position = resumed(position.sent);
+                }
+            }
+            let (rest, _) = step(&s, &member, &mut position);
+            events.extend(rest);
+            assert_each_version_once(&events);
+            replay(&mut view, &events);
+            prop_assert_eq!(&view, &imports_of(&s, &member));
+        }
     }
 
     #[test]
@@ -957,7 +1290,7 @@ mod tests {
             apply(&mut s, 10 + i, export("a.test", "one")).expect("export");
         }
         let member = s.members["b"].clone();
-        let (batch, _) = events(next_batch(&s, &member, 1, false));
+        let (batch, _) = step_from(&s, &member, 1, false);
         assert_eq!(batch.first().map(|e| e.1), Some("resync"));
         assert_eq!(batch.last().map(|e| e.1), Some("end"));
     }
@@ -995,15 +1328,22 @@ mod tests {
         let times = RevisionTimes::default();
         times.start_after(s.changes.revision());
         let member = s.members["b"].clone();
-        let WatchBatch::Events(mut snapshot, at) = next_batch(&s, &member, 0, true) else {
-            panic!("removed")
+        let mut position = WatchPosition::new(0);
+        let WatchBatch::Events { events: mut snapshot, snapshot: true } =
+            position.next(&s, &member)
+        else {
+            panic!("a snapshot")
         };
+        assert!(position.waits(), "one piece holds this small snapshot");
+        let at = position.sent;
         apply(&mut s, 10, export("a.test", "one")).expect("export");
         times.observe(s.changes.revision(), 1_234);
         times.stamp(&mut snapshot);
         assert!(snapshot.iter().all(|e| e.applied_at_ms == 0), "{snapshot:?}");
-        let WatchBatch::Events(mut batch, _) = next_batch(&s, &member, at, false) else {
-            panic!("removed")
+        let WatchBatch::Events { events: mut batch, snapshot: false } =
+            resumed(at).next(&s, &member)
+        else {
+            panic!("a change batch")
         };
         times.stamp(&mut batch);
         assert_eq!(batch.len(), 2, "{batch:?}");
