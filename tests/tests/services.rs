@@ -375,3 +375,71 @@ async fn export_retrying(
     }
     anyhow::bail!("export not accepted after 20 tries")
 }
+
+/// A snapshot bigger than one piece (the replica reads 64 KiB of imports at a time) arrives
+/// whole while A keeps changing services, some already sent and some not yet: B ends with
+/// every service at its last acknowledged revision, no event repeated or going back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_bigger_than_a_piece_arrives_whole_while_writes_go_on() -> anyhow::Result<()> {
+    const SERVICES: usize = 30;
+    let fed = Federation::formed(3, "").await?;
+    let ms = members(&fed, &["a", "b"]).await?;
+    let (a, b) = (&ms[0], &ms[1]);
+    let leader = fed.wait_for_leader(&[1, 2, 3], WAIT).await?;
+    let follower = (1..=3).find(|id| *id != leader).expect("a follower");
+    let _lease = live(&fed, a, leader, 60).await?;
+    let hosts: Vec<String> =
+        (0..200).map(|i| format!("127.0.{}.{}", 3 + i / 200, 1 + i % 200)).collect();
+    let hosts: Vec<&str> = hosts.iter().map(String::as_str).collect();
+    let key = |i: usize| format!("bulk/svc-{i:02}");
+    let mut ca = client(&fed, a, leader).await?;
+    let mut acked = BTreeMap::new();
+    for i in 0..SERVICES {
+        let response =
+            export(&mut ca, a.export("bulk", &format!("svc-{i:02}"), 80, &hosts)).await?;
+        acked.insert(key(i), (response.revision, hosts.len()));
+    }
+    // The first, a middle and the last service change while B reads its snapshot.
+    let changes: Vec<(usize, pb::ServiceExport)> = (0..30)
+        .map(|round| {
+            let i = [0, SERVICES / 2, SERVICES - 1][round % 3];
+            (i, a.export("bulk", &format!("svc-{i:02}"), 80, &hosts[..100 + round]))
+        })
+        .collect();
+    let writer = tokio::spawn(async move {
+        let mut acked = Vec::new();
+        for (i, e) in changes {
+            let endpoints = e.endpoints.len();
+            let response = export(&mut ca, e).await?;
+            acked.push((i, response.revision, endpoints));
+        }
+        anyhow::Ok(acked)
+    });
+    let mut stream = watch(&fed, b, follower, 0).await?;
+    let mut view = WatchView::default();
+    view.read_until(&mut stream, WAIT, |v| v.checkpoint > 0).await?;
+    let snapshot_bytes: usize = view
+        .events
+        .iter()
+        .take_while(|e| !matches!(e.event, Some(pb::watch_event::Event::SnapshotEnd(_))))
+        .map(prost::Message::encoded_len)
+        .sum();
+    assert!(snapshot_bytes > 2 * 64 * 1024, "the snapshot spans pieces: {snapshot_bytes} bytes");
+    for (i, revision, endpoints) in writer.await?? {
+        acked.insert(key(i), (revision, endpoints));
+    }
+    let last = acked.values().map(|(r, _)| *r).max().expect("acked");
+    view.read_until(&mut stream, WAIT, |v| v.checkpoint >= last).await?;
+    assert!(view.violations.is_empty(), "{:?}", view.violations);
+    assert_eq!(view.imports.len(), SERVICES, "{:?}", view.imports.keys().collect::<Vec<_>>());
+    for (key, (revision, endpoints)) in &acked {
+        let held = view.imports.get(key).map(|(r, _)| *r);
+        assert_eq!(held, Some(*revision), "{key}: B holds {held:?}, the last ack was {revision}");
+        assert_eq!(view.endpoints(key), (*endpoints, *endpoints), "{key}");
+    }
+    println!(
+        "snapshot of {snapshot_bytes} bytes in {} events, then caught up to revision {last}",
+        view.events.len()
+    );
+    Ok(())
+}
