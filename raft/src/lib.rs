@@ -14,6 +14,7 @@
 //! | [`types`] | the openraft type configuration and error aliases |
 //! | [`log_store`] | durable log, vote and committed index on redb |
 //! | [`state_machine`] | the application trait, apply, snapshot build/install/persist |
+//! | `snapshot_files` | snapshot data as files beside the database, made current by it |
 //! | [`convert`] | openraft types ⇄ protobuf messages, one file per type family |
 //! | [`network`] | gRPC client (pooled, timeouts, backoff) and server of the replica transport |
 //! | [`tls`] | mTLS connection plumbing for the transport |
@@ -30,6 +31,7 @@ pub mod metrics;
 pub mod network;
 pub(crate) mod proposer;
 pub mod replica;
+mod snapshot_files;
 pub mod state_machine;
 pub mod tls;
 pub mod types;

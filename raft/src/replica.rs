@@ -296,7 +296,8 @@ impl<S: StateMachine> Replica<S> {
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
         let log = LogStore::new(db.clone(), metrics.clone())
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
-        let state = StateMachineStore::open(db, state_machine, metrics.clone())
+        let snapshots = config.data_dir.join("snapshots");
+        let state = StateMachineStore::open(db, &snapshots, state_machine, metrics.clone())
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
         let network = Network::new(client_tls, config.transport.clone(), metrics.clone());
         let raft = Raft::new(config.id, raft_config, network.clone(), log, state.clone())

@@ -14,6 +14,7 @@ use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, Tabl
 use serde_bytes::ByteBuf;
 
 use crate::metrics::ConsensusMetrics;
+use crate::snapshot_files::SnapshotFiles;
 use crate::types::{
     CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -46,13 +47,15 @@ pub trait StateMachine: Send + Sync + 'static {
     }
 }
 
-/// The current snapshot: its metadata under [`SNAPSHOT_META_KEY`] (postcard) and its data
-/// (the state machine's own encoding) under [`SNAPSHOT_DATA_KEY`].
+/// The current snapshot: its metadata under [`SNAPSHOT_META_KEY`] (postcard). Its data
+/// (the state machine's own encoding) is a file named by the snapshot id
+/// ([`SnapshotFiles`]); stores written before data moved to files hold it here under
+/// [`SNAPSHOT_DATA_KEY`], read until the next snapshot replaces it.
 const SNAPSHOT: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 /// [`SNAPSHOT`] key of the snapshot metadata.
 const SNAPSHOT_META_KEY: &str = "meta";
-/// [`SNAPSHOT`] key of the snapshot data.
+/// [`SNAPSHOT`] key of the snapshot data of stores from before [`SnapshotFiles`].
 const SNAPSHOT_DATA_KEY: &str = "data";
 
 /// What went wrong in the state machine store; wrapped into openraft's [`StorageError`]
@@ -93,10 +96,23 @@ enum SnapshotStoreError {
     },
 
     /// Snapshot metadata is stored without its data.
-    #[error("snapshot {snapshot_id} has metadata but no data in the database")]
+    #[error("snapshot {snapshot_id} has metadata but no data file {}", path.display())]
     MissingData {
         /// Id of the snapshot.
         snapshot_id: String,
+        /// Where its data should be.
+        path: std::path::PathBuf,
+    },
+
+    /// A snapshot file could not be written, read or removed.
+    #[error("snapshot file {} failed to {op}: {source}", path.display())]
+    File {
+        /// What the store was doing.
+        op: &'static str,
+        /// The file or directory.
+        path: std::path::PathBuf,
+        /// The error.
+        source: std::io::Error,
     },
 
     /// The state machine rejected the snapshot data.
@@ -144,8 +160,10 @@ type CachedDigest = (Option<LogId>, [u8; 32], Instant);
 
 /// Shared part of a [`StateMachineStore`].
 struct Shared<S> {
-    /// The replica's database, shared with the log store; holds the current snapshot.
+    /// The replica's database, shared with the log store; names the current snapshot.
     db: Arc<Database>,
+    /// The snapshots' data.
+    files: SnapshotFiles,
     /// The in-memory state.
     applied: RwLock<Applied<S>>,
     /// Suffix of snapshot ids; starts at the wall clock in milliseconds so ids stay unique
@@ -181,28 +199,47 @@ impl<S: StateMachine> Clone for StateMachineStore<S> {
 // === impl StateMachineStore ===
 
 impl<S: StateMachine> StateMachineStore<S> {
-    /// Opens the store: loads the persisted snapshot (if any) from `db` and restores `sm` from it.
+    /// Opens the store: loads the persisted snapshot (if any) named in `db`, its data from
+    /// `snapshot_dir`, and restores `sm` from it; removes snapshot files a crash left
+    /// behind.
     ///
     /// This does blocking IO; call it before serving, not on a busy async worker.
     ///
     /// # Errors
-    /// The snapshot table cannot be created or read, the stored snapshot does not decode,
-    /// or `sm` rejects the stored snapshot data.
+    /// The snapshot table cannot be created or read, the snapshot directory cannot be
+    /// created or read, the stored snapshot does not decode, or `sm` rejects its data.
     #[expect(
         clippy::result_large_err,
         reason = "openraft's storage API speaks StorageError; callers pass it on unchanged"
     )]
-    pub fn open(db: Arc<Database>, sm: S, metrics: ConsensusMetrics) -> Result<Self, StorageError> {
+    pub fn open(
+        db: Arc<Database>,
+        snapshot_dir: &std::path::Path,
+        sm: S,
+        metrics: ConsensusMetrics,
+    ) -> Result<Self, StorageError> {
         let read_error = |error: SnapshotStoreError| StorageIOError::read_snapshot(None, &error);
         write_txn(&db, "create the snapshot table", |txn| {
             txn.open_table(SNAPSHOT).during("create the snapshot table")?;
             Ok(())
         })
         .map_err(read_error)?;
+        let files = SnapshotFiles::open(snapshot_dir)
+            .map_err(|source| file_error("create the directory", snapshot_dir, source))
+            .map_err(read_error)?;
 
         let mut applied =
             Applied { sm, last_applied: None, last_membership: StoredMembership::default() };
-        if let Some((meta, data)) = load_snapshot(&db).map_err(read_error)? {
+        let loaded = load_snapshot(&db, &files).map_err(read_error)?;
+        let current = loaded.as_ref().map(|(meta, _)| meta.snapshot_id.clone());
+        let removed = files
+            .remove_all_but(current.as_deref())
+            .map_err(|source| file_error("remove leftovers", files.dir(), source))
+            .map_err(read_error)?;
+        if removed > 0 {
+            tracing::info!(removed, dir = %files.dir().display(), "removed snapshot files no metadata names");
+        }
+        if let Some((meta, data)) = loaded {
             restore(&mut applied.sm, &meta, &data)
                 .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
             tracing::info!(
@@ -220,6 +257,7 @@ impl<S: StateMachine> StateMachineStore<S> {
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
+                files,
                 applied: RwLock::new(applied),
                 snapshot_seq: AtomicU64::new(u64::try_from(now_ms).unwrap_or(u64::MAX)),
                 metrics,
@@ -335,38 +373,68 @@ impl<S: StateMachine> StateMachineStore<S> {
     async fn persist(
         &self,
         meta: &SnapshotMeta,
-        data: Vec<u8>,
+        data: Arc<Vec<u8>>,
     ) -> Result<bool, SnapshotStoreError> {
-        let meta_bytes = postcard::to_allocvec(meta).map_err(|source| {
-            SnapshotStoreError::EncodeMeta { snapshot_id: meta.snapshot_id.clone(), source }
-        })?;
-        let last_log_id = meta.last_log_id;
+        self.write_file(meta, data).await?;
+        self.make_current(meta).await
+    }
+
+    /// Step 1 of storing a snapshot: its data file, whole and durable, not yet current.
+    async fn write_file(
+        &self,
+        meta: &SnapshotMeta,
+        data: Arc<Vec<u8>>,
+    ) -> Result<(), SnapshotStoreError> {
         #[cfg(feature = "failpoints")]
         crate::failpoints::check(&self.shared.db, crate::failpoints::Point::SnapshotStore)
             .map_err(|source| SnapshotStoreError::Injected { source })?;
-        let db = Arc::clone(&self.shared.db);
+        let files = self.shared.files.clone();
+        let id = meta.snapshot_id.clone();
         tokio::task::spawn_blocking(move || {
-            write_txn(&db, "store the snapshot", |txn| {
+            files.write(&id, &data).map_err(|source| file_error("write", &files.path(&id), source))
+        })
+        .await
+        .map_err(|source| SnapshotStoreError::Task { source })?
+    }
+
+    /// Step 2: makes the snapshot whose file is written the current one, unless the stored
+    /// one is newer (a snapshot built from an older state can finish after a newer one was
+    /// installed; the newer one stays); then removes the file that is no longer current.
+    /// Returns whether `meta` became current.
+    async fn make_current(&self, meta: &SnapshotMeta) -> Result<bool, SnapshotStoreError> {
+        let meta_bytes = postcard::to_allocvec(meta).map_err(|source| {
+            SnapshotStoreError::EncodeMeta { snapshot_id: meta.snapshot_id.clone(), source }
+        })?;
+        let (db, files) = (Arc::clone(&self.shared.db), self.shared.files.clone());
+        let (id, last_log_id) = (meta.snapshot_id.clone(), meta.last_log_id);
+        tokio::task::spawn_blocking(move || {
+            let (current, previous) = write_txn(&db, "store the snapshot", |txn| {
                 let mut table = txn.open_table(SNAPSHOT).during("open the snapshot table")?;
-                // A snapshot built from an older state can finish after a newer one was
-                // installed; the newer one stays.
-                if let Some(stored) =
-                    table.get(SNAPSHOT_META_KEY).during("read the snapshot metadata")?
-                {
-                    let stored: SnapshotMeta = postcard::from_bytes(stored.value())
-                        .map_err(|source| SnapshotStoreError::DecodeMeta { source })?;
-                    if stored.last_log_id > last_log_id {
-                        return Ok(false);
-                    }
+                let stored =
+                    match table.get(SNAPSHOT_META_KEY).during("read the snapshot metadata")? {
+                        Some(stored) => Some(
+                            postcard::from_bytes::<SnapshotMeta>(stored.value())
+                                .map_err(|source| SnapshotStoreError::DecodeMeta { source })?,
+                        ),
+                        None => None,
+                    };
+                if let Some(stored) = stored.as_ref().filter(|s| s.last_log_id > last_log_id) {
+                    return Ok((false, Some(stored.snapshot_id.clone())));
                 }
                 table
                     .insert(SNAPSHOT_META_KEY, meta_bytes.as_slice())
                     .during("store the snapshot metadata")?;
-                table
-                    .insert(SNAPSHOT_DATA_KEY, data.as_slice())
-                    .during("store the snapshot data")?;
-                Ok(true)
-            })
+                table.remove(SNAPSHOT_DATA_KEY).during("remove the data stored in the database")?;
+                Ok((true, stored.map(|s| s.snapshot_id)))
+            })?;
+            // The file that is not current now: ours if it lost, else the previous one's.
+            let (stale, keep) = if current { (previous, Some(id)) } else { (Some(id), previous) };
+            if let Some(stale) = stale.filter(|stale| Some(stale) != keep.as_ref()) {
+                files
+                    .remove(&stale)
+                    .map_err(|source| file_error("remove", &files.path(&stale), source))?;
+            }
+            Ok(current)
         })
         .await
         .map_err(|source| SnapshotStoreError::Task { source })?
@@ -410,41 +478,62 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         meta: &SnapshotMeta,
         snapshot: Box<Cursor<Vec<u8>>>,
     ) -> Result<(), StorageError> {
-        let data = snapshot.into_inner();
-        // Restore first: a snapshot the state machine rejects must not become the one a
-        // restart loads. Decoding a large snapshot takes a while: on the blocking pool.
+        let data = Arc::new(snapshot.into_inner());
+        let bytes = data.len();
+        // The state machine restores while the data file is written; the snapshot becomes
+        // the one a restart loads only once both are done: a snapshot the state machine
+        // rejects never does. Decoding a large snapshot takes a while: on the blocking pool.
         let store = self.clone();
         let installing = meta.clone();
-        let data = tokio::task::spawn_blocking(move || {
-            let mut applied = store.lock_write();
-            restore(&mut applied.sm, &installing, &data)?;
-            applied.last_applied = installing.last_log_id;
-            applied.last_membership = installing.last_membership.clone();
-            store
-                .shared
-                .applied_index
-                .send_replace(installing.last_log_id.map_or(0, |id| id.index));
-            Ok::<_, SnapshotStoreError>(data)
-        })
-        .await
-        .map_err(|source| SnapshotStoreError::Task { source })
-        .and_then(|restored| restored)
-        .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
-        self.persist(meta, data)
+        let started = std::time::Instant::now();
+        let restoring = Arc::clone(&data);
+        let restore = async {
+            let restored = tokio::task::spawn_blocking(move || {
+                let mut applied = store.lock_write();
+                restore(&mut applied.sm, &installing, &restoring)?;
+                applied.last_applied = installing.last_log_id;
+                applied.last_membership = installing.last_membership.clone();
+                store
+                    .shared
+                    .applied_index
+                    .send_replace(installing.last_log_id.map_or(0, |id| id.index));
+                Ok::<_, SnapshotStoreError>(())
+            })
             .await
-            .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+            .map_err(|source| SnapshotStoreError::Task { source })
+            .and_then(|restored| restored);
+            (restored, started.elapsed())
+        };
+        let ((restored, restore_time), written) =
+            tokio::join!(restore, self.write_file(meta, data));
+        let write_error = |error: SnapshotStoreError| {
+            StorageIOError::write_snapshot(Some(meta.signature()), &error)
+        };
+        if let Err(error) = restored {
+            if written.is_ok()
+                && let Err(remove) = self.shared.files.remove(&meta.snapshot_id)
+            {
+                tracing::warn!(snapshot_id = %meta.snapshot_id, error = %remove, "cannot remove the data of a rejected snapshot; it goes at the next start");
+            }
+            return Err(write_error(error).into());
+        }
+        written.map_err(write_error)?;
+        self.make_current(meta).await.map_err(write_error)?;
         self.shared.metrics.snapshots_installed.inc();
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_id = ?meta.last_log_id,
+            bytes,
+            restore_ms = restore_time.as_millis(),
+            total_ms = started.elapsed().as_millis(),
             "installed snapshot"
         );
         Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
-        let db = Arc::clone(&self.shared.db);
-        let loaded = tokio::task::spawn_blocking(move || load_snapshot(&db))
+        let (db, files) = (Arc::clone(&self.shared.db), self.shared.files.clone());
+        let loaded = tokio::task::spawn_blocking(move || load_current_snapshot(&db, &files))
             .await
             .map_err(|source| SnapshotStoreError::Task { source })
             .and_then(|loaded| loaded)
@@ -457,6 +546,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
     async fn build_snapshot(&mut self) -> Result<Snapshot, StorageError> {
         // Encoding a large state takes a while: on the blocking pool, not a runtime worker.
         let store = self.clone();
+        let started = std::time::Instant::now();
         let (data, last_log_id, last_membership) = tokio::task::spawn_blocking(move || {
             let applied = store.lock_read();
             (applied.sm.snapshot(), applied.last_applied, applied.last_membership.clone())
@@ -469,15 +559,20 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             None => format!("none-{seq}"),
         };
         let meta = SnapshotMeta { last_log_id, last_membership, snapshot_id };
+        let encoded = started.elapsed();
+        let data = Arc::new(data);
         let stored = self
-            .persist(&meta, data.clone())
+            .persist(&meta, Arc::clone(&data))
             .await
             .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
+        let data = Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone());
         self.shared.metrics.snapshots_built.inc();
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             bytes = data.len(),
             stored,
+            encode_ms = encoded.as_millis(),
+            persist_ms = (started.elapsed() - encoded).as_millis(),
             "built snapshot"
         );
         Ok(Snapshot { meta, snapshot: Box::new(Cursor::new(data)) })
@@ -496,8 +591,12 @@ fn restore<S: StateMachine>(
     })
 }
 
-/// Reads the current snapshot, if one is stored.
-fn load_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotStoreError> {
+/// Reads the current snapshot, if one is stored: its metadata from `db`, its data from
+/// its file (or, in a store from before snapshot files, from `db`).
+fn load_snapshot(
+    db: &Database,
+    files: &SnapshotFiles,
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotStoreError> {
     let txn = db.begin_read().during("begin a read transaction")?;
     let table = txn.open_table(SNAPSHOT).during("open the snapshot table")?;
     let Some(meta) = table.get(SNAPSHOT_META_KEY).during("read the snapshot metadata")? else {
@@ -505,11 +604,39 @@ fn load_snapshot(db: &Database) -> Result<Option<(SnapshotMeta, Vec<u8>)>, Snaps
     };
     let meta: SnapshotMeta = postcard::from_bytes(meta.value())
         .map_err(|source| SnapshotStoreError::DecodeMeta { source })?;
-    let Some(data) = table.get(SNAPSHOT_DATA_KEY).during("read the snapshot data")? else {
-        return Err(SnapshotStoreError::MissingData { snapshot_id: meta.snapshot_id });
-    };
-    let data = data.value().to_vec();
-    Ok(Some((meta, data)))
+    if let Some(data) = table.get(SNAPSHOT_DATA_KEY).during("read the snapshot data")? {
+        return Ok(Some((meta, data.value().to_vec())));
+    }
+    let path = files.path(&meta.snapshot_id);
+    match files.read(&meta.snapshot_id) {
+        Ok(Some(data)) => Ok(Some((meta, data))),
+        Ok(None) => Err(SnapshotStoreError::MissingData { snapshot_id: meta.snapshot_id, path }),
+        Err(source) => Err(file_error("read", &path, source)),
+    }
+}
+
+/// [`load_snapshot`] while snapshots may be stored: a newer snapshot made current (and
+/// its predecessor's file removed) between reading the metadata and opening the file is
+/// read again.
+fn load_current_snapshot(
+    db: &Database,
+    files: &SnapshotFiles,
+) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotStoreError> {
+    let mut attempts = 0;
+    loop {
+        match load_snapshot(db, files) {
+            Err(SnapshotStoreError::MissingData { .. }) if attempts < 3 => attempts += 1,
+            loaded => return loaded,
+        }
+    }
+}
+
+fn file_error(
+    op: &'static str,
+    path: &std::path::Path,
+    source: std::io::Error,
+) -> SnapshotStoreError {
+    SnapshotStoreError::File { op, path: path.to_path_buf(), source }
 }
 
 /// Runs `f` in a write transaction committed with [`Durability::Immediate`]; an error of
@@ -584,9 +711,18 @@ mod tests {
         open_database(&dir.path().join("raft.redb")).expect("open database")
     }
 
+    fn snapshots(dir: &TempDir) -> std::path::PathBuf {
+        dir.path().join("snapshots")
+    }
+
     fn open(dir: &TempDir) -> StateMachineStore<Kv> {
-        StateMachineStore::open(db(dir), Kv::default(), ConsensusMetrics::default())
-            .expect("open state machine store")
+        StateMachineStore::open(
+            db(dir),
+            &snapshots(dir),
+            Kv::default(),
+            ConsensusMetrics::default(),
+        )
+        .expect("open state machine store")
     }
 
     #[tokio::test]
@@ -690,11 +826,150 @@ mod tests {
             last_membership: StoredMembership::default(),
             snapshot_id: id.to_owned(),
         };
-        assert!(store.persist(&meta(5, "new"), b"new".to_vec()).await.expect("persist"));
-        assert!(!store.persist(&meta(4, "old"), b"old".to_vec()).await.expect("persist"));
+        assert!(store.persist(&meta(5, "new"), Arc::new(b"new".to_vec())).await.expect("persist"));
+        assert!(!store.persist(&meta(4, "old"), Arc::new(b"old".to_vec())).await.expect("persist"));
         let current = store.get_current_snapshot().await.expect("read").expect("a snapshot");
         assert_eq!(current.meta.snapshot_id, "new");
         assert_eq!(current.snapshot.into_inner(), b"new");
+        assert_eq!(files_in(&dir), [store.shared.files.path("new")], "the loser's file is gone");
+    }
+
+    /// The snapshot directory's files, sorted.
+    fn files_in(dir: &TempDir) -> Vec<std::path::PathBuf> {
+        let mut files: Vec<_> = std::fs::read_dir(snapshots(dir))
+            .expect("read the snapshot directory")
+            .map(|entry| entry.expect("entry").path())
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn snapshot_meta(index: u64, id: &str) -> SnapshotMeta {
+        SnapshotMeta {
+            last_log_id: Some(log_id(1, index)),
+            last_membership: StoredMembership::default(),
+            snapshot_id: id.to_owned(),
+        }
+    }
+
+    fn kv_bytes(pairs: &[(&str, &str)]) -> Vec<u8> {
+        let mut kv = Kv::default();
+        for (key, value) in pairs {
+            kv.0.insert((*key).to_owned(), (*value).to_owned());
+        }
+        kv.snapshot()
+    }
+
+    #[tokio::test]
+    async fn snapshot_data_is_a_file_and_only_the_current_one_stays() {
+        let dir = TempDir::new().expect("tempdir");
+        let store = open(&dir);
+        let first = kv_bytes(&[("a", "1")]);
+        assert!(
+            store
+                .persist(&snapshot_meta(5, "1-5-1"), Arc::new(first.clone()))
+                .await
+                .expect("persist")
+        );
+        let path = store.shared.files.path("1-5-1");
+        assert_eq!(std::fs::read(&path).expect("the data file"), first);
+        assert!(
+            store
+                .persist(&snapshot_meta(8, "1-8-2"), Arc::new(kv_bytes(&[("b", "2")])))
+                .await
+                .expect("persist")
+        );
+        assert_eq!(
+            files_in(&dir),
+            [store.shared.files.path("1-8-2")],
+            "the replaced one is removed"
+        );
+        // The database holds the metadata only.
+        let txn = store.shared.db.begin_read().expect("read");
+        let table = txn.open_table(SNAPSHOT).expect("table");
+        assert!(table.get(SNAPSHOT_DATA_KEY).expect("get").is_none());
+    }
+
+    #[tokio::test]
+    async fn a_crash_between_the_file_and_the_metadata_keeps_the_previous_snapshot() {
+        let dir = TempDir::new().expect("tempdir");
+        let current = kv_bytes(&[("a", "1")]);
+        {
+            let store = open(&dir);
+            assert!(
+                store
+                    .persist(&snapshot_meta(5, "1-5-1"), Arc::new(current.clone()))
+                    .await
+                    .expect("persist")
+            );
+            // Step 1 of a newer snapshot done, the process dies before step 2; and a file
+            // it was still writing.
+            store.shared.files.write("1-9-2", &kv_bytes(&[("b", "2")])).expect("write");
+            std::fs::write(snapshots(&dir).join("3a.tmp"), b"half").expect("half a file");
+        }
+        let mut store = open(&dir);
+        assert_eq!(store.read(|kv| kv.snapshot()), current, "the previous snapshot is current");
+        let loaded = store.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(loaded.meta.snapshot_id, "1-5-1");
+        assert_eq!(files_in(&dir), [store.shared.files.path("1-5-1")], "the leftovers are removed");
+    }
+
+    #[tokio::test]
+    async fn a_store_from_before_snapshot_files_loads_and_moves_its_data_out() {
+        let dir = TempDir::new().expect("tempdir");
+        let old = kv_bytes(&[("a", "1")]);
+        {
+            // What the store wrote before snapshot files: metadata and data in the database.
+            let db = db(&dir);
+            write_txn(&db, "write a store of the old layout", |txn| {
+                let mut table = txn.open_table(SNAPSHOT).during("open")?;
+                let meta = postcard::to_allocvec(&snapshot_meta(5, "1-5-1")).expect("encode");
+                table.insert(SNAPSHOT_META_KEY, meta.as_slice()).during("meta")?;
+                table.insert(SNAPSHOT_DATA_KEY, old.as_slice()).during("data")?;
+                Ok(())
+            })
+            .expect("old layout");
+        }
+        let mut store = open(&dir);
+        assert_eq!(store.read(|kv| kv.snapshot()), old);
+        let loaded = store.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(loaded.snapshot.into_inner(), old);
+        assert!(
+            store
+                .persist(&snapshot_meta(7, "1-7-2"), Arc::new(kv_bytes(&[("b", "2")])))
+                .await
+                .expect("persist")
+        );
+        let txn = store.shared.db.begin_read().expect("read");
+        let table = txn.open_table(SNAPSHOT).expect("table");
+        assert!(table.get(SNAPSHOT_DATA_KEY).expect("get").is_none(), "the old data is dropped");
+        drop((table, txn));
+        assert_eq!(files_in(&dir), [store.shared.files.path("1-7-2")]);
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_whose_file_is_gone_fails_open_naming_the_file() {
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let store = open(&dir);
+            assert!(
+                store
+                    .persist(&snapshot_meta(5, "1-5-1"), Arc::new(kv_bytes(&[("a", "1")])))
+                    .await
+                    .expect("persist")
+            );
+            std::fs::remove_file(store.shared.files.path("1-5-1")).expect("an operator's mistake");
+        }
+        let error = StateMachineStore::open(
+            db(&dir),
+            &snapshots(&dir),
+            Kv::default(),
+            ConsensusMetrics::default(),
+        )
+        .err()
+        .expect("no data, no start");
+        let message = error.to_string();
+        assert!(message.contains("1-5-1") && message.contains("no data file"), "{message}");
     }
 
     #[tokio::test]
@@ -715,12 +990,17 @@ mod tests {
         assert!(error.to_string().contains("1-9-corrupt"), "{error}");
         assert_eq!(store.applied(), Some(log_id(1, 1)), "a rejected snapshot changes nothing");
         assert!(store.get_current_snapshot().await.expect("read").is_none());
+        assert!(files_in(&dir).is_empty(), "nor leaves its data file");
 
         // A corrupt snapshot already on disk makes open fail instead of panicking.
-        store.persist(&meta, vec![0xff; 3]).await.expect("persist garbage");
+        store.persist(&meta, Arc::new(vec![0xff; 3])).await.expect("persist garbage");
         drop(store);
-        let reopened =
-            StateMachineStore::open(db(&dir), Kv::default(), ConsensusMetrics::default());
+        let reopened = StateMachineStore::open(
+            db(&dir),
+            &snapshots(&dir),
+            Kv::default(),
+            ConsensusMetrics::default(),
+        );
         let error = reopened.err().expect("garbage must not restore");
         assert!(error.to_string().contains("1-9-corrupt"), "{error}");
     }

@@ -46,7 +46,12 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<KvState>, TempDir> for
         let db = open_database(&dir.path().join("raft.redb"))?;
         let metrics = ConsensusMetrics::default();
         let log = LogStore::new(db.clone(), metrics.clone())?;
-        let sm = StateMachineStore::open(db, KvState::default(), metrics)?;
+        let sm = StateMachineStore::open(
+            db,
+            &dir.path().join("snapshots"),
+            KvState::default(),
+            metrics,
+        )?;
         Ok((dir, log, sm))
     }
 }

@@ -620,8 +620,13 @@ impl Group {
         let db = open_database(&dir.path().join("raft.redb")).expect("open database");
         let metrics = ConsensusMetrics::default();
         let log = LogStore::new(db.clone(), metrics.clone()).expect("log store");
-        let state =
-            StateMachineStore::open(db, KvState::default(), metrics.clone()).expect("state");
+        let state = StateMachineStore::open(
+            db,
+            &dir.path().join("snapshots"),
+            KvState::default(),
+            metrics.clone(),
+        )
+        .expect("state");
         let options = TransportOptions {
             connect_timeout: Duration::from_secs(1),
             rpc_timeout: Duration::from_secs(2),
