@@ -189,7 +189,8 @@ impl SnapshotReport {
              fsync'd, renamed). Restore: Federator restores online into a new, already formed \
              3-replica group (forming it is not timed): `federator snapshot restore FILE` \
              (the file goes through the raft log in 1 MiB entries and replaces the state on \
-             every replica) until all 3 replicas applied it with the same state digest; etcd \
+             every replica) until all 3 replicas report it applied (their state digests are \
+             then compared, untimed); etcd \
              restores offline into one member: `etcdctl snapshot restore FILE --data-dir …` \
              (rewrites the database and a new WAL for a 1-member cluster) plus starting that \
              member until it answers a linearizable `Get` of the last key with its value — \
