@@ -3,8 +3,8 @@
 //! A snapshot's data is the whole encoded state (tens of MB for a large federation):
 //! written into redb it cost about four times a plain file's write and `fdatasync` (redb
 //! copies it through its page cache), and the write could not start before the state
-//! machine had accepted the snapshot. So the data lives in `<dir>/<hex of the id>.snap`,
-//! and redb keeps only the metadata naming the current one:
+//! machine had accepted the snapshot. So the data lives in `<dir>/snapshot-<hex of the
+//! id>.snap`, and redb keeps only the metadata naming the current one:
 //!
 //! 1. the data is written to `<name>.tmp`, `fdatasync`'d, renamed to `<name>.snap`, and
 //!    the directory `fsync`'d — a file with the final name is always whole;
@@ -29,6 +29,8 @@ pub(crate) struct SnapshotFiles {
 const DATA_EXTENSION: &str = "snap";
 /// Extension of a file being written.
 const TEMP_EXTENSION: &str = "tmp";
+/// Start of every file name (so an empty id still names a file with an extension).
+const FILE_PREFIX: &str = "snapshot-";
 
 impl SnapshotFiles {
     /// Opens (creating it if needed) the directory `dir`.
@@ -97,10 +99,11 @@ impl SnapshotFiles {
     }
 }
 
-/// `<hex of id>.<extension>`.
+/// `snapshot-<hex of id>.<extension>`.
 fn file_name(id: &str, extension: &str) -> String {
     use std::fmt::Write as _;
-    let mut name = String::with_capacity(id.len() * 2 + 1 + extension.len());
+    let mut name = String::with_capacity(FILE_PREFIX.len() + id.len() * 2 + 1 + extension.len());
+    name.push_str(FILE_PREFIX);
     for byte in id.bytes() {
         let _ = write!(name, "{byte:02x}");
     }
@@ -136,7 +139,27 @@ mod tests {
             assert_eq!(path.parent(), Some(dir.path()), "{id:?} → {}", path.display());
         }
         assert_ne!(files.path("a-b"), files.path("a_b"));
-        assert_eq!(file_name("1-2", "snap"), "312d32.snap");
+        assert_eq!(file_name("1-2", "snap"), "snapshot-312d32.snap");
+        assert_eq!(file_name("", "snap"), "snapshot-.snap");
+    }
+
+    proptest::proptest! {
+        /// A peer names the snapshots it sends: whatever the id, its file is a plain name
+        /// in the directory, and two ids never share a file.
+        #[test]
+        fn any_id_names_its_own_file_in_the_directory(a in ".{0,40}", b in ".{0,40}") {
+            let dir = Path::new("/var/lib/federator/snapshots");
+            let files = SnapshotFiles { dir: dir.to_path_buf() };
+            let path = files.path(&a);
+            proptest::prop_assert_eq!(path.parent(), Some(dir));
+            let name = file_name(&a, DATA_EXTENSION);
+            let stem = name
+                .strip_prefix(FILE_PREFIX)
+                .and_then(|name| name.strip_suffix(".snap"))
+                .unwrap_or("not a snapshot file");
+            proptest::prop_assert!(stem.bytes().all(|c| c.is_ascii_hexdigit()), "{}", name);
+            proptest::prop_assert_eq!(a == b, path == files.path(&b));
+        }
     }
 
     #[test]

@@ -905,7 +905,7 @@ mod tests {
             // Step 1 of a newer snapshot done, the process dies before step 2; and a file
             // it was still writing.
             store.shared.files.write("1-9-2", &kv_bytes(&[("b", "2")])).expect("write");
-            std::fs::write(snapshots(&dir).join("3a.tmp"), b"half").expect("half a file");
+            std::fs::write(snapshots(&dir).join("snapshot-3a.tmp"), b"half").expect("half a file");
         }
         let mut store = open(&dir);
         assert_eq!(store.read(|kv| kv.snapshot()), current, "the previous snapshot is current");
