@@ -38,6 +38,10 @@ pub struct ConsensusMetrics {
     pub snapshots_built: Counter,
     /// Snapshots installed from a leader.
     pub snapshots_installed: Counter,
+    /// Seconds to build and store a snapshot (encoding the state, writing its file).
+    pub snapshot_build_seconds: Histogram,
+    /// Seconds to install a received snapshot (restoring the state while writing its file).
+    pub snapshot_install_seconds: Histogram,
     /// Writes this replica forwarded to the leader.
     pub forwarded_writes: Counter,
     /// Leader calls this replica forwarded to the leader.
@@ -60,6 +64,8 @@ impl Default for ConsensusMetrics {
             apply_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
+            snapshot_build_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            snapshot_install_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             forwarded_writes: Counter::default(),
             forwarded_leader_calls: Counter::default(),
         }
@@ -106,6 +112,16 @@ impl ConsensusMetrics {
             "snapshots_installed",
             "Snapshots installed from a leader",
             self.snapshots_installed.clone(),
+        );
+        r.register(
+            "snapshot_build_duration_seconds",
+            "Seconds to build and store a snapshot",
+            self.snapshot_build_seconds.clone(),
+        );
+        r.register(
+            "snapshot_install_duration_seconds",
+            "Seconds to install a snapshot received from a leader",
+            self.snapshot_install_seconds.clone(),
         );
         r.register(
             "forwarded_writes",

@@ -520,6 +520,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         written.map_err(write_error)?;
         self.make_current(meta).await.map_err(write_error)?;
         self.shared.metrics.snapshots_installed.inc();
+        self.shared.metrics.snapshot_install_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             last_log_id = ?meta.last_log_id,
@@ -567,6 +568,7 @@ impl<S: StateMachine> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<S> {
             .map_err(|error| StorageIOError::write_snapshot(Some(meta.signature()), &error))?;
         let data = Arc::try_unwrap(data).unwrap_or_else(|shared| shared.as_ref().clone());
         self.shared.metrics.snapshots_built.inc();
+        self.shared.metrics.snapshot_build_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(
             snapshot_id = %meta.snapshot_id,
             bytes = data.len(),

@@ -231,6 +231,13 @@ async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow
                 && !l.ends_with(" 0")),
         "no snapshot install counted:\n{metrics}"
     );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("federator_raft_snapshot_install_duration_seconds_count ")
+                && !l.ends_with(" 0")),
+        "no snapshot install timed:\n{metrics}"
+    );
     Ok(())
 }
 
