@@ -224,18 +224,15 @@ async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow
         "follower should hold the leader's snapshot: {status:?}"
     );
     let metrics = fed.metrics(down).await?;
+    let nonzero = |name: &str| {
+        metrics.lines().any(|l| l.starts_with(&format!("{name} ")) && !l.ends_with(" 0"))
+    };
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("federator_raft_snapshots_installed_total ")
-                && !l.ends_with(" 0")),
+        nonzero("federator_raft_snapshots_installed_total"),
         "no snapshot install counted:\n{metrics}"
     );
     assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("federator_raft_snapshot_install_duration_seconds_count ")
-                && !l.ends_with(" 0")),
+        nonzero("federator_raft_snapshot_install_duration_seconds_count"),
         "no snapshot install timed:\n{metrics}"
     );
     Ok(())

@@ -261,9 +261,7 @@ impl WatchCursor {
                 )))
             }
             WatchBatch::Events { mut events, snapshot } => {
-                if !snapshot {
-                    shared.times.stamp(&mut events);
-                }
+                shared.times.stamp(&mut events, snapshot);
                 if matches!(
                     events.first().and_then(|e| e.event.as_ref()),
                     Some(pb::watch_event::Event::Resync(_))
@@ -390,14 +388,9 @@ impl RevisionTimes {
         self.with(|r| r.observe(revision, at_ms));
     }
 
-    /// Fills `applied_at_ms` of a watch batch; a snapshot's events keep 0.
-    fn stamp(&self, events: &mut [pb::WatchEvent]) {
-        let snapshot = events.iter().any(|e| {
-            matches!(
-                e.event,
-                Some(pb::watch_event::Event::SnapshotEnd(_) | pb::watch_event::Event::Resync(_))
-            )
-        });
+    /// Fills `applied_at_ms` of a watch batch; the events of a snapshot (or a piece of one)
+    /// keep 0.
+    fn stamp(&self, events: &mut [pb::WatchEvent], snapshot: bool) {
         if snapshot || events.is_empty() {
             return;
         }
@@ -899,14 +892,14 @@ mod tests {
         let at = position.sent;
         apply(&mut s, 10, export("a.test", "one")).expect("export");
         times.observe(s.changes.revision(), 1_234);
-        times.stamp(&mut snapshot);
+        times.stamp(&mut snapshot, true);
         assert!(snapshot.iter().all(|e| e.applied_at_ms == 0), "{snapshot:?}");
         let WatchBatch::Events { events: mut batch, snapshot: false } =
             resumed(at).next(&s, &member)
         else {
             panic!("a change batch")
         };
-        times.stamp(&mut batch);
+        times.stamp(&mut batch, false);
         assert_eq!(batch.len(), 2, "{batch:?}");
         assert!(batch.iter().all(|e| e.applied_at_ms == 1_234), "{batch:?}");
     }
