@@ -77,7 +77,8 @@ pub struct TrustBundle {
 /// One X.509-SVID CA certificate of a bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct X509Authority {
-    /// The certificate, DER.
+    /// The certificate, DER (one byte string in encodings; see [`crate::state::ProbeValue`]).
+    #[serde(with = "serde_bytes")]
     pub der: Vec<u8>,
     /// Start of validity, unix seconds.
     pub not_before: i64,

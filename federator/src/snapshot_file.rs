@@ -179,6 +179,17 @@ fn read_line(input: &mut impl BufRead, limit: usize) -> Result<String, SnapshotF
 /// # Errors
 /// Any check fails; the error names which.
 pub fn read(input: &mut impl BufRead) -> Result<SnapshotFile, SnapshotFileError> {
+    let (header, data) = read_data(input)?;
+    let state = decode_state(&data)?;
+    Ok(SnapshotFile { header, data, state })
+}
+
+/// Reads a snapshot's header and data, checking the size and checksum but not yet that
+/// the state decodes ([`decode_state`]; the restore does that while it streams).
+///
+/// # Errors
+/// The header is invalid, or the data's size or checksum differs from it.
+pub fn read_data(input: &mut impl BufRead) -> Result<(SnapshotHeader, Vec<u8>), SnapshotFileError> {
     let header = read_header(input)?;
     let mut data = Vec::new();
     // One byte more than announced tells trailing data from an exact fit.
@@ -195,9 +206,17 @@ pub fn read(input: &mut impl BufRead) -> Result<SnapshotFile, SnapshotFileError>
     if !sha256.eq_ignore_ascii_case(&header.sha256) {
         return Err(SnapshotFileError::Checksum { expected: header.sha256, actual: sha256 });
     }
+    Ok((header, data))
+}
+
+/// Decodes a snapshot's data as a federation state of this build.
+///
+/// # Errors
+/// The data does not decode.
+pub fn decode_state(data: &[u8]) -> Result<FederationState, SnapshotFileError> {
     let mut state = FederationState::default();
-    federator_raft::StateMachine::restore(&mut state, &data).map_err(SnapshotFileError::State)?;
-    Ok(SnapshotFile { header, data, state })
+    federator_raft::StateMachine::restore(&mut state, data).map_err(SnapshotFileError::State)?;
+    Ok(state)
 }
 
 /// Reads and checks the snapshot file at `path`.
@@ -207,6 +226,15 @@ pub fn read(input: &mut impl BufRead) -> Result<SnapshotFile, SnapshotFileError>
 pub fn read_path(path: &Path) -> Result<SnapshotFile, SnapshotFileError> {
     let file = std::fs::File::open(path)?;
     read(&mut std::io::BufReader::new(file))
+}
+
+/// Reads the snapshot file at `path` with [`read_data`].
+///
+/// # Errors
+/// The file cannot be opened, or a check fails.
+pub fn read_data_path(path: &Path) -> Result<(SnapshotHeader, Vec<u8>), SnapshotFileError> {
+    let file = std::fs::File::open(path)?;
+    read_data(&mut std::io::BufReader::new(file))
 }
 
 #[cfg(test)]

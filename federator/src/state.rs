@@ -8,6 +8,7 @@
 mod audit;
 mod command;
 mod events;
+mod ordered_map;
 mod restore;
 mod services;
 #[cfg(test)]
@@ -49,7 +50,9 @@ pub struct ReplicaRecord {
 /// A value in the diagnostic probe keyspace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProbeValue {
-    /// The bytes written.
+    /// The bytes written. Encoded as one byte string, not a sequence of bytes: the same
+    /// postcard bytes (a length, then the bytes), without a call per byte.
+    #[serde(with = "serde_bytes")]
     pub value: Vec<u8>,
     /// 1 for the first write of the key, then +1 per write.
     pub version: u64,
@@ -61,18 +64,25 @@ pub struct ProbeValue {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FederationState {
     /// Replicas that registered their API address, by replica id.
+    #[serde(deserialize_with = "ordered_map::deserialize")]
     pub replicas: BTreeMap<u64, ReplicaRecord>,
     /// Diagnostic probe keyspace written by `check`, benchmarks and the chaos harness.
+    #[serde(deserialize_with = "ordered_map::deserialize")]
     pub probes: BTreeMap<String, ProbeValue>,
     /// Member clusters by name.
+    #[serde(deserialize_with = "ordered_map::deserialize")]
     pub members: BTreeMap<String, Member>,
     /// Trust bundles by trust domain (one per member).
+    #[serde(deserialize_with = "ordered_map::deserialize")]
     pub bundles: BTreeMap<String, StoredBundle>,
     /// Join tokens by the hash of their secret.
+    #[serde(deserialize_with = "ordered_map::deserialize")]
     pub tokens: BTreeMap<String, TokenRecord>,
     /// Exported services by namespace/name.
+    #[serde(deserialize_with = "ordered_map::deserialize")]
     pub services: BTreeMap<crate::service::ServiceKey, ServiceRecord>,
     /// Members' liveness leases by cluster.
+    #[serde(deserialize_with = "ordered_map::deserialize")]
     pub leases: BTreeMap<String, Lease>,
     /// Accepted and refused writes.
     pub audit: AuditTrail,
@@ -271,6 +281,36 @@ mod tests {
         other.restore(&state.snapshot()).expect("restore");
         assert_eq!(state, other);
         assert_eq!(state.digest(), other.digest());
+    }
+
+    /// A byte vector's field as the state encoded it before it was marked a byte string.
+    #[derive(Serialize, Deserialize, PartialEq, Debug)]
+    struct SequenceOfBytes {
+        value: Vec<u8>,
+        version: u64,
+        modified_index: u64,
+    }
+
+    proptest::proptest! {
+        /// Marking byte vectors as byte strings kept the encoding: postcard writes a
+        /// sequence of `u8` and a byte string alike (a varint length, then the bytes), so
+        /// logs and snapshots written before decode the same, and the other way round.
+        #[test]
+        fn byte_strings_encode_as_the_byte_sequences_did(
+            value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            version in proptest::prelude::any::<u64>(),
+        ) {
+            let old = SequenceOfBytes { value: value.clone(), version, modified_index: 7 };
+            let new = ProbeValue { value: value.clone(), version, modified_index: 7 };
+            let old_bytes = postcard::to_stdvec(&old).expect("encodes");
+            proptest::prop_assert_eq!(&old_bytes, &postcard::to_stdvec(&new).expect("encodes"));
+            proptest::prop_assert_eq!(postcard::from_bytes::<ProbeValue>(&old_bytes).expect("decodes"), new);
+            // `PutProbe` is the command enum's variant 2: its tag, the key, the value.
+            let command = Command::PutProbe { key: "k".into(), value };
+            let mut legacy = vec![2u8];
+            legacy.extend(postcard::to_stdvec(&("k", old.value)).expect("encodes"));
+            proptest::prop_assert_eq!(command.encode(), legacy);
+        }
     }
 
     #[test]

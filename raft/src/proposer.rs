@@ -125,16 +125,44 @@ impl Proposer {
         self.submit(commands, false).await
     }
 
+    /// Queues `command` to be proposed by this replica only (never forwarded) and returns
+    /// once it is queued, with the receiver of its outcome. While this replica leads,
+    /// commands queued one after the other are committed in that order.
+    pub(crate) async fn enqueue_here(&self, command: Vec<u8>) -> Result<Pending, ProposeError> {
+        self.enqueue(vec![command], false).await
+    }
+
     async fn submit(
         &self,
         commands: Vec<Vec<u8>>,
         forwardable: bool,
     ) -> Result<Proposed, ProposeError> {
-        let stopped = || ProposeError::Stopped("the replica's proposal queue stopped".into());
+        self.enqueue(commands, forwardable).await?.outcome().await
+    }
+
+    async fn enqueue(
+        &self,
+        commands: Vec<Vec<u8>>,
+        forwardable: bool,
+    ) -> Result<Pending, ProposeError> {
         let (reply, answer) = oneshot::channel();
         self.queue.send(Queued { commands, forwardable, reply }).await.map_err(|_| stopped())?;
-        answer.await.map_err(|_| stopped())?
+        Ok(Pending(answer))
     }
+}
+
+/// A queued proposal's outcome, to await.
+pub(crate) struct Pending(oneshot::Receiver<Result<Proposed, ProposeError>>);
+
+impl Pending {
+    /// Waits until the proposal is committed (or refused).
+    pub(crate) async fn outcome(self) -> Result<Proposed, ProposeError> {
+        self.0.await.map_err(|_| stopped())?
+    }
+}
+
+fn stopped() -> ProposeError {
+    ProposeError::Stopped("the replica's proposal queue stopped".into())
 }
 
 /// Takes what is queued, up to the limits, whenever fewer than [`IN_FLIGHT`] batches are

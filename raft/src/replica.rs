@@ -20,7 +20,7 @@ use crate::log_store::{LogStore, open_database};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::{Network, TransportOptions};
 use crate::network::server::{PeerPolicy, RaftTransportService};
-use crate::proposer::{ProposeError, Proposer};
+use crate::proposer::{Pending, ProposeError, Proposer};
 use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
 
@@ -142,6 +142,47 @@ pub struct WriteOutcome {
     pub index: u64,
     /// The state machine's response.
     pub response: Vec<u8>,
+}
+
+/// A write queued by [`Replica::queue_here`].
+#[must_use = "a queued write's outcome is known only once it is awaited"]
+pub struct QueuedWrite {
+    pending: Pending,
+    this: NodeId,
+}
+
+impl QueuedWrite {
+    /// Waits until the write is committed and applied here (or refused).
+    ///
+    /// # Errors
+    /// This replica does not lead (or stopped leading), raft refused the write, or it did
+    /// not commit in time; the outcome is then unknown.
+    pub async fn outcome(self) -> Result<WriteOutcome, ReplicaError> {
+        let proposed = tokio::time::timeout(WRITE_ATTEMPT_TIMEOUT, self.pending.outcome())
+            .await
+            .map_err(|_| ReplicaError::Timeout(WRITE_ATTEMPT_TIMEOUT, "the write to commit"))?
+            .map_err(|e| queued_write_error(self.this, e))?;
+        Ok(WriteOutcome {
+            index: proposed.log_id.index,
+            response: proposed.responses.into_iter().next().unwrap_or_default(),
+        })
+    }
+}
+
+fn queued_write_error(this: NodeId, error: ProposeError) -> ReplicaError {
+    match error {
+        ProposeError::ForwardToLeader(forward) => match (forward.leader_id, forward.leader_node) {
+            (Some(leader_id), Some(node)) => {
+                ReplicaError::NotLeader { this, leader_id, leader_addr: node.addr }
+            }
+            _ => ReplicaError::NoLeader,
+        },
+        ProposeError::Forward { leader_id, leader_addr, message } => {
+            ReplicaError::Forward { leader_id, leader_addr, message }
+        }
+        ProposeError::Refused(e) => ReplicaError::Raft(e),
+        ProposeError::Stopped(e) => ReplicaError::Stopped(e),
+    }
 }
 
 /// Errors of replica operations.
@@ -574,6 +615,24 @@ impl<S: StateMachine> Replica<S> {
             Err(RaftError::APIError(e)) => Err(ReplicaError::Raft(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(ReplicaError::Stopped(e.to_string())),
         }
+    }
+
+    /// Queues `command` to be proposed on this replica only — never forwarded, never
+    /// retried — and returns as soon as it is queued, with the write to await. Commands
+    /// queued one after the other are committed in that order while this replica leads,
+    /// so a caller can keep several in flight (a large upload in chunks) and still rely
+    /// on their order. When leadership moves, the queued writes fail (`NotLeader`,
+    /// `NoLeader`); some of them may have committed all the same.
+    ///
+    /// # Errors
+    /// The replica is shutting down.
+    pub async fn queue_here(&self, command: Vec<u8>) -> Result<QueuedWrite, ReplicaError> {
+        let pending = self
+            .proposer
+            .enqueue_here(command)
+            .await
+            .map_err(|e| queued_write_error(self.id, e))?;
+        Ok(QueuedWrite { pending, this: self.id })
     }
 
     /// Runs `read` on the state at the requested consistency and returns its result with

@@ -109,3 +109,44 @@ async fn concurrent_writes_share_entries_and_each_gets_its_own_response() {
         running.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_one_after_the_other_commit_in_that_order() {
+    let pki = Pki::new();
+    let (group, leader) = start_group::<Counter>(&pki, &[1, 2, 3]).await;
+    let leader = replica(&group, leader);
+    let follower = group.iter().find(|r| r.replica.id() != leader.replica.id()).expect("follower");
+
+    // Many queued before the first is awaited, each big enough to be an entry of its own
+    // now and then: they commit in the order queued.
+    let mut queued = Vec::new();
+    for i in 0..64 {
+        let mut command = format!("chunk-{i:02}:").into_bytes();
+        command.resize(if i % 4 == 0 { 300 * 1024 } else { 16 }, b'x');
+        queued.push(leader.replica.queue_here(command).await.expect("queued"));
+    }
+    let mut positions = Vec::new();
+    for (i, write) in queued.into_iter().enumerate() {
+        let outcome = tokio::time::timeout(Duration::from_secs(30), write.outcome())
+            .await
+            .expect("in time")
+            .expect("commits");
+        let text = String::from_utf8_lossy(&outcome.response).into_owned();
+        let (position, echoed) = text.split_once(':').expect("position:command");
+        assert!(echoed.starts_with(&format!("chunk-{i:02}")), "write {i} answered {echoed:.12}");
+        positions.push(position.parse::<u64>().expect("position"));
+    }
+    assert!(positions.windows(2).all(|w| w[0] + 1 == w[1]), "out of order: {positions:?}");
+
+    // A follower never forwards them: it refuses, naming the leader.
+    let refused = follower.replica.queue_here(b"elsewhere".to_vec()).await.expect("queued");
+    let error = refused.outcome().await.expect_err("a follower refuses");
+    assert!(
+        matches!(error, federator_raft::ReplicaError::NotLeader { leader_id, .. }
+            if leader_id == leader.replica.id()),
+        "{error}"
+    );
+    for running in group {
+        running.stop().await;
+    }
+}

@@ -126,6 +126,23 @@ async fn a_saved_federation_is_restored_into_a_new_group() -> anyhow::Result<()>
     let out = old.cli(&[], &["snapshot", "status", damaged_arg])?;
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("checksum mismatch"), "{stderr}");
+    // Intact bytes (size and checksum agree with the header) that are no state: the
+    // restore streams them while it decodes them, and cancels before the commit.
+    let undecodable = old.dir().join("undecodable.snap");
+    {
+        use sha2::Digest as _;
+        let mut reader = std::io::BufReader::new(std::fs::File::open(&file)?);
+        let mut header = federator::snapshot_file::read_header(&mut reader)?;
+        let mut data = vec![3u8]; // the state format, then bytes that are no state
+        data.extend((0..3 * PROBE_BYTES * 16).map(|i| (i % 251) as u8 | 0x80));
+        header.size = data.len() as u64;
+        header.sha256 = hex::encode(sha2::Sha256::digest(&data));
+        let mut out = Vec::new();
+        federator::snapshot_file::write_header(&mut out, &header)?;
+        out.extend_from_slice(&data);
+        std::fs::write(&undecodable, out)?;
+    }
+    let undecodable_arg = undecodable.to_str().expect("utf-8 path");
 
     // Disaster: the whole group is lost.
     let restored_into = {
@@ -140,6 +157,9 @@ async fn a_saved_federation_is_restored_into_a_new_group() -> anyhow::Result<()>
         let out = new.cli(&[1, 2], &["snapshot", "restore", damaged_arg])?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("checksum mismatch"), "{stderr}");
+        let out = new.cli(&[1, 2], &["snapshot", "restore", undecodable_arg])?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains("does not decode"), "{stderr}");
 
         new.kill(3);
         new.wait_for_leader(&[1, 2], WAIT).await?;
@@ -205,6 +225,12 @@ async fn a_saved_federation_is_restored_into_a_new_group() -> anyhow::Result<()>
     let audit = new.audit()?;
     let restores = audit.iter().filter(|e| e["action"] == "restore").count();
     assert!(restores >= 3, "accepted, refused and forced restores are audited: {audit:?}");
+    // The undecodable file's restore was cancelled before its commit: no replica applied
+    // (and refused) it.
+    assert!(
+        !audit.iter().any(|e| e.to_string().contains("does not decode")),
+        "a cancelled restore reaches no replica's state: {audit:?}"
+    );
     drop(old);
     new.kill_all();
     Ok(())

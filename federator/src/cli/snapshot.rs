@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use federator_proto::admin as pb;
+use futures::StreamExt as _;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sha2::Digest as _;
@@ -252,15 +253,17 @@ async fn save(connection: &Connection, file: &Path, stale: bool) -> anyhow::Resu
     Ok(header)
 }
 
-/// Checks `file` and streams it to the leader, which stages and commits it.
+/// Checks `file` and streams it to the leader, which stages and commits it. Whether
+/// the state decodes is checked while the bytes stream: the stream ends (and the leader
+/// commits) only once it did; if it does not, the stream is cancelled and nothing
+/// commits.
 async fn restore(
     connection: &Connection,
     file: &Path,
     force: bool,
 ) -> anyhow::Result<pb::RestoreSnapshotResponse> {
-    let snapshot = snapshot_file::read_path(file)
+    let (header, data) = snapshot_file::read_data_path(file)
         .with_context(|| format!("snapshot file {}", file.display()))?;
-    let header = snapshot.header;
     eprintln!(
         "restoring {}: {} members, {} bundles, {} services, {} bytes (log index {} of the saved group)",
         file.display(),
@@ -270,14 +273,19 @@ async fn restore(
         header.size,
         header.applied_index
     );
+    let data = bytes::Bytes::from(data);
+    let decoded = {
+        let data = data.clone();
+        tokio::task::spawn_blocking(move || snapshot_file::decode_state(&data).map(drop))
+    };
+    let (decoded_tx, decoded_rx) = tokio::sync::oneshot::channel::<()>();
     let bar = progress(header.size, "restoring");
-    let data = bytes::Bytes::from(snapshot.data);
     let chunks = data.len().div_ceil(CHUNK_BYTES);
     let messages = {
         let bar = bar.clone();
         let sha256 = header.sha256.clone();
         let size = header.size;
-        futures::stream::iter((0..chunks).map(move |i| {
+        let message = move |i: usize| {
             let end = ((i + 1) * CHUNK_BYTES).min(data.len());
             bar.set_position(end as u64);
             let first = i == 0;
@@ -287,10 +295,34 @@ async fn restore(
                 force: first && force,
                 data: data.slice(i * CHUNK_BYTES..end).to_vec(),
             }
-        }))
+        };
+        // The last message waits for the state to have decoded; the stream is cancelled
+        // before it otherwise.
+        futures::stream::iter(0..chunks - 1).map(message.clone()).chain(
+            futures::stream::once(async move { (decoded_rx.await.is_ok(), message(chunks - 1)) })
+                .filter_map(|(decoded, last)| async move { decoded.then_some(last) }),
+        )
     };
     let mut client = connection.leader().await?;
-    let response = client.restore_snapshot(messages).await;
+    let call = client.restore_snapshot(messages);
+    tokio::pin!(call);
+    let response = tokio::select! {
+        response = &mut call => response,
+        decoded = decoded => {
+            match decoded {
+                Ok(Ok(())) => {
+                    let _ = decoded_tx.send(());
+                    call.await
+                }
+                // Dropping the call cancels the stream: the leader stages no commit.
+                Ok(Err(error)) => {
+                    bar.finish_and_clear();
+                    return Err(error).with_context(|| format!("snapshot file {}", file.display()));
+                }
+                Err(panicked) => bail!("checking the snapshot's state failed: {panicked}"),
+            }
+        }
+    };
     bar.finish_and_clear();
     match response {
         Ok(response) => Ok(response.into_inner()),

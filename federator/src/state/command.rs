@@ -34,6 +34,7 @@ pub enum Command {
         /// Key, 1 to 256 printable ASCII characters.
         key: String,
         /// Value.
+        #[serde(with = "serde_bytes")]
         value: Vec<u8>,
     },
     /// Records a single-use join token (only its hash).
@@ -60,6 +61,7 @@ pub enum Command {
         /// SPIFFE ID of the joining agent (verified against `bundle_json`).
         agent_id: String,
         /// The cluster's SPIFFE bundle document.
+        #[serde(with = "serde_bytes")]
         bundle_json: Vec<u8>,
         /// Proposal time.
         now: i64,
@@ -69,6 +71,7 @@ pub enum Command {
         /// The member (from its authenticated identity, never from the request).
         cluster: String,
         /// The SPIFFE bundle document.
+        #[serde(with = "serde_bytes")]
         bundle_json: Vec<u8>,
         /// The publishing agent's SVID chain (leaf first), to refuse a bundle that would
         /// lock the agent out.

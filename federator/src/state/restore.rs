@@ -43,6 +43,53 @@ pub struct StagedRestore {
     pub data: Vec<u8>,
     /// Log index of the [`super::Command::RestoreBegin`].
     pub begun_at_index: u64,
+    /// SHA-256 of `data` so far, kept as the chunks arrive so the commit need not hash the
+    /// whole snapshot at once. Not part of the encoding: a restore loaded from a snapshot
+    /// half way has none, and its commit hashes the bytes.
+    #[serde(skip)]
+    pub hash: RunningHash,
+}
+
+/// A SHA-256 being computed over a staged restore's bytes since its first chunk.
+///
+/// It is derived from the staged bytes, never compared: two stages with the same bytes are
+/// equal whether or not one of them carries its running hash.
+#[derive(Clone, Default)]
+pub struct RunningHash(Option<sha2::Sha256>);
+
+impl RunningHash {
+    fn started() -> Self {
+        Self(Some(sha2::Sha256::new()))
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        if let Some(hash) = &mut self.0 {
+            hash.update(data);
+        }
+    }
+
+    /// The hex SHA-256 of `data`: the running hash when it covers all of it (it started
+    /// with the stage), else `data` hashed now.
+    fn finish(&mut self, data: &[u8]) -> String {
+        hex::encode(match self.0.take() {
+            Some(hash) => hash.finalize(),
+            None => sha2::Sha256::digest(data),
+        })
+    }
+}
+
+impl PartialEq for RunningHash {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for RunningHash {}
+
+impl std::fmt::Debug for RunningHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "RunningHash(running)" } else { "RunningHash(none)" })
+    }
 }
 
 /// What a committed restore brought back.
@@ -101,6 +148,7 @@ impl FederationState {
             sha256: sha256.to_ascii_lowercase(),
             data: Vec::new(),
             begun_at_index: index,
+            hash: RunningHash::started(),
         });
         Ok(Applied::Done)
     }
@@ -131,6 +179,7 @@ impl FederationState {
             ));
         }
         staged.data.extend_from_slice(data);
+        staged.hash.update(data);
         Ok(Applied::Done)
     }
 
@@ -175,7 +224,7 @@ impl FederationState {
                 &format!("{} of {} bytes staged", staged.data.len(), staged.size),
             ));
         }
-        let actual = hex::encode(sha2::Sha256::digest(&staged.data));
+        let actual = staged.hash.finish(&staged.data);
         if actual != staged.sha256 {
             // The staged bytes are useless: drop them.
             self.restore = None;

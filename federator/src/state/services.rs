@@ -42,6 +42,7 @@ pub struct ExportRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRecord {
     /// Exports by cluster.
+    #[serde(deserialize_with = "super::ordered_map::deserialize")]
     pub exports: BTreeMap<String, ExportRecord>,
     /// Revision of the last change (an export, or an exporter's lease).
     pub revision: u64,

@@ -92,8 +92,10 @@ pub async fn restore(
         "restoring a snapshot: staging its bytes through the log"
     );
     // The commit checks the staged bytes against `sha256`.
+    let began = std::time::Instant::now();
     propose(replica, Command::RestoreBegin { id, size, sha256 }).await?;
 
+    let mut chunks = ChunkPipeline::new(replica);
     let mut offset = 0u64;
     let mut pending = first.data;
     loop {
@@ -113,18 +115,20 @@ pub async fn restore(
                 )));
             }
             let len = data.len() as u64;
-            propose(replica, Command::RestoreChunk { id, offset, data }).await?;
+            chunks.propose(Command::RestoreChunk { id, offset, data }).await?;
             offset += len;
         }
         if last {
             break;
         }
     }
+    chunks.finish().await?;
     if offset != size {
         return Err(Status::invalid_argument(format!(
             "data: the stream ended after {offset} of {size} bytes"
         )));
     }
+    let staged = began.elapsed();
     let now = crate::server::unix_now();
     let (index, applied) = propose(replica, Command::RestoreCommit { id, force, now }).await?;
     let Applied::Restored(summary) = applied else {
@@ -136,6 +140,8 @@ pub async fn restore(
         members = summary.members,
         services = summary.services,
         revision = summary.revision,
+        staging_ms = staged.as_millis(),
+        commit_ms = (began.elapsed() - staged).as_millis(),
         "snapshot restored"
     );
     Ok(pb::RestoreSnapshotResponse {
@@ -146,6 +152,56 @@ pub async fn restore(
         services: summary.services,
         replaced_members: summary.replaced_members,
     })
+}
+
+/// Staged chunks in the log at once while the leader stages them: one is made durable
+/// and replicated while the next is appended behind it.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+/// Proposes a restore's chunks in order. On the leader several are in flight at once
+/// ([`CHUNKS_IN_FLIGHT`], queued on this replica only, so the log holds them in the order
+/// proposed); on a follower each is forwarded and awaited in turn. If leadership moves
+/// while chunks are in flight, they fail and so does the restore (the operator runs it
+/// again): a chunk that did commit out of order is refused by its offset, and the commit
+/// checks the size and SHA-256 of what was staged, so a partial restore never commits.
+struct ChunkPipeline<'a> {
+    replica: &'a FederationReplica,
+    leads: bool,
+    in_flight: std::collections::VecDeque<federator_raft::QueuedWrite>,
+}
+
+impl<'a> ChunkPipeline<'a> {
+    fn new(replica: &'a FederationReplica) -> Self {
+        let leads = replica.metrics().borrow().current_leader == Some(replica.id());
+        Self { replica, leads, in_flight: std::collections::VecDeque::new() }
+    }
+
+    async fn propose(&mut self, command: Command) -> Result<(), Status> {
+        if !self.leads {
+            return propose(self.replica, command).await.map(drop);
+        }
+        if self.in_flight.len() >= CHUNKS_IN_FLIGHT {
+            self.settle_oldest().await?;
+        }
+        let queued = self.replica.queue_here(command.encode()).await.map_err(replica_status)?;
+        self.in_flight.push_back(queued);
+        Ok(())
+    }
+
+    async fn settle_oldest(&mut self) -> Result<(), Status> {
+        let Some(queued) = self.in_flight.pop_front() else { return Ok(()) };
+        let outcome = queued.outcome().await.map_err(replica_status)?;
+        command_result(&outcome.response).map_err(command_status)?.map_err(command_status)?;
+        Ok(())
+    }
+
+    /// Waits for every chunk still in flight.
+    async fn finish(&mut self) -> Result<(), Status> {
+        while !self.in_flight.is_empty() {
+            self.settle_oldest().await?;
+        }
+        Ok(())
+    }
 }
 
 /// Proposes `command` and returns its log index and result.
