@@ -193,16 +193,12 @@ impl FederationState {
 impl FederationState {
     /// The snapshot encoding: format, state, then `staged`.
     fn encode(&self, staged: Option<&StagedRestore>) -> Vec<u8> {
-        let mut out = vec![SNAPSHOT_FORMAT];
-        // Encoding ordered maps of plain data cannot fail; an empty tail would be caught
-        // by `restore` on every replica alike.
-        if let Ok(body) = postcard::to_stdvec(self) {
-            out.extend_from_slice(&body);
-        }
-        if let Ok(staged) = postcard::to_stdvec(&staged) {
-            out.extend_from_slice(&staged);
-        }
-        out
+        // Encoding ordered maps of plain data cannot fail. Both parts are appended to one
+        // buffer (a state is tens of MB: no second copy of it). A failure would leave the
+        // format byte alone, which no replica decodes.
+        postcard::to_extend(self, vec![SNAPSHOT_FORMAT])
+            .and_then(|out| postcard::to_extend(&staged, out))
+            .unwrap_or_else(|_| vec![SNAPSHOT_FORMAT])
     }
 }
 
