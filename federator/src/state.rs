@@ -186,6 +186,9 @@ impl FederationState {
             Command::RestoreCommit { id, force, now } => {
                 self.apply_restore_commit(index, id, force, now)
             }
+            Command::RestoreAbort { id, reason, now } => {
+                self.apply_restore_abort(index, id, &reason, now)
+            }
         }
     }
 }

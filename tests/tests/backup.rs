@@ -5,7 +5,8 @@
 //! restored federation serves the same members, bundles, services and probes on every
 //! replica; its members' agents keep working against it; watch revisions never go back
 //! and watchers resynchronise; a second restore needs --force; damaged files are refused
-//! before anything is sent.
+//! before anything is sent, one whose state does not decode is cancelled before its
+//! commit, and an upload that stops short has its staged bytes dropped.
 
 use std::time::Duration;
 
@@ -160,6 +161,27 @@ async fn a_saved_federation_is_restored_into_a_new_group() -> anyhow::Result<()>
         let out = new.cli(&[1, 2], &["snapshot", "restore", undecodable_arg])?;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && stderr.contains("does not decode"), "{stderr}");
+        // An upload that ends short of its announced size: the leader refuses it and
+        // drops what it staged, which the audit trail shows.
+        let leader = new.wait_for_leader(&[1, 2, 3], WAIT).await?;
+        let short = admin_pb::RestoreSnapshotRequest {
+            size: 3 << 20,
+            sha256: "0".repeat(64),
+            force: false,
+            data: vec![7; 1 << 20],
+        };
+        let refused = new
+            .admin(leader)
+            .await?
+            .restore_snapshot(tokio_stream::iter(vec![short]))
+            .await
+            .expect_err("a short upload is refused");
+        assert!(refused.message().contains("ended after 1048576 of 3145728"), "{refused:?}");
+        let audit = new.audit()?;
+        assert!(
+            audit.iter().any(|e| e.to_string().contains("cancelled before its commit")),
+            "the short upload's staged bytes were dropped: {audit:?}"
+        );
 
         new.kill(3);
         new.wait_for_leader(&[1, 2], WAIT).await?;

@@ -190,6 +190,17 @@ pub enum Command {
         /// Proposal time.
         now: i64,
     },
+    /// Drops a restore's staged bytes: its upload failed or was cancelled before the
+    /// commit (a newer restore would replace them too, but until then they would sit in
+    /// every replica's memory and snapshots).
+    RestoreAbort {
+        /// The restore.
+        id: u64,
+        /// Why, for the audit trail.
+        reason: String,
+        /// Proposal time.
+        now: i64,
+    },
 }
 
 /// What an accepted command did.

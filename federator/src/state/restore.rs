@@ -3,9 +3,11 @@
 //! A snapshot file may be far larger than one log entry should be, so its bytes go
 //! through the log in chunks: [`Command::RestoreBegin`] announces the size and SHA-256,
 //! [`Command::RestoreChunk`]s stage the bytes in order, and [`Command::RestoreCommit`]
-//! checks them and swaps the state. The staged bytes are part of the replicated state
-//! (and of its snapshots), so a leader change or a follower installing a snapshot half
-//! way through loses nothing and every replica swaps at the same index.
+//! checks them and swaps the state ([`Command::RestoreAbort`] drops them when the upload
+//! fails). The staged bytes are part of the replicated state (and of its snapshots), so
+//! a follower installing a snapshot half way through loses nothing and every replica
+//! swaps at the same index; a leader change half way fails the restore, and running it
+//! again stages from the start.
 //!
 //! What the swap keeps of the running group: its replica registry (the restored group
 //! has its own replicas and addresses) and revisions that never go back: the restored
@@ -15,6 +17,7 @@
 //! [`Command::RestoreBegin`]: super::Command::RestoreBegin
 //! [`Command::RestoreChunk`]: super::Command::RestoreChunk
 //! [`Command::RestoreCommit`]: super::Command::RestoreCommit
+//! [`Command::RestoreAbort`]: super::Command::RestoreAbort
 
 use serde::{Deserialize, Serialize};
 use sha2::Digest as _;
@@ -216,6 +219,28 @@ impl FederationState {
         Ok(Applied::Restored(summary))
     }
 
+    pub(super) fn apply_restore_abort(
+        &mut self,
+        index: u64,
+        id: u64,
+        reason: &str,
+        now: i64,
+    ) -> CommandResult {
+        // Another restore may have replaced this one: then there is nothing to drop.
+        if self.restore.as_ref().is_some_and(|staged| staged.id == id) {
+            self.restore = None;
+            self.audit.record(AuditEvent::new(
+                now,
+                index,
+                "admin",
+                "restore",
+                "federation",
+                Some(format!("cancelled before its commit: {reason}")),
+            ));
+        }
+        Ok(Applied::Done)
+    }
+
     fn commit_restore(&mut self, id: u64, force: bool) -> Result<RestoreSummary, CommandError> {
         let staged = self.staged_restore(id)?;
         if staged.data.len() as u64 != staged.size {
@@ -332,6 +357,31 @@ mod tests {
         assert!(running.changes.since(saved.changes.revision()).is_none(), "watchers resync");
         let newest = running.audit.newest(1);
         assert_eq!(newest[0].action, "restore");
+    }
+
+    #[test]
+    fn an_aborted_restore_drops_its_bytes_and_only_its_own() {
+        let mut state = FederationState::default();
+        let sha256 = "0".repeat(64);
+        apply(&mut state, 1, Command::RestoreBegin { id: 5, size: 10, sha256 }).expect("begin");
+        apply(&mut state, 2, Command::RestoreChunk { id: 5, offset: 0, data: vec![1; 4] })
+            .expect("chunk");
+        // Another restore's abort leaves this one staged.
+        let other = Command::RestoreAbort { id: 6, reason: "other".into(), now: 1 };
+        apply(&mut state, 3, other).expect("abort of another restore");
+        assert_eq!(state.restore.as_ref().map(|s| s.data.len()), Some(4));
+        let abort = Command::RestoreAbort { id: 5, reason: "the upload stopped".into(), now: 1 };
+        apply(&mut state, 4, abort).expect("abort");
+        assert!(state.restore.is_none(), "the staged bytes are dropped");
+        let newest = &state.audit.newest(1)[0];
+        assert_eq!(newest.action, "restore");
+        assert!(format!("{newest:?}").contains("cancelled before its commit: the upload stopped"));
+        // Its late chunks and commit find nothing staged.
+        let late = Command::RestoreChunk { id: 5, offset: 4, data: vec![1; 6] };
+        assert!(apply(&mut state, 5, late).is_err());
+        assert!(
+            apply(&mut state, 6, Command::RestoreCommit { id: 5, force: false, now: 1 }).is_err()
+        );
     }
 
     #[test]

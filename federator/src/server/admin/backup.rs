@@ -3,7 +3,8 @@
 //! A save reads the state at a linearizable point (by default) and streams its canonical
 //! encoding with its size and SHA-256 in front. A restore stages the bytes through the
 //! log in chunks and commits them in one command (see [`crate::state`]'s restore), so
-//! every replica swaps at the same index and a leader change half way loses nothing.
+//! every replica swaps at the same index; a restore that fails half way (a leader
+//! change, a cancelled upload) commits nothing and drops what it staged.
 
 use std::pin::Pin;
 
@@ -67,7 +68,21 @@ pub async fn save(
 }
 
 /// Stages a snapshot from the operator's stream through the log and commits it.
+///
+/// It runs as a task of its own: when the operator's call goes away (the CLI cancels a
+/// file that does not decode, or is interrupted), the request is dropped but the task
+/// sees the stream fail and drops what it staged.
 pub async fn restore(
+    replica: &FederationReplica,
+    stream: Streaming<pb::RestoreSnapshotRequest>,
+) -> Result<pb::RestoreSnapshotResponse, Status> {
+    let replica = replica.clone();
+    tokio::spawn(async move { restore_task(&replica, stream).await })
+        .await
+        .map_err(|e| Status::internal(format!("the restore task failed: {e}")))?
+}
+
+async fn restore_task(
     replica: &FederationReplica,
     mut stream: Streaming<pb::RestoreSnapshotRequest>,
 ) -> Result<pb::RestoreSnapshotResponse, Status> {
@@ -95,9 +110,54 @@ pub async fn restore(
     let began = std::time::Instant::now();
     propose(replica, Command::RestoreBegin { id, size, sha256 }).await?;
 
+    if let Err(status) = stage(replica, id, size, first.data, &mut stream).await {
+        // Whatever was staged would sit in every replica's memory until the next restore.
+        let reason = status.message().to_string();
+        let now = crate::server::unix_now();
+        if let Err(error) = propose(replica, Command::RestoreAbort { id, reason, now }).await {
+            tracing::warn!(restore_id = id, %error, "could not drop a failed restore's staged bytes");
+        }
+        tracing::info!(restore_id = id, error = %status.message(), "restore failed before its commit");
+        return Err(status);
+    }
+    let staged = began.elapsed();
+    let now = crate::server::unix_now();
+    let (index, applied) = propose(replica, Command::RestoreCommit { id, force, now }).await?;
+    let Applied::Restored(summary) = applied else {
+        return Err(Status::internal(format!("restore answered {applied:?}")));
+    };
+    tracing::info!(
+        restore_id = id,
+        index,
+        members = summary.members,
+        services = summary.services,
+        revision = summary.revision,
+        staging_ms = staged.as_millis(),
+        commit_ms = (began.elapsed() - staged).as_millis(),
+        "snapshot restored"
+    );
+    Ok(pb::RestoreSnapshotResponse {
+        applied_index: index,
+        revision: summary.revision,
+        members: summary.members,
+        bundles: summary.bundles,
+        services: summary.services,
+        replaced_members: summary.replaced_members,
+    })
+}
+
+/// Stages the bytes of restore `id` from `first` and the rest of `stream`, in chunks of
+/// [`CHUNK_BYTES`], until the stream ends with exactly `size` bytes staged.
+async fn stage(
+    replica: &FederationReplica,
+    id: u64,
+    size: u64,
+    first: Vec<u8>,
+    stream: &mut Streaming<pb::RestoreSnapshotRequest>,
+) -> Result<(), Status> {
     let mut chunks = ChunkPipeline::new(replica);
     let mut offset = 0u64;
-    let mut pending = first.data;
+    let mut pending = first;
     loop {
         let last = match stream.message().await? {
             Some(message) => {
@@ -128,30 +188,7 @@ pub async fn restore(
             "data: the stream ended after {offset} of {size} bytes"
         )));
     }
-    let staged = began.elapsed();
-    let now = crate::server::unix_now();
-    let (index, applied) = propose(replica, Command::RestoreCommit { id, force, now }).await?;
-    let Applied::Restored(summary) = applied else {
-        return Err(Status::internal(format!("restore answered {applied:?}")));
-    };
-    tracing::info!(
-        restore_id = id,
-        index,
-        members = summary.members,
-        services = summary.services,
-        revision = summary.revision,
-        staging_ms = staged.as_millis(),
-        commit_ms = (began.elapsed() - staged).as_millis(),
-        "snapshot restored"
-    );
-    Ok(pb::RestoreSnapshotResponse {
-        applied_index: index,
-        revision: summary.revision,
-        members: summary.members,
-        bundles: summary.bundles,
-        services: summary.services,
-        replaced_members: summary.replaced_members,
-    })
+    Ok(())
 }
 
 /// Staged chunks in the log at once while the leader stages them: one is made durable
