@@ -175,6 +175,8 @@ struct Shared<S> {
     /// applied log ids mean equal states, so status polling does not re-encode an
     /// unchanged state.
     digest_cache: std::sync::Mutex<Option<CachedDigest>>,
+    /// A background refresh of `digest_cache` runs ([`StateMachineStore::digest_cached`]).
+    digest_refreshing: std::sync::atomic::AtomicBool,
     /// The index of the last applied entry, for readers that wait for the state to move
     /// (a cheaper signal than openraft's metrics, which change on every core-loop turn).
     applied_index: tokio::sync::watch::Sender<u64>,
@@ -262,6 +264,7 @@ impl<S: StateMachine> StateMachineStore<S> {
                 snapshot_seq: AtomicU64::new(u64::try_from(now_ms).unwrap_or(u64::MAX)),
                 metrics,
                 digest_cache: std::sync::Mutex::new(None),
+                digest_refreshing: std::sync::atomic::AtomicBool::new(false),
                 applied_index,
             }),
         })
@@ -311,13 +314,40 @@ impl<S: StateMachine> StateMachineStore<S> {
         let applied = self.lock_read();
         let at = applied.last_applied;
         match *cache {
-            Some((cached_at, digest, _)) if cached_at == at => (at, digest),
+            Some((cached_at, digest, _)) if cached_at == at => {
+                // Still the state it was computed at: as good as new.
+                *cache = Some((at, digest, Instant::now()));
+                (at, digest)
+            }
             _ => {
                 let digest = applied.sm.digest();
                 *cache = Some((at, digest, Instant::now()));
                 (at, digest)
             }
         }
+    }
+
+    /// The digest last computed, with the applied log id it was computed at, and never
+    /// an encoding of the state on the caller's thread: when it is older than `max_age`
+    /// (or there is none yet), one refresh runs on the blocking pool and later calls see
+    /// its result. For status polling: encoding a large state takes tens of
+    /// milliseconds under the state's read lock, which a status answer should not wait
+    /// for (nor hold a runtime worker through).
+    pub fn digest_cached(&self, max_age: Duration) -> Option<(Option<LogId>, [u8; 32])> {
+        use std::sync::atomic::Ordering;
+        let cached = *self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let fresh = cached.is_some_and(|(_, _, computed)| computed.elapsed() < max_age);
+        if !fresh
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            && !self.shared.digest_refreshing.swap(true, Ordering::AcqRel)
+        {
+            let store = self.clone();
+            runtime.spawn_blocking(move || {
+                store.digest_within(max_age);
+                store.shared.digest_refreshing.store(false, Ordering::Release);
+            });
+        }
+        cached.map(|(at, digest, _)| (at, digest))
     }
 
     /// Read access to the state. Taken even while a writer waits (`read_recursive`): the
@@ -770,6 +800,36 @@ mod tests {
         let (digest_applied, digest) = store.digest();
         assert_eq!(digest_applied, Some(log_id(1, 6)));
         assert_eq!(digest, store.read(StateMachine::digest));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_cached_digest_is_computed_in_the_background_and_follows_the_state() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        store.apply([normal(1, 1, "a=1")]).await.expect("apply");
+        // The first call has nothing yet and starts a refresh; a later call sees it.
+        let reader = store.clone();
+        let wait_for = |applied: u64| {
+            let store = reader.clone();
+            async move {
+                for _ in 0..500 {
+                    if let Some((at, digest)) = store.digest_cached(Duration::ZERO)
+                        && at == Some(log_id(1, applied))
+                    {
+                        return digest;
+                    }
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                panic!("no background digest at index {applied} within 5 s");
+            }
+        };
+        assert_eq!(wait_for(1).await, store.read(StateMachine::digest));
+        // Within its max age the cached digest is answered as it is, index and all.
+        store.apply([normal(1, 2, "b=2")]).await.expect("apply");
+        let (at, _) = store.digest_cached(Duration::from_secs(3600)).expect("cached");
+        assert_eq!(at, Some(log_id(1, 1)));
+        // Older than the max age: refreshed to the applied state.
+        assert_eq!(wait_for(2).await, store.read(StateMachine::digest));
     }
 
     #[tokio::test]

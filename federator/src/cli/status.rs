@@ -171,8 +171,9 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
                     lag: leader_last_log.map(|l| l.saturating_sub(s.applied_index)),
                     snapshot_index: Some(s.snapshot_index),
                     purged_index: Some(s.purged_index),
-                    state_digest: Some(s.state_digest.clone()),
-                    digest_index: Some(s.digest_index),
+                    // Empty until the replica's first digest is computed.
+                    state_digest: (!s.state_digest.is_empty()).then(|| s.state_digest.clone()),
+                    digest_index: (!s.state_digest.is_empty()).then_some(s.digest_index),
                 }
             }
             Err(error) => {

@@ -115,11 +115,12 @@ impl AdminService {
     fn status(&self) -> pb::ReplicaStatus {
         let m = self.replica.metrics().borrow().clone();
         let membership = m.membership_config.membership();
-        let (replicas, (digest_index, digest)) = {
+        let (replicas, cached) = {
             let state = self.replica.state();
-            // At most one encoding of the whole state per second however often status is
-            // polled; the digest comes with the index it was computed at.
-            (state.read(|s| s.replicas.clone()), state.digest_within(STATUS_DIGEST_MAX_AGE))
+            // The digest comes with the index it was computed at, refreshed in the
+            // background at most once a second however often status is polled (never
+            // computed while the caller waits; none until the first refresh ends).
+            (state.read(|s| s.replicas.clone()), state.digest_cached(STATUS_DIGEST_MAX_AGE))
         };
         let member = |id: u64, addr: &str| pb::MemberAddr {
             id,
@@ -170,8 +171,8 @@ impl AdminService {
             voters,
             learners,
             matched: matched.into_iter().collect(),
-            state_digest: hex::encode(digest),
-            digest_index: digest_index.map_or(0, |l| l.index),
+            state_digest: cached.map(|(_, digest)| hex::encode(digest)).unwrap_or_default(),
+            digest_index: cached.and_then(|(at, _)| at).map_or(0, |l| l.index),
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             data_dir: self.data_dir.clone(),
