@@ -45,8 +45,9 @@ const PUT_ATTEMPTS: usize = 5;
 pub const CLI_TIMEOUT: Duration = Duration::from_secs(600);
 /// Time a restore or a follower install may take until it is complete.
 pub const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(600);
-/// Pause between two polls of a timed wait.
-const POLL: Duration = Duration::from_millis(20);
+/// Pause between two polls of a timed wait (both systems; a poll is one status call on
+/// a connection made before, or one metrics read).
+const POLL: Duration = Duration::from_millis(5);
 
 /// What `bench snapshot` measures.
 #[derive(Clone, Debug)]

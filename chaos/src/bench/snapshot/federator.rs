@@ -112,19 +112,24 @@ pub async fn install_trial(fed: &mut Federation, id: u64) -> anyhow::Result<Inst
         .await
         .context("TriggerSnapshot { purge: true } on the leader")?;
 
+    // The leader's admin connection is made before the clock, the new replica's once it
+    // answers; the polls reuse them (the timed part is the install, not TLS handshakes).
+    let leader_admin = fed.admin(leader).await?;
     let started = Instant::now();
     fed.start(id, false)?;
-    poll(&format!("replica {id} to answer"), HEALTHY_TIMEOUT, || async {
-        fed.status(id).await.map(|_| ())
+    let new_admin = poll(&format!("replica {id} to answer"), HEALTHY_TIMEOUT, || async {
+        let mut admin = fed.admin(id).await.ok()?;
+        admin.status(pb::StatusRequest {}).await.ok()?;
+        Some(admin)
     })
     .await?;
     let addr = fed.replica(id).raft_addr.clone();
     fed.cli_ok_within(&group, &["raft", "add-member", &id.to_string(), &addr], CLI_TIMEOUT).await?;
     let caught_up = poll("the new replica to apply what the leader has", CATCH_UP_TIMEOUT, || {
-        let fed = &*fed;
+        let (mut leader_admin, mut new_admin) = (leader_admin.clone(), new_admin.clone());
         async move {
-            let leader = fed.status(leader).await?;
-            let new = fed.status(id).await?;
+            let leader = leader_admin.status(pb::StatusRequest {}).await.ok()?.into_inner();
+            let new = new_admin.status(pb::StatusRequest {}).await.ok()?.into_inner();
             (new.applied_index >= leader.applied_index).then_some(new)
         }
     })
