@@ -343,11 +343,28 @@ impl<S: StateMachine> StateMachineStore<S> {
         {
             let store = self.clone();
             runtime.spawn_blocking(move || {
-                store.digest_within(max_age);
+                store.refresh_digest();
                 store.shared.digest_refreshing.store(false, Ordering::Release);
             });
         }
         cached.map(|(at, digest, _)| (at, digest))
+    }
+
+    /// Computes the digest at the applied log id into the cache (unless the cached one is
+    /// of that id), holding the cache's lock only to read and to store it: a
+    /// [`Self::digest_cached`] meanwhile answers at once.
+    fn refresh_digest(&self) {
+        let cached = *self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, digest) = {
+            let applied = self.lock_read();
+            let at = applied.last_applied;
+            match cached {
+                Some((cached_at, digest, _)) if cached_at == at => (at, digest),
+                _ => (at, applied.sm.digest()),
+            }
+        };
+        *self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((at, digest, Instant::now()));
     }
 
     /// Read access to the state. Taken even while a writer waits (`read_recursive`): the
