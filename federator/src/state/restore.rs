@@ -195,28 +195,20 @@ impl FederationState {
     ) -> CommandResult {
         let result = self.commit_restore(id, force);
         if let Err(error) = &result {
-            self.audit.record(AuditEvent::new(
-                now,
-                index,
-                "admin",
-                "restore",
-                "federation",
-                Some(error.to_string()),
-            ));
+            self.audit_restore(now, index, "federation".into(), Some(error.to_string()));
         }
         let summary = result?;
-        self.audit.record(AuditEvent::new(
-            now,
-            index,
-            "admin",
-            "restore",
-            format!(
-                "{} members, {} services, revision {}",
-                summary.members, summary.services, summary.revision
-            ),
-            None,
-        ));
+        let target = format!(
+            "{} members, {} services, revision {}",
+            summary.members, summary.services, summary.revision
+        );
+        self.audit_restore(now, index, target, None);
         Ok(Applied::Restored(summary))
+    }
+
+    /// Records a restore's outcome in the audit trail (`error`: why it did not commit).
+    fn audit_restore(&mut self, now: i64, index: u64, target: String, error: Option<String>) {
+        self.audit.record(AuditEvent::new(now, index, "admin", "restore", target, error));
     }
 
     pub(super) fn apply_restore_abort(
@@ -229,14 +221,8 @@ impl FederationState {
         // Another restore may have replaced this one: then there is nothing to drop.
         if self.restore.as_ref().is_some_and(|staged| staged.id == id) {
             self.restore = None;
-            self.audit.record(AuditEvent::new(
-                now,
-                index,
-                "admin",
-                "restore",
-                "federation",
-                Some(format!("cancelled before its commit: {reason}")),
-            ));
+            let error = format!("cancelled before its commit: {reason}");
+            self.audit_restore(now, index, "federation".into(), Some(error));
         }
         Ok(Applied::Done)
     }
