@@ -24,8 +24,9 @@ use crate::types::{
 ///
 /// Every replica applies the same committed commands in the same order; `apply` must
 /// therefore depend only on the state and the command (take time from the command,
-/// never from the clock).
-pub trait StateMachine: Send + Sync + 'static {
+/// never from the clock). `Default` is the empty state an installed snapshot is decoded
+/// into before it replaces the running one.
+pub trait StateMachine: Default + Send + Sync + 'static {
     /// Applies one committed command at `log_index` and returns the response for the
     /// client that proposed it. An invalid command is answered with an error response;
     /// it must never panic.
@@ -528,23 +529,18 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let data = Arc::new(snapshot.into_inner());
         let bytes = data.len();
         // The state machine restores while the data file is written; the snapshot becomes
-        // the one a restart loads only once both are done: a snapshot the state machine
-        // rejects never does. Decoding a large snapshot takes a while: on the blocking pool.
-        let store = self.clone();
+        // the one a restart loads, and the state readers see, only once both are done: a
+        // snapshot the state machine rejects never does, and no reader sees a state a
+        // crash could take back. Decoding a large snapshot takes a while: on the blocking
+        // pool.
         let installing = meta.clone();
         let started = std::time::Instant::now();
         let restoring = Arc::clone(&data);
+        // Decoded into a state of its own, outside the lock: readers go on meanwhile.
         let restore = async {
             let restored = tokio::task::spawn_blocking(move || {
-                let mut applied = store.lock_write();
-                restore(&mut applied.sm, &installing, &restoring)?;
-                applied.last_applied = installing.last_log_id;
-                applied.last_membership = installing.last_membership.clone();
-                store
-                    .shared
-                    .applied_index
-                    .send_replace(installing.last_log_id.map_or(0, |id| id.index));
-                Ok::<_, SnapshotStoreError>(())
+                let mut sm = S::default();
+                restore(&mut sm, &installing, &restoring).map(|()| sm)
             })
             .await
             .map_err(|source| SnapshotStoreError::Task { source })
@@ -556,16 +552,29 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let write_error = |error: SnapshotStoreError| {
             StorageIOError::write_snapshot(Some(meta.signature()), &error)
         };
-        if let Err(error) = restored {
-            if written.is_ok()
-                && let Err(remove) = self.shared.files.remove(&meta.snapshot_id)
-            {
-                tracing::warn!(snapshot_id = %meta.snapshot_id, error = %remove, "cannot remove the data of a rejected snapshot; it goes at the next start");
+        let sm = match restored {
+            Ok(sm) => sm,
+            Err(error) => {
+                if written.is_ok()
+                    && let Err(remove) = self.shared.files.remove(&meta.snapshot_id)
+                {
+                    tracing::warn!(snapshot_id = %meta.snapshot_id, error = %remove, "cannot remove the data of a rejected snapshot; it goes at the next start");
+                }
+                return Err(write_error(error).into());
             }
-            return Err(write_error(error).into());
-        }
+        };
         written.map_err(write_error)?;
         self.make_current(meta).await.map_err(write_error)?;
+        // Only now, durable, does the state become the one readers see.
+        let replaced = {
+            let mut applied = self.lock_write();
+            applied.last_applied = meta.last_log_id;
+            applied.last_membership = meta.last_membership.clone();
+            self.shared.applied_index.send_replace(meta.last_log_id.map_or(0, |id| id.index));
+            std::mem::replace(&mut applied.sm, sm)
+        };
+        // Dropping a large state takes a while: not under the lock.
+        drop(replaced);
         self.shared.metrics.snapshots_installed.inc();
         self.shared.metrics.snapshot_install_seconds.observe(started.elapsed().as_secs_f64());
         tracing::info!(

@@ -218,11 +218,23 @@ async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow
     fed.wait_for_api(down).await?;
     fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30)).await?;
     fed.assert_has_all(down, PREFIX, &result.acked).await?;
-    let status = fed.status(down).await.expect("status");
-    assert!(
-        status.snapshot_index >= leader_status.purged_index,
-        "follower should hold the leader's snapshot: {status:?}"
-    );
+    // The state converged; openraft's metrics (what status reports) follow the installed
+    // snapshot one core-loop turn later.
+    let status =
+        eventually("the follower to report the snapshot", Duration::from_secs(10), || {
+            let fed = &fed;
+            async move {
+                fed.status(down).await.filter(|s| s.snapshot_index >= leader_status.purged_index)
+            }
+        })
+        .await
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "follower should hold the leader's snapshot: {e:#}; {:?}",
+                leader_status
+            )
+        })?;
+    assert!(status.applied_index >= leader_status.purged_index, "{status:?}");
     let metrics = fed.metrics(down).await?;
     let nonzero = |name: &str| {
         metrics.lines().any(|l| l.starts_with(&format!("{name} ")) && !l.ends_with(" 0"))
