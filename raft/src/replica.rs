@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde_bytes::ByteBuf;
 use tokio::sync::watch;
@@ -171,17 +171,22 @@ impl QueuedWrite {
 
 fn queued_write_error(this: NodeId, error: ProposeError) -> ReplicaError {
     match error {
-        ProposeError::ForwardToLeader(forward) => match (forward.leader_id, forward.leader_node) {
-            (Some(leader_id), Some(node)) => {
-                ReplicaError::NotLeader { this, leader_id, leader_addr: node.addr }
-            }
-            _ => ReplicaError::NoLeader,
-        },
+        ProposeError::ForwardToLeader(forward) => not_leader(this, forward),
         ProposeError::Forward { leader_id, leader_addr, message } => {
             ReplicaError::Forward { leader_id, leader_addr, message }
         }
         ProposeError::Refused(e) => ReplicaError::Raft(e),
         ProposeError::Stopped(e) => ReplicaError::Stopped(e),
+    }
+}
+
+/// Raft's "not the leader" as a replica error: the leader when it is known, else none.
+fn not_leader(this: NodeId, forward: ForwardToLeader<NodeId, Node>) -> ReplicaError {
+    match (forward.leader_id, forward.leader_node) {
+        (Some(leader_id), Some(node)) => {
+            ReplicaError::NotLeader { this, leader_id, leader_addr: node.addr }
+        }
+        _ => ReplicaError::NoLeader,
     }
 }
 
@@ -603,14 +608,7 @@ impl<S: StateMachine> Replica<S> {
                     .unwrap_or_default(),
             }),
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
-                match (forward.leader_id, forward.leader_node) {
-                    (Some(leader_id), Some(node)) => Err(ReplicaError::NotLeader {
-                        this: self.id,
-                        leader_id,
-                        leader_addr: node.addr,
-                    }),
-                    _ => Err(ReplicaError::NoLeader),
-                }
+                Err(not_leader(self.id, forward))
             }
             Err(RaftError::APIError(e)) => Err(ReplicaError::Raft(e.to_string())),
             Err(RaftError::Fatal(e)) => Err(ReplicaError::Stopped(e.to_string())),
@@ -854,12 +852,7 @@ impl<S: StateMachine> Replica<S> {
     ) -> ReplicaError {
         match error {
             RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
-                match (forward.leader_id, forward.leader_node) {
-                    (Some(leader_id), Some(node)) => {
-                        ReplicaError::NotLeader { this: self.id, leader_id, leader_addr: node.addr }
-                    }
-                    _ => ReplicaError::NoLeader,
-                }
+                not_leader(self.id, forward)
             }
             RaftError::APIError(e) => ReplicaError::Membership(e.to_string()),
             RaftError::Fatal(e) => ReplicaError::Stopped(e.to_string()),

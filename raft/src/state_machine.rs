@@ -173,8 +173,7 @@ struct Shared<S> {
     /// Where apply latency and snapshot counts are observed.
     metrics: ConsensusMetrics,
     /// The last digest computed, the applied log id it was computed at and when: equal
-    /// applied log ids mean equal states, so status polling does not re-encode an
-    /// unchanged state.
+    /// applied log ids mean equal states, so an unchanged state is not encoded again.
     digest_cache: std::sync::Mutex<Option<CachedDigest>>,
     /// A background refresh of `digest_cache` runs ([`StateMachineStore::digest_cached`]).
     digest_refreshing: std::sync::atomic::AtomicBool,
@@ -296,36 +295,22 @@ impl<S: StateMachine> StateMachineStore<S> {
         self.lock_read().last_applied
     }
 
-    /// (applied log id, sm digest) taken under one lock so they are consistent.
+    /// (applied log id, sm digest) taken under one lock so they are consistent. A digest
+    /// already computed at that applied log id is reused (equal ids, equal states); the
+    /// cache's lock is held only to read and to store it, never while encoding.
     pub fn digest(&self) -> (Option<LogId>, [u8; 32]) {
-        self.digest_within(Duration::ZERO)
-    }
-
-    /// Like [`Self::digest`], but a digest computed less than `max_age` ago may be
-    /// returned (with the older applied log id it was computed at) instead of encoding
-    /// the state again: for status polling, which under write load would otherwise
-    /// encode the whole state on every call.
-    pub fn digest_within(&self, max_age: Duration) -> (Option<LogId>, [u8; 32]) {
-        let mut cache = self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some((at, digest, computed)) = *cache
-            && computed.elapsed() < max_age
-        {
-            return (at, digest);
-        }
-        let applied = self.lock_read();
-        let at = applied.last_applied;
-        match *cache {
-            Some((cached_at, digest, _)) if cached_at == at => {
-                // Still the state it was computed at: as good as new.
-                *cache = Some((at, digest, Instant::now()));
-                (at, digest)
+        let cached = *self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner);
+        let (at, digest) = {
+            let applied = self.lock_read();
+            let at = applied.last_applied;
+            match cached {
+                Some((cached_at, digest, _)) if cached_at == at => (at, digest),
+                _ => (at, applied.sm.digest()),
             }
-            _ => {
-                let digest = applied.sm.digest();
-                *cache = Some((at, digest, Instant::now()));
-                (at, digest)
-            }
-        }
+        };
+        *self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some((at, digest, Instant::now()));
+        (at, digest)
     }
 
     /// The digest last computed, with the applied log id it was computed at, and never
@@ -344,28 +329,11 @@ impl<S: StateMachine> StateMachineStore<S> {
         {
             let store = self.clone();
             runtime.spawn_blocking(move || {
-                store.refresh_digest();
+                store.digest();
                 store.shared.digest_refreshing.store(false, Ordering::Release);
             });
         }
         cached.map(|(at, digest, _)| (at, digest))
-    }
-
-    /// Computes the digest at the applied log id into the cache (unless the cached one is
-    /// of that id), holding the cache's lock only to read and to store it: a
-    /// [`Self::digest_cached`] meanwhile answers at once.
-    fn refresh_digest(&self) {
-        let cached = *self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner);
-        let (at, digest) = {
-            let applied = self.lock_read();
-            let at = applied.last_applied;
-            match cached {
-                Some((cached_at, digest, _)) if cached_at == at => (at, digest),
-                _ => (at, applied.sm.digest()),
-            }
-        };
-        *self.shared.digest_cache.lock().unwrap_or_else(PoisonError::into_inner) =
-            Some((at, digest, Instant::now()));
     }
 
     /// Read access to the state. Taken even while a writer waits (`read_recursive`): the

@@ -652,7 +652,7 @@ impl Admin for AdminService {
 /// still noticed within this time).
 const ADMIN_VERIFICATION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
-/// How old the state digest in a status answer may be (see `digest_within`).
+/// How old the state digest in a status answer may be (see `digest_cached`).
 const STATUS_DIGEST_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// Longest validity of a join token.

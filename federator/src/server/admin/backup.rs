@@ -227,9 +227,7 @@ impl<'a> ChunkPipeline<'a> {
 
     async fn settle_oldest(&mut self) -> Result<(), Status> {
         let Some(queued) = self.in_flight.pop_front() else { return Ok(()) };
-        let outcome = queued.outcome().await.map_err(replica_status)?;
-        command_result(&outcome.response).map_err(command_status)?.map_err(command_status)?;
-        Ok(())
+        applied(queued.outcome().await).map(drop)
     }
 
     /// Waits for every chunk still in flight.
@@ -243,7 +241,14 @@ impl<'a> ChunkPipeline<'a> {
 
 /// Proposes `command` and returns its log index and result.
 async fn propose(replica: &FederationReplica, command: Command) -> Result<(u64, Applied), Status> {
-    let outcome = replica.write(command.encode()).await.map_err(replica_status)?;
+    applied(replica.write(command.encode()).await)
+}
+
+/// A committed write's log index and what the state machine did, or why it failed.
+fn applied(
+    outcome: Result<federator_raft::WriteOutcome, federator_raft::ReplicaError>,
+) -> Result<(u64, Applied), Status> {
+    let outcome = outcome.map_err(replica_status)?;
     let applied =
         command_result(&outcome.response).map_err(command_status)?.map_err(command_status)?;
     Ok((outcome.index, applied))
