@@ -12,9 +12,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     // The admin API reuses the federation API's service messages. Compiled first: it
     // also writes the federation file, which the second run below overwrites whole.
+    // A snapshot's chunks are slices of one buffer (`Bytes`), not a copy each.
     tonic_prost_build::configure()
         .build_server(true)
         .build_client(true)
+        .bytes(".federator.admin.v1.SnapshotChunk.data")
         .extern_path(".federator.federation.v1", "crate::federation")
         .compile_protos(&[protos[1]], &["proto"])?;
     tonic_prost_build::configure()

@@ -1,6 +1,6 @@
 //! `federator snapshot`: back up the federation's state, check a backup, restore it.
 
-use std::io::Write as _;
+use std::io::{Seek as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -193,11 +193,14 @@ async fn save(connection: &Connection, file: &Path, stale: bool) -> anyhow::Resu
         .context("the replica sent an empty snapshot stream")?;
     let info =
         first.info.context("the replica's snapshot stream does not start with its header")?;
-    let header = SnapshotHeader {
+    // The replica sends the SHA-256 in the stream's last message (it hashes while it
+    // streams); the file's header gets a placeholder of the same length until then.
+    let announced = (!info.sha256.is_empty()).then_some(info.sha256);
+    let mut header = SnapshotHeader {
         applied_index: info.applied_index,
         revision: info.revision,
         size: info.size,
-        sha256: info.sha256,
+        sha256: announced.clone().unwrap_or_else(|| "0".repeat(64)),
         members: info.members,
         bundles: info.bundles,
         services: info.services,
@@ -219,31 +222,30 @@ async fn save(connection: &Connection, file: &Path, stale: bool) -> anyhow::Resu
     let mut out = std::io::BufWriter::new(temp.as_file_mut());
     snapshot_file::write_header(&mut out, &header)?;
     let bar = progress(header.size, "saving");
-    let mut hasher = sha2::Sha256::new();
-    let mut written = 0u64;
-    let mut chunk = first.data;
-    loop {
-        written += chunk.len() as u64;
-        if written > header.size {
-            bail!("the replica sent more than the {} bytes it announced", header.size);
-        }
-        hasher.update(&chunk);
-        out.write_all(&chunk).with_context(|| format!("writing {}", file.display()))?;
-        bar.set_position(written);
-        match stream.message().await.map_err(status_error)? {
-            Some(next) => chunk = next.data,
-            None => break,
-        }
-    }
+    let sha256 = receive_data(
+        first.data,
+        first.sha256,
+        announced,
+        header.size,
+        &mut stream,
+        &mut out,
+        |n| {
+            bar.set_position(n);
+        },
+    )
+    .await
+    .with_context(|| format!("saving {}", file.display()))?;
     bar.finish_and_clear();
-    if written != header.size {
-        bail!("the snapshot stream ended after {written} of {} bytes", header.size);
-    }
-    if hex::encode(hasher.finalize()) != header.sha256 {
-        bail!("the received state does not match the SHA-256 the replica announced");
-    }
     out.flush()?;
     drop(out);
+    if header.sha256 != sha256 {
+        // Same length as the placeholder (validated), so the data stays where it is.
+        header.sha256 = sha256;
+        header.validate().context("the replica's snapshot header")?;
+        let file = temp.as_file_mut();
+        file.seek(std::io::SeekFrom::Start(0))?;
+        snapshot_file::write_header(file, &header)?;
+    }
     temp.as_file().sync_all()?;
     temp.persist(file).with_context(|| format!("renaming the snapshot to {}", file.display()))?;
     if let Ok(dir) = std::fs::File::open(dir) {
@@ -251,6 +253,57 @@ async fn save(connection: &Connection, file: &Path, stale: bool) -> anyhow::Resu
         let _ = dir.sync_all();
     }
     Ok(header)
+}
+
+/// Copies a snapshot stream's data (`first`, then the rest of `stream`) into `out` and
+/// checks it against its size and SHA-256: the one the first message `announced`, or the
+/// one a message carries (the replica's last, which hashes while it streams). Returns
+/// that SHA-256, lowercase.
+async fn receive_data<S>(
+    first: bytes::Bytes,
+    first_sha256: String,
+    announced: Option<String>,
+    size: u64,
+    stream: &mut S,
+    out: &mut impl std::io::Write,
+    progress: impl Fn(u64),
+) -> anyhow::Result<String>
+where
+    S: futures::Stream<Item = Result<pb::SnapshotChunk, tonic::Status>> + Unpin,
+{
+    let mut hasher = sha2::Sha256::new();
+    let mut written = 0u64;
+    let mut chunk = first;
+    let mut trailer = first_sha256;
+    loop {
+        written += chunk.len() as u64;
+        if written > size {
+            bail!("the replica sent more than the {size} bytes it announced");
+        }
+        hasher.update(&chunk);
+        out.write_all(&chunk).context("writing the state data")?;
+        progress(written);
+        match stream.next().await.transpose().map_err(status_error)? {
+            Some(next) => {
+                chunk = next.data;
+                if !next.sha256.is_empty() {
+                    trailer = next.sha256;
+                }
+            }
+            None => break,
+        }
+    }
+    if written != size {
+        bail!("the snapshot stream ended after {written} of {size} bytes");
+    }
+    let Some(sha256) = announced.or((!trailer.is_empty()).then_some(trailer)) else {
+        bail!("the replica's snapshot stream ended without the SHA-256 of its data");
+    };
+    let sha256 = sha256.to_ascii_lowercase();
+    if hex::encode(hasher.finalize()) != sha256 {
+        bail!("the received state does not match the SHA-256 the replica announced");
+    }
+    Ok(sha256)
 }
 
 /// Checks `file` and streams it to the leader, which stages and commits it. Whether
@@ -330,5 +383,78 @@ async fn restore(
             bail!("{}\nhint: pass --force to replace it with the file's state", status.message())
         }
         Err(status) => Err(status_error(status)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+    use federator_proto::admin as pb;
+    use sha2::Digest as _;
+
+    use super::receive_data;
+
+    fn chunk(data: &[u8], sha256: &str) -> Result<pb::SnapshotChunk, tonic::Status> {
+        Ok(pb::SnapshotChunk {
+            info: None,
+            data: Bytes::copy_from_slice(data),
+            sha256: sha256.to_string(),
+        })
+    }
+
+    /// Runs `receive_data` on `first` then `rest`, announcing `announced` up front.
+    async fn receive(
+        first: &[u8],
+        rest: Vec<Result<pb::SnapshotChunk, tonic::Status>>,
+        announced: Option<String>,
+        size: u64,
+    ) -> (anyhow::Result<String>, Vec<u8>) {
+        let mut out = Vec::new();
+        let mut stream = futures::stream::iter(rest);
+        let result = receive_data(
+            Bytes::copy_from_slice(first),
+            String::new(),
+            announced,
+            size,
+            &mut stream,
+            &mut out,
+            |_| {},
+        )
+        .await;
+        (result, out)
+    }
+
+    fn hex_sha(data: &[u8]) -> String {
+        hex::encode(sha2::Sha256::digest(data))
+    }
+
+    #[tokio::test]
+    async fn the_hash_may_come_last_or_first() {
+        let sha = hex_sha(b"abcdef");
+        let (got, out) =
+            receive(b"ab", vec![chunk(b"cd", ""), chunk(b"ef", &sha.to_uppercase())], None, 6)
+                .await;
+        assert_eq!(got.expect("a trailing SHA-256 is taken"), sha);
+        assert_eq!(out, b"abcdef");
+        let (got, _) = receive(b"abc", vec![chunk(b"def", "")], Some(sha.clone()), 6).await;
+        assert_eq!(got.expect("an announced SHA-256 is taken"), sha);
+    }
+
+    #[tokio::test]
+    async fn a_wrong_missing_or_short_stream_is_refused() {
+        let sha = hex_sha(b"abcdef");
+        let wrong = hex_sha(b"abcdeF");
+        let cases = [
+            (vec![chunk(b"def", &wrong)], None, 6, "does not match the SHA-256"),
+            (vec![chunk(b"def", "")], None, 6, "ended without the SHA-256"),
+            (vec![chunk(b"de", &sha)], None, 6, "ended after 5 of 6 bytes"),
+            (vec![chunk(b"defg", &sha)], None, 6, "more than the 6 bytes"),
+            (vec![Err(tonic::Status::unavailable("gone"))], Some(sha.clone()), 6, "gone"),
+        ];
+        for (rest, announced, size, expected) in cases {
+            let (got, _) = receive(b"abc", rest, announced, size).await;
+            let error = format!("{:#}", got.expect_err(expected));
+            assert!(error.contains(expected), "{error:?} should say {expected:?}");
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Backup and restore of the whole federation state (`federator snapshot save|restore`).
 //!
 //! A save reads the state at a linearizable point (by default) and streams its canonical
-//! encoding with its size and SHA-256 in front. A restore stages the bytes through the
+//! encoding with its size in front and its SHA-256, computed while it streams, at the end. A restore stages the bytes through the
 //! log in chunks and commits them in one command (see [`crate::state`]'s restore), so
 //! every replica swaps at the same index; a restore that fails half way (a leader
 //! change, a cancelled upload) commits nothing and drops what it staged.
@@ -46,7 +46,6 @@ pub async fn save(
         .map_err(replica_status)?;
     info.applied_index = applied_index;
     info.size = data.len() as u64;
-    info.sha256 = hex::encode(sha2::Sha256::digest(&data));
     info.replica_id = replica.id();
     info.created_at = crate::server::unix_now();
     info.version = env!("CARGO_PKG_VERSION").to_string();
@@ -58,12 +57,40 @@ pub async fn save(
         "streaming a snapshot of the federation"
     );
     let data = Bytes::from(data);
+    // The first chunk leaves at once: the SHA-256 is computed on the blocking pool while
+    // the data streams, and the last chunk carries it.
+    let hash = tokio::task::spawn_blocking({
+        let data = data.clone();
+        move || hex::encode(sha2::Sha256::digest(&data))
+    });
     let chunks = data.len().div_ceil(CHUNK_BYTES).max(1);
-    let mut info = Some(info);
-    let stream = futures::stream::iter((0..chunks).map(move |i| {
-        let end = ((i + 1) * CHUNK_BYTES).min(data.len());
-        Ok(pb::SnapshotChunk { info: info.take(), data: data.slice(i * CHUNK_BYTES..end).to_vec() })
-    }));
+    let stream =
+        futures::stream::unfold((0, Some(info), Some(hash)), move |(i, mut info, mut hash)| {
+            let data = data.clone();
+            async move {
+                if i >= chunks {
+                    return None;
+                }
+                let end = ((i + 1) * CHUNK_BYTES).min(data.len());
+                let mut chunk = pb::SnapshotChunk {
+                    info: info.take(),
+                    data: data.slice(i * CHUNK_BYTES..end),
+                    sha256: String::new(),
+                };
+                if i + 1 == chunks
+                    && let Some(hash) = hash.take()
+                {
+                    match hash.await {
+                        Ok(sha256) => chunk.sha256 = sha256,
+                        Err(e) => {
+                            let status = Status::internal(format!("hashing the snapshot: {e}"));
+                            return Some((Err(status), (chunks, None, None)));
+                        }
+                    }
+                }
+                Some((Ok(chunk), (i + 1, info, hash)))
+            }
+        });
     Ok(Box::pin(stream))
 }
 
