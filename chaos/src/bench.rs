@@ -2,7 +2,10 @@
 //! driven by the same client harness on the same machine in the same run.
 //!
 //! The figures are printed, never asserted: [`run_raft`] measures, [`report`] lays the
-//! two systems side by side with the ratio Federator/etcd and the targets.
+//! two systems side by side with the ratio Federator/etcd and the targets. Before
+//! the systems start, [`run_raft`] also times durable log appends on the disk they share
+//! (one writer alone, then one per replica at once): the floor under a replicated write,
+//! reported beside the latencies it explains.
 //!
 //! - [`target`]: the [`KvTarget`](target::KvTarget) interface and its Federator and etcd
 //!   implementations (process groups plus client connections).
@@ -36,7 +39,7 @@ use anyhow::Context as _;
 
 use self::load::LoadSpec;
 use self::progress::Progress;
-use self::report::{RaftReport, SystemFigures};
+use self::report::{DiskFloor, RaftReport, SystemFigures};
 use self::target::{EtcdTarget, FederatorTarget, KvTarget};
 
 /// Replicas (members) in each group under test.
@@ -87,6 +90,7 @@ pub struct RaftBenchConfig {
 /// # Errors
 /// A group did not start or did not recover; the error names the system and step.
 pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::Result<RaftReport> {
+    let disk_floor = measure_disk_floor(config, progress).await?;
     let mut systems = Vec::new();
     for system in &config.systems {
         let figures = match system {
@@ -97,7 +101,56 @@ pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::
         };
         systems.push(figures.with_context(|| format!("benchmarking {}", system.name()))?);
     }
-    Ok(RaftReport { config: config.clone(), systems })
+    Ok(RaftReport { config: config.clone(), disk_floor: Some(disk_floor), systems })
+}
+
+/// Durable appends per writer of the disk floor probes.
+const DISK_FLOOR_APPENDS: usize = 300;
+/// Durable appends per writer when the load phases are short (a `--smoke` run).
+const DISK_FLOOR_APPENDS_SHORT: usize = 30;
+/// Load phases shorter than this get [`DISK_FLOOR_APPENDS_SHORT`].
+const SHORT_PHASE: Duration = Duration::from_secs(2);
+/// Bytes a log entry holds besides the value: the key, the command and entry headers.
+const ENTRY_OVERHEAD: usize = 64;
+
+/// Times durable log appends in the temporary directory, where both systems keep their
+/// data: one writer alone, then one per replica of a group at once, before any system
+/// runs (so nothing else writes to the disk meanwhile).
+///
+/// # Errors
+/// The temporary directory is not writable, or redb failed there.
+async fn measure_disk_floor(
+    config: &RaftBenchConfig,
+    progress: &Progress,
+) -> anyhow::Result<DiskFloor> {
+    let dir = std::env::temp_dir();
+    let appends =
+        if config.duration < SHORT_PHASE { DISK_FLOOR_APPENDS_SHORT } else { DISK_FLOOR_APPENDS };
+    let entry_bytes = config.value_size + ENTRY_OVERHEAD;
+    let step = progress.step(format!("timing durable log appends in {}", dir.display()));
+    let alone = time_appends(&dir, 1, appends, entry_bytes).await?;
+    let together = time_appends(&dir, GROUP_SIZE as usize, appends, entry_bytes).await?;
+    step.finish_and_clear();
+    let floor = DiskFloor { alone, together, entry_bytes };
+    progress.println(format!("{:>9} {}", "disk", floor.summary()));
+    Ok(floor)
+}
+
+/// [`measure_durable_appends`](federator_raft::disk_check::measure_durable_appends) on the
+/// blocking pool.
+async fn time_appends(
+    dir: &std::path::Path,
+    writers: usize,
+    appends: usize,
+    entry_bytes: usize,
+) -> anyhow::Result<federator_raft::disk_check::DiskProbe> {
+    let dir = dir.to_path_buf();
+    tokio::task::spawn_blocking(move || {
+        federator_raft::disk_check::measure_durable_appends(&dir, writers, appends, entry_bytes)
+    })
+    .await
+    .context("the durable log append probe stopped")?
+    .with_context(|| format!("timing durable log appends with {writers} writers at once"))
 }
 
 /// Starts a [`GROUP_SIZE`]-replica Federator group, showing the step.

@@ -22,8 +22,10 @@
 //! | `proposer` | batching: writes that wait together share one log entry |
 //! | [`leader_call`] | the application's handler of leader calls and the slot it is installed in |
 //! | [`metrics`] | Prometheus metrics of the consensus layer |
+//! | [`disk_check`] | how fast a disk makes a log append durable (`federator check --disk`, `bench raft`) |
 
 pub mod convert;
+pub mod disk_check;
 pub mod failpoints;
 pub mod leader_call;
 pub mod log_store;

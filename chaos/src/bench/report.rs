@@ -6,6 +6,8 @@ use std::fmt::Write as _;
 use std::path::Path;
 use std::time::Duration;
 
+use federator_raft::disk_check::DiskProbe;
+
 use super::RaftBenchConfig;
 use super::failover::{FailoverFigures, PROBE_PERIOD};
 use super::load::{CONNECTIONS_PER_MEMBER, PhaseFigures};
@@ -47,8 +49,84 @@ impl SystemFigures {
 pub struct RaftReport {
     /// What was asked for.
     pub config: RaftBenchConfig,
+    /// The disk's floor under a replicated write, measured before the systems started.
+    pub disk_floor: Option<DiskFloor>,
     /// One entry per system, in the order they ran.
     pub systems: Vec<SystemFigures>,
+}
+
+/// Durable log appends timed in the run's temporary directory, where both systems keep
+/// their data: the least a replicated write costs on this disk.
+#[derive(Clone, Debug)]
+pub struct DiskFloor {
+    /// One writer alone.
+    pub alone: DiskProbe,
+    /// One writer per replica of a group, all at once, as a group's replicas on one disk.
+    pub together: DiskProbe,
+    /// Bytes per appended entry.
+    pub entry_bytes: usize,
+}
+
+// === impl DiskFloor ===
+
+impl DiskFloor {
+    /// One line for the terminal.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        format!(
+            "durable log append p50 {:.2} ms alone, {:.2} ms with {} writers at once \
+             (p99 {:.2} / {:.2} ms, {} + {} appends of {} B)",
+            ms(self.alone.p50),
+            ms(self.together.p50),
+            self.together.writers,
+            ms(self.alone.p99),
+            ms(self.together.p99),
+            self.alone.appends,
+            self.together.appends,
+            self.entry_bytes
+        )
+    }
+
+    fn rows(&self) -> [Row; 2] {
+        let n = self.together.writers;
+        [
+            Row::new(
+                "durable log append, 1 writer alone, p50 (ms)",
+                Some(ms(self.alone.p50)),
+                None,
+                2,
+            ),
+            Row::new(
+                format!(
+                    "durable log append, {n} writers at once (as {n} replicas on this disk), p50 (ms)"
+                ),
+                Some(ms(self.together.p50)),
+                None,
+                2,
+            ),
+        ]
+    }
+
+    /// Why the single-client latency cannot go below twice the contended append.
+    fn note(&self) -> String {
+        let n = self.together.writers;
+        let together = ms(self.together.p50);
+        format!(
+            "The durable log append rows time the redb commit with `Durability::Immediate` \
+             that a Federator replica makes per log append, in the run's temporary directory \
+             before either system started ({per} appends of {bytes} B per writer): one writer \
+             alone, and {n} writers at once, as {n} replicas on this disk append. A replicated \
+             write is acknowledged once it is durable on the leader and on one follower. \
+             openraft 0.9 replicates an entry only once the leader's own append is durable, so \
+             Federator's single-client p50 cannot go below about 2 × {together:.2} ms = \
+             {floor:.2} ms on this machine; a system that appends on the leader and the \
+             followers at the same time (etcd) cannot go below about one contended append, \
+             {together:.2} ms. Compare both with half of etcd's single-client p50 above.",
+            per = self.alone.appends / self.alone.writers.max(1),
+            bytes = self.entry_bytes,
+            floor = 2.0 * together,
+        )
+    }
 }
 
 /// A target of the issue, judged on one row.
@@ -192,6 +270,9 @@ impl RaftReport {
         );
         let (f, e) = both(&|s| s.leader_changes().map(|c| c as f64));
         rows.push(Row::new("leader changes seen under load (sum of members' counters)", f, e, 0));
+        if let Some(floor) = &self.disk_floor {
+            rows.extend(floor.rows());
+        }
         rows
     }
 
@@ -257,6 +338,9 @@ impl RaftReport {
         ));
         out.push_str(&self.markdown_table());
         out.push('\n');
+        if let Some(floor) = &self.disk_floor {
+            let _ = writeln!(out, "{}\n", wrap(&floor.note(), 90));
+        }
         if let Some(plot) = plot {
             let _ = writeln!(out, "![Cumulative write latency per client count]({plot})\n");
         }
@@ -564,8 +648,43 @@ mod tests {
                 value_size: 256,
                 systems: vec![System::Federator, System::Etcd],
             },
+            disk_floor: Some(DiskFloor {
+                alone: probe(1, 220),
+                together: probe(3, 460),
+                entry_bytes: 320,
+            }),
             systems: vec![system("Federator", 1, 6000, 300), system("etcd", 4, 1000, 1500)],
         }
+    }
+
+    fn probe(writers: usize, p50_micros: u64) -> DiskProbe {
+        DiskProbe {
+            writers,
+            appends: writers * 300,
+            p50: Duration::from_micros(p50_micros),
+            p99: Duration::from_micros(p50_micros * 3),
+            max: Duration::from_micros(p50_micros * 5),
+        }
+    }
+
+    #[test]
+    fn the_disk_floor_is_a_federator_row_and_a_note_under_the_table() {
+        let table = report().text_table();
+        assert!(table.contains("durable log append, 1 writer alone, p50 (ms)"), "{table}");
+        let section = report().markdown_section(&Machine::default(), "bench raft", "today", None);
+        assert!(
+            section.contains(
+                "| durable log append, 3 writers at once (as 3 replicas on this disk), p50 (ms) \
+                 | 0.46 | - | - |  |"
+            ),
+            "{section}"
+        );
+        assert!(section.contains("The durable log append rows time"), "{section}");
+        let note = report().disk_floor.map(|f| f.note()).unwrap_or_default();
+        assert!(note.contains("2 × 0.46 ms = 0.92 ms"), "{note}");
+        assert!(note.contains("300 appends of 320 B per writer"), "{note}");
+        let without = RaftReport { disk_floor: None, ..report() };
+        assert!(!without.text_table().contains("durable log append"));
     }
 
     #[test]

@@ -4,12 +4,16 @@
 //! Groups: the replica group (quorum, leader, lag), certificates (the operator's CA and
 //! certificate files, every replica's serving certificate, every member's CAs), members
 //! (lease freshness), bundles (propagation of the newest sequence to every member) and,
-//! when asked, local agents (status file, connection, sinks, export problems).
+//! when asked, local agents (status file, connection, sinks, export problems) and disks
+//! (how long a durable log append takes in a data directory).
+//!
+//! With --disk and no endpoint, only the local checks run (the disks, and agents and
+//! certificate files when given): a disk can be checked before any replica exists.
 //!
 //! `‼` (warning) does not fail the check: a certificate that expires soon, an unreachable
 //! minority replica, a rotation still propagating. `×` does.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -32,6 +36,10 @@ pub struct CheckArgs {
     /// Also check the agent whose state directory is DIR (repeatable).
     #[arg(long = "agent-state-dir", value_name = "DIR")]
     agent_state_dirs: Vec<PathBuf>,
+    /// Also time durable log appends in DIR, a replica's data directory or where one will
+    /// be (repeatable); alone, without --endpoints, only the local checks run.
+    #[arg(long = "disk", value_name = "DIR")]
+    disks: Vec<PathBuf>,
     /// Warn about certificates that expire within this many days.
     #[arg(long, default_value_t = 30)]
     expiry_warning_days: u64,
@@ -69,7 +77,7 @@ impl Outcome {
 /// One line of the report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Check {
-    /// `replicas`, `certificates`, `members`, `bundles` or `agents`.
+    /// `replicas`, `certificates`, `members`, `bundles`, `agents` or `disk`.
     pub group: &'static str,
     /// The outcome.
     pub outcome: Outcome,
@@ -96,7 +104,7 @@ pub struct Report {
 }
 
 /// The order groups are printed in.
-const GROUPS: [&str; 5] = ["replicas", "certificates", "members", "bundles", "agents"];
+const GROUPS: [&str; 6] = ["replicas", "certificates", "members", "bundles", "agents", "disk"];
 
 /// A status file older than this means the agent is not running (it writes every second).
 const AGENT_STALE_MS: i64 = 10_000;
@@ -156,17 +164,25 @@ pub async fn run(
 async fn check_once(args: &CheckArgs, connection_args: &ConnectionArgs) -> Report {
     let mut checks = Checks::default();
     let now = crate::server::unix_now();
-    match Connection::new(connection_args) {
-        Ok(connection) => check_federation(args, &connection, now, &mut checks).await,
-        Err(error) => checks.fail(
-            "replicas",
-            format!("cannot reach the federation: {error:#}"),
-            "pass --endpoints and --ca/--cert/--key (or source the env file of `federator dev --dir`)",
-        ),
+    let local_only = !args.disks.is_empty()
+        && connection_args.endpoints.iter().all(|endpoint| endpoint.trim().is_empty());
+    if !local_only {
+        match Connection::new(connection_args) {
+            Ok(connection) => check_federation(args, &connection, now, &mut checks).await,
+            Err(error) => checks.fail(
+                "replicas",
+                format!("cannot reach the federation: {error:#}"),
+                "pass --endpoints and --ca/--cert/--key (or source the env file of `federator dev --dir`)",
+            ),
+        }
     }
     check_cert_files(args, connection_args, now, &mut checks);
     for dir in &args.agent_state_dirs {
         check_agent(dir, crate::agent::status::now_ms(), &mut checks);
+    }
+    // One directory after the other: probes at once would slow each other down.
+    for dir in &args.disks {
+        check_disk(dir, &mut checks).await;
     }
     report(checks.0)
 }
@@ -661,6 +677,68 @@ fn agent_checks(s: &AgentStatus, now_ms: i64) -> Vec<Check> {
     checks.0
 }
 
+// === disks ===
+
+/// Durable appends the disk check times: a second or two even on a disk at the limit.
+const DISK_PROBE_APPENDS: usize = 200;
+/// Bytes per appended entry: a small batch of writes, as most log entries are.
+const DISK_PROBE_ENTRY_BYTES: usize = 512;
+/// A p99 above this warns: etcd's guidance for its WAL fsync.
+const DISK_WARN_P99: Duration = Duration::from_millis(10);
+/// A p99 above this fails: appends this slow hold up heartbeats past election timeouts.
+const DISK_FAIL_P99: Duration = Duration::from_millis(100);
+
+/// Times durable log appends in `dir` as one replica makes them (one writer, its own log).
+async fn check_disk(dir: &Path, checks: &mut Checks) {
+    let owned = dir.to_path_buf();
+    let probe = tokio::task::spawn_blocking(move || {
+        federator_raft::disk_check::measure_durable_appends(
+            &owned,
+            1,
+            DISK_PROBE_APPENDS,
+            DISK_PROBE_ENTRY_BYTES,
+        )
+    })
+    .await;
+    match probe {
+        Ok(Ok(probe)) => disk_checks(dir, &probe, checks),
+        Ok(Err(error)) => checks.fail(
+            "disk",
+            format!("disk {}: cannot time durable log appends: {error}", dir.display()),
+            "the directory must exist and be writable by the user the replica runs as",
+        ),
+        Err(error) => checks.fail(
+            "disk",
+            format!("disk {}: the durable log append probe stopped: {error}", dir.display()),
+            "run the check again; if it persists, report it with the output",
+        ),
+    }
+}
+
+/// The check of one disk probe's figures.
+fn disk_checks(dir: &Path, probe: &federator_raft::disk_check::DiskProbe, checks: &mut Checks) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let detail = format!(
+        "disk {}: durable log append p50 {:.2} ms, p99 {:.2} ms ({} appends, {} writer{})",
+        dir.display(),
+        ms(probe.p50),
+        ms(probe.p99),
+        probe.appends,
+        probe.writers,
+        if probe.writers == 1 { "" } else { "s at once" }
+    );
+    let hint = "etcd's guidance for its WAL fsync is a p99 under 10 ms; raft heartbeats and \
+                elections will suffer: move the data directory to a faster disk (SSD/NVMe), \
+                off shared or network storage";
+    if probe.p99 > DISK_FAIL_P99 {
+        checks.fail("disk", detail, hint);
+    } else if probe.p99 > DISK_WARN_P99 {
+        checks.warn("disk", detail, hint);
+    } else {
+        checks.pass("disk", detail);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
@@ -672,6 +750,7 @@ mod tests {
         CheckArgs {
             wait: None,
             agent_state_dirs: Vec::new(),
+            disks: Vec::new(),
             expiry_warning_days: 30,
             max_lag: 1000,
             propagation_timeout: 600,
@@ -746,6 +825,40 @@ mod tests {
         );
         assert_eq!(checks.0[0].outcome, Outcome::Fail);
         assert!(checks.0[0].detail.contains("replica 2 cccc"), "{:?}", checks.0[0]);
+    }
+
+    #[test]
+    fn a_disk_is_judged_on_its_p99() {
+        let probe = |p99_ms: u64| federator_raft::disk_check::DiskProbe {
+            writers: 1,
+            appends: 200,
+            p50: Duration::from_micros(220),
+            p99: Duration::from_millis(p99_ms),
+            max: Duration::from_millis(p99_ms),
+        };
+        let mut checks = Checks::default();
+        for p99_ms in [1, 11, 101] {
+            disk_checks(Path::new("/var/lib/federator"), &probe(p99_ms), &mut checks);
+        }
+        let outcomes: Vec<Outcome> = checks.0.iter().map(|c| c.outcome).collect();
+        assert_eq!(outcomes, [Outcome::Pass, Outcome::Warn, Outcome::Fail]);
+        assert_eq!(
+            checks.0[0].detail,
+            "disk /var/lib/federator: durable log append p50 0.22 ms, p99 1.00 ms \
+             (200 appends, 1 writer)"
+        );
+        assert!(checks.0[1].hint.as_deref().is_some_and(|h| h.contains("SSD")), "{:?}", checks.0);
+    }
+
+    #[test]
+    fn a_missing_disk_directory_fails_naming_it() {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let mut checks = Checks::default();
+        let missing = Path::new("/nonexistent/federator-disk-check");
+        runtime.block_on(check_disk(missing, &mut checks));
+        assert_eq!(checks.0.len(), 1);
+        assert_eq!(checks.0[0].outcome, Outcome::Fail);
+        assert!(checks.0[0].detail.contains("/nonexistent/federator-disk-check"), "{:?}", checks.0);
     }
 
     #[test]
