@@ -418,7 +418,8 @@ impl<S: StateMachine> Replica<S> {
     ) -> Result<(), ReplicaError> {
         let mut service = RaftTransportService::new(self.raft.clone())
             .with_leader_handler(self.leader_handler.clone())
-            .with_proposer(self.proposer.clone());
+            .with_proposer(self.proposer.clone())
+            .with_snapshot_files(self.state.snapshot_files());
         if let Some(policy) = peer_policy {
             service = service.with_peer_policy(policy);
         }

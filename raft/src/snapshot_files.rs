@@ -12,23 +12,66 @@
 //! 3. after that commit, the previous snapshot's file is removed.
 //!
 //! A crash between the steps leaves a file no metadata names; opening the store removes
-//! such files and any `.tmp` left over. File names are the hex of the snapshot id, so an
+//! such files and any `.tmp` left over.
+//!
+//! A snapshot sent by the leader is written while it streams in ([`Receiving`]: a thread
+//! writes each chunk to `<name>.recv` as it arrives and flushes it every few MiB), so when
+//! the state machine installs it the file is mostly on disk already: step 1 becomes the
+//! last flush and a rename ([`SnapshotFiles::take_received`]). A reception that breaks off
+//! removes its file; one the state machine never takes is removed after the install call
+//! ([`SnapshotFiles::discard_received`]), and `.recv` leftovers of a crash at the next
+//! start. File names are the hex of the snapshot id, so an
 //! id chosen by a peer can name no path outside the directory and no two ids share a file.
 
+use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread::JoinHandle;
 
 /// The directory of a replica's snapshot files.
 #[derive(Clone, Debug)]
 pub(crate) struct SnapshotFiles {
     dir: PathBuf,
+    /// Snapshots received whole, by id: each one's `.recv` file and the thread writing
+    /// it, which answers the bytes it wrote and made durable.
+    received: Arc<Mutex<HashMap<String, Received>>>,
 }
+
+/// A `.recv` file and its writer. Each reception has a file of its own (a snapshot sent
+/// again while the first copy is still being written never shares its file).
+#[derive(Debug)]
+struct Received {
+    path: PathBuf,
+    writer: JoinHandle<io::Result<u64>>,
+}
+
+/// A snapshot's data being written to its `.recv` file while it streams in. Dropped
+/// without [`Receiving::finish`] (the stream broke off), the file is removed.
+#[derive(Debug)]
+pub(crate) struct Receiving {
+    files: SnapshotFiles,
+    id: String,
+    /// Its `.recv` file.
+    path: PathBuf,
+    /// `Some(chunk)` to write, `None` once the data is whole; dropped without `None`: give
+    /// up and remove the file.
+    chunks: mpsc::Sender<Option<Vec<u8>>>,
+    writer: Option<JoinHandle<io::Result<u64>>>,
+}
+
+/// Bytes a [`Receiving`] writer writes between two flushes: the disk works while the rest
+/// streams in, and the last flush has little left to do.
+const RECEIVE_FLUSH_BYTES: u64 = 8 << 20;
 
 /// Extension of a whole snapshot file.
 const DATA_EXTENSION: &str = "snap";
 /// Extension of a file being written.
 const TEMP_EXTENSION: &str = "tmp";
+/// Extension of a file written while its snapshot is received.
+const RECEIVED_EXTENSION: &str = "recv";
 /// Start of every file name (so an empty id still names a file with an extension).
 const FILE_PREFIX: &str = "snapshot-";
 
@@ -36,7 +79,7 @@ impl SnapshotFiles {
     /// Opens (creating it if needed) the directory `dir`.
     pub(crate) fn open(dir: &Path) -> io::Result<Self> {
         fs::create_dir_all(dir)?;
-        Ok(Self { dir: dir.to_path_buf() })
+        Ok(Self { dir: dir.to_path_buf(), received: Arc::default() })
     }
 
     /// The directory.
@@ -78,6 +121,100 @@ impl SnapshotFiles {
         }
     }
 
+    /// Starts writing the data of snapshot `id` as it is received: push each chunk, then
+    /// [`Receiving::finish`].
+    pub(crate) fn receive(&self, id: &str) -> io::Result<Receiving> {
+        static RECEPTIONS: AtomicU64 = AtomicU64::new(0);
+        let reception = RECEPTIONS.fetch_add(1, Ordering::Relaxed);
+        let path = self.dir.join(file_name(id, &format!("{reception}.{RECEIVED_EXTENSION}")));
+        let mut file = File::create_new(&path)?;
+        let writer_path = path.clone();
+        let (chunks, incoming) = mpsc::channel::<Option<Vec<u8>>>();
+        let writer =
+            std::thread::Builder::new().name("raft-snapshot-recv".into()).spawn(move || {
+                let (mut written, mut flushed) = (0u64, 0u64);
+                let result = loop {
+                    match incoming.recv() {
+                        Ok(Some(chunk)) => {
+                            if let Err(error) = file.write_all(&chunk) {
+                                break Err(error);
+                            }
+                            written += chunk.len() as u64;
+                            if written - flushed >= RECEIVE_FLUSH_BYTES {
+                                if let Err(error) = file.sync_data() {
+                                    break Err(error);
+                                }
+                                flushed = written;
+                            }
+                        }
+                        Ok(None) => break file.sync_data().map(|()| written),
+                        Err(mpsc::RecvError) => {
+                            break Err(io::Error::new(
+                                io::ErrorKind::Interrupted,
+                                "the snapshot stream broke off",
+                            ));
+                        }
+                    }
+                };
+                if result.is_err() {
+                    drop(file);
+                    let _ = fs::remove_file(&writer_path);
+                }
+                result
+            })?;
+        Ok(Receiving {
+            files: self.clone(),
+            id: id.to_string(),
+            path,
+            chunks,
+            writer: Some(writer),
+        })
+    }
+
+    /// Makes the data of snapshot `id`, received whole and `len` bytes long, its durable
+    /// file, waiting for the writer's last flush. Returns `false` when there is no such
+    /// file (nothing was received for `id`, its writer failed, or it is not `len` bytes
+    /// long): the caller writes the file itself.
+    pub(crate) fn take_received(&self, id: &str, len: u64) -> bool {
+        let Some(Received { path, writer }) = self.lock_received().remove(id) else {
+            return false;
+        };
+        let taken = match writer.join() {
+            Ok(Ok(written)) if written == len => {
+                fs::rename(&path, self.path(id)).and_then(|()| File::open(&self.dir)?.sync_all())
+            }
+            Ok(Ok(written)) => {
+                Err(io::Error::other(format!("received {written} bytes, the snapshot has {len}")))
+            }
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err(io::Error::other("the snapshot writer panicked")),
+        };
+        match taken {
+            Ok(()) => true,
+            Err(error) => {
+                tracing::warn!(snapshot_id = id, %error, "writing the received snapshot again");
+                let _ = fs::remove_file(&path);
+                false
+            }
+        }
+    }
+
+    /// Removes what was received for snapshot `id` and not taken (the install was refused
+    /// or failed before it wrote the file).
+    pub(crate) fn discard_received(&self, id: &str) {
+        let Some(Received { path, writer }) = self.lock_received().remove(id) else { return };
+        let _ = writer.join();
+        if let Err(error) = fs::remove_file(&path)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(snapshot_id = id, %error, "cannot remove a received snapshot file");
+        }
+    }
+
+    fn lock_received(&self) -> std::sync::MutexGuard<'_, HashMap<String, Received>> {
+        self.received.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     /// Removes every snapshot file but the one of `keep`, and every file left half
     /// written; returns how many it removed. Other files are left alone.
     pub(crate) fn remove_all_but(&self, keep: Option<&str>) -> io::Result<usize> {
@@ -88,7 +225,9 @@ impl SnapshotFiles {
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
             let ours = Path::new(name).extension().is_some_and(|extension| {
-                extension == DATA_EXTENSION || extension == TEMP_EXTENSION
+                extension == DATA_EXTENSION
+                    || extension == TEMP_EXTENSION
+                    || extension == RECEIVED_EXTENSION
             });
             if ours && keep.as_deref() != Some(name) {
                 fs::remove_file(entry.path())?;
@@ -96,6 +235,43 @@ impl SnapshotFiles {
             }
         }
         Ok(removed)
+    }
+}
+
+// === impl Receiving ===
+
+impl Receiving {
+    /// Hands `chunk` to the writer (a writer that failed drops it: the install then writes
+    /// the file itself).
+    pub(crate) fn push(&self, chunk: Vec<u8>) {
+        let _ = self.chunks.send(Some(chunk));
+    }
+
+    /// The data is whole: the writer flushes it, and the state machine's install takes
+    /// the file ([`SnapshotFiles::take_received`]).
+    pub(crate) fn finish(mut self) {
+        let _ = self.chunks.send(None);
+        if let Some(writer) = self.writer.take() {
+            let received = Received { path: std::mem::take(&mut self.path), writer };
+            // A second reception of the same id replaces the first, whose file goes.
+            let replaced =
+                self.files.lock_received().insert(std::mem::take(&mut self.id), received);
+            if let Some(Received { path, writer }) = replaced {
+                // Not on the caller's (async) thread: the writer may still be flushing.
+                std::thread::spawn(move || {
+                    let _ = writer.join();
+                    let _ = fs::remove_file(path);
+                });
+            }
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        // Without `finish`, the sender's drop tells the writer to give up and remove the
+        // file; it ends on its own.
+        drop(self.writer.take());
     }
 }
 
@@ -149,7 +325,7 @@ mod tests {
         #[test]
         fn any_id_names_its_own_file_in_the_directory(a in ".{0,40}", b in ".{0,40}") {
             let dir = Path::new("/var/lib/federator/snapshots");
-            let files = SnapshotFiles { dir: dir.to_path_buf() };
+            let files = SnapshotFiles { dir: dir.to_path_buf(), received: Arc::default() };
             let path = files.path(&a);
             proptest::prop_assert_eq!(path.parent(), Some(dir));
             let name = file_name(&a, DATA_EXTENSION);
@@ -176,5 +352,82 @@ mod tests {
         assert!(dir.path().join("notes.txt").exists());
         assert_eq!(files.remove_all_but(None).expect("clean"), 1);
         assert_eq!(files.read("current").expect("read"), None);
+    }
+
+    /// The `.recv` files in `dir`.
+    fn received_files(dir: &Path) -> Vec<String> {
+        fs::read_dir(dir)
+            .expect("read dir")
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter(|name| name.ends_with(".recv"))
+            .collect()
+    }
+
+    #[test]
+    fn a_snapshot_received_whole_is_taken_as_its_file() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let files = SnapshotFiles::open(dir.path()).expect("open");
+        let receiving = files.receive("1-9-3").expect("receive");
+        let chunks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 300 * 1024]).collect();
+        for chunk in &chunks {
+            receiving.push(chunk.clone());
+        }
+        receiving.finish();
+        let whole = chunks.concat();
+        assert!(!files.take_received("1-9-3", whole.len() as u64 + 1), "a wrong length");
+        assert!(received_files(dir.path()).is_empty(), "the wrong one is removed");
+        assert_eq!(files.read("1-9-3").expect("read"), None);
+
+        let receiving = files.receive("1-9-3").expect("receive again");
+        for chunk in &chunks {
+            receiving.push(chunk.clone());
+        }
+        receiving.finish();
+        assert!(files.take_received("1-9-3", whole.len() as u64));
+        assert_eq!(files.read("1-9-3").expect("read").as_deref(), Some(whole.as_slice()));
+        assert!(received_files(dir.path()).is_empty());
+        assert!(!files.take_received("1-9-3", whole.len() as u64), "taken once");
+        assert!(!files.take_received("never-sent", 0));
+    }
+
+    #[test]
+    fn a_broken_off_or_untaken_reception_leaves_no_file() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let files = SnapshotFiles::open(dir.path()).expect("open");
+        let receiving = files.receive("1-2-3").expect("receive");
+        receiving.push(b"half of it".to_vec());
+        drop(receiving);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !received_files(dir.path()).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(received_files(dir.path()).is_empty(), "the writer removed its file");
+        assert!(!files.take_received("1-2-3", 10));
+
+        let receiving = files.receive("4-5-6").expect("receive");
+        receiving.push(b"whole".to_vec());
+        receiving.finish();
+        assert_eq!(received_files(dir.path()).len(), 1);
+        files.discard_received("4-5-6");
+        assert!(received_files(dir.path()).is_empty());
+        files.discard_received("4-5-6");
+
+        // The same snapshot received twice: the second replaces the first, whose file goes.
+        for _ in 0..2 {
+            let receiving = files.receive("7-8-9").expect("receive");
+            receiving.push(b"same".to_vec());
+            receiving.finish();
+        }
+        assert!(files.take_received("7-8-9", 4));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !received_files(dir.path()).is_empty() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(received_files(dir.path()).is_empty(), "the replaced file is removed");
+
+        // A crash's leftover goes at the next start.
+        fs::write(dir.path().join(file_name("x", "0.recv")), b"left").expect("leftover");
+        assert_eq!(files.remove_all_but(Some("7-8-9")).expect("clean"), 1);
+        assert_eq!(files.read("7-8-9").expect("read").as_deref(), Some(&b"same"[..]));
     }
 }

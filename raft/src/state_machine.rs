@@ -384,6 +384,11 @@ impl<S: StateMachine> StateMachineStore<S> {
         responses
     }
 
+    /// The snapshots' files, where the replica transport writes a snapshot as it streams in.
+    pub(crate) fn snapshot_files(&self) -> SnapshotFiles {
+        self.shared.files.clone()
+    }
+
     /// Durably stores `meta` and `data` as the current snapshot unless the stored one is
     /// newer; returns whether it was stored.
     async fn persist(
@@ -407,6 +412,11 @@ impl<S: StateMachine> StateMachineStore<S> {
         let files = self.shared.files.clone();
         let id = meta.snapshot_id.clone();
         tokio::task::spawn_blocking(move || {
+            // A snapshot sent by the leader was written as it streamed in: only its last
+            // flush is left, and a rename.
+            if files.take_received(&id, data.len() as u64) {
+                return Ok(());
+            }
             files.write(&id, &data).map_err(|source| file_error("write", &files.path(&id), source))
         })
         .await

@@ -247,6 +247,14 @@ async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow
         nonzero("federator_raft_snapshot_install_duration_seconds_count"),
         "no snapshot install timed:\n{metrics}"
     );
+    // The snapshot was written as it streamed in and taken as the follower's file: one
+    // `.snap`, no `.recv` left behind.
+    let snapshots = fed.dir().join(format!("replica-{down}")).join("snapshots");
+    let names: Vec<String> = std::fs::read_dir(&snapshots)?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .collect();
+    assert_eq!(names.iter().filter(|n| n.ends_with(".snap")).count(), 1, "{names:?}");
+    assert!(!names.iter().any(|n| n.ends_with(".recv") || n.ends_with(".tmp")), "{names:?}");
     Ok(())
 }
 

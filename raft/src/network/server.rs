@@ -25,6 +25,7 @@ use crate::convert::{ConvertError, FromProto, IntoProto};
 use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
 use crate::metrics::ConsensusMetrics;
 use crate::proposer::{ProposeError, Proposer};
+use crate::snapshot_files::{Receiving, SnapshotFiles};
 use crate::tls;
 use crate::types::typ::{AppendEntriesRequest, VoteRequest};
 use crate::types::{Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
@@ -48,6 +49,9 @@ pub struct RaftTransportService {
     peer_policy: Option<PeerPolicy>,
     /// Largest snapshot accepted from a peer.
     max_snapshot_bytes: usize,
+    /// Where a received snapshot is written as it streams in (none: the state machine
+    /// writes it once received).
+    snapshot_files: Option<SnapshotFiles>,
     /// The application's handler of leader calls, once installed.
     leader_handler: LeaderHandlerSlot,
     /// Where forwarded writes are proposed (batched with this replica's own writes).
@@ -135,6 +139,7 @@ impl RaftTransportService {
             peer_policy: None,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             leader_handler: LeaderHandlerSlot::new(),
+            snapshot_files: None,
         }
     }
 
@@ -143,6 +148,14 @@ impl RaftTransportService {
     #[must_use]
     pub(crate) fn with_proposer(mut self, proposer: Proposer) -> Self {
         self.proposer = proposer;
+        self
+    }
+
+    /// Writes a received snapshot into `files` as it streams in, so the state machine's
+    /// install finds its file mostly on disk.
+    #[must_use]
+    pub(crate) fn with_snapshot_files(mut self, files: SnapshotFiles) -> Self {
+        self.snapshot_files = Some(files);
         self
     }
 
@@ -245,7 +258,19 @@ impl RaftService for RaftTransportService {
             tracing::info!(%vote, %my_vote, ?remote_addr, "refusing a snapshot from a stale leader");
             return Ok(Response::new(pb::SnapshotResponse { vote: Some(my_vote.into_proto()) }));
         }
-        let data = receive_data(first, &mut chunks, self.max_snapshot_bytes).await?;
+        let receiving = self.snapshot_files.as_ref().and_then(|files| {
+            files
+                .receive(&meta.snapshot_id)
+                .inspect_err(
+                    |error| tracing::warn!(%error, "cannot write a snapshot as it streams in"),
+                )
+                .ok()
+        });
+        let data =
+            receive_data(first, &mut chunks, self.max_snapshot_bytes, receiving.as_ref()).await?;
+        if let Some(receiving) = receiving {
+            receiving.finish();
+        }
         tracing::info!(
             %vote,
             snapshot_id = %meta.snapshot_id,
@@ -253,10 +278,14 @@ impl RaftService for RaftTransportService {
             ?remote_addr,
             "received a snapshot"
         );
+        let id = meta.snapshot_id.clone();
         let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
-        let response =
-            self.raft.install_full_snapshot(vote, snapshot).await.map_err(|e| stopped(&e))?;
-        Ok(Response::new(response.into_proto()))
+        let response = self.raft.install_full_snapshot(vote, snapshot).await;
+        if let Some(files) = self.snapshot_files.clone() {
+            // What the install did not take (it was refused, or failed) goes.
+            tokio::task::spawn_blocking(move || files.discard_received(&id));
+        }
+        Ok(Response::new(response.map_err(|e| stopped(&e))?.into_proto()))
     }
 
     async fn forward_write(
@@ -373,11 +402,12 @@ where
 }
 
 /// Appends the data of the remaining chunks to `data`, refusing more than `max_bytes` in
-/// all.
+/// all; hands every chunk, the first one too, to `receiving` when given.
 async fn receive_data<S>(
     mut data: Vec<u8>,
     chunks: &mut S,
     max_bytes: usize,
+    receiving: Option<&Receiving>,
 ) -> Result<Vec<u8>, Status>
 where
     S: Stream<Item = Result<pb::SnapshotChunk, Status>> + Unpin,
@@ -387,12 +417,18 @@ where
     if data.len() > max_bytes {
         return Err(too_large());
     }
+    if let Some(receiving) = receiving {
+        receiving.push(data.clone());
+    }
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
         if data.len().saturating_add(chunk.data.len()) > max_bytes {
             return Err(too_large());
         }
         data.extend_from_slice(&chunk.data);
+        if let Some(receiving) = receiving {
+            receiving.push(chunk.data);
+        }
     }
     Ok(data)
 }
@@ -458,7 +494,7 @@ mod tests {
     ) -> Result<(Vote, SnapshotMeta, Vec<u8>), Status> {
         let mut chunks = futures::stream::iter(chunks);
         let (vote, meta, first) = receive_header(&mut chunks).await?;
-        let data = receive_data(first, &mut chunks, max_bytes).await?;
+        let data = receive_data(first, &mut chunks, max_bytes, None).await?;
         Ok((vote, meta, data))
     }
 
