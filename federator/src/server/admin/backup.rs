@@ -1,10 +1,11 @@
 //! Backup and restore of the whole federation state (`federator snapshot save|restore`).
 //!
 //! A save reads the state at a linearizable point (by default) and streams its canonical
-//! encoding with its size in front and its SHA-256, computed while it streams, at the end. A restore stages the bytes through the
-//! log in chunks and commits them in one command (see [`crate::state`]'s restore), so
-//! every replica swaps at the same index; a restore that fails half way (a leader
-//! change, a cancelled upload) commits nothing and drops what it staged.
+//! encoding with its size in front and its SHA-256, computed while it streams, at the
+//! end. A restore stages the bytes through the log in chunks and commits them in one
+//! command (see [`crate::state`]'s restore), so every replica swaps at the same index; a
+//! restore that fails half way (a leader change, a cancelled upload) commits nothing and
+//! drops what it staged.
 
 use std::pin::Pin;
 
