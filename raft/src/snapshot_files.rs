@@ -28,7 +28,7 @@ use std::fs::{self, File};
 use std::io::{self, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 /// The directory of a replica's snapshot files.
@@ -58,9 +58,13 @@ pub(crate) struct Receiving {
     path: PathBuf,
     /// `Some(chunk)` to write, `None` once the data is whole; dropped without `None`: give
     /// up and remove the file.
-    chunks: mpsc::Sender<Option<Vec<u8>>>,
+    chunks: tokio::sync::mpsc::Sender<Option<Vec<u8>>>,
     writer: Option<JoinHandle<io::Result<u64>>>,
 }
+
+/// Chunks queued for a [`Receiving`] writer: a reception waits for a disk slower than
+/// the network instead of holding the snapshot in memory a second time.
+const RECEIVE_QUEUE_CHUNKS: usize = 8;
 
 /// Bytes a [`Receiving`] writer writes between two flushes: the disk works while the rest
 /// streams in, and the last flush has little left to do.
@@ -129,13 +133,14 @@ impl SnapshotFiles {
         let path = self.dir.join(file_name(id, &format!("{reception}.{RECEIVED_EXTENSION}")));
         let mut file = File::create_new(&path)?;
         let writer_path = path.clone();
-        let (chunks, incoming) = mpsc::channel::<Option<Vec<u8>>>();
+        let (chunks, mut incoming) =
+            tokio::sync::mpsc::channel::<Option<Vec<u8>>>(RECEIVE_QUEUE_CHUNKS);
         let writer =
             std::thread::Builder::new().name("raft-snapshot-recv".into()).spawn(move || {
                 let (mut written, mut flushed) = (0u64, 0u64);
                 let result = loop {
-                    match incoming.recv() {
-                        Ok(Some(chunk)) => {
+                    match incoming.blocking_recv() {
+                        Some(Some(chunk)) => {
                             if let Err(error) = file.write_all(&chunk) {
                                 break Err(error);
                             }
@@ -147,8 +152,8 @@ impl SnapshotFiles {
                                 flushed = written;
                             }
                         }
-                        Ok(None) => break file.sync_data().map(|()| written),
-                        Err(mpsc::RecvError) => {
+                        Some(None) => break file.sync_data().map(|()| written),
+                        None => {
                             break Err(io::Error::new(
                                 io::ErrorKind::Interrupted,
                                 "the snapshot stream broke off",
@@ -243,14 +248,14 @@ impl SnapshotFiles {
 impl Receiving {
     /// Hands `chunk` to the writer (a writer that failed drops it: the install then writes
     /// the file itself).
-    pub(crate) fn push(&self, chunk: Vec<u8>) {
-        let _ = self.chunks.send(Some(chunk));
+    pub(crate) async fn push(&self, chunk: Vec<u8>) {
+        let _ = self.chunks.send(Some(chunk)).await;
     }
 
     /// The data is whole: the writer flushes it, and the state machine's install takes
     /// the file ([`SnapshotFiles::take_received`]).
-    pub(crate) fn finish(mut self) {
-        let _ = self.chunks.send(None);
+    pub(crate) async fn finish(mut self) {
+        let _ = self.chunks.send(None).await;
         if let Some(writer) = self.writer.take() {
             let received = Received { path: std::mem::take(&mut self.path), writer };
             // A second reception of the same id replaces the first, whose file goes.
@@ -363,16 +368,16 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn a_snapshot_received_whole_is_taken_as_its_file() {
+    #[tokio::test]
+    async fn a_snapshot_received_whole_is_taken_as_its_file() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let files = SnapshotFiles::open(dir.path()).expect("open");
         let receiving = files.receive("1-9-3").expect("receive");
         let chunks: Vec<Vec<u8>> = (0..40u8).map(|i| vec![i; 300 * 1024]).collect();
         for chunk in &chunks {
-            receiving.push(chunk.clone());
+            receiving.push(chunk.clone()).await;
         }
-        receiving.finish();
+        receiving.finish().await;
         let whole = chunks.concat();
         assert!(!files.take_received("1-9-3", whole.len() as u64 + 1), "a wrong length");
         assert!(received_files(dir.path()).is_empty(), "the wrong one is removed");
@@ -380,9 +385,9 @@ mod tests {
 
         let receiving = files.receive("1-9-3").expect("receive again");
         for chunk in &chunks {
-            receiving.push(chunk.clone());
+            receiving.push(chunk.clone()).await;
         }
-        receiving.finish();
+        receiving.finish().await;
         assert!(files.take_received("1-9-3", whole.len() as u64));
         assert_eq!(files.read("1-9-3").expect("read").as_deref(), Some(whole.as_slice()));
         assert!(received_files(dir.path()).is_empty());
@@ -390,23 +395,23 @@ mod tests {
         assert!(!files.take_received("never-sent", 0));
     }
 
-    #[test]
-    fn a_broken_off_or_untaken_reception_leaves_no_file() {
+    #[tokio::test]
+    async fn a_broken_off_or_untaken_reception_leaves_no_file() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let files = SnapshotFiles::open(dir.path()).expect("open");
         let receiving = files.receive("1-2-3").expect("receive");
-        receiving.push(b"half of it".to_vec());
+        receiving.push(b"half of it".to_vec()).await;
         drop(receiving);
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !received_files(dir.path()).is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert!(received_files(dir.path()).is_empty(), "the writer removed its file");
         assert!(!files.take_received("1-2-3", 10));
 
         let receiving = files.receive("4-5-6").expect("receive");
-        receiving.push(b"whole".to_vec());
-        receiving.finish();
+        receiving.push(b"whole".to_vec()).await;
+        receiving.finish().await;
         assert_eq!(received_files(dir.path()).len(), 1);
         files.discard_received("4-5-6");
         assert!(received_files(dir.path()).is_empty());
@@ -415,13 +420,13 @@ mod tests {
         // The same snapshot received twice: the second replaces the first, whose file goes.
         for _ in 0..2 {
             let receiving = files.receive("7-8-9").expect("receive");
-            receiving.push(b"same".to_vec());
-            receiving.finish();
+            receiving.push(b"same".to_vec()).await;
+            receiving.finish().await;
         }
         assert!(files.take_received("7-8-9", 4));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !received_files(dir.path()).is_empty() && std::time::Instant::now() < deadline {
-            std::thread::sleep(std::time::Duration::from_millis(5));
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert!(received_files(dir.path()).is_empty(), "the replaced file is removed");
 

@@ -269,7 +269,7 @@ impl RaftService for RaftTransportService {
         let data =
             receive_data(first, &mut chunks, self.max_snapshot_bytes, receiving.as_ref()).await?;
         if let Some(receiving) = receiving {
-            receiving.finish();
+            receiving.finish().await;
         }
         tracing::info!(
             %vote,
@@ -418,7 +418,7 @@ where
         return Err(too_large());
     }
     if let Some(receiving) = receiving {
-        receiving.push(data.clone());
+        receiving.push(data.clone()).await;
     }
     while let Some(chunk) = chunks.next().await {
         let chunk = chunk?;
@@ -427,7 +427,7 @@ where
         }
         data.extend_from_slice(&chunk.data);
         if let Some(receiving) = receiving {
-            receiving.push(chunk.data);
+            receiving.push(chunk.data).await;
         }
     }
     Ok(data)
