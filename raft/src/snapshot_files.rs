@@ -166,7 +166,10 @@ impl SnapshotFiles {
                     let _ = fs::remove_file(&writer_path);
                 }
                 result
-            })?;
+            });
+        let writer = writer.inspect_err(|_| {
+            let _ = fs::remove_file(&path);
+        })?;
         Ok(Receiving {
             files: self.clone(),
             id: id.to_string(),
