@@ -82,6 +82,8 @@ pub struct RaftBenchConfig {
     pub value_size: usize,
     /// Systems to run, one after the other.
     pub systems: Vec<System>,
+    /// Durable appends per writer of the disk floor probes.
+    pub disk_appends: usize,
 }
 
 /// Runs every configured system, one after the other, each in a fresh group that is
@@ -105,11 +107,9 @@ pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::
 }
 
 /// Durable appends per writer of the disk floor probes.
-const DISK_FLOOR_APPENDS: usize = 300;
-/// Durable appends per writer when the load phases are short (a `--smoke` run).
-const DISK_FLOOR_APPENDS_SHORT: usize = 30;
-/// Load phases shorter than this get [`DISK_FLOOR_APPENDS_SHORT`].
-const SHORT_PHASE: Duration = Duration::from_secs(2);
+pub const DISK_FLOOR_APPENDS: usize = 300;
+/// Durable appends per writer of the disk floor probes in a `--smoke` run.
+pub const DISK_FLOOR_APPENDS_SMOKE: usize = 30;
 /// Bytes a log entry holds besides the value: the key, the command and entry headers.
 const ENTRY_OVERHEAD: usize = 64;
 
@@ -124,8 +124,7 @@ async fn measure_disk_floor(
     progress: &Progress,
 ) -> anyhow::Result<DiskFloor> {
     let dir = std::env::temp_dir();
-    let appends =
-        if config.duration < SHORT_PHASE { DISK_FLOOR_APPENDS_SHORT } else { DISK_FLOOR_APPENDS };
+    let appends = config.disk_appends.max(1);
     let entry_bytes = config.value_size + ENTRY_OVERHEAD;
     let step = progress.step(format!("timing durable log appends in {}", dir.display()));
     let alone = time_appends(&dir, 1, appends, entry_bytes).await?;

@@ -309,7 +309,8 @@ struct RaftArgs {
     #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
     systems: Vec<System>,
     /// A quick run that keeps the benchmark from rotting (CI): clients 1,16, 1s phases,
-    /// 2 failover trials. Overrides --clients, --duration, --warmup and --trials.
+    /// 2 failover trials, 30 disk probe appends per writer (300 otherwise). Overrides
+    /// --clients, --duration, --warmup and --trials.
     #[arg(long)]
     smoke: bool,
     /// Also write the results as a markdown section into FILE (replacing the section a
@@ -327,12 +328,14 @@ impl RaftArgs {
             trials: self.trials,
             value_size: self.value_size,
             systems: self.systems.clone(),
+            disk_appends: federator_chaos::bench::DISK_FLOOR_APPENDS,
         };
         if self.smoke {
             config.clients = vec![1, 16];
             config.duration = Duration::from_secs(1);
             config.warmup = Duration::from_millis(300);
             config.trials = 2;
+            config.disk_appends = federator_chaos::bench::DISK_FLOOR_APPENDS_SMOKE;
         }
         if config.clients.is_empty() || config.clients.contains(&0) {
             anyhow::bail!("--clients needs one or more positive counts");

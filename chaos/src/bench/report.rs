@@ -647,6 +647,7 @@ mod tests {
                 trials: 3,
                 value_size: 256,
                 systems: vec![System::Federator, System::Etcd],
+                disk_appends: 300,
             },
             disk_floor: Some(DiskFloor {
                 alone: probe(1, 220),
