@@ -1,5 +1,5 @@
 //! How fast a disk makes a log append durable: the redb commit with
-//! [`Durability::Immediate`] that [`crate::log_store`] makes per append, timed, from one
+//! [`redb::Durability::Immediate`] that [`crate::log_store`] makes per append, timed, from one
 //! writer alone or from several at once (replicas that share a disk wait for each other's
 //! flushes).
 //!
@@ -13,7 +13,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use redb::{Database, Durability, TableDefinition};
+use redb::{Database, TableDefinition};
+
+use crate::log_store::{DuringOp as _, write_txn};
 
 /// The probe's entries by key, as the log store keeps entries by index.
 const PROBE_LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("probe_log");
@@ -61,7 +63,7 @@ pub enum DiskCheckError {
         /// Why it failed.
         source: std::io::Error,
     },
-    /// A redb operation failed.
+    /// A database could not be created.
     #[error("durable append probe in {dir} failed to {op}: {source}")]
     Database {
         /// The probed directory.
@@ -70,6 +72,14 @@ pub enum DiskCheckError {
         op: &'static str,
         /// redb's error (boxed: it is large, and this path is cold).
         source: Box<redb::Error>,
+    },
+    /// A durable append failed.
+    #[error("durable append probe in {dir} failed: {source}")]
+    Append {
+        /// The probed directory.
+        dir: PathBuf,
+        /// The log store's error.
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     /// A writer thread panicked.
     #[error("a durable append probe writer in {dir} panicked")]
@@ -180,18 +190,15 @@ fn timed_appends(
     Ok(samples)
 }
 
-/// One append as the log store makes it: a write transaction inserting the entry, committed
-/// with [`Durability::Immediate`].
+/// One append as the log store makes it ([`crate::log_store::write_txn`]): a write
+/// transaction inserting the entry, committed with [`redb::Durability::Immediate`].
 fn append(db: &Database, dir: &Path, key: u64, entry: &[u8]) -> Result<(), DiskCheckError> {
-    let mut txn = db.begin_write().map_err(database_error(dir, "begin a write transaction"))?;
-    txn.set_durability(Durability::Immediate)
-        .map_err(database_error(dir, "set the transaction's durability"))?;
-    {
-        let mut table =
-            txn.open_table(PROBE_LOG).map_err(database_error(dir, "open the probe table"))?;
-        table.insert(key, entry).map_err(database_error(dir, "insert an entry"))?;
-    }
-    txn.commit().map_err(database_error(dir, "commit an append"))
+    write_txn(db, "append a probe entry", |txn| {
+        let mut table = txn.open_table(PROBE_LOG).during("open the probe table")?;
+        table.insert(key, entry).during("insert a probe entry")?;
+        Ok(())
+    })
+    .map_err(|source| DiskCheckError::Append { dir: dir.to_path_buf(), source: Box::new(source) })
 }
 
 fn database_error<E: Into<redb::Error>>(

@@ -74,7 +74,7 @@ pub fn open_database(path: &Path) -> Result<Arc<Database>, StorageError> {
 /// What went wrong in the log store; wrapped into openraft's [`StorageError`] with the
 /// subject (logs, vote, store) and verb (read, write) of the failed operation.
 #[derive(Debug, thiserror::Error)]
-enum LogStoreError {
+pub(crate) enum LogStoreError {
     /// A fault injected for a test (feature `failpoints`).
     #[cfg(feature = "failpoints")]
     #[error("{source}")]
@@ -198,7 +198,7 @@ enum LogStoreError {
 }
 
 /// Attaches what the store was doing to a redb error.
-trait DuringOp<T> {
+pub(crate) trait DuringOp<T> {
     /// Maps the error to [`LogStoreError::Database`] with `op` as the operation.
     fn during(self, op: &'static str) -> Result<T, LogStoreError>;
 }
@@ -888,8 +888,9 @@ fn injected(db: &Database, point: Point) -> Result<(), LogStoreError> {
 
 /// Runs `f` in a write transaction committed with [`Durability::Immediate`]; an error of
 /// `f` aborts the transaction. A durable commit also makes every earlier non-durable
-/// commit durable.
-fn write_txn<T>(
+/// commit durable. Every log append is one (see also [`crate::disk_check`], which times
+/// them).
+pub(crate) fn write_txn<T>(
     db: &Database,
     op: &'static str,
     f: impl FnOnce(&redb::WriteTransaction) -> Result<T, LogStoreError>,

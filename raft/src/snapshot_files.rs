@@ -54,12 +54,11 @@ struct Received {
 pub(crate) struct Receiving {
     files: SnapshotFiles,
     id: String,
-    /// Its `.recv` file.
-    path: PathBuf,
-    /// `Some(chunk)` to write, `None` once the data is whole; dropped without `None`: give
-    /// up and remove the file.
+    /// `Some(chunk)` to write, `None` once the data is whole; dropped without `None` (the
+    /// reception broke off): the writer gives up and removes the file, and ends alone.
     chunks: tokio::sync::mpsc::Sender<Option<Vec<u8>>>,
-    writer: Option<JoinHandle<io::Result<u64>>>,
+    /// Its `.recv` file and writer.
+    received: Received,
 }
 
 /// Chunks queued for a [`Receiving`] writer: a reception waits for a disk slower than
@@ -173,9 +172,8 @@ impl SnapshotFiles {
         Ok(Receiving {
             files: self.clone(),
             id: id.to_string(),
-            path,
             chunks,
-            writer: Some(writer),
+            received: Received { path, writer },
         })
     }
 
@@ -257,29 +255,18 @@ impl Receiving {
 
     /// The data is whole: the writer flushes it, and the state machine's install takes
     /// the file ([`SnapshotFiles::take_received`]).
-    pub(crate) async fn finish(mut self) {
-        let _ = self.chunks.send(None).await;
-        if let Some(writer) = self.writer.take() {
-            let received = Received { path: std::mem::take(&mut self.path), writer };
-            // A second reception of the same id replaces the first, whose file goes.
-            let replaced =
-                self.files.lock_received().insert(std::mem::take(&mut self.id), received);
-            if let Some(Received { path, writer }) = replaced {
-                // Not on the caller's (async) thread: the writer may still be flushing.
-                std::thread::spawn(move || {
-                    let _ = writer.join();
-                    let _ = fs::remove_file(path);
-                });
-            }
+    pub(crate) async fn finish(self) {
+        let Self { files, id, chunks, received } = self;
+        let _ = chunks.send(None).await;
+        // A second reception of the same id replaces the first, whose file goes.
+        let replaced = files.lock_received().insert(id, received);
+        if let Some(Received { path, writer }) = replaced {
+            // Not on the caller's (async) thread: the writer may still be flushing.
+            std::thread::spawn(move || {
+                let _ = writer.join();
+                let _ = fs::remove_file(path);
+            });
         }
-    }
-}
-
-impl Drop for Receiving {
-    fn drop(&mut self) {
-        // Without `finish`, the sender's drop tells the writer to give up and remove the
-        // file; it ends on its own.
-        drop(self.writer.take());
     }
 }
 
