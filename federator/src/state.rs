@@ -218,6 +218,10 @@ impl federator_raft::StateMachine for FederationState {
         self.encode(self.restore.as_ref())
     }
 
+    fn cheap_to_apply(command: &[u8]) -> bool {
+        Command::is_cheap_to_apply(command)
+    }
+
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
         match snapshot.split_first() {
             None => {

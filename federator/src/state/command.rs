@@ -306,6 +306,28 @@ impl Command {
     pub fn decode(bytes: &[u8]) -> Result<Self, CommandError> {
         postcard::from_bytes(bytes).map_err(|e| CommandError::Undecodable(e.to_string()))
     }
+
+    /// Whether the encoded command `bytes` costs about what its size says to apply:
+    /// every command but a restore's commit, which decodes the staged state and swaps
+    /// it in (see [`federator_raft::StateMachine::cheap_to_apply`]). Reads only the
+    /// variant, not the command.
+    #[must_use]
+    pub fn is_cheap_to_apply(bytes: &[u8]) -> bool {
+        static RESTORE_COMMIT: std::sync::LazyLock<Option<u32>> = std::sync::LazyLock::new(|| {
+            variant_of(&Command::RestoreCommit { id: 0, force: false, now: 0 }.encode())
+        });
+        match (*RESTORE_COMMIT, variant_of(bytes)) {
+            (Some(restore_commit), Some(variant)) => variant != restore_commit,
+            // Bytes that are no command are answered with an error at once.
+            (Some(_), None) => true,
+            (None, _) => false,
+        }
+    }
+}
+
+/// The variant index an encoded enum starts with (postcard: a varint `u32`).
+fn variant_of(bytes: &[u8]) -> Option<u32> {
+    postcard::take_from_bytes::<u32>(bytes).ok().map(|(variant, _)| variant)
 }
 
 /// Checks a probe key: 1 to 256 printable ASCII characters.
@@ -350,11 +372,45 @@ mod tests {
         assert!(validate_probe_key(&"x".repeat(257)).is_err());
     }
 
+    #[test]
+    fn every_command_but_a_restore_commit_is_cheap_to_apply() {
+        let commands = [
+            Command::UnregisterReplica { id: 1 },
+            Command::PutProbe { key: "k".into(), value: vec![1; 200] },
+            Command::RemoveMember { cluster: "a".into(), actor: "admin".into(), now: 1 },
+            Command::RevokeLease { cluster: "a".into(), lease_id: 300, now: 1 },
+            Command::RestoreBegin { id: 7, size: 10, sha256: "0".repeat(64) },
+            Command::RestoreChunk { id: 7, offset: 0, data: vec![0; 10] },
+            Command::RestoreAbort { id: 7, reason: "cancelled".into(), now: 1 },
+        ];
+        for command in commands {
+            assert!(Command::is_cheap_to_apply(&command.encode()), "{command:?}");
+        }
+        for id in [0, 1, u64::MAX] {
+            let commit = Command::RestoreCommit { id, force: true, now: i64::MAX };
+            assert!(!Command::is_cheap_to_apply(&commit.encode()));
+        }
+        assert!(Command::is_cheap_to_apply(b""), "no command: answered with an error at once");
+    }
+
     proptest! {
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             let _ = Command::decode(&bytes);
             let _ = decode_result(&bytes);
+        }
+
+        #[test]
+        fn a_restore_commit_is_never_cheap_and_other_commands_are(
+            id in any::<u64>(), force in any::<bool>(), now in any::<i64>(),
+            key in "[a-z/]{1,20}", value in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let commit = Command::RestoreCommit { id, force, now }.encode();
+            prop_assert!(!Command::is_cheap_to_apply(&commit));
+            let abort = Command::RestoreAbort { id, reason: key.clone(), now }.encode();
+            prop_assert!(Command::is_cheap_to_apply(&abort));
+            let put = Command::PutProbe { key, value }.encode();
+            prop_assert!(Command::is_cheap_to_apply(&put));
         }
 
         #[test]
