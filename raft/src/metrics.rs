@@ -34,6 +34,9 @@ pub struct ConsensusMetrics {
     pub proposal_commands: Histogram,
     /// Seconds to apply one batch of committed entries to the state machine.
     pub apply_seconds: Histogram,
+    /// Batches applied on the raft task itself (small, cheap commands with the state
+    /// free at once); the other batches went through the blocking pool.
+    pub applies_inline: Counter,
     /// Snapshots built by this replica.
     pub snapshots_built: Counter,
     /// Snapshots installed from a leader.
@@ -62,6 +65,7 @@ impl Default for ConsensusMetrics {
             append_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             proposal_commands: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             apply_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
+            applies_inline: Counter::default(),
             snapshots_built: Counter::default(),
             snapshots_installed: Counter::default(),
             snapshot_build_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
@@ -106,6 +110,11 @@ impl ConsensusMetrics {
             "apply_duration_seconds",
             "Time to apply a batch of committed entries",
             self.apply_seconds.clone(),
+        );
+        r.register(
+            "applies_inline",
+            "Batches of committed entries applied on the raft task, not the blocking pool",
+            self.applies_inline.clone(),
         );
         r.register("snapshots_built", "Snapshots built", self.snapshots_built.clone());
         r.register(

@@ -519,6 +519,7 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         if applies_inline::<S>(&entries)
             && let Some(mut applied) = self.shared.applied.try_write()
         {
+            self.shared.metrics.applies_inline.inc();
             return Ok(self.apply_locked(&mut applied, entries));
         }
         let store = self.clone();
@@ -814,12 +815,8 @@ mod tests {
         assert!(applies_inline::<Kv>(&[normal(1, 1, &half)]));
         assert!(!applies_inline::<Kv>(&[normal(1, 1, &half), normal(1, 2, &half)]));
         // The default: nothing is cheap.
+        #[derive(Default)]
         struct Plain;
-        impl Default for Plain {
-            fn default() -> Self {
-                Self
-            }
-        }
         impl StateMachine for Plain {
             fn apply(&mut self, _: u64, _: &[u8]) -> Vec<u8> {
                 Vec::new()
@@ -882,6 +879,7 @@ mod tests {
         apply.await.expect("apply task");
         holder.join().expect("holder");
         assert_ne!(applied_on("waited=1"), Some(here));
+        assert_eq!(store.shared.metrics.applies_inline.get(), 1, "one batch applied inline");
         assert_eq!(store.applied(), Some(log_id(1, 4)));
         assert_eq!(store.read(|kv| kv.0.len()), 4);
     }
@@ -925,6 +923,7 @@ mod tests {
         let mut text = String::new();
         prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
         assert!(text.contains("raft_apply_duration_seconds_count 1\n"), "{text}");
+        assert!(text.contains("raft_applies_inline_total 1\n"), "{text}");
 
         let (digest_applied, digest) = store.digest();
         assert_eq!(digest_applied, Some(log_id(1, 6)));

@@ -60,6 +60,7 @@ async fn three_replicas_form_a_group_from_nothing_through_the_cli() -> anyhow::R
         "federator_raft_applied_index",
         "federator_raft_append_duration_seconds_bucket",
         "federator_raft_apply_duration_seconds_bucket",
+        "federator_raft_applies_inline_total",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
