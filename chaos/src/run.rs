@@ -162,7 +162,8 @@ const fn scenario(name: &'static str, about: &'static str, nemesis: Nemesis) -> 
 }
 
 /// Scenarios `run --short` runs (CI).
-pub const SHORT: &[&str] = &["kill-leader", "partition-leader", "pause-leader", "latency"];
+pub const SHORT: &[&str] =
+    &["kill-leader", "kill-all", "partition-leader", "pause-leader", "latency"];
 
 /// The scenario called `name`.
 #[must_use]

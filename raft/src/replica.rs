@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde_bytes::ByteBuf;
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ use crate::network::client::{Network, TransportOptions};
 use crate::network::server::{PeerPolicy, RaftTransportService};
 use crate::proposer::{Pending, ProposeError, Proposer};
 use crate::state_machine::{StateMachine, StateMachineStore};
-use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
+use crate::types::{Command, LogId, Node, NodeId, Raft, RaftMetrics};
 
 /// Time a new replica has to acknowledge its first replication message.
 const CATCH_UP_FIRST_CONTACT: Duration = Duration::from_secs(10);
@@ -288,6 +288,30 @@ pub(crate) fn known_leader(raft: &Raft, id: NodeId) -> KnownLeader {
         }
         _ => KnownLeader::Unknown,
     }
+}
+
+/// What a linearizable read served through this replica as leader waits for: openraft's
+/// read log id, confirmed with a quorum, and the index to wait for — the higher of that
+/// log id's index and the last index in this leader's log once leadership is confirmed.
+///
+/// openraft 0.9 restores a replica that led before a restart as the leader of its old
+/// term at once, without a new blank entry: its read log id (its committed index as it
+/// saved it, or the first entry of its term) can then be below entries the group
+/// committed, and acknowledged, before the crash, until replication tells it again — a
+/// read in that window missed them (found by the `kill-all` chaos scenario). Every
+/// acknowledged write is in the leader's log, and every entry of it is committed or will
+/// be while it leads, so the last one is safe to wait for; it costs a read at most the
+/// commit of the writes in flight beside it.
+///
+/// # Errors
+/// openraft's: this replica does not lead (the leader it knows), or its quorum did not
+/// confirm it.
+pub(crate) async fn leader_read_index(
+    raft: &Raft,
+) -> Result<(Option<LogId>, Option<u64>), RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>> {
+    let (read_log_id, _applied) = raft.get_read_log_id().await?;
+    let last = raft.metrics().borrow().last_log_index;
+    Ok((read_log_id, read_log_id.map(|id| id.index).max(last)))
 }
 
 /// One running replica of the group.
@@ -668,14 +692,14 @@ impl<S: StateMachine> Replica<S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let error = match self.raft.get_read_log_id().await {
-                Ok((read_log_id, _applied)) => return Ok(read_log_id.map(|id| id.index)),
+            let error = match leader_read_index(&self.raft).await {
+                Ok((_, read_index)) => return Ok(read_index),
                 Err(RaftError::APIError(openraft::error::CheckIsLeaderError::ForwardToLeader(
                     forward,
                 ))) => match (forward.leader_id, forward.leader_node) {
                     (Some(leader_id), Some(node)) if leader_id != self.id => {
                         match self.network.read_index(&node.addr).await {
-                            Ok(log_id) => return Ok(log_id.map(|id| id.index)),
+                            Ok(index) => return Ok(index),
                             Err(status) => ReplicaError::Forward {
                                 leader_id,
                                 leader_addr: node.addr,

@@ -236,7 +236,12 @@ impl RaftService for StubRaft {
         request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
         self.record(&request)?;
-        Ok(Response::new(pb::ReadIndexResponse { read_log_id: Some(log_id(7).into_proto()) }))
+        // The index to wait for is above the read log id's (a leader restored in its old
+        // term): the client waits for the higher.
+        Ok(Response::new(pb::ReadIndexResponse {
+            read_log_id: Some(log_id(7).into_proto()),
+            read_index: 9,
+        }))
     }
 
     async fn leader_call(
@@ -351,7 +356,7 @@ async fn member_with_ca1_certificate_is_served_over_one_connection() {
     let mut again = peer(&mut network, 1, server.addr).await;
     again.vote(vote_request(), rpc_option()).await.expect("vote from another client");
     let addr = server.addr.to_string();
-    assert_eq!(network.read_index(&addr).await.expect("read index"), Some(log_id(7)));
+    assert_eq!(network.read_index(&addr).await.expect("read index"), Some(9));
     let (written_at, responses) = network
         .forward_write(&addr, vec![b"abc".to_vec(), b"de".to_vec()])
         .await
@@ -702,7 +707,7 @@ async fn replicas_elect_replicate_and_forward_over_mtls() {
 
     // The leader confirms a read index covering the write.
     let read_at = follower.network.read_index(&leader.addr).await.expect("read index");
-    assert!(read_at.is_some_and(|id| id.index >= written_at.index), "{read_at:?} < {written_at}");
+    assert!(read_at.is_some_and(|index| index >= written_at.index), "{read_at:?} < {written_at}");
 
     // Replicated to everyone.
     for replica in &replicas {

@@ -185,6 +185,60 @@ async fn all_replicas_killed_at_once_lose_nothing_acknowledged() -> anyhow::Resu
     Ok(())
 }
 
+/// The first linearizable read after the whole group restarts sees the last write
+/// acknowledged before it went down. openraft 0.9 restores the leader of before the crash
+/// as leader of its old term at once, knowing only the commit index it had saved (one
+/// transaction behind): a read it confirmed then used to answer from before the last
+/// writes (found by the `kill-all` chaos scenario).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_read_after_a_whole_group_restart_sees_the_last_acknowledged_write()
+-> anyhow::Result<()> {
+    let mut fed = Federation::new(3)?;
+    for id in 1..=3 {
+        fed.start(id, false)?;
+    }
+    fed.form_group(&[1, 2, 3]).await?;
+    let mut value = 0u64;
+    for round in 0..10 {
+        let leader = fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await?;
+        let mut admin = fed.admin(leader).await?;
+        for _ in 0..10 {
+            value += 1;
+            let put = pb::PutRequest { key: "restart/k".into(), value: value.to_string().into() };
+            admin.put(put).await?;
+        }
+        // Down at once, right after the last acknowledgement. The old leader comes back
+        // first (leading again at once, its replication to the others failing and
+        // backing off) and is asked to read until it answers; the others follow.
+        fed.kill_all();
+        fed.restart(leader)?;
+        let connection = fed.connection(&[leader])?;
+        let addr = fed.replica(leader).api_addr.clone();
+        let first_read = tokio::spawn(async move {
+            eventually("a linearizable read", Duration::from_secs(30), || async {
+                let mut admin = connection.admin(&addr).await.ok()?;
+                let get = pb::GetRequest {
+                    key: "restart/k".into(),
+                    consistency: pb::Consistency::Linearizable.into(),
+                };
+                admin.get(get).await.ok().map(tonic::Response::into_inner)
+            })
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        for id in [1, 2, 3].into_iter().filter(|id| *id != leader) {
+            fed.restart(id)?;
+        }
+        let read = first_read.await??;
+        assert_eq!(
+            String::from_utf8_lossy(&read.value),
+            value.to_string(),
+            "round {round}: the first read of replica {leader}, the leader before the restart"
+        );
+    }
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow::Result<()> {
     let mut fed = Federation::new(3)?;

@@ -159,6 +159,16 @@ enum Failure {
 /// sent alone (the transport takes up to [`MAX_MESSAGE_BYTES`]).
 const APPEND_BUDGET_BYTES: usize = 1024 * 1024;
 
+/// The index a leader's `ReadIndex` answer says to wait for: its `read_index`, or the read
+/// log id's index from a leader that does not set it (0), whichever is higher.
+fn read_index_of(response: pb::ReadIndexResponse) -> Result<Option<u64>, Status> {
+    let read_log_id: Option<LogId> = FromProto::from_proto(response.read_log_id).map_err(|e| {
+        Status::internal(format!("leader answered ReadIndex with a malformed log id: {e}"))
+    })?;
+    let read_index = Some(response.read_index).filter(|index| *index > 0);
+    Ok(read_log_id.map(|id| id.index).max(read_index))
+}
+
 /// `None` when `request` fits in `budget` bytes; otherwise how many of its leading
 /// entries do (at least one: a single entry larger than the budget is still tried, and
 /// refused by the peer, rather than never sent).
@@ -265,14 +275,12 @@ impl Network {
     /// # Errors
     /// The gRPC status of the failure; `FailedPrecondition` with `x-leader-id` /
     /// `x-leader-addr` metadata when that replica is not the leader (any more).
-    pub async fn read_index(&self, leader_addr: &str) -> Result<Option<LogId>, Status> {
+    pub async fn read_index(&self, leader_addr: &str) -> Result<Option<u64>, Status> {
         let mut client =
             self.client(leader_addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
         let request = self.unary_request(pb::ReadIndexRequest {});
         let response = bounded(self.shared.options.rpc_timeout, client.read_index(request)).await?;
-        FromProto::from_proto(response.into_inner().read_log_id).map_err(|e| {
-            Status::internal(format!("leader answered ReadIndex with a malformed log id: {e}"))
-        })
+        read_index_of(response.into_inner())
     }
 
     /// Sends a leader call to the leader at `leader_addr` and returns its handler's
@@ -692,6 +700,19 @@ mod tests {
         assert_eq!(options.connect_timeout, Duration::from_secs(1));
         assert_eq!(options.rpc_timeout, Duration::from_secs(2));
         assert_eq!(options.snapshot_chunk_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn a_read_waits_for_the_higher_of_the_read_index_and_the_read_log_id() {
+        let log_id =
+            |index| Some(LogId::new(openraft::CommittedLeaderId::new(3, 1), index).into_proto());
+        let answer = |read_log_id, read_index| pb::ReadIndexResponse { read_log_id, read_index };
+        assert_eq!(read_index_of(answer(log_id(7), 9)).expect("valid"), Some(9));
+        assert_eq!(read_index_of(answer(log_id(7), 5)).expect("valid"), Some(7));
+        // A leader that does not set read_index: its read log id.
+        assert_eq!(read_index_of(answer(log_id(7), 0)).expect("valid"), Some(7));
+        assert_eq!(read_index_of(answer(None, 0)).expect("valid"), None);
+        assert_eq!(read_index_of(answer(None, 4)).expect("valid"), Some(4));
     }
 
     #[test]

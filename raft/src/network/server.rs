@@ -313,10 +313,11 @@ impl RaftService for RaftTransportService {
         &self,
         _request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        match self.raft.get_read_log_id().await {
-            Ok((read_log_id, _applied)) => {
-                Ok(Response::new(pb::ReadIndexResponse { read_log_id: read_log_id.into_proto() }))
-            }
+        match crate::replica::leader_read_index(&self.raft).await {
+            Ok((read_log_id, read_index)) => Ok(Response::new(pb::ReadIndexResponse {
+                read_log_id: read_log_id.into_proto(),
+                read_index: read_index.unwrap_or(0),
+            })),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(forward))) => {
                 Err(not_leader(&forward))
             }
