@@ -193,11 +193,7 @@ async fn all_replicas_killed_at_once_lose_nothing_acknowledged() -> anyhow::Resu
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_read_after_a_whole_group_restart_sees_the_last_acknowledged_write()
 -> anyhow::Result<()> {
-    let mut fed = Federation::new(3)?;
-    for id in 1..=3 {
-        fed.start(id, false)?;
-    }
-    fed.form_group(&[1, 2, 3]).await?;
+    let mut fed = Federation::formed(3, "").await?;
     let mut value = 0u64;
     for round in 0..10 {
         let leader = fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(30)).await?;
