@@ -3,23 +3,86 @@
 //! the list of trust domains at `GET /bundles`. Served under the `https_spiffe` profile
 //! (the federation's own SVID) and/or the `https_web` profile (a web PKI certificate
 //! from files), so that SPIRE or Istio can consume federated bundles with no agent.
+//!
+//! The endpoint is public, so what an anonymous client can hold is bounded ([`Limits`]):
+//! connections per source address and in all (beyond, a connection is closed at once),
+//! the time to complete the TLS handshake, to send a request's headers, and to stay
+//! idle. Handshakes in progress are bounded per source and in all by
+//! [`federator_raft::tls::incoming`], which also never stops accepting.
 
 use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use federator_raft::tls::TlsConn;
+use futures::StreamExt as _;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::{FederationReplica, ServerError, bind};
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_pem_bundle};
 use crate::config::ServerConfig;
 use crate::identity::{TlsFiles, TlsMaterial};
+
+#[cfg(test)]
+mod tests;
+
+/// Time a client gets to complete the TLS handshake.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time a client gets to send a request's headers over HTTP/1.1. hyper runs this timer
+/// whenever it waits for a request, so it also closes an HTTP/1.1 connection left idle
+/// between requests for this long.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// A connection on which nothing is read or written for this long is closed: an HTTP/2
+/// connection without requests, or a client silent after its handshake.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Connections (handshaking or established) one source address may hold. A source is a
+/// consumer (a SPIRE server, a mesh's control plane) or a NAT in front of a few; each
+/// needs a connection or two while it fetches.
+const MAX_CONNECTIONS_PER_SOURCE: usize = 32;
+/// Established connections of all sources. Fetches are small and rare (at most every few
+/// minutes per consumer), so this is far above legitimate use while it bounds the open
+/// files a crowd of clients can take.
+const MAX_CONNECTIONS: usize = 512;
+
+/// What a client may hold of one endpoint; connections beyond a cap are closed at once.
+#[derive(Clone, Copy, Debug)]
+struct Limits {
+    /// See [`HANDSHAKE_TIMEOUT`].
+    handshake_timeout: Duration,
+    /// See [`HEADER_READ_TIMEOUT`].
+    header_read_timeout: Duration,
+    /// See [`IDLE_TIMEOUT`].
+    idle_timeout: Duration,
+    /// See [`MAX_CONNECTIONS_PER_SOURCE`].
+    max_connections_per_source: usize,
+    /// See [`MAX_CONNECTIONS`].
+    max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: HANDSHAKE_TIMEOUT,
+            header_read_timeout: HEADER_READ_TIMEOUT,
+            idle_timeout: IDLE_TIMEOUT,
+            max_connections_per_source: MAX_CONNECTIONS_PER_SOURCE,
+            max_connections: MAX_CONNECTIONS,
+        }
+    }
+}
 
 /// What the endpoint serves from.
 #[derive(Clone)]
@@ -52,7 +115,8 @@ pub async fn spawn_all(
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
         };
-        tasks.push(tokio::spawn(serve(listener, tls, router(shared.clone()), stopped)));
+        let app = router(shared.clone());
+        tasks.push(tokio::spawn(serve(listener, tls, app, Limits::default(), stopped)));
     }
     Ok(tasks)
 }
@@ -121,48 +185,147 @@ fn json(body: String) -> Response {
         .into_response()
 }
 
-/// Accepts TLS connections and serves `app` over HTTP/1.1 or HTTP/2 until `stop`.
+/// Accepts TLS connections and serves `app` over HTTP/1.1 or HTTP/2 until `stop`, within
+/// `limits`.
 async fn serve(
     listener: tokio::net::TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: Router,
+    limits: Limits,
     stop: impl Future<Output = ()>,
 ) {
-    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let mut incoming = federator_raft::tls::incoming(listener, tls)
+        .with_handshake_timeout(limits.handshake_timeout)
+        .with_max_connections_per_source(limits.max_connections_per_source)
+        .with_max_connections(limits.max_connections);
     tokio::pin!(stop);
     loop {
-        let (tcp, peer) = tokio::select! {
+        let conn = tokio::select! {
             () = &mut stop => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
+            next = incoming.next() => match next {
+                Some(Ok(conn)) => conn,
+                // The stream pauses itself after an accept error.
+                Some(Err(error)) => {
                     tracing::debug!(%error, "bundle endpoint accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     continue;
                 }
+                None => return,
             },
         };
-        let acceptor = acceptor.clone();
-        let app = app.clone();
-        tokio::spawn(async move {
-            let tls = match tokio::time::timeout(
-                std::time::Duration::from_secs(10),
-                acceptor.accept(tcp),
-            )
-            .await
-            {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(error)) => {
-                    tracing::debug!(%error, %peer, "bundle endpoint handshake failed");
-                    return;
-                }
-                Err(_) => return,
-            };
-            let service = TowerToHyperService::new(app);
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
-                tracing::debug!(%error, %peer, "bundle endpoint connection ended");
+        tokio::spawn(serve_connection(conn, app.clone(), limits));
+    }
+}
+
+/// Serves one connection until the client closes it, it fails, a header-read timeout, or
+/// it is idle for `limits.idle_timeout`.
+async fn serve_connection(conn: TlsConn, app: Router, limits: Limits) {
+    let peer = conn.info().remote_addr;
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched { inner: conn, activity: Arc::clone(&activity) });
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header_read_timeout);
+    let connection = builder.serve_connection(io, TowerToHyperService::new(app));
+    tokio::select! {
+        result = connection => {
+            if let Err(error) = result {
+                tracing::debug!(%error, ?peer, "bundle endpoint connection ended");
             }
-        });
+        }
+        () = activity.idle_for(limits.idle_timeout) => {
+            tracing::debug!(?peer, "bundle endpoint connection idle: closed");
+        }
+    }
+}
+
+/// When a connection last moved bytes.
+struct Activity {
+    /// Origin of `last`.
+    start: Instant,
+    /// Milliseconds from `start` to the last read or write that moved bytes.
+    last: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Self { start: Instant::now(), last: AtomicU64::new(0) }
+    }
+
+    fn touch(&self) {
+        let now = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last.store(now, Ordering::Relaxed);
+    }
+
+    /// Resolves once no bytes moved for `timeout`.
+    async fn idle_for(&self, timeout: Duration) {
+        loop {
+            let last = self.start + Duration::from_millis(self.last.load(Ordering::Relaxed));
+            let deadline = last + timeout;
+            if Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// A connection that records its reads and writes in an [`Activity`].
+struct Watched {
+    inner: TlsConn,
+    activity: Arc<Activity>,
+}
+
+impl AsyncRead for Watched {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.activity.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Watched {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(1..)) = result {
+            this.activity.touch();
+        }
+        result
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(1..)) = result {
+            this.activity.touch();
+        }
+        result
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }
