@@ -6,6 +6,7 @@ mod certs;
 mod check;
 mod client;
 mod dev;
+mod logging;
 mod output;
 mod probe;
 mod raft;
@@ -173,7 +174,9 @@ pub fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            // The server's messages were escaped whole where they entered the error
+            // (`client::status_error`); its own line breaks stay.
+            eprintln!("error: {}", output::escape_control_keep_newlines(&format!("{error:#}")));
             ExitCode::FAILURE
         }
     }
@@ -201,17 +204,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
 }
 
 /// Logs go to stderr; `LOG_FORMAT=json` makes them machine-readable, `RUST_LOG` filters
-/// them (default: `info` for the server, `warn` for other commands).
+/// them (default: `info` for the server, `warn` for other commands). Text lines have
+/// every value escaped and are coloured only on a terminal (see [`logging`]).
 fn init_tracing(server: bool) {
-    use tracing_subscriber::EnvFilter;
-    let default = if server { "info,openraft=warn" } else { "warn" };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
-        builder.json().with_current_span(true).init();
-    } else {
-        builder.init();
-    }
+    logging::init(server);
 }
 
 /// Expands a leading `~/` in a user-supplied path.

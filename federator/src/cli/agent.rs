@@ -81,13 +81,14 @@ fn ago(now_ms: i64, at_ms: i64) -> String {
     super::services::ms_ago(u64::try_from(now_ms - at_ms).unwrap_or(0))
 }
 
-/// The status for people: one line per concern, `√` or `×` first.
+/// The status for people: one line per concern, `√` or `×` first. Every line is escaped
+/// ([`output::Text`]): names, errors and problems come from the cluster's sources.
 fn render(s: &AgentStatus, now: i64) -> String {
     let mark = |ok: bool| if ok { "√" } else { "×" };
-    let mut text = String::new();
+    let mut text = output::Text::new();
     let stale = s.is_stale(now, STALE_MS);
-    text.push_str(&format!(
-        "{} agent pid {} for cluster {} ({}), status written {}{}\n",
+    text.line(format_args!(
+        "{} agent pid {} for cluster {} ({}), status written {}{}",
         mark(!stale),
         s.pid,
         if s.cluster.is_empty() { "(not joined)" } else { &s.cluster },
@@ -96,19 +97,19 @@ fn render(s: &AgentStatus, now: i64) -> String {
         if stale { " — the agent is not running or stuck" } else { "" }
     ));
     match (&s.connected_replica, s.connected_since_ms) {
-        (Some(replica), since) => text.push_str(&format!(
-            "√ connected to {replica} since {} ({} connections)\n",
+        (Some(replica), since) => text.line(format_args!(
+            "√ connected to {replica} since {} ({} connections)",
             since.map_or_else(|| "?".into(), |t| ago(now, t)),
             s.connections
         )),
-        (None, _) => text.push_str(&format!(
-            "× not connected{} — serving the last applied view (revision {})\n",
+        (None, _) => text.line(format_args!(
+            "× not connected{} — serving the last applied view (revision {})",
             s.last_error.as_ref().map_or_else(String::new, |e| format!(": {e}")),
             s.applied_revision
         )),
-    }
-    text.push_str(&format!(
-        "{} revision {} applied, {} received (lag {}), {} resyncs\n",
+    };
+    text.line(format_args!(
+        "{} revision {} applied, {} received (lag {}), {} resyncs",
         mark(s.applied_revision >= s.received_revision),
         s.applied_revision,
         s.received_revision,
@@ -116,8 +117,8 @@ fn render(s: &AgentStatus, now: i64) -> String {
         s.resyncs
     ));
     match &s.lease {
-        Some(lease) => text.push_str(&format!(
-            "{} lease {} (ttl {}s), last keep-alive {}{}\n",
+        Some(lease) => text.line(format_args!(
+            "{} lease {} (ttl {}s), last keep-alive {}{}",
             mark(lease.failed_keepalives == 0),
             lease.id,
             lease.ttl_seconds,
@@ -128,19 +129,19 @@ fn render(s: &AgentStatus, now: i64) -> String {
                 String::new()
             }
         )),
-        None => text.push_str("× no lease: this cluster's endpoints are not ready anywhere\n"),
-    }
+        None => text.line("× no lease: this cluster's endpoints are not ready anywhere"),
+    };
     for (name, sink) in &s.sinks {
-        text.push_str(&format!(
-            "{} sink {name}: revision {}{}\n",
+        text.line(format_args!(
+            "{} sink {name}: revision {}{}",
             mark(sink.healthy),
             sink.applied_revision,
             sink.error.as_ref().map_or_else(String::new, |e| format!(", failing: {e}"))
         ));
     }
     let bundle = &s.bundle;
-    text.push_str(&format!(
-        "{} own bundle: sequence {}, published {}{}\n",
+    text.line(format_args!(
+        "{} own bundle: sequence {}, published {}{}",
         mark(bundle.problem.is_none() && bundle.sequence == bundle.published_sequence),
         bundle.sequence.map_or_else(|| "-".into(), |v| v.to_string()),
         bundle.published_sequence.map_or_else(|| "-".into(), |v| v.to_string()),
@@ -149,18 +150,18 @@ fn render(s: &AgentStatus, now: i64) -> String {
             .as_ref()
             .map_or_else(String::new, |p| format!("; {}: {}", p.location, p.message))
     ));
-    text.push_str(&format!(
-        "{} exports: {} from sources, {} published, {} problems\n",
+    text.line(format_args!(
+        "{} exports: {} from sources, {} published, {} problems",
         mark(s.exports.problems.is_empty()),
         s.exports.exports,
         s.exports.published,
         s.exports.problems.len()
     ));
     for problem in &s.exports.problems {
-        text.push_str(&format!("    ‼ {}: {}\n", problem.location, problem.message));
+        text.line(format_args!("    ‼ {}: {}", problem.location, problem.message));
     }
-    text.push_str(&format!(
-        "  federated bundles: {}; imports: {}\n",
+    text.line(format_args!(
+        "  federated bundles: {}; imports: {}",
         if s.bundles.is_empty() {
             "none".to_string()
         } else {
@@ -169,15 +170,15 @@ fn render(s: &AgentStatus, now: i64) -> String {
         s.imports
     ));
     if let Some(p) = &s.last_propagation {
-        text.push_str(&format!(
-            "  propagation: last {} ms from {} ({}, {})\n",
+        text.line(format_args!(
+            "  propagation: last {} ms from {} ({}, {})",
             p.millis,
             p.source_trust_domain,
             p.kind,
             ago(now, p.at_ms)
         ));
     }
-    text
+    text.into()
 }
 
 #[cfg(test)]
@@ -231,5 +232,30 @@ mod tests {
         });
         let text = render(&s, 11_000);
         assert!(text.contains("propagation: last 42 ms from b.test (bundle, 1.0s ago)"), "{text}");
+    }
+
+    #[test]
+    fn hostile_names_and_errors_stay_on_their_line() {
+        let hostile = "\n\x1b]0;pwned\x07\x1b[1A";
+        let mut s = AgentStatus {
+            written_at_ms: 10_000,
+            cluster: hostile.into(),
+            trust_domain: hostile.into(),
+            last_error: Some(hostile.into()),
+            ..AgentStatus::default()
+        };
+        s.sinks.insert(
+            hostile.into(),
+            SinkStatus { healthy: false, applied_revision: 1, error: Some(hostile.into()) },
+        );
+        s.exports
+            .problems
+            .push(SourceProblem { location: hostile.into(), message: hostile.into() });
+        let clean =
+            render(&AgentStatus { written_at_ms: 10_000, ..AgentStatus::default() }, 11_000);
+        let text = render(&s, 11_000);
+        assert_eq!(text.lines().count(), clean.lines().count() + 2, "{text}");
+        assert!(!text.contains(|c: char| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains(r"× not connected: \n\x1b]0;pwned\x07\x1b[1A — serving"), "{text}");
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use serde::Serialize;
 
-use super::output::{OutputFormat, print};
+use super::output::{OutputFormat, Table, print};
 use crate::identity::{
     FederationCa, IssuedCertificate, admin_spiffe_id, replica_spiffe_id, validate_trust_domain,
 };
@@ -127,7 +127,7 @@ pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode>
         }
     };
     print(out, &written, |w| {
-        let mut t = super::output::table(&["SPIFFE ID", "CERTIFICATE", "KEY"]);
+        let mut t = Table::new(&["SPIFFE ID", "CERTIFICATE", "KEY"]);
         for item in w {
             t.add_row(vec![
                 item.spiffe_id.clone(),

@@ -21,7 +21,7 @@ use federator_proto::admin as pb;
 use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{OutputFormat, print};
+use super::output::{self, OutputFormat, Text, print};
 use super::status::{self, GroupView};
 use crate::agent::AgentStatus;
 use crate::bundle::{ValidationPolicy, parse_spiffe_bundle};
@@ -149,7 +149,7 @@ pub async fn run(
                         .filter(|c| c.outcome == Outcome::Fail)
                         .map(|c| c.detail.as_str())
                         .collect();
-                    eprintln!("waiting: {}", failing.join("; "));
+                    output::eprint_line(format_args!("waiting: {}", failing.join("; ")));
                 }
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
@@ -197,28 +197,27 @@ fn report(mut checks: Vec<Check>) -> Report {
 
 /// The report for people.
 fn render(report: &Report) -> String {
-    let mut text = String::new();
+    let mut text = Text::new();
     let mut group = "";
     for check in &report.checks {
         if check.group != group {
             group = check.group;
-            text.push_str(group);
-            text.push('\n');
+            text.line(group);
         }
-        text.push_str(&format!("  {} {}\n", check.outcome.mark(), check.detail));
+        text.line(format_args!("  {} {}", check.outcome.mark(), check.detail));
         if let Some(hint) = &check.hint {
-            text.push_str(&format!("      hint: {hint}\n"));
+            text.line(format_args!("      hint: {hint}"));
         }
     }
-    text.push_str(&format!(
-        "{}: {} passed, {} warning{}, {} failed\n",
+    text.line(format_args!(
+        "{}: {} passed, {} warning{}, {} failed",
         if report.ok { "healthy" } else { "UNHEALTHY" },
         report.passed,
         report.warnings,
         if report.warnings == 1 { "" } else { "s" },
         report.failed
     ));
-    text
+    text.into()
 }
 
 // === the replica group ===
@@ -785,6 +784,17 @@ mod tests {
         assert!(text.contains("× lease expired\n      hint: restart the agent"), "{text}");
         assert!(text.contains("UNHEALTHY: 1 passed, 1 warning, 1 failed"), "{text}");
         assert!(text.find("replicas").unwrap_or(usize::MAX) < text.find("members").unwrap_or(0));
+    }
+
+    #[test]
+    fn hostile_details_and_hints_stay_on_their_line() {
+        let hostile = "\n\x1b]0;pwned\x07\x1b[1A";
+        let mut checks = Checks::default();
+        checks.fail("members", format!("{hostile}: lease expired"), hostile);
+        let text = render(&report(checks.0));
+        assert_eq!(text.lines().count(), 4, "{text}");
+        assert!(!text.contains(|c: char| c.is_control() && c != '\n'), "{text:?}");
+        assert!(text.contains(r"  × \n\x1b]0;pwned\x07\x1b[1A: lease expired"), "{text}");
     }
 
     #[test]

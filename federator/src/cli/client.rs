@@ -207,7 +207,9 @@ impl Connection {
     }
 }
 
-/// Turns a gRPC status into an error whose text is the server's message.
+/// Turns a gRPC status into an error whose text is the server's message, control
+/// characters escaped: the message may quote what a client sent, and the error is
+/// printed to a terminal.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+    anyhow::anyhow!("{} ({:?})", super::output::escape_control(status.message()), status.code())
 }

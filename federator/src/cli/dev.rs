@@ -382,7 +382,7 @@ fn render(
                 println!("\n{}", members_table(members, clusters));
             }
             for event in events {
-                println!("{event}");
+                super::output::print_line(event);
             }
             let leader_pid = view
                 .leader
@@ -439,14 +439,17 @@ fn render(
                 }
             }
         }
-        Err(error) => println!("no replica answered: {error}"),
+        Err(error) => super::output::print_line(format_args!("no replica answered: {error}")),
     }
     println!("\nCtrl-C stops everything.");
 }
 
 /// One row per member cluster: its agent, lease, bundle and what it imports.
-fn members_table(members: &[clusters::DevCluster], clusters: &[pb::Cluster]) -> comfy_table::Table {
-    let mut t = super::output::table(&[
+fn members_table(
+    members: &[clusters::DevCluster],
+    clusters: &[pb::Cluster],
+) -> super::output::Table {
+    let mut t = super::output::Table::new(&[
         "CLUSTER",
         "TRUST DOMAIN",
         "AGENT PID",

@@ -7,7 +7,7 @@ use federator_proto::admin as pb;
 use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{OutputFormat, print, table};
+use super::output::{self, OutputFormat, Table, print};
 
 /// Read and write the diagnostic probe keyspace.
 #[derive(Debug, clap::Subcommand)]
@@ -72,7 +72,10 @@ pub async fn run(
                 version: u64,
             }
             print(out, &Put { key, index: r.index, version: r.version }, |p| {
-                println!("{} written at log index {} (version {})", p.key, p.index, p.version);
+                output::print_line(format_args!(
+                    "{} written at log index {} (version {})",
+                    p.key, p.index, p.version
+                ));
             })?;
             Ok(ExitCode::SUCCESS)
         }
@@ -83,7 +86,10 @@ pub async fn run(
                 .map_err(status_error)?
                 .into_inner();
             if !r.found {
-                eprintln!("{key}: not found (applied index {})", r.applied_index);
+                output::eprint_line(format_args!(
+                    "{key}: not found (applied index {})",
+                    r.applied_index
+                ));
                 return Ok(ExitCode::FAILURE);
             }
             let view = ProbeView {
@@ -91,7 +97,7 @@ pub async fn run(
                 value: String::from_utf8_lossy(&r.value).into_owned(),
                 version: r.version,
             };
-            print(out, &view, |v| println!("{}", v.value))?;
+            print(out, &view, |v| output::print_line(&v.value))?;
             Ok(ExitCode::SUCCESS)
         }
         ProbeCommand::List { prefix, stale } => {
@@ -110,7 +116,7 @@ pub async fn run(
                 })
                 .collect();
             print(out, &views, |vs| {
-                let mut t = table(&["KEY", "VERSION", "VALUE"]);
+                let mut t = Table::new(&["KEY", "VERSION", "VALUE"]);
                 for v in vs {
                     t.add_row(vec![v.key.clone(), v.version.to_string(), v.value.clone()]);
                 }

@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use federator_proto::admin as pb;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{OutputFormat, print};
+use super::output::{self, OutputFormat, Table, print};
 use super::status;
 
 /// Inspect and change the replica group.
@@ -56,7 +56,7 @@ pub async fn run(
             let endpoint = &connection.endpoints()[0];
             let mut client = connection.admin(endpoint).await?;
             client.initialize(pb::InitializeRequest { members }).await.map_err(status_error)?;
-            eprintln!("initialized the group on {endpoint}");
+            output::eprint_line(format_args!("initialized the group on {endpoint}"));
             Ok(ExitCode::SUCCESS)
         }
         RaftCommand::AddMember { id, addr, learner } => {
@@ -155,14 +155,15 @@ fn print_membership(
         learners: response.learners.iter().map(|m| (m.id, m.addr.clone())).collect(),
     };
     print(out, &view, |v| {
-        let mut table = super::output::table(&["ID", "ROLE", "RAFT ADDR"]);
+        let mut table = Table::new(&["ID", "ROLE", "RAFT ADDR"]);
         for (id, addr) in &v.voters {
             table.add_row(vec![id.to_string(), "voter".into(), addr.clone()]);
         }
         for (id, addr) in &v.learners {
             table.add_row(vec![id.to_string(), "learner".into(), addr.clone()]);
         }
-        println!("membership committed at log index {}\n{table}", v.log_index);
+        println!("membership committed at log index {}", v.log_index);
+        println!("{table}");
     })?;
     Ok(ExitCode::SUCCESS)
 }

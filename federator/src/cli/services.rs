@@ -3,13 +3,12 @@
 
 use std::process::ExitCode;
 
-use comfy_table::Table;
 use federator_proto::admin as pb;
 use federator_proto::federation as fpb;
 use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{OutputFormat, print, table};
+use super::output::{self, Cell, OutputFormat, Table, Text, print};
 use crate::service::{Protocol, ServiceKey};
 
 /// Inspect exported services.
@@ -477,7 +476,7 @@ fn service_row(s: &ServiceView) -> Vec<String> {
 }
 
 fn services_table(services: &[ServiceView]) -> Table {
-    let mut t = table(&[
+    let mut t = Table::new(&[
         "SERVICE",
         "HOSTNAME",
         "EXPORTERS",
@@ -493,50 +492,48 @@ fn services_table(services: &[ServiceView]) -> Table {
 }
 
 /// A `service show` row: CLUSTER, TRUST DOMAIN, GENERATION, ENDPOINTS, LEASE, MODE,
-/// SCOPE, IDENTITIES, CONFLICTING, UPDATED.
-fn export_row(e: &ExportView, now: i64) -> Vec<String> {
+/// SCOPE, IDENTITIES (one a line), CONFLICTING, UPDATED.
+fn export_row(e: &ExportView, now: i64) -> Vec<Cell> {
     vec![
-        e.cluster.clone(),
-        e.trust_domain.clone(),
-        e.generation.to_string(),
-        format!("{}/{}", e.ready_endpoints, e.total_endpoints),
-        if e.live { "live".into() } else { "expired".into() },
-        e.gateway.as_ref().map_or_else(|| "direct".into(), |g| format!("gateway {g}")),
-        if e.scope_clusters.is_empty() { "all".into() } else { e.scope_clusters.join(", ") },
-        list_or_dash(&e.identities, "\n"),
-        if e.conflicting { "yes".into() } else { "no".into() },
-        ago(now, e.updated_at),
+        e.cluster.as_str().into(),
+        e.trust_domain.as_str().into(),
+        e.generation.to_string().into(),
+        format!("{}/{}", e.ready_endpoints, e.total_endpoints).into(),
+        if e.live { "live" } else { "expired" }.into(),
+        e.gateway.as_ref().map_or_else(|| "direct".into(), |g| format!("gateway {g}")).into(),
+        if e.scope_clusters.is_empty() { "all".into() } else { e.scope_clusters.join(", ") }.into(),
+        if e.identities.is_empty() { "-".into() } else { Cell::lines(&e.identities) },
+        if e.conflicting { "yes" } else { "no" }.into(),
+        ago(now, e.updated_at).into(),
     ]
 }
 
 /// The header block of `service show`.
 fn service_header(s: &ServiceView) -> String {
-    let mut header = format!(
-        "service:    {}/{}\nhostname:   {}\nports:      {}\nrevision:   {}\n",
-        s.namespace,
-        s.name,
-        s.hostname,
-        ports_label(&s.ports),
-        s.revision
-    );
+    let mut header = Text::new();
+    header
+        .line(format_args!("service:    {}/{}", s.namespace, s.name))
+        .line(format_args!("hostname:   {}", s.hostname))
+        .line(format_args!("ports:      {}", ports_label(&s.ports)))
+        .line(format_args!("revision:   {}", s.revision));
     if s.conditions.is_empty() {
-        header.push_str("conditions: none\n");
+        header.line("conditions: none");
     } else {
-        header.push_str("conditions:\n");
+        header.line("conditions:");
         for c in &s.conditions {
             let who = if c.clusters.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", c.clusters.join(", "))
             };
-            header.push_str(&format!("  {}{who}: {}\n", c.kind, c.message));
+            header.line(format_args!("  {}{who}: {}", c.kind, c.message));
         }
     }
-    header
+    header.into()
 }
 
 fn exports_table(s: &ServiceView, now: i64) -> Table {
-    let mut t = table(&[
+    let mut t = Table::new(&[
         "CLUSTER",
         "TRUST DOMAIN",
         "GENERATION",
@@ -618,7 +615,7 @@ fn import_row(i: &ImportView) -> Vec<String> {
 }
 
 fn imports_table(imports: &[ImportView]) -> Table {
-    let mut t = table(&[
+    let mut t = Table::new(&[
         "SERVICE",
         "HOSTNAME",
         "PORTS",
@@ -657,7 +654,11 @@ pub async fn run_service(
             print(out, &views, |v| {
                 if v.is_empty() {
                     match &cluster {
-                        Some(cluster) => println!("cluster {cluster} exports no service"),
+                        Some(cluster) => {
+                            output::print_line(format_args!(
+                                "cluster {cluster} exports no service"
+                            ));
+                        }
                         None => println!("no cluster exports a service"),
                     }
                 } else {
@@ -710,11 +711,11 @@ pub async fn run_import(
     };
     print(out, &view, |v| {
         match &v.lease {
-            Some(lease) => println!("{}", lease.line(unix_now())),
+            Some(lease) => output::print_line(lease.line(unix_now())),
             None => println!("lease unknown"),
         }
         if v.imports.is_empty() {
-            println!("cluster {} imports no service", v.cluster);
+            output::print_line(format_args!("cluster {} imports no service", v.cluster));
         } else {
             println!("{}", imports_table(&v.imports));
         }
@@ -910,6 +911,27 @@ mod tests {
         assert!(header.contains("  Conflict (b): conflicting port definitions: cluster b"));
         let rendered = format!("{header}{}", exports_table(&s, NOW));
         assert!(rendered.contains("CONFLICTING"), "{rendered}");
+    }
+
+    #[test]
+    fn hostile_service_fields_are_escaped_in_header_and_tables() {
+        let hostile = "\n\x1b]0;pwned\x07\x1b[1A";
+        let mut s = conflicted_service();
+        s.namespace = format!("shop{hostile}");
+        s.conditions[0].message = hostile.into();
+        s.exports[0].cluster = hostile.into();
+        s.exports[0].identities = vec![hostile.into(), "spiffe://a.example.org/x".into()];
+        let header = service_header(&s);
+        assert_eq!(header.lines().count(), 6, "{header}");
+        let exports = exports_table(&s, NOW).to_string();
+        let services = services_table(std::slice::from_ref(&s)).to_string();
+        for text in [&header, &exports, &services] {
+            assert!(!text.contains(|c: char| c.is_control() && c != '\n'), "{text:?}");
+            assert!(text.contains(r"\n\x1b]0;pwned\x07\x1b[1A"), "{text}");
+        }
+        // Two exports, the first with two identities one a line.
+        assert_eq!(exports.lines().count(), 4 + 3, "{exports}");
+        assert_eq!(services.lines().count(), 5, "{services}");
     }
 
     #[test]

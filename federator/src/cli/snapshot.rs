@@ -12,7 +12,7 @@ use serde::Serialize;
 use sha2::Digest as _;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{OutputFormat, print};
+use super::output::{self, OutputFormat, print};
 use crate::snapshot_file::{self, SnapshotHeader};
 
 /// Bytes per message of a restore stream.
@@ -118,11 +118,11 @@ pub async fn run(
                 replaced_members: response.replaced_members,
             };
             print(out, &report, |r| {
-                println!(
+                output::print_line(format_args!(
                     "restored {}: {} members, {} bundles, {} services at log index {}; \
                      watchers continue from revision {} (they resynchronise)",
                     r.file, r.members, r.bundles, r.services, r.applied_index, r.revision
-                );
+                ));
                 if r.replaced_members > 0 {
                     println!("replaced {} members the federation held before", r.replaced_members);
                 }
@@ -141,19 +141,19 @@ fn print_file(
     let report = FileReport { file: file.display().to_string(), header };
     print(out, &report, |r| {
         let h = r.header;
-        println!(
+        output::print_line(format_args!(
             "{verb} {}: {} members, {} bundles, {} services, {} endpoints",
             r.file, h.members, h.bundles, h.services, h.endpoints
-        );
-        println!(
+        ));
+        output::print_line(format_args!(
             "  state of log index {} (revision {}) from replica {}, federator {}, saved at {}",
             h.applied_index,
             h.revision,
             h.replica_id,
             h.version,
             humanize_time(h.created_at)
-        );
-        println!("  {} bytes, sha256 {}", h.size, h.sha256);
+        ));
+        output::print_line(format_args!("  {} bytes, sha256 {}", h.size, h.sha256));
     })
 }
 
@@ -317,7 +317,7 @@ async fn restore(
 ) -> anyhow::Result<pb::RestoreSnapshotResponse> {
     let (header, data) = snapshot_file::read_data_path(file)
         .with_context(|| format!("snapshot file {}", file.display()))?;
-    eprintln!(
+    output::eprint_line(format_args!(
         "restoring {}: {} members, {} bundles, {} services, {} bytes (log index {} of the saved group)",
         file.display(),
         header.members,
@@ -325,7 +325,7 @@ async fn restore(
         header.services,
         header.size,
         header.applied_index
-    );
+    ));
     let data = bytes::Bytes::from(data);
     let decoded = {
         let data = data.clone();
@@ -380,7 +380,10 @@ async fn restore(
     match response {
         Ok(response) => Ok(response.into_inner()),
         Err(status) if status.code() == tonic::Code::AlreadyExists => {
-            bail!("{}\nhint: pass --force to replace it with the file's state", status.message())
+            bail!(
+                "{}\nhint: pass --force to replace it with the file's state",
+                output::escape_control(status.message())
+            )
         }
         Err(status) => Err(status_error(status)),
     }

@@ -7,7 +7,7 @@ use federator_proto::admin::{ReplicaStatus, Role};
 use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs};
-use super::output::{OutputFormat, print, table};
+use super::output::{self, OutputFormat, Table, print};
 
 /// Show every replica of the federation.
 #[derive(Debug, clap::Args)]
@@ -226,7 +226,7 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
     if detailed {
         header.extend(["SNAPSHOT", "PURGED", "DIGEST@INDEX"]);
     }
-    let mut t = table(&header);
+    let mut t = Table::new(&header);
     let opt = |v: Option<u64>| v.map_or_else(|| "-".to_string(), |v| v.to_string());
     for r in &v.replicas {
         let role = match (&r.role, r.membership) {
@@ -257,7 +257,11 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
     }
     println!("{t}");
     for r in v.replicas.iter().filter(|r| !r.reachable) {
-        println!("replica {}: {}", r.id, r.error.as_deref().unwrap_or("unreachable"));
+        output::print_line(format_args!(
+            "replica {}: {}",
+            r.id,
+            r.error.as_deref().unwrap_or("unreachable")
+        ));
     }
 }
 

@@ -8,7 +8,7 @@ use federator_proto::admin as pb;
 use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{OutputFormat, print, table};
+use super::output::{self, OutputFormat, Table, print};
 use super::services::{LeaseView, unix_now};
 
 /// Create join tokens for clusters.
@@ -136,11 +136,11 @@ pub async fn run_token(
         endpoints: r.endpoints,
     };
     print(out, &view, |v| {
-        println!("{}", v.token);
-        eprintln!(
+        output::print_line(&v.token);
+        output::eprint_line(format_args!(
             "single-use token for cluster {} ({}), valid until {} (unix); give it to that cluster's agent",
             v.cluster, v.trust_domain, v.expires_at
-        );
+        ));
     })?;
     Ok(ExitCode::SUCCESS)
 }
@@ -180,8 +180,8 @@ impl From<pb::Cluster> for ClusterView {
     }
 }
 
-fn cluster_table(clusters: &[ClusterView]) {
-    let mut t = table(&[
+fn cluster_table(clusters: &[ClusterView]) -> Table {
+    let mut t = Table::new(&[
         "CLUSTER",
         "TRUST DOMAIN",
         "AGENT",
@@ -208,7 +208,7 @@ fn cluster_table(clusters: &[ClusterView]) {
             c.exports.to_string(),
         ]);
     }
-    println!("{t}");
+    t
 }
 
 /// Runs `federator cluster`.
@@ -227,7 +227,7 @@ pub async fn run_cluster(
                 .map_err(status_error)?
                 .into_inner();
             let views: Vec<ClusterView> = r.clusters.into_iter().map(Into::into).collect();
-            print(out, &views, |v| cluster_table(v))?;
+            print(out, &views, |v| println!("{}", cluster_table(v)))?;
         }
         ClusterCommand::Show { name } => {
             let r = client
@@ -236,7 +236,7 @@ pub async fn run_cluster(
                 .map_err(status_error)?
                 .into_inner();
             let view = ClusterView::from(r);
-            print(out, &view, |v| cluster_table(std::slice::from_ref(v)))?;
+            print(out, &view, |v| println!("{}", cluster_table(std::slice::from_ref(v))))?;
         }
         ClusterCommand::Remove { name } => {
             let r = client
@@ -244,7 +244,7 @@ pub async fn run_cluster(
                 .await
                 .map_err(status_error)?
                 .into_inner();
-            eprintln!("cluster {name} removed at revision {}", r.revision);
+            output::eprint_line(format_args!("cluster {name} removed at revision {}", r.revision));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -303,8 +303,13 @@ pub async fn run_bundle(
                 })
                 .collect();
             print(out, &rows, |rows| {
-                let mut t =
-                    table(&["TRUST DOMAIN", "CLUSTER", "SEQUENCE", "DIGEST", "UPDATED (UNIX)"]);
+                let mut t = Table::new(&[
+                    "TRUST DOMAIN",
+                    "CLUSTER",
+                    "SEQUENCE",
+                    "DIGEST",
+                    "UPDATED (UNIX)",
+                ]);
                 for r in rows {
                     t.add_row(vec![
                         r.trust_domain.clone(),
@@ -332,7 +337,9 @@ pub async fn run_bundle(
                 .map_err(status_error)?
                 .into_inner();
             match out {
-                OutputFormat::Table => print!("{}", r.document.trim_end().to_string() + "\n"),
+                OutputFormat::Table => {
+                    println!("{}", output::escape_control_keep_newlines(r.document.trim_end()));
+                }
                 _ => {
                     #[derive(Serialize)]
                     struct Doc {
@@ -379,11 +386,12 @@ pub async fn run_bundle(
                     .collect(),
             };
             print(out, &view, |v| {
-                println!(
+                output::print_line(format_args!(
                     "bundle of {} (cluster {}): sequence {}",
                     v.trust_domain, v.owner, v.sequence
-                );
-                let mut t = table(&["MEMBER", "APPLIED SEQUENCE", "APPLIED AT (UNIX)", "CURRENT"]);
+                ));
+                let mut t =
+                    Table::new(&["MEMBER", "APPLIED SEQUENCE", "APPLIED AT (UNIX)", "CURRENT"]);
                 for m in &v.members {
                     t.add_row(vec![
                         m.cluster.clone(),
@@ -420,6 +428,13 @@ pub struct AuditArgs {
     /// How many of the newest events.
     #[arg(long, default_value_t = 50)]
     limit: u32,
+    /// Only refusals (kept apart from accepted changes; identical ones are one event with
+    /// a count).
+    #[arg(long, conflicts_with = "accepted")]
+    refused: bool,
+    /// Only accepted changes.
+    #[arg(long)]
+    accepted: bool,
 }
 
 /// Runs `federator audit`.
@@ -434,25 +449,24 @@ pub async fn run_audit(
     let connection = Connection::new(conn)?;
     let mut client = connection.any_admin().await?;
     let r = client
-        .list_audit(pb::ListAuditRequest { limit: args.limit })
+        .list_audit(pb::ListAuditRequest {
+            limit: args.limit,
+            filter: if args.refused {
+                pb::AuditFilter::Refused
+            } else if args.accepted {
+                pb::AuditFilter::Accepted
+            } else {
+                pb::AuditFilter::All
+            }
+            .into(),
+        })
         .await
         .map_err(status_error)?
         .into_inner();
-    #[derive(Serialize)]
-    struct Row {
-        seq: u64,
-        at: i64,
-        index: u64,
-        actor: String,
-        action: String,
-        target: String,
-        accepted: bool,
-        reason: String,
-    }
-    let rows: Vec<Row> = r
+    let rows: Vec<AuditRow> = r
         .events
         .into_iter()
-        .map(|e| Row {
+        .map(|e| AuditRow {
             seq: e.seq,
             at: e.at,
             index: e.index,
@@ -461,28 +475,87 @@ pub async fn run_audit(
             target: e.target,
             accepted: e.accepted,
             reason: e.reason,
+            count: e.count.max(1),
+            first_at: e.first_at,
         })
         .collect();
-    print(out, &rows, |rows| {
-        let mut t = table(&["SEQ", "AT (UNIX)", "ACTOR", "ACTION", "TARGET", "OUTCOME"]);
-        for r in rows {
-            t.add_row(vec![
-                r.seq.to_string(),
-                r.at.to_string(),
-                r.actor.clone(),
-                r.action.clone(),
-                r.target.clone(),
-                if r.accepted { "accepted".into() } else { format!("REFUSED: {}", r.reason) },
-            ]);
-        }
-        println!("{t}");
-    })?;
+    print(out, &rows, |rows| println!("{}", audit_table(rows)))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// One audit event as `federator audit` shows it.
+#[derive(Serialize)]
+struct AuditRow {
+    seq: u64,
+    at: i64,
+    index: u64,
+    actor: String,
+    action: String,
+    target: String,
+    accepted: bool,
+    reason: String,
+    /// How many identical refusals this event stands for (1 for accepted changes).
+    count: u64,
+    /// When the first of them happened (unix seconds); `at` is the last.
+    first_at: i64,
+}
+
+fn audit_table(rows: &[AuditRow]) -> Table {
+    let mut t = Table::new(&["SEQ", "AT (UNIX)", "ACTOR", "ACTION", "TARGET", "COUNT", "OUTCOME"]);
+    for r in rows {
+        t.add_row(vec![
+            r.seq.to_string(),
+            r.at.to_string(),
+            r.actor.clone(),
+            r.action.clone(),
+            r.target.clone(),
+            if r.count > 1 {
+                format!("{} (since {})", r.count, r.first_at)
+            } else {
+                r.count.to_string()
+            },
+            if r.accepted { "accepted".into() } else { format!("REFUSED: {}", r.reason) },
+        ]);
+    }
+    t
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_hostile_refusal_cannot_forge_audit_lines() {
+        let hostile = "\n\x1b]0;pwned\x07\x1b[1A";
+        let row = |seq: u64, accepted: bool| AuditRow {
+            seq,
+            at: 1_700_000_000,
+            index: 7,
+            actor: format!("anonymous@{hostile}"),
+            action: "export".into(),
+            target: format!("{hostile}/cart"),
+            accepted,
+            reason: format!("namespace {hostile:?} is not a DNS label {hostile}"),
+            count: seq,
+            first_at: 1_699_999_999,
+        };
+        let rendered = audit_table(&[row(1, false), row(2, true)]).to_string();
+        // Top border, header, separator, two rows, bottom border: the table's own line
+        // feeds are the only control characters.
+        assert_eq!(rendered.lines().count(), 6, "{rendered}");
+        assert!(!rendered.contains(|c: char| c.is_control() && c != '\n'), "{rendered:?}");
+        assert!(rendered.contains(r"REFUSED: namespace"), "{rendered}");
+        assert!(rendered.contains(r"\n\x1b]0;pwned\x07\x1b[1A/cart"), "{rendered}");
+        let clusters = cluster_table(&[ClusterView::from(pb::Cluster {
+            name: format!("a{hostile}"),
+            trust_domain: hostile.into(),
+            status: hostile.into(),
+            ..Default::default()
+        })])
+        .to_string();
+        assert_eq!(clusters.lines().count(), 5, "{clusters}");
+        assert!(!clusters.contains(|c: char| c.is_control() && c != '\n'), "{clusters:?}");
+    }
 
     #[test]
     fn durations_parse_with_units() {
