@@ -221,6 +221,20 @@ pub async fn channel_as(
     federation_ca_pem: &str,
     svid: Option<&IssuedCertificate>,
 ) -> anyhow::Result<Channel> {
+    channel_from(api_addr, federation_ca_pem, svid, None).await
+}
+
+/// Like [`channel_as`], with connections made from the local address `source` (e.g.
+/// another loopback address, 127.0.0.2, to act as a second network client).
+///
+/// # Errors
+/// The connection failed.
+pub async fn channel_from(
+    api_addr: &str,
+    federation_ca_pem: &str,
+    svid: Option<&IssuedCertificate>,
+    source: Option<std::net::IpAddr>,
+) -> anyhow::Result<Channel> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(federation_ca_pem.as_bytes()) {
@@ -240,13 +254,39 @@ pub async fn channel_as(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let channel = Endpoint::from_shared(format!("https://{api_addr}"))?
+    let endpoint = Endpoint::from_shared(format!("https://{api_addr}"))?
         .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(30))
-        .connect_with_connector(federator_raft::tls::connector(Arc::new(config)))
-        .await
-        .with_context(|| format!("connect to {api_addr}"))?;
-    Ok(channel)
+        .timeout(Duration::from_secs(30));
+    let channel = match source {
+        None => {
+            endpoint.connect_with_connector(federator_raft::tls::connector(Arc::new(config))).await
+        }
+        Some(source) => {
+            let config = Arc::new(config);
+            let connector = tower::service_fn(move |uri: http::Uri| {
+                let config = Arc::clone(&config);
+                async move {
+                    let host = uri.host().unwrap_or_default().trim_matches(['[', ']']).to_string();
+                    let port = uri.port_u16().unwrap_or(443);
+                    let target: std::net::SocketAddr = format!("{host}:{port}")
+                        .parse()
+                        .map_err(|e| std::io::Error::other(format!("{host}:{port}: {e}")))?;
+                    let socket = match source {
+                        std::net::IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        std::net::IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.bind(std::net::SocketAddr::new(source, 0))?;
+                    let tcp = socket.connect(target).await?;
+                    let name = rustls_pki_types::ServerName::try_from(host)
+                        .map_err(std::io::Error::other)?;
+                    let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+                }
+            });
+            endpoint.connect_with_connector(connector).await
+        }
+    };
+    channel.with_context(|| format!("connect to {api_addr}"))
 }
 
 /// A `JoinRequest` for `token` with `bundle_json`.

@@ -81,6 +81,18 @@ pub struct ServerFile {
     /// SPIFFE bundle endpoint.
     #[serde(default)]
     pub bundle_endpoint: BundleEndpointFile,
+    /// Bounds on what callers may hold.
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// `[limits]` section: bounds on what one caller may hold on a replica.
+#[derive(Clone, Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Watch streams one member may hold open on one replica (default 8; an agent holds
+    /// one).
+    pub max_watches_per_member: Option<usize>,
 }
 
 /// `[bundle_endpoint]` section: the SPIFFE bundle endpoint, under either profile.
@@ -232,6 +244,8 @@ pub struct ServerConfig {
     pub max_lag_entries: u64,
     /// SPIFFE bundle endpoints.
     pub bundle_endpoint: BundleEndpointConfig,
+    /// Watch streams one member may hold open on this replica.
+    pub max_watches_per_member: usize,
 }
 
 // === impl ServerConfig ===
@@ -393,6 +407,13 @@ impl ServerConfig {
                 }
             }
         }
+        let max_watches_per_member = file
+            .limits
+            .max_watches_per_member
+            .unwrap_or(crate::server::DEFAULT_MAX_WATCHES_PER_MEMBER);
+        if max_watches_per_member == 0 {
+            return Err(invalid("limits.max_watches_per_member", "0", "must be positive"));
+        }
         let snapshot_after_entries = raft.snapshot_after_entries.unwrap_or(20_000);
         if snapshot_after_entries == 0 {
             return Err(invalid("raft.snapshot_after_entries", "0", "must be positive"));
@@ -416,6 +437,7 @@ impl ServerConfig {
             dial: raft.dial,
             max_lag_entries: file.health.max_lag_entries.unwrap_or(1_000),
             bundle_endpoint,
+            max_watches_per_member,
         })
     }
 }

@@ -98,6 +98,14 @@ pub fn validate_trust_domain(name: &str) -> Result<(), IdentityError> {
     if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b)) {
         return fail("may only hold the characters a-z 0-9 . _ -");
     }
+    // `.`, `..`, `a..b` and `a.` name no domain (and `.`/`..` would be paths where a sink
+    // writes a file per trust domain).
+    if name.split('.').any(str::is_empty) {
+        return fail("must not have an empty label (a leading, trailing or doubled '.')");
+    }
+    if name.starts_with('-') {
+        return fail("must not start with '-'");
+    }
     Ok(())
 }
 
@@ -119,7 +127,21 @@ mod tests {
     #[test]
     fn trust_domain_rules() {
         assert!(validate_trust_domain("cluster-a.example_1").is_ok());
-        for bad in ["", "Upper.example", "a%2eb", "a/b", "a b", "ü.example"] {
+        for bad in [
+            "",
+            "Upper.example",
+            "a%2eb",
+            "a/b",
+            "a b",
+            "ü.example",
+            ".",
+            "..",
+            "a..b",
+            ".a",
+            "a.",
+            "-",
+            "-a.example",
+        ] {
             assert!(validate_trust_domain(bad).is_err(), "{bad:?} must be refused");
         }
         assert!(validate_trust_domain(&"a".repeat(256)).is_err());
@@ -132,8 +154,16 @@ mod tests {
         }
 
         #[test]
-        fn valid_alphabet_is_accepted(name in "[a-z0-9._-]{1,255}") {
+        fn valid_alphabet_is_accepted(name in "[a-z0-9_][a-z0-9_-]{0,60}(\\.[a-z0-9_-]{1,60}){0,3}") {
             prop_assert!(validate_trust_domain(&name).is_ok());
+        }
+
+        /// Exactly the names whose labels are all non-empty, that do not start with '-',
+        /// are accepted among names of the alphabet.
+        #[test]
+        fn names_with_an_empty_label_are_refused(name in "[a-z._-]{1,20}") {
+            let expected = !name.split('.').any(str::is_empty) && !name.starts_with('-');
+            prop_assert_eq!(validate_trust_domain(&name).is_ok(), expected);
         }
     }
 }

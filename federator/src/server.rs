@@ -2,12 +2,14 @@
 //! (admin and health, over mTLS and the local admin socket), and Prometheus metrics.
 
 mod admin;
+mod attempts;
 mod bundle_endpoint;
 mod federation;
 mod federation_metrics;
 mod health;
 mod leases;
 pub(crate) mod metrics_http;
+mod refusals;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -22,13 +24,18 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 pub use admin::AdminService;
-pub use federation::{FederationService, unix_now};
+pub use federation::{DEFAULT_MAX_WATCHES_PER_MEMBER, FederationService, unix_now};
 pub use federation_metrics::FederationMetrics;
 pub use leases::{EXPIRY_CHECK, LeaderRequest, LeaderResponse, Lessor};
+pub use refusals::RefusalRecorder;
 
 use crate::config::ServerConfig;
 use crate::identity::{self, peer_spiffe_id};
 use crate::state::{Command, FederationState};
+
+/// Connections one source address may hold open on the API port (agents hold one or
+/// two each; a NAT may front a thousand of them).
+const API_MAX_CONNECTIONS_PER_SOURCE: usize = 2_048;
 
 /// How often certificate files are checked for changes.
 const CERTIFICATE_CHECK_PERIOD: Duration = Duration::from_secs(5);
@@ -128,9 +135,23 @@ pub async fn run(
         replica.initialize(Default::default()).await?;
     }
 
+    // Refusals decided before the log reach the audit trail in one entry a second.
+    let refusals = Arc::new(RefusalRecorder::default());
+    registry.register(
+        "federator_refusals",
+        "Calls refused before the log (counted for the audit trail, reported coalesced)",
+        refusals.refusals.clone(),
+    );
+    tokio::spawn(Arc::clone(&refusals).run(replica.clone(), stopped(stop_rx.clone())));
     let ca_roots: Vec<Vec<u8>> = material.ca.iter().map(|c| c.as_ref().to_vec()).collect();
-    let admin = AdminService::new(replica.clone(), &config, ca_roots, started);
-    let federation = FederationService::new(replica.clone(), federation_metrics.clone());
+    let admin =
+        AdminService::new(replica.clone(), &config, ca_roots, started, Arc::clone(&refusals));
+    let federation = FederationService::new(
+        replica.clone(),
+        federation_metrics.clone(),
+        Arc::clone(&refusals),
+        config.max_watches_per_member,
+    );
     tokio::spawn(federation_metrics.refresh(replica.clone(), stopped(stop_rx.clone())));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
@@ -143,15 +164,29 @@ pub async fn run(
     tokio::spawn(register_api_address(replica.clone(), config.clone(), stopped(stop_rx.clone())));
 
     let api_listener = bind("listen.api", config.listen_api).await?;
+    let api_incoming = federator_raft::tls::IncomingMetrics::default();
+    api_incoming.register(registry.sub_registry_with_prefix("federator_api"));
     // Agents present SVIDs of their own trust domains: the handshake proves possession
     // of the key, and each request verifies the chain against the right bundle.
     let api_tls = material.server_config_deferring_client_trust()?;
     let api = {
         let router = tonic::transport::Server::builder()
             .add_service(health_service.clone())
-            .add_service(AdminServer::new(admin.clone()).max_decoding_message_size(16 << 20))
+            // The caller is checked before the body is decoded.
+            .add_service(tonic::service::interceptor::InterceptedService::new(
+                AdminServer::new(admin.clone()).max_decoding_message_size(16 << 20),
+                {
+                    let admin = admin.clone();
+                    move |request| admin.intercept(request)
+                },
+            ))
             .add_service(FederationServer::new(federation).max_decoding_message_size(4 << 20));
-        let incoming = federator_raft::tls::incoming(api_listener, api_tls);
+        // Pending handshakes are bounded per source (the oldest evicted at the global
+        // cap); established connections per source too, generously: one address may be a
+        // NAT in front of a thousand agents.
+        let incoming = federator_raft::tls::incoming(api_listener, api_tls)
+            .with_metrics(api_incoming)
+            .with_max_connections_per_source(API_MAX_CONNECTIONS_PER_SOURCE);
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop).await })
     };

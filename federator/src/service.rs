@@ -420,6 +420,9 @@ pub fn validate_label(field: &str, value: &str) -> Result<(), ExportError> {
         && !value.ends_with('-');
     if ok {
         Ok(())
+    } else if value.len() > 63 {
+        // Not echoed: an error must not carry a caller's megabyte back (or into a log).
+        Err(invalid(field, format!("is {} bytes long; a DNS label has at most 63", value.len())))
     } else {
         Err(invalid(
             field,

@@ -6,6 +6,7 @@
 //! identical on every replica at the same applied index.
 
 mod audit;
+mod check;
 mod command;
 mod events;
 mod ordered_map;
@@ -19,7 +20,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-pub use audit::{AUDIT_CAPACITY, AuditEvent, AuditTrail};
+pub use audit::{
+    AUDIT_CAPACITY, AuditEvent, AuditTrail, MAX_AUDIT_FIELD, REFUSAL_CAPACITY, Refusal,
+    RefusalReport, cap_field,
+};
+pub use check::Checked;
 pub use command::{
     Applied, Command, CommandError, CommandResult, decode_result as command_result,
     validate_probe_key,
@@ -29,9 +34,17 @@ pub use restore::{MAX_RESTORE_BYTES, MAX_RESTORE_CHUNK, RestoreSummary, StagedRe
 pub use services::{ExportRecord, Lease, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, ServiceRecord};
 pub use trust::{BundleAck, Member, StoredBundle, TokenRecord};
 
-/// Format version of the snapshot encoding; bumped on incompatible changes. Format 3 is
-/// format 2's encoding followed by the staged restore; format 2 is still read.
-const SNAPSHOT_FORMAT: u8 = 3;
+/// Format version of the snapshot encoding; bumped on incompatible changes. Format 4 is
+/// format 3's encoding followed by the audit trail's refusals (kept apart from accepted
+/// changes); format 3 is format 2's encoding followed by the staged restore. Formats 2
+/// and 3 are still read.
+const SNAPSHOT_FORMAT: u8 = 4;
+
+/// The snapshot format before refusals were kept apart from accepted changes.
+const SNAPSHOT_FORMAT_3: u8 = 3;
+
+/// Most refusal records one `Command::RecordRefusals` may carry.
+pub const MAX_REFUSAL_REPORTS: usize = 256;
 
 /// The snapshot format before the staged restore was added.
 const SNAPSHOT_FORMAT_2: u8 = 2;
@@ -177,6 +190,18 @@ impl FederationState {
                 self.audit.record(AuditEvent::new(now, index, actor, action, target, Some(reason)));
                 Ok(Applied::Done)
             }
+            Command::RecordRefusals { refusals } => {
+                if refusals.len() > MAX_REFUSAL_REPORTS {
+                    return Err(CommandError::invalid(
+                        "refusals",
+                        &format!("at most {MAX_REFUSAL_REPORTS} in one report"),
+                    ));
+                }
+                for report in refusals {
+                    self.audit.record_refusal(report, index);
+                }
+                Ok(Applied::Done)
+            }
             Command::RestoreBegin { id, size, sha256 } => {
                 self.apply_restore_begin(index, id, size, sha256)
             }
@@ -201,7 +226,41 @@ impl FederationState {
         // format byte alone, which no replica decodes.
         postcard::to_extend(self, vec![SNAPSHOT_FORMAT])
             .and_then(|out| postcard::to_extend(&staged, out))
+            .and_then(|out| postcard::to_extend(self.audit.refusals(), out))
             .unwrap_or_else(|_| vec![SNAPSHOT_FORMAT])
+    }
+
+    /// Decodes a snapshot of any format this build reads.
+    fn decode(snapshot: &[u8]) -> Result<Self, String> {
+        let undecodable = |e: postcard::Error| format!("federation snapshot does not decode: {e}");
+        let mut state = match snapshot.split_first() {
+            None => return Ok(Self::default()),
+            Some((&SNAPSHOT_FORMAT, body)) => {
+                let (mut state, rest): (Self, _) =
+                    postcard::take_from_bytes(body).map_err(undecodable)?;
+                let (staged, rest) = postcard::take_from_bytes(rest).map_err(undecodable)?;
+                state.restore = staged;
+                state.audit.set_refusals(postcard::from_bytes(rest).map_err(undecodable)?);
+                return Ok(state);
+            }
+            Some((&SNAPSHOT_FORMAT_3, body)) => {
+                let (mut state, staged): (Self, _) =
+                    postcard::take_from_bytes(body).map_err(undecodable)?;
+                state.restore = postcard::from_bytes(staged).map_err(undecodable)?;
+                state
+            }
+            Some((&SNAPSHOT_FORMAT_2, body)) => {
+                postcard::from_bytes::<Self>(body).map_err(undecodable)?
+            }
+            Some((version, _)) => {
+                return Err(format!(
+                    "federation snapshot has format {version}, this build reads formats \
+                     {SNAPSHOT_FORMAT_2} to {SNAPSHOT_FORMAT}"
+                ));
+            }
+        };
+        state.audit.separate_refusals();
+        Ok(state)
     }
 }
 
@@ -223,29 +282,8 @@ impl federator_raft::StateMachine for FederationState {
     }
 
     fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        match snapshot.split_first() {
-            None => {
-                *self = Self::default();
-                Ok(())
-            }
-            Some((&SNAPSHOT_FORMAT, body)) => {
-                let undecodable =
-                    |e: postcard::Error| format!("federation snapshot does not decode: {e}");
-                let (mut state, staged): (Self, _) =
-                    postcard::take_from_bytes(body).map_err(undecodable)?;
-                state.restore = postcard::from_bytes(staged).map_err(undecodable)?;
-                *self = state;
-                Ok(())
-            }
-            Some((&SNAPSHOT_FORMAT_2, body)) => {
-                *self = postcard::from_bytes(body)
-                    .map_err(|e| format!("federation snapshot does not decode: {e}"))?;
-                Ok(())
-            }
-            Some((version, _)) => Err(format!(
-                "federation snapshot has format {version}, this build reads format {SNAPSHOT_FORMAT}"
-            )),
-        }
+        *self = Self::decode(snapshot)?;
+        Ok(())
     }
 }
 

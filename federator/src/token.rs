@@ -719,7 +719,7 @@ mod tests {
         fn valid_tokens_round_trip(
             secret in any::<[u8; 32]>(),
             cluster in "[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?",
-            trust_domain in "[a-z0-9._-]{1,60}",
+            trust_domain in "[a-z0-9_][a-z0-9_-]{0,12}(\\.[a-z0-9_-]{1,12}){0,3}",
             hosts in prop::collection::hash_set("[a-z]([a-z0-9-]{0,20}[a-z0-9])?(\\.[a-z]{1,8}){0,3}", 1..5),
             port in 1_u16..,
             expires_at in 1_i64..,

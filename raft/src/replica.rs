@@ -362,13 +362,17 @@ impl<S: StateMachine> Replica<S> {
         std::fs::create_dir_all(&config.data_dir).map_err(|e| {
             ReplicaError::Storage(format!("create {}: {e}", config.data_dir.display()))
         })?;
-        let db = open_database(&config.data_dir.join("raft.redb"))
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        // The log and snapshots are the whole replicated state: only the owner reads them.
+        restrict(&config.data_dir, 0o700)?;
+        let db_path = config.data_dir.join("raft.redb");
+        let db = open_database(&db_path).map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        restrict(&db_path, 0o600)?;
         let log = LogStore::new(db.clone(), metrics.clone())
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
         let snapshots = config.data_dir.join("snapshots");
         let state = StateMachineStore::open(db, &snapshots, state_machine, metrics.clone())
             .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        restrict(&snapshots, 0o700)?;
         let network = Network::new(client_tls, config.transport.clone(), metrics.clone());
         let raft = Raft::new(config.id, raft_config, network.clone(), log, state.clone())
             .await
@@ -949,6 +953,14 @@ impl<S: StateMachine> Replica<S> {
             }
         });
     }
+}
+
+/// Sets `path`'s permission bits to `mode`.
+fn restrict(path: &std::path::Path, mode: u32) -> Result<(), ReplicaError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+        ReplicaError::Storage(format!("restrict {} to mode {mode:o}: {e}", path.display()))
+    })
 }
 
 #[cfg(test)]

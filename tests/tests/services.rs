@@ -156,11 +156,15 @@ async fn exports_merge_into_imports_with_scopes_and_conflicts() -> anyhow::Resul
     bad.endpoints[0].zone = String::new();
     let err = export(&mut ca, bad).await.expect_err("bad address");
     assert!(err.message().contains("endpoints[0].address"), "{}", err.message());
-    let refusals = fed.audit()?;
-    assert!(
-        refusals.iter().any(|e| e["action"] == "export_service" && e["accepted"] == false),
-        "{refusals:?}"
-    );
+    // Refused before the log: reported to the audit trail within a second or so.
+    eventually("the refused exports in the audit trail", Duration::from_secs(15), || async {
+        let audit = fed.audit().ok()?;
+        audit
+            .iter()
+            .any(|e| e["action"] == "export_service" && e["accepted"] == false)
+            .then_some(())
+    })
+    .await?;
     assert_eq!(view_b.endpoints("shop/cart"), (4, 4));
 
     // Unexport: A's endpoints leave B's import; when C leaves too, the import goes.

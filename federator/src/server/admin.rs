@@ -35,6 +35,10 @@ pub struct AdminService {
     api_addr: String,
     data_dir: String,
     started: Instant,
+    /// The federation's own trust domain: no member may hold it.
+    trust_domain: String,
+    /// Refusals on their way to the audit trail.
+    refusals: std::sync::Arc<super::RefusalRecorder>,
 }
 
 impl AdminService {
@@ -45,8 +49,11 @@ impl AdminService {
         config: &ServerConfig,
         ca_roots: Vec<Vec<u8>>,
         started: Instant,
+        refusals: std::sync::Arc<super::RefusalRecorder>,
     ) -> Self {
         Self {
+            trust_domain: config.trust_domain.clone(),
+            refusals,
             ca_roots: std::sync::Arc::new(ca_roots),
             verified: std::sync::Arc::default(),
             replica,
@@ -68,10 +75,20 @@ impl AdminService {
             return Ok(());
         }
         let chain = federator_raft::tls::peer_chain(request);
+        let anonymous = || {
+            super::refusals::anonymous(
+                federator_raft::tls::connect_info(request).and_then(|info| info.remote_addr),
+            )
+        };
+        // Checked before the body is decoded (see `intercept`): which call it was is not
+        // known yet.
+        let action = "admin_api";
         if chain.is_empty() {
-            return Err(Status::unauthenticated(
+            let status = Status::unauthenticated(
                 "admin API: a client certificate with the admin SPIFFE ID is required",
-            ));
+            );
+            self.refusals.record(&anonymous(), action, "", status.message());
+            return Err(status);
         }
         let fingerprint: [u8; 32] = {
             use sha2::Digest as _;
@@ -92,9 +109,11 @@ impl AdminService {
         }
         let roots: Vec<&[u8]> = self.ca_roots.iter().map(Vec::as_slice).collect();
         let id = verify_client_svid(chain, &roots, super::federation::unix_now()).map_err(|e| {
-            Status::permission_denied(format!(
+            let status = Status::permission_denied(format!(
                 "admin API: the client certificate is not the federation's: {e}"
-            ))
+            ));
+            self.refusals.record(&anonymous(), action, "", status.message());
+            status
         })?;
         if id.to_string() == self.admin_id {
             if let Ok(mut verified) = self.verified.lock() {
@@ -105,11 +124,24 @@ impl AdminService {
             }
             Ok(())
         } else {
-            Err(Status::permission_denied(format!(
+            let status = Status::permission_denied(format!(
                 "admin API: caller {id} is not the admin identity {}",
                 self.admin_id
-            )))
+            ));
+            // Verified against the federation CA: a replica's identity, for instance.
+            self.refusals.record(&id.to_string(), action, "", status.message());
+            Err(status)
         }
+    }
+
+    /// Checks the caller before the request body is decoded (a tonic interceptor): an
+    /// unverified caller costs no decoding of a message of up to the admin API's limit.
+    ///
+    /// # Errors
+    /// The caller is not the admin identity (and not on the admin socket).
+    pub fn intercept(&self, request: Request<()>) -> Result<Request<()>, Status> {
+        self.authorize(&request)?;
+        Ok(request)
     }
 
     fn status(&self) -> pb::ReplicaStatus {
@@ -407,6 +439,13 @@ impl Admin for AdminService {
             .map_err(|e| Status::invalid_argument(format!("cluster: {e}")))?;
         crate::identity::validate_trust_domain(&r.trust_domain)
             .map_err(|e| Status::invalid_argument(format!("trust_domain: {e}")))?;
+        if r.trust_domain == self.trust_domain {
+            return Err(Status::invalid_argument(format!(
+                "trust_domain: {} is the federation's own trust domain (its replicas and \
+                 administrators); give the cluster its own",
+                r.trust_domain
+            )));
+        }
         let ttl = if r.ttl_seconds == 0 { 3600 } else { r.ttl_seconds };
         if ttl > MAX_TOKEN_TTL_SECS {
             return Err(Status::invalid_argument(format!(
@@ -418,7 +457,7 @@ impl Admin for AdminService {
             let m = self.replica.metrics().borrow().membership_config.clone();
             m.membership().nodes().map(|(id, _)| *id).collect()
         };
-        let (endpoints, member) = self.replica.state().read(|s| {
+        let (endpoints, member, holder) = self.replica.state().read(|s| {
             (
                 s.replicas
                     .iter()
@@ -426,12 +465,22 @@ impl Admin for AdminService {
                     .map(|(_, r)| r.api_addr.clone())
                     .collect::<Vec<_>>(),
                 s.members.contains_key(&r.cluster),
+                s.member_by_trust_domain(&r.trust_domain).map(|m| m.cluster.clone()),
             )
         });
         if member {
             return Err(Status::already_exists(format!(
                 "cluster {} is already a member; remove it first",
                 r.cluster
+            )));
+        }
+        if let Some(holder) = holder
+            && holder != r.cluster
+        {
+            return Err(Status::already_exists(format!(
+                "trust_domain: {} is held by cluster {holder}; a trust domain belongs to one \
+                 member",
+                r.trust_domain
             )));
         }
         let ca_pem = std::fs::read_to_string(&self.federation_ca).map_err(|e| {
@@ -569,16 +618,28 @@ impl Admin for AdminService {
         request: Request<pb::ListAuditRequest>,
     ) -> Result<Response<pb::ListAuditResponse>, Status> {
         self.authorize(&request)?;
-        let limit = match request.into_inner().limit {
+        let r = request.into_inner();
+        let limit = match r.limit {
             0 => 100,
             n => usize::try_from(n).unwrap_or(usize::MAX),
         };
-        let (events, _) = self
+        let filter = pb::AuditFilter::try_from(r.filter).unwrap_or(pb::AuditFilter::All);
+        let ((accepted, refused), _) = self
             .replica
-            .read(Consistency::Linearizable, |s| s.audit.newest(limit))
+            .read(Consistency::Linearizable, |s| {
+                let accepted = match filter {
+                    pb::AuditFilter::Refused => Vec::new(),
+                    _ => s.audit.newest(limit),
+                };
+                let refused = match filter {
+                    pb::AuditFilter::Accepted => Vec::new(),
+                    _ => s.audit.newest_refusals(limit),
+                };
+                (accepted, refused)
+            })
             .await
             .map_err(replica_status)?;
-        let events = events
+        let mut events: Vec<pb::AuditEvent> = accepted
             .into_iter()
             .map(|e| pb::AuditEvent {
                 seq: e.seq,
@@ -589,8 +650,25 @@ impl Admin for AdminService {
                 target: e.target,
                 accepted: e.refused.is_none(),
                 reason: e.refused.unwrap_or_default(),
+                count: 1,
+                first_at: e.at,
             })
+            .chain(refused.into_iter().map(|r| pb::AuditEvent {
+                seq: r.seq,
+                at: r.last_at,
+                index: r.index,
+                actor: r.actor,
+                action: r.action,
+                target: r.target,
+                accepted: false,
+                reason: r.reason,
+                count: r.count,
+                first_at: r.first_at,
+            }))
             .collect();
+        events.sort_by_key(|e| e.seq);
+        let skip = events.len().saturating_sub(limit);
+        events.drain(..skip);
         Ok(Response::new(pb::ListAuditResponse { events }))
     }
 

@@ -148,8 +148,8 @@ pub enum Command {
         /// Proposal time.
         now: i64,
     },
-    /// A refusal decided before the log (authentication, authorization), recorded in the
-    /// audit trail.
+    /// A refusal decided before the log, recorded in the audit trail. Written by builds
+    /// before `RecordRefusals`; still applied.
     RecordRefusal {
         /// Who tried.
         actor: String,
@@ -200,6 +200,13 @@ pub enum Command {
         reason: String,
         /// Proposal time.
         now: i64,
+    },
+    /// Refusals a replica decided before the log (authentication, authorization,
+    /// validation), counted and coalesced there and reported in one entry at most once a
+    /// second, so that refused calls do not cost a log entry each.
+    RecordRefusals {
+        /// At most `MAX_REFUSAL_REPORTS` records, each with its count.
+        refusals: Vec<super::RefusalReport>,
     },
 }
 
@@ -382,6 +389,7 @@ mod tests {
             Command::RestoreBegin { id: 7, size: 10, sha256: "0".repeat(64) },
             Command::RestoreChunk { id: 7, offset: 0, data: vec![0; 10] },
             Command::RestoreAbort { id: 7, reason: "cancelled".into(), now: 1 },
+            Command::RecordRefusals { refusals: Vec::new() },
         ];
         for command in commands {
             assert!(Command::is_cheap_to_apply(&command.encode()), "{command:?}");

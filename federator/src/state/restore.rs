@@ -271,11 +271,9 @@ impl FederationState {
             replaced_members: self.members.len() as u64,
         };
         let mut audit = std::mem::take(&mut restored.audit);
-        for event in self.audit.newest(usize::MAX) {
-            // The running group's own trail (its replica registrations, refusals) goes on
-            // after the restored one.
-            audit.record(AuditEvent { seq: 0, ..event });
-        }
+        // The running group's own trail (its replica registrations, refusals) goes on
+        // after the restored one.
+        audit.append(&self.audit);
         *self = Self {
             replicas,
             audit,
@@ -359,7 +357,7 @@ mod tests {
         let abort = Command::RestoreAbort { id: 5, reason: "the upload stopped".into(), now: 1 };
         apply(&mut state, 4, abort).expect("abort");
         assert!(state.restore.is_none(), "the staged bytes are dropped");
-        let newest = &state.audit.newest(1)[0];
+        let newest = &state.audit.newest_refusals(1)[0];
         assert_eq!(newest.action, "restore");
         assert!(format!("{newest:?}").contains("cancelled before its commit: the upload stopped"));
         // Its late chunks and commit find nothing staged.

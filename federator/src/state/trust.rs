@@ -92,6 +92,15 @@ impl FederationState {
         if expires_at <= now {
             return Err(CommandError::invalid("ttl", "must be positive"));
         }
+        if let Some(other) = self.member_by_trust_domain(&trust_domain)
+            && other.cluster != cluster
+        {
+            return Err(CommandError::AlreadyExists(format!(
+                "trust domain {trust_domain} is held by cluster {}; a trust domain belongs to one \
+                 member",
+                other.cluster
+            )));
+        }
         if self.tokens.contains_key(&secret_hash) {
             return Err(CommandError::AlreadyExists("a token with this secret exists".into()));
         }
@@ -156,7 +165,7 @@ impl FederationState {
         Ok(Applied::Bundle { sequence, revision })
     }
 
-    fn try_join(
+    pub(super) fn try_join(
         &self,
         secret_hash: &str,
         cluster: &str,
@@ -256,7 +265,7 @@ impl FederationState {
         Ok(Applied::Bundle { sequence, revision })
     }
 
-    fn try_publish(
+    pub(super) fn try_publish(
         &self,
         cluster: &str,
         td: Option<&str>,
@@ -341,19 +350,20 @@ impl FederationState {
         Ok(Applied::Revision { revision })
     }
 
-    pub(super) fn apply_ack(
-        &mut self,
+    /// Whether `cluster` may acknowledge `sequence` of `td`'s bundle; `Ok(true)` when
+    /// that is already its stored acknowledgement (nothing to write).
+    pub(super) fn check_ack(
+        &self,
         cluster: &str,
         td: &str,
         sequence: u64,
-        now: i64,
-    ) -> CommandResult {
+    ) -> Result<bool, CommandError> {
         if !self.members.contains_key(cluster) {
             return Err(CommandError::PermissionDenied(format!("{cluster} is not a member")));
         }
         let stored = self
             .bundles
-            .get_mut(td)
+            .get(td)
             .ok_or_else(|| CommandError::NotFound(format!("bundle of {td}")))?;
         if sequence > stored.bundle.sequence {
             return Err(CommandError::invalid(
@@ -361,6 +371,20 @@ impl FederationState {
                 &format!("{sequence} is newer than the stored sequence {}", stored.bundle.sequence),
             ));
         }
+        Ok(stored.acks.get(cluster).is_some_and(|ack| ack.sequence >= sequence))
+    }
+
+    pub(super) fn apply_ack(
+        &mut self,
+        cluster: &str,
+        td: &str,
+        sequence: u64,
+        now: i64,
+    ) -> CommandResult {
+        self.check_ack(cluster, td, sequence)?;
+        let Some(stored) = self.bundles.get_mut(td) else {
+            return Err(CommandError::NotFound(format!("bundle of {td}")));
+        };
         let ack =
             stored.acks.entry(cluster.to_string()).or_insert(BundleAck { sequence: 0, at: now });
         // Acknowledgements only move forward: a late, older ack must not hide a newer one.
@@ -403,7 +427,7 @@ mod tests {
         .expect_err("refused");
         assert!(err.to_string().contains("already in the bundle of trust domain b.test"), "{err}");
         assert_eq!(state.bundles, before.bundles, "nothing committed");
-        assert_eq!(state.audit.newest(1)[0].refused.as_deref(), Some(err.to_string().as_str()));
+        assert_eq!(state.audit.newest_refusals(1)[0].reason, err.to_string());
     }
 
     #[test]
