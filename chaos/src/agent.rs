@@ -58,7 +58,13 @@ impl AgentProcess {
     ) -> anyhow::Result<Self> {
         let dir = fed.dir().join(format!("agent-{}", member.name));
         std::fs::create_dir_all(&dir)?;
-        let token = fed.token(&member.name, &member.trust_domain, "1h")?;
+        // The region its exports claim is bound by the operator, with the token.
+        let token = match &options.locality {
+            Some((region, _)) if !region.is_empty() => {
+                fed.token_with(&member.name, &member.trust_domain, "1h", &["--region", region])?
+            }
+            _ => fed.token(&member.name, &member.trust_domain, "1h")?,
+        };
         std::fs::write(dir.join("join-token"), token)?;
         let xds_addr = options.xds.then(|| format!("127.0.0.1:{}", free_port()));
         let (region, zone) = options.locality.clone().unwrap_or_default();

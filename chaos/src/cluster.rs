@@ -504,21 +504,35 @@ impl Federation {
     /// # Errors
     /// The CLI failed.
     pub fn token(&self, cluster: &str, trust_domain: &str, ttl: &str) -> anyhow::Result<String> {
-        let out = self.cli_ok(
-            &[],
-            &[
-                "token",
-                "create",
-                "--cluster",
-                cluster,
-                "--trust-domain",
-                trust_domain,
-                "--ttl",
-                ttl,
-                "-o",
-                "json",
-            ],
-        )?;
+        self.token_with(cluster, trust_domain, ttl, &[])
+    }
+
+    /// Like [`Federation::token`], with more `token create` arguments (`--namespace`,
+    /// `--region`, `--zone`).
+    ///
+    /// # Errors
+    /// The CLI failed.
+    pub fn token_with(
+        &self,
+        cluster: &str,
+        trust_domain: &str,
+        ttl: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<String> {
+        let mut args = vec![
+            "token",
+            "create",
+            "--cluster",
+            cluster,
+            "--trust-domain",
+            trust_domain,
+            "--ttl",
+            ttl,
+            "-o",
+            "json",
+        ];
+        args.extend_from_slice(extra);
+        let out = self.cli_ok(&[], &args)?;
         let v: serde_json::Value = serde_json::from_str(&out)?;
         v["token"].as_str().map(str::to_string).context("token create printed no token")
     }
@@ -586,6 +600,12 @@ impl Federation {
             self.cli_ok(&[first], &["raft", "add-member", &id.to_string(), &addr])?;
         }
         self.wait_for_leader(ids, Duration::from_secs(30)).await?;
+        // The harness's members export into namespaces of their tests' choosing, at
+        // loopback addresses: a test of the secure defaults turns these back off.
+        self.cli_ok(
+            &[first],
+            &["settings", "--open-exports", "true", "--allow-loopback-endpoints", "true"],
+        )?;
         Ok(())
     }
 

@@ -142,7 +142,27 @@ impl MemberCluster {
         fed: &crate::cluster::Federation,
         via: u64,
     ) -> anyhow::Result<pb::JoinResponse> {
-        let token = fed.token(&self.name, &self.trust_domain, "1h")?;
+        // Its exports' endpoints claim region-1 (see `export`): the operator binds it.
+        let token =
+            fed.token_with(&self.name, &self.trust_domain, "1h", &["--region", "region-1"])?;
+        let bundle = self.next_bundle()?;
+        let mut client = self.client(&fed.replica(via).api_addr, &fed.ca_pem()).await?;
+        let request = join_request(&token, &self.trust_domain, bundle);
+        Ok(client.join(request).await.context("join")?.into_inner())
+    }
+
+    /// Joins `fed` through replica `via` with a token made with more `token create`
+    /// arguments (`--namespace`, `--region`, `--zone`), and the next bundle.
+    ///
+    /// # Errors
+    /// The token could not be made or the join was refused.
+    pub async fn join_with(
+        &mut self,
+        fed: &crate::cluster::Federation,
+        via: u64,
+        token_args: &[&str],
+    ) -> anyhow::Result<pb::JoinResponse> {
+        let token = fed.token_with(&self.name, &self.trust_domain, "1h", token_args)?;
         let bundle = self.next_bundle()?;
         let mut client = self.client(&fed.replica(via).api_addr, &fed.ca_pem()).await?;
         let request = join_request(&token, &self.trust_domain, bundle);

@@ -8,6 +8,7 @@ mod client;
 mod dev;
 mod logging;
 mod output;
+mod policy;
 mod probe;
 mod raft;
 mod server;
@@ -101,7 +102,8 @@ enum Commands {
     /// Create single-use join tokens for clusters.
     #[command(subcommand)]
     Token(trust::TokenCommand),
-    /// List, show and remove member clusters.
+    /// List, show and remove member clusters; grant them namespaces and bind their
+    /// locality.
     #[command(subcommand)]
     Cluster(trust::ClusterCommand),
     /// Show federated trust bundles and who has applied them.
@@ -147,6 +149,9 @@ enum Commands {
     Import(services::ImportCommand),
     /// The audit trail of accepted and refused federation writes.
     Audit(trust::AuditArgs),
+    /// Show or change federation-wide settings: whether any member may export into any
+    /// namespace (open exports) and whether loopback endpoints are accepted.
+    Settings(policy::SettingsArgs),
     /// Back up the federation's state to a file, check a backup, or restore one into a
     /// new group (save, status, restore).
     #[command(subcommand)]
@@ -197,6 +202,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Service(command) => services::run_service(command, &cli.connection, out).await,
         Commands::Import(command) => services::run_import(command, &cli.connection, out).await,
         Commands::Audit(args) => trust::run_audit(args, &cli.connection, out).await,
+        Commands::Settings(args) => policy::run_settings(args, &cli.connection, out).await,
         Commands::Snapshot(command) => snapshot::run(command, &cli.connection, out).await,
         Commands::Certs(command) => certs::run(command, out),
         Commands::Probe(command) => probe::run(command, &cli.connection, out).await,

@@ -398,6 +398,27 @@ impl ServiceExport {
         Ok(())
     }
 
+    /// Checks every endpoint and gateway address against the federation's address
+    /// policy: never unspecified, link-local (169.254.0.0/16 — cloud metadata services —
+    /// and fe80::/10), multicast or broadcast, also in their IPv4-mapped and NAT64 forms;
+    /// loopback only when `allow_loopback` (single-machine development and tests).
+    ///
+    /// # Errors
+    /// The first address the policy refuses, with its field.
+    pub fn check_addresses(&self, allow_loopback: bool) -> Result<(), ExportError> {
+        for (i, endpoint) in self.endpoints.iter().enumerate() {
+            check_address_policy(
+                &format!("endpoints[{i}].address"),
+                endpoint.address,
+                allow_loopback,
+            )?;
+        }
+        if let ExportMode::Gateway { address, .. } = &self.mode {
+            check_address_policy("mode.gateway.address", *address, allow_loopback)?;
+        }
+        Ok(())
+    }
+
     /// Whether an identity claim is the reason `validate` failed: such exports are a
     /// permission problem (a member claiming another domain's workloads), not a typo.
     #[must_use]
@@ -442,6 +463,73 @@ fn validate_address(field: &str, address: IpAddr) -> Result<(), ExportError> {
         && v4.is_broadcast()
     {
         return Err(invalid(field, format!("{address} is not a unicast address")));
+    }
+    Ok(())
+}
+
+/// Refuses addresses no member may publish (see [`ServiceExport::check_addresses`]).
+///
+/// # Errors
+/// Names the field, the address and why.
+pub fn check_address_policy(
+    field: &str,
+    address: IpAddr,
+    allow_loopback: bool,
+) -> Result<(), ExportError> {
+    // An IPv4-mapped (::ffff:a.b.c.d) or NAT64 (64:ff9b::a.b.c.d) form is judged as the
+    // IPv4 address it reaches.
+    let address = match address {
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            if let Some(v4) = v6.to_ipv4_mapped() {
+                IpAddr::V4(v4)
+            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+                let [.., a, b, c, d] = v6.octets();
+                IpAddr::V4(std::net::Ipv4Addr::new(a, b, c, d))
+            } else {
+                address
+            }
+        }
+        v4 @ IpAddr::V4(_) => v4,
+    };
+    let refused = |what: &str| {
+        Err(invalid(field, format!("{address} is {what}; members may not publish such addresses")))
+    };
+    match address {
+        IpAddr::V4(v4) => {
+            if v4.is_unspecified() || v4.octets()[0] == 0 {
+                return refused("in 0.0.0.0/8 (this network)");
+            }
+            if v4.is_link_local() {
+                return refused("link-local (169.254.0.0/16, where cloud metadata services live)");
+            }
+            if v4.is_multicast() || v4.is_broadcast() {
+                return refused("not a unicast address");
+            }
+            if v4.is_loopback() && !allow_loopback {
+                return refused(
+                    "a loopback address (the federation setting allow_loopback_endpoints \
+                     accepts them for single-machine development)",
+                );
+            }
+        }
+        IpAddr::V6(v6) => {
+            if v6.is_unspecified() {
+                return refused("unspecified");
+            }
+            if v6.is_unicast_link_local() {
+                return refused("link-local (fe80::/10)");
+            }
+            if v6.is_multicast() {
+                return refused("not a unicast address");
+            }
+            if v6.is_loopback() && !allow_loopback {
+                return refused(
+                    "a loopback address (the federation setting allow_loopback_endpoints \
+                     accepts them for single-machine development)",
+                );
+            }
+        }
     }
     Ok(())
 }
@@ -619,6 +707,21 @@ pub struct ExporterView<'a> {
     pub live: bool,
     /// Its export.
     pub export: &'a ServiceExport,
+    /// Where it runs, as the operator bound it (empty: not bound). Failover is ordered by
+    /// this, never by what the export claims: an endpoint's zone counts only within the
+    /// bound region.
+    pub locality: &'a Locality,
+}
+
+impl ExporterView<'_> {
+    /// The locality importers place an endpoint of this exporter in.
+    fn endpoint_locality(&self, zone: &str) -> (String, String) {
+        if self.locality.region.is_empty() {
+            return (String::new(), String::new());
+        }
+        let zone = if zone.is_empty() { &self.locality.zone } else { zone };
+        (self.locality.region.clone(), zone.to_string())
+    }
 }
 
 /// Builds the import `consumer` sees of one service from its exporters, oldest first.
@@ -646,22 +749,22 @@ pub fn build_import(
             ExportMode::Direct => export
                 .endpoints
                 .iter()
-                .map(|e| ImportEndpoint {
-                    address: e.address,
-                    ports: e.ports.clone(),
-                    zone: e.zone.clone(),
-                    region: e.region.clone(),
-                    weight: e.weight,
-                    ready: e.ready && exporter.live,
-                    priority: locality_priority(consumer_locality, &e.region, &e.zone),
+                .map(|e| {
+                    let (region, zone) = exporter.endpoint_locality(&e.zone);
+                    ImportEndpoint {
+                        address: e.address,
+                        ports: e.ports.clone(),
+                        priority: locality_priority(consumer_locality, &region, &zone),
+                        zone,
+                        region,
+                        weight: e.weight,
+                        ready: e.ready && exporter.live,
+                    }
                 })
                 .collect(),
             ExportMode::Gateway { address, port } => {
-                let (zone, region) = export
-                    .endpoints
-                    .first()
-                    .map(|e| (e.zone.clone(), e.region.clone()))
-                    .unwrap_or_default();
+                let (region, zone) = exporter
+                    .endpoint_locality(export.endpoints.first().map_or("", |e| e.zone.as_str()));
                 let ready_count = export.endpoints.iter().filter(|e| e.ready).count();
                 vec![ImportEndpoint {
                     address,

@@ -10,6 +10,7 @@ mod check;
 mod command;
 mod events;
 mod ordered_map;
+mod policy;
 mod restore;
 mod services;
 #[cfg(test)]
@@ -30,13 +31,14 @@ pub use command::{
     validate_probe_key,
 };
 pub use events::{Change, ChangeKind, ChangeLog, EVENT_WINDOW};
+pub use policy::{FederationSettings, MAX_GRANTED_NAMESPACES, MemberPolicy, PolicyUpdate};
 pub use restore::{MAX_RESTORE_BYTES, MAX_RESTORE_CHUNK, RestoreSummary, StagedRestore};
 pub use services::{ExportRecord, Lease, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, ServiceRecord};
 pub use trust::{BundleAck, Member, StoredBundle, TokenRecord};
 
 /// Format version of the snapshot encoding; bumped on incompatible changes. Format 4 is
 /// format 3's encoding followed by the audit trail's refusals (kept apart from accepted
-/// changes); format 3 is format 2's encoding followed by the staged restore. Formats 2
+/// changes), the members' policies and the federation's settings; format 3 is format 2's encoding followed by the staged restore. Formats 2
 /// and 3 are still read.
 const SNAPSHOT_FORMAT: u8 = 4;
 
@@ -105,6 +107,30 @@ pub struct FederationState {
     /// [`SNAPSHOT_FORMAT`]).
     #[serde(skip)]
     pub restore: Option<StagedRestore>,
+    /// What the operator allows each member, by cluster (encoded after the staged
+    /// restore, format 4).
+    #[serde(skip)]
+    pub policies: BTreeMap<String, MemberPolicy>,
+    /// Federation-wide settings (format 4).
+    #[serde(skip)]
+    pub settings: FederationSettings,
+}
+
+/// What format 4 encodes after the staged restore.
+#[derive(Serialize)]
+struct ExtensionsRef<'a> {
+    refusals: &'a std::collections::VecDeque<Refusal>,
+    policies: &'a BTreeMap<String, MemberPolicy>,
+    settings: &'a FederationSettings,
+}
+
+/// [`ExtensionsRef`] as decoded.
+#[derive(Deserialize)]
+struct Extensions {
+    refusals: std::collections::VecDeque<Refusal>,
+    #[serde(deserialize_with = "ordered_map::deserialize")]
+    policies: BTreeMap<String, MemberPolicy>,
+    settings: FederationSettings,
 }
 
 // === impl FederationState ===
@@ -202,6 +228,12 @@ impl FederationState {
                 }
                 Ok(Applied::Done)
             }
+            Command::UpdateMemberPolicy { cluster, update, now } => {
+                self.apply_policy_update(index, &cluster, update, now)
+            }
+            Command::UpdateSettings { open_exports, allow_loopback_endpoints, now } => {
+                self.apply_settings(index, open_exports, allow_loopback_endpoints, now)
+            }
             Command::RestoreBegin { id, size, sha256 } => {
                 self.apply_restore_begin(index, id, size, sha256)
             }
@@ -226,7 +258,14 @@ impl FederationState {
         // format byte alone, which no replica decodes.
         postcard::to_extend(self, vec![SNAPSHOT_FORMAT])
             .and_then(|out| postcard::to_extend(&staged, out))
-            .and_then(|out| postcard::to_extend(self.audit.refusals(), out))
+            .and_then(|out| {
+                let extensions = ExtensionsRef {
+                    refusals: self.audit.refusals(),
+                    policies: &self.policies,
+                    settings: &self.settings,
+                };
+                postcard::to_extend(&extensions, out)
+            })
             .unwrap_or_else(|_| vec![SNAPSHOT_FORMAT])
     }
 
@@ -240,7 +279,10 @@ impl FederationState {
                     postcard::take_from_bytes(body).map_err(undecodable)?;
                 let (staged, rest) = postcard::take_from_bytes(rest).map_err(undecodable)?;
                 state.restore = staged;
-                state.audit.set_refusals(postcard::from_bytes(rest).map_err(undecodable)?);
+                let extensions: Extensions = postcard::from_bytes(rest).map_err(undecodable)?;
+                state.audit.set_refusals(extensions.refusals);
+                state.policies = extensions.policies;
+                state.settings = extensions.settings;
                 return Ok(state);
             }
             Some((&SNAPSHOT_FORMAT_3, body)) => {
@@ -352,6 +394,51 @@ mod tests {
             legacy.extend(postcard::to_stdvec(&("k", old.value)).expect("encodes"));
             proptest::prop_assert_eq!(command.encode(), legacy);
         }
+    }
+
+    #[test]
+    fn a_format_3_snapshot_restores_with_its_refusals_apart_and_no_policies() {
+        let mut state = FederationState::default();
+        put(&mut state, 1, "k", b"v").expect("put");
+        let accepted = AuditEvent::new(1, 1, "admin", "create_token", "a", None);
+        let refused = AuditEvent::new(2, 2, "anonymous@10.0.0.9", "join", "a", Some("no".into()));
+        state.audit.record(accepted);
+        // A format 3 trail kept refusals among accepted events: encode one that way.
+        let mut legacy = state.clone();
+        legacy.audit = AuditTrail::default();
+        legacy.audit.record(AuditEvent::new(1, 1, "admin", "create_token", "a", None));
+        let mut bytes = vec![SNAPSHOT_FORMAT_3];
+        let mut encoded = postcard::to_stdvec(&legacy).expect("encodes");
+        // Format 3's trail: the refused event among the accepted ones (same field layout as
+        // `AuditTrail` without its refusal part), spliced in for the current trail's bytes.
+        #[derive(Serialize)]
+        struct LegacyTrail<'a> {
+            next_seq: u64,
+            events: Vec<&'a AuditEvent>,
+        }
+        let first =
+            AuditEvent { seq: 1, ..AuditEvent::new(1, 1, "admin", "create_token", "a", None) };
+        let second = AuditEvent { seq: 2, ..refused };
+        let trail =
+            postcard::to_stdvec(&LegacyTrail { next_seq: 2, events: vec![&first, &second] })
+                .expect("encodes");
+        let current = postcard::to_stdvec(&legacy.audit).expect("encodes");
+        let at = encoded
+            .windows(current.len())
+            .position(|w| w == current.as_slice())
+            .expect("the trail's bytes");
+        encoded.splice(at..at + current.len(), trail);
+        bytes.extend(encoded);
+        bytes.extend(postcard::to_stdvec(&Option::<StagedRestore>::None).expect("encodes"));
+        let mut restored = FederationState::default();
+        restored.restore(&bytes).expect("format 3 decodes");
+        assert_eq!(restored.probes, state.probes);
+        assert_eq!(restored.audit.newest(10).len(), 1, "accepted events stay");
+        let refusals = restored.audit.newest_refusals(10);
+        assert_eq!(refusals.len(), 1, "the refused event moved apart");
+        assert_eq!(refusals[0].actor, "anonymous@10.0.0.9");
+        assert!(restored.policies.is_empty());
+        assert_eq!(restored.settings, FederationSettings::default());
     }
 
     #[test]

@@ -281,3 +281,116 @@ async fn the_data_directory_is_private_to_its_owner() -> anyhow::Result<()> {
     assert_eq!(mode(&dir.join("snapshots"))?, 0o700);
     Ok(())
 }
+
+/// An export of `demo/echo` by `cluster` with one endpoint at `address`, claiming
+/// `region`/`zone` and a large weight.
+fn echo_export(
+    cluster: &MemberCluster,
+    address: &str,
+    region: &str,
+    zone: &str,
+) -> pb::ServiceExport {
+    let mut export = cluster.export("demo", "echo", 8080, &[address]);
+    for endpoint in &mut export.endpoints {
+        endpoint.region = region.into();
+        endpoint.zone = zone.into();
+        endpoint.weight = 1_000_000;
+    }
+    export
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_cannot_capture_another_clusters_service() -> anyhow::Result<()> {
+    let fed = Federation::formed(3, "").await?;
+    // The secure defaults (the harness loosens them for its other tests).
+    fed.cli_ok(
+        &[],
+        &["settings", "--open-exports", "false", "--allow-loopback-endpoints", "false"],
+    )?;
+    let ca = fed.ca_pem();
+    let mut a = MemberCluster::new("cluster-a", "a.example")?;
+    let mut b = MemberCluster::new("cluster-b", "b.example")?;
+    let mut c = MemberCluster::new("cluster-c", "c.example")?;
+    a.join_with(&fed, 1, &["--namespace", "demo", "--region", "region-1", "--zone", "zone-1"])
+        .await?;
+    b.join_with(&fed, 2, &["--namespace", "demo", "--region", "region-2"]).await?;
+    // The hostile member: an ordinary token, no namespace, bound elsewhere.
+    c.join_with(&fed, 3, &["--region", "region-3"]).await?;
+    let mut client_a = a.client(&fed.replica(1).api_addr, &ca).await?;
+    let mut client_b = b.client(&fed.replica(2).api_addr, &ca).await?;
+    let mut client_c = c.client(&fed.replica(3).api_addr, &ca).await?;
+    let export = |e| pb::ExportServiceRequest { export: Some(e) };
+    client_a.export_service(export(echo_export(&a, "10.1.0.1", "", ""))).await?;
+    client_b.export_service(export(echo_export(&b, "10.2.0.1", "region-2", "zone-9"))).await?;
+
+    // Not granted: refused, naming what the operator would do.
+    let err = client_c
+        .export_service(export(echo_export(&c, "10.3.0.1", "", "")))
+        .await
+        .expect_err("namespace not granted");
+    assert_eq!(err.code(), Code::PermissionDenied, "{err}");
+    assert!(err.message().contains("federator cluster grant cluster-c --namespace demo"), "{err}");
+
+    // Granted, it still cannot claim another locality nor publish metadata or loopback
+    // addresses.
+    fed.cli_ok(&[], &["cluster", "grant", "cluster-c", "--namespace", "demo"])?;
+    for (address, region, zone, says) in [
+        ("10.3.0.1", "region-1", "zone-1", "endpoints[0].region"),
+        ("169.254.169.254", "", "", "link-local"),
+        ("::ffff:169.254.169.254", "", "", "link-local"),
+        ("127.0.0.1", "", "", "loopback"),
+    ] {
+        let err = client_c
+            .export_service(export(echo_export(&c, address, region, zone)))
+            .await
+            .expect_err(address);
+        assert!(
+            matches!(err.code(), Code::PermissionDenied | Code::InvalidArgument),
+            "{address}: {err}"
+        );
+        assert!(err.message().contains(says), "{address}: {err}");
+    }
+    client_c.export_service(export(echo_export(&c, "10.3.0.1", "", ""))).await?;
+
+    // Cluster-a (region-1/zone-1) sees its own endpoint first, then b and c — ordered by
+    // their bound regions, whatever weight or zone they claim.
+    let import = fed.cli_json(&["import", "list", "--cluster", "cluster-a"])?;
+    let echo = &import["imports"][0];
+    let order: Vec<(&str, u64)> = echo["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|c| {
+            (
+                c["cluster"].as_str().unwrap_or_default(),
+                c["endpoints"][0]["priority"].as_u64().unwrap_or(99),
+            )
+        })
+        .collect();
+    assert_eq!(order[0], ("cluster-a", 0), "{import}");
+    assert!(order.contains(&("cluster-c", 2)), "{import}");
+    assert!(order.contains(&("cluster-b", 2)), "{import}");
+    let b_endpoint = &echo["clusters"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["cluster"] == "cluster-b"))
+        .expect("cluster-b")["endpoints"][0];
+    assert_eq!(
+        (b_endpoint["region"].as_str(), b_endpoint["zone"].as_str()),
+        (Some("region-2"), Some("zone-9"))
+    );
+
+    // Revoking the namespace withdraws the member's export at once.
+    fed.cli_ok(&[], &["cluster", "revoke", "cluster-c", "--namespace", "demo"])?;
+    let import = fed.cli_json(&["import", "list", "--cluster", "cluster-a"])?;
+    let exporters: Vec<&str> = import["imports"][0]["clusters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c["cluster"].as_str())
+        .collect();
+    assert_eq!(exporters, ["cluster-a", "cluster-b"], "{import}");
+    let clusters = fed.cli_json(&["cluster", "show", "cluster-a"])?;
+    assert_eq!(clusters["namespaces"], serde_json::json!(["demo"]), "{clusters}");
+    assert_eq!(clusters["region"], "region-1", "{clusters}");
+    Ok(())
+}

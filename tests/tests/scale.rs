@@ -65,6 +65,7 @@ async fn a_thousand_members_with_a_hundred_thousand_endpoints_snapshot_and_insta
                 cluster: format!("m{m}"),
                 trust_domain: format!("m{m}.scale.test"),
                 ttl_seconds: 3_600,
+                ..Default::default()
             })
             .await?;
         tokens.push(created.into_inner().token);

@@ -532,6 +532,7 @@ async fn admin_calls_without_the_admin_identity_are_refused() -> anyhow::Result<
                 cluster: "evil".into(),
                 trust_domain: "evil.example".into(),
                 ttl_seconds: 60,
+                ..Default::default()
             })
             .await
             .expect_err(who);

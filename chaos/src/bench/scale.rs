@@ -337,6 +337,7 @@ async fn grow(
                 cluster: name.clone(),
                 trust_domain: trust_domain.clone(),
                 ttl_seconds: TTL_SECONDS.into(),
+                ..Default::default()
             })
             .await
             .with_context(|| format!("a token for {name}"))?

@@ -514,6 +514,17 @@ async fn start_clusters(
     progress: &Progress,
     members: &mut Vec<clusters::DevCluster>,
 ) -> anyhow::Result<()> {
+    // Everything runs on this machine: the demo's endpoints are loopback addresses, which
+    // a federation refuses unless told otherwise.
+    connection
+        .leader()
+        .await?
+        .update_settings(pb::UpdateSettingsRequest {
+            open_exports: None,
+            allow_loopback_endpoints: Some(true),
+        })
+        .await
+        .map_err(super::client::status_error)?;
     for index in 0..usize::from(count) {
         let mut member =
             clusters::DevCluster::prepare(root, index, connection, &certs.join("ca.pem")).await?;

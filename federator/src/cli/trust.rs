@@ -26,6 +26,19 @@ pub enum TokenCommand {
         /// Validity, e.g. 30m, 1h, 2d (at most 30d).
         #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
         ttl: u64,
+        /// A namespace the cluster may export into (repeat for more; more later with
+        /// `federator cluster grant`). Without any, the cluster exports nothing unless the
+        /// federation runs with open exports (`federator settings`).
+        #[arg(long = "namespace", value_name = "NAMESPACE")]
+        namespaces: Vec<String>,
+        /// The cluster's region: importers order failover by it, and its endpoints may
+        /// claim no other.
+        #[arg(long)]
+        region: Option<String>,
+        /// The cluster's zone within --region (leave it out when the cluster spans zones:
+        /// its endpoints then name their own zone within the region).
+        #[arg(long, requires = "region")]
+        zone: Option<String>,
     },
 }
 
@@ -44,6 +57,34 @@ pub enum ClusterCommand {
     Remove {
         /// Cluster name.
         name: String,
+    },
+    /// Let a cluster export into namespaces (before or after it joins).
+    Grant {
+        /// Cluster name.
+        name: String,
+        /// A namespace (repeat for more).
+        #[arg(long = "namespace", value_name = "NAMESPACE", required = true)]
+        namespaces: Vec<String>,
+    },
+    /// Take namespaces back: the cluster's exports in them are withdrawn at once.
+    Revoke {
+        /// Cluster name.
+        name: String,
+        /// A namespace (repeat for more).
+        #[arg(long = "namespace", value_name = "NAMESPACE", required = true)]
+        namespaces: Vec<String>,
+    },
+    /// Bind where a cluster runs: importers order failover by it, and the cluster's
+    /// endpoints may claim no other region (nor, with --zone, another zone).
+    Locality {
+        /// Cluster name.
+        name: String,
+        /// Region.
+        #[arg(long)]
+        region: String,
+        /// Zone within the region (leave it out when the cluster spans zones).
+        #[arg(long, default_value = "")]
+        zone: String,
     },
 }
 
@@ -117,13 +158,16 @@ pub async fn run_token(
     out: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let connection = Connection::new(args)?;
-    let TokenCommand::Create { cluster, trust_domain, ttl } = command;
+    let TokenCommand::Create { cluster, trust_domain, ttl, namespaces, region, zone } = command;
     let mut leader = connection.leader().await?;
     let r = leader
         .create_token(pb::CreateTokenRequest {
             cluster: cluster.clone(),
             trust_domain: trust_domain.clone(),
             ttl_seconds: ttl,
+            namespaces,
+            region: region.unwrap_or_default(),
+            zone: zone.unwrap_or_default(),
         })
         .await
         .map_err(status_error)?
@@ -159,6 +203,11 @@ struct ClusterView {
     status: String,
     lease: Option<LeaseView>,
     exports: u32,
+    /// Namespaces it may export into.
+    namespaces: Vec<String>,
+    /// Its bound region and zone (empty: not bound).
+    region: String,
+    zone: String,
 }
 
 impl From<pb::Cluster> for ClusterView {
@@ -176,6 +225,9 @@ impl From<pb::Cluster> for ClusterView {
             status: c.status,
             lease: c.lease.map(Into::into),
             exports: c.exports,
+            namespaces: c.policy.as_ref().map(|p| p.namespaces.clone()).unwrap_or_default(),
+            region: c.policy.as_ref().map(|p| p.region.clone()).unwrap_or_default(),
+            zone: c.policy.map(|p| p.zone).unwrap_or_default(),
         }
     }
 }
@@ -192,6 +244,8 @@ fn cluster_table(clusters: &[ClusterView]) -> Table {
         "STATUS",
         "LEASE",
         "EXPORTS",
+        "NAMESPACES",
+        "LOCALITY",
     ]);
     let now = unix_now();
     for c in clusters {
@@ -206,6 +260,8 @@ fn cluster_table(clusters: &[ClusterView]) -> Table {
             c.status.clone(),
             c.lease.as_ref().map_or_else(|| "-".into(), |l| l.cell(now)),
             c.exports.to_string(),
+            if c.namespaces.is_empty() { "-".into() } else { c.namespaces.join(",") },
+            super::policy::locality_cell(&c.region, &c.zone),
         ]);
     }
     t
@@ -245,6 +301,32 @@ pub async fn run_cluster(
                 .map_err(status_error)?
                 .into_inner();
             output::eprint_line(format_args!("cluster {name} removed at revision {}", r.revision));
+        }
+        ClusterCommand::Grant { name, namespaces } => {
+            let request = pb::UpdateClusterPolicyRequest {
+                cluster: name,
+                grant: namespaces,
+                ..Default::default()
+            };
+            return super::policy::run_update(&connection, request, out).await;
+        }
+        ClusterCommand::Revoke { name, namespaces } => {
+            let request = pb::UpdateClusterPolicyRequest {
+                cluster: name,
+                revoke: namespaces,
+                ..Default::default()
+            };
+            return super::policy::run_update(&connection, request, out).await;
+        }
+        ClusterCommand::Locality { name, region, zone } => {
+            let request = pb::UpdateClusterPolicyRequest {
+                cluster: name,
+                set_locality: true,
+                region,
+                zone,
+                ..Default::default()
+            };
+            return super::policy::run_update(&connection, request, out).await;
         }
     }
     Ok(ExitCode::SUCCESS)

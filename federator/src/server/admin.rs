@@ -4,6 +4,7 @@
 //! must present the federation's admin identity.
 
 mod backup;
+mod policy;
 mod services;
 
 use std::collections::BTreeMap;
@@ -498,6 +499,13 @@ impl Admin for AdminService {
             ca_pem,
             expires_at,
         );
+        // The grants and locality go in first: a token never admits a member before what
+        // it is allowed is recorded.
+        if let Some(update) = policy::update_from_token(&r) {
+            let command = Command::UpdateMemberPolicy { cluster: r.cluster.clone(), update, now };
+            self.replica.state().read(|s| s.check(&command)).map_err(command_status)?;
+            self.propose(command).await?;
+        }
         self.propose(Command::CreateToken {
             secret_hash: token.secret_hash(),
             cluster: r.cluster,
@@ -507,6 +515,50 @@ impl Admin for AdminService {
         })
         .await?;
         Ok(Response::new(pb::CreateTokenResponse { token: token.encode(), expires_at, endpoints }))
+    }
+
+    async fn update_cluster_policy(
+        &self,
+        request: Request<pb::UpdateClusterPolicyRequest>,
+    ) -> Result<Response<pb::ClusterPolicy>, Status> {
+        self.authorize(&request)?;
+        let (cluster, update) = policy::update_from_request(request.get_ref());
+        let command = Command::UpdateMemberPolicy {
+            cluster: cluster.clone(),
+            update,
+            now: super::federation::unix_now(),
+        };
+        self.replica.state().read(|s| s.check(&command)).map_err(command_status)?;
+        self.propose(command).await?;
+        let policy = self.replica.state().read(|s| s.policy_of(&cluster));
+        Ok(Response::new(policy::policy_to_proto(&cluster, &policy)))
+    }
+
+    async fn get_settings(
+        &self,
+        request: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::FederationSettings>, Status> {
+        self.authorize(&request)?;
+        let c = consistency(request.into_inner().consistency);
+        let (settings, _) =
+            self.replica.read(c, |s| s.settings.clone()).await.map_err(replica_status)?;
+        Ok(Response::new(policy::settings_to_proto(&settings)))
+    }
+
+    async fn update_settings(
+        &self,
+        request: Request<pb::UpdateSettingsRequest>,
+    ) -> Result<Response<pb::FederationSettings>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        self.propose(Command::UpdateSettings {
+            open_exports: r.open_exports,
+            allow_loopback_endpoints: r.allow_loopback_endpoints,
+            now: super::federation::unix_now(),
+        })
+        .await?;
+        let settings = self.replica.state().read(|s| s.settings.clone());
+        Ok(Response::new(policy::settings_to_proto(&settings)))
     }
 
     async fn list_clusters(
@@ -763,6 +815,7 @@ fn cluster_view(s: &FederationState, m: &Member, ages: &services::LeaseAges) -> 
         status,
         lease: Some(services::lease_info(s, &m.cluster, ages)),
         exports: count(s.services.values().filter(|r| r.exports.contains_key(&m.cluster)).count()),
+        policy: Some(policy::policy_to_proto(&m.cluster, &s.policy_of(&m.cluster))),
     }
 }
 

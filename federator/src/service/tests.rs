@@ -138,9 +138,23 @@ fn imports_merge_clusters_mark_dead_ones_and_order_by_locality() {
     near.endpoints = vec![endpoint(1, "z1", true), endpoint(2, "z2", true)];
     let mut far = export();
     far.endpoints = vec![Endpoint { region: "r2".into(), ..endpoint(3, "z9", true) }];
+    let r1 = Locality { region: "r1".into(), zone: String::new() };
+    let r2 = Locality { region: "r2".into(), zone: "z9".into() };
     let exporters = [
-        ExporterView { cluster: "far", trust_domain: "far.test", live: true, export: &far },
-        ExporterView { cluster: "near", trust_domain: "near.test", live: false, export: &near },
+        ExporterView {
+            cluster: "far",
+            trust_domain: "far.test",
+            live: true,
+            export: &far,
+            locality: &r2,
+        },
+        ExporterView {
+            cluster: "near",
+            trust_domain: "near.test",
+            live: false,
+            export: &near,
+            locality: &r1,
+        },
     ];
     let me = Locality { region: "r1".into(), zone: "z2".into() };
     let import = build_import(&near.key, 7, "me", &me, &exporters).expect("import");
@@ -156,11 +170,107 @@ fn imports_merge_clusters_mark_dead_ones_and_order_by_locality() {
 }
 
 #[test]
+fn failover_follows_the_exporters_bound_locality_not_its_claims() {
+    // A hostile exporter claims the consumer's own zone; its bound locality is elsewhere.
+    let mut claimed = export();
+    claimed.endpoints = vec![Endpoint { region: "r1".into(), ..endpoint(9, "z1", true) }];
+    let mut honest = export();
+    honest.endpoints = vec![endpoint(1, "", true)];
+    let elsewhere = Locality { region: "r9".into(), zone: "z9".into() };
+    let here = Locality { region: "r1".into(), zone: "z1".into() };
+    let unbound = Locality::default();
+    let me = Locality { region: "r1".into(), zone: "z1".into() };
+    for (hostile_locality, expected) in [(&elsewhere, 2), (&unbound, 2)] {
+        let exporters = [
+            ExporterView {
+                cluster: "hostile",
+                trust_domain: "h.test",
+                live: true,
+                export: &claimed,
+                locality: hostile_locality,
+            },
+            ExporterView {
+                cluster: "honest",
+                trust_domain: "o.test",
+                live: true,
+                export: &honest,
+                locality: &here,
+            },
+        ];
+        let import = build_import(&claimed.key, 1, "me", &me, &exporters).expect("import");
+        assert_eq!(import.clusters[0].cluster, "honest", "bound locality first");
+        assert_eq!(import.clusters[0].endpoints[0].priority, 0);
+        assert_eq!(
+            (
+                import.clusters[0].endpoints[0].region.as_str(),
+                import.clusters[0].endpoints[0].zone.as_str()
+            ),
+            ("r1", "z1")
+        );
+        assert_eq!(import.clusters[1].endpoints[0].priority, expected);
+    }
+}
+
+#[test]
+fn the_address_policy_refuses_metadata_loopback_and_their_disguises() {
+    let refused = [
+        "169.254.169.254",
+        "::ffff:169.254.169.254",
+        "64:ff9b::a9fe:a9fe",
+        "fe80::1",
+        "0.0.0.0",
+        "0.1.2.3",
+        "::",
+        "224.0.0.1",
+        "ff02::1",
+        "255.255.255.255",
+    ];
+    for text in refused {
+        let address: std::net::IpAddr = text.parse().expect("address");
+        for allow_loopback in [false, true] {
+            let err = check_address_policy("endpoints[0].address", address, allow_loopback)
+                .expect_err(text);
+            assert_eq!(err.field, "endpoints[0].address");
+        }
+    }
+    for text in ["127.0.0.1", "::1", "::ffff:127.0.0.1"] {
+        let address: std::net::IpAddr = text.parse().expect("address");
+        assert!(check_address_policy("a", address, false).is_err(), "{text} refused by default");
+        assert!(check_address_policy("a", address, true).is_ok(), "{text} allowed when set");
+    }
+    for text in ["10.1.2.3", "192.0.2.7", "2001:db8::5", "100.64.0.1"] {
+        let address: std::net::IpAddr = text.parse().expect("address");
+        assert!(check_address_policy("a", address, false).is_ok(), "{text}");
+    }
+}
+
+proptest! {
+    /// Whatever IPv4 address hides in a mapped or NAT64 form is judged as itself.
+    #[test]
+    fn mapped_forms_are_judged_as_their_ipv4_address(octets in any::<[u8; 4]>()) {
+        let v4 = std::net::Ipv4Addr::from(octets);
+        let plain = check_address_policy("a", v4.into(), false).is_ok();
+        let mapped = check_address_policy("a", v4.to_ipv6_mapped().into(), false).is_ok();
+        let [a, b, c, d] = octets;
+        let nat64 = std::net::Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, u16::from_be_bytes([a, b]), u16::from_be_bytes([c, d]));
+        prop_assert_eq!(plain, mapped);
+        prop_assert_eq!(plain, check_address_policy("a", nat64.into(), false).is_ok());
+    }
+}
+
+#[test]
 fn scope_and_gateway_mode() {
     let mut scoped = export();
     scoped.scope = ExportScope::Clusters(BTreeSet::from(["b".to_string()]));
     scoped.mode = ExportMode::Gateway { address: Ipv4Addr::new(127, 0, 9, 9).into(), port: 15443 };
-    let exporters = [ExporterView { cluster: "a", trust_domain: TD, live: true, export: &scoped }];
+    let none = Locality::default();
+    let exporters = [ExporterView {
+        cluster: "a",
+        trust_domain: TD,
+        live: true,
+        export: &scoped,
+        locality: &none,
+    }];
     assert!(build_import(&scoped.key, 1, "c", &Locality::default(), &exporters).is_none());
     let import = build_import(&scoped.key, 1, "b", &Locality::default(), &exporters).expect("b");
     let only = &import.clusters[0];
@@ -224,7 +334,8 @@ proptest! {
                 prop_assert!(e.ports.iter().all(|p| p.port > 0));
                 prop_assert!(e.endpoints.iter().all(|ep| ep.weight > 0));
                 prop_assert!(e.identities.iter().all(|i| i.starts_with("spiffe://a.test/")));
-                let view = [ExporterView { cluster: "a", trust_domain: TD, live: true, export: &e }];
+                let none = Locality::default();
+                let view = [ExporterView { cluster: "a", trust_domain: TD, live: true, export: &e, locality: &none }];
                 let import = build_import(&e.key, 1, "b", &Locality::default(), &view).expect("admitted");
                 prop_assert_eq!(import.total_endpoints(), e.endpoints.len());
                 prop_assert!(import.conditions.is_empty());

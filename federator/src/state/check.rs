@@ -92,6 +92,9 @@ impl FederationState {
                     )));
                 }
             },
+            Command::UpdateMemberPolicy { cluster, update, .. } => {
+                Self::check_policy_update(cluster, update)?;
+            }
             _ => {}
         }
         Ok(Checked::Propose)

@@ -208,6 +208,25 @@ pub enum Command {
         /// At most `MAX_REFUSAL_REPORTS` records, each with its count.
         refusals: Vec<super::RefusalReport>,
     },
+    /// An operator grants or revokes namespaces of a member, or binds its locality (before
+    /// or after it joins).
+    UpdateMemberPolicy {
+        /// The member (it need not have joined yet).
+        cluster: String,
+        /// What changes.
+        update: super::PolicyUpdate,
+        /// Proposal time.
+        now: i64,
+    },
+    /// An operator changes federation-wide settings (`None`: unchanged).
+    UpdateSettings {
+        /// Any member may export into any namespace.
+        open_exports: Option<bool>,
+        /// Loopback endpoints are accepted.
+        allow_loopback_endpoints: Option<bool>,
+        /// Proposal time.
+        now: i64,
+    },
 }
 
 /// What an accepted command did.

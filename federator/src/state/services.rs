@@ -122,15 +122,39 @@ impl FederationState {
         key: &ServiceKey,
         record: &ServiceRecord,
     ) -> Option<ServiceImport> {
-        let locality = self.leases.get(consumer).map(|l| l.locality.clone()).unwrap_or_default();
+        // Where the consumer is: its bound region (with the zone its agent declared within
+        // it, unless the operator bound one), or — none bound — what its agent declared:
+        // either way it orders only its own view.
+        let declared = self.leases.get(consumer).map(|l| l.locality.clone()).unwrap_or_default();
+        let bound = self.policies.get(consumer).map(|p| &p.locality);
+        let locality = match bound {
+            Some(bound) if !bound.region.is_empty() => {
+                let zone = if bound.zone.is_empty() && declared.region == bound.region {
+                    declared.zone
+                } else {
+                    bound.zone.clone()
+                };
+                Locality { region: bound.region.clone(), zone }
+            }
+            _ => declared,
+        };
+        let bound: Vec<Locality> = record
+            .oldest_first()
+            .into_iter()
+            .map(|(cluster, _)| {
+                self.policies.get(cluster).map(|p| p.locality.clone()).unwrap_or_default()
+            })
+            .collect();
         let exporters: Vec<ExporterView<'_>> = record
             .oldest_first()
             .into_iter()
-            .map(|(cluster, r)| ExporterView {
+            .zip(&bound)
+            .map(|((cluster, r), locality)| ExporterView {
                 cluster,
                 trust_domain: self.members.get(cluster).map_or("", |m| m.trust_domain.as_str()),
                 live: self.is_live(cluster),
                 export: &r.export,
+                locality,
             })
             .collect();
         build_import(key, record.revision, consumer, &locality, &exporters)
@@ -234,7 +258,8 @@ impl FederationState {
         }
         export
             .validate(&member.trust_domain)
-            .map_err(|e| CommandError::Invalid { field: e.field, rule: e.rule })
+            .map_err(|e| CommandError::Invalid { field: e.field, rule: e.rule })?;
+        self.check_export_policy(cluster, export)
     }
 
     pub(super) fn apply_unexport(
@@ -653,8 +678,21 @@ mod tests {
     #[test]
     fn a_thousand_members_with_a_hundred_thousand_endpoints_snapshot_and_restore() {
         let mut s = FederationState::default();
+        s.settings.allow_loopback_endpoints = true;
         for m in 0..1_000u32 {
             let cluster = format!("c{m}");
+            let update = crate::state::PolicyUpdate {
+                grant: vec!["bench".into()],
+                revoke: Vec::new(),
+                locality: Some(Locality { region: "r1".into(), zone: String::new() }),
+            };
+            s.policies.insert(cluster.clone(), crate::state::MemberPolicy::default());
+            apply(
+                &mut s,
+                1,
+                Command::UpdateMemberPolicy { cluster: cluster.clone(), update, now: now() },
+            )
+            .expect("policy");
             s.members.insert(
                 cluster.clone(),
                 Member {

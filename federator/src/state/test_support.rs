@@ -58,8 +58,13 @@ pub fn now() -> i64 {
     crate::server::unix_now()
 }
 
+/// A state with `clusters` joined, each bound to region `r1`, with open exports and
+/// loopback endpoints allowed (the policy's own tests start from a default state).
 pub fn joined(clusters: &[(&str, &Cluster)]) -> FederationState {
-    let mut state = FederationState::default();
+    let mut state = FederationState {
+        settings: super::FederationSettings { open_exports: true, allow_loopback_endpoints: true },
+        ..FederationState::default()
+    };
     for (i, (name, c)) in clusters.iter().enumerate() {
         let hash = format!("hash-{name}");
         let index = u64::try_from(i).expect("small") * 2 + 1;
@@ -88,6 +93,14 @@ pub fn joined(clusters: &[(&str, &Cluster)]) -> FederationState {
             },
         )
         .expect("join");
+        let locality = crate::service::Locality { region: "r1".into(), zone: String::new() };
+        let update = super::PolicyUpdate { locality: Some(locality), ..Default::default() };
+        apply(
+            &mut state,
+            index + 1,
+            Command::UpdateMemberPolicy { cluster: (*name).into(), update, now: now() },
+        )
+        .expect("locality");
     }
     state
 }

@@ -328,6 +328,7 @@ impl FederationState {
             bundle.acks.remove(cluster);
         }
         self.tokens.retain(|_, t| t.cluster != cluster || t.used_at.is_some());
+        self.forget_policy(cluster);
         let services = self.drop_exports_of(cluster);
         self.leases.remove(cluster);
         self.audit.record(AuditEvent::new(

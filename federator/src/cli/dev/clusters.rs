@@ -122,6 +122,10 @@ impl DevCluster {
                     cluster: cluster.name.clone(),
                     trust_domain: cluster.trust_domain.clone(),
                     ttl_seconds: 3600,
+                    // The demo service's namespace, and where the cluster "runs".
+                    namespaces: vec!["demo".into()],
+                    region: saved.region.clone(),
+                    zone: String::new(),
                 })
                 .await
                 .map_err(status_error)

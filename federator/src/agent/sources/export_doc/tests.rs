@@ -719,3 +719,236 @@ fn arrays_in_place_of_objects_are_refused() {
     let set = parse_export_file(br#"[[]]"#, TD);
     assert_eq!(set.problems.len(), 1, "{set:?}");
 }
+
+// === properties: what parses is valid and round-trips, what is refused names a member ===
+
+/// Whether `message` starts with the member it is about (`endpoints[0].address: …`,
+/// `body: …`). A message cut at [`MAX_MESSAGE_CHARS`] (it quotes input) may have lost
+/// the `: ` after a long member path.
+fn names_a_member(message: &str) -> bool {
+    match message.split_once(": ") {
+        Some((member, _)) => !member.is_empty() && !member.starts_with(char::is_whitespace),
+        None => message.ends_with('…') && message.chars().count() == MAX_MESSAGE_CHARS + 1,
+    }
+}
+
+/// A document that parses is a valid export of `key` that its writer gives back; one
+/// that does not is refused with the member it is about.
+fn check_document(key: &ServiceKey, bytes: &[u8]) -> Result<(), TestCaseError> {
+    match parse_export_document(key, bytes, TD) {
+        Ok(export) => {
+            prop_assert_eq!(&export.key, key);
+            prop_assert_eq!(export.validate(TD), Ok(()));
+            let written = export_document_json(&export);
+            prop_assert_eq!(parse_export_document(key, written.as_bytes(), TD), Ok(export));
+        }
+        Err(message) => prop_assert!(names_a_member(&message), "{message:?}"),
+    }
+    Ok(())
+}
+
+/// A file's problems are at `""` (the file, then alone) or `exports[i]`, each naming a
+/// member or the earlier entry of the same service; the entries kept are valid and the
+/// file writer gives them back.
+fn check_file(bytes: &[u8]) -> Result<(), TestCaseError> {
+    let set = parse_export_file(bytes, TD);
+    for problem in &set.problems {
+        if problem.location.is_empty() {
+            prop_assert_eq!(set.problems.len(), 1);
+            prop_assert!(set.exports.is_empty());
+            prop_assert!(names_a_member(&problem.message), "{problem:?}");
+            continue;
+        }
+        let index = problem
+            .location
+            .strip_prefix("exports[")
+            .and_then(|rest| rest.strip_suffix(']'))
+            .and_then(|i| i.parse::<usize>().ok());
+        prop_assert!(index.is_some(), "{problem:?}");
+        match problem.message.split_once(" is already exported by exports[") {
+            Some((service, first)) => {
+                let first = first.strip_suffix(']').and_then(|i| i.parse::<usize>().ok());
+                prop_assert!(
+                    matches!((first, index), (Some(first), Some(index)) if first < index),
+                    "{problem:?}"
+                );
+                let service = ServiceKey::parse(service);
+                prop_assert!(service.is_ok(), "{problem:?}");
+                prop_assert!(set.exports.contains_key(&service.expect("checked")));
+            }
+            None => prop_assert!(names_a_member(&problem.message), "{problem:?}"),
+        }
+    }
+    for (key, export) in &set.exports {
+        prop_assert_eq!(key, &export.key);
+        prop_assert_eq!(export.validate(TD), Ok(()));
+    }
+    let kept: Vec<ServiceExport> = set.exports.values().cloned().collect();
+    let again = parse_export_file(export_file_json(&kept).as_bytes(), TD);
+    prop_assert!(again.problems.is_empty(), "{:?}", again.problems);
+    prop_assert_eq!(&again.exports, &set.exports);
+    Ok(())
+}
+
+/// Every JSON pointer into `value` (object keys of documents need no escaping).
+fn pointers(value: &Json, at: &str, out: &mut Vec<String>) {
+    match value {
+        Json::Object(members) => {
+            for (name, member) in members {
+                pointers(member, &format!("{at}/{name}"), out);
+            }
+        }
+        Json::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                pointers(item, &format!("{at}/{i}"), out);
+            }
+        }
+        _ => {}
+    }
+    out.push(at.to_string());
+}
+
+/// Values to put in place of a document's members: wrong types, out-of-range numbers,
+/// strings that are almost addresses, protocols or SPIFFE IDs.
+fn spoiler() -> impl Strategy<Value = Json> {
+    prop_oneof![
+        Just(Json::Null),
+        any::<bool>().prop_map(Json::from),
+        any::<i64>().prop_map(Json::from),
+        (0u64..70_000).prop_map(Json::from),
+        Just(json!(1.5)),
+        "[ -~]{0,16}".prop_map(Json::from),
+        prop::sample::select(vec![
+            "127.0.0.1",
+            "::1",
+            "0.0.0.0",
+            "udp",
+            "HTTP",
+            "spiffe://a.example/x",
+            "spiffe://b.example/x",
+            "p0",
+            "b",
+            "",
+        ])
+        .prop_map(Json::from),
+        Just(json!([])),
+        Just(json!({})),
+        Just(json!({"port": 80})),
+        Just(json!({"address": "127.0.0.2"})),
+    ]
+}
+
+/// One change to a document: a member (or item) replaced, removed, or an unknown member
+/// added next to it.
+#[derive(Clone, Debug)]
+enum Spoil {
+    Replace(Json),
+    Remove,
+    AddUnknown,
+}
+
+fn spoils() -> impl Strategy<Value = Vec<(prop::sample::Index, Spoil)>> {
+    proptest::collection::vec(
+        (
+            any::<prop::sample::Index>(),
+            prop_oneof![
+                3 => spoiler().prop_map(Spoil::Replace),
+                1 => Just(Spoil::Remove),
+                1 => Just(Spoil::AddUnknown),
+            ],
+        ),
+        1..4,
+    )
+}
+
+/// `doc` after `spoils`, each at a pointer picked among the document's current ones.
+fn spoiled(mut doc: Json, spoils: Vec<(prop::sample::Index, Spoil)>) -> Json {
+    for (at, spoil) in spoils {
+        let mut all = Vec::new();
+        pointers(&doc, "", &mut all);
+        let pointer = at.get(&all).clone();
+        let (parent, last) = pointer.rsplit_once('/').unwrap_or(("", ""));
+        match spoil {
+            Spoil::Replace(value) => {
+                if let Some(target) = doc.pointer_mut(&pointer) {
+                    *target = value;
+                }
+            }
+            Spoil::Remove => match doc.pointer_mut(parent) {
+                Some(Json::Object(members)) => {
+                    members.remove(last);
+                }
+                Some(Json::Array(items)) => {
+                    if let Ok(i) = last.parse::<usize>()
+                        && i < items.len()
+                    {
+                        items.remove(i);
+                    }
+                }
+                _ => {}
+            },
+            Spoil::AddUnknown => match doc.pointer_mut(&pointer) {
+                Some(Json::Object(members)) => {
+                    members.insert("unknownMember".into(), json!(1));
+                }
+                Some(other) => *other = json!({"unknownMember": 1}),
+                None => {}
+            },
+        }
+    }
+    doc
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn arbitrary_input_is_valid_and_round_trips_or_names_a_member(
+        bytes in proptest::collection::vec(any::<u8>(), 0..1024),
+        text in "[\\[\\]{}\":,0-9a-z\\\\ .-]{0,300}",
+    ) {
+        check_document(&key(), &bytes)?;
+        check_file(&bytes)?;
+        check_document(&key(), text.as_bytes())?;
+        check_file(text.as_bytes())?;
+        check_file(format!("{{\"exports\":[{text}]}}").as_bytes())?;
+    }
+
+    #[test]
+    fn spoiled_documents_are_valid_and_round_trip_or_name_a_member(
+        export in valid_export(),
+        spoils in spoils(),
+    ) {
+        let doc: Json = serde_json::from_str(&export_document_json(&export)).expect("JSON");
+        let doc = spoiled(doc, spoils);
+        check_document(&export.key, doc.to_string().as_bytes())?;
+    }
+
+    #[test]
+    fn spoiled_files_keep_good_entries_and_locate_problems(
+        exports in proptest::collection::vec(valid_export(), 1..4),
+        spoils in spoils(),
+    ) {
+        let file: Json = serde_json::from_str(&export_file_json(&exports)).expect("JSON");
+        let file = spoiled(file, spoils);
+        check_file(file.to_string().as_bytes())?;
+        check_file(serde_json::to_string_pretty(&file).expect("JSON").as_bytes())?;
+    }
+
+    #[test]
+    fn only_canonical_etcd_keys_name_services(
+        text in prop_oneof!["[a-z0-9/_-]{0,30}", "\\PC{0,40}"],
+        prefixed in any::<bool>(),
+    ) {
+        let prefix = "/federator/exports/";
+        let etcd_key = if prefixed { format!("{prefix}{text}") } else { text };
+        match key_from_etcd_key(prefix, &etcd_key) {
+            Ok(service) => {
+                prop_assert_eq!(service.validate(), Ok(()));
+                prop_assert_eq!(format!("{prefix}{service}"), etcd_key.clone());
+                prop_assert_eq!(key_from_etcd_key("/federator/exports", &etcd_key), Ok(service));
+            }
+            Err(message) => prop_assert!(message.starts_with("key "), "{message:?}"),
+        }
+    }
+}
