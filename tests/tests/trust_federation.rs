@@ -389,6 +389,16 @@ async fn rotation_is_visible_in_bundle_status_member_by_member() -> anyhow::Resu
         (2, 0, Some(false)),
         "{s}"
     );
+    // What holds the rotation up, and whether it is alive at all (no agent here: no lease).
+    assert_eq!(s["blocking"], serde_json::json!(["cluster-c"]), "{s}");
+    let c_ack =
+        s["members"].as_array().and_then(|m| m.iter().find(|m| m["cluster"] == "cluster-c"));
+    assert_eq!(c_ack.map(|m| m["lease_live"].clone()), Some(serde_json::json!(false)), "{s}");
+    let table = fed.cli(&[], &["bundle", "status", "a.example"])?;
+    assert_eq!(table.status.code(), Some(2), "incomplete");
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("blocked by cluster-c"), "{table}");
+    assert!(table.contains("cluster-c hold(s) no live lease"), "{table}");
     client_c.ack(pb::AckRequest { trust_domain: "a.example".into(), sequence: 2 }).await?;
     let s = status(&fed)?;
     assert_eq!(s["complete"], true, "{s}");

@@ -339,6 +339,8 @@ struct BundleStatusView {
     sequence: u64,
     updated_at: i64,
     complete: bool,
+    /// Members that have not applied `sequence`: what holds the rotation up.
+    blocking: Vec<String>,
     members: Vec<MemberAckView>,
 }
 
@@ -348,6 +350,8 @@ struct MemberAckView {
     applied_sequence: u64,
     applied_at: i64,
     current: bool,
+    /// Whether its lease is live (a blocking member without one is down or gone).
+    lease_live: bool,
 }
 
 /// Runs `federator bundle`.
@@ -456,6 +460,7 @@ pub async fn run_bundle(
                 sequence: r.sequence,
                 updated_at: r.updated_at,
                 complete: r.complete,
+                blocking: r.blocking,
                 members: r
                     .members
                     .into_iter()
@@ -464,6 +469,7 @@ pub async fn run_bundle(
                         cluster: m.cluster,
                         applied_sequence: m.applied_sequence,
                         applied_at: m.applied_at,
+                        lease_live: m.lease_live,
                     })
                     .collect(),
             };
@@ -472,14 +478,20 @@ pub async fn run_bundle(
                     "bundle of {} (cluster {}): sequence {}",
                     v.trust_domain, v.owner, v.sequence
                 ));
-                let mut t =
-                    Table::new(&["MEMBER", "APPLIED SEQUENCE", "APPLIED AT (UNIX)", "CURRENT"]);
+                let mut t = Table::new(&[
+                    "MEMBER",
+                    "APPLIED SEQUENCE",
+                    "APPLIED AT (UNIX)",
+                    "CURRENT",
+                    "LEASE",
+                ]);
                 for m in &v.members {
                     t.add_row(vec![
                         m.cluster.clone(),
                         m.applied_sequence.to_string(),
                         if m.applied_at == 0 { "-".into() } else { m.applied_at.to_string() },
                         if m.current { "yes".into() } else { "NO".into() },
+                        if m.lease_live { "live".into() } else { "NOT LIVE".into() },
                     ]);
                 }
                 println!("{t}");
@@ -489,11 +501,24 @@ pub async fn run_bundle(
                         v.sequence
                     );
                 } else {
-                    let behind = v.members.iter().filter(|m| !m.current).count();
-                    println!(
-                        "{behind} member(s) have not applied sequence {} yet: keep signing with the old key",
+                    let down: Vec<&str> = v
+                        .members
+                        .iter()
+                        .filter(|m| !m.current && !m.lease_live)
+                        .map(|m| m.cluster.as_str())
+                        .collect();
+                    output::print_line(format_args!(
+                        "blocked by {}: not applied sequence {} yet — keep signing with the old key",
+                        v.blocking.join(", "),
                         v.sequence
-                    );
+                    ));
+                    if !down.is_empty() {
+                        output::print_line(format_args!(
+                            "{} hold(s) no live lease: down or gone, not slow — bring the agent back \
+                             or remove the cluster (`federator cluster remove NAME`)",
+                            down.join(", ")
+                        ));
+                    }
                 }
             })?;
             if !view.complete {

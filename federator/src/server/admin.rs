@@ -833,17 +833,23 @@ fn bundle_status(s: &FederationState, td: &str) -> Option<pb::BundleStatusRespon
                 cluster: m.cluster.clone(),
                 applied_sequence: ack.map_or(0, |a| a.sequence),
                 applied_at: ack.map_or(0, |a| a.at),
+                lease_live: s.is_live(&m.cluster),
             }
         })
         .collect();
-    let complete = members.iter().all(|m| m.applied_sequence >= stored.bundle.sequence);
+    let blocking: Vec<String> = members
+        .iter()
+        .filter(|m| m.applied_sequence < stored.bundle.sequence)
+        .map(|m| m.cluster.clone())
+        .collect();
     Some(pb::BundleStatusResponse {
         trust_domain: td.to_string(),
         owner,
         sequence: stored.bundle.sequence,
         updated_at: stored.updated_at,
         members,
-        complete,
+        complete: blocking.is_empty(),
+        blocking,
     })
 }
 
