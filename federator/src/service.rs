@@ -659,6 +659,9 @@ pub struct ImportedCluster {
     pub live: bool,
     /// Through its gateway rather than directly.
     pub via_gateway: bool,
+    /// The SPIFFE IDs this cluster's endpoints run as: what a consumer accepts from
+    /// these endpoints, and from no other cluster's.
+    pub identities: Vec<String>,
     /// Its endpoints, ordered by priority then address.
     pub endpoints: Vec<ImportEndpoint>,
 }
@@ -672,7 +675,9 @@ pub struct ServiceImport {
     pub hostname: String,
     /// Merged ports.
     pub ports: Vec<ServicePort>,
-    /// The SPIFFE IDs a consumer should accept from this service's endpoints.
+    /// Every exporter's SPIFFE IDs together. Verify an endpoint against its own
+    /// cluster's [`ImportedCluster::identities`] instead: one member's identity must
+    /// never vouch for another member's endpoints.
     pub identities: Vec<String>,
     /// Per exporting cluster.
     pub clusters: Vec<ImportedCluster>,
@@ -787,6 +792,7 @@ pub fn build_import(
             trust_domain: exporter.trust_domain.to_string(),
             live: exporter.live,
             via_gateway: matches!(export.mode, ExportMode::Gateway { .. }),
+            identities: export.identities.clone(),
             endpoints,
         });
     }

@@ -368,6 +368,17 @@ async fn a_member_cannot_capture_another_clusters_service() -> anyhow::Result<()
         })
         .collect();
     assert_eq!(order[0], ("cluster-a", 0), "{import}");
+    // Each exporter's identities vouch for its own endpoints only.
+    for exporter in echo["clusters"].as_array().into_iter().flatten() {
+        let td = exporter["trust_domain"].as_str().unwrap_or_default();
+        let ids = exporter["identities"].as_array().cloned().unwrap_or_default();
+        assert!(!ids.is_empty(), "{exporter}");
+        assert!(
+            ids.iter()
+                .all(|id| id.as_str().is_some_and(|id| id.starts_with(&format!("spiffe://{td}/")))),
+            "{exporter}"
+        );
+    }
     assert!(order.contains(&("cluster-c", 2)), "{import}");
     assert!(order.contains(&("cluster-b", 2)), "{import}");
     let b_endpoint = &echo["clusters"]

@@ -301,6 +301,7 @@ mod tests {
             trust_domain: td.into(),
             live: true,
             via_gateway: false,
+            identities: Vec::new(),
             endpoints: vec![ImportEndpoint {
                 address: std::net::Ipv4Addr::LOCALHOST.into(),
                 ports: Vec::new(),

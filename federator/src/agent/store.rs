@@ -193,6 +193,7 @@ mod tests {
                 trust_domain: "b.test".into(),
                 live: true,
                 via_gateway: false,
+                identities: Vec::new(),
                 endpoints: Vec::new(),
             }],
             conditions: Vec::new(),

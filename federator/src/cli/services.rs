@@ -342,6 +342,8 @@ pub(super) struct ImportedClusterView {
     trust_domain: String,
     live: bool,
     via_gateway: bool,
+    /// The SPIFFE IDs this cluster's endpoints run as (accepted from them only).
+    identities: Vec<String>,
     endpoints: Vec<ImportEndpointView>,
 }
 
@@ -352,6 +354,7 @@ impl From<fpb::ImportedCluster> for ImportedClusterView {
             trust_domain: c.trust_domain,
             live: c.live,
             via_gateway: c.via_gateway,
+            identities: c.identities,
             endpoints: c.endpoints.into_iter().map(Into::into).collect(),
         }
     }
@@ -822,6 +825,7 @@ mod tests {
                     trust_domain: "b.example.org".into(),
                     live: true,
                     via_gateway: false,
+                    identities: Vec::new(),
                     endpoints: vec![
                         import_endpoint("127.0.11.1", true, 0),
                         import_endpoint("127.0.11.2", true, 0),
@@ -832,6 +836,7 @@ mod tests {
                     trust_domain: "c.example.org".into(),
                     live: false,
                     via_gateway: true,
+                    identities: Vec::new(),
                     endpoints: vec![import_endpoint("192.0.2.7", false, 2)],
                 },
             ],

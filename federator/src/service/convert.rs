@@ -173,6 +173,7 @@ pub fn import_to_proto(import: &ServiceImport) -> pb::ServiceImport {
                 trust_domain: c.trust_domain.clone(),
                 live: c.live,
                 via_gateway: c.via_gateway,
+                identities: c.identities.clone(),
                 endpoints: c
                     .endpoints
                     .iter()
@@ -229,6 +230,7 @@ pub fn import_from_proto(
                 trust_domain: c.trust_domain,
                 live: c.live,
                 via_gateway: c.via_gateway,
+                identities: c.identities,
                 endpoints,
             })
         })

@@ -194,7 +194,8 @@ pub struct ImportDocument {
     pub hostname: String,
     /// The merged ports.
     pub ports: Vec<ImportPortDocument>,
-    /// The SPIFFE IDs to accept from the service's endpoints.
+    /// Every exporter's SPIFFE IDs together; verify an endpoint against its own
+    /// cluster's `identities` instead.
     pub identities: Vec<String>,
     /// Per exporting cluster, nearest first.
     pub clusters: Vec<ImportClusterDocument>,
@@ -230,6 +231,9 @@ pub struct ImportClusterDocument {
     pub live: bool,
     /// Reached through its east-west gateway.
     pub via_gateway: bool,
+    /// The SPIFFE IDs its endpoints run as: accept them from these endpoints only.
+    #[serde(default)]
+    pub identities: Vec<String>,
     /// Its endpoints, by priority then address.
     pub endpoints: Vec<ImportEndpointDocument>,
 }
@@ -302,6 +306,7 @@ impl From<&ServiceImport> for ImportDocument {
                     trust_domain: c.trust_domain.clone(),
                     live: c.live,
                     via_gateway: c.via_gateway,
+                    identities: c.identities.clone(),
                     endpoints: c
                         .endpoints
                         .iter()

@@ -65,6 +65,7 @@ pub(crate) fn import(namespace: &str, name: &str, revision: u64) -> ServiceImpor
             trust_domain: "b.example".into(),
             live: true,
             via_gateway: false,
+            identities: vec![format!("spiffe://b.example/ns/{namespace}/sa/{name}")],
             endpoints: vec![ImportEndpoint {
                 address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2)),
                 ports: vec![EndpointPort { name: "http".into(), port: 8080 }],
@@ -176,6 +177,7 @@ async fn a_view_is_written_as_files() {
             "identities": ["spiffe://b.example/ns/shop/sa/cart"],
             "clusters": [{"cluster": "b", "trustDomain": "b.example", "live": true,
                           "viaGateway": false,
+                          "identities": ["spiffe://b.example/ns/shop/sa/cart"],
                           "endpoints": [{"address": "127.0.0.2",
                                          "ports": [{"name": "http", "port": 8080}],
                                          "zone": "z1", "region": "r1", "weight": 3,

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::socket_address::{
     PortSpecifier, Protocol as Transport,
@@ -19,12 +20,22 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     CertificateValidationContext, Secret, SpiffeCertValidatorConfig, secret,
     spiffe_cert_validator_config::TrustDomain,
 };
-use envoy_types::pb::google::protobuf::UInt32Value;
+use envoy_types::pb::google::protobuf::{Struct, UInt32Value, Value, value::Kind};
 use envoy_types::util::pack_any;
 
 use crate::agent::view::AgentView;
 use crate::bundle::TrustBundle;
-use crate::service::{ImportEndpoint, Protocol, ServiceImport, ServicePort};
+use crate::service::{ImportEndpoint, ImportedCluster, Protocol, ServiceImport, ServicePort};
+
+/// Priority, region and zone: what endpoints of one `LocalityLbEndpoints` share.
+type LocalityKey<'a> = (u32, &'a str, &'a str);
+
+/// The filter metadata key Envoy matches a cluster's `transport_socket_matches` against.
+pub const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+/// The field of [`TRANSPORT_SOCKET_MATCH`] metadata that names an endpoint's exporter by
+/// its trust domain: `match: {federator.trust_domain: b.example}` picks the transport
+/// socket that verifies cluster b's endpoints as b's workloads only.
+pub const EXPORTER_TRUST_DOMAIN: &str = "federator.trust_domain";
 
 /// Name of the secret that validates peers of every trust domain the cluster trusts,
 /// this cluster's own and the federated ones, with Envoy's SPIFFE certificate validator
@@ -159,12 +170,15 @@ fn load_assignment(
     import: &ServiceImport,
     port: &ServicePort,
 ) -> ClusterLoadAssignment {
-    let mut groups: BTreeMap<(u32, &str, &str), Vec<&ImportEndpoint>> = BTreeMap::new();
-    for endpoint in import.clusters.iter().flat_map(|c| &c.endpoints) {
-        groups
-            .entry((endpoint.priority, endpoint.region.as_str(), endpoint.zone.as_str()))
-            .or_default()
-            .push(endpoint);
+    let mut groups: BTreeMap<LocalityKey<'_>, Vec<(&ImportedCluster, &ImportEndpoint)>> =
+        BTreeMap::new();
+    for cluster in &import.clusters {
+        for endpoint in &cluster.endpoints {
+            groups
+                .entry((endpoint.priority, endpoint.region.as_str(), endpoint.zone.as_str()))
+                .or_default()
+                .push((cluster, endpoint));
+        }
     }
     // Envoy requires the locality weights of one priority to sum to at most 2^32-1.
     let mut per_priority: BTreeMap<u32, u32> = BTreeMap::new();
@@ -176,7 +190,7 @@ fn load_assignment(
         .into_iter()
         .map(|((priority, region, zone), members)| {
             let cap = u32::MAX / per_priority.get(&priority).copied().unwrap_or(1).max(1);
-            let weight: u64 = members.iter().map(|e| u64::from(e.weight.max(1))).sum();
+            let weight: u64 = members.iter().map(|(_, e)| u64::from(e.weight.max(1))).sum();
             let weight = u32::try_from(weight).unwrap_or(u32::MAX).clamp(1, cap.max(1));
             LocalityLbEndpoints {
                 locality: Some(Locality {
@@ -186,7 +200,7 @@ fn load_assignment(
                 }),
                 lb_endpoints: members
                     .into_iter()
-                    .map(|e| lb_endpoint(e, port, transport))
+                    .map(|(cluster, e)| lb_endpoint(cluster, e, port, transport))
                     .collect(),
                 load_balancing_weight: Some(UInt32Value { value: weight }),
                 priority,
@@ -197,7 +211,31 @@ fn load_assignment(
     ClusterLoadAssignment { cluster_name, endpoints, ..Default::default() }
 }
 
-fn lb_endpoint(endpoint: &ImportEndpoint, port: &ServicePort, transport: Transport) -> LbEndpoint {
+/// The metadata of an endpoint of `cluster`: its exporter's trust domain, under the key
+/// Envoy matches `transport_socket_matches` against — so that a cluster verifies each
+/// exporter's endpoints with that trust domain's bundle and that exporter's identities
+/// (listed per cluster in the import documents) and no other's.
+///
+/// One map entry with one field: prost encodes protobuf maps in `HashMap` order, and a
+/// resource's encoding must not change while its content does not (its digest decides
+/// whether Envoy gets a push).
+fn exporter_metadata(cluster: &ImportedCluster) -> Metadata {
+    let trust_domain = Value { kind: Some(Kind::StringValue(cluster.trust_domain.clone())) };
+    let socket_match = Struct {
+        fields: [(EXPORTER_TRUST_DOMAIN.to_string(), trust_domain)].into_iter().collect(),
+    };
+    Metadata {
+        filter_metadata: [(TRANSPORT_SOCKET_MATCH.to_string(), socket_match)].into_iter().collect(),
+        ..Default::default()
+    }
+}
+
+fn lb_endpoint(
+    cluster: &ImportedCluster,
+    endpoint: &ImportEndpoint,
+    port: &ServicePort,
+    transport: Transport,
+) -> LbEndpoint {
     let number = endpoint.ports.iter().find(|p| p.name == port.name).map_or(port.port, |p| p.port);
     let address = SocketAddress {
         protocol: transport as i32,
@@ -213,6 +251,6 @@ fn lb_endpoint(endpoint: &ImportEndpoint, port: &ServicePort, transport: Transpo
             address: Some(Address { address: Some(AddressKind::SocketAddress(address)) }),
             ..Default::default()
         })),
-        metadata: None,
+        metadata: Some(exporter_metadata(cluster)),
     }
 }

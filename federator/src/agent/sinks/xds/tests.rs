@@ -88,6 +88,7 @@ fn cluster(name: &str, endpoints: Vec<ImportEndpoint>) -> ImportedCluster {
         trust_domain: format!("{name}.test"),
         live: true,
         via_gateway: false,
+        identities: vec![format!("spiffe://{name}.test/ns/shop/sa/cart")],
         endpoints,
     }
 }
@@ -285,6 +286,29 @@ fn load_assignments_group_by_priority_and_locality() {
         ]
     );
     assert_eq!(socket(&cart.endpoints[2].lb_endpoints[0]), ("127.0.2.1".to_string(), 8080));
+}
+
+#[test]
+fn each_endpoint_names_its_exporter_for_transport_socket_matches() {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let view = view();
+    let assignments = resources::load_assignments(&view);
+    let cart = &assignments["cart.shop.svc.clusterset.local"];
+    let mut exporters = Vec::new();
+    for lb in cart.endpoints.iter().flat_map(|g| &g.lb_endpoints) {
+        let metadata = lb.metadata.as_ref().expect("metadata");
+        let matched = &metadata.filter_metadata[resources::TRANSPORT_SOCKET_MATCH].fields;
+        let Some(Kind::StringValue(td)) = &matched[resources::EXPORTER_TRUST_DOMAIN].kind else {
+            panic!("{matched:?}")
+        };
+        exporters.push(td.clone());
+    }
+    exporters.dedup();
+    assert_eq!(exporters, ["b.test", "c.test"], "each endpoint names its own exporter");
+    // The same view encodes to the same bytes (no spurious pushes to Envoy).
+    let again = resources::load_assignments(&view);
+    use prost::Message as _;
+    assert_eq!(again["cart.shop.svc.clusterset.local"].encode_to_vec(), cart.encode_to_vec());
 }
 
 #[test]
