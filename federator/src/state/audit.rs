@@ -164,7 +164,7 @@ impl AuditTrail {
                 event.index,
             ),
             None => {
-                self.next_seq += 1;
+                self.next_seq = self.next_seq.saturating_add(1);
                 let event = AuditEvent {
                     seq: self.next_seq,
                     actor: cap_field(event.actor),
@@ -190,7 +190,7 @@ impl AuditTrail {
         let target = cap_field(report.target);
         let reason = cap_field(report.reason);
         let count = report.count.max(1);
-        self.next_seq += 1;
+        self.next_seq = self.next_seq.saturating_add(1);
         let seq = self.next_seq;
         let found = self.refusals.iter().rposition(|r| {
             r.actor == actor && r.action == action && r.target == target && r.reason == reason
