@@ -152,6 +152,7 @@ pub async fn run(
         status: AgentStatus { pid: std::process::id(), ..AgentStatus::default() },
         lease: None,
         sinks_dirty: true,
+        unwritten_trust_domains: None,
         metrics,
         batch_changes: Vec::new(),
         pending_changes: Vec::new(),
@@ -268,6 +269,11 @@ struct Agent {
     lease: Option<HeldLease>,
     /// Some sink has not applied `view` yet.
     sinks_dirty: bool,
+    /// When the only failures of the last apply were some trust domains' bundles (the
+    /// rest of the view was applied everywhere): those trust domains. Every other bundle
+    /// is acknowledged all the same, so one bad trust domain never stalls the others'
+    /// rotations.
+    unwritten_trust_domains: Option<std::collections::BTreeSet<String>>,
     metrics: AgentMetrics,
     /// Changes received in the batch being worked on (up to the next checkpoint).
     batch_changes: Vec<Propagation>,
@@ -553,6 +559,8 @@ impl Agent {
         if self.view.own_bundle.as_ref() != Some(bundle) {
             self.view.own_bundle = Some(bundle.clone());
             self.sinks_dirty = true;
+            // Nothing of the new view is known to be written until it is applied.
+            self.unwritten_trust_domains = None;
         }
         let digest = authorities_digest(bundle);
         if self.published.bundle_digest.as_deref() == Some(digest.as_str()) {
@@ -784,6 +792,8 @@ impl Agent {
         let batch = std::mem::take(&mut self.batch_changes);
         self.pending_changes.extend(batch.into_iter().take(room));
         self.sinks_dirty = true;
+        // Nothing of the new view is known to be written until it is applied.
+        self.unwritten_trust_domains = None;
         self.apply_sinks().await;
         self.acknowledge(client).await;
         Ok(())
@@ -792,6 +802,7 @@ impl Agent {
     /// Writes the view to every sink; records each one's health.
     async fn apply_sinks(&mut self) {
         let mut all_ok = true;
+        let mut unwritten = Some(std::collections::BTreeSet::new());
         for sink in &self.sinks {
             let result = sink.apply(&self.view).await;
             self.metrics.sink_applied(sink.name(), result.is_ok());
@@ -806,6 +817,11 @@ impl Agent {
                 }
                 Err(error) => {
                     all_ok = false;
+                    if error.trust_domains.is_empty() {
+                        unwritten = None;
+                    } else if let Some(unwritten) = &mut unwritten {
+                        unwritten.extend(error.trust_domains.iter().cloned());
+                    }
                     tracing::warn!(sink = sink.name(), %error, "sink failed; will retry");
                     entry.healthy = false;
                     entry.error = Some(error.to_string());
@@ -813,6 +829,7 @@ impl Agent {
             }
         }
         self.sinks_dirty = !all_ok;
+        self.unwritten_trust_domains = if all_ok { None } else { unwritten };
         if all_ok {
             self.observe_propagation();
         }
@@ -841,13 +858,16 @@ impl Agent {
 
     /// Acknowledges every federated bundle sequence that every sink holds.
     async fn acknowledge(&mut self, client: &mut FederationClient<Channel>) {
-        if self.sinks_dirty {
-            return;
-        }
+        let unwritten = match (&self.unwritten_trust_domains, self.sinks_dirty) {
+            (_, false) => std::collections::BTreeSet::new(),
+            (Some(unwritten), true) => unwritten.clone(),
+            (None, true) => return,
+        };
         let pending: Vec<(String, u64)> = self
             .view
             .bundles
             .iter()
+            .filter(|(td, _)| !unwritten.contains(*td))
             .filter(|(td, b)| self.published.acked.get(*td).is_none_or(|s| *s < b.sequence))
             .map(|(td, b)| (td.clone(), b.sequence))
             .collect();

@@ -75,12 +75,24 @@ pub struct SinkError {
     pub sink: String,
     /// What went wrong.
     pub message: String,
+    /// When only some trust domains' bundles could not be written (the rest of the view
+    /// was), those trust domains; empty when the sink failed as a whole.
+    pub trust_domains: Vec<String>,
 }
 
 impl SinkError {
-    /// An error of `sink`.
+    /// An error of `sink` as a whole.
     pub fn new(sink: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { sink: sink.into(), message: message.into() }
+        Self { sink: sink.into(), message: message.into(), trust_domains: Vec::new() }
+    }
+
+    /// An error of `sink` that wrote everything but the bundles of `trust_domains`.
+    pub fn for_trust_domains(
+        sink: impl Into<String>,
+        message: impl Into<String>,
+        trust_domains: Vec<String>,
+    ) -> Self {
+        Self { sink: sink.into(), message: message.into(), trust_domains }
     }
 }
 

@@ -68,6 +68,8 @@ impl Sink for FileSink {
 struct Files {
     /// Trust domain → (PEM, JWKS).
     bundles: BTreeMap<String, (String, String)>,
+    /// Trust domains whose names cannot name a file, with why.
+    unnamable: Vec<(String, String)>,
     /// `bundles.json`.
     bundle_set: String,
     /// `imports.json`.
@@ -76,15 +78,20 @@ struct Files {
 
 fn render(view: &AgentView) -> Result<Files, SinkError> {
     let mut bundles = BTreeMap::new();
+    let mut unnamable = Vec::new();
     for (td, bundle) in &view.bundles {
-        check_file_name(td)?;
+        // One trust domain that cannot be written never holds up the others.
+        if let Err(error) = check_file_name(td) {
+            unnamable.push((td.clone(), error.message));
+            continue;
+        }
         bundles.insert(td.clone(), (bundle.to_pem(), format!("{}\n", bundle.to_spiffe_json())));
     }
     let imports: Vec<ImportDocument> = view.imports.values().map(ImportDocument::from).collect();
     let mut imports = serde_json::to_string_pretty(&imports)
         .map_err(|e| SinkError::new(NAME, format!("imports.json: {e}")))?;
     imports.push('\n');
-    Ok(Files { bundle_set: bundle_set_json(&view.bundles), bundles, imports })
+    Ok(Files { bundle_set: bundle_set_json(&view.bundles), bundles, unnamable, imports })
 }
 
 /// `{"<td>": <JWKS>, ...}`, one trust domain per line.
@@ -120,12 +127,18 @@ impl Files {
         };
         let bundles_dir = dir.join("bundles");
         std::fs::create_dir_all(&bundles_dir).map_err(|e| io(&bundles_dir, e))?;
+        // Each trust domain's files on their own: one that cannot be written is reported,
+        // and every other one is written all the same.
+        let mut failed = self.unnamable;
         for (td, (pem, jwks)) in &self.bundles {
             for (path, content) in [
                 (bundles_dir.join(format!("{td}.pem")), pem),
                 (bundles_dir.join(format!("{td}.json")), jwks),
             ] {
-                write_if_changed(&path, content.as_bytes()).map_err(|e| io(&path, e))?;
+                if let Err(e) = write_if_changed(&path, content.as_bytes()) {
+                    failed.push((td.clone(), format!("{}: {e}", path.display())));
+                    break;
+                }
             }
         }
         let set = dir.join("bundles.json");
@@ -133,7 +146,17 @@ impl Files {
         let imports = dir.join("imports.json");
         write_if_changed(&imports, self.imports.as_bytes()).map_err(|e| io(&imports, e))?;
         let keep: BTreeSet<&str> = self.bundles.keys().map(String::as_str).collect();
-        remove_stale(&bundles_dir, &keep).map_err(|e| io(&bundles_dir, e))
+        remove_stale(&bundles_dir, &keep).map_err(|e| io(&bundles_dir, e))?;
+        if failed.is_empty() {
+            return Ok(());
+        }
+        let message =
+            failed.iter().map(|(td, why)| format!("{td}: {why}")).collect::<Vec<_>>().join("; ");
+        Err(SinkError::for_trust_domains(
+            NAME,
+            format!("bundles not written (the others were): {message}"),
+            failed.into_iter().map(|(td, _)| td).collect(),
+        ))
     }
 }
 

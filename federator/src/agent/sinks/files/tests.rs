@@ -240,7 +240,7 @@ async fn unchanged_files_are_not_rewritten_and_departed_domains_are_removed() {
 }
 
 #[tokio::test]
-async fn a_trust_domain_that_cannot_name_a_file_is_refused() {
+async fn a_trust_domain_that_cannot_name_a_file_is_reported_and_the_others_are_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = FileSink::new(dir.path().to_path_buf());
     for bad in ["..", ".", ".hidden", "a/b", "UPPER"] {
@@ -248,11 +248,32 @@ async fn a_trust_domain_that_cannot_name_a_file_is_refused() {
         let mut b = bundle("b.example", 1);
         b.trust_domain = bad.into();
         view.bundles.insert(bad.into(), b);
+        view.bundles.insert("c.example".into(), bundle("c.example", 1));
         let err = sink.apply(&view).await.expect_err(bad);
         assert_eq!(err.sink, "files");
         assert!(err.message.contains("cannot name a file"), "{err}");
+        assert_eq!(err.trust_domains, [bad.to_string()], "only the bad one is unwritten");
+        assert!(dir.path().join("bundles/c.example.pem").exists(), "{bad}: the others are");
+        assert!(dir.path().join("imports.json").exists());
     }
-    assert!(!dir.path().join("bundles.json").exists(), "nothing written");
+}
+
+#[tokio::test]
+async fn a_trust_domain_whose_files_cannot_be_written_does_not_hold_up_the_others() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = FileSink::new(dir.path().to_path_buf());
+    // Something that is not a file where b's bundle goes.
+    std::fs::create_dir_all(dir.path().join("bundles/b.example.pem/x")).expect("dir");
+    let mut view = view(&[], &[]);
+    view.bundles.insert("b.example".into(), bundle("b.example", 1));
+    view.bundles.insert("c.example".into(), bundle("c.example", 1));
+    let err = sink.apply(&view).await.expect_err("b cannot be written");
+    assert_eq!(err.trust_domains, ["b.example".to_string()]);
+    assert!(err.message.contains("b.example.pem"), "{err}");
+    assert!(dir.path().join("bundles/c.example.pem").is_file());
+    assert!(dir.path().join("bundles/c.example.json").is_file());
+    let set = read(&dir.path().join("bundles.json"));
+    assert!(set.contains("c.example") && set.contains("b.example"), "{set}");
 }
 
 #[tokio::test]
