@@ -405,3 +405,87 @@ async fn a_member_cannot_capture_another_clusters_service() -> anyhow::Result<()
     assert_eq!(clusters["region"], "region-1", "{clusters}");
     Ok(())
 }
+
+/// Holds `per_port` idle TCP connections from `source` to each of `addrs` (never a TLS
+/// ClientHello) until `until`, opening again those the server closes; returns how many
+/// connections it opened in all.
+async fn hold_idle_connections(
+    source: IpAddr,
+    addrs: Vec<std::net::SocketAddr>,
+    per_port: usize,
+    until: tokio::time::Instant,
+) -> usize {
+    use tokio::io::AsyncReadExt as _;
+    let mut tasks = tokio::task::JoinSet::new();
+    for addr in addrs {
+        for _ in 0..per_port {
+            tasks.spawn(async move {
+                let mut opened = 0usize;
+                while tokio::time::Instant::now() < until {
+                    let Ok(socket) = tokio::net::TcpSocket::new_v4() else { break };
+                    if socket.bind(std::net::SocketAddr::new(source, 0)).is_err() {
+                        break;
+                    }
+                    let Ok(Ok(mut stream)) =
+                        tokio::time::timeout_at(until, socket.connect(addr)).await
+                    else {
+                        continue;
+                    };
+                    opened += 1;
+                    // Idle until the server closes it or the flood ends.
+                    let mut byte = [0u8; 1];
+                    let _ = tokio::time::timeout_at(until, stream.read(&mut byte)).await;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                opened
+            });
+        }
+    }
+    let mut opened = 0;
+    while let Some(result) = tasks.join_next().await {
+        opened += result.unwrap_or(0);
+    }
+    opened
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legitimate_agent_keeps_its_lease_through_a_connection_flood() -> anyhow::Result<()> {
+    use federator_chaos::agent::{AgentOptions, AgentProcess};
+    const TTL: u32 = 4;
+    let fed = Federation::formed(3, "").await?;
+    let member = MemberCluster::new("cluster-a", "a.example")?;
+    let options = AgentOptions { lease_ttl_seconds: Some(TTL), ..AgentOptions::default() };
+    let mut agent = AgentProcess::new(&fed, member, &options)?;
+    agent.start()?;
+    let lease_id = agent
+        .wait_status("the agent's lease", Duration::from_secs(30), |s| s.lease.is_some())
+        .await?
+        .lease
+        .map(|l| l.id);
+
+    // 400 idle connections from 127.0.0.3 to each replica's API port, for 3 TTLs.
+    let addrs: Vec<std::net::SocketAddr> =
+        (1..=3).map(|id| fed.replica(id).api_addr.parse()).collect::<Result<_, _>>()?;
+    let until = tokio::time::Instant::now() + Duration::from_secs(u64::from(TTL) * 3);
+    let flood = tokio::spawn(hold_idle_connections(
+        IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3)),
+        addrs,
+        400,
+        until,
+    ));
+    // Meanwhile the lease stays live and the admin API answers.
+    let mut checks = 0;
+    while tokio::time::Instant::now() < until {
+        let clusters = fed.cli_json(&["cluster", "list"])?;
+        let lease = &clusters[0]["lease"];
+        assert_eq!(lease["state"], "live", "{clusters}");
+        assert_eq!(lease["id"].as_u64(), lease_id, "the same lease, never expired: {clusters}");
+        checks += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let opened = flood.await?;
+    assert!(opened >= 1_200, "the flood held its connections: {opened}");
+    assert!(checks >= 10, "{checks} checks");
+    agent.kill();
+    Ok(())
+}
