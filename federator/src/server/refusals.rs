@@ -70,7 +70,6 @@ impl RefusalRecorder {
     }
 
     fn record_at(&self, actor: &str, action: &str, target: &str, reason: &str, now: i64) {
-        tracing::warn!(target: "audit", actor, action, target_name = target, reason, "refused");
         self.refusals.inc();
         let key = (
             cap_field(actor.to_string()),
@@ -79,6 +78,14 @@ impl RefusalRecorder {
             cap_field(reason.to_string()),
         );
         let Ok(mut pending) = self.pending.lock() else { return };
+        // Capped fields, and one WARN line per distinct refusal per report period (its
+        // repeats at debug): a flood cannot flood the log either.
+        let (actor, action, target, reason) = (&key.0, &key.1, &key.2, &key.3);
+        if pending.records.contains_key(&key) {
+            tracing::debug!(target: "audit", %actor, %action, target_name = %target, %reason, "refused again");
+        } else {
+            tracing::warn!(target: "audit", %actor, %action, target_name = %target, %reason, "refused");
+        }
         let full = pending.records.len() >= MAX_REFUSAL_REPORTS - 1;
         let counts = match pending.records.get_mut(&key) {
             Some(counts) => counts,

@@ -216,7 +216,9 @@ impl AuditTrail {
                 count,
             },
         };
-        tracing::warn!(target: "audit", actor = %refusal.actor, action = %refusal.action, target_name = %refusal.target, reason = %refusal.reason, count, "refused");
+        // At debug: every replica applies this, again when it replays its log, and the
+        // replica that decided a refusal before the log has logged it at WARN already.
+        tracing::debug!(target: "audit", actor = %refusal.actor, action = %refusal.action, target_name = %refusal.target, reason = %refusal.reason, count, "refusal recorded");
         self.refusals.push_back(refusal);
         while self.refusals.len() > REFUSAL_CAPACITY {
             self.refusals.pop_front();
