@@ -65,6 +65,8 @@ async fn a_thousand_members_with_a_hundred_thousand_endpoints_snapshot_and_insta
                 cluster: format!("m{m}"),
                 trust_domain: format!("m{m}.scale.test"),
                 ttl_seconds: 3_600,
+                // The region its exports' endpoints claim (`MemberCluster::export`).
+                region: "region-1".into(),
                 ..Default::default()
             })
             .await?;

@@ -337,6 +337,8 @@ async fn grow(
                 cluster: name.clone(),
                 trust_domain: trust_domain.clone(),
                 ttl_seconds: TTL_SECONDS.into(),
+                // The region its exports' endpoints claim (`MemberCluster::export`).
+                region: "region-1".into(),
                 ..Default::default()
             })
             .await
