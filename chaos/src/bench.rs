@@ -21,7 +21,10 @@
 //! - [`scale`]: `bench scale`, how throughput and propagation change as one Federator
 //!   group grows from 10 to 1,000 member clusters.
 //! - [`soak`]: `bench soak`, elections under sustained full load, Federator against etcd.
+//! - [`attack`]: `bench attack`, legitimate write latency under a join flood and a
+//!   connection flood, beside the quiet figure (Federator only).
 
+pub mod attack;
 pub mod failover;
 pub mod load;
 pub mod plot;

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
+use federator_chaos::bench::attack::{AttackConfig, run_attack};
 use federator_chaos::bench::progress::Progress;
 use federator_chaos::bench::propagation::report::{SECTION_BEGIN, SECTION_END};
 use federator_chaos::bench::propagation::{PropagationConfig, run_propagation};
@@ -113,10 +114,22 @@ enum Bench {
     ///   FEDERATOR_BIN=target/release/federator federator-chaos bench soak --markdown BENCHMARKS.md
     ///   federator-chaos bench soak --systems federator --duration 2m
     Soak(SoakArgs),
+    /// Legitimate write latency under attack, beside the quiet figure: one 3-replica
+    /// Federator group, one sequential writer on 127.0.0.1 through the admin `Put`, first
+    /// quiet, then during a join flood from 127.0.0.2 (forged tokens, the attacker's own
+    /// CA, as fast as answers come) and a connection flood from 127.0.0.3 (idle sockets
+    /// to every API port that never send a TLS ClientHello, re-opened when closed), with a
+    /// legitimate member joining in each phase. Reports latency and writes/s side by
+    /// side, the floods' answers, and the applied index's growth against the legitimate
+    /// writes (the floods must propose nothing).
+    ///
+    ///   FEDERATOR_BIN=target/release/federator federator-chaos bench attack --markdown BENCHMARKS.md
+    Attack(AttackArgs),
     /// Every benchmark in turn, each with its defaults and side by side with etcd: raft
     /// (1, 16, 64, 256 and 1,000 clients, 20 failover trials), propagation, snapshot,
-    /// scale (Federator only), then soak (10 minutes per system). With --markdown each
-    /// writes its section (and raft its latency plot) into FILE.
+    /// scale (Federator only), soak (10 minutes per system), then attack (Federator
+    /// only). With --markdown each writes its section (and raft its latency plot) into
+    /// FILE.
     ///
     ///   FEDERATOR_BIN=target/release/federator federator-chaos bench all --markdown BENCHMARKS.md
     All(AllArgs),
@@ -225,6 +238,57 @@ impl SoakArgs {
             config.warmup = Duration::from_millis(500);
             config.duration = Duration::from_secs(3);
             config.sample_every = Duration::from_millis(500);
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[derive(Debug, Args)]
+struct AttackArgs {
+    /// Measured window of each phase (quiet, then under attack), after 1 s of unmeasured
+    /// writes (and, under attack, floods).
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Join flood tasks from 127.0.0.2, spread over the replicas, one connection each.
+    #[arg(long, default_value_t = 8)]
+    join_tasks: usize,
+    /// Idle sockets from 127.0.0.3 held to each replica's API port.
+    #[arg(long, default_value_t = 300)]
+    sockets: usize,
+    /// Pause before a socket the server closed is opened again.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    reopen_pause: Duration,
+    /// Bytes per written value.
+    #[arg(long, default_value_t = 256)]
+    value_size: usize,
+    /// A quick run that keeps the benchmark from rotting (CI): 2 s windows after 500 ms,
+    /// 4 join tasks, 100 sockets per port. Overrides --duration, --join-tasks and
+    /// --sockets.
+    #[arg(long)]
+    smoke: bool,
+    /// Also write the results as a markdown section into FILE (replacing the section a
+    /// previous run wrote there).
+    #[arg(long, value_name = "FILE")]
+    markdown: Option<PathBuf>,
+}
+
+impl AttackArgs {
+    fn config(&self) -> anyhow::Result<AttackConfig> {
+        let mut config = AttackConfig {
+            duration: self.duration,
+            ramp: Duration::from_secs(1),
+            settle: Duration::from_millis(1500),
+            join_tasks: self.join_tasks,
+            sockets_per_port: self.sockets,
+            reopen_pause: self.reopen_pause,
+            value_size: self.value_size,
+        };
+        if self.smoke {
+            config.duration = Duration::from_secs(2);
+            config.ramp = Duration::from_millis(500);
+            config.join_tasks = 4;
+            config.sockets_per_port = 100;
         }
         config.validate()?;
         Ok(config)
@@ -424,6 +488,7 @@ async fn main() -> anyhow::Result<()> {
             Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
             Command::Bench(Bench::Scale(args)) => bench_scale(args).await,
             Command::Bench(Bench::Soak(args)) => bench_soak(args).await,
+            Command::Bench(Bench::Attack(args)) => bench_attack(args).await,
             Command::Bench(Bench::All(args)) => bench_all(args).await,
             Command::List => {
                 for s in run::SCENARIOS {
@@ -536,9 +601,9 @@ async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs `bench raft`, `bench propagation`, `bench snapshot`, `bench scale` and `bench soak`
-/// one after the other, each parsed from its own command line so it gets exactly its
-/// defaults.
+/// Runs `bench raft`, `bench propagation`, `bench snapshot`, `bench scale`, `bench soak`
+/// and `bench attack` one after the other, each parsed from its own command line so it
+/// gets exactly its defaults.
 async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
     for argv in all_command_lines(args) {
         eprintln!("== {}", argv[1..].join(" "));
@@ -549,6 +614,7 @@ async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
             Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
             Command::Bench(Bench::Scale(args)) => bench_scale(args).await,
             Command::Bench(Bench::Soak(args)) => bench_soak(args).await,
+            Command::Bench(Bench::Attack(args)) => bench_attack(args).await,
             _ => unreachable!("only benchmarks are listed"),
         };
         outcome.with_context(|| argv[1..].join(" "))?;
@@ -558,12 +624,13 @@ async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
 
 /// The command lines `bench all` runs.
 fn all_command_lines(args: &AllArgs) -> Vec<Vec<String>> {
-    let benchmarks: [&[&str]; 5] = [
+    let benchmarks: [&[&str]; 6] = [
         &["raft", "--clients", "1,16,64,256,1000", "--trials", "20"],
         &["propagation"],
         &["snapshot"],
         &["scale"],
         &["soak"],
+        &["attack"],
     ];
     benchmarks
         .iter()
@@ -635,6 +702,21 @@ async fn bench_soak(args: &SoakArgs) -> anyhow::Result<()> {
     let machine = Machine::detect();
     let progress = Progress::new();
     let report = run_soak(&config, &progress).await?;
+    finish(
+        &progress,
+        &report.text(),
+        args.markdown.as_deref(),
+        (SECTION_BEGIN, SECTION_END),
+        |c, d| report.markdown_section(&machine, c, d),
+    )
+}
+
+async fn bench_attack(args: &AttackArgs) -> anyhow::Result<()> {
+    use federator_chaos::bench::attack::{SECTION_BEGIN, SECTION_END};
+    let config = args.config()?;
+    let machine = Machine::detect();
+    let progress = Progress::new();
+    let report = run_attack(&config, &progress).await?;
     finish(
         &progress,
         &report.text(),
@@ -717,7 +799,7 @@ mod tests {
         .expect("parses");
         let Command::Bench(Bench::All(args)) = &cli.command else { panic!("{cli:?}") };
         let lines = all_command_lines(args);
-        assert_eq!(lines.len(), 5);
+        assert_eq!(lines.len(), 6);
         for argv in &lines {
             assert_eq!(&argv[argv.len() - 3..], ["--smoke", "--markdown", "B.md"], "{argv:?}");
             let parsed = Cli::try_parse_from(argv).expect("each command line parses");
@@ -787,6 +869,25 @@ mod tests {
         assert_eq!(config.changes, 10);
         assert_eq!(config.endpoints, vec![10_000]);
         assert_eq!(config.systems, vec![System::Etcd]);
+    }
+
+    #[test]
+    fn attack_defaults_and_smoke() {
+        let cli = Cli::parse_from(["federator-chaos", "bench", "attack"]);
+        let Command::Bench(Bench::Attack(args)) = &cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        let config = args.config().expect("valid");
+        assert_eq!(config.duration, Duration::from_secs(10));
+        assert_eq!(config.sockets_per_port, 300);
+        assert_eq!(config.join_tasks, 8);
+        let cli = Cli::parse_from(["federator-chaos", "bench", "attack", "--smoke"]);
+        let Command::Bench(Bench::Attack(args)) = &cli.command else {
+            panic!("parsed as {:?}", cli.command);
+        };
+        let config = args.config().expect("valid");
+        assert_eq!(config.duration, Duration::from_secs(2));
+        assert_eq!(config.sockets_per_port, 100);
     }
 
     #[test]

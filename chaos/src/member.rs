@@ -297,6 +297,8 @@ pub async fn channel_from(
                     };
                     socket.bind(std::net::SocketAddr::new(source, 0))?;
                     let tcp = socket.connect(target).await?;
+                    // As the default connector does: no call waits on a delayed ACK.
+                    tcp.set_nodelay(true)?;
                     let name = rustls_pki_types::ServerName::try_from(host)
                         .map_err(std::io::Error::other)?;
                     let tls = tokio_rustls::TlsConnector::from(config).connect(name, tcp).await?;

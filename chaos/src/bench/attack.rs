@@ -1,0 +1,1300 @@
+//! `bench attack`: legitimate write latency under a join flood and a connection flood,
+//! beside the quiet figure, on one 3-replica Federator group.
+//!
+//! A single closed-loop writer on 127.0.0.1 writes probe keys through the admin `Put` to
+//! the leader, first with nothing else going on (quiet), then while two floods run at
+//! once (under attack):
+//! - a join flood from 127.0.0.2: tasks spread over the replicas, each sending joins with
+//!   a CA and SVID of the attacker's own, a valid bundle of that CA and a well-formed token
+//!   nobody created, the next one as soon as the previous is answered; the answers are
+//!   counted by gRPC code (`PERMISSION_DENIED`: checked and refused; `RESOURCE_EXHAUSTED`:
+//!   refused at once by the failed-attempt limiter);
+//! - a connection flood from 127.0.0.3: raw TCP sockets held open to every replica's API
+//!   port that never send a TLS ClientHello, each opened again (after a short pause)
+//!   when the server closes it.
+//!
+//! The floods run on a runtime of their own (one thread, so at most one core), so the
+//! writer's task is never queued behind them. In the middle of each measured window a
+//! legitimate member cluster joins from 127.0.0.1 with a token the operator made; its
+//! connect-and-join time is reported. The group's applied index is read before and after
+//! each phase: the floods must propose nothing, so its growth is the legitimate writes and
+//! join plus at most one refusal report per replica per second.
+//!
+//! Every flood task stops at the end of the measured window (loops are bounded in count
+//! too); their sockets close with them; the replicas are killed when the
+//! [`Federation`] is dropped.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use federator::identity::IssuedCertificate;
+use federator_proto::admin as admin_pb;
+use federator_proto::admin::admin_client::AdminClient;
+use federator_proto::federation as pb;
+use federator_proto::federation::federation_client::FederationClient;
+use tokio::io::AsyncReadExt as _;
+use tokio::time::Instant;
+use tonic::transport::Channel;
+
+use super::load::{LoadRun, LoadSpec, closed_loop, progress_ticker};
+use super::progress::Progress;
+use super::propagation::memory::parse_cpu_ticks;
+use super::report::{Machine, aligned_table, section_head, wrap};
+use super::target::{KvConn, PutError};
+use super::{GROUP_SIZE, HEALTHY_TIMEOUT};
+use crate::cluster::Federation;
+use crate::member::{MemberCluster, join_request};
+
+/// Marks the start of the section this benchmark owns in a markdown file.
+pub const SECTION_BEGIN: &str =
+    "<!-- bench attack: begin (written by `federator-chaos bench attack --markdown`) -->";
+/// Marks its end.
+pub const SECTION_END: &str = "<!-- bench attack: end -->";
+
+/// Where the join flood comes from.
+pub const JOIN_FLOOD_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 2));
+/// Where the connection flood comes from.
+pub const SOCKET_FLOOD_SOURCE: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 3));
+/// Most idle sockets per replica API port a run may ask for.
+pub const MAX_SOCKETS_PER_PORT: usize = 5_000;
+/// Most join flood tasks a run may ask for.
+pub const MAX_JOIN_TASKS: usize = 256;
+
+/// Deadline of one call or connection attempt of the floods.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Deadline of the legitimate member's connect and join.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Joins one flood task sends at most (it stops at the phase end long before).
+const MAX_JOINS_PER_TASK: u64 = 10_000_000;
+/// Times one socket slot is opened at most.
+const MAX_OPENS_PER_SOCKET: u64 = 1_000_000;
+/// Pause of a join flood task whose connection failed, before it connects again.
+const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
+/// Time between two counts of the sockets held open.
+const SAMPLE_EVERY: Duration = Duration::from_millis(100);
+/// Time the flood tasks get to stop after the phase end before they are aborted.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+/// The replica the legitimate members join through.
+const JOIN_VIA: u64 = 1;
+
+/// What `bench attack` runs.
+#[derive(Clone, Debug)]
+pub struct AttackConfig {
+    /// Measured window of each phase.
+    pub duration: Duration,
+    /// Unmeasured time at the start of each phase: the writer warms up and, under
+    /// attack, the floods are already running.
+    pub ramp: Duration,
+    /// Time after each phase before the applied index is read again, so that the last
+    /// refusal reports (one a second per replica) are in.
+    pub settle: Duration,
+    /// Join flood tasks (spread over the replicas, one connection each).
+    pub join_tasks: usize,
+    /// Idle sockets held to each replica's API port.
+    pub sockets_per_port: usize,
+    /// Pause before a socket the server closed is opened again.
+    pub reopen_pause: Duration,
+    /// Bytes per written value.
+    pub value_size: usize,
+}
+
+impl AttackConfig {
+    /// Checks the settings, naming the bad one.
+    ///
+    /// # Errors
+    /// A duration or count is zero or beyond its bound.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if self.duration.is_zero() {
+            anyhow::bail!("--duration must be positive");
+        }
+        if self.join_tasks == 0 || self.join_tasks > MAX_JOIN_TASKS {
+            anyhow::bail!("--join-tasks must be 1 to {MAX_JOIN_TASKS}");
+        }
+        if self.sockets_per_port == 0 || self.sockets_per_port > MAX_SOCKETS_PER_PORT {
+            anyhow::bail!("--sockets must be 1 to {MAX_SOCKETS_PER_PORT}");
+        }
+        if self.reopen_pause.is_zero() {
+            anyhow::bail!(
+                "--reopen-pause must be positive (a socket is never re-opened in a spin)"
+            );
+        }
+        Ok(())
+    }
+
+    /// Sockets asked for in all: per port times the replicas.
+    #[must_use]
+    pub fn sockets(&self) -> usize {
+        self.sockets_per_port * GROUP_SIZE as usize
+    }
+}
+
+/// What the join flood saw.
+#[derive(Clone, Debug, Default)]
+pub struct JoinFloodFigures {
+    /// Joins sent.
+    pub attempts: u64,
+    /// Answered `PERMISSION_DENIED`.
+    pub denied: u64,
+    /// Answered `RESOURCE_EXHAUSTED`.
+    pub limited: u64,
+    /// Answered with another error (or the connection failed mid-call).
+    pub other: u64,
+    /// Answered OK: a forged token was accepted (must stay 0).
+    pub accepted: u64,
+    /// Calls still unanswered when the phase ended.
+    pub cut: u64,
+    /// Connections that could not be made.
+    pub connect_failures: u64,
+    /// The first other answer or failure, for the report.
+    pub first_other: Option<String>,
+    /// How long the flood ran.
+    pub ran: Duration,
+}
+
+impl JoinFloodFigures {
+    /// `count` per second of the flood's run.
+    #[must_use]
+    pub fn per_second(&self, count: u64) -> f64 {
+        if self.ran.is_zero() { 0.0 } else { count as f64 / self.ran.as_secs_f64() }
+    }
+}
+
+/// What the connection flood saw.
+#[derive(Clone, Debug, Default)]
+pub struct SocketFloodFigures {
+    /// Sockets asked for (per port times the ports).
+    pub asked: usize,
+    /// Connections established (first opens and re-opens).
+    pub opened: u64,
+    /// Sockets the server closed (read end-of-file or a reset).
+    pub closed_by_server: u64,
+    /// Connection attempts that failed.
+    pub failed: u64,
+    /// The first failure, for the report.
+    pub first_error: Option<String>,
+    /// Sockets open at each sample of the measured window.
+    pub held: Vec<u64>,
+    /// How long the flood ran.
+    pub ran: Duration,
+}
+
+impl SocketFloodFigures {
+    /// Mean of the sockets held open over the measured window.
+    #[must_use]
+    pub fn held_mean(&self) -> Option<f64> {
+        (!self.held.is_empty())
+            .then(|| self.held.iter().sum::<u64>() as f64 / self.held.len() as f64)
+    }
+
+    /// `count` per second of the flood's run.
+    #[must_use]
+    pub fn per_second(&self, count: u64) -> f64 {
+        if self.ran.is_zero() { 0.0 } else { count as f64 / self.ran.as_secs_f64() }
+    }
+}
+
+/// Counters of the replicas' own metrics, summed over the replicas.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ServerCounters {
+    /// Calls refused before the log (`federator_refusals_total`).
+    pub refusals: u64,
+    /// API connections closed at accept: their source had too many handshakes in
+    /// progress or too many connections, or the listener too many connections.
+    pub refused_at_accept: u64,
+    /// API handshakes dropped to make room for a new connection.
+    pub evicted: u64,
+    /// API handshakes not completed in time.
+    pub timed_out: u64,
+}
+
+impl ServerCounters {
+    fn since(self, before: Self) -> Self {
+        Self {
+            refusals: self.refusals.saturating_sub(before.refusals),
+            refused_at_accept: self.refused_at_accept.saturating_sub(before.refused_at_accept),
+            evicted: self.evicted.saturating_sub(before.evicted),
+            timed_out: self.timed_out.saturating_sub(before.timed_out),
+        }
+    }
+}
+
+/// Everything one phase showed.
+#[derive(Clone, Debug)]
+pub struct PhaseFigures {
+    /// `quiet` or `under attack`.
+    pub label: &'static str,
+    /// What the writer saw in the measured window.
+    pub writes: LoadRun,
+    /// Writes acknowledged over the whole phase (ramp included).
+    pub acked_all: u64,
+    /// The legitimate member's connect and join, or why it failed.
+    pub join: Result<Duration, String>,
+    /// The highest applied index of any replica before the phase.
+    pub applied_before: u64,
+    /// The same after the phase and the settle time.
+    pub applied_after: u64,
+    /// Time between the two readings.
+    pub span: Duration,
+    /// CPU of the replicas together over the phase, in cores.
+    pub replica_cpu: Option<f64>,
+    /// CPU of the flood threads over the phase, in cores.
+    pub flood_cpu: Option<f64>,
+    /// The replicas' counters' increase over the phase.
+    pub server: Option<ServerCounters>,
+    /// The join flood (under attack only).
+    pub join_flood: Option<JoinFloodFigures>,
+    /// The connection flood (under attack only).
+    pub socket_flood: Option<SocketFloodFigures>,
+}
+
+impl PhaseFigures {
+    /// Entries the group applied over the phase.
+    #[must_use]
+    pub fn growth(&self) -> u64 {
+        self.applied_after.saturating_sub(self.applied_before)
+    }
+
+    /// Entries the legitimate clients may have proposed: every acknowledged write, every
+    /// failed one (it may have committed), the member's join.
+    #[must_use]
+    pub fn legitimate_entries(&self) -> u64 {
+        self.acked_all + self.writes.errors + u64::from(self.join.is_ok())
+    }
+
+    /// Entries nobody legitimate proposed.
+    #[must_use]
+    pub fn other_entries(&self) -> u64 {
+        self.growth().saturating_sub(self.legitimate_entries())
+    }
+
+    /// Refusal reports the replicas may propose over the phase: one a second each.
+    #[must_use]
+    pub fn report_allowance(&self) -> u64 {
+        GROUP_SIZE * self.span.as_secs_f64().ceil() as u64
+    }
+
+    /// One line for the progress log.
+    #[must_use]
+    pub fn summary(&self) -> String {
+        let ms = |d: Option<Duration>| {
+            d.map_or_else(|| "-".into(), |d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+        };
+        let join = match &self.join {
+            Ok(d) => format!("{:.0} ms", d.as_secs_f64() * 1e3),
+            Err(e) => format!("FAILED ({e})"),
+        };
+        let mut line = format!(
+            "{}: {:.0} writes/s, p50 {}, p99 {}, max {}, {} errors; member join {join}; \
+             applied +{} ({} legitimate)",
+            self.label,
+            self.writes.throughput(),
+            ms(self.writes.percentile(0.5)),
+            ms(self.writes.percentile(0.99)),
+            ms(self.writes.percentile(1.0)),
+            self.writes.errors,
+            self.growth(),
+            self.legitimate_entries(),
+        );
+        if let Some(j) = &self.join_flood {
+            let _ = write!(
+                line,
+                "; joins {:.0}/s ({} denied, {} rate-limited, {} other, {} accepted)",
+                j.per_second(j.attempts),
+                j.denied,
+                j.limited,
+                j.other,
+                j.accepted
+            );
+        }
+        if let Some(s) = &self.socket_flood {
+            let _ = write!(
+                line,
+                "; idle sockets held {:.0} of {} on average, {} closed by the server",
+                s.held_mean().unwrap_or(0.0),
+                s.asked,
+                s.closed_by_server
+            );
+        }
+        line
+    }
+}
+
+/// The figures of one `bench attack` run.
+#[derive(Clone, Debug)]
+pub struct AttackReport {
+    /// What was asked for.
+    pub config: AttackConfig,
+    /// The replica the writer wrote to.
+    pub leader: u64,
+    /// Nothing but the writer and the member's join.
+    pub quiet: PhaseFigures,
+    /// The same under both floods.
+    pub attack: PhaseFigures,
+}
+
+/// Runs the benchmark: a fresh group, the quiet phase, then the phase under attack; the
+/// group is torn down (every replica killed) when it returns.
+///
+/// # Errors
+/// The group did not start or lost its leader, or the writer could not connect.
+pub async fn run_attack(
+    config: &AttackConfig,
+    progress: &Progress,
+) -> anyhow::Result<AttackReport> {
+    config.validate()?;
+    let step = progress.step(format!("starting {GROUP_SIZE} Federator replicas"));
+    let mut fed = Federation::formed(GROUP_SIZE, "").await?;
+    fed.show_logs_on_drop = false;
+    step.finish_and_clear();
+    let leader = fed.wait_for_leader(&fed.ids(), HEALTHY_TIMEOUT).await?;
+    let writer = AdminConn(fed.admin(leader).await.context("connecting the writer")?);
+    let plan = FloodPlan::new(&fed, config)?;
+
+    let quiet = phase(&fed, &writer, config, None, "quiet", progress).await?;
+    progress.println(format!("{:>9} {}", "Federator", quiet.summary()));
+    let attack = phase(&fed, &writer, config, Some(&plan), "under attack", progress).await?;
+    progress.println(format!("{:>9} {}", "Federator", attack.summary()));
+    Ok(AttackReport { config: config.clone(), leader, quiet, attack })
+}
+
+/// A connection to the leader's admin API (the writer's).
+#[derive(Clone, Debug)]
+struct AdminConn(AdminClient<Channel>);
+
+impl KvConn for AdminConn {
+    async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), PutError> {
+        self.0.put(admin_pb::PutRequest { key, value }).await.map(|_| ()).map_err(|status| {
+            PutError::Failed {
+                system: "Federator",
+                message: format!("{:?}: {}", status.code(), status.message()),
+            }
+        })
+    }
+}
+
+/// One phase: the writer, the member's join in the middle of the window and, under
+/// attack, both floods from the start of the ramp to the end of the window.
+async fn phase(
+    fed: &Federation,
+    writer: &AdminConn,
+    config: &AttackConfig,
+    flood: Option<&FloodPlan>,
+    label: &'static str,
+    progress: &Progress,
+) -> anyhow::Result<PhaseFigures> {
+    // The member's token is made (and committed) before the phase starts.
+    let name = if flood.is_some() { "attack" } else { "quiet" };
+    let mut member = MemberCluster::new(&format!("cluster-{name}"), &format!("{name}.example"))?;
+    let token = fed.token(&member.name, &member.trust_domain, "1h")?;
+    let bundle = member.next_bundle()?;
+    let request = join_request(&token, &member.trust_domain, bundle);
+    let ca = fed.ca_pem();
+    let via = fed.replica(JOIN_VIA).api_addr.clone();
+
+    let read_at = Instant::now();
+    let applied_before = applied_index(fed).await?;
+    let server_before = server_counters(fed).await;
+
+    let replica_ticks = replica_cpu_ticks(fed);
+    let flood_ticks = flood_cpu_ticks();
+    let started = Instant::now();
+    let window_end = started + config.ramp + config.duration;
+    let floods =
+        flood.map(|plan| FloodRun::start(plan, started + config.ramp, window_end)).transpose()?;
+    let spec = LoadSpec {
+        clients: 1,
+        warmup: config.ramp,
+        duration: config.duration,
+        value_size: config.value_size,
+        prefix: format!("bench/attack/{name}"),
+        keys_per_client: None,
+    };
+    let acked = Arc::new(AtomicU64::new(0));
+    let bar = progress.load_bar(&format!("Federator {label},"), &spec);
+    let ticker = progress_ticker(&bar, &acked, config.ramp + config.duration);
+    let join = async {
+        tokio::time::sleep_until(started + config.ramp + config.duration / 2).await;
+        let began = Instant::now();
+        let joined = tokio::time::timeout(JOIN_TIMEOUT, async {
+            let mut client = member.client(&via, &ca).await?;
+            client
+                .join(request)
+                .await
+                .map_err(|s| anyhow::anyhow!("{:?}: {}", s.code(), s.message()))
+        })
+        .await;
+        match joined {
+            Ok(Ok(_)) => Ok(began.elapsed()),
+            Ok(Err(error)) => Err(format!("{error:#}")),
+            Err(_) => Err(format!("no answer within {JOIN_TIMEOUT:?}")),
+        }
+    };
+    let (writes, join) =
+        tokio::join!(closed_loop(std::slice::from_ref(writer), &spec, &acked), join);
+    ticker.abort();
+    bar.finish_and_clear();
+    let elapsed = started.elapsed().as_secs_f64();
+    let replica_cpu = replica_ticks.and_then(|b| cores(replica_cpu_ticks(fed)?, b, elapsed));
+    let flood_cpu = flood_ticks.and_then(|b| cores(flood_cpu_ticks()?, b, elapsed));
+    let (join_flood, socket_flood) = match floods {
+        Some(run) => {
+            let (j, s) = run.finish().await;
+            (Some(j), Some(s))
+        }
+        None => (None, None),
+    };
+
+    tokio::time::sleep(config.settle).await;
+    let applied_after = applied_index(fed).await?;
+    let span = read_at.elapsed();
+    let server = server_counters(fed).await.zip(server_before).map(|(a, b)| a.since(b));
+    Ok(PhaseFigures {
+        label,
+        writes,
+        acked_all: acked.load(Ordering::Relaxed),
+        join,
+        applied_before,
+        applied_after,
+        span,
+        replica_cpu,
+        flood_cpu,
+        server,
+        join_flood,
+        socket_flood,
+    })
+}
+
+/// The highest applied index any replica reports.
+async fn applied_index(fed: &Federation) -> anyhow::Result<u64> {
+    let mut highest = None;
+    for id in fed.ids() {
+        if let Some(status) = fed.status(id).await {
+            highest = highest.max(Some(status.applied_index));
+        }
+    }
+    highest.context("no replica answered its status")
+}
+
+/// The replicas' counters, summed; `None` when one did not answer.
+async fn server_counters(fed: &Federation) -> Option<ServerCounters> {
+    let mut total = ServerCounters::default();
+    for id in fed.ids() {
+        let text = fed.metrics(id).await.ok()?;
+        let read = |name: &str| counter(&text, name).unwrap_or(0);
+        total.refusals += counter(&text, "federator_refusals_total")?;
+        total.refused_at_accept += read("federator_api_tls_refused_source_handshakes_total")
+            + read("federator_api_tls_refused_source_connections_total")
+            + read("federator_api_tls_refused_connections_total");
+        total.evicted += read("federator_api_tls_evicted_handshakes_total");
+        total.timed_out += read("federator_api_tls_timed_out_handshakes_total");
+    }
+    Some(total)
+}
+
+/// The value of an unlabelled counter in a Prometheus text exposition.
+fn counter(exposition: &str, name: &str) -> Option<u64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(name)?.strip_prefix(' ')?;
+        value.split_whitespace().next()?.parse::<f64>().ok().map(|v| v as u64)
+    })
+}
+
+/// CPU ticks of the replicas together.
+fn replica_cpu_ticks(fed: &Federation) -> Option<u64> {
+    fed.ids()
+        .into_iter()
+        .map(|id| ticks_of(&format!("/proc/{}/stat", fed.replica(id).pid()?)))
+        .sum()
+}
+
+/// The name of the flood runtime's threads.
+const FLOOD_THREAD: &str = "attack-flood";
+
+/// CPU ticks of this process's flood threads (finished threads are not counted: the
+/// flood runtime lives until the phase is read).
+fn flood_cpu_ticks() -> Option<u64> {
+    let mut total = 0;
+    for entry in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        if stat.contains(&format!("({FLOOD_THREAD})")) {
+            total += parse_cpu_ticks(&stat).unwrap_or(0);
+        }
+    }
+    Some(total)
+}
+
+fn ticks_of(path: &str) -> Option<u64> {
+    parse_cpu_ticks(&std::fs::read_to_string(path).ok()?)
+}
+
+/// Cores used between two readings of ticks `seconds` apart.
+fn cores(after: u64, before: u64, seconds: f64) -> Option<f64> {
+    (seconds > 0.0).then(|| after.saturating_sub(before) as f64 / ticks_per_second() / seconds)
+}
+
+/// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we know of).
+fn ticks_per_second() -> f64 {
+    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        std::process::Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
+            .filter(|t| *t > 0.0)
+            .unwrap_or(100.0)
+    })
+}
+
+// === the floods ===
+
+/// What the floods need, made before they start.
+#[derive(Clone)]
+struct FloodPlan {
+    /// Every replica's API address.
+    api_addrs: Vec<String>,
+    /// The federation CA, which the attacker trusts for the server (as anyone may).
+    ca_pem: String,
+    /// The attacker's SVID, from its own CA.
+    svid: IssuedCertificate,
+    /// A join with a forged token and a valid bundle of the attacker's CA.
+    request: pb::JoinRequest,
+    join_tasks: usize,
+    sockets_per_port: usize,
+    reopen_pause: Duration,
+}
+
+impl FloodPlan {
+    fn new(fed: &Federation, config: &AttackConfig) -> anyhow::Result<Self> {
+        let ca_pem = fed.ca_pem();
+        let api_addrs: Vec<String> =
+            fed.ids().into_iter().map(|id| fed.replica(id).api_addr.clone()).collect();
+        // The attacker: its own CA and SVID, a bundle of that CA, a well-formed token it
+        // made up naming a cluster of its choice.
+        let mut attacker = MemberCluster::new("victim-name", "evil.example")?;
+        let bundle = attacker.next_bundle()?;
+        let forged = federator::token::JoinToken::generate(
+            "victim-name",
+            "evil.example",
+            api_addrs.clone(),
+            ca_pem.clone(),
+            i64::MAX / 4,
+        )
+        .encode();
+        Ok(Self {
+            request: join_request(&forged, "evil.example", bundle),
+            svid: attacker.agent_svid().clone(),
+            api_addrs,
+            ca_pem,
+            join_tasks: config.join_tasks,
+            sockets_per_port: config.sockets_per_port,
+            reopen_pause: config.reopen_pause,
+        })
+    }
+}
+
+/// Counts the join flood keeps as it goes.
+#[derive(Default)]
+struct JoinTally {
+    attempts: AtomicU64,
+    denied: AtomicU64,
+    limited: AtomicU64,
+    other: AtomicU64,
+    accepted: AtomicU64,
+    cut: AtomicU64,
+    connect_failures: AtomicU64,
+    first_other: Mutex<Option<String>>,
+}
+
+impl JoinTally {
+    fn note(&self, what: String) {
+        if let Ok(mut first) = self.first_other.lock() {
+            first.get_or_insert(what);
+        }
+    }
+}
+
+/// Counts the connection flood keeps as it goes.
+#[derive(Default)]
+struct SocketTally {
+    opened: AtomicU64,
+    open_now: AtomicU64,
+    closed_by_server: AtomicU64,
+    failed: AtomicU64,
+    first_error: Mutex<Option<String>>,
+}
+
+impl SocketTally {
+    fn note(&self, what: String) {
+        if let Ok(mut first) = self.first_error.lock() {
+            first.get_or_insert(what);
+        }
+    }
+}
+
+/// Both floods running on a runtime of their own.
+struct FloodRun {
+    runtime: Option<tokio::runtime::Runtime>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    sampler: Option<tokio::task::JoinHandle<Vec<u64>>>,
+    joins: Arc<JoinTally>,
+    sockets: Arc<SocketTally>,
+    asked: usize,
+    started: Instant,
+    until: Instant,
+}
+
+impl FloodRun {
+    /// Starts both floods until `until`; the held sockets are counted from
+    /// `measure_from`.
+    fn start(plan: &FloodPlan, measure_from: Instant, until: Instant) -> anyhow::Result<Self> {
+        let started = Instant::now();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name(FLOOD_THREAD)
+            .enable_all()
+            .build()
+            .context("starting the flood runtime")?;
+        let joins = Arc::new(JoinTally::default());
+        let sockets = Arc::new(SocketTally::default());
+        let mut tasks = Vec::new();
+        for t in 0..plan.join_tasks {
+            let addr = plan.api_addrs[t % plan.api_addrs.len()].clone();
+            let (ca, svid, request) =
+                (plan.ca_pem.clone(), plan.svid.clone(), plan.request.clone());
+            let tally = Arc::clone(&joins);
+            tasks.push(runtime.spawn(join_flood(addr, ca, svid, request, until, tally)));
+        }
+        let mut asked = 0;
+        for addr in &plan.api_addrs {
+            let addr: SocketAddr = addr.parse().with_context(|| format!("API address {addr:?}"))?;
+            for _ in 0..plan.sockets_per_port {
+                let tally = Arc::clone(&sockets);
+                tasks.push(runtime.spawn(hold_socket(addr, plan.reopen_pause, until, tally)));
+                asked += 1;
+            }
+        }
+        let sampler = runtime.spawn(count_held(Arc::clone(&sockets), measure_from, until));
+        Ok(Self {
+            runtime: Some(runtime),
+            tasks,
+            sampler: Some(sampler),
+            joins,
+            sockets,
+            asked,
+            started,
+            until,
+        })
+    }
+
+    /// Waits for every flood task to stop (they stop at the phase end by themselves;
+    /// those that do not within [`STOP_GRACE`] are aborted) and returns the figures.
+    async fn finish(mut self) -> (JoinFloodFigures, SocketFloodFigures) {
+        let grace = self.until + STOP_GRACE;
+        for task in &mut self.tasks {
+            if tokio::time::timeout_at(grace, &mut *task).await.is_err() {
+                task.abort();
+            }
+        }
+        let stopped = Instant::now();
+        let held = match self.sampler.take() {
+            Some(mut sampler) => match tokio::time::timeout_at(grace, &mut sampler).await {
+                Ok(Ok(held)) => held,
+                _ => {
+                    sampler.abort();
+                    Vec::new()
+                }
+            },
+            None => Vec::new(),
+        };
+        let ran = stopped.saturating_duration_since(self.started);
+        let j = &self.joins;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let joins = JoinFloodFigures {
+            attempts: load(&j.attempts),
+            denied: load(&j.denied),
+            limited: load(&j.limited),
+            other: load(&j.other),
+            accepted: load(&j.accepted),
+            cut: load(&j.cut),
+            connect_failures: load(&j.connect_failures),
+            first_other: j.first_other.lock().ok().and_then(|f| f.clone()),
+            ran,
+        };
+        let s = &self.sockets;
+        let sockets = SocketFloodFigures {
+            asked: self.asked,
+            opened: load(&s.opened),
+            closed_by_server: load(&s.closed_by_server),
+            failed: load(&s.failed),
+            first_error: s.first_error.lock().ok().and_then(|f| f.clone()),
+            held,
+            ran,
+        };
+        (joins, sockets)
+    }
+}
+
+impl Drop for FloodRun {
+    fn drop(&mut self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+        if let Some(sampler) = &self.sampler {
+            sampler.abort();
+        }
+        // Not waited for: dropping a runtime blocks, which an async context must not.
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// One join flood task: joins with the forged token through one connection from
+/// [`JOIN_FLOOD_SOURCE`] to `addr`, the next as soon as the previous is answered, until
+/// `until`.
+async fn join_flood(
+    addr: String,
+    ca_pem: String,
+    svid: IssuedCertificate,
+    request: pb::JoinRequest,
+    until: Instant,
+    tally: Arc<JoinTally>,
+) {
+    let mut client: Option<FederationClient<Channel>> = None;
+    for _ in 0..MAX_JOINS_PER_TASK {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        let deadline = until.min(now + CALL_TIMEOUT);
+        let connected = match client.as_mut() {
+            Some(client) => client,
+            None => {
+                let channel = crate::member::channel_from(
+                    &addr,
+                    &ca_pem,
+                    Some(&svid),
+                    Some(JOIN_FLOOD_SOURCE),
+                );
+                match tokio::time::timeout_at(deadline, channel).await {
+                    Ok(Ok(channel)) => client.insert(FederationClient::new(channel)),
+                    Ok(Err(error)) => {
+                        tally.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        tally.note(format!("connect: {error:#}"));
+                        tokio::time::sleep_until(until.min(Instant::now() + RECONNECT_PAUSE)).await;
+                        continue;
+                    }
+                    Err(_) => {
+                        tally.connect_failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                }
+            }
+        };
+        tally.attempts.fetch_add(1, Ordering::Relaxed);
+        match tokio::time::timeout_at(deadline, connected.join(request.clone())).await {
+            Err(_) => {
+                tally.cut.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Ok(_)) => {
+                tally.accepted.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(status)) => match status.code() {
+                tonic::Code::PermissionDenied => {
+                    tally.denied.fetch_add(1, Ordering::Relaxed);
+                }
+                tonic::Code::ResourceExhausted => {
+                    tally.limited.fetch_add(1, Ordering::Relaxed);
+                }
+                code => {
+                    tally.other.fetch_add(1, Ordering::Relaxed);
+                    tally.note(format!("{code:?}: {}", status.message()));
+                }
+            },
+        }
+    }
+}
+
+/// One slot of the connection flood: a raw TCP socket from [`SOCKET_FLOOD_SOURCE`] to
+/// `addr` that never sends anything, opened again `pause` after the server closes it,
+/// until `until`.
+async fn hold_socket(addr: SocketAddr, pause: Duration, until: Instant, tally: Arc<SocketTally>) {
+    for _ in 0..MAX_OPENS_PER_SOCKET {
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        let connect = async {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind(SocketAddr::new(SOCKET_FLOOD_SOURCE, 0))?;
+            socket.connect(addr).await
+        };
+        match tokio::time::timeout_at(until.min(now + CALL_TIMEOUT), connect).await {
+            Ok(Ok(mut stream)) => {
+                tally.opened.fetch_add(1, Ordering::Relaxed);
+                tally.open_now.fetch_add(1, Ordering::Relaxed);
+                let closed = held_until_closed(&mut stream, until).await;
+                tally.open_now.fetch_sub(1, Ordering::Relaxed);
+                drop(stream);
+                if !closed {
+                    return;
+                }
+                tally.closed_by_server.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(error)) => {
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+                tally.note(format!("connect to {addr}: {error}"));
+            }
+            Err(_) if Instant::now() >= until => return,
+            Err(_) => {
+                tally.failed.fetch_add(1, Ordering::Relaxed);
+                tally.note(format!("connect to {addr}: no answer within {CALL_TIMEOUT:?}"));
+            }
+        }
+        tokio::time::sleep_until(until.min(Instant::now() + pause)).await;
+    }
+}
+
+/// Holds `stream` without writing until the server closes it (`true`) or `until`
+/// (`false`).
+async fn held_until_closed(stream: &mut tokio::net::TcpStream, until: Instant) -> bool {
+    let mut buf = [0_u8; 256];
+    // A TLS server says nothing before the ClientHello; whatever it might send is read
+    // and dropped, a bounded number of times.
+    for _ in 0..1024 {
+        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0) | Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+    true
+}
+
+/// Counts the sockets held open every [`SAMPLE_EVERY`] from `from` to `until`.
+async fn count_held(tally: Arc<SocketTally>, from: Instant, until: Instant) -> Vec<u64> {
+    let mut held = Vec::new();
+    let mut at = from;
+    for _ in 0..1_000_000 {
+        if at >= until {
+            break;
+        }
+        tokio::time::sleep_until(at).await;
+        held.push(tally.open_now.load(Ordering::Relaxed));
+        at += SAMPLE_EVERY;
+    }
+    held
+}
+
+// === the report ===
+
+/// One figure, quiet and under attack.
+#[derive(Clone, Debug)]
+struct Row {
+    figure: String,
+    quiet: Option<f64>,
+    attack: Option<f64>,
+    decimals: usize,
+    /// Show attack/quiet.
+    ratio: bool,
+    note: String,
+}
+
+impl Row {
+    fn new(
+        figure: impl Into<String>,
+        quiet: Option<f64>,
+        attack: Option<f64>,
+        decimals: usize,
+    ) -> Self {
+        Self { figure: figure.into(), quiet, attack, decimals, ratio: false, note: String::new() }
+    }
+
+    fn compared(mut self) -> Self {
+        self.ratio = true;
+        self
+    }
+
+    fn note(mut self, note: impl Into<String>) -> Self {
+        self.note = note.into();
+        self
+    }
+
+    fn cells(&self) -> [String; 5] {
+        let value = |v: Option<f64>| {
+            v.map_or_else(|| "-".to_string(), |v| format!("{v:.*}", self.decimals))
+        };
+        let ratio = match (self.ratio, self.quiet, self.attack) {
+            (true, Some(q), Some(a)) if q > 0.0 => format!("{:.2}×", a / q),
+            _ => "-".to_string(),
+        };
+        [self.figure.clone(), value(self.quiet), value(self.attack), ratio, self.note.clone()]
+    }
+}
+
+const HEADER: [&str; 5] = ["figure", "quiet", "under attack", "attack/quiet", "note"];
+
+fn ms(d: Option<Duration>) -> Option<f64> {
+    d.map(|d| d.as_secs_f64() * 1e3)
+}
+
+/// `500 ms` or `10 s`.
+fn span(d: Duration) -> String {
+    if d >= Duration::from_secs(1) {
+        format!("{} s", d.as_secs_f64())
+    } else {
+        format!("{} ms", d.as_millis())
+    }
+}
+
+impl AttackReport {
+    fn rows(&self) -> Vec<Row> {
+        let (q, a) = (&self.quiet, &self.attack);
+        let both = |f: &dyn Fn(&PhaseFigures) -> Option<f64>| (f(q), f(a));
+        let mut rows = Vec::new();
+        let (x, y) = both(&|p| Some(p.writes.throughput()));
+        rows.push(
+            Row::new("legitimate writes/s (1 sequential writer → leader)", x, y, 0).compared(),
+        );
+        for (name, quantile) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
+            let (x, y) = both(&|p| ms(p.writes.percentile(quantile)));
+            rows.push(Row::new(format!("write {name} latency (ms)"), x, y, 2).compared());
+        }
+        let (x, y) = both(&|p| Some(p.writes.errors as f64));
+        rows.push(Row::new("failed writes", x, y, 0));
+        let (x, y) = both(&|p| p.join.as_ref().ok().map(|d| d.as_secs_f64() * 1e3));
+        let failures: Vec<String> = [q, a]
+            .iter()
+            .filter_map(|p| p.join.as_ref().err().map(|e| format!("{}: FAILED ({e})", p.label)))
+            .collect();
+        rows.push(
+            Row::new(
+                format!("legitimate member's connect + join via replica {JOIN_VIA} (ms)"),
+                x,
+                y,
+                0,
+            )
+            .compared()
+            .note(if failures.is_empty() {
+                "both joined".into()
+            } else {
+                failures.join("; ")
+            }),
+        );
+        let (x, y) = both(&|p| p.replica_cpu);
+        rows.push(Row::new("replicas' CPU, 3 together (cores)", x, y, 2).compared());
+        let (x, y) = both(&|p| p.flood_cpu.filter(|_| p.join_flood.is_some()));
+        rows.push(Row::new("attackers' CPU (cores; 1 thread of their own)", x, y, 2));
+
+        if let Some(j) = &a.join_flood {
+            let per_s = |n: u64| Some(j.per_second(n));
+            rows.push(Row::new("join flood: joins sent (per s)", None, per_s(j.attempts), 0).note(
+                format!(
+                    "{} in {:.1} s; {} tasks from {JOIN_FLOOD_SOURCE} over {} replicas",
+                    j.attempts,
+                    j.ran.as_secs_f64(),
+                    self.config.join_tasks,
+                    GROUP_SIZE
+                ),
+            ));
+            rows.push(
+                Row::new(
+                    "join flood: refused, PERMISSION_DENIED (per s)",
+                    None,
+                    per_s(j.denied),
+                    0,
+                )
+                .note(format!("{}", j.denied)),
+            );
+            rows.push(
+                Row::new(
+                    "join flood: rate-limited, RESOURCE_EXHAUSTED (per s)",
+                    None,
+                    per_s(j.limited),
+                    0,
+                )
+                .note(format!("{}", j.limited)),
+            );
+            if j.other + j.connect_failures > 0 {
+                rows.push(
+                    Row::new(
+                        "join flood: other answers, failed connections",
+                        None,
+                        Some((j.other + j.connect_failures) as f64),
+                        0,
+                    )
+                    .note(j.first_other.clone().unwrap_or_default()),
+                );
+            }
+            rows.push(
+                Row::new("join flood: joins accepted", None, Some(j.accepted as f64), 0)
+                    .note(if j.accepted == 0 { "must be 0: met" } else { "must be 0: MISSED" }),
+            );
+        }
+        if let Some(s) = &a.socket_flood {
+            rows.push(
+                Row::new("connection flood: idle sockets asked for", None, Some(s.asked as f64), 0)
+                    .note(format!(
+                        "{} per API port from {SOCKET_FLOOD_SOURCE}, no ClientHello",
+                        self.config.sockets_per_port
+                    )),
+            );
+            rows.push(
+                Row::new(
+                    "connection flood: idle sockets held at once (mean over the window)",
+                    None,
+                    s.held_mean(),
+                    0,
+                )
+                .note(format!("max {}", s.held.iter().max().copied().unwrap_or(0))),
+            );
+            rows.push(
+                Row::new(
+                    "connection flood: sockets closed by the server (per s)",
+                    None,
+                    Some(s.per_second(s.closed_by_server)),
+                    0,
+                )
+                .note(format!(
+                    "{} of {} opened; each re-opened after {}",
+                    s.closed_by_server,
+                    s.opened,
+                    span(self.config.reopen_pause)
+                )),
+            );
+            if s.failed > 0 {
+                rows.push(
+                    Row::new(
+                        "connection flood: connects that failed",
+                        None,
+                        Some(s.failed as f64),
+                        0,
+                    )
+                    .note(s.first_error.clone().unwrap_or_default()),
+                );
+            }
+        }
+        let server = |f: fn(ServerCounters) -> u64| both(&|p| p.server.map(|c| f(c) as f64));
+        let (x, y) = server(|c| c.refused_at_accept);
+        rows.push(
+            Row::new("replicas: API connections closed at accept", x, y, 0)
+                .note("source over its handshake cap"),
+        );
+        let (x, y) = server(|c| c.timed_out + c.evicted);
+        rows.push(Row::new("replicas: API handshakes timed out or evicted", x, y, 0));
+        let (x, y) = server(|c| c.refusals);
+        rows.push(
+            Row::new("replicas: calls refused before the log", x, y, 0)
+                .note("federator_refusals_total"),
+        );
+        let (x, y) = both(&|p| Some(p.growth() as f64));
+        rows.push(Row::new("applied-index growth over the phase", x, y, 0).note(format!(
+            "{:.1} s quiet, {:.1} s under attack",
+            q.span.as_secs_f64(),
+            a.span.as_secs_f64()
+        )));
+        let (x, y) = both(&|p| Some(p.legitimate_entries() as f64));
+        rows.push(Row::new("… legitimate entries (writes + member join)", x, y, 0));
+        let (x, y) = both(&|p| Some(p.other_entries() as f64));
+        let allowance = a.report_allowance();
+        rows.push(Row::new("… other entries", x, y, 0).note(format!(
+            "under attack ≤ {allowance} (one refusal report per replica per second): {}",
+            if a.other_entries() <= allowance { "met" } else { "MISSED" }
+        )));
+        rows
+    }
+
+    /// The figures for the terminal.
+    #[must_use]
+    pub fn text(&self) -> String {
+        let rows: Vec<[String; 5]> = self.rows().iter().map(Row::cells).collect();
+        let mut out = aligned_table(HEADER, &rows);
+        for p in [&self.quiet, &self.attack] {
+            if let Some(error) = &p.writes.first_error {
+                let _ = writeln!(out, "{}: first failed write: {error}", p.label);
+            }
+        }
+        out
+    }
+
+    /// This run as a markdown section (between [`SECTION_BEGIN`] and [`SECTION_END`]).
+    #[must_use]
+    pub fn markdown_section(&self, machine: &Machine, command: &str, date: &str) -> String {
+        let c = &self.config;
+        let mut out = section_head(
+            SECTION_BEGIN,
+            "Under attack: join flood and connection flood",
+            date,
+            "one 3-replica Federator group, quiet then under attack, in the same run",
+            command,
+            machine,
+        );
+        let _ = writeln!(out, "| {} |\n|---|--:|--:|--:|---|", HEADER.join(" | "));
+        for row in self.rows() {
+            let _ = writeln!(out, "| {} |", row.cells().join(" | "));
+        }
+        let how = format!(
+            "How: 3 replicas on 127.0.0.1 with their default limits. One writer on \
+             127.0.0.1 writes new probe keys ({value} B values) through the admin `Put` to \
+             the leader (replica {leader}), one after the other, each acknowledged once \
+             committed by a quorum and fsync'd; {ramp} of writes unmeasured, then {window} \
+             measured, first quiet, then under attack. Under attack, from the start of the \
+             unmeasured time to the end of the window: (a) a join flood from \
+             {JOIN_FLOOD_SOURCE}: {tasks} tasks spread over the replicas, one connection \
+             each, sending joins with a CA and SVID of the attacker's own, a valid bundle \
+             of that CA and a well-formed token nobody created, each as soon as the previous \
+             is answered; (b) a connection flood from {SOCKET_FLOOD_SOURCE}: {per_port} raw \
+             TCP sockets to each replica's API port that never send a TLS ClientHello, each \
+             opened again {pause} after the server closes it. The floods run in the \
+             benchmark's process on a runtime of their own with one thread (their CPU is \
+             the attackers' row); on this machine they share its cores with the replicas \
+             and the writer. In the middle of each window a new member cluster joins from \
+             127.0.0.1 through replica {JOIN_VIA} with a token the operator made before the \
+             phase; its row is the time to connect (TLS) and join. The applied index (the \
+             highest any replica reports) is read before each phase and {settle} after its \
+             window, when the last refusal reports are in; its growth is compared with the \
+             entries the legitimate clients may have proposed (acknowledged and failed \
+             writes, the join). The replicas' rows are their own counters' increase over the \
+             phase. Figures are reported, not asserted.",
+            value = c.value_size,
+            leader = self.leader,
+            ramp = span(c.ramp),
+            window = span(c.duration),
+            tasks = c.join_tasks,
+            per_port = c.sockets_per_port,
+            pause = span(c.reopen_pause),
+            settle = span(c.settle),
+        );
+        let _ = writeln!(out, "\n{}", wrap(&how, 90));
+        let _ = writeln!(out, "{SECTION_END}");
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> AttackConfig {
+        AttackConfig {
+            duration: Duration::from_secs(10),
+            ramp: Duration::from_secs(1),
+            settle: Duration::from_millis(1500),
+            join_tasks: 8,
+            sockets_per_port: 300,
+            reopen_pause: Duration::from_millis(100),
+            value_size: 256,
+        }
+    }
+
+    fn phase(label: &'static str, millis: u64, growth: u64, attacked: bool) -> PhaseFigures {
+        PhaseFigures {
+            label,
+            writes: LoadRun {
+                ops: 100,
+                window: Duration::from_secs(10),
+                latencies: vec![Duration::from_millis(millis); 100],
+                ..LoadRun::default()
+            },
+            acked_all: 110,
+            join: Ok(Duration::from_millis(40)),
+            applied_before: 50,
+            applied_after: 50 + growth,
+            span: Duration::from_millis(12_600),
+            replica_cpu: Some(0.5),
+            flood_cpu: Some(0.9),
+            server: Some(ServerCounters::default()),
+            join_flood: attacked.then(|| JoinFloodFigures {
+                attempts: 1000,
+                denied: 20,
+                limited: 980,
+                ran: Duration::from_secs(10),
+                ..JoinFloodFigures::default()
+            }),
+            socket_flood: attacked.then(|| SocketFloodFigures {
+                asked: 900,
+                opened: 5000,
+                closed_by_server: 4100,
+                held: vec![48, 50, 52],
+                ran: Duration::from_secs(10),
+                ..SocketFloodFigures::default()
+            }),
+        }
+    }
+
+    fn report(attack_growth: u64) -> AttackReport {
+        AttackReport {
+            config: config(),
+            leader: 1,
+            quiet: phase("quiet", 2, 111, false),
+            attack: phase("under attack", 4, attack_growth, true),
+        }
+    }
+
+    #[test]
+    fn validation_names_the_bad_setting() {
+        assert!(config().validate().is_ok());
+        let mut c = config();
+        c.sockets_per_port = MAX_SOCKETS_PER_PORT + 1;
+        assert!(c.validate().expect_err("too many").to_string().contains("--sockets"));
+        let mut c = config();
+        c.join_tasks = 0;
+        assert!(c.validate().expect_err("none").to_string().contains("--join-tasks"));
+        let mut c = config();
+        c.reopen_pause = Duration::ZERO;
+        assert!(c.validate().expect_err("spin").to_string().contains("--reopen-pause"));
+        assert_eq!(config().sockets(), 900);
+    }
+
+    #[test]
+    fn entries_beyond_the_legitimate_ones_are_judged_against_one_report_per_replica_a_second() {
+        let r = report(111 + 39);
+        assert_eq!(r.attack.legitimate_entries(), 111);
+        assert_eq!(r.attack.other_entries(), 39);
+        // 12.6 s → 13 s × 3 replicas.
+        assert_eq!(r.attack.report_allowance(), 39);
+        let text = r.text();
+        let line = text.lines().find(|l| l.starts_with("… other entries")).expect("row");
+        assert!(line.ends_with("(one refusal report per replica per second): met"), "{line}");
+        let text = report(111 + 40).text();
+        let line = text.lines().find(|l| l.starts_with("… other entries")).expect("row");
+        assert!(line.ends_with("MISSED"), "{line}");
+    }
+
+    #[test]
+    fn the_table_compares_latency_and_counts_the_floods() {
+        let text = report(120).text();
+        let p50 = text.lines().find(|l| l.starts_with("write p50 latency")).expect("row");
+        assert!(p50.contains("2.00") && p50.contains("4.00") && p50.contains("2.00×"), "{p50}");
+        let limited = text.lines().find(|l| l.contains("RESOURCE_EXHAUSTED")).expect("row");
+        assert!(limited.contains(" 98 ") && limited.ends_with("980"), "{limited}");
+        let held = text.lines().find(|l| l.contains("held at once")).expect("row");
+        assert!(held.contains(" 50 ") && held.ends_with("max 52"), "{held}");
+        assert!(text.contains("must be 0: met"), "{text}");
+    }
+
+    #[test]
+    fn the_markdown_section_is_delimited_and_says_how() {
+        let section = report(120).markdown_section(&Machine::default(), "CMD", "DATE");
+        assert!(section.starts_with(SECTION_BEGIN) && section.trim_end().ends_with(SECTION_END));
+        assert!(section.contains("```sh\nCMD\n```"));
+        assert!(section.contains("| failed writes | 0 | 0 | - |  |"), "{section}");
+        let prose = section.split_whitespace().collect::<Vec<_>>().join(" ");
+        assert!(prose.contains("8 tasks spread over the replicas"), "{prose}");
+        assert!(prose.contains("300 raw TCP sockets"), "{prose}");
+    }
+
+    #[test]
+    fn counters_are_read_from_an_exposition() {
+        let text = "# TYPE federator_refusals counter\nfederator_refusals_total 12\n\
+                    federator_api_tls_timed_out_handshakes_total 3.0\n";
+        assert_eq!(counter(text, "federator_refusals_total"), Some(12));
+        assert_eq!(counter(text, "federator_api_tls_timed_out_handshakes_total"), Some(3));
+        assert_eq!(counter(text, "federator_refusals"), None);
+    }
+}
