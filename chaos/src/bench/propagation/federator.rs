@@ -25,7 +25,10 @@ const SERVICE_PORT: u32 = 8080;
 
 /// A formed group with its leader, started for one part of the benchmark.
 async fn formed_group() -> anyhow::Result<(Federation, u64)> {
-    let mut fed = Federation::formed(GROUP_SIZE, "").await?;
+    // A few member identities stand in for the watches of many agents: lift the cap on
+    // one member's watch streams per replica (an agent holds one).
+    let mut fed =
+        Federation::formed(GROUP_SIZE, "[limits]\nmax_watches_per_member = 100000\n").await?;
     fed.show_logs_on_drop = false;
     let leader = fed.wait_for_leader(&fed.ids(), HEALTHY_TIMEOUT).await?;
     Ok((fed, leader))
