@@ -119,14 +119,14 @@ async fn a_hostile_member_bloats_nothing_and_its_refusals_are_bounded() -> anyho
     let started = std::time::Instant::now();
 
     // A 1 MB name and control characters in a namespace: refused in the handler.
-    let mut huge = a.export("demo", "echo", 80, &["10.1.0.1"]);
+    let mut huge = a.export("demo", "echo", 80, &["192.0.2.11"]);
     huge.name = "n".repeat(1 << 20);
     let err = client
         .export_service(pb::ExportServiceRequest { export: Some(huge) })
         .await
         .expect_err("huge name");
     assert_eq!(err.code(), Code::InvalidArgument, "{err}");
-    let mut injected = a.export("demo", "echo", 80, &["10.1.0.1"]);
+    let mut injected = a.export("demo", "echo", 80, &["192.0.2.11"]);
     injected.namespace = "x\n\x1b]0;pwned\x07\x1b[1A".into();
     let err = client
         .export_service(pb::ExportServiceRequest { export: Some(injected) })
@@ -320,12 +320,12 @@ async fn a_member_cannot_capture_another_clusters_service() -> anyhow::Result<()
     let mut client_b = b.client(&fed.replica(2).api_addr, &ca).await?;
     let mut client_c = c.client(&fed.replica(3).api_addr, &ca).await?;
     let export = |e| pb::ExportServiceRequest { export: Some(e) };
-    client_a.export_service(export(echo_export(&a, "10.1.0.1", "", ""))).await?;
-    client_b.export_service(export(echo_export(&b, "10.2.0.1", "region-2", "zone-9"))).await?;
+    client_a.export_service(export(echo_export(&a, "192.0.2.11", "", ""))).await?;
+    client_b.export_service(export(echo_export(&b, "198.51.100.21", "region-2", "zone-9"))).await?;
 
     // Not granted: refused, naming what the operator would do.
     let err = client_c
-        .export_service(export(echo_export(&c, "10.3.0.1", "", "")))
+        .export_service(export(echo_export(&c, "203.0.113.31", "", "")))
         .await
         .expect_err("namespace not granted");
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
@@ -335,7 +335,7 @@ async fn a_member_cannot_capture_another_clusters_service() -> anyhow::Result<()
     // addresses.
     fed.cli_ok(&[], &["cluster", "grant", "cluster-c", "--namespace", "demo"])?;
     for (address, region, zone, says) in [
-        ("10.3.0.1", "region-1", "zone-1", "endpoints[0].region"),
+        ("203.0.113.31", "region-1", "zone-1", "endpoints[0].region"),
         ("169.254.169.254", "", "", "link-local"),
         ("::ffff:169.254.169.254", "", "", "link-local"),
         ("127.0.0.1", "", "", "loopback"),
@@ -350,7 +350,7 @@ async fn a_member_cannot_capture_another_clusters_service() -> anyhow::Result<()
         );
         assert!(err.message().contains(says), "{address}: {err}");
     }
-    client_c.export_service(export(echo_export(&c, "10.3.0.1", "", ""))).await?;
+    client_c.export_service(export(echo_export(&c, "203.0.113.31", "", ""))).await?;
 
     // Cluster-a (region-1/zone-1) sees its own endpoint first, then b and c — ordered by
     // their bound regions, whatever weight or zone they claim.

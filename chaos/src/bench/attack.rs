@@ -42,7 +42,7 @@ use tonic::transport::Channel;
 
 use super::load::{LoadRun, LoadSpec, closed_loop, progress_ticker};
 use super::progress::Progress;
-use super::propagation::memory::parse_cpu_ticks;
+use super::propagation::memory::{parse_cpu_ticks, ticks_per_second};
 use super::report::{Machine, aligned_table, section_head, wrap};
 use super::target::{KvConn, PutError};
 use super::{GROUP_SIZE, HEALTHY_TIMEOUT};
@@ -222,6 +222,17 @@ impl ServerCounters {
     }
 }
 
+/// Why the legitimate member's join failed during a phase.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum JoinFailed {
+    /// The federation answered with an error (or the connection failed).
+    #[error("{0}")]
+    Refused(String),
+    /// No answer in time.
+    #[error("no answer within {0:?}")]
+    TimedOut(Duration),
+}
+
 /// Everything one phase showed.
 #[derive(Clone, Debug)]
 pub struct PhaseFigures {
@@ -232,7 +243,7 @@ pub struct PhaseFigures {
     /// Writes acknowledged over the whole phase (ramp included).
     pub acked_all: u64,
     /// The legitimate member's connect and join, or why it failed.
-    pub join: Result<Duration, String>,
+    pub join: Result<Duration, JoinFailed>,
     /// The highest applied index of any replica before the phase.
     pub applied_before: u64,
     /// The same after the phase and the settle time.
@@ -429,8 +440,8 @@ async fn phase(
         .await;
         match joined {
             Ok(Ok(_)) => Ok(began.elapsed()),
-            Ok(Err(error)) => Err(format!("{error:#}")),
-            Err(_) => Err(format!("no answer within {JOIN_TIMEOUT:?}")),
+            Ok(Err(error)) => Err(JoinFailed::Refused(format!("{error:#}"))),
+            Err(_) => Err(JoinFailed::TimedOut(JOIN_TIMEOUT)),
         }
     };
     let (writes, join) =
@@ -534,20 +545,6 @@ fn ticks_of(path: &str) -> Option<u64> {
 /// Cores used between two readings of ticks `seconds` apart.
 fn cores(after: u64, before: u64, seconds: f64) -> Option<f64> {
     (seconds > 0.0).then(|| after.saturating_sub(before) as f64 / ticks_per_second() / seconds)
-}
-
-/// Clock ticks per second (`getconf CLK_TCK`; 100 on every Linux we know of).
-fn ticks_per_second() -> f64 {
-    static TICKS: std::sync::OnceLock<f64> = std::sync::OnceLock::new();
-    *TICKS.get_or_init(|| {
-        std::process::Command::new("getconf")
-            .arg("CLK_TCK")
-            .output()
-            .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse::<f64>().ok())
-            .filter(|t| *t > 0.0)
-            .unwrap_or(100.0)
-    })
 }
 
 // === the floods ===

@@ -106,6 +106,17 @@ fn remote<T>(request: &Request<T>) -> Option<SocketAddr> {
     federator_raft::tls::connect_info(request).and_then(|info| info.remote_addr)
 }
 
+/// The certificate chain (leaf first) and SPIFFE ID the caller presented, unverified.
+fn presented_svid<T>(request: &Request<T>) -> Result<(Vec<Vec<u8>>, SpiffeId), Status> {
+    let chain: Vec<Vec<u8>> =
+        federator_raft::tls::peer_chain(request).iter().map(|c| c.to_vec()).collect();
+    let leaf =
+        chain.first().ok_or_else(|| Status::unauthenticated("a client X.509-SVID is required"))?;
+    let id = svid_identity(leaf)
+        .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+    Ok((chain, id))
+}
+
 /// The attempt-limiter keys of an unverified caller: its address and, if its certificate
 /// names one, the SPIFFE ID it presents.
 fn attempt_keys(remote: Option<SocketAddr>, presented: Option<&SpiffeId>) -> Vec<String> {
@@ -183,15 +194,8 @@ impl FederationService {
         request: &Request<T>,
         action: &str,
     ) -> Result<(Vec<Vec<u8>>, SpiffeId), Status> {
-        let chain: Vec<Vec<u8>> =
-            federator_raft::tls::peer_chain(request).iter().map(|c| c.to_vec()).collect();
-        let refuse = |status: Status| self.refuse(&anonymous(remote(request)), action, "", status);
-        let leaf = chain
-            .first()
-            .ok_or_else(|| refuse(Status::unauthenticated("a client X.509-SVID is required")))?;
-        let id = svid_identity(leaf)
-            .map_err(|e| refuse(Status::unauthenticated(format!("client certificate: {e}"))))?;
-        Ok((chain, id))
+        presented_svid(request)
+            .map_err(|status| self.refuse(&anonymous(remote(request)), action, "", status))
     }
 
     /// Authenticates a member: its SVID must verify against the stored bundle of its own
@@ -276,16 +280,24 @@ impl FederationService {
         target: &str,
         command: Command,
     ) -> Result<Option<Applied>, Status> {
-        let mut checked = self.replica.state().read(|s| s.check(&command));
-        if checked.is_err() {
-            let _ = self.replica.read(federator_raft::Consistency::Linearizable, |_| ()).await;
-            checked = self.replica.state().read(|s| s.check(&command));
-        }
-        match checked {
+        match self.check(&command).await {
             Ok(Checked::NoChange) => Ok(None),
             Ok(Checked::Propose) => self.propose(command).await.map(Some),
             Err(error) => Err(self.refuse(actor, action, target, command_status(error))),
         }
+    }
+
+    /// Checks `command` against this replica's state; when that refuses it, catches up
+    /// with the leader first (the replica may be behind: a token or member created
+    /// through another replica) and checks again.
+    async fn check(&self, command: &Command) -> Result<Checked, crate::state::CommandError> {
+        let checked = self.replica.state().read(|s| s.check(command));
+        if checked.is_ok() {
+            return checked;
+        }
+        // Bounded by the replica's own timeouts; on failure the local state decides.
+        let _ = self.replica.read(federator_raft::Consistency::Linearizable, |_| ()).await;
+        self.replica.state().read(|s| s.check(command))
     }
 
     async fn propose(&self, command: Command) -> Result<Applied, Status> {
@@ -300,13 +312,7 @@ impl FederationService {
         request: Request<pb::JoinRequest>,
         target: &mut String,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let chain: Vec<Vec<u8>> =
-            federator_raft::tls::peer_chain(&request).iter().map(|c| c.to_vec()).collect();
-        let leaf = chain
-            .first()
-            .ok_or_else(|| Status::unauthenticated("a client X.509-SVID is required"))?;
-        let id = svid_identity(leaf)
-            .map_err(|e| Status::unauthenticated(format!("client certificate: {e}")))?;
+        let (chain, id) = presented_svid(&request)?;
         let r = request.into_inner();
         let token = JoinToken::decode(&r.token)
             .map_err(|e| Status::invalid_argument(format!("token: {e}")))?;
@@ -347,13 +353,7 @@ impl FederationService {
             now,
         };
         // Counted as a refusal by the caller of this function, not here.
-        let mut checked = self.replica.state().read(|s| s.check(&command));
-        if checked.is_err() {
-            // A token created through another replica may not have reached this one.
-            let _ = self.replica.read(federator_raft::Consistency::Linearizable, |_| ()).await;
-            checked = self.replica.state().read(|s| s.check(&command));
-        }
-        checked.map_err(command_status)?;
+        self.check(&command).await.map_err(command_status)?;
         let applied = self.propose(command).await?;
         let revision = match applied {
             Applied::Bundle { revision, .. } | Applied::Revision { revision } => revision,
@@ -390,9 +390,7 @@ impl Federation for FederationService {
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let remote = remote(&request);
         let actor = anonymous(remote);
-        let presented = federator_raft::tls::peer_chain(&request)
-            .first()
-            .and_then(|leaf| svid_identity(leaf).ok());
+        let presented = presented_svid(&request).ok().map(|(_, id)| id);
         let keys = attempt_keys(remote, presented.as_ref());
         let keys: Vec<&str> = keys.iter().map(String::as_str).collect();
         if let Some(wait) = self.attempts.blocked(&keys, Instant::now()) {

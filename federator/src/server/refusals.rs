@@ -215,7 +215,7 @@ mod tests {
         let recorder = RefusalRecorder::default();
         for i in 0..10_000 {
             recorder.record_at(
-                &format!("anonymous@10.0.{}.{}", i / 256, i % 256),
+                &format!("anonymous@127.1.{}.{}", i / 256, i % 256),
                 "join",
                 "x",
                 "y",

@@ -313,20 +313,20 @@ mod tests {
     fn only_granted_namespaces_take_exports_unless_exports_are_open() {
         let (mut state, _a) = strict();
         let err =
-            do_export(&mut state, 10, export("demo", "10.0.0.1", "", "")).expect_err("ungranted");
+            do_export(&mut state, 10, export("demo", "192.0.2.1", "", "")).expect_err("ungranted");
         assert!(err.to_string().contains("federator cluster grant a --namespace demo"), "{err}");
         update(&mut state, 11, grant("demo")).expect("grant");
-        do_export(&mut state, 12, export("demo", "10.0.0.1", "", "")).expect("granted");
-        assert!(do_export(&mut state, 13, export("other", "10.0.0.1", "", "")).is_err());
+        do_export(&mut state, 12, export("demo", "192.0.2.1", "", "")).expect("granted");
+        assert!(do_export(&mut state, 13, export("other", "192.0.2.1", "", "")).is_err());
         state.settings.open_exports = true;
-        do_export(&mut state, 14, export("other", "10.0.0.1", "", "")).expect("open exports");
+        do_export(&mut state, 14, export("other", "192.0.2.1", "", "")).expect("open exports");
     }
 
     #[test]
     fn revoking_a_namespace_withdraws_its_exports_at_a_new_revision() {
         let (mut state, _a) = strict();
         update(&mut state, 10, grant("demo")).expect("grant");
-        do_export(&mut state, 11, export("demo", "10.0.0.1", "", "")).expect("export");
+        do_export(&mut state, 11, export("demo", "192.0.2.1", "", "")).expect("export");
         let before = state.changes.revision();
         let revoke = PolicyUpdate { revoke: vec!["demo".into()], ..PolicyUpdate::default() };
         let applied = update(&mut state, 12, revoke).expect("revoke");
@@ -340,21 +340,21 @@ mod tests {
         let (mut state, _a) = strict();
         update(&mut state, 10, grant("demo")).expect("grant");
         let err =
-            do_export(&mut state, 11, export("demo", "10.0.0.1", "r1", "")).expect_err("unbound");
+            do_export(&mut state, 11, export("demo", "192.0.2.1", "r1", "")).expect_err("unbound");
         assert!(err.to_string().contains("endpoints[0].region"), "{err}");
         let err =
-            do_export(&mut state, 12, export("demo", "10.0.0.1", "", "z1")).expect_err("unbound");
+            do_export(&mut state, 12, export("demo", "192.0.2.1", "", "z1")).expect_err("unbound");
         assert!(err.to_string().contains("endpoints[0].zone"), "{err}");
         let bind = |region: &str, zone: &str| PolicyUpdate {
             locality: Some(Locality { region: region.into(), zone: zone.into() }),
             ..PolicyUpdate::default()
         };
         update(&mut state, 13, bind("r1", "")).expect("region");
-        do_export(&mut state, 14, export("demo", "10.0.0.1", "r1", "any-zone")).expect("within");
-        assert!(do_export(&mut state, 15, export("demo", "10.0.0.1", "r2", "")).is_err());
+        do_export(&mut state, 14, export("demo", "192.0.2.1", "r1", "any-zone")).expect("within");
+        assert!(do_export(&mut state, 15, export("demo", "192.0.2.1", "r2", "")).is_err());
         update(&mut state, 16, bind("r1", "z1")).expect("zone");
-        assert!(do_export(&mut state, 17, export("demo", "10.0.0.1", "r1", "z2")).is_err());
-        do_export(&mut state, 18, export("demo", "10.0.0.1", "", "z1")).expect("its zone");
+        assert!(do_export(&mut state, 17, export("demo", "192.0.2.1", "r1", "z2")).is_err());
+        do_export(&mut state, 18, export("demo", "192.0.2.1", "", "z1")).expect("its zone");
         assert!(update(&mut state, 19, bind("", "z1")).is_err(), "a zone needs a region");
     }
 
