@@ -144,6 +144,9 @@ pub struct Federation {
     pub extra_config: String,
     /// Extra `[raft]` settings of single replicas (the chaos suite's `dial` overrides).
     pub replica_config: BTreeMap<u64, String>,
+    /// The replicas' `[raft] timing` profile: `lan` (every replica on loopback) unless a
+    /// test or scenario wants the shipped default, `wan`.
+    pub timing: federator_raft::Timing,
     /// Transport addresses chosen before their replica starts ([`Federation::plan_raft_addr`]).
     planned_raft: BTreeMap<u64, String>,
     /// API addresses chosen before their replica starts ([`Federation::plan_api_addr`]).
@@ -177,6 +180,7 @@ impl Federation {
             replicas: BTreeMap::new(),
             extra_config: String::new(),
             replica_config: BTreeMap::new(),
+            timing: federator_raft::Timing::Lan,
             planned_raft: BTreeMap::new(),
             planned_api: BTreeMap::new(),
             show_logs_on_drop: true,
@@ -306,8 +310,9 @@ impl Federation {
         std::fs::write(
             &config,
             format!(
-                "id = {id}\ntrust_domain = \"{td}\"\ndata_dir = \"{data}\"\n\n[listen]\nraft = \"{raft_addr}\"\napi = \"{api_addr}\"\nmetrics = \"{metrics_addr}\"\n\n[tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{name}.pem\"\nkey = \"{certs}/{name}.key\"\n\n[raft]\nbootstrap = {bootstrap}\n{extra}\n{own}\n",
+                "id = {id}\ntrust_domain = \"{td}\"\ndata_dir = \"{data}\"\n\n[listen]\nraft = \"{raft_addr}\"\napi = \"{api_addr}\"\nmetrics = \"{metrics_addr}\"\n\n[tls]\nca = \"{certs}/ca.pem\"\ncert = \"{certs}/{name}.pem\"\nkey = \"{certs}/{name}.key\"\n\n[raft]\nbootstrap = {bootstrap}\ntiming = \"{timing}\"\n{extra}\n{own}\n",
                 td = self.trust_domain,
+                timing = self.timing.name(),
                 data = data_dir.display(),
                 certs = certs.display(),
                 extra = self.extra_config,
@@ -351,6 +356,36 @@ impl Federation {
         }
         for child in &mut children {
             let _ = child.wait();
+        }
+    }
+
+    /// SIGTERMs replica `id` (a graceful stop; see [`Federation::wait_exit`]).
+    pub fn terminate(&self, id: u64) {
+        self.signal(id, "-TERM");
+    }
+
+    /// Waits up to `timeout` for replica `id`'s process to exit, reaps it and returns its
+    /// exit status.
+    ///
+    /// # Errors
+    /// It is not running, or still running after `timeout`.
+    pub async fn wait_exit(
+        &mut self,
+        id: u64,
+        timeout: Duration,
+    ) -> anyhow::Result<std::process::ExitStatus> {
+        let process = self.replicas.get_mut(&id).context("no such replica")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let child = process.child.as_mut().context("replica is not running")?;
+            if let Some(status) = child.try_wait()? {
+                process.child = None;
+                return Ok(status);
+            }
+            if Instant::now() >= deadline {
+                bail!("replica {id} still running {timeout:?} after it was asked to stop");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 

@@ -155,6 +155,10 @@ pub struct AdvertiseFile {
 pub struct RaftFile {
     /// Initialize a one-replica group on first start when the log is empty.
     pub bootstrap: Option<bool>,
+    /// Timing profile: `wan` (the default: replicas across zones or regions, round trips
+    /// up to ~150 ms) or `lan` (one network: round trips under 10 ms, fast failover). The
+    /// three settings below override single values of the profile.
+    pub timing: Option<String>,
     /// Leader heartbeat period, milliseconds.
     pub heartbeat_ms: Option<u64>,
     /// Election timeout lower bound, milliseconds.
@@ -374,9 +378,18 @@ impl ServerConfig {
         };
         let bundle_endpoint = resolve_bundle_endpoint(file.bundle_endpoint, &tls, &rel)?;
         let raft = file.raft;
-        let heartbeat =
-            raft.heartbeat_ms.map_or(federator_raft::DEFAULT_HEARTBEAT, Duration::from_millis);
-        let (default_min, default_max) = federator_raft::DEFAULT_ELECTION_TIMEOUT;
+        let timing = match raft.timing.as_deref() {
+            None => federator_raft::Timing::default(),
+            Some(name) => federator_raft::Timing::from_name(name).ok_or_else(|| {
+                invalid(
+                    "raft.timing",
+                    name,
+                    "must be \"wan\" (replicas across zones or regions) or \"lan\" (replicas on one network)",
+                )
+            })?,
+        };
+        let heartbeat = raft.heartbeat_ms.map_or(timing.heartbeat(), Duration::from_millis);
+        let (default_min, default_max) = timing.election_timeout();
         let min = raft.election_timeout_min_ms.map_or(default_min, Duration::from_millis);
         let max = raft.election_timeout_max_ms.map_or(default_max, Duration::from_millis);
         if heartbeat.is_zero() {
@@ -576,8 +589,39 @@ mod tests {
         assert_eq!(config.heartbeat, Duration::from_millis(40), "the file's value");
         assert_eq!(
             config.election_timeout,
-            federator_raft::DEFAULT_ELECTION_TIMEOUT,
-            "not in the file: the default"
+            federator_raft::Timing::Wan.election_timeout(),
+            "not in the file: the default profile's (wan)"
+        );
+    }
+
+    #[test]
+    fn the_timing_profile_sets_what_the_file_does_not() {
+        let lan = load(
+            &GOOD.replace("heartbeat_ms = 40", "timing = \"lan\""),
+            &ServerOverrides::default(),
+        )
+        .expect("loads");
+        assert_eq!(lan.heartbeat, federator_raft::DEFAULT_HEARTBEAT);
+        assert_eq!(lan.election_timeout, federator_raft::DEFAULT_ELECTION_TIMEOUT);
+        let wan = load(
+            &GOOD.replace("heartbeat_ms = 40", "timing = \"wan\"\nelection_timeout_max_ms = 3000"),
+            &ServerOverrides::default(),
+        )
+        .expect("loads");
+        assert_eq!(wan.heartbeat, federator_raft::Timing::Wan.heartbeat());
+        assert_eq!(
+            wan.election_timeout,
+            (federator_raft::Timing::Wan.election_timeout().0, Duration::from_secs(3)),
+            "single values override the profile's"
+        );
+        let err = load(
+            &GOOD.replace("heartbeat_ms = 40", "timing = \"fast\""),
+            &ServerOverrides::default(),
+        )
+        .expect_err("unknown profile");
+        assert!(
+            err.to_string().contains("raft.timing") && err.to_string().contains("\"lan\""),
+            "{err}"
         );
     }
 
@@ -611,7 +655,7 @@ mod tests {
             .expect_err("must fail");
         assert!(err.to_string().contains("listen.api"), "{err}");
         let err = load(
-            &GOOD.replace("heartbeat_ms = 40", "heartbeat_ms = 400"),
+            &GOOD.replace("heartbeat_ms = 40", "heartbeat_ms = 4000"),
             &ServerOverrides::default(),
         )
         .expect_err("must fail");

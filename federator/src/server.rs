@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 pub use admin::AdminService;
-pub use federation::{DEFAULT_MAX_WATCHES_PER_MEMBER, FederationService, unix_now};
+pub use federation::{DEFAULT_MAX_WATCHES_PER_MEMBER, FederationService, Leaving, unix_now};
 pub use federation_metrics::FederationMetrics;
 pub use leases::{EXPIRY_CHECK, LeaderRequest, LeaderResponse, Lessor};
 pub use refusals::RefusalRecorder;
@@ -39,6 +39,11 @@ const API_MAX_CONNECTIONS_PER_SOURCE: usize = 2_048;
 
 /// How often certificate files are checked for changes.
 const CERTIFICATE_CHECK_PERIOD: Duration = Duration::from_secs(5);
+
+/// How long a stopping replica waits for its connections to close (watch streams are
+/// ended at once; this bounds unary calls in flight) before it closes them: well under
+/// the 30 s a supervisor gives before SIGKILL.
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The replica type of a federator server.
 pub type FederationReplica = Replica<FederationState>;
@@ -66,6 +71,14 @@ pub enum ServerError {
     /// A server task failed.
     #[error("{0} server failed: {1}")]
     Serve(&'static str, String),
+    /// The raft core stopped on its own: a storage error (disk full, I/O error, a failed
+    /// fsync) fail-stops it. The process exits so that a supervisor restarts it once the
+    /// disk accepts writes again; the log and snapshots on disk are intact.
+    #[error(
+        "the raft core stopped: {0}; this replica exits (a supervisor restarts it) — free \
+         space or fix the disk under its data directory, then it recovers from its log"
+    )]
+    CoreStopped(String),
 }
 
 /// Runs one replica until `shutdown` resolves, then stops it cleanly.
@@ -104,6 +117,7 @@ pub async fn run(
     tracing::info!(replica = config.id, raft = %config.advertise_raft, api = %config.advertise_api, "replica opened");
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let (leaving_tx, leaving_rx) = watch::channel(None::<String>);
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
@@ -151,13 +165,14 @@ pub async fn run(
         federation_metrics.clone(),
         Arc::clone(&refusals),
         config.max_watches_per_member,
+        leaving_rx,
     );
     tokio::spawn(federation_metrics.refresh(replica.clone(), stopped(stop_rx.clone())));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
     tokio::spawn(health::report(
         replica.clone(),
-        health_reporter,
+        health_reporter.clone(),
         config.max_lag_entries,
         stopped(stop_rx.clone()),
     ));
@@ -218,36 +233,102 @@ pub async fn run(
     };
     tracing::info!(replica = config.id, "serving");
 
-    // Run until asked to stop, or until the API or the transport server fails: a replica
-    // that can no longer serve must not linger as a half-working process.
+    // Run until asked to stop, until the API or the transport server fails, or until the
+    // raft core stops on its own (a storage error): a replica that can no longer serve
+    // must not linger as a half-working process that agents stay attached to.
     let mut api = api;
     let mut transport = transport;
     let failure = tokio::select! {
         () = shutdown => None,
         result = &mut api => Some(task_failure("api", result)),
         result = &mut transport => Some(task_failure("raft transport", result)),
+        reason = core_stopped(replica.clone()) => Some(ServerError::CoreStopped(reason)),
     };
-    match &failure {
-        None => tracing::info!(replica = config.id, "shutting down"),
-        Some(error) => tracing::error!(replica = config.id, %error, "shutting down"),
+    let stopping = Instant::now();
+    let reason = match &failure {
+        None => {
+            tracing::info!(replica = config.id, "shutting down");
+            format!("replica {} is stopping", config.id)
+        }
+        Some(error) => {
+            tracing::error!(replica = config.id, %error, "shutting down");
+            format!("replica {} failed and is stopping", config.id)
+        }
+    };
+    // Out of service first: health NOT_SERVING, watch streams end with UNAVAILABLE (their
+    // agents reconnect elsewhere), new watches are refused.
+    health::not_serving(&health_reporter).await;
+    let _ = leaving_tx.send(Some(reason));
+    // Then the raft core: a leader stops heartbeating, so the others elect a successor
+    // while this process drains its connections.
+    let was_leader = replica.metrics().borrow().state == openraft::ServerState::Leader;
+    if let Err(error) = replica.shutdown().await {
+        tracing::warn!(replica = config.id, %error, "raft core did not stop cleanly");
     }
+    // (Again: the health task may have evaluated between the two.)
+    health::not_serving(&health_reporter).await;
+    tracing::info!(replica = config.id, was_leader, "raft core stopped; draining connections");
     let _ = stop_tx.send(true);
-    if failure.is_none() {
-        let _ = api.await;
-    }
-    let _ = socket.await;
+    let mut tasks = Tasks::default();
+    tasks.push(socket);
     if let Some(metrics) = metrics {
-        let _ = metrics.await;
+        tasks.push(metrics);
     }
     for endpoint in bundle_endpoints {
-        let _ = endpoint.await;
+        tasks.push(endpoint);
     }
     if failure.is_none() {
-        let _ = transport.await;
+        tasks.push(api);
+        tasks.push(transport);
+    } else {
+        api.abort();
+        transport.abort();
     }
-    replica.shutdown().await?;
+    let (aborts, joins) = (tasks.aborts, tasks.joins);
+    let drained = tokio::time::timeout(DRAIN_TIMEOUT, futures::future::join_all(joins)).await;
+    if drained.is_err() {
+        tracing::warn!(
+            replica = config.id,
+            timeout = ?DRAIN_TIMEOUT,
+            "connections still open after the drain timeout; closing them"
+        );
+        for abort in aborts {
+            abort.abort();
+        }
+    }
     let _ = std::fs::remove_file(&config.admin_socket);
+    tracing::info!(replica = config.id, elapsed = ?stopping.elapsed(), "stopped");
     failure.map_or(Ok(()), Err)
+}
+
+/// Server tasks a stopping replica waits for (bounded), whatever they return.
+#[derive(Default)]
+struct Tasks {
+    aborts: Vec<tokio::task::AbortHandle>,
+    joins: Vec<std::pin::Pin<Box<dyn Future<Output = ()> + Send>>>,
+}
+
+impl Tasks {
+    fn push<T: Send + 'static>(&mut self, task: tokio::task::JoinHandle<T>) {
+        self.aborts.push(task.abort_handle());
+        self.joins.push(Box::pin(async move {
+            let _ = task.await;
+        }));
+    }
+}
+
+/// Resolves with openraft's reason once `replica`'s raft core stopped on its own (it
+/// fail-stops on a storage error); never while it runs.
+async fn core_stopped(replica: FederationReplica) -> String {
+    let mut metrics = replica.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            return fatal.to_string();
+        }
+        if metrics.changed().await.is_err() {
+            return "the raft core ended".to_string();
+        }
+    }
 }
 
 /// Why a server task that should run until shutdown ended.

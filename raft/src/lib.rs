@@ -41,7 +41,7 @@ pub mod types;
 pub use leader_call::{AlreadyInstalled, LeaderHandler, LeaderHandlerSlot};
 pub use replica::{
     Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, QueuedWrite, Replica, ReplicaConfig,
-    ReplicaError, WriteOutcome,
+    ReplicaError, Timing, WriteOutcome,
 };
 pub use state_machine::StateMachine;
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};

@@ -49,6 +49,12 @@ pub struct ConsensusMetrics {
     pub forwarded_writes: Counter,
     /// Leader calls this replica forwarded to the leader.
     pub forwarded_leader_calls: Counter,
+    /// Times this replica, leading, heard no quorum for two election timeouts and
+    /// stepped down (check-quorum).
+    pub quorum_step_downs: Counter,
+    /// Forwarded writes and leader calls abandoned because another leader became known
+    /// while they waited on the old one (each retried there).
+    pub forwards_rerouted: Counter,
 }
 
 impl Default for ConsensusMetrics {
@@ -72,6 +78,8 @@ impl Default for ConsensusMetrics {
             snapshot_install_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
             forwarded_writes: Counter::default(),
             forwarded_leader_calls: Counter::default(),
+            quorum_step_downs: Counter::default(),
+            forwards_rerouted: Counter::default(),
         }
     }
 }
@@ -141,6 +149,16 @@ impl ConsensusMetrics {
             "forwarded_leader_calls",
             "Leader calls forwarded to the leader",
             self.forwarded_leader_calls.clone(),
+        );
+        r.register(
+            "quorum_step_downs",
+            "Times this replica stepped down as leader after hearing no quorum (check-quorum)",
+            self.quorum_step_downs.clone(),
+        );
+        r.register(
+            "forwards_rerouted",
+            "Forwarded writes and leader calls re-routed to a new leader before their timeout",
+            self.forwards_rerouted.clone(),
         );
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::Network;
-use crate::replica::{KnownLeader, known_leader};
+use crate::replica::{KnownLeader, known_leader, leader_moved_from};
 use crate::types::{Command, LogId, Node, NodeId, Raft};
 
 /// Commands per proposal at most.
@@ -93,6 +93,8 @@ struct Route {
     id: NodeId,
     /// Forwards to the leader; `None`: never forward.
     network: Option<Network>,
+    /// Counts re-routed forwards.
+    metrics: ConsensusMetrics,
 }
 
 impl Proposer {
@@ -106,7 +108,8 @@ impl Proposer {
         metrics: ConsensusMetrics,
     ) -> Self {
         let (queue, queued) = mpsc::channel(QUEUE);
-        tokio::spawn(run(Arc::new(Route { raft, id, network }), queued, metrics));
+        let route = Route { raft, id, network, metrics: metrics.clone() };
+        tokio::spawn(run(Arc::new(route), queued, metrics));
         Self { queue }
     }
 
@@ -277,9 +280,26 @@ impl Route {
         }
         let counts: Vec<_> = batch.iter().map(|q| q.commands.len()).collect();
         let commands = batch.iter_mut().flat_map(|q| std::mem::take(&mut q.commands)).collect();
-        let outcome = network.forward_write(&leader_addr, commands).await.map_err(|status| {
-            ProposeError::Forward { leader_id, leader_addr, message: status.message().to_string() }
-        });
+        // A new leader known while the forward waits (the old one paused, partitioned or
+        // deposed) ends the wait: the writers retry there at once instead of after the
+        // transport's timeout. The outcome at the old leader is unknown either way.
+        let outcome = tokio::select! {
+            result = network.forward_write(&leader_addr, commands) => {
+                result.map_err(|status| ProposeError::Forward {
+                    leader_id,
+                    leader_addr,
+                    message: status.message().to_string(),
+                })
+            }
+            moved = leader_moved_from(&self.raft, leader_id) => {
+                self.metrics.forwards_rerouted.inc();
+                Err(ProposeError::Forward {
+                    leader_id,
+                    leader_addr,
+                    message: format!("replica {moved} became leader while the write waited; re-routed"),
+                })
+            }
+        };
         answer(batch, &counts, outcome, true);
     }
 }

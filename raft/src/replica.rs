@@ -34,6 +34,8 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a new replica has to catch up with the leader's log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// A leader that heard from no quorum for this many upper election timeouts steps down.
+const CHECK_QUORUM_TIMEOUTS: u32 = 2;
 
 /// How fresh a read must be.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,19 +48,77 @@ pub enum Consistency {
     Stale,
 }
 
-/// Default leader heartbeat period. openraft 0.9 also uses it as the deadline of every
-/// AppendEntries call (three quarters of it, for the call itself) and ticks its timers
-/// every one and a half of it.
+/// Default leader heartbeat period: the [`Timing::Lan`] profile's. openraft 0.9 also
+/// uses it as the deadline of every AppendEntries call (three quarters of it, for the call
+/// itself) and ticks its timers every one and a half of it.
 ///
 /// Sized for replicas on one network (loopback, a LAN, one cloud region): with it and
 /// [`DEFAULT_ELECTION_TIMEOUT`] a 10-minute soak at 1,000 writers on 2 cores sees no
-/// election (`federator-chaos bench soak`); raise both for round trips of tens of ms.
+/// election (`federator-chaos bench soak`). Round trips of tens of ms need
+/// [`Timing::Wan`].
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_millis(25);
-/// Default election timeout range. A follower campaigns after hearing nothing from the
-/// leader for the upper bound (the leader's lease) plus its own random timeout in the
-/// range: 240–320 ms with these values, plus up to one timer tick.
+/// Default election timeout range (the [`Timing::Lan`] profile's). A follower campaigns
+/// after hearing nothing from the leader for the upper bound (the leader's lease) plus its
+/// own random timeout in the range: 240–320 ms with these values, plus up to one timer
+/// tick.
 pub const DEFAULT_ELECTION_TIMEOUT: (Duration, Duration) =
     (Duration::from_millis(80), Duration::from_millis(160));
+
+/// A raft timing profile: heartbeat and election timeout for a kind of network.
+///
+/// openraft 0.9 bounds every AppendEntries call by the heartbeat period (the call itself
+/// by three quarters of it), so the heartbeat must exceed the slowest round trip between
+/// replicas or nothing commits; a follower campaigns after the leader's lease (the upper
+/// election timeout) plus its own random timeout, so a leader that crashed is replaced
+/// after 2–3 upper timeouts (a leader that stops cleanly or loses its quorum steps down
+/// first, see [`Replica::shutdown`] and check-quorum).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Timing {
+    /// Replicas on one network (loopback, a LAN, one cloud zone): round trips under
+    /// 10 ms. Heartbeat 25 ms, election timeout 80–160 ms: a crashed leader is replaced in
+    /// 240–320 ms.
+    Lan,
+    /// Replicas across zones or regions: round trips up to ~150 ms (calls time out at
+    /// 187 ms). Heartbeat 250 ms, election timeout 1–2 s: a crashed leader is replaced in
+    /// 3–4 s.
+    #[default]
+    Wan,
+}
+
+impl Timing {
+    /// The heartbeat period.
+    #[must_use]
+    pub const fn heartbeat(self) -> Duration {
+        match self {
+            Self::Lan => DEFAULT_HEARTBEAT,
+            Self::Wan => Duration::from_millis(250),
+        }
+    }
+
+    /// The election timeout range.
+    #[must_use]
+    pub const fn election_timeout(self) -> (Duration, Duration) {
+        match self {
+            Self::Lan => DEFAULT_ELECTION_TIMEOUT,
+            Self::Wan => (Duration::from_millis(1_000), Duration::from_millis(2_000)),
+        }
+    }
+
+    /// The profile's name in configuration files.
+    #[must_use]
+    pub const fn name(self) -> &'static str {
+        match self {
+            Self::Lan => "lan",
+            Self::Wan => "wan",
+        }
+    }
+
+    /// The profile called `name` (`lan` or `wan`).
+    #[must_use]
+    pub fn from_name(name: &str) -> Option<Self> {
+        [Self::Lan, Self::Wan].into_iter().find(|t| t.name() == name)
+    }
+}
 
 /// Settings of one replica.
 #[derive(Clone, Debug)]
@@ -254,6 +314,18 @@ pub enum ReplicaError {
     /// This replica leads, and its [`LeaderHandler`] failed (panicked) on the call.
     #[error("leader call failed: {0}")]
     LeaderHandler(String),
+    /// A write forwarded through this replica committed, but this replica did not apply
+    /// it in time: it lags or stopped. The write took effect; read it elsewhere.
+    #[error(
+        "the write committed at log index {index}, but this replica has not applied it \
+         ({reason}); it took effect — read it through another replica"
+    )]
+    NotAppliedHere {
+        /// The committed entry.
+        index: u64,
+        /// Why waiting for it ended.
+        reason: String,
+    },
 }
 
 /// The leader as one replica's metrics know it.
@@ -312,6 +384,34 @@ pub(crate) async fn leader_read_index(
     let (read_log_id, _applied) = raft.get_read_log_id().await?;
     let last = raft.metrics().borrow().last_log_index;
     Ok((read_log_id, read_log_id.map(|id| id.index).max(last)))
+}
+
+/// Resolves with the new leader once `raft`'s metrics name a leader other than `from`
+/// (possibly this replica): a call forwarded to `from` need not wait out its timeout —
+/// `from` was deposed, or will be when it hears of the new term. Never resolves
+/// otherwise.
+pub(crate) async fn leader_moved_from(raft: &Raft, from: NodeId) -> NodeId {
+    let mut metrics = raft.metrics();
+    loop {
+        if let Some(leader) = metrics.borrow_and_update().current_leader
+            && leader != from
+        {
+            return leader;
+        }
+        if metrics.changed().await.is_err() {
+            return std::future::pending().await;
+        }
+    }
+}
+
+/// The error of a forwarded call abandoned because `moved` became leader while it waited
+/// on `leader_id` (retried at the new leader; its outcome at the old one is unknown).
+pub(crate) fn rerouted(leader_id: NodeId, leader_addr: String, moved: NodeId) -> ReplicaError {
+    ReplicaError::Forward {
+        leader_id,
+        leader_addr,
+        message: format!("replica {moved} became leader while the call waited; re-routed"),
+    }
 }
 
 /// One running replica of the group.
@@ -391,6 +491,7 @@ impl<S: StateMachine> Replica<S> {
             proposer,
         };
         replica.spawn_metrics_refresher();
+        replica.spawn_check_quorum(config.election_timeout_max * CHECK_QUORUM_TIMEOUTS);
         Ok(replica)
     }
 
@@ -509,16 +610,23 @@ impl<S: StateMachine> Replica<S> {
                         .map_err(ReplicaError::LeaderHandler);
                 }
                 KnownLeader::Other { leader_id, leader_addr } => {
-                    match self.network.leader_call(&leader_addr, request.clone()).await {
-                        Ok(response) => return Ok(response),
-                        Err(status) if status.code() == Code::Unimplemented => {
-                            ReplicaError::NoLeaderHandler { replica: leader_id }
-                        }
-                        Err(status) => ReplicaError::Forward {
-                            leader_id,
-                            leader_addr,
-                            message: status.message().to_string(),
+                    let call = self.network.leader_call(&leader_addr, request.clone());
+                    tokio::select! {
+                        result = call => match result {
+                            Ok(response) => return Ok(response),
+                            Err(status) if status.code() == Code::Unimplemented => {
+                                ReplicaError::NoLeaderHandler { replica: leader_id }
+                            }
+                            Err(status) => ReplicaError::Forward {
+                                leader_id,
+                                leader_addr,
+                                message: status.message().to_string(),
+                            },
                         },
+                        moved = leader_moved_from(&self.raft, leader_id) => {
+                            self.metrics.forwards_rerouted.inc();
+                            rerouted(leader_id, leader_addr, moved)
+                        }
                     }
                 }
                 KnownLeader::Unknown => ReplicaError::NoLeader,
@@ -583,8 +691,8 @@ impl<S: StateMachine> Replica<S> {
                 Ok(proposed) => {
                     if proposed.forwarded {
                         // Read your writes: once acknowledged here, the write is visible
-                        // in this replica's state too.
-                        self.wait_applied(proposed.log_id.index).await;
+                        // in this replica's state too — or the call fails.
+                        self.wait_applied(proposed.log_id.index).await?;
                     }
                     return Ok(WriteOutcome {
                         index: proposed.log_id.index,
@@ -666,12 +774,18 @@ impl<S: StateMachine> Replica<S> {
     /// the applied index it was served at.
     ///
     /// # Errors
-    /// A linearizable read could not be confirmed with the leader.
+    /// A linearizable read could not be confirmed with the leader, or this replica's raft
+    /// core stopped (then no read is served, not even a stale one).
     pub async fn read<R>(
         &self,
         consistency: Consistency,
         read: impl FnOnce(&S) -> R,
     ) -> Result<(R, u64), ReplicaError> {
+        // A replica whose core stopped (a storage error) no longer applies anything: its
+        // state would answer stale reads forever. It refuses them instead.
+        if let Err(fatal) = &self.raft.metrics().borrow().running_state {
+            return Err(ReplicaError::Stopped(fatal.to_string()));
+        }
         if consistency == Consistency::Linearizable {
             let read_index = self.read_index().await?;
             if let Some(index) = read_index {
@@ -702,13 +816,19 @@ impl<S: StateMachine> Replica<S> {
                     forward,
                 ))) => match (forward.leader_id, forward.leader_node) {
                     (Some(leader_id), Some(node)) if leader_id != self.id => {
-                        match self.network.read_index(&node.addr).await {
-                            Ok(index) => return Ok(index),
-                            Err(status) => ReplicaError::Forward {
-                                leader_id,
-                                leader_addr: node.addr,
-                                message: status.message().to_string(),
+                        tokio::select! {
+                            result = self.network.read_index(&node.addr) => match result {
+                                Ok(index) => return Ok(index),
+                                Err(status) => ReplicaError::Forward {
+                                    leader_id,
+                                    leader_addr: node.addr,
+                                    message: status.message().to_string(),
+                                },
                             },
+                            moved = leader_moved_from(&self.raft, leader_id) => {
+                                self.metrics.forwards_rerouted.inc();
+                                rerouted(leader_id, node.addr, moved)
+                            }
                         }
                     }
                     _ => ReplicaError::NoLeader,
@@ -723,17 +843,20 @@ impl<S: StateMachine> Replica<S> {
         }
     }
 
-    /// Waits (bounded) until this replica has applied `index`. The write is committed
-    /// either way; a replica that lags more than the bound answers anyway.
-    async fn wait_applied(&self, index: u64) {
-        let waited = self
-            .raft
+    /// Waits (bounded) until this replica has applied `index`, so that a write
+    /// acknowledged through it is visible in its own state (read your writes).
+    ///
+    /// # Errors
+    /// [`ReplicaError::NotAppliedHere`] when it did not apply the entry in time (it lags
+    /// far behind, or its core stopped): the write is committed, but answering "written"
+    /// would let the next stale read here miss it.
+    async fn wait_applied(&self, index: u64) -> Result<(), ReplicaError> {
+        self.raft
             .wait(Some(READ_YOUR_WRITES_TIMEOUT))
             .applied_index_at_least(Some(index), "a forwarded write to apply here")
-            .await;
-        if waited.is_err() {
-            tracing::debug!(index, "forwarded write not applied here in time; answering anyway");
-        }
+            .await
+            .map(|_| ())
+            .map_err(|error| ReplicaError::NotAppliedHere { index, reason: error.to_string() })
     }
 
     /// Waits up to `timeout` for any leader to be known.
@@ -916,12 +1039,68 @@ impl<S: StateMachine> Replica<S> {
         Ok(index)
     }
 
-    /// Stops the raft core.
+    /// Stops the raft core. A leader stops heartbeating at once, so its followers elect
+    /// a successor after its lease (the upper election timeout) plus their own random
+    /// timeout — openraft 0.9 has no leadership transfer that would skip the lease.
     ///
     /// # Errors
     /// The core task failed.
     pub async fn shutdown(&self) -> Result<(), ReplicaError> {
         self.raft.shutdown().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
+    }
+
+    /// Whether this replica's raft core stopped (shut down, or fail-stopped on a storage
+    /// error), with openraft's reason.
+    #[must_use]
+    pub fn stopped(&self) -> Option<String> {
+        self.raft.metrics().borrow().running_state.as_ref().err().map(ToString::to_string)
+    }
+
+    /// Check-quorum: a leader that has not heard from a quorum for `limit` starts a new
+    /// election (stops heartbeating as leader), so a leader that reaches its followers but
+    /// hears none of them — a deaf or half-partitioned leader — does not hold the group
+    /// without committing anything: the followers' leases run out and they elect one of
+    /// themselves. openraft 0.9 has no check-quorum of its own.
+    fn spawn_check_quorum(&self, limit: Duration) {
+        let raft = self.raft.clone();
+        let metrics = self.metrics.clone();
+        let id = self.id;
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((limit / 4).max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let silent = {
+                    let m = raft.metrics();
+                    let m = m.borrow();
+                    if m.running_state.is_err() {
+                        return;
+                    }
+                    let voters = m.membership_config.membership().voter_ids().count();
+                    match m.millis_since_quorum_ack {
+                        Some(ms)
+                            if m.state == ServerState::Leader && voters > 1 && ms > limit_ms =>
+                        {
+                            Some((ms, m.current_term))
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some((ms, term)) = silent {
+                    tracing::warn!(
+                        replica = id,
+                        term,
+                        silent_ms = ms,
+                        "leading without hearing a quorum; stepping down (check-quorum)"
+                    );
+                    metrics.quorum_step_downs.inc();
+                    if raft.trigger().elect().await.is_err() {
+                        return;
+                    }
+                }
+            }
+        });
     }
 
     /// Keeps the Prometheus gauges in step with openraft's metrics.

@@ -273,6 +273,12 @@ async fn check_federation(
     }
 }
 
+/// Replica ids as `1, 2, 3`.
+fn join_ids(ids: &[u64]) -> String {
+    let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    ids.join(", ")
+}
+
 fn check_group(args: &CheckArgs, view: &GroupView, checks: &mut Checks) {
     let unreachable: Vec<String> = view
         .replicas
@@ -303,8 +309,26 @@ fn check_group(args: &CheckArgs, view: &GroupView, checks: &mut Checks) {
             "look at its log, restart it; `federator raft status` shows the group",
         );
     }
+    let stopped: Vec<u64> = view
+        .replicas
+        .iter()
+        .filter(|r| r.reachable && r.role.as_deref() == Some("shutdown"))
+        .map(|r| r.id)
+        .collect();
+    for id in &stopped {
+        checks.warn(
+            "replicas",
+            format!("replica {id} answers but its raft core stopped (stopping, or a storage error)"),
+            "it is leaving service: if it does not exit within seconds, look at its log for a storage error",
+        );
+    }
     match view.leader {
         Some(leader) => checks.pass("replicas", format!("leader: replica {leader}, term {}", view.term)),
+        None if !stopped.is_empty() && view.quorum => checks.fail(
+            "replicas",
+            format!("no leader (term {}): replica {} stopping", view.term, join_ids(&stopped)),
+            "a stopping leader steps down: the others elect a successor within about three election timeouts; check again",
+        ),
         None => checks.fail(
             "replicas",
             format!("no leader (term {})", view.term),
@@ -795,6 +819,50 @@ mod tests {
         assert_eq!(text.lines().count(), 4, "{text}");
         assert!(!text.contains(|c: char| c.is_control() && c != '\n'), "{text:?}");
         assert!(text.contains(r"  × \n\x1b]0;pwned\x07\x1b[1A: lease expired"), "{text}");
+    }
+
+    #[test]
+    fn a_stopping_replica_is_named_instead_of_an_election() {
+        use clap::Parser as _;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            args: CheckArgs,
+        }
+        let args = Cli::parse_from(["check"]).args;
+        let row = |id: u64, role: &str| status::ReplicaRow {
+            reachable: true,
+            error: None,
+            role: Some(role.into()),
+            ..status::ReplicaRow::unreachable(
+                id,
+                "voter",
+                String::new(),
+                String::new(),
+                String::new(),
+            )
+        };
+        let view = GroupView {
+            leader: None,
+            term: 4,
+            voters_up: 2,
+            voters: 3,
+            quorum: true,
+            replicas: vec![row(1, "shutdown"), row(2, "follower"), row(3, "follower")],
+        };
+        let mut checks = Checks::default();
+        check_group(&args, &view, &mut checks);
+        let text = render(&report(checks.0));
+        assert!(text.contains("× no leader (term 4): replica 1 stopping"), "{text}");
+        assert!(text.contains("a stopping leader steps down"), "{text}");
+        assert!(text.contains("replica 1 answers but its raft core stopped"), "{text}");
+        assert!(text.contains("quorum: 2/3 voters answer"), "{text}");
+
+        let view = GroupView { replicas: vec![row(2, "follower"), row(3, "candidate")], ..view };
+        let mut checks = Checks::default();
+        check_group(&args, &view, &mut checks);
+        let text = render(&report(checks.0));
+        assert!(text.contains("an election is under way"), "{text}");
     }
 
     #[test]

@@ -152,7 +152,9 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
     for ((id, membership, raft_addr, api_addr), status) in members.into_iter().zip(statuses) {
         let row = match status {
             Ok(s) => {
-                if membership == "voter" {
+                // A replica whose raft core stopped (stopping, or fail-stopped on a storage
+                // error) answers but takes no part in the quorum.
+                if membership == "voter" && s.role() != Role::Shutdown {
                     view.voters_up += 1;
                 }
                 ReplicaRow {

@@ -237,9 +237,10 @@ pub fn replica_status(error: ReplicaError) -> Status {
             }
             status
         }
-        ReplicaError::NoLeader | ReplicaError::Forward { .. } => {
-            Status::unavailable(error.to_string())
-        }
+        ReplicaError::NoLeader
+        | ReplicaError::Forward { .. }
+        | ReplicaError::Stopped(_)
+        | ReplicaError::NotAppliedHere { .. } => Status::unavailable(error.to_string()),
         ReplicaError::NotInitialized => Status::failed_precondition(error.to_string()),
         ReplicaError::Timeout(..) => Status::deadline_exceeded(error.to_string()),
         ReplicaError::Membership(_) | ReplicaError::Config(_) => {

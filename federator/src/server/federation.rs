@@ -26,7 +26,8 @@ use crate::identity::{SpiffeId, svid_identity, verify_client_svid};
 use crate::service::{ServiceKey, condition_to_proto, export_from_proto};
 use crate::state::{Applied, Checked, Command, Member, command_result};
 use crate::token::JoinToken;
-use watch::{WatchShared, WatchStream, watch_stream};
+pub use watch::Leaving;
+use watch::{WatchShared, WatchStream, leaving_status, watch_stream};
 
 mod watch;
 
@@ -55,6 +56,8 @@ pub struct FederationService {
     attempts: Arc<AttemptLimiter>,
     /// Open watch streams by member.
     watch_slots: Arc<WatchSlots>,
+    /// Set once this replica stopped serving.
+    leaving: Leaving,
 }
 
 /// Open watch streams per member, bounded.
@@ -158,16 +161,19 @@ fn is_refusal(status: &Status) -> bool {
 
 impl FederationService {
     /// A handler serving `replica`, reporting refusals to `refusals`, allowing each member
-    /// at most `max_watches_per_member` open watch streams on this replica.
+    /// at most `max_watches_per_member` open watch streams on this replica; once `leaving`
+    /// names a reason, watches end and new ones are refused with UNAVAILABLE.
     #[must_use]
     pub fn new(
         replica: FederationReplica,
         metrics: super::FederationMetrics,
         refusals: Arc<RefusalRecorder>,
         max_watches_per_member: usize,
+        leaving: Leaving,
     ) -> Self {
-        let (watches, revisions) = WatchShared::start(&replica, metrics);
+        let (watches, revisions) = WatchShared::start(&replica, metrics, leaving.clone());
         Self {
+            leaving,
             replica,
             revisions,
             watches,
@@ -464,6 +470,9 @@ impl Federation for FederationService {
         &self,
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        if let Some(reason) = self.leaving.borrow().clone() {
+            return Err(leaving_status(&reason));
+        }
         let caller = self.authenticate(&request, "watch").await?;
         let cluster = caller.member.cluster.clone();
         record_member(&cluster, &caller.member.trust_domain);

@@ -43,7 +43,16 @@ pub async fn report(
     }
 }
 
+/// Reports the replica NOT_SERVING at once (it is stopping or failed).
+pub async fn not_serving(reporter: &HealthReporter) {
+    reporter.set_not_serving::<AdminServer<AdminService>>().await;
+    reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
+}
+
 async fn evaluate(replica: &FederationReplica, max_lag_entries: u64) -> bool {
+    if replica.stopped().is_some() {
+        return false;
+    }
     let (has_leader, applied) = {
         let m = replica.metrics().borrow().clone();
         (m.current_leader.is_some(), m.last_applied.map_or(0, |l| l.index))

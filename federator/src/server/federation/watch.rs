@@ -197,6 +197,8 @@ pub(super) struct WatchShared {
     replica: FederationReplica,
     times: RevisionTimes,
     metrics: FederationMetrics,
+    /// Why this replica stopped serving, once it did: every stream then ends.
+    leaving: Leaving,
 }
 
 impl WatchShared {
@@ -204,11 +206,22 @@ impl WatchShared {
     pub(super) fn start(
         replica: &FederationReplica,
         metrics: FederationMetrics,
+        leaving: Leaving,
     ) -> (Arc<Self>, tokio::sync::watch::Receiver<u64>) {
         let times = RevisionTimes::default();
         let revisions = revision_watch(replica, times.clone());
-        (Arc::new(Self { replica: replica.clone(), times, metrics }), revisions)
+        (Arc::new(Self { replica: replica.clone(), times, metrics, leaving }), revisions)
     }
+}
+
+/// Whether a replica stopped serving, and why (`None` while it serves): set when it is
+/// stopping (SIGTERM) or failed (its storage), so that watch streams end at once with
+/// UNAVAILABLE and agents move to another replica instead of holding the process open.
+pub type Leaving = tokio::sync::watch::Receiver<Option<String>>;
+
+/// The status a stream or call gets from a replica that stopped serving for `reason`.
+pub(crate) fn leaving_status(reason: &str) -> Status {
+    Status::unavailable(format!("{reason}; reconnect to another replica"))
 }
 
 /// One member's watch: what it has been sent and what is left to send. Counted in
@@ -216,6 +229,8 @@ impl WatchShared {
 struct WatchCursor {
     shared: Arc<WatchShared>,
     revisions: tokio::sync::watch::Receiver<u64>,
+    /// This stream's view of [`WatchShared::leaving`].
+    leaving: Leaving,
     member: Member,
     /// What the watcher has been sent.
     position: WatchPosition,
@@ -243,6 +258,14 @@ const WATCH_FLUSH_BYTES: usize = federator_proto::codec::ENCODE_BUFFER;
 const GRPC_PREFIX: usize = 5;
 
 impl WatchCursor {
+    /// The status ending the stream, once the replica stopped serving (the stream is then
+    /// marked ended).
+    fn left(&mut self) -> Option<Status> {
+        let reason = self.leaving.borrow_and_update().clone()?;
+        self.ended = true;
+        Some(leaving_status(&reason))
+    }
+
     /// Computes the next batch from one consistent view of the state.
     fn refill(&mut self) -> Option<Status> {
         let shared = &*self.shared;
@@ -289,9 +312,11 @@ pub(super) fn watch_stream(
     after: u64,
 ) -> WatchStream {
     shared.metrics.watch_streams.inc();
+    let leaving = shared.leaving.clone();
     let cursor = WatchCursor {
         shared,
         revisions,
+        leaving,
         member,
         position: WatchPosition::new(after),
         ended: false,
@@ -315,11 +340,15 @@ pub(super) fn watch_stream(
             if cursor.ended {
                 return None;
             }
+            if let Some(status) = cursor.left() {
+                return Some((Err(status), cursor));
+            }
             if cursor.position.waits() {
                 // Wake only when the federation's revision moves (or on the recheck
-                // timer), not on every turn of the raft core.
+                // timer), or the replica stops serving; not on every turn of the raft core.
                 tokio::select! {
                     changed = cursor.revisions.changed() => if changed.is_err() { return None },
+                    changed = cursor.leaving.changed() => if changed.is_err() { return None },
                     () = tokio::time::sleep(WATCH_RECHECK) => {}
                 }
             }
