@@ -29,6 +29,9 @@ pub struct AgentOptions {
     /// Take the SVID and the own bundle from this SPIFFE Workload API address (for
     /// example [`crate::workload_api::WorkloadApiServer::address`]) instead of files.
     pub workload_api: Option<String>,
+    /// The replica API addresses the agent tries, in this order (`endpoints` in its
+    /// config); empty: those of its join token.
+    pub endpoints: Vec<String>,
 }
 
 /// One agent process and its files.
@@ -98,6 +101,12 @@ impl AgentProcess {
         if let Some(addr) = &metrics_addr {
             // A top-level key: it must come before the first table.
             config.insert_str(0, &format!("listen_metrics = \"{addr}\"\n"));
+        }
+        if !options.endpoints.is_empty() {
+            let endpoints: Vec<String> =
+                options.endpoints.iter().map(|e| format!("\"{e}\"")).collect();
+            // A top-level key too.
+            config.insert_str(0, &format!("endpoints = [{}]\n", endpoints.join(", ")));
         }
         if let Some(addr) = &xds_addr {
             config.push_str(&format!("\n[sinks.xds]\nlisten = \"{addr}\"\n"));

@@ -58,6 +58,15 @@ pub enum ViolationKind {
     /// After healing, a member's agent did not catch up with the federation in bounded
     /// time (revision, bundles, imports, or its own published bundle).
     AgentNotConverged,
+    /// Writes were not acknowledged within the scenario's availability promise, or a
+    /// replica asked to stop (or made to, by a full disk) did not exit in time.
+    Unavailable,
+    /// A replica left by a panic or a signal instead of a clean exit (0 when asked to
+    /// stop, 1 on a storage error).
+    UncleanExit,
+    /// A check could not run on what it needs (the replicas' final states): the run
+    /// proves nothing about it, so it fails.
+    Unverifiable,
 }
 
 impl fmt::Display for ViolationKind {
@@ -75,6 +84,9 @@ impl fmt::Display for ViolationKind {
             Self::StaleMemberReady => "stale-member-ready",
             Self::MemberNotRecovered => "member-not-recovered",
             Self::AgentNotConverged => "agent-not-converged",
+            Self::Unavailable => "unavailable",
+            Self::Unverifiable => "unverifiable",
+            Self::UncleanExit => "unclean-exit",
         })
     }
 }

@@ -319,7 +319,8 @@ impl Federation {
                 own = self.replica_config.get(&id).map_or("", String::as_str),
             ),
         )?;
-        let log = data_dir.join("server.log");
+        // Beside the data directory, not in it: a test may fill that disk.
+        let log = self.dir.path().join(format!("replica-{id}.log"));
         let mut process =
             ReplicaProcess { id, raft_addr, api_addr, metrics_addr, data_dir, log, child: None };
         spawn(&mut process)?;

@@ -7,6 +7,7 @@ pub mod agent;
 pub mod bench;
 pub mod check;
 pub mod cluster;
+pub mod disk;
 pub mod envoy;
 pub mod etcd;
 pub mod member;

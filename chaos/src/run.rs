@@ -41,6 +41,7 @@ use self::topology::Topology;
 use self::workload::{Clock, Workload, WorkloadConfig};
 use crate::check::{self, Inputs};
 use crate::proxy::{Faults, Latency};
+use federator_raft::Timing;
 
 /// The faults a scenario injects.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,7 +74,46 @@ pub enum Nemesis {
     /// A whole member cluster (a real agent and its own etcd) SIGKILLed, then restarted;
     /// its endpoints must turn not ready, then ready again, in bounded time.
     MemberDown,
+    /// SIGTERM the leader (a rolling restart): it must exit within the hold and the others
+    /// must take writes meanwhile; restarted after the hold.
+    TerminateLeader,
+    /// Fill the leader's or a follower's disk (each replica's data directory is a small
+    /// filesystem of its own): it must exit within the hold; freed and restarted after it.
+    DiskFull,
 }
+
+/// What a scenario promises about writes, beside every safety check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Availability {
+    /// A write invoked after a fault starts is acknowledged within this many upper
+    /// election timeouts, and while the fault is still held.
+    DuringFault(u32),
+    /// No quorum while the fault is held: a write invoked after the heal is acknowledged
+    /// within this many upper election timeouts.
+    AfterHeal(u32),
+    /// Nothing asserted (the scenario measures something else).
+    Unasserted,
+}
+
+impl Availability {
+    /// The promise of one fault of `nemesis`.
+    #[must_use]
+    pub const fn of(nemesis: Nemesis) -> Self {
+        match nemesis {
+            Nemesis::KillMajority | Nemesis::KillAll => Self::AfterHeal(AFTER_HEAL_TIMEOUTS),
+            Nemesis::Mixed | Nemesis::MembershipChange | Nemesis::MemberDown => Self::Unasserted,
+            _ => Self::DuringFault(DURING_FAULT_TIMEOUTS),
+        }
+    }
+}
+
+/// Upper election timeouts a fault may cost writes: a crashed or deaf leader is replaced
+/// after 2–4 of them (lease, random timeout, check-quorum), writers need a retry or two,
+/// and CI machines are slow.
+const DURING_FAULT_TIMEOUTS: u32 = 12;
+/// Upper election timeouts from healing a quorum loss until writes are taken: restarting
+/// the replicas (open, replay) takes most of it.
+const AFTER_HEAL_TIMEOUTS: u32 = 40;
 
 /// A named scenario.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +132,26 @@ pub struct Scenario {
     pub hold: Duration,
     /// Quiet time between faults.
     pub quiet: Duration,
+    /// The replicas' raft timing profile.
+    pub timing: Timing,
+    /// Each replica's data directory on a tmpfs of this many MiB (to fill it).
+    pub disk_mib: Option<u32>,
+}
+
+impl Scenario {
+    /// The bound one fault of `nemesis` puts on the time until a write is acknowledged,
+    /// measured from the fault (or from its heal), if any.
+    #[must_use]
+    pub fn availability_bound(&self, nemesis: Nemesis) -> Option<(Availability, Duration)> {
+        let upper = self.timing.election_timeout().1;
+        match Availability::of(nemesis) {
+            Availability::DuringFault(n) => {
+                Some((Availability::DuringFault(n), (upper * n).min(self.hold)))
+            }
+            Availability::AfterHeal(n) => Some((Availability::AfterHeal(n), upper * n)),
+            Availability::Unasserted => None,
+        }
+    }
 }
 
 /// Every scenario, in `list` order.
@@ -120,11 +180,17 @@ pub const SCENARIOS: &[Scenario] = &[
         "the leader reaches everyone but hears nobody",
         Nemesis::AsymmetricLeader,
     ),
-    scenario(
-        "latency",
-        "75 ± 50 ms on every replica link, connections dropped at random",
-        Nemesis::LatencyAndDrops,
-    ),
+    Scenario {
+        // Round trips of 50–250 ms: the wan profile, and faults held for a few of its
+        // heartbeats and reconnects.
+        timing: Timing::Wan,
+        hold: Duration::from_secs(5),
+        ..scenario(
+            "latency",
+            "75 ± 50 ms on every replica link, connections dropped at random (wan timing)",
+            Nemesis::LatencyAndDrops,
+        )
+    },
     scenario(
         "stalls-bandwidth",
         "stall every link of one replica, then 64 KiB/s on every link",
@@ -147,6 +213,19 @@ pub const SCENARIOS: &[Scenario] = &[
             Nemesis::MemberDown,
         )
     },
+    scenario(
+        "sigterm-leader",
+        "SIGTERM the leader under load with an agent attached (a rolling restart)",
+        Nemesis::TerminateLeader,
+    ),
+    Scenario {
+        disk_mib: Some(256),
+        ..scenario(
+            "disk-full",
+            "fill the leader's or a follower's disk: it exits; freed and restarted",
+            Nemesis::DiskFull,
+        )
+    },
 ];
 
 const fn scenario(name: &'static str, about: &'static str, nemesis: Nemesis) -> Scenario {
@@ -158,12 +237,22 @@ const fn scenario(name: &'static str, about: &'static str, nemesis: Nemesis) -> 
         nemesis,
         hold: Duration::from_millis(2_500),
         quiet: Duration::from_millis(2_000),
+        timing: Timing::Lan,
+        disk_mib: None,
     }
 }
 
 /// Scenarios `run --short` runs (CI).
-pub const SHORT: &[&str] =
-    &["kill-leader", "kill-all", "partition-leader", "pause-leader", "latency"];
+pub const SHORT: &[&str] = &[
+    "kill-leader",
+    "kill-all",
+    "partition-leader",
+    "pause-leader",
+    "asymmetric-leader",
+    "latency",
+    "sigterm-leader",
+    "disk-full",
+];
 
 /// The scenario called `name`.
 #[must_use]
@@ -199,7 +288,9 @@ pub async fn run(
     let started = Instant::now();
     let replicas = if config.replicas == 0 { scenario.replicas } else { config.replicas };
     progress(&format!("starting {replicas} replicas with a fault proxy on every link"));
-    let mut topo = Topology::start(replicas, scenario.spares, config.seed).await?;
+    let mut topo =
+        Topology::start(replicas, scenario.spares, config.seed, scenario.timing, scenario.disk_mib)
+            .await?;
     let clock = Clock::start();
     progress("joining members and starting the workload");
     let workload = Workload::start(&topo, config.workload, config.seed, clock).await?;
@@ -208,6 +299,8 @@ pub async fn run(
 
     let mut rng = StdRng::seed_from_u64(config.seed);
     let mut timeline = Vec::new();
+    let mut windows: Vec<FaultWindow> = Vec::new();
+    let mut fault_violations = Vec::new();
     let deadline = Instant::now() + config.duration;
     let mut round = 0usize;
     while Instant::now() + scenario.hold < deadline {
@@ -239,12 +332,50 @@ pub async fn run(
         let at = clock.now();
         progress(&format!("fault {round}: {}", injected.what));
         timeline.push(TimelineEvent { at_ms: at / 1_000_000, what: injected.what.clone() });
-        hold(&topo, nemesis, scenario.hold, &mut rng).await;
+        let held = Instant::now();
+        // A replica asked to leave (SIGTERM) must be gone within the hold; one whose disk
+        // filled up must be gone too, unless it still writes (its database had room).
+        for &id in injected.must_exit.iter().chain(&injected.filled) {
+            let filled = injected.filled.contains(&id);
+            match topo.fed.wait_exit(id, scenario.hold).await {
+                Err(_) if filled && still_writes(&topo, id).await => {
+                    timeline.push(TimelineEvent {
+                        at_ms: clock.now() / 1_000_000,
+                        what: format!(
+                            "observed: replica {id} still writes (its database had room)"
+                        ),
+                    });
+                }
+                Ok(status) => {
+                    timeline.push(TimelineEvent {
+                        at_ms: clock.now() / 1_000_000,
+                        what: format!("observed: replica {id} exited ({status})"),
+                    });
+                    // SIGTERM: exit 0; a storage error: exit 1. A panic (101) or a signal
+                    // is no way to leave.
+                    if !matches!(status.code(), Some(0 | 1)) {
+                        fault_violations.push(check::Violation::new(
+                            check::ViolationKind::UncleanExit,
+                            format!("after '{}': replica {id} exited with {status}", injected.what),
+                        ));
+                    }
+                }
+                Err(error) => fault_violations.push(check::Violation::new(
+                    check::ViolationKind::Unavailable,
+                    format!("after '{}': {error:#}", injected.what),
+                )),
+            }
+        }
+        hold(&topo, nemesis, scenario.hold.saturating_sub(held.elapsed()), &mut rng).await;
         heal(&mut topo, &injected)?;
+        let healed = clock.now();
         timeline.push(TimelineEvent {
-            at_ms: clock.now() / 1_000_000,
+            at_ms: healed / 1_000_000,
             what: format!("healed: {}", injected.what),
         });
+        if let Some((promise, bound)) = scenario.availability_bound(nemesis) {
+            windows.push(FaultWindow { what: injected.what, at, healed, promise, bound });
+        }
     }
     tokio::time::sleep(scenario.quiet).await;
     progress("stopping the workload");
@@ -262,12 +393,26 @@ pub async fn run(
     }
     let converged = topo.fed.wait_for_convergence(&topo.ids, Duration::from_secs(60)).await;
     let converge_ms = converged.as_ref().ok().map(|_| millis(healed_at.elapsed()));
-    let finals = workload::final_states(&topo, config.workload.keys).await.unwrap_or_default();
+    let finals = workload::final_states(&topo, config.workload.keys).await;
 
     let recorded =
         std::mem::take(&mut *shared.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
     let counts = Counts::of(&recorded);
     let gaps = failover_gaps(&recorded.history, &timeline);
+    fault_violations.extend(unavailable(&recorded.history, &windows));
+    let finals = match finals {
+        Ok(finals) => finals,
+        Err(error) => {
+            // Without them nothing says whether an acknowledged write was lost.
+            fault_violations.push(check::Violation::new(
+                check::ViolationKind::Unverifiable,
+                format!(
+                    "cannot read the replicas' final states, so lost writes go unchecked: {error:#}"
+                ),
+            ));
+            Vec::new()
+        }
+    };
     let committed = recorded.published.clone();
     let watchers: BTreeSet<u32> = recorded.watch_events.iter().map(|e| e.watcher).collect();
     let inputs = Inputs {
@@ -293,6 +438,7 @@ pub async fn run(
         member.check_converged(&topo).await;
     }
     let measurements = std::mem::take(&mut member.measurements);
+    checked.violations.append(&mut fault_violations);
     checked.violations.append(&mut member.violations);
     checked.inconclusive.append(&mut member.inconclusive);
     if let Err(error) = &converged {
@@ -343,6 +489,7 @@ const MIXED: &[Nemesis] = &[
     Nemesis::AsymmetricLeader,
     Nemesis::LatencyAndDrops,
     Nemesis::StallsAndBandwidth,
+    Nemesis::TerminateLeader,
 ];
 
 /// What was done, to undo it.
@@ -350,6 +497,73 @@ struct Injected {
     what: String,
     killed: Vec<u64>,
     paused: Vec<u64>,
+    /// Replicas that must exit by themselves within the hold (restarted at the heal).
+    must_exit: Vec<u64>,
+    /// Replicas whose disk was filled (freed at the heal).
+    filled: Vec<u64>,
+}
+
+/// One fault's availability promise, checked against the history after the run.
+struct FaultWindow {
+    what: String,
+    /// When it was injected and healed (clock nanoseconds).
+    at: u64,
+    healed: u64,
+    promise: Availability,
+    bound: Duration,
+}
+
+/// Whether replica `id` still answers with a running raft core and has applied a recent
+/// entry: a replica on a full disk whose database file had room keeps working.
+async fn still_writes(topo: &Topology, id: u64) -> bool {
+    use federator_proto::admin::Role;
+    let Some(before) = topo.fed.status(id).await else { return false };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let Some(after) = topo.fed.status(id).await else { return false };
+    after.role() != Role::Shutdown && after.applied_index > before.applied_index
+}
+
+/// A violation for every fault after which no write was acknowledged within its bound.
+fn unavailable(
+    history: &check::history::History,
+    windows: &[FaultWindow],
+) -> Vec<check::Violation> {
+    let writes: Vec<(u64, u64)> = history
+        .ops
+        .iter()
+        .filter(|op| matches!(op.kind, check::history::OpKind::Write { .. }))
+        .filter_map(|op| Some((op.invoke, op.acked_at()?)))
+        .collect();
+    let ms = |ns: u64| ns / 1_000_000;
+    windows
+        .iter()
+        .filter_map(|w| {
+            let (from, since) = match w.promise {
+                Availability::DuringFault(_) => (w.at, "the fault"),
+                Availability::AfterHeal(_) => (w.healed, "its heal"),
+                Availability::Unasserted => return None,
+            };
+            let first =
+                writes.iter().filter(|(invoke, _)| *invoke >= from).map(|(_, ack)| *ack).min();
+            let bound_ns = u64::try_from(w.bound.as_nanos()).unwrap_or(u64::MAX);
+            match first {
+                Some(ack) if ack - from <= bound_ns => None,
+                Some(ack) => Some(format!(
+                    "'{}': the first write invoked after {since} was acknowledged {} ms after it; \
+                     the promise is {} ms",
+                    w.what,
+                    ms(ack - from),
+                    w.bound.as_millis()
+                )),
+                None => Some(format!(
+                    "'{}': no write invoked after {since} was acknowledged at all (promise: {} ms)",
+                    w.what,
+                    w.bound.as_millis()
+                )),
+            }
+        })
+        .map(|message| check::Violation::new(check::ViolationKind::Unavailable, message))
+        .collect()
 }
 
 fn millis(d: Duration) -> u64 {
@@ -362,7 +576,13 @@ async fn leader(topo: &Topology) -> Option<u64> {
 }
 
 async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Injected {
-    let mut injected = Injected { what: String::new(), killed: Vec::new(), paused: Vec::new() };
+    let mut injected = Injected {
+        what: String::new(),
+        killed: Vec::new(),
+        paused: Vec::new(),
+        must_exit: Vec::new(),
+        filled: Vec::new(),
+    };
     let ids = topo.ids.clone();
     let leader = leader(topo).await;
     let random_other = |rng: &mut StdRng, not: Option<u64>| {
@@ -432,6 +652,30 @@ async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Inje
             injected.what =
                 format!("every link of replica {victim} stalled, then 64 KiB/s everywhere");
         }
+        Nemesis::TerminateLeader => {
+            let victim = leader.unwrap_or(ids[0]);
+            topo.fed.terminate(victim);
+            injected.must_exit.push(victim);
+            injected.what = format!("SIGTERM replica {victim} ({})", role(leader, victim));
+        }
+        Nemesis::DiskFull => {
+            let victim = if rng.random_bool(0.5) {
+                leader.unwrap_or(ids[0])
+            } else {
+                random_other(rng, leader)
+            };
+            match topo.disks.get(&victim).map(crate::disk::SmallDisk::fill) {
+                Some(Ok(())) => {
+                    injected.filled.push(victim);
+                    injected.what =
+                        format!("disk full under replica {victim} ({})", role(leader, victim));
+                }
+                Some(Err(error)) => {
+                    injected.what = format!("disk of replica {victim} not filled: {error:#}");
+                }
+                None => injected.what = format!("replica {victim} has no disk of its own"),
+            }
+        }
         Nemesis::Mixed | Nemesis::MembershipChange | Nemesis::MemberDown => {
             unreachable!("resolved or run before injecting")
         }
@@ -463,6 +707,24 @@ fn heal(topo: &mut Topology, injected: &Injected) -> anyhow::Result<()> {
     topo.heal();
     for &id in &injected.paused {
         topo.fed.resume(id);
+    }
+    for &id in &injected.filled {
+        if let Some(disk) = topo.disks.get(&id) {
+            disk.free()?;
+        }
+    }
+    for &id in &injected.must_exit {
+        // One that did not leave (a violation already) is made to.
+        if !topo.fed.has_exited(id) {
+            topo.fed.kill(id);
+        }
+        topo.fed.restart(id)?;
+    }
+    for &id in &injected.filled {
+        // Left by itself (a supervisor would restart it), or still writing.
+        if topo.fed.has_exited(id) {
+            topo.fed.restart(id)?;
+        }
     }
     for &id in &injected.killed {
         topo.fed.restart(id)?;

@@ -17,6 +17,7 @@ mod snapshot;
 mod status;
 mod trust;
 
+use std::io::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -172,7 +173,7 @@ pub fn main() -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
+            let _ = writeln!(std::io::stderr(), "error: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
@@ -181,7 +182,13 @@ pub fn main() -> ExitCode {
         Err(error) => {
             // The server's messages were escaped whole where they entered the error
             // (`client::status_error`); its own line breaks stay.
-            eprintln!("error: {}", output::escape_control_keep_newlines(&format!("{error:#}")));
+            // Not eprintln!: it panics when stderr cannot be written (a log file on the
+            // full disk that stopped this replica), turning exit status 1 into a panic.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error: {}",
+                output::escape_control_keep_newlines(&format!("{error:#}"))
+            );
             ExitCode::FAILURE
         }
     }

@@ -14,7 +14,7 @@
 //! | [`types`] | the openraft type configuration and error aliases |
 //! | [`log_store`] | durable log, vote and committed index on redb |
 //! | [`state_machine`] | the application trait, apply, snapshot build/install/persist |
-//! | `snapshot_files` | snapshot data as files beside the database, made current by it |
+//! | `snapshot_files` | snapshot data as files beside the database, made current by it, checked against the SHA-256 it stores |
 //! | [`convert`] | openraft types ⇄ protobuf messages, one file per type family |
 //! | [`network`] | gRPC client (pooled, timeouts, backoff) and server of the replica transport |
 //! | [`tls`] | mTLS connection plumbing for the transport |

@@ -218,6 +218,13 @@ impl Route {
             return;
         }
         let counts: Vec<usize> = batch.iter().map(|q| q.commands.len()).collect();
+        if self.network.as_ref().and_then(Network::fenced).is_some() {
+            // This replica leads a term it stepped down from (check-quorum): nothing it
+            // proposes could commit. The writers retry once another leader is known.
+            let none = ForwardToLeader { leader_id: None, leader_node: None };
+            answer(batch, &counts, Err(ProposeError::ForwardToLeader(none)), false);
+            return;
+        }
         let entry = Command(
             batch
                 .iter_mut()

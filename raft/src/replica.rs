@@ -1056,13 +1056,17 @@ impl<S: StateMachine> Replica<S> {
         self.raft.metrics().borrow().running_state.as_ref().err().map(ToString::to_string)
     }
 
-    /// Check-quorum: a leader that has not heard from a quorum for `limit` starts a new
-    /// election (stops heartbeating as leader), so a leader that reaches its followers but
-    /// hears none of them — a deaf or half-partitioned leader — does not hold the group
-    /// without committing anything: the followers' leases run out and they elect one of
-    /// themselves. openraft 0.9 has no check-quorum of its own.
+    /// Check-quorum: a leader that has not heard from a quorum for `limit` fences its
+    /// term ([`Network::fence`]: it sends no AppendEntries, heartbeats included, and
+    /// proposes nothing more), so a leader that reaches its followers but hears none of
+    /// them — a deaf or half-partitioned leader — does not hold the group without
+    /// committing anything: the followers' leases run out and they elect one of
+    /// themselves. The fence lifts once this replica no longer leads that term (the new
+    /// leader's messages reached it). openraft 0.9 has no check-quorum of its own and
+    /// ignores an election triggered on a leader.
     fn spawn_check_quorum(&self, limit: Duration) {
         let raft = self.raft.clone();
+        let network = self.network.clone();
         let metrics = self.metrics.clone();
         let id = self.id;
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
@@ -1071,33 +1075,36 @@ impl<S: StateMachine> Replica<S> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                let silent = {
-                    let m = raft.metrics();
-                    let m = m.borrow();
-                    if m.running_state.is_err() {
-                        return;
+                let m = raft.metrics().borrow().clone();
+                if m.running_state.is_err() {
+                    return;
+                }
+                let leading = m.state == ServerState::Leader;
+                if let Some(term) = network.fenced() {
+                    if !leading || m.current_term != term {
+                        tracing::info!(
+                            replica = id,
+                            term,
+                            "no longer leads the fenced term; fence lifted"
+                        );
+                        network.unfence();
                     }
-                    let voters = m.membership_config.membership().voter_ids().count();
-                    match m.millis_since_quorum_ack {
-                        Some(ms)
-                            if m.state == ServerState::Leader && voters > 1 && ms > limit_ms =>
-                        {
-                            Some((ms, m.current_term))
-                        }
-                        _ => None,
-                    }
-                };
-                if let Some((ms, term)) = silent {
+                    continue;
+                }
+                let voters = m.membership_config.membership().voter_ids().count();
+                if let Some(ms) = m.millis_since_quorum_ack
+                    && leading
+                    && voters > 1
+                    && ms > limit_ms
+                {
                     tracing::warn!(
                         replica = id,
-                        term,
+                        term = m.current_term,
                         silent_ms = ms,
                         "leading without hearing a quorum; stepping down (check-quorum)"
                     );
                     metrics.quorum_step_downs.inc();
-                    if raft.trigger().elect().await.is_err() {
-                        return;
-                    }
+                    network.fence(m.current_term);
                 }
             }
         });

@@ -22,14 +22,48 @@
 //! ([`SnapshotFiles::discard_received`]), and `.recv` leftovers of a crash at the next
 //! start. File names are the hex of the snapshot id, so an
 //! id chosen by a peer can name no path outside the directory and no two ids share a file.
+//!
+//! # Checksums
+//!
+//! Every snapshot made current carries a [`Checksum`] (the data's length and SHA-256).
+//! It is not in the file but in the redb transaction of step 2, beside the metadata
+//! that names the snapshot (`state_machine`): the file stays the state machine's plain
+//! encoding, so a replica rolled back to an earlier version still reads it, and whether
+//! a file has a checksum is decided by the database, never by the file's own bytes (a
+//! header or trailer with a magic number would let a flip inside the magic pass a
+//! damaged file off as a legacy one). The checksum is compared with the data
+//!
+//! - whenever the current snapshot is read ([`SnapshotFiles::read`]): when the replica
+//!   opens, before the state machine restores it, and before the leader sends it to a
+//!   follower. A file that does not match is never restored nor sent; the error names
+//!   the file and both checksums. The replica does not start (or, if it was running,
+//!   stops, as on any storage fault); it does not throw the snapshot away and go on,
+//!   because the log it covers may be purged: openraft would then take the purged
+//!   entries as applied, see the follower's log as matching the leader's, and never send
+//!   it a snapshot — the state would stay wrong. The remedy the error names is the one
+//!   for any replica that lost its data: remove it from the group, delete its data
+//!   directory and add it again, and the leader sends it a whole snapshot;
+//! - when a received snapshot is installed ([`SnapshotFiles::take_received`]): the
+//!   `.recv` file is read back after its last flush and must hold exactly the data
+//!   installed, or the install fails and the file is removed. (The data itself was
+//!   checked in transit against the SHA-256 the sender streams in the last chunk, before
+//!   openraft sees it: `network::server`.)
+//!
+//! Files written before checksums (a snapshot the database names without a checksum, or
+//! with a checksum of another snapshot, as an earlier version left it) are legacy: read
+//! as they are, with only the state machine's decoding to check them, and logged; the
+//! next snapshot carries a checksum.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::fs::{self, File};
-use std::io::{self, Write as _};
+use std::io::{self, Read as _, Write as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+
+use sha2::Digest as _;
 
 /// The directory of a replica's snapshot files.
 #[derive(Clone, Debug)]
@@ -78,6 +112,46 @@ const RECEIVED_EXTENSION: &str = "recv";
 /// Start of every file name (so an empty id still names a file with an extension).
 const FILE_PREFIX: &str = "snapshot-";
 
+/// Bytes read at a time when a file is hashed without being kept in memory.
+const HASH_BUFFER_BYTES: usize = 1 << 20;
+
+/// What a snapshot's data must be: its length and SHA-256.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Checksum {
+    /// Bytes of data.
+    pub(crate) len: u64,
+    /// SHA-256 of the data.
+    pub(crate) sha256: [u8; 32],
+}
+
+/// A snapshot file whose content does not match its [`Checksum`].
+#[derive(Debug, thiserror::Error)]
+#[error("snapshot file {} is corrupt: expected {expected}, found {found}", path.display())]
+pub(crate) struct CorruptFile {
+    /// The file.
+    pub(crate) path: PathBuf,
+    /// What it should hold.
+    pub(crate) expected: Checksum,
+    /// What it holds.
+    pub(crate) found: Checksum,
+}
+
+/// Why a snapshot file could not be read.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ReadError {
+    /// The file could not be read.
+    #[error("cannot read snapshot file {}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The file does not match its checksum.
+    #[error(transparent)]
+    Corrupt(#[from] CorruptFile),
+}
+
 impl SnapshotFiles {
     /// Opens (creating it if needed) the directory `dir`.
     pub(crate) fn open(dir: &Path) -> io::Result<Self> {
@@ -107,13 +181,27 @@ impl SnapshotFiles {
         File::open(&self.dir)?.sync_all()
     }
 
-    /// Reads the data of snapshot `id`; `None` when it has no file.
-    pub(crate) fn read(&self, id: &str) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.path(id)) {
-            Ok(data) => Ok(Some(data)),
-            Err(error) if error.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(error) => Err(error),
+    /// Reads the data of snapshot `id`, checked against `expected` (`None`: a legacy
+    /// file, from before checksums, read as it is); `None` when it has no file.
+    ///
+    /// # Errors
+    /// The file cannot be read, or does not match `expected` (the error names the file
+    /// and both checksums).
+    pub(crate) fn read(
+        &self,
+        id: &str,
+        expected: Option<&Checksum>,
+    ) -> Result<Option<Vec<u8>>, ReadError> {
+        let path = self.path(id);
+        let data = match fs::read(&path) {
+            Ok(data) => data,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => return Err(ReadError::Io { path, source }),
+        };
+        if let Some(expected) = expected {
+            expected.verify(&path, &data)?;
         }
+        Ok(Some(data))
     }
 
     /// Removes the file of snapshot `id`, if there is one.
@@ -177,30 +265,42 @@ impl SnapshotFiles {
         })
     }
 
-    /// Makes the data of snapshot `id`, received whole and `len` bytes long, its durable
-    /// file, waiting for the writer's last flush. Returns `false` when there is no such
-    /// file (nothing was received for `id`, its writer failed, or it is not `len` bytes
-    /// long): the caller writes the file itself.
-    pub(crate) fn take_received(&self, id: &str, len: u64) -> bool {
+    /// Makes the data of snapshot `id`, received whole, its durable file once the
+    /// writer's last flush is done and the file, read back, holds exactly the data
+    /// `expected` describes. Returns `Ok(false)` when there is no such file (nothing was
+    /// received for `id`, its writer failed, or it wrote another number of bytes): the
+    /// caller writes the file itself.
+    ///
+    /// # Errors
+    /// The file holds other bytes than `expected` (the disk changed them after they were
+    /// written): it is removed, and the snapshot must not be installed.
+    pub(crate) fn take_received(&self, id: &str, expected: &Checksum) -> Result<bool, CorruptFile> {
         let Some(Received { path, writer }) = self.lock_received().remove(id) else {
-            return false;
+            return Ok(false);
         };
         let taken = match writer.join() {
-            Ok(Ok(written)) if written == len => {
-                fs::rename(&path, self.path(id)).and_then(|()| File::open(&self.dir)?.sync_all())
-            }
-            Ok(Ok(written)) => {
-                Err(io::Error::other(format!("received {written} bytes, the snapshot has {len}")))
-            }
+            Ok(Ok(written)) if written == expected.len => match checksum_of_file(&path) {
+                Ok(found) if found == *expected => fs::rename(&path, self.path(id))
+                    .and_then(|()| File::open(&self.dir)?.sync_all()),
+                Ok(found) => {
+                    let _ = fs::remove_file(&path);
+                    return Err(CorruptFile { path, expected: *expected, found });
+                }
+                Err(error) => Err(error),
+            },
+            Ok(Ok(written)) => Err(io::Error::other(format!(
+                "received {written} bytes, the snapshot has {}",
+                expected.len
+            ))),
             Ok(Err(error)) => Err(error),
             Err(_) => Err(io::Error::other("the snapshot writer panicked")),
         };
         match taken {
-            Ok(()) => true,
+            Ok(()) => Ok(true),
             Err(error) => {
                 tracing::warn!(snapshot_id = id, %error, "writing the received snapshot again");
                 let _ = fs::remove_file(&path);
-                false
+                Ok(false)
             }
         }
     }
@@ -270,6 +370,55 @@ impl Receiving {
     }
 }
 
+// === impl Checksum ===
+
+impl Checksum {
+    /// The checksum of `data`.
+    pub(crate) fn of(data: &[u8]) -> Self {
+        Self { len: data.len() as u64, sha256: sha2::Sha256::digest(data).into() }
+    }
+
+    /// Checks that `data`, read from `path`, is what `self` describes.
+    ///
+    /// # Errors
+    /// It is not; the error names `path` and both checksums.
+    pub(crate) fn verify(&self, path: &Path, data: &[u8]) -> Result<(), CorruptFile> {
+        let found = Self::of(data);
+        if found == *self {
+            Ok(())
+        } else {
+            Err(CorruptFile { path: path.to_path_buf(), expected: *self, found })
+        }
+    }
+}
+
+impl fmt::Display for Checksum {
+    /// `<len> bytes with SHA-256 <64 hex digits>`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} bytes with SHA-256 ", self.len)?;
+        self.sha256.iter().try_for_each(|byte| write!(f, "{byte:02x}"))
+    }
+}
+
+/// The checksum of the file at `path`, read a buffer at a time.
+fn checksum_of_file(path: &Path) -> io::Result<Checksum> {
+    let mut file = File::open(path)?;
+    let mut hasher = sha2::Sha256::new();
+    let mut buffer = vec![0; HASH_BUFFER_BYTES];
+    let mut len = 0u64;
+    loop {
+        let read = match file.read(&mut buffer) {
+            Ok(0) => break,
+            Ok(read) => read,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => continue,
+            Err(error) => return Err(error),
+        };
+        hasher.update(&buffer[..read]);
+        len += read as u64;
+    }
+    Ok(Checksum { len, sha256: hasher.finalize().into() })
+}
+
 /// `snapshot-<hex of id>.<extension>`.
 fn file_name(id: &str, extension: &str) -> String {
     use std::fmt::Write as _;
@@ -291,14 +440,22 @@ mod tests {
     fn a_snapshot_is_written_whole_read_back_and_replaced() {
         let dir = tempfile::TempDir::new().expect("temp dir");
         let files = SnapshotFiles::open(&dir.path().join("snapshots")).expect("open");
-        assert_eq!(files.read("1-5-7").expect("read"), None);
+        let first = Checksum::of(b"first");
+        assert_eq!(files.read("1-5-7", Some(&first)).expect("read"), None);
         files.write("1-5-7", b"first").expect("write");
-        assert_eq!(files.read("1-5-7").expect("read").as_deref(), Some(&b"first"[..]));
+        assert_eq!(
+            files.read("1-5-7", Some(&first)).expect("read").as_deref(),
+            Some(&b"first"[..])
+        );
         files.write("1-5-7", b"again").expect("rewrite");
-        assert_eq!(files.read("1-5-7").expect("read").as_deref(), Some(&b"again"[..]));
+        let again = Checksum::of(b"again");
+        assert_eq!(
+            files.read("1-5-7", Some(&again)).expect("read").as_deref(),
+            Some(&b"again"[..])
+        );
         files.remove("1-5-7").expect("remove");
         files.remove("1-5-7").expect("removing what is gone is fine");
-        assert_eq!(files.read("1-5-7").expect("read"), None);
+        assert_eq!(files.read("1-5-7", None).expect("read"), None);
     }
 
     #[test]
@@ -342,11 +499,11 @@ mod tests {
         fs::write(dir.path().join(file_name("half", TEMP_EXTENSION)), b"ha").expect("temp");
         fs::write(dir.path().join("notes.txt"), b"an operator's").expect("stranger");
         assert_eq!(files.remove_all_but(Some("current")).expect("clean"), 2);
-        assert_eq!(files.read("current").expect("read").as_deref(), Some(&b"current"[..]));
-        assert_eq!(files.read("old").expect("read"), None);
+        assert_eq!(files.read("current", None).expect("read").as_deref(), Some(&b"current"[..]));
+        assert_eq!(files.read("old", None).expect("read"), None);
         assert!(dir.path().join("notes.txt").exists());
         assert_eq!(files.remove_all_but(None).expect("clean"), 1);
-        assert_eq!(files.read("current").expect("read"), None);
+        assert_eq!(files.read("current", None).expect("read"), None);
     }
 
     /// The `.recv` files in `dir`.
@@ -369,20 +526,23 @@ mod tests {
         }
         receiving.finish().await;
         let whole = chunks.concat();
-        assert!(!files.take_received("1-9-3", whole.len() as u64 + 1), "a wrong length");
+        let longer = Checksum { len: whole.len() as u64 + 1, ..Checksum::of(&whole) };
+        assert!(!files.take_received("1-9-3", &longer).expect("a wrong length"));
         assert!(received_files(dir.path()).is_empty(), "the wrong one is removed");
-        assert_eq!(files.read("1-9-3").expect("read"), None);
+        assert_eq!(files.read("1-9-3", None).expect("read"), None);
 
         let receiving = files.receive("1-9-3").expect("receive again");
         for chunk in &chunks {
             receiving.push(chunk.clone()).await;
         }
         receiving.finish().await;
-        assert!(files.take_received("1-9-3", whole.len() as u64));
-        assert_eq!(files.read("1-9-3").expect("read").as_deref(), Some(whole.as_slice()));
+        let checksum = Checksum::of(&whole);
+        assert!(files.take_received("1-9-3", &checksum).expect("intact"));
+        let read = files.read("1-9-3", Some(&checksum)).expect("read");
+        assert_eq!(read.as_deref(), Some(whole.as_slice()));
         assert!(received_files(dir.path()).is_empty());
-        assert!(!files.take_received("1-9-3", whole.len() as u64), "taken once");
-        assert!(!files.take_received("never-sent", 0));
+        assert!(!files.take_received("1-9-3", &checksum).expect("taken once"));
+        assert!(!files.take_received("never-sent", &Checksum::of(b"")).expect("none"));
     }
 
     #[tokio::test]
@@ -397,7 +557,7 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert!(received_files(dir.path()).is_empty(), "the writer removed its file");
-        assert!(!files.take_received("1-2-3", 10));
+        assert!(!files.take_received("1-2-3", &Checksum::of(b"half of it")).expect("none"));
 
         let receiving = files.receive("4-5-6").expect("receive");
         receiving.push(b"whole".to_vec()).await;
@@ -413,7 +573,7 @@ mod tests {
             receiving.push(b"same".to_vec()).await;
             receiving.finish().await;
         }
-        assert!(files.take_received("7-8-9", 4));
+        assert!(files.take_received("7-8-9", &Checksum::of(b"same")).expect("intact"));
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
         while !received_files(dir.path()).is_empty() && std::time::Instant::now() < deadline {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
@@ -423,6 +583,172 @@ mod tests {
         // A crash's leftover goes at the next start.
         fs::write(dir.path().join(file_name("x", "0.recv")), b"left").expect("leftover");
         assert_eq!(files.remove_all_but(Some("7-8-9")).expect("clean"), 1);
-        assert_eq!(files.read("7-8-9").expect("read").as_deref(), Some(&b"same"[..]));
+        assert_eq!(files.read("7-8-9", None).expect("read").as_deref(), Some(&b"same"[..]));
+    }
+
+    /// Data that looks like a state machine's encoding: flipping one of its digits still
+    /// decodes, to a wrong value.
+    fn sample_data() -> Vec<u8> {
+        (0..40)
+            .map(|i| format!("account-{i}=balance {}\n", 1000 + i * 7))
+            .collect::<String>()
+            .into_bytes()
+    }
+
+    #[test]
+    fn a_snapshot_file_round_trips_against_its_checksum() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let files = SnapshotFiles::open(dir.path()).expect("open");
+        let data = sample_data();
+        let checksum = Checksum::of(&data);
+        files.write("2-40-1", &data).expect("write");
+        assert_eq!(files.read("2-40-1", Some(&checksum)).expect("read"), Some(data.clone()));
+        assert_eq!(checksum_of_file(&files.path("2-40-1")).expect("hash the file"), checksum);
+        assert_eq!(checksum.len, data.len() as u64);
+        let shown = checksum.to_string();
+        let (len, sha256) = shown.split_once(" bytes with SHA-256 ").expect("the format");
+        assert_eq!(len, data.len().to_string());
+        assert_eq!(sha256.len(), 64);
+        assert!(sha256.bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_eq!(
+            Checksum::of(b"").to_string(),
+            "0 bytes with SHA-256 e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+        );
+    }
+
+    /// Reads snapshot `id` against `expected` and returns the corruption it must report.
+    fn corruption(files: &SnapshotFiles, id: &str, expected: &Checksum) -> CorruptFile {
+        match files.read(id, Some(expected)) {
+            Err(ReadError::Corrupt(corrupt)) => corrupt,
+            other => panic!("a damaged file must be refused, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_flipped_byte_anywhere_is_refused_naming_the_file_and_both_checksums() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let files = SnapshotFiles::open(dir.path()).expect("open");
+        let data = sample_data();
+        let expected = Checksum::of(&data);
+        let path = files.path("2-40-1");
+        for position in 0..data.len() {
+            for mask in [0x01, 0x80, 0xff] {
+                let mut damaged = data.clone();
+                damaged[position] ^= mask;
+                fs::write(&path, &damaged).expect("damage the file");
+                let corrupt = corruption(&files, "2-40-1", &expected);
+                assert_eq!(corrupt.path, path);
+                assert_eq!(corrupt.expected, expected);
+                assert_eq!(corrupt.found, Checksum::of(&damaged));
+                assert_eq!(corrupt.found.len, expected.len, "same length, other bytes");
+            }
+        }
+        // The case: one digit of a value flipped, which still decodes.
+        let mut damaged = data.clone();
+        let digit = data.windows(4).position(|w| w == b"1000").expect("a balance");
+        damaged[digit + 3] = b'1';
+        fs::write(&path, &damaged).expect("damage the file");
+        let error = ReadError::from(corruption(&files, "2-40-1", &expected)).to_string();
+        let found = Checksum::of(&damaged);
+        for part in [path.display().to_string(), expected.to_string(), found.to_string()] {
+            assert!(error.contains(&part), "{error:?} should name {part:?}");
+        }
+        assert!(error.contains("corrupt"), "{error}");
+    }
+
+    #[test]
+    fn a_truncated_or_extended_file_is_refused() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let files = SnapshotFiles::open(dir.path()).expect("open");
+        let data = sample_data();
+        let expected = Checksum::of(&data);
+        let path = files.path("2-40-1");
+        for len in 0..data.len() {
+            fs::write(&path, &data[..len]).expect("truncate the file");
+            let corrupt = corruption(&files, "2-40-1", &expected);
+            assert_eq!(corrupt.found.len, len as u64);
+        }
+        for extra in [&b"\0"[..], b"account-99=balance 1\n"] {
+            fs::write(&path, [data.as_slice(), extra].concat()).expect("extend the file");
+            let corrupt = corruption(&files, "2-40-1", &expected);
+            assert_eq!(corrupt.found.len, (data.len() + extra.len()) as u64);
+        }
+        // Gone is not corrupt: the caller tells a missing file apart.
+        fs::remove_file(&path).expect("remove");
+        assert_eq!(files.read("2-40-1", Some(&expected)).expect("read"), None);
+    }
+
+    #[test]
+    fn a_legacy_file_without_a_checksum_is_read_as_it_is() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let files = SnapshotFiles::open(dir.path()).expect("open");
+        // An earlier version wrote the plain data, and its database names no checksum.
+        let data = sample_data();
+        fs::write(files.path("1-7-3"), &data).expect("a legacy file");
+        assert_eq!(files.read("1-7-3", None).expect("read"), Some(data));
+        assert_eq!(files.read("never-written", None).expect("read"), None);
+    }
+
+    proptest::proptest! {
+        /// Whatever the data, a flip of any bits of any one byte is caught, and so is any
+        /// cut.
+        #[test]
+        fn any_single_byte_flip_or_cut_is_detected(
+            data in proptest::collection::vec(proptest::prelude::any::<u8>(), 1..4096),
+            position in proptest::prelude::any::<proptest::sample::Index>(),
+            mask in 1u8..=255,
+        ) {
+            let dir = tempfile::TempDir::new().expect("temp dir");
+            let files = SnapshotFiles::open(dir.path()).expect("open");
+            let expected = Checksum::of(&data);
+            let i = position.index(data.len());
+            let mut damaged = data.clone();
+            damaged[i] ^= mask;
+            fs::write(files.path("p"), &damaged).expect("damage the file");
+            let caught = matches!(
+                files.read("p", Some(&expected)),
+                Err(ReadError::Corrupt(CorruptFile { found, .. })) if found == Checksum::of(&damaged)
+            );
+            proptest::prop_assert!(caught, "a flip at {} by {:#04x} passed", i, mask);
+            fs::write(files.path("p"), &data[..i]).expect("cut the file");
+            proptest::prop_assert!(matches!(files.read("p", Some(&expected)), Err(ReadError::Corrupt(_))));
+            fs::write(files.path("p"), &data).expect("the whole file");
+            proptest::prop_assert_eq!(files.read("p", Some(&expected)).expect("intact"), Some(data));
+        }
+    }
+
+    #[tokio::test]
+    async fn a_received_file_changed_on_disk_before_install_is_refused_and_removed() {
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let files = SnapshotFiles::open(dir.path()).expect("open");
+        let data = sample_data();
+        let receiving = files.receive("3-40-2").expect("receive");
+        receiving.push(data.clone()).await;
+        receiving.finish().await;
+        // Once the writer wrote it all, the disk flips a digit of the `.recv` file.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let recv = loop {
+            let names = received_files(dir.path());
+            let whole = names
+                .first()
+                .map(|name| dir.path().join(name))
+                .filter(|path| fs::metadata(path).is_ok_and(|m| m.len() == data.len() as u64));
+            if let Some(path) = whole {
+                break path;
+            }
+            assert!(std::time::Instant::now() < deadline, "the writer wrote the data");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        };
+        let mut damaged = fs::read(&recv).expect("read the received file");
+        let digit = damaged.windows(4).position(|w| w == b"1000").expect("a balance");
+        damaged[digit + 3] = b'1';
+        fs::write(&recv, &damaged).expect("damage the received file");
+
+        let expected = Checksum::of(&data);
+        let corrupt = files.take_received("3-40-2", &expected).expect_err("refused");
+        assert_eq!(corrupt.path, recv);
+        assert_eq!((corrupt.expected, corrupt.found), (expected, Checksum::of(&damaged)));
+        assert!(received_files(dir.path()).is_empty(), "the damaged file is removed");
+        assert_eq!(files.read("3-40-2", None).expect("read"), None, "and never made whole");
     }
 }

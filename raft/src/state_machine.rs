@@ -14,7 +14,7 @@ use redb::{Database, Durability, ReadableDatabase as _, ReadableTable as _, Tabl
 use serde_bytes::ByteBuf;
 
 use crate::metrics::ConsensusMetrics;
-use crate::snapshot_files::SnapshotFiles;
+use crate::snapshot_files::{Checksum, CorruptFile, ReadError, SnapshotFiles};
 use crate::types::{
     CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -59,16 +59,39 @@ pub trait StateMachine: Default + Send + Sync + 'static {
     }
 }
 
-/// The current snapshot: its metadata under [`SNAPSHOT_META_KEY`] (postcard). Its data
-/// (the state machine's own encoding) is a file named by the snapshot id
-/// ([`SnapshotFiles`]); stores written before data moved to files hold it here under
-/// [`SNAPSHOT_DATA_KEY`], read until the next snapshot replaces it.
+/// The current snapshot: its metadata under [`SNAPSHOT_META_KEY`] (postcard) and the
+/// checksum of its data under [`SNAPSHOT_CHECKSUM_KEY`], both written by one transaction.
+/// Its data (the state machine's own encoding) is a file named by the snapshot id
+/// ([`SnapshotFiles`]), checked against the checksum whenever it is read; stores written
+/// before data moved to files hold it here under [`SNAPSHOT_DATA_KEY`], read until the
+/// next snapshot replaces it.
 const SNAPSHOT: TableDefinition<'static, &str, &[u8]> = TableDefinition::new("raft_snapshot");
 
 /// [`SNAPSHOT`] key of the snapshot metadata.
 const SNAPSHOT_META_KEY: &str = "meta";
 /// [`SNAPSHOT`] key of the snapshot data of stores from before [`SnapshotFiles`].
 const SNAPSHOT_DATA_KEY: &str = "data";
+/// [`SNAPSHOT`] key of the current snapshot's [`StoredChecksum`] (postcard). Absent in
+/// stores from before checksums; an earlier version that made a snapshot current after
+/// an upgrade and a rollback leaves the checksum of an older snapshot, which names
+/// another id. Either way the current snapshot is legacy: read unchecked.
+const SNAPSHOT_CHECKSUM_KEY: &str = "checksum";
+
+/// What [`SNAPSHOT_CHECKSUM_KEY`] holds: the checksum and the snapshot it belongs to.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct StoredChecksum {
+    /// Id of the snapshot whose data it describes.
+    snapshot_id: String,
+    /// Its data's checksum.
+    checksum: Checksum,
+}
+
+/// What an operator does about a replica whose current snapshot is corrupt.
+const CORRUPT_SNAPSHOT_REMEDY: &str = "it is neither restored nor sent, and this replica \
+    cannot repair it in place (the log it covers may be purged): remove the replica from \
+    the group (`federator raft remove-member ID` on the leader), delete its data directory \
+    (the raft database and the snapshot directory) and add it again (`federator raft \
+    add-member ID ADDR`); the leader then sends it a whole snapshot";
 
 /// What went wrong in the state machine store; wrapped into openraft's [`StorageError`]
 /// with the subject (snapshot, state machine) and verb of the failed operation.
@@ -105,6 +128,48 @@ enum SnapshotStoreError {
     DecodeMeta {
         /// postcard's error.
         source: postcard::Error,
+    },
+
+    /// The stored snapshot checksum could not be decoded.
+    #[error("cannot decode the stored snapshot checksum: {source}")]
+    DecodeChecksum {
+        /// postcard's error.
+        source: postcard::Error,
+    },
+
+    /// The snapshot checksum could not be encoded.
+    #[error("cannot encode the checksum of snapshot {snapshot_id}: {source}")]
+    EncodeChecksum {
+        /// Id of the snapshot.
+        snapshot_id: String,
+        /// postcard's error.
+        source: postcard::Error,
+    },
+
+    /// The current snapshot's file does not match the checksum stored with its metadata.
+    /// (The file's error is part of the message, not a `source`: openraft would print it
+    /// a second time.)
+    #[error("current snapshot {snapshot_id}: {corrupt}; {CORRUPT_SNAPSHOT_REMEDY}")]
+    Corrupt {
+        /// Id of the snapshot.
+        snapshot_id: String,
+        /// The file, and what it should and does hold (boxed: it is large, and this path
+        /// is cold).
+        corrupt: Box<CorruptFile>,
+    },
+
+    /// A received snapshot's file, read back before it became the snapshot's file, does not
+    /// hold the data received.
+    #[error(
+        "received snapshot {snapshot_id} is refused: {corrupt} (the disk changed it after it \
+         was written); nothing was installed"
+    )]
+    CorruptReceived {
+        /// Id of the snapshot.
+        snapshot_id: String,
+        /// The file, and what it should and does hold (boxed: it is large, and this path
+        /// is cold).
+        corrupt: Box<CorruptFile>,
     },
 
     /// Snapshot metadata is stored without its data.
@@ -237,7 +302,9 @@ impl<S: StateMachine> StateMachineStore<S> {
     ///
     /// # Errors
     /// The snapshot table cannot be created or read, the snapshot directory cannot be
-    /// created or read, the stored snapshot does not decode, or `sm` rejects its data.
+    /// created or read, the stored snapshot does not decode, its file does not match the
+    /// checksum stored with it (the error names the file, both checksums and what to do:
+    /// the replica must not start from it), or `sm` rejects its data.
     #[expect(
         clippy::result_large_err,
         reason = "openraft's storage API speaks StorageError; callers pass it on unchanged"
@@ -261,7 +328,7 @@ impl<S: StateMachine> StateMachineStore<S> {
         let mut applied =
             Applied { sm, last_applied: None, last_membership: StoredMembership::default() };
         let loaded = load_snapshot(&db, &files).map_err(read_error)?;
-        let current = loaded.as_ref().map(|(meta, _)| meta.snapshot_id.clone());
+        let current = loaded.as_ref().map(|loaded| loaded.meta.snapshot_id.clone());
         let removed = files
             .remove_all_but(current.as_deref())
             .map_err(|source| file_error("remove leftovers", files.dir(), source))
@@ -269,12 +336,20 @@ impl<S: StateMachine> StateMachineStore<S> {
         if removed > 0 {
             tracing::info!(removed, dir = %files.dir().display(), "removed snapshot files no metadata names");
         }
-        if let Some((meta, data)) = loaded {
+        if let Some(Loaded { meta, data, verified }) = loaded {
+            if !verified {
+                tracing::info!(
+                    snapshot_id = %meta.snapshot_id,
+                    "the current snapshot was stored without a checksum (by an earlier version): \
+                     restoring it unchecked; the next snapshot carries one"
+                );
+            }
             restore(&mut applied.sm, &meta, &data)
                 .map_err(|error| StorageIOError::read_snapshot(Some(meta.signature()), &error))?;
             tracing::info!(
                 snapshot_id = %meta.snapshot_id,
                 last_log_id = ?meta.last_log_id,
+                verified,
                 "restored state machine from snapshot"
             );
             applied.last_applied = meta.last_log_id;
@@ -425,40 +500,64 @@ impl<S: StateMachine> StateMachineStore<S> {
         meta: &SnapshotMeta,
         data: Arc<Vec<u8>>,
     ) -> Result<bool, SnapshotStoreError> {
-        self.write_file(meta, data).await?;
-        self.make_current(meta).await
+        let checksum = self.write_file(meta, data).await?;
+        self.make_current(meta, checksum).await
     }
 
     /// Step 1 of storing a snapshot: its data file, whole and durable, not yet current.
+    /// Returns the data's checksum, which step 2 stores with the metadata.
+    ///
+    /// A file received as the snapshot streamed in is taken only if, read back, it holds
+    /// exactly `data`; if it does not, the snapshot is refused
+    /// ([`SnapshotStoreError::CorruptReceived`]) and the file removed.
     async fn write_file(
         &self,
         meta: &SnapshotMeta,
         data: Arc<Vec<u8>>,
-    ) -> Result<(), SnapshotStoreError> {
+    ) -> Result<Checksum, SnapshotStoreError> {
         #[cfg(feature = "failpoints")]
         crate::failpoints::check(&self.shared.db, crate::failpoints::Point::SnapshotStore)
             .map_err(|source| SnapshotStoreError::Injected { source })?;
         let files = self.shared.files.clone();
         let id = meta.snapshot_id.clone();
         tokio::task::spawn_blocking(move || {
+            let checksum = Checksum::of(&data);
             // A snapshot sent by the leader was written as it streamed in: only its last
-            // flush is left, and a rename.
-            if files.take_received(&id, data.len() as u64) {
-                return Ok(());
+            // flush is left, a check that the disk holds what was received, and a rename.
+            match files.take_received(&id, &checksum) {
+                Ok(true) => return Ok(checksum),
+                Ok(false) => {}
+                Err(corrupt) => {
+                    return Err(SnapshotStoreError::CorruptReceived {
+                        snapshot_id: id,
+                        corrupt: Box::new(corrupt),
+                    });
+                }
             }
-            files.write(&id, &data).map_err(|source| file_error("write", &files.path(&id), source))
+            files
+                .write(&id, &data)
+                .map_err(|source| file_error("write", &files.path(&id), source))?;
+            Ok(checksum)
         })
         .await
         .map_err(|source| SnapshotStoreError::Task { source })?
     }
 
-    /// Step 2: makes the snapshot whose file is written the current one, unless the stored
-    /// one is newer (a snapshot built from an older state can finish after a newer one was
-    /// installed; the newer one stays); then removes the file that is no longer current.
-    /// Returns whether `meta` became current.
-    async fn make_current(&self, meta: &SnapshotMeta) -> Result<bool, SnapshotStoreError> {
+    /// Step 2: makes the snapshot whose file is written the current one, with `checksum`
+    /// of its data, unless the stored one is newer (a snapshot built from an older state
+    /// can finish after a newer one was installed; the newer one stays); then removes the
+    /// file that is no longer current. Returns whether `meta` became current.
+    async fn make_current(
+        &self,
+        meta: &SnapshotMeta,
+        checksum: Checksum,
+    ) -> Result<bool, SnapshotStoreError> {
         let meta_bytes = postcard::to_allocvec(meta).map_err(|source| {
             SnapshotStoreError::EncodeMeta { snapshot_id: meta.snapshot_id.clone(), source }
+        })?;
+        let stored_checksum = StoredChecksum { snapshot_id: meta.snapshot_id.clone(), checksum };
+        let checksum_bytes = postcard::to_allocvec(&stored_checksum).map_err(|source| {
+            SnapshotStoreError::EncodeChecksum { snapshot_id: meta.snapshot_id.clone(), source }
         })?;
         let (db, files) = (Arc::clone(&self.shared.db), self.shared.files.clone());
         let (id, last_log_id) = (meta.snapshot_id.clone(), meta.last_log_id);
@@ -479,6 +578,9 @@ impl<S: StateMachine> StateMachineStore<S> {
                 table
                     .insert(SNAPSHOT_META_KEY, meta_bytes.as_slice())
                     .during("store the snapshot metadata")?;
+                table
+                    .insert(SNAPSHOT_CHECKSUM_KEY, checksum_bytes.as_slice())
+                    .during("store the snapshot checksum")?;
                 table.remove(SNAPSHOT_DATA_KEY).during("remove the data stored in the database")?;
                 Ok((true, stored.map(|s| s.snapshot_id)))
             })?;
@@ -545,9 +647,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         let bytes = data.len();
         // The state machine restores while the data file is written; the snapshot becomes
         // the one a restart loads, and the state readers see, only once both are done: a
-        // snapshot the state machine rejects never does, and no reader sees a state a
-        // crash could take back. Decoding a large snapshot takes a while: on the blocking
-        // pool.
+        // snapshot the state machine rejects, or whose received file the disk changed,
+        // never does, and no reader sees a state a crash could take back. Decoding a large
+        // snapshot takes a while: on the blocking pool.
         let installing = meta.clone();
         let started = std::time::Instant::now();
         let restoring = Arc::clone(&data);
@@ -578,8 +680,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
                 return Err(write_error(error).into());
             }
         };
-        written.map_err(write_error)?;
-        self.make_current(meta).await.map_err(write_error)?;
+        let checksum = written.map_err(write_error)?;
+        self.make_current(meta, checksum).await.map_err(write_error)?;
         // Only now, durable, does the state become the one readers see.
         let replaced = {
             let mut applied = self.lock_write();
@@ -603,6 +705,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         Ok(())
     }
 
+    /// The current snapshot, its file checked against its checksum: a leader never sends
+    /// a damaged file to a follower (the error stops the raft core, as any storage error
+    /// does, and the group goes on without this replica).
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, StorageError> {
         let (db, files) = (Arc::clone(&self.shared.db), self.shared.files.clone());
         let loaded = tokio::task::spawn_blocking(move || load_current_snapshot(&db, &files))
@@ -610,7 +715,12 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             .map_err(|source| SnapshotStoreError::Task { source })
             .and_then(|loaded| loaded)
             .map_err(|error| StorageIOError::read_snapshot(None, &error))?;
-        Ok(loaded.map(|(meta, data)| Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }))
+        Ok(loaded.map(|Loaded { meta, data, verified }| {
+            if !verified {
+                tracing::debug!(snapshot_id = %meta.snapshot_id, "reading a snapshot stored without a checksum");
+            }
+            Snapshot { meta, snapshot: Box::new(Cursor::new(data)) }
+        }))
     }
 }
 
@@ -664,12 +774,28 @@ fn restore<S: StateMachine>(
     })
 }
 
+/// The current snapshot as read from the store.
+struct Loaded {
+    /// Its metadata.
+    meta: SnapshotMeta,
+    /// Its data.
+    data: Vec<u8>,
+    /// Whether `data` was checked against a stored checksum (`false`: a legacy snapshot,
+    /// stored without one).
+    verified: bool,
+}
+
 /// Reads the current snapshot, if one is stored: its metadata from `db`, its data from
-/// its file (or, in a store from before snapshot files, from `db`).
+/// its file (or, in a store from before snapshot files, from `db`), checked against the
+/// checksum stored with the metadata when there is one.
+///
+/// # Errors
+/// Besides the database's and the file's errors: [`SnapshotStoreError::Corrupt`] when
+/// the file does not match its checksum.
 fn load_snapshot(
     db: &Database,
     files: &SnapshotFiles,
-) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotStoreError> {
+) -> Result<Option<Loaded>, SnapshotStoreError> {
     let txn = db.begin_read().during("begin a read transaction")?;
     let table = txn.open_table(SNAPSHOT).during("open the snapshot table")?;
     let Some(meta) = table.get(SNAPSHOT_META_KEY).during("read the snapshot metadata")? else {
@@ -678,13 +804,28 @@ fn load_snapshot(
     let meta: SnapshotMeta = postcard::from_bytes(meta.value())
         .map_err(|source| SnapshotStoreError::DecodeMeta { source })?;
     if let Some(data) = table.get(SNAPSHOT_DATA_KEY).during("read the snapshot data")? {
-        return Ok(Some((meta, data.value().to_vec())));
+        return Ok(Some(Loaded { meta, data: data.value().to_vec(), verified: false }));
     }
-    let path = files.path(&meta.snapshot_id);
-    match files.read(&meta.snapshot_id) {
-        Ok(Some(data)) => Ok(Some((meta, data))),
-        Ok(None) => Err(SnapshotStoreError::MissingData { snapshot_id: meta.snapshot_id, path }),
-        Err(source) => Err(file_error("read", &path, source)),
+    let checksum = match table.get(SNAPSHOT_CHECKSUM_KEY).during("read the snapshot checksum")? {
+        Some(stored) => Some(
+            postcard::from_bytes::<StoredChecksum>(stored.value())
+                .map_err(|source| SnapshotStoreError::DecodeChecksum { source })?,
+        ),
+        None => None,
+    }
+    .filter(|stored| stored.snapshot_id == meta.snapshot_id)
+    .map(|stored| stored.checksum);
+    match files.read(&meta.snapshot_id, checksum.as_ref()) {
+        Ok(Some(data)) => Ok(Some(Loaded { meta, data, verified: checksum.is_some() })),
+        Ok(None) => {
+            let path = files.path(&meta.snapshot_id);
+            Err(SnapshotStoreError::MissingData { snapshot_id: meta.snapshot_id, path })
+        }
+        Err(ReadError::Io { path, source }) => Err(file_error("read", &path, source)),
+        Err(ReadError::Corrupt(corrupt)) => Err(SnapshotStoreError::Corrupt {
+            snapshot_id: meta.snapshot_id,
+            corrupt: Box::new(corrupt),
+        }),
     }
 }
 
@@ -694,7 +835,7 @@ fn load_snapshot(
 fn load_current_snapshot(
     db: &Database,
     files: &SnapshotFiles,
-) -> Result<Option<(SnapshotMeta, Vec<u8>)>, SnapshotStoreError> {
+) -> Result<Option<Loaded>, SnapshotStoreError> {
     let mut attempts = 0;
     loop {
         match load_snapshot(db, files) {
@@ -1193,5 +1334,170 @@ mod tests {
         );
         let error = reopened.err().expect("garbage must not restore");
         assert!(error.to_string().contains("1-9-corrupt"), "{error}");
+    }
+
+    /// Flips the last digit of the first `1000` in the file at `path`: data that still
+    /// decodes, to a wrong value.
+    fn flip_a_digit(path: &std::path::Path) {
+        let mut bytes = std::fs::read(path).expect("read the snapshot file");
+        let at = bytes.windows(4).position(|w| w == b"1000").expect("a balance of 1000");
+        bytes[at + 3] = b'1';
+        std::fs::write(path, bytes).expect("damage the snapshot file");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_current_snapshot_is_neither_restored_nor_sent() {
+        let dir = TempDir::new().expect("tempdir");
+        let path = {
+            let mut store = open(&dir);
+            store.apply([normal(1, 1, "balance=1000"), normal(1, 2, "b=2")]).await.expect("apply");
+            let built = store.build_snapshot().await.expect("build");
+            let path = store.shared.files.path(&built.meta.snapshot_id);
+            let good = std::fs::read(&path).expect("the snapshot file");
+            flip_a_digit(&path);
+            // The damaged data still decodes, to a wrong balance: only the checksum tells.
+            let mut wrong = Kv::default();
+            wrong.restore(&std::fs::read(&path).expect("read")).expect("decodes");
+            assert_eq!(wrong.0.get("balance").map(String::as_str), Some("1001"));
+
+            // A leader reads its current snapshot to send it: refused.
+            let error = store.get_current_snapshot().await.expect_err("not sent");
+            let message = error.to_string();
+            assert!(message.contains(&path.display().to_string()), "{message}");
+            assert!(message.contains(&Checksum::of(&good).to_string()), "{message}");
+            path
+        };
+        // Nor restored: the replica does not open, and says why and what to do.
+        let error = StateMachineStore::open(
+            db(&dir),
+            &snapshots(&dir),
+            Kv::default(),
+            ConsensusMetrics::default(),
+        )
+        .err()
+        .expect("a corrupt snapshot must not restore");
+        let message = error.to_string();
+        let found = Checksum::of(&std::fs::read(&path).expect("the file is kept"));
+        for part in [
+            path.display().to_string(),
+            "is corrupt".to_owned(),
+            found.to_string(),
+            "remove-member".to_owned(),
+            "delete its data directory".to_owned(),
+        ] {
+            assert!(message.contains(&part), "{message:?} should contain {part:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_stored_before_checksums_still_loads() {
+        let dir = TempDir::new().expect("tempdir");
+        let data = kv_bytes(&[("balance", "1000")]);
+        {
+            let store = open(&dir);
+            assert!(
+                store
+                    .persist(&snapshot_meta(5, "1-5-1"), Arc::new(data.clone()))
+                    .await
+                    .expect("persist")
+            );
+            // An earlier version wrote the same file and metadata, and no checksum.
+            write_txn(&store.shared.db, "forget the checksum", |txn| {
+                let mut table = txn.open_table(SNAPSHOT).during("open")?;
+                table.remove(SNAPSHOT_CHECKSUM_KEY).during("remove")?;
+                Ok(())
+            })
+            .expect("a store of the previous version");
+        }
+        let mut store = open(&dir);
+        assert_eq!(store.read(Kv::snapshot), data, "restored unchecked");
+        let loaded = store.get_current_snapshot().await.expect("read").expect("a snapshot");
+        assert_eq!(loaded.snapshot.into_inner(), data, "and sent unchecked");
+
+        // The next snapshot carries a checksum again.
+        let newer = kv_bytes(&[("balance", "1000"), ("b", "2")]);
+        assert!(store.persist(&snapshot_meta(9, "1-9-2"), Arc::new(newer)).await.expect("persist"));
+        flip_a_digit(&store.shared.files.path("1-9-2"));
+        assert!(store.get_current_snapshot().await.is_err(), "checked again");
+    }
+
+    #[tokio::test]
+    async fn a_checksum_of_another_snapshot_leaves_the_current_one_legacy() {
+        let dir = TempDir::new().expect("tempdir");
+        let store = open(&dir);
+        let first = kv_bytes(&[("a", "1")]);
+        assert!(store.persist(&snapshot_meta(5, "1-5-1"), Arc::new(first)).await.expect("persist"));
+        // Rolled back, an earlier version makes a newer snapshot current: metadata and
+        // file, but the checksum it does not know of stays that of the first one.
+        let newer = kv_bytes(&[("balance", "1000")]);
+        store.shared.files.write("1-8-2", &newer).expect("write");
+        write_txn(&store.shared.db, "an earlier version's step 2", |txn| {
+            let mut table = txn.open_table(SNAPSHOT).during("open")?;
+            let meta = postcard::to_allocvec(&snapshot_meta(8, "1-8-2")).expect("encode");
+            table.insert(SNAPSHOT_META_KEY, meta.as_slice()).during("meta")?;
+            Ok(())
+        })
+        .expect("an earlier version's snapshot");
+        drop(store);
+        let store = open(&dir);
+        assert_eq!(store.read(Kv::snapshot), newer, "the newer snapshot, unchecked");
+        assert_eq!(store.applied(), Some(log_id(1, 8)));
+    }
+
+    #[tokio::test]
+    async fn a_received_snapshot_the_disk_changed_is_not_installed() {
+        let leader_dir = TempDir::new().expect("tempdir");
+        let mut leader = open(&leader_dir);
+        leader
+            .apply([membership(1, 1, &[1, 2]), normal(1, 2, "balance=1000")])
+            .await
+            .expect("apply");
+        let snapshot = leader.build_snapshot().await.expect("build");
+        let data = snapshot.snapshot.into_inner();
+
+        let dir = TempDir::new().expect("tempdir");
+        let mut follower = open(&dir);
+        follower.apply([normal(1, 1, "balance=5")]).await.expect("apply");
+        // The transport writes the snapshot to its `.recv` file as it streams in; the disk
+        // changes a digit of it before the install.
+        let files = follower.snapshot_files();
+        let receiving = files.receive(&snapshot.meta.snapshot_id).expect("receive");
+        receiving.push(data.clone()).await;
+        receiving.finish().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let recv = loop {
+            let whole = files_in(&dir).into_iter().find(|path| {
+                path.extension().is_some_and(|e| e == "recv")
+                    && std::fs::metadata(path).is_ok_and(|m| m.len() == data.len() as u64)
+            });
+            if let Some(path) = whole {
+                break path;
+            }
+            assert!(Instant::now() < deadline, "the writer wrote the data");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        };
+        flip_a_digit(&recv);
+
+        let error = follower
+            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(data.clone())))
+            .await
+            .expect_err("refused");
+        let message = error.to_string();
+        assert!(message.contains(&recv.display().to_string()), "{message}");
+        assert!(message.contains(&Checksum::of(&data).to_string()), "{message}");
+        assert_eq!(follower.read(|kv| kv.0.get("balance").cloned()), Some("5".to_owned()));
+        assert_eq!(follower.applied(), Some(log_id(1, 1)), "nothing installed");
+        assert!(follower.get_current_snapshot().await.expect("read").is_none());
+        assert!(files_in(&dir).is_empty(), "the damaged file is removed");
+
+        // Sent again (intact), it installs.
+        follower
+            .install_snapshot(&snapshot.meta, Box::new(Cursor::new(data)))
+            .await
+            .expect("install");
+        assert_eq!(follower.read(|kv| kv.0.get("balance").cloned()), Some("1000".to_owned()));
+        drop(follower);
+        let follower = open(&dir);
+        assert_eq!(follower.read(|kv| kv.0.get("balance").cloned()), Some("1000".to_owned()));
     }
 }

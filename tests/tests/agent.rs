@@ -9,8 +9,12 @@
 //! - A malformed export document is reported (status, metrics) and the others still sync.
 //! - Every replica killed: B's sinks keep serving what they held; replicas restarted: B
 //!   resumes from its revision (no resync) and catches up with what changed meanwhile.
+//! - The replica every agent of three clusters talks to SIGSTOPped for 1.5 × the lease
+//!   TTL: the agents leave it for another replica and renew their leases there, and no
+//!   lease expires (issue 24).
 
-use std::time::Duration;
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -23,6 +27,7 @@ use federator_chaos::cluster::{Federation, eventually};
 use federator_chaos::etcd::EtcdCluster;
 use federator_chaos::member::MemberCluster;
 use federator_chaos::workload_api::{WorkloadApiServer, x509_svid, x509_svid_response};
+use federator_proto::admin as admin_pb;
 use federator_proto::spiffe_workload::X509svidResponse;
 use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -65,6 +70,7 @@ impl Cluster {
             locality: Some((region.into(), format!("{region}-a"))),
             metrics: true,
             workload_api: workload_api.as_ref().map(WorkloadApiServer::address),
+            ..AgentOptions::default()
         };
         let mut agent = AgentProcess::new(fed, member, &options)?;
         agent.start()?;
@@ -440,5 +446,189 @@ async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> an
     );
     let metrics = a.agent.metrics().await?;
     assert_eq!(sample(&metrics, "federator_agent_export_source_problems"), Some(1.0), "{metrics}");
+    Ok(())
+}
+
+/// Lease TTL of the failover test (short, to keep it fast: the agent's deadlines scale
+/// with it).
+const FAILOVER_TTL: u32 = 4;
+
+/// Per member cluster, its lease as the federation's `replica` has applied it: (state,
+/// id, milliseconds since the leader last heard a keep-alive, -1 if unknown).
+async fn leases_seen_by(
+    fed: &Federation,
+    replica: u64,
+) -> anyhow::Result<BTreeMap<String, (String, u64, i64)>> {
+    let mut admin = fed.admin(replica).await?;
+    let request =
+        admin_pb::ListClustersRequest { consistency: admin_pb::Consistency::Stale as i32 };
+    let clusters =
+        tokio::time::timeout(Duration::from_secs(2), admin.list_clusters(request)).await??;
+    Ok(clusters
+        .into_inner()
+        .clusters
+        .into_iter()
+        .map(|c| {
+            let lease = c.lease.unwrap_or_default();
+            (c.name, (lease.state, lease.id, lease.last_keepalive_ms))
+        })
+        .collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_leave_a_stopped_replica_and_no_lease_expires() -> anyhow::Result<()> {
+    let began = Instant::now();
+    let fed = Federation::formed(3, "").await?;
+    let leader = fed.wait_for_leader(&fed.ids(), WAIT).await?;
+    // A follower, as in the issue: stopping it elects nobody, so nothing but the agents'
+    // failover keeps their leases alive.
+    let stopped = fed.ids().into_iter().find(|id| *id != leader).expect("a follower");
+    let others: Vec<u64> = fed.ids().into_iter().filter(|id| *id != stopped).collect();
+    let stopped_addr = fed.replica(stopped).api_addr.clone();
+    // Every agent tries the replica to be stopped first.
+    let endpoints: Vec<String> = std::iter::once(stopped)
+        .chain(others.iter().copied())
+        .map(|id| fed.replica(id).api_addr.clone())
+        .collect();
+    let mut agents = Vec::new();
+    for (name, td) in
+        [("cluster-a", "a.example"), ("cluster-b", "b.example"), ("cluster-c", "c.example")]
+    {
+        let options = AgentOptions {
+            lease_ttl_seconds: Some(FAILOVER_TTL),
+            endpoints: endpoints.clone(),
+            ..AgentOptions::default()
+        };
+        let mut agent = AgentProcess::new(&fed, MemberCluster::new(name, td)?, &options)?;
+        agent.start()?;
+        agents.push(agent);
+    }
+    let mut leases = BTreeMap::new();
+    for agent in &agents {
+        let status = agent
+            .wait_status("joined through the replica to stop, holding a lease", WAIT, |s| {
+                s.connected_replica.as_deref() == Some(stopped_addr.as_str())
+                    && s.lease.as_ref().is_some_and(|l| l.last_keepalive_ms.is_some())
+            })
+            .await?;
+        let lease = status.lease.as_ref().map(|l| l.id).expect("a lease");
+        leases.insert(status.cluster.clone(), lease);
+    }
+    eventually("the leader holds every lease live", WAIT, || async {
+        let seen = leases_seen_by(&fed, leader).await.ok()?;
+        leases
+            .iter()
+            .all(|(cluster, id)| {
+                seen.get(cluster)
+                    .is_some_and(|(state, seen_id, _)| state == "live" && seen_id == id)
+            })
+            .then_some(())
+    })
+    .await?;
+    let ttl = Duration::from_secs(u64::from(FAILOVER_TTL));
+
+    // == The replica stopped for 1.5 TTL, then a TTL more: every lease stays live. ==
+    fed.pause(stopped);
+    let paused_at = Instant::now();
+    let paused_at_ms = federator::agent::status::now_ms();
+    let pause = ttl * 3 / 2;
+    let mut resumed = false;
+    let mut longest_unheard_ms = 0;
+    let mut polls = 0;
+    while paused_at.elapsed() < pause + ttl && polls < 200 {
+        polls += 1;
+        if !resumed && paused_at.elapsed() >= pause {
+            fed.resume(stopped);
+            resumed = true;
+        }
+        // The leader (or, should it change, the other replica) as every member sees it.
+        let mut seen = None;
+        for id in &others {
+            if let Ok(leases) = leases_seen_by(&fed, *id).await {
+                seen = Some(leases);
+                break;
+            }
+        }
+        let seen = seen.ok_or_else(|| anyhow::anyhow!("no replica but the stopped one answers"))?;
+        for (cluster, id) in &leases {
+            let (state, seen_id, unheard_ms) = seen.get(cluster).cloned().unwrap_or_default();
+            anyhow::ensure!(
+                state == "live" && seen_id == *id,
+                "{cluster}'s lease {id} is {state:?} (lease {seen_id}) {:?} after the replica \
+                 its agent used was stopped",
+                paused_at.elapsed()
+            );
+            longest_unheard_ms = longest_unheard_ms.max(unheard_ms);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    if !resumed {
+        fed.resume(stopped);
+    }
+    println!(
+        "replica {stopped} stopped for {pause:?} (lease TTL {ttl:?}): every lease stayed live; \
+         the oldest last keep-alive of a member the leader reported was {longest_unheard_ms} ms \
+         old ({polls} polls)"
+    );
+    anyhow::ensure!(polls >= 10, "too few polls of the leases ({polls}) to show anything");
+    assert!(
+        longest_unheard_ms < i64::from(FAILOVER_TTL) * 750,
+        "the leader heard no keep-alive of a member for {longest_unheard_ms} ms (TTL {ttl:?})"
+    );
+
+    // Each agent says where it went, when and why, and renewed the lease it held.
+    for agent in &agents {
+        let status = agent
+            .wait_status("the agent reports its failover", WAIT, |s| {
+                s.connected_replica.is_some()
+                    && s.last_failover.as_ref().is_some_and(|f| f.to.is_some())
+            })
+            .await?;
+        let failover = status.last_failover.as_ref().expect("a failover");
+        assert_eq!(failover.from, stopped_addr, "{status:?}");
+        assert_ne!(failover.to.as_deref(), Some(stopped_addr.as_str()), "{status:?}");
+        assert!(status.failovers >= 1, "{status:?}");
+        let lease = status.lease.as_ref().expect("a lease");
+        assert_eq!(Some(&lease.id), leases.get(&status.cluster), "the lease was never lost");
+        // Left within TTL/4 (its pings unanswered) or so, and connected to the next
+        // replica, where it renewed first, within the TTL.
+        let left_ms = failover.at_ms - paused_at_ms;
+        let connected_ms = failover.connected_at_ms.unwrap_or(i64::MAX) - paused_at_ms;
+        println!(
+            "{}: left {} {left_ms} ms after it stopped, connected to {:?} {connected_ms} ms \
+             after it stopped: {}",
+            status.cluster, failover.from, failover.to, failover.reason
+        );
+        assert!(
+            (0..i64::from(FAILOVER_TTL) * 1000).contains(&connected_ms),
+            "{} moved {connected_ms} ms after the replica stopped: {failover:?}",
+            status.cluster
+        );
+    }
+    // The federation agrees: nothing expired, on any replica, nor in the audit trail.
+    fed.wait_for_leader(&fed.ids(), WAIT).await?;
+    for id in fed.ids() {
+        let metrics = fed.metrics(id).await?;
+        assert!(
+            metrics.lines().any(|l| l == "federator_lease_expirations_total 0"),
+            "replica {id} expired a lease:\n{metrics}"
+        );
+    }
+    let expiries: Vec<serde_json::Value> =
+        fed.audit()?.into_iter().filter(|e| e["action"] == "expire_lease").collect();
+    assert!(expiries.is_empty(), "{expiries:?}");
+    // `federator check` shows each agent's failover.
+    let mut args: Vec<String> = vec!["check".into(), "--wait".into(), "20s".into()];
+    for agent in &agents {
+        args.push("--agent-state-dir".into());
+        args.push(agent.state_dir().display().to_string());
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let report = fed.cli_ok(&[], &args)?;
+    for cluster in leases.keys() {
+        let line = format!("√ agent of {cluster}: left {stopped_addr}");
+        assert!(report.contains(&line), "`federator check` lacks {line:?}:\n{report}");
+    }
+    println!("took {:?}", began.elapsed());
     Ok(())
 }

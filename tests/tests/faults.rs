@@ -10,10 +10,9 @@
 //! - A write forwarded to a leader that hangs (SIGSTOP) is re-routed to the new leader as
 //!   soon as one is known, not after the transport's timeout.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use federator_chaos::disk::SmallDisk;
 use federator_proto::federation as pb;
 use federator_tests::member::MemberCluster;
 use federator_tests::{Federation, eventually, write_load};
@@ -94,55 +93,6 @@ async fn a_sigtermed_leader_ends_its_watches_steps_down_and_exits_promptly() -> 
     Ok(())
 }
 
-/// A tmpfs mounted for one test, unmounted when dropped.
-struct SmallDisk {
-    path: PathBuf,
-}
-
-impl SmallDisk {
-    /// Mounts a `megabytes` MiB tmpfs at `path` (this needs root, as CI runs).
-    fn mount(path: &Path, megabytes: u32) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(path)?;
-        let out = Command::new("mount")
-            .args(["-t", "tmpfs", "-o", &format!("size={megabytes}m,mode=0700"), "tmpfs"])
-            .arg(path)
-            .output()?;
-        anyhow::ensure!(
-            out.status.success(),
-            "cannot mount a tmpfs at {} (the disk-full test needs root): {}",
-            path.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Ok(Self { path: path.to_path_buf() })
-    }
-
-    /// Fills the disk with `filler` until no byte more fits.
-    fn fill(&self) -> anyhow::Result<PathBuf> {
-        use std::io::Write as _;
-        let filler = self.path.join("filler");
-        let mut file = std::fs::File::create(&filler)?;
-        let chunk = vec![0u8; 64 * 1024];
-        for _ in 0..100_000 {
-            if file.write_all(&chunk).and_then(|()| file.sync_data()).is_err() {
-                break;
-            }
-        }
-        // Whatever partial chunk fits, too.
-        for _ in 0..100_000 {
-            if file.write_all(&[0u8; 512]).is_err() {
-                break;
-            }
-        }
-        Ok(filler)
-    }
-}
-
-impl Drop for SmallDisk {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(&self.path).status();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replica_whose_disk_fills_exits_and_recovers_once_space_is_freed() -> anyhow::Result<()> {
     let mut fed = Federation::new(3)?;
@@ -155,7 +105,7 @@ async fn a_replica_whose_disk_fills_exits_and_recovers_once_space_is_freed() -> 
     fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
     fed.wait_for_api(3).await?;
 
-    let filler = disk.fill()?;
+    disk.fill()?;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(write_load(fed.connection(&[1, 2])?, 4, PREFIX, stop_rx));
     // The next appends fail on replica 3: it must leave, not linger.
@@ -172,7 +122,7 @@ async fn a_replica_whose_disk_fills_exits_and_recovers_once_space_is_freed() -> 
     assert!(!result.acked.is_empty(), "writes went on without replica 3");
 
     // Space freed: a restart (what a supervisor does) recovers it from its log.
-    std::fs::remove_file(&filler)?;
+    disk.free()?;
     fed.restart(3)?;
     fed.wait_for_api(3).await?;
     fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(60)).await?;

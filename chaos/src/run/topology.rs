@@ -23,10 +23,14 @@ use std::net::SocketAddr;
 use anyhow::Context as _;
 
 use crate::cluster::Federation;
+use crate::disk::SmallDisk;
 use crate::proxy::{Blackhole, Faults, Proxy};
 
 /// The federation and its link proxies.
 pub struct Topology {
+    /// Each replica's data directory on a small filesystem of its own, when the scenario
+    /// fills disks (declared before `fed`: unmounted before its directory is removed).
+    pub disks: BTreeMap<u64, SmallDisk>,
     /// The replicas.
     pub fed: Federation,
     /// Proxy of each directed link (from, to).
@@ -52,12 +56,19 @@ impl Topology {
     ///
     /// # Errors
     /// A replica or proxy did not start, or the group did not form.
-    pub async fn start(replicas: u64, spares: u64, seed: u64) -> anyhow::Result<Self> {
+    pub async fn start(
+        replicas: u64,
+        spares: u64,
+        seed: u64,
+        timing: federator_raft::Timing,
+        disk_mib: Option<u32>,
+    ) -> anyhow::Result<Self> {
         let ids: Vec<u64> = (1..=replicas).collect();
         let spare_ids: Vec<u64> = (replicas + 1..=replicas + spares).collect();
         let all: Vec<u64> = (1..=replicas + spares).collect();
         let mut fed = Federation::new(replicas + spares)?;
         fed.show_logs_on_drop = false;
+        fed.timing = timing;
         let addrs: BTreeMap<u64, String> =
             all.iter().map(|&id| (id, fed.plan_raft_addr(id))).collect();
         let api_addrs: BTreeMap<u64, String> =
@@ -83,11 +94,27 @@ impl Topology {
             let target: SocketAddr = api_addrs[&to].parse().context("a planned API address")?;
             agent_links.insert(to, Proxy::start(target, seed ^ (AGENT_LINK << 32 | to))?);
         }
+        let mut disks = BTreeMap::new();
+        if let Some(megabytes) = disk_mib {
+            for &id in &all {
+                let dir = fed.dir().join(format!("replica-{id}"));
+                disks.insert(id, SmallDisk::mount(&dir, megabytes)?);
+            }
+        }
         for &id in &ids {
             fed.start(id, false)?;
         }
         fed.form_group(&ids).await?;
-        Ok(Self { fed, links, ids, spares: spare_ids, api_addrs, agent_links, etcd_link: None })
+        Ok(Self {
+            disks,
+            fed,
+            links,
+            ids,
+            spares: spare_ids,
+            api_addrs,
+            agent_links,
+            etcd_link: None,
+        })
     }
 
     /// The member agent's federation endpoints: its proxies to every replica's API, in

@@ -125,6 +125,8 @@ pub struct AgentMetrics {
     pub acks: Counter,
     /// Lease keep-alives that failed.
     pub keepalive_failures: Counter,
+    /// Replicas left for the next one after a connected session ended.
+    pub failovers: Counter,
 }
 
 impl Default for AgentMetrics {
@@ -146,6 +148,7 @@ impl Default for AgentMetrics {
             resyncs: Counter::default(),
             acks: Counter::default(),
             keepalive_failures: Counter::default(),
+            failovers: Counter::default(),
         }
     }
 }
@@ -219,6 +222,12 @@ impl AgentMetrics {
             "keepalive_failures",
             "Lease keep-alives that failed",
             self.keepalive_failures.clone(),
+        );
+        r.register(
+            "failovers",
+            "Replicas left for the next one after a connected session ended (an unresponsive \
+             replica, a failed session, a stream the replica ended)",
+            self.failovers.clone(),
         );
     }
 
@@ -411,6 +420,7 @@ mod tests {
             "federator_agent_resyncs_total 0",
             "federator_agent_acks_total 0",
             "federator_agent_keepalive_failures_total 0",
+            "federator_agent_failovers_total 0",
         ] {
             assert!(body.contains(name), "{name} missing from\n{body}");
         }

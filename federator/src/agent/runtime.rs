@@ -1,23 +1,30 @@
 //! The agent's main loop.
 //!
-//! At start-up the agent serves the view it applied last (from its state directory) into
+//! At start-up the agent removes the temporary files a killed predecessor left in its
+//! directories, and serves the view it applied last (from its state directory) into
 //! every sink before any replica answers. Then, for as long as it runs, it holds one
-//! session with one replica at a time — moving to the next replica on failure, with
-//! jittered exponential backoff — and in that session:
+//! session with one replica at a time — moving to the next replica when a session ends,
+//! at once for a first round over the replicas, then with jittered exponential backoff —
+//! and in that session:
 //! 1. joins (first run only) with the token and the cluster's own bundle;
-//! 2. takes a member lease and keeps it alive (keep-alives do not write to the log);
+//! 2. takes a member lease, or renews the one it holds first thing, and keeps it alive
+//!    (keep-alives do not write to the log);
 //! 3. publishes the own bundle when its source changes, and the exports its sources give
 //!    (taking back those they no longer give);
 //! 4. watches from the revision it applied, so a reconnect resumes without a resync;
 //!    every checkpoint is applied to all sinks, saved, and then each foreign bundle
 //!    sequence that every sink holds is acknowledged.
 //!
+//! Every call to the replica, and the connection itself, has a deadline derived from the
+//! lease TTL ([`Deadlines`]): a replica that stops answering (SIGSTOPped, hung, cut off)
+//! is left for the next one, where the lease is renewed, well before the TTL runs out.
+//!
 //! With `listen_metrics` set it serves Prometheus metrics (see [`super::metrics`]),
 //! among them how long each change took from the replica to every sink.
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, anyhow, bail};
 use federator_proto::federation as pb;
@@ -27,6 +34,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use sha2::Digest as _;
 use tokio::sync::watch;
+use tokio::time::MissedTickBehavior;
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
@@ -36,7 +44,9 @@ use super::sinks::etcd::{DEFAULT_BUNDLE_PREFIX, DEFAULT_IMPORT_PREFIX, EtcdSink}
 use super::sinks::files::FileSink;
 use super::sinks::xds::XdsServer;
 use super::sources::bundle::{BundleState, watch_bundle};
-use super::status::{AgentStatus, LeaseStatus, PropagationStatus, SinkStatus, now_ms};
+use super::status::{
+    AgentStatus, FailoverStatus, LeaseStatus, PropagationStatus, SinkStatus, now_ms,
+};
 use super::store::{Membership, Published, Store};
 use super::view::{AgentView, ExportSet, Sink};
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_spiffe_bundle};
@@ -48,15 +58,138 @@ use crate::token::JoinToken;
 const SOURCE_POLL: Duration = Duration::from_secs(1);
 /// How often the status file is written.
 const STATUS_PERIOD: Duration = Duration::from_secs(1);
-/// Longest wait between connection attempts.
+/// Longest wait between connection attempts (less with a short lease TTL: see
+/// [`Deadlines::max_backoff`]).
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
-/// How long a connection attempt may take.
+/// How long a connection attempt may take (less with a short lease TTL: see
+/// [`Deadlines::connect`]).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a join may take. Generous, unlike the other calls: its token is single-use,
+/// so a join that commits after the agent gave up on it could not be tried again, and no
+/// lease is held yet.
+const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a failed sink is retried.
 const SINK_RETRY: Duration = Duration::from_secs(2);
 /// Most changes kept waiting for every sink to hold them (for the propagation metric);
 /// beyond, while a sink keeps failing, further changes are not measured.
 const MAX_PENDING_PROPAGATION: usize = 4096;
+
+/// The deadlines of a session, all derived from the lease TTL `T`, so that the agent
+/// notices an unresponsive replica and renews its lease through another one well within
+/// the TTL (the shipped 10 s: pings after 1.25 s of silence, answered within 1.25 s;
+/// keep-alives every 2 s; 2.5 s per call).
+///
+/// A replica that stops answering right after a renewal (stopped, hung, cut off) is
+/// noticed within `T/4` by an unanswered HTTP/2 ping (sent `T/8` after its last frame,
+/// given `T/8`). The agent then connects to the next replica at once (`T/4` at most) and
+/// renews the lease there first (`T/4` at most): with a responsive next replica, renewed
+/// about `T/4` after the last renewal, and by `3T/4` when each step takes its whole
+/// deadline. A replica that still answers pings but not keep-alives is noticed by the
+/// next keep-alive (sent `T/5` after the last one, given `T/4`), one that answers them
+/// with errors at the second (`2T/5`). The lessor expires a lease only a full TTL after
+/// the last keep-alive that reached the leader.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Deadlines {
+    /// The lease TTL they derive from.
+    ttl: Duration,
+    /// Between keep-alives: `T/5`.
+    keepalive_every: Duration,
+    /// Of each call to the replica (keep-alive, acknowledgement, publication, export,
+    /// grant, the watch's opening) and of each wait for the next message of a watch
+    /// batch (events received, their checkpoint not yet): `T/4`. An idle watch stream
+    /// carries nothing: the HTTP/2 pings and the keep-alives on the same connection
+    /// vouch for it.
+    call: Duration,
+    /// An HTTP/2 ping goes out after this long without a frame from the replica: `T/8`.
+    ping_interval: Duration,
+    /// An unanswered ping closes the connection, and ends the session, after this long:
+    /// `T/8`.
+    ping_timeout: Duration,
+    /// Of a connection attempt (TCP and TLS): `T/4`, at most [`CONNECT_TIMEOUT`].
+    connect: Duration,
+    /// Keep-alives answered with errors (the replica cannot reach the leader: an
+    /// election, a partition) are retried on the same replica until the lease has gone
+    /// this long unrenewed, then the agent moves on: `T/3`.
+    unrenewed: Duration,
+    /// Longest wait between connection attempts: `T/4`, at most [`MAX_BACKOFF`].
+    max_backoff: Duration,
+}
+
+impl Deadlines {
+    /// The deadlines for a lease of `ttl`.
+    fn for_ttl(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            keepalive_every: ttl / 5,
+            call: ttl / 4,
+            ping_interval: ttl / 8,
+            ping_timeout: ttl / 8,
+            connect: (ttl / 4).min(CONNECT_TIMEOUT),
+            unrenewed: ttl / 3,
+            max_backoff: (ttl / 4).min(MAX_BACKOFF),
+        }
+    }
+}
+
+/// Why the agent leaves a replica that may still be running: the replica missed a
+/// deadline, or cannot renew the lease. Either way the agent moves to the next replica
+/// and renews the lease there first.
+#[derive(Debug, thiserror::Error)]
+enum ReplicaFault {
+    /// A call, or the next message of a watch batch, got no answer in time.
+    #[error("{call}: no answer within {} ms", deadline.as_millis())]
+    MissedDeadline {
+        /// What was waited for.
+        call: &'static str,
+        /// For how long.
+        deadline: Duration,
+    },
+    /// Keep-alives through the replica have been answered with errors for too long.
+    #[error(
+        "keep-alives through this replica have not renewed the lease for {} ms: {last_error}",
+        unrenewed.as_millis()
+    )]
+    NotRenewing {
+        /// Since the last renewal.
+        unrenewed: Duration,
+        /// The last keep-alive's error.
+        last_error: String,
+    },
+}
+
+/// One call to the replica, bounded by `deadline`: the replica's answer, or
+/// [`ReplicaFault::MissedDeadline`] when none came in time.
+async fn bounded<T>(
+    call: &'static str,
+    deadline: Duration,
+    request: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<Result<T, tonic::Status>, ReplicaFault> {
+    tokio::time::timeout(deadline, request)
+        .await
+        .map(|answer| answer.map(tonic::Response::into_inner))
+        .map_err(|_| ReplicaFault::MissedDeadline { call, deadline })
+}
+
+/// Removes the temporary files atomic writes left in `what` (a killed agent's).
+fn remove_leftovers(
+    what: &str,
+    dir: &std::path::Path,
+    remove: impl FnOnce() -> std::io::Result<usize>,
+) {
+    match remove() {
+        Ok(0) => tracing::debug!(dir = %dir.display(), "no temporary file left in the {what}"),
+        Ok(removed) => tracing::info!(
+            dir = %dir.display(),
+            removed,
+            "removed the temporary files an interrupted run left in the {what}"
+        ),
+        Err(error) => tracing::warn!(
+            dir = %dir.display(),
+            %error,
+            "cannot remove the temporary files left in the {what}"
+        ),
+    }
+}
 
 /// Runs the agent until `shutdown` resolves.
 ///
@@ -69,6 +202,10 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let store = Store::open(&config.file.state_dir)
         .with_context(|| format!("state_dir {}", config.file.state_dir.display()))?;
+    // Before anything writes: a temporary file of a write in progress is never taken.
+    remove_leftovers("state directory", store.dir(), || {
+        super::store::remove_leftover_temporaries(store.dir())
+    });
     let identity = config
         .start_identity(store.membership()?.as_ref().map(|m| m.trust_domain.as_str()), SOURCE_POLL)
         .await
@@ -97,7 +234,9 @@ pub async fn run(
     };
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(files) = &config.file.sinks.files {
-        sinks.push(Arc::new(FileSink::new(files.dir.clone())));
+        let sink = FileSink::new(files.dir.clone());
+        remove_leftovers("files sink", sink.dir(), || sink.remove_leftover_temporaries());
+        sinks.push(Arc::new(sink));
     }
     if let Some(etcd) = &config.file.sinks.etcd {
         let sink = EtcdSink::connect(
@@ -252,6 +391,39 @@ fn merge_export_sets(sets: impl Iterator<Item = ExportSet>) -> ExportSet {
 struct HeldLease {
     id: u64,
     ttl_secs: u32,
+    /// When it was last granted or renewed.
+    renewed: Instant,
+}
+
+/// What a keep-alive came to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Renewal {
+    /// The lease lives a TTL more.
+    Renewed,
+    /// The lessor says the lease is not live (expired, revoked, replaced): none is held
+    /// any more, a new one must be granted.
+    Lost,
+    /// The replica answered with an error: the lease is still held, and may well be
+    /// live; retried at the next tick.
+    Failed,
+}
+
+/// What woke a session up.
+enum Wake {
+    /// The watch stream's next message (`None`: it ended).
+    Message(Result<Option<pb::WatchEvent>, tonic::Status>),
+    /// A watch batch got no next message within its deadline.
+    BatchStalled,
+    /// The own bundle source changed (`false`: it stopped).
+    Bundle(bool),
+    /// The export sources changed (`false`: they stopped).
+    Exports(bool),
+    /// Time for a keep-alive.
+    KeepAlive,
+    /// Time to retry the sinks that failed.
+    SinkRetry,
+    /// Time to write the status file.
+    Status,
 }
 
 /// The agent's working state.
@@ -302,6 +474,14 @@ impl Agent {
             .unwrap_or_default()
     }
 
+    /// The deadlines of the lease held, or of the TTL the agent asks for.
+    fn deadlines(&self) -> Deadlines {
+        Deadlines::for_ttl(
+            self.lease
+                .map_or(self.config.lease_ttl, |l| Duration::from_secs(u64::from(l.ttl_secs))),
+        )
+    }
+
     fn federation_ca_pem(&self) -> anyhow::Result<String> {
         if let Some(path) = &self.config.file.federation_ca {
             return std::fs::read_to_string(path)
@@ -314,7 +494,10 @@ impl Agent {
             .ok_or_else(|| anyhow!("no federation CA: set federation_ca or join with a token"))
     }
 
-    /// Sessions, one replica at a time, forever.
+    /// Sessions, one replica at a time, forever. When a session ends the agent moves to
+    /// the next replica of [`Agent::endpoints`]: at once while fewer failures in a row
+    /// than there are replicas (a failover must not cost the lease), then with jittered
+    /// exponential backoff up to [`Deadlines::max_backoff`].
     async fn run_sessions(
         &mut self,
         mut bundle_rx: watch::Receiver<BundleState>,
@@ -328,13 +511,21 @@ impl Agent {
                 bail!("no federation endpoints: set `endpoints` in the config");
             }
             let addr = endpoints[next % endpoints.len()].clone();
+            let started = Instant::now();
             let outcome = self.session(&addr, &mut bundle_rx, &mut exports_rx).await;
+            let was_connected = self.status.connected_replica.is_some();
             self.status.connected_replica = None;
             self.status.connected_since_ms = None;
-            match outcome {
+            let deadlines = self.deadlines();
+            if was_connected && started.elapsed() >= deadlines.ttl {
+                // A session that lasted a TTL was a good one: failures count anew.
+                failures = 0;
+            }
+            let reason = match outcome {
                 Ok(SessionEnd::StreamEnded) => {
                     tracing::info!(replica = %addr, "watch ended; reconnecting");
                     failures = 0;
+                    "the replica ended the watch stream".to_string()
                 }
                 Ok(SessionEnd::IdentityChanged) => {
                     tracing::info!(replica = %addr, "the agent's SVID changed; reconnecting");
@@ -343,19 +534,45 @@ impl Agent {
                     continue;
                 }
                 Err(error) => {
-                    tracing::warn!(replica = %addr, error = %format!("{error:#}"), "session failed");
-                    self.status.last_error = Some(format!("{addr}: {error:#}"));
+                    let reason = format!("{error:#}");
+                    tracing::warn!(replica = %addr, error = %reason, "session failed");
+                    self.status.last_error = Some(format!("{addr}: {reason}"));
                     self.metrics.session_failures.inc();
                     failures = failures.saturating_add(1);
+                    reason
                 }
+            };
+            if was_connected {
+                tracing::info!(replica = %addr, %reason, "left the replica; moving to the next one");
+                self.status.failovers += 1;
+                self.metrics.failovers.inc();
+                self.status.last_failover = Some(FailoverStatus {
+                    from: addr.clone(),
+                    reason,
+                    at_ms: now_ms(),
+                    to: None,
+                    connected_at_ms: None,
+                });
             }
             self.write_status();
             next += 1;
-            tokio::time::sleep(backoff(failures)).await;
+            let round = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
+            let wait = if failures < round {
+                backoff(0, deadlines.max_backoff)
+            } else {
+                backoff(failures - round + 1, deadlines.max_backoff)
+            };
+            tokio::time::sleep(wait).await;
         }
     }
 
-    async fn connect(&self, addr: &str) -> anyhow::Result<FederationClient<Channel>> {
+    /// A client of the replica at `addr`, connected within [`Deadlines::connect`], whose
+    /// connection closes when the replica leaves an HTTP/2 ping unanswered.
+    async fn connect(
+        &self,
+        addr: &str,
+        deadlines: &Deadlines,
+    ) -> anyhow::Result<FederationClient<Channel>> {
         let ca_pem = self.federation_ca_pem()?;
         let mut roots = rustls::RootCertStore::empty();
         for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
@@ -367,13 +584,22 @@ impl Agent {
             .with_root_certificates(roots)
             .with_client_cert_resolver(self.identity.clone());
         tls.alpn_protocols = vec![b"h2".to_vec()];
-        let channel = Endpoint::from_shared(format!("https://{addr}"))?
-            .connect_timeout(CONNECT_TIMEOUT)
+        let endpoint = Endpoint::from_shared(format!("https://{addr}"))?
+            .connect_timeout(deadlines.connect)
             .tcp_nodelay(true)
-            .http2_keep_alive_interval(Duration::from_secs(5))
-            .keep_alive_timeout(Duration::from_secs(5))
-            .connect_with_connector(federator_raft::tls::connector(Arc::new(tls)))
+            .http2_keep_alive_interval(deadlines.ping_interval)
+            .keep_alive_timeout(deadlines.ping_timeout)
+            .keep_alive_while_idle(true);
+        let connecting =
+            endpoint.connect_with_connector(federator_raft::tls::connector(Arc::new(tls)));
+        // The HTTP/2 handshake too: the connect timeout covers TCP and TLS.
+        let channel = tokio::time::timeout(deadlines.connect, connecting)
             .await
+            .map_err(|_| ReplicaFault::MissedDeadline {
+                call: "connect",
+                deadline: deadlines.connect,
+            })
+            .with_context(|| format!("connect to {addr}"))?
             .with_context(|| format!("connect to {addr}"))?;
         Ok(FederationClient::new(channel).max_decoding_message_size(64 << 20))
     }
@@ -386,16 +612,31 @@ impl Agent {
         exports_rx: &mut watch::Receiver<ExportSet>,
     ) -> anyhow::Result<SessionEnd> {
         let identity = self.identity.current();
-        let mut client = self.connect(addr).await?;
+        let deadlines = self.deadlines();
+        let mut client = self.connect(addr, &deadlines).await?;
         if self.membership.is_none() {
             self.join(&mut client, bundle_rx).await?;
         }
         self.status.connections += 1;
         self.metrics.connections.inc();
         self.status.connected_replica = Some(addr.to_string());
-        self.status.connected_since_ms = Some(now_ms());
+        let now = now_ms();
+        self.status.connected_since_ms = Some(now);
         self.status.last_error = None;
+        if let Some(failover) = &mut self.status.last_failover
+            && failover.to.is_none()
+        {
+            failover.to = Some(addr.to_string());
+            failover.connected_at_ms = Some(now);
+        }
         tracing::info!(replica = %addr, revision = self.view.revision, "connected");
+        // The lease first: after a failover it is what is at stake (the replica left may
+        // have held up the last keep-alives). A lease found lost is granted below, after
+        // the exports.
+        if self.lease.is_some() {
+            self.keep_alive(&mut client, &deadlines).await?;
+        }
+        self.write_status();
 
         self.publish_bundle(&mut client, &bundle_rx.borrow_and_update().clone()).await?;
         // Exports before the lease: a restarted agent's lease makes the exports the
@@ -406,46 +647,79 @@ impl Agent {
             self.grant_lease(&mut client).await?;
         }
 
-        let mut stream = client
-            .watch(pb::WatchRequest { after_revision: self.view.revision })
-            .await
-            .context("watch")?
-            .into_inner();
+        let watch = client.watch(pb::WatchRequest { after_revision: self.view.revision });
+        let mut stream = bounded("watch", deadlines.call, watch).await?.context("watch")?;
         let mut working = self.view.clone();
         self.batch_changes.clear();
-        let keepalive_every =
-            Duration::from_millis(u64::from(self.lease.map_or(10, |l| l.ttl_secs)) * 1000 / 3);
-        let mut keepalive = tokio::time::interval(keepalive_every);
+        let deadlines = self.deadlines();
+        let mut keepalive = tokio::time::interval_at(
+            tokio::time::Instant::now() + deadlines.keepalive_every,
+            deadlines.keepalive_every,
+        );
+        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut status_tick = tokio::time::interval(STATUS_PERIOD);
         let mut sink_retry = tokio::time::interval(SINK_RETRY);
+        // While a watch batch is open (events received, their checkpoint not yet): how
+        // long the session has waited for the replica's next message, its own work left
+        // out.
+        let mut batch_waited: Option<Duration> = None;
         loop {
-            tokio::select! {
-                message = stream.message() => {
-                    let Some(event) = message.context("watch stream")? else {
+            let waiting = Instant::now();
+            let stall = batch_waited.map(|waited| deadlines.call.saturating_sub(waited));
+            let wake = tokio::select! {
+                message = stream.message() => Wake::Message(message),
+                () = tokio::time::sleep(stall.unwrap_or_default()), if stall.is_some() => {
+                    Wake::BatchStalled
+                }
+                changed = bundle_rx.changed() => Wake::Bundle(changed.is_ok()),
+                changed = exports_rx.changed() => Wake::Exports(changed.is_ok()),
+                _ = keepalive.tick() => Wake::KeepAlive,
+                _ = sink_retry.tick() => Wake::SinkRetry,
+                _ = status_tick.tick() => Wake::Status,
+            };
+            batch_waited = batch_waited.map(|waited| waited + waiting.elapsed());
+            match wake {
+                Wake::Message(message) => {
+                    // A connection closed for an unanswered HTTP/2 ping ends here too.
+                    let Some(event) = message.map_err(|status| {
+                        anyhow!("the watch stream broke: {:?}: {}", status.code(), status.message())
+                    })?
+                    else {
                         return Ok(SessionEnd::StreamEnded);
                     };
+                    let closes_batch =
+                        matches!(event.event, Some(Event::Checkpoint(_) | Event::SnapshotEnd(_)));
                     self.on_event(&mut client, &mut working, event).await?;
+                    batch_waited = (!closes_batch).then_some(Duration::ZERO);
                 }
-                changed = bundle_rx.changed() => {
-                    if changed.is_ok() {
-                        let state = bundle_rx.borrow_and_update().clone();
-                        self.publish_bundle(&mut client, &state).await?;
+                Wake::BatchStalled => {
+                    return Err(ReplicaFault::MissedDeadline {
+                        call: "the watch batch's next message",
+                        deadline: deadlines.call,
+                    }
+                    .into());
+                }
+                Wake::Bundle(true) => {
+                    let state = bundle_rx.borrow_and_update().clone();
+                    self.publish_bundle(&mut client, &state).await?;
+                }
+                Wake::Exports(true) => {
+                    let set = exports_rx.borrow_and_update().clone();
+                    self.sync_exports(&mut client, &set).await?;
+                }
+                Wake::Bundle(false) | Wake::Exports(false) => {}
+                Wake::KeepAlive => {
+                    if self.keep_alive(&mut client, &deadlines).await? == Renewal::Lost {
+                        self.grant_lease(&mut client).await?;
                     }
                 }
-                changed = exports_rx.changed() => {
-                    if changed.is_ok() {
-                        let set = exports_rx.borrow_and_update().clone();
-                        self.sync_exports(&mut client, &set).await?;
-                    }
-                }
-                _ = keepalive.tick() => self.keep_alive(&mut client).await?,
-                _ = sink_retry.tick() => {
+                Wake::SinkRetry => {
                     if self.sinks_dirty {
                         self.apply_sinks().await;
-                        self.acknowledge(&mut client).await;
+                        self.acknowledge(&mut client).await?;
                     }
                 }
-                _ = status_tick.tick() => {
+                Wake::Status => {
                     self.write_status();
                     if !Arc::ptr_eq(&identity, &self.identity.current()) {
                         return Ok(SessionEnd::IdentityChanged);
@@ -463,18 +737,15 @@ impl Agent {
     ) -> anyhow::Result<()> {
         let token = self.token.clone().ok_or_else(|| anyhow!("no join token"))?;
         let bundle = wait_for_bundle(bundle_rx).await?;
-        let response = client
-            .join(pb::JoinRequest {
-                token: token.encode(),
-                bundle: Some(pb::TrustBundle {
-                    trust_domain: token.trust_domain.clone(),
-                    spiffe_bundle_json: bundle.to_spiffe_json(),
-                    sequence: bundle.sequence,
-                }),
-            })
-            .await
-            .context("join")?
-            .into_inner();
+        let request = client.join(pb::JoinRequest {
+            token: token.encode(),
+            bundle: Some(pb::TrustBundle {
+                trust_domain: token.trust_domain.clone(),
+                spiffe_bundle_json: bundle.to_spiffe_json(),
+                sequence: bundle.sequence,
+            }),
+        });
+        let response = bounded("join", JOIN_TIMEOUT, request).await?.context("join")?;
         let membership = Membership {
             cluster: response.cluster,
             trust_domain: response.trust_domain,
@@ -497,17 +768,19 @@ impl Agent {
 
     async fn grant_lease(&mut self, client: &mut FederationClient<Channel>) -> anyhow::Result<()> {
         let lease = &self.config.file.lease;
-        let granted = client
-            .grant_lease(pb::GrantLeaseRequest {
-                ttl_seconds: u32::try_from(self.config.lease_ttl.as_secs()).unwrap_or(10),
-                region: lease.region.clone(),
-                zone: lease.zone.clone(),
-            })
-            .await
-            .context("grant lease")?
-            .into_inner();
+        let request = client.grant_lease(pb::GrantLeaseRequest {
+            ttl_seconds: u32::try_from(self.config.lease_ttl.as_secs()).unwrap_or(10),
+            region: lease.region.clone(),
+            zone: lease.zone.clone(),
+        });
+        let granted =
+            bounded("grant lease", self.deadlines().call, request).await?.context("grant lease")?;
         tracing::info!(lease_id = granted.lease_id, ttl = granted.ttl_seconds, "lease granted");
-        self.lease = Some(HeldLease { id: granted.lease_id, ttl_secs: granted.ttl_seconds });
+        self.lease = Some(HeldLease {
+            id: granted.lease_id,
+            ttl_secs: granted.ttl_seconds,
+            renewed: Instant::now(),
+        });
         self.status.lease = Some(LeaseStatus {
             id: granted.lease_id,
             ttl_seconds: granted.ttl_seconds,
@@ -517,35 +790,64 @@ impl Agent {
         Ok(())
     }
 
-    async fn keep_alive(&mut self, client: &mut FederationClient<Channel>) -> anyhow::Result<()> {
-        let Some(lease) = self.lease else { return self.grant_lease(client).await };
-        match client.keep_alive(pb::KeepAliveRequest { lease_id: lease.id }).await {
-            Ok(_) => {
+    /// One keep-alive of the held lease through the replica, within
+    /// [`Deadlines::call`].
+    ///
+    /// Only the lessor's answer that the lease is not live loses it. A keep-alive that
+    /// got no answer in time (a slow or stopped replica), or an error (the replica cannot
+    /// reach the leader: an election, a partition), says nothing about the lease: it is
+    /// kept, to be renewed at the next tick or through the next replica.
+    ///
+    /// # Errors
+    /// The replica missed the deadline, or keep-alives through it have been failing for
+    /// [`Deadlines::unrenewed`]: the session must end, for the next replica to renew it.
+    async fn keep_alive(
+        &mut self,
+        client: &mut FederationClient<Channel>,
+        deadlines: &Deadlines,
+    ) -> Result<Renewal, ReplicaFault> {
+        let Some(lease) = self.lease else { return Ok(Renewal::Lost) };
+        let request = client.keep_alive(pb::KeepAliveRequest { lease_id: lease.id });
+        let error = match bounded("keep-alive", deadlines.call, request).await {
+            Ok(Ok(_)) => {
+                self.lease = Some(HeldLease { renewed: Instant::now(), ..lease });
                 if let Some(status) = &mut self.status.lease {
                     status.last_keepalive_ms = Some(now_ms());
                     status.failed_keepalives = 0;
                 }
-                Ok(())
+                return Ok(Renewal::Renewed);
             }
-            Err(status) if status.code() == Code::NotFound => {
+            Ok(Err(status)) if status.code() == Code::NotFound => {
                 tracing::warn!(
                     lease_id = lease.id,
                     reason = status.message(),
                     "lease lost; granting a new one"
                 );
-                self.grant_lease(client).await
+                self.lease = None;
+                return Ok(Renewal::Lost);
             }
-            Err(status) => {
-                if let Some(lease) = &mut self.status.lease {
-                    lease.failed_keepalives += 1;
-                }
-                self.metrics.keepalive_failures.inc();
-                // A keep-alive that fails (an election) is retried at the next tick; the
-                // session ends only when the watch does.
-                tracing::debug!(error = %status, "keep-alive failed");
-                Ok(())
+            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
+            Err(fault) => {
+                self.keep_alive_failed();
+                tracing::warn!(lease_id = lease.id, %fault, "keep-alive missed its deadline");
+                return Err(fault);
             }
+        };
+        self.keep_alive_failed();
+        let unrenewed = lease.renewed.elapsed();
+        if unrenewed >= deadlines.unrenewed {
+            return Err(ReplicaFault::NotRenewing { unrenewed, last_error: error });
         }
+        tracing::debug!(%error, "keep-alive failed; retried at the next tick");
+        Ok(Renewal::Failed)
+    }
+
+    /// Counts a keep-alive that renewed nothing.
+    fn keep_alive_failed(&mut self) {
+        if let Some(lease) = &mut self.status.lease {
+            lease.failed_keepalives += 1;
+        }
+        self.metrics.keepalive_failures.inc();
     }
 
     async fn publish_bundle(
@@ -578,9 +880,10 @@ impl Agent {
             force: false,
         };
         let mut accepted = bundle.sequence;
-        match client.publish_bundle(request).await {
+        let deadline = self.deadlines().call;
+        match bounded("publish bundle", deadline, client.publish_bundle(request)).await? {
             Ok(response) => {
-                accepted = response.get_ref().sequence;
+                accepted = response.sequence;
                 tracing::info!(sequence = accepted, "bundle published");
             }
             // Already there (a restart after publishing): the federation has it.
@@ -621,7 +924,8 @@ impl Agent {
                 continue;
             }
             let request = pb::ExportServiceRequest { export: Some(export_to_proto(export)) };
-            match client.export_service(request).await {
+            let deadline = self.deadlines().call;
+            match bounded("export", deadline, client.export_service(request)).await? {
                 Ok(_) => {
                     tracing::info!(service = %name, "exported");
                     self.published.exports.insert(name, digest);
@@ -664,7 +968,8 @@ impl Agent {
                 continue;
             };
             let request = pb::UnexportServiceRequest { namespace: key.namespace, name: key.name };
-            match client.unexport_service(request).await {
+            let deadline = self.deadlines().call;
+            match bounded("unexport", deadline, client.unexport_service(request)).await? {
                 Ok(_) => {}
                 // Already gone (the federation removed it, or an earlier try did).
                 Err(status) if status.code() == Code::NotFound => {}
@@ -795,7 +1100,7 @@ impl Agent {
         // Nothing of the new view is known to be written until it is applied.
         self.unwritten_trust_domains = None;
         self.apply_sinks().await;
-        self.acknowledge(client).await;
+        self.acknowledge(client).await?;
         Ok(())
     }
 
@@ -856,12 +1161,20 @@ impl Agent {
         }
     }
 
-    /// Acknowledges every federated bundle sequence that every sink holds.
-    async fn acknowledge(&mut self, client: &mut FederationClient<Channel>) {
+    /// Acknowledges every federated bundle sequence that every sink holds; one the
+    /// replica does not accept yet is tried again with the next view.
+    ///
+    /// # Errors
+    /// An acknowledgement got no answer within [`Deadlines::call`] (those accepted before
+    /// are recorded).
+    async fn acknowledge(
+        &mut self,
+        client: &mut FederationClient<Channel>,
+    ) -> Result<(), ReplicaFault> {
         let unwritten = match (&self.unwritten_trust_domains, self.sinks_dirty) {
             (_, false) => std::collections::BTreeSet::new(),
             (Some(unwritten), true) => unwritten.clone(),
-            (None, true) => return,
+            (None, true) => return Ok(()),
         };
         let pending: Vec<(String, u64)> = self
             .view
@@ -872,22 +1185,31 @@ impl Agent {
             .map(|(td, b)| (td.clone(), b.sequence))
             .collect();
         let mut changed = false;
+        let mut missed = None;
+        let deadline = self.deadlines().call;
         for (td, sequence) in pending {
             let request = pb::AckRequest { trust_domain: td.clone(), sequence };
-            match client.ack(request).await {
-                Ok(_) => {
+            match bounded("ack", deadline, client.ack(request)).await {
+                Ok(Ok(_)) => {
                     tracing::info!(trust_domain = %td, sequence, "acknowledged");
                     self.published.acked.insert(td, sequence);
                     self.metrics.acks.inc();
                     changed = true;
                 }
-                Err(error) => tracing::debug!(trust_domain = %td, %error, "ack not accepted yet"),
+                Ok(Err(error)) => {
+                    tracing::debug!(trust_domain = %td, %error, "ack not accepted yet");
+                }
+                Err(fault) => {
+                    missed = Some(fault);
+                    break;
+                }
             }
         }
         self.published.acked.retain(|td, _| self.view.bundles.contains_key(td));
         if changed && let Err(error) = self.store.save_published(&self.published) {
             tracing::warn!(%error, "cannot save what was acknowledged");
         }
+        missed.map_or(Ok(()), Err)
     }
 
     fn write_status(&mut self) {
@@ -934,12 +1256,12 @@ fn export_digest(export: &crate::service::ServiceExport) -> String {
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
-/// Jittered exponential backoff: 100 ms doubling to [`MAX_BACKOFF`], ± 50 %.
-fn backoff(failures: u32) -> Duration {
+/// Jittered exponential backoff: 100 ms doubling to `max`, ± 50 %.
+fn backoff(failures: u32, max: Duration) -> Duration {
     if failures == 0 {
         return Duration::from_millis(100);
     }
-    let base = Duration::from_millis(100).saturating_mul(1u32 << failures.min(8)).min(MAX_BACKOFF);
+    let base = Duration::from_millis(100).saturating_mul(1u32 << failures.min(8)).min(max);
     let jitter = rand::random_range(0.5..1.5);
     base.mul_f64(jitter)
 }
@@ -952,11 +1274,45 @@ mod tests {
 
     #[test]
     fn backoff_grows_is_jittered_and_bounded() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(0, MAX_BACKOFF), Duration::from_millis(100));
         for failures in 1..20 {
-            let b = backoff(failures);
+            let b = backoff(failures, MAX_BACKOFF);
             assert!(b >= Duration::from_millis(100), "{b:?}");
             assert!(b <= MAX_BACKOFF.mul_f64(1.5), "{b:?}");
+        }
+        let short = Deadlines::for_ttl(Duration::from_secs(4)).max_backoff;
+        assert_eq!(short, Duration::from_secs(1));
+        assert!((1..20).all(|failures| backoff(failures, short) <= short.mul_f64(1.5)));
+    }
+
+    #[test]
+    fn deadlines_leave_the_lease_time_to_be_renewed_through_another_replica() {
+        let shipped = Deadlines::for_ttl(Duration::from_secs(10));
+        assert_eq!(shipped.keepalive_every, Duration::from_secs(2));
+        assert_eq!(shipped.call, Duration::from_millis(2500));
+        assert_eq!(shipped.ping_interval + shipped.ping_timeout, Duration::from_millis(2500));
+        assert_eq!(shipped.connect, Duration::from_millis(2500));
+        assert_eq!(Deadlines::for_ttl(Duration::from_secs(600)).connect, CONNECT_TIMEOUT);
+        assert_eq!(Deadlines::for_ttl(Duration::from_secs(600)).max_backoff, MAX_BACKOFF);
+        let ttls = crate::state::MIN_LEASE_TTL_SECS..=crate::state::MAX_LEASE_TTL_SECS;
+        for secs in ttls.clone().take(60).chain([ttls.end() / 2, *ttls.end()]) {
+            let ttl = Duration::from_secs(u64::from(secs));
+            let d = Deadlines::for_ttl(ttl);
+            assert!(d.call < ttl / 3, "a keep-alive's deadline is under a third of {ttl:?}");
+            assert!(d.ping_interval + d.ping_timeout <= ttl / 4, "{d:?}");
+            assert!(d.keepalive_every * 4 < ttl, "several keep-alives per TTL: {d:?}");
+            // A replica that goes silent right after a renewal: noticed by the pings (or,
+            // should it still answer them, by the next keep-alive), left for the next
+            // replica at once, where the lease is renewed first — within the TTL even
+            // when every step takes its whole deadline.
+            let noticed = (d.ping_interval + d.ping_timeout).min(d.keepalive_every + d.call);
+            let renewed = noticed + backoff(0, d.max_backoff) + d.connect + d.call;
+            assert!(renewed < ttl, "renewed after {renewed:?} of {ttl:?}");
+            // A replica that answers keep-alives with errors at once (it cannot reach the
+            // leader) is left at the second one, and the lease renewed through the next.
+            assert!(d.keepalive_every < d.unrenewed && d.unrenewed < d.keepalive_every * 2);
+            let renewed = d.keepalive_every * 2 + backoff(0, d.max_backoff) + d.connect + d.call;
+            assert!(renewed < ttl, "renewed after {renewed:?} of {ttl:?}");
         }
     }
 

@@ -26,6 +26,13 @@ pub struct AgentStatus {
     pub last_error: Option<String>,
     /// Connections made since start.
     pub connections: u64,
+    /// Times the agent left a replica it was connected to (an unresponsive one, a
+    /// failed session, a stream the replica ended) for the next one.
+    #[serde(default)]
+    pub failovers: u64,
+    /// The last of those moves.
+    #[serde(default)]
+    pub last_failover: Option<FailoverStatus>,
     /// Revision of the applied view.
     pub applied_revision: u64,
     /// Highest revision received from the federation (the applied one lags it while a
@@ -61,6 +68,21 @@ pub struct PropagationStatus {
     pub millis: i64,
     /// When every sink held it (unix milliseconds).
     pub at_ms: i64,
+}
+
+/// The agent left a replica it was connected to, for the next one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FailoverStatus {
+    /// The replica left.
+    pub from: String,
+    /// Why: the deadline it missed, or how the session ended.
+    pub reason: String,
+    /// When (unix milliseconds).
+    pub at_ms: i64,
+    /// The replica connected next, once connected.
+    pub to: Option<String>,
+    /// When (unix milliseconds), once connected.
+    pub connected_at_ms: Option<i64>,
 }
 
 /// The member lease.

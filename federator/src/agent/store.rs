@@ -142,28 +142,146 @@ impl Store {
     }
 }
 
+/// Prefix of the temporary files [`write_atomic`] writes.
+const TEMP_PREFIX: &str = ".federator-";
+/// Suffix of the temporary files [`write_atomic`] writes.
+const TEMP_SUFFIX: &str = ".tmp";
+/// Random ASCII letters and digits between [`TEMP_PREFIX`] and [`TEMP_SUFFIX`].
+const TEMP_RANDOM_CHARS: usize = 6;
+
 /// Writes `bytes` to `path` atomically with permissions `mode`: a temporary file in the
-/// same directory, synced, renamed over `path`, and the directory synced.
+/// same directory (`.federator-XXXXXX.tmp`), synced, renamed over `path`, and the
+/// directory synced. A process killed in between leaves the temporary file behind:
+/// [`remove_leftover_temporaries`] removes it at the next start.
 ///
 /// # Errors
 /// Any I/O error.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt as _;
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp = tempfile::Builder::new()
-        .prefix(".federator-")
-        .suffix(".tmp")
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)?;
+    let mut tmp = temporary_file(dir, mode)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
     std::fs::File::open(dir)?.sync_all()
 }
 
+/// A new temporary file in `dir` for [`write_atomic`], with permissions `mode`.
+fn temporary_file(dir: &Path, mode: u32) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt as _;
+    tempfile::Builder::new()
+        .prefix(TEMP_PREFIX)
+        .suffix(TEMP_SUFFIX)
+        .rand_bytes(TEMP_RANDOM_CHARS)
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)
+}
+
+/// Whether `name` is that of a temporary file [`write_atomic`] writes: exactly
+/// `.federator-`, six ASCII letters or digits, `.tmp`.
+fn is_atomic_temporary(name: &str) -> bool {
+    name.strip_prefix(TEMP_PREFIX).and_then(|rest| rest.strip_suffix(TEMP_SUFFIX)).is_some_and(
+        |random| {
+            random.len() == TEMP_RANDOM_CHARS && random.bytes().all(|b| b.is_ascii_alphanumeric())
+        },
+    )
+}
+
+/// Removes the temporary files [`write_atomic`] left in `dir` when the process was
+/// killed mid-write (regular files named exactly as it names them; nothing else, and
+/// nothing in subdirectories). Returns how many it removed; a missing `dir` holds none.
+///
+/// Only for start-up, before anything writes into `dir`: a write in progress would lose
+/// its temporary file.
+///
+/// # Errors
+/// `dir` cannot be listed, or a leftover cannot be removed.
+pub fn remove_leftover_temporaries(dir: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        // `file_type` does not follow symbolic links: a link is never removed.
+        if !entry.file_name().to_str().is_some_and(is_atomic_temporary)
+            || !entry.file_type()?.is_file()
+        {
+            continue;
+        }
+        match std::fs::remove_file(entry.path()) {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    if removed > 0 {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(removed)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leftover_temporaries_are_removed_and_nothing_else() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = |name: &str| dir.path().join(name);
+        // What a write killed between creating and renaming its temporary file leaves.
+        for name in [".federator-a1B2c3.tmp", ".federator-ZZZZZZ.tmp"] {
+            std::fs::write(path(name), b"half").expect("leftover");
+        }
+        // Files that merely look alike, a directory and a symbolic link of the pattern.
+        let kept = [
+            "imports.json",
+            "federator-a1B2c3.tmp",
+            ".federator-a1B2c.tmp",
+            ".federator-a1B2c3d.tmp",
+            ".federator-a1-2c3.tmp",
+            ".federator-a1B2c3.tmp.keep",
+            ".federator-a1B2c3.json",
+            ".other-a1B2c3.tmp",
+        ];
+        for name in kept {
+            std::fs::write(path(name), b"keep").expect("kept file");
+        }
+        std::fs::create_dir(path(".federator-dirdir.tmp")).expect("dir");
+        std::os::unix::fs::symlink(path("imports.json"), path(".federator-link00.tmp"))
+            .expect("link");
+        // A write killed before its rename, as `write_atomic` names its temporary file.
+        let (_, killed) =
+            temporary_file(dir.path(), 0o644).expect("temporary").keep().expect("keep");
+        // A real write leaves nothing behind, and its file is not taken for a leftover.
+        write_atomic(&path("view.json"), b"{}", 0o600).expect("write");
+
+        assert_eq!(remove_leftover_temporaries(dir.path()).expect("remove"), 3);
+        assert!(!killed.exists(), "{}", killed.display());
+        let mut left: Vec<String> = std::fs::read_dir(dir.path())
+            .expect("list")
+            .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        let mut expected: Vec<String> = kept.iter().map(|n| (*n).to_string()).collect();
+        expected.extend(
+            [".federator-dirdir.tmp", ".federator-link00.tmp", "view.json"].map(String::from),
+        );
+        expected.sort();
+        assert_eq!(left, expected);
+        assert_eq!(std::fs::read(path("imports.json")).expect("target"), b"keep");
+        assert_eq!(remove_leftover_temporaries(dir.path()).expect("again"), 0);
+        assert_eq!(remove_leftover_temporaries(&path("missing")).expect("missing dir"), 0);
+    }
+
+    #[test]
+    fn the_temporary_name_pattern_is_exact() {
+        assert!(is_atomic_temporary(".federator-Ab3xYz.tmp"));
+        assert!(!is_atomic_temporary(".federator-.tmp"));
+        assert!(!is_atomic_temporary(".federator-Ab3xY/.tmp"));
+        assert!(!is_atomic_temporary(".federator-Ab3xé.tmp"), "six bytes, not all ASCII");
+    }
 
     #[test]
     fn files_round_trip_and_missing_ones_are_none() {

@@ -108,6 +108,19 @@ fn render(s: &AgentStatus, now: i64) -> String {
             s.applied_revision
         )),
     };
+    if let Some(f) = &s.last_failover {
+        text.line(format_args!(
+            "  left {} {}{} (failovers: {}): {}",
+            f.from,
+            ago(now, f.at_ms),
+            match (&f.to, f.connected_at_ms) {
+                (Some(to), Some(at)) => format!(", connected to {to} {} ms later", at - f.at_ms),
+                _ => String::new(),
+            },
+            s.failovers,
+            f.reason
+        ));
+    }
     text.line(format_args!(
         "{} revision {} applied, {} received (lag {}), {} resyncs",
         mark(s.applied_revision >= s.received_revision),
@@ -232,6 +245,24 @@ mod tests {
         });
         let text = render(&s, 11_000);
         assert!(text.contains("propagation: last 42 ms from b.test (bundle, 1.0s ago)"), "{text}");
+        assert!(!text.contains("left"), "{text}");
+        s.connected_replica = Some("127.0.0.1:7102".into());
+        s.failovers = 1;
+        s.last_failover = Some(crate::agent::status::FailoverStatus {
+            from: "127.0.0.1:7101".into(),
+            reason: "keep-alive: no answer within 1000 ms".into(),
+            at_ms: 8_000,
+            to: Some("127.0.0.1:7102".into()),
+            connected_at_ms: Some(8_150),
+        });
+        let text = render(&s, 11_000);
+        assert!(
+            text.contains(
+                "left 127.0.0.1:7101 3.0s ago, connected to 127.0.0.1:7102 150 ms later \
+                 (failovers: 1): keep-alive: no answer within 1000 ms"
+            ),
+            "{text}"
+        );
     }
 
     #[test]

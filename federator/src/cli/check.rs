@@ -669,6 +669,21 @@ fn agent_checks(s: &AgentStatus, now_ms: i64) -> Vec<Check> {
             "it serves the last applied view; check that it can reach a replica and that its SVID is valid",
         ),
     }
+    // A failover is no failure (the agent moved on, its lease renewed through the next
+    // replica), but the replica it left may need a look.
+    if let Some(f) = &s.last_failover {
+        checks.pass(
+            "agents",
+            format!(
+                "{who}: left {} {}s ago{} (failovers: {}): {}",
+                f.from,
+                (now_ms - f.at_ms).max(0) / 1000,
+                f.to.as_ref().map_or_else(String::new, |to| format!(" for {to}")),
+                s.failovers,
+                f.reason
+            ),
+        );
+    }
     for (name, sink) in &s.sinks {
         if sink.healthy {
             checks.pass(
@@ -959,6 +974,23 @@ mod tests {
         let checks = agent_checks(&s, now);
         assert_eq!(checks.iter().filter(|c| c.outcome == Outcome::Fail).count(), 1);
         assert!(checks.iter().any(|c| c.detail.contains("sink etcd failing: refused")));
+        s.failovers = 2;
+        s.last_failover = Some(crate::agent::status::FailoverStatus {
+            from: "127.0.0.1:7102".into(),
+            reason: "keep-alive: no answer within 2500 ms".into(),
+            at_ms: now - 4_000,
+            to: Some("127.0.0.1:7101".into()),
+            connected_at_ms: Some(now - 3_900),
+        });
+        let checks = agent_checks(&s, now);
+        assert_eq!(checks.iter().filter(|c| c.outcome == Outcome::Fail).count(), 1);
+        assert!(
+            checks.iter().any(|c| c.outcome == Outcome::Pass
+                && c.detail
+                    == "agent of a: left 127.0.0.1:7102 4s ago for 127.0.0.1:7101 (failovers: 2): \
+                        keep-alive: no answer within 2500 ms"),
+            "{checks:?}"
+        );
         s.connected_replica = None;
         assert!(agent_checks(&s, now).iter().any(|c| c.detail.contains("not connected")));
         s.written_at_ms = now - 60_000;

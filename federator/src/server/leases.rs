@@ -5,7 +5,10 @@
 //! call"), which moves the lease's deadline in memory. When a deadline passes, the leader
 //! proposes [`Command::ExpireLease`]. A newly elected leader knows no deadlines, so it
 //! gives every live lease a full TTL from its election: a leader change never expires a
-//! member that keeps its lease alive.
+//! member that keeps its lease alive. Likewise a leader whose lessor did not run for a
+//! while (its process stopped or starved) heard no keep-alive meanwhile, though members
+//! kept sending them through other replicas: it gives every live lease a full TTL from
+//! the end of the stall rather than expire them all at once.
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -22,6 +25,10 @@ use crate::state::Command;
 /// How often the leader looks for expired leases: an expired member is marked not ready
 /// within its TTL plus this.
 pub const EXPIRY_CHECK: Duration = Duration::from_millis(200);
+
+/// A gap this long between two passes of the lessor is a stall (its process was stopped
+/// or starved), not a late timer: see [`Lessor::check`].
+const STALL: Duration = Duration::from_secs(1);
 
 /// A request for the leader's lessor.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -87,13 +94,21 @@ pub struct Lessor {
     metrics: super::FederationMetrics,
     deadlines: Mutex<HashMap<String, Deadline>>,
     led_term: Mutex<Option<u64>>,
+    /// When the last pass ran.
+    last_pass: Mutex<Option<Instant>>,
 }
 
 impl Lessor {
     /// A lessor for `replica`.
     #[must_use]
     pub fn new(replica: FederationReplica, metrics: super::FederationMetrics) -> Arc<Self> {
-        Arc::new(Self { replica, metrics, deadlines: Mutex::default(), led_term: Mutex::default() })
+        Arc::new(Self {
+            replica,
+            metrics,
+            deadlines: Mutex::default(),
+            led_term: Mutex::default(),
+            last_pass: Mutex::default(),
+        })
     }
 
     fn deadlines(&self) -> std::sync::MutexGuard<'_, HashMap<String, Deadline>> {
@@ -181,8 +196,16 @@ impl Lessor {
         }
     }
 
-    /// One pass: follow leadership, learn new leases, expire the overdue ones.
+    /// One pass: follow leadership, learn new leases, expire the overdue ones. After a
+    /// stall of the lessor (no pass for [`STALL`]) every live lease gets a full TTL:
+    /// the keep-alives sent meanwhile could not be heard, and those waiting in the
+    /// replica's sockets are answered only after this pass.
     fn check(self: &Arc<Self>) {
+        let now = Instant::now();
+        let stalled = {
+            let mut last = self.last_pass.lock().unwrap_or_else(PoisonError::into_inner);
+            last.replace(now).map(|t| now.duration_since(t)).filter(|gap| *gap >= STALL)
+        };
         let term = self.leading_term();
         {
             let mut led = self.led_term.lock().unwrap_or_else(PoisonError::into_inner);
@@ -206,26 +229,13 @@ impl Lessor {
                 .map(|(c, l)| (c.clone(), l.id, l.ttl_secs))
                 .collect()
         });
-        let now = Instant::now();
-        let mut overdue = Vec::new();
-        {
-            let mut deadlines = self.deadlines();
-            deadlines.retain(|cluster, d| {
-                live.iter().any(|(c, id, _)| c == cluster && *id == d.lease_id)
-            });
-            for (cluster, lease_id, ttl_secs) in live {
-                let deadline = deadlines.entry(cluster.clone()).or_insert(Deadline {
-                    lease_id,
-                    expires: now + Duration::from_secs(u64::from(ttl_secs)),
-                    last_keepalive: None,
-                    expiring: false,
-                });
-                if deadline.expires <= now && !deadline.expiring {
-                    deadline.expiring = true;
-                    overdue.push((cluster, lease_id));
-                }
-            }
+        if let Some(gap) = stalled {
+            tracing::warn!(
+                stalled_ms = u64::try_from(gap.as_millis()).unwrap_or(u64::MAX),
+                "the lessor did not run for a while: every live lease gets a full TTL"
+            );
         }
+        let overdue = overdue(&mut self.deadlines(), live, now, stalled.is_some());
         for (cluster, lease_id) in overdue {
             let lessor = Arc::clone(self);
             tokio::spawn(async move { lessor.expire(cluster, lease_id).await });
@@ -253,6 +263,37 @@ impl Lessor {
     }
 }
 
+/// One pass over the leader's `deadlines` at `now`, given the `live` leases (cluster,
+/// lease id, TTL in seconds): forgets the leases no longer live, gives the new ones a full
+/// TTL (and, after a stall, every one at least a full TTL from `now`), and returns the
+/// overdue ones, marked expiring so that each is proposed once.
+fn overdue(
+    deadlines: &mut HashMap<String, Deadline>,
+    live: Vec<(String, u64, u32)>,
+    now: Instant,
+    stalled: bool,
+) -> Vec<(String, u64)> {
+    deadlines.retain(|cluster, d| live.iter().any(|(c, id, _)| c == cluster && *id == d.lease_id));
+    let mut overdue = Vec::new();
+    for (cluster, lease_id, ttl_secs) in live {
+        let full_ttl = now + Duration::from_secs(u64::from(ttl_secs));
+        let deadline = deadlines.entry(cluster.clone()).or_insert(Deadline {
+            lease_id,
+            expires: full_ttl,
+            last_keepalive: None,
+            expiring: false,
+        });
+        if stalled {
+            deadline.expires = deadline.expires.max(full_ttl);
+        }
+        if deadline.expires <= now && !deadline.expiring {
+            deadline.expiring = true;
+            overdue.push((cluster, lease_id));
+        }
+    }
+    overdue
+}
+
 /// The lessor as the raft crate's leader-call handler.
 pub struct LessorHandler(pub Arc<Lessor>);
 
@@ -273,4 +314,53 @@ pub async fn call_leader(
 ) -> Result<LeaderResponse, String> {
     let bytes = replica.call_leader(request.encode()).await.map_err(|e| e.to_string())?;
     LeaderResponse::decode(&bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn live(leases: &[(&str, u64)]) -> Vec<(String, u64, u32)> {
+        leases.iter().map(|(c, id)| ((*c).to_string(), *id, 4)).collect()
+    }
+
+    #[test]
+    fn an_overdue_lease_expires_once_and_a_replaced_one_starts_afresh() {
+        let start = Instant::now();
+        let mut deadlines = HashMap::new();
+        let leases = live(&[("a", 1), ("b", 2)]);
+        assert!(overdue(&mut deadlines, leases.clone(), start, false).is_empty());
+        // `b` keeps its lease alive, `a` does not.
+        let later = start + Duration::from_secs(3);
+        if let Some(b) = deadlines.get_mut("b") {
+            b.expires = later + Duration::from_secs(4);
+        }
+        let after_ttl = start + Duration::from_secs(4);
+        assert_eq!(overdue(&mut deadlines, leases.clone(), after_ttl, false), [("a".into(), 1)]);
+        assert!(overdue(&mut deadlines, leases, after_ttl, false).is_empty(), "proposed once");
+        // `a` took a new lease: a full TTL from now; its old deadline is forgotten.
+        let renewed = live(&[("a", 3), ("b", 2)]);
+        assert!(overdue(&mut deadlines, renewed, after_ttl, false).is_empty());
+        assert_eq!(deadlines["a"].lease_id, 3);
+        assert_eq!(deadlines["a"].expires, after_ttl + Duration::from_secs(4));
+    }
+
+    #[test]
+    fn after_a_stall_of_the_lessor_every_live_lease_gets_a_full_ttl() {
+        let start = Instant::now();
+        let mut deadlines = HashMap::new();
+        let leases = live(&[("a", 1), ("b", 2)]);
+        assert!(overdue(&mut deadlines, leases.clone(), start, false).is_empty());
+        // The leader was SIGSTOPped for 1.5 TTL: no keep-alive could reach its lessor.
+        let resumed = start + Duration::from_secs(6);
+        assert!(overdue(&mut deadlines, leases.clone(), resumed, true).is_empty());
+        assert!(deadlines.values().all(|d| d.expires == resumed + Duration::from_secs(4)));
+        // A member that keeps its lease alive is never overdue; one that does not still
+        // expires, a TTL after the stall.
+        if let Some(b) = deadlines.get_mut("b") {
+            b.expires = resumed + Duration::from_secs(7);
+        }
+        let expired = overdue(&mut deadlines, leases, resumed + Duration::from_secs(5), false);
+        assert_eq!(expired, [("a".into(), 1)]);
+    }
 }

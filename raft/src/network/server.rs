@@ -25,7 +25,7 @@ use crate::convert::{ConvertError, FromProto, IntoProto};
 use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
 use crate::metrics::ConsensusMetrics;
 use crate::proposer::{ProposeError, Proposer};
-use crate::snapshot_files::{Receiving, SnapshotFiles};
+use crate::snapshot_files::{Checksum, Receiving, SnapshotFiles};
 use crate::tls;
 use crate::types::typ::{AppendEntriesRequest, VoteRequest};
 use crate::types::{Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
@@ -266,8 +266,22 @@ impl RaftService for RaftTransportService {
                 )
                 .ok()
         });
-        let data =
-            receive_data(first, &mut chunks, self.max_snapshot_bytes, receiving.as_ref()).await?;
+        // A snapshot that is refused here (corrupt, too large, broken off) drops
+        // `receiving`, whose writer removes its file.
+        let received = receive_data(
+            &meta.snapshot_id,
+            first,
+            &mut chunks,
+            self.max_snapshot_bytes,
+            receiving.as_ref(),
+        )
+        .await
+        .inspect_err(|status| {
+            if status.code() == tonic::Code::DataLoss {
+                tracing::warn!(%vote, ?remote_addr, error = status.message(), "refusing a corrupt snapshot; the leader sends it again");
+            }
+        })?;
+        let Received { data, checked } = received;
         if let Some(receiving) = receiving {
             receiving.finish().await;
         }
@@ -275,6 +289,7 @@ impl RaftService for RaftTransportService {
             %vote,
             snapshot_id = %meta.snapshot_id,
             bytes = data.len(),
+            checked,
             ?remote_addr,
             "received a snapshot"
         );
@@ -387,51 +402,96 @@ impl Interceptor for PeerAuthorization {
 // === snapshot reception ===
 
 /// Reads the first chunk of a snapshot stream, which must carry the vote and the meta.
-/// Returns them with the first chunk's data.
-async fn receive_header<S>(chunks: &mut S) -> Result<(Vote, SnapshotMeta, Vec<u8>), Status>
+/// Returns them with the first chunk, whose data (and, if it is the only one, data
+/// SHA-256) [`receive_data`] takes.
+async fn receive_header<S>(
+    chunks: &mut S,
+) -> Result<(Vote, SnapshotMeta, pb::SnapshotChunk), Status>
 where
     S: Stream<Item = Result<pb::SnapshotChunk, Status>> + Unpin,
 {
-    let first = chunks.next().await.ok_or_else(|| {
+    let mut first = chunks.next().await.ok_or_else(|| {
         Status::invalid_argument("snapshot stream ended before its first chunk")
     })??;
-    let vote =
-        first.vote.ok_or(ConvertError::Missing { message: "SnapshotChunk", field: "vote" })?;
-    let meta =
-        first.meta.ok_or(ConvertError::Missing { message: "SnapshotChunk", field: "meta" })?;
-    Ok((Vote::from_proto(vote)?, SnapshotMeta::from_proto(meta)?, first.data))
+    let vote = first
+        .vote
+        .take()
+        .ok_or(ConvertError::Missing { message: "SnapshotChunk", field: "vote" })?;
+    let meta = first
+        .meta
+        .take()
+        .ok_or(ConvertError::Missing { message: "SnapshotChunk", field: "meta" })?;
+    Ok((Vote::from_proto(vote)?, SnapshotMeta::from_proto(meta)?, first))
 }
 
-/// Appends the data of the remaining chunks to `data`, refusing more than `max_bytes` in
-/// all; hands every chunk, the first one too, to `receiving` when given.
+/// A snapshot's data, received whole.
+#[derive(Debug)]
+struct Received {
+    /// The data of all chunks, in order.
+    data: Vec<u8>,
+    /// Whether the sender declared the data's SHA-256 (and it matched); senders that
+    /// predate it do not.
+    checked: bool,
+}
+
+/// Assembles the data of `first` and the remaining chunks of snapshot `snapshot_id`,
+/// refusing more than `max_bytes` in all; hands every chunk, the first one too, to
+/// `receiving` when given. The data is hashed as it arrives and checked against the
+/// SHA-256 the sender declares in its last chunk.
+///
+/// # Errors
+/// The stream failed, the snapshot is too large, or its data does not hash to what the
+/// sender declared (`DataLoss`, naming both hashes).
 async fn receive_data<S>(
-    mut data: Vec<u8>,
+    snapshot_id: &str,
+    first: pb::SnapshotChunk,
     chunks: &mut S,
     max_bytes: usize,
     receiving: Option<&Receiving>,
-) -> Result<Vec<u8>, Status>
+) -> Result<Received, Status>
 where
     S: Stream<Item = Result<pb::SnapshotChunk, Status>> + Unpin,
 {
+    use sha2::Digest as _;
     let too_large =
         || Status::resource_exhausted(format!("snapshot exceeds the limit of {max_bytes} bytes"));
-    if data.len() > max_bytes {
-        return Err(too_large());
-    }
-    if let Some(receiving) = receiving {
-        receiving.push(data.clone()).await;
-    }
-    while let Some(chunk) = chunks.next().await {
+    let mut data = Vec::new();
+    let mut hasher = sha2::Sha256::new();
+    let mut declared = Vec::new();
+    let mut next = Some(Ok(first));
+    while let Some(chunk) = next {
         let chunk = chunk?;
         if data.len().saturating_add(chunk.data.len()) > max_bytes {
             return Err(too_large());
         }
+        hasher.update(&chunk.data);
         data.extend_from_slice(&chunk.data);
+        if !chunk.data_sha256.is_empty() {
+            declared = chunk.data_sha256;
+        }
         if let Some(receiving) = receiving {
             receiving.push(chunk.data).await;
         }
+        next = chunks.next().await;
     }
-    Ok(data)
+    if declared.is_empty() {
+        return Ok(Received { data, checked: false });
+    }
+    let declared: [u8; 32] = declared.as_slice().try_into().map_err(|_| {
+        Status::invalid_argument(format!(
+            "SnapshotChunk.data_sha256 must be 32 bytes, is {}",
+            declared.len()
+        ))
+    })?;
+    let found = Checksum { len: data.len() as u64, sha256: hasher.finalize().into() };
+    if found.sha256 != declared {
+        let expected = Checksum { sha256: declared, ..found };
+        return Err(Status::data_loss(format!(
+            "snapshot {snapshot_id} is corrupt: the sender declared {expected}, the data \
+             received is {found}; it is not installed"
+        )));
+    }
+    Ok(Received { data, checked: true })
 }
 
 // === errors ===
@@ -486,6 +546,7 @@ mod tests {
             vote: header.then(|| Vote::new_committed(2, 1).into_proto()),
             meta: header.then(|| meta().into_proto()),
             data: data.to_vec(),
+            data_sha256: Vec::new(),
         })
     }
 
@@ -493,10 +554,87 @@ mod tests {
         chunks: Vec<Result<pb::SnapshotChunk, Status>>,
         max_bytes: usize,
     ) -> Result<(Vote, SnapshotMeta, Vec<u8>), Status> {
+        receive_checked(chunks, max_bytes, None)
+            .await
+            .map(|(vote, meta, received)| (vote, meta, received.data))
+    }
+
+    async fn receive_checked(
+        chunks: Vec<Result<pb::SnapshotChunk, Status>>,
+        max_bytes: usize,
+        receiving: Option<&Receiving>,
+    ) -> Result<(Vote, SnapshotMeta, Received), Status> {
         let mut chunks = futures::stream::iter(chunks);
         let (vote, meta, first) = receive_header(&mut chunks).await?;
-        let data = receive_data(first, &mut chunks, max_bytes, None).await?;
-        Ok((vote, meta, data))
+        let received =
+            receive_data(&meta.snapshot_id, first, &mut chunks, max_bytes, receiving).await?;
+        Ok((vote, meta, received))
+    }
+
+    /// The chunks a sender of this version streams for `data`, 3 bytes each.
+    fn sent(data: &[u8]) -> Vec<Result<pb::SnapshotChunk, Status>> {
+        let vote = Vote::new_committed(2, 1).into_proto();
+        crate::network::client::snapshot_chunks(vote, meta().into_proto(), data, 3)
+            .map(Ok)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_that_hashes_to_what_the_sender_declared_is_taken_checked() {
+        let (_, meta, received) =
+            receive_checked(sent(b"balance=1000"), 100, None).await.expect("intact");
+        assert_eq!(meta, self::meta());
+        assert_eq!(received.data, b"balance=1000");
+        assert!(received.checked);
+        let (_, _, received) = receive_checked(sent(b""), 100, None).await.expect("empty");
+        assert!(received.data.is_empty() && received.checked);
+        // A sender that predates the hash: taken, unchecked.
+        let (_, _, received) =
+            receive_checked(vec![chunk(true, b"ab"), chunk(false, b"c")], 5, None)
+                .await
+                .expect("legacy sender");
+        assert_eq!((received.data.as_slice(), received.checked), (&b"abc"[..], false));
+    }
+
+    #[tokio::test]
+    async fn a_snapshot_changed_in_transit_is_refused_and_its_file_removed() {
+        use sha2::Digest as _;
+        let dir = tempfile::TempDir::new().expect("temp dir");
+        let files = SnapshotFiles::open(dir.path()).expect("open");
+        for position in 0..12 {
+            let mut chunks = sent(b"balance=1000");
+            let chunk = chunks[position / 3].as_mut().expect("a chunk");
+            chunk.data[position % 3] ^= 0x01;
+            let receiving = files.receive("s-1").expect("receive");
+            let status = receive_checked(chunks, 100, Some(&receiving))
+                .await
+                .expect_err("a flipped byte is refused");
+            drop(receiving);
+            assert_eq!(status.code(), tonic::Code::DataLoss, "{status:?}");
+            let declared =
+                Checksum { len: 12, sha256: sha2::Sha256::digest(b"balance=1000").into() };
+            assert!(status.message().contains("snapshot s-1 is corrupt"), "{}", status.message());
+            let declared = declared.to_string();
+            let declared_hash = declared.rsplit(' ').next().expect("a hash");
+            assert!(status.message().contains(declared_hash), "{}", status.message());
+        }
+        // The refused receptions' writers remove their files.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let left = std::fs::read_dir(dir.path()).expect("read dir").count();
+            if left == 0 {
+                break;
+            }
+            assert!(std::time::Instant::now() < deadline, "{left} received files left");
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert!(!files.take_received("s-1", &Checksum::of(b"balance=1000")).expect("none"));
+
+        let mut chunks = sent(b"balance=1000");
+        chunks.last_mut().expect("a chunk").as_mut().expect("a chunk").data_sha256 = vec![1; 31];
+        let status = receive(chunks, 100).await.expect_err("a hash of the wrong size");
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert_eq!(status.message(), "SnapshotChunk.data_sha256 must be 32 bytes, is 31");
     }
 
     #[tokio::test]

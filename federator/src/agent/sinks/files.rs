@@ -46,6 +46,20 @@ impl FileSink {
     pub fn dir(&self) -> &Path {
         &self.dir
     }
+
+    /// Removes the temporary files that atomic writes left in the sink's directories
+    /// (`dir` and `dir/bundles`) when the agent was killed mid-write; at start-up, before
+    /// the first apply. Returns how many it removed.
+    ///
+    /// # Errors
+    /// A directory cannot be listed, or a leftover cannot be removed.
+    pub fn remove_leftover_temporaries(&self) -> std::io::Result<usize> {
+        let mut removed = 0;
+        for dir in [self.dir.clone(), self.dir.join("bundles")] {
+            removed += crate::agent::store::remove_leftover_temporaries(&dir)?;
+        }
+        Ok(removed)
+    }
 }
 
 impl Sink for FileSink {

@@ -240,6 +240,27 @@ async fn unchanged_files_are_not_rewritten_and_departed_domains_are_removed() {
 }
 
 #[tokio::test]
+async fn temporaries_left_by_a_killed_agent_are_removed_at_start_and_nothing_else() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sink = FileSink::new(dir.path().to_path_buf());
+    assert_eq!(sink.remove_leftover_temporaries().expect("nothing written yet"), 0);
+    let b = bundle("b.example", 1);
+    sink.apply(&view(&[&b], &[import("shop", "cart", 3)])).await.expect("apply");
+    let written = listing(dir.path());
+    // What SIGKILLs between a temporary file's creation and its rename leave behind, in
+    // both directories the sink writes; and an operator's file that only looks alike.
+    for leftover in [".federator-Q7wErT.tmp", "bundles/.federator-0a1b2c.tmp"] {
+        std::fs::write(dir.path().join(leftover), b"half a bundle").expect("leftover");
+    }
+    std::fs::write(dir.path().join("bundles/.federator-notours.tmp"), b"x").expect("look-alike");
+    assert_eq!(sink.remove_leftover_temporaries().expect("remove"), 2);
+    let mut expected = written;
+    expected.push("bundles/.federator-notours.tmp".into());
+    expected.sort();
+    assert_eq!(listing(dir.path()), expected);
+}
+
+#[tokio::test]
 async fn a_trust_domain_that_cannot_name_a_file_is_reported_and_the_others_are_written() {
     let dir = tempfile::tempdir().expect("tempdir");
     let sink = FileSink::new(dir.path().to_path_buf());
