@@ -61,6 +61,8 @@ pub enum ViolationKind {
     /// Writes were not acknowledged within the scenario's availability promise, or a
     /// replica asked to stop (or made to, by a full disk) did not exit in time.
     Unavailable,
+    /// A replica restored or kept serving a damaged snapshot file instead of refusing it.
+    CorruptionServed,
     /// A replica left by a panic or a signal instead of a clean exit (0 when asked to
     /// stop, 1 on a storage error).
     UncleanExit,
@@ -87,6 +89,7 @@ impl fmt::Display for ViolationKind {
             Self::Unavailable => "unavailable",
             Self::Unverifiable => "unverifiable",
             Self::UncleanExit => "unclean-exit",
+            Self::CorruptionServed => "corruption-served",
         })
     }
 }

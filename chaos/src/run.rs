@@ -80,6 +80,13 @@ pub enum Nemesis {
     /// Fill the leader's or a follower's disk (each replica's data directory is a small
     /// filesystem of its own): it must exit within the hold; freed and restarted after it.
     DiskFull,
+    /// SIGSTOP the replica member `c`'s agent is attached to for 1.5 × its lease TTL: the
+    /// agent moves, keeps its lease, and `c`'s endpoints stay ready.
+    HungReplica,
+    /// Damage a follower's current snapshot file (one byte) while it is down: it must
+    /// refuse to start; it is then replaced from nothing (remove, wipe, add) as the
+    /// error says.
+    CorruptSnapshot,
 }
 
 /// What a scenario promises about writes, beside every safety check.
@@ -101,16 +108,20 @@ impl Availability {
     pub const fn of(nemesis: Nemesis) -> Self {
         match nemesis {
             Nemesis::KillMajority | Nemesis::KillAll => Self::AfterHeal(AFTER_HEAL_TIMEOUTS),
-            Nemesis::Mixed | Nemesis::MembershipChange | Nemesis::MemberDown => Self::Unasserted,
+            Nemesis::Mixed
+            | Nemesis::MembershipChange
+            | Nemesis::MemberDown
+            | Nemesis::CorruptSnapshot => Self::Unasserted,
             _ => Self::DuringFault(DURING_FAULT_TIMEOUTS),
         }
     }
 }
 
 /// Upper election timeouts a fault may cost writes: a crashed or deaf leader is replaced
-/// after 2–4 of them (lease, random timeout, check-quorum), writers need a retry or two,
-/// and CI machines are slow.
-const DURING_FAULT_TIMEOUTS: u32 = 12;
+/// after 2–4 of them (lease, random timeout, check-quorum), a client that picked the hung
+/// replica waits out its operation timeout, and CI machines are slow. With the usual
+/// 2.5 s hold the bound is the hold itself: a write acknowledged while the fault lasts.
+const DURING_FAULT_TIMEOUTS: u32 = 16;
 /// Upper election timeouts from healing a quorum loss until writes are taken: restarting
 /// the replicas (open, replay) takes most of it.
 const AFTER_HEAL_TIMEOUTS: u32 = 40;
@@ -136,6 +147,8 @@ pub struct Scenario {
     pub timing: Timing,
     /// Each replica's data directory on a tmpfs of this many MiB (to fill it).
     pub disk_mib: Option<u32>,
+    /// More `[raft]` settings of every replica.
+    pub extra_config: &'static str,
 }
 
 impl Scenario {
@@ -143,6 +156,11 @@ impl Scenario {
     /// measured from the fault (or from its heal), if any.
     #[must_use]
     pub fn availability_bound(&self, nemesis: Nemesis) -> Option<(Availability, Duration)> {
+        if nemesis == Nemesis::LatencyAndDrops && self.timing == Timing::Lan {
+            // Round trips of 50–250 ms are what the lan profile is not for (its calls time
+            // out at 19 ms): only safety is asserted (`mixed`).
+            return None;
+        }
         let upper = self.timing.election_timeout().1;
         match Availability::of(nemesis) {
             Availability::DuringFault(n) => {
@@ -219,6 +237,22 @@ pub const SCENARIOS: &[Scenario] = &[
         Nemesis::TerminateLeader,
     ),
     Scenario {
+        hold: member_down::HANG_HOLD,
+        ..scenario(
+            "hung-replica",
+            "SIGSTOP the replica a member's agent uses for 1.5 × its lease TTL: no lease lost",
+            Nemesis::HungReplica,
+        )
+    },
+    Scenario {
+        extra_config: "snapshot_after_entries = 300\nkeep_entries_after_snapshot = 10",
+        ..scenario(
+            "snapshot-corruption",
+            "flip a byte of a stopped follower's snapshot file: it refuses to start; replaced",
+            Nemesis::CorruptSnapshot,
+        )
+    },
+    Scenario {
         disk_mib: Some(256),
         ..scenario(
             "disk-full",
@@ -239,6 +273,7 @@ const fn scenario(name: &'static str, about: &'static str, nemesis: Nemesis) -> 
         quiet: Duration::from_millis(2_000),
         timing: Timing::Lan,
         disk_mib: None,
+        extra_config: "",
     }
 }
 
@@ -288,9 +323,15 @@ pub async fn run(
     let started = Instant::now();
     let replicas = if config.replicas == 0 { scenario.replicas } else { config.replicas };
     progress(&format!("starting {replicas} replicas with a fault proxy on every link"));
-    let mut topo =
-        Topology::start(replicas, scenario.spares, config.seed, scenario.timing, scenario.disk_mib)
-            .await?;
+    let mut topo = Topology::start(
+        replicas,
+        scenario.spares,
+        config.seed,
+        scenario.timing,
+        scenario.disk_mib,
+        scenario.extra_config,
+    )
+    .await?;
     let clock = Clock::start();
     progress("joining members and starting the workload");
     let workload = Workload::start(&topo, config.workload, config.seed, clock).await?;
@@ -319,6 +360,26 @@ pub async fn run(
                 round += 1;
                 progress(&format!("fault {round}: member c down"));
                 member.round(&topo, clock, &mut timeline).await?;
+                continue;
+            }
+            Nemesis::HungReplica => {
+                round += 1;
+                progress(&format!("fault {round}: the replica member c uses hung"));
+                if let Some((what, at, healed)) =
+                    member.hang_round(&topo, clock, &mut timeline).await?
+                    && let Some((promise, bound)) =
+                        scenario.availability_bound(Nemesis::HungReplica)
+                {
+                    windows.push(FaultWindow { what, at, healed, promise, bound });
+                }
+                continue;
+            }
+            Nemesis::CorruptSnapshot => {
+                round += 1;
+                let at = clock.now();
+                let what = corrupt_snapshot(&mut topo, &mut fault_violations).await;
+                progress(&format!("fault {round}: {what}"));
+                timeline.push(TimelineEvent { at_ms: at / 1_000_000, what });
                 continue;
             }
             _ => {}
@@ -513,6 +574,87 @@ struct FaultWindow {
     bound: Duration,
 }
 
+/// One `snapshot-corruption` round: a follower with a snapshot file is stopped, one
+/// byte in the middle of that file flipped, and the follower restarted. It must refuse to
+/// start (exit non-zero, naming the file) rather than restore the damaged state; it is
+/// then replaced from nothing as its error says (remove-member, wipe, add-member).
+async fn corrupt_snapshot(topo: &mut Topology, violations: &mut Vec<check::Violation>) -> String {
+    let Some(leader) = leader(topo).await else {
+        return "snapshot not damaged: no agreed leader".into();
+    };
+    let Some((victim, file)) = topo
+        .ids
+        .iter()
+        .copied()
+        .filter(|id| *id != leader)
+        .find_map(|id| Some((id, snapshot_file(&topo.fed.replica(id).data_dir)?)))
+    else {
+        return "snapshot not damaged: no follower has built or received one yet".into();
+    };
+    topo.fed.kill(victim);
+    // The file may have been replaced by a newer one while the replica ran.
+    let file = snapshot_file(&topo.fed.replica(victim).data_dir).unwrap_or(file);
+    if let Err(error) = flip_middle_byte(&file) {
+        let _ = topo.fed.restart(victim);
+        return format!("snapshot of replica {victim} not damaged: {error:#}");
+    }
+    if let Err(error) = topo.fed.restart(victim) {
+        return format!("replica {victim} not restarted after its snapshot was damaged: {error:#}");
+    }
+    let refused = topo.fed.wait_exit(victim, Duration::from_secs(15)).await;
+    let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+    let outcome = match refused {
+        Ok(status) if !status.success() && topo.fed.log_of(victim).contains(&name) => {
+            format!("it refused to start ({status}), naming the file")
+        }
+        Ok(status) => {
+            violations.push(check::Violation::new(
+                check::ViolationKind::CorruptionServed,
+                format!(
+                    "replica {victim}, restarted on a damaged snapshot file {}, exited with \
+                     {status} without naming the file",
+                    file.display()
+                ),
+            ));
+            format!("it exited ({status}) without naming the file")
+        }
+        Err(_) => {
+            violations.push(check::Violation::new(
+                check::ViolationKind::CorruptionServed,
+                format!(
+                    "replica {victim} started and kept running on a damaged snapshot file {}",
+                    file.display()
+                ),
+            ));
+            topo.fed.kill(victim);
+            "it started on the damaged file".into()
+        }
+    };
+    let replaced = membership::replace_from_nothing(topo, victim).await;
+    format!(
+        "snapshot file of replica {victim} (follower) damaged, restarted: {outcome}; {replaced}"
+    )
+}
+
+/// The current snapshot file in a replica's data directory, if there is one.
+fn snapshot_file(data_dir: &std::path::Path) -> Option<PathBuf> {
+    std::fs::read_dir(data_dir.join("snapshots"))
+        .ok()?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "snap"))
+}
+
+/// Flips every bit of the byte in the middle of `file`.
+fn flip_middle_byte(file: &std::path::Path) -> anyhow::Result<()> {
+    let mut bytes = std::fs::read(file)?;
+    anyhow::ensure!(!bytes.is_empty(), "{} is empty", file.display());
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0xff;
+    std::fs::write(file, bytes)?;
+    Ok(())
+}
+
 /// Whether replica `id` still answers with a running raft core and has applied a recent
 /// entry: a replica on a full disk whose database file had room keeps working.
 async fn still_writes(topo: &Topology, id: u64) -> bool {
@@ -676,7 +818,11 @@ async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Inje
                 None => injected.what = format!("replica {victim} has no disk of its own"),
             }
         }
-        Nemesis::Mixed | Nemesis::MembershipChange | Nemesis::MemberDown => {
+        Nemesis::Mixed
+        | Nemesis::MembershipChange
+        | Nemesis::MemberDown
+        | Nemesis::HungReplica
+        | Nemesis::CorruptSnapshot => {
             unreachable!("resolved or run before injecting")
         }
     }
@@ -689,7 +835,9 @@ async fn hold(topo: &Topology, nemesis: Nemesis, hold: Duration, rng: &mut StdRn
         Nemesis::LatencyAndDrops => {
             let end = Instant::now() + hold;
             while Instant::now() < end {
-                tokio::time::sleep(Duration::from_millis(400)).await;
+                // One replica's connections reset every second: each link every 1.5 s or
+                // so, and a reconnect costs three round trips (TCP, TLS 1.3, HTTP/2).
+                tokio::time::sleep(Duration::from_secs(1)).await;
                 let ids = &topo.ids;
                 topo.drop_connections(Some(ids[rng.random_range(0..ids.len())]));
             }
@@ -786,6 +934,81 @@ mod tests {
         assert!(
             !MIXED.contains(&Nemesis::MembershipChange) && !MIXED.contains(&Nemesis::MemberDown)
         );
+    }
+
+    #[test]
+    fn a_fault_without_an_acknowledged_write_in_its_bound_is_a_violation() {
+        let mut history = check::history::History::default();
+        let write = |history: &mut check::history::History, invoke_ms: u64, ack_ms: u64| {
+            let id = history.invoke(
+                check::history::Process(0),
+                "k".to_string(),
+                check::history::OpKind::Write { value: 1 },
+                invoke_ms * 1_000_000,
+            );
+            history.complete(
+                id,
+                ack_ms * 1_000_000,
+                check::history::Outcome::Ok { read_value: None },
+            );
+        };
+        write(&mut history, 1_000, 1_010);
+        write(&mut history, 2_100, 2_600);
+        write(&mut history, 9_000, 9_100);
+        let window = |at_ms: u64, healed_ms: u64, promise| FaultWindow {
+            what: format!("fault at {at_ms}"),
+            at: at_ms * 1_000_000,
+            healed: healed_ms * 1_000_000,
+            promise,
+            bound: Duration::from_millis(1_000),
+        };
+        let windows = [
+            // Acknowledged 600 ms after the fault: kept.
+            window(2_000, 4_500, Availability::DuringFault(16)),
+            // The next acknowledged write comes 4 s after the fault: broken.
+            window(5_000, 7_500, Availability::DuringFault(16)),
+            // 100 ms after the heal: kept.
+            window(6_000, 8_950, Availability::AfterHeal(40)),
+            // Nothing after it at all: broken.
+            window(10_000, 12_500, Availability::DuringFault(16)),
+            window(10_000, 12_500, Availability::Unasserted),
+        ];
+        let found = unavailable(&history, &windows);
+        assert_eq!(found.len(), 2, "{found:?}");
+        assert!(
+            found[0].message.contains("'fault at 5000'") && found[0].message.contains("4100 ms")
+        );
+        assert!(
+            found[1].message.contains("'fault at 10000'") && found[1].message.contains("at all")
+        );
+        assert!(found.iter().all(|v| v.kind == check::ViolationKind::Unavailable));
+    }
+
+    #[test]
+    fn availability_bounds_follow_the_timing_and_stay_within_the_hold() {
+        let kill = find("kill-leader").expect("listed");
+        assert_eq!(
+            kill.availability_bound(Nemesis::KillLeader),
+            Some((Availability::DuringFault(16), Duration::from_millis(2_500)))
+        );
+        assert_eq!(
+            kill.availability_bound(Nemesis::KillAll),
+            Some((Availability::AfterHeal(40), Duration::from_millis(6_400)))
+        );
+        let latency = find("latency").expect("listed");
+        assert_eq!(latency.timing, Timing::Wan);
+        assert_eq!(
+            latency.availability_bound(Nemesis::LatencyAndDrops),
+            Some((Availability::DuringFault(16), latency.hold)),
+            "32 s of wan election timeouts, capped by the 5 s hold"
+        );
+        assert_eq!(
+            find("member-down").expect("listed").availability_bound(Nemesis::MemberDown),
+            None
+        );
+        for name in ["sigterm-leader", "disk-full", "asymmetric-leader"] {
+            assert!(SHORT.contains(&name), "{name} in the short set");
+        }
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub(crate) struct Proposed {
 pub(crate) enum ProposeError {
     /// This replica does not lead and did not forward; the leader, when known.
     ForwardToLeader(ForwardToLeader<NodeId, Node>),
-    /// Forwarding to the leader failed; the outcome is unknown.
+    /// Forwarding to the leader failed.
     Forward {
         /// The leader the writes were sent to.
         leader_id: NodeId,
@@ -65,6 +65,10 @@ pub(crate) enum ProposeError {
         leader_addr: String,
         /// What failed.
         message: String,
+        /// Whether the leader may have proposed them (the call reached it and no answer
+        /// came back): the outcome is then unknown, and proposing them again could apply
+        /// them twice.
+        maybe_proposed: bool,
     },
     /// Raft refused the write.
     Refused(String),
@@ -296,6 +300,7 @@ impl Route {
                     leader_id,
                     leader_addr,
                     message: status.message().to_string(),
+                    maybe_proposed: !not_proposed(&status),
                 })
             }
             moved = leader_moved_from(&self.raft, leader_id) => {
@@ -303,12 +308,25 @@ impl Route {
                 Err(ProposeError::Forward {
                     leader_id,
                     leader_addr,
-                    message: format!("replica {moved} became leader while the write waited; re-routed"),
+                    message: format!(
+                        "replica {moved} became leader while the write waited at the old \
+                         leader; its outcome is unknown (it may still commit): retry it"
+                    ),
+                    maybe_proposed: true,
                 })
             }
         };
         answer(batch, &counts, outcome, true);
     }
+}
+
+/// Whether a failed forward certainly proposed nothing: the replica called answered that
+/// it does not lead, or no connection to it could be made.
+fn not_proposed(status: &tonic::Status) -> bool {
+    let message = status.message();
+    status.code() == tonic::Code::FailedPrecondition
+        || (status.code() == tonic::Code::Unavailable
+            && (message.contains("TCP connect to") || message.contains("TLS handshake with")))
 }
 
 /// Gives each writer its share of the responses (`counts[i]` for `batch[i]`), or every

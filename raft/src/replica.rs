@@ -232,7 +232,7 @@ impl QueuedWrite {
 fn queued_write_error(this: NodeId, error: ProposeError) -> ReplicaError {
     match error {
         ProposeError::ForwardToLeader(forward) => not_leader(this, forward),
-        ProposeError::Forward { leader_id, leader_addr, message } => {
+        ProposeError::Forward { leader_id, leader_addr, message, .. } => {
             ReplicaError::Forward { leader_id, leader_addr, message }
         }
         ProposeError::Refused(e) => ReplicaError::Raft(e),
@@ -670,11 +670,15 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Proposes `command`, on this replica if it leads or forwarded to the leader, and
-    /// waits until it is committed and applied. Retries when the leader changes.
+    /// waits until it is committed and applied. Retries while no leader took it (none
+    /// known, the one called does not lead or cannot be reached); never once a leader may
+    /// have proposed it: a write forwarded to a leader that hangs, or that is replaced
+    /// while the write waits there, fails at once with its outcome unknown, and the caller
+    /// retries (proposing it again here could apply it twice).
     ///
     /// # Errors
-    /// No leader could be reached within the retries; the outcome of the command is then
-    /// unknown (it may still commit).
+    /// No leader took it within the retries, or one may have and did not answer; the
+    /// outcome of the command is then unknown (it may still commit).
     #[tracing::instrument(level = "debug", skip_all, fields(replica = self.id, bytes = command.len()))]
     pub async fn write(&self, command: Vec<u8>) -> Result<WriteOutcome, ReplicaError> {
         let mut attempt = 0;
@@ -702,8 +706,15 @@ impl<S: StateMachine> Replica<S> {
                 // Not proposed anywhere (this replica's core, or the replica it forwarded
                 // to, does not lead): retry once the leader is known again.
                 Err(ProposeError::ForwardToLeader(_)) => ReplicaError::NoLeader,
-                Err(ProposeError::Forward { leader_id, leader_addr, message }) => {
-                    ReplicaError::Forward { leader_id, leader_addr, message }
+                // Sent to the leader, no answer: proposing it again could apply it
+                // twice (a second write of the same value between two others breaks a
+                // register), so the caller learns the outcome is unknown and decides.
+                Err(ProposeError::Forward { leader_id, leader_addr, message, maybe_proposed }) => {
+                    let error = ReplicaError::Forward { leader_id, leader_addr, message };
+                    if maybe_proposed {
+                        return Err(error);
+                    }
+                    error
                 }
                 Err(ProposeError::Refused(e)) => return Err(ReplicaError::Raft(e)),
                 Err(ProposeError::Stopped(e)) => return Err(ReplicaError::Stopped(e)),

@@ -43,6 +43,8 @@ pub const NOT_READY_MARGIN: Duration = Duration::from_secs(3);
 pub const READY_WITHIN: Duration = Duration::from_secs(15);
 /// How long `c` stays down: past the not-ready bound, to see it hold.
 pub const HOLD: Duration = Duration::from_secs(LEASE_TTL as u64 + 4);
+/// How long the replica `c`'s agent uses stays hung in `hung-replica`: 1.5 × the TTL.
+pub const HANG_HOLD: Duration = Duration::from_millis(LEASE_TTL as u64 * 1_500);
 
 const CLUSTER: &str = "c";
 const TRUST_DOMAIN: &str = "c.chaos.test";
@@ -298,6 +300,107 @@ impl MemberDown {
             )),
         }
         Ok(())
+    }
+
+    /// One `hung-replica` round: SIGSTOP the replica `c`'s agent is attached to for
+    /// [`HANG_HOLD`] (1.5 × its lease TTL) and hold that `c` loses nothing: its endpoints
+    /// stay ready for the observer (read through the other replicas) and it keeps the
+    /// same lease, having moved to another replica. Returns the replica hung and when the
+    /// fault started and healed (clock nanoseconds), for the availability check.
+    ///
+    /// # Errors
+    /// Never: what goes wrong is a violation or inconclusive.
+    pub async fn hang_round(
+        &mut self,
+        topo: &Topology,
+        clock: Clock,
+        timeline: &mut Vec<TimelineEvent>,
+    ) -> anyhow::Result<Option<(String, u64, u64)>> {
+        self.rounds += 1;
+        let round = self.rounds;
+        let status = self.agent.status();
+        let lease = status.as_ref().and_then(|s| s.lease.as_ref()).map(|l| l.id);
+        let attached = status.as_ref().and_then(|s| s.connected_replica.clone());
+        // Its endpoints are the topology's proxies; replicas it learned of are direct.
+        let victim = attached.as_deref().and_then(|addr| {
+            topo.ids.iter().copied().find(|id| {
+                topo.agent_links.get(id).is_some_and(|p| p.addr().to_string() == addr)
+                    || topo.fed.replica(*id).api_addr == addr
+            })
+        });
+        let (Some(victim), Some(lease)) = (victim, lease) else {
+            self.inconclusive.push(format!(
+                "round {round}: member c's agent reports no replica or lease ({attached:?}); \
+                 nothing hung"
+            ));
+            return Ok(None);
+        };
+        let others: Vec<u64> = topo.ids.iter().copied().filter(|id| *id != victim).collect();
+        let failovers = status.as_ref().map_or(0, |s| s.failovers);
+        let what = format!("SIGSTOP replica {victim} (member c's agent attached)");
+        let at = clock.now();
+        let hung = Instant::now();
+        topo.fed.pause(victim);
+        push(timeline, clock, what.clone());
+        let mut not_ready = None;
+        let mut moved_at = None;
+        while hung.elapsed() < HANG_HOLD {
+            let via = others[self.polls % others.len()];
+            self.polls += 1;
+            if not_ready.is_none() && self.ready_via(topo, CONSUMERS[0], via).await == Some(false) {
+                not_ready = Some(hung.elapsed());
+            }
+            if moved_at.is_none()
+                && self.agent.status().is_some_and(|s| {
+                    s.failovers > failovers
+                        && s.connected_replica.is_some()
+                        && s.connected_replica != attached
+                })
+            {
+                moved_at = Some(hung.elapsed());
+            }
+            tokio::time::sleep(POLL).await;
+        }
+        topo.fed.resume(victim);
+        let healed = clock.now();
+        push(timeline, clock, format!("healed: {what}"));
+        if let Some(at) = not_ready {
+            self.violations.push(Violation::new(
+                ViolationKind::StaleMemberReady,
+                format!(
+                    "round {round}: member c's endpoints turned not ready {} ms after replica \
+                     {victim}, which its agent used, hung — a hung replica cost a live member \
+                     its lease",
+                    ms(at)
+                ),
+            ));
+        }
+        match moved_at {
+            Some(at) => self.measure(
+                format!("round {round}: replica hung → c's agent connected to another (lease TTL {LEASE_TTL} s)"),
+                at,
+            ),
+            None => self.violations.push(Violation::new(
+                ViolationKind::StaleMemberReady,
+                format!(
+                    "round {round}: member c's agent did not move off hung replica {victim} \
+                     within {} ms; status {:?}",
+                    ms(HANG_HOLD),
+                    self.agent.status()
+                ),
+            )),
+        }
+        let kept = self.agent.status().and_then(|s| s.lease).map(|l| l.id);
+        if kept != Some(lease) {
+            self.violations.push(Violation::new(
+                ViolationKind::StaleMemberReady,
+                format!(
+                    "round {round}: member c's lease {lease} was replaced by {kept:?} while only \
+                     replica {victim} hung"
+                ),
+            ));
+        }
+        Ok(Some((what, at, healed)))
     }
 
     /// After healing and convergence: within [`AGENT_CONVERGE_WITHIN`], `c`'s agent is

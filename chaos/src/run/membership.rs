@@ -96,6 +96,24 @@ async fn remove(topo: &mut Topology, rng: &mut StdRng) -> String {
     }
 }
 
+/// Replaces voter `victim` from nothing, as an operator recovers a replica whose data
+/// is damaged: `remove-member` through the others, wipe, start it again and
+/// `add-member`. Returns what was done, for the timeline.
+pub async fn replace_from_nothing(topo: &mut Topology, victim: u64) -> String {
+    let remaining: Vec<u64> = topo.ids.iter().copied().filter(|id| *id != victim).collect();
+    let removed = topo
+        .fed
+        .cli_ok_within(&remaining, &["raft", "remove-member", &victim.to_string()], CLI_TIMEOUT)
+        .await;
+    if let Err(error) = removed {
+        let note = reconcile(topo).await;
+        return format!("remove-member {victim} failed: {}; {note}", first_line(&error));
+    }
+    topo.ids = remaining;
+    retire(topo, victim);
+    add(topo, victim).await
+}
+
 /// Kills a replica that left the group and wipes its data: it may come back only from
 /// nothing.
 fn retire(topo: &mut Topology, id: u64) {

@@ -62,6 +62,7 @@ impl Topology {
         seed: u64,
         timing: federator_raft::Timing,
         disk_mib: Option<u32>,
+        extra_config: &str,
     ) -> anyhow::Result<Self> {
         let ids: Vec<u64> = (1..=replicas).collect();
         let spare_ids: Vec<u64> = (replicas + 1..=replicas + spares).collect();
@@ -69,6 +70,7 @@ impl Topology {
         let mut fed = Federation::new(replicas + spares)?;
         fed.show_logs_on_drop = false;
         fed.timing = timing;
+        fed.extra_config = extra_config.to_string();
         let addrs: BTreeMap<u64, String> =
             all.iter().map(|&id| (id, fed.plan_raft_addr(id))).collect();
         let api_addrs: BTreeMap<u64, String> =

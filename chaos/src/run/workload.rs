@@ -33,8 +33,10 @@ use crate::check::history::{
 };
 use crate::member::{MemberCluster, publish_request};
 
-/// Limit on one client operation; past it the operation is indeterminate.
-const OP_TIMEOUT: Duration = Duration::from_secs(2);
+/// Limit on one client operation; past it the operation is indeterminate. Clients pick a
+/// replica at random for each operation, so this is also how long one that picked a hung
+/// replica is lost to the run.
+const OP_TIMEOUT: Duration = Duration::from_millis(1_500);
 
 /// Nanoseconds since the start of the run.
 #[derive(Clone, Copy)]
