@@ -144,6 +144,9 @@ pub struct Federation {
     pub extra_config: String,
     /// Extra `[raft]` settings of single replicas (the chaos suite's `dial` overrides).
     pub replica_config: BTreeMap<u64, String>,
+    /// Environment variables of single replicas, set at every (re)start (e.g.
+    /// `FEDERATOR_CLAIM_COMMAND_KINDS` to make one behave as an older build).
+    pub replica_env: BTreeMap<u64, Vec<(String, String)>>,
     /// The replicas' `[raft] timing` profile: `lan` (every replica on loopback) unless a
     /// test or scenario wants the shipped default, `wan`.
     pub timing: federator_raft::Timing,
@@ -181,6 +184,7 @@ impl Federation {
             extra_config: String::new(),
             replica_config: BTreeMap::new(),
             timing: federator_raft::Timing::Lan,
+            replica_env: BTreeMap::new(),
             planned_raft: BTreeMap::new(),
             planned_api: BTreeMap::new(),
             show_logs_on_drop: true,
@@ -323,7 +327,7 @@ impl Federation {
         let log = self.dir.path().join(format!("replica-{id}.log"));
         let mut process =
             ReplicaProcess { id, raft_addr, api_addr, metrics_addr, data_dir, log, child: None };
-        spawn(&mut process)?;
+        spawn(&mut process, self.replica_env.get(&id).map_or(&[][..], Vec::as_slice))?;
         self.replicas.insert(id, process);
         Ok(())
     }
@@ -333,11 +337,12 @@ impl Federation {
     /// # Errors
     /// It is still running, or could not be spawned.
     pub fn restart(&mut self, id: u64) -> anyhow::Result<()> {
+        let env = self.replica_env.get(&id).cloned().unwrap_or_default();
         let process = self.replicas.get_mut(&id).context("no such replica")?;
         if process.child.is_some() {
             bail!("replica {id} is still running");
         }
-        spawn(process)
+        spawn(process, &env)
     }
 
     /// SIGKILLs replica `id` and reaps it.
@@ -726,9 +731,10 @@ impl Drop for Federation {
     }
 }
 
-fn spawn(process: &mut ReplicaProcess) -> anyhow::Result<()> {
+fn spawn(process: &mut ReplicaProcess, env: &[(String, String)]) -> anyhow::Result<()> {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(&process.log)?;
     let child = Command::new(federator_bin())
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .args(["server", "--config"])
         .arg(process.data_dir.join("server.toml"))
         .env(

@@ -311,6 +311,15 @@ pub enum SnapshotError {
     Format(u8),
 }
 
+/// Makes a replica behave as an older build that knows only the first N command kinds
+/// (mixed-version tests; never set in production): it refuses to apply the others.
+pub const CLAIM_COMMAND_KINDS_ENV: &str = "FEDERATOR_CLAIM_COMMAND_KINDS";
+
+/// [`CLAIM_COMMAND_KINDS_ENV`], read once.
+static CLAIMED_COMMAND_KINDS: std::sync::LazyLock<Option<u32>> = std::sync::LazyLock::new(|| {
+    std::env::var(CLAIM_COMMAND_KINDS_ENV).ok().and_then(|v| v.trim().parse().ok())
+});
+
 impl federator_raft::StateMachine for FederationState {
     fn apply(&mut self, log_index: u64, command: &[u8]) -> Vec<u8> {
         let result = match Command::decode(command) {
@@ -318,6 +327,28 @@ impl federator_raft::StateMachine for FederationState {
             Err(error) => Err(error),
         };
         command::encode_result(&result)
+    }
+
+    fn check_applicable(&self, command: &[u8]) -> Result<(), String> {
+        // Every command in the log was encoded by a replica's own `Command::encode`: one
+        // that does not decode comes from a newer build (a kind or field this one does
+        // not know) or is damaged. Either way skipping it would diverge from the replicas
+        // that apply it.
+        Command::decode(command).map_err(|error| {
+            format!(
+                "a {}-byte command of kind {} does not decode with this build ({error}): a \
+                 newer build proposed it, or it is damaged",
+                command.len(),
+                command::variant_of(command).map_or_else(|| "?".to_string(), |v| v.to_string())
+            )
+        })?;
+        match (*CLAIMED_COMMAND_KINDS, command::variant_of(command)) {
+            (Some(claimed), Some(kind)) if kind >= claimed => Err(format!(
+                "command kind {kind} is unknown to this replica: it behaves as a build that \
+                 knows {claimed} kinds ({CLAIM_COMMAND_KINDS_ENV}), as a newer build proposed it"
+            )),
+            _ => Ok(()),
+        }
     }
 
     fn snapshot(&self) -> Vec<u8> {

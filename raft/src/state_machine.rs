@@ -32,6 +32,21 @@ pub trait StateMachine: Default + Send + Sync + 'static {
     /// it must never panic.
     fn apply(&mut self, log_index: u64, command: &[u8]) -> Vec<u8>;
 
+    /// Whether this build can apply `command` at all. A command it cannot — one a newer
+    /// build proposed, whose kind or fields this build does not know — must never be
+    /// skipped (answered with an error and nothing changed): the replicas that understand
+    /// it change their state, so skipping it would leave this replica's state different
+    /// from theirs at the same index. The replica stops applying instead: its raft core
+    /// fail-stops with this error, at this entry, every time it is restarted, until it
+    /// runs a build that knows the command. The default understands everything.
+    ///
+    /// # Errors
+    /// Why the command cannot be applied, for the operator.
+    fn check_applicable(&self, command: &[u8]) -> Result<(), String> {
+        let _ = command;
+        Ok(())
+    }
+
     /// Canonical encoding of the whole state, used for snapshots and the digest.
     fn snapshot(&self) -> Vec<u8>;
 
@@ -457,23 +472,41 @@ impl<S: StateMachine> StateMachineStore<S> {
 
     /// Applies `entries` in order and returns a response per entry; blocks while a reader
     /// holds the state.
-    fn apply_now(&self, entries: Vec<Entry>) -> Vec<CommandResponse> {
+    fn apply_now(&self, entries: Vec<Entry>) -> Result<Vec<CommandResponse>, Unapplicable> {
         self.apply_locked(&mut self.lock_write(), entries)
     }
 
     /// Applies `entries` to the state `applied` holds locked.
-    fn apply_locked(&self, applied: &mut Applied<S>, entries: Vec<Entry>) -> Vec<CommandResponse> {
+    ///
+    /// # Errors
+    /// An entry holds a command this build cannot apply
+    /// ([`StateMachine::check_applicable`]): the entries before it are applied, it and
+    /// the rest are not, and openraft stops the raft core on the error.
+    fn apply_locked(
+        &self,
+        applied: &mut Applied<S>,
+        entries: Vec<Entry>,
+    ) -> Result<Vec<CommandResponse>, Unapplicable> {
         let started = Instant::now();
         let mut responses = Vec::new();
+        let mut refused = None;
         for entry in entries {
             let response = match entry.payload {
                 EntryPayload::Blank => CommandResponse::default(),
-                EntryPayload::Normal(command) => CommandResponse(
-                    command
-                        .commands()
-                        .map(|c| ByteBuf::from(applied.sm.apply(entry.log_id.index, c)))
-                        .collect(),
-                ),
+                EntryPayload::Normal(command) => {
+                    if let Some(reason) =
+                        command.commands().find_map(|c| applied.sm.check_applicable(c).err())
+                    {
+                        refused = Some((entry.log_id, reason));
+                        break;
+                    }
+                    CommandResponse(
+                        command
+                            .commands()
+                            .map(|c| ByteBuf::from(applied.sm.apply(entry.log_id.index, c)))
+                            .collect(),
+                    )
+                }
                 EntryPayload::Membership(membership) => {
                     applied.last_membership = StoredMembership::new(Some(entry.log_id), membership);
                     CommandResponse::default()
@@ -485,7 +518,16 @@ impl<S: StateMachine> StateMachineStore<S> {
         let index = applied.last_applied.map_or(0, |id| id.index);
         self.shared.applied_index.send_replace(index);
         self.shared.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
-        responses
+        if let Some((log_id, reason)) = refused {
+            tracing::error!(
+                index = log_id.index,
+                %reason,
+                "cannot apply a committed entry: this replica stops rather than skip it; run \
+                 a build that knows it (upgrade this replica)"
+            );
+            return Err(Unapplicable { log_id, reason });
+        }
+        Ok(responses)
     }
 
     /// The snapshots' files, where the replica transport writes a snapshot as it streams in.
@@ -622,12 +664,13 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
             && let Some(mut applied) = self.shared.applied.try_write()
         {
             self.shared.metrics.applies_inline.inc();
-            return Ok(self.apply_locked(&mut applied, entries));
+            return self.apply_locked(&mut applied, entries).map_err(Unapplicable::into_storage);
         }
         let store = self.clone();
         tokio::task::spawn_blocking(move || store.apply_now(entries))
             .await
-            .map_err(|error| StorageIOError::write_state_machine(&error).into())
+            .map_err(|error| StorageError::from(StorageIOError::write_state_machine(&error)))?
+            .map_err(Unapplicable::into_storage)
     }
 
     async fn get_snapshot_builder(&mut self) -> Self::SnapshotBuilder {
@@ -867,6 +910,24 @@ fn write_txn<T>(
     Ok(out)
 }
 
+/// A committed entry this build cannot apply ([`StateMachine::check_applicable`]).
+#[derive(Debug)]
+struct Unapplicable {
+    log_id: LogId,
+    reason: String,
+}
+
+impl Unapplicable {
+    /// The storage error that stops the raft core.
+    fn into_storage(self) -> StorageError {
+        let error = std::io::Error::other(format!(
+            "entry {}: {}; upgrade this replica to a build that knows it",
+            self.log_id.index, self.reason
+        ));
+        StorageIOError::apply(self.log_id, &error).into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::{BTreeMap, BTreeSet};
@@ -908,6 +969,27 @@ mod tests {
         fn cheap_to_apply(command: &[u8]) -> bool {
             !command.starts_with(b"slow")
         }
+
+        fn check_applicable(&self, command: &[u8]) -> Result<(), String> {
+            if command.starts_with(b"v2:") {
+                return Err("kind v2 is newer than this build".into());
+            }
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn a_command_this_build_cannot_apply_stops_the_apply_before_it() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let error = store
+            .apply([normal(1, 1, "a=1"), normal(1, 2, "v2:x=1"), normal(1, 3, "b=2")])
+            .await
+            .expect_err("an entry it cannot apply is an error, not a skipped command");
+        let text = error.to_string();
+        assert!(text.contains("kind v2 is newer") && text.contains("entry 2"), "{text}");
+        assert_eq!(store.applied(), Some(log_id(1, 1)), "applied up to the entry before it");
+        assert_eq!(store.read(|kv| kv.0.get("b").cloned()), None, "nothing after it");
     }
 
     fn log_id(term: u64, index: u64) -> LogId {

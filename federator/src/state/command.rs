@@ -352,7 +352,7 @@ impl Command {
 }
 
 /// The variant index an encoded enum starts with (postcard: a varint `u32`).
-fn variant_of(bytes: &[u8]) -> Option<u32> {
+pub(crate) fn variant_of(bytes: &[u8]) -> Option<u32> {
     postcard::take_from_bytes::<u32>(bytes).ok().map(|(variant, _)| variant)
 }
 
