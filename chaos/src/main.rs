@@ -56,7 +56,8 @@ struct RunArgs {
     /// Scenario names (see `list`); `all` runs every one.
     scenarios: Vec<String>,
     /// The short set CI runs: kill-leader, kill-all, partition-leader, pause-leader,
-    /// asymmetric-leader, latency, sigterm-leader, disk-full with 15 s each.
+    /// asymmetric-leader, latency, sigterm-leader, disk-full, hung-replica,
+    /// snapshot-corruption with 15 s each.
     #[arg(long)]
     short: bool,
     /// Seed of every random choice; a failing run names it [default: from the clock].

@@ -287,6 +287,8 @@ pub const SHORT: &[&str] = &[
     "latency",
     "sigterm-leader",
     "disk-full",
+    "hung-replica",
+    "snapshot-corruption",
 ];
 
 /// The scenario called `name`.

@@ -5,6 +5,7 @@
 //! is reachable.
 
 pub mod config;
+mod lease;
 pub mod metrics;
 pub mod runtime;
 pub mod sinks;

@@ -46,6 +46,19 @@ use sha2::{Digest as _, Sha256};
 
 use self::json::{Object, Path, Value};
 
+/// The gRPC metadata key under which a replica names a refusal's kind, so that an agent
+/// tells one from another without reading the message.
+pub const REFUSAL_METADATA_KEY: &str = "federator-refusal";
+/// The kind of refusal of a bundle whose sequence is not above the stored one.
+pub const REFUSAL_SEQUENCE_REPLAY: &str = "sequence-replay";
+
+/// Whether `error` refuses a bundle for a sequence at or below the stored one.
+#[must_use]
+pub fn is_sequence_replay(error: &BundleError) -> bool {
+    matches!(error, BundleError::Invalid { field, rule }
+        if field == "spiffe_sequence" && rule.ends_with("(replay)"))
+}
+
 /// `use` of the JWKs that hold X.509-SVID CA certificates.
 pub const USE_X509_SVID: &str = "x509-svid";
 /// `use` of the JWKs that hold JWT-SVID signing keys.

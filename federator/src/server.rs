@@ -262,8 +262,16 @@ pub async fn run(
     // Then the raft core: a leader stops heartbeating, so the others elect a successor
     // while this process drains its connections.
     let was_leader = replica.metrics().borrow().state == openraft::ServerState::Leader;
-    if let Err(error) = replica.shutdown().await {
-        tracing::warn!(replica = config.id, %error, "raft core did not stop cleanly");
+    match tokio::time::timeout(DRAIN_TIMEOUT, replica.shutdown()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            tracing::warn!(replica = config.id, %error, "raft core did not stop cleanly");
+        }
+        Err(_) => tracing::warn!(
+            replica = config.id,
+            timeout = ?DRAIN_TIMEOUT,
+            "raft core did not stop in time (a stuck disk?); leaving it"
+        ),
     }
     // (Again: the health task may have evaluated between the two.)
     health::not_serving(&health_reporter).await;

@@ -33,6 +33,12 @@ pub struct AgentFile {
     pub svid: SvidConfig,
     /// This cluster's own trust bundle.
     pub bundle: BundleSourceConfig,
+    /// Publish the own bundle even when it no longer certifies this agent's own SVID
+    /// (the federation refuses such a bundle otherwise: the agent would lock itself out).
+    /// The federation audits each such publication as `publish_bundle (forced)`. Set it
+    /// for the one rotation that needs it, then remove it.
+    #[serde(default)]
+    pub force_publish_bundle: bool,
     /// What the cluster exports.
     #[serde(default)]
     pub exports: ExportsFile,
@@ -389,6 +395,9 @@ listen = "127.0.0.1:18000"
         );
         assert_eq!(nested.file.state_dir, Path::new("/tmp/agent"), "absolute stays");
         assert!(config.file.sinks.etcd.is_none());
+        assert!(!config.file.force_publish_bundle, "off unless set");
+        let forced = parse(&format!("force_publish_bundle = true\n{GOOD}")).expect("parses");
+        assert!(forced.file.force_publish_bundle);
     }
 
     #[test]

@@ -19,6 +19,13 @@
 //! lease TTL ([`Deadlines`]): a replica that stops answering (SIGSTOPped, hung, cut off)
 //! is left for the next one, where the lease is renewed, well before the TTL runs out.
 //!
+//! The lease comes first: once renewed (or granted) in a session, it is kept alive by a
+//! task of its own ([`super::lease`]). Each sink applies on its own task, fed the latest
+//! view through a watch channel and retrying on its own, and reports back; state files
+//! (the view, what was published, the status) are written on blocking threads. So no
+//! sink, source or disk can delay a keep-alive: a hung local etcd makes its sink report
+//! unhealthy ([`SINK_STALLED`]) while the lease stays live.
+//!
 //! With `listen_metrics` set it serves Prometheus metrics (see [`super::metrics`]),
 //! among them how long each change took from the replica to every sink.
 
@@ -33,22 +40,20 @@ use federator_proto::federation::watch_event::Event;
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject as _;
 use sha2::Digest as _;
-use tokio::sync::watch;
-use tokio::time::MissedTickBehavior;
+use tokio::sync::{mpsc, watch};
 use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::AgentConfig;
+use super::lease::{HeldLease, LeaseError, LeaseKeeper, LeaseSnapshot, Renewal};
 use super::metrics::{AgentMetrics, ChangeKind, Propagation, import_sources};
 use super::sinks::etcd::{DEFAULT_BUNDLE_PREFIX, DEFAULT_IMPORT_PREFIX, EtcdSink};
 use super::sinks::files::FileSink;
 use super::sinks::xds::XdsServer;
 use super::sources::bundle::{BundleState, watch_bundle};
-use super::status::{
-    AgentStatus, FailoverStatus, LeaseStatus, PropagationStatus, SinkStatus, now_ms,
-};
+use super::status::{AgentStatus, FailoverStatus, PropagationStatus, SinkStatus, now_ms};
 use super::store::{Membership, Published, Store};
-use super::view::{AgentView, ExportSet, Sink};
+use super::view::{AgentView, ExportSet, Sink, SinkError};
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_spiffe_bundle};
 use crate::identity::CertifiedIdentity;
 use crate::service::{ServiceKey, export_to_proto, import_from_proto};
@@ -68,8 +73,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// so a join that commits after the agent gave up on it could not be tried again, and no
 /// lease is held yet.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a failed sink is retried.
+/// How often a failed sink is retried (by its own task).
 const SINK_RETRY: Duration = Duration::from_secs(2);
+/// A sink whose apply has gone on this long is reported unhealthy while it goes on (a
+/// hung etcd answers nothing until its client's own timeout, 10 s): an apply normally
+/// takes milliseconds.
+const SINK_STALLED: Duration = Duration::from_secs(2);
+/// How long start-up waits for the sinks to serve the saved view before connecting.
+const STARTUP_SINK_WAIT: Duration = Duration::from_secs(2);
+/// Longest wait between sessions once the federation refused this agent (removed,
+/// token used, SVID not verifying): nothing changes until an operator acts.
+const REFUSED_BACKOFF: Duration = Duration::from_secs(30);
+pub use crate::bundle::{REFUSAL_METADATA_KEY, REFUSAL_SEQUENCE_REPLAY};
 /// Most changes kept waiting for every sink to hold them (for the propagation metric);
 /// beyond, while a sink keeps failing, further changes are not measured.
 const MAX_PENDING_PROPAGATION: usize = 4096;
@@ -89,17 +104,17 @@ const MAX_PENDING_PROPAGATION: usize = 4096;
 /// with errors at the second (`2T/5`). The lessor expires a lease only a full TTL after
 /// the last keep-alive that reached the leader.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Deadlines {
+pub(super) struct Deadlines {
     /// The lease TTL they derive from.
-    ttl: Duration,
+    pub(super) ttl: Duration,
     /// Between keep-alives: `T/5`.
-    keepalive_every: Duration,
+    pub(super) keepalive_every: Duration,
     /// Of each call to the replica (keep-alive, acknowledgement, publication, export,
     /// grant, the watch's opening) and of each wait for the next message of a watch
     /// batch (events received, their checkpoint not yet): `T/4`. An idle watch stream
     /// carries nothing: the HTTP/2 pings and the keep-alives on the same connection
     /// vouch for it.
-    call: Duration,
+    pub(super) call: Duration,
     /// An HTTP/2 ping goes out after this long without a frame from the replica: `T/8`.
     ping_interval: Duration,
     /// An unanswered ping closes the connection, and ends the session, after this long:
@@ -110,14 +125,14 @@ struct Deadlines {
     /// Keep-alives answered with errors (the replica cannot reach the leader: an
     /// election, a partition) are retried on the same replica until the lease has gone
     /// this long unrenewed, then the agent moves on: `T/3`.
-    unrenewed: Duration,
+    pub(super) unrenewed: Duration,
     /// Longest wait between connection attempts: `T/4`, at most [`MAX_BACKOFF`].
     max_backoff: Duration,
 }
 
 impl Deadlines {
     /// The deadlines for a lease of `ttl`.
-    fn for_ttl(ttl: Duration) -> Self {
+    pub(super) fn for_ttl(ttl: Duration) -> Self {
         Self {
             ttl,
             keepalive_every: ttl / 5,
@@ -135,7 +150,7 @@ impl Deadlines {
 /// deadline, or cannot renew the lease. Either way the agent moves to the next replica
 /// and renews the lease there first.
 #[derive(Debug, thiserror::Error)]
-enum ReplicaFault {
+pub(super) enum ReplicaFault {
     /// A call, or the next message of a watch batch, got no answer in time.
     #[error("{call}: no answer within {} ms", deadline.as_millis())]
     MissedDeadline {
@@ -278,14 +293,35 @@ pub async fn run(
     let bundle_rx = watch_bundle(config.file.bundle.clone(), trust_domain.clone(), SOURCE_POLL);
     let exports_rx = export_sources(&config, &trust_domain).await;
     let view = store.view()?.unwrap_or_default();
-    let published = store.published()?;
+    // What was published and acknowledged under an earlier membership counts for nothing.
+    let published = store.published()?.for_membership(membership.as_ref());
+    // Static stability: the sinks serve what was applied before, before anyone is asked.
+    let (views, views_rx) =
+        watch::channel(HandedView { generation: 0, view: Arc::new(view.clone()) });
+    let (reports_tx, sink_reports) = mpsc::unbounded_channel();
+    let mut progress = Vec::new();
+    for (index, sink) in sinks.into_iter().enumerate() {
+        progress.push(SinkProgress {
+            name: sink.name().to_string(),
+            done: None,
+            applying_since: None,
+        });
+        tokio::spawn(run_sink(index, sink, views_rx.clone(), reports_tx.clone()));
+    }
+    drop(views_rx);
+    let status_writer = spawn_status_writer(store.status_path());
     let mut agent = Agent {
         config,
         store,
         identity,
-        sinks,
+        sinks: progress,
+        views,
+        generation: 0,
+        sink_reports,
+        status_writer,
         membership,
         token,
+        refused_tokens: std::collections::BTreeSet::new(),
         view,
         published,
         status: AgentStatus { pid: std::process::id(), ..AgentStatus::default() },
@@ -306,8 +342,16 @@ pub async fn run(
     agent.status.bundles =
         agent.view.bundles.iter().map(|(td, b)| (td.clone(), b.sequence)).collect();
     agent.status.imports = agent.view.imports.len();
-    // Static stability: serve what was applied before, before asking anyone.
-    agent.apply_sinks().await;
+    // Give the sinks a moment to serve the saved view before connecting (bounded: a
+    // hung sink must not keep the agent from its lease).
+    agent.settle_sinks();
+    let waited = tokio::time::Instant::now() + STARTUP_SINK_WAIT;
+    while agent.sinks_dirty {
+        match tokio::time::timeout_at(waited, agent.sink_reports.recv()).await {
+            Ok(Some(report)) => agent.on_sink_report(report),
+            Ok(None) | Err(_) => break,
+        }
+    }
     agent.write_status();
 
     tokio::pin!(shutdown);
@@ -318,7 +362,130 @@ pub async fn run(
     let _ = stop_tx.send(true);
     agent.status.connected_replica = None;
     agent.write_status();
+    // The last status reaches the disk before the process exits.
+    let StatusWriter { sender, task } = agent.status_writer;
+    drop(sender);
+    if tokio::time::timeout(STATUS_PERIOD * 2, task).await.is_err() {
+        tracing::debug!("the last status was not written in time");
+    }
     result
+}
+
+/// A view handed to the sink tasks: the latest one wins.
+#[derive(Clone, Debug)]
+struct HandedView {
+    /// Counts the views handed out.
+    generation: u64,
+    /// The view.
+    view: Arc<AgentView>,
+}
+
+/// What a sink task reports.
+#[derive(Debug)]
+struct SinkReport {
+    /// The sink's index in [`Agent::sinks`].
+    index: usize,
+    /// The view's generation.
+    generation: u64,
+    /// The view's revision.
+    revision: u64,
+    /// Started, or done.
+    outcome: SinkOutcome,
+}
+
+/// A sink task's progress on a view.
+#[derive(Debug)]
+enum SinkOutcome {
+    /// The apply began.
+    Started,
+    /// The apply ended.
+    Done(Result<(), SinkError>),
+}
+
+/// One sink's progress, as the agent knows it.
+#[derive(Debug)]
+struct SinkProgress {
+    /// Its name.
+    name: String,
+    /// The generation it last finished applying, and then the trust domains it could
+    /// not write (`Some(empty)`: all written; `None`: it failed as a whole).
+    done: Option<(u64, Option<Vec<String>>)>,
+    /// Since when the apply under way has run.
+    applying_since: Option<Instant>,
+}
+
+/// Applies each view `views` hands out to `sink`, retrying a failed one every
+/// [`SINK_RETRY`] until it succeeds or a newer view comes; reports to `reports`. Runs
+/// until either channel closes. Each sink has its own task: a hung one holds up nothing
+/// else.
+async fn run_sink(
+    index: usize,
+    sink: Arc<dyn Sink>,
+    mut views: watch::Receiver<HandedView>,
+    reports: mpsc::UnboundedSender<SinkReport>,
+) {
+    loop {
+        let handed = views.borrow_and_update().clone();
+        let report = |outcome| SinkReport {
+            index,
+            generation: handed.generation,
+            revision: handed.view.revision,
+            outcome,
+        };
+        if reports.send(report(SinkOutcome::Started)).is_err() {
+            return;
+        }
+        let result = sink.apply(&handed.view).await;
+        let failed = result.is_err();
+        if reports.send(report(SinkOutcome::Done(result))).is_err() {
+            return;
+        }
+        if failed {
+            tokio::select! {
+                changed = views.changed() => if changed.is_err() { return },
+                () = tokio::time::sleep(SINK_RETRY) => {}
+            }
+        } else if views.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The status file's writer: a task writing the latest status handed to it (atomically,
+/// fsync'd) on a blocking thread.
+struct StatusWriter {
+    /// The latest status, encoded.
+    sender: watch::Sender<Vec<u8>>,
+    /// The task; it ends once `sender` is dropped and the last status written.
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts the writer of the status file at `path`.
+fn spawn_status_writer(path: std::path::PathBuf) -> StatusWriter {
+    let (sender, mut latest) = watch::channel(Vec::new());
+    let task = tokio::spawn(async move {
+        while latest.changed().await.is_ok() {
+            let bytes = latest.borrow_and_update().clone();
+            let path = path.clone();
+            let written = tokio::task::spawn_blocking(move || {
+                super::store::write_atomic(&path, &bytes, 0o644)
+            })
+            .await;
+            match written {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::debug!(%error, "cannot write the status file"),
+                Err(error) => tracing::debug!(%error, "the status writer stopped"),
+            }
+        }
+    });
+    StatusWriter { sender, task }
+}
+
+/// Runs `write` (a state-file write, fsync'd) on a blocking thread.
+async fn blocking<T: Send + 'static>(
+    write: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> std::io::Result<T> {
+    tokio::task::spawn_blocking(write).await.map_err(std::io::Error::other)?
 }
 
 /// Merges the configured export sources into one receiver (empty when none is set).
@@ -386,28 +553,6 @@ fn merge_export_sets(sets: impl Iterator<Item = ExportSet>) -> ExportSet {
     merged
 }
 
-/// A held member lease.
-#[derive(Clone, Copy, Debug)]
-struct HeldLease {
-    id: u64,
-    ttl_secs: u32,
-    /// When it was last granted or renewed.
-    renewed: Instant,
-}
-
-/// What a keep-alive came to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Renewal {
-    /// The lease lives a TTL more.
-    Renewed,
-    /// The lessor says the lease is not live (expired, revoked, replaced): none is held
-    /// any more, a new one must be granted.
-    Lost,
-    /// The replica answered with an error: the lease is still held, and may well be
-    /// live; retried at the next tick.
-    Failed,
-}
-
 /// What woke a session up.
 enum Wake {
     /// The watch stream's next message (`None`: it ended).
@@ -418,12 +563,22 @@ enum Wake {
     Bundle(bool),
     /// The export sources changed (`false`: they stopped).
     Exports(bool),
-    /// Time for a keep-alive.
-    KeepAlive,
-    /// Time to retry the sinks that failed.
-    SinkRetry,
+    /// The lease keeper changed the lease's state.
+    Lease,
+    /// The lease keeper stopped: the session must end.
+    LeaseEnded(Result<LeaseError, tokio::task::JoinError>),
+    /// A sink task reported (`None`: every sink task ended).
+    Sink(Option<SinkReport>),
     /// Time to write the status file.
     Status,
+}
+
+/// The lease keeper of a session, on its own task.
+struct KeeperTask {
+    /// The task; aborted when the session ends.
+    task: tokio::task::JoinHandle<LeaseError>,
+    /// The lease as the keeper knows it.
+    updates: watch::Receiver<LeaseSnapshot>,
 }
 
 /// The agent's working state.
@@ -431,15 +586,28 @@ struct Agent {
     config: AgentConfig,
     store: Store,
     identity: Arc<CertifiedIdentity>,
-    sinks: Vec<Arc<dyn Sink>>,
+    /// Each sink's progress (the sinks run on their own tasks, in this order).
+    sinks: Vec<SinkProgress>,
+    /// Hands views to the sink tasks.
+    views: watch::Sender<HandedView>,
+    /// The generation of the view last handed to the sinks.
+    generation: u64,
+    /// What the sink tasks report.
+    sink_reports: mpsc::UnboundedReceiver<SinkReport>,
+    /// Writes the status file.
+    status_writer: StatusWriter,
     membership: Option<Membership>,
+    /// The token to join with: before the first join, or to join again once the
+    /// federation refused the membership (a removed cluster) and a new token came.
     token: Option<JoinToken>,
-    /// The applied view (saved, in every healthy sink).
+    /// Hashes of the secrets of tokens the federation refused: not tried again.
+    refused_tokens: std::collections::BTreeSet<String>,
+    /// The applied view (saved, handed to the sinks).
     view: AgentView,
     published: Published,
     status: AgentStatus,
     lease: Option<HeldLease>,
-    /// Some sink has not applied `view` yet.
+    /// Some sink has not applied `view` yet (or has not reported on it).
     sinks_dirty: bool,
     /// When the only failures of the last apply were some trust domains' bundles (the
     /// rest of the view was applied everywhere): those trust domains. Every other bundle
@@ -504,6 +672,7 @@ impl Agent {
         mut exports_rx: watch::Receiver<ExportSet>,
     ) -> anyhow::Result<()> {
         let mut failures: u32 = 0;
+        let mut refusals: u32 = 0;
         let mut next = 0usize;
         loop {
             let endpoints = self.endpoints();
@@ -535,10 +704,27 @@ impl Agent {
                 }
                 Err(error) => {
                     let reason = format!("{error:#}");
-                    tracing::warn!(replica = %addr, error = %reason, "session failed");
-                    self.status.last_error = Some(format!("{addr}: {reason}"));
                     self.metrics.session_failures.inc();
                     failures = failures.saturating_add(1);
+                    if let Some(next_step) = self.refusal_next_step(&error) {
+                        refusals = refusals.saturating_add(1);
+                        if self.pick_up_token() {
+                            // A new token: join with it at once.
+                            refusals = 0;
+                            failures = 0;
+                        }
+                        tracing::error!(
+                            replica = %addr,
+                            error = %reason,
+                            retry_in_s = refused_backoff(refusals, deadlines.max_backoff).as_secs(),
+                            "the federation refuses this agent: {next_step}"
+                        );
+                        self.status.last_error = Some(format!("{addr}: {reason} — {next_step}"));
+                    } else {
+                        refusals = 0;
+                        tracing::warn!(replica = %addr, error = %reason, "session failed");
+                        self.status.last_error = Some(format!("{addr}: {reason}"));
+                    }
                     reason
                 }
             };
@@ -557,13 +743,78 @@ impl Agent {
             self.write_status();
             next += 1;
             let round = u32::try_from(endpoints.len()).unwrap_or(u32::MAX);
-            let wait = if failures < round {
+            let wait = if refusals > 0 {
+                // Refused: nothing changes until an operator acts; ask again, slowly.
+                refused_backoff(refusals, deadlines.max_backoff)
+            } else if failures < round {
                 backoff(0, deadlines.max_backoff)
             } else {
                 backoff(failures - round + 1, deadlines.max_backoff)
             };
-            tokio::time::sleep(wait).await;
+            self.pause(wait).await;
         }
+    }
+
+    /// Waits `wait`, keeping track of the sinks meanwhile.
+    async fn pause(&mut self, wait: Duration) {
+        let until = tokio::time::Instant::now() + wait;
+        loop {
+            match tokio::time::timeout_at(until, self.sink_reports.recv()).await {
+                Ok(Some(report)) => self.on_sink_report(report),
+                Ok(None) => {
+                    tokio::time::sleep_until(until).await;
+                    return;
+                }
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// When `error` is the federation refusing this agent (permission denied,
+    /// unauthenticated: a removed cluster, a used or expired token, an SVID that does not
+    /// verify), what the operator should do; `None` for any other failure.
+    fn refusal_next_step(&self, error: &anyhow::Error) -> Option<String> {
+        refusal_next_step(error, self.membership.is_some(), self.config.file.token_file.as_deref())
+    }
+
+    /// After a refusal: forgets the token just refused, and takes a new one from
+    /// `token_file` (re-read: an operator writes a new token there for a removed cluster
+    /// to join again, no restart needed) or the token given at start-up, unless the
+    /// federation refused it before or it is the current membership's own. Whether there
+    /// is a new token to join with.
+    fn pick_up_token(&mut self) -> bool {
+        if let Some(refused) = self.token.take() {
+            self.refused_tokens.insert(refused.secret_hash());
+            if self.membership.is_none() {
+                // Before the first join nothing else can be done: ask again with it.
+                self.token = Some(refused);
+            }
+        }
+        let text = match &self.config.file.token_file {
+            Some(path) => match std::fs::read_to_string(path) {
+                Ok(text) => Some(text),
+                Err(error) => {
+                    tracing::debug!(path = %path.display(), %error, "no token file");
+                    None
+                }
+            },
+            None => self.config.token.clone(),
+        };
+        let Some(candidate) = text.and_then(|t| JoinToken::decode(t.trim()).ok()) else {
+            return false;
+        };
+        let hash = candidate.secret_hash();
+        let own = self.membership.as_ref().and_then(|m| m.token_hash.as_ref()) == Some(&hash);
+        if own || self.refused_tokens.contains(&hash) {
+            return false;
+        }
+        tracing::info!(
+            cluster = %candidate.cluster,
+            trust_domain = %candidate.trust_domain,
+            "a new join token: joining the federation again with it"
+        );
+        self.token = Some(candidate);
+        true
     }
 
     /// A client of the replica at `addr`, connected within [`Deadlines::connect`], whose
@@ -604,17 +855,75 @@ impl Agent {
         Ok(FederationClient::new(channel).max_decoding_message_size(64 << 20))
     }
 
-    /// One session with the replica at `addr`.
+    /// One session with the replica at `addr`; the lease keeper it started, if any, is
+    /// stopped when it ends, and the lease as the keeper left it kept.
     async fn session(
         &mut self,
         addr: &str,
         bundle_rx: &mut watch::Receiver<BundleState>,
         exports_rx: &mut watch::Receiver<ExportSet>,
     ) -> anyhow::Result<SessionEnd> {
+        let mut keeper = None;
+        let result = self.session_with(addr, bundle_rx, exports_rx, &mut keeper).await;
+        if let Some(keeper) = keeper {
+            keeper.task.abort();
+            self.absorb_lease(&keeper.updates.borrow());
+        }
+        result
+    }
+
+    /// The lease keeper for the replica `client` talks to, holding what the agent holds.
+    fn lease_keeper(
+        &self,
+        client: &FederationClient<Channel>,
+        deadlines: Deadlines,
+    ) -> LeaseKeeper<FederationClient<Channel>> {
+        let lease = &self.config.file.lease;
+        LeaseKeeper {
+            api: client.clone(),
+            lease: self.lease,
+            status: self.status.lease.clone(),
+            deadlines,
+            grant: pb::GrantLeaseRequest {
+                ttl_seconds: u32::try_from(self.config.lease_ttl.as_secs()).unwrap_or(10),
+                region: lease.region.clone(),
+                zone: lease.zone.clone(),
+            },
+            metrics: self.metrics.clone(),
+        }
+    }
+
+    /// Takes the lease as the keeper knows it into the agent's state and status.
+    fn absorb_lease(&mut self, snapshot: &LeaseSnapshot) {
+        self.lease = snapshot.lease;
+        self.status.lease.clone_from(&snapshot.status);
+    }
+
+    /// Starts `keeper` on its own task.
+    fn spawn_keeper(
+        &mut self,
+        keeper: LeaseKeeper<FederationClient<Channel>>,
+        slot: &mut Option<KeeperTask>,
+    ) {
+        let snapshot = keeper.snapshot();
+        self.absorb_lease(&snapshot);
+        let (updates_tx, updates) = watch::channel(snapshot);
+        let task = tokio::spawn(keeper.run(updates_tx));
+        *slot = Some(KeeperTask { task, updates });
+    }
+
+    /// [`Agent::session`], its lease keeper left in `keeper`.
+    async fn session_with(
+        &mut self,
+        addr: &str,
+        bundle_rx: &mut watch::Receiver<BundleState>,
+        exports_rx: &mut watch::Receiver<ExportSet>,
+        keeper_slot: &mut Option<KeeperTask>,
+    ) -> anyhow::Result<SessionEnd> {
         let identity = self.identity.current();
         let deadlines = self.deadlines();
         let mut client = self.connect(addr, &deadlines).await?;
-        if self.membership.is_none() {
+        if self.membership.is_none() || self.token.is_some() {
             self.join(&mut client, bundle_rx).await?;
         }
         self.status.connections += 1;
@@ -631,10 +940,17 @@ impl Agent {
         }
         tracing::info!(replica = %addr, revision = self.view.revision, "connected");
         // The lease first: after a failover it is what is at stake (the replica left may
-        // have held up the last keep-alives). A lease found lost is granted below, after
-        // the exports.
-        if self.lease.is_some() {
-            self.keep_alive(&mut client, &deadlines).await?;
+        // have held up the last keep-alives). Once renewed, it is kept alive by its own
+        // task, whatever the rest of the session does. A lease found lost is granted
+        // below, after the exports.
+        let mut keeper = self.lease_keeper(&client, deadlines);
+        if keeper.lease.is_some() {
+            let renewal = keeper.keep_alive().await;
+            self.absorb_lease(&keeper.snapshot());
+            if renewal? != Renewal::Lost {
+                self.spawn_keeper(keeper, keeper_slot);
+                keeper = self.lease_keeper(&client, deadlines);
+            }
         }
         self.write_status();
 
@@ -643,22 +959,20 @@ impl Agent {
         // federation still holds from before ready again, so they must be current first
         // (an endpoint that was ready before the crash may not be yet).
         self.sync_exports(&mut client, &exports_rx.borrow_and_update().clone()).await?;
-        if self.lease.is_none() {
-            self.grant_lease(&mut client).await?;
+        if keeper_slot.is_none() {
+            keeper.grant().await?;
+            self.spawn_keeper(keeper, keeper_slot);
         }
+        let keeper = keeper_slot.as_mut().ok_or_else(|| anyhow!("no lease keeper"))?;
 
         let watch = client.watch(pb::WatchRequest { after_revision: self.view.revision });
         let mut stream = bounded("watch", deadlines.call, watch).await?.context("watch")?;
         let mut working = self.view.clone();
         self.batch_changes.clear();
         let deadlines = self.deadlines();
-        let mut keepalive = tokio::time::interval_at(
-            tokio::time::Instant::now() + deadlines.keepalive_every,
-            deadlines.keepalive_every,
-        );
-        keepalive.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut status_tick = tokio::time::interval(STATUS_PERIOD);
-        let mut sink_retry = tokio::time::interval(SINK_RETRY);
+        // Every sink may hold the view by now: acknowledge what they do.
+        self.acknowledge(&mut client).await?;
         // While a watch batch is open (events received, their checkpoint not yet): how
         // long the session has waited for the replica's next message, its own work left
         // out.
@@ -673,8 +987,9 @@ impl Agent {
                 }
                 changed = bundle_rx.changed() => Wake::Bundle(changed.is_ok()),
                 changed = exports_rx.changed() => Wake::Exports(changed.is_ok()),
-                _ = keepalive.tick() => Wake::KeepAlive,
-                _ = sink_retry.tick() => Wake::SinkRetry,
+                ended = &mut keeper.task => Wake::LeaseEnded(ended),
+                Ok(()) = keeper.updates.changed() => Wake::Lease,
+                report = self.sink_reports.recv() => Wake::Sink(report),
                 _ = status_tick.tick() => Wake::Status,
             };
             batch_waited = batch_waited.map(|waited| waited + waiting.elapsed());
@@ -708,17 +1023,19 @@ impl Agent {
                     self.sync_exports(&mut client, &set).await?;
                 }
                 Wake::Bundle(false) | Wake::Exports(false) => {}
-                Wake::KeepAlive => {
-                    if self.keep_alive(&mut client, &deadlines).await? == Renewal::Lost {
-                        self.grant_lease(&mut client).await?;
-                    }
+                Wake::Lease => {
+                    let snapshot = keeper.updates.borrow_and_update().clone();
+                    self.absorb_lease(&snapshot);
                 }
-                Wake::SinkRetry => {
-                    if self.sinks_dirty {
-                        self.apply_sinks().await;
-                        self.acknowledge(&mut client).await?;
-                    }
+                Wake::LeaseEnded(ended) => {
+                    let error = ended.context("the lease keeper stopped")?;
+                    return Err(anyhow::Error::new(error).context("lease"));
                 }
+                Wake::Sink(Some(report)) => {
+                    self.on_sink_report(report);
+                    self.acknowledge(&mut client).await?;
+                }
+                Wake::Sink(None) => bail!("the sink tasks stopped"),
                 Wake::Status => {
                     self.write_status();
                     if !Arc::ptr_eq(&identity, &self.identity.current()) {
@@ -730,6 +1047,7 @@ impl Agent {
         }
     }
 
+    /// Joins with the token and the own bundle; records the membership.
     async fn join(
         &mut self,
         client: &mut FederationClient<Channel>,
@@ -753,11 +1071,24 @@ impl Agent {
             endpoints: token.endpoints.clone(),
             federation_ca_pem: token.federation_ca_pem.clone(),
             joined_at: now_ms() / 1000,
+            token_hash: Some(token.secret_hash()),
         };
-        self.store.save_membership(&membership)?;
-        self.published.bundle_digest = Some(authorities_digest(&bundle));
-        self.published.bundle_sequence = Some(bundle.sequence);
-        self.store.save_published(&self.published)?;
+        let (store, saved) = (self.store.clone(), membership.clone());
+        blocking(move || store.save_membership(&saved)).await?;
+        // A new membership: nothing published or acknowledged before counts (a cluster
+        // that joins again after its removal publishes its exports and acknowledges every
+        // bundle anew), and a lease held before is gone.
+        self.published = Published {
+            bundle_digest: Some(authorities_digest(&bundle)),
+            bundle_sequence: Some(bundle.sequence),
+            membership: membership.token_hash.clone(),
+            ..Published::default()
+        };
+        self.save_published().await?;
+        self.lease = None;
+        self.status.lease = None;
+        self.status.bundle.published_sequence = Some(bundle.sequence);
+        self.status.bundle.published_current = Some(true);
         tracing::info!(cluster = %membership.cluster, trust_domain = %membership.trust_domain, "joined the federation");
         self.status.cluster.clone_from(&membership.cluster);
         self.status.trust_domain.clone_from(&membership.trust_domain);
@@ -766,90 +1097,16 @@ impl Agent {
         Ok(())
     }
 
-    async fn grant_lease(&mut self, client: &mut FederationClient<Channel>) -> anyhow::Result<()> {
-        let lease = &self.config.file.lease;
-        let request = client.grant_lease(pb::GrantLeaseRequest {
-            ttl_seconds: u32::try_from(self.config.lease_ttl.as_secs()).unwrap_or(10),
-            region: lease.region.clone(),
-            zone: lease.zone.clone(),
-        });
-        let granted =
-            bounded("grant lease", self.deadlines().call, request).await?.context("grant lease")?;
-        tracing::info!(lease_id = granted.lease_id, ttl = granted.ttl_seconds, "lease granted");
-        self.lease = Some(HeldLease {
-            id: granted.lease_id,
-            ttl_secs: granted.ttl_seconds,
-            renewed: Instant::now(),
-        });
-        self.status.lease = Some(LeaseStatus {
-            id: granted.lease_id,
-            ttl_seconds: granted.ttl_seconds,
-            last_keepalive_ms: Some(now_ms()),
-            failed_keepalives: 0,
-        });
-        Ok(())
+    /// Records what was published, on a blocking thread (the file is fsync'd).
+    async fn save_published(&self) -> std::io::Result<()> {
+        let (store, published) = (self.store.clone(), self.published.clone());
+        blocking(move || store.save_published(&published)).await
     }
 
-    /// One keep-alive of the held lease through the replica, within
-    /// [`Deadlines::call`].
-    ///
-    /// Only the lessor's answer that the lease is not live loses it. A keep-alive that
-    /// got no answer in time (a slow or stopped replica), or an error (the replica cannot
-    /// reach the leader: an election, a partition), says nothing about the lease: it is
-    /// kept, to be renewed at the next tick or through the next replica.
-    ///
-    /// # Errors
-    /// The replica missed the deadline, or keep-alives through it have been failing for
-    /// [`Deadlines::unrenewed`]: the session must end, for the next replica to renew it.
-    async fn keep_alive(
-        &mut self,
-        client: &mut FederationClient<Channel>,
-        deadlines: &Deadlines,
-    ) -> Result<Renewal, ReplicaFault> {
-        let Some(lease) = self.lease else { return Ok(Renewal::Lost) };
-        let request = client.keep_alive(pb::KeepAliveRequest { lease_id: lease.id });
-        let error = match bounded("keep-alive", deadlines.call, request).await {
-            Ok(Ok(_)) => {
-                self.lease = Some(HeldLease { renewed: Instant::now(), ..lease });
-                if let Some(status) = &mut self.status.lease {
-                    status.last_keepalive_ms = Some(now_ms());
-                    status.failed_keepalives = 0;
-                }
-                return Ok(Renewal::Renewed);
-            }
-            Ok(Err(status)) if status.code() == Code::NotFound => {
-                tracing::warn!(
-                    lease_id = lease.id,
-                    reason = status.message(),
-                    "lease lost; granting a new one"
-                );
-                self.lease = None;
-                return Ok(Renewal::Lost);
-            }
-            Ok(Err(status)) => format!("{:?}: {}", status.code(), status.message()),
-            Err(fault) => {
-                self.keep_alive_failed();
-                tracing::warn!(lease_id = lease.id, %fault, "keep-alive missed its deadline");
-                return Err(fault);
-            }
-        };
-        self.keep_alive_failed();
-        let unrenewed = lease.renewed.elapsed();
-        if unrenewed >= deadlines.unrenewed {
-            return Err(ReplicaFault::NotRenewing { unrenewed, last_error: error });
-        }
-        tracing::debug!(%error, "keep-alive failed; retried at the next tick");
-        Ok(Renewal::Failed)
-    }
-
-    /// Counts a keep-alive that renewed nothing.
-    fn keep_alive_failed(&mut self) {
-        if let Some(lease) = &mut self.status.lease {
-            lease.failed_keepalives += 1;
-        }
-        self.metrics.keepalive_failures.inc();
-    }
-
+    /// Publishes the own bundle the source gives, unless the federation holds its
+    /// authorities already. A refusal is logged at WARN and shown by the status; with
+    /// `force_publish_bundle` set, a bundle that no longer certifies the agent's own SVID
+    /// is published all the same (the federation audits it as forced).
     async fn publish_bundle(
         &mut self,
         client: &mut FederationClient<Channel>,
@@ -860,41 +1117,55 @@ impl Agent {
         self.status.bundle.sequence = Some(bundle.sequence);
         if self.view.own_bundle.as_ref() != Some(bundle) {
             self.view.own_bundle = Some(bundle.clone());
-            self.sinks_dirty = true;
-            // Nothing of the new view is known to be written until it is applied.
-            self.unwritten_trust_domains = None;
+            self.hand_view_to_sinks();
         }
         let digest = authorities_digest(bundle);
         if self.published.bundle_digest.as_deref() == Some(digest.as_str()) {
-            // The federation holds these authorities at the sequence it accepted then.
+            // The federation holds these authorities at the sequence it accepted then (a
+            // restarted agent numbers the same certificates anew: no rotation).
             self.status.bundle.published_sequence =
                 self.published.bundle_sequence.or(Some(bundle.sequence));
+            self.status.bundle.published_current = Some(true);
             return Ok(());
         }
+        self.status.bundle.published_current = Some(false);
+        let force = self.config.file.force_publish_bundle;
         let request = pb::PublishBundleRequest {
             bundle: Some(pb::TrustBundle {
                 trust_domain: bundle.trust_domain.clone(),
                 spiffe_bundle_json: bundle.to_spiffe_json(),
                 sequence: bundle.sequence,
             }),
-            force: false,
+            force,
         };
         let mut accepted = bundle.sequence;
         let deadline = self.deadlines().call;
         match bounded("publish bundle", deadline, client.publish_bundle(request)).await? {
             Ok(response) => {
                 accepted = response.sequence;
-                tracing::info!(sequence = accepted, "bundle published");
+                if force {
+                    tracing::warn!(
+                        sequence = accepted,
+                        "bundle published with force (force_publish_bundle is set): remove the \
+                         setting once this rotation is done"
+                    );
+                } else {
+                    tracing::info!(sequence = accepted, "bundle published");
+                }
             }
             // Already there (a restart after publishing): the federation has it.
-            Err(status)
-                if status.code() == Code::InvalidArgument
-                    && status.message().contains("not greater than the stored sequence") =>
-            {
+            Err(status) if is_replay(&status) => {
                 tracing::debug!("bundle already published");
             }
             Err(status) if status.code() == Code::InvalidArgument => {
                 // The source gives a bundle the federation refuses: report, keep going.
+                tracing::warn!(
+                    sequence = bundle.sequence,
+                    reason = status.message(),
+                    "the federation refused the cluster's bundle; the last one it accepted \
+                     stays in force: fix the bundle source (a bundle that no longer certifies \
+                     this agent's SVID needs force_publish_bundle = true)"
+                );
                 self.status.bundle.problem = Some(super::view::SourceProblem {
                     location: "bundle".into(),
                     message: format!("the federation refused it: {}", status.message()),
@@ -906,7 +1177,8 @@ impl Agent {
         self.published.bundle_digest = Some(digest);
         self.published.bundle_sequence = Some(accepted);
         self.status.bundle.published_sequence = Some(accepted);
-        self.store.save_published(&self.published)?;
+        self.status.bundle.published_current = Some(true);
+        self.save_published().await?;
         Ok(())
     }
 
@@ -979,7 +1251,7 @@ impl Agent {
             self.published.exports.remove(&name);
         }
         self.status.exports.published = self.published.exports.len();
-        self.store.save_published(&self.published)?;
+        self.save_published().await?;
         Ok(())
     }
 
@@ -1074,7 +1346,8 @@ impl Agent {
         });
     }
 
-    /// Makes `working` the applied view: saved, written to every sink, acknowledged.
+    /// Makes `working` the applied view: saved (on a blocking thread), handed to the
+    /// sinks; acknowledged once they report holding it.
     async fn commit(
         &mut self,
         client: &mut FederationClient<Channel>,
@@ -1088,7 +1361,8 @@ impl Agent {
             self.view.cluster.clone_from(&m.cluster);
             self.view.trust_domain.clone_from(&m.trust_domain);
         }
-        self.store.save_view(&self.view)?;
+        let (store, view) = (self.store.clone(), self.view.clone());
+        blocking(move || store.save_view(&view)).await?;
         self.status.applied_revision = self.view.revision;
         self.status.bundles =
             self.view.bundles.iter().map(|(td, b)| (td.clone(), b.sequence)).collect();
@@ -1096,40 +1370,82 @@ impl Agent {
         let room = MAX_PENDING_PROPAGATION.saturating_sub(self.pending_changes.len());
         let batch = std::mem::take(&mut self.batch_changes);
         self.pending_changes.extend(batch.into_iter().take(room));
-        self.sinks_dirty = true;
-        // Nothing of the new view is known to be written until it is applied.
-        self.unwritten_trust_domains = None;
-        self.apply_sinks().await;
+        self.hand_view_to_sinks();
+        // Without sinks, nothing waits: acknowledge at once.
         self.acknowledge(client).await?;
         Ok(())
     }
 
-    /// Writes the view to every sink; records each one's health.
-    async fn apply_sinks(&mut self) {
+    /// Hands the view to every sink task (a new generation): nothing of it is known to be
+    /// written until each reports it applied.
+    fn hand_view_to_sinks(&mut self) {
+        self.generation += 1;
+        self.views.send_replace(HandedView {
+            generation: self.generation,
+            view: Arc::new(self.view.clone()),
+        });
+        self.sinks_dirty = true;
+        self.unwritten_trust_domains = None;
+        self.settle_sinks();
+    }
+
+    /// Records a sink task's report: its status, its metrics, and whether every sink now
+    /// holds the current view.
+    fn on_sink_report(&mut self, report: SinkReport) {
+        let Some(progress) = self.sinks.get_mut(report.index) else { return };
+        let entry = self.status.sinks.entry(progress.name.clone()).or_default();
+        match report.outcome {
+            SinkOutcome::Started => {
+                progress.applying_since = Some(Instant::now());
+                return;
+            }
+            SinkOutcome::Done(Ok(())) => {
+                progress.applying_since = None;
+                progress.done = Some((report.generation, Some(Vec::new())));
+                self.metrics.sink_applied(&progress.name, true);
+                *entry =
+                    SinkStatus { healthy: true, applied_revision: report.revision, error: None };
+            }
+            SinkOutcome::Done(Err(error)) => {
+                progress.applying_since = None;
+                let unwritten =
+                    (!error.trust_domains.is_empty()).then(|| error.trust_domains.clone());
+                progress.done = Some((report.generation, unwritten));
+                self.metrics.sink_applied(&progress.name, false);
+                tracing::warn!(sink = %progress.name, %error, "sink failed; will retry");
+                entry.healthy = false;
+                entry.error = Some(error.to_string());
+            }
+        }
+        self.settle_sinks();
+        self.metrics.mirror(&self.status);
+    }
+
+    /// Works out, from the sinks' reports, whether every sink holds the current view
+    /// (then the changes it brought have propagated), or which trust domains some could
+    /// not write.
+    fn settle_sinks(&mut self) {
+        let generation = self.generation;
         let mut all_ok = true;
         let mut unwritten = Some(std::collections::BTreeSet::new());
-        for sink in &self.sinks {
-            let result = sink.apply(&self.view).await;
-            self.metrics.sink_applied(sink.name(), result.is_ok());
-            let entry = self.status.sinks.entry(sink.name().to_string()).or_default();
-            match result {
-                Ok(()) => {
-                    *entry = SinkStatus {
-                        healthy: true,
-                        applied_revision: self.view.revision,
-                        error: None,
-                    };
-                }
-                Err(error) => {
-                    all_ok = false;
-                    if error.trust_domains.is_empty() {
-                        unwritten = None;
-                    } else if let Some(unwritten) = &mut unwritten {
-                        unwritten.extend(error.trust_domains.iter().cloned());
+        for progress in &self.sinks {
+            match &progress.done {
+                Some((g, Some(tds))) if *g == generation => {
+                    if !tds.is_empty() {
+                        all_ok = false;
+                        if let Some(unwritten) = &mut unwritten {
+                            unwritten.extend(tds.iter().cloned());
+                        }
                     }
-                    tracing::warn!(sink = sink.name(), %error, "sink failed; will retry");
-                    entry.healthy = false;
-                    entry.error = Some(error.to_string());
+                }
+                Some((g, None)) if *g == generation => {
+                    all_ok = false;
+                    unwritten = None;
+                }
+                // Not reported on the current view yet.
+                _ => {
+                    all_ok = false;
+                    unwritten = None;
                 }
             }
         }
@@ -1138,7 +1454,30 @@ impl Agent {
         if all_ok {
             self.observe_propagation();
         }
-        self.metrics.mirror(&self.status);
+    }
+
+    /// Marks unhealthy every sink whose apply has run for [`SINK_STALLED`] or more.
+    fn mark_stalled_sinks(&mut self) {
+        for progress in &self.sinks {
+            let Some(since) = progress.applying_since else { continue };
+            let running = since.elapsed();
+            if running < SINK_STALLED {
+                continue;
+            }
+            let entry = self.status.sinks.entry(progress.name.clone()).or_default();
+            if entry.healthy {
+                tracing::warn!(
+                    sink = %progress.name,
+                    running_ms = running.as_millis(),
+                    "a sink apply has not finished; its target does not answer"
+                );
+            }
+            entry.healthy = false;
+            entry.error = Some(format!(
+                "an apply has run for {} s without finishing: the sink's target does not answer",
+                running.as_secs()
+            ));
+        }
     }
 
     /// Every sink holds the view: the committed changes have propagated.
@@ -1206,21 +1545,20 @@ impl Agent {
             }
         }
         self.published.acked.retain(|td, _| self.view.bundles.contains_key(td));
-        if changed && let Err(error) = self.store.save_published(&self.published) {
+        if changed && let Err(error) = self.save_published().await {
             tracing::warn!(%error, "cannot save what was acknowledged");
         }
         missed.map_or(Ok(()), Err)
     }
 
+    /// Hands the status to its writer (which writes it on a blocking thread).
     fn write_status(&mut self) {
+        self.mark_stalled_sinks();
         self.metrics.mirror(&self.status);
         self.status.written_at_ms = now_ms();
-        let path = self.store.status_path();
         match serde_json::to_vec_pretty(&self.status) {
             Ok(bytes) => {
-                if let Err(error) = super::store::write_atomic(&path, &bytes, 0o644) {
-                    tracing::debug!(%error, "cannot write the status file");
-                }
+                self.status_writer.sender.send_replace(bytes);
             }
             Err(error) => tracing::debug!(%error, "cannot encode the status"),
         }
@@ -1254,6 +1592,61 @@ fn authorities_digest(bundle: &TrustBundle) -> String {
 fn export_digest(export: &crate::service::ServiceExport) -> String {
     let bytes = postcard::to_stdvec(export).unwrap_or_default();
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// When `error` is the federation refusing the agent (permission denied,
+/// unauthenticated), what the operator should do (`joined`: the agent has a membership;
+/// `token_file`: where it takes new tokens from); `None` for any other failure, retried
+/// as usual.
+fn refusal_next_step(
+    error: &anyhow::Error,
+    joined: bool,
+    token_file: Option<&std::path::Path>,
+) -> Option<String> {
+    let status = error.chain().find_map(|e| e.downcast_ref::<tonic::Status>())?;
+    if !matches!(status.code(), Code::PermissionDenied | Code::Unauthenticated) {
+        return None;
+    }
+    let give = token_file.map_or_else(
+        || "restart the agent with it (--token or FEDERATOR_JOIN_TOKEN)".to_string(),
+        |path| {
+            format!("write it to {}: the agent joins with it, no restart needed", path.display())
+        },
+    );
+    Some(if joined {
+        format!(
+            "if this cluster was removed (`federator cluster remove`), create a new token with \
+             `federator token create` and {give} (it republishes its bundle and exports and \
+             acknowledges every bundle again; nothing to delete); if its SVID does not verify, \
+             publish the bundle that certifies it"
+        )
+    } else {
+        format!(
+            "the join token was refused (used, expired, or for another cluster): create a new \
+             one with `federator token create` and {give}"
+        )
+    })
+}
+
+/// The wait before asking again a federation that refused this agent: `max` (the
+/// session's longest backoff) doubling with each refusal in a row, up to
+/// [`REFUSED_BACKOFF`] (never below `max`).
+fn refused_backoff(refusals: u32, max: Duration) -> Duration {
+    max.saturating_mul(1u32 << refusals.saturating_sub(1).min(8)).min(REFUSED_BACKOFF.max(max))
+}
+
+/// Whether `status` refuses a bundle because its sequence is not above the one the
+/// federation holds (a replay: the federation already has it).
+///
+/// Decided by the refusal kind a replica sets in the [`REFUSAL_METADATA_KEY`] metadata
+/// ([`REFUSAL_SEQUENCE_REPLAY`]); replicas that set none are recognised by their
+/// message, as before.
+fn is_replay(status: &tonic::Status) -> bool {
+    if let Some(kind) = status.metadata().get(REFUSAL_METADATA_KEY) {
+        return kind.to_str().is_ok_and(|kind| kind == REFUSAL_SEQUENCE_REPLAY);
+    }
+    status.code() == Code::InvalidArgument
+        && status.message().contains("not greater than the stored sequence")
 }
 
 /// Jittered exponential backoff: 100 ms doubling to `max`, ± 50 %.
@@ -1314,6 +1707,61 @@ mod tests {
             let renewed = d.keepalive_every * 2 + backoff(0, d.max_backoff) + d.connect + d.call;
             assert!(renewed < ttl, "renewed after {renewed:?} of {ttl:?}");
         }
+    }
+
+    #[test]
+    fn refusals_say_what_to_do_and_other_failures_are_retried_as_usual() {
+        let refused = |code| anyhow::Error::new(tonic::Status::new(code, "no")).context("session");
+        let file = std::path::Path::new("/etc/federator/join-token");
+        let removed = refusal_next_step(&refused(Code::PermissionDenied), true, Some(file))
+            .expect("a refusal");
+        assert!(removed.contains("federator token create"), "{removed}");
+        assert!(removed.contains("write it to /etc/federator/join-token"), "{removed}");
+        assert!(removed.contains("no restart needed"), "{removed}");
+        let token = refusal_next_step(&refused(Code::Unauthenticated), false, None).expect("one");
+        assert!(token.contains("join token was refused"), "{token}");
+        assert!(token.contains("--token"), "{token}");
+        // Through a lease keeper's error too.
+        let keeper = anyhow::Error::new(LeaseError::Answered {
+            call: "keep-alive",
+            status: tonic::Status::permission_denied("not a member"),
+        });
+        assert!(refusal_next_step(&keeper, true, Some(file)).is_some());
+        for code in [Code::Unavailable, Code::DeadlineExceeded, Code::InvalidArgument] {
+            assert_eq!(refusal_next_step(&refused(code), true, Some(file)), None, "{code:?}");
+        }
+        assert_eq!(refusal_next_step(&anyhow!("connect: refused"), true, None), None);
+    }
+
+    #[test]
+    fn a_refused_agent_asks_again_slowly() {
+        let max = Deadlines::for_ttl(Duration::from_secs(10)).max_backoff;
+        assert_eq!(refused_backoff(1, max), max, "the first refusal waits the longest backoff");
+        assert_eq!(refused_backoff(2, max), max * 2);
+        assert!((1..100).all(|n| refused_backoff(n, max) <= REFUSED_BACKOFF));
+        assert_eq!(refused_backoff(50, max), REFUSED_BACKOFF);
+        // Never below the session's own backoff, however long the TTL.
+        let long = Deadlines::for_ttl(Duration::from_secs(3600)).max_backoff;
+        assert!(refused_backoff(1, long) >= long);
+    }
+
+    #[test]
+    fn a_replay_is_recognised_by_its_refusal_kind_and_else_by_its_message() {
+        let mut typed = tonic::Status::invalid_argument("any wording");
+        typed
+            .metadata_mut()
+            .insert(REFUSAL_METADATA_KEY, REFUSAL_SEQUENCE_REPLAY.parse().expect("ascii"));
+        assert!(is_replay(&typed));
+        let mut other = tonic::Status::invalid_argument(
+            "bundle: spiffe_sequence: 3 is not greater than the stored sequence 4 (replay)",
+        );
+        other.metadata_mut().insert(REFUSAL_METADATA_KEY, "lockout".parse().expect("ascii"));
+        assert!(!is_replay(&other), "the kind, when given, decides");
+        let legacy = tonic::Status::invalid_argument(
+            "bundle: spiffe_sequence: 3 is not greater than the stored sequence 4 (replay)",
+        );
+        assert!(is_replay(&legacy), "replicas without the kind: the message");
+        assert!(!is_replay(&tonic::Status::invalid_argument("keys: would lock the agent out")));
     }
 
     #[test]

@@ -116,6 +116,12 @@ pub struct BundleSourceStatus {
     pub sequence: Option<u64>,
     /// Sequence published to the federation.
     pub published_sequence: Option<u64>,
+    /// Whether the federation holds the authorities of the bundle the source gives (a
+    /// restarted agent numbers the same certificates anew: `sequence` then differs from
+    /// `published_sequence` though nothing is left to publish). `None` in the status of
+    /// an older agent: compare the sequences.
+    #[serde(default)]
+    pub published_current: Option<bool>,
     /// A problem with the source, if any.
     pub problem: Option<SourceProblem>,
 }
@@ -131,7 +137,43 @@ pub struct ExportSourceStatus {
     pub problems: Vec<SourceProblem>,
 }
 
+/// The status of an agent that holds no lease is stale after this long (the default
+/// lease TTL).
+pub const DEFAULT_STALE_MS: i64 = 10_000;
+
 impl AgentStatus {
+    /// How old the status may be before it says nothing: the lease's TTL (a running
+    /// agent writes it every second; one older than the TTL cannot vouch for the lease).
+    #[must_use]
+    pub fn stale_after_ms(&self) -> i64 {
+        self.lease.as_ref().map_or(DEFAULT_STALE_MS, |l| i64::from(l.ttl_seconds.max(1)) * 1000)
+    }
+
+    /// Whether the status is older than [`AgentStatus::stale_after_ms`] at `now_ms`.
+    #[must_use]
+    pub fn is_too_old(&self, now_ms: i64) -> bool {
+        self.is_stale(now_ms, self.stale_after_ms())
+    }
+
+    /// Whether the lease is live as far as this status tells at `now_ms`: held, its
+    /// last keep-alive answered within its TTL, none failed since, and the status itself
+    /// not stale.
+    #[must_use]
+    pub fn lease_is_live(&self, now_ms: i64) -> bool {
+        let Some(lease) = &self.lease else { return false };
+        let ttl_ms = i64::from(lease.ttl_seconds) * 1000;
+        !self.is_too_old(now_ms)
+            && lease.failed_keepalives == 0
+            && lease.last_keepalive_ms.is_some_and(|at| now_ms - at <= ttl_ms)
+    }
+
+    /// Whether the federation holds the own bundle the source gives.
+    #[must_use]
+    pub fn own_bundle_published(&self) -> bool {
+        let b = &self.bundle;
+        b.problem.is_none() && b.published_current.unwrap_or(b.sequence == b.published_sequence)
+    }
+
     /// Whether the status is older than `max_age_ms` at `now_ms` (the agent is not
     /// running, or is stuck).
     #[must_use]

@@ -26,6 +26,11 @@ pub struct Membership {
     pub federation_ca_pem: String,
     /// When it joined (unix seconds).
     pub joined_at: i64,
+    /// The membership's incarnation: the hash of the join token's secret (a token admits
+    /// one join, so each join has its own). `None` for a membership recorded by an older
+    /// agent.
+    #[serde(default)]
+    pub token_hash: Option<String>,
 }
 
 /// What the agent has told the federation, so that a restarted agent neither repeats it
@@ -42,6 +47,28 @@ pub struct Published {
     pub exports: BTreeMap<String, String>,
     /// Foreign bundles acknowledged: trust domain → sequence.
     pub acked: BTreeMap<String, u64>,
+    /// The membership incarnation ([`Membership::token_hash`]) this record belongs to:
+    /// what was published and acknowledged under an earlier membership (before the
+    /// cluster was removed and joined again) counts for nothing. `None` for a record of
+    /// an older agent.
+    #[serde(default)]
+    pub membership: Option<String>,
+}
+
+impl Published {
+    /// This record, or a fresh one when it belongs to another membership than
+    /// `membership` (an agent that joined again publishes and acknowledges everything
+    /// anew).
+    #[must_use]
+    pub fn for_membership(self, membership: Option<&Membership>) -> Self {
+        let current = membership.and_then(|m| m.token_hash.as_ref());
+        match (&self.membership, current) {
+            (Some(recorded), Some(current)) if recorded != current => {
+                Self { membership: Some(current.clone()), ..Self::default() }
+            }
+            _ => self,
+        }
+    }
 }
 
 /// The state directory.
@@ -296,6 +323,7 @@ mod tests {
             endpoints: vec!["127.0.0.1:1".into()],
             federation_ca_pem: "pem".into(),
             joined_at: 1,
+            token_hash: Some("h1".into()),
         };
         store.save_membership(&membership).expect("save");
         assert_eq!(store.membership().expect("read"), Some(membership));
@@ -327,5 +355,34 @@ mod tests {
         std::fs::write(store.dir().join("view.json"), b"{not json").expect("corrupt");
         let err = store.view().expect_err("corrupt");
         assert!(err.to_string().contains("view.json"), "{err}");
+    }
+
+    #[test]
+    fn what_was_published_under_an_earlier_membership_counts_for_nothing() {
+        let membership = |hash: Option<&str>| Membership {
+            cluster: "a".into(),
+            trust_domain: "a.test".into(),
+            agent_id: "spiffe://a.test/agent".into(),
+            endpoints: Vec::new(),
+            federation_ca_pem: String::new(),
+            joined_at: 1,
+            token_hash: hash.map(str::to_string),
+        };
+        let published = Published {
+            bundle_digest: Some("d".into()),
+            bundle_sequence: Some(3),
+            exports: BTreeMap::from([("shop/cart".to_string(), "x".to_string())]),
+            acked: BTreeMap::from([("b.test".to_string(), 4)]),
+            membership: Some("h1".into()),
+        };
+        let same = published.clone().for_membership(Some(&membership(Some("h1"))));
+        assert_eq!(same, published);
+        let rejoined = published.clone().for_membership(Some(&membership(Some("h2"))));
+        assert_eq!(rejoined, Published { membership: Some("h2".into()), ..Published::default() });
+        // Records of older agents (no incarnation on either side) are kept as they are.
+        assert_eq!(published.clone().for_membership(Some(&membership(None))), published);
+        let legacy = Published { membership: None, ..published.clone() };
+        assert_eq!(legacy.clone().for_membership(Some(&membership(Some("h2")))), legacy);
+        assert_eq!(published.clone().for_membership(None), published);
     }
 }

@@ -43,9 +43,6 @@ struct StatusArgs {
     state_dir: PathBuf,
 }
 
-/// A status older than this means the agent is not running.
-const STALE_MS: i64 = 5_000;
-
 /// Runs the agent until SIGINT or SIGTERM, or prints its status.
 pub async fn run(args: AgentArgs, out: OutputFormat) -> anyhow::Result<ExitCode> {
     match args.command {
@@ -66,14 +63,14 @@ fn show_status(state_dir: &std::path::Path, out: OutputFormat) -> anyhow::Result
         .with_context(|| format!("no agent status at {} (has the agent run?)", path.display()))?;
     let status: AgentStatus = serde_json::from_str(&text)
         .with_context(|| format!("{} does not parse", path.display()))?;
-    let stale = status.is_stale(now_ms(), STALE_MS);
-    output::print(out, &status, |s| print!("{}", render(s, now_ms())))?;
-    let unhealthy = stale || is_unhealthy(&status);
-    Ok(if unhealthy { ExitCode::FAILURE } else { ExitCode::SUCCESS })
+    let (text, healthy) = render(&status, now_ms());
+    output::print(out, &status, |_| print!("{text}"))?;
+    Ok(exit_code(healthy))
 }
 
-fn is_unhealthy(status: &AgentStatus) -> bool {
-    status.connected_replica.is_none() || status.sinks.values().any(|s| !s.healthy)
+/// Success exactly when the status shows no `×`.
+fn exit_code(healthy: bool) -> ExitCode {
+    if healthy { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 /// How long before `now_ms` the instant `at_ms` was.
@@ -81,12 +78,21 @@ fn ago(now_ms: i64, at_ms: i64) -> String {
     super::services::ms_ago(u64::try_from(now_ms - at_ms).unwrap_or(0))
 }
 
-/// The status for people: one line per concern, `√` or `×` first. Every line is escaped
-/// ([`output::Text`]): names, errors and problems come from the cluster's sources.
-fn render(s: &AgentStatus, now: i64) -> String {
-    let mark = |ok: bool| if ok { "√" } else { "×" };
+/// The status for people: one line per concern, `√` or `×` first, and whether no line
+/// is `×` (the command's exit status). Every line is escaped ([`output::Text`]): names,
+/// errors and problems come from the cluster's sources.
+fn render(s: &AgentStatus, now: i64) -> (String, bool) {
+    let failed = std::cell::Cell::new(false);
+    let mark = |ok: bool| {
+        if ok {
+            "√"
+        } else {
+            failed.set(true);
+            "×"
+        }
+    };
     let mut text = output::Text::new();
-    let stale = s.is_stale(now, STALE_MS);
+    let stale = s.is_too_old(now);
     text.line(format_args!(
         "{} agent pid {} for cluster {} ({}), status written {}{}",
         mark(!stale),
@@ -94,7 +100,15 @@ fn render(s: &AgentStatus, now: i64) -> String {
         if s.cluster.is_empty() { "(not joined)" } else { &s.cluster },
         s.trust_domain,
         ago(now, s.written_at_ms),
-        if stale { " — the agent is not running or stuck" } else { "" }
+        if stale {
+            format!(
+                " — stale (older than {}s, the lease TTL): the agent is not running or stuck; \
+                 every line below is as of then (hint: check that the agent runs, and its log)",
+                s.stale_after_ms() / 1000
+            )
+        } else {
+            String::new()
+        }
     ));
     match (&s.connected_replica, s.connected_since_ms) {
         (Some(replica), since) => text.line(format_args!(
@@ -103,7 +117,8 @@ fn render(s: &AgentStatus, now: i64) -> String {
             s.connections
         )),
         (None, _) => text.line(format_args!(
-            "× not connected{} — serving the last applied view (revision {})",
+            "{} not connected{} — serving the last applied view (revision {})",
+            mark(false),
             s.last_error.as_ref().map_or_else(String::new, |e| format!(": {e}")),
             s.applied_revision
         )),
@@ -131,8 +146,8 @@ fn render(s: &AgentStatus, now: i64) -> String {
     ));
     match &s.lease {
         Some(lease) => text.line(format_args!(
-            "{} lease {} (ttl {}s), last keep-alive {}{}",
-            mark(lease.failed_keepalives == 0),
+            "{} lease {} (ttl {}s), last keep-alive {}{}{}",
+            mark(s.lease_is_live(now)),
             lease.id,
             lease.ttl_seconds,
             lease.last_keepalive_ms.map_or_else(|| "never".into(), |t| ago(now, t)),
@@ -140,9 +155,22 @@ fn render(s: &AgentStatus, now: i64) -> String {
                 format!(", {} failed since", lease.failed_keepalives)
             } else {
                 String::new()
+            },
+            if stale {
+                " — as of a stale status: the lease may have expired"
+            } else if lease
+                .last_keepalive_ms
+                .is_none_or(|at| now - at > i64::from(lease.ttl_seconds) * 1000)
+            {
+                " — older than the TTL: the lease may have expired"
+            } else {
+                ""
             }
         )),
-        None => text.line("× no lease: this cluster's endpoints are not ready anywhere"),
+        None => text.line(format_args!(
+            "{} no lease: this cluster's endpoints are not ready anywhere",
+            mark(false)
+        )),
     };
     for (name, sink) in &s.sinks {
         text.line(format_args!(
@@ -153,11 +181,14 @@ fn render(s: &AgentStatus, now: i64) -> String {
         ));
     }
     let bundle = &s.bundle;
+    let same_authorities =
+        bundle.published_current == Some(true) && bundle.sequence != bundle.published_sequence;
     text.line(format_args!(
-        "{} own bundle: sequence {}, published {}{}",
-        mark(bundle.problem.is_none() && bundle.sequence == bundle.published_sequence),
+        "{} own bundle: sequence {}, published {}{}{}",
+        mark(s.own_bundle_published()),
         bundle.sequence.map_or_else(|| "-".into(), |v| v.to_string()),
         bundle.published_sequence.map_or_else(|| "-".into(), |v| v.to_string()),
+        if same_authorities { " (the same authorities)" } else { "" },
         bundle
             .problem
             .as_ref()
@@ -191,7 +222,7 @@ fn render(s: &AgentStatus, now: i64) -> String {
             ago(now, p.at_ms)
         ));
     }
-    text.into()
+    (text.into(), !failed.get())
 }
 
 #[cfg(test)]
@@ -225,7 +256,7 @@ mod tests {
             location: "/federator/exports/ns/bad".into(),
             message: "ports: required".into(),
         });
-        let text = render(&s, 11_000);
+        let (text, _) = render(&s, 11_000);
         assert!(
             text.contains("× not connected — serving the last applied view (revision 7)"),
             "{text}"
@@ -234,8 +265,8 @@ mod tests {
         assert!(text.contains("√ lease 3 (ttl 10s), last keep-alive 2.0s ago"), "{text}");
         assert!(text.contains("× sink etcd: revision 5, failing: refused"), "{text}");
         assert!(text.contains("‼ /federator/exports/ns/bad: ports: required"), "{text}");
-        assert!(render(&s, 60_000).contains("not running or stuck"));
-        assert!(is_unhealthy(&s));
+        assert!(render(&s, 60_000).0.contains("not running or stuck"));
+        assert!(!render(&s, 11_000).1, "× lines make the status unhealthy");
         assert!(!text.contains("propagation"), "{text}");
         s.last_propagation = Some(crate::agent::status::PropagationStatus {
             kind: "bundle".into(),
@@ -243,7 +274,7 @@ mod tests {
             millis: 42,
             at_ms: 10_000,
         });
-        let text = render(&s, 11_000);
+        let (text, _) = render(&s, 11_000);
         assert!(text.contains("propagation: last 42 ms from b.test (bundle, 1.0s ago)"), "{text}");
         assert!(!text.contains("left"), "{text}");
         s.connected_replica = Some("127.0.0.1:7102".into());
@@ -255,7 +286,7 @@ mod tests {
             to: Some("127.0.0.1:7102".into()),
             connected_at_ms: Some(8_150),
         });
-        let text = render(&s, 11_000);
+        let (text, _) = render(&s, 11_000);
         assert!(
             text.contains(
                 "left 127.0.0.1:7101 3.0s ago, connected to 127.0.0.1:7102 150 ms later \
@@ -283,10 +314,128 @@ mod tests {
             .problems
             .push(SourceProblem { location: hostile.into(), message: hostile.into() });
         let clean =
-            render(&AgentStatus { written_at_ms: 10_000, ..AgentStatus::default() }, 11_000);
-        let text = render(&s, 11_000);
+            render(&AgentStatus { written_at_ms: 10_000, ..AgentStatus::default() }, 11_000).0;
+        let (text, _) = render(&s, 11_000);
         assert_eq!(text.lines().count(), clean.lines().count() + 2, "{text}");
         assert!(!text.contains(|c: char| c.is_control() && c != '\n'), "{text:?}");
         assert!(text.contains(r"× not connected: \n\x1b]0;pwned\x07\x1b[1A — serving"), "{text}");
+    }
+
+    /// A status every line of which is `√` at 11 s: connected, lease renewed a second
+    /// ago, sinks healthy, own bundle published.
+    fn healthy() -> AgentStatus {
+        let mut s = AgentStatus {
+            pid: 42,
+            written_at_ms: 10_000,
+            cluster: "a".into(),
+            trust_domain: "a.test".into(),
+            connected_replica: Some("127.0.0.1:7101".into()),
+            connected_since_ms: Some(1_000),
+            applied_revision: 9,
+            received_revision: 9,
+            lease: Some(LeaseStatus {
+                id: 3,
+                ttl_seconds: 10,
+                last_keepalive_ms: Some(10_000),
+                failed_keepalives: 0,
+            }),
+            ..AgentStatus::default()
+        };
+        s.sinks
+            .insert("etcd".into(), SinkStatus { healthy: true, applied_revision: 9, error: None });
+        s.bundle.sequence = Some(5);
+        s.bundle.published_sequence = Some(5);
+        s
+    }
+
+    /// What `federator agent status` exits with for `status` written now.
+    fn exit_of(status: &AgentStatus) -> String {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::open(dir.path()).expect("store");
+        let mut status = status.clone();
+        let age = 11_000 - status.written_at_ms;
+        status.written_at_ms = now_ms() - age;
+        if let Some(lease) = &mut status.lease {
+            lease.last_keepalive_ms = lease.last_keepalive_ms.map(|at| now_ms() - (11_000 - at));
+        }
+        std::fs::write(store.status_path(), serde_json::to_vec(&status).expect("json"))
+            .expect("write");
+        let code = show_status(dir.path(), OutputFormat::Table).expect("status");
+        format!("{code:?}")
+    }
+
+    #[test]
+    fn agent_status_exits_non_zero_exactly_when_it_prints_a_cross() {
+        let ok = format!("{:?}", ExitCode::SUCCESS);
+        let failure = format!("{:?}", ExitCode::FAILURE);
+        let s = healthy();
+        let (text, good) = render(&s, 11_000);
+        assert!(good && !text.contains('×'), "{text}");
+        assert_eq!(exit_of(&s), ok);
+        // Each × alone makes the command fail.
+        let mut broken = Vec::new();
+        let mut no_lease = healthy();
+        no_lease.lease = None;
+        broken.push(no_lease);
+        let mut failed_keepalive = healthy();
+        if let Some(l) = &mut failed_keepalive.lease {
+            l.failed_keepalives = 1;
+        }
+        broken.push(failed_keepalive);
+        let mut unpublished = healthy();
+        unpublished.bundle.published_sequence = Some(4);
+        broken.push(unpublished);
+        let mut lagging = healthy();
+        lagging.received_revision = 10;
+        broken.push(lagging);
+        let mut export_problem = healthy();
+        export_problem
+            .exports
+            .problems
+            .push(SourceProblem { location: "x".into(), message: "bad".into() });
+        broken.push(export_problem);
+        for s in broken {
+            let (text, good) = render(&s, 11_000);
+            assert!(!good && text.contains('×'), "{text}");
+            assert_eq!(exit_of(&s), failure, "{text}");
+        }
+    }
+
+    #[test]
+    fn a_restart_that_renumbers_the_same_authorities_is_no_cross() {
+        let mut s = healthy();
+        // A restarted agent read the same PEM file: a new local sequence, same authorities.
+        s.bundle.sequence = Some(1_700_000_123);
+        s.bundle.published_current = Some(true);
+        let (text, good) = render(&s, 11_000);
+        assert!(good, "{text}");
+        assert!(
+            text.contains("√ own bundle: sequence 1700000123, published 5 (the same authorities)"),
+            "{text}"
+        );
+        // Really new authorities not yet accepted are a ×.
+        s.bundle.published_current = Some(false);
+        assert!(!render(&s, 11_000).1);
+    }
+
+    #[test]
+    fn a_status_older_than_the_lease_ttl_is_stale_and_vouches_for_no_lease() {
+        let s = healthy();
+        // Written 5 m 6 s ago, its last keep-alive with it.
+        let now = 10_000 + 306_000;
+        let (text, good) = render(&s, now);
+        assert!(!good, "{text}");
+        assert!(text.contains("× agent pid 42"), "{text}");
+        assert!(text.contains("stale (older than 10s, the lease TTL)"), "{text}");
+        assert!(text.contains("hint: check that the agent runs"), "{text}");
+        assert!(
+            text.contains("× lease 3 (ttl 10s), last keep-alive 5m6s ago — as of a stale status"),
+            "{text}"
+        );
+        // Within the TTL it is not stale (the agent writes it every second).
+        assert!(render(&s, 10_000 + 9_000).1);
+        let mut old = healthy();
+        old.written_at_ms = 10_000 - 300_000;
+        assert_eq!(exit_of(&old), format!("{:?}", ExitCode::FAILURE));
     }
 }

@@ -106,9 +106,6 @@ pub struct Report {
 /// The order groups are printed in.
 const GROUPS: [&str; 6] = ["replicas", "certificates", "members", "bundles", "agents", "disk"];
 
-/// A status file older than this means the agent is not running (it writes every second).
-const AGENT_STALE_MS: i64 = 10_000;
-
 /// Collects checks.
 #[derive(Default)]
 struct Checks(Vec<Check>);
@@ -650,10 +647,15 @@ fn agent_checks(s: &AgentStatus, now_ms: i64) -> Vec<Check> {
     } else {
         format!("agent of {}", s.cluster)
     };
-    if s.is_stale(now_ms, AGENT_STALE_MS) {
+    if s.is_too_old(now_ms) {
         checks.fail(
             "agents",
-            format!("{who}: status not written for {}s", (now_ms - s.written_at_ms) / 1000),
+            format!(
+                "{who}: status not written for {}s (stale: older than {}s, the lease TTL); its \
+                 lease may have expired",
+                (now_ms - s.written_at_ms) / 1000,
+                s.stale_after_ms() / 1000
+            ),
             "the agent is not running or stuck: its sinks serve the last applied view; restart it",
         );
         return checks.0;
@@ -668,6 +670,42 @@ fn agent_checks(s: &AgentStatus, now_ms: i64) -> Vec<Check> {
             ),
             "it serves the last applied view; check that it can reach a replica and that its SVID is valid",
         ),
+    }
+    match &s.lease {
+        Some(lease) if s.lease_is_live(now_ms) => checks.pass(
+            "agents",
+            format!("{who}: lease {} live (ttl {}s)", lease.id, lease.ttl_seconds),
+        ),
+        Some(lease) => checks.fail(
+            "agents",
+            format!(
+                "{who}: lease {} not renewed: last keep-alive {}, {} failed since (ttl {}s)",
+                lease.id,
+                lease.last_keepalive_ms.map_or_else(
+                    || "never".to_string(),
+                    |at| format!("{}s ago", (now_ms - at).max(0) / 1000)
+                ),
+                lease.failed_keepalives,
+                lease.ttl_seconds
+            ),
+            "the agent cannot renew its lease through the replica it uses: see its log and `federator agent status`",
+        ),
+        None => checks.fail(
+            "agents",
+            format!("{who}: holds no lease: this cluster's endpoints are not ready anywhere"),
+            "see the agent's log and `federator agent status`",
+        ),
+    }
+    if s.bundle.problem.is_none() && !s.own_bundle_published() {
+        checks.fail(
+            "agents",
+            format!(
+                "{who}: own bundle sequence {} not published (the federation holds {})",
+                s.bundle.sequence.map_or_else(|| "-".into(), |v| v.to_string()),
+                s.bundle.published_sequence.map_or_else(|| "-".into(), |v| v.to_string())
+            ),
+            "see the agent's log for why the federation did not take it",
+        );
     }
     // A failover is no failure (the agent moved on, its lease renewed through the next
     // replica), but the replica it left may need a look.
@@ -962,6 +1000,12 @@ mod tests {
             written_at_ms: now - 500,
             connected_replica: Some("127.0.0.1:7101".into()),
             applied_revision: 9,
+            lease: Some(crate::agent::status::LeaseStatus {
+                id: 3,
+                ttl_seconds: 10,
+                last_keepalive_ms: Some(now - 1_000),
+                failed_keepalives: 0,
+            }),
             ..AgentStatus::default()
         };
         s.sinks = BTreeMap::from([
@@ -997,5 +1041,62 @@ mod tests {
         let stale = agent_checks(&s, now);
         assert_eq!(stale.len(), 1);
         assert!(stale[0].detail.contains("status not written for 60s"), "{:?}", stale[0]);
+    }
+
+    #[test]
+    fn check_fails_on_a_stale_status_an_unrenewed_lease_and_an_unpublished_bundle() {
+        let now = crate::agent::status::now_ms();
+        let live = AgentStatus {
+            cluster: "a".into(),
+            written_at_ms: now - 500,
+            connected_replica: Some("127.0.0.1:7101".into()),
+            lease: Some(crate::agent::status::LeaseStatus {
+                id: 3,
+                ttl_seconds: 10,
+                last_keepalive_ms: Some(now - 1_000),
+                failed_keepalives: 0,
+            }),
+            ..AgentStatus::default()
+        };
+        // Through the state directory, as `check --agent-state-dir` reads it.
+        let judge = |s: &AgentStatus| {
+            let dir = tempfile::tempdir().expect("dir");
+            std::fs::write(dir.path().join("status.json"), serde_json::to_vec(s).expect("json"))
+                .expect("write");
+            let mut checks = Checks::default();
+            check_agent(dir.path(), now, &mut checks);
+            report(checks.0)
+        };
+        assert!(judge(&live).ok, "{:?}", judge(&live).checks);
+        // The issue's case: a status (and keep-alive) 5 m 6 s old.
+        let mut stale = live.clone();
+        stale.written_at_ms = now - 306_000;
+        if let Some(l) = &mut stale.lease {
+            l.last_keepalive_ms = Some(now - 306_000);
+        }
+        let report_stale = judge(&stale);
+        assert!(!report_stale.ok);
+        assert!(
+            report_stale.checks.iter().any(|c| c.detail.contains("stale: older than 10s")),
+            "{:?}",
+            report_stale.checks
+        );
+        // A fresh status whose keep-alives stopped renewing.
+        let mut unrenewed = live.clone();
+        if let Some(l) = &mut unrenewed.lease {
+            l.last_keepalive_ms = Some(now - 20_000);
+            l.failed_keepalives = 3;
+        }
+        assert!(!judge(&unrenewed).ok);
+        let mut no_lease = live.clone();
+        no_lease.lease = None;
+        assert!(!judge(&no_lease).ok);
+        let mut unpublished = live.clone();
+        unpublished.bundle.sequence = Some(2);
+        unpublished.bundle.published_sequence = Some(1);
+        assert!(!judge(&unpublished).ok);
+        // A restart renumbered the same authorities: nothing to publish.
+        unpublished.bundle.published_current = Some(true);
+        assert!(judge(&unpublished).ok);
     }
 }

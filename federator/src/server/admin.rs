@@ -254,6 +254,13 @@ pub fn replica_status(error: ReplicaError) -> Status {
 pub fn command_status(error: CommandError) -> Status {
     let message = error.to_string();
     match error {
+        CommandError::Bundle(ref bundle) if crate::bundle::is_sequence_replay(bundle) => {
+            let mut status = Status::invalid_argument(message);
+            if let Ok(kind) = crate::bundle::REFUSAL_SEQUENCE_REPLAY.parse() {
+                status.metadata_mut().insert(crate::bundle::REFUSAL_METADATA_KEY, kind);
+            }
+            status
+        }
         CommandError::Invalid { .. } | CommandError::Bundle(_) => Status::invalid_argument(message),
         CommandError::PermissionDenied(_) | CommandError::Token(_) => {
             Status::permission_denied(message)

@@ -143,7 +143,11 @@ fn capped(status: Status) -> Status {
     while !message.is_char_boundary(end) {
         end -= 1;
     }
-    Status::new(status.code(), format!("{}…[+{} bytes]", &message[..end], message.len() - end))
+    let mut short =
+        Status::new(status.code(), format!("{}…[+{} bytes]", &message[..end], message.len() - end));
+    // Metadata (a refusal's kind) survives the cut.
+    *short.metadata_mut() = status.metadata().clone();
+    short
 }
 
 /// Whether a failed call is the caller's doing (a refusal), not the federation's
@@ -682,6 +686,32 @@ mod tests {
         assert!(cut.message().len() <= MAX_STATUS_MESSAGE + 32);
         assert_eq!(cut.code(), tonic::Code::InvalidArgument);
         assert_eq!(capped(Status::not_found("short")).message(), "short");
+    }
+
+    #[test]
+    fn a_replayed_sequence_is_refused_with_its_kind_even_when_the_message_is_cut() {
+        let replay = crate::state::CommandError::Bundle(crate::bundle::BundleError::Invalid {
+            field: "spiffe_sequence".into(),
+            rule: format!(
+                "{} is not greater than the stored sequence 4 (replay)",
+                "3".repeat(2000)
+            ),
+        });
+        let status = capped(super::super::admin::command_status(replay));
+        assert!(status.message().len() <= MAX_STATUS_MESSAGE + 32);
+        assert_eq!(
+            status
+                .metadata()
+                .get(crate::bundle::REFUSAL_METADATA_KEY)
+                .and_then(|v| v.to_str().ok()),
+            Some(crate::bundle::REFUSAL_SEQUENCE_REPLAY)
+        );
+        let other = crate::state::CommandError::Bundle(crate::bundle::BundleError::Invalid {
+            field: "spiffe_sequence".into(),
+            rule: "not a number".into(),
+        });
+        let status = super::super::admin::command_status(other);
+        assert!(status.metadata().get(crate::bundle::REFUSAL_METADATA_KEY).is_none());
     }
 
     #[test]
