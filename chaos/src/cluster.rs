@@ -395,6 +395,44 @@ impl Federation {
         }
     }
 
+    /// Each member's lease as replica `replica` has applied it (a stale read): its state,
+    /// its id, and the milliseconds since the leader last heard a keep-alive (-1 if
+    /// unknown).
+    ///
+    /// # Errors
+    /// The replica did not answer within 2 s.
+    pub async fn leases_seen_by(
+        &self,
+        replica: u64,
+    ) -> anyhow::Result<BTreeMap<String, (String, u64, i64)>> {
+        let mut admin = self.admin(replica).await?;
+        let request = pb::ListClustersRequest { consistency: pb::Consistency::Stale as i32 };
+        let clusters =
+            tokio::time::timeout(Duration::from_secs(2), admin.list_clusters(request)).await??;
+        Ok(clusters
+            .into_inner()
+            .clusters
+            .into_iter()
+            .map(|c| {
+                let lease = c.lease.unwrap_or_default();
+                (c.name, (lease.state, lease.id, lease.last_keepalive_ms))
+            })
+            .collect())
+    }
+
+    /// The sequence of `td`'s bundle that member `cluster` has applied, per `federator
+    /// bundle status`.
+    ///
+    /// # Errors
+    /// The CLI failed.
+    pub fn applied_sequence(&self, td: &str, cluster: &str) -> anyhow::Result<Option<u64>> {
+        let status = self.cli_json(&["bundle", "status", td])?;
+        Ok(status["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["cluster"] == cluster))
+            .and_then(|m| m["applied_sequence"].as_u64()))
+    }
+
     /// Whether replica `id`'s process has exited (it is reaped if so).
     pub fn has_exited(&mut self, id: u64) -> bool {
         let Some(process) = self.replicas.get_mut(&id) else {

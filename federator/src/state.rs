@@ -329,24 +329,26 @@ impl federator_raft::StateMachine for FederationState {
         command::encode_result(&result)
     }
 
-    fn check_applicable(&self, command: &[u8]) -> Result<(), String> {
+    fn check_applicable(&self, command: &[u8]) -> Result<(), federator_raft::NotApplicable> {
         // Every command in the log was encoded by a replica's own `Command::encode`: one
         // that does not decode comes from a newer build (a kind or field this one does
         // not know) or is damaged. Either way skipping it would diverge from the replicas
         // that apply it.
         Command::decode(command).map_err(|error| {
-            format!(
+            federator_raft::NotApplicable(format!(
                 "a {}-byte command of kind {} does not decode with this build ({error}): a \
                  newer build proposed it, or it is damaged",
                 command.len(),
                 command::variant_of(command).map_or_else(|| "?".to_string(), |v| v.to_string())
-            )
+            ))
         })?;
         match (*CLAIMED_COMMAND_KINDS, command::variant_of(command)) {
-            (Some(claimed), Some(kind)) if kind >= claimed => Err(format!(
-                "command kind {kind} is unknown to this replica: it behaves as a build that \
+            (Some(claimed), Some(kind)) if kind >= claimed => {
+                Err(federator_raft::NotApplicable(format!(
+                    "command kind {kind} is unknown to this replica: it behaves as a build that \
                  knows {claimed} kinds ({CLAIM_COMMAND_KINDS_ENV}), as a newer build proposed it"
-            )),
+                )))
+            }
             _ => Ok(()),
         }
     }

@@ -288,7 +288,7 @@ fn a_replica_refuses_to_apply_a_command_it_does_not_know() {
     let newer = postcard::to_stdvec(&(u32::try_from(commands().len()).expect("kinds"), 5u8))
         .expect("encode");
     let refused = state.check_applicable(&newer).expect_err("an unknown kind is not applicable");
-    assert!(refused.contains("newer build"), "{refused}");
+    assert!(refused.to_string().contains("newer build"), "{refused}");
     for (name, command) in commands() {
         assert_eq!(state.check_applicable(&command.encode()), Ok(()), "{name}");
     }

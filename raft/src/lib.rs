@@ -43,5 +43,5 @@ pub use replica::{
     Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, QueuedWrite, Replica, ReplicaConfig,
     ReplicaError, Timing, WriteOutcome,
 };
-pub use state_machine::StateMachine;
+pub use state_machine::{NotApplicable, StateMachine};
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};

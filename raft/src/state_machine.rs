@@ -42,7 +42,7 @@ pub trait StateMachine: Default + Send + Sync + 'static {
     ///
     /// # Errors
     /// Why the command cannot be applied, for the operator.
-    fn check_applicable(&self, command: &[u8]) -> Result<(), String> {
+    fn check_applicable(&self, command: &[u8]) -> Result<(), NotApplicable> {
         let _ = command;
         Ok(())
     }
@@ -910,11 +910,16 @@ fn write_txn<T>(
     Ok(out)
 }
 
+/// Why a state machine cannot apply a committed command ([`StateMachine::check_applicable`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct NotApplicable(pub String);
+
 /// A committed entry this build cannot apply ([`StateMachine::check_applicable`]).
 #[derive(Debug)]
 struct Unapplicable {
     log_id: LogId,
-    reason: String,
+    reason: NotApplicable,
 }
 
 impl Unapplicable {
@@ -970,9 +975,9 @@ mod tests {
             !command.starts_with(b"slow")
         }
 
-        fn check_applicable(&self, command: &[u8]) -> Result<(), String> {
+        fn check_applicable(&self, command: &[u8]) -> Result<(), NotApplicable> {
             if command.starts_with(b"v2:") {
-                return Err("kind v2 is newer than this build".into());
+                return Err(NotApplicable("kind v2 is newer than this build".into()));
             }
             Ok(())
         }

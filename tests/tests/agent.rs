@@ -27,7 +27,6 @@ use federator_chaos::cluster::{Federation, eventually};
 use federator_chaos::etcd::EtcdCluster;
 use federator_chaos::member::MemberCluster;
 use federator_chaos::workload_api::{WorkloadApiServer, x509_svid, x509_svid_response};
-use federator_proto::admin as admin_pb;
 use federator_proto::spiffe_workload::X509svidResponse;
 use prost::Message as _;
 use tokio_stream::wrappers::ReceiverStream;
@@ -202,15 +201,6 @@ fn export_doc(addresses: &[&str]) -> String {
     .to_string()
 }
 
-/// The sequence cluster `cluster` has applied of `td`'s bundle, per the federation.
-fn applied_sequence(fed: &Federation, td: &str, cluster: &str) -> anyhow::Result<Option<u64>> {
-    let status = fed.cli_json(&["bundle", "status", td])?;
-    Ok(status["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["cluster"] == cluster))
-        .and_then(|m| m["applied_sequence"].as_u64()))
-}
-
 /// The value of an unlabelled sample `name` in a Prometheus exposition.
 fn sample(metrics: &str, name: &str) -> Option<f64> {
     metrics.lines().find_map(|line| {
@@ -246,7 +236,7 @@ async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> an
     let key = b.get("/federator/bundles/a.example").await?.expect("B's etcd key of A's bundle");
     assert!(key.contains("\"keys\""), "a SPIFFE bundle (JWKS): {key}");
     eventually("B acknowledges A's first bundle", WAIT, || async {
-        applied_sequence(&fed, "a.example", "cluster-b").ok().flatten().filter(|s| *s == first)
+        fed.applied_sequence("a.example", "cluster-b").ok().flatten().filter(|s| *s == first)
     })
     .await?;
 
@@ -274,7 +264,7 @@ async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> an
         serde_json::from_str(&std::fs::read_to_string(b.agent.out("bundles.json"))?)?;
     assert_eq!(bundles_json["a.example"]["keys"].as_array().map(Vec::len), Some(2));
     eventually("B acknowledges A's rotated bundle", WAIT, || async {
-        applied_sequence(&fed, "a.example", "cluster-b").ok().flatten().filter(|s| *s == rotated)
+        fed.applied_sequence("a.example", "cluster-b").ok().flatten().filter(|s| *s == rotated)
     })
     .await?;
     // And A, symmetrically, holds B's bundle.
@@ -453,28 +443,6 @@ async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> an
 /// with it).
 const FAILOVER_TTL: u32 = 4;
 
-/// Per member cluster, its lease as the federation's `replica` has applied it: (state,
-/// id, milliseconds since the leader last heard a keep-alive, -1 if unknown).
-async fn leases_seen_by(
-    fed: &Federation,
-    replica: u64,
-) -> anyhow::Result<BTreeMap<String, (String, u64, i64)>> {
-    let mut admin = fed.admin(replica).await?;
-    let request =
-        admin_pb::ListClustersRequest { consistency: admin_pb::Consistency::Stale as i32 };
-    let clusters =
-        tokio::time::timeout(Duration::from_secs(2), admin.list_clusters(request)).await??;
-    Ok(clusters
-        .into_inner()
-        .clusters
-        .into_iter()
-        .map(|c| {
-            let lease = c.lease.unwrap_or_default();
-            (c.name, (lease.state, lease.id, lease.last_keepalive_ms))
-        })
-        .collect())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agents_leave_a_stopped_replica_and_no_lease_expires() -> anyhow::Result<()> {
     let began = Instant::now();
@@ -515,7 +483,7 @@ async fn agents_leave_a_stopped_replica_and_no_lease_expires() -> anyhow::Result
         leases.insert(status.cluster.clone(), lease);
     }
     eventually("the leader holds every lease live", WAIT, || async {
-        let seen = leases_seen_by(&fed, leader).await.ok()?;
+        let seen = fed.leases_seen_by(leader).await.ok()?;
         leases
             .iter()
             .all(|(cluster, id)| {
@@ -544,7 +512,7 @@ async fn agents_leave_a_stopped_replica_and_no_lease_expires() -> anyhow::Result
         // The leader (or, should it change, the other replica) as every member sees it.
         let mut seen = None;
         for id in &others {
-            if let Ok(leases) = leases_seen_by(&fed, *id).await {
+            if let Ok(leases) = fed.leases_seen_by(*id).await {
                 seen = Some(leases);
                 break;
             }

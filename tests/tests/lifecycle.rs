@@ -10,7 +10,6 @@
 //!   acknowledges the other member's bundle again, and its status is all √ — also after a
 //!   restart (its bundle from a PEM file, numbered anew, is no false ×).
 
-use std::collections::BTreeMap;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -18,42 +17,11 @@ use federator_chaos::agent::{AgentOptions, AgentProcess};
 use federator_chaos::cluster::{Federation, eventually, federator_bin};
 use federator_chaos::etcd::EtcdCluster;
 use federator_chaos::member::MemberCluster;
-use federator_proto::admin as admin_pb;
 
 /// Bound of every wait on propagation.
 const WAIT: Duration = Duration::from_secs(30);
 /// Lease TTL of the agents: short, so that a stop of 1.5 TTLs is quick.
 const TTL_SECS: u32 = 4;
-
-/// Per member cluster, its lease as `replica` has applied it: (state, id).
-async fn leases_seen_by(
-    fed: &Federation,
-    replica: u64,
-) -> anyhow::Result<BTreeMap<String, (String, u64)>> {
-    let mut admin = fed.admin(replica).await?;
-    let request =
-        admin_pb::ListClustersRequest { consistency: admin_pb::Consistency::Stale as i32 };
-    let clusters =
-        tokio::time::timeout(Duration::from_secs(2), admin.list_clusters(request)).await??;
-    Ok(clusters
-        .into_inner()
-        .clusters
-        .into_iter()
-        .map(|c| {
-            let lease = c.lease.unwrap_or_default();
-            (c.name, (lease.state, lease.id))
-        })
-        .collect())
-}
-
-/// The sequence cluster `cluster` has acknowledged of `td`'s bundle, per the federation.
-fn applied_sequence(fed: &Federation, td: &str, cluster: &str) -> anyhow::Result<Option<u64>> {
-    let status = fed.cli_json(&["bundle", "status", td])?;
-    Ok(status["members"]
-        .as_array()
-        .and_then(|m| m.iter().find(|m| m["cluster"] == cluster))
-        .and_then(|m| m["applied_sequence"].as_u64()))
-}
 
 /// Sends `signal` (`-STOP`, `-CONT`) to process `pid`.
 fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
@@ -105,7 +73,7 @@ async fn a_stopped_etcd_sink_neither_delays_keep_alives_nor_costs_the_lease() ->
     let lease_id = status.lease.as_ref().map(|l| l.id).expect("a lease");
     let first = status.bundles["b.example"];
     eventually("A acknowledges B's first bundle", WAIT, || async {
-        applied_sequence(&fed, "b.example", "cluster-a").ok().flatten().filter(|s| *s == first)
+        fed.applied_sequence("b.example", "cluster-a").ok().flatten().filter(|s| *s == first)
     })
     .await?;
     let mut client = etcd.client(&[]).await?;
@@ -136,8 +104,8 @@ async fn a_stopped_etcd_sink_neither_delays_keep_alives_nor_costs_the_lease() ->
                 saw_unhealthy = Some((stopped_at.elapsed(), s.sinks["etcd"].error.clone()));
             }
         }
-        if let Ok(seen) = leases_seen_by(&fed, leader).await {
-            let (state, id) = seen.get("cluster-a").cloned().unwrap_or_default();
+        if let Ok(seen) = fed.leases_seen_by(leader).await {
+            let (state, id, _) = seen.get("cluster-a").cloned().unwrap_or_default();
             if state != "live" || id != lease_id {
                 failure = Some(format!(
                     "the leader has A's lease {id} {state:?} {:?} into the stop",
@@ -179,7 +147,7 @@ async fn a_stopped_etcd_sink_neither_delays_keep_alives_nor_costs_the_lease() ->
     let after = after.kvs().first().map(|kv| kv.value().to_vec()).expect("B's bundle key");
     assert_ne!(before, after, "A's etcd holds B's rotated bundle");
     eventually("A acknowledges B's rotated bundle", WAIT, || async {
-        applied_sequence(&fed, "b.example", "cluster-a").ok().flatten().filter(|s| *s == rotated)
+        fed.applied_sequence("b.example", "cluster-a").ok().flatten().filter(|s| *s == rotated)
     })
     .await?;
     assert_eq!(status.lease.as_ref().map(|l| l.id), Some(lease_id), "the lease was never lost");
@@ -245,7 +213,7 @@ async fn a_removed_cluster_rejoins_with_a_new_token_and_republishes_everything()
     let b_sequence = status.bundles["b.example"];
     b.wait_status("B imports A's service", WAIT, |s| s.imports == 1).await?;
     eventually("A acknowledges B's bundle", WAIT, || async {
-        applied_sequence(&fed, "b.example", "cluster-a").ok().flatten().filter(|s| *s == b_sequence)
+        fed.applied_sequence("b.example", "cluster-a").ok().flatten().filter(|s| *s == b_sequence)
     })
     .await?;
     status_green(&a).await?;
@@ -280,7 +248,7 @@ async fn a_removed_cluster_rejoins_with_a_new_token_and_republishes_everything()
     .await?;
     b.wait_status("B imports A's service again", WAIT, |s| s.imports == 1).await?;
     eventually("A acknowledges B's bundle again", WAIT, || async {
-        applied_sequence(&fed, "b.example", "cluster-a").ok().flatten().filter(|s| *s == b_sequence)
+        fed.applied_sequence("b.example", "cluster-a").ok().flatten().filter(|s| *s == b_sequence)
     })
     .await?;
     let a_sequence = fed.cli_json(&["bundle", "status", "a.example"])?;
