@@ -8,6 +8,26 @@ bash deploy/local/setup.sh
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
+# A full run writes about 10 GB under target/ (debug and release builds of every test
+# binary). Incremental compilation would roughly double that and only pays off when
+# editing, so the test command turns it off (export CARGO_INCREMENTAL=1 to keep it).
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+# A linker killed by a full disk prints little of why: say how much room there was.
+report_disk() {
+  local rc=$?
+  if [ "$rc" -ne 0 ]; then
+    printf '\n== failed (exit %s); disk where target/ lives:\n' "$rc" >&2
+    df -h "${CARGO_TARGET_DIR:-target}" . 2>/dev/null >&2 || true
+  fi
+}
+trap report_disk EXIT
+mkdir -p target "${CARGO_TARGET_DIR:-target}"
+avail_kb=$(df -Pk "${CARGO_TARGET_DIR:-target}" | awk 'NR==2 {print $4}')
+if [ -n "$avail_kb" ] && [ "$avail_kb" -lt $((12 * 1024 * 1024)) ]; then
+  printf 'warning: %s GB free where target/ lives; a full run needs about 10 GB\n' \
+    "$((avail_kb / 1024 / 1024))" >&2
+fi
+
 step "format"
 cargo fmt --all -- --check
 

@@ -15,6 +15,7 @@ mod server;
 mod services;
 mod snapshot;
 mod status;
+mod tokens;
 mod trust;
 
 use std::io::Write as _;
@@ -100,9 +101,9 @@ enum Commands {
     ///
     ///   federator check --disk /var/lib/federator
     Check(check::CheckArgs),
-    /// Create single-use join tokens for clusters.
+    /// Create single-use join tokens for clusters; list and revoke them.
     #[command(subcommand)]
-    Token(trust::TokenCommand),
+    Token(tokens::TokenCommand),
     /// List, show and remove member clusters; grant them namespaces and bind their
     /// locality.
     #[command(subcommand)]
@@ -203,7 +204,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Raft(command) => raft::run(command, &cli.connection, out).await,
         Commands::Status(args) => status::run(args, &cli.connection, out).await,
         Commands::Check(args) => check::run(args, &cli.connection, out).await,
-        Commands::Token(command) => trust::run_token(command, &cli.connection, out).await,
+        Commands::Token(command) => tokens::run_token(command, &cli.connection, out).await,
         Commands::Cluster(command) => trust::run_cluster(command, &cli.connection, out).await,
         Commands::Bundle(command) => trust::run_bundle(command, &cli.connection, out).await,
         Commands::Service(command) => services::run_service(command, &cli.connection, out).await,

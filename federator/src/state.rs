@@ -27,14 +27,14 @@ pub use audit::{
 };
 pub use check::Checked;
 pub use command::{
-    Applied, Command, CommandError, CommandResult, decode_result as command_result,
-    validate_probe_key,
+    Applied, COMMAND_KINDS, Command, CommandError, CommandResult, UNGATED_COMMAND_KINDS,
+    decode_result as command_result, required_version, validate_probe_key,
 };
 pub use events::{Change, ChangeKind, ChangeLog, EVENT_WINDOW};
 pub use policy::{FederationSettings, MAX_GRANTED_NAMESPACES, MemberPolicy, PolicyUpdate};
 pub use restore::{MAX_RESTORE_BYTES, MAX_RESTORE_CHUNK, RestoreSummary, StagedRestore};
 pub use services::{ExportRecord, Lease, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, ServiceRecord};
-pub use trust::{BundleAck, Member, StoredBundle, TokenRecord};
+pub use trust::{BundleAck, Member, StoredBundle, TOKEN_ID_LEN, TokenRecord, short_hash};
 
 /// Format version of the snapshot encoding; bumped on incompatible changes. Format 4 is
 /// format 3's encoding followed by the audit trail's refusals (kept apart from accepted
@@ -234,6 +234,9 @@ impl FederationState {
             Command::UpdateSettings { open_exports, allow_loopback_endpoints, now } => {
                 self.apply_settings(index, open_exports, allow_loopback_endpoints, now)
             }
+            Command::RevokeToken { secret_hash, actor, now } => {
+                self.apply_revoke_token(index, &secret_hash, actor, now)
+            }
             Command::RestoreBegin { id, size, sha256 } => {
                 self.apply_restore_begin(index, id, size, sha256)
             }
@@ -355,6 +358,15 @@ impl federator_raft::StateMachine for FederationState {
 
     fn snapshot(&self) -> Vec<u8> {
         self.encode(self.restore.as_ref())
+    }
+
+    fn supported_version() -> u32 {
+        CLAIMED_COMMAND_KINDS
+            .map_or(command::COMMAND_KINDS, |claimed| claimed.min(command::COMMAND_KINDS))
+    }
+
+    fn required_version(command: &[u8]) -> u32 {
+        command::required_version(command)
     }
 
     fn cheap_to_apply(command: &[u8]) -> bool {

@@ -16,8 +16,11 @@ use federator::service::{
     Endpoint, EndpointPort, ExportMode, ExportScope, Locality, Protocol, ServiceExport, ServiceKey,
     ServicePort,
 };
-use federator::state::{Command, FederationState, PolicyUpdate, RefusalReport};
-use federator_raft::StateMachine as _;
+use federator::state::{
+    COMMAND_KINDS, Command, FederationState, PolicyUpdate, RefusalReport, UNGATED_COMMAND_KINDS,
+    required_version,
+};
+use federator_raft::StateMachine;
 
 const NOW: i64 = 1_780_000_000;
 
@@ -186,6 +189,14 @@ fn commands() -> Vec<(&'static str, Command)> {
                 now: NOW,
             },
         ),
+        (
+            "revoke-token",
+            Command::RevokeToken {
+                secret_hash: "ab".repeat(32),
+                actor: "spiffe://federation.test/admin".into(),
+                now: NOW,
+            },
+        ),
     ]
 }
 
@@ -268,6 +279,24 @@ fn every_command_kind_decodes_from_its_fixture_and_encodes_to_it() {
         .filter(|n| n.starts_with("command-"))
         .collect();
     assert_eq!(names.len(), commands.len(), "one fixture per command kind: {names:?}");
+    assert_eq!(
+        u32::try_from(commands.len()).ok(),
+        Some(COMMAND_KINDS),
+        "COMMAND_KINDS counts every kind: a new kind raises it (and the supported version)"
+    );
+}
+
+#[test]
+fn kinds_from_before_the_gate_need_no_version_and_newer_ones_need_their_own() {
+    for (kind, (name, command)) in (0u32..).zip(commands()) {
+        let required = required_version(&command.encode());
+        if kind < UNGATED_COMMAND_KINDS {
+            assert_eq!(required, 0, "{name} is applied by every build");
+        } else {
+            assert_eq!(required, kind + 1, "{name} waits for every voter to apply it");
+            assert!(required <= FederationState::supported_version(), "{name}");
+        }
+    }
 }
 
 #[test]

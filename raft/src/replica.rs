@@ -24,6 +24,9 @@ use crate::proposer::{Pending, ProposeError, Proposer};
 use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::types::{Command, LogId, Node, NodeId, Raft, RaftMetrics};
 
+mod versions;
+pub use versions::{ClusterVersion, VoterVersion};
+
 /// Time a new replica has to acknowledge its first replication message.
 const CATCH_UP_FIRST_CONTACT: Duration = Duration::from_secs(10);
 /// Time one write attempt has to commit.
@@ -326,6 +329,19 @@ pub enum ReplicaError {
         /// Why waiting for it ended.
         reason: String,
     },
+    /// The command needs a command-format version some voter's build does not apply
+    /// ([`StateMachine::required_version`]); it was not proposed.
+    #[error(
+        "this command needs every voter to apply command-format version {required}, and \
+         {behind}: upgrade those replicas first (`federator status` shows each one's \
+         version)"
+    )]
+    VersionGate {
+        /// The version the command needs.
+        required: u32,
+        /// The voters behind, and what each answered.
+        behind: String,
+    },
 }
 
 /// The leader as one replica's metrics know it.
@@ -546,6 +562,7 @@ impl<S: StateMachine> Replica<S> {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<(), ReplicaError> {
         let mut service = RaftTransportService::new(self.raft.clone())
+            .with_supported_version(S::supported_version())
             .with_leader_handler(self.leader_handler.clone())
             .with_proposer(self.proposer.clone())
             .with_snapshot_files(self.state.snapshot_files());
@@ -681,6 +698,7 @@ impl<S: StateMachine> Replica<S> {
     /// outcome of the command is then unknown (it may still commit).
     #[tracing::instrument(level = "debug", skip_all, fields(replica = self.id, bytes = command.len()))]
     pub async fn write(&self, command: Vec<u8>) -> Result<WriteOutcome, ReplicaError> {
+        self.check_cluster_version(&command).await?;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -740,6 +758,7 @@ impl<S: StateMachine> Replica<S> {
         command: Vec<u8>,
         timeout: Duration,
     ) -> Result<WriteOutcome, ReplicaError> {
+        self.check_cluster_version(&command).await?;
         let written =
             tokio::time::timeout(timeout, self.raft.client_write(Command::single(command)))
                 .await
@@ -773,6 +792,7 @@ impl<S: StateMachine> Replica<S> {
     /// # Errors
     /// The replica is shutting down.
     pub async fn queue_here(&self, command: Vec<u8>) -> Result<QueuedWrite, ReplicaError> {
+        self.check_cluster_version(&command).await?;
         let pending = self
             .proposer
             .enqueue_here(command)

@@ -253,6 +253,15 @@ impl RaftService for StubRaft {
         response.extend(request.into_inner().request);
         Ok(Response::new(pb::LeaderCallResponse { response }))
     }
+
+    async fn node_info(
+        &self,
+        request: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        self.record(&request)?;
+        // As a build from before the cluster-version gate answers.
+        Err(Status::unimplemented("NodeInfo"))
+    }
 }
 
 // === harness ===

@@ -351,6 +351,43 @@ fn check_group(args: &CheckArgs, view: &GroupView, checks: &mut Checks) {
         );
     }
     check_digests(view, checks);
+    check_versions(view, checks);
+}
+
+/// Voters of different builds are a rolling upgrade in progress: fine for a while, but
+/// features that need the newer command kinds wait until the last voter is upgraded.
+fn check_versions(view: &GroupView, checks: &mut Checks) {
+    let voters: Vec<&status::ReplicaRow> =
+        view.replicas.iter().filter(|r| r.membership == "voter").collect();
+    let known: Vec<(u64, u32)> =
+        voters.iter().filter_map(|r| r.command_version.map(|v| (r.id, v))).collect();
+    let (Some(lowest), Some(highest)) =
+        (known.iter().map(|(_, v)| *v).min(), known.iter().map(|(_, v)| *v).max())
+    else {
+        return;
+    };
+    if lowest == highest {
+        checks.pass(
+            "replicas",
+            format!(
+                "cluster version {lowest}: every voter that answered applies the same commands"
+            ),
+        );
+        return;
+    }
+    let behind: Vec<String> = known
+        .iter()
+        .filter(|(_, v)| *v < highest)
+        .map(|(id, v)| format!("replica {id} ({v})"))
+        .collect();
+    checks.warn(
+        "replicas",
+        format!(
+            "mixed versions: cluster version {lowest}, newest {highest}; behind: {}",
+            behind.join(", ")
+        ),
+        "a rolling upgrade is under way: features that need the newer version are refused until these replicas are upgraded (docs/upgrading.md)",
+    );
 }
 
 /// Replicas that report a state digest at the same applied index must report the same
@@ -901,6 +938,7 @@ mod tests {
             voters_up: 2,
             voters: 3,
             quorum: true,
+            cluster_version: None,
             replicas: vec![row(1, "shutdown"), row(2, "follower"), row(3, "follower")],
         };
         let mut checks = Checks::default();
@@ -916,6 +954,39 @@ mod tests {
         check_group(&args, &view, &mut checks);
         let text = render(&report(checks.0));
         assert!(text.contains("an election is under way"), "{text}");
+    }
+
+    #[test]
+    fn mixed_versions_warn_and_name_the_replicas_behind() {
+        let row = |id: u64, version: Option<u32>| status::ReplicaRow {
+            reachable: version.is_some(),
+            command_version: version,
+            ..status::ReplicaRow::unreachable(
+                id,
+                "voter",
+                String::new(),
+                String::new(),
+                String::new(),
+            )
+        };
+        let view = |rows| GroupView {
+            leader: Some(1),
+            term: 2,
+            voters_up: 3,
+            voters: 3,
+            quorum: true,
+            cluster_version: None,
+            replicas: rows,
+        };
+        let mut checks = Checks::default();
+        check_versions(&view(vec![row(1, Some(22)), row(2, Some(21)), row(3, None)]), &mut checks);
+        assert_eq!(checks.0.len(), 1);
+        assert_eq!(checks.0[0].outcome, Outcome::Warn);
+        assert!(checks.0[0].detail.contains("behind: replica 2 (21)"), "{:?}", checks.0[0]);
+        let mut checks = Checks::default();
+        check_versions(&view(vec![row(1, Some(22)), row(2, Some(22))]), &mut checks);
+        assert_eq!(checks.0[0].outcome, Outcome::Pass);
+        assert!(checks.0[0].detail.contains("cluster version 22"), "{:?}", checks.0[0]);
     }
 
     #[test]
@@ -940,6 +1011,7 @@ mod tests {
             voters_up: 3,
             voters: 3,
             quorum: true,
+            cluster_version: None,
             replicas: rows,
         };
         let mut checks = Checks::default();

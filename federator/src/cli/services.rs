@@ -404,7 +404,7 @@ fn host_port(address: &str, port: u32) -> String {
 }
 
 /// `5s`, `3m10s`, `42m`, `2h5m`, `14h`, `3d`.
-fn human_secs(secs: u64) -> String {
+pub(super) fn human_secs(secs: u64) -> String {
     match secs {
         0..60 => format!("{secs}s"),
         60..600 => format!("{}m{}s", secs / 60, secs % 60),

@@ -50,6 +50,11 @@ pub struct ReplicaRow {
     pub state_digest: Option<String>,
     /// Applied index of the digest.
     pub digest_index: Option<u64>,
+    /// Its build's version.
+    pub version: Option<String>,
+    /// The command-format version its build applies (0: a build from before the
+    /// cluster-version gate).
+    pub command_version: Option<u32>,
 }
 
 impl ReplicaRow {
@@ -80,6 +85,8 @@ impl ReplicaRow {
             purged_index: None,
             state_digest: None,
             digest_index: None,
+            version: None,
+            command_version: None,
         }
     }
 }
@@ -97,6 +104,9 @@ pub struct GroupView {
     pub voters: usize,
     /// Whether a quorum of voters answered.
     pub quorum: bool,
+    /// The command-format version every voter applies (the lowest voter's): commands of
+    /// a newer format wait until it rises. `None` while a voter did not answer.
+    pub cluster_version: Option<u32>,
     /// Every replica.
     pub replicas: Vec<ReplicaRow>,
 }
@@ -147,6 +157,7 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
         voters_up: 0,
         voters: first.voters.len(),
         quorum: false,
+        cluster_version: None,
         replicas: Vec::new(),
     };
     for ((id, membership, raft_addr, api_addr), status) in members.into_iter().zip(statuses) {
@@ -176,6 +187,8 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
                     // Empty until the replica's first digest is computed.
                     state_digest: (!s.state_digest.is_empty()).then(|| s.state_digest.clone()),
                     digest_index: (!s.state_digest.is_empty()).then_some(s.digest_index),
+                    version: Some(s.version.clone()),
+                    command_version: Some(s.command_version),
                 }
             }
             Err(error) => {
@@ -185,6 +198,13 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
         view.replicas.push(row);
     }
     view.quorum = view.voters > 0 && view.voters_up > view.voters / 2;
+    view.cluster_version = view
+        .replicas
+        .iter()
+        .filter(|r| r.membership == "voter")
+        .map(|r| r.command_version)
+        .collect::<Option<Vec<u32>>>()
+        .and_then(|versions| versions.into_iter().min());
     Ok(view)
 }
 
@@ -207,11 +227,13 @@ pub async fn print_replicas(
 pub fn print_view_table(v: &GroupView, detailed: bool) {
     let leader = v.leader.map_or_else(|| "none".to_string(), |l| l.to_string());
     println!(
-        "leader: {leader}  term: {}  voters up: {}/{}  quorum: {}",
+        "leader: {leader}  term: {}  voters up: {}/{}  quorum: {}  cluster version: {}",
         v.term,
         v.voters_up,
         v.voters,
-        if v.quorum { "yes" } else { "NO" }
+        if v.quorum { "yes" } else { "NO" },
+        v.cluster_version
+            .map_or_else(|| "unknown (a voter did not answer)".into(), |c| c.to_string())
     );
     let mut header = vec![
         "ID",
@@ -224,6 +246,7 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
         "COMMIT",
         "APPLIED",
         "LAG",
+        "VERSION",
     ];
     if detailed {
         header.extend(["SNAPSHOT", "PURGED", "DIGEST@INDEX"]);
@@ -246,6 +269,7 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
             opt(r.commit_index),
             opt(r.applied_index),
             opt(r.lag),
+            version_cell(r, v.cluster_version),
         ];
         if detailed {
             row.push(opt(r.snapshot_index));
@@ -264,6 +288,18 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
             r.id,
             r.error.as_deref().unwrap_or("unreachable")
         ));
+    }
+}
+
+/// A replica's build and command-format version, marked when it is ahead of the cluster
+/// version (what it knows waits for the others).
+fn version_cell(r: &ReplicaRow, cluster: Option<u32>) -> String {
+    match (&r.version, r.command_version) {
+        (Some(build), Some(commands)) => {
+            let ahead = cluster.is_some_and(|c| commands > c);
+            format!("{build} (commands {commands}{})", if ahead { ", ahead" } else { "" })
+        }
+        _ => "-".to_string(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! `federator token`, `cluster`, `bundle` and `audit`: joining clusters and watching their
-//! trust bundles propagate.
+//! `federator cluster`, `bundle` and `audit`: member clusters and watching their trust
+//! bundles propagate (`token` is in `tokens.rs`).
 
 use std::process::ExitCode;
 
@@ -10,37 +10,6 @@ use serde::Serialize;
 use super::client::{Connection, ConnectionArgs, status_error};
 use super::output::{self, OutputFormat, Table, print};
 use super::services::{LeaseView, unix_now};
-
-/// Create join tokens for clusters.
-#[derive(Debug, clap::Subcommand)]
-pub enum TokenCommand {
-    /// Create a single-use join token. It carries the replicas' addresses and the
-    /// federation's CA, so the agent needs nothing else; it is stored only as a hash.
-    Create {
-        /// Cluster name (DNS label, unique in the federation).
-        #[arg(long)]
-        cluster: String,
-        /// The cluster's SPIFFE trust domain; bound to the cluster at join.
-        #[arg(long)]
-        trust_domain: String,
-        /// Validity, e.g. 30m, 1h, 2d (at most 30d).
-        #[arg(long, default_value = "1h", value_parser = parse_duration_secs)]
-        ttl: u64,
-        /// A namespace the cluster may export into (repeat for more; more later with
-        /// `federator cluster grant`). Without any, the cluster exports nothing unless the
-        /// federation runs with open exports (`federator settings`).
-        #[arg(long = "namespace", value_name = "NAMESPACE")]
-        namespaces: Vec<String>,
-        /// The cluster's region: importers order failover by it, and its endpoints may
-        /// claim no other.
-        #[arg(long)]
-        region: Option<String>,
-        /// The cluster's zone within --region (leave it out when the cluster spans zones:
-        /// its endpoints then name their own zone within the region).
-        #[arg(long, requires = "region")]
-        zone: Option<String>,
-    },
-}
 
 /// Inspect and remove member clusters.
 #[derive(Debug, clap::Subcommand)]
@@ -140,53 +109,6 @@ pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
         Some(secs) => Ok(secs),
         None => Err(format!("{text:?} is too long")),
     }
-}
-
-#[derive(Serialize)]
-struct TokenView {
-    token: String,
-    cluster: String,
-    trust_domain: String,
-    expires_at: i64,
-    endpoints: Vec<String>,
-}
-
-/// Runs `federator token`.
-pub async fn run_token(
-    command: TokenCommand,
-    args: &ConnectionArgs,
-    out: OutputFormat,
-) -> anyhow::Result<ExitCode> {
-    let connection = Connection::new(args)?;
-    let TokenCommand::Create { cluster, trust_domain, ttl, namespaces, region, zone } = command;
-    let mut leader = connection.leader().await?;
-    let r = leader
-        .create_token(pb::CreateTokenRequest {
-            cluster: cluster.clone(),
-            trust_domain: trust_domain.clone(),
-            ttl_seconds: ttl,
-            namespaces,
-            region: region.unwrap_or_default(),
-            zone: zone.unwrap_or_default(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
-    let view = TokenView {
-        token: r.token,
-        cluster,
-        trust_domain,
-        expires_at: r.expires_at,
-        endpoints: r.endpoints,
-    };
-    print(out, &view, |v| {
-        output::print_line(&v.token);
-        output::eprint_line(format_args!(
-            "single-use token for cluster {} ({}), valid until {} (unix); give it to that cluster's agent",
-            v.cluster, v.trust_domain, v.expires_at
-        ));
-    })?;
-    Ok(ExitCode::SUCCESS)
 }
 
 #[derive(Serialize)]

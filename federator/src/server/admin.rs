@@ -6,6 +6,7 @@
 mod backup;
 mod policy;
 mod services;
+mod tokens;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -209,6 +210,7 @@ impl AdminService {
             version: env!("CARGO_PKG_VERSION").to_string(),
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             data_dir: self.data_dir.clone(),
+            command_version: <FederationState as federator_raft::StateMachine>::supported_version(),
         }
     }
 }
@@ -241,7 +243,9 @@ pub fn replica_status(error: ReplicaError) -> Status {
         | ReplicaError::Forward { .. }
         | ReplicaError::Stopped(_)
         | ReplicaError::NotAppliedHere { .. } => Status::unavailable(error.to_string()),
-        ReplicaError::NotInitialized => Status::failed_precondition(error.to_string()),
+        ReplicaError::NotInitialized | ReplicaError::VersionGate { .. } => {
+            Status::failed_precondition(error.to_string())
+        }
         ReplicaError::Timeout(..) => Status::deadline_exceeded(error.to_string()),
         ReplicaError::Membership(_) | ReplicaError::Config(_) => {
             Status::failed_precondition(error.to_string())
@@ -523,6 +527,50 @@ impl Admin for AdminService {
         })
         .await?;
         Ok(Response::new(pb::CreateTokenResponse { token: token.encode(), expires_at, endpoints }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Result<Response<pb::ListTokensResponse>, Status> {
+        self.authorize(&request)?;
+        let c = consistency(request.into_inner().consistency);
+        let now = super::federation::unix_now();
+        let (tokens, _) =
+            self.replica.read(c, |s| tokens::list(s, now)).await.map_err(replica_status)?;
+        Ok(Response::new(pb::ListTokensResponse { tokens }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        self.authorize(&request)?;
+        let r = request.into_inner();
+        let now = super::federation::unix_now();
+        // Resolved on a linearizable read, checked as the state machine will check it,
+        // then proposed: a command the cluster version does not allow yet is refused
+        // before it reaches the log (FailedPrecondition, naming the replicas behind).
+        let (hashes, _) = self
+            .replica
+            .read(Consistency::Linearizable, |s| tokens::resolve(s, &r, now))
+            .await
+            .map_err(replica_status)?;
+        let mut revoked = Vec::new();
+        for secret_hash in hashes? {
+            let (listed, _) = self
+                .replica
+                .read(Consistency::Stale, |s| {
+                    s.tokens.get(&secret_hash).map(|t| tokens::info(s, &secret_hash, t, now))
+                })
+                .await
+                .map_err(replica_status)?;
+            let command = Command::RevokeToken { secret_hash, actor: "admin".into(), now };
+            self.replica.state().read(|s| s.check(&command)).map_err(command_status)?;
+            self.propose(command).await?;
+            revoked.extend(listed);
+        }
+        Ok(Response::new(pb::RevokeTokenResponse { revoked }))
     }
 
     async fn update_cluster_policy(

@@ -45,6 +45,9 @@ impl FederationState {
                     )));
                 }
             }
+            Command::RevokeToken { secret_hash, .. } => {
+                self.check_revoke_token(secret_hash)?;
+            }
             Command::Join { secret_hash, cluster, trust_domain, agent_id, bundle_json, now } => {
                 self.try_join(secret_hash, cluster, trust_domain, agent_id, bundle_json, *now)?;
             }

@@ -227,6 +227,38 @@ pub enum Command {
         /// Proposal time.
         now: i64,
     },
+    /// An operator revokes a join token that was not used: a join with it is refused
+    /// from then on. The first kind behind the cluster-version gate
+    /// ([`UNGATED_COMMAND_KINDS`]).
+    RevokeToken {
+        /// Hex SHA-256 of the token's secret.
+        secret_hash: String,
+        /// Who revoked it (the verified admin identity).
+        actor: String,
+        /// Proposal time.
+        now: i64,
+    },
+}
+
+/// How many kinds of command (variants of [`Command`]) this build applies: the
+/// command-format version it supports ([`federator_raft::StateMachine::supported_version`]).
+pub const COMMAND_KINDS: u32 = 22;
+
+/// The kinds every build that may share a replica group with this one applies: the 21
+/// that builds from before the cluster-version gate knew. A kind from here on is proposed
+/// only once every voter reports applying it ([`required_version`]); new kinds are only
+/// ever appended.
+pub const UNGATED_COMMAND_KINDS: u32 = 21;
+
+/// The command-format version a replica must apply for the encoded command `bytes`: 0
+/// for a kind every build applies, else its kind + 1 (a build applies the kinds below its
+/// [`COMMAND_KINDS`]).
+#[must_use]
+pub fn required_version(bytes: &[u8]) -> u32 {
+    match variant_of(bytes) {
+        Some(kind) if kind >= UNGATED_COMMAND_KINDS => kind.saturating_add(1),
+        _ => 0,
+    }
 }
 
 /// What an accepted command did.

@@ -68,6 +68,16 @@ pub struct TokenRecord {
     pub used_at: Option<i64>,
 }
 
+/// How a token is named to operators: the first 12 hex digits of its secret's hash
+/// (the hash of a 256-bit random secret; the secret is never stored).
+#[must_use]
+pub fn short_hash(secret_hash: &str) -> String {
+    secret_hash.chars().take(TOKEN_ID_LEN).collect()
+}
+
+/// Hex digits of a token id ([`short_hash`]).
+pub const TOKEN_ID_LEN: usize = 12;
+
 // === impl FederationState ===
 
 impl FederationState {
@@ -110,6 +120,49 @@ impl FederationState {
             secret_hash,
             TokenRecord { cluster, trust_domain, expires_at, created_at: now, used_at: None },
         );
+        Ok(Applied::Done)
+    }
+
+    /// The token with this secret hash, if it may be revoked: it exists and was not used.
+    pub(super) fn check_revoke_token(
+        &self,
+        secret_hash: &str,
+    ) -> Result<&TokenRecord, CommandError> {
+        let token = self.tokens.get(secret_hash).ok_or_else(|| {
+            CommandError::NotFound(
+                "token (never created, revoked already, or expired long ago)".into(),
+            )
+        })?;
+        if let Some(used_at) = token.used_at {
+            return Err(CommandError::invalid(
+                "token",
+                &format!(
+                    "used at {used_at} by cluster {}: revoking it changes nothing; remove the \
+                     member instead (`federator cluster remove {}`)",
+                    token.cluster, token.cluster
+                ),
+            ));
+        }
+        Ok(token)
+    }
+
+    pub(super) fn apply_revoke_token(
+        &mut self,
+        index: u64,
+        secret_hash: &str,
+        actor: String,
+        now: i64,
+    ) -> CommandResult {
+        let checked = self
+            .check_revoke_token(secret_hash)
+            .map(|t| format!("{} ({})", t.cluster, t.trust_domain));
+        let (target, refused) = match &checked {
+            Ok(target) => (target.clone(), None),
+            Err(error) => (short_hash(secret_hash), Some(error.to_string())),
+        };
+        self.audit.record(AuditEvent::new(now, index, actor, "revoke_token", target, refused));
+        checked?;
+        self.tokens.remove(secret_hash);
         Ok(Applied::Done)
     }
 
@@ -174,10 +227,11 @@ impl FederationState {
         bundle_json: &[u8],
         now: i64,
     ) -> Result<TrustBundle, CommandError> {
-        let token = self
-            .tokens
-            .get(secret_hash)
-            .ok_or_else(|| CommandError::Token("unknown token".into()))?;
+        let token = self.tokens.get(secret_hash).ok_or_else(|| {
+            CommandError::Token(
+                "unknown token (never created here, revoked, or expired long ago)".into(),
+            )
+        })?;
         if let Some(used_at) = token.used_at {
             return Err(CommandError::Token(format!(
                 "already used at {used_at}; tokens are single-use"
@@ -486,6 +540,61 @@ mod tests {
         assert!(err.to_string().contains("already used"), "{err}");
         let err = apply(&mut state, 8, join("t2", "a", now())).expect_err("already a member");
         assert!(matches!(err, CommandError::AlreadyExists(_)), "{err}");
+    }
+
+    #[test]
+    fn a_revoked_token_admits_nobody_and_a_used_one_cannot_be_revoked() {
+        let a = Cluster::new("a.test");
+        let mut state = FederationState::default();
+        let token = |hash: &str| Command::CreateToken {
+            secret_hash: hash.into(),
+            cluster: "a".into(),
+            trust_domain: "a.test".into(),
+            expires_at: now() + 60,
+            now: now(),
+        };
+        let join = |hash: &str| Command::Join {
+            secret_hash: hash.into(),
+            cluster: "a".into(),
+            trust_domain: "a.test".into(),
+            agent_id: "spiffe://a.test/agent".into(),
+            bundle_json: a.bundle(1),
+            now: now(),
+        };
+        let revoke = |hash: &str| Command::RevokeToken {
+            secret_hash: hash.into(),
+            actor: "admin".into(),
+            now: now(),
+        };
+        apply(&mut state, 1, token("t1")).expect("token");
+        apply(&mut state, 2, token("t2")).expect("token");
+        assert_eq!(state.check(&revoke("t1")).map(|_| ()), Ok(()));
+        apply(&mut state, 3, revoke("t1")).expect("revoked");
+        let err = apply(&mut state, 4, join("t1")).expect_err("revoked token");
+        assert!(err.to_string().contains("unknown token"), "{err}");
+        let err = apply(&mut state, 5, revoke("t1")).expect_err("twice");
+        assert!(matches!(err, CommandError::NotFound(_)), "{err}");
+
+        apply(&mut state, 6, join("t2")).expect("join");
+        let err = state.check(&revoke("t2")).expect_err("used");
+        assert!(err.to_string().contains("federator cluster remove a"), "{err}");
+        apply(&mut state, 7, revoke("t2")).expect_err("used");
+        assert!(state.tokens.contains_key("t2"), "a used token stays on record");
+
+        let accepted: Vec<_> =
+            state.audit.newest(10).into_iter().filter(|e| e.action == "revoke_token").collect();
+        assert_eq!(accepted.len(), 1, "{accepted:?}");
+        assert_eq!(
+            (accepted[0].actor.as_str(), accepted[0].target.as_str()),
+            ("admin", "a (a.test)")
+        );
+        let refused: Vec<_> = state
+            .audit
+            .newest_refusals(10)
+            .into_iter()
+            .filter(|r| r.action == "revoke_token")
+            .collect();
+        assert_eq!(refused.len(), 2, "{refused:?}");
     }
 
     #[test]

@@ -338,6 +338,22 @@ impl Network {
         Ok(response.into_inner().response)
     }
 
+    /// Asks the replica at `addr` which command-format version its build applies
+    /// ([`StateMachine::supported_version`](crate::StateMachine::supported_version)); a
+    /// build from before the question existed answers `Unimplemented`, read as 0.
+    ///
+    /// # Errors
+    /// The gRPC status of any other failure (unreachable, timed out, refused).
+    pub async fn supported_version(&self, addr: &str) -> Result<u32, Status> {
+        let mut client = self.client(addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let request = self.unary_request(pb::NodeInfoRequest {});
+        match bounded(self.shared.options.rpc_timeout, client.node_info(request)).await {
+            Ok(response) => Ok(response.into_inner().supported_version),
+            Err(status) if status.code() == Code::Unimplemented => Ok(0),
+            Err(status) => Err(status),
+        }
+    }
+
     /// A request carrying the RPC timeout as its gRPC deadline.
     fn unary_request<T>(&self, message: T) -> Request<T> {
         let mut request = Request::new(message);

@@ -56,6 +56,8 @@ pub struct RaftTransportService {
     leader_handler: LeaderHandlerSlot,
     /// Where forwarded writes are proposed (batched with this replica's own writes).
     proposer: Proposer,
+    /// The command-format version this replica's state machine applies (`NodeInfo`).
+    supported_version: u32,
 }
 
 /// A tonic interceptor that refuses requests whose peer certificate fails a
@@ -140,7 +142,15 @@ impl RaftTransportService {
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
             leader_handler: LeaderHandlerSlot::new(),
             snapshot_files: None,
+            supported_version: 0,
         }
+    }
+
+    /// Answers `NodeInfo` with `version` as what this replica's build applies.
+    #[must_use]
+    pub(crate) fn with_supported_version(mut self, version: u32) -> Self {
+        self.supported_version = version;
+        self
     }
 
     /// Proposes forwarded writes through `proposer`, in the same entries as the
@@ -353,6 +363,13 @@ impl RaftService for RaftTransportService {
             .await
             .map_err(Status::internal)?;
         Ok(Response::new(pb::LeaderCallResponse { response }))
+    }
+
+    async fn node_info(
+        &self,
+        _request: Request<pb::NodeInfoRequest>,
+    ) -> Result<Response<pb::NodeInfoResponse>, Status> {
+        Ok(Response::new(pb::NodeInfoResponse { supported_version: self.supported_version }))
     }
 }
 
