@@ -5,6 +5,7 @@
 //! is reachable.
 
 pub mod config;
+pub mod held;
 mod lease;
 pub mod metrics;
 pub mod runtime;

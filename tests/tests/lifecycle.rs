@@ -9,6 +9,11 @@
 //!   its token file, no restart, nothing wiped) it joins again, republishes its exports and
 //!   acknowledges the other member's bundle again, and its status is all √ — also after a
 //!   restart (its bundle from a PEM file, numbered anew, is no false ×).
+//! - Agent status compares with what the federation holds: the federation restored from a
+//!   backup taken before the cluster's rotation holds the old authorities while the
+//!   agent's record says it published the new ones. The agent sees it in the watch,
+//!   publishes again, and the federation holds the rotated bundle again; `agent status`
+//!   shows what the federation holds.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -265,5 +270,52 @@ async fn a_removed_cluster_rejoins_with_a_new_token_and_republishes_everything()
     a.kill();
     b.kill();
     println!("took {:?}", began.elapsed());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_publishes_again_what_a_restored_federation_no_longer_holds() -> anyhow::Result<()>
+{
+    let fed = Federation::formed(3, "").await?;
+    let options = AgentOptions { lease_ttl_seconds: Some(TTL_SECS), ..AgentOptions::default() };
+    let mut a = AgentProcess::new(&fed, MemberCluster::new("cluster-a", "a.example")?, &options)?;
+    a.start()?;
+    a.wait_status("A's bundle is what the federation holds", WAIT, |s| {
+        s.bundle.federation_current == Some(true)
+    })
+    .await?;
+    let backup = fed.dir().join("before-rotation.snapshot");
+    let backup_arg = backup.to_str().expect("utf-8 path");
+    fed.cli_ok(&[], &["snapshot", "save", backup_arg])?;
+    let authorities = |fed: &Federation| -> Option<u64> {
+        let listed = fed.cli_json(&["cluster", "show", "cluster-a"]).ok()?;
+        listed.get(0).unwrap_or(&listed)["x509_authorities"].as_u64()
+    };
+    assert_eq!(authorities(&fed), Some(1));
+
+    // A rotates: old and new CA together; the federation holds both.
+    a.member.add_ca()?;
+    a.write_bundle()?;
+    eventually("the federation holds A's rotated bundle", WAIT, || async {
+        (authorities(&fed) == Some(2)).then_some(())
+    })
+    .await?;
+    a.wait_status("A's status shows the rotated bundle held", WAIT, |s| {
+        s.bundle.federation_current == Some(true)
+    })
+    .await?;
+
+    // The federation is restored from the backup taken before the rotation: it holds one
+    // CA again, though A's record says it published two. A publishes again.
+    fed.cli_ok(&[], &["snapshot", "restore", backup_arg, "--force"])?;
+    eventually("the federation holds A's rotated bundle again", WAIT, || async {
+        (authorities(&fed) == Some(2)).then_some(())
+    })
+    .await
+    .map_err(|e| e.context(format!("agent log:\n{}", a.log())))?;
+    assert!(a.log().contains("publishing it again"), "{}", a.log());
+    let text = status_green(&a).await?;
+    assert!(text.contains("the federation holds"), "{text}");
+    a.kill();
     Ok(())
 }

@@ -45,6 +45,7 @@ use tonic::Code;
 use tonic::transport::{Channel, Endpoint};
 
 use super::config::AgentConfig;
+use super::held::{self, HeldBundle, Verdict};
 use super::lease::{HeldLease, LeaseError, LeaseKeeper, LeaseSnapshot, Renewal};
 use super::metrics::{AgentMetrics, ChangeKind, Propagation, import_sources};
 use super::sinks::etcd::{DEFAULT_BUNDLE_PREFIX, DEFAULT_IMPORT_PREFIX, EtcdSink};
@@ -331,6 +332,8 @@ pub async fn run(
         metrics,
         batch_changes: Vec::new(),
         pending_changes: Vec::new(),
+        republished_for: None,
+        republish_bundle: false,
     };
     if let Some(m) = &agent.membership {
         agent.status.cluster.clone_from(&m.cluster);
@@ -619,6 +622,11 @@ struct Agent {
     batch_changes: Vec<Propagation>,
     /// Changes committed that not every sink holds yet.
     pending_changes: Vec<Propagation>,
+    /// The held own bundle (its authorities digest) the agent last re-published for,
+    /// having found its record contradicted: once per held bundle.
+    republished_for: Option<String>,
+    /// The record was found contradicted: publish the own bundle again.
+    republish_bundle: bool,
 }
 
 /// How a session ended without an error.
@@ -1006,6 +1014,10 @@ impl Agent {
                         matches!(event.event, Some(Event::Checkpoint(_) | Event::SnapshotEnd(_)));
                     self.on_event(&mut client, &mut working, event).await?;
                     batch_waited = (!closes_batch).then_some(Duration::ZERO);
+                    if std::mem::take(&mut self.republish_bundle) {
+                        let state = bundle_rx.borrow().clone();
+                        self.publish_bundle(&mut client, &state).await?;
+                    }
                 }
                 Wake::BatchStalled => {
                     return Err(ReplicaFault::MissedDeadline {
@@ -1064,6 +1076,7 @@ impl Agent {
             }),
         });
         let response = bounded("join", JOIN_TIMEOUT, request).await?.context("join")?;
+        let joined_revision = response.revision;
         let membership = Membership {
             cluster: response.cluster,
             trust_domain: response.trust_domain,
@@ -1081,6 +1094,7 @@ impl Agent {
         self.published = Published {
             bundle_digest: Some(authorities_digest(&bundle)),
             bundle_sequence: Some(bundle.sequence),
+            bundle_revision: Some(joined_revision),
             membership: membership.token_hash.clone(),
             ..Published::default()
         };
@@ -1143,6 +1157,7 @@ impl Agent {
         match bounded("publish bundle", deadline, client.publish_bundle(request)).await? {
             Ok(response) => {
                 accepted = response.sequence;
+                self.published.bundle_revision = Some(response.revision);
                 if force {
                     tracing::warn!(
                         sequence = accepted,
@@ -1156,6 +1171,8 @@ impl Agent {
             // Already there (a restart after publishing): the federation has it.
             Err(status) if is_replay(&status) => {
                 tracing::debug!("bundle already published");
+                // When the federation accepted it is not known.
+                self.published.bundle_revision = None;
             }
             Err(status) if status.code() == Code::InvalidArgument => {
                 // The source gives a bundle the federation refuses: report, keep going.
@@ -1294,8 +1311,23 @@ impl Agent {
                     ),
                 }
             }
-            // The own bundle comes from the cluster's own source, not from the federation.
-            Some(Event::BundlePut(_)) => {}
+            // The own bundle comes from the cluster's own source, not from the federation;
+            // what the federation holds of it is kept to compare.
+            Some(Event::BundlePut(b)) => {
+                working.held_own_bundle = parse_spiffe_bundle(
+                    &b.trust_domain,
+                    b.spiffe_bundle_json.as_bytes(),
+                    &ValidationPolicy::at(now_ms() / 1000),
+                )
+                .ok()
+                .map(|bundle| HeldBundle {
+                    sequence: b.sequence,
+                    authorities_digest: authorities_digest(&bundle),
+                });
+            }
+            Some(Event::BundleRemoved(b)) if b.trust_domain == own_td => {
+                working.held_own_bundle = None;
+            }
             Some(Event::BundleRemoved(b)) => {
                 let removed = working.bundles.remove(&b.trust_domain);
                 if removed.is_some() {
@@ -1323,6 +1355,7 @@ impl Agent {
                 self.metrics.resyncs.inc();
                 working.bundles.clear();
                 working.imports.clear();
+                working.held_own_bundle = None;
             }
             Some(Event::SnapshotEnd(_) | Event::Checkpoint(_)) => {
                 working.revision = revision;
@@ -1367,6 +1400,7 @@ impl Agent {
         self.status.bundles =
             self.view.bundles.iter().map(|(td, b)| (td.clone(), b.sequence)).collect();
         self.status.imports = self.view.imports.len();
+        self.compare_held_bundle();
         let room = MAX_PENDING_PROPAGATION.saturating_sub(self.pending_changes.len());
         let batch = std::mem::take(&mut self.batch_changes);
         self.pending_changes.extend(batch.into_iter().take(room));
@@ -1374,6 +1408,45 @@ impl Agent {
         // Without sinks, nothing waits: acknowledge at once.
         self.acknowledge(client).await?;
         Ok(())
+    }
+
+    /// Compares the own bundle the federation holds (as of the view just committed) with
+    /// the source's and the record of what was published; asks for a new publication
+    /// when the record is contradicted.
+    fn compare_held_bundle(&mut self) {
+        let source = self.view.own_bundle.as_ref().map(authorities_digest);
+        let held = self.view.held_own_bundle.as_ref();
+        self.status.bundle.federation_sequence = held.map(|h| h.sequence);
+        let recorded = held::Recorded {
+            digest: self.published.bundle_digest.as_deref(),
+            revision: self.published.bundle_revision,
+        };
+        let verdict = held::judge(
+            held,
+            self.view.revision,
+            source.as_deref(),
+            recorded,
+            self.republished_for.as_deref(),
+        );
+        self.status.bundle.federation_current = match verdict {
+            Verdict::Unknown => None,
+            Verdict::Current => Some(true),
+            Verdict::Republish | Verdict::Differs => Some(false),
+        };
+        if verdict == Verdict::Republish
+            && let Some(held) = held
+        {
+            tracing::warn!(
+                held_sequence = held.sequence,
+                recorded_sequence = ?self.published.bundle_sequence,
+                "the federation holds other authorities for this cluster's bundle than this \
+                 agent recorded publishing (restored from an older backup?): publishing it again"
+            );
+            self.republished_for = Some(held.authorities_digest.clone());
+            self.published.bundle_digest = None;
+            self.published.bundle_revision = None;
+            self.republish_bundle = true;
+        }
     }
 
     /// Hands the view to every sink task (a new generation): nothing of it is known to be

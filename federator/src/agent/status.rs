@@ -122,6 +122,14 @@ pub struct BundleSourceStatus {
     /// an older agent: compare the sequences.
     #[serde(default)]
     pub published_current: Option<bool>,
+    /// The sequence of this cluster's bundle as the federation holds it (what the other
+    /// members receive), from the watch; `None` until the watch delivered it.
+    #[serde(default)]
+    pub federation_sequence: Option<u64>,
+    /// Whether the bundle the federation holds has the source's authorities (`None`:
+    /// not known yet, or a view older than the last publication).
+    #[serde(default)]
+    pub federation_current: Option<bool>,
     /// A problem with the source, if any.
     pub problem: Option<SourceProblem>,
 }
@@ -171,7 +179,9 @@ impl AgentStatus {
     #[must_use]
     pub fn own_bundle_published(&self) -> bool {
         let b = &self.bundle;
-        b.problem.is_none() && b.published_current.unwrap_or(b.sequence == b.published_sequence)
+        b.problem.is_none()
+            && b.published_current.unwrap_or(b.sequence == b.published_sequence)
+            && b.federation_current != Some(false)
     }
 
     /// Whether the status is older than `max_age_ms` at `now_ms` (the agent is not

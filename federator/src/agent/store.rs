@@ -43,6 +43,10 @@ pub struct Published {
     /// authorities gets a new local sequence but is not published again).
     #[serde(default)]
     pub bundle_sequence: Option<u64>,
+    /// The revision the federation answered that publication with (`None`: unknown, as
+    /// after a join or a replayed publication).
+    #[serde(default)]
+    pub bundle_revision: Option<u64>,
     /// Exports published: `ns/name` → digest of the export.
     pub exports: BTreeMap<String, String>,
     /// Foreign bundles acknowledged: trust domain → sequence.
@@ -371,6 +375,7 @@ mod tests {
         let published = Published {
             bundle_digest: Some("d".into()),
             bundle_sequence: Some(3),
+            bundle_revision: Some(9),
             exports: BTreeMap::from([("shop/cart".to_string(), "x".to_string())]),
             acked: BTreeMap::from([("b.test".to_string(), 4)]),
             membership: Some("h1".into()),

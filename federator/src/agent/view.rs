@@ -24,6 +24,10 @@ pub struct AgentView {
     pub own_bundle: Option<TrustBundle>,
     /// Every other member's bundle, by trust domain (the federated bundles).
     pub bundles: BTreeMap<String, TrustBundle>,
+    /// This cluster's own bundle as the federation holds it (from the watch), to compare
+    /// with what the agent published. Never served: sinks serve `own_bundle`.
+    #[serde(default)]
+    pub held_own_bundle: Option<super::held::HeldBundle>,
     /// Every import of this cluster, by namespace/name (saved as a list: JSON object keys
     /// must be strings).
     #[serde(with = "imports_as_list")]

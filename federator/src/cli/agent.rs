@@ -183,8 +183,16 @@ fn render(s: &AgentStatus, now: i64) -> (String, bool) {
     let bundle = &s.bundle;
     let same_authorities =
         bundle.published_current == Some(true) && bundle.sequence != bundle.published_sequence;
+    let federation = match (bundle.federation_sequence, bundle.federation_current) {
+        (None, _) => String::new(),
+        (Some(held), Some(false)) => format!(
+            "; the federation holds sequence {held}, with other authorities: the other \
+             members do not trust this source's yet"
+        ),
+        (Some(held), _) => format!(", the federation holds {held}"),
+    };
     text.line(format_args!(
-        "{} own bundle: sequence {}, published {}{}{}",
+        "{} own bundle: sequence {}, published {}{}{federation}{}",
         mark(s.own_bundle_published()),
         bundle.sequence.map_or_else(|| "-".into(), |v| v.to_string()),
         bundle.published_sequence.map_or_else(|| "-".into(), |v| v.to_string()),
@@ -416,6 +424,25 @@ mod tests {
         // Really new authorities not yet accepted are a ×.
         s.bundle.published_current = Some(false);
         assert!(!render(&s, 11_000).1);
+    }
+
+    #[test]
+    fn the_bundle_the_federation_holds_is_compared_with_the_source() {
+        let mut s = healthy();
+        s.bundle.federation_sequence = Some(5);
+        s.bundle.federation_current = Some(true);
+        let (text, good) = render(&s, 11_000);
+        assert!(good, "{text}");
+        assert!(text.contains(", the federation holds 5"), "{text}");
+        // The federation holds other authorities (restored from an older backup): ×,
+        // whatever the agent's record of its publication says.
+        s.bundle.federation_sequence = Some(3);
+        s.bundle.federation_current = Some(false);
+        let (text, good) = render(&s, 11_000);
+        assert!(!good, "{text}");
+        assert!(text.contains("× own bundle"), "{text}");
+        assert!(text.contains("the federation holds sequence 3, with other authorities"), "{text}");
+        assert_eq!(exit_of(&s), format!("{:?}", ExitCode::FAILURE));
     }
 
     #[test]

@@ -94,6 +94,7 @@ pub(crate) fn view(bundles: &[&TrustBundle], imports: &[ServiceImport]) -> Agent
         own_bundle: Some(bundle("a.example", 1)),
         bundles: bundles.iter().map(|b| (b.trust_domain.clone(), (*b).clone())).collect(),
         imports: imports.iter().map(|i| (i.key.clone(), i.clone())).collect(),
+        held_own_bundle: None,
     }
 }
 

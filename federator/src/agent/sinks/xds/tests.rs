@@ -130,6 +130,7 @@ fn view() -> AgentView {
         own_bundle: Some(own),
         bundles,
         imports: [(cart.key.clone(), cart), (api.key.clone(), api)].into_iter().collect(),
+        held_own_bundle: None,
     }
 }
 
