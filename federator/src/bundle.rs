@@ -87,6 +87,13 @@ pub struct TrustBundle {
     pub refresh_hint_secs: Option<u64>,
 }
 
+/// The `spiffe_refresh_hint` served with a bundle that carries none, seconds (the
+/// default of the server's `[bundle_endpoint] refresh_hint_seconds` and the agent's
+/// `bundle_refresh_hint_seconds`).
+pub const DEFAULT_REFRESH_HINT_SECS: u64 = 300;
+/// Bounds of a configured default refresh hint, seconds (those of a published one).
+pub const REFRESH_HINT_BOUNDS: std::ops::RangeInclusive<u64> = 10..=7 * 24 * 3600;
+
 /// One X.509-SVID CA certificate of a bundle.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct X509Authority {
@@ -147,8 +154,8 @@ impl ValidationPolicy {
             max_keys: 64,
             max_depth: 16,
             pre_publication_window_secs: 300,
-            min_refresh_hint_secs: 10,
-            max_refresh_hint_secs: 7 * 24 * 3600,
+            min_refresh_hint_secs: *REFRESH_HINT_BOUNDS.start(),
+            max_refresh_hint_secs: *REFRESH_HINT_BOUNDS.end(),
         }
     }
 }
@@ -446,6 +453,21 @@ impl TrustBundle {
     /// [`parse_spiffe_bundle`] of it gives back an equal bundle.
     #[must_use]
     pub fn to_spiffe_json(&self) -> String {
+        self.write_spiffe_json(self.refresh_hint_secs)
+    }
+
+    /// The document as served to consumers (the bundle endpoint, the agent's files and
+    /// etcd keys): [`TrustBundle::to_spiffe_json`] with `spiffe_refresh_hint` always set,
+    /// as the SPIFFE Trust Domain and Bundle specification (§4.1.2) asks — the member's
+    /// own hint (validated within the policy's bounds when it was published), else
+    /// `default_secs`. Not the canonical encoding: it depends on a local setting, so
+    /// nothing is digested or replicated in this form.
+    #[must_use]
+    pub fn to_served_json(&self, default_secs: u64) -> String {
+        self.write_spiffe_json(Some(self.refresh_hint_secs.unwrap_or(default_secs)))
+    }
+
+    fn write_spiffe_json(&self, refresh_hint_secs: Option<u64>) -> String {
         let mut out = String::from("{\"keys\":[");
         let mut first = true;
         for authority in &self.x509_authorities {
@@ -468,7 +490,7 @@ impl TrustBundle {
         }
         out.push_str("],\"spiffe_sequence\":");
         out.push_str(&self.sequence.to_string());
-        if let Some(hint) = self.refresh_hint_secs {
+        if let Some(hint) = refresh_hint_secs {
             out.push_str(",\"spiffe_refresh_hint\":");
             out.push_str(&hint.to_string());
         }

@@ -111,6 +111,10 @@ pub struct BundleEndpointFile {
     pub web_cert: Option<PathBuf>,
     /// Key for `https_web`.
     pub web_key: Option<PathBuf>,
+    /// `spiffe_refresh_hint` served with a member's bundle that carries none, seconds
+    /// (10 s to 7 days; default 300): how often consumers such as SPIRE servers fetch
+    /// again. A member's own hint is served as it published it.
+    pub refresh_hint_seconds: Option<u64>,
 }
 
 /// A resolved bundle endpoint: address, and certificate files (`None`: the replica's).
@@ -123,6 +127,8 @@ pub struct BundleEndpointConfig {
     pub spiffe: BundleEndpoint,
     /// `https_web` profile.
     pub web: BundleEndpoint,
+    /// The refresh hint served with bundles that carry none, seconds.
+    pub refresh_hint_secs: u64,
 }
 
 /// `[listen]` section.
@@ -535,7 +541,16 @@ fn resolve_bundle_endpoint(
             }
         },
     };
-    Ok(BundleEndpointConfig { spiffe, web })
+    let refresh_hint_secs =
+        file.refresh_hint_seconds.unwrap_or(crate::bundle::DEFAULT_REFRESH_HINT_SECS);
+    if !crate::bundle::REFRESH_HINT_BOUNDS.contains(&refresh_hint_secs) {
+        return Err(invalid(
+            "bundle_endpoint.refresh_hint_seconds",
+            &refresh_hint_secs.to_string(),
+            "must be 10 to 604800 (7 days)",
+        ));
+    }
+    Ok(BundleEndpointConfig { spiffe, web, refresh_hint_secs })
 }
 
 fn invalid(field: &'static str, value: &str, rule: &str) -> ConfigError {
@@ -592,6 +607,23 @@ mod tests {
             federator_raft::Timing::Wan.election_timeout(),
             "not in the file: the default profile's (wan)"
         );
+    }
+
+    #[test]
+    fn the_bundle_endpoint_refresh_hint_defaults_and_is_bounded() {
+        let config = load(GOOD, &ServerOverrides::default()).expect("loads");
+        assert_eq!(config.bundle_endpoint.refresh_hint_secs, 300);
+        let with = |secs: u64| {
+            load(
+                &format!("{GOOD}\n[bundle_endpoint]\nrefresh_hint_seconds = {secs}\n"),
+                &ServerOverrides::default(),
+            )
+        };
+        assert_eq!(with(60).expect("loads").bundle_endpoint.refresh_hint_secs, 60);
+        for bad in [0, 9, 604_801] {
+            let err = with(bad).expect_err("out of bounds");
+            assert!(err.to_string().contains("bundle_endpoint.refresh_hint_seconds"), "{err}");
+        }
     }
 
     #[test]

@@ -138,6 +138,23 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
     tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await??;
     assert!(answer.contains("hello from cluster-"), "{answer}");
 
+    // Every replica serves the SPIFFE bundle endpoint; the https_web profile with the
+    // dev web certificate, whose CA dev leaves beside the others.
+    let config = std::fs::read_to_string(dev.dir.path().join("replica-2/server.toml"))?;
+    let web_port: u16 = config
+        .lines()
+        .find_map(|l| l.strip_prefix("listen_web = \"127.0.0.1:"))
+        .and_then(|p| p.trim_end_matches('"').parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no listen_web in replica-2/server.toml:\n{config}"))?;
+    let web_ca = std::fs::read_to_string(dev.dir.path().join("certs/web-ca.pem"))?;
+    let bundle =
+        federator_tests::https_get(web_port, &web_ca, "/bundles/cluster-a.federator.test").await?;
+    let bundle: serde_json::Value = serde_json::from_str(&bundle)?;
+    assert!(bundle["keys"].as_array().is_some_and(|k| !k.is_empty()), "{bundle}");
+    assert!(bundle["spiffe_refresh_hint"].as_u64().is_some(), "{bundle}");
+    let out = std::fs::read_to_string(dev.dir.path().join("dev.out"))?;
+    assert!(out.contains("the SPIFFE bundle endpoint (https_web"), "{}", tail(&out, 40));
+
     // A CA rotation, started by a file.
     let td = "cluster-a.federator.test";
     let before = dev.cli(&["bundle", "show", td])?;

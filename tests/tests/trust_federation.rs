@@ -454,7 +454,7 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
     fed.start(2, false)?;
     fed.start(3, false)?;
     fed.extra_config = format!(
-        "\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{spiffe_port}\"\nlisten_web = \"127.0.0.1:{web_port}\"\nweb_cert = \"{}\"\nweb_key = \"{}\"\n",
+        "\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{spiffe_port}\"\nlisten_web = \"127.0.0.1:{web_port}\"\nweb_cert = \"{}\"\nweb_key = \"{}\"\nrefresh_hint_seconds = 120\n",
         web_dir.join("web.pem").display(),
         web_dir.join("web.key").display()
     );
@@ -481,12 +481,19 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
             "{profile}"
         );
         assert_eq!(parsed.sequence, 1, "{profile}");
+        // The member's own hint is served as it published it (the default is 120 here).
         assert_eq!(parsed.refresh_hint_secs, Some(300), "{profile}");
         assert_eq!(parsed.x509_authorities.len(), 2, "{profile}");
     }
     // The federation's own bundle and the list of trust domains are served too.
     let list = federator_tests::https_get(spiffe_port, &fed_ca, "/bundles").await?;
     assert!(list.contains("a.example") && list.contains(&fed.trust_domain), "{list}");
+    // A bundle without a hint of its own (the federation's) gets the configured one.
+    let own =
+        federator_tests::https_get(spiffe_port, &fed_ca, &format!("/bundles/{}", fed.trust_domain))
+            .await?;
+    let own: serde_json::Value = serde_json::from_str(&own)?;
+    assert_eq!(own["spiffe_refresh_hint"], 120, "{own}");
     let missing = federator_tests::https_get(spiffe_port, &fed_ca, "/bundles/nope.example").await;
     assert!(missing.is_err(), "an unknown trust domain is a 404");
     Ok(())

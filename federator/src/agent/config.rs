@@ -39,6 +39,10 @@ pub struct AgentFile {
     /// for the one rotation that needs it, then remove it.
     #[serde(default)]
     pub force_publish_bundle: bool,
+    /// `spiffe_refresh_hint` the files and etcd sinks write with a federated bundle that
+    /// carries none, seconds (10 s to 7 days; default 300). A member's own hint is
+    /// written as it published it.
+    pub bundle_refresh_hint_seconds: Option<u64>,
     /// What the cluster exports.
     #[serde(default)]
     pub exports: ExportsFile,
@@ -229,6 +233,8 @@ pub struct AgentConfig {
     pub lease_ttl: Duration,
     /// Where the agent's SVID comes from (`[svid]`, checked).
     pub svid: SvidSource,
+    /// `spiffe_refresh_hint` of served bundles that carry none, seconds.
+    pub refresh_hint_secs: u64,
 }
 
 impl AgentConfig {
@@ -291,6 +297,15 @@ impl AgentConfig {
                 rule: format!("must be {MIN_LEASE_TTL_SECS} to {MAX_LEASE_TTL_SECS}"),
             });
         }
+        let refresh_hint_secs =
+            file.bundle_refresh_hint_seconds.unwrap_or(crate::bundle::DEFAULT_REFRESH_HINT_SECS);
+        if !crate::bundle::REFRESH_HINT_BOUNDS.contains(&refresh_hint_secs) {
+            return Err(ConfigError::Invalid {
+                field: "bundle_refresh_hint_seconds",
+                value: refresh_hint_secs.to_string(),
+                rule: "must be 10 to 604800 (7 days)".into(),
+            });
+        }
         if file.exports.etcd_prefix.is_some() && file.exports.etcd_endpoints.is_empty() {
             return Err(ConfigError::Invalid {
                 field: "exports.etcd_endpoints",
@@ -307,7 +322,13 @@ impl AgentConfig {
                 rule: "name at least one etcd endpoint".into(),
             });
         }
-        Ok(Self { file, token, lease_ttl: Duration::from_secs(u64::from(ttl)), svid })
+        Ok(Self {
+            file,
+            token,
+            lease_ttl: Duration::from_secs(u64::from(ttl)),
+            svid,
+            refresh_hint_secs,
+        })
     }
 
     /// Starts the agent's own identity ([`Self::svid`]): loads the files and re-reads them
@@ -373,6 +394,15 @@ listen = "127.0.0.1:18000"
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
         AgentConfig::parse(text, Path::new("agent.toml"), Some("t".into()))
+    }
+
+    #[test]
+    fn the_refresh_hint_of_served_bundles_defaults_and_is_bounded() {
+        assert_eq!(parse(GOOD).expect("parses").refresh_hint_secs, 300);
+        let set = parse(&format!("bundle_refresh_hint_seconds = 60\n{GOOD}")).expect("parses");
+        assert_eq!(set.refresh_hint_secs, 60);
+        let err = parse(&format!("bundle_refresh_hint_seconds = 5\n{GOOD}")).expect_err("bound");
+        assert!(err.to_string().contains("bundle_refresh_hint_seconds"), "{err}");
     }
 
     #[test]

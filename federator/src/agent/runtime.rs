@@ -250,7 +250,7 @@ pub async fn run(
     };
     let mut sinks: Vec<Arc<dyn Sink>> = Vec::new();
     if let Some(files) = &config.file.sinks.files {
-        let sink = FileSink::new(files.dir.clone());
+        let sink = FileSink::new(files.dir.clone()).with_refresh_hint(config.refresh_hint_secs);
         remove_leftovers("files sink", sink.dir(), || sink.remove_leftover_temporaries());
         sinks.push(Arc::new(sink));
     }
@@ -261,7 +261,8 @@ pub async fn run(
             etcd.import_prefix.clone().unwrap_or_else(|| DEFAULT_IMPORT_PREFIX.into()),
         )
         .await
-        .context("sinks.etcd")?;
+        .context("sinks.etcd")?
+        .with_refresh_hint(config.refresh_hint_secs);
         sinks.push(Arc::new(sink));
     }
     if let Some(xds) = &config.file.sinks.xds {

@@ -1022,6 +1022,15 @@ fn to_spiffe_json_is_a_spiffe_bundle_that_parses_back() {
     assert!(!json.contains("spiffe_refresh_hint"), "{json}");
     assert!(json.ends_with(",\"spiffe_sequence\":0}"), "{json}");
     assert_eq!(parse(json.as_bytes()).expect("round trip"), unhinted);
+
+    // Served, a bundle always carries a hint: its own, else the configured default.
+    let served: Json = serde_json::from_str(&unhinted.to_served_json(120)).expect("JSON");
+    assert_eq!(served["spiffe_refresh_hint"], 120);
+    let own = TrustBundle { refresh_hint_secs: Some(900), ..unhinted.clone() };
+    let served: Json = serde_json::from_str(&own.to_served_json(120)).expect("JSON");
+    assert_eq!(served["spiffe_refresh_hint"], 900);
+    // The canonical form (digests, the log) does not depend on the setting.
+    assert_eq!(unhinted.to_spiffe_json(), json);
 }
 
 #[test]

@@ -158,7 +158,7 @@ fn save(
 }
 
 /// Writes a private key readable by the owner only.
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
+pub(super) fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
     let mut file = std::fs::OpenOptions::new()

@@ -5,6 +5,7 @@
 mod clusters;
 
 use std::io::IsTerminal as _;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::time::{Duration, Instant};
@@ -43,6 +44,8 @@ struct DevReplica {
     dir: PathBuf,
     raft_addr: String,
     api_addr: String,
+    /// The SPIFFE bundle endpoint under each profile: (`https_spiffe`, `https_web`).
+    bundle_endpoints: (Option<SocketAddr>, Option<SocketAddr>),
     child: Option<Child>,
     died_at: Option<Instant>,
 }
@@ -72,6 +75,9 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         if !out.status.success() {
             bail!("certs init: {}", String::from_utf8_lossy(&out.stderr));
         }
+    }
+    if !certs.join("web.pem").exists() {
+        write_web_certificate(&certs)?;
     }
 
     progress.step("starting replicas");
@@ -167,10 +173,12 @@ fn prepare_replica(root: &Path, certs: &Path, id: u64) -> anyhow::Result<DevRepl
         let raft = free_port()?;
         let api = free_port()?;
         let metrics = free_port()?;
+        let bundle_spiffe = free_port()?;
+        let bundle_web = free_port()?;
         std::fs::write(
             &config,
             format!(
-                "# Written by `federator dev`.\nid = {id}\ndata_dir = \"data\"\n\n[listen]\nraft = \"127.0.0.1:{raft}\"\napi = \"127.0.0.1:{api}\"\nmetrics = \"127.0.0.1:{metrics}\"\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{id}.pem\"\nkey = \"{c}/replica-{id}.key\"\n\n[raft]\n# Every replica on this machine: the fast-failover profile.\ntiming = \"lan\"\n",
+                "# Written by `federator dev`.\nid = {id}\ndata_dir = \"data\"\n\n[listen]\nraft = \"127.0.0.1:{raft}\"\napi = \"127.0.0.1:{api}\"\nmetrics = \"127.0.0.1:{metrics}\"\n\n[tls]\nca = \"{c}/ca.pem\"\ncert = \"{c}/replica-{id}.pem\"\nkey = \"{c}/replica-{id}.key\"\n\n[raft]\n# Every replica on this machine: the fast-failover profile.\ntiming = \"lan\"\n\n[bundle_endpoint]\n# https_spiffe: this replica's own SVID; https_web: the dev web certificate\n# (its CA is {c}/web-ca.pem).\nlisten_spiffe = \"127.0.0.1:{bundle_spiffe}\"\nlisten_web = \"127.0.0.1:{bundle_web}\"\nweb_cert = \"{c}/web.pem\"\nweb_key = \"{c}/web.key\"\n",
                 c = certs.display()
             ),
         )?;
@@ -179,14 +187,36 @@ fn prepare_replica(root: &Path, certs: &Path, id: u64) -> anyhow::Result<DevRepl
         Some(&config),
         &crate::config::ServerOverrides::default(),
     )?;
+    let endpoint = |e: &crate::config::BundleEndpoint| e.as_ref().map(|(addr, _)| *addr);
     Ok(DevReplica {
         id,
         dir,
         raft_addr: parsed.advertise_raft,
         api_addr: parsed.advertise_api,
+        bundle_endpoints: (
+            endpoint(&parsed.bundle_endpoint.spiffe),
+            endpoint(&parsed.bundle_endpoint.web),
+        ),
         child: None,
         died_at: None,
     })
+}
+
+/// A web PKI stand-in for the bundle endpoint's `https_web` profile: a dev CA
+/// (`web-ca.pem`, which consumers trust) and a certificate for 127.0.0.1 and localhost.
+fn write_web_certificate(certs: &Path) -> anyhow::Result<()> {
+    let year = Duration::from_secs(365 * 86_400);
+    let ca = crate::identity::FederationCa::generate("web.invalid", "federator dev web CA", year)?;
+    let leaf = ca.issue(
+        "spiffe://web.invalid/bundle-endpoint",
+        &[std::net::IpAddr::from([127, 0, 0, 1])],
+        &["localhost".to_string()],
+        year,
+    )?;
+    std::fs::write(certs.join("web-ca.pem"), ca.cert_pem())?;
+    std::fs::write(certs.join("web.pem"), &leaf.cert_pem)?;
+    super::certs::write_private(&certs.join("web.key"), &leaf.key_pem)?;
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -394,6 +424,21 @@ fn render(
             ];
             if let Some(pid) = leader_pid {
                 tips.push((format!("kill -9 {pid}"), "kill the leader; watch the failover".into()));
+            }
+            if let Some(replica) = replicas.first()
+                && let (spiffe, Some(web)) = replica.bundle_endpoints
+            {
+                let certs = root.join("certs");
+                tips.push((
+                    format!(
+                        "curl --cacert {} https://{web}/bundles",
+                        certs.join("web-ca.pem").display()
+                    ),
+                    format!(
+                        "the SPIFFE bundle endpoint (https_web{})",
+                        spiffe.map_or(String::new(), |s| format!("; https_spiffe on {s}"))
+                    ),
+                ));
             }
             if let Some(first) = members.first() {
                 if let Some(pid) = first.pid() {

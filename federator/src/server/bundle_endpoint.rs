@@ -90,6 +90,8 @@ struct Shared {
     replica: FederationReplica,
     /// The federation's own bundle (its CA), served like a member's.
     own: Option<Arc<TrustBundle>>,
+    /// `spiffe_refresh_hint` of a bundle that carries none.
+    refresh_hint_secs: u64,
 }
 
 /// Starts the configured bundle endpoints; each stops when `stop` turns true.
@@ -100,7 +102,11 @@ pub async fn spawn_all(
     stop: &watch::Receiver<bool>,
 ) -> Result<Vec<tokio::task::JoinHandle<()>>, ServerError> {
     let own = own_bundle(config, material);
-    let shared = Shared { replica, own: own.map(Arc::new) };
+    let shared = Shared {
+        replica,
+        own: own.map(Arc::new),
+        refresh_hint_secs: config.bundle_endpoint.refresh_hint_secs,
+    };
     let mut tasks = Vec::new();
     let endpoints = [
         ("bundle_endpoint.listen_spiffe", &config.bundle_endpoint.spiffe, "https_spiffe"),
@@ -167,12 +173,13 @@ async fn list(State(shared): State<Shared>) -> Response {
 
 async fn bundle(State(shared): State<Shared>, Path(trust_domain): Path<String>) -> Response {
     if let Some(own) = shared.own.as_ref().filter(|o| o.trust_domain == trust_domain) {
-        return json(own.to_spiffe_json());
+        return json(own.to_served_json(shared.refresh_hint_secs));
     }
+    let hint = shared.refresh_hint_secs;
     let document = shared
         .replica
         .state()
-        .read(|s| s.bundles.get(&trust_domain).map(|b| b.bundle.to_spiffe_json()));
+        .read(|s| s.bundles.get(&trust_domain).map(|b| b.bundle.to_served_json(hint)));
     match document {
         Some(document) => json(document),
         None => (StatusCode::NOT_FOUND, format!("no bundle for trust domain {trust_domain:?}\n"))

@@ -40,6 +40,8 @@ pub struct EtcdSink {
     endpoints: Vec<String>,
     bundle_prefix: String,
     import_prefix: String,
+    /// `spiffe_refresh_hint` written with a bundle that carries none.
+    refresh_hint_secs: u64,
 }
 
 impl std::fmt::Debug for EtcdSink {
@@ -84,15 +86,27 @@ impl EtcdSink {
             ));
         }
         let client = connect(&endpoints).await.map_err(|e| SinkError::new(NAME, e))?;
-        Ok(Self { client, endpoints, bundle_prefix, import_prefix })
+        Ok(Self {
+            client,
+            endpoints,
+            bundle_prefix,
+            import_prefix,
+            refresh_hint_secs: crate::bundle::DEFAULT_REFRESH_HINT_SECS,
+        })
+    }
+
+    /// Writes `secs` as the `spiffe_refresh_hint` of bundles that carry none.
+    #[must_use]
+    pub fn with_refresh_hint(mut self, secs: u64) -> Self {
+        self.refresh_hint_secs = secs;
+        self
     }
 
     /// The keys and values `view` should leave under both prefixes.
     fn desired(&self, view: &AgentView) -> BTreeMap<String, String> {
-        let bundles = view
-            .bundles
-            .iter()
-            .map(|(td, bundle)| (format!("{}{td}", self.bundle_prefix), bundle.to_spiffe_json()));
+        let bundles = view.bundles.iter().map(|(td, bundle)| {
+            (format!("{}{td}", self.bundle_prefix), bundle.to_served_json(self.refresh_hint_secs))
+        });
         let imports = view.imports.iter().map(|(key, import)| {
             (format!("{}{}/{}", self.import_prefix, key.namespace, key.name), import_json(import))
         });

@@ -32,13 +32,22 @@ const NAME: &str = "files";
 #[derive(Clone, Debug)]
 pub struct FileSink {
     dir: PathBuf,
+    /// `spiffe_refresh_hint` written with a bundle that carries none.
+    refresh_hint_secs: u64,
 }
 
 impl FileSink {
     /// A sink writing into `dir` (created on the first apply).
     #[must_use]
     pub fn new(dir: PathBuf) -> Self {
-        Self { dir }
+        Self { dir, refresh_hint_secs: crate::bundle::DEFAULT_REFRESH_HINT_SECS }
+    }
+
+    /// Writes `secs` as the `spiffe_refresh_hint` of bundles that carry none.
+    #[must_use]
+    pub fn with_refresh_hint(mut self, secs: u64) -> Self {
+        self.refresh_hint_secs = secs;
+        self
     }
 
     /// The directory written.
@@ -69,7 +78,7 @@ impl Sink for FileSink {
 
     fn apply<'a>(&'a self, view: &'a AgentView) -> SinkFuture<'a> {
         Box::pin(async move {
-            let files = render(view)?;
+            let files = render(view, self.refresh_hint_secs)?;
             let dir = self.dir.clone();
             tokio::task::spawn_blocking(move || files.write(&dir))
                 .await
@@ -90,7 +99,7 @@ struct Files {
     imports: String,
 }
 
-fn render(view: &AgentView) -> Result<Files, SinkError> {
+fn render(view: &AgentView, hint: u64) -> Result<Files, SinkError> {
     let mut bundles = BTreeMap::new();
     let mut unnamable = Vec::new();
     for (td, bundle) in &view.bundles {
@@ -99,24 +108,24 @@ fn render(view: &AgentView) -> Result<Files, SinkError> {
             unnamable.push((td.clone(), error.message));
             continue;
         }
-        bundles.insert(td.clone(), (bundle.to_pem(), format!("{}\n", bundle.to_spiffe_json())));
+        bundles.insert(td.clone(), (bundle.to_pem(), format!("{}\n", bundle.to_served_json(hint))));
     }
     let imports: Vec<ImportDocument> = view.imports.values().map(ImportDocument::from).collect();
     let mut imports = serde_json::to_string_pretty(&imports)
         .map_err(|e| SinkError::new(NAME, format!("imports.json: {e}")))?;
     imports.push('\n');
-    Ok(Files { bundle_set: bundle_set_json(&view.bundles), bundles, unnamable, imports })
+    Ok(Files { bundle_set: bundle_set_json(&view.bundles, hint), bundles, unnamable, imports })
 }
 
 /// `{"<td>": <JWKS>, ...}`, one trust domain per line.
-fn bundle_set_json(bundles: &BTreeMap<String, TrustBundle>) -> String {
+fn bundle_set_json(bundles: &BTreeMap<String, TrustBundle>, hint: u64) -> String {
     if bundles.is_empty() {
         return "{}\n".into();
     }
     let entries: Vec<String> = bundles
         .iter()
         .map(|(td, bundle)| {
-            format!("  {}: {}", serde_json::Value::String(td.clone()), bundle.to_spiffe_json())
+            format!("  {}: {}", serde_json::Value::String(td.clone()), bundle.to_served_json(hint))
         })
         .collect();
     format!("{{\n{}\n}}\n", entries.join(",\n"))
