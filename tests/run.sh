@@ -5,6 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/local/setup.sh
+# SPIRE and the go-spiffe test client (built with Go once per machine, then reused).
+bash deploy/local/setup-spiffe.sh
 
 step() { printf '\n== %s\n' "$*" >&2; }
 

@@ -13,5 +13,6 @@ pub mod etcd;
 pub mod member;
 pub mod proxy;
 pub mod run;
+pub mod spiffe;
 pub mod watcher;
 pub mod workload_api;
