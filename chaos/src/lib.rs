@@ -14,5 +14,6 @@ pub mod member;
 pub mod proxy;
 pub mod run;
 pub mod spiffe;
+pub mod spire;
 pub mod watcher;
 pub mod workload_api;

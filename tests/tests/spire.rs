@@ -1,0 +1,151 @@
+//! Federator with SPIRE, hub and spoke (issue 26): two real SPIRE deployments (SPIRE
+//! v1.13.3, trust domains a.test and b.test, each a server with its own CA and sqlite
+//! datastore and an agent attested with a join token) and a Federator group.
+//!
+//! - Each cluster's Federator agent takes its SVID and its own bundle from its SPIRE
+//!   agent's Workload API, joins, and the federation holds the SPIRE server's CA.
+//! - Each SPIRE server federates with the other trust domain through Federator's bundle
+//!   endpoint (`https_spiffe`, the replica's SPIFFE ID, authenticated with the
+//!   federation's bundle) instead of pointing at the other SPIRE server: server a holds
+//!   b's CA, and b holds a's.
+//! - A workload in a registered to federate with b receives b's bundle in its Workload
+//!   API response (`spire-agent api fetch x509`, as a workload).
+//!
+//! SPIRE is built by `deploy/local/setup-spiffe.sh` (`tests/run.sh` runs it); without it
+//! the test fails and says so.
+
+use std::process::Command;
+use std::time::Duration;
+
+use federator_chaos::agent::{AgentOptions, AgentProcess};
+use federator_chaos::member::MemberCluster;
+use federator_chaos::spiffe::tool;
+use federator_chaos::spire::SpireDeployment;
+use federator_tests::{Federation, eventually, federator_bin, free_port};
+
+const WAIT: Duration = Duration::from_secs(90);
+
+/// The PEM certificate blocks of `pem`, whitespace-trimmed, sorted.
+fn certificates(pem: &str) -> Vec<String> {
+    let mut blocks: Vec<String> = pem
+        .split("-----END CERTIFICATE-----")
+        .filter_map(|part| part.find("-----BEGIN CERTIFICATE-----").map(|at| &part[at..]))
+        .map(|block| format!("{}-----END CERTIFICATE-----", block.trim()))
+        .collect();
+    blocks.sort();
+    blocks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
+    // The federation, its bundle endpoint on replica 1 (https_spiffe, its own SVID).
+    let mut fed = Federation::new(3)?;
+    let endpoint_port = free_port();
+    fed.start(2, false)?;
+    fed.start(3, false)?;
+    fed.extra_config =
+        format!("\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{endpoint_port}\"\n");
+    fed.start(1, false)?;
+    fed.form_group(&[1, 2, 3]).await?;
+    let endpoint_id = federator::identity::replica_spiffe_id(&fed.trust_domain, 1);
+
+    // Two SPIRE deployments. The Federator agent is a workload of its cluster's SPIRE
+    // agent; so is `spire-agent api fetch`, standing for an application that federates.
+    let federator = federator_bin();
+    let fetcher = tool("spire-agent")?;
+    let mut spires = Vec::new();
+    for (name, td) in [("a", "a.test"), ("b", "b.test")] {
+        let spire =
+            SpireDeployment::start_server(&fed.dir().join(format!("spire-{name}")), td).await?;
+        spire.register(&MemberCluster::agent_id_of(td), &federator, &[])?;
+        spires.push(spire);
+    }
+    for spire in &mut spires {
+        spire.start_agent().await?;
+    }
+
+    // Each cluster's Federator agent: its SVID and own bundle from SPIRE.
+    let mut agents = Vec::new();
+    for (spire, cluster) in spires.iter().zip(["cluster-a", "cluster-b"]) {
+        let options = AgentOptions {
+            workload_api: Some(spire.workload_api()),
+            lease_ttl_seconds: Some(5),
+            ..AgentOptions::default()
+        };
+        let mut agent =
+            AgentProcess::new(&fed, MemberCluster::new(cluster, &spire.trust_domain)?, &options)?;
+        agent.start()?;
+        agents.push(agent);
+    }
+    for (agent, spire) in agents.iter().zip(&spires) {
+        agent
+            .wait_status("joined with SPIRE's SVID, the federation holds SPIRE's CA", WAIT, |s| {
+                s.bundle.federation_current == Some(true)
+            })
+            .await
+            .map_err(|e| e.context(format!("agent log:\n{}", agent.log())))?;
+        let held = fed.cli_ok(&[], &["bundle", "show", &spire.trust_domain, "--format", "pem"])?;
+        let own = spire.bundle_pem(&spire.trust_domain)?.unwrap_or_default();
+        assert_eq!(certificates(&held), certificates(&own), "{}", spire.trust_domain);
+        assert!(!certificates(&own).is_empty(), "SPIRE's bundle: {own}");
+    }
+
+    // Each SPIRE server federates with the other through Federator's bundle endpoint,
+    // authenticating it with the federation's bundle.
+    let ca = fed.certs.join("ca.pem");
+    for (spire, other) in spires.iter().zip(["b.test", "a.test"]) {
+        spire.set_bundle(&fed.trust_domain, &ca)?;
+        let url = format!("https://127.0.0.1:{endpoint_port}/bundles/{other}");
+        spire.federate_with(other, &url, &endpoint_id)?;
+    }
+    for (spire, other) in spires.iter().zip([1, 0]) {
+        let other = &spires[other];
+        let expected = certificates(&other.bundle_pem(&other.trust_domain)?.unwrap_or_default());
+        eventually(
+            &format!("SPIRE {} to hold {}'s bundle", spire.trust_domain, other.trust_domain),
+            WAIT,
+            || async {
+                let held = spire.bundle_pem(&other.trust_domain).ok().flatten()?;
+                (certificates(&held) == expected).then_some(())
+            },
+        )
+        .await
+        .map_err(|e| {
+            e.context(format!("server log:\n{}", federator_tests::tail(&spire.server_log(), 40)))
+        })?;
+    }
+
+    // A workload in a that federates with b (an entry SPIRE accepts only once it holds
+    // b's bundle) gets b's CA from its Workload API.
+    let a = &spires[0];
+    a.register("spiffe://a.test/app", &fetcher, &["b.test"])?;
+    let out_dir = a.dir.join("app");
+    std::fs::create_dir_all(&out_dir)?;
+    let b_cas = certificates(&spires[1].bundle_pem("b.test")?.unwrap_or_default());
+    let socket = a.dir.join("agent/workload.sock");
+    eventually("a's workload to receive b's bundle from SPIRE", WAIT, || async {
+        let out = Command::new(&fetcher)
+            .args(["api", "fetch", "x509", "-socketPath"])
+            .arg(&socket)
+            .arg("-write")
+            .arg(&out_dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let federated: Vec<String> = std::fs::read_dir(&out_dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("federated_bundle"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .flat_map(|pem| certificates(&pem))
+            .collect();
+        b_cas.iter().all(|ca| federated.contains(ca)).then_some(())
+    })
+    .await?;
+    for agent in &mut agents {
+        agent.kill();
+    }
+    Ok(())
+}
