@@ -97,3 +97,63 @@ pub fn fetch_bundle(
     serde_json::from_slice(&out.stdout)
         .with_context(|| format!("spiffe-client printed {}", String::from_utf8_lossy(&out.stdout)))
 }
+
+/// go-spiffe's `mtls-serve`: answers mTLS connections from one SPIFFE ID with its SVID
+/// from a Workload API. Killed when dropped.
+pub struct MtlsServer {
+    /// Where it listens.
+    pub addr: String,
+    child: std::process::Child,
+}
+
+impl MtlsServer {
+    /// Starts it on a free loopback port with the SVID of `workload_api`, accepting only
+    /// `client_id`, and waits until it listens.
+    ///
+    /// # Errors
+    /// The client is missing, or it did not come up.
+    pub fn start(workload_api: &str, client_id: &str) -> anyhow::Result<Self> {
+        use std::io::BufRead as _;
+        let addr = format!("127.0.0.1:{}", crate::cluster::free_port());
+        let mut child = Command::new(tool("spiffe-client")?)
+            .args(["mtls-serve", "-workload-api", workload_api, "-listen", &addr])
+            .args(["-authorize", client_id])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .spawn()
+            .context("start spiffe-client mtls-serve")?;
+        let stdout = child.stdout.take().context("its stdout")?;
+        let mut first = String::new();
+        std::io::BufReader::new(stdout).read_line(&mut first)?;
+        if !first.starts_with("listening") {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("spiffe-client mtls-serve did not start (printed {first:?})");
+        }
+        Ok(Self { addr, child })
+    }
+}
+
+impl Drop for MtlsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// go-spiffe's `mtls-call` to `addr` with the SVID of `workload_api`, authorizing
+/// `server_id` (`tlsconfig.MTLSClientConfig` with `AuthorizeID`): the server's answer.
+///
+/// # Errors
+/// The call failed (refused handshake, wrong peer, no SVID); the error is the client's.
+pub fn mtls_call(workload_api: &str, addr: &str, server_id: &str) -> anyhow::Result<String> {
+    let out = Command::new(tool("spiffe-client")?)
+        .args(["mtls-call", "-workload-api", workload_api, "-addr", addr])
+        .args(["-authorize", server_id, "-timeout", "10s"])
+        .output()
+        .context("run spiffe-client mtls-call")?;
+    if !out.status.success() {
+        bail!("go-spiffe mTLS call to {addr}: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}

@@ -8,17 +8,31 @@
 //	    -endpoint-id spiffe://federation.test/replica/1 -endpoint-bundle federation-ca.pem
 //
 // It prints one JSON object: the trust domain, the X.509 authorities (PEM), the JWT
-// authorities' key ids, the sequence and the refresh hint. Exit status 1 on any error,
-// with the error on stderr.
+// authorities' key ids, the sequence and the refresh hint.
+//
+//	spiffe-client mtls-serve -workload-api unix:///run/spire/agent.sock -listen 127.0.0.1:9000 \
+//	    -authorize spiffe://a.test/client
+//	spiffe-client mtls-call -workload-api unix:///run/spire/agent.sock -addr 127.0.0.1:9000 \
+//	    -authorize spiffe://b.test/server
+//
+// mtls-serve answers each mTLS connection whose client is the authorized SPIFFE ID with
+// one line naming both peers, until killed; it prints "listening" once it has an SVID.
+// mtls-call connects with go-spiffe's tlsconfig.MTLSClientConfig, authorizing the
+// server's ID, and prints the server's line. Both take their SVID and bundles (federated
+// ones included) from the Workload API. Exit status 1 on any error, with the error on
+// stderr.
 package main
 
 import (
+	"bufio"
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"flag"
 	"fmt"
+	"net"
 	"os"
 	"sort"
 	"time"
@@ -28,6 +42,9 @@ import (
 	"github.com/spiffe/go-spiffe/v2/bundle/x509bundle"
 	"github.com/spiffe/go-spiffe/v2/federation"
 	"github.com/spiffe/go-spiffe/v2/spiffeid"
+	"github.com/spiffe/go-spiffe/v2/spiffetls/tlsconfig"
+	"github.com/spiffe/go-spiffe/v2/svid/x509svid"
+	"github.com/spiffe/go-spiffe/v2/workloadapi"
 )
 
 type fetched struct {
@@ -45,8 +62,12 @@ func main() {
 	switch os.Args[1] {
 	case "fetch-bundle":
 		fail(fetchBundle(os.Args[2:]))
+	case "mtls-serve":
+		fail(mtlsServe(os.Args[2:]))
+	case "mtls-call":
+		fail(mtlsCall(os.Args[2:]))
 	default:
-		fail(fmt.Errorf("unknown command %q (fetch-bundle)", os.Args[1]))
+		fail(fmt.Errorf("unknown command %q (fetch-bundle, mtls-serve, mtls-call)", os.Args[1]))
 	}
 }
 
@@ -122,4 +143,116 @@ func fetchBundle(args []string) error {
 		out.RefreshHintSeconds = &seconds
 	}
 	return json.NewEncoder(os.Stdout).Encode(out)
+}
+
+// workloadFlags are the flags both mTLS commands take.
+type workloadFlags struct {
+	address   *string
+	authorize *string
+	timeout   *time.Duration
+}
+
+func newWorkloadFlags(flags *flag.FlagSet) workloadFlags {
+	return workloadFlags{
+		address:   flags.String("workload-api", "", "the Workload API address (unix:///path)"),
+		authorize: flags.String("authorize", "", "the peer's SPIFFE ID"),
+		timeout:   flags.Duration("timeout", 30*time.Second, "give up after this long"),
+	}
+}
+
+// source returns the X.509 source of the Workload API and the peer ID to authorize.
+func (w workloadFlags) source(ctx context.Context) (*workloadapi.X509Source, spiffeid.ID, error) {
+	peer, err := spiffeid.FromString(*w.authorize)
+	if err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("-authorize: %w", err)
+	}
+	source, err := workloadapi.NewX509Source(ctx, workloadapi.WithClientOptions(workloadapi.WithAddr(*w.address)))
+	if err != nil {
+		return nil, spiffeid.ID{}, fmt.Errorf("workload API %s: %w", *w.address, err)
+	}
+	return source, peer, nil
+}
+
+func ownID(source *workloadapi.X509Source) string {
+	svid, err := source.GetX509SVID()
+	if err != nil {
+		return "?"
+	}
+	return svid.ID.String()
+}
+
+func mtlsServe(args []string) error {
+	flags := flag.NewFlagSet("mtls-serve", flag.ContinueOnError)
+	listen := flags.String("listen", "127.0.0.1:0", "address to listen on")
+	w := newWorkloadFlags(flags)
+	if err := flags.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *w.timeout)
+	source, client, err := w.source(ctx)
+	cancel()
+	if err != nil {
+		return err
+	}
+	defer source.Close()
+	listener, err := tls.Listen("tcp", *listen, tlsconfig.MTLSServerConfig(source, source, tlsconfig.AuthorizeID(client)))
+	if err != nil {
+		return err
+	}
+	fmt.Println("listening", listener.Addr().String(), "as", ownID(source))
+	for {
+		conn, err := listener.Accept()
+		if err != nil {
+			return err
+		}
+		go func(conn net.Conn) {
+			defer conn.Close()
+			tlsConn := conn.(*tls.Conn)
+			if err := tlsConn.Handshake(); err != nil {
+				fmt.Fprintln(os.Stderr, "handshake refused:", err)
+				return
+			}
+			peer := "?"
+			if state := tlsConn.ConnectionState(); len(state.PeerCertificates) > 0 {
+				if id, err := x509svid.IDFromCert(state.PeerCertificates[0]); err == nil {
+					peer = id.String()
+				}
+			}
+			if _, err := bufio.NewReader(conn).ReadString('\n'); err != nil {
+				return
+			}
+			fmt.Fprintf(conn, "hello %s from %s\n", peer, ownID(source))
+		}(conn)
+	}
+}
+
+func mtlsCall(args []string) error {
+	flags := flag.NewFlagSet("mtls-call", flag.ContinueOnError)
+	addr := flags.String("addr", "", "the server's address")
+	w := newWorkloadFlags(flags)
+	if err := flags.Parse(args); err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), *w.timeout)
+	defer cancel()
+	source, server, err := w.source(ctx)
+	if err != nil {
+		return err
+	}
+	defer source.Close()
+	dialer := tls.Dialer{Config: tlsconfig.MTLSClientConfig(source, source, tlsconfig.AuthorizeID(server))}
+	conn, err := dialer.DialContext(ctx, "tcp", *addr)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	if _, err := fmt.Fprintf(conn, "hello\n"); err != nil {
+		return err
+	}
+	line, err := bufio.NewReader(conn).ReadString('\n')
+	if err != nil {
+		return fmt.Errorf("no answer: %w", err)
+	}
+	fmt.Print(line)
+	return nil
 }

@@ -10,6 +10,9 @@
 //!   b's CA, and b holds a's.
 //! - A workload in a registered to federate with b receives b's bundle in its Workload
 //!   API response (`spire-agent api fetch x509`, as a workload).
+//! - A go-spiffe workload in a calls one in b over mTLS (`tlsconfig.MTLSClientConfig`,
+//!   `AuthorizeID`), each with its SVID from its own SPIRE agent; a client expecting
+//!   another server ID refuses it.
 //!
 //! SPIRE is built by `deploy/local/setup-spiffe.sh` (`tests/run.sh` runs it); without it
 //! the test fails and says so.
@@ -19,7 +22,7 @@ use std::time::Duration;
 
 use federator_chaos::agent::{AgentOptions, AgentProcess};
 use federator_chaos::member::MemberCluster;
-use federator_chaos::spiffe::tool;
+use federator_chaos::spiffe::{MtlsServer, mtls_call, tool};
 use federator_chaos::spire::SpireDeployment;
 use federator_tests::{Federation, eventually, federator_bin, free_port};
 
@@ -144,6 +147,20 @@ async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
         b_cas.iter().all(|ca| federated.contains(ca)).then_some(())
     })
     .await?;
+
+    // A workload in a calls one in b over mTLS, each with its SVID from its own SPIRE and
+    // the other's CA from the federation (go-spiffe's MTLSClientConfig / AuthorizeID).
+    let go_spiffe = tool("spiffe-client")?;
+    a.register("spiffe://a.test/client", &go_spiffe, &["b.test"])?;
+    spires[1].register("spiffe://b.test/server", &go_spiffe, &["a.test"])?;
+    let server = MtlsServer::start(&spires[1].workload_api(), "spiffe://a.test/client")?;
+    let answer = eventually("an mTLS call from a's workload to b's", WAIT, || async {
+        mtls_call(&a.workload_api(), &server.addr, "spiffe://b.test/server").ok()
+    })
+    .await?;
+    assert_eq!(answer, "hello spiffe://a.test/client from spiffe://b.test/server");
+    let refused = mtls_call(&a.workload_api(), &server.addr, "spiffe://b.test/someone-else");
+    assert!(refused.is_err(), "a server with another ID is refused by the client");
     for agent in &mut agents {
         agent.kill();
     }
