@@ -13,6 +13,9 @@
 //! - A go-spiffe workload in a calls one in b over mTLS (`tlsconfig.MTLSClientConfig`,
 //!   `AuthorizeID`), each with its SVID from its own SPIRE agent; a client expecting
 //!   another server ID refuses it.
+//! - b rotates its CA the SPIRE way (`localauthority x509 prepare`): the prepared
+//!   authority reaches a's workloads through Federator before b activates it, and
+//!   `federator bundle status` shows cluster-a acknowledged it.
 //!
 //! SPIRE is built by `deploy/local/setup-spiffe.sh` (`tests/run.sh` runs it); without it
 //! the test fails and says so.
@@ -161,6 +164,55 @@ async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
     assert_eq!(answer, "hello spiffe://a.test/client from spiffe://b.test/server");
     let refused = mtls_call(&a.workload_api(), &server.addr, "spiffe://b.test/someone-else");
     assert!(refused.is_err(), "a server with another ID is refused by the client");
+
+    // b rotates its CA the SPIRE way: a new authority is prepared (in b's bundle, not
+    // signing yet). It reaches a's workloads through Federator before b activates it,
+    // and `bundle status` shows cluster-a acknowledged it.
+    let b = &spires[1];
+    let before = fed.cli_json(&["bundle", "status", "b.test"])?["sequence"].as_u64();
+    b.server_cli(&["localauthority", "x509", "prepare"])?;
+    let rotated = eventually("b's SPIRE bundle to hold the prepared authority", WAIT, || async {
+        let pem = b.bundle_pem("b.test").ok().flatten()?;
+        let cas = certificates(&pem);
+        (cas.len() == 2).then_some(cas)
+    })
+    .await?;
+    let status = eventually("cluster-a to acknowledge b's rotated bundle", WAIT, || async {
+        let status = fed.cli_json(&["bundle", "status", "b.test"]).ok()?;
+        let moved = status["sequence"].as_u64() > before;
+        (moved && status["complete"] == true).then_some(status)
+    })
+    .await?;
+    println!("b's rotation acknowledged: {status}");
+    eventually("a's workload to receive b's prepared authority", WAIT, || async {
+        let out = Command::new(&fetcher)
+            .args(["api", "fetch", "x509", "-socketPath"])
+            .arg(&socket)
+            .arg("-write")
+            .arg(&out_dir)
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        let federated: Vec<String> = std::fs::read_dir(&out_dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("federated_bundle"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .flat_map(|pem| certificates(&pem))
+            .collect();
+        rotated.iter().all(|ca| federated.contains(ca)).then_some(())
+    })
+    .await
+    .map_err(|e| {
+        e.context(format!("a's server log:\n{}", federator_tests::tail(&a.server_log(), 30)))
+    })?;
+    // Still nothing signed by it: the calls go on across the rotation.
+    assert_eq!(
+        mtls_call(&a.workload_api(), &server.addr, "spiffe://b.test/server")?,
+        "hello spiffe://a.test/client from spiffe://b.test/server"
+    );
     for agent in &mut agents {
         agent.kill();
     }
