@@ -20,6 +20,7 @@
 //! SPIRE is built by `deploy/local/setup-spiffe.sh` (`tests/run.sh` runs it); without it
 //! the test fails and says so.
 
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -40,6 +41,31 @@ fn certificates(pem: &str) -> Vec<String> {
         .collect();
     blocks.sort();
     blocks
+}
+
+/// The federated CAs a workload receives from the Workload API at `socket`, fetched with
+/// `spire-agent api fetch x509` (the `fetcher` binary, registered as the workload) into
+/// `out_dir`; `None` while it gets no SVID.
+fn federated_cas(fetcher: &Path, socket: &Path, out_dir: &Path) -> Option<Vec<String>> {
+    let out = Command::new(fetcher)
+        .args(["api", "fetch", "x509", "-socketPath"])
+        .arg(socket)
+        .arg("-write")
+        .arg(out_dir)
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(
+        std::fs::read_dir(out_dir)
+            .ok()?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("federated_bundle"))
+            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+            .flat_map(|pem| certificates(&pem))
+            .collect(),
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,23 +156,7 @@ async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
     let b_cas = certificates(&spires[1].bundle_pem("b.test")?.unwrap_or_default());
     let socket = a.dir.join("agent/workload.sock");
     eventually("a's workload to receive b's bundle from SPIRE", WAIT, || async {
-        let out = Command::new(&fetcher)
-            .args(["api", "fetch", "x509", "-socketPath"])
-            .arg(&socket)
-            .arg("-write")
-            .arg(&out_dir)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        let federated: Vec<String> = std::fs::read_dir(&out_dir)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("federated_bundle"))
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .flat_map(|pem| certificates(&pem))
-            .collect();
+        let federated = federated_cas(&fetcher, &socket, &out_dir)?;
         b_cas.iter().all(|ca| federated.contains(ca)).then_some(())
     })
     .await?;
@@ -185,23 +195,7 @@ async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
     .await?;
     println!("b's rotation acknowledged: {status}");
     eventually("a's workload to receive b's prepared authority", WAIT, || async {
-        let out = Command::new(&fetcher)
-            .args(["api", "fetch", "x509", "-socketPath"])
-            .arg(&socket)
-            .arg("-write")
-            .arg(&out_dir)
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        let federated: Vec<String> = std::fs::read_dir(&out_dir)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("federated_bundle"))
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .flat_map(|pem| certificates(&pem))
-            .collect();
+        let federated = federated_cas(&fetcher, &socket, &out_dir)?;
         rotated.iter().all(|ca| federated.contains(ca)).then_some(())
     })
     .await
