@@ -141,12 +141,22 @@ impl Drop for MtlsServer {
     }
 }
 
+/// What an mTLS call returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MtlsAnswer {
+    /// The server's line.
+    pub line: String,
+    /// The authority key id (hex) of the SVID the server presented: which of its
+    /// authorities signed it.
+    pub issuer: String,
+}
+
 /// go-spiffe's `mtls-call` to `addr` with the SVID of `workload_api`, authorizing
-/// `server_id` (`tlsconfig.MTLSClientConfig` with `AuthorizeID`): the server's answer.
+/// `server_id` (`tlsconfig.MTLSClientConfig` with `AuthorizeID`).
 ///
 /// # Errors
 /// The call failed (refused handshake, wrong peer, no SVID); the error is the client's.
-pub fn mtls_call(workload_api: &str, addr: &str, server_id: &str) -> anyhow::Result<String> {
+pub fn mtls_call(workload_api: &str, addr: &str, server_id: &str) -> anyhow::Result<MtlsAnswer> {
     let out = Command::new(tool("spiffe-client")?)
         .args(["mtls-call", "-workload-api", workload_api, "-addr", addr])
         .args(["-authorize", server_id, "-timeout", "10s"])
@@ -155,5 +165,10 @@ pub fn mtls_call(workload_api: &str, addr: &str, server_id: &str) -> anyhow::Res
     if !out.status.success() {
         bail!("go-spiffe mTLS call to {addr}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
-    Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let text = String::from_utf8_lossy(&out.stdout);
+    let mut lines = text.lines();
+    let line = lines.next().unwrap_or_default().trim().to_string();
+    let issuer =
+        lines.find_map(|l| l.strip_prefix("issuer ")).unwrap_or_default().trim().to_string();
+    Ok(MtlsAnswer { line, issuer })
 }

@@ -17,6 +17,17 @@ use anyhow::{Context as _, bail};
 use crate::cluster::{eventually, free_port, tail};
 use crate::spiffe::tool;
 
+/// The ids of a SPIRE server's X.509 local authorities, by state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LocalAuthorities {
+    /// Signing now.
+    pub active: Option<String>,
+    /// In the bundle, not signing yet.
+    pub prepared: Option<String>,
+    /// Replaced, still in the bundle until revoked.
+    pub old: Option<String>,
+}
+
 /// One SPIRE server and one SPIRE agent.
 pub struct SpireDeployment {
     /// The trust domain.
@@ -180,6 +191,41 @@ impl SpireDeployment {
             }
             Err(error) => Err(error),
         }
+    }
+
+    /// The X.509 local authorities (`localauthority x509 show`): the ids of the active,
+    /// prepared and old ones, each when there is one.
+    ///
+    /// # Errors
+    /// The server did not answer.
+    pub fn x509_authorities(&self) -> anyhow::Result<LocalAuthorities> {
+        let text = self.server_cli(&["localauthority", "x509", "show"])?;
+        let mut authorities = LocalAuthorities::default();
+        let mut section: Option<&mut Option<String>> = None;
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with("Active") {
+                section = Some(&mut authorities.active);
+            } else if line.starts_with("Prepared") {
+                section = Some(&mut authorities.prepared);
+            } else if line.starts_with("Old") {
+                section = Some(&mut authorities.old);
+            } else if let Some(id) = line.strip_prefix("Authority ID:")
+                && let Some(slot) = section.as_mut()
+            {
+                **slot = Some(id.trim().to_string());
+            }
+        }
+        Ok(authorities)
+    }
+
+    /// Runs `localauthority x509 <verb> -authorityID <id>` (`activate`, `taint`, `revoke`).
+    ///
+    /// # Errors
+    /// The server refused it.
+    pub fn x509_authority(&self, verb: &str, id: &str) -> anyhow::Result<()> {
+        self.server_cli(&["localauthority", "x509", verb, "-authorityID", id])?;
+        Ok(())
     }
 
     /// The SPIFFE ID the SPIRE agent is attested as.

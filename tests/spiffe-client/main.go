@@ -18,7 +18,8 @@
 // mtls-serve answers each mTLS connection whose client is the authorized SPIFFE ID with
 // one line naming both peers, until killed; it prints "listening" once it has an SVID.
 // mtls-call connects with go-spiffe's tlsconfig.MTLSClientConfig, authorizing the
-// server's ID, and prints the server's line. Both take their SVID and bundles (federated
+// server's ID, and prints the server's line, then "issuer <hex>": the authority key id of
+// the server's SVID. Both take their SVID and bundles (federated
 // ones included) from the Workload API. Exit status 1 on any error, with the error on
 // stderr.
 package main
@@ -27,6 +28,7 @@ import (
 	"bufio"
 	"context"
 	"crypto/tls"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"errors"
@@ -254,5 +256,10 @@ func mtlsCall(args []string) error {
 		return fmt.Errorf("no answer: %w", err)
 	}
 	fmt.Print(line)
+	// Which authority signed the server's SVID (its authority key id), to follow a
+	// rotation of the server's CA.
+	if state := conn.(*tls.Conn).ConnectionState(); len(state.PeerCertificates) > 0 {
+		fmt.Printf("issuer %s\n", hex.EncodeToString(state.PeerCertificates[0].AuthorityKeyId))
+	}
 	return nil
 }

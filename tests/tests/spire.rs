@@ -13,9 +13,11 @@
 //! - A go-spiffe workload in a calls one in b over mTLS (`tlsconfig.MTLSClientConfig`,
 //!   `AuthorizeID`), each with its SVID from its own SPIRE agent; a client expecting
 //!   another server ID refuses it.
-//! - b rotates its CA the SPIRE way (`localauthority x509 prepare`): the prepared
+//! - b rotates its CA the SPIRE way: `localauthority x509 prepare` — the prepared
 //!   authority reaches a's workloads through Federator before b activates it, and
-//!   `federator bundle status` shows cluster-a acknowledged it.
+//!   `federator bundle status` shows cluster-a acknowledged it — then `activate`,
+//!   `taint` and `revoke` of the old one: a ends up trusting b's new CA only, and no
+//!   mTLS call from a to b fails on the way.
 //!
 //! SPIRE is built by `deploy/local/setup-spiffe.sh` (`tests/run.sh` runs it); without it
 //! the test fails and says so.
@@ -167,11 +169,10 @@ async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
     a.register("spiffe://a.test/client", &go_spiffe, &["b.test"])?;
     spires[1].register("spiffe://b.test/server", &go_spiffe, &["a.test"])?;
     let server = MtlsServer::start(&spires[1].workload_api(), "spiffe://a.test/client")?;
-    let answer = eventually("an mTLS call from a's workload to b's", WAIT, || async {
-        mtls_call(&a.workload_api(), &server.addr, "spiffe://b.test/server").ok()
-    })
-    .await?;
-    assert_eq!(answer, "hello spiffe://a.test/client from spiffe://b.test/server");
+    let call = || mtls_call(&a.workload_api(), &server.addr, "spiffe://b.test/server");
+    let first =
+        eventually("an mTLS call from a's workload to b's", WAIT, || async { call().ok() }).await?;
+    assert_eq!(first.line, "hello spiffe://a.test/client from spiffe://b.test/server");
     let refused = mtls_call(&a.workload_api(), &server.addr, "spiffe://b.test/someone-else");
     assert!(refused.is_err(), "a server with another ID is refused by the client");
 
@@ -202,11 +203,56 @@ async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
     .map_err(|e| {
         e.context(format!("a's server log:\n{}", federator_tests::tail(&a.server_log(), 30)))
     })?;
-    // Still nothing signed by it: the calls go on across the rotation.
-    assert_eq!(
-        mtls_call(&a.workload_api(), &server.addr, "spiffe://b.test/server")?,
-        "hello spiffe://a.test/client from spiffe://b.test/server"
-    );
+    // Still nothing signed by it: the calls go on.
+    assert_eq!(call()?.issuer, first.issuer, "b's server still has its first SVID");
+
+    // b activates the new authority, taints the old one (its agent re-issues what the
+    // old one signed) and, once b's server presents an SVID of the new one, revokes it.
+    // a ends up trusting b's new CA only, and no call fails on the way.
+    let ids = b.x509_authorities()?;
+    let (Some(old_id), Some(new_id)) = (ids.active.clone(), ids.prepared.clone()) else {
+        anyhow::bail!("b's SPIRE has no active and prepared authority: {ids:?}");
+    };
+    b.x509_authority("activate", &new_id)?;
+    b.x509_authority("taint", &old_id)?;
+    let mut calls = 0u32;
+    let mut failed = Vec::new();
+    let mut counted_call = || {
+        calls += 1;
+        match call() {
+            Ok(answer) => Some(answer),
+            Err(error) => {
+                failed.push(error.to_string());
+                None
+            }
+        }
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    loop {
+        if counted_call().is_some_and(|answer| answer.issuer != first.issuer) {
+            break;
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "b's server kept its tainted SVID");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    b.x509_authority("revoke", &old_id)?;
+    let new_ca: Vec<String> =
+        rotated.iter().filter(|ca| b_cas.iter().all(|old| old != *ca)).cloned().collect();
+    assert_eq!(new_ca.len(), 1, "one new CA: {rotated:?}");
+    loop {
+        counted_call();
+        if federated_cas(&fetcher, &socket, &out_dir).is_some_and(|cas| cas == new_ca) {
+            break;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline + WAIT,
+            "a's workloads still trust b's revoked CA"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(counted_call().is_some(), "a call after the revocation");
+    println!("b's CA rotated: {calls} calls, {} failed", failed.len());
+    assert!(failed.is_empty(), "calls failed during the rotation: {failed:?}");
     for agent in &mut agents {
         agent.kill();
     }

@@ -1431,7 +1431,11 @@ impl Agent {
         );
         self.status.bundle.federation_current = match verdict {
             Verdict::Unknown => None,
-            Verdict::Current => Some(true),
+            Verdict::Current => {
+                // Agreed again: a later contradiction is acted on afresh.
+                self.republished_for = None;
+                Some(true)
+            }
             Verdict::Republish | Verdict::Differs => Some(false),
         };
         if verdict == Verdict::Republish
