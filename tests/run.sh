@@ -10,9 +10,10 @@ bash deploy/local/setup-spiffe.sh
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
-# A full run writes about 10 GB under target/ (debug and release builds of every test
-# binary). Incremental compilation would roughly double that and only pays off when
-# editing, so the test command turns it off (export CARGO_INCREMENTAL=1 to keep it).
+# A full run writes several GB under target/ (debug and release builds of every test
+# binary, each statically linked). Incremental compilation adds as much again and only
+# pays off when editing, so the test command turns it off (export CARGO_INCREMENTAL=1
+# to keep it).
 export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
 # A linker killed by a full disk prints little of why: say how much room there was.
 report_disk() {
@@ -26,7 +27,7 @@ trap report_disk EXIT
 mkdir -p target "${CARGO_TARGET_DIR:-target}"
 avail_kb=$(df -Pk "${CARGO_TARGET_DIR:-target}" | awk 'NR==2 {print $4}')
 if [ -n "$avail_kb" ] && [ "$avail_kb" -lt $((12 * 1024 * 1024)) ]; then
-  printf 'warning: %s GB free where target/ lives; a full run needs about 10 GB\n' \
+  printf 'warning: %s GB free where target/ lives; a full run may need 10 GB or more\n' \
     "$((avail_kb / 1024 / 1024))" >&2
 fi
 
