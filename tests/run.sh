@@ -56,6 +56,9 @@ cargo test -p federator-raft --features failpoints --test storage_faults --locke
 summary=$(grep -E '^test result:' target/test-output.txt | awk '{p+=$4; f+=$6; i+=$8} END {printf "%d passed, %d failed, %d skipped", p, f, i}')
 
 step "chaos: the short set of fault scenarios, histories checked (JUnit in target/chaos-junit.xml)"
+# The scenarios' availability bounds assume fsyncs of ordinary speed: write back the
+# gigabytes of test binaries just linked first, so their writeback does not stall them.
+sync
 cargo run --locked -q -p federator-chaos -- run --short --seed "${CHAOS_SEED:-42}" \
   --format junit --out target/chaos-junit.xml
 chaos_summary=$(grep -o 'tests="[0-9]*" failures="[0-9]*"' target/chaos-junit.xml)
