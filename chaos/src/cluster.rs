@@ -726,6 +726,25 @@ impl Federation {
         .await
     }
 
+    /// Asserts that no member lease expired: `federator_lease_expirations_total` is 0 on
+    /// every replica and the audit trail holds no `expire_lease`.
+    ///
+    /// # Errors
+    /// A replica's metrics or the audit trail could not be read, or a lease expired.
+    pub async fn assert_no_lease_expired(&self) -> anyhow::Result<()> {
+        for id in self.ids() {
+            let metrics = self.metrics(id).await?;
+            anyhow::ensure!(
+                metrics.lines().any(|l| l == "federator_lease_expirations_total 0"),
+                "replica {id} expired a lease:\n{metrics}"
+            );
+        }
+        let expiries: Vec<serde_json::Value> =
+            self.audit()?.into_iter().filter(|e| e["action"] == "expire_lease").collect();
+        anyhow::ensure!(expiries.is_empty(), "leases expired: {expiries:?}");
+        Ok(())
+    }
+
     /// Fetches `/metrics` of replica `id` over plain HTTP/1.1.
     ///
     /// # Errors
@@ -793,6 +812,60 @@ fn spawn(process: &mut ReplicaProcess, env: &[(String, String)]) -> anyhow::Resu
 pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// A web PKI stand-in for the bundle endpoint's `https_web` profile: a CA that is not
+/// the federation's, and a certificate it issued for 127.0.0.1 and localhost.
+#[derive(Debug)]
+pub struct WebCertificate {
+    /// The CA certificate (PEM file): what an `https_web` consumer trusts.
+    pub ca: PathBuf,
+    /// The endpoint's certificate (PEM file).
+    pub cert: PathBuf,
+    /// Its key (PEM file).
+    pub key: PathBuf,
+    /// The CA certificate, PEM.
+    pub ca_pem: String,
+}
+
+impl WebCertificate {
+    /// Generates one into `dir` (created).
+    ///
+    /// # Errors
+    /// Generation failed or a file could not be written.
+    pub fn write(dir: &Path) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let hour = Duration::from_secs(3600);
+        let ca = federator::identity::FederationCa::generate("web.invalid", "web CA", hour)?;
+        let leaf = ca.issue(
+            "spiffe://web.invalid/bundle-endpoint",
+            &["127.0.0.1".parse()?],
+            &["localhost".to_string()],
+            hour,
+        )?;
+        let web = Self {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("web.pem"),
+            key: dir.join("web.key"),
+            ca_pem: ca.cert_pem().to_string(),
+        };
+        std::fs::write(&web.ca, &web.ca_pem)?;
+        std::fs::write(&web.cert, &leaf.cert_pem)?;
+        std::fs::write(&web.key, &leaf.key_pem)?;
+        Ok(web)
+    }
+
+    /// A `[bundle_endpoint]` section serving `https_spiffe` on `spiffe_port` and
+    /// `https_web` with this certificate on `web_port`, both on 127.0.0.1.
+    #[must_use]
+    pub fn bundle_endpoint_config(&self, spiffe_port: u16, web_port: u16) -> String {
+        format!(
+            "\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{spiffe_port}\"\nlisten_web = \
+             \"127.0.0.1:{web_port}\"\nweb_cert = \"{}\"\nweb_key = \"{}\"\n",
+            self.cert.display(),
+            self.key.display()
+        )
+    }
 }
 
 /// Writes acknowledged by the federation during a [`write_load`].

@@ -40,8 +40,8 @@ pub mod types;
 
 pub use leader_call::{AlreadyInstalled, LeaderHandler, LeaderHandlerSlot};
 pub use replica::{
-    ClusterVersion, Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, QueuedWrite, Replica,
-    ReplicaConfig, ReplicaError, Timing, VoterVersion, WriteOutcome,
+    ClusterVersion, Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, NoAnswer,
+    QueuedWrite, Replica, ReplicaConfig, ReplicaError, Timing, VoterVersion, WriteOutcome,
 };
 pub use state_machine::{NotApplicable, StateMachine};
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};

@@ -25,7 +25,7 @@ use crate::state_machine::{StateMachine, StateMachineStore};
 use crate::types::{Command, LogId, Node, NodeId, Raft, RaftMetrics};
 
 mod versions;
-pub use versions::{ClusterVersion, VoterVersion};
+pub use versions::{ClusterVersion, NoAnswer, VoterVersion};
 
 /// Time a new replica has to acknowledge its first replication message.
 const CATCH_UP_FIRST_CONTACT: Duration = Duration::from_secs(10);

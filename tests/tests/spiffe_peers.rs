@@ -10,8 +10,6 @@
 //! The client is built by `deploy/local/setup-spiffe.sh` (`tests/run.sh` runs it); without
 //! it the test fails and says so.
 
-use std::time::Duration;
-
 use federator_chaos::member::MemberCluster;
 use federator_chaos::spiffe::{Profile, fetch_bundle};
 use federator_tests::Federation;
@@ -20,32 +18,12 @@ use federator_tests::Federation;
 async fn go_spiffe_fetches_member_bundles_under_both_profiles() -> anyhow::Result<()> {
     let mut fed = Federation::new(3)?;
     // A web PKI stand-in for https_web: a CA that is not the federation's.
-    let web_ca = federator::identity::FederationCa::generate(
-        "web.invalid",
-        "web CA",
-        Duration::from_secs(3600),
-    )?;
-    let web = web_ca.issue(
-        "spiffe://web.invalid/bundle-endpoint",
-        &["127.0.0.1".parse()?],
-        &["localhost".to_string()],
-        Duration::from_secs(3600),
-    )?;
-    let web_dir = fed.dir().join("web");
-    std::fs::create_dir_all(&web_dir)?;
-    std::fs::write(web_dir.join("ca.pem"), web_ca.cert_pem())?;
-    std::fs::write(web_dir.join("web.pem"), &web.cert_pem)?;
-    std::fs::write(web_dir.join("web.key"), &web.key_pem)?;
+    let web = federator_tests::WebCertificate::write(&fed.dir().join("web"))?;
     let spiffe_port = federator_tests::free_port();
     let web_port = federator_tests::free_port();
     fed.start(2, false)?;
     fed.start(3, false)?;
-    fed.extra_config = format!(
-        "\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{spiffe_port}\"\nlisten_web = \
-         \"127.0.0.1:{web_port}\"\nweb_cert = \"{}\"\nweb_key = \"{}\"\n",
-        web_dir.join("web.pem").display(),
-        web_dir.join("web.key").display()
-    );
+    fed.extra_config = web.bundle_endpoint_config(spiffe_port, web_port);
     fed.start(1, false)?;
     fed.form_group(&[1, 2, 3]).await?;
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
@@ -56,7 +34,7 @@ async fn go_spiffe_fetches_member_bundles_under_both_profiles() -> anyhow::Resul
 
     let replica_id = federator::identity::replica_spiffe_id(&fed.trust_domain, 1);
     let federation_ca = fed.certs.join("ca.pem");
-    let web_profile = Profile::Web { roots: web_dir.join("ca.pem") };
+    let web_profile = Profile::Web { roots: web.ca.clone() };
     let spiffe_profile =
         Profile::Spiffe { endpoint_id: replica_id.clone(), endpoint_bundle: federation_ca.clone() };
     for (member, authorities) in [(&a, 2), (&b, 1)] {

@@ -432,31 +432,17 @@ async fn rotation_is_visible_in_bundle_status_member_by_member() -> anyhow::Resu
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::Result<()> {
+    let mut fed = Federation::new(3)?;
     // A web PKI certificate for the https_web profile, from a CA that is not the federation's.
-    let web_dir = tempfile_dir();
-    let web_ca = federator::identity::FederationCa::generate(
-        "web.invalid",
-        "web CA",
-        Duration::from_secs(3600),
-    )?;
-    let web = web_ca.issue(
-        "spiffe://web.invalid/bundle-endpoint",
-        &["127.0.0.1".parse()?],
-        &["localhost".to_string()],
-        Duration::from_secs(3600),
-    )?;
-    std::fs::write(web_dir.join("web.pem"), &web.cert_pem)?;
-    std::fs::write(web_dir.join("web.key"), &web.key_pem)?;
+    let web = federator_tests::WebCertificate::write(&fed.dir().join("web"))?;
     let spiffe_port = federator_tests::free_port();
     let web_port = federator_tests::free_port();
     // Only replica 1 serves the endpoint here (each replica needs its own ports).
-    let mut fed = Federation::new(3)?;
     fed.start(2, false)?;
     fed.start(3, false)?;
     fed.extra_config = format!(
-        "\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{spiffe_port}\"\nlisten_web = \"127.0.0.1:{web_port}\"\nweb_cert = \"{}\"\nweb_key = \"{}\"\nrefresh_hint_seconds = 120\n",
-        web_dir.join("web.pem").display(),
-        web_dir.join("web.key").display()
+        "{}refresh_hint_seconds = 120\n",
+        web.bundle_endpoint_config(spiffe_port, web_port)
     );
     fed.start(1, false)?;
     fed.form_group(&[1, 2, 3]).await?;
@@ -469,8 +455,7 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
     let fed_ca = std::fs::read_to_string(fed.certs.join("ca.pem"))?;
     let spiffe_body =
         federator_tests::https_get(spiffe_port, &fed_ca, "/bundles/a.example").await?;
-    let web_body =
-        federator_tests::https_get(web_port, web_ca.cert_pem(), "/bundles/a.example").await?;
+    let web_body = federator_tests::https_get(web_port, &web.ca_pem, "/bundles/a.example").await?;
     for (profile, body) in [("https_spiffe", &spiffe_body), ("https_web", &web_body)] {
         let policy = federator::bundle::ValidationPolicy::at(federator::server::unix_now());
         let parsed = federator::bundle::parse_spiffe_bundle("a.example", body.as_bytes(), &policy)
@@ -497,18 +482,6 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
     let missing = federator_tests::https_get(spiffe_port, &fed_ca, "/bundles/nope.example").await;
     assert!(missing.is_err(), "an unknown trust domain is a 404");
     Ok(())
-}
-
-fn tempfile_dir() -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "federator-web-{}-{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos())
-    ));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    dir
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

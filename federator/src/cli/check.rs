@@ -859,6 +859,24 @@ mod tests {
     use super::*;
     use crate::agent::status::SinkStatus;
 
+    /// A voter row with nothing known of it, for the tests to fill in.
+    fn voter(id: u64) -> status::ReplicaRow {
+        status::ReplicaRow::unreachable(id, "voter", String::new(), String::new(), String::new())
+    }
+
+    /// A healthy group of three voters led by replica 1, of `replicas`.
+    fn group(replicas: Vec<status::ReplicaRow>) -> GroupView {
+        GroupView {
+            leader: Some(1),
+            term: 2,
+            voters_up: 3,
+            voters: 3,
+            quorum: true,
+            cluster_version: None,
+            replicas,
+        }
+    }
+
     fn args() -> CheckArgs {
         CheckArgs {
             wait: None,
@@ -924,13 +942,7 @@ mod tests {
             reachable: true,
             error: None,
             role: Some(role.into()),
-            ..status::ReplicaRow::unreachable(
-                id,
-                "voter",
-                String::new(),
-                String::new(),
-                String::new(),
-            )
+            ..voter(id)
         };
         let view = GroupView {
             leader: None,
@@ -961,30 +973,15 @@ mod tests {
         let row = |id: u64, version: Option<u32>| status::ReplicaRow {
             reachable: version.is_some(),
             command_version: version,
-            ..status::ReplicaRow::unreachable(
-                id,
-                "voter",
-                String::new(),
-                String::new(),
-                String::new(),
-            )
-        };
-        let view = |rows| GroupView {
-            leader: Some(1),
-            term: 2,
-            voters_up: 3,
-            voters: 3,
-            quorum: true,
-            cluster_version: None,
-            replicas: rows,
+            ..voter(id)
         };
         let mut checks = Checks::default();
-        check_versions(&view(vec![row(1, Some(22)), row(2, Some(21)), row(3, None)]), &mut checks);
+        check_versions(&group(vec![row(1, Some(22)), row(2, Some(21)), row(3, None)]), &mut checks);
         assert_eq!(checks.0.len(), 1);
         assert_eq!(checks.0[0].outcome, Outcome::Warn);
         assert!(checks.0[0].detail.contains("behind: replica 2 (21)"), "{:?}", checks.0[0]);
         let mut checks = Checks::default();
-        check_versions(&view(vec![row(1, Some(22)), row(2, Some(22))]), &mut checks);
+        check_versions(&group(vec![row(1, Some(22)), row(2, Some(22))]), &mut checks);
         assert_eq!(checks.0[0].outcome, Outcome::Pass);
         assert!(checks.0[0].detail.contains("cluster version 22"), "{:?}", checks.0[0]);
     }
@@ -997,33 +994,18 @@ mod tests {
             lag: Some(0),
             state_digest: Some(digest.into()),
             digest_index: Some(index),
-            ..status::ReplicaRow::unreachable(
-                id,
-                "voter",
-                String::new(),
-                String::new(),
-                String::new(),
-            )
-        };
-        let view = |rows| GroupView {
-            leader: Some(1),
-            term: 2,
-            voters_up: 3,
-            voters: 3,
-            quorum: true,
-            cluster_version: None,
-            replicas: rows,
+            ..voter(id)
         };
         let mut checks = Checks::default();
         check_digests(
-            &view(vec![row(1, "aaaa", 7), row(2, "aaaa", 7), row(3, "bbbb", 6)]),
+            &group(vec![row(1, "aaaa", 7), row(2, "aaaa", 7), row(3, "bbbb", 6)]),
             &mut checks,
         );
         assert_eq!(checks.0.len(), 1);
         assert_eq!(checks.0[0].outcome, Outcome::Pass, "{:?}", checks.0);
         let mut checks = Checks::default();
         check_digests(
-            &view(vec![row(1, "aaaa", 7), row(2, "cccc", 7), row(3, "aaaa", 7)]),
+            &group(vec![row(1, "aaaa", 7), row(2, "cccc", 7), row(3, "aaaa", 7)]),
             &mut checks,
         );
         assert_eq!(checks.0[0].outcome, Outcome::Fail);

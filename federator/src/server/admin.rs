@@ -551,20 +551,18 @@ impl Admin for AdminService {
         // Resolved on a linearizable read, checked as the state machine will check it,
         // then proposed: a command the cluster version does not allow yet is refused
         // before it reaches the log (FailedPrecondition, naming the replicas behind).
-        let (hashes, _) = self
+        let (named, _) = self
             .replica
-            .read(Consistency::Linearizable, |s| tokens::resolve(s, &r, now))
+            .read(Consistency::Linearizable, |s| {
+                tokens::resolve(s, &r, now).map(|hashes| {
+                    let info = |h: &String| s.tokens.get(h).map(|t| tokens::info(s, h, t, now));
+                    hashes.into_iter().map(|h| (info(&h), h)).collect::<Vec<_>>()
+                })
+            })
             .await
             .map_err(replica_status)?;
         let mut revoked = Vec::new();
-        for secret_hash in hashes? {
-            let (listed, _) = self
-                .replica
-                .read(Consistency::Stale, |s| {
-                    s.tokens.get(&secret_hash).map(|t| tokens::info(s, &secret_hash, t, now))
-                })
-                .await
-                .map_err(replica_status)?;
+        for (listed, secret_hash) in named? {
             let command = Command::RevokeToken { secret_hash, actor: "admin".into(), now };
             self.replica.state().read(|s| s.check(&command)).map_err(command_status)?;
             self.propose(command).await?;

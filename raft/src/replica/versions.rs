@@ -25,7 +25,19 @@ pub struct VoterVersion {
     /// The voter.
     pub id: NodeId,
     /// What its build applies, or why it did not say.
-    pub supported: Result<u32, String>,
+    pub supported: Result<u32, NoAnswer>,
+}
+
+/// Why a voter did not say which version it applies.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoAnswer {
+    /// The call failed (unreachable, timed out, refused): the gRPC status's message.
+    #[error("{0}")]
+    Call(String),
+    /// The membership names the voter without an address.
+    #[error("its address is not in the membership")]
+    NoAddress,
 }
 
 /// Every voter's answer, in id order.
@@ -89,9 +101,9 @@ impl<S: StateMachine> Replica<S> {
                 self.network
                     .supported_version(&addr)
                     .await
-                    .map_err(|status| status.message().to_string())
+                    .map_err(|status| NoAnswer::Call(status.message().to_string()))
             } else {
-                Err("its address is not in the membership".to_string())
+                Err(NoAnswer::NoAddress)
             };
             VoterVersion { id, supported }
         });
@@ -125,7 +137,7 @@ mod tests {
     use super::*;
 
     fn voter(id: NodeId, supported: Result<u32, &str>) -> VoterVersion {
-        VoterVersion { id, supported: supported.map_err(str::to_string) }
+        VoterVersion { id, supported: supported.map_err(|e| NoAnswer::Call(e.to_string())) }
     }
 
     #[test]
