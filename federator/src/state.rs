@@ -11,6 +11,7 @@ mod command;
 mod events;
 mod ordered_map;
 mod policy;
+mod removed;
 mod restore;
 mod services;
 #[cfg(test)]
@@ -32,15 +33,23 @@ pub use command::{
 };
 pub use events::{Change, ChangeKind, ChangeLog, EVENT_WINDOW};
 pub use policy::{FederationSettings, MAX_GRANTED_NAMESPACES, MemberPolicy, PolicyUpdate};
+pub use removed::{MAX_REMOVED_DOMAINS, REMOVED_RETENTION_SECS, RemovedDomain};
 pub use restore::{MAX_RESTORE_BYTES, MAX_RESTORE_CHUNK, RestoreSummary, StagedRestore};
 pub use services::{ExportRecord, Lease, MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS, ServiceRecord};
 pub use trust::{BundleAck, Member, StoredBundle, TOKEN_ID_LEN, TokenRecord, short_hash};
 
-/// Format version of the snapshot encoding; bumped on incompatible changes. Format 4 is
-/// format 3's encoding followed by the audit trail's refusals (kept apart from accepted
-/// changes), the members' policies and the federation's settings; format 3 is format 2's encoding followed by the staged restore. Formats 2
-/// and 3 are still read.
-const SNAPSHOT_FORMAT: u8 = 4;
+/// Format version of the snapshot encoding; bumped on incompatible changes. Format 5 is
+/// format 4's encoding followed by the removed trust domains; format 4 is format 3's
+/// encoding followed by the audit trail's refusals (kept apart from accepted changes), the
+/// members' policies and the federation's settings; format 3 is format 2's encoding
+/// followed by the staged restore. Formats 2 to 4 are still read, and a state without
+/// removed trust domains is still written as format 4, so that a replica of the build
+/// before reads it during a rolling upgrade (removed trust domains are recorded only by
+/// a command behind the cluster-version gate, once every voter reads format 5).
+const SNAPSHOT_FORMAT: u8 = 5;
+
+/// The snapshot format before removed trust domains were kept.
+const SNAPSHOT_FORMAT_4: u8 = 4;
 
 /// The snapshot format before refusals were kept apart from accepted changes.
 const SNAPSHOT_FORMAT_3: u8 = 3;
@@ -114,6 +123,10 @@ pub struct FederationState {
     /// Federation-wide settings (format 4).
     #[serde(skip)]
     pub settings: FederationSettings,
+    /// Removed members' trust domains, served as empty bundles for a while, by trust
+    /// domain (format 5, written only when there is one).
+    #[serde(skip)]
+    pub removed: BTreeMap<String, RemovedDomain>,
 }
 
 /// What format 4 encodes after the staged restore.
@@ -192,7 +205,10 @@ impl FederationState {
                 self.apply_publish_bundle(index, &cluster, &bundle_json, &agent_chain, force, now)
             }
             Command::RemoveMember { cluster, actor, now } => {
-                self.apply_remove_member(index, &cluster, actor, now)
+                self.apply_remove_member(index, &cluster, actor, now, None)
+            }
+            Command::RemoveMemberServingEmpty { cluster, actor, now, serve_until } => {
+                self.apply_remove_member(index, &cluster, actor, now, Some(serve_until))
             }
             Command::AckBundle { cluster, trust_domain, sequence, now } => {
                 self.apply_ack(&cluster, &trust_domain, sequence, now)
@@ -254,12 +270,14 @@ impl FederationState {
 }
 
 impl FederationState {
-    /// The snapshot encoding: format, state, then `staged`.
+    /// The snapshot encoding: format, state, then `staged`, the extensions and (format 5)
+    /// the removed trust domains.
     fn encode(&self, staged: Option<&StagedRestore>) -> Vec<u8> {
         // Encoding ordered maps of plain data cannot fail. Both parts are appended to one
         // buffer (a state is tens of MB: no second copy of it). A failure would leave the
         // format byte alone, which no replica decodes.
-        postcard::to_extend(self, vec![SNAPSHOT_FORMAT])
+        let format = if self.removed.is_empty() { SNAPSHOT_FORMAT_4 } else { SNAPSHOT_FORMAT };
+        postcard::to_extend(self, vec![format])
             .and_then(|out| postcard::to_extend(&staged, out))
             .and_then(|out| {
                 let extensions = ExtensionsRef {
@@ -269,21 +287,34 @@ impl FederationState {
                 };
                 postcard::to_extend(&extensions, out)
             })
-            .unwrap_or_else(|_| vec![SNAPSHOT_FORMAT])
+            .and_then(|out| {
+                if format == SNAPSHOT_FORMAT_4 {
+                    return Ok(out);
+                }
+                postcard::to_extend(&self.removed, out)
+            })
+            .unwrap_or_else(|_| vec![format])
     }
 
     /// Decodes a snapshot of any format this build reads.
     fn decode(snapshot: &[u8]) -> Result<Self, SnapshotError> {
         let mut state = match snapshot.split_first() {
             None => return Ok(Self::default()),
-            Some((&SNAPSHOT_FORMAT, body)) => {
+            Some((&format @ (SNAPSHOT_FORMAT | SNAPSHOT_FORMAT_4), body)) => {
                 let (mut state, rest): (Self, _) = postcard::take_from_bytes(body)?;
                 let (staged, rest) = postcard::take_from_bytes(rest)?;
                 state.restore = staged;
-                let extensions: Extensions = postcard::from_bytes(rest)?;
+                let (extensions, rest): (Extensions, _) = postcard::take_from_bytes(rest)?;
                 state.audit.set_refusals(extensions.refusals);
                 state.policies = extensions.policies;
                 state.settings = extensions.settings;
+                if format == SNAPSHOT_FORMAT {
+                    state.removed = postcard::from_bytes(rest)?;
+                } else if !rest.is_empty() {
+                    return Err(SnapshotError::Undecodable(
+                        postcard::Error::DeserializeBadEncoding,
+                    ));
+                }
                 return Ok(state);
             }
             Some((&SNAPSHOT_FORMAT_3, body)) => {

@@ -5,7 +5,7 @@
 //!   endpoint under both profiles: `https_web` trusting a web CA, and `https_spiffe`
 //!   authenticating the replica's SPIFFE ID with the federation's bundle. It gets the
 //!   member's authorities, sequence and refresh hint; a wrong endpoint ID or wrong roots
-//!   are refused by the client.
+//!   are refused by the client. A removed member's trust domain comes back with no keys.
 //!
 //! The client is built by `deploy/local/setup-spiffe.sh` (`tests/run.sh` runs it); without
 //! it the test fails and says so.
@@ -65,5 +65,21 @@ async fn go_spiffe_fetches_member_bundles_under_both_profiles() -> anyhow::Resul
     let url = format!("https://127.0.0.1:{web_port}/bundles/a.example");
     let wrong_roots = Profile::Web { roots: federation_ca };
     fetch_bundle(&url, "a.example", &wrong_roots).expect_err("roots that did not issue it");
+
+    // A removed member's trust domain is served with no keys and the next sequence (a
+    // 404 would leave consumers holding its CA); one never a member stays a 404.
+    let removed = fed.cli(&[], &["cluster", "remove", "cluster-b"])?;
+    let said = String::from_utf8_lossy(&removed.stderr);
+    assert!(removed.status.success(), "{said}");
+    assert!(said.contains("serves b.example with no keys until"), "{said}");
+    for (profile, port) in [(&web_profile, web_port), (&spiffe_profile, spiffe_port)] {
+        let url = format!("https://127.0.0.1:{port}/bundles/b.example");
+        let fetched = fetch_bundle(&url, "b.example", profile)?;
+        assert!(fetched.x509_authorities.is_empty(), "{profile:?}: {fetched:?}");
+        assert_eq!(fetched.sequence, Some(2), "{profile:?}");
+        assert_eq!(fetched.refresh_hint_seconds, Some(300), "{profile:?}");
+        let url = format!("https://127.0.0.1:{port}/bundles/never.example");
+        fetch_bundle(&url, "never.example", profile).expect_err("no such trust domain");
+    }
     Ok(())
 }

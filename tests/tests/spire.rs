@@ -18,6 +18,9 @@
 //!   `federator bundle status` shows cluster-a acknowledged it — then `activate`,
 //!   `taint` and `revoke` of the old one: a ends up trusting b's new CA only, and no
 //!   mTLS call from a to b fails on the way.
+//! - b is removed from the federation: Federator serves b.test with no keys, a's SPIRE
+//!   server drops b's CA at its next poll, and a's workloads' calls to b fail within the
+//!   refresh hint (60 s here), with nothing done on a's side.
 //!
 //! SPIRE is built by `deploy/local/setup-spiffe.sh` (`tests/run.sh` runs it); without it
 //! the test fails and says so.
@@ -30,9 +33,17 @@ use federator_chaos::agent::{AgentOptions, AgentProcess};
 use federator_chaos::member::MemberCluster;
 use federator_chaos::spiffe::{MtlsServer, mtls_call, tool};
 use federator_chaos::spire::SpireDeployment;
-use federator_tests::{Federation, eventually, federator_bin, free_port};
+use federator_tests::{Federation, eventually, eventually_every, federator_bin, free_port};
 
 const WAIT: Duration = Duration::from_secs(90);
+
+/// The `spiffe_refresh_hint` Federator serves here: SPIRE's smallest (it polls every
+/// quarter of it, every 15 s).
+const REFRESH_HINT_SECS: u64 = 60;
+
+/// Bound on a SPIRE agent taking a changed bundle from its server to its workloads (it
+/// syncs every 5 s).
+const SPIRE_AGENT_SYNC: Duration = Duration::from_secs(20);
 
 /// The PEM certificate blocks of `pem`, whitespace-trimmed, sorted.
 fn certificates(pem: &str) -> Vec<String> {
@@ -49,25 +60,35 @@ fn certificates(pem: &str) -> Vec<String> {
 /// `spire-agent api fetch x509` (the `fetcher` binary, registered as the workload) into
 /// `out_dir`; `None` while it gets no SVID.
 fn federated_cas(fetcher: &Path, socket: &Path, out_dir: &Path) -> Option<Vec<String>> {
+    fetch_federated(fetcher, socket, out_dir).ok()
+}
+
+/// [`federated_cas`], or what the fetch said when it failed.
+fn fetch_federated(fetcher: &Path, socket: &Path, out_dir: &Path) -> Result<Vec<String>, String> {
+    // Files of a bundle no longer served must not linger from an earlier fetch.
+    let entries = std::fs::read_dir(out_dir).map_err(|e| e.to_string())?;
+    for entry in entries.filter_map(Result::ok) {
+        if entry.file_name().to_string_lossy().starts_with("federated_bundle") {
+            std::fs::remove_file(entry.path()).map_err(|e| e.to_string())?;
+        }
+    }
     let out = Command::new(fetcher)
         .args(["api", "fetch", "x509", "-socketPath"])
         .arg(socket)
         .arg("-write")
         .arg(out_dir)
         .output()
-        .ok()?;
+        .map_err(|e| e.to_string())?;
     if !out.status.success() {
-        return None;
+        return Err(String::from_utf8_lossy(&out.stderr).trim().to_string());
     }
-    Some(
-        std::fs::read_dir(out_dir)
-            .ok()?
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().starts_with("federated_bundle"))
-            .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-            .flat_map(|pem| certificates(&pem))
-            .collect(),
-    )
+    let entries = std::fs::read_dir(out_dir).map_err(|e| e.to_string())?;
+    Ok(entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("federated_bundle"))
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .flat_map(|pem| certificates(&pem))
+        .collect())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -77,8 +98,10 @@ async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
     let endpoint_port = free_port();
     fed.start(2, false)?;
     fed.start(3, false)?;
-    fed.extra_config =
-        format!("\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{endpoint_port}\"\n");
+    fed.extra_config = format!(
+        "\n[bundle_endpoint]\nlisten_spiffe = \"127.0.0.1:{endpoint_port}\"\n\
+         refresh_hint_seconds = {REFRESH_HINT_SECS}\n"
+    );
     fed.start(1, false)?;
     fed.form_group(&[1, 2, 3]).await?;
     let endpoint_id = federator::identity::replica_spiffe_id(&fed.trust_domain, 1);
@@ -253,6 +276,52 @@ async fn spire_servers_federate_through_federator() -> anyhow::Result<()> {
     assert!(counted_call().is_some(), "a call after the revocation");
     println!("b's CA rotated: {calls} calls, {} failed", failed.len());
     assert!(failed.is_empty(), "calls failed during the rotation: {failed:?}");
+
+    // b leaves the federation. Federator serves b.test with no keys from then on, so a's
+    // SPIRE server replaces b's bundle with nothing at its next poll (a quarter of the
+    // refresh hint), its workloads stop trusting b's CA and the call fails — within the
+    // refresh hint, with nothing done on a's side.
+    let removed_at = std::time::Instant::now();
+    fed.cli_ok(&[], &["cluster", "remove", "cluster-b"])?;
+    let within = Duration::from_secs(REFRESH_HINT_SECS) + SPIRE_AGENT_SYNC;
+    // The Workload API then hands a's workloads b's bundle with no CA in it (which
+    // `spire-agent api fetch` reports as an error of its own), and go-spiffe refuses b's
+    // server as signed by an unknown authority.
+    let seen = std::sync::Mutex::new(String::new());
+    let b_empty = "no certificates in bundle for federated domain \"spiffe://b.test\"";
+    eventually_every(
+        "a's workloads to stop trusting b",
+        within,
+        Duration::from_secs(1),
+        || async {
+            let federated = fetch_federated(&fetcher, &socket, &out_dir);
+            let answer = call();
+            let untrusted = match &federated {
+                Ok(cas) => new_ca.iter().all(|ca| !cas.contains(ca)),
+                Err(said) => said.contains(b_empty),
+            };
+            if let Ok(mut seen) = seen.lock() {
+                *seen = format!("a's workload API: {federated:?}; the call: {answer:?}");
+            }
+            (untrusted && answer.is_err()).then_some(())
+        },
+    )
+    .await
+    .map_err(|e| {
+        let seen = seen.lock().map(|s| s.clone()).unwrap_or_default();
+        e.context(format!(
+            "last seen: {seen}\na's server log:\n{}",
+            federator_tests::tail(&a.server_log(), 20)
+        ))
+    })?;
+    let error = call().expect_err("the call fails once b is removed");
+    assert!(error.to_string().contains("unknown authority"), "{error:#}");
+    println!(
+        "b removed: a's workloads stopped trusting it after {:.1} s (refresh hint {REFRESH_HINT_SECS} s): {error:#}",
+        removed_at.elapsed().as_secs_f64()
+    );
+    let held = a.bundle_pem("b.test")?.unwrap_or_default();
+    assert!(certificates(&held).is_empty(), "a's SPIRE server holds no CA of b: {held}");
     for agent in &mut agents {
         agent.kill();
     }

@@ -46,9 +46,18 @@ async fn a_rolling_upgrade_keeps_every_write_and_gates_revocation_until_the_last
         let refused = fed.cli(&[1, 2, 3], &["token", "revoke", &token_id])?;
         let stderr = String::from_utf8_lossy(&refused.stderr);
         assert!(!refused.status.success(), "revoke accepted before replica {id} was upgraded");
+        let revoke_version = UNGATED_COMMAND_KINDS + 1;
         assert!(
-            stderr.contains(&format!("command-format version {COMMAND_KINDS}"))
+            stderr.contains(&format!("command-format version {revoke_version}"))
                 && stderr.contains(&format!("applies version {UNGATED_COMMAND_KINDS}")),
+            "{stderr}"
+        );
+        // A removal goes the old way meanwhile (no empty bundle served afterwards): it is
+        // refused for what it is, not for the version.
+        let removal = fed.cli(&[1, 2, 3], &["cluster", "remove", "cluster-none"])?;
+        let stderr = String::from_utf8_lossy(&removal.stderr);
+        assert!(
+            !removal.status.success() && stderr.contains("cluster cluster-none not found"),
             "{stderr}"
         );
         // Upgrade replica `id`: a graceful stop, the new build, the same data.

@@ -97,6 +97,15 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
+/// Unix seconds as an RFC 3339 UTC time (the number itself when out of range).
+#[must_use]
+pub fn unix_time(unix: i64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// Prints `text` and a line feed to stdout, control characters escaped.
 pub fn print_line(text: impl fmt::Display) {
     println!("{}", escape_control(&text.to_string()));

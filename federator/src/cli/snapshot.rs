@@ -151,17 +151,10 @@ fn print_file(
             h.revision,
             h.replica_id,
             h.version,
-            humanize_time(h.created_at)
+            output::unix_time(h.created_at)
         ));
         output::print_line(format_args!("  {} bytes, sha256 {}", h.size, h.sha256));
     })
-}
-
-fn humanize_time(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
 }
 
 /// A byte progress bar on stderr (hidden when stderr is not a terminal).

@@ -223,6 +223,14 @@ pub async fn run_cluster(
                 .map_err(status_error)?
                 .into_inner();
             output::eprint_line(format_args!("cluster {name} removed at revision {}", r.revision));
+            if r.served_empty_until > 0 {
+                output::eprint_line(format_args!(
+                    "the bundle endpoint serves {} with no keys until {}: SPIFFE consumers \
+                     federating with it drop its CA at their next refresh",
+                    output::escape_control(&r.trust_domain),
+                    output::unix_time(r.served_empty_until),
+                ));
+            }
         }
         ClusterCommand::Grant { name, namespaces } => {
             let request = pb::UpdateClusterPolicyRequest {

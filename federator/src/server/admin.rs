@@ -659,19 +659,40 @@ impl Admin for AdminService {
         request: Request<pb::RemoveClusterRequest>,
     ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
         self.authorize(&request)?;
-        let name = request.into_inner().name;
-        let applied = self
-            .propose(Command::RemoveMember {
-                cluster: name,
-                actor: "admin".into(),
-                now: super::federation::unix_now(),
-            })
-            .await?;
+        let cluster = request.into_inner().name;
+        let trust_domain = self
+            .replica
+            .state()
+            .read(|s| s.members.get(&cluster).map(|m| m.trust_domain.clone()))
+            .unwrap_or_default();
+        let now = super::federation::unix_now();
+        let serve_until = now.saturating_add(crate::state::REMOVED_RETENTION_SECS);
+        let serving = Command::RemoveMemberServingEmpty {
+            cluster: cluster.clone(),
+            actor: "admin".into(),
+            now,
+            serve_until,
+        };
+        // A voter of a build before removed trust domains were kept cannot apply that:
+        // remove the member the old way (its trust domain answers 404 at once).
+        let (applied, served_empty_until) = match self.replica.write(serving.encode()).await {
+            Err(ReplicaError::VersionGate { .. }) => {
+                let plain = Command::RemoveMember { cluster, actor: "admin".into(), now };
+                (self.propose(plain).await?, 0)
+            }
+            written => {
+                let outcome = written.map_err(replica_status)?;
+                let applied = command_result(&outcome.response)
+                    .map_err(command_status)?
+                    .map_err(command_status)?;
+                (applied, serve_until)
+            }
+        };
         let revision = match applied {
             Applied::Revision { revision } => revision,
             _ => 0,
         };
-        Ok(Response::new(pb::RemoveClusterResponse { revision }))
+        Ok(Response::new(pb::RemoveClusterResponse { revision, served_empty_until, trust_domain }))
     }
 
     async fn get_bundle(

@@ -176,10 +176,15 @@ async fn bundle(State(shared): State<Shared>, Path(trust_domain): Path<String>) 
         return json(own.to_served_json(shared.refresh_hint_secs));
     }
     let hint = shared.refresh_hint_secs;
-    let document = shared
-        .replica
-        .state()
-        .read(|s| s.bundles.get(&trust_domain).map(|b| b.bundle.to_served_json(hint)));
+    let now = super::federation::unix_now();
+    // A removed member's trust domain is served with no keys for a while, so that
+    // consumers drop its CA (a 404 would leave them holding it).
+    let document = shared.replica.state().read(|s| {
+        s.bundles
+            .get(&trust_domain)
+            .map(|b| b.bundle.to_served_json(hint))
+            .or_else(|| s.removed_domain(&trust_domain, now).map(|r| r.to_served_json(hint)))
+    });
     match document {
         Some(document) => json(document),
         None => (StatusCode::NOT_FOUND, format!("no bundle for trust domain {trust_domain:?}\n"))

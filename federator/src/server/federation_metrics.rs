@@ -27,6 +27,7 @@ pub struct FederationMetrics {
     /// Leases this replica expired (while leading).
     pub lease_expirations: Counter,
     members: Gauge,
+    removed_domains: Gauge,
     live_leases: Gauge,
     services: Gauge,
     exports: Gauge,
@@ -63,6 +64,11 @@ impl FederationMetrics {
             self.lease_expirations.clone(),
         );
         registry.register("members", "Member clusters of the federation", self.members.clone());
+        registry.register(
+            "removed_trust_domains",
+            "Removed members' trust domains the bundle endpoint serves with no keys",
+            self.removed_domains.clone(),
+        );
         registry.register("live_leases", "Members whose lease is live", self.live_leases.clone());
         registry.register("services", "Exported services (namespace/name)", self.services.clone());
         registry.register(
@@ -82,9 +88,11 @@ impl FederationMetrics {
     pub async fn refresh(self, replica: FederationReplica, stop: impl Future<Output = ()>) {
         let work = async {
             loop {
+                let now = super::federation::unix_now();
                 let figures = replica.state().read(|s| {
                     (
                         s.members.len(),
+                        s.removed.values().filter(|r| r.serving(now)).count(),
                         s.leases.values().filter(|l| l.is_live()).count(),
                         s.services.len(),
                         s.services.values().map(|r| r.exports.len()).sum::<usize>(),
@@ -94,11 +102,12 @@ impl FederationMetrics {
                 });
                 let gauge = |n: usize| i64::try_from(n).unwrap_or(i64::MAX);
                 self.members.set(gauge(figures.0));
-                self.live_leases.set(gauge(figures.1));
-                self.services.set(gauge(figures.2));
-                self.exports.set(gauge(figures.3));
-                self.endpoints.set(gauge(figures.4));
-                self.revision.set(i64::try_from(figures.5).unwrap_or(i64::MAX));
+                self.removed_domains.set(gauge(figures.1));
+                self.live_leases.set(gauge(figures.2));
+                self.services.set(gauge(figures.3));
+                self.exports.set(gauge(figures.4));
+                self.endpoints.set(gauge(figures.5));
+                self.revision.set(i64::try_from(figures.6).unwrap_or(i64::MAX));
                 tokio::time::sleep(STATE_REFRESH).await;
             }
         };

@@ -238,11 +238,23 @@ pub enum Command {
         /// Proposal time.
         now: i64,
     },
+    /// An operator removes a member, as [`Command::RemoveMember`], and its trust domain is
+    /// served as an empty bundle until `serve_until` (see [`super::RemovedDomain`]).
+    RemoveMemberServingEmpty {
+        /// The member.
+        cluster: String,
+        /// Who asked.
+        actor: String,
+        /// Proposal time.
+        now: i64,
+        /// Until when its trust domain is served empty (unix seconds).
+        serve_until: i64,
+    },
 }
 
 /// How many kinds of command (variants of [`Command`]) this build applies: the
 /// command-format version it supports ([`federator_raft::StateMachine::supported_version`]).
-pub const COMMAND_KINDS: u32 = 22;
+pub const COMMAND_KINDS: u32 = 23;
 
 /// The kinds every build that may share a replica group with this one applies: the 21
 /// that builds from before the cluster-version gate knew. A kind from here on is proposed

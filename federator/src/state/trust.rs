@@ -202,6 +202,8 @@ impl FederationState {
                 joined_index: index,
             },
         );
+        // A trust domain that joins again is its member's, not served empty any more.
+        self.removed.remove(&trust_domain);
         let revision =
             self.changes.push(ChangeKind::BundlePut { trust_domain: trust_domain.clone() });
         let sequence = bundle.sequence;
@@ -365,6 +367,7 @@ impl FederationState {
         cluster: &str,
         actor: String,
         now: i64,
+        serve_empty_until: Option<i64>,
     ) -> CommandResult {
         let Some(member) = self.members.remove(cluster) else {
             self.audit.record(AuditEvent::new(
@@ -377,7 +380,16 @@ impl FederationState {
             ));
             return Err(CommandError::NotFound(format!("cluster {cluster}")));
         };
-        self.bundles.remove(&member.trust_domain);
+        let removed = self.bundles.remove(&member.trust_domain);
+        if let Some(serve_until) = serve_empty_until {
+            self.record_removed(super::RemovedDomain {
+                trust_domain: member.trust_domain.clone(),
+                cluster: cluster.to_string(),
+                sequence: removed.map_or(1, |b| b.bundle.sequence.saturating_add(1)),
+                removed_at: now,
+                serve_until,
+            });
+        }
         for bundle in self.bundles.values_mut() {
             bundle.acks.remove(cluster);
         }
