@@ -26,7 +26,8 @@ impl Dev {
             .lines()
             .filter_map(|l| l.strip_prefix("export "))
             .filter_map(|l| l.split_once('='))
-            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .filter(|(k, _)| *k != "PATH")
+            .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
             .collect())
     }
 
@@ -113,6 +114,20 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
     let names: Vec<&str> =
         clusters.as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["cluster-a", "cluster-b"], "{clusters}");
+
+    // The printed "try next" works literally: in a clean shell, sourcing the env file is
+    // all `federator status` needs.
+    let env_file = dev.dir.path().join("env");
+    let clean = Command::new("env")
+        .args(["-i", "PATH=/usr/bin:/bin", "sh", "-c"])
+        .arg(format!(". '{}' && federator status", env_file.display()))
+        .stdin(Stdio::null())
+        .output()?;
+    assert!(
+        clean.status.success() && String::from_utf8_lossy(&clean.stdout).contains("leader:"),
+        "{}",
+        String::from_utf8_lossy(&clean.stderr)
+    );
     for cluster in ["cluster-a", "cluster-b"] {
         eventually(&format!("{cluster} imports demo/echo from both clusters"), WAIT, || async {
             let imports = dev.cli(&["import", "list", "--cluster", cluster]).ok()?;
@@ -224,5 +239,72 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
         assert!(!alive(pid), "process {pid} outlived dev");
     }
     assert!(Path::new(&dev.dir.path().join("env")).exists());
+
+    // Not on a terminal, dev printed its frame once, then one stamped line per change:
+    // the agent killed above went down and came back with another pid.
+    let out = std::fs::read_to_string(dev.dir.path().join("dev.out"))?;
+    assert_eq!(out.matches("federator dev — ").count(), 1, "{}", tail(&out, 40));
+    assert!(
+        out.lines().any(|l| l.contains("Z cluster-a: agent pid")),
+        "a line for cluster-a's restarted agent: {}",
+        tail(&out, 40)
+    );
+    Ok(())
+}
+
+/// `federator dev | head -3`: once the reader is gone dev stops everything it started
+/// and exits quietly (no panic, exit 0).
+#[tokio::test]
+async fn dev_stops_quietly_when_its_reader_goes() -> anyhow::Result<()> {
+    use std::io::BufRead as _;
+    let dir = tempfile::Builder::new().prefix("federator-dev-pipe-").tempdir()?;
+    let stderr = std::fs::File::create(dir.path().join("dev.err"))?;
+    let mut child = Command::new(federator_bin())
+        .args(["dev", "--clusters", "0", "--dir"])
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut lines = std::io::BufReader::new(stdout).lines();
+    for _ in 0..3 {
+        anyhow::ensure!(lines.next().transpose()?.is_some(), "dev closed stdout early");
+    }
+    drop(lines);
+    let mut dev = Dev { child, dir };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let exited = loop {
+        if let Some(status) = dev.child.try_wait()? {
+            break status;
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "dev kept running after its reader went: {}",
+            dev.output()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let err = std::fs::read_to_string(dev.dir.path().join("dev.err"))?;
+    assert!(exited.success(), "{exited}: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+    let replicas = std::fs::read_dir(dev.dir.path())?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().starts_with("replica-"))
+        .count();
+    assert_eq!(replicas, 3, "dev started its replicas");
+    // ... and stopped them: no process runs with its directory on the command line.
+    let dir_text = dev.dir.path().display().to_string();
+    let running: Vec<String> = std::fs::read_dir("/proc")?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().chars().all(|c| c.is_ascii_digit()))
+        .filter_map(|e| {
+            let pid: u32 = e.file_name().to_string_lossy().parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            (alive(pid) && cmdline.contains(&dir_text)).then_some(cmdline)
+        })
+        .collect();
+    assert!(running.is_empty(), "outlived dev: {running:?}");
     Ok(())
 }

@@ -124,6 +124,8 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
     let refresh = Duration::from_secs(args.refresh.max(1));
     let mut ticker = tokio::time::interval(refresh);
     let mut events: Vec<String> = Vec::new();
+    // Not on a terminal: the first frame whole, then one line per change.
+    let mut changes: Option<Facts> = None;
     loop {
         tokio::select! {
             () = super::server::shutdown_signal() => break,
@@ -131,13 +133,15 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
         }
         supervise(&exe, &mut replicas, args.restart_after);
         supervise_agents(&exe, &mut members, args.restart_after);
+        let mut new_events = Vec::new();
         for member in &mut members {
             match member.advance_rotation(&connection).await {
-                Ok(Some(line)) => events.push(line),
+                Ok(Some(line)) => new_events.push(line),
                 Ok(None) => {}
-                Err(error) => events.push(format!("{}: rotation: {error:#}", member.name)),
+                Err(error) => new_events.push(format!("{}: rotation: {error:#}", member.name)),
             }
         }
+        events.extend(new_events.iter().cloned());
         let keep = events.len().saturating_sub(5);
         events.drain(..keep);
         let view = status::collect(&connection).await;
@@ -149,7 +153,35 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             members: &members,
             events: &events,
         };
-        render(interactive, &screen, view.as_ref().map_err(ToString::to_string), &clusters);
+        let view = view.as_ref().map_err(ToString::to_string);
+        let text = match &mut changes {
+            Some(facts) if !interactive => {
+                let mut lines = facts.changed(&screen, view, &clusters);
+                lines.extend(
+                    new_events.iter().map(|e| super::output::escape_control(e).into_owned()),
+                );
+                lines.iter().map(|line| format!("{}\n", stamped(line))).collect()
+            }
+            _ => {
+                if !interactive {
+                    let mut facts = Facts::default();
+                    facts.changed(&screen, view.clone(), &clusters);
+                    changes = Some(facts);
+                }
+                render(interactive, &screen, view, &clusters)
+            }
+        };
+        // Nothing to write for a while must not hide a reader that is gone.
+        if !interactive && stdout_closed() {
+            break;
+        }
+        if let Err(error) = write_stdout(&text) {
+            // `federator dev | head`: the reader is gone; stop everything quietly.
+            if error.kind() != std::io::ErrorKind::BrokenPipe {
+                eprintln!("federator dev: writing to stdout: {error}");
+            }
+            break;
+        }
     }
     eprintln!("\nstopping {} replicas and {} agents…", replicas.len(), members.len());
     stop_all(&mut replicas, &mut members).await;
@@ -255,20 +287,39 @@ fn spawn_child(
         .spawn()?)
 }
 
+/// Writes DIR/env: sourced, it puts this `federator` on the `PATH` and points it at the
+/// dev federation.
 fn write_env(root: &Path, certs: &Path, replicas: &[DevReplica]) -> anyhow::Result<PathBuf> {
     let path = root.join("env");
     let endpoints: Vec<&str> = replicas.iter().map(|r| r.api_addr.as_str()).collect();
+    let exe = std::env::current_exe().context("the path of this federator binary")?;
+    let bin = exe.parent().unwrap_or_else(|| Path::new("."));
+    let quote = |p: &Path| shell_quote(&p.display().to_string());
     std::fs::write(
         &path,
         format!(
-            "# Source this file to point `federator` at the dev federation.\nexport FEDERATOR_ENDPOINTS={}\nexport FEDERATOR_CA={}\nexport FEDERATOR_CERT={}\nexport FEDERATOR_KEY={}\n",
+            "# Source this file to put `federator` on the PATH and point it at the dev federation.\n\
+             export PATH={}:\"$PATH\"\nexport FEDERATOR_ENDPOINTS={}\nexport FEDERATOR_CA={}\n\
+             export FEDERATOR_CERT={}\nexport FEDERATOR_KEY={}\n",
+            quote(bin),
             endpoints.join(","),
-            certs.join("ca.pem").display(),
-            certs.join("admin.pem").display(),
-            certs.join("admin.key").display(),
+            quote(&certs.join("ca.pem")),
+            quote(&certs.join("admin.pem")),
+            quote(&certs.join("admin.key")),
         ),
     )?;
     Ok(path)
+}
+
+/// `text` as one word for a POSIX shell: as is when it holds only characters no shell
+/// treats specially, else in single quotes.
+fn shell_quote(text: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+,:@%=".contains(c);
+    if !text.is_empty() && text.chars().all(plain) {
+        text.to_string()
+    } else {
+        format!("'{}'", text.replace('\'', "'\\''"))
+    }
 }
 
 /// Initializes the group on replica 1 unless it already has a log, then adds the others.
@@ -373,18 +424,121 @@ struct Screen<'a> {
     events: &'a [String],
 }
 
+/// Writes `text` to stdout and flushes it.
+fn write_stdout(text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let mut out = std::io::stdout().lock();
+    out.write_all(text.as_bytes())?;
+    out.flush()
+}
+
+/// Whether stdout is a pipe whose reader has gone (`federator dev | head`), without
+/// writing to it.
+fn stdout_closed() -> bool {
+    use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+    use std::os::fd::AsFd as _;
+    let stdout = std::io::stdout();
+    // No events asked for: only an error or a hang-up on the descriptor is reported.
+    let mut fds = [PollFd::new(stdout.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
+        && fds[0].revents().is_some_and(|r| r.intersects(PollFlags::POLLERR | PollFlags::POLLHUP))
+}
+
+/// `line` after the UTC time of day.
+fn stamped(line: &str) -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!("{:02}:{:02}:{:02}Z {line}", now.hour(), now.minute(), now.second())
+}
+
+/// What the dev frame shows, as facts by name, for output that is not a terminal: each
+/// tick prints the facts that changed, one line each.
+#[derive(Default)]
+struct Facts {
+    seen: std::collections::BTreeMap<String, String>,
+}
+
+impl Facts {
+    /// The lines for facts that changed since the last call, and records them.
+    fn changed(
+        &mut self,
+        screen: &Screen<'_>,
+        view: Result<&status::GroupView, String>,
+        clusters: &[pb::Cluster],
+    ) -> Vec<String> {
+        let mut now = std::collections::BTreeMap::new();
+        match view {
+            Ok(view) => {
+                let leader = view.leader.map_or_else(
+                    || "none".to_string(),
+                    |l| format!("replica {l} (term {})", view.term),
+                );
+                now.insert("leader".to_string(), leader);
+                for r in &view.replicas {
+                    let role = r.role.clone().unwrap_or_else(|| "unreachable".into());
+                    now.insert(format!("replica {}", r.id), role);
+                }
+            }
+            Err(error) => {
+                now.insert("leader".to_string(), format!("unknown: no replica answered: {error}"));
+            }
+        }
+        for replica in screen.replicas.iter().filter(|r| r.child.is_none()) {
+            now.insert(format!("replica {}", replica.id), "down".into());
+        }
+        for member in screen.members {
+            now.insert(member.name.clone(), member_summary(member, clusters));
+        }
+        let mut lines = Vec::new();
+        for (name, value) in &now {
+            if self.seen.get(name) != Some(value) {
+                lines.push(super::output::escape_control(&format!("{name}: {value}")).into_owned());
+            }
+        }
+        for name in self.seen.keys().filter(|n| !now.contains_key(*n)) {
+            lines.push(super::output::escape_control(&format!("{name}: gone")).into_owned());
+        }
+        self.seen = now;
+        lines
+    }
+}
+
+/// One member's agent, lease, bundle, imports and sinks in a line.
+fn member_summary(member: &clusters::DevCluster, clusters: &[pb::Cluster]) -> String {
+    let cluster = clusters.iter().find(|c| c.name == member.name);
+    let status = member.status();
+    let agent = member.pid().map_or_else(|| "down".to_string(), |p| format!("pid {p}"));
+    let lease = cluster
+        .and_then(|c| c.lease.as_ref())
+        .map_or_else(|| "none".to_string(), |l| format!("{} {}", l.id, l.state));
+    let bundle = cluster.map_or_else(
+        || "not joined".to_string(),
+        |c| format!("seq {} ({})", c.bundle_sequence, c.status),
+    );
+    let imports = status.as_ref().map_or_else(|| "-".to_string(), |s| s.imports.to_string());
+    let failing = status.as_ref().map_or(0, |s| s.sinks.values().filter(|k| !k.healthy).count());
+    format!(
+        "agent {agent}, lease {lease}, bundle {bundle}, {imports} imports, {}",
+        if failing == 0 { "sinks ok".to_string() } else { format!("{failing} sinks failing") }
+    )
+}
+
+/// The dev frame: header, replica group, members, recent events and what to try next.
 fn render(
     interactive: bool,
     screen: &Screen<'_>,
     view: Result<&status::GroupView, String>,
     clusters: &[pb::Cluster],
-) {
+) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let Screen { root, env, replicas, members, events } = *screen;
     if interactive {
         // Clear the screen and home the cursor.
-        print!("\x1b[2J\x1b[H");
+        out.push_str("\x1b[2J\x1b[H");
     }
-    println!(
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
         "federator dev — {} replicas and {} member clusters on loopback, state in {}",
         replicas.len(),
         members.len(),
@@ -392,7 +546,7 @@ fn render(
     );
     match view {
         Ok(view) => {
-            status::print_view_table(view, false);
+            out.push_str(&status::view_table(view, false));
             let down: Vec<String> = replicas
                 .iter()
                 .filter(|r| r.child.is_none())
@@ -406,13 +560,13 @@ fn render(
                 })
                 .collect();
             if !down.is_empty() {
-                println!("{}", down.join("; "));
+                let _ = writeln!(out, "{}", down.join("; "));
             }
             if !members.is_empty() {
-                println!("\n{}", members_table(members, clusters));
+                let _ = writeln!(out, "\n{}", members_table(members, clusters));
             }
             for event in events {
-                super::output::print_line(event);
+                let _ = writeln!(out, "{}", super::output::escape_control(event));
             }
             let leader_pid = view
                 .leader
@@ -475,18 +629,25 @@ fn render(
                 tips.push(("federator probe put hello world".into(), "a replicated write".into()));
             }
             let width = tips.iter().map(|(c, _)| c.len()).max().unwrap_or(0);
-            println!("\ntry next (in another terminal):");
+            let _ = writeln!(out, "\ntry next (in another terminal):");
             for (command, why) in tips {
                 if why.is_empty() {
-                    println!("  {command}");
+                    let _ = writeln!(out, "  {command}");
                 } else {
-                    println!("  {command:width$}  # {why}");
+                    let _ = writeln!(out, "  {command:width$}  # {why}");
                 }
             }
         }
-        Err(error) => super::output::print_line(format_args!("no replica answered: {error}")),
+        Err(error) => {
+            let line = format!("no replica answered: {error}");
+            let _ = writeln!(out, "{}", super::output::escape_control(&line));
+        }
     }
-    println!("\nCtrl-C stops everything.");
+    let _ = writeln!(out, "\nCtrl-C stops everything.");
+    if !interactive {
+        let _ = writeln!(out, "(not a terminal: from here on, one line per change)");
+    }
+    out
 }
 
 /// One row per member cluster: its agent, lease, bundle and what it imports.
@@ -671,5 +832,34 @@ impl Progress {
     fn finish(&self) {
         self.bar.finish_and_clear();
         eprintln!("ready in {:.1}s", self.started.elapsed().as_secs_f64());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words_are_quoted_only_when_needed() {
+        assert_eq!(
+            shell_quote("/tmp/federator-dev/certs/ca.pem"),
+            "/tmp/federator-dev/certs/ca.pem"
+        );
+        assert_eq!(shell_quote("/tmp/my dir"), "'/tmp/my dir'");
+        assert_eq!(shell_quote("it's"), "'it'\\''s'");
+        assert_eq!(shell_quote("$HOME"), "'$HOME'");
+        assert_eq!(shell_quote(""), "''");
+    }
+
+    proptest::proptest! {
+        /// Whatever the path, `sh` reads the quoted word back as it was.
+        #[test]
+        fn a_quoted_word_reads_back_in_sh(text in "[ -~]{0,24}") {
+            let out = std::process::Command::new("sh")
+                .args(["-c", &format!("printf %s {}", shell_quote(&text))])
+                .output()
+                .expect("sh runs");
+            proptest::prop_assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+        }
     }
 }

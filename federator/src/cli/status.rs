@@ -225,8 +225,17 @@ pub async fn print_replicas(
 /// Prints the group as a summary line and a table of replicas (with raft details when
 /// `detailed`).
 pub fn print_view_table(v: &GroupView, detailed: bool) {
+    print!("{}", view_table(v, detailed));
+}
+
+/// [`print_view_table`]'s text, each line ending in a line feed.
+pub fn view_table(v: &GroupView, detailed: bool) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
     let leader = v.leader.map_or_else(|| "none".to_string(), |l| l.to_string());
-    println!(
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        out,
         "leader: {leader}  term: {}  voters up: {}/{}  quorum: {}  cluster version: {}",
         v.term,
         v.voters_up,
@@ -281,14 +290,12 @@ pub fn print_view_table(v: &GroupView, detailed: bool) {
         }
         t.add_row(row);
     }
-    println!("{t}");
+    let _ = writeln!(out, "{t}");
     for r in v.replicas.iter().filter(|r| !r.reachable) {
-        output::print_line(format_args!(
-            "replica {}: {}",
-            r.id,
-            r.error.as_deref().unwrap_or("unreachable")
-        ));
+        let line = format!("replica {}: {}", r.id, r.error.as_deref().unwrap_or("unreachable"));
+        let _ = writeln!(out, "{}", output::escape_control(&line));
     }
+    out
 }
 
 /// A replica's build and command-format version, marked when it is ahead of the cluster
