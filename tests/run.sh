@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/local/setup.sh
-# SPIRE and the go-spiffe test client (built with Go once per machine, then reused).
+# SPIRE, the go-spiffe test client and promtool (built with Go once per machine, then
+# reused).
 bash deploy/local/setup-spiffe.sh
+bash deploy/local/setup-promtool.sh
 
 step() { printf '\n== %s\n' "$*" >&2; }
 

@@ -754,22 +754,60 @@ impl Federation {
     }
 }
 
-/// `GET /metrics` from a plain-HTTP Prometheus endpoint at `addr`.
+/// `GET /metrics` from a plain-HTTP Prometheus endpoint at `addr`: the whole response.
 ///
 /// # Errors
 /// The endpoint did not answer within five seconds.
 pub async fn http_get_metrics(addr: &str) -> anyhow::Result<String> {
+    Ok(http_get(addr, "/metrics", None).await?.raw)
+}
+
+/// What a plain HTTP/1.1 `GET` answered.
+#[derive(Clone, Debug)]
+pub struct HttpAnswer {
+    /// The status code.
+    pub status: u16,
+    /// The `content-type` header, empty without one.
+    pub content_type: String,
+    /// The body.
+    pub body: String,
+    /// The whole response, status line and headers included.
+    pub raw: String,
+}
+
+/// A plain HTTP/1.1 `GET path` to `addr` (loopback test endpoints: metrics, health), with
+/// an `Accept` header when given; the connection is closed after the answer.
+///
+/// # Errors
+/// The endpoint did not answer within five seconds, or not in HTTP.
+pub async fn http_get(addr: &str, path: &str, accept: Option<&str>) -> anyhow::Result<HttpAnswer> {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut stream = tokio::net::TcpStream::connect(addr).await?;
+    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
     stream
         .write_all(
-            format!("GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")
+            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n")
                 .as_bytes(),
         )
         .await?;
-    let mut body = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut body)).await??;
-    Ok(body)
+    let mut raw = String::new();
+    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut raw)).await??;
+    let (head, body) = raw.split_once("\r\n\r\n").context("no end of the headers")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .context("no status code")?;
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (name, value) = l.split_once(':')?;
+            name.eq_ignore_ascii_case("content-type").then(|| value.trim().to_string())
+        })
+        .unwrap_or_default();
+    // axum answers a small body whole (content-length), never chunked.
+    let body = body.to_string();
+    Ok(HttpAnswer { status, content_type, body, raw })
 }
 
 impl Drop for Federation {

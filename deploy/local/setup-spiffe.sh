@@ -9,20 +9,15 @@
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 tools="${FEDERATOR_SPIFFE_TOOLS:-$HOME/.cache/federator/spiffe-tools}"
+. "$repo/deploy/local/go-tools.sh"
 
-if ! command -v go >/dev/null 2>&1; then
-  echo "setup-spiffe: Go is needed to build SPIRE and the go-spiffe client (Go 1.26 from the machine's toolchain)" >&2
-  exit 1
-fi
-inputs() {
+go_tools_require_go setup-spiffe "SPIRE and the go-spiffe client"
+go_tools_inputs() {
   cat "$repo"/tests/spire-tools/go.mod "$repo"/tests/spire-tools/go.sum \
     "$repo"/tests/spiffe-client/go.mod "$repo"/tests/spiffe-client/go.sum \
     "$repo"/tests/spiffe-client/*.go
-  go version
 }
-want="$(inputs | sha256sum | cut -c1-16)"
-if [ "$(cat "$tools/stamp" 2>/dev/null || true)" = "$want" ] \
-  && [ -x "$tools/bin/spire-server" ] && [ -x "$tools/bin/spire-agent" ] && [ -x "$tools/bin/spiffe-client" ]; then
+if go_tools_fresh "$tools" spire-server spire-agent spiffe-client; then
   exit 0
 fi
 echo "setup-spiffe: building SPIRE v1.13.3 and the go-spiffe test client into $tools (once; about 10 minutes on 2 cores)" >&2
@@ -32,5 +27,5 @@ started=$(date +%s)
 (cd "$repo/tests/spire-tools" && GOFLAGS=-mod=readonly GOBIN="$tools/bin" go install tool)
 (cd "$repo/tests/spiffe-client" && GOFLAGS=-mod=readonly go build -o "$tools/bin/spiffe-client" .)
 "$tools/bin/spire-server" --version >/dev/null 2>&1
-echo "$want" > "$tools/stamp"
+go_tools_stamp "$tools"
 echo "setup-spiffe: built in $(( $(date +%s) - started )) s: $(ls "$tools/bin" | tr '\n' ' ')" >&2

@@ -170,9 +170,11 @@ pub async fn run(
     tokio::spawn(federation_metrics.refresh(replica.clone(), stopped(stop_rx.clone())));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
+    let serving = health::Serving::default();
     tokio::spawn(health::report(
         replica.clone(),
         health_reporter.clone(),
+        Arc::clone(&serving),
         config.max_lag_entries,
         stopped(stop_rx.clone()),
     ));
@@ -227,7 +229,21 @@ pub async fn run(
     let metrics = match config.listen_metrics {
         Some(addr) => {
             let listener = bind("listen.metrics", addr).await?;
-            Some(tokio::spawn(metrics_http::serve(listener, registry, stopped(stop_rx.clone()))))
+            let serving = Arc::clone(&serving);
+            let ready: metrics_http::Readiness = Arc::new(move || {
+                if serving.load(std::sync::atomic::Ordering::Relaxed) {
+                    Ok(())
+                } else {
+                    Err("no leader known, too far behind it, or stopping (`federator status`)"
+                        .into())
+                }
+            });
+            Some(tokio::spawn(metrics_http::serve(
+                listener,
+                registry,
+                ready,
+                stopped(stop_rx.clone()),
+            )))
         }
         None => None,
     };
@@ -257,7 +273,7 @@ pub async fn run(
     };
     // Out of service first: health NOT_SERVING, watch streams end with UNAVAILABLE (their
     // agents reconnect elsewhere), new watches are refused.
-    health::not_serving(&health_reporter).await;
+    health::not_serving(&health_reporter, &serving).await;
     let _ = leaving_tx.send(Some(reason));
     // Then the raft core: a leader stops heartbeating, so the others elect a successor
     // while this process drains its connections.
@@ -274,7 +290,7 @@ pub async fn run(
         ),
     }
     // (Again: the health task may have evaluated between the two.)
-    health::not_serving(&health_reporter).await;
+    health::not_serving(&health_reporter, &serving).await;
     tracing::info!(replica = config.id, was_leader, "raft core stopped; draining connections");
     let _ = stop_tx.send(true);
     let mut tasks = Tasks::default();

@@ -167,6 +167,22 @@ impl AgentMetrics {
         registry
     }
 
+    /// Readiness for `/readyz`: a session with a replica is up. An agent without one
+    /// still serves its last applied view (static stability) but is not current.
+    #[must_use]
+    pub fn readiness(&self) -> crate::server::metrics_http::Readiness {
+        let connected = self.connected.clone();
+        std::sync::Arc::new(move || {
+            if connected.get() == 1 {
+                Ok(())
+            } else {
+                Err("no session with a replica: serving the last applied view \
+                     (`federator agent status`)"
+                    .into())
+            }
+        })
+    }
+
     /// Registers every metric under `registry`.
     pub fn register(&self, registry: &mut Registry) {
         let build = Family::<BuildInfo, Gauge>::default();
@@ -290,8 +306,8 @@ pub fn import_sources(
         .collect()
 }
 
-/// Serves `GET /metrics` from a registry on a listener until stopped: the replica's
-/// server, shared.
+/// Serves `/metrics`, `/healthz` and `/readyz` on a listener until stopped: the
+/// replica's server, shared.
 pub use crate::server::metrics_http::serve;
 
 #[cfg(test)]
@@ -383,22 +399,28 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-        let server = tokio::spawn(serve(listener, metrics.registry(), async move {
-            let _ = stop_rx.await;
-        }));
-        let body = tokio::time::timeout(Duration::from_secs(10), async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
-                .await
-                .expect("request");
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.expect("response");
-            response
-        })
-        .await
-        .expect("the scrape answers in time");
+        let server =
+            tokio::spawn(serve(listener, metrics.registry(), metrics.readiness(), async move {
+                let _ = stop_rx.await;
+            }));
+        let get = |path: &'static str| async move {
+            tokio::time::timeout(Duration::from_secs(10), async {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+                let request =
+                    format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+                stream.write_all(request.as_bytes()).await.expect("request");
+                let mut response = String::new();
+                stream.read_to_string(&mut response).await.expect("response");
+                response
+            })
+            .await
+            .expect("the endpoint answers in time")
+        };
+        let ready = get("/readyz").await;
+        assert!(ready.starts_with("HTTP/1.1 200"), "connected: {ready}");
+        let body = get("/metrics").await;
         assert!(body.starts_with("HTTP/1.1 200"), "{body}");
+        assert!(body.contains("process_resident_memory_bytes "), "{body}");
         for name in [
             "federator_build_info{version=",
             "federator_agent_connected 1",

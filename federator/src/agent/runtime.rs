@@ -284,9 +284,10 @@ pub async fn run(
             .await
             .with_context(|| format!("listen_metrics {addr}"))?;
         let registry = metrics.registry();
+        let ready = metrics.readiness();
         let stop = stopped();
         tokio::spawn(async move {
-            if let Err(error) = super::metrics::serve(listener, registry, stop).await {
+            if let Err(error) = super::metrics::serve(listener, registry, ready, stop).await {
                 tracing::error!(%error, "the metrics server failed");
             }
         });

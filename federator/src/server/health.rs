@@ -2,6 +2,8 @@
 //! applied to within a bound of the leader's read index.
 
 use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use federator_proto::admin::admin_server::AdminServer;
@@ -12,10 +14,15 @@ use super::{AdminService, FederationReplica};
 /// How often health is re-evaluated.
 const PERIOD: Duration = Duration::from_millis(500);
 
-/// Updates `reporter` until `stop` resolves.
+/// Whether the replica serves, for `/readyz` on the metrics listener (the gRPC health
+/// service answers only over mTLS).
+pub type Serving = Arc<AtomicBool>;
+
+/// Updates `reporter` and `serving` until `stop` resolves.
 pub async fn report(
     replica: FederationReplica,
     reporter: HealthReporter,
+    serving_flag: Serving,
     max_lag_entries: u64,
     stop: impl Future<Output = ()>,
 ) {
@@ -25,6 +32,7 @@ pub async fn report(
             let now_serving = evaluate(&replica, max_lag_entries).await;
             if serving != Some(now_serving) {
                 tracing::info!(replica = replica.id(), serving = now_serving, "health changed");
+                serving_flag.store(now_serving, Ordering::Relaxed);
                 if now_serving {
                     reporter.set_serving::<AdminServer<AdminService>>().await;
                     reporter.set_service_status("", tonic_health::ServingStatus::Serving).await;
@@ -44,7 +52,8 @@ pub async fn report(
 }
 
 /// Reports the replica NOT_SERVING at once (it is stopping or failed).
-pub async fn not_serving(reporter: &HealthReporter) {
+pub async fn not_serving(reporter: &HealthReporter, serving: &Serving) {
+    serving.store(false, Ordering::Relaxed);
     reporter.set_not_serving::<AdminServer<AdminService>>().await;
     reporter.set_service_status("", tonic_health::ServingStatus::NotServing).await;
 }

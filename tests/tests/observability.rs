@@ -1,0 +1,83 @@
+//! The plain-HTTP observability endpoint of replicas and agents (issue 28), against real
+//! processes: `/metrics` passes Prometheus's own `promtool check metrics` (v3, built by
+//! `deploy/local/setup-promtool.sh`), is OpenMetrics when asked for it, and carries the
+//! `process_*` metrics; `/healthz` answers while the process serves; `/readyz` is 200 on
+//! a replica with a leader and an agent with a session, and 503 with the reason once
+//! quorum is lost.
+
+use std::time::Duration;
+
+use federator_chaos::agent::{AgentOptions, AgentProcess};
+use federator_chaos::member::MemberCluster;
+use federator_chaos::promtool::check_metrics;
+use federator_tests::{Federation, HttpAnswer, eventually, http_get};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+/// Every path of one endpoint, checked: metrics lint clean in the text format and come as
+/// OpenMetrics on request; liveness; readiness as `ready` says.
+async fn check_endpoint(what: &str, addr: &str) -> anyhow::Result<()> {
+    let text = http_get(addr, "/metrics", None).await?;
+    assert_eq!(text.status, 200, "{what}: {text:?}");
+    assert!(text.content_type.starts_with("text/plain; version=0.0.4"), "{what}: {text:?}");
+    check_metrics(&text.body).map_err(|e| e.context(format!("{what}'s /metrics")))?;
+    for name in
+        ["process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_open_fds "]
+    {
+        assert!(text.body.contains(name), "{what}: {name} missing:\n{}", text.body);
+    }
+    let open =
+        http_get(addr, "/metrics", Some("application/openmetrics-text;version=1.0.0,*/*;q=0.1"))
+            .await?;
+    assert!(open.content_type.starts_with("application/openmetrics-text"), "{what}: {open:?}");
+    assert!(open.body.ends_with("# EOF\n"), "{what}: OpenMetrics ends with # EOF");
+    let live = http_get(addr, "/healthz", None).await?;
+    assert_eq!((live.status, live.body.as_str()), (200, "ok\n"), "{what}");
+    let index = http_get(addr, "/", None).await?;
+    assert!(index.status == 200 && index.body.contains("/readyz"), "{what}: {index:?}");
+    Ok(())
+}
+
+async fn readiness(addr: &str) -> anyhow::Result<HttpAnswer> {
+    http_get(addr, "/readyz", None).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_lint_clean_and_health_and_readiness_answer_over_plain_http() -> anyhow::Result<()>
+{
+    let mut fed = Federation::formed(3, "").await?;
+    let options = AgentOptions { metrics: true, ..AgentOptions::default() };
+    let mut agent =
+        AgentProcess::new(&fed, MemberCluster::new("cluster-a", "a.example")?, &options)?;
+    agent.start()?;
+    agent
+        .wait_status("the agent joined", WAIT, |s| s.connected_replica.is_some())
+        .await
+        .map_err(|e| e.context(agent.log()))?;
+    let agent_addr = agent.metrics_addr.clone().expect("the agent serves metrics");
+
+    let replica_addr = fed.replica(1).metrics_addr.clone();
+    eventually("replica 1 to be ready", WAIT, || async {
+        readiness(&replica_addr).await.ok().filter(|a| a.status == 200)
+    })
+    .await?;
+    eventually("the agent to be ready", WAIT, || async {
+        readiness(&agent_addr).await.ok().filter(|a| a.status == 200)
+    })
+    .await?;
+    check_endpoint("replica 1", &replica_addr).await?;
+    check_endpoint("the agent", &agent_addr).await?;
+
+    // Quorum lost: replica 1 knows no leader and says so; it stays alive.
+    fed.kill(2);
+    fed.kill(3);
+    let not_ready = eventually("replica 1 to report not ready", WAIT, || async {
+        readiness(&replica_addr).await.ok().filter(|a| a.status == 503)
+    })
+    .await?;
+    assert!(not_ready.body.starts_with("not ready: no leader known"), "{not_ready:?}");
+    let live = http_get(&replica_addr, "/healthz", None).await?;
+    assert_eq!(live.status, 200, "alive without quorum");
+    agent.kill();
+    Ok(())
+}
