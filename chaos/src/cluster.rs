@@ -508,6 +508,15 @@ impl Federation {
         Ok(output)
     }
 
+    /// The `federator` command with `args`, pointed at every replica with the admin
+    /// identity, not started (for one that runs beside the test, e.g. a `--wait`).
+    #[must_use]
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(federator_bin());
+        command.args(args).envs(self.cli_env(&self.ids())).stdin(Stdio::null());
+        command
+    }
+
     /// The environment that points the CLI at replicas `ids` with the admin identity.
     fn cli_env(&self, ids: &[u64]) -> [(&'static str, std::ffi::OsString); 4] {
         let conn = self.connection_args(ids);

@@ -395,11 +395,23 @@ async fn rotation_is_visible_in_bundle_status_member_by_member() -> anyhow::Resu
         s["members"].as_array().and_then(|m| m.iter().find(|m| m["cluster"] == "cluster-c"));
     assert_eq!(c_ack.map(|m| m["lease_live"].clone()), Some(serde_json::json!(false)), "{s}");
     let table = fed.cli(&[], &["bundle", "status", "a.example"])?;
-    assert_eq!(table.status.code(), Some(2), "incomplete");
+    assert_eq!(table.status.code(), Some(3), "incomplete: exit 3");
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(table.contains("blocked by cluster-c"), "{table}");
     assert!(table.contains("cluster-c hold(s) no live lease"), "{table}");
+    // `--wait` gives up after its time with the same answer...
+    let waited = fed.cli(&[], &["bundle", "status", "a.example", "--wait", "2s"])?;
+    assert_eq!(waited.status.code(), Some(3), "still incomplete after the wait");
+    // ... and returns 0 as soon as the last member applies it.
+    let waiting = fed
+        .cli_command(&["bundle", "status", "a.example", "--wait", "60s"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     client_c.ack(pb::AckRequest { trust_domain: "a.example".into(), sequence: 2 }).await?;
+    let waited = tokio::task::spawn_blocking(move || waiting.wait_with_output()).await??;
+    assert!(waited.status.success(), "{}", waited.status);
+    assert!(String::from_utf8_lossy(&waited.stdout).contains("safe to sign with the new key"));
     let s = status(&fed)?;
     assert_eq!(s["complete"], true, "{s}");
     let list = clusters(&fed)?;

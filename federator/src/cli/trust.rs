@@ -1,7 +1,9 @@
 //! `federator cluster`, `bundle` and `audit`: member clusters and watching their trust
 //! bundles propagate (`token` is in `tokens.rs`).
 
+use std::io::IsTerminal as _;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::bail;
 use federator_proto::admin as pb;
@@ -71,10 +73,15 @@ pub enum BundleCommand {
         format: BundleFormatArg,
     },
     /// Which members have applied which sequence: when every member has the newest, it
-    /// is safe to sign with the new key.
+    /// is safe to sign with the new key. Exits 0 when every member has, 3 when some have
+    /// not (1 on errors), so a rotation script can wait on it.
     Status {
         /// Trust domain.
         trust_domain: String,
+        /// Ask again every second until every member has applied the newest sequence, for
+        /// at most this long (e.g. `5m`), then report as without it.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration_secs)]
+        wait: Option<u64>,
     },
 }
 
@@ -86,6 +93,10 @@ pub enum BundleFormatArg {
     /// PEM X.509 authorities.
     Pem,
 }
+
+/// Exit code of `bundle status` while some member has not applied the newest sequence
+/// (2 is a usage error, 1 any other error).
+pub const ROTATION_INCOMPLETE: u8 = 3;
 
 /// Parses `90`, `90s`, `30m`, `1h`, `2d` into seconds.
 ///
@@ -378,12 +389,26 @@ pub async fn run_bundle(
                 }
             }
         }
-        BundleCommand::Status { trust_domain } => {
-            let r = client
-                .bundle_status(pb::BundleStatusRequest { trust_domain, consistency: 0 })
-                .await
-                .map_err(status_error)?
-                .into_inner();
+        BundleCommand::Status { trust_domain, wait } => {
+            let deadline = wait.map(|secs| std::time::Instant::now() + Duration::from_secs(secs));
+            let r = loop {
+                let request =
+                    pb::BundleStatusRequest { trust_domain: trust_domain.clone(), consistency: 0 };
+                let r = client.bundle_status(request).await.map_err(status_error)?.into_inner();
+                match deadline {
+                    Some(deadline) if !r.complete && std::time::Instant::now() < deadline => {
+                        if std::io::stderr().is_terminal() {
+                            output::eprint_line(format_args!(
+                                "waiting for {} to apply sequence {}…",
+                                r.blocking.join(", "),
+                                r.sequence
+                            ));
+                        }
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    _ => break r,
+                }
+            };
             let view = BundleStatusView {
                 trust_domain: r.trust_domain,
                 owner: r.owner,
@@ -452,7 +477,7 @@ pub async fn run_bundle(
                 }
             })?;
             if !view.complete {
-                return Ok(ExitCode::from(2));
+                return Ok(ExitCode::from(ROTATION_INCOMPLETE));
             }
         }
     }
