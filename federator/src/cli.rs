@@ -27,6 +27,9 @@ use clap::{Parser, Subcommand};
 pub use client::{Connection, ConnectionArgs};
 pub use output::OutputFormat;
 
+/// `federator --version`: the crate version and the commit it was built from.
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FEDERATOR_COMMIT"), ")");
+
 /// Federator: Raft-replicated federation of SPIFFE trust bundles and service endpoints
 /// between the clusters of a multi-cluster service mesh.
 ///
@@ -35,7 +38,7 @@ pub use output::OutputFormat;
 /// or API addresses (`127.0.0.1:7101,127.0.0.1:7102`) with an admin certificate
 /// (--ca/--cert/--key, as written by `federator certs init`).
 #[derive(Debug, Parser)]
-#[command(name = "federator", version, propagate_version = true, max_term_width = 100)]
+#[command(name = "federator", version = VERSION, propagate_version = true, max_term_width = 100)]
 pub struct Cli {
     #[command(flatten)]
     connection: ConnectionArgs,
@@ -164,6 +167,16 @@ enum Commands {
     /// Read and write the diagnostic probe keyspace (exercises the replicated log).
     #[command(subcommand)]
     Probe(probe::ProbeCommand),
+    /// Print a shell completion script.
+    ///
+    ///   federator completion bash > /etc/bash_completion.d/federator
+    ///   federator completion zsh > "${fpath[1]}/_federator"
+    ///   federator completion fish > ~/.config/fish/completions/federator.fish
+    Completion {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 /// Entry point of the binary.
@@ -214,6 +227,17 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Snapshot(command) => snapshot::run(command, &cli.connection, out).await,
         Commands::Certs(command) => certs::run(command, out),
         Commands::Probe(command) => probe::run(command, &cli.connection, out).await,
+        Commands::Completion { shell } => {
+            use clap::CommandFactory as _;
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "federator", &mut script);
+            let mut stdout = std::io::stdout().lock();
+            match stdout.write_all(&script).and_then(|()| stdout.flush()) {
+                // `federator completion bash | head`: the reader took what it wanted.
+                Err(error) if error.kind() != std::io::ErrorKind::BrokenPipe => Err(error.into()),
+                _ => Ok(ExitCode::SUCCESS),
+            }
+        }
     }
 }
 
@@ -241,6 +265,29 @@ mod tests {
     #[test]
     fn command_line_definition_is_consistent() {
         Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn completion_scripts_name_the_subcommands() {
+        for shell in
+            [clap_complete::Shell::Bash, clap_complete::Shell::Zsh, clap_complete::Shell::Fish]
+        {
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "federator", &mut script);
+            let script = String::from_utf8(script).expect("utf-8");
+            for word in ["dev", "status", "check", "bundle", "completion"] {
+                assert!(script.contains(word), "{shell}: {word}");
+            }
+            if shell == clap_complete::Shell::Bash {
+                let mut check = std::process::Command::new("bash")
+                    .arg("-n")
+                    .stdin(std::process::Stdio::piped())
+                    .spawn()
+                    .expect("bash runs");
+                check.stdin.take().expect("stdin").write_all(script.as_bytes()).expect("written");
+                assert!(check.wait().expect("bash exits").success(), "bash -n on the script");
+            }
+        }
     }
 
     #[test]
