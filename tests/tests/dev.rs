@@ -91,7 +91,7 @@ async fn dev_runs_a_whole_federation_with_member_clusters() -> anyhow::Result<()
     let child = Command::new(federator_bin())
         .args(["dev", "--dir"])
         .arg(dir.path())
-        .args(["--restart-after", "1"])
+        .args(["--restart-after", "1", "--restart-agents-after", "1"])
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -144,14 +144,37 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
     let imports: serde_json::Value = serde_json::from_slice(&std::fs::read(&imports_file)?)?;
     assert_eq!(imports[0]["hostname"], "echo.demo.svc.clusterset.local", "{imports}");
 
-    // The demo service answers on the endpoint cluster-b imports from cluster-a.
-    let a_port = imports[0]["ports"][0]["port"].as_u64().unwrap_or(0);
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", u16::try_from(a_port)?)).await?;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    stream.write_all(b"GET / HTTP/1.1\r\nhost: echo\r\n\r\n").await?;
-    let mut answer = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await??;
-    assert!(answer.contains("hello from cluster-"), "{answer}");
+    // One service port in the clusterset, each cluster's echo on its own endpoint port:
+    // the exports agree (no Conflict), cluster-b's own endpoint comes first (priority 0,
+    // its own zone) and cluster-a's after it (another region).
+    assert_eq!(imports[0]["ports"][0]["port"], 8080, "{imports}");
+    assert_eq!(imports[0]["conditions"], serde_json::json!([]), "{imports}");
+    let endpoint = |cluster: &str| {
+        imports[0]["clusters"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["cluster"] == cluster))
+            .map(|c| c["endpoints"][0].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        (endpoint("cluster-b")["priority"].as_u64(), endpoint("cluster-a")["priority"].as_u64()),
+        (Some(0), Some(2)),
+        "{imports}"
+    );
+    // The demo service answers on the endpoint cluster-b imports from cluster-a, and on
+    // its own.
+    for (cluster, expected) in
+        [("cluster-a", "hello from cluster-a"), ("cluster-b", "hello from cluster-b")]
+    {
+        let port = endpoint(cluster)["ports"][0]["port"].as_u64().unwrap_or(0);
+        let mut stream =
+            tokio::net::TcpStream::connect(("127.0.0.1", u16::try_from(port)?)).await?;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream.write_all(b"GET / HTTP/1.1\r\nhost: echo\r\n\r\n").await?;
+        let mut answer = String::new();
+        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await??;
+        assert!(answer.contains(expected), "{cluster}: {answer}");
+    }
 
     // Every replica serves the SPIFFE bundle endpoint; the https_web profile with the
     // dev web certificate, whose CA dev leaves beside the others.

@@ -34,6 +34,11 @@ pub struct DevArgs {
     /// leaves it down.
     #[arg(long, default_value_t = 5)]
     restart_after: u64,
+    /// Restart an agent that died after this many seconds; 0 leaves it down. The default
+    /// is past the agents' lease TTL, so a killed agent's lease is seen to expire and its
+    /// endpoints to turn not ready before it comes back.
+    #[arg(long, default_value_t = clusters::AGENT_RESTART_AFTER_SECS)]
+    restart_agents_after: u64,
     /// Refresh period of the status view, in seconds.
     #[arg(long, default_value_t = 1)]
     refresh: u64,
@@ -132,7 +137,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             _ = ticker.tick() => {}
         }
         supervise(&exe, &mut replicas, args.restart_after);
-        supervise_agents(&exe, &mut members, args.restart_after);
+        supervise_agents(&exe, &mut members, args.restart_agents_after);
         let mut new_events = Vec::new();
         for member in &mut members {
             match member.advance_rotation(&connection).await {
@@ -599,8 +604,11 @@ fn render(
                     tips.push((
                         format!("kill -9 {pid}"),
                         format!(
-                            "kill {}'s agent: its lease expires, its endpoints turn not ready",
-                            first.name
+                            "kill {}'s agent: its lease expires in {} s, its endpoints turn not \
+                             ready; dev restarts it {} s after",
+                            first.name,
+                            clusters::LEASE_TTL,
+                            clusters::AGENT_RESTART_AFTER_SECS
                         ),
                     ));
                 }

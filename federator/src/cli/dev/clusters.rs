@@ -20,10 +20,15 @@ use super::super::client::{Connection, status_error};
 use crate::agent::AgentStatus;
 use crate::identity::FederationCa;
 
-/// Validity of the dev CAs and SVIDs.
-const VALIDITY: Duration = Duration::from_secs(30 * 86_400);
+/// Validity of the dev CAs and SVIDs: well past `check`'s 30-day expiry warning.
+const VALIDITY: Duration = Duration::from_secs(90 * 86_400);
 /// Lease TTL of the dev agents, seconds.
-const LEASE_TTL: u32 = 10;
+pub(super) const LEASE_TTL: u32 = 10;
+/// When dev restarts a dead agent by default, seconds: after its lease expired.
+pub(super) const AGENT_RESTART_AFTER_SECS: u64 = LEASE_TTL as u64 + 5;
+/// The demo service's port in the clusterset; each cluster's echo listens on a port of
+/// its own, given per endpoint.
+const ECHO_SERVICE_PORT: u16 = 8080;
 
 /// What is kept of a cluster across runs (`clusters/NAME/cluster.json`).
 #[derive(Debug, Serialize, Deserialize)]
@@ -158,8 +163,12 @@ impl DevCluster {
             "exports": [{
                 "namespace": "demo",
                 "name": "echo",
-                "ports": [{"name": "http", "port": self.echo_port, "protocol": "TCP", "appProtocol": "http"}],
-                "endpoints": [{"address": "127.0.0.1", "zone": "zone-1"}],
+                "ports": [{"name": "http", "port": ECHO_SERVICE_PORT, "protocol": "TCP", "appProtocol": "http"}],
+                "endpoints": [{
+                    "address": "127.0.0.1",
+                    "zone": "zone-1",
+                    "ports": [{"name": "http", "port": self.echo_port}],
+                }],
                 "identities": [format!("spiffe://{}/ns/demo/sa/echo", self.trust_domain)],
             }]
         });
