@@ -201,7 +201,7 @@ pub fn main() -> ExitCode {
             let _ = writeln!(
                 std::io::stderr(),
                 "error: {}",
-                output::escape_control_keep_newlines(&format!("{error:#}"))
+                output::escape_control_keep_newlines(&output::error_chain(&error))
             );
             ExitCode::FAILURE
         }

@@ -57,6 +57,13 @@ pub async fn run(args: AgentArgs, out: OutputFormat) -> anyhow::Result<ExitCode>
 }
 
 fn show_status(state_dir: &std::path::Path, out: OutputFormat) -> anyhow::Result<ExitCode> {
+    // Reading must not create: a mistyped --state-dir is an error, not a new directory.
+    if !state_dir.is_dir() {
+        anyhow::bail!(
+            "no agent state directory at {} (the agent's state_dir; check --state-dir)",
+            state_dir.display()
+        );
+    }
     let store = Store::open(state_dir)?;
     let path = store.status_path();
     let text = std::fs::read_to_string(&path)

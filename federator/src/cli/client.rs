@@ -59,6 +59,14 @@ impl Connection {
     pub fn new(args: &ConnectionArgs) -> anyhow::Result<Self> {
         let endpoints: Vec<String> =
             args.endpoints.iter().map(|e| e.trim().to_string()).filter(|e| !e.is_empty()).collect();
+        if let Some(bad) = endpoints.iter().find(|e| {
+            e.split_once("://").is_some_and(|(scheme, _)| scheme != "unix" && scheme != "https")
+        }) {
+            bail!(
+                "endpoint {bad:?}: the API is gRPC over mTLS; write host:port (or \
+                 https://host:port), or unix:///DATA_DIR/admin.sock for a replica's admin socket"
+            );
+        }
         if endpoints.is_empty() {
             bail!(
                 "no federator endpoint: pass --endpoints (or set FEDERATOR_ENDPOINTS) to a replica's \
@@ -147,7 +155,9 @@ impl Connection {
         for endpoint in &self.endpoints {
             match self.admin(endpoint).await {
                 Ok(client) => return Ok(client),
-                Err(error) => failures.push(format!("{endpoint}: {error:#}")),
+                Err(error) => {
+                    failures.push(format!("{endpoint}: {}", super::output::error_chain(&error)))
+                }
             }
         }
         bail!("no replica accepted a connection:\n  {}", failures.join("\n  "))
@@ -162,7 +172,9 @@ impl Connection {
         for endpoint in &self.endpoints {
             match self.status_of(endpoint).await {
                 Ok(status) => return Ok((endpoint.clone(), status)),
-                Err(error) => failures.push(format!("{endpoint}: {error:#}")),
+                Err(error) => {
+                    failures.push(format!("{endpoint}: {}", super::output::error_chain(&error)))
+                }
             }
         }
         bail!("no replica answered:\n  {}", failures.join("\n  "))
@@ -212,4 +224,25 @@ impl Connection {
 /// printed to a terminal.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{} ({:?})", super::output::escape_control(status.message()), status.code())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_with_a_scheme_other_than_unix_or_https_is_refused_with_the_form() {
+        let args = |endpoint: &str| ConnectionArgs {
+            endpoints: vec![endpoint.to_string()],
+            ca: None,
+            cert: None,
+            key: None,
+        };
+        let refused = Connection::new(&args("http://127.0.0.1:7101")).err().expect("refused");
+        let text = refused.to_string();
+        assert!(text.contains("write host:port"), "{text}");
+        assert!(Connection::new(&args("unix:///var/lib/federator/admin.sock")).is_ok());
+        assert!(Connection::new(&args("127.0.0.1:7101")).is_ok());
+        assert!(Connection::new(&args("https://127.0.0.1:7101")).is_ok());
+    }
 }

@@ -97,6 +97,44 @@ fn push_escaped(out: &mut String, c: char) {
     }
 }
 
+/// An error and its causes on one line, each said once: tonic, hyper and rustls repeat
+/// their source's text in their own, which `{:#}` would print two or three times. A
+/// cause whose text an earlier one already holds is left out. Known causes get the next
+/// step appended.
+#[must_use]
+pub fn error_chain(error: &anyhow::Error) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if !text.is_empty() && !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+    }
+    let mut text = parts.join(": ");
+    if let Some(hint) = hint_for(&text).filter(|hint| !text.contains(hint)) {
+        text.push_str(" — ");
+        text.push_str(hint);
+    }
+    text
+}
+
+/// The next step for a failure the CLI meets often.
+fn hint_for(text: &str) -> Option<&'static str> {
+    if text.contains("UnknownIssuer") {
+        Some(
+            "the replica's certificate does not chain to --ca (FEDERATOR_CA): give the \
+             federation's CA (ca.pem of `federator certs init`)",
+        )
+    } else if text.contains("Connection refused") {
+        Some(
+            "nothing listens there: is the replica running, and is this its API address \
+             (listen.api in its server.toml)?",
+        )
+    } else {
+        None
+    }
+}
+
 /// Unix seconds as an RFC 3339 UTC time (the number itself when out of range).
 #[must_use]
 pub fn unix_time(unix: i64) -> String {
@@ -249,6 +287,38 @@ mod tests {
     use super::*;
 
     const HOSTILE: &str = "\n\x1b]0;pwned\x07\x1b[1A";
+
+    #[test]
+    fn an_error_chain_says_each_cause_once_and_the_next_step() {
+        #[derive(Debug)]
+        struct Cause(&'static str, Option<Box<Cause>>);
+        impl std::fmt::Display for Cause {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Cause {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                self.1.as_deref().map(|c| c as &(dyn std::error::Error + 'static))
+            }
+        }
+        // As tonic and hyper nest them: each repeats its source in its own text.
+        let inner = Cause("Connection refused (os error 111)", None);
+        let middle =
+            Cause("TCP connect failed: Connection refused (os error 111)", Some(Box::new(inner)));
+        let error = anyhow::Error::new(Cause("transport error", Some(Box::new(middle))))
+            .context("cannot connect to 127.0.0.1:1");
+        let text = error_chain(&error);
+        assert_eq!(text.matches("Connection refused").count(), 1, "{text}");
+        assert!(
+            text.starts_with("cannot connect to 127.0.0.1:1: transport error: TCP connect failed"),
+            "{text}"
+        );
+        assert!(text.ends_with("(listen.api in its server.toml)?"), "{text}");
+        // Said once even when the text is wrapped again.
+        let again = error_chain(&anyhow::anyhow!("no replica answered: {text}"));
+        assert_eq!(again.matches("nothing listens there").count(), 1, "{again}");
+    }
 
     #[test]
     fn every_class_of_control_character_is_escaped() {
