@@ -238,7 +238,7 @@ mod tests {
             cert: None,
             key: None,
         };
-        let refused = Connection::new(&args("http://127.0.0.1:7101")).err().expect("refused");
+        let refused = Connection::new(&args("http://127.0.0.1:7101")).expect_err("refused");
         let text = refused.to_string();
         assert!(text.contains("write host:port"), "{text}");
         assert!(Connection::new(&args("unix:///var/lib/federator/admin.sock")).is_ok());
