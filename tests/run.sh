@@ -5,10 +5,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/local/setup.sh
-# SPIRE, the go-spiffe test client and promtool (built with Go once per machine, then
-# reused).
+# SPIRE, the go-spiffe test client, promtool and Helm (built with Go once per machine,
+# then reused).
 bash deploy/local/setup-spiffe.sh
 bash deploy/local/setup-promtool.sh
+bash deploy/local/setup-helm.sh
 
 step() { printf '\n== %s\n' "$*" >&2; }
 
@@ -40,12 +41,24 @@ step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p federator-raft --all-targets --features failpoints --locked -- -D warnings
 
-step "deployment files (Kubernetes schemas, chart values schemas)"
-# Through the interpreter setup.sh installed them for (its scripts may not be on PATH).
-python3 -m kubernetes_validate --strict --quiet deploy/kubernetes/*.yaml
+step "deployment files (helm lint and template, Kubernetes schemas, chart values schemas)"
+helm="$HOME/.cache/federator/helm/bin/helm"
+# deploy/kubernetes/ is each chart rendered with its defaults: never edited by hand.
+bash deploy/render.sh --check
+rendered="$(mktemp -d)"
 for chart in deploy/helm/*/; do
+  name="$(basename "$chart")"
+  # Through the interpreter setup.sh installed them for (its scripts may not be on PATH).
   python3 -m check_jsonschema --schemafile "$chart/values.schema.json" "$chart/values.yaml"
+  for values in "$chart"/ci/*.yaml; do
+    "$helm" lint --strict "$chart" -f "$values"
+    "$helm" template "$name" "$chart" --namespace federator -f "$values" \
+      > "$rendered/$name-$(basename "$values")"
+  done
+  "$helm" lint --strict "$chart"
 done
+python3 -m kubernetes_validate --strict --quiet deploy/kubernetes/*.yaml "$rendered"/*.yaml
+rm -rf "$rendered"
 
 step "build"
 cargo build --workspace --all-targets --locked

@@ -1,6 +1,8 @@
+// Helm, pinned: tests/run.sh lints and renders the charts with it (issue 28).
+// deploy/local/setup-helm.sh builds it with `go install tool`.
 module federator.test/helm
 
-go 1.26.8
+go 1.26.0
 
 tool helm.sh/helm/v4/cmd/helm
 
