@@ -47,6 +47,11 @@ pub struct Cli {
     #[arg(short = 'o', long = "output", global = true, value_enum, default_value_t = OutputFormat::Table)]
     output: OutputFormat,
 
+    /// Format of the logs on stderr: text (escaped, coloured only on a terminal) or json,
+    /// one object per line with the span fields (member cluster, trust domain).
+    #[arg(long, global = true, env = "LOG_FORMAT", value_enum, ignore_case = true, default_value_t = logging::LogFormat::Text)]
+    log_format: logging::LogFormat,
+
     #[command(subcommand)]
     command: Commands,
 }
@@ -183,7 +188,7 @@ enum Commands {
 #[must_use]
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing(matches!(cli.command, Commands::Server(_) | Commands::Agent(_)));
+    init_tracing(matches!(cli.command, Commands::Server(_) | Commands::Agent(_)), cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
@@ -225,7 +230,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Audit(args) => trust::run_audit(args, &cli.connection, out).await,
         Commands::Settings(args) => policy::run_settings(args, &cli.connection, out).await,
         Commands::Snapshot(command) => snapshot::run(command, &cli.connection, out).await,
-        Commands::Certs(command) => certs::run(command, out),
+        Commands::Certs(command) => certs::run(command, cli.connection.ca.as_deref(), out),
         Commands::Probe(command) => probe::run(command, &cli.connection, out).await,
         Commands::Completion { shell } => {
             use clap::CommandFactory as _;
@@ -241,11 +246,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// Logs go to stderr; `LOG_FORMAT=json` makes them machine-readable, `RUST_LOG` filters
-/// them (default: `info` for the server, `warn` for other commands). Text lines have
-/// every value escaped and are coloured only on a terminal (see [`logging`]).
-fn init_tracing(server: bool) {
-    logging::init(server);
+/// Logs go to stderr; `--log-format json` (or `LOG_FORMAT=json`) makes them
+/// machine-readable, `RUST_LOG` filters them (default: `info` for the server, `warn` for
+/// other commands). Text lines have every value escaped and are coloured only on a
+/// terminal (see [`logging`]).
+fn init_tracing(server: bool, format: logging::LogFormat) {
+    logging::init(server, format);
 }
 
 /// Expands a leading `~/` in a user-supplied path.

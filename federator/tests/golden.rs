@@ -17,8 +17,8 @@ use federator::service::{
     ServicePort,
 };
 use federator::state::{
-    COMMAND_KINDS, Command, FederationState, PolicyUpdate, RefusalReport, UNGATED_COMMAND_KINDS,
-    required_version,
+    COMMAND_KINDS, Command, FederationState, PolicyUpdate, RefusalReport, RemovedDomain,
+    UNGATED_COMMAND_KINDS, required_version,
 };
 use federator_raft::StateMachine;
 
@@ -197,6 +197,15 @@ fn commands() -> Vec<(&'static str, Command)> {
                 now: NOW,
             },
         ),
+        (
+            "remove-member-serving-empty",
+            Command::RemoveMemberServingEmpty {
+                cluster: "cluster-a".into(),
+                actor: "admin".into(),
+                now: NOW,
+                serve_until: NOW + 7 * 86_400,
+            },
+        ),
     ]
 }
 
@@ -308,6 +317,30 @@ fn the_snapshot_fixture_installs_and_encodes_back_to_itself() {
     assert_eq!(restored.snapshot(), golden, "an installed snapshot encodes back to itself");
     assert_eq!(current, golden, "this build writes the snapshot format of the fixture");
     assert_eq!(restored.digest(), state().digest());
+}
+
+#[test]
+fn the_format_5_snapshot_fixture_installs_and_encodes_back_to_itself() {
+    // Format 5 is written only with a removed trust domain served empty.
+    let mut state = state();
+    state.removed.insert(
+        "b.example".into(),
+        RemovedDomain {
+            trust_domain: "b.example".into(),
+            cluster: "cluster-b".into(),
+            sequence: 4,
+            removed_at: NOW,
+            serve_until: NOW + 7 * 86_400,
+        },
+    );
+    let current = state.snapshot();
+    assert_eq!(current.first(), Some(&5));
+    let golden = fixture("snapshot-format-5.bin", &current);
+    let mut restored = FederationState::default();
+    restored.restore(&golden).expect("the snapshot fixture installs");
+    assert_eq!(restored.snapshot(), golden, "an installed snapshot encodes back to itself");
+    assert_eq!(current, golden, "this build writes the snapshot format of the fixture");
+    assert_eq!(restored.removed, state.removed);
 }
 
 #[test]

@@ -545,3 +545,53 @@ async fn admin_calls_without_the_admin_identity_are_refused() -> anyhow::Result<
     assert_eq!(list.as_array().map(Vec::len), Some(1));
     Ok(())
 }
+
+/// A member set up by hand without SPIRE, the way the docs describe: `federator certs
+/// member` writes its own CA, its agent's SVID and an agent.toml; `token create` gives the
+/// join token; the agent joins with them and holds a live lease.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_set_up_with_certs_member_joins() -> anyhow::Result<()> {
+    let fed = Federation::formed(3, "").await?;
+    let dir = fed.dir().join("cluster-x");
+    let dir_arg = dir.to_str().ok_or_else(|| anyhow::anyhow!("a utf-8 path"))?;
+    let made = fed.cli(
+        &[],
+        &["certs", "member", dir_arg, "--cluster", "cluster-x", "--trust-domain", "x.example"],
+    )?;
+    let said = String::from_utf8_lossy(&made.stderr);
+    assert!(made.status.success(), "{said}");
+    assert!(said.contains("next: federator token create --cluster cluster-x"), "{said}");
+    let again = fed.cli(
+        &[],
+        &["certs", "member", dir_arg, "--cluster", "cluster-x", "--trust-domain", "x.example"],
+    )?;
+    assert!(!again.status.success(), "an existing CA is not replaced without --force");
+    let token = fed.cli_ok(
+        &[],
+        &["token", "create", "--cluster", "cluster-x", "--trust-domain", "x.example"],
+    )?;
+    std::fs::write(dir.join("join-token"), token.trim())?;
+    let log = std::fs::File::create(dir.join("agent.log"))?;
+    let mut agent = std::process::Command::new(federator_tests::federator_bin())
+        .args(["agent", "--config"])
+        .arg(dir.join("agent.toml"))
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()?;
+    let joined =
+        eventually("cluster-x to join with a live lease", Duration::from_secs(30), || async {
+            let list = fed.cli_json(&["cluster", "list"]).ok()?;
+            let x = list.as_array()?.iter().find(|c| c["name"] == "cluster-x")?.clone();
+            (x["lease"]["state"] == "live").then_some(x)
+        })
+        .await;
+    let _ = agent.kill();
+    let _ = agent.wait();
+    let joined = joined.map_err(|e| {
+        e.context(std::fs::read_to_string(dir.join("agent.log")).unwrap_or_default())
+    })?;
+    assert_eq!(joined["trust_domain"], "x.example", "{joined}");
+    assert_eq!(joined["agent_id"], "spiffe://x.example/federator-agent", "{joined}");
+    Ok(())
+}

@@ -240,6 +240,14 @@ pub async fn run(
         .map(|m| m.trust_domain.clone())
         .or_else(|| token.as_ref().map(|t| t.trust_domain.clone()))
         .unwrap_or_default();
+    // Every line the session loop logs names the member (a federation of many clusters
+    // is read from many agents' logs at once).
+    let cluster_name = membership
+        .as_ref()
+        .map(|m| m.cluster.clone())
+        .or_else(|| token.as_ref().map(|t| t.cluster.clone()))
+        .unwrap_or_default();
+    let span = tracing::info_span!("agent", cluster = %cluster_name, trust_domain = %trust_domain);
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = move || {
@@ -362,7 +370,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
-        result = agent.run_sessions(bundle_rx, exports_rx) => result,
+        result = tracing::Instrument::instrument(agent.run_sessions(bundle_rx, exports_rx), span) => result,
     };
     let _ = stop_tx.send(true);
     agent.status.connected_replica = None;

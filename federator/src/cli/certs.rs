@@ -63,6 +63,43 @@ pub enum CertsCommand {
         #[arg(long, default_value_t = 365)]
         days: u64,
     },
+    /// Set up a member cluster that has no SPIFFE issuer of its own (no SPIRE): its own CA
+    /// and trust domain, its agent's SVID and an agent.toml that uses them, in DIR.
+    ///
+    /// Writes ca.pem and ca.key (the cluster's CA: keep the key offline once workloads'
+    /// certificates are issued), bundle.pem (the bundle the agent publishes), agent.pem
+    /// and agent.key (an X.509-SVID for spiffe://TD/federator-agent, signed by that CA),
+    /// federation-ca.pem (a copy of --ca, the federation's CA, when given) and agent.toml.
+    /// Then:
+    ///
+    ///   federator token create --cluster NAME --trust-domain TD > DIR/join-token
+    ///   federator agent --config DIR/agent.toml
+    ///
+    /// With SPIRE, skip this: the agent takes its SVID and bundle from the SPIRE agent's
+    /// Workload API (see the README, "Federator with SPIRE").
+    Member {
+        /// Directory to write into (created if missing).
+        dir: PathBuf,
+        /// The cluster's name in the federation (a DNS label).
+        #[arg(long)]
+        cluster: String,
+        /// The cluster's own SPIFFE trust domain.
+        #[arg(long)]
+        trust_domain: String,
+        /// Validity of the CA and the agent's SVID, in days.
+        #[arg(long, default_value_t = 365)]
+        days: u64,
+        /// Replace a CA already in DIR.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// The SPIFFE ID `certs member` gives a member's agent (any ID of its trust domain
+/// works; this is the one the docs and `federator dev` use).
+#[must_use]
+pub fn member_agent_spiffe_id(trust_domain: &str) -> String {
+    format!("spiffe://{trust_domain}/federator-agent")
 }
 
 #[derive(Serialize)]
@@ -72,9 +109,16 @@ struct Written {
     key: PathBuf,
 }
 
-/// Runs a `certs` subcommand.
-pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode> {
+/// Runs a `certs` subcommand; `federation_ca` is the connection's `--ca`, if any.
+pub fn run(
+    command: CertsCommand,
+    federation_ca: Option<&Path>,
+    out: OutputFormat,
+) -> anyhow::Result<ExitCode> {
     let written = match command {
+        CertsCommand::Member { dir, cluster, trust_domain, days, force } => {
+            member(&dir, &cluster, &trust_domain, days, force, federation_ca)?
+        }
         CertsCommand::Init { dir, trust_domain, replicas, ips, dns, days, force } => {
             validate_trust_domain(&trust_domain)?;
             if replicas == 0 {
@@ -138,6 +182,71 @@ pub fn run(command: CertsCommand, out: OutputFormat) -> anyhow::Result<ExitCode>
         println!("{t}");
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `certs member`: the member's CA, bundle, agent SVID and agent.toml in `dir`.
+fn member(
+    dir: &Path,
+    cluster: &str,
+    trust_domain: &str,
+    days: u64,
+    force: bool,
+    federation_ca: Option<&Path>,
+) -> anyhow::Result<Vec<Written>> {
+    validate_trust_domain(trust_domain)?;
+    crate::token::validate_cluster_name(cluster).map_err(|e| anyhow::anyhow!("--cluster: {e}"))?;
+    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    if dir.join("ca.key").exists() && !force {
+        bail!("{} already holds a CA (ca.key); pass --force to replace it", dir.display());
+    }
+    let validity = days_to_duration(days);
+    let ca = FederationCa::generate(trust_domain, &format!("{cluster} CA"), validity)?;
+    write_private(&dir.join("ca.key"), &ca.key_pem())?;
+    std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+    std::fs::write(dir.join("bundle.pem"), ca.cert_pem())?;
+    let agent_id = member_agent_spiffe_id(trust_domain);
+    let issued = ca.issue(&agent_id, &[], &[], validity)?;
+    let agent = save(dir, "agent", &agent_id, &issued)?;
+    let federation_ca_path = dir.join("federation-ca.pem");
+    if let Some(source) = federation_ca {
+        std::fs::copy(source, &federation_ca_path)
+            .with_context(|| format!("copy the federation's CA {}", source.display()))?;
+    }
+    let d = dir.display();
+    let config = format!(
+        "# Written by `federator certs member`: the agent of {cluster} ({trust_domain}).\n\
+         # Join token (single use): federator token create --cluster {cluster} \
+         --trust-domain {trust_domain} > {d}/join-token\n\
+         state_dir = \"{d}/state\"\n\
+         token_file = \"{d}/join-token\"\n\
+         # The federation's CA, which the replicas' certificates chain to.\n\
+         federation_ca = \"{ca}\"\n\n\
+         [svid]\ncert = \"{d}/agent.pem\"\nkey = \"{d}/agent.key\"\n\n\
+         [bundle]\nkind = \"file\"\npath = \"{d}/bundle.pem\"\nformat = \"pem\"\n\n\
+         [sinks.files]\ndir = \"{d}/out\"\n",
+        ca = federation_ca_path.display(),
+    );
+    let config_path = dir.join("agent.toml");
+    std::fs::write(&config_path, config)
+        .with_context(|| format!("write {}", config_path.display()))?;
+    if federation_ca.is_none() {
+        super::output::eprint_line(format_args!(
+            "no --ca (FEDERATOR_CA) given: put the federation's CA at {} before starting the agent",
+            federation_ca_path.display()
+        ));
+    }
+    super::output::eprint_line(format_args!(
+        "next: federator token create --cluster {cluster} --trust-domain {trust_domain} > {d}/join-token\n      federator agent --config {}",
+        config_path.display()
+    ));
+    Ok(vec![
+        Written {
+            spiffe_id: format!("spiffe://{trust_domain}"),
+            cert: dir.join("ca.pem"),
+            key: dir.join("ca.key"),
+        },
+        agent,
+    ])
 }
 
 fn days_to_duration(days: u64) -> Duration {

@@ -1,4 +1,5 @@
-//! The logs' set-up: text lines on stderr (JSON with `LOG_FORMAT=json`), whose every
+//! The logs' set-up: text lines on stderr (JSON with `--log-format json` or
+//! `LOG_FORMAT=json`), whose every
 //! value is escaped, coloured only on a terminal.
 //!
 //! A log line quotes what members and clients sent (a refused namespace, a cluster name,
@@ -20,14 +21,22 @@ use tracing_subscriber::util::SubscriberInitExt as _;
 
 use super::output::escape_control;
 
-/// Installs the global subscriber: logs go to stderr; `LOG_FORMAT=json` makes them
-/// machine-readable, `RUST_LOG` filters them (default: `info` for the server, `warn`
-/// for other commands). Text lines carry ANSI colour only when stderr is a terminal and
-/// `NO_COLOR` is unset or empty.
-pub(super) fn init(server: bool) {
+/// The logs' format (`--log-format`, `LOG_FORMAT`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Text lines, every value escaped, coloured only on a terminal.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Installs the global subscriber: logs go to stderr in `format`; `RUST_LOG` filters
+/// them (default: `info` for the server, `warn` for other commands). Text lines carry
+/// ANSI colour only when stderr is a terminal and `NO_COLOR` is unset or empty.
+pub(super) fn init(server: bool, format: LogFormat) {
     let default = if server { "info,openraft=warn" } else { "warn" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    if std::env::var("LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json")) {
+    if format == LogFormat::Json {
         tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)

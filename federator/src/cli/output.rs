@@ -9,7 +9,7 @@
 use std::borrow::Cow;
 use std::fmt::{self, Write as _};
 
-use comfy_table::{ContentArrangement, presets::UTF8_BORDERS_ONLY};
+use comfy_table::{ContentArrangement, presets::NOTHING};
 use serde::Serialize;
 
 /// Output format of reads.
@@ -213,7 +213,15 @@ impl Table {
 
 impl fmt::Display for Table {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        // Cells are padded to their column's width: no line ends in spaces.
+        let text = self.0.to_string();
+        for (i, line) in text.lines().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            f.write_str(line.trim_end())?;
+        }
+        Ok(())
     }
 }
 
@@ -271,12 +279,17 @@ impl PartialEq<&str> for Cell {
 /// A bare table with the project's style and the given header: its cells are NOT
 /// escaped ([`Table::new`] wraps it and escapes them).
 #[must_use]
+/// kubectl's style: no borders, columns three spaces apart, values never wrapped (a
+/// narrow terminal wraps whole lines, and `grep`/`awk` see one row per line).
 fn table(header: &[&str]) -> comfy_table::Table {
     let mut table = comfy_table::Table::new();
     table
-        .load_preset(UTF8_BORDERS_ONLY)
-        .set_content_arrangement(ContentArrangement::Dynamic)
+        .load_preset(NOTHING)
+        .set_content_arrangement(ContentArrangement::Disabled)
         .set_header(header.iter().map(|h| escape_control(h).into_owned()));
+    for column in table.column_iter_mut() {
+        column.set_padding((0, 3));
+    }
     table
 }
 
@@ -410,12 +423,20 @@ mod tests {
         t.add_row(vec![format!("ns{HOSTILE}"), String::from("\u{9b}31m")]);
         t.add_row([Cell::lines(["spiffe://a/x", HOSTILE]), Cell::from(&String::from("ok"))]);
         let rendered = t.to_string();
-        // Borders, header, separator, one line per row plus the second line of the last.
-        assert_clean_table(&rendered, 4 + 3 + 1);
+        // The header, one line per row plus the second line of the last.
+        assert_clean_table(&rendered, 1 + 3 + 1);
         assert!(rendered.contains(r"\n\x1b]0;pwned\x07\x1b[1A"), "{rendered}");
         assert!(rendered.contains(r"\u{9b}31m"), "{rendered}");
         assert_eq!(Cell::from(HOSTILE), r"\n\x1b]0;pwned\x07\x1b[1A");
         assert_eq!(Cell::lines(["a", "b\r"]), "a\nb\\r");
+    }
+
+    #[test]
+    fn tables_are_aligned_columns_without_borders_or_trailing_spaces() {
+        let mut t = Table::new(&["NAME", "STATE"]);
+        t.add_row(["cluster-a", "live"]);
+        t.add_row(["b", "expired"]);
+        assert_eq!(t.to_string(), "NAME        STATE\ncluster-a   live\nb           expired");
     }
 
     #[test]

@@ -935,8 +935,8 @@ mod tests {
             assert!(text.contains(r"\n\x1b]0;pwned\x07\x1b[1A"), "{text}");
         }
         // Two exports, the first with two identities one a line.
-        assert_eq!(exports.lines().count(), 4 + 3, "{exports}");
-        assert_eq!(services.lines().count(), 5, "{services}");
+        assert_eq!(exports.lines().count(), 1 + 3, "{exports}");
+        assert_eq!(services.lines().count(), 2, "{services}");
     }
 
     #[test]

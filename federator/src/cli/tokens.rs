@@ -112,9 +112,13 @@ pub async fn run_token(
     print(out, &view, |v| {
         output::print_line(&v.token);
         output::eprint_line(format_args!(
-            "single-use token {} for cluster {} ({}), valid until {} (unix); give it to that \
+            "single-use token {} for cluster {} ({}), valid until {}; give it to that \
              cluster's agent (`federator token revoke {}` takes it back)",
-            v.id, v.cluster, v.trust_domain, v.expires_at, v.id
+            v.id,
+            v.cluster,
+            v.trust_domain,
+            output::unix_time(v.expires_at),
+            v.id
         ));
     })?;
     Ok(ExitCode::SUCCESS)
