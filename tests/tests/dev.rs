@@ -115,6 +115,20 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
         clusters.as_array().into_iter().flatten().filter_map(|c| c["name"].as_str()).collect();
     assert_eq!(names, ["cluster-a", "cluster-b"], "{clusters}");
 
+    // Each dev agent serves its metrics and readiness.
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(
+        dev.dir.path().join("clusters/cluster-a/cluster.json"),
+    )?)?;
+    let agent_metrics = format!("127.0.0.1:{}", saved["metrics_port"]);
+    let ready = eventually("cluster-a's agent to be ready", WAIT, || async {
+        federator_chaos::cluster::http_get(&agent_metrics, "/readyz", None)
+            .await
+            .ok()
+            .filter(|a| a.status == 200)
+    })
+    .await?;
+    assert_eq!(ready.body, "ready\n");
+
     // The printed "try next" works literally: in a clean shell, sourcing the env file is
     // all `federator status` needs.
     let env_file = dev.dir.path().join("env");

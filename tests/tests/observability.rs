@@ -3,7 +3,7 @@
 //! `deploy/local/setup-promtool.sh`), is OpenMetrics when asked for it, and carries the
 //! `process_*` metrics; `/healthz` answers while the process serves; `/readyz` is 200 on
 //! a replica with a leader and an agent with a session, and 503 with the reason once
-//! quorum is lost.
+//! quorum is lost; replicas carry per-member lease, CA-expiry and acknowledgement gauges.
 
 use std::time::Duration;
 
@@ -67,6 +67,22 @@ async fn metrics_lint_clean_and_health_and_readiness_answer_over_plain_http() ->
     .await?;
     check_endpoint("replica 1", &replica_addr).await?;
     check_endpoint("the agent", &agent_addr).await?;
+    // Per-member gauges on the replicas: the lease, the CA's expiry, who has not applied
+    // the member's newest bundle (no other member here).
+    let member = "{cluster=\"cluster-a\",trust_domain=\"a.example\"}";
+    let metrics = eventually("replica 1's member gauges", WAIT, || async {
+        let text = http_get(&replica_addr, "/metrics", None).await.ok()?.body;
+        text.contains(&format!("federator_member_lease_live{member} 1")).then_some(text)
+    })
+    .await?;
+    assert!(
+        metrics.contains(&format!("federator_member_ca_expiry_timestamp_seconds{member} ")),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(&format!("federator_member_bundle_unacknowledged{member} 0")),
+        "{metrics}"
+    );
 
     // Quorum lost: replica 1 knows no leader and says so; it stays alive.
     fed.kill(2);

@@ -617,6 +617,10 @@ fn render(
                     format!("rotate {}'s CA", first.name),
                 ));
                 tips.push((
+                    format!("curl -s 127.0.0.1:{}/metrics", first.metrics_port),
+                    format!("{}'s agent metrics (and /readyz)", first.name),
+                ));
+                tips.push((
                     "federator cluster list".into(),
                     "members, leases, bundle rotations".into(),
                 ));

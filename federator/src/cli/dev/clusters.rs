@@ -37,6 +37,9 @@ struct Saved {
     region: String,
     echo_port: u16,
     xds_port: u16,
+    /// The agent's metrics and health listener (0 in state from before it had one).
+    #[serde(default)]
+    metrics_port: u16,
 }
 
 /// Where a CA rotation stands.
@@ -60,6 +63,8 @@ pub(super) struct DevCluster {
     pub echo_port: u16,
     /// Port of its agent's Envoy xDS server.
     pub xds_port: u16,
+    /// Its agent's metrics and health listener port.
+    pub metrics_port: u16,
     /// The agent process.
     pub child: Option<Child>,
     /// When the agent died.
@@ -84,14 +89,20 @@ impl DevCluster {
         std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         let saved_path = dir.join("cluster.json");
         let saved: Saved = if saved_path.exists() {
-            serde_json::from_slice(&std::fs::read(&saved_path)?)
-                .with_context(|| format!("{} does not parse", saved_path.display()))?
+            let mut saved: Saved = serde_json::from_slice(&std::fs::read(&saved_path)?)
+                .with_context(|| format!("{} does not parse", saved_path.display()))?;
+            if saved.metrics_port == 0 {
+                saved.metrics_port = crate::config::free_local_port()?;
+                std::fs::write(&saved_path, serde_json::to_vec_pretty(&saved)?)?;
+            }
+            saved
         } else {
             let saved = Saved {
                 trust_domain: format!("{name}.federator.test"),
                 region: format!("region-{}", index % 2 + 1),
                 echo_port: crate::config::free_local_port()?,
                 xds_port: crate::config::free_local_port()?,
+                metrics_port: crate::config::free_local_port()?,
             };
             std::fs::write(&saved_path, serde_json::to_vec_pretty(&saved)?)?;
             saved
@@ -102,6 +113,7 @@ impl DevCluster {
             dir,
             echo_port: saved.echo_port,
             xds_port: saved.xds_port,
+            metrics_port: saved.metrics_port,
             child: None,
             died_at: None,
             rotation: Rotation::Idle,
@@ -182,7 +194,8 @@ impl DevCluster {
             "# Written by `federator dev`: the agent of {name} ({td}).\n\
              state_dir = \"{d}/state\"\n\
              token_file = \"{d}/join-token\"\n\
-             federation_ca = \"{ca}\"\n\n\
+             federation_ca = \"{ca}\"\n\
+             listen_metrics = \"127.0.0.1:{metrics}\"\n\n\
              [svid]\ncert = \"{d}/agent.pem\"\nkey = \"{d}/agent.key\"\n\n\
              [bundle]\nkind = \"file\"\npath = \"{d}/bundle.pem\"\nformat = \"pem\"\n\n\
              [exports]\nfile = \"{d}/exports.json\"\n\n\
@@ -195,6 +208,7 @@ impl DevCluster {
             ttl = LEASE_TTL,
             region = saved.region,
             xds = saved.xds_port,
+            metrics = saved.metrics_port,
         );
         std::fs::write(self.dir.join("agent.toml"), config)?;
         Ok(())
