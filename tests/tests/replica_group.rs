@@ -49,6 +49,9 @@ async fn three_replicas_form_a_group_from_nothing_through_the_cli() -> anyhow::R
     assert!(table.contains("leader") && table.contains("follower"), "{table}");
     let yaml = fed.cli_ok(&[], &["raft", "status", "-o", "yaml"])?;
     assert!(yaml.contains("quorum: true"), "{yaml}");
+    let wide = fed.cli_ok(&[], &["status", "-o", "wide"])?;
+    assert!(wide.contains("DIGEST@INDEX"), "-o wide adds the raft columns: {wide}");
+    assert!(!fed.cli_ok(&[], &["status"])?.contains("DIGEST@INDEX"));
 
     let metrics = fed.metrics(leader).await?;
     for name in [

@@ -139,7 +139,7 @@ pub async fn run(
         let report = check_once(&args, connection_args).await;
         match deadline {
             Some(deadline) if !report.ok && tokio::time::Instant::now() < deadline => {
-                if out == OutputFormat::Table {
+                if matches!(out, OutputFormat::Table | OutputFormat::Wide) {
                     let failing: Vec<&str> = report
                         .checks
                         .iter()

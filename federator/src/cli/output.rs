@@ -18,6 +18,9 @@ pub enum OutputFormat {
     /// A human-readable table.
     #[default]
     Table,
+    /// The table with more columns where there are more to show (`status`: snapshot,
+    /// purged index, state digest).
+    Wide,
     /// JSON, for scripts.
     Json,
     /// YAML.
@@ -33,7 +36,7 @@ pub fn print<T: Serialize>(
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
         OutputFormat::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
-        OutputFormat::Table => table(value),
+        OutputFormat::Table | OutputFormat::Wide => table(value),
     }
     Ok(())
 }

@@ -118,7 +118,7 @@ pub async fn run(
     out: OutputFormat,
 ) -> anyhow::Result<ExitCode> {
     let connection = Connection::new(args)?;
-    print_replicas(&connection, out, false).await
+    print_replicas(&connection, out, out == OutputFormat::Wide).await
 }
 
 /// Collects every replica's status, starting from the first endpoint that answers.

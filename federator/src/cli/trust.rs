@@ -360,7 +360,7 @@ pub async fn run_bundle(
                 .map_err(status_error)?
                 .into_inner();
             match out {
-                OutputFormat::Table => {
+                OutputFormat::Table | OutputFormat::Wide => {
                     println!("{}", output::escape_control_keep_newlines(r.document.trim_end()));
                 }
                 _ => {
