@@ -234,8 +234,10 @@ pub async fn run(
                 if serving.load(std::sync::atomic::Ordering::Relaxed) {
                     Ok(())
                 } else {
-                    Err("no leader known, too far behind it, or stopping (`federator status`)"
-                        .into())
+                    Err(metrics_http::NotReady(
+                        "no leader known, too far behind it, or stopping (`federator status`)"
+                            .into(),
+                    ))
                 }
             });
             Some(tokio::spawn(metrics_http::serve(

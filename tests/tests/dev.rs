@@ -54,6 +54,18 @@ impl Dev {
         status["pid"].as_u64().and_then(|p| u32::try_from(p).ok())
     }
 
+    /// Waits at most 30 s for dev to exit; `what` names the wait in the error.
+    async fn wait_exit(&mut self, what: &str) -> anyhow::Result<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status);
+            }
+            anyhow::ensure!(std::time::Instant::now() < deadline, "{what}: {}", self.output());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     fn output(&self) -> String {
         let out = std::fs::read_to_string(self.dir.path().join("dev.out")).unwrap_or_default();
         let err = std::fs::read_to_string(self.dir.path().join("dev.err")).unwrap_or_default();
@@ -260,17 +272,7 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
     );
     assert_eq!(pids.len(), 5, "{pids:?}");
     Command::new("kill").args(["-TERM", &dev.child.id().to_string()]).status()?;
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let exited = loop {
-        if let Some(status) = dev.child.try_wait()? {
-            break status;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "dev did not exit within 30s of SIGTERM"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exited = dev.wait_exit("dev did not exit within 30s of SIGTERM").await?;
     assert!(exited.success(), "{exited}");
     for pid in pids {
         assert!(!alive(pid), "process {pid} outlived dev");
@@ -310,18 +312,7 @@ async fn dev_stops_quietly_when_its_reader_goes() -> anyhow::Result<()> {
     }
     drop(lines);
     let mut dev = Dev { child, dir };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let exited = loop {
-        if let Some(status) = dev.child.try_wait()? {
-            break status;
-        }
-        anyhow::ensure!(
-            std::time::Instant::now() < deadline,
-            "dev kept running after its reader went: {}",
-            dev.output()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exited = dev.wait_exit("dev kept running after its reader went").await?;
     let err = std::fs::read_to_string(dev.dir.path().join("dev.err"))?;
     assert!(exited.success(), "{exited}: {err}");
     assert!(!err.contains("panicked"), "{err}");

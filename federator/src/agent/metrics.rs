@@ -176,9 +176,11 @@ impl AgentMetrics {
             if connected.get() == 1 {
                 Ok(())
             } else {
-                Err("no session with a replica: serving the last applied view \
+                Err(crate::server::metrics_http::NotReady(
+                    "no session with a replica: serving the last applied view \
                      (`federator agent status`)"
-                    .into())
+                        .into(),
+                ))
             }
         })
     }

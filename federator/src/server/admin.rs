@@ -254,6 +254,11 @@ pub fn replica_status(error: ReplicaError) -> Status {
     }
 }
 
+/// What an applied command's encoded `response` says, refusals as gRPC statuses.
+fn applied(response: &[u8]) -> Result<Applied, Status> {
+    command_result(response).map_err(command_status)?.map_err(command_status)
+}
+
 /// Maps a state-machine refusal to the gRPC status the caller sees.
 pub fn command_status(error: CommandError) -> Status {
     let message = error.to_string();
@@ -680,13 +685,7 @@ impl Admin for AdminService {
                 let plain = Command::RemoveMember { cluster, actor: "admin".into(), now };
                 (self.propose(plain).await?, 0)
             }
-            written => {
-                let outcome = written.map_err(replica_status)?;
-                let applied = command_result(&outcome.response)
-                    .map_err(command_status)?
-                    .map_err(command_status)?;
-                (applied, serve_until)
-            }
+            written => (applied(&written.map_err(replica_status)?.response)?, serve_until),
         };
         let revision = match applied {
             Applied::Revision { revision } => revision,
@@ -931,7 +930,7 @@ fn bundle_status(s: &FederationState, td: &str) -> Option<pb::BundleStatusRespon
 impl AdminService {
     async fn propose(&self, command: Command) -> Result<Applied, Status> {
         let outcome = self.replica.write(command.encode()).await.map_err(replica_status)?;
-        command_result(&outcome.response).map_err(command_status)?.map_err(command_status)
+        applied(&outcome.response)
     }
 
     fn membership_response(&self, log_index: u64) -> pb::MembershipResponse {

@@ -42,8 +42,13 @@ pub fn register_build_info(registry: &mut Registry, replica: u64) {
     registry.register("federator_build_info", "Build of this federator replica", family);
 }
 
+/// Why a process is not ready, as `/readyz` says it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotReady(pub String);
+
 /// Whether the process is ready, and if not why: asked on each `GET /readyz`.
-pub type Readiness = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+pub type Readiness = Arc<dyn Fn() -> Result<(), NotReady> + Send + Sync>;
 
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";

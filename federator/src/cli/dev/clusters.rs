@@ -155,7 +155,7 @@ impl DevCluster {
 
     /// Issues the agent's SVID from `ca` (the agent reloads the files).
     fn issue_agent_svid(&self, ca: &FederationCa) -> anyhow::Result<()> {
-        let id = format!("spiffe://{}/federator-agent", self.trust_domain);
+        let id = super::super::certs::member_agent_spiffe_id(&self.trust_domain);
         let svid = ca.issue(&id, &[], &[], VALIDITY)?;
         // Key first: the agent reloads when the certificate changes.
         write_secret(&self.dir.join("agent.key.tmp"), &svid.key_pem)?;
