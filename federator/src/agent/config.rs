@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::sinks::xds::MeshSettings;
+use super::sinks::xds::mesh::{CertificateSource, EgressSettings};
 use super::sources::bundle::BundleSourceConfig;
 use super::sources::workload_api::{ENDPOINT_SOCKET_ENV, FIRST_SVID_TIMEOUT, WorkloadApiAddress};
 use crate::config::ConfigError;
@@ -197,8 +199,221 @@ pub struct EtcdSinkFile {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XdsSinkFile {
-    /// Address of the SDS/EDS gRPC server (keep it on loopback).
+    /// Address of the xDS gRPC server (keep it on loopback).
     pub listen: SocketAddr,
+    /// Clusters for the imported services (CDS); without this table only SDS and EDS
+    /// are served.
+    pub clusters: Option<XdsClustersFile>,
+    /// An egress listener routing to those clusters by hostname (LDS, RDS).
+    pub egress: Option<XdsEgressFile>,
+}
+
+/// `[sinks.xds.clusters]`: what every imported service's cluster is made of.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsClustersFile {
+    /// Name of the SDS secret of the SVID Envoy presents upstream.
+    pub certificate_secret: String,
+    /// The bootstrap cluster of the SDS server that serves it (e.g. the SPIRE agent's).
+    pub certificate_sds_cluster: Option<String>,
+    /// Or a file-based SDS document that holds it.
+    pub certificate_sds_file: Option<PathBuf>,
+    /// Bound of a connection attempt, milliseconds (default 1000).
+    pub connect_timeout_ms: Option<u64>,
+    /// Consecutive failures that eject a host (default 3).
+    pub outlier_consecutive_failures: Option<u32>,
+    /// Outlier detection interval, milliseconds (default 1000).
+    pub outlier_interval_ms: Option<u64>,
+    /// First ejection time, milliseconds (default 10000).
+    pub outlier_base_ejection_ms: Option<u64>,
+    /// Largest share of hosts ejected at once, percent (default 100).
+    pub outlier_max_ejection_percent: Option<u32>,
+    /// Circuit breaker: connections (default 1024).
+    pub max_connections: Option<u32>,
+    /// Circuit breaker: pending requests (default 1024).
+    pub max_pending_requests: Option<u32>,
+    /// Circuit breaker: requests in flight (default 1024).
+    pub max_requests: Option<u32>,
+    /// Circuit breaker: retries in flight (default 64).
+    pub max_retries: Option<u32>,
+}
+
+/// `[sinks.xds.egress]`: the listener Envoy serves imported services on.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct XdsEgressFile {
+    /// Address of the plain-HTTP listener (e.g. `127.0.0.1:15001`).
+    pub listen: SocketAddr,
+    /// Envoy `retry_on` conditions (default `connect-failure,refused-stream,reset`).
+    pub retry_on: Option<String>,
+    /// Retries of a request (default 3).
+    pub retries: Option<u32>,
+    /// Bound of one try, milliseconds (default 5000).
+    pub per_try_timeout_ms: Option<u64>,
+    /// Bound of a request with its retries, milliseconds (default 15000).
+    pub timeout_ms: Option<u64>,
+}
+
+impl XdsSinkFile {
+    /// The clusters, listener and routes to serve, checked: `None` without
+    /// `[sinks.xds.clusters]`.
+    ///
+    /// # Errors
+    /// A setting breaks a rule (named), or `[sinks.xds.egress]` is given without
+    /// `[sinks.xds.clusters]`.
+    pub fn mesh(&self) -> Result<Option<MeshSettings>, ConfigError> {
+        let invalid = |field, value: String, rule: &str| ConfigError::Invalid {
+            field,
+            value,
+            rule: rule.to_string(),
+        };
+        let Some(clusters) = &self.clusters else {
+            return match &self.egress {
+                Some(egress) => Err(invalid(
+                    "sinks.xds.egress",
+                    egress.listen.to_string(),
+                    "routes to the imported services' clusters: add [sinks.xds.clusters]",
+                )),
+                None => Ok(None),
+            };
+        };
+        if clusters.certificate_secret.is_empty() {
+            return Err(invalid(
+                "sinks.xds.clusters.certificate_secret",
+                String::new(),
+                "name the SDS secret of the SVID Envoy presents to imported services",
+            ));
+        }
+        let secret = clusters.certificate_secret.clone();
+        let certificate = match (&clusters.certificate_sds_cluster, &clusters.certificate_sds_file)
+        {
+            (Some(cluster), None) if !cluster.is_empty() => {
+                CertificateSource::Sds { cluster: cluster.clone(), secret }
+            }
+            (None, Some(path)) => CertificateSource::File { path: path.clone(), secret },
+            (cluster, file) => {
+                return Err(invalid(
+                    "sinks.xds.clusters.certificate_sds_cluster",
+                    format!("{cluster:?} / {file:?}"),
+                    "give exactly one of certificate_sds_cluster (a bootstrap cluster serving \
+                     SDS, e.g. the SPIRE agent's) and certificate_sds_file (a file-based SDS \
+                     document)",
+                ));
+            }
+        };
+        let millis = |field, value: Option<u64>, default: u64, bounds: (u64, u64)| {
+            let value = value.unwrap_or(default);
+            if (bounds.0..=bounds.1).contains(&value) {
+                Ok(Duration::from_millis(value))
+            } else {
+                Err(invalid(
+                    field,
+                    value.to_string(),
+                    &format!("must be {} to {} ms", bounds.0, bounds.1),
+                ))
+            }
+        };
+        let count = |field, value: Option<u32>, default: u32, bounds: (u32, u32)| {
+            let value = value.unwrap_or(default);
+            if (bounds.0..=bounds.1).contains(&value) {
+                Ok(value)
+            } else {
+                Err(invalid(
+                    field,
+                    value.to_string(),
+                    &format!("must be {} to {}", bounds.0, bounds.1),
+                ))
+            }
+        };
+        let mut mesh = MeshSettings::new(certificate);
+        let defaults = MeshSettings::new(mesh.certificate.clone());
+        mesh.connect_timeout = millis(
+            "sinks.xds.clusters.connect_timeout_ms",
+            clusters.connect_timeout_ms,
+            1000,
+            (10, 60_000),
+        )?;
+        mesh.outlier.consecutive_failures = count(
+            "sinks.xds.clusters.outlier_consecutive_failures",
+            clusters.outlier_consecutive_failures,
+            defaults.outlier.consecutive_failures,
+            (1, 1000),
+        )?;
+        mesh.outlier.interval = millis(
+            "sinks.xds.clusters.outlier_interval_ms",
+            clusters.outlier_interval_ms,
+            1000,
+            (10, 600_000),
+        )?;
+        mesh.outlier.base_ejection = millis(
+            "sinks.xds.clusters.outlier_base_ejection_ms",
+            clusters.outlier_base_ejection_ms,
+            10_000,
+            (10, 3_600_000),
+        )?;
+        mesh.outlier.max_ejection_percent = count(
+            "sinks.xds.clusters.outlier_max_ejection_percent",
+            clusters.outlier_max_ejection_percent,
+            defaults.outlier.max_ejection_percent,
+            (0, 100),
+        )?;
+        let limit = (1, 1_000_000);
+        mesh.circuit.max_connections = count(
+            "sinks.xds.clusters.max_connections",
+            clusters.max_connections,
+            defaults.circuit.max_connections,
+            limit,
+        )?;
+        mesh.circuit.max_pending_requests = count(
+            "sinks.xds.clusters.max_pending_requests",
+            clusters.max_pending_requests,
+            defaults.circuit.max_pending_requests,
+            limit,
+        )?;
+        mesh.circuit.max_requests = count(
+            "sinks.xds.clusters.max_requests",
+            clusters.max_requests,
+            defaults.circuit.max_requests,
+            limit,
+        )?;
+        mesh.circuit.max_retries = count(
+            "sinks.xds.clusters.max_retries",
+            clusters.max_retries,
+            defaults.circuit.max_retries,
+            limit,
+        )?;
+        if let Some(egress) = &self.egress {
+            let mut settings = EgressSettings::at(egress.listen);
+            if let Some(retry_on) = &egress.retry_on {
+                if retry_on.is_empty()
+                    || !retry_on.split(',').all(|c| {
+                        !c.is_empty()
+                            && c.bytes()
+                                .all(|b| b.is_ascii_lowercase() || b == b'-' || b.is_ascii_digit())
+                    })
+                {
+                    return Err(invalid(
+                        "sinks.xds.egress.retry_on",
+                        retry_on.clone(),
+                        "comma-separated Envoy retry conditions, e.g. connect-failure,refused-stream,reset",
+                    ));
+                }
+                settings.retry_on.clone_from(retry_on);
+            }
+            settings.retries =
+                count("sinks.xds.egress.retries", egress.retries, settings.retries, (0, 10))?;
+            settings.per_try_timeout = millis(
+                "sinks.xds.egress.per_try_timeout_ms",
+                egress.per_try_timeout_ms,
+                5000,
+                (10, 600_000),
+            )?;
+            settings.timeout =
+                millis("sinks.xds.egress.timeout_ms", egress.timeout_ms, 15_000, (10, 3_600_000))?;
+            mesh.egress = Some(settings);
+        }
+        Ok(Some(mesh))
+    }
 }
 
 impl AgentFile {
@@ -219,6 +434,9 @@ impl AgentFile {
         if let Some(files) = &mut self.sinks.files {
             fix(&mut files.dir);
         }
+        if let Some(clusters) = self.sinks.xds.as_mut().and_then(|x| x.clusters.as_mut()) {
+            clusters.certificate_sds_file.as_mut().map(fix);
+        }
     }
 }
 
@@ -235,6 +453,8 @@ pub struct AgentConfig {
     pub svid: SvidSource,
     /// `spiffe_refresh_hint` of served bundles that carry none, seconds.
     pub refresh_hint_secs: u64,
+    /// What the xDS sink serves beside SDS and EDS (`[sinks.xds.clusters]`, checked).
+    pub mesh: Option<MeshSettings>,
 }
 
 impl AgentConfig {
@@ -322,7 +542,12 @@ impl AgentConfig {
                 rule: "name at least one etcd endpoint".into(),
             });
         }
+        let mesh = match &file.sinks.xds {
+            Some(xds) => xds.mesh()?,
+            None => None,
+        };
         Ok(Self {
+            mesh,
             file,
             token,
             lease_ttl: Duration::from_secs(u64::from(ttl)),

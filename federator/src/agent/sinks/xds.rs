@@ -37,11 +37,25 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::collections::BTreeMap;
+
+use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
+    ClusterDiscoveryService, ClusterDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
+    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
+};
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::{
     EndpointDiscoveryService, EndpointDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::{
+    ListenerDiscoveryService, ListenerDiscoveryServiceServer,
+};
+use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::{
+    RouteDiscoveryService, RouteDiscoveryServiceServer,
 };
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::{
     SecretDiscoveryService, SecretDiscoveryServiceServer,
@@ -55,11 +69,16 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::agent::view::{AgentView, Sink, SinkFuture};
 
+pub mod bootstrap;
+mod delta;
+pub mod mesh;
 mod protocol;
 pub mod resources;
 #[cfg(test)]
 mod tests;
 
+use delta::DeltaSubscription;
+pub use mesh::MeshSettings;
 use protocol::{Kind, Snapshot, Subscription};
 
 /// Responses a stream may have queued before it waits for the client to read.
@@ -92,18 +111,21 @@ pub enum XdsError {
 #[derive(Debug)]
 struct Shared {
     snapshot: watch::Sender<Arc<Snapshot>>,
+    /// What CDS, LDS and RDS serve; none of it without.
+    mesh: Option<MeshSettings>,
 }
 
 impl Shared {
     fn publish(&self, view: &AgentView) {
-        let next = Snapshot::from_view(view);
+        let next = Snapshot::build(view, self.mesh.as_ref());
         self.snapshot.send_if_modified(|current| {
             let changed = !current.same_content(&next);
             if changed {
                 tracing::debug!(
                     revision = next.revision,
-                    secrets = next.secrets.len(),
-                    clusters = next.endpoints.len(),
+                    secrets = next.count(Kind::Secrets),
+                    assignments = next.count(Kind::Endpoints),
+                    clusters = next.count(Kind::Clusters),
                     "xDS resources changed",
                 );
             }
@@ -129,12 +151,20 @@ impl Default for XdsServer {
 }
 
 impl XdsServer {
-    /// A server with nothing to serve yet (every name is unknown until the sink is
-    /// given a view).
+    /// A server of SDS and EDS with nothing to serve yet (every name is unknown until
+    /// the sink is given a view).
     #[must_use]
     pub fn new() -> Self {
-        let (snapshot, _) = watch::channel(Arc::new(Snapshot::default()));
-        Self { shared: Arc::new(Shared { snapshot }) }
+        Self::with_mesh(None)
+    }
+
+    /// A server that also serves clusters, and with an egress address a listener and
+    /// routes, for every import (see [`mesh`]), described by `mesh`.
+    #[must_use]
+    pub fn with_mesh(mesh: Option<MeshSettings>) -> Self {
+        let initial = Snapshot::build(&AgentView::default(), mesh.as_ref());
+        let (snapshot, _) = watch::channel(Arc::new(initial));
+        Self { shared: Arc::new(Shared { snapshot, mesh }) }
     }
 
     /// The sink (name `xds`) that feeds this server; any number may be taken, before or
@@ -144,7 +174,7 @@ impl XdsServer {
         XdsSink { shared: self.shared.clone() }
     }
 
-    /// Serves SDS and EDS on `listener` until `shutdown` completes; then ends every
+    /// Serves xDS on `listener` until `shutdown` completes; then ends every
     /// open stream (clients see it close with `OK` and reconnect) and returns.
     ///
     /// # Errors
@@ -161,12 +191,12 @@ impl XdsServer {
         if !addr.ip().is_loopback() {
             return Err(XdsError::NotLoopback(addr));
         }
-        tracing::info!(%addr, "serving Envoy SDS and EDS");
+        tracing::info!(%addr, "serving Envoy xDS (ADS, SDS, EDS, CDS, LDS, RDS)");
         let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
         self.serve_incoming(incoming, shutdown).await
     }
 
-    /// Serves SDS and EDS on a unix socket at `path` until `shutdown` completes, like
+    /// Serves xDS on a unix socket at `path` until `shutdown` completes, like
     /// [`XdsServer::serve`]. A socket left at `path` by an earlier run is replaced (any
     /// other kind of file is an error) and the socket is removed on return. The socket
     /// gets the process umask's permissions: put it in a directory only the proxies
@@ -202,7 +232,7 @@ impl XdsServer {
         }
         let listener = tokio::net::UnixListener::bind(path).map_err(io("binding"))?;
         let _cleanup = RemoveOnDrop(path.to_path_buf());
-        tracing::info!(path = %path.display(), "serving Envoy SDS and EDS");
+        tracing::info!(path = %path.display(), "serving Envoy xDS (ADS, SDS, EDS, CDS, LDS, RDS)");
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         self.serve_incoming(incoming, shutdown).await
     }
@@ -223,8 +253,12 @@ impl XdsServer {
         let service = XdsService { shared: self.shared, closing };
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            .add_service(AggregatedDiscoveryServiceServer::new(service.clone()))
             .add_service(SecretDiscoveryServiceServer::new(service.clone()))
-            .add_service(EndpointDiscoveryServiceServer::new(service));
+            .add_service(EndpointDiscoveryServiceServer::new(service.clone()))
+            .add_service(ClusterDiscoveryServiceServer::new(service.clone()))
+            .add_service(ListenerDiscoveryServiceServer::new(service.clone()))
+            .add_service(RouteDiscoveryServiceServer::new(service));
         let signal = async move {
             shutdown.await;
             tracing::info!("xDS server shutting down");
@@ -271,18 +305,18 @@ struct XdsService {
 }
 
 type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-type DeltaStream = tokio_stream::Empty<Result<DeltaDiscoveryResponse, Status>>;
+type DeltaResponseStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
 impl XdsService {
-    fn open_stream(
+    fn open<E: Exchange>(
         &self,
-        kind: Kind,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> ResponseStream {
+        exchange: E,
+        request: Request<Streaming<E::Request>>,
+    ) -> ReceiverStream<Result<E::Response, Status>> {
         let peer = request.remote_addr().map(|a| a.to_string()).unwrap_or_else(|| "unix".into());
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let task = StreamTask {
-            kind,
+            exchange,
             peer,
             requests: request.into_inner(),
             snapshots: self.shared.snapshot.subscribe(),
@@ -309,94 +343,293 @@ fn wrong_type(kind: Kind, wrong: &protocol::WrongType) -> Status {
     Status::invalid_argument(format!("this stream serves {}, not {:?}", kind.type_url(), wrong.0))
 }
 
-fn delta_unimplemented() -> Status {
-    Status::unimplemented("incremental xDS is not served; use state of the world (api_type: GRPC)")
+/// Implements one single-type discovery service (state of the world, delta, fetch).
+macro_rules! single_type_service {
+    ($service:path, $kind:expr,
+     $stream_type:ident, $stream:ident, $delta_type:ident, $delta:ident, $fetch:ident) => {
+        #[tonic::async_trait]
+        impl $service for XdsService {
+            type $stream_type = ResponseStream;
+
+            async fn $stream(
+                &self,
+                request: Request<Streaming<DiscoveryRequest>>,
+            ) -> Result<Response<Self::$stream_type>, Status> {
+                Ok(Response::new(self.open(Sotw::single($kind), request)))
+            }
+
+            type $delta_type = DeltaResponseStream;
+
+            async fn $delta(
+                &self,
+                request: Request<Streaming<DeltaDiscoveryRequest>>,
+            ) -> Result<Response<Self::$delta_type>, Status> {
+                Ok(Response::new(self.open(Delta::single($kind), request)))
+            }
+
+            async fn $fetch(
+                &self,
+                request: Request<DiscoveryRequest>,
+            ) -> Result<Response<DiscoveryResponse>, Status> {
+                self.fetch($kind, request)
+            }
+        }
+    };
 }
 
+single_type_service!(
+    SecretDiscoveryService,
+    Kind::Secrets,
+    StreamSecretsStream,
+    stream_secrets,
+    DeltaSecretsStream,
+    delta_secrets,
+    fetch_secrets
+);
+single_type_service!(
+    EndpointDiscoveryService,
+    Kind::Endpoints,
+    StreamEndpointsStream,
+    stream_endpoints,
+    DeltaEndpointsStream,
+    delta_endpoints,
+    fetch_endpoints
+);
+single_type_service!(
+    ClusterDiscoveryService,
+    Kind::Clusters,
+    StreamClustersStream,
+    stream_clusters,
+    DeltaClustersStream,
+    delta_clusters,
+    fetch_clusters
+);
+single_type_service!(
+    ListenerDiscoveryService,
+    Kind::Listeners,
+    StreamListenersStream,
+    stream_listeners,
+    DeltaListenersStream,
+    delta_listeners,
+    fetch_listeners
+);
+single_type_service!(
+    RouteDiscoveryService,
+    Kind::Routes,
+    StreamRoutesStream,
+    stream_routes,
+    DeltaRoutesStream,
+    delta_routes,
+    fetch_routes
+);
+
 #[tonic::async_trait]
-impl SecretDiscoveryService for XdsService {
-    type DeltaSecretsStream = DeltaStream;
+impl AggregatedDiscoveryService for XdsService {
+    type StreamAggregatedResourcesStream = ResponseStream;
 
-    async fn delta_secrets(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaSecretsStream>, Status> {
-        Err(delta_unimplemented())
-    }
-
-    type StreamSecretsStream = ResponseStream;
-
-    async fn stream_secrets(
+    async fn stream_aggregated_resources(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        Ok(Response::new(self.open_stream(Kind::Secrets, request)))
+    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.open(Sotw::aggregated(), request)))
     }
 
-    async fn fetch_secrets(
+    type DeltaAggregatedResourcesStream = DeltaResponseStream;
+
+    async fn delta_aggregated_resources(
         &self,
-        request: Request<DiscoveryRequest>,
-    ) -> Result<Response<DiscoveryResponse>, Status> {
-        self.fetch(Kind::Secrets, request)
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(Response::new(self.open(Delta::aggregated(), request)))
     }
 }
 
-#[tonic::async_trait]
-impl EndpointDiscoveryService for XdsService {
-    type StreamEndpointsStream = ResponseStream;
+/// The resource type a request is for: a single-type stream's own (a request may leave
+/// its type URL empty), or the one an ADS request names. `Ok(None)`: an ADS request for
+/// a type this server does not serve (ignored; Envoy waits for it).
+fn requested_kind(only: Option<Kind>, type_url: &str) -> Result<Option<Kind>, Status> {
+    match only {
+        Some(kind) if type_url.is_empty() || type_url == kind.type_url() => Ok(Some(kind)),
+        Some(kind) => Err(wrong_type(kind, &protocol::WrongType(type_url.to_string()))),
+        None if type_url.is_empty() => {
+            Err(Status::invalid_argument("an ADS request must name its type_url"))
+        }
+        None => Ok(Kind::of_type_url(type_url)),
+    }
+}
 
-    async fn stream_endpoints(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamEndpointsStream>, Status> {
-        Ok(Response::new(self.open_stream(Kind::Endpoints, request)))
+/// One stream's protocol, state of the world or delta, one type or aggregated: turns
+/// requests and changes into responses.
+trait Exchange: Send + 'static {
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: Send + 'static;
+    /// `sds`, `eds`… or `ads`, for logs.
+    fn label(&self) -> &'static str;
+    /// The node id the client gave, empty when none.
+    fn node(&self) -> &str;
+    /// The responses to a request.
+    fn on_request(
+        &mut self,
+        request: Self::Request,
+        snapshot: &Snapshot,
+    ) -> Result<Vec<Self::Response>, Status>;
+    /// The responses to a change of the served resources.
+    fn on_change(&mut self, snapshot: &Snapshot) -> Vec<Self::Response>;
+    /// Type label, version and resource count of a response, for logs.
+    fn describe(response: &Self::Response) -> (&str, &str, usize);
+}
+
+/// State-of-the-world streams.
+struct Sotw {
+    only: Option<Kind>,
+    node: String,
+    subscriptions: BTreeMap<Kind, Subscription>,
+}
+
+impl Sotw {
+    fn single(kind: Kind) -> Self {
+        Self { only: Some(kind), node: String::new(), subscriptions: BTreeMap::new() }
     }
 
-    type DeltaEndpointsStream = DeltaStream;
+    fn aggregated() -> Self {
+        Self { only: None, node: String::new(), subscriptions: BTreeMap::new() }
+    }
+}
 
-    async fn delta_endpoints(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaEndpointsStream>, Status> {
-        Err(delta_unimplemented())
+impl Exchange for Sotw {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+
+    fn label(&self) -> &'static str {
+        self.only.map_or("ads", Kind::label)
     }
 
-    async fn fetch_endpoints(
-        &self,
-        request: Request<DiscoveryRequest>,
-    ) -> Result<Response<DiscoveryResponse>, Status> {
-        self.fetch(Kind::Endpoints, request)
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn on_request(
+        &mut self,
+        request: DiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Result<Vec<DiscoveryResponse>, Status> {
+        if self.node.is_empty()
+            && let Some(node) = &request.node
+        {
+            self.node.clone_from(&node.id);
+        }
+        let Some(kind) = requested_kind(self.only, &request.type_url)? else {
+            tracing::debug!(node = %self.node, type_url = %request.type_url, "ADS request for a type not served; ignored");
+            return Ok(Vec::new());
+        };
+        let subscription =
+            self.subscriptions.entry(kind).or_insert_with(|| Subscription::new(kind));
+        let response =
+            subscription.on_request(request, snapshot).map_err(|wrong| wrong_type(kind, &wrong))?;
+        Ok(response.into_iter().collect())
+    }
+
+    fn on_change(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+        // `Kind`'s order is the push order.
+        self.subscriptions.values_mut().filter_map(|s| s.on_change(snapshot)).collect()
+    }
+
+    fn describe(response: &DiscoveryResponse) -> (&str, &str, usize) {
+        let kind = Kind::of_type_url(&response.type_url).map_or("?", Kind::label);
+        (kind, &response.version_info, response.resources.len())
+    }
+}
+
+/// Incremental (delta) streams.
+struct Delta {
+    only: Option<Kind>,
+    node: String,
+    subscriptions: BTreeMap<Kind, DeltaSubscription>,
+}
+
+impl Delta {
+    fn single(kind: Kind) -> Self {
+        Self { only: Some(kind), node: String::new(), subscriptions: BTreeMap::new() }
+    }
+
+    fn aggregated() -> Self {
+        Self { only: None, node: String::new(), subscriptions: BTreeMap::new() }
+    }
+}
+
+impl Exchange for Delta {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+
+    fn label(&self) -> &'static str {
+        match self.only {
+            Some(kind) => kind.label(),
+            None => "delta-ads",
+        }
+    }
+
+    fn node(&self) -> &str {
+        &self.node
+    }
+
+    fn on_request(
+        &mut self,
+        request: DeltaDiscoveryRequest,
+        snapshot: &Snapshot,
+    ) -> Result<Vec<DeltaDiscoveryResponse>, Status> {
+        if self.node.is_empty()
+            && let Some(node) = &request.node
+        {
+            self.node.clone_from(&node.id);
+        }
+        let Some(kind) = requested_kind(self.only, &request.type_url)? else {
+            tracing::debug!(node = %self.node, type_url = %request.type_url, "delta ADS request for a type not served; ignored");
+            return Ok(Vec::new());
+        };
+        let subscription =
+            self.subscriptions.entry(kind).or_insert_with(|| DeltaSubscription::new(kind));
+        let response =
+            subscription.on_request(request, snapshot).map_err(|wrong| wrong_type(kind, &wrong))?;
+        Ok(response.into_iter().collect())
+    }
+
+    fn on_change(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        self.subscriptions.values_mut().filter_map(|s| s.on_change(snapshot)).collect()
+    }
+
+    fn describe(response: &DeltaDiscoveryResponse) -> (&str, &str, usize) {
+        let kind = Kind::of_type_url(&response.type_url).map_or("?", Kind::label);
+        (kind, &response.system_version_info, response.resources.len())
     }
 }
 
 /// One open stream: reads requests, watches the resources, writes responses.
-struct StreamTask {
-    kind: Kind,
+struct StreamTask<E: Exchange> {
+    exchange: E,
     peer: String,
-    requests: Streaming<DiscoveryRequest>,
+    requests: Streaming<E::Request>,
     snapshots: watch::Receiver<Arc<Snapshot>>,
     closing: watch::Receiver<bool>,
-    tx: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    tx: mpsc::Sender<Result<E::Response, Status>>,
 }
 
-impl StreamTask {
+impl<E: Exchange> StreamTask<E> {
     async fn run(mut self) {
-        let kind = self.kind.label();
-        tracing::debug!(kind, peer = %self.peer, "xDS stream opened");
-        let mut subscription = Subscription::new(self.kind);
+        let label = self.exchange.label();
+        tracing::debug!(stream = label, peer = %self.peer, "xDS stream opened");
         let end = loop {
-            let response = tokio::select! {
+            let responses: Vec<Result<E::Response, Status>> = tokio::select! {
                 request = self.requests.message() => match request {
                     Ok(Some(request)) => {
                         let snapshot = self.snapshots.borrow_and_update().clone();
-                        match subscription.on_request(request, &snapshot) {
-                            Ok(response) => response.map(Ok),
-                            Err(wrong) => Some(Err(wrong_type(self.kind, &wrong))),
+                        match self.exchange.on_request(request, &snapshot) {
+                            Ok(responses) => responses.into_iter().map(Ok).collect(),
+                            Err(status) => vec![Err(status)],
                         }
                     }
                     Ok(None) => break "closed by the client",
                     Err(status) => {
-                        tracing::debug!(kind, peer = %self.peer, %status, "xDS stream failed");
+                        tracing::debug!(stream = label, peer = %self.peer, %status, "xDS stream failed");
                         break "failed";
                     }
                 },
@@ -405,34 +638,44 @@ impl StreamTask {
                         break "server gone";
                     }
                     let snapshot = self.snapshots.borrow_and_update().clone();
-                    subscription.on_change(&snapshot).map(Ok)
+                    self.exchange.on_change(&snapshot).into_iter().map(Ok).collect()
                 }
                 _ = self.closing.wait_for(|closing| *closing) => break "server shutting down",
                 () = self.tx.closed() => break "response stream dropped",
             };
-            let Some(response) = response else { continue };
-            let last = response.is_err();
-            if let Ok(sent) = &response {
-                tracing::debug!(
-                    kind,
-                    peer = %self.peer,
-                    node = subscription.node(),
-                    version = %sent.version_info,
-                    resources = sent.resources.len(),
-                    "xDS response",
-                );
+            let mut refused = false;
+            for response in responses {
+                refused |= response.is_err();
+                if let Ok(sent) = &response {
+                    let (kind, version, resources) = E::describe(sent);
+                    tracing::debug!(
+                        stream = label,
+                        peer = %self.peer,
+                        node = self.exchange.node(),
+                        kind,
+                        version,
+                        resources,
+                        "xDS response",
+                    );
+                }
+                let sent = tokio::select! {
+                    sent = self.tx.send(response) => sent.is_ok(),
+                    _ = self.closing.wait_for(|closing| *closing) => false,
+                };
+                if !sent {
+                    break;
+                }
             }
-            let sent = tokio::select! {
-                sent = self.tx.send(response) => sent.is_ok(),
-                _ = self.closing.wait_for(|closing| *closing) => break "server shutting down",
-            };
-            if !sent {
+            if *self.closing.borrow() {
+                break "server shutting down";
+            }
+            if self.tx.is_closed() {
                 break "response stream dropped";
             }
-            if last {
+            if refused {
                 break "wrong resource type";
             }
         };
-        tracing::debug!(kind, peer = %self.peer, node = subscription.node(), end, "xDS stream closed");
+        tracing::debug!(stream = label, peer = %self.peer, node = self.exchange.node(), end, "xDS stream closed");
     }
 }

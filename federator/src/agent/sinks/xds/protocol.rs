@@ -24,6 +24,7 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use sha2::{Digest, Sha256};
 
+use super::mesh::{self, CLUSTER_TYPE_URL, LISTENER_TYPE_URL, MeshSettings, ROUTE_TYPE_URL};
 use super::resources::{self, LOAD_ASSIGNMENT_TYPE_URL, SECRET_TYPE_URL};
 use crate::agent::view::AgentView;
 
@@ -39,6 +40,11 @@ impl Resource {
         let digest = Sha256::digest(&any.value).into();
         Self { any, digest }
     }
+
+    /// Its version in incremental xDS: a digest of its encoding.
+    pub(super) fn version(&self) -> String {
+        hex::encode(&self.digest[..8])
+    }
 }
 
 /// Everything the server serves, as of one view.
@@ -46,26 +52,43 @@ impl Resource {
 pub(super) struct Snapshot {
     /// The view's revision.
     pub(super) revision: u64,
-    /// SDS secrets by name.
-    pub(super) secrets: BTreeMap<String, Resource>,
-    /// EDS load assignments by cluster name.
-    pub(super) endpoints: BTreeMap<String, Resource>,
+    /// The resources of each kind by name, indexed by [`Kind::index`].
+    resources: [BTreeMap<String, Resource>; Kind::ALL.len()],
+}
+
+fn encode<T: prost::Name>(map: BTreeMap<String, T>) -> BTreeMap<String, Resource> {
+    map.into_iter().map(|(name, value)| (name, Resource::new(pack_any(value)))).collect()
 }
 
 impl Snapshot {
-    /// Builds and encodes every resource of `view`.
-    pub(super) fn from_view(view: &AgentView) -> Self {
-        Self {
-            revision: view.revision,
-            secrets: resources::secrets(view)
-                .into_iter()
-                .map(|(name, secret)| (name, Resource::new(pack_any(secret))))
-                .collect(),
-            endpoints: resources::load_assignments(view)
-                .into_iter()
-                .map(|(name, cla)| (name, Resource::new(pack_any(cla))))
-                .collect(),
+    /// Builds and encodes every resource of `view`: SDS and EDS always, CDS, LDS and
+    /// RDS with `mesh` settings.
+    pub(super) fn build(view: &AgentView, mesh: Option<&MeshSettings>) -> Self {
+        let mut snapshot = Self { revision: view.revision, ..Self::default() };
+        snapshot.resources[Kind::Secrets.index()] = encode(resources::secrets(view));
+        snapshot.resources[Kind::Endpoints.index()] = encode(resources::load_assignments(view));
+        if let Some(mesh) = mesh {
+            snapshot.resources[Kind::Clusters.index()] = encode(mesh::clusters(view, mesh));
+            snapshot.resources[Kind::Listeners.index()] = encode(mesh::listeners(mesh));
+            snapshot.resources[Kind::Routes.index()] = encode(mesh::routes(view, mesh));
         }
+        snapshot
+    }
+
+    /// [`Snapshot::build`] without CDS, LDS and RDS.
+    #[cfg(test)]
+    pub(super) fn from_view(view: &AgentView) -> Self {
+        Self::build(view, None)
+    }
+
+    /// The resources of `kind`, by name.
+    pub(super) fn of(&self, kind: Kind) -> &BTreeMap<String, Resource> {
+        &self.resources[kind.index()]
+    }
+
+    /// How many resources of `kind` it holds.
+    pub(super) fn count(&self, kind: Kind) -> usize {
+        self.of(kind).len()
     }
 
     /// Whether both serve the same resources (revisions aside).
@@ -73,52 +96,79 @@ impl Snapshot {
         fn digests(map: &BTreeMap<String, Resource>) -> impl Iterator<Item = (&str, &[u8; 32])> {
             map.iter().map(|(name, r)| (name.as_str(), &r.digest))
         }
-        digests(&self.secrets).eq(digests(&other.secrets))
-            && digests(&self.endpoints).eq(digests(&other.endpoints))
+        Kind::ALL.iter().all(|kind| digests(self.of(*kind)).eq(digests(other.of(*kind))))
     }
 }
 
-/// The discovery service of a stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The resource types served: the discovery service of a single-type stream, or one of
+/// the types multiplexed on an ADS stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Kind {
     /// SDS.
     Secrets,
+    /// CDS.
+    Clusters,
     /// EDS.
     Endpoints,
+    /// LDS.
+    Listeners,
+    /// RDS.
+    Routes,
 }
 
 impl Kind {
+    /// Every kind, in the order changes are pushed on an ADS stream: secrets and
+    /// clusters before the endpoints of the clusters, listeners before their routes
+    /// (xDS's make-before-break order).
+    pub(super) const ALL: [Self; 5] =
+        [Self::Secrets, Self::Clusters, Self::Endpoints, Self::Listeners, Self::Routes];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+
     /// The type URL of its resources.
     pub(super) fn type_url(self) -> &'static str {
         match self {
             Self::Secrets => SECRET_TYPE_URL,
+            Self::Clusters => CLUSTER_TYPE_URL,
             Self::Endpoints => LOAD_ASSIGNMENT_TYPE_URL,
+            Self::Listeners => LISTENER_TYPE_URL,
+            Self::Routes => ROUTE_TYPE_URL,
         }
+    }
+
+    /// The kind of a type URL.
+    pub(super) fn of_type_url(url: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.type_url() == url)
     }
 
     /// A short name for logs.
     pub(super) fn label(self) -> &'static str {
         match self {
             Self::Secrets => "sds",
+            Self::Clusters => "cds",
             Self::Endpoints => "eds",
+            Self::Listeners => "lds",
+            Self::Routes => "rds",
         }
     }
 
-    fn resources(self, snapshot: &Snapshot) -> &BTreeMap<String, Resource> {
-        match self {
-            Self::Secrets => &snapshot.secrets,
-            Self::Endpoints => &snapshot.endpoints,
-        }
+    /// Whether a request naming no resource asks for all of them (xDS wildcard: CDS and
+    /// LDS).
+    pub(super) fn wildcard_by_default(self) -> bool {
+        matches!(self, Self::Clusters | Self::Listeners)
     }
 
-    /// What to send for a resource that was served on the stream and is gone.
-    fn tombstone(self, name: &str) -> Option<Any> {
+    /// What to send for a resource that was served on the stream and is gone, when its
+    /// absence alone would not remove it.
+    pub(super) fn tombstone(self, name: &str) -> Option<Any> {
         match self {
-            Self::Secrets => None,
             Self::Endpoints => Some(pack_any(ClusterLoadAssignment {
                 cluster_name: name.to_string(),
                 ..Default::default()
             })),
+            Self::Secrets | Self::Clusters | Self::Listeners | Self::Routes => None,
         }
     }
 }
@@ -140,12 +190,14 @@ pub(super) struct Subscription {
     kind: Kind,
     /// Who is on the other end (the node id of the first request that had one).
     node: String,
-    /// The subscribed resource names.
+    /// The subscribed resource names (`*` among them: every resource too).
     names: BTreeSet<String>,
+    /// Whether every resource is subscribed (wildcard).
+    wildcard: bool,
     /// Names sent with a resource on this stream (for EDS tombstones).
     served: BTreeSet<String>,
-    /// Digest of the content last sent (of nothing, before the first response).
-    digest: [u8; 32],
+    /// Digest of the content last sent; `None` before the first response.
+    digest: Option<[u8; 32]>,
     sent: Option<Sent>,
     nonces: u64,
 }
@@ -164,16 +216,12 @@ impl Subscription {
             kind,
             node: String::new(),
             names: BTreeSet::new(),
+            wildcard: false,
             served: BTreeSet::new(),
-            digest: Sha256::digest([]).into(),
+            digest: None,
             sent: None,
             nonces: 0,
         }
-    }
-
-    /// The node id the client gave, empty when none.
-    pub(super) fn node(&self) -> &str {
-        &self.node
     }
 
     /// Handles a request: the response to send, if any.
@@ -203,8 +251,12 @@ impl Subscription {
         }
         let names: BTreeSet<String> = request.resource_names.into_iter().collect();
         let names_changed = names != self.names;
-        if names_changed {
-            self.served.retain(|name| names.contains(name));
+        if names_changed || request.response_nonce.is_empty() {
+            self.wildcard =
+                names.contains(WILDCARD) || (names.is_empty() && self.kind.wildcard_by_default());
+            if !self.wildcard {
+                self.served.retain(|name| names.contains(name));
+            }
             self.names = names;
         }
         let initial = request.response_nonce.is_empty();
@@ -235,13 +287,19 @@ impl Subscription {
 
     fn respond_if_changed(&mut self, snapshot: &Snapshot) -> Option<DiscoveryResponse> {
         let content = self.content(snapshot);
-        if content.digest == self.digest {
+        // A wildcard subscription is answered even with nothing (that is its state of
+        // the world); named resources that do not exist are waited for.
+        let unchanged = match self.digest {
+            Some(sent) => sent == content.digest,
+            None => !self.wildcard && content.resources.is_empty(),
+        };
+        if unchanged {
             return None;
         }
         self.nonces += 1;
         let version = version(snapshot.revision, &content.digest);
         let nonce = self.nonces.to_string();
-        self.digest = content.digest;
+        self.digest = Some(content.digest);
         self.served.extend(content.found);
         self.sent = Some(Sent { version: version.clone(), nonce: nonce.clone() });
         Some(DiscoveryResponse {
@@ -254,11 +312,16 @@ impl Subscription {
     }
 
     fn content(&self, snapshot: &Snapshot) -> Content {
-        let available = self.kind.resources(snapshot);
+        let available = snapshot.of(self.kind);
         let mut hasher = Sha256::new();
         let mut resources = Vec::new();
         let mut found = Vec::new();
-        for name in &self.names {
+        let every: BTreeSet<&String> = if self.wildcard {
+            available.keys().chain(self.names.iter().filter(|n| *n != WILDCARD)).collect()
+        } else {
+            self.names.iter().collect()
+        };
+        for name in every {
             let tagged = |hasher: &mut Sha256, tag: u8| {
                 hasher.update((name.len() as u64).to_be_bytes());
                 hasher.update(name.as_bytes());
@@ -296,6 +359,8 @@ pub(super) fn fetch(
     }
     let mut subscription = Subscription::new(kind);
     subscription.names = request.resource_names.into_iter().collect();
+    subscription.wildcard = subscription.names.contains(WILDCARD)
+        || (subscription.names.is_empty() && kind.wildcard_by_default());
     let content = subscription.content(snapshot);
     Ok(DiscoveryResponse {
         version_info: version(snapshot.revision, &content.digest),
@@ -304,6 +369,9 @@ pub(super) fn fetch(
         ..Default::default()
     })
 }
+
+/// The resource name that subscribes to every resource of a type.
+pub(super) const WILDCARD: &str = "*";
 
 fn version(revision: u64, digest: &[u8; 32]) -> String {
     format!("{revision}-{}", hex::encode(&digest[..8]))

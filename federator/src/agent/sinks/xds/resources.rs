@@ -141,22 +141,28 @@ fn trusted_ca_secret(name: String, pem: Vec<u8>) -> Secret {
 /// yield none (Envoy does not proxy SCTP).
 #[must_use]
 pub fn load_assignments(view: &AgentView) -> BTreeMap<String, ClusterLoadAssignment> {
-    let mut out = BTreeMap::new();
+    assignment_ports(view)
+        .into_iter()
+        .map(|(name, import, port)| (name.clone(), load_assignment(name, import, port)))
+        .collect()
+}
+
+/// The name of every load assignment (and CDS cluster) of the view, with the import and
+/// the port it serves: see [`load_assignments`].
+#[must_use]
+pub fn assignment_ports(view: &AgentView) -> Vec<(String, &ServiceImport, &ServicePort)> {
+    let mut out = Vec::new();
     for import in view.imports.values() {
         let Some(first) = import.ports.first() else { continue };
         if first.protocol != Protocol::Sctp {
-            out.insert(
-                import.hostname.clone(),
-                load_assignment(import.hostname.clone(), import, first),
-            );
+            out.push((import.hostname.clone(), import, first));
         }
         if import.ports.len() > 1 {
             for port in &import.ports {
                 if port.name.is_empty() || port.protocol == Protocol::Sctp {
                     continue;
                 }
-                let name = port_cluster_name(&import.hostname, &port.name);
-                out.insert(name.clone(), load_assignment(name, import, port));
+                out.push((port_cluster_name(&import.hostname, &port.name), import, port));
             }
         }
     }
