@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 
 use super::output::{self, OutputFormat};
+use crate::agent::sinks::xds::bootstrap::{BootstrapOptions, envoy_bootstrap};
 use crate::agent::status::{AgentStatus, now_ms};
 use crate::agent::{AgentConfig, store::Store};
 
@@ -34,6 +35,29 @@ enum AgentCommand {
     /// Show a running agent's status: the replica it talks to, the revision it applied
     /// and how far it lags, its lease, and the health of every sink and source.
     Status(StatusArgs),
+    /// Print the bootstrap of an Envoy that takes everything from this agent over ADS:
+    /// the imported services' clusters (mTLS per exporter, outlier detection, retries
+    /// across clusters), their endpoints and trust bundles, and with
+    /// `[sinks.xds.egress]` a listener that routes `NAME.NS.svc.clusterset.local` to
+    /// them. Start Envoy with it: `envoy -c bootstrap.json`.
+    EnvoyBootstrap(BootstrapArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct BootstrapArgs {
+    /// Envoy's node id (shown in the agent's xDS logs).
+    #[arg(long, default_value = "envoy")]
+    node_id: String,
+    /// Envoy's admin listener (keep it on loopback).
+    #[arg(long, default_value = "127.0.0.1:9901")]
+    admin: std::net::SocketAddr,
+    /// Use incremental xDS (DELTA_GRPC) instead of state of the world (GRPC).
+    #[arg(long)]
+    delta: bool,
+    /// The unix socket of the SDS server named by
+    /// `[sinks.xds.clusters] certificate_sds_cluster` (the SPIRE agent's).
+    #[arg(long)]
+    certificate_sds_socket: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,6 +71,11 @@ struct StatusArgs {
 pub async fn run(args: AgentArgs, out: OutputFormat) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(AgentCommand::Status(status)) => show_status(&status.state_dir, out),
+        Some(AgentCommand::EnvoyBootstrap(bootstrap)) => {
+            let path = args.config.context("--config is required: the bootstrap follows it")?;
+            let config = AgentConfig::load(&path, args.token)?;
+            print_bootstrap(&config, &bootstrap)
+        }
         None => {
             let path = args.config.context("--config is required to run the agent")?;
             let config = AgentConfig::load(&path, args.token)?;
@@ -54,6 +83,22 @@ pub async fn run(args: AgentArgs, out: OutputFormat) -> anyhow::Result<ExitCode>
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+fn print_bootstrap(config: &AgentConfig, args: &BootstrapArgs) -> anyhow::Result<ExitCode> {
+    let xds = config.file.sinks.xds.as_ref().context(
+        "the agent serves no xDS: add [sinks.xds] listen = \"127.0.0.1:18000\" to its config",
+    )?;
+    let options = BootstrapOptions {
+        node_id: &args.node_id,
+        xds: xds.listen,
+        admin: args.admin,
+        delta: args.delta,
+        certificate_sds_socket: args.certificate_sds_socket.as_deref(),
+    };
+    let bootstrap = envoy_bootstrap(&options, config.mesh.as_ref()).map_err(anyhow::Error::msg)?;
+    println!("{}", serde_json::to_string_pretty(&bootstrap)?);
+    Ok(ExitCode::SUCCESS)
 }
 
 fn show_status(state_dir: &std::path::Path, out: OutputFormat) -> anyhow::Result<ExitCode> {
