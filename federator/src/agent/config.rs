@@ -199,8 +199,12 @@ pub struct EtcdSinkFile {
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct XdsSinkFile {
-    /// Address of the xDS gRPC server (keep it on loopback).
+    /// Address of the xDS gRPC server (loopback unless `allow_remote`).
     pub listen: SocketAddr,
+    /// Serve on a non-loopback address: plain-text gRPC reachable from the network (a
+    /// pod's proxies in Kubernetes); admit only the proxies to it (a NetworkPolicy).
+    #[serde(default)]
+    pub allow_remote: bool,
     /// Clusters for the imported services (CDS); without this table only SDS and EDS
     /// are served.
     pub clusters: Option<XdsClustersFile>,
@@ -410,6 +414,17 @@ impl XdsSinkFile {
             )?;
             settings.timeout =
                 millis("sinks.xds.egress.timeout_ms", egress.timeout_ms, 15_000, (10, 3_600_000))?;
+            if settings.per_try_timeout > settings.timeout {
+                return Err(invalid(
+                    "sinks.xds.egress.per_try_timeout_ms",
+                    settings.per_try_timeout.as_millis().to_string(),
+                    &format!(
+                        "must not exceed timeout_ms ({}): a try longer than the request leaves \
+                         no time for a retry",
+                        settings.timeout.as_millis()
+                    ),
+                ));
+            }
             mesh.egress = Some(settings);
         }
         Ok(Some(mesh))
@@ -542,6 +557,19 @@ impl AgentConfig {
                 rule: "name at least one etcd endpoint".into(),
             });
         }
+        if let Some(xds) = &file.sinks.xds
+            && !xds.listen.ip().is_loopback()
+            && !xds.allow_remote
+        {
+            return Err(ConfigError::Invalid {
+                field: "sinks.xds.listen",
+                value: xds.listen.to_string(),
+                rule: "the xDS server speaks plain-text gRPC and authenticates no client: \
+                       listen on loopback (127.0.0.1 or [::1]) beside the proxies, or set \
+                       allow_remote = true and admit only the proxies (a NetworkPolicy)"
+                    .into(),
+            });
+        }
         let mesh = match &file.sinks.xds {
             Some(xds) => xds.mesh()?,
             None => None,
@@ -619,6 +647,86 @@ listen = "127.0.0.1:18000"
 
     fn parse(text: &str) -> Result<AgentConfig, ConfigError> {
         AgentConfig::parse(text, Path::new("agent.toml"), Some("t".into()))
+    }
+
+    #[test]
+    fn xds_clusters_and_egress_are_checked_and_defaulted() {
+        let plain = parse(GOOD).expect("parses");
+        assert!(plain.mesh.is_none(), "only SDS and EDS without [sinks.xds.clusters]");
+        let text = format!(
+            "{GOOD}[sinks.xds.clusters]\ncertificate_secret = \"default\"\n\
+             certificate_sds_cluster = \"spire_agent\"\noutlier_consecutive_failures = 5\n\
+             [sinks.xds.egress]\nlisten = \"127.0.0.1:15001\"\nretries = 2\n"
+        );
+        let mesh = parse(&text).expect("parses").mesh.expect("mesh");
+        assert_eq!(
+            mesh.certificate,
+            CertificateSource::Sds { cluster: "spire_agent".into(), secret: "default".into() }
+        );
+        assert_eq!(mesh.outlier.consecutive_failures, 5);
+        assert_eq!(mesh.outlier.max_ejection_percent, 100);
+        let egress = mesh.egress.expect("egress");
+        assert_eq!(
+            (egress.retries, egress.retry_on.as_str()),
+            (2, "connect-failure,refused-stream,reset")
+        );
+
+        let file = format!(
+            "{GOOD}[sinks.xds.clusters]\ncertificate_secret = \"svid\"\n\
+             certificate_sds_file = \"envoy/svid.json\"\n"
+        );
+        let mesh = parse(&file).expect("parses").mesh.expect("mesh");
+        assert_eq!(
+            mesh.certificate,
+            CertificateSource::File {
+                path: PathBuf::from("envoy/svid.json"),
+                secret: "svid".into()
+            },
+            "relative to the config file's directory (here the working directory)"
+        );
+
+        let exposed = GOOD.replace("listen = \"127.0.0.1:18000\"", "listen = \"0.0.0.0:18000\"");
+        let err = parse(&exposed).expect_err("a plain-text xDS server off loopback");
+        assert!(err.to_string().contains("sinks.xds.listen"), "{err}");
+        let allowed = exposed.replace(
+            "listen = \"0.0.0.0:18000\"",
+            "listen = \"0.0.0.0:18000\"\nallow_remote = true",
+        );
+        assert!(parse(&allowed).is_ok(), "allowed explicitly");
+        for (extra, field) in [
+            ("[sinks.xds.egress]\nlisten = \"127.0.0.1:15001\"\n", "sinks.xds.egress"),
+            (
+                "[sinks.xds.clusters]\ncertificate_secret = \"s\"\n",
+                "sinks.xds.clusters.certificate_sds_cluster",
+            ),
+            (
+                "[sinks.xds.clusters]\ncertificate_secret = \"s\"\ncertificate_sds_cluster = \"a\"\n\
+                 certificate_sds_file = \"b\"\n",
+                "sinks.xds.clusters.certificate_sds_cluster",
+            ),
+            (
+                "[sinks.xds.clusters]\ncertificate_secret = \"\"\ncertificate_sds_cluster = \"a\"\n",
+                "sinks.xds.clusters.certificate_secret",
+            ),
+            (
+                "[sinks.xds.clusters]\ncertificate_secret = \"s\"\ncertificate_sds_cluster = \"a\"\n\
+                 outlier_max_ejection_percent = 101\n",
+                "sinks.xds.clusters.outlier_max_ejection_percent",
+            ),
+            (
+                "[sinks.xds.clusters]\ncertificate_secret = \"s\"\ncertificate_sds_cluster = \"a\"\n\
+                 [sinks.xds.egress]\nlisten = \"127.0.0.1:1\"\nretry_on = \"5xx;rm -rf\"\n",
+                "sinks.xds.egress.retry_on",
+            ),
+            (
+                "[sinks.xds.clusters]\ncertificate_secret = \"s\"\ncertificate_sds_cluster = \"a\"\n\
+                 [sinks.xds.egress]\nlisten = \"127.0.0.1:1\"\ntimeout_ms = 1000\n",
+                "sinks.xds.egress.per_try_timeout_ms",
+            ),
+        ] {
+            let err = parse(&format!("{GOOD}{extra}")).expect_err(extra);
+            assert!(err.to_string().contains(field), "{extra}: {err}");
+        }
     }
 
     #[test]

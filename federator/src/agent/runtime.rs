@@ -277,7 +277,7 @@ pub async fn run(
         let listener = tokio::net::TcpListener::bind(xds.listen)
             .await
             .with_context(|| format!("sinks.xds.listen {}", xds.listen))?;
-        let server = XdsServer::with_mesh(config.mesh.clone());
+        let server = XdsServer::with_mesh(config.mesh.clone()).allowing_remote(xds.allow_remote);
         sinks.push(Arc::new(server.sink()));
         let stop = stopped();
         tokio::spawn(async move {

@@ -142,6 +142,8 @@ impl Shared {
 #[derive(Debug)]
 pub struct XdsServer {
     shared: Arc<Shared>,
+    /// Serve on a non-loopback TCP address too.
+    allow_remote: bool,
 }
 
 impl Default for XdsServer {
@@ -164,7 +166,16 @@ impl XdsServer {
     pub fn with_mesh(mesh: Option<MeshSettings>) -> Self {
         let initial = Snapshot::build(&AgentView::default(), mesh.as_ref());
         let (snapshot, _) = watch::channel(Arc::new(initial));
-        Self { shared: Arc::new(Shared { snapshot, mesh }) }
+        Self { shared: Arc::new(Shared { snapshot, mesh }), allow_remote: false }
+    }
+
+    /// Lets [`XdsServer::serve`] listen on a non-loopback address: plain-text gRPC that
+    /// anyone who can reach it may read (CA certificates and endpoint addresses) — admit
+    /// only the proxies to it.
+    #[must_use]
+    pub fn allowing_remote(mut self, allow: bool) -> Self {
+        self.allow_remote = allow;
+        self
     }
 
     /// The sink (name `xds`) that feeds this server; any number may be taken, before or
@@ -188,7 +199,7 @@ impl XdsServer {
         let addr = listener
             .local_addr()
             .map_err(|source| XdsError::Io { what: "local address".into(), source })?;
-        if !addr.ip().is_loopback() {
+        if !addr.ip().is_loopback() && !self.allow_remote {
             return Err(XdsError::NotLoopback(addr));
         }
         tracing::info!(%addr, "serving Envoy xDS (ADS, SDS, EDS, CDS, LDS, RDS)");
