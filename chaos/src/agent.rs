@@ -18,8 +18,11 @@ pub struct AgentOptions {
     /// The cluster's etcd: exports are read from `/federator/exports/` there and
     /// bundles and imports written under `/federator/bundles/` and `/federator/imports/`.
     pub etcd_endpoints: Vec<String>,
-    /// Serve Envoy SDS/EDS on a free loopback port.
+    /// Serve Envoy xDS on a free loopback port.
     pub xds: bool,
+    /// More of `[sinks.xds]`: TOML tables written after it (`[sinks.xds.clusters]`,
+    /// `[sinks.xds.egress]`).
+    pub xds_tables: String,
     /// Lease TTL in seconds (default 10).
     pub lease_ttl_seconds: Option<u32>,
     /// Region and zone of the cluster.
@@ -110,6 +113,7 @@ impl AgentProcess {
         }
         if let Some(addr) = &xds_addr {
             config.push_str(&format!("\n[sinks.xds]\nlisten = \"{addr}\"\n"));
+            config.push_str(&options.xds_tables);
         }
         std::fs::write(dir.join("agent.toml"), config)?;
         let agent = Self { member, dir, xds_addr, metrics_addr, exports_file: None, child: None };
@@ -241,6 +245,32 @@ impl AgentProcess {
         eventually(what, timeout, || async { self.status().filter(|s| check(s)) })
             .await
             .with_context(|| format!("agent {} log:\n{}", self.member.name, tail(&self.log(), 40)))
+    }
+
+    /// The bootstrap `federator agent envoy-bootstrap` prints for this agent's config,
+    /// with `extra` arguments (`--delta`…); the admin listener on a kernel-chosen port.
+    ///
+    /// # Errors
+    /// The command failed (its stderr in the message) or printed no JSON.
+    pub fn envoy_bootstrap(
+        &self,
+        node_id: &str,
+        extra: &[&str],
+    ) -> anyhow::Result<serde_json::Value> {
+        let out = std::process::Command::new(crate::cluster::federator_bin())
+            .args(["agent", "envoy-bootstrap", "--config"])
+            .arg(self.dir.join("agent.toml"))
+            .args(["--node-id", node_id, "--admin", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(Stdio::null())
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "agent envoy-bootstrap exited {}: {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(serde_json::from_slice(&out.stdout)?)
     }
 
     /// The agent's log so far.

@@ -169,10 +169,24 @@ impl HttpResponse {
 /// # Errors
 /// The connection failed, the answer is not HTTP/1.x, or it took longer than `timeout`.
 pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<HttpResponse> {
+    http_get_host(addr, addr, path, timeout).await
+}
+
+/// `GET path` with `Host: host` from the plain-HTTP server at `addr` (one request,
+/// `Connection: close`): a call through an egress listener that routes by hostname.
+///
+/// # Errors
+/// As [`http_get`].
+pub async fn http_get_host(
+    addr: &str,
+    host: &str,
+    path: &str,
+    timeout: Duration,
+) -> anyhow::Result<HttpResponse> {
     let call = async {
         let stream = TcpStream::connect(addr).await?;
         stream.set_nodelay(true)?;
-        exchange(stream, addr, path).await
+        exchange(stream, host, path).await
     };
     tokio::time::timeout(timeout, call)
         .await
@@ -497,6 +511,16 @@ pub struct ClientSidecar {
     pub upstream_ids: Vec<String>,
 }
 
+/// An Envoy configured by ADS alone: its bootstrap is what `federator agent
+/// envoy-bootstrap` printed, and its listener is the agent's egress listener.
+#[derive(Clone, Debug)]
+pub struct AdsSidecar {
+    /// The bootstrap, as printed.
+    pub bootstrap: Value,
+    /// Port of the agent's egress listener on 127.0.0.1.
+    pub listen_port: u16,
+}
+
 /// The shape of a sidecar.
 #[derive(Clone, Debug)]
 pub enum Sidecar {
@@ -504,6 +528,8 @@ pub enum Sidecar {
     Server(ServerSidecar),
     /// Plain HTTP in, mTLS out to an EDS cluster.
     Client(ClientSidecar),
+    /// Everything from the agent by ADS.
+    Ads(AdsSidecar),
 }
 
 impl Sidecar {
@@ -511,6 +537,7 @@ impl Sidecar {
         match self {
             Self::Server(s) => s.listen_port,
             Self::Client(c) => c.listen_port,
+            Self::Ads(a) => a.listen_port,
         }
     }
 }
@@ -796,6 +823,7 @@ fn http_connection_manager(stat_prefix: &str, cluster: &str, extra: Value) -> Va
 
 fn bootstrap(name: &str, sidecar: &Sidecar, svid_dir: &Path) -> anyhow::Result<Value> {
     let (listener, clusters) = match sidecar {
+        Sidecar::Ads(ads) => return Ok(ads.bootstrap.clone()),
         Sidecar::Server(server) => {
             let tls = json!({
                 "name": "envoy.transport_sockets.tls",

@@ -11,6 +11,7 @@ pub mod disk;
 pub mod envoy;
 pub mod etcd;
 pub mod member;
+pub mod mesh;
 pub mod promtool;
 pub mod proxy;
 pub mod run;

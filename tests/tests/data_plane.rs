@@ -22,253 +22,20 @@
 //! Envoy is required: when it is not installed the test fails and says how to install it
 //! (`bash deploy/local/setup.sh`).
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use federator::identity::IssuedCertificate;
 use federator_chaos::agent::{AgentOptions, AgentProcess};
-use federator_chaos::cluster::{Federation, eventually, federator_bin, free_port, tail};
+use federator_chaos::cluster::{Federation, eventually, federator_bin, free_port};
 use federator_chaos::envoy::{
-    CLIENT_CLUSTER, ClientSidecar, EchoReply, EchoServer, EnvoyProcess, ServerSidecar, Sidecar,
-    certificate_hash, envoy_version, http_get, mtls_get,
+    CLIENT_CLUSTER, ClientSidecar, EnvoyProcess, Sidecar, certificate_hash, envoy_version,
 };
 use federator_chaos::member::MemberCluster;
-use serde_json::json;
+use federator_chaos::mesh::{
+    HOSTNAME, NS, SERVICE, Sample, ServerCluster, Traffic, WAIT, WithLogs as _, call, failures,
+};
 
-/// Bound of every wait on propagation (typically about a second).
-const WAIT: Duration = Duration::from_secs(30);
 /// Lease TTL of the agents: B's endpoints turn not ready this long after B dies.
 const LEASE_TTL: u32 = 3;
-/// One call's bound.
-const CALL: Duration = Duration::from_secs(3);
-const NS: &str = "shop";
-const SERVICE: &str = "echo";
-const HOSTNAME: &str = "echo.shop.svc.clusterset.local";
-/// The service port every exporter declares (each endpoint overrides it with its Envoy's).
-const SERVICE_PORT: u16 = 8443;
-/// Pause between two calls of the request loop.
-const LOOP_PAUSE: Duration = Duration::from_millis(5);
-
-/// A cluster that serves the echo: agent, echo service, server Envoy.
-struct ServerCluster {
-    agent: AgentProcess,
-    echo: EchoServer,
-    envoy: EnvoyProcess,
-    region: String,
-    zone: String,
-}
-
-impl ServerCluster {
-    /// Joins, exports `shop/echo` and serves it behind an mTLS Envoy.
-    async fn start(
-        fed: &Federation,
-        name: &str,
-        td: &str,
-        (region, zone): (&str, &str),
-    ) -> anyhow::Result<Self> {
-        let member = MemberCluster::new(name, td)?;
-        let options = AgentOptions {
-            xds: true,
-            lease_ttl_seconds: Some(LEASE_TTL),
-            locality: Some((region.into(), zone.into())),
-            ..AgentOptions::default()
-        };
-        let mut agent = AgentProcess::new(fed, member, &options)?;
-        let listen_port = free_port();
-        agent.use_exports_file(&exports(td, listen_port, region, zone, true))?;
-        agent.start()?;
-        agent
-            .wait_status(&format!("{name} joined and exports"), WAIT, |s| {
-                s.lease.is_some() && s.exports.published == 1
-            })
-            .await?;
-        let echo = EchoServer::start(name, 0).await?;
-        let svid = agent.member.issue(&agent.member.workload_id(NS, SERVICE))?;
-        let sidecar = Sidecar::Server(ServerSidecar {
-            listen_port,
-            upstream: echo.addr(),
-            xds_addr: agent.xds_addr.clone().unwrap_or_default(),
-            validation_secret: "ALL".into(),
-        });
-        let mut envoy =
-            EnvoyProcess::new(&fed.dir().join(format!("envoy-{name}")), name, &sidecar, &svid)?;
-        envoy.start()?;
-        envoy.wait_ready(WAIT).await?;
-        Ok(Self { agent, echo, envoy, region: region.into(), zone: zone.into() })
-    }
-
-    fn trust_domain(&self) -> &str {
-        &self.agent.member.trust_domain
-    }
-
-    fn exports(&self, ready: bool) -> serde_json::Value {
-        let port = self.envoy.listen_addr.rsplit(':').next().and_then(|p| p.parse().ok());
-        exports(self.trust_domain(), port.unwrap_or(0), &self.region, &self.zone, ready)
-    }
-
-    /// A direct mTLS call to its Envoy as `client` (see [`mtls_get`]).
-    async fn probe(&self, client: &IssuedCertificate) -> anyhow::Result<EchoReply> {
-        let ca = self.agent.member.ca_pem();
-        let response =
-            mtls_get(&self.envoy.listen_addr, client, self.trust_domain(), &ca, CALL).await?;
-        EchoReply::parse(&response.body)
-    }
-
-    /// Kills the agent, the Envoy and the echo service.
-    fn kill(&mut self) {
-        self.envoy.kill();
-        self.echo.stop();
-        self.agent.kill();
-    }
-
-    /// Starts them again: echo, agent, Envoy, with its endpoint exported `ready: false`
-    /// until its Envoy serves.
-    async fn restart(&mut self) -> anyhow::Result<()> {
-        self.agent.write_exports(&self.exports(false))?;
-        self.echo.restart().await?;
-        self.agent.start()?;
-        self.envoy.start()?;
-        self.envoy.wait_ready(WAIT).await?;
-        self.agent
-            .wait_status("reconnected", WAIT, |s| {
-                s.connected_replica.is_some() && s.lease.is_some()
-            })
-            .await?;
-        self.agent.write_exports(&self.exports(true))
-    }
-
-    /// How many client certificates its Envoy refused so far.
-    async fn refused(&self) -> anyhow::Result<u64> {
-        let stats = self.envoy.stats().await?;
-        let prefix = self.envoy.listener_stats_prefix();
-        Ok(["ssl.fail_verify_error", "ssl.fail_verify_san", "ssl.fail_verify_no_cert"]
-            .iter()
-            .map(|s| stats.get(&format!("{prefix}{s}")).copied().unwrap_or(0))
-            .sum())
-    }
-
-    fn logs(&self) -> String {
-        format!(
-            "--- agent {} ---\n{}\n--- {} ---\n{}",
-            self.agent.member.name,
-            tail(&self.agent.log(), 30),
-            self.envoy.name,
-            self.envoy.log_tail(30)
-        )
-    }
-}
-
-/// The exports file of a cluster: `shop/echo` on port [`SERVICE_PORT`], one endpoint,
-/// its Envoy at 127.0.0.1:`port`.
-fn exports(td: &str, port: u16, region: &str, zone: &str, ready: bool) -> serde_json::Value {
-    json!({ "exports": [{
-        "namespace": NS,
-        "name": SERVICE,
-        "ports": [{ "name": "https", "port": SERVICE_PORT, "protocol": "TCP", "appProtocol": "https" }],
-        "endpoints": [{
-            "address": "127.0.0.1",
-            "region": region,
-            "zone": zone,
-            "ready": ready,
-            "ports": [{ "name": "https", "port": port }],
-        }],
-        "identities": [format!("spiffe://{td}/ns/{NS}/sa/{SERVICE}")],
-    }]})
-}
-
-/// Adds a cluster's agent and Envoy logs to an error.
-trait WithLogs<T> {
-    fn with_logs(self, cluster: &ServerCluster) -> anyhow::Result<T>;
-}
-
-impl<T> WithLogs<T> for anyhow::Result<T> {
-    fn with_logs(self, cluster: &ServerCluster) -> anyhow::Result<T> {
-        self.map_err(|e| e.context(cluster.logs()))
-    }
-}
-
-/// One call of the loop.
-#[derive(Clone, Debug)]
-struct Sample {
-    at: Instant,
-    /// The echo's reply, or why the call failed.
-    outcome: Result<EchoReply, String>,
-}
-
-impl Sample {
-    fn served_by(&self, cluster: &str) -> bool {
-        self.outcome.as_ref().is_ok_and(|reply| reply.cluster == cluster)
-    }
-}
-
-/// One call through A's client Envoy.
-async fn call(addr: &str) -> Result<EchoReply, String> {
-    let response = http_get(addr, "/", CALL).await.map_err(|e| format!("{e:#}"))?;
-    if response.status != 200 {
-        return Err(format!("{}: {}", response.status, response.body.trim()));
-    }
-    EchoReply::parse(&response.body).map_err(|e| format!("{e:#}"))
-}
-
-/// The request loop: calls one after the other through A's Envoy, every outcome kept.
-struct Traffic {
-    samples: Arc<Mutex<Vec<Sample>>>,
-    stop: tokio::sync::watch::Sender<bool>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl Traffic {
-    fn start(addr: String) -> Self {
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let (stop, mut stopped) = tokio::sync::watch::channel(false);
-        let sink = samples.clone();
-        let task = tokio::spawn(async move {
-            while !*stopped.borrow() {
-                let outcome = call(&addr).await;
-                sink.lock().expect("samples").push(Sample { at: Instant::now(), outcome });
-                tokio::select! {
-                    () = tokio::time::sleep(LOOP_PAUSE) => {}
-                    _ = stopped.changed() => {}
-                }
-            }
-        });
-        Self { samples, stop, task }
-    }
-
-    fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().expect("samples").clone()
-    }
-
-    /// The samples in `[from, to)`.
-    fn between(&self, from: Instant, to: Instant) -> Vec<Sample> {
-        self.samples().into_iter().filter(|s| s.at >= from && s.at < to).collect()
-    }
-
-    /// The first sample after `since` that satisfies `check`.
-    fn first_after(&self, since: Instant, check: impl Fn(&Sample) -> bool) -> Option<Sample> {
-        self.samples().into_iter().find(|s| s.at > since && check(s))
-    }
-
-    async fn stop(self) -> anyhow::Result<Vec<Sample>> {
-        let _ = self.stop.send(true);
-        tokio::time::timeout(WAIT, self.task).await??;
-        let samples = self.samples.lock().expect("samples").clone();
-        Ok(samples)
-    }
-}
-
-/// How many samples failed, and why (each reason once).
-fn failures(samples: &[Sample]) -> (usize, Vec<String>) {
-    let mut reasons: Vec<String> = Vec::new();
-    let mut count = 0;
-    for reason in samples.iter().filter_map(|s| s.outcome.as_ref().err()) {
-        count += 1;
-        if !reasons.contains(reason) {
-            reasons.push(reason.clone());
-        }
-    }
-    (count, reasons)
-}
 
 fn ms(d: Duration) -> u128 {
     d.as_millis()
@@ -283,8 +50,9 @@ async fn mtls_rotation_failover_and_removal_through_envoy() -> anyhow::Result<()
 
     // B (A's zone) and C (another region) serve the echo behind their Envoys and export
     // it; A is not a member yet.
-    let mut b = ServerCluster::start(&fed, "cluster-b", "b.example", ("r1", "z1")).await?;
-    let c = ServerCluster::start(&fed, "cluster-c", "c.example", ("r2", "z1")).await?;
+    let mut b =
+        ServerCluster::start(&fed, "cluster-b", "b.example", ("r1", "z1"), LEASE_TTL).await?;
+    let c = ServerCluster::start(&fed, "cluster-c", "c.example", ("r2", "z1"), LEASE_TTL).await?;
     let member_a = MemberCluster::new("cluster-a", "a.example")?;
     let client_id = member_a.workload_id(NS, "client");
     let old_svid = member_a.issue(&client_id)?;

@@ -15,7 +15,7 @@ use crate::agent::{AgentConfig, store::Store};
 /// The agent joins the federation once (with a token from `federator token create`),
 /// then publishes the cluster's bundle and exports, keeps the cluster's member lease
 /// alive, and writes every other member's bundles and this cluster's imports into its
-/// sinks: files, etcd keys, and an Envoy SDS/EDS server. It keeps what it applied in its
+/// sinks: files, etcd keys, and an Envoy xDS server. It keeps what it applied in its
 /// state directory and goes on serving it while no replica is reachable.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -45,6 +45,9 @@ enum AgentCommand {
 
 #[derive(Debug, clap::Args)]
 struct BootstrapArgs {
+    /// The agent's config file: the bootstrap follows its [sinks.xds] tables.
+    #[arg(long, short = 'c', env = "FEDERATOR_AGENT_CONFIG")]
+    config: PathBuf,
     /// Envoy's node id (shown in the agent's xDS logs).
     #[arg(long, default_value = "envoy")]
     node_id: String,
@@ -72,8 +75,7 @@ pub async fn run(args: AgentArgs, out: OutputFormat) -> anyhow::Result<ExitCode>
     match args.command {
         Some(AgentCommand::Status(status)) => show_status(&status.state_dir, out),
         Some(AgentCommand::EnvoyBootstrap(bootstrap)) => {
-            let path = args.config.context("--config is required: the bootstrap follows it")?;
-            let config = AgentConfig::load(&path, args.token)?;
+            let config = AgentConfig::load(&bootstrap.config, None)?;
             print_bootstrap(&config, &bootstrap)
         }
         None => {
