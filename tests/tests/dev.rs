@@ -223,11 +223,21 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
     let td = "cluster-a.federator.test";
     let before = dev.cli(&["bundle", "show", td])?;
     assert_eq!(authorities(&before), 1, "{before}");
+    let workload = dev.dir.path().join("clusters/cluster-a/workload.pem");
+    let workload_before = std::fs::read_to_string(&workload)?;
     std::fs::write(dev.dir.path().join("clusters/cluster-a/rotate"), b"")?;
     eventually("cluster-a's bundle holds old and new CA", WAIT, || async {
         dev.cli(&["bundle", "show", td]).ok().filter(|b| authorities(b) == 2)
     })
     .await?;
+    // The demo workload's SVID is re-issued by the new CA while the old is still trusted.
+    eventually("the workload SVID is re-issued before the old CA goes", WAIT, || async {
+        let now = std::fs::read_to_string(&workload).ok()?;
+        (now != workload_before).then_some(())
+    })
+    .await?;
+    let bundle = dev.cli(&["bundle", "show", td])?;
+    assert_eq!(authorities(&bundle), 2, "the old CA outlives the re-issue: {bundle}");
     let after = eventually("the rotation completes: only the new CA", WAIT, || async {
         dev.cli(&["bundle", "show", td])
             .ok()

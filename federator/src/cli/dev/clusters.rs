@@ -4,8 +4,11 @@
 //!
 //! A CA rotation is started by creating the file `clusters/NAME/rotate`: the cluster's
 //! bundle gets a second CA (old and new together); once every other member has applied
-//! it, the agent's SVID is re-issued by the new CA and the old CA is retired — the whole
-//! rotation protocol, visible in the status view.
+//! it, the agent's and the demo workload's SVIDs are re-issued by the new CA, and the old
+//! CA is retired [`ROTATION_GRACE`] later (so workloads reading their SVID files load the
+//! new one first) — the whole rotation protocol, visible in the status view. Each CA has
+//! its own subject (a certificate without an authority key identifier is matched to its
+//! issuer by subject).
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -49,6 +52,24 @@ pub(super) enum Rotation {
     Idle,
     /// Old and new CA are published together; waiting for every member to apply them.
     Propagating { since: Instant },
+    /// Every member trusts the new CA and the cluster's SVIDs (agent, demo workload)
+    /// are re-issued by it; the old CA is retired once the workloads had
+    /// [`ROTATION_GRACE`] to load theirs.
+    Reissued { since: Instant, at: Instant },
+}
+
+/// How long a rotation keeps the old CA after the cluster's SVIDs are re-issued by the
+/// new one, so that workloads reading them from files load them before the old CA goes.
+pub(super) const ROTATION_GRACE: Duration = Duration::from_secs(10);
+
+/// A CA's subject common name, distinct for each CA of the cluster: a certificate
+/// without an authority key identifier is matched to its issuer by subject, so a rotated
+/// CA must not share its predecessor's.
+fn ca_common_name(cluster: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("{cluster} CA {now}")
 }
 
 /// One member cluster of the dev federation.
@@ -121,13 +142,21 @@ impl DevCluster {
         if !cluster.dir.join("ca.key").exists() {
             let ca = FederationCa::generate(
                 &cluster.trust_domain,
-                &format!("{} CA", cluster.name),
+                &ca_common_name(&cluster.name),
                 VALIDITY,
             )?;
             write_secret(&cluster.dir.join("ca.key"), &ca.key_pem())?;
             std::fs::write(cluster.dir.join("ca.pem"), ca.cert_pem())?;
             std::fs::write(cluster.dir.join("bundle.pem"), ca.cert_pem())?;
             cluster.issue_agent_svid(&ca)?;
+            cluster.issue_workload_svid(&ca)?;
+        } else if !cluster.dir.join("workload.pem").exists() {
+            // A directory from before the demo workload had an SVID.
+            let ca = FederationCa::from_pem(
+                &std::fs::read_to_string(cluster.dir.join("ca.pem"))?,
+                &std::fs::read_to_string(cluster.dir.join("ca.key"))?,
+            )?;
+            cluster.issue_workload_svid(&ca)?;
         }
         cluster.write_exports()?;
         cluster.write_config(&saved, federation_ca)?;
@@ -162,6 +191,19 @@ impl DevCluster {
         std::fs::write(self.dir.join("agent.pem.tmp"), &svid.cert_pem)?;
         std::fs::rename(self.dir.join("agent.key.tmp"), self.dir.join("agent.key"))?;
         std::fs::rename(self.dir.join("agent.pem.tmp"), self.dir.join("agent.pem"))?;
+        Ok(())
+    }
+
+    /// Issues the demo workload's SVID (`spiffe://<td>/ns/demo/sa/echo`, the identity
+    /// its export declares) from `ca` into `workload.pem` / `workload.key`: what a
+    /// sidecar of the echo would present.
+    fn issue_workload_svid(&self, ca: &FederationCa) -> anyhow::Result<()> {
+        let id = format!("spiffe://{}/ns/demo/sa/echo", self.trust_domain);
+        let svid = ca.issue(&id, &[], &[], VALIDITY)?;
+        write_secret(&self.dir.join("workload.key.tmp"), &svid.key_pem)?;
+        std::fs::write(self.dir.join("workload.pem.tmp"), &svid.cert_pem)?;
+        std::fs::rename(self.dir.join("workload.key.tmp"), self.dir.join("workload.key"))?;
+        std::fs::rename(self.dir.join("workload.pem.tmp"), self.dir.join("workload.pem"))?;
         Ok(())
     }
 
@@ -251,7 +293,7 @@ impl DevCluster {
                 std::fs::remove_file(&trigger)?;
                 let next = FederationCa::generate(
                     &self.trust_domain,
-                    &format!("{} CA (rotated)", self.name),
+                    &ca_common_name(&self.name),
                     VALIDITY,
                 )?;
                 write_secret(&self.dir.join("ca-next.key"), &next.key_pem())?;
@@ -290,18 +332,34 @@ impl DevCluster {
                         bundle.sequence
                     )));
                 }
-                // Every member trusts the new CA: sign with it, then retire the old one.
+                // Every member trusts the new CA: the cluster's SVIDs are re-issued by it;
+                // the old CA stays until the workloads had time to load theirs.
                 let next = FederationCa::from_pem(
                     &std::fs::read_to_string(self.dir.join("ca-next.pem"))?,
                     &std::fs::read_to_string(self.dir.join("ca-next.key"))?,
                 )?;
                 self.issue_agent_svid(&next)?;
+                self.issue_workload_svid(&next)?;
+                self.rotation = Rotation::Reissued { since, at: Instant::now() };
+                Ok(Some(format!(
+                    "{}: every member applied the new CA after {}s; agent and workload SVIDs \
+                     re-issued by it, old CA retired in {}s",
+                    self.name,
+                    since.elapsed().as_secs(),
+                    ROTATION_GRACE.as_secs()
+                )))
+            }
+            Rotation::Reissued { since, at } => {
+                if at.elapsed() < ROTATION_GRACE {
+                    return Ok(None);
+                }
+                let next = std::fs::read_to_string(self.dir.join("ca-next.pem"))?;
                 std::fs::rename(self.dir.join("ca-next.key"), self.dir.join("ca.key"))?;
                 std::fs::rename(self.dir.join("ca-next.pem"), self.dir.join("ca.pem"))?;
-                write_atomic(&self.dir.join("bundle.pem"), next.cert_pem())?;
+                write_atomic(&self.dir.join("bundle.pem"), &next)?;
                 self.rotation = Rotation::Idle;
                 Ok(Some(format!(
-                    "{}: every member applied the new CA after {}s; agent SVID re-issued, old CA retired",
+                    "{}: old CA retired {}s after the rotation began",
                     self.name,
                     since.elapsed().as_secs()
                 )))
@@ -356,5 +414,18 @@ pub(super) async fn serve_echo(cluster: String, port: u16) -> anyhow::Result<()>
             );
             let _ = stream.write_all(response.as_bytes()).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_ca_of_a_cluster_has_its_own_subject() {
+        let first = ca_common_name("cluster-a");
+        let second = ca_common_name("cluster-a");
+        assert_ne!(first, second);
+        assert!(first.starts_with("cluster-a CA "), "{first}");
     }
 }
