@@ -78,3 +78,46 @@ fn the_systemd_units_name_the_shipped_binary_and_configs() {
         assert!(exec.contains("--config /etc/federator/"), "{unit}: {exec}");
     }
 }
+
+/// The TOML blocks of a document, each with the line it starts on.
+fn toml_blocks(doc: &str) -> Vec<(usize, String)> {
+    let text = std::fs::read_to_string(repo().join(doc)).expect(doc);
+    let mut blocks = Vec::new();
+    let mut current: Option<(usize, String)> = None;
+    for (n, line) in text.lines().enumerate() {
+        match (&mut current, line.trim_start()) {
+            (None, "```toml") => current = Some((n + 2, String::new())),
+            (Some(_), "```") => blocks.extend(current.take()),
+            (Some((_, block)), _) => {
+                block.push_str(line);
+                block.push('\n');
+            }
+            (None, _) => {}
+        }
+    }
+    blocks
+}
+
+#[test]
+fn the_documented_examples_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut loaded = 0;
+    for doc in ["docs/configuration.md", "docs/data-plane.md"] {
+        for (line, block) in toml_blocks(doc) {
+            let path = dir.path().join("example.toml");
+            std::fs::write(&path, &block).expect("write");
+            let what = format!("{doc}:{line}");
+            if block.contains("[listen]") {
+                ServerConfig::load(Some(&path), &ServerOverrides::default())
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            } else if block.contains("state_dir") {
+                AgentConfig::load(&path, Some("fedjoin1.placeholder".into()))
+                    .unwrap_or_else(|e| panic!("{what}: {e}"));
+            } else {
+                continue;
+            }
+            loaded += 1;
+        }
+    }
+    assert!(loaded >= 3, "{loaded} complete examples found");
+}
