@@ -44,6 +44,9 @@ const CERTIFICATE_CHECK_PERIOD: Duration = Duration::from_secs(5);
 /// ended at once; this bounds unary calls in flight) before it closes them: well under
 /// the 30 s a supervisor gives before SIGKILL.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replica that failed (its raft core stopped on a storage error) lets its API
+/// flush the statuses that send its callers elsewhere before it exits.
+const FAILED_FLUSH: Duration = Duration::from_secs(1);
 
 /// The replica type of a federator server.
 pub type FederationReplica = Replica<FederationState>;
@@ -307,6 +310,10 @@ pub async fn run(
         tasks.push(api);
         tasks.push(transport);
     } else {
+        // A failed replica leaves promptly, but first lets the API deliver what it just
+        // told its callers — watch streams ended with UNAVAILABLE, health NOT_SERVING —
+        // so that agents learn it left from its answer, not from a reset connection.
+        let _ = tokio::time::timeout(FAILED_FLUSH, &mut api).await;
         api.abort();
         transport.abort();
     }
