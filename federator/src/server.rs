@@ -280,7 +280,8 @@ pub async fn run(
     // agents reconnect elsewhere), new watches are refused.
     health::not_serving(&health_reporter, &serving).await;
     let _ = leaving_tx.send(Some(reason));
-    // Then the raft core: a leader stops heartbeating, so the others elect a successor
+    // Then the raft core: a leader first hands over to a voter that holds its whole log
+    // (`Replica::shutdown`), else stops heartbeating and the others elect after its lease,
     // while this process drains its connections.
     let was_leader = replica.metrics().borrow().state == openraft::ServerState::Leader;
     match tokio::time::timeout(DRAIN_TIMEOUT, replica.shutdown()).await {

@@ -37,6 +37,9 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a new replica has to catch up with the leader's log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest of each of the two waits of a stopping leader's hand-over (a voter catching up,
+/// the successor being elected).
+const HAND_OVER_STEP: Duration = Duration::from_secs(2);
 /// A leader that heard from no quorum for this many upper election timeouts steps down.
 const CHECK_QUORUM_TIMEOUTS: u32 = 2;
 
@@ -1106,12 +1109,16 @@ impl<S: StateMachine> Replica<S> {
     }
 
     /// Leadership hand-over by a stopping leader (openraft 0.9 has no leadership
-    /// transfer): waits (up to one upper election timeout) for a voter whose replicated
-    /// log reaches this leader's last entry, asks it to campaign now
-    /// ([`Network::timeout_now`]), and waits (as long again) until a new leader is known. The candidate's vote request, for a higher term with a log as long as ours,
-    /// is granted by this replica — a leader's own vote is refreshed only when it changes,
-    /// so past its first lease after election it does not refuse — and it steps down; with
-    /// three voters the two votes are a quorum. Returns the successor asked, or `None`
+    /// transfer): stops proposing, so its log stops growing; waits (up to one upper
+    /// election timeout, at most 2 s) for a voter whose replicated log reaches this
+    /// leader's last entry; asks it to campaign now ([`Network::timeout_now`]); and waits
+    /// (as long again) until a new leader is known. The candidate's vote request, for a
+    /// higher term with a log as long as ours, is granted by this replica — a leader's own
+    /// vote is refreshed only when it changes, so past its first lease after election it
+    /// does not refuse, and once it has seen the candidate's term its vote is no longer a
+    /// committed one that a lease protects — and with three voters the two votes are a
+    /// quorum. The other followers refuse until the lease runs out, so with five or more
+    /// voters this is no faster than the lease. Returns the successor asked, or `None`
     /// when this replica does not lead.
     ///
     /// # Errors
@@ -1137,7 +1144,9 @@ impl<S: StateMachine> Replica<S> {
                 replication.get(v).copied().flatten().is_some_and(|matched| matched.index >= last)
             })
         };
-        let within = self.election_timeout_max;
+        // Each wait at most one upper election timeout, and at most HAND_OVER_STEP: the
+        // whole hand-over stays well inside a supervisor's stop timeout.
+        let within = self.election_timeout_max.min(HAND_OVER_STEP);
         let m = self
             .raft
             .wait(Some(within))
