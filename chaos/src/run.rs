@@ -344,6 +344,10 @@ pub async fn run(
     let mut timeline = Vec::new();
     let mut windows: Vec<FaultWindow> = Vec::new();
     let mut fault_violations = Vec::new();
+    // Rounds whose fault did not take (no snapshot to damage, a disk that did not fill,
+    // no agent attached): they prove nothing and are reported inconclusive; a run in
+    // which no round injected its fault at all fails.
+    let mut untaken: Vec<String> = Vec::new();
     let deadline = Instant::now() + config.duration;
     let mut round = 0usize;
     while Instant::now() + scenario.hold < deadline {
@@ -367,20 +371,27 @@ pub async fn run(
             Nemesis::HungReplica => {
                 round += 1;
                 progress(&format!("fault {round}: the replica member c uses hung"));
-                if let Some((what, at, healed)) =
-                    member.hang_round(&topo, clock, &mut timeline).await?
-                    && let Some((promise, bound)) =
-                        scenario.availability_bound(Nemesis::HungReplica)
-                {
-                    windows.push(FaultWindow { what, at, healed, promise, bound });
+                match member.hang_round(&topo, clock, &mut timeline).await? {
+                    Some((what, at, healed)) => {
+                        if let Some((promise, bound)) =
+                            scenario.availability_bound(Nemesis::HungReplica)
+                        {
+                            windows.push(FaultWindow { what, at, healed, promise, bound });
+                        }
+                    }
+                    // Why is in the member's inconclusive notes already.
+                    None => untaken.push(format!("round {round}: nothing hung")),
                 }
                 continue;
             }
             Nemesis::CorruptSnapshot => {
                 round += 1;
                 let at = clock.now();
-                let what = corrupt_snapshot(&mut topo, &mut fault_violations).await;
+                let (what, damaged) = corrupt_snapshot(&mut topo, &mut fault_violations).await;
                 progress(&format!("fault {round}: {what}"));
+                if !damaged {
+                    untaken.push(format!("round {round}: {what}"));
+                }
                 timeline.push(TimelineEvent { at_ms: at / 1_000_000, what });
                 continue;
             }
@@ -394,6 +405,9 @@ pub async fn run(
         let injected = inject(&mut topo, nemesis, &mut rng).await;
         let at = clock.now();
         progress(&format!("fault {round}: {}", injected.what));
+        if !injected.took {
+            untaken.push(format!("round {round}: {}", injected.what));
+        }
         timeline.push(TimelineEvent { at_ms: at / 1_000_000, what: injected.what.clone() });
         let held = Instant::now();
         // A replica asked to leave (SIGTERM) must be gone within the hold; one whose disk
@@ -402,12 +416,10 @@ pub async fn run(
             let filled = injected.filled.contains(&id);
             match topo.fed.wait_exit(id, scenario.hold).await {
                 Err(_) if filled && still_writes(&topo, id).await => {
-                    timeline.push(TimelineEvent {
-                        at_ms: clock.now() / 1_000_000,
-                        what: format!(
-                            "observed: replica {id} still writes (its database had room)"
-                        ),
-                    });
+                    let what =
+                        format!("observed: replica {id} still writes (its database had room)");
+                    untaken.push(format!("round {round}: {what}; no storage error injected"));
+                    timeline.push(TimelineEvent { at_ms: clock.now() / 1_000_000, what });
                 }
                 Ok(status) => {
                     timeline.push(TimelineEvent {
@@ -501,6 +513,10 @@ pub async fn run(
         member.check_converged(&topo).await;
     }
     let measurements = std::mem::take(&mut member.measurements);
+    if let Some(violation) = no_fault_taken(scenario.name, round, &untaken) {
+        fault_violations.push(violation);
+    }
+    checked.inconclusive.extend(untaken.into_iter().map(|r| format!("fault did not take: {r}")));
     checked.violations.append(&mut fault_violations);
     checked.violations.append(&mut member.violations);
     checked.inconclusive.append(&mut member.inconclusive);
@@ -540,6 +556,21 @@ pub async fn run(
     Ok(report)
 }
 
+/// A violation when `rounds` rounds ran and none of them injected its fault (each is in
+/// `untaken`): the scenario then tested nothing of what it is named for.
+fn no_fault_taken(scenario: &str, rounds: usize, untaken: &[String]) -> Option<check::Violation> {
+    (rounds > 0 && untaken.len() >= rounds).then(|| {
+        check::Violation::new(
+            check::ViolationKind::Unverifiable,
+            format!(
+                "'{scenario}': none of its {rounds} rounds injected the fault, so the run proves \
+                 nothing about it ({})",
+                untaken.join("; ")
+            ),
+        )
+    })
+}
+
 /// The faults [`Nemesis::Mixed`] picks from.
 const MIXED: &[Nemesis] = &[
     Nemesis::KillLeader,
@@ -564,6 +595,8 @@ struct Injected {
     must_exit: Vec<u64>,
     /// Replicas whose disk was filled (freed at the heal).
     filled: Vec<u64>,
+    /// Whether the fault was injected at all (a disk that could not be filled was not).
+    took: bool,
 }
 
 /// One fault's availability promise, checked against the history after the run.
@@ -579,29 +612,58 @@ struct FaultWindow {
 /// One `snapshot-corruption` round: a follower with a snapshot file is stopped, one
 /// byte in the middle of that file flipped, and the follower restarted. It must refuse to
 /// start (exit non-zero, naming the file) rather than restore the damaged state; it is
-/// then replaced from nothing as its error says (remove-member, wipe, add-member).
-async fn corrupt_snapshot(topo: &mut Topology, violations: &mut Vec<check::Violation>) -> String {
+/// then replaced from nothing as its error says (remove-member, wipe, add-member). When
+/// no follower has a snapshot file yet, one is made to build one first. Returns what was
+/// done and whether a file was damaged.
+async fn corrupt_snapshot(
+    topo: &mut Topology,
+    violations: &mut Vec<check::Violation>,
+) -> (String, bool) {
     let Some(leader) = leader(topo).await else {
-        return "snapshot not damaged: no agreed leader".into();
+        return ("snapshot not damaged: no agreed leader".into(), false);
     };
-    let Some((victim, file)) = topo
-        .ids
-        .iter()
-        .copied()
-        .filter(|id| *id != leader)
-        .find_map(|id| Some((id, snapshot_file(&topo.fed.replica(id).data_dir)?)))
-    else {
-        return "snapshot not damaged: no follower has built or received one yet".into();
+    let followers: Vec<u64> = topo.ids.iter().copied().filter(|id| *id != leader).collect();
+    let with_file = |topo: &Topology| {
+        followers
+            .iter()
+            .copied()
+            .find_map(|id| Some((id, snapshot_file(&topo.fed.replica(id).data_dir)?)))
+    };
+    let found = match with_file(topo) {
+        Some(found) => Some(found),
+        None => {
+            // None built or received one yet: have the first follower build one now.
+            if let Some(&first) = followers.first() {
+                let built = async {
+                    let mut admin = topo.fed.admin(first).await.ok()?;
+                    let request = federator_proto::admin::TriggerSnapshotRequest { purge: false };
+                    admin.trigger_snapshot(request).await.ok()
+                };
+                let _ = tokio::time::timeout(Duration::from_secs(30), built).await;
+            }
+            with_file(topo)
+        }
+    };
+    let Some((victim, file)) = found else {
+        return (
+            "snapshot not damaged: no follower has a snapshot file, even after being asked to \
+             build one"
+                .into(),
+            false,
+        );
     };
     topo.fed.kill(victim);
     // The file may have been replaced by a newer one while the replica ran.
     let file = snapshot_file(&topo.fed.replica(victim).data_dir).unwrap_or(file);
     if let Err(error) = flip_middle_byte(&file) {
         let _ = topo.fed.restart(victim);
-        return format!("snapshot of replica {victim} not damaged: {error:#}");
+        return (format!("snapshot of replica {victim} not damaged: {error:#}"), false);
     }
     if let Err(error) = topo.fed.restart(victim) {
-        return format!("replica {victim} not restarted after its snapshot was damaged: {error:#}");
+        return (
+            format!("replica {victim} not restarted after its snapshot was damaged: {error:#}"),
+            false,
+        );
     }
     let refused = topo.fed.wait_exit(victim, Duration::from_secs(15)).await;
     let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
@@ -633,8 +695,12 @@ async fn corrupt_snapshot(topo: &mut Topology, violations: &mut Vec<check::Viola
         }
     };
     let replaced = membership::replace_from_nothing(topo, victim).await;
-    format!(
-        "snapshot file of replica {victim} (follower) damaged, restarted: {outcome}; {replaced}"
+    (
+        format!(
+            "snapshot file of replica {victim} (follower) damaged, restarted: {outcome}; \
+             {replaced}"
+        ),
+        true,
     )
 }
 
@@ -726,6 +792,7 @@ async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Inje
         paused: Vec::new(),
         must_exit: Vec::new(),
         filled: Vec::new(),
+        took: true,
     };
     let ids = topo.ids.clone();
     let leader = leader(topo).await;
@@ -815,9 +882,13 @@ async fn inject(topo: &mut Topology, nemesis: Nemesis, rng: &mut StdRng) -> Inje
                         format!("disk full under replica {victim} ({})", role(leader, victim));
                 }
                 Some(Err(error)) => {
+                    injected.took = false;
                     injected.what = format!("disk of replica {victim} not filled: {error:#}");
                 }
-                None => injected.what = format!("replica {victim} has no disk of its own"),
+                None => {
+                    injected.took = false;
+                    injected.what = format!("replica {victim} has no disk of its own");
+                }
             }
         }
         Nemesis::Mixed
@@ -1011,6 +1082,22 @@ mod tests {
         for name in ["sigterm-leader", "disk-full", "asymmetric-leader"] {
             assert!(SHORT.contains(&name), "{name} in the short set");
         }
+    }
+
+    #[test]
+    fn a_run_in_which_no_round_injected_its_fault_fails() {
+        assert!(no_fault_taken("disk-full", 0, &[]).is_none(), "no round ran");
+        let one = ["round 1: disk of replica 2 not filled: no space".to_string()];
+        assert!(no_fault_taken("disk-full", 2, &one).is_none(), "one round of two took");
+        let both = [one[0].clone(), "round 2: observed: replica 3 still writes".to_string()];
+        let violation = no_fault_taken("disk-full", 2, &both).expect("none took");
+        assert_eq!(violation.kind, check::ViolationKind::Unverifiable);
+        assert!(
+            violation.message.contains("none of its 2 rounds")
+                && violation.message.contains("still writes"),
+            "{}",
+            violation.message
+        );
     }
 
     #[test]

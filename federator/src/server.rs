@@ -44,6 +44,9 @@ const CERTIFICATE_CHECK_PERIOD: Duration = Duration::from_secs(5);
 /// ended at once; this bounds unary calls in flight) before it closes them: well under
 /// the 30 s a supervisor gives before SIGKILL.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a replica that failed (its raft core stopped on a storage error) lets its API
+/// flush the statuses that send its callers elsewhere before it exits.
+const FAILED_FLUSH: Duration = Duration::from_secs(1);
 
 /// The replica type of a federator server.
 pub type FederationReplica = Replica<FederationState>;
@@ -277,7 +280,8 @@ pub async fn run(
     // agents reconnect elsewhere), new watches are refused.
     health::not_serving(&health_reporter, &serving).await;
     let _ = leaving_tx.send(Some(reason));
-    // Then the raft core: a leader stops heartbeating, so the others elect a successor
+    // Then the raft core: a leader first hands over to a voter that holds its whole log
+    // (`Replica::shutdown`), else stops heartbeating and the others elect after its lease,
     // while this process drains its connections.
     let was_leader = replica.metrics().borrow().state == openraft::ServerState::Leader;
     match tokio::time::timeout(DRAIN_TIMEOUT, replica.shutdown()).await {
@@ -307,6 +311,10 @@ pub async fn run(
         tasks.push(api);
         tasks.push(transport);
     } else {
+        // A failed replica leaves promptly, but first lets the API deliver what it just
+        // told its callers — watch streams ended with UNAVAILABLE, health NOT_SERVING —
+        // so that agents learn it left from its answer, not from a reset connection.
+        let _ = tokio::time::timeout(FAILED_FLUSH, &mut api).await;
         api.abort();
         transport.abort();
     }

@@ -222,9 +222,10 @@ impl Route {
             return;
         }
         let counts: Vec<usize> = batch.iter().map(|q| q.commands.len()).collect();
-        if self.network.as_ref().and_then(Network::fenced).is_some() {
-            // This replica leads a term it stepped down from (check-quorum): nothing it
-            // proposes could commit. The writers retry once another leader is known.
+        if self.network.as_ref().is_some_and(|n| n.fenced().is_some() || n.proposals_closed()) {
+            // This replica leads a term it stepped down from (check-quorum), or hands over
+            // as it stops: nothing it proposes could commit, or it would make its log
+            // longer than its successor's. The writers retry once another leader is known.
             let none = ForwardToLeader { leader_id: None, leader_node: None };
             answer(batch, &counts, Err(ProposeError::ForwardToLeader(none)), false);
             return;

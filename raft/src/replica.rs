@@ -37,6 +37,9 @@ const READ_YOUR_WRITES_TIMEOUT: Duration = Duration::from_secs(5);
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a new replica has to catch up with the leader's log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest of each of the two waits of a stopping leader's hand-over (a voter catching up,
+/// the successor being elected).
+const HAND_OVER_STEP: Duration = Duration::from_secs(2);
 /// A leader that heard from no quorum for this many upper election timeouts steps down.
 const CHECK_QUORUM_TIMEOUTS: u32 = 2;
 
@@ -441,6 +444,8 @@ pub struct Replica<S: StateMachine> {
     write_retries: u32,
     leader_handler: LeaderHandlerSlot,
     proposer: Proposer,
+    /// The upper election timeout (the leader's lease): bounds the hand-over on shutdown.
+    election_timeout_max: Duration,
 }
 
 impl<S: StateMachine> Clone for Replica<S> {
@@ -455,6 +460,7 @@ impl<S: StateMachine> Clone for Replica<S> {
             write_retries: self.write_retries,
             leader_handler: self.leader_handler.clone(),
             proposer: self.proposer.clone(),
+            election_timeout_max: self.election_timeout_max,
         }
     }
 }
@@ -505,6 +511,7 @@ impl<S: StateMachine> Replica<S> {
             write_retries: config.write_retries,
             leader_handler: LeaderHandlerSlot::new(),
             proposer,
+            election_timeout_max: config.election_timeout_max,
         };
         replica.spawn_metrics_refresher();
         replica.spawn_check_quorum(config.election_timeout_max * CHECK_QUORUM_TIMEOUTS);
@@ -759,6 +766,10 @@ impl<S: StateMachine> Replica<S> {
         timeout: Duration,
     ) -> Result<WriteOutcome, ReplicaError> {
         self.check_cluster_version(&command).await?;
+        if self.network.proposals_closed() {
+            // Stopping and handing over: see `hand_over`.
+            return Err(ReplicaError::NoLeader);
+        }
         let written =
             tokio::time::timeout(timeout, self.raft.client_write(Command::single(command)))
                 .await
@@ -1070,14 +1081,105 @@ impl<S: StateMachine> Replica<S> {
         Ok(index)
     }
 
-    /// Stops the raft core. A leader stops heartbeating at once, so its followers elect
-    /// a successor after its lease (the upper election timeout) plus their own random
-    /// timeout — openraft 0.9 has no leadership transfer that would skip the lease.
+    /// Stops the raft core. A leader first hands over ([`Self::hand_over`]): a voter
+    /// whose log is as long as its own campaigns at once and wins with this replica's vote,
+    /// so a three-voter group has a new leader within a round trip or two instead of
+    /// after the lease (the upper election timeout) plus a random timeout. Where that
+    /// does not work (no voter caught up in time, more than three voters: the others still
+    /// hold the lease and refuse their votes, a peer of an older build) the followers
+    /// elect after the lease as before.
     ///
     /// # Errors
     /// The core task failed.
     pub async fn shutdown(&self) -> Result<(), ReplicaError> {
+        match self.hand_over().await {
+            Ok(Some(successor)) => {
+                tracing::info!(replica = self.id, successor, "leadership handed over");
+            }
+            Ok(None) => {}
+            Err(reason) => {
+                tracing::info!(
+                    replica = self.id,
+                    %reason,
+                    "leadership not handed over; the others elect after the lease"
+                );
+            }
+        }
         self.raft.shutdown().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
+    }
+
+    /// Leadership hand-over by a stopping leader (openraft 0.9 has no leadership
+    /// transfer): stops proposing, so its log stops growing; waits (up to one upper
+    /// election timeout, at most 2 s) for a voter whose replicated log reaches this
+    /// leader's last entry; asks it to campaign now ([`Network::timeout_now`]); and waits
+    /// (as long again) until a new leader is known. The candidate's vote request, for a
+    /// higher term with a log as long as ours, is granted by this replica — a leader's own
+    /// vote is refreshed only when it changes, so past its first lease after election it
+    /// does not refuse, and once it has seen the candidate's term its vote is no longer a
+    /// committed one that a lease protects — and with three voters the two votes are a
+    /// quorum. The other followers refuse until the lease runs out, so with five or more
+    /// voters this is no faster than the lease. Returns the successor asked, or `None`
+    /// when this replica does not lead.
+    ///
+    /// # Errors
+    /// Why the hand-over did not happen (the caller stops the core anyway).
+    async fn hand_over(&self) -> Result<Option<NodeId>, String> {
+        let m = self.raft.metrics().borrow().clone();
+        if m.state != ServerState::Leader || m.running_state.is_err() {
+            return Ok(None);
+        }
+        let term = m.current_term;
+        let voters: BTreeSet<NodeId> =
+            m.membership_config.membership().voter_ids().filter(|v| *v != self.id).collect();
+        if voters.is_empty() {
+            return Ok(None);
+        }
+        // Nothing more is proposed here: the log stops growing, so a voter can hold all
+        // of it (its vote request is refused by a longer log).
+        self.network.close_proposals();
+        let caught_up = |m: &RaftMetrics| {
+            let last = m.last_log_index?;
+            let replication = m.replication.as_ref()?;
+            voters.iter().copied().find(|v| {
+                replication.get(v).copied().flatten().is_some_and(|matched| matched.index >= last)
+            })
+        };
+        // Each wait at most one upper election timeout, and at most HAND_OVER_STEP: the
+        // whole hand-over stays well inside a supervisor's stop timeout.
+        let within = self.election_timeout_max.min(HAND_OVER_STEP);
+        let m = self
+            .raft
+            .wait(Some(within))
+            .metrics(|m| caught_up(m).is_some(), "a voter to hold the leader's whole log")
+            .await
+            .map_err(|e| format!("no voter caught up: {e}"))?;
+        if m.state != ServerState::Leader || m.current_term != term {
+            return Err("no longer leads".into());
+        }
+        let successor = caught_up(&m).ok_or("no voter caught up")?;
+        let addr = m
+            .membership_config
+            .membership()
+            .get_node(&successor)
+            .map(|n| n.addr.clone())
+            .ok_or("the successor has no address")?;
+        self.network
+            .timeout_now(&addr, self.id, term)
+            .await
+            .map_err(|status| format!("replica {successor} refused to campaign: {status}"))?;
+        // Not only until this replica steps down — it may do so on seeing the candidate's
+        // term in a replication answer, before the vote request arrives — but until it
+        // hears from a new leader: its core must still be running to grant the vote.
+        let id = self.id;
+        self.raft
+            .wait(Some(within))
+            .metrics(
+                |m| m.current_term > term && m.current_leader.is_some_and(|l| l != id),
+                "a successor to lead",
+            )
+            .await
+            .map_err(|e| format!("replica {successor} campaigned, no successor known: {e}"))?;
+        Ok(Some(successor))
     }
 
     /// Whether this replica's raft core stopped (shut down, or fail-stopped on a storage

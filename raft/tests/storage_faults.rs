@@ -274,3 +274,93 @@ async fn a_replica_that_cannot_save_its_vote_stops_instead_of_voting() {
         running.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_whose_core_stopped_never_answers_written_then_not_found() {
+    use federator_raft::ReplicaError;
+    let pki = Pki::new();
+    let (group, leader) = start_group::<Applied>(&pki, &[1, 2, 3]).await;
+    let v = group.iter().position(|r| r.replica.id() != leader).expect("a follower");
+    let victim = &group[v].replica;
+    let l = group.iter().position(|r| r.replica.id() == leader).expect("the leader runs");
+    victim.write(b"before".to_vec()).await.expect("a write through a healthy follower");
+    let (seen, _) = victim
+        .read(Consistency::Stale, |s| s.0.contains(&"before".to_string()))
+        .await
+        .expect("stale read");
+    assert!(seen, "read your writes on a healthy follower");
+
+    // The victim's disk fails: the next entries the leader sends it cannot be appended, so
+    // its core stops. Writes forwarded through it commit on the other two, and it must not
+    // answer "written" for an entry it will never apply.
+    failpoints::arm(&db_path(&group[v]), Point::LogAppend);
+    let mut refused = Vec::new();
+    for i in 0..10 {
+        let value = format!("through-victim-{i}");
+        match victim.write(value.clone().into_bytes()).await {
+            Ok(written) => {
+                // Answered "written": a stale read here sees it, or is refused — never "not
+                // found".
+                match victim.read(Consistency::Stale, |s| s.0.contains(&value)).await {
+                    Ok((seen, applied)) => assert!(
+                        seen && applied >= written.index,
+                        "{value} answered written at index {} through replica {}, then a \
+                         stale read there at applied index {applied} did not find it",
+                        written.index,
+                        victim.id()
+                    ),
+                    Err(error) => {
+                        assert!(matches!(error, ReplicaError::Stopped(_)), "{error}");
+                    }
+                }
+            }
+            Err(error) => refused.push((value, error)),
+        }
+    }
+    wait_stopped(&group[v]).await;
+    assert!(!refused.is_empty(), "every write through a replica whose disk failed was answered");
+    let not_applied: Vec<&String> = refused
+        .iter()
+        .filter(|(_, e)| matches!(e, ReplicaError::NotAppliedHere { .. }))
+        .map(|(value, _)| value)
+        .collect();
+    for (value, error) in &refused {
+        assert!(
+            matches!(error, ReplicaError::NotAppliedHere { .. } | ReplicaError::Stopped(_)),
+            "{value}: {error}"
+        );
+    }
+    // "Committed but not applied here" is the truth: the write took effect elsewhere.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let on_leader = group[l].replica.state().read(|s| s.0.clone());
+        if not_applied.iter().all(|value| on_leader.contains(value)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{not_applied:?} reported committed, not on the leader");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Stopped, it serves nothing: no stale read of a state that no longer advances, no
+    // linearizable read, no write.
+    let stale = victim.read(Consistency::Stale, |s| s.0.len()).await;
+    assert!(
+        matches!(stale, Err(ReplicaError::Stopped(_))),
+        "stale read on a stopped core: {stale:?}"
+    );
+    let linearizable = victim.read(Consistency::Linearizable, |s| s.0.len()).await;
+    assert!(linearizable.is_err(), "linearizable read on a stopped core: {linearizable:?}");
+    let after = victim.write(b"after-stop".to_vec()).await;
+    assert!(after.is_err(), "a write through a stopped core: {after:?}");
+    eprintln!(
+        "{} of 10 writes through replica {} refused after its disk failed ({} as committed but \
+         not applied there)",
+        refused.len(),
+        victim.id(),
+        not_applied.len()
+    );
+    failpoints::heal(&db_path(&group[v]));
+    for running in group {
+        running.stop().await;
+    }
+}

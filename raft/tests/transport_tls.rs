@@ -262,6 +262,14 @@ impl RaftService for StubRaft {
         // As a build from before the cluster-version gate answers.
         Err(Status::unimplemented("NodeInfo"))
     }
+
+    async fn timeout_now(
+        &self,
+        request: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        self.record(&request)?;
+        Err(Status::unimplemented("the stub does not campaign"))
+    }
 }
 
 // === harness ===

@@ -930,6 +930,25 @@ mod tests {
     }
 
     #[test]
+    fn a_voter_whose_core_stopped_is_not_in_the_quorum_count() {
+        let row = |id: u64, role: &str| status::ReplicaRow {
+            reachable: true,
+            error: None,
+            role: Some(role.into()),
+            ..voter(id)
+        };
+        // Replica 3 fail-stopped on a full disk but still answers: never "3/3".
+        let mut view = group(vec![row(1, "leader"), row(2, "follower"), row(3, "shutdown")]);
+        view.tally();
+        let mut checks = Checks::default();
+        check_group(&args(), &view, &mut checks);
+        let text = render(&report(checks.0));
+        assert!(text.contains("quorum: 2/3 voters answer"), "{text}");
+        assert!(!text.contains("quorum: 3/3"), "{text}");
+        assert!(text.contains("replica 3 answers but its raft core stopped"), "{text}");
+    }
+
+    #[test]
     fn a_stopping_replica_is_named_instead_of_an_election() {
         use clap::Parser as _;
         #[derive(clap::Parser)]

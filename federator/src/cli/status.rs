@@ -111,6 +111,26 @@ pub struct GroupView {
     pub replicas: Vec<ReplicaRow>,
 }
 
+impl GroupView {
+    /// Counts the voters that take part in the quorum — those that answered with a
+    /// running raft core; one whose core stopped (stopping, or fail-stopped on a storage
+    /// error) answers but takes no part — and whether they are a majority.
+    pub fn tally(&mut self) {
+        self.voters_up = self.replicas.iter().filter(|r| r.counts_toward_quorum()).count();
+        self.quorum = self.voters > 0 && self.voters_up > self.voters / 2;
+    }
+}
+
+impl ReplicaRow {
+    /// Whether this replica is a voter that answered with a running raft core.
+    #[must_use]
+    pub fn counts_toward_quorum(&self) -> bool {
+        self.membership == "voter"
+            && self.reachable
+            && self.role.as_deref() != Some(role_name(Role::Shutdown))
+    }
+}
+
 /// Runs `federator status`.
 pub async fn run(
     _args: StatusArgs,
@@ -163,11 +183,6 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
     for ((id, membership, raft_addr, api_addr), status) in members.into_iter().zip(statuses) {
         let row = match status {
             Ok(s) => {
-                // A replica whose raft core stopped (stopping, or fail-stopped on a storage
-                // error) answers but takes no part in the quorum.
-                if membership == "voter" && s.role() != Role::Shutdown {
-                    view.voters_up += 1;
-                }
                 ReplicaRow {
                     id,
                     membership,
@@ -197,7 +212,7 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
         };
         view.replicas.push(row);
     }
-    view.quorum = view.voters > 0 && view.voters_up > view.voters / 2;
+    view.tally();
     view.cluster_version = view
         .replicas
         .iter()
@@ -320,5 +335,67 @@ pub fn role_name(role: Role) -> &'static str {
         Role::Learner => "learner",
         Role::Shutdown => "shutdown",
         Role::Unspecified => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(id: u64, membership: &'static str, role: Option<Role>) -> ReplicaRow {
+        let unreachable =
+            ReplicaRow::unreachable(id, membership, String::new(), String::new(), "down".into());
+        match role {
+            Some(role) => ReplicaRow {
+                reachable: true,
+                error: None,
+                role: Some(role_name(role).to_string()),
+                ..unreachable
+            },
+            None => unreachable,
+        }
+    }
+
+    fn view(replicas: Vec<ReplicaRow>) -> GroupView {
+        let mut view = GroupView {
+            leader: None,
+            term: 1,
+            voters_up: 0,
+            voters: 3,
+            quorum: false,
+            cluster_version: None,
+            replicas,
+        };
+        view.tally();
+        view
+    }
+
+    #[test]
+    fn a_voter_whose_core_stopped_is_not_counted_towards_the_quorum() {
+        let all = view(vec![
+            row(1, "voter", Some(Role::Leader)),
+            row(2, "voter", Some(Role::Follower)),
+            row(3, "voter", Some(Role::Follower)),
+        ]);
+        assert_eq!((all.voters_up, all.quorum), (3, true));
+        let one_stopped = view(vec![
+            row(1, "voter", Some(Role::Leader)),
+            row(2, "voter", Some(Role::Follower)),
+            row(3, "voter", Some(Role::Shutdown)),
+        ]);
+        assert_eq!((one_stopped.voters_up, one_stopped.quorum), (2, true), "not 3/3");
+        let two_stopped = view(vec![
+            row(1, "voter", Some(Role::Shutdown)),
+            row(2, "voter", Some(Role::Follower)),
+            row(3, "voter", Some(Role::Shutdown)),
+        ]);
+        assert_eq!((two_stopped.voters_up, two_stopped.quorum), (1, false), "no quorum");
+        let learner_and_down = view(vec![
+            row(1, "voter", Some(Role::Leader)),
+            row(2, "voter", None),
+            row(3, "voter", Some(Role::Follower)),
+            row(4, "learner", Some(Role::Learner)),
+        ]);
+        assert_eq!((learner_and_down.voters_up, learner_and_down.quorum), (2, true));
     }
 }

@@ -85,6 +85,9 @@ struct Shared {
     /// A term this replica leads but may not replicate in any more (0: none), see
     /// [`Network::fence`].
     fenced_term: Arc<AtomicU64>,
+    /// Whether this replica proposes nothing more (a stopping leader handing over), see
+    /// [`Network::close_proposals`].
+    proposals_closed: std::sync::atomic::AtomicBool,
 }
 
 /// openraft's client of one peer replica, made by [`Network::new_client`].
@@ -232,6 +235,7 @@ impl Network {
                 metrics,
                 channels: Mutex::new(HashMap::new()),
                 fenced_term: Arc::new(AtomicU64::new(0)),
+                proposals_closed: std::sync::atomic::AtomicBool::new(false),
             }),
         }
     }
@@ -255,6 +259,19 @@ impl Network {
     #[must_use]
     pub fn fenced(&self) -> Option<u64> {
         Some(self.shared.fenced_term.load(Ordering::Relaxed)).filter(|t| *t > 0)
+    }
+
+    /// Makes this replica propose nothing more (writers are told no leader is known and
+    /// retry elsewhere) while replication goes on: a stopping leader's log stops growing,
+    /// so a follower can hold all of it and win the vote of a hand-over.
+    pub fn close_proposals(&self) {
+        self.shared.proposals_closed.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Network::close_proposals`] was called.
+    #[must_use]
+    pub fn proposals_closed(&self) -> bool {
+        self.shared.proposals_closed.load(Ordering::Relaxed)
     }
 
     /// The options this network was made with.
@@ -352,6 +369,24 @@ impl Network {
             Err(status) if status.code() == Code::Unimplemented => Ok(0),
             Err(status) => Err(status),
         }
+    }
+
+    /// Asks the replica at `addr` to campaign at once (leadership hand-over by this
+    /// replica, `leader_id`, leading `term`).
+    ///
+    /// # Errors
+    /// The gRPC status of the failure: `FailedPrecondition` when that replica does not
+    /// follow this one in `term`, `Unimplemented` from a build without hand-over.
+    pub async fn timeout_now(
+        &self,
+        addr: &str,
+        leader_id: NodeId,
+        term: u64,
+    ) -> Result<(), Status> {
+        let mut client = self.client(addr).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let request = self.unary_request(pb::TimeoutNowRequest { leader_id, term });
+        bounded(self.shared.options.rpc_timeout, client.timeout_now(request)).await?;
+        Ok(())
     }
 
     /// A request carrying the RPC timeout as its gRPC deadline.

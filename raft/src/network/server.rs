@@ -371,6 +371,32 @@ impl RaftService for RaftTransportService {
     ) -> Result<Response<pb::NodeInfoResponse>, Status> {
         Ok(Response::new(pb::NodeInfoResponse { supported_version: self.supported_version }))
     }
+
+    async fn timeout_now(
+        &self,
+        request: Request<pb::TimeoutNowRequest>,
+    ) -> Result<Response<pb::TimeoutNowResponse>, Status> {
+        let pb::TimeoutNowRequest { leader_id, term } = request.into_inner();
+        {
+            let metrics = self.raft.metrics();
+            let m = metrics.borrow();
+            // Only the leader this replica follows, in its term, may make it campaign: a
+            // stray or late request must not disturb a healthy group.
+            if m.state != ServerState::Follower
+                || m.current_leader != Some(leader_id)
+                || m.current_term != term
+            {
+                return Err(Status::failed_precondition(format!(
+                    "replica {} does not follow replica {leader_id} in term {term} (it is {:?} \
+                     in term {}, leader {:?})",
+                    m.id, m.state, m.current_term, m.current_leader
+                )));
+            }
+        }
+        tracing::info!(leader_id, term, "the stopping leader hands over: campaigning now");
+        self.raft.trigger().elect().await.map_err(|e| stopped(&e))?;
+        Ok(Response::new(pb::TimeoutNowResponse {}))
+    }
 }
 
 // === impl PeerAuthorization ===
