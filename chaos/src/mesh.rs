@@ -13,7 +13,7 @@ use federator::identity::IssuedCertificate;
 use serde_json::json;
 
 use crate::agent::{AgentOptions, AgentProcess};
-use crate::cluster::{Federation, free_port, tail};
+use crate::cluster::{Federation, eventually, free_port, tail};
 use crate::envoy::{
     EchoReply, EchoServer, EnvoyProcess, ServerSidecar, Sidecar, http_get_host, mtls_get,
 };
@@ -318,4 +318,53 @@ pub fn failures(samples: &[Sample]) -> (usize, Vec<String>) {
         }
     }
     (count, reasons)
+}
+
+/// Waits until the Envoy of every one of `servers` accepts `svid` (a handshake as it).
+///
+/// # Errors
+/// One still refused it after [`WAIT`] (the error carries that cluster's logs).
+pub async fn wait_accepted(
+    servers: &[&ServerCluster],
+    svid: &IssuedCertificate,
+) -> anyhow::Result<()> {
+    for server in servers {
+        eventually("the server Envoy accepts the SVID", WAIT, || async {
+            server.probe(svid).await.ok()
+        })
+        .await
+        .with_logs(server)?;
+    }
+    Ok(())
+}
+
+/// Ends `agent`'s CA rotation: only the new CA. The agent's own SVID goes first (it must
+/// stay certified by the bundle it publishes) and the agent reconnects with it; then the
+/// bundle. Waits until the Envoy of every one of `servers` refuses `old`.
+///
+/// # Errors
+/// The files could not be written, the agent did not reconnect, or a server still
+/// accepted `old` after [`WAIT`].
+pub async fn retire_old_cas(
+    agent: &mut AgentProcess,
+    servers: &[&ServerCluster],
+    old: &IssuedCertificate,
+) -> anyhow::Result<()> {
+    let connections = agent.status().map_or(0, |s| s.connections);
+    agent.member.retire_old_cas()?;
+    agent.write_identity()?;
+    agent
+        .wait_status("the agent reconnected with its new SVID", WAIT, |s| {
+            s.connections > connections && s.connected_replica.is_some()
+        })
+        .await?;
+    agent.write_bundle()?;
+    for server in servers {
+        eventually("the server Envoy refuses an SVID of the retired CA", WAIT, || async {
+            server.probe(old).await.err()
+        })
+        .await
+        .with_logs(server)?;
+    }
+    Ok(())
 }

@@ -32,6 +32,7 @@ use federator_chaos::envoy::{
 use federator_chaos::member::MemberCluster;
 use federator_chaos::mesh::{
     HOSTNAME, NS, SERVICE, Sample, ServerCluster, Traffic, WAIT, WithLogs as _, call, failures,
+    retire_old_cas, wait_accepted,
 };
 
 /// Lease TTL of the agents: B's endpoints turn not ready this long after B dies.
@@ -133,13 +134,7 @@ async fn mtls_rotation_failover_and_removal_through_envoy() -> anyhow::Result<()
     agent_a.member.add_ca()?;
     agent_a.write_bundle()?;
     let new_svid = agent_a.member.issue(&client_id)?;
-    for server in [&b, &c] {
-        eventually("the server Envoy accepts an SVID of A's new CA", WAIT, || async {
-            server.probe(&new_svid).await.ok()
-        })
-        .await
-        .with_logs(server)?;
-    }
+    wait_accepted(&[&b, &c], &new_svid).await?;
     eventually("`bundle status a.example`: every member applied old+new", WAIT, || async {
         fed.cli(&[], &["bundle", "status", "a.example"]).ok().filter(|out| out.status.success())
     })
@@ -158,22 +153,7 @@ async fn mtls_rotation_failover_and_removal_through_envoy() -> anyhow::Result<()
     let svid_at = rotation_start.elapsed();
     // Only the new CA: the agent's own SVID first (it must stay certified by the bundle
     // it publishes), then the bundle. B's and C's Envoys then refuse the old SVID.
-    let connections = agent_a.status().map_or(0, |s| s.connections);
-    agent_a.member.retire_old_cas()?;
-    agent_a.write_identity()?;
-    agent_a
-        .wait_status("agent A reconnected with its new SVID", WAIT, |s| {
-            s.connections > connections && s.connected_replica.is_some()
-        })
-        .await?;
-    agent_a.write_bundle()?;
-    for server in [&b, &c] {
-        eventually("the server Envoy refuses an SVID of A's retired CA", WAIT, || async {
-            server.probe(&old_svid).await.err()
-        })
-        .await
-        .with_logs(server)?;
-    }
+    retire_old_cas(&mut agent_a, &[&b, &c], &old_svid).await?;
     let retired_at = rotation_start.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rotation_end = Instant::now();

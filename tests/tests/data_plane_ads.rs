@@ -29,7 +29,8 @@ use federator_chaos::cluster::{Federation, eventually, federator_bin, free_port}
 use federator_chaos::envoy::{AdsSidecar, EnvoyProcess, Sidecar, certificate_hash, envoy_version};
 use federator_chaos::member::MemberCluster;
 use federator_chaos::mesh::{
-    HOSTNAME, NS, Sample, ServerCluster, Traffic, WAIT, WithLogs as _, call_host, exports, failures,
+    HOSTNAME, NS, Sample, ServerCluster, Traffic, WAIT, WithLogs as _, call_host, exports,
+    failures, retire_old_cas, wait_accepted,
 };
 use federator_chaos::proxy::Proxy;
 
@@ -202,31 +203,10 @@ async fn an_ads_only_envoy_fails_over_rotates_and_verifies_each_exporter() -> an
     agent_a.member.add_ca()?;
     agent_a.write_bundle()?;
     let new_svid = agent_a.member.issue(&client_id)?;
-    for server in [&b, &c] {
-        eventually("the server Envoy accepts an SVID of A's new CA", WAIT, || async {
-            server.probe(&new_svid).await.ok()
-        })
-        .await
-        .with_logs(server)?;
-    }
+    wait_accepted(&[&b, &c], &new_svid).await?;
     envoy_a.write_svid(&new_svid)?;
     let new_hash = certificate_hash(&new_svid.cert_pem)?;
-    let connections = agent_a.status().map_or(0, |s| s.connections);
-    agent_a.member.retire_old_cas()?;
-    agent_a.write_identity()?;
-    agent_a
-        .wait_status("agent A reconnected with its new SVID", WAIT, |s| {
-            s.connections > connections && s.connected_replica.is_some()
-        })
-        .await?;
-    agent_a.write_bundle()?;
-    for server in [&b, &c] {
-        eventually("the server Envoy refuses an SVID of A's retired CA", WAIT, || async {
-            server.probe(&old_svid).await.err()
-        })
-        .await
-        .with_logs(server)?;
-    }
+    retire_old_cas(&mut agent_a, &[&b, &c], &old_svid).await?;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rotation = traffic.between(rotation_start, Instant::now());
     assert_none_failed("CA rotation", &rotation);
