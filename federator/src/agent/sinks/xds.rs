@@ -1,12 +1,12 @@
-//! An Envoy SDS + EDS server fed by the agent: the `xds` sink.
+//! An Envoy xDS server fed by the agent: the `xds` sink.
 //!
 //! The agent runs an [`XdsServer`] on a local address and registers its [`XdsSink`]
 //! with its other sinks; every view the agent applies becomes the resources the server
 //! serves, and every open stream whose resources changed gets the new ones pushed.
 //!
 //! # What is served
-//! `envoy.service.secret.v3.SecretDiscoveryService` (`StreamSecrets`, `FetchSecrets`),
-//! with the names a SPIRE agent user expects:
+//! `envoy.service.secret.v3.SecretDiscoveryService` (SDS), with the names a SPIRE agent
+//! user expects:
 //! - `ALL`: a validation context with Envoy's SPIFFE certificate validator
 //!   (`envoy.tls.cert_validator.spiffe`) holding every trust domain the cluster trusts,
 //!   its own and the federated ones, each with its own CA certificates, so that a peer
@@ -14,30 +14,34 @@
 //! - `ROOTCA`: this cluster's own CA certificates as a plain `trusted_ca`;
 //! - `spiffe://<trust domain>`: one trust domain's CA certificates as a `trusted_ca`.
 //!
-//! `envoy.service.endpoint.v3.EndpointDiscoveryService` (`StreamEndpoints`,
-//! `FetchEndpoints`): one `ClusterLoadAssignment` per import, named after its hostname
+//! `envoy.service.endpoint.v3.EndpointDiscoveryService` (EDS): one
+//! `ClusterLoadAssignment` per import, named after its hostname
 //! `NAME.NS.svc.clusterset.local` (its first port), and, for an import with several
 //! ports, one per named port, `NAME.NS.svc.clusterset.local:PORTNAME`. Endpoints are
 //! grouped into localities by (priority, region, zone): priority 0 is the consumer's
 //! zone, 1 its region, 2 anywhere else. See [`resources`] for the details.
 //!
-//! Both are state-of-the-world services (the `protocol` module describes the exchange); the
-//! incremental (delta) variants answer `UNIMPLEMENTED`, so configure Envoy's config
-//! sources with `api_type: GRPC`, not `DELTA_GRPC`.
+//! With [`MeshSettings`], CDS (a cluster per assignment, each exporter verified as
+//! itself), and with an egress address LDS and RDS: see [`mesh`].
+//!
+//! Every type is served by the aggregated service (ADS) and by its own service, each in
+//! both protocols: state of the world (the `protocol` module) and incremental (the
+//! `delta` module). [`bootstrap`] writes the Envoy bootstrap that takes everything by
+//! ADS.
 //!
 //! # Security
 //! The server speaks plain-text gRPC and authenticates no client: it must listen on
-//! loopback ([`XdsServer::serve`] refuses any other address) or on a unix socket
+//! loopback ([`XdsServer::serve`] refuses any other address unless
+//! [`XdsServer::allowing_remote`]: a pod's proxies in Kubernetes) or on a unix socket
 //! ([`XdsServer::serve_unix`]) in a directory only the mesh's proxies can reach. What
 //! it serves is not secret (CA certificates and endpoint addresses), but whoever could
 //! stand between Envoy and the server could make Envoy trust other CAs.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use std::collections::BTreeMap;
 
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::{
     ClusterDiscoveryService, ClusterDiscoveryServiceServer,
@@ -137,8 +141,8 @@ impl Shared {
     }
 }
 
-/// An Envoy SDS + EDS server (state of the world, plain-text gRPC) serving what its
-/// [`XdsSink`] is given.
+/// An Envoy xDS server (ADS and every single-type service, state of the world and delta;
+/// plain-text gRPC) serving what its [`XdsSink`] is given.
 #[derive(Debug)]
 pub struct XdsServer {
     shared: Arc<Shared>,
