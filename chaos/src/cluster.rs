@@ -494,6 +494,15 @@ impl Federation {
         client.status(pb::StatusRequest {}).await.ok().map(tonic::Response::into_inner)
     }
 
+    /// The applied index of replica `id`.
+    ///
+    /// # Errors
+    /// It did not answer.
+    pub async fn applied_index(&self, id: u64) -> anyhow::Result<u64> {
+        let status = self.status(id).await;
+        Ok(status.ok_or_else(|| anyhow::anyhow!("replica {id} gave no status"))?.applied_index)
+    }
+
     /// Runs the `federator` CLI against `ids` (all running replicas when empty).
     ///
     /// # Errors

@@ -93,12 +93,24 @@ async fn reused_expired_unknown_and_foreign_tokens_are_refused() -> anyhow::Resu
     let mut a = MemberCluster::new("cluster-a", "a.example")?;
     let mut b = MemberCluster::new("cluster-b", "b.example")?;
 
-    // Reuse: the first join succeeds, the second with the same token is refused.
+    // Reuse: the first join succeeds. The same agent retrying that very join (same
+    // token, key and bundle: its answer was lost) gets the same answer and nothing is
+    // proposed; the token with another bundle is refused as used.
     let token_a = fed.token("cluster-a", "a.example", "1h")?;
     let bundle = a.next_bundle()?;
     let mut client_a = a.client(&fed.replica(1).api_addr, &ca).await?;
-    client_a.join(join_request(&token_a, "a.example", bundle.clone())).await?;
-    let err = client_a.join(join_request(&token_a, "a.example", bundle)).await.expect_err("reuse");
+    let first = client_a.join(join_request(&token_a, "a.example", bundle.clone())).await?;
+    let first = first.into_inner();
+    let applied = fed.applied_index(1).await?;
+    let retried = client_a.join(join_request(&token_a, "a.example", bundle)).await?.into_inner();
+    assert_eq!(
+        (retried.cluster.as_str(), retried.revision),
+        (first.cluster.as_str(), first.revision),
+        "a retry is answered as the join it was"
+    );
+    assert_eq!(fed.applied_index(1).await?, applied, "a retry proposes nothing");
+    let other = a.next_bundle()?;
+    let err = client_a.join(join_request(&token_a, "a.example", other)).await.expect_err("reuse");
     assert_eq!(err.code(), Code::PermissionDenied, "{err}");
     assert!(err.message().contains("already used"), "{err}");
 

@@ -363,7 +363,29 @@ impl FederationService {
             now,
         };
         // Counted as a refusal by the caller of this function, not here.
-        self.check(&command).await.map_err(command_status)?;
+        if let Err(refused) = self.check(&command).await {
+            // A retry of a join that committed (its answer lost, or its outcome unknown
+            // across a leader change) is answered as that join; the caller proved it
+            // holds the agent's key above, and nothing is proposed.
+            let digest = parsed.digest();
+            let joined = self.replica.state().read(|s| {
+                s.joined_by(
+                    &token.secret_hash(),
+                    &token.cluster,
+                    &token.trust_domain,
+                    &id.to_string(),
+                    &digest,
+                )
+            });
+            let Some(revision) = joined else { return Err(command_status(refused)) };
+            tracing::info!(agent = %id, revision, "join retried after it took effect: answered as that join");
+            return Ok(Response::new(pb::JoinResponse {
+                cluster: token.cluster,
+                trust_domain: token.trust_domain,
+                agent_id: id.to_string(),
+                revision,
+            }));
+        }
         let applied = self.propose(command).await?;
         let revision = match applied {
             Applied::Bundle { revision, .. } | Applied::Revision { revision } => revision,

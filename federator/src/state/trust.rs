@@ -87,6 +87,33 @@ impl FederationState {
         self.members.values().find(|m| m.trust_domain == td)
     }
 
+    /// The revision of the join that a retried [`Command::Join`] already made: its answer
+    /// was lost, or its outcome was unknown across a leader change, and it committed. It
+    /// is that join when its token was used by it: the member holds the token's cluster
+    /// and trust domain, the same agent SPIFFE ID, joined when the token was used, and
+    /// its stored bundle is the one presented (`bundle_digest`). Read-only: a retry is
+    /// answered, never applied again. `None` for anything else (a reuse stays refused).
+    #[must_use]
+    pub fn joined_by(
+        &self,
+        secret_hash: &str,
+        cluster: &str,
+        trust_domain: &str,
+        agent_id: &str,
+        bundle_digest: &str,
+    ) -> Option<u64> {
+        let token = self.tokens.get(secret_hash)?;
+        let member = self.members.get(cluster)?;
+        let stored = self.bundles.get(trust_domain)?;
+        let same = token.cluster == cluster
+            && token.trust_domain == trust_domain
+            && token.used_at == Some(member.joined_at)
+            && member.trust_domain == trust_domain
+            && member.agent_id == agent_id
+            && stored.digest == bundle_digest;
+        same.then_some(stored.revision)
+    }
+
     pub(super) fn apply_create_token(
         &mut self,
         secret_hash: String,
@@ -548,6 +575,17 @@ mod tests {
         assert!(err.to_string().contains("unknown"), "{err}");
         assert!(state.members.is_empty());
         apply(&mut state, 6, join("t1", "a", now())).expect("join");
+        let digest = state.bundles["a.test"].digest.clone();
+        let revision = state.bundles["a.test"].revision;
+        // A retry of that very join is recognised (and answered by the handler, never
+        // applied); anything else that reuses the token is not.
+        assert_eq!(
+            state.joined_by("t1", "a", "a.test", "spiffe://a.test/agent", &digest),
+            Some(revision)
+        );
+        assert_eq!(state.joined_by("t1", "a", "a.test", "spiffe://a.test/other", &digest), None);
+        assert_eq!(state.joined_by("t1", "a", "a.test", "spiffe://a.test/agent", "00"), None);
+        assert_eq!(state.joined_by("t2", "a", "a.test", "spiffe://a.test/agent", &digest), None);
         let err = apply(&mut state, 7, join("t1", "a", now())).expect_err("reuse");
         assert!(err.to_string().contains("already used"), "{err}");
         let err = apply(&mut state, 8, join("t2", "a", now())).expect_err("already a member");
