@@ -256,6 +256,26 @@ fn not_leader(this: NodeId, forward: ForwardToLeader<NodeId, Node>) -> ReplicaEr
     }
 }
 
+/// Why a stopping leader did not hand over (its followers then elect after its lease).
+#[derive(Debug, thiserror::Error)]
+enum HandOverError {
+    /// No voter held the leader's whole log in time.
+    #[error("no voter caught up: {0}")]
+    NoVoterCaughtUp(String),
+    /// It lost the lead while waiting.
+    #[error("no longer leads")]
+    NoLongerLeads,
+    /// The chosen voter has no address in the membership.
+    #[error("replica {0} has no address")]
+    NoAddress(NodeId),
+    /// The chosen voter refused to campaign.
+    #[error("replica {0} refused to campaign: {1}")]
+    Refused(NodeId, String),
+    /// It campaigned, and no new leader was heard of in time.
+    #[error("replica {0} campaigned, no successor known: {1}")]
+    NoSuccessor(NodeId, String),
+}
+
 /// Errors of replica operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -1123,7 +1143,7 @@ impl<S: StateMachine> Replica<S> {
     ///
     /// # Errors
     /// Why the hand-over did not happen (the caller stops the core anyway).
-    async fn hand_over(&self) -> Result<Option<NodeId>, String> {
+    async fn hand_over(&self) -> Result<Option<NodeId>, HandOverError> {
         let m = self.raft.metrics().borrow().clone();
         if m.state != ServerState::Leader || m.running_state.is_err() {
             return Ok(None);
@@ -1152,21 +1172,22 @@ impl<S: StateMachine> Replica<S> {
             .wait(Some(within))
             .metrics(|m| caught_up(m).is_some(), "a voter to hold the leader's whole log")
             .await
-            .map_err(|e| format!("no voter caught up: {e}"))?;
+            .map_err(|e| HandOverError::NoVoterCaughtUp(e.to_string()))?;
         if m.state != ServerState::Leader || m.current_term != term {
-            return Err("no longer leads".into());
+            return Err(HandOverError::NoLongerLeads);
         }
-        let successor = caught_up(&m).ok_or("no voter caught up")?;
+        let successor =
+            caught_up(&m).ok_or_else(|| HandOverError::NoVoterCaughtUp("none".into()))?;
         let addr = m
             .membership_config
             .membership()
             .get_node(&successor)
             .map(|n| n.addr.clone())
-            .ok_or("the successor has no address")?;
+            .ok_or(HandOverError::NoAddress(successor))?;
         self.network
             .timeout_now(&addr, self.id, term)
             .await
-            .map_err(|status| format!("replica {successor} refused to campaign: {status}"))?;
+            .map_err(|status| HandOverError::Refused(successor, status.to_string()))?;
         // Not only until this replica steps down — it may do so on seeing the candidate's
         // term in a replication answer, before the vote request arrives — but until it
         // hears from a new leader: its core must still be running to grant the vote.
@@ -1178,7 +1199,7 @@ impl<S: StateMachine> Replica<S> {
                 "a successor to lead",
             )
             .await
-            .map_err(|e| format!("replica {successor} campaigned, no successor known: {e}"))?;
+            .map_err(|e| HandOverError::NoSuccessor(successor, e.to_string()))?;
         Ok(Some(successor))
     }
 

@@ -98,7 +98,7 @@ fn print_bootstrap(config: &AgentConfig, args: &BootstrapArgs) -> anyhow::Result
         delta: args.delta,
         certificate_sds_socket: args.certificate_sds_socket.as_deref(),
     };
-    let bootstrap = envoy_bootstrap(&options, config.mesh.as_ref()).map_err(anyhow::Error::msg)?;
+    let bootstrap = envoy_bootstrap(&options, config.mesh.as_ref())?;
     println!("{}", serde_json::to_string_pretty(&bootstrap)?);
     Ok(ExitCode::SUCCESS)
 }

@@ -55,24 +55,32 @@ fn http2_cluster(name: &str, address: Value) -> Value {
     })
 }
 
+/// Why no bootstrap could be written.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    /// The SVID comes from a bootstrap cluster whose SDS socket was not given.
+    #[error(
+        "[sinks.xds.clusters] takes the SVID from the bootstrap cluster {0:?}: give its SDS \
+         server's unix socket with --certificate-sds-socket (the SPIRE agent's, e.g. \
+         /run/spire/sockets/agent.sock)"
+    )]
+    NoCertificateSocket(String),
+}
+
 /// The bootstrap (Envoy's JSON form).
 ///
 /// # Errors
 /// The mesh settings take the SVID from a bootstrap cluster and no socket was given for
-/// it (the message says which option to add).
+/// it ([`BootstrapError::NoCertificateSocket`]).
 pub fn envoy_bootstrap(
     options: &BootstrapOptions<'_>,
     mesh: Option<&MeshSettings>,
-) -> Result<Value, String> {
+) -> Result<Value, BootstrapError> {
     let mut clusters = vec![http2_cluster(AGENT_XDS_CLUSTER, socket_address(options.xds))];
     if let Some(MeshSettings { certificate: CertificateSource::Sds { cluster, .. }, .. }) = mesh {
-        let socket = options.certificate_sds_socket.ok_or_else(|| {
-            format!(
-                "[sinks.xds.clusters] takes the SVID from the bootstrap cluster {cluster:?}: \
-                 give its SDS server's unix socket with --certificate-sds-socket (the SPIRE \
-                 agent's, e.g. /run/spire/sockets/agent.sock)"
-            )
-        })?;
+        let socket = options
+            .certificate_sds_socket
+            .ok_or_else(|| BootstrapError::NoCertificateSocket(cluster.clone()))?;
         clusters.push(http2_cluster(cluster, json!({ "pipe": { "path": socket } })));
     }
     let api_type = if options.delta { "DELTA_GRPC" } else { "GRPC" };
@@ -131,7 +139,7 @@ mod tests {
             secret: "default".into(),
         });
         let err = envoy_bootstrap(&options(false), Some(&mesh)).expect_err("socket required");
-        assert!(err.contains("--certificate-sds-socket"), "{err}");
+        assert!(err.to_string().contains("--certificate-sds-socket"), "{err}");
         let socket = PathBuf::from("/run/spire/sockets/agent.sock");
         let with = BootstrapOptions { certificate_sds_socket: Some(&socket), ..options(false) };
         let value = envoy_bootstrap(&with, Some(&mesh)).expect("bootstrap");
