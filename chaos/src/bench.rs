@@ -50,6 +50,98 @@ pub const GROUP_SIZE: u64 = 3;
 /// Time allowed for a group to start, elect a leader, or recover after a restart.
 pub(crate) const HEALTHY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The raft timing a benchmark gives each system: election timing decides how fast a
+/// crashed leader is replaced and how easily load causes a spurious election, so the
+/// systems are compared at the same timing as well as at each one's shipped default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchTiming {
+    /// Both at Federator's `lan` profile: heartbeat 25 ms, election timeout 80–160 ms.
+    /// etcd gets election timeout 80 ms (it randomizes to 80–160 ms itself) and heartbeat
+    /// 16 ms, the longest it accepts with that timeout (it refuses an election timeout
+    /// under five heartbeats).
+    Equal,
+    /// Each at its shipped default: Federator's `wan` profile (heartbeat 250 ms, election
+    /// timeout 1–2 s), etcd's 100 ms heartbeat and 1,000 ms election timeout.
+    Defaults,
+}
+
+impl BenchTiming {
+    /// The timing's name in reports.
+    #[must_use]
+    pub fn title(self) -> &'static str {
+        match self {
+            Self::Equal => "both at equal raft timing",
+            Self::Defaults => "each at its default raft timing",
+        }
+    }
+
+    /// Federator's timing profile.
+    #[must_use]
+    pub fn federator(self) -> federator_raft::Timing {
+        match self {
+            Self::Equal => federator_raft::Timing::Lan,
+            Self::Defaults => federator_raft::Timing::default(),
+        }
+    }
+
+    /// etcd's (heartbeat, election timeout) in milliseconds.
+    #[must_use]
+    pub fn etcd_millis(self) -> (u128, u128) {
+        match self {
+            Self::Equal => {
+                let (election, _) = self.federator().election_timeout();
+                let heartbeat = self.federator().heartbeat().as_millis();
+                let election = election.as_millis();
+                (heartbeat.min(election / ETCD_MIN_ELECTION_TICKS), election)
+            }
+            Self::Defaults => (100, 1_000),
+        }
+    }
+
+    /// etcd's command-line flags for this timing (none for its defaults).
+    #[must_use]
+    pub fn etcd_flags(self) -> Vec<String> {
+        match self {
+            Self::Equal => {
+                let (heartbeat, election) = self.etcd_millis();
+                vec![
+                    format!("--heartbeat-interval={heartbeat}"),
+                    format!("--election-timeout={election}"),
+                ]
+            }
+            Self::Defaults => Vec::new(),
+        }
+    }
+
+    /// What each system ran with, for the reports.
+    #[must_use]
+    pub fn describe(self) -> String {
+        let timing = self.federator();
+        let (lo, hi) = timing.election_timeout();
+        let (heartbeat, election) = self.etcd_millis();
+        format!(
+            "Federator `{}` profile (heartbeat {} ms, election timeout {}–{} ms), etcd \
+             heartbeat {heartbeat} ms and election timeout {election} ms (randomized by etcd \
+             to {election}–{} ms){}",
+            timing.name(),
+            timing.heartbeat().as_millis(),
+            lo.as_millis(),
+            hi.as_millis(),
+            2 * election,
+            match self {
+                Self::Equal => {
+                    "; etcd refuses an election timeout under five heartbeats, hence its \
+                     shorter heartbeat"
+                }
+                Self::Defaults => "",
+            },
+        )
+    }
+}
+
+/// etcd refuses an election timeout shorter than this many heartbeats.
+const ETCD_MIN_ELECTION_TICKS: u128 = 5;
+
 /// A system under test.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum System {
@@ -87,6 +179,8 @@ pub struct RaftBenchConfig {
     pub systems: Vec<System>,
     /// Durable appends per writer of the disk floor probes.
     pub disk_appends: usize,
+    /// Raft timings to run every system at, one after the other.
+    pub timings: Vec<BenchTiming>,
 }
 
 /// Runs every configured system, one after the other, each in a fresh group that is
@@ -97,14 +191,24 @@ pub struct RaftBenchConfig {
 pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::Result<RaftReport> {
     let disk_floor = measure_disk_floor(config, progress).await?;
     let mut systems = Vec::new();
-    for system in &config.systems {
-        let figures = match system {
-            System::Federator => {
-                measure(&mut start_federator(progress).await?, config, progress).await
-            }
-            System::Etcd => measure(&mut start_etcd(progress, &[]).await?, config, progress).await,
-        };
-        systems.push(figures.with_context(|| format!("benchmarking {}", system.name()))?);
+    for timing in &config.timings {
+        for system in &config.systems {
+            let figures = match system {
+                System::Federator => {
+                    let mut target = start_federator(progress, *timing).await?;
+                    measure(&mut target, *timing, config, progress).await
+                }
+                System::Etcd => {
+                    let mut target = start_etcd(progress, &timing.etcd_flags()).await?;
+                    measure(&mut target, *timing, config, progress).await
+                }
+            };
+            systems.push(
+                figures.with_context(|| {
+                    format!("benchmarking {} ({})", system.name(), timing.title())
+                })?,
+            );
+        }
     }
     Ok(RaftReport { config: config.clone(), disk_floor: Some(disk_floor), systems })
 }
@@ -155,13 +259,18 @@ async fn time_appends(
     .with_context(|| format!("timing durable log appends with {writers} writers at once"))
 }
 
-/// Starts a [`GROUP_SIZE`]-replica Federator group, showing the step.
+/// Starts a [`GROUP_SIZE`]-replica Federator group at `timing`, showing the step.
 ///
 /// # Errors
 /// A replica did not start or the group did not form.
-pub(crate) async fn start_federator(progress: &Progress) -> anyhow::Result<FederatorTarget> {
-    let step = progress.step(format!("starting {GROUP_SIZE} Federator replicas"));
-    let target = FederatorTarget::start(GROUP_SIZE).await?;
+pub(crate) async fn start_federator(
+    progress: &Progress,
+    timing: BenchTiming,
+) -> anyhow::Result<FederatorTarget> {
+    let profile = timing.federator();
+    let step = progress
+        .step(format!("starting {GROUP_SIZE} Federator replicas ({} timing)", profile.name()));
+    let target = FederatorTarget::start(GROUP_SIZE, profile).await?;
     step.finish_and_clear();
     Ok(target)
 }
@@ -185,6 +294,7 @@ pub(crate) async fn start_etcd(
 /// Load phases (one per client count), then failover trials, against one group.
 async fn measure<T: KvTarget>(
     target: &mut T,
+    timing: BenchTiming,
     config: &RaftBenchConfig,
     progress: &Progress,
 ) -> anyhow::Result<SystemFigures> {
@@ -205,7 +315,7 @@ async fn measure<T: KvTarget>(
     }
     let failover = failover::trials(target, config.trials, config.value_size, progress).await?;
     progress.println(format!("{name:>9} {}", failover.summary()));
-    Ok(SystemFigures { system: name, phases, failover })
+    Ok(SystemFigures { system: name, timing, phases, failover })
 }
 
 /// Waits until `target` is healthy and returns its leader, naming the system on failure.

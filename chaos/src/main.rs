@@ -14,7 +14,7 @@ use federator_chaos::bench::report::{Machine, write_markdown, write_markdown_sec
 use federator_chaos::bench::scale::{Level, ScaleConfig, run_scale};
 use federator_chaos::bench::snapshot::{SnapshotConfig, run_snapshot};
 use federator_chaos::bench::soak::{SoakConfig, run_soak};
-use federator_chaos::bench::{RaftBenchConfig, System, run_raft};
+use federator_chaos::bench::{BenchTiming, RaftBenchConfig, System, run_raft};
 use federator_chaos::run;
 
 /// Fault injection and benchmarks against real Federator (and etcd) processes on loopback.
@@ -213,6 +213,11 @@ struct SoakArgs {
     /// Systems to run, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
     systems: Vec<System>,
+    /// Raft timings to run every system at, in this order: `equal` (both at Federator's
+    /// `lan` profile, etcd at the same election timeout) and `defaults` (each at its
+    /// shipped default).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "equal,defaults")]
+    timings: Vec<BenchTiming>,
     /// A quick run that keeps the benchmark from rotting (CI): 64 writers for 3 s,
     /// sampled every 500 ms. Overrides --clients, --duration and --sample-every.
     #[arg(long)]
@@ -233,6 +238,7 @@ impl SoakArgs {
             keys: self.keys,
             sample_every: self.sample_every,
             systems: self.systems.clone(),
+            timings: self.timings.clone(),
         };
         if self.smoke {
             config.clients = 64;
@@ -373,6 +379,11 @@ struct RaftArgs {
     /// Systems to run, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
     systems: Vec<System>,
+    /// Raft timings to run every system at, in this order: `equal` (both at Federator's
+    /// `lan` profile, etcd at the same election timeout) and `defaults` (each at its
+    /// shipped default).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "equal,defaults")]
+    timings: Vec<BenchTiming>,
     /// A quick run that keeps the benchmark from rotting (CI): clients 1,16, 1s phases,
     /// 2 failover trials, 30 disk probe appends per writer (300 otherwise). Overrides
     /// --clients, --duration, --warmup and --trials.
@@ -394,6 +405,7 @@ impl RaftArgs {
             value_size: self.value_size,
             systems: self.systems.clone(),
             disk_appends: federator_chaos::bench::DISK_FLOOR_APPENDS,
+            timings: self.timings.clone(),
         };
         if self.smoke {
             config.clients = vec![1, 16];
@@ -407,6 +419,9 @@ impl RaftArgs {
         }
         if config.duration.is_zero() {
             anyhow::bail!("--duration must be positive");
+        }
+        if config.timings.is_empty() {
+            anyhow::bail!("--timings needs at least one timing (equal, defaults)");
         }
         Ok(config)
     }

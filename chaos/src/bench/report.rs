@@ -8,10 +8,10 @@ use std::time::Duration;
 
 use federator_raft::disk_check::DiskProbe;
 
-use super::RaftBenchConfig;
 use super::failover::{FailoverFigures, PROBE_PERIOD};
 use super::load::{CONNECTIONS_PER_MEMBER, PhaseFigures};
 use super::plot::{Series, latency_cdf_svg};
+use super::{BenchTiming, RaftBenchConfig};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 const SECTION_BEGIN: &str =
@@ -24,6 +24,8 @@ const SECTION_END: &str = "<!-- bench raft: end -->";
 pub struct SystemFigures {
     /// Display name (`Federator`, `etcd`).
     pub system: &'static str,
+    /// The raft timing it ran at.
+    pub timing: BenchTiming,
     /// One load phase per client count, in the configured order.
     pub phases: Vec<PhaseFigures>,
     /// The failover trials.
@@ -204,6 +206,12 @@ impl Row {
     }
 }
 
+/// `text` with its first letter in upper case.
+pub(crate) fn capitalized(text: &str) -> String {
+    let mut chars = text.chars();
+    chars.next().map_or_else(String::new, |c| c.to_uppercase().chain(chars).collect())
+}
+
 /// A duration in milliseconds, for the reports' tables.
 pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
@@ -214,13 +222,25 @@ pub(crate) const HEADER: [&str; 5] = ["figure", "Federator", "etcd", "Federator/
 // === impl RaftReport ===
 
 impl RaftReport {
-    fn system(&self, name: &str) -> Option<&SystemFigures> {
-        self.systems.iter().find(|s| s.system == name)
+    fn system(&self, name: &str, timing: BenchTiming) -> Option<&SystemFigures> {
+        self.systems.iter().find(|s| s.system == name && s.timing == timing)
     }
 
-    fn rows(&self) -> Vec<Row> {
-        let fed = self.system("Federator");
-        let etcd = self.system("etcd");
+    /// The timings that were run, in order.
+    fn timings(&self) -> Vec<BenchTiming> {
+        let mut timings: Vec<BenchTiming> = Vec::new();
+        for s in &self.systems {
+            if !timings.contains(&s.timing) {
+                timings.push(s.timing);
+            }
+        }
+        timings
+    }
+
+    /// The rows of one timing; the disk floor goes with the first timing's.
+    fn rows(&self, timing: BenchTiming) -> Vec<Row> {
+        let fed = self.system("Federator", timing);
+        let etcd = self.system("etcd", timing);
         let both = |f: &dyn Fn(&SystemFigures) -> Option<f64>| (fed.and_then(f), etcd.and_then(f));
         let mut rows = Vec::new();
         for clients in &self.config.clients {
@@ -270,32 +290,47 @@ impl RaftReport {
         );
         let (f, e) = both(&|s| s.leader_changes().map(|c| c as f64));
         rows.push(Row::new("leader changes seen under load (sum of members' counters)", f, e, 0));
-        if let Some(floor) = &self.disk_floor {
+        if let Some(floor) = self.disk_floor.as_ref().filter(|_| self.timings()[0] == timing) {
             rows.extend(floor.rows());
         }
         rows
     }
 
-    /// The figures as an aligned text table.
+    /// The figures as aligned text tables, one per timing under its title.
     #[must_use]
     pub fn text_table(&self) -> String {
-        let rows: Vec<[String; 5]> = self.rows().iter().map(Row::cells).collect();
-        aligned_table(HEADER, &rows)
+        let mut out = String::new();
+        for timing in self.timings() {
+            let rows: Vec<[String; 5]> = self.rows(timing).iter().map(Row::cells).collect();
+            let _ = writeln!(out, "{}: {}", capitalized(timing.title()), timing.describe());
+            out.push_str(&aligned_table(HEADER, &rows));
+            out.push('\n');
+        }
+        out.trim_end().to_string() + "\n"
     }
 
-    /// The figures as a markdown table.
+    /// The figures as markdown tables, one per timing under its own heading.
     #[must_use]
     pub fn markdown_table(&self) -> String {
-        markdown_rows(&self.rows())
+        let mut out = String::new();
+        for timing in self.timings() {
+            let _ = writeln!(out, "### {}\n", capitalized(timing.title()));
+            let _ = writeln!(out, "{}.\n", wrap(&capitalized(&timing.describe()), 90));
+            out.push_str(&markdown_rows(&self.rows(timing)));
+            out.push('\n');
+        }
+        out.trim_end().to_string() + "\n"
     }
 
     /// The cumulative latency distribution of every load phase of every system, as SVG
     /// (Federator solid, etcd dashed, one colour per client count).
     #[must_use]
     pub fn latency_plot(&self) -> String {
+        let first = self.timings().first().copied();
         let series: Vec<Series> = self
             .systems
             .iter()
+            .filter(|system| Some(system.timing) == first)
             .enumerate()
             .flat_map(|(s, system)| {
                 system.phases.iter().enumerate().map(move |(p, phase)| Series {
@@ -311,8 +346,14 @@ impl RaftReport {
                 })
             })
             .collect();
-        let names: Vec<&str> = self.systems.iter().map(|s| s.system).collect();
-        latency_cdf_svg(&format!("Write latency: {}", names.join(" vs ")), &series)
+        let names: Vec<&str> =
+            self.systems.iter().filter(|s| Some(s.timing) == first).map(|s| s.system).collect();
+        let title = format!(
+            "Write latency: {}{}",
+            names.join(" vs "),
+            first.map_or_else(String::new, |t| format!(", {}", t.title()))
+        );
+        latency_cdf_svg(&title, &series)
     }
 
     /// The markdown section for `BENCHMARKS.md`: machine, command, date, table, the
@@ -356,8 +397,9 @@ impl RaftReport {
                 .collect();
             let _ = writeln!(
                 out,
-                "- {} failover trials (ms, in order): {}",
+                "- {} failover trials, {} (ms, in order): {}",
                 system.system,
+                system.timing.title(),
                 trials.join(", ")
             );
         }
@@ -368,10 +410,11 @@ impl RaftReport {
              connections spread round-robin over the members, leader first (so one client talks \
              to the leader); followers forward writes to the leader. Every write is acknowledged \
              only once committed by a quorum and fsync'd (Federator: redb commit; etcd: WAL fsync, \
-             its default). Federator is written through the admin `Put` over mTLS with its default \
-             raft timing (heartbeat {heartbeat:?}, election timeout {election_min:?}–{election_max:?}); etcd through the KV \
-             `Put` over plain HTTP/2 with its defaults (heartbeat 100 ms, election timeout \
-             1000 ms). Failover: a writer issues one put every {period:?}, round-robin over one \
+             its default). Federator is written through the admin `Put` over mTLS, etcd through \
+             the KV `Put` over plain HTTP/2. Each table is one raft timing, given above it: the \
+             election timing decides how soon a crashed leader is replaced, so failover is \
+             compared at equal timing; each system's default shows what an operator who \
+             changes nothing gets. Failover: a writer issues one put every {period:?}, round-robin over one \
              connection per member; the leader is SIGKILLed and the time is from the process \
              being reaped to the first acknowledgement of a put issued after it; the killed \
              member is restarted and the group healthy again before the next trial. Elections \
@@ -383,9 +426,6 @@ impl RaftReport {
             duration = c.duration,
             pool = super::GROUP_SIZE as usize * CONNECTIONS_PER_MEMBER,
             period = PROBE_PERIOD,
-            heartbeat = federator_raft::DEFAULT_HEARTBEAT,
-            election_min = federator_raft::DEFAULT_ELECTION_TIMEOUT.0,
-            election_max = federator_raft::DEFAULT_ELECTION_TIMEOUT.1,
         );
         let _ = writeln!(out, "\n{}", wrap(&how, 90));
         let _ = writeln!(out, "{SECTION_END}");
@@ -635,7 +675,12 @@ mod tests {
         let trials = (0..3)
             .map(|_| FailoverTrial { killed: 1, outage: Some(Duration::from_millis(failover_ms)) })
             .collect();
-        SystemFigures { system: name, phases, failover: FailoverFigures { trials } }
+        SystemFigures {
+            system: name,
+            timing: BenchTiming::Equal,
+            phases,
+            failover: FailoverFigures { trials },
+        }
     }
 
     fn report() -> RaftReport {
@@ -648,6 +693,7 @@ mod tests {
                 value_size: 256,
                 systems: vec![System::Federator, System::Etcd],
                 disk_appends: 300,
+                timings: vec![BenchTiming::Equal],
             },
             disk_floor: Some(DiskFloor {
                 alone: probe(1, 220),
@@ -715,6 +761,44 @@ mod tests {
             text.contains("| p50 latency, 1 client (ms) | 1.00 | 4.00 | 0.25× | ≤ 0.5×: met |"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn each_timing_gets_its_own_table_and_the_disk_floor_goes_with_the_first() {
+        let mut report = report();
+        report.config.timings = vec![BenchTiming::Equal, BenchTiming::Defaults];
+        let at_defaults: Vec<SystemFigures> = report
+            .systems
+            .iter()
+            .map(|s| SystemFigures { timing: BenchTiming::Defaults, ..s.clone() })
+            .collect();
+        report.systems.extend(at_defaults);
+        let table = report.text_table();
+        let equal =
+            table.find("Both at equal raft timing: Federator `lan` profile (heartbeat 25 ms");
+        let defaults = table.find("Each at its default raft timing: Federator `wan` profile");
+        assert!(equal.is_some() && defaults.is_some() && equal < defaults, "{table}");
+        assert!(table.contains("etcd heartbeat 16 ms and election timeout 80 ms"), "{table}");
+        assert!(table.contains("etcd heartbeat 100 ms and election timeout 1000 ms"), "{table}");
+        assert_eq!(table.matches("durable log append, 1 writer alone").count(), 1, "{table}");
+        assert_eq!(table.matches("failover median").count(), 2, "{table}");
+        let section = report.markdown_section(&Machine::default(), "bench raft", "today", None);
+        assert!(section.contains("### Both at equal raft timing\n"), "{section}");
+        assert!(section.contains("### Each at its default raft timing\n"), "{section}");
+        assert!(
+            section.contains("- etcd failover trials, each at its default raft timing (ms"),
+            "{section}"
+        );
+    }
+
+    #[test]
+    fn etcd_gets_the_longest_heartbeat_it_accepts_at_federators_election_timeout() {
+        assert_eq!(
+            BenchTiming::Equal.etcd_flags(),
+            ["--heartbeat-interval=16", "--election-timeout=80"]
+        );
+        assert!(BenchTiming::Defaults.etcd_flags().is_empty());
+        assert_eq!(BenchTiming::Defaults.federator(), federator_raft::Timing::Wan);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use anyhow::Context as _;
 use super::load::{self, LoadRun, LoadSpec, closed_loop, leader_first, progress_ticker};
 use super::progress::Progress;
 use super::target::{self, KvTarget};
-use super::{System, start_etcd, start_federator};
+use super::{BenchTiming, System, start_etcd, start_federator};
 
 /// What `bench soak` runs.
 #[derive(Clone, Debug)]
@@ -37,6 +37,8 @@ pub struct SoakConfig {
     pub sample_every: Duration,
     /// Systems to run, one after the other.
     pub systems: Vec<System>,
+    /// Raft timings to run every system at, one after the other.
+    pub timings: Vec<BenchTiming>,
 }
 
 impl SoakConfig {
@@ -64,6 +66,9 @@ impl SoakConfig {
         if self.systems.is_empty() {
             anyhow::bail!("--systems needs at least one system");
         }
+        if self.timings.is_empty() {
+            anyhow::bail!("--timings needs at least one timing (equal, defaults)");
+        }
         Ok(())
     }
 
@@ -90,6 +95,8 @@ pub struct Sample {
 pub struct SoakFigures {
     /// Display name.
     pub system: &'static str,
+    /// The raft timing it ran at.
+    pub timing: BenchTiming,
     /// Connections the clients shared.
     pub connections: usize,
     /// What the clients saw in the measured window.
@@ -177,11 +184,12 @@ pub struct SoakReport {
 /// grow to 8 GiB, as a long-running etcd is configured: with the defaults (no compaction,
 /// 2 GB quota) ten minutes of overwrites fill the quota with old revisions and etcd
 /// refuses every later write.
-fn etcd_flags() -> Vec<String> {
+fn etcd_flags(timing: BenchTiming) -> Vec<String> {
     ["--auto-compaction-mode=periodic", "--auto-compaction-retention=1m"]
         .into_iter()
         .map(String::from)
         .chain([format!("--quota-backend-bytes={}", 8_u64 << 30)])
+        .chain(timing.etcd_flags())
         .collect()
 }
 
@@ -193,18 +201,23 @@ fn etcd_flags() -> Vec<String> {
 pub async fn run_soak(config: &SoakConfig, progress: &Progress) -> anyhow::Result<SoakReport> {
     config.validate()?;
     let mut systems = Vec::new();
-    for system in &config.systems {
-        let figures = match system {
-            System::Federator => {
-                soak(&mut start_federator(progress).await?, config, progress).await
-            }
-            System::Etcd => {
-                soak(&mut start_etcd(progress, &etcd_flags()).await?, config, progress).await
-            }
-        };
-        let figures = figures.with_context(|| format!("soaking {}", system.name()))?;
-        progress.println(format!("{:>9} {}", figures.system, figures.summary(config.warmup)));
-        systems.push(figures);
+    for timing in &config.timings {
+        for system in &config.systems {
+            let figures = match system {
+                System::Federator => {
+                    let mut target = start_federator(progress, *timing).await?;
+                    soak(&mut target, *timing, config, progress).await
+                }
+                System::Etcd => {
+                    let mut target = start_etcd(progress, &etcd_flags(*timing)).await?;
+                    soak(&mut target, *timing, config, progress).await
+                }
+            };
+            let figures = figures
+                .with_context(|| format!("soaking {} ({})", system.name(), timing.title()))?;
+            progress.println(format!("{:>9} {}", figures.system, figures.summary(config.warmup)));
+            systems.push(figures);
+        }
     }
     Ok(SoakReport { config: config.clone(), systems })
 }
@@ -212,6 +225,7 @@ pub async fn run_soak(config: &SoakConfig, progress: &Progress) -> anyhow::Resul
 /// The soak against one group: the clients and the sampler side by side.
 async fn soak<T: KvTarget>(
     target: &mut T,
+    timing: BenchTiming,
     config: &SoakConfig,
     progress: &Progress,
 ) -> anyhow::Result<SoakFigures> {
@@ -245,6 +259,7 @@ async fn soak<T: KvTarget>(
     let changes_after = target.leader_changes().await;
     Ok(SoakFigures {
         system: target.name(),
+        timing,
         connections,
         run,
         term_before,
@@ -293,12 +308,14 @@ mod tests {
             keys: 100_000,
             sample_every: Duration::from_secs(1),
             systems: vec![System::Federator, System::Etcd],
+            timings: vec![BenchTiming::Equal, BenchTiming::Defaults],
         }
     }
 
     fn figures(terms: &[(u64, u64, Option<u64>)]) -> SoakFigures {
         SoakFigures {
             system: "Federator",
+            timing: BenchTiming::Equal,
             connections: 12,
             run: LoadRun::default(),
             term_before: 3,

@@ -111,13 +111,14 @@ pub struct FederatorTarget {
 }
 
 impl FederatorTarget {
-    /// Starts `replicas` replicas and forms them into one group.
+    /// Starts `replicas` replicas at `timing` and forms them into one group.
     ///
     /// # Errors
     /// A replica did not start or the group did not form.
-    pub async fn start(replicas: u64) -> anyhow::Result<Self> {
+    pub async fn start(replicas: u64, timing: federator_raft::Timing) -> anyhow::Result<Self> {
         let mut federation = Federation::new(replicas)?;
         federation.show_logs_on_drop = false;
+        federation.timing = timing;
         let ids: Vec<u64> = (1..=replicas).collect();
         for id in &ids {
             federation.start(*id, false)?;

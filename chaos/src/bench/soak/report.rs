@@ -7,11 +7,11 @@ use std::fmt::Write as _;
 use std::time::Duration;
 
 use super::{SoakFigures, SoakReport};
-use crate::bench::GROUP_SIZE;
 use crate::bench::load::CONNECTIONS_PER_MEMBER;
 use crate::bench::report::{
-    HEADER, Machine, Row, Target, aligned_table, markdown_rows, ms, section_head, wrap,
+    HEADER, Machine, Row, Target, aligned_table, capitalized, markdown_rows, ms, section_head, wrap,
 };
+use crate::bench::{BenchTiming, GROUP_SIZE};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
 pub const SECTION_BEGIN: &str =
@@ -32,13 +32,24 @@ fn span(d: Duration) -> String {
 }
 
 impl SoakReport {
-    fn system(&self, name: &str) -> Option<&SoakFigures> {
-        self.systems.iter().find(|s| s.system == name)
+    fn system(&self, name: &str, timing: BenchTiming) -> Option<&SoakFigures> {
+        self.systems.iter().find(|s| s.system == name && s.timing == timing)
     }
 
-    fn rows(&self) -> Vec<Row> {
-        let fed = self.system("Federator");
-        let etcd = self.system("etcd");
+    /// The timings that were run, in order.
+    fn timings(&self) -> Vec<BenchTiming> {
+        let mut timings: Vec<BenchTiming> = Vec::new();
+        for s in &self.systems {
+            if !timings.contains(&s.timing) {
+                timings.push(s.timing);
+            }
+        }
+        timings
+    }
+
+    fn rows(&self, timing: BenchTiming) -> Vec<Row> {
+        let fed = self.system("Federator", timing);
+        let etcd = self.system("etcd", timing);
         let both = |f: &dyn Fn(&SoakFigures) -> Option<f64>| (fed.and_then(f), etcd.and_then(f));
         let warmup = self.config.warmup;
         let mut rows = Vec::new();
@@ -84,8 +95,9 @@ impl SoakReport {
                     .map(|(at, term)| format!("term {term} seen at {:.0} s", at.as_secs_f64()))
                     .collect();
                 format!(
-                    "{}: term {} → {} ({})",
+                    "{}, {}: term {} → {} ({})",
                     s.system,
+                    s.timing.title(),
                     s.term_before,
                     s.term_after,
                     if changes.is_empty() { "between samples".into() } else { changes.join(", ") }
@@ -97,8 +109,12 @@ impl SoakReport {
     /// The figures for the terminal.
     #[must_use]
     pub fn text(&self) -> String {
-        let rows: Vec<[String; 5]> = self.rows().iter().map(Row::cells).collect();
-        let mut out = aligned_table(HEADER, &rows);
+        let mut out = String::new();
+        for timing in self.timings() {
+            let rows: Vec<[String; 5]> = self.rows(timing).iter().map(Row::cells).collect();
+            let _ = writeln!(out, "{}: {}", capitalized(timing.title()), timing.describe());
+            out.push_str(&aligned_table(HEADER, &rows));
+        }
         for line in self.term_change_lines() {
             let _ = writeln!(out, "{line}");
         }
@@ -123,7 +139,12 @@ impl SoakReport {
             command,
             machine,
         ));
-        out.push_str(&markdown_rows(&self.rows()));
+        for timing in self.timings() {
+            let _ = writeln!(out, "### {}\n", capitalized(timing.title()));
+            let _ = writeln!(out, "{}.\n", wrap(&capitalized(&timing.describe()), 90));
+            out.push_str(&markdown_rows(&self.rows(timing)));
+            out.push('\n');
+        }
         let lines = self.term_change_lines();
         if !lines.is_empty() {
             out.push('\n');
@@ -137,9 +158,9 @@ impl SoakReport {
              spread round-robin over the members, leader first, each overwriting its own {per} \
              keys in turn ({keys} keys in all) with {value} B values, so the stored state \
              stays bounded however long the run; every write acknowledged once committed by a \
-             quorum and fsync'd, as in the raft benchmark (Federator through the admin `Put` \
-             with its default raft timing, etcd through the KV `Put` with its defaults except \
-             that it compacts its history every minute and may grow to 8 GiB, so that old \
+             quorum and fsync'd, as in the raft benchmark (Federator through the admin `Put`, \
+             etcd through the KV `Put` with its defaults except for the raft timing of each \
+             table and that it compacts its history every minute and may grow to 8 GiB, so that old \
              revisions do not fill its 2 GB default quota). \
              {warmup:?} warm-up, then {duration} measured. Every {every:?} a sampler reads the \
              highest raft term any member reports and the acknowledgements so far; elections \
@@ -172,6 +193,7 @@ mod tests {
     fn figures(system: &'static str, term_after: u64) -> SoakFigures {
         SoakFigures {
             system,
+            timing: BenchTiming::Equal,
             connections: 12,
             run: LoadRun {
                 ops: 6000,
@@ -202,6 +224,7 @@ mod tests {
                 keys: 100_000,
                 sample_every: Duration::from_secs(1),
                 systems: vec![System::Federator, System::Etcd],
+                timings: vec![BenchTiming::Equal],
             },
             systems: vec![figures("Federator", 2), figures("etcd", etcd_term_after)],
         }
@@ -212,7 +235,10 @@ mod tests {
         let text = report(4).text();
         let line = text.lines().find(|l| l.starts_with("elections in 1 min")).expect("row");
         assert!(line.ends_with("≤ 0: met"), "{line}");
-        assert!(text.contains("etcd: term 2 → 4 (term 4 seen at 31 s)"), "{text}");
+        assert!(
+            text.contains("etcd, both at equal raft timing: term 2 → 4 (term 4 seen at 31 s)"),
+            "{text}"
+        );
         assert!(!text.contains("Federator: term"), "{text}");
         let slowest = text.lines().find(|l| l.starts_with("slowest 1 s interval")).expect("row");
         assert!(slowest.contains("100"), "{slowest}");
