@@ -5,11 +5,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 bash deploy/local/setup.sh
-# SPIRE, the go-spiffe test client, promtool and Helm (built with Go once per machine,
-# then reused).
+# SPIRE, the go-spiffe test client, promtool, Helm and kube-apiserver (built with Go
+# once per machine, then reused; kube-apiserver takes 10 to 15 minutes the first time).
 bash deploy/local/setup-spiffe.sh
 bash deploy/local/setup-promtool.sh
 bash deploy/local/setup-helm.sh
+bash deploy/local/kube-apiserver.sh build >/dev/null
 
 step() { printf '\n== %s\n' "$*" >&2; }
 

@@ -35,6 +35,10 @@ pub struct AgentOptions {
     /// The replica API addresses the agent tries, in this order (`endpoints` in its
     /// config); empty: those of its join token.
     pub endpoints: Vec<String>,
+    /// The cluster's Kubernetes API server (an admin kubeconfig): exports from its
+    /// `ServiceExport`s, imports and federated bundles written into it
+    /// (`[exports.kubernetes]`, `[sinks.kubernetes]`).
+    pub kubeconfig: Option<PathBuf>,
 }
 
 /// One agent process and its files.
@@ -114,6 +118,12 @@ impl AgentProcess {
         if let Some(addr) = &xds_addr {
             config.push_str(&format!("\n[sinks.xds]\nlisten = \"{addr}\"\n"));
             config.push_str(&options.xds_tables);
+        }
+        if let Some(kubeconfig) = &options.kubeconfig {
+            config.push_str(&format!(
+                "\n[kubernetes]\nkubeconfig = \"{}\"\n\n[exports.kubernetes]\n\n[sinks.kubernetes]\n",
+                kubeconfig.display()
+            ));
         }
         std::fs::write(dir.join("agent.toml"), config)?;
         let agent = Self { member, dir, xds_addr, metrics_addr, exports_file: None, child: None };

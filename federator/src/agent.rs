@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod held;
+pub mod kubernetes;
 mod lease;
 pub mod metrics;
 pub mod runtime;

@@ -56,6 +56,46 @@ pub struct AgentFile {
     pub sinks: SinksFile,
     /// Prometheus `/metrics` address (loopback by default: off).
     pub listen_metrics: Option<SocketAddr>,
+    /// The cluster's Kubernetes API server, for `[exports.kubernetes]` and
+    /// `[sinks.kubernetes]`.
+    #[serde(default)]
+    pub kubernetes: KubernetesFile,
+}
+
+/// `[kubernetes]`: how the agent reaches its cluster's API server.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesFile {
+    /// A kubeconfig file; without it the in-cluster service account, else `$KUBECONFIG`
+    /// or `~/.kube/config`.
+    pub kubeconfig: Option<PathBuf>,
+    /// The kubeconfig context (default: its current context).
+    pub context: Option<String>,
+}
+
+/// `[exports.kubernetes]`: export the Services that have a `ServiceExport`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesExportsFile {}
+
+/// `[sinks.kubernetes]`: write imports as `ServiceImport`s and EndpointSlices, and
+/// federated trust domains as `ClusterTrustBundle`s.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KubernetesSinkFile {
+    /// Write a `ServiceImport` and EndpointSlices per imported service (default true).
+    #[serde(default = "yes")]
+    pub service_imports: bool,
+    /// Write a `ClusterTrustBundle` per federated trust domain (default true).
+    #[serde(default = "yes")]
+    pub cluster_trust_bundles: bool,
+    /// The signer of those `ClusterTrustBundle`s (default
+    /// `federator.io/federated-trust-domain`); the agent needs the `attest` verb on it.
+    pub signer_name: Option<String>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// The agent's own X.509-SVID (`[svid]`), in exactly one of two forms:
@@ -147,6 +187,8 @@ pub struct ExportsFile {
     pub etcd_prefix: Option<String>,
     /// A static JSON file of exports.
     pub file: Option<PathBuf>,
+    /// The Services with a `ServiceExport` in the cluster's API server.
+    pub kubernetes: Option<KubernetesExportsFile>,
 }
 
 /// Lease settings.
@@ -173,6 +215,8 @@ pub struct SinksFile {
     pub etcd: Option<EtcdSinkFile>,
     /// Envoy SDS/EDS.
     pub xds: Option<XdsSinkFile>,
+    /// Kubernetes objects.
+    pub kubernetes: Option<KubernetesSinkFile>,
 }
 
 /// The files sink.
@@ -431,6 +475,26 @@ impl XdsSinkFile {
     }
 }
 
+/// Whether `name` is a signer name the API server accepts: `DOMAIN/NAME`, a DNS
+/// subdomain before the slash and a path segment after it.
+fn is_signer_name(name: &str) -> bool {
+    let Some((domain, path)) = name.split_once('/') else { return false };
+    let subdomain = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 253
+            && s.split('.').all(|label| {
+                !label.is_empty()
+                    && label.len() <= 63
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-')
+            })
+    };
+    subdomain(domain) && domain.contains('.') && subdomain(path) && name.len() <= 253
+}
+
 impl AgentFile {
     /// Makes every relative path relative to `base` (the config file's directory).
     fn resolve_paths(&mut self, base: &Path) {
@@ -452,6 +516,7 @@ impl AgentFile {
         if let Some(clusters) = self.sinks.xds.as_mut().and_then(|x| x.clusters.as_mut()) {
             clusters.certificate_sds_file.as_mut().map(fix);
         }
+        self.kubernetes.kubeconfig.as_mut().map(fix);
     }
 }
 
@@ -574,6 +639,17 @@ impl AgentConfig {
             Some(xds) => xds.mesh()?,
             None => None,
         };
+        if let Some(signer) = file.sinks.kubernetes.as_ref().and_then(|k| k.signer_name.as_ref())
+            && !is_signer_name(signer)
+        {
+            return Err(ConfigError::Invalid {
+                field: "sinks.kubernetes.signer_name",
+                value: signer.clone(),
+                rule: "a signer name is DOMAIN/NAME, e.g. federator.io/federated-trust-domain \
+                       (lower-case letters, digits, '.', '-'; one '/')"
+                    .into(),
+            });
+        }
         Ok(Self {
             mesh,
             file,
@@ -582,6 +658,15 @@ impl AgentConfig {
             svid,
             refresh_hint_secs,
         })
+    }
+
+    /// How to reach the cluster's Kubernetes API server (`[kubernetes]`).
+    #[must_use]
+    pub fn kubernetes_connection(&self) -> super::kubernetes::Connection {
+        super::kubernetes::Connection {
+            kubeconfig: self.file.kubernetes.kubeconfig.clone(),
+            context: self.file.kubernetes.context.clone(),
+        }
     }
 
     /// Starts the agent's own identity ([`Self::svid`]): loads the files and re-reads them

@@ -273,6 +273,20 @@ pub async fn run(
         .with_refresh_hint(config.refresh_hint_secs);
         sinks.push(Arc::new(sink));
     }
+    let kubernetes = match (&config.file.exports.kubernetes, &config.file.sinks.kubernetes) {
+        (None, None) => None,
+        _ => Some(config.kubernetes_connection().client().await?),
+    };
+    if let (Some(settings), Some(client)) = (&config.file.sinks.kubernetes, &kubernetes) {
+        let signer = settings
+            .signer_name
+            .clone()
+            .unwrap_or_else(|| super::kubernetes::imports::DEFAULT_SIGNER.into());
+        let sink = super::kubernetes::sink::KubernetesSink::new(client.clone(), signer)
+            .with_imports(settings.service_imports)
+            .with_trust_bundles(settings.cluster_trust_bundles);
+        sinks.push(Arc::new(sink));
+    }
     if let Some(xds) = &config.file.sinks.xds {
         let listener = tokio::net::TcpListener::bind(xds.listen)
             .await
@@ -302,7 +316,7 @@ pub async fn run(
     }
 
     let bundle_rx = watch_bundle(config.file.bundle.clone(), trust_domain.clone(), SOURCE_POLL);
-    let exports_rx = export_sources(&config, &trust_domain).await;
+    let exports_rx = export_sources(&config, &trust_domain, kubernetes.as_ref()).await;
     let view = store.view()?.unwrap_or_default();
     // What was published and acknowledged under an earlier membership counts for nothing.
     let published = store.published()?.for_membership(membership.as_ref());
@@ -502,8 +516,22 @@ async fn blocking<T: Send + 'static>(
 }
 
 /// Merges the configured export sources into one receiver (empty when none is set).
-async fn export_sources(config: &AgentConfig, trust_domain: &str) -> watch::Receiver<ExportSet> {
+async fn export_sources(
+    config: &AgentConfig,
+    trust_domain: &str,
+    kubernetes: Option<&kube::Client>,
+) -> watch::Receiver<ExportSet> {
     let mut inputs = Vec::new();
+    if let (Some(_), Some(client)) = (&config.file.exports.kubernetes, kubernetes) {
+        inputs.push(
+            super::kubernetes::source::watch_kubernetes_exports(
+                client.clone(),
+                trust_domain.to_string(),
+                !config.file.lease.region.is_empty(),
+            )
+            .await,
+        );
+    }
     if let Some(prefix) = &config.file.exports.etcd_prefix {
         inputs.push(
             super::sources::etcd_exports::watch_etcd_exports(
@@ -554,7 +582,9 @@ fn merge_export_sets(sets: impl Iterator<Item = ExportSet>) -> ExportSet {
                 std::collections::btree_map::Entry::Occupied(taken) => {
                     merged.problems.push(super::view::SourceProblem {
                         location: taken.key().to_string(),
-                        message: "exported by two sources; the first one (etcd) wins".into(),
+                        message: "exported by two sources; the first one wins (Kubernetes, \
+                                  then etcd, then the file)"
+                            .into(),
                     });
                 }
                 std::collections::btree_map::Entry::Vacant(free) => {
@@ -1287,6 +1317,8 @@ impl Agent {
         let exports = &self.config.file.exports;
         exports.etcd_prefix.as_deref() == Some(location)
             || exports.file.as_ref().is_some_and(|f| f.as_os_str() == location)
+            || (exports.kubernetes.is_some()
+                && location == super::kubernetes::source::SOURCE_LOCATION)
     }
 
     /// Applies one watch event to the working view; a checkpoint makes it the view.

@@ -15,7 +15,8 @@ use crate::agent::{AgentConfig, store::Store};
 /// The agent joins the federation once (with a token from `federator token create`),
 /// then publishes the cluster's bundle and exports, keeps the cluster's member lease
 /// alive, and writes every other member's bundles and this cluster's imports into its
-/// sinks: files, etcd keys, and an Envoy xDS server. It keeps what it applied in its
+/// sinks: files, etcd keys, an Envoy xDS server, and Kubernetes objects
+/// (`ServiceImport`s, EndpointSlices, `ClusterTrustBundle`s). It keeps what it applied in its
 /// state directory and goes on serving it while no replica is reachable.
 #[derive(Debug, clap::Args)]
 #[command(args_conflicts_with_subcommands = true)]
@@ -41,6 +42,11 @@ enum AgentCommand {
     /// `[sinks.xds.egress]` a listener that routes `NAME.NS.svc.clusterset.local` to
     /// them. Start Envoy with it: `envoy -c bootstrap.json`.
     EnvoyBootstrap(BootstrapArgs),
+    /// Print the CustomResourceDefinitions of the Multi-Cluster Services API objects the
+    /// agent reads and writes with `[exports.kubernetes]` and `[sinks.kubernetes]`
+    /// (`ServiceExport`, `ServiceImport`, group `multicluster.x-k8s.io`), as shipped in
+    /// deploy/crds/mcs.yaml: `federator agent crds | kubectl apply -f -`.
+    Crds,
 }
 
 #[derive(Debug, clap::Args)]
@@ -74,6 +80,10 @@ struct StatusArgs {
 pub async fn run(args: AgentArgs, out: OutputFormat) -> anyhow::Result<ExitCode> {
     match args.command {
         Some(AgentCommand::Status(status)) => show_status(&status.state_dir, out),
+        Some(AgentCommand::Crds) => {
+            print!("{}", crate::agent::kubernetes::crd::definitions_yaml()?);
+            Ok(ExitCode::SUCCESS)
+        }
         Some(AgentCommand::EnvoyBootstrap(bootstrap)) => {
             let config = AgentConfig::load(&bootstrap.config, None)?;
             print_bootstrap(&config, &bootstrap)

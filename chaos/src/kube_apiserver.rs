@@ -1,0 +1,120 @@
+//! A real Kubernetes API server on loopback — kube-apiserver v1.37.2 backed by its own
+//! etcd, no kubelet and no controllers — started by `deploy/local/kube-apiserver.sh`
+//! (which builds it from the Go module proxy once per machine). Tests create what a
+//! controller would (Services, EndpointSlices) themselves.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use anyhow::{Context as _, bail};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, PostParams};
+
+use crate::cluster::eventually;
+
+/// The script that builds, starts and stops the apiserver.
+#[must_use]
+pub fn script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/kube-apiserver.sh")
+}
+
+/// One kube-apiserver and its etcd, stopped when dropped.
+pub struct KubeApiServer {
+    dir: tempfile::TempDir,
+    /// An admin kubeconfig (group `system:masters`).
+    pub kubeconfig: PathBuf,
+}
+
+impl KubeApiServer {
+    /// Starts one on free loopback ports and waits until `/readyz` answers (a few
+    /// seconds; the first start on a machine also builds it).
+    ///
+    /// # Errors
+    /// The script failed (its output says why).
+    pub async fn start() -> anyhow::Result<Self> {
+        let dir = tempfile::Builder::new().prefix("federator-kube-").tempdir()?;
+        let path = dir.path().to_path_buf();
+        let output = tokio::task::spawn_blocking(move || {
+            Command::new("bash").arg(script()).arg("start").arg(&path).output()
+        })
+        .await??;
+        let server = Self { kubeconfig: dir.path().join("kubeconfig"), dir };
+        if !output.status.success() {
+            bail!(
+                "kube-apiserver.sh start failed ({}):\n{}\n--- kube-apiserver log ---\n{}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr),
+                server.log_tail(30)
+            );
+        }
+        Ok(server)
+    }
+
+    /// Its directory (certificates, logs, etcd data).
+    #[must_use]
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// An admin client.
+    ///
+    /// # Errors
+    /// The kubeconfig is unusable.
+    pub async fn client(&self) -> anyhow::Result<kube::Client> {
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig)?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await?;
+        Ok(kube::Client::try_from(config)?)
+    }
+
+    /// Creates `definitions` and waits until the API server serves them.
+    ///
+    /// # Errors
+    /// A definition was refused or not established within 30 s.
+    pub async fn install_crds(
+        &self,
+        definitions: &[CustomResourceDefinition],
+    ) -> anyhow::Result<()> {
+        let api = Api::<CustomResourceDefinition>::all(self.client().await?);
+        for crd in definitions {
+            api.create(&PostParams::default(), crd).await.context("creating a CRD")?;
+        }
+        for crd in definitions {
+            let name = crd.metadata.name.clone().unwrap_or_default();
+            eventually(
+                &format!("CRD {name} established"),
+                std::time::Duration::from_secs(30),
+                || {
+                    let api = api.clone();
+                    let name = name.clone();
+                    async move {
+                        let crd = api.get(&name).await.ok()?;
+                        crd.status?
+                            .conditions?
+                            .iter()
+                            .any(|c| c.type_ == "Established" && c.status == "True")
+                            .then_some(())
+                    }
+                },
+            )
+            .await?;
+        }
+        Ok(())
+    }
+
+    /// The apiserver's log, last `lines` lines.
+    #[must_use]
+    pub fn log_tail(&self, lines: usize) -> String {
+        let log = std::fs::read_to_string(self.dir.path().join("kube-apiserver.log"));
+        crate::cluster::tail(&log.unwrap_or_default(), lines)
+    }
+}
+
+impl Drop for KubeApiServer {
+    fn drop(&mut self) {
+        let _ = Command::new("bash").arg(script()).arg("stop").arg(self.dir.path()).output();
+    }
+}
