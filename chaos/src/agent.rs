@@ -39,6 +39,8 @@ pub struct AgentOptions {
     /// `ServiceExport`s, imports and federated bundles written into it
     /// (`[exports.kubernetes]`, `[sinks.kubernetes]`).
     pub kubeconfig: Option<PathBuf>,
+    /// More TOML written at the end of `agent.toml` (tables of its own).
+    pub extra_config: String,
 }
 
 /// One agent process and its files.
@@ -125,6 +127,7 @@ impl AgentProcess {
                 kubeconfig.display()
             ));
         }
+        config.push_str(&options.extra_config);
         std::fs::write(dir.join("agent.toml"), config)?;
         let agent = Self { member, dir, xds_addr, metrics_addr, exports_file: None, child: None };
         agent.write_identity()?;

@@ -5,6 +5,7 @@
 //! is reachable.
 
 pub mod config;
+pub mod etcd_auth;
 pub mod held;
 pub mod kubernetes;
 mod lease;

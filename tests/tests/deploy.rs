@@ -17,7 +17,12 @@ fn repo() -> PathBuf {
 /// `data.<key>` of the ConfigMaps in a multi-document manifest.
 fn config_map_entry(manifest: &str, key: &str) -> String {
     let text = std::fs::read_to_string(repo().join(manifest)).expect(manifest);
-    for document in serde_yaml_ng::Deserializer::from_str(&text) {
+    config_map_entry_of(&text, manifest, key)
+}
+
+/// `data.<key>` of the ConfigMaps in the manifest `text` (named `manifest`).
+fn config_map_entry_of(text: &str, manifest: &str, key: &str) -> String {
+    for document in serde_yaml_ng::Deserializer::from_str(text) {
         let value =
             <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document).expect("yaml");
         if value["kind"] == "ConfigMap"
@@ -57,6 +62,45 @@ fn the_kubernetes_agent_config_loads() {
     let path = Path::new("/etc/federator/config/agent.toml");
     AgentConfig::parse(&text, path, Some("fedjoin1.placeholder".into()))
         .unwrap_or_else(|e| panic!("deploy/kubernetes/federator-agent.yaml agent.toml: {e}"));
+}
+
+/// The agent chart with its non-default CI values (every Kubernetes part on, another
+/// signer) renders an agent.toml that loads with those parts. Helm comes from
+/// deploy/local/setup-helm.sh, which tests/run.sh runs first.
+#[test]
+fn the_agent_chart_with_kubernetes_parts_renders_a_config_that_loads() {
+    let helm = std::env::var_os("FEDERATOR_HELM").map_or_else(
+        || Path::new(&std::env::var("HOME").expect("HOME")).join(".cache/federator/helm/bin/helm"),
+        PathBuf::from,
+    );
+    let chart = repo().join("deploy/helm/federator-agent");
+    let out = std::process::Command::new(&helm)
+        .args(["template", "federator-agent"])
+        .arg(&chart)
+        .args(["--namespace", "federator", "-f"])
+        .arg(chart.join("ci/non-default-values.yaml"))
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("{}: {e} (run bash deploy/local/setup-helm.sh)", helm.display())
+        });
+    assert!(out.status.success(), "helm template: {}", String::from_utf8_lossy(&out.stderr));
+    let manifest = String::from_utf8_lossy(&out.stdout);
+    let text =
+        config_map_entry_of(&manifest, "the chart with ci/non-default-values.yaml", "agent.toml");
+    let config = AgentConfig::parse(
+        &text,
+        Path::new("/etc/federator/config/agent.toml"),
+        Some("fedjoin1.placeholder".into()),
+    )
+    .unwrap_or_else(|e| panic!("rendered agent.toml: {e}\n{text}"));
+    assert!(config.file.exports.kubernetes.is_some(), "{text}");
+    let sink = config.file.sinks.kubernetes.expect("[sinks.kubernetes]");
+    assert!(sink.service_imports && sink.cluster_trust_bundles);
+    assert_eq!(sink.signer_name.as_deref(), Some("example.com/federated"));
+    assert!(
+        manifest.contains("resourceNames: [\"example.com/federated\"]"),
+        "the attest rule names the signer"
+    );
 }
 
 #[test]
@@ -102,7 +146,7 @@ fn toml_blocks(doc: &str) -> Vec<(usize, String)> {
 fn the_documented_examples_load() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut loaded = 0;
-    for doc in ["docs/configuration.md", "docs/data-plane.md"] {
+    for doc in ["docs/configuration.md", "docs/data-plane.md", "docs/kubernetes.md"] {
         for (line, block) in toml_blocks(doc) {
             let path = dir.path().join("example.toml");
             std::fs::write(&path, &block).expect("write");

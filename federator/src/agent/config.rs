@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use super::etcd_auth::EtcdAuth;
 use super::sinks::xds::MeshSettings;
 use super::sinks::xds::mesh::{CertificateSource, EgressSettings};
 use super::sources::bundle::BundleSourceConfig;
@@ -66,8 +67,8 @@ pub struct AgentFile {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct KubernetesFile {
-    /// A kubeconfig file; without it the in-cluster service account, else `$KUBECONFIG`
-    /// or `~/.kube/config`.
+    /// A kubeconfig file; without it `$KUBECONFIG` or `~/.kube/config` when there is
+    /// one, else the in-cluster service account.
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context (default: its current context).
     pub context: Option<String>,
@@ -185,6 +186,8 @@ pub struct ExportsFile {
     pub etcd_endpoints: Vec<String>,
     /// Key prefix of export documents (`<prefix><namespace>/<name>`).
     pub etcd_prefix: Option<String>,
+    /// TLS and authentication of that etcd.
+    pub etcd_auth: Option<EtcdAuth>,
     /// A static JSON file of exports.
     pub file: Option<PathBuf>,
     /// The Services with a `ServiceExport` in the cluster's API server.
@@ -237,6 +240,8 @@ pub struct EtcdSinkFile {
     pub bundle_prefix: Option<String>,
     /// Prefix of import keys (default `/federator/imports/`).
     pub import_prefix: Option<String>,
+    /// TLS and authentication of that etcd.
+    pub auth: Option<EtcdAuth>,
 }
 
 /// The Envoy xDS sink.
@@ -506,8 +511,16 @@ impl AgentFile {
         fix(&mut self.state_dir);
         self.token_file.as_mut().map(fix);
         self.federation_ca.as_mut().map(fix);
-        if let BundleSourceConfig::File { path, .. } = &mut self.bundle {
-            fix(path);
+        match &mut self.bundle {
+            BundleSourceConfig::File { path, .. } => fix(path),
+            BundleSourceConfig::Etcd { auth, .. } => auth.resolve_paths(base),
+            BundleSourceConfig::WorkloadApi { .. } => {}
+        }
+        if let Some(auth) = &mut self.exports.etcd_auth {
+            auth.resolve_paths(base);
+        }
+        if let Some(auth) = self.sinks.etcd.as_mut().and_then(|e| e.auth.as_mut()) {
+            auth.resolve_paths(base);
         }
         self.exports.file.as_mut().map(fix);
         if let Some(files) = &mut self.sinks.files {
@@ -621,6 +634,24 @@ impl AgentConfig {
                 value: String::new(),
                 rule: "name at least one etcd endpoint".into(),
             });
+        }
+        if file.exports.etcd_auth.is_some() && file.exports.etcd_endpoints.is_empty() {
+            return Err(ConfigError::Invalid {
+                field: "exports.etcd_auth",
+                value: String::new(),
+                rule: "authenticates to the etcd of exports.etcd_endpoints: name them".into(),
+            });
+        }
+        if let Some(auth) = &file.exports.etcd_auth {
+            auth.check("exports.etcd_auth", &file.exports.etcd_endpoints)?;
+        }
+        if let Some(etcd) = &file.sinks.etcd
+            && let Some(auth) = &etcd.auth
+        {
+            auth.check("sinks.etcd.auth", &etcd.endpoints)?;
+        }
+        if let BundleSourceConfig::Etcd { endpoints, auth, .. } = &file.bundle {
+            auth.check("bundle.auth", endpoints)?;
         }
         if let Some(xds) = &file.sinks.xds
             && !xds.listen.ip().is_loopback()

@@ -26,11 +26,15 @@ pub const SOURCE_MANAGER: &str = "federator-agent-exports";
 /// Field manager of the sink's writes.
 pub const SINK_MANAGER: &str = "federator-agent";
 
+// One agent per API server: the objects' names do not carry the agent's cluster, so two
+// agents writing into one API server would overwrite each other's objects (each deletes
+// only objects with its own labels).
+
 /// Where the agent finds its cluster's API server.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Connection {
-    /// A kubeconfig file; without it the agent uses the in-cluster service account, or
-    /// else `$KUBECONFIG` / `~/.kube/config`.
+    /// A kubeconfig file; without it `$KUBECONFIG` or `~/.kube/config` when there is
+    /// one, else the in-cluster service account (kube's inference order).
     pub kubeconfig: Option<PathBuf>,
     /// The kubeconfig context (its current one when not given).
     pub context: Option<String>,

@@ -263,8 +263,9 @@ pub async fn run(
         sinks.push(Arc::new(sink));
     }
     if let Some(etcd) = &config.file.sinks.etcd {
-        let sink = EtcdSink::connect(
+        let sink = EtcdSink::connect_with(
             etcd.endpoints.clone(),
+            &etcd.auth.clone().unwrap_or_default(),
             etcd.bundle_prefix.clone().unwrap_or_else(|| DEFAULT_BUNDLE_PREFIX.into()),
             etcd.import_prefix.clone().unwrap_or_else(|| DEFAULT_IMPORT_PREFIX.into()),
         )
@@ -536,6 +537,7 @@ async fn export_sources(
         inputs.push(
             super::sources::etcd_exports::watch_etcd_exports(
                 config.file.exports.etcd_endpoints.clone(),
+                config.file.exports.etcd_auth.clone().unwrap_or_default(),
                 prefix.clone(),
                 trust_domain.to_string(),
             )

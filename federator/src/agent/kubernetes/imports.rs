@@ -37,8 +37,8 @@ use crate::service::{ImportEndpoint, ServiceImport, ServicePort};
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
 /// Its value.
 pub const MANAGED_BY: &str = "federator";
-/// Label naming the agent's cluster (two agents sharing an apiserver never touch each
-/// other's objects).
+/// Label naming the agent's cluster: an agent deletes only objects with its own (run one
+/// agent per API server: object names do not carry the cluster).
 pub const AGENT_LABEL: &str = "federator.io/agent-cluster";
 /// MCS label: the imported service's name.
 pub const MCS_SERVICE_NAME_LABEL: &str = "multicluster.kubernetes.io/service-name";

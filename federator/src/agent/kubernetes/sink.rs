@@ -44,8 +44,8 @@ pub struct KubernetesSink {
     write_trust_bundles: bool,
     /// Digest of what this process last wrote, by object (`kind/namespace/name`).
     written: Mutex<BTreeMap<String, String>>,
-    /// The `Conflict` condition last written, by service.
-    conflicts: Mutex<BTreeMap<ServiceKey, (bool, String)>>,
+    /// The `Conflict` condition last written, by service: status, message, transition.
+    conflicts: Mutex<BTreeMap<ServiceKey, (bool, String, String)>>,
 }
 
 impl KubernetesSink {
@@ -150,33 +150,36 @@ impl KubernetesSink {
         }
 
         // What the view no longer has goes; what someone deleted is written next time.
+        // (Kinds turned off are not read at all: their API may not be served.)
         let client = &self.client;
-        self.prune(
-            Api::<ServiceImportObject>::all(client.clone()),
-            |ns| Api::namespaced(client.clone(), ns),
-            "ServiceImport",
-            &selector,
-            &ids("ServiceImport", &service_imports),
-        )
-        .await?;
-        self.prune(
-            Api::<EndpointSlice>::all(client.clone()),
-            |ns| Api::namespaced(client.clone(), ns),
-            "EndpointSlice",
-            &selector,
-            &ids("EndpointSlice", &endpoint_slices),
-        )
-        .await?;
-        self.prune(
-            Api::<ClusterTrustBundle>::all(client.clone()),
-            |_| Api::all(client.clone()),
-            "ClusterTrustBundle",
-            &selector,
-            &ids("ClusterTrustBundle", &trust_bundles),
-        )
-        .await?;
         if self.write_imports {
-            self.write_conflicts(view).await?;
+            self.prune(
+                Api::<ServiceImportObject>::all(client.clone()),
+                |ns| Api::namespaced(client.clone(), ns),
+                "ServiceImport",
+                &selector,
+                &ids("ServiceImport", &service_imports),
+            )
+            .await?;
+            self.prune(
+                Api::<EndpointSlice>::all(client.clone()),
+                |ns| Api::namespaced(client.clone(), ns),
+                "EndpointSlice",
+                &selector,
+                &ids("EndpointSlice", &endpoint_slices),
+            )
+            .await?;
+            self.write_conflicts(view).await;
+        }
+        if self.write_trust_bundles {
+            self.prune(
+                Api::<ClusterTrustBundle>::all(client.clone()),
+                |_| Api::all(client.clone()),
+                "ClusterTrustBundle",
+                &selector,
+                &ids("ClusterTrustBundle", &trust_bundles),
+            )
+            .await?;
         }
         match bundle_error {
             Some(message) => Err(SinkError::for_trust_domains(NAME, message, failed_domains)),
@@ -338,8 +341,10 @@ impl KubernetesSink {
     }
 
     /// The `Conflict` condition on each `ServiceExport` of this cluster whose service
-    /// it imports: true while exporters define its ports differently.
-    async fn write_conflicts(&self, view: &AgentView) -> Result<(), SinkError> {
+    /// it imports: true while exporters define its ports differently. A condition that
+    /// cannot be written is logged and tried again with the next view: it must not hold
+    /// up the imports and bundles (a failing sink delays every acknowledgement).
+    async fn write_conflicts(&self, view: &AgentView) {
         for import in view.imports.values() {
             if !import.clusters.iter().any(|c| c.cluster == view.cluster) {
                 continue;
@@ -354,7 +359,8 @@ impl KubernetesSink {
                 ),
             };
             let since = match self.conflicts().get(&import.key) {
-                Some((last, text)) if *last == status && text.starts_with(&message) => continue,
+                Some((last, text, _)) if *last == status && *text == message => continue,
+                Some((last, _, since)) if *last == status => since.clone(),
                 _ => super::now_rfc3339(),
             };
             let patch = serde_json::json!({
@@ -378,39 +384,28 @@ impl KubernetesSink {
             .await
             {
                 Ok(Ok(_)) => {
-                    self.conflicts().insert(import.key.clone(), (status, message));
+                    self.conflicts().insert(import.key.clone(), (status, message, since));
                 }
                 // Exported through another source, or the ServiceExport is gone.
                 Ok(Err(error)) if is_not_found(&error) => {}
-                Ok(Err(error)) => {
-                    return Err(SinkError::new(
-                        NAME,
-                        format!(
-                            "writing the Conflict condition of {}: {}",
-                            import.key,
-                            describe(&error)
-                        ),
-                    ));
-                }
-                Err(_) => {
-                    return Err(SinkError::new(
-                        NAME,
-                        format!(
-                            "writing the Conflict condition of {}: no answer within {CALL_TIMEOUT:?}",
-                            import.key
-                        ),
-                    ));
-                }
+                Ok(Err(error)) => tracing::warn!(
+                    service = %import.key,
+                    error = %describe(&error),
+                    "cannot write the ServiceExport's Conflict condition"
+                ),
+                Err(_) => tracing::warn!(
+                    service = %import.key,
+                    "writing the ServiceExport's Conflict condition timed out"
+                ),
             }
         }
-        Ok(())
     }
 
     fn written(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, String>> {
         self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    fn conflicts(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceKey, (bool, String)>> {
+    fn conflicts(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceKey, (bool, String, String)>> {
         self.conflicts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 }

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 
 use etcd_client::{Client, Txn, TxnOp};
 
+use crate::agent::etcd_auth::EtcdAuth;
+
 use super::files::import_json;
 use crate::agent::sources::etcd_exports::{Range, call, connect, list, prefix_end};
 use crate::agent::view::{AgentView, Sink, SinkError, SinkFuture};
@@ -70,6 +72,19 @@ impl EtcdSink {
         bundle_prefix: String,
         import_prefix: String,
     ) -> Result<Self, SinkError> {
+        Self::connect_with(endpoints, &EtcdAuth::default(), bundle_prefix, import_prefix).await
+    }
+
+    /// [`EtcdSink::connect`] with TLS and authentication.
+    ///
+    /// # Errors
+    /// As [`EtcdSink::connect`], or an `auth` file could not be read.
+    pub async fn connect_with(
+        endpoints: Vec<String>,
+        auth: &EtcdAuth,
+        bundle_prefix: String,
+        import_prefix: String,
+    ) -> Result<Self, SinkError> {
         if endpoints.is_empty() {
             return Err(SinkError::new(NAME, "name at least one etcd endpoint"));
         }
@@ -85,7 +100,7 @@ impl EtcdSink {
                 ),
             ));
         }
-        let client = connect(&endpoints).await.map_err(|e| SinkError::new(NAME, e))?;
+        let client = connect(&endpoints, auth).await.map_err(|e| SinkError::new(NAME, e))?;
         Ok(Self {
             client,
             endpoints,
@@ -119,6 +134,7 @@ impl EtcdSink {
         for prefix in [&self.bundle_prefix, &self.import_prefix] {
             let range = Range {
                 endpoints: self.endpoints.clone(),
+                auth: EtcdAuth::default(),
                 key: prefix.clone().into_bytes(),
                 range_end: Some(prefix_end(prefix.as_bytes())),
             };

@@ -83,6 +83,9 @@ pub enum BundleSourceConfig {
         endpoints: Vec<String>,
         /// The key.
         key: String,
+        /// TLS and authentication of that etcd.
+        #[serde(default, skip_serializing_if = "crate::agent::etcd_auth::EtcdAuth::is_unset")]
+        auth: crate::agent::etcd_auth::EtcdAuth,
     },
     /// The SPIFFE Workload API (say, SPIRE's agent socket): the bundle of the trust
     /// domain in its X.509 bundles stream, followed.
@@ -137,7 +140,9 @@ fn spawn_watch(
 ) -> (watch::Receiver<BundleState>, tokio::task::JoinHandle<()>) {
     match config {
         BundleSourceConfig::File { path, format } => watch_file(path, format, trust_domain, poll),
-        BundleSourceConfig::Etcd { endpoints, key } => watch_etcd(endpoints, key, trust_domain),
+        BundleSourceConfig::Etcd { endpoints, key, auth } => {
+            watch_etcd(endpoints, auth, key, trust_domain)
+        }
         BundleSourceConfig::WorkloadApi { socket } => {
             watch_workload_api(socket, trust_domain, poll)
         }
@@ -174,6 +179,7 @@ fn watch_file(
 
 fn watch_etcd(
     endpoints: Vec<String>,
+    auth: crate::agent::etcd_auth::EtcdAuth,
     key: String,
     trust_domain: String,
 ) -> (watch::Receiver<BundleState>, tokio::task::JoinHandle<()>) {
@@ -181,8 +187,12 @@ fn watch_etcd(
     reader.state.problem =
         Some(SourceProblem { location: key.clone(), message: "not read yet".into() });
     let (tx, rx) = watch::channel(reader.state.clone());
-    let range =
-        Range { endpoints: endpoints.clone(), key: key.clone().into_bytes(), range_end: None };
+    let range = Range {
+        endpoints: endpoints.clone(),
+        auth,
+        key: key.clone().into_bytes(),
+        range_end: None,
+    };
     let task = tokio::spawn(async move {
         follow(range, tx.closed(), |event| {
             let content = match event {

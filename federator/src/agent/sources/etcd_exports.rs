@@ -21,6 +21,7 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::export_doc::{key_from_etcd_key, normalize_prefix, parse_export_document};
+use crate::agent::etcd_auth::{EtcdAuth, EtcdConnect, connect_tls};
 use crate::agent::view::{ExportSet, SourceProblem};
 use crate::service::ServiceExport;
 
@@ -59,10 +60,11 @@ const FIRST_LISTING_WAIT: Duration = Duration::from_secs(20);
 /// when every receiver is dropped. Needs a tokio runtime.
 pub async fn watch_etcd_exports(
     endpoints: Vec<String>,
+    auth: EtcdAuth,
     prefix: String,
     trust_domain: String,
 ) -> watch::Receiver<ExportSet> {
-    let (mut rx, _task) = spawn_watch(endpoints, prefix, trust_domain);
+    let (mut rx, _task) = spawn_watch(endpoints, auth, prefix, trust_domain);
     let _ = tokio::time::timeout(FIRST_LISTING_WAIT, rx.changed()).await;
     rx
 }
@@ -70,12 +72,14 @@ pub async fn watch_etcd_exports(
 /// Starts the watcher task; the receiver's first value says nothing was listed yet.
 fn spawn_watch(
     endpoints: Vec<String>,
+    auth: EtcdAuth,
     prefix: String,
     trust_domain: String,
 ) -> (watch::Receiver<ExportSet>, tokio::task::JoinHandle<()>) {
     let prefix = normalize_prefix(&prefix);
     let range = Range {
         endpoints: endpoints.clone(),
+        auth,
         key: prefix.clone().into_bytes(),
         range_end: Some(prefix_end(prefix.as_bytes())),
     };
@@ -227,6 +231,8 @@ impl ExportsState {
 pub(crate) struct Range {
     /// etcd endpoints.
     pub endpoints: Vec<String>,
+    /// TLS and authentication.
+    pub auth: EtcdAuth,
     /// The key (or first key of the range).
     pub key: Vec<u8>,
     /// End of the range (exclusive); `None` for the single key.
@@ -312,14 +318,19 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
-/// An etcd client of `endpoints` (not connected yet: calls connect).
-pub(crate) async fn connect(endpoints: &[String]) -> Result<Client, String> {
+/// An etcd client of `endpoints` with `auth` (its files read now).
+pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Client, String> {
     let options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
         .with_keep_alive_while_idle(true)
         .with_require_leader(true);
-    call(Client::connect(endpoints, Some(options))).await
+    match auth.connect(options).map_err(|e| e.to_string())? {
+        EtcdConnect::Plain(options) => call(Client::connect(endpoints, Some(options))).await,
+        EtcdConnect::Tls { config, options } => {
+            connect_tls(endpoints, config, options, CONNECT_TIMEOUT, KEEP_ALIVE).await
+        }
+    }
 }
 
 /// Runs one etcd call with [`CALL_TIMEOUT`].
@@ -373,7 +384,7 @@ async fn follow_once(
     failures: &mut u32,
     on_event: &mut impl FnMut(RangeEvent),
 ) -> Ended {
-    let client = match connect(&range.endpoints).await {
+    let client = match connect(&range.endpoints, &range.auth).await {
         Ok(client) => client,
         Err(message) => return Ended::Failed(format!("connect: {message}")),
     };

@@ -7,6 +7,7 @@ use rcgen::{
 };
 
 use super::*;
+use crate::agent::etcd_auth::EtcdAuth;
 use crate::agent::sources::etcd_exports::test_etcd::{TestEtcd, available, wait_for};
 
 const TD: &str = "a.example";
@@ -70,7 +71,8 @@ fn the_config_reads_from_toml() {
         etcd,
         BundleSourceConfig::Etcd {
             endpoints: vec!["127.0.0.1:2379".into()],
-            key: "/spire/b".into()
+            key: "/spire/b".into(),
+            auth: EtcdAuth::default(),
         }
     );
 }
@@ -259,7 +261,11 @@ async fn an_etcd_key_is_followed() {
     let mut etcd = TestEtcd::start().await;
     let mut client = etcd.client().await;
     let key = "/spire/bundle";
-    let config = BundleSourceConfig::Etcd { endpoints: vec![etcd.url()], key: key.into() };
+    let config = BundleSourceConfig::Etcd {
+        endpoints: vec![etcd.url()],
+        key: key.into(),
+        auth: EtcdAuth::default(),
+    };
     let mut rx = watch_bundle(config, TD.into(), POLL);
     assert_eq!(
         rx.borrow_and_update().problem.as_ref().map(|p| p.location.as_str()),

@@ -107,7 +107,13 @@ async fn documents_are_listed_then_followed() {
     client.put("/federator/other", "x", None).await.expect("put");
 
     // The prefix without its slash means the same.
-    let mut rx = watch_etcd_exports(vec![etcd.url()], "/federator/exports".into(), TD.into()).await;
+    let mut rx = watch_etcd_exports(
+        vec![etcd.url()],
+        EtcdAuth::default(),
+        "/federator/exports".into(),
+        TD.into(),
+    )
+    .await;
     {
         let first = rx.borrow_and_update();
         assert_eq!(names(&first), ["shop/cart"], "{first:?}");
@@ -151,7 +157,8 @@ async fn a_large_prefix_is_listed_in_pages() {
     for i in 0..count {
         client.put(format!("{PREFIX}ns/svc-{i:03}"), document("x"), None).await.expect("put");
     }
-    let rx = watch_etcd_exports(vec![etcd.url()], PREFIX.into(), TD.into()).await;
+    let rx =
+        watch_etcd_exports(vec![etcd.url()], EtcdAuth::default(), PREFIX.into(), TD.into()).await;
     let set = rx.borrow().clone();
     assert_eq!(set.exports.len(), count, "{:?}", set.problems);
     assert!(set.problems.is_empty());
@@ -165,7 +172,8 @@ async fn an_outage_keeps_the_exports_and_a_restart_resumes() {
     let mut etcd = TestEtcd::start().await;
     let mut client = etcd.client().await;
     client.put(format!("{PREFIX}shop/cart"), document("cart"), None).await.expect("put");
-    let mut rx = watch_etcd_exports(vec![etcd.url()], PREFIX.into(), TD.into()).await;
+    let mut rx =
+        watch_etcd_exports(vec![etcd.url()], EtcdAuth::default(), PREFIX.into(), TD.into()).await;
     assert_eq!(names(&rx.borrow_and_update()), ["shop/cart"]);
 
     etcd.kill();
@@ -188,7 +196,13 @@ async fn an_outage_keeps_the_exports_and_a_restart_resumes() {
 async fn an_unreachable_etcd_is_a_problem_from_the_start() {
     let port = crate::config::free_local_port().expect("port");
     let started = Instant::now();
-    let rx = watch_etcd_exports(vec![format!("127.0.0.1:{port}")], PREFIX.into(), TD.into()).await;
+    let rx = watch_etcd_exports(
+        vec![format!("127.0.0.1:{port}")],
+        EtcdAuth::default(),
+        PREFIX.into(),
+        TD.into(),
+    )
+    .await;
     assert!(started.elapsed() <= FIRST_LISTING_WAIT + Duration::from_secs(1));
     let set = rx.borrow().clone();
     assert!(set.exports.is_empty());
@@ -202,7 +216,7 @@ async fn the_task_ends_when_every_receiver_is_dropped() {
         return;
     }
     let etcd = TestEtcd::start().await;
-    let (rx, task) = spawn_watch(vec![etcd.url()], PREFIX.into(), TD.into());
+    let (rx, task) = spawn_watch(vec![etcd.url()], EtcdAuth::default(), PREFIX.into(), TD.into());
     let mut other = rx.clone();
     drop(rx);
     wait_for(&mut other, 10, "a listing", |s| s.problems.is_empty()).await;
@@ -228,6 +242,7 @@ async fn a_watch_from_a_compacted_revision_ends_for_a_new_listing() {
     client.compact(revision, None).await.expect("compact");
     let range = Range {
         endpoints: vec![etcd.url()],
+        auth: EtcdAuth::default(),
         key: PREFIX.as_bytes().to_vec(),
         range_end: Some(prefix_end(PREFIX.as_bytes())),
     };
