@@ -1016,7 +1016,10 @@ impl Federation {
             .collect())
     }
 
-    /// Asserts every acknowledged write is on replica `id` with its value.
+    /// Asserts every acknowledged write is on replica `id` with its value, once `id` has
+    /// applied what the leader had committed (a linearizable read through it first: equal
+    /// digests at an equal index right after a restart can still be below the commit
+    /// index the leader has not yet announced).
     ///
     /// # Errors
     /// A write is missing or has another value.
@@ -1026,6 +1029,14 @@ impl Federation {
         prefix: &str,
         acked: &[(String, String)],
     ) -> anyhow::Result<()> {
+        let mut client = self.admin(id).await?;
+        let barrier = pb::ListProbesRequest {
+            prefix: "barrier/".into(),
+            consistency: pb::Consistency::Linearizable.into(),
+        };
+        if let Err(status) = client.list_probes(barrier).await {
+            tracing::debug!(replica = id, %status, "no linearizable barrier; reading what is applied");
+        }
         let stored = self.probes(id, prefix).await?;
         let missing: Vec<&String> =
             acked.iter().filter(|(k, v)| stored.get(k) != Some(v)).map(|(k, _)| k).collect();

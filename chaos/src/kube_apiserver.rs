@@ -105,6 +105,79 @@ impl KubeApiServer {
         Ok(())
     }
 
+    /// A kubeconfig of the user `user` (a client certificate signed by the apiserver's
+    /// CA, in no group): what RBAC grants that user and nothing more.
+    ///
+    /// # Errors
+    /// openssl failed, or the admin kubeconfig names no server.
+    pub fn user_kubeconfig(&self, user: &str) -> anyhow::Result<PathBuf> {
+        let pki = self.dir().join("pki");
+        let dir = self.dir().join(format!("user-{user}"));
+        std::fs::create_dir_all(&dir)?;
+        let run = |args: &[&str]| -> anyhow::Result<()> {
+            let out = Command::new("openssl").args(args).current_dir(&dir).output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            Ok(())
+        };
+        run(&[
+            "genpkey",
+            "-algorithm",
+            "EC",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-out",
+            "user.key",
+        ])?;
+        run(&[
+            "req",
+            "-new",
+            "-key",
+            "user.key",
+            "-subj",
+            &format!("/CN={user}"),
+            "-out",
+            "user.csr",
+        ])?;
+        std::fs::write(dir.join("user.ext"), "extendedKeyUsage=clientAuth\n")?;
+        let (ca, ca_key) = (pki.join("ca.crt"), pki.join("ca.key"));
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "user.csr",
+            "-CA",
+            &ca.to_string_lossy(),
+            "-CAkey",
+            &ca_key.to_string_lossy(),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "user.ext",
+            "-out",
+            "user.crt",
+        ])?;
+        let admin = std::fs::read_to_string(&self.kubeconfig)?;
+        let server = admin
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .context("the admin kubeconfig names no server")?;
+        let kubeconfig = dir.join("kubeconfig");
+        std::fs::write(
+            &kubeconfig,
+            format!(
+                "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: {server}\n    certificate-authority: {ca}\nusers:\n- name: {user}\n  user:\n    client-certificate: {dir}/user.crt\n    client-key: {dir}/user.key\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: {user}\ncurrent-context: test\n",
+                ca = ca.display(),
+                dir = dir.display(),
+            ),
+        )?;
+        Ok(kubeconfig)
+    }
+
     /// The apiserver's log, last `lines` lines.
     #[must_use]
     pub fn log_tail(&self, lines: usize) -> String {

@@ -12,6 +12,10 @@
 //! - A's agent killed: B's endpoints turn not ready once A's lease expires.
 //! - Every replica killed: B's objects stay as they were (static stability).
 //! - A removed from the federation: its `ClusterTrustBundle` leaves B.
+//!
+//! Each agent runs as a user of its own whose only permissions are the ClusterRole the
+//! agent Helm chart renders (every Kubernetes part on): the chart's rules are exactly
+//! enough.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -27,6 +31,7 @@ use federator_chaos::member::MemberCluster;
 use k8s_openapi::api::certificates::v1::ClusterTrustBundle;
 use k8s_openapi::api::core::v1::{Namespace, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 use kube::api::{Api, DeleteParams, ListParams, PostParams};
 
 /// Bound of every wait on propagation (typically well under a second).
@@ -54,8 +59,11 @@ impl Cluster {
             "metadata": { "name": "shop" }
         }))?;
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await?;
+        // The agent runs as a user with the chart's ClusterRole and nothing else.
+        let user = format!("federator-agent-{name}");
+        grant_chart_role(&client, &user).await?;
         let options = AgentOptions {
-            kubeconfig: Some(api.kubeconfig.clone()),
+            kubeconfig: Some(api.user_kubeconfig(&user)?),
             lease_ttl_seconds: Some(LEASE_TTL),
             // The operator binds the region (the slices' zones are exported within it).
             locality: Some((region.into(), format!("{region}-a"))),
@@ -114,15 +122,18 @@ impl Cluster {
         Some((endpoints, ports))
     }
 
-    /// The `status` and `reason` of `condition` on the `ServiceExport` `name`.
+    /// The `status` and `reason` of `condition` on the `ServiceExport` `name` (read
+    /// untyped: a `ServiceExport` may have no spec).
     async fn export_condition(&self, name: &str, condition: &str) -> Option<(String, String)> {
-        let export = self.exports().get(name).await.ok()?;
-        export
-            .status?
-            .conditions
-            .into_iter()
-            .find(|c| c.type_ == condition)
-            .map(|c| (c.status, c.reason))
+        let api = federator::agent::kubernetes::service_exports_api(&self.client, "shop");
+        let export = api.get(name).await.ok()?;
+        let conditions = export.data["status"]["conditions"].as_array()?.clone();
+        conditions.iter().find(|c| c["type"] == condition).map(|c| {
+            (
+                c["status"].as_str().unwrap_or_default().into(),
+                c["reason"].as_str().unwrap_or_default().into(),
+            )
+        })
     }
 }
 
@@ -132,6 +143,54 @@ impl Drop for Cluster {
         eprintln!("--- agent {} log ---\n{}", self.agent.member.name, self.agent.log());
         eprintln!("--- its kube-apiserver log ---\n{}", self.api.log_tail(20));
     }
+}
+
+/// The agent chart's ClusterRole with every Kubernetes part on, as `helm template`
+/// renders it (Helm from deploy/local/setup-helm.sh, which tests/run.sh runs first).
+fn chart_cluster_role() -> anyhow::Result<ClusterRole> {
+    let helm = std::env::var_os("FEDERATOR_HELM").map_or_else(
+        || {
+            std::path::Path::new(&std::env::var("HOME").unwrap_or_default())
+                .join(".cache/federator/helm/bin/helm")
+        },
+        std::path::PathBuf::from,
+    );
+    let chart =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/helm/federator-agent");
+    let out = std::process::Command::new(&helm)
+        .args(["template", "federator-agent"])
+        .arg(&chart)
+        .args(["--namespace", "federator"])
+        .args(["--set", "kubernetes.exports=true,kubernetes.serviceImports=true,kubernetes.clusterTrustBundles=true"])
+        .output()
+        .map_err(|e| anyhow::anyhow!("{}: {e} (run bash deploy/local/setup-helm.sh)", helm.display()))?;
+    anyhow::ensure!(
+        out.status.success(),
+        "helm template: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = String::from_utf8(out.stdout)?;
+    for document in serde_yaml_ng::Deserializer::from_str(&manifest) {
+        let value = <serde_yaml_ng::Value as serde::Deserialize>::deserialize(document)?;
+        if value["kind"] == "ClusterRole" {
+            return Ok(serde_yaml_ng::from_value(value)?);
+        }
+    }
+    anyhow::bail!("the agent chart rendered no ClusterRole")
+}
+
+/// Binds the chart's ClusterRole to `user`.
+async fn grant_chart_role(client: &kube::Client, user: &str) -> anyhow::Result<()> {
+    let mut role = chart_cluster_role()?;
+    role.metadata.name = Some(user.to_string());
+    Api::<ClusterRole>::all(client.clone()).create(&PostParams::default(), &role).await?;
+    let binding: ClusterRoleBinding = serde_json::from_value(serde_json::json!({
+        "metadata": { "name": user },
+        "roleRef": { "apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": user },
+        "subjects": [{ "apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": user }]
+    }))?;
+    Api::<ClusterRoleBinding>::all(client.clone()).create(&PostParams::default(), &binding).await?;
+    Ok(())
 }
 
 fn service(name: &str) -> anyhow::Result<Service> {
@@ -250,8 +309,16 @@ async fn services_and_trust_bundles_flow_between_two_kubernetes_clusters() -> an
     })
     .await?;
 
-    // == A ServiceExport without its Service is not valid, and exports nothing. ==
-    a.exports().create(&create, &service_export("ghost")?).await?;
+    // == A ServiceExport without its Service is not valid, and exports nothing. It is
+    // written as the MCS API's examples write one: with no spec at all. ==
+    let ghost: kube::core::DynamicObject = serde_json::from_value(serde_json::json!({
+        "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+        "kind": "ServiceExport",
+        "metadata": { "name": "ghost", "namespace": "shop" }
+    }))?;
+    federator::agent::kubernetes::service_exports_api(&a.client, "shop")
+        .create(&create, &ghost)
+        .await?;
     let (_, reason) = eventually("A's ServiceExport ghost is not Valid", WAIT, || async {
         a.export_condition("ghost", "Valid").await.filter(|(status, _)| status == "False")
     })

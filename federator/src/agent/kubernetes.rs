@@ -88,6 +88,18 @@ impl Connection {
     }
 }
 
+/// `ServiceExport`s of `namespace` as untyped objects, for status writes: the answer to
+/// a write is the whole object, which need not decode as the agent's type (an upstream
+/// MCS `ServiceExport` has no spec).
+#[must_use]
+pub fn service_exports_api(
+    client: &kube::Client,
+    namespace: &str,
+) -> kube::Api<kube::core::DynamicObject> {
+    let resource = kube::core::ApiResource::erase::<crd::ServiceExport>(&());
+    kube::Api::namespaced_with(client.clone(), namespace, &resource)
+}
+
 /// Now as Kubernetes writes times (`2026-12-06T23:59:59Z`, whole seconds).
 #[must_use]
 pub fn now_rfc3339() -> String {

@@ -113,6 +113,21 @@ pub fn definitions() -> Vec<CustomResourceDefinition> {
     [ServiceExport::crd(), ServiceImport::crd()]
         .into_iter()
         .map(|mut crd| {
+            // A ServiceExport's spec is empty and may be left out, as upstream: the
+            // generated schema would require it.
+            for version in &mut crd.spec.versions {
+                if let Some(schema) =
+                    version.schema.as_mut().and_then(|s| s.open_api_v3_schema.as_mut())
+                    && let Some(required) = &mut schema.required
+                {
+                    required.retain(|field| {
+                        !(crd.spec.names.kind == "ServiceExport" && field == "spec")
+                    });
+                    if required.is_empty() {
+                        schema.required = None;
+                    }
+                }
+            }
             let labels = crd.metadata.labels.get_or_insert_with(BTreeMap::new);
             labels.insert("multicluster.x-k8s.io/crd".into(), "true".into());
             labels.insert("app.kubernetes.io/part-of".into(), "federator".into());

@@ -20,8 +20,8 @@ use std::net::{IpAddr, SocketAddr};
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-use super::crd::ServiceExport as ServiceExportObject;
 use crate::agent::view::{ExportSet, SourceProblem};
 use crate::service::{
     Endpoint, EndpointPort, ExportMode, Protocol, ServiceExport, ServiceKey, ServicePort,
@@ -58,12 +58,13 @@ pub struct KubernetesExports {
     pub verdicts: BTreeMap<ServiceKey, Verdict>,
 }
 
-/// The exports of `service_exports`, each built from the Service of the same namespace
+/// The exports of `service_exports` (their metadata: a `ServiceExport` says nothing
+/// else, and an upstream one has no spec at all), each built from the Service of the same namespace
 /// and name among `services` and its slices among `slices`; `trust_domain` is the
 /// cluster's own (every identity must be in it).
 #[must_use]
 pub fn exports_from_objects<'a>(
-    service_exports: impl IntoIterator<Item = &'a ServiceExportObject>,
+    service_exports: impl IntoIterator<Item = &'a ObjectMeta>,
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
     trust_domain: &str,
@@ -81,8 +82,8 @@ pub fn exports_from_objects<'a>(
     }
     let mut out = KubernetesExports::default();
     for object in service_exports {
-        let Some(key) = key_of(&object.metadata) else { continue };
-        if object.metadata.deletion_timestamp.is_some() {
+        let Some(key) = key_of(object) else { continue };
+        if object.deletion_timestamp.is_some() {
             continue;
         }
         let slices = slices_of.get(&key).map_or(&[][..], Vec::as_slice);
@@ -119,20 +120,20 @@ pub fn exports_from_objects<'a>(
     out
 }
 
-fn key_of(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<ServiceKey> {
+fn key_of(meta: &ObjectMeta) -> Option<ServiceKey> {
     Some(ServiceKey::new(meta.namespace.clone()?, meta.name.clone()?))
 }
 
 /// The export of one `ServiceExport`, or why there is none (reason, message).
 fn export_of(
     key: &ServiceKey,
-    object: &ServiceExportObject,
+    object: &ObjectMeta,
     service: &Service,
     slices: &[&EndpointSlice],
     trust_domain: &str,
 ) -> Result<ServiceExport, (&'static str, String)> {
     let invalid = |message: String| ("Invalid", message);
-    let annotations = object.metadata.annotations.clone().unwrap_or_default();
+    let annotations = object.annotations.clone().unwrap_or_default();
     let spec = service.spec.clone().unwrap_or_default();
     if spec.type_.as_deref() == Some("ExternalName") {
         return Err((

@@ -132,7 +132,9 @@ fn import_port(port: &ServicePort) -> ServiceImportPort {
     ServiceImportPort {
         name: port.name.clone(),
         protocol: port.protocol.as_str().into(),
-        app_protocol: (!port.app_protocol.is_empty()).then(|| port.app_protocol.clone()),
+        // What Kubernetes takes as an appProtocol (a qualified name); any other value a
+        // member gave is left out rather than refused with the whole object.
+        app_protocol: is_qualified_name(&port.app_protocol).then(|| port.app_protocol.clone()),
         port: i32::from(port.port),
     }
 }
@@ -149,8 +151,12 @@ fn endpoint_slices(import: &ServiceImport, cluster: &str) -> Vec<EndpointSlice> 
             BTreeMap::new();
         // The API server refuses loopback addresses in a slice (they mean nothing in
         // another cluster anyway; only a single-machine federation has them).
-        for endpoint in exporter.endpoints.iter().filter(|e| !e.address.is_loopback()) {
-            let family = match endpoint.address {
+        for endpoint in
+            exporter.endpoints.iter().filter(|e| !e.address.to_canonical().is_loopback())
+        {
+            // An IPv4-mapped IPv6 address is the IPv4 address (the API server refuses it
+            // in an IPv6 slice).
+            let family = match endpoint.address.to_canonical() {
                 IpAddr::V4(_) => "IPv4",
                 IpAddr::V6(_) => "IPv6",
             };
@@ -171,7 +177,8 @@ fn endpoint_slices(import: &ServiceImport, cluster: &str) -> Vec<EndpointSlice> 
                 labels.insert(MCS_SERVICE_NAME_LABEL.into(), import.key.name.clone());
                 labels.insert(MCS_SOURCE_CLUSTER_LABEL.into(), exporter.cluster.clone());
                 labels.insert(SLICE_MANAGED_BY_LABEL.into(), SLICE_MANAGER.into());
-                let identity = format!("{}/{family}/{ports:?}/{chunk}", exporter.cluster);
+                let identity =
+                    format!("{}/{}/{family}/{ports:?}/{chunk}", import.key, exporter.cluster);
                 slices.push(EndpointSlice {
                     metadata: ObjectMeta {
                         name: Some(object_name(
@@ -187,7 +194,7 @@ fn endpoint_slices(import: &ServiceImport, cluster: &str) -> Vec<EndpointSlice> 
                         endpoints
                             .iter()
                             .map(|e| SliceEndpoint {
-                                addresses: vec![e.address.to_string()],
+                                addresses: vec![e.address.to_canonical().to_string()],
                                 conditions: Some(EndpointConditions {
                                     ready: Some(e.ready),
                                     serving: Some(e.ready),
@@ -209,7 +216,7 @@ fn endpoint_slices(import: &ServiceImport, cluster: &str) -> Vec<EndpointSlice> 
                                     .ports
                                     .iter()
                                     .find(|p| &p.name == name)
-                                    .filter(|p| !p.app_protocol.is_empty())
+                                    .filter(|p| is_qualified_name(&p.app_protocol))
                                     .map(|p| p.app_protocol.clone()),
                             })
                             .collect(),
@@ -252,20 +259,47 @@ fn trust_bundle(trust_domain: &str, pem: &str, signer: &str, cluster: &str) -> C
     }
 }
 
-/// `<signer with / as :>:<trust domain>`; a trust domain with characters an object name
-/// cannot hold (`_`), or too long for one, becomes a digest.
+/// `<signer with / as :>:<trust domain>`; a trust domain that is not a DNS subdomain
+/// (`_`, a label ending in `-`), or too long for an object name, becomes a digest.
 #[must_use]
 pub fn trust_bundle_name(signer: &str, trust_domain: &str) -> String {
     let prefix = signer.replace('/', ":");
-    let fits = trust_domain
-        .bytes()
-        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
-        && prefix.len() + 1 + trust_domain.len() <= 253;
+    let fits = is_dns_subdomain(trust_domain) && prefix.len() + 1 + trust_domain.len() <= 253;
     if fits {
         format!("{prefix}:{trust_domain}")
     } else {
         format!("{prefix}:{}", hex::encode(&sha2::Sha256::digest(trust_domain.as_bytes())[..16]))
     }
+}
+
+/// Whether `name` is a DNS subdomain: dot-separated labels of `[a-z0-9-]`, each 1 to 63
+/// characters, starting and ending alphanumeric.
+fn is_dns_subdomain(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+/// Whether `text` is a Kubernetes qualified name (`[prefix/]name`, the name 1 to 63 of
+/// `[A-Za-z0-9._-]` starting and ending alphanumeric, the prefix a DNS subdomain), as an
+/// `appProtocol` must be.
+fn is_qualified_name(text: &str) -> bool {
+    let (prefix, name) = match text.split_once('/') {
+        Some((prefix, name)) => (Some(prefix), name),
+        None => (None, text),
+    };
+    prefix.is_none_or(is_dns_subdomain)
+        && !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric())
 }
 
 /// `value` as a label value (at most 63 characters), or a digest of it.

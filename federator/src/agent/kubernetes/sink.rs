@@ -24,7 +24,7 @@ use serde::de::DeserializeOwned;
 use sha2::Digest as _;
 
 use super::SINK_MANAGER;
-use super::crd::{ServiceExport as ServiceExportObject, ServiceImport as ServiceImportObject};
+use super::crd::ServiceImport as ServiceImportObject;
 use super::imports::{Desired, desired_objects, owner_selector};
 use crate::agent::view::{AgentView, Sink, SinkError, SinkFuture};
 use crate::service::ServiceKey;
@@ -93,8 +93,29 @@ impl KubernetesSink {
         let selector = owner_selector(&view.cluster);
         let mut missing_namespaces = BTreeSet::new();
 
-        // Imports first, then their endpoints: a consumer never sees endpoints of a
-        // service it cannot resolve.
+        // Trust first: a refused import must not keep the federated anchors from pods.
+        let mut failed_domains = Vec::new();
+        let mut bundle_error = None;
+        for object in &trust_bundles {
+            let api = Api::<ClusterTrustBundle>::all(self.client.clone());
+            if let Err(error) = self.write(&api, object, "ClusterTrustBundle").await {
+                let domain = object
+                    .annotations()
+                    .get(super::imports::TRUST_DOMAIN_ANNOTATION)
+                    .cloned()
+                    .unwrap_or_default();
+                failed_domains.push(domain);
+                bundle_error = Some(match error {
+                    Written::Failed(e) => e.message,
+                    Written::NoNamespace => "not found".into(),
+                    Written::Refused => "refused by the API server as invalid".into(),
+                });
+            }
+        }
+
+        // Imports, then their endpoints: a consumer never sees endpoints of a service it
+        // cannot resolve. An object the API server refuses as invalid is skipped (and
+        // logged); the others are written.
         for object in &service_imports {
             let namespace = object.namespace().unwrap_or_default();
             let api = Api::<ServiceImportObject>::namespaced(self.client.clone(), &namespace);
@@ -103,6 +124,7 @@ impl KubernetesSink {
                     missing_namespaces.insert(namespace);
                 }
                 Err(Written::Failed(error)) => return Err(error),
+                Err(Written::Refused) => {}
                 Ok(()) => {
                     let status = serde_json::json!({
                         "apiVersion": "multicluster.x-k8s.io/v1alpha1",
@@ -127,46 +149,29 @@ impl KubernetesSink {
             }
             let api = Api::<EndpointSlice>::namespaced(self.client.clone(), &namespace);
             match self.write(&api, object, "EndpointSlice").await {
-                Ok(()) | Err(Written::NoNamespace) => {}
+                Ok(()) | Err(Written::NoNamespace | Written::Refused) => {}
                 Err(Written::Failed(error)) => return Err(error),
             }
         }
-        let mut failed_domains = Vec::new();
-        let mut bundle_error = None;
-        for object in &trust_bundles {
-            let api = Api::<ClusterTrustBundle>::all(self.client.clone());
-            if let Err(error) = self.write(&api, object, "ClusterTrustBundle").await {
-                let domain = object
-                    .annotations()
-                    .get(super::imports::TRUST_DOMAIN_ANNOTATION)
-                    .cloned()
-                    .unwrap_or_default();
-                failed_domains.push(domain);
-                bundle_error = Some(match error {
-                    Written::Failed(e) => e.message,
-                    Written::NoNamespace => "not found".into(),
-                });
-            }
-        }
-
         // What the view no longer has goes; what someone deleted is written next time.
         // (Kinds turned off are not read at all: their API may not be served.)
         let client = &self.client;
         if self.write_imports {
-            self.prune(
-                Api::<ServiceImportObject>::all(client.clone()),
-                |ns| Api::namespaced(client.clone(), ns),
-                "ServiceImport",
-                &selector,
-                &ids("ServiceImport", &service_imports),
-            )
-            .await?;
+            // Endpoints go before their service (the reverse of writing).
             self.prune(
                 Api::<EndpointSlice>::all(client.clone()),
                 |ns| Api::namespaced(client.clone(), ns),
                 "EndpointSlice",
                 &selector,
                 &ids("EndpointSlice", &endpoint_slices),
+            )
+            .await?;
+            self.prune(
+                Api::<ServiceImportObject>::all(client.clone()),
+                |ns| Api::namespaced(client.clone(), ns),
+                "ServiceImport",
+                &selector,
+                &ids("ServiceImport", &service_imports),
             )
             .await?;
             self.write_conflicts(view).await;
@@ -215,6 +220,13 @@ impl KubernetesSink {
                 if status.is_not_found() && status.message.contains("namespaces") =>
             {
                 Err(Written::NoNamespace)
+            }
+            // Invalid: writing the same content again cannot succeed. Remembered, so it is
+            // tried again only once its content changes.
+            Ok(Err(kube::Error::Api(status))) if status.is_invalid() => {
+                tracing::warn!(object = %id, error = %status.message, "the API server refuses the object; skipped");
+                self.written().insert(id, digest);
+                Err(Written::Refused)
             }
             Ok(Err(error)) => {
                 self.written().remove(&id);
@@ -374,8 +386,7 @@ impl KubernetesSink {
                     "lastTransitionTime": since,
                 }]},
             });
-            let api =
-                Api::<ServiceExportObject>::namespaced(self.client.clone(), &import.key.namespace);
+            let api = super::service_exports_api(&self.client, &import.key.namespace);
             let params = PatchParams::apply(SINK_MANAGER).force();
             match tokio::time::timeout(
                 CALL_TIMEOUT,
@@ -414,6 +425,8 @@ impl KubernetesSink {
 enum Written {
     /// The object's namespace does not exist.
     NoNamespace,
+    /// The API server refuses the object as invalid (skipped until its content changes).
+    Refused,
     /// Any other failure.
     Failed(SinkError),
 }

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use futures::StreamExt as _;
 use kube::api::{Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt as _, watcher};
 use kube::{Api, Resource};
@@ -79,14 +80,17 @@ async fn follow(
     keep_zones: bool,
     tx: watch::Sender<ExportSet>,
 ) {
-    let (exports_reader, exports_writer) = reflector::store::<ServiceExportObject>();
+    // Only the metadata of ServiceExports: that is all they say, and an upstream MCS
+    // ServiceExport (no spec) would not decode as the agent's type.
+    let (exports_reader, exports_writer) =
+        reflector::store::<PartialObjectMeta<ServiceExportObject>>();
     let (services_reader, services_writer) = reflector::store::<Service>();
     let (slices_reader, slices_writer) = reflector::store::<EndpointSlice>();
     let config = watcher::Config::default();
     let slices_config = watcher::Config::default().labels(super::exports::SERVICE_NAME_LABEL);
     let exports_stream = reflector::reflector(
         exports_writer,
-        watcher(Api::<ServiceExportObject>::all(client.clone()), config.clone()),
+        watcher(Api::<PartialObjectMeta<ServiceExportObject>>::all(client.clone()), config.clone()),
     )
     .default_backoff()
     .map(|e| (0_usize, e.err().map(|e| e.to_string())))
@@ -147,7 +151,7 @@ async fn follow(
         let service_list = services_reader.state();
         let slice_list = slices_reader.state();
         let KubernetesExports { mut set, verdicts } = exports_from_objects(
-            service_exports.iter().map(Arc::as_ref),
+            service_exports.iter().map(|o| &o.metadata),
             service_list.iter().map(Arc::as_ref),
             slice_list.iter().map(Arc::as_ref),
             &trust_domain,
@@ -207,7 +211,7 @@ async fn write_verdicts(
             "message": verdict.message,
             "lastTransitionTime": since,
         });
-        let api = Api::<ServiceExportObject>::namespaced(client.clone(), &key.namespace);
+        let api = super::service_exports_api(client, &key.namespace);
         let patch = serde_json::json!({
             "apiVersion": "multicluster.x-k8s.io/v1alpha1",
             "kind": "ServiceExport",

@@ -324,7 +324,10 @@ pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Cli
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
         .with_keep_alive_while_idle(true)
-        .with_require_leader(true);
+        .with_require_leader(true)
+        // etcd's simple tokens expire (5 minutes idle, or an etcd restart): fetch a new
+        // one instead of failing every later call.
+        .with_auto_token_refresh(true);
     match auth.connect(options).map_err(|e| e.to_string())? {
         EtcdConnect::Plain(options) => call(Client::connect(endpoints, Some(options))).await,
         EtcdConnect::Tls { config, options } => {

@@ -2,11 +2,14 @@ use proptest::prelude::*;
 
 use super::*;
 
-fn export_object(name: &str, annotations: &[(&str, &str)]) -> ServiceExportObject {
-    let mut object = ServiceExportObject::new(name, super::super::crd::ServiceExportSpec {});
-    object.metadata.namespace = Some("shop".into());
+fn export_object(name: &str, annotations: &[(&str, &str)]) -> ObjectMeta {
+    let mut object = ObjectMeta {
+        name: Some(name.into()),
+        namespace: Some("shop".into()),
+        ..ObjectMeta::default()
+    };
     if !annotations.is_empty() {
-        object.metadata.annotations =
+        object.annotations =
             Some(annotations.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect());
     }
     object
@@ -41,7 +44,7 @@ fn slice(service: &str, name: &str, family: &str, endpoints: serde_json::Value) 
 }
 
 fn exports(
-    objects: &[ServiceExportObject],
+    objects: &[ObjectMeta],
     services: &[Service],
     slices: &[EndpointSlice],
 ) -> KubernetesExports {
@@ -167,7 +170,7 @@ fn refusals_name_the_reason_and_the_annotation_to_fix() {
 #[test]
 fn a_service_export_being_deleted_exports_nothing() {
     let mut object = export_object("cart", &[]);
-    object.metadata.deletion_timestamp =
+    object.deletion_timestamp =
         Some(serde_json::from_value(serde_json::json!("2026-12-06T00:00:00Z")).expect("time"));
     let out = exports(&[object], &[service("cart", "ClusterIP")], &[]);
     assert!(out.set.exports.is_empty() && out.verdicts.is_empty());

@@ -1,6 +1,7 @@
 use std::collections::BTreeMap;
 
 use proptest::prelude::*;
+use sha2::Digest as _;
 
 use super::*;
 use crate::bundle::{TrustBundle, X509Authority};
@@ -187,6 +188,57 @@ fn every_federated_trust_domain_with_x509_roots_becomes_a_cluster_trust_bundle()
             .map(|a| a[TRUST_DOMAIN_ANNOTATION].clone()),
         Some("under_score.example".into())
     );
+}
+
+#[test]
+fn what_the_api_server_would_refuse_is_made_acceptable_or_left_out() {
+    let mut odd = import(vec![exporter(
+        "cluster-a",
+        vec![
+            endpoint("::ffff:10.1.2.3", true, Some(8080)),
+            endpoint("::ffff:127.0.0.1", true, None),
+        ],
+    )]);
+    odd.ports[0].app_protocol = "HTTP/2".into();
+    let desired = desired_objects(&view(vec![odd]), DEFAULT_SIGNER);
+    assert_eq!(desired.endpoint_slices.len(), 1, "the mapped loopback address is left out");
+    let slice = &desired.endpoint_slices[0];
+    assert_eq!(slice.address_type, "IPv4", "an IPv4-mapped address is IPv4");
+    assert_eq!(
+        slice.endpoints.as_ref().map(|e| e[0].addresses[0].clone()),
+        Some("10.1.2.3".into())
+    );
+    assert_eq!(
+        slice.ports.as_ref().and_then(|p| p[0].app_protocol.clone()),
+        None,
+        "not a qualified name"
+    );
+    assert_eq!(desired.service_imports[0].spec.ports[0].app_protocol, None);
+    for good in ["http", "kubernetes.io/h2c", "grpc-web"] {
+        assert!(is_qualified_name(good), "{good}");
+    }
+    for bad in ["", "HTTP/2", "grpc+tls", "-x", "a/b/c", &"x".repeat(64)] {
+        assert!(!is_qualified_name(bad), "{bad}");
+    }
+    assert!(
+        trust_bundle_name(DEFAULT_SIGNER, "corp-")
+            .ends_with(&hex::encode(&sha2::Sha256::digest(b"corp-")[..16]))
+    );
+}
+
+#[test]
+fn slices_of_two_services_with_long_names_never_share_a_name() {
+    let long = |name: &str| {
+        let mut i = import(vec![exporter("cluster-a", vec![endpoint("10.0.0.1", true, None)])]);
+        i.key = ServiceKey::new("shop", name);
+        i
+    };
+    let a = format!("{}-a", "s".repeat(60));
+    let b = format!("{}-b", "s".repeat(60));
+    let desired = desired_objects(&view(vec![long(&a), long(&b)]), DEFAULT_SIGNER);
+    let names: std::collections::BTreeSet<_> =
+        desired.endpoint_slices.iter().filter_map(|s| s.metadata.name.clone()).collect();
+    assert_eq!(names.len(), 2, "{names:?}");
 }
 
 proptest! {
