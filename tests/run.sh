@@ -63,6 +63,10 @@ rm -rf "$rendered"
 
 step "build"
 cargo build --workspace --all-targets --locked
+# Every test and chaos run starts this binary. Named here so that none of them builds
+# `-p federator` on its own: cargo unifies features per invocation, so that build differs
+# from the workspace's and each side would rebuild a hundred crates under the other.
+export FEDERATOR_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/federator"
 
 step "tests (unit, storage conformance, transport, end-to-end)"
 # The end-to-end tests start several replica processes each; two at a time fit 2 cores.

@@ -139,6 +139,17 @@ impl BenchTiming {
     }
 }
 
+/// The distinct timings in `timings`, in the order they first appear.
+pub(crate) fn distinct_timings(timings: impl IntoIterator<Item = BenchTiming>) -> Vec<BenchTiming> {
+    let mut distinct: Vec<BenchTiming> = Vec::new();
+    for timing in timings {
+        if !distinct.contains(&timing) {
+            distinct.push(timing);
+        }
+    }
+    distinct
+}
+
 /// etcd refuses an election timeout shorter than this many heartbeats.
 const ETCD_MIN_ELECTION_TICKS: u128 = 5;
 

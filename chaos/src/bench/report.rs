@@ -228,13 +228,7 @@ impl RaftReport {
 
     /// The timings that were run, in order.
     fn timings(&self) -> Vec<BenchTiming> {
-        let mut timings: Vec<BenchTiming> = Vec::new();
-        for s in &self.systems {
-            if !timings.contains(&s.timing) {
-                timings.push(s.timing);
-            }
-        }
-        timings
+        super::distinct_timings(self.systems.iter().map(|s| s.timing))
     }
 
     /// The rows of one timing; the disk floor goes with the first timing's.

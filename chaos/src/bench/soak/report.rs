@@ -38,13 +38,7 @@ impl SoakReport {
 
     /// The timings that were run, in order.
     fn timings(&self) -> Vec<BenchTiming> {
-        let mut timings: Vec<BenchTiming> = Vec::new();
-        for s in &self.systems {
-            if !timings.contains(&s.timing) {
-                timings.push(s.timing);
-            }
-        }
-        timings
+        crate::bench::distinct_timings(self.systems.iter().map(|s| s.timing))
     }
 
     fn rows(&self, timing: BenchTiming) -> Vec<Row> {
