@@ -18,6 +18,20 @@ pub fn script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/local/kube-apiserver.sh")
 }
 
+/// Runs `openssl` with `args` in `dir` (certificates for test servers).
+///
+/// # Errors
+/// It could not be run or failed (its stderr is in the error).
+pub fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("openssl").args(args).current_dir(dir).output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
 /// One kube-apiserver and its etcd, stopped when dropped.
 pub struct KubeApiServer {
     dir: tempfile::TempDir,
@@ -114,15 +128,7 @@ impl KubeApiServer {
         let pki = self.dir().join("pki");
         let dir = self.dir().join(format!("user-{user}"));
         std::fs::create_dir_all(&dir)?;
-        let run = |args: &[&str]| -> anyhow::Result<()> {
-            let out = Command::new("openssl").args(args).current_dir(&dir).output()?;
-            anyhow::ensure!(
-                out.status.success(),
-                "openssl {args:?}: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            Ok(())
-        };
+        let run = |args: &[&str]| openssl(&dir, args);
         run(&[
             "genpkey",
             "-algorithm",

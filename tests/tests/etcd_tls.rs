@@ -12,20 +12,10 @@ use federator::agent::etcd_auth::{EtcdAuth, EtcdConnect, connect_tls};
 use federator_chaos::agent::{AgentOptions, AgentProcess};
 use federator_chaos::cluster::{Federation, eventually, free_port};
 use federator_chaos::etcd::etcd_bin;
+use federator_chaos::kube_apiserver::openssl;
 use federator_chaos::member::MemberCluster;
 
 const WAIT: Duration = Duration::from_secs(30);
-
-/// openssl `args` in `dir`.
-fn openssl(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let out = Command::new("openssl").args(args).current_dir(dir).output()?;
-    anyhow::ensure!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(())
-}
 
 /// A CA, etcd's serving certificate for 127.0.0.1, and client certificates `root` (the
 /// administrator) and `agent` (a certificate whose name is no etcd user).

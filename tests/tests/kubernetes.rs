@@ -250,7 +250,7 @@ async fn services_and_trust_bundles_flow_between_two_kubernetes_clusters() -> an
     // == A exports shop/cart: Service, its slice (two ready pods), a ServiceExport. ==
     Api::<Service>::namespaced(a.client.clone(), "shop").create(&create, &service("cart")?).await?;
     a.slices()
-        .create(&create, &endpoint_slice("cart", &[("10.20.0.11", true), ("10.20.0.12", true)])?)
+        .create(&create, &endpoint_slice("cart", &[("192.0.2.11", true), ("192.0.2.12", true)])?)
         .await?;
     a.exports().create(&create, &service_export("cart")?).await?;
     eventually("A's ServiceExport is Valid", WAIT, || async {
@@ -280,7 +280,7 @@ async fn services_and_trust_bundles_flow_between_two_kubernetes_clusters() -> an
         .await?;
     assert_eq!(
         endpoints,
-        [("10.20.0.11".to_string(), true), ("10.20.0.12".to_string(), true)],
+        [("192.0.2.11".to_string(), true), ("192.0.2.12".to_string(), true)],
         "both endpoints ready"
     );
     assert_eq!(ports, [("http".to_string(), 8080)], "the pods' port");
@@ -329,16 +329,16 @@ async fn services_and_trust_bundles_flow_between_two_kubernetes_clusters() -> an
     // == A's pod turns not ready: so does B's endpoint. ==
     a.slices()
         .replace("cart-abcde", &PostParams::default(), &{
-            let mut slice = endpoint_slice("cart", &[("10.20.0.11", true), ("10.20.0.12", false)])?;
+            let mut slice = endpoint_slice("cart", &[("192.0.2.11", true), ("192.0.2.12", false)])?;
             slice.metadata.resource_version =
                 a.slices().get("cart-abcde").await?.metadata.resource_version;
             slice
         })
         .await?;
-    eventually("B sees 10.20.0.12 not ready", WAIT, || async {
+    eventually("B sees 192.0.2.12 not ready", WAIT, || async {
         b.imported_endpoints("cart", "cluster-a")
             .await
-            .filter(|(e, _)| e.contains(&("10.20.0.12".to_string(), false)))
+            .filter(|(e, _)| e.contains(&("192.0.2.12".to_string(), false)))
     })
     .await?;
 
@@ -351,10 +351,10 @@ async fn services_and_trust_bundles_flow_between_two_kubernetes_clusters() -> an
     })
     .await?;
     a.agent.start()?;
-    eventually("B's endpoint 10.20.0.11 ready again with A back", WAIT, || async {
+    eventually("B's endpoint 192.0.2.11 ready again with A back", WAIT, || async {
         b.imported_endpoints("cart", "cluster-a")
             .await
-            .filter(|(e, _)| e.contains(&("10.20.0.11".to_string(), true)))
+            .filter(|(e, _)| e.contains(&("192.0.2.11".to_string(), true)))
     })
     .await?;
 

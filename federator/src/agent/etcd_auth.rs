@@ -206,6 +206,39 @@ impl EtcdAuth {
     }
 }
 
+/// Why no TLS connection to etcd could be made.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum EtcdTlsError {
+    /// An endpoint is not a URI.
+    #[error("{endpoint}: {source}")]
+    Endpoint {
+        /// The endpoint as configured.
+        endpoint: String,
+        /// Why it does not parse.
+        source: tonic::transport::Error,
+    },
+    /// Every endpoint failed; why, in order.
+    #[error("{}", .0.join("; "))]
+    Unreachable(Vec<String>),
+    /// The connection was made but etcd refused the client (its user or password).
+    #[error("{endpoint}: {source}")]
+    Refused {
+        /// The endpoint.
+        endpoint: String,
+        /// etcd's answer.
+        source: etcd_client::Error,
+    },
+    /// The connection was made but authenticating took longer than the timeout.
+    #[error("{endpoint}: no answer within {timeout:?}")]
+    Timeout {
+        /// The endpoint.
+        endpoint: String,
+        /// The bound.
+        timeout: Duration,
+    },
+}
+
 /// Connects to the first of `endpoints` that answers over TLS with `config`, then
 /// authenticates with `options`' user; `timeout` bounds each attempt.
 ///
@@ -217,12 +250,12 @@ pub async fn connect_tls(
     options: ConnectOptions,
     timeout: Duration,
     keep_alive: (Duration, Duration),
-) -> Result<Client, String> {
+) -> Result<Client, EtcdTlsError> {
     let mut failures = Vec::new();
     for endpoint in endpoints {
         let address = endpoint.trim_start_matches("https://");
         let target = tonic::transport::Endpoint::from_shared(format!("https://{address}"))
-            .map_err(|e| format!("{endpoint}: {e}"))?
+            .map_err(|source| EtcdTlsError::Endpoint { endpoint: endpoint.clone(), source })?
             .connect_timeout(timeout)
             .http2_keep_alive_interval(keep_alive.0)
             .keep_alive_timeout(keep_alive.1)
@@ -233,15 +266,18 @@ pub async fn connect_tls(
                 let client =
                     Client::from_channel(etcd_client::Channel::Tonic(channel), Some(options));
                 return match tokio::time::timeout(timeout, client).await {
-                    Ok(result) => result.map_err(|e| format!("{endpoint}: {e}")),
-                    Err(_) => Err(format!("{endpoint}: no answer within {timeout:?}")),
+                    Ok(result) => result.map_err(|source| EtcdTlsError::Refused {
+                        endpoint: endpoint.clone(),
+                        source,
+                    }),
+                    Err(_) => Err(EtcdTlsError::Timeout { endpoint: endpoint.clone(), timeout }),
                 };
             }
             Ok(Err(error)) => failures.push(format!("{endpoint}: {error}")),
             Err(_) => failures.push(format!("{endpoint}: no answer within {timeout:?}")),
         }
     }
-    Err(failures.join("; "))
+    Err(EtcdTlsError::Unreachable(failures))
 }
 
 #[cfg(test)]

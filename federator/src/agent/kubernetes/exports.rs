@@ -168,7 +168,7 @@ fn export_of(
         Some(text) => {
             let gateway: SocketAddr = text.trim().parse().map_err(|_| {
                 invalid(format!(
-                    "annotation {GATEWAY_ANNOTATION}: {text:?} is not IP:PORT (e.g. 10.0.0.9:15443)"
+                    "annotation {GATEWAY_ANNOTATION}: {text:?} is not IP:PORT (e.g. 192.0.2.9:15443)"
                 ))
             })?;
             ExportMode::Gateway { address: gateway.ip(), port: gateway.port() }

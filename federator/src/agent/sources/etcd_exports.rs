@@ -331,7 +331,9 @@ pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Cli
     match auth.connect(options).map_err(|e| e.to_string())? {
         EtcdConnect::Plain(options) => call(Client::connect(endpoints, Some(options))).await,
         EtcdConnect::Tls { config, options } => {
-            connect_tls(endpoints, config, options, CONNECT_TIMEOUT, KEEP_ALIVE).await
+            connect_tls(endpoints, config, options, CONNECT_TIMEOUT, KEEP_ALIVE)
+                .await
+                .map_err(|e| e.to_string())
         }
     }
 }

@@ -59,14 +59,14 @@ fn a_service_export_becomes_the_services_ports_and_ready_endpoints() {
             "cart-1",
             "IPv4",
             serde_json::json!([
-                { "addresses": ["10.0.0.1"], "conditions": { "ready": true }, "zone": "z1" },
-                { "addresses": ["10.0.0.2"], "conditions": { "ready": false } },
-                { "addresses": ["10.0.0.3"] }
+                { "addresses": ["192.0.2.1"], "conditions": { "ready": true }, "zone": "z1" },
+                { "addresses": ["192.0.2.2"], "conditions": { "ready": false } },
+                { "addresses": ["192.0.2.3"] }
             ]),
         ),
-        slice("cart", "cart-2", "IPv6", serde_json::json!([{ "addresses": ["fd00::1"] }])),
+        slice("cart", "cart-2", "IPv6", serde_json::json!([{ "addresses": ["2001:db8::1"] }])),
         slice("cart", "cart-3", "FQDN", serde_json::json!([{ "addresses": ["db.example"] }])),
-        slice("other", "other-1", "IPv4", serde_json::json!([{ "addresses": ["10.9.9.9"] }])),
+        slice("other", "other-1", "IPv4", serde_json::json!([{ "addresses": ["192.0.2.99"] }])),
     ];
     let out = exports(&[export_object("cart", &[])], &[service("cart", "ClusterIP")], &slices);
     let key = ServiceKey::new("shop", "cart");
@@ -79,10 +79,10 @@ fn a_service_export_becomes_the_services_ports_and_ready_endpoints() {
     assert_eq!(
         addresses,
         [
-            ("10.0.0.1".into(), true, "z1".into()),
-            ("10.0.0.2".into(), false, String::new()),
-            ("10.0.0.3".into(), true, String::new()),
-            ("fd00::1".into(), true, String::new()),
+            ("192.0.2.1".into(), true, "z1".into()),
+            ("192.0.2.2".into(), false, String::new()),
+            ("192.0.2.3".into(), true, String::new()),
+            ("2001:db8::1".into(), true, String::new()),
         ],
         "a missing ready condition means ready; FQDN slices and other services' slices are not read"
     );
@@ -100,13 +100,13 @@ fn an_address_in_two_slices_is_one_endpoint_ready_if_either_says_so() {
             "cart",
             "cart-1",
             "IPv4",
-            serde_json::json!([{ "addresses": ["10.0.0.1"], "conditions": { "ready": false } }]),
+            serde_json::json!([{ "addresses": ["192.0.2.1"], "conditions": { "ready": false } }]),
         ),
         slice(
             "cart",
             "cart-2",
             "IPv4",
-            serde_json::json!([{ "addresses": ["10.0.0.1"], "conditions": { "ready": true } }]),
+            serde_json::json!([{ "addresses": ["192.0.2.1"], "conditions": { "ready": true } }]),
         ),
     ];
     let out = exports(&[export_object("cart", &[])], &[service("cart", "ClusterIP")], &slices);

@@ -65,14 +65,14 @@ fn an_import_becomes_a_service_import_and_slices_per_cluster_family_and_ports() 
             exporter(
                 "cluster-a",
                 vec![
-                    endpoint("10.0.0.1", true, Some(8080)),
-                    endpoint("10.0.0.2", false, Some(8080)),
-                    endpoint("10.0.0.3", true, None),
-                    endpoint("fd00::1", true, Some(8080)),
+                    endpoint("192.0.2.1", true, Some(8080)),
+                    endpoint("192.0.2.2", false, Some(8080)),
+                    endpoint("192.0.2.3", true, None),
+                    endpoint("2001:db8::1", true, Some(8080)),
                     endpoint("127.0.0.1", true, Some(8080)),
                 ],
             ),
-            exporter("cluster-c", vec![endpoint("10.1.0.1", true, Some(8080))]),
+            exporter("cluster-c", vec![endpoint("198.51.100.1", true, Some(8080))]),
         ])]),
         DEFAULT_SIGNER,
     );
@@ -119,7 +119,7 @@ fn an_import_becomes_a_service_import_and_slices_per_cluster_family_and_ports() 
         .collect();
     assert_eq!(
         states,
-        [("10.0.0.1".into(), Some(true)), ("10.0.0.2".into(), Some(false))],
+        [("192.0.2.1".into(), Some(true)), ("192.0.2.2".into(), Some(false))],
         "no loopback address: the API server refuses them"
     );
     let names: std::collections::BTreeSet<_> =
@@ -129,9 +129,8 @@ fn an_import_becomes_a_service_import_and_slices_per_cluster_family_and_ports() 
 
 #[test]
 fn a_large_cluster_is_cut_into_slices_of_at_most_a_hundred() {
-    let endpoints: Vec<ImportEndpoint> = (0..250)
-        .map(|i| endpoint(&format!("10.2.{}.{}", i / 200, i % 200 + 1), true, None))
-        .collect();
+    let endpoints: Vec<ImportEndpoint> =
+        (0..250).map(|i| endpoint(&format!("2001:db8::{:x}", i + 1), true, None)).collect();
     let desired = desired_objects(
         &view(vec![import(vec![exporter("cluster-a", endpoints)])]),
         DEFAULT_SIGNER,
@@ -195,7 +194,7 @@ fn what_the_api_server_would_refuse_is_made_acceptable_or_left_out() {
     let mut odd = import(vec![exporter(
         "cluster-a",
         vec![
-            endpoint("::ffff:10.1.2.3", true, Some(8080)),
+            endpoint("::ffff:198.51.100.3", true, Some(8080)),
             endpoint("::ffff:127.0.0.1", true, None),
         ],
     )]);
@@ -206,7 +205,7 @@ fn what_the_api_server_would_refuse_is_made_acceptable_or_left_out() {
     assert_eq!(slice.address_type, "IPv4", "an IPv4-mapped address is IPv4");
     assert_eq!(
         slice.endpoints.as_ref().map(|e| e[0].addresses[0].clone()),
-        Some("10.1.2.3".into())
+        Some("198.51.100.3".into())
     );
     assert_eq!(
         slice.ports.as_ref().and_then(|p| p[0].app_protocol.clone()),
@@ -229,7 +228,7 @@ fn what_the_api_server_would_refuse_is_made_acceptable_or_left_out() {
 #[test]
 fn slices_of_two_services_with_long_names_never_share_a_name() {
     let long = |name: &str| {
-        let mut i = import(vec![exporter("cluster-a", vec![endpoint("10.0.0.1", true, None)])]);
+        let mut i = import(vec![exporter("cluster-a", vec![endpoint("192.0.2.1", true, None)])]);
         i.key = ServiceKey::new("shop", name);
         i
     };
