@@ -414,13 +414,21 @@ pub async fn run(
         // filled up must be gone too, unless it still writes (its database had room).
         for &id in injected.must_exit.iter().chain(&injected.filled) {
             let filled = injected.filled.contains(&id);
-            match topo.fed.wait_exit(id, scenario.hold).await {
-                Err(_) if filled && still_writes(&topo, id).await => {
-                    let what =
-                        format!("observed: replica {id} still writes (its database had room)");
-                    untaken.push(format!("round {round}: {what}; no storage error injected"));
-                    timeline.push(TimelineEvent { at_ms: clock.now() / 1_000_000, what });
-                }
+            let exit = match topo.fed.wait_exit(id, scenario.hold).await {
+                Err(_) if filled => match after_full_disk(&mut topo, id).await {
+                    FullDisk::Writes => {
+                        let what =
+                            format!("observed: replica {id} still writes (its database had room)");
+                        untaken.push(format!("round {round}: {what}; no storage error injected"));
+                        timeline.push(TimelineEvent { at_ms: clock.now() / 1_000_000, what });
+                        continue;
+                    }
+                    FullDisk::Exited(status) => Ok(status),
+                    FullDisk::Stuck(error) => Err(error),
+                },
+                other => other,
+            };
+            match exit {
                 Ok(status) => {
                     timeline.push(TimelineEvent {
                         at_ms: clock.now() / 1_000_000,
@@ -723,15 +731,44 @@ fn flip_middle_byte(file: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether replica `id` still answers with a running raft core and has applied a recent
-/// entry: a replica on a full disk whose database file had room keeps working.
-async fn still_writes(topo: &Topology, id: u64) -> bool {
-    use federator_proto::admin::Role;
-    let Some(before) = topo.fed.status(id).await else { return false };
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let Some(after) = topo.fed.status(id).await else { return false };
-    after.role() != Role::Shutdown && after.applied_index > before.applied_index
+/// What a replica did once the hold after its disk filled was over.
+enum FullDisk {
+    /// It answers with a running raft core and applied entries meanwhile: its database
+    /// file had room, so no storage error reached it.
+    Writes,
+    /// It exited (during the sample: it reached the end of its file's room late).
+    Exited(std::process::ExitStatus),
+    /// Neither: a replica that hangs on a full disk.
+    Stuck(anyhow::Error),
 }
+
+/// Samples replica `id` for [`FULL_DISK_SAMPLE`] after the hold that followed its full
+/// disk: a replica whose database had room keeps applying; one that ran out of room exits.
+async fn after_full_disk(topo: &mut Topology, id: u64) -> FullDisk {
+    use federator_proto::admin::Role;
+    let before = topo.fed.status(id).await;
+    let exited = topo.fed.wait_exit(id, FULL_DISK_SAMPLE).await;
+    if let Ok(status) = exited {
+        return FullDisk::Exited(status);
+    }
+    let after = topo.fed.status(id).await;
+    match (before, after) {
+        (Some(before), Some(after))
+            if after.role() != Role::Shutdown && after.applied_index > before.applied_index =>
+        {
+            FullDisk::Writes
+        }
+        (before, after) => FullDisk::Stuck(anyhow::anyhow!(
+            "replica {id} neither exited nor applied an entry {FULL_DISK_SAMPLE:?} past the \
+             hold after its disk filled (applied index {} → {})",
+            before.map_or_else(|| "?".to_string(), |s| s.applied_index.to_string()),
+            after.map_or_else(|| "?".to_string(), |s| s.applied_index.to_string()),
+        )),
+    }
+}
+
+/// How long a replica on a full disk is watched after the hold.
+const FULL_DISK_SAMPLE: Duration = Duration::from_millis(500);
 
 /// A violation for every fault after which no write was acknowledged within its bound.
 fn unavailable(

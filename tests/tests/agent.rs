@@ -230,15 +230,17 @@ async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> an
         .wait_status("B holds A's bundle", WAIT, |s| s.bundles.contains_key("a.example"))
         .await?
         .bundles["a.example"];
+    // The status shows the applied view; the acknowledgement follows once every sink
+    // holds it, so the files and keys are read after it.
+    eventually("B acknowledges A's first bundle", WAIT, || async {
+        fed.applied_sequence("a.example", "cluster-b").ok().flatten().filter(|s| *s == first)
+    })
+    .await?;
     let a_ca = a.agent.member.ca_pem();
     let pem = std::fs::read_to_string(b.agent.out("bundles/a.example.pem"))?;
     assert_eq!(pem.trim(), a_ca.trim(), "B's PEM file holds A's CA");
     let key = b.get("/federator/bundles/a.example").await?.expect("B's etcd key of A's bundle");
     assert!(key.contains("\"keys\""), "a SPIFFE bundle (JWKS): {key}");
-    eventually("B acknowledges A's first bundle", WAIT, || async {
-        fed.applied_sequence("a.example", "cluster-b").ok().flatten().filter(|s| *s == first)
-    })
-    .await?;
 
     // A rotates: old and new CA together.
     a.agent.member.add_ca()?;
@@ -251,22 +253,18 @@ async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> an
         })
         .await?;
     let rotated = status.bundles["a.example"];
-    eventually("B's files hold the new bundle", WAIT, || async {
-        std::fs::read_to_string(b.agent.out("bundles/a.example.pem"))
-            .ok()
-            .filter(|pem| pem.trim() == both.trim())
+    eventually("B acknowledges A's rotated bundle", WAIT, || async {
+        fed.applied_sequence("a.example", "cluster-b").ok().flatten().filter(|s| *s == rotated)
     })
     .await?;
+    let pem = std::fs::read_to_string(b.agent.out("bundles/a.example.pem"))?;
+    assert_eq!(pem.trim(), both.trim(), "B's PEM file holds both of A's CAs");
     let jwks = b.get("/federator/bundles/a.example").await?.expect("etcd key");
     let set: serde_json::Value = serde_json::from_str(&jwks)?;
     assert_eq!(set["keys"].as_array().map(Vec::len), Some(2), "two CAs in B's etcd key: {set}");
     let bundles_json: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(b.agent.out("bundles.json"))?)?;
     assert_eq!(bundles_json["a.example"]["keys"].as_array().map(Vec::len), Some(2));
-    eventually("B acknowledges A's rotated bundle", WAIT, || async {
-        fed.applied_sequence("a.example", "cluster-b").ok().flatten().filter(|s| *s == rotated)
-    })
-    .await?;
     // And A, symmetrically, holds B's bundle.
     a.agent
         .wait_status("A holds B's bundle", WAIT, |s| s.bundles.contains_key("b.example"))
