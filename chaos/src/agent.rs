@@ -245,6 +245,18 @@ impl AgentProcess {
         serde_json::from_str(&text).ok()
     }
 
+    /// What `federator agent status` prints for this agent, and whether it exited 0.
+    ///
+    /// # Errors
+    /// The binary could not be run.
+    pub fn status_text(&self) -> anyhow::Result<(bool, String)> {
+        let out = std::process::Command::new(crate::cluster::federator_bin())
+            .args(["agent", "status", "--state-dir"])
+            .arg(self.state_dir())
+            .output()?;
+        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
+    }
+
     /// Waits until the agent's status satisfies `check`.
     ///
     /// # Errors

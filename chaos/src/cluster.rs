@@ -172,6 +172,9 @@ impl Federation {
             .args(["certs", "init"])
             .arg(&certs)
             .args(["--trust-domain", &trust_domain, "--replicas", &max_replicas.to_string()])
+            // A replica may be named as well as numbered (as in Kubernetes, where each
+            // is its pod's DNS name): the certificates carry both.
+            .args(["--ip", "127.0.0.1", "--dns", "localhost"])
             .output()?;
         if !out.status.success() {
             bail!("certs init failed: {}", String::from_utf8_lossy(&out.stderr));

@@ -15,6 +15,7 @@ mod server;
 mod services;
 mod snapshot;
 mod status;
+mod support;
 mod tokens;
 mod trust;
 
@@ -172,6 +173,9 @@ enum Commands {
     /// Read and write the diagnostic probe keyspace (exercises the replicated log).
     #[command(subcommand)]
     Probe(probe::ProbeCommand),
+    /// Gather what a maintainer asks for first (status, checks, local agents' status)
+    /// into a new directory: no keys, tokens or certificates.
+    SupportBundle(support::SupportBundleArgs),
     /// Print a shell completion script.
     ///
     ///   federator completion bash > /etc/bash_completion.d/federator
@@ -232,6 +236,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Commands::Snapshot(command) => snapshot::run(command, &cli.connection, out).await,
         Commands::Certs(command) => certs::run(command, cli.connection.ca.as_deref(), out),
         Commands::Probe(command) => probe::run(command, &cli.connection, out).await,
+        Commands::SupportBundle(args) => support::run(args, &cli.connection).await,
         Commands::Completion { shell } => {
             use clap::CommandFactory as _;
             let mut script = Vec::new();
@@ -309,6 +314,28 @@ mod tests {
         ] {
             Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
         }
+    }
+
+    #[test]
+    fn certificate_names_are_comma_separated_or_repeated() {
+        let cli = Cli::try_parse_from([
+            "federator",
+            "certs",
+            "init",
+            "certs",
+            "--dns",
+            "*.federator-headless.federator.svc.cluster.local,federator.federator.svc.cluster.local",
+            "--dns",
+            "replica-1.federation.example",
+            "--ip",
+            "127.0.0.1,::1",
+        ])
+        .expect("parses");
+        let Commands::Certs(certs::CertsCommand::Init { dns, ips, .. }) = cli.command else {
+            panic!("certs init");
+        };
+        assert_eq!(dns.len(), 3, "{dns:?}");
+        assert_eq!(ips.len(), 2, "{ips:?}");
     }
 
     #[test]

@@ -329,7 +329,10 @@ fn validate_endpoints(endpoints: &[String]) -> Result<(), TokenError> {
 
 /// Checks one `host:port`: a DNS name, an IPv4 address or a bracketed IPv6 address, and
 /// a port from 1 to 65535.
-fn check_endpoint(endpoint: &str) -> Result<(), &'static str> {
+///
+/// # Errors
+/// The rule `endpoint` breaks.
+pub fn check_endpoint(endpoint: &str) -> Result<(), &'static str> {
     let (host, port) = endpoint.rsplit_once(':').ok_or("must be host:port")?;
     if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
         return Err("port must be a number from 1 to 65535");

@@ -308,11 +308,7 @@ async fn two_clusters_exchange_bundles_and_services_through_their_agents() -> an
     assert!(problem.is_some_and(|p| p.message.contains("ports")), "{problem:?}");
     assert_eq!(status.exports.exports, 2, "{status:?}");
     assert!(b.get("/federator/imports/shop/broken").await?.is_none());
-    let shown = std::process::Command::new(federator_chaos::cluster::federator_bin())
-        .args(["agent", "status", "--state-dir"])
-        .arg(a.agent.state_dir())
-        .output()?;
-    let shown = String::from_utf8_lossy(&shown.stdout);
+    let (_, shown) = a.agent.status_text()?;
     assert!(shown.contains("shop/broken"), "`agent status` names the broken document:\n{shown}");
 
     // `federator check` sees a healthy federation and both agents; the broken document

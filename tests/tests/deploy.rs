@@ -44,6 +44,8 @@ fn the_kubernetes_replica_config_loads_for_every_pod() {
         let text = template
             .replace("REPLICA_ID", &id.to_string())
             .replace("POD_HOST", &host)
+            // Without externalAccess, the pod's own name.
+            .replace("API_ADDRESS", &format!("{host}:7101"))
             .replace("CERT_FILE", &format!("/etc/federator/tls/replica-{id}.pem"))
             .replace("KEY_FILE", &format!("/etc/federator/tls/replica-{id}.key"));
         let path = dir.path().join(format!("server-{id}.toml"));
@@ -69,10 +71,7 @@ fn the_kubernetes_agent_config_loads() {
 /// deploy/local/setup-helm.sh, which tests/run.sh runs first.
 #[test]
 fn the_agent_chart_with_kubernetes_parts_renders_a_config_that_loads() {
-    let helm = std::env::var_os("FEDERATOR_HELM").map_or_else(
-        || Path::new(&std::env::var("HOME").expect("HOME")).join(".cache/federator/helm/bin/helm"),
-        PathBuf::from,
-    );
+    let helm = helm();
     let chart = repo().join("deploy/helm/federator-agent");
     let out = std::process::Command::new(&helm)
         .args(["template", "federator-agent"])
@@ -93,7 +92,9 @@ fn the_agent_chart_with_kubernetes_parts_renders_a_config_that_loads() {
         Some("fedjoin1.placeholder".into()),
     )
     .unwrap_or_else(|e| panic!("rendered agent.toml: {e}\n{text}"));
-    assert!(config.file.exports.kubernetes.is_some(), "{text}");
+    let rules = config.file.exports.kubernetes.as_ref().expect("[exports.kubernetes]");
+    assert_eq!(rules.trusted_namespaces, ["istio-system"], "{text}");
+    assert_eq!(rules.gateways, ["192.0.2.9:15443".parse().expect("gateway")], "{text}");
     let sink = config.file.sinks.kubernetes.expect("[sinks.kubernetes]");
     assert!(sink.service_imports && sink.cluster_trust_bundles);
     assert_eq!(sink.signer_name.as_deref(), Some("example.com/federated"));
@@ -101,6 +102,94 @@ fn the_agent_chart_with_kubernetes_parts_renders_a_config_that_loads() {
         manifest.contains("resourceNames: [\"example.com/federated\"]"),
         "the attest rule names the signer"
     );
+}
+
+/// Helm from deploy/local/setup-helm.sh, which tests/run.sh runs first.
+fn helm() -> PathBuf {
+    std::env::var_os("FEDERATOR_HELM").map_or_else(
+        || Path::new(&std::env::var("HOME").expect("HOME")).join(".cache/federator/helm/bin/helm"),
+        PathBuf::from,
+    )
+}
+
+/// `helm template` of the replica chart with `--set` values: its output, or its error.
+fn render_replica_chart(set: &[&str]) -> Result<String, String> {
+    let mut command = std::process::Command::new(helm());
+    command.args(["template", "federator"]).arg(repo().join("deploy/helm/federator"));
+    command.args(["--namespace", "federator"]);
+    for value in set {
+        command.args(["--set", value]);
+    }
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("helm: {e} (run bash deploy/local/setup-helm.sh)"));
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// With externalAccess each replica advertises its own outside address: the rendered
+/// command picks it by replica id, the config then loads with it, and a list that does
+/// not have one address per replica is refused at render time, naming the value.
+#[test]
+fn external_access_advertises_one_address_per_replica() {
+    let error = render_replica_chart(&[
+        "externalAccess.enabled=true",
+        "externalAccess.advertise={replica-1.federation.example:7101}",
+    ])
+    .expect_err("one address for three replicas");
+    assert!(
+        error.contains("externalAccess.advertise: lists 1 addresses for 3 replicas"),
+        "{error}"
+    );
+    let manifest = render_replica_chart(&[
+        "externalAccess.enabled=true",
+        "externalAccess.advertise={a.federation.example:7101,192.0.2.2:7101,[2001:db8::3]:7101}",
+    ])
+    .expect("renders");
+    assert!(manifest.contains("2) api=\"192.0.2.2:7101\" ;;"), "{manifest}");
+    assert!(manifest.contains("name: federator-2-external"), "a Service per replica");
+    let template =
+        config_map_entry_of(&manifest, "the chart with externalAccess", "server.toml.in");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("server.toml");
+    let text = template
+        .replace("REPLICA_ID", "3")
+        .replace("POD_HOST", "federator-2.federator-headless.federator.svc.cluster.local")
+        .replace("API_ADDRESS", "[2001:db8::3]:7101")
+        .replace("CERT_FILE", "/etc/federator/tls/replica-3.pem")
+        .replace("KEY_FILE", "/etc/federator/tls/replica-3.key");
+    std::fs::write(&path, text).expect("write");
+    let config = ServerConfig::load(Some(&path), &ServerOverrides::default()).expect("loads");
+    assert_eq!(config.advertise_api, "[2001:db8::3]:7101");
+    assert_eq!(
+        config.advertise_raft, "federator-2.federator-headless.federator.svc.cluster.local:7001",
+        "raft stays inside the cluster"
+    );
+}
+
+/// The chart's alerts are valid Prometheus rules (`promtool check rules`, the promtool
+/// deploy/local/setup-promtool.sh builds). That every metric they name is served is
+/// checked against a live replica in `observability.rs`.
+#[test]
+fn the_alerts_are_valid_prometheus_rules() {
+    let promtool = federator_chaos::promtool::promtool().expect("promtool");
+    let rules = repo().join("deploy/helm/federator/files/alerts.yaml");
+    let out = std::process::Command::new(promtool)
+        .args(["check", "rules"])
+        .arg(&rules)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let manifest = render_replica_chart(&["prometheusRule.enabled=true"]).expect("renders");
+    assert!(manifest.contains("expr: up{job=\"federator\"} == 0"), "the job is the release's");
 }
 
 #[test]

@@ -318,7 +318,12 @@ async fn dev_stops_quietly_when_its_reader_goes() -> anyhow::Result<()> {
     let stdout = child.stdout.take().expect("piped");
     let mut lines = std::io::BufReader::new(stdout).lines();
     for _ in 0..3 {
-        anyhow::ensure!(lines.next().transpose()?.is_some(), "dev closed stdout early");
+        if lines.next().transpose()?.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let err = std::fs::read_to_string(dir.path().join("dev.err")).unwrap_or_default();
+            anyhow::bail!("dev closed stdout before three lines; its stderr:\n{err}");
+        }
     }
     drop(lines);
     let mut dev = Dev { child, dir };

@@ -7,7 +7,10 @@
 //!   `ServiceExport` `Valid`; B's agent writes a `ServiceImport` and EndpointSlices
 //!   labelled with the MCS labels; A's trust domain appears in B as a
 //!   `ClusterTrustBundle` and follows A's CA rotation.
-//! - A `ServiceExport` without its Service is `Valid=False` (`NoService`).
+//! - A `ServiceExport` without its Service is `Valid=False` (`NoService`); one claiming
+//!   another namespace's SPIFFE ID is `Valid=False` (`Invalid`), and nothing is imported.
+//! - An import into a namespace B does not have is held back and shown in B's `agent
+//!   status`; once the namespace is created, it is written.
 //! - Deleting the `ServiceExport` removes B's objects.
 //! - A's agent killed: B's endpoints turn not ready once A's lease expires.
 //! - Every replica killed: B's objects stay as they were (static stability).
@@ -325,6 +328,70 @@ async fn services_and_trust_bundles_flow_between_two_kubernetes_clusters() -> an
     .await?;
     assert_eq!(reason, "NoService");
     assert!(b.imports().get_opt("ghost").await?.is_none(), "nothing imported for ghost");
+
+    // == A ServiceExport claiming another namespace's identity is Invalid. ==
+    Api::<Service>::namespaced(a.client.clone(), "shop")
+        .create(&create, &service("thief")?)
+        .await?;
+    let thief = serde_json::from_value(serde_json::json!({
+        "apiVersion": "multicluster.x-k8s.io/v1alpha1",
+        "kind": "ServiceExport",
+        "metadata": {
+            "name": "thief",
+            "namespace": "shop",
+            "annotations": { "federator.io/identities": "spiffe://a.example/ns/payments/sa/api" }
+        }
+    }))?;
+    federator::agent::kubernetes::service_exports_api(&a.client, "shop")
+        .create(&create, &thief)
+        .await?;
+    let (_, reason) = eventually("A's ServiceExport thief is not Valid", WAIT, || async {
+        a.export_condition("thief", "Valid").await.filter(|(status, _)| status == "False")
+    })
+    .await?;
+    assert_eq!(reason, "Invalid");
+    assert!(b.imports().get_opt("thief").await?.is_none(), "nothing imported for thief");
+
+    // == A exports billing/ledger; B has no namespace billing: held back, then written. ==
+    let billing: Namespace =
+        serde_json::from_value(serde_json::json!({ "metadata": { "name": "billing" } }))?;
+    Api::<Namespace>::all(a.client.clone()).create(&create, &billing).await?;
+    let in_billing = |mut meta: kube::api::ObjectMeta| {
+        meta.namespace = Some("billing".into());
+        meta
+    };
+    let mut ledger = service("ledger")?;
+    ledger.metadata = in_billing(ledger.metadata);
+    Api::<Service>::namespaced(a.client.clone(), "billing").create(&create, &ledger).await?;
+    let mut ledger_export = service_export("ledger")?;
+    ledger_export.metadata = in_billing(ledger_export.metadata);
+    Api::<ServiceExport>::namespaced(a.client.clone(), "billing")
+        .create(&create, &ledger_export)
+        .await?;
+    let status = b
+        .agent
+        .wait_status("B holds back billing/ledger", WAIT, |s| {
+            s.sinks.get("kubernetes").is_some_and(|k| {
+                k.healthy && k.skipped.iter().any(|p| p.location == "ServiceImport billing/ledger")
+            })
+        })
+        .await?;
+    let skipped = &status.sinks["kubernetes"].skipped;
+    assert!(skipped[0].message.contains("namespace billing does not exist"), "{skipped:?}");
+    let (ok, shown) = b.agent.status_text()?;
+    assert!(shown.contains("‼ skipped ServiceImport billing/ledger"), "{shown}");
+    assert!(ok, "a held-back import is a warning, not a failure:\n{shown}");
+    // The operator creates the namespace: the import follows without a new view.
+    Api::<Namespace>::all(b.client.clone()).create(&create, &billing).await?;
+    eventually("B's ServiceImport billing/ledger", WAIT, || async {
+        Api::<ServiceImport>::namespaced(b.client.clone(), "billing").get("ledger").await.ok()
+    })
+    .await?;
+    b.agent
+        .wait_status("B holds nothing back", WAIT, |s| {
+            s.sinks.get("kubernetes").is_some_and(|k| k.skipped.is_empty())
+        })
+        .await?;
 
     // == A's pod turns not ready: so does B's endpoint. ==
     a.slices()

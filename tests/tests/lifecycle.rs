@@ -19,7 +19,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use federator_chaos::agent::{AgentOptions, AgentProcess};
-use federator_chaos::cluster::{Federation, eventually, federator_bin};
+use federator_chaos::cluster::{Federation, eventually};
 use federator_chaos::etcd::EtcdCluster;
 use federator_chaos::member::MemberCluster;
 
@@ -33,15 +33,6 @@ fn signal(pid: u32, signal: &str) -> anyhow::Result<()> {
     let status = Command::new("kill").args([signal, &pid.to_string()]).status()?;
     anyhow::ensure!(status.success(), "kill {signal} {pid}: {status}");
     Ok(())
-}
-
-/// `federator agent status --state-dir <dir>`: its exit status and output.
-fn agent_status(agent: &AgentProcess) -> anyhow::Result<(bool, String)> {
-    let out = Command::new(federator_bin())
-        .args(["agent", "status", "--state-dir"])
-        .arg(agent.state_dir())
-        .output()?;
-    Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -122,7 +113,7 @@ async fn a_stopped_etcd_sink_neither_delays_keep_alives_nor_costs_the_lease() ->
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     // With etcd stopped: `agent status` prints × for the sink, and so fails.
-    let (ok_while_stopped, text_while_stopped) = agent_status(&a)?;
+    let (ok_while_stopped, text_while_stopped) = a.status_text()?;
     signal(etcd_pid, "-CONT")?;
     let stopped_for = stopped_at.elapsed();
     if let Some(failure) = failure {
@@ -157,7 +148,7 @@ async fn a_stopped_etcd_sink_neither_delays_keep_alives_nor_costs_the_lease() ->
     .await?;
     assert_eq!(status.lease.as_ref().map(|l| l.id), Some(lease_id), "the lease was never lost");
     eventually("agent status is all √ and exits 0", WAIT, || async {
-        agent_status(&a).ok().filter(|(ok, _)| *ok)
+        a.status_text().ok().filter(|(ok, _)| *ok)
     })
     .await?;
 
@@ -172,11 +163,11 @@ async fn a_stopped_etcd_sink_neither_delays_keep_alives_nor_costs_the_lease() ->
 /// Whether `agent`'s status is all √ (`federator agent status` exits 0).
 async fn status_green(agent: &AgentProcess) -> anyhow::Result<String> {
     eventually(&format!("{} status all √", agent.member.name), WAIT, || async {
-        agent_status(agent).ok().filter(|(ok, _)| *ok).map(|(_, text)| text)
+        agent.status_text().ok().filter(|(ok, _)| *ok).map(|(_, text)| text)
     })
     .await
     .map_err(|e| {
-        let text = agent_status(agent).map(|(_, t)| t).unwrap_or_default();
+        let text = agent.status_text().map(|(_, t)| t).unwrap_or_default();
         e.context(format!("last status:\n{text}"))
     })
 }
@@ -228,7 +219,7 @@ async fn a_removed_cluster_rejoins_with_a_new_token_and_republishes_everything()
             .then_some(())
     })
     .await?;
-    let (ok, text) = agent_status(&a)?;
+    let (ok, text) = a.status_text()?;
     assert!(!ok, "agent status exits 0 for a removed cluster:\n{text}");
 
     // == A new token in its token file: it joins again, no restart, nothing wiped. ==

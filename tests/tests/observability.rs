@@ -83,6 +83,20 @@ async fn metrics_lint_clean_and_health_and_readiness_answer_over_plain_http() ->
         metrics.contains(&format!("federator_member_bundle_unacknowledged{member} 0")),
         "{metrics}"
     );
+    // Every metric the chart's alerts name is one a replica serves (an alert on a name
+    // nobody exports never fires).
+    let alerts = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../deploy/helm/federator/files/alerts.yaml"),
+    )?;
+    let named = alert_metric_names(&alerts);
+    assert!(named.len() >= 4, "{named:?}");
+    for name in &named {
+        let served = metrics
+            .lines()
+            .any(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")));
+        assert!(served, "the alerts name {name}: no replica serves it\n{metrics}");
+    }
 
     // Quorum lost: replica 1 knows no leader and says so; it stays alive.
     fed.kill(2);
@@ -96,4 +110,18 @@ async fn metrics_lint_clean_and_health_and_readiness_answer_over_plain_http() ->
     assert_eq!(live.status, 200, "alive without quorum");
     agent.kill();
     Ok(())
+}
+
+/// The `federator_*` metric names in the `expr:` lines of an alerts file.
+fn alert_metric_names(alerts: &str) -> std::collections::BTreeSet<String> {
+    alerts
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("expr:"))
+        .flat_map(|expr| {
+            expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .filter(|word| word.starts_with("federator_"))
+                .map(String::from)
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }

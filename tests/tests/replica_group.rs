@@ -91,11 +91,26 @@ async fn five_replica_group_grows_and_shrinks_under_load() -> anyhow::Result<()>
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     for id in [4u64, 5] {
-        let addr = fed.replica(id).raft_addr.clone();
+        let mut addr = fed.replica(id).raft_addr.clone();
+        if id == 5 {
+            // By name, as the Helm chart's init job adds its pods.
+            addr = addr.replace("127.0.0.1", "localhost");
+        }
         fed.cli_ok(&[1, 2, 3], &["raft", "add-member", &id.to_string(), &addr])?;
     }
     let status = fed.status(1).await.expect("status");
     assert_eq!(status.voters.len(), 5, "{status:?}");
+    // Forming the group again is refused, or nothing with --if-needed; adding a member
+    // again changes nothing: a script that runs twice (the chart's init job) needs no
+    // `|| true`.
+    let again = fed.cli(&[1], &["raft", "init"])?;
+    assert!(!again.status.success(), "a second init is refused");
+    let told = String::from_utf8_lossy(&again.stderr);
+    assert!(told.contains("already belongs to a group"), "{told}");
+    fed.cli_ok(&[1], &["raft", "init", "--if-needed"])?;
+    let addr = fed.replica(4).raft_addr.clone();
+    fed.cli_ok(&[1, 2, 3], &["raft", "add-member", "4", &addr])?;
+    assert_eq!(fed.status(1).await.expect("status").voters.len(), 5);
 
     // Shrink to 3, removing the current leader among others.
     let leader = fed.wait_for_leader(&[1, 2, 3, 4, 5], Duration::from_secs(10)).await?;

@@ -75,9 +75,22 @@ pub struct KubernetesFile {
 }
 
 /// `[exports.kubernetes]`: export the Services that have a `ServiceExport`.
+///
+/// A `ServiceExport` is written by whoever may write in its namespace, so what its
+/// annotations may claim is bounded: identities of its own namespace
+/// (`spiffe://<trust domain>/ns/<namespace>/...`) and gateways the operator listed here.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KubernetesExportsFile {}
+pub struct KubernetesExportsFile {
+    /// Namespaces whose `ServiceExport`s may name any identity of the trust domain and
+    /// any gateway (e.g. the mesh's own, `istio-system`).
+    #[serde(default)]
+    pub trusted_namespaces: Vec<String>,
+    /// The east-west gateways (`IP:PORT`) a `ServiceExport` may name in
+    /// `federator.io/gateway`.
+    #[serde(default)]
+    pub gateways: Vec<std::net::SocketAddr>,
+}
 
 /// `[sinks.kubernetes]`: write imports as `ServiceImport`s and EndpointSlices, and
 /// federated trust domains as `ClusterTrustBundle`s.
@@ -484,20 +497,18 @@ impl XdsSinkFile {
 /// subdomain before the slash and a path segment after it.
 fn is_signer_name(name: &str) -> bool {
     let Some((domain, path)) = name.split_once('/') else { return false };
-    let subdomain = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.split('.').all(|label| {
-                !label.is_empty()
-                    && label.len() <= 63
-                    && label
-                        .bytes()
-                        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                    && !label.starts_with('-')
-                    && !label.ends_with('-')
-            })
-    };
+    let subdomain =
+        |s: &str| !s.is_empty() && s.len() <= 253 && s.split('.').all(is_namespace_name);
     subdomain(domain) && domain.contains('.') && subdomain(path) && name.len() <= 253
+}
+
+/// Whether `name` is a DNS label (RFC 1123), as Kubernetes namespace names are.
+fn is_namespace_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
 }
 
 impl AgentFile {
@@ -678,6 +689,17 @@ impl AgentConfig {
                 value: signer.clone(),
                 rule: "a signer name is DOMAIN/NAME, e.g. federator.io/federated-trust-domain \
                        (lower-case letters, digits, '.', '-'; one '/')"
+                    .into(),
+            });
+        }
+        if let Some(kubernetes) = &file.exports.kubernetes
+            && let Some(bad) = kubernetes.trusted_namespaces.iter().find(|n| !is_namespace_name(n))
+        {
+            return Err(ConfigError::Invalid {
+                field: "exports.kubernetes.trusted_namespaces",
+                value: bad.clone(),
+                rule: "a namespace name is a DNS label: at most 63 lower-case letters, digits \
+                       and '-', starting and ending with a letter or digit"
                     .into(),
             });
         }
@@ -1005,5 +1027,29 @@ listen = "127.0.0.1:18000"
                 }
             }
         }
+    }
+
+    #[test]
+    fn kubernetes_export_rules_name_namespaces_and_gateways() {
+        let text = format!(
+            "{GOOD}[exports.kubernetes]\ntrusted_namespaces = [\"istio-system\"]\n\
+             gateways = [\"192.0.2.9:15443\", \"[2001:db8::9]:15443\"]\n"
+        );
+        let config = parse(&text).expect("parses");
+        let rules = config.file.exports.kubernetes.expect("[exports.kubernetes]");
+        assert_eq!(rules.trusted_namespaces, ["istio-system"]);
+        assert_eq!(rules.gateways.len(), 2);
+        for (bad, field) in [
+            ("trusted_namespaces = [\"Istio_System\"]", "exports.kubernetes.trusted_namespaces"),
+            ("trusted_namespaces = [\"\"]", "exports.kubernetes.trusted_namespaces"),
+        ] {
+            let text = format!("{GOOD}[exports.kubernetes]\n{bad}\n");
+            match parse(&text) {
+                Err(ConfigError::Invalid { field: f, .. }) => assert_eq!(f, field, "{bad}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+        let text = format!("{GOOD}[exports.kubernetes]\ngateways = [\"gateway:15443\"]\n");
+        assert!(parse(&text).is_err(), "a gateway is IP:PORT");
     }
 }

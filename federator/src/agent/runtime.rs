@@ -54,7 +54,7 @@ use super::sinks::xds::XdsServer;
 use super::sources::bundle::{BundleState, watch_bundle};
 use super::status::{AgentStatus, FailoverStatus, PropagationStatus, SinkStatus, now_ms};
 use super::store::{Membership, Published, Store};
-use super::view::{AgentView, ExportSet, Sink, SinkError};
+use super::view::{AgentView, ExportSet, Sink, SinkError, SourceProblem};
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_spiffe_bundle};
 use crate::identity::CertifiedIdentity;
 use crate::service::{ServiceKey, export_to_proto, import_from_proto};
@@ -76,6 +76,9 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often a failed sink is retried (by its own task).
 const SINK_RETRY: Duration = Duration::from_secs(2);
+/// How often a sink that holds back part of a view (a namespace missing in the cluster)
+/// applies it again, so that what the operator fixed is written without a new view.
+const SKIPPED_RETRY: Duration = Duration::from_secs(10);
 /// A sink whose apply has gone on this long is reported unhealthy while it goes on (a
 /// hung etcd answers nothing until its client's own timeout, 10 s): an apply normally
 /// takes milliseconds.
@@ -426,8 +429,8 @@ struct SinkReport {
 enum SinkOutcome {
     /// The apply began.
     Started,
-    /// The apply ended.
-    Done(Result<(), SinkError>),
+    /// The apply ended; what the sink held back of the view.
+    Done(Result<(), SinkError>, Vec<SourceProblem>),
 }
 
 /// One sink's progress, as the agent knows it.
@@ -464,17 +467,28 @@ async fn run_sink(
             return;
         }
         let result = sink.apply(&handed.view).await;
-        let failed = result.is_err();
-        if reports.send(report(SinkOutcome::Done(result))).is_err() {
+        let skipped = sink.skipped();
+        // A failed apply is tried again soon; one that held something back now and then
+        // (what the operator fixed is written without waiting for a new view); a whole
+        // one waits for the next view.
+        let retry = match &result {
+            Err(_) => Some(SINK_RETRY),
+            Ok(()) if !skipped.is_empty() => Some(SKIPPED_RETRY),
+            Ok(()) => None,
+        };
+        if reports.send(report(SinkOutcome::Done(result, skipped))).is_err() {
             return;
         }
-        if failed {
-            tokio::select! {
+        match retry {
+            Some(after) => tokio::select! {
                 changed = views.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(SINK_RETRY) => {}
+                () = tokio::time::sleep(after) => {}
+            },
+            None => {
+                if views.changed().await.is_err() {
+                    return;
+                }
             }
-        } else if views.changed().await.is_err() {
-            return;
         }
     }
 }
@@ -523,11 +537,16 @@ async fn export_sources(
     kubernetes: Option<&kube::Client>,
 ) -> watch::Receiver<ExportSet> {
     let mut inputs = Vec::new();
-    if let (Some(_), Some(client)) = (&config.file.exports.kubernetes, kubernetes) {
+    if let (Some(file), Some(client)) = (&config.file.exports.kubernetes, kubernetes) {
+        let rules = super::kubernetes::exports::ExportRules {
+            trust_domain: trust_domain.to_string(),
+            trusted_namespaces: file.trusted_namespaces.iter().cloned().collect(),
+            gateways: file.gateways.iter().copied().collect(),
+        };
         inputs.push(
             super::kubernetes::source::watch_kubernetes_exports(
                 client.clone(),
-                trust_domain.to_string(),
+                rules,
                 !config.file.lease.region.is_empty(),
             )
             .await,
@@ -1520,14 +1539,18 @@ impl Agent {
                 progress.applying_since = Some(Instant::now());
                 return;
             }
-            SinkOutcome::Done(Ok(())) => {
+            SinkOutcome::Done(Ok(()), skipped) => {
                 progress.applying_since = None;
                 progress.done = Some((report.generation, Some(Vec::new())));
                 self.metrics.sink_applied(&progress.name, true);
-                *entry =
-                    SinkStatus { healthy: true, applied_revision: report.revision, error: None };
+                *entry = SinkStatus {
+                    healthy: true,
+                    applied_revision: report.revision,
+                    error: None,
+                    skipped,
+                };
             }
-            SinkOutcome::Done(Err(error)) => {
+            SinkOutcome::Done(Err(error), skipped) => {
                 progress.applying_since = None;
                 let unwritten =
                     (!error.trust_domains.is_empty()).then(|| error.trust_domains.clone());
@@ -1536,6 +1559,7 @@ impl Agent {
                 tracing::warn!(sink = %progress.name, %error, "sink failed; will retry");
                 entry.healthy = false;
                 entry.error = Some(error.to_string());
+                entry.skipped = skipped;
             }
         }
         self.settle_sinks();

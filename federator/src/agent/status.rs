@@ -107,6 +107,9 @@ pub struct SinkStatus {
     pub applied_revision: u64,
     /// The last error, if the last apply failed.
     pub error: Option<String>,
+    /// What it holds back of the view, with why (objects its destination refuses).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skipped: Vec<SourceProblem>,
 }
 
 /// The own bundle source.

@@ -114,6 +114,13 @@ pub trait Sink: Send + Sync {
 
     /// Brings the sink to `view`.
     fn apply<'a>(&'a self, view: &'a AgentView) -> SinkFuture<'a>;
+
+    /// What the sink holds back of the view it last applied, each with why (objects its
+    /// destination refuses): the rest is written, so the apply counts as done, and these
+    /// show in `agent status` and `check` as warnings.
+    fn skipped(&self) -> Vec<SourceProblem> {
+        Vec::new()
+    }
 }
 
 /// A problem with one document of a source (reported and skipped; it never stops the

@@ -114,7 +114,18 @@ fn print_bootstrap(config: &AgentConfig, args: &BootstrapArgs) -> anyhow::Result
 }
 
 fn show_status(state_dir: &std::path::Path, out: OutputFormat) -> anyhow::Result<ExitCode> {
-    // Reading must not create: a mistyped --state-dir is an error, not a new directory.
+    let status = read_status(state_dir)?;
+    let (text, healthy) = render(&status, now_ms());
+    output::print(out, &status, |_| print!("{text}"))?;
+    Ok(exit_code(healthy))
+}
+
+/// The status the agent whose state directory is `state_dir` last wrote.
+///
+/// # Errors
+/// No such directory (never created: a mistyped `--state-dir` is an error), no status in
+/// it, or one that does not parse.
+pub(super) fn read_status(state_dir: &std::path::Path) -> anyhow::Result<AgentStatus> {
     if !state_dir.is_dir() {
         anyhow::bail!(
             "no agent state directory at {} (the agent's state_dir; check --state-dir)",
@@ -125,11 +136,7 @@ fn show_status(state_dir: &std::path::Path, out: OutputFormat) -> anyhow::Result
     let path = store.status_path();
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("no agent status at {} (has the agent run?)", path.display()))?;
-    let status: AgentStatus = serde_json::from_str(&text)
-        .with_context(|| format!("{} does not parse", path.display()))?;
-    let (text, healthy) = render(&status, now_ms());
-    output::print(out, &status, |_| print!("{text}"))?;
-    Ok(exit_code(healthy))
+    serde_json::from_str(&text).with_context(|| format!("{} does not parse", path.display()))
 }
 
 /// Success exactly when the status shows no `×`.
@@ -145,7 +152,7 @@ fn ago(now_ms: i64, at_ms: i64) -> String {
 /// The status for people: one line per concern, `√` or `×` first, and whether no line
 /// is `×` (the command's exit status). Every line is escaped ([`output::Text`]): names,
 /// errors and problems come from the cluster's sources.
-fn render(s: &AgentStatus, now: i64) -> (String, bool) {
+pub(super) fn render(s: &AgentStatus, now: i64) -> (String, bool) {
     let failed = std::cell::Cell::new(false);
     let mark = |ok: bool| {
         if ok {
@@ -243,6 +250,9 @@ fn render(s: &AgentStatus, now: i64) -> (String, bool) {
             sink.applied_revision,
             sink.error.as_ref().map_or_else(String::new, |e| format!(", failing: {e}"))
         ));
+        for skipped in &sink.skipped {
+            text.line(format_args!("    ‼ skipped {}: {}", skipped.location, skipped.message));
+        }
     }
     let bundle = &s.bundle;
     let same_authorities =
@@ -322,7 +332,12 @@ mod tests {
         };
         s.sinks.insert(
             "etcd".into(),
-            SinkStatus { healthy: false, applied_revision: 5, error: Some("refused".into()) },
+            SinkStatus {
+                healthy: false,
+                applied_revision: 5,
+                error: Some("refused".into()),
+                skipped: Vec::new(),
+            },
         );
         s.exports.problems.push(SourceProblem {
             location: "/federator/exports/ns/bad".into(),
@@ -380,7 +395,12 @@ mod tests {
         };
         s.sinks.insert(
             hostile.into(),
-            SinkStatus { healthy: false, applied_revision: 1, error: Some(hostile.into()) },
+            SinkStatus {
+                healthy: false,
+                applied_revision: 1,
+                error: Some(hostile.into()),
+                skipped: vec![SourceProblem { location: hostile.into(), message: hostile.into() }],
+            },
         );
         s.exports
             .problems
@@ -388,7 +408,7 @@ mod tests {
         let clean =
             render(&AgentStatus { written_at_ms: 10_000, ..AgentStatus::default() }, 11_000).0;
         let (text, _) = render(&s, 11_000);
-        assert_eq!(text.lines().count(), clean.lines().count() + 2, "{text}");
+        assert_eq!(text.lines().count(), clean.lines().count() + 3, "{text}");
         assert!(!text.contains(|c: char| c.is_control() && c != '\n'), "{text:?}");
         assert!(text.contains(r"× not connected: \n\x1b]0;pwned\x07\x1b[1A — serving"), "{text}");
     }
@@ -413,8 +433,10 @@ mod tests {
             }),
             ..AgentStatus::default()
         };
-        s.sinks
-            .insert("etcd".into(), SinkStatus { healthy: true, applied_revision: 9, error: None });
+        s.sinks.insert(
+            "etcd".into(),
+            SinkStatus { healthy: true, applied_revision: 9, error: None, skipped: Vec::new() },
+        );
         s.bundle.sequence = Some(5);
         s.bundle.published_sequence = Some(5);
         s

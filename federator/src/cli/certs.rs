@@ -27,11 +27,12 @@ pub enum CertsCommand {
         /// How many replica certificates to issue.
         #[arg(long, default_value_t = 3)]
         replicas: u64,
-        /// IP addresses the replicas are reached at (subject alternative names).
-        #[arg(long = "ip", default_value = "127.0.0.1")]
+        /// IP addresses the replicas are reached at (subject alternative names;
+        /// comma-separated, or the option repeated).
+        #[arg(long = "ip", default_value = "127.0.0.1", value_delimiter = ',')]
         ips: Vec<IpAddr>,
-        /// DNS names the replicas are reached at.
-        #[arg(long = "dns")]
+        /// DNS names the replicas are reached at (comma-separated, or the option repeated).
+        #[arg(long = "dns", value_delimiter = ',')]
         dns: Vec<String>,
         /// Validity of the certificates, in days.
         #[arg(long, default_value_t = 365)]
@@ -54,10 +55,10 @@ pub enum CertsCommand {
         #[arg(long, default_value = "federation.local")]
         trust_domain: String,
         /// IP addresses (subject alternative names).
-        #[arg(long = "ip", default_value = "127.0.0.1")]
+        #[arg(long = "ip", default_value = "127.0.0.1", value_delimiter = ',')]
         ips: Vec<IpAddr>,
         /// DNS names.
-        #[arg(long = "dns")]
+        #[arg(long = "dns", value_delimiter = ',')]
         dns: Vec<String>,
         /// Validity in days.
         #[arg(long, default_value_t = 365)]

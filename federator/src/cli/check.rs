@@ -157,8 +157,22 @@ pub async fn run(
     Ok(if report.ok { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }
 
+impl CheckArgs {
+    /// The default checks, with the agents in `agent_state_dirs` (for a support bundle).
+    pub(super) fn gathering(agent_state_dirs: &[PathBuf]) -> Self {
+        Self {
+            wait: None,
+            agent_state_dirs: agent_state_dirs.to_vec(),
+            disks: Vec::new(),
+            expiry_warning_days: 30,
+            max_lag: 1000,
+            propagation_timeout: 600,
+        }
+    }
+}
+
 /// One round of every check.
-async fn check_once(args: &CheckArgs, connection_args: &ConnectionArgs) -> Report {
+pub(super) async fn check_once(args: &CheckArgs, connection_args: &ConnectionArgs) -> Report {
     let mut checks = Checks::default();
     let now = crate::server::unix_now();
     let local_only = !args.disks.is_empty()
@@ -193,7 +207,7 @@ fn report(mut checks: Vec<Check>) -> Report {
 }
 
 /// The report for people.
-fn render(report: &Report) -> String {
+pub(super) fn render(report: &Report) -> String {
     let mut text = Text::new();
     let mut group = "";
     for check in &report.checks {
@@ -773,6 +787,15 @@ fn agent_checks(s: &AgentStatus, now_ms: i64) -> Vec<Check> {
             );
         }
     }
+    for (name, sink) in &s.sinks {
+        for skipped in &sink.skipped {
+            checks.warn(
+                "agents",
+                format!("{who}: sink {name} skipped {}: {}", skipped.location, skipped.message),
+                "the rest is written; fix what the message names",
+            );
+        }
+    }
     for problem in &s.exports.problems {
         checks.warn(
             "agents",
@@ -1082,15 +1105,31 @@ mod tests {
             ..AgentStatus::default()
         };
         s.sinks = BTreeMap::from([
-            ("files".to_string(), SinkStatus { healthy: true, applied_revision: 9, error: None }),
+            (
+                "files".to_string(),
+                SinkStatus { healthy: true, applied_revision: 9, error: None, skipped: Vec::new() },
+            ),
             (
                 "etcd".to_string(),
-                SinkStatus { healthy: false, applied_revision: 7, error: Some("refused".into()) },
+                SinkStatus {
+                    healthy: false,
+                    applied_revision: 7,
+                    error: Some("refused".into()),
+                    skipped: vec![crate::agent::SourceProblem {
+                        location: "ServiceImport shop/cart".into(),
+                        message: "namespace shop does not exist in this cluster".into(),
+                    }],
+                },
             ),
         ]);
         let checks = agent_checks(&s, now);
         assert_eq!(checks.iter().filter(|c| c.outcome == Outcome::Fail).count(), 1);
         assert!(checks.iter().any(|c| c.detail.contains("sink etcd failing: refused")));
+        assert!(
+            checks.iter().any(|c| c.outcome == Outcome::Warn
+                && c.detail.contains("sink etcd skipped ServiceImport shop/cart: namespace shop")),
+            "a skipped object is a warning: {checks:?}"
+        );
         s.failovers = 2;
         s.last_failover = Some(crate::agent::status::FailoverStatus {
             from: "127.0.0.1:7102".into(),

@@ -360,15 +360,18 @@ async fn form_group(
         let known = status.voters.iter().any(|m| m.id == replica.id);
         if !known {
             progress.step(&format!("adding replica {}", replica.id));
-            let mut leader = connection.leader().await?;
-            leader
-                .add_member(pb::AddMemberRequest {
-                    id: replica.id,
-                    addr: replica.raft_addr.clone(),
-                    learner_only: false,
-                })
-                .await
-                .map_err(super::client::status_error)?;
+            // Again while it fails: on a loaded machine the leader may change meanwhile,
+            // and adding a member that already is one changes nothing.
+            let request = pb::AddMemberRequest {
+                id: replica.id,
+                addr: replica.raft_addr.clone(),
+                learner_only: false,
+            };
+            wait(&format!("replica {} to be added", replica.id), Duration::from_secs(30), || {
+                let request = request.clone();
+                async move { connection.leader().await.ok()?.add_member(request).await.ok() }
+            })
+            .await?;
         }
     }
     progress.step("waiting for every replica to be healthy");

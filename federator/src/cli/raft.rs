@@ -21,6 +21,10 @@ pub enum RaftCommand {
         /// alone.
         #[arg(long = "member", value_name = "ID=ADDR")]
         members: Vec<String>,
+        /// Succeed without doing anything when the replica already belongs to a group
+        /// (for scripts that may run twice, such as the Helm chart's init job).
+        #[arg(long)]
+        if_needed: bool,
     },
     /// Add a replica: it joins as a learner, catches up, then becomes a voter.
     AddMember {
@@ -50,13 +54,20 @@ pub async fn run(
     let connection = Connection::new(args)?;
     match command {
         RaftCommand::Status => status::print_replicas(&connection, out, true).await,
-        RaftCommand::Init { members } => {
+        RaftCommand::Init { members, if_needed } => {
             let members =
                 members.iter().map(|m| parse_member(m)).collect::<anyhow::Result<Vec<_>>>()?;
             let endpoint = &connection.endpoints()[0];
             let mut client = connection.admin(endpoint).await?;
-            client.initialize(pb::InitializeRequest { members }).await.map_err(status_error)?;
-            output::eprint_line(format_args!("initialized the group on {endpoint}"));
+            match client.initialize(pb::InitializeRequest { members }).await {
+                Ok(_) => output::eprint_line(format_args!("initialized the group on {endpoint}")),
+                Err(status) if if_needed && status.code() == tonic::Code::AlreadyExists => {
+                    output::eprint_line(format_args!(
+                        "{endpoint} already belongs to a group: nothing to do"
+                    ));
+                }
+                Err(status) => return Err(status_error(status)),
+            }
             Ok(ExitCode::SUCCESS)
         }
         RaftCommand::AddMember { id, addr, learner } => {

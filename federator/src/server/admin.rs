@@ -321,6 +321,12 @@ impl Admin for AdminService {
         request: Request<pb::InitializeRequest>,
     ) -> Result<Response<pb::InitializeResponse>, Status> {
         self.authorize(&request)?;
+        if self.replica.is_initialized().await.map_err(replica_status)? {
+            return Err(Status::already_exists(
+                "this replica already belongs to a group (its log is not empty): there is \
+                 nothing to initialize; add replicas with `federator raft add-member`",
+            ));
+        }
         let members = request.into_inner().members.into_iter().map(|m| (m.id, m.addr)).collect();
         self.replica.initialize(members).await.map_err(replica_status)?;
         Ok(Response::new(pb::InitializeResponse {}))
@@ -335,9 +341,11 @@ impl Admin for AdminService {
         if r.id == 0 {
             return Err(Status::invalid_argument("id: must be a positive integer"));
         }
-        if r.addr.parse::<std::net::SocketAddr>().is_err() {
+        // A DNS name too: in Kubernetes the replicas' raft addresses are their pods'
+        // stable names (`federator-1.federator-headless.<namespace>.svc...:7001`).
+        if let Err(rule) = crate::token::check_endpoint(&r.addr) {
             return Err(Status::invalid_argument(format!(
-                "addr: {:?} is not an IP:port address",
+                "addr: {:?}: {rule} (the replica's raft address, HOST:PORT)",
                 r.addr
             )));
         }

@@ -11,6 +11,10 @@
 //! | `federator.io/clusters` | the only clusters that may import it, comma-separated | every member |
 //! | `federator.io/gateway` | `IP:PORT` of the east-west gateway it is reached through | its endpoints, directly |
 //!
+//! Whoever may write a `ServiceExport` in a namespace decides these, so the
+//! [`ExportRules`] bound them: identities of the object's own namespace, gateways the
+//! operator listed — except in the namespaces the operator trusts.
+//!
 //! Every `ServiceExport` gets a `Valid` verdict ([`Verdict`]): true when its export went
 //! out, false with the reason (no Service, an ExternalName Service, a field the
 //! federation would refuse) when not.
@@ -48,6 +52,60 @@ pub struct Verdict {
     pub message: String,
 }
 
+/// What a cluster's `ServiceExport`s may claim (`[exports.kubernetes]`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExportRules {
+    /// The cluster's own trust domain: every identity is in it.
+    pub trust_domain: String,
+    /// Namespaces whose `ServiceExport`s may name any identity of the trust domain and
+    /// any gateway.
+    pub trusted_namespaces: BTreeSet<String>,
+    /// The gateways any `ServiceExport` may name.
+    pub gateways: BTreeSet<SocketAddr>,
+}
+
+impl ExportRules {
+    /// Rules for a member of `trust_domain` that trusts no namespace and lists no
+    /// gateway.
+    #[must_use]
+    pub fn new(trust_domain: impl Into<String>) -> Self {
+        Self { trust_domain: trust_domain.into(), ..Self::default() }
+    }
+
+    /// Why the `ServiceExport` `key` may not claim `identities` and `mode`, if it may
+    /// not.
+    fn refuse_claims(
+        &self,
+        key: &ServiceKey,
+        identities: &[String],
+        mode: &ExportMode,
+    ) -> Option<String> {
+        if self.trusted_namespaces.contains(&key.namespace) {
+            return None;
+        }
+        let own = format!("spiffe://{}/ns/{}/", self.trust_domain, key.namespace);
+        if let Some(other) = identities.iter().find(|id| !id.starts_with(&own)) {
+            return Some(format!(
+                "annotation {IDENTITIES_ANNOTATION}: {other} is not an identity of namespace \
+                 {ns}; a ServiceExport names identities under {own} unless the agent's \
+                 [exports.kubernetes] trusted_namespaces lists {ns}",
+                ns = key.namespace
+            ));
+        }
+        if let ExportMode::Gateway { address, port } = mode {
+            let gateway = SocketAddr::new(*address, *port);
+            if !self.gateways.contains(&gateway) {
+                return Some(format!(
+                    "annotation {GATEWAY_ANNOTATION}: {gateway} is not one of the cluster's \
+                     gateways; the operator lists them in the agent's [exports.kubernetes] \
+                     gateways"
+                ));
+            }
+        }
+        None
+    }
+}
+
 /// What the cluster's `ServiceExport`s say: the exports and, per `ServiceExport`, its
 /// verdict.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -60,14 +118,13 @@ pub struct KubernetesExports {
 
 /// The exports of `service_exports` (their metadata: a `ServiceExport` says nothing
 /// else, and an upstream one has no spec at all), each built from the Service of the same namespace
-/// and name among `services` and its slices among `slices`; `trust_domain` is the
-/// cluster's own (every identity must be in it).
+/// and name among `services` and its slices among `slices`, under `rules`.
 #[must_use]
 pub fn exports_from_objects<'a>(
     service_exports: impl IntoIterator<Item = &'a ObjectMeta>,
     services: impl IntoIterator<Item = &'a Service>,
     slices: impl IntoIterator<Item = &'a EndpointSlice>,
-    trust_domain: &str,
+    rules: &ExportRules,
 ) -> KubernetesExports {
     let services: BTreeMap<ServiceKey, &Service> =
         services.into_iter().filter_map(|s| Some((key_of(&s.metadata)?, s))).collect();
@@ -95,7 +152,7 @@ pub fn exports_from_objects<'a>(
                     "no Service {key} in this cluster: create it, then it is exported"
                 ),
             },
-            Some(service) => match export_of(&key, object, service, slices, trust_domain) {
+            Some(service) => match export_of(&key, object, service, slices, rules) {
                 Ok(export) => {
                     let message = format!(
                         "exported with {} port(s) and {} endpoint(s) as {}",
@@ -130,8 +187,9 @@ fn export_of(
     object: &ObjectMeta,
     service: &Service,
     slices: &[&EndpointSlice],
-    trust_domain: &str,
+    rules: &ExportRules,
 ) -> Result<ServiceExport, (&'static str, String)> {
+    let trust_domain = rules.trust_domain.as_str();
     let invalid = |message: String| ("Invalid", message);
     let annotations = object.annotations.clone().unwrap_or_default();
     let spec = service.spec.clone().unwrap_or_default();
@@ -194,6 +252,9 @@ fn export_of(
         };
         invalid(format!("{key}: {e}{hint}"))
     })?;
+    if let Some(refusal) = rules.refuse_claims(key, &export.identities, &export.mode) {
+        return Err(invalid(format!("{key}: {refusal}")));
+    }
     Ok(export)
 }
 

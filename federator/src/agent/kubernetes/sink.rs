@@ -26,7 +26,7 @@ use sha2::Digest as _;
 use super::SINK_MANAGER;
 use super::crd::ServiceImport as ServiceImportObject;
 use super::imports::{Desired, desired_objects, owner_selector};
-use crate::agent::view::{AgentView, Sink, SinkError, SinkFuture};
+use crate::agent::view::{AgentView, Sink, SinkError, SinkFuture, SourceProblem};
 use crate::service::ServiceKey;
 
 /// Time allowed for one API call.
@@ -46,6 +46,8 @@ pub struct KubernetesSink {
     written: Mutex<BTreeMap<String, String>>,
     /// The `Conflict` condition last written, by service: status, message, transition.
     conflicts: Mutex<BTreeMap<ServiceKey, (bool, String, String)>>,
+    /// Objects of the view that are not written, by object: where and why.
+    held_back: Mutex<BTreeMap<String, SourceProblem>>,
 }
 
 impl KubernetesSink {
@@ -59,6 +61,7 @@ impl KubernetesSink {
             write_trust_bundles: true,
             written: Mutex::new(BTreeMap::new()),
             conflicts: Mutex::new(BTreeMap::new()),
+            held_back: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -91,6 +94,13 @@ impl KubernetesSink {
         }
         let Desired { service_imports, endpoint_slices, trust_bundles } = desired;
         let selector = owner_selector(&view.cluster);
+        // What this view no longer has is no longer held back.
+        let wanted: BTreeSet<String> = ids("ServiceImport", &service_imports)
+            .into_iter()
+            .chain(ids("EndpointSlice", &endpoint_slices))
+            .chain(ids("ClusterTrustBundle", &trust_bundles))
+            .collect();
+        self.held_back().retain(|id, _| wanted.contains(id));
         let mut missing_namespaces = BTreeSet::new();
 
         // Trust first: a refused import must not keep the federated anchors from pods.
@@ -121,6 +131,16 @@ impl KubernetesSink {
             let api = Api::<ServiceImportObject>::namespaced(self.client.clone(), &namespace);
             match self.write(&api, object, "ServiceImport").await {
                 Err(Written::NoNamespace) => {
+                    self.held_back().insert(
+                        object_id("ServiceImport", &namespace, &object.name_any()),
+                        SourceProblem {
+                            location: format!("ServiceImport {namespace}/{}", object.name_any()),
+                            message: format!(
+                                "namespace {namespace} does not exist in this cluster: create \
+                                 it to import the service"
+                            ),
+                        },
+                    );
                     missing_namespaces.insert(namespace);
                 }
                 Err(Written::Failed(error)) => return Err(error),
@@ -213,6 +233,7 @@ impl KubernetesSink {
             .await
         {
             Ok(Ok(_)) => {
+                self.held_back().remove(&id);
                 self.written().insert(id, digest);
                 Ok(())
             }
@@ -225,6 +246,14 @@ impl KubernetesSink {
             // tried again only once its content changes.
             Ok(Err(kube::Error::Api(status))) if status.is_invalid() => {
                 tracing::warn!(object = %id, error = %status.message, "the API server refuses the object; skipped");
+                let namespace = object.meta().namespace.as_deref().unwrap_or("");
+                let location = if namespace.is_empty() {
+                    format!("{kind} {name}")
+                } else {
+                    format!("{kind} {namespace}/{name}")
+                };
+                let message = format!("the API server refuses it as invalid: {}", status.message);
+                self.held_back().insert(id.clone(), SourceProblem { location, message });
                 self.written().insert(id, digest);
                 Err(Written::Refused)
             }
@@ -315,9 +344,12 @@ impl KubernetesSink {
                 )
             })
             .collect();
-        // Written by this process but deleted since: write it again next time.
+        // Written by this process but deleted since: write it again next time. (One the
+        // API server refused is not there either: it is tried again once it changes.)
+        let refused: BTreeSet<String> = self.held_back().keys().cloned().collect();
         self.written().retain(|id, _| {
             !id.starts_with(&format!("{kind}/"))
+                || refused.contains(id)
                 || present.contains(id.strip_suffix(STATUS_SUFFIX).unwrap_or(id))
         });
         for object in &listed.items {
@@ -416,6 +448,10 @@ impl KubernetesSink {
         self.written.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    fn held_back(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, SourceProblem>> {
+        self.held_back.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     fn conflicts(&self) -> std::sync::MutexGuard<'_, BTreeMap<ServiceKey, (bool, String, String)>> {
         self.conflicts.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -471,5 +507,9 @@ impl Sink for KubernetesSink {
 
     fn apply<'a>(&'a self, view: &'a AgentView) -> SinkFuture<'a> {
         Box::pin(self.apply_view(view))
+    }
+
+    fn skipped(&self) -> Vec<SourceProblem> {
+        self.held_back().values().cloned().collect()
     }
 }

@@ -26,7 +26,7 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::SOURCE_MANAGER;
 use super::crd::ServiceExport as ServiceExportObject;
-use super::exports::{KubernetesExports, Verdict, exports_from_objects};
+use super::exports::{ExportRules, KubernetesExports, Verdict, exports_from_objects};
 use crate::agent::view::{ExportSet, SourceProblem};
 use crate::service::ServiceKey;
 
@@ -40,7 +40,7 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Time allowed for one status write.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Follows the cluster's `ServiceExport`s for a member of `trust_domain`. Endpoints keep
+/// Follows the cluster's `ServiceExport`s under `rules`. Endpoints keep
 /// the zone of their slice only with `keep_zones` (the cluster's region configured): the
 /// federation refuses zones from a member whose locality the operator did not bind.
 ///
@@ -49,7 +49,7 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 /// ends when every receiver is dropped.
 pub async fn watch_kubernetes_exports(
     client: kube::Client,
-    trust_domain: String,
+    rules: ExportRules,
     keep_zones: bool,
 ) -> watch::Receiver<ExportSet> {
     let not_listed = ExportSet {
@@ -60,7 +60,7 @@ pub async fn watch_kubernetes_exports(
         }],
     };
     let (tx, mut rx) = watch::channel(not_listed);
-    tokio::spawn(follow(client, trust_domain, keep_zones, tx));
+    tokio::spawn(follow(client, rules, keep_zones, tx));
     let _ = tokio::time::timeout(FIRST_LISTING_WAIT, rx.changed()).await;
     rx
 }
@@ -76,7 +76,7 @@ where
 
 async fn follow(
     client: kube::Client,
-    trust_domain: String,
+    rules: ExportRules,
     keep_zones: bool,
     tx: watch::Sender<ExportSet>,
 ) {
@@ -154,7 +154,7 @@ async fn follow(
             service_exports.iter().map(|o| &o.metadata),
             service_list.iter().map(Arc::as_ref),
             slice_list.iter().map(Arc::as_ref),
-            &trust_domain,
+            &rules,
         );
         if !keep_zones {
             for endpoint in set.exports.values_mut().flat_map(|e| e.endpoints.iter_mut()) {

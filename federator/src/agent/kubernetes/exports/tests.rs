@@ -48,7 +48,16 @@ fn exports(
     services: &[Service],
     slices: &[EndpointSlice],
 ) -> KubernetesExports {
-    exports_from_objects(objects, services, slices, "a.example")
+    exports_from_objects(objects, services, slices, &rules())
+}
+
+/// a.example's rules: the gateway 192.0.2.10:15443 listed, `mesh-system` trusted.
+fn rules() -> ExportRules {
+    ExportRules {
+        trusted_namespaces: ["mesh-system".to_string()].into(),
+        gateways: ["192.0.2.10:15443".parse().expect("gateway")].into(),
+        ..ExportRules::new("a.example")
+    }
 }
 
 #[test]
@@ -168,6 +177,65 @@ fn refusals_name_the_reason_and_the_annotation_to_fix() {
 }
 
 #[test]
+fn identities_of_other_namespaces_and_unlisted_gateways_are_refused_unless_trusted() {
+    let in_namespace = |namespace: &str, name: &str, annotations: &[(&str, &str)]| {
+        let mut object = export_object(name, annotations);
+        object.namespace = Some(namespace.into());
+        object
+    };
+    let service_in = |namespace: &str, name: &str| {
+        let mut service = service(name, "ClusterIP");
+        service.metadata.namespace = Some(namespace.into());
+        service
+    };
+    let objects = [
+        // A namespace owner claiming the payments team's identity.
+        in_namespace(
+            "shop",
+            "steal",
+            &[(IDENTITIES_ANNOTATION, "spiffe://a.example/ns/payments/sa/api")],
+        ),
+        // A prefix that only looks like the namespace.
+        in_namespace(
+            "shop",
+            "prefix",
+            &[(IDENTITIES_ANNOTATION, "spiffe://a.example/ns/shopping/sa/x")],
+        ),
+        in_namespace("shop", "detour", &[(GATEWAY_ANNOTATION, "198.51.100.7:443")]),
+        in_namespace("shop", "listed", &[(GATEWAY_ANNOTATION, "192.0.2.10:15443")]),
+        // The trusted namespace may name other identities and any gateway.
+        in_namespace(
+            "mesh-system",
+            "ingress",
+            &[
+                (IDENTITIES_ANNOTATION, "spiffe://a.example/ns/payments/sa/api"),
+                (GATEWAY_ANNOTATION, "198.51.100.7:443"),
+            ],
+        ),
+    ];
+    let services = [
+        service_in("shop", "steal"),
+        service_in("shop", "prefix"),
+        service_in("shop", "detour"),
+        service_in("shop", "listed"),
+        service_in("mesh-system", "ingress"),
+    ];
+    let out = exports(&objects, &services, &[]);
+    let exported: Vec<String> = out.set.exports.keys().map(ToString::to_string).collect();
+    assert_eq!(exported, ["mesh-system/ingress", "shop/listed"], "{:?}", out.verdicts);
+    for (name, words) in [
+        ("steal", "is not an identity of namespace shop"),
+        ("prefix", "is not an identity of namespace shop"),
+        ("detour", "is not one of the cluster's gateways"),
+    ] {
+        let verdict = &out.verdicts[&ServiceKey::new("shop", name)];
+        assert_eq!(verdict.reason, "Invalid", "{name}");
+        assert!(verdict.message.contains(words), "{name}: {verdict:?}");
+        assert!(verdict.message.contains("[exports.kubernetes]"), "names the setting: {verdict:?}");
+    }
+}
+
+#[test]
 fn a_service_export_being_deleted_exports_nothing() {
     let mut object = export_object("cart", &[]);
     object.deletion_timestamp =
@@ -199,6 +267,11 @@ proptest! {
         if let Some(export) = out.set.exports.get(&key) {
             prop_assert!(export.validate("a.example").is_ok());
             prop_assert!(out.verdicts[&key].valid);
+            // Nothing claimed beyond the namespace's identities and the listed gateway.
+            prop_assert!(export.identities.iter().all(|id| id.starts_with("spiffe://a.example/ns/shop/")));
+            if let ExportMode::Gateway { address, port } = &export.mode {
+                prop_assert!(rules().gateways.contains(&SocketAddr::new(*address, *port)));
+            }
         } else {
             prop_assert!(!out.verdicts[&key].valid);
             prop_assert_eq!(out.set.problems.len(), 1);
