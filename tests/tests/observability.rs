@@ -83,6 +83,10 @@ async fn metrics_lint_clean_and_health_and_readiness_answer_over_plain_http() ->
         metrics.contains(&format!("federator_member_bundle_unacknowledged{member} 0")),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("\nfederator_replica_certificate_expiry_timestamp_seconds "),
+        "the replica's own certificate expiry: {metrics}"
+    );
     // Every metric the chart's alerts name is one a replica serves (an alert on a name
     // nobody exports never fires).
     let alerts = std::fs::read_to_string(

@@ -29,6 +29,7 @@
 //! With `listen_metrics` set it serves Prometheus metrics (see [`super::metrics`]),
 //! among them how long each change took from the replica to every sink.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -320,7 +321,9 @@ pub async fn run(
     }
 
     let bundle_rx = watch_bundle(config.file.bundle.clone(), trust_domain.clone(), SOURCE_POLL);
-    let exports_rx = export_sources(&config, &trust_domain, kubernetes.as_ref()).await;
+    // What the federation refused of the exports, for sources that report it back.
+    let (export_refusals, refusals_rx) = watch::channel(BTreeMap::new());
+    let exports_rx = export_sources(&config, &trust_domain, kubernetes.as_ref(), refusals_rx).await;
     let view = store.view()?.unwrap_or_default();
     // What was published and acknowledged under an earlier membership counts for nothing.
     let published = store.published()?.for_membership(membership.as_ref());
@@ -362,6 +365,7 @@ pub async fn run(
         pending_changes: Vec::new(),
         republished_for: None,
         republish_bundle: false,
+        export_refusals,
     };
     if let Some(m) = &agent.membership {
         agent.status.cluster.clone_from(&m.cluster);
@@ -535,6 +539,7 @@ async fn export_sources(
     config: &AgentConfig,
     trust_domain: &str,
     kubernetes: Option<&kube::Client>,
+    refusals: watch::Receiver<BTreeMap<ServiceKey, String>>,
 ) -> watch::Receiver<ExportSet> {
     let mut inputs = Vec::new();
     if let (Some(file), Some(client)) = (&config.file.exports.kubernetes, kubernetes) {
@@ -548,6 +553,7 @@ async fn export_sources(
                 client.clone(),
                 rules,
                 !config.file.lease.region.is_empty(),
+                refusals,
             )
             .await,
         );
@@ -688,6 +694,9 @@ struct Agent {
     republished_for: Option<String>,
     /// The record was found contradicted: publish the own bundle again.
     republish_bundle: bool,
+    /// The exports the federation refused on the last publication, with why (the
+    /// Kubernetes source marks their `ServiceExport`s `Refused`).
+    export_refusals: watch::Sender<BTreeMap<ServiceKey, String>>,
 }
 
 /// How a session ended without an error.
@@ -1267,6 +1276,7 @@ impl Agent {
     ) -> anyhow::Result<()> {
         self.status.exports.exports = set.exports.len();
         self.status.exports.problems.clone_from(&set.problems);
+        let mut refused = BTreeMap::new();
         for (key, export) in &set.exports {
             let digest = export_digest(export);
             let name = key.to_string();
@@ -1284,6 +1294,7 @@ impl Agent {
                     if matches!(status.code(), Code::InvalidArgument | Code::PermissionDenied) =>
                 {
                     tracing::warn!(service = %name, error = %status.message(), "export refused");
+                    refused.insert(key.clone(), status.message().to_string());
                     self.status.exports.problems.push(super::view::SourceProblem {
                         location: name,
                         message: format!("the federation refused it: {}", status.message()),
@@ -1292,6 +1303,11 @@ impl Agent {
                 Err(status) => return Err(anyhow!(status).context("export")),
             }
         }
+        self.export_refusals.send_if_modified(|current| {
+            let changed = *current != refused;
+            *current = refused;
+            changed
+        });
         // A source that cannot be read (etcd down, the file missing) says nothing about
         // what is exported: withdraw nothing until every source reads again.
         let sources_down: Vec<&str> = set
@@ -1806,8 +1822,6 @@ fn backoff(failures: u32, max: Duration) -> Duration {
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
 
     #[test]

@@ -13,8 +13,11 @@ use tonic::transport::{Channel, Endpoint};
 
 use crate::identity::TlsFiles;
 
-/// How to reach the federation (global flags).
+/// How to reach the federation (global flags). Listed under a heading of their own: in
+/// `server`, `agent` and `dev` help they sit beside those commands' own TLS settings,
+/// which they are not.
 #[derive(Clone, Debug, clap::Args)]
+#[command(next_help_heading = "Admin client (for the commands that call the federation)")]
 pub struct ConnectionArgs {
     /// Replicas to talk to: `unix:///path/admin.sock` or API addresses `host:port`,
     /// comma-separated.
@@ -190,17 +193,37 @@ impl Connection {
     }
 
     /// A client of the current leader: asks the endpoints who leads and connects to the
-    /// leader's registered API address (or an endpoint that is the leader).
+    /// leader's registered API address (or an endpoint that is the leader). While an
+    /// election is under way (no leader known, or a new one that has not registered its
+    /// address yet) it asks again, for at most [`LEADER_WAIT`].
     ///
     /// # Errors
-    /// No leader is known, or it cannot be reached.
+    /// No leader was known within [`LEADER_WAIT`], or it cannot be reached.
     pub async fn leader(&self) -> anyhow::Result<AdminClient<Channel>> {
+        let deadline = tokio::time::Instant::now() + LEADER_WAIT;
+        loop {
+            match self.known_leader().await? {
+                Ok(client) => return Ok(client),
+                Err(election) if tokio::time::Instant::now() >= deadline => {
+                    bail!("{election} (for {LEADER_WAIT:?})")
+                }
+                Err(_) => tokio::time::sleep(LEADER_POLL).await,
+            }
+        }
+    }
+
+    /// The leader's client, or why none is known yet (the outer error: no endpoint
+    /// answers, or the leader cannot be reached).
+    async fn known_leader(&self) -> anyhow::Result<Result<AdminClient<Channel>, String>> {
         let (endpoint, status) = self.first_status().await?;
         if !status.has_leader {
-            bail!("replica {} knows no leader (election in progress or no quorum)", status.id);
+            return Ok(Err(format!(
+                "replica {} knows no leader (election in progress or no quorum)",
+                status.id
+            )));
         }
         if status.leader_id == status.id {
-            return self.admin(&endpoint).await;
+            return self.admin(&endpoint).await.map(Ok);
         }
         let leader_api = status
             .voters
@@ -210,14 +233,20 @@ impl Connection {
             .map(|m| m.api_addr.clone())
             .filter(|a| !a.is_empty());
         match leader_api {
-            Some(addr) => self.admin(&addr).await,
-            None => bail!(
+            Some(addr) => self.admin(&addr).await.map(Ok),
+            None => Ok(Err(format!(
                 "the leader, replica {}, has not registered its API address yet",
                 status.leader_id
-            ),
+            ))),
         }
     }
 }
+
+/// How long a call that needs the leader waits for an election to end: longer than the
+/// slowest timing profile's election timeout, a few rounds over.
+const LEADER_WAIT: Duration = Duration::from_secs(10);
+/// How often it asks meanwhile.
+const LEADER_POLL: Duration = Duration::from_millis(200);
 
 /// Turns a gRPC status into an error whose text is the server's message, control
 /// characters escaped: the message may quote what a client sent, and the error is

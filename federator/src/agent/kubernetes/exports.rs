@@ -46,7 +46,8 @@ pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub struct Verdict {
     /// Exported.
     pub valid: bool,
-    /// A CamelCase reason (`Exported`, `NoService`, `ExternalName`, `Invalid`).
+    /// A CamelCase reason (`Exported`, `NoService`, `ExternalName`, `Invalid`,
+    /// `Refused`).
     pub reason: &'static str,
     /// For people.
     pub message: String,
@@ -175,6 +176,26 @@ pub fn exports_from_objects<'a>(
         out.verdicts.insert(key, verdict);
     }
     out
+}
+
+/// Turns the verdict on each exported service the federation refused (`refusals`: the
+/// service and the federation's reason) into `Refused`: the export left the cluster, but
+/// no other cluster gets it.
+pub fn apply_refusals(
+    verdicts: &mut BTreeMap<ServiceKey, Verdict>,
+    refusals: &BTreeMap<ServiceKey, String>,
+) {
+    for (key, why) in refusals {
+        if let Some(verdict) = verdicts.get_mut(key)
+            && verdict.valid
+        {
+            *verdict = Verdict {
+                valid: false,
+                reason: "Refused",
+                message: format!("the federation refused it: {why}"),
+            };
+        }
+    }
 }
 
 fn key_of(meta: &ObjectMeta) -> Option<ServiceKey> {

@@ -26,7 +26,9 @@ use k8s_openapi::api::discovery::v1::EndpointSlice;
 
 use super::SOURCE_MANAGER;
 use super::crd::ServiceExport as ServiceExportObject;
-use super::exports::{ExportRules, KubernetesExports, Verdict, exports_from_objects};
+use super::exports::{
+    ExportRules, KubernetesExports, Verdict, apply_refusals, exports_from_objects,
+};
 use crate::agent::view::{ExportSet, SourceProblem};
 use crate::service::ServiceKey;
 
@@ -40,7 +42,9 @@ const SETTLE: Duration = Duration::from_millis(50);
 /// Time allowed for one status write.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Follows the cluster's `ServiceExport`s under `rules`. Endpoints keep
+/// Follows the cluster's `ServiceExport`s under `rules`; a service in `refusals` (what
+/// the federation refused of the agent's exports, with why) is `Valid=False`, reason
+/// `Refused`. Endpoints keep
 /// the zone of their slice only with `keep_zones` (the cluster's region configured): the
 /// federation refuses zones from a member whose locality the operator did not bind.
 ///
@@ -51,6 +55,7 @@ pub async fn watch_kubernetes_exports(
     client: kube::Client,
     rules: ExportRules,
     keep_zones: bool,
+    refusals: watch::Receiver<BTreeMap<ServiceKey, String>>,
 ) -> watch::Receiver<ExportSet> {
     let not_listed = ExportSet {
         exports: BTreeMap::new(),
@@ -60,7 +65,7 @@ pub async fn watch_kubernetes_exports(
         }],
     };
     let (tx, mut rx) = watch::channel(not_listed);
-    tokio::spawn(follow(client, rules, keep_zones, tx));
+    tokio::spawn(follow(client, rules, keep_zones, refusals, tx));
     let _ = tokio::time::timeout(FIRST_LISTING_WAIT, rx.changed()).await;
     rx
 }
@@ -78,6 +83,7 @@ async fn follow(
     client: kube::Client,
     rules: ExportRules,
     keep_zones: bool,
+    mut refusals: watch::Receiver<BTreeMap<ServiceKey, String>>,
     tx: watch::Sender<ExportSet>,
 ) {
     // Only the metadata of ServiceExports: that is all they say, and an upstream MCS
@@ -114,25 +120,33 @@ async fn follow(
     // Why each kind's last watch step failed (ServiceExports, Services, EndpointSlices).
     let mut failing_kinds: [Option<String>; 3] = [None, None, None];
     let mut written: BTreeMap<ServiceKey, (Verdict, String)> = BTreeMap::new();
+    let mut refusals_open = true;
     loop {
-        let Some((kind, error)) = (tokio::select! {
-            event = events.next() => event,
+        // A watch event, or (None) news of the federation's refusals.
+        let Some(event) = (tokio::select! {
+            event = events.next() => event.map(Some),
+            changed = refusals.changed(), if refusals_open => {
+                refusals_open = changed.is_ok();
+                Some(None)
+            }
             () = tx.closed() => return,
         }) else {
             return;
         };
-        let mut note = |kind: usize, error: Option<String>| failing_kinds[kind.min(2)] = error;
-        note(kind, error);
-        // Take in whatever else arrived meanwhile.
-        let settle = tokio::time::sleep(SETTLE);
-        tokio::pin!(settle);
-        loop {
-            tokio::select! {
-                () = &mut settle => break,
-                event = events.next() => match event {
-                    Some((kind, error)) => note(kind, error),
-                    None => return,
-                },
+        if let Some((kind, error)) = event {
+            let mut note = |kind: usize, error: Option<String>| failing_kinds[kind.min(2)] = error;
+            note(kind, error);
+            // Take in whatever else arrived meanwhile.
+            let settle = tokio::time::sleep(SETTLE);
+            tokio::pin!(settle);
+            loop {
+                tokio::select! {
+                    () = &mut settle => break,
+                    event = events.next() => match event {
+                        Some((kind, error)) => note(kind, error),
+                        None => return,
+                    },
+                }
             }
         }
         let failing: Vec<String> = ["ServiceExports", "Services", "EndpointSlices"]
@@ -150,12 +164,13 @@ async fn follow(
         let service_exports = exports_reader.state();
         let service_list = services_reader.state();
         let slice_list = slices_reader.state();
-        let KubernetesExports { mut set, verdicts } = exports_from_objects(
+        let KubernetesExports { mut set, mut verdicts } = exports_from_objects(
             service_exports.iter().map(|o| &o.metadata),
             service_list.iter().map(Arc::as_ref),
             slice_list.iter().map(Arc::as_ref),
             &rules,
         );
+        apply_refusals(&mut verdicts, &refusals.borrow_and_update());
         if !keep_zones {
             for endpoint in set.exports.values_mut().flat_map(|e| e.endpoints.iter_mut()) {
                 endpoint.zone.clear();

@@ -236,6 +236,25 @@ fn identities_of_other_namespaces_and_unlisted_gateways_are_refused_unless_trust
 }
 
 #[test]
+fn an_export_the_federation_refused_is_not_valid() {
+    let mut out = exports(
+        &[export_object("cart", &[]), export_object("ghost", &[])],
+        &[service("cart", "ClusterIP")],
+        &[],
+    );
+    let refusals = BTreeMap::from([
+        (ServiceKey::new("shop", "cart"), "namespace shop is not granted to cluster-a".to_string()),
+        (ServiceKey::new("shop", "ghost"), "whatever".to_string()),
+    ]);
+    apply_refusals(&mut out.verdicts, &refusals);
+    let cart = &out.verdicts[&ServiceKey::new("shop", "cart")];
+    assert_eq!((cart.valid, cart.reason), (false, "Refused"));
+    assert!(cart.message.contains("not granted to cluster-a"), "{cart:?}");
+    // A verdict that was not valid keeps its own reason.
+    assert_eq!(out.verdicts[&ServiceKey::new("shop", "ghost")].reason, "NoService");
+}
+
+#[test]
 fn a_service_export_being_deleted_exports_nothing() {
     let mut object = export_object("cart", &[]);
     object.deletion_timestamp =
