@@ -138,6 +138,36 @@ fn hint_for(text: &str) -> Option<&'static str> {
     }
 }
 
+/// A unix time in seconds, 0 when it never happened (a lease not ended, a token not
+/// used). In JSON and YAML it is an RFC 3339 UTC time, or `null` for 0, so that scripts
+/// read every time of every command the same way; tables show it as an age.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord)]
+pub struct UnixTime(pub i64);
+
+impl UnixTime {
+    /// The time in unix seconds (0: never).
+    #[must_use]
+    pub fn secs(self) -> i64 {
+        self.0
+    }
+}
+
+impl From<UnixTime> for i64 {
+    fn from(time: UnixTime) -> Self {
+        time.0
+    }
+}
+
+impl serde::Serialize for UnixTime {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0 == 0 {
+            serializer.serialize_none()
+        } else {
+            serializer.serialize_str(&unix_time(self.0))
+        }
+    }
+}
+
 /// Unix seconds as an RFC 3339 UTC time (the number itself when out of range).
 #[must_use]
 pub fn unix_time(unix: i64) -> String {
@@ -447,5 +477,20 @@ mod tests {
         let mut text = Text::new();
         text.line(format_args!("cluster {HOSTILE} joined")).line("done");
         assert_eq!(text.to_string(), "cluster \\n\\x1b]0;pwned\\x07\\x1b[1A joined\ndone\n");
+    }
+
+    #[test]
+    fn times_are_rfc3339_for_scripts_and_null_when_they_never_happened() {
+        #[derive(serde::Serialize)]
+        struct Row {
+            used_at: UnixTime,
+            expires_at: UnixTime,
+        }
+        let row = Row { used_at: UnixTime(0), expires_at: UnixTime(1_796_538_296) };
+        let json = serde_json::to_value(&row).expect("json");
+        assert_eq!(
+            json,
+            serde_json::json!({ "used_at": null, "expires_at": "2026-12-06T06:24:56Z" })
+        );
     }
 }

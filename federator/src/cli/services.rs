@@ -8,7 +8,7 @@ use federator_proto::federation as fpb;
 use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{self, Cell, OutputFormat, Table, Text, print};
+use super::output::{self, Cell, OutputFormat, Table, Text, UnixTime, print};
 use crate::service::{Protocol, ServiceKey};
 
 /// Inspect exported services.
@@ -162,8 +162,8 @@ pub(super) struct ExportView {
     cluster: String,
     trust_domain: String,
     generation: u64,
-    created_at: i64,
-    updated_at: i64,
+    created_at: UnixTime,
+    updated_at: UnixTime,
     ready_endpoints: u32,
     total_endpoints: usize,
     /// Whether the exporter's lease is live.
@@ -186,8 +186,8 @@ impl From<pb::Export> for ExportView {
             cluster: e.cluster,
             trust_domain: e.trust_domain,
             generation: e.generation,
-            created_at: e.created_at,
-            updated_at: e.updated_at,
+            created_at: UnixTime(e.created_at),
+            updated_at: UnixTime(e.updated_at),
             ready_endpoints: e.ready_endpoints,
             total_endpoints: export.endpoints.len(),
             live: e.live,
@@ -235,9 +235,13 @@ pub(super) struct LeaseView {
     state: String,
     id: u64,
     ttl_seconds: u32,
-    granted_at: i64,
-    ended_at: i64,
-    /// Milliseconds since the leader last heard a keep-alive; absent when unknown.
+    granted_at: UnixTime,
+    ended_at: UnixTime,
+    /// When the leader last heard a keep-alive (as the leader's age of it, counted back
+    /// from this client's clock); `null` when unknown.
+    last_keepalive_at: UnixTime,
+    /// That age in milliseconds, for tables.
+    #[serde(skip)]
     last_keepalive_ms: Option<u64>,
     region: String,
     zone: String,
@@ -249,8 +253,12 @@ impl From<pb::LeaseInfo> for LeaseView {
             state: l.state,
             id: l.id,
             ttl_seconds: l.ttl_seconds,
-            granted_at: l.granted_at,
-            ended_at: l.ended_at,
+            granted_at: UnixTime(l.granted_at),
+            ended_at: UnixTime(l.ended_at),
+            last_keepalive_at: UnixTime(
+                u64::try_from(l.last_keepalive_ms)
+                    .map_or(0, |ms| unix_now() - i64::try_from(ms / 1000).unwrap_or(0)),
+            ),
             last_keepalive_ms: u64::try_from(l.last_keepalive_ms).ok(),
             region: l.region,
             zone: l.zone,
@@ -416,7 +424,8 @@ pub(super) fn human_secs(secs: u64) -> String {
 }
 
 /// How long ago a Unix time (seconds) was: `5s ago`; `-` for 0 (never).
-pub(super) fn ago(now: i64, at: i64) -> String {
+pub(super) fn ago(now: i64, at: impl Into<i64>) -> String {
+    let at: i64 = at.into();
     if at <= 0 {
         return "-".into();
     }
@@ -994,7 +1003,7 @@ mod tests {
         );
         assert_eq!(unknown.cell(NOW), "live");
 
-        let expired = LeaseView { state: "expired".into(), ended_at: NOW - 300, ..live };
+        let expired = LeaseView { state: "expired".into(), ended_at: UnixTime(NOW - 300), ..live };
         assert_eq!(expired.line(NOW), "lease 42 expired 5m0s ago, ttl 10s, locality r1/z1");
         assert_eq!(expired.cell(NOW), "expired 5m0s ago");
 

@@ -6,7 +6,7 @@ use federator_proto::admin as pb;
 use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{self, OutputFormat, Table, print};
+use super::output::{self, OutputFormat, Table, UnixTime, print};
 use super::services::{ago, unix_now};
 
 /// Create, list and revoke join tokens.
@@ -67,7 +67,7 @@ struct TokenView {
     token: String,
     cluster: String,
     trust_domain: String,
-    expires_at: i64,
+    expires_at: UnixTime,
     endpoints: Vec<String>,
 }
 
@@ -106,7 +106,7 @@ pub async fn run_token(
         token: r.token,
         cluster,
         trust_domain,
-        expires_at: r.expires_at,
+        expires_at: UnixTime(r.expires_at),
         endpoints: r.endpoints,
     };
     print(out, &view, |v| {
@@ -117,7 +117,7 @@ pub async fn run_token(
             v.id,
             v.cluster,
             v.trust_domain,
-            output::unix_time(v.expires_at),
+            output::unix_time(v.expires_at.secs()),
             v.id
         ));
     })?;
@@ -132,10 +132,10 @@ struct TokenInfoView {
     trust_domain: String,
     /// outstanding, used or expired.
     state: &'static str,
-    created_at: i64,
-    expires_at: i64,
+    created_at: UnixTime,
+    expires_at: UnixTime,
     /// 0 unless used.
-    used_at: i64,
+    used_at: UnixTime,
     /// The agent that joined with it, while that member remains.
     used_by: String,
 }
@@ -153,9 +153,9 @@ impl From<pb::TokenInfo> for TokenInfoView {
             cluster: t.cluster,
             trust_domain: t.trust_domain,
             state,
-            created_at: t.created_at,
-            expires_at: t.expires_at,
-            used_at: t.used_at,
+            created_at: UnixTime(t.created_at),
+            expires_at: UnixTime(t.expires_at),
+            used_at: UnixTime(t.used_at),
             used_by: t.used_by,
         }
     }
@@ -166,15 +166,17 @@ fn token_table(tokens: &[TokenInfoView]) -> Table {
         Table::new(&["ID", "CLUSTER", "TRUST DOMAIN", "STATE", "CREATED", "EXPIRES", "USED BY"]);
     let now = unix_now();
     for token in tokens {
-        let expires = if token.expires_at > now {
+        let expires = if token.expires_at.secs() > now {
             format!(
                 "in {}",
-                super::services::human_secs(u64::try_from(token.expires_at - now).unwrap_or(0))
+                super::services::human_secs(
+                    u64::try_from(token.expires_at.secs() - now).unwrap_or(0)
+                )
             )
         } else {
             ago(now, token.expires_at)
         };
-        let used_by = match (token.used_at, token.used_by.as_str()) {
+        let used_by = match (token.used_at.secs(), token.used_by.as_str()) {
             (0, _) => "-".to_string(),
             (at, "") => format!("{} (member since removed or rejoined)", ago(now, at)),
             (at, agent) => format!("{agent}, {}", ago(now, at)),

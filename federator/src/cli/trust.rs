@@ -10,7 +10,7 @@ use federator_proto::admin as pb;
 use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
-use super::output::{self, OutputFormat, Table, print};
+use super::output::{self, OutputFormat, Table, UnixTime, print};
 use super::services::{LeaseView, unix_now};
 
 /// Inspect and remove member clusters.
@@ -127,10 +127,10 @@ struct ClusterView {
     name: String,
     trust_domain: String,
     agent_id: String,
-    joined_at: i64,
+    joined_at: UnixTime,
     bundle_sequence: u64,
     bundle_digest: String,
-    bundle_updated_at: i64,
+    bundle_updated_at: UnixTime,
     x509_authorities: u32,
     jwt_authorities: u32,
     status: String,
@@ -149,10 +149,10 @@ impl From<pb::Cluster> for ClusterView {
             name: c.name,
             trust_domain: c.trust_domain,
             agent_id: c.agent_id,
-            joined_at: c.joined_at,
+            joined_at: UnixTime(c.joined_at),
             bundle_sequence: c.bundle_sequence,
             bundle_digest: c.bundle_digest,
-            bundle_updated_at: c.bundle_updated_at,
+            bundle_updated_at: UnixTime(c.bundle_updated_at),
             x509_authorities: c.x509_authorities,
             jwt_authorities: c.jwt_authorities,
             status: c.status,
@@ -278,7 +278,7 @@ struct BundleStatusView {
     trust_domain: String,
     owner: String,
     sequence: u64,
-    updated_at: i64,
+    updated_at: UnixTime,
     complete: bool,
     /// Members that have not applied `sequence`: what holds the rotation up.
     blocking: Vec<String>,
@@ -289,7 +289,7 @@ struct BundleStatusView {
 struct MemberAckView {
     cluster: String,
     applied_sequence: u64,
-    applied_at: i64,
+    applied_at: UnixTime,
     current: bool,
     /// Whether its lease is live (a blocking member without one is down or gone).
     lease_live: bool,
@@ -316,7 +316,7 @@ pub async fn run_bundle(
                 cluster: String,
                 sequence: u64,
                 digest: String,
-                updated_at: i64,
+                updated_at: UnixTime,
             }
             let rows: Vec<Row> = r
                 .clusters
@@ -326,7 +326,7 @@ pub async fn run_bundle(
                     cluster: c.name,
                     sequence: c.bundle_sequence,
                     digest: c.bundle_digest,
-                    updated_at: c.bundle_updated_at,
+                    updated_at: UnixTime(c.bundle_updated_at),
                 })
                 .collect();
             print(out, &rows, |rows| {
@@ -369,7 +369,7 @@ pub async fn run_bundle(
                         trust_domain: String,
                         sequence: u64,
                         digest: String,
-                        updated_at: i64,
+                        updated_at: UnixTime,
                         refresh_hint_seconds: u64,
                         document: String,
                     }
@@ -377,7 +377,7 @@ pub async fn run_bundle(
                         trust_domain: r.trust_domain,
                         sequence: r.sequence,
                         digest: r.digest,
-                        updated_at: r.updated_at,
+                        updated_at: UnixTime(r.updated_at),
                         refresh_hint_seconds: r.refresh_hint_seconds,
                         document: r.document,
                     };
@@ -409,7 +409,7 @@ pub async fn run_bundle(
                 trust_domain: r.trust_domain,
                 owner: r.owner,
                 sequence: r.sequence,
-                updated_at: r.updated_at,
+                updated_at: UnixTime(r.updated_at),
                 complete: r.complete,
                 blocking: r.blocking,
                 members: r
@@ -419,7 +419,7 @@ pub async fn run_bundle(
                         current: m.applied_sequence >= r.sequence,
                         cluster: m.cluster,
                         applied_sequence: m.applied_sequence,
-                        applied_at: m.applied_at,
+                        applied_at: UnixTime(m.applied_at),
                         lease_live: m.lease_live,
                     })
                     .collect(),
@@ -521,7 +521,7 @@ pub async fn run_audit(
         .into_iter()
         .map(|e| AuditRow {
             seq: e.seq,
-            at: e.at,
+            at: UnixTime(e.at),
             index: e.index,
             actor: e.actor,
             action: e.action,
@@ -529,7 +529,7 @@ pub async fn run_audit(
             accepted: e.accepted,
             reason: e.reason,
             count: e.count.max(1),
-            first_at: e.first_at,
+            first_at: UnixTime(e.first_at),
         })
         .collect();
     print(out, &rows, |rows| println!("{}", audit_table(rows)))?;
@@ -540,7 +540,7 @@ pub async fn run_audit(
 #[derive(Serialize)]
 struct AuditRow {
     seq: u64,
-    at: i64,
+    at: UnixTime,
     index: u64,
     actor: String,
     action: String,
@@ -549,8 +549,8 @@ struct AuditRow {
     reason: String,
     /// How many identical refusals this event stands for (1 for accepted changes).
     count: u64,
-    /// When the first of them happened (unix seconds); `at` is the last.
-    first_at: i64,
+    /// When the first of them happened; `at` is the last.
+    first_at: UnixTime,
 }
 
 fn audit_table(rows: &[AuditRow]) -> Table {
@@ -558,12 +558,12 @@ fn audit_table(rows: &[AuditRow]) -> Table {
     for r in rows {
         t.add_row(vec![
             r.seq.to_string(),
-            output::unix_time(r.at),
+            output::unix_time(r.at.secs()),
             r.actor.clone(),
             r.action.clone(),
             r.target.clone(),
             if r.count > 1 {
-                format!("{} (since {})", r.count, output::unix_time(r.first_at))
+                format!("{} (since {})", r.count, output::unix_time(r.first_at.secs()))
             } else {
                 r.count.to_string()
             },
@@ -582,7 +582,7 @@ mod tests {
         let hostile = "\n\x1b]0;pwned\x07\x1b[1A";
         let row = |seq: u64, accepted: bool| AuditRow {
             seq,
-            at: 1_700_000_000,
+            at: UnixTime(1_700_000_000),
             index: 7,
             actor: format!("anonymous@{hostile}"),
             action: "export".into(),
@@ -590,7 +590,7 @@ mod tests {
             accepted,
             reason: format!("namespace {hostile:?} is not a DNS label {hostile}"),
             count: seq,
-            first_at: 1_699_999_999,
+            first_at: UnixTime(1_699_999_999),
         };
         let rendered = audit_table(&[row(1, false), row(2, true)]).to_string();
         // The header and two rows: the table's own line feeds are the only control
