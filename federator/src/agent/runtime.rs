@@ -24,7 +24,8 @@
 //! view through a watch channel and retrying on its own, and reports back; state files
 //! (the view, what was published, the status) are written on blocking threads. So no
 //! sink, source or disk can delay a keep-alive: a hung local etcd makes its sink report
-//! unhealthy ([`SINK_STALLED`]) while the lease stays live.
+//! unhealthy (see [`sinks`]) while the lease stays live. What is exported — the sources
+//! merged, the set published — is in [`exports`].
 //!
 //! With `listen_metrics` set it serves Prometheus metrics (see [`super::metrics`]),
 //! among them how long each change took from the replica to every sink.
@@ -53,13 +54,19 @@ use super::sinks::etcd::{DEFAULT_BUNDLE_PREFIX, DEFAULT_IMPORT_PREFIX, EtcdSink}
 use super::sinks::files::FileSink;
 use super::sinks::xds::XdsServer;
 use super::sources::bundle::{BundleState, watch_bundle};
-use super::status::{AgentStatus, FailoverStatus, PropagationStatus, SinkStatus, now_ms};
+use super::status::{AgentStatus, FailoverStatus, PropagationStatus, now_ms};
 use super::store::{Membership, Published, Store};
-use super::view::{AgentView, ExportSet, Sink, SinkError, SourceProblem};
+use super::view::{AgentView, ExportSet, Sink};
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_spiffe_bundle};
 use crate::identity::CertifiedIdentity;
-use crate::service::{ServiceKey, export_to_proto, import_from_proto};
+use crate::service::{ServiceKey, import_from_proto};
 use crate::token::JoinToken;
+
+mod exports;
+mod sinks;
+
+use exports::export_sources;
+use sinks::{HandedView, SinkProgress, SinkReport, run_sink};
 
 /// How often sources are polled for changes.
 const SOURCE_POLL: Duration = Duration::from_secs(1);
@@ -75,15 +82,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// so a join that commits after the agent gave up on it could not be tried again, and no
 /// lease is held yet.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// How often a failed sink is retried (by its own task).
-const SINK_RETRY: Duration = Duration::from_secs(2);
-/// How often a sink that holds back part of a view (a namespace missing in the cluster)
-/// applies it again, so that what the operator fixed is written without a new view.
-const SKIPPED_RETRY: Duration = Duration::from_secs(10);
-/// A sink whose apply has gone on this long is reported unhealthy while it goes on (a
-/// hung etcd answers nothing until its client's own timeout, 10 s): an apply normally
-/// takes milliseconds.
-const SINK_STALLED: Duration = Duration::from_secs(2);
 /// How long start-up waits for the sinks to serve the saved view before connecting.
 const STARTUP_SINK_WAIT: Duration = Duration::from_secs(2);
 /// Longest wait between sessions once the federation refused this agent (removed,
@@ -406,97 +404,6 @@ pub async fn run(
     result
 }
 
-/// A view handed to the sink tasks: the latest one wins.
-#[derive(Clone, Debug)]
-struct HandedView {
-    /// Counts the views handed out.
-    generation: u64,
-    /// The view.
-    view: Arc<AgentView>,
-}
-
-/// What a sink task reports.
-#[derive(Debug)]
-struct SinkReport {
-    /// The sink's index in [`Agent::sinks`].
-    index: usize,
-    /// The view's generation.
-    generation: u64,
-    /// The view's revision.
-    revision: u64,
-    /// Started, or done.
-    outcome: SinkOutcome,
-}
-
-/// A sink task's progress on a view.
-#[derive(Debug)]
-enum SinkOutcome {
-    /// The apply began.
-    Started,
-    /// The apply ended; what the sink held back of the view.
-    Done(Result<(), SinkError>, Vec<SourceProblem>),
-}
-
-/// One sink's progress, as the agent knows it.
-#[derive(Debug)]
-struct SinkProgress {
-    /// Its name.
-    name: String,
-    /// The generation it last finished applying, and then the trust domains it could
-    /// not write (`Some(empty)`: all written; `None`: it failed as a whole).
-    done: Option<(u64, Option<Vec<String>>)>,
-    /// Since when the apply under way has run.
-    applying_since: Option<Instant>,
-}
-
-/// Applies each view `views` hands out to `sink`, retrying a failed one every
-/// [`SINK_RETRY`] until it succeeds or a newer view comes; reports to `reports`. Runs
-/// until either channel closes. Each sink has its own task: a hung one holds up nothing
-/// else.
-async fn run_sink(
-    index: usize,
-    sink: Arc<dyn Sink>,
-    mut views: watch::Receiver<HandedView>,
-    reports: mpsc::UnboundedSender<SinkReport>,
-) {
-    loop {
-        let handed = views.borrow_and_update().clone();
-        let report = |outcome| SinkReport {
-            index,
-            generation: handed.generation,
-            revision: handed.view.revision,
-            outcome,
-        };
-        if reports.send(report(SinkOutcome::Started)).is_err() {
-            return;
-        }
-        let result = sink.apply(&handed.view).await;
-        let skipped = sink.skipped();
-        // A failed apply is tried again soon; one that held something back now and then
-        // (what the operator fixed is written without waiting for a new view); a whole
-        // one waits for the next view.
-        let retry = match &result {
-            Err(_) => Some(SINK_RETRY),
-            Ok(()) if !skipped.is_empty() => Some(SKIPPED_RETRY),
-            Ok(()) => None,
-        };
-        if reports.send(report(SinkOutcome::Done(result, skipped))).is_err() {
-            return;
-        }
-        match retry {
-            Some(after) => tokio::select! {
-                changed = views.changed() => if changed.is_err() { return },
-                () = tokio::time::sleep(after) => {}
-            },
-            None => {
-                if views.changed().await.is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
 /// The status file's writer: a task writing the latest status handed to it (atomically,
 /// fsync'd) on a blocking thread.
 struct StatusWriter {
@@ -532,95 +439,6 @@ async fn blocking<T: Send + 'static>(
     write: impl FnOnce() -> std::io::Result<T> + Send + 'static,
 ) -> std::io::Result<T> {
     tokio::task::spawn_blocking(write).await.map_err(std::io::Error::other)?
-}
-
-/// Merges the configured export sources into one receiver (empty when none is set).
-async fn export_sources(
-    config: &AgentConfig,
-    trust_domain: &str,
-    kubernetes: Option<&kube::Client>,
-    refusals: watch::Receiver<BTreeMap<ServiceKey, String>>,
-) -> watch::Receiver<ExportSet> {
-    let mut inputs = Vec::new();
-    if let (Some(file), Some(client)) = (&config.file.exports.kubernetes, kubernetes) {
-        let rules = super::kubernetes::exports::ExportRules {
-            trust_domain: trust_domain.to_string(),
-            trusted_namespaces: file.trusted_namespaces.iter().cloned().collect(),
-            gateways: file.gateways.iter().copied().collect(),
-        };
-        inputs.push(
-            super::kubernetes::source::watch_kubernetes_exports(
-                client.clone(),
-                rules,
-                !config.file.lease.region.is_empty(),
-                refusals,
-            )
-            .await,
-        );
-    }
-    if let Some(prefix) = &config.file.exports.etcd_prefix {
-        inputs.push(
-            super::sources::etcd_exports::watch_etcd_exports(
-                config.file.exports.etcd_endpoints.clone(),
-                config.file.exports.etcd_auth.clone().unwrap_or_default(),
-                prefix.clone(),
-                trust_domain.to_string(),
-            )
-            .await,
-        );
-    }
-    if let Some(path) = &config.file.exports.file {
-        inputs.push(super::sources::file_exports::watch_export_file(
-            path.clone(),
-            trust_domain.to_string(),
-            SOURCE_POLL,
-        ));
-    }
-    let (tx, rx) = watch::channel(ExportSet::default());
-    if inputs.is_empty() {
-        // Keep the sender alive so that the receiver never reports a closed channel.
-        tokio::spawn(async move { tx.closed().await });
-        return rx;
-    }
-    tokio::spawn(async move {
-        loop {
-            let merged =
-                merge_export_sets(inputs.iter_mut().map(|r| r.borrow_and_update().clone()));
-            if tx.send(merged).is_err() {
-                return;
-            }
-            let changes = inputs.iter_mut().map(|r| Box::pin(r.changed()));
-            let (changed, _, _) = futures::future::select_all(changes).await;
-            if changed.is_err() {
-                return;
-            }
-        }
-    });
-    rx
-}
-
-/// Merges export sets; the first source wins a service both name (the other is reported).
-fn merge_export_sets(sets: impl Iterator<Item = ExportSet>) -> ExportSet {
-    let mut merged = ExportSet::default();
-    for set in sets {
-        merged.problems.extend(set.problems);
-        for (key, export) in set.exports {
-            match merged.exports.entry(key) {
-                std::collections::btree_map::Entry::Occupied(taken) => {
-                    merged.problems.push(super::view::SourceProblem {
-                        location: taken.key().to_string(),
-                        message: "exported by two sources; the first one wins (Kubernetes, \
-                                  then etcd, then the file)"
-                            .into(),
-                    });
-                }
-                std::collections::btree_map::Entry::Vacant(free) => {
-                    free.insert(export);
-                }
-            }
-        }
-    }
-    merged
 }
 
 /// What woke a session up.
@@ -1269,95 +1087,6 @@ impl Agent {
         Ok(())
     }
 
-    async fn sync_exports(
-        &mut self,
-        client: &mut FederationClient<Channel>,
-        set: &ExportSet,
-    ) -> anyhow::Result<()> {
-        self.status.exports.exports = set.exports.len();
-        self.status.exports.problems.clone_from(&set.problems);
-        let mut refused = BTreeMap::new();
-        for (key, export) in &set.exports {
-            let digest = export_digest(export);
-            let name = key.to_string();
-            if self.published.exports.get(&name) == Some(&digest) {
-                continue;
-            }
-            let request = pb::ExportServiceRequest { export: Some(export_to_proto(export)) };
-            let deadline = self.deadlines().call;
-            match bounded("export", deadline, client.export_service(request)).await? {
-                Ok(_) => {
-                    tracing::info!(service = %name, "exported");
-                    self.published.exports.insert(name, digest);
-                }
-                Err(status)
-                    if matches!(status.code(), Code::InvalidArgument | Code::PermissionDenied) =>
-                {
-                    tracing::warn!(service = %name, error = %status.message(), "export refused");
-                    refused.insert(key.clone(), status.message().to_string());
-                    self.status.exports.problems.push(super::view::SourceProblem {
-                        location: name,
-                        message: format!("the federation refused it: {}", status.message()),
-                    });
-                }
-                Err(status) => return Err(anyhow!(status).context("export")),
-            }
-        }
-        self.export_refusals.send_if_modified(|current| {
-            let changed = *current != refused;
-            *current = refused;
-            changed
-        });
-        // A source that cannot be read (etcd down, the file missing) says nothing about
-        // what is exported: withdraw nothing until every source reads again.
-        let sources_down: Vec<&str> = set
-            .problems
-            .iter()
-            .filter(|p| self.is_source_location(&p.location))
-            .map(|p| p.location.as_str())
-            .collect();
-        if !sources_down.is_empty() {
-            tracing::debug!(?sources_down, "an export source is unreadable; withdrawing nothing");
-            self.status.exports.published = self.published.exports.len();
-            return Ok(());
-        }
-        let gone: Vec<String> = self
-            .published
-            .exports
-            .keys()
-            .filter(|name| !ServiceKey::parse(name).is_ok_and(|k| set.exports.contains_key(&k)))
-            .cloned()
-            .collect();
-        for name in gone {
-            let Ok(key) = ServiceKey::parse(&name) else {
-                self.published.exports.remove(&name);
-                continue;
-            };
-            let request = pb::UnexportServiceRequest { namespace: key.namespace, name: key.name };
-            let deadline = self.deadlines().call;
-            match bounded("unexport", deadline, client.unexport_service(request)).await? {
-                Ok(_) => {}
-                // Already gone (the federation removed it, or an earlier try did).
-                Err(status) if status.code() == Code::NotFound => {}
-                Err(status) => return Err(anyhow!(status).context("unexport")),
-            }
-            tracing::info!(service = %name, "unexported");
-            self.published.exports.remove(&name);
-        }
-        self.status.exports.published = self.published.exports.len();
-        self.save_published().await?;
-        Ok(())
-    }
-
-    /// Whether a problem's location is a whole export source (not one document of it).
-    fn is_source_location(&self, location: &str) -> bool {
-        let exports = &self.config.file.exports;
-        exports.etcd_prefix.as_deref() == Some(location)
-            || exports.file.as_ref().is_some_and(|f| f.as_os_str() == location)
-            || (exports.kubernetes.is_some()
-                && location == super::kubernetes::source::SOURCE_LOCATION)
-    }
-
     /// Applies one watch event to the working view; a checkpoint makes it the view.
     async fn on_event(
         &mut self,
@@ -1532,115 +1261,6 @@ impl Agent {
         }
     }
 
-    /// Hands the view to every sink task (a new generation): nothing of it is known to be
-    /// written until each reports it applied.
-    fn hand_view_to_sinks(&mut self) {
-        self.generation += 1;
-        self.views.send_replace(HandedView {
-            generation: self.generation,
-            view: Arc::new(self.view.clone()),
-        });
-        self.sinks_dirty = true;
-        self.unwritten_trust_domains = None;
-        self.settle_sinks();
-    }
-
-    /// Records a sink task's report: its status, its metrics, and whether every sink now
-    /// holds the current view.
-    fn on_sink_report(&mut self, report: SinkReport) {
-        let Some(progress) = self.sinks.get_mut(report.index) else { return };
-        let entry = self.status.sinks.entry(progress.name.clone()).or_default();
-        match report.outcome {
-            SinkOutcome::Started => {
-                progress.applying_since = Some(Instant::now());
-                return;
-            }
-            SinkOutcome::Done(Ok(()), skipped) => {
-                progress.applying_since = None;
-                progress.done = Some((report.generation, Some(Vec::new())));
-                self.metrics.sink_applied(&progress.name, true);
-                *entry = SinkStatus {
-                    healthy: true,
-                    applied_revision: report.revision,
-                    error: None,
-                    skipped,
-                };
-            }
-            SinkOutcome::Done(Err(error), skipped) => {
-                progress.applying_since = None;
-                let unwritten =
-                    (!error.trust_domains.is_empty()).then(|| error.trust_domains.clone());
-                progress.done = Some((report.generation, unwritten));
-                self.metrics.sink_applied(&progress.name, false);
-                tracing::warn!(sink = %progress.name, %error, "sink failed; will retry");
-                entry.healthy = false;
-                entry.error = Some(error.to_string());
-                entry.skipped = skipped;
-            }
-        }
-        self.settle_sinks();
-        self.metrics.mirror(&self.status);
-    }
-
-    /// Works out, from the sinks' reports, whether every sink holds the current view
-    /// (then the changes it brought have propagated), or which trust domains some could
-    /// not write.
-    fn settle_sinks(&mut self) {
-        let generation = self.generation;
-        let mut all_ok = true;
-        let mut unwritten = Some(std::collections::BTreeSet::new());
-        for progress in &self.sinks {
-            match &progress.done {
-                Some((g, Some(tds))) if *g == generation => {
-                    if !tds.is_empty() {
-                        all_ok = false;
-                        if let Some(unwritten) = &mut unwritten {
-                            unwritten.extend(tds.iter().cloned());
-                        }
-                    }
-                }
-                Some((g, None)) if *g == generation => {
-                    all_ok = false;
-                    unwritten = None;
-                }
-                // Not reported on the current view yet.
-                _ => {
-                    all_ok = false;
-                    unwritten = None;
-                }
-            }
-        }
-        self.sinks_dirty = !all_ok;
-        self.unwritten_trust_domains = if all_ok { None } else { unwritten };
-        if all_ok {
-            self.observe_propagation();
-        }
-    }
-
-    /// Marks unhealthy every sink whose apply has run for [`SINK_STALLED`] or more.
-    fn mark_stalled_sinks(&mut self) {
-        for progress in &self.sinks {
-            let Some(since) = progress.applying_since else { continue };
-            let running = since.elapsed();
-            if running < SINK_STALLED {
-                continue;
-            }
-            let entry = self.status.sinks.entry(progress.name.clone()).or_default();
-            if entry.healthy {
-                tracing::warn!(
-                    sink = %progress.name,
-                    running_ms = running.as_millis(),
-                    "a sink apply has not finished; its target does not answer"
-                );
-            }
-            entry.healthy = false;
-            entry.error = Some(format!(
-                "an apply has run for {} s without finishing: the sink's target does not answer",
-                running.as_secs()
-            ));
-        }
-    }
-
     /// Every sink holds the view: the committed changes have propagated.
     fn observe_propagation(&mut self) {
         let now = now_ms();
@@ -1746,12 +1366,6 @@ fn authorities_digest(bundle: &TrustBundle) -> String {
     let x509: Vec<&[u8]> = bundle.x509_authorities.iter().map(|a| a.der.as_slice()).collect();
     let jwt: Vec<&str> = bundle.jwt_authorities.iter().map(|a| a.jwk_json.as_str()).collect();
     let bytes = postcard::to_stdvec(&(x509, jwt)).unwrap_or_default();
-    hex::encode(sha2::Sha256::digest(bytes))
-}
-
-/// Digest of an export, to publish only what changed.
-fn export_digest(export: &crate::service::ServiceExport) -> String {
-    let bytes = postcard::to_stdvec(export).unwrap_or_default();
     hex::encode(sha2::Sha256::digest(bytes))
 }
 
@@ -1921,30 +1535,5 @@ mod tests {
         );
         assert!(is_replay(&legacy), "replicas without the kind: the message");
         assert!(!is_replay(&tonic::Status::invalid_argument("keys: would lock the agent out")));
-    }
-
-    #[test]
-    fn the_first_source_wins_a_service_both_export() {
-        let key = ServiceKey::new("ns", "a");
-        let export = |port| crate::service::ServiceExport {
-            key: key.clone(),
-            ports: vec![crate::service::ServicePort {
-                name: "http".into(),
-                port,
-                protocol: crate::service::Protocol::Tcp,
-                app_protocol: String::new(),
-            }],
-            endpoints: Vec::new(),
-            identities: Vec::new(),
-            scope: crate::service::ExportScope::AllMembers,
-            mode: crate::service::ExportMode::Direct,
-        };
-        let one =
-            ExportSet { exports: BTreeMap::from([(key.clone(), export(80))]), problems: vec![] };
-        let two =
-            ExportSet { exports: BTreeMap::from([(key.clone(), export(81))]), problems: vec![] };
-        let merged = merge_export_sets([one, two].into_iter());
-        assert_eq!(merged.exports[&key].ports[0].port, 80);
-        assert_eq!(merged.problems.len(), 1);
     }
 }
