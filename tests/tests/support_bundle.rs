@@ -34,6 +34,8 @@ async fn a_support_bundle_holds_status_checks_and_agents_but_no_secret() -> anyh
         assert!(bundle.join(file).is_file(), "{file} missing");
     }
     assert!(!bundle.join("errors.txt").exists(), "everything was gathered");
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&bundle)?.permissions());
+    assert_eq!(mode & 0o777, 0o700, "the bundle is its owner's alone");
     let status: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(bundle.join("status.json"))?)?;
     assert!(status.to_string().contains("leader"), "{status}");

@@ -60,7 +60,10 @@ pub async fn run(
             dir.display()
         );
     }
-    std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
+    // Owner only: it names the federation's members, services and addresses.
+    std::os::unix::fs::DirBuilderExt::mode(std::fs::DirBuilder::new().recursive(true), 0o700)
+        .create(dir)
+        .with_context(|| format!("create {}", dir.display()))?;
     let mut errors = String::new();
     write(dir, "README.txt", README)?;
     write(dir, "version.txt", &format!("federator {}\n", super::VERSION))?;
