@@ -69,7 +69,14 @@ impl Dev {
     fn output(&self) -> String {
         let out = std::fs::read_to_string(self.dir.path().join("dev.out")).unwrap_or_default();
         let err = std::fs::read_to_string(self.dir.path().join("dev.err")).unwrap_or_default();
-        format!("stdout (tail):\n{}\nstderr:\n{}", tail(&out, 30), tail(&err, 30))
+        // The replicas' own logs: dev names them, but the directory goes with the test.
+        let mut replicas = String::new();
+        for id in 1..=3 {
+            let log = self.dir.path().join(format!("replica-{id}/server.log"));
+            let text = std::fs::read_to_string(&log).unwrap_or_else(|e| format!("({e})"));
+            replicas.push_str(&format!("\n--- replica {id} (tail) ---\n{}", tail(&text, 15)));
+        }
+        format!("stdout (tail):\n{}\nstderr:\n{}{replicas}", tail(&out, 30), tail(&err, 30))
     }
 }
 
@@ -321,8 +328,8 @@ async fn dev_stops_quietly_when_its_reader_goes() -> anyhow::Result<()> {
         if lines.next().transpose()?.is_none() {
             let _ = child.kill();
             let _ = child.wait();
-            let err = std::fs::read_to_string(dir.path().join("dev.err")).unwrap_or_default();
-            anyhow::bail!("dev closed stdout before three lines; its stderr:\n{err}");
+            let dev = Dev { child, dir };
+            anyhow::bail!("dev closed stdout before three lines:\n{}", dev.output());
         }
     }
     drop(lines);
