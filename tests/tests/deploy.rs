@@ -112,8 +112,9 @@ fn helm() -> PathBuf {
     )
 }
 
-/// `helm template` of the replica chart with `--set` values: its output, or its error.
-fn render_replica_chart(set: &[&str]) -> Result<String, String> {
+/// `helm template` of the replica chart with `--set` values: its output, or Helm's
+/// error message.
+fn render_replica_chart(set: &[&str]) -> anyhow::Result<String> {
     let mut command = std::process::Command::new(helm());
     command.args(["template", "federator"]).arg(repo().join("deploy/helm/federator"));
     command.args(["--namespace", "federator"]);
@@ -123,11 +124,8 @@ fn render_replica_chart(set: &[&str]) -> Result<String, String> {
     let out = command
         .output()
         .unwrap_or_else(|e| panic!("helm: {e} (run bash deploy/local/setup-helm.sh)"));
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
-    }
+    anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// With externalAccess each replica advertises its own outside address: the rendered
@@ -139,7 +137,8 @@ fn external_access_advertises_one_address_per_replica() {
         "externalAccess.enabled=true",
         "externalAccess.advertise={replica-1.federation.example:7101}",
     ])
-    .expect_err("one address for three replicas");
+    .expect_err("one address for three replicas")
+    .to_string();
     assert!(
         error.contains("externalAccess.advertise: lists 1 addresses for 3 replicas"),
         "{error}"
