@@ -7,9 +7,10 @@
 #
 # --local-base: no registry is reachable (as on the machines the tests run on), so the
 # base is made from Debian 12's packages (debootstrap --variant=minbase, with
-# ca-certificates) and imported as localhost/federator-base:bookworm; the root file
-# system is cached in $FEDERATOR_IMAGE_CACHE (default ~/.cache/federator/image) and
-# reused. Without it the Containerfile's default base (debian:bookworm-slim) is pulled.
+# ca-certificates and busybox-static) and imported as
+# localhost/federator-base:bookworm-busybox; the root file system is cached in
+# $FEDERATOR_IMAGE_CACHE (default ~/.cache/federator/image) and reused. Without it the
+# Containerfile's default base (debian:bookworm-slim) is pulled.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/../.." && pwd)"
 binary=""
@@ -33,7 +34,8 @@ command -v podman >/dev/null || { echo "build.sh: podman is needed (apt-get inst
 build_args=()
 if $local_base; then
   cache="${FEDERATOR_IMAGE_CACHE:-$HOME/.cache/federator/image}"
-  base_tar="$cache/base-bookworm.tar"
+  base_tar="$cache/base-bookworm-busybox.tar"
+  rm -f "$cache/base-bookworm.tar" # an earlier base, without BusyBox
   if [ ! -s "$base_tar" ]; then
     command -v debootstrap >/dev/null || { echo "build.sh: debootstrap is needed for --local-base" >&2; exit 1; }
     mirror="$(sed -n 's/^URIs: *//p' /etc/apt/sources.list.d/debian.sources 2>/dev/null | head -1)"
@@ -41,15 +43,15 @@ if $local_base; then
     echo "build.sh: making a Debian 12 base from $mirror (once; about a minute)" >&2
     root="$(mktemp -d)"
     trap 'rm -rf "$root"' EXIT
-    debootstrap --variant=minbase --include=ca-certificates bookworm "$root" "$mirror" >/dev/null
+    debootstrap --variant=minbase --include=ca-certificates,busybox-static bookworm "$root" "$mirror" >/dev/null
     mkdir -p "$cache"
     tar -C "$root" -cf "$base_tar.tmp" .
     mv "$base_tar.tmp" "$base_tar"
   fi
-  if ! podman image exists localhost/federator-base:bookworm; then
-    podman import --quiet "$base_tar" localhost/federator-base:bookworm >/dev/null
+  if ! podman image exists localhost/federator-base:bookworm-busybox; then
+    podman import --quiet "$base_tar" localhost/federator-base:bookworm-busybox >/dev/null
   fi
-  build_args+=(--build-arg BASE=localhost/federator-base:bookworm)
+  build_args+=(--build-arg BASE=localhost/federator-base:bookworm-busybox)
 fi
 
 context="$(mktemp -d)"
@@ -57,7 +59,9 @@ trap 'rm -rf "$context" ${root:+"$root"}' EXIT
 objcopy --strip-debug "$binary" "$context/federator"
 # The image this replaces goes (unless a container uses it), so rebuilds do not pile up.
 old="$(podman image inspect --format '{{.Id}}' "$tag" 2>/dev/null || true)"
-podman build --quiet "${build_args[@]}" -f "$repo/deploy/image/Containerfile" -t "$tag" "$context" >/dev/null
+# Chroot isolation: the RUN step needs no OCI runtime or cgroup support (crun refuses
+# hosts with hybrid cgroups, as the test machines have), and runs only Debian's tools.
+podman build --quiet --isolation=chroot "${build_args[@]}" -f "$repo/deploy/image/Containerfile" -t "$tag" "$context" >/dev/null
 new="$(podman image inspect --format '{{.Id}}' "$tag")"
 if [ -n "$old" ] && [ "$old" != "$new" ]; then
   podman rmi "$old" >/dev/null 2>&1 || true

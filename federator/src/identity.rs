@@ -5,6 +5,7 @@ mod ca;
 mod reload;
 mod svid;
 mod tls;
+pub mod workload_api;
 
 pub use ca::{FederationCa, IssuedCertificate};
 pub use reload::CertifiedIdentity;

@@ -4,11 +4,12 @@
 mod admin;
 mod attempts;
 mod bundle_endpoint;
+pub mod config;
 mod federation;
 mod federation_metrics;
+mod grpc_status;
 mod health;
 mod leases;
-pub(crate) mod metrics_http;
 mod refusals;
 
 use std::future::Future;
@@ -24,14 +25,17 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 
 pub use admin::AdminService;
-pub use federation::{DEFAULT_MAX_WATCHES_PER_MEMBER, FederationService, Leaving, unix_now};
+pub use federation::{DEFAULT_MAX_WATCHES_PER_MEMBER, FederationService, Leaving};
+// Until the harness moves to `federator::clock` (issue 30's sweep).
+#[doc(hidden)]
+pub use crate::clock::unix_now;
 pub use federation_metrics::FederationMetrics;
 pub use leases::{EXPIRY_CHECK, LeaderRequest, LeaderResponse, Lessor};
 pub use refusals::RefusalRecorder;
 
-use crate::config::ServerConfig;
 use crate::identity::{self, peer_spiffe_id};
 use crate::state::{Command, FederationState};
+use config::ServerConfig;
 
 /// Connections one source address may hold open on the API port (agents hold one or
 /// two each; a NAT may front a thousand of them).
@@ -101,7 +105,7 @@ pub async fn run(
     let mut registry = Registry::default();
     let consensus_metrics = ConsensusMetrics::default();
     consensus_metrics.register(registry.sub_registry_with_prefix("federator"));
-    metrics_http::register_build_info(&mut registry, config.id);
+    crate::metrics_http::register_build_info(&mut registry, config.id);
     let federation_metrics = FederationMetrics::default();
     federation_metrics.register(registry.sub_registry_with_prefix("federator"));
     let certificate_expiry =
@@ -131,9 +135,12 @@ pub async fn run(
     let stopped = move |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+    // Every task below ends when `stop_tx` says so, and the replica waits for it (bounded)
+    // before it exits: none is left detached.
+    let mut background = Tasks::default();
 
     // The certificate's expiry, for alerts: files are re-read as they change.
-    tokio::spawn({
+    background.push(tokio::spawn({
         let identity = Arc::clone(&material.identity);
         let stop = stopped(stop_rx.clone());
         async move {
@@ -149,13 +156,13 @@ pub async fn run(
                 } => {}
             }
         }
-    });
+    }));
 
     // Member leases: the leader keeps their deadlines; keep-alives reach it from any
     // replica as leader calls.
     let lessor = Lessor::new(replica.clone(), federation_metrics.clone());
     replica.set_leader_handler(Arc::new(leases::LessorHandler(Arc::clone(&lessor))))?;
-    tokio::spawn(lessor.run(stopped(stop_rx.clone())));
+    background.push(tokio::spawn(lessor.run(stopped(stop_rx.clone()))));
 
     // Replica transport: only certificates of this federation's replicas may speak raft.
     let raft_listener = bind("listen.raft", config.listen_raft).await?;
@@ -185,7 +192,8 @@ pub async fn run(
         "Calls refused before the log (counted for the audit trail, reported coalesced)",
         refusals.refusals.clone(),
     );
-    tokio::spawn(Arc::clone(&refusals).run(replica.clone(), stopped(stop_rx.clone())));
+    background
+        .push(tokio::spawn(Arc::clone(&refusals).run(replica.clone(), stopped(stop_rx.clone()))));
     let ca_roots: Vec<Vec<u8>> = material.ca.iter().map(|c| c.as_ref().to_vec()).collect();
     let admin =
         AdminService::new(replica.clone(), &config, ca_roots, started, Arc::clone(&refusals));
@@ -196,18 +204,23 @@ pub async fn run(
         config.max_watches_per_member,
         leaving_rx,
     );
-    tokio::spawn(federation_metrics.refresh(replica.clone(), stopped(stop_rx.clone())));
+    background
+        .push(tokio::spawn(federation_metrics.refresh(replica.clone(), stopped(stop_rx.clone()))));
     let (health_reporter, health_service) = tonic_health::server::health_reporter();
     health_reporter.set_not_serving::<AdminServer<AdminService>>().await;
     let serving = health::Serving::default();
-    tokio::spawn(health::report(
+    background.push(tokio::spawn(health::report(
         replica.clone(),
         health_reporter.clone(),
         Arc::clone(&serving),
         config.max_lag_entries,
         stopped(stop_rx.clone()),
-    ));
-    tokio::spawn(register_api_address(replica.clone(), config.clone(), stopped(stop_rx.clone())));
+    )));
+    background.push(tokio::spawn(register_api_address(
+        replica.clone(),
+        config.clone(),
+        stopped(stop_rx.clone()),
+    )));
 
     let api_listener = bind("listen.api", config.listen_api).await?;
     let api_incoming = federator_raft::tls::IncomingMetrics::default();
@@ -217,14 +230,17 @@ pub async fn run(
     let api_tls = material.server_config_deferring_client_trust()?;
     let api = {
         let router = tonic::transport::Server::builder()
+            .trace_fn(admin::calls::rpc_span("api"))
             .add_service(health_service.clone())
             // The caller is checked before the body is decoded.
-            .add_service(tonic::service::interceptor::InterceptedService::new(
-                AdminServer::new(admin.clone()).max_decoding_message_size(16 << 20),
-                {
-                    let admin = admin.clone();
-                    move |request| admin.intercept(request)
-                },
+            .add_service(admin::calls::LoggedCalls::new(
+                tonic::service::interceptor::InterceptedService::new(
+                    AdminServer::new(admin.clone()).max_decoding_message_size(16 << 20),
+                    {
+                        let admin = admin.clone();
+                        move |request| admin.intercept(request)
+                    },
+                ),
             ))
             .add_service(FederationServer::new(federation).max_decoding_message_size(4 << 20));
         // Pending handshakes are bounded per source (the oldest evicted at the global
@@ -248,8 +264,9 @@ pub async fn run(
         restrict_socket(&path);
         let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
         let router = tonic::transport::Server::builder()
+            .trace_fn(admin::calls::rpc_span("socket"))
             .add_service(health_service)
-            .add_service(AdminServer::new(admin));
+            .add_service(admin::calls::LoggedCalls::new(AdminServer::new(admin)));
         let stop = stopped(stop_rx.clone());
         tokio::spawn(async move { router.serve_with_incoming_shutdown(incoming, stop).await })
     };
@@ -259,17 +276,17 @@ pub async fn run(
         Some(addr) => {
             let listener = bind("listen.metrics", addr).await?;
             let serving = Arc::clone(&serving);
-            let ready: metrics_http::Readiness = Arc::new(move || {
+            let ready: crate::metrics_http::Readiness = Arc::new(move || {
                 if serving.load(std::sync::atomic::Ordering::Relaxed) {
                     Ok(())
                 } else {
-                    Err(metrics_http::NotReady(
+                    Err(crate::metrics_http::NotReady(
                         "no leader known, too far behind it, or stopping (`federator status`)"
                             .into(),
                     ))
                 }
             });
-            Some(tokio::spawn(metrics_http::serve(
+            Some(tokio::spawn(crate::metrics_http::serve(
                 listener,
                 registry,
                 ready,
@@ -325,7 +342,7 @@ pub async fn run(
     health::not_serving(&health_reporter, &serving).await;
     tracing::info!(replica = config.id, was_leader, "raft core stopped; draining connections");
     let _ = stop_tx.send(true);
-    let mut tasks = Tasks::default();
+    let mut tasks = background;
     tasks.push(socket);
     if let Some(metrics) = metrics {
         tasks.push(metrics);

@@ -10,6 +10,7 @@
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
+use anyhow::Context as _;
 use federator::identity::FederationCa;
 use federator_proto::federation as pb;
 use federator_proto::federation::federation_client::FederationClient;
@@ -239,6 +240,25 @@ async fn tokens_for_unusable_or_taken_trust_domains_are_refused() -> anyhow::Res
     // The same cluster may get a token for its own trust domain (to rejoin after removal).
     fed.cli_ok(&[], &["cluster", "remove", "cluster-a"])?;
     fed.token("cluster-a", "a.example", "1h")?;
+    // Each admin call ran in its span (method, transport, the verified caller, the cluster
+    // and trust domain it is about) and ended with one `admin call` line and its code.
+    let log = fed.log_of(1);
+    let refused = log
+        .lines()
+        .find(|l| {
+            l.contains("admin call")
+                && l.contains("cluster=intruder")
+                && l.contains("code=InvalidArgument")
+        })
+        .with_context(|| format!("no `admin call` line for the refused token:\n{log}"))?;
+    for part in ["rpc{", "/federator.admin.v1.Admin/CreateToken", "transport=", "caller="] {
+        assert!(refused.contains(part), "{part} missing from {refused}");
+    }
+    let removed = log
+        .lines()
+        .find(|l| l.contains("admin call") && l.contains("RemoveCluster"))
+        .with_context(|| format!("no `admin call` line for the removal:\n{log}"))?;
+    assert!(removed.contains("cluster=cluster-a") && removed.contains("code=Ok"), "{removed}");
     Ok(())
 }
 

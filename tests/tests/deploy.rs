@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use federator::agent::AgentConfig;
-use federator::config::{ServerConfig, ServerOverrides};
+use federator::server::config::{ServerConfig, ServerOverrides};
 
 fn repo() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")

@@ -3,7 +3,7 @@
 //! chart's own scripts, as the chart runs them:
 //!
 //! - the image runs as 65532 with `federator` as its entrypoint, and its binary runs on
-//!   the image's own libraries;
+//!   the image's own libraries; it holds no shell but BusyBox and no package manager;
 //! - the StatefulSet's start-up script (rendered by Helm, run by the image's `/bin/sh` as
 //!   user 65532, with the chart's ConfigMap, the certificates `deploy/README.md` tells
 //!   operators to make, and the pod's name) starts a replica;
@@ -134,11 +134,17 @@ fn the_image_runs_the_replica_charts_scripts() {
     podman(&["rm", &container]);
     run(Command::new("tar").arg("-xf").arg(&tar).arg("-C").arg(&root));
     std::fs::remove_file(&tar).expect("remove the tar");
+    // Minimal: the binary, its libraries, BusyBox as the shell, nothing to install with.
+    for absent in ["bin/bash", "usr/bin/apt-get", "usr/bin/dpkg", "usr/bin/perl"] {
+        assert!(!root.join(absent).exists(), "the image holds {absent}");
+    }
+    let passwd = std::fs::read_to_string(root.join("etc/passwd")).expect("/etc/passwd");
+    assert!(passwd.contains(":65532:65532:"), "user 65532 is named: {passwd}");
     let version = run(&mut in_image(&root, "federator --version", &[]));
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("federator "));
 
     // The chart, one replica, on free ports (the pod's ports are the machine's here).
-    let port = || federator::config::free_local_port().expect("a free port").to_string();
+    let port = || federator::net::free_local_port().expect("a free port").to_string();
     let (raft, api, metrics) = (port(), port(), port());
     let helm = std::env::var_os("FEDERATOR_HELM").map_or_else(
         || Path::new(&std::env::var("HOME").expect("HOME")).join(".cache/federator/helm/bin/helm"),

@@ -12,9 +12,9 @@ use super::etcd_auth::EtcdAuth;
 use super::sinks::xds::MeshSettings;
 use super::sinks::xds::mesh::{CertificateSource, EgressSettings};
 use super::sources::bundle::BundleSourceConfig;
-use super::sources::workload_api::{ENDPOINT_SOCKET_ENV, FIRST_SVID_TIMEOUT, WorkloadApiAddress};
-use crate::config::ConfigError;
+use crate::identity::workload_api::{ENDPOINT_SOCKET_ENV, FIRST_SVID_TIMEOUT, WorkloadApiAddress};
 use crate::identity::{CertifiedIdentity, IdentityError};
+use crate::settings::ConfigError;
 use crate::state::{MAX_LEASE_TTL_SECS, MIN_LEASE_TTL_SECS};
 use crate::token::JoinToken;
 

@@ -24,7 +24,7 @@ use rustls_pki_types::pem::PemObject as _;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::settings::ConfigError;
 
 /// How to authenticate to an etcd (and verify it).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]

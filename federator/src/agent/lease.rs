@@ -19,7 +19,8 @@ use tonic::transport::Channel;
 
 use super::metrics::AgentMetrics;
 use super::runtime::{Deadlines, ReplicaFault};
-use super::status::{LeaseStatus, now_ms};
+use super::status::LeaseStatus;
+use crate::clock::unix_now_ms;
 
 /// The two lease calls of the federation API, so that the keeper can be tested against
 /// a fake replica on tokio's paused clock.
@@ -140,7 +141,7 @@ impl<A: LeaseApi> LeaseKeeper<A> {
         self.status = Some(LeaseStatus {
             id: granted.lease_id,
             ttl_seconds: granted.ttl_seconds,
-            last_keepalive_ms: Some(now_ms()),
+            last_keepalive_ms: Some(unix_now_ms()),
             failed_keepalives: 0,
         });
         Ok(())
@@ -165,7 +166,7 @@ impl<A: LeaseApi> LeaseKeeper<A> {
             Ok(Ok(())) => {
                 self.lease = Some(HeldLease { renewed: Instant::now(), ..lease });
                 if let Some(status) = &mut self.status {
-                    status.last_keepalive_ms = Some(now_ms());
+                    status.last_keepalive_ms = Some(unix_now_ms());
                     status.failed_keepalives = 0;
                 }
                 return Ok(Renewal::Renewed);

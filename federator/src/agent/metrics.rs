@@ -170,13 +170,13 @@ impl AgentMetrics {
     /// Readiness for `/readyz`: a session with a replica is up. An agent without one
     /// still serves its last applied view (static stability) but is not current.
     #[must_use]
-    pub fn readiness(&self) -> crate::server::metrics_http::Readiness {
+    pub fn readiness(&self) -> crate::metrics_http::Readiness {
         let connected = self.connected.clone();
         std::sync::Arc::new(move || {
             if connected.get() == 1 {
                 Ok(())
             } else {
-                Err(crate::server::metrics_http::NotReady(
+                Err(crate::metrics_http::NotReady(
                     "no session with a replica: serving the last applied view \
                      (`federator agent status`)"
                         .into(),
@@ -259,6 +259,26 @@ impl AgentMetrics {
         self.exports.set(gauge(status.exports.exports));
         self.exports_published.set(gauge(status.exports.published));
         self.export_source_problems.set(gauge(status.exports.problems.len()));
+        // Every member the agent knows of has its propagation series from then on (zero
+        // observations until its first change), so that dashboards and alerts see the
+        // series before anything changed; the own trust domain's imports come back too.
+        let known = status
+            .bundles
+            .keys()
+            .chain((!status.trust_domain.is_empty()).then_some(&status.trust_domain));
+        for trust_domain in known {
+            for kind in [ChangeKind::Bundle, ChangeKind::Import] {
+                if kind == ChangeKind::Bundle && *trust_domain == status.trust_domain {
+                    continue;
+                }
+                let labels = PropagationLabels {
+                    kind: kind.as_str(),
+                    source_trust_domain: trust_domain.clone(),
+                };
+                // Created, not observed: get_or_create on a known series is a map lookup.
+                let _ = self.propagation.get_or_create(&labels);
+            }
+        }
         for (name, sink) in &status.sinks {
             self.sink_healthy
                 .get_or_create(&SinkLabels { sink: name.clone() })
@@ -308,10 +328,6 @@ pub fn import_sources(
         .collect()
 }
 
-/// Serves `/metrics`, `/healthz` and `/readyz` on a listener until stopped: the
-/// replica's server, shared.
-pub use crate::server::metrics_http::serve;
-
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -320,6 +336,7 @@ mod tests {
 
     use super::*;
     use crate::agent::status::SinkStatus;
+    use crate::metrics_http::serve;
     use crate::service::{ImportEndpoint, ServiceKey};
 
     fn cluster(td: &str, weight: u32) -> ImportedCluster {
@@ -380,6 +397,25 @@ mod tests {
         };
         assert!((change.seconds_at(10_250) - 0.25).abs() < 1e-9);
         assert!(change.seconds_at(9_000).abs() < f64::EPSILON);
+    }
+
+    #[test]
+    fn propagation_series_exist_before_the_first_change() {
+        let metrics = AgentMetrics::default();
+        let mut status = AgentStatus { trust_domain: "a.test".into(), ..Default::default() };
+        status.bundles.insert("b.test".into(), 1);
+        metrics.mirror(&status);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).expect("encode");
+        for series in [
+            "federator_agent_propagation_seconds_count{kind=\"bundle\",source_trust_domain=\"b.test\"} 0",
+            "federator_agent_propagation_seconds_count{kind=\"import\",source_trust_domain=\"b.test\"} 0",
+            "federator_agent_propagation_seconds_count{kind=\"import\",source_trust_domain=\"a.test\"} 0",
+        ] {
+            assert!(text.contains(series), "{series} missing from\n{text}");
+        }
+        // The own bundle does not come from the federation: no series for it.
+        assert!(!text.contains("kind=\"bundle\",source_trust_domain=\"a.test\""), "{text}");
     }
 
     #[tokio::test]

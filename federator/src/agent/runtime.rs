@@ -54,10 +54,11 @@ use super::sinks::etcd::{DEFAULT_BUNDLE_PREFIX, DEFAULT_IMPORT_PREFIX, EtcdSink}
 use super::sinks::files::FileSink;
 use super::sinks::xds::XdsServer;
 use super::sources::bundle::{BundleState, watch_bundle};
-use super::status::{AgentStatus, FailoverStatus, PropagationStatus, now_ms};
+use super::status::{AgentStatus, FailoverStatus, PropagationStatus};
 use super::store::{Membership, Published, Store};
 use super::view::{AgentView, ExportSet, Sink};
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_spiffe_bundle};
+use crate::clock::unix_now_ms;
 use crate::identity::CertifiedIdentity;
 use crate::service::{ServiceKey, import_from_proto};
 use crate::token::JoinToken;
@@ -312,7 +313,7 @@ pub async fn run(
         let ready = metrics.readiness();
         let stop = stopped();
         tokio::spawn(async move {
-            if let Err(error) = super::metrics::serve(listener, registry, ready, stop).await {
+            if let Err(error) = crate::metrics_http::serve(listener, registry, ready, stop).await {
                 tracing::error!(%error, "the metrics server failed");
             }
         });
@@ -631,7 +632,7 @@ impl Agent {
                 self.status.last_failover = Some(FailoverStatus {
                     from: addr.clone(),
                     reason,
-                    at_ms: now_ms(),
+                    at_ms: unix_now_ms(),
                     to: None,
                     connected_at_ms: None,
                 });
@@ -825,7 +826,7 @@ impl Agent {
         self.status.connections += 1;
         self.metrics.connections.inc();
         self.status.connected_replica = Some(addr.to_string());
-        let now = now_ms();
+        let now = unix_now_ms();
         self.status.connected_since_ms = Some(now);
         self.status.last_error = None;
         if let Some(failover) = &mut self.status.last_failover
@@ -971,7 +972,7 @@ impl Agent {
             agent_id: response.agent_id,
             endpoints: token.endpoints.clone(),
             federation_ca_pem: token.federation_ca_pem.clone(),
-            joined_at: now_ms() / 1000,
+            joined_at: unix_now_ms() / 1000,
             token_hash: Some(token.secret_hash()),
         };
         let (store, saved) = (self.store.clone(), membership.clone());
@@ -1103,7 +1104,7 @@ impl Agent {
                 match parse_spiffe_bundle(
                     &b.trust_domain,
                     b.spiffe_bundle_json.as_bytes(),
-                    &ValidationPolicy::at(now_ms() / 1000),
+                    &ValidationPolicy::at(unix_now_ms() / 1000),
                 ) {
                     Ok(bundle) => {
                         // An unchanged re-put (same sequence and content) propagates nothing.
@@ -1125,7 +1126,7 @@ impl Agent {
                 working.held_own_bundle = parse_spiffe_bundle(
                     &b.trust_domain,
                     b.spiffe_bundle_json.as_bytes(),
-                    &ValidationPolicy::at(now_ms() / 1000),
+                    &ValidationPolicy::at(unix_now_ms() / 1000),
                 )
                 .ok()
                 .map(|bundle| HeldBundle {
@@ -1263,7 +1264,7 @@ impl Agent {
 
     /// Every sink holds the view: the committed changes have propagated.
     fn observe_propagation(&mut self) {
-        let now = now_ms();
+        let now = unix_now_ms();
         for change in std::mem::take(&mut self.pending_changes) {
             let seconds = self.metrics.observe_propagation(&change, now);
             tracing::debug!(
@@ -1336,7 +1337,7 @@ impl Agent {
     fn write_status(&mut self) {
         self.mark_stalled_sinks();
         self.metrics.mirror(&self.status);
-        self.status.written_at_ms = now_ms();
+        self.status.written_at_ms = unix_now_ms();
         match serde_json::to_vec_pretty(&self.status) {
             Ok(bytes) => {
                 self.status_writer.sender.send_replace(bytes);

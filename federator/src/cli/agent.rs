@@ -7,8 +7,11 @@ use anyhow::Context as _;
 
 use super::output::{self, OutputFormat};
 use crate::agent::sinks::xds::bootstrap::{BootstrapOptions, envoy_bootstrap};
-use crate::agent::status::{AgentStatus, now_ms};
+use crate::agent::status::AgentStatus;
 use crate::agent::{AgentConfig, store::Store};
+use crate::clock::unix_now_ms;
+
+mod status_json;
 
 /// Run the agent of a member cluster, or show its status.
 ///
@@ -115,8 +118,8 @@ fn print_bootstrap(config: &AgentConfig, args: &BootstrapArgs) -> anyhow::Result
 
 fn show_status(state_dir: &std::path::Path, out: OutputFormat) -> anyhow::Result<ExitCode> {
     let status = read_status(state_dir)?;
-    let (text, healthy) = render(&status, now_ms());
-    output::print(out, &status, |_| print!("{text}"))?;
+    let (text, healthy) = render(&status, unix_now_ms());
+    output::print(out, &status_json::StatusJson::from(&status), |_| print!("{text}"))?;
     Ok(exit_code(healthy))
 }
 
@@ -448,9 +451,10 @@ mod tests {
         let store = Store::open(dir.path()).expect("store");
         let mut status = status.clone();
         let age = 11_000 - status.written_at_ms;
-        status.written_at_ms = now_ms() - age;
+        status.written_at_ms = unix_now_ms() - age;
         if let Some(lease) = &mut status.lease {
-            lease.last_keepalive_ms = lease.last_keepalive_ms.map(|at| now_ms() - (11_000 - at));
+            lease.last_keepalive_ms =
+                lease.last_keepalive_ms.map(|at| unix_now_ms() - (11_000 - at));
         }
         std::fs::write(store.status_path(), serde_json::to_vec(&status).expect("json"))
             .expect("write");

@@ -174,7 +174,7 @@ impl CheckArgs {
 /// One round of every check.
 pub(super) async fn check_once(args: &CheckArgs, connection_args: &ConnectionArgs) -> Report {
     let mut checks = Checks::default();
-    let now = crate::server::unix_now();
+    let now = crate::clock::unix_now();
     let local_only = !args.disks.is_empty()
         && connection_args.endpoints.iter().all(|endpoint| endpoint.trim().is_empty());
     if !local_only {
@@ -189,7 +189,7 @@ pub(super) async fn check_once(args: &CheckArgs, connection_args: &ConnectionArg
     }
     check_cert_files(args, connection_args, now, &mut checks);
     for dir in &args.agent_state_dirs {
-        check_agent(dir, crate::agent::status::now_ms(), &mut checks);
+        check_agent(dir, crate::clock::unix_now_ms(), &mut checks);
     }
     // One directory after the other: probes at once would slow each other down.
     for dir in &args.disks {
@@ -1157,7 +1157,7 @@ mod tests {
 
     #[test]
     fn check_fails_on_a_stale_status_an_unrenewed_lease_and_an_unpublished_bundle() {
-        let now = crate::agent::status::now_ms();
+        let now = crate::clock::unix_now_ms();
         let live = AgentStatus {
             cluster: "a".into(),
             written_at_ms: now - 500,

@@ -220,11 +220,11 @@ fn prepare_replica(root: &Path, certs: &Path, id: u64) -> anyhow::Result<DevRepl
             ),
         )?;
     }
-    let parsed = crate::config::ServerConfig::load(
+    let parsed = crate::server::config::ServerConfig::load(
         Some(&config),
-        &crate::config::ServerOverrides::default(),
+        &crate::server::config::ServerOverrides::default(),
     )?;
-    let endpoint = |e: &crate::config::BundleEndpoint| e.as_ref().map(|(addr, _)| *addr);
+    let endpoint = |e: &crate::server::config::BundleEndpoint| e.as_ref().map(|(addr, _)| *addr);
     Ok(DevReplica {
         id,
         dir,
@@ -257,7 +257,7 @@ fn write_web_certificate(certs: &Path) -> anyhow::Result<()> {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(crate::config::free_local_port()?)
+    Ok(crate::net::free_local_port()?)
 }
 
 fn spawn(exe: &Path, replica: &DevReplica) -> anyhow::Result<Child> {

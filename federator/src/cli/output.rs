@@ -163,18 +163,9 @@ impl serde::Serialize for UnixTime {
         if self.0 == 0 {
             serializer.serialize_none()
         } else {
-            serializer.serialize_str(&unix_time(self.0))
+            serializer.serialize_str(&crate::clock::rfc3339(self.0))
         }
     }
-}
-
-/// Unix seconds as an RFC 3339 UTC time (the number itself when out of range).
-#[must_use]
-pub fn unix_time(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
-        .unwrap_or_else(|| unix.to_string())
 }
 
 /// Prints `text` and a line feed to stdout, control characters escaped.

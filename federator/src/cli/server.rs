@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 
-use crate::config::{ServerConfig, ServerOverrides};
+use crate::server::config::{ServerConfig, ServerOverrides};
 
 /// Run one federator replica.
 ///

@@ -1,6 +1,7 @@
 //! `federator service` and `import`: the services member clusters export, and what each
 //! member imports from them.
 
+use crate::clock::unix_now;
 use std::process::ExitCode;
 
 use federator_proto::admin as pb;
@@ -59,13 +60,6 @@ fn parse_service_key(text: &str) -> Result<ServiceKey, String> {
 
 fn consistency(stale: bool) -> i32 {
     if stale { pb::Consistency::Stale } else { pb::Consistency::Linearizable }.into()
-}
-
-/// Seconds since the Unix epoch (0 if the clock is before it).
-pub(super) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 // === views (what `-o json|yaml` prints) ===

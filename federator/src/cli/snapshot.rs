@@ -151,7 +151,7 @@ fn print_file(
             h.revision,
             h.replica_id,
             h.version,
-            output::unix_time(h.created_at)
+            crate::clock::rfc3339(h.created_at)
         ));
         output::print_line(format_args!("  {} bytes, sha256 {}", h.size, h.sha256));
     })

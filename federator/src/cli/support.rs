@@ -95,11 +95,7 @@ pub async fn run(
         write(&into, "state-dir.txt", &format!("{}\n", state_dir.display()))?;
         match agent::read_status(state_dir) {
             Ok(status) => {
-                write(
-                    &into,
-                    "status.txt",
-                    &agent::render(&status, crate::agent::status::now_ms()).0,
-                )?;
+                write(&into, "status.txt", &agent::render(&status, crate::clock::unix_now_ms()).0)?;
                 write(&into, "status.json", &json(&status)?)?;
             }
             Err(error) => {

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
 use super::output::{self, OutputFormat, Table, UnixTime, print};
-use super::services::{ago, unix_now};
+use super::services::ago;
+use crate::clock::unix_now;
 
 /// Create, list and revoke join tokens.
 #[derive(Debug, clap::Subcommand)]
@@ -117,7 +118,7 @@ pub async fn run_token(
             v.id,
             v.cluster,
             v.trust_domain,
-            output::unix_time(v.expires_at.secs()),
+            crate::clock::rfc3339(v.expires_at.secs()),
             v.id
         ));
     })?;

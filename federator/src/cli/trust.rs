@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
 use super::output::{self, OutputFormat, Table, UnixTime, print};
-use super::services::{LeaseView, unix_now};
+use super::services::LeaseView;
+use crate::clock::unix_now;
 
 /// Inspect and remove member clusters.
 #[derive(Debug, clap::Subcommand)]
@@ -239,7 +240,7 @@ pub async fn run_cluster(
                     "the bundle endpoint serves {} with no keys until {}: SPIFFE consumers \
                      federating with it drop its CA at their next refresh",
                     output::escape_control(&r.trust_domain),
-                    output::unix_time(r.served_empty_until),
+                    crate::clock::rfc3339(r.served_empty_until),
                 ));
             }
         }
@@ -558,12 +559,12 @@ fn audit_table(rows: &[AuditRow]) -> Table {
     for r in rows {
         t.add_row(vec![
             r.seq.to_string(),
-            output::unix_time(r.at.secs()),
+            crate::clock::rfc3339(r.at.secs()),
             r.actor.clone(),
             r.action.clone(),
             r.target.clone(),
             if r.count > 1 {
-                format!("{} (since {})", r.count, output::unix_time(r.first_at.secs()))
+                format!("{} (since {})", r.count, crate::clock::rfc3339(r.first_at.secs()))
             } else {
                 r.count.to_string()
             },

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, watch};
 
 use super::IdentityError;
-use crate::agent::sources::workload_api::{Svid, WorkloadApiAddress, follow_svid};
+use super::workload_api::{Svid, WorkloadApiAddress, follow_svid};
 
 /// The files an identity was loaded from, and when they last changed.
 #[derive(Debug)]

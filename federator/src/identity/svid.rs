@@ -649,7 +649,7 @@ where
     verify_path(chain, leaf, &anchors, now, webpki::KeyUsage::client_auth())
 }
 
-fn unix_now(now: UnixTime) -> i64 {
+fn unix_seconds(now: UnixTime) -> i64 {
     i64::try_from(now.as_secs()).unwrap_or(i64::MAX)
 }
 
@@ -822,7 +822,7 @@ impl ServerCertVerifier for SpiffeServerVerifier {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let chain: Vec<&[u8]> =
             std::iter::once(end_entity).chain(intermediates).map(AsRef::as_ref).collect();
-        self.verify(&chain, unix_now(now)).map_err(to_rustls_error)?;
+        self.verify(&chain, unix_seconds(now)).map_err(to_rustls_error)?;
         Ok(ServerCertVerified::assertion())
     }
 

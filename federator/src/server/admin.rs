@@ -3,25 +3,29 @@
 //! Callers on the local unix socket are trusted by file permission; callers over mTLS
 //! must present the federation's admin identity.
 
+mod authorize;
 mod backup;
+pub(super) mod calls;
+mod clusters;
 mod policy;
 mod services;
+mod status;
 mod tokens;
 
-use std::collections::BTreeMap;
 use std::time::Instant;
 
 use federator_proto::admin as pb;
 use federator_proto::admin::admin_server::Admin;
 use federator_raft::{Consistency, ReplicaError};
-use openraft::ServerState;
 use tonic::{Request, Response, Status};
 
 use super::FederationReplica;
-use crate::config::ServerConfig;
-use crate::identity::{admin_spiffe_id, verify_client_svid};
+use super::config::ServerConfig;
+use super::grpc_status::{command_status, replica_status};
+use crate::identity::admin_spiffe_id;
 use crate::service::ServiceKey;
-use crate::state::{Applied, Command, CommandError, FederationState, Member, command_result};
+use crate::state::{Applied, Command, command_result};
+use clusters::{bundle_status, cluster_view};
 
 /// Admin API handler of one replica.
 #[derive(Clone)]
@@ -67,191 +71,6 @@ impl AdminService {
             started,
         }
     }
-
-    /// Refuses callers that are neither on the admin socket nor the admin identity. The
-    /// API port defers certificate trust to the request (agents are verified against
-    /// their own trust domain's bundle), so here the chain is verified against the
-    /// federation CA.
-    fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
-        if request.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some() {
-            return Ok(());
-        }
-        let chain = federator_raft::tls::peer_chain(request);
-        let anonymous = || {
-            super::refusals::anonymous(
-                federator_raft::tls::connect_info(request).and_then(|info| info.remote_addr),
-            )
-        };
-        // Checked before the body is decoded (see `intercept`): which call it was is not
-        // known yet.
-        let action = "admin_api";
-        if chain.is_empty() {
-            let status = Status::unauthenticated(
-                "admin API: a client certificate with the admin SPIFFE ID is required",
-            );
-            self.refusals.record(&anonymous(), action, "", status.message());
-            return Err(status);
-        }
-        let fingerprint: [u8; 32] = {
-            use sha2::Digest as _;
-            let mut hasher = sha2::Sha256::new();
-            for cert in chain {
-                hasher.update(cert);
-            }
-            hasher.finalize().into()
-        };
-        let cached = self
-            .verified
-            .lock()
-            .ok()
-            .and_then(|v| v.get(&fingerprint).copied())
-            .is_some_and(|at| at.elapsed() < ADMIN_VERIFICATION_TTL);
-        if cached {
-            return Ok(());
-        }
-        let roots: Vec<&[u8]> = self.ca_roots.iter().map(Vec::as_slice).collect();
-        let id = verify_client_svid(chain, &roots, super::federation::unix_now()).map_err(|e| {
-            let status = Status::permission_denied(format!(
-                "admin API: the client certificate is not the federation's: {e}"
-            ));
-            self.refusals.record(&anonymous(), action, "", status.message());
-            status
-        })?;
-        if id.to_string() == self.admin_id {
-            if let Ok(mut verified) = self.verified.lock() {
-                if verified.len() > 1024 {
-                    verified.clear();
-                }
-                verified.insert(fingerprint, Instant::now());
-            }
-            Ok(())
-        } else {
-            let status = Status::permission_denied(format!(
-                "admin API: caller {id} is not the admin identity {}",
-                self.admin_id
-            ));
-            // Verified against the federation CA: a replica's identity, for instance.
-            self.refusals.record(&id.to_string(), action, "", status.message());
-            Err(status)
-        }
-    }
-
-    /// Checks the caller before the request body is decoded (a tonic interceptor): an
-    /// unverified caller costs no decoding of a message of up to the admin API's limit.
-    ///
-    /// # Errors
-    /// The caller is not the admin identity (and not on the admin socket).
-    pub fn intercept(&self, request: Request<()>) -> Result<Request<()>, Status> {
-        self.authorize(&request)?;
-        Ok(request)
-    }
-
-    fn status(&self) -> pb::ReplicaStatus {
-        let m = self.replica.metrics().borrow().clone();
-        let membership = m.membership_config.membership();
-        let (replicas, cached) = {
-            let state = self.replica.state();
-            // The digest comes with the index it was computed at, refreshed in the
-            // background at most once a second however often status is polled (never
-            // computed while the caller waits; none until the first refresh ends).
-            (state.read(|s| s.replicas.clone()), state.digest_cached(STATUS_DIGEST_MAX_AGE))
-        };
-        let member = |id: u64, addr: &str| pb::MemberAddr {
-            id,
-            addr: addr.to_string(),
-            api_addr: replicas.get(&id).map(|r| r.api_addr.clone()).unwrap_or_default(),
-        };
-        let voters: Vec<_> = membership
-            .voter_ids()
-            .map(|id| member(id, membership.get_node(&id).map_or("", |n| n.addr.as_str())))
-            .collect();
-        let learners: Vec<_> = membership
-            .learner_ids()
-            .map(|id| member(id, membership.get_node(&id).map_or("", |n| n.addr.as_str())))
-            .collect();
-        let role = match m.state {
-            ServerState::Leader => pb::Role::Leader,
-            ServerState::Follower => pb::Role::Follower,
-            ServerState::Candidate => pb::Role::Candidate,
-            ServerState::Learner => pb::Role::Learner,
-            ServerState::Shutdown => pb::Role::Shutdown,
-        };
-        let matched: BTreeMap<u64, u64> = m
-            .replication
-            .as_ref()
-            .map(|r| r.iter().map(|(id, log)| (*id, log.map_or(0, |l| l.index))).collect())
-            .unwrap_or_default();
-        let applied = m.last_applied.map_or(0, |l| l.index);
-        pb::ReplicaStatus {
-            id: m.id,
-            raft_addr: self.raft_addr.clone(),
-            api_addr: self.api_addr.clone(),
-            pid: std::process::id(),
-            role: role.into(),
-            term: m.current_term,
-            leader_id: m.current_leader.unwrap_or(0),
-            has_leader: m.current_leader.is_some(),
-            last_log_index: m.last_log_index.unwrap_or(0),
-            // On the leader, the commit index is the highest index a quorum matched; a
-            // follower reports what it has applied (it trails commit by one apply batch).
-            commit_index: if m.state == ServerState::Leader {
-                quorum_index(&matched, membership.voter_ids().collect(), applied)
-            } else {
-                applied
-            },
-            applied_index: applied,
-            snapshot_index: m.snapshot.map_or(0, |l| l.index),
-            purged_index: m.purged.map_or(0, |l| l.index),
-            voters,
-            learners,
-            matched: matched.into_iter().collect(),
-            state_digest: cached.map(|(_, digest)| hex::encode(digest)).unwrap_or_default(),
-            digest_index: cached.and_then(|(at, _)| at).map_or(0, |l| l.index),
-            version: env!("CARGO_PKG_VERSION").to_string(),
-            uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
-            data_dir: self.data_dir.clone(),
-            command_version: <FederationState as federator_raft::StateMachine>::supported_version(),
-        }
-    }
-}
-
-/// The highest index matched by a majority of `voters`.
-fn quorum_index(matched: &BTreeMap<u64, u64>, voters: Vec<u64>, fallback: u64) -> u64 {
-    if voters.is_empty() {
-        return fallback;
-    }
-    let mut indexes: Vec<u64> =
-        voters.iter().map(|id| matched.get(id).copied().unwrap_or(0)).collect();
-    indexes.sort_unstable_by(|a, b| b.cmp(a));
-    indexes[voters.len() / 2]
-}
-
-/// Maps a replica error to the gRPC status an operator should see.
-pub fn replica_status(error: ReplicaError) -> Status {
-    match error {
-        ReplicaError::NotLeader { leader_id, ref leader_addr, .. } => {
-            let mut status = Status::failed_precondition(error.to_string());
-            if let Ok(v) = leader_id.to_string().parse() {
-                status.metadata_mut().insert("x-leader-id", v);
-            }
-            if let Ok(v) = leader_addr.parse() {
-                status.metadata_mut().insert("x-leader-addr", v);
-            }
-            status
-        }
-        ReplicaError::NoLeader
-        | ReplicaError::Forward { .. }
-        | ReplicaError::Stopped(_)
-        | ReplicaError::NotAppliedHere { .. } => Status::unavailable(error.to_string()),
-        ReplicaError::NotInitialized | ReplicaError::VersionGate { .. } => {
-            Status::failed_precondition(error.to_string())
-        }
-        ReplicaError::Timeout(..) => Status::deadline_exceeded(error.to_string()),
-        ReplicaError::Membership(_) | ReplicaError::Config(_) => {
-            Status::failed_precondition(error.to_string())
-        }
-        _ => Status::internal(error.to_string()),
-    }
 }
 
 /// What an applied command's encoded `response` says, refusals as gRPC statuses.
@@ -259,27 +78,7 @@ fn applied(response: &[u8]) -> Result<Applied, Status> {
     command_result(response).map_err(command_status)?.map_err(command_status)
 }
 
-/// Maps a state-machine refusal to the gRPC status the caller sees.
-pub fn command_status(error: CommandError) -> Status {
-    let message = error.to_string();
-    match error {
-        CommandError::Bundle(ref bundle) if crate::bundle::is_sequence_replay(bundle) => {
-            let mut status = Status::invalid_argument(message);
-            if let Ok(kind) = crate::bundle::REFUSAL_SEQUENCE_REPLAY.parse() {
-                status.metadata_mut().insert(crate::bundle::REFUSAL_METADATA_KEY, kind);
-            }
-            status
-        }
-        CommandError::Invalid { .. } | CommandError::Bundle(_) => Status::invalid_argument(message),
-        CommandError::PermissionDenied(_) | CommandError::Token(_) => {
-            Status::permission_denied(message)
-        }
-        CommandError::NotFound(_) => Status::not_found(message),
-        CommandError::AlreadyExists(_) => Status::already_exists(message),
-        _ => Status::internal(message),
-    }
-}
-
+/// The consistency a read asked for (linearizable unless it asked for stale).
 fn consistency(value: i32) -> Consistency {
     match pb::Consistency::try_from(value) {
         Ok(pb::Consistency::Stale) => Consistency::Stale,
@@ -461,6 +260,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
+        calls::record_target(&r.cluster, Some(&r.trust_domain));
         crate::token::validate_cluster_name(&r.cluster)
             .map_err(|e| Status::invalid_argument(format!("cluster: {e}")))?;
         crate::identity::validate_trust_domain(&r.trust_domain)
@@ -515,7 +315,7 @@ impl Admin for AdminService {
                 self.federation_ca.display()
             ))
         })?;
-        let now = super::federation::unix_now();
+        let now = crate::clock::unix_now();
         let expires_at = now.saturating_add(i64::try_from(ttl).unwrap_or(i64::MAX / 2));
         let token = crate::token::JoinToken::generate(
             r.cluster.clone(),
@@ -548,7 +348,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ListTokensResponse>, Status> {
         self.authorize(&request)?;
         let c = consistency(request.into_inner().consistency);
-        let now = super::federation::unix_now();
+        let now = crate::clock::unix_now();
         let (tokens, _) =
             self.replica.read(c, |s| tokens::list(s, now)).await.map_err(replica_status)?;
         Ok(Response::new(pb::ListTokensResponse { tokens }))
@@ -560,7 +360,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
-        let now = super::federation::unix_now();
+        let now = crate::clock::unix_now();
         // Resolved on a linearizable read, checked as the state machine will check it,
         // then proposed: a command the cluster version does not allow yet is refused
         // before it reaches the log (FailedPrecondition, naming the replicas behind).
@@ -590,10 +390,11 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::ClusterPolicy>, Status> {
         self.authorize(&request)?;
         let (cluster, update) = policy::update_from_request(request.get_ref());
+        calls::record_target(&cluster, None);
         let command = Command::UpdateMemberPolicy {
             cluster: cluster.clone(),
             update,
-            now: super::federation::unix_now(),
+            now: crate::clock::unix_now(),
         };
         self.replica.state().read(|s| s.check(&command)).map_err(command_status)?;
         self.propose(command).await?;
@@ -621,7 +422,7 @@ impl Admin for AdminService {
         self.propose(Command::UpdateSettings {
             open_exports: r.open_exports,
             allow_loopback_endpoints: r.allow_loopback_endpoints,
-            now: super::federation::unix_now(),
+            now: crate::clock::unix_now(),
         })
         .await?;
         let settings = self.replica.state().read(|s| s.settings.clone());
@@ -654,6 +455,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::Cluster>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
+        calls::record_target(&r.name, None);
         let ages = services::lease_ages(&self.replica).await;
         let (cluster, _) = self
             .replica
@@ -673,12 +475,13 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::RemoveClusterResponse>, Status> {
         self.authorize(&request)?;
         let cluster = request.into_inner().name;
+        calls::record_target(&cluster, None);
         let trust_domain = self
             .replica
             .state()
             .read(|s| s.members.get(&cluster).map(|m| m.trust_domain.clone()))
             .unwrap_or_default();
-        let now = super::federation::unix_now();
+        let now = crate::clock::unix_now();
         let serve_until = now.saturating_add(crate::state::REMOVED_RETENTION_SECS);
         let serving = Command::RemoveMemberServingEmpty {
             cluster: cluster.clone(),
@@ -708,6 +511,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::GetBundleResponse>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
+        calls::record_target("", Some(&r.trust_domain));
         let format = pb::BundleFormat::try_from(r.format).unwrap_or(pb::BundleFormat::Spiffe);
         let (found, _) = self
             .replica
@@ -737,6 +541,7 @@ impl Admin for AdminService {
     ) -> Result<Response<pb::BundleStatusResponse>, Status> {
         self.authorize(&request)?;
         let r = request.into_inner();
+        calls::record_target("", Some(&r.trust_domain));
         let (status, _) = self
             .replica
             .read(consistency(r.consistency), |s| bundle_status(s, &r.trust_domain))
@@ -860,102 +665,12 @@ impl Admin for AdminService {
     }
 }
 
-/// How long a verified admin chain is trusted without verifying it again (expiry is
-/// still noticed within this time).
-const ADMIN_VERIFICATION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// How old the state digest in a status answer may be (see `digest_cached`).
-const STATUS_DIGEST_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(1);
-
 /// Longest validity of a join token.
 const MAX_TOKEN_TTL_SECS: u64 = 30 * 86_400;
-
-fn cluster_view(s: &FederationState, m: &Member, ages: &services::LeaseAges) -> pb::Cluster {
-    let bundle = s.bundles.get(&m.trust_domain);
-    let status = match bundle_status(s, &m.trust_domain) {
-        Some(b) if !b.complete => {
-            let applied = b.members.iter().filter(|a| a.applied_sequence >= b.sequence).count();
-            format!(
-                "rotating ({applied}/{} members applied sequence {})",
-                b.members.len(),
-                b.sequence
-            )
-        }
-        _ => "active".to_string(),
-    };
-    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-    pb::Cluster {
-        name: m.cluster.clone(),
-        trust_domain: m.trust_domain.clone(),
-        agent_id: m.agent_id.clone(),
-        joined_at: m.joined_at,
-        bundle_sequence: bundle.map_or(0, |b| b.bundle.sequence),
-        bundle_digest: bundle.map(|b| b.digest.clone()).unwrap_or_default(),
-        bundle_updated_at: bundle.map_or(0, |b| b.updated_at),
-        x509_authorities: bundle.map_or(0, |b| count(b.bundle.x509_authorities.len())),
-        jwt_authorities: bundle.map_or(0, |b| count(b.bundle.jwt_authorities.len())),
-        status,
-        lease: Some(services::lease_info(s, &m.cluster, ages)),
-        exports: count(s.services.values().filter(|r| r.exports.contains_key(&m.cluster)).count()),
-        policy: Some(policy::policy_to_proto(&m.cluster, &s.policy_of(&m.cluster))),
-    }
-}
-
-/// Which members applied which sequence of `td`'s bundle, and whether all have the newest.
-fn bundle_status(s: &FederationState, td: &str) -> Option<pb::BundleStatusResponse> {
-    let stored = s.bundles.get(td)?;
-    let owner = s.member_by_trust_domain(td).map(|m| m.cluster.clone()).unwrap_or_default();
-    let members: Vec<pb::MemberAck> = s
-        .members
-        .values()
-        .filter(|m| m.cluster != owner)
-        .map(|m| {
-            let ack = stored.acks.get(&m.cluster);
-            pb::MemberAck {
-                cluster: m.cluster.clone(),
-                applied_sequence: ack.map_or(0, |a| a.sequence),
-                applied_at: ack.map_or(0, |a| a.at),
-                lease_live: s.is_live(&m.cluster),
-            }
-        })
-        .collect();
-    let blocking: Vec<String> = members
-        .iter()
-        .filter(|m| m.applied_sequence < stored.bundle.sequence)
-        .map(|m| m.cluster.clone())
-        .collect();
-    Some(pb::BundleStatusResponse {
-        trust_domain: td.to_string(),
-        owner,
-        sequence: stored.bundle.sequence,
-        updated_at: stored.updated_at,
-        members,
-        complete: blocking.is_empty(),
-        blocking,
-    })
-}
 
 impl AdminService {
     async fn propose(&self, command: Command) -> Result<Applied, Status> {
         let outcome = self.replica.write(command.encode()).await.map_err(replica_status)?;
         applied(&outcome.response)
-    }
-
-    fn membership_response(&self, log_index: u64) -> pb::MembershipResponse {
-        let status = self.status();
-        pb::MembershipResponse { voters: status.voters, learners: status.learners, log_index }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn quorum_index_is_the_majority_match() {
-        let matched = BTreeMap::from([(1, 10), (2, 7), (3, 3)]);
-        assert_eq!(quorum_index(&matched, vec![1, 2, 3], 0), 7);
-        let matched = BTreeMap::from([(1, 10), (2, 9), (3, 3), (4, 2), (5, 1)]);
-        assert_eq!(quorum_index(&matched, vec![1, 2, 3, 4, 5], 0), 3);
     }
 }

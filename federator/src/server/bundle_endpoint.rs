@@ -31,9 +31,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::config::ServerConfig;
 use super::{FederationReplica, ServerError, bind};
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_pem_bundle};
-use crate::config::ServerConfig;
 use crate::identity::{TlsFiles, TlsMaterial};
 
 #[cfg(test)]
@@ -144,7 +144,7 @@ fn serving_material(
 
 fn own_bundle(config: &ServerConfig, material: &TlsMaterial) -> Option<TrustBundle> {
     let pem = crate::identity::certificates_to_pem(material.ca.iter().map(AsRef::as_ref));
-    let policy = ValidationPolicy::at(super::unix_now());
+    let policy = ValidationPolicy::at(crate::clock::unix_now());
     match parse_pem_bundle(&config.trust_domain, pem.as_bytes(), 1, None, &policy) {
         Ok(bundle) => Some(bundle),
         Err(error) => {
@@ -176,7 +176,7 @@ async fn bundle(State(shared): State<Shared>, Path(trust_domain): Path<String>) 
         return json(own.to_served_json(shared.refresh_hint_secs));
     }
     let hint = shared.refresh_hint_secs;
-    let now = super::federation::unix_now();
+    let now = crate::clock::unix_now();
     // A removed member's trust domain is served with no keys for a while, so that
     // consumers drop its CA (a 404 would leave them holding it).
     let document = shared.replica.state().read(|s| {

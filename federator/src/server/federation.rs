@@ -17,11 +17,12 @@ use futures::StreamExt as _;
 use tonic::{Request, Response, Status};
 
 use super::FederationReplica;
-use super::admin::{command_status, replica_status};
 use super::attempts::AttemptLimiter;
+use super::grpc_status::{command_status, replica_status};
 use super::leases::{LeaderRequest, LeaderResponse, call_leader};
 use super::refusals::{RefusalRecorder, anonymous};
 use crate::bundle::{ValidationPolicy, parse_spiffe_bundle};
+use crate::clock::unix_now;
 use crate::identity::{SpiffeId, svid_identity, verify_client_svid};
 use crate::service::{ServiceKey, condition_to_proto, export_from_proto};
 use crate::state::{Applied, Checked, Command, Member, command_result};
@@ -30,13 +31,6 @@ pub use watch::Leaving;
 use watch::{WatchShared, WatchStream, leaving_status, watch_stream};
 
 mod watch;
-
-/// Unix time now, in seconds.
-pub fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
 
 /// Watch streams one member may hold open on one replica unless configured otherwise (an
 /// agent holds one; a reconnecting one briefly two).
@@ -719,7 +713,7 @@ mod tests {
                 "3".repeat(2000)
             ),
         });
-        let status = capped(super::super::admin::command_status(replay));
+        let status = capped(super::super::grpc_status::command_status(replay));
         assert!(status.message().len() <= MAX_STATUS_MESSAGE + 32);
         assert_eq!(
             status
@@ -732,7 +726,7 @@ mod tests {
             field: "spiffe_sequence".into(),
             rule: "not a number".into(),
         });
-        let status = super::super::admin::command_status(other);
+        let status = super::super::grpc_status::command_status(other);
         assert!(status.metadata().get(crate::bundle::REFUSAL_METADATA_KEY).is_none());
     }
 

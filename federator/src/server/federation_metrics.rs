@@ -128,7 +128,7 @@ impl FederationMetrics {
     pub async fn refresh(self, replica: FederationReplica, stop: impl Future<Output = ()>) {
         let work = async {
             loop {
-                let now = super::federation::unix_now();
+                let now = crate::clock::unix_now();
                 let members = replica.state().read(member_figures);
                 // Removed members' series go: rebuilt whole each time.
                 self.member_lease_live.clear();

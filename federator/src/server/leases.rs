@@ -247,8 +247,11 @@ impl Lessor {
             return;
         }
         tracing::warn!(cluster = %cluster, lease_id, "lease expired: marking the member's endpoints not ready");
-        let command =
-            Command::ExpireLease { cluster: cluster.clone(), lease_id, now: super::unix_now() };
+        let command = Command::ExpireLease {
+            cluster: cluster.clone(),
+            lease_id,
+            now: crate::clock::unix_now(),
+        };
         // Proposed on this replica only, never forwarded: a deposed leader's expiry must
         // not reach the new leader, which has just given every lease a full TTL.
         let proposed = self.replica.propose_here(command.encode(), Duration::from_secs(10)).await;

@@ -21,7 +21,7 @@ use std::time::Duration;
 use prometheus_client::metrics::counter::Counter;
 
 use super::FederationReplica;
-use super::unix_now;
+use crate::clock::unix_now;
 use crate::state::{Command, MAX_REFUSAL_REPORTS, RefusalReport, cap_field};
 
 /// How often counted refusals are proposed to the audit trail.

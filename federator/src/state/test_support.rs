@@ -21,7 +21,7 @@ impl Cluster {
     }
 
     pub fn bundle(&self, sequence: u64) -> Vec<u8> {
-        let policy = ValidationPolicy::at(crate::server::unix_now());
+        let policy = ValidationPolicy::at(crate::clock::unix_now());
         crate::bundle::parse_pem_bundle(
             &self.td,
             self.ca.cert_pem().as_bytes(),
@@ -55,7 +55,7 @@ pub fn apply(state: &mut FederationState, index: u64, command: Command) -> Comma
 }
 
 pub fn now() -> i64 {
-    crate::server::unix_now()
+    crate::clock::unix_now()
 }
 
 /// A state with `clusters` joined, each bound to region `r1`, with open exports and

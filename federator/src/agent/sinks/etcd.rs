@@ -328,7 +328,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_unreachable_etcd_fails_the_apply() {
-        let port = crate::config::free_local_port().expect("port");
+        let port = crate::net::free_local_port().expect("port");
         let sink = EtcdSink::connect(
             vec![format!("127.0.0.1:{port}")],
             DEFAULT_BUNDLE_PREFIX.into(),

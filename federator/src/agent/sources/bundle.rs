@@ -21,7 +21,7 @@
 //! An etcd key holds either form: a document starting with `{` is a SPIFFE bundle, anything
 //! else PEM.
 //!
-//! The Workload API ([`super::workload_api`]) gives the X.509 authorities of the trust
+//! The Workload API ([`crate::identity::workload_api`]) gives the X.509 authorities of the trust
 //! domain, numbered exactly like a PEM file: they are read as the PEM of the same
 //! certificates, in the server's order. So the first bundle gets the clock, a message
 //! with other authorities (a rotation adds or removes a CA) the next number, and a message
@@ -32,6 +32,7 @@
 //! backoff, reads the API again; an invalid bundle is validated again every poll, like a
 //! file's.
 
+use crate::clock::unix_now;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -40,10 +41,10 @@ use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
 use super::etcd_exports::{Change, Range, RangeEvent, follow};
-use super::workload_api::{ENDPOINT_SOCKET_ENV, WorkloadApiAddress, follow_bundle};
 use crate::agent::view::SourceProblem;
 use crate::bundle::{TrustBundle, ValidationPolicy, parse_pem_bundle, parse_spiffe_bundle};
 use crate::identity::certificates_to_pem;
+use crate::identity::workload_api::{ENDPOINT_SOCKET_ENV, WorkloadApiAddress, follow_bundle};
 
 /// Shortest poll period (a zero period would spin).
 const MIN_POLL: Duration = Duration::from_millis(10);
@@ -312,12 +313,6 @@ fn read_file(path: &Path, max_bytes: usize) -> Result<Vec<u8>, String> {
         Ok::<_, std::io::Error>(bytes)
     };
     read().map_err(|e| format!("cannot be read: {e}"))
-}
-
-fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
 /// Sequence numbers of bundles read from PEM (see the module's documentation).

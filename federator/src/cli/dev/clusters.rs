@@ -113,7 +113,7 @@ impl DevCluster {
             let mut saved: Saved = serde_json::from_slice(&std::fs::read(&saved_path)?)
                 .with_context(|| format!("{} does not parse", saved_path.display()))?;
             if saved.metrics_port == 0 {
-                saved.metrics_port = crate::config::free_local_port()?;
+                saved.metrics_port = crate::net::free_local_port()?;
                 std::fs::write(&saved_path, serde_json::to_vec_pretty(&saved)?)?;
             }
             saved
@@ -121,9 +121,9 @@ impl DevCluster {
             let saved = Saved {
                 trust_domain: format!("{name}.federator.test"),
                 region: format!("region-{}", index % 2 + 1),
-                echo_port: crate::config::free_local_port()?,
-                xds_port: crate::config::free_local_port()?,
-                metrics_port: crate::config::free_local_port()?,
+                echo_port: crate::net::free_local_port()?,
+                xds_port: crate::net::free_local_port()?,
+                metrics_port: crate::net::free_local_port()?,
             };
             std::fs::write(&saved_path, serde_json::to_vec_pretty(&saved)?)?;
             saved

@@ -16,8 +16,8 @@ use futures::Stream;
 use sha2::Digest as _;
 use tonic::{Status, Streaming};
 
-use super::{command_status, replica_status};
 use crate::server::FederationReplica;
+use crate::server::grpc_status::{command_status, replica_status};
 use crate::state::{Applied, Command, MAX_RESTORE_BYTES, command_result};
 
 /// A snapshot streamed to the operator.
@@ -48,7 +48,7 @@ pub async fn save(
     info.applied_index = applied_index;
     info.size = data.len() as u64;
     info.replica_id = replica.id();
-    info.created_at = crate::server::unix_now();
+    info.created_at = crate::clock::unix_now();
     info.version = env!("CARGO_PKG_VERSION").to_string();
     tracing::info!(
         applied_index,
@@ -141,7 +141,7 @@ async fn restore_task(
     if let Err(status) = stage(replica, id, size, first.data, &mut stream).await {
         // Whatever was staged would sit in every replica's memory until the next restore.
         let reason = status.message().to_string();
-        let now = crate::server::unix_now();
+        let now = crate::clock::unix_now();
         if let Err(error) = propose(replica, Command::RestoreAbort { id, reason, now }).await {
             tracing::warn!(restore_id = id, %error, "could not drop a failed restore's staged bytes");
         }
@@ -149,7 +149,7 @@ async fn restore_task(
         return Err(status);
     }
     let staged = began.elapsed();
-    let now = crate::server::unix_now();
+    let now = crate::clock::unix_now();
     let (index, applied) = propose(replica, Command::RestoreCommit { id, force, now }).await?;
     let Applied::Restored(summary) = applied else {
         return Err(Status::internal(format!("restore answered {applied:?}")));

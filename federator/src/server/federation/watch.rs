@@ -6,6 +6,7 @@
 //! one shared revision watch and computes its next batch when tonic polls it: an idle
 //! watch is a little state and a registration, with no task or channel of its own.
 
+use crate::clock::unix_now_ms;
 use std::collections::VecDeque;
 use std::ops::Bound;
 use std::pin::Pin;
@@ -28,13 +29,6 @@ const WATCH_RECHECK: Duration = Duration::from_secs(1);
 
 /// How many revisions the record of apply times remembers (16 bytes each).
 const REVISION_TIMES: usize = 65_536;
-
-/// Unix time now, in milliseconds.
-fn unix_now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
 
 /// What one wake-up of a watch has to send.
 enum WatchBatch {

@@ -40,7 +40,7 @@ const QUIET: Duration = Duration::from_millis(300);
 
 fn bundle(td: &str) -> TrustBundle {
     let ca = FederationCa::generate(td, td, Duration::from_secs(86_400)).expect("ca");
-    let policy = ValidationPolicy::at(crate::server::unix_now());
+    let policy = ValidationPolicy::at(crate::clock::unix_now());
     crate::bundle::parse_pem_bundle(td, ca.cert_pem().as_bytes(), 1, None, &policy).expect("bundle")
 }
 

@@ -34,7 +34,7 @@ impl TestEtcd {
     /// Starts etcd and waits until it answers.
     pub(crate) async fn start() -> Self {
         let dir = tempfile::Builder::new().prefix("federator-test-etcd-").tempdir().expect("dir");
-        let port = || crate::config::free_local_port().expect("a free port on 127.0.0.1");
+        let port = || crate::net::free_local_port().expect("a free port on 127.0.0.1");
         let mut etcd = Self {
             client_url: format!("http://127.0.0.1:{}", port()),
             peer_url: format!("http://127.0.0.1:{}", port()),

@@ -194,7 +194,7 @@ async fn an_outage_keeps_the_exports_and_a_restart_resumes() {
 
 #[tokio::test]
 async fn an_unreachable_etcd_is_a_problem_from_the_start() {
-    let port = crate::config::free_local_port().expect("port");
+    let port = crate::net::free_local_port().expect("port");
     let started = Instant::now();
     let rx = watch_etcd_exports(
         vec![format!("127.0.0.1:{port}")],

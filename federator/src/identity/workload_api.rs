@@ -1,6 +1,6 @@
-//! The SPIFFE Workload API (X.509 profile) as a source of the cluster's own bundle and of
-//! the agent's own SVID: a client of SPIRE's agent (or any implementation) on a Unix
-//! socket, through the `spiffe` crate.
+//! The SPIFFE Workload API (X.509 profile) as a source of identity: the own SVID of an
+//! agent or a replica, and the cluster's own bundle (the agent's bundle source); a client
+//! of SPIRE's agent (or any implementation) on a Unix socket, through the `spiffe` crate.
 //!
 //! Both follow a stream — `FetchX509Bundles` for the bundle (`FetchX509SVID`'s bundles
 //! where the implementation has no `FetchX509Bundles`), `FetchX509SVID` for the SVID — so

@@ -10,48 +10,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::identity::TlsFiles;
-
-/// Errors of loading or checking settings. Each names the setting at fault.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
-    Read {
-        /// Path of the file.
-        path: String,
-        /// The I/O error.
-        source: std::io::Error,
-    },
-    /// The file is not valid TOML or has unknown or mistyped settings.
-    #[error("config file {path}: {message}")]
-    Parse {
-        /// Path of the file.
-        path: String,
-        /// The parser's message, naming the setting and line.
-        message: String,
-    },
-    /// A required setting has no value from file, environment or flags.
-    #[error("missing setting `{field}` (set it in the config file, as {env}, or with --{flag})")]
-    Missing {
-        /// Setting name as in the file.
-        field: &'static str,
-        /// Environment variable that sets it.
-        env: &'static str,
-        /// Flag that sets it.
-        flag: &'static str,
-    },
-    /// A setting has a value that breaks a rule.
-    #[error("setting `{field}` = {value:?}: {rule}")]
-    Invalid {
-        /// Setting name.
-        field: &'static str,
-        /// The value given.
-        value: String,
-        /// The rule it broke.
-        rule: String,
-    },
-}
+pub use crate::settings::ConfigError;
 
 /// Settings of one replica as written in `server.toml`; every field optional so that
 /// the environment and flags can fill in.
@@ -459,36 +418,6 @@ impl ServerConfig {
             max_watches_per_member,
         })
     }
-}
-
-/// A free TCP port on 127.0.0.1 for a local server (`federator dev`, tests), never handed
-/// out twice by this process.
-///
-/// Ports come from 10000–32767, below Linux's ephemeral range (32768–60999): a port from
-/// the ephemeral range can be given to some outgoing connection while its server is down,
-/// and the restarted server would then fail to bind it.
-///
-/// # Errors
-/// No free port was found in 2,000 tries.
-pub fn free_local_port() -> std::io::Result<u16> {
-    use std::hash::{BuildHasher as _, Hasher as _};
-    static HANDED_OUT: std::sync::OnceLock<std::sync::Mutex<std::collections::HashSet<u16>>> =
-        std::sync::OnceLock::new();
-    let handed_out = HANDED_OUT.get_or_init(Default::default);
-    for _ in 0..2_000 {
-        let random = std::collections::hash_map::RandomState::new().build_hasher().finish();
-        let port = 10_000 + u16::try_from(random % 22_768).unwrap_or(0);
-        let Ok(mut taken) = handed_out.lock() else { break };
-        if taken.contains(&port) || std::net::TcpListener::bind(("127.0.0.1", port)).is_err() {
-            continue;
-        }
-        taken.insert(port);
-        return Ok(port);
-    }
-    Err(std::io::Error::new(
-        std::io::ErrorKind::AddrNotAvailable,
-        "no free port on 127.0.0.1 in 10000-32767",
-    ))
 }
 
 fn resolve_bundle_endpoint(

@@ -14,7 +14,7 @@ use crate::agent::sources::bundle::{BundleSourceConfig, BundleState, watch_bundl
 use crate::identity::{CertifiedIdentity, FederationCa, peer_spiffe_id};
 
 #[allow(dead_code, reason = "the chaos harness uses more of the server than these tests")]
-#[path = "../../../../../chaos/src/workload_api.rs"]
+#[path = "../../../../chaos/src/workload_api.rs"]
 mod server;
 
 use server::{WorkloadApiServer, with_federated_bundle, x509_svid, x509_svid_response};
@@ -78,7 +78,7 @@ fn authorities(state: &BundleState) -> Vec<Vec<u8>> {
 }
 
 fn unix_now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs()
+    u64::try_from(crate::clock::unix_now()).expect("a clock after 1970")
 }
 
 // === addresses ===
