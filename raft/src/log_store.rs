@@ -182,11 +182,12 @@ pub(crate) enum LogStoreError {
     #[error("the raft log writer stopped")]
     WriterStopped,
 
-    /// The writer's transaction failed.
-    #[error("the raft log writer failed: {message}")]
+    /// The writer's transaction failed. (The writer's error is part of the message, not
+    /// a `source`: openraft would print it a second time.)
+    #[error("the raft log writer failed: {error}")]
     Flush {
-        /// The writer's error.
-        message: String,
+        /// The writer's error, shared by everyone who waited for that transaction.
+        error: Arc<LogStoreError>,
     },
 
     /// The group-commit thread could not be started.
@@ -341,7 +342,7 @@ enum WriterOp {
         started: Instant,
     },
     /// Answer once everything queued before is written.
-    Barrier(tokio::sync::oneshot::Sender<Result<(), String>>),
+    Barrier(tokio::sync::oneshot::Sender<Result<(), Arc<LogStoreError>>>),
     /// Record this committed log id (postcard) with the next transaction; nobody waits.
     Committed(Vec<u8>),
     /// Delete the entries up to this log id, in steps between later batches, and record
@@ -445,7 +446,7 @@ impl Writer {
         }
         match rx.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(message)) => Err(LogStoreError::Flush { message }),
+            Ok(Err(error)) => Err(LogStoreError::Flush { error }),
             Err(_) => Err(LogStoreError::WriterStopped),
         }
     }
@@ -492,6 +493,8 @@ fn write_batch(
             injected(db, Point::LogCommit)
         })
     });
+    // One error for every append and barrier of the batch.
+    let result = result.map_err(Arc::new);
     if result.is_ok() {
         // Written entries are readable from redb now.
         let mut tail = lock_tail(tail);
@@ -527,7 +530,7 @@ fn write_batch(
                 callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
             }
             (WriterOp::Barrier(tx), result) => {
-                let _ = tx.send(result.as_ref().copied().map_err(ToString::to_string));
+                let _ = tx.send(result.clone());
             }
             (WriterOp::Committed(_), Ok(())) => {}
             (WriterOp::Committed(_), Err(error)) => {

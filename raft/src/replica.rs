@@ -277,6 +277,26 @@ enum HandOverError {
     NoSuccessor(NodeId, String),
 }
 
+/// Why a new replica did not catch up with the leader's log
+/// ([`Replica::add_member`]); the message continues "replica ID at ADDR …".
+#[derive(Debug, thiserror::Error)]
+enum CatchUpError {
+    /// It acknowledged no replication message.
+    #[error("did not answer within {within:?}")]
+    NoAnswer {
+        /// How long the leader waited for the first acknowledgement.
+        within: Duration,
+    },
+    /// It answered, and did not reach the leader's index in time.
+    #[error("did not catch up to index {index} within {within:?}")]
+    Behind {
+        /// The index it had to reach.
+        index: u64,
+        /// How long the leader waited.
+        within: Duration,
+    },
+}
+
 /// Errors of replica operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -576,7 +596,7 @@ impl<S: StateMachine> Replica<S> {
                         .ok_or(ReplicaError::NoLeaderHandler { replica: self.id })?;
                     return leader_call::run(&handler, request)
                         .await
-                        .map_err(ReplicaError::LeaderHandler);
+                        .map_err(|error| ReplicaError::LeaderHandler(error.to_string()));
                 }
                 KnownLeader::Other { leader_id, leader_addr } => {
                     let call = self.network.leader_call(&leader_addr, request.clone());
@@ -923,7 +943,7 @@ impl<S: StateMachine> Replica<S> {
     /// Waits until learner `id` has replicated up to `index`: fails if it shows no
     /// progress at all within [`CATCH_UP_FIRST_CONTACT`], or has not caught up within
     /// [`CATCH_UP_TIMEOUT`].
-    async fn wait_for_catch_up(&self, id: NodeId, index: u64) -> Result<(), String> {
+    async fn wait_for_catch_up(&self, id: NodeId, index: u64) -> Result<(), CatchUpError> {
         let matched = |m: &RaftMetrics| {
             m.replication.as_ref().and_then(|r| r.get(&id).copied()).flatten().map(|l| l.index)
         };
@@ -931,14 +951,12 @@ impl<S: StateMachine> Replica<S> {
             .wait(Some(CATCH_UP_FIRST_CONTACT))
             .metrics(|m| matched(m).is_some(), "learner's first acknowledgement")
             .await
-            .map_err(|_| format!("did not answer within {CATCH_UP_FIRST_CONTACT:?}"))?;
+            .map_err(|_| CatchUpError::NoAnswer { within: CATCH_UP_FIRST_CONTACT })?;
         self.raft
             .wait(Some(CATCH_UP_TIMEOUT))
             .metrics(|m| matched(m).is_some_and(|i| i >= index), "learner to catch up")
             .await
-            .map_err(|_| {
-                format!("did not catch up to index {index} within {CATCH_UP_TIMEOUT:?}")
-            })?;
+            .map_err(|_| CatchUpError::Behind { index, within: CATCH_UP_TIMEOUT })?;
         Ok(())
     }
 

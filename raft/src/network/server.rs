@@ -362,7 +362,7 @@ impl RaftService for RaftTransportService {
         let handler = self.leader_handler()?;
         let response = leader_call::run(&handler, request.into_inner().request)
             .await
-            .map_err(Status::internal)?;
+            .map_err(|error| Status::internal(error.to_string()))?;
         Ok(Response::new(pb::LeaderCallResponse { response }))
     }
 
