@@ -45,5 +45,5 @@ pub use replica::{
     ClusterVersion, Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, NoAnswer,
     QueuedWrite, Replica, ReplicaConfig, ReplicaError, Timing, VoterVersion, WriteOutcome,
 };
-pub use state_machine::{NotApplicable, StateMachine};
+pub use state_machine::{NotApplicable, RestoreError, StateMachine};
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};
