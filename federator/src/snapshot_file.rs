@@ -215,7 +215,8 @@ pub fn read_data(input: &mut impl BufRead) -> Result<(SnapshotHeader, Vec<u8>), 
 /// The data does not decode.
 pub fn decode_state(data: &[u8]) -> Result<FederationState, SnapshotFileError> {
     let mut state = FederationState::default();
-    federator_raft::StateMachine::restore(&mut state, data).map_err(SnapshotFileError::State)?;
+    federator_raft::StateMachine::restore(&mut state, data)
+        .map_err(|error| SnapshotFileError::State(error.to_string()))?;
     Ok(state)
 }
 

@@ -404,9 +404,8 @@ impl federator_raft::StateMachine for FederationState {
         Command::is_cheap_to_apply(command)
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        // The trait speaks strings (issue 30 gives it a typed error).
-        *self = Self::decode(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), federator_raft::RestoreError> {
+        *self = Self::decode(snapshot).map_err(federator_raft::RestoreError::new)?;
         Ok(())
     }
 }
@@ -527,6 +526,6 @@ mod tests {
     fn snapshot_of_another_format_is_refused() {
         let mut state = FederationState::default();
         let err = state.restore(&[99, 0, 0]).expect_err("must refuse");
-        assert!(err.contains("format 99"), "{err}");
+        assert!(err.to_string().contains("format 99"), "{err}");
     }
 }

@@ -77,18 +77,30 @@ impl fmt::Debug for LeaderHandlerSlot {
     }
 }
 
-/// Runs `handler` on `request` in a task of its own; a panic (or the runtime shutting down
-/// under it) becomes an error message.
+/// Why a leader handler gave no response to a call.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum HandlerError {
+    /// The handler panicked.
+    #[error("the leader handler panicked")]
+    Panicked,
+    /// Its task was cancelled before it finished (the runtime is shutting down).
+    #[error("the leader handler did not finish: {source}")]
+    Unfinished {
+        /// tokio's error.
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Runs `handler` on `request` in a task of its own.
+///
+/// # Errors
+/// The handler panicked, or the runtime shut down under it.
 pub(crate) async fn run(
     handler: &Arc<dyn LeaderHandler>,
     request: Vec<u8>,
-) -> Result<Vec<u8>, String> {
-    tokio::spawn(handler.handle(request)).await.map_err(|e| {
-        if e.is_panic() {
-            "the leader handler panicked".to_string()
-        } else {
-            format!("the leader handler did not finish: {e}")
-        }
+) -> Result<Vec<u8>, HandlerError> {
+    tokio::spawn(handler.handle(request)).await.map_err(|source| {
+        if source.is_panic() { HandlerError::Panicked } else { HandlerError::Unfinished { source } }
     })
 }
 
@@ -129,13 +141,15 @@ mod tests {
         assert!(clone.is_installed());
         assert_eq!(clone.install(Arc::new(Panics)), Err(AlreadyInstalled));
         let handler = clone.get().expect("installed");
-        assert_eq!(run(&handler, b"abc".to_vec()).await, Ok(b"cba".to_vec()));
+        assert_eq!(run(&handler, b"abc".to_vec()).await.expect("answered"), b"cba".to_vec());
         assert_eq!(format!("{slot:?}"), "LeaderHandlerSlot { installed: true }");
     }
 
     #[tokio::test]
     async fn a_panicking_handler_fails_the_call_only() {
         let handler: Arc<dyn LeaderHandler> = Arc::new(Panics);
-        assert_eq!(run(&handler, vec![]).await, Err("the leader handler panicked".to_string()));
+        let error = run(&handler, vec![]).await.expect_err("a panic is an error");
+        assert!(matches!(error, HandlerError::Panicked), "{error:?}");
+        assert_eq!(error.to_string(), "the leader handler panicked");
     }
 }

@@ -20,6 +20,7 @@
 //! | [`tls`] | mTLS connection plumbing for the transport |
 //! | [`replica`] | one replica: open, serve, write, read, membership, leader calls |
 //! | `proposer` | batching: writes that wait together share one log entry |
+//! | `leader` | who leads as one replica sees it, the leader's read index, a leader change |
 //! | [`leader_call`] | the application's handler of leader calls and the slot it is installed in |
 //! | [`metrics`] | Prometheus metrics of the consensus layer |
 //! | [`disk_check`] | how fast a disk makes a log append durable (`federator check --disk`, `bench raft`) |
@@ -27,6 +28,7 @@
 pub mod convert;
 pub mod disk_check;
 pub mod failpoints;
+mod leader;
 pub mod leader_call;
 pub mod log_store;
 pub mod metrics;
@@ -43,5 +45,5 @@ pub use replica::{
     ClusterVersion, Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, NoAnswer,
     QueuedWrite, Replica, ReplicaConfig, ReplicaError, Timing, VoterVersion, WriteOutcome,
 };
-pub use state_machine::{NotApplicable, StateMachine};
+pub use state_machine::{NotApplicable, RestoreError, StateMachine};
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};

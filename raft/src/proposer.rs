@@ -23,9 +23,9 @@ use openraft::error::{ClientWriteError, ForwardToLeader};
 use serde_bytes::ByteBuf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 
+use crate::leader::{KnownLeader, known_leader, leader_moved_from};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::Network;
-use crate::replica::{KnownLeader, known_leader, leader_moved_from};
 use crate::types::{Command, LogId, Node, NodeId, Raft};
 
 /// Commands per proposal at most.

@@ -9,12 +9,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
+use openraft::error::{ClientWriteError, ForwardToLeader, RaftError};
 use openraft::{ChangeMembers, ServerState, SnapshotPolicy};
 use serde_bytes::ByteBuf;
 use tokio::sync::watch;
 use tonic::Code;
 
+use crate::leader::{KnownLeader, known_leader, leader_moved_from, leader_read_index};
 use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
 use crate::log_store::{LogStore, open_database};
 use crate::metrics::ConsensusMetrics;
@@ -22,7 +23,7 @@ use crate::network::client::{Network, TransportOptions};
 use crate::network::server::{PeerPolicy, RaftTransportService};
 use crate::proposer::{Pending, ProposeError, Proposer};
 use crate::state_machine::{StateMachine, StateMachineStore};
-use crate::types::{Command, LogId, Node, NodeId, Raft, RaftMetrics};
+use crate::types::{Command, Node, NodeId, Raft, RaftMetrics};
 
 mod versions;
 pub use versions::{ClusterVersion, NoAnswer, VoterVersion};
@@ -276,6 +277,26 @@ enum HandOverError {
     NoSuccessor(NodeId, String),
 }
 
+/// Why a new replica did not catch up with the leader's log
+/// ([`Replica::add_member`]); the message continues "replica ID at ADDR …".
+#[derive(Debug, thiserror::Error)]
+enum CatchUpError {
+    /// It acknowledged no replication message.
+    #[error("did not answer within {within:?}")]
+    NoAnswer {
+        /// How long the leader waited for the first acknowledgement.
+        within: Duration,
+    },
+    /// It answered, and did not reach the leader's index in time.
+    #[error("did not catch up to index {index} within {within:?}")]
+    Behind {
+        /// The index it had to reach.
+        index: u64,
+        /// How long the leader waited.
+        within: Duration,
+    },
+}
+
 /// Errors of replica operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -365,82 +386,6 @@ pub enum ReplicaError {
         /// The voters behind, and what each answered.
         behind: String,
     },
-}
-
-/// The leader as one replica's metrics know it.
-pub(crate) enum KnownLeader {
-    /// This replica leads.
-    This,
-    /// Another replica leads.
-    Other {
-        /// Its id.
-        leader_id: NodeId,
-        /// Its transport address.
-        leader_addr: String,
-    },
-    /// No leader is known (or its address is not), or this replica is named leader but is
-    /// not in the leader state yet.
-    Unknown,
-}
-
-/// The leader as replica `id`'s raft metrics know it.
-pub(crate) fn known_leader(raft: &Raft, id: NodeId) -> KnownLeader {
-    let metrics = raft.metrics();
-    let metrics = metrics.borrow();
-    match metrics.current_leader {
-        Some(leader) if leader == id && metrics.state == ServerState::Leader => KnownLeader::This,
-        Some(leader) if leader != id => {
-            match metrics.membership_config.membership().get_node(&leader) {
-                Some(node) => {
-                    KnownLeader::Other { leader_id: leader, leader_addr: node.addr.clone() }
-                }
-                None => KnownLeader::Unknown,
-            }
-        }
-        _ => KnownLeader::Unknown,
-    }
-}
-
-/// What a linearizable read served through this replica as leader waits for: openraft's
-/// read log id, confirmed with a quorum, and the index to wait for — the higher of that
-/// log id's index and the last index in this leader's log once leadership is confirmed.
-///
-/// openraft 0.9 restores a replica that led before a restart as the leader of its old
-/// term at once, without a new blank entry: its read log id (its committed index as it
-/// saved it, or the first entry of its term) can then be below entries the group
-/// committed, and acknowledged, before the crash, until replication tells it again — a
-/// read in that window missed them (found by the `kill-all` chaos scenario). Every
-/// acknowledged write is in the leader's log, and every entry of it is committed or will
-/// be while it leads, so the last one is safe to wait for; it costs a read at most the
-/// commit of the writes in flight beside it.
-///
-/// # Errors
-/// openraft's: this replica does not lead (the leader it knows), or its quorum did not
-/// confirm it.
-pub(crate) async fn leader_read_index(
-    raft: &Raft,
-) -> Result<(Option<LogId>, Option<u64>), RaftError<NodeId, CheckIsLeaderError<NodeId, Node>>> {
-    let (read_log_id, _applied) = raft.get_read_log_id().await?;
-    let last = raft.metrics().borrow().last_log_index;
-    Ok((read_log_id, read_log_id.map(|id| id.index).max(last)))
-}
-
-/// Resolves with the new leader once `raft`'s metrics name a leader other than `from`
-/// (possibly this replica): a call forwarded to `from` need not wait out its timeout —
-/// `from` was deposed, or will be when it hears of the new term. Never resolves
-/// otherwise.
-pub(crate) async fn leader_moved_from(raft: &Raft, from: NodeId) -> NodeId {
-    let mut metrics = raft.metrics();
-    loop {
-        if let Some(leader) = metrics.borrow_and_update().current_leader
-            && leader != from
-        {
-            return leader;
-        }
-        if metrics.changed().await.is_err() {
-            return std::future::pending().await;
-        }
-    }
 }
 
 /// The error of a forwarded call abandoned because `moved` became leader while it waited
@@ -651,7 +596,7 @@ impl<S: StateMachine> Replica<S> {
                         .ok_or(ReplicaError::NoLeaderHandler { replica: self.id })?;
                     return leader_call::run(&handler, request)
                         .await
-                        .map_err(ReplicaError::LeaderHandler);
+                        .map_err(|error| ReplicaError::LeaderHandler(error.to_string()));
                 }
                 KnownLeader::Other { leader_id, leader_addr } => {
                     let call = self.network.leader_call(&leader_addr, request.clone());
@@ -998,7 +943,7 @@ impl<S: StateMachine> Replica<S> {
     /// Waits until learner `id` has replicated up to `index`: fails if it shows no
     /// progress at all within [`CATCH_UP_FIRST_CONTACT`], or has not caught up within
     /// [`CATCH_UP_TIMEOUT`].
-    async fn wait_for_catch_up(&self, id: NodeId, index: u64) -> Result<(), String> {
+    async fn wait_for_catch_up(&self, id: NodeId, index: u64) -> Result<(), CatchUpError> {
         let matched = |m: &RaftMetrics| {
             m.replication.as_ref().and_then(|r| r.get(&id).copied()).flatten().map(|l| l.index)
         };
@@ -1006,14 +951,12 @@ impl<S: StateMachine> Replica<S> {
             .wait(Some(CATCH_UP_FIRST_CONTACT))
             .metrics(|m| matched(m).is_some(), "learner's first acknowledgement")
             .await
-            .map_err(|_| format!("did not answer within {CATCH_UP_FIRST_CONTACT:?}"))?;
+            .map_err(|_| CatchUpError::NoAnswer { within: CATCH_UP_FIRST_CONTACT })?;
         self.raft
             .wait(Some(CATCH_UP_TIMEOUT))
             .metrics(|m| matched(m).is_some_and(|i| i >= index), "learner to catch up")
             .await
-            .map_err(|_| {
-                format!("did not catch up to index {index} within {CATCH_UP_TIMEOUT:?}")
-            })?;
+            .map_err(|_| CatchUpError::Behind { index, within: CATCH_UP_TIMEOUT })?;
         Ok(())
     }
 

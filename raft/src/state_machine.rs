@@ -73,8 +73,8 @@ pub trait StateMachine: Default + Send + Sync + 'static {
     /// Replaces the whole state with a decoded snapshot.
     ///
     /// # Errors
-    /// The snapshot does not decode; the message says why.
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String>;
+    /// The snapshot does not decode; the error says why.
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError>;
 
     /// Whether applying `command` costs about what reading its bytes does, as most
     /// commands do. Entries of such commands, 64 KiB in all at most, are applied on the
@@ -227,13 +227,14 @@ enum SnapshotStoreError {
         source: std::io::Error,
     },
 
-    /// The state machine rejected the snapshot data.
+    /// The state machine rejected the snapshot data. (Its error is part of the message,
+    /// not a `source`: openraft would print it a second time.)
     #[error("state machine cannot restore snapshot {snapshot_id}: {reason}")]
     Restore {
         /// Id of the snapshot.
         snapshot_id: String,
         /// The state machine's explanation.
-        reason: String,
+        reason: RestoreError,
     },
 
     /// The blocking task running the transaction panicked or was cancelled.
@@ -930,6 +931,19 @@ fn write_txn<T>(
     Ok(out)
 }
 
+/// Why a state machine cannot restore a snapshot ([`StateMachine::restore`]): the
+/// application's own error (or message), shown as it is.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct RestoreError(Box<dyn std::error::Error + Send + Sync>);
+
+impl RestoreError {
+    /// The application's reason: an error of its own, or a message (`&str`, `String`).
+    pub fn new(reason: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self(reason.into())
+    }
+}
+
 /// Why a state machine cannot apply a committed command ([`StateMachine::check_applicable`]).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
@@ -986,8 +1000,8 @@ mod tests {
             postcard::to_allocvec(&self.0).expect("encode")
         }
 
-        fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-            self.0 = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+        fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+            self.0 = postcard::from_bytes(snapshot).map_err(RestoreError::new)?;
             Ok(())
         }
 
@@ -1072,7 +1086,7 @@ mod tests {
             fn snapshot(&self) -> Vec<u8> {
                 Vec::new()
             }
-            fn restore(&mut self, _: &[u8]) -> Result<(), String> {
+            fn restore(&mut self, _: &[u8]) -> Result<(), RestoreError> {
                 Ok(())
             }
         }

@@ -8,8 +8,8 @@ mod support;
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use federator_raft::StateMachine;
 use federator_raft::types::NodeId;
+use federator_raft::{RestoreError, StateMachine};
 use futures::future::join_all;
 use support::{Pki, start_group};
 
@@ -37,8 +37,8 @@ impl StateMachine for Counter {
         postcard::to_allocvec(&(self.applied, &self.seen)).expect("encode")
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        (self.applied, self.seen) = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        (self.applied, self.seen) = postcard::from_bytes(snapshot).map_err(RestoreError::new)?;
         Ok(())
     }
 }

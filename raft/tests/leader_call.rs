@@ -11,7 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use federator_raft::types::NodeId;
-use federator_raft::{LeaderHandler, ReplicaError, StateMachine};
+use federator_raft::{LeaderHandler, ReplicaError, RestoreError, StateMachine};
 use support::{Pki, network, start_group};
 use tonic::Code;
 
@@ -32,7 +32,7 @@ impl StateMachine for Nothing {
         Vec::new()
     }
 
-    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), String> {
+    fn restore(&mut self, _snapshot: &[u8]) -> Result<(), RestoreError> {
         Ok(())
     }
 }

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 
 use federator_raft::metrics::ConsensusMetrics;
 use federator_raft::types::NodeId;
-use federator_raft::{Consistency, Replica, ReplicaConfig, ReplicaError, StateMachine};
+use federator_raft::{
+    Consistency, Replica, ReplicaConfig, ReplicaError, RestoreError, StateMachine,
+};
 use support::{Pki, Running, start, start_group};
 
 /// Accounts and their balances; commands are `name=value`. Its snapshot is text, one
@@ -36,15 +38,16 @@ impl StateMachine for Ledger {
         self.0.iter().map(|(name, value)| format!("{name}={value}\n")).collect::<String>().into()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        let text = std::str::from_utf8(snapshot).map_err(RestoreError::new)?;
         self.0 = text
             .lines()
             .map(|line| {
                 let (name, value) = line.split_once('=').ok_or("a line without '='")?;
                 Ok((name.to_owned(), value.to_owned()))
             })
-            .collect::<Result<_, &str>>()?;
+            .collect::<Result<_, &str>>()
+            .map_err(RestoreError::new)?;
         Ok(())
     }
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use federator_raft::failpoints::{self, Point};
 use federator_raft::types::NodeId;
-use federator_raft::{Consistency, StateMachine};
+use federator_raft::{Consistency, RestoreError, StateMachine};
 use support::{Pki, Running, reopen, start_group};
 
 /// A state machine that keeps every applied command, in order.
@@ -28,8 +28,8 @@ impl StateMachine for Applied {
         self.0.join("\n").into_bytes()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        let text = std::str::from_utf8(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        let text = std::str::from_utf8(snapshot).map_err(RestoreError::new)?;
         self.0 =
             if text.is_empty() { Vec::new() } else { text.lines().map(String::from).collect() };
         Ok(())

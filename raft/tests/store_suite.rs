@@ -3,11 +3,11 @@
 
 use std::collections::BTreeMap;
 
-use federator_raft::StateMachine;
 use federator_raft::log_store::{LogStore, open_database};
 use federator_raft::metrics::ConsensusMetrics;
 use federator_raft::state_machine::StateMachineStore;
 use federator_raft::types::{StorageError, TypeConfig};
+use federator_raft::{RestoreError, StateMachine};
 use openraft::testing::{StoreBuilder, Suite};
 use tempfile::TempDir;
 
@@ -31,8 +31,8 @@ impl StateMachine for KvState {
         postcard::to_allocvec(&self.entries).unwrap_or_default()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.entries = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.entries = postcard::from_bytes(snapshot).map_err(RestoreError::new)?;
         Ok(())
     }
 }

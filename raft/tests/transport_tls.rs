@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use federator_proto::raft as pb;
 use federator_proto::raft::raft_service_server::RaftService;
-use federator_raft::StateMachine;
 use federator_raft::convert::{FromProto, IntoProto};
 use federator_raft::log_store::{LogStore, open_database};
 use federator_raft::metrics::ConsensusMetrics;
@@ -24,6 +23,7 @@ use federator_raft::types::typ::VoteRequest;
 use federator_raft::types::{
     Command, LogId, Membership, Node, NodeId, Raft, Snapshot, SnapshotMeta, StoredMembership, Vote,
 };
+use federator_raft::{RestoreError, StateMachine};
 use openraft::error::{RPCError, ReplicationClosed, StreamingError};
 use openraft::network::RPCOption;
 use openraft::{CommittedLeaderId, RaftNetwork, RaftNetworkFactory, SnapshotPolicy};
@@ -580,8 +580,8 @@ impl StateMachine for KvState {
         postcard::to_allocvec(&self.entries).unwrap_or_default()
     }
 
-    fn restore(&mut self, snapshot: &[u8]) -> Result<(), String> {
-        self.entries = postcard::from_bytes(snapshot).map_err(|e| e.to_string())?;
+    fn restore(&mut self, snapshot: &[u8]) -> Result<(), RestoreError> {
+        self.entries = postcard::from_bytes(snapshot).map_err(RestoreError::new)?;
         Ok(())
     }
 }

@@ -247,7 +247,7 @@ impl FederationState {
         let mut restored = Self::default();
         if let Err(reason) = federator_raft::StateMachine::restore(&mut restored, &staged.data) {
             self.restore = None;
-            return Err(CommandError::invalid("snapshot", &reason));
+            return Err(CommandError::invalid("snapshot", &reason.to_string()));
         }
         if self.holds_federation_data() && !force {
             // The bytes are not kept: a forced retry streams them again.

@@ -22,6 +22,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, MAX_MESSAGE_BYTES, TransportError};
 use crate::convert::{ConvertError, FromProto, IntoProto};
+use crate::leader::leader_read_index;
 use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
 use crate::metrics::ConsensusMetrics;
 use crate::proposer::{ProposeError, Proposer};
@@ -338,7 +339,7 @@ impl RaftService for RaftTransportService {
         &self,
         _request: Request<pb::ReadIndexRequest>,
     ) -> Result<Response<pb::ReadIndexResponse>, Status> {
-        match crate::replica::leader_read_index(&self.raft).await {
+        match leader_read_index(&self.raft).await {
             Ok((read_log_id, read_index)) => Ok(Response::new(pb::ReadIndexResponse {
                 read_log_id: read_log_id.into_proto(),
                 read_index: read_index.unwrap_or(0),
@@ -361,7 +362,7 @@ impl RaftService for RaftTransportService {
         let handler = self.leader_handler()?;
         let response = leader_call::run(&handler, request.into_inner().request)
             .await
-            .map_err(Status::internal)?;
+            .map_err(|error| Status::internal(error.to_string()))?;
         Ok(Response::new(pb::LeaderCallResponse { response }))
     }
 

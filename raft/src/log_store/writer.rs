@@ -1,0 +1,397 @@
+//! The group-commit writer: one thread that writes every append queued so far in one
+//! durable transaction and only then reports them flushed, records the committed-index
+//! hint, and deletes purged entries in steps between batches.
+
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
+
+use openraft::RaftLogId as _;
+use openraft::storage::LogFlushed;
+use redb::{Database, Durability, ReadableTable as _};
+
+use super::cache::{Tail, lock_tail};
+use super::tables::{
+    COMMITTED_KEY, DuringOp as _, LAST_PURGED_KEY, LOG, LOG_META, LogStoreError, decode_entry,
+    encode_meta, get_meta, injected, write_txn, write_txn_with,
+};
+use crate::failpoints::Point;
+use crate::metrics::ConsensusMetrics;
+use crate::types::{LogId, TypeConfig};
+
+/// Work for the writer thread, done in queue order.
+pub(super) enum WriterOp {
+    /// Write these entries durably, then report `callback`.
+    Append {
+        /// (index, log id, postcard encoding) of each entry.
+        entries: Vec<(u64, LogId, Vec<u8>)>,
+        callback: LogFlushed<TypeConfig>,
+        started: Instant,
+    },
+    /// Answer once everything queued before is written.
+    Barrier(tokio::sync::oneshot::Sender<Result<(), Arc<LogStoreError>>>),
+    /// Record this committed log id (postcard) with the next transaction; nobody waits.
+    Committed(Vec<u8>),
+    /// Delete the entries up to this log id, in steps between later batches, and record
+    /// it as the last purged; nobody waits.
+    Purge(LogId),
+}
+
+/// The group-commit writer: a thread that drains the queue, writes every queued append
+/// in one durable transaction, and only then reports them flushed.
+pub(super) struct Writer {
+    queue: Mutex<Option<std::sync::mpsc::Sender<WriterOp>>>,
+    /// Joined on drop, so the database is closed when the store is.
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+    /// Where append latency (until durable) and batch sizes are observed.
+    #[cfg_attr(
+        not(test),
+        expect(dead_code, reason = "read by tests; the thread has its own handle")
+    )]
+    metrics: ConsensusMetrics,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread after it has written what it holds.
+        if let Ok(mut queue) = self.queue.lock() {
+            queue.take();
+        }
+        if let Some(thread) = self.thread.lock().ok().and_then(|mut t| t.take()) {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Writer {
+    pub(super) fn start(
+        db: Arc<Database>,
+        tail: Arc<RwLock<Tail>>,
+        metrics: ConsensusMetrics,
+    ) -> Result<Arc<Self>, LogStoreError> {
+        let (tx, rx) = std::sync::mpsc::channel::<WriterOp>();
+        let observed = metrics.clone();
+        let thread = std::thread::Builder::new()
+            .name("raft-log-writer".into())
+            .spawn(move || {
+                // The purge not finished yet: the writer deletes a step of it after each
+                // batch, and while the queue is empty.
+                let mut purge: Option<LogId> = None;
+                // Ends when every LogStore clone (and so every sender) is gone.
+                loop {
+                    let first = if purge.is_some() {
+                        match rx.try_recv() {
+                            Ok(op) => Some(op),
+                            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+                        }
+                    } else {
+                        match rx.recv() {
+                            Ok(op) => Some(op),
+                            Err(std::sync::mpsc::RecvError) => break,
+                        }
+                    };
+                    if let Some(first) = first {
+                        let mut batch = vec![first];
+                        batch.extend(rx.try_iter());
+                        purge = purge.max(write_batch(&db, &tail, &observed, batch));
+                    }
+                    if let Some(upto) = purge {
+                        purge = purge_step(&db, upto);
+                    }
+                }
+                // Finish the purge (bounded by the log's length) and make the last
+                // non-durable writes (committed hint, purge) durable.
+                while let Some(upto) = purge {
+                    purge = purge_step(&db, upto);
+                }
+                if let Err(error) = write_txn(&db, "close the log", |_| Ok(())) {
+                    tracing::warn!(%error, "cannot make the last log writes durable");
+                }
+            })
+            .map_err(|source| LogStoreError::Thread { source })?;
+        Ok(Arc::new(Self {
+            queue: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
+            metrics,
+        }))
+    }
+
+    pub(super) fn enqueue(&self, op: WriterOp) -> Result<(), WriterOp> {
+        let Ok(queue) = self.queue.lock() else { return Err(op) };
+        match queue.as_ref() {
+            Some(queue) => queue.send(op).map_err(|e| e.0),
+            None => Err(op),
+        }
+    }
+
+    /// Waits until everything queued so far is written.
+    pub(super) async fn barrier(&self) -> Result<(), LogStoreError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.enqueue(WriterOp::Barrier(tx)).is_err() {
+            return Err(LogStoreError::WriterStopped);
+        }
+        match rx.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(LogStoreError::Flush { error }),
+            Err(_) => Err(LogStoreError::WriterStopped),
+        }
+    }
+}
+
+/// Writes one batch of queued work: every append in one durable transaction; then drops
+/// the written entries from the pending ones of `tail` to its recent ones and answers
+/// callbacks and barriers, in order.
+/// A batch of committed-index hints alone is written without an fsync of its own: the
+/// hint only speeds up a restart, and the next durable commit makes it durable.
+/// Returns the newest purge the batch asks for (the caller deletes it in steps).
+fn write_batch(
+    db: &Database,
+    tail: &RwLock<Tail>,
+    metrics: &ConsensusMetrics,
+    batch: Vec<WriterOp>,
+) -> Option<LogId> {
+    let durability =
+        if batch.iter().all(|op| matches!(op, WriterOp::Committed(_) | WriterOp::Purge(..))) {
+            Durability::None
+        } else {
+            Durability::Immediate
+        };
+    let result = injected(db, Point::LogAppend).and_then(|()| {
+        write_txn_with(db, "append log entries", durability, |txn| {
+            let mut table = txn.open_table(LOG).during("open the log table")?;
+            let mut committed = None;
+            for op in &batch {
+                match op {
+                    WriterOp::Append { entries, .. } => {
+                        for (index, _, bytes) in entries {
+                            table.insert(*index, bytes.as_slice()).during("append log entries")?;
+                        }
+                    }
+                    WriterOp::Committed(bytes) => committed = Some(bytes),
+                    WriterOp::Barrier(_) | WriterOp::Purge(..) => {}
+                }
+            }
+            if let Some(bytes) = committed {
+                let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
+                meta.insert(COMMITTED_KEY, bytes.as_slice()).during("record the committed id")?;
+            }
+            // An error here drops the transaction: nothing of the batch is written.
+            injected(db, Point::LogCommit)
+        })
+    });
+    // One error for every append and barrier of the batch.
+    let result = result.map_err(Arc::new);
+    if result.is_ok() {
+        // Written entries are readable from redb now.
+        let mut tail = lock_tail(tail);
+        for op in &batch {
+            if let WriterOp::Append { entries, .. } = op {
+                for (index, log_id, bytes) in entries {
+                    tail.written(*index, log_id, bytes.len());
+                }
+            }
+        }
+    }
+    if result.is_ok() {
+        let written: usize = batch
+            .iter()
+            .map(|op| match op {
+                WriterOp::Append { entries, .. } => entries.len(),
+                WriterOp::Barrier(_) | WriterOp::Committed(_) | WriterOp::Purge(..) => 0,
+            })
+            .sum();
+        if written > 0 {
+            metrics.append_batch_entries.observe(written as f64);
+        }
+    }
+    let mut purge = None;
+    for op in batch {
+        match (op, &result) {
+            (WriterOp::Append { callback, started, .. }, Ok(())) => {
+                metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+                callback.log_io_completed(Ok(()));
+            }
+            (WriterOp::Append { callback, .. }, Err(error)) => {
+                tracing::error!(%error, "raft log append failed");
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+            }
+            (WriterOp::Barrier(tx), result) => {
+                let _ = tx.send(result.clone());
+            }
+            (WriterOp::Committed(_), Ok(())) => {}
+            (WriterOp::Committed(_), Err(error)) => {
+                // Only a hint: a failed write is retried with the next commit.
+                tracing::warn!(%error, "cannot record the committed log id");
+            }
+            (WriterOp::Purge(log_id), _) => purge = purge.max(Some(log_id)),
+        }
+    }
+    purge
+}
+
+/// Most entries one purge step deletes (see [`LogStore`](super::LogStore)).
+pub(super) const PURGE_STEP_ENTRIES: usize = 64;
+/// Bytes of entries after which a purge step stops (it deletes at least one entry).
+pub(super) const PURGE_STEP_BYTES: usize = 4 << 20;
+
+/// One step of a purge up to `upto`: deletes the oldest entries, at most
+/// [`PURGE_STEP_ENTRIES`] or until [`PURGE_STEP_BYTES`], and records the last one deleted
+/// (`upto` itself once none is left up to it) as the last purged, in one transaction, so a
+/// crash never leaves a deleted prefix without its marker. The transaction is not made
+/// durable on its own: the next append's fsync does that, and a crash before it keeps the
+/// entries and the older marker, which agree.
+///
+/// Returns `upto` while entries up to it remain, `None` once the purge is done (or failed:
+/// readers skip purged entries anyway, and the next purge deletes these too).
+fn purge_step(db: &Database, upto: LogId) -> Option<LogId> {
+    let started = Instant::now();
+    let result = write_txn_with(db, "purge the log", Durability::None, |txn| {
+        let mut table = txn.open_table(LOG).during("open the log table")?;
+        let (mut last, mut count, mut bytes, mut more) = (None, 0, 0, false);
+        for item in table.range(..=upto.index).during("read log entries")? {
+            let (key, value) = item.during("read log entries")?;
+            if count == PURGE_STEP_ENTRIES || bytes >= PURGE_STEP_BYTES {
+                more = true;
+                break;
+            }
+            (last, count, bytes) = (Some(key.value()), count + 1, bytes + value.value().len());
+        }
+        let marker = match last {
+            Some(index) if more => {
+                let value = table.get(index).during("read log entries")?;
+                let value = value.ok_or(LogStoreError::MissingEntry { index })?;
+                *decode_entry(index, value.value())?.get_log_id()
+            }
+            _ => upto,
+        };
+        if let Some(index) = last {
+            table.retain_in(..=index, |_, _| false).during("purge the log")?;
+        }
+        let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
+        let recorded: Option<LogId> = get_meta(&meta, LAST_PURGED_KEY)?;
+        if recorded.is_none_or(|recorded| recorded < marker) {
+            let bytes = encode_meta(LAST_PURGED_KEY, &marker)?;
+            meta.insert(LAST_PURGED_KEY, bytes.as_slice())
+                .during("record the last purged log id")?;
+        }
+        Ok((count, marker, more))
+    });
+    match result {
+        Ok((count, marker, more)) => {
+            tracing::debug!(
+                upto = upto.index,
+                purged = marker.index,
+                entries = count,
+                elapsed = ?started.elapsed(),
+                "purged a step of the log"
+            );
+            more.then_some(upto)
+        }
+        Err(error) => {
+            tracing::warn!(%error, upto = upto.index, "cannot purge the log");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use openraft::RaftLogReader as _;
+    use openraft::storage::{RaftLogStorage as _, RaftLogStorageExt as _};
+    use redb::{ReadableDatabase as _, ReadableTable as _};
+    use tempfile::TempDir;
+
+    use super::*;
+    use crate::log_store::tests::{log_id, normal, open};
+    use crate::types::Entry;
+
+    /// The Prometheus text exposition of `metrics`.
+    fn exposition(metrics: &ConsensusMetrics) -> String {
+        let mut registry = prometheus_client::registry::Registry::default();
+        metrics.register(&mut registry);
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+        text
+    }
+
+    #[tokio::test]
+    async fn a_long_purge_is_deleted_in_steps_each_recording_how_far_it_got() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let entries: Vec<Entry> = (1..=200).map(|i| normal(2, i, b"a=b")).collect();
+        store.blocking_append(entries).await.expect("append");
+        let marker = |db: &Database| -> Option<LogId> {
+            let txn = db.begin_read().expect("read");
+            get_meta(&txn.open_table(LOG_META).expect("meta"), LAST_PURGED_KEY).expect("marker")
+        };
+        let first = |db: &Database| -> Option<u64> {
+            let txn = db.begin_read().expect("read");
+            let table = txn.open_table(LOG).expect("log");
+            table.first().expect("first").map(|(key, _)| key.value())
+        };
+        let upto = log_id(2, 150);
+        assert_eq!(purge_step(&store.db, upto), Some(upto), "more than one step's worth");
+        assert_eq!(first(&store.db), Some(PURGE_STEP_ENTRIES as u64 + 1));
+        assert_eq!(
+            marker(&store.db),
+            Some(log_id(2, PURGE_STEP_ENTRIES as u64)),
+            "a crash now keeps the marker and the entries after it in agreement"
+        );
+        let mut steps = 1;
+        loop {
+            steps += 1;
+            if purge_step(&store.db, upto).is_none() {
+                break;
+            }
+            assert!(steps < 10, "a purge of 150 entries ends");
+        }
+        assert_eq!(steps, 3, "64 + 64 + 22 entries");
+        assert_eq!(first(&store.db), Some(151));
+        assert_eq!(marker(&store.db), Some(upto));
+        assert_eq!(purge_step(&store.db, upto), None, "nothing left: done at once");
+
+        // Large entries: a step stops once it has deleted PURGE_STEP_BYTES.
+        let big = vec![b'x'; PURGE_STEP_BYTES / 2 + 1];
+        let entries: Vec<Entry> = (201..=206).map(|i| normal(2, i, &big)).collect();
+        store.blocking_append(entries).await.expect("append");
+        assert_eq!(purge_step(&store.db, log_id(2, 206)), Some(log_id(2, 206)));
+        assert_eq!(first(&store.db), Some(203), "two entries of over half the budget each");
+    }
+
+    #[tokio::test]
+    async fn the_writer_finishes_a_long_purge_and_a_reopen_sees_it_all() {
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let mut store = open(&dir);
+            let entries: Vec<Entry> = (1..=300).map(|i| normal(3, i, b"k=v")).collect();
+            store.blocking_append(entries).await.expect("append");
+            store.purge(log_id(3, 290)).await.expect("purge");
+            // Appends go on while the writer deletes in steps.
+            store.blocking_append(vec![normal(3, 301, b"k=w")]).await.expect("append");
+            let read = store.try_get_log_entries(0..1000).await.expect("read");
+            assert_eq!(read.first().map(|e| e.log_id.index), Some(291));
+            assert_eq!(read.len(), 11);
+        }
+        let mut store = open(&dir);
+        let state = store.get_log_state().await.expect("state");
+        assert_eq!(state.last_purged_log_id, Some(log_id(3, 290)));
+        assert_eq!(state.last_log_id, Some(log_id(3, 301)));
+        let read = store.try_get_log_entries(0..1000).await.expect("read");
+        assert_eq!(
+            read.iter().map(|e| e.log_id.index).collect::<Vec<_>>(),
+            (291..=301).collect::<Vec<_>>()
+        );
+    }
+
+    #[tokio::test]
+    async fn append_records_latency_and_batch_size() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir);
+        let entries: Vec<Entry> = (1..=3).map(|i| normal(1, i, b"a=b")).collect();
+        store.blocking_append(entries).await.expect("append");
+        let text = exposition(&store.writer.metrics);
+        assert!(text.contains("raft_append_batch_entries_count 1\n"), "{text}");
+        assert!(text.contains("raft_append_batch_entries_sum 3.0\n"), "{text}");
+        assert!(text.contains("raft_append_duration_seconds_count 1\n"), "{text}");
+    }
+}
