@@ -310,7 +310,7 @@ impl AgentProcess {
     /// No metrics endpoint, or it did not answer.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         let addr = self.metrics_addr.as_deref().context("the agent serves no metrics")?;
-        crate::cluster::http_get_metrics(addr).await
+        Ok(crate::http::get(addr, "/metrics", Duration::from_secs(5)).await?.body)
     }
 
     /// The agent's working directory.

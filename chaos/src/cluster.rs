@@ -766,69 +766,14 @@ impl Federation {
         Ok(())
     }
 
-    /// Fetches `/metrics` of replica `id` over plain HTTP/1.1.
+    /// Fetches `/metrics` of replica `id` (the body, whatever the status).
     ///
     /// # Errors
-    /// The endpoint did not answer.
+    /// The endpoint did not answer within five seconds.
     pub async fn metrics(&self, id: u64) -> anyhow::Result<String> {
-        http_get_metrics(&self.replica(id).metrics_addr).await
+        let addr = &self.replica(id).metrics_addr;
+        Ok(crate::http::get(addr, "/metrics", Duration::from_secs(5)).await?.body)
     }
-}
-
-/// `GET /metrics` from a plain-HTTP Prometheus endpoint at `addr`: the whole response.
-///
-/// # Errors
-/// The endpoint did not answer within five seconds.
-pub async fn http_get_metrics(addr: &str) -> anyhow::Result<String> {
-    Ok(http_get(addr, "/metrics", None).await?.raw)
-}
-
-/// What a plain HTTP/1.1 `GET` answered.
-#[derive(Clone, Debug)]
-pub struct HttpAnswer {
-    /// The status code.
-    pub status: u16,
-    /// The `content-type` header, empty without one.
-    pub content_type: String,
-    /// The body.
-    pub body: String,
-    /// The whole response, status line and headers included.
-    pub raw: String,
-}
-
-/// A plain HTTP/1.1 `GET path` to `addr` (loopback test endpoints: metrics, health), with
-/// an `Accept` header when given; the connection is closed after the answer.
-///
-/// # Errors
-/// The endpoint did not answer within five seconds, or not in HTTP.
-pub async fn http_get(addr: &str, path: &str, accept: Option<&str>) -> anyhow::Result<HttpAnswer> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let mut stream = tokio::net::TcpStream::connect(addr).await?;
-    let accept = accept.map_or_else(String::new, |a| format!("Accept: {a}\r\n"));
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\n{accept}Connection: close\r\n\r\n")
-                .as_bytes(),
-        )
-        .await?;
-    let mut raw = String::new();
-    tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut raw)).await??;
-    let (head, body) = raw.split_once("\r\n\r\n").context("no end of the headers")?;
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|code| code.parse().ok())
-        .context("no status code")?;
-    let content_type = head
-        .lines()
-        .find_map(|l| {
-            let (name, value) = l.split_once(':')?;
-            name.eq_ignore_ascii_case("content-type").then(|| value.trim().to_string())
-        })
-        .unwrap_or_default();
-    // axum answers a small body whole (content-length), never chunked.
-    let body = body.to_string();
-    Ok(HttpAnswer { status, content_type, body, raw })
 }
 
 impl Drop for Federation {
@@ -1115,43 +1060,4 @@ pub async fn raw_raft_vote(
         .await
         .map(|_| ())
         .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
-}
-
-/// `GET path` over HTTPS from 127.0.0.1:`port`, trusting only `ca_pem`; the body of a
-/// 200 answer.
-///
-/// # Errors
-/// The handshake failed, or the answer was not 200.
-pub async fn https_get(port: u16, ca_pem: &str, path: &str) -> anyhow::Result<String> {
-    use rustls_pki_types::pem::PemObject as _;
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots.add(cert?)?;
-    }
-    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-    let name = rustls_pki_types::ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
-    let mut tls =
-        tokio::time::timeout(Duration::from_secs(5), connector.connect(name, tcp)).await??;
-    tls.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")
-            .as_bytes(),
-    )
-    .await?;
-    let mut response = Vec::new();
-    tokio::time::timeout(Duration::from_secs(5), tls.read_to_end(&mut response)).await??;
-    let response = String::from_utf8_lossy(&response).into_owned();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
-    if !head.starts_with("HTTP/1.1 200") {
-        bail!("GET {path}: {}", head.lines().next().unwrap_or_default());
-    }
-    Ok(body.to_string())
 }

