@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use federator::agent::AgentStatus;
 
-use crate::cluster::{Federation, eventually, federator_bin, free_port, tail};
+use crate::cluster::{Federation, federator_bin, free_port, tail};
 use crate::member::MemberCluster;
+use crate::wait::eventually;
 
 /// What an agent is configured with.
 #[derive(Clone, Debug, Default)]

@@ -3,17 +3,18 @@
 //! bounded waits. Every process is killed when the [`Federation`] is dropped.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use federator::cli::{Connection, ConnectionArgs};
 use federator_proto::admin::admin_client::AdminClient;
 use federator_proto::admin::{self as pb, ReplicaStatus};
 use tonic::transport::Channel;
+
+pub use crate::wait::{eventually, eventually_every};
 
 /// The `federator` binary: `$FEDERATOR_BIN`, or the workspace's debug build, brought up
 /// to date once per test process (a no-op when `tests/run.sh` has just built it).
@@ -66,44 +67,6 @@ fn cli_stdout(args: &[&str], out: &Output) -> anyhow::Result<String> {
 /// No free port was found.
 pub fn free_port() -> u16 {
     federator::config::free_local_port().expect("a free port on 127.0.0.1")
-}
-
-/// Polls `check` every 100 ms until it returns `Some`, for at most `timeout`.
-///
-/// # Errors
-/// The condition did not hold in time; the message names `what`.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    eventually_every(what, timeout, Duration::from_millis(100), check).await
-}
-
-/// Polls `check` every `interval` until it returns `Some`, for at most `timeout`.
-///
-/// # Errors
-/// The condition did not hold in time; the message names `what`.
-pub async fn eventually_every<T, F, Fut>(
-    what: &str,
-    timeout: Duration,
-    interval: Duration,
-    mut check: F,
-) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await {
-            return Ok(value);
-        }
-        if Instant::now() > deadline {
-            bail!("timed out after {timeout:?} waiting for {what}");
-        }
-        tokio::time::sleep(interval).await;
-    }
 }
 
 /// One replica process and its addresses.
@@ -384,18 +347,15 @@ impl Federation {
         timeout: Duration,
     ) -> anyhow::Result<std::process::ExitStatus> {
         let process = self.replicas.get_mut(&id).context("no such replica")?;
-        let deadline = Instant::now() + timeout;
-        loop {
-            let child = process.child.as_mut().context("replica is not running")?;
-            if let Some(status) = child.try_wait()? {
-                process.child = None;
-                return Ok(status);
-            }
-            if Instant::now() >= deadline {
-                bail!("replica {id} still running {timeout:?} after it was asked to stop");
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let child = process.child.as_mut().context("replica is not running")?;
+        let what = format!("replica {id} to exit after it was asked to stop");
+        let exited = eventually_every(&what, timeout, Duration::from_millis(20), || {
+            std::future::ready(child.try_wait().transpose())
+        })
+        .await?;
+        let status = exited?;
+        process.child = None;
+        Ok(status)
     }
 
     /// Each member's lease as replica `replica` has applied it (a stale read): its state,

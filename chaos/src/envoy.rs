@@ -45,8 +45,9 @@ use tokio::io::{AsyncBufReadExt as _, AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::{JoinHandle, JoinSet};
 
-use crate::cluster::{eventually, tail};
+use crate::cluster::tail;
 use crate::http::{self, Response};
+use crate::wait::eventually;
 
 /// What to do when Envoy is missing.
 pub const INSTALL_HINT: &str = "run `bash deploy/local/setup.sh` (it installs Envoy with \

@@ -13,10 +13,11 @@ use federator::identity::IssuedCertificate;
 use serde_json::json;
 
 use crate::agent::{AgentOptions, AgentProcess};
-use crate::cluster::{Federation, eventually, free_port, tail};
+use crate::cluster::{Federation, free_port, tail};
 use crate::envoy::{EchoReply, EchoServer, EnvoyProcess, ServerSidecar, Sidecar, mtls_get};
 use crate::http;
 use crate::member::MemberCluster;
+use crate::wait::eventually;
 
 /// Bound of every wait on propagation (typically about a second).
 pub const WAIT: Duration = Duration::from_secs(30);

@@ -60,13 +60,14 @@ impl Dev {
 
     /// Waits at most 30 s for dev to exit; `what` names the wait in the error.
     async fn wait_exit(&mut self, what: &str) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "{what}: {}", self.output());
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let child = &mut self.child;
+        let exited = eventually(what, Duration::from_secs(30), || {
+            std::future::ready(child.try_wait().transpose())
+        })
+        .await;
+        match exited {
+            Ok(status) => Ok(status?),
+            Err(error) => Err(anyhow::anyhow!("{error:#}: {}", self.output())),
         }
     }
 
@@ -288,7 +289,7 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
     );
     assert_eq!(pids.len(), 5, "{pids:?}");
     Command::new("kill").args(["-TERM", &dev.child.id().to_string()]).status()?;
-    let exited = dev.wait_exit("dev did not exit within 30s of SIGTERM").await?;
+    let exited = dev.wait_exit("dev to exit after SIGTERM").await?;
     assert!(exited.success(), "{exited}");
     for pid in pids {
         assert!(!alive(pid), "process {pid} outlived dev");
@@ -333,7 +334,7 @@ async fn dev_stops_quietly_when_its_reader_goes() -> anyhow::Result<()> {
     }
     drop(lines);
     let mut dev = Dev { child, dir };
-    let exited = dev.wait_exit("dev kept running after its reader went").await?;
+    let exited = dev.wait_exit("dev to exit once its reader went").await?;
     let err = std::fs::read_to_string(dev.dir.path().join("dev.err"))?;
     assert!(exited.success(), "{exited}: {err}");
     assert!(!err.contains("panicked"), "{err}");
