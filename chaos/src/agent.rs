@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use federator::agent::AgentStatus;
 
-use crate::cluster::{Federation, eventually, federator_bin, free_port, tail};
+use crate::cluster::{Federation, federator_bin, free_port, tail};
 use crate::member::MemberCluster;
+use crate::wait::eventually;
 
 /// What an agent is configured with.
 #[derive(Clone, Debug, Default)]
@@ -310,7 +311,7 @@ impl AgentProcess {
     /// No metrics endpoint, or it did not answer.
     pub async fn metrics(&self) -> anyhow::Result<String> {
         let addr = self.metrics_addr.as_deref().context("the agent serves no metrics")?;
-        crate::cluster::http_get_metrics(addr).await
+        Ok(crate::http::get(addr, "/metrics", Duration::from_secs(5)).await?.body)
     }
 
     /// The agent's working directory.

@@ -9,7 +9,8 @@
 //!
 //! - [`target`]: the [`KvTarget`](target::KvTarget) interface and its Federator and etcd
 //!   implementations (process groups plus client connections).
-//! - [`load`]: the closed-loop load generator (throughput, p50/p99 latency).
+//! - [`load`]: the closed-loop load generator (throughput, p50/p99 latency); [`load_spec`]:
+//!   what one load phase is.
 //! - [`failover`]: the SIGKILL-the-leader trial loop (kill → next acknowledged write).
 //! - [`report`]: the text table and the markdown section for `BENCHMARKS.md`.
 //! - [`plot`]: SVG plots of latency distributions for `BENCHMARKS.md`.
@@ -27,6 +28,7 @@
 pub mod attack;
 pub mod failover;
 pub mod load;
+pub mod load_spec;
 pub mod plot;
 pub mod progress;
 pub mod propagation;

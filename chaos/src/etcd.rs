@@ -52,12 +52,12 @@ pub enum EtcdError {
         detail: String,
     },
     /// A member's `/metrics` could not be fetched.
-    #[error("etcd member {member} /metrics: {source}")]
+    #[error("etcd member {member} /metrics: {source:#}")]
     Metrics {
         /// Member id (1-based).
         member: u64,
         /// Why the fetch failed.
-        source: std::io::Error,
+        source: anyhow::Error,
     },
     /// No member with this id was started.
     #[error("no etcd member {0}")]
@@ -298,27 +298,16 @@ impl EtcdCluster {
         term
     }
 
-    /// Fetches `/metrics` of member `id` (served on its client URL) over plain HTTP/1.0,
-    /// so that the body comes whole rather than in chunks.
+    /// Fetches `/metrics` of member `id` (served on its client URL): the body, whatever
+    /// the status.
     ///
     /// # Errors
     /// The member did not answer within five seconds.
     pub async fn metrics(&self, id: u64) -> Result<String, EtcdError> {
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
         let url = &self.member(id)?.client_url;
-        let addr = url.trim_start_matches("http://");
-        let fetch = async {
-            let mut stream = tokio::net::TcpStream::connect(addr).await?;
-            stream
-                .write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-                .await?;
-            let mut body = String::new();
-            stream.read_to_string(&mut body).await?;
-            Ok::<_, std::io::Error>(body)
-        };
-        tokio::time::timeout(Duration::from_secs(5), fetch)
+        crate::http::get(url, "/metrics", Duration::from_secs(5))
             .await
-            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            .map(|response| response.body)
             .map_err(|source| EtcdError::Metrics { member: id, source })
     }
 

@@ -10,7 +10,7 @@ use anyhow::{Context as _, bail};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 
-use crate::cluster::eventually;
+use crate::wait::eventually;
 
 /// The script that builds, starts and stops the apiserver.
 #[must_use]

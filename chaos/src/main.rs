@@ -6,15 +6,18 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use federator_chaos::bench::attack::{AttackConfig, run_attack};
+use federator_chaos::bench::attack::{AttackConfig, AttackReport, run_attack};
 use federator_chaos::bench::progress::Progress;
-use federator_chaos::bench::propagation::report::{SECTION_BEGIN, SECTION_END};
+use federator_chaos::bench::propagation::report::PropagationReport;
 use federator_chaos::bench::propagation::{PropagationConfig, run_propagation};
 use federator_chaos::bench::report::{Machine, write_markdown, write_markdown_section};
-use federator_chaos::bench::scale::{Level, ScaleConfig, run_scale};
+use federator_chaos::bench::scale::{Level, ScaleConfig, ScaleReport, run_scale};
+use federator_chaos::bench::snapshot::report::SnapshotReport;
 use federator_chaos::bench::snapshot::{SnapshotConfig, run_snapshot};
-use federator_chaos::bench::soak::{SoakConfig, run_soak};
-use federator_chaos::bench::{BenchTiming, RaftBenchConfig, System, run_raft};
+use federator_chaos::bench::soak::{SoakConfig, SoakReport, run_soak};
+use federator_chaos::bench::{
+    BenchTiming, RaftBenchConfig, System, attack, propagation, run_raft, scale, snapshot, soak,
+};
 use federator_chaos::run;
 
 /// Fault injection and benchmarks against real Federator (and etcd) processes on loopback.
@@ -499,13 +502,8 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let run = async {
         match &cli.command {
-            Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
-            Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
-            Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
-            Command::Bench(Bench::Scale(args)) => bench_scale(args).await,
-            Command::Bench(Bench::Soak(args)) => bench_soak(args).await,
-            Command::Bench(Bench::Attack(args)) => bench_attack(args).await,
             Command::Bench(Bench::All(args)) => bench_all(args).await,
+            Command::Bench(one) => bench(one).await,
             Command::List => {
                 for s in run::SCENARIOS {
                     println!("{:<20} {}", s.name, s.about);
@@ -625,13 +623,8 @@ async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
         eprintln!("== {}", argv[1..].join(" "));
         let cli = Cli::try_parse_from(&argv).context("building the benchmark's command line")?;
         let outcome = match &cli.command {
-            Command::Bench(Bench::Raft(args)) => bench_raft(args).await,
-            Command::Bench(Bench::Propagation(args)) => bench_propagation(args).await,
-            Command::Bench(Bench::Snapshot(args)) => bench_snapshot(args).await,
-            Command::Bench(Bench::Scale(args)) => bench_scale(args).await,
-            Command::Bench(Bench::Soak(args)) => bench_soak(args).await,
-            Command::Bench(Bench::Attack(args)) => bench_attack(args).await,
-            _ => unreachable!("only benchmarks are listed"),
+            Command::Bench(one) if !matches!(one, Bench::All(_)) => bench(one).await,
+            _ => unreachable!("only single benchmarks are listed"),
         };
         outcome.with_context(|| argv[1..].join(" "))?;
     }
@@ -668,92 +661,85 @@ fn all_command_lines(args: &AllArgs) -> Vec<Vec<String>> {
 /// Where `bench raft --markdown FILE` puts its latency plot, relative to FILE's directory.
 const RAFT_PLOT: &str = "chaos/results/raft-latency.svg";
 
-async fn bench_propagation(args: &PropagationArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
-    let machine = Machine::detect();
-    let progress = Progress::new();
-    let report = run_propagation(&config, &progress).await?;
-    finish(
-        &progress,
-        &report.text(),
-        args.markdown.as_deref(),
-        (SECTION_BEGIN, SECTION_END),
-        |c, d| report.markdown_section(&machine, c, d),
-    )
+/// Runs one benchmark other than `bench all`.
+async fn bench(command: &Bench) -> anyhow::Result<()> {
+    match command {
+        Bench::Raft(args) => bench_raft(args).await,
+        Bench::Propagation(args) => {
+            let config = args.config()?;
+            reported(
+                args.markdown.as_deref(),
+                (propagation::report::SECTION_BEGIN, propagation::report::SECTION_END),
+                async |progress| run_propagation(&config, progress).await,
+                PropagationReport::text,
+                PropagationReport::markdown_section,
+            )
+            .await
+        }
+        Bench::Snapshot(args) => {
+            let config = args.config()?;
+            reported(
+                args.markdown.as_deref(),
+                (snapshot::report::SECTION_BEGIN, snapshot::report::SECTION_END),
+                async |progress| run_snapshot(&config, progress).await,
+                SnapshotReport::text,
+                SnapshotReport::markdown_section,
+            )
+            .await
+        }
+        Bench::Scale(args) => {
+            let config = args.config()?;
+            reported(
+                args.markdown.as_deref(),
+                (scale::report::SECTION_BEGIN, scale::report::SECTION_END),
+                async |progress| run_scale(&config, progress).await,
+                ScaleReport::text,
+                ScaleReport::markdown_section,
+            )
+            .await
+        }
+        Bench::Soak(args) => {
+            let config = args.config()?;
+            reported(
+                args.markdown.as_deref(),
+                (soak::report::SECTION_BEGIN, soak::report::SECTION_END),
+                async |progress| run_soak(&config, progress).await,
+                SoakReport::text,
+                SoakReport::markdown_section,
+            )
+            .await
+        }
+        Bench::Attack(args) => {
+            let config = args.config()?;
+            reported(
+                args.markdown.as_deref(),
+                (attack::SECTION_BEGIN, attack::SECTION_END),
+                async |progress| run_attack(&config, progress).await,
+                AttackReport::text,
+                AttackReport::markdown_section,
+            )
+            .await
+        }
+        Bench::All(_) => unreachable!("`bench all` runs the others (see bench_all)"),
+    }
 }
 
-async fn bench_snapshot(args: &SnapshotArgs) -> anyhow::Result<()> {
-    use federator_chaos::bench::snapshot::report::{SECTION_BEGIN, SECTION_END};
-    let config = args.config()?;
-    let machine = Machine::detect();
-    let progress = Progress::new();
-    let report = run_snapshot(&config, &progress).await?;
-    finish(
-        &progress,
-        &report.text(),
-        args.markdown.as_deref(),
-        (SECTION_BEGIN, SECTION_END),
-        |c, d| report.markdown_section(&machine, c, d),
-    )
-}
-
-async fn bench_scale(args: &ScaleArgs) -> anyhow::Result<()> {
-    use federator_chaos::bench::scale::report::{SECTION_BEGIN, SECTION_END};
-    let config = args.config()?;
-    let machine = Machine::detect();
-    let progress = Progress::new();
-    let report = run_scale(&config, &progress).await?;
-    finish(
-        &progress,
-        &report.text(),
-        args.markdown.as_deref(),
-        (SECTION_BEGIN, SECTION_END),
-        |c, d| report.markdown_section(&machine, c, d),
-    )
-}
-
-async fn bench_soak(args: &SoakArgs) -> anyhow::Result<()> {
-    use federator_chaos::bench::soak::report::{SECTION_BEGIN, SECTION_END};
-    let config = args.config()?;
-    let machine = Machine::detect();
-    let progress = Progress::new();
-    let report = run_soak(&config, &progress).await?;
-    finish(
-        &progress,
-        &report.text(),
-        args.markdown.as_deref(),
-        (SECTION_BEGIN, SECTION_END),
-        |c, d| report.markdown_section(&machine, c, d),
-    )
-}
-
-async fn bench_attack(args: &AttackArgs) -> anyhow::Result<()> {
-    use federator_chaos::bench::attack::{SECTION_BEGIN, SECTION_END};
-    let config = args.config()?;
-    let machine = Machine::detect();
-    let progress = Progress::new();
-    let report = run_attack(&config, &progress).await?;
-    finish(
-        &progress,
-        &report.text(),
-        args.markdown.as_deref(),
-        (SECTION_BEGIN, SECTION_END),
-        |c, d| report.markdown_section(&machine, c, d),
-    )
-}
-
-/// Prints a benchmark's report and, with `--markdown FILE`, writes its section (built
-/// by `section` from this run's command line and date) between `markers` in FILE.
-fn finish(
-    progress: &Progress,
-    text: &str,
+/// Runs a benchmark (`run`, with the progress display), prints its report (`text`) and,
+/// with `--markdown FILE`, writes its section (built by `section` from the machine and
+/// this run's command line and date) between `markers` in FILE.
+async fn reported<R>(
     markdown: Option<&std::path::Path>,
     markers: (&str, &str),
-    section: impl FnOnce(&str, &str) -> String,
+    run: impl AsyncFnOnce(&Progress) -> anyhow::Result<R>,
+    text: impl FnOnce(&R) -> String,
+    section: impl FnOnce(&R, &Machine, &str, &str) -> String,
 ) -> anyhow::Result<()> {
-    println!("{text}");
+    let machine = Machine::detect();
+    let progress = Progress::new();
+    let report = run(&progress).await?;
+    println!("{}", text(&report));
     if let Some(path) = markdown {
-        let section = section(&command_line(), &now());
+        let section = section(&report, &machine, &command_line(), &now());
         write_markdown_section(path, markers.0, markers.1, &section)
             .with_context(|| format!("writing {}", path.display()))?;
         progress.println(format!("wrote the results into {}", path.display()));

@@ -13,11 +13,11 @@ use federator::identity::IssuedCertificate;
 use serde_json::json;
 
 use crate::agent::{AgentOptions, AgentProcess};
-use crate::cluster::{Federation, eventually, free_port, tail};
-use crate::envoy::{
-    EchoReply, EchoServer, EnvoyProcess, ServerSidecar, Sidecar, http_get_host, mtls_get,
-};
+use crate::cluster::{Federation, free_port, tail};
+use crate::envoy::{EchoReply, EchoServer, EnvoyProcess, ServerSidecar, Sidecar, mtls_get};
+use crate::http;
 use crate::member::MemberCluster;
+use crate::wait::eventually;
 
 /// Bound of every wait on propagation (typically about a second).
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -222,7 +222,8 @@ impl Sample {
 /// # Errors
 /// Why the call failed, as text (kept in a [`Sample`]).
 pub async fn call_host(addr: &str, host: &str) -> Result<EchoReply, String> {
-    let response = http_get_host(addr, host, "/", CALL).await.map_err(|e| format!("{e:#}"))?;
+    let response =
+        http::get_with(addr, "/", &[("host", host)], CALL).await.map_err(|e| format!("{e:#}"))?;
     if response.status != 200 {
         return Err(format!("{}: {}", response.status, response.body.trim()));
     }

@@ -430,6 +430,7 @@ async fn write_side(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wait::eventually_every;
 
     const WAIT: Duration = Duration::from_secs(10);
     /// How long "nothing arrives" is watched for.
@@ -476,13 +477,12 @@ mod tests {
         timeout(QUIET, stream.read(&mut buf)).await.is_err()
     }
 
+    /// Waits at most 5 s for every connection through `proxy` to close (the caller
+    /// checks that they did).
     async fn wait_closed(proxy: &Proxy) {
-        for _ in 0..500 {
-            if proxy.stats().open == 0 {
-                return;
-            }
-            sleep(Duration::from_millis(10)).await;
-        }
+        let closed = || std::future::ready((proxy.stats().open == 0).then_some(()));
+        let every = Duration::from_millis(10);
+        let _ = eventually_every("connections closed", Duration::from_secs(5), every, closed).await;
     }
 
     #[tokio::test]

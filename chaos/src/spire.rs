@@ -14,8 +14,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-use crate::cluster::{eventually, free_port, tail};
+use crate::cluster::{free_port, tail};
 use crate::spiffe::tool;
+use crate::wait::eventually;
 
 /// The ids of a SPIRE server's X.509 local authorities, by state.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

@@ -9,8 +9,12 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use federator_chaos::cluster::{eventually, federator_bin, tail};
+use federator_chaos::http;
 
 const WAIT: Duration = Duration::from_secs(60);
+/// Bound of one plain-HTTP request (one over TLS gets twice as long: handshake and
+/// answer).
+const CALL: Duration = Duration::from_secs(5);
 
 /// The `federator dev` process; killed (with its process group's children reaped by dev
 /// itself on SIGTERM) when dropped.
@@ -56,13 +60,14 @@ impl Dev {
 
     /// Waits at most 30 s for dev to exit; `what` names the wait in the error.
     async fn wait_exit(&mut self, what: &str) -> anyhow::Result<std::process::ExitStatus> {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                return Ok(status);
-            }
-            anyhow::ensure!(std::time::Instant::now() < deadline, "{what}: {}", self.output());
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        let child = &mut self.child;
+        let exited = eventually(what, Duration::from_secs(30), || {
+            std::future::ready(child.try_wait().transpose())
+        })
+        .await;
+        match exited {
+            Ok(status) => Ok(status?),
+            Err(error) => Err(anyhow::anyhow!("{error:#}: {}", self.output())),
         }
     }
 
@@ -140,10 +145,7 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
     )?)?;
     let agent_metrics = format!("127.0.0.1:{}", saved["metrics_port"]);
     let ready = eventually("cluster-a's agent to be ready", WAIT, || async {
-        federator_chaos::cluster::http_get(&agent_metrics, "/readyz", None)
-            .await
-            .ok()
-            .filter(|a| a.status == 200)
+        http::get(&agent_metrics, "/readyz", CALL).await.ok().filter(|a| a.status == 200)
     })
     .await?;
     assert_eq!(ready.body, "ready\n");
@@ -200,13 +202,9 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
         [("cluster-a", "hello from cluster-a"), ("cluster-b", "hello from cluster-b")]
     {
         let port = endpoint(cluster)["ports"][0]["port"].as_u64().unwrap_or(0);
-        let mut stream =
-            tokio::net::TcpStream::connect(("127.0.0.1", u16::try_from(port)?)).await?;
-        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-        stream.write_all(b"GET / HTTP/1.1\r\nhost: echo\r\n\r\n").await?;
-        let mut answer = String::new();
-        tokio::time::timeout(Duration::from_secs(5), stream.read_to_string(&mut answer)).await??;
-        assert!(answer.contains(expected), "{cluster}: {answer}");
+        let addr = format!("127.0.0.1:{}", u16::try_from(port)?);
+        let answer = http::get_with(&addr, "/", &[("host", "echo")], CALL).await?;
+        assert!(answer.body.contains(expected), "{cluster}: {answer:?}");
     }
 
     // Every replica serves the SPIFFE bundle endpoint; the https_web profile with the
@@ -218,9 +216,11 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
         .and_then(|p| p.trim_end_matches('"').parse().ok())
         .ok_or_else(|| anyhow::anyhow!("no listen_web in replica-2/server.toml:\n{config}"))?;
     let web_ca = std::fs::read_to_string(dev.dir.path().join("certs/web-ca.pem"))?;
-    let bundle =
-        federator_tests::https_get(web_port, &web_ca, "/bundles/cluster-a.federator.test").await?;
-    let bundle: serde_json::Value = serde_json::from_str(&bundle)?;
+    let web_addr = format!("127.0.0.1:{web_port}");
+    let bundle = http::get_https(&web_addr, &web_ca, "/bundles/cluster-a.federator.test", CALL * 2)
+        .await?
+        .ok()?;
+    let bundle: serde_json::Value = serde_json::from_str(&bundle.body)?;
     assert!(bundle["keys"].as_array().is_some_and(|k| !k.is_empty()), "{bundle}");
     assert!(bundle["spiffe_refresh_hint"].as_u64().is_some(), "{bundle}");
     let out = std::fs::read_to_string(dev.dir.path().join("dev.out"))?;
@@ -289,7 +289,7 @@ async fn scenario(dev: &mut Dev) -> anyhow::Result<()> {
     );
     assert_eq!(pids.len(), 5, "{pids:?}");
     Command::new("kill").args(["-TERM", &dev.child.id().to_string()]).status()?;
-    let exited = dev.wait_exit("dev did not exit within 30s of SIGTERM").await?;
+    let exited = dev.wait_exit("dev to exit after SIGTERM").await?;
     assert!(exited.success(), "{exited}");
     for pid in pids {
         assert!(!alive(pid), "process {pid} outlived dev");
@@ -334,7 +334,7 @@ async fn dev_stops_quietly_when_its_reader_goes() -> anyhow::Result<()> {
     }
     drop(lines);
     let mut dev = Dev { child, dir };
-    let exited = dev.wait_exit("dev kept running after its reader went").await?;
+    let exited = dev.wait_exit("dev to exit once its reader went").await?;
     let err = std::fs::read_to_string(dev.dir.path().join("dev.err"))?;
     assert!(exited.success(), "{exited}: {err}");
     assert!(!err.contains("panicked"), "{err}");

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use federator_chaos::disk::SmallDisk;
 use federator_proto::federation as pb;
 use federator_tests::member::MemberCluster;
-use federator_tests::{Federation, eventually, write_load};
+use federator_tests::{Federation, eventually, eventually_every, write_load};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
@@ -266,17 +266,18 @@ async fn a_sigtermed_leader_hands_over_so_writes_resume_within_its_lease_under_w
     let signalled = Instant::now();
     fed.terminate(leader);
     let mut attempt = 0usize;
-    let written = loop {
-        let count = admins.len();
-        let admin = &mut admins[attempt % count];
+    let every = Duration::from_millis(10);
+    let written = eventually_every("a write", Duration::from_secs(30), every, || {
+        // Each survivor in turn, through a handle on its connection.
+        let mut admin = admins[attempt % admins.len()].clone();
         attempt += 1;
-        let put = admin.put(PutRequest { key: "k".into(), value: b"after".to_vec() });
-        if let Ok(Ok(_)) = tokio::time::timeout(Duration::from_secs(1), put).await {
-            break signalled.elapsed();
+        async move {
+            let put = admin.put(PutRequest { key: "k".into(), value: b"after".to_vec() });
+            let done = tokio::time::timeout(Duration::from_secs(1), put).await;
+            matches!(done, Ok(Ok(_))).then(|| signalled.elapsed())
         }
-        anyhow::ensure!(signalled.elapsed() < Duration::from_secs(30), "no write for 30 s");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    };
+    })
+    .await?;
     let successor = fed.wait_for_leader(&survivors, Duration::from_secs(10)).await?;
     let status = fed.wait_exit(leader, Duration::from_secs(20)).await?;
     assert!(status.success(), "a SIGTERMed replica exits cleanly: {status}");

@@ -8,38 +8,40 @@
 use std::time::Duration;
 
 use federator_chaos::agent::{AgentOptions, AgentProcess};
+use federator_chaos::http::{self, Response};
 use federator_chaos::member::MemberCluster;
 use federator_chaos::promtool::check_metrics;
-use federator_tests::{Federation, HttpAnswer, eventually, http_get};
+use federator_tests::{Federation, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
+/// Bound of one request.
+const CALL: Duration = Duration::from_secs(5);
 
 /// Every path of one endpoint, checked: metrics lint clean in the text format and come as
 /// OpenMetrics on request; liveness; readiness as `ready` says.
 async fn check_endpoint(what: &str, addr: &str) -> anyhow::Result<()> {
-    let text = http_get(addr, "/metrics", None).await?;
+    let text = http::get(addr, "/metrics", CALL).await?;
     assert_eq!(text.status, 200, "{what}: {text:?}");
-    assert!(text.content_type.starts_with("text/plain; version=0.0.4"), "{what}: {text:?}");
+    assert!(text.content_type().starts_with("text/plain; version=0.0.4"), "{what}: {text:?}");
     check_metrics(&text.body).map_err(|e| e.context(format!("{what}'s /metrics")))?;
     for name in
         ["process_cpu_seconds_total ", "process_resident_memory_bytes ", "process_open_fds "]
     {
         assert!(text.body.contains(name), "{what}: {name} missing:\n{}", text.body);
     }
-    let open =
-        http_get(addr, "/metrics", Some("application/openmetrics-text;version=1.0.0,*/*;q=0.1"))
-            .await?;
-    assert!(open.content_type.starts_with("application/openmetrics-text"), "{what}: {open:?}");
+    let openmetrics = ("accept", "application/openmetrics-text;version=1.0.0,*/*;q=0.1");
+    let open = http::get_with(addr, "/metrics", &[openmetrics], CALL).await?;
+    assert!(open.content_type().starts_with("application/openmetrics-text"), "{what}: {open:?}");
     assert!(open.body.ends_with("# EOF\n"), "{what}: OpenMetrics ends with # EOF");
-    let live = http_get(addr, "/healthz", None).await?;
+    let live = http::get(addr, "/healthz", CALL).await?;
     assert_eq!((live.status, live.body.as_str()), (200, "ok\n"), "{what}");
-    let index = http_get(addr, "/", None).await?;
+    let index = http::get(addr, "/", CALL).await?;
     assert!(index.status == 200 && index.body.contains("/readyz"), "{what}: {index:?}");
     Ok(())
 }
 
-async fn readiness(addr: &str) -> anyhow::Result<HttpAnswer> {
-    http_get(addr, "/readyz", None).await
+async fn readiness(addr: &str) -> anyhow::Result<Response> {
+    http::get(addr, "/readyz", CALL).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -71,7 +73,7 @@ async fn metrics_lint_clean_and_health_and_readiness_answer_over_plain_http() ->
     // the member's newest bundle (no other member here).
     let member = "{cluster=\"cluster-a\",trust_domain=\"a.example\"}";
     let metrics = eventually("replica 1's member gauges", WAIT, || async {
-        let text = http_get(&replica_addr, "/metrics", None).await.ok()?.body;
+        let text = http::get(&replica_addr, "/metrics", CALL).await.ok()?.body;
         text.contains(&format!("federator_member_lease_live{member} 1")).then_some(text)
     })
     .await?;
@@ -110,7 +112,7 @@ async fn metrics_lint_clean_and_health_and_readiness_answer_over_plain_http() ->
     })
     .await?;
     assert!(not_ready.body.starts_with("not ready: no leader known"), "{not_ready:?}");
-    let live = http_get(&replica_addr, "/healthz", None).await?;
+    let live = http::get(&replica_addr, "/healthz", CALL).await?;
     assert_eq!(live.status, 200, "alive without quorum");
     agent.kill();
     Ok(())

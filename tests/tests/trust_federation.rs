@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use federator_chaos::http;
 use federator_proto::federation as pb;
 use federator_tests::member::{MemberCluster, connect_as, join_request, publish_request};
 use federator_tests::{Federation, eventually};
@@ -477,9 +478,13 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
         serde_json::from_str(&fed.cli_ok(&[], &["bundle", "show", "a.example", "-o", "json"])?)?;
 
     let fed_ca = std::fs::read_to_string(fed.certs.join("ca.pem"))?;
-    let spiffe_body =
-        federator_tests::https_get(spiffe_port, &fed_ca, "/bundles/a.example").await?;
-    let web_body = federator_tests::https_get(web_port, &web.ca_pem, "/bundles/a.example").await?;
+    // The body of a 200 answer over HTTPS (handshake and answer within 10 s).
+    let get = async |port: u16, ca: &str, path: &str| {
+        let addr = format!("127.0.0.1:{port}");
+        http::get_https(&addr, ca, path, Duration::from_secs(10)).await?.ok().map(|r| r.body)
+    };
+    let spiffe_body = get(spiffe_port, &fed_ca, "/bundles/a.example").await?;
+    let web_body = get(web_port, &web.ca_pem, "/bundles/a.example").await?;
     for (profile, body) in [("https_spiffe", &spiffe_body), ("https_web", &web_body)] {
         let policy = federator::bundle::ValidationPolicy::at(federator::server::unix_now());
         let parsed = federator::bundle::parse_spiffe_bundle("a.example", body.as_bytes(), &policy)
@@ -495,15 +500,13 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
         assert_eq!(parsed.x509_authorities.len(), 2, "{profile}");
     }
     // The federation's own bundle and the list of trust domains are served too.
-    let list = federator_tests::https_get(spiffe_port, &fed_ca, "/bundles").await?;
+    let list = get(spiffe_port, &fed_ca, "/bundles").await?;
     assert!(list.contains("a.example") && list.contains(&fed.trust_domain), "{list}");
     // A bundle without a hint of its own (the federation's) gets the configured one.
-    let own =
-        federator_tests::https_get(spiffe_port, &fed_ca, &format!("/bundles/{}", fed.trust_domain))
-            .await?;
+    let own = get(spiffe_port, &fed_ca, &format!("/bundles/{}", fed.trust_domain)).await?;
     let own: serde_json::Value = serde_json::from_str(&own)?;
     assert_eq!(own["spiffe_refresh_hint"], 120, "{own}");
-    let missing = federator_tests::https_get(spiffe_port, &fed_ca, "/bundles/nope.example").await;
+    let missing = get(spiffe_port, &fed_ca, "/bundles/nope.example").await;
     assert!(missing.is_err(), "an unknown trust domain is a 404");
     Ok(())
 }

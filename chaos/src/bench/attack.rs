@@ -23,27 +23,29 @@
 //! Every flood task stops at the end of the measured window (loops are bounded in count
 //! too); their sockets close with them; the replicas are killed when the
 //! [`Federation`] is dropped.
+//!
+//! Here: the settings, the phases and their figures. The floods are in `flood`, the text
+//! table and the markdown section in `report`.
+
+mod flood;
+mod report;
 
 use std::fmt::Write as _;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use federator::identity::IssuedCertificate;
 use federator_proto::admin as admin_pb;
 use federator_proto::admin::admin_client::AdminClient;
-use federator_proto::federation as pb;
-use federator_proto::federation::federation_client::FederationClient;
-use tokio::io::AsyncReadExt as _;
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
+use self::flood::{FloodPlan, FloodRun};
 use super::load::{LoadRun, LoadSpec, closed_loop, progress_ticker};
 use super::progress::Progress;
 use super::propagation::memory::{parse_cpu_ticks, ticks_per_second};
-use super::report::{Machine, aligned_table, section_head, wrap};
 use super::target::{KvConn, PutError};
 use super::{GROUP_SIZE, HEALTHY_TIMEOUT};
 use crate::cluster::Federation;
@@ -64,20 +66,8 @@ pub const MAX_SOCKETS_PER_PORT: usize = 5_000;
 /// Most join flood tasks a run may ask for.
 pub const MAX_JOIN_TASKS: usize = 256;
 
-/// Deadline of one call or connection attempt of the floods.
-const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of the legitimate member's connect and join.
 const JOIN_TIMEOUT: Duration = Duration::from_secs(30);
-/// Joins one flood task sends at most (it stops at the phase end long before).
-const MAX_JOINS_PER_TASK: u64 = 10_000_000;
-/// Times one socket slot is opened at most.
-const MAX_OPENS_PER_SOCKET: u64 = 1_000_000;
-/// Pause of a join flood task whose connection failed, before it connects again.
-const RECONNECT_PAUSE: Duration = Duration::from_millis(100);
-/// Time between two counts of the sockets held open.
-const SAMPLE_EVERY: Duration = Duration::from_millis(100);
-/// Time the flood tasks get to stop after the phase end before they are aborted.
-const STOP_GRACE: Duration = Duration::from_secs(10);
 /// The replica the legitimate members join through.
 const JOIN_VIA: u64 = 1;
 
@@ -547,637 +537,11 @@ fn cores(after: u64, before: u64, seconds: f64) -> Option<f64> {
     (seconds > 0.0).then(|| after.saturating_sub(before) as f64 / ticks_per_second() / seconds)
 }
 
-// === the floods ===
-
-/// What the floods need, made before they start.
-#[derive(Clone)]
-struct FloodPlan {
-    /// Every replica's API address.
-    api_addrs: Vec<String>,
-    /// The federation CA, which the attacker trusts for the server (as anyone may).
-    ca_pem: String,
-    /// The attacker's SVID, from its own CA.
-    svid: IssuedCertificate,
-    /// A join with a forged token and a valid bundle of the attacker's CA.
-    request: pb::JoinRequest,
-    join_tasks: usize,
-    sockets_per_port: usize,
-    reopen_pause: Duration,
-}
-
-impl FloodPlan {
-    fn new(fed: &Federation, config: &AttackConfig) -> anyhow::Result<Self> {
-        let ca_pem = fed.ca_pem();
-        let api_addrs: Vec<String> =
-            fed.ids().into_iter().map(|id| fed.replica(id).api_addr.clone()).collect();
-        // The attacker: its own CA and SVID, a bundle of that CA, a well-formed token it
-        // made up naming a cluster of its choice.
-        let mut attacker = MemberCluster::new("victim-name", "evil.example")?;
-        let bundle = attacker.next_bundle()?;
-        let forged = federator::token::JoinToken::generate(
-            "victim-name",
-            "evil.example",
-            api_addrs.clone(),
-            ca_pem.clone(),
-            i64::MAX / 4,
-        )
-        .encode();
-        Ok(Self {
-            request: join_request(&forged, "evil.example", bundle),
-            svid: attacker.agent_svid().clone(),
-            api_addrs,
-            ca_pem,
-            join_tasks: config.join_tasks,
-            sockets_per_port: config.sockets_per_port,
-            reopen_pause: config.reopen_pause,
-        })
-    }
-}
-
-/// Counts the join flood keeps as it goes.
-#[derive(Default)]
-struct JoinTally {
-    attempts: AtomicU64,
-    denied: AtomicU64,
-    limited: AtomicU64,
-    other: AtomicU64,
-    accepted: AtomicU64,
-    cut: AtomicU64,
-    connect_failures: AtomicU64,
-    first_other: Mutex<Option<String>>,
-}
-
-impl JoinTally {
-    fn note(&self, what: String) {
-        if let Ok(mut first) = self.first_other.lock() {
-            first.get_or_insert(what);
-        }
-    }
-}
-
-/// Counts the connection flood keeps as it goes.
-#[derive(Default)]
-struct SocketTally {
-    opened: AtomicU64,
-    open_now: AtomicU64,
-    closed_by_server: AtomicU64,
-    failed: AtomicU64,
-    first_error: Mutex<Option<String>>,
-}
-
-impl SocketTally {
-    fn note(&self, what: String) {
-        if let Ok(mut first) = self.first_error.lock() {
-            first.get_or_insert(what);
-        }
-    }
-}
-
-/// Both floods running on a runtime of their own.
-struct FloodRun {
-    runtime: Option<tokio::runtime::Runtime>,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
-    sampler: Option<tokio::task::JoinHandle<Vec<u64>>>,
-    joins: Arc<JoinTally>,
-    sockets: Arc<SocketTally>,
-    asked: usize,
-    started: Instant,
-    until: Instant,
-}
-
-impl FloodRun {
-    /// Starts both floods until `until`; the held sockets are counted from
-    /// `measure_from`.
-    fn start(plan: &FloodPlan, measure_from: Instant, until: Instant) -> anyhow::Result<Self> {
-        let started = Instant::now();
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(1)
-            .thread_name(FLOOD_THREAD)
-            .enable_all()
-            .build()
-            .context("starting the flood runtime")?;
-        let joins = Arc::new(JoinTally::default());
-        let sockets = Arc::new(SocketTally::default());
-        let mut tasks = Vec::new();
-        for t in 0..plan.join_tasks {
-            let addr = plan.api_addrs[t % plan.api_addrs.len()].clone();
-            let (ca, svid, request) =
-                (plan.ca_pem.clone(), plan.svid.clone(), plan.request.clone());
-            let tally = Arc::clone(&joins);
-            tasks.push(runtime.spawn(join_flood(addr, ca, svid, request, until, tally)));
-        }
-        let mut asked = 0;
-        for addr in &plan.api_addrs {
-            let addr: SocketAddr = addr.parse().with_context(|| format!("API address {addr:?}"))?;
-            for _ in 0..plan.sockets_per_port {
-                let tally = Arc::clone(&sockets);
-                tasks.push(runtime.spawn(hold_socket(addr, plan.reopen_pause, until, tally)));
-                asked += 1;
-            }
-        }
-        let sampler = runtime.spawn(count_held(Arc::clone(&sockets), measure_from, until));
-        Ok(Self {
-            runtime: Some(runtime),
-            tasks,
-            sampler: Some(sampler),
-            joins,
-            sockets,
-            asked,
-            started,
-            until,
-        })
-    }
-
-    /// Waits for every flood task to stop (they stop at the phase end by themselves;
-    /// those that do not within [`STOP_GRACE`] are aborted) and returns the figures.
-    async fn finish(mut self) -> (JoinFloodFigures, SocketFloodFigures) {
-        let grace = self.until + STOP_GRACE;
-        for task in &mut self.tasks {
-            if tokio::time::timeout_at(grace, &mut *task).await.is_err() {
-                task.abort();
-            }
-        }
-        let stopped = Instant::now();
-        let held = match self.sampler.take() {
-            Some(mut sampler) => match tokio::time::timeout_at(grace, &mut sampler).await {
-                Ok(Ok(held)) => held,
-                _ => {
-                    sampler.abort();
-                    Vec::new()
-                }
-            },
-            None => Vec::new(),
-        };
-        let ran = stopped.saturating_duration_since(self.started);
-        let j = &self.joins;
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        let joins = JoinFloodFigures {
-            attempts: load(&j.attempts),
-            denied: load(&j.denied),
-            limited: load(&j.limited),
-            other: load(&j.other),
-            accepted: load(&j.accepted),
-            cut: load(&j.cut),
-            connect_failures: load(&j.connect_failures),
-            first_other: j.first_other.lock().ok().and_then(|f| f.clone()),
-            ran,
-        };
-        let s = &self.sockets;
-        let sockets = SocketFloodFigures {
-            asked: self.asked,
-            opened: load(&s.opened),
-            closed_by_server: load(&s.closed_by_server),
-            failed: load(&s.failed),
-            first_error: s.first_error.lock().ok().and_then(|f| f.clone()),
-            held,
-            ran,
-        };
-        (joins, sockets)
-    }
-}
-
-impl Drop for FloodRun {
-    fn drop(&mut self) {
-        for task in &self.tasks {
-            task.abort();
-        }
-        if let Some(sampler) = &self.sampler {
-            sampler.abort();
-        }
-        // Not waited for: dropping a runtime blocks, which an async context must not.
-        if let Some(runtime) = self.runtime.take() {
-            runtime.shutdown_background();
-        }
-    }
-}
-
-/// One join flood task: joins with the forged token through one connection from
-/// [`JOIN_FLOOD_SOURCE`] to `addr`, the next as soon as the previous is answered, until
-/// `until`.
-async fn join_flood(
-    addr: String,
-    ca_pem: String,
-    svid: IssuedCertificate,
-    request: pb::JoinRequest,
-    until: Instant,
-    tally: Arc<JoinTally>,
-) {
-    let mut client: Option<FederationClient<Channel>> = None;
-    for _ in 0..MAX_JOINS_PER_TASK {
-        let now = Instant::now();
-        if now >= until {
-            return;
-        }
-        let deadline = until.min(now + CALL_TIMEOUT);
-        let connected = match client.as_mut() {
-            Some(client) => client,
-            None => {
-                let channel = crate::member::channel_from(
-                    &addr,
-                    &ca_pem,
-                    Some(&svid),
-                    Some(JOIN_FLOOD_SOURCE),
-                );
-                match tokio::time::timeout_at(deadline, channel).await {
-                    Ok(Ok(channel)) => client.insert(FederationClient::new(channel)),
-                    Ok(Err(error)) => {
-                        tally.connect_failures.fetch_add(1, Ordering::Relaxed);
-                        tally.note(format!("connect: {error:#}"));
-                        tokio::time::sleep_until(until.min(Instant::now() + RECONNECT_PAUSE)).await;
-                        continue;
-                    }
-                    Err(_) => {
-                        tally.connect_failures.fetch_add(1, Ordering::Relaxed);
-                        continue;
-                    }
-                }
-            }
-        };
-        tally.attempts.fetch_add(1, Ordering::Relaxed);
-        match tokio::time::timeout_at(deadline, connected.join(request.clone())).await {
-            Err(_) => {
-                tally.cut.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Ok(_)) => {
-                tally.accepted.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Err(status)) => match status.code() {
-                tonic::Code::PermissionDenied => {
-                    tally.denied.fetch_add(1, Ordering::Relaxed);
-                }
-                tonic::Code::ResourceExhausted => {
-                    tally.limited.fetch_add(1, Ordering::Relaxed);
-                }
-                code => {
-                    tally.other.fetch_add(1, Ordering::Relaxed);
-                    tally.note(format!("{code:?}: {}", status.message()));
-                }
-            },
-        }
-    }
-}
-
-/// One slot of the connection flood: a raw TCP socket from [`SOCKET_FLOOD_SOURCE`] to
-/// `addr` that never sends anything, opened again `pause` after the server closes it,
-/// until `until`.
-async fn hold_socket(addr: SocketAddr, pause: Duration, until: Instant, tally: Arc<SocketTally>) {
-    for _ in 0..MAX_OPENS_PER_SOCKET {
-        let now = Instant::now();
-        if now >= until {
-            return;
-        }
-        let connect = async {
-            let socket = tokio::net::TcpSocket::new_v4()?;
-            socket.bind(SocketAddr::new(SOCKET_FLOOD_SOURCE, 0))?;
-            socket.connect(addr).await
-        };
-        match tokio::time::timeout_at(until.min(now + CALL_TIMEOUT), connect).await {
-            Ok(Ok(mut stream)) => {
-                tally.opened.fetch_add(1, Ordering::Relaxed);
-                tally.open_now.fetch_add(1, Ordering::Relaxed);
-                let closed = held_until_closed(&mut stream, until).await;
-                tally.open_now.fetch_sub(1, Ordering::Relaxed);
-                drop(stream);
-                if !closed {
-                    return;
-                }
-                tally.closed_by_server.fetch_add(1, Ordering::Relaxed);
-            }
-            Ok(Err(error)) => {
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-                tally.note(format!("connect to {addr}: {error}"));
-            }
-            Err(_) if Instant::now() >= until => return,
-            Err(_) => {
-                tally.failed.fetch_add(1, Ordering::Relaxed);
-                tally.note(format!("connect to {addr}: no answer within {CALL_TIMEOUT:?}"));
-            }
-        }
-        tokio::time::sleep_until(until.min(Instant::now() + pause)).await;
-    }
-}
-
-/// Holds `stream` without writing until the server closes it (`true`) or `until`
-/// (`false`).
-async fn held_until_closed(stream: &mut tokio::net::TcpStream, until: Instant) -> bool {
-    let mut buf = [0_u8; 256];
-    // A TLS server says nothing before the ClientHello; whatever it might send is read
-    // and dropped, a bounded number of times.
-    for _ in 0..1024 {
-        match tokio::time::timeout_at(until, stream.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0) | Err(_)) => return true,
-            Ok(Ok(_)) => {}
-        }
-    }
-    true
-}
-
-/// Counts the sockets held open every [`SAMPLE_EVERY`] from `from` to `until`.
-async fn count_held(tally: Arc<SocketTally>, from: Instant, until: Instant) -> Vec<u64> {
-    let mut held = Vec::new();
-    let mut at = from;
-    for _ in 0..1_000_000 {
-        if at >= until {
-            break;
-        }
-        tokio::time::sleep_until(at).await;
-        held.push(tally.open_now.load(Ordering::Relaxed));
-        at += SAMPLE_EVERY;
-    }
-    held
-}
-
-// === the report ===
-
-/// One figure, quiet and under attack.
-#[derive(Clone, Debug)]
-struct Row {
-    figure: String,
-    quiet: Option<f64>,
-    attack: Option<f64>,
-    decimals: usize,
-    /// Show attack/quiet.
-    ratio: bool,
-    note: String,
-}
-
-impl Row {
-    fn new(
-        figure: impl Into<String>,
-        quiet: Option<f64>,
-        attack: Option<f64>,
-        decimals: usize,
-    ) -> Self {
-        Self { figure: figure.into(), quiet, attack, decimals, ratio: false, note: String::new() }
-    }
-
-    fn compared(mut self) -> Self {
-        self.ratio = true;
-        self
-    }
-
-    fn note(mut self, note: impl Into<String>) -> Self {
-        self.note = note.into();
-        self
-    }
-
-    fn cells(&self) -> [String; 5] {
-        let value = |v: Option<f64>| {
-            v.map_or_else(|| "-".to_string(), |v| format!("{v:.*}", self.decimals))
-        };
-        let ratio = match (self.ratio, self.quiet, self.attack) {
-            (true, Some(q), Some(a)) if q > 0.0 => format!("{:.2}×", a / q),
-            _ => "-".to_string(),
-        };
-        [self.figure.clone(), value(self.quiet), value(self.attack), ratio, self.note.clone()]
-    }
-}
-
-const HEADER: [&str; 5] = ["figure", "quiet", "under attack", "attack/quiet", "note"];
-
-fn ms(d: Option<Duration>) -> Option<f64> {
-    d.map(|d| d.as_secs_f64() * 1e3)
-}
-
-/// `500 ms` or `10 s`.
-fn span(d: Duration) -> String {
-    if d >= Duration::from_secs(1) {
-        format!("{} s", d.as_secs_f64())
-    } else {
-        format!("{} ms", d.as_millis())
-    }
-}
-
-impl AttackReport {
-    fn rows(&self) -> Vec<Row> {
-        let (q, a) = (&self.quiet, &self.attack);
-        let both = |f: &dyn Fn(&PhaseFigures) -> Option<f64>| (f(q), f(a));
-        let mut rows = Vec::new();
-        let (x, y) = both(&|p| Some(p.writes.throughput()));
-        rows.push(
-            Row::new("legitimate writes/s (1 sequential writer → leader)", x, y, 0).compared(),
-        );
-        for (name, quantile) in [("p50", 0.5), ("p99", 0.99), ("max", 1.0)] {
-            let (x, y) = both(&|p| ms(p.writes.percentile(quantile)));
-            rows.push(Row::new(format!("write {name} latency (ms)"), x, y, 2).compared());
-        }
-        let (x, y) = both(&|p| Some(p.writes.errors as f64));
-        rows.push(Row::new("failed writes", x, y, 0));
-        let (x, y) = both(&|p| p.join.as_ref().ok().map(|d| d.as_secs_f64() * 1e3));
-        let failures: Vec<String> = [q, a]
-            .iter()
-            .filter_map(|p| p.join.as_ref().err().map(|e| format!("{}: FAILED ({e})", p.label)))
-            .collect();
-        rows.push(
-            Row::new(
-                format!("legitimate member's connect + join via replica {JOIN_VIA} (ms)"),
-                x,
-                y,
-                0,
-            )
-            .compared()
-            .note(if failures.is_empty() {
-                "both joined".into()
-            } else {
-                failures.join("; ")
-            }),
-        );
-        let (x, y) = both(&|p| p.replica_cpu);
-        rows.push(Row::new("replicas' CPU, 3 together (cores)", x, y, 2).compared());
-        let (x, y) = both(&|p| p.flood_cpu.filter(|_| p.join_flood.is_some()));
-        rows.push(Row::new("attackers' CPU (cores; 1 thread of their own)", x, y, 2));
-
-        if let Some(j) = &a.join_flood {
-            let per_s = |n: u64| Some(j.per_second(n));
-            rows.push(Row::new("join flood: joins sent (per s)", None, per_s(j.attempts), 0).note(
-                format!(
-                    "{} in {:.1} s; {} tasks from {JOIN_FLOOD_SOURCE} over {} replicas",
-                    j.attempts,
-                    j.ran.as_secs_f64(),
-                    self.config.join_tasks,
-                    GROUP_SIZE
-                ),
-            ));
-            rows.push(
-                Row::new(
-                    "join flood: refused, PERMISSION_DENIED (per s)",
-                    None,
-                    per_s(j.denied),
-                    0,
-                )
-                .note(format!("{}", j.denied)),
-            );
-            rows.push(
-                Row::new(
-                    "join flood: rate-limited, RESOURCE_EXHAUSTED (per s)",
-                    None,
-                    per_s(j.limited),
-                    0,
-                )
-                .note(format!("{}", j.limited)),
-            );
-            if j.other + j.connect_failures > 0 {
-                rows.push(
-                    Row::new(
-                        "join flood: other answers, failed connections",
-                        None,
-                        Some((j.other + j.connect_failures) as f64),
-                        0,
-                    )
-                    .note(j.first_other.clone().unwrap_or_default()),
-                );
-            }
-            rows.push(
-                Row::new("join flood: joins accepted", None, Some(j.accepted as f64), 0)
-                    .note(if j.accepted == 0 { "must be 0: met" } else { "must be 0: MISSED" }),
-            );
-        }
-        if let Some(s) = &a.socket_flood {
-            rows.push(
-                Row::new("connection flood: idle sockets asked for", None, Some(s.asked as f64), 0)
-                    .note(format!(
-                        "{} per API port from {SOCKET_FLOOD_SOURCE}, no ClientHello",
-                        self.config.sockets_per_port
-                    )),
-            );
-            rows.push(
-                Row::new(
-                    "connection flood: idle sockets held at once (mean over the window)",
-                    None,
-                    s.held_mean(),
-                    0,
-                )
-                .note(format!("max {}", s.held.iter().max().copied().unwrap_or(0))),
-            );
-            rows.push(
-                Row::new(
-                    "connection flood: sockets closed by the server (per s)",
-                    None,
-                    Some(s.per_second(s.closed_by_server)),
-                    0,
-                )
-                .note(format!(
-                    "{} of {} opened; each re-opened after {}",
-                    s.closed_by_server,
-                    s.opened,
-                    span(self.config.reopen_pause)
-                )),
-            );
-            if s.failed > 0 {
-                rows.push(
-                    Row::new(
-                        "connection flood: connects that failed",
-                        None,
-                        Some(s.failed as f64),
-                        0,
-                    )
-                    .note(s.first_error.clone().unwrap_or_default()),
-                );
-            }
-        }
-        let server = |f: fn(ServerCounters) -> u64| both(&|p| p.server.map(|c| f(c) as f64));
-        let (x, y) = server(|c| c.refused_at_accept);
-        rows.push(
-            Row::new("replicas: API connections closed at accept", x, y, 0)
-                .note("source over its handshake cap"),
-        );
-        let (x, y) = server(|c| c.timed_out + c.evicted);
-        rows.push(Row::new("replicas: API handshakes timed out or evicted", x, y, 0));
-        let (x, y) = server(|c| c.refusals);
-        rows.push(
-            Row::new("replicas: calls refused before the log", x, y, 0)
-                .note("federator_refusals_total"),
-        );
-        let (x, y) = both(&|p| Some(p.growth() as f64));
-        rows.push(Row::new("applied-index growth over the phase", x, y, 0).note(format!(
-            "{:.1} s quiet, {:.1} s under attack",
-            q.span.as_secs_f64(),
-            a.span.as_secs_f64()
-        )));
-        let (x, y) = both(&|p| Some(p.legitimate_entries() as f64));
-        rows.push(Row::new("… legitimate entries (writes + member join)", x, y, 0));
-        let (x, y) = both(&|p| Some(p.other_entries() as f64));
-        let allowance = a.report_allowance();
-        rows.push(Row::new("… other entries", x, y, 0).note(format!(
-            "under attack ≤ {allowance} (one refusal report per replica per second): {}",
-            if a.other_entries() <= allowance { "met" } else { "MISSED" }
-        )));
-        rows
-    }
-
-    /// The figures for the terminal.
-    #[must_use]
-    pub fn text(&self) -> String {
-        let rows: Vec<[String; 5]> = self.rows().iter().map(Row::cells).collect();
-        let mut out = aligned_table(HEADER, &rows);
-        for p in [&self.quiet, &self.attack] {
-            if let Some(error) = &p.writes.first_error {
-                let _ = writeln!(out, "{}: first failed write: {error}", p.label);
-            }
-        }
-        out
-    }
-
-    /// This run as a markdown section (between [`SECTION_BEGIN`] and [`SECTION_END`]).
-    #[must_use]
-    pub fn markdown_section(&self, machine: &Machine, command: &str, date: &str) -> String {
-        let c = &self.config;
-        let mut out = section_head(
-            SECTION_BEGIN,
-            "Under attack: join flood and connection flood",
-            date,
-            "one 3-replica Federator group, quiet then under attack, in the same run",
-            command,
-            machine,
-        );
-        let _ = writeln!(out, "| {} |\n|---|--:|--:|--:|---|", HEADER.join(" | "));
-        for row in self.rows() {
-            let _ = writeln!(out, "| {} |", row.cells().join(" | "));
-        }
-        let how = format!(
-            "How: 3 replicas on 127.0.0.1 with their default limits. One writer on \
-             127.0.0.1 writes new probe keys ({value} B values) through the admin `Put` to \
-             the leader (replica {leader}), one after the other, each acknowledged once \
-             committed by a quorum and fsync'd; {ramp} of writes unmeasured, then {window} \
-             measured, first quiet, then under attack. Under attack, from the start of the \
-             unmeasured time to the end of the window: (a) a join flood from \
-             {JOIN_FLOOD_SOURCE}: {tasks} tasks spread over the replicas, one connection \
-             each, sending joins with a CA and SVID of the attacker's own, a valid bundle \
-             of that CA and a well-formed token nobody created, each as soon as the previous \
-             is answered; (b) a connection flood from {SOCKET_FLOOD_SOURCE}: {per_port} raw \
-             TCP sockets to each replica's API port that never send a TLS ClientHello, each \
-             opened again {pause} after the server closes it. The floods run in the \
-             benchmark's process on a runtime of their own with one thread (their CPU is \
-             the attackers' row); on this machine they share its cores with the replicas \
-             and the writer. In the middle of each window a new member cluster joins from \
-             127.0.0.1 through replica {JOIN_VIA} with a token the operator made before the \
-             phase; its row is the time to connect (TLS) and join. The applied index (the \
-             highest any replica reports) is read before each phase and {settle} after its \
-             window, when the last refusal reports are in; its growth is compared with the \
-             entries the legitimate clients may have proposed (acknowledged and failed \
-             writes, the join). The replicas' rows are their own counters' increase over the \
-             phase. Figures are reported, not asserted.",
-            value = c.value_size,
-            leader = self.leader,
-            ramp = span(c.ramp),
-            window = span(c.duration),
-            tasks = c.join_tasks,
-            per_port = c.sockets_per_port,
-            pause = span(c.reopen_pause),
-            settle = span(c.settle),
-        );
-        let _ = writeln!(out, "\n{}", wrap(&how, 90));
-        let _ = writeln!(out, "{SECTION_END}");
-        out
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn config() -> AttackConfig {
+    pub(super) fn config() -> AttackConfig {
         AttackConfig {
             duration: Duration::from_secs(10),
             ramp: Duration::from_secs(1),
@@ -1189,7 +553,12 @@ mod tests {
         }
     }
 
-    fn phase(label: &'static str, millis: u64, growth: u64, attacked: bool) -> PhaseFigures {
+    pub(super) fn phase(
+        label: &'static str,
+        millis: u64,
+        growth: u64,
+        attacked: bool,
+    ) -> PhaseFigures {
         PhaseFigures {
             label,
             writes: LoadRun {
@@ -1224,7 +593,7 @@ mod tests {
         }
     }
 
-    fn report(attack_growth: u64) -> AttackReport {
+    pub(super) fn report(attack_growth: u64) -> AttackReport {
         AttackReport {
             config: config(),
             leader: 1,
@@ -1261,29 +630,6 @@ mod tests {
         let text = report(111 + 40).text();
         let line = text.lines().find(|l| l.starts_with("… other entries")).expect("row");
         assert!(line.ends_with("MISSED"), "{line}");
-    }
-
-    #[test]
-    fn the_table_compares_latency_and_counts_the_floods() {
-        let text = report(120).text();
-        let p50 = text.lines().find(|l| l.starts_with("write p50 latency")).expect("row");
-        assert!(p50.contains("2.00") && p50.contains("4.00") && p50.contains("2.00×"), "{p50}");
-        let limited = text.lines().find(|l| l.contains("RESOURCE_EXHAUSTED")).expect("row");
-        assert!(limited.contains(" 98 ") && limited.ends_with("980"), "{limited}");
-        let held = text.lines().find(|l| l.contains("held at once")).expect("row");
-        assert!(held.contains(" 50 ") && held.ends_with("max 52"), "{held}");
-        assert!(text.contains("must be 0: met"), "{text}");
-    }
-
-    #[test]
-    fn the_markdown_section_is_delimited_and_says_how() {
-        let section = report(120).markdown_section(&Machine::default(), "CMD", "DATE");
-        assert!(section.starts_with(SECTION_BEGIN) && section.trim_end().ends_with(SECTION_END));
-        assert!(section.contains("```sh\nCMD\n```"));
-        assert!(section.contains("| failed writes | 0 | 0 | - |  |"), "{section}");
-        let prose = section.split_whitespace().collect::<Vec<_>>().join(" ");
-        assert!(prose.contains("8 tasks spread over the replicas"), "{prose}");
-        assert!(prose.contains("300 raw TCP sockets"), "{prose}");
     }
 
     #[test]

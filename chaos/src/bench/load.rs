@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+pub use super::load_spec::LoadSpec;
 use super::progress::Progress;
 use super::target::{self, KvConn, KvTarget, PutError};
 
@@ -17,25 +18,6 @@ pub const CONNECTIONS_PER_MEMBER: usize = 4;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause after a failed put, so a failing store is not hammered in a tight loop.
 const ERROR_BACKOFF: Duration = Duration::from_millis(10);
-
-/// One load phase.
-#[derive(Clone, Debug)]
-pub struct LoadSpec {
-    /// Concurrent clients.
-    pub clients: usize,
-    /// Unmeasured time at the start.
-    pub warmup: Duration,
-    /// Measured window after the warm-up.
-    pub duration: Duration,
-    /// Bytes per value.
-    pub value_size: usize,
-    /// Key prefix; client `c` writes `PREFIX/cC/0`, `PREFIX/cC/1`, …
-    pub prefix: String,
-    /// Distinct keys per client: `None` writes a new key every time; `Some(k)` cycles
-    /// through `PREFIX/cC/0` … `PREFIX/cC/{k-1}`, overwriting, so a long run keeps the
-    /// stored state bounded.
-    pub keys_per_client: Option<u64>,
-}
 
 /// What the clients saw in the measured window.
 #[derive(Clone, Debug, Default)]

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use super::load::LoadSpec;
+use super::load_spec::LoadSpec;
 
 /// Where progress goes.
 #[derive(Clone, Debug)]

@@ -240,7 +240,7 @@ where
     Ok(took)
 }
 
-/// Polls `check` every 20 ms until it returns `Some`, for at most `timeout`.
+/// Polls `check` every [`POLL`] until it returns `Some`, for at most `timeout`.
 ///
 /// # Errors
 /// It did not within `timeout`; the message names `what`.
@@ -249,7 +249,7 @@ where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    crate::cluster::eventually_every(what, timeout, POLL, check).await
+    crate::wait::eventually_every(what, timeout, POLL, check).await
 }
 
 /// Runs `command` to completion (killed after `timeout`); fails unless it exits 0.

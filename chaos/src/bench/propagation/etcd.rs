@@ -12,8 +12,8 @@ use super::memory::{EndpointStore, endpoint_address};
 use super::watch::{Process, Receipts, WatchTarget, WatcherSpec};
 use super::{OPEN_TIMEOUT, SERVICE_NAME, SERVICE_NAMESPACE};
 use crate::bench::{GROUP_SIZE, HEALTHY_TIMEOUT};
-use crate::cluster::eventually;
 use crate::etcd::EtcdCluster;
+use crate::wait::eventually;
 
 /// The watched key.
 const KEY: &str = "bench/exports/pub/bench/svc";

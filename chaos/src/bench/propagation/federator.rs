@@ -15,8 +15,9 @@ use super::memory::{EndpointStore, endpoint_address};
 use super::watch::{Process, Receipts, WatchTarget, WatcherSpec};
 use super::{OPEN_TIMEOUT, SERVICE_NAME, SERVICE_NAMESPACE};
 use crate::bench::{GROUP_SIZE, HEALTHY_TIMEOUT};
-use crate::cluster::{Federation, eventually};
+use crate::cluster::Federation;
 use crate::member::MemberCluster;
+use crate::wait::eventually;
 
 /// Lease of the publisher and the loading member: longer than any run.
 const LEASE_TTL_SECONDS: u32 = 3_600;

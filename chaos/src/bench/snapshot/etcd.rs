@@ -302,17 +302,7 @@ async fn connect(url: &str) -> Option<Client> {
 /// The applied raft index of the member whose metrics listener is at `url`
 /// (`etcd_server_proposals_applied_total`, a gauge of the applied index).
 async fn applied_index(url: &str) -> Option<u64> {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-    let addr = url.trim_start_matches("http://");
-    let fetch = async {
-        let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let request = format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n");
-        stream.write_all(request.as_bytes()).await.ok()?;
-        let mut body = String::new();
-        stream.read_to_string(&mut body).await.ok()?;
-        Some(body)
-    };
-    let body = tokio::time::timeout(CALL_TIMEOUT, fetch).await.ok()??;
+    let body = crate::http::get(url, "/metrics", CALL_TIMEOUT).await.ok()?.body;
     body.lines().find_map(|line| {
         let value = line.strip_prefix("etcd_server_proposals_applied_total ")?;
         value.trim().parse::<f64>().ok().map(|v| v as u64)

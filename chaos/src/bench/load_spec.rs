@@ -1,0 +1,24 @@
+//! What one load phase is ([`LoadSpec`]), apart from the load generator that runs it
+//! ([`super::load`]) and the progress display that draws a bar over it
+//! ([`super::progress`]): both use it, and the display does not depend on the generator.
+
+use std::time::Duration;
+
+/// One load phase.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// Concurrent clients.
+    pub clients: usize,
+    /// Unmeasured time at the start.
+    pub warmup: Duration,
+    /// Measured window after the warm-up.
+    pub duration: Duration,
+    /// Bytes per value.
+    pub value_size: usize,
+    /// Key prefix; client `c` writes `PREFIX/cC/0`, `PREFIX/cC/1`, …
+    pub prefix: String,
+    /// Distinct keys per client: `None` writes a new key every time; `Some(k)` cycles
+    /// through `PREFIX/cC/0` … `PREFIX/cC/{k-1}`, overwriting, so a long run keeps the
+    /// stored state bounded.
+    pub keys_per_client: Option<u64>,
+}
