@@ -56,12 +56,12 @@ pub fn federator_bin() -> PathBuf {
     .clone()
 }
 
-/// A free TCP port on 127.0.0.1 for a server (see [`federator::config::free_local_port`]).
+/// A free TCP port on 127.0.0.1 for a server (see [`federator::net::free_local_port`]).
 ///
 /// # Panics
 /// No free port was found.
 pub fn free_port() -> u16 {
-    federator::config::free_local_port().expect("a free port on 127.0.0.1")
+    federator::net::free_local_port().expect("a free port on 127.0.0.1")
 }
 
 /// One replica process and its addresses.

@@ -79,7 +79,7 @@ impl MemberCluster {
     /// # Errors
     /// The bundle could not be built.
     pub fn bundle_at(&self, sequence: u64) -> anyhow::Result<String> {
-        let policy = federator::bundle::ValidationPolicy::at(federator::server::unix_now());
+        let policy = federator::bundle::ValidationPolicy::at(federator::clock::unix_now());
         let bundle = federator::bundle::parse_pem_bundle(
             &self.trust_domain,
             self.ca_pem().as_bytes(),

@@ -26,9 +26,6 @@ use tokio::sync::watch;
 
 pub use admin::AdminService;
 pub use federation::{DEFAULT_MAX_WATCHES_PER_MEMBER, FederationService, Leaving};
-// Until the harness moves to `federator::clock` (issue 30's sweep).
-#[doc(hidden)]
-pub use crate::clock::unix_now;
 pub use federation_metrics::FederationMetrics;
 pub use leases::{EXPIRY_CHECK, LeaderRequest, LeaderResponse, Lessor};
 pub use refusals::RefusalRecorder;

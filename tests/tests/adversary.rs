@@ -247,18 +247,19 @@ async fn tokens_for_unusable_or_taken_trust_domains_are_refused() -> anyhow::Res
         .lines()
         .find(|l| {
             l.contains("admin call")
-                && l.contains("cluster=intruder")
+                && l.contains("cluster=\"intruder\"")
                 && l.contains("code=InvalidArgument")
         })
         .with_context(|| format!("no `admin call` line for the refused token:\n{log}"))?;
     for part in ["rpc{", "/federator.admin.v1.Admin/CreateToken", "transport=", "caller="] {
         assert!(refused.contains(part), "{part} missing from {refused}");
     }
+    assert_eq!(refused.matches("caller=").count(), 1, "the caller is recorded once: {refused}");
     let removed = log
         .lines()
         .find(|l| l.contains("admin call") && l.contains("RemoveCluster"))
         .with_context(|| format!("no `admin call` line for the removal:\n{log}"))?;
-    assert!(removed.contains("cluster=cluster-a") && removed.contains("code=Ok"), "{removed}");
+    assert!(removed.contains("cluster=\"cluster-a\"") && removed.contains("code=Ok"), "{removed}");
     Ok(())
 }
 

@@ -492,7 +492,7 @@ async fn agents_leave_a_stopped_replica_and_no_lease_expires() -> anyhow::Result
     // == The replica stopped for 1.5 TTL, then a TTL more: every lease stays live. ==
     fed.pause(stopped);
     let paused_at = Instant::now();
-    let paused_at_ms = federator::agent::status::now_ms();
+    let paused_at_ms = federator::clock::unix_now_ms();
     let pause = ttl * 3 / 2;
     let mut resumed = false;
     let mut longest_unheard_ms = 0;

@@ -486,7 +486,7 @@ async fn bundle_endpoint_serves_stored_bundles_under_both_profiles() -> anyhow::
     let spiffe_body = get(spiffe_port, &fed_ca, "/bundles/a.example").await?;
     let web_body = get(web_port, &web.ca_pem, "/bundles/a.example").await?;
     for (profile, body) in [("https_spiffe", &spiffe_body), ("https_web", &web_body)] {
-        let policy = federator::bundle::ValidationPolicy::at(federator::server::unix_now());
+        let policy = federator::bundle::ValidationPolicy::at(federator::clock::unix_now());
         let parsed = federator::bundle::parse_spiffe_bundle("a.example", body.as_bytes(), &policy)
             .map_err(|e| anyhow::anyhow!("{profile}: {e}: {body}"))?;
         assert_eq!(

@@ -194,7 +194,3 @@ impl AgentStatus {
         now_ms - self.written_at_ms > max_age_ms
     }
 }
-
-// Until the harness moves to `federator::clock` (issue 30's sweep).
-#[doc(hidden)]
-pub use crate::clock::unix_now_ms as now_ms;

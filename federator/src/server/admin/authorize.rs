@@ -15,12 +15,21 @@ use crate::identity::verify_client_svid;
 /// still noticed within this time).
 const ADMIN_VERIFICATION_TTL: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Marks a request the interceptor authorized: its handler does not check again.
+/// Extensions are the server's own (nothing on the wire sets them).
+#[derive(Clone, Copy, Debug)]
+struct Authorized;
+
 impl AdminService {
     /// Refuses callers that are neither on the admin socket nor the admin identity. The
     /// API port defers certificate trust to the request (agents are verified against
     /// their own trust domain's bundle), so here the chain is verified against the
     /// federation CA.
     pub(super) fn authorize<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if request.extensions().get::<Authorized>().is_some() {
+            // Checked by the interceptor (which recorded the caller) before decoding.
+            return Ok(());
+        }
         if request.extensions().get::<tonic::transport::server::UdsConnectInfo>().is_some() {
             record_caller("admin socket");
             return Ok(());
@@ -94,8 +103,9 @@ impl AdminService {
     ///
     /// # Errors
     /// The caller is not the admin identity (and not on the admin socket).
-    pub fn intercept(&self, request: Request<()>) -> Result<Request<()>, Status> {
+    pub fn intercept(&self, mut request: Request<()>) -> Result<Request<()>, Status> {
         self.authorize(&request)?;
+        request.extensions_mut().insert(Authorized);
         Ok(request)
     }
 }
