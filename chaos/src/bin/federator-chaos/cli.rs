@@ -1,35 +1,27 @@
-//! `federator-chaos`: benchmarks (and, later, fault-injection runs) against real
-//! processes on loopback. Figures go to stdout, progress to stderr.
+//! The command line of `federator-chaos`: its subcommands and flags, and each
+//! benchmark's settings as its flags make them (`--smoke` overriding the long ones).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
-use federator_chaos::bench::attack::{AttackConfig, AttackReport, run_attack};
-use federator_chaos::bench::progress::Progress;
-use federator_chaos::bench::propagation::report::PropagationReport;
-use federator_chaos::bench::propagation::{PropagationConfig, run_propagation};
-use federator_chaos::bench::report::{Machine, write_markdown, write_markdown_section};
-use federator_chaos::bench::scale::{Level, ScaleConfig, ScaleReport, run_scale};
-use federator_chaos::bench::snapshot::report::SnapshotReport;
-use federator_chaos::bench::snapshot::{SnapshotConfig, run_snapshot};
-use federator_chaos::bench::soak::{SoakConfig, SoakReport, run_soak};
-use federator_chaos::bench::{
-    BenchTiming, RaftBenchConfig, System, attack, propagation, run_raft, scale, snapshot, soak,
-};
-use federator_chaos::run;
+use federator_chaos::bench::attack::AttackConfig;
+use federator_chaos::bench::propagation::PropagationConfig;
+use federator_chaos::bench::scale::{Level, ScaleConfig};
+use federator_chaos::bench::snapshot::SnapshotConfig;
+use federator_chaos::bench::soak::SoakConfig;
+use federator_chaos::bench::{BenchTiming, RaftBenchConfig, System};
 
 /// Fault injection and benchmarks against real Federator (and etcd) processes on loopback.
 #[derive(Debug, Parser)]
 #[command(name = "federator-chaos", version)]
-struct Cli {
+pub struct Cli {
     #[command(subcommand)]
-    command: Command,
+    pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
-enum Command {
+pub enum Command {
     /// Benchmarks: figures are printed, never asserted.
     #[command(subcommand)]
     Bench(Bench),
@@ -55,43 +47,43 @@ enum Command {
 }
 
 #[derive(Debug, Args)]
-struct RunArgs {
+pub struct RunArgs {
     /// Scenario names (see `list`); `all` runs every one.
-    scenarios: Vec<String>,
+    pub scenarios: Vec<String>,
     /// The short set CI runs: kill-leader, kill-all, partition-leader, pause-leader,
     /// asymmetric-leader, latency, sigterm-leader, disk-full, hung-replica,
     /// snapshot-corruption with 15 s each.
     #[arg(long)]
-    short: bool,
+    pub short: bool,
     /// Seed of every random choice; a failing run names it [default: from the clock].
     #[arg(long)]
-    seed: Option<u64>,
+    pub seed: Option<u64>,
     /// Time under faults per scenario (e.g. 30s, 5m).
     #[arg(long, default_value = "30s", value_parser = parse_duration)]
-    duration: Duration,
+    pub duration: Duration,
     /// Replicas per run [default: the scenario's, 3].
     #[arg(long, default_value_t = 0)]
-    replicas: u64,
+    pub replicas: u64,
     /// Report format.
     #[arg(long, value_enum, default_value = "text")]
-    format: ReportFormat,
+    pub format: ReportFormat,
     /// Write the report to FILE instead of stdout.
     #[arg(long, value_name = "FILE")]
-    out: Option<PathBuf>,
+    pub out: Option<PathBuf>,
     /// Also keep every run's history (JSON) in DIR, passing or not.
     #[arg(long, value_name = "DIR")]
-    keep_dir: Option<PathBuf>,
+    pub keep_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, clap::ValueEnum)]
-enum ReportFormat {
+pub enum ReportFormat {
     Text,
     Json,
     Junit,
 }
 
 #[derive(Debug, Subcommand)]
-enum Bench {
+pub enum Bench {
     /// Write throughput, p50/p99 latency and leader failover of a 3-replica Federator
     /// group and a 3-member etcd cluster, side by side.
     Raft(RaftArgs),
@@ -140,38 +132,38 @@ enum Bench {
 }
 
 #[derive(Debug, Args)]
-struct ScaleArgs {
+pub struct ScaleArgs {
     /// The federation's sizes, growing, as MEMBERS:ENDPOINTS.
     #[arg(long, value_delimiter = ',', default_value = "10:10000,100:100000,1000:1000000")]
-    levels: Vec<Level>,
+    pub levels: Vec<Level>,
     /// Closed-loop writers of each level's throughput phase.
     #[arg(long, default_value_t = 64)]
-    clients: usize,
+    pub clients: usize,
     /// Measured window of each throughput phase (after a 1 s warm-up).
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
-    duration: Duration,
+    pub duration: Duration,
     /// Watch streams of each propagation phase; each first receives every import of the
     /// federation.
     #[arg(long, default_value_t = 10)]
-    watchers: usize,
+    pub watchers: usize,
     /// Changes the publisher makes in each propagation phase.
     #[arg(long, default_value_t = 50)]
-    changes: u64,
+    pub changes: u64,
     /// Time between two changes.
     #[arg(long, default_value = "20ms", value_parser = parse_duration)]
-    interval: Duration,
+    pub interval: Duration,
     /// A quick run that keeps the benchmark from rotting (CI): levels 2:200 and 4:400,
     /// 8 clients for 1 s, 2 watchers, 5 changes. Overrides the other settings.
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Also write the results as a markdown section into FILE (replacing the section a
     /// previous run wrote there).
     #[arg(long, value_name = "FILE")]
-    markdown: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
 }
 
 impl ScaleArgs {
-    fn config(&self) -> anyhow::Result<ScaleConfig> {
+    pub fn config(&self) -> anyhow::Result<ScaleConfig> {
         let mut config = ScaleConfig {
             levels: self.levels.clone(),
             clients: self.clients,
@@ -196,43 +188,43 @@ impl ScaleArgs {
 }
 
 #[derive(Debug, Args)]
-struct SoakArgs {
+pub struct SoakArgs {
     /// Concurrent closed-loop writers.
     #[arg(long, default_value_t = 1000)]
-    clients: usize,
+    pub clients: usize,
     /// Measured time under load (e.g. 10m, 90s), after a 2 s warm-up.
     #[arg(long, default_value = "10m", value_parser = parse_duration)]
-    duration: Duration,
+    pub duration: Duration,
     /// Distinct keys over all writers; each overwrites its share in turn, so the stored
     /// state stays bounded.
     #[arg(long, default_value_t = 100_000)]
-    keys: u64,
+    pub keys: u64,
     /// Bytes per written value.
     #[arg(long, default_value_t = 256)]
-    value_size: usize,
+    pub value_size: usize,
     /// Time between two readings of the raft term and the acknowledgement count.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
-    sample_every: Duration,
+    pub sample_every: Duration,
     /// Systems to run, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
-    systems: Vec<System>,
+    pub systems: Vec<System>,
     /// Raft timings to run every system at, in this order: `equal` (both at Federator's
     /// `lan` profile, etcd at the same election timeout) and `defaults` (each at its
     /// shipped default).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "equal,defaults")]
-    timings: Vec<BenchTiming>,
+    pub timings: Vec<BenchTiming>,
     /// A quick run that keeps the benchmark from rotting (CI): 64 writers for 3 s,
     /// sampled every 500 ms. Overrides --clients, --duration and --sample-every.
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Also write the results as a markdown section into FILE (replacing the section a
     /// previous run wrote there).
     #[arg(long, value_name = "FILE")]
-    markdown: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
 }
 
 impl SoakArgs {
-    fn config(&self) -> anyhow::Result<SoakConfig> {
+    pub fn config(&self) -> anyhow::Result<SoakConfig> {
         let mut config = SoakConfig {
             clients: self.clients,
             warmup: Duration::from_secs(2),
@@ -255,36 +247,36 @@ impl SoakArgs {
 }
 
 #[derive(Debug, Args)]
-struct AttackArgs {
+pub struct AttackArgs {
     /// Measured window of each phase (quiet, then under attack), after 1 s of unmeasured
     /// writes (and, under attack, floods).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
+    pub duration: Duration,
     /// Join flood tasks from 127.0.0.2, spread over the replicas, one connection each.
     #[arg(long, default_value_t = 8)]
-    join_tasks: usize,
+    pub join_tasks: usize,
     /// Idle sockets from 127.0.0.3 held to each replica's API port.
     #[arg(long, default_value_t = 300)]
-    sockets: usize,
+    pub sockets: usize,
     /// Pause before a socket the server closed is opened again.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
-    reopen_pause: Duration,
+    pub reopen_pause: Duration,
     /// Bytes per written value.
     #[arg(long, default_value_t = 256)]
-    value_size: usize,
+    pub value_size: usize,
     /// A quick run that keeps the benchmark from rotting (CI): 2 s windows after 500 ms,
     /// 4 join tasks, 100 sockets per port. Overrides --duration, --join-tasks and
     /// --sockets.
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Also write the results as a markdown section into FILE (replacing the section a
     /// previous run wrote there).
     #[arg(long, value_name = "FILE")]
-    markdown: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
 }
 
 impl AttackArgs {
-    fn config(&self) -> anyhow::Result<AttackConfig> {
+    pub fn config(&self) -> anyhow::Result<AttackConfig> {
         let mut config = AttackConfig {
             duration: self.duration,
             ramp: Duration::from_secs(1),
@@ -306,44 +298,44 @@ impl AttackArgs {
 }
 
 #[derive(Debug, Args)]
-struct AllArgs {
+pub struct AllArgs {
     /// Each benchmark's quick smoke run instead of its full one.
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Write every benchmark's section into FILE (replacing what a previous run wrote).
     #[arg(long, value_name = "FILE")]
-    markdown: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
-struct SnapshotArgs {
+pub struct SnapshotArgs {
     /// Keys loaded into each system.
     #[arg(long, default_value_t = 100_000)]
-    keys: usize,
+    pub keys: usize,
     /// Bytes per value.
     #[arg(long, default_value_t = 256)]
-    value_size: usize,
+    pub value_size: usize,
     /// Trials per figure (the median is reported).
     #[arg(long, default_value_t = 3)]
-    trials: usize,
+    pub trials: usize,
     /// Writes in flight while loading.
     #[arg(long, default_value_t = 64)]
-    in_flight: usize,
+    pub in_flight: usize,
     /// Systems to run, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
-    systems: Vec<System>,
+    pub systems: Vec<System>,
     /// A quick run that keeps the benchmark from rotting (CI): 2,000 keys, 1 trial.
     /// Overrides --keys and --trials.
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Also write the results as a markdown section into FILE (replacing the section a
     /// previous run wrote there).
     #[arg(long, value_name = "FILE")]
-    markdown: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
 }
 
 impl SnapshotArgs {
-    fn config(&self) -> anyhow::Result<SnapshotConfig> {
+    pub fn config(&self) -> anyhow::Result<SnapshotConfig> {
         let mut config = SnapshotConfig {
             keys: self.keys,
             value_size: self.value_size,
@@ -363,43 +355,43 @@ impl SnapshotArgs {
 }
 
 #[derive(Debug, Args)]
-struct RaftArgs {
+pub struct RaftArgs {
     /// Concurrent client counts, one load phase each.
     #[arg(long, value_delimiter = ',', default_value = "1,16,64,256")]
-    clients: Vec<usize>,
+    pub clients: Vec<usize>,
     /// Measured time per load phase (e.g. 10s, 500ms, 1m).
     #[arg(long, default_value = "10s", value_parser = parse_duration)]
-    duration: Duration,
+    pub duration: Duration,
     /// Unmeasured warm-up before each load phase [default: a fifth of --duration, at most 2s].
     #[arg(long, value_parser = parse_duration)]
-    warmup: Option<Duration>,
+    pub warmup: Option<Duration>,
     /// Leader-failover trials per system.
     #[arg(long, default_value_t = 10)]
-    trials: usize,
+    pub trials: usize,
     /// Bytes per written value.
     #[arg(long, default_value_t = 256)]
-    value_size: usize,
+    pub value_size: usize,
     /// Systems to run, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
-    systems: Vec<System>,
+    pub systems: Vec<System>,
     /// Raft timings to run every system at, in this order: `equal` (both at Federator's
     /// `lan` profile, etcd at the same election timeout) and `defaults` (each at its
     /// shipped default).
     #[arg(long, value_enum, value_delimiter = ',', default_value = "equal,defaults")]
-    timings: Vec<BenchTiming>,
+    pub timings: Vec<BenchTiming>,
     /// A quick run that keeps the benchmark from rotting (CI): clients 1,16, 1s phases,
     /// 2 failover trials, 30 disk probe appends per writer (300 otherwise). Overrides
     /// --clients, --duration, --warmup and --trials.
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Also write the results as a markdown section into FILE (replacing the section a
     /// previous run wrote there).
     #[arg(long, value_name = "FILE")]
-    markdown: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
 }
 
 impl RaftArgs {
-    fn config(&self) -> anyhow::Result<RaftBenchConfig> {
+    pub fn config(&self) -> anyhow::Result<RaftBenchConfig> {
         let mut config = RaftBenchConfig {
             clients: self.clients.clone(),
             duration: self.duration,
@@ -431,38 +423,38 @@ impl RaftArgs {
 }
 
 #[derive(Debug, Args)]
-struct PropagationArgs {
+pub struct PropagationArgs {
     /// Concurrent watcher counts, one propagation phase each.
     #[arg(long, value_delimiter = ',', default_value = "100,1000")]
-    watchers: Vec<usize>,
+    pub watchers: Vec<usize>,
     /// Changes the publisher makes per phase.
     #[arg(long, default_value_t = 100)]
-    changes: u64,
+    pub changes: u64,
     /// Time between two changes (e.g. 50ms).
     #[arg(long, default_value = "50ms", value_parser = parse_duration)]
-    interval: Duration,
+    pub interval: Duration,
     /// Endpoint counts at which memory is read (loaded cumulatively in one run).
     #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
-    endpoints: Vec<usize>,
+    pub endpoints: Vec<usize>,
     /// Idle watch streams opened for the memory per stream.
     #[arg(long, default_value_t = 1000)]
-    streams: usize,
+    pub streams: usize,
     /// Systems to run, in this order.
     #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
-    systems: Vec<System>,
+    pub systems: Vec<System>,
     /// A quick run that keeps the benchmark from rotting (CI): 10 watchers, 10 changes,
     /// 10,000 endpoints, 100 idle streams, short pauses. Overrides --watchers, --changes,
     /// --endpoints and --streams.
     #[arg(long)]
-    smoke: bool,
+    pub smoke: bool,
     /// Also write the results as a markdown section into FILE (replacing the section a
     /// previous run wrote there).
     #[arg(long, value_name = "FILE")]
-    markdown: Option<PathBuf>,
+    pub markdown: Option<PathBuf>,
 }
 
 impl PropagationArgs {
-    fn config(&self) -> anyhow::Result<PropagationConfig> {
+    pub fn config(&self) -> anyhow::Result<PropagationConfig> {
         let mut config = PropagationConfig {
             watchers: self.watchers.clone(),
             changes: self.changes,
@@ -497,291 +489,21 @@ impl PropagationArgs {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    let run = async {
-        match &cli.command {
-            Command::Bench(Bench::All(args)) => bench_all(args).await,
-            Command::Bench(one) => bench(one).await,
-            Command::List => {
-                for s in run::SCENARIOS {
-                    println!("{:<20} {}", s.name, s.about);
-                }
-                Ok(())
-            }
-            Command::Run(args) => chaos_run(args).await,
-        }
-    };
-    // On ctrl-c the run is dropped, and with it the process groups, which kills them.
-    let outcome = tokio::select! {
-        result = run => Some(result),
-        _ = tokio::signal::ctrl_c() => None,
-    };
-    outcome.unwrap_or_else(|| {
-        eprintln!("interrupted; every process the run started was killed");
-        std::process::exit(130)
-    })
-}
-
-async fn chaos_run(args: &RunArgs) -> anyhow::Result<()> {
-    let names: Vec<String> = if args.short {
-        run::SHORT.iter().map(ToString::to_string).collect()
-    } else if args.scenarios.iter().any(|s| s == "all") {
-        run::SCENARIOS.iter().map(|s| s.name.to_string()).collect()
-    } else {
-        args.scenarios.clone()
-    };
-    if names.is_empty() {
-        anyhow::bail!("name a scenario (see `federator-chaos list`), `all`, or pass --short");
-    }
-    let scenarios = names
-        .iter()
-        .map(|n| {
-            run::find(n)
-                .with_context(|| format!("no scenario {n:?}; `federator-chaos list` shows them"))
-        })
-        .collect::<anyhow::Result<Vec<_>>>()?;
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs())
-    });
-    let duration = if args.short { Duration::from_secs(15) } else { args.duration };
-    let progress = Progress::new();
-    let mut reports = Vec::new();
-    for scenario in scenarios {
-        let config = run::RunConfig {
-            seed,
-            duration,
-            replicas: args.replicas,
-            keep_dir: args.keep_dir.clone(),
-            workload: run::workload::WorkloadConfig::default(),
-        };
-        let step = progress.step(format!("{} (seed {seed})", scenario.name));
-        let report = run::run(scenario, &config, &|m: &str| {
-            step.set_message(format!("{}: {m}", scenario.name))
-        })
-        .await?;
-        step.finish_and_clear();
-        progress.println(report.text());
-        reports.push(report);
-    }
-    let rendered = match args.format {
-        ReportFormat::Text => reports.iter().map(run::report::RunReport::text).collect::<String>(),
-        ReportFormat::Json => serde_json::to_string_pretty(&reports)?,
-        ReportFormat::Junit => run::report::junit(&reports),
-    };
-    match &args.out {
-        Some(path) => {
-            std::fs::write(path, rendered).with_context(|| format!("writing {}", path.display()))?
-        }
-        None if matches!(args.format, ReportFormat::Text) => {}
-        None => println!("{rendered}"),
-    }
-    let failed: Vec<&str> =
-        reports.iter().filter(|r| !r.passed()).map(|r| r.scenario.as_str()).collect();
-    if !failed.is_empty() {
-        eprintln!("broken promises in: {} (seed {seed})", failed.join(", "));
-        std::process::exit(1);
-    }
-    Ok(())
-}
-
-async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
-    let config = args.config()?;
-    let machine = Machine::detect();
-    let progress = Progress::new();
-    let report = run_raft(&config, &progress).await?;
-    println!("{}", report.text_table());
-    if let Some(path) = &args.markdown {
-        // The plot goes beside the markdown file, linked by a relative path.
-        let dir = path.parent().unwrap_or_else(|| std::path::Path::new(""));
-        let plot = dir.join(RAFT_PLOT);
-        if let Some(parent) = plot.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
-        }
-        std::fs::write(&plot, report.latency_plot())
-            .with_context(|| format!("writing {}", plot.display()))?;
-        let section = report.markdown_section(&machine, &command_line(), &now(), Some(RAFT_PLOT));
-        write_markdown(path, &section).with_context(|| format!("writing {}", path.display()))?;
-        progress.println(format!(
-            "wrote the results into {} and the latency plot into {}",
-            path.display(),
-            plot.display()
-        ));
-    }
-    Ok(())
-}
-
-/// Runs `bench raft`, `bench propagation`, `bench snapshot`, `bench scale`, `bench soak`
-/// and `bench attack` one after the other, each parsed from its own command line so it
-/// gets exactly its defaults.
-async fn bench_all(args: &AllArgs) -> anyhow::Result<()> {
-    for argv in all_command_lines(args) {
-        eprintln!("== {}", argv[1..].join(" "));
-        let cli = Cli::try_parse_from(&argv).context("building the benchmark's command line")?;
-        let outcome = match &cli.command {
-            Command::Bench(one) if !matches!(one, Bench::All(_)) => bench(one).await,
-            _ => unreachable!("only single benchmarks are listed"),
-        };
-        outcome.with_context(|| argv[1..].join(" "))?;
-    }
-    Ok(())
-}
-
-/// The command lines `bench all` runs.
-fn all_command_lines(args: &AllArgs) -> Vec<Vec<String>> {
-    let benchmarks: [&[&str]; 6] = [
-        &["raft", "--clients", "1,16,64,256,1000", "--trials", "20"],
-        &["propagation"],
-        &["snapshot"],
-        &["scale"],
-        &["soak"],
-        &["attack"],
-    ];
-    benchmarks
-        .iter()
-        .map(|bench| {
-            let mut argv = vec!["federator-chaos".to_string(), "bench".to_string()];
-            argv.extend(bench.iter().map(ToString::to_string));
-            if args.smoke {
-                argv.push("--smoke".into());
-            }
-            if let Some(path) = &args.markdown {
-                argv.push("--markdown".into());
-                argv.push(path.display().to_string());
-            }
-            argv
-        })
-        .collect()
-}
-
-/// Where `bench raft --markdown FILE` puts its latency plot, relative to FILE's directory.
-const RAFT_PLOT: &str = "chaos/results/raft-latency.svg";
-
-/// Runs one benchmark other than `bench all`.
-async fn bench(command: &Bench) -> anyhow::Result<()> {
-    match command {
-        Bench::Raft(args) => bench_raft(args).await,
-        Bench::Propagation(args) => {
-            let config = args.config()?;
-            reported(
-                args.markdown.as_deref(),
-                (propagation::report::SECTION_BEGIN, propagation::report::SECTION_END),
-                async |progress| run_propagation(&config, progress).await,
-                PropagationReport::text,
-                PropagationReport::markdown_section,
-            )
-            .await
-        }
-        Bench::Snapshot(args) => {
-            let config = args.config()?;
-            reported(
-                args.markdown.as_deref(),
-                (snapshot::report::SECTION_BEGIN, snapshot::report::SECTION_END),
-                async |progress| run_snapshot(&config, progress).await,
-                SnapshotReport::text,
-                SnapshotReport::markdown_section,
-            )
-            .await
-        }
-        Bench::Scale(args) => {
-            let config = args.config()?;
-            reported(
-                args.markdown.as_deref(),
-                (scale::report::SECTION_BEGIN, scale::report::SECTION_END),
-                async |progress| run_scale(&config, progress).await,
-                ScaleReport::text,
-                ScaleReport::markdown_section,
-            )
-            .await
-        }
-        Bench::Soak(args) => {
-            let config = args.config()?;
-            reported(
-                args.markdown.as_deref(),
-                (soak::report::SECTION_BEGIN, soak::report::SECTION_END),
-                async |progress| run_soak(&config, progress).await,
-                SoakReport::text,
-                SoakReport::markdown_section,
-            )
-            .await
-        }
-        Bench::Attack(args) => {
-            let config = args.config()?;
-            reported(
-                args.markdown.as_deref(),
-                (attack::SECTION_BEGIN, attack::SECTION_END),
-                async |progress| run_attack(&config, progress).await,
-                AttackReport::text,
-                AttackReport::markdown_section,
-            )
-            .await
-        }
-        Bench::All(_) => unreachable!("`bench all` runs the others (see bench_all)"),
-    }
-}
-
-/// Runs a benchmark (`run`, with the progress display), prints its report (`text`) and,
-/// with `--markdown FILE`, writes its section (built by `section` from the machine and
-/// this run's command line and date) between `markers` in FILE.
-async fn reported<R>(
-    markdown: Option<&std::path::Path>,
-    markers: (&str, &str),
-    run: impl AsyncFnOnce(&Progress) -> anyhow::Result<R>,
-    text: impl FnOnce(&R) -> String,
-    section: impl FnOnce(&R, &Machine, &str, &str) -> String,
-) -> anyhow::Result<()> {
-    let machine = Machine::detect();
-    let progress = Progress::new();
-    let report = run(&progress).await?;
-    println!("{}", text(&report));
-    if let Some(path) = markdown {
-        let section = section(&report, &machine, &command_line(), &now());
-        write_markdown_section(path, markers.0, markers.1, &section)
-            .with_context(|| format!("writing {}", path.display()))?;
-        progress.println(format!("wrote the results into {}", path.display()));
-    }
-    Ok(())
-}
-
-/// How this run was started, as a command to copy.
-fn command_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let profile = if cfg!(debug_assertions) { "" } else { " --release" };
-    let env = std::env::var("FEDERATOR_BIN")
-        .map(|bin| format!("FEDERATOR_BIN={bin} "))
-        .unwrap_or_default();
-    format!("{env}cargo run -p federator-chaos{profile} -- {}", args.join(" "))
-}
-
-/// The current time in UTC, as `date` prints it.
-fn now() -> String {
-    std::process::Command::new("date")
-        .args(["-u", "+%Y-%m-%d %H:%M UTC"])
-        .output()
-        .ok()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| "(date unknown)".into())
-}
-
 /// Parses `10s`, `500ms`, `1.5s`, `2m`.
-fn parse_duration(text: &str) -> Result<Duration, String> {
+fn parse_duration(text: &str) -> anyhow::Result<Duration> {
     let text = text.trim();
     let split = text.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
-    let number: f64 =
-        number.parse().map_err(|_| format!("{text:?} is not a duration like 10s or 500ms"))?;
+    let number: f64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{text:?} is not a duration like 10s or 500ms"))?;
     let seconds = match unit {
         "ms" => number / 1e3,
         "s" | "" => number,
         "m" => number * 60.0,
-        _ => return Err(format!("{text:?}: unknown unit {unit:?} (use ms, s or m)")),
+        _ => anyhow::bail!("{text:?}: unknown unit {unit:?} (use ms, s or m)"),
     };
-    Duration::try_from_secs_f64(seconds).map_err(|e| format!("{text:?}: {e}"))
+    Duration::try_from_secs_f64(seconds).map_err(|e| anyhow::anyhow!("{text:?}: {e}"))
 }
 
 #[cfg(test)]
@@ -789,39 +511,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn bench_all_runs_each_benchmark_with_its_own_defaults() {
-        let cli = Cli::try_parse_from([
-            "federator-chaos",
-            "bench",
-            "all",
-            "--smoke",
-            "--markdown",
-            "B.md",
-        ])
-        .expect("parses");
-        let Command::Bench(Bench::All(args)) = &cli.command else { panic!("{cli:?}") };
-        let lines = all_command_lines(args);
-        assert_eq!(lines.len(), 6);
-        for argv in &lines {
-            assert_eq!(&argv[argv.len() - 3..], ["--smoke", "--markdown", "B.md"], "{argv:?}");
-            let parsed = Cli::try_parse_from(argv).expect("each command line parses");
-            assert!(matches!(parsed.command, Command::Bench(_)));
-        }
-        let Command::Bench(Bench::Raft(raft)) =
-            Cli::try_parse_from(&lines[0]).expect("raft").command
-        else {
-            panic!("raft first")
-        };
-        assert_eq!(raft.clients, [1, 16, 64, 256, 1000]);
-        assert_eq!(raft.trials, 20);
-    }
-
-    #[test]
     fn durations_parse_with_units() {
-        assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
-        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("10s").ok(), Some(Duration::from_secs(10)));
+        assert_eq!(parse_duration("500ms").ok(), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s").ok(), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m").ok(), Some(Duration::from_secs(120)));
         assert!(parse_duration("ten").is_err());
         assert!(parse_duration("3h").is_err());
     }
