@@ -15,7 +15,7 @@
 use std::fmt;
 
 use super::Replica;
-use crate::ReplicaError;
+use super::error::ReplicaError;
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 

@@ -1,0 +1,101 @@
+//! A replica's background tasks: check-quorum (a leader that hears no quorum steps
+//! down) and the Prometheus gauges kept in step with openraft's metrics.
+
+use std::time::Duration;
+
+use openraft::ServerState;
+
+use super::Replica;
+use crate::state_machine::StateMachine;
+use crate::types::NodeId;
+
+/// A leader that heard from no quorum for this many upper election timeouts steps down.
+pub(super) const CHECK_QUORUM_TIMEOUTS: u32 = 2;
+
+impl<S: StateMachine> Replica<S> {
+    /// Check-quorum: a leader that has not heard from a quorum for `limit` fences its
+    /// term ([`Network::fence`]: it sends no AppendEntries, heartbeats included, and
+    /// proposes nothing more), so a leader that reaches its followers but hears none of
+    /// them — a deaf or half-partitioned leader — does not hold the group without
+    /// committing anything: the followers' leases run out and they elect one of
+    /// themselves. The fence lifts once this replica no longer leads that term (the new
+    /// leader's messages reached it). openraft 0.9 has no check-quorum of its own and
+    /// ignores an election triggered on a leader.
+    ///
+    /// [`Network::fence`]: crate::network::Network::fence
+    pub(super) fn spawn_check_quorum(&self, limit: Duration) {
+        let raft = self.raft.clone();
+        let network = self.network.clone();
+        let metrics = self.metrics.clone();
+        let id = self.id;
+        let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval((limit / 4).max(Duration::from_millis(10)));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                let m = raft.metrics().borrow().clone();
+                if m.running_state.is_err() {
+                    return;
+                }
+                let leading = m.state == ServerState::Leader;
+                if let Some(term) = network.fenced() {
+                    if !leading || m.current_term != term {
+                        tracing::info!(
+                            replica = id,
+                            term,
+                            "no longer leads the fenced term; fence lifted"
+                        );
+                        network.unfence();
+                    }
+                    continue;
+                }
+                let voters = m.membership_config.membership().voter_ids().count();
+                if let Some(ms) = m.millis_since_quorum_ack
+                    && leading
+                    && voters > 1
+                    && ms > limit_ms
+                {
+                    tracing::warn!(
+                        replica = id,
+                        term = m.current_term,
+                        silent_ms = ms,
+                        "leading without hearing a quorum; stepping down (check-quorum)"
+                    );
+                    metrics.quorum_step_downs.inc();
+                    network.fence(m.current_term);
+                }
+            }
+        });
+    }
+
+    /// Keeps the Prometheus gauges in step with openraft's metrics.
+    pub(super) fn spawn_metrics_refresher(&self) {
+        let mut watch = self.raft.metrics();
+        let metrics = self.metrics.clone();
+        let id = self.id;
+        tokio::spawn(async move {
+            let mut last_leader: Option<Option<NodeId>> = None;
+            loop {
+                let m = watch.borrow_and_update().clone();
+                let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+                metrics.term.set(gauge(m.current_term));
+                metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
+                metrics.last_log_index.set(gauge(m.last_log_index.unwrap_or(0)));
+                metrics.applied_index.set(gauge(m.last_applied.map_or(0, |l| l.index)));
+                metrics.snapshot_index.set(gauge(m.snapshot.map_or(0, |l| l.index)));
+                // A follower's commit index is not in openraft's metrics; applied trails it
+                // by at most one apply batch, so it stands in for it here.
+                metrics.commit_index.set(gauge(m.last_applied.map_or(0, |l| l.index)));
+                if last_leader.is_some_and(|l| l != m.current_leader) {
+                    metrics.leader_changes.inc();
+                    tracing::info!(replica = id, leader = ?m.current_leader, term = m.current_term, "leader changed");
+                }
+                last_leader = Some(m.current_leader);
+                if watch.changed().await.is_err() {
+                    return;
+                }
+            }
+        });
+    }
+}
