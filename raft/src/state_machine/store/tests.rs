@@ -1,3 +1,7 @@
+//! Tests of the state machine store: apply (inline or on the blocking pool, stopping at a
+//! command this build cannot apply), snapshot build, install and persistence, against a
+//! key-value state machine.
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use openraft::{CommittedLeaderId, Membership};
