@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 
 pub use self::load::{LoadResult, write_load};
-pub use self::tls::{WebCertificate, raw_raft_vote};
+pub use self::tls::{RawVoteError, WebCertificate, raw_raft_vote};
 pub use crate::wait::{eventually, eventually_every};
 
 /// The `federator` binary: `$FEDERATOR_BIN`, or the workspace's debug build, brought up

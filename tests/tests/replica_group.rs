@@ -366,7 +366,7 @@ async fn peer_without_a_federation_certificate_can_neither_join_nor_send_raft_rp
     assert!(refused.is_err(), "another CA's certificate must be refused");
     let refused =
         federator_tests::raw_raft_vote(&target, &fed.certs, Some((&fed.certs, "admin"))).await;
-    let status = refused.expect_err("the admin identity may not send raft RPCs");
+    let status = refused.expect_err("the admin identity may not send raft RPCs").to_string();
     assert!(status.contains("PermissionDenied") || status.contains("permission"), "{status}");
     let accepted =
         federator_tests::raw_raft_vote(&target, &fed.certs, Some((&fed.certs, "replica-3"))).await;

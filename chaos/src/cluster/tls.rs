@@ -59,9 +59,27 @@ impl WebCertificate {
     }
 }
 
+/// Why [`raw_raft_vote`] did not get an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum RawVoteError {
+    /// The client could not be set up (certificate files, CA, endpoint).
+    #[error("client set-up: {0}")]
+    Setup(Box<dyn std::error::Error + Send + Sync>),
+    /// The connection (or its TLS handshake) failed.
+    #[error("connect: {0:?}")]
+    Connect(tonic::transport::Error),
+    /// The replica answered the vote with an error.
+    #[error("{:?}: {}", .0.code(), .0.message())]
+    Refused(tonic::Status),
+}
+
+fn setup(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> RawVoteError {
+    RawVoteError::Setup(error.into())
+}
+
 /// Sends a harmless raft Vote RPC (term 0) to `raft_addr` as a raw peer that trusts the
 /// CA in `trust/ca.pem`: with no client certificate (`None`), or with certificate `name`
-/// from directory `certs`. Returns the error text when the call is refused at any layer.
+/// from directory `certs`. Returns why when the call is refused at any layer.
 ///
 /// # Errors
 /// The handshake or the call was refused.
@@ -69,7 +87,7 @@ pub async fn raw_raft_vote(
     raft_addr: &str,
     trust: &Path,
     identity: Option<(&Path, &str)>,
-) -> Result<(), String> {
+) -> Result<(), RawVoteError> {
     use federator_proto::raft as rpb;
     use rustls_pki_types::pem::PemObject as _;
 
@@ -81,18 +99,18 @@ pub async fn raw_raft_vote(
                 cert: certs.join(format!("{name}.pem")),
                 key: certs.join(format!("{name}.key")),
             };
-            files.load().map_err(|e| e.to_string())?.client_config().map_err(|e| e.to_string())?
+            files.load().map_err(setup)?.client_config().map_err(setup)?
         }
         None => {
             let mut roots = rustls::RootCertStore::empty();
             let ca = rustls_pki_types::CertificateDer::pem_file_iter(trust.join("ca.pem"))
-                .map_err(|e| e.to_string())?;
+                .map_err(setup)?;
             for cert in ca {
-                roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+                roots.add(cert.map_err(setup)?).map_err(setup)?;
             }
             let mut config = rustls::ClientConfig::builder_with_provider(provider)
                 .with_safe_default_protocol_versions()
-                .map_err(|e| e.to_string())?
+                .map_err(setup)?
                 .with_root_certificates(roots)
                 .with_no_client_auth();
             config.alpn_protocols = vec![b"h2".to_vec()];
@@ -100,12 +118,12 @@ pub async fn raw_raft_vote(
         }
     };
     let channel = tonic::transport::Endpoint::from_shared(format!("https://{raft_addr}"))
-        .map_err(|e| e.to_string())?
+        .map_err(setup)?
         .connect_timeout(Duration::from_secs(2))
         .timeout(Duration::from_secs(5))
         .connect_with_connector(federator_raft::tls::connector(config))
         .await
-        .map_err(|e| format!("connect: {e:?}"))?;
+        .map_err(RawVoteError::Connect)?;
     let mut client = rpb::raft_service_client::RaftServiceClient::new(channel);
     let request = rpb::VoteRequest {
         vote: Some(rpb::Vote {
@@ -114,9 +132,5 @@ pub async fn raw_raft_vote(
         }),
         last_log_id: None,
     };
-    client
-        .vote(request)
-        .await
-        .map(|_| ())
-        .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+    client.vote(request).await.map(|_| ()).map_err(RawVoteError::Refused)
 }
