@@ -18,17 +18,22 @@ pub(super) struct FaultWindow {
     pub(super) bound: Duration,
 }
 
+/// The acknowledged writes of `history`: (invoked, acknowledged) in nanoseconds.
+fn acknowledged_writes(history: &check::history::History) -> Vec<(u64, u64)> {
+    history
+        .ops
+        .iter()
+        .filter(|op| matches!(op.kind, check::history::OpKind::Write { .. }))
+        .filter_map(|op| Some((op.invoke, op.acked_at()?)))
+        .collect()
+}
+
 /// A violation for every fault after which no write was acknowledged within its bound.
 pub(super) fn unavailable(
     history: &check::history::History,
     windows: &[FaultWindow],
 ) -> Vec<check::Violation> {
-    let writes: Vec<(u64, u64)> = history
-        .ops
-        .iter()
-        .filter(|op| matches!(op.kind, check::history::OpKind::Write { .. }))
-        .filter_map(|op| Some((op.invoke, op.acked_at()?)))
-        .collect();
+    let writes = acknowledged_writes(history);
     let ms = |ns: u64| ns / 1_000_000;
     windows
         .iter()
@@ -68,12 +73,7 @@ pub(super) fn failover_gaps(
     history: &check::history::History,
     timeline: &[TimelineEvent],
 ) -> Vec<u64> {
-    let writes: Vec<(u64, u64)> = history
-        .ops
-        .iter()
-        .filter(|op| matches!(op.kind, check::history::OpKind::Write { .. }))
-        .filter_map(|op| Some((op.invoke, op.acked_at()?)))
-        .collect();
+    let writes = acknowledged_writes(history);
     timeline
         .iter()
         .filter(|e| !e.what.starts_with("healed") && !e.what.starts_with("observed"))
