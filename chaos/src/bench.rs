@@ -36,6 +36,7 @@ pub mod report;
 pub mod scale;
 pub mod snapshot;
 pub mod soak;
+pub mod steps;
 pub mod target;
 
 use std::time::{Duration, Instant};

@@ -23,6 +23,7 @@
 //! | `leader` | who leads as one replica sees it, the leader's read index, a leader change |
 //! | [`leader_call`] | the application's handler of leader calls and the slot it is installed in |
 //! | [`metrics`] | Prometheus metrics of the consensus layer |
+//! | [`timeline`] | where a write's time goes: each log entry's steps through the write path |
 //! | [`disk_check`] | how fast a disk makes a log append durable (`federator check --disk`, `bench raft`) |
 
 pub mod convert;
@@ -37,6 +38,7 @@ pub(crate) mod proposer;
 pub mod replica;
 mod snapshot_files;
 pub mod state_machine;
+pub mod timeline;
 pub mod tls;
 pub mod types;
 

@@ -42,6 +42,7 @@ use writer::{Writer, WriterOp};
 
 use crate::failpoints::Point;
 use crate::metrics::ConsensusMetrics;
+use crate::timeline::{Step, Timeline, span};
 use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
 
 /// Opens (creating if needed) the replica's redb database file.
@@ -113,6 +114,8 @@ pub struct LogStore {
     purged: Arc<RwLock<Option<LogId>>>,
     /// The group-commit writer.
     writer: Arc<Writer>,
+    /// Where appended entries are marked (see [`crate::timeline`]).
+    timeline: Timeline,
 }
 
 // === impl LogStore ===
@@ -135,9 +138,10 @@ impl LogStore {
         })
         .map_err(|error| StorageIOError::write_logs(&error))?;
         let tail = Arc::new(RwLock::new(Tail::default()));
+        let timeline = metrics.timeline.clone();
         let writer = Writer::start(db.clone(), tail.clone(), metrics)
             .map_err(|error| StorageIOError::write_logs(&error))?;
-        Ok(Self { db, tail, purged: Arc::new(RwLock::new(None)), writer })
+        Ok(Self { db, tail, purged: Arc::new(RwLock::new(None)), writer, timeline })
     }
 
     /// Reads the metadata value under `key` on the blocking pool.
@@ -327,6 +331,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 }
             }
         }
+        self.timeline.mark_at(Step::Appending, span(&encoded, |e| e.0), started);
         lock_tail(&self.tail)
             .pending
             .extend(entries.into_iter().map(|e| (e.get_log_id().index, e)));

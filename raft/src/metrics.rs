@@ -9,6 +9,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+use crate::timeline::Timeline;
+
 /// Metrics of one replica's consensus layer. Cheap to clone: every field is shared.
 #[derive(Clone, Debug)]
 pub struct ConsensusMetrics {
@@ -55,6 +57,8 @@ pub struct ConsensusMetrics {
     /// Forwarded writes and leader calls abandoned because another leader became known
     /// while they waited on the old one (each retried there).
     pub forwards_rerouted: Counter,
+    /// When each recent log entry passed each step of the write path.
+    pub timeline: Timeline,
 }
 
 impl Default for ConsensusMetrics {
@@ -80,6 +84,7 @@ impl Default for ConsensusMetrics {
             forwarded_leader_calls: Counter::default(),
             quorum_step_downs: Counter::default(),
             forwards_rerouted: Counter::default(),
+            timeline: Timeline::default(),
         }
     }
 }
@@ -160,5 +165,6 @@ impl ConsensusMetrics {
             "Forwarded writes and leader calls re-routed to a new leader before their timeout",
             self.forwards_rerouted.clone(),
         );
+        self.timeline.register(r);
     }
 }

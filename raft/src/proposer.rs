@@ -18,6 +18,7 @@
 //! forwards on its own.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use openraft::error::{ClientWriteError, ForwardToLeader};
 use serde_bytes::ByteBuf;
@@ -89,6 +90,8 @@ struct Queued {
     /// arrived forwarded).
     forwardable: bool,
     reply: oneshot::Sender<Result<Proposed, ProposeError>>,
+    /// When the writes reached the proposer.
+    queued: Instant,
 }
 
 /// Where a batch goes.
@@ -153,7 +156,9 @@ impl Proposer {
         forwardable: bool,
     ) -> Result<Pending, ProposeError> {
         let (reply, answer) = oneshot::channel();
-        self.queue.send(Queued { commands, forwardable, reply }).await.map_err(|_| stopped())?;
+        let queued = Instant::now();
+        let writes = Queued { commands, forwardable, reply, queued };
+        self.queue.send(writes).await.map_err(|_| stopped())?;
         Ok(Pending(answer))
     }
 }
@@ -230,6 +235,7 @@ impl Route {
             answer(batch, &counts, Err(ProposeError::ForwardToLeader(none)), false);
             return;
         }
+        let queued = batch.iter().map(|q| q.queued).min().unwrap_or_else(Instant::now);
         let entry = Command(
             batch
                 .iter_mut()
@@ -237,6 +243,7 @@ impl Route {
                 .map(ByteBuf::from)
                 .collect(),
         );
+        let dispatched = Instant::now();
         let receiver = match self.raft.client_write_ff(entry).await {
             Ok(receiver) => receiver,
             Err(fatal) => {
@@ -244,12 +251,16 @@ impl Route {
                 return;
             }
         };
+        let timeline = self.metrics.timeline.clone();
         tokio::spawn(async move {
             let outcome = match receiver.await {
-                Ok(Ok(written)) => Ok((
-                    written.log_id,
-                    written.data.0.into_iter().map(ByteBuf::into_vec).collect(),
-                )),
+                Ok(Ok(written)) => {
+                    timeline.answered(written.log_id.index, queued, dispatched);
+                    Ok((
+                        written.log_id,
+                        written.data.0.into_iter().map(ByteBuf::into_vec).collect(),
+                    ))
+                }
                 // Raft core knows another leader the metrics did not show yet: the
                 // writers retry, and their next batch is forwarded.
                 Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {

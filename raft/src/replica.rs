@@ -180,6 +180,7 @@ impl<S: StateMachine> Replica<S> {
             .with_supported_version(S::supported_version())
             .with_leader_handler(self.leader_handler.clone())
             .with_proposer(self.proposer.clone())
+            .with_timeline(self.metrics.timeline.clone())
             .with_snapshot_files(self.state.snapshot_files());
         if let Some(policy) = peer_policy {
             service = service.with_peer_policy(policy);

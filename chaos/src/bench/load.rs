@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 pub use super::load_spec::LoadSpec;
 use super::progress::Progress;
+use super::steps::StepMeans;
 use super::target::{self, KvConn, KvTarget, PutError};
 
 /// Connections per member. Clients share them round-robin (gRPC multiplexes), so 256
@@ -39,6 +40,13 @@ impl LoadRun {
     #[must_use]
     pub fn throughput(&self) -> f64 {
         if self.window.is_zero() { 0.0 } else { self.ops as f64 / self.window.as_secs_f64() }
+    }
+
+    /// The mean latency.
+    #[must_use]
+    pub fn mean(&self) -> Option<Duration> {
+        let n = u32::try_from(self.latencies.len()).ok().filter(|n| *n > 0)?;
+        Some(self.latencies.iter().sum::<Duration>() / n)
     }
 
     /// The `q` quantile (0 < q ≤ 1) of latency, by nearest rank.
@@ -76,6 +84,9 @@ pub struct PhaseFigures {
     /// has one (Federator: `federator_raft_leader_changes_total`; etcd:
     /// `etcd_server_leader_changes_seen_total`).
     pub leader_changes: Option<u64>,
+    /// Where the store's writes spent their time over the phase (warm-up included), for
+    /// stores that export it.
+    pub steps: Option<StepMeans>,
 }
 
 impl PhaseFigures {
@@ -116,6 +127,7 @@ pub async fn phase<T: KvTarget>(
     let conns = target::pool(target, &members, connections).await?;
     let term_before = target.term().await?;
     let changes_before = target.leader_changes().await;
+    let steps_before = target.step_totals().await;
 
     let acked = Arc::new(AtomicU64::new(0));
     let bar = progress.load_bar(target.name(), spec);
@@ -126,12 +138,17 @@ pub async fn phase<T: KvTarget>(
 
     let term_after = target.term().await?;
     let changes_after = target.leader_changes().await;
+    let steps = match (steps_before, target.step_totals().await) {
+        (Some(before), Some(after)) => Some(after.since(&before)).filter(|m| !m.is_empty()),
+        _ => None,
+    };
     Ok(PhaseFigures {
         clients: spec.clients,
         connections,
         run,
         elections: term_after.saturating_sub(term_before),
         leader_changes: changes_before.zip(changes_after).map(|(b, a)| a.saturating_sub(b)),
+        steps,
     })
 }
 

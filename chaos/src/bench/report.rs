@@ -11,6 +11,7 @@ use federator_raft::disk_check::DiskProbe;
 use super::failover::{FailoverFigures, PROBE_PERIOD};
 use super::load::{CONNECTIONS_PER_MEMBER, PhaseFigures};
 use super::plot::{Series, latency_cdf_svg};
+use super::steps::StepMeans;
 use super::{BenchTiming, RaftBenchConfig};
 
 /// Marks the start of the section this benchmark owns in a markdown file.
@@ -217,6 +218,24 @@ pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
 }
 
+/// How the step breakdowns were taken.
+const BREAKDOWN_NOTE: &str = "Each replica marks when a log entry passes each step of the write \
+     path and observes the time since the write reached the leader's proposer (`federator_raft_\
+     write_step_seconds{step}`, and on a follower since an AppendEntries arrived, `federator_\
+     raft_follower_append_step_seconds{step}`); the tables are the means over the \
+     single-client phase, warm-up included, read from the replicas' `/metrics` before and \
+     after it. The client's latency is the mean over the measured window.";
+
+/// The heading of one system's single-client breakdown.
+fn breakdown_title(system: &SystemFigures, phase: &PhaseFigures) -> String {
+    format!(
+        "Where a single-client write's time goes: {}, {} (mean of {:.0} writes/s)",
+        system.system,
+        system.timing.title(),
+        phase.run.throughput()
+    )
+}
+
 pub(crate) const HEADER: [&str; 5] = ["figure", "Federator", "etcd", "Federator/etcd", "target"];
 
 // === impl RaftReport ===
@@ -300,7 +319,24 @@ impl RaftReport {
             out.push_str(&aligned_table(HEADER, &rows));
             out.push('\n');
         }
+        for (system, phase, steps) in self.breakdowns() {
+            let _ = writeln!(out, "{}", breakdown_title(system, phase));
+            out.push_str(&steps.text(phase.run.mean().map(ms)));
+            out.push('\n');
+        }
         out.trim_end().to_string() + "\n"
+    }
+
+    /// The single-client phases whose write path was timed step by step (Federator's),
+    /// one per timing.
+    fn breakdowns(&self) -> Vec<(&SystemFigures, &PhaseFigures, &StepMeans)> {
+        self.systems
+            .iter()
+            .filter_map(|system| {
+                let phase = system.phase(1)?;
+                Some((system, phase, phase.steps.as_ref()?))
+            })
+            .collect()
     }
 
     /// The figures as markdown tables, one per timing under its own heading.
@@ -375,6 +411,14 @@ impl RaftReport {
         out.push('\n');
         if let Some(floor) = &self.disk_floor {
             let _ = writeln!(out, "{}\n", wrap(&floor.note(), 90));
+        }
+        for (system, phase, steps) in self.breakdowns() {
+            let _ = writeln!(out, "### {}\n", breakdown_title(system, phase));
+            out.push_str(&steps.markdown(phase.run.mean().map(ms)));
+            out.push('\n');
+        }
+        if !self.breakdowns().is_empty() {
+            let _ = writeln!(out, "{}\n", wrap(BREAKDOWN_NOTE, 90));
         }
         if let Some(plot) = plot {
             let _ = writeln!(out, "![Cumulative write latency per client count]({plot})\n");
@@ -664,6 +708,7 @@ mod tests {
                 run: run.clone(),
                 elections: 0,
                 leader_changes: Some(0),
+                steps: None,
             })
             .collect();
         let trials = (0..3)

@@ -10,6 +10,7 @@ use federator_proto::admin as pb;
 use federator_proto::admin::admin_client::AdminClient;
 use tonic::transport::Channel;
 
+use super::steps::StepTotals;
 use crate::cluster::Federation;
 use crate::etcd::EtcdCluster;
 
@@ -69,6 +70,12 @@ pub trait KvTarget: Send + Sync {
     /// Leader changes counted by the running members themselves (summed), for stores
     /// that export such a counter.
     fn leader_changes(&self) -> impl Future<Output = Option<u64>> + Send;
+
+    /// The write-path step histograms summed over the running members, for stores that
+    /// export them (Federator; see [`super::steps`]).
+    fn step_totals(&self) -> impl Future<Output = Option<StepTotals>> + Send {
+        std::future::ready(None)
+    }
 
     /// SIGKILLs member `id` and reaps it.
     fn kill(&mut self, id: u64);
@@ -205,6 +212,14 @@ impl KvTarget for FederatorTarget {
                 .or_else(|| counter(&text, "raft_leader_changes_total"))?;
         }
         Some(total)
+    }
+
+    async fn step_totals(&self) -> Option<StepTotals> {
+        let mut totals = StepTotals::default();
+        for id in self.running() {
+            totals.add_exposition(&self.federation.metrics(id).await.ok()?);
+        }
+        Some(totals)
     }
 
     fn kill(&mut self, id: u64) {

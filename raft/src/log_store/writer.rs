@@ -16,6 +16,7 @@ use super::tables::{
 };
 use crate::failpoints::Point;
 use crate::metrics::ConsensusMetrics;
+use crate::timeline::{Step, span};
 use crate::types::{LogId, TypeConfig};
 
 /// Work for the writer thread, done in queue order.
@@ -207,8 +208,9 @@ fn write_batch(
     let mut purge = None;
     for op in batch {
         match (op, &result) {
-            (WriterOp::Append { callback, started, .. }, Ok(())) => {
+            (WriterOp::Append { callback, started, entries }, Ok(())) => {
                 metrics.append_seconds.observe(started.elapsed().as_secs_f64());
+                metrics.timeline.mark(Step::Durable, span(&entries, |e| e.0));
                 callback.log_io_completed(Ok(()));
             }
             (WriterOp::Append { callback, .. }, Err(error)) => {

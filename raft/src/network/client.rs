@@ -31,6 +31,7 @@ use tonic::{Code, Request, Status};
 use super::MAX_MESSAGE_BYTES;
 use crate::convert::{FromProto, IntoProto};
 use crate::metrics::ConsensusMetrics;
+use crate::timeline::{Step, Timeline, span};
 use crate::tls::TlsConnector;
 use crate::types::typ::{
     AppendEntriesRequest, AppendEntriesResponse, SnapshotResponse, VoteRequest, VoteResponse,
@@ -102,6 +103,8 @@ pub struct PeerClient {
     options: TransportOptions,
     /// The network's fenced term (see [`Network::fence`]).
     fenced_term: Arc<AtomicU64>,
+    /// Where entries sent and acknowledged are marked (see [`crate::timeline`]).
+    timeline: Timeline,
 }
 
 /// Why an RPC to a peer failed, before it is mapped onto openraft's error types.
@@ -452,6 +455,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client,
             options: self.shared.options.clone(),
             fenced_term: Arc::clone(&self.shared.fenced_term),
+            timeline: self.shared.metrics.timeline.clone(),
         }
     }
 }
@@ -585,10 +589,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 return Err(Failure::Unreachable(ClientError::Fenced { term }));
             }
             let mut client = self.grpc()?;
+            let carried = span(&rpc.entries, |e| e.log_id.index);
             let proto = rpc.into_proto();
             if let Some(fit) = entries_within(&proto, APPEND_BUDGET_BYTES) {
                 return Err(Failure::TooLarge(fit));
             }
+            self.timeline.mark(Step::Sent, carried.clone());
             let mut request = Request::new(proto);
             request.set_timeout(deadline);
             let response = match tokio::time::timeout(deadline, client.append_entries(request))
@@ -597,8 +603,12 @@ impl RaftNetwork<TypeConfig> for PeerClient {
                 Err(_) => return Err(Failure::Timeout(deadline)),
                 Ok(answered) => answered.map_err(|s| self.failure(RPCTypes::AppendEntries, &s))?,
             };
-            AppendEntriesResponse::from_proto(response.into_inner())
-                .map_err(|e| self.malformed(RPCTypes::AppendEntries, &e))
+            let response = AppendEntriesResponse::from_proto(response.into_inner())
+                .map_err(|e| self.malformed(RPCTypes::AppendEntries, &e))?;
+            if matches!(response, AppendEntriesResponse::Success) {
+                self.timeline.mark(Step::Acked, carried);
+            }
+            Ok(response)
         }
         .await;
         result.map_err(|f| f.into_rpc_error(RPCTypes::AppendEntries, sender, self.target))

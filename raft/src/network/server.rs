@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::io::Cursor;
 use std::sync::Arc;
+use std::time::Instant;
 
 use federator_proto::raft as pb;
 use federator_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
@@ -27,6 +28,7 @@ use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
 use crate::metrics::ConsensusMetrics;
 use crate::proposer::{ProposeError, Proposer};
 use crate::snapshot_files::{Checksum, Receiving, SnapshotFiles};
+use crate::timeline::{Timeline, span};
 use crate::tls;
 use crate::types::typ::{AppendEntriesRequest, VoteRequest};
 use crate::types::{Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
@@ -59,6 +61,8 @@ pub struct RaftTransportService {
     proposer: Proposer,
     /// The command-format version this replica's state machine applies (`NodeInfo`).
     supported_version: u32,
+    /// Where served AppendEntries are timed (see [`crate::timeline`]).
+    timeline: Timeline,
 }
 
 /// A tonic interceptor that refuses requests whose peer certificate fails a
@@ -144,6 +148,7 @@ impl RaftTransportService {
             leader_handler: LeaderHandlerSlot::new(),
             snapshot_files: None,
             supported_version: 0,
+            timeline: Timeline::default(),
         }
     }
 
@@ -159,6 +164,13 @@ impl RaftTransportService {
     #[must_use]
     pub(crate) fn with_proposer(mut self, proposer: Proposer) -> Self {
         self.proposer = proposer;
+        self
+    }
+
+    /// Times the AppendEntries it serves into `timeline` (the replica's metrics').
+    #[must_use]
+    pub(crate) fn with_timeline(mut self, timeline: Timeline) -> Self {
+        self.timeline = timeline;
         self
     }
 
@@ -241,8 +253,13 @@ impl RaftService for RaftTransportService {
         &self,
         request: Request<pb::AppendEntriesRequest>,
     ) -> Result<Response<pb::AppendEntriesResponse>, Status> {
+        let arrived = Instant::now();
         let rpc = AppendEntriesRequest::from_proto(request.into_inner())?;
+        let carried = span(&rpc.entries, |e| e.log_id.index);
         let response = self.raft.append_entries(rpc).await.map_err(|e| stopped(&e))?;
+        if matches!(response, openraft::raft::AppendEntriesResponse::Success) {
+            self.timeline.follower_answered(carried, arrived);
+        }
         Ok(Response::new(response.into_proto()))
     }
 

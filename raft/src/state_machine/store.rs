@@ -17,6 +17,7 @@ use super::snapshot_store::{Loaded, SnapshotStore, SnapshotStoreError};
 use super::{NotApplicable, StateMachine};
 use crate::metrics::ConsensusMetrics;
 use crate::snapshot_files::SnapshotFiles;
+use crate::timeline::{Step, span};
 use crate::types::{
     CommandResponse, Entry, LogId, Snapshot, SnapshotMeta, StorageError, StoredMembership,
     TypeConfig,
@@ -261,6 +262,8 @@ impl<S: StateMachine> StateMachineStore<S> {
         entries: Vec<Entry>,
     ) -> Result<Vec<CommandResponse>, Unapplicable> {
         let started = Instant::now();
+        let marked = span(&entries, |e| e.log_id.index);
+        self.shared.metrics.timeline.mark_at(Step::Applying, marked.clone(), started);
         let mut responses = Vec::new();
         let mut refused = None;
         for entry in entries {
@@ -291,6 +294,7 @@ impl<S: StateMachine> StateMachineStore<S> {
         let index = applied.last_applied.map_or(0, |id| id.index);
         self.shared.applied_index.send_replace(index);
         self.shared.metrics.apply_seconds.observe(started.elapsed().as_secs_f64());
+        self.shared.metrics.timeline.mark(Step::Applied, marked);
         if let Some((log_id, reason)) = refused {
             tracing::error!(
                 index = log_id.index,
