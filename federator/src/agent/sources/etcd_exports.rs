@@ -20,8 +20,10 @@ use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use super::export_doc::{key_from_etcd_key, normalize_prefix, parse_export_document};
-use crate::agent::etcd_auth::{EtcdAuth, EtcdConnect, connect_tls};
+use super::export_doc::{
+    DocumentError, KeyError, key_from_etcd_key, normalize_prefix, parse_export_document,
+};
+use crate::agent::etcd_auth::{EtcdAuth, EtcdAuthError, EtcdConnect, EtcdTlsError, connect_tls};
 use crate::agent::view::{ExportSet, SourceProblem};
 use crate::service::ServiceExport;
 
@@ -118,7 +120,19 @@ struct Document {
     /// SHA-256 of its bytes, to skip parsing an unchanged document again.
     hash: [u8; 32],
     /// The export, or what is wrong with the document.
-    parsed: Result<ServiceExport, String>,
+    parsed: Result<ServiceExport, EntryError>,
+}
+
+/// What is wrong with an export document in etcd: its key names no service, or the
+/// document is refused.
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    /// The key is not `<prefix><namespace>/<name>`.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The document is refused.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
 }
 
 impl ExportsState {
@@ -186,7 +200,8 @@ impl ExportsState {
             return old;
         }
         let parsed = key_from_etcd_key(&self.prefix, key)
-            .and_then(|service| parse_export_document(&service, value, &self.trust_domain));
+            .map_err(EntryError::from)
+            .and_then(|service| Ok(parse_export_document(&service, value, &self.trust_domain)?));
         if let Err(problem) = &parsed {
             tracing::warn!(key, %problem, "export document skipped");
         }
@@ -215,9 +230,9 @@ impl ExportsState {
                 Ok(export) => {
                     set.exports.insert(export.key.clone(), export.clone());
                 }
-                Err(message) => set
+                Err(error) => set
                     .problems
-                    .push(SourceProblem { location: key.clone(), message: message.clone() }),
+                    .push(SourceProblem { location: key.clone(), message: error.to_string() }),
             }
         }
         set
@@ -318,8 +333,28 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Why etcd could not be connected to, or did not answer a call.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EtcdError {
+    /// The TLS or authentication settings could not be used (a file unreadable).
+    #[error(transparent)]
+    Auth(#[from] EtcdAuthError),
+    /// No endpoint could be reached over TLS, or the user was refused.
+    #[error(transparent)]
+    Tls(#[from] EtcdTlsError),
+    /// etcd answered with an error, or could not be reached.
+    #[error(transparent)]
+    Call(#[from] etcd_client::Error),
+    /// No answer within [`CALL_TIMEOUT`].
+    #[error("no answer within {:?}", CALL_TIMEOUT)]
+    Timeout,
+    /// The range holds more keys than a listing reads.
+    #[error("more than {} keys in the range", PAGE_SIZE.saturating_mul(MAX_PAGES as i64))]
+    TooManyKeys,
+}
+
 /// An etcd client of `endpoints` with `auth` (its files read now).
-pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Client, String> {
+pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Client, EtcdError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
@@ -328,12 +363,10 @@ pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Cli
         // etcd's simple tokens expire (5 minutes idle, or an etcd restart): fetch a new
         // one instead of failing every later call.
         .with_auto_token_refresh(true);
-    match auth.connect(options).map_err(|e| e.to_string())? {
+    match auth.connect(options)? {
         EtcdConnect::Plain(options) => call(Client::connect(endpoints, Some(options))).await,
         EtcdConnect::Tls { config, options } => {
-            connect_tls(endpoints, config, options, CONNECT_TIMEOUT, KEEP_ALIVE)
-                .await
-                .map_err(|e| e.to_string())
+            Ok(connect_tls(endpoints, config, options, CONNECT_TIMEOUT, KEEP_ALIVE).await?)
         }
     }
 }
@@ -341,10 +374,10 @@ pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Cli
 /// Runs one etcd call with [`CALL_TIMEOUT`].
 pub(crate) async fn call<T>(
     future: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, String> {
+) -> Result<T, EtcdError> {
     match tokio::time::timeout(CALL_TIMEOUT, future).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+        Ok(result) => Ok(result?),
+        Err(_) => Err(EtcdError::Timeout),
     }
 }
 
@@ -352,7 +385,7 @@ pub(crate) async fn call<T>(
 pub(crate) async fn list(
     client: &Client,
     range: &Range,
-) -> Result<(Vec<(String, Vec<u8>)>, i64), String> {
+) -> Result<(Vec<(String, Vec<u8>)>, i64), EtcdError> {
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut items = Vec::new();
     let mut start = range.key.clone();
@@ -380,7 +413,7 @@ pub(crate) async fn list(
             _ => return Ok((items, revision)),
         }
     }
-    Err(format!("more than {} keys in the range", PAGE_SIZE.saturating_mul(MAX_PAGES as i64)))
+    Err(EtcdError::TooManyKeys)
 }
 
 /// One connection: list, then watch until something breaks.
