@@ -449,6 +449,28 @@ fn bad_etcd_keys_are_refused() {
     }
 }
 
+#[test]
+fn refusals_name_their_member_as_fields_and_in_their_text() {
+    let err = parse_json(&edited(|d| d["endpoints"][0]["address"] = json!("x"))).expect_err("ip");
+    assert_eq!(
+        err,
+        DocumentError::Member {
+            field: "endpoints[0].address".into(),
+            problem: "\"x\" is not an IP address".into()
+        }
+    );
+    assert_eq!(err.to_string(), "endpoints[0].address: \"x\" is not an IP address");
+    let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
+    let err = parse_export_document(&key(), &big, TD).expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!("body: must be at most {MAX_DOCUMENT_BYTES} bytes, is {}", big.len())
+    );
+    let err = key_from_etcd_key("/p/", "/q/shop/cart").expect_err("outside");
+    assert_eq!(err.to_string(), "key \"/q/shop/cart\" is not under the prefix \"/p/\"");
+    assert!(matches!(err, KeyError::NotUnderPrefix { .. }), "{err:?}");
+}
+
 // === the static file ===
 
 fn entry(namespace: &str, name: &str) -> Json {
