@@ -275,12 +275,36 @@ pub(crate) enum Change {
 }
 
 /// Why one connection's following ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Ended {
     /// etcd could not be reached, or the watch broke.
-    Failed(String),
+    Failed(FollowError),
     /// The watch's start revision was compacted away: list again.
     Compacted(i64),
+}
+
+/// Why following a range through one connection failed (reported as
+/// [`RangeEvent::Unreachable`]).
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    /// etcd could not be connected to.
+    #[error("connect: {0}")]
+    Connect(EtcdError),
+    /// The range could not be listed.
+    #[error("list: {0}")]
+    List(EtcdError),
+    /// The watch could not be created.
+    #[error("watch: {0}")]
+    Watch(EtcdError),
+    /// The watch stream broke.
+    #[error("watch: {0}")]
+    Stream(etcd_client::Error),
+    /// etcd ended the watch stream.
+    #[error("watch: the stream ended")]
+    StreamEnded,
+    /// etcd canceled the watch, for this reason.
+    #[error("watch canceled: {0}")]
+    Canceled(String),
 }
 
 /// Follows `range`, reporting to `on_event`, until `closed` resolves: connects, lists,
@@ -300,7 +324,7 @@ pub(crate) async fn follow(
         };
         failures = failures.saturating_add(1);
         match ended {
-            Ended::Failed(message) => on_event(RangeEvent::Unreachable(message)),
+            Ended::Failed(error) => on_event(RangeEvent::Unreachable(error.to_string())),
             Ended::Compacted(revision) => tracing::info!(
                 compacted = revision,
                 "etcd compacted the watch's start revision; listing again"
@@ -424,11 +448,11 @@ async fn follow_once(
 ) -> Ended {
     let client = match connect(&range.endpoints, &range.auth).await {
         Ok(client) => client,
-        Err(message) => return Ended::Failed(format!("connect: {message}")),
+        Err(error) => return Ended::Failed(FollowError::Connect(error)),
     };
     let (items, revision) = match list(&client, range).await {
         Ok(listing) => listing,
-        Err(message) => return Ended::Failed(format!("list: {message}")),
+        Err(error) => return Ended::Failed(FollowError::List(error)),
     };
     on_event(RangeEvent::Listed(items));
     watch_from(&client, range, revision.saturating_add(1), failures, on_event).await
@@ -451,19 +475,19 @@ async fn watch_from(
     }
     let mut stream = match call(watch_client.watch(range.key.clone(), Some(options))).await {
         Ok(stream) => stream,
-        Err(message) => return Ended::Failed(format!("watch: {message}")),
+        Err(error) => return Ended::Failed(FollowError::Watch(error)),
     };
     loop {
         let response = match stream.message().await {
             Ok(Some(response)) => response,
-            Ok(None) => return Ended::Failed("watch: the stream ended".into()),
-            Err(e) => return Ended::Failed(format!("watch: {e}")),
+            Ok(None) => return Ended::Failed(FollowError::StreamEnded),
+            Err(e) => return Ended::Failed(FollowError::Stream(e)),
         };
         if response.canceled() {
             if response.compact_revision() > 0 {
                 return Ended::Compacted(response.compact_revision());
             }
-            return Ended::Failed(format!("watch canceled: {}", response.cancel_reason()));
+            return Ended::Failed(FollowError::Canceled(response.cancel_reason().to_string()));
         }
         *failures = 0;
         let changes: Vec<Change> = response
