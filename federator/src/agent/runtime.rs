@@ -38,10 +38,11 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{Context as _, bail};
 use tokio::sync::{mpsc, watch};
 
 use super::config::AgentConfig;
@@ -54,9 +55,9 @@ use super::sources::bundle::watch_bundle;
 use super::status::AgentStatus;
 use super::store::{Membership, Published, Store};
 use super::view::{AgentView, Sink};
-use crate::identity::CertifiedIdentity;
+use crate::identity::{CertifiedIdentity, IdentityError};
 use crate::service::ServiceKey;
-use crate::token::JoinToken;
+use crate::token::{JoinToken, TokenError};
 
 mod deadlines;
 mod events;
@@ -77,6 +78,63 @@ const SOURCE_POLL: Duration = Duration::from_secs(1);
 /// How long start-up waits for the sinks to serve the saved view before connecting.
 const STARTUP_SINK_WAIT: Duration = Duration::from_secs(2);
 pub use crate::bundle::{REFUSAL_METADATA_KEY, REFUSAL_SEQUENCE_REPLAY};
+
+/// Why the agent could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The state directory cannot be opened.
+    #[error("state_dir {}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file of the state directory (the membership, the view, what was published)
+    /// cannot be read.
+    #[error(transparent)]
+    State(#[from] std::io::Error),
+    /// The agent's SVID cannot be had.
+    #[error("svid")]
+    Svid(#[source] IdentityError),
+    /// The join token does not decode.
+    #[error("join token")]
+    Token(#[source] TokenError),
+    /// A first run without a join token.
+    #[error(
+        "this agent has not joined yet: give a join token (--token, FEDERATOR_JOIN_TOKEN or \
+         token_file) from `federator token create`"
+    )]
+    NotJoined,
+    /// The etcd sink cannot start.
+    #[error("sinks.etcd")]
+    EtcdSink(#[source] super::view::SinkError),
+    /// No Kubernetes client for the Kubernetes exports or sink.
+    #[error(transparent)]
+    Kubernetes(#[from] super::kubernetes::ConnectError),
+    /// The xDS server cannot listen.
+    #[error("sinks.xds.listen {addr}")]
+    XdsListen {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics server cannot listen.
+    #[error("listen_metrics {addr}")]
+    MetricsListen {
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// No replica to connect to.
+    #[error("no federation endpoints: set `endpoints` in the config")]
+    NoEndpoints,
+}
 
 /// Removes the temporary files atomic writes left in `what` (a killed agent's).
 fn remove_leftovers(
@@ -102,14 +160,14 @@ fn remove_leftovers(
 /// Runs the agent until `shutdown` resolves.
 ///
 /// # Errors
-/// Start-up failed: the state directory, the SVID files, a sink that cannot start, or a
-/// first run without a token.
+/// A [`RunError`]: start-up failed (the state directory, the SVID files, a sink that
+/// cannot start, or a first run without a token), or no replica is known to connect to.
 pub async fn run(
     config: AgentConfig,
     shutdown: impl Future<Output = ()> + Send,
-) -> anyhow::Result<()> {
+) -> Result<(), RunError> {
     let store = Store::open(&config.file.state_dir)
-        .with_context(|| format!("state_dir {}", config.file.state_dir.display()))?;
+        .map_err(|source| RunError::StateDir { path: config.file.state_dir.clone(), source })?;
     // Before anything writes: a temporary file of a write in progress is never taken.
     remove_leftovers("state directory", store.dir(), || {
         super::store::remove_leftover_temporaries(store.dir())
@@ -117,15 +175,12 @@ pub async fn run(
     let identity = config
         .start_identity(store.membership()?.as_ref().map(|m| m.trust_domain.as_str()), SOURCE_POLL)
         .await
-        .context("svid")?;
+        .map_err(RunError::Svid)?;
     let membership = store.membership()?;
     let token = match (&membership, &config.token) {
         (Some(_), _) => None,
-        (None, Some(text)) => Some(JoinToken::decode(text).context("join token")?),
-        (None, None) => bail!(
-            "this agent has not joined yet: give a join token (--token, FEDERATOR_JOIN_TOKEN \
-             or token_file) from `federator token create`"
-        ),
+        (None, Some(text)) => Some(JoinToken::decode(text).map_err(RunError::Token)?),
+        (None, None) => return Err(RunError::NotJoined),
     };
     let trust_domain = membership
         .as_ref()
@@ -162,7 +217,7 @@ pub async fn run(
             etcd.import_prefix.clone().unwrap_or_else(|| DEFAULT_IMPORT_PREFIX.into()),
         )
         .await
-        .context("sinks.etcd")?
+        .map_err(RunError::EtcdSink)?
         .with_refresh_hint(config.refresh_hint_secs);
         sinks.push(Arc::new(sink));
     }
@@ -183,7 +238,7 @@ pub async fn run(
     if let Some(xds) = &config.file.sinks.xds {
         let listener = tokio::net::TcpListener::bind(xds.listen)
             .await
-            .with_context(|| format!("sinks.xds.listen {}", xds.listen))?;
+            .map_err(|source| RunError::XdsListen { addr: xds.listen, source })?;
         let server = XdsServer::with_mesh(config.mesh.clone()).allowing_remote(xds.allow_remote);
         sinks.push(Arc::new(server.sink()));
         let stop = stopped();
@@ -197,7 +252,7 @@ pub async fn run(
     if let Some(addr) = config.file.listen_metrics {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
-            .with_context(|| format!("listen_metrics {addr}"))?;
+            .map_err(|source| RunError::MetricsListen { addr, source })?;
         let registry = metrics.registry();
         let ready = metrics.readiness();
         let stop = stopped();
@@ -280,9 +335,7 @@ pub async fn run(
     tokio::pin!(shutdown);
     let result = tokio::select! {
         () = &mut shutdown => Ok(()),
-        result = tracing::Instrument::instrument(agent.run_sessions(bundle_rx, exports_rx), span) => {
-            result.map_err(anyhow::Error::from)
-        }
+        result = tracing::Instrument::instrument(agent.run_sessions(bundle_rx, exports_rx), span) => result,
     };
     let _ = stop_tx.send(true);
     agent.status.connected_replica = None;

@@ -18,10 +18,10 @@ use tonic::transport::{Channel, Endpoint};
 
 use super::deadlines::{Deadlines, ReplicaFault, backoff, bounded, refused_backoff};
 use super::own_bundle::authorities_digest;
-use super::session_error::{NoEndpoints, SessionError, refusal_next_step};
+use super::session_error::{SessionError, refusal_next_step};
 use super::sinks::SinkReport;
 use super::status_writer::STATUS_PERIOD;
-use super::{Agent, blocking};
+use super::{Agent, RunError, blocking};
 use crate::agent::lease::{LeaseError, LeaseKeeper, LeaseSnapshot, Renewal};
 use crate::agent::sources::bundle::BundleState;
 use crate::agent::status::FailoverStatus;
@@ -65,7 +65,7 @@ struct KeeperTask {
 }
 
 /// How a session ended without an error.
-pub(super) enum SessionEnd {
+enum SessionEnd {
     /// The watch stream ended; reconnect.
     StreamEnded,
     /// The agent's SVID changed: reconnect to present the new one.
@@ -95,14 +95,14 @@ impl Agent {
         &mut self,
         mut bundle_rx: watch::Receiver<BundleState>,
         mut exports_rx: watch::Receiver<ExportSet>,
-    ) -> Result<(), NoEndpoints> {
+    ) -> Result<(), RunError> {
         let mut failures: u32 = 0;
         let mut refusals: u32 = 0;
         let mut next = 0usize;
         loop {
             let endpoints = self.endpoints();
             if endpoints.is_empty() {
-                return Err(NoEndpoints);
+                return Err(RunError::NoEndpoints);
             }
             let addr = endpoints[next % endpoints.len()].clone();
             let started = Instant::now();

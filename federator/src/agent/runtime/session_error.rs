@@ -130,11 +130,6 @@ impl SessionError {
     }
 }
 
-/// The agent knows no replica to connect to.
-#[derive(Debug, thiserror::Error)]
-#[error("no federation endpoints: set `endpoints` in the config")]
-pub(super) struct NoEndpoints;
-
 /// When `error` is the federation refusing the agent (permission denied,
 /// unauthenticated: see [`SessionError::refusal`]), what the operator should do
 /// (`joined`: the agent has a membership; `token_file`: where it takes new tokens from);
