@@ -18,6 +18,6 @@ pub mod store;
 pub mod view;
 
 pub use config::AgentConfig;
-pub use runtime::run;
+pub use runtime::{RunError, run};
 pub use status::AgentStatus;
 pub use view::{AgentView, ExportSet, Sink, SinkError, SinkFuture, SourceProblem};

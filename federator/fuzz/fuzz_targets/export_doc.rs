@@ -51,7 +51,7 @@ fn check_document(key: &ServiceKey, bytes: &[u8]) {
                 "the written document must parse back: {written}"
             );
         }
-        Err(message) => assert_names_a_member(&message),
+        Err(error) => assert_names_a_member(&error.to_string()),
     }
 }
 

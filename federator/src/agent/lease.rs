@@ -91,6 +91,16 @@ pub(super) enum LeaseError {
     },
 }
 
+impl LeaseError {
+    /// The replica's answer, when it answered with an error.
+    pub(super) fn status(&self) -> Option<&tonic::Status> {
+        match self {
+            Self::Answered { status, .. } => Some(status),
+            Self::Fault(_) => None,
+        }
+    }
+}
+
 /// The lease as the keeper last knew it: mirrored into the agent's status.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct LeaseSnapshot {

@@ -4,7 +4,6 @@
 
 use std::collections::BTreeMap;
 
-use anyhow::anyhow;
 use federator_proto::federation as pb;
 use federator_proto::federation::federation_client::FederationClient;
 use sha2::Digest as _;
@@ -12,7 +11,9 @@ use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::{Agent, SOURCE_POLL, bounded};
+use super::deadlines::bounded;
+use super::session_error::SessionError;
+use super::{Agent, SOURCE_POLL};
 use crate::agent::config::AgentConfig;
 use crate::agent::view::ExportSet;
 use crate::service::{ServiceKey, export_to_proto};
@@ -111,7 +112,7 @@ impl Agent {
         &mut self,
         client: &mut FederationClient<Channel>,
         set: &ExportSet,
-    ) -> anyhow::Result<()> {
+    ) -> Result<(), SessionError> {
         self.status.exports.exports = set.exports.len();
         self.status.exports.problems.clone_from(&set.problems);
         let mut refused = BTreeMap::new();
@@ -138,7 +139,7 @@ impl Agent {
                         message: format!("the federation refused it: {}", status.message()),
                     });
                 }
-                Err(status) => return Err(anyhow!(status).context("export")),
+                Err(status) => return Err(SessionError::Answered { call: "export", status }),
             }
         }
         self.export_refusals.send_if_modified(|current| {
@@ -177,7 +178,7 @@ impl Agent {
                 Ok(_) => {}
                 // Already gone (the federation removed it, or an earlier try did).
                 Err(status) if status.code() == Code::NotFound => {}
-                Err(status) => return Err(anyhow!(status).context("unexport")),
+                Err(status) => return Err(SessionError::Answered { call: "unexport", status }),
             }
             tracing::info!(service = %name, "unexported");
             self.published.exports.remove(&name);

@@ -100,7 +100,8 @@ impl EtcdSink {
                 ),
             ));
         }
-        let client = connect(&endpoints, auth).await.map_err(|e| SinkError::new(NAME, e))?;
+        let client =
+            connect(&endpoints, auth).await.map_err(|e| SinkError::new(NAME, e.to_string()))?;
         Ok(Self {
             client,
             endpoints,

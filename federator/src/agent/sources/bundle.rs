@@ -170,7 +170,7 @@ fn watch_file(
             let file = path.clone();
             let content = tokio::task::spawn_blocking(move || read_file(&file, max_bytes))
                 .await
-                .unwrap_or_else(|e| Err(format!("cannot be read: {e}")));
+                .unwrap_or_else(|e| Err(Unreadable::Task(e)));
             reader.update(content, format, unix_now());
             publish(&tx, &reader.state);
         }
@@ -199,14 +199,12 @@ fn watch_etcd(
             let content = match event {
                 RangeEvent::Listed(items) => match items.into_iter().find(|(k, _)| *k == key) {
                     Some((_, value)) => Ok(value),
-                    None => Err("the key does not exist".to_string()),
+                    None => Err(Unreadable::NoKey),
                 },
                 RangeEvent::Changed(changes) => {
                     match changes.into_iter().rev().find_map(|change| match change {
                         Change::Put(k, value) if k == key => Some(Ok(value)),
-                        Change::Delete(k) if k == key => {
-                            Some(Err("the key was deleted".to_string()))
-                        }
+                        Change::Delete(k) if k == key => Some(Err(Unreadable::KeyDeleted)),
                         Change::Put(..) | Change::Delete(_) => None,
                     }) {
                         Some(content) => content,
@@ -302,17 +300,31 @@ fn publish(tx: &watch::Sender<BundleState>, state: &BundleState) {
     });
 }
 
+/// Why a source's content could not be had (the bundle in service stays).
+#[derive(Debug, thiserror::Error)]
+enum Unreadable {
+    /// The file could not be read.
+    #[error("cannot be read: {0}")]
+    File(#[from] std::io::Error),
+    /// The blocking task reading the file failed.
+    #[error("cannot be read: {0}")]
+    Task(tokio::task::JoinError),
+    /// The etcd key is not there.
+    #[error("the key does not exist")]
+    NoKey,
+    /// The etcd key was deleted.
+    #[error("the key was deleted")]
+    KeyDeleted,
+}
+
 /// Reads at most `max_bytes` + 1 bytes (enough for the parser to tell it is too large).
-fn read_file(path: &Path, max_bytes: usize) -> Result<Vec<u8>, String> {
+fn read_file(path: &Path, max_bytes: usize) -> Result<Vec<u8>, Unreadable> {
     use std::io::Read as _;
-    let read = || {
-        let file = std::fs::File::open(path)?;
-        let mut bytes = Vec::new();
-        file.take(u64::try_from(max_bytes).unwrap_or(u64::MAX).saturating_add(1))
-            .read_to_end(&mut bytes)?;
-        Ok::<_, std::io::Error>(bytes)
-    };
-    read().map_err(|e| format!("cannot be read: {e}"))
+    let file = std::fs::File::open(path)?;
+    let mut bytes = Vec::new();
+    file.take(u64::try_from(max_bytes).unwrap_or(u64::MAX).saturating_add(1))
+        .read_to_end(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Sequence numbers of bundles read from PEM (see the module's documentation).
@@ -353,12 +365,12 @@ impl BundleReader {
     }
 
     /// Takes the source's current content (or why it cannot be read), validated at `now`.
-    fn update(&mut self, content: Result<Vec<u8>, String>, format: BundleFileFormat, now: i64) {
+    fn update(&mut self, content: Result<Vec<u8>, Unreadable>, format: BundleFileFormat, now: i64) {
         let bytes = match content {
             Ok(bytes) => bytes,
-            Err(message) => {
+            Err(unreadable) => {
                 self.last_hash = None;
-                self.fail(message);
+                self.fail(unreadable.to_string());
                 return;
             }
         };

@@ -20,8 +20,10 @@ use rand::Rng as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use super::export_doc::{key_from_etcd_key, normalize_prefix, parse_export_document};
-use crate::agent::etcd_auth::{EtcdAuth, EtcdConnect, connect_tls};
+use super::export_doc::{
+    DocumentError, KeyError, key_from_etcd_key, normalize_prefix, parse_export_document,
+};
+use crate::agent::etcd_auth::{EtcdAuth, EtcdAuthError, EtcdConnect, EtcdTlsError, connect_tls};
 use crate::agent::view::{ExportSet, SourceProblem};
 use crate::service::ServiceExport;
 
@@ -118,7 +120,19 @@ struct Document {
     /// SHA-256 of its bytes, to skip parsing an unchanged document again.
     hash: [u8; 32],
     /// The export, or what is wrong with the document.
-    parsed: Result<ServiceExport, String>,
+    parsed: Result<ServiceExport, EntryError>,
+}
+
+/// What is wrong with an export document in etcd: its key names no service, or the
+/// document is refused.
+#[derive(Debug, thiserror::Error)]
+enum EntryError {
+    /// The key is not `<prefix><namespace>/<name>`.
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The document is refused.
+    #[error(transparent)]
+    Document(#[from] DocumentError),
 }
 
 impl ExportsState {
@@ -186,7 +200,8 @@ impl ExportsState {
             return old;
         }
         let parsed = key_from_etcd_key(&self.prefix, key)
-            .and_then(|service| parse_export_document(&service, value, &self.trust_domain));
+            .map_err(EntryError::from)
+            .and_then(|service| Ok(parse_export_document(&service, value, &self.trust_domain)?));
         if let Err(problem) = &parsed {
             tracing::warn!(key, %problem, "export document skipped");
         }
@@ -215,9 +230,9 @@ impl ExportsState {
                 Ok(export) => {
                     set.exports.insert(export.key.clone(), export.clone());
                 }
-                Err(message) => set
+                Err(error) => set
                     .problems
-                    .push(SourceProblem { location: key.clone(), message: message.clone() }),
+                    .push(SourceProblem { location: key.clone(), message: error.to_string() }),
             }
         }
         set
@@ -260,12 +275,36 @@ pub(crate) enum Change {
 }
 
 /// Why one connection's following ended.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug)]
 enum Ended {
     /// etcd could not be reached, or the watch broke.
-    Failed(String),
+    Failed(FollowError),
     /// The watch's start revision was compacted away: list again.
     Compacted(i64),
+}
+
+/// Why following a range through one connection failed (reported as
+/// [`RangeEvent::Unreachable`]).
+#[derive(Debug, thiserror::Error)]
+enum FollowError {
+    /// etcd could not be connected to.
+    #[error("connect: {0}")]
+    Connect(EtcdError),
+    /// The range could not be listed.
+    #[error("list: {0}")]
+    List(EtcdError),
+    /// The watch could not be created.
+    #[error("watch: {0}")]
+    Watch(EtcdError),
+    /// The watch stream broke.
+    #[error("watch: {0}")]
+    Stream(etcd_client::Error),
+    /// etcd ended the watch stream.
+    #[error("watch: the stream ended")]
+    StreamEnded,
+    /// etcd canceled the watch, for this reason.
+    #[error("watch canceled: {0}")]
+    Canceled(String),
 }
 
 /// Follows `range`, reporting to `on_event`, until `closed` resolves: connects, lists,
@@ -285,7 +324,7 @@ pub(crate) async fn follow(
         };
         failures = failures.saturating_add(1);
         match ended {
-            Ended::Failed(message) => on_event(RangeEvent::Unreachable(message)),
+            Ended::Failed(error) => on_event(RangeEvent::Unreachable(error.to_string())),
             Ended::Compacted(revision) => tracing::info!(
                 compacted = revision,
                 "etcd compacted the watch's start revision; listing again"
@@ -318,8 +357,28 @@ pub(crate) fn prefix_end(prefix: &[u8]) -> Vec<u8> {
     vec![0]
 }
 
+/// Why etcd could not be connected to, or did not answer a call.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum EtcdError {
+    /// The TLS or authentication settings could not be used (a file unreadable).
+    #[error(transparent)]
+    Auth(#[from] EtcdAuthError),
+    /// No endpoint could be reached over TLS, or the user was refused.
+    #[error(transparent)]
+    Tls(#[from] EtcdTlsError),
+    /// etcd answered with an error, or could not be reached.
+    #[error(transparent)]
+    Call(#[from] etcd_client::Error),
+    /// No answer within [`CALL_TIMEOUT`].
+    #[error("no answer within {:?}", CALL_TIMEOUT)]
+    Timeout,
+    /// The range holds more keys than a listing reads.
+    #[error("more than {} keys in the range", PAGE_SIZE.saturating_mul(MAX_PAGES as i64))]
+    TooManyKeys,
+}
+
 /// An etcd client of `endpoints` with `auth` (its files read now).
-pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Client, String> {
+pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Client, EtcdError> {
     let options = ConnectOptions::new()
         .with_connect_timeout(CONNECT_TIMEOUT)
         .with_keep_alive(KEEP_ALIVE.0, KEEP_ALIVE.1)
@@ -328,12 +387,10 @@ pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Cli
         // etcd's simple tokens expire (5 minutes idle, or an etcd restart): fetch a new
         // one instead of failing every later call.
         .with_auto_token_refresh(true);
-    match auth.connect(options).map_err(|e| e.to_string())? {
+    match auth.connect(options)? {
         EtcdConnect::Plain(options) => call(Client::connect(endpoints, Some(options))).await,
         EtcdConnect::Tls { config, options } => {
-            connect_tls(endpoints, config, options, CONNECT_TIMEOUT, KEEP_ALIVE)
-                .await
-                .map_err(|e| e.to_string())
+            Ok(connect_tls(endpoints, config, options, CONNECT_TIMEOUT, KEEP_ALIVE).await?)
         }
     }
 }
@@ -341,10 +398,10 @@ pub(crate) async fn connect(endpoints: &[String], auth: &EtcdAuth) -> Result<Cli
 /// Runs one etcd call with [`CALL_TIMEOUT`].
 pub(crate) async fn call<T>(
     future: impl Future<Output = Result<T, etcd_client::Error>>,
-) -> Result<T, String> {
+) -> Result<T, EtcdError> {
     match tokio::time::timeout(CALL_TIMEOUT, future).await {
-        Ok(result) => result.map_err(|e| e.to_string()),
-        Err(_) => Err(format!("no answer within {CALL_TIMEOUT:?}")),
+        Ok(result) => Ok(result?),
+        Err(_) => Err(EtcdError::Timeout),
     }
 }
 
@@ -352,7 +409,7 @@ pub(crate) async fn call<T>(
 pub(crate) async fn list(
     client: &Client,
     range: &Range,
-) -> Result<(Vec<(String, Vec<u8>)>, i64), String> {
+) -> Result<(Vec<(String, Vec<u8>)>, i64), EtcdError> {
     let mut kv = client.kv_client().max_decoding_message_size(MAX_MESSAGE_BYTES);
     let mut items = Vec::new();
     let mut start = range.key.clone();
@@ -380,7 +437,7 @@ pub(crate) async fn list(
             _ => return Ok((items, revision)),
         }
     }
-    Err(format!("more than {} keys in the range", PAGE_SIZE.saturating_mul(MAX_PAGES as i64)))
+    Err(EtcdError::TooManyKeys)
 }
 
 /// One connection: list, then watch until something breaks.
@@ -391,11 +448,11 @@ async fn follow_once(
 ) -> Ended {
     let client = match connect(&range.endpoints, &range.auth).await {
         Ok(client) => client,
-        Err(message) => return Ended::Failed(format!("connect: {message}")),
+        Err(error) => return Ended::Failed(FollowError::Connect(error)),
     };
     let (items, revision) = match list(&client, range).await {
         Ok(listing) => listing,
-        Err(message) => return Ended::Failed(format!("list: {message}")),
+        Err(error) => return Ended::Failed(FollowError::List(error)),
     };
     on_event(RangeEvent::Listed(items));
     watch_from(&client, range, revision.saturating_add(1), failures, on_event).await
@@ -418,19 +475,19 @@ async fn watch_from(
     }
     let mut stream = match call(watch_client.watch(range.key.clone(), Some(options))).await {
         Ok(stream) => stream,
-        Err(message) => return Ended::Failed(format!("watch: {message}")),
+        Err(error) => return Ended::Failed(FollowError::Watch(error)),
     };
     loop {
         let response = match stream.message().await {
             Ok(Some(response)) => response,
-            Ok(None) => return Ended::Failed("watch: the stream ended".into()),
-            Err(e) => return Ended::Failed(format!("watch: {e}")),
+            Ok(None) => return Ended::Failed(FollowError::StreamEnded),
+            Err(e) => return Ended::Failed(FollowError::Stream(e)),
         };
         if response.canceled() {
             if response.compact_revision() > 0 {
                 return Ended::Compacted(response.compact_revision());
             }
-            return Ended::Failed(format!("watch canceled: {}", response.cancel_reason()));
+            return Ended::Failed(FollowError::Canceled(response.cancel_reason().to_string()));
         }
         *failures = 0;
         let changes: Vec<Change> = response

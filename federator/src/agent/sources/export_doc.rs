@@ -50,6 +50,83 @@ pub const MAX_FILE_EXPORTS: usize = 10_000;
 /// Longest message about one document (the rest is cut: messages quote untrusted input).
 const MAX_MESSAGE_CHARS: usize = 512;
 
+// === refusals ===
+
+/// Why an export document, or the static exports file, is refused. Shown as the member
+/// it is about, then what is wrong (`endpoints[0].address: "x" is not an IP address`),
+/// cut to [`MAX_MESSAGE_CHARS`] (the problem may quote untrusted input).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DocumentError {
+    /// A member is wrong, or the document as a whole (`body`: not JSON, not an object).
+    #[error("{}", cut(format!("{}: {}", .field, .problem)))]
+    Member {
+        /// The member as the document names it: a path such as
+        /// `endpoints[1].ports[0].port`; `body` for the whole document.
+        field: String,
+        /// What is wrong with it.
+        problem: String,
+    },
+    /// The document is larger than [`MAX_DOCUMENT_BYTES`].
+    #[error("body: must be at most {limit} bytes, is {size}")]
+    DocumentTooLarge {
+        /// Its size, bytes.
+        size: usize,
+        /// [`MAX_DOCUMENT_BYTES`].
+        limit: usize,
+    },
+    /// The static file is larger than [`MAX_FILE_BYTES`].
+    #[error("must be at most {limit} bytes, is {size}")]
+    FileTooLarge {
+        /// Its size, bytes.
+        size: usize,
+        /// [`MAX_FILE_BYTES`].
+        limit: usize,
+    },
+}
+
+impl DocumentError {
+    /// `field` is wrong: `problem`.
+    fn member(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self::Member { field: field.into(), problem: problem.into() }
+    }
+
+    /// The static file of `size` bytes is too large.
+    #[must_use]
+    pub fn file_too_large(size: usize) -> Self {
+        Self::FileTooLarge { size, limit: MAX_FILE_BYTES }
+    }
+}
+
+/// Why an etcd key names no service (it must be `<prefix><namespace>/<name>`), cut to
+/// [`MAX_MESSAGE_CHARS`] (the key is untrusted input).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The key does not start with the prefix.
+    #[error("{}", cut(format!("key {:?} is not under the prefix {:?}", .key, .prefix)))]
+    NotUnderPrefix {
+        /// The key.
+        key: String,
+        /// The prefix, ending with `/`.
+        prefix: String,
+    },
+    /// What follows the prefix is not `<namespace>/<name>`.
+    #[error("{}", cut(format!("key {:?} is not {}NAMESPACE/NAME", .key, .prefix)))]
+    NotNamespaceName {
+        /// The key.
+        key: String,
+        /// The prefix, ending with `/`.
+        prefix: String,
+    },
+    /// The namespace or the name is not a DNS label.
+    #[error("{}", cut(format!("key {:?}: {}", .key, .rule)))]
+    NotDnsLabels {
+        /// The key.
+        key: String,
+        /// The rule the service key breaks.
+        rule: ExportError,
+    },
+}
+
 // === the document ===
 
 /// The members of an export document (and of an entry of the static file, which also
@@ -179,19 +256,19 @@ const fn yes() -> bool {
 /// key, e.g. from [`key_from_etcd_key`]) for a member of `trust_domain`.
 ///
 /// # Errors
-/// A message naming the member that is wrong, e.g.
+/// A [`DocumentError`] naming the member that is wrong, e.g.
 /// `endpoints[0].address: "x" is not an IP address`; `body` when the document as a whole
 /// is (too large, not JSON).
 pub fn parse_export_document(
     key: &ServiceKey,
     bytes: &[u8],
     trust_domain: &str,
-) -> Result<ServiceExport, String> {
+) -> Result<ServiceExport, DocumentError> {
     if bytes.len() > MAX_DOCUMENT_BYTES {
-        return Err(format!(
-            "body: must be at most {MAX_DOCUMENT_BYTES} bytes, is {}",
-            bytes.len()
-        ));
+        return Err(DocumentError::DocumentTooLarge {
+            size: bytes.len(),
+            limit: MAX_DOCUMENT_BYTES,
+        });
     }
     let document = read_document(bytes)?;
     for (field, given, expected) in
@@ -200,13 +277,16 @@ pub fn parse_export_document(
         if let Some(given) = given
             && given != expected
         {
-            return Err(cut(format!(
-                "{field}: {given:?} differs from the key's {field} {expected:?} (the key names \
-                 the service; omit {field} from the document)"
-            )));
+            return Err(DocumentError::member(
+                field,
+                format!(
+                    "{given:?} differs from the key's {field} {expected:?} (the key names the \
+                     service; omit {field} from the document)"
+                ),
+            ));
         }
     }
-    to_export(key.clone(), document, trust_domain).map_err(cut)
+    to_export(key.clone(), document, trust_domain)
 }
 
 /// The service an etcd key of an export document names: `<prefix><namespace>/<name>`,
@@ -214,17 +294,17 @@ pub fn parse_export_document(
 ///
 /// # Errors
 /// The key is outside the prefix, not of that form, or a part is not a DNS label.
-pub fn key_from_etcd_key(prefix: &str, key: &str) -> Result<ServiceKey, String> {
+pub fn key_from_etcd_key(prefix: &str, key: &str) -> Result<ServiceKey, KeyError> {
     let prefix = normalize_prefix(prefix);
-    let rest = key
-        .strip_prefix(prefix.as_str())
-        .ok_or_else(|| cut(format!("key {key:?} is not under the prefix {prefix:?}")))?;
+    let Some(rest) = key.strip_prefix(prefix.as_str()) else {
+        return Err(KeyError::NotUnderPrefix { key: key.to_string(), prefix });
+    };
     let parts: Vec<&str> = rest.split('/').collect();
     let [namespace, name] = parts.as_slice() else {
-        return Err(cut(format!("key {key:?} is not {prefix}NAMESPACE/NAME")));
+        return Err(KeyError::NotNamespaceName { key: key.to_string(), prefix });
     };
     let service = ServiceKey::new(*namespace, *name);
-    service.validate().map_err(|e| cut(format!("key {key:?}: {e}")))?;
+    service.validate().map_err(|rule| KeyError::NotDnsLabels { key: key.to_string(), rule })?;
     Ok(service)
 }
 
@@ -244,33 +324,36 @@ pub(crate) fn normalize_prefix(prefix: &str) -> String {
 pub fn parse_export_file(bytes: &[u8], trust_domain: &str) -> ExportSet {
     match parse_file(bytes, trust_domain) {
         Ok(set) => set,
-        Err(message) => ExportSet {
+        Err(error) => ExportSet {
             exports: BTreeMap::new(),
-            problems: vec![SourceProblem { location: String::new(), message }],
+            problems: vec![SourceProblem { location: String::new(), message: error.to_string() }],
         },
     }
 }
 
 /// [`parse_export_file`], with a file-level problem as the error.
-pub(crate) fn parse_file(bytes: &[u8], trust_domain: &str) -> Result<ExportSet, String> {
+pub(crate) fn parse_file(bytes: &[u8], trust_domain: &str) -> Result<ExportSet, DocumentError> {
     if bytes.len() > MAX_FILE_BYTES {
-        return Err(format!("must be at most {MAX_FILE_BYTES} bytes, is {}", bytes.len()));
+        return Err(DocumentError::file_too_large(bytes.len()));
     }
     let Obj(shape): Obj<FileShape> =
         serde_json::from_slice(bytes).map_err(|e| json_error(bytes, &e))?;
     if shape.exports.len() > MAX_FILE_EXPORTS {
-        return Err(format!(
-            "exports: at most {MAX_FILE_EXPORTS} entries, holds {}",
-            shape.exports.len()
+        return Err(DocumentError::member(
+            "exports",
+            format!("at most {MAX_FILE_EXPORTS} entries, holds {}", shape.exports.len()),
         ));
     }
     let spans = entry_spans(bytes);
     if spans.len() != shape.exports.len() {
         // Cannot happen for a document serde_json accepted; refuse rather than guess.
-        return Err(format!(
-            "exports: found {} entries where the JSON reader found {}",
-            spans.len(),
-            shape.exports.len()
+        return Err(DocumentError::member(
+            "exports",
+            format!(
+                "found {} entries where the JSON reader found {}",
+                spans.len(),
+                shape.exports.len()
+            ),
         ));
     }
     let mut set = ExportSet::default();
@@ -290,26 +373,29 @@ pub(crate) fn parse_file(bytes: &[u8], trust_domain: &str) -> Result<ExportSet, 
                     set.exports.insert(export.key.clone(), export);
                 }
             }
-            Err(message) => set.problems.push(SourceProblem { location, message }),
+            Err(error) => {
+                set.problems.push(SourceProblem { location, message: error.to_string() });
+            }
         }
     }
     Ok(set)
 }
 
 /// One entry of the static file: a document that names its service.
-fn parse_entry(bytes: &[u8], trust_domain: &str) -> Result<ServiceExport, String> {
+fn parse_entry(bytes: &[u8], trust_domain: &str) -> Result<ServiceExport, DocumentError> {
     let mut document = read_document(bytes)?;
-    let namespace = document.namespace.take().ok_or("namespace: required in a file entry")?;
-    let name = document.name.take().ok_or("name: required in a file entry")?;
-    to_export(ServiceKey::new(namespace, name), document, trust_domain).map_err(cut)
+    let required = |field| DocumentError::member(field, "required in a file entry");
+    let namespace = document.namespace.take().ok_or_else(|| required("namespace"))?;
+    let name = document.name.take().ok_or_else(|| required("name"))?;
+    to_export(ServiceKey::new(namespace, name), document, trust_domain)
 }
 
-fn read_document(bytes: &[u8]) -> Result<Document, String> {
+fn read_document(bytes: &[u8]) -> Result<Document, DocumentError> {
     serde_json::from_slice(bytes).map(|Obj(document)| document).map_err(|e| json_error(bytes, &e))
 }
 
-/// A serde_json error as a message naming the member it is about.
-fn json_error(bytes: &[u8], error: &serde_json::Error) -> String {
+/// A serde_json error as a refusal naming the member it is about.
+fn json_error(bytes: &[u8], error: &serde_json::Error) -> DocumentError {
     use serde_json::error::Category;
     let message = error.to_string();
     match error.classify() {
@@ -317,10 +403,10 @@ fn json_error(bytes: &[u8], error: &serde_json::Error) -> String {
             let offset = offset_of(bytes, error.line(), error.column());
             let path = path_at(bytes, offset);
             let field = if path.is_empty() { "body".to_string() } else { path };
-            cut(format!("{field}: {message}"))
+            DocumentError::member(field, message)
         }
         Category::Io | Category::Syntax | Category::Eof => {
-            cut(format!("body: not well-formed JSON: {message}"))
+            DocumentError::member("body", format!("not well-formed JSON: {message}"))
         }
     }
 }
@@ -483,11 +569,11 @@ fn to_export(
     key: ServiceKey,
     document: Document,
     trust_domain: &str,
-) -> Result<ServiceExport, String> {
+) -> Result<ServiceExport, DocumentError> {
     let mut ports = Vec::with_capacity(document.ports.len());
     for (i, Obj(port)) in document.ports.into_iter().enumerate() {
         let protocol = Protocol::parse(&format!("ports[{i}].protocol"), &port.protocol)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| DocumentError::member(e.field, e.rule))?;
         ports.push(ServicePort {
             name: port.name,
             port: port.port,
@@ -516,10 +602,14 @@ fn to_export(
         Some(Obj(scope)) => {
             let mut clusters = BTreeSet::new();
             for (i, cluster) in scope.clusters.into_iter().enumerate() {
+                let field = || format!("scope.clusters[{i}]");
                 crate::token::validate_cluster_name(&cluster)
-                    .map_err(|e| format!("scope.clusters[{i}]: {e}"))?;
+                    .map_err(|e| DocumentError::member(field(), e.to_string()))?;
                 if clusters.contains(&cluster) {
-                    return Err(format!("scope.clusters[{i}]: {cluster:?} is listed twice"));
+                    return Err(DocumentError::member(
+                        field(),
+                        format!("{cluster:?} is listed twice"),
+                    ));
                 }
                 clusters.insert(cluster);
             }
@@ -535,22 +625,22 @@ fn to_export(
     };
     let export =
         ServiceExport { key, ports, endpoints, identities: document.identities, scope, mode };
-    export.validate(trust_domain).map_err(|e| document_error(&e))?;
+    export.validate(trust_domain).map_err(document_error)?;
     Ok(export)
 }
 
-fn parse_ip(field: &str, text: &str) -> Result<IpAddr, String> {
+fn parse_ip(field: &str, text: &str) -> Result<IpAddr, DocumentError> {
     text.parse().map_err(|_| {
         let shown: String = text.chars().take(64).collect();
-        format!("{field}: {shown:?} is not an IP address")
+        DocumentError::member(field, format!("{shown:?} is not an IP address"))
     })
 }
 
 /// A validation error with the field named as the document names it.
-fn document_error(error: &ExportError) -> String {
+fn document_error(error: ExportError) -> DocumentError {
     let field =
         error.field.replace("app_protocol", "appProtocol").replace("mode.gateway.", "gateway.");
-    format!("{field}: {}", error.rule)
+    DocumentError::member(field, error.rule)
 }
 
 // === writing ===

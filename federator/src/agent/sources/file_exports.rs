@@ -17,7 +17,7 @@ use std::time::Duration;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 
-use super::export_doc::{self, MAX_FILE_BYTES};
+use super::export_doc::{self, DocumentError, MAX_FILE_BYTES};
 use crate::agent::view::{ExportSet, SourceProblem};
 
 /// Shortest poll period (a zero period would spin).
@@ -76,6 +76,17 @@ fn read_file(path: &Path) -> std::io::Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Why the exports file gives no exports (the ones last read are kept).
+#[derive(Debug, thiserror::Error)]
+enum Unusable {
+    /// The file cannot be read.
+    #[error("cannot be read: {0}")]
+    Unreadable(std::io::Error),
+    /// The file is not an exports file (too large, not JSON, not that shape).
+    #[error(transparent)]
+    Refused(#[from] DocumentError),
+}
+
 /// What was read last, to tell changes apart.
 struct FileReader {
     path: PathBuf,
@@ -115,14 +126,14 @@ impl FileReader {
         let parsed = match content {
             Err(error) => {
                 self.last_hash = None;
-                Err(format!("cannot be read: {error}"))
+                Err(Unusable::Unreadable(error))
             }
             Ok(bytes) => {
                 self.last_hash = Some(Sha256::digest(&bytes).into());
                 if bytes.len() > MAX_FILE_BYTES {
-                    Err(format!("must be at most {MAX_FILE_BYTES} bytes, is {}", bytes.len()))
+                    Err(DocumentError::file_too_large(bytes.len()).into())
                 } else {
-                    export_doc::parse_file(&bytes, &self.trust_domain)
+                    export_doc::parse_file(&bytes, &self.trust_domain).map_err(Unusable::from)
                 }
             }
         };
@@ -146,7 +157,8 @@ impl FileReader {
                 self.last_good = set.clone();
                 set
             }
-            Err(message) => {
+            Err(unusable) => {
+                let message = unusable.to_string();
                 if self.last_failure.as_deref() != Some(message.as_str()) {
                     tracing::warn!(
                         file = %location,

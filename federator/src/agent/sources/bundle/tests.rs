@@ -136,7 +136,7 @@ fn an_invalid_content_keeps_the_last_bundle_and_is_a_problem() {
         (Ok(b"not pem".to_vec()), "invalid bundle: "),
         (Ok(ca_valid_from(TD, now - 2 * 365 * DAY).into_bytes()), "has expired"),
         (Ok(ca_valid_from(TD, now + DAY).into_bytes()), "is not yet valid"),
-        (Err("cannot be read: gone".to_string()), "cannot be read: gone"),
+        (Err(Unreadable::from(std::io::Error::other("gone"))), "cannot be read: gone"),
     ] {
         reader.update(content, BundleFileFormat::Pem, now);
         assert_eq!(reader.state.bundle.as_ref(), Some(&good));

@@ -26,7 +26,7 @@ fn full() -> Json {
     })
 }
 
-fn parse_json(doc: &Json) -> Result<ServiceExport, String> {
+fn parse_json(doc: &Json) -> Result<ServiceExport, DocumentError> {
     parse_export_document(&key(), doc.to_string().as_bytes(), TD)
 }
 
@@ -39,13 +39,13 @@ fn edited(edit: impl FnOnce(&mut Json)) -> Json {
 
 #[track_caller]
 fn assert_refused(doc: &Json, expected: &str) {
-    let err = parse_json(doc).expect_err("must be refused");
+    let err = parse_json(doc).expect_err("must be refused").to_string();
     assert!(err.starts_with(expected), "expected {expected:?} at the start of: {err}");
 }
 
 #[track_caller]
 fn assert_refused_bytes(bytes: &[u8], expected: &str) {
-    let err = parse_export_document(&key(), bytes, TD).expect_err("must be refused");
+    let err = parse_export_document(&key(), bytes, TD).expect_err("must be refused").to_string();
     assert!(err.starts_with(expected), "expected {expected:?} at the start of: {err}");
 }
 
@@ -402,7 +402,8 @@ fn gateway_rules_are_named() {
 #[test]
 fn a_bad_key_is_refused() {
     let err = parse_export_document(&ServiceKey::new("Shop", "cart"), b"{}", TD)
-        .expect_err("bad namespace");
+        .expect_err("bad namespace")
+        .to_string();
     assert!(err.starts_with("namespace:"), "{err}");
 }
 
@@ -410,8 +411,10 @@ fn a_bad_key_is_refused() {
 fn messages_quoting_input_are_cut() {
     let long = "x".repeat(10_000);
     let err = parse_json(&edited(|d| d[long.as_str()] = json!(1))).expect_err("unknown");
+    let err = err.to_string();
     assert!(err.chars().count() <= MAX_MESSAGE_CHARS + 1, "{} chars", err.len());
     let err = parse_json(&edited(|d| d["endpoints"][0]["address"] = json!(long))).expect_err("ip");
+    let err = err.to_string();
     assert!(err.len() < 200, "{err}");
 }
 
@@ -441,9 +444,31 @@ fn bad_etcd_keys_are_refused() {
         ("/federator/exports/Shop/cart", "namespace:"),
         ("/federator/exports/shop/ca_rt", "name:"),
     ] {
-        let err = key_from_etcd_key(prefix, bad).expect_err(bad);
+        let err = key_from_etcd_key(prefix, bad).expect_err(bad).to_string();
         assert!(err.contains(expected), "{bad}: {err}");
     }
+}
+
+#[test]
+fn refusals_name_their_member_as_fields_and_in_their_text() {
+    let err = parse_json(&edited(|d| d["endpoints"][0]["address"] = json!("x"))).expect_err("ip");
+    assert_eq!(
+        err,
+        DocumentError::Member {
+            field: "endpoints[0].address".into(),
+            problem: "\"x\" is not an IP address".into()
+        }
+    );
+    assert_eq!(err.to_string(), "endpoints[0].address: \"x\" is not an IP address");
+    let big = vec![b' '; MAX_DOCUMENT_BYTES + 1];
+    let err = parse_export_document(&key(), &big, TD).expect_err("too large");
+    assert_eq!(
+        err.to_string(),
+        format!("body: must be at most {MAX_DOCUMENT_BYTES} bytes, is {}", big.len())
+    );
+    let err = key_from_etcd_key("/p/", "/q/shop/cart").expect_err("outside");
+    assert_eq!(err.to_string(), "key \"/q/shop/cart\" is not under the prefix \"/p/\"");
+    assert!(matches!(err, KeyError::NotUnderPrefix { .. }), "{err:?}");
 }
 
 // === the static file ===
@@ -742,7 +767,10 @@ fn check_document(key: &ServiceKey, bytes: &[u8]) -> Result<(), TestCaseError> {
             let written = export_document_json(&export);
             prop_assert_eq!(parse_export_document(key, written.as_bytes(), TD), Ok(export));
         }
-        Err(message) => prop_assert!(names_a_member(&message), "{message:?}"),
+        Err(error) => {
+            let message = error.to_string();
+            prop_assert!(names_a_member(&message), "{message:?}");
+        }
     }
     Ok(())
 }
@@ -948,7 +976,10 @@ proptest! {
                 prop_assert_eq!(format!("{prefix}{service}"), etcd_key.clone());
                 prop_assert_eq!(key_from_etcd_key("/federator/exports", &etcd_key), Ok(service));
             }
-            Err(message) => prop_assert!(message.starts_with("key "), "{message:?}"),
+            Err(error) => {
+                let message = error.to_string();
+                prop_assert!(message.starts_with("key "), "{message:?}");
+            }
         }
     }
 }
