@@ -158,7 +158,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             members: &members,
             events: &events,
         };
-        let view = view.as_ref().map_err(ToString::to_string);
+        let view = view.as_ref();
         let text = match &mut changes {
             Some(facts) if !interactive => {
                 let mut lines = facts.changed(&screen, view, &clusters);
@@ -170,7 +170,7 @@ pub async fn run(args: DevArgs) -> anyhow::Result<ExitCode> {
             _ => {
                 if !interactive {
                     let mut facts = Facts::default();
-                    facts.changed(&screen, view.clone(), &clusters);
+                    facts.changed(&screen, view, &clusters);
                     changes = Some(facts);
                 }
                 render(interactive, &screen, view, &clusters)
@@ -470,7 +470,7 @@ impl Facts {
     fn changed(
         &mut self,
         screen: &Screen<'_>,
-        view: Result<&status::GroupView, String>,
+        view: Result<&status::GroupView, &anyhow::Error>,
         clusters: &[pb::Cluster],
     ) -> Vec<String> {
         let mut now = std::collections::BTreeMap::new();
@@ -534,7 +534,7 @@ fn member_summary(member: &clusters::DevCluster, clusters: &[pb::Cluster]) -> St
 fn render(
     interactive: bool,
     screen: &Screen<'_>,
-    view: Result<&status::GroupView, String>,
+    view: Result<&status::GroupView, &anyhow::Error>,
     clusters: &[pb::Cluster],
 ) -> String {
     use std::fmt::Write as _;
