@@ -3,19 +3,20 @@
 
 mod ca;
 mod reload;
+mod spiffe_id;
 mod svid;
+#[cfg(test)]
+mod test_svids;
 mod tls;
+mod verifiers;
 pub mod workload_api;
 
 pub use ca::{FederationCa, IssuedCertificate};
 pub use reload::CertifiedIdentity;
-pub use svid::{
-    DeferredClientVerifier, MAX_CHAIN_LEN, MAX_SPIFFE_ID_LEN, SpiffeId, SpiffeIdError,
-    SpiffeServerVerifier, SvidError, agent_api_server_config, agent_client_config,
-    federation_server_verifier, svid_identity, verify_client_svid,
-    verify_client_svid_by_trust_domain, verify_server_svid,
-};
+pub use spiffe_id::{MAX_SPIFFE_ID_LEN, SpiffeId, SpiffeIdError};
+pub use svid::{MAX_CHAIN_LEN, SvidError, svid_identity, verify_client_svid};
 pub use tls::{TlsFiles, TlsMaterial, certificates_to_pem, peer_spiffe_id};
+pub use verifiers::{DeferredClientVerifier, SpiffeServerVerifier};
 
 /// Errors of identity handling.
 #[derive(Debug, thiserror::Error)]

@@ -74,8 +74,8 @@ fn ec_key(jwk: &Object<'_>) -> Result<PublicKey, BundleError> {
     let mut coordinates = Vec::with_capacity(2);
     for name in ["x", "y"] {
         let field = jwk.field(name);
-        let bytes =
-            decode_base64url(jwk.required_str(name)?).map_err(|rule| invalid(&field, rule))?;
+        let bytes = decode_base64url(jwk.required_str(name)?)
+            .map_err(|rule| invalid(&field, rule.to_string()))?;
         if bytes.len() != curve.coordinate_len() {
             return Err(invalid(
                 field,
@@ -100,8 +100,8 @@ fn rsa_key(jwk: &Object<'_>) -> Result<PublicKey, BundleError> {
     let mut parts = Vec::with_capacity(2);
     for name in ["n", "e"] {
         let field = jwk.field(name);
-        let bytes =
-            decode_base64url_uint(jwk.required_str(name)?).map_err(|rule| invalid(&field, rule))?;
+        let bytes = decode_base64url_uint(jwk.required_str(name)?)
+            .map_err(|rule| invalid(&field, rule.to_string()))?;
         parts.push(bytes);
     }
     PublicKey::rsa(&parts[0], &parts[1])

@@ -10,6 +10,23 @@ const RSA_MIN_BITS: usize = 2048;
 /// Largest accepted RSA modulus, bits (ring verifies no larger).
 const RSA_MAX_BITS: usize = 8192;
 
+/// A rule broken by key material; the text completes a sentence that names the field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub(super) enum KeyError {
+    /// The bytes are not a point on the curve, or are its identity.
+    #[error("is not a valid point on {}", .0.jwk_name())]
+    NotOnCurve(Curve),
+    /// A JWK binary member is not base64url without padding.
+    #[error("must be base64url without padding")]
+    NotBase64Url,
+    /// A base64urlUInt member is empty.
+    #[error("must not be empty")]
+    Empty,
+    /// A base64urlUInt member has a leading zero octet.
+    #[error("must use the fewest octets (no leading zero octet)")]
+    LeadingZero,
+}
+
 /// An elliptic curve the federation can verify signatures on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Curve {
@@ -78,8 +95,8 @@ pub(super) enum PublicKey {
 impl PublicKey {
     /// The EC key with SEC1 encoding `sec1` (compressed or not), if it is a point on
     /// `curve` other than the identity.
-    pub(super) fn ec_from_sec1(curve: Curve, sec1: &[u8]) -> Result<Self, String> {
-        let not_on_curve = || format!("is not a valid point on {}", curve.jwk_name());
+    pub(super) fn ec_from_sec1(curve: Curve, sec1: &[u8]) -> Result<Self, KeyError> {
+        let not_on_curve = || KeyError::NotOnCurve(curve);
         let uncompressed = match curve {
             Curve::P256 => {
                 use p256::elliptic_curve::sec1::ToEncodedPoint as _;
@@ -108,7 +125,7 @@ impl PublicKey {
     }
 
     /// The EC key with affine coordinates `x` and `y`, if they form a point on `curve`.
-    pub(super) fn ec_from_coordinates(curve: Curve, x: &[u8], y: &[u8]) -> Result<Self, String> {
+    pub(super) fn ec_from_coordinates(curve: Curve, x: &[u8], y: &[u8]) -> Result<Self, KeyError> {
         let mut sec1 = Vec::with_capacity(1 + x.len() + y.len());
         sec1.push(0x04);
         sec1.extend_from_slice(x);
@@ -242,18 +259,16 @@ impl RsaProblem {
 }
 
 /// Decodes a JWK binary member: base64url without padding, canonical.
-pub(super) fn decode_base64url(value: &str) -> Result<Vec<u8>, String> {
-    URL_SAFE_NO_PAD.decode(value).map_err(|_| "must be base64url without padding".to_string())
+pub(super) fn decode_base64url(value: &str) -> Result<Vec<u8>, KeyError> {
+    URL_SAFE_NO_PAD.decode(value).map_err(|_| KeyError::NotBase64Url)
 }
 
 /// Decodes a JWK base64urlUInt member (RFC 7518 §2): non-empty, no leading zero octet.
-pub(super) fn decode_base64url_uint(value: &str) -> Result<Vec<u8>, String> {
+pub(super) fn decode_base64url_uint(value: &str) -> Result<Vec<u8>, KeyError> {
     let bytes = decode_base64url(value)?;
     match bytes.first() {
-        None => Err("must not be empty".to_string()),
-        Some(0) if bytes.len() > 1 => {
-            Err("must use the fewest octets (no leading zero octet)".to_string())
-        }
+        None => Err(KeyError::Empty),
+        Some(0) if bytes.len() > 1 => Err(KeyError::LeadingZero),
         Some(_) => Ok(bytes),
     }
 }

@@ -11,8 +11,57 @@ use x509_parser::signature_algorithm::RsaSsaPssParams;
 use x509_parser::x509::{AlgorithmIdentifier, SubjectPublicKeyInfo, X509Version};
 
 use super::json::{Object, Value};
-use super::key::{Curve, PublicKey, decode_base64url};
+use super::key::{Curve, KeyError, PublicKey, decode_base64url};
 use super::{BundleError, ValidationPolicy, X509Authority, invalid, quoted};
+
+/// A rule a CA certificate breaks, in the checks below that of its basic structure; the
+/// text completes a sentence that names the certificate's field.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+enum CertRule {
+    #[error("signatureAlgorithm differs from the signature field of tbsCertificate")]
+    SignatureFieldMismatch,
+    #[error("is signed with {0}: SHA-1, MD5 and weaker hashes are refused")]
+    WeakSignature(&'static str),
+    #[error("has unreadable RSASSA-PSS parameters")]
+    UnreadablePssParameters,
+    #[error("is signed with RSASSA-PSS over hash {0}: SHA-1, MD5 and weaker hashes are refused")]
+    WeakPssHash(String),
+    #[error(
+        "signature algorithm {0} is not supported (RSA, RSASSA-PSS or ECDSA with SHA-256 or \
+         stronger, or Ed25519)"
+    )]
+    UnsupportedSignature(String),
+    #[error("has an EC key on curve {0}; supported are P-256 and P-384")]
+    UnsupportedCurve(String),
+    #[error("has an EC key without a named curve")]
+    UnnamedCurve,
+    #[error("public key {0}")]
+    EcPoint(KeyError),
+    /// The RSA key breaks the rule given.
+    #[error("{0}")]
+    RsaKey(String),
+    #[error("has an unreadable RSA public key")]
+    UnreadableRsaKey,
+    #[error("has an Ed25519 key that is not 32 bytes")]
+    Ed25519Length,
+    #[error("public key algorithm {0} is not supported (EC P-256/P-384, RSA, Ed25519)")]
+    UnsupportedKeyAlgorithm(String),
+    #[error("has an unreadable nameConstraints: {0}")]
+    UnreadableNameConstraints(String),
+    /// `uri` is quoted.
+    #[error("nameConstraints permit URIs of {uri}, outside trust domain {trust_domain}")]
+    PermittedUri { uri: String, trust_domain: String },
+    /// `dns` is quoted.
+    #[error("nameConstraints permit DNS names {dns}, outside trust domain {trust_domain}")]
+    PermittedDns { dns: String, trust_domain: String },
+    #[error("nameConstraints permit {kind} names, which lie outside trust domain {trust_domain}")]
+    PermittedOther { kind: &'static str, trust_domain: String },
+    #[error("has an unreadable subjectAltName: {0}")]
+    UnreadableSubjectAltName(String),
+    /// `uri` is quoted.
+    #[error("subjectAltName {uri} names another trust domain than {trust_domain}")]
+    ForeignSpiffeName { uri: String, trust_domain: String },
+}
 
 /// Signature algorithms a CA certificate may be signed with, by OID.
 const ACCEPTED_SIGNATURES: [&str; 7] = [
@@ -107,7 +156,8 @@ fn check_jwk_matches(jwk: &Object<'_>, key: &PublicKey) -> Result<(), BundleErro
             given == want
         } else {
             // Compare octets so that a non-canonical encoding is named as such.
-            let given = decode_base64url(given).map_err(|rule| invalid(&field, rule))?;
+            let given =
+                decode_base64url(given).map_err(|rule| invalid(&field, rule.to_string()))?;
             decode_base64url(want).is_ok_and(|want| want == given)
         };
         if !same {
@@ -141,7 +191,7 @@ pub(super) fn check_ca_certificate(
     if cert.version() != X509Version::V3 {
         return Err(fail(format!("must be an X.509 v3 certificate, is v{}", cert.version().0 + 1)));
     }
-    check_signature_algorithm(&cert).map_err(fail)?;
+    check_signature_algorithm(&cert).map_err(|rule| fail(rule.to_string()))?;
 
     match cert.basic_constraints() {
         Err(e) => return Err(fail(format!("has an unreadable basicConstraints: {e}"))),
@@ -166,7 +216,7 @@ pub(super) fn check_ca_certificate(
         Ok(Some(_)) => {}
     }
 
-    let key = public_key(cert.public_key()).map_err(fail)?;
+    let key = public_key(cert.public_key()).map_err(|rule| fail(rule.to_string()))?;
 
     let validity = cert.validity();
     let (not_before, not_after) = (validity.not_before.timestamp(), validity.not_after.timestamp());
@@ -189,8 +239,8 @@ pub(super) fn check_ca_certificate(
         )));
     }
 
-    check_name_constraints(&cert, trust_domain).map_err(fail)?;
-    check_spiffe_names(&cert, trust_domain).map_err(fail)?;
+    check_name_constraints(&cert, trust_domain).map_err(|rule| fail(rule.to_string()))?;
+    check_spiffe_names(&cert, trust_domain).map_err(|rule| fail(rule.to_string()))?;
 
     let fingerprint = key.fingerprint();
     Ok(CheckedCertificate {
@@ -199,16 +249,14 @@ pub(super) fn check_ca_certificate(
     })
 }
 
-fn check_signature_algorithm(cert: &X509Certificate<'_>) -> Result<(), String> {
+fn check_signature_algorithm(cert: &X509Certificate<'_>) -> Result<(), CertRule> {
     let outer = &cert.signature_algorithm;
     if outer.algorithm != cert.tbs_certificate.signature.algorithm {
-        return Err(
-            "signatureAlgorithm differs from the signature field of tbsCertificate".to_string()
-        );
+        return Err(CertRule::SignatureFieldMismatch);
     }
     let oid = outer.algorithm.to_id_string();
     if let Some((_, name)) = WEAK_SIGNATURES.iter().find(|(weak, _)| *weak == oid) {
-        return Err(format!("is signed with {name}: SHA-1, MD5 and weaker hashes are refused"));
+        return Err(CertRule::WeakSignature(name));
     }
     if oid == RSASSA_PSS {
         return check_pss_hash(outer);
@@ -216,30 +264,21 @@ fn check_signature_algorithm(cert: &X509Certificate<'_>) -> Result<(), String> {
     if ACCEPTED_SIGNATURES.contains(&oid.as_str()) {
         return Ok(());
     }
-    Err(format!(
-        "signature algorithm {oid} is not supported (RSA, RSASSA-PSS or ECDSA with SHA-256 or \
-         stronger, or Ed25519)"
-    ))
+    Err(CertRule::UnsupportedSignature(oid))
 }
 
-fn check_pss_hash(algorithm: &AlgorithmIdentifier<'_>) -> Result<(), String> {
+fn check_pss_hash(algorithm: &AlgorithmIdentifier<'_>) -> Result<(), CertRule> {
     let params = algorithm
         .parameters
         .as_ref()
         .and_then(|any| RsaSsaPssParams::try_from(any).ok())
-        .ok_or_else(|| "has unreadable RSASSA-PSS parameters".to_string())?;
+        .ok_or(CertRule::UnreadablePssParameters)?;
     let hash = params.hash_algorithm_oid().to_id_string();
-    if PSS_HASHES.contains(&hash.as_str()) {
-        Ok(())
-    } else {
-        Err(format!(
-            "is signed with RSASSA-PSS over hash {hash}: SHA-1, MD5 and weaker hashes are refused"
-        ))
-    }
+    if PSS_HASHES.contains(&hash.as_str()) { Ok(()) } else { Err(CertRule::WeakPssHash(hash)) }
 }
 
 /// The certificate's public key, if of a supported type and size.
-fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKey, String> {
+fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKey, CertRule> {
     let algorithm = spki.algorithm.algorithm.to_id_string();
     match algorithm.as_str() {
         "1.2.840.10045.2.1" => {
@@ -258,32 +297,22 @@ fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKey, String> {
                         "1.3.132.0.10" => "secp256k1",
                         oid => oid,
                     };
-                    return Err(format!(
-                        "has an EC key on curve {name}; supported are P-256 and P-384"
-                    ));
+                    return Err(CertRule::UnsupportedCurve(name.to_string()));
                 }
-                None => return Err("has an EC key without a named curve".to_string()),
+                None => return Err(CertRule::UnnamedCurve),
             };
-            PublicKey::ec_from_sec1(curve, &spki.subject_public_key.data)
-                .map_err(|rule| format!("public key {rule}"))
+            PublicKey::ec_from_sec1(curve, &spki.subject_public_key.data).map_err(CertRule::EcPoint)
         }
         "1.2.840.113549.1.1.1" => match spki.parsed() {
-            Ok(ParsedKey::RSA(rsa)) => {
-                PublicKey::rsa(rsa.modulus, rsa.exponent).map_err(|problem| problem.into_rule())
-            }
-            _ => Err("has an unreadable RSA public key".to_string()),
+            Ok(ParsedKey::RSA(rsa)) => PublicKey::rsa(rsa.modulus, rsa.exponent)
+                .map_err(|problem| CertRule::RsaKey(problem.into_rule())),
+            _ => Err(CertRule::UnreadableRsaKey),
         },
         "1.3.101.112" => {
             let x = spki.subject_public_key.data.to_vec();
-            if x.len() == 32 {
-                Ok(PublicKey::Ed25519 { x })
-            } else {
-                Err("has an Ed25519 key that is not 32 bytes".to_string())
-            }
+            if x.len() == 32 { Ok(PublicKey::Ed25519 { x }) } else { Err(CertRule::Ed25519Length) }
         }
-        other => Err(format!(
-            "public key algorithm {other} is not supported (EC P-256/P-384, RSA, Ed25519)"
-        )),
+        other => Err(CertRule::UnsupportedKeyAlgorithm(other.to_string())),
     }
 }
 
@@ -295,9 +324,9 @@ fn public_key(spki: &SubjectPublicKeyInfo<'_>) -> Result<PublicKey, String> {
 /// would permit other trust domains. A permitted DNS subtree may be the trust domain name or
 /// a name below it. Permitted directory names do not name hosts and are fine; any other kind
 /// (IP address, e-mail, other name…) is refused.
-fn check_name_constraints(cert: &X509Certificate<'_>, trust_domain: &str) -> Result<(), String> {
+fn check_name_constraints(cert: &X509Certificate<'_>, trust_domain: &str) -> Result<(), CertRule> {
     let constraints = match cert.name_constraints() {
-        Err(e) => return Err(format!("has an unreadable nameConstraints: {e}")),
+        Err(e) => return Err(CertRule::UnreadableNameConstraints(e.to_string())),
         Ok(None) => return Ok(()),
         Ok(Some(nc)) => nc.value,
     };
@@ -308,30 +337,28 @@ fn check_name_constraints(cert: &X509Certificate<'_>, trust_domain: &str) -> Res
                 let host =
                     uri.strip_prefix("spiffe://").map_or(*uri, |rest| rest.trim_end_matches('/'));
                 if !host.eq_ignore_ascii_case(trust_domain) {
-                    return Err(format!(
-                        "nameConstraints permit URIs of {}, outside trust domain {trust_domain}",
-                        quoted(uri)
-                    ));
+                    return Err(CertRule::PermittedUri {
+                        uri: quoted(uri),
+                        trust_domain: trust_domain.to_string(),
+                    });
                 }
             }
             GeneralName::DNSName(dns) => {
                 let dns = dns.to_ascii_lowercase();
                 let dns = dns.strip_prefix('.').unwrap_or(&dns);
                 if dns != trust_domain && !dns.ends_with(&below) {
-                    return Err(format!(
-                        "nameConstraints permit DNS names {}, outside trust domain \
-                         {trust_domain}",
-                        quoted(dns)
-                    ));
+                    return Err(CertRule::PermittedDns {
+                        dns: quoted(dns),
+                        trust_domain: trust_domain.to_string(),
+                    });
                 }
             }
             GeneralName::DirectoryName(_) => {}
             other => {
-                return Err(format!(
-                    "nameConstraints permit {} names, which lie outside trust domain \
-                     {trust_domain}",
-                    general_name_kind(other)
-                ));
+                return Err(CertRule::PermittedOther {
+                    kind: general_name_kind(other),
+                    trust_domain: trust_domain.to_string(),
+                });
             }
         }
     }
@@ -339,9 +366,9 @@ fn check_name_constraints(cert: &X509Certificate<'_>, trust_domain: &str) -> Res
 }
 
 /// Refuses a `spiffe://` URI SAN of another trust domain: a CA names the domain it serves.
-fn check_spiffe_names(cert: &X509Certificate<'_>, trust_domain: &str) -> Result<(), String> {
+fn check_spiffe_names(cert: &X509Certificate<'_>, trust_domain: &str) -> Result<(), CertRule> {
     let san = match cert.subject_alternative_name() {
-        Err(e) => return Err(format!("has an unreadable subjectAltName: {e}")),
+        Err(e) => return Err(CertRule::UnreadableSubjectAltName(e.to_string())),
         Ok(None) => return Ok(()),
         Ok(Some(san)) => san.value,
     };
@@ -358,10 +385,10 @@ fn check_spiffe_names(cert: &X509Certificate<'_>, trust_domain: &str) -> Result<
         let rest = &uri[scheme_end + 3..];
         let host = rest.split('/').next().unwrap_or_default();
         if host != trust_domain {
-            return Err(format!(
-                "subjectAltName {} names another trust domain than {trust_domain}",
-                quoted(uri)
-            ));
+            return Err(CertRule::ForeignSpiffeName {
+                uri: quoted(uri),
+                trust_domain: trust_domain.to_string(),
+            });
         }
     }
     Ok(())

@@ -214,13 +214,10 @@ impl Connection {
 
     /// The leader's client, or why none is known yet (the outer error: no endpoint
     /// answers, or the leader cannot be reached).
-    async fn known_leader(&self) -> anyhow::Result<Result<AdminClient<Channel>, String>> {
+    async fn known_leader(&self) -> anyhow::Result<Result<AdminClient<Channel>, NoLeaderYet>> {
         let (endpoint, status) = self.first_status().await?;
         if !status.has_leader {
-            return Ok(Err(format!(
-                "replica {} knows no leader (election in progress or no quorum)",
-                status.id
-            )));
+            return Ok(Err(NoLeaderYet::Election { asked: status.id }));
         }
         if status.leader_id == status.id {
             return self.admin(&endpoint).await.map(Ok);
@@ -234,12 +231,20 @@ impl Connection {
             .filter(|a| !a.is_empty());
         match leader_api {
             Some(addr) => self.admin(&addr).await.map(Ok),
-            None => Ok(Err(format!(
-                "the leader, replica {}, has not registered its API address yet",
-                status.leader_id
-            ))),
+            None => Ok(Err(NoLeaderYet::Unregistered { leader: status.leader_id })),
         }
     }
+}
+
+/// Why no leader can be asked yet (the caller asks again, for at most [`LEADER_WAIT`]).
+#[derive(Debug, thiserror::Error)]
+enum NoLeaderYet {
+    /// The replica asked knows no leader.
+    #[error("replica {asked} knows no leader (election in progress or no quorum)")]
+    Election { asked: u64 },
+    /// The leader has no API address in the membership yet.
+    #[error("the leader, replica {leader}, has not registered its API address yet")]
+    Unregistered { leader: u64 },
 }
 
 /// How long a call that needs the leader waits for an election to end: longer than the

@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::client::{Connection, ConnectionArgs, status_error};
 use super::output::{self, Cell, OutputFormat, Table, Text, UnixTime, print};
-use crate::service::{Protocol, ServiceKey};
+use crate::service::{ExportError, Protocol, ServiceKey};
 
 /// Inspect exported services.
 #[derive(Debug, clap::Subcommand)]
@@ -54,8 +54,8 @@ pub enum ImportCommand {
 }
 
 /// Parses `NAMESPACE/NAME` on the command line; the error names the offending part.
-fn parse_service_key(text: &str) -> Result<ServiceKey, String> {
-    ServiceKey::parse(text).map_err(|e| e.to_string())
+fn parse_service_key(text: &str) -> Result<ServiceKey, ExportError> {
+    ServiceKey::parse(text)
 }
 
 fn consistency(stale: bool) -> i32 {
@@ -1022,9 +1022,9 @@ mod tests {
     #[test]
     fn service_names_parse_with_the_field_named() {
         assert_eq!(parse_service_key("shop/cart"), Ok(ServiceKey::new("shop", "cart")));
-        let error = parse_service_key("cart").expect_err("no namespace");
+        let error = parse_service_key("cart").expect_err("no namespace").to_string();
         assert!(error.starts_with("service: "), "{error}");
-        let error = parse_service_key("shop/Cart").expect_err("upper case");
+        let error = parse_service_key("shop/Cart").expect_err("upper case").to_string();
         assert!(error.starts_with("name: "), "{error}");
     }
 

@@ -99,27 +99,43 @@ pub enum BundleFormatArg {
 /// (2 is a usage error, 1 any other error).
 pub const ROTATION_INCOMPLETE: u8 = 3;
 
+/// Why a duration on the command line does not parse; the text is quoted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DurationError {
+    /// No number first.
+    #[error("{0:?} is not a duration like 30m, 1h or 2d")]
+    NotADuration(String),
+    /// An unknown unit.
+    #[error("{0:?}: unit must be s, m, h or d")]
+    Unit(String),
+    /// Zero.
+    #[error("must be positive")]
+    Zero,
+    /// More seconds than fit.
+    #[error("{0:?} is too long")]
+    TooLong(String),
+}
+
 /// Parses `90`, `90s`, `30m`, `1h`, `2d` into seconds.
 ///
 /// # Errors
 /// Not a positive duration of that form.
-pub fn parse_duration_secs(text: &str) -> Result<u64, String> {
+pub fn parse_duration_secs(text: &str) -> Result<u64, DurationError> {
     let text = text.trim();
     let (digits, unit) =
         text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let value: u64 =
-        digits.parse().map_err(|_| format!("{text:?} is not a duration like 30m, 1h or 2d"))?;
+    let value: u64 = digits.parse().map_err(|_| DurationError::NotADuration(text.to_string()))?;
     let factor = match unit {
         "" | "s" => 1,
         "m" => 60,
         "h" => 3600,
         "d" => 86_400,
-        _ => return Err(format!("{text:?}: unit must be s, m, h or d")),
+        _ => return Err(DurationError::Unit(text.to_string())),
     };
     match value.checked_mul(factor) {
-        Some(0) => Err("must be positive".into()),
+        Some(0) => Err(DurationError::Zero),
         Some(secs) => Ok(secs),
-        None => Err(format!("{text:?} is too long")),
+        None => Err(DurationError::TooLong(text.to_string())),
     }
 }
 

@@ -18,7 +18,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, watch};
 
 use super::IdentityError;
-use super::workload_api::{Svid, WorkloadApiAddress, follow_svid};
+use super::workload_api::{Svid, SvidUpdateError, WorkloadApiAddress, follow_svid};
 
 /// The files an identity was loaded from, and when they last changed.
 #[derive(Debug)]
@@ -98,9 +98,10 @@ impl CertifiedIdentity {
                 Ok(Some(update)) => update,
                 Ok(None) | Err(_) => break None,
             };
-            match update.and_then(|svid| certified_svid(svid).map_err(|e| e.to_string())) {
-                Ok(key) => break Some(key),
-                Err(problem) => last_problem = problem,
+            match update.map(certified_svid) {
+                Ok(Ok(key)) => break Some(key),
+                Ok(Err(problem)) => last_problem = problem.to_string(),
+                Err(problem) => last_problem = problem.to_string(),
             }
         };
         let Some(first) = first else {
@@ -202,7 +203,7 @@ impl ResolvesClientCert for CertifiedIdentity {
 
 /// Keeps `tx` the current SVID from `updates` until every receiver is dropped.
 async fn keep_current(
-    mut updates: mpsc::Receiver<Result<Svid, String>>,
+    mut updates: mpsc::Receiver<Result<Svid, SvidUpdateError>>,
     tx: watch::Sender<Arc<CertifiedKey>>,
     location: String,
 ) {

@@ -192,6 +192,61 @@ fn scheme_of(text: &str) -> Option<&str> {
         .then_some(scheme)
 }
 
+/// Why a stream of the Workload API failed; the client reconnects after it.
+#[derive(Debug, thiserror::Error)]
+#[error("Workload API {address}: {failure}")]
+pub struct FollowFailure {
+    /// The address followed, as it displays.
+    address: String,
+    /// What went wrong.
+    failure: StreamFailure,
+}
+
+/// What went wrong on one connection of a stream.
+#[derive(Debug, thiserror::Error)]
+enum StreamFailure {
+    /// No connection.
+    #[error(transparent)]
+    Connect(#[from] ConnectError),
+    /// The stream (`what`) did not open in time.
+    #[error("{what}: no answer within {OPEN_TIMEOUT:?}")]
+    OpenTimeout { what: &'static str },
+    /// The stream (`what`) failed to open or broke; `detail` is the error and its sources.
+    #[error("{what}: {detail}")]
+    Failed { what: &'static str, detail: String },
+    /// The server ended the stream (`what`).
+    #[error("{what}: the server ended the stream")]
+    Ended { what: &'static str },
+}
+
+/// Why no connection to the Workload API was made.
+#[derive(Debug, thiserror::Error)]
+enum ConnectError {
+    /// Connecting took longer than [`CONNECT_TIMEOUT`].
+    #[error("cannot connect within {CONNECT_TIMEOUT:?}")]
+    Timeout,
+    /// Connecting failed; the error and its sources.
+    #[error("cannot connect: {0}")]
+    Failed(String),
+}
+
+/// Why an update of the own SVID is missing.
+#[derive(Debug, thiserror::Error)]
+pub enum SvidUpdateError {
+    /// A message of the stream had no X.509-SVID.
+    #[error("the Workload API gives no X.509-SVID")]
+    NoSvid,
+    /// The stream failed (the client reconnects).
+    #[error(transparent)]
+    Stream(#[from] FollowFailure),
+}
+
+impl From<FollowFailure> for String {
+    fn from(failure: FollowFailure) -> Self {
+        failure.to_string()
+    }
+}
+
 /// An X.509-SVID as the Workload API gave it.
 #[derive(Debug)]
 pub struct Svid {
@@ -240,7 +295,7 @@ pub fn follow_bundle(
 pub fn follow_svid(
     address: WorkloadApiAddress,
     trust_domain: Option<String>,
-) -> mpsc::Receiver<Result<Svid, String>> {
+) -> mpsc::Receiver<Result<Svid, SvidUpdateError>> {
     let open = |client: WorkloadApiClient| async move {
         let stream = client.stream_x509_contexts().await?;
         Ok(Box::pin(stream) as BoxStream<_>)
@@ -251,7 +306,7 @@ pub fn follow_svid(
             .as_deref()
             .and_then(|td| svids.iter().find(|s| s.spiffe_id().trust_domain_name() == td))
             .or_else(|| svids.first())
-            .ok_or_else(|| "the Workload API gives no X.509-SVID".to_string())?;
+            .ok_or(SvidUpdateError::NoSvid)?;
         Ok(Svid {
             spiffe_id: chosen.spiffe_id().to_string(),
             chain: chosen
@@ -290,18 +345,19 @@ async fn open_bundles(
 /// Spawns the client of one stream (`what`): connects, opens it with `open`, sends `map`
 /// of every message, and on failure sends the problem and reconnects after a backoff;
 /// until the receiver is dropped.
-fn spawn_follow<T, U, O, Fut, M>(
+fn spawn_follow<T, U, E, O, Fut, M>(
     address: WorkloadApiAddress,
     what: &'static str,
     open: O,
     mut map: M,
-) -> mpsc::Receiver<Result<U, String>>
+) -> mpsc::Receiver<Result<U, E>>
 where
     T: Send + 'static,
     U: Send + 'static,
+    E: From<FollowFailure> + Send + 'static,
     O: Fn(WorkloadApiClient) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<BoxStream<T>, WorkloadApiError>> + Send,
-    M: FnMut(T) -> Result<U, String> + Send + 'static,
+    M: FnMut(T) -> Result<U, E> + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(8);
     tokio::spawn(async move {
@@ -311,8 +367,8 @@ where
                 let client = connect(&address).await?;
                 let mut stream = tokio::time::timeout(OPEN_TIMEOUT, open(client))
                     .await
-                    .map_err(|_| format!("{what}: no answer within {OPEN_TIMEOUT:?}"))?
-                    .map_err(|e| format!("{what}: {}", describe(&e)))?;
+                    .map_err(|_| StreamFailure::OpenTimeout { what })?
+                    .map_err(|e| StreamFailure::Failed { what, detail: describe(&e) })?;
                 tracing::debug!(address = %address, what, "Workload API stream open");
                 loop {
                     match stream.next().await {
@@ -322,8 +378,10 @@ where
                                 return Ok(());
                             }
                         }
-                        Some(Err(error)) => return Err(format!("{what}: {}", describe(&error))),
-                        None => return Err(format!("{what}: the server ended the stream")),
+                        Some(Err(error)) => {
+                            return Err(StreamFailure::Failed { what, detail: describe(&error) });
+                        }
+                        None => return Err(StreamFailure::Ended { what }),
                     }
                 }
             };
@@ -331,14 +389,14 @@ where
                 () = tx.closed() => return,
                 ended = session => ended,
             };
-            let Err(problem) = ended else { return };
-            let problem = format!("Workload API {address}: {problem}");
+            let Err(failure) = ended else { return };
+            let problem = FollowFailure { address: address.to_string(), failure };
             if failures == 0 {
                 tracing::warn!(%problem, "Workload API stream failed; reconnecting");
             } else {
                 tracing::debug!(%problem, failures, "Workload API still unreachable");
             }
-            if tx.send(Err(problem)).await.is_err() {
+            if tx.send(Err(E::from(problem))).await.is_err() {
                 return;
             }
             let wait = backoff(failures);
@@ -353,7 +411,7 @@ where
 }
 
 /// A client on a new connection to `address`, with HTTP/2 keep-alives.
-async fn connect(address: &WorkloadApiAddress) -> Result<WorkloadApiClient, String> {
+async fn connect(address: &WorkloadApiAddress) -> Result<WorkloadApiClient, ConnectError> {
     let configure = |endpoint: tonic::transport::Endpoint| {
         endpoint
             .connect_timeout(CONNECT_TIMEOUT)
@@ -385,8 +443,8 @@ async fn connect(address: &WorkloadApiAddress) -> Result<WorkloadApiClient, Stri
     };
     let channel = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
         .await
-        .map_err(|_| format!("cannot connect within {CONNECT_TIMEOUT:?}"))?
-        .map_err(|e| format!("cannot connect: {e}"))?;
+        .map_err(|_| ConnectError::Timeout)?
+        .map_err(ConnectError::Failed)?;
     Ok(WorkloadApiClient::new_with_channel(address.endpoint(), channel))
 }
 

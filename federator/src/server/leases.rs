@@ -74,8 +74,31 @@ impl LeaderResponse {
     ///
     /// # Errors
     /// The bytes are not a response of this build.
-    pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        postcard::from_bytes(bytes).map_err(|e| format!("leader response does not decode: {e}"))
+    pub fn decode(bytes: &[u8]) -> Result<Self, ResponseDecodeError> {
+        postcard::from_bytes(bytes).map_err(ResponseDecodeError)
+    }
+}
+
+/// A leader's answer that is not a [`LeaderResponse`] of this build.
+#[derive(Debug, thiserror::Error)]
+#[error("leader response does not decode: {0}")]
+pub struct ResponseDecodeError(postcard::Error);
+
+/// Why [`call_leader`] has no answer.
+#[derive(Debug, thiserror::Error)]
+pub enum LeaderCallError {
+    /// No leader could be reached.
+    #[error(transparent)]
+    Unreachable(#[from] federator_raft::ReplicaError),
+    /// The leader's answer does not decode.
+    #[error(transparent)]
+    Decode(#[from] ResponseDecodeError),
+}
+
+/// The message, for a gRPC status (`Status::unavailable(error)`).
+impl From<LeaderCallError> for String {
+    fn from(error: LeaderCallError) -> Self {
+        error.to_string()
     }
 }
 
@@ -314,9 +337,9 @@ impl federator_raft::LeaderHandler for LessorHandler {
 pub async fn call_leader(
     replica: &FederationReplica,
     request: &LeaderRequest,
-) -> Result<LeaderResponse, String> {
-    let bytes = replica.call_leader(request.encode()).await.map_err(|e| e.to_string())?;
-    LeaderResponse::decode(&bytes)
+) -> Result<LeaderResponse, LeaderCallError> {
+    let bytes = replica.call_leader(request.encode()).await?;
+    Ok(LeaderResponse::decode(&bytes)?)
 }
 
 #[cfg(test)]
