@@ -168,7 +168,7 @@ impl SvidConfig {
             }
             (None, None, Some(text)) => WorkloadApiAddress::parse(text)
                 .map(|address| SvidSource::WorkloadApi(address.relative_to(base)))
-                .map_err(|rule| invalid("svid.workload_api", text.clone(), &rule)),
+                .map_err(|rule| invalid("svid.workload_api", text.clone(), &rule.to_string())),
             (None, None, None) => Err(invalid(
                 "svid",
                 String::new(),
@@ -592,7 +592,7 @@ impl AgentConfig {
                 .map_err(|rule| ConfigError::Invalid {
                     field: "bundle.socket",
                     value: socket.clone().unwrap_or_default(),
-                    rule,
+                    rule: rule.to_string(),
                 })?;
             let address = if socket.is_some() { address.relative_to(base) } else { address };
             *socket = Some(address.to_string());

@@ -55,6 +55,92 @@ pub enum WorkloadApiAddress {
     Tcp(SocketAddr),
 }
 
+/// The forms a Workload API address may take, for refusals.
+const FORMS: &str = "give unix:///path/to/socket, a path, or tcp://127.0.0.1:PORT";
+
+/// Which rule a Workload API address breaks (the text names the rule and the fix).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AddressError {
+    /// Nothing given.
+    #[error("is empty: {forms}", forms = FORMS)]
+    Empty,
+    /// `unix://host/...`.
+    #[error("unix:// takes no host: write unix:///path/to/socket (three slashes)")]
+    UnixHost,
+    /// `unix:` with a relative path.
+    #[error("unix: needs an absolute path (unix:///path/to/socket)")]
+    UnixRelative,
+    /// `unix:` with `?`, `#` or `%`.
+    #[error("unix: takes no query, fragment or percent-encoding")]
+    UnixQuery,
+    /// `unix:///`.
+    #[error("unix: names no socket")]
+    UnixNoSocket,
+    /// `tcp:` without an IP address and a port.
+    #[error("tcp: must be tcp://IP:PORT with an IP address and a port (no host name)")]
+    TcpNotIpAndPort,
+    /// `tcp:` with an address other than loopback.
+    #[error(
+        "tcp: only a loopback address (127.0.0.1, [::1]): the Workload API hands out private \
+         keys unencrypted; use a Unix socket"
+    )]
+    TcpNotLoopback,
+    /// `tcp:` with port 0.
+    #[error("tcp: needs a port other than 0")]
+    TcpPortZero,
+    /// Another scheme.
+    #[error("unsupported scheme {0:?}: {forms}", forms = FORMS)]
+    Scheme(String),
+    /// The environment's address breaks a rule.
+    #[error("{}={value:?}: {rule}", ENDPOINT_SOCKET_ENV)]
+    InEnv {
+        /// The variable's value.
+        value: String,
+        /// The rule it breaks.
+        rule: Box<AddressError>,
+    },
+    /// Neither configured nor in the environment.
+    #[error(
+        "not set, and {} is not set either: name the Workload API's socket \
+         (unix:///run/spire/agent.sock)",
+        ENDPOINT_SOCKET_ENV
+    )]
+    NotSet,
+}
+
+/// Why a message of the bundle stream gives no authorities of the trust domain followed.
+#[derive(Debug, thiserror::Error)]
+pub enum BundleUpdateError {
+    /// The trust domain followed is not a valid one.
+    #[error("trust domain {trust_domain:?}: {reason}")]
+    TrustDomain {
+        /// The trust domain.
+        trust_domain: String,
+        /// Why the SPIFFE library refuses it.
+        reason: String,
+    },
+    /// The message holds bundles of other trust domains only.
+    #[error(
+        "the Workload API gives no bundle of trust domain {trust_domain} (it gives those of: \
+         {})",
+        listed(.others)
+    )]
+    Missing {
+        /// The trust domain followed.
+        trust_domain: String,
+        /// The trust domains it gives, sorted.
+        others: Vec<String>,
+    },
+    /// The stream failed (the client reconnects).
+    #[error(transparent)]
+    Stream(#[from] FollowFailure),
+}
+
+/// `items` joined with commas, or "none".
+fn listed(items: &[String]) -> String {
+    if items.is_empty() { "none".to_string() } else { items.join(", ") }
+}
+
 impl WorkloadApiAddress {
     /// Parses an address:
     /// - `unix:///path/to/socket` or `unix:/path/to/socket` (an absolute path, no host,
@@ -68,52 +154,42 @@ impl WorkloadApiAddress {
     ///
     /// # Errors
     /// The text breaks a rule; the message says which.
-    pub fn parse(text: &str) -> Result<Self, String> {
-        const FORMS: &str = "give unix:///path/to/socket, a path, or tcp://127.0.0.1:PORT";
+    pub fn parse(text: &str) -> Result<Self, AddressError> {
         if text.is_empty() {
-            return Err(format!("is empty: {FORMS}"));
+            return Err(AddressError::Empty);
         }
         if let Some(rest) = text.strip_prefix("unix:") {
             let path = match rest.strip_prefix("//") {
                 Some(after) if after.starts_with('/') => after,
-                Some(_) => {
-                    return Err(
-                        "unix:// takes no host: write unix:///path/to/socket (three slashes)"
-                            .into(),
-                    );
-                }
+                Some(_) => return Err(AddressError::UnixHost),
                 None => rest,
             };
             if !path.starts_with('/') {
-                return Err("unix: needs an absolute path (unix:///path/to/socket)".into());
+                return Err(AddressError::UnixRelative);
             }
             if path.contains(['?', '#', '%']) {
-                return Err("unix: takes no query, fragment or percent-encoding".into());
+                return Err(AddressError::UnixQuery);
             }
             if path.trim_end_matches('/').is_empty() {
-                return Err("unix: names no socket".into());
+                return Err(AddressError::UnixNoSocket);
             }
             return Ok(Self::Unix(PathBuf::from(path)));
         }
         if let Some(rest) = text.strip_prefix("tcp:") {
             let host_port = rest.strip_prefix("//").unwrap_or(rest);
             let host_port = host_port.strip_suffix('/').unwrap_or(host_port);
-            let address: SocketAddr = host_port.parse().map_err(|_| {
-                "tcp: must be tcp://IP:PORT with an IP address and a port (no host name)"
-                    .to_string()
-            })?;
+            let address: SocketAddr =
+                host_port.parse().map_err(|_| AddressError::TcpNotIpAndPort)?;
             if !address.ip().is_loopback() {
-                return Err("tcp: only a loopback address (127.0.0.1, [::1]): the Workload API \
-                            hands out private keys unencrypted; use a Unix socket"
-                    .into());
+                return Err(AddressError::TcpNotLoopback);
             }
             if address.port() == 0 {
-                return Err("tcp: needs a port other than 0".into());
+                return Err(AddressError::TcpPortZero);
             }
             return Ok(Self::Tcp(address));
         }
         if let Some(scheme) = scheme_of(text) {
-            return Err(format!("unsupported scheme {scheme:?}: {FORMS}"));
+            return Err(AddressError::Scheme(scheme.to_string()));
         }
         Ok(Self::Unix(PathBuf::from(text)))
     }
@@ -123,16 +199,17 @@ impl WorkloadApiAddress {
     ///
     /// # Errors
     /// The one used does not parse, or neither is set.
-    pub fn configured_or_env(configured: Option<&str>, env: Option<&str>) -> Result<Self, String> {
+    pub fn configured_or_env(
+        configured: Option<&str>,
+        env: Option<&str>,
+    ) -> Result<Self, AddressError> {
         match (configured, env) {
             (Some(text), _) => Self::parse(text),
-            (None, Some(text)) => {
-                Self::parse(text).map_err(|rule| format!("{ENDPOINT_SOCKET_ENV}={text:?}: {rule}"))
-            }
-            (None, None) => Err(format!(
-                "not set, and {ENDPOINT_SOCKET_ENV} is not set either: name the Workload API's \
-                 socket (unix:///run/spire/agent.sock)"
-            )),
+            (None, Some(text)) => Self::parse(text).map_err(|rule| AddressError::InEnv {
+                value: text.to_string(),
+                rule: Box::new(rule),
+            }),
+            (None, None) => Err(AddressError::NotSet),
         }
     }
 
@@ -176,7 +253,7 @@ impl fmt::Display for WorkloadApiAddress {
 }
 
 impl FromStr for WorkloadApiAddress {
-    type Err = String;
+    type Err = AddressError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Self::parse(text)
@@ -241,12 +318,6 @@ pub enum SvidUpdateError {
     Stream(#[from] FollowFailure),
 }
 
-impl From<FollowFailure> for String {
-    fn from(failure: FollowFailure) -> Self {
-        failure.to_string()
-    }
-}
-
 /// An X.509-SVID as the Workload API gave it.
 #[derive(Debug)]
 pub struct Svid {
@@ -266,10 +337,12 @@ pub struct Svid {
 pub fn follow_bundle(
     address: WorkloadApiAddress,
     trust_domain: String,
-) -> mpsc::Receiver<Result<Vec<Vec<u8>>, String>> {
+) -> mpsc::Receiver<Result<Vec<Vec<u8>>, BundleUpdateError>> {
     spawn_follow(address, "FetchX509Bundles", open_bundles, move |set: Arc<X509BundleSet>| {
-        let td = TrustDomain::new(&trust_domain)
-            .map_err(|e| format!("trust domain {trust_domain:?}: {e}"))?;
+        let td = TrustDomain::new(&trust_domain).map_err(|e| BundleUpdateError::TrustDomain {
+            trust_domain: trust_domain.clone(),
+            reason: e.to_string(),
+        })?;
         match set.get(&td) {
             Some(bundle) => {
                 Ok(bundle.authorities().iter().map(|a| a.as_bytes().to_vec()).collect())
@@ -277,11 +350,7 @@ pub fn follow_bundle(
             None => {
                 let mut others: Vec<String> = set.iter().map(|(td, _)| td.to_string()).collect();
                 others.sort();
-                Err(format!(
-                    "the Workload API gives no bundle of trust domain {trust_domain} (it gives \
-                     those of: {})",
-                    if others.is_empty() { "none".to_string() } else { others.join(", ") }
-                ))
+                Err(BundleUpdateError::Missing { trust_domain: trust_domain.clone(), others })
             }
         }
     })

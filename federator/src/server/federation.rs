@@ -647,7 +647,7 @@ impl Federation for FederationService {
             &LeaderRequest::KeepAlive { cluster: cluster.clone(), lease_id },
         )
         .await
-        .map_err(Status::unavailable)?;
+        .map_err(|error| Status::unavailable(error.to_string()))?;
         match answer {
             LeaderResponse::KeptAlive { ttl_secs } => {
                 Ok(Response::new(pb::KeepAliveResponse { ttl_seconds: ttl_secs }))

@@ -95,13 +95,6 @@ pub enum LeaderCallError {
     Decode(#[from] ResponseDecodeError),
 }
 
-/// The message, for a gRPC status (`Status::unavailable(error)`).
-impl From<LeaderCallError> for String {
-    fn from(error: LeaderCallError) -> Self {
-        error.to_string()
-    }
-}
-
 /// One live lease's deadline on the leader.
 #[derive(Clone, Copy, Debug)]
 struct Deadline {

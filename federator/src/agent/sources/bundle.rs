@@ -272,7 +272,7 @@ fn watch_workload_api(
                     }
                     Some(Err(problem)) => {
                         invalid = None;
-                        reader.unreachable(&problem);
+                        reader.unreachable(&problem.to_string());
                     }
                 },
                 () = tokio::time::sleep(poll), if invalid.is_some() => {

@@ -124,7 +124,7 @@ fn bad_addresses_are_refused_with_the_rule() {
         ("file:///run/agent.sock", "unsupported scheme \"file\""),
         ("a:b", "unsupported scheme \"a\""),
     ] {
-        let error = WorkloadApiAddress::parse(text).expect_err(text);
+        let error = WorkloadApiAddress::parse(text).expect_err(text).to_string();
         assert!(error.contains(rule), "{text}: {rule:?} not in {error:?}");
     }
 }
@@ -136,9 +136,10 @@ fn an_address_defaults_to_the_environment_s() {
     let configured =
         WorkloadApiAddress::configured_or_env(Some("/run/b.sock"), Some("unix:///run/a.sock"));
     assert_eq!(configured, Ok(WorkloadApiAddress::Unix("/run/b.sock".into())), "the file wins");
-    let error = WorkloadApiAddress::configured_or_env(None, None).expect_err("neither");
+    let error = WorkloadApiAddress::configured_or_env(None, None).expect_err("neither").to_string();
     assert!(error.contains("SPIFFE_ENDPOINT_SOCKET is not set"), "{error}");
-    let error = WorkloadApiAddress::configured_or_env(None, Some("http://x")).expect_err("bad");
+    let error =
+        WorkloadApiAddress::configured_or_env(None, Some("http://x")).expect_err("bad").to_string();
     assert!(
         error.starts_with("SPIFFE_ENDPOINT_SOCKET=\"http://x\": unsupported scheme"),
         "{error}"
@@ -203,7 +204,7 @@ proptest! {
         prop_assume!(scheme != "unix" && scheme != "tcp");
         let text = format!("{scheme}:{rest}");
         let error = WorkloadApiAddress::parse(&text).expect_err("refused");
-        prop_assert!(error.contains("unsupported scheme"), "{}", error);
+        prop_assert!(error.to_string().contains("unsupported scheme"), "{}", error);
     }
 }
 
