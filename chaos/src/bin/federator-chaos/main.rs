@@ -277,8 +277,16 @@ async fn reported<R>(
 fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let profile = if cfg!(debug_assertions) { "" } else { " --release" };
+    // A binary under the working directory is shown relative to it: the command is
+    // copied from BENCHMARKS.md into another checkout.
     let env = std::env::var("FEDERATOR_BIN")
-        .map(|bin| format!("FEDERATOR_BIN={bin} "))
+        .map(|bin| {
+            let cwd = std::env::current_dir().unwrap_or_default();
+            let shown = std::path::Path::new(&bin)
+                .strip_prefix(&cwd)
+                .map_or_else(|_| bin.clone(), |relative| relative.display().to_string());
+            format!("FEDERATOR_BIN={shown} ")
+        })
         .unwrap_or_default();
     format!("{env}cargo run -p federator-chaos{profile} -- {}", args.join(" "))
 }
