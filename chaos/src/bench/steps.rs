@@ -123,29 +123,8 @@ impl StepMeans {
     /// layer given the clients' mean latency `client_mean_ms`.
     #[must_use]
     pub fn rows(&self, client_mean_ms: Option<f64>) -> Vec<[String; 4]> {
-        let mut rows = Vec::new();
-        let mut previous = 0.0;
-        for ((step, what), (mean, _)) in LEADER_STEPS.iter().zip(&self.leader) {
-            let Some(mean) = mean else { continue };
-            rows.push([
-                format!("leader: {step}"),
-                format!("{mean:.3}"),
-                format!("{:.3}", mean - previous),
-                (*what).to_string(),
-            ]);
-            previous = *mean;
-        }
-        let mut previous = 0.0;
-        for ((step, what), (mean, _)) in FOLLOWER_STEPS.iter().zip(&self.follower) {
-            let Some(mean) = mean else { continue };
-            rows.push([
-                format!("follower: {step}"),
-                format!("{mean:.3}"),
-                format!("{:.3}", mean - previous),
-                (*what).to_string(),
-            ]);
-            previous = *mean;
-        }
+        let mut rows = side_rows("leader", &LEADER_STEPS, &self.leader);
+        rows.extend(side_rows("follower", &FOLLOWER_STEPS, &self.follower));
         let answered = self.leader.last().and_then(|(mean, _)| *mean);
         if let (Some(client), Some(answered)) = (client_mean_ms, answered) {
             rows.push([
@@ -210,6 +189,24 @@ impl StepMeans {
             .collect();
         aligned_table(["step", "since start (ms)", "in step (ms)", "what happens", ""], &rows)
     }
+}
+
+/// One row per observed step of one side (`leader`, `follower`): its mean since the start
+/// and the time since the step before it.
+fn side_rows(side: &str, steps: &[(&str, &str)], means: &[(Option<f64>, u64)]) -> Vec<[String; 4]> {
+    let mut previous = 0.0;
+    let mut rows = Vec::new();
+    for ((step, what), (mean, _)) in steps.iter().zip(means) {
+        let Some(mean) = mean else { continue };
+        rows.push([
+            format!("{side}: {step}"),
+            format!("{mean:.3}"),
+            format!("{:.3}", mean - previous),
+            (*what).to_string(),
+        ]);
+        previous = *mean;
+    }
+    rows
 }
 
 #[cfg(test)]
