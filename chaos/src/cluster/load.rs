@@ -10,6 +10,9 @@ use federator_proto::admin as pb;
 
 use super::Federation;
 
+/// Probe keys and their values, as a replica has applied them.
+pub type Probes = BTreeMap<String, String>;
+
 /// Writes acknowledged by the federation during a [`write_load`].
 #[derive(Debug, Default)]
 pub struct LoadResult {
@@ -86,7 +89,7 @@ impl Federation {
     ///
     /// # Errors
     /// The replica did not answer.
-    pub async fn probes(&self, id: u64, prefix: &str) -> anyhow::Result<BTreeMap<String, String>> {
+    pub async fn probes(&self, id: u64, prefix: &str) -> anyhow::Result<Probes> {
         let mut client = self.admin(id).await?;
         let list = client
             .list_probes(pb::ListProbesRequest {

@@ -46,6 +46,23 @@ pub enum Command {
     Run(RunArgs),
 }
 
+/// Where a benchmark also writes its results (every benchmark has it).
+#[derive(Debug, Args)]
+pub struct MarkdownFile {
+    /// Also write the results as a markdown section into FILE (replacing the section a
+    /// previous run wrote there).
+    #[arg(long, value_name = "FILE")]
+    pub markdown: Option<PathBuf>,
+}
+
+/// Which systems a benchmark compares.
+#[derive(Debug, Args)]
+pub struct Systems {
+    /// Systems to run, in this order.
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
+    pub systems: Vec<System>,
+}
+
 #[derive(Debug, Args)]
 pub struct RunArgs {
     /// Scenario names (see `list`); `all` runs every one.
@@ -156,10 +173,8 @@ pub struct ScaleArgs {
     /// 8 clients for 1 s, 2 watchers, 5 changes. Overrides the other settings.
     #[arg(long)]
     pub smoke: bool,
-    /// Also write the results as a markdown section into FILE (replacing the section a
-    /// previous run wrote there).
-    #[arg(long, value_name = "FILE")]
-    pub markdown: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: MarkdownFile,
 }
 
 impl ScaleArgs {
@@ -205,9 +220,8 @@ pub struct SoakArgs {
     /// Time between two readings of the raft term and the acknowledgement count.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     pub sample_every: Duration,
-    /// Systems to run, in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
-    pub systems: Vec<System>,
+    #[command(flatten)]
+    pub compare: Systems,
     /// Raft timings to run every system at, in this order: `equal` (both at Federator's
     /// `lan` profile, etcd at the same election timeout) and `defaults` (each at its
     /// shipped default).
@@ -217,10 +231,8 @@ pub struct SoakArgs {
     /// sampled every 500 ms. Overrides --clients, --duration and --sample-every.
     #[arg(long)]
     pub smoke: bool,
-    /// Also write the results as a markdown section into FILE (replacing the section a
-    /// previous run wrote there).
-    #[arg(long, value_name = "FILE")]
-    pub markdown: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: MarkdownFile,
 }
 
 impl SoakArgs {
@@ -232,7 +244,7 @@ impl SoakArgs {
             value_size: self.value_size,
             keys: self.keys,
             sample_every: self.sample_every,
-            systems: self.systems.clone(),
+            systems: self.compare.systems.clone(),
             timings: self.timings.clone(),
         };
         if self.smoke {
@@ -269,10 +281,8 @@ pub struct AttackArgs {
     /// --sockets.
     #[arg(long)]
     pub smoke: bool,
-    /// Also write the results as a markdown section into FILE (replacing the section a
-    /// previous run wrote there).
-    #[arg(long, value_name = "FILE")]
-    pub markdown: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: MarkdownFile,
 }
 
 impl AttackArgs {
@@ -321,17 +331,14 @@ pub struct SnapshotArgs {
     /// Writes in flight while loading.
     #[arg(long, default_value_t = 64)]
     pub in_flight: usize,
-    /// Systems to run, in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
-    pub systems: Vec<System>,
+    #[command(flatten)]
+    pub compare: Systems,
     /// A quick run that keeps the benchmark from rotting (CI): 2,000 keys, 1 trial.
     /// Overrides --keys and --trials.
     #[arg(long)]
     pub smoke: bool,
-    /// Also write the results as a markdown section into FILE (replacing the section a
-    /// previous run wrote there).
-    #[arg(long, value_name = "FILE")]
-    pub markdown: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: MarkdownFile,
 }
 
 impl SnapshotArgs {
@@ -341,7 +348,7 @@ impl SnapshotArgs {
             value_size: self.value_size,
             trials: self.trials,
             in_flight: self.in_flight,
-            systems: self.systems.clone(),
+            systems: self.compare.systems.clone(),
         };
         if self.smoke {
             config.keys = 2_000;
@@ -371,9 +378,8 @@ pub struct RaftArgs {
     /// Bytes per written value.
     #[arg(long, default_value_t = 256)]
     pub value_size: usize,
-    /// Systems to run, in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
-    pub systems: Vec<System>,
+    #[command(flatten)]
+    pub compare: Systems,
     /// Raft timings to run every system at, in this order: `equal` (both at Federator's
     /// `lan` profile, etcd at the same election timeout) and `defaults` (each at its
     /// shipped default).
@@ -384,10 +390,8 @@ pub struct RaftArgs {
     /// --clients, --duration, --warmup and --trials.
     #[arg(long)]
     pub smoke: bool,
-    /// Also write the results as a markdown section into FILE (replacing the section a
-    /// previous run wrote there).
-    #[arg(long, value_name = "FILE")]
-    pub markdown: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: MarkdownFile,
 }
 
 impl RaftArgs {
@@ -398,7 +402,7 @@ impl RaftArgs {
             warmup: self.warmup.unwrap_or_else(|| (self.duration / 5).min(Duration::from_secs(2))),
             trials: self.trials,
             value_size: self.value_size,
-            systems: self.systems.clone(),
+            systems: self.compare.systems.clone(),
             disk_appends: federator_chaos::bench::DISK_FLOOR_APPENDS,
             timings: self.timings.clone(),
         };
@@ -439,18 +443,15 @@ pub struct PropagationArgs {
     /// Idle watch streams opened for the memory per stream.
     #[arg(long, default_value_t = 1000)]
     pub streams: usize,
-    /// Systems to run, in this order.
-    #[arg(long, value_enum, value_delimiter = ',', default_value = "federator,etcd")]
-    pub systems: Vec<System>,
+    #[command(flatten)]
+    pub compare: Systems,
     /// A quick run that keeps the benchmark from rotting (CI): 10 watchers, 10 changes,
     /// 10,000 endpoints, 100 idle streams, short pauses. Overrides --watchers, --changes,
     /// --endpoints and --streams.
     #[arg(long)]
     pub smoke: bool,
-    /// Also write the results as a markdown section into FILE (replacing the section a
-    /// previous run wrote there).
-    #[arg(long, value_name = "FILE")]
-    pub markdown: Option<PathBuf>,
+    #[command(flatten)]
+    pub out: MarkdownFile,
 }
 
 impl PropagationArgs {
@@ -463,7 +464,7 @@ impl PropagationArgs {
             streams: self.streams,
             settle: Duration::from_secs(2),
             cpu_window: Duration::from_secs(3),
-            systems: self.systems.clone(),
+            systems: self.compare.systems.clone(),
         };
         if self.smoke {
             config.watchers = vec![10];

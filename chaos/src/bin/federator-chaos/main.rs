@@ -120,7 +120,7 @@ async fn bench_raft(args: &RaftArgs) -> anyhow::Result<()> {
     let progress = Progress::new();
     let report = run_raft(&config, &progress).await?;
     println!("{}", report.text_table());
-    if let Some(path) = &args.markdown {
+    if let Some(path) = &args.out.markdown {
         // The plot goes beside the markdown file, linked by a relative path.
         let dir = path.parent().unwrap_or_else(|| std::path::Path::new(""));
         let plot = dir.join(RAFT_PLOT);
@@ -194,7 +194,7 @@ async fn bench(command: &Bench) -> anyhow::Result<()> {
         Bench::Propagation(args) => {
             let config = args.config()?;
             reported(
-                args.markdown.as_deref(),
+                args.out.markdown.as_deref(),
                 (propagation::report::SECTION_BEGIN, propagation::report::SECTION_END),
                 async |progress| run_propagation(&config, progress).await,
                 PropagationReport::text,
@@ -205,7 +205,7 @@ async fn bench(command: &Bench) -> anyhow::Result<()> {
         Bench::Snapshot(args) => {
             let config = args.config()?;
             reported(
-                args.markdown.as_deref(),
+                args.out.markdown.as_deref(),
                 (snapshot::report::SECTION_BEGIN, snapshot::report::SECTION_END),
                 async |progress| run_snapshot(&config, progress).await,
                 SnapshotReport::text,
@@ -216,7 +216,7 @@ async fn bench(command: &Bench) -> anyhow::Result<()> {
         Bench::Scale(args) => {
             let config = args.config()?;
             reported(
-                args.markdown.as_deref(),
+                args.out.markdown.as_deref(),
                 (scale::report::SECTION_BEGIN, scale::report::SECTION_END),
                 async |progress| run_scale(&config, progress).await,
                 ScaleReport::text,
@@ -227,7 +227,7 @@ async fn bench(command: &Bench) -> anyhow::Result<()> {
         Bench::Soak(args) => {
             let config = args.config()?;
             reported(
-                args.markdown.as_deref(),
+                args.out.markdown.as_deref(),
                 (soak::report::SECTION_BEGIN, soak::report::SECTION_END),
                 async |progress| run_soak(&config, progress).await,
                 SoakReport::text,
@@ -238,7 +238,7 @@ async fn bench(command: &Bench) -> anyhow::Result<()> {
         Bench::Attack(args) => {
             let config = args.config()?;
             reported(
-                args.markdown.as_deref(),
+                args.out.markdown.as_deref(),
                 (attack::SECTION_BEGIN, attack::SECTION_END),
                 async |progress| run_attack(&config, progress).await,
                 AttackReport::text,
