@@ -43,10 +43,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 
-use self::load::LoadSpec;
+use self::load::{LoadSpec, Operation};
 use self::progress::Progress;
 use self::report::{DiskFloor, RaftReport, SystemFigures};
 use self::target::{EtcdTarget, FederatorTarget, KvTarget};
+use crate::etcd::EtcdTransport;
 
 /// Replicas (members) in each group under test.
 pub const GROUP_SIZE: u64 = 3;
@@ -153,6 +154,9 @@ pub(crate) fn distinct_timings(timings: impl IntoIterator<Item = BenchTiming>) -
     distinct
 }
 
+/// Keys the single-client local-read phase cycles through.
+const LOCAL_READ_KEYS: u64 = 64;
+
 /// etcd refuses an election timeout shorter than this many heartbeats.
 const ETCD_MIN_ELECTION_TICKS: u128 = 5;
 
@@ -195,6 +199,8 @@ pub struct RaftBenchConfig {
     pub disk_appends: usize,
     /// Raft timings to run every system at, one after the other.
     pub timings: Vec<BenchTiming>,
+    /// How etcd's clients and peers reach its members.
+    pub etcd_transport: EtcdTransport,
 }
 
 /// Runs every configured system, one after the other, each in a fresh group that is
@@ -213,7 +219,8 @@ pub async fn run_raft(config: &RaftBenchConfig, progress: &Progress) -> anyhow::
                     measure(&mut target, *timing, config, progress).await
                 }
                 System::Etcd => {
-                    let mut target = start_etcd(progress, &timing.etcd_flags()).await?;
+                    let mut target =
+                        start_etcd(progress, &timing.etcd_flags(), config.etcd_transport).await?;
                     measure(&mut target, *timing, config, progress).await
                 }
             };
@@ -290,16 +297,18 @@ pub(crate) async fn start_federator(
 }
 
 /// Starts a [`GROUP_SIZE`]-member etcd cluster (with `flags` added to every member's
-/// command line) and waits until it is healthy, showing the step.
+/// command line, clients and peers over `transport`) and waits until it is healthy,
+/// showing the step.
 ///
 /// # Errors
 /// A member did not start or the cluster elected no leader in time.
 pub(crate) async fn start_etcd(
     progress: &Progress,
     flags: &[String],
+    transport: EtcdTransport,
 ) -> anyhow::Result<EtcdTarget> {
-    let step = progress.step(format!("starting {GROUP_SIZE} etcd members"));
-    let mut target = EtcdTarget::start_with_flags(GROUP_SIZE, flags)?;
+    let step = progress.step(format!("starting {GROUP_SIZE} etcd members ({transport:?})"));
+    let mut target = EtcdTarget::start_with(GROUP_SIZE, flags, transport)?;
     target.wait_healthy(HEALTHY_TIMEOUT).await?;
     step.finish_and_clear();
     Ok(target)
@@ -322,14 +331,28 @@ async fn measure<T: KvTarget>(
             value_size: config.value_size,
             prefix: format!("bench/load-{clients}"),
             keys_per_client: None,
+            operation: Operation::Put,
         };
         let phase = load::phase(target, &spec, progress).await?;
         progress.println(format!("{name:>9} {}", phase.summary()));
         phases.push(phase);
     }
+    // One client reading what the first phase wrote, from the member it talks to (the
+    // leader): the same API, connection and authentication as a write, no consensus.
+    let spec = LoadSpec {
+        clients: 1,
+        warmup: config.warmup,
+        duration: config.duration,
+        value_size: 0,
+        prefix: format!("bench/load-{}", config.clients.first().copied().unwrap_or(1)),
+        keys_per_client: Some(LOCAL_READ_KEYS),
+        operation: Operation::LocalRead,
+    };
+    let local_read = load::phase(target, &spec, progress).await?;
+    progress.println(format!("{name:>9} local reads: {}", local_read.summary()));
     let failover = failover::trials(target, config.trials, config.value_size, progress).await?;
     progress.println(format!("{name:>9} {}", failover.summary()));
-    Ok(SystemFigures { system: name, timing, phases, failover })
+    Ok(SystemFigures { system: name, timing, phases, local_read: Some(local_read), failover })
 }
 
 /// Waits until `target` is healthy and returns its leader, naming the system on failure.

@@ -1,15 +1,20 @@
-//! An [`EtcdCluster`] of real `etcd` processes on loopback: plain HTTP, default heartbeat
-//! and election settings, free ports, a temporary data directory. The benchmarks compare
-//! Federator against it and the agent tests write into it. Every process is killed when
-//! the [`EtcdCluster`] is dropped.
+//! An [`EtcdCluster`] of real `etcd` processes on loopback: plain HTTP or client and peer
+//! mTLS ([`EtcdTransport`]), default heartbeat and election settings, free ports, a
+//! temporary data directory. The benchmarks compare Federator against it and the agent
+//! tests write into it. Every process is killed when the [`EtcdCluster`] is dropped.
 
 use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use etcd_client::{Client, ConnectOptions, StatusResponse};
+use federator::agent::etcd_auth::{
+    EtcdAuth, EtcdAuthError, EtcdConnect, EtcdTlsError, connect_tls,
+};
+use federator::identity::FederationCa;
 
 use crate::cluster::{free_port, tail};
 
@@ -68,6 +73,117 @@ pub enum EtcdError {
     /// The client library refused the endpoints.
     #[error("etcd client: {0}")]
     Client(#[from] etcd_client::Error),
+    /// The cluster's certificates could not be made.
+    #[error("etcd certificates: {0}")]
+    Certificates(#[from] federator::identity::IdentityError),
+    /// The client's TLS configuration could not be loaded from the cluster's files.
+    #[error("etcd client TLS: {0}")]
+    ClientTls(#[from] EtcdAuthError),
+    /// No TLS connection to the member.
+    #[error("etcd TLS connection: {0}")]
+    Connect(#[from] EtcdTlsError),
+}
+
+/// What one health probe found missing.
+#[derive(Debug, thiserror::Error)]
+enum NotHealthy {
+    #[error("member {0} does not answer")]
+    Silent(u64),
+    #[error("member {0} knows no leader")]
+    NoLeader(u64),
+    #[error("members disagree on the leader ({0:x} vs {1:x})")]
+    Disagree(u64, u64),
+    #[error("no member is running")]
+    NoneRunning,
+    #[error("leader {0:x} is not a running member")]
+    LeaderNotRunning(u64),
+}
+
+/// How clients and peers reach the members.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum EtcdTransport {
+    /// Plain HTTP/2 for clients and peers (etcd's default).
+    Plain,
+    /// TLS with client certificates required, for clients (`--client-cert-auth`) and
+    /// for peers (`--peer-client-cert-auth`), as Federator's replicas always run: ECDSA
+    /// P-256 certificates from one CA, made like Federator's. `/metrics` moves to a
+    /// plain-HTTP listener of its own.
+    #[default]
+    #[value(name = "mtls")]
+    MutualTls,
+}
+
+impl EtcdTransport {
+    /// How the reports name it.
+    #[must_use]
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Plain => "plain HTTP/2 (no TLS) for clients and peers",
+            Self::MutualTls => "mTLS for clients and peers (client certificates required)",
+        }
+    }
+
+    fn scheme(self) -> &'static str {
+        match self {
+            Self::Plain => "http",
+            Self::MutualTls => "https",
+        }
+    }
+}
+
+/// Certificate files of a [`EtcdTransport::MutualTls`] cluster, in its directory.
+#[derive(Debug)]
+struct TlsFiles {
+    dir: PathBuf,
+}
+
+impl TlsFiles {
+    /// Makes a CA, one certificate every member serves and presents to its peers
+    /// (127.0.0.1, server and client use), and a client certificate.
+    fn make(dir: PathBuf) -> Result<Self, EtcdError> {
+        const VALIDITY: Duration = Duration::from_secs(24 * 3600);
+        std::fs::create_dir_all(&dir)?;
+        let ca = FederationCa::generate("etcd.bench.test", "etcd test CA", VALIDITY)?;
+        let loopback = [IpAddr::V4(Ipv4Addr::LOCALHOST)];
+        let member = ca.issue("spiffe://etcd.bench.test/member", &loopback, &[], VALIDITY)?;
+        let client = ca.issue("spiffe://etcd.bench.test/client", &[], &[], VALIDITY)?;
+        std::fs::write(dir.join("ca.pem"), ca.cert_pem())?;
+        for (name, issued) in [("member", &member), ("client", &client)] {
+            std::fs::write(dir.join(format!("{name}.pem")), &issued.cert_pem)?;
+            std::fs::write(dir.join(format!("{name}.key")), &issued.key_pem)?;
+        }
+        Ok(Self { dir })
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).to_string_lossy().into_owned()
+    }
+
+    /// The members' TLS flags.
+    fn flags(&self) -> Vec<String> {
+        let (ca, cert, key) =
+            (self.path("ca.pem"), self.path("member.pem"), self.path("member.key"));
+        vec![
+            format!("--cert-file={cert}"),
+            format!("--key-file={key}"),
+            format!("--trusted-ca-file={ca}"),
+            "--client-cert-auth".into(),
+            format!("--peer-cert-file={cert}"),
+            format!("--peer-key-file={key}"),
+            format!("--peer-trusted-ca-file={ca}"),
+            "--peer-client-cert-auth".into(),
+        ]
+    }
+
+    /// The client's settings, as an agent would give them.
+    fn client_auth(&self) -> EtcdAuth {
+        EtcdAuth {
+            ca: Some(self.dir.join("ca.pem")),
+            cert: Some(self.dir.join("client.pem")),
+            key: Some(self.dir.join("client.key")),
+            ..EtcdAuth::default()
+        }
+    }
 }
 
 /// The `etcd` binary: `$ETCD_BIN`, or Debian's `/usr/bin/etcd`.
@@ -83,10 +199,13 @@ pub struct EtcdMember {
     pub id: u64,
     /// The `--name` of the member (`m1`, `m2`, …).
     pub name: String,
-    /// Client URL (`http://127.0.0.1:PORT`).
+    /// Client URL (`http://127.0.0.1:PORT`, or `https://` with mTLS).
     pub client_url: String,
-    /// Peer URL (`http://127.0.0.1:PORT`).
+    /// Peer URL (`http://127.0.0.1:PORT`, or `https://` with mTLS).
     pub peer_url: String,
+    /// Where `/metrics` is served: the client URL, or a plain-HTTP listener of its own
+    /// with mTLS (`--listen-metrics-urls`).
+    pub metrics_url: String,
     /// Data directory.
     pub data_dir: PathBuf,
     /// Where stdout and stderr go.
@@ -121,6 +240,8 @@ pub struct EtcdCluster {
     members: BTreeMap<u64, EtcdMember>,
     /// Extra flags for every member ([`EtcdCluster::start_with_flags`]).
     flags: Vec<String>,
+    /// The certificates, with [`EtcdTransport::MutualTls`].
+    tls: Option<TlsFiles>,
 }
 
 impl std::fmt::Debug for EtcdCluster {
@@ -150,17 +271,42 @@ impl EtcdCluster {
     /// # Errors
     /// The directory could not be created or a process could not be spawned.
     pub fn start_with_flags(size: u64, flags: &[String]) -> Result<Self, EtcdError> {
+        Self::start_with(size, flags, EtcdTransport::Plain)
+    }
+
+    /// Like [`EtcdCluster::start_with_flags`], with clients and peers reaching the members
+    /// over `transport`.
+    ///
+    /// # Errors
+    /// The directory or the certificates could not be made, or a process could not be
+    /// spawned.
+    pub fn start_with(
+        size: u64,
+        flags: &[String],
+        transport: EtcdTransport,
+    ) -> Result<Self, EtcdError> {
         let dir = tempfile::Builder::new().prefix("federator-etcd-").tempdir()?;
+        let tls = match transport {
+            EtcdTransport::Plain => None,
+            EtcdTransport::MutualTls => Some(TlsFiles::make(dir.path().join("tls"))?),
+        };
+        let scheme = transport.scheme();
         let mut members = BTreeMap::new();
         for id in 1..=size {
             let data_dir = dir.path().join(format!("m{id}"));
+            let client_url = format!("{scheme}://127.0.0.1:{}", free_port());
+            let metrics_url = match transport {
+                EtcdTransport::Plain => client_url.clone(),
+                EtcdTransport::MutualTls => format!("http://127.0.0.1:{}", free_port()),
+            };
             members.insert(
                 id,
                 EtcdMember {
                     id,
                     name: format!("m{id}"),
-                    client_url: format!("http://127.0.0.1:{}", free_port()),
-                    peer_url: format!("http://127.0.0.1:{}", free_port()),
+                    client_url,
+                    peer_url: format!("{scheme}://127.0.0.1:{}", free_port()),
+                    metrics_url,
                     log: dir.path().join(format!("m{id}.log")),
                     data_dir,
                     raft_id: OnceLock::new(),
@@ -177,7 +323,7 @@ impl EtcdCluster {
             .path()
             .file_name()
             .map_or_else(|| "federator-etcd".into(), |n| n.to_string_lossy().into_owned());
-        let mut cluster = Self { dir, initial_cluster, token, members, flags: flags.to_vec() };
+        let mut cluster = Self { dir, initial_cluster, token, members, flags: flags.to_vec(), tls };
         for id in 1..=size {
             cluster.spawn(id)?;
         }
@@ -225,7 +371,17 @@ impl EtcdCluster {
                 .collect::<Result<_, _>>()?
         };
         let options = ConnectOptions::new().with_connect_timeout(STATUS_TIMEOUT);
-        Ok(Client::connect(urls, Some(options)).await?)
+        let Some(tls) = &self.tls else {
+            return Ok(Client::connect(urls, Some(options)).await?);
+        };
+        match tls.client_auth().connect(options)? {
+            EtcdConnect::Plain(options) => Ok(Client::connect(urls, Some(options)).await?),
+            // The agent's TLS connection: etcd-client over Federator's rustls connector.
+            EtcdConnect::Tls { config, options } => {
+                let keep_alive = (Duration::from_secs(10), Duration::from_secs(5));
+                Ok(connect_tls(&urls, config, options, STATUS_TIMEOUT, keep_alive).await?)
+            }
+        }
     }
 
     /// Status of member `id` as it reports it, if it answers within two seconds.
@@ -248,38 +404,35 @@ impl EtcdCluster {
                 Err(detail) => detail,
             };
             if Instant::now() > deadline {
-                return Err(EtcdError::Unhealthy { after: timeout, detail });
+                return Err(EtcdError::Unhealthy { after: timeout, detail: detail.to_string() });
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// One health probe: the agreed leader, or what is missing.
-    async fn probe(&self) -> Result<u64, String> {
+    async fn probe(&self) -> Result<u64, NotHealthy> {
         let running: Vec<u64> =
             self.members.values().filter(|m| m.is_running()).map(|m| m.id).collect();
         let mut leader = None;
         for id in running {
-            let status =
-                self.status(id).await.ok_or_else(|| format!("member {id} does not answer"))?;
+            let status = self.status(id).await.ok_or(NotHealthy::Silent(id))?;
             if let (Some(member), Some(header)) = (self.members.get(&id), status.header()) {
                 let _ = member.raft_id.set(header.member_id());
             }
             match (leader, status.leader()) {
-                (_, 0) => return Err(format!("member {id} knows no leader")),
+                (_, 0) => return Err(NotHealthy::NoLeader(id)),
                 (None, l) => leader = Some(l),
-                (Some(a), b) if a != b => {
-                    return Err(format!("members disagree on the leader ({a:x} vs {b:x})"));
-                }
+                (Some(a), b) if a != b => return Err(NotHealthy::Disagree(a, b)),
                 _ => {}
             }
         }
-        let leader = leader.ok_or("no member is running")?;
+        let leader = leader.ok_or(NotHealthy::NoneRunning)?;
         self.members
             .values()
             .find(|m| m.is_running() && m.raft_id.get() == Some(&leader))
             .map(|m| m.id)
-            .ok_or_else(|| format!("leader {leader:x} is not a running member"))
+            .ok_or(NotHealthy::LeaderNotRunning(leader))
     }
 
     /// The id of the member that leads now, as the running members agree.
@@ -304,7 +457,7 @@ impl EtcdCluster {
     /// # Errors
     /// The member did not answer within five seconds.
     pub async fn metrics(&self, id: u64) -> Result<String, EtcdError> {
-        let url = &self.member(id)?.client_url;
+        let url = &self.member(id)?.metrics_url;
         crate::http::get(url, "/metrics", Duration::from_secs(5))
             .await
             .map(|response| response.body)
@@ -381,6 +534,11 @@ impl EtcdCluster {
             // Ignored once the data directory holds a member: restarts rejoin as before.
             .args(["--initial-cluster-state", "new"])
             .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .args(self.tls.iter().flat_map(TlsFiles::flags))
+            .args(
+                (member.metrics_url != member.client_url)
+                    .then(|| format!("--listen-metrics-urls={}", member.metrics_url)),
+            )
             .args(&self.flags)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
@@ -437,6 +595,61 @@ mod tests {
         etcd.wait_healthy(Duration::from_secs(30)).await.expect("healthy with all three");
         let value =
             etcd.client(&[leader]).await.expect("client").get("k", None).await.expect("get");
+        assert_eq!(value.kvs()[0].value(), b"v");
+    }
+
+    #[tokio::test]
+    async fn with_mtls_members_answer_only_clients_that_present_a_certificate() {
+        if !etcd_bin().exists() {
+            eprintln!("skipped: no etcd binary at {}", etcd_bin().display());
+            return;
+        }
+        let mut etcd =
+            EtcdCluster::start_with(3, &[], EtcdTransport::MutualTls).expect("etcd starts");
+        let leader = etcd.wait_healthy(Duration::from_secs(30)).await.expect("healthy");
+        for member in etcd.members.values() {
+            assert!(member.client_url.starts_with("https://127.0.0.1:"), "{member:?}");
+            assert!(member.peer_url.starts_with("https://127.0.0.1:"), "{member:?}");
+        }
+        // Peers really demand certificates of each other: etcd says so when it starts.
+        let log = etcd.log_of(leader);
+        let peer_tls = log.lines().find(|l| l.contains("starting with peer TLS"));
+        assert!(
+            peer_tls.is_some_and(|l| l.contains("client-cert-auth = true")),
+            "{}",
+            tail(&log, 20)
+        );
+        let metrics = etcd.metrics(leader).await.expect("metrics over plain HTTP");
+        assert!(metrics.contains("etcd_server_has_leader 1"), "{metrics}");
+        let mut client = etcd.client(&[]).await.expect("client");
+        client.put("k", "v", None).await.expect("put with the client certificate");
+
+        // The same CA, no client certificate: the members refuse the calls.
+        let tls = etcd.tls.as_ref().expect("TLS files");
+        let anonymous = EtcdAuth { ca: Some(tls.dir.join("ca.pem")), ..EtcdAuth::default() };
+        let EtcdConnect::Tls { config, options } =
+            anonymous.connect(ConnectOptions::new()).expect("config")
+        else {
+            panic!("a CA makes the connection TLS");
+        };
+        let second = Duration::from_secs(1);
+        let refused = match connect_tls(
+            &[etcd.member(leader).expect("leader").client_url.clone()],
+            config,
+            options,
+            second * 5,
+            (second * 10, second * 5),
+        )
+        .await
+        {
+            Err(_) => true,
+            Ok(mut client) => matches!(
+                tokio::time::timeout(second * 5, client.put("k", "stolen", None)).await,
+                Ok(Err(_)) | Err(_)
+            ),
+        };
+        assert!(refused, "a client without a certificate wrote to the mTLS etcd");
+        let value = client.get("k", None).await.expect("get");
         assert_eq!(value.kvs()[0].value(), b"v");
     }
 }

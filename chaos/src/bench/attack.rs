@@ -43,7 +43,7 @@ use tokio::time::Instant;
 use tonic::transport::Channel;
 
 use self::flood::{FloodPlan, FloodRun};
-use super::load::{LoadRun, LoadSpec, closed_loop, progress_ticker};
+use super::load::{LoadRun, LoadSpec, Operation, closed_loop, progress_ticker};
 use super::progress::Progress;
 use super::propagation::memory::{parse_cpu_ticks, ticks_per_second};
 use super::target::{KvConn, PutError};
@@ -413,6 +413,7 @@ async fn phase(
         value_size: config.value_size,
         prefix: format!("bench/attack/{name}"),
         keys_per_client: None,
+        operation: Operation::Put,
     };
     let acked = Arc::new(AtomicU64::new(0));
     let bar = progress.load_bar(&format!("Federator {label},"), &spec);

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub use super::load_spec::LoadSpec;
+use futures::future::Either;
+
+pub use super::load_spec::{LoadSpec, Operation};
 use super::progress::Progress;
 use super::steps::StepMeans;
 use super::target::{self, KvConn, KvTarget, PutError};
@@ -199,6 +201,7 @@ pub async fn closed_loop<C: KvConn>(
     let until = measure_from + spec.duration;
     let value = vec![b'v'; spec.value_size];
     let keys_per_client = spec.keys_per_client.filter(|k| *k > 0);
+    let operation = spec.operation;
     let clients = (0..spec.clients).map(|c| {
         let mut conn = conns[c % conns.len()].clone();
         let prefix = format!("{}/c{c}", spec.prefix);
@@ -211,13 +214,14 @@ pub async fn closed_loop<C: KvConn>(
                 if began >= until {
                     break;
                 }
-                let key = keys_per_client.map_or(i, |k| i % k);
-                let outcome = tokio::time::timeout(
-                    CALL_TIMEOUT,
-                    conn.put(format!("{prefix}/{key}"), value.clone()),
-                )
-                .await
-                .unwrap_or(Err(PutError::Timeout(CALL_TIMEOUT)));
+                let key = format!("{prefix}/{}", keys_per_client.map_or(i, |k| i % k));
+                let call = match operation {
+                    Operation::Put => Either::Left(conn.put(key, value.clone())),
+                    Operation::LocalRead => Either::Right(conn.local_read(key)),
+                };
+                let outcome = tokio::time::timeout(CALL_TIMEOUT, call)
+                    .await
+                    .unwrap_or(Err(PutError::Timeout(CALL_TIMEOUT)));
                 let done = Instant::now();
                 let measured = done >= measure_from && done <= until;
                 match outcome {
@@ -310,6 +314,7 @@ mod tests {
             value_size: 8,
             prefix: "t".into(),
             keys_per_client: None,
+            operation: Operation::Put,
         };
         let acked = Arc::new(AtomicU64::new(0));
         let run = closed_loop(&[OneMillisecondStore], &spec, &acked).await;

@@ -21,4 +21,18 @@ pub struct LoadSpec {
     /// through `PREFIX/cC/0` … `PREFIX/cC/{k-1}`, overwriting, so a long run keeps the
     /// stored state bounded.
     pub keys_per_client: Option<u64>,
+    /// What each call does.
+    pub operation: Operation,
+}
+
+/// What a load phase's clients call.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Operation {
+    /// Replicated, durable writes ([`super::target::KvConn::put`]).
+    #[default]
+    Put,
+    /// Reads the member answers from its own state, without consensus
+    /// ([`super::target::KvConn::local_read`]): the floor of one call through the
+    /// store's client API and transport.
+    LocalRead,
 }

@@ -29,6 +29,9 @@ pub struct SystemFigures {
     pub timing: BenchTiming,
     /// One load phase per client count, in the configured order.
     pub phases: Vec<PhaseFigures>,
+    /// One client's reads answered from the member's own state (no consensus), through
+    /// the same API and connection as the writes: the floor of one call.
+    pub local_read: Option<PhaseFigures>,
     /// The failover trials.
     pub failover: FailoverFigures,
 }
@@ -282,6 +285,17 @@ impl RaftReport {
                 rows.push(Row::new(format!("failed writes, {clients} {noun}"), f, e, 0));
             }
         }
+        let read_p50 =
+            |s: &SystemFigures| s.local_read.as_ref().and_then(|p| p.run.percentile(0.50)).map(ms);
+        let (f, e) = both(&read_p50);
+        if f.is_some() || e.is_some() {
+            rows.push(Row::new("p50 local read, 1 client: the call's floor (ms)", f, e, 2));
+            let (f, e) = both(&|s| {
+                let write = s.phase(1).and_then(|p| p.run.percentile(0.50)).map(ms)?;
+                Some(write - read_p50(s)?)
+            });
+            rows.push(Row::new("p50 write less p50 local read, 1 client (ms)", f, e, 2));
+        }
         let (f, e) = both(&|s| s.failover.median().map(ms));
         rows.push(
             Row::new(format!("failover median, {} trials (ms)", self.config.trials), f, e, 0)
@@ -449,7 +463,11 @@ impl RaftReport {
              to the leader); followers forward writes to the leader. Every write is acknowledged \
              only once committed by a quorum and fsync'd (Federator: redb commit; etcd: WAL fsync, \
              its default). Federator is written through the admin `Put` over mTLS, etcd through \
-             the KV `Put` over plain HTTP/2. Each table is one raft timing, given above it: the \
+             the KV `Put` over {transport}. The local read is one client on the leader's \
+             connection reading those keys back without consensus (Federator: admin `Get` at \
+             stale consistency; etcd: serializable `Range`): what one call costs through each \
+             system's API, transport and authentication, so the write less it is what \
+             replication and the disk add. Each table is one raft timing, given above it: the \
              election timing decides how soon a crashed leader is replaced, so failover is \
              compared at equal timing; each system's default shows what an operator who \
              changes nothing gets. Failover: a writer issues one put every {period:?}, round-robin over one \
@@ -460,6 +478,7 @@ impl RaftReport {
              Federator/etcd; targets are the issue's and are reported, not asserted.",
             clients = c.clients.iter().map(ToString::to_string).collect::<Vec<_>>().join(", "),
             value = c.value_size,
+            transport = c.etcd_transport.describe(),
             warmup = c.warmup,
             duration = c.duration,
             pool = super::GROUP_SIZE as usize * CONNECTIONS_PER_MEMBER,
@@ -714,10 +733,21 @@ mod tests {
         let trials = (0..3)
             .map(|_| FailoverTrial { killed: 1, outage: Some(Duration::from_millis(failover_ms)) })
             .collect();
+        let reads =
+            LoadRun { latencies: vec![Duration::from_micros(millis * 250); 10], ..run.clone() };
+        let local_read = PhaseFigures {
+            clients: 1,
+            connections: 1,
+            run: reads,
+            elections: 0,
+            leader_changes: Some(0),
+            steps: None,
+        };
         SystemFigures {
             system: name,
             timing: BenchTiming::Equal,
             phases,
+            local_read: Some(local_read),
             failover: FailoverFigures { trials },
         }
     }
@@ -733,6 +763,7 @@ mod tests {
                 systems: vec![System::Federator, System::Etcd],
                 disk_appends: 300,
                 timings: vec![BenchTiming::Equal],
+                etcd_transport: crate::etcd::EtcdTransport::MutualTls,
             },
             disk_floor: Some(DiskFloor {
                 alone: probe(1, 220),
@@ -798,6 +829,16 @@ mod tests {
         assert!(text.starts_with("# Benchmarks\n\nOther section.\n"), "{text}");
         assert!(
             text.contains("| p50 latency, 1 client (ms) | 1.00 | 4.00 | 0.25× | ≤ 0.5×: met |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| p50 local read, 1 client: the call's floor (ms) | 0.25 | 1.00 | 0.25× |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("| p50 write less p50 local read, 1 client (ms) | 0.75 | 3.00 | 0.25× |"),
             "{text}"
         );
     }

@@ -33,7 +33,7 @@ use tokio::task::JoinSet;
 use tonic::transport::Channel;
 
 use super::System;
-use super::load::{LoadRun, LoadSpec, closed_loop, progress_ticker};
+use super::load::{LoadRun, LoadSpec, Operation, closed_loop, progress_ticker};
 use super::progress::Progress;
 use super::propagation::federator::{FederatorWatch, grant_lease};
 use super::propagation::memory::{CpuMeter, Rss, endpoint_address};
@@ -245,6 +245,7 @@ pub async fn run_scale(config: &ScaleConfig, progress: &Progress) -> anyhow::Res
             value_size: 0,
             prefix: "load".into(),
             keys_per_client: None,
+            operation: Operation::Put,
         };
         let bar = progress.load_bar(&format!("Federator at {} members", level.members), &spec);
         let acked = Arc::new(AtomicU64::new(0));

@@ -15,10 +15,11 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 
-use super::load::{self, LoadRun, LoadSpec, closed_loop, leader_first, progress_ticker};
+use super::load::{self, LoadRun, LoadSpec, Operation, closed_loop, leader_first, progress_ticker};
 use super::progress::Progress;
 use super::target::{self, KvTarget};
 use super::{BenchTiming, System, start_etcd, start_federator};
+use crate::etcd::EtcdTransport;
 
 /// What `bench soak` runs.
 #[derive(Clone, Debug)]
@@ -39,6 +40,8 @@ pub struct SoakConfig {
     pub systems: Vec<System>,
     /// Raft timings to run every system at, one after the other.
     pub timings: Vec<BenchTiming>,
+    /// How etcd's clients and peers reach its members.
+    pub etcd_transport: EtcdTransport,
 }
 
 impl SoakConfig {
@@ -209,7 +212,8 @@ pub async fn run_soak(config: &SoakConfig, progress: &Progress) -> anyhow::Resul
                     soak(&mut target, *timing, config, progress).await
                 }
                 System::Etcd => {
-                    let mut target = start_etcd(progress, &etcd_flags(*timing)).await?;
+                    let mut target =
+                        start_etcd(progress, &etcd_flags(*timing), config.etcd_transport).await?;
                     soak(&mut target, *timing, config, progress).await
                 }
             };
@@ -243,6 +247,7 @@ async fn soak<T: KvTarget>(
         value_size: config.value_size,
         prefix: "bench/soak".into(),
         keys_per_client: Some(config.keys_per_client()),
+        operation: Operation::Put,
     };
     let acked = Arc::new(AtomicU64::new(0));
     let bar = progress.load_bar(target.name(), &spec);
@@ -309,6 +314,7 @@ mod tests {
             sample_every: Duration::from_secs(1),
             systems: vec![System::Federator, System::Etcd],
             timings: vec![BenchTiming::Equal, BenchTiming::Defaults],
+            etcd_transport: EtcdTransport::MutualTls,
         }
     }
 

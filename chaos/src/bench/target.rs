@@ -12,7 +12,7 @@ use tonic::transport::Channel;
 
 use super::steps::StepTotals;
 use crate::cluster::Federation;
-use crate::etcd::EtcdCluster;
+use crate::etcd::{EtcdCluster, EtcdTransport};
 
 /// A write that was not acknowledged.
 #[derive(Debug, thiserror::Error)]
@@ -29,6 +29,9 @@ pub enum PutError {
     /// No answer within the caller's deadline.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// The connection does not offer the operation.
+    #[error("{0} is not offered by this connection")]
+    Unsupported(&'static str),
 }
 
 /// One client connection (its own TCP connection) to one member of a [`KvTarget`].
@@ -41,6 +44,13 @@ pub trait KvConn: Clone + Send + Sync + 'static {
         key: String,
         value: Vec<u8>,
     ) -> impl Future<Output = Result<(), PutError>> + Send;
+
+    /// Reads `key` as the member holds it, without consensus (no quorum, no log entry):
+    /// the same client API, connection and authentication as [`KvConn::put`], so it
+    /// measures the call's floor.
+    fn local_read(&mut self, _key: String) -> impl Future<Output = Result<(), PutError>> + Send {
+        std::future::ready(Err(PutError::Unsupported("a local read")))
+    }
 }
 
 /// A replicated key-value store: a group of processes on loopback that can be
@@ -162,6 +172,16 @@ impl KvConn for FederatorConn {
             }
         })
     }
+
+    /// The admin API's `Get` at local consistency: the replica answers from its applied
+    /// state.
+    async fn local_read(&mut self, key: String) -> Result<(), PutError> {
+        let request = pb::GetRequest { key, consistency: pb::Consistency::Stale.into() };
+        self.0.get(request).await.map(|_| ()).map_err(|status| PutError::Failed {
+            system: "Federator",
+            message: format!("{:?}: {}", status.code(), status.message()),
+        })
+    }
 }
 
 impl KvTarget for FederatorTarget {
@@ -242,7 +262,8 @@ fn counter(exposition: &str, name: &str) -> Option<u64> {
 
 // === impl EtcdTarget ===
 
-/// etcd members, written through the KV API's `Put` over plain HTTP/2.
+/// etcd members, written through the KV API's `Put` (over plain HTTP/2 or mTLS, as
+/// started).
 #[derive(Debug)]
 pub struct EtcdTarget {
     cluster: EtcdCluster,
@@ -262,7 +283,19 @@ impl EtcdTarget {
     /// # Errors
     /// A member could not be spawned.
     pub fn start_with_flags(members: u64, flags: &[String]) -> anyhow::Result<Self> {
-        Ok(Self { cluster: EtcdCluster::start_with_flags(members, flags)? })
+        Self::start_with(members, flags, EtcdTransport::Plain)
+    }
+
+    /// Like [`EtcdTarget::start_with_flags`], with clients and peers over `transport`.
+    ///
+    /// # Errors
+    /// The certificates could not be made or a member could not be spawned.
+    pub fn start_with(
+        members: u64,
+        flags: &[String],
+        transport: EtcdTransport,
+    ) -> anyhow::Result<Self> {
+        Ok(Self { cluster: EtcdCluster::start_with(members, flags, transport)? })
     }
 }
 
@@ -274,6 +307,16 @@ impl KvConn for EtcdConn {
     async fn put(&mut self, key: String, value: Vec<u8>) -> Result<(), PutError> {
         self.0
             .put(key, value, None)
+            .await
+            .map(|_| ())
+            .map_err(|error| PutError::Failed { system: "etcd", message: error.to_string() })
+    }
+
+    /// The KV API's serializable `Range`: the member answers from its own store.
+    async fn local_read(&mut self, key: String) -> Result<(), PutError> {
+        let options = etcd_client::GetOptions::new().with_serializable();
+        self.0
+            .get(key, Some(options))
             .await
             .map(|_| ())
             .map_err(|error| PutError::Failed { system: "etcd", message: error.to_string() })

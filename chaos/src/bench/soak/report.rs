@@ -152,9 +152,9 @@ impl SoakReport {
              spread round-robin over the members, leader first, each overwriting its own {per} \
              keys in turn ({keys} keys in all) with {value} B values, so the stored state \
              stays bounded however long the run; every write acknowledged once committed by a \
-             quorum and fsync'd, as in the raft benchmark (Federator through the admin `Put`, \
-             etcd through the KV `Put` with its defaults except for the raft timing of each \
-             table and that it compacts its history every minute and may grow to 8 GiB, so that old \
+             quorum and fsync'd, as in the raft benchmark (Federator through the admin `Put` \
+             over mTLS, etcd through the KV `Put` over {transport}, with its defaults except for \
+             the raft timing of each table and that it compacts its history every minute and may grow to 8 GiB, so that old \
              revisions do not fill its 2 GB default quota). \
              {warmup:?} warm-up, then {duration} measured. Every {every:?} a sampler reads the \
              highest raft term any member reports and the acknowledgements so far; elections \
@@ -163,6 +163,7 @@ impl SoakReport {
              two samples of the measured window. Ratios are Federator/etcd; the target (no \
              election at full load) is the issue's and is reported, not asserted.",
             clients = c.clients,
+            transport = c.etcd_transport.describe(),
             pool = GROUP_SIZE as usize * CONNECTIONS_PER_MEMBER,
             per = c.keys_per_client(),
             keys = c.keys,
@@ -219,6 +220,7 @@ mod tests {
                 sample_every: Duration::from_secs(1),
                 systems: vec![System::Federator, System::Etcd],
                 timings: vec![BenchTiming::Equal],
+                etcd_transport: crate::etcd::EtcdTransport::MutualTls,
             },
             systems: vec![figures("Federator", 2), figures("etcd", etcd_term_after)],
         }

@@ -11,6 +11,7 @@ use federator_chaos::bench::scale::{Level, ScaleConfig};
 use federator_chaos::bench::snapshot::SnapshotConfig;
 use federator_chaos::bench::soak::SoakConfig;
 use federator_chaos::bench::{BenchTiming, RaftBenchConfig, System};
+use federator_chaos::etcd::EtcdTransport;
 
 /// Fault injection and benchmarks against real Federator (and etcd) processes on loopback.
 #[derive(Debug, Parser)]
@@ -53,6 +54,15 @@ pub struct MarkdownFile {
     /// previous run wrote there).
     #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
+}
+
+/// How etcd is reached in the benchmarks that write to it.
+#[derive(Debug, Args)]
+pub struct EtcdTransportArg {
+    /// How etcd's clients and peers reach its members: `mtls` (client certificates
+    /// required, as Federator always runs) or `plain` (etcd's default, no TLS).
+    #[arg(long, value_enum, default_value = "mtls")]
+    pub etcd_transport: EtcdTransport,
 }
 
 /// Which systems a benchmark compares.
@@ -222,6 +232,8 @@ pub struct SoakArgs {
     pub sample_every: Duration,
     #[command(flatten)]
     pub compare: Systems,
+    #[command(flatten)]
+    pub etcd: EtcdTransportArg,
     /// Raft timings to run every system at, in this order: `equal` (both at Federator's
     /// `lan` profile, etcd at the same election timeout) and `defaults` (each at its
     /// shipped default).
@@ -246,6 +258,7 @@ impl SoakArgs {
             sample_every: self.sample_every,
             systems: self.compare.systems.clone(),
             timings: self.timings.clone(),
+            etcd_transport: self.etcd.etcd_transport,
         };
         if self.smoke {
             config.clients = 64;
@@ -380,6 +393,8 @@ pub struct RaftArgs {
     pub value_size: usize,
     #[command(flatten)]
     pub compare: Systems,
+    #[command(flatten)]
+    pub etcd: EtcdTransportArg,
     /// Raft timings to run every system at, in this order: `equal` (both at Federator's
     /// `lan` profile, etcd at the same election timeout) and `defaults` (each at its
     /// shipped default).
@@ -405,6 +420,7 @@ impl RaftArgs {
             systems: self.compare.systems.clone(),
             disk_appends: federator_chaos::bench::DISK_FLOOR_APPENDS,
             timings: self.timings.clone(),
+            etcd_transport: self.etcd.etcd_transport,
         };
         if self.smoke {
             config.clients = vec![1, 16];
