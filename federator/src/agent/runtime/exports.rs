@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 use super::deadlines::bounded;
 use super::session_error::SessionError;
+use super::tasks::Tasks;
 use super::{Agent, SOURCE_POLL};
 use crate::agent::config::AgentConfig;
 use crate::agent::view::ExportSet;
@@ -24,6 +25,7 @@ pub(super) async fn export_sources(
     trust_domain: &str,
     kubernetes: Option<&kube::Client>,
     refusals: watch::Receiver<BTreeMap<ServiceKey, String>>,
+    tasks: &mut Tasks,
 ) -> watch::Receiver<ExportSet> {
     let mut inputs = Vec::new();
     if let (Some(file), Some(client)) = (&config.file.exports.kubernetes, kubernetes) {
@@ -32,41 +34,45 @@ pub(super) async fn export_sources(
             trusted_namespaces: file.trusted_namespaces.iter().cloned().collect(),
             gateways: file.gateways.iter().copied().collect(),
         };
-        inputs.push(
-            crate::agent::kubernetes::source::watch_kubernetes_exports(
-                client.clone(),
-                rules,
-                !config.file.lease.region.is_empty(),
-                refusals,
-            )
-            .await,
-        );
+        let (rx, task) = crate::agent::kubernetes::source::watch_kubernetes_exports(
+            client.clone(),
+            rules,
+            !config.file.lease.region.is_empty(),
+            refusals,
+        )
+        .await;
+        tasks.own("kubernetes exports", task);
+        inputs.push(rx);
     }
     if let Some(prefix) = &config.file.exports.etcd_prefix {
-        inputs.push(
-            crate::agent::sources::etcd_exports::watch_etcd_exports(
-                config.file.exports.etcd_endpoints.clone(),
-                config.file.exports.etcd_auth.clone().unwrap_or_default(),
-                prefix.clone(),
-                trust_domain.to_string(),
-            )
-            .await,
-        );
+        let (rx, task) = crate::agent::sources::etcd_exports::watch_etcd_exports_owned(
+            config.file.exports.etcd_endpoints.clone(),
+            config.file.exports.etcd_auth.clone().unwrap_or_default(),
+            prefix.clone(),
+            trust_domain.to_string(),
+        )
+        .await;
+        tasks.own("etcd exports", task);
+        inputs.push(rx);
     }
     if let Some(path) = &config.file.exports.file {
-        inputs.push(crate::agent::sources::file_exports::watch_export_file(
+        let (rx, task) = crate::agent::sources::file_exports::spawn_watch(
             path.clone(),
             trust_domain.to_string(),
             SOURCE_POLL,
-        ));
+        );
+        tasks.own("exports file", task);
+        inputs.push(rx);
     }
     let (tx, rx) = watch::channel(ExportSet::default());
     if inputs.is_empty() {
         // Keep the sender alive so that the receiver never reports a closed channel.
-        tokio::spawn(async move { tx.closed().await });
+        tasks.spawn("exports", async move { tx.closed().await });
         return rx;
     }
-    tokio::spawn(async move {
+    // Ends when the receiver is dropped (the session loop ended): then it drops the
+    // sources' receivers, and they end too.
+    tasks.spawn("exports", async move {
         loop {
             let merged =
                 merge_export_sets(inputs.iter_mut().map(|r| r.borrow_and_update().clone()));
@@ -74,9 +80,13 @@ pub(super) async fn export_sources(
                 return;
             }
             let changes = inputs.iter_mut().map(|r| Box::pin(r.changed()));
-            let (changed, _, _) = futures::future::select_all(changes).await;
-            if changed.is_err() {
-                return;
+            tokio::select! {
+                (changed, _, _) = futures::future::select_all(changes) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
             }
         }
     });

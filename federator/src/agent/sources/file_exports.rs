@@ -35,8 +35,8 @@ pub fn watch_export_file(
     spawn_watch(path, trust_domain, poll).0
 }
 
-/// [`watch_export_file`], with the task's handle.
-fn spawn_watch(
+/// [`watch_export_file`], with the task's handle (the agent owns it).
+pub(crate) fn spawn_watch(
     path: PathBuf,
     trust_domain: String,
     poll: Duration,
