@@ -218,6 +218,23 @@ fn export_digest(export: &crate::service::ServiceExport) -> String {
 mod tests {
     use super::*;
 
+    #[tokio::test]
+    async fn the_export_tasks_end_by_themselves_once_the_merged_receiver_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "state_dir = \"state\"\n[svid]\ncert = \"agent.pem\"\nkey = \"agent.key\"\n\
+                    [bundle]\nkind = \"file\"\npath = \"bundle.pem\"\nformat = \"pem\"\n\
+                    [exports]\nfile = \"exports.json\"\n";
+        let config = AgentConfig::parse(text, &dir.path().join("agent.toml"), Some("t".into()))
+            .expect("config");
+        let (_refusals_tx, refusals) = watch::channel(BTreeMap::new());
+        let mut tasks = Tasks::default();
+        let exports = export_sources(&config, "a.test", None, refusals, &mut tasks).await;
+        assert_eq!(tasks.running(), 2, "the file source and the merge");
+        drop(exports);
+        let aborted = tasks.join(std::time::Duration::from_secs(10)).await;
+        assert!(aborted.is_empty(), "tasks that did not end by themselves: {aborted:?}");
+    }
+
     #[test]
     fn the_first_source_wins_a_service_both_export() {
         let key = ServiceKey::new("ns", "a");
