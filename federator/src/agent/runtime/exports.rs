@@ -228,10 +228,12 @@ mod tests {
             .expect("config");
         let (_refusals_tx, refusals) = watch::channel(BTreeMap::new());
         let mut tasks = Tasks::default();
-        let exports = export_sources(&config, "a.test", None, refusals, &mut tasks).await;
+        let mut exports = export_sources(&config, "a.test", None, refusals, &mut tasks).await;
         assert_eq!(tasks.running(), 2, "the file source and the merge");
+        // The merge's first value: it is past its first send, waiting for its sources.
+        exports.changed().await.expect("a first merged set");
         drop(exports);
-        let aborted = tasks.join(std::time::Duration::from_secs(10)).await;
+        let aborted = tasks.join(std::time::Duration::from_secs(5)).await;
         assert!(aborted.is_empty(), "tasks that did not end by themselves: {aborted:?}");
     }
 
