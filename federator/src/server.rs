@@ -167,9 +167,12 @@ pub async fn run(
     let peer_policy: federator_raft::network::server::PeerPolicy = Arc::new(move |cert| {
         peer_spiffe_id(cert).is_some_and(|id| identity::is_replica_spiffe_id(&td, &id))
     });
+    // The transport stops last, after the raft core (which may still talk to its peers
+    // while it hands over leadership).
+    let (transport_stop_tx, transport_stop_rx) = watch::channel(false);
     let transport = {
         let replica = replica.clone();
-        let stop = stopped(stop_rx.clone());
+        let stop = stopped(transport_stop_rx);
         tokio::spawn(async move {
             replica
                 .serve_transport(raft_listener, server_tls.clone(), Some(peer_policy), stop)
@@ -299,10 +302,18 @@ pub async fn run(
     // must not linger as a half-working process that agents stay attached to.
     let mut api = api;
     let mut transport = transport;
+    // A task that ended here is not polled again.
+    let (mut api_ended, mut transport_ended) = (false, false);
     let failure = tokio::select! {
         () = shutdown => None,
-        result = &mut api => Some(task_failure("api", result)),
-        result = &mut transport => Some(task_failure("raft transport", result)),
+        result = &mut api => {
+            api_ended = true;
+            Some(task_failure("api", result))
+        }
+        result = &mut transport => {
+            transport_ended = true;
+            Some(task_failure("raft transport", result))
+        }
         reason = core_stopped(replica.clone()) => Some(ServerError::CoreStopped(reason)),
     };
     let stopping = Instant::now();
@@ -320,9 +331,41 @@ pub async fn run(
     // agents reconnect elsewhere), new watches are refused.
     health::not_serving(&health_reporter, &serving).await;
     let _ = leaving_tx.send(Some(reason));
+    // Then every server task but the replica transport: the API drains its connections
+    // (unary calls in flight still reach a running raft core), the lessor, the refusal
+    // recorder and the other background tasks end. They are joined (bounded) before the
+    // raft core stops, so none of them outlives it.
+    let _ = stop_tx.send(true);
+    let mut tasks = background;
+    tasks.push(socket);
+    if let Some(metrics) = metrics {
+        tasks.push(metrics);
+    }
+    for endpoint in bundle_endpoints {
+        tasks.push(endpoint);
+    }
+    if failure.is_none() {
+        tasks.push(api);
+    } else if !api_ended {
+        // A failed replica leaves promptly, but first lets the API deliver what it just
+        // told its callers — watch streams ended with UNAVAILABLE, health NOT_SERVING —
+        // so that agents learn it left from its answer, not from a reset connection.
+        if tokio::time::timeout(FAILED_FLUSH, &mut api).await.is_err() {
+            api.abort();
+            let _ = api.await;
+        }
+    }
+    if !tasks.join(DRAIN_TIMEOUT).await {
+        tracing::warn!(
+            replica = config.id,
+            timeout = ?DRAIN_TIMEOUT,
+            "connections still open after the drain timeout; closed them"
+        );
+    }
+    // (Again: the health task may have evaluated between the first call and its end.)
+    health::not_serving(&health_reporter, &serving).await;
     // Then the raft core: a leader first hands over to a voter that holds its whole log
-    // (`Replica::shutdown`), else stops heartbeating and the others elect after its lease,
-    // while this process drains its connections.
+    // (`Replica::shutdown`), else stops heartbeating and the others elect after its lease.
     let was_leader = replica.metrics().borrow().state == openraft::ServerState::Leader;
     match tokio::time::timeout(DRAIN_TIMEOUT, replica.shutdown()).await {
         Ok(Ok(())) => {}
@@ -335,40 +378,18 @@ pub async fn run(
             "raft core did not stop in time (a stuck disk?); leaving it"
         ),
     }
-    // (Again: the health task may have evaluated between the two.)
-    health::not_serving(&health_reporter, &serving).await;
-    tracing::info!(replica = config.id, was_leader, "raft core stopped; draining connections");
-    let _ = stop_tx.send(true);
-    let mut tasks = background;
-    tasks.push(socket);
-    if let Some(metrics) = metrics {
-        tasks.push(metrics);
-    }
-    for endpoint in bundle_endpoints {
-        tasks.push(endpoint);
-    }
-    if failure.is_none() {
-        tasks.push(api);
-        tasks.push(transport);
-    } else {
-        // A failed replica leaves promptly, but first lets the API deliver what it just
-        // told its callers — watch streams ended with UNAVAILABLE, health NOT_SERVING —
-        // so that agents learn it left from its answer, not from a reset connection.
-        let _ = tokio::time::timeout(FAILED_FLUSH, &mut api).await;
-        api.abort();
-        transport.abort();
-    }
-    let (aborts, joins) = (tasks.aborts, tasks.joins);
-    let drained = tokio::time::timeout(DRAIN_TIMEOUT, futures::future::join_all(joins)).await;
-    if drained.is_err() {
-        tracing::warn!(
-            replica = config.id,
-            timeout = ?DRAIN_TIMEOUT,
-            "connections still open after the drain timeout; closing them"
-        );
-        for abort in aborts {
-            abort.abort();
+    tracing::info!(replica = config.id, was_leader, "raft core stopped; closing the transport");
+    // Last the replica transport, once the core no longer needs it.
+    let _ = transport_stop_tx.send(true);
+    let mut last = Tasks::default();
+    if !transport_ended {
+        if failure.is_some() {
+            transport.abort();
         }
+        last.push(transport);
+    }
+    if !last.join(DRAIN_TIMEOUT).await {
+        tracing::warn!(replica = config.id, "the replica transport did not stop in time");
     }
     let _ = std::fs::remove_file(&config.admin_socket);
     tracing::info!(replica = config.id, elapsed = ?stopping.elapsed(), "stopped");
@@ -388,6 +409,22 @@ impl Tasks {
         self.joins.push(Box::pin(async move {
             let _ = task.await;
         }));
+    }
+
+    /// Waits for every task, at most `timeout`; then aborts those still running and waits
+    /// for them to end (an aborted task ends at its next await). Whether all ended in
+    /// time.
+    async fn join(self, timeout: Duration) -> bool {
+        let Self { aborts, joins } = self;
+        let mut all = futures::future::join_all(joins);
+        if tokio::time::timeout(timeout, &mut all).await.is_ok() {
+            return true;
+        }
+        for abort in aborts {
+            abort.abort();
+        }
+        all.await;
+        false
     }
 }
 

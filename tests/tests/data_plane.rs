@@ -38,6 +38,15 @@ use federator_chaos::mesh::{
 /// Lease TTL of the agents: B's endpoints turn not ready this long after B dies.
 const LEASE_TTL: u32 = 3;
 
+/// Waits until `traffic` has made `calls` calls since `since`: an interval that holds
+/// real calls, whatever the machine's speed (instead of a fixed sleep).
+async fn calls_since(traffic: &Traffic, since: Instant, calls: usize) -> anyhow::Result<()> {
+    eventually(&format!("{calls} calls through Envoy"), WAIT, || async {
+        (traffic.between(since, Instant::now()).len() >= calls).then_some(())
+    })
+    .await
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -126,7 +135,7 @@ async fn mtls_rotation_failover_and_removal_through_envoy() -> anyhow::Result<()
 
     // == 3. A rotates its CA under load. ==
     let traffic = Traffic::start(a_addr.clone());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    calls_since(&traffic, Instant::now(), 20).await?;
     let handshakes = format!("cluster.{CLIENT_CLUSTER}.ssl.handshake");
     let handshakes_before = envoy_a.stat(&handshakes).await?;
     let rotation_start = Instant::now();
@@ -155,7 +164,8 @@ async fn mtls_rotation_failover_and_removal_through_envoy() -> anyhow::Result<()
     // it publishes), then the bundle. B's and C's Envoys then refuse the old SVID.
     retire_old_cas(&mut agent_a, &[&b, &c], &old_svid).await?;
     let retired_at = rotation_start.elapsed();
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Calls after the retirement, on the new SVID only.
+    calls_since(&traffic, Instant::now(), 40).await?;
     let rotation_end = Instant::now();
     let rotation_handshakes = envoy_a.stat(&handshakes).await? - handshakes_before;
     let rotation = traffic.between(rotation_start, rotation_end);
@@ -190,17 +200,16 @@ async fn mtls_rotation_failover_and_removal_through_envoy() -> anyhow::Result<()
     let (failover_failed, failover_reasons) = failures(&traffic.between(killed, first_c.at));
     // Then C serves every call: B's endpoint is not ready in the import, so agent A's EDS
     // marks it unhealthy.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("A's Envoy to hold B's endpoint as unhealthy from EDS", WAIT, || async {
+        let clusters = envoy_a.admin_get("/clusters").await.ok()?.body;
+        clusters.lines().any(|l| l.contains("health_flags::/failed_eds_health")).then_some(())
+    })
+    .await?;
     let settled = Instant::now();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    calls_since(&traffic, settled, 20).await?;
     let on_c = traffic.between(settled, Instant::now());
     let stray = on_c.iter().find(|s| !s.served_by("cluster-c"));
     assert!(!on_c.is_empty() && stray.is_none(), "after the failover, C serves: {stray:?}");
-    let clusters = envoy_a.admin_get("/clusters").await?.body;
-    assert!(
-        clusters.lines().any(|l| l.contains("health_flags::/failed_eds_health")),
-        "A's Envoy holds B's endpoint as unhealthy from EDS:\n{clusters}"
-    );
     assert!(
         gap < Duration::from_secs(u64::from(LEASE_TTL) + 3),
         "failover took {gap:?}, lease TTL {LEASE_TTL}s"
@@ -221,7 +230,7 @@ async fn mtls_rotation_failover_and_removal_through_envoy() -> anyhow::Result<()
     .await
     .with_logs(&b)?;
     let failback = first_b.at - back;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    calls_since(&traffic, first_b.at, 20).await?;
     let samples = traffic.stop().await?;
     // After the failover no call fails: C serves until B's Envoy is ready and B's agent
     // has re-published its export (not ready) before taking its new lease, so the export

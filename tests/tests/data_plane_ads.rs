@@ -39,6 +39,15 @@ const LEASE_TTL: u32 = 3;
 /// The Envoy cluster of the import (its stats prefix: `cluster.<name>.`).
 const CLUSTER: &str = HOSTNAME;
 
+/// Waits until `traffic` has made `calls` calls since `since`: an interval that holds
+/// real calls, whatever the machine's speed (instead of a fixed sleep).
+async fn calls_since(traffic: &Traffic, since: Instant, calls: usize) -> anyhow::Result<()> {
+    eventually(&format!("{calls} calls through Envoy"), WAIT, || async {
+        (traffic.between(since, Instant::now()).len() >= calls).then_some(())
+    })
+    .await
+}
+
 fn ms(d: Duration) -> u128 {
     d.as_millis()
 }
@@ -121,7 +130,7 @@ async fn an_ads_only_envoy_fails_over_rotates_and_verifies_each_exporter() -> an
     assert_eq!(reply.peer_id(), Some(client_id.as_str()), "B sees A's SPIFFE ID: {reply:?}");
     println!("ADS: A's call reaches B, which sees {}", reply.xfcc);
     let traffic = Traffic::start_with_host(addr.clone(), HOSTNAME.into());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    calls_since(&traffic, Instant::now(), 20).await?;
 
     // == 2. B's endpoint answers with C's certificate: refused per exporter, served by C. ==
     // (A port that forwards to C's Envoy: B claiming C's own address would make both one
@@ -136,7 +145,8 @@ async fn an_ads_only_envoy_fails_over_rotates_and_verifies_each_exporter() -> an
     })
     .await
     .map_err(|e| e.context(envoy_a.log_tail(40)))?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Calls go on while B claims C's endpoint.
+    calls_since(&traffic, Instant::now(), 20).await?;
     b.agent.write_exports(&b.exports(true))?;
     let restored = Instant::now();
     drop(relay);
@@ -161,13 +171,14 @@ async fn an_ads_only_envoy_fails_over_rotates_and_verifies_each_exporter() -> an
     })
     .await?;
     // Past B's lease: its endpoint turns not ready in A's EDS.
-    tokio::time::sleep(Duration::from_secs(u64::from(LEASE_TTL) + 2)).await;
-    let clusters = envoy_a.admin_get("/clusters").await?.body;
-    assert!(
-        clusters.lines().any(|l| l.contains("health_flags::/failed_eds_health")
-            || l.contains("health_flags::/failed_outlier_check")),
-        "A's Envoy holds B's endpoint as unhealthy or ejected:\n{clusters}"
-    );
+    eventually("A's Envoy to hold B's endpoint as unhealthy from EDS", WAIT, || async {
+        let clusters = envoy_a.admin_get("/clusters").await.ok()?.body;
+        clusters
+            .lines()
+            .any(|l| l.contains("health_flags::") && l.contains("failed_eds_health"))
+            .then_some(())
+    })
+    .await?;
     let down = traffic.between(killed, Instant::now());
     assert_none_failed("B down", &down);
     let ejections = envoy_a
@@ -189,7 +200,7 @@ async fn an_ads_only_envoy_fails_over_rotates_and_verifies_each_exporter() -> an
     })
     .await
     .with_logs(&b)?;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    calls_since(&traffic, first_b.at, 20).await?;
     let returning = traffic.between(back, Instant::now());
     assert_none_failed("B returning", &returning);
     println!(
@@ -207,7 +218,7 @@ async fn an_ads_only_envoy_fails_over_rotates_and_verifies_each_exporter() -> an
     envoy_a.write_svid(&new_svid)?;
     let new_hash = certificate_hash(&new_svid.cert_pem)?;
     retire_old_cas(&mut agent_a, &[&b, &c], &old_svid).await?;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    calls_since(&traffic, Instant::now(), 20).await?;
     let rotation = traffic.between(rotation_start, Instant::now());
     assert_none_failed("CA rotation", &rotation);
     println!(

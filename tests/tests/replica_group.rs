@@ -70,6 +70,31 @@ async fn three_replicas_form_a_group_from_nothing_through_the_cli() -> anyhow::R
     Ok(())
 }
 
+/// How long the write load may take to commit the entries a step waits for.
+const LOAD_WAIT: Duration = Duration::from_secs(30);
+
+/// Waits until one of `ids` has committed `entries` more entries than when called: the
+/// write load flows (instead of letting it run for a fixed time, which on a slow machine
+/// may commit next to nothing).
+async fn load_commits(fed: &Federation, ids: &[u64], entries: u64) -> anyhow::Result<()> {
+    let mut from = 0;
+    for id in ids {
+        if let Some(status) = fed.status(*id).await {
+            from = from.max(status.commit_index);
+        }
+    }
+    let what = format!("the write load to commit {entries} entries past {from}");
+    eventually(&what, LOAD_WAIT, || async {
+        for id in ids {
+            if fed.status(*id).await.is_some_and(|s| s.commit_index >= from + entries) {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await
+}
+
 /// The replica's overall gRPC health (service "").
 async fn health(fed: &Federation, id: u64) -> anyhow::Result<ServingStatus> {
     let channel = fed.connection(&[id])?.channel(&fed.replica(id).api_addr).await?;
@@ -88,7 +113,7 @@ async fn five_replica_group_grows_and_shrinks_under_load() -> anyhow::Result<()>
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(write_load(fed.connection(&[1, 2, 3, 4, 5])?, 4, PREFIX, stop_rx));
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    load_commits(&fed, &[1, 2, 3], 10).await?;
 
     for id in [4u64, 5] {
         let mut addr = fed.replica(id).raft_addr.clone();
@@ -118,14 +143,15 @@ async fn five_replica_group_grows_and_shrinks_under_load() -> anyhow::Result<()>
     for id in [leader, if leader == 1 { 2 } else { 1 }] {
         fed.cli_ok(&remaining, &["raft", "remove-member", &id.to_string()])?;
         remaining.retain(|r| *r != id);
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        fed.wait_for_leader(&remaining, Duration::from_secs(20)).await?;
     }
     let new_leader = fed.wait_for_leader(&remaining, Duration::from_secs(20)).await?;
     assert!(remaining.contains(&new_leader));
     let status = fed.status(new_leader).await.expect("status");
     assert_eq!(status.voters.len(), 3, "{status:?}");
 
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Writes go on in the shrunk group.
+    load_commits(&fed, &remaining, 10).await?;
     stop_tx.send(true)?;
     let result = load.await?;
     assert!(result.acked.len() > 20, "too few writes acknowledged: {}", result.acked.len());
@@ -148,12 +174,13 @@ async fn leader_kill_loses_no_acknowledged_write() -> anyhow::Result<()> {
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(write_load(fed.connection(&[1, 2, 3])?, 8, PREFIX, stop_rx));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load_commits(&fed, &[1, 2, 3], 30).await?;
     fed.kill(leader);
     let survivors: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != leader).collect();
     let new_leader = fed.wait_for_leader(&survivors, Duration::from_secs(20)).await?;
     assert_ne!(new_leader, leader);
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Writes go on under the new leader.
+    load_commits(&fed, &survivors, 10).await?;
     stop_tx.send(true)?;
     let result = load.await?;
     assert!(result.acked.len() > 20, "too few writes acknowledged: {}", result.acked.len());
@@ -181,7 +208,7 @@ async fn all_replicas_killed_at_once_lose_nothing_acknowledged() -> anyhow::Resu
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(write_load(fed.connection(&[1, 2, 3])?, 8, PREFIX, stop_rx));
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    load_commits(&fed, &[1, 2, 3], 40).await?;
     fed.kill_all();
     stop_tx.send(true)?;
     let result = load.await?;
@@ -269,7 +296,7 @@ async fn follower_kept_down_during_compaction_catches_up_by_snapshot() -> anyhow
     let up: Vec<u64> = [1, 2, 3].into_iter().filter(|id| *id != down).collect();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let load = tokio::spawn(write_load(fed.connection(&up)?, 4, PREFIX, stop_rx));
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    load_commits(&fed, &up, 40).await?;
     stop_tx.send(true)?;
     let result = load.await?;
     for id in &up {
@@ -348,8 +375,12 @@ async fn peer_without_a_federation_certificate_can_neither_join_nor_send_raft_rp
     let addr = fed.replica(4).raft_addr.clone();
     let out = fed.cli(&[1, 2], &["raft", "add-member", "4", &addr])?;
     assert!(!out.status.success(), "adding a rogue replica must fail");
-    // The rogue replica never received the log.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // The rogue replica never received the log: a write committed after the attempt,
+    // and applied by both members, shows the group went on past it.
+    let leader = fed.wait_for_leader(&[1, 2], Duration::from_secs(10)).await?;
+    let put = pb::PutRequest { key: "after-rogue".into(), value: b"1".to_vec() };
+    fed.admin(leader).await?.put(put).await?;
+    fed.wait_for_convergence(&[1, 2], Duration::from_secs(10)).await?;
     let rogue_status = fed.status(4).await;
     assert!(rogue_status.as_ref().is_none_or(|s| s.last_log_index == 0), "{rogue_status:?}");
     let log = fed.log_of(4);

@@ -51,7 +51,7 @@ use super::metrics::{AgentMetrics, Propagation};
 use super::sinks::etcd::{DEFAULT_BUNDLE_PREFIX, DEFAULT_IMPORT_PREFIX, EtcdSink};
 use super::sinks::files::FileSink;
 use super::sinks::xds::XdsServer;
-use super::sources::bundle::watch_bundle;
+use super::sources::bundle::spawn_watch as spawn_bundle_watch;
 use super::status::AgentStatus;
 use super::store::{Membership, Published, Store};
 use super::view::{AgentView, Sink};
@@ -67,16 +67,21 @@ mod session;
 mod session_error;
 mod sinks;
 mod status_writer;
+mod tasks;
 
 pub(super) use deadlines::{Deadlines, ReplicaFault};
 use exports::export_sources;
 use sinks::{HandedView, SinkProgress, SinkReport, run_sink};
 use status_writer::{StatusWriter, spawn_status_writer};
+use tasks::Tasks;
 
 /// How often sources are polled for changes.
 const SOURCE_POLL: Duration = Duration::from_secs(1);
 /// How long start-up waits for the sinks to serve the saved view before connecting.
 const STARTUP_SINK_WAIT: Duration = Duration::from_secs(2);
+/// How long a stopping agent waits for its tasks (a sink in the middle of an apply) before
+/// it aborts them.
+const STOP_TIMEOUT: Duration = Duration::from_secs(2);
 pub use crate::bundle::{REFUSAL_METADATA_KEY, REFUSAL_SEQUENCE_REPLAY};
 
 /// Why the agent could not start, or stopped.
@@ -197,6 +202,8 @@ pub async fn run(
     let span = tracing::info_span!("agent", cluster = %cluster_name, trust_domain = %trust_domain);
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    // Every task started below is owned here and joined (bounded) when the agent stops.
+    let mut tasks = Tasks::default();
     let stopped = move || {
         let mut rx = stop_rx.clone();
         async move {
@@ -242,7 +249,7 @@ pub async fn run(
         let server = XdsServer::with_mesh(config.mesh.clone()).allowing_remote(xds.allow_remote);
         sinks.push(Arc::new(server.sink()));
         let stop = stopped();
-        tokio::spawn(async move {
+        tasks.spawn("xds server", async move {
             if let Err(error) = server.serve(listener, stop).await {
                 tracing::error!(%error, "the xDS server failed");
             }
@@ -256,17 +263,20 @@ pub async fn run(
         let registry = metrics.registry();
         let ready = metrics.readiness();
         let stop = stopped();
-        tokio::spawn(async move {
+        tasks.spawn("metrics server", async move {
             if let Err(error) = crate::metrics_http::serve(listener, registry, ready, stop).await {
                 tracing::error!(%error, "the metrics server failed");
             }
         });
     }
 
-    let bundle_rx = watch_bundle(config.file.bundle.clone(), trust_domain.clone(), SOURCE_POLL);
+    let (bundle_rx, bundle_task) =
+        spawn_bundle_watch(config.file.bundle.clone(), trust_domain.clone(), SOURCE_POLL);
+    tasks.own("bundle source", bundle_task);
     // What the federation refused of the exports, for sources that report it back.
     let (export_refusals, refusals_rx) = watch::channel(BTreeMap::new());
-    let exports_rx = export_sources(&config, &trust_domain, kubernetes.as_ref(), refusals_rx).await;
+    let exports_rx =
+        export_sources(&config, &trust_domain, kubernetes.as_ref(), refusals_rx, &mut tasks).await;
     let view = store.view()?.unwrap_or_default();
     // What was published and acknowledged under an earlier membership counts for nothing.
     let published = store.published()?.for_membership(membership.as_ref());
@@ -281,7 +291,7 @@ pub async fn run(
             done: None,
             applying_since: None,
         });
-        tokio::spawn(run_sink(index, sink, views_rx.clone(), reports_tx.clone()));
+        tasks.spawn("sink", run_sink(index, sink, views_rx.clone(), reports_tx.clone()));
     }
     drop(views_rx);
     let status_writer = spawn_status_writer(store.status_path());
@@ -337,10 +347,17 @@ pub async fn run(
         () = &mut shutdown => Ok(()),
         result = tracing::Instrument::instrument(agent.run_sessions(bundle_rx, exports_rx), span) => result,
     };
+    // The session loop is gone, and with it the receivers of the sources (which end), and
+    // its lease keeper (aborted). The servers stop; the sinks end once the agent (their
+    // views and reports) is dropped.
     let _ = stop_tx.send(true);
     agent.status.connected_replica = None;
     agent.write_status();
-    agent.status_writer.finish().await;
+    agent.into_status_writer().finish().await;
+    let aborted = tasks.join(STOP_TIMEOUT).await;
+    if !aborted.is_empty() {
+        tracing::debug!(?aborted, "tasks that did not stop in time were aborted");
+    }
     result
 }
 
@@ -400,6 +417,11 @@ struct Agent {
 }
 
 impl Agent {
+    /// Drops the agent (the sink tasks' views and reports with it), but its status writer.
+    fn into_status_writer(self) -> StatusWriter {
+        self.status_writer
+    }
+
     /// Replica addresses to try, in order.
     fn endpoints(&self) -> Vec<String> {
         if !self.config.file.endpoints.is_empty() {

@@ -459,6 +459,8 @@ async fn start_clusters(
             clusters::DevCluster::prepare(root, index, connection, &certs.join("ca.pem")).await?;
         progress.step(&format!("starting {} ({})", member.name, member.trust_domain));
         let (name, port) = (member.name.clone(), member.echo_port);
+        // The demo's echo service runs for as long as the `federator dev` process (it
+        // stops with the process, after its agents and replicas were stopped): no owner.
         tokio::spawn(async move {
             if let Err(error) = clusters::serve_echo(name, port).await {
                 tracing::warn!(error = %format!("{error:#}"), "demo service stopped");

@@ -211,9 +211,14 @@ async fn serve(
         .with_max_connections_per_source(limits.max_connections_per_source)
         .with_max_connections(limits.max_connections);
     tokio::pin!(stop);
+    // Each connection on a task of its own, owned here: reaped as it ends (it is bounded by
+    // the idle and header-read timeouts), and aborted and joined when the endpoint stops
+    // (what it serves is a GET the client retries).
+    let mut connections = tokio::task::JoinSet::new();
     loop {
         let conn = tokio::select! {
-            () = &mut stop => return,
+            () = &mut stop => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => continue,
             next = incoming.next() => match next {
                 Some(Ok(conn)) => conn,
                 // The stream pauses itself after an accept error.
@@ -221,11 +226,12 @@ async fn serve(
                     tracing::debug!(%error, "bundle endpoint accept failed");
                     continue;
                 }
-                None => return,
+                None => break,
             },
         };
-        tokio::spawn(serve_connection(conn, app.clone(), limits));
+        connections.spawn(serve_connection(conn, app.clone(), limits));
     }
+    connections.shutdown().await;
 }
 
 /// Serves one connection until the client closes it, it fails, a header-read timeout, or

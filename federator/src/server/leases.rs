@@ -112,6 +112,9 @@ pub struct Lessor {
     led_term: Mutex<Option<u64>>,
     /// When the last pass ran.
     last_pass: Mutex<Option<Instant>>,
+    /// The expiries being proposed (each bounded by its proposal timeout): reaped as
+    /// they end, and aborted and joined when [`Lessor::run`] stops.
+    expiring: Mutex<tokio::task::JoinSet<()>>,
 }
 
 impl Lessor {
@@ -124,6 +127,7 @@ impl Lessor {
             deadlines: Mutex::default(),
             led_term: Mutex::default(),
             last_pass: Mutex::default(),
+            expiring: Mutex::default(),
         })
     }
 
@@ -206,10 +210,17 @@ impl Lessor {
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                () = &mut shutdown => return,
+                () = &mut shutdown => break,
                 _ = tick.tick() => self.check(),
             }
         }
+        // No expiry outlives the lessor: a new leader gives every live lease a full TTL.
+        let mut expiring = std::mem::take(&mut *self.expiring());
+        expiring.shutdown().await;
+    }
+
+    fn expiring(&self) -> std::sync::MutexGuard<'_, tokio::task::JoinSet<()>> {
+        self.expiring.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// One pass: follow leadership, learn new leases, expire the overdue ones. After a
@@ -252,9 +263,11 @@ impl Lessor {
             );
         }
         let overdue = overdue(&mut self.deadlines(), live, now, stalled.is_some());
+        let mut expiring = self.expiring();
+        while expiring.try_join_next().is_some() {}
         for (cluster, lease_id) in overdue {
             let lessor = Arc::clone(self);
-            tokio::spawn(async move { lessor.expire(cluster, lease_id).await });
+            expiring.spawn(async move { lessor.expire(cluster, lease_id).await });
         }
     }
 

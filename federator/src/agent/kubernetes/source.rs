@@ -50,13 +50,13 @@ const STATUS_TIMEOUT: Duration = Duration::from_secs(10);
 ///
 /// Returns once everything was listed once or the first listing failed (at most about
 /// 20 s), so that the receiver's first value is the cluster's, not an empty set. The task
-/// ends when every receiver is dropped.
+/// ends when every receiver is dropped; its handle is returned for its owner to join.
 pub async fn watch_kubernetes_exports(
     client: kube::Client,
     rules: ExportRules,
     keep_zones: bool,
     refusals: watch::Receiver<BTreeMap<ServiceKey, String>>,
-) -> watch::Receiver<ExportSet> {
+) -> (watch::Receiver<ExportSet>, tokio::task::JoinHandle<()>) {
     let not_listed = ExportSet {
         exports: BTreeMap::new(),
         problems: vec![SourceProblem {
@@ -65,9 +65,9 @@ pub async fn watch_kubernetes_exports(
         }],
     };
     let (tx, mut rx) = watch::channel(not_listed);
-    tokio::spawn(follow(client, rules, keep_zones, refusals, tx));
+    let task = tokio::spawn(follow(client, rules, keep_zones, refusals, tx));
     let _ = tokio::time::timeout(FIRST_LISTING_WAIT, rx.changed()).await;
-    rx
+    (rx, task)
 }
 
 /// Whether `reader`'s kind has been listed once.

@@ -13,6 +13,7 @@ use tonic::transport::Channel;
 
 use super::deadlines::bounded;
 use super::session_error::SessionError;
+use super::tasks::Tasks;
 use super::{Agent, SOURCE_POLL};
 use crate::agent::config::AgentConfig;
 use crate::agent::view::ExportSet;
@@ -24,6 +25,7 @@ pub(super) async fn export_sources(
     trust_domain: &str,
     kubernetes: Option<&kube::Client>,
     refusals: watch::Receiver<BTreeMap<ServiceKey, String>>,
+    tasks: &mut Tasks,
 ) -> watch::Receiver<ExportSet> {
     let mut inputs = Vec::new();
     if let (Some(file), Some(client)) = (&config.file.exports.kubernetes, kubernetes) {
@@ -32,41 +34,45 @@ pub(super) async fn export_sources(
             trusted_namespaces: file.trusted_namespaces.iter().cloned().collect(),
             gateways: file.gateways.iter().copied().collect(),
         };
-        inputs.push(
-            crate::agent::kubernetes::source::watch_kubernetes_exports(
-                client.clone(),
-                rules,
-                !config.file.lease.region.is_empty(),
-                refusals,
-            )
-            .await,
-        );
+        let (rx, task) = crate::agent::kubernetes::source::watch_kubernetes_exports(
+            client.clone(),
+            rules,
+            !config.file.lease.region.is_empty(),
+            refusals,
+        )
+        .await;
+        tasks.own("kubernetes exports", task);
+        inputs.push(rx);
     }
     if let Some(prefix) = &config.file.exports.etcd_prefix {
-        inputs.push(
-            crate::agent::sources::etcd_exports::watch_etcd_exports(
-                config.file.exports.etcd_endpoints.clone(),
-                config.file.exports.etcd_auth.clone().unwrap_or_default(),
-                prefix.clone(),
-                trust_domain.to_string(),
-            )
-            .await,
-        );
+        let (rx, task) = crate::agent::sources::etcd_exports::watch_etcd_exports_owned(
+            config.file.exports.etcd_endpoints.clone(),
+            config.file.exports.etcd_auth.clone().unwrap_or_default(),
+            prefix.clone(),
+            trust_domain.to_string(),
+        )
+        .await;
+        tasks.own("etcd exports", task);
+        inputs.push(rx);
     }
     if let Some(path) = &config.file.exports.file {
-        inputs.push(crate::agent::sources::file_exports::watch_export_file(
+        let (rx, task) = crate::agent::sources::file_exports::spawn_watch(
             path.clone(),
             trust_domain.to_string(),
             SOURCE_POLL,
-        ));
+        );
+        tasks.own("exports file", task);
+        inputs.push(rx);
     }
     let (tx, rx) = watch::channel(ExportSet::default());
     if inputs.is_empty() {
         // Keep the sender alive so that the receiver never reports a closed channel.
-        tokio::spawn(async move { tx.closed().await });
+        tasks.spawn("exports", async move { tx.closed().await });
         return rx;
     }
-    tokio::spawn(async move {
+    // Ends when the receiver is dropped (the session loop ended): then it drops the
+    // sources' receivers, and they end too.
+    tasks.spawn("exports", async move {
         loop {
             let merged =
                 merge_export_sets(inputs.iter_mut().map(|r| r.borrow_and_update().clone()));
@@ -74,9 +80,13 @@ pub(super) async fn export_sources(
                 return;
             }
             let changes = inputs.iter_mut().map(|r| Box::pin(r.changed()));
-            let (changed, _, _) = futures::future::select_all(changes).await;
-            if changed.is_err() {
-                return;
+            tokio::select! {
+                (changed, _, _) = futures::future::select_all(changes) => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                () = tx.closed() => return,
             }
         }
     });
@@ -207,6 +217,25 @@ fn export_digest(export: &crate::service::ServiceExport) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_export_tasks_end_by_themselves_once_the_merged_receiver_is_dropped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let text = "state_dir = \"state\"\n[svid]\ncert = \"agent.pem\"\nkey = \"agent.key\"\n\
+                    [bundle]\nkind = \"file\"\npath = \"bundle.pem\"\nformat = \"pem\"\n\
+                    [exports]\nfile = \"exports.json\"\n";
+        let config = AgentConfig::parse(text, &dir.path().join("agent.toml"), Some("t".into()))
+            .expect("config");
+        let (_refusals_tx, refusals) = watch::channel(BTreeMap::new());
+        let mut tasks = Tasks::default();
+        let mut exports = export_sources(&config, "a.test", None, refusals, &mut tasks).await;
+        assert_eq!(tasks.running(), 2, "the file source and the merge");
+        // The merge's first value: it is past its first send, waiting for its sources.
+        exports.changed().await.expect("a first merged set");
+        drop(exports);
+        let aborted = tasks.join(std::time::Duration::from_secs(5)).await;
+        assert!(aborted.is_empty(), "tasks that did not end by themselves: {aborted:?}");
+    }
 
     #[test]
     fn the_first_source_wins_a_service_both_export() {

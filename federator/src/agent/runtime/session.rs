@@ -58,10 +58,17 @@ enum Wake {
 
 /// The lease keeper of a session, on its own task.
 struct KeeperTask {
-    /// The task; aborted when the session ends.
+    /// The task; aborted and joined when the session ends, aborted when dropped (the
+    /// agent stopping in the middle of a session).
     task: tokio::task::JoinHandle<LeaseError>,
     /// The lease as the keeper knows it.
     updates: watch::Receiver<LeaseSnapshot>,
+}
+
+impl Drop for KeeperTask {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 /// How a session ended without an error.
@@ -296,8 +303,12 @@ impl Agent {
     ) -> Result<SessionEnd, SessionError> {
         let mut keeper = None;
         let result = self.session_with(addr, bundle_rx, exports_rx, &mut keeper).await;
-        if let Some(keeper) = keeper {
-            keeper.task.abort();
+        if let Some(mut keeper) = keeper {
+            // (A task that ended may have been awaited already: not polled again.)
+            if !keeper.task.is_finished() {
+                keeper.task.abort();
+                let _ = (&mut keeper.task).await;
+            }
             self.absorb_lease(&keeper.updates.borrow());
         }
         result

@@ -265,7 +265,8 @@ impl XdsServer {
         // Graceful shutdown waits for open RPCs, and xDS streams never end by
         // themselves: tell them to end when the shutdown comes.
         let (closing_tx, closing) = watch::channel(false);
-        let service = XdsService { shared: self.shared, closing };
+        let streams = Arc::new(std::sync::Mutex::new(tokio::task::JoinSet::new()));
+        let service = XdsService { shared: self.shared, closing, streams: Arc::clone(&streams) };
         let router = tonic::transport::Server::builder()
             .tcp_nodelay(true)
             .add_service(AggregatedDiscoveryServiceServer::new(service.clone()))
@@ -279,7 +280,13 @@ impl XdsServer {
             tracing::info!("xDS server shutting down");
             let _ = closing_tx.send(true);
         };
-        router.serve_with_incoming_shutdown(incoming, signal).await?;
+        let served = router.serve_with_incoming_shutdown(incoming, signal).await;
+        // Every stream's task ends on `closing` (or with its RPC), and the graceful shutdown
+        // waited for the RPCs: what is left (the server failed) is aborted. None outlives
+        // the server.
+        let mut open = std::mem::take(&mut *lock(&streams));
+        open.shutdown().await;
+        served?;
         Ok(())
     }
 }
@@ -317,6 +324,13 @@ impl Sink for XdsSink {
 struct XdsService {
     shared: Arc<Shared>,
     closing: watch::Receiver<bool>,
+    /// The tasks of the open streams, owned by the server: reaped as streams open, and
+    /// joined when it stops.
+    streams: Arc<std::sync::Mutex<tokio::task::JoinSet<()>>>,
+}
+
+fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 type ResponseStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
@@ -338,7 +352,9 @@ impl XdsService {
             closing: self.closing.clone(),
             tx,
         };
-        tokio::spawn(task.run());
+        let mut streams = lock(&self.streams);
+        while streams.try_join_next().is_some() {}
+        streams.spawn(task.run());
         ReceiverStream::new(rx)
     }
 

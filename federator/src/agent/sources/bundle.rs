@@ -133,8 +133,8 @@ pub fn watch_bundle(
     spawn_watch(config, trust_domain, poll).0
 }
 
-/// [`watch_bundle`], with the task's handle.
-fn spawn_watch(
+/// [`watch_bundle`], with the task's handle (the agent owns it).
+pub(crate) fn spawn_watch(
     config: BundleSourceConfig,
     trust_domain: String,
     poll: Duration,

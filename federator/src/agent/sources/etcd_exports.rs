@@ -66,9 +66,19 @@ pub async fn watch_etcd_exports(
     prefix: String,
     trust_domain: String,
 ) -> watch::Receiver<ExportSet> {
-    let (mut rx, _task) = spawn_watch(endpoints, auth, prefix, trust_domain);
+    watch_etcd_exports_owned(endpoints, auth, prefix, trust_domain).await.0
+}
+
+/// [`watch_etcd_exports`], with the task's handle (the agent owns it).
+pub(crate) async fn watch_etcd_exports_owned(
+    endpoints: Vec<String>,
+    auth: EtcdAuth,
+    prefix: String,
+    trust_domain: String,
+) -> (watch::Receiver<ExportSet>, tokio::task::JoinHandle<()>) {
+    let (mut rx, task) = spawn_watch(endpoints, auth, prefix, trust_domain);
     let _ = tokio::time::timeout(FIRST_LISTING_WAIT, rx.changed()).await;
-    rx
+    (rx, task)
 }
 
 /// Starts the watcher task; the receiver's first value says nothing was listed yet.

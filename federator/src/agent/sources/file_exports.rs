@@ -35,8 +35,8 @@ pub fn watch_export_file(
     spawn_watch(path, trust_domain, poll).0
 }
 
-/// [`watch_export_file`], with the task's handle.
-fn spawn_watch(
+/// [`watch_export_file`], with the task's handle (the agent owns it).
+pub(crate) fn spawn_watch(
     path: PathBuf,
     trust_domain: String,
     poll: Duration,
@@ -288,7 +288,10 @@ mod tests {
         wait_for(&mut rx, "pay", |s| names(s) == ["pay"] && s.problems.is_empty()).await;
     }
 
-    #[tokio::test]
+    // The paused clock: the polls are counted in virtual time (a file read on the blocking
+    // pool holds the clock), so "no change within ten polls" does not depend on the
+    // machine's speed.
+    #[tokio::test(start_paused = true)]
     async fn an_unchanged_file_is_not_republished() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("exports.json");
@@ -300,7 +303,7 @@ mod tests {
         assert!(tokio::time::timeout(POLL * 10, rx.changed()).await.is_err());
     }
 
-    #[tokio::test]
+    #[tokio::test(start_paused = true)]
     async fn the_task_ends_when_every_receiver_is_dropped() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("exports.json");
@@ -308,6 +311,7 @@ mod tests {
         let (rx, task) = spawn_watch(path, TD.into(), POLL);
         let other = rx.clone();
         drop(rx);
+        // Three polls of virtual time (paused clock) with a receiver left.
         tokio::time::sleep(POLL * 3).await;
         assert!(!task.is_finished(), "a receiver is left");
         drop(other);

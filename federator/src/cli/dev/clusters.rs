@@ -397,6 +397,8 @@ pub(super) async fn serve_echo(cluster: String, port: u16) -> anyhow::Result<()>
     loop {
         let (mut stream, _) = listener.accept().await?;
         let cluster = cluster.clone();
+        // One connection, bounded: it reads the request head with a timeout, answers and
+        // closes; it needs no owner.
         tokio::spawn(async move {
             let mut request = Vec::new();
             let mut buf = [0u8; 1024];

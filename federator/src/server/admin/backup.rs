@@ -105,6 +105,8 @@ pub async fn restore(
     stream: Streaming<pb::RestoreSnapshotRequest>,
 ) -> Result<pb::RestoreSnapshotResponse, Status> {
     let replica = replica.clone();
+    // Per call, and bounded by its stream: it ends when the operator's stream ends or
+    // fails (the connection closed), so it needs no owner beyond this call.
     tokio::spawn(async move { restore_task(&replica, stream).await })
         .await
         .map_err(|e| Status::internal(format!("the restore task failed: {e}")))?

@@ -26,7 +26,8 @@ type Tls = tokio_rustls::client::TlsStream<TcpStream>;
 struct Endpoint {
     addr: SocketAddr,
     client: Arc<rustls::ClientConfig>,
-    _stop: oneshot::Sender<()>,
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
 }
 
 impl Endpoint {
@@ -63,10 +64,17 @@ impl Endpoint {
         let addr = listener.local_addr().expect("address");
         let app = Router::new().route("/bundles", get(|| async { "{\"trust_domains\":[]}" }));
         let (stop, stopped) = oneshot::channel();
-        tokio::spawn(serve(listener, tls, app, limits, async {
+        let task = tokio::spawn(serve(listener, tls, app, limits, async {
             let _ = stopped.await;
         }));
-        Self { addr, client: Arc::new(client), _stop: stop }
+        Self { addr, client: Arc::new(client), stop, task }
+    }
+
+    /// Stops the endpoint and waits (bounded) for its task to end: whether it did.
+    async fn stop(self) -> bool {
+        let Self { stop, task, .. } = self;
+        let _ = stop.send(());
+        tokio::time::timeout(EVENTUALLY, task).await.is_ok_and(|ended| ended.is_ok())
     }
 
     /// A TCP connection from `source`.
@@ -216,4 +224,15 @@ async fn a_get_is_served_while_slow_connections_are_held() {
 
     assert!(endpoint.get(source(1)).await.starts_with("HTTP/1.1 200"));
     assert!(!closed_within(&mut slow[0], Duration::from_millis(100)).await);
+}
+
+#[tokio::test]
+async fn stopping_ends_the_task_and_closes_the_connections_it_owns() {
+    let endpoint = Endpoint::start(relaxed()).await;
+    let mut held = endpoint.held(source(1)).await;
+    let mut idle = endpoint.tls(source(2)).await.expect("TLS");
+    assert!(endpoint.stop().await, "the endpoint's task did not end");
+    // Its connection tasks were aborted and joined with it: nothing serves them any more.
+    assert!(closed_within(&mut held, PROMPTLY).await, "a served connection outlived the endpoint");
+    assert!(closed_within(&mut idle, PROMPTLY).await, "an idle connection outlived the endpoint");
 }

@@ -193,6 +193,18 @@ pub(super) struct WatchShared {
     metrics: FederationMetrics,
     /// Why this replica stopped serving, once it did: every stream then ends.
     leaving: Leaving,
+    /// The task that follows the revision: owned here, it is aborted once the service
+    /// and every stream are gone (the replica's API server ended).
+    _revision_task: AbortOnDrop,
+}
+
+/// Aborts its task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 impl WatchShared {
@@ -203,8 +215,15 @@ impl WatchShared {
         leaving: Leaving,
     ) -> (Arc<Self>, tokio::sync::watch::Receiver<u64>) {
         let times = RevisionTimes::default();
-        let revisions = revision_watch(replica, times.clone());
-        (Arc::new(Self { replica: replica.clone(), times, metrics, leaving }), revisions)
+        let (revisions, task) = revision_watch(replica, times.clone());
+        let shared = Self {
+            replica: replica.clone(),
+            times,
+            metrics,
+            leaving,
+            _revision_task: AbortOnDrop(task),
+        };
+        (Arc::new(shared), revisions)
     }
 }
 
@@ -357,17 +376,22 @@ pub(super) fn watch_stream(
 /// one task follows applied entries and publishes the revision only when it moves. It
 /// also records in `times` when it first saw each revision (before waking the watches,
 /// so that they find it); revisions at or below the one applied at start are unknown.
+/// The task ends once every receiver is gone (or the replica's state is).
 fn revision_watch(
     replica: &FederationReplica,
     times: RevisionTimes,
-) -> tokio::sync::watch::Receiver<u64> {
+) -> (tokio::sync::watch::Receiver<u64>, tokio::task::JoinHandle<()>) {
     let state = replica.state().clone();
     let mut applied = state.subscribe_applied();
     let initial = state.read(|s| s.changes.revision());
     times.start_after(initial);
     let (tx, rx) = tokio::sync::watch::channel(initial);
-    tokio::spawn(async move {
-        while applied.changed().await.is_ok() {
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                changed = applied.changed() => if changed.is_err() { return },
+                () = tx.closed() => return,
+            }
             let revision = state.read(|s| s.changes.revision());
             times.observe(revision, unix_now_ms());
             tx.send_if_modified(|current| {
@@ -375,12 +399,9 @@ fn revision_watch(
                 *current = revision;
                 moved
             });
-            if tx.is_closed() {
-                return;
-            }
         }
     });
-    rx
+    (rx, task)
 }
 
 /// When this replica first saw each recent revision applied, in unix milliseconds: an
