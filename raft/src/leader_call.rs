@@ -79,7 +79,8 @@ impl fmt::Debug for LeaderHandlerSlot {
 
 /// Why a leader handler gave no response to a call.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HandlerError {
+#[non_exhaustive]
+pub enum HandlerError {
     /// The handler panicked.
     #[error("the leader handler panicked")]
     Panicked,

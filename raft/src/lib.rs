@@ -44,8 +44,9 @@ pub mod types;
 
 pub use leader_call::{AlreadyInstalled, LeaderHandler, LeaderHandlerSlot};
 pub use replica::{
-    ClusterVersion, Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, NoAnswer,
-    QueuedWrite, Replica, ReplicaConfig, ReplicaError, Timing, VoterVersion, WriteOutcome,
+    CatchUpError, ClusterVersion, Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT,
+    ForwardFailure, MembershipRefusal, NoAnswer, QueuedWrite, RaftFailure, Replica, ReplicaConfig,
+    ReplicaError, StopReason, StorageFailure, Timing, VoterVersion, VotersBehind, WriteOutcome,
 };
 pub use state_machine::{NotApplicable, RestoreError, StateMachine};
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};

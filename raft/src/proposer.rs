@@ -27,6 +27,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use crate::leader::{KnownLeader, known_leader, leader_moved_from};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::Network;
+use crate::replica::{ForwardFailure, StopReason};
 use crate::types::{Command, LogId, Node, NodeId, Raft};
 
 /// Commands per proposal at most.
@@ -65,16 +66,16 @@ pub(crate) enum ProposeError {
         /// Its transport address.
         leader_addr: String,
         /// What failed.
-        message: String,
+        source: ForwardFailure,
         /// Whether the leader may have proposed them (the call reached it and no answer
         /// came back): the outcome is then unknown, and proposing them again could apply
         /// them twice.
         maybe_proposed: bool,
     },
     /// Raft refused the write.
-    Refused(String),
+    Refused(Box<ClientWriteError<NodeId, Node>>),
     /// Raft core or the proposer stopped; the outcome is unknown.
-    Stopped(String),
+    Stopped(StopReason),
 }
 
 /// A handle to one replica's proposal queue; clones share it.
@@ -174,7 +175,7 @@ impl Pending {
 }
 
 fn stopped() -> ProposeError {
-    ProposeError::Stopped("the replica's proposal queue stopped".into())
+    ProposeError::Stopped(StopReason::QueueClosed)
 }
 
 /// Takes what is queued, up to the limits, whenever fewer than [`IN_FLIGHT`] batches are
@@ -247,7 +248,7 @@ impl Route {
         let receiver = match self.raft.client_write_ff(entry).await {
             Ok(receiver) => receiver,
             Err(fatal) => {
-                answer(batch, &counts, Err(ProposeError::Stopped(fatal.to_string())), false);
+                answer(batch, &counts, Err(ProposeError::Stopped(fatal.into())), false);
                 return;
             }
         };
@@ -266,10 +267,8 @@ impl Route {
                 Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
                     Err(ProposeError::ForwardToLeader(forward))
                 }
-                Ok(Err(error)) => Err(ProposeError::Refused(error.to_string())),
-                Err(_) => Err(ProposeError::Stopped(
-                    "raft core dropped the proposal; its outcome is unknown".into(),
-                )),
+                Ok(Err(error)) => Err(ProposeError::Refused(Box::new(error))),
+                Err(_) => Err(ProposeError::Stopped(StopReason::ProposalDropped)),
             };
             drop(permit);
             answer(batch, &counts, outcome, false);
@@ -311,8 +310,8 @@ impl Route {
                 result.map_err(|status| ProposeError::Forward {
                     leader_id,
                     leader_addr,
-                    message: status.message().to_string(),
                     maybe_proposed: !not_proposed(&status),
+                    source: status.into(),
                 })
             }
             moved = leader_moved_from(&self.raft, leader_id) => {
@@ -320,10 +319,7 @@ impl Route {
                 Err(ProposeError::Forward {
                     leader_id,
                     leader_addr,
-                    message: format!(
-                        "replica {moved} became leader while the write waited at the old \
-                         leader; its outcome is unknown (it may still commit): retry it"
-                    ),
+                    source: ForwardFailure::LeaderMoved { moved },
                     maybe_proposed: true,
                 })
             }
@@ -352,10 +348,11 @@ fn answer(
     let expected: usize = counts.iter().sum();
     let outcome = match outcome {
         Ok((log_id, responses)) if responses.len() != expected => {
-            Err(ProposeError::Stopped(format!(
-                "entry {log_id} answered {} responses for {expected} commands",
-                responses.len()
-            )))
+            Err(ProposeError::Stopped(StopReason::ResponseCount {
+                log_id,
+                answered: responses.len(),
+                expected,
+            }))
         }
         other => other,
     };

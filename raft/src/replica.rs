@@ -36,7 +36,11 @@ mod write;
 
 use background::CHECK_QUORUM_TIMEOUTS;
 pub use config::{DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, ReplicaConfig, Timing};
-pub use error::ReplicaError;
+pub use error::{
+    ForwardFailure, MembershipRefusal, RaftFailure, ReplicaError, StopReason, StorageFailure,
+    VotersBehind,
+};
+pub use membership::CatchUpError;
 pub use read::Consistency;
 pub use versions::{ClusterVersion, NoAnswer, VoterVersion};
 pub use write::{QueuedWrite, WriteOutcome};
@@ -89,24 +93,24 @@ impl<S: StateMachine> Replica<S> {
         metrics: ConsensusMetrics,
     ) -> Result<Self, ReplicaError> {
         let raft_config = Arc::new(config.openraft_config()?);
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            ReplicaError::Storage(format!("create {}: {e}", config.data_dir.display()))
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StorageFailure::CreateDir {
+            path: config.data_dir.clone(),
+            source,
         })?;
         // The log and snapshots are the whole replicated state: only the owner reads them.
         restrict(&config.data_dir, 0o700)?;
         let db_path = config.data_dir.join("raft.redb");
-        let db = open_database(&db_path).map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let db = open_database(&db_path).map_err(StorageFailure::from)?;
         restrict(&db_path, 0o600)?;
-        let log = LogStore::new(db.clone(), metrics.clone())
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let log = LogStore::new(db.clone(), metrics.clone()).map_err(StorageFailure::from)?;
         let snapshots = config.data_dir.join("snapshots");
         let state = StateMachineStore::open(db, &snapshots, state_machine, metrics.clone())
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+            .map_err(StorageFailure::from)?;
         restrict(&snapshots, 0o700)?;
         let network = Network::new(client_tls, config.transport.clone(), metrics.clone());
         let raft = Raft::new(config.id, raft_config, network.clone(), log, state.clone())
             .await
-            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
+            .map_err(|fatal| RaftFailure::Start(Box::new(fatal)))?;
         let proposer =
             Proposer::start(raft.clone(), config.id, Some(network.clone()), metrics.clone());
         let replica = Self {
@@ -187,7 +191,7 @@ impl<S: StateMachine> Replica<S> {
         }
         crate::network::server::serve(listener, server_tls, service, shutdown)
             .await
-            .map_err(|e| ReplicaError::Raft(format!("transport server: {e}")))
+            .map_err(|e| RaftFailure::TransportServer(e).into())
     }
 
     /// Installs the application's handler of leader calls: while this replica leads, it
@@ -217,7 +221,7 @@ impl<S: StateMachine> Replica<S> {
     /// The raft core stopped, or no snapshot appeared in time.
     pub async fn snapshot_now(&self, purge: bool) -> Result<u64, ReplicaError> {
         let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        self.raft.trigger().snapshot().await.map_err(|e| ReplicaError::Stopped(e.to_string()))?;
+        self.raft.trigger().snapshot().await?;
         let metrics = self
             .raft
             .wait(Some(Duration::from_secs(60)))
@@ -229,11 +233,7 @@ impl<S: StateMachine> Replica<S> {
             .map_err(|_| ReplicaError::Timeout(Duration::from_secs(60), "snapshot"))?;
         let index = metrics.snapshot.map_or(0, |s| s.index);
         if purge {
-            self.raft
-                .trigger()
-                .purge_log(index)
-                .await
-                .map_err(|e| ReplicaError::Stopped(e.to_string()))?;
+            self.raft.trigger().purge_log(index).await?;
         }
         Ok(index)
     }
@@ -267,7 +267,7 @@ impl<S: StateMachine> Replica<S> {
 /// Sets `path`'s permission bits to `mode`.
 fn restrict(path: &std::path::Path, mode: u32) -> Result<(), ReplicaError> {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-        ReplicaError::Storage(format!("restrict {} to mode {mode:o}: {e}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        StorageFailure::Restrict { path: path.to_path_buf(), mode, source }.into()
     })
 }

@@ -345,8 +345,11 @@ impl RaftService for RaftTransportService {
                 responses: written.responses,
             })),
             Err(ProposeError::ForwardToLeader(forward)) => Err(not_leader(&forward)),
-            Err(ProposeError::Refused(error) | ProposeError::Forward { message: error, .. }) => {
+            Err(ProposeError::Refused(error)) => {
                 Err(Status::internal(format!("write failed: {error}")))
+            }
+            Err(ProposeError::Forward { source, .. }) => {
+                Err(Status::internal(format!("write failed: {source}")))
             }
             Err(ProposeError::Stopped(error)) => Err(stopped(&error)),
         }

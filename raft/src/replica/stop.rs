@@ -2,12 +2,13 @@
 //! whole log, so the group need not wait out its lease to elect another.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
 
 use super::Replica;
-use super::error::ReplicaError;
+use super::error::{ReplicaError, StopReason};
 use crate::state_machine::StateMachine;
 use crate::types::{NodeId, RaftMetrics};
 
@@ -60,7 +61,7 @@ impl<S: StateMachine> Replica<S> {
                 );
             }
         }
-        self.raft.shutdown().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
+        self.raft.shutdown().await.map_err(|e| StopReason::Shutdown(Arc::new(e)).into())
     }
 
     /// Leadership hand-over by a stopping leader (openraft 0.9 has no leadership
