@@ -100,6 +100,9 @@ pub(crate) async fn run(
     handler: &Arc<dyn LeaderHandler>,
     request: Vec<u8>,
 ) -> Result<Vec<u8>, HandlerError> {
+    // A per-call task awaited right here, not owned by the replica: it only isolates a
+    // panicking handler. Deliberately not aborted when the caller gives up (a dropped
+    // RPC): the application's handler then still runs to its end.
     tokio::spawn(handler.handle(request)).await.map_err(|source| {
         if source.is_panic() { HandlerError::Panicked } else { HandlerError::Unfinished { source } }
     })

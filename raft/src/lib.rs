@@ -38,6 +38,7 @@ pub(crate) mod proposer;
 pub mod replica;
 mod snapshot_files;
 pub mod state_machine;
+mod tasks;
 pub mod timeline;
 pub mod tls;
 pub mod types;

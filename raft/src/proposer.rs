@@ -22,12 +22,14 @@ use std::time::Instant;
 
 use openraft::error::{ClientWriteError, ForwardToLeader};
 use serde_bytes::ByteBuf;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::leader::{KnownLeader, known_leader, leader_moved_from};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::Network;
 use crate::replica::{ForwardFailure, StopReason};
+use crate::tasks::Live;
 use crate::types::{Command, LogId, Node, NodeId, Raft};
 
 /// Commands per proposal at most.
@@ -78,10 +80,27 @@ pub(crate) enum ProposeError {
     Stopped(StopReason),
 }
 
-/// A handle to one replica's proposal queue; clones share it.
+/// A handle to one replica's proposal queue; clones share it, and the proposal loop's
+/// task: [`Proposer::stop`] ends it, and dropping the last clone aborts it.
 #[derive(Clone)]
 pub(crate) struct Proposer {
     queue: mpsc::Sender<Queued>,
+    task: Arc<LoopTask>,
+}
+
+/// The proposal loop's task, aborted when dropped.
+struct LoopTask {
+    /// Set to tell the loop to stop.
+    stop: watch::Sender<bool>,
+    handle: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for LoopTask {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.get_mut().take() {
+            handle.abort();
+        }
+    }
 }
 
 /// Writes waiting for a proposal, kept together in one entry.
@@ -103,22 +122,40 @@ struct Route {
     network: Option<Network>,
     /// Counts re-routed forwards.
     metrics: ConsensusMetrics,
+    /// Counts the batch tasks.
+    live: Live,
 }
 
 impl Proposer {
     /// Starts the proposal loop of replica `id` on the current tokio runtime; with a
-    /// `network` it forwards to the leader when another replica leads. The loop ends
-    /// when the last handle is dropped.
+    /// `network` it forwards to the leader when another replica leads. The loop and the
+    /// tasks it spawns are counted in `live`; it ends at [`Proposer::stop`], or when
+    /// the last handle is dropped.
     pub(crate) fn start(
         raft: Raft,
         id: NodeId,
         network: Option<Network>,
         metrics: ConsensusMetrics,
+        live: Live,
     ) -> Self {
         let (queue, queued) = mpsc::channel(QUEUE);
-        let route = Route { raft, id, network, metrics: metrics.clone() };
-        tokio::spawn(run(Arc::new(route), queued, metrics));
-        Self { queue }
+        let (stop, stopping) = watch::channel(false);
+        let route = Route { raft, id, network, metrics: metrics.clone(), live: live.clone() };
+        let handle = tokio::spawn(live.track(run(Arc::new(route), queued, metrics, stopping)));
+        let task = Arc::new(LoopTask { stop, handle: parking_lot::Mutex::new(Some(handle)) });
+        Self { queue, task }
+    }
+
+    /// Stops the proposal loop and waits until it and every batch it had in flight have
+    /// ended; their writers learn that the queue stopped (the outcome is unknown). Writes
+    /// queued later fail the same way.
+    pub(crate) async fn stop(&self) {
+        let _ = self.task.stop.send(true);
+        let handle = self.task.handle.lock().take();
+        if let Some(handle) = handle {
+            // Ended, or panicked (already reported by the runtime).
+            let _ = handle.await;
+        }
     }
 
     /// Proposes `command` with whatever else waits, on this replica if it leads or
@@ -180,7 +217,30 @@ fn stopped() -> ProposeError {
 
 /// Takes what is queued, up to the limits, whenever fewer than [`IN_FLIGHT`] batches are
 /// in flight, and proposes or forwards it as one batch.
-async fn run(route: Arc<Route>, mut queued: mpsc::Receiver<Queued>, metrics: ConsensusMetrics) {
+/// Ends when every handle is dropped or `stopping` turns true; then stops the batches in
+/// flight and waits for them.
+async fn run(
+    route: Arc<Route>,
+    queued: mpsc::Receiver<Queued>,
+    metrics: ConsensusMetrics,
+    mut stopping: watch::Receiver<bool>,
+) {
+    // The tasks answering the batches in flight (at most `IN_FLIGHT` running, plus
+    // finished ones until reaped).
+    let mut batches = JoinSet::new();
+    tokio::select! {
+        () = batch_loop(&route, queued, &metrics, &mut batches) => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+    batches.shutdown().await;
+}
+
+async fn batch_loop(
+    route: &Arc<Route>,
+    mut queued: mpsc::Receiver<Queued>,
+    metrics: &ConsensusMetrics,
+    batches: &mut JoinSet<()>,
+) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried: Option<Queued> = None;
     loop {
@@ -193,6 +253,7 @@ async fn run(route: Arc<Route>, mut queued: mpsc::Receiver<Queued>, metrics: Con
         };
         // Wait for room first: what arrives meanwhile joins this batch.
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        while batches.try_join_next().is_some() {}
         let mut commands = first.commands.len();
         let mut bytes = size(&first);
         let mut batch = vec![first];
@@ -207,7 +268,7 @@ async fn run(route: Arc<Route>, mut queued: mpsc::Receiver<Queued>, metrics: Con
             batch.push(next);
         }
         metrics.proposal_commands.observe(commands as f64);
-        route.dispatch(batch, permit).await;
+        route.dispatch(batch, permit, batches).await;
     }
 }
 
@@ -216,15 +277,21 @@ fn size(queued: &Queued) -> usize {
 }
 
 impl Route {
-    /// Forwards `batch` when another replica is known to lead, else proposes it here.
-    /// `permit` is held until the batch is answered.
-    async fn dispatch(self: &Arc<Self>, mut batch: Vec<Queued>, permit: OwnedSemaphorePermit) {
+    /// Forwards `batch` when another replica is known to lead, else proposes it here;
+    /// the task that waits for the answer goes into `batches`. `permit` is held until the
+    /// batch is answered.
+    async fn dispatch(
+        self: &Arc<Self>,
+        mut batch: Vec<Queued>,
+        permit: OwnedSemaphorePermit,
+        batches: &mut JoinSet<()>,
+    ) {
         if let Some(leader) = self.other_leader() {
             let route = Arc::clone(self);
-            tokio::spawn(async move {
+            batches.spawn(self.live.track(async move {
                 route.forward(batch, leader).await;
                 drop(permit);
-            });
+            }));
             return;
         }
         let counts: Vec<usize> = batch.iter().map(|q| q.commands.len()).collect();
@@ -253,7 +320,7 @@ impl Route {
             }
         };
         let timeline = self.metrics.timeline.clone();
-        tokio::spawn(async move {
+        batches.spawn(self.live.track(async move {
             let outcome = match receiver.await {
                 Ok(Ok(written)) => {
                     timeline.answered(written.log_id.index, queued, dispatched);
@@ -272,7 +339,7 @@ impl Route {
             };
             drop(permit);
             answer(batch, &counts, outcome, false);
-        });
+        }));
     }
 
     /// The leader, when this replica can forward to it and it is another replica.

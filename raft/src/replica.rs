@@ -22,6 +22,7 @@ use crate::network::client::Network;
 use crate::network::server::{PeerPolicy, RaftTransportService};
 use crate::proposer::Proposer;
 use crate::state_machine::{StateMachine, StateMachineStore};
+use crate::tasks::{Live, Tasks};
 use crate::types::{NodeId, Raft, RaftMetrics};
 
 mod background;
@@ -58,6 +59,12 @@ pub struct Replica<S: StateMachine> {
     proposer: Proposer,
     /// The upper election timeout (the leader's lease): bounds the hand-over on shutdown.
     election_timeout_max: Duration,
+    /// The background tasks (check-quorum, metrics), stopped at shutdown and aborted
+    /// when the last clone is dropped.
+    tasks: Arc<Tasks>,
+    /// Counts this replica's tasks still running (the background ones, the proposal loop
+    /// and its batches).
+    live: Live,
 }
 
 impl<S: StateMachine> Clone for Replica<S> {
@@ -73,6 +80,8 @@ impl<S: StateMachine> Clone for Replica<S> {
             leader_handler: self.leader_handler.clone(),
             proposer: self.proposer.clone(),
             election_timeout_max: self.election_timeout_max,
+            tasks: Arc::clone(&self.tasks),
+            live: self.live.clone(),
         }
     }
 }
@@ -111,8 +120,14 @@ impl<S: StateMachine> Replica<S> {
         let raft = Raft::new(config.id, raft_config, network.clone(), log, state.clone())
             .await
             .map_err(|fatal| RaftFailure::Start(Box::new(fatal)))?;
-        let proposer =
-            Proposer::start(raft.clone(), config.id, Some(network.clone()), metrics.clone());
+        let live = Live::default();
+        let proposer = Proposer::start(
+            raft.clone(),
+            config.id,
+            Some(network.clone()),
+            metrics.clone(),
+            live.clone(),
+        );
         let replica = Self {
             id: config.id,
             raft_addr: config.raft_addr,
@@ -124,6 +139,8 @@ impl<S: StateMachine> Replica<S> {
             leader_handler: LeaderHandlerSlot::new(),
             proposer,
             election_timeout_max: config.election_timeout_max,
+            tasks: Arc::new(Tasks::new(live.clone())),
+            live,
         };
         replica.spawn_metrics_refresher();
         replica.spawn_check_quorum(config.election_timeout_max * CHECK_QUORUM_TIMEOUTS);
@@ -236,6 +253,14 @@ impl<S: StateMachine> Replica<S> {
             self.raft.trigger().purge_log(index).await?;
         }
         Ok(index)
+    }
+
+    /// How many of the tasks this replica spawned beside openraft's (check-quorum, the
+    /// metrics refresher, the proposal loop and the batches it has in flight) still run:
+    /// none once [`Replica::shutdown`] has returned.
+    #[must_use]
+    pub fn running_tasks(&self) -> usize {
+        self.live.count()
     }
 
     /// Whether this replica's raft core stopped (shut down, or fail-stopped on a storage
