@@ -42,6 +42,12 @@ step "lint"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 cargo clippy -p federator-raft --all-targets --features failpoints --locked -- -D warnings
 
+step "fuzz targets compile (federator/fuzz, a workspace of its own with its own lockfile)"
+# Stable cargo checks them (running them needs nightly and cargo-fuzz: docs/security.md).
+# A target directory of their own under the main one: other features, other artifacts.
+CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}/fuzz" \
+  cargo check --manifest-path federator/fuzz/Cargo.toml --locked --bins
+
 step "deployment files (helm lint and template, Kubernetes schemas, chart values schemas)"
 helm="$HOME/.cache/federator/helm/bin/helm"
 # deploy/kubernetes/ is each chart rendered with its defaults: never edited by hand.

@@ -85,11 +85,47 @@ pub fn envoy_version() -> anyhow::Result<String> {
 }
 
 fn found() -> anyhow::Result<&'static (PathBuf, String)> {
-    static FOUND: OnceLock<Result<(PathBuf, String), String>> = OnceLock::new();
-    FOUND.get_or_init(find_envoy).as_ref().map_err(|message| anyhow!("{message}"))
+    static FOUND: OnceLock<Result<(PathBuf, String), EnvoyNotFound>> = OnceLock::new();
+    FOUND.get_or_init(find_envoy).as_ref().map_err(|error| anyhow!("{error}"))
 }
 
-fn find_envoy() -> Result<(PathBuf, String), String> {
+/// No usable Envoy binary was found.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "Envoy is required for the data-plane tests and was not found ({}); {hint}",
+    tried_text(.tried),
+    hint = INSTALL_HINT
+)]
+pub struct EnvoyNotFound {
+    /// Each candidate binary, and why it did not do.
+    pub tried: Vec<(PathBuf, VersionError)>,
+}
+
+fn tried_text(tried: &[(PathBuf, VersionError)]) -> String {
+    if tried.is_empty() {
+        return "not on PATH, ENVOY_BIN unset, no `envoy` Python package".to_string();
+    }
+    let tried: Vec<String> =
+        tried.iter().map(|(bin, error)| format!("{}: {error}", bin.display())).collect();
+    tried.join("; ")
+}
+
+/// Why `envoy --version` gave no version.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VersionError {
+    /// It did not run.
+    #[error("{0}")]
+    Run(#[source] std::io::Error),
+    /// It failed.
+    #[error("`--version` exited {0}")]
+    Exit(std::process::ExitStatus),
+    /// Its output does not name a version.
+    #[error("unexpected `--version` output {0:?}")]
+    Output(String),
+}
+
+fn find_envoy() -> Result<(PathBuf, String), EnvoyNotFound> {
     let candidates: Vec<PathBuf> = match std::env::var_os("ENVOY_BIN") {
         Some(bin) => vec![PathBuf::from(bin)],
         None => on_path("envoy").into_iter().chain(python_envoy()).collect(),
@@ -98,17 +134,10 @@ fn find_envoy() -> Result<(PathBuf, String), String> {
     for candidate in candidates {
         match version_of(&candidate) {
             Ok(version) => return Ok((candidate, version)),
-            Err(error) => tried.push(format!("{}: {error}", candidate.display())),
+            Err(error) => tried.push((candidate, error)),
         }
     }
-    let tried = if tried.is_empty() {
-        "not on PATH, ENVOY_BIN unset, no `envoy` Python package".to_string()
-    } else {
-        tried.join("; ")
-    };
-    Err(format!(
-        "Envoy is required for the data-plane tests and was not found ({tried}); {INSTALL_HINT}"
-    ))
+    Err(EnvoyNotFound { tried })
 }
 
 fn on_path(name: &str) -> Option<PathBuf> {
@@ -128,21 +157,21 @@ fn python_envoy() -> Option<PathBuf> {
 }
 
 /// `envoy --version` prints `<path>  version: <sha>/1.40.0/Clean/RELEASE/BoringSSL`.
-fn version_of(bin: &Path) -> Result<String, String> {
+fn version_of(bin: &Path) -> Result<String, VersionError> {
     let out = Command::new(bin)
         .arg("--version")
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| e.to_string())?;
+        .map_err(VersionError::Run)?;
     let text = String::from_utf8_lossy(&out.stdout);
     if !out.status.success() {
-        return Err(format!("`--version` exited {}", out.status));
+        return Err(VersionError::Exit(out.status));
     }
     text.split("version: ")
         .nth(1)
         .and_then(|v| v.split('/').nth(1))
         .map(|v| v.trim().to_string())
-        .ok_or_else(|| format!("unexpected `--version` output {:?}", text.trim()))
+        .ok_or_else(|| VersionError::Output(text.trim().to_string()))
 }
 
 // === direct calls ===

@@ -206,7 +206,27 @@ pub struct Sample {
     /// When the call ended.
     pub at: Instant,
     /// The echo's reply, or why the call failed.
-    pub outcome: Result<EchoReply, String>,
+    pub outcome: Result<EchoReply, CallError>,
+}
+
+/// Why a call through a client Envoy got no echo reply.
+#[derive(Clone, Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CallError {
+    /// The request failed (connect, TLS, timeout).
+    #[error("{0:#}")]
+    Request(Arc<anyhow::Error>),
+    /// Envoy answered, not with 200.
+    #[error("{status}: {body}")]
+    Status {
+        /// The HTTP status.
+        status: u16,
+        /// The response body, trimmed.
+        body: String,
+    },
+    /// The 200 answer is not an echo reply.
+    #[error("{0:#}")]
+    Reply(Arc<anyhow::Error>),
 }
 
 impl Sample {
@@ -220,21 +240,23 @@ impl Sample {
 /// One `GET /` through a client Envoy at `addr`, with `Host: host`.
 ///
 /// # Errors
-/// Why the call failed, as text (kept in a [`Sample`]).
-pub async fn call_host(addr: &str, host: &str) -> Result<EchoReply, String> {
-    let response =
-        http::get_with(addr, "/", &[("host", host)], CALL).await.map_err(|e| format!("{e:#}"))?;
+/// Why the call failed (kept in a [`Sample`]).
+pub async fn call_host(addr: &str, host: &str) -> Result<EchoReply, CallError> {
+    let response = http::get_with(addr, "/", &[("host", host)], CALL)
+        .await
+        .map_err(|e| CallError::Request(Arc::new(e)))?;
     if response.status != 200 {
-        return Err(format!("{}: {}", response.status, response.body.trim()));
+        let body = response.body.trim().to_string();
+        return Err(CallError::Status { status: response.status, body });
     }
-    EchoReply::parse(&response.body).map_err(|e| format!("{e:#}"))
+    EchoReply::parse(&response.body).map_err(|e| CallError::Reply(Arc::new(e)))
 }
 
 /// One `GET /` through a client Envoy at `addr`.
 ///
 /// # Errors
-/// Why the call failed, as text (kept in a [`Sample`]).
-pub async fn call(addr: &str) -> Result<EchoReply, String> {
+/// Why the call failed (kept in a [`Sample`]).
+pub async fn call(addr: &str) -> Result<EchoReply, CallError> {
     call_host(addr, addr).await
 }
 
@@ -314,8 +336,9 @@ pub fn failures(samples: &[Sample]) -> (usize, Vec<String>) {
     let mut count = 0;
     for reason in samples.iter().filter_map(|s| s.outcome.as_ref().err()) {
         count += 1;
-        if !reasons.contains(reason) {
-            reasons.push(reason.clone());
+        let reason = reason.to_string();
+        if !reasons.contains(&reason) {
+            reasons.push(reason);
         }
     }
     (count, reasons)

@@ -16,8 +16,8 @@
 //! ```
 //!
 //! The federator crate's unit tests compile this same file (`#[path]`), so it uses only
-//! `federator-proto`, tonic, tokio, tokio-stream, tempfile and rustls-pki-types — no
-//! `federator` item.
+//! `federator-proto`, tonic, tokio, tokio-stream, tempfile, rustls-pki-types and
+//! thiserror — no `federator` item.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -355,6 +355,62 @@ fn trust_domain_of(spiffe_id: &str) -> Option<&str> {
     Some(rest.split_once('/').map_or(rest, |(td, _)| td))
 }
 
+/// Why an SVID entry or a federated bundle could not be made of its PEMs.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SvidError {
+    /// The key PEM holds no private key.
+    #[error("{spiffe_id}: key: {source}")]
+    Key {
+        /// The SVID's id.
+        spiffe_id: String,
+        /// What the PEM parser said.
+        source: rustls_pki_types::pem::Error,
+    },
+    /// The key is not PKCS#8.
+    #[error("{spiffe_id}: key: the Workload API sends PKCS#8 keys only")]
+    NotPkcs8 {
+        /// The SVID's id.
+        spiffe_id: String,
+    },
+    /// The certificate chain's PEM.
+    #[error("{spiffe_id}: {source}")]
+    Chain {
+        /// The SVID's id.
+        spiffe_id: String,
+        /// What is wrong with it.
+        source: PemError,
+    },
+    /// The SVID's trust-domain bundle PEMs.
+    #[error("{spiffe_id}: bundle: {source}")]
+    Bundle {
+        /// The SVID's id.
+        spiffe_id: String,
+        /// What is wrong with them.
+        source: PemError,
+    },
+    /// A federated trust domain's bundle PEMs.
+    #[error("{trust_domain}: {source}")]
+    FederatedBundle {
+        /// The trust domain.
+        trust_domain: String,
+        /// What is wrong with them.
+        source: PemError,
+    },
+}
+
+/// Why PEM text gave no certificates.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PemError {
+    /// It does not parse.
+    #[error("invalid PEM: {0}")]
+    Invalid(#[source] rustls_pki_types::pem::Error),
+    /// It parses, and holds no certificate.
+    #[error("holds no CERTIFICATE block")]
+    NoCertificate,
+}
+
 /// One SVID entry: `spiffe_id`, its certificate chain (`chain_pem`, leaf first), its
 /// PKCS#8 key (`key_pem`) and its trust domain's CA certificates (`bundle_pems`, each
 /// one or more PEM certificates), all converted to DER as the Workload API sends them.
@@ -366,17 +422,20 @@ pub fn x509_svid(
     chain_pem: &str,
     key_pem: &str,
     bundle_pems: &[&str],
-) -> Result<X509svid, String> {
+) -> Result<X509svid, SvidError> {
+    let id = || spiffe_id.to_string();
     let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
-        .map_err(|e| format!("{spiffe_id}: key: {e}"))?;
+        .map_err(|source| SvidError::Key { spiffe_id: id(), source })?;
     let PrivateKeyDer::Pkcs8(key) = key else {
-        return Err(format!("{spiffe_id}: key: the Workload API sends PKCS#8 keys only"));
+        return Err(SvidError::NotPkcs8 { spiffe_id: id() });
     };
     Ok(X509svid {
-        spiffe_id: spiffe_id.to_string(),
-        x509_svid: concatenated_der(&[chain_pem]).map_err(|e| format!("{spiffe_id}: {e}"))?,
+        spiffe_id: id(),
+        x509_svid: concatenated_der(&[chain_pem])
+            .map_err(|source| SvidError::Chain { spiffe_id: id(), source })?,
         x509_svid_key: key.secret_pkcs8_der().to_vec(),
-        bundle: concatenated_der(bundle_pems).map_err(|e| format!("{spiffe_id}: bundle: {e}"))?,
+        bundle: concatenated_der(bundle_pems)
+            .map_err(|source| SvidError::Bundle { spiffe_id: id(), source })?,
         hint: String::new(),
     })
 }
@@ -397,23 +456,22 @@ pub fn with_federated_bundle(
     mut response: X509svidResponse,
     td: &str,
     bundle_pems: &[&str],
-) -> Result<X509svidResponse, String> {
-    response.federated_bundles.insert(
-        format!("spiffe://{td}"),
-        concatenated_der(bundle_pems).map_err(|e| format!("{td}: {e}"))?,
-    );
+) -> Result<X509svidResponse, SvidError> {
+    let der = concatenated_der(bundle_pems)
+        .map_err(|source| SvidError::FederatedBundle { trust_domain: td.to_string(), source })?;
+    response.federated_bundles.insert(format!("spiffe://{td}"), der);
     Ok(response)
 }
 
 /// The DER of every certificate in `pems`, concatenated.
-fn concatenated_der(pems: &[&str]) -> Result<Vec<u8>, String> {
+fn concatenated_der(pems: &[&str]) -> Result<Vec<u8>, PemError> {
     let mut der = Vec::new();
     for pem in pems {
         let certificates = CertificateDer::pem_slice_iter(pem.as_bytes())
             .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| format!("invalid PEM: {e}"))?;
+            .map_err(PemError::Invalid)?;
         if certificates.is_empty() {
-            return Err("holds no CERTIFICATE block".into());
+            return Err(PemError::NoCertificate);
         }
         for certificate in certificates {
             der.extend_from_slice(&certificate);

@@ -79,7 +79,8 @@ impl fmt::Debug for LeaderHandlerSlot {
 
 /// Why a leader handler gave no response to a call.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum HandlerError {
+#[non_exhaustive]
+pub enum HandlerError {
     /// The handler panicked.
     #[error("the leader handler panicked")]
     Panicked,
@@ -99,6 +100,9 @@ pub(crate) async fn run(
     handler: &Arc<dyn LeaderHandler>,
     request: Vec<u8>,
 ) -> Result<Vec<u8>, HandlerError> {
+    // A per-call task awaited right here, not owned by the replica: it only isolates a
+    // panicking handler. Deliberately not aborted when the caller gives up (a dropped
+    // RPC): the application's handler then still runs to its end.
     tokio::spawn(handler.handle(request)).await.map_err(|source| {
         if source.is_panic() { HandlerError::Panicked } else { HandlerError::Unfinished { source } }
     })

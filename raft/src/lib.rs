@@ -38,14 +38,16 @@ pub(crate) mod proposer;
 pub mod replica;
 mod snapshot_files;
 pub mod state_machine;
+mod tasks;
 pub mod timeline;
 pub mod tls;
 pub mod types;
 
 pub use leader_call::{AlreadyInstalled, LeaderHandler, LeaderHandlerSlot};
 pub use replica::{
-    ClusterVersion, Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, NoAnswer,
-    QueuedWrite, Replica, ReplicaConfig, ReplicaError, Timing, VoterVersion, WriteOutcome,
+    CatchUpError, ClusterVersion, Consistency, DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT,
+    ForwardFailure, MembershipRefusal, NoAnswer, QueuedWrite, RaftFailure, Replica, ReplicaConfig,
+    ReplicaError, StopReason, StorageFailure, Timing, VoterVersion, VotersBehind, WriteOutcome,
 };
 pub use state_machine::{NotApplicable, RestoreError, StateMachine};
 pub use types::{Command, CommandResponse, NodeId, TypeConfig};

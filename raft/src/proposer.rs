@@ -22,11 +22,14 @@ use std::time::Instant;
 
 use openraft::error::{ClientWriteError, ForwardToLeader};
 use serde_bytes::ByteBuf;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::leader::{KnownLeader, known_leader, leader_moved_from};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::Network;
+use crate::replica::{ForwardFailure, StopReason};
+use crate::tasks::Live;
 use crate::types::{Command, LogId, Node, NodeId, Raft};
 
 /// Commands per proposal at most.
@@ -65,22 +68,39 @@ pub(crate) enum ProposeError {
         /// Its transport address.
         leader_addr: String,
         /// What failed.
-        message: String,
+        source: ForwardFailure,
         /// Whether the leader may have proposed them (the call reached it and no answer
         /// came back): the outcome is then unknown, and proposing them again could apply
         /// them twice.
         maybe_proposed: bool,
     },
     /// Raft refused the write.
-    Refused(String),
+    Refused(Box<ClientWriteError<NodeId, Node>>),
     /// Raft core or the proposer stopped; the outcome is unknown.
-    Stopped(String),
+    Stopped(StopReason),
 }
 
-/// A handle to one replica's proposal queue; clones share it.
+/// A handle to one replica's proposal queue; clones share it, and the proposal loop's
+/// task: [`Proposer::stop`] ends it, and dropping the last clone aborts it.
 #[derive(Clone)]
 pub(crate) struct Proposer {
     queue: mpsc::Sender<Queued>,
+    task: Arc<LoopTask>,
+}
+
+/// The proposal loop's task, aborted when dropped.
+struct LoopTask {
+    /// Set to tell the loop to stop.
+    stop: watch::Sender<bool>,
+    handle: parking_lot::Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Drop for LoopTask {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.get_mut().take() {
+            handle.abort();
+        }
+    }
 }
 
 /// Writes waiting for a proposal, kept together in one entry.
@@ -102,22 +122,40 @@ struct Route {
     network: Option<Network>,
     /// Counts re-routed forwards.
     metrics: ConsensusMetrics,
+    /// Counts the batch tasks.
+    live: Live,
 }
 
 impl Proposer {
     /// Starts the proposal loop of replica `id` on the current tokio runtime; with a
-    /// `network` it forwards to the leader when another replica leads. The loop ends
-    /// when the last handle is dropped.
+    /// `network` it forwards to the leader when another replica leads. The loop and the
+    /// tasks it spawns are counted in `live`; it ends at [`Proposer::stop`], or when
+    /// the last handle is dropped.
     pub(crate) fn start(
         raft: Raft,
         id: NodeId,
         network: Option<Network>,
         metrics: ConsensusMetrics,
+        live: Live,
     ) -> Self {
         let (queue, queued) = mpsc::channel(QUEUE);
-        let route = Route { raft, id, network, metrics: metrics.clone() };
-        tokio::spawn(run(Arc::new(route), queued, metrics));
-        Self { queue }
+        let (stop, stopping) = watch::channel(false);
+        let route = Route { raft, id, network, metrics: metrics.clone(), live: live.clone() };
+        let handle = tokio::spawn(live.track(run(Arc::new(route), queued, metrics, stopping)));
+        let task = Arc::new(LoopTask { stop, handle: parking_lot::Mutex::new(Some(handle)) });
+        Self { queue, task }
+    }
+
+    /// Stops the proposal loop and waits until it and every batch it had in flight have
+    /// ended; their writers learn that the queue stopped (the outcome is unknown). Writes
+    /// queued later fail the same way.
+    pub(crate) async fn stop(&self) {
+        let _ = self.task.stop.send(true);
+        let handle = self.task.handle.lock().take();
+        if let Some(handle) = handle {
+            // Ended, or panicked (already reported by the runtime).
+            let _ = handle.await;
+        }
     }
 
     /// Proposes `command` with whatever else waits, on this replica if it leads or
@@ -174,12 +212,35 @@ impl Pending {
 }
 
 fn stopped() -> ProposeError {
-    ProposeError::Stopped("the replica's proposal queue stopped".into())
+    ProposeError::Stopped(StopReason::QueueClosed)
 }
 
 /// Takes what is queued, up to the limits, whenever fewer than [`IN_FLIGHT`] batches are
 /// in flight, and proposes or forwards it as one batch.
-async fn run(route: Arc<Route>, mut queued: mpsc::Receiver<Queued>, metrics: ConsensusMetrics) {
+/// Ends when every handle is dropped or `stopping` turns true; then stops the batches in
+/// flight and waits for them.
+async fn run(
+    route: Arc<Route>,
+    queued: mpsc::Receiver<Queued>,
+    metrics: ConsensusMetrics,
+    mut stopping: watch::Receiver<bool>,
+) {
+    // The tasks answering the batches in flight (at most `IN_FLIGHT` running, plus
+    // finished ones until reaped).
+    let mut batches = JoinSet::new();
+    tokio::select! {
+        () = batch_loop(&route, queued, &metrics, &mut batches) => {}
+        _ = stopping.wait_for(|stop| *stop) => {}
+    }
+    batches.shutdown().await;
+}
+
+async fn batch_loop(
+    route: &Arc<Route>,
+    mut queued: mpsc::Receiver<Queued>,
+    metrics: &ConsensusMetrics,
+    batches: &mut JoinSet<()>,
+) {
     let in_flight = Arc::new(Semaphore::new(IN_FLIGHT));
     let mut carried: Option<Queued> = None;
     loop {
@@ -192,6 +253,7 @@ async fn run(route: Arc<Route>, mut queued: mpsc::Receiver<Queued>, metrics: Con
         };
         // Wait for room first: what arrives meanwhile joins this batch.
         let Ok(permit) = Arc::clone(&in_flight).acquire_owned().await else { return };
+        while batches.try_join_next().is_some() {}
         let mut commands = first.commands.len();
         let mut bytes = size(&first);
         let mut batch = vec![first];
@@ -206,7 +268,7 @@ async fn run(route: Arc<Route>, mut queued: mpsc::Receiver<Queued>, metrics: Con
             batch.push(next);
         }
         metrics.proposal_commands.observe(commands as f64);
-        route.dispatch(batch, permit).await;
+        route.dispatch(batch, permit, batches).await;
     }
 }
 
@@ -215,15 +277,21 @@ fn size(queued: &Queued) -> usize {
 }
 
 impl Route {
-    /// Forwards `batch` when another replica is known to lead, else proposes it here.
-    /// `permit` is held until the batch is answered.
-    async fn dispatch(self: &Arc<Self>, mut batch: Vec<Queued>, permit: OwnedSemaphorePermit) {
+    /// Forwards `batch` when another replica is known to lead, else proposes it here;
+    /// the task that waits for the answer goes into `batches`. `permit` is held until the
+    /// batch is answered.
+    async fn dispatch(
+        self: &Arc<Self>,
+        mut batch: Vec<Queued>,
+        permit: OwnedSemaphorePermit,
+        batches: &mut JoinSet<()>,
+    ) {
         if let Some(leader) = self.other_leader() {
             let route = Arc::clone(self);
-            tokio::spawn(async move {
+            batches.spawn(self.live.track(async move {
                 route.forward(batch, leader).await;
                 drop(permit);
-            });
+            }));
             return;
         }
         let counts: Vec<usize> = batch.iter().map(|q| q.commands.len()).collect();
@@ -247,12 +315,12 @@ impl Route {
         let receiver = match self.raft.client_write_ff(entry).await {
             Ok(receiver) => receiver,
             Err(fatal) => {
-                answer(batch, &counts, Err(ProposeError::Stopped(fatal.to_string())), false);
+                answer(batch, &counts, Err(ProposeError::Stopped(fatal.into())), false);
                 return;
             }
         };
         let timeline = self.metrics.timeline.clone();
-        tokio::spawn(async move {
+        batches.spawn(self.live.track(async move {
             let outcome = match receiver.await {
                 Ok(Ok(written)) => {
                     timeline.answered(written.log_id.index, queued, dispatched);
@@ -266,14 +334,12 @@ impl Route {
                 Ok(Err(ClientWriteError::ForwardToLeader(forward))) => {
                     Err(ProposeError::ForwardToLeader(forward))
                 }
-                Ok(Err(error)) => Err(ProposeError::Refused(error.to_string())),
-                Err(_) => Err(ProposeError::Stopped(
-                    "raft core dropped the proposal; its outcome is unknown".into(),
-                )),
+                Ok(Err(error)) => Err(ProposeError::Refused(Box::new(error))),
+                Err(_) => Err(ProposeError::Stopped(StopReason::ProposalDropped)),
             };
             drop(permit);
             answer(batch, &counts, outcome, false);
-        });
+        }));
     }
 
     /// The leader, when this replica can forward to it and it is another replica.
@@ -311,8 +377,8 @@ impl Route {
                 result.map_err(|status| ProposeError::Forward {
                     leader_id,
                     leader_addr,
-                    message: status.message().to_string(),
                     maybe_proposed: !not_proposed(&status),
+                    source: status.into(),
                 })
             }
             moved = leader_moved_from(&self.raft, leader_id) => {
@@ -320,10 +386,7 @@ impl Route {
                 Err(ProposeError::Forward {
                     leader_id,
                     leader_addr,
-                    message: format!(
-                        "replica {moved} became leader while the write waited at the old \
-                         leader; its outcome is unknown (it may still commit): retry it"
-                    ),
+                    source: ForwardFailure::LeaderMoved { moved },
                     maybe_proposed: true,
                 })
             }
@@ -352,10 +415,11 @@ fn answer(
     let expected: usize = counts.iter().sum();
     let outcome = match outcome {
         Ok((log_id, responses)) if responses.len() != expected => {
-            Err(ProposeError::Stopped(format!(
-                "entry {log_id} answered {} responses for {expected} commands",
-                responses.len()
-            )))
+            Err(ProposeError::Stopped(StopReason::ResponseCount {
+                log_id,
+                answered: responses.len(),
+                expected,
+            }))
         }
         other => other,
     };

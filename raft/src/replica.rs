@@ -22,6 +22,7 @@ use crate::network::client::Network;
 use crate::network::server::{PeerPolicy, RaftTransportService};
 use crate::proposer::Proposer;
 use crate::state_machine::{StateMachine, StateMachineStore};
+use crate::tasks::{Live, Tasks};
 use crate::types::{NodeId, Raft, RaftMetrics};
 
 mod background;
@@ -36,7 +37,11 @@ mod write;
 
 use background::CHECK_QUORUM_TIMEOUTS;
 pub use config::{DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, ReplicaConfig, Timing};
-pub use error::ReplicaError;
+pub use error::{
+    ForwardFailure, MembershipRefusal, RaftFailure, ReplicaError, StopReason, StorageFailure,
+    VotersBehind,
+};
+pub use membership::CatchUpError;
 pub use read::Consistency;
 pub use versions::{ClusterVersion, NoAnswer, VoterVersion};
 pub use write::{QueuedWrite, WriteOutcome};
@@ -54,6 +59,12 @@ pub struct Replica<S: StateMachine> {
     proposer: Proposer,
     /// The upper election timeout (the leader's lease): bounds the hand-over on shutdown.
     election_timeout_max: Duration,
+    /// The background tasks (check-quorum, metrics), stopped at shutdown and aborted
+    /// when the last clone is dropped.
+    tasks: Arc<Tasks>,
+    /// Counts this replica's tasks still running (the background ones, the proposal loop
+    /// and its batches).
+    live: Live,
 }
 
 impl<S: StateMachine> Clone for Replica<S> {
@@ -69,6 +80,8 @@ impl<S: StateMachine> Clone for Replica<S> {
             leader_handler: self.leader_handler.clone(),
             proposer: self.proposer.clone(),
             election_timeout_max: self.election_timeout_max,
+            tasks: Arc::clone(&self.tasks),
+            live: self.live.clone(),
         }
     }
 }
@@ -89,26 +102,32 @@ impl<S: StateMachine> Replica<S> {
         metrics: ConsensusMetrics,
     ) -> Result<Self, ReplicaError> {
         let raft_config = Arc::new(config.openraft_config()?);
-        std::fs::create_dir_all(&config.data_dir).map_err(|e| {
-            ReplicaError::Storage(format!("create {}: {e}", config.data_dir.display()))
+        std::fs::create_dir_all(&config.data_dir).map_err(|source| StorageFailure::CreateDir {
+            path: config.data_dir.clone(),
+            source,
         })?;
         // The log and snapshots are the whole replicated state: only the owner reads them.
         restrict(&config.data_dir, 0o700)?;
         let db_path = config.data_dir.join("raft.redb");
-        let db = open_database(&db_path).map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let db = open_database(&db_path).map_err(StorageFailure::from)?;
         restrict(&db_path, 0o600)?;
-        let log = LogStore::new(db.clone(), metrics.clone())
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+        let log = LogStore::new(db.clone(), metrics.clone()).map_err(StorageFailure::from)?;
         let snapshots = config.data_dir.join("snapshots");
         let state = StateMachineStore::open(db, &snapshots, state_machine, metrics.clone())
-            .map_err(|e| ReplicaError::Storage(e.to_string()))?;
+            .map_err(StorageFailure::from)?;
         restrict(&snapshots, 0o700)?;
         let network = Network::new(client_tls, config.transport.clone(), metrics.clone());
         let raft = Raft::new(config.id, raft_config, network.clone(), log, state.clone())
             .await
-            .map_err(|e| ReplicaError::Raft(e.to_string()))?;
-        let proposer =
-            Proposer::start(raft.clone(), config.id, Some(network.clone()), metrics.clone());
+            .map_err(|fatal| RaftFailure::Start(Box::new(fatal)))?;
+        let live = Live::default();
+        let proposer = Proposer::start(
+            raft.clone(),
+            config.id,
+            Some(network.clone()),
+            metrics.clone(),
+            live.clone(),
+        );
         let replica = Self {
             id: config.id,
             raft_addr: config.raft_addr,
@@ -120,6 +139,8 @@ impl<S: StateMachine> Replica<S> {
             leader_handler: LeaderHandlerSlot::new(),
             proposer,
             election_timeout_max: config.election_timeout_max,
+            tasks: Arc::new(Tasks::new(live.clone())),
+            live,
         };
         replica.spawn_metrics_refresher();
         replica.spawn_check_quorum(config.election_timeout_max * CHECK_QUORUM_TIMEOUTS);
@@ -187,7 +208,7 @@ impl<S: StateMachine> Replica<S> {
         }
         crate::network::server::serve(listener, server_tls, service, shutdown)
             .await
-            .map_err(|e| ReplicaError::Raft(format!("transport server: {e}")))
+            .map_err(|e| RaftFailure::TransportServer(e).into())
     }
 
     /// Installs the application's handler of leader calls: while this replica leads, it
@@ -217,7 +238,7 @@ impl<S: StateMachine> Replica<S> {
     /// The raft core stopped, or no snapshot appeared in time.
     pub async fn snapshot_now(&self, purge: bool) -> Result<u64, ReplicaError> {
         let applied = self.raft.metrics().borrow().last_applied.map_or(0, |l| l.index);
-        self.raft.trigger().snapshot().await.map_err(|e| ReplicaError::Stopped(e.to_string()))?;
+        self.raft.trigger().snapshot().await?;
         let metrics = self
             .raft
             .wait(Some(Duration::from_secs(60)))
@@ -229,13 +250,17 @@ impl<S: StateMachine> Replica<S> {
             .map_err(|_| ReplicaError::Timeout(Duration::from_secs(60), "snapshot"))?;
         let index = metrics.snapshot.map_or(0, |s| s.index);
         if purge {
-            self.raft
-                .trigger()
-                .purge_log(index)
-                .await
-                .map_err(|e| ReplicaError::Stopped(e.to_string()))?;
+            self.raft.trigger().purge_log(index).await?;
         }
         Ok(index)
+    }
+
+    /// How many of the tasks this replica spawned beside openraft's (check-quorum, the
+    /// metrics refresher, the proposal loop and the batches it has in flight) still run:
+    /// none once [`Replica::shutdown`] has returned.
+    #[must_use]
+    pub fn running_tasks(&self) -> usize {
+        self.live.count()
     }
 
     /// Whether this replica's raft core stopped (shut down, or fail-stopped on a storage
@@ -267,7 +292,7 @@ impl<S: StateMachine> Replica<S> {
 /// Sets `path`'s permission bits to `mode`.
 fn restrict(path: &std::path::Path, mode: u32) -> Result<(), ReplicaError> {
     use std::os::unix::fs::PermissionsExt as _;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-        ReplicaError::Storage(format!("restrict {} to mode {mode:o}: {e}", path.display()))
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(|source| {
+        StorageFailure::Restrict { path: path.to_path_buf(), mode, source }.into()
     })
 }

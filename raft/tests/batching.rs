@@ -150,3 +150,22 @@ async fn writes_queued_one_after_the_other_commit_in_that_order() {
         running.stop().await;
     }
 }
+
+/// A replica's own tasks (check-quorum, metrics, the proposal loop and its batches) are
+/// joined by its shutdown: none outlives it, on the leader or on a follower that
+/// forwarded writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutting_a_replica_down_leaves_none_of_its_tasks_running() {
+    let pki = Pki::new();
+    let (group, _) = start_group::<Counter>(&pki, &[1, 2, 3]).await;
+    let writers: Vec<&Running> = group.iter().collect();
+    write_concurrently(&writers, "before-stop", 30).await;
+    for running in &group {
+        assert!(running.replica.running_tasks() >= 3, "background tasks and proposal loop run");
+    }
+    for running in group {
+        let replica = running.replica.clone();
+        running.stop().await;
+        assert_eq!(replica.running_tasks(), 0, "replica {} left tasks running", replica.id());
+    }
+}

@@ -129,8 +129,7 @@ impl Drop for Cluster {
 /// What the Workload API gives `member`'s agent: its SVID and its trust domain's CAs.
 fn workload_response(member: &MemberCluster) -> anyhow::Result<X509svidResponse> {
     let svid = member.agent_svid();
-    let entry = x509_svid(&member.agent_id(), &svid.cert_pem, &svid.key_pem, &[&member.ca_pem()])
-        .map_err(anyhow::Error::msg)?;
+    let entry = x509_svid(&member.agent_id(), &svid.cert_pem, &svid.key_pem, &[&member.ca_pem()])?;
     Ok(x509_svid_response(vec![entry]))
 }
 

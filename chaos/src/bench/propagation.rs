@@ -205,7 +205,7 @@ async fn open_watchers<T: WatchTarget>(
                 bar.inc(1);
             }
             Ok(Some(Err(error))) => {
-                bail!("{} watch stream failed to open ({opened} open): {error}", target.name())
+                bail!("{} watch stream failed to open ({opened} open): {error:#}", target.name())
             }
             Ok(None) => bail!("{} watchers ended with {opened} of {count} open", target.name()),
             Err(_) => bail!(

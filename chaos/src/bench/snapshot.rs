@@ -195,7 +195,7 @@ pub(crate) async fn load<C, F, Fut>(
 where
     C: Clone,
     F: Fn(C, String, Vec<u8>) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    Fut: Future<Output = anyhow::Result<()>>,
 {
     if conns.is_empty() {
         bail!("no connection to load through");
@@ -216,7 +216,7 @@ where
                 .await
                 {
                     Ok(Ok(())) => return Ok(()),
-                    Ok(Err(error)) => last = error,
+                    Ok(Err(error)) => last = format!("{error:#}"),
                     Err(_) => last = format!("no answer within {PUT_TIMEOUT:?}"),
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -141,6 +141,7 @@ impl RaftTransportService {
                 raft.metrics().borrow().id,
                 None,
                 ConsensusMetrics::default(),
+                crate::tasks::Live::default(),
             ),
             raft,
             peer_policy: None,
@@ -325,8 +326,9 @@ impl RaftService for RaftTransportService {
         let snapshot = Snapshot { meta, snapshot: Box::new(Cursor::new(data)) };
         let response = self.raft.install_full_snapshot(vote, snapshot).await;
         if let Some(files) = self.snapshot_files.clone() {
-            // What the install did not take (it was refused, or failed) goes.
-            tokio::task::spawn_blocking(move || files.discard_received(&id));
+            // What the install did not take (it was refused, or failed) goes; awaited
+            // here, so no task outlives the request.
+            let _ = tokio::task::spawn_blocking(move || files.discard_received(&id)).await;
         }
         Ok(Response::new(response.map_err(|e| stopped(&e))?.into_proto()))
     }
@@ -345,8 +347,11 @@ impl RaftService for RaftTransportService {
                 responses: written.responses,
             })),
             Err(ProposeError::ForwardToLeader(forward)) => Err(not_leader(&forward)),
-            Err(ProposeError::Refused(error) | ProposeError::Forward { message: error, .. }) => {
+            Err(ProposeError::Refused(error)) => {
                 Err(Status::internal(format!("write failed: {error}")))
+            }
+            Err(ProposeError::Forward { source, .. }) => {
+                Err(Status::internal(format!("write failed: {source}")))
             }
             Err(ProposeError::Stopped(error)) => Err(stopped(&error)),
         }

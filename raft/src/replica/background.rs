@@ -1,5 +1,7 @@
 //! A replica's background tasks: check-quorum (a leader that hears no quorum steps
-//! down) and the Prometheus gauges kept in step with openraft's metrics.
+//! down) and the Prometheus gauges kept in step with openraft's metrics. Both are owned
+//! by the replica's task set: stopped and joined at shutdown, aborted when the last
+//! clone of the replica is dropped.
 
 use std::time::Duration;
 
@@ -29,7 +31,7 @@ impl<S: StateMachine> Replica<S> {
         let metrics = self.metrics.clone();
         let id = self.id;
         let limit_ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX);
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut tick = tokio::time::interval((limit / 4).max(Duration::from_millis(10)));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
@@ -74,7 +76,7 @@ impl<S: StateMachine> Replica<S> {
         let mut watch = self.raft.metrics();
         let metrics = self.metrics.clone();
         let id = self.id;
-        tokio::spawn(async move {
+        self.tasks.spawn(async move {
             let mut last_leader: Option<Option<NodeId>> = None;
             loop {
                 let m = watch.borrow_and_update().clone();

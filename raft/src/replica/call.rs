@@ -8,7 +8,7 @@ use std::time::Duration;
 use tonic::Code;
 
 use super::Replica;
-use super::error::{ReplicaError, rerouted};
+use super::error::{ReplicaError, forward_failed, rerouted};
 use crate::leader::{KnownLeader, known_leader, leader_moved_from};
 use crate::leader_call;
 use crate::state_machine::StateMachine;
@@ -46,7 +46,7 @@ impl<S: StateMachine> Replica<S> {
                         .ok_or(ReplicaError::NoLeaderHandler { replica: self.id })?;
                     return leader_call::run(&handler, request)
                         .await
-                        .map_err(|error| ReplicaError::LeaderHandler(error.to_string()));
+                        .map_err(ReplicaError::LeaderHandler);
                 }
                 KnownLeader::Other { leader_id, leader_addr } => {
                     let call = self.network.leader_call(&leader_addr, request.clone());
@@ -56,11 +56,7 @@ impl<S: StateMachine> Replica<S> {
                             Err(status) if status.code() == Code::Unimplemented => {
                                 ReplicaError::NoLeaderHandler { replica: leader_id }
                             }
-                            Err(status) => ReplicaError::Forward {
-                                leader_id,
-                                leader_addr,
-                                message: status.message().to_string(),
-                            },
+                            Err(status) => forward_failed(leader_id, leader_addr, status),
                         },
                         moved = leader_moved_from(&self.raft, leader_id) => {
                             self.metrics.forwards_rerouted.inc();

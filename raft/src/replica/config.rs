@@ -154,7 +154,7 @@ impl ReplicaConfig {
             install_snapshot_timeout: millis(self.transport.rpc_timeout).max(1_000) * 10,
             ..openraft::Config::default()
         };
-        config.validate().map_err(|e| ReplicaError::Config(e.to_string()))
+        config.validate().map_err(|e| ReplicaError::Config(Box::new(e)))
     }
 }
 

@@ -8,7 +8,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
 use super::Replica;
-use super::error::{ReplicaError, not_leader};
+use super::error::{MembershipRefusal, ReplicaError, not_leader};
 use crate::state_machine::StateMachine;
 use crate::types::{Node, NodeId, RaftMetrics};
 
@@ -22,7 +22,8 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
 /// Why a new replica did not catch up with the leader's log
 /// ([`Replica::add_member`]); the message continues "replica ID at ADDR …".
 #[derive(Debug, thiserror::Error)]
-enum CatchUpError {
+#[non_exhaustive]
+pub enum CatchUpError {
     /// It acknowledged no replication message.
     #[error("did not answer within {within:?}")]
     NoAnswer {
@@ -52,8 +53,8 @@ impl<S: StateMachine> Replica<S> {
             members.into_iter().map(|(id, addr)| (id, Node::new(addr))).collect()
         };
         self.raft.initialize(members).await.map_err(|e| match e {
-            RaftError::APIError(e) => ReplicaError::Membership(e.to_string()),
-            RaftError::Fatal(e) => ReplicaError::Stopped(e.to_string()),
+            RaftError::APIError(e) => MembershipRefusal::Initialize(Box::new(e)).into(),
+            RaftError::Fatal(e) => e.into(),
         })
     }
 
@@ -62,7 +63,7 @@ impl<S: StateMachine> Replica<S> {
     /// # Errors
     /// The raft core stopped.
     pub async fn is_initialized(&self) -> Result<bool, ReplicaError> {
-        self.raft.is_initialized().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
+        Ok(self.raft.is_initialized().await?)
     }
 
     /// Adds replica `id` at transport address `addr`: first as a learner that receives
@@ -90,11 +91,8 @@ impl<S: StateMachine> Replica<S> {
                 // Do not leave an unreachable learner behind for the leader to chase.
                 let _ = self.change(ChangeMembers::RemoveNodes(BTreeSet::from([id]))).await;
             }
-            return Err(ReplicaError::Membership(format!(
-                "replica {id} at {addr} {error}; check that it runs, that the leader can reach \
-                 it, and that it holds a certificate of the federation's CA{}",
-                if already_member { "" } else { " (it was removed again)" }
-            )));
+            let removed = !already_member;
+            return Err(MembershipRefusal::NotCaughtUp { id, addr, source: error, removed }.into());
         }
         if learner_only {
             return Ok(response.log_id.index);
@@ -151,7 +149,7 @@ impl<S: StateMachine> Replica<S> {
         let is_voter = membership.membership().voter_ids().any(|v| v == id);
         let is_learner = membership.membership().learner_ids().any(|v| v == id);
         if !is_voter && !is_learner {
-            return Err(ReplicaError::Membership(format!("replica {id} is not a member")));
+            return Err(MembershipRefusal::NotAMember { id }.into());
         }
         let mut index = 0;
         if is_voter {
@@ -192,8 +190,8 @@ impl<S: StateMachine> Replica<S> {
             RaftError::APIError(ClientWriteError::ForwardToLeader(forward)) => {
                 not_leader(self.id, forward)
             }
-            RaftError::APIError(e) => ReplicaError::Membership(e.to_string()),
-            RaftError::Fatal(e) => ReplicaError::Stopped(e.to_string()),
+            RaftError::APIError(e) => MembershipRefusal::Change(Box::new(e)).into(),
+            RaftError::Fatal(e) => e.into(),
         }
     }
 }

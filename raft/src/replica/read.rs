@@ -6,7 +6,7 @@ use std::time::Duration;
 use openraft::error::RaftError;
 
 use super::Replica;
-use super::error::{ReplicaError, rerouted};
+use super::error::{RaftFailure, ReplicaError, forward_failed, rerouted};
 use crate::leader::{leader_moved_from, leader_read_index};
 use crate::state_machine::StateMachine;
 
@@ -36,7 +36,7 @@ impl<S: StateMachine> Replica<S> {
         // A replica whose core stopped (a storage error) no longer applies anything: its
         // state would answer stale reads forever. It refuses them instead.
         if let Err(fatal) = &self.raft.metrics().borrow().running_state {
-            return Err(ReplicaError::Stopped(fatal.to_string()));
+            return Err(fatal.clone().into());
         }
         if consistency == Consistency::Linearizable {
             let read_index = self.read_index().await?;
@@ -71,11 +71,7 @@ impl<S: StateMachine> Replica<S> {
                         tokio::select! {
                             result = self.network.read_index(&node.addr) => match result {
                                 Ok(index) => return Ok(index),
-                                Err(status) => ReplicaError::Forward {
-                                    leader_id,
-                                    leader_addr: node.addr,
-                                    message: status.message().to_string(),
-                                },
+                                Err(status) => forward_failed(leader_id, node.addr, status),
                             },
                             moved = leader_moved_from(&self.raft, leader_id) => {
                                 self.metrics.forwards_rerouted.inc();
@@ -85,8 +81,8 @@ impl<S: StateMachine> Replica<S> {
                     }
                     _ => ReplicaError::NoLeader,
                 },
-                Err(RaftError::APIError(e)) => ReplicaError::Raft(e.to_string()),
-                Err(RaftError::Fatal(e)) => return Err(ReplicaError::Stopped(e.to_string())),
+                Err(RaftError::APIError(e)) => RaftFailure::ReadIndex(Box::new(e)).into(),
+                Err(RaftError::Fatal(e)) => return Err(e.into()),
             };
             if attempt > self.write_retries {
                 return Err(error);

@@ -2,12 +2,13 @@
 //! whole log, so the group need not wait out its lease to elect another.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 use std::time::Duration;
 
 use openraft::ServerState;
 
 use super::Replica;
-use super::error::ReplicaError;
+use super::error::{ReplicaError, StopReason};
 use crate::state_machine::StateMachine;
 use crate::types::{NodeId, RaftMetrics};
 
@@ -44,6 +45,10 @@ impl<S: StateMachine> Replica<S> {
     /// hold the lease and refuse their votes, a peer of an older build) the followers
     /// elect after the lease as before.
     ///
+    /// Then stops and joins this replica's own tasks ([`Replica::running_tasks`] is 0
+    /// after it returns): the proposal loop (writes still queued fail, their outcome
+    /// unknown) and the background tasks.
+    ///
     /// # Errors
     /// The core task failed.
     pub async fn shutdown(&self) -> Result<(), ReplicaError> {
@@ -60,7 +65,12 @@ impl<S: StateMachine> Replica<S> {
                 );
             }
         }
-        self.raft.shutdown().await.map_err(|e| ReplicaError::Stopped(e.to_string()))
+        let stopped = self.raft.shutdown().await;
+        // With the core gone, nothing the proposal loop or the background tasks do could
+        // matter: stop them and wait until each has ended.
+        self.proposer.stop().await;
+        self.tasks.stop().await;
+        stopped.map_err(|e| StopReason::Shutdown(Arc::new(e)).into())
     }
 
     /// Leadership hand-over by a stopping leader (openraft 0.9 has no leadership

@@ -15,7 +15,7 @@
 use std::fmt;
 
 use super::Replica;
-use super::error::ReplicaError;
+use super::error::{ReplicaError, VotersBehind};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -126,7 +126,7 @@ impl<S: StateMachine> Replica<S> {
         if behind.is_empty() {
             return Ok(());
         }
-        let behind = behind.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ");
+        let behind = VotersBehind(behind.into_iter().cloned().collect());
         tracing::warn!(replica = self.id, required, %behind, "command refused by the cluster version");
         Err(ReplicaError::VersionGate { required, behind })
     }

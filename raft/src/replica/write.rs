@@ -9,7 +9,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use serde_bytes::ByteBuf;
 
 use super::Replica;
-use super::error::{ReplicaError, not_leader};
+use super::error::{RaftFailure, ReplicaError, not_leader};
 use crate::proposer::{Pending, ProposeError};
 use crate::state_machine::StateMachine;
 use crate::types::{Command, NodeId};
@@ -56,11 +56,11 @@ impl QueuedWrite {
 fn queued_write_error(this: NodeId, error: ProposeError) -> ReplicaError {
     match error {
         ProposeError::ForwardToLeader(forward) => not_leader(this, forward),
-        ProposeError::Forward { leader_id, leader_addr, message, .. } => {
-            ReplicaError::Forward { leader_id, leader_addr, message }
+        ProposeError::Forward { leader_id, leader_addr, source, .. } => {
+            ReplicaError::Forward { leader_id, leader_addr, source }
         }
-        ProposeError::Refused(e) => ReplicaError::Raft(e),
-        ProposeError::Stopped(e) => ReplicaError::Stopped(e),
+        ProposeError::Refused(e) => RaftFailure::Write(e).into(),
+        ProposeError::Stopped(e) => e.into(),
     }
 }
 
@@ -106,15 +106,15 @@ impl<S: StateMachine> Replica<S> {
                 // Sent to the leader, no answer: proposing it again could apply it
                 // twice (a second write of the same value between two others breaks a
                 // register), so the caller learns the outcome is unknown and decides.
-                Err(ProposeError::Forward { leader_id, leader_addr, message, maybe_proposed }) => {
-                    let error = ReplicaError::Forward { leader_id, leader_addr, message };
+                Err(ProposeError::Forward { leader_id, leader_addr, source, maybe_proposed }) => {
+                    let error = ReplicaError::Forward { leader_id, leader_addr, source };
                     if maybe_proposed {
                         return Err(error);
                     }
                     error
                 }
-                Err(ProposeError::Refused(e)) => return Err(ReplicaError::Raft(e)),
-                Err(ProposeError::Stopped(e)) => return Err(ReplicaError::Stopped(e)),
+                Err(ProposeError::Refused(e)) => return Err(RaftFailure::Write(e).into()),
+                Err(ProposeError::Stopped(e)) => return Err(e.into()),
             };
             if attempt > self.write_retries {
                 return Err(error);
@@ -160,8 +160,8 @@ impl<S: StateMachine> Replica<S> {
             Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
                 Err(not_leader(self.id, forward))
             }
-            Err(RaftError::APIError(e)) => Err(ReplicaError::Raft(e.to_string())),
-            Err(RaftError::Fatal(e)) => Err(ReplicaError::Stopped(e.to_string())),
+            Err(RaftError::APIError(e)) => Err(RaftFailure::Write(Box::new(e)).into()),
+            Err(RaftError::Fatal(e)) => Err(e.into()),
         }
     }
 
@@ -197,6 +197,6 @@ impl<S: StateMachine> Replica<S> {
             .applied_index_at_least(Some(index), "a forwarded write to apply here")
             .await
             .map(|_| ())
-            .map_err(|error| ReplicaError::NotAppliedHere { index, reason: error.to_string() })
+            .map_err(|reason| ReplicaError::NotAppliedHere { index, reason })
     }
 }

@@ -103,7 +103,7 @@ impl EtcdWatch {
             }
         }
         let mut this = Self { cluster, leader, publisher, clients };
-        this.write(0).await.map_err(|e| anyhow::anyhow!("initial put: {e}"))?;
+        this.write(0).await.context("initial put")?;
         Ok(this)
     }
 }
@@ -129,12 +129,8 @@ impl WatchTarget for EtcdWatch {
         watcher(self.clients[index % self.clients.len()].clone(), spec)
     }
 
-    async fn write(&mut self, change: u64) -> Result<(), String> {
-        self.publisher
-            .put(KEY, value_of(change), None)
-            .await
-            .map(|_| ())
-            .map_err(|e| format!("put: {e}"))
+    async fn write(&mut self, change: u64) -> anyhow::Result<()> {
+        self.publisher.put(KEY, value_of(change), None).await.map(|_| ()).context("put")
     }
 }
 
@@ -145,21 +141,21 @@ async fn watcher(mut client: WatchClient, spec: WatcherSpec) -> Receipts {
     let WatcherSpec { changes, ready, mut stop } = spec;
     let mut receipts = Receipts::new(changes);
     let open = async {
-        let mut stream = client.watch(KEY, None).await.map_err(|e| format!("watch: {e}"))?;
-        match stream.message().await.map_err(|e| format!("watch: {e}"))? {
+        let mut stream = client.watch(KEY, None).await.context("watch")?;
+        match stream.message().await.context("watch")? {
             Some(answer) if answer.created() => Ok(stream),
-            Some(answer) => Err(format!("watch not created: {}", answer.cancel_reason())),
-            None => Err("the watch ended before it was created".to_string()),
+            Some(answer) => Err(anyhow::anyhow!("watch not created: {}", answer.cancel_reason())),
+            None => Err(anyhow::anyhow!("the watch ended before it was created")),
         }
     };
     let opened = tokio::time::timeout(OPEN_TIMEOUT, open)
         .await
-        .unwrap_or_else(|_| Err(format!("not created within {OPEN_TIMEOUT:?}")));
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("not created within {OPEN_TIMEOUT:?}")));
     let mut stream = match opened {
         Ok(stream) => stream,
         Err(error) => {
-            let _ = ready.send(Err(error.clone())).await;
-            receipts.error = Some(error);
+            receipts.error = Some(format!("{error:#}"));
+            let _ = ready.send(Err(error)).await;
             return receipts;
         }
     };

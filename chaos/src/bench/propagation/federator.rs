@@ -111,7 +111,7 @@ impl FederatorWatch {
             }
         }
         let mut this = Self { fed, leader, publisher, export, clients };
-        this.write(0).await.map_err(|e| anyhow::anyhow!("initial export: {e}"))?;
+        this.write(0).await.context("initial export")?;
         Ok(this)
     }
 
@@ -149,9 +149,9 @@ impl WatchTarget for FederatorWatch {
         watcher(self.clients[index % self.clients.len()].clone(), spec)
     }
 
-    async fn write(&mut self, change: u64) -> Result<(), String> {
+    async fn write(&mut self, change: u64) -> anyhow::Result<()> {
         let mut export = self.export.clone();
-        let weight = u32::try_from(change + 1).map_err(|e| e.to_string())?;
+        let weight = u32::try_from(change + 1)?;
         for endpoint in &mut export.endpoints {
             endpoint.weight = weight;
         }
@@ -159,7 +159,7 @@ impl WatchTarget for FederatorWatch {
             .export_service(pb::ExportServiceRequest { export: Some(export) })
             .await
             .map(|_| ())
-            .map_err(|s| format!("ExportService: {:?}: {}", s.code(), s.message()))
+            .map_err(|s| anyhow::anyhow!("ExportService: {:?}: {}", s.code(), s.message()))
     }
 }
 
@@ -177,7 +177,7 @@ fn processes(fed: &Federation, leader: u64) -> Vec<Process> {
 async fn watcher(mut client: FederationClient<Channel>, spec: WatcherSpec) -> Receipts {
     let WatcherSpec { changes, ready, mut stop } = spec;
     let mut receipts = Receipts::new(changes);
-    let status_text = |s: tonic::Status| format!("Watch: {:?}: {}", s.code(), s.message());
+    let status_text = |s: tonic::Status| anyhow::anyhow!("Watch: {:?}: {}", s.code(), s.message());
     let open = async {
         let mut stream = client
             .watch(pb::WatchRequest { after_revision: 0 })
@@ -190,18 +190,18 @@ async fn watcher(mut client: FederationClient<Channel>, spec: WatcherSpec) -> Re
                     return Ok(stream);
                 }
                 Some(_) => {}
-                None => return Err("the watch ended before its snapshot did".to_string()),
+                None => anyhow::bail!("the watch ended before its snapshot did"),
             }
         }
     };
     let opened = tokio::time::timeout(OPEN_TIMEOUT, open)
         .await
-        .unwrap_or_else(|_| Err(format!("no snapshot within {OPEN_TIMEOUT:?}")));
+        .unwrap_or_else(|_| Err(anyhow::anyhow!("no snapshot within {OPEN_TIMEOUT:?}")));
     let mut stream = match opened {
         Ok(stream) => stream,
         Err(error) => {
-            let _ = ready.send(Err(error.clone())).await;
-            receipts.error = Some(error);
+            receipts.error = Some(format!("{error:#}"));
+            let _ = ready.send(Err(error)).await;
             return receipts;
         }
     };
@@ -225,7 +225,7 @@ async fn watcher(mut client: FederationClient<Channel>, spec: WatcherSpec) -> Re
                         break;
                     }
                     Err(status) => {
-                        receipts.error = Some(status_text(status));
+                        receipts.error = Some(format!("{:#}", status_text(status)));
                         break;
                     }
                 }

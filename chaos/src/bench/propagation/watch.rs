@@ -36,7 +36,7 @@ pub struct WatcherSpec {
     pub changes: u64,
     /// Where the watcher reports that its stream is open and its initial state (the
     /// snapshot, or etcd's "created" answer) has arrived, or why it could not open.
-    pub ready: mpsc::Sender<Result<(), String>>,
+    pub ready: mpsc::Sender<anyhow::Result<()>>,
     /// Turns true when the watcher must stop.
     pub stop: watch::Receiver<bool>,
 }
@@ -63,7 +63,7 @@ pub trait WatchTarget {
 
     /// Makes change `change` (1-based; 0 is the initial state) and waits for the
     /// acknowledgement.
-    fn write(&mut self, change: u64) -> impl Future<Output = Result<(), String>> + Send;
+    fn write(&mut self, change: u64) -> impl Future<Output = anyhow::Result<()>> + Send;
 }
 
 /// When one watcher first held each change.
@@ -141,7 +141,7 @@ pub async fn publish<T: WatchTarget>(
             Ok(Ok(())) => publication.acks.push(issued.elapsed()),
             Ok(Err(error)) => {
                 publication.errors += 1;
-                publication.first_error.get_or_insert(error);
+                publication.first_error.get_or_insert_with(|| format!("{error:#}"));
             }
             Err(_) => {
                 publication.errors += 1;

@@ -53,7 +53,7 @@ pub async fn measure(
         conns.push(cluster.client(&[*id]).await?.kv_client());
     }
     let put = |mut conn: etcd_client::KvClient, key: String, value: Vec<u8>| async move {
-        conn.put(key, value, None).await.map(|_| ()).map_err(|e| e.to_string())
+        conn.put(key, value, None).await.map(|_| ()).map_err(anyhow::Error::from)
     };
     let load_time = load("etcd", conns, config, progress, put).await?;
 

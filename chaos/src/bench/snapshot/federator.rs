@@ -50,7 +50,7 @@ pub async fn measure(
         conn.put(pb::PutRequest { key, value })
             .await
             .map(|_| ())
-            .map_err(|status| format!("{:?}: {}", status.code(), status.message()))
+            .map_err(|status| anyhow::anyhow!("{:?}: {}", status.code(), status.message()))
     };
     let load_time = load("Federator", conns, config, progress, put).await?;
     fed.wait_for_convergence(&ids, HEALTHY_TIMEOUT).await?;
