@@ -1,5 +1,6 @@
 //! Helpers for the state machine's unit tests: member clusters with their own CA, and
-//! commands applied through the encoded log path.
+//! commands applied through the encoded log path. Other crates' tests (the replica's
+//! federation watch and metrics in `federator`) get them with the `test-support` feature.
 
 use std::time::Duration;
 
