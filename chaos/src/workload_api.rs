@@ -15,9 +15,8 @@
 //! server.restart()?;
 //! ```
 //!
-//! The federator crate's unit tests compile this same file (`#[path]`), so it uses only
-//! `federator-proto`, tonic, tokio, tokio-stream, tempfile, rustls-pki-types and
-//! thiserror — no `federator` item.
+//! Besides the harness, `tests/tests/workload_api.rs` tests the Workload API client and the
+//! agent's bundle source against it.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

@@ -316,3 +316,40 @@ async fn an_etcd_key_is_followed() {
     let back = wait_for(&mut rx, 60, "recovery", |s| s.problem.is_none()).await;
     assert_eq!(back.bundle.as_ref().map(|b| b.sequence), Some(pem_sequence + 11));
 }
+
+// === the Workload API (no server: those with one are in tests/tests/workload_api.rs) ===
+
+#[tokio::test]
+async fn a_bad_socket_setting_is_a_lasting_problem() {
+    let mut rx = watch_bundle(
+        BundleSourceConfig::WorkloadApi { socket: Some("http://127.0.0.1:1".into()) },
+        TD.into(),
+        POLL,
+    );
+    let state = rx.borrow_and_update().clone();
+    let problem = state.problem.expect("problem");
+    assert!(problem.message.starts_with("bundle.socket: unsupported scheme"), "{problem:?}");
+    assert!(
+        tokio::time::timeout(Duration::from_millis(200), rx.changed()).await.is_err(),
+        "nothing else happens"
+    );
+}
+
+#[tokio::test]
+async fn a_tcp_address_is_dialled_on_loopback() {
+    // Bind and drop a listener: a loopback port with (very likely) no one behind it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free port")
+        .port();
+    let mut rx = watch_bundle(
+        BundleSourceConfig::WorkloadApi { socket: Some(format!("tcp://127.0.0.1:{port}")) },
+        TD.into(),
+        POLL,
+    );
+    let state = wait_for(&mut rx, 15, "a connection problem", |s| {
+        s.problem.as_ref().is_some_and(|p| p.message.contains("cannot connect"))
+    })
+    .await;
+    assert_eq!(state.problem.expect("problem").location, format!("tcp://127.0.0.1:{port}"));
+}

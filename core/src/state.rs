@@ -14,8 +14,8 @@ mod policy;
 mod removed;
 mod restore;
 mod services;
-#[cfg(test)]
-pub(crate) mod test_support;
+#[cfg(any(test, feature = "test-support"))]
+pub mod test_support;
 mod trust;
 
 use std::collections::BTreeMap;

@@ -1,23 +1,25 @@
-//! Tests of the Workload API sources against a real gRPC server on a Unix socket: the
-//! test server of the chaos harness (the same file, compiled here), which refuses requests
-//! without the security header like SPIRE and pushes rotations to open streams.
+//! The Workload API client and the agent's bundle source against a real gRPC server on a
+//! Unix socket: the chaos harness's stand-in for SPIRE's agent
+//! (`federator_chaos::workload_api`), which refuses requests without the security header
+//! like SPIRE and pushes rotations to open streams. In process: no `federator` binary.
+//!
+//! The tests that need no server are unit tests: the addresses and a missing server in
+//! `core/src/identity/workload_api/tests.rs`, the bundle source's bad settings in
+//! `federator/src/agent/sources/bundle/tests.rs`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use proptest::prelude::*;
+use federator::agent::sources::bundle::{BundleSourceConfig, BundleState, watch_bundle};
+use federator::identity::workload_api::WorkloadApiAddress;
+use federator::identity::{CertifiedIdentity, FederationCa, peer_spiffe_id};
+use federator_chaos::workload_api::{
+    self as server, WorkloadApiServer, with_federated_bundle, x509_svid, x509_svid_response,
+};
+use hyper_util::rt::TokioIo;
 use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::watch;
-
-use super::*;
-use crate::agent::sources::bundle::{BundleSourceConfig, BundleState, watch_bundle};
-use crate::identity::{CertifiedIdentity, FederationCa, peer_spiffe_id};
-
-#[allow(dead_code, reason = "the chaos harness uses more of the server than these tests")]
-#[path = "../../../../chaos/src/workload_api.rs"]
-mod server;
-
-use server::{WorkloadApiServer, with_federated_bundle, x509_svid, x509_svid_response};
 
 const TD: &str = "a.example";
 const AGENT: &str = "spiffe://a.example/federator/agent";
@@ -78,134 +80,7 @@ fn authorities(state: &BundleState) -> Vec<Vec<u8>> {
 }
 
 fn unix_now() -> u64 {
-    u64::try_from(crate::clock::unix_now()).expect("a clock after 1970")
-}
-
-// === addresses ===
-
-#[test]
-fn addresses_parse_in_every_accepted_form() {
-    let unix = |p: &str| Ok(WorkloadApiAddress::Unix(PathBuf::from(p)));
-    let tcp = |a: &str| Ok(WorkloadApiAddress::Tcp(a.parse().expect("socket address")));
-    for (text, expected) in [
-        ("unix:///run/spire/agent.sock", unix("/run/spire/agent.sock")),
-        ("unix:/run/spire/agent.sock", unix("/run/spire/agent.sock")),
-        ("/run/spire/agent.sock", unix("/run/spire/agent.sock")),
-        ("agent.sock", unix("agent.sock")),
-        ("./a:b", unix("./a:b")),
-        ("tcp://127.0.0.1:8081", tcp("127.0.0.1:8081")),
-        ("tcp:127.0.0.1:8081", tcp("127.0.0.1:8081")),
-        ("tcp://127.0.0.1:8081/", tcp("127.0.0.1:8081")),
-        ("tcp://[::1]:8081", tcp("[::1]:8081")),
-    ] {
-        assert_eq!(WorkloadApiAddress::parse(text), expected, "{text}");
-    }
-}
-
-#[test]
-fn bad_addresses_are_refused_with_the_rule() {
-    for (text, rule) in [
-        ("", "is empty"),
-        ("unix://host/run/agent.sock", "takes no host"),
-        ("unix:run/agent.sock", "absolute path"),
-        ("unix:", "absolute path"),
-        ("unix:///", "names no socket"),
-        ("unix:///run/a.sock?x=1", "no query"),
-        ("unix:///run/a.sock#f", "no query"),
-        ("unix:///run/a%20b.sock", "percent-encoding"),
-        ("tcp://localhost:8081", "IP address"),
-        ("tcp://127.0.0.1", "IP address"),
-        ("tcp://127.0.0.1:0", "port other than 0"),
-        ("tcp://192.0.2.1:8081", "loopback"),
-        ("tcp://[2001:db8::1]:8081", "loopback"),
-        ("http://127.0.0.1:8081", "unsupported scheme \"http\""),
-        ("https://spire.example/agent", "unsupported scheme \"https\""),
-        ("dns:///spire:8081", "unsupported scheme \"dns\""),
-        ("file:///run/agent.sock", "unsupported scheme \"file\""),
-        ("a:b", "unsupported scheme \"a\""),
-    ] {
-        let error = WorkloadApiAddress::parse(text).expect_err(text).to_string();
-        assert!(error.contains(rule), "{text}: {rule:?} not in {error:?}");
-    }
-}
-
-#[test]
-fn an_address_defaults_to_the_environment_s() {
-    let parsed = WorkloadApiAddress::configured_or_env(None, Some("unix:///run/a.sock"));
-    assert_eq!(parsed, Ok(WorkloadApiAddress::Unix("/run/a.sock".into())));
-    let configured =
-        WorkloadApiAddress::configured_or_env(Some("/run/b.sock"), Some("unix:///run/a.sock"));
-    assert_eq!(configured, Ok(WorkloadApiAddress::Unix("/run/b.sock".into())), "the file wins");
-    let error = WorkloadApiAddress::configured_or_env(None, None).expect_err("neither").to_string();
-    assert!(error.contains("SPIFFE_ENDPOINT_SOCKET is not set"), "{error}");
-    let error =
-        WorkloadApiAddress::configured_or_env(None, Some("http://x")).expect_err("bad").to_string();
-    assert!(
-        error.starts_with("SPIFFE_ENDPOINT_SOCKET=\"http://x\": unsupported scheme"),
-        "{error}"
-    );
-}
-
-#[test]
-fn relative_paths_are_taken_relative_to_a_base() {
-    let base = Path::new("/etc/federator");
-    let relative = WorkloadApiAddress::parse("run/agent.sock").expect("path");
-    assert_eq!(
-        relative.relative_to(base),
-        WorkloadApiAddress::Unix("/etc/federator/run/agent.sock".into())
-    );
-    let absolute = WorkloadApiAddress::parse("unix:///run/agent.sock").expect("uri");
-    assert_eq!(absolute.clone().relative_to(base), absolute);
-}
-
-#[test]
-fn a_path_that_no_unix_uri_holds_prints_as_a_path() {
-    for text in ["/%", "/run/a?b.sock", "/run/a#b.sock", "/", "agent.sock"] {
-        let address = WorkloadApiAddress::parse(text).expect(text);
-        assert_eq!(address.to_string(), text);
-    }
-}
-
-/// A path segment: letters, digits and `._-`.
-fn segment() -> impl Strategy<Value = String> {
-    "[a-zA-Z0-9._-]{1,12}"
-}
-
-proptest! {
-    #[test]
-    fn the_three_unix_forms_are_one_address(segments in prop::collection::vec(segment(), 1..5)) {
-        let path = format!("/{}", segments.join("/"));
-        let expected = WorkloadApiAddress::Unix(PathBuf::from(&path));
-        prop_assert_eq!(WorkloadApiAddress::parse(&format!("unix://{path}")), Ok(expected.clone()));
-        prop_assert_eq!(WorkloadApiAddress::parse(&format!("unix:{path}")), Ok(expected.clone()));
-        prop_assert_eq!(WorkloadApiAddress::parse(&path), Ok(expected.clone()));
-        prop_assert_eq!(expected.to_string(), format!("unix://{path}"));
-    }
-
-    #[test]
-    fn loopback_tcp_addresses_round_trip(port in 1u16.., v6 in any::<bool>()) {
-        let text = if v6 { format!("tcp://[::1]:{port}") } else { format!("tcp://127.0.0.1:{port}") };
-        let address = WorkloadApiAddress::parse(&text).expect("loopback");
-        prop_assert_eq!(address.to_string(), text);
-    }
-
-    #[test]
-    fn every_address_parsed_prints_back_to_itself(text in "\\PC{0,40}") {
-        if let Ok(address) = WorkloadApiAddress::parse(&text) {
-            prop_assert_eq!(WorkloadApiAddress::parse(&address.to_string()), Ok(address));
-        }
-    }
-
-    #[test]
-    fn other_schemes_are_refused(
-        scheme in "(http|https|grpc|dns|file|vsock|npipe|[a-z][a-z0-9+.-]{0,8})",
-        rest in "[a-zA-Z0-9/.:]{0,20}",
-    ) {
-        prop_assume!(scheme != "unix" && scheme != "tcp");
-        let text = format!("{scheme}:{rest}");
-        let error = WorkloadApiAddress::parse(&text).expect_err("refused");
-        prop_assert!(error.to_string().contains("unsupported scheme"), "{}", error);
-    }
+    u64::try_from(federator::clock::unix_now()).expect("a clock after 1970")
 }
 
 // === the test server ===
@@ -361,22 +236,6 @@ async fn no_bundle_of_the_trust_domain_is_a_problem() {
     assert!(
         message.contains("no bundle of trust domain a.example (it gives those of: b.example)"),
         "{message}"
-    );
-}
-
-#[tokio::test]
-async fn a_bad_socket_setting_is_a_lasting_problem() {
-    let mut rx = watch_bundle(
-        BundleSourceConfig::WorkloadApi { socket: Some("http://127.0.0.1:1".into()) },
-        TD.into(),
-        POLL,
-    );
-    let state = rx.borrow_and_update().clone();
-    let problem = state.problem.expect("problem");
-    assert!(problem.message.starts_with("bundle.socket: unsupported scheme"), "{problem:?}");
-    assert!(
-        tokio::time::timeout(Duration::from_millis(200), rx.changed()).await.is_err(),
-        "nothing else happens"
     );
 }
 
@@ -543,35 +402,4 @@ async fn the_first_svid_is_awaited_within_a_bound() {
         tokio::join!(waiting, pushing).0.expect("the SVID")
     };
     assert_eq!(leaf_id(&identity).as_deref(), Some(AGENT));
-}
-
-#[tokio::test]
-async fn no_server_is_an_error_that_says_why() {
-    let dir = tempfile::tempdir().expect("dir");
-    let address = WorkloadApiAddress::Unix(dir.path().join("none.sock"));
-    let error = CertifiedIdentity::from_workload_api(address, None, Duration::from_millis(300))
-        .await
-        .expect_err("no server");
-    let message = error.to_string();
-    assert!(message.contains("svid.workload_api"), "{message}");
-    assert!(message.contains("cannot connect"), "{message}");
-}
-
-#[tokio::test]
-async fn a_tcp_address_is_dialled_on_loopback() {
-    // Bind and drop a listener: a loopback port with (very likely) no one behind it.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free port")
-        .port();
-    let mut rx = watch_bundle(
-        BundleSourceConfig::WorkloadApi { socket: Some(format!("tcp://127.0.0.1:{port}")) },
-        TD.into(),
-        POLL,
-    );
-    let state = wait_state(&mut rx, "a connection problem", |s| {
-        s.problem.as_ref().is_some_and(|p| p.message.contains("cannot connect"))
-    })
-    .await;
-    assert_eq!(state.problem.expect("problem").location, format!("tcp://127.0.0.1:{port}"));
 }

@@ -1,5 +1,6 @@
 //! Helpers for the state machine's unit tests: member clusters with their own CA, and
-//! commands applied through the encoded log path.
+//! commands applied through the encoded log path. Other crates' tests (the replica's
+//! federation watch and metrics in `federator`) get them with the `test-support` feature.
 
 use std::time::Duration;
 
@@ -8,18 +9,23 @@ use crate::bundle::ValidationPolicy;
 use crate::identity::FederationCa;
 use crate::state::{Command, command_result};
 
+/// A member cluster of a test: its trust domain and the CA that signs its bundle and SVIDs.
 pub struct Cluster {
+    /// The cluster's CA (ten years).
     pub ca: FederationCa,
+    /// Its trust domain.
     pub td: String,
 }
 
 impl Cluster {
+    /// A cluster of trust domain `td` with a new CA.
     pub fn new(td: &str) -> Self {
         let ca =
             FederationCa::generate(td, td, Duration::from_secs(10 * 365 * 86_400)).expect("ca");
         Self { ca, td: td.into() }
     }
 
+    /// Its bundle (the CA alone) as SPIFFE bundle JSON, numbered `sequence`.
     pub fn bundle(&self, sequence: u64) -> Vec<u8> {
         let policy = ValidationPolicy::at(crate::clock::unix_now());
         crate::bundle::parse_pem_bundle(
@@ -34,6 +40,7 @@ impl Cluster {
         .into_bytes()
     }
 
+    /// The DER chain of an agent SVID, `spiffe://TD/agent`, valid for an hour.
     pub fn agent_chain(&self) -> Vec<Vec<u8>> {
         let svid = self
             .ca
@@ -48,12 +55,15 @@ impl Cluster {
     }
 }
 
+/// Applies `command` at log `index` the way a replica does: encoded, through
+/// [`federator_raft::StateMachine::apply`], its result decoded.
 pub fn apply(state: &mut FederationState, index: u64, command: Command) -> CommandResult {
     let bytes =
         <FederationState as federator_raft::StateMachine>::apply(state, index, &command.encode());
     command_result(&bytes).expect("decodes")
 }
 
+/// The time now, unix seconds.
 pub fn now() -> i64 {
     crate::clock::unix_now()
 }

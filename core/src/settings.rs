@@ -1,5 +1,5 @@
-//! What the replica's settings ([`crate::server::config`]) and the agent's
-//! ([`crate::agent::AgentConfig`]) have in common: the error that names the setting at
+//! What the replica's settings (`federator::server::config`) and the agent's
+//! (`federator::agent::AgentConfig`) have in common: the error that names the setting at
 //! fault, and how to fix it.
 
 /// Errors of loading or checking settings. Each names the setting at fault.
