@@ -38,6 +38,7 @@ pub mod snapshot;
 pub mod soak;
 pub mod steps;
 pub mod target;
+pub mod text;
 
 use std::time::{Duration, Instant};
 

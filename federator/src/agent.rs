@@ -5,6 +5,7 @@
 //! is reachable.
 
 pub mod config;
+mod deadlines;
 pub mod etcd_auth;
 pub mod held;
 pub mod kubernetes;

@@ -26,6 +26,7 @@
 //! | [`timeline`] | where a write's time goes: each log entry's steps through the write path |
 //! | [`disk_check`] | how fast a disk makes a log append durable (`federator check --disk`, `bench raft`) |
 
+mod causes;
 pub mod convert;
 pub mod disk_check;
 pub mod failpoints;

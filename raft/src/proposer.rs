@@ -17,18 +17,24 @@
 //! does not lead, or stopped leading), every writer gets the refusal and retries or
 //! forwards on its own.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
+use federator_proto::raft as pb;
 use openraft::error::{ClientWriteError, ForwardToLeader};
 use serde_bytes::ByteBuf;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot, watch};
 use tokio::task::{JoinHandle, JoinSet};
+use tonic::Status;
 
+use crate::causes::{ForwardFailure, StopReason};
+use crate::convert::IntoProto as _;
 use crate::leader::{KnownLeader, known_leader, leader_moved_from};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::Network;
-use crate::replica::{ForwardFailure, StopReason};
+use crate::network::server::{ForwardedWrites, not_leader, stopped as stopped_status};
 use crate::tasks::Live;
 use crate::types::{Command, LogId, Node, NodeId, Raft};
 
@@ -198,6 +204,30 @@ impl Proposer {
         let writes = Queued { commands, forwardable, reply, queued };
         self.queue.send(writes).await.map_err(|_| stopped())?;
         Ok(Pending(answer))
+    }
+}
+
+impl ForwardedWrites for Proposer {
+    fn propose(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> Pin<Box<dyn Future<Output = Result<pb::ForwardWriteResponse, Status>> + Send + '_>> {
+        Box::pin(async move {
+            match self.propose_forwarded(commands).await {
+                Ok(written) => Ok(pb::ForwardWriteResponse {
+                    log_id: Some(written.log_id.into_proto()),
+                    responses: written.responses,
+                }),
+                Err(ProposeError::ForwardToLeader(forward)) => Err(not_leader(&forward)),
+                Err(ProposeError::Refused(error)) => {
+                    Err(Status::internal(format!("write failed: {error}")))
+                }
+                Err(ProposeError::Forward { source, .. }) => {
+                    Err(Status::internal(format!("write failed: {source}")))
+                }
+                Err(ProposeError::Stopped(error)) => Err(stopped_status(&error)),
+            }
+        })
     }
 }
 

@@ -38,12 +38,11 @@ mod write;
 use background::CHECK_QUORUM_TIMEOUTS;
 pub use config::{DEFAULT_ELECTION_TIMEOUT, DEFAULT_HEARTBEAT, ReplicaConfig, Timing};
 pub use error::{
-    ForwardFailure, MembershipRefusal, RaftFailure, ReplicaError, StopReason, StorageFailure,
-    VotersBehind,
+    CatchUpError, ForwardFailure, MembershipRefusal, NoAnswer, RaftFailure, ReplicaError,
+    StopReason, StorageFailure, VoterVersion, VotersBehind,
 };
-pub use membership::CatchUpError;
 pub use read::Consistency;
-pub use versions::{ClusterVersion, NoAnswer, VoterVersion};
+pub use versions::ClusterVersion;
 pub use write::{QueuedWrite, WriteOutcome};
 
 /// One running replica of the group.
@@ -200,7 +199,7 @@ impl<S: StateMachine> Replica<S> {
         let mut service = RaftTransportService::new(self.raft.clone())
             .with_supported_version(S::supported_version())
             .with_leader_handler(self.leader_handler.clone())
-            .with_proposer(self.proposer.clone())
+            .with_forwarded_writes(Arc::new(self.proposer.clone()))
             .with_timeline(self.metrics.timeline.clone())
             .with_snapshot_files(self.state.snapshot_files());
         if let Some(policy) = peer_policy {

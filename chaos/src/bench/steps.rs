@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
-use super::report::{aligned_table, wrap};
+use super::text::{aligned_table, wrap};
 
 /// The leader's histogram (`raft_write_step_seconds`) as exposed by a replica.
 const LEADER_METRIC: &str = "federator_raft_write_step_seconds";

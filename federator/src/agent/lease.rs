@@ -17,8 +17,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tonic::Code;
 use tonic::transport::Channel;
 
+use super::deadlines::{Deadlines, ReplicaFault};
 use super::metrics::AgentMetrics;
-use super::runtime::{Deadlines, ReplicaFault};
 use super::status::LeaseStatus;
 use crate::clock::unix_now_ms;
 

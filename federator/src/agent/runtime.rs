@@ -32,7 +32,7 @@
 //! among them how long each change took from the replica to every sink.
 //!
 //! The parts: the session loop ([`session`]), why a session failed ([`session_error`]),
-//! the deadlines and backoff ([`deadlines`]), the own bundle published ([`own_bundle`]),
+//! the deadlines and backoff ([`super::deadlines`]), the own bundle published ([`own_bundle`]),
 //! the federation's changes applied and acknowledged ([`events`]), the exports
 //! ([`exports`]), the sink tasks ([`sinks`]) and the status file ([`status_writer`]).
 
@@ -59,7 +59,6 @@ use crate::identity::{CertifiedIdentity, IdentityError};
 use crate::service::ServiceKey;
 use crate::token::{JoinToken, TokenError};
 
-mod deadlines;
 mod events;
 mod exports;
 mod own_bundle;
@@ -69,7 +68,7 @@ mod sinks;
 mod status_writer;
 mod tasks;
 
-pub(super) use deadlines::{Deadlines, ReplicaFault};
+use super::deadlines::Deadlines;
 use exports::export_sources;
 use sinks::{HandedView, SinkProgress, SinkReport, run_sink};
 use status_writer::{StatusWriter, spawn_status_writer};

@@ -5,6 +5,7 @@
 use std::fmt;
 use std::future::Future;
 use std::io::Cursor;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -12,8 +13,9 @@ use federator_proto::raft as pb;
 use federator_proto::raft::raft_service_server::{RaftService, RaftServiceServer};
 use futures::{Stream, StreamExt as _};
 use openraft::ServerState;
-use openraft::error::{CheckIsLeaderError, ForwardToLeader, RaftError};
+use openraft::error::{CheckIsLeaderError, ClientWriteError, ForwardToLeader, RaftError};
 use rustls_pki_types::CertificateDer;
+use serde_bytes::ByteBuf;
 use tokio::net::TcpListener;
 use tonic::metadata::MetadataValue;
 use tonic::service::Interceptor;
@@ -25,13 +27,11 @@ use super::{LEADER_ADDR_METADATA, LEADER_ID_METADATA, MAX_MESSAGE_BYTES, Transpo
 use crate::convert::{ConvertError, FromProto, IntoProto};
 use crate::leader::leader_read_index;
 use crate::leader_call::{self, LeaderHandler, LeaderHandlerSlot};
-use crate::metrics::ConsensusMetrics;
-use crate::proposer::{ProposeError, Proposer};
 use crate::snapshot_files::{Checksum, Receiving, SnapshotFiles};
 use crate::timeline::{Timeline, span};
 use crate::tls;
 use crate::types::typ::{AppendEntriesRequest, VoteRequest};
-use crate::types::{Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
+use crate::types::{Command, Node, NodeId, Raft, Snapshot, SnapshotMeta, Vote};
 
 /// Decides whether a peer, by the end-entity certificate it presented, may call the
 /// transport. Runs after the TLS layer verified the certificate.
@@ -57,12 +57,51 @@ pub struct RaftTransportService {
     snapshot_files: Option<SnapshotFiles>,
     /// The application's handler of leader calls, once installed.
     leader_handler: LeaderHandlerSlot,
-    /// Where forwarded writes are proposed (batched with this replica's own writes).
-    proposer: Proposer,
+    /// Where forwarded writes are proposed.
+    forwarded: Arc<dyn ForwardedWrites>,
     /// The command-format version this replica's state machine applies (`NodeInfo`).
     supported_version: u32,
     /// Where served AppendEntries are timed (see [`crate::timeline`]).
     timeline: Timeline,
+}
+
+/// Where the transport proposes the writes a follower forwarded to this replica: the
+/// replica's proposal queue, which batches them with its own writes
+/// ([`RaftTransportService::with_forwarded_writes`]), or raft itself, one entry per call.
+pub(crate) trait ForwardedWrites: Send + Sync + 'static {
+    /// Proposes `commands` together in one entry of this replica (never forwarding them
+    /// again) and answers the follower that forwarded them.
+    fn propose(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> Pin<Box<dyn Future<Output = Result<pb::ForwardWriteResponse, Status>> + Send + '_>>;
+}
+
+/// Forwarded writes proposed straight to raft, one entry per call.
+struct DirectWrites(Raft);
+
+impl ForwardedWrites for DirectWrites {
+    fn propose(
+        &self,
+        commands: Vec<Vec<u8>>,
+    ) -> Pin<Box<dyn Future<Output = Result<pb::ForwardWriteResponse, Status>> + Send + '_>> {
+        Box::pin(async move {
+            let entry = Command(commands.into_iter().map(ByteBuf::from).collect());
+            match self.0.client_write(entry).await {
+                Ok(written) => Ok(pb::ForwardWriteResponse {
+                    log_id: Some(written.log_id.into_proto()),
+                    responses: written.data.0.into_iter().map(ByteBuf::into_vec).collect(),
+                }),
+                Err(RaftError::APIError(ClientWriteError::ForwardToLeader(forward))) => {
+                    Err(not_leader(&forward))
+                }
+                Err(RaftError::APIError(error)) => {
+                    Err(Status::internal(format!("write failed: {error}")))
+                }
+                Err(RaftError::Fatal(fatal)) => Err(stopped(&fatal)),
+            }
+        })
+    }
 }
 
 /// A tonic interceptor that refuses requests whose peer certificate fails a
@@ -132,17 +171,11 @@ impl RaftTransportService {
     /// A service handing RPCs to `raft`, open to every peer the TLS layer accepts, taking
     /// snapshots up to [`DEFAULT_MAX_SNAPSHOT_BYTES`], answering leader calls with
     /// `Unimplemented` until given a slot with a handler
-    /// ([`RaftTransportService::with_leader_handler`]). Must be called within a tokio
-    /// runtime (forwarded writes are batched by a task of its own).
+    /// ([`RaftTransportService::with_leader_handler`]), proposing forwarded writes one
+    /// entry per call.
     pub fn new(raft: Raft) -> Self {
         Self {
-            proposer: Proposer::start(
-                raft.clone(),
-                raft.metrics().borrow().id,
-                None,
-                ConsensusMetrics::default(),
-                crate::tasks::Live::default(),
-            ),
+            forwarded: Arc::new(DirectWrites(raft.clone())),
             raft,
             peer_policy: None,
             max_snapshot_bytes: DEFAULT_MAX_SNAPSHOT_BYTES,
@@ -160,11 +193,11 @@ impl RaftTransportService {
         self
     }
 
-    /// Proposes forwarded writes through `proposer`, in the same entries as the
-    /// replica's own writes.
+    /// Proposes forwarded writes through `writes` (the replica's proposal queue: in the
+    /// same entries as its own writes).
     #[must_use]
-    pub(crate) fn with_proposer(mut self, proposer: Proposer) -> Self {
-        self.proposer = proposer;
+    pub(crate) fn with_forwarded_writes(mut self, writes: Arc<dyn ForwardedWrites>) -> Self {
+        self.forwarded = writes;
         self
     }
 
@@ -341,20 +374,7 @@ impl RaftService for RaftTransportService {
         if commands.is_empty() {
             return Err(Status::invalid_argument("ForwardWriteRequest.commands is empty"));
         }
-        match self.proposer.propose_forwarded(commands).await {
-            Ok(written) => Ok(Response::new(pb::ForwardWriteResponse {
-                log_id: Some(written.log_id.into_proto()),
-                responses: written.responses,
-            })),
-            Err(ProposeError::ForwardToLeader(forward)) => Err(not_leader(&forward)),
-            Err(ProposeError::Refused(error)) => {
-                Err(Status::internal(format!("write failed: {error}")))
-            }
-            Err(ProposeError::Forward { source, .. }) => {
-                Err(Status::internal(format!("write failed: {source}")))
-            }
-            Err(ProposeError::Stopped(error)) => Err(stopped(&error)),
-        }
+        self.forwarded.propose(commands).await.map(Response::new)
     }
 
     async fn read_index(
@@ -563,13 +583,13 @@ where
 // === errors ===
 
 /// The status of a request this replica cannot serve because its raft core stopped.
-fn stopped(error: &impl fmt::Display) -> Status {
+pub(crate) fn stopped(error: &impl fmt::Display) -> Status {
     Status::unavailable(format!("raft core stopped: {error}"))
 }
 
 /// The status of a request only the leader serves, naming the leader if known, with
 /// `x-leader-id` / `x-leader-addr` metadata.
-fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
+pub(crate) fn not_leader(forward: &ForwardToLeader<NodeId, Node>) -> Status {
     let message = match (forward.leader_id, &forward.leader_node) {
         (Some(id), Some(node)) => {
             format!("not the leader; the leader is replica {id} at {}", node.addr)

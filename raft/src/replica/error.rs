@@ -3,18 +3,17 @@
 
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::Arc;
+
 use std::time::Duration;
 
 use openraft::error::{
     CheckIsLeaderError, ClientWriteError, Fatal, ForwardToLeader, InitializeError,
 };
 
-use super::membership::CatchUpError;
-use super::versions::VoterVersion;
+pub use crate::causes::{ForwardFailure, StopReason};
 use crate::leader_call::HandlerError;
 use crate::network::TransportError;
-use crate::types::{LogId, Node, NodeId, StorageError};
+use crate::types::{Node, NodeId, StorageError};
 
 /// Errors of replica operations.
 #[derive(Debug, thiserror::Error)]
@@ -149,39 +148,6 @@ impl From<StorageError> for StorageFailure {
     }
 }
 
-/// Why a forwarded call or read got no answer from the leader ([`ReplicaError::Forward`]).
-#[derive(Clone, Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ForwardFailure {
-    /// The transport call failed (unreachable, timed out, refused): the gRPC status,
-    /// shown by its message.
-    #[error("{}", .0.message())]
-    Status(#[source] Box<tonic::Status>),
-    /// Another replica became leader while a call or read waited at the old one; it is
-    /// re-routed to the new leader.
-    #[error("replica {moved} became leader while the call waited; re-routed")]
-    Rerouted {
-        /// The new leader.
-        moved: NodeId,
-    },
-    /// Another replica became leader while a write waited at the old one: its outcome is
-    /// unknown.
-    #[error(
-        "replica {moved} became leader while the write waited at the old leader; its \
-         outcome is unknown (it may still commit): retry it"
-    )]
-    LeaderMoved {
-        /// The new leader.
-        moved: NodeId,
-    },
-}
-
-impl From<tonic::Status> for ForwardFailure {
-    fn from(status: tonic::Status) -> Self {
-        Self::Status(Box::new(status))
-    }
-}
-
 /// Why a membership change was refused ([`ReplicaError::Membership`]).
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -220,41 +186,6 @@ fn removed_note(removed: bool) -> &'static str {
     if removed { " (it was removed again)" } else { "" }
 }
 
-/// Why the replica, its raft core or its proposal queue stopped
-/// ([`ReplicaError::Stopped`]).
-#[derive(Clone, Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum StopReason {
-    /// The raft core stopped (shut down, or fail-stopped on a storage error).
-    #[error(transparent)]
-    Fatal(Box<Fatal<NodeId>>),
-    /// The raft core's task ended with an error when it was shut down.
-    #[error(transparent)]
-    Shutdown(Arc<tokio::task::JoinError>),
-    /// The replica's proposal queue stopped.
-    #[error("the replica's proposal queue stopped")]
-    QueueClosed,
-    /// Raft core dropped a proposal without answering it.
-    #[error("raft core dropped the proposal; its outcome is unknown")]
-    ProposalDropped,
-    /// A committed entry answered a different number of responses than it has commands.
-    #[error("entry {log_id} answered {answered} responses for {expected} commands")]
-    ResponseCount {
-        /// The entry.
-        log_id: LogId,
-        /// Responses it answered.
-        answered: usize,
-        /// Commands it holds.
-        expected: usize,
-    },
-}
-
-impl From<Fatal<NodeId>> for StopReason {
-    fn from(fatal: Fatal<NodeId>) -> Self {
-        Self::Fatal(Box::new(fatal))
-    }
-}
-
 impl From<Fatal<NodeId>> for ReplicaError {
     fn from(fatal: Fatal<NodeId>) -> Self {
         Self::Stopped(fatal.into())
@@ -277,6 +208,48 @@ pub enum RaftFailure {
     /// Raft refused a write.
     #[error(transparent)]
     Write(Box<ClientWriteError<NodeId, Node>>),
+}
+
+/// One voter's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VoterVersion {
+    /// The voter.
+    pub id: NodeId,
+    /// What its build applies, or why it did not say.
+    pub supported: Result<u32, NoAnswer>,
+}
+
+/// Why a voter did not say which version it applies.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum NoAnswer {
+    /// The call failed (unreachable, timed out, refused): the gRPC status's message.
+    #[error("{0}")]
+    Call(String),
+    /// The membership names the voter without an address.
+    #[error("its address is not in the membership")]
+    NoAddress,
+}
+
+/// Why a new replica did not catch up with the leader's log
+/// ([`Replica::add_member`]); the message continues "replica ID at ADDR …".
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CatchUpError {
+    /// It acknowledged no replication message.
+    #[error("did not answer within {within:?}")]
+    NoAnswer {
+        /// How long the leader waited for the first acknowledgement.
+        within: Duration,
+    },
+    /// It answered, and did not reach the leader's index in time.
+    #[error("did not catch up to index {index} within {within:?}")]
+    Behind {
+        /// The index it had to reach.
+        index: u64,
+        /// How long the leader waited.
+        within: Duration,
+    },
 }
 
 /// The voters behind a command's version ([`ReplicaError::VersionGate`]), shown as each

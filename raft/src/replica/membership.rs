@@ -8,7 +8,7 @@ use openraft::error::{ClientWriteError, RaftError};
 use openraft::{ChangeMembers, ServerState};
 
 use super::Replica;
-use super::error::{MembershipRefusal, ReplicaError, not_leader};
+use super::error::{CatchUpError, MembershipRefusal, ReplicaError, not_leader};
 use crate::state_machine::StateMachine;
 use crate::types::{Node, NodeId, RaftMetrics};
 
@@ -18,27 +18,6 @@ const CATCH_UP_FIRST_CONTACT: Duration = Duration::from_secs(10);
 const MEMBERSHIP_CHANGE_TIMEOUT: Duration = Duration::from_secs(30);
 /// Time a new replica has to catch up with the leader's log.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(120);
-
-/// Why a new replica did not catch up with the leader's log
-/// ([`Replica::add_member`]); the message continues "replica ID at ADDR …".
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum CatchUpError {
-    /// It acknowledged no replication message.
-    #[error("did not answer within {within:?}")]
-    NoAnswer {
-        /// How long the leader waited for the first acknowledgement.
-        within: Duration,
-    },
-    /// It answered, and did not reach the leader's index in time.
-    #[error("did not catch up to index {index} within {within:?}")]
-    Behind {
-        /// The index it had to reach.
-        index: u64,
-        /// How long the leader waited.
-        within: Duration,
-    },
-}
 
 impl<S: StateMachine> Replica<S> {
     /// Initializes a new group with `members` (id → transport address) as its voters;

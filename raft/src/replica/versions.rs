@@ -15,30 +15,9 @@
 use std::fmt;
 
 use super::Replica;
-use super::error::{ReplicaError, VotersBehind};
+use super::error::{NoAnswer, ReplicaError, VoterVersion, VotersBehind};
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
-
-/// One voter's answer.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct VoterVersion {
-    /// The voter.
-    pub id: NodeId,
-    /// What its build applies, or why it did not say.
-    pub supported: Result<u32, NoAnswer>,
-}
-
-/// Why a voter did not say which version it applies.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum NoAnswer {
-    /// The call failed (unreachable, timed out, refused): the gRPC status's message.
-    #[error("{0}")]
-    Call(String),
-    /// The membership names the voter without an address.
-    #[error("its address is not in the membership")]
-    NoAddress,
-}
 
 /// Every voter's answer, in id order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

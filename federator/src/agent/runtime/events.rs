@@ -8,10 +8,10 @@ use federator_proto::federation::federation_client::FederationClient;
 use federator_proto::federation::watch_event::Event;
 use tonic::transport::Channel;
 
-use super::deadlines::{ReplicaFault, bounded};
 use super::own_bundle::authorities_digest;
 use super::session_error::SessionError;
 use super::{Agent, blocking};
+use crate::agent::deadlines::{ReplicaFault, bounded};
 use crate::agent::held::HeldBundle;
 use crate::agent::metrics::{ChangeKind, Propagation, import_sources};
 use crate::agent::status::PropagationStatus;

@@ -11,11 +11,11 @@ use tokio::sync::watch;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::deadlines::bounded;
 use super::session_error::SessionError;
 use super::tasks::Tasks;
 use super::{Agent, SOURCE_POLL};
 use crate::agent::config::AgentConfig;
+use crate::agent::deadlines::bounded;
 use crate::agent::view::ExportSet;
 use crate::service::{ServiceKey, export_to_proto};
 

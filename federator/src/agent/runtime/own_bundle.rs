@@ -8,9 +8,9 @@ use sha2::Digest as _;
 use tonic::Code;
 use tonic::transport::Channel;
 
-use super::deadlines::bounded;
 use super::session_error::SessionError;
 use super::{Agent, REFUSAL_METADATA_KEY, REFUSAL_SEQUENCE_REPLAY};
+use crate::agent::deadlines::bounded;
 use crate::agent::held::{self, Verdict};
 use crate::agent::sources::bundle::BundleState;
 use crate::bundle::TrustBundle;

@@ -16,12 +16,12 @@ use rustls_pki_types::pem::PemObject as _;
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
-use super::deadlines::{Deadlines, ReplicaFault, backoff, bounded, refused_backoff};
 use super::own_bundle::authorities_digest;
 use super::session_error::{SessionError, refusal_next_step};
 use super::sinks::SinkReport;
 use super::status_writer::STATUS_PERIOD;
 use super::{Agent, RunError, blocking};
+use crate::agent::deadlines::{Deadlines, ReplicaFault, backoff, bounded, refused_backoff};
 use crate::agent::lease::{LeaseError, LeaseKeeper, LeaseSnapshot, Renewal};
 use crate::agent::sources::bundle::BundleState;
 use crate::agent::status::FailoverStatus;

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 
 use tonic::Code;
 
-use super::deadlines::ReplicaFault;
+use crate::agent::deadlines::ReplicaFault;
 use crate::agent::lease::LeaseError;
 
 /// Why a session with a replica failed. Its display is the outermost step (`connect to
