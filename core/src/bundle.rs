@@ -164,10 +164,7 @@ impl Default for ValidationPolicy {
     /// The default limits, validating at the current wall-clock time. Code that must decide
     /// alike on every replica uses [`ValidationPolicy::at`] with an agreed time instead.
     fn default() -> Self {
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-        Self::at(now)
+        Self::at(crate::clock::unix_now())
     }
 }
 

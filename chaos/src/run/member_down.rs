@@ -690,9 +690,7 @@ fn ms(d: Duration) -> u64 {
 }
 
 fn wall_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+    federator::clock::unix_now_ms()
 }
 
 #[cfg(test)]

@@ -68,11 +68,9 @@ async fn chaos_run(args: &RunArgs) -> anyhow::Result<()> {
                 .with_context(|| format!("no scenario {n:?}; `federator-chaos list` shows them"))
         })
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let seed = args.seed.unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(1, |d| d.as_secs())
-    });
+    let seed = args
+        .seed
+        .unwrap_or_else(|| u64::try_from(federator::clock::unix_now()).unwrap_or(1).max(1));
     let duration = if args.short { Duration::from_secs(15) } else { args.duration };
     let progress = Progress::new();
     let mut reports = Vec::new();
