@@ -1,5 +1,6 @@
-//! The workspace's module structure, read from its source (issue 30): inside each crate,
-//! no module imports a sibling that imports it back, directly or around a circle. The
+//! The workspace's module structure, read from its source (issue 30): no source file
+//! longer than [`MAX_LINES`] lines before its unit tests, and inside each crate no module
+//! that imports a sibling that imports it back, directly or around a circle. The
 //! crates themselves form a line (proto ← raft ← core ← federator ← chaos ← tests), which
 //! cargo enforces; a circle of modules inside one crate only a reading like this finds.
 //!
@@ -13,7 +14,11 @@ use std::path::{Path, PathBuf};
 
 /// The library sources of every crate (binaries are crates of their own).
 const CRATES: &[&str] =
-    &["proto/src", "raft/src", "core/src", "federator/src", "chaos/src", "tests/src"];
+    &["proto/src", "raft/src", "core/src", "federator/src", "chaos/src", "tests/support"];
+
+/// Lines of a source file before its unit tests, at most: a file longer than that does
+/// more than one job (split it where its parts meet).
+const MAX_LINES: usize = 800;
 
 type ModPath = Vec<String>;
 
@@ -241,6 +246,46 @@ fn no_module_imports_a_sibling_that_imports_it_back() {
     }
     assert!(files > 200, "read only {files} source files: is the workspace layout as expected?");
     assert!(report.is_empty(), "import circles:\n{}", report.join("\n"));
+}
+
+#[test]
+fn no_source_file_is_longer_than_its_limit() {
+    let mut long = Vec::new();
+    for krate in CRATES {
+        let mut dirs = vec![workspace().join(krate)];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).expect("a crate's source directory") {
+                let path = entry.expect("a directory entry").path();
+                if path.is_dir() {
+                    dirs.push(path);
+                    continue;
+                }
+                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+                let name = name.unwrap_or_default();
+                if !name.ends_with(".rs") || name == "tests.rs" || name.starts_with("test_") {
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("a source file");
+                let lines = code_lines(&text);
+                if lines > MAX_LINES {
+                    let relative = path.strip_prefix(workspace()).unwrap_or(&path).display();
+                    long.push(format!("{relative}: {lines} lines before its tests"));
+                }
+            }
+        }
+    }
+    assert!(long.is_empty(), "longer than {MAX_LINES} lines:\n{}", long.join("\n"));
+}
+
+/// Lines before a file's unit-test module (`#[cfg(test)]` followed by `mod`).
+fn code_lines(text: &str) -> usize {
+    let lines: Vec<&str> = text.lines().collect();
+    lines
+        .windows(2)
+        .position(|w| {
+            w[0].trim_start().starts_with("#[cfg(test)]") && w[1].trim_start().starts_with("mod ")
+        })
+        .unwrap_or(lines.len())
 }
 
 #[test]
