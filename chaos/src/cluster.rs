@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 
-pub use self::load::{LoadResult, write_load};
+pub use self::load::{LoadResult, load_commits, write_load};
 pub use self::tls::{RawVoteError, WebCertificate, raw_raft_vote};
 pub use crate::wait::{eventually, eventually_every};
 

@@ -20,34 +20,13 @@ use std::time::{Duration, Instant};
 use federator_chaos::disk::SmallDisk;
 use federator_proto::federation as pb;
 use federator_tests::member::MemberCluster;
-use federator_tests::{Federation, eventually, eventually_every, write_load};
+use federator_tests::{Federation, eventually, eventually_every, load_commits, write_load};
 use tonic::Code;
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 
 const PREFIX: &str = "faults";
-
-/// Waits until one of `ids` has committed `entries` more entries than when called: the
-/// write load flows (rather than letting it run for a fixed time).
-async fn load_commits(fed: &Federation, ids: &[u64], entries: u64) -> anyhow::Result<()> {
-    let mut from = 0;
-    for id in ids {
-        if let Some(status) = fed.status(*id).await {
-            from = from.max(status.commit_index);
-        }
-    }
-    let what = format!("the write load to commit {entries} entries past {from}");
-    eventually(&what, Duration::from_secs(30), || async {
-        for id in ids {
-            if fed.status(*id).await.is_some_and(|s| s.commit_index >= from + entries) {
-                return Some(());
-            }
-        }
-        None
-    })
-    .await
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sigtermed_leader_ends_its_watches_steps_down_and_exits_promptly() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use federator_proto::admin as pb;
-use federator_tests::{Federation, eventually, write_load};
+use federator_tests::{Federation, eventually, load_commits, write_load};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -68,31 +68,6 @@ async fn three_replicas_form_a_group_from_nothing_through_the_cli() -> anyhow::R
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }
     Ok(())
-}
-
-/// How long the write load may take to commit the entries a step waits for.
-const LOAD_WAIT: Duration = Duration::from_secs(30);
-
-/// Waits until one of `ids` has committed `entries` more entries than when called: the
-/// write load flows (instead of letting it run for a fixed time, which on a slow machine
-/// may commit next to nothing).
-async fn load_commits(fed: &Federation, ids: &[u64], entries: u64) -> anyhow::Result<()> {
-    let mut from = 0;
-    for id in ids {
-        if let Some(status) = fed.status(*id).await {
-            from = from.max(status.commit_index);
-        }
-    }
-    let what = format!("the write load to commit {entries} entries past {from}");
-    eventually(&what, LOAD_WAIT, || async {
-        for id in ids {
-            if fed.status(*id).await.is_some_and(|s| s.commit_index >= from + entries) {
-                return Some(());
-            }
-        }
-        None
-    })
-    .await
 }
 
 /// The replica's overall gRPC health (service "").

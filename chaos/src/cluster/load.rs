@@ -140,3 +140,28 @@ impl Federation {
         Ok(())
     }
 }
+
+/// Waits until one of `ids` has committed `entries` more entries than when called, at
+/// most 30 s: a write load running beside it flows (instead of letting it run for a fixed
+/// time, which on a slow machine may commit next to nothing).
+///
+/// # Errors
+/// Not that many entries were committed in time.
+pub async fn load_commits(fed: &Federation, ids: &[u64], entries: u64) -> anyhow::Result<()> {
+    let mut from = 0;
+    for id in ids {
+        if let Some(status) = fed.status(*id).await {
+            from = from.max(status.commit_index);
+        }
+    }
+    let what = format!("the write load to commit {entries} entries past {from}");
+    crate::wait::eventually(&what, Duration::from_secs(30), || async {
+        for id in ids {
+            if fed.status(*id).await.is_some_and(|s| s.commit_index >= from + entries) {
+                return Some(());
+            }
+        }
+        None
+    })
+    .await
+}
