@@ -301,10 +301,10 @@ mod tests {
     /// The typed causes print the texts the string causes printed before.
     #[test]
     fn texts_stay_as_they_were() {
-        let status = tonic::Status::unavailable("TCP connect to 10.0.0.2:7000 failed");
+        let status = tonic::Status::unavailable("TCP connect to 127.0.0.2:7000 failed");
         assert_eq!(
-            forward_failed(2, "10.0.0.2:7000".into(), status).to_string(),
-            "forwarding to leader 2 at 10.0.0.2:7000 failed: TCP connect to 10.0.0.2:7000 failed"
+            forward_failed(2, "127.0.0.2:7000".into(), status).to_string(),
+            "forwarding to leader 2 at 127.0.0.2:7000 failed: TCP connect to 127.0.0.2:7000 failed"
         );
         assert_eq!(
             rerouted(2, "a:1".into(), 3).to_string(),
