@@ -35,7 +35,9 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the workspace root").to_path_buf()
 }
 
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
+/// The Rust files under `dir` but unit-test files; with `binaries`, also those of `bin/`
+/// (crates of their own, so out of the import graph, but sources all the same).
+fn rust_files(dir: &Path, binaries: bool) -> Vec<PathBuf> {
     let mut files = Vec::new();
     let mut dirs = vec![dir.to_path_buf()];
     while let Some(dir) = dirs.pop() {
@@ -45,7 +47,7 @@ fn rust_files(dir: &Path) -> Vec<PathBuf> {
             let name =
                 path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
             if path.is_dir() {
-                if name != "bin" && name != "tests" {
+                if (binaries || name != "bin") && name != "tests" {
                     dirs.push(path);
                 }
             } else if name.ends_with(".rs") && name != "tests.rs" && !name.starts_with("test_") {
@@ -167,7 +169,7 @@ fn references(me: &ModPath, code: &str) -> Vec<ModPath> {
 
 fn edges(root: &Path) -> Vec<Edge> {
     let mut edges: BTreeMap<(ModPath, String, String), String> = BTreeMap::new();
-    for file in rust_files(root) {
+    for file in rust_files(root, false) {
         let me = module_of(root, &file);
         let text = std::fs::read_to_string(&file).expect("a source file");
         let code = code_of(&text);
@@ -232,7 +234,7 @@ fn no_module_imports_a_sibling_that_imports_it_back() {
     let mut files = 0;
     for krate in CRATES {
         let root = workspace().join(krate);
-        files += rust_files(&root).len();
+        files += rust_files(&root, false).len();
         for circle in circles(&edges(&root)) {
             let parent = circle[0].parent.join("::");
             let steps: Vec<String> =
@@ -252,25 +254,12 @@ fn no_module_imports_a_sibling_that_imports_it_back() {
 fn no_source_file_is_longer_than_its_limit() {
     let mut long = Vec::new();
     for krate in CRATES {
-        let mut dirs = vec![workspace().join(krate)];
-        while let Some(dir) = dirs.pop() {
-            for entry in std::fs::read_dir(&dir).expect("a crate's source directory") {
-                let path = entry.expect("a directory entry").path();
-                if path.is_dir() {
-                    dirs.push(path);
-                    continue;
-                }
-                let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-                let name = name.unwrap_or_default();
-                if !name.ends_with(".rs") || name == "tests.rs" || name.starts_with("test_") {
-                    continue;
-                }
-                let text = std::fs::read_to_string(&path).expect("a source file");
-                let lines = code_lines(&text);
-                if lines > MAX_LINES {
-                    let relative = path.strip_prefix(workspace()).unwrap_or(&path).display();
-                    long.push(format!("{relative}: {lines} lines before its tests"));
-                }
+        for path in rust_files(&workspace().join(krate), true) {
+            let text = std::fs::read_to_string(&path).expect("a source file");
+            let lines = code_lines(&text);
+            if lines > MAX_LINES {
+                let relative = path.strip_prefix(workspace()).unwrap_or(&path).display();
+                long.push(format!("{relative}: {lines} lines before its tests"));
             }
         }
     }
