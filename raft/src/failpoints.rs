@@ -25,6 +25,9 @@ pub enum Point {
     VoteSave,
     /// When a built or received snapshot is stored.
     SnapshotStore,
+    /// Before a batch of log entries is written, the writer waits while this is armed, as
+    /// on a disk that hangs (nothing fails).
+    LogStall,
 }
 
 #[cfg(feature = "failpoints")]

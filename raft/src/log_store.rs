@@ -12,7 +12,8 @@
 //!
 //! Its parts: `tables` (the redb tables, their encoding and transactions, and
 //! `LogStoreError`), `writer` (the group-commit thread), `cache` (the log's tail in
-//! memory) and `migrate` (a log of entry format 1 rewritten on open).
+//! memory), `durable` (how far the log is durable, for those who wait on it) and
+//! `migrate` (a log of entry format 1 rewritten on open).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -28,11 +29,14 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 mod cache;
+mod durable;
 mod migrate;
 mod tables;
 mod writer;
 
 use cache::{Tail, lock_tail};
+pub use durable::LogDurability;
+use durable::WriterProgress;
 use tables::{
     COMMITTED_KEY, LAST_PURGED_KEY, LOG, LOG_META, VOTE_KEY, decode_entry, encode_meta, get_meta,
     injected,
@@ -43,7 +47,7 @@ use writer::{Writer, WriterOp};
 use crate::failpoints::Point;
 use crate::metrics::ConsensusMetrics;
 use crate::timeline::{Step, Timeline, span};
-use crate::types::{Entry, LogId, LogState, StorageError, TypeConfig, Vote};
+use crate::types::{Entry, LogId, LogState, NodeId, StorageError, TypeConfig, Vote};
 
 /// Opens (creating if needed) the replica's redb database file.
 ///
@@ -103,6 +107,22 @@ where
 /// The newest written entries stay in memory too (up to [`cache::RECENT_BYTES`]):
 /// replication reads what was just appended, and reading it from memory saves a trip to
 /// the blocking pool, a redb read and a decode per AppendEntries.
+///
+/// **A leader's own appends** ([`LogStore::flush_own_appends_at_once`]): openraft 0.9
+/// awaits the flush of a leader's append inside its core before it replicates the entry,
+/// which puts the leader's fsync and a follower's one after the other on every write. Raft
+/// allows the leader to write its log in parallel with replicating it (Ongaro's thesis,
+/// §10.2.1), so a store told so reports the appends of its own leadership flushed at once
+/// and writes them as usual. openraft then counts the leader's copy towards a commit
+/// before it is durable; what makes that safe is that nothing acts on such a commit
+/// before the leader's copy is durable: the state machine waits for it
+/// ([`LogDurability::wait_through`]) before applying — and so before any client is
+/// answered or a snapshot includes the entry — and the transport tells followers no
+/// committed index beyond it ([`LogDurability::durable_through`]). A crash of the leader
+/// before its fsync loses only what nobody was told. Appends as a follower, and any
+/// append once the vote has moved on, are reported flushed only when durable; saving a
+/// vote first makes every queued append durable, so no node votes or follows another
+/// leader with an entry it reported but has not written.
 #[derive(Clone)]
 pub struct LogStore {
     /// The replica's database, shared with the state machine store.
@@ -116,6 +136,13 @@ pub struct LogStore {
     writer: Arc<Writer>,
     /// Where appended entries are marked (see [`crate::timeline`]).
     timeline: Timeline,
+    /// How far the log is durable.
+    durability: LogDurability,
+    /// This replica's id, when the appends of its own leadership are reported flushed at
+    /// once (see [`LogStore`]).
+    flush_own_appends: Option<NodeId>,
+    /// The vote as last saved or read.
+    vote: Arc<RwLock<Option<Vote>>>,
 }
 
 // === impl LogStore ===
@@ -139,9 +166,61 @@ impl LogStore {
         .map_err(|error| StorageIOError::write_logs(&error))?;
         let tail = Arc::new(RwLock::new(Tail::default()));
         let timeline = metrics.timeline.clone();
-        let writer = Writer::start(db.clone(), tail.clone(), metrics)
+        let (progress, watched) = tokio::sync::watch::channel(WriterProgress::default());
+        let writer = Writer::start(db.clone(), tail.clone(), metrics, progress)
             .map_err(|error| StorageIOError::write_logs(&error))?;
-        Ok(Self { db, tail, purged: Arc::new(RwLock::new(None)), writer, timeline })
+        Ok(Self {
+            durability: LogDurability::new(tail.clone(), watched),
+            db,
+            tail,
+            purged: Arc::new(RwLock::new(None)),
+            writer,
+            timeline,
+            flush_own_appends: None,
+            vote: Arc::new(RwLock::new(None)),
+        })
+    }
+
+    /// Reports the appends of replica `id`'s own leadership flushed as soon as they are
+    /// queued, so that openraft replicates them while this disk writes them (see
+    /// [`LogStore`]). Only sound when the state machine waits on [`LogStore::durability`]
+    /// before applying and the transport clamps the committed index it sends to it, as
+    /// [`crate::Replica`] sets them up.
+    #[must_use]
+    pub fn flush_own_appends_at_once(mut self, id: NodeId) -> Self {
+        self.flush_own_appends = Some(id);
+        self
+    }
+
+    /// How far this log is durable.
+    #[must_use]
+    pub fn durability(&self) -> LogDurability {
+        self.durability.clone()
+    }
+
+    /// Whether `entries` are this replica's own, appended while it leads: the saved vote
+    /// is a committed one for this replica and every entry carries that leadership. A
+    /// leader appends nothing else, and an entry it gets from another leader comes after
+    /// a vote for that one.
+    fn own_leadership(&self, entries: &[Entry]) -> bool {
+        let Some(id) = self.flush_own_appends else { return false };
+        let vote = match self.vote.read() {
+            Ok(guard) => *guard,
+            Err(poisoned) => *poisoned.into_inner(),
+        };
+        vote.is_some_and(|vote| {
+            vote.is_committed()
+                && vote.leader_id().voted_for() == Some(id)
+                && entries.iter().all(|e| e.get_log_id().leader_id == *vote.leader_id())
+        })
+    }
+
+    /// Remembers `vote` as the saved one.
+    fn remember_vote(&self, vote: Option<Vote>) {
+        match self.vote.write() {
+            Ok(mut guard) => *guard = vote,
+            Err(poisoned) => *poisoned.into_inner() = vote,
+        }
     }
 
     /// Reads the metadata value under `key` on the blocking pool.
@@ -274,17 +353,24 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         self.clone()
     }
 
+    /// Makes every queued append durable first: an append of this replica's leadership
+    /// may have been reported flushed before it was written, and once the vote has moved
+    /// on, what this replica reports to others (its vote, its log as a follower) must be
+    /// on disk.
     async fn save_vote(&mut self, vote: &Vote) -> Result<(), StorageError> {
         injected(&self.db, Point::VoteSave).map_err(|error| StorageIOError::write_vote(&error))?;
+        self.writer.barrier().await.map_err(|error| StorageIOError::write_vote(&error))?;
         self.write_meta(VOTE_KEY, vote)
             .await
             .map_err(|error| StorageIOError::write_vote(&error))?;
+        self.remember_vote(Some(*vote));
         Ok(())
     }
 
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
-        let vote =
+        let vote: Option<Vote> =
             self.read_meta(VOTE_KEY).await.map_err(|error| StorageIOError::read_vote(&error))?;
+        self.remember_vote(vote);
         Ok(vote)
     }
 
@@ -311,7 +397,9 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// Queues `entries` for the writer — readable as soon as this returns, as openraft
-    /// needs — which reports the flush to `callback` once they are durable.
+    /// needs — which reports the flush to `callback` once they are durable; the appends of
+    /// this replica's own leadership are reported flushed at once when the store is told
+    /// so (see [`LogStore`]).
     async fn append<I>(
         &mut self,
         entries: I,
@@ -336,17 +424,32 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             }
         }
         self.timeline.mark_at(Step::Appending, span(&encoded, |e| e.0), started);
-        lock_tail(&self.tail)
-            .pending
-            .extend(entries.into_iter().map(|e| (e.get_log_id().index, e)));
+        let at_once = self.own_leadership(&entries);
+        {
+            let mut tail = lock_tail(&self.tail);
+            if tail.pending.is_empty() {
+                tail.pending_since = Some(started);
+            }
+            tail.pending.extend(entries.into_iter().map(|e| (e.get_log_id().index, e)));
+        }
+        let (callback, reported) =
+            if at_once { (None, Some(callback)) } else { (Some(callback), None) };
         if let Err(op) =
             self.writer.enqueue(WriterOp::Append { entries: encoded, callback, started })
         {
             let error = LogStoreError::WriterStopped;
-            if let WriterOp::Append { callback, .. } = op {
+            if let WriterOp::Append { callback: Some(callback), .. } = op {
                 callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
             }
             return Err(StorageIOError::write_logs(&error).into());
+        }
+        if let Some(callback) = reported {
+            // Refused once the writer has failed: nothing queued after that is written.
+            if let Some(error) = self.durability.failed() {
+                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                return Err(StorageIOError::write_logs(&error).into());
+            }
+            callback.log_io_completed(Ok(()));
         }
         Ok(())
     }
@@ -575,6 +678,115 @@ mod tests {
         .expect("write garbage");
         let error = store.try_get_log_entries(..).await.expect_err("garbage must not decode");
         assert!(error.to_string().contains("index 1"), "{error}");
+    }
+
+    /// Appends `entries` on a task of its own; the handle ends once they are reported
+    /// flushed.
+    fn append_in_background(
+        store: &LogStore,
+        entries: Vec<Entry>,
+    ) -> tokio::task::JoinHandle<Result<(), StorageError>> {
+        let mut store = store.clone();
+        tokio::spawn(async move { store.blocking_append(entries).await })
+    }
+
+    #[tokio::test]
+    async fn a_leaders_own_appends_are_reported_flushed_at_once_and_written_after() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir).flush_own_appends_at_once(0);
+        store.save_vote(&Vote::new_committed(2, 0)).await.expect("save vote");
+        let durability = store.durability();
+        assert_eq!(durability.durable_through(), u64::MAX, "nothing pending");
+        // Holding redb's write lock keeps the writer from writing, as a slow disk would.
+        let held = store.db.begin_write().expect("write transaction");
+        tokio::time::timeout(
+            Duration::from_secs(10),
+            store.blocking_append(vec![normal(2, 1, b"a"), normal(2, 2, b"b")]),
+        )
+        .await
+        .expect("reported flushed while the writer cannot write")
+        .expect("append");
+        assert_eq!(durability.durable_through(), 0);
+        assert!(durability.stalled_for().is_some(), "entries wait for the writer");
+        durability.wait_through(0).await.expect("nothing to wait for under index 1");
+        let waiting = tokio::time::timeout(Duration::from_millis(100), durability.wait_through(2));
+        assert!(waiting.await.is_err(), "not durable while the writer cannot write");
+
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), durability.wait_through(2))
+            .await
+            .expect("durable once the writer can write")
+            .expect("written");
+        assert_eq!(durability.durable_through(), u64::MAX);
+        assert_eq!(durability.stalled_for(), None);
+        drop(store);
+        let mut store = open(&dir);
+        assert_eq!(store.try_get_log_entries(..).await.expect("read").len(), 2);
+    }
+
+    #[tokio::test]
+    async fn other_appends_are_reported_flushed_only_once_durable() {
+        // (store told of its id, saved vote): a follower's, a candidate's, and a newer
+        // leadership of its own appending entries of an older one; and a store not told.
+        let cases = [
+            (true, Vote::new_committed(2, 7)),
+            (true, Vote::new(2, 0)),
+            (true, Vote::new_committed(3, 0)),
+            (false, Vote::new_committed(2, 0)),
+        ];
+        for (told, vote) in cases {
+            let dir = TempDir::new().expect("tempdir");
+            let mut store = open(&dir);
+            if told {
+                store = store.flush_own_appends_at_once(0);
+            }
+            store.save_vote(&vote).await.expect("save vote");
+            let held = store.db.begin_write().expect("write transaction");
+            let append = append_in_background(&store, vec![normal(2, 1, b"a")]);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            assert!(!append.is_finished(), "{vote:?} (told {told}): reported before durable");
+            drop(held);
+            tokio::time::timeout(Duration::from_secs(10), append)
+                .await
+                .expect("reported once durable")
+                .expect("append task")
+                .expect("append");
+            assert_eq!(store.durability().durable_through(), u64::MAX);
+        }
+    }
+
+    #[tokio::test]
+    async fn saving_a_vote_first_writes_what_a_leader_reported_flushed() {
+        let dir = TempDir::new().expect("tempdir");
+        let mut store = open(&dir).flush_own_appends_at_once(0);
+        store.save_vote(&Vote::new_committed(2, 0)).await.expect("save vote");
+        let held = store.db.begin_write().expect("write transaction");
+        let entries: Vec<Entry> = (1..=3).map(|i| normal(2, i, b"a")).collect();
+        store.blocking_append(entries).await.expect("reported at once");
+        let mut voting = store.clone();
+        let vote = tokio::spawn(async move { voting.save_vote(&Vote::new(3, 7)).await });
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), vote)
+            .await
+            .expect("the vote is saved once the writer can write")
+            .expect("vote task")
+            .expect("save vote");
+        assert_eq!(
+            store.durability().durable_through(),
+            u64::MAX,
+            "every reported append is durable before the vote moves on"
+        );
+        // The vote moved on: an entry of the old leadership now waits for the disk.
+        let held = store.db.begin_write().expect("write transaction");
+        let append = append_in_background(&store, vec![normal(2, 4, b"a")]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!append.is_finished(), "reported before durable after the vote moved on");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), append)
+            .await
+            .expect("reported once durable")
+            .expect("append task")
+            .expect("append");
     }
 
     #[test]

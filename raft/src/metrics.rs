@@ -54,6 +54,9 @@ pub struct ConsensusMetrics {
     /// Times this replica, leading, heard no quorum for two election timeouts and
     /// stepped down (check-quorum).
     pub quorum_step_downs: Counter,
+    /// Times this replica, leading, stepped down because its log writer had made no
+    /// append durable for two election timeouts (a hung disk).
+    pub stalled_log_step_downs: Counter,
     /// Forwarded writes and leader calls abandoned because another leader became known
     /// while they waited on the old one (each retried there).
     pub forwards_rerouted: Counter,
@@ -83,6 +86,7 @@ impl Default for ConsensusMetrics {
             forwarded_writes: Counter::default(),
             forwarded_leader_calls: Counter::default(),
             quorum_step_downs: Counter::default(),
+            stalled_log_step_downs: Counter::default(),
             forwards_rerouted: Counter::default(),
             timeline: Timeline::default(),
         }
@@ -159,6 +163,11 @@ impl ConsensusMetrics {
             "quorum_step_downs",
             "Times this replica stepped down as leader after hearing no quorum (check-quorum)",
             self.quorum_step_downs.clone(),
+        );
+        r.register(
+            "stalled_log_step_downs",
+            "Times this replica stepped down as leader because its log writer made no append durable for two election timeouts",
+            self.stalled_log_step_downs.clone(),
         );
         r.register(
             "forwards_rerouted",

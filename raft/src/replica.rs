@@ -110,12 +110,20 @@ impl<S: StateMachine> Replica<S> {
         let db_path = config.data_dir.join("raft.redb");
         let db = open_database(&db_path).map_err(StorageFailure::from)?;
         restrict(&db_path, 0o600)?;
-        let log = LogStore::new(db.clone(), metrics.clone()).map_err(StorageFailure::from)?;
+        // The leader's own appends are reported flushed at once, so that it replicates
+        // them while its disk writes them; the state machine and the transport act on a
+        // commit only as far as the log is durable (see `LogStore`).
+        let log = LogStore::new(db.clone(), metrics.clone())
+            .map_err(StorageFailure::from)?
+            .flush_own_appends_at_once(config.id);
         let snapshots = config.data_dir.join("snapshots");
         let state = StateMachineStore::open(db, &snapshots, state_machine, metrics.clone())
             .map_err(StorageFailure::from)?;
+        state.apply_only_durable(log.durability());
         restrict(&snapshots, 0o700)?;
         let network = Network::new(client_tls, config.transport.clone(), metrics.clone());
+        network.commit_only_durable(log.durability());
+        let log_durability = log.durability();
         let raft = Raft::new(config.id, raft_config, network.clone(), log, state.clone())
             .await
             .map_err(|fatal| RaftFailure::Start(Box::new(fatal)))?;
@@ -142,7 +150,10 @@ impl<S: StateMachine> Replica<S> {
             live,
         };
         replica.spawn_metrics_refresher();
-        replica.spawn_check_quorum(config.election_timeout_max * CHECK_QUORUM_TIMEOUTS);
+        replica.spawn_check_quorum(
+            config.election_timeout_max * CHECK_QUORUM_TIMEOUTS,
+            log_durability,
+        );
         Ok(replica)
     }
 

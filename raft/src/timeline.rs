@@ -1,13 +1,14 @@
 //! Where a write's time goes on this replica: the moments each log entry passes a step of
 //! the write path, turned into Prometheus histograms once the entry is answered.
 //!
-//! A write on the leader passes, in this order (each step the first time it happens to
-//! the entry): the proposer hands its batch to raft core (`dispatched`), raft core gives
-//! the entry to the log store (`appending`), the log writer has made it durable
-//! (`durable`), the first AppendEntries that carries it leaves for a follower (`sent`),
-//! the first follower answers it as appended (`acked`), the state machine starts and ends
-//! applying it (`applying`, `applied`), and the proposer gets raft core's answer
-//! (`answered`). Each is observed in `raft_write_step_seconds{step}` as the time since the
+//! A write on the leader passes these steps (each the first time it happens to the
+//! entry): the proposer hands its batch to raft core (`dispatched`), raft core gives the
+//! entry to the log store (`appending`), the first AppendEntries that carries it leaves
+//! for a follower (`sent`), the first follower answers it as appended (`acked`), the
+//! state machine starts and ends applying it (`applying`, `applied`), and the proposer
+//! gets raft core's answer (`answered`). The leader's log writer makes the entry durable
+//! (`durable`) while it is replicated, somewhere after `appending` and before
+//! `applying` (see [`crate::log_store::LogStore`]). Each is observed in `raft_write_step_seconds{step}` as the time since the
 //! first write of the entry reached the proposer, so the means add up along the path and
 //! the difference between two steps is the time spent between them.
 //!

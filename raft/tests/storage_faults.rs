@@ -364,3 +364,133 @@ async fn a_replica_whose_core_stopped_never_answers_written_then_not_found() {
         running.stop().await;
     }
 }
+
+/// Heals the faults of a database when dropped: a test that fails while a disk hangs
+/// must not hang in its clean-up (the log writer is joined on drop).
+struct HealOnDrop(std::path::PathBuf);
+
+impl Drop for HealOnDrop {
+    fn drop(&mut self) {
+        failpoints::heal(&self.0);
+    }
+}
+
+/// The applied index of every replica of `group`.
+fn applied_indexes(group: &[Replica]) -> Vec<u64> {
+    group.iter().map(|r| r.replica.state().read_with_applied(|_| ()).1).collect()
+}
+
+/// A leader writes its own copy of an entry while it replicates it, and counts that copy
+/// towards the commit before it is on disk. With the leader's disk hung, the entry
+/// reaches both followers' disks (a quorum without the leader's copy), yet no replica
+/// applies it and the writer is not answered: the leader's state machine waits for its
+/// own copy, and the followers are told no commit beyond it. Once the disk writes again,
+/// the write is answered and applied everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_is_applied_or_answered_before_the_leaders_own_copy_is_durable() {
+    let pki = Pki::new();
+    let (group, leader) = start_group::<Applied>(&pki, &[1, 2, 3]).await;
+    let l = group.iter().position(|r| r.replica.id() == leader).expect("the leader runs");
+    group[l].replica.write(b"before".to_vec()).await.expect("a write on a healthy disk");
+    let metrics = group[l].replica.raft().metrics().borrow().clone();
+    let (term, next) = (metrics.current_term, metrics.last_log_index.unwrap_or(0) + 1);
+
+    let _heal = HealOnDrop(db_path(&group[l]));
+    failpoints::arm(&db_path(&group[l]), Point::LogStall);
+    let writer = group[l].replica.clone();
+    let write = tokio::spawn(async move { writer.write(b"held".to_vec()).await });
+    group[l]
+        .replica
+        .raft()
+        .wait(Some(Duration::from_secs(10)))
+        .metrics(
+            |m| {
+                m.replication.as_ref().is_some_and(|followers| {
+                    followers.iter().filter(|(id, _)| **id != leader).count() == 2
+                        && followers.iter().all(|(id, matched)| {
+                            *id == leader || matched.is_some_and(|m| m.index >= next)
+                        })
+                })
+            },
+            "both followers hold the entry durably",
+        )
+        .await
+        .expect("the entry reaches both followers while the leader's disk hangs");
+
+    // Watched for a while: a follower told of the commit, or a leader applying before its
+    // disk has the entry, would apply it within a few milliseconds. (Only while the
+    // leader still leads its term: one that stepped down lets another commit it.)
+    for _ in 0..10 {
+        let terms: Vec<u64> =
+            group.iter().map(|r| r.replica.raft().metrics().borrow().current_term).collect();
+        if terms.iter().any(|t| *t != term) {
+            break;
+        }
+        let applied = applied_indexes(&group);
+        assert!(
+            applied.iter().all(|index| *index < next),
+            "entry {next} applied ({applied:?}) while only the followers held it durably"
+        );
+        assert!(!write.is_finished(), "the write was answered before the leader's disk had it");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+
+    failpoints::heal(&db_path(&group[l]));
+    let written = tokio::time::timeout(Duration::from_secs(10), write)
+        .await
+        .expect("answered once the disk writes again")
+        .expect("write task")
+        .expect("written");
+    assert_eq!(written.index, next);
+    assert_converged(&group, &["before".to_string(), "held".to_string()]).await;
+    for running in group {
+        running.stop().await;
+    }
+}
+
+/// A leader whose disk hangs would go on heartbeating (its raft core does not wait for its
+/// own appends) while nothing it commits is applied. It steps down instead once its log
+/// writer has written nothing for two election timeouts; the others elect one of
+/// themselves and go on, and the old leader rejoins once its disk writes again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_whose_disk_hangs_steps_down_and_the_others_go_on() {
+    let pki = Pki::new();
+    let (group, leader) = start_group::<Applied>(&pki, &[1, 2, 3]).await;
+    let l = group.iter().position(|r| r.replica.id() == leader).expect("the leader runs");
+    let mut acked = vec!["before".to_string()];
+    group[l].replica.write(b"before".to_vec()).await.expect("a write on a healthy disk");
+
+    let _heal = HealOnDrop(db_path(&group[l]));
+    failpoints::arm(&db_path(&group[l]), Point::LogStall);
+    let writer = group[l].replica.clone();
+    let held = tokio::spawn(async move { writer.write(b"held".to_vec()).await });
+    let survivors: Vec<&Replica> = group.iter().filter(|r| r.replica.id() != leader).collect();
+    for survivor in &survivors {
+        survivor
+            .replica
+            .raft()
+            .wait(Some(Duration::from_secs(20)))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != leader),
+                "a leader other than the one whose disk hangs",
+            )
+            .await
+            .expect("the others elect a leader among themselves");
+    }
+    assert_eq!(
+        group[l].replica.consensus_metrics().stalled_log_step_downs.get(),
+        1,
+        "the leader stepped down for its stalled log writer"
+    );
+    survivors[0].replica.write(b"after".to_vec()).await.expect("the others go on");
+    acked.push("after".to_string());
+
+    failpoints::heal(&db_path(&group[l]));
+    if let Ok(Ok(Ok(_))) = tokio::time::timeout(Duration::from_secs(10), held).await {
+        acked.push("held".to_string());
+    }
+    assert_converged(&group, &acked).await;
+    for running in group {
+        running.stop().await;
+    }
+}

@@ -14,14 +14,20 @@ const LEADER_METRIC: &str = "federator_raft_write_step_seconds";
 /// A follower's histogram (`raft_follower_append_step_seconds`).
 const FOLLOWER_METRIC: &str = "federator_raft_follower_append_step_seconds";
 
-/// The leader's steps in the order a write passes them, with what happens before each.
+/// The leader's steps, with what happens before each. A leader writes its own copy while
+/// it replicates the entry, so `durable` falls between `sent` and `applying` (or after
+/// `acked`); the rows are put in the order of their means.
 const LEADER_STEPS: [(&str, &str); 8] = [
     ("dispatched", "the proposer takes the write into a batch and hands it to raft core"),
     ("appending", "raft core takes the entry, gives it an index, hands it to the log store"),
-    ("durable", "the leader's log writer commits it to redb and fsyncs"),
-    ("sent", "raft core learns of the flush and its replication task sends AppendEntries"),
+    ("durable", "the leader's log writer commits it to redb and fsyncs, beside replication"),
+    ("sent", "raft core hands the entry to its replication task, which sends AppendEntries"),
     ("acked", "the transport to a follower and back, and the follower's work (below)"),
-    ("applying", "raft core counts the quorum, commits, hands the entry to the state machine"),
+    (
+        "applying",
+        "raft core counts the quorum, commits, hands the entry to the state machine, which \
+         waits for the leader's copy to be durable",
+    ),
     ("applied", "the state machine applies the entry's commands"),
     ("answered", "raft core answers the proposer, which wakes the writer's task"),
 ];
@@ -191,20 +197,25 @@ impl StepMeans {
     }
 }
 
-/// One row per observed step of one side (`leader`, `follower`): its mean since the start
-/// and the time since the step before it.
+/// One row per observed step of one side (`leader`, `follower`), in the order of their
+/// means: its mean since the start and the time since the step before it.
 fn side_rows(side: &str, steps: &[(&str, &str)], means: &[(Option<f64>, u64)]) -> Vec<[String; 4]> {
+    let mut observed: Vec<(&str, &str, f64)> = steps
+        .iter()
+        .zip(means)
+        .filter_map(|((step, what), (mean, _))| Some((*step, *what, (*mean)?)))
+        .collect();
+    observed.sort_by(|a, b| a.2.total_cmp(&b.2));
     let mut previous = 0.0;
     let mut rows = Vec::new();
-    for ((step, what), (mean, _)) in steps.iter().zip(means) {
-        let Some(mean) = mean else { continue };
+    for (step, what, mean) in observed {
         rows.push([
             format!("{side}: {step}"),
             format!("{mean:.3}"),
             format!("{:.3}", mean - previous),
-            (*what).to_string(),
+            what.to_string(),
         ]);
-        previous = *mean;
+        previous = mean;
     }
     rows
 }

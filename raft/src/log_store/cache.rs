@@ -21,6 +21,10 @@ pub(super) const RECENT_BYTES: usize = 8 << 20;
 pub(super) struct Tail {
     /// Appended, not yet written to redb, by index.
     pub(super) pending: BTreeMap<u64, Entry>,
+    /// Since when the writer has had entries pending without writing a batch: when the
+    /// first of them was appended or the writer last wrote a batch, whichever is later.
+    /// `None` while nothing is pending.
+    pub(super) pending_since: Option<std::time::Instant>,
     /// Written to redb as well, by index, with their encoded size.
     recent: BTreeMap<u64, (Entry, usize)>,
     /// Sum of the sizes in `recent`.
@@ -65,6 +69,9 @@ impl Tail {
     /// Drops every entry from `index` on.
     pub(super) fn truncate(&mut self, index: u64) {
         self.pending.split_off(&index);
+        if self.pending.is_empty() {
+            self.pending_since = None;
+        }
         for (_, (_, size)) in self.recent.split_off(&index) {
             self.recent_bytes -= size;
         }

@@ -185,6 +185,17 @@ pub(super) fn injected(db: &Database, point: Point) -> Result<(), LogStoreError>
     Ok(())
 }
 
+/// Waits while a hung disk is injected for `db` (feature `failpoints`,
+/// [`Point::LogStall`]); returns at once otherwise.
+pub(super) fn stall_injected(db: &Database) {
+    #[cfg(feature = "failpoints")]
+    while crate::failpoints::check(db, Point::LogStall).is_err() {
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    #[cfg(not(feature = "failpoints"))]
+    let _ = db;
+}
+
 /// Runs `f` in a write transaction committed with [`Durability::Immediate`]; an error of
 /// `f` aborts the transaction. A durable commit also makes every earlier non-durable
 /// commit durable. Every log append is one (see also [`crate::disk_check`], which times

@@ -1,6 +1,8 @@
 //! The group-commit writer: one thread that writes every append queued so far in one
-//! durable transaction and only then reports them flushed, records the committed-index
-//! hint, and deletes purged entries in steps between batches.
+//! durable transaction and only then reports them flushed (unless the append was
+//! reported flushed already, see [`LogStore`](super::LogStore)), records the
+//! committed-index hint, and deletes purged entries in steps between batches. Once a
+//! batch of appends fails it writes nothing more: a later batch would leave a gap.
 
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
@@ -10,9 +12,10 @@ use openraft::storage::LogFlushed;
 use redb::{Database, Durability, ReadableTable as _};
 
 use super::cache::{Tail, lock_tail};
+use super::durable::WriterProgress;
 use super::tables::{
     COMMITTED_KEY, DuringOp as _, LAST_PURGED_KEY, LOG, LOG_META, LogStoreError, decode_entry,
-    encode_meta, get_meta, injected, write_txn, write_txn_with,
+    encode_meta, get_meta, injected, stall_injected, write_txn, write_txn_with,
 };
 use crate::failpoints::Point;
 use crate::metrics::ConsensusMetrics;
@@ -21,11 +24,11 @@ use crate::types::{LogId, TypeConfig};
 
 /// Work for the writer thread, done in queue order.
 pub(super) enum WriterOp {
-    /// Write these entries durably, then report `callback`.
+    /// Write these entries durably, then report `callback` (`None`: reported already).
     Append {
         /// (index, log id, postcard encoding) of each entry.
         entries: Vec<(u64, LogId, Vec<u8>)>,
-        callback: LogFlushed<TypeConfig>,
+        callback: Option<LogFlushed<TypeConfig>>,
         started: Instant,
     },
     /// Answer once everything queued before is written.
@@ -64,10 +67,13 @@ impl Drop for Writer {
 }
 
 impl Writer {
+    /// Starts the thread; it tells `progress` of every batch of appends it writes, and of
+    /// the error that stops it.
     pub(super) fn start(
         db: Arc<Database>,
         tail: Arc<RwLock<Tail>>,
         metrics: ConsensusMetrics,
+        progress: tokio::sync::watch::Sender<WriterProgress>,
     ) -> Result<Arc<Self>, LogStoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<WriterOp>();
         let observed = metrics.clone();
@@ -106,7 +112,8 @@ impl Writer {
                     if let Some(first) = first {
                         let mut batch = vec![first];
                         batch.extend(rx.try_iter());
-                        purge = purge.max(write_batch(&db, &tail, &observed, batch, &mut hint));
+                        let wrote = write_batch(&db, &tail, &observed, batch, &mut hint, &progress);
+                        purge = purge.max(wrote);
                     }
                     if let Some(upto) = purge {
                         purge = purge_step(&db, upto);
@@ -157,26 +164,35 @@ const HINT_WAIT: Duration = Duration::from_millis(100);
 
 /// Writes one batch of queued work: every append in one durable transaction, with the
 /// newest committed-index hint not written yet (`hint`); then drops the written entries
-/// from the pending ones of `tail` to its recent ones and answers callbacks and barriers,
-/// in order.
+/// from the pending ones of `tail` to its recent ones, tells `progress`, and answers
+/// callbacks and barriers, in order.
 ///
 /// A batch of hints (and purges) alone writes nothing: its newest hint waits in `hint`
 /// for the next durable append. The hint only speeds up a restart, and a transaction of
 /// its own between two appends made the next append's commit write its pages too —
 /// 0.13–0.16 ms more per durable append in a database of a replica's size (BENCHMARKS.md,
 /// "The single-client write, step by step").
-/// Returns the newest purge the batch asks for (the caller deletes it in steps).
+///
+/// Once a batch has failed (`progress` holds its error) no later one is written: its
+/// appends and barriers get that error. An append reported flushed before it was written
+/// may be in the failed batch, and a later batch written after it would leave a gap in
+/// the log. Returns the newest purge the batch asks for (the caller deletes it in steps).
 fn write_batch(
     db: &Database,
     tail: &RwLock<Tail>,
     metrics: &ConsensusMetrics,
     batch: Vec<WriterOp>,
     hint: &mut Option<Vec<u8>>,
+    progress: &tokio::sync::watch::Sender<WriterProgress>,
 ) -> Option<LogId> {
-    if let Some(newest) = batch.iter().rev().find_map(|op| match op {
-        WriterOp::Committed(bytes) => Some(bytes),
-        _ => None,
-    }) {
+    let failed = progress.borrow().failed.clone();
+    // After a failure a hint could name an entry that was never written.
+    if failed.is_none()
+        && let Some(newest) = batch.iter().rev().find_map(|op| match op {
+            WriterOp::Committed(bytes) => Some(bytes),
+            _ => None,
+        })
+    {
         *hint = Some(newest.clone());
     }
     if batch.iter().all(|op| matches!(op, WriterOp::Committed(_) | WriterOp::Purge(..))) {
@@ -188,50 +204,39 @@ fn write_batch(
             })
             .max();
     }
-    let written_hint = hint.take();
-    let result = injected(db, Point::LogAppend).and_then(|()| {
-        write_txn_with(db, "append log entries", Durability::Immediate, |txn| {
-            let mut table = txn.open_table(LOG).during("open the log table")?;
+    let result = match failed {
+        Some(failed) => Err(failed),
+        None => write_appends(db, &batch, hint).map_err(Arc::new),
+    };
+    match &result {
+        Ok(()) => {
+            // Written entries are readable from redb now.
+            let mut tail = lock_tail(tail);
+            let mut written = 0;
             for op in &batch {
                 if let WriterOp::Append { entries, .. } = op {
-                    for (index, _, bytes) in entries {
-                        table.insert(*index, bytes.as_slice()).during("append log entries")?;
+                    for (index, log_id, bytes) in entries {
+                        tail.written(*index, log_id, bytes.len());
                     }
+                    written += entries.len();
                 }
             }
-            drop(table);
-            record_hint(txn, &written_hint)?;
-            // An error here drops the transaction: nothing of the batch is written.
-            injected(db, Point::LogCommit)
-        })
-    });
-    if result.is_err() && hint.is_none() {
-        // Tried again with the next append.
-        *hint = written_hint;
-    }
-    // One error for every append and barrier of the batch.
-    let result = result.map_err(Arc::new);
-    if result.is_ok() {
-        // Written entries are readable from redb now.
-        let mut tail = lock_tail(tail);
-        for op in &batch {
-            if let WriterOp::Append { entries, .. } = op {
-                for (index, log_id, bytes) in entries {
-                    tail.written(*index, log_id, bytes.len());
-                }
+            tail.pending_since = (!tail.pending.is_empty()).then(Instant::now);
+            drop(tail);
+            if written > 0 {
+                metrics.append_batch_entries.observe(written as f64);
+                progress.send_modify(|progress| progress.batches += 1);
             }
         }
-    }
-    if result.is_ok() {
-        let written: usize = batch
-            .iter()
-            .map(|op| match op {
-                WriterOp::Append { entries, .. } => entries.len(),
-                WriterOp::Barrier(_) | WriterOp::Committed(_) | WriterOp::Purge(..) => 0,
-            })
-            .sum();
-        if written > 0 {
-            metrics.append_batch_entries.observe(written as f64);
+        Err(error) => {
+            progress.send_if_modified(|progress| {
+                let first = progress.failed.is_none();
+                if first {
+                    tracing::error!(%error, "raft log append failed: this log store writes nothing more");
+                    progress.failed = Some(Arc::clone(error));
+                }
+                first
+            });
         }
     }
     let mut purge = None;
@@ -240,11 +245,14 @@ fn write_batch(
             (WriterOp::Append { callback, started, entries }, Ok(())) => {
                 metrics.append_seconds.observe(started.elapsed().as_secs_f64());
                 metrics.timeline.mark(Step::Durable, span(&entries, |e| e.0));
-                callback.log_io_completed(Ok(()));
+                if let Some(callback) = callback {
+                    callback.log_io_completed(Ok(()));
+                }
             }
             (WriterOp::Append { callback, .. }, Err(error)) => {
-                tracing::error!(%error, "raft log append failed");
-                callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                if let Some(callback) = callback {
+                    callback.log_io_completed(Err(std::io::Error::other(error.to_string())));
+                }
             }
             (WriterOp::Barrier(tx), result) => {
                 let _ = tx.send(result.clone());
@@ -258,6 +266,34 @@ fn write_batch(
         }
     }
     purge
+}
+
+/// Writes the appends of `batch` and the newest committed-index `hint` (taken) in one
+/// durable transaction.
+fn write_appends(
+    db: &Database,
+    batch: &[WriterOp],
+    hint: &mut Option<Vec<u8>>,
+) -> Result<(), LogStoreError> {
+    stall_injected(db);
+    let written_hint = hint.take();
+    let result = injected(db, Point::LogAppend).and_then(|()| {
+        write_txn_with(db, "append log entries", Durability::Immediate, |txn| {
+            let mut table = txn.open_table(LOG).during("open the log table")?;
+            for op in batch {
+                if let WriterOp::Append { entries, .. } = op {
+                    for (index, _, bytes) in entries {
+                        table.insert(*index, bytes.as_slice()).during("append log entries")?;
+                    }
+                }
+            }
+            drop(table);
+            record_hint(txn, &written_hint)?;
+            // An error here drops the transaction: nothing of the batch is written.
+            injected(db, Point::LogCommit)
+        })
+    });
+    result
 }
 
 /// Records the committed-index `hint` (postcard), if any, in `txn`.

@@ -30,6 +30,7 @@ use tonic::{Code, Request, Status};
 pub(crate) use self::snapshot::snapshot_chunks;
 use super::MAX_MESSAGE_BYTES;
 use crate::convert::{FromProto, IntoProto};
+use crate::log_store::LogDurability;
 use crate::metrics::ConsensusMetrics;
 use crate::timeline::{Step, Timeline, span};
 use crate::tls::TlsConnector;
@@ -91,6 +92,9 @@ struct Shared {
     /// Whether this replica proposes nothing more (a stopping leader handing over), see
     /// [`Network::close_proposals`].
     proposals_closed: std::sync::atomic::AtomicBool,
+    /// How far this replica's log is durable, when followers must not hear of a commit
+    /// beyond it ([`Network::commit_only_durable`]).
+    log_durability: std::sync::OnceLock<LogDurability>,
 }
 
 /// openraft's client of one peer replica, made by [`Network::new_client`].
@@ -105,6 +109,8 @@ pub struct PeerClient {
     options: TransportOptions,
     /// The network's fenced term (see [`Network::fence`]).
     fenced_term: Arc<AtomicU64>,
+    /// How far this replica's log is durable (see [`Network::commit_only_durable`]).
+    log_durability: Option<LogDurability>,
     /// Where entries sent and acknowledged are marked (see [`crate::timeline`]).
     timeline: Timeline,
 }
@@ -189,6 +195,25 @@ fn read_index_of(response: pb::ReadIndexResponse) -> Result<Option<u64>, Status>
     Ok(read_log_id.map(|id| id.index).max(read_index))
 }
 
+/// The committed log id to tell a follower in `rpc` when this replica's log is durable
+/// through index `durable_through`: the leader's committed one when its log holds it
+/// durably; else the newest one at or under `durable_through` among those `rpc` carries
+/// (its previous log id and its entries' ids — each is in the leader's log, under its
+/// committed index, so committed too), or none. Telling a follower less than it knows
+/// changes nothing: it never moves its committed index back, and it hears the rest with
+/// the next AppendEntries or heartbeat.
+fn committed_to_tell(rpc: &AppendEntriesRequest, durable_through: u64) -> Option<LogId> {
+    match rpc.leader_commit {
+        Some(committed) if committed.index > durable_through => rpc
+            .prev_log_id
+            .into_iter()
+            .chain(rpc.entries.iter().map(|entry| entry.log_id))
+            .filter(|log_id| log_id.index <= durable_through)
+            .max_by_key(|log_id| log_id.index),
+        committed => committed,
+    }
+}
+
 /// `None` when `request` fits in `budget` bytes; otherwise how many of its leading
 /// entries do (at least one: a single entry larger than the budget is still tried, and
 /// refused by the peer, rather than never sent).
@@ -241,6 +266,7 @@ impl Network {
                 channels: Mutex::new(HashMap::new()),
                 fenced_term: Arc::new(AtomicU64::new(0)),
                 proposals_closed: std::sync::atomic::AtomicBool::new(false),
+                log_durability: std::sync::OnceLock::new(),
             }),
         }
     }
@@ -253,6 +279,15 @@ impl Network {
     /// are not fenced.
     pub fn fence(&self, term: u64) {
         self.shared.fenced_term.store(term, Ordering::Relaxed);
+    }
+
+    /// From now on tells a follower no committed index beyond what this replica's log
+    /// holds durably: a leader's log store may report its own appends flushed before they
+    /// are (see [`crate::log_store::LogStore`]), and a follower that applied an entry the
+    /// leader then lost in a crash would disagree with the rest for good. Only the first
+    /// call counts, and only for clients made after it: call it before raft starts.
+    pub fn commit_only_durable(&self, durability: LogDurability) {
+        let _ = self.shared.log_durability.set(durability);
     }
 
     /// Lifts [`Network::fence`] (this replica no longer leads the fenced term).
@@ -457,6 +492,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             client,
             options: self.shared.options.clone(),
             fenced_term: Arc::clone(&self.shared.fenced_term),
+            log_durability: self.shared.log_durability.get().cloned(),
             timeline: self.shared.metrics.timeline.clone(),
         }
     }
@@ -531,6 +567,10 @@ impl RaftNetwork<TypeConfig> for PeerClient {
         let sender = rpc.vote.leader_id.node_id;
         let deadline = self.deadline(&option);
         let term = rpc.vote.leader_id.term;
+        let mut rpc = rpc;
+        if let Some(durability) = &self.log_durability {
+            rpc.leader_commit = committed_to_tell(&rpc, durability.durable_through());
+        }
         let result = async {
             if term > 0 && self.fenced_term.load(Ordering::Relaxed) == term {
                 return Err(Failure::Unreachable(ClientError::Fenced { term }));
@@ -737,6 +777,45 @@ mod tests {
             let (last, rest) = chunks.split_last().expect("one chunk at least");
             assert_eq!(last.data_sha256, sha2::Sha256::digest(&data).to_vec());
             assert!(rest.iter().all(|c| c.data_sha256.is_empty()), "the hash comes last");
+        }
+    }
+
+    #[test]
+    fn followers_hear_of_no_commit_beyond_the_leaders_durable_log() {
+        let id = |index| LogId::new(openraft::CommittedLeaderId::new(3, 1), index);
+        let entry = |index| crate::types::Entry {
+            log_id: id(index),
+            payload: openraft::EntryPayload::Blank,
+        };
+        let request =
+            |prev: Option<u64>, entries: &[u64], committed: Option<u64>| AppendEntriesRequest {
+                vote: Vote::new_committed(3, 1),
+                prev_log_id: prev.map(id),
+                entries: entries.iter().map(|i| entry(*i)).collect(),
+                leader_commit: committed.map(id),
+            };
+        // (prev, entries, committed, durable through) → committed told.
+        type Case = (Option<u64>, &'static [u64], Option<u64>, u64, Option<u64>);
+        let cases: [Case; 8] = [
+            // Durable through the commit: told as it is.
+            (Some(9), &[10], Some(9), 9, Some(9)),
+            (Some(9), &[], Some(9), u64::MAX, Some(9)),
+            (None, &[], None, 0, None),
+            // The commit runs ahead of the leader's disk: the newest carried id under it.
+            (Some(9), &[10, 11], Some(11), 10, Some(10)),
+            (Some(9), &[10, 11], Some(11), 9, Some(9)),
+            (Some(9), &[], Some(10), 9, Some(9)),
+            // Nothing carried is durable: no commit at all.
+            (Some(9), &[10], Some(10), 8, None),
+            (None, &[1, 2], Some(2), 0, None),
+        ];
+        for (prev, entries, committed, durable, told) in cases {
+            let rpc = request(prev, entries, committed);
+            assert_eq!(
+                committed_to_tell(&rpc, durable).map(|c| c.index),
+                told,
+                "prev {prev:?}, entries {entries:?}, committed {committed:?}, durable {durable}"
+            );
         }
     }
 

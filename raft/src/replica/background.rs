@@ -1,5 +1,5 @@
-//! A replica's background tasks: check-quorum (a leader that hears no quorum steps
-//! down) and the Prometheus gauges kept in step with openraft's metrics. Both are owned
+//! A replica's background tasks: check-quorum (a leader that hears no quorum, or whose
+//! disk writes nothing, steps down) and the Prometheus gauges kept in step with openraft's metrics. Both are owned
 //! by the replica's task set: stopped and joined at shutdown, aborted when the last
 //! clone of the replica is dropped.
 
@@ -8,6 +8,7 @@ use std::time::Duration;
 use openraft::ServerState;
 
 use super::Replica;
+use crate::log_store::LogDurability;
 use crate::state_machine::StateMachine;
 use crate::types::NodeId;
 
@@ -24,8 +25,13 @@ impl<S: StateMachine> Replica<S> {
     /// leader's messages reached it). openraft 0.9 has no check-quorum of its own and
     /// ignores an election triggered on a leader.
     ///
+    /// A leader whose log writer has had appends waiting for `limit` without writing any
+    /// (a hung disk) fences its term the same way: its raft core does not wait for its
+    /// own appends (see [`crate::log_store::LogStore`]), so it would go on heartbeating
+    /// and hold the group while nothing it commits can be applied.
+    ///
     /// [`Network::fence`]: crate::network::Network::fence
-    pub(super) fn spawn_check_quorum(&self, limit: Duration) {
+    pub(super) fn spawn_check_quorum(&self, limit: Duration, log: LogDurability) {
         let raft = self.raft.clone();
         let network = self.network.clone();
         let metrics = self.metrics.clone();
@@ -65,6 +71,22 @@ impl<S: StateMachine> Replica<S> {
                         "leading without hearing a quorum; stepping down (check-quorum)"
                     );
                     metrics.quorum_step_downs.inc();
+                    network.fence(m.current_term);
+                    continue;
+                }
+                if let Some(stalled) = log.stalled_for()
+                    && leading
+                    && voters > 1
+                    && stalled > limit
+                {
+                    tracing::warn!(
+                        replica = id,
+                        term = m.current_term,
+                        stalled_ms = u64::try_from(stalled.as_millis()).unwrap_or(u64::MAX),
+                        "leading while the raft log writer has made no append durable; \
+                         stepping down (is the disk hung?)"
+                    );
+                    metrics.stalled_log_step_downs.inc();
                     network.fence(m.current_term);
                 }
             }

@@ -15,6 +15,7 @@ use serde_bytes::ByteBuf;
 
 use super::snapshot_store::{Loaded, SnapshotStore, SnapshotStoreError};
 use super::{NotApplicable, StateMachine};
+use crate::log_store::LogDurability;
 use crate::metrics::ConsensusMetrics;
 use crate::snapshot_files::SnapshotFiles;
 use crate::timeline::{Step, span};
@@ -56,6 +57,9 @@ struct Shared<S> {
     /// The index of the last applied entry, for readers that wait for the state to move
     /// (a cheaper signal than openraft's metrics, which change on every core-loop turn).
     applied_index: tokio::sync::watch::Sender<u64>,
+    /// How far the replica's log is durable, when entries must not be applied before
+    /// ([`StateMachineStore::apply_only_durable`]).
+    log_durability: std::sync::OnceLock<LogDurability>,
 }
 
 /// The application's state machine as openraft storage: applies committed entries in
@@ -158,8 +162,18 @@ impl<S: StateMachine> StateMachineStore<S> {
                 digest_cache: std::sync::Mutex::new(None),
                 digest_refreshing: std::sync::atomic::AtomicBool::new(false),
                 applied_index,
+                log_durability: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// From now on applies an entry only once the replica's log holds it durably: a
+    /// leader's log store may report its own appends flushed before they are (see
+    /// [`crate::log_store::LogStore`]), and an entry applied — answered to a client,
+    /// taken into a snapshot — must survive a crash of this replica. Only the first
+    /// call counts.
+    pub fn apply_only_durable(&self, durability: LogDurability) {
+        let _ = self.shared.log_durability.set(durability);
     }
 
     /// A receiver that changes whenever entries are applied or a snapshot is installed;
@@ -321,7 +335,8 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         Ok((applied.last_applied, applied.last_membership.clone()))
     }
 
-    /// Applies on tokio's blocking pool: the state machine's work, and the wait for the
+    /// Waits first, when told to ([`StateMachineStore::apply_only_durable`]), until the
+    /// log holds the entries durably. Applies on tokio's blocking pool: the state machine's work, and the wait for the
     /// state's write lock while a snapshot or a digest encodes the state, must not hold
     /// one of the runtime's workers — the transport and the raft core run there, and a
     /// runtime with every worker waiting misses heartbeats long enough for an election.
@@ -333,6 +348,12 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
         I::IntoIter: OptionalSend,
     {
         let entries: Vec<Entry> = entries.into_iter().collect();
+        if let (Some(durability), Some(last)) = (self.shared.log_durability.get(), entries.last()) {
+            durability
+                .wait_through(last.log_id.index)
+                .await
+                .map_err(|error| StorageError::from(StorageIOError::apply(last.log_id, &error)))?;
+        }
         if applies_inline::<S>(&entries)
             && let Some(mut applied) = self.shared.applied.try_write()
         {
