@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use crate::leader_call::{LeaderHandler, LeaderHandlerSlot};
-use crate::log_store::{LogStore, open_database};
+use crate::log_store::{LogDurability, LogStore, open_database};
 use crate::metrics::ConsensusMetrics;
 use crate::network::client::Network;
 use crate::network::server::{PeerPolicy, RaftTransportService};
@@ -64,6 +64,8 @@ pub struct Replica<S: StateMachine> {
     /// Counts this replica's tasks still running (the background ones, the proposal loop
     /// and its batches).
     live: Live,
+    /// How far its log is durable, and whether the log writer stalls.
+    log_durability: LogDurability,
 }
 
 impl<S: StateMachine> Clone for Replica<S> {
@@ -81,6 +83,7 @@ impl<S: StateMachine> Clone for Replica<S> {
             election_timeout_max: self.election_timeout_max,
             tasks: Arc::clone(&self.tasks),
             live: self.live.clone(),
+            log_durability: self.log_durability.clone(),
         }
     }
 }
@@ -148,6 +151,7 @@ impl<S: StateMachine> Replica<S> {
             election_timeout_max: config.election_timeout_max,
             tasks: Arc::new(Tasks::new(live.clone())),
             live,
+            log_durability: log_durability.clone(),
         };
         replica.spawn_metrics_refresher();
         replica.spawn_check_quorum(
@@ -173,6 +177,13 @@ impl<S: StateMachine> Replica<S> {
     #[must_use]
     pub fn raft(&self) -> &Raft {
         &self.raft
+    }
+
+    /// How far this replica's log is durable, and how long its log writer has had entries
+    /// waiting without writing any ([`LogDurability::stalled_for`]: a disk that hangs).
+    #[must_use]
+    pub fn log_durability(&self) -> &LogDurability {
+        &self.log_durability
     }
 
     /// The consensus metrics of this replica.

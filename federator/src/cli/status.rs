@@ -55,6 +55,9 @@ pub struct ReplicaRow {
     /// The command-format version its build applies (0: a build from before the
     /// cluster-version gate).
     pub command_version: Option<u32>,
+    /// How long log entries have waited for its log writer without it writing any
+    /// (milliseconds; 0: none waits).
+    pub log_stalled_ms: Option<u64>,
 }
 
 impl ReplicaRow {
@@ -87,6 +90,7 @@ impl ReplicaRow {
             digest_index: None,
             version: None,
             command_version: None,
+            log_stalled_ms: None,
         }
     }
 }
@@ -204,6 +208,7 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
                     digest_index: (!s.state_digest.is_empty()).then_some(s.digest_index),
                     version: Some(s.version.clone()),
                     command_version: Some(s.command_version),
+                    log_stalled_ms: Some(s.log_stalled_ms),
                 }
             }
             Err(error) => {

@@ -277,7 +277,7 @@ fn write_appends(
 ) -> Result<(), LogStoreError> {
     stall_injected(db);
     let written_hint = hint.take();
-    let result = injected(db, Point::LogAppend).and_then(|()| {
+    injected(db, Point::LogAppend).and_then(|()| {
         write_txn_with(db, "append log entries", Durability::Immediate, |txn| {
             let mut table = txn.open_table(LOG).during("open the log table")?;
             for op in batch {
@@ -292,8 +292,7 @@ fn write_appends(
             // An error here drops the transaction: nothing of the batch is written.
             injected(db, Point::LogCommit)
         })
-    });
-    result
+    })
 }
 
 /// Records the committed-index `hint` (postcard), if any, in `txn`.

@@ -85,8 +85,32 @@ pub(super) fn check_group(args: &CheckArgs, view: &GroupView, checks: &mut Check
             "a replica that does not catch up gets a snapshot; check its disk and network (`federator raft status`)",
         );
     }
+    check_log_writers(view, checks);
     check_digests(view, checks);
     check_versions(view, checks);
+}
+
+/// A log writer that has written nothing for this long, with entries waiting, is a disk
+/// that hangs (an fsync takes milliseconds, a slow one tens).
+const LOG_STALL_FAILS_MS: u64 = 2_000;
+
+/// Replicas whose disk has stopped writing their log: a leader steps down after two
+/// election timeouts of it, a follower stops answering its leader.
+pub(super) fn check_log_writers(view: &GroupView, checks: &mut Checks) {
+    for replica in &view.replicas {
+        let Some(stalled) = replica.log_stalled_ms.filter(|ms| *ms >= LOG_STALL_FAILS_MS) else {
+            continue;
+        };
+        checks.fail(
+            "replicas",
+            format!(
+                "replica {}: its raft log writer has written nothing for {:.1} s with entries waiting",
+                replica.id,
+                stalled as f64 / 1000.0
+            ),
+            "its disk hangs: look at the disk under its data directory (`federator check --disk DIR` times it) and the kernel log; restart the replica once the disk answers",
+        );
+    }
 }
 
 /// Voters of different builds are a rolling upgrade in progress: fine for a while, but
@@ -205,6 +229,35 @@ mod tests {
         assert!(text.contains("quorum: 2/3 voters answer"), "{text}");
         assert!(!text.contains("quorum: 3/3"), "{text}");
         assert!(text.contains("replica 3 answers but its raft core stopped"), "{text}");
+    }
+
+    #[test]
+    fn a_replica_whose_log_writer_writes_nothing_for_seconds_fails_the_check() {
+        let row = |id: u64, stalled: Option<u64>| status::ReplicaRow {
+            reachable: true,
+            error: None,
+            log_stalled_ms: stalled,
+            ..voter(id)
+        };
+        // An fsync in progress (12 ms), none waiting (0), an old build (None): fine.
+        let view = group(vec![row(1, Some(12)), row(2, Some(0)), row(3, None)]);
+        let mut checks = Checks::default();
+        check_log_writers(&view, &mut checks);
+        assert!(checks.0.is_empty(), "{:?}", checks.0);
+
+        let view = group(vec![row(1, Some(0)), row(2, Some(4_300)), row(3, Some(0))]);
+        let mut checks = Checks::default();
+        check_log_writers(&view, &mut checks);
+        let report = report(checks.0);
+        assert!(!report.ok, "a hung disk is a failure (exit code too)");
+        let text = render(&report);
+        assert!(
+            text.contains(
+                "× replica 2: its raft log writer has written nothing for 4.3 s with entries waiting"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("its disk hangs"), "{text}");
     }
 
     #[test]

@@ -79,6 +79,11 @@ impl AdminService {
             uptime_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
             data_dir: self.data_dir.clone(),
             command_version: <FederationState as federator_raft::StateMachine>::supported_version(),
+            log_stalled_ms: self
+                .replica
+                .log_durability()
+                .stalled_for()
+                .map_or(0, |stalled| u64::try_from(stalled.as_millis()).unwrap_or(u64::MAX)),
         }
     }
 
