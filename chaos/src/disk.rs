@@ -64,17 +64,38 @@ impl SmallDisk {
         Ok(())
     }
 
-    /// Removes the filler: the space is back.
+    /// Removes the filler and waits until the space is back: tmpfs frees a removed
+    /// file's pages when the last reference to them goes, which something else (a page
+    /// scanner, a write still in flight) may hold for a moment; a write right after the
+    /// removal then still fails with ENOSPC.
     ///
     /// # Errors
-    /// The filler could not be removed (other than not existing).
+    /// The filler could not be removed (other than not existing), or no 64 KiB fit
+    /// within 5 s of its removal.
     pub fn free(&self) -> anyhow::Result<()> {
         match std::fs::remove_file(self.filler()) {
             Err(error) if error.kind() != std::io::ErrorKind::NotFound => {
-                Err(error).context("remove the filler")
+                return Err(error).context("remove the filler");
             }
-            _ => Ok(()),
+            _ => {}
         }
+        let probe = self.path.join("free-probe");
+        let mut last = None;
+        for _ in 0..500 {
+            match std::fs::write(&probe, vec![0u8; 64 * 1024]) {
+                Ok(()) => {
+                    std::fs::remove_file(&probe).context("remove the free-space probe")?;
+                    return Ok(());
+                }
+                Err(error) => last = Some(error),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let _ = std::fs::remove_file(&probe);
+        Err(last.map_or_else(|| anyhow::anyhow!("no attempt made"), anyhow::Error::from))
+            .with_context(|| {
+                format!("no space came back on {} after removing the filler", self.path.display())
+            })
     }
 
     fn filler(&self) -> PathBuf {
