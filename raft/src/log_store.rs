@@ -367,9 +367,25 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(())
     }
 
+    /// openraft reads the vote when it starts, and resumes leading when the vote is a
+    /// committed one for this replica. A store that reports its own leadership's appends
+    /// flushed at once (see [`LogStore`]) may have sent entries it never wrote, and a
+    /// leader that resumed its term would give new entries their log ids, which the
+    /// followers already hold with other contents: the logs would diverge for good. So
+    /// such a vote is returned as not committed: this replica still voted for itself in
+    /// that term (it votes for no one else in it) but no longer leads it; the next
+    /// election is in a new term.
     async fn read_vote(&mut self) -> Result<Option<Vote>, StorageError> {
         let vote: Option<Vote> =
             self.read_meta(VOTE_KEY).await.map_err(|error| StorageIOError::read_vote(&error))?;
+        let vote = match (vote, self.flush_own_appends) {
+            (Some(led), Some(id))
+                if led.is_committed() && led.leader_id().voted_for() == Some(id) =>
+            {
+                Some(Vote::new(led.leader_id().term, id))
+            }
+            (vote, _) => vote,
+        };
         self.remember_vote(vote);
         Ok(vote)
     }
@@ -753,6 +769,28 @@ mod tests {
                 .expect("append");
             assert_eq!(store.durability().durable_through(), u64::MAX);
         }
+    }
+
+    #[tokio::test]
+    async fn a_reopened_leader_does_not_resume_its_term() {
+        let dir = TempDir::new().expect("tempdir");
+        {
+            let mut store = open(&dir).flush_own_appends_at_once(0);
+            store.save_vote(&Vote::new_committed(2, 0)).await.expect("save vote");
+        }
+        let mut store = open(&dir).flush_own_appends_at_once(0);
+        assert_eq!(
+            store.read_vote().await.expect("vote"),
+            Some(Vote::new(2, 0)),
+            "its own leadership comes back as a vote for itself, not committed"
+        );
+        // Another leader's vote, and a store not told, come back as saved.
+        store.save_vote(&Vote::new_committed(3, 7)).await.expect("save vote");
+        assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new_committed(3, 7)));
+        store.save_vote(&Vote::new_committed(4, 0)).await.expect("save vote");
+        drop(store);
+        let mut store = open(&dir);
+        assert_eq!(store.read_vote().await.expect("vote"), Some(Vote::new_committed(4, 0)));
     }
 
     #[tokio::test]
