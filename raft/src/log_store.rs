@@ -706,6 +706,22 @@ mod tests {
         tokio::spawn(async move { store.blocking_append(entries).await })
     }
 
+    /// Appends `entry` while the writer cannot write (redb's write lock held, as a slow
+    /// disk would): not reported flushed within 100 ms, then reported once it can.
+    async fn assert_reported_only_once_durable(store: &LogStore, entry: Entry, context: &str) {
+        let held = store.db.begin_write().expect("write transaction");
+        let append = append_in_background(store, vec![entry]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!append.is_finished(), "{context}: reported before durable");
+        drop(held);
+        tokio::time::timeout(Duration::from_secs(10), append)
+            .await
+            .expect("reported once durable")
+            .expect("append task")
+            .expect("append");
+        assert_eq!(store.durability().durable_through(), u64::MAX, "{context}");
+    }
+
     #[tokio::test]
     async fn a_leaders_own_appends_are_reported_flushed_at_once_and_written_after() {
         let dir = TempDir::new().expect("tempdir");
@@ -757,17 +773,8 @@ mod tests {
                 store = store.flush_own_appends_at_once(0);
             }
             store.save_vote(&vote).await.expect("save vote");
-            let held = store.db.begin_write().expect("write transaction");
-            let append = append_in_background(&store, vec![normal(2, 1, b"a")]);
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            assert!(!append.is_finished(), "{vote:?} (told {told}): reported before durable");
-            drop(held);
-            tokio::time::timeout(Duration::from_secs(10), append)
-                .await
-                .expect("reported once durable")
-                .expect("append task")
-                .expect("append");
-            assert_eq!(store.durability().durable_through(), u64::MAX);
+            let context = format!("{vote:?} (told {told})");
+            assert_reported_only_once_durable(&store, normal(2, 1, b"a"), &context).await;
         }
     }
 
@@ -815,16 +822,8 @@ mod tests {
             "every reported append is durable before the vote moves on"
         );
         // The vote moved on: an entry of the old leadership now waits for the disk.
-        let held = store.db.begin_write().expect("write transaction");
-        let append = append_in_background(&store, vec![normal(2, 4, b"a")]);
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        assert!(!append.is_finished(), "reported before durable after the vote moved on");
-        drop(held);
-        tokio::time::timeout(Duration::from_secs(10), append)
-            .await
-            .expect("reported once durable")
-            .expect("append task")
-            .expect("append");
+        assert_reported_only_once_durable(&store, normal(2, 4, b"a"), "after the vote moved on")
+            .await;
     }
 
     #[test]

@@ -59,9 +59,11 @@ impl<S: StateMachine> Replica<S> {
                     continue;
                 }
                 let voters = m.membership_config.membership().voter_ids().count();
+                // A leader alone has nobody to hand over to.
+                if !leading || voters < 2 {
+                    continue;
+                }
                 if let Some(ms) = m.millis_since_quorum_ack
-                    && leading
-                    && voters > 1
                     && ms > limit_ms
                 {
                     tracing::warn!(
@@ -75,8 +77,6 @@ impl<S: StateMachine> Replica<S> {
                     continue;
                 }
                 if let Some(stalled) = log.stalled_for()
-                    && leading
-                    && voters > 1
                     && stalled > limit
                 {
                     tracing::warn!(
