@@ -336,7 +336,9 @@ impl<S: StateMachine> RaftStateMachine<TypeConfig> for StateMachineStore<S> {
     }
 
     /// Waits first, when told to ([`StateMachineStore::apply_only_durable`]), until the
-    /// log holds the entries durably. Applies on tokio's blocking pool: the state machine's work, and the wait for the
+    /// log holds the entries durably.
+    ///
+    /// Applies on tokio's blocking pool: the state machine's work, and the wait for the
     /// state's write lock while a snapshot or a digest encodes the state, must not hold
     /// one of the runtime's workers — the transport and the raft core run there, and a
     /// runtime with every worker waiting misses heartbeats long enough for an election.
