@@ -265,10 +265,7 @@ impl LogStore {
 
     /// Read access to the tail.
     fn read_tail(&self) -> std::sync::RwLockReadGuard<'_, Tail> {
-        match self.tail.read() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        cache::read_tail(&self.tail)
     }
 
     /// Entries in `start..end` that are queued but not yet written, oldest first.

@@ -80,6 +80,22 @@ async fn wait_stopped(running: &Replica) {
     }
 }
 
+/// Waits until every one of `survivors` knows a leader other than `gone`.
+async fn wait_for_leader_other_than(survivors: &[&Replica], gone: NodeId, within: Duration) {
+    for survivor in survivors {
+        survivor
+            .replica
+            .raft()
+            .wait(Some(within))
+            .metrics(
+                |m| m.current_leader.is_some_and(|l| l != gone),
+                "a leader other than the stopped or stalled replica",
+            )
+            .await
+            .expect("the survivors elect a leader among themselves");
+    }
+}
+
 /// Every replica holds every acknowledged write, and all hold the same commands in the
 /// same order at the same applied index.
 async fn assert_converged(group: &[Replica], acked: &[String]) {
@@ -141,18 +157,7 @@ async fn fault_scenario(
 
     // The others go on (with a new leader if the victim led).
     let survivors: Vec<&Replica> = group.iter().filter(|r| r.replica.id() != victim).collect();
-    for survivor in &survivors {
-        survivor
-            .replica
-            .raft()
-            .wait(Some(Duration::from_secs(15)))
-            .metrics(
-                |m| m.current_leader.is_some_and(|l| l != victim),
-                "a leader other than the stopped replica",
-            )
-            .await
-            .expect("the survivors elect a leader among themselves");
-    }
+    wait_for_leader_other_than(&survivors, victim, Duration::from_secs(15)).await;
     let before = survivors[0].replica.state().read(|s| s.0.len());
     let deadline = Instant::now() + Duration::from_secs(15);
     while survivors[0].replica.state().read(|s| s.0.len()) < before + 20 {
@@ -465,18 +470,7 @@ async fn a_leader_whose_disk_hangs_steps_down_and_the_others_go_on() {
     let writer = group[l].replica.clone();
     let held = tokio::spawn(async move { writer.write(b"held".to_vec()).await });
     let survivors: Vec<&Replica> = group.iter().filter(|r| r.replica.id() != leader).collect();
-    for survivor in &survivors {
-        survivor
-            .replica
-            .raft()
-            .wait(Some(Duration::from_secs(20)))
-            .metrics(
-                |m| m.current_leader.is_some_and(|l| l != leader),
-                "a leader other than the one whose disk hangs",
-            )
-            .await
-            .expect("the others elect a leader among themselves");
-    }
+    wait_for_leader_other_than(&survivors, leader, Duration::from_secs(20)).await;
     assert_eq!(
         group[l].replica.consensus_metrics().stalled_log_step_downs.get(),
         1,

@@ -87,6 +87,14 @@ impl Tail {
     }
 }
 
+/// Read access to the tail (the lock does not poison: nothing panics while holding it).
+pub(super) fn read_tail(tail: &RwLock<Tail>) -> std::sync::RwLockReadGuard<'_, Tail> {
+    match tail.read() {
+        Ok(guard) => guard,
+        Err(poisoned) => poisoned.into_inner(),
+    }
+}
+
 /// Write access to the tail (the lock does not poison: nothing panics while holding it).
 pub(super) fn lock_tail(tail: &RwLock<Tail>) -> std::sync::RwLockWriteGuard<'_, Tail> {
     match tail.write() {

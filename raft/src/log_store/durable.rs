@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 
 use tokio::sync::watch;
 
-use super::cache::Tail;
+use super::cache::{Tail, read_tail};
 use super::tables::LogStoreError;
 
 /// What the writer has done so far: how many batches it wrote, or the error that stopped
@@ -50,10 +50,7 @@ impl LogDurability {
     /// the oldest entry not yet written, or `u64::MAX` when every entry is written.
     #[must_use]
     pub fn durable_through(&self) -> u64 {
-        let tail = match self.tail.read() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
+        let tail = read_tail(&self.tail);
         tail.pending.keys().next().map_or(u64::MAX, |oldest| oldest.saturating_sub(1))
     }
 
@@ -63,11 +60,7 @@ impl LogDurability {
     /// nothing it commits can be applied.
     #[must_use]
     pub fn stalled_for(&self) -> Option<std::time::Duration> {
-        let tail = match self.tail.read() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        tail.pending_since.map(|since| since.elapsed())
+        read_tail(&self.tail).pending_since.map(|since| since.elapsed())
     }
 
     /// The error that stopped the writer, if one did.
