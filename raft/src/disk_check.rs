@@ -1,7 +1,7 @@
-//! How fast a disk makes a log append durable: the redb commit with
-//! [`redb::Durability::Immediate`] that [`crate::log_store`] makes per append, timed, from one
-//! writer alone or from several at once (replicas that share a disk wait for each other's
-//! flushes).
+//! How fast a disk makes a log append durable: the append [`crate::log_store`]'s writer
+//! makes (a redb commit without an fsync, and a record in the log's redo file made durable
+//! by `fdatasync`), timed, from one writer alone or from several at once (replicas that
+//! share a disk wait for each other's flushes).
 //!
 //! Raft acknowledges a write only once it is durable on a quorum, so this figure is a floor
 //! under every write's latency, and heartbeats and elections wait behind slow appends too.
@@ -13,12 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use redb::{Database, TableDefinition};
-
-use crate::log_store::{DuringOp as _, write_txn};
-
-/// The probe's entries by key, as the log store keeps entries by index.
-const PROBE_LOG: TableDefinition<'static, u64, &[u8]> = TableDefinition::new("probe_log");
+use crate::log_store::AppendPath;
 
 /// Name prefix of the scratch directory a probe creates inside the probed directory.
 const SCRATCH_PREFIX: &str = ".durable-append-probe-";
@@ -63,16 +58,6 @@ pub enum DiskCheckError {
         /// Why it failed.
         source: std::io::Error,
     },
-    /// A database could not be created.
-    #[error("durable append probe in {dir} failed to {op}: {source}")]
-    Database {
-        /// The probed directory.
-        dir: PathBuf,
-        /// What the probe was doing.
-        op: &'static str,
-        /// redb's error (boxed: it is large, and this path is cold).
-        source: Box<redb::Error>,
-    },
     /// A durable append failed.
     #[error("durable append probe in {dir} failed: {source}")]
     Append {
@@ -109,14 +94,13 @@ pub fn measure_durable_appends(
     }
     // Declared before the databases, so dropped (and removed) after them.
     let scratch = Scratch::create(dir)?;
-    let databases = (0..writers)
-        .map(|i| open_writer(dir, &scratch.path.join(format!("writer-{i}.redb"))))
-        .collect::<Result<Vec<_>, _>>()?;
+    let mut databases =
+        (0..writers).map(|i| open_writer(dir, &scratch.path, i)).collect::<Result<Vec<_>, _>>()?;
     let entry = vec![0x5a_u8; entry_bytes];
     let gate = StartGate::default();
     let results: Vec<Result<Vec<Duration>, DiskCheckError>> = std::thread::scope(|scope| {
         let mut handles = Vec::with_capacity(writers);
-        for (i, db) in databases.iter().enumerate() {
+        for (i, db) in databases.iter_mut().enumerate() {
             let (gate, entry) = (&gate, entry.as_slice());
             let spawned = std::thread::Builder::new()
                 .name(format!("durable-append-probe-{i}"))
@@ -166,47 +150,49 @@ pub fn measure_durable_appends(
     })
 }
 
-/// Creates one writer's database and makes one untimed append, so the timed ones find the
-/// table and the file's first pages in place, as a running replica's log store does.
-fn open_writer(dir: &Path, path: &Path) -> Result<Database, DiskCheckError> {
-    let db = Database::create(path).map_err(database_error(dir, "create a database"))?;
-    append(&db, dir, 0, &[])?;
-    Ok(db)
+/// Creates writer `i`'s database and redo file in `scratch` and makes one untimed append,
+/// so the timed ones find the tables and the file's first pages in place, as a running
+/// replica's log store does.
+fn open_writer(dir: &Path, scratch: &Path, i: usize) -> Result<AppendPath, DiskCheckError> {
+    let mut path = AppendPath::create(
+        &scratch.join(format!("writer-{i}.redb")),
+        &scratch.join(format!("writer-{i}.wal")),
+    )
+    .map_err(|source| DiskCheckError::Append {
+        dir: dir.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    append(&mut path, dir, 0, &[])?;
+    Ok(path)
 }
 
-/// `appends` durable appends under keys 1, 2, ..., each timed.
+/// `appends` durable appends at indexes 1, 2, ..., each timed.
 fn timed_appends(
-    db: &Database,
+    path: &mut AppendPath,
     dir: &Path,
     appends: usize,
     entry: &[u8],
 ) -> Result<Vec<Duration>, DiskCheckError> {
     let mut samples = Vec::with_capacity(appends);
-    for key in 1..=appends as u64 {
+    for index in 1..=appends as u64 {
         let started = Instant::now();
-        append(db, dir, key, entry)?;
+        append(path, dir, index, entry)?;
         samples.push(started.elapsed());
     }
     Ok(samples)
 }
 
-/// One append as the log store makes it ([`crate::log_store::write_txn`]): a write
-/// transaction inserting the entry, committed with [`redb::Durability::Immediate`].
-fn append(db: &Database, dir: &Path, key: u64, entry: &[u8]) -> Result<(), DiskCheckError> {
-    write_txn(db, "append a probe entry", |txn| {
-        let mut table = txn.open_table(PROBE_LOG).during("open the probe table")?;
-        table.insert(key, entry).during("insert a probe entry")?;
-        Ok(())
-    })
-    .map_err(|source| DiskCheckError::Append { dir: dir.to_path_buf(), source: Box::new(source) })
-}
-
-fn database_error<E: Into<redb::Error>>(
+/// One append as the log store's writer makes it ([`AppendPath`]).
+fn append(
+    path: &mut AppendPath,
     dir: &Path,
-    op: &'static str,
-) -> impl FnOnce(E) -> DiskCheckError {
-    let dir = dir.to_path_buf();
-    move |error| DiskCheckError::Database { dir, op, source: Box::new(error.into()) }
+    index: u64,
+    entry: &[u8],
+) -> Result<(), DiskCheckError> {
+    path.append(index, entry).map_err(|source| DiskCheckError::Append {
+        dir: dir.to_path_buf(),
+        source: Box::new(source),
+    })
 }
 
 fn io_error(dir: &Path, op: &'static str, source: std::io::Error) -> DiskCheckError {

@@ -2,18 +2,23 @@
 //!
 //! Entries live in one table keyed by log index, each value the postcard encoding of the
 //! [`Entry`]; the vote, the committed log id and the last purged log id live in a second,
-//! small table. Appends, the vote and truncations are redb transactions committed with
-//! [`Durability::Immediate`](redb::Durability::Immediate), so whatever this store reports
-//! written survives a crash; the committed-index hint and purge steps ride on the next
-//! such commit.
+//! small table. The vote and truncations are redb transactions committed with
+//! [`Durability::Immediate`](redb::Durability::Immediate). Appends are committed to redb
+//! without an fsync and made durable by a record in the log's redo file (`raft.wal`
+//! beside the database, see `wal`), one sequential write where a durable redb commit
+//! flushes about ten scattered pages; a durable redb commit now and then (a checkpoint)
+//! lets the file be written again from its start, and opening the store writes what the
+//! file holds beyond the last durable commit back into redb. Either way whatever this
+//! store reports written survives a crash; the committed-index hint and purge steps ride
+//! on the next durable commit.
 //!
-//! redb blocks on disk IO, so every transaction runs on tokio's blocking pool and the
-//! async methods only wait for it.
+//! redb blocks on disk IO, so every transaction runs on tokio's blocking pool or the
+//! writer's thread and the async methods only wait for it.
 //!
 //! Its parts: `tables` (the redb tables, their encoding and transactions, and
-//! `LogStoreError`), `writer` (the group-commit thread), `cache` (the log's tail in
-//! memory), `durable` (how far the log is durable, for those who wait on it) and
-//! `migrate` (a log of entry format 1 rewritten on open).
+//! `LogStoreError`), `writer` (the group-commit thread), `wal` (the redo file), `cache`
+//! (the log's tail in memory), `durable` (how far the log is durable, for those who wait
+//! on it) and `migrate` (a log of entry format 1 rewritten on open).
 
 use std::collections::BTreeMap;
 use std::fmt::Debug;
@@ -32,6 +37,7 @@ mod cache;
 mod durable;
 mod migrate;
 mod tables;
+mod wal;
 mod writer;
 
 use cache::{Tail, lock_tail};
@@ -42,6 +48,7 @@ use tables::{
     injected,
 };
 pub(crate) use tables::{DuringOp, LogStoreError, write_txn};
+pub(crate) use writer::AppendPath;
 use writer::{Writer, WriterOp};
 
 use crate::failpoints::Point;
@@ -158,16 +165,57 @@ impl LogStore {
         reason = "openraft's storage API speaks StorageError; callers pass it on unchanged"
     )]
     pub fn new(db: Arc<Database>, metrics: ConsensusMetrics) -> Result<Self, StorageError> {
+        Self::open_with(db, None, metrics)
+    }
+
+    /// Opens the log store on `db` with its redo file at `redo_file` (created if missing),
+    /// which makes each append durable by one sequential write instead of a durable redb
+    /// commit (see the `wal` module). The appends the file holds beyond the database's last
+    /// durable commit are written into the database first.
+    ///
+    /// # Errors
+    /// As [`LogStore::new`]; the redo file cannot be created, read or zero-filled, or its
+    /// appends do not continue the database's (appends were lost).
+    #[expect(
+        clippy::result_large_err,
+        reason = "openraft's storage API speaks StorageError; callers pass it on unchanged"
+    )]
+    pub fn with_redo_file(
+        db: Arc<Database>,
+        redo_file: &Path,
+        metrics: ConsensusMetrics,
+    ) -> Result<Self, StorageError> {
+        Self::open_with(db, Some(redo_file), metrics)
+    }
+
+    #[expect(
+        clippy::result_large_err,
+        reason = "openraft's storage API speaks StorageError; callers pass it on unchanged"
+    )]
+    fn open_with(
+        db: Arc<Database>,
+        redo_file: Option<&Path>,
+        metrics: ConsensusMetrics,
+    ) -> Result<Self, StorageError> {
         write_txn(&db, "create the log tables", |txn| {
             let mut log = txn.open_table(LOG).during("create the log table")?;
             let mut meta = txn.open_table(LOG_META).during("create the log metadata table")?;
             migrate::to_current_format(&mut log, &mut meta)
         })
         .map_err(|error| StorageIOError::write_logs(&error))?;
+        let wal = redo_file
+            .map(|path| wal::replay(&db, path))
+            .transpose()
+            .map_err(|error| StorageIOError::write_logs(&error))?
+            .flatten()
+            .map(|mut wal| {
+                wal.observe_checkpoints(metrics.log_checkpoint_seconds.clone());
+                wal
+            });
         let tail = Arc::new(RwLock::new(Tail::default()));
         let timeline = metrics.timeline.clone();
         let (progress, watched) = tokio::sync::watch::channel(WriterProgress::default());
-        let writer = Writer::start(db.clone(), tail.clone(), metrics, progress)
+        let writer = Writer::start(db.clone(), tail.clone(), metrics, progress, wal)
             .map_err(|error| StorageIOError::write_logs(&error))?;
         Ok(Self {
             durability: LogDurability::new(tail.clone(), watched),
@@ -388,7 +436,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     /// The committed index is a hint for a faster restart (openraft re-derives it), so it
-    /// is queued for the writer, which records it with its next durable append (or alone,
+    /// is queued for the writer, which records it with its next append (or alone,
     /// without an fsync, when none comes for 100 ms): raft core neither waits for an fsync
     /// nor for a redb write lock the writer holds, and no append pays for a transaction of
     /// the hint's own.
@@ -543,9 +591,11 @@ mod tests {
         }
     }
 
+    /// The store as a replica opens it: with its redo file.
     pub(super) fn open(dir: &TempDir) -> LogStore {
         let db = open_database(&dir.path().join("raft.redb")).expect("open database");
-        LogStore::new(db, ConsensusMetrics::default()).expect("open log store")
+        LogStore::with_redo_file(db, &dir.path().join("raft.wal"), ConsensusMetrics::default())
+            .expect("open log store")
     }
 
     #[tokio::test]

@@ -32,6 +32,9 @@ pub struct ConsensusMetrics {
     pub append_seconds: Histogram,
     /// Entries per durable append.
     pub append_batch_entries: Histogram,
+    /// Seconds of a checkpoint: the durable redb commit after which the log's redo file
+    /// is written from its start.
+    pub log_checkpoint_seconds: Histogram,
     /// Commands per proposed log entry (writes batched into one entry).
     pub proposal_commands: Histogram,
     /// Seconds to apply one batch of committed entries to the state machine.
@@ -76,6 +79,7 @@ impl Default for ConsensusMetrics {
             snapshot_index: Gauge::default(),
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             append_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
+            log_checkpoint_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
             proposal_commands: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             apply_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
             applies_inline: Counter::default(),
@@ -117,6 +121,12 @@ impl ConsensusMetrics {
             "append_batch_entries",
             "Log entries per durable append",
             self.append_batch_entries.clone(),
+        );
+        r.register(
+            "log_checkpoint_duration_seconds",
+            "Time of a durable database commit after which the log's redo file is written \
+             from its start",
+            self.log_checkpoint_seconds.clone(),
         );
         r.register(
             "proposal_commands",

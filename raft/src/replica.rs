@@ -116,7 +116,8 @@ impl<S: StateMachine> Replica<S> {
         // The leader's own appends are reported flushed at once, so that it replicates
         // them while its disk writes them; the state machine and the transport act on a
         // commit only as far as the log is durable (see `LogStore`).
-        let log = LogStore::new(db.clone(), metrics.clone())
+        let redo_file = config.data_dir.join("raft.wal");
+        let log = LogStore::with_redo_file(db.clone(), &redo_file, metrics.clone())
             .map_err(StorageFailure::from)?
             .flush_own_appends_at_once(config.id);
         let snapshots = config.data_dir.join("snapshots");

@@ -1,5 +1,6 @@
-//! openraft's storage conformance suite against the redb log store and the state machine
-//! store, each build on a fresh database in its own temporary directory.
+//! openraft's storage conformance suite against the redb log store (with its redo file, as
+//! a replica opens it, and without) and the state machine store, each build on a fresh
+//! database in its own temporary directory.
 
 use std::collections::BTreeMap;
 
@@ -37,15 +38,22 @@ impl StateMachine for KvState {
     }
 }
 
-/// Builds both stores on one fresh database; the [`TempDir`] guard removes it.
-struct RedbStoreBuilder;
+/// Builds both stores on one fresh database; the [`TempDir`] guard removes it. With
+/// `redo_file`, the log store has its redo file, as a replica opens it.
+struct RedbStoreBuilder {
+    redo_file: bool,
+}
 
 impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<KvState>, TempDir> for RedbStoreBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachineStore<KvState>), StorageError> {
         let dir = TempDir::new().map_err(|e| openraft::StorageIOError::write(&e))?;
         let db = open_database(&dir.path().join("raft.redb"))?;
         let metrics = ConsensusMetrics::default();
-        let log = LogStore::new(db.clone(), metrics.clone())?;
+        let log = if self.redo_file {
+            LogStore::with_redo_file(db.clone(), &dir.path().join("raft.wal"), metrics.clone())?
+        } else {
+            LogStore::new(db.clone(), metrics.clone())?
+        };
         let sm = StateMachineStore::open(
             db,
             &dir.path().join("snapshots"),
@@ -58,6 +66,7 @@ impl StoreBuilder<TypeConfig, LogStore, StateMachineStore<KvState>, TempDir> for
 
 #[test]
 fn redb_stores_pass_the_openraft_storage_suite() -> anyhow::Result<()> {
-    Suite::test_all(RedbStoreBuilder)?;
+    Suite::test_all(RedbStoreBuilder { redo_file: true })?;
+    Suite::test_all(RedbStoreBuilder { redo_file: false })?;
     Ok(())
 }

@@ -119,8 +119,9 @@ impl DiskFloor {
         let n = self.together.writers;
         let together = ms(self.together.p50);
         format!(
-            "The durable log append rows time the redb commit with `Durability::Immediate` \
-             that a Federator replica makes per log append, in the run's temporary directory \
+            "The durable log append rows time the log append a Federator replica makes (a \
+             redb commit without an fsync, and a record in its redo file made durable by \
+             `fdatasync`, as etcd's WAL is), in the run's temporary directory \
              before either system started ({per} appends of {bytes} B per writer): one writer \
              alone, and {n} writers at once, as {n} replicas on this disk append. A replicated \
              write is acknowledged once it is durable on the leader and on one follower. Both \
@@ -459,8 +460,8 @@ impl RaftReport {
              then {duration:?} measured per client count. Clients share min(clients, {pool}) \
              connections spread round-robin over the members, leader first (so one client talks \
              to the leader); followers forward writes to the leader. Every write is acknowledged \
-             only once committed by a quorum and fsync'd (Federator: redb commit; etcd: WAL fsync, \
-             its default). Federator is written through the admin `Put` over mTLS, etcd through \
+             only once committed by a quorum and fsync'd (Federator: its log's redo file; etcd: its \
+             WAL, its default). Federator is written through the admin `Put` over mTLS, etcd through \
              the KV `Put` over {transport}. The local read is one client on the leader's \
              connection reading those keys back without consensus (Federator: admin `Get` at \
              stale consistency; etcd: serializable `Range`): what one call costs through each \

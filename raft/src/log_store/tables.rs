@@ -26,6 +26,12 @@ pub(super) const VOTE_KEY: &str = "vote";
 pub(super) const COMMITTED_KEY: &str = "committed";
 /// [`LOG_META`] key of the last purged log id.
 pub(super) const LAST_PURGED_KEY: &str = "last_purged";
+/// [`LOG_META`] key of the redo id shared by this database and its redo file (see
+/// [`super::wal`]).
+pub(super) const WAL_ID_KEY: &str = "wal_id";
+/// [`LOG_META`] key of the sequence number of the last append written to redb (see
+/// [`super::wal`]).
+pub(super) const WAL_SEQ_KEY: &str = "wal_seq";
 /// [`LOG_META`] key of the encoding of stored entries ([`ENTRY_FORMAT`]).
 pub(super) const ENTRY_FORMAT_KEY: &str = "entry_format";
 /// Normal entries hold a batch of commands. Format 1 (no [`ENTRY_FORMAT_KEY`]) held one
@@ -150,6 +156,32 @@ pub(crate) enum LogStoreError {
     Flush {
         /// The writer's error, shared by everyone who waited for that transaction.
         error: Arc<LogStoreError>,
+    },
+
+    /// The log's redo file could not be opened, read or written.
+    #[error("cannot {op} the raft log's redo file {path}: {source}")]
+    Wal {
+        /// What the store was doing.
+        op: &'static str,
+        /// The redo file.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+
+    /// The redo file's records do not continue the appends redb holds: appends were lost.
+    #[error(
+        "the raft log's redo file starts at append {first} but the database holds appends \
+         only up to {durable}: the appends between are lost (a damaged or replaced redo \
+         file); restore this replica from the others: remove it from the group (`federator \
+         raft remove-member`), delete its data directory, and add it again (`federator raft \
+         add-member`)"
+    )]
+    WalGap {
+        /// The last append the database holds.
+        durable: u64,
+        /// The first append of the redo file after it.
+        first: u64,
     },
 
     /// The group-commit thread could not be started.

@@ -1,9 +1,12 @@
 //! The group-commit writer: one thread that writes every append queued so far in one
-//! durable transaction and only then reports them flushed (unless the append was
-//! reported flushed already, see [`LogStore`](super::LogStore)), records the
-//! committed-index hint, and deletes purged entries in steps between batches. Once a
-//! batch of appends fails it writes nothing more: a later batch would leave a gap.
+//! redb transaction, makes it durable (one record in the redo file, or a durable commit)
+//! and only then reports the appends flushed (unless an append was reported flushed
+//! already, see [`LogStore`](super::LogStore)); it records the committed-index hint,
+//! makes the redo file's checkpoints, and deletes purged entries in steps between
+//! batches. Once a batch of appends fails it writes nothing more: a later batch would
+//! leave a gap.
 
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -14,9 +17,10 @@ use redb::{Database, Durability, ReadableTable as _};
 use super::cache::{Tail, lock_tail};
 use super::durable::WriterProgress;
 use super::tables::{
-    COMMITTED_KEY, DuringOp as _, LAST_PURGED_KEY, LOG, LOG_META, LogStoreError, decode_entry,
-    encode_meta, get_meta, injected, stall_injected, write_txn, write_txn_with,
+    COMMITTED_KEY, DuringOp as _, LAST_PURGED_KEY, LOG, LOG_META, LogStoreError, WAL_SEQ_KEY,
+    decode_entry, encode_meta, get_meta, injected, stall_injected, write_txn, write_txn_with,
 };
+use super::wal::Wal;
 use crate::failpoints::Point;
 use crate::metrics::ConsensusMetrics;
 use crate::timeline::{Step, span};
@@ -41,7 +45,7 @@ pub(super) enum WriterOp {
 }
 
 /// The group-commit writer: a thread that drains the queue, writes every queued append
-/// in one durable transaction, and only then reports them flushed.
+/// in one transaction, makes it durable, and only then reports them flushed.
 pub(super) struct Writer {
     queue: Mutex<Option<std::sync::mpsc::Sender<WriterOp>>>,
     /// Joined on drop, so the database is closed when the store is.
@@ -69,11 +73,18 @@ impl Drop for Writer {
 impl Writer {
     /// Starts the thread; it tells `progress` of every batch of appends it writes, and of
     /// the error that stops it.
+    ///
+    /// With a redo file (`wal`) appends are committed to redb without an fsync and made
+    /// durable by a record in the file; the writer makes a checkpoint (a durable redb
+    /// commit, after which the file is written from its start) when the file is full,
+    /// and when one is due ([`Wal::checkpoint_due`]) and nothing waits. Without one every
+    /// batch of appends is a durable redb commit.
     pub(super) fn start(
         db: Arc<Database>,
         tail: Arc<RwLock<Tail>>,
         metrics: ConsensusMetrics,
         progress: tokio::sync::watch::Sender<WriterProgress>,
+        wal: Option<Wal>,
     ) -> Result<Arc<Self>, LogStoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<WriterOp>();
         let observed = metrics.clone();
@@ -84,21 +95,32 @@ impl Writer {
                 // batch, and while the queue is empty.
                 let mut purge: Option<LogId> = None;
                 // The newest committed-index hint not written yet: it goes with the next
-                // durable append, or alone once none has come for `HINT_WAIT`.
+                // append, or alone once none has come for `HINT_WAIT`.
                 let mut hint: Option<Vec<u8>> = None;
+                let mut wal = wal;
                 // Ends when every LogStore clone (and so every sender) is gone.
                 loop {
-                    let first = if purge.is_some() {
+                    let checkpoint_due = wal.as_ref().is_some_and(Wal::checkpoint_due);
+                    let first = if purge.is_some() || checkpoint_due {
                         match rx.try_recv() {
                             Ok(op) => Some(op),
-                            Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                            Err(std::sync::mpsc::TryRecvError::Empty) => {
+                                if checkpoint_due {
+                                    idle_checkpoint(&db, &mut wal, &mut hint, &progress);
+                                }
+                                None
+                            }
                             Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
                         }
-                    } else if hint.is_some() {
-                        match rx.recv_timeout(HINT_WAIT) {
+                    } else if let Some(wait) = idle_wait(hint.is_some(), wal.as_ref()) {
+                        match rx.recv_timeout(wait) {
                             Ok(op) => Some(op),
                             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                                write_hint_alone(&db, &mut hint);
+                                if wal.as_ref().is_some_and(Wal::checkpoint_due) {
+                                    idle_checkpoint(&db, &mut wal, &mut hint, &progress);
+                                } else if hint.is_some() {
+                                    write_hint_alone(&db, &mut hint);
+                                }
                                 None
                             }
                             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
@@ -112,7 +134,9 @@ impl Writer {
                     if let Some(first) = first {
                         let mut batch = vec![first];
                         batch.extend(rx.try_iter());
-                        let wrote = write_batch(&db, &tail, &observed, batch, &mut hint, &progress);
+                        let wrote = write_batch(
+                            &db, &tail, &observed, batch, &mut hint, &mut wal, &progress,
+                        );
                         purge = purge.max(wrote);
                     }
                     if let Some(upto) = purge {
@@ -124,6 +148,7 @@ impl Writer {
                 while let Some(upto) = purge {
                     purge = purge_step(&db, upto);
                 }
+                // A durable commit: a restart replays nothing from the redo file.
                 if let Err(error) = write_txn(&db, "close the log", |txn| record_hint(txn, &hint)) {
                     tracing::warn!(%error, "cannot make the last log writes durable");
                 }
@@ -158,17 +183,28 @@ impl Writer {
     }
 }
 
-/// How long a committed-index hint waits for a durable append to be written with before
-/// it is written alone.
+/// How long a committed-index hint waits for an append to be written with before it is
+/// written alone.
 const HINT_WAIT: Duration = Duration::from_millis(100);
 
-/// Writes one batch of queued work: every append in one durable transaction, with the
+/// How long the writer waits for work before it writes a waiting `hint` alone or makes a
+/// checkpoint the redo file (`wal`) will be due for; `None`: neither waits.
+fn idle_wait(hint: bool, wal: Option<&Wal>) -> Option<Duration> {
+    let checkpoint = wal.and_then(Wal::checkpoint_in);
+    match (hint, checkpoint) {
+        (true, Some(checkpoint)) => Some(checkpoint.min(HINT_WAIT)),
+        (true, None) => Some(HINT_WAIT),
+        (false, checkpoint) => checkpoint,
+    }
+}
+
+/// Writes one batch of queued work: every append in one transaction made durable, with the
 /// newest committed-index hint not written yet (`hint`); then drops the written entries
 /// from the pending ones of `tail` to its recent ones, tells `progress`, and answers
 /// callbacks and barriers, in order.
 ///
 /// A batch of hints (and purges) alone writes nothing: its newest hint waits in `hint`
-/// for the next durable append. The hint only speeds up a restart, and a transaction of
+/// for the next append. The hint only speeds up a restart, and a transaction of
 /// its own between two appends made the next append's commit write its pages too —
 /// 0.13–0.16 ms more per durable append in a database of a replica's size (BENCHMARKS.md,
 /// "The single-client write, step by step").
@@ -183,6 +219,7 @@ fn write_batch(
     metrics: &ConsensusMetrics,
     batch: Vec<WriterOp>,
     hint: &mut Option<Vec<u8>>,
+    wal: &mut Option<Wal>,
     progress: &tokio::sync::watch::Sender<WriterProgress>,
 ) -> Option<LogId> {
     let failed = progress.borrow().failed.clone();
@@ -206,7 +243,7 @@ fn write_batch(
     }
     let result = match failed {
         Some(failed) => Err(failed),
-        None => write_appends(db, &batch, hint).map_err(Arc::new),
+        None => write_appends(db, &batch, hint, wal.as_mut()).map_err(Arc::new),
     };
     match &result {
         Ok(()) => {
@@ -228,16 +265,7 @@ fn write_batch(
                 progress.send_modify(|progress| progress.batches += 1);
             }
         }
-        Err(error) => {
-            progress.send_if_modified(|progress| {
-                let first = progress.failed.is_none();
-                if first {
-                    tracing::error!(%error, "raft log append failed: this log store writes nothing more");
-                    progress.failed = Some(Arc::clone(error));
-                }
-                first
-            });
-        }
+        Err(error) => fail(progress, wal, error),
     }
     let mut purge = None;
     for op in batch {
@@ -268,31 +296,165 @@ fn write_batch(
     purge
 }
 
-/// Writes the appends of `batch` and the newest committed-index `hint` (taken) in one
-/// durable transaction.
+/// Records `error` as the one that stopped the writer (the first only): nothing more is
+/// written, to redb or to the redo file.
+fn fail(
+    progress: &tokio::sync::watch::Sender<WriterProgress>,
+    wal: &mut Option<Wal>,
+    error: &Arc<LogStoreError>,
+) {
+    *wal = None;
+    progress.send_if_modified(|progress| {
+        let first = progress.failed.is_none();
+        if first {
+            tracing::error!(%error, "raft log append failed: this log store writes nothing more");
+            progress.failed = Some(Arc::clone(error));
+        }
+        first
+    });
+}
+
+/// Writes the appends of `batch` and the newest committed-index `hint` (taken) to redb
+/// and makes them durable: by a record in the redo file (`wal`) when there is one and the
+/// record fits in it (making a checkpoint first when the file is full), else by a durable
+/// redb commit.
 fn write_appends(
     db: &Database,
     batch: &[WriterOp],
     hint: &mut Option<Vec<u8>>,
+    wal: Option<&mut Wal>,
 ) -> Result<(), LogStoreError> {
     stall_injected(db);
+    injected(db, Point::LogAppend)?;
+    let Some(wal) = wal else {
+        return commit_appends(db, batch, hint, Durability::Immediate, None);
+    };
+    let record = wal.encode(
+        batch
+            .iter()
+            .filter_map(|op| match op {
+                WriterOp::Append { entries, .. } => Some(entries),
+                _ => None,
+            })
+            .flatten()
+            .map(|(index, _, bytes)| (*index, bytes.as_slice())),
+    );
+    if !wal.fits(record.len()) && wal.fits_at_all(record.len()) {
+        checkpoint(db, wal, hint)?;
+    }
+    let seq = wal.next_seq;
+    if wal.fits(record.len()) {
+        commit_appends(db, batch, hint, Durability::None, Some(seq))?;
+        wal.write(&record)
+    } else {
+        // Larger than the whole redo file: redb makes it durable itself.
+        let started = Instant::now();
+        commit_appends(db, batch, hint, Durability::Immediate, Some(seq))?;
+        wal.next_seq += 1;
+        wal.checkpointed(started.elapsed());
+        Ok(())
+    }
+}
+
+/// One writer's appends made as the log writer makes them — a redb commit without an
+/// fsync and a record in a redo file, made durable — for [`crate::disk_check`], which
+/// times them.
+pub(crate) struct AppendPath {
+    db: Database,
+    wal: Option<Wal>,
+}
+
+impl AppendPath {
+    /// Creates a database at `db_path` with the log's tables, and its redo file at
+    /// `redo_file` (without one when it cannot be created, as the log store does).
+    pub(crate) fn create(db_path: &Path, redo_file: &Path) -> Result<Self, LogStoreError> {
+        let db = Database::create(db_path)
+            .map_err(|source| LogStoreError::Open { path: db_path.to_path_buf(), source })?;
+        write_txn(&db, "create the log tables", |txn| {
+            txn.open_table(LOG).during("create the log table")?;
+            txn.open_table(LOG_META).during("create the log metadata table")?;
+            Ok(())
+        })?;
+        let wal = super::wal::replay(&db, redo_file)?;
+        Ok(Self { db, wal })
+    }
+
+    /// Appends `entry` at `index` and waits until it is durable.
+    pub(crate) fn append(&mut self, index: u64, entry: &[u8]) -> Result<(), LogStoreError> {
+        let log_id = LogId::new(openraft::CommittedLeaderId::new(0, 0), index);
+        let op = WriterOp::Append {
+            entries: vec![(index, log_id, entry.to_vec())],
+            callback: None,
+            started: Instant::now(),
+        };
+        write_appends(&self.db, &[op], &mut None, self.wal.as_mut())
+    }
+}
+
+/// Commits the appends of `batch`, the committed-index `hint` (taken) and, with a redo
+/// file, the append's sequence number `seq` in one redb transaction with `durability`.
+fn commit_appends(
+    db: &Database,
+    batch: &[WriterOp],
+    hint: &mut Option<Vec<u8>>,
+    durability: Durability,
+    seq: Option<u64>,
+) -> Result<(), LogStoreError> {
     let written_hint = hint.take();
-    injected(db, Point::LogAppend).and_then(|()| {
-        write_txn_with(db, "append log entries", Durability::Immediate, |txn| {
-            let mut table = txn.open_table(LOG).during("open the log table")?;
-            for op in batch {
-                if let WriterOp::Append { entries, .. } = op {
-                    for (index, _, bytes) in entries {
-                        table.insert(*index, bytes.as_slice()).during("append log entries")?;
-                    }
+    let seq = seq.map(|seq| encode_meta(WAL_SEQ_KEY, &seq)).transpose()?;
+    write_txn_with(db, "append log entries", durability, |txn| {
+        let mut table = txn.open_table(LOG).during("open the log table")?;
+        for op in batch {
+            if let WriterOp::Append { entries, .. } = op {
+                for (index, _, bytes) in entries {
+                    table.insert(*index, bytes.as_slice()).during("append log entries")?;
                 }
             }
-            drop(table);
-            record_hint(txn, &written_hint)?;
-            // An error here drops the transaction: nothing of the batch is written.
-            injected(db, Point::LogCommit)
-        })
+        }
+        drop(table);
+        record_hint(txn, &written_hint)?;
+        if let Some(seq) = &seq {
+            let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
+            meta.insert(WAL_SEQ_KEY, seq.as_slice()).during("record the append's number")?;
+        }
+        // An error here drops the transaction: nothing of the batch is written.
+        injected(db, Point::LogCommit)
     })
+}
+
+/// A checkpoint: a durable redb commit (with the committed-index `hint`, taken), after
+/// which redb holds durably everything in the redo file, so it is written from its start.
+fn checkpoint(
+    db: &Database,
+    wal: &mut Wal,
+    hint: &mut Option<Vec<u8>>,
+) -> Result<(), LogStoreError> {
+    let started = Instant::now();
+    let written_hint = hint.take();
+    // The last append's number again, so the commit is never an empty one.
+    let seq = encode_meta(WAL_SEQ_KEY, &wal.next_seq.saturating_sub(1))?;
+    write_txn(db, "checkpoint the log", |txn| {
+        record_hint(txn, &written_hint)?;
+        let mut meta = txn.open_table(LOG_META).during("open the log metadata table")?;
+        meta.insert(WAL_SEQ_KEY, seq.as_slice()).during("record the append's number")?;
+        Ok(())
+    })?;
+    wal.checkpointed(started.elapsed());
+    Ok(())
+}
+
+/// A checkpoint made while the queue is empty; one that fails stops the writer (redb
+/// refuses further writes after a failed durable commit).
+fn idle_checkpoint(
+    db: &Database,
+    wal: &mut Option<Wal>,
+    hint: &mut Option<Vec<u8>>,
+    progress: &tokio::sync::watch::Sender<WriterProgress>,
+) {
+    let Some(redo) = wal.as_mut() else { return };
+    if let Err(error) = checkpoint(db, redo, hint) {
+        fail(progress, wal, &Arc::new(error));
+    }
 }
 
 /// Records the committed-index `hint` (postcard), if any, in `txn`.
