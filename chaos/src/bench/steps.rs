@@ -20,7 +20,10 @@ const FOLLOWER_METRIC: &str = "federator_raft_follower_append_step_seconds";
 const LEADER_STEPS: [(&str, &str); 8] = [
     ("dispatched", "the proposer takes the write into a batch and hands it to raft core"),
     ("appending", "raft core takes the entry, gives it an index, hands it to the log store"),
-    ("durable", "the leader's log writer commits it to redb and fsyncs, beside replication"),
+    (
+        "durable",
+        "the leader's log writer commits it to redb and writes it to its redo file, durably, beside replication",
+    ),
     ("sent", "raft core hands the entry to its replication task, which sends AppendEntries"),
     ("acked", "the transport to a follower and back, and the follower's work (below)"),
     (
@@ -37,7 +40,10 @@ const FOLLOWER_STEPS: [(&str, &str); 3] = [
         "appending",
         "the follower's raft core checks the request and hands the entries to its log store",
     ),
-    ("durable", "the follower's log writer commits them to redb and fsyncs"),
+    (
+        "durable",
+        "the follower's log writer commits them to redb and writes them to its redo file, durably",
+    ),
     ("answered", "raft core learns of the flush and the answer goes back"),
 ];
 
