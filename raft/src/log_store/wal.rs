@@ -92,10 +92,7 @@ impl Wal {
     /// is missing or shorter.
     pub(super) fn create(path: &Path, id: u64, capacity: u64) -> Result<Self, LogStoreError> {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let io = |op: &'static str| {
-            let path = path.to_path_buf();
-            move |source| LogStoreError::Wal { op, path, source }
-        };
+        let io = |op| io_error(path, op);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -142,10 +139,7 @@ impl Wal {
     /// Writes `record` (from [`Wal::encode`], checked with [`Wal::fits`]) and waits until
     /// it is durable; the next record gets the next sequence number.
     pub(super) fn write(&mut self, record: &[u8]) -> Result<(), LogStoreError> {
-        let io = |op: &'static str| {
-            let path = self.path.clone();
-            move |source| LogStoreError::Wal { op, path, source }
-        };
+        let io = |op| io_error(&self.path, op);
         self.file.write_all_at(record, self.position).map_err(io("write to"))?;
         self.file.sync_data().map_err(io("flush"))?;
         self.position += record.len() as u64;
@@ -201,7 +195,7 @@ pub(super) fn replay(db: &Database, path: &Path) -> Result<Option<Wal>, LogStore
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-        Err(source) => return Err(LogStoreError::Wal { op: "read", path: path.into(), source }),
+        Err(source) => return Err(io_error(path, "read")(source)),
     };
     let replay: Vec<_> =
         read_chain(&bytes, id).into_iter().filter(|record| record.seq > durable).collect();
@@ -252,6 +246,12 @@ pub(super) fn replay(db: &Database, path: &Path) -> Result<Option<Wal>, LogStore
             Ok(None)
         }
     }
+}
+
+/// What failed doing `op` on the redo file at `path`, given the OS error.
+fn io_error(path: &Path, op: &'static str) -> impl FnOnce(std::io::Error) -> LogStoreError {
+    let path = path.to_path_buf();
+    move |source| LogStoreError::Wal { op, path, source }
 }
 
 /// Writes zeros over `from..to` of `file` and makes them durable.
@@ -321,37 +321,26 @@ pub(super) fn read_chain(bytes: &[u8], id: u64) -> Vec<Record> {
 /// The record at the start of `bytes` and its length, when it is a whole one of redo id
 /// `id` with a good checksum.
 fn read_record(bytes: &[u8], id: u64) -> Option<(Record, usize)> {
-    let header = bytes.get(..HEADER)?;
-    if header[0..4] != MAGIC {
+    let (header, rest) = bytes.split_first_chunk::<HEADER>()?;
+    let field =
+        |at: usize| header.get(at..at + 8).and_then(|b| b.try_into().ok()).map(u64::from_le_bytes);
+    if header[0..4] != MAGIC || field(8)? != id {
         return None;
     }
-    let u64_at = |at: usize| {
-        let mut b = [0u8; 8];
-        b.copy_from_slice(&header[at..at + 8]);
-        u64::from_le_bytes(b)
-    };
-    let mut len_bytes = [0u8; 4];
-    len_bytes.copy_from_slice(&header[4..8]);
-    let payload_len = usize::try_from(u32::from_le_bytes(len_bytes)).ok()?;
-    if u64_at(8) != id {
-        return None;
-    }
-    let seq = u64_at(16);
-    let payload = bytes.get(HEADER..HEADER.checked_add(payload_len)?)?;
+    let payload_len = usize::try_from(u32::from_le_bytes(header[4..8].try_into().ok()?)).ok()?;
+    let seq = field(16)?;
+    let payload = rest.get(..payload_len)?;
     if checksum(id, seq, payload) != header[24..32] {
         return None;
     }
     let mut entries = Vec::new();
     let mut rest = payload;
     while !rest.is_empty() {
-        let (index, tail) = rest.split_at_checked(8)?;
-        let (len, tail) = tail.split_at_checked(4)?;
-        let mut b = [0u8; 8];
-        b.copy_from_slice(index);
-        let mut l = [0u8; 4];
-        l.copy_from_slice(len);
-        let (entry, tail) = tail.split_at_checked(usize::try_from(u32::from_le_bytes(l)).ok()?)?;
-        entries.push((u64::from_le_bytes(b), entry.to_vec()));
+        let (index, tail) = rest.split_first_chunk::<8>()?;
+        let (len, tail) = tail.split_first_chunk::<4>()?;
+        let (entry, tail) =
+            tail.split_at_checked(usize::try_from(u32::from_le_bytes(*len)).ok()?)?;
+        entries.push((u64::from_le_bytes(*index), entry.to_vec()));
         rest = tail;
     }
     Some((Record { seq, entries }, HEADER + payload_len))
