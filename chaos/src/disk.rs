@@ -64,6 +64,22 @@ impl SmallDisk {
         Ok(())
     }
 
+    /// Fills the filesystem, then gives `megabytes` MiB back: what a disk that is nearly
+    /// full leaves a process that starts on it.
+    ///
+    /// # Errors
+    /// The filler file could not be created or shortened.
+    pub fn fill_leaving(&self, megabytes: u64) -> anyhow::Result<()> {
+        self.fill()?;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.filler())
+            .context("open the filler")?;
+        let len = file.metadata().context("read the filler's size")?.len();
+        file.set_len(len.saturating_sub(megabytes << 20)).context("shorten the filler")?;
+        file.sync_all().context("sync the filler")
+    }
+
     /// Removes the filler and waits until the space is back: tmpfs frees a removed
     /// file's pages when the last reference to them goes, which something else (a page
     /// scanner, a write still in flight) may hold for a moment; a write right after the
@@ -122,6 +138,19 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
         disk.free()?;
         std::fs::write(disk.path().join("more"), vec![0u8; 8192])?;
+        drop(disk);
+        Ok(())
+    }
+
+    #[test]
+    fn a_nearly_full_disk_takes_what_was_left_and_no_more() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let disk = SmallDisk::mount(&dir.path().join("small"), 4)?;
+        disk.fill_leaving(1)?;
+        std::fs::write(disk.path().join("fits"), vec![0u8; 512 * 1024])?;
+        let err = std::fs::write(disk.path().join("too-big"), vec![0u8; 1024 * 1024])
+            .expect_err("only half a MiB is left");
+        assert_eq!(err.raw_os_error(), Some(28), "ENOSPC: {err}");
         drop(disk);
         Ok(())
     }

@@ -212,13 +212,15 @@ impl LogStore {
                 wal.observe_checkpoints(metrics.log_checkpoint_seconds.clone());
                 wal
             });
+        let redo_file = wal.is_some();
+        metrics.log_redo_file.set(i64::from(redo_file));
         let tail = Arc::new(RwLock::new(Tail::default()));
         let timeline = metrics.timeline.clone();
         let (progress, watched) = tokio::sync::watch::channel(WriterProgress::default());
         let writer = Writer::start(db.clone(), tail.clone(), metrics, progress, wal)
             .map_err(|error| StorageIOError::write_logs(&error))?;
         Ok(Self {
-            durability: LogDurability::new(tail.clone(), watched),
+            durability: LogDurability::new(tail.clone(), watched, redo_file),
             db,
             tail,
             purged: Arc::new(RwLock::new(None)),

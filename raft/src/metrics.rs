@@ -35,6 +35,10 @@ pub struct ConsensusMetrics {
     /// Seconds of a checkpoint: the durable redb commit after which the log's redo file
     /// is written from its start.
     pub log_checkpoint_seconds: Histogram,
+    /// 1 while the log's appends are made durable by its redo file; 0 when the replica
+    /// found no room for the file at start and makes every append a durable database
+    /// commit (slower) until a restart finds room.
+    pub log_redo_file: Gauge,
     /// Commands per proposed log entry (writes batched into one entry).
     pub proposal_commands: Histogram,
     /// Seconds to apply one batch of committed entries to the state machine.
@@ -80,6 +84,7 @@ impl Default for ConsensusMetrics {
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             append_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             log_checkpoint_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            log_redo_file: Gauge::default(),
             proposal_commands: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             apply_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
             applies_inline: Counter::default(),
@@ -127,6 +132,12 @@ impl ConsensusMetrics {
             "Time of a durable database commit after which the log's redo file is written \
              from its start",
             self.log_checkpoint_seconds.clone(),
+        );
+        r.register(
+            "log_redo_file",
+            "1 while log appends are made durable by the log's redo file; 0: every append is a \
+             durable database commit (no room for the file at start)",
+            self.log_redo_file.clone(),
         );
         r.register(
             "proposal_commands",

@@ -8,6 +8,9 @@
 //!   its watch streams end with UNAVAILABLE and its health says NOT_SERVING, the process
 //!   exits non-zero (a supervisor restarts it) while the others carry on, and once space
 //!   is freed a restart recovers it with nothing acknowledged lost.
+//! - A replica that finds no room for its log's redo file at start serves anyway (each
+//!   append a durable database commit), and says so in `raft status`, `check` and its
+//!   metrics until a restart with room creates the file.
 //! - A write forwarded to a leader that hangs (SIGSTOP) ends as soon as a new leader is
 //!   known (within a bound derived from the election timeout), not after the transport's
 //!   timeout.
@@ -178,6 +181,66 @@ async fn a_replica_whose_disk_fills_exits_and_recovers_once_space_is_freed() -> 
         "replica 3 exited with {status}; {} writes acknowledged meanwhile, all on it after restart",
         result.acked.len()
     );
+    drop(fed);
+    drop(disk);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_without_room_for_its_redo_file_serves_and_says_so() -> anyhow::Result<()> {
+    let mut fed = Federation::new(3)?;
+    // Replica 3 starts with 4 MiB free: room for its database, not for the log's 8 MiB
+    // redo file.
+    let disk = SmallDisk::mount(&fed.dir().join("replica-3"), 32)?;
+    disk.fill_leaving(4)?;
+    for id in 1..=3 {
+        fed.start(id, false)?;
+    }
+    fed.form_group(&[1, 2, 3]).await?;
+    fed.wait_for_leader(&[1, 2, 3], Duration::from_secs(10)).await?;
+    fed.wait_for_api(3).await?;
+    let log = fed.log_of(3);
+    assert!(log.contains("running without its redo file"), "{log}");
+    // What the zero-fill had written is given back to the database.
+    let redo_file = disk.path().join("raft.wal");
+    assert!(!redo_file.exists(), "a cut-short redo file was left behind");
+
+    // It takes part in commits: every append a durable database commit.
+    fed.cli_ok(&[3], &["probe", "put", "without-redo-file", "v"])?;
+    fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30)).await?;
+    let table = fed.cli_ok(&[], &["raft", "status"])?;
+    assert!(table.contains("replica 3: runs without its log's redo file"), "{table}");
+    let json = fed.cli_json(&["raft", "status"])?;
+    let flags: Vec<(u64, bool)> = json["replicas"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|r| (r["id"].as_u64().unwrap_or(0), r["log_without_redo_file"] == true))
+        .collect();
+    assert_eq!(flags.len(), 3, "{json}");
+    for (id, without) in flags {
+        assert_eq!(without, id == 3, "replica {id}: {json}");
+    }
+    let check = fed.cli(&[], &["check"])?;
+    let text = String::from_utf8_lossy(&check.stdout);
+    assert!(text.contains("replica 3: runs without its log's redo file"), "{text}");
+    assert!(text.contains("free at least 8 MiB"), "{text}");
+    assert!(fed.metrics(3).await?.contains("federator_raft_log_redo_file 0"));
+    assert!(fed.metrics(1).await?.contains("federator_raft_log_redo_file 1"));
+
+    // With room again, a restart creates the file and the warning is gone.
+    disk.free()?;
+    fed.terminate(3);
+    let status = fed.wait_exit(3, Duration::from_secs(20)).await?;
+    assert!(status.success(), "{status}");
+    fed.restart(3)?;
+    fed.wait_for_api(3).await?;
+    fed.wait_for_convergence(&[1, 2, 3], Duration::from_secs(30)).await?;
+    assert!(redo_file.exists());
+    let table = fed.cli_ok(&[], &["raft", "status"])?;
+    assert!(!table.contains("runs without"), "{table}");
+    assert!(fed.metrics(3).await?.contains("federator_raft_log_redo_file 1"));
+    assert_eq!(fed.cli_ok(&[3], &["probe", "get", "without-redo-file"])?.trim(), "v");
     drop(fed);
     drop(disk);
     Ok(())

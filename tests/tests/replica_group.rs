@@ -64,6 +64,7 @@ async fn three_replicas_form_a_group_from_nothing_through_the_cli() -> anyhow::R
         "federator_raft_append_duration_seconds_bucket",
         "federator_raft_apply_duration_seconds_bucket",
         "federator_raft_applies_inline_total",
+        "federator_raft_log_redo_file 1",
     ] {
         assert!(metrics.contains(name), "{name} missing from /metrics:\n{metrics}");
     }

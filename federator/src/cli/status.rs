@@ -58,6 +58,9 @@ pub struct ReplicaRow {
     /// How long log entries have waited for its log writer without it writing any
     /// (milliseconds; 0: none waits).
     pub log_stalled_ms: Option<u64>,
+    /// Whether it makes every log append a durable database commit because it found no
+    /// room for its log's redo file at start (`None`: unreachable).
+    pub log_without_redo_file: Option<bool>,
 }
 
 impl ReplicaRow {
@@ -91,6 +94,7 @@ impl ReplicaRow {
             version: None,
             command_version: None,
             log_stalled_ms: None,
+            log_without_redo_file: None,
         }
     }
 }
@@ -209,6 +213,7 @@ pub async fn collect(connection: &Connection) -> anyhow::Result<GroupView> {
                     version: Some(s.version.clone()),
                     command_version: Some(s.command_version),
                     log_stalled_ms: Some(s.log_stalled_ms),
+                    log_without_redo_file: Some(s.log_without_redo_file),
                 }
             }
             Err(error) => {
@@ -315,8 +320,15 @@ pub fn view_table(v: &GroupView, detailed: bool) -> String {
         let line = format!("replica {}: {}", r.id, r.error.as_deref().unwrap_or("unreachable"));
         let _ = writeln!(out, "{}", output::escape_control(&line));
     }
+    for r in v.replicas.iter().filter(|r| r.log_without_redo_file == Some(true)) {
+        let _ = writeln!(out, "replica {}: {}", r.id, WITHOUT_REDO_FILE);
+    }
     out
 }
+
+/// What a replica that found no room for its log's redo file at start is doing.
+pub const WITHOUT_REDO_FILE: &str = "runs without its log's redo file (no room for it at \
+     start): every append is a durable database commit, which is slower";
 
 /// A replica's build and command-format version, marked when it is ahead of the cluster
 /// version (what it knows waits for the others).

@@ -33,6 +33,8 @@ pub struct LogDurability {
     tail: Arc<RwLock<Tail>>,
     /// Changes whenever the writer has written a batch, or failed.
     progress: watch::Receiver<WriterProgress>,
+    /// Whether appends are made durable by the log's redo file.
+    redo_file: bool,
 }
 
 impl std::fmt::Debug for LogDurability {
@@ -42,8 +44,21 @@ impl std::fmt::Debug for LogDurability {
 }
 
 impl LogDurability {
-    pub(super) fn new(tail: Arc<RwLock<Tail>>, progress: watch::Receiver<WriterProgress>) -> Self {
-        Self { tail, progress }
+    pub(super) fn new(
+        tail: Arc<RwLock<Tail>>,
+        progress: watch::Receiver<WriterProgress>,
+        redo_file: bool,
+    ) -> Self {
+        Self { tail, progress, redo_file }
+    }
+
+    /// Whether appends are made durable by the log's redo file: false when the store was
+    /// opened without one, or found no room to create it (a full disk at start), and makes
+    /// every append a durable database commit instead. That is as safe and slower; a
+    /// restart with room for the file ends it.
+    #[must_use]
+    pub fn redo_file(&self) -> bool {
+        self.redo_file
     }
 
     /// The highest index through which every entry of the log is durable: the one before

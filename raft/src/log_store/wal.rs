@@ -238,8 +238,12 @@ pub(super) fn replay(db: &Database, path: &Path) -> Result<Option<Wal>, LogStore
             Ok(Some(wal))
         }
         Err(error) => {
+            // What a zero-fill cut short would only take space the database needs; its
+            // records, if any, were just written into the database.
+            let removed = std::fs::remove_file(path);
             tracing::warn!(
                 %error,
+                removed_partial_file = removed.is_ok(),
                 "raft log: running without its redo file: every append is a durable database \
                  commit (slower) until a restart finds room for the file"
             );
@@ -531,6 +535,7 @@ mod tests {
         async fn a_clean_close_leaves_nothing_to_replay() {
             let dir = TempDir::new().expect("tempdir");
             let mut store = open(&dir);
+            assert!(store.durability().redo_file());
             for i in 1..=5 {
                 store.blocking_append(vec![normal(1, i, b"v")]).await.expect("append");
             }
@@ -550,8 +555,12 @@ mod tests {
             // A redo file that cannot be created (as on a full disk).
             let unwritable = dir.path().join("missing").join("raft.wal");
             let db = crate::log_store::open_database(&dir.path().join("raft.redb")).expect("db");
-            let mut store = LogStore::with_redo_file(db, &unwritable, ConsensusMetrics::default())
+            let metrics = ConsensusMetrics::default();
+            let mut store = LogStore::with_redo_file(db, &unwritable, metrics.clone())
                 .expect("opens without its redo file");
+            // What status, check and the metrics report.
+            assert!(!store.durability().redo_file());
+            assert_eq!(metrics.log_redo_file.get(), 0);
             store.blocking_append(vec![normal(1, 1, b"v")]).await.expect("append");
             // A crash image: durable without any redo file.
             let image = TempDir::new().expect("tempdir");

@@ -94,8 +94,9 @@ pub(super) fn check_group(args: &CheckArgs, view: &GroupView, checks: &mut Check
 /// that hangs (an fsync takes milliseconds, a slow one tens).
 const LOG_STALL_FAILS_MS: u64 = 2_000;
 
-/// Replicas whose disk has stopped writing their log: a leader steps down after two
-/// election timeouts of it, a follower stops answering its leader.
+/// Replicas whose disk has stopped writing their log (a failure: a leader steps down after
+/// two election timeouts of it, a follower stops answering its leader), and replicas that
+/// write it without its redo file (a warning: slower, as safe).
 pub(super) fn check_log_writers(view: &GroupView, checks: &mut Checks) {
     for replica in &view.replicas {
         let Some(stalled) = replica.log_stalled_ms.filter(|ms| *ms >= LOG_STALL_FAILS_MS) else {
@@ -109,6 +110,13 @@ pub(super) fn check_log_writers(view: &GroupView, checks: &mut Checks) {
                 stalled as f64 / 1000.0
             ),
             "its disk hangs: look at the disk under its data directory (`federator check --disk DIR` times it) and the kernel log; restart the replica once the disk answers",
+        );
+    }
+    for replica in view.replicas.iter().filter(|r| r.log_without_redo_file == Some(true)) {
+        checks.warn(
+            "replicas",
+            format!("replica {}: {}", replica.id, status::WITHOUT_REDO_FILE),
+            "free at least 8 MiB under its data directory, then restart it (SIGTERM): it creates the file at start",
         );
     }
 }
@@ -258,6 +266,26 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("its disk hangs"), "{text}");
+    }
+
+    #[test]
+    fn a_replica_without_its_redo_file_warns_naming_the_fix() {
+        let row = |id: u64, without: Option<bool>| status::ReplicaRow {
+            reachable: true,
+            error: None,
+            log_stalled_ms: Some(0),
+            log_without_redo_file: without,
+            ..voter(id)
+        };
+        let view = group(vec![row(1, Some(false)), row(2, Some(true)), row(3, None)]);
+        let mut checks = Checks::default();
+        check_log_writers(&view, &mut checks);
+        assert_eq!(checks.0.len(), 1, "{:?}", checks.0);
+        assert_eq!(checks.0[0].outcome, Outcome::Warn);
+        let text = render(&report(checks.0));
+        assert!(text.contains("replica 2: runs without its log's redo file"), "{text}");
+        assert!(text.contains("free at least 8 MiB"), "{text}");
+        assert!(status::view_table(&view, false).contains("replica 2: runs without"));
     }
 
     #[test]

@@ -84,6 +84,7 @@ impl AdminService {
                 .log_durability()
                 .stalled_for()
                 .map_or(0, |stalled| u64::try_from(stalled.as_millis()).unwrap_or(u64::MAX)),
+            log_without_redo_file: !self.replica.log_durability().redo_file(),
         }
     }
 
