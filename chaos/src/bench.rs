@@ -351,9 +351,25 @@ async fn measure<T: KvTarget>(
     };
     let local_read = load::phase(target, &spec, progress).await?;
     progress.println(format!("{name:>9} local reads: {}", local_read.summary()));
+    // The same reads, each after the client idled as long as a write takes: what waking
+    // both ends after a pause adds to a call, which a single-client write pays too.
+    let spec = LoadSpec { operation: Operation::IdleLocalRead, ..spec };
+    let idle_local_read = load::phase(target, &spec, progress).await?;
+    progress.println(format!(
+        "{name:>9} local reads after {} ms idle: {}",
+        load::IDLE_BEFORE_CALL.as_millis(),
+        idle_local_read.summary()
+    ));
     let failover = failover::trials(target, config.trials, config.value_size, progress).await?;
     progress.println(format!("{name:>9} {}", failover.summary()));
-    Ok(SystemFigures { system: name, timing, phases, local_read: Some(local_read), failover })
+    Ok(SystemFigures {
+        system: name,
+        timing,
+        phases,
+        local_read: Some(local_read),
+        idle_local_read: Some(idle_local_read),
+        failover,
+    })
 }
 
 /// Waits until `target` is healthy and returns its leader, naming the system on failure.

@@ -3,7 +3,8 @@
 //!
 //! A write on the leader passes these steps (each the first time it happens to the
 //! entry): the proposer hands its batch to raft core (`dispatched`), raft core gives the
-//! entry to the log store (`appending`), the first AppendEntries that carries it leaves
+//! entry to the log store (`appending`), the log writer takes it off its queue
+//! (`writing`), the first AppendEntries that carries it leaves
 //! for a follower (`sent`), the first follower answers it as appended (`acked`), the
 //! state machine starts and ends applying it (`applying`, `applied`), and the proposer
 //! gets raft core's answer (`answered`). The leader's log writer makes the entry durable
@@ -13,7 +14,7 @@
 //! the difference between two steps is the time spent between them.
 //!
 //! A follower times the AppendEntries it serves from the request's arrival: to the log
-//! store (`appending`), durable (`durable`) and the answer leaving (`answered`), in
+//! store (`appending`), taken up by the log writer (`writing`), durable (`durable`) and the answer leaving (`answered`), in
 //! `raft_follower_append_step_seconds{step}`. The leader's `sent` → `acked` less the
 //! follower's `answered` is the transport's share: encoding, TLS, the network.
 //!
@@ -43,25 +44,36 @@ pub(crate) const MAX_MARKED: usize = 64;
 pub(crate) enum Step {
     /// The log store got the entry from raft core.
     Appending = 0,
+    /// The log writer took the batch holding the entry off its queue and began writing.
+    Writing = 1,
     /// The log writer made the entry durable.
-    Durable = 1,
+    Durable = 2,
     /// The first AppendEntries carrying the entry left for a follower.
-    Sent = 2,
+    Sent = 3,
     /// A follower first answered an AppendEntries carrying the entry as appended.
-    Acked = 3,
+    Acked = 4,
     /// The state machine started applying the entry.
-    Applying = 4,
+    Applying = 5,
     /// The state machine applied the entry.
-    Applied = 5,
+    Applied = 6,
 }
 
-const STEPS: usize = 6;
+const STEPS: usize = 7;
 
 /// The leader's steps as observed, with the proposer's own two around them.
-const LEADER_STEPS: [&str; STEPS + 2] =
-    ["dispatched", "appending", "durable", "sent", "acked", "applying", "applied", "answered"];
+const LEADER_STEPS: [&str; STEPS + 2] = [
+    "dispatched",
+    "appending",
+    "writing",
+    "durable",
+    "sent",
+    "acked",
+    "applying",
+    "applied",
+    "answered",
+];
 /// A follower's steps of an AppendEntries it serves.
-const FOLLOWER_STEPS: [&str; 3] = ["appending", "durable", "answered"];
+const FOLLOWER_STEPS: [&str; 4] = ["appending", "writing", "durable", "answered"];
 
 #[derive(Clone, Copy, Default)]
 struct Slot {
@@ -124,14 +136,14 @@ impl Timeline {
         registry.register(
             "write_step_seconds",
             "On the leader: seconds from a write reaching the proposer to each step of its \
-             log entry (dispatched, appending, durable, sent, acked, applying, applied, \
-             answered)",
+             log entry (dispatched, appending, writing, durable, sent, acked, applying, \
+             applied, answered)",
             self.leader.clone(),
         );
         registry.register(
             "follower_append_step_seconds",
             "On a follower: seconds from an AppendEntries arriving to each step of serving it \
-             (appending, durable, answered)",
+             (appending, writing, durable, answered)",
             self.follower.clone(),
         );
     }
@@ -191,13 +203,13 @@ impl Timeline {
         }
         let Some(slot) = last else { return };
         let since = |at: Instant| at.saturating_duration_since(arrived).as_secs_f64();
-        let steps = [slot.at[Step::Appending as usize], slot.at[Step::Durable as usize]];
+        let steps = [Step::Appending, Step::Writing, Step::Durable].map(|s| slot.at[s as usize]);
         for (histogram, at) in self.follower_steps.iter().zip(steps) {
             if let Some(at) = at {
                 histogram.observe(since(at));
             }
         }
-        self.follower_steps[2].observe(since(now));
+        self.follower_steps[steps.len()].observe(since(now));
     }
 
     /// The marks of the entry at `index`, removed; `None` when it was not marked.
@@ -256,6 +268,7 @@ mod tests {
         let queued = Instant::now();
         let dispatched = queued + Duration::from_micros(5);
         timeline.mark(Step::Appending, Some(7..=7));
+        timeline.mark(Step::Writing, Some(7..=7));
         timeline.mark(Step::Durable, Some(7..=7));
         timeline.mark(Step::Sent, Some(7..=7));
         timeline.mark(Step::Sent, Some(7..=7)); // a retry: the first counts
@@ -301,6 +314,7 @@ mod tests {
         let timeline = Timeline::default();
         let arrived = Instant::now();
         timeline.mark(Step::Appending, Some(10..=11));
+        timeline.mark(Step::Writing, Some(10..=11));
         timeline.mark(Step::Durable, Some(10..=11));
         timeline.follower_answered(Some(10..=11), arrived);
         let text = exposition(&timeline);

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use futures::future::Either;
 
-pub use super::load_spec::{LoadSpec, Operation};
+pub use super::load_spec::{IDLE_BEFORE_CALL, LoadSpec, Operation};
 use super::progress::Progress;
 use super::steps::StepMeans;
 use super::target::{self, KvConn, KvTarget, PutError};
@@ -210,6 +210,9 @@ pub async fn closed_loop<C: KvConn>(
         tokio::spawn(async move {
             let mut run = LoadRun::default();
             for i in 0u64.. {
+                if operation == Operation::IdleLocalRead {
+                    tokio::time::sleep(IDLE_BEFORE_CALL).await;
+                }
                 let began = Instant::now();
                 if began >= until {
                     break;
@@ -217,7 +220,9 @@ pub async fn closed_loop<C: KvConn>(
                 let key = format!("{prefix}/{}", keys_per_client.map_or(i, |k| i % k));
                 let call = match operation {
                     Operation::Put => Either::Left(conn.put(key, value.clone())),
-                    Operation::LocalRead => Either::Right(conn.local_read(key)),
+                    Operation::LocalRead | Operation::IdleLocalRead => {
+                        Either::Right(conn.local_read(key))
+                    }
                 };
                 let outcome = tokio::time::timeout(CALL_TIMEOUT, call)
                     .await

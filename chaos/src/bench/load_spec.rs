@@ -35,4 +35,11 @@ pub enum Operation {
     /// ([`super::target::KvConn::local_read`]): the floor of one call through the
     /// store's client API and transport.
     LocalRead,
+    /// A local read after the client has been idle for [`IDLE_BEFORE_CALL`], as a
+    /// single-client write's answer comes after about that long: what waking the client,
+    /// the connection and the server after a pause adds to one call.
+    IdleLocalRead,
 }
+
+/// How long an [`Operation::IdleLocalRead`] client waits before each call (not measured).
+pub const IDLE_BEFORE_CALL: std::time::Duration = std::time::Duration::from_millis(2);

@@ -33,6 +33,10 @@ pub struct SystemFigures {
     /// One client's reads answered from the member's own state (no consensus), through
     /// the same API and connection as the writes: the floor of one call.
     pub local_read: Option<PhaseFigures>,
+    /// The same reads, each after the client idled for
+    /// [`IDLE_BEFORE_CALL`](super::load::IDLE_BEFORE_CALL): the floor of one call that
+    /// wakes both ends, as a single-client write's answer does.
+    pub idle_local_read: Option<PhaseFigures>,
     /// The failover trials.
     pub failover: FailoverFigures,
 }
@@ -295,6 +299,20 @@ impl RaftReport {
             });
             rows.push(Row::new("p50 write less p50 local read, 1 client (ms)", f, e, 2));
         }
+        let (f, e) = both(&|s: &SystemFigures| {
+            s.idle_local_read.as_ref().and_then(|p| p.run.percentile(0.50)).map(ms)
+        });
+        if f.is_some() || e.is_some() {
+            rows.push(Row::new(
+                format!(
+                    "p50 local read after {} ms idle, 1 client: the floor of a call that wakes both ends (ms)",
+                    super::load::IDLE_BEFORE_CALL.as_millis()
+                ),
+                f,
+                e,
+                2,
+            ));
+        }
         let (f, e) = both(&|s| s.failover.median().map(ms));
         rows.push(
             Row::new(format!("failover median, {} trials (ms)", self.config.trials), f, e, 0)
@@ -466,7 +484,9 @@ impl RaftReport {
              connection reading those keys back without consensus (Federator: admin `Get` at \
              stale consistency; etcd: serializable `Range`): what one call costs through each \
              system's API, transport and authentication, so the write less it is what \
-             replication and the disk add. Each table is one raft timing, given above it: the \
+             replication and the disk add; read again with the client idle for \
+             {idle_ms} ms before each call, it shows what waking both ends after a pause \
+             adds, which a single-client write's answer pays too. Each table is one raft timing, given above it: the \
              election timing decides how soon a crashed leader is replaced, so failover is \
              compared at equal timing; each system's default shows what an operator who \
              changes nothing gets. Failover: a writer issues one put every {period:?}, round-robin over one \
@@ -482,6 +502,7 @@ impl RaftReport {
             duration = c.duration,
             pool = super::GROUP_SIZE as usize * CONNECTIONS_PER_MEMBER,
             period = PROBE_PERIOD,
+            idle_ms = super::load::IDLE_BEFORE_CALL.as_millis(),
         );
         let _ = writeln!(out, "\n{}", wrap(&how, 90));
         let _ = writeln!(out, "{SECTION_END}");
@@ -700,7 +721,8 @@ mod tests {
             system: name,
             timing: BenchTiming::Equal,
             phases,
-            local_read: Some(local_read),
+            local_read: Some(local_read.clone()),
+            idle_local_read: Some(local_read),
             failover: FailoverFigures { trials },
         }
     }
@@ -792,6 +814,12 @@ mod tests {
         );
         assert!(
             text.contains("| p50 write less p50 local read, 1 client (ms) | 0.75 | 3.00 | 0.25× |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| p50 local read after 2 ms idle, 1 client: the floor of a call that wakes both ends (ms) | 0.25 | 1.00 | 0.25× |"
+            ),
             "{text}"
         );
     }

@@ -17,9 +17,13 @@ const FOLLOWER_METRIC: &str = "federator_raft_follower_append_step_seconds";
 /// The leader's steps, with what happens before each. A leader writes its own copy while
 /// it replicates the entry, so `durable` falls between `sent` and `applying` (or after
 /// `acked`); the rows are put in the order of their means.
-const LEADER_STEPS: [(&str, &str); 8] = [
+const LEADER_STEPS: [(&str, &str); 9] = [
     ("dispatched", "the proposer takes the write into a batch and hands it to raft core"),
     ("appending", "raft core takes the entry, gives it an index, hands it to the log store"),
+    (
+        "writing",
+        "the leader's log writer thread wakes and takes the entry's batch off its queue (after any batch or checkpoint it was writing)",
+    ),
     (
         "durable",
         "the leader's log writer commits it to redb and writes it to its redo file, durably, beside replication",
@@ -35,10 +39,14 @@ const LEADER_STEPS: [(&str, &str); 8] = [
     ("answered", "raft core answers the proposer, which wakes the writer's task"),
 ];
 /// A follower's steps of one AppendEntries, from its arrival.
-const FOLLOWER_STEPS: [(&str, &str); 3] = [
+const FOLLOWER_STEPS: [(&str, &str); 4] = [
     (
         "appending",
         "the follower's raft core checks the request and hands the entries to its log store",
+    ),
+    (
+        "writing",
+        "the follower's log writer thread wakes and takes the batch off its queue (after any batch or checkpoint it was writing)",
     ),
     (
         "durable",
@@ -257,10 +265,10 @@ mod tests {
         assert!(!means.is_empty());
         let dispatched = means.leader[0].0.expect("dispatched observed");
         assert!((dispatched - 0.2).abs() < 1e-9, "{dispatched}");
-        let durable = means.leader[2].0.expect("durable observed");
+        let durable = means.leader[3].0.expect("durable observed");
         assert!((durable - 0.5).abs() < 1e-9, "{durable}");
         assert_eq!(means.leader[1], (None, 0));
-        assert_eq!(means.follower[1].1, 16);
+        assert_eq!(means.follower[2].1, 16);
     }
 
     #[test]

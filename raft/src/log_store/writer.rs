@@ -241,6 +241,11 @@ fn write_batch(
             })
             .max();
     }
+    for op in &batch {
+        if let WriterOp::Append { entries, .. } = op {
+            metrics.timeline.mark(Step::Writing, span(entries, |e| e.0));
+        }
+    }
     let result = match failed {
         Some(failed) => Err(failed),
         None => write_appends(db, &batch, hint, wal.as_mut()).map_err(Arc::new),
