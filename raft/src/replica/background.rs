@@ -93,33 +93,47 @@ impl<S: StateMachine> Replica<S> {
         });
     }
 
-    /// Keeps the Prometheus gauges in step with openraft's metrics.
+    /// Keeps the Prometheus gauges in step with openraft's metrics: at once when the
+    /// term, role or leader changes, and the log indexes at least every
+    /// [`INDEX_GAUGES_EVERY`].
+    ///
+    /// It watches openraft's server metrics, which change with those alone, not the whole
+    /// metrics, which raft core sends at every turn of its loop: a task woken that often
+    /// would run between raft core and the task it had just woken (a follower's answer,
+    /// the state machine), on the write path of every entry.
     pub(super) fn spawn_metrics_refresher(&self) {
-        let mut watch = self.raft.metrics();
+        let mut server = self.raft.server_metrics();
+        let data = self.raft.data_metrics();
         let metrics = self.metrics.clone();
         let id = self.id;
         self.tasks.spawn(async move {
             let mut last_leader: Option<Option<NodeId>> = None;
             loop {
-                let m = watch.borrow_and_update().clone();
+                let s = server.borrow_and_update().clone();
+                let d = data.borrow().clone();
                 let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
-                metrics.term.set(gauge(m.current_term));
-                metrics.is_leader.set(i64::from(m.state == ServerState::Leader));
-                metrics.last_log_index.set(gauge(m.last_log_index.unwrap_or(0)));
-                metrics.applied_index.set(gauge(m.last_applied.map_or(0, |l| l.index)));
-                metrics.snapshot_index.set(gauge(m.snapshot.map_or(0, |l| l.index)));
+                let term = s.vote.leader_id().get_term();
+                metrics.term.set(gauge(term));
+                metrics.is_leader.set(i64::from(s.state == ServerState::Leader));
+                metrics.last_log_index.set(gauge(d.last_log.map_or(0, |l| l.index)));
+                metrics.applied_index.set(gauge(d.last_applied.map_or(0, |l| l.index)));
+                metrics.snapshot_index.set(gauge(d.snapshot.map_or(0, |l| l.index)));
                 // A follower's commit index is not in openraft's metrics; applied trails it
                 // by at most one apply batch, so it stands in for it here.
-                metrics.commit_index.set(gauge(m.last_applied.map_or(0, |l| l.index)));
-                if last_leader.is_some_and(|l| l != m.current_leader) {
+                metrics.commit_index.set(gauge(d.last_applied.map_or(0, |l| l.index)));
+                if last_leader.is_some_and(|l| l != s.current_leader) {
                     metrics.leader_changes.inc();
-                    tracing::info!(replica = id, leader = ?m.current_leader, term = m.current_term, "leader changed");
+                    tracing::info!(replica = id, leader = ?s.current_leader, term, "leader changed");
                 }
-                last_leader = Some(m.current_leader);
-                if watch.changed().await.is_err() {
-                    return;
+                last_leader = Some(s.current_leader);
+                tokio::select! {
+                    changed = server.changed() => if changed.is_err() { return },
+                    () = tokio::time::sleep(INDEX_GAUGES_EVERY) => {}
                 }
             }
         });
     }
 }
+
+/// How often the log-index gauges are refreshed at least.
+const INDEX_GAUGES_EVERY: Duration = Duration::from_millis(250);
