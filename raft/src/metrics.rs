@@ -35,6 +35,9 @@ pub struct ConsensusMetrics {
     /// Seconds of a checkpoint: the durable redb commit after which the log's redo file
     /// is written from its start.
     pub log_checkpoint_seconds: Histogram,
+    /// Appends written on raft core's own thread rather than handed to the log writer
+    /// thread (a follower's, when the writer was idle).
+    pub log_appends_inline: Counter,
     /// 1 while the log's appends are made durable by its redo file; 0 when the replica
     /// found no room for the file at start and makes every append a durable database
     /// commit (slower) until a restart finds room.
@@ -84,6 +87,7 @@ impl Default for ConsensusMetrics {
             append_seconds: Histogram::new(exponential_buckets(0.000_05, 2.0, 18)),
             append_batch_entries: Histogram::new(exponential_buckets(1.0, 2.0, 14)),
             log_checkpoint_seconds: Histogram::new(exponential_buckets(0.000_1, 2.0, 16)),
+            log_appends_inline: Counter::default(),
             log_redo_file: Gauge::default(),
             proposal_commands: Histogram::new(exponential_buckets(1.0, 2.0, 11)),
             apply_seconds: Histogram::new(exponential_buckets(0.000_005, 2.0, 20)),
@@ -132,6 +136,11 @@ impl ConsensusMetrics {
             "Time of a durable database commit after which the log's redo file is written \
              from its start",
             self.log_checkpoint_seconds.clone(),
+        );
+        r.register(
+            "log_appends_inline",
+            "Log appends written on raft core's own thread instead of the log writer thread",
+            self.log_appends_inline.clone(),
         );
         r.register(
             "log_redo_file",

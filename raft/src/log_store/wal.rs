@@ -571,11 +571,16 @@ mod tests {
         }
 
         /// The files as a crash would leave them — copied while the store runs, after each
-        /// append was reported durable — hold every such append.
-        #[tokio::test]
-        async fn a_crash_image_holds_every_append_reported_durable() {
+        /// append was reported durable — hold every such append: appends the writer thread
+        /// wrote (a current-thread runtime) and appends written inline (a multi-thread
+        /// runtime, as a replica runs).
+        async fn crash_images_hold_every_append_reported_durable() -> u64 {
             let dir = TempDir::new().expect("tempdir");
-            let mut store = open(&dir);
+            let db = crate::log_store::open_database(&dir.path().join("raft.redb")).expect("db");
+            let metrics = ConsensusMetrics::default();
+            let mut store =
+                LogStore::with_redo_file(db, &dir.path().join("raft.wal"), metrics.clone())
+                    .expect("open");
             for i in 1..=20 {
                 store.blocking_append(vec![normal(1, i, b"v")]).await.expect("append");
                 let image = TempDir::new().expect("tempdir");
@@ -585,6 +590,17 @@ mod tests {
                 let mut crashed = open(&image);
                 assert_eq!(indexes(&mut crashed).await, (1..=i).collect::<Vec<_>>());
             }
+            metrics.log_appends_inline.get()
+        }
+
+        #[tokio::test]
+        async fn a_crash_image_holds_every_append_the_writer_thread_reported_durable() {
+            assert_eq!(crash_images_hold_every_append_reported_durable().await, 0);
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn a_crash_image_holds_every_append_written_inline() {
+            assert_eq!(crash_images_hold_every_append_reported_durable().await, 20);
         }
     }
 

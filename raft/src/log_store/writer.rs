@@ -4,7 +4,8 @@
 //! already, see [`LogStore`](super::LogStore)); it records the committed-index hint,
 //! makes the redo file's checkpoints, and deletes purged entries in steps between
 //! batches. Once a batch of appends fails it writes nothing more: a later batch would
-//! leave a gap.
+//! leave a gap. A follower's append may be written on the caller's thread instead, with
+//! the writer's state held ([`Writer::write_inline`]).
 
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
@@ -50,13 +51,52 @@ pub(super) struct Writer {
     queue: Mutex<Option<std::sync::mpsc::Sender<WriterOp>>>,
     /// Joined on drop, so the database is closed when the store is.
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
-    /// Where append latency (until durable) and batch sizes are observed.
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "read by tests; the thread has its own handle")
-    )]
-    metrics: ConsensusMetrics,
+    /// What the thread shares with appends written inline ([`Writer::write_inline`]).
+    shared: Arc<Shared>,
 }
+
+/// What the writer thread and an append written inline share.
+struct Shared {
+    db: Arc<Database>,
+    tail: Arc<RwLock<Tail>>,
+    /// Where append latency (until durable), batch sizes and steps are observed.
+    metrics: ConsensusMetrics,
+    progress: tokio::sync::watch::Sender<WriterProgress>,
+    /// Held while a batch is written, by the thread or inline: one writer at a time.
+    state: Mutex<WriterState>,
+}
+
+/// The writer's own state, under [`Shared::state`].
+struct WriterState {
+    /// The newest committed-index hint not written yet: it goes with the next append, or
+    /// alone once none has come for `HINT_WAIT`.
+    hint: Option<Vec<u8>>,
+    wal: Option<Wal>,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, WriterState> {
+        // The state is left whole between batches: a panic in one leaves nothing half-set.
+        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Writes `batch` with the state held.
+    fn write(&self, state: &mut WriterState, batch: Vec<WriterOp>) -> Option<LogId> {
+        write_batch(
+            &self.db,
+            &self.tail,
+            &self.metrics,
+            batch,
+            &mut state.hint,
+            &mut state.wal,
+            &self.progress,
+        )
+    }
+}
+
+/// How long an idle writer with a redo file sleeps at most before it looks again whether
+/// a checkpoint is due (appends written inline add records it did not see).
+const IDLE_RECHECK: Duration = Duration::from_secs(1);
 
 impl Drop for Writer {
     fn drop(&mut self) {
@@ -87,78 +127,48 @@ impl Writer {
         wal: Option<Wal>,
     ) -> Result<Arc<Self>, LogStoreError> {
         let (tx, rx) = std::sync::mpsc::channel::<WriterOp>();
-        let observed = metrics.clone();
+        let shared = Arc::new(Shared {
+            db,
+            tail,
+            metrics,
+            progress,
+            state: Mutex::new(WriterState { hint: None, wal }),
+        });
+        let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
             .name("raft-log-writer".into())
-            .spawn(move || {
-                // The purge not finished yet: the writer deletes a step of it after each
-                // batch, and while the queue is empty.
-                let mut purge: Option<LogId> = None;
-                // The newest committed-index hint not written yet: it goes with the next
-                // append, or alone once none has come for `HINT_WAIT`.
-                let mut hint: Option<Vec<u8>> = None;
-                let mut wal = wal;
-                // Ends when every LogStore clone (and so every sender) is gone.
-                loop {
-                    let checkpoint_due = wal.as_ref().is_some_and(Wal::checkpoint_due);
-                    let first = if purge.is_some() || checkpoint_due {
-                        match rx.try_recv() {
-                            Ok(op) => Some(op),
-                            Err(std::sync::mpsc::TryRecvError::Empty) => {
-                                if checkpoint_due {
-                                    idle_checkpoint(&db, &mut wal, &mut hint, &progress);
-                                }
-                                None
-                            }
-                            Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
-                        }
-                    } else if let Some(wait) = idle_wait(hint.is_some(), wal.as_ref()) {
-                        match rx.recv_timeout(wait) {
-                            Ok(op) => Some(op),
-                            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                                if wal.as_ref().is_some_and(Wal::checkpoint_due) {
-                                    idle_checkpoint(&db, &mut wal, &mut hint, &progress);
-                                } else if hint.is_some() {
-                                    write_hint_alone(&db, &mut hint);
-                                }
-                                None
-                            }
-                            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-                        }
-                    } else {
-                        match rx.recv() {
-                            Ok(op) => Some(op),
-                            Err(std::sync::mpsc::RecvError) => break,
-                        }
-                    };
-                    if let Some(first) = first {
-                        let mut batch = vec![first];
-                        batch.extend(rx.try_iter());
-                        let wrote = write_batch(
-                            &db, &tail, &observed, batch, &mut hint, &mut wal, &progress,
-                        );
-                        purge = purge.max(wrote);
-                    }
-                    if let Some(upto) = purge {
-                        purge = purge_step(&db, upto);
-                    }
-                }
-                // Finish the purge (bounded by the log's length) and make the last
-                // non-durable writes (committed hint, purge) durable.
-                while let Some(upto) = purge {
-                    purge = purge_step(&db, upto);
-                }
-                // A durable commit: a restart replays nothing from the redo file.
-                if let Err(error) = write_txn(&db, "close the log", |txn| record_hint(txn, &hint)) {
-                    tracing::warn!(%error, "cannot make the last log writes durable");
-                }
-            })
+            .spawn(move || run(&thread_shared, &rx))
             .map_err(|source| LogStoreError::Thread { source })?;
-        Ok(Arc::new(Self {
-            queue: Mutex::new(Some(tx)),
-            thread: Mutex::new(Some(thread)),
-            metrics,
-        }))
+        Ok(Arc::new(Self { queue: Mutex::new(Some(tx)), thread: Mutex::new(Some(thread)), shared }))
+    }
+
+    /// Writes `op`, an append nobody has reported flushed, on the calling thread and
+    /// reports it, instead of queuing it for the writer thread: a follower's raft core
+    /// waits for its append anyway, and this spares it two wake-ups after an idle stretch
+    /// (the writer thread's, then its own). Only on a multi-thread runtime, where
+    /// [`tokio::task::block_in_place`] lets the worker's other tasks move to another
+    /// thread meanwhile; only when the writer holds nothing unwritten
+    /// (`nothing_pending`: the store had no entry waiting for the writer) and is writing
+    /// nothing now, so appends stay in order; and only with a redo file that needs no
+    /// checkpoint first, so the caller never waits for one. Otherwise `op` is handed back
+    /// to be queued.
+    pub(super) fn write_inline(&self, op: WriterOp, nothing_pending: bool) -> Result<(), WriterOp> {
+        use tokio::runtime::{Handle, RuntimeFlavor};
+        let multi_thread = Handle::try_current()
+            .is_ok_and(|handle| handle.runtime_flavor() == RuntimeFlavor::MultiThread);
+        if !nothing_pending || !multi_thread {
+            return Err(op);
+        }
+        let Ok(mut state) = self.shared.state.try_lock() else { return Err(op) };
+        if state.wal.as_ref().is_none_or(Wal::checkpoint_due) {
+            return Err(op);
+        }
+        tokio::task::block_in_place(|| {
+            // A batch of one append asks for no purge.
+            let _ = self.shared.write(&mut state, vec![op]);
+        });
+        self.shared.metrics.log_appends_inline.inc();
+        Ok(())
     }
 
     pub(super) fn enqueue(&self, op: WriterOp) -> Result<(), WriterOp> {
@@ -180,6 +190,78 @@ impl Writer {
             Ok(Err(error)) => Err(LogStoreError::Flush { error }),
             Err(_) => Err(LogStoreError::WriterStopped),
         }
+    }
+}
+
+/// The writer thread: waits for work, writes each batch of it with the state held, makes
+/// checkpoints and writes a lone hint while idle, and deletes purges in steps. Ends once
+/// every sender is gone, after finishing the purge and a durable commit.
+fn run(shared: &Shared, rx: &std::sync::mpsc::Receiver<WriterOp>) {
+    use std::sync::mpsc::{RecvTimeoutError, TryRecvError};
+    let db = &shared.db;
+    // The purge not finished yet: the writer deletes a step of it after each batch, and
+    // while the queue is empty.
+    let mut purge: Option<LogId> = None;
+    loop {
+        let (checkpoint_due, wait) = {
+            let state = shared.lock();
+            let wait = idle_wait(state.hint.is_some(), state.wal.as_ref())
+                .or_else(|| state.wal.is_some().then_some(IDLE_RECHECK));
+            (state.wal.as_ref().is_some_and(Wal::checkpoint_due), wait)
+        };
+        let first = if purge.is_some() || checkpoint_due {
+            match rx.try_recv() {
+                Ok(op) => Some(op),
+                Err(TryRecvError::Empty) => {
+                    if checkpoint_due {
+                        let mut state = shared.lock();
+                        let state = &mut *state;
+                        idle_checkpoint(db, &mut state.wal, &mut state.hint, &shared.progress);
+                    }
+                    None
+                }
+                Err(TryRecvError::Disconnected) => break,
+            }
+        } else if let Some(wait) = wait {
+            match rx.recv_timeout(wait) {
+                Ok(op) => Some(op),
+                Err(RecvTimeoutError::Timeout) => {
+                    let mut state = shared.lock();
+                    let state = &mut *state;
+                    if state.wal.as_ref().is_some_and(Wal::checkpoint_due) {
+                        idle_checkpoint(db, &mut state.wal, &mut state.hint, &shared.progress);
+                    } else if state.hint.is_some() {
+                        write_hint_alone(db, &mut state.hint);
+                    }
+                    None
+                }
+                Err(RecvTimeoutError::Disconnected) => break,
+            }
+        } else {
+            match rx.recv() {
+                Ok(op) => Some(op),
+                Err(std::sync::mpsc::RecvError) => break,
+            }
+        };
+        if let Some(first) = first {
+            let mut state = shared.lock();
+            let mut batch = vec![first];
+            batch.extend(rx.try_iter());
+            purge = purge.max(shared.write(&mut state, batch));
+        }
+        if let Some(upto) = purge {
+            purge = purge_step(db, upto);
+        }
+    }
+    // Finish the purge (bounded by the log's length) and make the last non-durable writes
+    // (committed hint, purge) durable.
+    while let Some(upto) = purge {
+        purge = purge_step(db, upto);
+    }
+    // A durable commit: a restart replays nothing from the redo file.
+    let hint = shared.lock().hint.take();
+    if let Err(error) = write_txn(db, "close the log", |txn| record_hint(txn, &hint)) {
+        tracing::warn!(%error, "cannot make the last log writes durable");
     }
 }
 
@@ -644,7 +726,7 @@ mod tests {
         let mut store = open(&dir);
         let entries: Vec<Entry> = (1..=3).map(|i| normal(1, i, b"a=b")).collect();
         store.blocking_append(entries).await.expect("append");
-        let text = exposition(&store.writer.metrics);
+        let text = exposition(&store.writer.shared.metrics);
         assert!(text.contains("raft_append_batch_entries_count 1\n"), "{text}");
         assert!(text.contains("raft_append_batch_entries_sum 3.0\n"), "{text}");
         assert!(text.contains("raft_append_duration_seconds_count 1\n"), "{text}");
