@@ -181,8 +181,11 @@ async fn a_replica_whose_disk_fills_exits_and_recovers_once_space_is_freed() -> 
         "replica 3 exited with {status}; {} writes acknowledged meanwhile, all on it after restart",
         result.acked.len()
     );
-    drop(fed);
+    // The replicas stop and the small disk is unmounted before the federation's
+    // directory is removed: a mount point inside it would keep it from being removed.
+    fed.kill_all();
     drop(disk);
+    drop(fed);
     Ok(())
 }
 
@@ -241,8 +244,11 @@ async fn a_replica_without_room_for_its_redo_file_serves_and_says_so() -> anyhow
     assert!(!table.contains("runs without"), "{table}");
     assert!(fed.metrics(3).await?.contains("federator_raft_log_redo_file 1"));
     assert_eq!(fed.cli_ok(&[3], &["probe", "get", "without-redo-file"])?.trim(), "v");
-    drop(fed);
+    // The replicas stop and the small disk is unmounted before the federation's
+    // directory is removed: a mount point inside it would keep it from being removed.
+    fed.kill_all();
     drop(disk);
+    drop(fed);
     Ok(())
 }
 
