@@ -80,6 +80,15 @@ impl Shared {
         self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A checkpoint made while the queue is empty, with the state held; one that fails
+    /// stops the writer (redb refuses further writes after a failed durable commit).
+    fn idle_checkpoint(&self, state: &mut WriterState) {
+        let Some(redo) = state.wal.as_mut() else { return };
+        if let Err(error) = checkpoint(&self.db, redo, &mut state.hint) {
+            fail(&self.progress, &mut state.wal, &Arc::new(error));
+        }
+    }
+
     /// Writes `batch` with the state held.
     fn write(&self, state: &mut WriterState, batch: Vec<WriterOp>) -> Option<LogId> {
         write_batch(
@@ -205,8 +214,7 @@ fn run(shared: &Shared, rx: &std::sync::mpsc::Receiver<WriterOp>) {
     loop {
         let (checkpoint_due, wait) = {
             let state = shared.lock();
-            let wait = idle_wait(state.hint.is_some(), state.wal.as_ref())
-                .or_else(|| state.wal.is_some().then_some(IDLE_RECHECK));
+            let wait = idle_wait(state.hint.is_some(), state.wal.as_ref());
             (state.wal.as_ref().is_some_and(Wal::checkpoint_due), wait)
         };
         let first = if purge.is_some() || checkpoint_due {
@@ -214,9 +222,7 @@ fn run(shared: &Shared, rx: &std::sync::mpsc::Receiver<WriterOp>) {
                 Ok(op) => Some(op),
                 Err(TryRecvError::Empty) => {
                     if checkpoint_due {
-                        let mut state = shared.lock();
-                        let state = &mut *state;
-                        idle_checkpoint(db, &mut state.wal, &mut state.hint, &shared.progress);
+                        shared.idle_checkpoint(&mut shared.lock());
                     }
                     None
                 }
@@ -227,9 +233,8 @@ fn run(shared: &Shared, rx: &std::sync::mpsc::Receiver<WriterOp>) {
                 Ok(op) => Some(op),
                 Err(RecvTimeoutError::Timeout) => {
                     let mut state = shared.lock();
-                    let state = &mut *state;
                     if state.wal.as_ref().is_some_and(Wal::checkpoint_due) {
-                        idle_checkpoint(db, &mut state.wal, &mut state.hint, &shared.progress);
+                        shared.idle_checkpoint(&mut state);
                     } else if state.hint.is_some() {
                         write_hint_alone(db, &mut state.hint);
                     }
@@ -270,9 +275,11 @@ fn run(shared: &Shared, rx: &std::sync::mpsc::Receiver<WriterOp>) {
 const HINT_WAIT: Duration = Duration::from_millis(100);
 
 /// How long the writer waits for work before it writes a waiting `hint` alone or makes a
-/// checkpoint the redo file (`wal`) will be due for; `None`: neither waits.
+/// checkpoint the redo file (`wal`) will be due for, and with a redo file at most
+/// [`IDLE_RECHECK`] (appends written inline add records the writer did not see); `None`:
+/// nothing waits and there is no redo file.
 fn idle_wait(hint: bool, wal: Option<&Wal>) -> Option<Duration> {
-    let checkpoint = wal.and_then(Wal::checkpoint_in);
+    let checkpoint = wal.map(|wal| wal.checkpoint_in().unwrap_or(IDLE_RECHECK));
     match (hint, checkpoint) {
         (true, Some(checkpoint)) => Some(checkpoint.min(HINT_WAIT)),
         (true, None) => Some(HINT_WAIT),
@@ -528,20 +535,6 @@ fn checkpoint(
     })?;
     wal.checkpointed(started.elapsed());
     Ok(())
-}
-
-/// A checkpoint made while the queue is empty; one that fails stops the writer (redb
-/// refuses further writes after a failed durable commit).
-fn idle_checkpoint(
-    db: &Database,
-    wal: &mut Option<Wal>,
-    hint: &mut Option<Vec<u8>>,
-    progress: &tokio::sync::watch::Sender<WriterProgress>,
-) {
-    let Some(redo) = wal.as_mut() else { return };
-    if let Err(error) = checkpoint(db, redo, hint) {
-        fail(progress, wal, &Arc::new(error));
-    }
 }
 
 /// Records the committed-index `hint` (postcard), if any, in `txn`.
